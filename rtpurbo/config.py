@@ -1,0 +1,210 @@
+"""Configuration objects: which KV heads are retrieval heads (``HeadPlan``) and how
+the sparse model runs (``SparseConfig``). Both round-trip through JSON.
+
+Roles are per KV head: every query head of a GQA group shares its KV head's role.
+``headwise_config`` is the per-query-head export read by the authors' serving
+engine: one list per layer of length ``num_attention_heads`` with ``1`` for a
+retrieval (full-attention) head and ``0`` for a sliding-window head, plus
+``sink_token_num`` and ``swa_token_num``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ops.semantics import DEFAULT_SINKS, DEFAULT_WINDOW, check_window
+
+PLAN_FORMAT = "rtpurbo.head_plan/1"
+
+
+class PlanMismatch(ValueError):
+    """A head plan does not fit the model it is applied to."""
+
+
+@dataclass
+class HeadPlan:
+    """Per layer, the sorted indices of the KV heads that keep full attention.
+
+    Args:
+        num_layers, num_kv_heads, num_q_heads: the model geometry the plan was made for.
+        retrieval: ``retrieval[layer]`` = sorted KV-head indices that are retrieval heads.
+        scores: optional (num_layers, num_kv_heads) scores the plan was chosen from.
+        criterion: how the scores were computed (free text, for reports).
+    """
+
+    num_layers: int
+    num_kv_heads: int
+    num_q_heads: int
+    retrieval: list[list[int]]
+    scores: list[list[float]] | None = None
+    criterion: str = ""
+
+    def __post_init__(self) -> None:
+        if self.num_q_heads % self.num_kv_heads:
+            raise PlanMismatch(f"num_q_heads {self.num_q_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if len(self.retrieval) != self.num_layers:
+            raise PlanMismatch(f"plan has {len(self.retrieval)} layers of roles, expected {self.num_layers}")
+        self.retrieval = [sorted(set(int(h) for h in heads)) for heads in self.retrieval]
+        for layer, heads in enumerate(self.retrieval):
+            bad = [h for h in heads if not 0 <= h < self.num_kv_heads]
+            if bad:
+                raise PlanMismatch(f"layer {layer}: KV head indices {bad} outside [0, {self.num_kv_heads})")
+        if self.scores is not None and (
+            len(self.scores) != self.num_layers or any(len(r) != self.num_kv_heads for r in self.scores)
+        ):
+            raise PlanMismatch(f"scores must be {self.num_layers} x {self.num_kv_heads}")
+
+    # --- construction -------------------------------------------------------------
+    @classmethod
+    def uniform(cls, num_layers: int, num_kv_heads: int, num_q_heads: int, retrieval: bool) -> "HeadPlan":
+        """Every KV head retrieval (``retrieval=True``) or every KV head local."""
+        heads = list(range(num_kv_heads)) if retrieval else []
+        return cls(num_layers, num_kv_heads, num_q_heads, [list(heads) for _ in range(num_layers)])
+
+    @classmethod
+    def from_scores(
+        cls, scores: list[list[float]], num_q_heads: int, ratio: float, criterion: str = ""
+    ) -> "HeadPlan":
+        """Keep the top ``ratio`` of KV heads model-wide (at least one) by score."""
+        check_ratio(ratio)
+        num_layers, num_kv_heads = len(scores), len(scores[0])
+        flat = [(s, layer, h) for layer, row in enumerate(scores) for h, s in enumerate(row)]
+        n_keep = max(1, round(ratio * len(flat)))
+        keep = sorted(flat, key=lambda t: (-t[0], t[1], t[2]))[:n_keep]
+        retrieval: list[list[int]] = [[] for _ in range(num_layers)]
+        for _, layer, h in keep:
+            retrieval[layer].append(h)
+        return cls(num_layers, num_kv_heads, num_q_heads, retrieval, [list(map(float, r)) for r in scores], criterion)
+
+    # --- queries ------------------------------------------------------------------
+    @property
+    def group_size(self) -> int:
+        return self.num_q_heads // self.num_kv_heads
+
+    def local_heads(self, layer: int) -> list[int]:
+        return [h for h in range(self.num_kv_heads) if h not in self.retrieval[layer]]
+
+    def num_retrieval(self) -> int:
+        return sum(len(r) for r in self.retrieval)
+
+    def retrieval_fraction(self) -> float:
+        return self.num_retrieval() / (self.num_layers * self.num_kv_heads)
+
+    def check_model(self, num_layers: int, num_kv_heads: int, num_q_heads: int) -> None:
+        """Raise :class:`PlanMismatch` unless the plan was made for this geometry."""
+        want = (self.num_layers, self.num_kv_heads, self.num_q_heads)
+        got = (num_layers, num_kv_heads, num_q_heads)
+        if want != got:
+            raise PlanMismatch(
+                f"head plan is for (layers, kv_heads, q_heads) = {want} but the model has {got}"
+            )
+
+    # --- JSON -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HeadPlan":
+        if data.get("format") != PLAN_FORMAT:
+            raise PlanMismatch(f"not a head plan (format {data.get('format')!r}, expected {PLAN_FORMAT!r})")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+    def to_headwise_config(self, sinks: int, window: int) -> dict[str, Any]:
+        """Per-query-head 0/1 form (1 = retrieval / full attention, 0 = sliding window)."""
+        group = self.group_size
+        rows = [
+            [1 if (q // group) in set(heads) else 0 for q in range(self.num_q_heads)] for heads in self.retrieval
+        ]
+        return {"headwise_config": rows, "sink_token_num": sinks, "swa_token_num": window}
+
+    @classmethod
+    def from_headwise_config(cls, data: dict[str, Any], num_kv_heads: int) -> tuple["HeadPlan", int, int]:
+        """Inverse of :meth:`to_headwise_config`; returns (plan, sinks, window).
+
+        Raises PlanMismatch if the query heads of one KV group disagree on their role.
+        """
+        rows = data.get("headwise_config")
+        if not isinstance(rows, list) or not rows:
+            raise PlanMismatch("config has no 'headwise_config' list")
+        num_q_heads = len(rows[0])
+        if num_q_heads % num_kv_heads:
+            raise PlanMismatch(f"headwise_config rows have {num_q_heads} heads, not a multiple of {num_kv_heads}")
+        group = num_q_heads // num_kv_heads
+        retrieval = []
+        for layer, row in enumerate(rows):
+            if len(row) != num_q_heads or any(x not in (0, 1) for x in row):
+                raise PlanMismatch(f"headwise_config layer {layer} must be {num_q_heads} values of 0/1")
+            heads = []
+            for kv in range(num_kv_heads):
+                roles = set(row[kv * group : (kv + 1) * group])
+                if len(roles) > 1:
+                    raise PlanMismatch(f"layer {layer}: query heads of KV head {kv} disagree ({sorted(roles)})")
+                if roles == {1}:
+                    heads.append(kv)
+            retrieval.append(heads)
+        plan = cls(len(rows), num_kv_heads, num_q_heads, retrieval, criterion="imported headwise_config")
+        return plan, int(data.get("sink_token_num", DEFAULT_SINKS)), int(data.get("swa_token_num", DEFAULT_WINDOW))
+
+
+def check_ratio(ratio: float) -> None:
+    if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0 < ratio <= 1):
+        raise ValueError(f"retrieval ratio must be in (0, 1], got {ratio!r}")
+
+
+@dataclass
+class SparseConfig:
+    """How the converted model runs.
+
+    Args:
+        window: ``W``, tokens a local head sees (the current one included).
+        sinks: ``S``, leading tokens every local head also sees.
+        index_dim: ``d_idx``, width of the low-rank indexer of each retrieval KV head.
+        top_p: mass of the indexer distribution a retrieval head keeps at decode (1.0 = full).
+        min_tokens, max_tokens: clamp of the indexer-chosen budget (max None = unbounded).
+        recent: most recent tokens a retrieval head always keeps at decode.
+        impl: attention backend (``auto``, ``sdpa``, ``reference``, ``flex``).
+        reorder_heads: permute heads so retrieval KV heads are contiguous in each layer.
+    """
+
+    window: int = DEFAULT_WINDOW
+    sinks: int = DEFAULT_SINKS
+    index_dim: int = 16
+    top_p: float = 0.9
+    min_tokens: int = 64
+    max_tokens: int | None = None
+    recent: int = 64
+    impl: str = "auto"
+    reorder_heads: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_window(self.window, self.sinks)
+        if self.window is None:
+            raise ValueError("window must be an integer >= 1")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.index_dim < 1:
+            raise ValueError(f"index_dim must be >= 1, got {self.index_dim!r}")
+        if self.min_tokens < 0 or self.recent < 0:
+            raise ValueError("min_tokens and recent must be >= 0")
+        if self.max_tokens is not None and self.max_tokens < max(1, self.min_tokens):
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be >= max(1, min_tokens={self.min_tokens})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SparseConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(f"unknown SparseConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"

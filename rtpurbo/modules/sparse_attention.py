@@ -1,0 +1,194 @@
+"""``SparseAttention``: drop-in replacement for a Hugging Face attention module.
+
+It reuses the base module's projections (``q_proj``/``k_proj``/``v_proj``/``o_proj``)
+and per-head norms, so parameter names, PEFT targets and state-dict keys stay those
+of the base model. Per layer, KV heads are split into two role groups:
+
+* retrieval heads: full causal attention at prefill (the base model's own window if it
+  has one); decode through the indexer's top-p selection when a cache is used;
+* local heads: window ``W`` + ``S`` sinks (see :mod:`rtpurbo.ops.semantics`).
+
+Every query head of a GQA group follows its KV head's role.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .._compat import cache_from_kwargs
+from ..config import SparseConfig
+from ..families import Family
+from ..ops import api as ops
+
+
+class SparseAttention(nn.Module):
+    """Head-wise sparse attention for one layer.
+
+    Args:
+        base: the family's attention module (its submodules are reused, not copied).
+        family: the family table row.
+        retrieval_heads: KV-head indices of this layer that keep full attention.
+        sparse: the sparse configuration (window, sinks, backend, ...).
+        base_window: the base model's own sliding window for this layer, if any.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        family: Family,
+        retrieval_heads: list[int],
+        num_q_heads: int,
+        num_kv_heads: int,
+        sparse: SparseConfig,
+        base_window: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.layer_idx = base.layer_idx
+        self.head_dim = base.head_dim
+        self.scaling = base.scaling
+        self.num_q_heads, self.num_kv_heads = num_q_heads, num_kv_heads
+        self.group = num_q_heads // num_kv_heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = base.q_proj, base.k_proj, base.v_proj, base.o_proj
+        if family.qk_norm:
+            self.q_norm, self.k_norm = base.q_norm, base.k_norm
+        self.family = family
+        self._apply_rotary = family.apply_rotary()
+        self.sparse = sparse
+        self.base_window = base_window
+        self.observer = None  # optional callable(module, q, k, positions), used by profiling and stage 1
+        self.set_roles(retrieval_heads)
+
+    # --- head bookkeeping ---------------------------------------------------------
+    def set_roles(self, retrieval_heads: list[int]) -> None:
+        """(Re)assign which KV heads are retrieval heads; all others are local."""
+        device = self.q_proj.weight.device
+        self.retrieval_heads = sorted(retrieval_heads)
+        self.local_heads = [h for h in range(self.num_kv_heads) if h not in set(self.retrieval_heads)]
+        self._register_head_index(device)
+
+    def _register_head_index(self, device: torch.device) -> None:
+        """Index buffers: KV heads and query heads of each role, and the merge order."""
+        def q_heads(kv_heads: list[int]) -> list[int]:
+            return [kv * self.group + g for kv in kv_heads for g in range(self.group)]
+
+        order = q_heads(self.retrieval_heads) + q_heads(self.local_heads)
+        inverse = sorted(range(self.num_q_heads), key=lambda i: order[i])
+        self.heads_contiguous = order == list(range(self.num_q_heads))
+        for name, values in (
+            ("kv_retrieval", self.retrieval_heads),
+            ("kv_local", self.local_heads),
+            ("q_retrieval", q_heads(self.retrieval_heads)),
+            ("q_local", q_heads(self.local_heads)),
+            ("q_merge", inverse),
+        ):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.long, device=device), persistent=False)
+
+    def _take(self, x: torch.Tensor, index: torch.Tensor, n_before: int) -> torch.Tensor:
+        """Heads ``index`` of x (B, H, L, D); a view when the roles are contiguous."""
+        if self.heads_contiguous:
+            return x[:, n_before : n_before + index.numel()]
+        return x.index_select(1, index)
+
+    def split_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, tuple]:
+        """{"retrieval": (q, k, v), "local": (q, k, v)} with (B, H_role, L, D) tensors."""
+        n_rq, n_rkv = self.q_retrieval.numel(), self.kv_retrieval.numel()
+        return {
+            "retrieval": (
+                self._take(q, self.q_retrieval, 0),
+                self._take(k, self.kv_retrieval, 0),
+                self._take(v, self.kv_retrieval, 0),
+            ),
+            "local": (
+                self._take(q, self.q_local, n_rq),
+                self._take(k, self.kv_local, n_rkv),
+                self._take(v, self.kv_local, n_rkv),
+            ),
+        }
+
+    def merge_heads(self, retrieval_out: torch.Tensor | None, local_out: torch.Tensor | None) -> torch.Tensor:
+        """Inverse of :meth:`split_heads` for outputs: (B, Hq, L, D) in the module's head order."""
+        parts = [t for t in (retrieval_out, local_out) if t is not None]
+        out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return out if self.heads_contiguous else out.index_select(1, self.q_merge)
+
+    # --- projections ----------------------------------------------------------------
+    def project(self, hidden_states: torch.Tensor, position_embeddings: tuple) -> tuple[torch.Tensor, ...]:
+        """q (B, Hq, L, D), k and v (B, Hkv, L, D), RoPE applied (the family's own)."""
+        batch, length, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim)
+        k = self.k_proj(hidden_states).view(batch, length, -1, self.head_dim)
+        v = self.v_proj(hidden_states).view(batch, length, -1, self.head_dim)
+        if self.family.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        cos, sin = position_embeddings
+        q, k = self._apply_rotary(q, k, cos, sin)
+        return q, k, v
+
+    @staticmethod
+    def token_positions(
+        position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None, batch: int, length: int, offset: int,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """(B, L) int64 positions of the current tokens; padding tokens get -1."""
+        if position_ids is None:
+            position_ids = torch.arange(offset, offset + length, device=device)[None]
+        positions = position_ids.to(device=device, dtype=torch.long).expand(batch, length)
+        if padding_mask is not None:
+            valid = padding_mask[:, -length:].to(device=device, dtype=torch.bool)
+            positions = torch.where(valid, positions, torch.full_like(positions, -1))
+        return positions
+
+    # --- forward --------------------------------------------------------------------
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        """hidden_states (B, L, hidden) -> (output (B, L, hidden), None)."""
+        batch, length, _ = hidden_states.shape
+        cache = cache_from_kwargs(kwargs)
+        if cache is not None and not hasattr(cache, "attend"):
+            raise TypeError(
+                f"a converted model needs rtpurbo's head-wise cache, got {type(cache).__name__}; "
+                "use rtpurbo.generate or pass use_cache=False"
+            )
+        offset = 0 if cache is None else cache.seen_tokens(self.layer_idx)
+        positions = self.token_positions(position_ids, attention_mask, batch, length, offset, hidden_states.device)
+        q, k, v = self.project(hidden_states, position_embeddings)
+        if self.observer is not None:
+            self.observer(self, q, k, positions)
+        if cache is not None:
+            out = cache.attend(self, q, k, v, positions)
+        else:
+            out = self.attend_prefill(q, k, v, positions)
+        out = out.transpose(1, 2).reshape(batch, length, -1)
+        return self.o_proj(out), None
+
+    def attend_prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Head-wise attention over the current tokens only (no cache). Returns (B, Hq, L, D)."""
+        parts = self.split_heads(q, k, v)
+        outs = {}
+        for role, window, sinks in (
+            ("retrieval", self.base_window, 0),
+            ("local", self.sparse.window, self.sparse.sinks),
+        ):
+            qr, kr, vr = parts[role]
+            if kr.shape[1] == 0:
+                outs[role] = None
+                continue
+            outs[role] = ops.attention(
+                qr, kr, vr, positions, positions, window=window, sinks=sinks, scale=self.scaling, impl=self.sparse.impl
+            )
+        return self.merge_heads(outs["retrieval"], outs["local"])
+
+    def extra_repr(self) -> str:
+        return (
+            f"layer={self.layer_idx}, retrieval_kv_heads={self.retrieval_heads}, window={self.sparse.window}, "
+            f"sinks={self.sparse.sinks}, impl={self.sparse.impl!r}"
+        )

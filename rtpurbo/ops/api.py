@@ -1,0 +1,148 @@
+"""Public attention ops: validate shapes, then dispatch on an explicit ``impl=``.
+
+Backends never import each other. Asking for a backend that is not available
+raises; nothing falls back silently. ``impl="auto"`` picks the fastest backend
+available for the tensors' device (``sdpa`` on CPU), and says which through
+:func:`resolve_impl`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+
+from . import reference
+from .semantics import check_window
+
+# name -> (module path, function name, available(device) predicate description)
+_BACKENDS: dict[str, str] = {
+    "reference": "rtpurbo.ops.reference",
+    "sdpa": "rtpurbo.ops.sdpa",
+    "flex": "rtpurbo.ops.flex",
+}
+_AUTO_ORDER = {"cuda": ("flex", "sdpa"), "cpu": ("sdpa",)}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested attention backend cannot run here."""
+
+
+def backend_names() -> list[str]:
+    return list(_BACKENDS)
+
+
+def _load(impl: str) -> Callable:
+    if impl not in _BACKENDS:
+        raise ValueError(f"unknown attention impl {impl!r}; choose one of {['auto', *_BACKENDS]}")
+    try:
+        module = importlib.import_module(_BACKENDS[impl])
+    except ImportError as err:
+        raise BackendUnavailable(f"attention impl {impl!r} is not available: {err}") from err
+    available = getattr(module, "available", None)
+    if available is not None and not available():
+        raise BackendUnavailable(f"attention impl {impl!r} is not available on this machine")
+    return module.attention
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """The concrete backend name ``impl`` stands for on ``device``."""
+    if impl != "auto":
+        return impl
+    for name in _AUTO_ORDER.get(device.type, ("sdpa",)):
+        try:
+            _load(name)
+            return name
+        except BackendUnavailable:
+            continue
+    return "reference"
+
+
+def _check_shapes(q, k, v, q_pos, k_pos, key_mask) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q, k, v must be (B, H, L, D); got q{tuple(q.shape)}, k{tuple(k.shape)}, v{tuple(v.shape)}"
+        )
+    batch, n_q_heads, q_len, head_dim = q.shape
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(f"k{tuple(k.shape)} and v{tuple(v.shape)} must match q{tuple(q.shape)} in B and D")
+    if n_q_heads % k.shape[1] != 0:
+        raise ValueError(f"query heads ({n_q_heads}) must be a multiple of KV heads ({k.shape[1]})")
+    if tuple(q_pos.shape) != (batch, q_len):
+        raise ValueError(f"q_pos must be (B, Lq) = {(batch, q_len)}, got {tuple(q_pos.shape)}")
+    if tuple(k_pos.shape) != (batch, k.shape[2]):
+        raise ValueError(f"k_pos must be (B, Lk) = {(batch, k.shape[2])}, got {tuple(k_pos.shape)}")
+    if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.dim() != 4):
+        raise ValueError(f"key_mask must be a bool tensor broadcastable to (B, Hkv, Lq, Lk), got {key_mask.dtype}")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    window: int | None = None,
+    sinks: int = 0,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Head-wise attention (full causal if ``window`` is None, else window + sinks).
+
+    Shapes and conventions: see :mod:`rtpurbo.ops.reference`. Returns (B, Hq, Lq, D).
+    """
+    check_window(window, sinks)
+    _check_shapes(q, k, v, q_pos, k_pos, key_mask)
+    fn = _load(resolve_impl(impl, q.device))
+    return fn(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, scale=scale)
+
+
+_TOPP_BACKENDS: dict[str, str] = {"reference": "rtpurbo.ops.reference", "triton": "rtpurbo.ops.triton_decode"}
+
+
+def topp_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    *,
+    top_p: float,
+    min_tokens: int = 0,
+    max_tokens: int | None = None,
+    sinks: int = 0,
+    recent: int = 0,
+    scale: float | None = None,
+    impl: str = "reference",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Retrieval-head attention over the indexer's top-p selection (decode).
+
+    See :func:`rtpurbo.ops.reference.topp_attention`. Returns (out (B, Hq, Lq, D),
+    selected-key counts (B, Hkv, Lq)).
+    """
+    _check_shapes(q, k, v, q_pos, k_pos, None)
+    if q_idx.shape[:3] != (k.shape[0], k.shape[1], q.shape[2]) or k_idx.shape[:3] != k.shape[:3]:
+        raise ValueError(
+            f"q_idx must be (B, Hkv, Lq, d) and k_idx (B, Hkv, Lk, d); got q_idx{tuple(q_idx.shape)}, "
+            f"k_idx{tuple(k_idx.shape)} for k{tuple(k.shape)}"
+        )
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if impl not in _TOPP_BACKENDS:
+        raise ValueError(f"unknown top-p impl {impl!r}; choose one of {list(_TOPP_BACKENDS)}")
+    try:
+        module = importlib.import_module(_TOPP_BACKENDS[impl])
+    except ImportError as err:
+        raise BackendUnavailable(f"top-p impl {impl!r} is not available: {err}") from err
+    return module.topp_attention(
+        q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
+        sinks=sinks, recent=recent, scale=scale,
+    )
+
+
+indexer_scores = reference.indexer_scores
+select_topp = reference.select_topp

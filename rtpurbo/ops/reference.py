@@ -1,0 +1,172 @@
+"""Eager fp32 reference for every rtpurbo attention op. Runs on CPU; defines correctness.
+
+Layout conventions (shared by every backend):
+
+* ``q``: (B, Hq, Lq, D); ``k``, ``v``: (B, Hkv, Lk, D) with ``Hq = Hkv * G`` (GQA).
+  Query head ``h`` reads KV head ``h // G`` (consecutive query heads share a KV head).
+* ``q_pos``: (B, Lq) and ``k_pos``: (B, Lk) int64 positions; ``k_pos < 0`` marks an empty slot.
+* ``key_mask``: optional bool, broadcastable to (B, Hkv, Lq, Lk); an extra per-KV-head
+  restriction (the top-p selection of a retrieval head) AND-ed with :func:`semantics.visible`.
+* A query that sees no key at all returns zeros (never NaN).
+
+The reference is chunked over queries so it never holds more than
+``query_chunk x Lk`` scores per head: 8K-token contexts run on a small CPU.
+"""
+from __future__ import annotations
+
+import torch
+
+from .semantics import visible
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    window: int | None = None,
+    sinks: int = 0,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    query_chunk: int = 512,
+) -> torch.Tensor:
+    """Head-wise masked attention, computed in fp32 and returned in ``q.dtype``.
+
+    Returns: (B, Hq, Lq, D).
+    """
+    batch, n_q_heads, q_len, head_dim = q.shape
+    n_kv_heads = k.shape[1]
+    group = n_q_heads // n_kv_heads
+    scale = head_dim**-0.5 if scale is None else scale
+    qf = q.float().view(batch, n_kv_heads, group, q_len, head_dim)
+    kf, vf = k.float(), v.float()
+    out = torch.empty(batch, n_kv_heads, group, q_len, head_dim, dtype=torch.float32, device=q.device)
+    for start in range(0, q_len, query_chunk):
+        stop = min(start + query_chunk, q_len)
+        mask = visible(q_pos[:, start:stop], k_pos, window, sinks)[:, None]  # (B, 1, C, Lk)
+        if key_mask is not None:
+            mask = mask & _slice_queries(key_mask, start, stop, q_len)
+        scores = torch.einsum("bhgqd,bhkd->bhgqk", qf[:, :, :, start:stop], kf) * scale
+        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        out[:, :, :, start:stop] = torch.einsum("bhgqk,bhkd->bhgqd", probs, vf)
+    return out.view(batch, n_q_heads, q_len, head_dim).to(q.dtype)
+
+
+def attention_probs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    window: int | None = None,
+    sinks: int = 0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention probabilities (B, Hq, Lq, Lk) in fp32; rows with no visible key are zero.
+
+    Meant for short query sets (profiling, indexer targets), not whole long sequences.
+    """
+    batch, n_q_heads, q_len, head_dim = q.shape
+    group = n_q_heads // k.shape[1]
+    scale = head_dim**-0.5 if scale is None else scale
+    kf = k.float().repeat_interleave(group, dim=1)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), kf) * scale
+    mask = visible(q_pos, k_pos, window, sinks)[:, None]
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)
+
+
+def _slice_queries(key_mask: torch.Tensor, start: int, stop: int, q_len: int) -> torch.Tensor:
+    """Rows [start, stop) of a key mask broadcastable to (B, Hkv, Lq, Lk)."""
+    if key_mask.dim() == 4 and key_mask.shape[2] == q_len and q_len > 1:
+        return key_mask[:, :, start:stop]
+    return key_mask
+
+
+def indexer_scores(q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
+    """Indexer logits ``s_ij = <q_idx_i, k_idx_j>`` in fp32.
+
+    Args:
+        q_idx: (B, Hkv, Lq, d_idx) indexer queries (one per retrieval KV head).
+        k_idx: (B, Hkv, Lk, d_idx) indexer keys.
+    Returns: (B, Hkv, Lq, Lk).
+    """
+    return torch.einsum("bhqd,bhkd->bhqk", q_idx.float(), k_idx.float())
+
+
+def select_topp(
+    scores: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    top_p: float,
+    min_tokens: int = 0,
+    max_tokens: int | None = None,
+    sinks: int = 0,
+    recent: int = 0,
+) -> torch.Tensor:
+    """Top-p key selection for retrieval heads (GUIDE section 1).
+
+    Candidates are the causally visible keys. ``P = softmax(scores)`` over them; the
+    selected set is the smallest prefix of keys sorted by ``P`` (descending; ties keep
+    the earlier key first) whose mass reaches ``top_p``, its size clamped to
+    ``[min_tokens, max_tokens]`` and to the number of candidates, united with the
+    sinks (``k_pos < sinks``) and the ``recent`` most recent positions
+    (``q_pos - k_pos < recent``). ``top_p >= 1`` selects every candidate.
+
+    Args:
+        scores: (B, Hkv, Lq, Lk) indexer logits.
+        q_pos: (B, Lq); k_pos: (B, Lk) positions (negative = empty slot).
+    Returns: (B, Hkv, Lq, Lk) bool.
+    """
+    candidates = visible(q_pos, k_pos, None, 0)[:, None]  # (B, 1, Lq, Lk)
+    if top_p >= 1.0:
+        return candidates.expand_as(scores).clone()
+    probs = torch.softmax(scores.float().masked_fill(~candidates, float("-inf")), dim=-1).nan_to_num(0.0)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    mass_before = sorted_p.cumsum(-1) - sorted_p
+    n_keep = (mass_before < top_p).sum(-1, keepdim=True)
+    n_cand = candidates.sum(-1, keepdim=True)
+    n_keep = torch.minimum(n_keep.clamp(min=min_tokens), n_cand)
+    if max_tokens is not None:
+        n_keep = n_keep.clamp(max=max_tokens)
+    rank = torch.arange(scores.shape[-1], device=scores.device)
+    keep_sorted = rank < n_keep
+    selected = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    qi, kj = q_pos[:, None, :, None], k_pos[:, None, None, :]
+    always = (kj < sinks) | (qi - kj < recent)
+    return (selected | always) & candidates
+
+
+def topp_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    *,
+    top_p: float,
+    min_tokens: int = 0,
+    max_tokens: int | None = None,
+    sinks: int = 0,
+    recent: int = 0,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Retrieval-head attention over the indexer's top-p selection.
+
+    Args:
+        q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); q_pos (B, Lq); k_pos (B, Lk).
+        q_idx: (B, Hkv, Lq, d_idx); k_idx: (B, Hkv, Lk, d_idx) indexer queries / keys.
+    Returns:
+        out (B, Hq, Lq, D) and the number of selected keys (B, Hkv, Lq).
+    """
+    selected = select_topp(
+        indexer_scores(q_idx, k_idx), q_pos, k_pos,
+        top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks, recent=recent,
+    )
+    out = attention(q, k, v, q_pos, k_pos, key_mask=selected, scale=scale)
+    return out, selected.sum(-1)

@@ -1,0 +1,68 @@
+"""Tiny deterministic models of every supported family, built from config (no download).
+
+Used by the tests and by benchmarks that need a model of a given geometry with
+random weights.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# family -> config overrides giving each family a different GQA ratio and its quirks
+TINY_GEOMETRY: dict[str, dict[str, Any]] = {
+    "llama": dict(num_attention_heads=6, num_key_value_heads=2),  # G = 3
+    "mistral": dict(num_attention_heads=8, num_key_value_heads=2, sliding_window=None),  # G = 4
+    "qwen2": dict(num_attention_heads=4, num_key_value_heads=4),  # G = 1, q/k/v biases
+    "qwen3": dict(num_attention_heads=8, num_key_value_heads=1),  # G = 8, q_norm / k_norm
+    "qwen3_moe": dict(
+        num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32
+    ),
+}
+
+
+def tiny_config(family: str, num_layers: int = 2, head_dim: int = 16, vocab_size: int = 256, **overrides: Any):
+    """A transformers config of ``family`` with a few small layers."""
+    from transformers import AutoConfig
+
+    geometry = dict(TINY_GEOMETRY[family])
+    geometry.update(overrides)
+    num_heads = geometry["num_attention_heads"]
+    return AutoConfig.for_model(
+        family,
+        hidden_size=num_heads * head_dim,
+        head_dim=head_dim,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        vocab_size=vocab_size,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        **geometry,
+    )
+
+
+def tiny_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, **config_overrides: Any):
+    """A randomly initialised causal LM of ``family`` (eval mode), deterministic in ``seed``.
+
+    Weights are drawn with a larger spread than the default initialisation so that
+    attention is far from uniform and head-wise masking visibly changes the output.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from ._compat import set_attn_implementation
+
+    config = tiny_config(family, **config_overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+            elif "norm" in name:
+                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
+            else:
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    set_attn_implementation(model, "sdpa")
+    return model.eval()
