@@ -66,3 +66,26 @@ def tiny_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, *
                 param.copy_(0.1 * torch.randn(param.shape, generator=generator))
     set_attn_implementation(model, "sdpa")
     return model.eval()
+
+
+def tiny_tokenizer(vocab_size: int = 256):
+    """A whitespace word-level fast tokenizer over ``w0 .. w{n}`` plus digits, offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    words = [str(d) for d in range(10)] + [f"w{i}" for i in range(vocab_size - len(specials) - 10)]
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+
+
+def save_tiny_checkpoint(family: str, directory, seed: int = 0, **config_overrides: Any):
+    """Write a tiny model + tokenizer as a Hugging Face directory (for load/save tests)."""
+    model = tiny_model(family, seed=seed, **config_overrides)
+    model.save_pretrained(directory)
+    tiny_tokenizer(model.config.vocab_size).save_pretrained(directory)
+    return directory

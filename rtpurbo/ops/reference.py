@@ -32,7 +32,7 @@ def attention(
     scale: float | None = None,
     query_chunk: int = 512,
 ) -> torch.Tensor:
-    """Head-wise masked attention, computed in fp32 and returned in ``q.dtype``.
+    """Head-wise masked attention, computed in fp32 (fp64 for fp64 inputs), returned in ``q.dtype``.
 
     Returns: (B, Hq, Lq, D).
     """
@@ -40,9 +40,10 @@ def attention(
     n_kv_heads = k.shape[1]
     group = n_q_heads // n_kv_heads
     scale = head_dim**-0.5 if scale is None else scale
-    qf = q.float().view(batch, n_kv_heads, group, q_len, head_dim)
-    kf, vf = k.float(), v.float()
-    out = torch.empty(batch, n_kv_heads, group, q_len, head_dim, dtype=torch.float32, device=q.device)
+    compute = torch.promote_types(q.dtype, torch.float32)
+    qf = q.to(compute).view(batch, n_kv_heads, group, q_len, head_dim)
+    kf, vf = k.to(compute), v.to(compute)
+    out = torch.empty(batch, n_kv_heads, group, q_len, head_dim, dtype=compute, device=q.device)
     for start in range(0, q_len, query_chunk):
         stop = min(start + query_chunk, q_len)
         mask = visible(q_pos[:, start:stop], k_pos, window, sinks)[:, None]  # (B, 1, C, Lk)
