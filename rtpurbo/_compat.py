@@ -56,3 +56,12 @@ def set_attn_implementation(model: torch.nn.Module, name: str) -> None:
 def from_pretrained_kwargs(dtype: torch.dtype) -> dict[str, Any]:
     """Keyword for the load dtype (``dtype`` in transformers 5, ``torch_dtype`` before)."""
     return {"dtype": dtype} if TRANSFORMERS_VERSION >= (5, 0) else {"torch_dtype": dtype}
+
+
+def cache_kwarg() -> str:
+    """Name under which models and ``generate()`` take the KV cache in this transformers."""
+    import inspect
+
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"

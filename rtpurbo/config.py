@@ -166,7 +166,12 @@ class SparseConfig:
         top_p: mass of the indexer distribution a retrieval head keeps at decode (1.0 = full).
         min_tokens, max_tokens: clamp of the indexer-chosen budget (max None = unbounded).
         recent: most recent tokens a retrieval head always keeps at decode.
+        index_rope_dims: indexer dimensions rotated with the base RoPE (0 = content only).
+        retrieval_prefill: ``dense`` (paper: retrieval heads run full attention on multi-token
+            forwards) or ``topp`` (every query uses the indexer selection, as at decode; used
+            by stage 2 and by teacher-forced fidelity checks).
         impl: attention backend (``auto``, ``sdpa``, ``reference``, ``flex``).
+        decode_impl: top-p decode backend (``reference``, ``triton``).
         reorder_heads: permute heads so retrieval KV heads are contiguous in each layer.
     """
 
@@ -177,7 +182,10 @@ class SparseConfig:
     min_tokens: int = 64
     max_tokens: int | None = None
     recent: int = 64
+    index_rope_dims: int = 0
+    retrieval_prefill: str = "dense"
     impl: str = "auto"
+    decode_impl: str = "reference"
     reorder_heads: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -189,6 +197,10 @@ class SparseConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.index_dim < 1:
             raise ValueError(f"index_dim must be >= 1, got {self.index_dim!r}")
+        if self.retrieval_prefill not in ("dense", "topp"):
+            raise ValueError(f"retrieval_prefill must be 'dense' or 'topp', got {self.retrieval_prefill!r}")
+        if self.index_rope_dims % 2 or not 0 <= self.index_rope_dims <= self.index_dim:
+            raise ValueError(f"index_rope_dims must be even and in [0, index_dim], got {self.index_rope_dims!r}")
         if self.min_tokens < 0 or self.recent < 0:
             raise ValueError("min_tokens and recent must be >= 0")
         if self.max_tokens is not None and self.max_tokens < max(1, self.min_tokens):

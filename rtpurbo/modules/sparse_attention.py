@@ -21,6 +21,7 @@ from .._compat import cache_from_kwargs
 from ..config import SparseConfig
 from ..families import Family
 from ..ops import api as ops
+from .indexer import LowRankIndexer
 
 
 class SparseAttention(nn.Module):
@@ -62,11 +63,19 @@ class SparseAttention(nn.Module):
 
     # --- head bookkeeping ---------------------------------------------------------
     def set_roles(self, retrieval_heads: list[int]) -> None:
-        """(Re)assign which KV heads are retrieval heads; all others are local."""
+        """(Re)assign which KV heads are retrieval heads; all others are local.
+
+        The layer gets a fresh (untrained) indexer for its retrieval heads, or none.
+        """
         device = self.q_proj.weight.device
         self.retrieval_heads = sorted(retrieval_heads)
         self.local_heads = [h for h in range(self.num_kv_heads) if h not in set(self.retrieval_heads)]
         self._register_head_index(device)
+        self.indexer = None
+        if self.retrieval_heads:
+            self.indexer = LowRankIndexer(
+                len(self.retrieval_heads), self.group, self.head_dim, self.sparse.index_dim, self.sparse.index_rope_dims
+            ).to(device)
 
     def _register_head_index(self, device: torch.device) -> None:
         """Index buffers: KV heads and query heads of each role, and the merge order."""
@@ -114,18 +123,19 @@ class SparseAttention(nn.Module):
         return out if self.heads_contiguous else out.index_select(1, self.q_merge)
 
     # --- projections ----------------------------------------------------------------
-    def project(self, hidden_states: torch.Tensor, position_embeddings: tuple) -> tuple[torch.Tensor, ...]:
-        """q (B, Hq, L, D), k and v (B, Hkv, L, D), RoPE applied (the family's own)."""
+    def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pre-RoPE q (B, Hq, L, D), k and v (B, Hkv, L, D), after the family's q/k norms."""
         batch, length, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim)
         k = self.k_proj(hidden_states).view(batch, length, -1, self.head_dim)
         v = self.v_proj(hidden_states).view(batch, length, -1, self.head_dim)
         if self.family.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        cos, sin = position_embeddings
-        q, k = self._apply_rotary(q, k, cos, sin)
-        return q, k, v
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def retrieval_raw(self, q_raw: torch.Tensor, k_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-RoPE q (B, Hr*G, L, D) and k (B, Hr, L, D) of the retrieval heads (indexer inputs)."""
+        return self._take(q_raw, self.q_retrieval, 0), self._take(k_raw, self.kv_retrieval, 0)
 
     @staticmethod
     def token_positions(
@@ -158,34 +168,66 @@ class SparseAttention(nn.Module):
                 f"a converted model needs rtpurbo's head-wise cache, got {type(cache).__name__}; "
                 "use rtpurbo.generate or pass use_cache=False"
             )
-        offset = 0 if cache is None else cache.seen_tokens(self.layer_idx)
+        offset = 0 if cache is None else cache.get_seq_length(self.layer_idx)
         positions = self.token_positions(position_ids, attention_mask, batch, length, offset, hidden_states.device)
-        q, k, v = self.project(hidden_states, position_embeddings)
+        q_raw, k_raw, v = self.project(hidden_states)
+        q, k = self._apply_rotary(q_raw, k_raw, *position_embeddings)
         if self.observer is not None:
             self.observer(self, q, k, positions)
         if cache is not None:
-            out = cache.attend(self, q, k, v, positions)
+            out = cache.attend(self, q, k, v, positions, q_raw, k_raw, position_embeddings)
         else:
-            out = self.attend_prefill(q, k, v, positions)
+            out = self.attend_prefill(q, k, v, positions, q_raw, k_raw, position_embeddings)
         out = out.transpose(1, 2).reshape(batch, length, -1)
         return self.o_proj(out), None
 
-    def attend_prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def attend_prefill(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        q_raw: torch.Tensor,
+        k_raw: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
         """Head-wise attention over the current tokens only (no cache). Returns (B, Hq, L, D)."""
         parts = self.split_heads(q, k, v)
-        outs = {}
-        for role, window, sinks in (
-            ("retrieval", self.base_window, 0),
-            ("local", self.sparse.window, self.sparse.sinks),
-        ):
-            qr, kr, vr = parts[role]
-            if kr.shape[1] == 0:
-                outs[role] = None
-                continue
-            outs[role] = ops.attention(
-                qr, kr, vr, positions, positions, window=window, sinks=sinks, scale=self.scaling, impl=self.sparse.impl
+        retrieval_out = local_out = None
+        if self.retrieval_heads:
+            key_mask = None
+            if self.sparse.retrieval_prefill == "topp" and self.base_window is None:
+                q_idx, k_idx = self.index_vectors(q_raw, k_raw, rope)
+                key_mask = self.select(q_idx, k_idx, positions, positions)
+            qr, kr, vr = parts["retrieval"]
+            retrieval_out = ops.attention(
+                qr, kr, vr, positions, positions, window=self.base_window, key_mask=key_mask,
+                scale=self.scaling, impl=self.sparse.impl,
             )
-        return self.merge_heads(outs["retrieval"], outs["local"])
+        if self.local_heads:
+            ql, kl, vl = parts["local"]
+            local_out = ops.attention(
+                ql, kl, vl, positions, positions, window=self.sparse.window, sinks=self.sparse.sinks,
+                scale=self.scaling, impl=self.sparse.impl,
+            )
+        return self.merge_heads(retrieval_out, local_out)
+
+    # --- indexer --------------------------------------------------------------------
+    def index_vectors(
+        self, q_raw: torch.Tensor, k_raw: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indexer queries and keys (B, Hr, L, d_idx) of the current tokens."""
+        q_r, k_r = self.retrieval_raw(q_raw, k_raw)
+        cos, sin = rope
+        return self.indexer.queries(q_r, cos, sin), self.indexer.keys(k_r, cos, sin)
+
+    def select(self, q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Top-p key selection (B, Hr, Lq, Lk) from indexer vectors, per the sparse config."""
+        cfg = self.sparse
+        return ops.select_topp(
+            ops.indexer_scores(q_idx, k_idx), q_pos, k_pos, top_p=cfg.top_p, min_tokens=cfg.min_tokens,
+            max_tokens=cfg.max_tokens, sinks=cfg.sinks, recent=cfg.recent,
+        )
 
     def extra_repr(self) -> str:
         return (

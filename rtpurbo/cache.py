@@ -1,0 +1,254 @@
+"""Head-wise KV cache: it really is smaller.
+
+Per layer:
+
+* retrieval KV heads keep K and V of every token, plus their ``d_idx``-wide indexer keys
+  (storage grows by doubling);
+* local KV heads keep ``S`` sink slots and a ring of ``W`` slots: never more than ``S + W``
+  entries, whatever the context.
+
+Every slot carries its token position (``-1`` = empty or padding), so attention masks
+come from :mod:`rtpurbo.ops.semantics` and the ring needs no ordering. Stock
+transformers caches are per layer, not per head, so this one is ours; it subclasses
+``transformers.Cache`` only so that ``generate()`` accepts it.
+
+Forward semantics with a cache (``L`` new tokens):
+
+* local heads attend over [cached slots + the new tokens] with window + sinks, then the
+  new tokens are written to the ring (only those still inside the window);
+* retrieval heads append the new tokens; a multi-token forward (prefill chunk) runs
+  full causal attention, a single-token forward (decode) attends over the indexer's
+  top-p selection (full attention when ``top_p == 1``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Cache
+
+from .ops import api as ops
+
+
+@dataclass
+class LayerCache:
+    """Storage of one layer. Shapes: B batch, Hr / Hl retrieval / local KV heads, D head dim."""
+
+    r_k: torch.Tensor  # (B, Hr, capacity, D)
+    r_v: torch.Tensor  # (B, Hr, capacity, D)
+    r_idx: torch.Tensor  # (B, Hr, capacity, d_idx)
+    r_pos: torch.Tensor  # (B, capacity), -1 = empty
+    l_k: torch.Tensor  # (B, Hl, S + W, D)
+    l_v: torch.Tensor  # (B, Hl, S + W, D)
+    l_pos: torch.Tensor  # (B, S + W), -1 = empty
+    r_len: int = 0
+    seen: int = 0  # token slots processed (padding included)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.r_k, self.r_v, self.r_idx, self.r_pos, self.l_k, self.l_v, self.l_pos]
+
+
+@dataclass
+class SelectionStats:
+    """Running sums of the decode-time top-p selection, per layer."""
+
+    selected: dict[int, float] = field(default_factory=dict)  # sum over (batch, head, step) of selected keys
+    visible: dict[int, float] = field(default_factory=dict)  # same sum of visible keys
+    samples: dict[int, int] = field(default_factory=dict)  # (batch, head, step) count
+
+    def record(self, layer: int, counts: torch.Tensor, visible: torch.Tensor) -> None:
+        """counts (B, Hr, 1) selected keys; visible (B,) keys a full head would see."""
+        self.selected[layer] = self.selected.get(layer, 0.0) + float(counts.sum())
+        self.visible[layer] = self.visible.get(layer, 0.0) + float(visible.sum()) * counts.shape[1]
+        self.samples[layer] = self.samples.get(layer, 0) + counts.numel()
+
+    def summary(self) -> dict[str, float]:
+        """Mean selected keys per head and step, and mean fraction of the visible context."""
+        total = sum(self.samples.values())
+        if not total:
+            return {"mean_selected": 0.0, "mean_fraction": 0.0, "samples": 0}
+        selected, visible = sum(self.selected.values()), sum(self.visible.values())
+        return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total}
+
+
+class HeadwiseCache(Cache):
+    """Head-wise KV cache for a model converted by :func:`rtpurbo.convert.convert`.
+
+    Args:
+        model: the converted model (its attention modules define the roles).
+        initial_capacity: first allocation of retrieval slots (grows by doubling).
+    """
+
+    def __init__(self, model: torch.nn.Module, initial_capacity: int = 256) -> None:
+        super().__init__(layers=[])
+        if getattr(model, "rtpurbo_plan", None) is None:
+            raise ValueError("HeadwiseCache needs a model converted by rtpurbo.convert.convert")
+        self.plan = model.rtpurbo_plan
+        self.sparse = model.rtpurbo_sparse
+        self.initial_capacity = initial_capacity
+        self.store: list[LayerCache | None] = [None] * self.plan.num_layers
+        self.stats = SelectionStats()
+
+    # --- what transformers asks of a cache ----------------------------------------------
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        layer = self.store[layer_idx] if layer_idx < len(self.store) else None
+        return 0 if layer is None else layer.seen
+
+    def get_mask_sizes(self, query_length, layer_idx: int = 0) -> tuple[int, int]:
+        length = query_length if isinstance(query_length, int) else int(query_length.shape[-1])
+        return self.get_seq_length(layer_idx) + length, 0
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return self.get_seq_length(layer_idx)
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return -1
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.store[0] is not None
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self.store)
+
+    @property
+    def is_linear(self) -> list[bool]:
+        return [False] * len(self.store)
+
+    @property
+    def is_dummy(self) -> list[bool]:
+        return [False] * len(self.store)
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError("HeadwiseCache cannot be cropped (local heads have already dropped old tokens)")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("beam search is not supported with HeadwiseCache")
+
+    # --- memory -------------------------------------------------------------------------
+    def allocated_bytes(self) -> int:
+        """Bytes of every tensor the cache holds (capacity, not just used slots)."""
+        return sum(t.numel() * t.element_size() for layer in self.store if layer for t in layer.tensors())
+
+    def used_bytes(self) -> int:
+        """Bytes of filled K/V/indexer slots (what a perfectly sized cache would hold)."""
+        total = 0
+        for layer in self.store:
+            if layer is None:
+                continue
+            per_slot = (2 * layer.r_k.shape[-1] + layer.r_idx.shape[-1]) * layer.r_k.element_size()
+            total += layer.r_len * layer.r_k.shape[0] * layer.r_k.shape[1] * per_slot
+            total += layer.l_k.numel() * layer.l_k.element_size() * 2
+        return total
+
+    # --- storage ----------------------------------------------------------------------
+    def _layer(self, module, k: torch.Tensor) -> LayerCache:
+        layer = self.store[module.layer_idx]
+        if layer is not None:
+            return layer
+        batch, _, _, dim = k.shape
+        n_r, n_l = len(module.retrieval_heads), len(module.local_heads)
+        slots = self.sparse.sinks + self.sparse.window
+        cap = self.initial_capacity
+        d_idx = module.indexer.index_dim if module.indexer is not None else 0
+        new = dict(dtype=k.dtype, device=k.device)
+        layer = LayerCache(
+            r_k=torch.zeros(batch, n_r, cap, dim, **new),
+            r_v=torch.zeros(batch, n_r, cap, dim, **new),
+            r_idx=torch.zeros(batch, n_r, cap, d_idx, **new),
+            r_pos=torch.full((batch, cap), -1, dtype=torch.long, device=k.device),
+            l_k=torch.zeros(batch, n_l, slots, dim, **new),
+            l_v=torch.zeros(batch, n_l, slots, dim, **new),
+            l_pos=torch.full((batch, slots), -1, dtype=torch.long, device=k.device),
+        )
+        self.store[module.layer_idx] = layer
+        return layer
+
+    @staticmethod
+    def _grow(layer: LayerCache, needed: int) -> None:
+        cap = layer.r_pos.shape[1]
+        if needed <= cap:
+            return
+        new_cap = max(needed, 2 * cap)
+
+        def grow(t: torch.Tensor, fill: float) -> torch.Tensor:
+            shape = list(t.shape)
+            dim = 2 if t.dim() == 4 else 1
+            shape[dim] = new_cap - cap
+            return torch.cat([t, torch.full(shape, fill, dtype=t.dtype, device=t.device)], dim=dim)
+
+        layer.r_k, layer.r_v, layer.r_idx = grow(layer.r_k, 0), grow(layer.r_v, 0), grow(layer.r_idx, 0)
+        layer.r_pos = grow(layer.r_pos, -1)
+
+    def _append_retrieval(self, layer: LayerCache, k, v, k_idx, positions) -> None:
+        n = k.shape[2]
+        self._grow(layer, layer.r_len + n)
+        end = layer.r_len + n
+        layer.r_k[:, :, layer.r_len : end] = k
+        layer.r_v[:, :, layer.r_len : end] = v
+        if k_idx is not None:
+            layer.r_idx[:, :, layer.r_len : end] = k_idx
+        layer.r_pos[:, layer.r_len : end] = positions
+        layer.r_len = end
+
+    def _write_ring(self, layer: LayerCache, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        """Write new local-head tokens that stay inside the window; later ones win per slot."""
+        sinks, window = self.sparse.sinks, self.sparse.window
+        newest = positions.max(dim=1, keepdim=True).values
+        keep = (positions >= 0) & ((positions < sinks) | (positions > newest - window))
+        slot = torch.where(positions < sinks, positions, sinks + (positions - sinks) % window)
+        rows, cols = keep.nonzero(as_tuple=True)
+        slots = slot[rows, cols]
+        layer.l_k[rows, :, slots] = k[rows, :, cols]
+        layer.l_v[rows, :, slots] = v[rows, :, cols]
+        layer.l_pos[rows, slots] = positions[rows, cols]
+
+    # --- attention ----------------------------------------------------------------------
+    def attend(self, module, q, k, v, positions, q_raw, k_raw, rope) -> torch.Tensor:
+        """Attention of ``L`` new tokens of one layer through the cache. Returns (B, Hq, L, D).
+
+        q (B, Hq, L, D) and k, v (B, Hkv, L, D) post-RoPE; q_raw / k_raw pre-RoPE; positions (B, L).
+        """
+        layer = self._layer(module, k)
+        parts = module.split_heads(q, k, v)
+        sparse = self.sparse
+        local_out = retrieval_out = None
+        if module.local_heads:
+            ql, kl, vl = parts["local"]
+            keys = torch.cat([layer.l_k, kl], dim=2)
+            values = torch.cat([layer.l_v, vl], dim=2)
+            key_pos = torch.cat([layer.l_pos, positions], dim=1)
+            local_out = ops.attention(
+                ql, keys, values, positions, key_pos, window=sparse.window, sinks=sparse.sinks,
+                scale=module.scaling, impl=sparse.impl,
+            )
+            self._write_ring(layer, kl, vl, positions)
+        if module.retrieval_heads:
+            qr, kr, vr = parts["retrieval"]
+            q_idx = k_idx = None
+            if module.indexer is not None:
+                q_idx, k_idx = module.index_vectors(q_raw, k_raw, rope)
+            self._append_retrieval(layer, kr, vr, k_idx, positions)
+            keys, values = layer.r_k[:, :, : layer.r_len], layer.r_v[:, :, : layer.r_len]
+            key_pos = layer.r_pos[:, : layer.r_len]
+            decode = q.shape[2] == 1 and sparse.top_p < 1.0 and module.indexer is not None and module.base_window is None
+            if decode:
+                retrieval_out, counts = ops.topp_attention(
+                    qr, keys, values, positions, key_pos, q_idx, layer.r_idx[:, :, : layer.r_len],
+                    top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,
+                    sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl,
+                )
+                visible = ((key_pos >= 0) & (key_pos <= positions)).sum(-1)
+                self.stats.record(module.layer_idx, counts, visible)
+            else:
+                retrieval_out = ops.attention(
+                    qr, keys, values, positions, key_pos, window=module.base_window,
+                    scale=module.scaling, impl=sparse.impl,
+                )
+        layer.seen += q.shape[2]
+        return module.merge_heads(retrieval_out, local_out)

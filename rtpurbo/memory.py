@@ -1,0 +1,63 @@
+"""KV-cache size accounting, dense vs head-wise sparse.
+
+Per layer and KV head, a dense cache keeps K and V for every token. The head-wise
+cache keeps, for a retrieval head, K and V for every token plus its ``d_idx``-wide
+indexer key; for a local head, only ``S + W`` slots, whatever the context.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """What the KV size depends on."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    num_retrieval_kv_heads: int  # model-wide count
+    window: int
+    sinks: int
+    index_dim: int
+    bytes_per_value: int = 2  # bf16 / fp16
+
+    @property
+    def num_local_kv_heads(self) -> int:
+        return self.num_layers * self.num_kv_heads - self.num_retrieval_kv_heads
+
+    def dense_bytes(self, context: int) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.bytes_per_value * context
+
+    def sparse_bytes(self, context: int) -> int:
+        per_retrieval_token = (2 * self.head_dim + self.index_dim) * self.bytes_per_value
+        local_slots = min(context, self.window + self.sinks)
+        return (
+            self.num_retrieval_kv_heads * per_retrieval_token * context
+            + self.num_local_kv_heads * 2 * self.head_dim * self.bytes_per_value * local_slots
+        )
+
+    def report(self, contexts: tuple[int, ...] = (8192, 131072, 1048576)) -> list[dict[str, float]]:
+        """Rows of {context, dense_bytes, sparse_bytes, per-token bytes, ratio}."""
+        rows = []
+        for context in contexts:
+            dense, sparse = self.dense_bytes(context), self.sparse_bytes(context)
+            rows.append(
+                {
+                    "context": context,
+                    "dense_bytes": dense,
+                    "sparse_bytes": sparse,
+                    "dense_bytes_per_token": dense / context,
+                    "sparse_bytes_per_token": sparse / context,
+                    "ratio": dense / sparse,
+                }
+            )
+        return rows
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
