@@ -90,6 +90,9 @@ class HeadwiseCache(Cache):
         self.stats = SelectionStats()
 
     # --- what transformers asks of a cache ----------------------------------------------
+    def __len__(self) -> int:
+        return len(self.store)
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         layer = self.store[layer_idx] if layer_idx < len(self.store) else None
         return 0 if layer is None else layer.seen
@@ -150,6 +153,13 @@ class HeadwiseCache(Cache):
     def _layer(self, module, k: torch.Tensor) -> LayerCache:
         layer = self.store[module.layer_idx]
         if layer is not None:
+            roles = (layer.r_k.shape[1], layer.l_k.shape[1])
+            if roles != (len(module.retrieval_heads), len(module.local_heads)) or layer.r_k.shape[0] != k.shape[0]:
+                raise ValueError(
+                    f"layer {module.layer_idx}: cache holds (batch, retrieval, local) = "
+                    f"{(layer.r_k.shape[0], *roles)} but the model now has "
+                    f"{(k.shape[0], len(module.retrieval_heads), len(module.local_heads))}; start a new HeadwiseCache"
+                )
             return layer
         batch, _, _, dim = k.shape
         n_r, n_l = len(module.retrieval_heads), len(module.local_heads)

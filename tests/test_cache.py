@@ -1,0 +1,138 @@
+"""Head-wise cache: decode through the cache equals one full forward under the same sparsity."""
+import pytest
+import torch
+
+from rtpurbo._compat import cache_kwarg
+from rtpurbo.cache import HeadwiseCache
+from rtpurbo.config import HeadPlan, SparseConfig
+from rtpurbo.convert import apply_plan, convert
+from rtpurbo.families import geometry
+from rtpurbo.generate import PromptTooLong, generate, prefill
+from rtpurbo.testing import tiny_model
+
+from .conftest import random_ids
+
+
+def mixed_plan(model):
+    layers, n_kv, n_q, _ = geometry(model.config)
+    return HeadPlan(layers, n_kv, n_q, [[h for h in range(n_kv) if (h + l) % 2 == 0] for l in range(layers)])
+
+
+def step_by_step(model, ids, cache=None):
+    cache = HeadwiseCache(model) if cache is None else cache
+    with torch.no_grad():
+        out = [model(ids[:, t : t + 1], use_cache=True, **{cache_kwarg(): cache}).logits for t in range(ids.shape[1])]
+    return torch.cat(out, dim=1), cache
+
+
+def full_forward(model, ids):
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("length", [97])
+def test_decode_equals_full_forward_every_family(family, length):
+    model = tiny_model(family)
+    convert(model, mixed_plan(model), SparseConfig(window=16, sinks=2, top_p=1.0))
+    ids = random_ids(1, length)
+    got, _ = step_by_step(model, ids)
+    assert torch.allclose(got, full_forward(model, ids), atol=1e-4)
+
+
+def test_decode_equals_full_forward_long_odd_length():
+    model = tiny_model("llama", num_layers=1)
+    convert(model, mixed_plan(model), SparseConfig(window=64, sinks=4, top_p=1.0))
+    ids = random_ids(1, 1025)
+    got, cache = step_by_step(model, ids)
+    assert torch.allclose(got, full_forward(model, ids), atol=1e-4)
+    layer = cache.store[0]
+    assert layer.l_k.shape[2] == 64 + 4  # local heads never hold more than S + W slots
+    assert layer.r_len == 1025
+
+
+def test_topp_decode_equals_topp_forward():
+    """With top_p < 1, decoding token by token selects exactly what the 'topp' full forward selects."""
+    model = tiny_model("qwen3", num_key_value_heads=2)
+    convert(model, mixed_plan(model), SparseConfig(window=16, sinks=2, top_p=0.6, min_tokens=3, recent=2))
+    ids = random_ids(1, 80)
+    got, cache = step_by_step(model, ids)
+    model.rtpurbo_sparse.retrieval_prefill = "topp"
+    want = full_forward(model, ids)
+    model.rtpurbo_sparse.retrieval_prefill = "dense"
+    dense = full_forward(model, ids)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, dense, atol=1e-3)  # the selection really drops keys
+    stats = cache.stats.summary()
+    assert 0 < stats["mean_fraction"] < 1 and stats["samples"] > 0
+
+
+def test_chunked_prefill_equals_single_shot(family):
+    model = tiny_model(family)
+    convert(model, mixed_plan(model), SparseConfig(window=16, sinks=2, top_p=1.0))
+    ids = random_ids(2, 75)
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    caches = []
+    for chunk in (75, 10, 1):
+        cache = HeadwiseCache(model)
+        prefill(model, cache, ids, mask, chunk)
+        caches.append(cache)
+    nxt = random_ids(2, 1, seed=5)
+    mask2 = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+    pos = mask2.sum(-1, keepdim=True) - 1
+    outs = []
+    with torch.no_grad():
+        for cache in caches:
+            kw = {cache_kwarg(): cache}
+            outs.append(model(nxt, attention_mask=mask2, position_ids=pos, use_cache=True, **kw).logits)
+    assert torch.allclose(outs[0], outs[1], atol=1e-4) and torch.allclose(outs[0], outs[2], atol=1e-4)
+
+
+def test_generate_all_retrieval_top_p_one_equals_original_generate(family):
+    model = tiny_model(family)
+    ids = random_ids(2, 30, seed=1)
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0
+    with torch.no_grad():
+        want = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    layers, n_kv, n_q, _ = geometry(model.config)
+    convert(model, HeadPlan.uniform(layers, n_kv, n_q, True), SparseConfig(window=8, sinks=2, top_p=1.0))
+    assert torch.equal(generate(model, None, ids, mask, max_new_tokens=12).sequences, want)
+    assert torch.equal(generate(model, None, ids, mask, max_new_tokens=12, prefill_chunk=8).sequences, want)
+
+
+def test_generate_with_sampling_runs_and_is_seeded():
+    model = tiny_model("llama")
+    convert(model, mixed_plan(model), SparseConfig(window=8, sinks=2, top_p=0.8))
+    ids = random_ids(1, 20)
+    torch.manual_seed(0)
+    a = generate(model, None, ids, max_new_tokens=10, do_sample=True).sequences
+    torch.manual_seed(0)
+    b = generate(model, None, ids, max_new_tokens=10, do_sample=True).sequences
+    assert torch.equal(a, b) and a.shape == (1, 30)
+
+
+def test_cache_is_really_smaller_than_dense():
+    model = tiny_model("llama", num_layers=2)
+    convert(model, mixed_plan(model), SparseConfig(window=32, sinks=4, top_p=1.0))
+    ids = random_ids(1, 600)
+    cache = HeadwiseCache(model, initial_capacity=600)
+    prefill(model, cache, ids, torch.ones_like(ids), 600)
+    layers, n_kv, _, dim = geometry(model.config)
+    dense = 2 * layers * n_kv * 600 * dim * 4
+    n_ret = model.rtpurbo_plan.num_retrieval()
+    bound = n_ret * 600 * (2 * dim + 16) * 4 + (layers * n_kv - n_ret) * 36 * 2 * dim * 4 + layers * 600 * 8 + 2 * 36 * 8
+    assert cache.allocated_bytes() <= bound < dense
+
+
+def test_errors_prompt_too_long_and_plan_changed():
+    model = tiny_model("llama")
+    convert(model, mixed_plan(model), SparseConfig(window=8, sinks=2))
+    with pytest.raises(PromptTooLong, match="positions"):
+        generate(model, None, random_ids(1, 4000), max_new_tokens=200)
+    cache = HeadwiseCache(model)
+    step_by_step(model, random_ids(1, 3), cache)
+    layers, n_kv, n_q, _ = geometry(model.config)
+    apply_plan(model, HeadPlan.uniform(layers, n_kv, n_q, True))
+    with pytest.raises(ValueError, match="start a new HeadwiseCache"):
+        step_by_step(model, random_ids(1, 2), cache)
