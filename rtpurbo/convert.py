@@ -27,19 +27,38 @@ def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig) -> nn.Module
     num_layers, num_kv, num_q, _ = geometry(model.config)
     plan.check_model(num_layers, num_kv, num_q)
     layers = getattr(model, "model", model).layers
+    originals = []
     for layer_idx, attn in enumerate(attention_modules(model)):
         if isinstance(attn, SparseAttention):
             raise AlreadyConverted(f"layer {layer_idx} is already a SparseAttention; convert a fresh base model")
         heads = plan.retrieval[layer_idx]
+        originals.append(attn)
         if sparse.reorder_heads:
             permute_heads(attn, kv_order(heads, num_kv), num_q // num_kv)
             heads = list(range(len(heads)))
         layers[layer_idx].self_attn = SparseAttention(
             attn, family, heads, num_q, num_kv, sparse, base_window(family, attn, model.config)
         )
+    model._rtpurbo_previous_attn = (model.config._attn_implementation, originals)  # plain attribute: not a submodule
     set_attn_implementation(model, ATTN_IMPLEMENTATION)
     model.rtpurbo_plan = plan
     model.rtpurbo_sparse = sparse
+    return model
+
+
+def unconvert(model: nn.Module) -> nn.Module:
+    """Put the original attention modules back (the inverse of :func:`convert` without reorder)."""
+    if not is_converted(model):
+        raise ValueError("model is not converted")
+    if model.rtpurbo_sparse.reorder_heads:
+        raise ValueError("a head-reordered model cannot be unconverted; load a fresh base model")
+    implementation, originals = model._rtpurbo_previous_attn
+    for layer, attn in zip(getattr(model, "model", model).layers, originals):
+        layer.self_attn = attn
+    set_attn_implementation(model, implementation)
+    del model._rtpurbo_previous_attn
+    model.rtpurbo_plan = None
+    model.rtpurbo_sparse = None
     return model
 
 

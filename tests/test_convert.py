@@ -110,3 +110,16 @@ def test_dynamic_cache_is_refused_with_a_clear_message():
 
     with pytest.raises(TypeError, match="head-wise cache"):
         model(random_ids(1, 5), past_key_values=DynamicCache(config=model.config), use_cache=True)
+
+
+def test_unconvert_restores_the_base_model():
+    model = tiny_model("qwen3")
+    ids = random_ids(1, 40)
+    dense = logits(model, ids)
+    convert(model, plan_for(model, False), SparseConfig(window=8, sinks=2))
+    from rtpurbo.convert import unconvert
+
+    unconvert(model)
+    assert torch.equal(logits(model, ids), dense)
+    assert model.config._attn_implementation == "sdpa"
+    convert(model, plan_for(model, True), SparseConfig(window=8, sinks=2))  # convertible again

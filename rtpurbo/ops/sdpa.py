@@ -4,9 +4,10 @@ local heads, only gathers the keys a chunk can see (sinks + the window), so the
 work of a local head grows with ``W``, not with the context.
 
 Works on CPU and GPU, with autograd (this is the training path on CPU).
-Key ranges are found from positions, which must be non-decreasing along the key
-axis among non-empty slots (true for prefill and for the head-wise cache, which
-hands keys over in position order).
+Key ranges are found from positions when the non-empty slots' positions are
+non-decreasing along the key axis (prefill, the retrieval cache); otherwise (the
+local ring buffer, a few thousand slots at most) every key is considered and the
+mask alone decides.
 """
 from __future__ import annotations
 
@@ -28,27 +29,34 @@ def attention(
     sinks: int = 0,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
-    query_chunk: int = 1024,
+    query_chunk: int | None = None,
 ) -> torch.Tensor:
-    """See :func:`rtpurbo.ops.reference.attention`. Returns (B, Hq, Lq, D) in ``q.dtype``."""
+    """See :func:`rtpurbo.ops.reference.attention`. Returns (B, Hq, Lq, D) in ``q.dtype``.
+
+    ``query_chunk`` defaults to 1024, or ``W / 2`` (at least 128) for a local head, so a
+    chunk's key span (sinks + chunk + W) stays close to the W keys each query needs.
+    """
     batch, n_q_heads, q_len, head_dim = q.shape
     n_kv_heads = k.shape[1]
     group = n_q_heads // n_kv_heads
     if window is None and key_mask is None and _is_plain_causal(q_pos, k_pos):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
+    if query_chunk is None:
+        query_chunk = 1024 if window is None else min(1024, max(128, window // 2))
     sorted_pos = torch.cummax(k_pos, dim=-1).values  # (B, Lk) non-decreasing
+    monotone = bool(((sorted_pos == k_pos) | (k_pos < 0)).all())
     outs = []
     for start in range(0, q_len, query_chunk):
         stop = min(start + query_chunk, q_len)
         qp = q_pos[:, start:stop]
-        keys = _key_index(sorted_pos, qp, window, sinks)
+        keys = _key_index(sorted_pos, qp, window, sinks) if monotone else None
         kp = k_pos if keys is None else k_pos[:, keys]
         mask = visible(qp, kp, window, sinks)[:, None]  # (B, 1, C, K)
         if key_mask is not None:
             km = _slice_queries(key_mask, start, stop, q_len)
             mask = mask & (km if keys is None else km[..., keys])
-        mask = mask.expand(batch, n_kv_heads, stop - start, mask.shape[-1])
-        mask = mask.repeat_interleave(group, dim=1)  # (B, Hq, C, K)
+        if mask.shape[1] > 1:  # per-KV-head key mask: one row per query head
+            mask = mask.repeat_interleave(group, dim=1)  # (B, Hq, C, K)
         kc = k if keys is None else k[:, :, keys]
         vc = v if keys is None else v[:, :, keys]
         out = F.scaled_dot_product_attention(

@@ -16,7 +16,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..config import HeadPlan, SparseConfig
-from ..convert import apply_plan, convert, is_converted
+from ..convert import apply_plan, convert, is_converted, unconvert
 from ..families import attention_modules, geometry
 from .scores import SCORE_NAMES, HeadScoreAccumulator, ProbeRows, kv_head_scores, retrieval_score
 
@@ -75,8 +75,8 @@ def profile_heads(
 ) -> HeadScores:
     """Run the model over needle samples and score every head.
 
-    The model is converted with an all-retrieval plan (identical to the base model) if it
-    is not converted yet; a converted model keeps its plan afterwards.
+    The model runs with an all-retrieval plan (identical to the base model); afterwards it
+    is returned to the state it came in (base model, or converted with its plan).
     """
     num_layers, num_kv, num_q, _ = geometry(model.config)
     previous_plan = model.rtpurbo_plan if is_converted(model) else None
@@ -100,7 +100,10 @@ def profile_heads(
     finally:
         for module in modules:
             module.observer = None
-        apply_plan(model, previous_plan or full)
+        if previous_plan is None:
+            unconvert(model)
+        else:
+            apply_plan(model, previous_plan)
     per_q = acc.query_head_scores()
     group = num_q // num_kv
     kv = {name: kv_head_scores(per_q[name], group) for name in SCORE_NAMES}

@@ -1,0 +1,1 @@
+"""Benchmarks of rtpurbo's kernels and layers (GPU). Entry scripts live in ``benchmarks/``."""

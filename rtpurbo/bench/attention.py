@@ -1,0 +1,375 @@
+"""Attention-layer benchmark: the head-wise sparse layer against dense SDPA (cuDNN and flash).
+
+One attention layer of a model geometry (``n_q`` query heads, ``n_kv`` KV heads, head dim 128,
+bf16, batch 1). ``R = max(1, round(0.15 * n_kv))`` KV heads are retrieval heads, the others
+local heads (window ``W``, ``S`` sinks); heads are role-contiguous (retrieval first), the
+layout :class:`rtpurbo.modules.SparseAttention` uses when roles are contiguous.
+
+* Prefill of ``L`` tokens. Sparse: both roles through ``ops.api.attention(impl="flex")`` plus the
+  head merge. Dense: one SDPA call (``is_causal``, GQA) with only the cuDNN, resp. flash, backend
+  enabled. Ideal speedup = dense FLOPs / sparse FLOPs, at 4 * D FLOPs per visible (query, key) pair.
+* Decode of one token after ``L``. Sparse, one CUDA graph: local heads over their ``S + W`` ring
+  slots (``impl="flex"``, Triton decode kernel) + retrieval heads through
+  ``topp_attention(impl="triton")`` over the ``L`` cached keys. Dense: SDPA over every head's ``L``
+  keys (also a CUDA graph). Ideal speedup = dense bytes / sparse bytes, bytes = K/V read (dense:
+  all heads x L; sparse: local heads x (S + W) + retrieval heads x selected keys) plus, on the
+  sparse side, the indexer keys (R x L x 16, bf16).
+
+Timing: CUDA events. Calls under a second: ``triton.testing.do_bench`` medians (L2 flushed before
+every timed call) after warm-up; calls over a second (dense prefill from 512K) are timed once.
+The sparse path is always run once before timing (flex compile, block-mask build).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..ops import api, reference
+
+INDEX_DIM = 16
+RECENT = 64
+TOP_P = 0.9
+MIN_TOKENS = 64
+DENSE_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
+DEVICE = torch.device("cuda")
+_EXPECTED_TFLOPS = {"cudnn": 550e12, "flash": 320e12}  # only to skip points the time budget cannot hold
+
+
+@dataclass(frozen=True)
+class Geometry:
+    name: str
+    n_q: int
+    n_kv: int
+    head_dim: int = 128
+
+    @property
+    def group(self) -> int:
+        return self.n_q // self.n_kv
+
+    def n_retrieval(self, fraction: float = 0.15) -> int:
+        return max(1, round(fraction * self.n_kv))
+
+
+GEOMETRIES = {g.name: g for g in (Geometry("llama-3.1-8b", 32, 8), Geometry("qwen3-30b-a3b", 32, 4))}
+
+
+# --- work counts ---------------------------------------------------------------------------
+def causal_pairs(length: int) -> int:
+    return length * (length + 1) // 2
+
+
+def local_pairs(length: int, window: int, sinks: int) -> int:
+    """Visible (query, key) pairs of a local head over a plain prefill of ``length`` tokens."""
+    w = min(window, length)
+    in_window = w * (w + 1) // 2 + (length - w) * w
+    beyond = max(0, length - window)  # query i >= W also sees min(S, i + 1 - W) sinks
+    s = min(sinks, beyond)
+    return in_window + s * (s + 1) // 2 + (beyond - s) * sinks
+
+
+def prefill_flops(geom: Geometry, length: int, window: int, sinks: int) -> tuple[int, int]:
+    """(dense, sparse) forward FLOPs of one layer's attention."""
+    per_pair = 4 * geom.head_dim
+    n_ret = geom.n_retrieval()
+    dense = per_pair * geom.n_q * causal_pairs(length)
+    sparse = per_pair * geom.group * (n_ret * causal_pairs(length) + (geom.n_kv - n_ret) * local_pairs(length, window, sinks))
+    return dense, sparse
+
+
+def decode_bytes(geom: Geometry, length: int, window: int, sinks: int, selected: float) -> tuple[float, float]:
+    """(dense, sparse) bytes one decode step must read (bf16 K/V; sparse adds the indexer keys)."""
+    row = 2 * geom.head_dim * 2  # K and V of one key, bf16
+    n_ret = geom.n_retrieval()
+    dense = geom.n_kv * length * row
+    sparse = (geom.n_kv - n_ret) * min(length, sinks + window) * row + n_ret * selected * row
+    return dense, sparse + n_ret * length * INDEX_DIM * 2
+
+
+# --- timing --------------------------------------------------------------------------------
+def _once_ms(fn) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def time_ms(fn) -> float:
+    """Median milliseconds of ``fn()``; a first call over a second is the one sample."""
+    first = _once_ms(fn)
+    if first >= 1000:
+        return first
+    if first >= 50:
+        return sorted(_once_ms(fn) for _ in range(3))[1]
+    return _do_bench(fn, rep=100)
+
+
+def graph_us(fn) -> float:
+    """Median microseconds of one replay of ``fn`` captured in a CUDA graph (L2 flushed each time)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return 1000 * _do_bench(graph.replay, rep=200)
+
+
+def _do_bench(fn, rep: int) -> float:
+    from triton.testing import do_bench  # GPU-only dependency, imported when timing
+
+    return do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, device=DEVICE, dtype=torch.bfloat16)
+
+
+def _dense(name: str, q, k, v, causal: bool, row: dict, key: str):
+    """A dense SDPA call restricted to one backend: GQA-native if the backend takes ``enable_gqa``
+    (probed on 128 tokens), else over K/V repeated per query head (copy not timed; noted in row)."""
+    backend = [DENSE_BACKENDS[name]]
+    probe = slice(0, min(q.shape[2], 128))
+    try:
+        with sdpa_kernel(backend):
+            F.scaled_dot_product_attention(q[:, :, probe], k[:, :, probe], v[:, :, probe], is_causal=causal, enable_gqa=True)
+        keys, values, gqa = k, v, True
+    except RuntimeError:
+        group = q.shape[1] // k.shape[1]
+        keys, values, gqa = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), False
+        row[key + "_note"] = "backend rejects enable_gqa: K/V repeated per query head (copy not timed)"
+
+    def run():
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, keys, values, is_causal=causal, enable_gqa=gqa)
+    return run
+
+
+def _measure(row: dict, key: str, fn, estimate_s: float, deadline: float) -> None:
+    """row[key] = fn() unless the time budget cannot hold it or it fails (then row[key + '_note'])."""
+    if time.time() + estimate_s > deadline:
+        row[key], row[key + "_note"] = None, "skipped: time budget"
+        return
+    try:
+        row[key] = fn()
+    except torch.OutOfMemoryError:
+        row[key], row[key + "_note"] = None, "skipped: OOM"
+    except RuntimeError as err:
+        row[key], row[key + "_note"] = None, f"failed: {str(err).splitlines()[0][:120]}"
+    torch.cuda.empty_cache()
+
+
+# --- prefill -------------------------------------------------------------------------------
+def prefill_point(geom: Geometry, length: int, window: int, sinks: int, deadline: float, spot: bool) -> dict:
+    n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
+    split = n_ret * group
+    q, k, v = _randn(1, geom.n_q, length, dim), _randn(1, geom.n_kv, length, dim), _randn(1, geom.n_kv, length, dim)
+    pos = torch.arange(length, device=DEVICE)[None]
+
+    def local():
+        return api.attention(q[:, split:], k[:, n_ret:], v[:, n_ret:], pos, pos, window=window, sinks=sinks, impl="flex")
+
+    def sparse():
+        return torch.cat([api.attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos, impl="flex"), local()], dim=1)
+
+    dense_flops, sparse_flops = prefill_flops(geom, length, window, sinks)
+    row = dict(phase="prefill", geometry=geom.name, L=length, retrieval_kv_heads=n_ret, window=window, sinks=sinks,
+               dense_flops=dense_flops, sparse_flops=sparse_flops, ideal_speedup=dense_flops / sparse_flops)
+    out = sparse()  # compile + block mask, outside the timing
+    if spot:
+        row["spot_rel_err"] = _prefill_spot_check(q, k, v, out, split, n_ret, window, sinks)
+    del out
+    row["sparse_ms"] = time_ms(sparse)
+    row["local_ms"] = time_ms(local)
+    torch.cuda.empty_cache()
+    for name in DENSE_BACKENDS:
+        estimate = dense_flops / _EXPECTED_TFLOPS[name]
+        key = f"{name}_ms"
+        _measure(row, key, lambda: time_ms(_dense(name, q, k, v, True, row, key)), estimate * (1 if estimate > 1 else 4), deadline)
+    return _prefill_rates(row)
+
+
+def _prefill_rates(row: dict) -> dict:
+    row["sparse_tflops"] = row["sparse_flops"] / row["sparse_ms"] / 1e9
+    for name in DENSE_BACKENDS:
+        ms = row.get(f"{name}_ms")
+        row[f"{name}_tflops"] = None if ms is None else row["dense_flops"] / ms / 1e9
+        row[f"speedup_vs_{name}"] = None if ms is None else ms / row["sparse_ms"]
+    cudnn = row["speedup_vs_cudnn"]
+    row["pct_of_ideal_vs_cudnn"] = None if cudnn is None else 100 * cudnn / row["ideal_speedup"]
+    return row
+
+
+def _prefill_spot_check(q, k, v, out, split, n_ret, window, sinks, n: int = 8) -> dict:
+    """Relative error vs the fp32 reference on the first and last ``n`` queries, per role."""
+    length = q.shape[2]
+    rows = torch.cat([torch.arange(n), torch.arange(length - n, length)]).to(DEVICE)
+    pos = torch.arange(length, device=DEVICE)[None]
+    errors = {}
+    for role, heads, kv, win, snk in (("retrieval", slice(0, split), slice(0, n_ret), None, 0),
+                                      ("local", slice(split, None), slice(n_ret, None), window, sinks)):
+        ref = reference.attention(q[:, heads][:, :, rows].float(), k[:, kv].float(), v[:, kv].float(), rows[None], pos,
+                                  window=win, sinks=snk)
+        got = out[:, heads][:, :, rows].float()
+        errors[role] = ((got - ref).norm() / ref.norm()).item()
+    return errors
+
+
+# --- decode --------------------------------------------------------------------------------
+def _ring_positions(length: int, window: int, sinks: int) -> torch.Tensor:
+    """(1, S + W) positions of a local head's cache after ``length`` tokens (slot = S + (p - S) % W)."""
+    pos = torch.full((sinks + window,), -1, dtype=torch.long)
+    pos[: min(sinks, length)] = torch.arange(min(sinks, length))
+    recent = torch.arange(max(sinks, length - window), length)
+    pos[sinks + (recent - sinks) % window] = recent
+    return pos.to(DEVICE)[None]
+
+
+def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: str | int, deadline: float, spot: bool) -> dict:
+    n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
+    split, n_local = n_ret * group, geom.n_kv - n_ret
+    q = _randn(1, geom.n_q, 1, dim)
+    k, v = _randn(1, geom.n_kv, length, dim), _randn(1, geom.n_kv, length, dim)  # dense cache; retrieval heads first
+    ring_k, ring_v = _randn(1, n_local, sinks + window, dim), _randn(1, n_local, sinks + window, dim)
+    ring_pos = _ring_positions(length, window, sinks)
+    q_idx, k_idx = _randn(1, n_ret, 1, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM)
+    q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+    tokens = dict(min_tokens=MIN_TOKENS, max_tokens=None) if budget == "top-p" else dict(min_tokens=budget, max_tokens=budget)
+    topp = dict(top_p=TOP_P, sinks=sinks, recent=RECENT, **tokens)
+
+    def local():
+        return api.attention(q[:, split:], ring_k, ring_v, q_pos, ring_pos, window=window, sinks=sinks, impl="flex")
+
+    def retrieval():
+        return api.topp_attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], q_pos, k_pos, q_idx, k_idx, **topp, impl="triton")
+
+    def sparse():
+        return torch.cat([retrieval()[0], local()], dim=1)
+
+    out, counts = retrieval()
+    selected = counts.float().mean().item()
+    dense_bytes, sparse_bytes = decode_bytes(geom, length, window, sinks, selected)
+    row = dict(phase="decode", geometry=geom.name, L=length, budget=budget, retrieval_kv_heads=n_ret, selected=selected,
+               top_p=TOP_P, recent=RECENT, dense_bytes=dense_bytes, sparse_bytes=sparse_bytes,
+               ideal_speedup=dense_bytes / sparse_bytes)
+    if spot:
+        row["spot_rel_err"] = _decode_spot_check(q, k, v, ring_k, ring_v, ring_pos, q_pos, k_pos, q_idx, k_idx, topp,
+                                                 out, counts, local(), split, n_ret, window, sinks)
+    row["sparse_us"], row["local_us"] = graph_us(sparse), graph_us(local)
+    row["retrieval_us"] = graph_us(lambda: retrieval()[0])
+    for name in DENSE_BACKENDS:
+        key = f"{name}_us"
+        _measure(row, key, lambda: graph_us(_dense(name, q, k, v, False, row, key)), 1.0, deadline)
+    return _decode_rates(row)
+
+
+def _decode_rates(row: dict) -> dict:
+    row["sparse_gbps"] = row["sparse_bytes"] / row["sparse_us"] / 1e3
+    best = None
+    for name in DENSE_BACKENDS:
+        us = row.get(f"{name}_us")
+        row[f"{name}_gbps"] = None if us is None else row["dense_bytes"] / us / 1e3
+        row[f"speedup_vs_{name}"] = None if us is None else us / row["sparse_us"]
+        best = us if best is None or (us is not None and us < best) else best
+    row["pct_of_ideal_vs_best_dense"] = None if best is None else 100 * best / row["sparse_us"] / row["ideal_speedup"]
+    return row
+
+
+def _decode_spot_check(q, k, v, ring_k, ring_v, ring_pos, q_pos, k_pos, q_idx, k_idx, topp, out, counts, local_out,
+                       split, n_ret, window, sinks) -> dict:
+    """Relative errors vs the fp32 reference and whether the selected counts agree."""
+    ref, ref_counts = reference.topp_attention(q[:, :split].float(), k[:, :n_ret].float(), v[:, :n_ret].float(),
+                                               q_pos, k_pos, q_idx, k_idx, **topp)
+    local_ref = reference.attention(q[:, split:].float(), ring_k.float(), ring_v.float(), q_pos, ring_pos,
+                                    window=window, sinks=sinks)
+    rel = lambda got, want: ((got.float() - want).norm() / want.norm()).item()
+    return dict(retrieval=rel(out, ref), local=rel(local_out, local_ref), counts_match=bool(torch.equal(counts, ref_counts)))
+
+
+# --- report --------------------------------------------------------------------------------
+def environment() -> dict:
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__, triton=triton.__version__,
+                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+
+
+def _fmt(x, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(rows: list[dict]) -> str:
+    """Human-readable tables of prefill and decode rows."""
+    lines = ["PREFILL (ms; TFLOP/s; speedups vs dense SDPA; ideal = FLOP ratio)",
+             f"{'model':<15}{'L':>9}{'sparse':>10}{'local':>9}{'cuDNN':>10}{'flash':>10}{'x cuDNN':>9}{'x flash':>9}"
+             f"{'ideal':>8}{'%ideal':>8}{'TF/s sp':>9}{'TF/s cu':>9}{'TF/s fl':>9}"]
+    for r in (r for r in rows if r["phase"] == "prefill" and "error" not in r):
+        lines.append(f"{r['geometry']:<15}{r['L']:>9}{_fmt(r['sparse_ms']):>10}{_fmt(r['local_ms']):>9}"
+                     f"{_fmt(r.get('cudnn_ms')):>10}{_fmt(r.get('flash_ms')):>10}{_fmt(r['speedup_vs_cudnn']):>9}"
+                     f"{_fmt(r['speedup_vs_flash']):>9}{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_cudnn'], '.0f'):>8}"
+                     f"{_fmt(r['sparse_tflops'], '.0f'):>9}{_fmt(r['cudnn_tflops'], '.0f'):>9}{_fmt(r['flash_tflops'], '.0f'):>9}")
+    lines += ["", "DECODE, batch 1 (us per layer step, CUDA graphs; GB/s; ideal = bytes ratio; %ideal vs the faster dense)",
+              f"{'model':<15}{'L':>9}{'budget':>8}{'selected':>10}{'sparse':>9}{'local':>8}{'retr':>8}{'cuDNN':>9}"
+              f"{'flash':>9}{'x cuDNN':>9}{'x flash':>9}{'ideal':>8}{'%ideal':>8}{'GB/s sp':>9}{'GB/s cu':>9}{'GB/s fl':>9}"]
+    for r in (r for r in rows if r["phase"] == "decode" and "error" not in r):
+        lines.append(f"{r['geometry']:<15}{r['L']:>9}{str(r['budget']):>8}{r['selected']:>10.0f}{_fmt(r['sparse_us'], '.1f'):>9}"
+                     f"{_fmt(r['local_us'], '.1f'):>8}{_fmt(r['retrieval_us'], '.1f'):>8}{_fmt(r.get('cudnn_us'), '.1f'):>9}"
+                     f"{_fmt(r.get('flash_us'), '.1f'):>9}{_fmt(r['speedup_vs_cudnn']):>9}{_fmt(r['speedup_vs_flash']):>9}"
+                     f"{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_best_dense'], '.0f'):>8}"
+                     f"{_fmt(r['sparse_gbps'], '.0f'):>9}{_fmt(r['cudnn_gbps'], '.0f'):>9}{_fmt(r['flash_gbps'], '.0f'):>9}")
+    notes = [f"  {r['phase']} {r['geometry']} L={r['L']} {r.get('budget', '')} {k}: {v}"
+             for r in rows for k, v in r.items() if k.endswith("_note") or k in ("error", "spot_rel_err")]
+    return "\n".join(lines + (["", "notes:"] + notes if notes else []))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ints = lambda s: [int(x) for x in s.split(",") if x]
+    parser.add_argument("--geometries", default=",".join(GEOMETRIES), help="comma-separated: " + ", ".join(GEOMETRIES))
+    parser.add_argument("--prefill", type=ints, default=[8192, 32768, 131072, 524288, 1048576], help="prefill lengths")
+    parser.add_argument("--decode", type=ints, default=[32768, 131072, 524288, 1048576], help="decode context lengths")
+    parser.add_argument("--budgets", default="top-p,2048,8192", help="decode budgets: top-p and/or fixed token counts")
+    parser.add_argument("--window", type=int, default=8192)
+    parser.add_argument("--sinks", type=int, default=4)
+    parser.add_argument("--deadline-s", type=float, default=1e9, help="start no dense point that would end later")
+    parser.add_argument("--json", default=None, help="also write all rows here (rewritten after every point)")
+    args = parser.parse_args(argv)
+    deadline = time.time() + args.deadline_s
+    geoms = [GEOMETRIES[name] for name in args.geometries.split(",")]
+    budgets = [b if b == "top-p" else int(b) for b in args.budgets.split(",")]
+    env = environment()
+    print(json.dumps(env), flush=True)
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(environment=env, rows=rows), f, indent=1)
+
+    def attempt(phase: str, geom: Geometry, length: int, point, *point_args) -> None:
+        try:
+            record(point(geom, length, args.window, args.sinks, *point_args))
+        except Exception as err:  # one broken point must not lose the others
+            record(dict(phase=phase, geometry=geom.name, L=length, error=f"{type(err).__name__}: {str(err)[:300]}"))
+        torch.cuda.empty_cache()
+
+    torch.manual_seed(0)
+    for geom in geoms:
+        for length in args.decode:
+            for budget in budgets:
+                spot = length == max(args.decode) and budget == budgets[0]
+                attempt("decode", geom, length, decode_point, budget, deadline, spot)
+    for length in args.prefill:
+        for geom in geoms:
+            attempt("prefill", geom, length, prefill_point, deadline, length == max(args.prefill))
+    print(table(rows))
+    print(json.dumps(dict(environment=env, rows=rows)))

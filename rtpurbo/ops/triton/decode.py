@@ -1,0 +1,374 @@
+"""Triton kernels for one-query (decode) attention, GQA-native and split over the keys.
+
+Layouts follow :mod:`rtpurbo.ops.reference`: ``q`` (B, Hq, 1, D), ``k``/``v`` (B, Hkv, Lk, D),
+``q_pos`` (B, 1), ``k_pos`` (B, Lk) with ``k_pos < 0`` = empty slot; query head ``h`` reads KV
+head ``h // G``. Any strides are accepted (cache views included).
+
+* :func:`index_scores` scores every cached indexer key against the query's indexer vector
+  (fp32, ``-inf`` where not causally visible), with per-block softmax statistics, and writes the
+  always-kept keys (sinks and the ``recent`` newest) to fixed slots of a small list.
+* :func:`topp_count` walks the sorted scores of a row to the smallest prefix whose probability
+  mass reaches ``top_p`` and applies the token clamps, in one program per row.
+* :func:`decode_attention` runs the ``G`` query heads of one KV head together (one ``tl.dot``
+  per key block) over either every key slot ("dense" mode: visibility from positions, window,
+  sinks and an optional key mask) or a list of slot indices ("list" mode: the top-p selection
+  plus the always list). The key range is split over programs; a combine kernel merges the
+  partial softmax states.
+
+Nothing here syncs with the host and every shape depends only on the inputs' shapes, so a
+decode step built from these kernels can be captured in a CUDA graph.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+_NO_WINDOW = 1 << 62  # a window no position difference reaches (window=None)
+
+
+class IndexScores(NamedTuple):
+    """Output of :func:`index_scores` for B batch rows and Hkv retrieval heads (BH = B * Hkv).
+
+    scores: (B, Hkv, Lk) fp32 indexer logits, ``-inf`` where the key is not visible.
+    block_max, block_sum: (BH, n_blocks) fp32, max and sum of ``exp(s - block_max)`` per key block.
+    block_count: (BH, n_blocks) int32, visible keys per block.
+    always: (BH, sinks + recent) int32 slot indices of the always-kept keys, -1 where none.
+    """
+
+    scores: torch.Tensor
+    block_max: torch.Tensor
+    block_sum: torch.Tensor
+    block_count: torch.Tensor
+    always: torch.Tensor
+
+
+@triton.jit
+def _index_scores_kernel(
+    qi_ptr, ki_ptr, qpos_ptr, kpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr,
+    n_kv_heads, n_keys, n_blocks, n_always, sinks, recent,
+    s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_kpb, s_kpn,
+    D_IDX: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    blk = tl.program_id(1)
+    b = (bh // n_kv_heads).to(tl.int64)
+    h = (bh % n_kv_heads).to(tl.int64)
+    offs = blk * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < n_keys
+    d = tl.arange(0, D_PAD)
+    d_ok = d < D_IDX
+
+    q_pos = tl.load(qpos_ptr + b * s_qpb)
+    k_pos = tl.load(kpos_ptr + b * s_kpb + offs.to(tl.int64) * s_kpn, mask=in_range, other=-1)
+    seen = in_range & (k_pos >= 0) & (k_pos <= q_pos)
+    q = tl.load(qi_ptr + b * s_qib + h * s_qih + d * s_qid, mask=d_ok, other=0.0).to(tl.float32)
+    key_ptrs = ki_ptr + b * s_kib + h * s_kih + offs.to(tl.int64)[:, None] * s_kin + d[None, :] * s_kid
+    keys = tl.load(key_ptrs, mask=seen[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    s = tl.where(seen, tl.sum(keys * q[None, :], axis=1), float("-inf"))
+    tl.store(scores_ptr + bh.to(tl.int64) * n_keys + offs, s, mask=in_range)
+
+    top = tl.max(s, axis=0)
+    ref = tl.where(top == float("-inf"), 0.0, top)
+    stat = bh * n_blocks + blk
+    tl.store(bmax_ptr + stat, top)
+    tl.store(bsum_ptr + stat, tl.sum(tl.exp(s - ref), axis=0))
+    tl.store(bcount_ptr + stat, tl.sum(seen.to(tl.int32), axis=0))
+
+    # always-kept keys go to fixed slots: sink p -> p, recent p -> sinks + (q_pos - p)
+    is_sink = seen & (k_pos < sinks)
+    is_recent = seen & (q_pos - k_pos < recent) & ~is_sink
+    slot = tl.where(is_sink, k_pos, sinks + q_pos - k_pos)
+    tl.store(always_ptr + bh * n_always + slot, offs, mask=is_sink | is_recent)
+
+
+@triton.jit
+def _topp_count_kernel(
+    values_ptr, bmax_ptr, bsum_ptr, bcount_ptr, n_keep_ptr,
+    n_values, n_blocks, top_p, min_tokens, max_tokens,
+    NB_PAD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    nb = tl.arange(0, NB_PAD)
+    nb_ok = nb < n_blocks
+    bmax = tl.load(bmax_ptr + row * n_blocks + nb, mask=nb_ok, other=float("-inf"))
+    top = tl.max(bmax, axis=0)
+    ref = tl.where(top == float("-inf"), 0.0, top)
+    mass = tl.sum(tl.load(bsum_ptr + row * n_blocks + nb, mask=nb_ok, other=0.0) * tl.exp(bmax - ref), axis=0)
+    mass = tl.maximum(mass, 1.1754943508222875e-38)
+    n_visible = tl.sum(tl.load(bcount_ptr + row * n_blocks + nb, mask=nb_ok, other=0), axis=0)
+
+    # walk the sorted scores until the mass before the next key reaches top_p
+    carry = tl.full([], 0.0, tl.float32)
+    count = tl.full([], 0, tl.int32)
+    start = tl.full([], 0, tl.int32)
+    values_row = values_ptr + row.to(tl.int64) * n_values
+    while (start < n_values) & (carry < top_p):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < n_values
+        p = tl.where(ok, tl.exp(tl.load(values_row + offs, mask=ok, other=float("-inf")) - ref) / mass, 0.0)
+        before = carry + tl.cumsum(p, axis=0) - p
+        count += tl.sum((ok & (before < top_p)).to(tl.int32), axis=0)
+        carry += tl.sum(p, axis=0)
+        start += BLOCK
+    n_keep = tl.minimum(tl.minimum(tl.maximum(count, min_tokens), n_visible), max_tokens)
+    tl.store(n_keep_ptr + row, n_keep.to(tl.int64))
+
+
+@triton.jit
+def _decode_attention_kernel(
+    q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, mask_ptr, index_ptr, n_index_ptr, always_ptr,
+    part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr,
+    n_kv_heads, group, head_dim, n_keys, n_always, n_splits, window, sinks, skip_sinks, skip_recent, qk_scale,
+    s_qb, s_qh, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
+    s_qpb, s_kpb, s_kpn, s_mb, s_mh, s_mn, s_ib, s_ih, s_in,
+    LIST: tl.constexpr, HAS_MASK: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = (bh // n_kv_heads).to(tl.int64)
+    h = (bh % n_kv_heads).to(tl.int64)
+    g = tl.arange(0, G_PAD)
+    d = tl.arange(0, D_PAD)
+    g_ok = g < group
+    d_ok = d < head_dim
+    q = tl.load(
+        q_ptr + b * s_qb + (h * group + g)[:, None] * s_qh + d[None, :] * s_qd,
+        mask=g_ok[:, None] & d_ok[None, :], other=0.0,
+    )
+    q_pos = tl.load(qpos_ptr + b * s_qpb)
+
+    # this program's share of the work: a contiguous run of slots (dense) or list entries
+    if LIST:
+        in_always = split == n_splits  # the extra last split reads the always list
+        n_sel = tl.load(n_index_ptr + bh).to(tl.int32)
+        chunk = tl.cdiv(tl.cdiv(n_sel, n_splits), BLOCK_N) * BLOCK_N
+        lo = tl.where(in_always, 0, split * chunk)
+        hi = tl.where(in_always, n_always, tl.minimum(split * chunk + chunk, n_sel))
+    else:
+        chunk = tl.cdiv(tl.cdiv(n_keys, n_splits), BLOCK_N) * BLOCK_N
+        lo = split * chunk
+        hi = tl.minimum(lo + chunk, n_keys)
+
+    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D_PAD], tl.float32)
+    n_used = tl.zeros([BLOCK_N], tl.int32)
+    for start in range(lo, hi, BLOCK_N):
+        offs = start + tl.arange(0, BLOCK_N)
+        ok = offs < hi
+        if LIST:
+            listed = tl.load(index_ptr + b * s_ib + h * s_ih + offs.to(tl.int64) * s_in, mask=ok & ~in_always, other=-1)
+            forced = tl.load(always_ptr + bh * n_always + offs, mask=ok & in_always, other=-1)
+            slot = tl.where(in_always, forced.to(tl.int64), listed.to(tl.int64))
+            ok = ok & (slot >= 0)
+        else:
+            slot = offs.to(tl.int64)
+        k_pos = tl.load(kpos_ptr + b * s_kpb + slot * s_kpn, mask=ok, other=-1)
+        use = ok & (k_pos >= 0) & (k_pos <= q_pos)
+        if LIST:
+            # sinks / recent keys of the list are counted once, by the always split
+            always_kind = (k_pos < skip_sinks) | (q_pos - k_pos < skip_recent)
+            use = use & (in_always | ~always_kind)
+        else:
+            use = use & ((q_pos - k_pos < window) | (k_pos < sinks))
+            if HAS_MASK:
+                allowed = tl.load(mask_ptr + b * s_mb + h * s_mh + slot * s_mn, mask=ok, other=0)
+                use = use & (allowed != 0)
+        kv_ok = use[:, None] & d_ok[None, :]
+        keys = tl.load(k_ptr + b * s_kb + h * s_kh + slot[:, None] * s_kn + d[None, :] * s_kd, mask=kv_ok, other=0.0)
+        s = tl.dot(q, tl.trans(keys), input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(use[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        values = tl.load(v_ptr + b * s_vb + h * s_vh + slot[:, None] * s_vn + d[None, :] * s_vd, mask=kv_ok, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values, input_precision=DOT_PRECISION)
+        m_i = m_new
+        n_used += use.to(tl.int32)
+
+    if LIST:
+        n_parts = n_splits + 1
+    else:
+        n_parts = n_splits
+    row = (bh * n_parts + split) * G_PAD + g
+    tl.store(part_m_ptr + row, m_i, mask=g_ok)
+    tl.store(part_l_ptr + row, l_i, mask=g_ok)
+    tl.store(part_o_ptr + row[:, None] * D_PAD + d[None, :], acc, mask=g_ok[:, None])
+    tl.store(part_n_ptr + bh * n_parts + split, tl.sum(n_used, axis=0))
+
+
+@triton.jit
+def _combine_kernel(
+    part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, out_ptr, count_ptr,
+    n_kv_heads, group, head_dim, n_parts, s_ob, s_oh, s_od,
+    G_PAD: tl.constexpr, D_PAD: tl.constexpr, P_PAD: tl.constexpr, P_CHUNK: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    gi = tl.program_id(1)
+    b = (bh // n_kv_heads).to(tl.int64)
+    h = (bh % n_kv_heads).to(tl.int64)
+    p = tl.arange(0, P_PAD)
+    m = tl.load(part_m_ptr + (bh * n_parts + p) * G_PAD + gi, mask=p < n_parts, other=float("-inf"))
+    top = tl.max(m, axis=0)
+    ref = tl.where(top == float("-inf"), 0.0, top)
+    l = tl.load(part_l_ptr + (bh * n_parts + p) * G_PAD + gi, mask=p < n_parts, other=0.0)
+    total = tl.sum(tl.exp2(m - ref) * l, axis=0)
+
+    d = tl.arange(0, D_PAD)
+    d_ok = d < head_dim
+    acc = tl.zeros([D_PAD], tl.float32)
+    for start in range(0, n_parts, P_CHUNK):
+        pc = start + tl.arange(0, P_CHUNK)
+        row = (bh * n_parts + pc) * G_PAD + gi
+        weight = tl.exp2(tl.load(part_m_ptr + row, mask=pc < n_parts, other=float("-inf")) - ref)
+        part = tl.load(part_o_ptr + row[:, None] * D_PAD + d[None, :], mask=(weight > 0)[:, None] & d_ok[None, :], other=0.0)
+        acc += tl.sum(part * weight[:, None], axis=0)
+    out = acc / tl.where(total == 0.0, 1.0, total)
+    tl.store(out_ptr + b * s_ob + (h * group + gi) * s_oh + d * s_od, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+    if gi == 0:
+        used = tl.load(part_n_ptr + bh * n_parts + p, mask=p < n_parts, other=0)
+        tl.store(count_ptr + bh, tl.sum(used, axis=0).to(tl.int64))
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
+def _pad(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def index_scores(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *,
+    sinks: int, recent: int, block: int = 1024,
+) -> IndexScores:
+    """Indexer scores of one query per batch row against every cached key.
+
+    Args:
+        q_idx: (B, Hkv, 1, d_idx); k_idx: (B, Hkv, Lk, d_idx); q_pos: (B, 1); k_pos: (B, Lk).
+        sinks, recent: the always-kept keys (``k_pos < sinks`` or ``q_pos - k_pos < recent``).
+    Positions must be distinct within a row (true of any cache); two visible keys at one position
+    would share an always-list slot.
+    """
+    batch, n_kv, _, d_idx = q_idx.shape
+    n_keys = k_idx.shape[2]
+    n_blocks = triton.cdiv(n_keys, block)
+    rows = batch * n_kv
+    device = q_idx.device
+    scores = torch.empty(batch, n_kv, n_keys, dtype=torch.float32, device=device)
+    block_max = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
+    block_sum = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
+    block_count = torch.empty(rows, n_blocks, dtype=torch.int32, device=device)
+    always = torch.full((rows, max(1, sinks + recent)), -1, dtype=torch.int32, device=device)
+    _index_scores_kernel[(rows, n_blocks)](
+        q_idx, k_idx, q_pos, k_pos, scores, block_max, block_sum, block_count, always,
+        n_kv, n_keys, n_blocks, always.shape[1], sinks, recent,
+        q_idx.stride(0), q_idx.stride(1), q_idx.stride(3),
+        k_idx.stride(0), k_idx.stride(1), k_idx.stride(2), k_idx.stride(3),
+        q_pos.stride(0), k_pos.stride(0), k_pos.stride(1),
+        D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, num_warps=8,
+    )
+    return IndexScores(scores, block_max, block_sum, block_count, always)
+
+
+def topp_count(
+    values: torch.Tensor, scored: IndexScores, *, top_p: float, min_tokens: int, max_tokens: int | None,
+    block: int = 1024,
+) -> torch.Tensor:
+    """How many of the best keys the top-p rule keeps, per row.
+
+    Args:
+        values: (BH, C) indexer scores sorted descending (C = Lk, or a budget's top C).
+        scored: the :func:`index_scores` output the values come from (softmax statistics).
+    Returns:
+        (BH,) int64: the number of leading keys whose preceding probability mass is below
+        ``top_p``, clamped to ``[min_tokens, max_tokens]`` and to the visible keys.
+    """
+    rows, n_values = values.shape
+    n_blocks = scored.block_max.shape[1]
+    n_keep = torch.empty(rows, dtype=torch.int64, device=values.device)
+    _topp_count_kernel[(rows,)](
+        values, scored.block_max, scored.block_sum, scored.block_count, n_keep,
+        n_values, n_blocks, top_p, min_tokens, n_values if max_tokens is None else max_tokens,
+        NB_PAD=_pad(n_blocks), BLOCK=block, num_warps=4,
+    )
+    return n_keep
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None = None,
+    sinks: int = 0,
+    key_mask: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
+    n_index: torch.Tensor | None = None,
+    always: torch.Tensor | None = None,
+    skip_sinks: int = 0,
+    skip_recent: int = 0,
+    block_n: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of one query per row (Lq == 1) over its KV head's keys.
+
+    Dense mode (``index`` None): every slot, visible per :func:`semantics.visible` with
+    ``window``/``sinks``, AND ``key_mask`` (bool, broadcastable to (B, Hkv, 1, Lk)) if given.
+    List mode: the slots ``index[b, h, :n_index[b, h]]`` ((B, Hkv, C) and (B, Hkv)) that are
+    causally visible and not always-kept (``k_pos < skip_sinks`` or ``q_pos - k_pos <
+    skip_recent``), plus the slots of ``always`` ((B * Hkv, A), -1 = none).
+
+    Returns:
+        out (B, Hq, 1, D) in ``q.dtype`` (zeros where no key is used) and the number of keys
+        used (B, Hkv) int64.
+    """
+    batch, n_q, _, head_dim = q.shape
+    n_kv, n_keys = k.shape[1], k.shape[2]
+    group = n_q // n_kv
+    rows = batch * n_kv
+    listed = index is not None
+    span = index.shape[-1] if listed else n_keys
+    n_splits = max(1, min(triton.cdiv(2 * _num_sms(q.device), rows), triton.cdiv(span, block_n)))
+    n_parts = n_splits + int(listed)
+    g_pad, d_pad = _pad(group), _pad(head_dim)
+    part_m = torch.empty(rows, n_parts, g_pad, dtype=torch.float32, device=q.device)
+    part_l = torch.empty_like(part_m)
+    part_o = torch.empty(rows, n_parts, g_pad, d_pad, dtype=torch.float32, device=q.device)
+    part_n = torch.empty(rows, n_parts, dtype=torch.int32, device=q.device)
+    mask = None if key_mask is None else key_mask.expand(batch, n_kv, 1, n_keys)[:, :, 0].view(torch.uint8)
+    mask_t = k_pos if mask is None else mask
+    index_t = k_pos[:, None] if index is None else index
+    _decode_attention_kernel[(rows, n_parts)](
+        q, k, v, q_pos, k_pos, mask_t, index_t,
+        k_pos if n_index is None else n_index.reshape(rows),
+        k_pos if always is None else always,
+        part_m, part_l, part_o, part_n,
+        n_kv, group, head_dim, n_keys, 0 if always is None else always.shape[1], n_splits,
+        _NO_WINDOW if window is None else window, sinks, skip_sinks, skip_recent, scale * 1.4426950408889634,
+        q.stride(0), q.stride(1), q.stride(3), k.stride(0), k.stride(1), k.stride(2), k.stride(3),
+        v.stride(0), v.stride(1), v.stride(2), v.stride(3),
+        q_pos.stride(0), k_pos.stride(0), k_pos.stride(1),
+        mask_t.stride(0), mask_t.stride(1) if mask is not None else 0, mask_t.stride(-1),
+        index_t.stride(0), index_t.stride(1), index_t.stride(2),
+        LIST=listed, HAS_MASK=mask is not None, G_PAD=g_pad, D_PAD=d_pad, BLOCK_N=block_n,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
+    )
+    out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
+    counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)
+    _combine_kernel[(rows, group)](
+        part_m, part_l, part_o, part_n, out, counts,
+        n_kv, group, head_dim, n_parts, out.stride(0), out.stride(1), out.stride(3),
+        G_PAD=g_pad, D_PAD=d_pad, P_PAD=triton.next_power_of_2(n_parts), P_CHUNK=16, num_warps=4,
+    )
+    return out, counts

@@ -1,0 +1,124 @@
+"""Top-p retrieval-head decode on the GPU: same contract as :func:`reference.topp_attention`, Lq == 1.
+
+One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capturable):
+
+1. :func:`rtpurbo.ops.triton.decode.index_scores` (Triton): fp32 indexer logits of every
+   cached key, per-block softmax statistics, and the sinks / ``recent`` keys in a small list.
+2. Selection (:func:`select`): keys sorted by score, best first -- ``torch.sort`` (stable) over
+   all keys, or ``torch.topk`` of ``max_tokens`` keys when a budget caps the selection; then
+   :func:`rtpurbo.ops.triton.decode.topp_count` (Triton, one program per row) walks the sorted
+   scores to the smallest prefix whose mass reaches ``top_p`` and clamps it to
+   ``[min_tokens, max_tokens]`` and to the visible count.
+3. :func:`rtpurbo.ops.triton.decode.decode_attention` (Triton, list mode): split-K attention of
+   the ``G`` query heads of each KV head over the selected slots plus the always-kept ones,
+   each key counted once.
+
+``top_p >= 1`` skips 1-2 and attends to every visible key. Ties: keys are ordered by indexer
+score (the reference orders by probability; the two differ only where distinct scores round
+to the same fp32 probability, and then only at the boundary of the selection).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+try:
+    from .triton import decode as kernels
+except ImportError:  # triton missing (CPU-only install): available() is False
+    kernels = None
+
+
+def available() -> bool:
+    """True when Triton and a CUDA device are present."""
+    return kernels is not None and torch.cuda.is_available()
+
+
+class Selection(NamedTuple):
+    """Top-p selection of one decode step (B rows, Hkv retrieval heads).
+
+    order: (B, Hkv, C) key slots by descending indexer score (C = Lk, or ``max_tokens``).
+    n_keep: (B, Hkv) int64, the first ``n_keep`` entries of ``order`` are selected.
+    always: (B * Hkv, sinks + recent) int32 slots of the always-kept keys, -1 where none.
+    """
+
+    order: torch.Tensor
+    n_keep: torch.Tensor
+    always: torch.Tensor
+
+
+def _check(q: torch.Tensor, q_idx: torch.Tensor) -> None:
+    if q.shape[2] != 1:
+        raise ValueError(f"triton top-p attention is decode-only (Lq == 1); got q{tuple(q.shape)}")
+    if not (q.is_cuda and q_idx.is_cuda):
+        raise ValueError(f"triton top-p attention needs CUDA tensors; got q on {q.device}, q_idx on {q_idx.device}")
+
+
+def select(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    top_p: float,
+    min_tokens: int = 0,
+    max_tokens: int | None = None,
+    sinks: int = 0,
+    recent: int = 0,
+) -> Selection:
+    """Indexer top-p selection (``top_p < 1``) for one query per row.
+
+    Args:
+        q_idx: (B, Hkv, 1, d_idx); k_idx: (B, Hkv, Lk, d_idx); q_pos: (B, 1); k_pos: (B, Lk).
+    """
+    batch, n_kv, _, _ = q_idx.shape
+    n_keys = k_idx.shape[2]
+    scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent)
+    scores = scored.scores.view(batch * n_kv, n_keys)
+    budget = n_keys if max_tokens is None else min(max_tokens, n_keys)
+    if budget == n_keys:
+        values, order = torch.sort(scores, dim=-1, descending=True, stable=True)
+    else:
+        values, order = torch.topk(scores, budget, dim=-1)
+    n_keep = kernels.topp_count(values, scored, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens)
+    return Selection(order.view(batch, n_kv, budget), n_keep.view(batch, n_kv), scored.always)
+
+
+def topp_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    *,
+    top_p: float,
+    min_tokens: int = 0,
+    max_tokens: int | None = None,
+    sinks: int = 0,
+    recent: int = 0,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """See :func:`rtpurbo.ops.reference.topp_attention` (here Lq must be 1).
+
+    Args:
+        q: (B, Hq, 1, D); k, v: (B, Hkv, Lk, D); q_pos (B, 1); k_pos (B, Lk).
+        q_idx: (B, Hkv, 1, d_idx); k_idx: (B, Hkv, Lk, d_idx).
+    Returns:
+        out (B, Hq, 1, D) in ``q.dtype`` and the number of selected keys (B, Hkv, 1) int64.
+    """
+    _check(q, q_idx)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if top_p >= 1.0:
+        out, counts = kernels.decode_attention(q, k, v, q_pos, k_pos, scale=scale)
+    else:
+        chosen = select(
+            q_idx, k_idx, q_pos, k_pos,
+            top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks, recent=recent,
+        )
+        out, counts = kernels.decode_attention(
+            q, k, v, q_pos, k_pos, scale=scale, index=chosen.order, n_index=chosen.n_keep,
+            always=chosen.always, skip_sinks=sinks, skip_recent=recent,
+        )
+    return out, counts.unsqueeze(-1)

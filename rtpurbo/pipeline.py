@@ -1,0 +1,96 @@
+"""The pipeline's stages as functions that read and write artifacts (the CLI is a thin shell).
+
+    profile  : base model -> head_scores.json, head_plan.json, head_plan.png
+    convert  : base model + plan -> artifact directory (see rtpurbo.io)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import HeadPlan, SparseConfig, dumps
+from .convert import convert
+from .data.needles import KINDS, make_samples, seed_for
+from .data.sources import long_documents
+from .families import geometry
+from .profile.plot import plot_plan
+from .profile.run import HeadScores, plan_from_scores, profile_heads
+
+# Training-pool sources that install in seconds: the default haystack for profiling prompts.
+PROFILE_SOURCES = ("jargon-text", "gnu-standards", "c++-annotations", "git-doc")
+
+
+@dataclass
+class ProfileSettings:
+    """How heads are profiled (flags of ``rtpurbo profile``)."""
+
+    window: int = 1024
+    sinks: int = 4
+    retrieval_ratio: float = 0.15
+    profile_length: int = 2048
+    profile_samples: int = 6  # per needle kind
+    haystack_sources: tuple[str, ...] = PROFILE_SOURCES
+    seed: int = 0
+
+
+def profile_samples(tokenizer: Any, settings: ProfileSettings, install: bool = True) -> list:
+    """Needle prompts on training-pool haystacks, seeds from the 'profile' namespace."""
+    docs = [d.text for d in long_documents(list(settings.haystack_sources), min_chars=20_000, limit=16, install=install)]
+    if not docs:
+        raise RuntimeError(f"no haystack text found in {settings.haystack_sources}")
+    samples = []
+    for i, kind in enumerate(KINDS):
+        base = seed_for("profile", settings.seed * 1000 + 100 * i)
+        samples += make_samples(kind, tokenizer, docs, settings.profile_length, settings.profile_samples, base)
+    return samples
+
+
+def run_profile(model: torch.nn.Module, tokenizer: Any, settings: ProfileSettings, out_dir: Path | None = None,
+                progress: bool = True) -> tuple[HeadScores, HeadPlan]:
+    """Profile heads and choose the plan; write scores, plan JSON and PNG when ``out_dir`` is given."""
+    scores = profile_heads(
+        model, profile_samples(tokenizer, settings), settings.window, settings.sinks, progress=progress
+    )
+    plan = plan_from_scores(scores, settings.retrieval_ratio)
+    if out_dir is not None:
+        write_profile(out_dir, scores, plan, settings)
+    return scores, plan
+
+
+def write_profile(out_dir: Path, scores: HeadScores, plan: HeadPlan, settings: ProfileSettings) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "head_scores.json").write_text(dumps({"settings": settings.__dict__, **scores.to_dict()}))
+    (out_dir / "head_plan.json").write_text(dumps(plan.to_dict()))
+    plot_plan(plan, out_dir / "head_plan.png", score_label="copy score (+0.1 needle mass)")
+
+
+def read_plan(path: Path, model_config: Any) -> tuple[HeadPlan, dict[str, int]]:
+    """A plan from ``head_plan.json`` or from a ``config.json`` carrying ``headwise_config``.
+
+    Returns (plan, overrides) where overrides holds sinks/window found in a headwise config.
+    """
+    data = json.loads(Path(path).read_text())
+    if "headwise_config" in data:
+        plan, sinks, window = HeadPlan.from_headwise_config(data, geometry(model_config)[1])
+        return plan, {"sinks": sinks, "window": window}
+    return HeadPlan.from_dict(data), {}
+
+
+def convert_model(model: torch.nn.Module, plan: HeadPlan, sparse: SparseConfig) -> torch.nn.Module:
+    return convert(model, plan, sparse)
+
+
+def plan_summary(plan: HeadPlan) -> dict[str, Any]:
+    """Counts and layer distribution of the retrieval heads."""
+    per_layer = {layer: heads for layer, heads in enumerate(plan.retrieval) if heads}
+    return {
+        "retrieval_kv_heads": plan.num_retrieval(),
+        "total_kv_heads": plan.num_layers * plan.num_kv_heads,
+        "fraction": round(plan.retrieval_fraction(), 4),
+        "by_layer": {str(k): v for k, v in per_layer.items()},
+        "criterion": plan.criterion,
+    }

@@ -1,0 +1,278 @@
+"""GPU numerics of the fast attention backends: ``flex`` (prefill + one-query decode) and
+``triton`` (top-p retrieval decode).
+
+Every check runs on random, non-zero inputs against the fp32 reference
+(:mod:`rtpurbo.ops.reference` on upcast inputs). The budget: the fast path's relative error
+at bf16/fp16 is at most twice that of eager PyTorch at the same precision (the reference's
+math done on the low-precision tensors in low precision: matmul, masked softmax, matmul).
+Before each fast call the allocator's free memory is poisoned with NaN, so an output element
+the kernel never writes shows up as NaN.
+"""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from rtpurbo.ops import api, flex, reference, triton_decode
+from rtpurbo.ops.semantics import visible
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="GPU backends (flex, triton top-p decode) need a CUDA device"
+)
+
+BF16, FP16 = torch.bfloat16, torch.float16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _many_compiled_shapes():
+    """The grid compiles flex for more (dtype, head dim, GQA, batch) variants than dynamo's default 8."""
+    with torch._dynamo.config.patch(recompile_limit=64):
+        yield
+
+
+# --- helpers ---------------------------------------------------------------------------
+def _poison() -> None:
+    """Fill the caching allocator's free blocks (large and small pools) with NaN."""
+    big = torch.full((64 << 20,), float("nan"), device="cuda")
+    small = [torch.full((1 << 17,), float("nan"), device="cuda") for _ in range(32)]
+    del big, small
+
+
+def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def _eager(q, k, v, q_pos, k_pos, window=None, sinks=0, key_mask=None, scale=None) -> torch.Tensor:
+    """Eager attention in the inputs' low precision (the error yardstick). Shapes as reference."""
+    group = q.shape[1] // k.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    mask = visible(q_pos, k_pos, window, sinks)[:, None]  # (B, 1, Lq, Lk)
+    if key_mask is not None:
+        mask = mask & key_mask
+    mask = mask.expand(q.shape[0], k.shape[1], q.shape[2], k.shape[2]).repeat_interleave(group, dim=1)
+    scores = (q @ k.repeat_interleave(group, 1).transpose(-1, -2)) * scale
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)
+    return probs @ v.repeat_interleave(group, 1)
+
+
+def _assert_budget(fast: torch.Tensor, ref: torch.Tensor, eager: torch.Tensor, what: str) -> None:
+    assert not fast.isnan().any(), f"{what}: NaN in output (unwritten or invalid) for shape {tuple(fast.shape)}"
+    err, err_eager = _rel(fast, ref), _rel(eager, ref)
+    assert err <= 2 * err_eager + 1e-6, f"{what}: error {err:.3e} > 2 x eager {err_eager:.3e}"
+
+
+def _qkv(batch, n_q, n_kv, q_len, k_len, dim, dtype):
+    q = torch.randn(batch, n_q, q_len, dim, device="cuda", dtype=dtype)
+    k = torch.randn(batch, n_kv, k_len, dim, device="cuda", dtype=dtype)
+    v = torch.randn(batch, n_kv, k_len, dim, device="cuda", dtype=dtype)
+    return q, k, v
+
+
+def _positions(kind: str, batch: int, q_len: int, k_len: int, window: int | None, sinks: int):
+    """(q_pos (B, Lq), k_pos (B, Lk)) for a layout kind (see PREFILL_CASES)."""
+    arange = lambda n: torch.arange(n, device="cuda").repeat(batch, 1)
+    if kind in ("plain", "keymask"):
+        return arange(q_len), arange(k_len)
+    if kind == "pad":  # left padding of row 1 (and of nothing else)
+        pos = arange(q_len)
+        pos[-1, :300] = -1
+        pos[-1, 300:] -= 300
+        return pos, pos.clone()
+    if kind == "offset":  # chunked prefill: the last Lq of Lk tokens
+        return arange(k_len)[:, k_len - q_len :], arange(k_len)
+    if kind == "ring":  # local chunk: S sinks + ring of W (rotated, 3 empty slots) + the new chunk
+        start = 5000
+        ring = torch.arange(start - window, start, device="cuda").roll(start % window)
+        ring[:3] = -1
+        cached = torch.cat([torch.arange(sinks, device="cuda"), ring])
+        new = torch.arange(start, start + q_len, device="cuda")
+        return new.repeat(batch, 1), torch.cat([cached, new]).repeat(batch, 1)
+    raise ValueError(kind)
+
+
+# --- flex prefill -----------------------------------------------------------------------
+# (name, kind, B, Lq, Lk, Hkv, G, D, window, sinks, dtype)
+PREFILL_CASES = [
+    ("plain-97-g1-w16", "plain", 1, 97, 97, 4, 1, 64, 16, 0, BF16),
+    ("plain-97-g3-w1-s4", "plain", 2, 97, 97, 2, 3, 128, 1, 4, BF16),
+    ("plain-1025-g4-w256-s4", "plain", 1, 1025, 1025, 2, 4, 64, 256, 4, BF16),
+    ("plain-1025-g8-w>L", "plain", 2, 1025, 1025, 1, 8, 128, 4096, 0, BF16),
+    ("plain-4096-g4-w1024-s4", "plain", 1, 4096, 4096, 2, 4, 128, 1024, 4, BF16),
+    ("plain-4096-g8-full", "plain", 1, 4096, 4096, 1, 8, 128, None, 0, BF16),
+    ("plain-1025-g3-full", "plain", 2, 1025, 1025, 2, 3, 64, None, 0, BF16),
+    ("plain-1025-g1-w128-s4-fp16", "plain", 1, 1025, 1025, 4, 1, 128, 128, 4, FP16),
+    ("plain-97-g4-full-fp16", "plain", 1, 97, 97, 2, 4, 64, None, 0, FP16),
+    ("pad-1025-g4-w64-s4", "pad", 2, 1025, 1025, 2, 4, 128, 64, 4, BF16),
+    ("pad-1025-g4-full", "pad", 2, 1025, 1025, 2, 4, 128, None, 0, BF16),
+    ("pad-4096-g4-w1024-s4", "pad", 2, 4096, 4096, 2, 4, 128, 1024, 4, BF16),
+    ("offset-513of1025-g3-w64-s4", "offset", 2, 513, 1025, 2, 3, 64, 64, 4, BF16),
+    ("offset-513of1025-g8-full", "offset", 1, 513, 1025, 1, 8, 128, None, 0, BF16),
+    ("ring-97-g4-w256-s4", "ring", 2, 97, 4 + 256 + 97, 2, 4, 128, 256, 4, BF16),
+    ("keymask-97-g4-full", "keymask", 2, 97, 97, 2, 4, 64, None, 0, BF16),
+    ("keymask-97-g3-w32-s4", "keymask", 1, 97, 97, 2, 3, 128, 32, 4, BF16),
+]
+
+
+@pytest.mark.parametrize("case", PREFILL_CASES, ids=[c[0] for c in PREFILL_CASES])
+def test_flex_prefill_matches_reference(case):
+    name, kind, batch, q_len, k_len, n_kv, group, dim, window, sinks, dtype = case
+    torch.manual_seed(zlib.crc32(name.encode()))
+    q, k, v = _qkv(batch, n_kv * group, n_kv, q_len, k_len, dim, dtype)
+    q_pos, k_pos = _positions(kind, batch, q_len, k_len, window, sinks)
+    key_mask = torch.rand(batch, n_kv, q_len, k_len, device="cuda") > 0.5 if kind == "keymask" else None
+    ref = reference.attention(q.float(), k.float(), v.float(), q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask)
+    eager = _eager(q, k, v, q_pos, k_pos, window, sinks, key_mask)
+    _poison()
+    out = api.attention(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, impl="flex")
+    assert out.shape == q.shape and out.dtype == dtype
+    _assert_budget(out, ref, eager, name)
+    if kind == "pad":  # padding queries see nothing and must come out as exact zeros
+        assert (out[-1, :, :300] == 0).all(), f"{name}: padding rows are not zero"
+
+
+def test_flex_local_mask_is_cached_and_sparse():
+    """One block mask per (L, W, S, device); its blocks grow with W, not with L."""
+    small = flex._local_block_mask(8192, 1024, 4, torch.device("cuda"))
+    assert flex._local_block_mask(8192, 1024, 4, torch.device("cuda")) is small
+    large = flex._local_block_mask(32768, 1024, 4, torch.device("cuda"))
+    per_row = lambda m: (m.kv_num_blocks + m.full_kv_num_blocks).float().mean().item()
+    assert per_row(large) <= 1024 / 128 + 3
+    assert abs(per_row(large) - per_row(small)) < 1.0
+
+
+# --- flex one-query decode --------------------------------------------------------------
+# (name, kind, B, Lk, Hkv, G, D, window, sinks, dtype); kind: ring (local cache), cache (retrieval), keymask
+DECODE_CASES = [
+    ("ring-g3-w256-s4", "ring", 2, 4 + 256, 2, 3, 128, 256, 4, BF16),
+    ("cache-4097-g8-full", "cache", 1, 4097, 1, 8, 64, None, 0, BF16),
+    ("keymask-1025-g4-full", "keymask", 2, 1025, 2, 4, 128, None, 0, BF16),
+    ("cache-97-g1-w1-s4-fp16", "cache", 2, 97, 4, 1, 64, 1, 4, FP16),
+    ("cache-97-g4-w>L", "cache", 1, 97, 2, 4, 128, 1000, 0, BF16),
+]
+
+
+def _decode_positions(kind: str, batch: int, k_len: int, window: int | None, sinks: int):
+    """q_pos (B, 1), k_pos (B, Lk): a rotated ring with empty slots, or a cache with an empty tail."""
+    if kind == "ring":
+        start = 7001
+        ring = torch.arange(start - window + 1, start + 1, device="cuda").roll(3)
+        ring[:2] = -1
+        k_pos = torch.cat([torch.arange(sinks, device="cuda"), ring]).repeat(batch, 1)
+        return torch.full((batch, 1), start, device="cuda"), k_pos
+    k_pos = torch.arange(k_len, device="cuda").repeat(batch, 1)
+    k_pos[:, k_len - 17 :] = -1  # slots not yet written
+    q_pos = torch.full((batch, 1), k_len - 18, device="cuda")
+    q_pos[-1] = k_len // 2  # a shorter row: later slots are in its future
+    return q_pos, k_pos
+
+
+@pytest.mark.parametrize("case", DECODE_CASES, ids=[c[0] for c in DECODE_CASES])
+def test_flex_decode_matches_reference(case):
+    name, kind, batch, k_len, n_kv, group, dim, window, sinks, dtype = case
+    torch.manual_seed(zlib.crc32(name.encode()))
+    q, k, v = _qkv(batch, n_kv * group, n_kv, 1, k_len, dim, dtype)
+    q_pos, k_pos = _decode_positions(kind, batch, k_len, window, sinks)
+    key_mask = torch.rand(batch, n_kv, 1, k_len, device="cuda") > 0.7 if kind == "keymask" else None
+    ref = reference.attention(q.float(), k.float(), v.float(), q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask)
+    eager = _eager(q, k, v, q_pos, k_pos, window, sinks, key_mask)
+    _poison()
+    out = api.attention(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, impl="flex")
+    _assert_budget(out, ref, eager, name)
+
+
+# --- triton top-p decode ----------------------------------------------------------------
+# (name, B, Lk, Hkv, G, D, dtype, top_p ("mid" = well inside a mass gap), min, max, sinks, recent)
+TOPP_CASES = [
+    ("97-g4", 1, 97, 1, 4, 64, BF16, "mid", 0, None, 4, 8),
+    ("1025-g3-b2", 2, 1025, 2, 3, 128, BF16, "mid", 16, None, 4, 16),
+    ("4096-g8-max512", 1, 4096, 1, 8, 128, BF16, "mid", 0, 512, 4, 64),
+    ("4096-g1-b2-fp16", 2, 4096, 2, 1, 64, FP16, "mid", 64, 256, 0, 0),
+    ("1025-g4-full", 1, 1025, 2, 4, 128, BF16, 1.0, 0, None, 4, 8),
+    ("97-g8-min>visible", 2, 97, 1, 8, 64, BF16, "mid", 200, None, 4, 8),
+]
+
+
+def _topp_inputs(batch, k_len, n_kv, group, dim, dtype):
+    q, k, v = _qkv(batch, n_kv * group, n_kv, 1, k_len, dim, dtype)
+    q_idx = torch.randn(batch, n_kv, 1, 16, device="cuda", dtype=dtype)
+    k_idx = torch.randn(batch, n_kv, k_len, 16, device="cuda", dtype=dtype)
+    k_pos = torch.arange(k_len, device="cuda").repeat(batch, 1)
+    k_pos[-1, :5] = -1  # padding of the last row
+    k_pos[:, k_len - 3 :] = -1  # empty tail
+    q_pos = torch.full((batch, 1), k_len - 4, device="cuda")
+    return q, k, v, q_pos, k_pos, q_idx, k_idx
+
+
+def _separated_top_p(q_idx, k_idx, q_pos, k_pos) -> float:
+    """A top_p whose selection boundary no rounding can move: far from every row's prefix masses."""
+    scores = reference.indexer_scores(q_idx, k_idx)
+    candidates = visible(q_pos, k_pos, None, 0)[:, None]
+    probs = torch.softmax(scores.masked_fill(~candidates, float("-inf")), -1).nan_to_num(0.0)
+    cum = probs.sort(-1, descending=True).values.cumsum(-1).flatten()
+    grid = torch.linspace(0.3, 0.95, 131, device=cum.device)
+    gap = (grid[:, None] - cum[None]).abs().amin(-1)
+    assert gap.max() > 1e-4, "no well-separated top_p found"
+    return grid[gap.argmax()].item()
+
+
+def _selection_mask(chosen: triton_decode.Selection, k_len: int) -> torch.Tensor:
+    """(B, Hkv, Lk) bool from a Selection: first n_keep of order, plus the always list."""
+    batch, n_kv, budget = chosen.order.shape
+    mask = torch.zeros(batch, n_kv, k_len, dtype=torch.bool, device=chosen.order.device)
+    ranks = torch.arange(budget, device=mask.device)
+    mask.scatter_(-1, chosen.order, (ranks < chosen.n_keep[..., None]).expand_as(chosen.order))
+    always = chosen.always.view(batch, n_kv, -1).long()
+    mask.scatter_(-1, always.clamp(min=0), mask.gather(-1, always.clamp(min=0)) | (always >= 0))
+    return mask
+
+
+@pytest.mark.parametrize("case", TOPP_CASES, ids=[c[0] for c in TOPP_CASES])
+def test_topp_decode_matches_reference(case):
+    name, batch, k_len, n_kv, group, dim, dtype, top_p, min_tokens, max_tokens, sinks, recent = case
+    torch.manual_seed(zlib.crc32(name.encode()))
+    q, k, v, q_pos, k_pos, q_idx, k_idx = _topp_inputs(batch, k_len, n_kv, group, dim, dtype)
+    top_p = _separated_top_p(q_idx, k_idx, q_pos, k_pos) if top_p == "mid" else top_p
+    budget = dict(top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks, recent=recent)
+    ref_out, ref_counts = reference.topp_attention(q.float(), k.float(), v.float(), q_pos, k_pos, q_idx, k_idx, **budget)
+    selected = reference.select_topp(reference.indexer_scores(q_idx, k_idx), q_pos, k_pos, **budget)
+    eager = _eager(q, k, v, q_pos, k_pos, key_mask=selected)
+    _poison()
+    out, counts = api.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, impl="triton")
+    assert torch.equal(counts, ref_counts), f"{name}: counts {counts.flatten().tolist()} != {ref_counts.flatten().tolist()}"
+    _assert_budget(out, ref_out, eager, name)
+    if top_p < 1:
+        chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)
+        assert torch.equal(_selection_mask(chosen, k_len), selected[:, :, 0]), f"{name}: selected set differs"
+
+
+def test_decode_step_is_cuda_graph_capturable():
+    """Local (flex) + retrieval (triton top-p) decode captured once, replayed on new inputs."""
+    torch.manual_seed(0)
+    k_len, window, sinks = 3000, 256, 4
+    q, k, v, q_pos, k_pos, q_idx, k_idx = _topp_inputs(2, k_len, 1, 4, 128, BF16)
+    ql, kl, vl = _qkv(2, 12, 3, 1, sinks + window, 128, BF16)
+    ql_pos, kl_pos = _decode_positions("ring", 2, sinks + window, window, sinks)
+    budget = dict(top_p=0.9, min_tokens=16, max_tokens=None, sinks=sinks, recent=32)
+    inputs = [q, k, v, q_idx, k_idx, ql, kl, vl]
+
+    def step():
+        local = flex.attention(ql, kl, vl, ql_pos, kl_pos, window=window, sinks=sinks)
+        out, counts = triton_decode.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
+        return local, out, counts
+
+    step()  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    for t in inputs:
+        t.copy_(torch.randn_like(t))
+    graph.replay()
+    expected = step()
+    for got, want in zip(static, expected):
+        assert torch.equal(got, want), "graph replay differs from an eager call on the same inputs"
+
+
+def test_backends_report_available():
+    assert flex.available() and triton_decode.available()
