@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..ops import api, reference
+from ..ops import api, reference, triton_decode
 
 INDEX_DIM = 16
 RECENT = 64
@@ -135,10 +136,11 @@ def _dense(name: str, q, k, v, causal: bool, row: dict, key: str):
     """A dense SDPA call restricted to one backend: GQA-native if the backend takes ``enable_gqa``
     (probed on 128 tokens), else over K/V repeated per query head (copy not timed; noted in row)."""
     backend = [DENSE_BACKENDS[name]]
-    probe = slice(0, min(q.shape[2], 128))
+    rows, keys = slice(0, min(q.shape[2], 128)), slice(0, min(k.shape[2], 128))
     try:
-        with sdpa_kernel(backend):
-            F.scaled_dot_product_attention(q[:, :, probe], k[:, :, probe], v[:, :, probe], is_causal=causal, enable_gqa=True)
+        with sdpa_kernel(backend), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a rejected probe warns once per disabled backend
+            F.scaled_dot_product_attention(q[:, :, rows], k[:, :, keys], v[:, :, keys], is_causal=causal, enable_gqa=True)
         keys, values, gqa = k, v, True
     except RuntimeError:
         group = q.shape[1] // k.shape[1]
@@ -263,6 +265,7 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
                                                  out, counts, local(), split, n_ret, window, sinks)
     row["sparse_us"], row["local_us"] = graph_us(sparse), graph_us(local)
     row["retrieval_us"] = graph_us(lambda: retrieval()[0])
+    row["select_us"] = graph_us(lambda: triton_decode.select(q_idx, k_idx, q_pos, k_pos, **topp).n_keep)
     for name in DENSE_BACKENDS:
         key = f"{name}_us"
         _measure(row, key, lambda: graph_us(_dense(name, q, k, v, False, row, key)), 1.0, deadline)
@@ -316,11 +319,12 @@ def table(rows: list[dict]) -> str:
                      f"{_fmt(r['speedup_vs_flash']):>9}{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_cudnn'], '.0f'):>8}"
                      f"{_fmt(r['sparse_tflops'], '.0f'):>9}{_fmt(r['cudnn_tflops'], '.0f'):>9}{_fmt(r['flash_tflops'], '.0f'):>9}")
     lines += ["", "DECODE, batch 1 (us per layer step, CUDA graphs; GB/s; ideal = bytes ratio; %ideal vs the faster dense)",
-              f"{'model':<15}{'L':>9}{'budget':>8}{'selected':>10}{'sparse':>9}{'local':>8}{'retr':>8}{'cuDNN':>9}"
+              f"{'model':<15}{'L':>9}{'budget':>8}{'selected':>10}{'sparse':>9}{'local':>8}{'retr':>8}{'select':>8}{'cuDNN':>9}"
               f"{'flash':>9}{'x cuDNN':>9}{'x flash':>9}{'ideal':>8}{'%ideal':>8}{'GB/s sp':>9}{'GB/s cu':>9}{'GB/s fl':>9}"]
     for r in (r for r in rows if r["phase"] == "decode" and "error" not in r):
         lines.append(f"{r['geometry']:<15}{r['L']:>9}{str(r['budget']):>8}{r['selected']:>10.0f}{_fmt(r['sparse_us'], '.1f'):>9}"
-                     f"{_fmt(r['local_us'], '.1f'):>8}{_fmt(r['retrieval_us'], '.1f'):>8}{_fmt(r.get('cudnn_us'), '.1f'):>9}"
+                     f"{_fmt(r['local_us'], '.1f'):>8}{_fmt(r['retrieval_us'], '.1f'):>8}{_fmt(r.get('select_us'), '.1f'):>8}"
+                     f"{_fmt(r.get('cudnn_us'), '.1f'):>9}"
                      f"{_fmt(r.get('flash_us'), '.1f'):>9}{_fmt(r['speedup_vs_cudnn']):>9}{_fmt(r['speedup_vs_flash']):>9}"
                      f"{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_best_dense'], '.0f'):>8}"
                      f"{_fmt(r['sparse_gbps'], '.0f'):>9}{_fmt(r['cudnn_gbps'], '.0f'):>9}{_fmt(r['flash_gbps'], '.0f'):>9}")
@@ -363,13 +367,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.empty_cache()
 
     torch.manual_seed(0)
+    for length in args.prefill:
+        for geom in geoms:
+            attempt("prefill", geom, length, prefill_point, deadline, length == max(args.prefill))
     for geom in geoms:
         for length in args.decode:
             for budget in budgets:
                 spot = length == max(args.decode) and budget == budgets[0]
                 attempt("decode", geom, length, decode_point, budget, deadline, spot)
-    for length in args.prefill:
-        for geom in geoms:
-            attempt("prefill", geom, length, prefill_point, deadline, length == max(args.prefill))
     print(table(rows))
     print(json.dumps(dict(environment=env, rows=rows)))

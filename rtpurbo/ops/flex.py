@@ -21,6 +21,8 @@ Which path runs, decided per call in this order:
 
 Block masks are classified conservatively from position ranges: a block is "full" (mask_mod
 skipped) only when every pair in it is visible, and "partial" whenever some pair might be.
+Flex is compiled once with dynamic shapes; lengths that are multiples of 128 get a second
+variant without bounds checks (:func:`_divisible_options`).
 """
 from __future__ import annotations
 
@@ -86,13 +88,25 @@ def attention(
         masks = None if key_mask is None else key_mask.expand(batch, n_kv_heads, q_len, n_keys)
         mask_mod = _position_mask_mod(q_pos, k_pos, window, sinks, masks, group)
         block_mask = _block_mask(q_pos, k_pos, window, sinks, mask_mod, exact=key_mask is None)
-    return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=group > 1)
+    options = _divisible_options(q_len, n_keys)
+    return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=group > 1, kernel_options=options)
 
 
 @functools.cache
 def _compiled_flex():
     """``flex_attention`` compiled once; dynamic shapes so new lengths do not recompile."""
     return torch.compile(flex_attention, dynamic=True)
+
+
+def _divisible_options(q_len: int, k_len: int) -> dict | None:
+    """Kernel options telling flex that both lengths are multiples of 128.
+
+    Under dynamic shapes inductor cannot prove divisibility, so flex checks bounds on every
+    block and applies the mask_mod to full blocks too: measured on an H200 (torch 2.11) at
+    half the rate. ``IS_DIVISIBLE`` is an internal option of the flex template (torch 2.5-2.13;
+    version-sensitive: belongs in ``_compat`` next to the other torch branches).
+    """
+    return {"IS_DIVISIBLE": True} if q_len % 128 == 0 and k_len % 128 == 0 else None
 
 
 def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, group: int) -> torch.Tensor:
