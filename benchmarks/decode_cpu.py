@@ -2,7 +2,8 @@
 
     python benchmarks/decode_cpu.py --context 8192 --new-tokens 32
 
-Dense = the base model with transformers' DynamicCache (SDPA). Sparse = the same weights
+The prompt is a window of development-pool text (Shakespeare). Dense = the base model
+with transformers' DynamicCache (SDPA). Sparse = the same weights
 converted with a plan (``--plan`` or a profile-like default: the 15% plan shipped in
 benchmarks/results) decoding through HeadwiseCache. Both prefill the same prompt, then
 time greedy decode steps (median per step after warm-up). Last stdout line: one JSON object.
@@ -22,6 +23,7 @@ from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.families import geometry
 from rtpurbo.models import load_base
+from rtpurbo.quickstart import dev_windows
 
 
 def timed_steps(step, n_steps: int, warmup: int = 2) -> list[float]:
@@ -62,9 +64,9 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import DynamicCache
 
-    model, _ = load_base()
+    model, tokenizer = load_base()
     layers, n_kv, n_q, _ = geometry(model.config)
-    prompt = torch.randint(100, 40000, (1, args.context - args.new_tokens - 4), generator=torch.Generator().manual_seed(0))
+    prompt = torch.tensor(dev_windows(tokenizer, 1, args.context - args.new_tokens - 4))  # real dev-pool text
     dense_prefill, dense_steps = decode_loop(model, prompt, DynamicCache(config=model.config), args.new_tokens)
     plan = HeadPlan.from_dict(json.load(open(args.plan))) if args.plan else default_plan(layers, n_kv, n_q)
     convert(model, plan, SparseConfig(window=args.window, sinks=4, top_p=args.top_p))

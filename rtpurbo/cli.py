@@ -127,12 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input: printed as one line, no traceback."""
+    from .config import PlanMismatch
+    from .data.sources import SourceUnavailable
+    from .families import UnsupportedModel
+    from .generate import PromptTooLong
+    from .io import ArtifactError
+    from .models import ModelNotFound
+    from .ops.api import BackendUnavailable
+
+    return (ArtifactError, BackendUnavailable, ModelNotFound, PlanMismatch, PromptTooLong, SourceUnavailable,
+            UnsupportedModel)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import commands
 
     started = time.time()
-    result = getattr(commands, args.command.replace("-", "_"))(args)
+    try:
+        result = getattr(commands, args.command.replace("-", "_"))(args)
+    except user_errors() as err:
+        print(f"rtpurbo {args.command}: error: {err}", file=sys.stderr)
+        return 2
     result.setdefault("wall_seconds", round(time.time() - started, 1))
     if args.json:
         print(json.dumps(result))
