@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import SparseConfig, check_ratio
-from .memory import KVGeometry, human_bytes
 from .models import DEFAULT_MODEL
 
 
@@ -155,21 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     return 0
-
-
-def print_kv_table(rows: list[dict[str, float]], out=sys.stdout) -> None:
-    print(f"{'context':>10} {'dense':>12} {'sparse':>12} {'dense B/tok':>12} {'sparse B/tok':>13} {'ratio':>7}", file=out)
-    for r in rows:
-        print(
-            f"{r['context']:>10} {human_bytes(r['dense_bytes']):>12} {human_bytes(r['sparse_bytes']):>12} "
-            f"{r['dense_bytes_per_token']:>12.0f} {r['sparse_bytes_per_token']:>13.0f} {r['ratio']:>6.2f}x",
-            file=out,
-        )
-
-
-def kv_geometry(layers: int, kv_heads: int, head_dim: int, retrieval: int, args: argparse.Namespace) -> KVGeometry:
-    return KVGeometry(layers, kv_heads, head_dim, retrieval, args.window, args.sinks, args.index_dim,
-                      getattr(args, "bytes_per_value", 2))
 
 
 if __name__ == "__main__":

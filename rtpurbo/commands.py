@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from . import io
-from .cli import kv_geometry, print_kv_table, sparse_from_args
+from .cli import sparse_from_args
 from .families import geometry
+from .memory import KVGeometry, kv_table
 from .models import load_base
 from .pipeline import ProfileSettings, convert_model, plan_summary, read_plan, run_profile
 
@@ -107,7 +108,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
         if not (args.layers and args.kv_heads and args.head_dim):
             raise SystemExit("rtpurbo info: --layers, --kv-heads and --head-dim go together")
         retrieval = max(1, round(args.retrieval_ratio * args.layers * args.kv_heads))
-        geo = kv_geometry(args.layers, args.kv_heads, args.head_dim, retrieval, args)
+        geo = _kv_geometry(args.layers, args.kv_heads, args.head_dim, retrieval, args)
         result["geometry"] = {"layers": args.layers, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
                               "retrieval_kv_heads": retrieval}
     else:
@@ -132,7 +133,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
         layers, kv_heads, _, head_dim = geometry(AutoConfig.from_pretrained(source.directory, **extra))
         if retrieval is None:
             retrieval = max(1, round(args.retrieval_ratio * layers * kv_heads))
-        geo = kv_geometry(layers, kv_heads, head_dim, retrieval, args)
+        geo = _kv_geometry(layers, kv_heads, head_dim, retrieval, args)
         result["geometry"] = {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
                               "retrieval_kv_heads": retrieval}
     rows = geo.report()
@@ -143,8 +144,13 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
         if "plan" in result:
             print(f"plan: {result['plan']['retrieval_kv_heads']}/{result['plan']['total_kv_heads']} retrieval "
                   f"KV heads, by layer {result['plan']['by_layer']}")
-        print_kv_table(rows)
+        print(kv_table(rows))
     return result
+
+
+def _kv_geometry(layers: int, kv_heads: int, head_dim: int, retrieval: int, args: argparse.Namespace) -> KVGeometry:
+    return KVGeometry(layers, kv_heads, head_dim, retrieval, args.window, args.sinks, args.index_dim,
+                      args.bytes_per_value)
 
 
 def quickstart(args: argparse.Namespace) -> dict[str, Any]:

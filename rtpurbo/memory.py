@@ -61,3 +61,14 @@ def human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def kv_table(rows: list[dict[str, float]]) -> str:
+    """Human table of :meth:`KVGeometry.report` rows."""
+    lines = [f"{'context':>10} {'dense':>12} {'sparse':>12} {'dense B/tok':>12} {'sparse B/tok':>13} {'ratio':>7}"]
+    for r in rows:
+        lines.append(
+            f"{r['context']:>10} {human_bytes(r['dense_bytes']):>12} {human_bytes(r['sparse_bytes']):>12} "
+            f"{r['dense_bytes_per_token']:>12.0f} {r['sparse_bytes_per_token']:>13.0f} {r['ratio']:>6.2f}x"
+        )
+    return "\n".join(lines)

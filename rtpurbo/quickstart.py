@@ -13,13 +13,12 @@ from typing import Any, Callable
 import torch
 
 from . import io
-from .cli import print_kv_table
 from .config import HeadPlan, SparseConfig, dumps
 from .convert import apply_plan, convert
 from .data.sources import long_documents
 from .eval.perplexity import perplexity
 from .families import geometry
-from .memory import KVGeometry
+from .memory import KVGeometry, kv_table
 from .pipeline import plan_summary, run_profile
 
 DEV_TEXT_SOURCES = ("shakespeare",)
@@ -89,6 +88,5 @@ def _print_side_by_side(args: argparse.Namespace, say: Callable, result: dict[st
               f"{row['sparse_bytes_per_token']:>12.0f}{row['ratio']:>9.2f}x")
     say(args, "")
     say(args, "KV cache (bf16) by context:")
-    if not args.json:
-        print_kv_table(result["kv_cache_bf16"])
+    say(args, kv_table(result["kv_cache_bf16"]))
     say(args, f"retrieval KV heads by layer: {json.dumps(result['plan']['by_layer'])}")
