@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
         "split-copy": top_plan(scores.ranking, n_q, args.ratio, "copy score"),
         "split-mass": top_plan(scores.kv["long_range_mass"], n_q, args.ratio, "long-range mass"),
     }
-    convert(model, plans["dense"], SparseConfig(window=args.window, sinks=4))
+    convert(model, plans["dense"], SparseConfig(window=args.window, sinks=4, impl=args.impl))
     results: dict = {"rows": {}, "plans": {k: v.retrieval for k, v in plans.items()},
                      "profile": {"seconds": profile_seconds, "prompts": len(profile), "length": args.profile_length,
                                  "kv_scores": {k: v.tolist() for k, v in scores.kv.items()}}}
@@ -151,6 +151,7 @@ def main() -> None:
     p.add_argument("--profile-samples", type=int, default=6, help="per kind")
     p.add_argument("--ppl-windows", type=int, default=16)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--impl", default="sdpa", help="attention backend for the sparse rows")
     args = parser.parse_args()
     if args.cmd == "export":
         export(args.out)
