@@ -87,6 +87,7 @@ def save(model: nn.Module, out_dir: str | Path, history: list[dict[str, Any]] | 
             "plan": plan.to_dict(),
             "sparse": sparse.to_dict(),
             "modified_base_tensors": sorted(getattr(model, "rtpurbo_modified", ())),
+            "lora": getattr(model, "rtpurbo_lora", None),
             "history": list(history if history is not None else getattr(model, "rtpurbo_history", [])),
             "files": {name: _sha256(tmp / name) for name in (WEIGHTS_NAME, HEADWISE_NAME)},
         }
@@ -166,6 +167,10 @@ def apply_artifact(model: nn.Module, config: dict[str, Any], tensors: dict[str, 
         convert(model, plan, sparse)
     except PlanMismatch as err:
         raise ArtifactError(f"artifact does not fit this base model: {err}") from err
+    if config.get("lora"):
+        from .train.lora import LoraSettings, attach_lora  # adapters must exist before their tensors load
+
+        attach_lora(model, LoraSettings.from_dict(config["lora"]))
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:

@@ -1,0 +1,91 @@
+"""Training checkpoints: written atomically, one ``latest`` directory per run.
+
+    DIR/latest/trainable.safetensors   every trainable tensor, by parameter name
+    DIR/latest/optimizer.pt            optimizer state dict
+    DIR/latest/scheduler.pt            LR scheduler state dict
+    DIR/latest/state.json              next step, run identity (settings + data), history so far
+
+A new checkpoint is written to a temporary directory and renamed over ``latest`` only when
+complete, so a crash (or a NaN stop) always leaves the last good one in place. Resuming
+refuses a checkpoint whose run identity differs (other settings, data or stage).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+LATEST = "latest"
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint from another run (settings, data or stage differ)."""
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters by name, on CPU, contiguous."""
+    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    directory: str | Path, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any]
+) -> Path:
+    """Write ``directory/latest`` atomically. ``state`` must hold ``step`` (the next step to run)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=directory))
+    try:
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        target = directory / LATEST
+        if target.exists():
+            old = directory / f".old-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory / LATEST
+
+
+def has_checkpoint(directory: str | Path | None) -> bool:
+    return directory is not None and (Path(directory) / LATEST / "state.json").is_file()
+
+
+def load_checkpoint(
+    directory: str | Path, model: nn.Module, optimizer: Any, scheduler: Any, identity: dict[str, Any]
+) -> dict[str, Any]:
+    """Restore trainable tensors, optimizer and scheduler from ``directory/latest``; returns its state.
+
+    Raises CheckpointMismatch if the checkpoint's ``identity`` differs from this run's.
+    """
+    path = Path(directory) / LATEST
+    state = json.loads((path / "state.json").read_text())
+    if state.get("identity") != identity:
+        theirs, ours = state.get("identity") or {}, identity
+        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise CheckpointMismatch(f"{path} belongs to another run (differs in {differ}); use a new checkpoint dir")
+    tensors = load_file(path / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    missing = sorted(set(tensors) ^ {name for name, p in params.items() if p.requires_grad})
+    if missing:
+        raise CheckpointMismatch(f"{path}: trainable tensors do not match the model: {missing[:5]}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+    device = next(model.parameters()).device
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    return state

@@ -1,0 +1,255 @@
+"""CLI of the training stages: ``rtpurbo data prepare``, ``train-indexer``, ``distill`` and ``convert --train``.
+
+``add_parsers(subparsers)`` adds the three subcommands (each parser's ``handler`` default is
+its function below); ``add_convert_train_arguments(parser)`` adds the ``--train`` flags to
+``rtpurbo convert``, whose handler then calls :func:`train_converted` before saving.
+Every handler takes the parsed args and returns a JSON-able dict.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import io
+from ..models import DEFAULT_MODEL, resolve_model
+from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, PrepareSettings, load_shards,
+                   prepare_shards, round_robin_documents)
+from .lora import LoraSettings
+from .loop import LoopSettings, make_runtime
+from .stage1_indexer import IndexerSettings, train_indexer as run_stage1
+from .stage2_distill import TRAINABLE, DistillSettings, distill as run_stage2
+
+
+def _say(args: argparse.Namespace, *parts: Any) -> None:
+    print(*parts, file=sys.stderr if getattr(args, "json", False) else sys.stdout, flush=True)
+
+
+# --- parsers ---------------------------------------------------------------------------------
+def add_parsers(subparsers: Any) -> None:
+    """Add ``data prepare``, ``train-indexer`` and ``distill`` to the ``rtpurbo`` subparsers."""
+    data_parser = subparsers.add_parser("data", help="training / evaluation data")
+    data_sub = data_parser.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("prepare", help="tokenised, packed, de-duplicated shards with a provenance manifest")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model (or artifact) whose tokenizer to use")
+    p.add_argument("--out", type=Path, required=True, help="shard directory to write")
+    p.add_argument("--pool", choices=["train", "dev"], default="train", help="training pool or dev (evaluation) pool")
+    p.add_argument("--sources", help="comma-separated source names (default: the pool's default list)")
+    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per sequence")
+    p.add_argument("--sequences", type=int, default=1024, help="sequences to write")
+    p.add_argument("--synthetic-ratio", type=float, default=None,
+                   help="share of synthetic needle sequences (default 0.1 for train, 0 for dev)")
+    p.add_argument("--no-cross-documents", action="store_true",
+                   help="a sequence never spans two documents (default for the dev pool)")
+    p.add_argument("--min-doc-chars", type=int, default=2000, help="skip shorter documents")
+    p.add_argument("--shard-mb", type=float, default=60.0, help="maximum shard size in MB")
+    p.add_argument("--no-install", action="store_true", help="fail instead of installing missing sources")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(handler=data)
+
+    p = subparsers.add_parser("train-indexer", help="stage 1: train the indexers (base model frozen)")
+    _add_common(p)
+    _add_indexer(p, prefix="")
+    p.set_defaults(handler=train_indexer)
+
+    p = subparsers.add_parser("distill", help="stage 2: distil the dense model into the sparse one")
+    _add_common(p)
+    _add_distill(p, prefix="")
+    p.set_defaults(handler=distill)
+
+
+def add_convert_train_arguments(p: argparse.ArgumentParser) -> None:
+    """``rtpurbo convert --train``: profile -> convert -> stage 1 -> stage 2 -> save."""
+    p.add_argument("--train", action="store_true", help="train indexers and adapters before saving")
+    p.add_argument("--data", type=Path, help="training shards (rtpurbo data prepare); needed with --train")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="training compute (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    p.add_argument("--checkpoint-dir", type=Path, help="default: OUT.checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    _add_indexer(p, prefix="indexer-")
+    _add_distill(p, prefix="distill-")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="rtpurbo artifact directory (rtpurbo convert)")
+    p.add_argument("--data", required=True, type=Path, help="training shards (rtpurbo data prepare)")
+    p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (torchrun: one GPU per process)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="compute (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    p.add_argument("--checkpoint-dir", type=Path, help="default: OUT.checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def _add_loop(p: argparse.ArgumentParser, prefix: str, steps: int, batch: int, lr: float | None) -> None:
+    lr_help = "learning rate" if lr is not None else "learning rate (default per --trainable: lora 2e-4, " \
+                                                     "attention 3e-5, all 1e-5)"
+    p.add_argument(f"--{prefix}steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    p.add_argument(f"--{prefix}batch-size", type=int, default=batch,
+                   help=f"sequences per step over all processes (default {batch})")
+    p.add_argument(f"--{prefix}lr", type=float, default=lr, help=lr_help)
+    p.add_argument(f"--{prefix}warmup", type=int, default=30, help="linear warm-up steps before the cosine decay")
+    p.add_argument(f"--{prefix}seq-len", type=int, help="crop sequences to this length (default: as prepared)")
+    p.add_argument(f"--{prefix}checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument(f"--{prefix}time-budget", type=float, help="seconds; stop early (checkpointed) when spent")
+
+
+def _add_indexer(p: argparse.ArgumentParser, prefix: str) -> None:
+    d = IndexerSettings()
+    _add_loop(p, prefix, d.loop.steps, d.loop.batch_size, d.loop.lr)
+    p.add_argument(f"--{prefix}queries", type=int, default=d.queries, help="sampled query positions per sequence")
+    p.add_argument(f"--{prefix}eval-sequences", type=int, default=d.eval_sequences,
+                   help="held-out sequences for recall before/after")
+
+
+def _add_distill(p: argparse.ArgumentParser, prefix: str) -> None:
+    d = DistillSettings()
+    _add_loop(p, prefix, d.loop.steps, d.loop.batch_size, None)
+    p.add_argument(f"--{prefix}trainable", choices=TRAINABLE, default=d.trainable,
+                   help="lora (peft adapters on q/k/v/o), attention (those weights) or all; indexers always")
+    p.add_argument(f"--{prefix}lora-rank", type=int, default=d.lora.r)
+    p.add_argument(f"--{prefix}lora-alpha", type=int, default=d.lora.alpha)
+    p.add_argument(f"--{prefix}indexer-lr", type=float, default=d.indexer_lr)
+    p.add_argument(f"--{prefix}indexer-weight", type=float, default=d.indexer_weight,
+                   help="weight of the indexer KL next to the distillation KL")
+    p.add_argument(f"--{prefix}logits-chunk", type=int, default=d.logits_chunk, help="positions per logits chunk")
+    p.add_argument(f"--{prefix}no-gradient-checkpointing", action="store_true")
+    p.add_argument(f"--{prefix}eval-sequences", type=int, default=d.eval_sequences)
+
+
+# --- settings from args ------------------------------------------------------------------------
+def _get(args: argparse.Namespace, prefix: str, name: str) -> Any:
+    return getattr(args, (prefix + name).replace("-", "_"))
+
+
+def _loop(args: argparse.Namespace, prefix: str, checkpoint_dir: Path) -> LoopSettings:
+    return LoopSettings(
+        steps=_get(args, prefix, "steps"), batch_size=_get(args, prefix, "batch-size"), lr=_get(args, prefix, "lr"),
+        warmup=_get(args, prefix, "warmup"), seq_len=_get(args, prefix, "seq-len"), seed=args.seed,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=_get(args, prefix, "checkpoint-every"), resume=args.resume,
+        time_budget=_get(args, prefix, "time-budget"), progress=True,
+    )
+
+
+def indexer_settings(args: argparse.Namespace, prefix: str, checkpoint_dir: Path) -> IndexerSettings:
+    return IndexerSettings(loop=_loop(args, prefix, checkpoint_dir), queries=_get(args, prefix, "queries"),
+                           eval_sequences=_get(args, prefix, "eval-sequences"))
+
+
+def distill_settings(args: argparse.Namespace, prefix: str, checkpoint_dir: Path) -> DistillSettings:
+    return DistillSettings(
+        loop=_loop(args, prefix, checkpoint_dir), trainable=_get(args, prefix, "trainable"),
+        lora=LoraSettings(r=_get(args, prefix, "lora-rank"), alpha=_get(args, prefix, "lora-alpha")),
+        indexer_lr=_get(args, prefix, "indexer-lr"), indexer_weight=_get(args, prefix, "indexer-weight"),
+        logits_chunk=_get(args, prefix, "logits-chunk"),
+        gradient_checkpointing=not _get(args, prefix, "no-gradient-checkpointing"),
+        eval_sequences=_get(args, prefix, "eval-sequences"),
+    )
+
+
+def _checkpoint_dir(args: argparse.Namespace, stage: str) -> Path:
+    root = args.checkpoint_dir or args.out.with_name(args.out.name + ".checkpoints")
+    return root / stage
+
+
+# --- handlers ------------------------------------------------------------------------------------
+def data(args: argparse.Namespace) -> dict[str, Any]:
+    """``rtpurbo data prepare``."""
+    tokenizer = load_tokenizer(args.model)
+    dev = args.pool == "dev"
+    names = args.sources.split(",") if args.sources else list(DEFAULT_DEV_SOURCES if dev else DEFAULT_TRAIN_SOURCES)
+    ratio = args.synthetic_ratio if args.synthetic_ratio is not None else (0.0 if dev else 0.1)
+    settings = PrepareSettings(
+        seq_len=args.seq_len, sequences=args.sequences, synthetic_ratio=ratio,
+        cross_documents=not (args.no_cross_documents or dev), min_doc_chars=args.min_doc_chars,
+        shard_bytes=int(args.shard_mb * 1e6), pool=args.pool,
+    )
+    documents = round_robin_documents(names, args.pool, install=not args.no_install)
+    manifest = prepare_shards(documents, tokenizer, args.out, settings)
+    size = sum(s["bytes"] for s in manifest["shards"])
+    _say(args, f"wrote {manifest['sequences']} x {args.seq_len} tokens ({manifest['synthetic']['sequences']} "
+               f"synthetic) in {len(manifest['shards'])} shard(s), {size / 1e6:.1f} MB, to {args.out}")
+    return {"out": str(args.out), "sequences": manifest["sequences"], "bytes": size,
+            "sources": {k: {"documents": v["documents"], "tokens": v["tokens"]} for k, v in manifest["sources"].items()}}
+
+
+def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
+    """``rtpurbo train-indexer``: artifact in, artifact out."""
+    model, tokenizer = io.load(args.model)
+    runtime = make_runtime(args.device, args.precision)
+    settings = indexer_settings(args, "", _checkpoint_dir(args, "indexer"))
+    report = run_stage1(model, load_shards(args.data, tokenizer), settings, runtime)
+    print_recall(args, report)
+    return _finish(args, runtime, model, [report])
+
+
+def distill(args: argparse.Namespace) -> dict[str, Any]:
+    """``rtpurbo distill``: artifact in, artifact out."""
+    model, tokenizer = io.load(args.model)
+    runtime = make_runtime(args.device, args.precision)
+    settings = distill_settings(args, "", _checkpoint_dir(args, "distill"))
+    report = run_stage2(model, load_shards(args.data, tokenizer), settings, runtime)
+    _say(args, f"held-out KL(teacher || student): {report['heldout_kl_before']:.4f} -> {report['heldout_kl_after']:.4f}"
+               f"  ({report['tokens_per_s']:.0f} tokens/s on {report['world_size']} process(es))")
+    return _finish(args, runtime, model, [report])
+
+
+def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
+    """The ``--train`` part of ``rtpurbo convert``: stage 1 then stage 2 on the converted model, in place.
+
+    Call between conversion and ``io.save``; the stage reports go into the artifact's history.
+    """
+    if args.data is None:
+        raise SystemExit("rtpurbo convert --train needs --data (shards from `rtpurbo data prepare`)")
+    shards = load_shards(args.data, tokenizer)
+    runtime = make_runtime(args.device, args.precision)
+    stage1 = run_stage1(model, shards, indexer_settings(args, "indexer-", _checkpoint_dir(args, "indexer")), runtime)
+    print_recall(args, stage1)
+    stage2 = run_stage2(model, shards, distill_settings(args, "distill-", _checkpoint_dir(args, "distill")), runtime)
+    model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1), summary(stage2)]
+    return {"indexer": summary(stage1), "distill": summary(stage2)}
+
+
+def _finish(args: argparse.Namespace, runtime: Any, model: torch.nn.Module, reports: list[dict[str, Any]]) -> dict:
+    model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(r) for r in reports]
+    if runtime.is_main:
+        io.save(model, args.out)
+        (args.out.with_name(args.out.name + ".report.json")).write_text(json.dumps(reports, indent=1) + "\n")
+        _say(args, f"saved {args.out}")
+    runtime.accelerator.wait_for_everyone()
+    return {"out": str(args.out), "reports": [summary(r) for r in reports]}
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """A stage report without its per-step history (what goes into the artifact)."""
+    history = report["history"]
+    return {**{k: v for k, v in report.items() if k != "history"},
+            "final": history[-1] if history else None}
+
+
+def print_recall(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    before, after = report["before"], report["after"]
+    _say(args, f"{'head':>10} {'recall before':>14} {'after':>7} {'budget before':>14} {'after':>7}")
+    for head, b in before["heads"].items():
+        a = after["heads"][head]
+        _say(args, f"{head:>10} {b['recall']:>14.3f} {a['recall']:>7.3f} {b['budget']:>14.0f} {a['budget']:>7.0f}")
+    _say(args, f"{'mean':>10} {before['mean_recall']:>14.3f} {after['mean_recall']:>7.3f} "
+               f"{before['mean_budget']:>14.0f} {after['mean_budget']:>7.0f}   (context {after['context']} tokens)")
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of a model spec or of an artifact's base model, without loading weights."""
+    from transformers import AutoTokenizer
+
+    if (Path(spec) / io.CONFIG_NAME).is_file():
+        spec = io.read_config(spec)["base_model"]["spec"]
+    source = resolve_model(spec)
+    extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    return AutoTokenizer.from_pretrained(source.directory, **extra)

@@ -1,0 +1,65 @@
+"""LoRA adapters on the attention projections, through the ``peft`` library.
+
+``attach_lora`` injects adapters in place (``peft.inject_adapter_in_model``: no wrapper
+class, so the model keeps its rtpurbo attributes and the state-dict keys of its adapter
+tensors contain ``lora_``, which :func:`rtpurbo.io.added_state_dict` saves). The settings
+are recorded on ``model.rtpurbo_lora`` and saved in the artifact config, so that loading
+rebuilds the same adapters before the tensors are loaded.
+
+Adapters sit on the projections the :class:`~rtpurbo.modules.sparse_attention.SparseAttention`
+modules use; the original attention modules kept by :func:`rtpurbo.convert.convert` still
+hold the plain projections, which is what lets stage 2 run the frozen teacher without a copy.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class LoraSettings:
+    """Rank ``r``, scale ``alpha / r``, dropout and the projection names adapted."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LoraSettings":
+        return cls(**data)
+
+
+def attach_lora(model: nn.Module, settings: LoraSettings, seed: int = 0) -> nn.Module:
+    """Inject LoRA adapters (A random with ``seed``, B zero: the model is unchanged) in place."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if has_lora(model):
+        raise ValueError("the model already has LoRA adapters")
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.targets))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, model)
+    model.rtpurbo_lora = settings.to_dict()
+    return model
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any("lora_" in name for name, _ in model.named_parameters())
+
+
+def lora_parameter_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_parameters() if "lora_" in name]

@@ -1,0 +1,197 @@
+"""Stage 2: distil the original model into the sparse model as it runs at inference.
+
+Recipe:
+
+1. Student = the converted model with ``retrieval_prefill = "topp"`` during training: local heads
+   see window + sinks, every query of a retrieval head attends only to its indexer's top-p
+   selection (exactly the decode rule). Teacher = the original model, frozen
+   (:mod:`.teacher`: the same object with its original attention modules for ``lora``; a frozen
+   copy for ``attention`` / ``all``).
+2. Trainable set: ``lora`` (peft adapters on q/k/v/o projections, :mod:`.lora`), ``attention``
+   (those projections' base weights, and q/k norms) or ``all``; plus the indexers in every case.
+3. Each step: teacher hidden states (no grad), student forward (gradient checkpointing), loss =
+   chunked forward ``KL(teacher || student)`` over the next-token distributions of every label
+   position + ``indexer_weight`` x the stage-1 indexer KL at ``indexer_queries`` sampled positions.
+   The top-p selection is a hard choice, so the distillation loss gives the indexers no gradient;
+   the indexer term keeps them tracking the attention of the adapted heads (its inputs are
+   detached: it trains the indexers only).
+4. bf16 autocast on CUDA, AdamW with separate learning rates, cosine schedule with warm-up.
+5. Held-out student-teacher KL before and after; base tensors that changed are listed on
+   ``model.rtpurbo_modified`` so the artifact saves them.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from .data import TokenShards
+from .indexer_targets import IndexerCapture
+from .lora import LoraSettings, attach_lora, has_lora
+from .losses import distill_kl, sample_query_positions
+from .loop import LoopSettings, Runtime, run_loop, step_generator
+from .teacher import Teacher
+
+TRAINABLE = ("lora", "attention", "all")
+DEFAULT_LR = {"lora": 2e-4, "attention": 3e-5, "all": 1e-5}
+
+
+@dataclass
+class DistillSettings:
+    """Stage-2 settings. ``loop.lr`` None = the default for ``trainable``."""
+
+    loop: LoopSettings = field(default_factory=lambda: LoopSettings(steps=600, batch_size=1, lr=None))
+    trainable: str = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    indexer_lr: float = 1e-3
+    indexer_weight: float = 1.0
+    indexer_queries: int = 128
+    logits_chunk: int = 1024
+    gradient_checkpointing: bool = True
+    eval_sequences: int = 2
+
+    def __post_init__(self) -> None:
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+
+
+class DistillObjective(nn.Module):
+    """Student forward + losses: input_ids (b, L), teacher hidden (b, L, hidden), query_index (n,)."""
+
+    def __init__(self, model: nn.Module, teacher: Teacher, capture: IndexerCapture, settings: DistillSettings) -> None:
+        super().__init__()
+        self.model = model
+        self.teacher, self.capture, self.settings = teacher, capture, settings
+
+    def forward(self, input_ids: torch.Tensor, teacher_hidden: torch.Tensor, query_index: torch.Tensor) -> dict:
+        self.capture.begin(query_index)
+        hidden = self.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        signals = self.capture.finish()
+        kl = distill_kl(hidden, teacher_hidden, self.model.get_output_embeddings(), self.teacher.logits,
+                        self.settings.logits_chunk)
+        indexer_kl = torch.cat([s.kl.flatten() for s in signals]).mean()
+        return {
+            "loss": kl + self.settings.indexer_weight * indexer_kl,
+            "kl": kl.detach(),
+            "indexer_kl": indexer_kl.detach(),
+            "recall": torch.cat([s.recall.flatten() for s in signals]).mean(),
+        }
+
+
+@contextmanager
+def topp_prefill(model: nn.Module) -> Iterator[None]:
+    """Every retrieval-head query uses the indexer's top-p selection inside the block."""
+    sparse = model.rtpurbo_sparse
+    previous, sparse.retrieval_prefill = sparse.retrieval_prefill, "topp"
+    try:
+        yield
+    finally:
+        sparse.retrieval_prefill = previous
+
+
+def select_trainable(model: nn.Module, settings: DistillSettings) -> list[dict[str, Any]]:
+    """Set requires_grad per ``settings.trainable``; returns optimizer parameter groups.
+
+    Records the state-dict names of trained base tensors on ``model.rtpurbo_modified``.
+    """
+    if settings.trainable == "lora" and not has_lora(model):
+        attach_lora(model, settings.lora, seed=settings.loop.seed)
+    model.requires_grad_(False)
+    named = dict(model.named_parameters())
+    indexer = [name for name in named if ".indexer." in name]
+    if settings.trainable == "lora":
+        main = [name for name in named if "lora_" in name]
+    elif settings.trainable == "attention":
+        main = [name for name in named if ".self_attn." in name and name not in indexer]
+    else:
+        main = [name for name in named if name not in indexer]
+    for name in main + indexer:
+        named[name].requires_grad_(True)
+    if settings.trainable != "lora":
+        modified = set(getattr(model, "rtpurbo_modified", ())) | set(main)
+        model.rtpurbo_modified = sorted(modified)
+    lr = settings.loop.lr or DEFAULT_LR[settings.trainable]
+    return [{"params": [named[n] for n in main], "lr": lr}, {"params": [named[n] for n in indexer], "lr": settings.indexer_lr}]
+
+
+def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, runtime: Runtime) -> dict[str, Any]:
+    """Run stage 2 on a converted ``model`` in place. Returns the report."""
+    loop = settings.loop
+    if len(shards.sequences) <= settings.eval_sequences:
+        raise ValueError(f"{len(shards.sequences)} sequences cannot spare {settings.eval_sequences} for evaluation")
+    train_rows = TokenShards(shards.sequences[: len(shards.sequences) - settings.eval_sequences], shards.manifest,
+                             shards.path)
+    held_out = shards.sequences[len(train_rows.sequences):, : loop.seq_len or shards.seq_len]
+    model.to(runtime.device)
+    teacher = Teacher(model, copy_weights=settings.trainable != "lora")
+    groups = select_trainable(model, settings)
+    _fp32_masters(groups)
+    model.train()
+    if settings.gradient_checkpointing:
+        _enable_checkpointing(model)
+    length = min(loop.seq_len or shards.seq_len, shards.seq_len)
+    with IndexerCapture(model) as capture, topp_prefill(model):
+        before = heldout_kl(model, teacher, held_out, settings, runtime)
+        objective = DistillObjective(model, teacher, capture, settings)
+
+        def step_fn(wrapped: nn.Module, step: int, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+            with runtime.accelerator.autocast():
+                teacher_hidden = teacher.hidden(input_ids)
+            query_index = sample_query_positions(length, settings.indexer_queries, step_generator(loop.seed, step))
+            return wrapped(input_ids, teacher_hidden, query_index.to(runtime.device))
+
+        identity = {"stage": "distill", "trainable": settings.trainable, "lora": settings.lora.to_dict(),
+                    "indexer_lr": settings.indexer_lr, "indexer_weight": settings.indexer_weight,
+                    "indexer_queries": settings.indexer_queries, "eval_sequences": settings.eval_sequences}
+        result = run_loop(runtime, model, objective, groups, train_rows, _with_lr(loop, groups), identity, step_fn)
+        after = heldout_kl(model, teacher, held_out, settings, runtime)
+    model.eval()
+    return {
+        "stage": "distill",
+        "settings": {**asdict(settings), "loop": {**asdict(loop), "checkpoint_dir": str(loop.checkpoint_dir)}},
+        "world_size": runtime.world,
+        "steps_done": result.steps_done,
+        "stopped_early": result.stopped_early,
+        "seconds": round(result.seconds, 1),
+        "tokens_per_s": result.tokens_per_second(),
+        "heldout_kl_before": before,
+        "heldout_kl_after": after,
+        "history": result.history,
+    }
+
+
+@torch.no_grad()
+def heldout_kl(model: nn.Module, teacher: Teacher, sequences: torch.Tensor, settings: DistillSettings,
+               runtime: Runtime) -> float:
+    """Mean student-teacher KL per label token over held-out ``sequences`` (N, L)."""
+    total = 0.0
+    for row in range(len(sequences)):
+        ids = sequences[row : row + 1].to(runtime.device)
+        with runtime.accelerator.autocast():
+            hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+            total += float(distill_kl(hidden, teacher.hidden(ids), model.get_output_embeddings(), teacher.logits,
+                                      settings.logits_chunk))
+    return total / max(1, len(sequences))
+
+
+def _with_lr(loop: LoopSettings, groups: list[dict[str, Any]]) -> LoopSettings:
+    """The loop settings with the resolved main learning rate (so checkpoints record it)."""
+    return replace(loop, lr=groups[0]["lr"])
+
+
+def _fp32_masters(groups: list[dict[str, Any]]) -> None:
+    """Trainable tensors of a model loaded in bf16 become fp32 (AdamW on bf16 weights loses updates)."""
+    for group in groups:
+        for p in group["params"]:
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    with warnings.catch_warnings():  # renamed activation_checkpointing_enable in transformers 5.2x; both work
+        warnings.simplefilter("ignore", FutureWarning)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

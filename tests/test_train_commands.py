@@ -1,0 +1,59 @@
+"""The training subcommands end to end on a tiny model: artifact -> train-indexer -> distill -> artifact."""
+import argparse
+import json
+
+import torch
+
+from rtpurbo import io
+from rtpurbo.train.commands import add_convert_train_arguments, add_parsers, distill_settings, indexer_settings
+
+from .test_train_data import make_tiny_shards, one_thread  # noqa: F401 (autouse fixture)
+from .test_train_io import converted_from_disk
+
+
+def parser():
+    root = argparse.ArgumentParser(prog="rtpurbo")
+    sub = root.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    convert = sub.add_parser("convert")
+    convert.add_argument("--out", required=True)
+    add_convert_train_arguments(convert)
+    return root
+
+
+def test_flags_map_to_settings(tmp_path):
+    args = parser().parse_args(["convert", "--out", str(tmp_path / "a"), "--train", "--data", "d",
+                                "--indexer-steps", "7", "--distill-trainable", "attention", "--distill-lora-rank", "2",
+                                "--distill-no-gradient-checkpointing"])
+    args.out = tmp_path / "a"
+    stage1 = indexer_settings(args, "indexer-", tmp_path / "c")
+    stage2 = distill_settings(args, "distill-", tmp_path / "c")
+    assert stage1.loop.steps == 7 and stage1.loop.batch_size == 2 and stage1.queries == 256
+    assert stage2.loop.steps == 600 and stage2.trainable == "attention" and stage2.lora.r == 2
+    assert not stage2.gradient_checkpointing and stage2.loop.lr is None
+    args = parser().parse_args(["data", "prepare", "--out", "x", "--pool", "dev"])
+    assert args.handler.__name__ == "data" and args.seq_len == 8192
+
+
+def test_train_indexer_then_distill_commands(tmp_path):
+    model, tokenizer = converted_from_disk(tmp_path)
+    io.save(model, tmp_path / "converted")
+    make_tiny_shards(tmp_path / "shards", seq_len=64, sequences=8)
+    common = ["--data", str(tmp_path / "shards"), "--device", "cpu", "--steps", "3", "--warmup", "1", "--json"]
+    args = parser().parse_args(["train-indexer", "--model", str(tmp_path / "converted"),
+                                "--out", str(tmp_path / "indexed"), *common])
+    result = args.handler(args)
+    assert result["reports"][0]["steps_done"] == 3
+    args = parser().parse_args(["distill", "--model", str(tmp_path / "indexed"), "--out", str(tmp_path / "final"),
+                                "--batch-size", "2", "--lora-rank", "2", *common])
+    args.handler(args)
+    config = io.read_config(tmp_path / "final")
+    assert [h["stage"] for h in config["history"]] == ["indexer", "distill"]
+    assert config["lora"]["r"] == 2
+    assert (tmp_path / "final.checkpoints" / "distill" / "latest" / "state.json").is_file()
+    report = json.loads((tmp_path / "final.report.json").read_text())
+    assert len(report[0]["history"]) == 3
+    loaded, _ = io.load(tmp_path / "final")
+    ids = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.isfinite(loaded(ids, use_cache=False).logits).all()

@@ -1,0 +1,54 @@
+"""Artifacts of trained models: adapters are rebuilt on load, trained base tensors are saved."""
+import torch
+from safetensors.torch import load_file
+
+from rtpurbo import io
+from rtpurbo.config import HeadPlan
+from rtpurbo.convert import convert
+from rtpurbo.models import load_base
+from rtpurbo.testing import save_tiny_checkpoint
+from rtpurbo.train.lora import LoraSettings, attach_lora
+from rtpurbo.train.stage2_distill import topp_prefill
+
+from .test_train_data import one_thread  # noqa: F401 (autouse fixture)
+from .test_train_stage1 import SPARSE
+
+
+def converted_from_disk(tmp_path):
+    model, tokenizer = load_base(str(save_tiny_checkpoint("llama", tmp_path / "base")))
+    return convert(model, HeadPlan(2, 2, 6, [[0], [1]]), SPARSE), tokenizer
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+def test_lora_artifact_round_trip(tmp_path):
+    model, _ = converted_from_disk(tmp_path)
+    attach_lora(model, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or ".indexer." in name:
+                p.normal_(std=0.1)
+    io.save(model, tmp_path / "artifact")
+    loaded, _ = io.load(tmp_path / "artifact")
+    ids = torch.randint(0, 256, (1, 48), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(logits(model, ids), logits(loaded, ids))
+    with topp_prefill(model), topp_prefill(loaded):
+        assert torch.equal(logits(model, ids), logits(loaded, ids))
+    saved = load_file(tmp_path / "artifact" / io.WEIGHTS_NAME)
+    assert all("lora_" in k or ".indexer." in k for k in saved)
+    assert io.read_config(tmp_path / "artifact")["lora"]["r"] == 4
+
+
+def test_trained_base_tensors_are_saved(tmp_path):
+    model, _ = converted_from_disk(tmp_path)
+    name = "model.layers.1.self_attn.o_proj.weight"
+    with torch.no_grad():
+        model.state_dict()[name].mul_(1.5)
+    model.rtpurbo_modified = [name]
+    io.save(model, tmp_path / "artifact")
+    loaded, _ = io.load(tmp_path / "artifact")
+    assert torch.equal(loaded.state_dict()[name], model.state_dict()[name])
+    assert io.read_config(tmp_path / "artifact")["lora"] is None

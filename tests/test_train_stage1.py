@@ -1,0 +1,73 @@
+"""Stage 1 on a tiny model: the indexer KL falls, recall rises, resume is exact, NaN stops the run."""
+import json
+
+import pytest
+import torch
+
+from rtpurbo.config import HeadPlan, SparseConfig
+from rtpurbo.convert import convert
+from rtpurbo.testing import tiny_model
+from rtpurbo.train import indexer_targets
+from rtpurbo.train.loop import LoopSettings, TrainingDiverged, make_runtime
+from rtpurbo.train.stage1_indexer import IndexerSettings, train_indexer
+
+from .test_train_data import make_tiny_shards, one_thread  # noqa: F401 (autouse fixture)
+
+SPARSE = SparseConfig(window=16, sinks=2, top_p=0.8, min_tokens=4, recent=4)
+
+
+def converted_llama():
+    model = tiny_model("llama")  # 2 layers, 2 KV heads, G = 3
+    return convert(model, HeadPlan(2, 2, 6, [[0], [1]]), SPARSE)
+
+
+def settings(steps=20, **loop):
+    loop = {"batch_size": 2, "lr": 1e-2, "warmup": 2, "progress": False, **loop}
+    return IndexerSettings(loop=LoopSettings(steps=steps, **loop), queries=32, eval_queries=48)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_tiny_shards(tmp_path_factory.mktemp("shards"), seq_len=96, sequences=12)[0]
+
+
+def test_indexer_kl_decreases_and_only_indexers_change(shards):
+    model = converted_llama()
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if ".indexer." not in k}
+    report = train_indexer(model, shards, settings(), make_runtime("cpu"))
+    losses = [h["loss"] for h in report["history"]]
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    assert report["after"]["mean_kl"] < report["before"]["mean_kl"]
+    assert report["after"]["mean_recall"] > report["before"]["mean_recall"]
+    assert set(report["before"]["heads"]) == {"L0.H0", "L1.H1"}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
+
+
+def test_resumed_run_equals_uninterrupted(shards, tmp_path):
+    straight = converted_llama()
+    train_indexer(straight, shards, settings(steps=6), make_runtime("cpu"))
+    resumed = converted_llama()
+    first = settings(steps=6, checkpoint_dir=tmp_path, time_budget=0.0)  # stops (checkpointed) after step 0
+    assert train_indexer(resumed, shards, first, make_runtime("cpu"))["steps_done"] == 1
+    fresh = converted_llama()  # a new process would start from the artifact again
+    report = train_indexer(fresh, shards, settings(steps=6, checkpoint_dir=tmp_path, resume=True), make_runtime("cpu"))
+    assert report["steps_done"] == 6 and len(report["history"]) == 6
+    for (name, a), b in zip(straight.named_parameters(), fresh.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path, monkeypatch):
+    real, calls = indexer_targets.indexer_kl, []
+
+    def poisoned(target, scores, visible):
+        calls.extend([1] if scores.requires_grad else [])  # training calls only, 2 layers per step
+        kl = real(target, scores, visible)
+        return kl * float("nan") if len(calls) > 2 * 2 else kl  # NaN from step 2 on
+
+    monkeypatch.setattr(indexer_targets, "indexer_kl", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 2.*last good checkpoint"):
+        train_indexer(converted_llama(), shards, settings(steps=10, checkpoint_dir=tmp_path, checkpoint_every=2),
+                      make_runtime("cpu"))
+    state = json.loads((tmp_path / "latest" / "state.json").read_text())
+    assert state["step"] == 2

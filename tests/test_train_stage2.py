@@ -1,0 +1,69 @@
+"""Stage 2 on a tiny model: the teacher is the base model, the KL falls, resume is exact."""
+import pytest
+import torch
+
+from rtpurbo.train.loop import LoopSettings, make_runtime
+from rtpurbo.train.lora import LoraSettings, attach_lora
+from rtpurbo.train.stage2_distill import DistillSettings, distill
+from rtpurbo.train.teacher import Teacher
+
+from .test_train_data import make_tiny_shards, one_thread  # noqa: F401 (autouse fixture)
+from .test_train_stage1 import converted_llama
+from rtpurbo.testing import tiny_model
+
+
+def settings(trainable="lora", steps=20, **loop):
+    lr = {"lora": 1e-2, "attention": 2e-3, "all": 2e-3}[trainable]
+    loop = {"batch_size": 2, "lr": lr, "warmup": 2, "progress": False, **loop}
+    return DistillSettings(loop=LoopSettings(steps=steps, **loop), trainable=trainable, indexer_queries=24,
+                           lora=LoraSettings(r=4, alpha=8), logits_chunk=40)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_tiny_shards(tmp_path_factory.mktemp("shards"), seq_len=96, sequences=12)[0]
+
+
+def test_teacher_is_the_base_model_even_with_trained_adapters():
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = tiny_model("llama")(ids).logits
+    model = converted_llama()
+    attach_lora(model, LoraSettings(r=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+        assert not torch.allclose(model(ids, use_cache=False).logits, want, atol=1e-3)  # the student did change
+    teacher = Teacher(model, copy_weights=False)
+    got = teacher.logits(teacher.hidden(ids))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert type(model.model.layers[0].self_attn).__name__ == "SparseAttention"  # restored after the forward
+
+
+@pytest.mark.parametrize("trainable", ["lora", "attention"])
+def test_distillation_kl_decreases(shards, trainable):
+    model = converted_llama()
+    base = {k: v.clone() for k, v in model.state_dict().items() if "mlp" in k}
+    report = distill(model, shards, settings(trainable), make_runtime("cpu"))
+    kl = [h["kl"] for h in report["history"]]
+    assert len(kl) == 20 and sum(kl[-5:]) < 0.9 * sum(kl[:5])
+    assert report["heldout_kl_after"] < report["heldout_kl_before"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in base.items())
+    if trainable == "attention":
+        assert "model.layers.0.self_attn.q_proj.weight" in model.rtpurbo_modified
+    else:
+        assert getattr(model, "rtpurbo_modified", []) == [] and model.rtpurbo_lora["r"] == 4
+    assert model.rtpurbo_sparse.retrieval_prefill == "dense"  # top-p prefill only while training
+
+
+def test_resumed_distillation_equals_uninterrupted(shards, tmp_path):
+    straight = converted_llama()
+    distill(straight, shards, settings(steps=5), make_runtime("cpu"))
+    first = converted_llama()
+    assert distill(first, shards, settings(steps=5, checkpoint_dir=tmp_path, time_budget=0.0),
+                   make_runtime("cpu"))["steps_done"] == 1
+    fresh = converted_llama()
+    distill(fresh, shards, settings(steps=5, checkpoint_dir=tmp_path, resume=True), make_runtime("cpu"))
+    for (name, a), b in zip(straight.named_parameters(), fresh.parameters()):
+        assert torch.equal(a, b), name
