@@ -5,7 +5,8 @@ import json
 import torch
 
 from rtpurbo import io
-from rtpurbo.train.commands import add_convert_train_arguments, add_parsers, distill_settings, indexer_settings
+from rtpurbo.train.commands import (add_convert_train_arguments, add_parsers, distill_settings, indexer_settings,
+                                    train_converted)
 
 from .test_train_data import make_tiny_shards, one_thread  # noqa: F401 (autouse fixture)
 from .test_train_io import converted_from_disk
@@ -57,3 +58,16 @@ def test_train_indexer_then_distill_commands(tmp_path):
     ids = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.isfinite(loaded(ids, use_cache=False).logits).all()
+
+
+def test_convert_train_runs_both_stages_before_save(tmp_path):
+    model, tokenizer = converted_from_disk(tmp_path)
+    make_tiny_shards(tmp_path / "shards", seq_len=64, sequences=8)
+    args = parser().parse_args(["convert", "--out", str(tmp_path / "artifact"), "--train", "--data",
+                                str(tmp_path / "shards"), "--indexer-steps", "2", "--distill-steps", "2",
+                                "--indexer-warmup", "0", "--distill-warmup", "0", "--distill-lora-rank", "2"])
+    args.out, args.device, args.json = tmp_path / "artifact", "cpu", False
+    result = train_converted(args, model, tokenizer)
+    assert result["indexer"]["steps_done"] == 2 and result["distill"]["steps_done"] == 2
+    io.save(model, args.out)
+    assert [h["stage"] for h in io.read_config(args.out)["history"]] == ["indexer", "distill"]

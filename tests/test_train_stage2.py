@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from rtpurbo.testing import tiny_model
 from rtpurbo.train.loop import LoopSettings, make_runtime
 from rtpurbo.train.lora import LoraSettings, attach_lora
 from rtpurbo.train.stage2_distill import DistillSettings, distill
@@ -9,7 +10,6 @@ from rtpurbo.train.teacher import Teacher
 
 from .test_train_data import make_tiny_shards, one_thread  # noqa: F401 (autouse fixture)
 from .test_train_stage1 import converted_llama
-from rtpurbo.testing import tiny_model
 
 
 def settings(trainable="lora", steps=20, **loop):

@@ -177,7 +177,8 @@ def data(args: argparse.Namespace) -> dict[str, Any]:
     _say(args, f"wrote {manifest['sequences']} x {args.seq_len} tokens ({manifest['synthetic']['sequences']} "
                f"synthetic) in {len(manifest['shards'])} shard(s), {size / 1e6:.1f} MB, to {args.out}")
     return {"out": str(args.out), "sequences": manifest["sequences"], "bytes": size,
-            "sources": {k: {"documents": v["documents"], "tokens": v["tokens"]} for k, v in manifest["sources"].items()}}
+            "sources": {k: {"documents": v["documents"], "tokens": v["tokens"]}
+                        for k, v in manifest["sources"].items()}}
 
 
 def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
@@ -186,7 +187,8 @@ def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
     runtime = make_runtime(args.device, args.precision)
     settings = indexer_settings(args, "", _checkpoint_dir(args, "indexer"))
     report = run_stage1(model, load_shards(args.data, tokenizer), settings, runtime)
-    print_recall(args, report)
+    if runtime.is_main:
+        print_recall(args, report)
     return _finish(args, runtime, model, [report])
 
 
@@ -196,8 +198,10 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
     runtime = make_runtime(args.device, args.precision)
     settings = distill_settings(args, "", _checkpoint_dir(args, "distill"))
     report = run_stage2(model, load_shards(args.data, tokenizer), settings, runtime)
-    _say(args, f"held-out KL(teacher || student): {report['heldout_kl_before']:.4f} -> {report['heldout_kl_after']:.4f}"
-               f"  ({report['tokens_per_s']:.0f} tokens/s on {report['world_size']} process(es))")
+    if runtime.is_main:
+        _say(args, f"held-out KL(teacher || student): {report['heldout_kl_before']:.4f} -> "
+                   f"{report['heldout_kl_after']:.4f}  ({report['tokens_per_s']:.0f} tokens/s on "
+                   f"{report['world_size']} process(es))")
     return _finish(args, runtime, model, [report])
 
 
@@ -211,7 +215,8 @@ def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer:
     shards = load_shards(args.data, tokenizer)
     runtime = make_runtime(args.device, args.precision)
     stage1 = run_stage1(model, shards, indexer_settings(args, "indexer-", _checkpoint_dir(args, "indexer")), runtime)
-    print_recall(args, stage1)
+    if runtime.is_main:
+        print_recall(args, stage1)
     stage2 = run_stage2(model, shards, distill_settings(args, "distill-", _checkpoint_dir(args, "distill")), runtime)
     model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1), summary(stage2)]
     return {"indexer": summary(stage1), "distill": summary(stage2)}

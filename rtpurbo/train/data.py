@@ -110,7 +110,9 @@ def unique_documents(documents: Iterable[Document], stats: dict[str, dict[str, A
         yield doc
 
 
-def pack(token_lists: Iterable[list[int]], seq_len: int, eos_id: int | None, cross_documents: bool) -> Iterator[list[int]]:
+def pack(
+    token_lists: Iterable[list[int]], seq_len: int, eos_id: int | None, cross_documents: bool
+) -> Iterator[list[int]]:
     """Fixed windows of ``seq_len`` ids from documents' ids (joined by ``eos_id`` when packing across)."""
     buffer: list[int] = []
     for ids in token_lists:
@@ -129,7 +131,8 @@ def synthetic_sequence(tokenizer: Any, haystacks: list[str], seq_len: int, index
     rng = random.Random(seed)
     text = haystacks[rng.randrange(len(haystacks))]
     start = rng.randrange(max(1, len(text) - 8 * seq_len))
-    return make_sample(KINDS[index % len(KINDS)], tokenizer, text[start:], seq_len, rng.uniform(0.05, 0.95), seed).input_ids
+    kind, depth = KINDS[index % len(KINDS)], rng.uniform(0.05, 0.95)
+    return make_sample(kind, tokenizer, text[start:], seq_len, depth, seed).input_ids
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -207,7 +210,8 @@ def prepare_shards(
         "dtype": sequences.dtype.name,
         "sequences": len(sequences),
         "synthetic": {"sequences": n_synthetic, "ratio": settings.synthetic_ratio, "kinds": list(KINDS),
-                      "seed_namespace": "train", "seeds": [seed_for("train", 0), seed_for("train", max(0, n_synthetic - 1))]},
+                      "seed_namespace": "train",
+                      "seeds": [seed_for("train", 0), seed_for("train", max(0, n_synthetic - 1))]},
         "sources": {name: {**entry, "provenance": (provenance or {}).get(name) or _provenance(name)}
                     for name, entry in stats.items()},
         "documents_file": DOCUMENTS,

@@ -7,7 +7,7 @@ Per step: the global batch (``batch_size`` rows chosen by :func:`data.batch_indi
 on any number of processes) is split across ranks; ``step_fn`` returns a dict of scalar
 tensors with ``loss``; the loss is averaged over ranks and checked (NaN / inf stops the run
 with :class:`TrainingDiverged`, leaving the last good checkpoint untouched); backward,
-global-norm clipping (also checked), AdamW, cosine schedule with linear warm-up.
+gradient-norm clipping per parameter group (also checked), AdamW, cosine schedule with linear warm-up.
 Randomness inside a step comes from :func:`step_generator` ``(seed, step)``, so a resumed run
 computes exactly what an uninterrupted one does.
 """
@@ -137,18 +137,17 @@ def run_loop(
     if settings.resume and has_checkpoint(settings.checkpoint_dir):
         state = load_checkpoint(settings.checkpoint_dir, model, optimizer, scheduler, identity)
         start, result.history = state["step"], state["history"]
-    params = [p for group in param_groups for p in group["params"]]
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and runtime.is_main),
                desc=identity.get("stage", "train"))
     began = time.perf_counter()
     for step in range(start, settings.steps):
         tick = time.perf_counter()
-        metrics = _one_step(runtime, wrapped, optimizer, scheduler, params, shards, settings, step, step_fn)
+        metrics = _one_step(runtime, wrapped, optimizer, scheduler, param_groups, shards, settings, step, step_fn)
         metrics["tokens_per_s"] = settings.batch_size * _seq_len(shards, settings) / (time.perf_counter() - tick)
         result.history.append(metrics)
         result.steps_done = step + 1
         bar.update(1)
-        bar.set_postfix({k: _short(v) for k, v in metrics.items() if k != "lr"})
+        bar.set_postfix({k: _short(v) for k, v in metrics.items() if k not in ("lr", "step")})
         over_budget = _over_budget(runtime, began, settings)
         last = step + 1 == settings.steps or over_budget
         if settings.checkpoint_dir is not None and ((step + 1) % settings.checkpoint_every == 0 or last):
@@ -173,19 +172,22 @@ def _local_rows(runtime: Runtime, shards: TokenShards, settings: LoopSettings, s
     return shards.sequences[mine, : _seq_len(shards, settings)].to(runtime.device)
 
 
-def _one_step(runtime, wrapped, optimizer, scheduler, params, shards, settings, step, step_fn) -> dict[str, float]:
+def _one_step(runtime, wrapped, optimizer, scheduler, groups, shards, settings, step, step_fn) -> dict[str, float]:
     acc = runtime.accelerator
     out = step_fn(wrapped, step, _local_rows(runtime, shards, settings, step))
     loss = out["loss"]
     reported = {k: float(acc.reduce(v.detach().float(), "mean")) for k, v in out.items()}
     _guard(reported["loss"], "loss", step, settings)
     acc.backward(loss)
-    grad_norm = float(acc.clip_grad_norm_(params, settings.max_grad_norm))
-    _guard(grad_norm, "gradient norm", step, settings)
+    norms = {}
+    for i, group in enumerate(groups):  # clipped per group: one group's large gradients do not shrink another's
+        key = "grad_norm" if i == 0 else f"grad_norm_{group.get('name', i)}"
+        norms[key] = float(acc.clip_grad_norm_(group["params"], settings.max_grad_norm))
+        _guard(norms[key], "gradient norm", step, settings)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return {**reported, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "step": step}
+    return {**reported, **norms, "lr": scheduler.get_last_lr()[0], "step": step}
 
 
 def _guard(value: float, what: str, step: int, settings: LoopSettings) -> None:

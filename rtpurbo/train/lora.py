@@ -60,6 +60,3 @@ def attach_lora(model: nn.Module, settings: LoraSettings, seed: int = 0) -> nn.M
 def has_lora(model: nn.Module) -> bool:
     return any("lora_" in name for name, _ in model.named_parameters())
 
-
-def lora_parameter_names(model: nn.Module) -> list[str]:
-    return [name for name, _ in model.named_parameters() if "lora_" in name]

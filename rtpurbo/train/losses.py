@@ -92,7 +92,9 @@ def distill_kl(
     return total / (positions * student_hidden.shape[0])
 
 
-def _chunk_kl(student: torch.Tensor, teacher: torch.Tensor, student_head: Callable, teacher_head: Callable) -> torch.Tensor:
+def _chunk_kl(
+    student: torch.Tensor, teacher: torch.Tensor, student_head: Callable, teacher_head: Callable
+) -> torch.Tensor:
     """Summed KL of one chunk of positions: (B, c, hidden) x 2 -> ()."""
     log_s = torch.log_softmax(student_head(student).float(), dim=-1)
     with torch.no_grad():

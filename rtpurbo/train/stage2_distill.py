@@ -115,7 +115,8 @@ def select_trainable(model: nn.Module, settings: DistillSettings) -> list[dict[s
         modified = set(getattr(model, "rtpurbo_modified", ())) | set(main)
         model.rtpurbo_modified = sorted(modified)
     lr = settings.loop.lr or DEFAULT_LR[settings.trainable]
-    return [{"params": [named[n] for n in main], "lr": lr}, {"params": [named[n] for n in indexer], "lr": settings.indexer_lr}]
+    return [{"params": [named[n] for n in main], "lr": lr, "name": settings.trainable},
+            {"params": [named[n] for n in indexer], "lr": settings.indexer_lr, "name": "indexer"}]
 
 
 def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, runtime: Runtime) -> dict[str, Any]:
