@@ -1,5 +1,6 @@
 """The same stage-2 code under torchrun: 2 CPU processes (gloo DDP) follow the 1-process loss curve."""
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -36,16 +37,16 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this python")
-def test_two_process_ddp_matches_one_process(tmp_path):
+def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
     model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
     make_tiny_shards(tmp_path / "shards", seq_len=64, sequences=10)
     (tmp_path / "worker.py").write_text(WORKER)
-    results = []
-    for n in (1, 2):
-        out = tmp_path / f"run{n}.json"
-        subprocess.run([str(TORCHRUN), "--standalone", f"--nproc_per_node={n}", str(tmp_path / "worker.py"),
-                        str(model_dir), str(tmp_path / "shards"), str(out)], check=True, capture_output=True,
-                       timeout=240)
-        results.append(json.loads(out.read_text()))
-    assert [r["world"] for r in results] == [1, 2]
-    assert results[0]["kl"] == pytest.approx(results[1]["kl"], rel=1e-4)
+    run1, run2 = tmp_path / "run1.json", tmp_path / "run2.json"
+    argv = [str(tmp_path / "worker.py"), str(model_dir), str(tmp_path / "shards")]
+    subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", *argv, str(run2)], check=True,
+                   capture_output=True, timeout=240)
+    monkeypatch.setattr(sys, "argv", [*argv, str(run1)])
+    runpy.run_path(argv[0], run_name="__main__")  # the same worker, one process, here
+    one, two = json.loads(run1.read_text()), json.loads(run2.read_text())
+    assert [one["world"], two["world"]] == [1, 2]
+    assert one["kl"] == pytest.approx(two["kl"], rel=1e-4)

@@ -132,11 +132,8 @@ def run_loop(
     scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup, settings.steps)
     wrapped, optimizer = acc.prepare(objective, optimizer)
     identity = {**identity, **settings.identity(), "data": fingerprint_shards(shards)}
-    result = LoopResult()
-    start = 0
-    if settings.resume and has_checkpoint(settings.checkpoint_dir):
-        state = load_checkpoint(settings.checkpoint_dir, model, optimizer, scheduler, identity)
-        start, result.history = state["step"], state["history"]
+    result = _resume(model, optimizer, scheduler, settings, identity)
+    start = result.steps_done
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and runtime.is_main),
                desc=identity.get("stage", "train"))
     began = time.perf_counter()
@@ -158,6 +155,14 @@ def run_loop(
     bar.close()
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _resume(model: nn.Module, optimizer: Any, scheduler: Any, settings: LoopSettings, identity: dict) -> LoopResult:
+    """A fresh result, or (with ``--resume`` and a checkpoint) the checkpoint's steps and history, restored."""
+    if not (settings.resume and has_checkpoint(settings.checkpoint_dir)):
+        return LoopResult()
+    state = load_checkpoint(settings.checkpoint_dir, model, optimizer, scheduler, identity)
+    return LoopResult(history=state["history"], steps_done=state["step"])
 
 
 def _seq_len(shards: TokenShards, settings: LoopSettings) -> int:
