@@ -312,6 +312,14 @@ def load_shards(path: str | Path, tokenizer: Any | None = None, pool: str = "tra
     return TokenShards(sequences, manifest, path)
 
 
+def split_held_out(shards: TokenShards, count: int, seq_len: int | None) -> tuple[TokenShards, torch.Tensor]:
+    """(training rows, the last ``count`` rows cropped to ``seq_len``) for before/after measurements."""
+    if len(shards.sequences) <= count:
+        raise ValueError(f"{len(shards.sequences)} sequences cannot spare {count} for evaluation")
+    cut = len(shards.sequences) - count
+    return TokenShards(shards.sequences[:cut], shards.manifest, shards.path), shards.sequences[cut:, :seq_len]
+
+
 def fingerprint_shards(shards: TokenShards) -> str:
     """Identity of a shard set (hash of its shard hashes): checkpoints refuse to resume on other data."""
     return _sha256("".join(entry["sha256"] for entry in shards.manifest["shards"]).encode())

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .data import TokenShards
+from .data import TokenShards, split_held_out
 from .indexer_targets import IndexerCapture, LayerSignal
 from .losses import sample_query_positions
 from .loop import LoopSettings, Runtime, run_loop, step_generator
@@ -69,21 +69,17 @@ def indexer_parameters(model: nn.Module) -> list[nn.Parameter]:
 def train_indexer(model: nn.Module, shards: TokenShards, settings: IndexerSettings, runtime: Runtime) -> dict[str, Any]:
     """Run stage 1 on a converted ``model`` in place. Returns the report (recall before/after, history)."""
     loop = settings.loop
-    if len(shards.sequences) <= settings.eval_sequences:
-        raise ValueError(f"{len(shards.sequences)} sequences cannot spare {settings.eval_sequences} for evaluation")
-    train_rows = TokenShards(shards.sequences[: len(shards.sequences) - settings.eval_sequences], shards.manifest,
-                             shards.path)
-    held_out = shards.sequences[len(train_rows.sequences):, : loop.seq_len or shards.seq_len]
+    train_rows, held_out = split_held_out(shards, settings.eval_sequences, loop.seq_len)
     model.to(runtime.device)
     params = indexer_parameters(model)
+    model.eval()  # nothing trains but the indexers: no checkpointing, no dropout
     with IndexerCapture(model) as capture:
         before = evaluate_indexer(model, capture, held_out, settings, runtime)
-        model.eval()  # nothing trains but the indexers: no checkpointing, no dropout
         objective = IndexerObjective(model, capture)
-        length = min(loop.seq_len or shards.seq_len, shards.seq_len)
 
         def step_fn(wrapped: nn.Module, step: int, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-            query_index = sample_query_positions(length, settings.queries, step_generator(loop.seed, step))
+            generator = step_generator(loop.seed, step)
+            query_index = sample_query_positions(input_ids.shape[1], settings.queries, generator)
             return wrapped(input_ids, query_index.to(runtime.device))
 
         identity = {"stage": "indexer", "queries": settings.queries, "eval_sequences": settings.eval_sequences}

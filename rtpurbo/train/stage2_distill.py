@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from .data import TokenShards
+from .data import TokenShards, split_held_out
 from .indexer_targets import IndexerCapture
 from .lora import LoraSettings, attach_lora, has_lora
 from .losses import distill_kl, sample_query_positions
@@ -122,11 +122,7 @@ def select_trainable(model: nn.Module, settings: DistillSettings) -> list[dict[s
 def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, runtime: Runtime) -> dict[str, Any]:
     """Run stage 2 on a converted ``model`` in place. Returns the report."""
     loop = settings.loop
-    if len(shards.sequences) <= settings.eval_sequences:
-        raise ValueError(f"{len(shards.sequences)} sequences cannot spare {settings.eval_sequences} for evaluation")
-    train_rows = TokenShards(shards.sequences[: len(shards.sequences) - settings.eval_sequences], shards.manifest,
-                             shards.path)
-    held_out = shards.sequences[len(train_rows.sequences):, : loop.seq_len or shards.seq_len]
+    train_rows, held_out = split_held_out(shards, settings.eval_sequences, loop.seq_len)
     model.to(runtime.device)
     teacher = Teacher(model, copy_weights=settings.trainable != "lora")
     groups = select_trainable(model, settings)
@@ -134,7 +130,6 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
     model.train()
     if settings.gradient_checkpointing:
         _enable_checkpointing(model)
-    length = min(loop.seq_len or shards.seq_len, shards.seq_len)
     with IndexerCapture(model) as capture, topp_prefill(model):
         before = heldout_kl(model, teacher, held_out, settings, runtime)
         objective = DistillObjective(model, teacher, capture, settings)
@@ -142,7 +137,8 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
         def step_fn(wrapped: nn.Module, step: int, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
             with runtime.accelerator.autocast():
                 teacher_hidden = teacher.hidden(input_ids)
-            query_index = sample_query_positions(length, settings.indexer_queries, step_generator(loop.seed, step))
+            generator = step_generator(loop.seed, step)
+            query_index = sample_query_positions(input_ids.shape[1], settings.indexer_queries, generator)
             return wrapped(input_ids, teacher_hidden, query_index.to(runtime.device))
 
         identity = {"stage": "distill", "trainable": settings.trainable, "lora": settings.lora.to_dict(),
