@@ -16,7 +16,7 @@ common=(--model "$1" --data "$2" --plan "$3" --stage2-only --no-eval --no-save -
         --distill-batch-size 2 --distill-time-budget 150)
 {
   for n in 1 2; do
-    torchrun --standalone --nproc_per_node "$n" scripts/train_gpu.py "${common[@]}" \
+    python3 -m torch.distributed.run --standalone --nproc_per_node "$n" scripts/train_gpu.py "${common[@]}" \
       --out "$out/gpu$n" --checkpoint-dir "/tmp/rtpurbo-ddp$n"
   done
   python3 scripts/compare_scaling.py "$out/gpu1/distill_report.json" "$out/gpu2/distill_report.json" \
