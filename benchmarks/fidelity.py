@@ -27,7 +27,7 @@ import torch
 
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import apply_plan, convert
-from rtpurbo.data.needles import KINDS, make_samples, seed_for, teacher_forced_accuracy
+from rtpurbo.data.needles import KINDS, make_samples, seed_for
 from rtpurbo.eval.perplexity import perplexity
 from rtpurbo.families import geometry
 from rtpurbo.models import load_base
@@ -65,11 +65,10 @@ def answer_accuracy(model, samples) -> dict[str, float]:
     device = next(model.parameters()).device
     token_acc, exact = [], []
     for s in samples:
-        keep = len(s.input_ids) - s.answer_start + 1
+        keep = len(s.input_ids) - s.answer_start + 1  # logits at answer_start-1 .. end-1
         logits = model(torch.tensor([s.input_ids], device=device), use_cache=False, logits_to_keep=keep).logits[0]
-        full = torch.zeros(len(s.input_ids), logits.shape[-1], device=logits.device)
-        full[-keep:] = logits.float()
-        acc = teacher_forced_accuracy(full.cpu(), s)
+        predicted = logits[:-1].argmax(-1).cpu()
+        acc = float((predicted == torch.tensor(s.input_ids[s.answer_start:])).float().mean())
         token_acc.append(acc)
         exact.append(float(acc == 1.0))
     n = len(samples)
@@ -101,24 +100,43 @@ def run(args: argparse.Namespace) -> dict:
         "split-copy": top_plan(scores.ranking, n_q, args.ratio, "copy score"),
         "split-mass": top_plan(scores.kv["long_range_mass"], n_q, args.ratio, "long-range mass"),
     }
+    plans = {name: plans[name] for name in args.rows}
     convert(model, plans["dense"], SparseConfig(window=args.window, sinks=4, impl=args.impl))
-    results: dict = {"rows": {}, "plans": {k: v.retrieval for k, v in plans.items()},
+    results: dict = {"rows": {name: {"retrieval": {}} for name in plans},
+                     "plans": {k: v.retrieval for k, v in plans.items()},
                      "profile": {"seconds": profile_seconds, "prompts": len(profile), "length": args.profile_length,
-                                 "kv_scores": {k: v.tolist() for k, v in scores.kv.items()}}}
-    samples = {length: [s for i, kind in enumerate(KINDS) for s in make_samples(
-        kind, tok, texts["eval"], length, args.samples // len(KINDS), seed_for("eval", 10_000 * i + length))]
-        for length in args.lengths}
+                                 "kv_scores": {k: v.tolist() for k, v in scores.kv.items()}},
+                     "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                     "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
+    save = lambda: (args.out / "fidelity.json").write_text(json.dumps(results, indent=1))  # noqa: E731
+    save()
+    deadline = started + args.deadline
     windows = eval_windows(tok, texts["eval"], args.ppl_windows, max(args.lengths))
+    for length in sorted(args.lengths, reverse=True):  # longest (the target) first
+        samples = [s for i, kind in enumerate(KINDS) for s in make_samples(
+            kind, tok, texts["eval"], length, args.samples // len(KINDS), seed_for("eval", 10_000 * i + length))]
+        for name, plan in plans.items():
+            if time.time() > deadline:
+                results["stopped_early"] = f"deadline {args.deadline}s reached before {name} @ {length}"
+                save()
+                return results
+            apply_plan(model, plan)
+            results["rows"][name]["retrieval"][length] = answer_accuracy(model, samples)
+            results["wall_seconds"] = time.time() - started
+            save()
+            print(name, length, round(results["rows"][name]["retrieval"][length]["token_accuracy"], 3),
+                  f"{time.time() - started:.0f}s", flush=True)
     for name, plan in plans.items():
+        if time.time() > deadline:
+            results["stopped_early"] = f"deadline reached before perplexity of {name}"
+            break
         apply_plan(model, plan)
-        row = {length: answer_accuracy(model, samples[length]) for length in args.lengths}
-        ppl = perplexity(model, windows, desc=f"ppl {name}")
-        results["rows"][name] = {"retrieval": row, "perplexity": ppl.perplexity, "ppl_buckets": ppl.bucket_perplexity()}
-        print(name, {k: round(v["token_accuracy"], 3) for k, v in row.items()}, f"ppl {ppl.perplexity:.3f}", flush=True)
-    results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    results["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    results["versions"] = {"torch": torch.__version__, "transformers": __import__("transformers").__version__}
-    results["wall_seconds"] = time.time() - started
+        ppl = perplexity(model, windows, desc=f"ppl {name}", progress=False)
+        results["rows"][name].update(perplexity=ppl.perplexity, ppl_buckets=ppl.bucket_perplexity())
+        results["wall_seconds"] = time.time() - started
+        save()
+        print(name, "ppl", round(ppl.perplexity, 3), flush=True)
     return results
 
 
@@ -152,13 +170,14 @@ def main() -> None:
     p.add_argument("--ppl-windows", type=int, default=16)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--impl", default="sdpa", help="attention backend for the sparse rows")
+    p.add_argument("--deadline", type=float, default=1e9, help="stop (keeping results so far) after this many s")
+    p.add_argument("--rows", nargs="+", default=["dense", "split-copy", "all-window", "split-mass"])
     args = parser.parse_args()
     if args.cmd == "export":
         export(args.out)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     results = run(args)
-    (args.out / "fidelity.json").write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if k in ("rows", "device", "wall_seconds")}))
 
 
