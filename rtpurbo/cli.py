@@ -10,6 +10,8 @@ from typing import Any
 
 from .config import SparseConfig, check_ratio
 from .models import DEFAULT_MODEL
+from .train.commands import add_convert_train_arguments
+from .train.commands import add_parsers as add_training_parsers
 
 
 def _positive(value: str) -> int:
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", type=Path, help="head_plan.json, or a config.json with headwise_config "
                                              "(default: profile now)")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    add_convert_train_arguments(p)
 
     p = sub.add_parser("generate", help="generate text (streamed) through the head-wise cache")
     add_model(p, artifact_ok=True)
@@ -123,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output directory")
     p.add_argument("--eval-windows", type=_positive, default=2, help="8K-token windows of dev text")
     p.add_argument("--eval-length", type=_positive, default=8192, help="tokens per perplexity window")
+    add_training_parsers(sub)
     return parser
 
 
@@ -145,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import commands
 
     started = time.time()
+    handler = getattr(args, "handler", None) or getattr(commands, args.command.replace("-", "_"))
     try:
-        result = getattr(commands, args.command.replace("-", "_"))(args)
+        result = handler(args)
     except user_errors() as err:
         print(f"rtpurbo {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -65,9 +65,14 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
         _, plan = run_profile(model, tokenizer, _settings(args), args.out.with_name(args.out.name + "-profile"))
     sparse = sparse_from_args(args, **overrides)
     convert_model(model, plan, sparse)
+    training = None
+    if args.train:
+        from .train.commands import train_converted
+
+        training = train_converted(args, model, tokenizer)
     io.save(model, args.out)
     _say(args, f"saved {args.out} ({plan.num_retrieval()} retrieval KV heads, W={sparse.window}, S={sparse.sinks})")
-    return {"out": str(args.out), "plan": plan_summary(plan), "sparse": sparse.to_dict()}
+    return {"out": str(args.out), "plan": plan_summary(plan), "sparse": sparse.to_dict(), "training": training}
 
 
 def generate(args: argparse.Namespace) -> dict[str, Any]:

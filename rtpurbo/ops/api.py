@@ -138,6 +138,9 @@ def topp_attention(
         module = importlib.import_module(_TOPP_BACKENDS[impl])
     except ImportError as err:
         raise BackendUnavailable(f"top-p impl {impl!r} is not available: {err}") from err
+    available = getattr(module, "available", None)
+    if available is not None and not available():
+        raise BackendUnavailable(f"top-p impl {impl!r} is not available on this machine")
     return module.topp_attention(
         q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
         sinks=sinks, recent=recent, scale=scale,
