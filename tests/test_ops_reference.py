@@ -166,3 +166,13 @@ def test_topp_attention_with_p_one_equals_full_attention():
     full = reference.attention(q, k, v, q_pos, k_pos)
     assert torch.equal(out, full)
     assert counts[1].eq(45).all() and counts[0].eq(50).all()
+
+
+def test_topp_backend_errors():
+    q, k, v, q_pos, k_pos = make_inputs(1, 4, 2, 1, 6, 8)
+    q_idx, k_idx = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 6, 4)
+    with pytest.raises(ValueError, match="unknown topp_attention impl"):
+        api.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=0.5, impl="magic")
+    if not torch.cuda.is_available():
+        with pytest.raises(api.BackendUnavailable):
+            api.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=0.5, impl="triton")

@@ -32,17 +32,22 @@ def backend_names() -> list[str]:
     return list(_BACKENDS)
 
 
-def _load(impl: str) -> Callable:
-    if impl not in _BACKENDS:
-        raise ValueError(f"unknown attention impl {impl!r}; choose one of {['auto', *_BACKENDS]}")
+def _load_backend(table: dict[str, str], impl: str, op: str) -> Callable:
+    """Function ``op`` of backend ``impl`` from ``table``; raises if unknown or unavailable here."""
+    if impl not in table:
+        raise ValueError(f"unknown {op} impl {impl!r}; choose one of {list(table)}")
     try:
-        module = importlib.import_module(_BACKENDS[impl])
+        module = importlib.import_module(table[impl])
     except ImportError as err:
-        raise BackendUnavailable(f"attention impl {impl!r} is not available: {err}") from err
+        raise BackendUnavailable(f"{op} impl {impl!r} is not available: {err}") from err
     available = getattr(module, "available", None)
     if available is not None and not available():
-        raise BackendUnavailable(f"attention impl {impl!r} is not available on this machine")
-    return module.attention
+        raise BackendUnavailable(f"{op} impl {impl!r} is not available on this machine")
+    return getattr(module, op)
+
+
+def _load(impl: str) -> Callable:
+    return _load_backend(_BACKENDS, impl, "attention")
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -132,16 +137,8 @@ def topp_attention(
         )
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if impl not in _TOPP_BACKENDS:
-        raise ValueError(f"unknown top-p impl {impl!r}; choose one of {list(_TOPP_BACKENDS)}")
-    try:
-        module = importlib.import_module(_TOPP_BACKENDS[impl])
-    except ImportError as err:
-        raise BackendUnavailable(f"top-p impl {impl!r} is not available: {err}") from err
-    available = getattr(module, "available", None)
-    if available is not None and not available():
-        raise BackendUnavailable(f"top-p impl {impl!r} is not available on this machine")
-    return module.topp_attention(
+    fn = _load_backend(_TOPP_BACKENDS, impl, "topp_attention")
+    return fn(
         q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
         sinks=sinks, recent=recent, scale=scale,
     )
