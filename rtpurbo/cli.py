@@ -57,7 +57,7 @@ def add_sparse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="upper clamp of the top-p budget")
     p.add_argument("--recent", type=int, default=d.recent, help="recent tokens retrieval heads always keep")
     p.add_argument("--impl", default=d.impl, help="attention backend: auto, sdpa, reference, flex")
-    p.add_argument("--decode-impl", default=d.decode_impl, help="top-p decode backend: reference, triton")
+    p.add_argument("--decode-impl", default=d.decode_impl, help="top-p decode backend: auto, reference, triton")
     p.add_argument("--reorder-heads", action="store_true", help="make retrieval KV heads contiguous")
 
 

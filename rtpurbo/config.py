@@ -171,7 +171,7 @@ class SparseConfig:
             forwards) or ``topp`` (every query uses the indexer selection, as at decode; used
             by stage 2 and by teacher-forced fidelity checks).
         impl: attention backend (``auto``, ``sdpa``, ``reference``, ``flex``).
-        decode_impl: top-p decode backend (``reference``, ``triton``).
+        decode_impl: top-p decode backend (``auto``, ``reference``, ``triton``).
         reorder_heads: permute heads so retrieval KV heads are contiguous in each layer.
     """
 
@@ -185,7 +185,7 @@ class SparseConfig:
     index_rope_dims: int = 0
     retrieval_prefill: str = "dense"
     impl: str = "auto"
-    decode_impl: str = "reference"
+    decode_impl: str = "auto"
     reorder_heads: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

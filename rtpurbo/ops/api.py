@@ -122,12 +122,13 @@ def topp_attention(
     sinks: int = 0,
     recent: int = 0,
     scale: float | None = None,
-    impl: str = "reference",
+    impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Retrieval-head attention over the indexer's top-p selection (decode).
 
     See :func:`rtpurbo.ops.reference.topp_attention`. Returns (out (B, Hq, Lq, D),
-    selected-key counts (B, Hkv, Lq)).
+    selected-key counts (B, Hkv, Lq)). ``impl="auto"``: ``triton`` for one CUDA query
+    per row when available, else ``reference``.
     """
     _check_shapes(q, k, v, q_pos, k_pos, None)
     if q_idx.shape[:3] != (k.shape[0], k.shape[1], q.shape[2]) or k_idx.shape[:3] != k.shape[:3]:
@@ -137,6 +138,14 @@ def topp_attention(
         )
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if impl == "auto":
+        impl = "reference"
+        if q.is_cuda and q.shape[2] == 1:
+            try:
+                _load_backend(_TOPP_BACKENDS, "triton", "topp_attention")
+                impl = "triton"
+            except BackendUnavailable:
+                pass
     fn = _load_backend(_TOPP_BACKENDS, impl, "topp_attention")
     return fn(
         q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
