@@ -13,7 +13,8 @@ from .cli import sparse_from_args
 from .families import geometry
 from .memory import KVGeometry, kv_table
 from .models import load_base
-from .pipeline import ProfileSettings, convert_model, plan_summary, read_plan, run_profile
+from .convert import convert as convert_model
+from .pipeline import ProfileSettings, plan_summary, read_plan, run_profile
 
 
 def _say(args: argparse.Namespace, *parts: Any) -> None:

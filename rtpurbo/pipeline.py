@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from .config import HeadPlan, SparseConfig, dumps
-from .convert import convert
+from .config import HeadPlan, dumps
 from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
 from .families import geometry
@@ -78,10 +77,6 @@ def read_plan(path: Path, model_config: Any) -> tuple[HeadPlan, dict[str, int]]:
         plan, sinks, window = HeadPlan.from_headwise_config(data, geometry(model_config)[1])
         return plan, {"sinks": sinks, "window": window}
     return HeadPlan.from_dict(data), {}
-
-
-def convert_model(model: torch.nn.Module, plan: HeadPlan, sparse: SparseConfig) -> torch.nn.Module:
-    return convert(model, plan, sparse)
 
 
 def plan_summary(plan: HeadPlan) -> dict[str, Any]:
