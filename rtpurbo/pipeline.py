@@ -1,7 +1,8 @@
-"""The pipeline's stages as functions that read and write artifacts (the CLI is a thin shell).
+"""Profiling as a pipeline stage that writes its artifacts (the CLI is a thin shell).
 
     profile  : base model -> head_scores.json, head_plan.json, head_plan.png
-    convert  : base model + plan -> artifact directory (see rtpurbo.io)
+    read_plan: head_plan.json or a config.json with headwise_config -> HeadPlan
+(conversion and saving live in rtpurbo.convert and rtpurbo.io)
 """
 from __future__ import annotations
 
