@@ -1,0 +1,201 @@
+"""``rtpurbo eval``: perplexity by position and RULER-style tasks for dense, StreamingLLM-style,
+training-free split and trained rows, with KV bytes and speed, into one results directory.
+
+    rtpurbo eval --quick                                   # SmolLM2 on CPU, minutes
+    rtpurbo eval --lengths 2048 4096 8192 --samples 100 --out runs/eval-full
+    rtpurbo eval --prepare-only --lengths 2048 4096 8192 --samples 100 --out runs/eval-full   # data only
+    rtpurbo eval --data runs/eval-full/eval_data.npz --plan head_plan.json ...            # no corpora needed
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from .. import __version__, io
+from ..cli import _positive, add_model, add_profile, add_sparse, sparse_from_args
+from ..commands import _device_dtype, _say
+from ..config import HeadPlan, dumps
+from ..convert import convert
+from ..families import geometry
+from ..models import load_base, resolve_model
+from ..pipeline import ProfileSettings, plan_summary, read_plan, run_profile
+from .report import write_report
+from .suite import (BASE_ROWS, EvalData, Row, SuiteSettings, base_rows, build_data, load_data, run_suite,
+                    save_data)
+from .tasks import TASKS
+
+QUICK = {"lengths": [1024, 2048], "samples": 1, "ppl_windows": 1, "ppl_length": 4096, "speed_repeats": 2,
+         "speed_steps": 8}
+FULL = {"samples": 100, "ppl_windows": 12, "speed_repeats": 5, "speed_steps": 32}
+MAX_PPL_LENGTH = 32768
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add the ``eval`` subcommand to the ``rtpurbo`` parser's subparsers."""
+    p = subparsers.add_parser("eval", help="perplexity + long-context tasks, dense vs sparse rows, into one report",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model(p, artifact_ok=True)
+    add_sparse(p)
+    add_profile(p)
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="results directory (resumes what is there)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"small CPU run: lengths {QUICK['lengths']}, {QUICK['samples']} sample per task, "
+                        f"{QUICK['ppl_windows']} perplexity window of {QUICK['ppl_length']}")
+    p.add_argument("--lengths", type=_positive, nargs="+", help="task lengths in tokens (default 1K, 2K, 4K, ... "
+                                                                "up to the model's positions)")
+    p.add_argument("--samples", type=_positive, help=f"samples per task and length (default {FULL['samples']})")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, metavar="TASK",
+                   help=f"tasks to run (default: all): {', '.join(TASKS)}")
+    p.add_argument("--rows", nargs="+", choices=BASE_ROWS, default=list(BASE_ROWS), help="base-model rows")
+    p.add_argument("--artifacts", nargs="*", default=[], metavar="NAME=PATH", help="trained stages (artifact dirs)")
+    p.add_argument("--plan", type=Path, help="head plan of the split row (head_plan.json or config.json with "
+                                             "headwise_config); default: profile now")
+    p.add_argument("--ppl-windows", type=int, help=f"perplexity windows (default {FULL['ppl_windows']}, 0 = none)")
+    p.add_argument("--ppl-length", type=_positive, help="tokens per perplexity window (default: model positions, "
+                                                        f"at most {MAX_PPL_LENGTH})")
+    p.add_argument("--batch-size", type=_positive, help="samples per batch (default 1 on CPU, 8 on GPU)")
+    p.add_argument("--prefill-chunk", type=_positive, help="prefill prompts in chunks of this many tokens")
+    p.add_argument("--speed-repeats", type=int, help="timed prefill repeats per row (0 = no timing)")
+    p.add_argument("--data", type=Path, help="eval data written by an earlier run (OUT/eval_data.npz): "
+                                             "no corpus needed")
+    p.add_argument("--prepare-only", action="store_true", help="write OUT/eval_data.npz and stop (tokenizer only)")
+    p.add_argument("--no-chat-template", action="store_true", help="plain-text prompts even if a template exists")
+    p.set_defaults(handler=run)
+
+
+# --- resolving the run --------------------------------------------------------------------------------
+def _base_spec(args: argparse.Namespace) -> tuple[str, list[tuple[str, Path]]]:
+    """(base model spec, artifact rows): an artifact ``--model`` adds itself as a row."""
+    artifacts = []
+    for item in args.artifacts:
+        name, sep, path = item.partition("=")
+        if not sep or not name or name in BASE_ROWS:
+            raise SystemExit(f"--artifacts takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
+        artifacts.append((name, Path(path)))
+    if (Path(args.model) / io.CONFIG_NAME).is_file():
+        artifacts.insert(0, (Path(args.model).resolve().name, Path(args.model)))
+        return io.read_config(args.model)["base_model"]["spec"], artifacts
+    return args.model, artifacts
+
+
+def _max_positions(spec: str) -> int:
+    source = resolve_model(spec)
+    extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    config = transformers.AutoConfig.from_pretrained(source.directory, **extra)
+    return int(getattr(config, "max_position_embeddings", 8192))
+
+
+def settings_from(args: argparse.Namespace, max_positions: int, device: str, data: EvalData | None = None
+                  ) -> SuiteSettings:
+    """Flags, else what ``--data`` holds, else --quick values, else full-suite defaults."""
+    mode = dict(QUICK if args.quick else FULL)
+    if data is not None:
+        held = Counter((s.task, s.length) for s in data.samples)
+        tasks = args.tasks or [t for t in TASKS if any(task == t for task, _ in held)]
+        mode.update(lengths=sorted({length for _, length in held}),
+                    samples=min(n for (t, _), n in held.items() if t in tasks), tasks=tasks)
+    lengths = args.lengths or mode.get("lengths") or [1024 * 2**i for i in range(8) if 1024 * 2**i <= max_positions]
+    too_long = [n for n in lengths if n > max_positions]
+    if too_long:
+        raise SystemExit(f"--lengths {too_long} exceed the model's {max_positions} positions")
+    ppl_length = args.ppl_length or mode.get("ppl_length") or min(max_positions, MAX_PPL_LENGTH)
+    return SuiteSettings(
+        lengths=sorted(lengths), samples=args.samples or mode["samples"],
+        tasks=args.tasks or mode.get("tasks", list(TASKS)),
+        ppl_windows=mode["ppl_windows"] if args.ppl_windows is None else args.ppl_windows,
+        ppl_length=min(ppl_length, max_positions), batch_size=args.batch_size or (8 if device == "cuda" else 1),
+        prefill_chunk=args.prefill_chunk, speed_length=max(lengths),
+        speed_repeats=mode["speed_repeats"] if args.speed_repeats is None else args.speed_repeats,
+        speed_warmup=1 if device == "cpu" else 2, speed_steps=mode["speed_steps"], chat=not args.no_chat_template,
+    )
+
+
+def _load_tokenizer(spec: str) -> Any:
+    source = resolve_model(spec)
+    extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    return transformers.AutoTokenizer.from_pretrained(source.directory, **extra)
+
+
+def _split_plan(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path) -> tuple[HeadPlan, dict]:
+    """The training-free split: ``--plan`` or a fresh profile (written to OUT/profile)."""
+    if args.plan is not None:
+        return read_plan(args.plan, model.config)
+    settings = ProfileSettings(window=args.window, sinks=args.sinks, retrieval_ratio=args.retrieval_ratio,
+                               profile_length=args.profile_length, profile_samples=args.profile_samples)
+    _say(args, f"profiling heads for the split row ({settings.profile_samples} prompts x 3 kinds, "
+               f"{settings.profile_length} tokens); pass --plan to skip")
+    return run_profile(model, tokenizer, settings, out / "profile")[1], {}
+
+
+# --- the handler --------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """``rtpurbo eval``: returns the results JSON object (also written to OUT/results.json)."""
+    started = time.time()
+    if args.reorder_heads:
+        raise SystemExit("rtpurbo eval switches plans in place and cannot use --reorder-heads")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    spec, artifacts = _base_spec(args)
+    device, dtype = _device_dtype(args)
+    max_positions = _max_positions(spec)
+    if args.prepare_only:
+        data = build_data(_load_tokenizer(spec), settings_from(args, max_positions, device), progress=not args.json)
+        save_data(data, out / "eval_data.npz")
+        _say(args, f"wrote {out / 'eval_data.npz'} ({len(data.samples)} samples, {len(data.windows)} windows)")
+        return {"data": str(out / "eval_data.npz"), "samples": len(data.samples), "windows": len(data.windows)}
+    model, tokenizer = load_base(spec, dtype=dtype, device=device)
+    data = load_data(args.data, tokenizer) if args.data else None
+    settings = settings_from(args, max_positions, device, data)
+    if data is None:
+        data = build_data(tokenizer, settings, progress=not args.json)
+        save_data(data, out / "eval_data.npz")
+    rows, sparse_overrides = _rows(args, model, tokenizer, out, artifacts)
+    dense = HeadPlan.uniform(*geometry(model.config)[:3], retrieval=True)
+    convert(model, dense, sparse_from_args(args, **sparse_overrides))
+    config = _config(args, spec, device, dtype, settings, rows, data.meta)
+    (out / "config.json").write_text(dumps(config))
+    _say(args, f"rows: {', '.join(r.name for r in rows)}; lengths {settings.lengths}; {settings.samples} samples "
+               f"x {len(settings.tasks)} tasks; results in {out}")
+    stored = run_suite(model, tokenizer, rows, data, settings, out,
+                       lambda path: io.load(path, base=spec, dtype=dtype, device=device), progress=not args.json)
+    config["wall_seconds"] = round(time.time() - started, 1)
+    result = write_report(out, stored, config)
+    if not args.json:
+        print((out / "results.md").read_text())
+    return result
+
+
+def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path,
+          artifacts: list[tuple[str, Path]]) -> tuple[list[Row], dict]:
+    """Base rows (profiling the split if needed) followed by the artifact rows."""
+    overrides: dict = {}
+    split = None
+    if "split" in args.rows:
+        split, overrides = _split_plan(args, model, tokenizer, out)
+        _say(args, f"split plan: {plan_summary(split)['retrieval_kv_heads']} retrieval KV heads")
+    rows = base_rows(list(args.rows), split, args.top_p, geometry(model.config)[:3])
+    return rows + [Row(name, "artifact", artifact=path) for name, path in artifacts], overrides
+
+
+def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype, settings: SuiteSettings,
+            rows: list[Row], meta: dict) -> dict[str, Any]:
+    """The resolved configuration written beside the results."""
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "handler"}
+    return {
+        "model": spec, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "dtype": str(dtype).replace("torch.", ""), "settings": asdict(settings), "flags": flags,
+        "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "artifact": str(r.artifact) if r.artifact else None,
+                  "plan": plan_summary(r.plan) if r.plan else None} for r in rows],
+        "chat_template": meta.get("chat_template"), "data": {k: v for k, v in meta.items() if k != "probe"},
+        "data_file": str(args.data or args.out / "eval_data.npz"),
+        "versions": {"rtpurbo": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "command": " ".join(sys.argv),
+    }

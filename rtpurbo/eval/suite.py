@@ -1,0 +1,318 @@
+"""The evaluation suite: its data (task samples + perplexity windows), its rows (model variants)
+and the loop that scores each row, resumably.
+
+Rows on the base model share one loaded, converted model and switch plans in place:
+
+* ``dense``: every KV head retrieval, ``top_p = 1`` (computes exactly the base model);
+* ``streaming``: every KV head local (window ``W`` + ``S`` sinks), StreamingLLM-style;
+* ``split``: the training-free head split (profiled or given plan), the CLI's ``top_p``.
+
+Trained stages are rtpurbo artifact directories, each loaded on its own.
+
+Results go to ``OUT/rows/<row>.json`` unit by unit (perplexity, speed, one unit per task and
+length, with per-sample scores). A unit whose samples' digest and the row's identity
+(plan, sparse config, weights, dtype, batch) match what is stored is not run again, so an
+interrupted run resumes, and runs over different lengths into one directory add up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..config import HeadPlan, dumps
+from ..convert import apply_plan
+from ..data.sources import long_documents
+from .perplexity import perplexity
+from ..families import geometry
+from ..memory import KVGeometry
+from ..models import stop_token_ids
+from .scoring import score_batch
+from .speed import measure_speed
+from .tasks import TASKS, DevCorpus, PromptFormat, TaskSample, load_dev_corpus, make_task_sample
+
+PPL_SOURCES = ("shakespeare", "python-docs", "cpython-stdlib")
+BASE_ROWS = ("dense", "streaming", "split")
+_PROBE = "The pass key is 4821. def f(x):\n\treturn x"
+
+
+@dataclass
+class SuiteSettings:
+    """What is evaluated and how (the CLI's flags, resolved)."""
+
+    lengths: list[int]
+    samples: int
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    ppl_windows: int = 12
+    ppl_length: int = 8192
+    batch_size: int = 1
+    prefill_chunk: int | None = None
+    speed_length: int = 8192
+    speed_repeats: int = 3
+    speed_warmup: int = 1
+    speed_steps: int = 16
+    chat: bool = True
+
+
+# --- data -------------------------------------------------------------------------------------------
+@dataclass
+class EvalData:
+    """Task samples of every (task, length) and perplexity windows, with their provenance."""
+
+    samples: list[TaskSample]
+    windows: list[list[int]]
+    meta: dict[str, Any]
+
+    def group(self, task: str, length: int, n: int) -> list[TaskSample]:
+        """The first ``n`` samples of ``task`` at ``length``; error if the data holds fewer."""
+        found = [s for s in self.samples if s.task == task and s.length == length][:n]
+        if len(found) < n:
+            raise ValueError(f"the eval data holds {len(found)} samples of {task} at {length}, {n} requested")
+        return found
+
+
+def tokenizer_probe(tokenizer: Any) -> list[int]:
+    return tokenizer.encode(_PROBE, add_special_tokens=False) + [len(tokenizer)]
+
+
+def perplexity_windows(tokenizer: Any, n: int, length: int, install: bool = True) -> list[list[int]]:
+    """``n`` windows of ``length`` tokens from the middle of long dev-pool documents, sources in turn."""
+    docs = long_documents(list(PPL_SOURCES), min_chars=5 * length, limit=4 * n + 8, install=install)
+    windows = []
+    for doc in docs:
+        ids = tokenizer.encode(doc.text, add_special_tokens=False)
+        if len(ids) >= length:
+            start = (len(ids) - length) // 2
+            windows.append(ids[start : start + length])
+        if len(windows) == n:
+            return windows
+    raise RuntimeError(f"found {len(windows)} dev documents of {length} tokens in {PPL_SOURCES}, {n} wanted")
+
+
+def build_data(tokenizer: Any, settings: SuiteSettings, corpus: DevCorpus | None = None,
+               progress: bool = True, install: bool = True) -> EvalData:
+    """Generate every sample and window the settings ask for (deterministic)."""
+    corpus = corpus or load_dev_corpus(install=install)
+    fmt = PromptFormat.for_tokenizer(tokenizer, chat=settings.chat)
+    jobs = [(t, length, i) for length in settings.lengths for t in settings.tasks for i in range(settings.samples)]
+    samples = [make_task_sample(t, tokenizer, corpus, length, i, fmt)
+               for t, length, i in tqdm(jobs, desc="building task samples", disable=not progress)]
+    windows = []
+    if settings.ppl_windows:
+        windows = perplexity_windows(tokenizer, settings.ppl_windows, settings.ppl_length, install)
+    meta = {"probe": tokenizer_probe(tokenizer), "chat_template": fmt.chat, "corpus_files": len(corpus.paths),
+            "task_sources": ["python-docs", "shakespeare", "cpython-stdlib"], "perplexity_sources": list(PPL_SOURCES)}
+    return EvalData(samples, windows, meta)
+
+
+def _pack(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    flat = [t for r in rows for t in r]
+    dtype = np.uint16 if max(flat, default=0) < 2**16 else np.uint32
+    return np.asarray(flat, dtype=dtype), np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
+
+
+def _unpack(flat: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+    return [flat[a:b].astype(np.int64).tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def save_data(data: EvalData, path: Path) -> None:
+    """Write ``data`` as a compressed ``.npz`` (token ids + a JSON header); carry it to other machines."""
+    heads = [{k: v for k, v in asdict(s).items() if k not in ("prompt_ids", "answer_ids")} for s in data.samples]
+    arrays = {}
+    columns = {"prompt": [s.prompt_ids for s in data.samples], "answer": [s.answer_ids for s in data.samples],
+               "windows": data.windows}
+    for name, rows in columns.items():
+        arrays[name], arrays[name + "_offsets"] = _pack(rows)
+    header = json.dumps({"format": "rtpurbo.eval_data/1", "meta": data.meta, "samples": heads})
+    np.savez_compressed(path, header=np.array(header), **arrays)
+
+
+def load_data(path: Path, tokenizer: Any) -> EvalData:
+    """Read :func:`save_data` output; the tokenizer must tokenise exactly like the one that wrote it."""
+    with np.load(path, allow_pickle=False) as f:
+        header = json.loads(str(f["header"]))
+        prompts, answers = _unpack(f["prompt"], f["prompt_offsets"]), _unpack(f["answer"], f["answer_offsets"])
+        windows = _unpack(f["windows"], f["windows_offsets"])
+    if header.get("format") != "rtpurbo.eval_data/1":
+        raise ValueError(f"{path} is not rtpurbo eval data")
+    if header["meta"]["probe"] != tokenizer_probe(tokenizer):
+        raise ValueError(f"{path} was made with a different tokenizer than this model's")
+    samples = [TaskSample(prompt_ids=p, answer_ids=a, **{**h, "spans": [tuple(s) for s in h["spans"]]})
+               for h, p, a in zip(header["samples"], prompts, answers)]
+    return EvalData(samples, windows, header["meta"])
+
+
+def digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- rows -------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One model variant of the table. ``plan``/``top_p`` apply to base rows; ``artifact`` is a path."""
+
+    name: str
+    kind: str
+    plan: HeadPlan | None = None
+    top_p: float | None = None
+    artifact: Path | None = None
+
+
+def base_rows(names: list[str], split_plan: HeadPlan | None, top_p: float,
+              geometry_qkv: tuple[int, int, int]) -> list[Row]:
+    """The dense / streaming / split rows asked for, in table order."""
+    layers, kv, q = geometry_qkv
+    unknown = sorted(set(names) - set(BASE_ROWS))
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; base rows are {BASE_ROWS} (trained stages: --artifacts)")
+    plans = {"dense": HeadPlan.uniform(layers, kv, q, retrieval=True),
+             "streaming": HeadPlan.uniform(layers, kv, q, retrieval=False), "split": split_plan}
+    top_ps = {"dense": 1.0, "streaming": 1.0, "split": top_p}
+    return [Row(n, n, plans[n], top_ps[n]) for n in BASE_ROWS if n in names]
+
+
+def configure(model: nn.Module, row: Row) -> None:
+    """Switch the shared converted model to ``row``'s plan and top-p (fresh indexers)."""
+    apply_plan(model, row.plan)
+    model.rtpurbo_sparse.top_p = row.top_p
+
+
+def kv_bytes_per_token(model: nn.Module, kind: str, context: int, bytes_per_value: int = 2) -> float:
+    """KV-cache bytes per token at ``context`` (bf16 by default): dense for the dense row, else head-wise."""
+    layers, kv, _, head_dim = geometry(model.config)
+    plan, sparse = model.rtpurbo_plan, model.rtpurbo_sparse
+    geo = KVGeometry(layers, kv, head_dim, plan.num_retrieval(), sparse.window, sparse.sinks, sparse.index_dim,
+                     bytes_per_value)
+    total = geo.dense_bytes(context) if kind == "dense" else geo.sparse_bytes(context)
+    return total / context
+
+
+def row_identity(model: nn.Module, row: Row, settings: SuiteSettings) -> dict[str, Any]:
+    """What a row's stored results depend on (besides each unit's own samples)."""
+    weights = None
+    if row.artifact is not None:
+        weights = json.loads((Path(row.artifact) / "rtpurbo_config.json").read_text()).get("files")
+    return {
+        "kind": row.kind, "plan": model.rtpurbo_plan.retrieval, "sparse": model.rtpurbo_sparse.to_dict(),
+        "artifact_files": weights, "dtype": str(next(model.parameters()).dtype),
+        "device": next(model.parameters()).device.type, "batch_size": settings.batch_size,
+        "prefill_chunk": settings.prefill_chunk,
+    }
+
+
+# --- results store ----------------------------------------------------------------------------------
+class RowStore:
+    """``OUT/rows/<name>.json``: a row's identity and its finished units, rewritten atomically."""
+
+    def __init__(self, out: Path, name: str, identity: dict[str, Any]):
+        self.path = out / "rows" / f"{name}.json"
+        self.data: dict[str, Any] = {"row": name, "identity": identity, "units": {}}
+        if self.path.is_file():
+            stored = json.loads(self.path.read_text())
+            if stored.get("identity") == identity:
+                self.data = stored
+
+    def get(self, key: str, unit_digest: str) -> dict[str, Any] | None:
+        unit = self.data["units"].get(key)
+        return unit if unit is not None and unit.get("digest") == unit_digest else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.data["units"][key] = value
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(dumps(self.data))
+        os.replace(tmp, self.path)
+
+
+# --- evaluating one row -----------------------------------------------------------------------------
+def bucket_edges(length: int) -> tuple[int, ...]:
+    """0, 1K, 2K, 4K, ... doubling, closed by ``length``."""
+    edges = [0, 1024]
+    while edges[-1] * 2 < length:
+        edges.append(edges[-1] * 2)
+    return tuple(edges + [length]) if length > 1024 else (0, length)
+
+
+def run_perplexity(model: nn.Module, windows: list[list[int]], progress: bool) -> dict[str, Any]:
+    """Per window: total and per-bucket [nll_sum, tokens] (bootstrap over windows in the report)."""
+    per_window = []
+    for window in tqdm(windows, desc="perplexity", disable=not progress, leave=False):
+        result = perplexity(model, [window], bucket_edges(len(window)), progress=False)
+        per_window.append({"all": [result.nll_sum, result.tokens], "buckets": result.buckets})
+    return {"windows": per_window}
+
+
+def run_task_unit(model: nn.Module, tokenizer: Any, samples: list[TaskSample], settings: SuiteSettings,
+                  bar: tqdm) -> dict[str, Any]:
+    """Scores of one (task, length) group, batch by batch, with the pooled top-p selection."""
+    stops = stop_token_ids(model, tokenizer)
+    rows, selected, fractions = [], 0, []
+    for start in range(0, len(samples), settings.batch_size):
+        batch = samples[start : start + settings.batch_size]
+        scores, selection = score_batch(model, tokenizer, batch, stops, settings.prefill_chunk)
+        for sample, score in zip(batch, scores):
+            rows.append({"seed": sample.seed, "depth": sample.depth, **asdict(score)})
+        if selection["samples"]:
+            selected += selection["samples"]
+            fractions.append((selection["mean_fraction"], selection["samples"]))
+        bar.update(len(batch))
+    mean_fraction = sum(f * n for f, n in fractions) / selected if selected else None
+    return {"samples": rows, "selection_mean_fraction": mean_fraction}
+
+
+def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: EvalData, settings: SuiteSettings,
+                 out: Path, progress: bool = True) -> dict[str, Any]:
+    """Run every unit of ``row`` that is not stored yet; returns the row's stored data."""
+    store = RowStore(out, row.name, row_identity(model, row, settings))
+    windows_digest = digest(data.windows)
+    if data.windows and store.get("perplexity", windows_digest) is None:
+        store.put("perplexity", {"digest": windows_digest, **run_perplexity(model, data.windows, progress)})
+    speed_key = {k: getattr(settings, k) for k in ("speed_length", "speed_repeats", "speed_warmup", "speed_steps")}
+    if settings.speed_repeats and store.get("speed", digest(speed_key)) is None:
+        timing = measure_speed(model, settings.speed_length, settings.speed_steps, settings.speed_repeats,
+                               settings.speed_warmup)
+        store.put("speed", {"digest": digest(speed_key), **timing})
+    groups = {(t, length): data.group(t, length, settings.samples)
+              for length in settings.lengths for t in settings.tasks}
+    digests = {key: digest([(s.prompt_ids, s.answer_ids) for s in group]) for key, group in groups.items()}
+    todo = [key for key in groups if store.get(f"task:{key[0]}@{key[1]}", digests[key]) is None]
+    with tqdm(total=sum(len(groups[key]) for key in todo), desc=f"tasks ({row.name})", disable=not progress) as bar:
+        for task, length in todo:
+            bar.set_postfix_str(f"{task}@{length}")
+            unit = run_task_unit(model, tokenizer, groups[task, length], settings, bar)
+            store.put(f"task:{task}@{length}", {"digest": digests[task, length], **unit})
+    store.data["kv_bytes_per_token"] = {str(c): kv_bytes_per_token(model, row.kind, c)
+                                        for c in sorted({max(settings.lengths), 131072})}
+    store.data.update(kind=row.kind, plan=model.rtpurbo_plan.to_dict(), sparse=model.rtpurbo_sparse.to_dict())
+    store.save()
+    return store.data
+
+
+def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: EvalData, settings: SuiteSettings, out: Path,
+              load_artifact: Any, progress: bool = True) -> list[dict[str, Any]]:
+    """Evaluate base rows on the shared converted ``model``, then each artifact row on its own model.
+
+    ``load_artifact(path) -> (model, tokenizer)`` loads a trained stage. Returns the rows' stored data.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.artifact is None:
+            configure(model, row)
+            results[row.name] = evaluate_row(model, tokenizer, row, data, settings, out, progress)
+    for row in rows:
+        if row.artifact is not None:
+            trained, trained_tokenizer = load_artifact(row.artifact)
+            results[row.name] = evaluate_row(trained, trained_tokenizer, row, data, settings, out, progress)
+            del trained
+    return [results[row.name] for row in rows]

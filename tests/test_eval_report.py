@@ -1,0 +1,177 @@
+"""Eval suite and report: row switching on one model, resume, data files, report files, CLI flags
+(tiny random model and tokenizer; nothing downloaded or installed)."""
+import argparse
+import json
+
+import pytest
+import torch
+
+from rtpurbo import io
+from rtpurbo.config import HeadPlan, SparseConfig
+from rtpurbo.convert import convert
+from rtpurbo.eval import suite
+from rtpurbo.eval.commands import QUICK, add_parsers, settings_from
+from rtpurbo.eval.perplexity import perplexity
+from rtpurbo.eval.report import write_report
+from rtpurbo.eval.speed import measure_speed
+from rtpurbo.eval.suite import EvalData, Row, SuiteSettings, base_rows, load_data, run_suite, save_data
+from rtpurbo.eval.tasks import TaskSample
+from rtpurbo.families import geometry
+from rtpurbo.models import load_base
+from rtpurbo.testing import save_tiny_checkpoint, tiny_model, tiny_tokenizer
+
+LENGTHS = [48, 96]
+TASK_NAMES = ["niah_number", "variable_tracking"]
+
+
+def make_data(n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for length in LENGTHS:
+        for task in TASK_NAMES:
+            for i in range(n):
+                prompt = torch.randint(3, 256, (length - 12,), generator=g).tolist()
+                answer = torch.randint(3, 256, (4,), generator=g).tolist()
+                samples.append(TaskSample(task, length, 1000 + i, (i + 0.5) / n, prompt, answer, "w1", ["w1"], "text",
+                                          [(5, 9)]))
+    windows = [torch.randint(3, 256, (160,), generator=g).tolist() for _ in range(2)]
+    return EvalData(samples, windows, {"probe": suite.tokenizer_probe(tiny_tokenizer()), "chat_template": False})
+
+
+def settings(**overrides):
+    values = dict(lengths=LENGTHS, samples=2, tasks=TASK_NAMES, ppl_windows=2, ppl_length=160, batch_size=2,
+                  speed_length=40, speed_repeats=1, speed_warmup=0, speed_steps=4)
+    values.update(overrides)
+    return SuiteSettings(**values)
+
+
+@pytest.fixture
+def converted():
+    model = tiny_model("llama", seed=5)
+    layers, kv, q, _ = geometry(model.config)
+    convert(model, HeadPlan.uniform(layers, kv, q, retrieval=True), SparseConfig(window=16, sinks=2, top_p=0.9))
+    return model
+
+
+def rows_for(model):
+    layers, kv, q, _ = geometry(model.config)
+    split = HeadPlan(layers, kv, q, [[0], []], scores=[[0.9, 0.1], [0.2, 0.3]])
+    return base_rows(["dense", "streaming", "split"], split, 0.9, (layers, kv, q))
+
+
+def test_dense_row_is_the_base_model_and_rows_switch(converted):
+    base = tiny_model("llama", seed=5)
+    windows = make_data().windows
+    dense, streaming, split = rows_for(converted)
+    results = {}
+    for row in (dense, streaming, split, dense):
+        suite.configure(converted, row)
+        results.setdefault(row.name, []).append(perplexity(converted, windows, progress=False).perplexity)
+    want = perplexity(base, windows, progress=False).perplexity
+    assert results["dense"][0] == pytest.approx(want, rel=1e-5) and results["dense"][1] == pytest.approx(want, rel=1e-5)
+    assert converted.rtpurbo_sparse.top_p == 1.0
+    assert results["streaming"][0] != pytest.approx(want, rel=1e-3)
+    suite.configure(converted, split)
+    assert converted.rtpurbo_sparse.top_p == 0.9 and converted.rtpurbo_plan.num_retrieval() == 1
+
+
+def test_suite_writes_report_and_resumes(converted, tmp_path, monkeypatch):
+    data, rows = make_data(), rows_for(converted)
+    stored = run_suite(converted, tiny_tokenizer(), rows, data, settings(), tmp_path, None, progress=False)
+    config = {"model": "tiny", "device": "cpu", "dtype": "float32", "chat_template": False}
+    result = write_report(tmp_path, stored, config)
+    for name in ("results.json", "results.md", "needle_heatmap.png", "head_plan_split.png"):
+        assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "head_plan_dense.png").exists()
+    table = (tmp_path / "results.md").read_text()
+    for row in ("dense", "streaming", "split"):
+        assert f"| {row} |" in table
+    assert "Tasks at 96 tokens" in table and "niah_number" in table and "0-1K" not in table
+    loaded = json.loads((tmp_path / "results.json").read_text())
+    assert [r["row"] for r in loaded["rows"]] == ["dense", "streaming", "split"]
+    dense, streaming = loaded["rows"][0], loaded["rows"][1]
+    assert streaming["kv_bytes_per_token"]["96"] < dense["kv_bytes_per_token"]["96"]
+    exact = dense["tasks"]["niah_number"]["48"]["exact"]
+    assert exact["ci"] == "wilson" and exact["n"] == 2 and exact["lo"] <= exact["mean"] <= exact["hi"]
+    assert result["rows"][2]["speed"]["decode_ms_per_token"] > 0
+
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("a stored unit was run again")
+
+    monkeypatch.setattr(suite, "score_batch", no_rerun)
+    monkeypatch.setattr(suite, "measure_speed", no_rerun)
+    monkeypatch.setattr(suite, "run_perplexity", no_rerun)
+    again = run_suite(converted, tiny_tokenizer(), rows, data, settings(), tmp_path, load_artifact=None, progress=False)
+    assert again == stored
+
+
+def test_changed_row_identity_starts_over(converted, tmp_path):
+    data, rows = make_data(), rows_for(converted)[:1]
+    run_suite(converted, tiny_tokenizer(), rows, data, settings(ppl_windows=0), tmp_path, None, progress=False)
+    store = suite.RowStore(tmp_path, "dense", {"kind": "something else"})
+    assert store.data["units"] == {}
+
+
+def test_artifact_row_is_loaded_and_keeps_its_own_plan(tmp_path):
+    model, tokenizer = load_base(str(save_tiny_checkpoint("llama", tmp_path / "base", seed=5)))
+    layers, kv, q, _ = geometry(model.config)
+    convert(model, HeadPlan(layers, kv, q, [[1], [0]]), SparseConfig(window=16, sinks=2, top_p=0.8))
+    artifact = io.save(model, tmp_path / "stage1")
+    base, _ = load_base(str(tmp_path / "base"))
+    convert(base, HeadPlan.uniform(layers, kv, q, retrieval=True), SparseConfig(window=16, sinks=2))
+    rows = [Row("stage1", "artifact", artifact=artifact)]
+    stored = run_suite(base, tokenizer, rows, make_data(), settings(speed_repeats=0), tmp_path / "out",
+                       lambda path: io.load(path), progress=False)
+    assert stored[0]["plan"]["retrieval"] == [[1], [0]] and stored[0]["sparse"]["top_p"] == 0.8
+    assert stored[0]["identity"]["artifact_files"] == io.read_config(artifact)["files"]
+    assert base.rtpurbo_plan.num_retrieval() == layers * kv  # the shared base model was not touched
+
+
+def test_data_round_trip_and_tokenizer_check(tmp_path):
+    data = make_data()
+    save_data(data, tmp_path / "d.npz")
+    loaded = load_data(tmp_path / "d.npz", tiny_tokenizer())
+    assert loaded.samples == data.samples and loaded.windows == data.windows
+    assert loaded.group("niah_number", 96, 2) == [s for s in data.samples if s.task == "niah_number" and s.length == 96]
+    with pytest.raises(ValueError, match="holds 2 samples"):
+        loaded.group("niah_number", 96, 3)
+    with pytest.raises(ValueError, match="different tokenizer"):
+        load_data(tmp_path / "d.npz", tiny_tokenizer(vocab_size=300))
+
+
+def test_speed_reports_medians(converted):
+    timing = measure_speed(converted, length=40, decode_steps=4, repeats=2, warmup=1)
+    assert timing["prefill_tokens"] == 36 and timing["prefill_ms"] > 0 and timing["decode_ms_per_token"] > 0
+
+
+def test_bucket_edges():
+    assert suite.bucket_edges(8192) == (0, 1024, 2048, 4096, 8192)
+    assert suite.bucket_edges(4096) == (0, 1024, 2048, 4096)
+    assert suite.bucket_edges(6000) == (0, 1024, 2048, 4096, 6000)
+    assert suite.bucket_edges(500) == (0, 500)
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser(prog="rtpurbo")
+    add_parsers(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["eval", *argv])
+
+
+def test_cli_flags_and_modes():
+    args = parse("--quick", "--out", "x")
+    quick = settings_from(args, max_positions=8192, device="cpu")
+    assert quick.lengths == QUICK["lengths"] and quick.samples == QUICK["samples"] and quick.batch_size == 1
+    full = settings_from(parse("--samples", "100"), max_positions=8192, device="cuda")
+    assert full.lengths == [1024, 2048, 4096, 8192] and full.ppl_length == 8192 and full.batch_size == 8
+    chosen = settings_from(parse("--lengths", "4096", "2048", "--tasks", "doc_qa"), 8192, "cpu")
+    assert chosen.lengths == [2048, 4096] and chosen.tasks == ["doc_qa"] and chosen.speed_length == 4096
+    with pytest.raises(SystemExit, match="exceed"):
+        settings_from(parse("--lengths", "16384"), 8192, "cpu")
+    assert callable(parse().handler)
+
+
+def test_cli_defaults_follow_the_data_file():
+    held = settings_from(parse(), max_positions=4096, device="cpu", data=make_data(n=3))
+    assert held.lengths == LENGTHS and held.tasks == TASK_NAMES and held.samples == 3
+    narrowed = settings_from(parse("--tasks", "niah_number", "--samples", "1"), 4096, "cpu", make_data(n=3))
+    assert narrowed.tasks == ["niah_number"] and narrowed.samples == 1
