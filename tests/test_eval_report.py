@@ -12,7 +12,7 @@ from rtpurbo.convert import convert
 from rtpurbo.eval import suite
 from rtpurbo.eval.commands import QUICK, add_parsers, settings_from
 from rtpurbo.eval.perplexity import perplexity
-from rtpurbo.eval.report import write_report
+from rtpurbo.eval.report import rebuild_report, write_report
 from rtpurbo.eval.speed import measure_speed
 from rtpurbo.eval.suite import EvalData, Row, SuiteSettings, base_rows, load_data, run_suite, save_data
 from rtpurbo.eval.tasks import TaskSample
@@ -94,6 +94,12 @@ def test_suite_writes_report_and_resumes(converted, tmp_path, monkeypatch):
     exact = dense["tasks"]["niah_number"]["48"]["exact"]
     assert exact["ci"] == "wilson" and exact["n"] == 2 and exact["lo"] <= exact["mean"] <= exact["hi"]
     assert result["rows"][2]["speed"]["decode_ms_per_token"] > 0
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    before = (tmp_path / "results.md").read_text()
+    (tmp_path / "results.md").unlink()
+    rebuild_report(tmp_path, ("dense", "streaming", "split"))
+    assert (tmp_path / "results.md").read_text() == before
 
     def no_rerun(*args, **kwargs):
         raise AssertionError("a stored unit was run again")

@@ -27,7 +27,7 @@ from ..convert import convert
 from ..families import geometry
 from ..models import load_base, resolve_model
 from ..pipeline import ProfileSettings, plan_summary, read_plan, run_profile
-from .report import write_report
+from .report import rebuild_report, write_report
 from .suite import (BASE_ROWS, EvalData, Row, SuiteSettings, base_rows, build_data, load_data, run_suite,
                     save_data)
 from .tasks import TASKS
@@ -67,6 +67,8 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--data", type=Path, help="eval data written by an earlier run (OUT/eval_data.npz): "
                                              "no corpus needed")
     p.add_argument("--prepare-only", action="store_true", help="write OUT/eval_data.npz and stop (tokenizer only)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report from OUT/rows/*.json (e.g. rows computed by separate runs)")
     p.add_argument("--no-chat-template", action="store_true", help="plain-text prompts even if a template exists")
     p.set_defaults(handler=run)
 
@@ -142,6 +144,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.reorder_heads:
         raise SystemExit("rtpurbo eval switches plans in place and cannot use --reorder-heads")
     out: Path = args.out
+    if args.report_only:
+        result = rebuild_report(out, BASE_ROWS)
+        _say(args, (out / "results.md").read_text())
+        return result
     out.mkdir(parents=True, exist_ok=True)
     spec, artifacts = _base_spec(args)
     device, dtype = _device_dtype(args)
@@ -168,8 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        lambda path: io.load(path, base=spec, dtype=dtype, device=device), progress=not args.json)
     config["wall_seconds"] = round(time.time() - started, 1)
     result = write_report(out, stored, config)
-    if not args.json:
-        print((out / "results.md").read_text())
+    _say(args, (out / "results.md").read_text())
     return result
 
 

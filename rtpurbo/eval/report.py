@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,18 @@ def write_report(out: Path, stored_rows: list[dict[str, Any]], config: dict[str,
             title = f"{stored['row']}: retrieval KV heads (red) {plan.num_retrieval()}/{total}"
             plot_plan(plan, out / f"head_plan_{stored['row']}.png", title=title)
     return result
+
+
+def rebuild_report(out: Path, row_order: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write the report again from ``out/rows/*.json`` and ``out/config.json`` (no model needed).
+
+    Merges rows stored by several runs into one directory (e.g. one GPU call per row); rows
+    named in ``row_order`` come first, the others follow by name.
+    """
+    stored = {p.stem: json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))}
+    if not stored:
+        raise FileNotFoundError(f"{out / 'rows'} holds no row results")
+    names = [n for n in row_order if n in stored] + sorted(n for n in stored if n not in row_order)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("wall_seconds", None)
+    return write_report(out, [stored[n] for n in names], config)
