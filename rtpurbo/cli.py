@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-windows", type=_positive, default=2, help="8K-token windows of dev text")
     p.add_argument("--eval-length", type=_positive, default=8192, help="tokens per perplexity window")
     add_training_parsers(sub)
+    from .eval.commands import add_parsers as add_eval_parsers  # eval.commands imports this module
+
+    add_eval_parsers(sub)
     return parser
 
 
