@@ -22,6 +22,7 @@ Forward semantics with a cache (``L`` new tokens):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -132,6 +133,16 @@ class HeadwiseCache(Cache):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise NotImplementedError("beam search is not supported with HeadwiseCache")
+
+    def repeat_batch(self, times: int = 2) -> None:
+        """Tile the batch: rows ``[0..B)`` become ``[0..B) * times`` (e.g. to branch decoding)."""
+        for layer in self.store:
+            if layer is None:
+                continue
+            for f in dataclasses.fields(layer):
+                value = getattr(layer, f.name)
+                if isinstance(value, torch.Tensor):  # every tensor field is batch-first
+                    setattr(layer, f.name, value.repeat(times, *([1] * (value.dim() - 1))))
 
     # --- memory -------------------------------------------------------------------------
     def allocated_bytes(self) -> int:

@@ -136,3 +136,16 @@ def test_errors_prompt_too_long_and_plan_changed():
     apply_plan(model, HeadPlan.uniform(layers, n_kv, n_q, True))
     with pytest.raises(ValueError, match="start a new HeadwiseCache"):
         step_by_step(model, random_ids(1, 2), cache)
+
+
+def test_repeat_batch_branches_identical_rows():
+    model = tiny_model("llama")
+    convert(model, mixed_plan(model), SparseConfig(window=8, sinks=2, top_p=0.7, min_tokens=2, recent=2))
+    ids = random_ids(1, 20)
+    cache = HeadwiseCache(model)
+    prefill(model, cache, ids, torch.ones_like(ids), 20)
+    cache.repeat_batch(2)
+    nxt = random_ids(1, 1, seed=9).repeat(2, 1)
+    with torch.no_grad():
+        out = model(nxt, position_ids=torch.full((2, 1), 20), use_cache=True, **{cache_kwarg(): cache}).logits
+    assert torch.allclose(out[0], out[1], atol=1e-5) and cache.store[0].r_k.shape[0] == 2

@@ -18,7 +18,6 @@ bootstrap (2000 resamples, fixed seed) for means of graded scores and for perple
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -119,20 +118,6 @@ def _left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[to
     return ids, mask
 
 
-def duplicate_rows(cache: HeadwiseCache) -> None:
-    """Append a copy of every batch row to every tensor of the cache: B rows become 2B.
-
-    Relies on every tensor field of :class:`rtpurbo.cache.LayerCache` having the batch first.
-    """
-    for layer in cache.store:
-        if layer is None:
-            continue
-        for f in dataclasses.fields(layer):
-            value = getattr(layer, f.name)
-            if isinstance(value, torch.Tensor):
-                setattr(layer, f.name, torch.cat([value, value]))
-
-
 def decode_step(model: nn.Module, cache: HeadwiseCache, tokens: torch.Tensor, mask: torch.Tensor,
                  positions: torch.Tensor) -> torch.Tensor:
     """One token per row (R,) at ``positions`` (R,) -> fp32 logits (R, V)."""
@@ -209,7 +194,7 @@ def score_batch(model: nn.Module, tokenizer: Any, samples: list[TaskSample], sto
     ids, mask = _left_pad([s.prompt_ids for s in samples], pad, device)
     cache = HeadwiseCache(model)
     prefill(model, cache, ids[:, :-1], mask[:, :-1], prefill_chunk or ids.shape[1])
-    duplicate_rows(cache)
+    cache.repeat_batch(2)
     mask = torch.cat([mask, mask])
     positions = mask.sum(-1) - 1  # position of each row's last prompt token
     tokens = torch.cat([ids[:, -1], ids[:, -1]])
