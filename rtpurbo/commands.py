@@ -17,12 +17,12 @@ from .convert import convert as convert_model
 from .pipeline import ProfileSettings, plan_summary, read_plan, run_profile
 
 
-def _say(args: argparse.Namespace, *parts: Any) -> None:
+def say(args: argparse.Namespace, *parts: Any) -> None:
     """Human output goes to stderr when --json owns stdout."""
     print(*parts, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
-def _device_dtype(args: argparse.Namespace) -> tuple[str, torch.dtype]:
+def device_dtype(args: argparse.Namespace) -> tuple[str, torch.dtype]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.dtype == "auto":
         return device, torch.float32 if device == "cpu" else torch.bfloat16
@@ -34,7 +34,7 @@ def _is_artifact(spec: str) -> bool:
 
 
 def _load(args: argparse.Namespace):
-    device, dtype = _device_dtype(args)
+    device, dtype = device_dtype(args)
     if _is_artifact(args.model):
         return io.load(args.model, dtype=dtype, device=device)
     return load_base(args.model, dtype=dtype, device=device)
@@ -51,9 +51,9 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = _load(args)
     _, plan = run_profile(model, tokenizer, _settings(args), args.out)
     summary = plan_summary(plan)
-    _say(args, f"retrieval KV heads: {summary['retrieval_kv_heads']}/{summary['total_kv_heads']} "
+    say(args, f"retrieval KV heads: {summary['retrieval_kv_heads']}/{summary['total_kv_heads']} "
                f"by layer {summary['by_layer']}")
-    _say(args, f"wrote {args.out}/head_plan.json, head_scores.json, head_plan.png")
+    say(args, f"wrote {args.out}/head_plan.json, head_scores.json, head_plan.png")
     return {"out": str(args.out), "plan": summary}
 
 
@@ -72,7 +72,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
 
         training = train_converted(args, model, tokenizer)
     io.save(model, args.out)
-    _say(args, f"saved {args.out} ({plan.num_retrieval()} retrieval KV heads, W={sparse.window}, S={sparse.sinks})")
+    say(args, f"saved {args.out} ({plan.num_retrieval()} retrieval KV heads, W={sparse.window}, S={sparse.sinks})")
     return {"out": str(args.out), "plan": plan_summary(plan), "sparse": sparse.to_dict(), "training": training}
 
 
@@ -99,7 +99,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         new, stats = result.new_tokens[0], result.cache.stats.summary()
         kv = {"allocated_bytes": result.cache.allocated_bytes(), "used_bytes": result.cache.used_bytes()}
     else:
-        _say(args, "(dense base model: no rtpurbo artifact given)")
+        say(args, "(dense base model: no rtpurbo artifact given)")
         with torch.no_grad():
             out = model.generate(input_ids=ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                                  streamer=streamer, pad_token_id=tokenizer.pad_token_id)
@@ -162,4 +162,4 @@ def _kv_geometry(layers: int, kv_heads: int, head_dim: int, retrieval: int, args
 def quickstart(args: argparse.Namespace) -> dict[str, Any]:
     from .quickstart import run
 
-    return run(args, _load, _settings, _say)
+    return run(args, _load, _settings, say)

@@ -67,7 +67,7 @@ class NeedleSample:
 
 
 @dataclass(frozen=True)
-class _Needle:
+class Needle:
     """A sentence to hide: `before` + `value` + `after`; `value` may be empty."""
 
     before: str
@@ -78,7 +78,7 @@ class _Needle:
 
 @dataclass(frozen=True)
 class _Task:
-    needles: list[_Needle]  # needles[0] holds the answer
+    needles: list[Needle]  # needles[0] holds the answer
     question: str  # text right before the answer; ends with a space
     answer: str
 
@@ -99,7 +99,7 @@ def _random_number(rng: random.Random) -> str:
 
 def _passkey_task(rng: random.Random, length_tokens: int, depth: float) -> _Task:
     key = _random_number(rng)
-    needle = _Needle("The pass key is ", key, ". Remember it.", depth)
+    needle = Needle("The pass key is ", key, ". Remember it.", depth)
     return _Task([needle], "What is the pass key? The pass key is ", key)
 
 
@@ -114,7 +114,7 @@ def _kv_task(rng: random.Random, length_tokens: int, depth: float) -> _Task:
     pairs = list(zip(sorted(keys), sorted(values)))
     rng.shuffle(pairs)
     needles = [
-        _Needle(f"The value for key {key} is ", value, ".", depth if i == 0 else rng.random())
+        Needle(f"The value for key {key} is ", value, ".", depth if i == 0 else rng.random())
         for i, (key, value) in enumerate(pairs)
     ]
     asked_key, asked_value = pairs[0]
@@ -130,8 +130,8 @@ def _multihop_task(rng: random.Random, length_tokens: int, depth: float) -> _Tas
             names.append(name)
     value = _random_number(rng)
     alias_depths = sorted(rng.uniform(depth, 1.0) for _ in range(MULTIHOP_ALIASES))
-    needles = [_Needle(f"VAR {names[0]} = ", value, ".", depth)] + [
-        _Needle(f"VAR {name} = VAR {previous}.", "", "", alias_depth)
+    needles = [Needle(f"VAR {names[0]} = ", value, ".", depth)] + [
+        Needle(f"VAR {name} = VAR {previous}.", "", "", alias_depth)
         for previous, name, alias_depth in zip(names, names[1:], alias_depths)
     ]
     last = names[-1]
@@ -145,14 +145,14 @@ _TASK_BUILDERS: dict[str, Callable[[random.Random, int, float], _Task]] = {
 }
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def encode_plain(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) if text else []
 
 
-def _encode_pieces(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[str]) -> list[list[int]]:
+def encode_pieces(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[str]) -> list[list[int]]:
     """Ids of each piece, checked to concatenate to the ids of the joined text."""
-    ids = [_encode(tokenizer, piece) for piece in pieces]
-    whole = _encode(tokenizer, "".join(pieces))
+    ids = [encode_plain(tokenizer, piece) for piece in pieces]
+    whole = encode_plain(tokenizer, "".join(pieces))
     if sum(ids, []) != whole:
         raise ValueError(
             f"{type(tokenizer).__name__} tokenises {''.join(pieces)!r} differently from its pieces {list(pieces)!r}; "
@@ -161,7 +161,7 @@ def _encode_pieces(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[str]) ->
     return ids
 
 
-def _leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The special ids (e.g. BOS) that the tokenizer puts before a text by default."""
     with_special = tokenizer.encode("a", add_special_tokens=True)
     plain = tokenizer.encode("a", add_special_tokens=False)
@@ -171,21 +171,21 @@ def _leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return []
 
 
-def _haystack_ids(tokenizer: PreTrainedTokenizerBase, text: str, n_tokens: int) -> list[int]:
+def haystack_ids(tokenizer: PreTrainedTokenizerBase, text: str, n_tokens: int) -> list[int]:
     """The first `n_tokens` ids of `text`, repeating the text if it is too short."""
     if not text.strip():
         raise ValueError("haystack_text is empty")
     window = max(4 * n_tokens, 256)
-    ids = _encode(tokenizer, text[:window])
+    ids = encode_plain(tokenizer, text[:window])
     while len(ids) < n_tokens and window < len(text):
         window *= 2
-        ids = _encode(tokenizer, text[:window])
+        ids = encode_plain(tokenizer, text[:window])
     if len(ids) < n_tokens:
-        ids = _encode(tokenizer, "\n\n".join([text] * (n_tokens // max(len(ids), 1) + 2)))
+        ids = encode_plain(tokenizer, "\n\n".join([text] * (n_tokens // max(len(ids), 1) + 2)))
     return ids[:n_tokens]
 
 
-def _boundaries(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
+def line_boundaries(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
     """Sorted insertion points b (0..len(ids)) between ids[b-1] and ids[b].
 
     A point is a line end (either token holds the newline: code merges a newline
@@ -201,13 +201,13 @@ def _boundaries(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]
     return sorted(set(points))
 
 
-def _nearest(points: list[int], target: int) -> int:
+def nearest_point(points: list[int], target: int) -> int:
     i = bisect.bisect_left(points, target)
     candidates = points[max(i - 1, 0) : i + 1]
     return min(candidates, key=lambda point: (abs(point - target), point))
 
 
-def _insertion_points(needles: list[_Needle], needle_lengths: list[int], points: list[int]) -> list[tuple[int, int]]:
+def insertion_points(needles: list[Needle], needle_lengths: list[int], points: list[int]) -> list[tuple[int, int]]:
     """(haystack insertion point, needle index) pairs, in insertion order.
 
     Needles go in order of depth; each lands on the boundary in `points` nearest
@@ -219,7 +219,7 @@ def _insertion_points(needles: list[_Needle], needle_lengths: list[int], points:
     inserts, inserted, previous = [], 0, 0
     for order in sorted(range(len(needles)), key=lambda i: (needles[i].depth, i)):
         target = min(max(round(needles[order].depth * context_tokens) - inserted, 0), haystack_tokens)
-        previous = max(previous, _nearest(points, target))
+        previous = max(previous, nearest_point(points, target))
         inserts.append((previous, order))
         inserted += needle_lengths[order]
     return inserts
@@ -265,9 +265,9 @@ def make_sample(
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     task = _TASK_BUILDERS[kind](random.Random(seed), length_tokens, depth)
-    needle_ids = [_encode_pieces(tokenizer, ["\n" + n.before, n.value, n.after + "\n"]) for n in task.needles]
-    question_ids, answer_ids = _encode_pieces(tokenizer, ["\n\n" + task.question, task.answer])
-    prefix_ids = _leading_special_ids(tokenizer)
+    needle_ids = [encode_pieces(tokenizer, ["\n" + n.before, n.value, n.after + "\n"]) for n in task.needles]
+    question_ids, answer_ids = encode_pieces(tokenizer, ["\n\n" + task.question, task.answer])
+    prefix_ids = leading_special_ids(tokenizer)
     needle_lengths = [sum(len(piece) for piece in pieces) for pieces in needle_ids]
     fixed = len(prefix_ids) + sum(needle_lengths) + len(question_ids) + len(answer_ids)
     haystack_tokens = length_tokens - fixed
@@ -277,8 +277,8 @@ def make_sample(
             f"take {fixed} tokens and the haystack needs {MIN_HAYSTACK_TOKENS}; use length_tokens >= "
             f"{fixed + MIN_HAYSTACK_TOKENS}"
         )
-    haystack = _haystack_ids(tokenizer, haystack_text, haystack_tokens)
-    inserts = _insertion_points(task.needles, needle_lengths, _boundaries(tokenizer, haystack))
+    haystack = haystack_ids(tokenizer, haystack_text, haystack_tokens)
+    inserts = insertion_points(task.needles, needle_lengths, line_boundaries(tokenizer, haystack))
     context_ids, needle_spans = _insert_needles(prefix_ids, haystack, needle_ids, inserts)
     input_ids = context_ids + question_ids + answer_ids
     answer_start = len(input_ids) - len(answer_ids)
@@ -296,7 +296,7 @@ def _check_sample(
             raise AssertionError(f"needle span [{start}, {end}) does not hold the answer ids {answer_ids}")
 
 
-def _haystack_window(documents: Sequence[str], rng: random.Random, n_chars: int) -> str:
+def haystack_window(documents: Sequence[str], rng: random.Random, n_chars: int) -> str:
     """About `n_chars` characters of one document, starting at a line start; prefers documents that long."""
     long_enough = [document for document in documents if len(document) >= n_chars] or list(documents)
     document = long_enough[rng.randrange(len(long_enough))]
@@ -336,7 +336,7 @@ def make_samples(
     _check_seed_block(seed, n)
     samples = []
     for i, depth in enumerate(depths):
-        window = _haystack_window(haystack_docs, random.Random(f"haystack:{seed + i}"), 8 * length_tokens)
+        window = haystack_window(haystack_docs, random.Random(f"haystack:{seed + i}"), 8 * length_tokens)
         samples.append(make_sample(kind, tokenizer, window, length_tokens, depth, seed + i))
     return samples
 

@@ -21,7 +21,7 @@ import transformers
 
 from .. import __version__, io
 from ..cli import _positive, add_model, add_profile, add_sparse, sparse_from_args
-from ..commands import _device_dtype, _say
+from ..commands import device_dtype, say
 from ..config import HeadPlan, dumps
 from ..convert import convert
 from ..families import geometry
@@ -132,7 +132,7 @@ def _split_plan(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any
         return read_plan(args.plan, model.config)
     settings = ProfileSettings(window=args.window, sinks=args.sinks, retrieval_ratio=args.retrieval_ratio,
                                profile_length=args.profile_length, profile_samples=args.profile_samples)
-    _say(args, f"profiling heads for the split row ({settings.profile_samples} prompts x 3 kinds, "
+    say(args, f"profiling heads for the split row ({settings.profile_samples} prompts x 3 kinds, "
                f"{settings.profile_length} tokens); pass --plan to skip")
     return run_profile(model, tokenizer, settings, out / "profile")[1], {}
 
@@ -146,16 +146,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     if args.report_only:
         result = rebuild_report(out, BASE_ROWS)
-        _say(args, (out / "results.md").read_text())
+        say(args, (out / "results.md").read_text())
         return result
     out.mkdir(parents=True, exist_ok=True)
     spec, artifacts = _base_spec(args)
-    device, dtype = _device_dtype(args)
+    device, dtype = device_dtype(args)
     max_positions = _max_positions(spec)
     if args.prepare_only:
         data = build_data(_load_tokenizer(spec), settings_from(args, max_positions, device), progress=not args.json)
         save_data(data, out / "eval_data.npz")
-        _say(args, f"wrote {out / 'eval_data.npz'} ({len(data.samples)} samples, {len(data.windows)} windows)")
+        say(args, f"wrote {out / 'eval_data.npz'} ({len(data.samples)} samples, {len(data.windows)} windows)")
         return {"data": str(out / "eval_data.npz"), "samples": len(data.samples), "windows": len(data.windows)}
     model, tokenizer = load_base(spec, dtype=dtype, device=device)
     data = load_data(args.data, tokenizer) if args.data else None
@@ -168,13 +168,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     convert(model, dense, sparse_from_args(args, **sparse_overrides))
     config = _config(args, spec, device, dtype, settings, rows, data.meta)
     (out / "config.json").write_text(dumps(config))
-    _say(args, f"rows: {', '.join(r.name for r in rows)}; lengths {settings.lengths}; {settings.samples} samples "
+    say(args, f"rows: {', '.join(r.name for r in rows)}; lengths {settings.lengths}; {settings.samples} samples "
                f"x {len(settings.tasks)} tasks; results in {out}")
     stored = run_suite(model, tokenizer, rows, data, settings, out,
                        lambda path: io.load(path, base=spec, dtype=dtype, device=device), progress=not args.json)
     config["wall_seconds"] = round(time.time() - started, 1)
     result = write_report(out, stored, config)
-    _say(args, (out / "results.md").read_text())
+    say(args, (out / "results.md").read_text())
     return result
 
 
@@ -185,7 +185,7 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
     split = None
     if "split" in args.rows:
         split, overrides = _split_plan(args, model, tokenizer, out)
-        _say(args, f"split plan: {plan_summary(split)['retrieval_kv_heads']} retrieval KV heads")
+        say(args, f"split plan: {plan_summary(split)['retrieval_kv_heads']} retrieval KV heads")
     rows = base_rows(list(args.rows), split, args.top_p, geometry(model.config)[:3])
     return rows + [Row(name, "artifact", artifact=path) for name, path in artifacts], overrides
 

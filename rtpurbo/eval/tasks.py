@@ -37,13 +37,13 @@ from functools import cached_property
 from typing import Any, Callable, NamedTuple
 
 from ..data.needles import (
-    _boundaries,
-    _encode,
-    _haystack_ids,
-    _haystack_window,
-    _insertion_points,
-    _leading_special_ids,
-    _Needle,
+    Needle,
+    encode_plain,
+    haystack_ids,
+    haystack_window,
+    insertion_points,
+    leading_special_ids,
+    line_boundaries,
     seed_for,
 )
 from ..data.sources import long_documents
@@ -232,14 +232,14 @@ class PromptFormat:
             before, found, after = text.partition(_MARK)
             if not found:
                 raise ValueError("the chat template dropped the user message; pass chat=False")
-            return cls(_encode(tokenizer, before), _encode(tokenizer, after), True)
-        return cls(_leading_special_ids(tokenizer), _encode(tokenizer, "\n"), False)
+            return cls(encode_plain(tokenizer, before), encode_plain(tokenizer, after), True)
+        return cls(leading_special_ids(tokenizer), encode_plain(tokenizer, "\n"), False)
 
 
 def _prefix_len(tokenizer: Any, whole: list[int], text: str) -> int:
     """Number of leading ids of ``whole`` that spell ``text`` (trailing spaces may go either side)."""
     for head in dict.fromkeys((text, text.rstrip(" "))):
-        ids = _encode(tokenizer, head)
+        ids = encode_plain(tokenizer, head)
         if whole[: len(ids)] == ids:
             return len(ids)
     raise ValueError(
@@ -250,7 +250,7 @@ def _prefix_len(tokenizer: Any, whole: list[int], text: str) -> int:
 
 def _answer_split(tokenizer: Any, frame: _Frame) -> tuple[list[int], list[int]]:
     """(prefix ids, answer ids) of ``prefix + separator + answer``."""
-    whole = _encode(tokenizer, frame.answer_prefix + frame.separator + frame.answer_text)
+    whole = encode_plain(tokenizer, frame.answer_prefix + frame.separator + frame.answer_text)
     cut = _prefix_len(tokenizer, whole, frame.answer_prefix + frame.separator)
     if cut >= len(whole):
         raise ValueError(f"empty answer ids for {frame.answer_text!r}")
@@ -274,8 +274,8 @@ ContextFn = Callable[[int], tuple[list[int], list[tuple[int, int]]]]  # budget -
 def _assemble(tokenizer: Any, fmt: PromptFormat, frame: _Frame, build: ContextFn, length: int) -> tuple:
     """(prompt ids, answer ids, spans) with the context filling what ``length`` leaves."""
     prefix_ids, answer_ids = _answer_split(tokenizer, frame)
-    head = fmt.head + _encode(tokenizer, frame.instruction + "\n\n")
-    question = _encode(tokenizer, "\n\n" + frame.question)
+    head = fmt.head + encode_plain(tokenizer, frame.instruction + "\n\n")
+    question = encode_plain(tokenizer, "\n\n" + frame.question)
     budget = length - GEN_MARGIN - len(answer_ids) - len(head) - len(question) - len(fmt.tail) - len(prefix_ids)
     if budget < MIN_CONTEXT:
         raise ValueError(f"length {length} leaves {budget} context tokens; at least {MIN_CONTEXT} are needed")
@@ -287,15 +287,15 @@ def _assemble(tokenizer: Any, fmt: PromptFormat, frame: _Frame, build: ContextFn
 
 
 # --- needles in a haystack -------------------------------------------------------------------------
-def _needle_ids(tokenizer: Any, needle: _Needle) -> tuple[list[int], tuple[int, int]]:
+def _needle_ids(tokenizer: Any, needle: Needle) -> tuple[list[int], tuple[int, int]]:
     """Ids of one needle and the [start, end) range of its value inside them."""
-    whole = _encode(tokenizer, needle.before + needle.value + needle.after)
+    whole = encode_plain(tokenizer, needle.before + needle.value + needle.after)
     start = _prefix_len(tokenizer, whole, needle.before)
     end = _prefix_len(tokenizer, whole, needle.before + needle.value) if needle.value else start
     return whole, (start, end)
 
 
-def _needle_context(ctx: _Context, needles: list[_Needle], holders: list[int]) -> ContextFn:
+def _needle_context(ctx: _Context, needles: list[Needle], holders: list[int]) -> ContextFn:
     """Haystack from the prose pool with ``needles`` at their depths; spans of ``holders``' values."""
 
     def build(budget: int) -> tuple[list[int], list[tuple[int, int]]]:
@@ -303,8 +303,8 @@ def _needle_context(ctx: _Context, needles: list[_Needle], holders: list[int]) -
         n_hay = budget - sum(len(ids) for ids, _ in pieces)
         if n_hay < MIN_CONTEXT:
             raise ValueError(f"needles take {budget - n_hay} of {budget} context tokens; use a longer length")
-        hay = _haystack_ids(ctx.tokenizer, _haystack_window(ctx.corpus.prose, ctx.rng, 8 * budget), n_hay)
-        inserts = _insertion_points(needles, [len(ids) for ids, _ in pieces], _boundaries(ctx.tokenizer, hay))
+        hay = haystack_ids(ctx.tokenizer, haystack_window(ctx.corpus.prose, ctx.rng, 8 * budget), n_hay)
+        inserts = insertion_points(needles, [len(ids) for ids, _ in pieces], line_boundaries(ctx.tokenizer, hay))
         out, cursor, spans = [], 0, {}
         for point, i in inserts:
             out += hay[cursor:point]
@@ -336,8 +336,8 @@ _NOUN = {"number": "number", "word": "word", "uuid": "UUID"}
 _HIDDEN = "Some special magic {0}s are hidden in the following text. Remember them: you will be asked about them."
 
 
-def _magic(key: str, value: str, kind: str, depth: float) -> _Needle:
-    return _Needle(f"\nOne of the special magic {_NOUN[kind]}s for {key} is: ", value, ".\n", depth)
+def _magic(key: str, value: str, kind: str, depth: float) -> Needle:
+    return Needle(f"\nOne of the special magic {_NOUN[kind]}s for {key} is: ", value, ".\n", depth)
 
 
 def _niah(ctx: _Context, kind: str = "number", distractors: int = 0) -> tuple[_Frame, ContextFn]:
@@ -400,8 +400,8 @@ def _variable_tracking(ctx: _Context) -> tuple[_Frame, ContextFn]:
         names += [name] if name not in names else []
     value = str(ctx.rng.randint(10_000, 99_999))
     depths = [ctx.depth] + sorted(ctx.rng.uniform(ctx.depth, 1.0) for _ in range(CHAIN_HOPS))
-    needles = [_Needle("\nVAR ", names[0], f" = {value}.\n", depths[0])] + [
-        _Needle("\nVAR ", name, f" = VAR {previous}.\n", depth)
+    needles = [Needle("\nVAR ", names[0], f" = {value}.\n", depths[0])] + [
+        Needle("\nVAR ", name, f" = VAR {previous}.\n", depth)
         for previous, name, depth in zip(names, names[1:], depths[1:])
     ]
     frame = _Frame(
@@ -421,7 +421,7 @@ def _fill(tokenizer: Any, budget: int, render: Callable[[int], str]) -> list[int
     fits, too_long, best = 0, None, None
     n = max(8, budget // 4)
     while too_long is None or too_long - fits > 1:
-        ids = _encode(tokenizer, render(n))
+        ids = encode_plain(tokenizer, render(n))
         if len(ids) <= budget:
             fits, best = n, ids
         else:
@@ -494,9 +494,9 @@ class _Ambiguous(ValueError):
 def _window(tokenizer: Any, text: str, anchor: int, evidence_end: int, budget: int, depth: float) -> list[int]:
     """``budget`` ids of ``text`` with char ``anchor`` at ``depth``; ids up to ``evidence_end`` included."""
     span = 8 * budget
-    left = _encode(tokenizer, text[max(0, anchor - span) : anchor])
-    right = _encode(tokenizer, text[anchor : anchor + span])
-    evidence = len(_encode(tokenizer, text[anchor:evidence_end]))
+    left = encode_plain(tokenizer, text[max(0, anchor - span) : anchor])
+    right = encode_plain(tokenizer, text[anchor : anchor + span])
+    evidence = len(encode_plain(tokenizer, text[anchor:evidence_end]))
     n_left = min(len(left), round(depth * budget), budget - evidence)
     n_left = max(n_left, budget - len(right), 0)
     if n_left > len(left) or evidence > budget:
