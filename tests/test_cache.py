@@ -149,3 +149,14 @@ def test_repeat_batch_branches_identical_rows():
     with torch.no_grad():
         out = model(nxt, position_ids=torch.full((2, 1), 20), use_cache=True, **{cache_kwarg(): cache}).logits
     assert torch.allclose(out[0], out[1], atol=1e-5) and cache.store[0].r_k.shape[0] == 2
+
+
+def test_decode_with_reordered_heads_equals_full_forward():
+    model = tiny_model("qwen3", num_key_value_heads=4)
+    layers, n_kv, n_q, _ = geometry(model.config)
+    plan = HeadPlan(layers, n_kv, n_q, [[1, 3], [2]])
+    convert(model, plan, SparseConfig(window=8, sinks=2, top_p=1.0, reorder_heads=True))
+    assert model.model.layers[0].self_attn.heads_contiguous
+    ids = random_ids(1, 40)
+    got, _ = step_by_step(model, ids)
+    assert torch.allclose(got, full_forward(model, ids), atol=1e-4)
