@@ -43,16 +43,6 @@ def check_length(model: nn.Module, prompt_length: int, max_new_tokens: int) -> N
         )
 
 
-def left_padded(tokenizer: Any, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenise prompts with left padding: (input_ids, attention_mask), both (B, L)."""
-    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-    return ids, mask
-
-
 @torch.no_grad()
 def prefill(
     model: nn.Module, cache: HeadwiseCache, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int

