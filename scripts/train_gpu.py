@@ -40,7 +40,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", required=True, help="SmolLM2 GGUF file (or HF directory)")
     p.add_argument("--data", required=True, type=Path, help="training shards")
     p.add_argument("--dev", type=Path, help="dev-pool shards for perplexity")
-    p.add_argument("--plan", required=True, type=Path, help="head_plan.json (rtpurbo profile --window 1024)")
+    p.add_argument("--plan", type=Path, help="head_plan.json (rtpurbo profile --window 1024)")
+    p.add_argument("--from-artifact", type=Path,
+                   help="start from a saved artifact (its plan, config and indexers) instead of --plan, "
+                        "e.g. stage 2 ablations from one stage-1 result (implies --stage2-only)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--sinks", type=int, default=4)
@@ -61,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stage2-only", action="store_true", help="skip stage 1 (scaling runs)")
     p.add_argument("--no-eval", action="store_true", help="skip perplexity")
     p.add_argument("--no-save", action="store_true", help="do not write the artifact")
+    p.add_argument("--save-stage1", action="store_true", help="also save the stage-1 model (artifact-stage1/)")
     return p.parse_args()
 
 
@@ -87,12 +91,20 @@ def main() -> None:
     started = time.perf_counter()
     runtime = make_runtime("auto")
     args.out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_base(args.model, dtype=torch.float32, device=runtime.device)
+    if args.from_artifact is not None:
+        args.stage2_only = True
+        model, tokenizer = io.load(args.from_artifact, base=args.model, dtype=torch.float32, device=runtime.device)
+        model.rtpurbo_sparse.impl = args.impl
+        plan = model.rtpurbo_plan
+    elif args.plan is not None:
+        model, tokenizer = load_base(args.model, dtype=torch.float32, device=runtime.device)
+        plan = HeadPlan.from_dict(json.loads(args.plan.read_text()))
+        convert(model, plan, SparseConfig(window=args.window, sinks=args.sinks, impl=args.impl))
+    else:
+        raise SystemExit("give --plan or --from-artifact")
     shards = load_shards(args.data, tokenizer)
     _log(runtime, f"loaded model + {len(shards.sequences)} x {shards.seq_len} training tokens in "
                   f"{time.perf_counter() - started:.0f} s on {runtime.world} x {runtime.device}")
-    plan = HeadPlan.from_dict(json.loads(args.plan.read_text()))
-    convert(model, plan, SparseConfig(window=args.window, sinks=args.sinks, impl=args.impl))
     evaluate = not args.no_eval and runtime.is_main and args.dev is not None
     windows = dev_windows(args.dev, tokenizer, args.eval_windows, args.seq_len) if evaluate else []
     results: dict = {"plan_retrieval_kv_heads": plan.num_retrieval(), "world_size": runtime.world, "ppl": {}}
@@ -103,6 +115,8 @@ def main() -> None:
         results["ppl"]["converted_topp"] = eval_ppl(model, windows, "topp", runtime)
     if not args.stage2_only:
         results["indexer"] = run_stage1(model, shards, args, runtime)
+        if args.save_stage1 and runtime.is_main:
+            save_artifact(model, args.out / "artifact-stage1")
         if evaluate:
             results["ppl"]["stage1_topp"] = eval_ppl(model, windows, "topp", runtime)
     results["distill"] = run_stage2(model, shards, args, runtime)
@@ -111,14 +125,23 @@ def main() -> None:
         results["ppl"]["stage2_topp"] = eval_ppl(model, windows, "topp", runtime)
     if runtime.is_main:
         if not args.no_save:
-            model.rtpurbo_sparse.impl = "auto"
-            io.save(model, args.out / "artifact")
-            results["artifact_bytes"] = sum(f.stat().st_size for f in (args.out / "artifact").iterdir())
+            results["artifact_bytes"] = save_artifact(model, args.out / "artifact")
         results["seconds_total"] = round(time.perf_counter() - started, 1)
         if torch.cuda.is_available():
             results["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
         (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         print(json.dumps({k: v for k, v in results.items() if k not in ("indexer", "distill")}))
+
+
+def save_artifact(model, path: Path) -> int:
+    """Save with ``impl=auto`` (the backend training used is restored after); returns the bytes written."""
+    impl = model.rtpurbo_sparse.impl
+    model.rtpurbo_sparse.impl = "auto"
+    try:
+        io.save(model, path)
+    finally:
+        model.rtpurbo_sparse.impl = impl
+    return sum(f.stat().st_size for f in path.iterdir())
 
 
 def dev_windows(path: Path, tokenizer, count: int, length: int | None) -> list[list[int]]:

@@ -2,6 +2,7 @@
 (tiny random model and tokenizer; nothing downloaded or installed)."""
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from rtpurbo import io
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.eval import suite
-from rtpurbo.eval.commands import QUICK, add_parsers, settings_from
+from rtpurbo.eval.commands import QUICK, _artifact_row, add_parsers, settings_from
 from rtpurbo.eval.perplexity import perplexity
 from rtpurbo.eval.report import rebuild_report, write_report
 from rtpurbo.eval.speed import measure_speed
@@ -131,6 +132,18 @@ def test_artifact_row_is_loaded_and_keeps_its_own_plan(tmp_path):
     assert stored[0]["plan"]["retrieval"] == [[1], [0]] and stored[0]["sparse"]["top_p"] == 0.8
     assert stored[0]["identity"]["artifact_files"] == io.read_config(artifact)["files"]
     assert base.rtpurbo_plan.num_retrieval() == layers * kv  # the shared base model was not touched
+    at_095 = run_suite(base, tokenizer, [Row("p95", "artifact", top_p=0.95, artifact=artifact)], make_data(),
+                       settings(speed_repeats=0), tmp_path / "out", lambda path: io.load(path), progress=False)
+    assert at_095[0]["sparse"]["top_p"] == 0.95 and at_095[0]["identity"]["sparse"]["top_p"] == 0.95
+
+
+def test_artifact_rows_parse_an_optional_top_p():
+    assert _artifact_row("s2=runs/a") == ("s2", Path("runs/a"), None)
+    assert _artifact_row("s2=runs/a@0.95") == ("s2", Path("runs/a"), 0.95)
+    for bad in ("runs/a", "dense=runs/a", "s2=runs/a@1.5", "s2=runs/a@high", "s2="):
+        with pytest.raises(SystemExit, match="--artifacts"):
+            _artifact_row(bad)
+    assert parse("--rows").rows == [] and parse().rows == ["dense", "streaming", "split"]
 
 
 def test_data_round_trip_and_tokenizer_check(tmp_path):

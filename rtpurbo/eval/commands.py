@@ -20,7 +20,7 @@ import torch
 import transformers
 
 from .. import __version__, io
-from ..cli import _positive, add_model, add_profile, add_sparse, sparse_from_args
+from ..cli import _positive, _top_p, add_model, add_profile, add_sparse, sparse_from_args
 from ..commands import device_dtype, say
 from ..config import HeadPlan, dumps
 from ..convert import convert
@@ -54,8 +54,10 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--samples", type=_positive, help=f"samples per task and length (default {FULL['samples']})")
     p.add_argument("--tasks", nargs="+", choices=TASKS, metavar="TASK",
                    help=f"tasks to run (default: all): {', '.join(TASKS)}")
-    p.add_argument("--rows", nargs="+", choices=BASE_ROWS, default=list(BASE_ROWS), help="base-model rows")
-    p.add_argument("--artifacts", nargs="*", default=[], metavar="NAME=PATH", help="trained stages (artifact dirs)")
+    p.add_argument("--rows", nargs="*", choices=BASE_ROWS, default=list(BASE_ROWS),
+                   help="base-model rows (none: only the --artifacts rows)")
+    p.add_argument("--artifacts", nargs="*", default=[], metavar="NAME=PATH",
+                   help="trained stages (artifact dirs); NAME=PATH@TOP_P evaluates one at another top-p")
     p.add_argument("--plan", type=Path, help="head plan of the split row (head_plan.json or config.json with "
                                              "headwise_config); default: profile now")
     p.add_argument("--ppl-windows", type=int, help=f"perplexity windows (default {FULL['ppl_windows']}, 0 = none)")
@@ -74,16 +76,26 @@ def add_parsers(subparsers: Any) -> None:
 
 
 # --- resolving the run --------------------------------------------------------------------------------
-def _base_spec(args: argparse.Namespace) -> tuple[str, list[tuple[str, Path]]]:
+def _artifact_row(item: str) -> tuple[str, Path, float | None]:
+    """``NAME=PATH`` or ``NAME=PATH@TOP_P`` (evaluate the artifact at another top-p)."""
+    name, sep, path = item.partition("=")
+    if not sep or not name or not path or name in BASE_ROWS:
+        raise SystemExit(f"--artifacts takes NAME=PATH[@TOP_P] with a name other than {BASE_ROWS}, got {item!r}")
+    top_p = None
+    if "@" in path:
+        path, _, value = path.rpartition("@")
+        try:
+            top_p = _top_p(value)
+        except (argparse.ArgumentTypeError, ValueError) as err:
+            raise SystemExit(f"--artifacts {item!r}: {err}") from err
+    return name, Path(path), top_p
+
+
+def _base_spec(args: argparse.Namespace) -> tuple[str, list[tuple[str, Path, float | None]]]:
     """(base model spec, artifact rows): an artifact ``--model`` adds itself as a row."""
-    artifacts = []
-    for item in args.artifacts:
-        name, sep, path = item.partition("=")
-        if not sep or not name or name in BASE_ROWS:
-            raise SystemExit(f"--artifacts takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
-        artifacts.append((name, Path(path)))
+    artifacts = [_artifact_row(item) for item in args.artifacts]
     if (Path(args.model) / io.CONFIG_NAME).is_file():
-        artifacts.insert(0, (Path(args.model).resolve().name, Path(args.model)))
+        artifacts.insert(0, (Path(args.model).resolve().name, Path(args.model), None))
         return io.read_config(args.model)["base_model"]["spec"], artifacts
     return args.model, artifacts
 
@@ -163,6 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if data is None:
         data = build_data(tokenizer, settings, progress=not args.json)
         save_data(data, out / "eval_data.npz")
+    data.windows = data.windows[: settings.ppl_windows]  # --ppl-windows 0 skips perplexity with any --data
     rows, sparse_overrides = _rows(args, model, tokenizer, out, artifacts)
     dense = HeadPlan.uniform(*geometry(model.config)[:3], retrieval=True)
     convert(model, dense, sparse_from_args(args, **sparse_overrides))
@@ -179,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path,
-          artifacts: list[tuple[str, Path]]) -> tuple[list[Row], dict]:
+          artifacts: list[tuple[str, Path, float | None]]) -> tuple[list[Row], dict]:
     """Base rows (profiling the split if needed) followed by the artifact rows."""
     overrides: dict = {}
     split = None
@@ -187,7 +200,7 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
         split, overrides = _split_plan(args, model, tokenizer, out)
         say(args, f"split plan: {plan_summary(split)['retrieval_kv_heads']} retrieval KV heads")
     rows = base_rows(list(args.rows), split, args.top_p, geometry(model.config)[:3])
-    return rows + [Row(name, "artifact", artifact=path) for name, path in artifacts], overrides
+    return rows + [Row(name, "artifact", top_p=top_p, artifact=path) for name, path, top_p in artifacts], overrides
 
 
 def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype, settings: SuiteSettings,

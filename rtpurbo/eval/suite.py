@@ -157,7 +157,7 @@ def digest(*parts: Any) -> str:
 # --- rows -------------------------------------------------------------------------------------------
 @dataclass
 class Row:
-    """One model variant of the table. ``plan``/``top_p`` apply to base rows; ``artifact`` is a path."""
+    """One model variant of the table: a base row (``plan``, ``top_p``) or an artifact (path, optional top-p)."""
 
     name: str
     kind: str
@@ -313,6 +313,8 @@ def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: EvalData,
     for row in rows:
         if row.artifact is not None:
             trained, trained_tokenizer = load_artifact(row.artifact)
+            if row.top_p is not None:
+                trained.rtpurbo_sparse.top_p = row.top_p
             results[row.name] = evaluate_row(trained, trained_tokenizer, row, data, settings, out, progress)
             del trained
     return [results[row.name] for row in rows]
