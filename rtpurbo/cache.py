@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Cache
 
+from .families import attention_modules
 from .ops import api as ops
 
 
@@ -159,6 +160,35 @@ class HeadwiseCache(Cache):
             total += layer.r_len * layer.r_k.shape[0] * layer.r_k.shape[1] * per_slot
             total += layer.l_k.numel() * layer.l_k.element_size() * 2
         return total
+
+    @torch.no_grad()
+    def fill_random(self, model: torch.nn.Module, length: int) -> None:
+        """Fill every layer as if ``length`` tokens (positions ``0..length-1``, batch 1) had been prefilled.
+
+        K, V and indexer keys are standard normal (global RNG): the values mean nothing, the layout and sizes are
+        those of a real prefill. For benchmarks of memory and decode time at contexts whose real
+        prefill would take hours. Retrieval storage is allocated once at
+        ``max(length, initial_capacity)`` slots, so no transient copy doubles it.
+        """
+        if self.is_initialized:
+            raise ValueError("fill_random needs an empty HeadwiseCache")
+        sinks, window = self.sparse.sinks, self.sparse.window
+        self.initial_capacity = max(self.initial_capacity, length)
+        kept = torch.cat([torch.arange(min(sinks, length)), torch.arange(max(sinks, length - window), length)])
+        for module in attention_modules(model):
+            weight = module.k_proj.weight
+            template = torch.empty(1, module.num_kv_heads, 0, module.head_dim, dtype=weight.dtype, device=weight.device)
+            layer = self._layer(module, template)
+            for t in (layer.r_k, layer.r_v, layer.r_idx):
+                t[:, :, :length].normal_()
+            layer.r_pos[:, :length] = torch.arange(length, device=weight.device)
+            layer.r_len = length
+            if module.local_heads:
+                shape = (1, len(module.local_heads), kept.numel(), module.head_dim)
+                k = torch.randn(shape, dtype=weight.dtype, device=weight.device)
+                v = torch.randn(shape, dtype=weight.dtype, device=weight.device)
+                self._write_ring(layer, k, v, kept.to(weight.device)[None])
+            layer.seen = length
 
     # --- storage ----------------------------------------------------------------------
     def _layer(self, module, k: torch.Tensor) -> LayerCache:

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.commands import add_parsers as add_eval_parsers  # eval.commands imports this module
 
     add_eval_parsers(sub)
+    from .bench.commands import add_parsers as add_bench_parsers  # bench.commands imports this module too
+
+    add_bench_parsers(sub)
     return parser
 
 

@@ -333,8 +333,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines + (["", "notes:"] + notes if notes else []))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (shared by ``benchmarks/attention_bench.py`` and ``rtpurbo bench attention``)."""
     ints = lambda s: [int(x) for x in s.split(",") if x]
     parser.add_argument("--geometries", default=",".join(GEOMETRIES), help="comma-separated: " + ", ".join(GEOMETRIES))
     parser.add_argument("--prefill", type=ints, default=[8192, 32768, 131072, 524288, 1048576], help="prefill lengths")
@@ -343,8 +343,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--sinks", type=int, default=4)
     parser.add_argument("--deadline-s", type=float, default=1e9, help="start no dense point that would end later")
-    parser.add_argument("--json", default=None, help="also write all rows here (rewritten after every point)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--json", dest="json_path", default=None,
+                        help="also write all rows here (rewritten after every point)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every point of ``args``: one JSON line per point while running, then the tables, then one JSON line.
+
+    Returns {"environment": ..., "rows": [...]}.
+    """
     deadline = time.time() + args.deadline_s
     geoms = [GEOMETRIES[name] for name in args.geometries.split(",")]
     budgets = [b if b == "top-p" else int(b) for b in args.budgets.split(",")]
@@ -355,8 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     def record(row: dict) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
+        if args.json_path:
+            with open(args.json_path, "w") as f:
                 json.dump(dict(environment=env, rows=rows), f, indent=1)
 
     def attempt(phase: str, geom: Geometry, length: int, point, *point_args) -> None:
@@ -377,3 +390,4 @@ def main(argv: list[str] | None = None) -> None:
                 attempt("decode", geom, length, decode_point, budget, deadline, spot)
     print(table(rows))
     print(json.dumps(dict(environment=env, rows=rows)))
+    return dict(environment=env, rows=rows)

@@ -1,0 +1,146 @@
+"""``rtpurbo bench``: GPU benchmarks.
+
+    rtpurbo bench attention [--prefill 8192,32768 ...]    one attention layer, sparse vs SDPA cuDNN / flash
+    rtpurbo bench model [--layers 8] [--lengths 32K 128K] [--oom-search] [--deadline 240]
+                                                           a whole Llama-3.1-8B-geometry model, dense vs sparse
+    rtpurbo bench model --quick                            GPU smoke run: 2 layers, 4K and 16K tokens
+    rtpurbo bench model --device cpu --tiny                the whole code path on a tiny model, on the CPU
+
+``bench model`` prints progress on stderr, then a Markdown report and one JSON line on stdout;
+every measurement is appended to ``--out`` (JSON lines) as soon as it exists, and the report is
+also written beside it (same name, ``.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cli import _positive
+from .end_to_end import LLAMA_31_8B, SDPA_BACKENDS, TINY, ModelBenchSettings, run_benchmark
+from .model_report import markdown
+
+QUICK = dict(layers=2, lengths=[4096, 16384], repeats=1, decode_steps=8, decode_warmup=2)
+TINY_RUN = dict(geometry=TINY, layers=2, lengths=[512, 1024], window=128, repeats=1, decode_steps=8,
+                decode_warmup=2, oom_lengths=[2048, 4096])
+NEEDS_GPU = "rtpurbo bench {what} needs a CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def tokens(value: str) -> int:
+    """'32768', '32K' or '1M' -> a token count >= 1."""
+    scale = {"k": 2**10, "m": 2**20}.get(value[-1:].lower(), 1)
+    try:
+        number = int(value[:-1] if scale > 1 else value) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a token count like 32768, 32K or 1M, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value!r}")
+    return number
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add ``bench attention`` and ``bench model`` to the ``rtpurbo`` parser's subparsers."""
+    bench = subparsers.add_parser("bench", help="GPU benchmarks: one attention layer, or a whole model",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = bench.add_subparsers(dest="bench", required=True)
+
+    p = kinds.add_parser("attention", help="attention layer: head-wise sparse vs dense SDPA (cuDNN, flash)")
+    from .attention import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(handler=run_attention, json=False)
+
+    p = kinds.add_parser("model", help="whole model: TTFT, decode tokens/s, peak memory, KV bytes; OOM search")
+    add_model_arguments(p)
+    p.set_defaults(handler=run_model, json=False)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    d = ModelBenchSettings()
+    p.add_argument("--layers", type=_positive, help=f"decoder layers (default {d.layers} of {LLAMA_31_8B.full_layers}, "
+                                                  "to save memory; the report says so)")
+    p.add_argument("--lengths", type=tokens, nargs="+", help="prompt lengths (default 32K 128K)")
+    p.add_argument("--quick", action="store_true", help=f"GPU smoke run: {QUICK}")
+    p.add_argument("--tiny", action="store_true", help="tiny geometry (2 layers, hidden 256, 4 q / 2 KV heads, head "
+                                                        "dim 64, vocab 1000, lengths 512 1024, W 128) for CPU runs")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="default cuda")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default bfloat16 (float32 on the CPU)")
+    p.add_argument("--window", type=tokens, help=f"W of local heads (default {d.window}; 128 with --tiny)")
+    p.add_argument("--sinks", type=int, help=f"S (default {d.sinks})")
+    p.add_argument("--top-p", type=float, help=f"retrieval heads' indexer mass at decode (default {d.top_p})")
+    p.add_argument("--max-tokens", type=tokens, nargs="+", default=[],
+                   help="add a sparse variant per budget (max_tokens) to the unbounded top-p one")
+    p.add_argument("--retrieval-fraction", type=float, help=f"share of KV heads kept full (default "
+                                                             f"{d.retrieval_fraction})")
+    p.add_argument("--decode-steps", type=_positive, help=f"timed decode steps (default {d.decode_steps})")
+    p.add_argument("--decode-warmup", type=int, help=f"untimed decode steps first (default {d.decode_warmup})")
+    p.add_argument("--repeats", type=_positive, help=f"timed runs per point (default {d.repeats})")
+    p.add_argument("--warmup", type=int, help=f"dropped runs per point (default {d.warmup})")
+    p.add_argument("--oom-search", action="store_true", help="then find the first length where dense runs out of "
+                                                             "memory and sparse does not")
+    p.add_argument("--oom-lengths", type=tokens, nargs="+", help="lengths of the OOM search (default 256K .. 8M)")
+    p.add_argument("--oom-keep-going", action="store_true", help="after dense runs out, go on until sparse does")
+    p.add_argument("--oom-decode-steps", type=_positive, help=f"decode steps per OOM try (default {d.oom_decode_steps})")
+    p.add_argument("--deadline", type=float, help="seconds from the start; measurements not started by then are "
+                                                  "skipped (recorded as such)")
+    p.add_argument("--oom-reserve", type=float, help=f"seconds of --deadline kept for the OOM search (default "
+                                                      f"{d.oom_reserve_s:.0f})")
+    p.add_argument("--sdpa", nargs="+", choices=list(SDPA_BACKENDS), help="dense SDPA backends to try in order "
+                                                                          f"(default {' '.join(d.sdpa_backends)})")
+    p.add_argument("--seed", type=int, help="weights and prompts seed (default 0)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench-model/model_bench.jsonl"),
+                   help="JSON-lines file, one line per measurement as it comes (report beside it, .md)")
+
+
+FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "window": "window", "sinks": "sinks",
+                 "top_p": "top_p", "retrieval_fraction": "retrieval_fraction", "decode_steps": "decode_steps",
+                 "decode_warmup": "decode_warmup", "repeats": "repeats", "warmup": "warmup",
+                 "oom_lengths": "oom_lengths", "oom_decode_steps": "oom_decode_steps", "deadline": "deadline_s",
+                 "oom_reserve": "oom_reserve_s",
+                 "sdpa": "sdpa_backends", "seed": "seed"}
+
+
+def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
+    """Defaults, then the --tiny / --quick preset, then every flag given."""
+    fields: dict[str, Any] = {}
+    if args.tiny:
+        fields.update(TINY_RUN)
+    if args.quick:
+        fields.update(QUICK)
+    if args.device == "cpu":
+        fields["dtype"] = "float32"
+    fields.update({name: getattr(args, flag) for flag, name in FLAG_TO_FIELD.items() if getattr(args, flag) is not None})
+    fields.update(device=args.device, budgets=list(args.max_tokens), oom_search=args.oom_search,
+                  oom_keep_going=args.oom_keep_going)
+    return ModelBenchSettings(**fields)
+
+
+def _require_gpu(what: str) -> None:
+    if not torch.cuda.is_available():
+        hint = "; for a CPU run of the whole code path use --device cpu --tiny" if what == "model" else ""
+        raise SystemExit(NEEDS_GPU.format(what=what) + hint)
+
+
+def run_model(args: argparse.Namespace) -> dict[str, Any]:
+    """``rtpurbo bench model``: the report and the JSON line on stdout; returns the result."""
+    settings = settings_from(args)
+    if settings.device == "cuda":
+        _require_gpu("model")
+    result = run_benchmark(settings, args.out, log=lambda message: print(message, file=sys.stderr, flush=True))
+    report = markdown(result)
+    args.out.with_suffix(".md").write_text(report + "\n")
+    print(report)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def run_attention(args: argparse.Namespace) -> dict[str, Any]:
+    """``rtpurbo bench attention``: see :mod:`rtpurbo.bench.attention`."""
+    _require_gpu("attention")
+    from .attention import run
+
+    return run(args)

@@ -1,0 +1,430 @@
+"""End-to-end model benchmark: a whole Llama-geometry model, dense vs head-wise sparse, batch 1.
+
+One model with random weights (``LlamaConfig`` + ``AutoModelForCausalLM.from_config``) is measured
+in turn as
+
+* ``dense``: the unconverted Hugging Face model, ``attn_implementation="sdpa"``, ``DynamicCache``.
+  SDPA is restricted to one backend per phase, the first of ``sdpa_backends`` (cuDNN, flash) that
+  runs a 256-token prefill, resp. one decode step, of this model; the report names it.
+* ``sparse``: the same weights converted by :func:`rtpurbo.convert.convert` (untrained indexers,
+  ``top_p``), decoding through :class:`rtpurbo.cache.HeadwiseCache`; ``sparse-max{N}`` variants
+  add a ``max_tokens = N`` budget to the retrieval heads' selection.
+
+Per context length ``L`` and variant, after ``warmup`` dropped runs, medians over ``repeats`` runs of:
+
+* time to first token: one forward of the whole ``L``-token prompt (one shot, logits of the last
+  token only) and its argmax;
+* decode: ``decode_warmup`` untimed greedy steps, then ``decode_steps`` timed as one block (ms per
+  token; tokens/s);
+* peak memory (``torch.cuda.max_memory_allocated``, reset before each run, weights included) and the
+  KV-cache bytes the cache holds after the run.
+
+GPU times come from CUDA events followed by a synchronisation; CPU times from ``time.perf_counter``.
+
+Retrieval heads: ``round(fraction * layers * kv_heads)`` KV heads, spread evenly over the layers,
+the first KV heads of their layer (weights are random, so which heads does not matter, and leading
+heads keep the roles contiguous, as a ``reorder_heads`` conversion would).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
+
+from .._compat import cache_kwarg, set_attn_implementation
+from ..cache import HeadwiseCache
+from ..config import HeadPlan, SparseConfig
+from ..convert import convert, is_converted, unconvert
+from .model_report import JsonLines, compare, describe, environment
+from .oom import attempt, free_memory, oom_search
+
+SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+DEFAULT_SDPA = "default"  # no restriction: torch's own choice
+PROBE_TOKENS = 256
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What the benchmark model looks like; ``full_layers`` is the real model's depth (for the report)."""
+
+    name: str
+    hidden: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    rope_theta: float
+    full_layers: int
+
+
+LLAMA_31_8B = ModelGeometry("llama-3.1-8b", 4096, 32, 8, 128, 14336, 128256, 500000.0, 32)
+TINY = ModelGeometry("tiny", 256, 4, 2, 64, 512, 1000, 10000.0, 2)
+
+
+@dataclass
+class ModelBenchSettings:
+    """Everything one benchmark run depends on (all of it is written to the results)."""
+
+    geometry: ModelGeometry = LLAMA_31_8B
+    layers: int = 8
+    lengths: list[int] = field(default_factory=lambda: [32768, 131072])
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    window: int = 8192
+    sinks: int = 4
+    top_p: float = 0.9
+    budgets: list[int] = field(default_factory=list)  # one extra sparse variant per max_tokens budget
+    retrieval_fraction: float = 0.15
+    decode_steps: int = 32
+    decode_warmup: int = 4
+    repeats: int = 3
+    warmup: int = 1
+    oom_search: bool = False
+    oom_lengths: list[int] = field(default_factory=lambda: [2**k for k in range(18, 24)])  # 256K .. 8M
+    oom_keep_going: bool = False
+    oom_decode_steps: int = 4
+    deadline_s: float | None = None  # from the start of the run; later measurements are skipped
+    oom_reserve_s: float = 60.0  # of the deadline, kept for the OOM search
+    sdpa_backends: list[str] = field(default_factory=lambda: ["cudnn", "flash"])
+    seed: int = 0
+
+    def sparse_configs(self) -> dict[str, SparseConfig]:
+        """Variant name -> the sparse configuration it converts with."""
+        base = dict(window=self.window, sinks=self.sinks, top_p=self.top_p, impl="auto", decode_impl="auto")
+        configs = {"sparse": SparseConfig(**base)}
+        configs.update({f"sparse-max{n}": SparseConfig(**base, max_tokens=n) for n in self.budgets})
+        return configs
+
+
+# --- the model ----------------------------------------------------------------------------------------
+def build_model(settings: ModelBenchSettings) -> nn.Module:
+    """A Llama causal LM of ``settings.geometry`` with ``settings.layers`` layers, random weights, eval mode."""
+    geo = settings.geometry
+    longest = max([*settings.lengths, *(settings.oom_lengths if settings.oom_search else [])])
+    config = LlamaConfig(
+        hidden_size=geo.hidden, num_attention_heads=geo.q_heads, num_key_value_heads=geo.kv_heads,
+        head_dim=geo.head_dim, intermediate_size=geo.intermediate, vocab_size=geo.vocab,
+        num_hidden_layers=settings.layers, rope_theta=geo.rope_theta, tie_word_embeddings=False,
+        max_position_embeddings=max(131072, longest + settings.decode_steps + settings.decode_warmup + 1),
+    )
+    torch.manual_seed(settings.seed)
+    with torch.device(settings.device):  # initialise on the device: no multi-GB host copy
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, settings.dtype))
+    set_attn_implementation(model, "sdpa")
+    return model.to(settings.device).eval()  # already there unless from_config ignored the device context
+
+
+def spread_plan(num_layers: int, num_kv: int, num_q: int, fraction: float) -> HeadPlan:
+    """``max(1, round(fraction * layers * kv))`` retrieval KV heads, as even over the layers as they go.
+
+    Every layer gets ``count // layers`` heads; the ``count % layers`` extra ones go to evenly spaced
+    layers. A layer's retrieval heads are its first KV heads.
+    """
+    count = max(1, round(fraction * num_layers * num_kv))
+    per_layer = [count // num_layers] * num_layers
+    extra = count % num_layers
+    for i in range(extra):
+        per_layer[i * num_layers // extra] += 1
+    return HeadPlan(num_layers, num_kv, num_q, [list(range(n)) for n in per_layer],
+                    criterion=f"benchmark: {count} KV heads spread evenly (random weights)")
+
+
+class Variants:
+    """The one model, put in the state a variant needs: ``dense`` (unconverted) or a sparse variant."""
+
+    def __init__(self, model: nn.Module, plan: HeadPlan, sparse_configs: dict[str, SparseConfig]) -> None:
+        self.model, self.plan, self.sparse_configs = model, plan, sparse_configs
+        self.current = "dense"
+
+    @property
+    def names(self) -> list[str]:
+        return ["dense", *self.sparse_configs]
+
+    def use(self, name: str) -> None:
+        if name == self.current:
+            return
+        if is_converted(self.model):
+            unconvert(self.model)
+        if name != "dense":
+            convert(self.model, self.plan, self.sparse_configs[name])
+        self.current = name
+
+    def new_cache(self, capacity: int):
+        """An empty cache for the current variant; a head-wise cache reserves ``capacity`` retrieval slots."""
+        if self.current == "dense":
+            return DynamicCache(config=self.model.config)
+        return HeadwiseCache(self.model, initial_capacity=capacity)
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of the K/V (and indexer) tensors a cache holds."""
+    if isinstance(cache, HeadwiseCache):
+        return cache.allocated_bytes()
+    return sum(t.numel() * t.element_size() for layer in cache.layers if getattr(layer, "is_initialized", False)
+               for t in (layer.keys, layer.values))
+
+
+def fill_random(variants: Variants, cache, length: int) -> None:
+    """Fill an empty cache as if ``length`` tokens had been prefilled (random K/V; see ``HeadwiseCache.fill_random``)."""
+    if isinstance(cache, HeadwiseCache):
+        cache.fill_random(variants.model, length)
+        return
+    config = variants.model.config
+    weight = variants.model.get_input_embeddings().weight
+    for layer in range(config.num_hidden_layers):
+        shape = (1, config.num_key_value_heads, length, config.head_dim)
+        keys = torch.randn(shape, dtype=weight.dtype, device=weight.device)
+        values = torch.randn(shape, dtype=weight.dtype, device=weight.device)
+        cache.update(keys, values, layer)
+        del keys, values
+
+
+# --- running it ---------------------------------------------------------------------------------------
+def forward_last_logits(model: nn.Module, cache, ids: torch.Tensor, start: int) -> torch.Tensor:
+    """ids (1, n) at positions ``start .. start + n - 1`` through the model and its cache -> logits (1, V) of the last."""
+    positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
+    out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kwarg(): cache})
+    return out.logits[:, -1]
+
+
+def greedy_decode(model: nn.Module, cache, token: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+    """``steps`` greedy tokens after ``token`` (1,) at position ``start``; returns them (steps,), on the device."""
+    tokens = torch.empty(steps, dtype=torch.long, device=token.device)
+    for step in range(steps):
+        token = forward_last_logits(model, cache, token.view(1, 1), start + step).argmax(-1)
+        tokens[step] = token[0]
+    return tokens
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """(fn(), milliseconds): CUDA events + synchronisation on the GPU, ``perf_counter`` on the CPU."""
+    if device.type != "cuda":
+        start = time.perf_counter()
+        result = fn()
+        return result, 1000 * (time.perf_counter() - start)
+    start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start_event.record()
+    result = fn()
+    end_event.record()
+    end_event.synchronize()
+    return result, start_event.elapsed_time(end_event)
+
+
+def sdpa_context(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if name == DEFAULT_SDPA else sdpa_kernel([SDPA_BACKENDS[name]])
+
+
+def pick_sdpa_backends(model: nn.Module, candidates: list[str], device: torch.device) -> dict[str, str]:
+    """{"prefill": name, "decode": name}: per phase the first candidate SDPA backend that runs this model.
+
+    Probed on a ``PROBE_TOKENS``-token prompt (and one decode step after it) with only that
+    backend enabled; ``default`` (torch's own choice) when none runs, and always on the CPU.
+    """
+    if device.type != "cuda":
+        return {"prefill": DEFAULT_SDPA, "decode": DEFAULT_SDPA}
+    ids = torch.randint(0, model.config.vocab_size, (1, PROBE_TOKENS), device=device)
+
+    def runs(phase: str, name: str) -> bool:
+        cache = DynamicCache(config=model.config)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a refused backend warns before it raises
+                if phase == "prefill":
+                    with sdpa_context(name):
+                        forward_last_logits(model, cache, ids, 0)
+                else:
+                    forward_last_logits(model, cache, ids, 0)
+                    with sdpa_context(name):
+                        forward_last_logits(model, cache, ids[:, -1:], PROBE_TOKENS)
+            torch.cuda.synchronize(device)
+            return True
+        except RuntimeError:
+            return False
+
+    return {phase: next((n for n in candidates if runs(phase, n)), DEFAULT_SDPA) for phase in ("prefill", "decode")}
+
+
+@dataclass
+class Bench:
+    """What every measurement needs: the settings, the model in its variants, the dense SDPA backends."""
+
+    settings: ModelBenchSettings
+    variants: Variants
+    device: torch.device
+    dense_sdpa: dict[str, str]
+    deadline: float
+
+    def out_of_time(self) -> bool:
+        return time.time() > self.deadline
+
+    def phase(self, phase: str) -> contextlib.AbstractContextManager:
+        """Dense runs under their chosen SDPA backend; sparse variants pick their own kernels."""
+        return sdpa_context(self.dense_sdpa[phase]) if self.variants.current == "dense" else contextlib.nullcontext()
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_bytes(self) -> int | None:
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+
+@torch.no_grad()
+def run_once(bench: Bench, ids: torch.Tensor) -> dict[str, Any]:
+    """One fresh cache, prefill of ids (1, L) and greedy decode: times (ms), tokens, bytes."""
+    s, model = bench.settings, bench.variants.model
+    length = ids.shape[1]
+    bench.reset_peak()
+    cache = bench.variants.new_cache(capacity=length + s.decode_warmup + s.decode_steps + 1)
+    with bench.phase("prefill"):
+        first, ttft_ms = timed(lambda: forward_last_logits(model, cache, ids, 0).argmax(-1), bench.device)
+    with bench.phase("decode"):
+        warm = greedy_decode(model, cache, first, length, s.decode_warmup)
+        last = warm[-1:] if s.decode_warmup else first
+        tokens, decode_ms = timed(lambda: greedy_decode(model, cache, last, length + s.decode_warmup, s.decode_steps),
+                                  bench.device)
+    run = {"ttft_ms": ttft_ms, "decode_ms_per_token": decode_ms / max(1, s.decode_steps),
+           "tokens": [int(first[0])] + warm.tolist() + tokens.tolist(), "kv_bytes": cache_bytes(cache),
+           "peak_bytes": bench.peak_bytes()}
+    if isinstance(cache, HeadwiseCache):
+        run["kv_used_bytes"] = cache.used_bytes()
+        run["selected_keys_per_head"] = cache.stats.summary()["mean_selected"]
+    return run
+
+
+def measure(bench: Bench, variant: str, length: int) -> dict[str, Any]:
+    """Medians over the timed runs of one variant at one context length (warm-up runs dropped).
+
+    Once the deadline has passed, no further timed run starts (at least one always runs).
+    """
+    s = bench.settings
+    bench.variants.use(variant)
+    generator = torch.Generator().manual_seed(s.seed + length)  # same prompt for every variant
+    ids = torch.randint(0, s.geometry.vocab, (1, length), generator=generator).to(bench.device)
+    runs = []
+    for index in range(s.warmup + s.repeats):
+        if index > s.warmup and bench.out_of_time():
+            break
+        run = run_once(bench, ids)
+        if index >= s.warmup:
+            runs.append(run)
+    ttft = statistics.median(r["ttft_ms"] for r in runs)
+    decode = statistics.median(r["decode_ms_per_token"] for r in runs)
+    peak = max((r["peak_bytes"] for r in runs if r["peak_bytes"] is not None), default=None)
+    row = {"ttft_ms": ttft, "decode_ms_per_token": decode, "decode_tokens_per_s": 1000 / decode,
+           "peak_gib": None if peak is None else peak / GIB, "kv_bytes": runs[-1]["kv_bytes"],
+           "timed_runs": len(runs), "tokens": runs[0]["tokens"]}
+    row.update({k: runs[-1][k] for k in ("kv_used_bytes", "selected_keys_per_head") if k in runs[-1]})
+    return row
+
+
+@torch.no_grad()
+def long_context_try(bench: Bench, variant: str, length: int) -> dict[str, Any]:
+    """OOM-search try: a cache filled with random K/V of ``length`` tokens, then a few greedy decode steps.
+
+    A real prefill at these lengths is hours of attention compute; this measures whether the
+    model can hold and decode such a context (weights + cache + decode working memory).
+    """
+    s, model = bench.settings, bench.variants.model
+    bench.variants.use(variant)
+    bench.reset_peak()
+    cache = bench.variants.new_cache(capacity=length + s.oom_decode_steps + 2)
+    fill_random(bench.variants, cache, length)
+    token = torch.zeros(1, dtype=torch.long, device=bench.device)
+    with bench.phase("decode"):
+        greedy_decode(model, cache, token, length, 1)
+        _, decode_ms = timed(lambda: greedy_decode(model, cache, token, length + 1, s.oom_decode_steps), bench.device)
+    peak = bench.peak_bytes()
+    return {"kv_bytes": cache_bytes(cache), "decode_ms_per_token": decode_ms / max(1, s.oom_decode_steps),
+            "peak_gib": None if peak is None else peak / GIB}
+
+
+def iter_points(settings: ModelBenchSettings, variants: Variants) -> Iterator[tuple[int, str]]:
+    """(length, variant) in measuring order: lengths ascending, every variant at a length before the next."""
+    for length in sorted(settings.lengths):
+        for variant in variants.names:
+            yield length, variant
+
+
+# --- one whole run ------------------------------------------------------------------------------------
+def _progress(row: dict[str, Any]) -> str:
+    head = f"{row['variant']} L={row['length']}"
+    if row["status"] != "ok":
+        return f"{head}: {row['status']} {row.get('error', '')}"
+    parts = [f"TTFT {row['ttft_ms']:.1f} ms" if "ttft_ms" in row else None,
+             f"decode {row['decode_ms_per_token']:.2f} ms/token",
+             None if row.get("peak_gib") is None else f"peak {row['peak_gib']:.2f} GiB",
+             f"KV {row['kv_bytes'] / GIB:.3f} GiB"]
+    return f"{head}: " + ", ".join(p for p in parts if p)
+
+
+def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[str], None] = lambda msg: None
+                  ) -> dict[str, Any]:
+    """Measure every (length, variant), then the optional OOM search; rows go to ``out_path`` as they come.
+
+    With a deadline and the OOM search, the measurements stop ``oom_reserve_s`` seconds early so the
+    search keeps that much time. Returns {"environment", "config", "rows", "comparison", "oom_search",
+    "wall_seconds"}; the same object is the last line of ``out_path``.
+    """
+    started = time.time()
+    deadline = started + settings.deadline_s if settings.deadline_s is not None else math.inf
+    device = torch.device(settings.device)
+    stamp = lambda: f"[{time.time() - started:6.1f} s]"  # noqa: E731
+    with JsonLines(out_path) as sink:
+        env = environment(device)
+        model = build_model(settings)
+        geo = settings.geometry
+        plan = spread_plan(settings.layers, geo.kv_heads, geo.q_heads, settings.retrieval_fraction)
+        variants = Variants(model, plan, settings.sparse_configs())
+        dense_sdpa = pick_sdpa_backends(model, settings.sdpa_backends, device)
+        reserve = settings.oom_reserve_s if settings.oom_search else 0.0
+        bench = Bench(settings, variants, device, dense_sdpa, deadline - reserve)
+        config = describe(settings, plan, dense_sdpa, model, device)
+        sink.write({"record": "config", "environment": env, "config": config})
+        log(f"{stamp()} model built on {env['device']}; dense SDPA {dense_sdpa}; {plan.num_retrieval()} retrieval KV heads")
+
+        def record(kind: str, row: dict[str, Any]) -> None:
+            sink.write({"record": kind, **row})
+            log(f"{stamp()} {'oom search ' if kind == 'oom_try' else ''}{_progress(row)}")
+
+        rows = measure_all(bench, lambda row: record("measurement", row))
+        oom = None
+        if settings.oom_search:
+            bench.deadline = deadline  # the reserved time is the search's
+            oom = oom_search(lambda variant, length: long_context_try(bench, variant, length), settings.oom_lengths,
+                             keep_going=settings.oom_keep_going, out_of_time=bench.out_of_time,
+                             record=lambda row: record("oom_try", row))
+            oom["method"] = (f"cache filled with random K/V of L tokens, then {settings.oom_decode_steps} greedy decode "
+                             "steps; no prefill (hours of compute at these lengths)")
+        result = {"environment": env, "config": config, "rows": rows, "comparison": compare(rows),
+                  "oom_search": oom, "wall_seconds": round(time.time() - started, 1)}
+        sink.write({"record": "result", **result})
+    return result
+
+
+def measure_all(bench: Bench, record: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    """One row per (length, variant): measured, failed (``oom`` / ``error``) or ``skipped`` past the deadline."""
+    rows = []
+    for length, variant in iter_points(bench.settings, bench.variants):
+        row: dict[str, Any] = {"variant": variant, "length": length}
+        if bench.out_of_time():
+            row.update(status="skipped", error="deadline")
+        else:
+            attempt(lambda: measure(bench, variant, length), row)
+            free_memory()
+        rows.append(row)
+        record(row)
+    return rows

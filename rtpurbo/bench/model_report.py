@@ -1,0 +1,183 @@
+"""What the end-to-end model benchmark (:mod:`rtpurbo.bench.end_to_end`) writes: JSON lines as
+measurements come, the environment, the resolved configuration with the notes a reader needs,
+dense / sparse ratios, and the Markdown report.
+
+Rows are dicts with ``variant``, ``length``, ``status`` and, when ``status == "ok"``, the
+measurements (``ttft_ms``, ``decode_ms_per_token``, ``decode_tokens_per_s``, ``peak_gib``,
+``kv_bytes``, ``tokens``, ...).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+import transformers
+
+from .. import __version__
+from ..config import HeadPlan
+from ..memory import human_bytes
+from ..ops import triton_decode
+from ..ops.api import resolve_impl
+
+if TYPE_CHECKING:
+    from .end_to_end import ModelBenchSettings
+
+GIB = 2**30
+
+
+class JsonLines:
+    """One JSON object per line, flushed at once: what was measured survives a crash."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self._file = path, open(path, "w")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def __enter__(self) -> "JsonLines":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._file.close()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device and library versions."""
+    env: dict[str, Any] = {"device": "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
+                           "rtpurbo": __version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(device=props.name, gpu_memory_gib=round(props.total_memory / GIB, 1), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+        with contextlib.suppress(ImportError):
+            import triton
+
+            env["triton"] = triton.__version__
+    return env
+
+
+def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str, str], model: nn.Module,
+             device: torch.device) -> dict[str, Any]:
+    """The resolved configuration, with the notes a reader needs to interpret the numbers."""
+    geo = settings.geometry
+    decode_impl = "triton" if device.type == "cuda" and triton_decode.available() else "reference"
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    retrieval = plan.num_retrieval()
+    notes = [
+        f"{geo.name} attention geometry ({geo.q_heads} q / {geo.kv_heads} KV heads, head dim {geo.head_dim}, "
+        f"hidden {geo.hidden}, MLP {geo.intermediate}, vocab {geo.vocab}), {settings.layers} of its "
+        f"{geo.full_layers} layers (fewer layers to save memory: per-token times and KV bytes grow about "
+        "linearly with layers); random weights, " + settings.dtype + ", batch 1",
+        f"dense: transformers SDPA (prefill: {dense_sdpa['prefill']}, decode: {dense_sdpa['decode']}) + DynamicCache "
+        "(K/V concatenated on every decode step)",
+        f"sparse: {retrieval} of {plan.num_layers * plan.num_kv_heads} KV heads retrieval "
+        f"({100 * plan.retrieval_fraction():.1f} %), W = {settings.window}, S = {settings.sinks}, top-p "
+        f"{settings.top_p} with untrained indexers; attention impl {resolve_impl('auto', device)}, decode impl "
+        f"{decode_impl}; HeadwiseCache with retrieval slots reserved up front"
+        + (f"; budgets (max_tokens) {settings.budgets}" if settings.budgets else ""),
+        "untrained indexers on random weights score keys almost uniformly, so top-p keeps most of them "
+        "(column 'selected keys/head', sinks and recent tokens included); --max-tokens adds budgeted variants",
+        f"TTFT = one-shot prefill of L tokens + argmax; decode = {settings.decode_steps} greedy steps after "
+        f"{settings.decode_warmup} warm-up steps; medians of {settings.repeats} runs after {settings.warmup} "
+        f"warm-up run(s); weights {weights / GIB:.2f} GiB (in every peak)",
+    ]
+    return {"model": f"{geo.name}, {settings.layers}/{geo.full_layers} layers", "settings": asdict(settings),
+            "plan": {"retrieval_kv_heads": retrieval, "by_layer": [len(h) for h in plan.retrieval]},
+            "sparse_configs": {name: c.to_dict() for name, c in settings.sparse_configs().items()},
+            "dense_sdpa": dense_sdpa, "weights_bytes": weights, "notes": notes}
+
+
+def human_tokens(n: int) -> str:
+    """32768 -> '32K', 1048576 -> '1M', 1000 -> '1000'."""
+    for unit, size in (("M", 2**20), ("K", 2**10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per length and sparse variant, dense / sparse ratios (above 1 = sparse better) and token agreement.
+
+    ``tokens_match_dense``: share of the greedy tokens (first token + decoded ones) equal to the
+    dense model's at the same position.
+    """
+    ok = {(r["variant"], r["length"]): r for r in rows if r.get("status") == "ok"}
+    out = []
+    for (variant, length), sparse in sorted(ok.items(), key=lambda item: (item[0][1], item[0][0])):
+        dense = ok.get(("dense", length))
+        if variant == "dense" or dense is None:
+            continue
+        pairs = list(zip(dense["tokens"], sparse["tokens"]))
+        out.append({
+            "length": length, "variant": variant,
+            "ttft_speedup": _ratio(dense["ttft_ms"], sparse["ttft_ms"]),
+            "decode_speedup": _ratio(dense["decode_ms_per_token"], sparse["decode_ms_per_token"]),
+            "kv_ratio": _ratio(dense["kv_bytes"], sparse["kv_bytes"]),
+            "peak_ratio": _ratio(dense.get("peak_gib"), sparse.get("peak_gib")),
+            "tokens_match_dense": sum(a == b for a, b in pairs) / len(pairs) if pairs else None,
+        })
+    return out
+
+
+def _num(x: float | None, spec: str, unit: str = "") -> str:
+    return "-" if x is None else format(x, spec) + unit
+
+
+def _status(row: dict[str, Any]) -> str:
+    return "ok" if row.get("status") == "ok" else f"{row.get('status')}: {row.get('error', '')}".rstrip(": ")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The human-readable report: header, measurements, ratios, OOM search."""
+    env, config = result["environment"], result["config"]
+    lines = [f"# rtpurbo bench model: {config['model']}", ""] + [f"- {note}" for note in config["notes"]] + [""]
+    lines += ["| variant | L | TTFT ms | decode ms/token | tokens/s | peak GiB | KV cache | selected keys/head | status |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        kv = human_bytes(r["kv_bytes"]) if r.get("kv_bytes") is not None else "-"
+        lines.append(f"| {r['variant']} | {human_tokens(r['length'])} | {_num(r.get('ttft_ms'), '.1f')} | "
+                     f"{_num(r.get('decode_ms_per_token'), '.2f')} | {_num(r.get('decode_tokens_per_s'), '.1f')} | "
+                     f"{_num(r.get('peak_gib'), '.2f')} | {kv} | {_num(r.get('selected_keys_per_head'), '.0f')} | "
+                     f"{_status(r)} |")
+    if result["comparison"]:
+        lines += ["", "Dense / sparse (above 1: sparse is faster or smaller):", "",
+                  "| L | variant | TTFT | decode | KV bytes | peak memory | greedy tokens = dense |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        for c in result["comparison"]:
+            ratios = [_num(c[key], ".2f", "x") for key in ("ttft_speedup", "decode_speedup", "kv_ratio", "peak_ratio")]
+            lines.append(f"| {human_tokens(c['length'])} | {c['variant']} | " + " | ".join(ratios)
+                         + f" | {_num(c['tokens_match_dense'], '.0%')} |")
+    if result.get("oom_search"):
+        lines += ["", *_oom_lines(result["oom_search"])]
+    lines += ["", f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}; "
+                  f"wall {result['wall_seconds']:.0f} s"]
+    return "\n".join(lines)
+
+
+def _oom_lines(oom: dict[str, Any]) -> list[str]:
+    variants = list(oom["first_oom"])
+    lines = [f"OOM search ({oom['method']}):", "", "| L | " + " | ".join(variants) + " |",
+             "|---:|" + "---|" * len(variants)]
+    cells: dict[int, dict[str, str]] = {}
+    for r in oom["rows"]:
+        text = (f"ok, peak {_num(r.get('peak_gib'), '.1f')} GiB, {_num(r.get('decode_ms_per_token'), '.1f')} ms/token"
+                if r["status"] == "ok" else _status(r))
+        cells.setdefault(r["length"], {})[r["variant"]] = text
+    for length in sorted(cells):
+        lines.append(f"| {human_tokens(length)} | " + " | ".join(cells[length].get(v, "-") for v in variants) + " |")
+    win = oom["dense_oom_sparse_fits"]
+    lines += ["", "First length where dense runs out of memory and sparse does not: "
+                  + (human_tokens(win) if win else "none among the lengths tried")]
+    return lines

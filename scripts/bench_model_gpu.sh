@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# End-to-end model benchmark on one GPU: dense transformers SDPA + DynamicCache vs rtpurbo head-wise sparse.
+#
+#   bash scripts/bench_model_gpu.sh           # Llama-3.1-8B geometry, 8 layers, 32K + 128K, OOM search (~3-4 min)
+#   bash scripts/bench_model_gpu.sh --quick   # smoke run: 2 layers, 4K + 16K (< 1 min)
+#
+# Further arguments go to `rtpurbo bench model` (e.g. --layers 32, --max-tokens 2048).
+# Writes to $OUT (default runs/bench-model): <name>.jsonl (one line per measurement, as it comes; the
+# whole result is the last line), <name>.md (report), stdout.txt (report + JSON line), stderr.txt (progress).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-runs/bench-model}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=.
+
+if [ "${1:-}" = "--quick" ]; then
+  shift
+  args=(--quick --deadline 40 --out "$OUT/quick.jsonl")
+  limit=110
+else
+  args=(--lengths 32K 128K --oom-search --deadline 240 --out "$OUT/model_bench.jsonl")
+  limit=340
+fi
+
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader || true
+# --deadline skips measurements that have not started by then; `timeout` is only a backstop.
+timeout -k 10 "$limit" python3 -m rtpurbo.cli bench model "${args[@]}" "$@" \
+  2> >(tee "$OUT/stderr.txt" >&2) | tee "$OUT/stdout.txt"

@@ -1,0 +1,196 @@
+"""rtpurbo bench: the end-to-end model benchmark on a tiny CPU model, the OOM search, the CLI."""
+import json
+
+import pytest
+import torch
+
+from rtpurbo.bench import oom
+from rtpurbo.bench.commands import settings_from
+from rtpurbo.bench.end_to_end import (TINY, ModelBenchSettings, Variants, build_model, forward_last_logits,
+                                      run_benchmark, spread_plan)
+from rtpurbo.bench.model_report import human_tokens, markdown
+from rtpurbo.cache import HeadwiseCache
+from rtpurbo.cli import build_parser, main
+from rtpurbo.memory import KVGeometry
+
+LENGTH, WARM, STEPS = 384, 1, 3
+
+
+def tiny_settings(**overrides):
+    fields = dict(geometry=TINY, layers=2, lengths=[LENGTH], device="cpu", dtype="float32", window=128,
+                  decode_steps=STEPS, decode_warmup=WARM, repeats=1, warmup=0)
+    fields.update(overrides)
+    return ModelBenchSettings(**fields)
+
+
+# --- the whole run through the CLI --------------------------------------------------------------------
+def test_cli_tiny_run_reports_table_then_json(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    argv = ["bench", "model", "--device", "cpu", "--tiny", "--lengths", str(LENGTH), "--decode-warmup", str(WARM),
+            "--decode-steps", str(STEPS), "--warmup", "0", "--max-tokens", "64", "--oom-search",
+            "--oom-lengths", "512", "--out", str(out)]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    assert stdout[0].startswith("# rtpurbo bench model") and any(line.startswith("| variant | L |") for line in stdout)
+    result = json.loads(stdout[-1])
+    assert set(result) >= {"environment", "config", "rows", "comparison", "oom_search", "wall_seconds"}
+    assert result["environment"]["device"] == "cpu" and result["environment"]["torch"] == torch.__version__
+
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "sparse", "sparse-max64"}
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["ttft_ms"] > 0 and row["decode_ms_per_token"] > 0 and row["decode_tokens_per_s"] > 0
+        assert len(row["tokens"]) == 1 + WARM + STEPS and row["timed_runs"] == 1
+    cached = LENGTH + WARM + STEPS  # prompt + every token fed back
+    assert rows["dense"]["kv_bytes"] == 2 * 2 * 2 * 64 * 4 * cached  # K+V x layers x KV heads x D x fp32
+    sparse_geometry = KVGeometry(2, 2, 64, num_retrieval_kv_heads=1, window=128, sinks=4, index_dim=16,
+                                 bytes_per_value=4)
+    assert rows["sparse"]["kv_used_bytes"] == sparse_geometry.sparse_bytes(cached)
+    assert rows["sparse"]["kv_bytes"] < rows["dense"]["kv_bytes"]
+    budgeted = rows["sparse-max64"]["selected_keys_per_head"]
+    assert budgeted <= 64 + 4 + 64 < rows["sparse"]["selected_keys_per_head"]  # budget + sinks + recent
+    assert {c["variant"] for c in result["comparison"]} == {"sparse", "sparse-max64"}
+    assert all(c["kv_ratio"] > 1 for c in result["comparison"])
+
+    assert [r["status"] for r in result["oom_search"]["rows"]] == ["ok", "ok"]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["record"] for r in records] == ["config"] + ["measurement"] * 3 + ["oom_try"] * 2 + ["result"]
+    assert out.with_suffix(".md").read_text().startswith("# rtpurbo bench model")
+
+
+def test_sparse_without_sparsity_decodes_the_dense_tokens(tmp_path):
+    """W beyond the context and top-p 1: the converted model is the dense model, token for token."""
+    result = run_benchmark(tiny_settings(lengths=[200], window=1024, top_p=1.0, decode_steps=6), tmp_path / "r.jsonl")
+    (comparison,) = result["comparison"]
+    assert comparison["tokens_match_dense"] == 1.0
+
+
+def test_deadline_skips_measurements_but_records_them(tmp_path):
+    result = run_benchmark(tiny_settings(lengths=[128, 256], deadline_s=0.0), tmp_path / "r.jsonl")
+    assert [(r["length"], r["status"]) for r in result["rows"]] == [(128, "skipped")] * 2 + [(256, "skipped")] * 2
+    assert "skipped: deadline" in markdown(result)
+
+    reserved = tiny_settings(deadline_s=3600, oom_reserve_s=3600, oom_search=True, oom_lengths=[256])
+    result = run_benchmark(reserved, tmp_path / "r.jsonl")  # all the time is the OOM search's
+    assert {r["status"] for r in result["rows"]} == {"skipped"}
+    assert [r["status"] for r in result["oom_search"]["rows"]] == ["ok", "ok"]
+
+
+# --- pieces -----------------------------------------------------------------------------------------
+def test_spread_plan_counts_and_spreads_leading_heads():
+    plan = spread_plan(8, 8, 32, 0.15)
+    assert plan.num_retrieval() == round(0.15 * 64) == 10
+    assert [len(h) for h in plan.retrieval] == [2, 1, 1, 1, 2, 1, 1, 1]
+    assert all(heads == list(range(len(heads))) for heads in plan.retrieval)
+    assert spread_plan(2, 2, 4, 0.15).num_retrieval() == 1  # at least one
+
+
+def test_fill_random_matches_the_layout_of_a_real_prefill():
+    settings = tiny_settings(window=32)
+    model = build_model(settings)
+    variants = Variants(model, spread_plan(2, 2, 4, 0.5), settings.sparse_configs())
+    variants.use("sparse")
+    length = 100
+    real, filled = HeadwiseCache(model), HeadwiseCache(model)
+    with torch.no_grad():
+        forward_last_logits(model, real, torch.randint(0, 1000, (1, length)), 0)
+    filled.fill_random(model, length)
+    for a, b in zip(real.store, filled.store):
+        assert (a.r_len, a.seen) == (b.r_len, b.seen) == (length, length)
+        assert torch.equal(a.r_pos[:, :length], b.r_pos[:, :length])
+        assert torch.equal(a.l_pos, b.l_pos)  # sinks + the last W positions, in the same ring slots
+    assert real.used_bytes() == filled.used_bytes()
+    with torch.no_grad():  # decoding on from a filled cache works
+        forward_last_logits(model, filled, torch.zeros(1, 1, dtype=torch.long), length)
+    assert filled.get_seq_length() == length + 1
+
+
+# --- OOM search --------------------------------------------------------------------------------------
+class FakeRunner:
+    """Raises CUDA OOM above a per-variant limit; records its calls."""
+
+    def __init__(self, limits, errors=()):
+        self.limits, self.errors, self.calls = limits, set(errors), []
+
+    def __call__(self, variant, length):
+        self.calls.append((variant, length))
+        if (variant, length) in self.errors:
+            raise ValueError("kernel failed")
+        if length > self.limits[variant]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 16.00 GiB")
+        return {"peak_gib": length / 10}
+
+
+def test_oom_search_finds_where_dense_runs_out_and_sparse_fits(monkeypatch):
+    freed = []
+    monkeypatch.setattr(oom, "free_memory", lambda: freed.append(1))
+    runner = FakeRunner({"dense": 4, "sparse": 8})
+    result = oom.oom_search(runner, [16, 1, 2, 4, 8])
+    assert result["dense_oom_sparse_fits"] == 8
+    assert result["first_oom"] == {"dense": 8, "sparse": None}
+    assert runner.calls == [(v, n) for n in (1, 2, 4, 8) for v in ("dense", "sparse")]  # stops after dense's OOM
+    assert len(freed) == len(runner.calls)
+    assert [r["status"] for r in result["rows"]][-2:] == ["oom", "ok"]
+
+    runner = FakeRunner({"dense": 4, "sparse": 8})
+    result = oom.oom_search(runner, [1, 2, 4, 8, 16, 32], keep_going=True)
+    assert result["first_oom"] == {"dense": 8, "sparse": 16}
+    assert ("dense", 16) not in runner.calls and ("sparse", 32) not in runner.calls
+
+
+def test_oom_search_survives_errors_and_the_deadline(monkeypatch):
+    monkeypatch.setattr(oom, "free_memory", lambda: None)
+    runner = FakeRunner({"dense": 2, "sparse": 100}, errors={("sparse", 4)})
+    result = oom.oom_search(runner, [2, 4, 8])
+    statuses = {(r["variant"], r["length"]): r["status"] for r in result["rows"]}
+    assert statuses == {("dense", 2): "ok", ("sparse", 2): "ok", ("dense", 4): "oom", ("sparse", 4): "error"}
+    assert result["dense_oom_sparse_fits"] is None  # sparse did not run where dense ran out
+
+    result = oom.oom_search(FakeRunner({"dense": 1, "sparse": 1}), [1, 2], out_of_time=lambda: True)
+    assert {r["status"] for r in result["rows"]} == {"skipped"} and result["dense_oom_sparse_fits"] is None
+
+    def faulty(variant, length):  # a sticky device fault fails every later call: stop trying
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    result = oom.oom_search(faulty, [1, 2, 4])
+    assert [(r["variant"], r["status"]) for r in result["rows"]] == [("dense", "error")]
+
+
+def test_is_oom_recognises_allocation_failures():
+    assert oom.is_oom(torch.cuda.OutOfMemoryError("x")) and oom.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not oom.is_oom(RuntimeError("No available kernel. Aborting execution."))
+
+
+# --- command line ------------------------------------------------------------------------------------
+def test_bench_model_flags_and_presets():
+    parse = build_parser().parse_args
+    args = parse(["bench", "model", "--lengths", "32K", "1M", "--layers", "32", "--max-tokens", "2K", "--deadline", "60"])
+    settings = settings_from(args)
+    assert (settings.lengths, settings.layers, settings.budgets, settings.deadline_s) == ([32768, 2**20], 32, [2048], 60)
+    assert list(settings.sparse_configs()) == ["sparse", "sparse-max2048"]
+    assert settings.sparse_configs()["sparse-max2048"].max_tokens == 2048
+    default = settings_from(parse(["bench", "model"]))
+    assert (default.layers, default.lengths, default.window, default.dtype) == (8, [32768, 131072], 8192, "bfloat16")
+    quick = settings_from(parse(["bench", "model", "--quick", "--repeats", "2"]))
+    assert (quick.layers, quick.lengths, quick.repeats) == (2, [4096, 16384], 2)
+    tiny = settings_from(parse(["bench", "model", "--tiny", "--device", "cpu"]))
+    assert (tiny.geometry.name, tiny.window, tiny.dtype, tiny.device) == ("tiny", 128, "float32", "cpu")
+    with pytest.raises(SystemExit):
+        parse(["bench", "model", "--lengths", "32Q"])
+
+
+def test_bench_attention_flags():
+    args = build_parser().parse_args(["bench", "attention", "--prefill", "8192,32768", "--json", "rows.json"])
+    assert args.prefill == [8192, 32768] and args.json_path == "rows.json" and args.json is False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+@pytest.mark.parametrize("kind", ["attention", "model"])
+def test_bench_without_gpu_says_so(kind, tmp_path):
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        main(["bench", kind] + (["--out", str(tmp_path / "x.jsonl")] if kind == "model" else []))
+
+
+def test_human_tokens():
+    assert [human_tokens(n) for n in (512, 32768, 131072, 2**20, 3 * 2**20, 1000)] == ["512", "32K", "128K", "1M",
+                                                                                        "3M", "1000"]
