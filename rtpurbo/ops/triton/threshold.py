@@ -75,7 +75,7 @@ def _key_score(key):
 @triton.jit
 def _logit_bin(s, row_max, N_LOGIT: tl.constexpr, INV_WIDTH: tl.constexpr):
     """Level-0 bin of score ``s``: floor((m - s) * INV_WIDTH), the last bin for everything below."""
-    return tl.minimum(tl.floor((row_max - s) * INV_WIDTH), N_LOGIT - 1).to(tl.int64)
+    return tl.minimum(tl.floor((row_max - s) * INV_WIDTH), N_LOGIT - 1).to(tl.int32)
 
 
 @triton.jit
