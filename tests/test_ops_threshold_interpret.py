@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(
 # (name, B, Hkv, Lk, scores kind, top_p ("mid" = far from every prefix mass), min, max, block);
 # block (keys per inner step) is small so that each row spans many programs
 # kinds: randn indexer; ties (8 distinct keys); flat (scores within ~0.1); spread (scores over
-# hundreds of logits, both signs); zero (every score 0.0 exactly); empty (row 1 sees nothing)
+# hundreds of logits, both signs); lattice (multiples of 0.5 in [-20, 20]: many scores exactly on
+# level-0 bin edges); zero (every score 0.0 exactly); empty (the last row sees nothing)
 CASES = [
     ("randn-odd-b2", 2, 2, 701, "randn", "mid", 0, None, 32),
     ("randn-1program", 1, 3, 97, "randn", "mid", 0, None, 1024),
@@ -43,6 +44,8 @@ CASES = [
     ("flat-max", 1, 1, 801, "flat", 0.9, 0, 301, 64),
     ("spread", 2, 2, 603, "spread", 0.999, 0, None, 32),
     ("spread-min-tail", 1, 1, 603, "spread", "mid", 590, None, 64),
+    ("lattice-topp", 2, 1, 401, "lattice", "mid", 0, None, 64),
+    ("lattice-max", 1, 2, 401, "lattice", 0.9, 0, 150, 32),
     ("zero-max", 1, 2, 130, "zero", 0.7, 0, 50, 64),
     ("zero-topp", 1, 1, 130, "zero", 0.7, 0, None, 64),
     ("empty-row", 2, 1, 200, "empty", "mid", 16, None, 64),
@@ -64,6 +67,11 @@ def select_inputs(kind: str, batch: int, n_kv: int, n_keys: int, seed: int, devi
         k_idx = k_idx * 0.01
     elif kind == "spread":
         k_idx = k_idx * 40
+    elif kind == "lattice":
+        q_idx = torch.zeros_like(q_idx)
+        q_idx[..., 0] = 1.0
+        k_idx = torch.zeros_like(k_idx)
+        k_idx[..., 0] = torch.randint(-40, 41, k_idx.shape[:3], generator=g) / 2
     elif kind == "zero":
         q_idx = torch.zeros_like(q_idx)
     k_pos = torch.arange(n_keys).repeat(batch, 1)

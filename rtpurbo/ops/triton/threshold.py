@@ -131,36 +131,37 @@ def _walk(counts, masses, above, mass_above, mode, rank, target, lower, upper, N
 @triton.jit
 def _shift_for(span, N_BINS: tl.constexpr):
     """Smallest shift with ``span >> shift < N_BINS``."""
-    shift = span * 0
-    for _ in range(32):
-        shift = tl.where((span >> shift) >= N_BINS, shift + 1, shift)
-    return shift
+    shifts = tl.arange(0, 64).to(tl.int64)
+    return tl.sum(((span >> shifts) >= N_BINS).to(tl.int64), axis=0)
 
 
 @triton.jit
-def _logit_bin_keys(row_max, chosen, N_LOGIT: tl.constexpr, INV_WIDTH: tl.constexpr):
+def _logit_bin_keys(row_max, chosen, N_LOGIT: tl.constexpr, INV_WIDTH: tl.constexpr, PROBES: tl.constexpr):
     """[key_lo, key_hi]: the keys (of scores in [-inf, m]) whose level-0 bin is ``chosen``.
 
-    The bin falls as the key rises, so both ends are binary searches over the key range.
+    The bin falls as the key rises, so each end is a search over the key range, ``PROBES``-ary:
+    each step probes evenly spaced keys of the interval still open and keeps the gap where the
+    bin crosses ``chosen``; six steps close 2^32 keys.
     """
+    i = tl.arange(0, PROBES).to(tl.int64)
     bottom = _order_key(float("-inf") + row_max * 0.0)
     top = _order_key(row_max)
-    hi_lo, hi_hi = bottom, top  # invariant: bin(hi_lo) >= chosen > bin(hi_hi), unless bin(top) >= chosen
-    lo_lo, lo_hi = bottom, top  # invariant: bin(lo_lo) > chosen >= bin(lo_hi), unless bin(bottom) <= chosen
-    for _ in range(33):
-        mid = (hi_lo + hi_hi) // 2
-        live = hi_hi - hi_lo > 1
-        up = _logit_bin(_key_score(mid), row_max, N_LOGIT, INV_WIDTH) >= chosen
-        hi_lo = tl.where(live & up, mid, hi_lo)
-        hi_hi = tl.where(live & ~up, mid, hi_hi)
-        mid = (lo_lo + lo_hi) // 2
-        live = lo_hi - lo_lo > 1
-        down = _logit_bin(_key_score(mid), row_max, N_LOGIT, INV_WIDTH) <= chosen
-        lo_hi = tl.where(live & down, mid, lo_hi)
-        lo_lo = tl.where(live & ~down, mid, lo_lo)
-    key_hi = tl.where(chosen == 0, top, hi_lo)
-    key_lo = tl.where(chosen == N_LOGIT - 1, bottom, lo_hi)
-    return key_lo, key_hi
+    hi_lo, hi_hi = bottom, top  # key_hi in [hi_lo, hi_hi]; bin(hi_lo) >= chosen
+    lo_lo, lo_hi = bottom, top  # key_lo in [lo_lo, lo_hi]; bin(lo_hi) <= chosen
+    for _ in range(6):
+        step = tl.maximum(tl.cdiv(hi_hi - hi_lo, PROBES - 1), 1)
+        probe = tl.minimum(hi_lo + i * step, hi_hi)
+        up = _logit_bin(_key_score(probe), row_max, N_LOGIT, INV_WIDTH) >= chosen  # a prefix of the probes
+        best = tl.max(tl.where(up, probe, hi_lo), axis=0)
+        hi_hi = tl.minimum(hi_hi, best + step - 1)
+        hi_lo = best
+        step = tl.maximum(tl.cdiv(lo_hi - lo_lo, PROBES - 1), 1)
+        probe = tl.maximum(lo_hi - i * step, lo_lo)
+        down = _logit_bin(_key_score(probe), row_max, N_LOGIT, INV_WIDTH) <= chosen  # a prefix of the probes
+        best = tl.min(tl.where(down, probe, lo_hi), axis=0)
+        lo_lo = tl.maximum(lo_lo, best - step + 1)
+        lo_hi = best
+    return lo_hi, hi_lo
 
 
 @triton.jit
@@ -201,7 +202,7 @@ def _logit_level_kernel(
         chosen, mode, rank, above, mass_above, _, _ = _walk(
             counts, masses, zero, zero, zero, zero, target, lower, upper, N_LOGIT,
         )
-        key_lo, key_hi = _logit_bin_keys(row_max, chosen, N_LOGIT, INV_WIDTH)
+        key_lo, key_hi = _logit_bin_keys(row_max, chosen, N_LOGIT, INV_WIDTH, 256)
         empty = upper == 0
         st = state_ptr + row * N_STATE
         tl.store(st + 0, tl.where(empty, 2, mode))
@@ -387,7 +388,7 @@ def topp_threshold(
     for level_index in range(1, N_LEVELS):
         _key_level_kernel[grid](
             scores, work, state, stats, n_keep, n_keys, chunk, n_chunks, target, level_index,
-            N_BINS=N_BINS, N_STATE=N_STATE, BLOCK=block, num_warps=4,
+            N_BINS=N_BINS, N_STATE=N_STATE, BLOCK=block, num_warps=8,
         )
     _tally_kernel[grid](scores, state, tally, n_keys, chunk, n_chunks, N_STATE=N_STATE, BLOCK=block, num_warps=4)
     _gather_kernel[grid](
