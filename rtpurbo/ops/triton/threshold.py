@@ -28,12 +28,19 @@ clamps decide first, in which case the search continues for a fixed rank. Then
 writes the selected slots in ascending slot order, at positions from those counts (no atomics:
 the output is deterministic).
 
+The level-0 bin of a score is ``floor((m - s) * INV_WIDTH)`` in fp32; it falls as the key
+rises, so the chosen bin's keys form one key interval, found exactly by a search over keys
+(:func:`_logit_bin_keys`) that evaluates the same expression.
+
 What is exact: the ranking, ties, clamps and ``tau`` (integer keys and counts). What is rounded:
 ``p`` (fp32 ``exp``, ``Z`` from the per-block statistics) and its sums (fp32 within a program at
 level 0, then exact integer sums of 2^-52 units). So ``n*`` equals the reference's wherever
 ``top_p`` is not within ~1e-6 (relative) of a prefix mass of the ranked keys; at such a
-boundary it may differ by the keys whose prefix masses lie that close. Keys scoring ``-inf``
-count as not visible.
+boundary it may differ by the keys whose prefix masses lie that close. The reference
+(:func:`rtpurbo.ops.reference.select_topp`) ranks by probability, not score: the two rankings
+differ only between distinct scores of equal fp32 probability (e.g. probabilities that
+underflow to 0, more than ~100 logits below the max), which the reference orders by slot.
+Keys scoring ``-inf`` count as not visible.
 
 Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capturable.
 """
@@ -51,11 +58,23 @@ N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
 
-# per-row state, int64
-_MODE, _RANK, _ABOVE, _MASS_ABOVE, _KEY_HI, _KEY_LO, _SHIFT, _TAU, _NEED, _LOWER, _UPPER = range(11)
+# fields of the per-row search state (BH, N_STATE) int64
+MODE = tl.constexpr(0)  # BY_MASS, BY_RANK or RESOLVED
+RANK = tl.constexpr(1)  # BY_RANK: the rank searched for (1-based)
+ABOVE = tl.constexpr(2)  # keys better than the interval
+MASS_ABOVE = tl.constexpr(3)  # their mass (fixed point)
+KEY_HI = tl.constexpr(4)  # the interval of keys still searched, [KEY_LO, KEY_HI]
+KEY_LO = tl.constexpr(5)
+SHIFT = tl.constexpr(6)  # the next level's bin = (KEY_HI - key) >> SHIFT
+TAU = tl.constexpr(7)  # RESOLVED: the threshold key
+NEED = tl.constexpr(8)  # RESOLVED: keys to take at TAU (lowest slots first)
+LOWER = tl.constexpr(9)  # min_tokens
+UPPER = tl.constexpr(10)  # min(visible keys, max_tokens)
 N_STATE = 11
-_BY_MASS, _BY_RANK, _RESOLVED = 0, 1, 2
-_NO_KEY = 1 << 32  # a tau above every key: nothing selected
+BY_MASS = tl.constexpr(0)
+BY_RANK = tl.constexpr(1)
+RESOLVED = tl.constexpr(2)
+NO_KEY = tl.constexpr(1 << 32)  # a TAU above every key: nothing selected
 
 
 @triton.jit
@@ -115,11 +134,11 @@ def _walk(counts, masses, above, mass_above, mode, rank, target, lower, upper, N
     through = tl.sum(tl.where(idx == by_mass, cum_count, 0), axis=0)
     before = through - tl.sum(tl.where(idx == by_mass, counts, 0), axis=0)
     too_few = through < lower
-    switch = (mode == 0) & (too_few | (before >= upper))
+    switch = (mode == BY_MASS) & (too_few | (before >= upper))
     rank = tl.where(switch, tl.where(too_few, tl.minimum(lower, upper), upper), rank)
-    mode = tl.where(switch, 1, mode)
+    mode = tl.where(switch, BY_RANK, mode)
     by_rank = tl.min(tl.where(cum_count >= rank, idx, NB), axis=0)
-    chosen = tl.where(mode == 1, by_rank, by_mass)
+    chosen = tl.where(mode == BY_RANK, by_rank, by_mass)
     hit = idx == chosen
     n_in = tl.sum(tl.where(hit, counts, 0), axis=0)
     mass_in = tl.sum(tl.where(hit, masses, 0), axis=0)
@@ -205,17 +224,17 @@ def _logit_level_kernel(
         key_lo, key_hi = _logit_bin_keys(row_max, chosen, N_LOGIT, INV_WIDTH, 256)
         empty = upper == 0
         st = state_ptr + row * N_STATE
-        tl.store(st + 0, tl.where(empty, 2, mode))
-        tl.store(st + 1, rank)
-        tl.store(st + 2, above)
-        tl.store(st + 3, mass_above)
-        tl.store(st + 4, key_hi)
-        tl.store(st + 5, key_lo)
-        tl.store(st + 6, _shift_for(key_hi - key_lo, N_BINS))
-        tl.store(st + 7, tl.where(empty, 4294967296, 0))
-        tl.store(st + 8, zero)
-        tl.store(st + 9, lower)
-        tl.store(st + 10, upper)
+        tl.store(st + MODE, tl.where(empty, RESOLVED, mode))
+        tl.store(st + RANK, rank)
+        tl.store(st + ABOVE, above)
+        tl.store(st + MASS_ABOVE, mass_above)
+        tl.store(st + KEY_HI, key_hi)
+        tl.store(st + KEY_LO, key_lo)
+        tl.store(st + SHIFT, _shift_for(key_hi - key_lo, N_BINS))
+        tl.store(st + TAU, tl.where(empty, NO_KEY, 0))
+        tl.store(st + NEED, zero)
+        tl.store(st + LOWER, lower)
+        tl.store(st + UPPER, upper)
         tl.store(stats_ptr + row * 2, row_max)
         tl.store(stats_ptr + row * 2 + 1, z)
         tl.store(n_keep_ptr + row, zero)
@@ -230,11 +249,11 @@ def _key_level_kernel(
     row = tl.program_id(0)
     part = tl.program_id(1)
     st = state_ptr + row * N_STATE
-    mode = tl.load(st + 0)
-    if mode != 2:  # not resolved yet
-        key_hi = tl.load(st + 4)
-        key_lo = tl.load(st + 5)
-        shift = tl.load(st + 6)
+    mode = tl.load(st + MODE)
+    if mode != RESOLVED:
+        key_hi = tl.load(st + KEY_HI)
+        key_lo = tl.load(st + KEY_LO)
+        shift = tl.load(st + SHIFT)
         row_max = tl.load(stats_ptr + row * 2)
         z = tl.load(stats_ptr + row * 2 + 1)
         level = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1)) + level_index * (2 * N_BINS + 1)
@@ -256,10 +275,10 @@ def _key_level_kernel(
             bins = tl.arange(0, N_BINS)
             counts = tl.load(level + bins, cache_modifier=".cg")
             masses = tl.load(level + N_BINS + bins, cache_modifier=".cg")
-            lower = tl.load(st + 9)
-            upper = tl.load(st + 10)
+            lower = tl.load(st + LOWER)
+            upper = tl.load(st + UPPER)
             chosen, mode, rank, above, mass_above, n_in, mass_in = _walk(
-                counts, masses, tl.load(st + 2), tl.load(st + 3), mode, tl.load(st + 1), target, lower, upper, N_BINS,
+                counts, masses, tl.load(st + ABOVE), tl.load(st + MASS_ABOVE), mode, tl.load(st + RANK), target, lower, upper, N_BINS,
             )
             new_hi = key_hi - (chosen << shift)
             new_lo = tl.maximum(key_lo, new_hi - (1 << shift) + 1)
@@ -268,16 +287,16 @@ def _key_level_kernel(
             each = mass_in // tl.maximum(n_in, 1)
             ties = tl.where(each > 0, (target - mass_above + each - 1) // tl.maximum(each, 1), n_in)
             n_star = above + tl.minimum(tl.maximum(ties, 1), n_in)
-            n_keep = tl.where(mode == 1, rank, tl.minimum(tl.maximum(n_star, lower), upper))
-            tl.store(st + 0, tl.where(resolved, 2, mode))
-            tl.store(st + 1, rank)
-            tl.store(st + 2, above)
-            tl.store(st + 3, mass_above)
-            tl.store(st + 4, new_hi)
-            tl.store(st + 5, new_lo)
-            tl.store(st + 6, _shift_for(new_hi - new_lo, N_BINS))
-            tl.store(st + 7, new_hi)
-            tl.store(st + 8, n_keep - above)
+            n_keep = tl.where(mode == BY_RANK, rank, tl.minimum(tl.maximum(n_star, lower), upper))
+            tl.store(st + MODE, tl.where(resolved, RESOLVED, mode))
+            tl.store(st + RANK, rank)
+            tl.store(st + ABOVE, above)
+            tl.store(st + MASS_ABOVE, mass_above)
+            tl.store(st + KEY_HI, new_hi)
+            tl.store(st + KEY_LO, new_lo)
+            tl.store(st + SHIFT, _shift_for(new_hi - new_lo, N_BINS))
+            tl.store(st + TAU, new_hi)
+            tl.store(st + NEED, n_keep - above)
             if resolved:
                 tl.store(n_keep_ptr + row, n_keep)
 
@@ -287,7 +306,7 @@ def _tally_kernel(scores_ptr, state_ptr, tally_ptr, n_keys, chunk, n_chunks, N_S
     """Per chunk: keys scoring above tau, keys scoring tau."""
     row = tl.program_id(0)
     part = tl.program_id(1)
-    tau = tl.load(state_ptr + row * N_STATE + 7)
+    tau = tl.load(state_ptr + row * N_STATE + TAU)
     scores_row = scores_ptr + row.to(tl.int64) * n_keys
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
@@ -314,8 +333,8 @@ def _gather_kernel(
     row = tl.program_id(0)
     part = tl.program_id(1)
     st = state_ptr + row * N_STATE
-    tau = tl.load(st + 7)
-    need = tl.load(st + 8).to(tl.int32)
+    tau = tl.load(st + TAU)
+    need = tl.load(st + NEED).to(tl.int32)
     c = tl.arange(0, NC_PAD)
     earlier = tally_ptr + (row * n_chunks + c) * 2
     above_before = tl.sum(tl.load(earlier, mask=c < part, other=0), axis=0)
