@@ -18,6 +18,9 @@ import torch
 from rtpurbo.ops import api, flex, reference, triton_decode
 from rtpurbo.ops.semantics import visible
 
+from .test_ops_threshold_interpret import CASES as SELECT_CASES
+from .test_ops_threshold_interpret import check_selection, select_inputs
+
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="GPU backends (flex, triton top-p decode) need a CUDA device"
 )
@@ -218,11 +221,12 @@ def _separated_top_p(q_idx, k_idx, q_pos, k_pos) -> float:
 
 
 def _selection_mask(chosen: triton_decode.Selection, k_len: int) -> torch.Tensor:
-    """(B, Hkv, Lk) bool from a Selection: first n_keep of order, plus the always list."""
+    """(B, Hkv, Lk) bool from a Selection: first n_keep of order (the rest is unspecified), plus the always list."""
     batch, n_kv, budget = chosen.order.shape
-    mask = torch.zeros(batch, n_kv, k_len, dtype=torch.bool, device=chosen.order.device)
-    ranks = torch.arange(budget, device=mask.device)
-    mask.scatter_(-1, chosen.order, (ranks < chosen.n_keep[..., None]).expand_as(chosen.order))
+    mask = torch.zeros(batch, n_kv, k_len + 1, dtype=torch.bool, device=chosen.order.device)
+    listed = torch.arange(budget, device=mask.device) < chosen.n_keep[..., None]
+    mask.scatter_(-1, torch.where(listed, chosen.order, k_len), True)  # unlisted entries land in the extra column
+    mask = mask[..., :k_len].contiguous()
     always = chosen.always.view(batch, n_kv, -1).long()
     mask.scatter_(-1, always.clamp(min=0), mask.gather(-1, always.clamp(min=0)) | (always >= 0))
     return mask
@@ -243,8 +247,60 @@ def test_topp_decode_matches_reference(case):
     assert torch.equal(counts, ref_counts), f"{name}: counts {counts.flatten().tolist()} != {ref_counts.flatten().tolist()}"
     _assert_budget(out, ref_out, eager, name)
     if top_p < 1:
-        chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)
-        assert torch.equal(_selection_mask(chosen, k_len), selected[:, :, 0]), f"{name}: selected set differs"
+        for method in triton_decode.METHODS:
+            chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget, method=method)
+            assert torch.equal(_selection_mask(chosen, k_len), selected[:, :, 0]), f"{name}: {method}: selected set differs"
+
+
+# --- sort-free top-p selection (method "threshold") ----------------------------------------
+# SELECT_CASES (test_ops_threshold_interpret: odd lengths, batch > 1, several KV heads, ties, flat,
+# spread and all-zero scores, min / max clamps, empty rows, many programs per row) plus long rows:
+# many programs per row, the level-0 histogram and the key levels under contention. Same tuple:
+# (name, B, Hkv, Lk, scores kind, top_p ("mid" = far from every prefix mass), min, max, block)
+LONG_SELECT_CASES = [
+    ("randn-1M+3-min64", 1, 1, (1 << 20) + 3, "randn", "mid", 64, None, 1024),
+    ("randn-128K-1-b2", 2, 2, 131071, "randn", "mid", 0, None, 1024),
+    ("randn-512K-1-max8192", 1, 2, 524287, "randn", "mid", 0, 8192, 1024),
+    ("randn-512K-min=max2048", 1, 1, 524288, "randn", 0.9, 2048, 2048, 1024),
+    ("randn-64K-block32", 2, 1, 65537, "randn", "mid", 0, None, 32),
+    ("flat-20001", 2, 1, 20001, "flat", "mid", 0, None, 1024),
+    ("flat-262K-max", 1, 2, 262147, "flat", 0.9, 0, 100000, 1024),
+    ("ties-200K-max", 2, 1, 200003, "ties", 0.9, 0, 5000, 1024),
+    ("ties-20003-topp", 1, 2, 20003, "ties", "mid", 0, None, 1024),
+    ("spread-100K", 1, 1, 100001, "spread", "mid", 0, None, 1024),
+]
+
+
+@pytest.mark.parametrize("case", SELECT_CASES + LONG_SELECT_CASES, ids=[c[0] for c in SELECT_CASES + LONG_SELECT_CASES])
+def test_threshold_select_matches_reference(case):
+    torch.manual_seed(0)
+    _poison()
+    problems = check_selection(case, "cuda")
+    assert problems == [], f"{case[0]}: " + "; ".join(problems)
+
+
+def test_threshold_select_is_cuda_graph_capturable():
+    """The selection captured once and replayed on new indexer inputs equals an eager call."""
+    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 2, 2, 100003, seed=3, device="cuda")
+    budget = dict(top_p=0.9, min_tokens=16, max_tokens=None, sinks=4, recent=32)
+    triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)
+    q_idx.copy_(torch.randn_like(q_idx))
+    k_idx.copy_(torch.randn_like(k_idx))
+    graph.replay()
+    expected = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)
+    assert torch.equal(static.n_keep, expected.n_keep)
+    for row in range(4):
+        n = int(expected.n_keep.flatten()[row])
+        assert torch.equal(static.order.flatten(0, 1)[row, :n], expected.order.flatten(0, 1)[row, :n])
+
+
+def test_select_rejects_unknown_method():
+    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 1, 1, 64, seed=0, device="cuda")
+    with pytest.raises(ValueError, match="unknown selection method"):
+        triton_decode.select(q_idx, k_idx, q_pos, k_pos, top_p=0.9, method="heap")
 
 
 def test_decode_step_is_cuda_graph_capturable():

@@ -13,7 +13,9 @@ layout :class:`rtpurbo.modules.SparseAttention` uses when roles are contiguous.
   ``topp_attention(impl="triton")`` over the ``L`` cached keys. Dense: SDPA over every head's ``L``
   keys (also a CUDA graph). Ideal speedup = dense bytes / sparse bytes, bytes = K/V read (dense:
   all heads x L; sparse: local heads x (S + W) + retrieval heads x selected keys) plus, on the
-  sparse side, the indexer keys (R x L x 16, bf16).
+  sparse side, the indexer keys (R x L x 16, bf16). The retrieval heads' selection alone is
+  timed both ways (``triton_decode.select``: ``threshold``, the default, and ``sort``); one pass
+  of the threshold search reads the R x L fp32 scores (``select_pass_bytes``).
 
 Timing: CUDA events. Calls under a second: ``triton.testing.do_bench`` medians (L2 flushed before
 every timed call) after warm-up; calls over a second (dense prefill from 512K) are timed once.
@@ -265,7 +267,9 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
                                                  out, counts, local(), split, n_ret, window, sinks)
     row["sparse_us"], row["local_us"] = graph_us(sparse), graph_us(local)
     row["retrieval_us"] = graph_us(lambda: retrieval()[0])
-    row["select_us"] = graph_us(lambda: triton_decode.select(q_idx, k_idx, q_pos, k_pos, **topp).n_keep)
+    row["select_pass_bytes"] = n_ret * length * 4
+    for method in triton_decode.METHODS:
+        row[f"select_{method}_us"] = graph_us(lambda m=method: triton_decode.select(q_idx, k_idx, q_pos, k_pos, **topp, method=m).n_keep)
     for name in DENSE_BACKENDS:
         key = f"{name}_us"
         _measure(row, key, lambda: graph_us(_dense(name, q, k, v, False, row, key)), 1.0, deadline)
@@ -319,11 +323,13 @@ def table(rows: list[dict]) -> str:
                      f"{_fmt(r['speedup_vs_flash']):>9}{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_cudnn'], '.0f'):>8}"
                      f"{_fmt(r['sparse_tflops'], '.0f'):>9}{_fmt(r['cudnn_tflops'], '.0f'):>9}{_fmt(r['flash_tflops'], '.0f'):>9}")
     lines += ["", "DECODE, batch 1 (us per layer step, CUDA graphs; GB/s; ideal = bytes ratio; %ideal vs the faster dense)",
-              f"{'model':<15}{'L':>9}{'budget':>8}{'selected':>10}{'sparse':>9}{'local':>8}{'retr':>8}{'select':>8}{'cuDNN':>9}"
+              f"{'model':<15}{'L':>9}{'budget':>8}{'selected':>10}{'sparse':>9}{'local':>8}{'retr':>8}{'sel thr':>8}{'sel srt':>8}{'pass MB':>8}{'cuDNN':>9}"
               f"{'flash':>9}{'x cuDNN':>9}{'x flash':>9}{'ideal':>8}{'%ideal':>8}{'GB/s sp':>9}{'GB/s cu':>9}{'GB/s fl':>9}"]
     for r in (r for r in rows if r["phase"] == "decode" and "error" not in r):
         lines.append(f"{r['geometry']:<15}{r['L']:>9}{str(r['budget']):>8}{r['selected']:>10.0f}{_fmt(r['sparse_us'], '.1f'):>9}"
-                     f"{_fmt(r['local_us'], '.1f'):>8}{_fmt(r['retrieval_us'], '.1f'):>8}{_fmt(r.get('select_us'), '.1f'):>8}"
+                     f"{_fmt(r['local_us'], '.1f'):>8}{_fmt(r['retrieval_us'], '.1f'):>8}"
+                     f"{_fmt(r.get('select_threshold_us'), '.1f'):>8}{_fmt(r.get('select_sort_us'), '.1f'):>8}"
+                     f"{_fmt(r.get('select_pass_bytes', 0) / 1e6, '.1f'):>8}"
                      f"{_fmt(r.get('cudnn_us'), '.1f'):>9}"
                      f"{_fmt(r.get('flash_us'), '.1f'):>9}{_fmt(r['speedup_vs_cudnn']):>9}{_fmt(r['speedup_vs_flash']):>9}"
                      f"{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_best_dense'], '.0f'):>8}"

@@ -4,11 +4,17 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
 
 1. :func:`rtpurbo.ops.triton.decode.index_scores` (Triton): fp32 indexer logits of every
    cached key, per-block softmax statistics, and the sinks / ``recent`` keys in a small list.
-2. Selection (:func:`select`): keys sorted by score, best first -- ``torch.sort`` (stable) over
-   all keys, or ``torch.topk`` of ``max_tokens`` keys when a budget caps the selection; then
-   :func:`rtpurbo.ops.triton.decode.topp_count` (Triton, one program per row) walks the sorted
-   scores to the smallest prefix whose mass reaches ``top_p`` and clamps it to
-   ``[min_tokens, max_tokens]`` and to the visible count.
+2. Selection (:func:`select`), one of two methods:
+
+   * ``"threshold"`` (default): :func:`rtpurbo.ops.triton.threshold.topp_threshold` finds the
+     score threshold of the selection by a radix search (a few passes over the ``L`` fp32
+     scores, no sort) and writes the selected slots in ascending slot order.
+   * ``"sort"``: keys sorted by score, best first -- ``torch.sort`` (stable) over all keys, or
+     ``torch.topk`` of ``max_tokens`` keys when a budget caps the selection; then
+     :func:`rtpurbo.ops.triton.decode.topp_count` (one program per row) walks the sorted
+     scores to the smallest prefix whose mass reaches ``top_p``.
+
+   Both clamp the count to ``[min_tokens, max_tokens]`` and to the visible keys.
 3. :func:`rtpurbo.ops.triton.decode.decode_attention` (Triton, list mode): split-K attention of
    the ``G`` query heads of each KV head over the selected slots plus the always-kept ones,
    each key counted once.
@@ -25,8 +31,11 @@ import torch
 
 try:
     from .triton import decode as kernels
+    from .triton import threshold
 except ImportError:  # triton missing (CPU-only install): available() is False
-    kernels = None
+    kernels = threshold = None
+
+METHODS = ("threshold", "sort")
 
 
 def available() -> bool:
@@ -37,8 +46,10 @@ def available() -> bool:
 class Selection(NamedTuple):
     """Top-p selection of one decode step (B rows, Hkv retrieval heads).
 
-    order: (B, Hkv, C) key slots by descending indexer score (C = Lk, or ``max_tokens``).
-    n_keep: (B, Hkv) int64, the first ``n_keep`` entries of ``order`` are selected.
+    order: (B, Hkv, C) int64 key slots (C = Lk, or ``min(max_tokens, Lk)``); the first
+        ``n_keep`` are the selected ones, the rest unspecified. Method "threshold": ascending
+        slots; method "sort": descending indexer score.
+    n_keep: (B, Hkv) int64, how many entries of ``order`` are selected.
     always: (B * Hkv, sinks + recent) int32 slots of the always-kept keys, -1 where none.
     """
 
@@ -65,16 +76,26 @@ def select(
     max_tokens: int | None = None,
     sinks: int = 0,
     recent: int = 0,
+    method: str = "threshold",
 ) -> Selection:
     """Indexer top-p selection (``top_p < 1``) for one query per row.
 
     Args:
         q_idx: (B, Hkv, 1, d_idx); k_idx: (B, Hkv, Lk, d_idx); q_pos: (B, 1); k_pos: (B, Lk).
+        method: ``"threshold"`` (sort-free) or ``"sort"`` (see the module docstring).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown selection method {method!r}; choose one of {METHODS}")
     batch, n_kv, _, _ = q_idx.shape
     n_keys = k_idx.shape[2]
     scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent)
     scores = scored.scores.view(batch * n_kv, n_keys)
+    if method == "threshold":
+        order, n_keep = threshold.topp_threshold(
+            scores, scored.block_max, scored.block_sum, scored.block_count,
+            top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
+        )
+        return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always)
     budget = n_keys if max_tokens is None else min(max_tokens, n_keys)
     if budget == n_keys:
         values, order = torch.sort(scores, dim=-1, descending=True, stable=True)

@@ -145,6 +145,8 @@ def _decode_attention_kernel(
     # this program's share of the work: a contiguous run of slots (dense) or list entries
     if LIST:
         in_always = split == n_splits  # the extra last split reads the always list
+        # the same, per lane (a scalar bool in a load mask trips the Triton interpreter)
+        always_lanes = tl.full([BLOCK_N], 0, tl.int32) + split == n_splits
         n_sel = tl.load(n_index_ptr + bh).to(tl.int32)
         chunk = tl.cdiv(tl.cdiv(n_sel, n_splits), BLOCK_N) * BLOCK_N
         lo = tl.where(in_always, 0, split * chunk)
@@ -162,8 +164,8 @@ def _decode_attention_kernel(
         offs = start + tl.arange(0, BLOCK_N)
         ok = offs < hi
         if LIST:
-            listed = tl.load(index_ptr + b * s_ib + h * s_ih + offs.to(tl.int64) * s_in, mask=ok & ~in_always, other=-1)
-            forced = tl.load(always_ptr + bh * n_always + offs, mask=ok & in_always, other=-1)
+            listed = tl.load(index_ptr + b * s_ib + h * s_ih + offs.to(tl.int64) * s_in, mask=ok & ~always_lanes, other=-1)
+            forced = tl.load(always_ptr + bh * n_always + offs, mask=ok & always_lanes, other=-1)
             slot = tl.where(in_always, forced.to(tl.int64), listed.to(tl.int64))
             ok = ok & (slot >= 0)
         else:
@@ -173,7 +175,7 @@ def _decode_attention_kernel(
         if LIST:
             # sinks / recent keys of the list are counted once, by the always split
             always_kind = (k_pos < skip_sinks) | (q_pos - k_pos < skip_recent)
-            use = use & (in_always | ~always_kind)
+            use = use & (always_lanes | ~always_kind)
         else:
             use = use & ((q_pos - k_pos < window) | (k_pos < sinks))
             if HAS_MASK:

@@ -1,0 +1,236 @@
+"""The sort-free top-p selection kernels on CPU, through the Triton interpreter.
+
+The kernels (:mod:`rtpurbo.ops.triton.threshold`) run under ``TRITON_INTERPRET=1``, which must be
+set before triton compiles anything, so every case runs in one child process (this file run as a
+script) and the tests read its report. Each case checks the selected slots (ascending, first
+``n_keep`` of ``order``) against :func:`rtpurbo.ops.reference.select_topp` applied to the kernel's
+own fp32 scores (the selection's semantics, free of score rounding). The reference ranks keys by
+probability, the kernels by score; the two differ only where distinct scores share a
+probability, e.g. probabilities that underflow to 0 (the "spread" cases): there the check is
+against the reference's rule with keys ranked by score. The sort method runs on the same cases.
+Skipped where triton is not installed (CI).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton is not installed: the interpreter tests need it"
+)
+
+# (name, B, Hkv, Lk, scores kind, top_p ("mid" = far from every prefix mass), min, max, block);
+# block (keys per inner step) is small so that each row spans many programs
+# kinds: randn indexer; ties (8 distinct keys); flat (scores within ~0.1); spread (scores over
+# hundreds of logits, both signs); lattice (multiples of 0.5 in [-20, 20]: many scores exactly on
+# level-0 bin edges); zero (every score 0.0 exactly); empty (the last row sees nothing)
+CASES = [
+    ("randn-odd-b2", 2, 2, 701, "randn", "mid", 0, None, 32),
+    ("randn-1program", 1, 3, 97, "randn", "mid", 0, None, 1024),
+    ("randn-min", 2, 1, 333, "randn", "mid", 120, None, 64),
+    ("randn-max", 2, 2, 501, "randn", "mid", 0, 9, 64),
+    ("randn-min>visible", 1, 2, 65, "randn", "mid", 500, None, 64),
+    ("randn-min=max", 1, 2, 257, "randn", 0.5, 40, 40, 64),
+    ("ties-max", 2, 2, 515, "ties", "mid", 0, 77, 32),
+    ("ties-min", 1, 2, 515, "ties", 0.05, 130, None, 64),
+    ("ties-topp", 2, 1, 515, "ties", "mid", 0, None, 32),
+    ("flat", 2, 1, 801, "flat", "mid", 0, None, 32),
+    ("flat-max", 1, 1, 801, "flat", 0.9, 0, 301, 64),
+    ("spread", 2, 2, 603, "spread", 0.999, 0, None, 32),
+    ("spread-min-tail", 1, 1, 603, "spread", "mid", 590, None, 64),
+    ("lattice-topp", 2, 1, 401, "lattice", "mid", 0, None, 64),
+    ("lattice-max", 1, 2, 401, "lattice", 0.9, 0, 150, 32),
+    ("zero-max", 1, 2, 130, "zero", 0.7, 0, 50, 64),
+    ("zero-topp", 1, 1, 130, "zero", 0.7, 0, None, 64),
+    ("empty-row", 2, 1, 200, "empty", "mid", 16, None, 64),
+    ("max0", 1, 1, 100, "randn", 0.9, 0, 0, 64),
+]
+REPEATED = {"randn-odd-b2", "ties-topp"}  # also run twice: the same selection both times
+
+
+def select_inputs(kind: str, batch: int, n_kv: int, n_keys: int, seed: int, device: str = "cpu"):
+    """(q_idx (B, Hkv, 1, 16), k_idx (B, Hkv, Lk, 16), q_pos (B, 1), k_pos (B, Lk)) of a scores kind."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    q_idx = torch.randn(batch, n_kv, 1, 16, generator=g)
+    k_idx = torch.randn(batch, n_kv, n_keys, 16, generator=g)
+    if kind == "ties":
+        k_idx = k_idx[:, :, torch.randint(0, 8, (n_keys,), generator=g)]
+    elif kind == "flat":
+        k_idx = k_idx * 0.01
+    elif kind == "spread":
+        k_idx = k_idx * 40
+    elif kind == "lattice":
+        q_idx = torch.zeros_like(q_idx)
+        q_idx[..., 0] = 1.0
+        k_idx = torch.zeros_like(k_idx)
+        k_idx[..., 0] = torch.randint(-40, 41, k_idx.shape[:3], generator=g) / 2
+    elif kind == "zero":
+        q_idx = torch.zeros_like(q_idx)
+    k_pos = torch.arange(n_keys).repeat(batch, 1)
+    k_pos[-1, :5] = -1  # padding of the last row
+    k_pos[:, n_keys - 3 :] = -1  # empty tail
+    q_pos = torch.full((batch, 1), n_keys - 4)
+    if kind == "empty":
+        q_pos[-1] = -1
+    return tuple(t.to(device) for t in (q_idx, k_idx, q_pos, k_pos))
+
+
+def separated_top_p(scores, q_pos, k_pos) -> float:
+    """A top_p far from every row's prefix masses (no rounding can move the boundary).
+
+    scores: (B, Hkv, 1, Lk); q_pos (B, 1); k_pos (B, Lk).
+    """
+    import torch
+
+    from rtpurbo.ops.semantics import visible
+
+    candidates = visible(q_pos, k_pos, None, 0)[:, None]
+    probs = torch.softmax(scores.masked_fill(~candidates, float("-inf")), -1).nan_to_num(0.0)
+    cum = probs.double().sort(-1, descending=True).values.cumsum(-1).flatten(0, -2)  # (rows, Lk) ascending
+    grid = torch.linspace(0.2, 0.95, 151, dtype=torch.float64, device=scores.device)
+    at = torch.searchsorted(cum, grid.expand(cum.shape[0], -1).contiguous())
+    above = cum.gather(-1, at.clamp(max=cum.shape[-1] - 1))
+    below = cum.gather(-1, (at - 1).clamp(min=0))
+    gap = torch.minimum((above - grid).abs(), (grid - below).abs()).amin(0)
+    return grid[gap.argmax()].item()
+
+
+def score_ranked(scores, q_pos, k_pos, *, top_p, min_tokens, max_tokens):
+    """The reference's rule with keys ranked by score (ties by slot): (B, Hkv, Lq, Lk) bool."""
+    import torch
+
+    from rtpurbo.ops.semantics import visible
+
+    candidates = visible(q_pos, k_pos, None, 0)[:, None]
+    masked = scores.masked_fill(~candidates, float("-inf"))
+    probs = torch.softmax(masked, dim=-1).nan_to_num(0.0)
+    order = masked.sort(dim=-1, descending=True, stable=True).indices
+    sorted_p = probs.gather(-1, order)
+    n_keep = ((sorted_p.cumsum(-1) - sorted_p) < top_p).sum(-1, keepdim=True)
+    n_keep = torch.minimum(n_keep.clamp(min=min_tokens), candidates.sum(-1, keepdim=True))
+    if max_tokens is not None:
+        n_keep = n_keep.clamp(max=max_tokens)
+    keep = torch.arange(scores.shape[-1], device=scores.device) < n_keep
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def check_selection(case, device: str = "cpu") -> list[str]:
+    """Problems found in one case of CASES' form (empty = pass); also run on the GPU."""
+    import torch
+
+    from rtpurbo.ops import reference, triton_decode
+    from rtpurbo.ops.triton import decode, threshold
+
+    name, batch, n_kv, n_keys, kind, top_p, min_tokens, max_tokens, block = case
+    q_idx, k_idx, q_pos, k_pos = select_inputs(kind, batch, n_kv, n_keys, seed=len(name) * 7919 + n_keys, device=device)
+    scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0)
+    scores = scored.scores[:, :, None]  # (B, Hkv, 1, Lk)
+    top_p = separated_top_p(scores, q_pos, k_pos) if top_p == "mid" else top_p
+    budget = dict(top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens)
+    rows = batch * n_kv
+    want = reference.select_topp(scores, q_pos, k_pos, **budget)[:, :, 0].reshape(rows, n_keys)
+    by_score = score_ranked(scores, q_pos, k_pos, **budget)[:, :, 0].reshape(rows, n_keys)
+    problems = []
+    if kind == "spread":
+        want = by_score
+    elif not torch.equal(want, by_score):
+        problems.append("the score-ranked rule differs from the reference on these scores")
+    flat = scored.scores.view(rows, n_keys)
+    order, n_keep = threshold.topp_threshold(
+        flat, scored.block_max, scored.block_sum, scored.block_count, **budget, block=block,
+    )
+    capacity = n_keys if max_tokens is None else min(max_tokens, n_keys)
+    if tuple(order.shape) != (rows, capacity):
+        problems.append(f"order shape {tuple(order.shape)} != {(rows, capacity)}")
+    for r in range(rows):
+        n = int(n_keep[r])
+        slots = order[r, :n].tolist()
+        expected = want[r].nonzero().flatten().tolist()
+        if slots != expected:
+            problems.append(f"row {r}: {n} slots {slots[:12]}... != reference {len(expected)} {expected[:12]}...")
+    if name in REPEATED:
+        again, n_again = threshold.topp_threshold(
+            flat, scored.block_max, scored.block_sum, scored.block_count, **budget, block=block,
+        )
+        if not (torch.equal(n_keep, n_again) and all(
+            torch.equal(order[r, : n_keep[r]], again[r, : n_keep[r]]) for r in range(rows)
+        )):
+            problems.append("a second run differs")
+    # the sort method; under max_tokens it takes torch.topk, which breaks ties in no set order
+    chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget, method="sort")
+    for r in range(rows):
+        n = int(chosen.n_keep.view(rows)[r])
+        sort_slots = sorted(chosen.order.view(rows, -1)[r, :n].tolist())
+        expected = want[r].nonzero().flatten().tolist()
+        if n != len(expected) or (max_tokens is None and sort_slots != expected):
+            problems.append(f"row {r}: the sort method differs from the reference")
+    return problems
+
+
+def _check_attention() -> list[str]:
+    """topp_attention's list mode fed by the threshold selection, against the reference (fp32)."""
+    import torch
+
+    from rtpurbo.ops import reference, triton_decode
+    from rtpurbo.ops.triton import decode
+
+    g = torch.Generator().manual_seed(5)
+    batch, n_kv, group, n_keys, dim = 2, 2, 3, 301, 32
+    q = torch.randn(batch, n_kv * group, 1, dim, generator=g)
+    k = torch.randn(batch, n_kv, n_keys, dim, generator=g)
+    v = torch.randn(batch, n_kv, n_keys, dim, generator=g)
+    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", batch, n_kv, n_keys, seed=11)
+    budget = dict(top_p=0.8, min_tokens=8, max_tokens=None, sinks=4, recent=16)
+    chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)
+    out, counts = decode.decode_attention(
+        q, k, v, q_pos, k_pos, scale=dim**-0.5, index=chosen.order, n_index=chosen.n_keep,
+        always=chosen.always, skip_sinks=4, skip_recent=16,
+    )
+    ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
+    problems = []
+    if not torch.equal(counts, ref_counts[..., 0]):
+        problems.append(f"counts {counts.tolist()} != {ref_counts[..., 0].tolist()}")
+    err = ((out - ref).norm() / ref.norm()).item()
+    if not err < 1e-5:
+        problems.append(f"relative error {err:.2e}")
+    return problems
+
+
+def _run_all() -> dict[str, list[str]]:
+    report = {}
+    for case in CASES:
+        try:
+            report[case[0]] = check_selection(case)
+        except Exception as err:  # report, keep going
+            report[case[0]] = [f"{type(err).__name__}: {err}"]
+    try:
+        report["attention"] = _check_attention()
+    except Exception as err:
+        report["attention"] = [f"{type(err).__name__}: {err}"]
+    return report
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, list[str]]:
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"interpreter run failed:\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention"])
+def test_threshold_selection_in_interpreter(report, name):
+    assert report[name] == [], f"{name}: " + "; ".join(report[name])
+
+
+if __name__ == "__main__":
+    print(json.dumps(_run_all()))
