@@ -282,7 +282,7 @@ def test_threshold_select_matches_reference(case):
 def test_threshold_select_is_cuda_graph_capturable():
     """The selection captured once and replayed on new indexer inputs equals an eager call."""
     q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 2, 2, 100003, seed=3, device="cuda")
-    budget = dict(top_p=0.9, min_tokens=16, max_tokens=None, sinks=4, recent=32)
+    budget = dict(top_p=0.9, min_tokens=16, max_tokens=None, sinks=4, recent=32, method="threshold")
     triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

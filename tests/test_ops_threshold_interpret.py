@@ -189,7 +189,7 @@ def _check_attention() -> list[str]:
     v = torch.randn(batch, n_kv, n_keys, dim, generator=g)
     q_idx, k_idx, q_pos, k_pos = select_inputs("randn", batch, n_kv, n_keys, seed=11)
     budget = dict(top_p=0.8, min_tokens=8, max_tokens=None, sinks=4, recent=16)
-    chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)
+    chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget, method="threshold")
     out, counts = decode.decode_attention(
         q, k, v, q_pos, k_pos, scale=dim**-0.5, index=chosen.order, n_index=chosen.n_keep,
         always=chosen.always, skip_sinks=4, skip_recent=16,

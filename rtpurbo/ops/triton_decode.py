@@ -6,10 +6,11 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
    cached key, per-block softmax statistics, and the sinks / ``recent`` keys in a small list.
 2. Selection (:func:`select`), one of two methods:
 
-   * ``"threshold"`` (default): :func:`rtpurbo.ops.triton.threshold.topp_threshold` finds the
+   * ``"threshold"``: :func:`rtpurbo.ops.triton.threshold.topp_threshold` finds the
      score threshold of the selection by a radix search (a few passes over the ``L`` fp32
-     scores, no sort) and writes the selected slots in ascending slot order.
-   * ``"sort"``: keys sorted by score, best first -- ``torch.sort`` (stable) over all keys, or
+     scores, no sort) and writes the selected slots in ascending slot order. Checked against
+     the reference in the Triton interpreter only; not yet run on a GPU, so not the default.
+   * ``"sort"`` (default, checked on an H200): keys sorted by score, best first -- ``torch.sort`` (stable) over all keys, or
      ``torch.topk`` of ``max_tokens`` keys when a budget caps the selection; then
      :func:`rtpurbo.ops.triton.decode.topp_count` (one program per row) walks the sorted
      scores to the smallest prefix whose mass reaches ``top_p``.
@@ -76,7 +77,7 @@ def select(
     max_tokens: int | None = None,
     sinks: int = 0,
     recent: int = 0,
-    method: str = "threshold",
+    method: str = "sort",
 ) -> Selection:
     """Indexer top-p selection (``top_p < 1``) for one query per row.
 
