@@ -30,6 +30,7 @@ from rtpurbo.models import load_base  # noqa: E402
 from rtpurbo.train.commands import summary  # noqa: E402
 from rtpurbo.train.data import load_shards  # noqa: E402
 from rtpurbo.train.loop import LoopSettings, make_runtime  # noqa: E402
+from rtpurbo.train.plot import plot_training  # noqa: E402
 from rtpurbo.train.stage1_indexer import IndexerSettings, train_indexer  # noqa: E402
 from rtpurbo.train.stage2_distill import DistillSettings, distill, topp_prefill  # noqa: E402
 from rtpurbo.train.teacher import original_attention  # noqa: E402
@@ -130,6 +131,9 @@ def main() -> None:
         if torch.cuda.is_available():
             results["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
         (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        reports = {k: json.loads((args.out / f"{k}_report.json").read_text())
+                   for k in ("indexer", "distill") if (args.out / f"{k}_report.json").is_file()}
+        plot_training(reports, args.out / "training_curves.png", title=f"{args.model}, W={args.window}, S={args.sinks}")
         print(json.dumps({k: v for k, v in results.items() if k not in ("indexer", "distill")}))
 
 

@@ -1,4 +1,5 @@
-"""Artifacts of trained models: adapters are rebuilt on load, trained base tensors are saved."""
+"""Artifacts of trained models (adapters rebuilt on load, trained base tensors saved) and training curves."""
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -52,3 +53,14 @@ def test_trained_base_tensors_are_saved(tmp_path):
     loaded, _ = io.load(tmp_path / "artifact")
     assert torch.equal(loaded.state_dict()[name], model.state_dict()[name])
     assert io.read_config(tmp_path / "artifact")["lora"] is None
+
+
+def test_training_curves_png(tmp_path):
+    from rtpurbo.train.plot import plot_training, smooth
+
+    assert smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    history = [{"step": i, "loss": 2.0 - i / 50, "recall": 0.8 + i / 500, "tokens_per_s": 1e3} for i in range(50)]
+    path = plot_training({"indexer": {"history": history}}, tmp_path / "curves.png", title="t")
+    assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no report"):
+        plot_training({"distill": {"history": [{"step": 0, "loss": 1.0}]}}, tmp_path / "none.png")
