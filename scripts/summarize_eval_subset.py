@@ -1,0 +1,56 @@
+"""Means of eval rows over one subset of units (tasks x first N samples at one length), so rows from
+runs with different sample counts compare on the same prompts.
+
+    python3 scripts/summarize_eval_subset.py --length 8192 --samples 50 --tasks niah_number ... -- ROW_JSON...
+"""
+import argparse
+import json
+from pathlib import Path
+
+SCORES = ("exact", "partial", "tf_accuracy")
+
+
+def subset_means(row: dict, tasks: list[str], length: int, samples: int) -> dict[str, float] | None:
+    values: dict[str, list[float]] = {s: [] for s in SCORES}
+    for task in tasks:
+        unit = row["units"].get(f"task:{task}@{length}")
+        if unit is None or len(unit["samples"]) < samples:
+            return None
+        for sample in unit["samples"][:samples]:
+            for s in SCORES:
+                values[s].append(float(sample[s]))
+    means = {s: sum(v) / len(v) for s, v in values.items()}
+    ppl = row["units"].get("perplexity")
+    if ppl:
+        nll = sum(w["all"][0] for w in ppl["windows"])
+        tokens = sum(w["all"][1] for w in ppl["windows"])
+        means["perplexity"] = float(__import__("math").exp(nll / tokens))
+        means["ppl_windows"] = len(ppl["windows"])
+    means["top_p"] = row["sparse"]["top_p"]
+    means["window"] = row["sparse"]["window"]
+    means["retrieval_kv_heads"] = sum(len(h) for h in row["plan"]["retrieval"])
+    return means
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--length", type=int, required=True)
+    p.add_argument("--samples", type=int, required=True)
+    p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument("rows", nargs="+", type=Path)
+    args = p.parse_args()
+    print(f"| row | source | KV heads | W | top-p | exact | partial | TF acc | ppl (windows) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in args.rows:
+        row = json.loads(path.read_text())
+        m = subset_means(row, args.tasks, args.length, args.samples)
+        if m is None:
+            print(f"| {path.stem} | {path.parent.parent.name} | incomplete | | | | | | |")
+            continue
+        ppl = f"{m['perplexity']:.3f} ({m['ppl_windows']})" if "perplexity" in m else "–"
+        print(f"| {path.stem} | {path.parent.parent.name} | {m['retrieval_kv_heads']} | {m['window']} | {m['top_p']} | "
+              f"{m['exact']:.3f} | {m['partial']:.3f} | {m['tf_accuracy']:.3f} | {ppl} |")
+
+
+if __name__ == "__main__":
+    main()
