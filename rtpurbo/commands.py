@@ -30,7 +30,7 @@ def device_dtype(args: argparse.Namespace) -> tuple[str, torch.dtype]:
 
 
 def _is_artifact(spec: str) -> bool:
-    return (Path(spec) / io.CONFIG_NAME).is_file()
+    return io.artifact_path(spec) is not None
 
 
 def _load(args: argparse.Namespace):

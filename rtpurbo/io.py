@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import HeadPlan, PlanMismatch, SparseConfig, dumps
 from .convert import convert, is_converted
-from .models import ModelSource, fingerprint, load_base
+from .models import EMBEDDED_ADAPTERS, ModelSource, fingerprint, load_base
 
 FORMAT = "rtpurbo/1"
 CONFIG_NAME = "rtpurbo_config.json"
@@ -110,9 +110,18 @@ def _replace_dir(new: Path, target: Path) -> None:
         os.replace(new, target)
 
 
+def artifact_path(spec: str | Path) -> Path | None:
+    """The artifact directory ``spec`` names (a shipped adapter's name or a directory), else None."""
+    if str(spec) in EMBEDDED_ADAPTERS:
+        return EMBEDDED_ADAPTERS[str(spec)]
+    path = Path(spec).expanduser()
+    return path if (path / CONFIG_NAME).is_file() else None
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
-    """Read and validate an artifact's config and file hashes (no model loaded)."""
-    path = Path(path)
+    """Read and validate an artifact's config and file hashes (no model loaded); ``path`` may
+    also name a shipped adapter."""
+    path = artifact_path(path) or Path(path)
     config_path = path / CONFIG_NAME
     if not config_path.is_file():
         raise ArtifactError(f"{path} is not an rtpurbo artifact: {CONFIG_NAME} is missing")
@@ -144,7 +153,7 @@ def load(
         base: override where the base model comes from (default: the recorded spec).
         allow_base_mismatch: load even if the base weights' fingerprint differs.
     """
-    path = Path(path)
+    path = artifact_path(path) or Path(path)
     config = read_config(path)
     base_info = config["base_model"]
     model, tokenizer = load_base(base or base_info["spec"], dtype=dtype, device=device)

