@@ -38,7 +38,8 @@ def _top_p(value: str) -> float:
 
 
 def add_model(p: argparse.ArgumentParser, artifact_ok: bool = False) -> None:
-    what = "embedded name, HF model directory, .gguf file" + (", or rtpurbo artifact directory" if artifact_ok else "")
+    what = "embedded name, HF model directory, .gguf file" + (
+        ", rtpurbo artifact directory or shipped adapter (smollm2-135m-rtpurbo)" if artifact_ok else "")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"{what} (default: {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -118,14 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-dim", type=_positive, default=16)
     p.add_argument("--bytes-per-value", type=_positive, default=2, help="2 for bf16 caches")
 
-    p = sub.add_parser("quickstart", help="main job: profile -> convert -> save -> dense vs converted")
+    p = sub.add_parser("quickstart", help="main job: dense vs converted (shipped adapter): quality, memory, speed")
     add_model(p)
+    p.add_argument("--adapter", default="smollm2-135m-rtpurbo", help="converted row: a shipped adapter or artifact "
+                   "directory of --model (default: smollm2-135m-rtpurbo)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="converted row: profile -> convert -> save here instead (training-free split)")
     add_profile(p)
-    p.add_argument("--window", type=_positive, default=1024)
-    p.add_argument("--sinks", type=int, default=4)
+    p.add_argument("--window", type=_positive, default=1024, help="W with --from-scratch")
+    p.add_argument("--sinks", type=int, default=4, help="S with --from-scratch")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output directory")
     p.add_argument("--eval-windows", type=_positive, default=2, help="8K-token windows of dev text")
     p.add_argument("--eval-length", type=_positive, default=8192, help="tokens per perplexity window")
+    p.add_argument("--probe-samples", type=_positive, default=2, help="needle prompts per kind (3 kinds)")
+    p.add_argument("--probe-length", type=_positive, default=4096, help="tokens per needle prompt")
+    p.add_argument("--speed-length", type=_positive, default=4096, help="context of the CPU speed rows")
     add_training_parsers(sub)
     from .eval.commands import add_parsers as add_eval_parsers  # eval.commands imports this module
 

@@ -1,27 +1,46 @@
-"""The main job: profile -> convert -> save, then dense vs converted side by side.
+"""The main job: the base model dense vs converted, side by side (quality, KV memory, speed).
 
-Dense and converted are the same model object: an all-retrieval plan computes exactly
-the base model, so one load serves both rows.
+Converted is, by default, the shipped adapter ``smollm2-135m-rtpurbo`` (head plan + trained
+indexers + LoRA, made by ``scripts/device/block1.sh`` on an H200); ``--from-scratch``
+instead runs profile -> convert -> save here (the training-free split). Rows:
+
+* perplexity on long dev-pool windows, by position (retrieval heads prefill densely);
+* teacher-forced answer accuracy on needle prompts (passkey / key-value / multi-hop): prompt
+  prefilled into the head-wise cache, answer fed token by token, so the converted model's
+  retrieval heads attend only to their indexer's top-p selection, as at generation;
+* KV-cache bytes (bf16) at several contexts, and CPU prefill / decode time at ``--speed-length``
+  tokens, both through the head-wise cache (dense = every KV head full, top-p 1: exactly the
+  base model).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 
 from . import io
 from .config import HeadPlan, SparseConfig, dumps
-from .convert import apply_plan, convert
+from .convert import convert
+from .cache import HeadwiseCache
+from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
 from .eval.perplexity import perplexity
+from .eval.scoring import decode_step
+from .eval.speed import measure_speed
 from .families import geometry
+from .generate import prefill
 from .memory import KVGeometry, kv_table
 from .pipeline import plan_summary, run_profile
 
 DEV_TEXT_SOURCES = ("shakespeare",)
+SHIPPED_ADAPTER = "smollm2-135m-rtpurbo"
+PROBE_SEED_BLOCK = 500_000  # eval-namespace seeds far from the eval suite's and training's
 
 
 def dev_windows(tokenizer: Any, n_windows: int, length: int) -> list[list[int]]:
@@ -37,56 +56,136 @@ def dev_windows(tokenizer: Any, n_windows: int, length: int) -> list[list[int]]:
     raise RuntimeError(f"found only {len(windows)} dev documents of {length} tokens in {DEV_TEXT_SOURCES}")
 
 
-def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: Callable) -> dict[str, Any]:
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+def probe_samples(tokenizer: Any, per_kind: int, length: int) -> list:
+    """``per_kind`` needle prompts of each kind, haystacks from the dev-pool text."""
+    docs = [d.text for d in long_documents(list(DEV_TEXT_SOURCES), min_chars=8 * length, limit=8)]
+    samples = []
+    for k, kind in enumerate(KINDS):
+        samples += make_samples(kind, tokenizer, docs, length, per_kind, seed_for("eval", PROBE_SEED_BLOCK + 100 * k))
+    return samples
+
+
+@torch.no_grad()
+def answer_accuracy(model: nn.Module, samples: list, desc: str, say: Callable) -> dict[str, float]:
+    """Teacher-forced answer-token accuracy and exact-answer rate, as deployed: the prompt is
+    prefilled into a head-wise cache, then the answer is fed one token per decode step (so
+    retrieval heads with top-p < 1 attend only to their indexer's selection)."""
+    token_acc = []
+    for i, sample in enumerate(samples):
+        ids, start = sample.input_ids, sample.answer_start
+        mask = torch.ones(1, len(ids), dtype=torch.long)
+        cache = HeadwiseCache(model)
+        prefill(model, cache, torch.tensor([ids[: start - 1]]), mask[:, : start - 1], start - 1)
+        hits = []
+        for position in range(start - 1, len(ids) - 1):
+            logits = decode_step(model, cache, torch.tensor([ids[position]]), mask[:, : position + 1],
+                                 torch.tensor([position]))
+            hits.append(int(logits.argmax(-1)) == ids[position + 1])
+        token_acc.append(sum(hits) / len(hits))
+        say(f"  {desc}: {i + 1}/{len(samples)}", end="\r")
+    say("")
+    return {"token_accuracy": sum(token_acc) / len(samples),
+            "exact": sum(a == 1.0 for a in token_acc) / len(samples), "samples": len(samples)}
+
+
+def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable, say: Callable,
+               out: Path) -> tuple[nn.Module, str]:
+    """The converted row's model: the shipped adapter, or a fresh profile -> convert -> save."""
+    if not args.from_scratch:
+        base = io.read_config(args.adapter)["base_model"]["spec"]
+        if base != args.model:
+            raise SystemExit(f"the adapter {args.adapter} converts {base!r}, not {args.model!r}; "
+                             "pass --from-scratch to profile and convert --model here")
+        model, _ = io.load(args.adapter, dtype=torch.float32, device="cpu")
+        return model, f"adapter {args.adapter}"
     model, tokenizer = load(args)
     settings = settings_from(args)
-    say(args, f"[1/4] profiling {geometry(model.config)[0]} layers on needle prompts "
-              f"({settings.profile_samples} x 3 kinds x {settings.profile_length} tokens)")
+    say(f"      profiling {geometry(model.config)[0]} layers on needle prompts "
+        f"({settings.profile_samples} x 3 kinds x {settings.profile_length} tokens)")
     _, plan = run_profile(model, tokenizer, settings, out / "profile")
-    sparse = SparseConfig(window=args.window, sinks=args.sinks)
-    say(args, f"[2/4] converting: W={sparse.window} S={sparse.sinks}, {plan.num_retrieval()} retrieval KV heads")
-    dense_plan = HeadPlan.uniform(plan.num_layers, plan.num_kv_heads, plan.num_q_heads, retrieval=True)
-    convert(model, plan, sparse)
+    convert(model, plan, SparseConfig(window=args.window, sinks=args.sinks))
     io.save(model, out / "artifact")
-    say(args, f"[3/4] saved artifact to {out / 'artifact'}")
+    return model, f"training-free split, saved to {out / 'artifact'}"
+
+
+def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say_: Callable) -> dict[str, Any]:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    def say(text: str, end: str = "\n") -> None:  # progress lines: stderr, stdout stays clean for --json
+        print(text, end=end, file=sys.stderr, flush=True)
+
+    if args.from_scratch:
+        say_(args, "[1/5] base model and the training-free split (profile -> convert -> save)")
+    else:
+        say_(args, f"[1/5] base model and the shipped adapter {args.adapter} (plan + indexers + LoRA)")
+    converted, origin = _converted(args, load, settings_from, say, out)
+    dense, tokenizer = load(args)
+    layers, kv_heads, q_heads, head_dim = geometry(dense.config)
+    convert(dense, HeadPlan.uniform(layers, kv_heads, q_heads, retrieval=True), SparseConfig(top_p=1.0))
+    plan, sparse = converted.rtpurbo_plan, converted.rtpurbo_sparse
+    models = {"dense": dense, "converted": converted}
 
     windows = dev_windows(tokenizer, args.eval_windows, args.eval_length)
-    say(args, f"[4/4] perplexity on {len(windows)} x {args.eval_length} tokens of {', '.join(DEV_TEXT_SOURCES)}")
-    rows = {}
-    for name, row_plan in (("dense", dense_plan), ("converted", plan)):
-        apply_plan(model, row_plan)
-        rows[name] = perplexity(model, windows, desc=f"perplexity ({name})")
-    apply_plan(model, plan)
-    layers, kv_heads, _, head_dim = geometry(model.config)
+    say_(args, f"[2/5] perplexity on {len(windows)} x {args.eval_length} tokens of {', '.join(DEV_TEXT_SOURCES)}")
+    ppl = {name: perplexity(m, windows, desc=f"perplexity ({name})") for name, m in models.items()}
+
+    samples = probe_samples(tokenizer, args.probe_samples, args.probe_length)
+    say_(args, f"[3/5] needle answers, teacher-forced through the cache: {len(samples)} prompts x "
+               f"{args.probe_length} tokens ({', '.join(KINDS)}); converted retrieval heads decode over their "
+               f"top-p {sparse.top_p} selection")
+    accuracy = {"dense": answer_accuracy(dense, samples, "dense", say)}
+    accuracy["converted"] = answer_accuracy(converted, samples, "converted", say)
+
+    say_(args, f"[4/5] CPU speed at {args.speed_length} tokens ({torch.get_num_threads()} threads), "
+               "prefill + 16 decode steps through the head-wise cache")
+    speed = {name: measure_speed(m, args.speed_length, decode_steps=16, repeats=1, warmup=0)
+             for name, m in models.items()}
+
+    say_(args, "[5/5] KV cache bytes (bf16)")
     kv = KVGeometry(layers, kv_heads, head_dim, plan.num_retrieval(), sparse.window, sparse.sinks, sparse.index_dim)
     result = {
         "model": args.model,
+        "converted": origin,
         "plan": plan_summary(plan),
         "sparse": sparse.to_dict(),
-        "perplexity": {name: {"overall": r.perplexity, "by_position": r.bucket_perplexity()} for name, r in rows.items()},
+        "perplexity": {name: {"overall": r.perplexity, "by_position": r.bucket_perplexity()} for name, r in ppl.items()},
+        "needle_accuracy": accuracy,
+        "speed_cpu": speed,
         "kv_cache_bf16": kv.report((args.eval_length, 131072, 1048576)),
-        "artifact": str(out / "artifact"),
+        "wall_seconds": round(time.time() - started, 1),
     }
     (out / "quickstart.json").write_text(dumps(result))
-    _print_side_by_side(args, say, result)
+    _print_side_by_side(args, say_, result)
     return result
 
 
+def _line(label: str, dense: float, conv: float, change: str) -> str:
+    return f"{label:30}{dense:>12.3f}{conv:>12.3f}{change:>11}"
+
+
 def _print_side_by_side(args: argparse.Namespace, say: Callable, result: dict[str, Any]) -> None:
-    ppl = result["perplexity"]
-    dense, conv = ppl["dense"]["overall"], ppl["converted"]["overall"]
+    ppl, acc, speed = result["perplexity"], result["needle_accuracy"], result["speed_cpu"]
     say(args, "")
-    say(args, f"{'':24}{'dense':>12}{'converted':>12}{'change':>10}")
-    say(args, f"{'perplexity (all tokens)':24}{dense:>12.3f}{conv:>12.3f}{100 * (conv / dense - 1):>+9.2f}%")
+    say(args, f"converted = {result['converted']}")
+    say(args, f"{'':30}{'dense':>12}{'converted':>12}{'change':>11}")
+    dense, conv = ppl["dense"]["overall"], ppl["converted"]["overall"]
+    say(args, _line("perplexity (all tokens)", dense, conv, f"{100 * (conv / dense - 1):+.2f}%"))
     for bucket, value in ppl["dense"]["by_position"].items():
         c = ppl["converted"]["by_position"][bucket]
-        say(args, f"{'  positions ' + bucket:24}{value:>12.3f}{c:>12.3f}{100 * (c / value - 1):>+9.2f}%")
+        say(args, _line("  positions " + bucket, value, c, f"{100 * (c / value - 1):+.2f}%"))
+    for key, label in (("token_accuracy", "needle answer tokens, TF acc"), ("exact", "needle answers exact")):
+        d, c = acc["dense"][key], acc["converted"][key]
+        say(args, _line(label, d, c, f"{c - d:+.3f}"))
+    for key, label in (("prefill_ms", "CPU prefill ms"), ("decode_ms_per_token", "CPU decode ms/token")):
+        d, c = speed["dense"][key], speed["converted"][key]
+        say(args, _line(label, d, c, f"{d / c:.2f}x"))
     row = result["kv_cache_bf16"][0]
-    say(args, f"{'KV bytes/token @' + str(row['context']):24}{row['dense_bytes_per_token']:>12.0f}"
-              f"{row['sparse_bytes_per_token']:>12.0f}{row['ratio']:>9.2f}x")
+    say(args, f"{'KV bytes/token @' + str(row['context']):30}{row['dense_bytes_per_token']:>12.0f}"
+              f"{row['sparse_bytes_per_token']:>12.0f}{row['ratio']:>10.2f}x")
     say(args, "")
     say(args, "KV cache (bf16) by context:")
     say(args, kv_table(result["kv_cache_bf16"]))
     say(args, f"retrieval KV heads by layer: {json.dumps(result['plan']['by_layer'])}")
+    say(args, f"wall time {result['wall_seconds']:.0f} s; results in {args.out / 'quickstart.json'}")

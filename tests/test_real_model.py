@@ -1,5 +1,6 @@
 """Integration on the embedded SmolLM2-135M-Instruct at short context (CPU, ~1 minute)."""
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -102,3 +103,37 @@ def test_generate_through_headwise_cache_on_smollm2(smollm):
     stats = result.cache.stats.summary()
     assert stats["samples"] > 0 and 0 < stats["mean_fraction"] <= 1
     assert result.cache.store[0].l_k.shape[2] == 64 + 4
+
+
+def test_quickstart_with_the_shipped_adapter(tmp_path, monkeypatch, capsys):
+    """The main job end to end at short lengths: the shipped adapter loads by name on the CPU,
+    and dense vs converted quality, speed and KV rows come out."""
+    from types import SimpleNamespace
+
+    from rtpurbo import cli, quickstart
+
+    docs = [SimpleNamespace(text=haystack(600 + 50 * i)) for i in range(8)]
+    monkeypatch.setattr(quickstart, "long_documents", lambda *a, **k: docs)
+    code = cli.main(["quickstart", "--out", str(tmp_path), "--eval-windows", "1", "--eval-length", "600",
+                     "--probe-samples", "1", "--probe-length", "600", "--speed-length", "200", "--json"])
+    assert code in (0, None)
+    result = json.loads((tmp_path / "quickstart.json").read_text())
+    assert "smollm2-135m-rtpurbo" in result["converted"]
+    assert result["plan"]["retrieval_kv_heads"] == 14 and result["sparse"]["window"] == 1024
+    dense, converted = (result["perplexity"][k]["overall"] for k in ("dense", "converted"))
+    assert 1 < dense < 100 and abs(converted / dense - 1) < 0.05  # W covers 600 tokens: only LoRA differs
+    for row in result["needle_accuracy"].values():
+        assert row["samples"] == 3 and 0 <= row["exact"] <= row["token_accuracy"] <= 1
+    assert result["speed_cpu"]["converted"]["decode_ms_per_token"] > 0
+    kv = {row["context"]: row["ratio"] for row in result["kv_cache_bf16"]}
+    assert kv[600] < 1 < 5 < kv[131072]  # below W the indexer keys cost a little; at 128K the cache is 5x smaller
+    assert "perplexity" in capsys.readouterr().err  # progress on stderr, stdout kept for --json
+
+
+def test_generate_with_the_shipped_adapter_by_name(capsys):
+    from rtpurbo import cli
+
+    cli.main(["generate", "--model", "smollm2-135m-rtpurbo", "--prompt", "The capital of France is",
+              "--max-new-tokens", "4", "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["new_tokens"] >= 1
