@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-length", type=_positive, default=8192, help="tokens per perplexity window")
     p.add_argument("--probe-samples", type=_positive, default=2, help="needle prompts per kind (3 kinds)")
     p.add_argument("--probe-length", type=_positive, default=4096, help="tokens per needle prompt")
-    p.add_argument("--speed-length", type=_positive, default=4096, help="context of the CPU speed rows")
+    p.add_argument("--speed-length", type=_positive, default=8192, help="context of the CPU speed rows")
     add_training_parsers(sub)
     from .eval.commands import add_parsers as add_eval_parsers  # eval.commands imports this module
 

@@ -83,6 +83,10 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 
     model, tokenizer = _load(args)
     converted = getattr(model, "rtpurbo_plan", None) is not None
+    if converted:
+        from .train.lora import merge_lora
+
+        merge_lora(model)  # inference only: no adapter matmuls per token
     if converted and args.top_p is not None:
         model.rtpurbo_sparse.top_p = args.top_p
     text = args.prompt

@@ -8,7 +8,7 @@ from rtpurbo.config import HeadPlan
 from rtpurbo.convert import convert
 from rtpurbo.models import load_base
 from rtpurbo.testing import save_tiny_checkpoint
-from rtpurbo.train.lora import LoraSettings, attach_lora
+from rtpurbo.train.lora import LoraSettings, attach_lora, merge_lora
 from rtpurbo.train.stage2_distill import topp_prefill
 
 from .test_train_data import one_thread  # noqa: F401 (autouse fixture)
@@ -53,6 +53,22 @@ def test_trained_base_tensors_are_saved(tmp_path):
     loaded, _ = io.load(tmp_path / "artifact")
     assert torch.equal(loaded.state_dict()[name], model.state_dict()[name])
     assert io.read_config(tmp_path / "artifact")["lora"] is None
+
+
+def test_merged_lora_computes_the_same_model(tmp_path):
+    model, _ = converted_from_disk(tmp_path)
+    attach_lora(model, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    ids = torch.randint(0, 256, (1, 48), generator=torch.Generator().manual_seed(1))
+    before = logits(model, ids)
+    weight = next(p for n, p in model.named_parameters() if n.endswith("q_proj.base_layer.weight")).clone()
+    assert merge_lora(model) == 4 * 2 and merge_lora(model) == 0  # q/k/v/o of 2 layers, once
+    after_weight = next(p for n, p in model.named_parameters() if n.endswith("q_proj.base_layer.weight"))
+    assert not torch.equal(weight, after_weight)
+    torch.testing.assert_close(logits(model, ids), before, rtol=1e-4, atol=1e-4)
 
 
 def test_training_curves_png(tmp_path):

@@ -60,3 +60,14 @@ def attach_lora(model: nn.Module, settings: LoraSettings, seed: int = 0) -> nn.M
 def has_lora(model: nn.Module) -> bool:
     return any("lora_" in name for name, _ in model.named_parameters())
 
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA delta into its base weight in place (for inference: no adapter matmuls per
+    call; the module tree and state-dict keys stay). Returns how many layers were merged."""
+    merged = 0
+    for module in model.modules():
+        if hasattr(module, "lora_A") and hasattr(module, "merge") and not getattr(module, "merged", False):
+            module.merge()
+            merged += 1
+    return merged
