@@ -176,7 +176,7 @@ def run_stage2(model, shards, args, runtime) -> dict:
     report = distill(model, shards, settings, runtime)
     _write(args.out / "distill_report.json", report, runtime)
     _log(runtime, f"stage 2: {report['steps_done']} steps in {report['seconds']} s "
-                  f"({report['tokens_per_s']:.0f} tok/s on {report['world_size']} GPU(s)); "
+                  f"({report['tokens_per_s']:.0f} tok/s on {report['world_size']} x {runtime.device.type}); "
                   f"held-out KL {report['heldout_kl_before']:.4f} -> {report['heldout_kl_after']:.4f}")
     return summary(report)
 
