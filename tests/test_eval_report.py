@@ -13,7 +13,7 @@ from rtpurbo.convert import convert
 from rtpurbo.eval import suite
 from rtpurbo.eval.commands import QUICK, _artifact_row, add_parsers, settings_from
 from rtpurbo.eval.perplexity import perplexity
-from rtpurbo.eval.report import rebuild_report, write_report
+from rtpurbo.eval.report import merge_runs, rebuild_report, write_report
 from rtpurbo.eval.speed import measure_speed
 from rtpurbo.eval.suite import EvalData, Row, SuiteSettings, base_rows, load_data, run_suite, save_data
 from rtpurbo.eval.tasks import TaskSample
@@ -110,6 +110,37 @@ def test_suite_writes_report_and_resumes(converted, tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "run_perplexity", no_rerun)
     again = run_suite(converted, tiny_tokenizer(), rows, data, settings(), tmp_path, load_artifact=None, progress=False)
     assert again == stored
+
+
+def test_runs_per_row_and_length_merge_into_one_report(converted, tmp_path):
+    data, rows = make_data(), rows_for(converted)
+    config = {"model": "tiny", "device": "cpu", "dtype": "float32", "chat_template": False}
+    runs = []
+    for row in rows[:2]:
+        for length in LENGTHS:
+            run = tmp_path / f"{row.name}-{length}"
+            windows = 2 if length == LENGTHS[-1] else 0
+            part = settings(lengths=[length], ppl_windows=windows, speed_repeats=0)
+            part_data = EvalData(data.samples, data.windows[:windows], data.meta)
+            suite.configure(converted, row)
+            suite.evaluate_row(converted, tiny_tokenizer(), row, part_data, part, run, progress=False)
+            (run / "config.json").write_text(json.dumps({**config, "settings": {"lengths": [length],
+                                                                                  "ppl_windows": windows}}))
+            runs.append(run)
+    args = parse("--report-only", "--merge", *map(str, runs), "--out", str(tmp_path / "all"), "--json")
+    args.handler(args)
+    merged = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert [r["row"] for r in merged["rows"]] == ["dense", "streaming"]
+    for row in merged["rows"]:
+        assert sorted(row["tasks"]["niah_number"]) == [str(n) for n in LENGTHS] and row["perplexity"]
+    stray = tmp_path / "other"
+    converted.rtpurbo_sparse.window = 8  # the same row name computed differently must not merge
+    suite.configure(converted, rows[0])
+    suite.evaluate_row(converted, tiny_tokenizer(), rows[0], data, settings(ppl_windows=0, speed_repeats=0), stray,
+                       progress=False)
+    (stray / "config.json").write_text(json.dumps({**config, "settings": {"lengths": LENGTHS, "ppl_windows": 0}}))
+    with pytest.raises(ValueError, match="computed differently"):
+        merge_runs(tmp_path / "bad", [runs[0], stray])
 
 
 def test_changed_row_identity_starts_over(converted, tmp_path):

@@ -27,7 +27,7 @@ from ..convert import convert
 from ..families import geometry
 from ..models import load_base, resolve_model
 from ..pipeline import ProfileSettings, plan_summary, read_plan, run_profile
-from .report import rebuild_report, write_report
+from .report import merge_runs, rebuild_report, write_report
 from .suite import (BASE_ROWS, EvalData, Row, SuiteSettings, base_rows, build_data, load_data, run_suite,
                     save_data)
 from .tasks import TASKS
@@ -71,6 +71,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--prepare-only", action="store_true", help="write OUT/eval_data.npz and stop (tokenizer only)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the report from OUT/rows/*.json (e.g. rows computed by separate runs)")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="with --report-only: first gather the rows of these results directories into OUT "
+                        "(e.g. one run per row and length on several GPUs)")
     p.add_argument("--no-chat-template", action="store_true", help="plain-text prompts even if a template exists")
     p.set_defaults(handler=run)
 
@@ -157,7 +160,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.reorder_heads:
         raise SystemExit("rtpurbo eval switches plans in place and cannot use --reorder-heads")
     out: Path = args.out
+    if args.merge and not args.report_only:
+        raise SystemExit("--merge goes with --report-only")
     if args.report_only:
+        if args.merge:
+            out.mkdir(parents=True, exist_ok=True)
+            merge_runs(out, args.merge)
         result = rebuild_report(out, BASE_ROWS)
         say(args, (out / "results.md").read_text())
         return result

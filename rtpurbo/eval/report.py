@@ -235,3 +235,31 @@ def rebuild_report(out: Path, row_order: tuple[str, ...] = ()) -> dict[str, Any]
     config = json.loads((out / "config.json").read_text())
     config.pop("wall_seconds", None)
     return write_report(out, [stored[n] for n in names], config)
+
+
+def merge_runs(out: Path, runs: list[Path]) -> None:
+    """Gather the rows of several results directories into ``out`` (e.g. one run per row and
+    length): units of one row merge when its identity agrees; the config of the run with the most
+    perplexity windows and lengths is kept, its lengths widened to all merged lengths."""
+    rows: dict[str, dict[str, Any]] = {}
+    configs, lengths = [], set()
+    for run in runs:
+        config = json.loads((run / "config.json").read_text())
+        configs.append(config)
+        lengths.update(config["settings"]["lengths"])
+        for path in sorted((run / "rows").glob("*.json")):
+            row = json.loads(path.read_text())
+            held = rows.setdefault(path.stem, {**row, "units": {}, "kv_bytes_per_token": {}})
+            if held["identity"] != row["identity"]:
+                raise ValueError(f"{path}: row {path.stem!r} was computed differently in another run")
+            held["units"].update(row["units"])
+            held["kv_bytes_per_token"].update(row.get("kv_bytes_per_token", {}))
+    if not rows:
+        raise FileNotFoundError(f"no row results in {[str(r) for r in runs]}")
+    config = max(configs, key=lambda c: (c["settings"]["ppl_windows"], len(c["settings"]["lengths"])))
+    config = {**config, "settings": {**config["settings"], "lengths": sorted(lengths)},
+              "merged_from": [str(r) for r in runs]}
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    for name, row in rows.items():
+        (out / "rows" / f"{name}.json").write_text(dumps(row))
+    (out / "config.json").write_text(dumps(config))
