@@ -33,10 +33,10 @@ def _is_artifact(spec: str) -> bool:
     return io.artifact_path(spec) is not None
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, merge_adapters: bool = False):
     device, dtype = device_dtype(args)
     if _is_artifact(args.model):
-        return io.load(args.model, dtype=dtype, device=device)
+        return io.load(args.model, dtype=dtype, device=device, merge_adapters=merge_adapters)
     return load_base(args.model, dtype=dtype, device=device)
 
 
@@ -81,12 +81,8 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 
     from .generate import generate as run_generate
 
-    model, tokenizer = _load(args)
+    model, tokenizer = _load(args, merge_adapters=True)
     converted = getattr(model, "rtpurbo_plan", None) is not None
-    if converted:
-        from .train.lora import merge_lora
-
-        merge_lora(model)  # inference only: no adapter matmuls per token
     if converted and args.top_p is not None:
         model.rtpurbo_sparse.top_p = args.top_p
     text = args.prompt

@@ -146,12 +146,15 @@ def load(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     allow_base_mismatch: bool = False,
+    merge_adapters: bool = False,
 ):
     """Rebuild a converted model from an artifact: (model, tokenizer).
 
     Args:
         base: override where the base model comes from (default: the recorded spec).
         allow_base_mismatch: load even if the base weights' fingerprint differs.
+        merge_adapters: fold LoRA adapters into their projections (inference: no adapter matmuls
+            per call). Not for training further: the adapters would then apply twice.
     """
     path = artifact_path(path) or Path(path)
     config = read_config(path)
@@ -165,6 +168,10 @@ def load(
         )
     model.rtpurbo_fingerprint = found
     apply_artifact(model, config, load_file(path / WEIGHTS_NAME, device="cpu"))
+    if merge_adapters and config.get("lora"):
+        from .train.lora import merge_lora
+
+        merge_lora(model)
     return model, tokenizer
 
 

@@ -37,7 +37,6 @@ from .families import geometry
 from .generate import prefill
 from .memory import KVGeometry, kv_table
 from .pipeline import plan_summary, run_profile
-from .train.lora import merge_lora
 
 DEV_TEXT_SOURCES = ("shakespeare",)
 SHIPPED_ADAPTER = "smollm2-135m-rtpurbo"
@@ -97,8 +96,7 @@ def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable
         if base != args.model:
             raise SystemExit(f"the adapter {args.adapter} converts {base!r}, not {args.model!r}; "
                              "pass --from-scratch to profile and convert --model here")
-        model, _ = io.load(args.adapter, dtype=torch.float32, device="cpu")
-        merge_lora(model)  # inference only: LoRA folded into the projections
+        model, _ = io.load(args.adapter, dtype=torch.float32, device="cpu", merge_adapters=True)
         return model, f"adapter {args.adapter}"
     model, tokenizer = load(args)
     settings = settings_from(args)

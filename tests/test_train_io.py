@@ -38,6 +38,9 @@ def test_lora_artifact_round_trip(tmp_path):
     assert torch.equal(logits(model, ids), logits(loaded, ids))
     with topp_prefill(model), topp_prefill(loaded):
         assert torch.equal(logits(model, ids), logits(loaded, ids))
+    merged, _ = io.load(tmp_path / "artifact", merge_adapters=True)
+    assert all(m.merged for m in merged.modules() if hasattr(m, "lora_A"))
+    torch.testing.assert_close(logits(merged, ids), logits(model, ids), rtol=1e-4, atol=1e-4)
     saved = load_file(tmp_path / "artifact" / io.WEIGHTS_NAME)
     assert all("lora_" in k or ".indexer." in k for k in saved)
     assert io.read_config(tmp_path / "artifact")["lora"]["r"] == 4

@@ -193,20 +193,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     say(args, f"rows: {', '.join(r.name for r in rows)}; lengths {settings.lengths}; {settings.samples} samples "
                f"x {len(settings.tasks)} tasks; results in {out}")
     stored = run_suite(model, tokenizer, rows, data, settings, out,
-                       lambda path: _load_merged(path, spec, dtype, device), progress=not args.json)
+                       lambda path: io.load(path, base=spec, dtype=dtype, device=device, merge_adapters=True),
+                       progress=not args.json)
     config["wall_seconds"] = round(time.time() - started, 1)
     result = write_report(out, stored, config)
     say(args, (out / "results.md").read_text())
     return result
-
-
-def _load_merged(path: Path, spec: str, dtype: torch.dtype, device: str) -> tuple[torch.nn.Module, Any]:
-    """An artifact row's model, LoRA folded into its projections (evaluation never trains or saves)."""
-    from ..train.lora import merge_lora
-
-    model, tokenizer = io.load(path, base=spec, dtype=dtype, device=device)
-    merge_lora(model)
-    return model, tokenizer
 
 
 def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path,
