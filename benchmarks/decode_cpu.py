@@ -23,7 +23,8 @@ from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.families import geometry
 from rtpurbo.models import load_base
-from rtpurbo.quickstart import dev_windows
+from rtpurbo.eval.suite import perplexity_windows
+from rtpurbo.quickstart import DEV_TEXT_SOURCES
 
 
 def timed_steps(step, n_steps: int, warmup: int = 2) -> list[float]:
@@ -66,7 +67,8 @@ def main() -> None:
 
     model, tokenizer = load_base()
     layers, n_kv, n_q, _ = geometry(model.config)
-    prompt = torch.tensor(dev_windows(tokenizer, 1, args.context - args.new_tokens - 4))  # real dev-pool text
+    length = args.context - args.new_tokens - 4
+    prompt = torch.tensor(perplexity_windows(tokenizer, 1, length, sources=DEV_TEXT_SOURCES))  # real dev-pool text
     dense_prefill, dense_steps = decode_loop(model, prompt, DynamicCache(config=model.config), args.new_tokens)
     plan = HeadPlan.from_dict(json.load(open(args.plan))) if args.plan else default_plan(layers, n_kv, n_q)
     convert(model, plan, SparseConfig(window=args.window, sinks=4, top_p=args.top_p))

@@ -33,6 +33,7 @@ from .data.sources import long_documents
 from .eval.perplexity import perplexity
 from .eval.scoring import decode_step
 from .eval.speed import measure_speed
+from .eval.suite import perplexity_windows
 from .families import geometry
 from .generate import prefill
 from .memory import KVGeometry, kv_table
@@ -41,19 +42,6 @@ from .pipeline import plan_summary, run_profile
 DEV_TEXT_SOURCES = ("shakespeare",)
 SHIPPED_ADAPTER = "smollm2-135m-rtpurbo"
 PROBE_SEED_BLOCK = 500_000  # eval-namespace seeds far from the eval suite's and training's
-
-
-def dev_windows(tokenizer: Any, n_windows: int, length: int) -> list[list[int]]:
-    """``n_windows`` windows of ``length`` tokens, each from a different long dev-pool document."""
-    windows = []
-    for doc in long_documents(list(DEV_TEXT_SOURCES), min_chars=5 * length, limit=4 * n_windows):
-        ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= length:
-            start = (len(ids) - length) // 2  # skip title pages and dramatis personae
-            windows.append(ids[start : start + length])
-        if len(windows) == n_windows:
-            return windows
-    raise RuntimeError(f"found only {len(windows)} dev documents of {length} tokens in {DEV_TEXT_SOURCES}")
 
 
 def probe_samples(tokenizer: Any, per_kind: int, length: int) -> list:
@@ -127,7 +115,7 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say_:
     plan, sparse = converted.rtpurbo_plan, converted.rtpurbo_sparse
     models = {"dense": dense, "converted": converted}
 
-    windows = dev_windows(tokenizer, args.eval_windows, args.eval_length)
+    windows = perplexity_windows(tokenizer, args.eval_windows, args.eval_length, sources=DEV_TEXT_SOURCES)
     say_(args, f"[2/5] perplexity on {len(windows)} x {args.eval_length} tokens of {', '.join(DEV_TEXT_SOURCES)}")
     ppl = {name: perplexity(m, windows, desc=f"perplexity ({name})") for name, m in models.items()}
 

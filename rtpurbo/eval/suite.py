@@ -83,9 +83,11 @@ def tokenizer_probe(tokenizer: Any) -> list[int]:
     return tokenizer.encode(_PROBE, add_special_tokens=False) + [len(tokenizer)]
 
 
-def perplexity_windows(tokenizer: Any, n: int, length: int, install: bool = True) -> list[list[int]]:
-    """``n`` windows of ``length`` tokens from the middle of long dev-pool documents, sources in turn."""
-    docs = long_documents(list(PPL_SOURCES), min_chars=5 * length, limit=4 * n + 8, install=install)
+def perplexity_windows(tokenizer: Any, n: int, length: int, install: bool = True,
+                       sources: tuple[str, ...] = PPL_SOURCES) -> list[list[int]]:
+    """``n`` windows of ``length`` tokens from the middle of long dev-pool documents, sources in turn
+    (the middle skips title pages, licences and dramatis personae)."""
+    docs = long_documents(list(sources), min_chars=5 * length, limit=4 * n + 8, install=install)
     windows = []
     for doc in docs:
         ids = tokenizer.encode(doc.text, add_special_tokens=False)
@@ -94,7 +96,7 @@ def perplexity_windows(tokenizer: Any, n: int, length: int, install: bool = True
             windows.append(ids[start : start + length])
         if len(windows) == n:
             return windows
-    raise RuntimeError(f"found {len(windows)} dev documents of {length} tokens in {PPL_SOURCES}, {n} wanted")
+    raise RuntimeError(f"found {len(windows)} dev documents of {length} tokens in {sources}, {n} wanted")
 
 
 def build_data(tokenizer: Any, settings: SuiteSettings, corpus: DevCorpus | None = None,
