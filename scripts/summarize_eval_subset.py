@@ -5,12 +5,19 @@ runs with different sample counts compare on the same prompts.
 """
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rtpurbo.eval.report import summarize_row  # noqa: E402
 
 SCORES = ("exact", "partial", "tf_accuracy")
 
 
-def subset_means(row: dict, tasks: list[str], length: int, samples: int) -> dict[str, float] | None:
+def subset_means(row: dict, tasks: list[str], length: int, samples: int) -> dict | None:
+    """Mean of each score over the first ``samples`` samples of ``tasks`` at ``length``; None if
+    the row holds fewer. Perplexity, heads and config come from the report's own row summary."""
     values: dict[str, list[float]] = {s: [] for s in SCORES}
     for task in tasks:
         unit = row["units"].get(f"task:{task}@{length}")
@@ -19,16 +26,10 @@ def subset_means(row: dict, tasks: list[str], length: int, samples: int) -> dict
         for sample in unit["samples"][:samples]:
             for s in SCORES:
                 values[s].append(float(sample[s]))
+    summary = summarize_row(row)
     means = {s: sum(v) / len(v) for s, v in values.items()}
-    ppl = row["units"].get("perplexity")
-    if ppl:
-        nll = sum(w["all"][0] for w in ppl["windows"])
-        tokens = sum(w["all"][1] for w in ppl["windows"])
-        means["perplexity"] = float(__import__("math").exp(nll / tokens))
-        means["ppl_windows"] = len(ppl["windows"])
-    means["top_p"] = row["sparse"]["top_p"]
-    means["window"] = row["sparse"]["window"]
-    means["retrieval_kv_heads"] = sum(len(h) for h in row["plan"]["retrieval"])
+    means.update(perplexity=summary["perplexity"].get("all"), top_p=summary["sparse"]["top_p"],
+                 window=summary["sparse"]["window"], retrieval_kv_heads=summary["retrieval_kv_heads"])
     return means
 
 
@@ -47,7 +48,7 @@ def main() -> None:
         if m is None:
             print(f"| {path.stem} | {path.parent.parent.name} | incomplete | | | | | | |")
             continue
-        ppl = f"{m['perplexity']:.3f} ({m['ppl_windows']})" if "perplexity" in m else "–"
+        ppl = f"{m['perplexity']['ppl']:.3f} ({m['perplexity']['windows']})" if m["perplexity"] else "–"
         print(f"| {path.stem} | {path.parent.parent.name} | {m['retrieval_kv_heads']} | {m['window']} | {m['top_p']} | "
               f"{m['exact']:.3f} | {m['partial']:.3f} | {m['tf_accuracy']:.3f} | {ppl} |")
 
