@@ -155,6 +155,20 @@ def _shift_for(span, N_BINS: tl.constexpr):
 
 
 @triton.jit
+def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need, N_BINS: tl.constexpr):
+    """Write the search state every level rewrites (LOWER / UPPER are written once, at level 0)."""
+    tl.store(st + MODE, mode)
+    tl.store(st + RANK, rank)
+    tl.store(st + ABOVE, above)
+    tl.store(st + MASS_ABOVE, mass_above)
+    tl.store(st + KEY_HI, key_hi)
+    tl.store(st + KEY_LO, key_lo)
+    tl.store(st + SHIFT, _shift_for(key_hi - key_lo, N_BINS))
+    tl.store(st + TAU, tau)
+    tl.store(st + NEED, need)
+
+
+@triton.jit
 def _logit_bin_keys(row_max, chosen, N_LOGIT: tl.constexpr, INV_WIDTH: tl.constexpr, PROBES: tl.constexpr):
     """[key_lo, key_hi]: the keys (of scores in [-inf, m]) whose level-0 bin is ``chosen``.
 
@@ -224,15 +238,8 @@ def _logit_level_kernel(
         key_lo, key_hi = _logit_bin_keys(row_max, chosen, N_LOGIT, INV_WIDTH, 256)
         empty = upper == 0
         st = state_ptr + row * N_STATE
-        tl.store(st + MODE, tl.where(empty, RESOLVED, mode))
-        tl.store(st + RANK, rank)
-        tl.store(st + ABOVE, above)
-        tl.store(st + MASS_ABOVE, mass_above)
-        tl.store(st + KEY_HI, key_hi)
-        tl.store(st + KEY_LO, key_lo)
-        tl.store(st + SHIFT, _shift_for(key_hi - key_lo, N_BINS))
-        tl.store(st + TAU, tl.where(empty, NO_KEY, 0))
-        tl.store(st + NEED, zero)
+        _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
+                      tl.where(empty, NO_KEY, 0), zero, N_BINS)
         tl.store(st + LOWER, lower)
         tl.store(st + UPPER, upper)
         tl.store(stats_ptr + row * 2, row_max)
@@ -288,15 +295,8 @@ def _key_level_kernel(
             ties = tl.where(each > 0, (target - mass_above + each - 1) // tl.maximum(each, 1), n_in)
             n_star = above + tl.minimum(tl.maximum(ties, 1), n_in)
             n_keep = tl.where(mode == BY_RANK, rank, tl.minimum(tl.maximum(n_star, lower), upper))
-            tl.store(st + MODE, tl.where(resolved, RESOLVED, mode))
-            tl.store(st + RANK, rank)
-            tl.store(st + ABOVE, above)
-            tl.store(st + MASS_ABOVE, mass_above)
-            tl.store(st + KEY_HI, new_hi)
-            tl.store(st + KEY_LO, new_lo)
-            tl.store(st + SHIFT, _shift_for(new_hi - new_lo, N_BINS))
-            tl.store(st + TAU, new_hi)
-            tl.store(st + NEED, n_keep - above)
+            _store_search(st, tl.where(resolved, RESOLVED, mode), rank, above, mass_above, new_hi, new_lo, new_hi,
+                          n_keep - above, N_BINS)
             if resolved:
                 tl.store(n_keep_ptr + row, n_keep)
 
