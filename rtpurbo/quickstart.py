@@ -53,8 +53,13 @@ def probe_samples(tokenizer: Any, per_kind: int, length: int) -> list:
     return samples
 
 
+def progress(text: str, end: str = "\n") -> None:
+    """A progress line on stderr (stdout stays clean for --json)."""
+    print(text, end=end, file=sys.stderr, flush=True)
+
+
 @torch.no_grad()
-def answer_accuracy(model: nn.Module, samples: list, desc: str, say: Callable) -> dict[str, float]:
+def answer_accuracy(model: nn.Module, samples: list, desc: str) -> dict[str, float]:
     """Teacher-forced answer-token accuracy and exact-answer rate, as deployed: the prompt is
     prefilled into a head-wise cache, then the answer is fed one token per decode step (so
     retrieval heads with top-p < 1 attend only to their indexer's selection)."""
@@ -70,14 +75,13 @@ def answer_accuracy(model: nn.Module, samples: list, desc: str, say: Callable) -
                                  torch.tensor([position]))
             hits.append(int(logits.argmax(-1)) == ids[position + 1])
         token_acc.append(sum(hits) / len(hits))
-        say(f"  {desc}: {i + 1}/{len(samples)}", end="\r")
-    say("")
+        progress(f"  {desc}: {i + 1}/{len(samples)}", end="\r")
+    progress("")
     return {"token_accuracy": sum(token_acc) / len(samples),
             "exact": sum(a == 1.0 for a in token_acc) / len(samples), "samples": len(samples)}
 
 
-def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable, say: Callable,
-               out: Path) -> tuple[nn.Module, str]:
+def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable, out: Path) -> tuple[nn.Module, str]:
     """The converted row's model: the shipped adapter, or a fresh profile -> convert -> save."""
     if not args.from_scratch:
         base = io.read_config(args.adapter)["base_model"]["spec"]
@@ -88,7 +92,7 @@ def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable
         return model, f"adapter {args.adapter}"
     model, tokenizer = load(args)
     settings = settings_from(args)
-    say(f"      profiling {geometry(model.config)[0]} layers on needle prompts "
+    progress(f"      profiling {geometry(model.config)[0]} layers on needle prompts "
         f"({settings.profile_samples} x 3 kinds x {settings.profile_length} tokens)")
     _, plan = run_profile(model, tokenizer, settings, out / "profile")
     convert(model, plan, SparseConfig(window=args.window, sinks=args.sinks))
@@ -96,19 +100,16 @@ def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable
     return model, f"training-free split, saved to {out / 'artifact'}"
 
 
-def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say_: Callable) -> dict[str, Any]:
+def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: Callable) -> dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    def say(text: str, end: str = "\n") -> None:  # progress lines: stderr, stdout stays clean for --json
-        print(text, end=end, file=sys.stderr, flush=True)
-
     if args.from_scratch:
-        say_(args, "[1/5] base model and the training-free split (profile -> convert -> save)")
+        say(args, "[1/5] base model and the training-free split (profile -> convert -> save)")
     else:
-        say_(args, f"[1/5] base model and the shipped adapter {args.adapter} (plan + indexers + LoRA)")
-    converted, origin = _converted(args, load, settings_from, say, out)
+        say(args, f"[1/5] base model and the shipped adapter {args.adapter} (plan + indexers + LoRA)")
+    converted, origin = _converted(args, load, settings_from, out)
     dense, tokenizer = load(args)
     layers, kv_heads, q_heads, head_dim = geometry(dense.config)
     convert(dense, HeadPlan.uniform(layers, kv_heads, q_heads, retrieval=True), SparseConfig(top_p=1.0))
@@ -116,22 +117,22 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say_:
     models = {"dense": dense, "converted": converted}
 
     windows = perplexity_windows(tokenizer, args.eval_windows, args.eval_length, sources=DEV_TEXT_SOURCES)
-    say_(args, f"[2/5] perplexity on {len(windows)} x {args.eval_length} tokens of {', '.join(DEV_TEXT_SOURCES)}")
+    say(args, f"[2/5] perplexity on {len(windows)} x {args.eval_length} tokens of {', '.join(DEV_TEXT_SOURCES)}")
     ppl = {name: perplexity(m, windows, desc=f"perplexity ({name})") for name, m in models.items()}
 
     samples = probe_samples(tokenizer, args.probe_samples, args.probe_length)
-    say_(args, f"[3/5] needle answers, teacher-forced through the cache: {len(samples)} prompts x "
+    say(args, f"[3/5] needle answers, teacher-forced through the cache: {len(samples)} prompts x "
                f"{args.probe_length} tokens ({', '.join(KINDS)}); converted retrieval heads decode over their "
                f"top-p {sparse.top_p} selection")
-    accuracy = {"dense": answer_accuracy(dense, samples, "dense", say)}
-    accuracy["converted"] = answer_accuracy(converted, samples, "converted", say)
+    accuracy = {"dense": answer_accuracy(dense, samples, "dense")}
+    accuracy["converted"] = answer_accuracy(converted, samples, "converted")
 
-    say_(args, f"[4/5] CPU speed at {args.speed_length} tokens ({torch.get_num_threads()} threads), "
+    say(args, f"[4/5] CPU speed at {args.speed_length} tokens ({torch.get_num_threads()} threads), "
                "prefill + 16 decode steps through the head-wise cache")
     speed = {name: measure_speed(m, args.speed_length, decode_steps=16, repeats=1, warmup=0)
              for name, m in models.items()}
 
-    say_(args, "[5/5] KV cache bytes (bf16)")
+    say(args, "[5/5] KV cache bytes (bf16)")
     kv = KVGeometry(layers, kv_heads, head_dim, plan.num_retrieval(), sparse.window, sparse.sinks, sparse.index_dim)
     result = {
         "model": args.model,
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say_:
         "wall_seconds": round(time.time() - started, 1),
     }
     (out / "quickstart.json").write_text(dumps(result))
-    _print_side_by_side(args, say_, result)
+    _print_side_by_side(args, say, result)
     return result
 
 

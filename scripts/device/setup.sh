@@ -19,7 +19,6 @@ case "${1:-assemble}" in
     # the repo copy is replaced by every call: background jobs run from a private copy
     rm -rf "$M/repo" && mkdir -p "$M/repo" && cp -r rtpurbo scripts benchmarks tests pyproject.toml "$M/repo/"
     [ -s "$M/eval/eval_data.npz" ] || [ ! -d .device/eval ] || cp -r .device/eval "$M/"
-    [ ! -d .device/profile8k ] || cp -r .device/profile8k "$M/"
     [ ! -d .device/plans ] || cp -r .device/plans "$M/"
     ls -la "$MODEL"
     ;;
