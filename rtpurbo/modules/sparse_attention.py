@@ -197,8 +197,9 @@ class SparseAttention(nn.Module):
         if self.retrieval_heads:
             key_mask = None
             if self.sparse.retrieval_prefill == "topp" and self.base_window is None:
-                q_idx, k_idx = self.index_vectors(q_raw, k_raw, rope)
-                key_mask = self.select(q_idx, k_idx, positions, positions)
+                with torch.no_grad():  # a hard choice: no gradient flows through it, so build no graph
+                    q_idx, k_idx = self.index_vectors(q_raw, k_raw, rope)
+                    key_mask = self.select(q_idx, k_idx, positions, positions)
             qr, kr, vr = parts["retrieval"]
             retrieval_out = ops.attention(
                 qr, kr, vr, positions, positions, window=self.base_window, key_mask=key_mask,
