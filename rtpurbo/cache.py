@@ -52,16 +52,23 @@ class LayerCache:
 
 @dataclass
 class SelectionStats:
-    """Running sums of the decode-time top-p selection, per layer."""
+    """Running sums of the decode-time top-p selection, per layer.
 
-    selected: dict[int, float] = field(default_factory=dict)  # sum over (batch, head, step) of selected keys
-    visible: dict[int, float] = field(default_factory=dict)  # same sum of visible keys
+    The sums stay on the layer's device (0-d int64 tensors), so :meth:`record` never waits
+    for the GPU; :meth:`summary` reads them back (one host sync per layer).
+    """
+
+    selected: dict[int, torch.Tensor] = field(default_factory=dict)  # sum over (batch, head, step) of selected keys
+    visible: dict[int, torch.Tensor] = field(default_factory=dict)  # same sum of visible keys
     samples: dict[int, int] = field(default_factory=dict)  # (batch, head, step) count
 
     def record(self, layer: int, counts: torch.Tensor, visible: torch.Tensor) -> None:
         """counts (B, Hr, 1) selected keys; visible (B,) keys a full head would see."""
-        self.selected[layer] = self.selected.get(layer, 0.0) + float(counts.sum())
-        self.visible[layer] = self.visible.get(layer, 0.0) + float(visible.sum()) * counts.shape[1]
+        if layer not in self.selected:
+            self.selected[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
+            self.visible[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
+        self.selected[layer].add_(counts.sum())
+        self.visible[layer].add_(visible.sum(), alpha=counts.shape[1])
         self.samples[layer] = self.samples.get(layer, 0) + counts.numel()
 
     def summary(self) -> dict[str, float]:
@@ -69,7 +76,8 @@ class SelectionStats:
         total = sum(self.samples.values())
         if not total:
             return {"mean_selected": 0.0, "mean_fraction": 0.0, "samples": 0}
-        selected, visible = sum(self.selected.values()), sum(self.visible.values())
+        selected = float(sum(int(t) for t in self.selected.values()))
+        visible = float(sum(int(t) for t in self.visible.values()))
         return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total}
 
 
@@ -248,16 +256,37 @@ class HeadwiseCache(Cache):
         layer.r_len = end
 
     def _write_ring(self, layer: LayerCache, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """Write new local-head tokens that stay inside the window; later ones win per slot."""
+        """Write new local-head tokens that stay inside the window; later ones win per slot.
+
+        k, v (B, Hl, L, D); positions (B, L), -1 = padding (not written).
+        """
+        if positions.shape[1] == 1:
+            self._write_ring_one(layer, k, v, positions)
+            return
         sinks, window = self.sparse.sinks, self.sparse.window
         newest = positions.max(dim=1, keepdim=True).values
         keep = (positions >= 0) & ((positions < sinks) | (positions > newest - window))
         slot = torch.where(positions < sinks, positions, sinks + (positions - sinks) % window)
-        rows, cols = keep.nonzero(as_tuple=True)
+        rows, cols = keep.nonzero(as_tuple=True)  # host sync: fine once per prefill chunk
         slots = slot[rows, cols]
         layer.l_k[rows, :, slots] = k[rows, :, cols]
         layer.l_v[rows, :, slots] = v[rows, :, cols]
         layer.l_pos[rows, slots] = positions[rows, cols]
+
+    def _write_ring_one(self, layer: LayerCache, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        """:meth:`_write_ring` of one token per row (decode), without a host sync.
+
+        k, v (B, Hl, 1, D); positions (B, 1). A single new token is always inside the window,
+        so every real row writes its slot; a padding row rewrites slot 0 with its own content.
+        """
+        sinks, window = self.sparse.sinks, self.sparse.window
+        real = positions >= 0  # (B, 1)
+        slot = torch.where(positions < sinks, positions, sinks + (positions - sinks) % window)
+        slot = slot.clamp(min=0)  # (B, 1); a padding row (-1) points at slot 0
+        index = slot[:, None, :, None].expand_as(k)  # (B, Hl, 1, D)
+        for store, new in ((layer.l_k, k), (layer.l_v, v)):
+            store.scatter_(2, index, torch.where(real[:, None, :, None], new, store.gather(2, index)))
+        layer.l_pos.scatter_(1, slot, torch.where(real, positions, layer.l_pos.gather(1, slot)))
 
     # --- attention ----------------------------------------------------------------------
     def attend(self, module, q, k, v, positions, q_raw, k_raw, rope) -> torch.Tensor:
