@@ -63,12 +63,12 @@ class SelectionStats:
     samples: dict[int, int] = field(default_factory=dict)  # (batch, head, step) count
 
     def record(self, layer: int, counts: torch.Tensor, visible: torch.Tensor) -> None:
-        """counts (B, Hr, 1) selected keys; visible (B,) keys a full head would see."""
+        """counts (B, Hr, 1) selected keys; visible () keys a full head would see, summed over the rows."""
         if layer not in self.selected:
             self.selected[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
             self.visible[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
         self.selected[layer].add_(counts.sum())
-        self.visible[layer].add_(visible.sum(), alpha=counts.shape[1])
+        self.visible[layer].add_(visible, alpha=counts.shape[1])
         self.samples[layer] = self.samples.get(layer, 0) + counts.numel()
 
     def summary(self) -> dict[str, float]:
@@ -79,6 +79,25 @@ class SelectionStats:
         selected = float(sum(int(t) for t in self.selected.values()))
         visible = float(sum(int(t) for t in self.visible.values()))
         return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total}
+
+
+@dataclass
+class _Forward:
+    """Values that every layer of one model forward shares, computed by the first layer that needs them.
+
+    All layers of a forward get the same ``position_ids`` and padding-mask objects and start
+    from the same cache length ``seen``; that is how :meth:`HeadwiseCache.token_positions`
+    recognises the forward. The other values are only handed out for this ``positions`` object.
+    """
+
+    seen: int
+    shape: tuple[int, int]  # (B, L)
+    device: torch.device
+    position_ids: torch.Tensor | None
+    padding_mask: torch.Tensor | None
+    positions: torch.Tensor  # (B, L) int64, -1 = padding
+    ring_slot: tuple[torch.Tensor, ...] | None = None  # decode, see HeadwiseCache._ring_slot
+    visible: tuple[int, torch.Tensor] | None = None  # decode: (r_len, () visible keys summed over rows)
 
 
 class HeadwiseCache(Cache):
@@ -98,6 +117,7 @@ class HeadwiseCache(Cache):
         self.initial_capacity = initial_capacity
         self.store: list[LayerCache | None] = [None] * self.plan.num_layers
         self.stats = SelectionStats()
+        self._forward: _Forward | None = None
 
     # --- what transformers asks of a cache ----------------------------------------------
     def __len__(self) -> int:
@@ -198,6 +218,61 @@ class HeadwiseCache(Cache):
                 self._write_ring(layer, k, v, kept.to(weight.device)[None])
             layer.seen = length
 
+    # --- values shared by the layers of one forward ---------------------------------------
+    def token_positions(
+        self, module, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None, batch: int, length: int,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """(B, L) int64 positions of this forward's tokens (-1 = padding), by ``module.token_positions``.
+
+        Computed by the forward's first layer; the later layers get the same tensor.
+        """
+        seen = self.get_seq_length(module.layer_idx)
+        f = self._forward
+        if (
+            f is None or (f.seen, f.shape, f.device) != (seen, (batch, length), device)
+            or f.position_ids is not position_ids or f.padding_mask is not padding_mask
+        ):
+            positions = module.token_positions(position_ids, padding_mask, batch, length, seen, device)
+            f = self._forward = _Forward(seen, (batch, length), device, position_ids, padding_mask, positions)
+        return f.positions
+
+    def _shared(self, positions: torch.Tensor) -> _Forward | None:
+        """The current forward's shared values if ``positions`` is its tensor, else None."""
+        f = self._forward
+        return f if f is not None and f.positions is positions else None
+
+    def _ring_slot(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Ring slot of one new token per row: (slot (B, 1), slot (B, 1, 1, 1), real (B, 1), real (B, 1, 1, 1)).
+
+        positions (B, 1). A padding row (-1) points at slot 0 with ``real`` False. Once per forward.
+        """
+        shared = self._shared(positions)
+        if shared is not None and shared.ring_slot is not None:
+            return shared.ring_slot
+        sinks, window = self.sparse.sinks, self.sparse.window
+        real = positions >= 0
+        slot = torch.where(positions < sinks, positions, sinks + (positions - sinks) % window).clamp(min=0)
+        ring_slot = (slot, slot[:, :, None, None], real, real[:, :, None, None])
+        if shared is not None:
+            shared.ring_slot = ring_slot
+        return ring_slot
+
+    def _visible(self, layer: LayerCache, positions: torch.Tensor) -> torch.Tensor:
+        """() keys a full retrieval head sees at decode, summed over the rows.
+
+        positions (B, 1). Once per forward: every layer with retrieval heads holds the same
+        positions (they all append the same tokens), so the count is the same in each.
+        """
+        shared = self._shared(positions)
+        if shared is not None and shared.visible is not None and shared.visible[0] == layer.r_len:
+            return shared.visible[1]
+        key_pos = layer.r_pos[:, : layer.r_len]
+        visible = ((key_pos >= 0) & (key_pos <= positions)).sum()
+        if shared is not None:
+            shared.visible = (layer.r_len, visible)
+        return visible
+
     # --- storage ----------------------------------------------------------------------
     def _layer(self, module, k: torch.Tensor) -> LayerCache:
         layer = self.store[module.layer_idx]
@@ -279,13 +354,10 @@ class HeadwiseCache(Cache):
         k, v (B, Hl, 1, D); positions (B, 1). A single new token is always inside the window,
         so every real row writes its slot; a padding row rewrites slot 0 with its own content.
         """
-        sinks, window = self.sparse.sinks, self.sparse.window
-        real = positions >= 0  # (B, 1)
-        slot = torch.where(positions < sinks, positions, sinks + (positions - sinks) % window)
-        slot = slot.clamp(min=0)  # (B, 1); a padding row (-1) points at slot 0
-        index = slot[:, None, :, None].expand_as(k)  # (B, Hl, 1, D)
+        slot, slot4, real, real4 = self._ring_slot(positions)
+        index = slot4.expand_as(k)  # (B, Hl, 1, D)
         for store, new in ((layer.l_k, k), (layer.l_v, v)):
-            store.scatter_(2, index, torch.where(real[:, None, :, None], new, store.gather(2, index)))
+            store.scatter_(2, index, torch.where(real4, new, store.gather(2, index)))
         layer.l_pos.scatter_(1, slot, torch.where(real, positions, layer.l_pos.gather(1, slot)))
 
     # --- attention ----------------------------------------------------------------------
@@ -323,8 +395,7 @@ class HeadwiseCache(Cache):
                     top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,
                     sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl,
                 )
-                visible = ((key_pos >= 0) & (key_pos <= positions)).sum(-1)
-                self.stats.record(module.layer_idx, counts, visible)
+                self.stats.record(module.layer_idx, counts, self._visible(layer, positions))
             else:
                 retrieval_out = ops.attention(
                     qr, keys, values, positions, key_pos, window=module.base_window,

@@ -71,17 +71,24 @@ class LowRankIndexer(nn.Module):
         self.wk.copy_(select.expand_as(self.wk))
         self.wq.copy_((select / (self.group * self.head_dim**0.5)).expand_as(self.wq))
 
+    # keys / queries: one bmm over the heads, the one torch.einsum runs (same operand layout, so
+    # bitwise the same result) without einsum's extra view ops, which cost time at every decode step.
     def keys(self, k_raw: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """k_raw (B, Hr, L, D) pre-RoPE keys -> (B, Hr, L, d_idx) indexer keys."""
-        k_idx = torch.einsum("bhld,hde->bhle", k_raw, self.wk.to(k_raw.dtype))
-        return self._rope(k_idx, cos, sin)
+        batch, heads, length, dim = k_raw.shape
+        rows = k_raw.transpose(0, 1).reshape(heads, batch * length, dim)  # (Hr, B*L, D)
+        k_idx = torch.bmm(rows, self.wk.to(k_raw.dtype))  # (Hr, B*L, d_idx)
+        return self._rope(k_idx.view(heads, batch, length, -1).transpose(0, 1), cos, sin)
 
     def queries(self, q_raw: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """q_raw (B, Hr*G, L, D) pre-RoPE queries -> (B, Hr, L, d_idx) indexer queries."""
         batch, _, length, dim = q_raw.shape
-        grouped = q_raw.view(batch, self.num_heads, self.group, length, dim)
-        q_idx = torch.einsum("bhgld,hgde->bhle", grouped, self.wq.to(q_raw.dtype))
-        return self._rope(q_idx, cos, sin)
+        heads, width = self.num_heads, dim * self.group
+        grouped = q_raw.view(batch, heads, self.group, length, dim)
+        rows = grouped.permute(1, 0, 3, 4, 2).reshape(heads, batch * length, width)  # (Hr, B*L, D*G)
+        weight = self.wq.to(q_raw.dtype).transpose(1, 2).reshape(heads, width, -1)  # (Hr, D*G, d_idx)
+        q_idx = torch.bmm(rows, weight)  # (Hr, B*L, d_idx): sum over the G heads and D
+        return self._rope(q_idx.view(heads, batch, length, -1).transpose(0, 1), cos, sin)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate the first ``rope_dims`` dims with the base model's lowest frequencies.

@@ -103,6 +103,11 @@ class SparseAttention(nn.Module):
     def split_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, tuple]:
         """{"retrieval": (q, k, v), "local": (q, k, v)} with (B, H_role, L, D) tensors."""
         n_rq, n_rkv = self.q_retrieval.numel(), self.kv_retrieval.numel()
+        if self.heads_contiguous:  # views, one split per tensor
+            (qr, ql), (kr, kl), (vr, vl) = (
+                x.split([n, x.shape[1] - n], dim=1) for x, n in ((q, n_rq), (k, n_rkv), (v, n_rkv))
+            )
+            return {"retrieval": (qr, kr, vr), "local": (ql, kl, vl)}
         return {
             "retrieval": (
                 self._take(q, self.q_retrieval, 0),
@@ -168,8 +173,10 @@ class SparseAttention(nn.Module):
                 f"a converted model needs rtpurbo's head-wise cache, got {type(cache).__name__}; "
                 "use rtpurbo.generate or pass use_cache=False"
             )
-        offset = 0 if cache is None else cache.get_seq_length(self.layer_idx)
-        positions = self.token_positions(position_ids, attention_mask, batch, length, offset, hidden_states.device)
+        if cache is None:
+            positions = self.token_positions(position_ids, attention_mask, batch, length, 0, hidden_states.device)
+        else:  # computed once per forward, shared by the layers
+            positions = cache.token_positions(self, position_ids, attention_mask, batch, length, hidden_states.device)
         q_raw, k_raw, v = self.project(hidden_states)
         q, k = self._apply_rotary(q_raw, k_raw, *position_embeddings)
         if self.observer is not None:
