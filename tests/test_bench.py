@@ -66,6 +66,23 @@ def test_sparse_without_sparsity_decodes_the_dense_tokens(tmp_path):
     assert comparison["tokens_match_dense"] == 1.0
 
 
+def test_decode_profile_counts_each_variants_ops_per_step(tmp_path):
+    """--profile-decode: one profile row per variant, in the JSON lines, the result and the report."""
+    out = tmp_path / "r.jsonl"
+    result = run_benchmark(tiny_settings(budgets=[64], profile_steps=2), out)
+    profiles = {p["variant"]: p for p in result["decode_profile"]}
+    assert set(profiles) == {"dense", "sparse", "sparse-max64"}
+    for p in profiles.values():
+        assert p["status"] == "ok" and p["length"] == LENGTH and p["steps"] == 2, p
+        assert p["wall_ms_per_step"] > 0 and p["ops_per_step"] > 0 and p["top"]
+        assert p["device_ms_per_step"] is None and p["kernels_per_step"] is None  # CPU: no kernels to count
+    # the converted model runs more host ops per step than dense (what the profile is for on a GPU)
+    assert profiles["sparse"]["ops_per_step"] > profiles["dense"]["ops_per_step"]
+    records = [json.loads(line)["record"] for line in out.read_text().splitlines()]
+    assert records.count("profile") == 3 and records[-1] == "result"
+    assert "Decode profile" in markdown(result) and "Top operators, sparse" in markdown(result)
+
+
 def test_deadline_skips_measurements_but_records_them(tmp_path):
     result = run_benchmark(tiny_settings(lengths=[128, 256], deadline_s=0.0), tmp_path / "r.jsonl")
     assert [(r["length"], r["status"]) for r in result["rows"]] == [(128, "skipped")] * 2 + [(256, "skipped")] * 2

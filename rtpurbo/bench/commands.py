@@ -91,6 +91,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                                                       f"{d.oom_reserve_s:.0f})")
     p.add_argument("--sdpa", nargs="+", choices=list(SDPA_BACKENDS), help="dense SDPA backends to try in order "
                                                                           f"(default {' '.join(d.sdpa_backends)})")
+    p.add_argument("--profile-decode", type=_positive, metavar="STEPS", dest="profile_steps",
+                   help="also profile STEPS decode steps per variant at the shortest length (torch.profiler: "
+                        "wall vs device time, kernels and ops per step, top operators)")
     p.add_argument("--seed", type=int, help="weights and prompts seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-model/model_bench.jsonl"),
                    help="JSON-lines file, one line per measurement as it comes (report beside it, .md)")
@@ -101,7 +104,7 @@ FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "wi
                  "decode_warmup": "decode_warmup", "repeats": "repeats", "warmup": "warmup",
                  "oom_lengths": "oom_lengths", "oom_decode_steps": "oom_decode_steps", "deadline": "deadline_s",
                  "oom_reserve": "oom_reserve_s",
-                 "sdpa": "sdpa_backends", "seed": "seed"}
+                 "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps"}
 
 
 def settings_from(args: argparse.Namespace) -> ModelBenchSettings:

@@ -45,6 +45,7 @@ from .._compat import cache_kwarg, set_attn_implementation
 from ..cache import HeadwiseCache
 from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted, unconvert
+from .decode_profile import profile
 from .model_report import JsonLines, compare, describe, environment
 from .oom import attempt, free_memory, oom_search
 
@@ -100,6 +101,7 @@ class ModelBenchSettings:
     oom_reserve_s: float = 60.0  # of the deadline, kept for the OOM search
     sdpa_backends: list[str] = field(default_factory=lambda: ["cudnn", "flash"])
     seed: int = 0
+    profile_steps: int = 0  # > 0: also profile that many decode steps per variant at the shortest length
 
     def sparse_configs(self) -> dict[str, SparseConfig]:
         """Variant name -> the sparse configuration it converts with."""
@@ -352,6 +354,21 @@ def long_context_try(bench: Bench, variant: str, length: int) -> dict[str, Any]:
             "peak_gib": None if peak is None else peak / GIB}
 
 
+@torch.no_grad()
+def profile_decode(bench: Bench, variant: str, length: int) -> dict[str, Any]:
+    """``settings.profile_steps`` greedy steps of ``variant`` after ``length`` random cached tokens, profiled
+    (two untimed steps first: compilation, autotuning); see :mod:`.decode_profile`."""
+    steps, model = bench.settings.profile_steps, bench.variants.model
+    bench.variants.use(variant)
+    cache = bench.variants.new_cache(capacity=length + steps + 3)
+    fill_random(bench.variants, cache, length)
+    token = torch.zeros(1, dtype=torch.long, device=bench.device)
+    with bench.phase("decode"):
+        greedy_decode(model, cache, token, length, 2)
+        run = lambda: timed(lambda: greedy_decode(model, cache, token, length + 2, steps), bench.device)[1]  # noqa: E731
+        return profile(run, steps, bench.device.type == "cuda")
+
+
 def iter_points(settings: ModelBenchSettings, variants: Variants) -> Iterator[tuple[int, str]]:
     """(length, variant) in measuring order: lengths ascending, every variant at a length before the next."""
     for length in sorted(settings.lengths):
@@ -369,6 +386,15 @@ def _progress(row: dict[str, Any]) -> str:
              None if row.get("peak_gib") is None else f"peak {row['peak_gib']:.2f} GiB",
              f"KV {row['kv_bytes'] / GIB:.3f} GiB"]
     return f"{head}: " + ", ".join(p for p in parts if p)
+
+
+def _profile_progress(row: dict[str, Any]) -> str:
+    head = f"decode profile {row['variant']} L={row['length']}"
+    if row["status"] != "ok":
+        return f"{head}: {row['status']} {row.get('error', '')}"
+    busy = "" if row["busy_fraction"] is None else f", device busy {row['busy_fraction']:.0%}"
+    kernels = "" if row["kernels_per_step"] is None else f", {row['kernels_per_step']:.0f} kernels"
+    return f"{head}: {row['wall_ms_per_step']:.2f} ms/step{busy}{kernels}, {row['ops_per_step']:.0f} aten ops"
 
 
 def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[str], None] = lambda msg: None
@@ -398,9 +424,11 @@ def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[s
 
         def record(kind: str, row: dict[str, Any]) -> None:
             sink.write({"record": kind, **row})
-            log(f"{stamp()} {'oom search ' if kind == 'oom_try' else ''}{_progress(row)}")
+            text = _profile_progress(row) if kind == "profile" else _progress(row)
+            log(f"{stamp()} {'oom search ' if kind == 'oom_try' else ''}{text}")
 
         rows = measure_all(bench, lambda row: record("measurement", row))
+        profiles = profile_all(bench, lambda row: record("profile", row)) if settings.profile_steps else []
         oom = None
         if settings.oom_search:
             bench.deadline = deadline  # the reserved time is the search's
@@ -410,7 +438,7 @@ def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[s
             oom["method"] = (f"cache filled with random K/V of L tokens, then {settings.oom_decode_steps} greedy decode "
                              "steps; no prefill (hours of compute at these lengths)")
         result = {"environment": env, "config": config, "rows": rows, "comparison": compare(rows),
-                  "oom_search": oom, "wall_seconds": round(time.time() - started, 1)}
+                  "decode_profile": profiles, "oom_search": oom, "wall_seconds": round(time.time() - started, 1)}
         sink.write({"record": "result", **result})
     return result
 
@@ -424,6 +452,21 @@ def measure_all(bench: Bench, record: Callable[[dict[str, Any]], None]) -> list[
             row.update(status="skipped", error="deadline")
         else:
             attempt(lambda: measure(bench, variant, length), row)
+            free_memory()
+        rows.append(row)
+        record(row)
+    return rows
+
+
+def profile_all(bench: Bench, record: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    """One decode profile per variant at the shortest length (``decode_profile``), or a skipped / failed row."""
+    rows, length = [], min(bench.settings.lengths)
+    for variant in bench.variants.names:
+        row: dict[str, Any] = {"variant": variant, "length": length}
+        if bench.out_of_time():
+            row.update(status="skipped", error="deadline")
+        else:
+            attempt(lambda: profile_decode(bench, variant, length), row)
             free_memory()
         rows.append(row)
         record(row)

@@ -24,6 +24,7 @@ from ..config import HeadPlan
 from ..memory import human_bytes
 from ..ops import triton_decode
 from ..ops.api import resolve_impl
+from .decode_profile import markdown_lines as profile_lines
 
 if TYPE_CHECKING:
     from .end_to_end import ModelBenchSettings
@@ -159,6 +160,8 @@ def markdown(result: dict[str, Any]) -> str:
             ratios = [_num(c[key], ".2f", "x") for key in ("ttft_speedup", "decode_speedup", "kv_ratio", "peak_ratio")]
             lines.append(f"| {human_tokens(c['length'])} | {c['variant']} | " + " | ".join(ratios)
                          + f" | {_num(c['tokens_match_dense'], '.0%')} |")
+    if result.get("decode_profile"):
+        lines += ["", *profile_lines(result["decode_profile"])]
     if result.get("oom_search"):
         lines += ["", *_oom_lines(result["oom_search"])]
     lines += ["", f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}; "
