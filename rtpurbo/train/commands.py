@@ -120,7 +120,9 @@ def _add_distill(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument(f"--{prefix}indexer-weight", type=float, default=d.indexer_weight,
                    help="weight of the indexer KL next to the distillation KL")
     p.add_argument(f"--{prefix}logits-chunk", type=int, default=d.logits_chunk, help="positions per logits chunk")
-    p.add_argument(f"--{prefix}no-gradient-checkpointing", action="store_true")
+    p.add_argument(f"--{prefix}no-gradient-checkpointing", action="store_true",
+                   help="keep activations instead of recomputing them in backward: faster where memory allows "
+                        "(SmolLM2 at 1 x 8K: 1.0 s/step and 13 GiB on an H200)")
     p.add_argument(f"--{prefix}eval-sequences", type=int, default=d.eval_sequences)
 
 
