@@ -8,6 +8,8 @@ may differ from the dynamic mode: logits are compared at ``atol=1e-5`` (fp32 log
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -21,14 +23,15 @@ from rtpurbo.generate import prefill
 from rtpurbo.testing import tiny_model
 
 from .conftest import random_ids
+from .test_decode_host_syncs import count_host_syncs
 from .test_cache import mixed_plan
 
 PROMPT, STEPS = 20, 12
 
 
-def _model(family: str, top_p: float):
+def _model(family: str, top_p: float, decode_impl: str = "reference"):
     model = tiny_model(family, num_key_value_heads=2) if family == "qwen3" else tiny_model(family)
-    sparse = SparseConfig(window=8, sinks=2, top_p=top_p, min_tokens=2, recent=2, decode_impl="reference")
+    sparse = SparseConfig(window=8, sinks=2, top_p=top_p, min_tokens=2, recent=2, decode_impl=decode_impl)
     convert(model, mixed_plan(model), sparse)
     return model
 
@@ -157,6 +160,21 @@ def test_static_step_ops_do_not_change_between_steps():
     assert dynamic[1] != dynamic[4]  # the recorder does see the dynamic mode's growing shapes
 
 
+def test_static_step_has_no_host_sync_in_rtpurbo():
+    """Like tests/test_decode_host_syncs.py, for a static step (reference backends: sdpa's key check syncs)."""
+    model = tiny_model("llama")
+    sparse = SparseConfig(window=8, sinks=2, top_p=0.7, min_tokens=2, recent=2, impl="reference", decode_impl="reference")
+    convert(model, mixed_plan(model), sparse)
+    ids, mask = _prompt(2)
+    cache = _prefilled(model, ids, mask)
+    cache.static_decode(64)
+    position = mask.sum(-1, keepdim=True) - 1
+    with torch.no_grad(), count_host_syncs() as found:
+        model(ids[:, -1:], position_ids=position, use_cache=True, **{cache_kwarg(): cache})
+    assert cache.stats.summary()["samples"] > 0
+    assert not {site: n for site, n in found.items() if site[1].startswith("rtpurbo" + os.sep)}, dict(found)
+
+
 def test_static_decode_errors():
     model = _model("llama", 0.7)
     ids, mask = _prompt(1)
@@ -181,10 +199,7 @@ def test_static_decode_errors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("top_p", [1.0, 0.7])
 def test_cuda_graph_replay_equals_eager_decode(top_p):
-    model = _model("llama", top_p).cuda()
-    for module in model.modules():  # the GPU backends: flex attention and the Triton top-p decode
-        if hasattr(module, "sparse"):
-            module.sparse.decode_impl = "auto"
+    model = _model("llama", top_p, decode_impl="auto").cuda()  # GPU backends: flex and the Triton top-p decode
     ids, mask = (t.cuda() for t in _prompt(2))
 
     def run(graphed: bool):
@@ -192,14 +207,18 @@ def test_cuda_graph_replay_equals_eager_decode(top_p):
         cache.static_decode(PROMPT + STEPS)
         decoder = GraphedDecoder(model, cache, graph=graphed)
         token, position = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
-        tokens = []
+        tokens, logits = [], []
         for _ in range(STEPS):
-            token = decoder.step(token, position).argmax(-1)
-            position = position + 1
+            logits.append(decoder.step(token, position))
+            token, position = logits[-1].argmax(-1), position + 1
             tokens.append(token)
-        return torch.cat(tokens, 1), cache
+        assert (decoder.graph is not None) == graphed
+        return torch.cat(tokens, 1), torch.cat(logits, 1), cache
 
-    (got, graph_cache), (want, eager_cache) = run(True), run(False)
+    (got, got_logits, graph_cache), (want, want_logits, eager_cache) = run(True), run(False)
     assert torch.equal(got, want)
+    assert torch.allclose(got_logits, want_logits, rtol=0, atol=1e-4)
     assert graph_cache.host_counters() == eager_cache.host_counters()
     assert graph_cache.stats.summary() == eager_cache.stats.summary()
+    for layer in graph_cache.store:  # the device-side slot counters advanced with the replays
+        assert int(layer.r_next) == layer.r_len
