@@ -45,6 +45,7 @@ class LayerCache:
     l_pos: torch.Tensor  # (B, S + W), -1 = empty
     r_len: int = 0
     seen: int = 0  # token slots processed (padding included)
+    r_next: torch.Tensor | None = None  # static decode only: (1,) int64 next retrieval slot, on the device
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.r_k, self.r_v, self.r_idx, self.r_pos, self.l_k, self.l_v, self.l_pos]
@@ -118,6 +119,7 @@ class HeadwiseCache(Cache):
         self.store: list[LayerCache | None] = [None] * self.plan.num_layers
         self.stats = SelectionStats()
         self._forward: _Forward | None = None
+        self.static_capacity: int | None = None  # set by static_decode()
 
     # --- what transformers asks of a cache ----------------------------------------------
     def __len__(self) -> int:
@@ -170,7 +172,7 @@ class HeadwiseCache(Cache):
                 continue
             for f in dataclasses.fields(layer):
                 value = getattr(layer, f.name)
-                if isinstance(value, torch.Tensor):  # every tensor field is batch-first
+                if isinstance(value, torch.Tensor) and f.name != "r_next":  # the other tensors are batch-first
                     setattr(layer, f.name, value.repeat(times, *([1] * (value.dim() - 1))))
 
     # --- memory -------------------------------------------------------------------------
@@ -217,6 +219,69 @@ class HeadwiseCache(Cache):
                 v = torch.randn(shape, dtype=weight.dtype, device=weight.device)
                 self._write_ring(layer, k, v, kept.to(weight.device)[None])
             layer.seen = length
+
+    # --- static-shape decode (CUDA graphs) ------------------------------------------------
+    def static_decode(self, capacity: int) -> None:
+        """Switch to static-shape decode, after the prompt was prefilled normally.
+
+        Every layer's retrieval storage is resized to exactly ``capacity`` slots (the empty ones
+        at position -1) and gets a device-side slot counter ``r_next`` (1,). From then on each
+        forward takes one token per row: it writes its retrieval K/V/indexer key/position at
+        slot ``r_next`` (``index_copy_``), increments ``r_next`` in place and attends over all
+        ``capacity`` slots, so no tensor shape and no value baked into the launched kernels
+        changes from step to step. Pass ``position_ids`` (B, 1) with -1 for padding rows; an
+        ``attention_mask`` is not needed.
+
+        The Python counters (``seen``, ``r_len``, ``stats.samples``) are still advanced by every
+        step that runs Python (eager). Steps replayed from a CUDA graph run no Python: their
+        caller advances the counters (:meth:`host_counters` / :meth:`set_host_counters`, as
+        :class:`rtpurbo.decode_graph.GraphedDecoder` does) and must keep ``r_len < capacity``
+        (a full cache raises in eager steps; a replay past it would index out of bounds).
+        """
+        if not self.is_initialized:
+            raise ValueError("static_decode needs a prefilled HeadwiseCache (run the prompt through it first)")
+        for layer in self.store:
+            if layer is None:
+                continue
+            if capacity < layer.r_len + 1:
+                raise ValueError(f"capacity {capacity} leaves no slot for decode: {layer.r_len} slots are used")
+            if layer.r_pos.shape[1] != capacity:
+                self._resize(layer, capacity)
+            layer.r_next = torch.tensor([layer.r_len], dtype=torch.long, device=layer.r_pos.device)
+        self.static_capacity = capacity
+
+    def host_counters(self) -> dict[str, list[int]]:
+        """Python-side counters that decode steps advance: per layer ``seen``, ``r_len``, stats samples."""
+        return {
+            "seen": [0 if layer is None else layer.seen for layer in self.store],
+            "r_len": [0 if layer is None else layer.r_len for layer in self.store],
+            "samples": [self.stats.samples.get(i, 0) for i in range(len(self.store))],
+        }
+
+    def set_host_counters(self, counters: dict[str, list[int]]) -> None:
+        """Inverse of :meth:`host_counters` (layers without samples stay without)."""
+        for i, layer in enumerate(self.store):
+            if layer is not None:
+                layer.seen, layer.r_len = counters["seen"][i], counters["r_len"][i]
+            if counters["samples"][i] or i in self.stats.samples:
+                self.stats.samples[i] = counters["samples"][i]
+
+    def _append_static(self, layer: LayerCache, k, v, k_idx, positions) -> None:
+        """Static-decode append of one token per row at slot ``r_next``. k, v (B, Hr, 1, D); positions (B, 1)."""
+        slot = layer.r_next
+        layer.r_k.index_copy_(2, slot, k)
+        layer.r_v.index_copy_(2, slot, v)
+        if k_idx is not None:
+            layer.r_idx.index_copy_(2, slot, k_idx)
+        layer.r_pos.index_copy_(1, slot, positions)
+        slot.add_(1)
+        layer.r_len += 1
+
+    def _retrieval_view(self, layer: LayerCache) -> tuple[torch.Tensor, ...]:
+        """(k, v, k_idx (B, Hr, n, .), positions (B, n)) the retrieval heads attend over: n = capacity
+        in static decode, else the used slots ``r_len``."""
+        n = layer.r_pos.shape[1] if self.static_capacity is not None else layer.r_len
+        return layer.r_k[:, :, :n], layer.r_v[:, :, :n], layer.r_idx[:, :, :n], layer.r_pos[:, :n]
 
     # --- values shared by the layers of one forward ---------------------------------------
     def token_positions(
@@ -267,7 +332,7 @@ class HeadwiseCache(Cache):
         shared = self._shared(positions)
         if shared is not None and shared.visible is not None and shared.visible[0] == layer.r_len:
             return shared.visible[1]
-        key_pos = layer.r_pos[:, : layer.r_len]
+        key_pos = self._retrieval_view(layer)[3]
         visible = ((key_pos >= 0) & (key_pos <= positions)).sum()
         if shared is not None:
             shared.visible = (layer.r_len, visible)
@@ -306,18 +371,23 @@ class HeadwiseCache(Cache):
     @staticmethod
     def _grow(layer: LayerCache, needed: int) -> None:
         cap = layer.r_pos.shape[1]
-        if needed <= cap:
-            return
-        new_cap = max(needed, 2 * cap)
+        if needed > cap:
+            HeadwiseCache._resize(layer, max(needed, 2 * cap))
 
-        def grow(t: torch.Tensor, fill: float) -> torch.Tensor:
-            shape = list(t.shape)
+    @staticmethod
+    def _resize(layer: LayerCache, capacity: int) -> None:
+        """Reallocate the retrieval storage at exactly ``capacity`` slots, keeping the first ones."""
+        def resize(t: torch.Tensor, fill: float) -> torch.Tensor:
             dim = 2 if t.dim() == 4 else 1
-            shape[dim] = new_cap - cap
-            return torch.cat([t, torch.full(shape, fill, dtype=t.dtype, device=t.device)], dim=dim)
+            shape = list(t.shape)
+            shape[dim] = capacity
+            out = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+            kept = min(capacity, t.shape[dim])
+            out.narrow(dim, 0, kept).copy_(t.narrow(dim, 0, kept))
+            return out
 
-        layer.r_k, layer.r_v, layer.r_idx = grow(layer.r_k, 0), grow(layer.r_v, 0), grow(layer.r_idx, 0)
-        layer.r_pos = grow(layer.r_pos, -1)
+        layer.r_k, layer.r_v, layer.r_idx = resize(layer.r_k, 0), resize(layer.r_v, 0), resize(layer.r_idx, 0)
+        layer.r_pos = resize(layer.r_pos, -1)
 
     def _append_retrieval(self, layer: LayerCache, k, v, k_idx, positions) -> None:
         n = k.shape[2]
@@ -367,6 +437,11 @@ class HeadwiseCache(Cache):
         q (B, Hq, L, D) and k, v (B, Hkv, L, D) post-RoPE; q_raw / k_raw pre-RoPE; positions (B, L).
         """
         layer = self._layer(module, k)
+        if self.static_capacity is not None:
+            if q.shape[2] != 1:
+                raise ValueError(f"static decode takes one token per forward, got {q.shape[2]}")
+            if module.retrieval_heads and layer.r_len >= self.static_capacity:
+                raise ValueError(f"static decode cache is full ({self.static_capacity} slots)")
         parts = module.split_heads(q, k, v)
         sparse = self.sparse
         local_out = retrieval_out = None
@@ -385,13 +460,15 @@ class HeadwiseCache(Cache):
             q_idx = k_idx = None
             if module.indexer is not None:
                 q_idx, k_idx = module.index_vectors(q_raw, k_raw, rope)
-            self._append_retrieval(layer, kr, vr, k_idx, positions)
-            keys, values = layer.r_k[:, :, : layer.r_len], layer.r_v[:, :, : layer.r_len]
-            key_pos = layer.r_pos[:, : layer.r_len]
+            if self.static_capacity is not None:
+                self._append_static(layer, kr, vr, k_idx, positions)
+            else:
+                self._append_retrieval(layer, kr, vr, k_idx, positions)
+            keys, values, key_idx, key_pos = self._retrieval_view(layer)
             decode = q.shape[2] == 1 and sparse.top_p < 1.0 and module.indexer is not None and module.base_window is None
             if decode:
                 retrieval_out, counts = ops.topp_attention(
-                    qr, keys, values, positions, key_pos, q_idx, layer.r_idx[:, :, : layer.r_len],
+                    qr, keys, values, positions, key_pos, q_idx, key_idx,
                     top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,
                     sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl,
                 )

@@ -66,6 +66,17 @@ def test_sparse_without_sparsity_decodes_the_dense_tokens(tmp_path):
     assert comparison["tokens_match_dense"] == 1.0
 
 
+def test_cuda_graph_flag_decodes_the_same_tokens(tmp_path):
+    """--cuda-graph (on the CPU: GraphedDecoder's eager stand-in over the static-shape cache) changes no token."""
+    settings = dict(lengths=[200], decode_warmup=2, top_p=0.7)
+    plain = run_benchmark(tiny_settings(**settings), tmp_path / "a.jsonl")
+    graphed = run_benchmark(tiny_settings(**settings, cuda_graph=True), tmp_path / "b.jsonl")
+    rows = [{r["variant"]: r for r in result["rows"]} for result in (plain, graphed)]
+    assert rows[0]["sparse"]["tokens"] == rows[1]["sparse"]["tokens"] and rows[1]["sparse"]["status"] == "ok"
+    assert rows[0]["sparse"]["kv_used_bytes"] == rows[1]["sparse"]["kv_used_bytes"]
+    assert "CUDA graph" in markdown(graphed) and "CUDA graph" not in markdown(plain)
+
+
 def test_decode_profile_counts_each_variants_ops_per_step(tmp_path):
     """--profile-decode: one profile row per variant, in the JSON lines, the result and the report."""
     out = tmp_path / "r.jsonl"
@@ -194,6 +205,10 @@ def test_bench_model_flags_and_presets():
     assert (tiny.geometry.name, tiny.window, tiny.dtype, tiny.device) == ("tiny", 128, "float32", "cpu")
     with pytest.raises(SystemExit):
         parse(["bench", "model", "--lengths", "32Q"])
+    assert settings_from(parse(["bench", "model", "--cuda-graph"])).cuda_graph
+    assert not default.cuda_graph
+    with pytest.raises(SystemExit, match="decode-warmup"):
+        settings_from(parse(["bench", "model", "--cuda-graph", "--decode-warmup", "1"]))
 
 
 def test_bench_attention_flags():

@@ -94,6 +94,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-decode", type=_positive, metavar="STEPS", dest="profile_steps",
                    help="also profile STEPS decode steps per variant at the shortest length (torch.profiler: "
                         "wall vs device time, kernels and ops per step, top operators)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="sparse variants decode through a static-shape cache replayed from a CUDA graph (captured in "
+                        "the untimed decode steps: needs --decode-warmup >= 2; on the CPU its eager stand-in runs)")
     p.add_argument("--seed", type=int, help="weights and prompts seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-model/model_bench.jsonl"),
                    help="JSON-lines file, one line per measurement as it comes (report beside it, .md)")
@@ -118,7 +121,9 @@ def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
         fields["dtype"] = "float32"
     fields.update({name: getattr(args, flag) for flag, name in FLAG_TO_FIELD.items() if getattr(args, flag) is not None})
     fields.update(device=args.device, budgets=list(args.max_tokens), oom_search=args.oom_search,
-                  oom_keep_going=args.oom_keep_going)
+                  oom_keep_going=args.oom_keep_going, cuda_graph=args.cuda_graph)
+    if fields["cuda_graph"] and fields.get("decode_warmup", ModelBenchSettings().decode_warmup) < 2:
+        raise SystemExit("--cuda-graph needs --decode-warmup >= 2 (one eager step, then the capture, both untimed)")
     return ModelBenchSettings(**fields)
 
 

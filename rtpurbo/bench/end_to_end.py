@@ -15,7 +15,9 @@ Per context length ``L`` and variant, after ``warmup`` dropped runs, medians ove
 * time to first token: one forward of the whole ``L``-token prompt (one shot, logits of the last
   token only) and its argmax;
 * decode: ``decode_warmup`` untimed greedy steps, then ``decode_steps`` timed as one block (ms per
-  token; tokens/s);
+  token; tokens/s); with ``cuda_graph`` the sparse variants decode through a static-shape cache
+  replayed from a CUDA graph (:class:`rtpurbo.decode_graph.GraphedDecoder`; its eager stand-in on
+  the CPU), captured during the untimed steps (``decode_warmup >= 2``); dense is unchanged;
 * peak memory (``torch.cuda.max_memory_allocated``, reset before each run, weights included) and the
   KV-cache bytes the cache holds after the run.
 
@@ -28,6 +30,7 @@ heads keep the roles contiguous, as a ``reorder_heads`` conversion would).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import statistics
 import time
@@ -45,6 +48,7 @@ from .._compat import cache_kwarg, set_attn_implementation
 from ..cache import HeadwiseCache
 from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted, unconvert
+from ..decode_graph import GraphedDecoder
 from .decode_profile import profile
 from .model_report import JsonLines, compare, describe, environment
 from .oom import attempt, free_memory, oom_search
@@ -102,6 +106,7 @@ class ModelBenchSettings:
     sdpa_backends: list[str] = field(default_factory=lambda: ["cudnn", "flash"])
     seed: int = 0
     profile_steps: int = 0  # > 0: also profile that many decode steps per variant at the shortest length
+    cuda_graph: bool = False  # sparse variants: static-shape decode replayed from a CUDA graph
 
     def sparse_configs(self) -> dict[str, SparseConfig]:
         """Variant name -> the sparse configuration it converts with."""
@@ -211,6 +216,16 @@ def greedy_decode(model: nn.Module, cache, token: torch.Tensor, start: int, step
     return tokens
 
 
+def graphed_greedy_decode(decoder: GraphedDecoder, token: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+    """:func:`greedy_decode` through a :class:`GraphedDecoder` (batch 1)."""
+    tokens = torch.empty(steps, dtype=torch.long, device=token.device)
+    for step in range(steps):
+        position = torch.full((1, 1), start + step, dtype=torch.long, device=token.device)
+        token = decoder.step(token.view(1, 1), position)[:, -1].argmax(-1)
+        tokens[step] = token[0]
+    return tokens
+
+
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     """(fn(), milliseconds): CUDA events + synchronisation on the GPU, ``perf_counter`` on the CPU."""
     if device.type != "cuda":
@@ -294,10 +309,13 @@ def run_once(bench: Bench, ids: torch.Tensor) -> dict[str, Any]:
     with bench.phase("prefill"):
         first, ttft_ms = timed(lambda: forward_last_logits(model, cache, ids, 0).argmax(-1), bench.device)
     with bench.phase("decode"):
-        warm = greedy_decode(model, cache, first, length, s.decode_warmup)
+        decode = functools.partial(greedy_decode, model, cache)
+        if s.cuda_graph and isinstance(cache, HeadwiseCache):
+            cache.static_decode(length + s.decode_warmup + s.decode_steps + 1)
+            decode = functools.partial(graphed_greedy_decode, GraphedDecoder(model, cache))
+        warm = decode(first, length, s.decode_warmup)
         last = warm[-1:] if s.decode_warmup else first
-        tokens, decode_ms = timed(lambda: greedy_decode(model, cache, last, length + s.decode_warmup, s.decode_steps),
-                                  bench.device)
+        tokens, decode_ms = timed(lambda: decode(last, length + s.decode_warmup, s.decode_steps), bench.device)
     run = {"ttft_ms": ttft_ms, "decode_ms_per_token": decode_ms / max(1, s.decode_steps),
            "tokens": [int(first[0])] + warm.tolist() + tokens.tolist(), "kv_bytes": cache_bytes(cache),
            "peak_bytes": bench.peak_bytes()}

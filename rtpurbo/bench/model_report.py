@@ -83,7 +83,9 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
         f"({100 * plan.retrieval_fraction():.1f} %), W = {settings.window}, S = {settings.sinks}, top-p "
         f"{settings.top_p} with untrained indexers; attention impl {resolve_impl('auto', device)}, decode impl "
         f"{decode_impl}; HeadwiseCache with retrieval slots reserved up front"
-        + (f"; budgets (max_tokens) {settings.budgets}" if settings.budgets else ""),
+        + (f"; budgets (max_tokens) {settings.budgets}" if settings.budgets else "")
+        + ("; decode: static-shape cache, one step replayed from a CUDA graph (--cuda-graph; timed runs only, "
+           "not the OOM search or decode profile)" if settings.cuda_graph else ""),
         "untrained indexers on random weights score keys almost uniformly, so top-p keeps most of them "
         "(column 'selected keys/head', sinks and recent tokens included); --max-tokens adds budgeted variants",
         f"TTFT = one-shot prefill of L tokens + argmax; decode = {settings.decode_steps} greedy steps after "

@@ -1,0 +1,133 @@
+"""One-token decode steps of a converted model, replayed from a CUDA graph.
+
+At batch 1 a decode step is a few hundred small kernels, and launching them from Python costs
+more than running them. With the cache in static-shape mode
+(:meth:`rtpurbo.cache.HeadwiseCache.static_decode`) every step launches the same kernels with
+the same shapes and arguments, reading what changes (token, positions, next retrieval slot)
+from device tensors, so one step can be captured into a ``torch.cuda.CUDAGraph`` and replayed
+per token.
+
+Usage (``prompt`` (B, L) left-padded, ``mask`` (B, L))::
+
+    cache = HeadwiseCache(model)
+    prefill(model, cache, prompt[:, :-1], mask[:, :-1], chunk)
+    cache.static_decode(capacity)  # >= prompt length + new tokens
+    decoder = GraphedDecoder(model, cache)
+    token, position = prompt[:, -1:], mask.sum(-1, keepdim=True) - 1
+    for _ in range(new_tokens):
+        logits = decoder.step(token, position)  # (B, 1, V)
+        token, position = logits.argmax(-1), position + 1
+
+A replay runs no Python, so the cache's Python counters (``seen``, ``r_len``, selection-stats
+samples) are advanced here, by what the eager warm-up step advanced them. On the CPU (or with
+``graph=False``) the "replay" is an eager step whose own counter updates are replaced by that
+same bookkeeping, so the CPU tests exercise it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._compat import cache_kwarg
+from .cache import HeadwiseCache
+
+
+class GraphedDecoder:
+    """Decode steps of ``model`` through ``cache`` (already in static decode mode).
+
+    Args:
+        graph: capture a CUDA graph (default: when the model is on a CUDA device).
+        warmup: eager steps before the capture (at least 1: it creates the lazily allocated
+            state, compiles / autotunes kernels and measures the counter increments of a step).
+    """
+
+    def __init__(self, model: nn.Module, cache: HeadwiseCache, graph: bool | None = None, warmup: int = 1) -> None:
+        if cache.static_capacity is None:
+            raise ValueError("GraphedDecoder needs a HeadwiseCache in static decode mode (cache.static_decode)")
+        if warmup < 1:
+            raise ValueError(f"warmup must be >= 1, got {warmup}")
+        self.device = next(model.parameters()).device
+        self.use_graph = self.device.type == "cuda" if graph is None else graph
+        if self.use_graph and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA model, got {self.device}")
+        self.model, self.cache, self.warmup = model, cache, warmup
+        self.steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.input_ids: torch.Tensor | None = None  # (B, 1) int64, static
+        self.position_ids: torch.Tensor | None = None  # (B, 1) int64, static; -1 = padding row
+        self.logits: torch.Tensor | None = None  # (B, 1, V), the graph's output
+        self.delta: dict[str, list[int]] | None = None  # counter increments of one step
+
+    def _forward(self) -> torch.Tensor:
+        kw = {cache_kwarg(): self.cache}
+        return self.model(input_ids=self.input_ids, position_ids=self.position_ids, use_cache=True, **kw).logits
+
+    def _load(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> None:
+        ids = input_ids.to(self.device, torch.long)
+        pos = position_ids.to(self.device, torch.long)
+        if self.input_ids is None:
+            self.input_ids, self.position_ids = ids.clone(), pos.clone()
+        elif ids.shape != self.input_ids.shape or pos.shape != self.position_ids.shape:
+            raise ValueError(f"shapes changed: {tuple(ids.shape)}, {tuple(pos.shape)} vs {tuple(self.input_ids.shape)}")
+        else:
+            self.input_ids.copy_(ids)
+            self.position_ids.copy_(pos)
+
+    def _eager(self) -> torch.Tensor:
+        """A real eager step (on a side stream on CUDA, as capture warm-ups should be)."""
+        if self.device.type != "cuda":
+            return self._forward()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            logits = self._forward()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        return logits
+
+    def _capture(self) -> None:
+        """Record one step into a CUDA graph. Capturing runs no kernel, so the counters are put back."""
+        before, stats = self.cache.host_counters(), set(self.cache.stats.selected)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._forward()
+        if self._difference(before) != self.delta or set(self.cache.stats.selected) != stats:
+            raise RuntimeError("the captured step does not match the warm-up step; cannot replay it")
+        self.cache.set_host_counters(before)
+        self.cache._forward = None  # its tensors belong to the graph now
+
+    def _difference(self, before: dict[str, list[int]]) -> dict[str, list[int]]:
+        after = self.cache.host_counters()
+        return {key: [a - b for a, b in zip(after[key], before[key])] for key in after}
+
+    def _advance(self, before: dict[str, list[int]]) -> None:
+        """Set the counters to ``before`` plus one step."""
+        self.cache.set_host_counters({key: [b + d for b, d in zip(before[key], self.delta[key])] for key in before})
+
+    def _check_room(self) -> None:
+        capacity = self.cache.static_capacity
+        if any(layer is not None and layer.r_len >= capacity for layer in self.cache.store):
+            raise ValueError(f"static decode cache is full ({capacity} slots)")
+
+    @torch.no_grad()
+    def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, 1), position_ids (B, 1) (-1 = padding row) -> logits (B, 1, V), a fresh tensor."""
+        self._check_room()
+        self._load(input_ids, position_ids)
+        before = self.cache.host_counters()
+        if self.steps < self.warmup:
+            logits = self._eager()
+            delta = self._difference(before)
+            if self.delta is not None and delta != self.delta:
+                raise RuntimeError(f"decode steps advance the cache counters unevenly: {delta} vs {self.delta}")
+            self.delta = delta
+        elif self.use_graph:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+            logits = self.logits.clone()
+            self._advance(before)
+        else:  # CPU stand-in for a replay: the step's own Python bookkeeping is replaced by _advance
+            logits = self._forward()
+            self._advance(before)
+        self.steps += 1
+        return logits
