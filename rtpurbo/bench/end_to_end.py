@@ -463,28 +463,26 @@ def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[s
 
 def measure_all(bench: Bench, record: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """One row per (length, variant): measured, failed (``oom`` / ``error``) or ``skipped`` past the deadline."""
-    rows = []
-    for length, variant in iter_points(bench.settings, bench.variants):
-        row: dict[str, Any] = {"variant": variant, "length": length}
-        if bench.out_of_time():
-            row.update(status="skipped", error="deadline")
-        else:
-            attempt(lambda: measure(bench, variant, length), row)
-            free_memory()
-        rows.append(row)
-        record(row)
-    return rows
+    return run_points(bench, iter_points(bench.settings, bench.variants), measure, record)
 
 
 def profile_all(bench: Bench, record: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """One decode profile per variant at the shortest length (``decode_profile``), or a skipped / failed row."""
-    rows, length = [], min(bench.settings.lengths)
-    for variant in bench.variants.names:
+    length = min(bench.settings.lengths)
+    return run_points(bench, ((length, variant) for variant in bench.variants.names), profile_decode, record)
+
+
+def run_points(bench: Bench, points: Iterator[tuple[int, str]],
+               run: Callable[[Bench, str, int], dict[str, Any]], record: Callable[[dict[str, Any]], None]
+               ) -> list[dict[str, Any]]:
+    """``run(bench, variant, length)`` per point into a row (failures caught, nothing after the deadline)."""
+    rows = []
+    for length, variant in points:
         row: dict[str, Any] = {"variant": variant, "length": length}
         if bench.out_of_time():
             row.update(status="skipped", error="deadline")
         else:
-            attempt(lambda: profile_decode(bench, variant, length), row)
+            attempt(lambda: run(bench, variant, length), row)
             free_memory()
         rows.append(row)
         record(row)
