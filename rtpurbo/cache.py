@@ -447,9 +447,12 @@ class HeadwiseCache(Cache):
         local_out = retrieval_out = None
         if module.local_heads:
             ql, kl, vl = parts["local"]
-            keys = torch.cat([layer.l_k, kl], dim=2)
-            values = torch.cat([layer.l_v, vl], dim=2)
-            key_pos = torch.cat([layer.l_pos, positions], dim=1)
+            if layer.seen == 0:  # a fresh ring holds nothing: a plain prefill (the backends' fast path)
+                keys, values, key_pos = kl, vl, positions
+            else:
+                keys = torch.cat([layer.l_k, kl], dim=2)
+                values = torch.cat([layer.l_v, vl], dim=2)
+                key_pos = torch.cat([layer.l_pos, positions], dim=1)
             local_out = ops.attention(
                 ql, keys, values, positions, key_pos, window=sparse.window, sinks=sparse.sinks,
                 scale=module.scaling, impl=sparse.impl,
