@@ -66,6 +66,32 @@ def test_topp_decode_equals_topp_forward():
     assert 0 < stats["mean_fraction"] < 1 and stats["samples"] > 0
 
 
+def test_fresh_cache_prefill_sends_no_empty_slot_to_the_backend(monkeypatch):
+    """A prefill through a fresh cache attends over the prompt only: none of the ring's S + W
+    empty slots reaches the attention backend (no masked work on them, whatever the backend);
+    the next chunk does see the filled ring."""
+    from rtpurbo.ops import api
+
+    model = tiny_model("llama", num_layers=1)
+    convert(model, mixed_plan(model), SparseConfig(window=16, sinks=2, top_p=1.0))
+    seen = []
+    real_attention = api.attention
+
+    def recording(q, k, v, q_pos, k_pos, **kwargs):
+        seen.append((k.shape[2], bool((k_pos < 0).any())))
+        return real_attention(q, k, v, q_pos, k_pos, **kwargs)
+
+    monkeypatch.setattr(api, "attention", recording)
+    ids = random_ids(1, 40)
+    cache = HeadwiseCache(model)
+    prefill(model, cache, ids[:, :30], torch.ones_like(ids[:, :30]), chunk=30)
+    assert seen and all(keys == 30 and not empty for keys, empty in seen)  # local and retrieval heads
+    seen.clear()
+    with torch.no_grad():
+        model(ids[:, 30:], position_ids=torch.arange(30, 40)[None], use_cache=True, **{cache_kwarg(): cache})
+    assert any(keys == 2 + 16 + 10 for keys, _ in seen)  # the ring (S + W slots) and the new chunk
+
+
 def test_chunked_prefill_equals_single_shot(family):
     model = tiny_model(family)
     convert(model, mixed_plan(model), SparseConfig(window=16, sinks=2, top_p=1.0))

@@ -71,9 +71,6 @@ def _key_index(
 ) -> torch.Tensor | slice | None:
     """Key indices a query chunk may see: a slice, an index tensor (K,), or None for "all keys".
 
-    Leading empty slots (negative positions before the first real key, e.g. an unfilled cache)
-    are skipped, so a prefill through a fresh cache does no masked work on them.
-
     Args:
         sorted_pos: (B, Lk) running maximum of key positions.
         q_pos: (B, C) query positions of the chunk (negative = padding query).
@@ -84,23 +81,19 @@ def _key_index(
     q_max = int(q_pos[real].max())
     q_min = int(q_pos[real].min())
     n_keys = sorted_pos.shape[-1]
-
-    def first_at_least(position: int, reduce: str) -> int:
-        found = torch.searchsorted(sorted_pos, torch.full_like(sorted_pos[:, :1], position), right=False)
-        return int(found.min() if reduce == "min" else found.max())
-
-    start = first_at_least(0, "min")  # the first slot any row fills
     hi = int(torch.searchsorted(sorted_pos, torch.full_like(sorted_pos[:, :1], q_max), right=True).max())
     if window is None:
-        return None if start == 0 and hi >= n_keys else slice(start, hi)
-    lo = max(start, first_at_least(q_min - window + 1, "min"))
-    sink_hi = first_at_least(sinks, "max")
+        return None if hi >= n_keys else slice(0, hi)
+    lo_pos = torch.full_like(sorted_pos[:, :1], q_min - window + 1)
+    lo = int(torch.searchsorted(sorted_pos, lo_pos, right=False).min())
+    sink_pos = torch.full_like(sorted_pos[:, :1], sinks)
+    sink_hi = int(torch.searchsorted(sorted_pos, sink_pos, right=False).max())
     if sink_hi >= lo:
-        return None if start == 0 and hi >= n_keys else slice(start, hi)
-    if sink_hi <= start:
+        return slice(0, hi) if hi < n_keys else None
+    if sink_hi == 0:
         return slice(lo, hi)
     return torch.cat(
-        [torch.arange(start, sink_hi, device=sorted_pos.device), torch.arange(lo, hi, device=sorted_pos.device)]
+        [torch.arange(0, sink_hi, device=sorted_pos.device), torch.arange(lo, hi, device=sorted_pos.device)]
     )
 
 
