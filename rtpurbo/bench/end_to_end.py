@@ -207,22 +207,26 @@ def forward_last_logits(model: nn.Module, cache, ids: torch.Tensor, start: int) 
     return out.logits[:, -1]
 
 
-def greedy_decode(model: nn.Module, cache, token: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+def eager_step(model: nn.Module, cache) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Decode step through ``model`` and ``cache``: (token (1, 1), position) -> logits (1, V)."""
+    return lambda token, position: forward_last_logits(model, cache, token, position)
+
+
+def graphed_step(decoder: GraphedDecoder) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The same step through a :class:`GraphedDecoder` (batch 1)."""
+    def step(token: torch.Tensor, position: int) -> torch.Tensor:
+        return decoder.step(token, torch.full((1, 1), position, dtype=torch.long, device=token.device))[:, -1]
+
+    return step
+
+
+def greedy_decode(step: Callable[[torch.Tensor, int], torch.Tensor], token: torch.Tensor, start: int,
+                  steps: int) -> torch.Tensor:
     """``steps`` greedy tokens after ``token`` (1,) at position ``start``; returns them (steps,), on the device."""
     tokens = torch.empty(steps, dtype=torch.long, device=token.device)
-    for step in range(steps):
-        token = forward_last_logits(model, cache, token.view(1, 1), start + step).argmax(-1)
-        tokens[step] = token[0]
-    return tokens
-
-
-def graphed_greedy_decode(decoder: GraphedDecoder, token: torch.Tensor, start: int, steps: int) -> torch.Tensor:
-    """:func:`greedy_decode` through a :class:`GraphedDecoder` (batch 1)."""
-    tokens = torch.empty(steps, dtype=torch.long, device=token.device)
-    for step in range(steps):
-        position = torch.full((1, 1), start + step, dtype=torch.long, device=token.device)
-        token = decoder.step(token.view(1, 1), position)[:, -1].argmax(-1)
-        tokens[step] = token[0]
+    for i in range(steps):
+        token = step(token.view(1, 1), start + i).argmax(-1)
+        tokens[i] = token[0]
     return tokens
 
 
@@ -309,10 +313,11 @@ def run_once(bench: Bench, ids: torch.Tensor) -> dict[str, Any]:
     with bench.phase("prefill"):
         first, ttft_ms = timed(lambda: forward_last_logits(model, cache, ids, 0).argmax(-1), bench.device)
     with bench.phase("decode"):
-        decode = functools.partial(greedy_decode, model, cache)
+        step = eager_step(model, cache)
         if s.cuda_graph and isinstance(cache, HeadwiseCache):
             cache.static_decode(length + s.decode_warmup + s.decode_steps + 1)
-            decode = functools.partial(graphed_greedy_decode, GraphedDecoder(model, cache))
+            step = graphed_step(GraphedDecoder(model, cache))
+        decode = functools.partial(greedy_decode, step)
         warm = decode(first, length, s.decode_warmup)
         last = warm[-1:] if s.decode_warmup else first
         tokens, decode_ms = timed(lambda: decode(last, length + s.decode_warmup, s.decode_steps), bench.device)
@@ -365,8 +370,9 @@ def long_context_try(bench: Bench, variant: str, length: int) -> dict[str, Any]:
     fill_random(bench.variants, cache, length)
     token = torch.zeros(1, dtype=torch.long, device=bench.device)
     with bench.phase("decode"):
-        greedy_decode(model, cache, token, length, 1)
-        _, decode_ms = timed(lambda: greedy_decode(model, cache, token, length + 1, s.oom_decode_steps), bench.device)
+        step = eager_step(model, cache)
+        greedy_decode(step, token, length, 1)
+        _, decode_ms = timed(lambda: greedy_decode(step, token, length + 1, s.oom_decode_steps), bench.device)
     peak = bench.peak_bytes()
     return {"kv_bytes": cache_bytes(cache), "decode_ms_per_token": decode_ms / max(1, s.oom_decode_steps),
             "peak_gib": None if peak is None else peak / GIB}
@@ -382,8 +388,9 @@ def profile_decode(bench: Bench, variant: str, length: int) -> dict[str, Any]:
     fill_random(bench.variants, cache, length)
     token = torch.zeros(1, dtype=torch.long, device=bench.device)
     with bench.phase("decode"):
-        greedy_decode(model, cache, token, length, 2)
-        run = lambda: timed(lambda: greedy_decode(model, cache, token, length + 2, steps), bench.device)[1]  # noqa: E731
+        step = eager_step(model, cache)
+        greedy_decode(step, token, length, 2)
+        run = lambda: timed(lambda: greedy_decode(step, token, length + 2, steps), bench.device)[1]  # noqa: E731
         return profile(run, steps, bench.device.type == "cuda")
 
 

@@ -61,7 +61,6 @@ def has_lora(model: nn.Module) -> bool:
     return any("lora_" in name for name, _ in model.named_parameters())
 
 
-
 def merge_lora(model: nn.Module) -> int:
     """Fold every LoRA delta into its base weight in place (for inference: no adapter matmuls per
     call; the module tree and state-dict keys stay). Returns how many layers were merged."""
