@@ -9,7 +9,7 @@ mkdir -p "$M/logs" "$M/out"
 case "${1:-assemble}" in
   stash)
     cp .device/part_aa "$M/" && { [ ! -d .device/train ] || cp -r .device/train "$M/"; }
-    [ ! -d .device/session2 ] || cp -r .device/session2 "$M/"  # stage-1 artifact for block2.sh
+    [ ! -d .device/session2 ] || cp -r .device/session2 "$M/"  # stage-1 artifact for block3.sh / block4.sh
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
     python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, "gpus", torch.cuda.device_count())'
     ;;
