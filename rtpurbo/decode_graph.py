@@ -25,11 +25,33 @@ same bookkeeping, so the CPU tests exercise it.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
 from ._compat import cache_kwarg
 from .cache import HeadwiseCache
+
+
+def eager_warmup(fn: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``fn()`` run eagerly; on CUDA on a side stream, as warm-ups before a capture should be."""
+    if device.type != "cuda":
+        return fn()
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        out = fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return out
+
+
+def capture(fn: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """(graph, output): ``fn`` recorded into a CUDA graph; each ``graph.replay()`` rewrites ``output``."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 class GraphedDecoder:
@@ -73,23 +95,10 @@ class GraphedDecoder:
             self.input_ids.copy_(ids)
             self.position_ids.copy_(pos)
 
-    def _eager(self) -> torch.Tensor:
-        """A real eager step (on a side stream on CUDA, as capture warm-ups should be)."""
-        if self.device.type != "cuda":
-            return self._forward()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            logits = self._forward()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        return logits
-
     def _capture(self) -> None:
         """Record one step into a CUDA graph. Capturing runs no kernel, so the counters are put back."""
         before, stats = self.cache.host_counters(), set(self.cache.stats.selected)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._forward()
+        self.graph, self.logits = capture(self._forward)
         if self._difference(before) != self.delta or set(self.cache.stats.selected) != stats:
             raise RuntimeError("the captured step does not match the warm-up step; cannot replay it")
         self.cache.set_host_counters(before)
@@ -115,7 +124,7 @@ class GraphedDecoder:
         self._load(input_ids, position_ids)
         before = self.cache.host_counters()
         if self.steps < self.warmup:
-            logits = self._eager()
+            logits = eager_warmup(self._forward, self.device)
             delta = self._difference(before)
             if self.delta is not None and delta != self.delta:
                 raise RuntimeError(f"decode steps advance the cache counters unevenly: {delta} vs {self.delta}")

@@ -67,12 +67,16 @@ def test_sparse_without_sparsity_decodes_the_dense_tokens(tmp_path):
 
 
 def test_cuda_graph_flag_decodes_the_same_tokens(tmp_path):
-    """--cuda-graph (on the CPU: GraphedDecoder's eager stand-in over the static-shape cache) changes no token."""
+    """--cuda-graph (on the CPU: the eager stand-ins over the static-shape caches) changes no token, dense or sparse."""
     settings = dict(lengths=[200], decode_warmup=2, top_p=0.7)
     plain = run_benchmark(tiny_settings(**settings), tmp_path / "a.jsonl")
     graphed = run_benchmark(tiny_settings(**settings, cuda_graph=True), tmp_path / "b.jsonl")
     rows = [{r["variant"]: r for r in result["rows"]} for result in (plain, graphed)]
-    assert rows[0]["sparse"]["tokens"] == rows[1]["sparse"]["tokens"] and rows[1]["sparse"]["status"] == "ok"
+    for variant in ("dense", "sparse"):
+        assert rows[1][variant]["status"] == "ok", rows[1][variant]
+        assert rows[0][variant]["tokens"] == rows[1][variant]["tokens"]
+    # dense graphed decode holds a StaticCache of prompt + decoded tokens: more slots than the dynamic cache
+    assert rows[1]["dense"]["kv_bytes"] > rows[0]["dense"]["kv_bytes"]
     assert rows[0]["sparse"]["kv_used_bytes"] == rows[1]["sparse"]["kv_used_bytes"]
     assert "CUDA graph" in markdown(graphed) and "CUDA graph" not in markdown(plain)
 
@@ -226,3 +230,16 @@ def test_bench_without_gpu_says_so(kind, tmp_path):
 def test_human_tokens():
     assert [human_tokens(n) for n in (512, 32768, 131072, 2**20, 3 * 2**20, 1000)] == ["512", "32K", "128K", "1M",
                                                                                         "3M", "1000"]
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_decode_only_points_time_every_variant_after_a_random_cache(tmp_path, cuda_graph):
+    """--decode-lengths: one row per (length, variant) with ms/token and the cache it decoded through."""
+    result = run_benchmark(tiny_settings(lengths=[200], decode_lengths=[600], decode_warmup=2, cuda_graph=cuda_graph),
+                           tmp_path / "r.jsonl")
+    rows = {r["variant"]: r for r in result["decode_only"]}
+    assert set(rows) == {"dense", "sparse"} and all(r["status"] == "ok" and r["length"] == 600 for r in rows.values())
+    assert all(r["decode_ms_per_token"] > 0 for r in rows.values())
+    # window 128: the sparse cache holds far fewer local-head slots than dense holds keys
+    assert rows["sparse"]["kv_bytes"] < rows["dense"]["kv_bytes"]
+    assert "Decode only" in markdown(result)

@@ -114,14 +114,14 @@ def time_ms(fn) -> float:
     return _do_bench(fn, rep=100)
 
 
-def graph_us(fn) -> float:
-    """Median microseconds of one replay of ``fn`` captured in a CUDA graph (L2 flushed each time)."""
+def graph_us(fn, rep: int = 200) -> float:
+    """Median microseconds of one replay of ``fn`` captured in a CUDA graph (L2 flushed each time; ``rep`` ms of replays)."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return 1000 * _do_bench(graph.replay, rep=200)
+    return 1000 * _do_bench(graph.replay, rep=rep)
 
 
 def _do_bench(fn, rep: int) -> float:

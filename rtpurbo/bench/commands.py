@@ -64,6 +64,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=_positive, help=f"decoder layers (default {d.layers} of {LLAMA_31_8B.full_layers}, "
                                                   "to save memory; the report says so)")
     p.add_argument("--lengths", type=tokens, nargs="+", help="prompt lengths (default 32K 128K)")
+    p.add_argument("--decode-lengths", type=tokens, nargs="+",
+                   help="also time decode alone after caches filled with random K/V of these lengths (no prefill; "
+                        "e.g. 512K 1M, where the attention share of a decode step is large)")
     p.add_argument("--quick", action="store_true", help=f"GPU smoke run: {QUICK}")
     p.add_argument("--tiny", action="store_true", help="tiny geometry (2 layers, hidden 256, 4 q / 2 KV heads, head "
                                                         "dim 64, vocab 1000, lengths 512 1024, W 128) for CPU runs")
@@ -95,8 +98,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="also profile STEPS decode steps per variant at the shortest length (torch.profiler: "
                         "wall vs device time, kernels and ops per step, top operators)")
     p.add_argument("--cuda-graph", action="store_true",
-                   help="sparse variants decode through a static-shape cache replayed from a CUDA graph (captured in "
-                        "the untimed decode steps: needs --decode-warmup >= 2; on the CPU its eager stand-in runs)")
+                   help="decode from a CUDA graph, dense (transformers StaticCache) and sparse (static-shape "
+                        "HeadwiseCache) alike, captured in the untimed decode steps: needs --decode-warmup >= 2; "
+                        "on the CPU the eager stand-ins run")
     p.add_argument("--seed", type=int, help="weights and prompts seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-model/model_bench.jsonl"),
                    help="JSON-lines file, one line per measurement as it comes (report beside it, .md)")
@@ -107,7 +111,8 @@ FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "wi
                  "decode_warmup": "decode_warmup", "repeats": "repeats", "warmup": "warmup",
                  "oom_lengths": "oom_lengths", "oom_decode_steps": "oom_decode_steps", "deadline": "deadline_s",
                  "oom_reserve": "oom_reserve_s",
-                 "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps"}
+                 "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps",
+                 "decode_lengths": "decode_lengths"}
 
 
 def settings_from(args: argparse.Namespace) -> ModelBenchSettings:

@@ -15,9 +15,11 @@ Per context length ``L`` and variant, after ``warmup`` dropped runs, medians ove
 * time to first token: one forward of the whole ``L``-token prompt (one shot, logits of the last
   token only) and its argmax;
 * decode: ``decode_warmup`` untimed greedy steps, then ``decode_steps`` timed as one block (ms per
-  token; tokens/s); with ``cuda_graph`` the sparse variants decode through a static-shape cache
-  replayed from a CUDA graph (:class:`rtpurbo.decode_graph.GraphedDecoder`; its eager stand-in on
-  the CPU), captured during the untimed steps (``decode_warmup >= 2``); dense is unchanged;
+  token; tokens/s); with ``cuda_graph`` every variant decodes from a CUDA graph, captured during
+  the untimed steps (``decode_warmup >= 2``; eager stand-ins on the CPU): the sparse variants
+  through a static-shape cache (:class:`rtpurbo.decode_graph.GraphedDecoder`), dense through a
+  Hugging Face ``StaticCache`` (:class:`.dense_graph.GraphedDenseDecoder`), so both sides have
+  their launch overhead removed;
 * peak memory (``torch.cuda.max_memory_allocated``, reset before each run, weights included) and the
   KV-cache bytes the cache holds after the run.
 
@@ -50,6 +52,7 @@ from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted, unconvert
 from ..decode_graph import GraphedDecoder
 from .decode_profile import profile
+from .dense_graph import GraphedDenseDecoder
 from .model_report import JsonLines, compare, describe, environment
 from .oom import attempt, free_memory, oom_search
 
@@ -105,8 +108,9 @@ class ModelBenchSettings:
     oom_reserve_s: float = 60.0  # of the deadline, kept for the OOM search
     sdpa_backends: list[str] = field(default_factory=lambda: ["cudnn", "flash"])
     seed: int = 0
+    decode_lengths: list[int] = field(default_factory=list)  # decode-only points after random-filled caches
     profile_steps: int = 0  # > 0: also profile that many decode steps per variant at the shortest length
-    cuda_graph: bool = False  # sparse variants: static-shape decode replayed from a CUDA graph
+    cuda_graph: bool = False  # decode replayed from a CUDA graph (dense: StaticCache; sparse: static_decode)
 
     def sparse_configs(self) -> dict[str, SparseConfig]:
         """Variant name -> the sparse configuration it converts with."""
@@ -120,7 +124,7 @@ class ModelBenchSettings:
 def build_model(settings: ModelBenchSettings) -> nn.Module:
     """A Llama causal LM of ``settings.geometry`` with ``settings.layers`` layers, random weights, eval mode."""
     geo = settings.geometry
-    longest = max([*settings.lengths, *(settings.oom_lengths if settings.oom_search else [])])
+    longest = max([*settings.lengths, *settings.decode_lengths, *(settings.oom_lengths if settings.oom_search else [])])
     config = LlamaConfig(
         hidden_size=geo.hidden, num_attention_heads=geo.q_heads, num_key_value_heads=geo.kv_heads,
         head_dim=geo.head_dim, intermediate_size=geo.intermediate, vocab_size=geo.vocab,
@@ -303,6 +307,39 @@ class Bench:
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
 
 
+def decode_tokens(bench: Bench, cache, first: torch.Tensor, length: int) -> dict[str, Any]:
+    """Greedy decode after ``length`` cached tokens (``first`` (1,) at position ``length``): ``decode_warmup``
+    untimed steps, then ``decode_steps`` timed as one block; eager, or from a CUDA graph with ``cuda_graph``.
+
+    Returns {"cache": the cache decoded through (a graphed dense decode copies the prefill into a
+    ``StaticCache``), "warm": warm-up tokens, "tokens": timed tokens, "decode_ms_per_token"}.
+    """
+    s, model = bench.settings, bench.variants.model
+    with bench.phase("decode"):
+        step = eager_step(model, cache)
+        if s.cuda_graph:
+            capacity = length + s.decode_warmup + s.decode_steps + 1
+            if isinstance(cache, HeadwiseCache):
+                cache.static_decode(capacity)
+                step = graphed_step(GraphedDecoder(model, cache))
+            else:
+                decoder = GraphedDenseDecoder(model, cache, capacity)
+                cache, step = decoder.cache, graphed_step(decoder)
+        decode = functools.partial(greedy_decode, step)
+        warm = decode(first, length, s.decode_warmup)
+        last = warm[-1:] if s.decode_warmup else first
+        tokens, decode_ms = timed(lambda: decode(last, length + s.decode_warmup, s.decode_steps), bench.device)
+    return {"cache": cache, "warm": warm, "tokens": tokens, "decode_ms_per_token": decode_ms / max(1, s.decode_steps)}
+
+
+def _cache_fields(cache) -> dict[str, Any]:
+    fields = {"kv_bytes": cache_bytes(cache)}
+    if isinstance(cache, HeadwiseCache):
+        fields["kv_used_bytes"] = cache.used_bytes()
+        fields["selected_keys_per_head"] = cache.stats.summary()["mean_selected"]
+    return fields
+
+
 @torch.no_grad()
 def run_once(bench: Bench, ids: torch.Tensor) -> dict[str, Any]:
     """One fresh cache, prefill of ids (1, L) and greedy decode: times (ms), tokens, bytes."""
@@ -312,22 +349,10 @@ def run_once(bench: Bench, ids: torch.Tensor) -> dict[str, Any]:
     cache = bench.variants.new_cache(capacity=length + s.decode_warmup + s.decode_steps + 1)
     with bench.phase("prefill"):
         first, ttft_ms = timed(lambda: forward_last_logits(model, cache, ids, 0).argmax(-1), bench.device)
-    with bench.phase("decode"):
-        step = eager_step(model, cache)
-        if s.cuda_graph and isinstance(cache, HeadwiseCache):
-            cache.static_decode(length + s.decode_warmup + s.decode_steps + 1)
-            step = graphed_step(GraphedDecoder(model, cache))
-        decode = functools.partial(greedy_decode, step)
-        warm = decode(first, length, s.decode_warmup)
-        last = warm[-1:] if s.decode_warmup else first
-        tokens, decode_ms = timed(lambda: decode(last, length + s.decode_warmup, s.decode_steps), bench.device)
-    run = {"ttft_ms": ttft_ms, "decode_ms_per_token": decode_ms / max(1, s.decode_steps),
-           "tokens": [int(first[0])] + warm.tolist() + tokens.tolist(), "kv_bytes": cache_bytes(cache),
-           "peak_bytes": bench.peak_bytes()}
-    if isinstance(cache, HeadwiseCache):
-        run["kv_used_bytes"] = cache.used_bytes()
-        run["selected_keys_per_head"] = cache.stats.summary()["mean_selected"]
-    return run
+    decoded = decode_tokens(bench, cache, first, length)
+    return {"ttft_ms": ttft_ms, "decode_ms_per_token": decoded["decode_ms_per_token"],
+            "tokens": [int(first[0])] + decoded["warm"].tolist() + decoded["tokens"].tolist(),
+            "peak_bytes": bench.peak_bytes(), **_cache_fields(decoded["cache"])}
 
 
 def measure(bench: Bench, variant: str, length: int) -> dict[str, Any]:
@@ -354,6 +379,26 @@ def measure(bench: Bench, variant: str, length: int) -> dict[str, Any]:
            "timed_runs": len(runs), "tokens": runs[0]["tokens"]}
     row.update({k: runs[-1][k] for k in ("kv_used_bytes", "selected_keys_per_head") if k in runs[-1]})
     return row
+
+
+@torch.no_grad()
+def decode_only(bench: Bench, variant: str, length: int) -> dict[str, Any]:
+    """Decode speed after ``length`` cached tokens of random K/V (no prefill: hours of compute at 1M),
+    as :func:`decode_tokens` times it (graphed with ``cuda_graph``); one run after ``warmup`` dropped ones."""
+    s = bench.settings
+    bench.variants.use(variant)
+    token = torch.zeros(1, dtype=torch.long, device=bench.device)
+    for _ in range(s.warmup + 1):
+        bench.reset_peak()
+        cache = bench.variants.new_cache(capacity=length + s.decode_warmup + s.decode_steps + 1)
+        fill_random(bench.variants, cache, length)
+        decoded = decode_tokens(bench, cache, token, length)
+        del cache
+        free_memory()
+    peak = bench.peak_bytes()
+    return {"decode_ms_per_token": decoded["decode_ms_per_token"],
+            "decode_tokens_per_s": 1000 / decoded["decode_ms_per_token"],
+            "peak_gib": None if peak is None else peak / GIB, **_cache_fields(decoded["cache"])}
 
 
 @torch.no_grad()
@@ -453,6 +498,9 @@ def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[s
             log(f"{stamp()} {'oom search ' if kind == 'oom_try' else ''}{text}")
 
         rows = measure_all(bench, lambda row: record("measurement", row))
+        decode_rows = run_points(bench, ((length, variant) for length in sorted(settings.decode_lengths)
+                                         for variant in variants.names), decode_only,
+                                 lambda row: record("decode_only", row))
         profiles = profile_all(bench, lambda row: record("profile", row)) if settings.profile_steps else []
         oom = None
         if settings.oom_search:
@@ -463,7 +511,7 @@ def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[s
             oom["method"] = (f"cache filled with random K/V of L tokens, then {settings.oom_decode_steps} greedy decode "
                              "steps; no prefill (hours of compute at these lengths)")
         result = {"environment": env, "config": config, "rows": rows, "comparison": compare(rows),
-                  "decode_profile": profiles, "oom_search": oom, "wall_seconds": round(time.time() - started, 1)}
+                  "decode_only": decode_rows, "decode_profile": profiles, "oom_search": oom, "wall_seconds": round(time.time() - started, 1)}
         sink.write({"record": "result", **result})
     return result
 

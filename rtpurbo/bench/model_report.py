@@ -86,6 +86,8 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
         + (f"; budgets (max_tokens) {settings.budgets}" if settings.budgets else "")
         + ("; decode: static-shape cache, one step replayed from a CUDA graph (--cuda-graph; timed runs only, "
            "not the OOM search or decode profile)" if settings.cuda_graph else ""),
+        *(["dense decode with --cuda-graph: the prefilled DynamicCache copied into a transformers StaticCache "
+           "(capacity = prompt + decoded tokens), one step replayed from a CUDA graph"] if settings.cuda_graph else []),
         "untrained indexers on random weights score keys almost uniformly, so top-p keeps most of them "
         "(column 'selected keys/head', sinks and recent tokens included); --max-tokens adds budgeted variants",
         f"TTFT = one-shot prefill of L tokens + argmax; decode = {settings.decode_steps} greedy steps after "
@@ -162,6 +164,8 @@ def markdown(result: dict[str, Any]) -> str:
             ratios = [_num(c[key], ".2f", "x") for key in ("ttft_speedup", "decode_speedup", "kv_ratio", "peak_ratio")]
             lines.append(f"| {human_tokens(c['length'])} | {c['variant']} | " + " | ".join(ratios)
                          + f" | {_num(c['tokens_match_dense'], '.0%')} |")
+    if result.get("decode_only"):
+        lines += ["", *_decode_only_lines(result["decode_only"])]
     if result.get("decode_profile"):
         lines += ["", *profile_lines(result["decode_profile"])]
     if result.get("oom_search"):
@@ -169,6 +173,27 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}; "
                   f"wall {result['wall_seconds']:.0f} s"]
     return "\n".join(lines)
+
+
+def _decode_only_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Decode after random-filled caches: one row per length, ms/token per variant and dense / sparse."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    cells = {(r["variant"], r["length"]): r for r in rows}
+    lines = ["Decode only, caches filled with random K/V of L tokens (no prefill), ms/token (dense / variant):", "",
+             "| L | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
+    for length in sorted({r["length"] for r in rows}):
+        dense = cells.get(("dense", length), {})
+        texts = []
+        for variant in variants:
+            r = cells.get((variant, length), {})
+            if r.get("status") != "ok":
+                texts.append(_status(r) if r else "-")
+                continue
+            ratio = _ratio(dense.get("decode_ms_per_token"), r["decode_ms_per_token"]) if variant != "dense" else None
+            peak = "" if r.get("peak_gib") is None else f", {r['peak_gib']:.1f} GiB"
+            texts.append(f"{r['decode_ms_per_token']:.2f}" + ("" if ratio is None else f" ({ratio:.2f}x)") + peak)
+        lines.append(f"| {human_tokens(length)} | " + " | ".join(texts) + " |")
+    return lines
 
 
 def _oom_lines(oom: dict[str, Any]) -> list[str]:

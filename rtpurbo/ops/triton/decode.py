@@ -21,6 +21,7 @@ decode step built from these kernels can be captured in a CUDA graph.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -239,6 +240,28 @@ def _combine_kernel(
         tl.store(count_ptr + bh, tl.sum(used, axis=0).to(tl.int64))
 
 
+@dataclass(frozen=True)
+class DecodeLaunch:
+    """Launch shape of :func:`decode_attention` (the results do not depend on it beyond rounding).
+
+    block_n: keys per inner step; waves: programs aimed at per SM, over all rows (the key range
+    is split into ``waves * SMs / rows`` parts); num_warps / num_stages: Triton's (``None``:
+    Triton's default stages).
+    """
+
+    block_n: int = 64
+    waves: int = 2
+    num_warps: int = 4
+    num_stages: int | None = None
+
+    def options(self) -> dict[str, int]:
+        return {"num_warps": self.num_warps, **({} if self.num_stages is None else {"num_stages": self.num_stages})}
+
+
+DENSE_LAUNCH = DecodeLaunch()  # every slot of a KV head (local heads: S + W ring slots)
+LIST_LAUNCH = DecodeLaunch()  # a selected list (retrieval heads)
+
+
 @functools.cache
 def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
@@ -250,7 +273,7 @@ def _pad(n: int) -> int:
 
 def index_scores(
     q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *,
-    sinks: int, recent: int, block: int = 1024,
+    sinks: int, recent: int, block: int = 1024, num_warps: int = 8,
 ) -> IndexScores:
     """Indexer scores of one query per batch row against every cached key.
 
@@ -276,7 +299,7 @@ def index_scores(
         q_idx.stride(0), q_idx.stride(1), q_idx.stride(3),
         k_idx.stride(0), k_idx.stride(1), k_idx.stride(2), k_idx.stride(3),
         q_pos.stride(0), k_pos.stride(0), k_pos.stride(1),
-        D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, num_warps=8,
+        D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, num_warps=num_warps,
     )
     return IndexScores(scores, block_max, block_sum, block_count, always)
 
@@ -321,7 +344,7 @@ def decode_attention(
     always: torch.Tensor | None = None,
     skip_sinks: int = 0,
     skip_recent: int = 0,
-    block_n: int = 64,
+    launch: DecodeLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one query per row (Lq == 1) over its KV head's keys.
 
@@ -330,6 +353,7 @@ def decode_attention(
     List mode: the slots ``index[b, h, :n_index[b, h]]`` ((B, Hkv, C) and (B, Hkv)) that are
     causally visible and not always-kept (``k_pos < skip_sinks`` or ``q_pos - k_pos <
     skip_recent``), plus the slots of ``always`` ((B * Hkv, A), -1 = none).
+    ``launch``: the launch shape (default :data:`DENSE_LAUNCH` / :data:`LIST_LAUNCH` by mode).
 
     Returns:
         out (B, Hq, 1, D) in ``q.dtype`` (zeros where no key is used) and the number of keys
@@ -341,7 +365,9 @@ def decode_attention(
     rows = batch * n_kv
     listed = index is not None
     span = index.shape[-1] if listed else n_keys
-    n_splits = max(1, min(triton.cdiv(2 * _num_sms(q.device), rows), triton.cdiv(span, block_n)))
+    launch = launch or (DENSE_LAUNCH if index is None else LIST_LAUNCH)
+    block_n = launch.block_n
+    n_splits = max(1, min(triton.cdiv(launch.waves * _num_sms(q.device), rows), triton.cdiv(span, block_n)))
     n_parts = n_splits + int(listed)
     g_pad, d_pad = _pad(group), _pad(head_dim)
     part_m = torch.empty(rows, n_parts, g_pad, dtype=torch.float32, device=q.device)
@@ -364,7 +390,7 @@ def decode_attention(
         mask_t.stride(0), mask_t.stride(1) if mask is not None else 0, mask_t.stride(-1),
         index_t.stride(0), index_t.stride(1), index_t.stride(2),
         LIST=listed, HAS_MASK=mask is not None, G_PAD=g_pad, D_PAD=d_pad, BLOCK_N=block_n,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **launch.options(),
     )
     out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
     counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)

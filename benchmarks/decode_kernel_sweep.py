@@ -1,0 +1,172 @@
+"""Launch-shape sweep of the decode kernels, and where one sparse decode step's time goes (GPU).
+
+    PYTHONPATH=. python benchmarks/decode_kernel_sweep.py --json sweep.json
+
+1. ``decode_attention`` in dense mode over the local heads' S + W ring slots (Llama-3.1-8B: 7 local
+   KV heads x 4 q heads; Qwen3-30B-A3B: 3 x 8) and in list mode over a retrieval head's selected
+   keys (1 KV head x 4 q heads; 1K / 2K / 14K keys, the selections of the attention bench), for
+   every :class:`rtpurbo.ops.triton.decode.DecodeLaunch` of a grid. Each time is the median
+   CUDA-graph replay with L2 flushed (the attention bench's ``graph_us``); GB/s counts the K/V
+   bytes read (the ring, or the selected rows).
+2. ``index_scores`` at 128K and 1M keys for blocks 512..4096 and 4 / 8 warps (GB/s of the 16-d
+   bf16 indexer keys).
+3. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
+   attention bench's decode point) at 128K and 1M: device microseconds per kernel per step.
+
+Prints one JSON line per row, then the best launch per case; ``--json`` writes everything.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+import torch
+
+from rtpurbo.bench.attention import DEVICE, GEOMETRIES, INDEX_DIM, RECENT, TOP_P, _ring_positions, environment, graph_us
+from rtpurbo.ops import api, triton_decode
+from rtpurbo.ops.triton import decode as kernels
+
+WINDOW, SINKS = 8192, 4
+LOCAL_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=ns)
+              for b, w, nw, ns in itertools.product((32, 64, 128), (2, 4, 8), (4, 8), (None, 4))]
+LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw)
+             for b, w, nw in itertools.product((32, 64, 128), (2, 4, 8, 16), (4, 8))]
+SCORE_GRID = list(itertools.product((512, 1024, 2048, 4096), (4, 8)))
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, device=DEVICE, dtype=torch.bfloat16)
+
+
+def _launch(launch: kernels.DecodeLaunch) -> dict:
+    return dict(block_n=launch.block_n, waves=launch.waves, num_warps=launch.num_warps, num_stages=launch.num_stages)
+
+
+def local_rows(record) -> None:
+    for geom in GEOMETRIES.values():
+        n_local, group, dim = geom.n_kv - geom.n_retrieval(), geom.group, geom.head_dim
+        q = _randn(1, n_local * group, 1, dim)
+        ring_k, ring_v = _randn(1, n_local, SINKS + WINDOW, dim), _randn(1, n_local, SINKS + WINDOW, dim)
+        ring_pos, q_pos = _ring_positions(131072, WINDOW, SINKS), torch.full((1, 1), 131071, device=DEVICE)
+        nbytes = 2 * ring_k.numel() * ring_k.element_size()
+        for launch in LOCAL_GRID:
+            fn = lambda l=launch: kernels.decode_attention(q, ring_k, ring_v, q_pos, ring_pos, scale=dim**-0.5,  # noqa: E731
+                                                           window=WINDOW, sinks=SINKS, launch=l)[0]
+            us = graph_us(fn, rep=50)
+            record(dict(case="local", geometry=geom.name, **_launch(launch), us=us, gbps=nbytes / us / 1e3))
+
+
+def list_rows(record) -> None:
+    geom = GEOMETRIES["llama-3.1-8b"]
+    length, dim, group = 1048576, geom.head_dim, geom.group
+    q = _randn(1, group, 1, dim)
+    k, v = _randn(1, 1, length, dim), _randn(1, 1, length, dim)
+    q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+    for n_sel in (1024, 2048, 14336):
+        index = torch.sort(torch.randperm(length - RECENT, device=DEVICE)[:n_sel])[0].view(1, 1, n_sel) + SINKS
+        n_index = torch.full((1, 1), n_sel, device=DEVICE)
+        always = torch.cat([torch.arange(SINKS), torch.arange(length - RECENT, length)]).to(DEVICE, torch.int32)[None]
+        nbytes = 2 * (n_sel + SINKS + RECENT) * dim * 2
+        for launch in LIST_GRID:
+            fn = lambda l=launch: kernels.decode_attention(  # noqa: E731
+                q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index, always=always,
+                skip_sinks=SINKS, skip_recent=RECENT, launch=l)[0]
+            us = graph_us(fn, rep=50)
+            record(dict(case="list", selected=n_sel, **_launch(launch), us=us, gbps=nbytes / us / 1e3))
+
+
+def score_rows(record) -> None:
+    for length in (131072, 1048576):
+        q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM)
+        q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+        nbytes = k_idx.numel() * 2 + length * (8 + 4)  # keys, positions (int64) in; fp32 scores out
+        for block, warps in SCORE_GRID:
+            fn = lambda b=block, w=warps: kernels.index_scores(  # noqa: E731
+                q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT, block=b, num_warps=w).scores
+            us = graph_us(fn, rep=50)
+            record(dict(case="index_scores", L=length, block=block, num_warps=warps, us=us, gbps=nbytes / us / 1e3))
+
+
+def step_profile(record) -> None:
+    """Kernels of one sparse decode step (eager, 20 steps profiled) at 128K and 1M, Llama-3.1-8B geometry."""
+    geom = GEOMETRIES["llama-3.1-8b"]
+    n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
+    split, n_local = n_ret * group, geom.n_kv - n_ret
+    for length in (131072, 1048576):
+        q = _randn(1, geom.n_q, 1, dim)
+        k, v = _randn(1, n_ret, length, dim), _randn(1, n_ret, length, dim)
+        ring_k, ring_v = _randn(1, n_local, SINKS + WINDOW, dim), _randn(1, n_local, SINKS + WINDOW, dim)
+        ring_pos = _ring_positions(length, WINDOW, SINKS)
+        q_idx, k_idx = _randn(1, n_ret, 1, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM)
+        q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+
+        def step():
+            out, _ = api.topp_attention(q[:, :split], k, v, q_pos, k_pos, q_idx, k_idx, top_p=TOP_P, min_tokens=64,
+                                        sinks=SINKS, recent=RECENT, impl="triton")
+            local = api.attention(q[:, split:], ring_k, ring_v, q_pos, ring_pos, window=WINDOW, sinks=SINKS, impl="flex")
+            return torch.cat([out, local], dim=1)
+
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+        steps = 20
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+        kernels_us: dict[str, list[float]] = {}
+        for event in prof.events():
+            if event.device_type == torch.autograd.DeviceType.CUDA:
+                kernels_us.setdefault(event.name[:80], []).append(event.device_time)
+        table = sorted(((name, len(t) / steps, sum(t) / steps) for name, t in kernels_us.items()), key=lambda r: -r[2])
+        record(dict(case="step_profile", L=length, kernels_per_step=sum(r[1] for r in table),
+                    device_us_per_step=sum(r[2] for r in table),
+                    kernels=[dict(name=n, per_step=c, us_per_step=round(u, 2)) for n, c, u in table]))
+
+
+def best(rows: list[dict]) -> list[str]:
+    lines = []
+    keys = {"local": ("geometry",), "list": ("selected",), "index_scores": ("L",)}
+    for case, by in keys.items():
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            if r.get("case") == case and "us" in r:
+                groups.setdefault(tuple(r[k] for k in by), []).append(r)
+        for key, group in groups.items():
+            top = sorted(group, key=lambda r: r["us"])[:3]
+            lines.append(f"{case} {key}: " + "; ".join(
+                f"{r['us']:.1f} us ({r['gbps']:.0f} GB/s) " + json.dumps({k: r[k] for k in r if k not in
+                                                                           ("case", "us", "gbps", *by)})
+                for r in top))
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--parts", default="local,list,scores,profile")
+    args = parser.parse_args()
+    rows: list[dict] = []
+    env = environment()
+    started = time.time()
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile}
+    for name in args.parts.split(","):
+        try:
+            parts[name](record)
+        except Exception as err:  # one broken part must not lose the others
+            record(dict(case=name, error=f"{type(err).__name__}: {str(err)[:300]}"))
+    print("\n".join(best(rows)))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(dict(environment=env, rows=rows, wall_s=round(time.time() - started, 1)), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
