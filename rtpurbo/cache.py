@@ -447,9 +447,15 @@ class HeadwiseCache(Cache):
         local_out = retrieval_out = None
         if module.local_heads:
             ql, kl, vl = parts["local"]
+            one_token = q.shape[2] == 1 and layer.seen > 0
             if layer.seen == 0:  # a fresh ring holds nothing: a plain prefill (the backends' fast path)
                 keys, values, key_pos = kl, vl, positions
-            else:
+            elif one_token:
+                # decode: write first, then attend over the ring alone (no copy of it). The slot the
+                # token takes held position p - W (or nothing), outside the window of query p.
+                self._write_ring(layer, kl, vl, positions)
+                keys, values, key_pos = layer.l_k, layer.l_v, layer.l_pos
+            else:  # a later chunk: its queries still need the keys its own tokens will overwrite
                 keys = torch.cat([layer.l_k, kl], dim=2)
                 values = torch.cat([layer.l_v, vl], dim=2)
                 key_pos = torch.cat([layer.l_pos, positions], dim=1)
@@ -457,7 +463,8 @@ class HeadwiseCache(Cache):
                 ql, keys, values, positions, key_pos, window=sparse.window, sinks=sparse.sinks,
                 scale=module.scaling, impl=sparse.impl,
             )
-            self._write_ring(layer, kl, vl, positions)
+            if not one_token:
+                self._write_ring(layer, kl, vl, positions)
         if module.retrieval_heads:
             qr, kr, vr = parts["retrieval"]
             q_idx = k_idx = None

@@ -6,7 +6,7 @@ import torch
 
 from rtpurbo.bench import oom
 from rtpurbo.bench.commands import settings_from
-from rtpurbo.bench.end_to_end import (TINY, ModelBenchSettings, Variants, build_model, forward_last_logits,
+from rtpurbo.bench.end_to_end import (TINY, ModelBenchSettings, Variants, build_model, conversions, forward_last_logits,
                                       run_benchmark, spread_plan)
 from rtpurbo.bench.model_report import human_tokens, markdown
 from rtpurbo.cache import HeadwiseCache
@@ -67,16 +67,17 @@ def test_sparse_without_sparsity_decodes_the_dense_tokens(tmp_path):
 
 
 def test_cuda_graph_flag_decodes_the_same_tokens(tmp_path):
-    """--cuda-graph (on the CPU: the eager stand-ins over the static-shape caches) changes no token, dense or sparse."""
+    """--cuda-graph (on the CPU: GraphedDecoder's eager stand-in) changes no sparse token; dense-graph decodes dense's."""
     settings = dict(lengths=[200], decode_warmup=2, top_p=0.7)
     plain = run_benchmark(tiny_settings(**settings), tmp_path / "a.jsonl")
     graphed = run_benchmark(tiny_settings(**settings, cuda_graph=True), tmp_path / "b.jsonl")
     rows = [{r["variant"]: r for r in result["rows"]} for result in (plain, graphed)]
-    for variant in ("dense", "sparse"):
-        assert rows[1][variant]["status"] == "ok", rows[1][variant]
-        assert rows[0][variant]["tokens"] == rows[1][variant]["tokens"]
-    # dense graphed decode holds a StaticCache of prompt + decoded tokens: more slots than the dynamic cache
-    assert rows[1]["dense"]["kv_bytes"] > rows[0]["dense"]["kv_bytes"]
+    assert rows[1]["sparse"]["status"] == "ok" and rows[0]["sparse"]["tokens"] == rows[1]["sparse"]["tokens"]
+    # the graphed dense baseline (every head full attention through rtpurbo's cache) is the dense model
+    assert rows[1]["dense-graph"]["status"] == "ok" and "dense-graph" not in rows[0]
+    assert rows[1]["dense-graph"]["tokens"] == rows[1]["dense"]["tokens"]
+    (vs_graph,) = [c for c in graphed["comparison"] if c["variant"] == "sparse"]
+    assert vs_graph["decode_speedup_vs_dense_graph"] > 0
     assert rows[0]["sparse"]["kv_used_bytes"] == rows[1]["sparse"]["kv_used_bytes"]
     assert "CUDA graph" in markdown(graphed) and "CUDA graph" not in markdown(plain)
 
@@ -121,7 +122,7 @@ def test_spread_plan_counts_and_spreads_leading_heads():
 def test_fill_random_matches_the_layout_of_a_real_prefill():
     settings = tiny_settings(window=32)
     model = build_model(settings)
-    variants = Variants(model, spread_plan(2, 2, 4, 0.5), settings.sparse_configs())
+    variants = Variants(model, conversions(settings, spread_plan(2, 2, 4, 0.5)))
     variants.use("sparse")
     length = 100
     real, filled = HeadwiseCache(model), HeadwiseCache(model)
@@ -238,7 +239,8 @@ def test_decode_only_points_time_every_variant_after_a_random_cache(tmp_path, cu
     result = run_benchmark(tiny_settings(lengths=[200], decode_lengths=[600], decode_warmup=2, cuda_graph=cuda_graph),
                            tmp_path / "r.jsonl")
     rows = {r["variant"]: r for r in result["decode_only"]}
-    assert set(rows) == {"dense", "sparse"} and all(r["status"] == "ok" and r["length"] == 600 for r in rows.values())
+    assert set(rows) == {"dense", "sparse"} | ({"dense-graph"} if cuda_graph else set())
+    assert all(r["status"] == "ok" and r["length"] == 600 for r in rows.values())
     assert all(r["decode_ms_per_token"] > 0 for r in rows.values())
     # window 128: the sparse cache holds far fewer local-head slots than dense holds keys
     assert rows["sparse"]["kv_bytes"] < rows["dense"]["kv_bytes"]

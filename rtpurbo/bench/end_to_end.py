@@ -6,6 +6,13 @@ in turn as
 * ``dense``: the unconverted Hugging Face model, ``attn_implementation="sdpa"``, ``DynamicCache``.
   SDPA is restricted to one backend per phase, the first of ``sdpa_backends`` (cuDNN, flash) that
   runs a 256-token prefill, resp. one decode step, of this model; the report names it.
+* ``dense-graph`` (with ``cuda_graph``): the dense model with its decode launch overhead removed,
+  as the graphed sparse variants have theirs. transformers' own ``StaticCache`` cannot be that
+  baseline: its decode mask makes SDPA give up GQA (``repeat_kv`` of the whole cache every step),
+  26 ms vs 6 ms per token eager at 128K on an H200 (session 4). So the same weights are
+  converted with *every* KV head a retrieval head at top-p 1: full causal attention, exactly the
+  dense model's function (prefill through the dense kernel, decode through rtpurbo's GQA split-K
+  Triton kernel over all cached keys, graph-captured).
 * ``sparse``: the same weights converted by :func:`rtpurbo.convert.convert` (untrained indexers,
   ``top_p``), decoding through :class:`rtpurbo.cache.HeadwiseCache`; ``sparse-max{N}`` variants
   add a ``max_tokens = N`` budget to the retrieval heads' selection.
@@ -15,11 +22,9 @@ Per context length ``L`` and variant, after ``warmup`` dropped runs, medians ove
 * time to first token: one forward of the whole ``L``-token prompt (one shot, logits of the last
   token only) and its argmax;
 * decode: ``decode_warmup`` untimed greedy steps, then ``decode_steps`` timed as one block (ms per
-  token; tokens/s); with ``cuda_graph`` every variant decodes from a CUDA graph, captured during
-  the untimed steps (``decode_warmup >= 2``; eager stand-ins on the CPU): the sparse variants
-  through a static-shape cache (:class:`rtpurbo.decode_graph.GraphedDecoder`), dense through a
-  Hugging Face ``StaticCache`` (:class:`.dense_graph.GraphedDenseDecoder`), so both sides have
-  their launch overhead removed;
+  token; tokens/s); with ``cuda_graph`` the rtpurbo variants decode through a static-shape cache
+  replayed from a CUDA graph (:class:`rtpurbo.decode_graph.GraphedDecoder`; its eager stand-in on
+  the CPU), captured during the untimed steps (``decode_warmup >= 2``);
 * peak memory (``torch.cuda.max_memory_allocated``, reset before each run, weights included) and the
   KV-cache bytes the cache holds after the run.
 
@@ -52,7 +57,6 @@ from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted, unconvert
 from ..decode_graph import GraphedDecoder
 from .decode_profile import profile
-from .dense_graph import GraphedDenseDecoder
 from .model_report import JsonLines, compare, describe, environment
 from .oom import attempt, free_memory, oom_search
 
@@ -110,7 +114,7 @@ class ModelBenchSettings:
     seed: int = 0
     decode_lengths: list[int] = field(default_factory=list)  # decode-only points after random-filled caches
     profile_steps: int = 0  # > 0: also profile that many decode steps per variant at the shortest length
-    cuda_graph: bool = False  # decode replayed from a CUDA graph (dense: StaticCache; sparse: static_decode)
+    cuda_graph: bool = False  # + variant dense-graph; rtpurbo variants decode from a CUDA graph
 
     def sparse_configs(self) -> dict[str, SparseConfig]:
         """Variant name -> the sparse configuration it converts with."""
@@ -153,16 +157,35 @@ def spread_plan(num_layers: int, num_kv: int, num_q: int, fraction: float) -> He
                     criterion=f"benchmark: {count} KV heads spread evenly (random weights)")
 
 
-class Variants:
-    """The one model, put in the state a variant needs: ``dense`` (unconverted) or a sparse variant."""
+DENSE_GRAPH = "dense-graph"
 
-    def __init__(self, model: nn.Module, plan: HeadPlan, sparse_configs: dict[str, SparseConfig]) -> None:
-        self.model, self.plan, self.sparse_configs = model, plan, sparse_configs
+
+def conversions(settings: ModelBenchSettings, plan: HeadPlan) -> dict[str, tuple[HeadPlan, SparseConfig]]:
+    """Variant name -> (head plan, sparse configuration) for every converted variant, in measuring order.
+
+    ``dense-graph`` (with ``cuda_graph``): every KV head a retrieval head at top-p 1, i.e. full
+    attention, the dense model's function (see the module docstring).
+    """
+    out = {}
+    if settings.cuda_graph:
+        geo = settings.geometry
+        full = spread_plan(settings.layers, geo.kv_heads, geo.q_heads, 1.0)
+        out[DENSE_GRAPH] = (full, SparseConfig(window=settings.window, sinks=settings.sinks, top_p=1.0, impl="auto",
+                                               decode_impl="auto"))
+    out.update({name: (plan, config) for name, config in settings.sparse_configs().items()})
+    return out
+
+
+class Variants:
+    """The one model, put in the state a variant needs: ``dense`` (unconverted) or a converted variant."""
+
+    def __init__(self, model: nn.Module, conversions: dict[str, tuple[HeadPlan, SparseConfig]]) -> None:
+        self.model, self.conversions = model, conversions
         self.current = "dense"
 
     @property
     def names(self) -> list[str]:
-        return ["dense", *self.sparse_configs]
+        return ["dense", *self.conversions]
 
     def use(self, name: str) -> None:
         if name == self.current:
@@ -170,7 +193,7 @@ class Variants:
         if is_converted(self.model):
             unconvert(self.model)
         if name != "dense":
-            convert(self.model, self.plan, self.sparse_configs[name])
+            convert(self.model, *self.conversions[name])
         self.current = name
 
     def new_cache(self, capacity: int):
@@ -311,20 +334,14 @@ def decode_tokens(bench: Bench, cache, first: torch.Tensor, length: int) -> dict
     """Greedy decode after ``length`` cached tokens (``first`` (1,) at position ``length``): ``decode_warmup``
     untimed steps, then ``decode_steps`` timed as one block; eager, or from a CUDA graph with ``cuda_graph``.
 
-    Returns {"cache": the cache decoded through (a graphed dense decode copies the prefill into a
-    ``StaticCache``), "warm": warm-up tokens, "tokens": timed tokens, "decode_ms_per_token"}.
+    Returns {"cache", "warm": warm-up tokens, "tokens": timed tokens, "decode_ms_per_token"}.
     """
     s, model = bench.settings, bench.variants.model
     with bench.phase("decode"):
         step = eager_step(model, cache)
-        if s.cuda_graph:
-            capacity = length + s.decode_warmup + s.decode_steps + 1
-            if isinstance(cache, HeadwiseCache):
-                cache.static_decode(capacity)
-                step = graphed_step(GraphedDecoder(model, cache))
-            else:
-                decoder = GraphedDenseDecoder(model, cache, capacity)
-                cache, step = decoder.cache, graphed_step(decoder)
+        if s.cuda_graph and isinstance(cache, HeadwiseCache):
+            cache.static_decode(length + s.decode_warmup + s.decode_steps + 1)
+            step = graphed_step(GraphedDecoder(model, cache))
         decode = functools.partial(greedy_decode, step)
         warm = decode(first, length, s.decode_warmup)
         last = warm[-1:] if s.decode_warmup else first
@@ -484,7 +501,7 @@ def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[s
         model = build_model(settings)
         geo = settings.geometry
         plan = spread_plan(settings.layers, geo.kv_heads, geo.q_heads, settings.retrieval_fraction)
-        variants = Variants(model, plan, settings.sparse_configs())
+        variants = Variants(model, conversions(settings, plan))
         dense_sdpa = pick_sdpa_backends(model, settings.sdpa_backends, device)
         reserve = settings.oom_reserve_s if settings.oom_search else 0.0
         bench = Bench(settings, variants, device, dense_sdpa, deadline - reserve)
