@@ -32,6 +32,17 @@ from .families import attention_modules
 from .ops import api as ops
 
 
+def _append_kernels(like: torch.Tensor):
+    """:mod:`rtpurbo.ops.triton.append` where it can run on ``like``'s device (CUDA + Triton), else None."""
+    if not like.is_cuda:
+        return None
+    try:
+        from .ops.triton import append
+    except ImportError:
+        return None
+    return append
+
+
 @dataclass
 class LayerCache:
     """Storage of one layer. Shapes: B batch, Hr / Hl retrieval / local KV heads, D head dim."""
@@ -445,6 +456,17 @@ class HeadwiseCache(Cache):
         parts = module.split_heads(q, k, v)
         sparse = self.sparse
         local_out = retrieval_out = None
+        q_idx = k_idx = None
+        if module.retrieval_heads and module.indexer is not None:
+            q_idx, k_idx = module.index_vectors(q_raw, k_raw, rope)
+        # static decode on a GPU: the token goes into both roles' storage in one kernel launch
+        fused = self.static_capacity is not None and _append_kernels(k) is not None
+        if fused:
+            _append_kernels(k).append_token(
+                layer, *(parts["retrieval"][1:] if module.retrieval_heads else (None, None)), k_idx,
+                *(parts["local"][1:] if module.local_heads else (None, None)), positions,
+                sinks=sparse.sinks, window=sparse.window,
+            )
         if module.local_heads:
             ql, kl, vl = parts["local"]
             one_token = q.shape[2] == 1 and layer.seen > 0
@@ -453,7 +475,8 @@ class HeadwiseCache(Cache):
             elif one_token:
                 # decode: write first, then attend over the ring alone (no copy of it). The slot the
                 # token takes held position p - W (or nothing), outside the window of query p.
-                self._write_ring(layer, kl, vl, positions)
+                if not fused:
+                    self._write_ring(layer, kl, vl, positions)
                 keys, values, key_pos = layer.l_k, layer.l_v, layer.l_pos
             else:  # a later chunk: its queries still need the keys its own tokens will overwrite
                 keys = torch.cat([layer.l_k, kl], dim=2)
@@ -467,10 +490,10 @@ class HeadwiseCache(Cache):
                 self._write_ring(layer, kl, vl, positions)
         if module.retrieval_heads:
             qr, kr, vr = parts["retrieval"]
-            q_idx = k_idx = None
-            if module.indexer is not None:
-                q_idx, k_idx = module.index_vectors(q_raw, k_raw, rope)
-            if self.static_capacity is not None:
+            if fused:
+                layer.r_next.add_(1)
+                layer.r_len += 1
+            elif self.static_capacity is not None:
                 self._append_static(layer, kr, vr, k_idx, positions)
             else:
                 self._append_retrieval(layer, kr, vr, k_idx, positions)

@@ -71,8 +71,9 @@ class LowRankIndexer(nn.Module):
         self.wk.copy_(select.expand_as(self.wk))
         self.wq.copy_((select / (self.group * self.head_dim**0.5)).expand_as(self.wq))
 
-    # keys / queries: one bmm over the heads, the one torch.einsum runs (same operand layout, so
-    # bitwise the same result) without einsum's extra view ops, which cost time at every decode step.
+    # keys / queries: one bmm over the heads, without einsum's extra view ops (they cost time at
+    # every decode step). Queries contract over (G, D) in wq's own (G, D) order, so at decode
+    # (B = L = 1, queries straight from the projection) both operands are views: no copy kernels.
     def keys(self, k_raw: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """k_raw (B, Hr, L, D) pre-RoPE keys -> (B, Hr, L, d_idx) indexer keys."""
         batch, heads, length, dim = k_raw.shape
@@ -85,8 +86,8 @@ class LowRankIndexer(nn.Module):
         batch, _, length, dim = q_raw.shape
         heads, width = self.num_heads, dim * self.group
         grouped = q_raw.view(batch, heads, self.group, length, dim)
-        rows = grouped.permute(1, 0, 3, 4, 2).reshape(heads, batch * length, width)  # (Hr, B*L, D*G)
-        weight = self.wq.to(q_raw.dtype).transpose(1, 2).reshape(heads, width, -1)  # (Hr, D*G, d_idx)
+        rows = grouped.permute(1, 0, 3, 2, 4).reshape(heads, batch * length, width)  # (Hr, B*L, G*D)
+        weight = self.wq.to(q_raw.dtype).reshape(heads, width, -1)  # (Hr, G*D, d_idx)
         q_idx = torch.bmm(rows, weight)  # (Hr, B*L, d_idx): sum over the G heads and D
         return self._rope(q_idx.view(heads, batch, length, -1).transpose(0, 1), cos, sin)
 

@@ -145,13 +145,14 @@ def _decode_attention_kernel(
 
     # this program's share of the work: a contiguous run of slots (dense) or list entries
     if LIST:
-        in_always = split == n_splits  # the extra last split reads the always list
+        # split 0 reads the always list, splits 1.. the selection: the used parts are a prefix
+        in_always = split == 0
         # the same, per lane (a scalar bool in a load mask trips the Triton interpreter)
-        always_lanes = tl.full([BLOCK_N], 0, tl.int32) + split == n_splits
+        always_lanes = tl.full([BLOCK_N], 0, tl.int32) + split == 0
         n_sel = tl.load(n_index_ptr + bh).to(tl.int32)
         chunk = tl.cdiv(tl.cdiv(n_sel, n_splits), BLOCK_N) * BLOCK_N
-        lo = tl.where(in_always, 0, split * chunk)
-        hi = tl.where(in_always, n_always, tl.minimum(split * chunk + chunk, n_sel))
+        lo = tl.where(in_always, 0, (split - 1) * chunk)
+        hi = tl.where(in_always, n_always, tl.minimum((split - 1) * chunk + chunk, n_sel))
     else:
         chunk = tl.cdiv(tl.cdiv(n_keys, n_splits), BLOCK_N) * BLOCK_N
         lo = split * chunk
@@ -219,6 +220,7 @@ def _combine_kernel(
     h = (bh % n_kv_heads).to(tl.int64)
     p = tl.arange(0, P_PAD)
     m = tl.load(part_m_ptr + (bh * n_parts + p) * G_PAD + gi, mask=p < n_parts, other=float("-inf"))
+    n_used = tl.max(tl.where(m > float("-inf"), p, -1), axis=0) + 1  # parts after the last used one add nothing
     top = tl.max(m, axis=0)
     ref = tl.where(top == float("-inf"), 0.0, top)
     l = tl.load(part_l_ptr + (bh * n_parts + p) * G_PAD + gi, mask=p < n_parts, other=0.0)
@@ -227,7 +229,7 @@ def _combine_kernel(
     d = tl.arange(0, D_PAD)
     d_ok = d < head_dim
     acc = tl.zeros([D_PAD], tl.float32)
-    for start in range(0, n_parts, P_CHUNK):
+    for start in range(0, n_used, P_CHUNK):
         pc = start + tl.arange(0, P_CHUNK)
         row = (bh * n_parts + pc) * G_PAD + gi
         weight = tl.exp2(tl.load(part_m_ptr + row, mask=pc < n_parts, other=float("-inf")) - ref)
@@ -259,7 +261,7 @@ class DecodeLaunch:
 
 
 DENSE_LAUNCH = DecodeLaunch()  # every slot of a KV head (local heads: S + W ring slots)
-LIST_LAUNCH = DecodeLaunch()  # a selected list (retrieval heads)
+LIST_LAUNCH = DecodeLaunch(block_n=128, waves=4)  # a selected list (retrieval heads); H200 sweep, session 4
 
 
 @functools.cache

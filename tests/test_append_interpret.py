@@ -1,0 +1,68 @@
+"""The fused one-token cache write (rtpurbo.ops.triton.append) on CPU, through the Triton interpreter.
+
+Static decode on a GPU writes each token into both roles' storage with one kernel launch
+instead of 14 torch ops. Here that kernel runs under ``TRITON_INTERPRET=1`` (set before triton
+compiles anything, so in a child process: this file run as a script) in place of the torch
+path, through whole greedy decodes of tiny converted models (retrieval and local heads, a
+non-contiguous head order in qwen3, a left-padded batch of 2). The writes are copies, so the
+cache tensors, logits and tokens must be bitwise those of the torch path. Skipped where
+triton is not installed (CI); the GPU runs the kernel for real in test_decode_static.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton is not installed: the interpreter tests need it"
+)
+
+CASES = [("llama", 0.7, 1), ("llama", 0.7, 2), ("qwen3", 0.7, 2), ("llama", 1.0, 2)]
+
+
+def _run_case(family: str, top_p: float, batch: int) -> dict:
+    import torch
+
+    import rtpurbo.cache
+    from rtpurbo.ops.triton import append
+
+    from tests.test_decode_static import PROMPT, STEPS, _model, greedy
+
+    model = _model(family, top_p)
+    capacity = PROMPT + STEPS + 3
+    want_tokens, want_logits, want_cache = greedy(model, batch, static=capacity)
+    original = rtpurbo.cache._append_kernels
+    rtpurbo.cache._append_kernels = lambda like: append  # the kernel on CPU tensors (interpreted)
+    try:
+        tokens, logits, cache = greedy(model, batch, static=capacity)
+    finally:
+        rtpurbo.cache._append_kernels = original
+    same_tensors = all(torch.equal(a, b) for got, want in zip(cache.store, want_cache.store)
+                       for a, b in zip(got.tensors(), want.tensors()))
+    return dict(tokens=bool(torch.equal(tokens, want_tokens)), logits=bool(torch.equal(logits, want_logits)),
+                cache=same_tensors, counters=cache.host_counters() == want_cache.host_counters())
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "tests.test_append_interpret"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", [f"{f}-p{p}-b{b}" for f, p, b in CASES])
+def test_fused_append_equals_torch_path(report, case):
+    assert report[case] == dict(tokens=True, logits=True, cache=True, counters=True), report[case]
+
+
+if __name__ == "__main__":
+    print(json.dumps({f"{f}-p{p}-b{b}": _run_case(f, p, b) for f, p, b in CASES}))
