@@ -131,6 +131,9 @@ class HeadwiseCache(Cache):
         self.stats = SelectionStats()
         self._forward: _Forward | None = None
         self.static_capacity: int | None = None  # set by static_decode()
+        # static decode on a GPU: local heads on a side stream, overlapping the retrieval heads
+        self.overlap_roles = True
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
 
     # --- what transformers asks of a cache ----------------------------------------------
     def __len__(self) -> int:
@@ -454,62 +457,95 @@ class HeadwiseCache(Cache):
             if module.retrieval_heads and layer.r_len >= self.static_capacity:
                 raise ValueError(f"static decode cache is full ({self.static_capacity} slots)")
         parts = module.split_heads(q, k, v)
-        sparse = self.sparse
-        local_out = retrieval_out = None
         q_idx = k_idx = None
         if module.retrieval_heads and module.indexer is not None:
             q_idx, k_idx = module.index_vectors(q_raw, k_raw, rope)
-        # static decode on a GPU: the token goes into both roles' storage in one kernel launch
-        fused = self.static_capacity is not None and _append_kernels(k) is not None
-        if fused:
-            _append_kernels(k).append_token(
-                layer, *(parts["retrieval"][1:] if module.retrieval_heads else (None, None)), k_idx,
-                *(parts["local"][1:] if module.local_heads else (None, None)), positions,
-                sinks=sparse.sinks, window=sparse.window,
-            )
+        if self.static_capacity is not None and _append_kernels(k) is not None:
+            return self._attend_static_gpu(module, layer, parts, q_idx, k_idx, positions)
+        local_out = retrieval_out = None
         if module.local_heads:
             ql, kl, vl = parts["local"]
             one_token = q.shape[2] == 1 and layer.seen > 0
             if layer.seen == 0:  # a fresh ring holds nothing: a plain prefill (the backends' fast path)
-                keys, values, key_pos = kl, vl, positions
+                local_out = self._local_attention(module, ql, kl, vl, positions, positions)
             elif one_token:
                 # decode: write first, then attend over the ring alone (no copy of it). The slot the
                 # token takes held position p - W (or nothing), outside the window of query p.
-                if not fused:
-                    self._write_ring(layer, kl, vl, positions)
-                keys, values, key_pos = layer.l_k, layer.l_v, layer.l_pos
+                self._write_ring(layer, kl, vl, positions)
+                local_out = self._local_attention(module, ql, layer.l_k, layer.l_v, layer.l_pos, positions)
             else:  # a later chunk: its queries still need the keys its own tokens will overwrite
                 keys = torch.cat([layer.l_k, kl], dim=2)
                 values = torch.cat([layer.l_v, vl], dim=2)
                 key_pos = torch.cat([layer.l_pos, positions], dim=1)
-            local_out = ops.attention(
-                ql, keys, values, positions, key_pos, window=sparse.window, sinks=sparse.sinks,
-                scale=module.scaling, impl=sparse.impl,
-            )
+                local_out = self._local_attention(module, ql, keys, values, key_pos, positions)
             if not one_token:
                 self._write_ring(layer, kl, vl, positions)
         if module.retrieval_heads:
             qr, kr, vr = parts["retrieval"]
-            if fused:
-                layer.r_next.add_(1)
-                layer.r_len += 1
-            elif self.static_capacity is not None:
+            if self.static_capacity is not None:
                 self._append_static(layer, kr, vr, k_idx, positions)
             else:
                 self._append_retrieval(layer, kr, vr, k_idx, positions)
-            keys, values, key_idx, key_pos = self._retrieval_view(layer)
-            decode = q.shape[2] == 1 and sparse.top_p < 1.0 and module.indexer is not None and module.base_window is None
-            if decode:
-                retrieval_out, counts = ops.topp_attention(
-                    qr, keys, values, positions, key_pos, q_idx, key_idx,
-                    top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,
-                    sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl,
-                )
-                self.stats.record(module.layer_idx, counts, self._visible(layer, positions))
-            else:
-                retrieval_out = ops.attention(
-                    qr, keys, values, positions, key_pos, window=module.base_window,
-                    scale=module.scaling, impl=sparse.impl,
-                )
+            retrieval_out = self._retrieval_attention(module, layer, qr, q_idx, positions)
         layer.seen += q.shape[2]
         return module.merge_heads(retrieval_out, local_out)
+
+    def _attend_static_gpu(self, module, layer: LayerCache, parts, q_idx, k_idx, positions) -> torch.Tensor:
+        """Static decode on a GPU: the token goes into both roles' storage in one kernel launch, then
+        the local heads attend over their ring on a side stream while the retrieval heads run their
+        chain of small, latency-bound kernels (scores, selection, attention) on the current one."""
+        sparse = self.sparse
+        _append_kernels(positions).append_token(
+            layer, *(parts["retrieval"][1:] if module.retrieval_heads else (None, None)), k_idx,
+            *(parts["local"][1:] if module.local_heads else (None, None)), positions,
+            sinks=sparse.sinks, window=sparse.window,
+        )
+        if module.retrieval_heads:
+            layer.r_next.add_(1)
+            layer.r_len += 1
+        local_out = retrieval_out = None
+        both = module.local_heads and module.retrieval_heads
+        side = self._side_stream(positions.device) if self.overlap_roles and both and positions.is_cuda else None
+        main = None if side is None else torch.cuda.current_stream(positions.device)
+        if module.local_heads:
+            ql = parts["local"][0]
+            if side is not None:
+                side.wait_stream(main)  # q and the written ring are ready
+                with torch.cuda.stream(side):
+                    local_out = self._local_attention(module, ql, layer.l_k, layer.l_v, layer.l_pos, positions)
+            else:
+                local_out = self._local_attention(module, ql, layer.l_k, layer.l_v, layer.l_pos, positions)
+        if module.retrieval_heads:
+            retrieval_out = self._retrieval_attention(module, layer, parts["retrieval"][0], q_idx, positions)
+        if side is not None:
+            main.wait_stream(side)  # the next layer reuses side's memory only after its own wait on main
+        layer.seen += 1
+        return module.merge_heads(retrieval_out, local_out)
+
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
+        stream = self._streams.get(device)
+        if stream is None:
+            stream = self._streams[device] = torch.cuda.Stream(device)
+        return stream
+
+    def _local_attention(self, module, q, keys, values, key_pos, positions) -> torch.Tensor:
+        """Window + sinks attention of the local heads' queries q (B, Hl*G, L, D) over the given keys."""
+        return ops.attention(q, keys, values, positions, key_pos, window=self.sparse.window, sinks=self.sparse.sinks,
+                             scale=module.scaling, impl=self.sparse.impl)
+
+    def _retrieval_attention(self, module, layer: LayerCache, q, q_idx, positions) -> torch.Tensor:
+        """Retrieval heads' queries q (B, Hr*G, L, D) over their stored keys (the new ones included):
+        the indexer's top-p selection at decode, full causal attention otherwise."""
+        sparse = self.sparse
+        keys, values, key_idx, key_pos = self._retrieval_view(layer)
+        decode = q.shape[2] == 1 and sparse.top_p < 1.0 and module.indexer is not None and module.base_window is None
+        if not decode:
+            return ops.attention(q, keys, values, positions, key_pos, window=module.base_window,
+                                 scale=module.scaling, impl=sparse.impl)
+        out, counts = ops.topp_attention(
+            q, keys, values, positions, key_pos, q_idx, key_idx,
+            top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,
+            sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl,
+        )
+        self.stats.record(module.layer_idx, counts, self._visible(layer, positions))
+        return out

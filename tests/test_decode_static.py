@@ -222,3 +222,25 @@ def test_cuda_graph_replay_equals_eager_decode(top_p):
     assert graph_cache.stats.summary() == eager_cache.stats.summary()
     for layer in graph_cache.store:  # the device-side slot counters advanced with the replays
         assert int(layer.r_next) == layer.r_len
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="side streams and CUDA graphs need a CUDA device")
+def test_side_stream_overlap_changes_no_bit_on_gpu():
+    """Static decode on a GPU runs the local heads on a side stream (cache.overlap_roles): same kernels,
+    same inputs, so the same bits as one stream, eager and replayed."""
+    model = _model("llama", 0.7, decode_impl="auto").cuda()
+    ids, mask = (t.cuda() for t in _prompt(2))
+    runs = {}
+    for overlap in (True, False):
+        cache = _prefilled(model, ids, mask)
+        cache.overlap_roles = overlap
+        cache.static_decode(PROMPT + STEPS)
+        decoder = GraphedDecoder(model, cache)
+        token, position = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
+        logits = []
+        for _ in range(STEPS):
+            logits.append(decoder.step(token, position))
+            token, position = logits[-1].argmax(-1), position + 1
+        assert decoder.graph is not None
+        runs[overlap] = torch.cat(logits, 1)
+    assert torch.equal(runs[True], runs[False])
