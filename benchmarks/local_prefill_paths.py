@@ -4,7 +4,8 @@
 
 The model's first prefill chunk used to attend over [S + W empty ring slots, the new keys] (flex's
 position-mask path, key length L + S + W); it now takes the plain path (cached window block mask,
-key length L). Llama-3.1-8B local heads: 7 KV x 4 q heads, d 128, bf16, W 8192, S 4. Prints one
+key length L). ``plain_strided_kv``: K/V as the model hands them over, views of the projection
+whose rows are strided by the other heads (the flex backend makes them contiguous). Llama-3.1-8B local heads: 7 KV x 4 q heads, d 128, bf16, W 8192, S 4. Prints one
 JSON line: medians of 3 timed calls (CUDA events) after a warm-up, in ms.
 """
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main() -> None:
     row["plain_ms"] = _ms(lambda: api.attention(q, k, v, pos, pos, **kw))
     row["plain_contiguous_q_ms"] = _ms(lambda: api.attention(q.contiguous(), k, v, pos, pos, **kw))
     row["position_mask_ms"] = _ms(lambda: api.attention(q, keys, values, pos, key_pos, **kw))
+    projected = torch.randn(1, length, 8, D, device=dev, dtype=bf16).transpose(1, 2)  # head-interleaved rows
+    k_view, v_view = projected[:, 1:], projected[:, 1:].flip(1)
+    row["plain_strided_kv_ms"] = _ms(lambda: api.attention(q, k_view, v_view, pos, pos, **kw))
     print(json.dumps(row), flush=True)
 
 
