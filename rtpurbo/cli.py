@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
+    p.add_argument("--cuda-graph", action="store_true", help="decode from a CUDA graph (converted models; the fast "
+                                                            "path on a GPU; sampling at --temperature only)")
 
     p = sub.add_parser("info", help="plan summary and KV-cache bytes, dense vs sparse")
     add_model(p, artifact_ok=True)

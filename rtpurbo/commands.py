@@ -95,10 +95,12 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     if converted:
         result = run_generate(model, tokenizer, ids, max_new_tokens=args.max_new_tokens,
                               prefill_chunk=args.prefill_chunk, do_sample=args.sample,
-                              temperature=args.temperature, streamer=streamer)
+                              temperature=args.temperature, streamer=streamer, cuda_graph=args.cuda_graph)
         new, stats = result.new_tokens[0], result.cache.stats.summary()
         kv = {"allocated_bytes": result.cache.allocated_bytes(), "used_bytes": result.cache.used_bytes()}
     else:
+        if args.cuda_graph:
+            raise SystemExit("rtpurbo generate: --cuda-graph decodes through the head-wise cache; give an artifact")
         say(args, "(dense base model: no rtpurbo artifact given)")
         with torch.no_grad():
             out = model.generate(input_ids=ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample,

@@ -211,7 +211,9 @@ def test_bench_model_flags_and_presets():
     with pytest.raises(SystemExit):
         parse(["bench", "model", "--lengths", "32Q"])
     assert settings_from(parse(["bench", "model", "--cuda-graph"])).cuda_graph
-    assert not default.cuda_graph
+    assert default.cuda_graph  # on by default on a GPU
+    assert not settings_from(parse(["bench", "model", "--no-cuda-graph"])).cuda_graph
+    assert not tiny.cuda_graph  # and off by default on the CPU
     with pytest.raises(SystemExit, match="decode-warmup"):
         settings_from(parse(["bench", "model", "--cuda-graph", "--decode-warmup", "1"]))
 

@@ -97,10 +97,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-decode", type=_positive, metavar="STEPS", dest="profile_steps",
                    help="also profile STEPS decode steps per variant at the shortest length (torch.profiler: "
                         "wall vs device time, kernels and ops per step, top operators)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="decode from a CUDA graph, dense (transformers StaticCache) and sparse (static-shape "
-                        "HeadwiseCache) alike, captured in the untimed decode steps: needs --decode-warmup >= 2; "
-                        "on the CPU the eager stand-ins run")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="rtpurbo variants decode from a CUDA graph (static-shape HeadwiseCache), and a dense-graph "
+                        "variant (the same weights, every head full attention, graphed) joins eager transformers "
+                        "dense; captured in the untimed decode steps (needs --decode-warmup >= 2). Default: on "
+                        "with --device cuda; on the CPU the eager stand-ins run")
     p.add_argument("--seed", type=int, help="weights and prompts seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-model/model_bench.jsonl"),
                    help="JSON-lines file, one line per measurement as it comes (report beside it, .md)")
@@ -126,7 +127,8 @@ def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
         fields["dtype"] = "float32"
     fields.update({name: getattr(args, flag) for flag, name in FLAG_TO_FIELD.items() if getattr(args, flag) is not None})
     fields.update(device=args.device, budgets=list(args.max_tokens), oom_search=args.oom_search,
-                  oom_keep_going=args.oom_keep_going, cuda_graph=args.cuda_graph)
+                  oom_keep_going=args.oom_keep_going,
+                  cuda_graph=args.device == "cuda" if args.cuda_graph is None else args.cuda_graph)
     if fields["cuda_graph"] and fields.get("decode_warmup", ModelBenchSettings().decode_warmup) < 2:
         raise SystemExit("--cuda-graph needs --decode-warmup >= 2 (one eager step, then the capture, both untimed)")
     return ModelBenchSettings(**fields)
