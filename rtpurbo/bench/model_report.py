@@ -86,8 +86,10 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
         + (f"; budgets (max_tokens) {settings.budgets}" if settings.budgets else "")
         + ("; decode: static-shape cache, one step replayed from a CUDA graph (--cuda-graph; timed runs only, "
            "not the OOM search or decode profile)" if settings.cuda_graph else ""),
-        *(["dense decode with --cuda-graph: the prefilled DynamicCache copied into a transformers StaticCache "
-           "(capacity = prompt + decoded tokens), one step replayed from a CUDA graph"] if settings.cuda_graph else []),
+        *(["dense-graph: the same weights converted with every KV head a retrieval head at top-p 1 (full "
+           "attention, the dense model's function), decoding through the static-shape HeadwiseCache and rtpurbo's "
+           "GQA split-K Triton kernel from a CUDA graph: dense with its launch overhead removed (transformers' "
+           "StaticCache is not that baseline: its decode mask makes SDPA repeat K/V)"] if settings.cuda_graph else []),
         "untrained indexers on random weights score keys almost uniformly, so top-p keeps most of them "
         "(column 'selected keys/head', sinks and recent tokens included); --max-tokens adds budgeted variants",
         f"TTFT = one-shot prefill of L tokens + argmax; decode = {settings.decode_steps} greedy steps after "
