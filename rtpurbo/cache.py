@@ -15,7 +15,9 @@ transformers caches are per layer, not per head, so this one is ours; it subclas
 Forward semantics with a cache (``L`` new tokens):
 
 * local heads attend over [cached slots + the new tokens] with window + sinks, then the
-  new tokens are written to the ring (only those still inside the window);
+  new tokens are written to the ring (only those still inside the window); a single-token
+  forward (decode) writes its token first and attends over the ring alone (the slot it
+  takes held a token outside the window);
 * retrieval heads append the new tokens; a multi-token forward (prefill chunk) runs
   full causal attention, a single-token forward (decode) attends over the indexer's
   top-p selection (full attention when ``top_p == 1``).
@@ -460,8 +462,9 @@ class HeadwiseCache(Cache):
         q_idx = k_idx = None
         if module.retrieval_heads and module.indexer is not None:
             q_idx, k_idx = module.index_vectors(q_raw, k_raw, rope)
-        if self.static_capacity is not None and _append_kernels(k) is not None:
-            return self._attend_static_gpu(module, layer, parts, q_idx, k_idx, positions)
+        kernels = _append_kernels(k) if self.static_capacity is not None else None
+        if kernels is not None:
+            return self._attend_static_fused(kernels, module, layer, parts, q_idx, k_idx, positions)
         local_out = retrieval_out = None
         if module.local_heads:
             ql, kl, vl = parts["local"]
@@ -490,12 +493,14 @@ class HeadwiseCache(Cache):
         layer.seen += q.shape[2]
         return module.merge_heads(retrieval_out, local_out)
 
-    def _attend_static_gpu(self, module, layer: LayerCache, parts, q_idx, k_idx, positions) -> torch.Tensor:
-        """Static decode on a GPU: the token goes into both roles' storage in one kernel launch, then
-        the local heads attend over their ring on a side stream while the retrieval heads run their
-        chain of small, latency-bound kernels (scores, selection, attention) on the current one."""
+    def _attend_static_fused(self, kernels, module, layer: LayerCache, parts, q_idx, k_idx, positions
+                             ) -> torch.Tensor:
+        """Static decode on a GPU: the token goes into both roles' storage in one kernel launch
+        (``kernels``: :mod:`rtpurbo.ops.triton.append`), then the local heads attend over their ring
+        on a side stream while the retrieval heads run their chain of small, latency-bound kernels
+        (scores, selection, attention) on the current one."""
         sparse = self.sparse
-        _append_kernels(positions).append_token(
+        kernels.append_token(
             layer, *(parts["retrieval"][1:] if module.retrieval_heads else (None, None)), k_idx,
             *(parts["local"][1:] if module.local_heads else (None, None)), positions,
             sinks=sparse.sinks, window=sparse.window,
