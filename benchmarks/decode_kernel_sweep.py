@@ -24,7 +24,8 @@ import time
 
 import torch
 
-from rtpurbo.bench.attention import DEVICE, GEOMETRIES, INDEX_DIM, RECENT, TOP_P, _ring_positions, environment, graph_us
+from rtpurbo.bench.attention import (DEVICE, GEOMETRIES, INDEX_DIM, RECENT, TOP_P, _randn, _ring_positions, environment,
+                                     graph_us)
 from rtpurbo.ops import api, triton_decode
 from rtpurbo.ops.triton import decode as kernels
 
@@ -34,10 +35,6 @@ LOCAL_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=
 LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw)
              for b, w, nw in itertools.product((32, 64, 128), (2, 4, 8, 16), (4, 8))]
 SCORE_GRID = list(itertools.product((512, 1024, 2048, 4096), (4, 8)))
-
-
-def _randn(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape, device=DEVICE, dtype=torch.bfloat16)
 
 
 def _launch(launch: kernels.DecodeLaunch) -> dict:

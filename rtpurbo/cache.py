@@ -24,7 +24,9 @@ Forward semantics with a cache (``L`` new tokens):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -34,15 +36,19 @@ from .families import attention_modules
 from .ops import api as ops
 
 
-def _append_kernels(like: torch.Tensor):
-    """:mod:`rtpurbo.ops.triton.append` where it can run on ``like``'s device (CUDA + Triton), else None."""
-    if not like.is_cuda:
-        return None
+@functools.cache
+def _triton_append():
+    """:mod:`rtpurbo.ops.triton.append`, or None without Triton (imported once)."""
     try:
         from .ops.triton import append
     except ImportError:
         return None
     return append
+
+
+def _append_kernels(like: torch.Tensor):
+    """:mod:`rtpurbo.ops.triton.append` where it can run on ``like``'s device (CUDA + Triton), else None."""
+    return _triton_append() if like.is_cuda else None
 
 
 @dataclass
@@ -290,7 +296,12 @@ class HeadwiseCache(Cache):
         if k_idx is not None:
             layer.r_idx.index_copy_(2, slot, k_idx)
         layer.r_pos.index_copy_(1, slot, positions)
-        slot.add_(1)
+        self._advance_static(layer)
+
+    @staticmethod
+    def _advance_static(layer: LayerCache) -> None:
+        """One retrieval slot taken in static decode: the device counter and its host mirror."""
+        layer.r_next.add_(1)
         layer.r_len += 1
 
     def _retrieval_view(self, layer: LayerCache) -> tuple[torch.Tensor, ...]:
@@ -506,20 +517,17 @@ class HeadwiseCache(Cache):
             sinks=sparse.sinks, window=sparse.window,
         )
         if module.retrieval_heads:
-            layer.r_next.add_(1)
-            layer.r_len += 1
+            self._advance_static(layer)
         local_out = retrieval_out = None
         both = module.local_heads and module.retrieval_heads
         side = self._side_stream(positions.device) if self.overlap_roles and both and positions.is_cuda else None
         main = None if side is None else torch.cuda.current_stream(positions.device)
         if module.local_heads:
-            ql = parts["local"][0]
             if side is not None:
                 side.wait_stream(main)  # q and the written ring are ready
-                with torch.cuda.stream(side):
-                    local_out = self._local_attention(module, ql, layer.l_k, layer.l_v, layer.l_pos, positions)
-            else:
-                local_out = self._local_attention(module, ql, layer.l_k, layer.l_v, layer.l_pos, positions)
+            with contextlib.nullcontext() if side is None else torch.cuda.stream(side):
+                local_out = self._local_attention(module, parts["local"][0], layer.l_k, layer.l_v, layer.l_pos,
+                                                  positions)
         if module.retrieval_heads:
             retrieval_out = self._retrieval_attention(module, layer, parts["retrieval"][0], q_idx, positions)
         if side is not None:

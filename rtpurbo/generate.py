@@ -52,6 +52,11 @@ def check_length(model: nn.Module, prompt_length: int, max_new_tokens: int) -> N
         )
 
 
+def _pad_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id, 0 without one."""
+    return tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+
+
 @torch.no_grad()
 def prefill(
     model: nn.Module, cache: HeadwiseCache, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int
@@ -113,7 +118,7 @@ def generate(
     sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
     if not do_sample:
         sampling.update(top_p=None, top_k=None, temperature=None)
-    pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    pad = _pad_id(tokenizer)
     sequences = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -144,7 +149,7 @@ def _generate_graphed(
     device = input_ids.device
     stops = torch.tensor(stop_token_ids(model, tokenizer) if tokenizer is not None else [], dtype=torch.long,
                          device=device)
-    pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    pad = _pad_id(tokenizer)
     token, position = input_ids[:, -1:], attention_mask.sum(-1, keepdim=True) - 1
     finished = torch.zeros(input_ids.shape[0], 1, dtype=torch.bool, device=device)
     new = []
