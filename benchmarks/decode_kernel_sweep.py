@@ -26,7 +26,7 @@ import torch
 
 from rtpurbo.bench.attention import (DEVICE, GEOMETRIES, INDEX_DIM, RECENT, TOP_P, _randn, _ring_positions, environment,
                                      graph_us)
-from rtpurbo.ops import api, triton_decode
+from rtpurbo.ops import api
 from rtpurbo.ops.triton import decode as kernels
 
 WINDOW, SINKS = 8192, 4

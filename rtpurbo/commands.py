@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import io
-from .cli import sparse_from_args
+from .cli_args import sparse_from_args
 from .families import geometry
 from .memory import KVGeometry, kv_table
 from .models import load_base

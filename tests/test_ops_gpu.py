@@ -15,7 +15,8 @@ import zlib
 import pytest
 import torch
 
-from rtpurbo.ops import api, flex, reference, triton_decode
+from rtpurbo.ops import api, flex, reference
+from rtpurbo.ops.triton import topp as triton_topp
 from rtpurbo.ops.semantics import visible
 
 from .test_ops_threshold_interpret import CASES as SELECT_CASES
@@ -220,7 +221,7 @@ def _separated_top_p(q_idx, k_idx, q_pos, k_pos) -> float:
     return grid[gap.argmax()].item()
 
 
-def _selection_mask(chosen: triton_decode.Selection, k_len: int) -> torch.Tensor:
+def _selection_mask(chosen: triton_topp.Selection, k_len: int) -> torch.Tensor:
     """(B, Hkv, Lk) bool from a Selection: first n_keep of order (the rest is unspecified), plus the always list."""
     batch, n_kv, budget = chosen.order.shape
     mask = torch.zeros(batch, n_kv, k_len + 1, dtype=torch.bool, device=chosen.order.device)
@@ -247,8 +248,8 @@ def test_topp_decode_matches_reference(case):
     assert torch.equal(counts, ref_counts), f"{name}: counts {counts.flatten().tolist()} != {ref_counts.flatten().tolist()}"
     _assert_budget(out, ref_out, eager, name)
     if top_p < 1:
-        for method in triton_decode.METHODS:
-            chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget, method=method)
+        for method in triton_topp.METHODS:
+            chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, method=method)
             assert torch.equal(_selection_mask(chosen, k_len), selected[:, :, 0]), f"{name}: {method}: selected set differs"
 
 
@@ -283,14 +284,14 @@ def test_threshold_select_is_cuda_graph_capturable():
     """The selection captured once and replayed on new indexer inputs equals an eager call."""
     q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 2, 2, 100003, seed=3, device="cuda")
     budget = dict(top_p=0.9, min_tokens=16, max_tokens=None, sinks=4, recent=32, method="threshold")
-    triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)  # compile outside the capture
+    triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)
+        static = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget)
     q_idx.copy_(torch.randn_like(q_idx))
     k_idx.copy_(torch.randn_like(k_idx))
     graph.replay()
-    expected = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget)
+    expected = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget)
     assert torch.equal(static.n_keep, expected.n_keep)
     for row in range(4):
         n = int(expected.n_keep.flatten()[row])
@@ -300,7 +301,7 @@ def test_threshold_select_is_cuda_graph_capturable():
 def test_select_rejects_unknown_method():
     q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 1, 1, 64, seed=0, device="cuda")
     with pytest.raises(ValueError, match="unknown selection method"):
-        triton_decode.select(q_idx, k_idx, q_pos, k_pos, top_p=0.9, method="heap")
+        triton_topp.select(q_idx, k_idx, q_pos, k_pos, top_p=0.9, method="heap")
 
 
 def test_decode_step_is_cuda_graph_capturable():
@@ -315,7 +316,7 @@ def test_decode_step_is_cuda_graph_capturable():
 
     def step():
         local = flex.attention(ql, kl, vl, ql_pos, kl_pos, window=window, sinks=sinks)
-        out, counts = triton_decode.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
+        out, counts = triton_topp.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
         return local, out, counts
 
     step()  # compile outside the capture
@@ -331,4 +332,4 @@ def test_decode_step_is_cuda_graph_capturable():
 
 
 def test_backends_report_available():
-    assert flex.available() and triton_decode.available()
+    assert flex.available() and triton_topp.available()

@@ -126,7 +126,8 @@ def check_selection(case, device: str = "cpu") -> list[str]:
     """Problems found in one case of CASES' form (empty = pass); also run on the GPU."""
     import torch
 
-    from rtpurbo.ops import reference, triton_decode
+    from rtpurbo.ops import reference
+    from rtpurbo.ops.triton import topp as triton_topp
     from rtpurbo.ops.triton import decode, threshold
 
     name, batch, n_kv, n_keys, kind, top_p, min_tokens, max_tokens, block = case
@@ -165,7 +166,7 @@ def check_selection(case, device: str = "cpu") -> list[str]:
         )):
             problems.append("a second run differs")
     # the sort method; under max_tokens it takes torch.topk, which breaks ties in no set order
-    chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget, method="sort")
+    chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, method="sort")
     for r in range(rows):
         n = int(chosen.n_keep.view(rows)[r])
         sort_slots = sorted(chosen.order.view(rows, -1)[r, :n].tolist())
@@ -179,7 +180,8 @@ def _check_attention() -> list[str]:
     """topp_attention's list mode fed by the threshold selection, against the reference (fp32)."""
     import torch
 
-    from rtpurbo.ops import reference, triton_decode
+    from rtpurbo.ops import reference
+    from rtpurbo.ops.triton import topp as triton_topp
     from rtpurbo.ops.triton import decode
 
     g = torch.Generator().manual_seed(5)
@@ -189,7 +191,7 @@ def _check_attention() -> list[str]:
     v = torch.randn(batch, n_kv, n_keys, dim, generator=g)
     q_idx, k_idx, q_pos, k_pos = select_inputs("randn", batch, n_kv, n_keys, seed=11)
     budget = dict(top_p=0.8, min_tokens=8, max_tokens=None, sinks=4, recent=16)
-    chosen = triton_decode.select(q_idx, k_idx, q_pos, k_pos, **budget, method="threshold")
+    chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, method="threshold")
     out, counts = decode.decode_attention(
         q, k, v, q_pos, k_pos, scale=dim**-0.5, index=chosen.order, n_index=chosen.n_keep,
         always=chosen.always, skip_sinks=4, skip_recent=16,

@@ -15,7 +15,7 @@ layout :class:`rtpurbo.modules.SparseAttention` uses when roles are contiguous.
   Dense: SDPA over every head's ``L`` keys (also a CUDA graph). Ideal speedup = dense bytes / sparse bytes, bytes = K/V read (dense:
   all heads x L; sparse: local heads x (S + W) + retrieval heads x selected keys) plus, on the
   sparse side, the indexer keys (R x L x 16, bf16). The retrieval heads' selection alone is
-  timed both ways (``triton_decode.select``: ``threshold``, the default, and ``sort``); one pass
+  timed both ways (``triton_topp.select``: ``threshold``, the default, and ``sort``); one pass
   of the threshold search reads the R x L fp32 scores (``select_pass_bytes``).
 
 Timing: CUDA events. Calls under a second: ``triton.testing.do_bench`` medians (L2 flushed before
@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..ops import api, reference, triton_decode
+from ..ops import api, reference
+from ..ops.triton import topp as triton_topp
 
 INDEX_DIM = 16
 RECENT = 64
@@ -280,8 +281,8 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
     row["sparse_us"], row["sparse_serial_us"], row["local_us"] = graph_us(sparse), graph_us(sparse_serial), graph_us(local)
     row["retrieval_us"] = graph_us(lambda: retrieval()[0])
     row["select_pass_bytes"] = n_ret * length * 4
-    for method in triton_decode.METHODS:
-        row[f"select_{method}_us"] = graph_us(lambda m=method: triton_decode.select(q_idx, k_idx, q_pos, k_pos, **topp, method=m).n_keep)
+    for method in triton_topp.METHODS:
+        row[f"select_{method}_us"] = graph_us(lambda m=method: triton_topp.select(q_idx, k_idx, q_pos, k_pos, **topp, method=m).n_keep)
     for name in DENSE_BACKENDS:
         key = f"{name}_us"
         _measure(row, key, lambda: graph_us(_dense(name, q, k, v, False, row, key)), 1.0, deadline)

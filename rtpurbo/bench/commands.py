@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..cli import _positive
+from ..cli_args import positive_int
 from .end_to_end import LLAMA_31_8B, SDPA_BACKENDS, TINY, ModelBenchSettings, run_benchmark
 from .model_report import markdown
 
@@ -61,7 +61,7 @@ def add_parsers(subparsers: Any) -> None:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     d = ModelBenchSettings()
-    p.add_argument("--layers", type=_positive, help=f"decoder layers (default {d.layers} of {LLAMA_31_8B.full_layers}, "
+    p.add_argument("--layers", type=positive_int, help=f"decoder layers (default {d.layers} of {LLAMA_31_8B.full_layers}, "
                                                   "to save memory; the report says so)")
     p.add_argument("--lengths", type=tokens, nargs="+", help="prompt lengths (default 32K 128K)")
     p.add_argument("--decode-lengths", type=tokens, nargs="+",
@@ -79,22 +79,22 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="add a sparse variant per budget (max_tokens) to the unbounded top-p one")
     p.add_argument("--retrieval-fraction", type=float, help=f"share of KV heads kept full (default "
                                                              f"{d.retrieval_fraction})")
-    p.add_argument("--decode-steps", type=_positive, help=f"timed decode steps (default {d.decode_steps})")
+    p.add_argument("--decode-steps", type=positive_int, help=f"timed decode steps (default {d.decode_steps})")
     p.add_argument("--decode-warmup", type=int, help=f"untimed decode steps first (default {d.decode_warmup})")
-    p.add_argument("--repeats", type=_positive, help=f"timed runs per point (default {d.repeats})")
+    p.add_argument("--repeats", type=positive_int, help=f"timed runs per point (default {d.repeats})")
     p.add_argument("--warmup", type=int, help=f"dropped runs per point (default {d.warmup})")
     p.add_argument("--oom-search", action="store_true", help="then find the first length where dense runs out of "
                                                              "memory and sparse does not")
     p.add_argument("--oom-lengths", type=tokens, nargs="+", help="lengths of the OOM search (default 256K .. 8M)")
     p.add_argument("--oom-keep-going", action="store_true", help="after dense runs out, go on until sparse does")
-    p.add_argument("--oom-decode-steps", type=_positive, help=f"decode steps per OOM try (default {d.oom_decode_steps})")
+    p.add_argument("--oom-decode-steps", type=positive_int, help=f"decode steps per OOM try (default {d.oom_decode_steps})")
     p.add_argument("--deadline", type=float, help="seconds from the start; measurements not started by then are "
                                                   "skipped (recorded as such)")
     p.add_argument("--oom-reserve", type=float, help=f"seconds of --deadline kept for the OOM search (default "
                                                       f"{d.oom_reserve_s:.0f})")
     p.add_argument("--sdpa", nargs="+", choices=list(SDPA_BACKENDS), help="dense SDPA backends to try in order "
                                                                           f"(default {' '.join(d.sdpa_backends)})")
-    p.add_argument("--profile-decode", type=_positive, metavar="STEPS", dest="profile_steps",
+    p.add_argument("--profile-decode", type=positive_int, metavar="STEPS", dest="profile_steps",
                    help="also profile STEPS decode steps per variant at the shortest length (torch.profiler: "
                         "wall vs device time, kernels and ops per step, top operators)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,

@@ -22,7 +22,7 @@ import transformers
 from .. import __version__
 from ..config import HeadPlan
 from ..memory import human_bytes
-from ..ops import triton_decode
+from ..ops.triton import topp as triton_topp
 from ..ops.api import resolve_impl
 from .decode_profile import markdown_lines as profile_lines
 
@@ -69,7 +69,7 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
              device: torch.device) -> dict[str, Any]:
     """The resolved configuration, with the notes a reader needs to interpret the numbers."""
     geo = settings.geometry
-    decode_impl = "triton" if device.type == "cuda" and triton_decode.available() else "reference"
+    decode_impl = "triton" if device.type == "cuda" and triton_topp.available() else "reference"
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     retrieval = plan.num_retrieval()
     notes = [

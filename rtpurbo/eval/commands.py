@@ -20,7 +20,7 @@ import torch
 import transformers
 
 from .. import __version__, io
-from ..cli import _positive, _top_p, add_model, add_profile, add_sparse, sparse_from_args
+from ..cli_args import add_model, add_profile, add_sparse, positive_int, sparse_from_args, top_p_value
 from ..commands import device_dtype, say
 from ..config import HeadPlan, dumps
 from ..convert import convert
@@ -49,9 +49,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"small CPU run: lengths {QUICK['lengths']}, {QUICK['samples']} sample per task, "
                         f"{QUICK['ppl_windows']} perplexity window of {QUICK['ppl_length']}")
-    p.add_argument("--lengths", type=_positive, nargs="+", help="task lengths in tokens (default 1K, 2K, 4K, ... "
+    p.add_argument("--lengths", type=positive_int, nargs="+", help="task lengths in tokens (default 1K, 2K, 4K, ... "
                                                                 "up to the model's positions)")
-    p.add_argument("--samples", type=_positive, help=f"samples per task and length (default {FULL['samples']})")
+    p.add_argument("--samples", type=positive_int, help=f"samples per task and length (default {FULL['samples']})")
     p.add_argument("--tasks", nargs="+", choices=TASKS, metavar="TASK",
                    help=f"tasks to run (default: all): {', '.join(TASKS)}")
     p.add_argument("--rows", nargs="*", choices=BASE_ROWS, default=list(BASE_ROWS),
@@ -61,10 +61,10 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--plan", type=Path, help="head plan of the split row (head_plan.json or config.json with "
                                              "headwise_config); default: profile now")
     p.add_argument("--ppl-windows", type=int, help=f"perplexity windows (default {FULL['ppl_windows']}, 0 = none)")
-    p.add_argument("--ppl-length", type=_positive, help="tokens per perplexity window (default: model positions, "
+    p.add_argument("--ppl-length", type=positive_int, help="tokens per perplexity window (default: model positions, "
                                                         f"at most {MAX_PPL_LENGTH})")
-    p.add_argument("--batch-size", type=_positive, help="samples per batch (default 1 on CPU, 8 on GPU)")
-    p.add_argument("--prefill-chunk", type=_positive, help="prefill prompts in chunks of this many tokens")
+    p.add_argument("--batch-size", type=positive_int, help="samples per batch (default 1 on CPU, 8 on GPU)")
+    p.add_argument("--prefill-chunk", type=positive_int, help="prefill prompts in chunks of this many tokens")
     p.add_argument("--speed-repeats", type=int, help="timed prefill repeats per row (0 = no timing)")
     p.add_argument("--data", type=Path, help="eval data written by an earlier run (OUT/eval_data.npz): "
                                              "no corpus needed")
@@ -88,7 +88,7 @@ def _artifact_row(item: str) -> tuple[str, Path, float | None]:
     if "@" in path:
         path, _, value = path.rpartition("@")
         try:
-            top_p = _top_p(value)
+            top_p = top_p_value(value)
         except (argparse.ArgumentTypeError, ValueError) as err:
             raise SystemExit(f"--artifacts {item!r}: {err}") from err
     return name, Path(path), top_p

@@ -100,7 +100,7 @@ def attention(
     return fn(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, scale=scale)
 
 
-_TOPP_BACKENDS: dict[str, str] = {"reference": "rtpurbo.ops.reference", "triton": "rtpurbo.ops.triton_decode"}
+_TOPP_BACKENDS: dict[str, str] = {"reference": "rtpurbo.ops.reference", "triton": "rtpurbo.ops.triton.topp"}
 
 
 def topp_attention(

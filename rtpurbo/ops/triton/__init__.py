@@ -1,5 +1,7 @@
-"""Triton kernels shared by the GPU backends (``flex``, ``triton_decode``).
+"""Triton code of the GPU paths; importing any module here needs ``triton``.
 
-A kernel library, not a backend: it holds no attention semantics of its own beyond
-what :mod:`rtpurbo.ops.semantics` defines, and importing it needs ``triton``.
+* kernels (``decode``, ``threshold``, ``append``): no attention semantics of their own beyond
+  what :mod:`rtpurbo.ops.semantics` defines;
+* ``topp``: the ``triton`` backend of :func:`rtpurbo.ops.api.topp_attention`, composed of those
+  kernels (the ``flex`` backend, :mod:`rtpurbo.ops.flex`, uses ``decode`` for one-token calls).
 """

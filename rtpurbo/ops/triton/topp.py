@@ -33,8 +33,8 @@ from typing import NamedTuple
 import torch
 
 try:
-    from .triton import decode as kernels
-    from .triton import threshold
+    from . import decode as kernels
+    from . import threshold
 except ImportError:  # triton missing (CPU-only install): available() is False
     kernels = threshold = None
 

@@ -1,0 +1,76 @@
+"""Argument helpers shared by every ``rtpurbo`` subcommand parser.
+
+``rtpurbo.cli`` builds the top-level parser and each area's ``commands`` module adds its
+own subcommands; both import these helpers from here, so no command module imports the CLI.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .config import SparseConfig, check_ratio
+from .models import DEFAULT_MODEL
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return number
+
+
+def ratio_value(value: str) -> float:
+    number = float(value)
+    try:
+        check_ratio(number)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return number
+
+
+def top_p_value(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"top-p must be in (0, 1], got {value}")
+    return number
+
+
+def add_model(p: argparse.ArgumentParser, artifact_ok: bool = False) -> None:
+    what = "embedded name, HF model directory, .gguf file" + (
+        ", rtpurbo artifact directory or shipped adapter (smollm2-135m-rtpurbo)" if artifact_ok else "")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"{what} (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def add_sparse(p: argparse.ArgumentParser) -> None:
+    d = SparseConfig()
+    p.add_argument("--window", type=positive_int, default=1024, help="W: tokens a local head sees (default 1024)")
+    p.add_argument("--sinks", type=int, default=d.sinks, help=f"S: sink tokens (default {d.sinks})")
+    p.add_argument("--index-dim", type=positive_int, default=d.index_dim, help="indexer width d_idx")
+    p.add_argument("--index-rope-dims", type=int, default=d.index_rope_dims, help="indexer dims with RoPE")
+    p.add_argument("--top-p", type=top_p_value, default=d.top_p, help="indexer mass kept at decode (1 = full)")
+    p.add_argument("--min-tokens", type=int, default=d.min_tokens, help="lower clamp of the top-p budget")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="upper clamp of the top-p budget")
+    p.add_argument("--recent", type=int, default=d.recent, help="recent tokens retrieval heads always keep")
+    p.add_argument("--impl", default=d.impl, help="attention backend: auto, sdpa, reference, flex")
+    p.add_argument("--decode-impl", default=d.decode_impl, help="top-p decode backend: auto, reference, triton")
+    p.add_argument("--reorder-heads", action="store_true", help="make retrieval KV heads contiguous")
+
+
+def sparse_from_args(args: argparse.Namespace, **overrides: Any) -> SparseConfig:
+    fields = dict(
+        window=args.window, sinks=args.sinks, index_dim=args.index_dim, index_rope_dims=args.index_rope_dims,
+        top_p=args.top_p, min_tokens=args.min_tokens, max_tokens=args.max_tokens, recent=args.recent,
+        impl=args.impl, decode_impl=args.decode_impl, reorder_heads=args.reorder_heads,
+    )
+    fields.update(overrides)
+    return SparseConfig(**fields)
+
+
+def add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retrieval-ratio", type=ratio_value, default=0.15, help="share of KV heads kept full (default 0.15)")
+    p.add_argument("--profile-length", type=positive_int, default=2048, help="tokens per profiling prompt")
+    p.add_argument("--profile-samples", type=positive_int, default=6, help="profiling prompts per needle kind")
