@@ -61,8 +61,15 @@ def _pad_id(tokenizer: Any) -> int:
 def prefill(
     model: nn.Module, cache: HeadwiseCache, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int
 ) -> None:
-    """Run ``input_ids`` (B, L) through the model in chunks of ``chunk`` tokens, filling ``cache``."""
+    """Run ``input_ids`` (B, L) through the model in chunks of ``chunk`` tokens, filling ``cache``.
+
+    Into an empty cache, one look at ``attention_mask`` (a host sync before the first forward, none
+    inside the forwards) tells the cache whether the prompt is plain (no padding), so its first
+    chunk runs the plain-prefill kernels.
+    """
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    if not cache.is_initialized:
+        cache.plain_prompt = bool(attention_mask.all())
     for start in range(0, input_ids.shape[1], chunk):
         stop = min(start + chunk, input_ids.shape[1])
         model(
@@ -94,7 +101,8 @@ def generate(
     Args:
         input_ids: (B, L) prompt ids, left-padded when B > 1.
         attention_mask: (B, L) 1 for tokens, 0 for padding (default: all ones).
-        prefill_chunk: prefill the prompt (all but its last token) in chunks of this size.
+        prefill_chunk: prefill the prompt (all but its last token, which is decoded: with top-p < 1
+            its retrieval heads attend over their selection) in chunks of this size (default: one chunk).
         cuda_graph: decode from a CUDA graph (module docstring); takes no ``generate_kwargs``,
             and samples at ``temperature`` only (no top-k / top-p warpers). The prompt's last
             token is always decoded, not prefilled (as with a ``prefill_chunk``): with top-p < 1
@@ -113,8 +121,8 @@ def generate(
         return _generate_graphed(model, tokenizer, input_ids, attention_mask, max_new_tokens, prefill_chunk,
                                  do_sample, temperature, streamer)
     cache = HeadwiseCache(model)
-    if prefill_chunk is not None and input_ids.shape[1] > 1:
-        prefill(model, cache, input_ids[:, :-1], attention_mask[:, :-1], prefill_chunk)
+    if input_ids.shape[1] > 1:  # the prompt but its last token; generate() then decodes from there
+        prefill(model, cache, input_ids[:, :-1], attention_mask[:, :-1], prefill_chunk or input_ids.shape[1])
     sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
     if not do_sample:
         sampling.update(top_p=None, top_k=None, temperature=None)

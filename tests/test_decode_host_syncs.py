@@ -99,7 +99,7 @@ def _decode_step_syncs(num_layers: int, batch: int = 1) -> collections.Counter:
     layers, n_kv, n_q, _ = geometry(model.config)
     plan = HeadPlan(layers, n_kv, n_q, [[layer % n_kv] for layer in range(layers)])
     backends = dict(impl="reference", decode_impl="reference")
-    convert(model, plan, SparseConfig(window=4, sinks=2, top_p=0.7, min_tokens=2, recent=2, **backends))
+    convert(model, plan, SparseConfig(seqlen_threshold=0, window=4, sinks=2, top_p=0.7, min_tokens=2, recent=2, **backends))
     ids = random_ids(batch, 12)
     mask = torch.ones_like(ids)
     mask[1:, -1] = 0
@@ -121,6 +121,33 @@ def test_decode_step_syncs_do_not_grow_with_layers(batch):
     assert not ours, f"host syncs in rtpurbo's decode path: {ours}"
     # none today; a little room for per-step (not per-layer) syncs in transformers' model body
     assert sum(two.values()) == sum(four.values()) <= 2, f"2 layers: {dict(two)}; 4 layers: {dict(four)}"
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_prefill_chunks_make_no_host_sync_in_rtpurbo(plain, monkeypatch):
+    """A first chunk (plain or not) and a later chunk of a padded batch: no sync in rtpurbo's code
+    (the ring write of a chunk included). The ops API checks a plain=True claim on CPU tensors
+    only (free there, skipped on a GPU), so that check is left out here."""
+    monkeypatch.setattr("rtpurbo.ops.api._check_plain", lambda q_pos, k_pos: None)
+    model = tiny_model("llama", num_layers=2)
+    layers, n_kv, n_q, _ = geometry(model.config)
+    plan = HeadPlan(layers, n_kv, n_q, [[layer % n_kv] for layer in range(layers)])
+    convert(model, plan, SparseConfig(window=4, sinks=2, impl="reference", decode_impl="reference"))
+    batch = 1 if plain else 2
+    ids = random_ids(batch, 20)
+    mask = torch.ones_like(ids)
+    mask[1:, :3] = 0
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = HeadwiseCache(model)
+    cache.plain_prompt = plain
+    kw = {cache_kwarg(): cache}
+    with torch.no_grad(), count_host_syncs() as found:
+        for chunk in (slice(0, 12), slice(12, 20)):
+            model(ids[:, chunk], attention_mask=mask[:, : chunk.stop], position_ids=positions[:, chunk], use_cache=True,
+                  **kw)
+    ours = {site: n for site, n in found.items() if site[1].startswith("rtpurbo" + os.sep)}
+    assert not ours, f"host syncs in rtpurbo's prefill path: {ours}"
+    assert cache.store[0].l_pos.max().item() == positions.max().item()  # the ring holds the newest token
 
 
 def test_counter_sees_syncs():

@@ -89,15 +89,54 @@ def attention(
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
     impl: str = "auto",
+    plain: bool = False,
+    plan: object | None = None,
 ) -> torch.Tensor:
     """Head-wise attention (full causal if ``window`` is None, else window + sinks).
 
     Shapes and conventions: see :mod:`rtpurbo.ops.reference`. Returns (B, Hq, Lq, D).
+
+    Args:
+        plain: the caller states that every row has ``q_pos == k_pos == 0..L-1`` (a first
+            prefill chunk without padding); GPU backends then use their plain-prefill kernels
+            without looking at the positions. Checked here only on the CPU, where it is free.
+        plan: from :func:`plan` with the same positions, window and sinks (reused across layers).
     """
     check_window(window, sinks)
     _check_shapes(q, k, v, q_pos, k_pos, key_mask)
-    fn = _load(resolve_impl(impl, q.device))
-    return fn(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, scale=scale)
+    if plain and q_pos.device.type == "cpu":
+        _check_plain(q_pos, k_pos)
+    name = resolve_impl(impl, q.device)
+    extra = {"plan_": plan} if name == "flex" else {}
+    return _load(name)(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, scale=scale,
+                       plain=plain, **extra)
+
+
+def plan(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, *, window: int | None, sinks: int, plain: bool = False,
+    impl: str = "auto", backward: bool = False,
+) -> object | None:
+    """Metadata of a multi-query :func:`attention` call that every call with the same positions,
+    window and sinks can reuse (the layers of one forward): the flex block mask; None for the
+    backends and cases that need none. Builds on the device, no host sync.
+
+    Args: q_pos (B, Lq), k_pos (B, Lk) int64; the rest as in :func:`attention`;
+    ``backward``: the plan will also serve a backward pass.
+    """
+    check_window(window, sinks)
+    name = resolve_impl(impl, q_pos.device)
+    q_len = q_pos.shape[-1]
+    if name != "flex" or q_len == 1 or (plain and (window is None or window >= q_len)):
+        return None
+    return importlib.import_module(_BACKENDS["flex"]).plan(
+        q_pos, k_pos, window=window, sinks=sinks, plain=plain, backward=backward
+    )
+
+
+def _check_plain(q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
+    steps = torch.arange(q_pos.shape[-1], device=q_pos.device)
+    if q_pos.shape != k_pos.shape or not bool(((q_pos == steps) & (k_pos == steps)).all()):
+        raise ValueError("plain=True needs q_pos == k_pos == 0..L-1 in every row (no padding, no offset)")
 
 
 _TOPP_BACKENDS: dict[str, str] = {"reference": "rtpurbo.ops.reference", "triton": "rtpurbo.ops.triton.topp"}

@@ -1,32 +1,38 @@
 """GPU attention backend: same contract as :func:`rtpurbo.ops.reference.attention`.
 
-Which path runs, decided per call in this order:
+Which path runs, decided per call from the arguments alone (never from tensor values, so no
+call waits for the GPU):
 
 1. ``Lq == 1`` (decode): the Triton split-K kernel of :mod:`rtpurbo.ops.triton.decode` over the
-   keys it is given (a local head's sink + ring slots, or a retrieval cache), visibility from
-   the positions, ``window``, ``sinks`` and ``key_mask``. No host sync: CUDA-graph capturable.
-2. Plain prefill -- every row has ``q_pos == k_pos == arange(L)`` and there is no ``key_mask``
-   (one host sync checks this):
+   keys it is given. CUDA-graph capturable.
+2. ``plain=True`` -- the caller states that every row has ``q_pos == k_pos == 0..L-1`` (a first
+   prefill chunk without padding; :class:`rtpurbo.cache.HeadwiseCache` knows this from its own
+   state) and there is no ``key_mask``:
 
    * full causal (``window`` None, or ``window >= L``, which sees the same keys): SDPA with
-     ``is_causal``, cuDNN backend first, then flash, memory-efficient, math; GQA-native
-     (``enable_gqa``, no K/V repeat).
-   * window + sinks: compiled ``flex_attention`` with a block mask built once per
-     ``(L, window, sinks, device)`` and cached; an index-only mask_mod shared by all heads
-     (block mask B = H = 1). Work grows with ``W``, not with ``L``.
-3. Any other ``Lq > 1`` call (padding, offsets as in chunked prefill, arbitrary positions,
-   ``key_mask``): compiled ``flex_attention`` whose mask_mod reads the position tensors (and
-   ``key_mask``); the block mask is built per call from per-block position ranges, so a
-   local head still skips the blocks outside its window.
+     ``is_causal``, cuDNN backend first, GQA-native (``enable_gqa``, no K/V repeat);
+   * window + sinks: compiled ``flex_attention`` with an index-only mask and a block mask built
+     arithmetically from the band (no L x L tensor anywhere), cached per length.
+3. Anything else (padding, chunk offsets, ring buffers, ``key_mask``): compiled
+   ``flex_attention`` whose mask reads the position tensors (and ``key_mask``); its block mask
+   comes from per-block position ranges, so a local head still skips the blocks outside its
+   window. :func:`plan` builds it once; every layer of a forward can reuse it.
 
-Block masks are classified conservatively from position ranges: a block is "full" (mask_mod
-skipped) only when every pair in it is visible, and "partial" whenever some pair might be.
-Flex is compiled once with dynamic shapes; lengths that are multiples of 128 get a second
-variant without bounds checks (:func:`_divisible_options`).
+Compiled-path guarantees (steady state never recompiles, never runs unfused):
+
+* lengths are padded to multiples of 128 (empty slots at position -1), so the kernel always
+  runs without bounds checks and no length changes the compiled variant;
+* each mask kind has its own compiled entry (its own dynamo cache); mask functions are defined
+  once at module level and read their data from closure tensors, which dynamo guards by shape
+  and dtype only (dynamic shapes), never by object identity;
+* entries compile with ``fullgraph=True``: if dynamo would recompile past its limit it raises
+  :class:`FlexRecompileError` instead of running flex unfused (which materialises L x L scores).
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +46,67 @@ try:
 except ImportError:  # triton missing (CPU-only install): available() is False
     decode_kernels = None
 
-_BLOCK = 128  # block-mask tile (queries x keys)
+BLOCK = 128  # block-mask tile (queries x keys); lengths are padded to a multiple of it
 _NO_WINDOW = 1 << 62  # window=None as a number no position difference reaches
 _SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# lengths are multiples of BLOCK, so the flex template may skip its bounds checks (an internal
+# option of the template; under dynamic shapes inductor cannot prove divisibility itself)
+_KERNEL_OPTIONS = {"IS_DIVISIBLE": True}
+
+
+class FlexRecompileError(RuntimeError):
+    """Compiled flex attention would recompile past dynamo's limit (and then run unfused)."""
 
 
 def available() -> bool:
     """True with a CUDA device and Triton (flex attention itself ships with torch >= 2.5)."""
     return decode_kernels is not None and torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class FlexPlan:
+    """What one flex call needs besides q/k/v: reusable by every call with the same positions.
+
+    kind: ``index`` (plain window + sinks), ``position`` or ``key_mask``.
+    q_len, k_len: the padded lengths (multiples of :data:`BLOCK`) the block mask is built for.
+    """
+
+    kind: str
+    block_mask: BlockMask
+    q_len: int
+    k_len: int
+
+
+def plan(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, *, window: int | None, sinks: int, plain: bool = False,
+    key_mask: torch.Tensor | None = None, group: int = 1, backward: bool = False,
+) -> FlexPlan:
+    """The block mask (and mask function) of a prefill call; no host sync.
+
+    Args:
+        q_pos: (B, Lq) and k_pos: (B, Lk) int64 positions (-1 = empty / padding).
+        plain: positions are ``0..L-1`` in every row (see the module docstring).
+        key_mask: optional bool, broadcastable to (B, Hkv, Lq, Lk); ``group`` = query heads per KV head.
+        backward: also build the transposed block lists that flex's backward pass reads.
+    """
+    check_window(window, sinks)
+    q_len, k_len = _padded(q_pos.shape[-1]), _padded(k_pos.shape[-1])
+    device = q_pos.device
+    if plain and key_mask is None:
+        if window is None:
+            raise ValueError("a plain full-causal prefill runs SDPA, not flex: there is nothing to plan")
+        return FlexPlan("index", _index_block_mask(q_len, window, sinks, device, backward), q_len, k_len)
+    q_pos, k_pos = _pad_positions(q_pos, q_len), _pad_positions(k_pos, k_len)
+    window_t = torch.tensor(_NO_WINDOW if window is None else window, device=device)
+    sinks_t = torch.tensor(sinks, device=device)
+    if key_mask is None:
+        mask_mod, kind = _position_mask_mod(q_pos, k_pos, window_t, sinks_t), "position"
+    else:
+        batch, (n_q, n_k) = q_pos.shape[0], key_mask.shape[-2:]
+        padded = F.pad(key_mask.expand(batch, key_mask.shape[1], n_q, n_k), (0, k_len - n_k, 0, q_len - n_q))
+        mask_mod, kind = _key_mask_mod(q_pos, k_pos, window_t, sinks_t, padded, group), "key_mask"
+    block_mask = _range_block_mask(q_pos, k_pos, window, sinks, mask_mod, exact=key_mask is None, backward=backward)
+    return FlexPlan(kind, block_mask, q_len, k_len)
 
 
 def attention(
@@ -61,73 +120,86 @@ def attention(
     sinks: int = 0,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
+    plain: bool = False,
+    plan_: FlexPlan | None = None,
 ) -> torch.Tensor:
     """See :func:`rtpurbo.ops.reference.attention`. Returns (B, Hq, Lq, D) in ``q.dtype``.
 
     Args:
         q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); q_pos: (B, Lq); k_pos: (B, Lk) int64.
         key_mask: optional bool, broadcastable to (B, Hkv, Lq, Lk).
+        plain: the caller's statement that positions are ``0..L-1`` in every row (not checked).
+        plan_: a :func:`plan` of these positions, window and sinks (built here if None).
     """
     check_window(window, sinks)
     if not q.is_cuda:
         raise ValueError(f"the flex backend needs CUDA tensors; got q{tuple(q.shape)} on {q.device}")
     batch, n_q_heads, q_len, head_dim = q.shape
-    n_kv_heads, n_keys = k.shape[1], k.shape[2]
-    group = n_q_heads // n_kv_heads
+    group = n_q_heads // k.shape[1]
     scale = head_dim**-0.5 if scale is None else scale
     if q_len == 1:
         out, _ = decode_kernels.decode_attention(
             q, k, v, q_pos, k_pos, scale=scale, window=window, sinks=sinks, key_mask=key_mask
         )
         return out
-    if key_mask is None and _is_plain_prefill(q_pos, k_pos):
-        if window is None or window >= q_len:
-            return _causal_sdpa(q, k, v, scale, group)
-        block_mask = _local_block_mask(q_len, window, sinks, q.device)
-    else:
-        masks = None if key_mask is None else key_mask.expand(batch, n_kv_heads, q_len, n_keys)
-        mask_mod = _position_mask_mod(q_pos, k_pos, window, sinks, masks, group)
-        block_mask = _block_mask(q_pos, k_pos, window, sinks, mask_mod, exact=key_mask is None)
-    options = _divisible_options(q_len, n_keys)
-    # Flex reads K/V rows strided by the other heads (the model's K/V are head-interleaved views of
-    # the projection) at about half the rate: 71 vs 37 ms per layer of local heads at 128K on an
-    # H200 (session 4). A copy costs ~0.2 ms there.
-    k, v = k.contiguous(), v.contiguous()
-    return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=group > 1, kernel_options=options)
+    if plain and key_mask is None and (window is None or window >= q_len):
+        return _causal_sdpa(q, k, v, scale, group)
+    if plan_ is None:
+        plan_ = plan(q_pos, k_pos, window=window, sinks=sinks, plain=plain, key_mask=key_mask, group=group,
+                     backward=q.requires_grad or k.requires_grad or v.requires_grad)
+    return run(plan_, q, k, v, scale)
+
+
+def run(plan_: FlexPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Compiled flex attention of q (B, Hq, Lq, D) over k, v (B, Hkv, Lk, D) under ``plan_``.
+
+    K/V are copied into head-contiguous buffers padded to the plan's lengths: flex reads the
+    model's head-interleaved K/V views at about half its rate (71 vs 37 ms per layer of local
+    heads at 128K on an H200), and the copy costs ~0.2 ms there.
+    """
+    q_len = q.shape[2]
+    group = q.shape[1] // k.shape[1]
+    q = _pad_length(q, plan_.q_len)
+    k, v = _pad_length(k, plan_.k_len, copy=True), _pad_length(v, plan_.k_len, copy=True)
+    try:
+        out = _compiled(plan_.kind)(q, k, v, plan_.block_mask, scale, group > 1)
+    except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+        raise FlexRecompileError(
+            f"compiled flex attention ({plan_.kind} mask) hit dynamo's recompile limit "
+            f"(torch._dynamo.config.recompile_limit = {torch._dynamo.config.recompile_limit}) at q{tuple(q.shape)}, "
+            f"k{tuple(k.shape)}; rtpurbo does not run flex unfused (it would materialise the L x L scores). "
+            "TORCH_LOGS=recompiles shows which guard failed."
+        ) from err
+    return out[:, :, :q_len]
+
+
+# --- compiled entries ------------------------------------------------------------------------
+# One function per mask kind: each is its own code object, hence its own dynamo cache, so the
+# kinds a model mixes (index, position, key mask) never evict each other's compiled variants.
+def _flex_index(q, k, v, block_mask, scale, gqa):
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=_KERNEL_OPTIONS)
+
+
+def _flex_position(q, k, v, block_mask, scale, gqa):
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=_KERNEL_OPTIONS)
+
+
+def _flex_key_mask(q, k, v, block_mask, scale, gqa):
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=_KERNEL_OPTIONS)
+
+
+_ENTRIES: dict[str, Callable] = {"index": _flex_index, "position": _flex_position, "key_mask": _flex_key_mask}
 
 
 @functools.cache
-def _compiled_flex():
-    """``flex_attention`` compiled once; dynamic shapes so new lengths do not recompile."""
-    return torch.compile(flex_attention, dynamic=True)
+def _compiled(kind: str) -> Callable:
+    """The compiled entry of a mask kind: dynamic shapes, whole graph or an error."""
+    return torch.compile(_ENTRIES[kind], dynamic=True, fullgraph=True)
 
 
-def _divisible_options(q_len: int, k_len: int) -> dict | None:
-    """Kernel options telling flex that both lengths are multiples of 128.
-
-    Under dynamic shapes inductor cannot prove divisibility, so flex checks bounds on every
-    block and applies the mask_mod to full blocks too: measured on an H200 (torch 2.11) at
-    half the rate. ``IS_DIVISIBLE`` is an internal option of the flex template (torch 2.5-2.13;
-    version-sensitive: belongs in ``_compat`` next to the other torch branches).
-    """
-    return {"IS_DIVISIBLE": True} if q_len % 128 == 0 and k_len % 128 == 0 else None
-
-
-def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, group: int) -> torch.Tensor:
-    with sdpa_kernel(_SDPA_ORDER, set_priority=True):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
-
-
-def _is_plain_prefill(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
-    """True when every row has q_pos == k_pos == 0..L-1 (one host sync)."""
-    if q_pos.shape != k_pos.shape:
-        return False
-    steps = torch.arange(k_pos.shape[-1], device=k_pos.device)
-    return bool(((q_pos == steps) & (k_pos == steps)).all())
-
-
+# --- mask functions (defined once; their data lives in closure tensors) ----------------------
 def _index_mask_mod(window: torch.Tensor, sinks: torch.Tensor):
-    """mask_mod of a plain prefill: positions are the indices. window, sinks: 0-d int64 tensors."""
+    """Plain prefill: positions are the indices. window, sinks: 0-d int64 tensors."""
 
     def mask_mod(b, h, q_idx, kv_idx):
         return (kv_idx <= q_idx) & ((q_idx - kv_idx < window) | (kv_idx < sinks))
@@ -135,46 +207,77 @@ def _index_mask_mod(window: torch.Tensor, sinks: torch.Tensor):
     return mask_mod
 
 
-def _position_mask_mod(q_pos, k_pos, window, sinks, key_mask, group):
-    """mask_mod reading positions (B, Lq) / (B, Lk) and an optional key_mask (B, Hkv, Lq, Lk)."""
-    window_t = torch.tensor(_NO_WINDOW if window is None else window, device=q_pos.device)
-    sinks_t = torch.tensor(sinks, device=q_pos.device)
+def _position_mask_mod(q_pos, k_pos, window, sinks):
+    """Positions (B, Lq) / (B, Lk), -1 = empty; window, sinks: 0-d int64 tensors."""
 
     def mask_mod(b, h, q_idx, kv_idx):
         qp, kp = q_pos[b, q_idx], k_pos[b, kv_idx]
-        seen = (kp >= 0) & (kp <= qp) & ((qp - kp < window_t) | (kp < sinks_t))
-        if key_mask is None:
-            return seen
+        return (kp >= 0) & (kp <= qp) & ((qp - kp < window) | (kp < sinks))
+
+    return mask_mod
+
+
+def _key_mask_mod(q_pos, k_pos, window, sinks, key_mask, group: int):
+    """As :func:`_position_mask_mod`, AND a per-KV-head key mask (B, Hkv, Lq, Lk): query head h reads h // group."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        qp, kp = q_pos[b, q_idx], k_pos[b, kv_idx]
+        seen = (kp >= 0) & (kp <= qp) & ((qp - kp < window) | (kp < sinks))
         return seen & key_mask[b, h // group, q_idx, kv_idx]
 
     return mask_mod
 
 
-@functools.lru_cache(maxsize=4)
-def _local_block_mask(length: int, window: int, sinks: int, device: torch.device) -> BlockMask:
-    """Window + sinks block mask of a plain prefill of ``length`` tokens (cached: one per layer shape)."""
-    steps = torch.arange(length, device=device)[None]
+# --- block masks -----------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _index_block_mask(length: int, window: int, sinks: int, device: torch.device, backward: bool) -> BlockMask:
+    """Window + sinks block mask of a plain prefill of ``length`` (padded) tokens, from the band
+    arithmetic: each query block lists its sink blocks and the <= W/128 + 2 blocks of its band
+    (compact lists, no n x n tensor), full blocks apart from partial ones."""
+    n = length // BLOCK
+    i = torch.arange(n, device=device)[:, None]  # query blocks
+    sink_blocks = -(-sinks // BLOCK)
+    band = (window + BLOCK - 2) // BLOCK + 2
+    lo = ((i * BLOCK - window + 1).clamp(min=0)) // BLOCK
+    candidates = torch.cat([torch.arange(sink_blocks, device=device).expand(n, sink_blocks),
+                            lo + torch.arange(band, device=device)], dim=1)  # (n, sink_blocks + band)
+    is_band = torch.arange(candidates.shape[1], device=device) >= sink_blocks
+    valid = (candidates <= i) & ~(is_band & (candidates < sink_blocks))
+    k_lo, k_hi = candidates * BLOCK, candidates * BLOCK + BLOCK - 1
+    q_lo, q_hi = i * BLOCK, i * BLOCK + BLOCK - 1
+    full = valid & (k_hi <= q_lo) & ((k_hi < sinks) | (q_hi - k_lo < window))
+    partial = valid & ~full
+    width = n if device.type == "cpu" else candidates.shape[1]  # inductor's CPU flex wants full-width lists
+    kv_num, kv_idx = _compact(partial, candidates, width)
+    full_num, full_idx = _compact(full, candidates, width)
     mask_mod = _index_mask_mod(torch.tensor(window, device=device), torch.tensor(sinks, device=device))
-    return _block_mask(steps, steps, window, sinks, mask_mod, exact=True)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+                                   seq_lengths=(length, length), compute_q_blocks=backward)
+
+
+def _compact(chosen: torch.Tensor, candidates: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, C) bool over candidate block indices -> counts (1, 1, n) and indices (1, 1, n, width) int32,
+    chosen first (columns past C, if any, are never read)."""
+    order = torch.argsort(chosen.to(torch.int8), dim=-1, descending=True, stable=True)
+    index = F.pad(candidates.gather(-1, order).clamp(min=0), (0, max(0, width - candidates.shape[1])))
+    return chosen.sum(-1, dtype=torch.int32)[None, None], index[..., :max(width, 1)].to(torch.int32)[None, None]
 
 
 def _block_ranges(pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per block of ``_BLOCK`` slots of pos (B, L): min and max non-negative position, any / all valid.
-
-    Returns four (B, n_blocks) tensors; min is ``_NO_WINDOW`` and max -1 for a block with no valid slot.
-    """
+    """Per block of ``BLOCK`` slots of pos (B, L), L a multiple of BLOCK: min and max non-negative
+    position, any / all valid. Four (B, n_blocks) tensors; min is ``_NO_WINDOW`` and max -1 for a
+    block with no valid slot."""
     batch, length = pos.shape
-    n_blocks = -(-length // _BLOCK)
-    tiles = F.pad(pos, (0, n_blocks * _BLOCK - length), value=-1).view(batch, n_blocks, _BLOCK)
+    tiles = pos.view(batch, length // BLOCK, BLOCK)
     valid = tiles >= 0
     return tiles.masked_fill(~valid, _NO_WINDOW).amin(-1), tiles.amax(-1), valid.any(-1), valid.all(-1)
 
 
-def _block_mask(q_pos, k_pos, window, sinks, mask_mod, *, exact: bool) -> BlockMask:
-    """Block mask (B, 1, n_q_blocks, n_k_blocks) from position ranges.
+def _range_block_mask(q_pos, k_pos, window, sinks, mask_mod, *, exact: bool, backward: bool) -> BlockMask:
+    """Block mask (B, 1, n_q_blocks, n_k_blocks) from per-block position ranges of padded positions.
 
     A block pair is partial when some visible pair may lie in it, full when all pairs are
-    visible (only if ``exact``: no key_mask can remove keys). Args as in :func:`attention`.
+    visible (only if ``exact``: no key_mask can remove keys).
     """
     q_lo, q_hi, q_any, q_all = (t[:, :, None] for t in _block_ranges(q_pos))
     k_lo, k_hi, k_any, k_all = (t[:, None, :] for t in _block_ranges(k_pos))
@@ -186,8 +289,8 @@ def _block_mask(q_pos, k_pos, window, sinks, mask_mod, *, exact: bool) -> BlockM
     kv_num, kv_idx = _ordered(some & ~full)
     full_num, full_idx = _ordered(full)
     return BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=_BLOCK, mask_mod=mask_mod,
-        seq_lengths=(q_pos.shape[-1], k_pos.shape[-1]),
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+        seq_lengths=(q_pos.shape[-1], k_pos.shape[-1]), compute_q_blocks=backward,
     )
 
 
@@ -196,3 +299,26 @@ def _ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     counts = blocks.sum(-1, dtype=torch.int32)
     order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True)
     return counts[:, None], order.to(torch.int32)[:, None]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _padded(length: int) -> int:
+    return -(-length // BLOCK) * BLOCK
+
+
+def _pad_positions(pos: torch.Tensor, length: int) -> torch.Tensor:
+    return F.pad(pos, (0, length - pos.shape[-1]), value=-1) if pos.shape[-1] != length else pos
+
+
+def _pad_length(x: torch.Tensor, length: int, copy: bool = False) -> torch.Tensor:
+    """x (B, H, L, D) as (B, H, length, D), zeros after L; head-contiguous when ``copy``."""
+    if x.shape[2] == length:
+        return x.contiguous() if copy else x
+    out = x.new_zeros(x.shape[0], x.shape[1], length, x.shape[3])
+    out[:, :, : x.shape[2]] = x
+    return out
+
+
+def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, group: int) -> torch.Tensor:
+    with sdpa_kernel(_SDPA_ORDER, set_priority=True):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)

@@ -30,9 +30,13 @@ def attention(
     sinks: int = 0,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
+    plain: bool = False,
     query_chunk: int = 512,
 ) -> torch.Tensor:
     """Head-wise masked attention, computed in fp32 (fp64 for fp64 inputs), returned in ``q.dtype``.
+
+    ``plain`` (the caller's statement that positions are 0..L-1) changes nothing here: the
+    reference always reads the positions.
 
     Returns: (B, Hq, Lq, D).
     """

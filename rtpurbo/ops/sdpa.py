@@ -29,17 +29,19 @@ def attention(
     sinks: int = 0,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
+    plain: bool = False,
     query_chunk: int | None = None,
 ) -> torch.Tensor:
     """See :func:`rtpurbo.ops.reference.attention`. Returns (B, Hq, Lq, D) in ``q.dtype``.
 
+    ``plain``: positions are 0..L-1 (the caller says so); full causal heads then skip the check.
     ``query_chunk`` defaults to 1024, or ``W / 2`` (at least 128) for a local head, so a
     chunk's key span (sinks + chunk + W) stays close to the W keys each query needs.
     """
     batch, n_q_heads, q_len, head_dim = q.shape
     n_kv_heads = k.shape[1]
     group = n_q_heads // n_kv_heads
-    if window is None and key_mask is None and _is_plain_causal(q_pos, k_pos):
+    if window is None and key_mask is None and (plain or _is_plain_causal(q_pos, k_pos)):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
     if query_chunk is None:
         query_chunk = 1024 if window is None else min(1024, max(128, window // 2))

@@ -1,0 +1,80 @@
+"""The flex backend's block masks and compiled entries, on the CPU.
+
+Block masks are pure tensor code: the band arithmetic of a plain prefill must list exactly the
+blocks that the per-block position ranges give. The compiled entries run on the CPU too (flex
+compiles there through inductor's C++ template), which is enough to check that new lengths stop
+compiling after the first few and that the results match the reference.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from rtpurbo.ops import flex, reference
+
+from .test_decode_host_syncs import count_host_syncs
+
+
+def _dense(num: torch.Tensor, idx: torch.Tensor, n_k: int) -> torch.Tensor:
+    """(1, 1, nq) counts + (1, 1, nq, C) lists -> (nq, n_k) bool."""
+    out = torch.zeros(num.shape[-1], n_k, dtype=torch.bool)
+    for row in range(num.shape[-1]):
+        out[row, idx[0, 0, row, : num[0, 0, row]].long()] = True
+    return out
+
+
+@pytest.mark.parametrize("length, window, sinks", [(128, 16, 0), (1024, 256, 4), (2048, 200, 4), (4096, 1000, 130),
+                                                   (1024, 128, 4), (1024, 129, 0), (3072, 2048, 4)])
+def test_plain_window_blocks_equal_the_position_ranges(length, window, sinks):
+    """The compact band lists of a plain prefill = the lists built from position ranges (partial and full)."""
+    steps = torch.arange(length)[None]
+    plain = flex._index_block_mask(length, window, sinks, torch.device("cpu"), False)
+    ranges = flex._range_block_mask(steps, steps, window, sinks, None, exact=True, backward=False)
+    n = length // flex.BLOCK
+    for a, b in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+        assert torch.equal(_dense(getattr(plain, a), getattr(plain, b), n), _dense(getattr(ranges, a), getattr(ranges, b), n))
+    per_row = (plain.kv_num_blocks + plain.full_kv_num_blocks).float().max().item()
+    assert per_row <= window / flex.BLOCK + 2 + -(-sinks // flex.BLOCK)  # grows with W, not with L
+
+
+def test_plans_need_no_host_sync():
+    """Building a plan reads nothing back from the device."""
+    pos = torch.arange(1000).repeat(2, 1)
+    pos[1, :100] = -1
+    pos[1, 100:] -= 100
+    with count_host_syncs() as found:
+        position_plan = flex.plan(pos, pos, window=64, sinks=4)
+        plain_plan = flex.plan(pos[:1], pos[:1], window=64, sinks=4, plain=True)
+        masked = flex.plan(pos, pos, window=None, sinks=0, key_mask=torch.ones(2, 1, 1000, 1000, dtype=torch.bool))
+    assert not found, dict(found)
+    assert (position_plan.kind, plain_plan.kind, masked.kind) == ("position", "index", "key_mask")
+    assert position_plan.q_len == position_plan.k_len == 1024  # padded to a multiple of the block
+    with pytest.raises(ValueError, match="SDPA"):
+        flex.plan(pos, pos, window=None, sinks=0, plain=True)
+
+
+def _run(batch: int, length: int, kind: str) -> float:
+    torch.manual_seed(length)
+    q, k, v = torch.randn(batch, 4, length, 64), torch.randn(batch, 2, length, 64), torch.randn(batch, 2, length, 64)
+    pos = torch.arange(length).repeat(batch, 1)
+    if kind == "pad":
+        pos[-1, : length // 3] = -1
+        pos[-1, length // 3 :] -= length // 3
+    plan = flex.plan(pos, pos, window=64, sinks=4, plain=kind == "plain")
+    out = flex.run(plan, q, k, v, 64**-0.5)
+    ref = reference.attention(q, k, v, pos, pos, window=64, sinks=4)
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def test_compiled_flex_stops_compiling_and_matches_the_reference():
+    """Eight lengths (odd ones padded to 128-multiples) and two mask kinds: at most two compiles per kind
+    (the first length, then the dynamic-shape variant), none after; every output matches fp32."""
+    graphs = lambda: counters["stats"]["unique_graphs"]
+    start = graphs()
+    for length in (256, 300, 700, 1000, 129, 512):
+        assert _run(1, length, "plain") < 1e-4
+    plain_graphs = graphs() - start
+    for length in (300, 520, 777):
+        assert _run(2, length, "pad") < 1e-4
+    assert plain_graphs <= 2 and graphs() - start - plain_graphs <= 2, (plain_graphs, graphs() - start)
