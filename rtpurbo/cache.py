@@ -116,6 +116,8 @@ class _Forward:
     position_ids: torch.Tensor | None
     padding_mask: torch.Tensor | None
     positions: torch.Tensor  # (B, L) int64, -1 = padding
+    plain: bool = False  # a first forward whose rows are positions 0..L-1 (HeadwiseCache.plain_prompt)
+    plans: dict = field(default_factory=dict)  # (role, window) -> ops.plan of this forward's prefill attention
     ring_slot: tuple[torch.Tensor, ...] | None = None  # decode, see HeadwiseCache._ring_slot
     visible: tuple[int, torch.Tensor] | None = None  # decode: (r_len, () visible keys summed over rows)
 
@@ -139,6 +141,11 @@ class HeadwiseCache(Cache):
         self.stats = SelectionStats()
         self._forward: _Forward | None = None
         self.static_capacity: int | None = None  # set by static_decode()
+        # Set by whoever feeds the first forward when every row of it holds positions 0..L-1 (no
+        # padding): that forward then runs the plain-prefill kernels (cuDNN causal for retrieval
+        # heads, an index-only window mask for local heads) without reading the positions back.
+        # rtpurbo.generate.prefill checks its inputs once and sets it; nothing here checks it.
+        self.plain_prompt = False
         # static decode on a GPU: local heads on a side stream, overlapping the retrieval heads
         self.overlap_roles = True
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
@@ -310,6 +317,18 @@ class HeadwiseCache(Cache):
         n = layer.r_pos.shape[1] if self.static_capacity is not None else layer.r_len
         return layer.r_k[:, :, :n], layer.r_v[:, :, :n], layer.r_idx[:, :, :n], layer.r_pos[:, :n]
 
+    # --- retrieval heads: select or attend to everything -----------------------------------
+    def selects(self, cached: int) -> bool:
+        """Whether retrieval heads decode over their indexer's top-p selection with ``cached`` tokens
+        in the cache (the new one included): ``top_p < 1`` and at least ``seqlen_threshold`` tokens.
+        A host-side decision (the cache length is a Python counter), so no step waits for the GPU."""
+        return self.sparse.top_p < 1.0 and cached >= self.sparse.seqlen_threshold
+
+    def next_step_selects(self) -> bool:
+        """:meth:`selects` for the next one-token step (it adds one token to every layer)."""
+        lengths = [layer.r_len for layer in self.store if layer is not None and layer.r_k.shape[1]]
+        return bool(lengths) and self.selects(max(lengths) + 1)
+
     # --- values shared by the layers of one forward ---------------------------------------
     def token_positions(
         self, module, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None, batch: int, length: int,
@@ -326,7 +345,8 @@ class HeadwiseCache(Cache):
             or f.position_ids is not position_ids or f.padding_mask is not padding_mask
         ):
             positions = module.token_positions(position_ids, padding_mask, batch, length, seen, device)
-            f = self._forward = _Forward(seen, (batch, length), device, position_ids, padding_mask, positions)
+            f = self._forward = _Forward(seen, (batch, length), device, position_ids, padding_mask, positions,
+                                         plain=seen == 0 and self.plain_prompt)
         return f.positions
 
     def _shared(self, positions: torch.Tensor) -> _Forward | None:
@@ -436,14 +456,23 @@ class HeadwiseCache(Cache):
             self._write_ring_one(layer, k, v, positions)
             return
         sinks, window = self.sparse.sinks, self.sparse.window
+        batch, length = positions.shape
         newest = positions.max(dim=1, keepdim=True).values
         keep = (positions >= 0) & ((positions < sinks) | (positions > newest - window))
-        slot = torch.where(positions < sinks, positions, sinks + (positions - sinks) % window)
-        rows, cols = keep.nonzero(as_tuple=True)  # host sync: fine once per prefill chunk
-        slots = slot[rows, cols]
-        layer.l_k[rows, :, slots] = k[rows, :, cols]
-        layer.l_v[rows, :, slots] = v[rows, :, cols]
-        layer.l_pos[rows, slots] = positions[rows, cols]
+        slot = torch.where(positions < sinks, positions, sinks + (positions - sinks) % window).clamp(min=0)
+        # per ring slot, the kept token with the highest position (then its column), as device
+        # reductions: no host sync, and the same result whatever order the duplicates come in
+        n_slots = layer.l_pos.shape[1]
+        none = torch.full((batch, n_slots), -1, dtype=torch.long, device=positions.device)
+        newest_at = none.scatter_reduce(1, slot, torch.where(keep, positions, -1), "amax")
+        wins = keep & (positions == newest_at.gather(1, slot))
+        column = torch.arange(length, device=positions.device).expand(batch, length)
+        source = none.scatter_reduce(1, slot, torch.where(wins, column, -1), "amax")  # (B, S + W), -1 = kept
+        written = source >= 0
+        index = source.clamp(min=0)[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        for store, new in ((layer.l_k, k), (layer.l_v, v)):
+            store.copy_(torch.where(written[:, None, :, None], new.gather(2, index), store))
+        layer.l_pos.copy_(torch.where(written, newest_at, layer.l_pos))
 
     def _write_ring_one(self, layer: LayerCache, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """:meth:`_write_ring` of one token per row (decode), without a host sync.
@@ -459,7 +488,7 @@ class HeadwiseCache(Cache):
 
     # --- attention ----------------------------------------------------------------------
     def attend(self, module, q, k, v, positions, q_raw, k_raw, rope) -> torch.Tensor:
-        """Attention of ``L`` new tokens of one layer through the cache. Returns (B, Hq, L, D).
+        """Attention of ``L`` new tokens of one layer through the cache. Returns (B, L, Hq * D).
 
         q (B, Hq, L, D) and k, v (B, Hkv, L, D) post-RoPE; q_raw / k_raw pre-RoPE; positions (B, L).
         """
@@ -480,8 +509,8 @@ class HeadwiseCache(Cache):
         if module.local_heads:
             ql, kl, vl = parts["local"]
             one_token = q.shape[2] == 1 and layer.seen > 0
-            if layer.seen == 0:  # a fresh ring holds nothing: a plain prefill (the backends' fast path)
-                local_out = self._local_attention(module, ql, kl, vl, positions, positions)
+            if layer.seen == 0:  # a fresh ring holds nothing: attend over the chunk's own keys
+                local_out = self._local_attention(module, ql, kl, vl, positions, positions, first=True)
             elif one_token:
                 # decode: write first, then attend over the ring alone (no copy of it). The slot the
                 # token takes held position p - W (or nothing), outside the window of query p.
@@ -541,20 +570,41 @@ class HeadwiseCache(Cache):
             stream = self._streams[device] = torch.cuda.Stream(device)
         return stream
 
-    def _local_attention(self, module, q, keys, values, key_pos, positions) -> torch.Tensor:
-        """Window + sinks attention of the local heads' queries q (B, Hl*G, L, D) over the given keys."""
-        return ops.attention(q, keys, values, positions, key_pos, window=self.sparse.window, sinks=self.sparse.sinks,
-                             scale=module.scaling, impl=self.sparse.impl)
+    def _local_attention(self, module, q, keys, values, key_pos, positions, first: bool = False) -> torch.Tensor:
+        """Window + sinks attention of the local heads' queries q (B, Hl*G, L, D) over the given keys.
+
+        ``first``: the keys are the forward's own tokens (a fresh ring), plain if the forward is."""
+        sparse = self.sparse
+        plain, plan = self._prefill_plan("local", sparse.window, positions, key_pos, first)
+        return ops.attention(q, keys, values, positions, key_pos, window=sparse.window, sinks=sparse.sinks,
+                             scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan)
+
+    def _prefill_plan(self, role: str, window: int | None, positions, key_pos, first: bool):
+        """(plain, plan) of a multi-token attention call of this forward: the plan is built by the first layer
+        that needs it and reused by the others (every layer holds the same positions). (False, None) at decode."""
+        f = self._shared(positions)
+        if positions.shape[1] == 1 or f is None:
+            return False, None
+        plain = first and f.plain
+        key = (role, window, plain)
+        if key not in f.plans:
+            sinks = self.sparse.sinks if role == "local" else 0
+            f.plans[key] = ops.plan(positions, key_pos, window=window, sinks=sinks, plain=plain, impl=self.sparse.impl,
+                                    backward=torch.is_grad_enabled())
+        return plain, f.plans[key]
 
     def _retrieval_attention(self, module, layer: LayerCache, q, q_idx, positions) -> torch.Tensor:
         """Retrieval heads' queries q (B, Hr*G, L, D) over their stored keys (the new ones included):
         the indexer's top-p selection at decode, full causal attention otherwise."""
         sparse = self.sparse
         keys, values, key_idx, key_pos = self._retrieval_view(layer)
-        decode = q.shape[2] == 1 and sparse.top_p < 1.0 and module.indexer is not None and module.base_window is None
+        decode = (q.shape[2] == 1 and module.indexer is not None and module.base_window is None
+                  and self.selects(layer.r_len))
         if not decode:
+            first = layer.r_len == q.shape[2]  # the keys are this forward's own tokens
+            plain, plan = self._prefill_plan("retrieval", module.base_window, positions, key_pos, first)
             return ops.attention(q, keys, values, positions, key_pos, window=module.base_window,
-                                 scale=module.scaling, impl=sparse.impl)
+                                 scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan)
         out, counts = ops.topp_attention(
             q, keys, values, positions, key_pos, q_idx, key_idx,
             top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,

@@ -122,10 +122,22 @@ class SparseAttention(nn.Module):
         }
 
     def merge_heads(self, retrieval_out: torch.Tensor | None, local_out: torch.Tensor | None) -> torch.Tensor:
-        """Inverse of :meth:`split_heads` for outputs: (B, Hq, L, D) in the module's head order."""
-        parts = [t for t in (retrieval_out, local_out) if t is not None]
-        out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return out if self.heads_contiguous else out.index_select(1, self.q_merge)
+        """Inverse of :meth:`split_heads` for outputs (B, H_role, L, D), straight into the token layout
+        ``o_proj`` reads: (B, L, Hq * D) in the module's head order, one copy of each part."""
+        parts = [(t, index) for t, index in ((retrieval_out, self.q_retrieval), (local_out, self.q_local))
+                 if t is not None]
+        batch, _, length, dim = parts[0][0].shape
+        if len(parts) == 1:  # one role: its heads are all of them, in order
+            return parts[0][0].transpose(1, 2).reshape(batch, length, -1)
+        out = parts[0][0].new_empty(batch, length, self.num_q_heads, dim)
+        start = 0
+        for part, index in parts:
+            if self.heads_contiguous:
+                out[:, :, start : start + part.shape[1]].copy_(part.transpose(1, 2))
+                start += part.shape[1]
+            else:
+                out.index_copy_(2, index, part.transpose(1, 2))
+        return out.view(batch, length, -1)
 
     # --- projections ----------------------------------------------------------------
     def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -174,7 +186,7 @@ class SparseAttention(nn.Module):
                 "use rtpurbo.generate or pass use_cache=False"
             )
         if cache is None:
-            positions = self.token_positions(position_ids, attention_mask, batch, length, 0, hidden_states.device)
+            positions = _NO_CACHE.positions(self, position_ids, attention_mask, batch, length, hidden_states.device)
         else:  # computed once per forward, shared by the layers
             positions = cache.token_positions(self, position_ids, attention_mask, batch, length, hidden_states.device)
         q_raw, k_raw, v = self.project(hidden_states)
@@ -185,7 +197,6 @@ class SparseAttention(nn.Module):
             out = cache.attend(self, q, k, v, positions, q_raw, k_raw, position_embeddings)
         else:
             out = self.attend_prefill(q, k, v, positions, q_raw, k_raw, position_embeddings)
-        out = out.transpose(1, 2).reshape(batch, length, -1)
         return self.o_proj(out), None
 
     def attend_prefill(
@@ -198,7 +209,7 @@ class SparseAttention(nn.Module):
         k_raw: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """Head-wise attention over the current tokens only (no cache). Returns (B, Hq, L, D)."""
+        """Head-wise attention over the current tokens only (no cache). Returns (B, L, Hq * D)."""
         parts = self.split_heads(q, k, v)
         retrieval_out = local_out = None
         if self.retrieval_heads:
@@ -208,15 +219,17 @@ class SparseAttention(nn.Module):
                     q_idx, k_idx = self.index_vectors(q_raw, k_raw, rope)
                     key_mask = self.select(q_idx, k_idx, positions, positions)
             qr, kr, vr = parts["retrieval"]
+            plain, plan = (False, None) if key_mask is not None else _NO_CACHE.plan(self, positions, self.base_window, 0)
             retrieval_out = ops.attention(
                 qr, kr, vr, positions, positions, window=self.base_window, key_mask=key_mask,
-                scale=self.scaling, impl=self.sparse.impl,
+                scale=self.scaling, impl=self.sparse.impl, plain=plain, plan=plan,
             )
         if self.local_heads:
             ql, kl, vl = parts["local"]
+            plain, plan = _NO_CACHE.plan(self, positions, self.sparse.window, self.sparse.sinks)
             local_out = ops.attention(
                 ql, kl, vl, positions, positions, window=self.sparse.window, sinks=self.sparse.sinks,
-                scale=self.scaling, impl=self.sparse.impl,
+                scale=self.scaling, impl=self.sparse.impl, plain=plain, plan=plan,
             )
         return self.merge_heads(retrieval_out, local_out)
 
@@ -242,3 +255,42 @@ class SparseAttention(nn.Module):
             f"layer={self.layer_idx}, retrieval_kv_heads={self.retrieval_heads}, window={self.sparse.window}, "
             f"sinks={self.sparse.sinks}, impl={self.sparse.impl!r}"
         )
+
+
+class _ForwardWithoutCache:
+    """What the layers of one cache-free forward (training, teacher-forced scoring) share.
+
+    The layers of a forward receive the same ``position_ids`` and padding-mask objects; the
+    first layer computes the token positions, whether they are plain (``0..L-1`` in every row:
+    one host check per forward, not per layer) and, per window, the attention plan.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+        self.plain = False
+        self.plans: dict = {}
+
+    def positions(self, module, position_ids, padding_mask, batch: int, length: int, device) -> torch.Tensor:
+        key = (position_ids, padding_mask, batch, length, device)
+        same = self.key is not None and self.key[0] is position_ids and self.key[1] is padding_mask
+        if not (same and self.key[2:] == key[2:]):
+            self.value = module.token_positions(position_ids, padding_mask, batch, length, 0, device)
+            steps = torch.arange(length, device=device)
+            self.plain = length > 1 and bool((self.value == steps).all())
+            self.key, self.plans = key, {}
+        return self.value
+
+    def plan(self, module, positions: torch.Tensor, window: int | None, sinks: int):
+        """(plain, ops.plan) for attention of ``positions`` over themselves, built once per forward."""
+        if positions is not self.value:
+            return False, None
+        sparse = module.sparse
+        key = (window, sinks, sparse.impl)
+        if key not in self.plans:
+            self.plans[key] = ops.plan(positions, positions, window=window, sinks=sinks, plain=self.plain,
+                                       impl=sparse.impl, backward=torch.is_grad_enabled())
+        return self.plain, self.plans[key]
+
+
+_NO_CACHE = _ForwardWithoutCache()
