@@ -55,6 +55,9 @@ def add_sparse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-tokens", type=int, default=d.min_tokens, help="lower clamp of the top-p budget")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="upper clamp of the top-p budget")
     p.add_argument("--recent", type=int, default=d.recent, help="recent tokens retrieval heads always keep")
+    p.add_argument("--seqlen-threshold", type=int, default=d.seqlen_threshold,
+                   help=f"cached tokens from which retrieval heads select at decode (below: all keys; 0 = always "
+                        f"select; default {d.seqlen_threshold})")
     p.add_argument("--impl", default=d.impl, help="attention backend: auto, sdpa, reference, flex")
     p.add_argument("--decode-impl", default=d.decode_impl, help="top-p decode backend: auto, reference, triton")
     p.add_argument("--reorder-heads", action="store_true", help="make retrieval KV heads contiguous")
@@ -64,6 +67,7 @@ def sparse_from_args(args: argparse.Namespace, **overrides: Any) -> SparseConfig
     fields = dict(
         window=args.window, sinks=args.sinks, index_dim=args.index_dim, index_rope_dims=args.index_rope_dims,
         top_p=args.top_p, min_tokens=args.min_tokens, max_tokens=args.max_tokens, recent=args.recent,
+        seqlen_threshold=args.seqlen_threshold,
         impl=args.impl, decode_impl=args.decode_impl, reorder_heads=args.reorder_heads,
     )
     fields.update(overrides)

@@ -18,6 +18,9 @@ from typing import Any
 from .ops.semantics import DEFAULT_SINKS, DEFAULT_WINDOW, check_window
 
 PLAN_FORMAT = "rtpurbo.head_plan/1"
+# Retrieval heads select (top-p) only from this many cached tokens on: below it the selection
+# chain costs more than the keys it skips (break-even of one attention layer's decode step, H200).
+DEFAULT_SEQLEN_THRESHOLD = 262144
 
 
 class PlanMismatch(ValueError):
@@ -113,17 +116,22 @@ class HeadPlan:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in fields})
 
-    def to_headwise_config(self, sinks: int, window: int) -> dict[str, Any]:
-        """Per-query-head 0/1 form (1 = retrieval / full attention, 0 = sliding window)."""
+    def to_headwise_config(self, sinks: int, window: int, seqlen_threshold: int | None = None) -> dict[str, Any]:
+        """Per-query-head 0/1 form (1 = retrieval / full attention, 0 = sliding window), with the
+        sink count, the window and (if given) the length below which retrieval heads skip selection."""
         group = self.group_size
         rows = [
             [1 if (q // group) in set(heads) else 0 for q in range(self.num_q_heads)] for heads in self.retrieval
         ]
-        return {"headwise_config": rows, "sink_token_num": sinks, "swa_token_num": window}
+        out = {"headwise_config": rows, "sink_token_num": sinks, "swa_token_num": window}
+        if seqlen_threshold is not None:
+            out["seqlen_threshold"] = seqlen_threshold
+        return out
 
     @classmethod
-    def from_headwise_config(cls, data: dict[str, Any], num_kv_heads: int) -> tuple["HeadPlan", int, int]:
-        """Inverse of :meth:`to_headwise_config`; returns (plan, sinks, window).
+    def from_headwise_config(cls, data: dict[str, Any], num_kv_heads: int) -> tuple["HeadPlan", dict[str, int]]:
+        """Inverse of :meth:`to_headwise_config`; returns (plan, settings): ``sinks`` and ``window``
+        (defaults where absent) and ``seqlen_threshold`` where present.
 
         Raises PlanMismatch if the query heads of one KV group disagree on their role.
         """
@@ -147,7 +155,11 @@ class HeadPlan:
                     heads.append(kv)
             retrieval.append(heads)
         plan = cls(len(rows), num_kv_heads, num_q_heads, retrieval, criterion="imported headwise_config")
-        return plan, int(data.get("sink_token_num", DEFAULT_SINKS)), int(data.get("swa_token_num", DEFAULT_WINDOW))
+        settings = {"sinks": int(data.get("sink_token_num", DEFAULT_SINKS)),
+                    "window": int(data.get("swa_token_num", DEFAULT_WINDOW))}
+        if "seqlen_threshold" in data:
+            settings["seqlen_threshold"] = int(data["seqlen_threshold"])
+        return plan, settings
 
 
 def check_ratio(ratio: float) -> None:
@@ -167,6 +179,10 @@ class SparseConfig:
         min_tokens, max_tokens: clamp of the indexer-chosen budget (max None = unbounded).
         recent: most recent tokens a retrieval head always keeps at decode.
         index_rope_dims: indexer dimensions rotated with the base RoPE (0 = content only).
+        seqlen_threshold: below this many cached tokens a retrieval head decodes over all its keys,
+            because selecting costs more than it saves on short contexts (``seqlen_threshold`` of
+            RTP-LLM's ``headwise_config``; 0 = always select). The default is the break-even measured
+            on an H200 (``benchmarks/results``).
         retrieval_prefill: ``dense`` (paper: retrieval heads run full attention on multi-token
             forwards) or ``topp`` (every query uses the indexer selection, as at decode; used
             by stage 2 and by teacher-forced fidelity checks).
@@ -182,6 +198,7 @@ class SparseConfig:
     min_tokens: int = 64
     max_tokens: int | None = None
     recent: int = 64
+    seqlen_threshold: int = DEFAULT_SEQLEN_THRESHOLD
     index_rope_dims: int = 0
     retrieval_prefill: str = "dense"
     impl: str = "auto"
@@ -201,8 +218,8 @@ class SparseConfig:
             raise ValueError(f"retrieval_prefill must be 'dense' or 'topp', got {self.retrieval_prefill!r}")
         if self.index_rope_dims % 2 or not 0 <= self.index_rope_dims <= self.index_dim:
             raise ValueError(f"index_rope_dims must be even and in [0, index_dim], got {self.index_rope_dims!r}")
-        if self.min_tokens < 0 or self.recent < 0:
-            raise ValueError("min_tokens and recent must be >= 0")
+        if self.min_tokens < 0 or self.recent < 0 or self.seqlen_threshold < 0:
+            raise ValueError("min_tokens, recent and seqlen_threshold must be >= 0")
         if self.max_tokens is not None and self.max_tokens < max(1, self.min_tokens):
             raise ValueError(f"max_tokens ({self.max_tokens}) must be >= max(1, min_tokens={self.min_tokens})")
 

@@ -19,7 +19,11 @@ Usage (``prompt`` (B, L) left-padded, ``mask`` (B, L))::
         token, position = logits.argmax(-1), position + 1
 
 A replay runs no Python, so the cache's Python counters (``seen``, ``r_len``, selection-stats
-samples) are advanced here, by what the eager warm-up step advanced them. On the CPU (or with
+samples) are advanced here, by what the eager warm-up step advanced them. A step has one of two
+kinds, decided on the host before it runs: retrieval heads over every key (a short cache) or over
+their top-p selection (from ``SparseConfig.seqlen_threshold`` tokens on,
+:meth:`HeadwiseCache.next_step_selects`); each kind gets its own warm-up and graph, so a decode
+that crosses the threshold switches graphs without recapturing. On the CPU (or with
 ``graph=False``) the "replay" is an eager step whose own counter updates are replaced by that
 same bookkeeping, so the CPU tests exercise it.
 """
@@ -74,11 +78,9 @@ class GraphedDecoder:
             raise ValueError(f"CUDA graphs need a CUDA model, got {self.device}")
         self.model, self.cache, self.warmup = model, cache, warmup
         self.steps = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
         self.input_ids: torch.Tensor | None = None  # (B, 1) int64, static
         self.position_ids: torch.Tensor | None = None  # (B, 1) int64, static; -1 = padding row
-        self.logits: torch.Tensor | None = None  # (B, 1, V), the graph's output
-        self.delta: dict[str, list[int]] | None = None  # counter increments of one step
+        self.kinds: dict[bool, _StepKind] = {}  # selects -> its warm-up count, counter increments, graph
 
     def _forward(self) -> torch.Tensor:
         kw = {cache_kwarg(): self.cache}
@@ -95,11 +97,11 @@ class GraphedDecoder:
             self.input_ids.copy_(ids)
             self.position_ids.copy_(pos)
 
-    def _capture(self) -> None:
+    def _capture(self, kind: "_StepKind") -> None:
         """Record one step into a CUDA graph. Capturing runs no kernel, so the counters are put back."""
         before, stats = self.cache.host_counters(), set(self.cache.stats.selected)
-        self.graph, self.logits = capture(self._forward)
-        if self._difference(before) != self.delta or set(self.cache.stats.selected) != stats:
+        kind.graph, kind.logits = capture(self._forward)
+        if self._difference(before) != kind.delta or set(self.cache.stats.selected) != stats:
             raise RuntimeError("the captured step does not match the warm-up step; cannot replay it")
         self.cache.set_host_counters(before)
         self.cache._forward = None  # its tensors belong to the graph now
@@ -108,35 +110,52 @@ class GraphedDecoder:
         after = self.cache.host_counters()
         return {key: [a - b for a, b in zip(after[key], before[key])] for key in after}
 
-    def _advance(self, before: dict[str, list[int]]) -> None:
+    def _advance(self, before: dict[str, list[int]], delta: dict[str, list[int]]) -> None:
         """Set the counters to ``before`` plus one step."""
-        self.cache.set_host_counters({key: [b + d for b, d in zip(before[key], self.delta[key])] for key in before})
+        self.cache.set_host_counters({key: [b + d for b, d in zip(before[key], delta[key])] for key in before})
 
     def _check_room(self) -> None:
         capacity = self.cache.static_capacity
         if any(layer is not None and layer.r_len >= capacity for layer in self.cache.store):
             raise ValueError(f"static decode cache is full ({capacity} slots)")
 
+    @property
+    def graphs(self) -> int:
+        """CUDA graphs captured so far (one per step kind that ran past its warm-up)."""
+        return sum(kind.graph is not None for kind in self.kinds.values())
+
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (B, 1), position_ids (B, 1) (-1 = padding row) -> logits (B, 1, V), a fresh tensor."""
         self._check_room()
         self._load(input_ids, position_ids)
+        kind = self.kinds.setdefault(self.cache.next_step_selects(), _StepKind())
         before = self.cache.host_counters()
-        if self.steps < self.warmup:
+        if kind.steps < self.warmup:
             logits = eager_warmup(self._forward, self.device)
             delta = self._difference(before)
-            if self.delta is not None and delta != self.delta:
-                raise RuntimeError(f"decode steps advance the cache counters unevenly: {delta} vs {self.delta}")
-            self.delta = delta
+            if kind.delta is not None and delta != kind.delta:
+                raise RuntimeError(f"decode steps advance the cache counters unevenly: {delta} vs {kind.delta}")
+            kind.delta = delta
         elif self.use_graph:
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
-            logits = self.logits.clone()
-            self._advance(before)
+            if kind.graph is None:
+                self._capture(kind)
+            kind.graph.replay()
+            logits = kind.logits.clone()
+            self._advance(before, kind.delta)
         else:  # CPU stand-in for a replay: the step's own Python bookkeeping is replaced by _advance
             logits = self._forward()
-            self._advance(before)
+            self._advance(before, kind.delta)
+        kind.steps += 1
         self.steps += 1
         return logits
+
+
+class _StepKind:
+    """Warm-up count, counter increments of one step, and the captured graph of one kind of step."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.delta: dict[str, list[int]] | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None  # (B, 1, V), the graph's output

@@ -73,7 +73,7 @@ def save(model: nn.Module, out_dir: str | Path, history: list[dict[str, Any]] | 
     try:
         tensors = added_state_dict(model)
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": FORMAT})
-        (tmp / HEADWISE_NAME).write_text(dumps(plan.to_headwise_config(sparse.sinks, sparse.window)))
+        (tmp / HEADWISE_NAME).write_text(dumps(plan.to_headwise_config(sparse.sinks, sparse.window, sparse.seqlen_threshold)))
         config = {
             "format": FORMAT,
             "versions": {"rtpurbo": __version__, "torch": torch.__version__, "transformers": transformers.__version__},

@@ -71,12 +71,11 @@ def write_profile(out_dir: Path, scores: HeadScores, plan: HeadPlan, settings: P
 def read_plan(path: Path, model_config: Any) -> tuple[HeadPlan, dict[str, int]]:
     """A plan from ``head_plan.json`` or from a ``config.json`` carrying ``headwise_config``.
 
-    Returns (plan, overrides) where overrides holds sinks/window found in a headwise config.
+    Returns (plan, overrides) where overrides holds the sinks / window / seqlen_threshold of a headwise config.
     """
     data = json.loads(Path(path).read_text())
     if "headwise_config" in data:
-        plan, sinks, window = HeadPlan.from_headwise_config(data, geometry(model_config)[1])
-        return plan, {"sinks": sinks, "window": window}
+        return HeadPlan.from_headwise_config(data, geometry(model_config)[1])
     return HeadPlan.from_dict(data), {}
 
 

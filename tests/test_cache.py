@@ -53,7 +53,7 @@ def test_decode_equals_full_forward_long_odd_length():
 def test_topp_decode_equals_topp_forward():
     """With top_p < 1, decoding token by token selects exactly what the 'topp' full forward selects."""
     model = tiny_model("qwen3", num_key_value_heads=2)
-    convert(model, mixed_plan(model), SparseConfig(window=16, sinks=2, top_p=0.6, min_tokens=3, recent=2))
+    convert(model, mixed_plan(model), SparseConfig(seqlen_threshold=0, window=16, sinks=2, top_p=0.6, min_tokens=3, recent=2))
     ids = random_ids(1, 80)
     got, cache = step_by_step(model, ids)
     model.rtpurbo_sparse.retrieval_prefill = "topp"
@@ -129,7 +129,7 @@ def test_generate_all_retrieval_top_p_one_equals_original_generate(family):
 
 def test_generate_with_sampling_runs_and_is_seeded():
     model = tiny_model("llama")
-    convert(model, mixed_plan(model), SparseConfig(window=8, sinks=2, top_p=0.8))
+    convert(model, mixed_plan(model), SparseConfig(seqlen_threshold=0, window=8, sinks=2, top_p=0.8))
     ids = random_ids(1, 20)
     torch.manual_seed(0)
     a = generate(model, None, ids, max_new_tokens=10, do_sample=True).sequences
@@ -166,7 +166,7 @@ def test_errors_prompt_too_long_and_plan_changed():
 
 def test_repeat_batch_branches_identical_rows():
     model = tiny_model("llama")
-    convert(model, mixed_plan(model), SparseConfig(window=8, sinks=2, top_p=0.7, min_tokens=2, recent=2))
+    convert(model, mixed_plan(model), SparseConfig(seqlen_threshold=0, window=8, sinks=2, top_p=0.7, min_tokens=2, recent=2))
     ids = random_ids(1, 20)
     cache = HeadwiseCache(model)
     prefill(model, cache, ids, torch.ones_like(ids), 20)

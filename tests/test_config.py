@@ -29,8 +29,12 @@ def test_headwise_export_import_round_trip():
     plan = HeadPlan(2, 2, 6, [[1], [0, 1]])
     exported = plan.to_headwise_config(sinks=4, window=1024)
     assert exported["headwise_config"] == [[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
-    again, sinks, window = HeadPlan.from_headwise_config(exported, num_kv_heads=2)
-    assert again.retrieval == plan.retrieval and (sinks, window) == (4, 1024)
+    assert "seqlen_threshold" not in exported
+    again, settings = HeadPlan.from_headwise_config(exported, num_kv_heads=2)
+    assert again.retrieval == plan.retrieval and settings == {"sinks": 4, "window": 1024}
+    with_threshold = plan.to_headwise_config(sinks=4, window=1024, seqlen_threshold=16384)
+    assert with_threshold["seqlen_threshold"] == 16384
+    assert HeadPlan.from_headwise_config(with_threshold, num_kv_heads=2)[1]["seqlen_threshold"] == 16384
 
 
 def test_headwise_import_rejects_split_groups():
@@ -51,7 +55,7 @@ def test_plan_shape_errors():
 
 
 def test_sparse_config_validation_and_round_trip():
-    cfg = SparseConfig(window=128, sinks=2, top_p=0.8)
+    cfg = SparseConfig(seqlen_threshold=0, window=128, sinks=2, top_p=0.8)
     assert SparseConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="window"):
         SparseConfig(window=0)

@@ -62,7 +62,7 @@ def _decode_step_ops(num_layers: int) -> collections.Counter:
     layers, n_kv, n_q, _ = geometry(model.config)
     plan = HeadPlan(layers, n_kv, n_q, [[layer % n_kv] for layer in range(layers)])
     backends = dict(impl="reference", decode_impl="reference")
-    convert(model, plan, SparseConfig(window=4, sinks=2, top_p=0.7, min_tokens=2, recent=2, **backends))
+    convert(model, plan, SparseConfig(seqlen_threshold=0, window=4, sinks=2, top_p=0.7, min_tokens=2, recent=2, **backends))
     ids = random_ids(1, 12)
     mask = torch.ones_like(ids)
     positions = torch.arange(12)[None]
@@ -91,7 +91,7 @@ def test_decode_ops_per_layer_outside_the_backends():
 def test_a_reused_position_ids_tensor_is_read_again_each_forward():
     """The cache shares one forward's positions between its layers, not between forwards."""
     model = tiny_model("llama")
-    convert(model, HeadPlan(*geometry(model.config)[:3], [[0], [1]]), SparseConfig(window=4, sinks=2, top_p=0.7))
+    convert(model, HeadPlan(*geometry(model.config)[:3], [[0], [1]]), SparseConfig(seqlen_threshold=0, window=4, sinks=2, top_p=0.7))
     ids = random_ids(1, 14)
     logits = []
     for reuse in (False, True):

@@ -50,7 +50,7 @@ def settings(**overrides):
 def converted():
     model = tiny_model("llama", seed=5)
     layers, kv, q, _ = geometry(model.config)
-    convert(model, HeadPlan.uniform(layers, kv, q, retrieval=True), SparseConfig(window=16, sinks=2, top_p=0.9))
+    convert(model, HeadPlan.uniform(layers, kv, q, retrieval=True), SparseConfig(seqlen_threshold=0, window=16, sinks=2, top_p=0.9))
     return model
 
 
@@ -153,7 +153,7 @@ def test_changed_row_identity_starts_over(converted, tmp_path):
 def test_artifact_row_is_loaded_and_keeps_its_own_plan(tmp_path):
     model, tokenizer = load_base(str(save_tiny_checkpoint("llama", tmp_path / "base", seed=5)))
     layers, kv, q, _ = geometry(model.config)
-    convert(model, HeadPlan(layers, kv, q, [[1], [0]]), SparseConfig(window=16, sinks=2, top_p=0.8))
+    convert(model, HeadPlan(layers, kv, q, [[1], [0]]), SparseConfig(seqlen_threshold=0, window=16, sinks=2, top_p=0.8))
     artifact = io.save(model, tmp_path / "stage1")
     base, _ = load_base(str(tmp_path / "base"))
     convert(base, HeadPlan.uniform(layers, kv, q, retrieval=True), SparseConfig(window=16, sinks=2))

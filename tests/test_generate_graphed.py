@@ -17,7 +17,7 @@ from .test_cache import mixed_plan
 
 def _converted(top_p: float = 0.7):
     model = tiny_model("llama")
-    convert(model, mixed_plan(model), SparseConfig(window=8, sinks=2, top_p=top_p, min_tokens=2, recent=2))
+    convert(model, mixed_plan(model), SparseConfig(seqlen_threshold=0, window=8, sinks=2, top_p=top_p, min_tokens=2, recent=2))
     return model
 
 
@@ -76,7 +76,7 @@ def test_graphed_sampling_is_seeded_and_refuses_bad_arguments():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA device")
 def test_graphed_generate_on_gpu_equals_eager():
     model = tiny_model("llama")
-    convert(model, mixed_plan(model), SparseConfig(window=8, sinks=2, top_p=0.7, min_tokens=2, recent=2,
+    convert(model, mixed_plan(model), SparseConfig(seqlen_threshold=0, window=8, sinks=2, top_p=0.7, min_tokens=2, recent=2,
                                                    decode_impl="auto"))
     model = model.cuda()
     ids, mask = (t.cuda() for t in _prompt())

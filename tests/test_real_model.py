@@ -90,7 +90,7 @@ def test_generate_through_headwise_cache_on_smollm2(smollm):
     layers, n_kv, n_q, _ = geometry(model.config)
     plan = HeadPlan(layers, n_kv, n_q, [[2] if layer in (17, 18, 21) else [] for layer in range(layers)])
     if getattr(model, "rtpurbo_plan", None) is None:
-        convert(model, plan, SparseConfig(window=64, sinks=4, top_p=0.9, min_tokens=8, recent=8))
+        convert(model, plan, SparseConfig(seqlen_threshold=0, window=64, sinks=4, top_p=0.9, min_tokens=8, recent=8))
     else:
         apply_plan(model, plan)
         model.rtpurbo_sparse.top_p, model.rtpurbo_sparse.min_tokens, model.rtpurbo_sparse.recent = 0.9, 8, 8

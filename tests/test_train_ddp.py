@@ -24,7 +24,7 @@ from rtpurbo.train.lora import LoraSettings
 model_dir, shard_dir, out = sys.argv[1:4]
 runtime = make_runtime("cpu")
 model, tokenizer = load_base(model_dir)
-convert(model, HeadPlan(2, 2, 6, [[0], [1]]), SparseConfig(window=16, sinks=2, top_p=0.8, min_tokens=4, recent=4))
+convert(model, HeadPlan(2, 2, 6, [[0], [1]]), SparseConfig(seqlen_threshold=0, window=16, sinks=2, top_p=0.8, min_tokens=4, recent=4))
 settings = DistillSettings(loop=LoopSettings(steps=4, batch_size=2, lr=1e-2, warmup=1, progress=False),
                            indexer_queries=16, lora=LoraSettings(r=4))
 report = distill(model, load_shards(shard_dir, tokenizer), settings, runtime)

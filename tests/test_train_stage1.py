@@ -13,7 +13,7 @@ from rtpurbo.train.stage1_indexer import IndexerSettings, train_indexer
 
 from .test_train_data import make_tiny_shards, one_thread  # noqa: F401 (autouse fixture)
 
-SPARSE = SparseConfig(window=16, sinks=2, top_p=0.8, min_tokens=4, recent=4)
+SPARSE = SparseConfig(seqlen_threshold=0, window=16, sinks=2, top_p=0.8, min_tokens=4, recent=4)
 
 
 def converted_llama():
