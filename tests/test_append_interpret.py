@@ -5,12 +5,11 @@ instead of 14 torch ops. Here that kernel runs under ``TRITON_INTERPRET=1`` (set
 compiles anything, so in a child process: this file run as a script) in place of the torch
 path, through whole greedy decodes of tiny converted models (retrieval and local heads, a
 non-contiguous head order in qwen3, a left-padded batch of 2). The writes are copies, so the
-cache tensors, logits and tokens must be bitwise those of the torch path. Skipped where
-triton is not installed (CI); the GPU runs the kernel for real in test_decode_static.py.
+cache tensors, logits and tokens must be bitwise those of the torch path. CI installs a triton whose
+interpreter runs it (``tests/triton_interpreter.py``); the GPU runs the kernel for real in test_decode_static.py.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="triton is not installed: the interpreter tests need it"
-)
+from tests.triton_interpreter import problem as interpreter_problem
+
+pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
 CASES = [("llama", 0.7, 1), ("llama", 0.7, 2), ("qwen3", 0.7, 2), ("llama", 1.0, 2)]
 

@@ -8,11 +8,10 @@ own fp32 scores (the selection's semantics, free of score rounding). The referen
 probability, the kernels by score; the two differ only where distinct scores share a
 probability, e.g. probabilities that underflow to 0 (the "spread" cases): there the check is
 against the reference's rule with keys ranked by score. The sort method runs on the same cases.
-Skipped where triton is not installed (CI).
+CI installs a triton whose interpreter runs them (``tests/triton_interpreter.py``).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="triton is not installed: the interpreter tests need it"
-)
+from tests.triton_interpreter import problem as interpreter_problem
+
+pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
 # (name, B, Hkv, Lk, scores kind, top_p ("mid" = far from every prefix mass), min, max, block);
 # block (keys per inner step) is small so that each row spans many programs
