@@ -35,10 +35,35 @@ LOCAL_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=
 LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw)
              for b, w, nw in itertools.product((32, 64, 128), (2, 4, 8, 16), (4, 8))]
 SCORE_GRID = list(itertools.product((512, 1024, 2048, 4096), (4, 8)))
+DENSE_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_stages=ns, split_keys=sk, combine_chunk=cc)
+              for b, w, ns, sk, cc in itertools.product((64, 128), (2, 4), (None, 3), (0, 512, 1024, 2048), (16, 64))]
 
 
 def _launch(launch: kernels.DecodeLaunch) -> dict:
-    return dict(block_n=launch.block_n, waves=launch.waves, num_warps=launch.num_warps, num_stages=launch.num_stages)
+    return dict(block_n=launch.block_n, waves=launch.waves, num_warps=launch.num_warps, num_stages=launch.num_stages,
+                split_keys=launch.split_keys, combine_chunk=launch.combine_chunk)
+
+
+def dense_rows(record) -> None:
+    """Dense mode, the grid with split floors and combine chunks: the local heads' ring (both geometries) and
+    a retrieval head over all its keys (below the seqlen threshold) at 32K / 128K / 1M."""
+    cases = []
+    for geom in GEOMETRIES.values():
+        n_local = geom.n_kv - geom.n_retrieval()
+        ring_pos = _ring_positions(131072, WINDOW, SINKS)
+        cases.append((f"ring-{geom.name}", n_local, geom.group, SINKS + WINDOW, ring_pos, dict(window=WINDOW, sinks=SINKS)))
+    for length in (32768, 131072, 1048576):
+        cases.append((f"all-{length // 1024}K", 1, 4, length, torch.arange(length, device=DEVICE)[None], {}))
+    for name, n_kv, group, n_keys, k_pos, visibility in cases:
+        q = _randn(1, n_kv * group, 1, 128)
+        k, v = _randn(1, n_kv, n_keys, 128), _randn(1, n_kv, n_keys, 128)
+        q_pos = torch.full((1, 1), int(k_pos.max()), device=DEVICE)
+        nbytes = 2 * k.numel() * k.element_size()
+        for launch in DENSE_GRID:
+            fn = lambda l=launch: kernels.decode_attention(q, k, v, q_pos, k_pos, scale=128**-0.5,  # noqa: E731
+                                                           launch=l, **visibility)[0]
+            us = graph_us(fn, rep=30)
+            record(dict(case="dense", what=name, **_launch(launch), us=us, gbps=nbytes / us / 1e3))
 
 
 def local_rows(record) -> None:
@@ -125,7 +150,7 @@ def step_profile(record) -> None:
 
 def best(rows: list[dict]) -> list[str]:
     lines = []
-    keys = {"local": ("geometry",), "list": ("selected",), "index_scores": ("L",)}
+    keys = {"local": ("geometry",), "list": ("selected",), "index_scores": ("L",), "dense": ("what",)}
     for case, by in keys.items():
         groups: dict[tuple, list[dict]] = {}
         for r in rows:
@@ -153,7 +178,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile}
+    parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows}
     for name in args.parts.split(","):
         try:
             parts[name](record)

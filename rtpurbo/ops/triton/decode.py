@@ -183,8 +183,12 @@ def _decode_attention_kernel(
             if HAS_MASK:
                 allowed = tl.load(mask_ptr + b * s_mb + h * s_mh + slot * s_mn, mask=ok, other=0)
                 use = use & (allowed != 0)
-        kv_ok = use[:, None] & d_ok[None, :]
+        # K and V rows load as soon as their slots are known, not after the positions: the loads of
+        # one step are in flight together. Slots that turn out invisible get p = 0 and V = 0 (an
+        # unwritten slot may hold anything, and 0 * NaN is NaN).
+        kv_ok = ok[:, None] & d_ok[None, :]
         keys = tl.load(k_ptr + b * s_kb + h * s_kh + slot[:, None] * s_kn + d[None, :] * s_kd, mask=kv_ok, other=0.0)
+        values = tl.load(v_ptr + b * s_vb + h * s_vh + slot[:, None] * s_vn + d[None, :] * s_vd, mask=kv_ok, other=0.0)
         s = tl.dot(q, tl.trans(keys), input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(use[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -192,7 +196,7 @@ def _decode_attention_kernel(
         alpha = tl.exp2(m_i - m_ref)
         p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        values = tl.load(v_ptr + b * s_vb + h * s_vh + slot[:, None] * s_vn + d[None, :] * s_vd, mask=kv_ok, other=0.0)
+        values = tl.where(use[:, None], values, 0.0).to(values.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values, input_precision=DOT_PRECISION)
         m_i = m_new
         n_used += use.to(tl.int32)
@@ -247,21 +251,30 @@ class DecodeLaunch:
     """Launch shape of :func:`decode_attention` (the results do not depend on it beyond rounding).
 
     block_n: keys per inner step; waves: programs aimed at per SM, over all rows (the key range
-    is split into ``waves * SMs / rows`` parts); num_warps / num_stages: Triton's (``None``:
-    Triton's default stages).
+    is split into ``waves * SMs / rows`` parts); split_keys: at least this many keys per part
+    (fewer, longer programs and fewer partial results to combine; 0 = no floor); num_warps /
+    num_stages: Triton's (``None``: Triton's default stages); combine_chunk: partial results the
+    combine kernel reads per step.
     """
 
     block_n: int = 64
     waves: int = 2
     num_warps: int = 4
     num_stages: int | None = None
+    split_keys: int = 0
+    combine_chunk: int = 16
+
+    def splits(self, span: int, rows: int, device: torch.device) -> int:
+        """Parts the key range (``span`` slots or list entries) of each of ``rows`` rows is split into."""
+        most = triton.cdiv(span, max(self.block_n, self.split_keys))
+        return max(1, min(triton.cdiv(self.waves * _num_sms(device), rows), most))
 
     def options(self) -> dict[str, int]:
         return {"num_warps": self.num_warps, **({} if self.num_stages is None else {"num_stages": self.num_stages})}
 
 
 DENSE_LAUNCH = DecodeLaunch()  # every slot of a KV head (local heads: S + W ring slots)
-LIST_LAUNCH = DecodeLaunch(block_n=128, waves=4)  # a selected list (retrieval heads); H200 sweep, session 4
+LIST_LAUNCH = DecodeLaunch(block_n=128, waves=4)  # a selected list (retrieval heads); H200 sweep, 2026-11-28
 
 
 @functools.cache
@@ -369,7 +382,7 @@ def decode_attention(
     span = index.shape[-1] if listed else n_keys
     launch = launch or (DENSE_LAUNCH if index is None else LIST_LAUNCH)
     block_n = launch.block_n
-    n_splits = max(1, min(triton.cdiv(launch.waves * _num_sms(q.device), rows), triton.cdiv(span, block_n)))
+    n_splits = launch.splits(span, rows, q.device)
     n_parts = n_splits + int(listed)
     g_pad, d_pad = _pad(group), _pad(head_dim)
     part_m = torch.empty(rows, n_parts, g_pad, dtype=torch.float32, device=q.device)
@@ -399,6 +412,7 @@ def decode_attention(
     _combine_kernel[(rows, group)](
         part_m, part_l, part_o, part_n, out, counts,
         n_kv, group, head_dim, n_parts, out.stride(0), out.stride(1), out.stride(3),
-        G_PAD=g_pad, D_PAD=d_pad, P_PAD=triton.next_power_of_2(n_parts), P_CHUNK=16, num_warps=4,
+        G_PAD=g_pad, D_PAD=d_pad, P_PAD=triton.next_power_of_2(n_parts), P_CHUNK=launch.combine_chunk,
+        num_warps=4 if launch.combine_chunk <= 16 else 8,
     )
     return out, counts
