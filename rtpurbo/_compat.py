@@ -65,3 +65,13 @@ def cache_kwarg() -> str:
     from transformers.models.llama.modeling_llama import LlamaModel
 
     return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+def use_grouped_experts(model: torch.nn.Module) -> None:
+    """Routed experts through ``torch._grouped_mm`` (no host sync, CUDA-graph capturable) where this
+    transformers has its experts interface; the default eager experts loop syncs on every MoE layer."""
+    if hasattr(model, "set_experts_implementation"):
+        model.set_experts_implementation("grouped_mm")
+    else:  # pragma: no cover - transformers without the experts interface
+        raise RuntimeError(f"transformers {transformers.__version__} has no experts interface: a MoE model would "
+                           "sync with the host in every layer (decode cannot be graphed)")

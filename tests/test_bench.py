@@ -6,12 +6,13 @@ import torch
 
 from rtpurbo.bench import oom
 from rtpurbo.bench.commands import settings_from
-from rtpurbo.bench.end_to_end import (TINY, ModelBenchSettings, Variants, build_model, conversions, forward_last_logits,
+from rtpurbo.bench.end_to_end import (TINY, TINY_MOE, ModelBenchSettings, attention_flop_ratio, Variants, build_model, conversions, forward_last_logits,
                                       run_benchmark, spread_plan)
 from rtpurbo.bench.model_report import human_tokens, markdown
 from rtpurbo.cache import HeadwiseCache
 from rtpurbo.cli import build_parser, main
 from rtpurbo.memory import KVGeometry
+from rtpurbo.ops.semantics import visible
 
 LENGTH, WARM, STEPS = 384, 1, 3
 
@@ -27,7 +28,7 @@ def tiny_settings(**overrides):
 def test_cli_tiny_run_reports_table_then_json(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     argv = ["bench", "model", "--device", "cpu", "--tiny", "--lengths", str(LENGTH), "--decode-warmup", str(WARM),
-            "--decode-steps", str(STEPS), "--warmup", "0", "--max-tokens", "64", "--oom-search",
+            "--decode-steps", str(STEPS), "--warmup", "0", "--max-tokens", "64", "--seqlen-threshold", "0", "--oom-search",
             "--oom-lengths", "512", "--out", str(out)]
     assert main(argv) == 0
     stdout = capsys.readouterr().out.strip().splitlines()
@@ -64,6 +65,26 @@ def test_sparse_without_sparsity_decodes_the_dense_tokens(tmp_path):
     result = run_benchmark(tiny_settings(lengths=[200], window=1024, top_p=1.0, decode_steps=6), tmp_path / "r.jsonl")
     (comparison,) = result["comparison"]
     assert comparison["tokens_match_dense"] == 1.0
+
+
+def test_moe_geometry_and_chunked_prefill(tmp_path):
+    """The Qwen3-MoE family runs end to end (transformers' own modules, grouped experts); a chunked prefill
+    through the head-wise cache gives the one-shot prefill's tokens."""
+    settings = dict(geometry=TINY_MOE, lengths=[300], top_p=1.0, window=64, cuda_graph=True, decode_warmup=2)
+    whole = run_benchmark(tiny_settings(**settings), tmp_path / "a.jsonl")
+    chunked = run_benchmark(tiny_settings(**settings, prefill_chunk=128), tmp_path / "b.jsonl")
+    rows = [{r["variant"]: r for r in result["rows"]} for result in (whole, chunked)]
+    assert {r["status"] for r in rows[0].values()} == {"ok"} and "moe" in whole["config"]["model"]
+    assert rows[0]["sparse"]["tokens"] == rows[1]["sparse"]["tokens"]
+    assert rows[1]["dense-graph"]["tokens"] == rows[1]["dense"]["tokens"]  # chunked dense-graph is still dense
+
+
+def test_attention_flop_ratio_counts_windows_and_retrieval_heads():
+    plan = spread_plan(2, 2, 4, 0.5)  # one retrieval KV head of two per layer
+    assert attention_flop_ratio(plan, TINY, 100, window=1000, sinks=4) == pytest.approx(1.0)  # W beyond L: dense
+    steps = torch.arange(700)
+    causal, local = (int(visible(steps, steps, window, 4).sum()) for window in (None, 64))  # visible pairs, counted
+    assert attention_flop_ratio(plan, TINY, 700, window=64, sinks=4) == pytest.approx(2 * causal / (causal + local))
 
 
 def test_cuda_graph_flag_decodes_the_same_tokens(tmp_path):

@@ -78,13 +78,13 @@ def local_pairs(length: int, window: int, sinks: int) -> int:
     return in_window + s * (s + 1) // 2 + (beyond - s) * sinks
 
 
-def prefill_flops(geom: Geometry, length: int, window: int, sinks: int) -> tuple[int, int]:
-    """(dense, sparse) forward FLOPs of one layer's attention."""
+def prefill_flops(geom: Geometry, length: int, window: int, sinks: int, local_only: bool = False) -> tuple[int, int]:
+    """(dense, sparse) forward FLOPs of one layer's attention (``local_only``: sparse = the local heads' part)."""
     per_pair = 4 * geom.head_dim
     n_ret = geom.n_retrieval()
     dense = per_pair * geom.n_q * causal_pairs(length)
-    sparse = per_pair * geom.group * (n_ret * causal_pairs(length) + (geom.n_kv - n_ret) * local_pairs(length, window, sinks))
-    return dense, sparse
+    local = per_pair * geom.group * (geom.n_kv - n_ret) * local_pairs(length, window, sinks)
+    return dense, local if local_only else local + per_pair * geom.group * n_ret * causal_pairs(length)
 
 
 def decode_bytes(geom: Geometry, length: int, window: int, sinks: int, selected: float) -> tuple[float, float]:
@@ -172,33 +172,68 @@ def _measure(row: dict, key: str, fn, estimate_s: float, deadline: float) -> Non
 
 
 # --- prefill -------------------------------------------------------------------------------
+def _model_layout(length: int, heads: int, dim: int) -> torch.Tensor:
+    """(1, heads, L, D) as the model hands it over: a transposed view of the (1, L, heads, D) projection."""
+    return _randn(1, length, heads, dim).transpose(1, 2)
+
+
 def prefill_point(geom: Geometry, length: int, window: int, sinks: int, deadline: float, spot: bool) -> dict:
     n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
     split = n_ret * group
-    q, k, v = _randn(1, geom.n_q, length, dim), _randn(1, geom.n_kv, length, dim), _randn(1, geom.n_kv, length, dim)
+    q, k, v = (_model_layout(length, n, dim) for n in (geom.n_q, geom.n_kv, geom.n_kv))
     pos = torch.arange(length, device=DEVICE)[None]
 
+    # what the model runs for a first prefill chunk (HeadwiseCache.plain_prompt): plain calls, the
+    # local heads' plan built once (every layer of a forward shares it), retrieval heads on cuDNN
+    plan = api.plan(pos, pos, window=window, sinks=sinks, plain=True, impl="flex")
+
     def local():
-        return api.attention(q[:, split:], k[:, n_ret:], v[:, n_ret:], pos, pos, window=window, sinks=sinks, impl="flex")
+        return api.attention(q[:, split:], k[:, n_ret:], v[:, n_ret:], pos, pos, window=window, sinks=sinks,
+                             impl="flex", plain=True, plan=plan)
 
     def sparse():
-        return torch.cat([api.attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos, impl="flex"), local()], dim=1)
+        retrieval = api.attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos, impl="flex", plain=True)
+        return torch.cat([retrieval, local()], dim=1)
 
     dense_flops, sparse_flops = prefill_flops(geom, length, window, sinks)
     row = dict(phase="prefill", geometry=geom.name, L=length, retrieval_kv_heads=n_ret, window=window, sinks=sinks,
                dense_flops=dense_flops, sparse_flops=sparse_flops, ideal_speedup=dense_flops / sparse_flops)
-    out = sparse()  # compile + block mask, outside the timing
+    out = sparse()  # compile, outside the timing
     if spot:
         row["spot_rel_err"] = _prefill_spot_check(q, k, v, out, split, n_ret, window, sinks)
     del out
     row["sparse_ms"] = time_ms(sparse)
     row["local_ms"] = time_ms(local)
+    row["local_tflops"] = prefill_flops(geom, length, window, sinks, local_only=True)[1] / row["local_ms"] / 1e9
     torch.cuda.empty_cache()
     for name in DENSE_BACKENDS:
         estimate = dense_flops / _EXPECTED_TFLOPS[name]
         key = f"{name}_ms"
         _measure(row, key, lambda: time_ms(_dense(name, q, k, v, True, row, key)), estimate * (1 if estimate > 1 else 4), deadline)
     return _prefill_rates(row)
+
+
+def profile_prefill(geom: Geometry, length: int, window: int, sinks: int, calls: int = 5) -> dict:
+    """``torch.profiler`` over ``calls`` sparse prefill layers at ``length`` (after a warm-up): wall time
+    against the summed kernel time (``busy_fraction``), kernels per layer, top operators."""
+    from .decode_profile import profile
+
+    n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
+    split = n_ret * group
+    q, k, v = (_model_layout(length, n, dim) for n in (geom.n_q, geom.n_kv, geom.n_kv))
+    pos = torch.arange(length, device=DEVICE)[None]
+    plan = api.plan(pos, pos, window=window, sinks=sinks, plain=True, impl="flex")
+
+    def layer():
+        retrieval = api.attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos, impl="flex", plain=True)
+        local = api.attention(q[:, split:], k[:, n_ret:], v[:, n_ret:], pos, pos, window=window, sinks=sinks,
+                              impl="flex", plain=True, plan=plan)
+        return torch.cat([retrieval, local], dim=1)
+
+    layer()
+    torch.cuda.synchronize()
+    run = lambda: _once_ms(lambda: [layer() for _ in range(calls)])  # noqa: E731
+    return dict(phase="prefill-profile", geometry=geom.name, L=length, calls=calls, **profile(run, calls, True))
 
 
 def _prefill_rates(row: dict) -> dict:
@@ -255,19 +290,25 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
     def retrieval():
         return api.topp_attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], q_pos, k_pos, q_idx, k_idx, **topp, impl="triton")
 
+    def retrieval_all():  # below the seqlen threshold: every key, no selection
+        return api.topp_attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], q_pos, k_pos, q_idx, k_idx,
+                                  **dict(topp, top_p=1.0), impl="triton")
+
     def sparse_serial():
         return torch.cat([retrieval()[0], local()], dim=1)
 
     side = torch.cuda.Stream(DEVICE)
 
-    def sparse():  # as HeadwiseCache's static decode runs it: the local heads on a side stream
+    def overlapped(retrieval_step):  # as HeadwiseCache's static decode runs it: the local heads on a side stream
         main = torch.cuda.current_stream(DEVICE)
         side.wait_stream(main)
         with torch.cuda.stream(side):
             local_out = local()
-        retrieval_out = retrieval()[0]
+        retrieval_out = retrieval_step()[0]
         main.wait_stream(side)
         return torch.cat([retrieval_out, local_out], dim=1)
+
+    sparse = lambda: overlapped(retrieval)  # noqa: E731
 
     out, counts = retrieval()
     selected = counts.float().mean().item()
@@ -280,6 +321,8 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
                                                  out, counts, local(), split, n_ret, window, sinks)
     row["sparse_us"], row["sparse_serial_us"], row["local_us"] = graph_us(sparse), graph_us(sparse_serial), graph_us(local)
     row["retrieval_us"] = graph_us(lambda: retrieval()[0])
+    row["retrieval_all_us"] = graph_us(lambda: retrieval_all()[0])  # the same heads without selection
+    row["sparse_all_us"] = graph_us(lambda: overlapped(retrieval_all))  # the step below the seqlen threshold
     row["select_pass_bytes"] = n_ret * length * 4
     for method in triton_topp.METHODS:
         row[f"select_{method}_us"] = graph_us(lambda m=method: triton_topp.select(q_idx, k_idx, q_pos, k_pos, **topp, method=m).n_keep)
@@ -329,24 +372,33 @@ def table(rows: list[dict]) -> str:
     """Human-readable tables of prefill and decode rows."""
     lines = ["PREFILL (ms; TFLOP/s; speedups vs dense SDPA; ideal = FLOP ratio)",
              f"{'model':<15}{'L':>9}{'sparse':>10}{'local':>9}{'cuDNN':>10}{'flash':>10}{'x cuDNN':>9}{'x flash':>9}"
-             f"{'ideal':>8}{'%ideal':>8}{'TF/s sp':>9}{'TF/s cu':>9}{'TF/s fl':>9}"]
+             f"{'ideal':>8}{'%ideal':>8}{'TF/s sp':>9}{'TF/s lo':>9}{'TF/s cu':>9}{'TF/s fl':>9}"]
     for r in (r for r in rows if r["phase"] == "prefill" and "error" not in r):
         lines.append(f"{r['geometry']:<15}{r['L']:>9}{_fmt(r['sparse_ms']):>10}{_fmt(r['local_ms']):>9}"
                      f"{_fmt(r.get('cudnn_ms')):>10}{_fmt(r.get('flash_ms')):>10}{_fmt(r['speedup_vs_cudnn']):>9}"
                      f"{_fmt(r['speedup_vs_flash']):>9}{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_cudnn'], '.0f'):>8}"
-                     f"{_fmt(r['sparse_tflops'], '.0f'):>9}{_fmt(r['cudnn_tflops'], '.0f'):>9}{_fmt(r['flash_tflops'], '.0f'):>9}")
+                     f"{_fmt(r['sparse_tflops'], '.0f'):>9}{_fmt(r.get('local_tflops'), '.0f'):>9}"
+                     f"{_fmt(r['cudnn_tflops'], '.0f'):>9}{_fmt(r['flash_tflops'], '.0f'):>9}")
     lines += ["", "DECODE, batch 1 (us per layer step, CUDA graphs; GB/s; ideal = bytes ratio; %ideal vs the faster dense)",
-              f"{'model':<15}{'L':>9}{'budget':>8}{'selected':>10}{'sparse':>9}{'serial':>8}{'local':>8}{'retr':>8}{'sel thr':>8}{'sel srt':>8}{'pass MB':>8}{'cuDNN':>9}"
+              f"{'model':<15}{'L':>9}{'budget':>8}{'selected':>10}{'sparse':>9}{'serial':>8}{'local':>8}{'retr':>8}{'r all':>8}"
+              f"{'sp all':>8}{'sel thr':>8}{'sel srt':>8}{'pass MB':>8}{'cuDNN':>9}"
               f"{'flash':>9}{'x cuDNN':>9}{'x flash':>9}{'ideal':>8}{'%ideal':>8}{'GB/s sp':>9}{'GB/s cu':>9}{'GB/s fl':>9}"]
     for r in (r for r in rows if r["phase"] == "decode" and "error" not in r):
         lines.append(f"{r['geometry']:<15}{r['L']:>9}{str(r['budget']):>8}{r['selected']:>10.0f}{_fmt(r['sparse_us'], '.1f'):>9}"
                      f"{_fmt(r.get('sparse_serial_us'), '.1f'):>8}{_fmt(r['local_us'], '.1f'):>8}{_fmt(r['retrieval_us'], '.1f'):>8}"
+                     f"{_fmt(r.get('retrieval_all_us'), '.1f'):>8}{_fmt(r.get('sparse_all_us'), '.1f'):>8}"
                      f"{_fmt(r.get('select_threshold_us'), '.1f'):>8}{_fmt(r.get('select_sort_us'), '.1f'):>8}"
                      f"{_fmt(r.get('select_pass_bytes', 0) / 1e6, '.1f'):>8}"
                      f"{_fmt(r.get('cudnn_us'), '.1f'):>9}"
                      f"{_fmt(r.get('flash_us'), '.1f'):>9}{_fmt(r['speedup_vs_cudnn']):>9}{_fmt(r['speedup_vs_flash']):>9}"
                      f"{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_best_dense'], '.0f'):>8}"
                      f"{_fmt(r['sparse_gbps'], '.0f'):>9}{_fmt(r['cudnn_gbps'], '.0f'):>9}{_fmt(r['flash_gbps'], '.0f'):>9}")
+    for r in (r for r in rows if r["phase"] == "prefill-profile" and "error" not in r):
+        lines += ["", f"PREFILL PROFILE {r['geometry']} L={r['L']}: {r['wall_ms_per_step']:.2f} ms wall per layer, "
+                      f"{r['device_ms_per_step']:.2f} ms of kernels ({r['busy_fraction']:.1%} busy), "
+                      f"{r['kernels_per_step']:.0f} kernels, {r['ops_per_step']:.0f} aten ops"]
+        lines += [f"  {t['name'][:70]:<72}{t['calls_per_step']:>6.1f}{t['self_device_us_per_step'] or 0:>12.0f} us"
+                  for t in r["top"][:8]]
     notes = [f"  {r['phase']} {r['geometry']} L={r['L']} {r.get('budget', '')} {k}: {v}"
              for r in rows for k, v in r.items() if k.endswith("_note") or k in ("error", "spot_rel_err")]
     return "\n".join(lines + (["", "notes:"] + notes if notes else []))
@@ -362,6 +414,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--sinks", type=int, default=4)
     parser.add_argument("--deadline-s", type=float, default=1e9, help="start no dense point that would end later")
+    parser.add_argument("--profile-prefill", type=ints, default=[], help="also profile the sparse prefill layer at "
+                        "these lengths (torch.profiler: wall vs device-busy time, kernels, top operators)")
     parser.add_argument("--json", dest="json_path", default=None,
                         help="also write all rows here (rewritten after every point)")
 
@@ -402,6 +456,9 @@ def run(args: argparse.Namespace) -> dict:
     for length in args.prefill:
         for geom in geoms:
             attempt("prefill", geom, length, prefill_point, deadline, length == max(args.prefill))
+    for length in args.profile_prefill:
+        for geom in geoms:
+            attempt("prefill-profile", geom, length, profile_prefill)
     for geom in geoms:
         for length in args.decode:
             for budget in budgets:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..cli_args import positive_int
-from .end_to_end import LLAMA_31_8B, SDPA_BACKENDS, TINY, ModelBenchSettings, run_benchmark
+from .end_to_end import GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, ModelBenchSettings, run_benchmark
 from .model_report import markdown
 
 QUICK = dict(layers=2, lengths=[4096, 16384], repeats=1, decode_steps=8, decode_warmup=2)
@@ -68,6 +68,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time decode alone after caches filled with random K/V of these lengths (no prefill; "
                         "e.g. 512K 1M, where the attention share of a decode step is large)")
     p.add_argument("--quick", action="store_true", help=f"GPU smoke run: {QUICK}")
+    p.add_argument("--geometry", choices=list(GEOMETRIES), help="model geometry (default llama-3.1-8b; qwen3-30b-a3b: "
+                   "transformers' Qwen3-MoE modules, 128 experts, top-8)")
+    p.add_argument("--prefill-chunk", type=tokens, help="rtpurbo variants prefill in chunks of this many tokens "
+                   "(dense: one shot)")
+    p.add_argument("--no-flash-ttft", dest="flash_ttft", action="store_false", default=None,
+                   help="skip the dense-flash TTFT row (dense with SDPA's flash backend)")
     p.add_argument("--tiny", action="store_true", help="tiny geometry (2 layers, hidden 256, 4 q / 2 KV heads, head "
                                                         "dim 64, vocab 1000, lengths 512 1024, W 128) for CPU runs")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="default cuda")
@@ -75,6 +81,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=tokens, help=f"W of local heads (default {d.window}; 128 with --tiny)")
     p.add_argument("--sinks", type=int, help=f"S (default {d.sinks})")
     p.add_argument("--top-p", type=float, help=f"retrieval heads' indexer mass at decode (default {d.top_p})")
+    p.add_argument("--seqlen-threshold", type=lambda v: 0 if v.strip() == "0" else tokens(v), help=f"cached tokens from which retrieval heads select (below: "
+                   f"every key; 0 = always select; default {d.seqlen_threshold})")
     p.add_argument("--max-tokens", type=tokens, nargs="+", default=[],
                    help="add a sparse variant per budget (max_tokens) to the unbounded top-p one")
     p.add_argument("--retrieval-fraction", type=float, help=f"share of KV heads kept full (default "
@@ -108,12 +116,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "window": "window", "sinks": "sinks",
-                 "top_p": "top_p", "retrieval_fraction": "retrieval_fraction", "decode_steps": "decode_steps",
+                 "top_p": "top_p", "seqlen_threshold": "seqlen_threshold", "retrieval_fraction": "retrieval_fraction", "decode_steps": "decode_steps",
                  "decode_warmup": "decode_warmup", "repeats": "repeats", "warmup": "warmup",
                  "oom_lengths": "oom_lengths", "oom_decode_steps": "oom_decode_steps", "deadline": "deadline_s",
                  "oom_reserve": "oom_reserve_s",
                  "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps",
-                 "decode_lengths": "decode_lengths"}
+                 "decode_lengths": "decode_lengths", "prefill_chunk": "prefill_chunk", "flash_ttft": "flash_ttft"}
 
 
 def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
@@ -125,6 +133,8 @@ def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
         fields.update(QUICK)
     if args.device == "cpu":
         fields["dtype"] = "float32"
+    if args.geometry is not None:
+        fields["geometry"] = GEOMETRIES[args.geometry]
     fields.update({name: getattr(args, flag) for flag, name in FLAG_TO_FIELD.items() if getattr(args, flag) is not None})
     fields.update(device=args.device, budgets=list(args.max_tokens), oom_search=args.oom_search,
                   oom_keep_going=args.oom_keep_going,

@@ -9,7 +9,7 @@ in turn as
 * ``dense-graph`` (with ``cuda_graph``): the dense model with its decode launch overhead removed,
   as the graphed sparse variants have theirs. transformers' own ``StaticCache`` cannot be that
   baseline: its decode mask makes SDPA give up GQA (``repeat_kv`` of the whole cache every step),
-  26 ms vs 6 ms per token eager at 128K on an H200 (session 4). So the same weights are
+  26 ms vs 6 ms per token eager at 128K on an H200 (2026-11-28). So the same weights are
   converted with *every* KV head a retrieval head at top-p 1: full causal attention, exactly the
   dense model's function (prefill through the dense kernel, decode through rtpurbo's GQA split-K
   Triton kernel over all cached keys, graph-captured).
@@ -48,12 +48,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
+from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, Qwen3MoeConfig
 
-from .._compat import cache_kwarg, set_attn_implementation
+from .._compat import cache_kwarg, set_attn_implementation, use_grouped_experts
 from ..cache import HeadwiseCache
-from ..config import HeadPlan, SparseConfig
+from ..config import DEFAULT_SEQLEN_THRESHOLD, HeadPlan, SparseConfig
 from ..convert import convert, is_converted, unconvert
 from ..decode_graph import GraphedDecoder
 from .decode_profile import profile
@@ -80,10 +81,19 @@ class ModelGeometry:
     vocab: int
     rope_theta: float
     full_layers: int
+    family: str = "llama"  # or "qwen3_moe": transformers' Qwen3-MoE modules (q/k norms, routed experts)
+    experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate: int = 0
 
 
 LLAMA_31_8B = ModelGeometry("llama-3.1-8b", 4096, 32, 8, 128, 14336, 128256, 500000.0, 32)
+QWEN3_30B_A3B = ModelGeometry("qwen3-30b-a3b", 2048, 32, 4, 128, 6144, 151936, 1000000.0, 48, family="qwen3_moe",
+                              experts=128, experts_per_token=8, moe_intermediate=768)
+GEOMETRIES = {g.name: g for g in (LLAMA_31_8B, QWEN3_30B_A3B)}
 TINY = ModelGeometry("tiny", 256, 4, 2, 64, 512, 1000, 10000.0, 2)
+TINY_MOE = ModelGeometry("tiny-moe", 256, 4, 2, 64, 512, 1000, 10000.0, 2, family="qwen3_moe", experts=4,
+                         experts_per_token=2, moe_intermediate=64)
 
 
 @dataclass
@@ -98,6 +108,7 @@ class ModelBenchSettings:
     window: int = 8192
     sinks: int = 4
     top_p: float = 0.9
+    seqlen_threshold: int = DEFAULT_SEQLEN_THRESHOLD  # retrieval heads select from this many cached tokens on
     budgets: list[int] = field(default_factory=list)  # one extra sparse variant per max_tokens budget
     retrieval_fraction: float = 0.15
     decode_steps: int = 32
@@ -115,30 +126,45 @@ class ModelBenchSettings:
     decode_lengths: list[int] = field(default_factory=list)  # decode-only points after random-filled caches
     profile_steps: int = 0  # > 0: also profile that many decode steps per variant at the shortest length
     cuda_graph: bool = False  # + variant dense-graph; rtpurbo variants decode from a CUDA graph
+    flash_ttft: bool = True  # on a GPU, + variant dense-flash: the dense model's TTFT with SDPA's flash backend
+    prefill_chunk: int | None = None  # rtpurbo variants prefill in chunks of this many tokens (TTFT at 1M)
 
     def sparse_configs(self) -> dict[str, SparseConfig]:
         """Variant name -> the sparse configuration it converts with."""
-        base = dict(window=self.window, sinks=self.sinks, top_p=self.top_p, impl="auto", decode_impl="auto")
+        base = dict(window=self.window, sinks=self.sinks, top_p=self.top_p, seqlen_threshold=self.seqlen_threshold,
+                    impl="auto", decode_impl="auto")
         configs = {"sparse": SparseConfig(**base)}
         configs.update({f"sparse-max{n}": SparseConfig(**base, max_tokens=n) for n in self.budgets})
         return configs
 
 
 # --- the model ----------------------------------------------------------------------------------------
-def build_model(settings: ModelBenchSettings) -> nn.Module:
-    """A Llama causal LM of ``settings.geometry`` with ``settings.layers`` layers, random weights, eval mode."""
+def model_config(settings: ModelBenchSettings):
+    """The transformers config of ``settings.geometry`` with ``settings.layers`` layers."""
     geo = settings.geometry
     longest = max([*settings.lengths, *settings.decode_lengths, *(settings.oom_lengths if settings.oom_search else [])])
-    config = LlamaConfig(
+    common = dict(
         hidden_size=geo.hidden, num_attention_heads=geo.q_heads, num_key_value_heads=geo.kv_heads,
         head_dim=geo.head_dim, intermediate_size=geo.intermediate, vocab_size=geo.vocab,
         num_hidden_layers=settings.layers, rope_theta=geo.rope_theta, tie_word_embeddings=False,
         max_position_embeddings=max(131072, longest + settings.decode_steps + settings.decode_warmup + 1),
     )
+    if geo.family == "qwen3_moe":
+        return Qwen3MoeConfig(**common, num_experts=geo.experts, num_experts_per_tok=geo.experts_per_token,
+                              moe_intermediate_size=geo.moe_intermediate, decoder_sparse_step=1, mlp_only_layers=[],
+                              norm_topk_prob=True)
+    return LlamaConfig(**common)
+
+
+def build_model(settings: ModelBenchSettings) -> nn.Module:
+    """A causal LM of ``settings.geometry`` with ``settings.layers`` layers, random weights, eval mode."""
+    config = model_config(settings)
     torch.manual_seed(settings.seed)
     with torch.device(settings.device):  # initialise on the device: no multi-GB host copy
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, settings.dtype))
     set_attn_implementation(model, "sdpa")
+    if settings.geometry.experts:
+        use_grouped_experts(model)  # routed experts without host syncs: CUDA-graph capturable decode
     return model.to(settings.device).eval()  # already there unless from_config ignored the device context
 
 
@@ -176,31 +202,38 @@ def conversions(settings: ModelBenchSettings, plan: HeadPlan) -> dict[str, tuple
     return out
 
 
-class Variants:
-    """The one model, put in the state a variant needs: ``dense`` (unconverted) or a converted variant."""
+FLASH_DENSE = "dense-flash"  # the dense model's TTFT with SDPA's flash backend (FlashAttention-2 class)
 
-    def __init__(self, model: nn.Module, conversions: dict[str, tuple[HeadPlan, SparseConfig]]) -> None:
+
+class Variants:
+    """The one model, put in the state a variant needs: unconverted (``dense``, ``dense-flash``) or converted."""
+
+    def __init__(self, model: nn.Module, conversions: dict[str, tuple[HeadPlan, SparseConfig]],
+                 flash: bool = False) -> None:
         self.model, self.conversions = model, conversions
+        self.dense_names = ["dense"] + ([FLASH_DENSE] if flash else [])
         self.current = "dense"
 
     @property
     def names(self) -> list[str]:
-        return ["dense", *self.conversions]
+        return [*self.dense_names, *self.conversions]
 
     def use(self, name: str) -> None:
         if name == self.current:
             return
         if is_converted(self.model):
             unconvert(self.model)
-        if name != "dense":
+        if name in self.conversions:
             convert(self.model, *self.conversions[name])
         self.current = name
 
     def new_cache(self, capacity: int):
         """An empty cache for the current variant; a head-wise cache reserves ``capacity`` retrieval slots."""
-        if self.current == "dense":
+        if self.current not in self.conversions:
             return DynamicCache(config=self.model.config)
-        return HeadwiseCache(self.model, initial_capacity=capacity)
+        cache = HeadwiseCache(self.model, initial_capacity=capacity)
+        cache.plain_prompt = True  # every prompt here is one unpadded row at positions 0..L-1
+        return cache
 
 
 def cache_bytes(cache) -> int:
@@ -319,8 +352,11 @@ class Bench:
         return time.time() > self.deadline
 
     def phase(self, phase: str) -> contextlib.AbstractContextManager:
-        """Dense runs under their chosen SDPA backend; sparse variants pick their own kernels."""
-        return sdpa_context(self.dense_sdpa[phase]) if self.variants.current == "dense" else contextlib.nullcontext()
+        """Dense runs under their chosen SDPA backend (dense-flash: flash); sparse variants pick their own kernels."""
+        current = self.variants.current
+        if current == FLASH_DENSE:
+            return sdpa_context("flash")
+        return sdpa_context(self.dense_sdpa[phase]) if current == "dense" else contextlib.nullcontext()
 
     def reset_peak(self) -> None:
         if self.device.type == "cuda":
@@ -357,19 +393,58 @@ def _cache_fields(cache) -> dict[str, Any]:
     return fields
 
 
+def prefill_logits(bench: Bench, cache, ids: torch.Tensor) -> torch.Tensor:
+    """Logits (1, V) of the last prompt token: one shot, or in ``prefill_chunk`` chunks through a head-wise cache."""
+    model, chunk = bench.variants.model, bench.settings.prefill_chunk
+    if chunk is None or not isinstance(cache, HeadwiseCache):
+        return forward_last_logits(model, cache, ids, 0)
+    for start in range(0, ids.shape[1], chunk):
+        logits = forward_last_logits(model, cache, ids[:, start : start + chunk], start)
+    return logits
+
+
 @torch.no_grad()
 def run_once(bench: Bench, ids: torch.Tensor) -> dict[str, Any]:
-    """One fresh cache, prefill of ids (1, L) and greedy decode: times (ms), tokens, bytes."""
-    s, model = bench.settings, bench.variants.model
+    """One fresh cache, prefill of ids (1, L) and greedy decode (not for ``dense-flash``: TTFT only): times (ms),
+    tokens, bytes."""
+    s = bench.settings
     length = ids.shape[1]
     bench.reset_peak()
     cache = bench.variants.new_cache(capacity=length + s.decode_warmup + s.decode_steps + 1)
     with bench.phase("prefill"):
-        first, ttft_ms = timed(lambda: forward_last_logits(model, cache, ids, 0).argmax(-1), bench.device)
+        first, ttft_ms = timed(lambda: prefill_logits(bench, cache, ids).argmax(-1), bench.device)
+    if bench.variants.current == FLASH_DENSE:
+        return {"ttft_ms": ttft_ms, "decode_ms_per_token": None, "tokens": [int(first[0])],
+                "peak_bytes": bench.peak_bytes(), **_cache_fields(cache)}
     decoded = decode_tokens(bench, cache, first, length)
     return {"ttft_ms": ttft_ms, "decode_ms_per_token": decoded["decode_ms_per_token"],
             "tokens": [int(first[0])] + decoded["warm"].tolist() + decoded["tokens"].tolist(),
             "peak_bytes": bench.peak_bytes(), **_cache_fields(decoded["cache"])}
+
+
+@torch.no_grad()
+def dense_attention_ms(bench: Bench, length: int, backend: str) -> float:
+    """Milliseconds of the dense model's causal attention at ``length`` over all its layers: one layer's SDPA
+    call (the model's q/k/v layout, GQA, ``backend``) timed once after a warm-up, times the layer count."""
+    geo, device = bench.settings.geometry, bench.device
+    dtype = getattr(torch, bench.settings.dtype)
+    q, k, v = (torch.randn(1, length, heads, geo.head_dim, device=device, dtype=dtype).transpose(1, 2)
+               for heads in (geo.q_heads, geo.kv_heads, geo.kv_heads))
+    call = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
+    with sdpa_context(backend):
+        call()
+        return timed(call, device)[1] * bench.settings.layers
+
+
+def attention_flop_ratio(plan: HeadPlan, geo: ModelGeometry, length: int, window: int, sinks: int) -> float:
+    """Dense / sparse FLOPs of the attention of every layer at ``length`` (4 D per visible query-key pair)."""
+    causal = length * (length + 1) // 2
+    local = sum(min(i + 1, window + min(sinks, max(0, i + 1 - window))) for i in range(min(length, window + sinks)))
+    local += max(0, length - window - sinks) * (window + sinks)
+    group = geo.q_heads // geo.kv_heads
+    dense = plan.num_layers * geo.q_heads * causal
+    sparse = sum(group * (len(r) * causal + (geo.kv_heads - len(r)) * local) for r in plan.retrieval)
+    return dense / sparse
 
 
 def measure(bench: Bench, variant: str, length: int) -> dict[str, Any]:
@@ -389,12 +464,18 @@ def measure(bench: Bench, variant: str, length: int) -> dict[str, Any]:
         if index >= s.warmup:
             runs.append(run)
     ttft = statistics.median(r["ttft_ms"] for r in runs)
-    decode = statistics.median(r["decode_ms_per_token"] for r in runs)
+    decode = None if runs[0]["decode_ms_per_token"] is None else statistics.median(r["decode_ms_per_token"] for r in runs)
     peak = max((r["peak_bytes"] for r in runs if r["peak_bytes"] is not None), default=None)
-    row = {"ttft_ms": ttft, "decode_ms_per_token": decode, "decode_tokens_per_s": 1000 / decode,
+    row = {"ttft_ms": ttft, "decode_ms_per_token": decode, "decode_tokens_per_s": None if decode is None else 1000 / decode,
            "peak_gib": None if peak is None else peak / GIB, "kv_bytes": runs[-1]["kv_bytes"],
            "timed_runs": len(runs), "tokens": runs[0]["tokens"]}
     row.update({k: runs[-1][k] for k in ("kv_used_bytes", "selected_keys_per_head") if k in runs[-1]})
+    if variant in bench.variants.conversions:
+        row["attention_flop_ratio"] = attention_flop_ratio(bench.variants.conversions[variant][0], s.geometry, length,
+                                                           s.window, s.sinks)
+    elif bench.device.type == "cuda":  # the dense model's attention share of its TTFT (Amdahl)
+        backend = "flash" if variant == FLASH_DENSE else bench.dense_sdpa["prefill"]
+        row["attention_ms"] = dense_attention_ms(bench, length, backend)
     return row
 
 
@@ -469,7 +550,7 @@ def _progress(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return f"{head}: {row['status']} {row.get('error', '')}"
     parts = [f"TTFT {row['ttft_ms']:.1f} ms" if "ttft_ms" in row else None,
-             f"decode {row['decode_ms_per_token']:.2f} ms/token",
+             None if row.get("decode_ms_per_token") is None else f"decode {row['decode_ms_per_token']:.2f} ms/token",
              None if row.get("peak_gib") is None else f"peak {row['peak_gib']:.2f} GiB",
              f"KV {row['kv_bytes'] / GIB:.3f} GiB"]
     return f"{head}: " + ", ".join(p for p in parts if p)
@@ -501,8 +582,10 @@ def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[s
         model = build_model(settings)
         geo = settings.geometry
         plan = spread_plan(settings.layers, geo.kv_heads, geo.q_heads, settings.retrieval_fraction)
-        variants = Variants(model, conversions(settings, plan))
         dense_sdpa = pick_sdpa_backends(model, settings.sdpa_backends, device)
+        flash = (settings.flash_ttft and device.type == "cuda" and dense_sdpa["prefill"] != "flash"
+                 and pick_sdpa_backends(model, ["flash"], device)["prefill"] == "flash")
+        variants = Variants(model, conversions(settings, plan), flash=flash)
         reserve = settings.oom_reserve_s if settings.oom_search else 0.0
         bench = Bench(settings, variants, device, dense_sdpa, deadline - reserve)
         config = describe(settings, plan, dense_sdpa, model, device)
@@ -515,8 +598,9 @@ def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[s
             log(f"{stamp()} {'oom search ' if kind == 'oom_try' else ''}{text}")
 
         rows = measure_all(bench, lambda row: record("measurement", row))
+        decoders = [name for name in variants.names if name != FLASH_DENSE]  # dense-flash: TTFT only
         decode_rows = run_points(bench, ((length, variant) for length in sorted(settings.decode_lengths)
-                                         for variant in variants.names), decode_only,
+                                         for variant in decoders), decode_only,
                                  lambda row: record("decode_only", row))
         profiles = profile_all(bench, lambda row: record("profile", row)) if settings.profile_steps else []
         oom = None
@@ -541,7 +625,8 @@ def measure_all(bench: Bench, record: Callable[[dict[str, Any]], None]) -> list[
 def profile_all(bench: Bench, record: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """One decode profile per variant at the shortest length (``decode_profile``), or a skipped / failed row."""
     length = min(bench.settings.lengths)
-    return run_points(bench, ((length, variant) for variant in bench.variants.names), profile_decode, record)
+    decoders = [name for name in bench.variants.names if name != FLASH_DENSE]
+    return run_points(bench, ((length, variant) for variant in decoders), profile_decode, record)
 
 
 def run_points(bench: Bench, points: Iterator[tuple[int, str]],

@@ -129,6 +129,8 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         pairs = list(zip(dense["tokens"], sparse["tokens"]))
         graphed = ok.get(("dense-graph", length))
+        if variant == "dense-flash":
+            continue
         out.append({
             "length": length, "variant": variant,
             "ttft_speedup": _ratio(dense["ttft_ms"], sparse["ttft_ms"]),
@@ -138,8 +140,24 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "kv_ratio": _ratio(dense["kv_bytes"], sparse["kv_bytes"]),
             "peak_ratio": _ratio(dense.get("peak_gib"), sparse.get("peak_gib")),
             "tokens_match_dense": sum(a == b for a, b in pairs) / len(pairs) if pairs else None,
+            **_amdahl(sparse, dense, ""), **_amdahl(sparse, ok.get(("dense-flash", length)), "_vs_flash"),
         })
     return out
+
+
+def _amdahl(sparse: dict[str, Any], dense: dict[str, Any] | None, suffix: str) -> dict[str, Any]:
+    """TTFT speedup against ``dense``, its Amdahl ceiling and the fraction of it reached.
+
+    Ceiling = T / (T - A + A / r): the dense TTFT ``T`` with its measured attention time ``A``
+    divided by the attention FLOP ratio ``r`` of the sparse variant, everything else unchanged.
+    """
+    if dense is None or sparse.get("attention_flop_ratio") is None or dense.get("attention_ms") is None:
+        return {}
+    total, attention, ratio = dense["ttft_ms"], min(dense["attention_ms"], dense["ttft_ms"]), sparse["attention_flop_ratio"]
+    speedup = total / sparse["ttft_ms"]
+    ceiling = total / (total - attention + attention / ratio)
+    return {f"ttft_speedup{suffix}": speedup, f"ttft_ceiling{suffix}": ceiling, f"ttft_of_ceiling{suffix}": speedup / ceiling,
+            f"attention_share{suffix}": attention / total}
 
 
 def _num(x: float | None, spec: str, unit: str = "") -> str:
@@ -171,6 +189,23 @@ def markdown(result: dict[str, Any]) -> str:
             ratios = [_num(c.get(key), ".2f", "x") for key in keys]
             lines.append(f"| {human_tokens(c['length'])} | {c['variant']} | " + " | ".join(ratios)
                          + f" | {_num(c['tokens_match_dense'], '.0%')} |")
+    amdahl = [c for c in result["comparison"] if c.get("ttft_ceiling") is not None]
+    if amdahl:
+        lines += ["", "Time to first token against its Amdahl ceiling (dense TTFT with its measured attention time "
+                      "divided by the attention FLOP ratio, the rest unchanged):", "",
+                  "| L | variant | attention FLOP ratio | vs cuDNN dense: share, speedup / ceiling (reached) | "
+                  "vs flash dense: share, speedup / ceiling (reached) |", "|---:|---|---:|---|---|"]
+        rows = {(r["variant"], r["length"]): r for r in result["rows"] if r.get("status") == "ok"}
+        for c in amdahl:
+            cells = []
+            for suffix in ("", "_vs_flash"):
+                if c.get(f"ttft_ceiling{suffix}") is None:
+                    cells.append("-")
+                    continue
+                cells.append(f"{c[f'attention_share{suffix}']:.0%}, {c[f'ttft_speedup{suffix}']:.2f}x / "
+                             f"{c[f'ttft_ceiling{suffix}']:.2f}x ({c[f'ttft_of_ceiling{suffix}']:.0%})")
+            ratio = rows[(c["variant"], c["length"])]["attention_flop_ratio"]
+            lines.append(f"| {human_tokens(c['length'])} | {c['variant']} | {ratio:.2f} | " + " | ".join(cells) + " |")
     if result.get("decode_only"):
         lines += ["", *_decode_only_lines(result["decode_only"])]
     if result.get("decode_profile"):
