@@ -81,6 +81,8 @@ class SelectionStats:
     selected: dict[int, torch.Tensor] = field(default_factory=dict)  # sum over (batch, head, step) of selected keys
     visible: dict[int, torch.Tensor] = field(default_factory=dict)  # same sum of visible keys
     samples: dict[int, int] = field(default_factory=dict)  # (batch, head, step) count
+    prefill_kept: dict[int, torch.Tensor] = field(default_factory=dict)  # sparse prefill: kept key blocks
+    prefill_seen: dict[int, torch.Tensor] = field(default_factory=dict)  # ... of the blocks the queries see
 
     def record(self, layer: int, counts: torch.Tensor, visible: torch.Tensor) -> None:
         """counts (B, Hr, 1) selected keys; visible () keys a full head would see, summed over the rows."""
@@ -91,14 +93,28 @@ class SelectionStats:
         self.visible[layer].add_(visible, alpha=counts.shape[1])
         self.samples[layer] = self.samples.get(layer, 0) + counts.numel()
 
+    def record_prefill(self, layer: int, kept: torch.Tensor, seen: torch.Tensor) -> None:
+        """Sparse prefill of one layer: key blocks kept and key blocks the query blocks see, () each."""
+        if layer not in self.prefill_kept:
+            self.prefill_kept[layer] = torch.zeros((), dtype=torch.int64, device=kept.device)
+            self.prefill_seen[layer] = torch.zeros((), dtype=torch.int64, device=kept.device)
+        self.prefill_kept[layer].add_(kept)
+        self.prefill_seen[layer].add_(seen)
+
     def summary(self) -> dict[str, float]:
-        """Mean selected keys per head and step, and mean fraction of the visible context."""
+        """Mean selected keys per head and step and mean fraction of the visible context (decode); the
+        fraction of visible key blocks a sparse prefill kept (``prefill_block_fraction``, if one ran)."""
+        out: dict[str, float] = {}
+        if self.prefill_kept:
+            kept = sum(int(t) for t in self.prefill_kept.values())
+            out["prefill_block_fraction"] = kept / max(1, sum(int(t) for t in self.prefill_seen.values()))
         total = sum(self.samples.values())
         if not total:
-            return {"mean_selected": 0.0, "mean_fraction": 0.0, "samples": 0}
+            return {"mean_selected": 0.0, "mean_fraction": 0.0, "samples": 0, **out}
         selected = float(sum(int(t) for t in self.selected.values()))
         visible = float(sum(int(t) for t in self.visible.values()))
-        return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total}
+        return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total,
+                **out}
 
 
 @dataclass
@@ -594,12 +610,17 @@ class HeadwiseCache(Cache):
         return plain, f.plans[key]
 
     def _retrieval_attention(self, module, layer: LayerCache, q, q_idx, positions) -> torch.Tensor:
-        """Retrieval heads' queries q (B, Hr*G, L, D) over their stored keys (the new ones included):
-        the indexer's top-p selection at decode, full causal attention otherwise."""
+        """Retrieval heads' queries q (B, Hr*G, L, D) over their stored keys (the new ones included): the
+        indexer's top-p selection at decode; at prefill full causal attention, or the indexer's block
+        selection (``retrieval_prefill == "sparse"``; q_idx: this forward's indexer queries)."""
         sparse = self.sparse
         keys, values, key_idx, key_pos = self._retrieval_view(layer)
         decode = (q.shape[2] == 1 and module.indexer is not None and module.base_window is None
                   and self.selects(layer.r_len))
+        if not decode and q.shape[2] > 1 and sparse.retrieval_prefill == "sparse" and module.base_window is None:
+            out, kept, seen = module.sparse_prefill(q, keys, values, positions, key_pos, q_idx, key_idx)
+            self.stats.record_prefill(module.layer_idx, kept, seen)
+            return out
         if not decode:
             first = layer.r_len == q.shape[2]  # the keys are this forward's own tokens
             plain, plan = self._prefill_plan("retrieval", module.base_window, positions, key_pos, first)

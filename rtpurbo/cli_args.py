@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .config import SparseConfig, check_ratio
+from .config import RETRIEVAL_PREFILL, SparseConfig, check_ratio
 from .models import DEFAULT_MODEL
 
 
@@ -58,6 +58,13 @@ def add_sparse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seqlen-threshold", type=int, default=d.seqlen_threshold,
                    help=f"cached tokens from which retrieval heads select at decode (below: all keys; 0 = always "
                         f"select; default {d.seqlen_threshold})")
+    p.add_argument("--retrieval-prefill", choices=RETRIEVAL_PREFILL, default=d.retrieval_prefill,
+                   help="retrieval heads at prefill: dense (default), sparse (indexer-chosen key blocks) or topp")
+    p.add_argument("--prefill-top-p", type=top_p_value, default=d.prefill_top_p, help="sparse prefill: block mass kept")
+    p.add_argument("--prefill-min-blocks", type=int, default=d.prefill_min_blocks, help="sparse prefill: floor")
+    p.add_argument("--prefill-max-blocks", type=int, default=d.prefill_max_blocks, help="sparse prefill: cap")
+    p.add_argument("--prefill-band", type=positive_int, default=d.prefill_band,
+                   help="sparse prefill: tokens before each query block always attended")
     p.add_argument("--impl", default=d.impl, help="attention backend: auto, sdpa, reference, flex")
     p.add_argument("--decode-impl", default=d.decode_impl, help="top-p decode backend: auto, reference, triton")
     p.add_argument("--reorder-heads", action="store_true", help="make retrieval KV heads contiguous")
@@ -67,7 +74,9 @@ def sparse_from_args(args: argparse.Namespace, **overrides: Any) -> SparseConfig
     fields = dict(
         window=args.window, sinks=args.sinks, index_dim=args.index_dim, index_rope_dims=args.index_rope_dims,
         top_p=args.top_p, min_tokens=args.min_tokens, max_tokens=args.max_tokens, recent=args.recent,
-        seqlen_threshold=args.seqlen_threshold,
+        seqlen_threshold=args.seqlen_threshold, retrieval_prefill=args.retrieval_prefill,
+        prefill_top_p=args.prefill_top_p, prefill_min_blocks=args.prefill_min_blocks,
+        prefill_max_blocks=args.prefill_max_blocks, prefill_band=args.prefill_band,
         impl=args.impl, decode_impl=args.decode_impl, reorder_heads=args.reorder_heads,
     )
     fields.update(overrides)

@@ -21,6 +21,7 @@ PLAN_FORMAT = "rtpurbo.head_plan/1"
 # Retrieval heads select (top-p) only from this many cached tokens on: below it the selection
 # chain costs more than the keys it skips (break-even of one attention layer's decode step, H200).
 DEFAULT_SEQLEN_THRESHOLD = 262144
+RETRIEVAL_PREFILL = ("dense", "sparse", "topp")
 
 
 class PlanMismatch(ValueError):
@@ -184,8 +185,13 @@ class SparseConfig:
             RTP-LLM's ``headwise_config``; 0 = always select). The default is the break-even measured
             on an H200 (``benchmarks/results``).
         retrieval_prefill: ``dense`` (paper: retrieval heads run full attention on multi-token
-            forwards) or ``topp`` (every query uses the indexer selection, as at decode; used
-            by stage 2 and by teacher-forced fidelity checks).
+            forwards), ``sparse`` (each block of 128 queries attends to the key blocks its indexer's
+            block scores keep: top-p ``prefill_top_p`` over blocks, clamped to ``[prefill_min_blocks,
+            prefill_max_blocks]``, always with the sink blocks and a local band of ``prefill_band``
+            tokens; :func:`rtpurbo.ops.reference.select_blocks`) or ``topp`` (every query uses the
+            indexer's token selection, as at decode; stage 2 and teacher-forced fidelity checks).
+        prefill_top_p, prefill_min_blocks, prefill_max_blocks, prefill_band: the ``sparse`` prefill's
+            budget (``prefill_top_p = 1`` is dense prefill).
         impl: attention backend (``auto``, ``sdpa``, ``reference``, ``flex``).
         decode_impl: top-p decode backend (``auto``, ``reference``, ``triton``).
         reorder_heads: permute heads so retrieval KV heads are contiguous in each layer.
@@ -201,6 +207,10 @@ class SparseConfig:
     seqlen_threshold: int = DEFAULT_SEQLEN_THRESHOLD
     index_rope_dims: int = 0
     retrieval_prefill: str = "dense"
+    prefill_top_p: float = 0.9
+    prefill_min_blocks: int = 2
+    prefill_max_blocks: int | None = None
+    prefill_band: int = 512
     impl: str = "auto"
     decode_impl: str = "auto"
     reorder_heads: bool = False
@@ -214,8 +224,12 @@ class SparseConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.index_dim < 1:
             raise ValueError(f"index_dim must be >= 1, got {self.index_dim!r}")
-        if self.retrieval_prefill not in ("dense", "topp"):
-            raise ValueError(f"retrieval_prefill must be 'dense' or 'topp', got {self.retrieval_prefill!r}")
+        if self.retrieval_prefill not in RETRIEVAL_PREFILL:
+            raise ValueError(f"retrieval_prefill must be one of {RETRIEVAL_PREFILL}, got {self.retrieval_prefill!r}")
+        if not 0 < self.prefill_top_p <= 1 or self.prefill_band < 1 or self.prefill_min_blocks < 0:
+            raise ValueError("prefill_top_p must be in (0, 1], prefill_band >= 1 and prefill_min_blocks >= 0")
+        if self.prefill_max_blocks is not None and self.prefill_max_blocks < max(1, self.prefill_min_blocks):
+            raise ValueError(f"prefill_max_blocks ({self.prefill_max_blocks}) must be >= max(1, prefill_min_blocks)")
         if self.index_rope_dims % 2 or not 0 <= self.index_rope_dims <= self.index_dim:
             raise ValueError(f"index_rope_dims must be even and in [0, index_dim], got {self.index_rope_dims!r}")
         if self.min_tokens < 0 or self.recent < 0 or self.seqlen_threshold < 0:

@@ -78,3 +78,58 @@ def test_compiled_flex_stops_compiling_and_matches_the_reference():
     for length in (300, 520, 777):
         assert _run(2, length, "pad") < 1e-4
     assert plain_graphs <= 2 and graphs() - start - plain_graphs <= 2, (plain_graphs, graphs() - start)
+
+
+def _dense_mask(plan) -> torch.Tensor:
+    """(B, Hq, nq, nk) bool: the blocks a flex plan lists (partial or full)."""
+    mask = plan.block_mask
+    n_k = plan.k_len // flex.BLOCK
+    out = []
+    for num, idx in ((mask.kv_num_blocks, mask.kv_indices), (mask.full_kv_num_blocks, mask.full_kv_indices)):
+        keep = torch.arange(idx.shape[-1]) < num[..., None]
+        out.append(torch.zeros(*idx.shape[:-1], n_k + 1, dtype=torch.bool).scatter(
+            -1, torch.where(keep, idx.long(), n_k), True)[..., :n_k])
+    assert not (out[0] & out[1]).any()  # a block is partial or full, never both
+    return out[0] | out[1]
+
+
+@pytest.mark.parametrize("top_p, max_blocks, padded", [(0.5, None, False), (0.8, 3, True), (1.0, None, True)])
+def test_sparse_prefill_plan_lists_the_reference_selection(top_p, max_blocks, padded):
+    """The device-side block plan keeps exactly reference.select_blocks' blocks (every query head of a KV head)."""
+    torch.manual_seed(0)
+    batch, n_kv, group, length = 2, 2, 3, 1000
+    q_idx, k_idx = torch.randn(batch, n_kv, length, 16), torch.randn(batch, n_kv, length, 16)
+    pos = torch.arange(length).repeat(batch, 1)
+    if padded:
+        pos[1, :300] = -1
+        pos[1, 300:] -= 300
+    budget = dict(top_p=top_p, min_blocks=1, max_blocks=max_blocks, sinks=4, band=64)
+    with count_host_syncs() as found:
+        plan, kept, seen = flex.block_sparse_plan(q_idx, k_idx, pos, pos, group=group, **budget)
+    assert not found, dict(found)
+    want = reference.select_blocks(q_idx, k_idx, pos, pos, block=flex.BLOCK, **budget)
+    assert torch.equal(_dense_mask(plan), want.repeat_interleave(group, dim=1))
+    assert int(kept) == int(want.sum()) and int(seen) >= int(kept)
+    if top_p == 1.0:
+        assert int(kept) == int(seen)
+
+
+def test_sparse_prefill_top_p_1_is_dense_and_runs_compiled():
+    """api.sparse_prefill: top-p 1 computes dense causal attention; top-p < 1 attends the kept blocks only
+    (compiled flex on the CPU against the reference's key mask)."""
+    from rtpurbo.ops import api
+
+    torch.manual_seed(1)
+    length = 1500
+    q, k, v = torch.randn(1, 4, length, 64), torch.randn(1, 2, length, 64), torch.randn(1, 2, length, 64)
+    q_idx, k_idx = torch.randn(1, 2, length, 16), torch.randn(1, 2, length, 16)
+    pos = torch.arange(length)[None]
+    dense = reference.attention(q, k, v, pos, pos)
+    out, kept, seen = api.sparse_prefill(q, k, v, pos, pos, q_idx, k_idx, top_p=1.0, sinks=4, band=64, impl="reference")
+    torch.testing.assert_close(out, dense, rtol=0, atol=0)
+    plan, kept, seen = flex.block_sparse_plan(q_idx, k_idx, pos, pos, group=2, top_p=0.6, sinks=4, band=64)
+    fast = flex.run(plan, q, k, v, 64**-0.5)
+    want, blocks = reference.block_sparse_attention(q, k, v, pos, pos, q_idx, k_idx, block=flex.BLOCK, top_p=0.6,
+                                                    sinks=4, band=64)
+    assert int(blocks.sum()) == int(kept) < int(seen)  # some visible blocks were skipped
+    assert ((fast - want).norm() / want.norm()).item() < 1e-4

@@ -333,3 +333,29 @@ def test_decode_step_is_cuda_graph_capturable():
 
 def test_backends_report_available():
     assert flex.available() and triton_topp.available()
+
+
+# --- sparse prefill of retrieval heads (flex block plan) ------------------------------------------
+@pytest.mark.parametrize("length, group, padded", [(1000, 4, False), (2305, 8, True)])
+def test_sparse_prefill_matches_reference(length, group, padded):
+    """api.sparse_prefill on flex: the reference's block selection (same kept count) and its attention
+    within 2x the eager bf16 error; top-p 1 within the same budget of dense causal attention."""
+    torch.manual_seed(length)
+    batch, n_kv = 2, 2
+    q, k, v = _qkv(batch, n_kv * group, n_kv, length, length, 128, BF16)
+    q_idx = torch.randn(batch, n_kv, length, 16, device="cuda", dtype=BF16)
+    k_idx = torch.randn(batch, n_kv, length, 16, device="cuda", dtype=BF16)
+    pos = torch.arange(length, device="cuda").repeat(batch, 1)
+    if padded:
+        pos[-1, :300] = -1
+        pos[-1, 300:] -= 300
+    for top_p in (0.7, 1.0):
+        budget = dict(top_p=top_p, min_blocks=1, max_blocks=6, sinks=4, band=256)
+        blocks = reference.select_blocks(q_idx, k_idx, pos, pos, block=128, **budget)
+        key_mask = reference.blocks_to_keys(blocks, 128, length, length)
+        ref = reference.attention(q.float(), k.float(), v.float(), pos, pos, key_mask=key_mask)
+        eager = _eager(q, k, v, pos, pos, key_mask=key_mask)
+        _poison()
+        out, kept, seen = api.sparse_prefill(q, k, v, pos, pos, q_idx, k_idx, impl="flex", **budget)
+        assert int(kept) == int(blocks.sum()) and int(seen) >= int(kept)
+        _assert_budget(out, ref, eager, f"sparse prefill L={length} top-p {top_p}")

@@ -177,7 +177,8 @@ def _model_layout(length: int, heads: int, dim: int) -> torch.Tensor:
     return _randn(1, length, heads, dim).transpose(1, 2)
 
 
-def prefill_point(geom: Geometry, length: int, window: int, sinks: int, deadline: float, spot: bool) -> dict:
+def prefill_point(geom: Geometry, length: int, window: int, sinks: int, deadline: float, spot: bool,
+                  block_budgets: tuple[int, ...] = ()) -> dict:
     n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
     split = n_ret * group
     q, k, v = (_model_layout(length, n, dim) for n in (geom.n_q, geom.n_kv, geom.n_kv))
@@ -205,12 +206,35 @@ def prefill_point(geom: Geometry, length: int, window: int, sinks: int, deadline
     row["sparse_ms"] = time_ms(sparse)
     row["local_ms"] = time_ms(local)
     row["local_tflops"] = prefill_flops(geom, length, window, sinks, local_only=True)[1] / row["local_ms"] / 1e9
+    for budget in block_budgets:  # retrieval heads' sparse prefill, at most ``budget`` chosen key blocks per query block
+        row.update(_sparse_prefill_timing(q, k, v, pos, split, n_ret, budget, sinks, local))
     torch.cuda.empty_cache()
     for name in DENSE_BACKENDS:
         estimate = dense_flops / _EXPECTED_TFLOPS[name]
         key = f"{name}_ms"
         _measure(row, key, lambda: time_ms(_dense(name, q, k, v, True, row, key)), estimate * (1 if estimate > 1 else 4), deadline)
     return _prefill_rates(row)
+
+
+def _sparse_prefill_timing(q, k, v, pos, split: int, n_ret: int, budget: int, sinks: int, local) -> dict:
+    """The layer with the retrieval heads on a block-sparse prefill: random 16-d indexer vectors score the
+    blocks almost evenly, so top-p 0.999 keeps nearly every candidate and ``budget`` (max_blocks) decides
+    how many; the sink block and a 512-token band come on top. Times include the block selection."""
+    length = q.shape[2]
+    q_idx, k_idx = _randn(1, n_ret, length, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM)
+    kept = {}
+
+    def retrieval():
+        out, kept["blocks"], kept["seen"] = api.sparse_prefill(
+            q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos, q_idx, k_idx, top_p=0.999, max_blocks=budget,
+            sinks=sinks, band=512, impl="flex")
+        return out
+
+    layer = lambda: torch.cat([retrieval(), local()], dim=1)  # noqa: E731
+    layer()
+    ms = time_ms(layer)
+    return {f"sparse_b{budget}_ms": ms, f"sparse_b{budget}_retrieval_ms": time_ms(retrieval),
+            f"sparse_b{budget}_kept": kept["blocks"].item() / max(1, kept["seen"].item())}
 
 
 def profile_prefill(geom: Geometry, length: int, window: int, sinks: int, calls: int = 5) -> dict:
@@ -393,6 +417,16 @@ def table(rows: list[dict]) -> str:
                      f"{_fmt(r.get('flash_us'), '.1f'):>9}{_fmt(r['speedup_vs_cudnn']):>9}{_fmt(r['speedup_vs_flash']):>9}"
                      f"{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_best_dense'], '.0f'):>8}"
                      f"{_fmt(r['sparse_gbps'], '.0f'):>9}{_fmt(r['cudnn_gbps'], '.0f'):>9}{_fmt(r['flash_gbps'], '.0f'):>9}")
+    sparse_rows = [r for r in rows if r["phase"] == "prefill" and "error" not in r and any("_b" in k for k in r)]
+    if sparse_rows:
+        lines += ["", "PREFILL with sparse retrieval heads (ms; kept = chosen / visible key blocks; x vs dense SDPA)"]
+        for r in sparse_rows:
+            for key in sorted(k for k in r if k.startswith("sparse_b") and k.endswith("_ms") and "retrieval" not in k):
+                budget = key[len("sparse_b"):-len("_ms")]
+                ms = r[key]
+                vs = "  ".join(f"x {name} {r[f'{name}_ms'] / ms:.2f}" for name in DENSE_BACKENDS if r.get(f"{name}_ms"))
+                lines.append(f"{r['geometry']:<15}{r['L']:>9}  max {budget:>5} blocks: {ms:9.2f} ms (retrieval "
+                             f"{r[f'sparse_b{budget}_retrieval_ms']:.2f}), kept {r[f'sparse_b{budget}_kept']:.1%}  {vs}")
     for r in (r for r in rows if r["phase"] == "prefill-profile" and "error" not in r):
         lines += ["", f"PREFILL PROFILE {r['geometry']} L={r['L']}: {r['wall_ms_per_step']:.2f} ms wall per layer, "
                       f"{r['device_ms_per_step']:.2f} ms of kernels ({r['busy_fraction']:.1%} busy), "
@@ -414,6 +448,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--sinks", type=int, default=4)
     parser.add_argument("--deadline-s", type=float, default=1e9, help="start no dense point that would end later")
+    parser.add_argument("--prefill-blocks", type=ints, default=[], help="also time the layer with its retrieval "
+                        "heads on a sparse prefill keeping at most this many key blocks of 128 per query block")
     parser.add_argument("--profile-prefill", type=ints, default=[], help="also profile the sparse prefill layer at "
                         "these lengths (torch.profiler: wall vs device-busy time, kernels, top operators)")
     parser.add_argument("--json", dest="json_path", default=None,
@@ -455,7 +491,8 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     for length in args.prefill:
         for geom in geoms:
-            attempt("prefill", geom, length, prefill_point, deadline, length == max(args.prefill))
+            attempt("prefill", geom, length, prefill_point, deadline, length == max(args.prefill),
+                    tuple(args.prefill_blocks))
     for length in args.profile_prefill:
         for geom in geoms:
             attempt("prefill-profile", geom, length, profile_prefill)

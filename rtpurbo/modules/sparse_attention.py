@@ -212,7 +212,11 @@ class SparseAttention(nn.Module):
         """Head-wise attention over the current tokens only (no cache). Returns (B, L, Hq * D)."""
         parts = self.split_heads(q, k, v)
         retrieval_out = local_out = None
-        if self.retrieval_heads:
+        if self.retrieval_heads and self.sparse.retrieval_prefill == "sparse" and self.base_window is None:
+            with torch.no_grad():  # the block choice is hard: no gradient flows through it
+                q_idx, k_idx = self.index_vectors(q_raw, k_raw, rope)
+            retrieval_out = self.sparse_prefill(*parts["retrieval"], positions, positions, q_idx, k_idx)[0]
+        elif self.retrieval_heads:
             key_mask = None
             if self.sparse.retrieval_prefill == "topp" and self.base_window is None:
                 with torch.no_grad():  # a hard choice: no gradient flows through it, so build no graph
@@ -232,6 +236,17 @@ class SparseAttention(nn.Module):
                 scale=self.scaling, impl=self.sparse.impl, plain=plain, plan=plan,
             )
         return self.merge_heads(retrieval_out, local_out)
+
+    def sparse_prefill(self, q, k, v, q_pos, k_pos, q_idx, k_idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Retrieval heads' sparse prefill (``retrieval_prefill == "sparse"``): q (B, Hr*G, Lq, D) over k, v
+        (B, Hr, Lk, D) with indexer vectors q_idx (B, Hr, Lq, d_idx), k_idx (B, Hr, Lk, d_idx). Returns
+        (out (B, Hr*G, Lq, D), kept key blocks (), visible key blocks ())."""
+        cfg = self.sparse
+        return ops.sparse_prefill(
+            q, k, v, q_pos, k_pos, q_idx.detach(), k_idx.detach(), top_p=cfg.prefill_top_p,
+            min_blocks=cfg.prefill_min_blocks, max_blocks=cfg.prefill_max_blocks, sinks=cfg.sinks,
+            band=cfg.prefill_band, scale=self.scaling, impl=cfg.impl,
+        )
 
     # --- indexer --------------------------------------------------------------------
     def index_vectors(

@@ -188,5 +188,51 @@ def topp_attention(
     )
 
 
+def sparse_prefill(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    *,
+    top_p: float,
+    min_blocks: int = 0,
+    max_blocks: int | None = None,
+    sinks: int = 0,
+    band: int = 1,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sparse prefill of retrieval heads: causal attention over the key blocks of ``BLOCK_SIZE`` slots that
+    :func:`rtpurbo.ops.reference.select_blocks` keeps (top-p over indexer block scores, the sink blocks
+    and the local band always). ``top_p = 1`` is dense causal attention.
+
+    Args:
+        q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); q_pos (B, Lq), k_pos (B, Lk), keys in position order.
+        q_idx: (B, Hkv, Lq, d_idx); k_idx: (B, Hkv, Lk, d_idx).
+    Returns:
+        out (B, Hq, Lq, D), kept blocks () and the blocks their query blocks see at all (), summed.
+    """
+    _check_shapes(q, k, v, q_pos, k_pos, None)
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    name = resolve_impl(impl, q.device)
+    budget = dict(top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks, sinks=sinks, band=band)
+    if name == "flex":
+        flex = importlib.import_module(_BACKENDS["flex"])
+        plan_, kept, seen = flex.block_sparse_plan(q_idx, k_idx, q_pos, k_pos, group=q.shape[1] // k.shape[1],
+                                                   backward=q.requires_grad, **budget)
+        head_dim = q.shape[-1]
+        return flex.run(plan_, q, k, v, head_dim**-0.5 if scale is None else scale), kept, seen
+    blocks = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, **budget)
+    key_mask = reference.blocks_to_keys(blocks, BLOCK_SIZE, q.shape[2], k.shape[2])
+    seen = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, top_p=1.0, sinks=sinks, band=band)
+    out = _load(name)(q, k, v, q_pos, k_pos, key_mask=key_mask, scale=scale)
+    return out, blocks.sum(), seen.sum()
+
+
+BLOCK_SIZE = 128  # key / query blocks of the sparse prefill (flex's block-mask tile)
 indexer_scores = reference.indexer_scores
 select_topp = reference.select_topp

@@ -67,7 +67,7 @@ def available() -> bool:
 class FlexPlan:
     """What one flex call needs besides q/k/v: reusable by every call with the same positions.
 
-    kind: ``index`` (plain window + sinks), ``position`` or ``key_mask``.
+    kind: ``index`` (plain window + sinks), ``position``, ``key_mask`` or ``blocks`` (sparse prefill).
     q_len, k_len: the padded lengths (multiples of :data:`BLOCK`) the block mask is built for.
     """
 
@@ -188,13 +188,80 @@ def _flex_key_mask(q, k, v, block_mask, scale, gqa):
     return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=_KERNEL_OPTIONS)
 
 
-_ENTRIES: dict[str, Callable] = {"index": _flex_index, "position": _flex_position, "key_mask": _flex_key_mask}
+def _flex_blocks(q, k, v, block_mask, scale, gqa):
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=_KERNEL_OPTIONS)
+
+
+_ENTRIES: dict[str, Callable] = {"index": _flex_index, "position": _flex_position, "key_mask": _flex_key_mask,
+                                 "blocks": _flex_blocks}
 
 
 @functools.cache
 def _compiled(kind: str) -> Callable:
     """The compiled entry of a mask kind: dynamic shapes, whole graph or an error."""
     return torch.compile(_ENTRIES[kind], dynamic=True, fullgraph=True)
+
+
+# --- sparse prefill of retrieval heads ---------------------------------------------------------
+def block_sparse_plan(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *, group: int, top_p: float,
+    min_blocks: int = 0, max_blocks: int | None = None, sinks: int = 0, band: int = 1, backward: bool = False,
+) -> tuple[FlexPlan, torch.Tensor, torch.Tensor]:
+    """The block mask of a retrieval heads' sparse prefill: :func:`rtpurbo.ops.reference.select_blocks` over
+    blocks of :data:`BLOCK` slots, built on the device without a host sync or a per-query-head L x L tensor.
+
+    Key positions must be in slot order within each row (a prefill, a retrieval cache). Each query
+    block's list holds its always-kept blocks (sinks; the band: at most ``sinks / 128 + band / 128 + 3``
+    blocks when positions are in slot order) and at most ``max_blocks`` chosen ones (all when None).
+
+    Args: q_idx (B, Hkv, Lq, d), k_idx (B, Hkv, Lk, d); q_pos (B, Lq), k_pos (B, Lk); ``group`` query heads
+    per KV head. Returns (plan, kept blocks (), blocks some query of their query block sees ()): summed
+    over rows, heads and query blocks.
+    """
+    from .reference import block_ranges, pooled_index
+
+    q_len, k_len = _padded(q_pos.shape[-1]), _padded(k_pos.shape[-1])
+    q_pos, k_pos = _pad_positions(q_pos, q_len), _pad_positions(k_pos, k_len)
+    q_lo, q_hi, q_any = (t[:, None, :, None] for t in block_ranges(q_pos, BLOCK))
+    k_lo, k_hi, k_any = (t[:, None, None, :] for t in block_ranges(k_pos, BLOCK))
+    seen = q_any & k_any & (k_lo <= q_hi)  # (B, 1, nq, nk)
+    always = seen & ((k_lo < sinks) | (k_hi >= q_lo - band))
+    candidates = seen & ~always
+    scores = torch.einsum("bhqd,bhkd->bhqk", pooled_index(q_idx, q_pos, BLOCK), pooled_index(k_idx, k_pos, BLOCK))
+    n_k = scores.shape[-1]
+    keep_bound = n_k if max_blocks is None else min(n_k, max_blocks)
+    if top_p >= 1.0:
+        selected = (always | candidates).expand_as(scores)
+        keep_bound = n_k
+    else:
+        probs = torch.softmax(scores.masked_fill(~candidates, float("-inf")), dim=-1).nan_to_num(0.0)
+        top, order = torch.topk(probs, keep_bound, dim=-1)  # best first
+        n_keep = ((top.cumsum(-1) - top) < top_p).sum(-1, keepdim=True)
+        n_keep = torch.minimum(n_keep.clamp(min=min_blocks), candidates.sum(-1, keepdim=True)).clamp(max=keep_bound)
+        rank = torch.arange(keep_bound, device=scores.device)
+        kept = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, rank < n_keep)
+        selected = always | (kept & candidates)
+    width = min(n_k, keep_bound + -(-sinks // BLOCK) + -(-band // BLOCK) + 3)
+    full_ok = (k_hi <= q_lo) & _all_valid(q_pos)[:, None, :, None] & _all_valid(k_pos)[:, None, None, :]
+    lists = [_compact_rows(selected & ~full_ok, width, group), _compact_rows(selected & full_ok, width, group)]
+    mask_mod = _position_mask_mod(q_pos, k_pos, torch.tensor(_NO_WINDOW, device=q_pos.device),
+                                  torch.tensor(0, device=q_pos.device))
+    block_mask = BlockMask.from_kv_blocks(*lists[0], *lists[1], BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+                                          seq_lengths=(q_len, k_len), compute_q_blocks=backward)
+    return FlexPlan("blocks", block_mask, q_len, k_len), selected.sum(), seen.expand_as(selected).sum()
+
+
+def _all_valid(pos: torch.Tensor) -> torch.Tensor:
+    """(B, L) -> (B, L / BLOCK): every slot of the block holds a token."""
+    return (pos.view(pos.shape[0], -1, BLOCK) >= 0).all(-1)
+
+
+def _compact_rows(chosen: torch.Tensor, width: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Hkv, nq, nk) bool -> counts (B, Hkv * group, nq) int32 and the chosen block indices first
+    (B, Hkv * group, nq, width) int32; rows never hold more than ``width`` chosen blocks."""
+    counts = chosen.sum(-1, dtype=torch.int32)
+    index = torch.topk(chosen.to(torch.float16), width, dim=-1, sorted=True).indices.to(torch.int32)
+    return counts.repeat_interleave(group, dim=1), index.repeat_interleave(group, dim=1)
 
 
 # --- mask functions (defined once; their data lives in closure tensors) ----------------------

@@ -175,3 +175,114 @@ def topp_attention(
     )
     out = attention(q, k, v, q_pos, k_pos, key_mask=selected, scale=scale)
     return out, selected.sum(-1)
+
+
+# --- sparse prefill of retrieval heads: top-p over key blocks ------------------------------
+def _block_view(x: torch.Tensor, block: int, fill: float | int) -> torch.Tensor:
+    """(..., L, *rest) -> (..., n_blocks, block, *rest), padded with ``fill`` at the end."""
+    length = x.shape[-2] if x.dim() >= 3 and x.is_floating_point() else x.shape[-1]
+    pad = -length % block
+    if x.is_floating_point():  # (..., L, d)
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad), value=fill)
+        return x.view(*x.shape[:-2], -1, block, x.shape[-1])
+    x = torch.nn.functional.pad(x, (0, pad), value=fill)  # positions (..., L)
+    return x.view(*x.shape[:-1], -1, block)
+
+
+def block_ranges(pos: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per block of ``block`` slots of pos (B, L): (lowest, highest valid position, any valid), each (B, n_blocks);
+    an empty block has lowest 2**62 and highest -1."""
+    tiles = _block_view(pos, block, -1)
+    valid = tiles >= 0
+    return tiles.masked_fill(~valid, 1 << 62).amin(-1), tiles.amax(-1), valid.any(-1)
+
+
+def pooled_index(idx: torch.Tensor, pos: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean indexer vector of the valid slots of each block: idx (B, H, L, d), pos (B, L) -> (B, H, n_blocks, d) fp32."""
+    valid = (_block_view(pos, block, -1) >= 0)[:, None, :, :, None].float()  # (B, 1, n, block, 1)
+    tiles = _block_view(idx.float(), block, 0.0)  # (B, H, n, block, d)
+    return (tiles * valid).sum(-2) / valid.sum(-2).clamp(min=1.0)
+
+
+def select_blocks(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    block: int,
+    top_p: float,
+    min_blocks: int = 0,
+    max_blocks: int | None = None,
+    sinks: int = 0,
+    band: int = 1,
+) -> torch.Tensor:
+    """Key blocks each query block of a retrieval head attends to in a sparse prefill (GUIDE section 1's
+    top-p rule, over blocks of ``block`` key slots scored by the indexer).
+
+    For query block ``i`` (``block`` consecutive queries, lowest position ``lo_i``) and key block ``j``:
+
+    * always kept: blocks holding a sink (position < ``sinks``) or a key at position >= ``lo_i - band``
+      that some query of the block sees (the local band, the diagonal included; ``band >= 1``);
+    * candidates: the other blocks holding a key some query of the block sees;
+    * ``P = softmax_j <mean q_idx of block i, mean k_idx of block j>`` over the candidates (means
+      over valid slots); kept: the smallest prefix of candidates sorted by ``P`` (ties: lower ``j``
+      first) whose mass reaches ``top_p``, its size clamped to ``[min_blocks, max_blocks]`` and to
+      the candidates. ``top_p >= 1`` keeps every candidate: dense prefill.
+
+    Args: q_idx (B, H, Lq, d), k_idx (B, H, Lk, d); q_pos (B, Lq), k_pos (B, Lk) (negative = empty).
+    Returns: (B, H, n_q_blocks, n_k_blocks) bool.
+    """
+    if band < 1:
+        raise ValueError(f"band must be >= 1 (the diagonal block is always kept), got {band}")
+    q_lo, q_hi, q_any = (t[:, None, :, None] for t in block_ranges(q_pos, block))
+    k_lo, k_hi, k_any = (t[:, None, None, :] for t in block_ranges(k_pos, block))
+    seen = q_any & k_any & (k_lo <= q_hi)  # (B, 1, nq, nk): some query of the block sees some key of it
+    always = seen & ((k_lo < sinks) | (k_hi >= q_lo - band))
+    candidates = seen & ~always
+    scores = torch.einsum("bhqd,bhkd->bhqk", pooled_index(q_idx, q_pos, block), pooled_index(k_idx, k_pos, block))
+    if top_p >= 1.0:
+        return (always | candidates).expand_as(scores).clone()
+    probs = torch.softmax(scores.masked_fill(~candidates, float("-inf")), dim=-1).nan_to_num(0.0)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    n_keep = ((sorted_p.cumsum(-1) - sorted_p) < top_p).sum(-1, keepdim=True)
+    n_cand = candidates.sum(-1, keepdim=True)
+    n_keep = torch.minimum(n_keep.clamp(min=min_blocks), n_cand)
+    if max_blocks is not None:
+        n_keep = n_keep.clamp(max=max_blocks)
+    rank = torch.arange(scores.shape[-1], device=scores.device)
+    kept = torch.zeros_like(sorted_p, dtype=torch.bool).scatter(-1, order, rank < n_keep)
+    return always | (kept & candidates)
+
+
+def blocks_to_keys(blocks: torch.Tensor, block: int, q_len: int, k_len: int) -> torch.Tensor:
+    """(B, H, nq, nk) block selection -> (B, H, Lq, Lk) bool key mask."""
+    mask = blocks.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)
+    return mask[:, :, :q_len, :k_len]
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    *,
+    block: int,
+    top_p: float,
+    min_blocks: int = 0,
+    max_blocks: int | None = None,
+    sinks: int = 0,
+    band: int = 1,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse prefill of retrieval heads: causal attention over the key blocks :func:`select_blocks` keeps.
+
+    Returns out (B, Hq, Lq, D) and the selection (B, Hkv, n_q_blocks, n_k_blocks) bool.
+    """
+    blocks = select_blocks(q_idx, k_idx, q_pos, k_pos, block=block, top_p=top_p, min_blocks=min_blocks,
+                           max_blocks=max_blocks, sinks=sinks, band=band)
+    key_mask = blocks_to_keys(blocks, block, q.shape[2], k.shape[2])
+    return attention(q, k, v, q_pos, k_pos, key_mask=key_mask, scale=scale), blocks

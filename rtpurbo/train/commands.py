@@ -22,7 +22,7 @@ from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, 
 from .lora import LoraSettings
 from .loop import LoopSettings, make_runtime
 from .stage1_indexer import IndexerSettings, train_indexer as run_stage1
-from .stage2_distill import TRAINABLE, DistillSettings, distill as run_stage2
+from .stage2_distill import STUDENT_PREFILL, TRAINABLE, DistillSettings, distill as run_stage2
 
 
 def _say(args: argparse.Namespace, *parts: Any) -> None:
@@ -124,6 +124,9 @@ def _add_distill(p: argparse.ArgumentParser, prefix: str) -> None:
                    help="keep activations instead of recomputing them in backward: faster where memory allows "
                         "(SmolLM2 at 1 x 8K: 1.0 s/step and 13 GiB on an H200)")
     p.add_argument(f"--{prefix}eval-sequences", type=int, default=d.eval_sequences)
+    p.add_argument(f"--{prefix}student-prefill", choices=STUDENT_PREFILL, default=d.student_prefill,
+                   help="retrieval heads of the student in training: every query over its top-p selection (topp) "
+                        "or the block-sparse prefill (sparse: adapt to retrieval_prefill=sparse)")
 
 
 # --- settings from args ------------------------------------------------------------------------
@@ -152,7 +155,7 @@ def distill_settings(args: argparse.Namespace, prefix: str, checkpoint_dir: Path
         indexer_lr=_get(args, prefix, "indexer-lr"), indexer_weight=_get(args, prefix, "indexer-weight"),
         logits_chunk=_get(args, prefix, "logits-chunk"),
         gradient_checkpointing=not _get(args, prefix, "no-gradient-checkpointing"),
-        eval_sequences=_get(args, prefix, "eval-sequences"),
+        eval_sequences=_get(args, prefix, "eval-sequences"), student_prefill=_get(args, prefix, "student-prefill"),
     )
 
 

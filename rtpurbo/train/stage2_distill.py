@@ -4,7 +4,8 @@ Recipe:
 
 1. Student = the converted model with ``retrieval_prefill = "topp"`` during training: local heads
    see window + sinks, every query of a retrieval head attends only to its indexer's top-p
-   selection (exactly the decode rule). Teacher = the original model, frozen
+   selection (exactly the decode rule); with ``student_prefill = "sparse"`` the retrieval heads run
+   the block-sparse prefill instead, so the model adapts to a sparse prefill. Teacher = the original model, frozen
    (:mod:`.teacher`: the same object with its original attention modules for ``lora``; a frozen
    copy for ``attention`` / ``all``).
 2. Trainable set: ``lora`` (peft adapters on q/k/v/o projections, :mod:`.lora`), ``attention``
@@ -37,6 +38,7 @@ from .loop import LoopSettings, Runtime, run_loop, step_generator
 from .teacher import Teacher
 
 TRAINABLE = ("lora", "attention", "all")
+STUDENT_PREFILL = ("topp", "sparse")
 DEFAULT_LR = {"lora": 2e-4, "attention": 3e-5, "all": 1e-5}
 
 
@@ -53,10 +55,13 @@ class DistillSettings:
     logits_chunk: int = 1024
     gradient_checkpointing: bool = True
     eval_sequences: int = 2
+    student_prefill: str = "topp"  # how the student's retrieval heads attend in training: "topp" or "sparse"
 
     def __post_init__(self) -> None:
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.student_prefill not in STUDENT_PREFILL:
+            raise ValueError(f"student_prefill must be one of {STUDENT_PREFILL}, got {self.student_prefill!r}")
 
 
 class DistillObjective(nn.Module):
@@ -83,10 +88,11 @@ class DistillObjective(nn.Module):
 
 
 @contextmanager
-def topp_prefill(model: nn.Module) -> Iterator[None]:
-    """Every retrieval-head query uses the indexer's top-p selection inside the block."""
+def topp_prefill(model: nn.Module, mode: str = "topp") -> Iterator[None]:
+    """Inside the block retrieval heads run ``mode``: every query over the indexer's top-p selection
+    (``topp``) or the block-sparse prefill (``sparse``)."""
     sparse = model.rtpurbo_sparse
-    previous, sparse.retrieval_prefill = sparse.retrieval_prefill, "topp"
+    previous, sparse.retrieval_prefill = sparse.retrieval_prefill, mode
     try:
         yield
     finally:
@@ -130,7 +136,7 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
     model.train()
     if settings.gradient_checkpointing:
         _enable_checkpointing(model)
-    with IndexerCapture(model) as capture, topp_prefill(model):
+    with IndexerCapture(model) as capture, topp_prefill(model, settings.student_prefill):
         before = heldout_kl(model, teacher, held_out, settings, runtime)
         objective = DistillObjective(model, teacher, capture, settings)
 

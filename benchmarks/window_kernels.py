@@ -1,0 +1,131 @@
+"""Local-head (window + sinks) prefill kernels on a GPU: flex configurations and a banded cuDNN decomposition.
+
+    PYTHONPATH=. python benchmarks/window_kernels.py --lengths 32768,131072 --json window.json
+
+One layer's local heads of the Llama-3.1-8B geometry (28 query / 7 KV heads, head dim 128, W = 8192,
+S = 4, bf16, plain prefill), the model's q/k/v layout. Rows:
+
+* ``flex``: rtpurbo's plain path (``ops.attention(plain=True)`` with its plan), then the same block
+  mask under other flex ``kernel_options`` (TMA loads, tile shapes, warp specialisation);
+* ``banded``: query chunks of C = W / 2 tokens see their own chunk (causal), the previous chunk but its
+  first key (no mask), the chunk before that shifted by one key (an upper triangle: causal on flipped
+  copies) and the sinks; cuDNN runs each part with its log-sum-exp, and the parts merge by it. The
+  first 3 C queries run through flex. K / V are repeated per query head (cuDNN's private LSE entry
+  takes no GQA).
+
+Useful TFLOP/s count 4 D FLOPs per visible (query, key) pair; errors are against rtpurbo's flex output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from rtpurbo.bench.attention import _model_layout, environment, local_pairs, time_ms
+from rtpurbo.ops import api, flex
+
+WINDOW, SINKS, N_Q, N_KV, DIM = 8192, 4, 28, 7, 128
+VARIANTS = {
+    "tma": {"USE_TMA": True},
+    "m128-n128-w8-s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+    "m128-n64-w8-s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+    "m128-n64-w4-s3-tma": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "USE_TMA": True},
+    "ws2": {"num_consumer_groups": 2, "num_buffers_warp_spec": 3},
+}
+
+
+def _cudnn(q, k, v, causal: bool, scale: float):
+    """(out (B, H, L, D), lse (B, H, L) fp32) from cuDNN's attention."""
+    result = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)
+    return result[0], result[1].reshape(q.shape[:3]).float()
+
+
+def _chunks(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(1, H, n * size, D) -> (n, H, size, D), contiguous."""
+    return x.view(x.shape[1], -1, size, x.shape[-1]).transpose(0, 1).contiguous()
+
+
+def banded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Window + sinks attention of q (1, Hq, L, D) over k, v (1, Hkv, L, D), L a multiple of W / 2."""
+    chunk, group = WINDOW // 2, q.shape[1] // k.shape[1]
+    length = q.shape[2]
+    n = length // chunk
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    head = 3 * chunk  # the first chunks: flex (their sinks overlap the window)
+    pos = torch.arange(head, device=q.device)[None]
+    out = torch.empty_like(q)
+    out[:, :, :head] = api.attention(q[:, :, :head], k[:, :, :head], v[:, :, :head], pos, pos, window=WINDOW,
+                                     sinks=SINKS, impl="flex", plain=True)
+    qc, kc, vc = (_chunks(x, chunk) for x in (q, k, v))
+    shifted_k = torch.nn.functional.pad(k[:, :, 1:], (0, 0, 0, 1))
+    shifted_v = torch.nn.functional.pad(v[:, :, 1:], (0, 0, 0, 1))
+    ks, vs = _chunks(shifted_k, chunk), _chunks(shifted_v, chunk)
+    rows = slice(3, n)
+    parts = [
+        _cudnn(qc[rows], kc[rows], vc[rows], True, scale),  # own chunk, causal
+        _cudnn(qc[rows], ks[2:n - 1, :, : chunk - 1], vs[2:n - 1, :, : chunk - 1], False, scale),  # previous, all
+    ]
+    flipped = _cudnn(qc[rows].flip(2), ks[1:n - 2].flip(2), vs[1:n - 2].flip(2), True, scale)  # two back, shifted
+    parts.append((flipped[0].flip(2), flipped[1].flip(2)))
+    sink_scores = torch.einsum("nhqd,hkd->nhqk", qc[rows].float(), k[0, :, :SINKS].float()) * scale
+    sink_lse = torch.logsumexp(sink_scores, -1)
+    sink_out = torch.einsum("nhqk,hkd->nhqd", torch.softmax(sink_scores, -1), v[0, :, :SINKS].float())
+    parts.append((sink_out, sink_lse))
+    top = torch.stack([lse for _, lse in parts]).amax(0)
+    weights = [torch.exp(lse - top) for _, lse in parts]
+    merged = sum(w[..., None] * o.float() for w, (o, _) in zip(weights, parts)) / sum(weights)[..., None]
+    out[:, :, head:] = merged.to(q.dtype).transpose(0, 1).reshape(1, q.shape[1], -1, q.shape[-1])
+    return out
+
+
+def run_point(length: int, record) -> None:
+    q, k, v = _model_layout(length, N_Q, DIM), _model_layout(length, N_KV, DIM), _model_layout(length, N_KV, DIM)
+    pos = torch.arange(length, device="cuda")[None]
+    flops = 4 * DIM * N_Q * local_pairs(length, WINDOW, SINKS)
+    plan = api.plan(pos, pos, window=WINDOW, sinks=SINKS, plain=True, impl="flex")
+    base = lambda: api.attention(q, k, v, pos, pos, window=WINDOW, sinks=SINKS, impl="flex", plain=True, plan=plan)  # noqa: E731
+    want = base()
+    ms = time_ms(base)
+    record(dict(kernel="flex", L=length, ms=ms, tflops=flops / ms / 1e9))
+    kq, kk, kv = q, k.contiguous(), v.contiguous()
+    for name, options in VARIANTS.items():
+        try:
+            fn = torch.compile(flex.flex_attention, dynamic=False)
+            call = lambda: fn(kq, kk, kv, block_mask=plan.block_mask, scale=DIM**-0.5, enable_gqa=True,  # noqa: E731
+                              kernel_options={**flex._KERNEL_OPTIONS, **options})
+            err = ((call().float() - want.float()).norm() / want.float().norm()).item()
+            ms = time_ms(call)
+            record(dict(kernel=f"flex-{name}", L=length, ms=ms, tflops=flops / ms / 1e9, rel_err=err))
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            record(dict(kernel=f"flex-{name}", L=length, error=f"{type(exc).__name__}: {str(exc)[:200]}"))
+    try:
+        got = banded(q, k, v, DIM**-0.5)
+        err = ((got.float() - want.float()).norm() / want.float().norm()).item()
+        ms = time_ms(lambda: banded(q, k, v, DIM**-0.5))
+        record(dict(kernel="banded-cudnn", L=length, ms=ms, tflops=flops / ms / 1e9, rel_err=err))
+    except Exception as exc:  # noqa: BLE001
+        record(dict(kernel="banded-cudnn", L=length, error=f"{type(exc).__name__}: {str(exc)[:300]}"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", default="32768,131072")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    with torch._dynamo.config.patch(recompile_limit=64):
+        for length in (int(x) for x in args.lengths.split(",")):
+            run_point(length, record)
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(dict(environment=environment(), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

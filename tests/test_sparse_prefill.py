@@ -1,0 +1,88 @@
+"""Sparse prefill of retrieval heads (``retrieval_prefill="sparse"``) in a converted model.
+
+* the reference rule (:func:`rtpurbo.ops.reference.select_blocks`): top-p 1 keeps every visible block;
+  the sinks and the local band are always kept; a smaller top-p keeps fewer blocks;
+* the model: top-p 1 gives the dense prefill's logits exactly; a chunked prefill through the
+  head-wise cache (chunks of whole blocks) gives the one-shot prefill's logits; the cache reports
+  the fraction of key blocks kept;
+* stage 2 can train the student with it.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rtpurbo._compat import cache_kwarg
+from rtpurbo.cache import HeadwiseCache
+from rtpurbo.config import SparseConfig
+from rtpurbo.convert import convert
+from rtpurbo.ops import reference
+from rtpurbo.testing import tiny_model
+
+from .conftest import random_ids
+from .test_cache import mixed_plan
+
+
+def test_selection_keeps_sinks_band_and_shrinks_with_top_p():
+    torch.manual_seed(0)
+    q_idx, k_idx = torch.randn(1, 2, 1024, 16), torch.randn(1, 2, 1024, 16)
+    pos = torch.arange(1024)[None]
+    kept = {p: reference.select_blocks(q_idx, k_idx, pos, pos, block=64, top_p=p, sinks=4, band=100)
+            for p in (0.3, 0.9, 1.0)}
+    causal = torch.ones(16, 16).tril().bool()
+    assert torch.equal(kept[1.0][0, 0], causal)
+    for blocks in kept.values():
+        assert blocks[..., :, 0].all()  # the sink block
+        assert blocks.diagonal(dim1=-2, dim2=-1).all() and blocks.diagonal(-1, dim1=-2, dim2=-1).all()  # the band
+        assert not (blocks & ~causal).any()
+    assert kept[0.3].sum() < kept[0.9].sum() < kept[1.0].sum()
+    with pytest.raises(ValueError, match="band"):
+        reference.select_blocks(q_idx, k_idx, pos, pos, block=64, top_p=0.5, band=0)
+
+
+def _model(family: str, **sparse):
+    model = tiny_model(family, num_key_value_heads=2) if family == "qwen3" else tiny_model(family)
+    convert(model, mixed_plan(model), SparseConfig(window=64, sinks=2, retrieval_prefill="sparse", prefill_band=64,
+                                                   prefill_min_blocks=0, impl="sdpa", **sparse))
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_top_p_1_is_the_dense_prefill(family):
+    model = _model(family, prefill_top_p=1.0)
+    ids = random_ids(2, 900)
+    mask = torch.ones_like(ids)
+    mask[1, :70] = 0
+    with torch.no_grad():
+        sparse = model(ids, attention_mask=mask, use_cache=False).logits
+        model.rtpurbo_sparse.retrieval_prefill = "dense"
+        dense = model(ids, attention_mask=mask, use_cache=False).logits
+    torch.testing.assert_close(sparse, dense, rtol=0, atol=0)
+
+
+def test_chunked_sparse_prefill_equals_one_shot_and_reports_the_kept_fraction():
+    model = _model("llama", prefill_top_p=0.5)
+    ids = random_ids(1, 1280, seed=4)
+    with torch.no_grad():
+        one_shot = model(ids, use_cache=False).logits
+        model.rtpurbo_sparse.retrieval_prefill = "dense"
+        dense = model(ids, use_cache=False).logits
+        model.rtpurbo_sparse.retrieval_prefill = "sparse"
+        cache = HeadwiseCache(model)
+        chunks = [model(ids[:, start : start + 256], use_cache=True, **{cache_kwarg(): cache}).logits
+                  for start in range(0, 1280, 256)]
+    torch.testing.assert_close(torch.cat(chunks, 1), one_shot, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(one_shot, dense, atol=1e-3)  # top-p 0.5 skipped blocks
+    fraction = cache.stats.summary()["prefill_block_fraction"]
+    assert 0 < fraction < 1
+
+
+def test_stage2_can_train_the_student_with_sparse_prefill():
+    from rtpurbo.train.stage2_distill import DistillSettings, topp_prefill
+
+    model = _model("llama", prefill_top_p=0.5)
+    with topp_prefill(model, DistillSettings(student_prefill="sparse").student_prefill):
+        assert model.rtpurbo_sparse.retrieval_prefill == "sparse"
+    assert model.rtpurbo_sparse.retrieval_prefill == "sparse"
+    with pytest.raises(ValueError, match="student_prefill"):
+        DistillSettings(student_prefill="dense")
