@@ -93,7 +93,7 @@ def run_point(length: int, record) -> None:
         try:
             fn = torch.compile(flex.flex_attention, dynamic=False)
             call = lambda: fn(kq, kk, kv, block_mask=plan.block_mask, scale=DIM**-0.5, enable_gqa=True,  # noqa: E731
-                              kernel_options={**flex._KERNEL_OPTIONS, **options})
+                              kernel_options={**flex._KERNEL_OPTIONS, **options})  # IS_DIVISIBLE + the variant
             err = ((call().float() - want.float()).norm() / want.float().norm()).item()
             ms = time_ms(call)
             record(dict(kernel=f"flex-{name}", L=length, ms=ms, tflops=flops / ms / 1e9, rel_err=err))

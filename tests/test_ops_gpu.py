@@ -138,9 +138,9 @@ def test_flex_prefill_matches_reference(case):
 
 def test_flex_local_mask_is_cached_and_sparse():
     """One block mask per (L, W, S, device); its blocks grow with W, not with L."""
-    small = flex._local_block_mask(8192, 1024, 4, torch.device("cuda"))
-    assert flex._local_block_mask(8192, 1024, 4, torch.device("cuda")) is small
-    large = flex._local_block_mask(32768, 1024, 4, torch.device("cuda"))
+    small = flex._index_block_mask(8192, 1024, 4, torch.device("cuda"), False)
+    assert flex._index_block_mask(8192, 1024, 4, torch.device("cuda"), False) is small
+    large = flex._index_block_mask(32768, 1024, 4, torch.device("cuda"), False)
     per_row = lambda m: (m.kv_num_blocks + m.full_kv_num_blocks).float().mean().item()
     assert per_row(large) <= 1024 / 128 + 3
     assert abs(per_row(large) - per_row(small)) < 1.0

@@ -93,7 +93,8 @@ def test_generate_through_headwise_cache_on_smollm2(smollm):
         convert(model, plan, SparseConfig(seqlen_threshold=0, window=64, sinks=4, top_p=0.9, min_tokens=8, recent=8))
     else:
         apply_plan(model, plan)
-        model.rtpurbo_sparse.top_p, model.rtpurbo_sparse.min_tokens, model.rtpurbo_sparse.recent = 0.9, 8, 8
+        sparse = model.rtpurbo_sparse
+        sparse.top_p, sparse.min_tokens, sparse.recent, sparse.seqlen_threshold = 0.9, 8, 8, 0
     text = tok.apply_chat_template([{"role": "user", "content": "Name three colours."}], tokenize=False,
                                    add_generation_prompt=True)
     ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])

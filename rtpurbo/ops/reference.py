@@ -178,29 +178,25 @@ def topp_attention(
 
 
 # --- sparse prefill of retrieval heads: top-p over key blocks ------------------------------
-def _block_view(x: torch.Tensor, block: int, fill: float | int) -> torch.Tensor:
-    """(..., L, *rest) -> (..., n_blocks, block, *rest), padded with ``fill`` at the end."""
-    length = x.shape[-2] if x.dim() >= 3 and x.is_floating_point() else x.shape[-1]
-    pad = -length % block
-    if x.is_floating_point():  # (..., L, d)
-        x = torch.nn.functional.pad(x, (0, 0, 0, pad), value=fill)
-        return x.view(*x.shape[:-2], -1, block, x.shape[-1])
-    x = torch.nn.functional.pad(x, (0, pad), value=fill)  # positions (..., L)
-    return x.view(*x.shape[:-1], -1, block)
+def _position_blocks(pos: torch.Tensor, block: int) -> torch.Tensor:
+    """pos (B, L) -> (B, n_blocks, block), padded with empty slots (-1)."""
+    pos = torch.nn.functional.pad(pos, (0, -pos.shape[-1] % block), value=-1)
+    return pos.view(pos.shape[0], -1, block)
 
 
 def block_ranges(pos: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per block of ``block`` slots of pos (B, L): (lowest, highest valid position, any valid), each (B, n_blocks);
     an empty block has lowest 2**62 and highest -1."""
-    tiles = _block_view(pos, block, -1)
+    tiles = _position_blocks(pos, block)
     valid = tiles >= 0
     return tiles.masked_fill(~valid, 1 << 62).amin(-1), tiles.amax(-1), valid.any(-1)
 
 
 def pooled_index(idx: torch.Tensor, pos: torch.Tensor, block: int) -> torch.Tensor:
     """Mean indexer vector of the valid slots of each block: idx (B, H, L, d), pos (B, L) -> (B, H, n_blocks, d) fp32."""
-    valid = (_block_view(pos, block, -1) >= 0)[:, None, :, :, None].float()  # (B, 1, n, block, 1)
-    tiles = _block_view(idx.float(), block, 0.0)  # (B, H, n, block, d)
+    valid = (_position_blocks(pos, block) >= 0)[:, None, :, :, None].float()  # (B, 1, n, block, 1)
+    tiles = torch.nn.functional.pad(idx.float(), (0, 0, 0, -idx.shape[2] % block))
+    tiles = tiles.view(*idx.shape[:2], -1, block, idx.shape[-1])  # (B, H, n, block, d)
     return (tiles * valid).sum(-2) / valid.sum(-2).clamp(min=1.0)
 
 
