@@ -36,7 +36,7 @@ def _load(args: argparse.Namespace, merge_adapters: bool = False):
     device, dtype = device_dtype(args)
     if _is_artifact(args.model):
         return io.load(args.model, dtype=dtype, device=device, merge_adapters=merge_adapters)
-    return load_base(args.model, dtype=dtype, device=device)
+    return load_base(args.model, dtype=dtype, device=device, revision=args.revision)
 
 
 def _settings(args: argparse.Namespace) -> ProfileSettings:
@@ -119,9 +119,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
         result["geometry"] = {"layers": args.layers, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
                               "retrieval_kv_heads": retrieval}
     else:
-        from transformers import AutoConfig
-
-        from .models import resolve_model
+        from .models import load_config
 
         if _is_artifact(args.model):
             config = io.read_config(args.model)
@@ -131,13 +129,12 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
             args.window, args.sinks, args.index_dim = sparse.window, sparse.sinks, sparse.index_dim
             result["plan"] = plan_summary(plan)
             layers, kv_heads = plan.num_layers, plan.num_kv_heads
-            source = resolve_model(config["base_model"]["spec"])
+            base_config = load_config(config["base_model"]["spec"], config["base_model"].get("commit"))
             retrieval = plan.num_retrieval()
         else:
-            source = resolve_model(args.model)
+            base_config = load_config(args.model, args.revision)
             retrieval = None
-        extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-        layers, kv_heads, _, head_dim = geometry(AutoConfig.from_pretrained(source.directory, **extra))
+        layers, kv_heads, _, head_dim = geometry(base_config)
         if retrieval is None:
             retrieval = max(1, round(args.retrieval_ratio * layers * kv_heads))
         geo = _kv_geometry(layers, kv_heads, head_dim, retrieval, args)

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from .. import io
-from ..models import DEFAULT_MODEL, resolve_model
+from ..cli_args import add_revision
+from ..models import DEFAULT_MODEL
+from ..models import load_tokenizer as load_model_tokenizer
 from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, PrepareSettings, load_shards,
                    prepare_shards, round_robin_documents)
 from .lora import LoraSettings
@@ -35,7 +37,9 @@ def add_parsers(subparsers: Any) -> None:
     data_parser = subparsers.add_parser("data", help="training / evaluation data")
     data_sub = data_parser.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("prepare", help="tokenised, packed, de-duplicated shards with a provenance manifest")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model (or artifact) whose tokenizer to use")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model (or artifact) whose tokenizer to use; a Hub id "
+                                                          "org/name works too")
+    add_revision(p)
     p.add_argument("--out", type=Path, required=True, help="shard directory to write")
     p.add_argument("--pool", choices=["train", "dev"], default="train", help="training pool or dev (evaluation) pool")
     p.add_argument("--sources", help="comma-separated source names (default: the pool's default list)")
@@ -164,7 +168,7 @@ def _checkpoint_dir(args: argparse.Namespace, stage: str) -> Path:
 # --- handlers ------------------------------------------------------------------------------------
 def data(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo data prepare``."""
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(args.model, args.revision)
     dev = args.pool == "dev"
     names = args.sources.split(",") if args.sources else list(DEFAULT_DEV_SOURCES if dev else DEFAULT_TRAIN_SOURCES)
     ratio = args.synthetic_ratio if args.synthetic_ratio is not None else (0.0 if dev else 0.1)
@@ -251,12 +255,8 @@ def print_recall(args: argparse.Namespace, report: dict[str, Any]) -> None:
                f"{before['mean_budget']:>14.0f} {after['mean_budget']:>7.0f}   (context {after['context']} tokens)")
 
 
-def load_tokenizer(spec: str) -> Any:
-    """The tokenizer of a model spec or of an artifact's base model, without loading weights."""
-    from transformers import AutoTokenizer
-
+def load_tokenizer(spec: str, revision: str | None = None) -> Any:
+    """The tokenizer of a model spec (at ``revision``) or of an artifact's base model, without loading weights."""
     if io.artifact_path(spec) is not None:
-        spec = io.read_config(spec)["base_model"]["spec"]
-    source = resolve_model(spec)
-    extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    return AutoTokenizer.from_pretrained(source.directory, **extra)
+        spec, revision = io.base_spec(spec)
+    return load_model_tokenizer(spec, revision)
