@@ -82,14 +82,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: printed as one line, no traceback."""
     from .config import PlanMismatch
     from .data.sources import SourceUnavailable
+    from .data.user import UserDataError
     from .families import UnsupportedModel
     from .generate import PromptTooLong
     from .io import ArtifactError
     from .models import ModelNotFound
     from .ops.api import BackendUnavailable
+    from .train.data import NotEnoughData, ShardMismatch
 
-    return (ArtifactError, BackendUnavailable, ModelNotFound, PlanMismatch, PromptTooLong, SourceUnavailable,
-            UnsupportedModel)
+    return (ArtifactError, BackendUnavailable, ModelNotFound, NotEnoughData, PlanMismatch, PromptTooLong,
+            ShardMismatch, SourceUnavailable, UnsupportedModel, UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:
