@@ -77,6 +77,13 @@ def sparse_from_args(args: argparse.Namespace, **overrides: Any) -> SparseConfig
     return SparseConfig(**fields)
 
 
+def add_haystacks(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--haystacks", choices=["both", "builtin", "data"], default="both",
+                   help="profiling prompts' haystacks when --data is given: the built-in training-pool text and "
+                        "the --data documents (both, the default: the plan comes from both and the report says how "
+                        "stable it is across the two), or only one of them")
+
+
 def add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrieval-ratio", type=ratio_value, default=0.15, help="share of KV heads kept full (default 0.15)")
     p.add_argument("--profile-length", type=positive_int, default=2048, help="tokens per profiling prompt")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +14,8 @@ from .families import geometry
 from .memory import KVGeometry, kv_table
 from .models import load_base
 from .convert import convert as convert_model
-from .pipeline import ProfileSettings, plan_summary, read_plan, run_profile
+from .config import HeadPlan
+from .pipeline import ProfileSettings, plan_summary, read_plan, run_domain_profile, run_profile
 
 
 def say(args: argparse.Namespace, *parts: Any) -> None:
@@ -46,14 +48,34 @@ def _settings(args: argparse.Namespace) -> ProfileSettings:
     )
 
 
+def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out_dir: Path
+             ) -> tuple[HeadPlan, dict[str, Any] | None]:
+    """(plan, stability): built-in haystacks, plus the ``--data`` documents when given (``--haystacks``)."""
+    settings = _settings(args)
+    if args.haystacks == "data" and args.data is None:
+        raise SystemExit(f"rtpurbo {args.command}: --haystacks data needs --data")
+    if args.data is None or args.haystacks == "builtin":
+        return run_profile(model, tokenizer, settings, out_dir)[1], None
+    from .profile.domains import stability_summary
+    from .train.data import load_shards, shard_texts
+
+    docs = shard_texts(load_shards(args.data, tokenizer, pool=None), tokenizer, 3 * settings.profile_length)
+    _, plan, stability = run_domain_profile(model, tokenizer, settings, docs, out_dir,
+                                            builtin=args.haystacks == "both")
+    if stability is not None:
+        say(args, stability_summary(stability))
+    return plan, stability
+
+
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = _load(args)
-    _, plan = run_profile(model, tokenizer, _settings(args), args.out)
+    plan, stability = _profile(args, model, tokenizer, args.out)
     summary = plan_summary(plan)
     say(args, f"retrieval KV heads: {summary['retrieval_kv_heads']}/{summary['total_kv_heads']} "
                f"by layer {summary['by_layer']}")
-    say(args, f"wrote {args.out}/head_plan.json, head_scores.json, head_plan.png")
-    return {"out": str(args.out), "plan": summary}
+    say(args, f"wrote {args.out}/head_plan.json, head_scores.json, head_plan.png"
+              + (", domain_stability.json" if stability else ""))
+    return {"out": str(args.out), "plan": summary, "domain_stability": stability}
 
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,7 +84,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
     if args.plan is not None:
         plan, overrides = read_plan(args.plan, model.config)
     else:
-        _, plan = run_profile(model, tokenizer, _settings(args), args.out.with_name(args.out.name + "-profile"))
+        plan, _ = _profile(args, model, tokenizer, args.out.with_name(args.out.name + "-profile"))
     sparse = sparse_from_args(args, **overrides)
     convert_model(model, plan, sparse)
     training = None

@@ -91,7 +91,8 @@ def add_parsers(subparsers: Any) -> None:
 def add_convert_train_arguments(p: argparse.ArgumentParser) -> None:
     """``rtpurbo convert --train``: profile -> convert -> stage 1 -> stage 2 -> save."""
     p.add_argument("--train", action="store_true", help="train indexers and adapters before saving")
-    p.add_argument("--data", type=Path, help="training shards (rtpurbo data prepare); needed with --train")
+    p.add_argument("--data", type=Path, help="training shards (rtpurbo data prepare); needed with --train. When "
+                                             "profiling (no --plan), their documents also become profiling haystacks")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="training compute (auto: bf16 autocast on CUDA, fp32 on CPU)")
     p.add_argument("--checkpoint-dir", type=Path, help="default: OUT.checkpoints")

@@ -329,15 +329,16 @@ class TokenShards:
         return self.sequences.shape[1]
 
 
-def load_shards(path: str | Path, tokenizer: Any | None = None, pool: str = "train") -> TokenShards:
-    """Read a shard directory; verify hashes, pool and (given ``tokenizer``) the tokenizer fingerprint."""
+def load_shards(path: str | Path, tokenizer: Any | None = None, pool: str | None = "train") -> TokenShards:
+    """Read a shard directory; verify hashes, pool (None: either) and (given ``tokenizer``) the tokenizer
+    fingerprint."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise ShardMismatch(f"{path} has no {MANIFEST}; make shards with `rtpurbo data prepare`")
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise ShardMismatch(f"{path / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest["settings"]["pool"] != pool:
+    if pool is not None and manifest["settings"]["pool"] != pool:
         raise ShardMismatch(f"{path} holds {manifest['settings']['pool']!r}-pool data, expected {pool!r}")
     if tokenizer is not None and tokenizer_fingerprint(tokenizer) != manifest["tokenizer"]["fingerprint"]:
         raise ShardMismatch(
@@ -362,6 +363,23 @@ def split_held_out(shards: TokenShards, count: int, seq_len: int | None) -> tupl
         raise ValueError(f"{len(shards.sequences)} sequences cannot spare {count} for evaluation")
     cut = len(shards.sequences) - count
     return TokenShards(shards.sequences[:cut], shards.manifest, shards.path), shards.sequences[cut:, :seq_len]
+
+
+def shard_texts(shards: TokenShards, tokenizer: Any, min_tokens: int, limit: int = 16) -> list[str]:
+    """Up to ``limit`` texts decoded from the natural (not synthetic) rows, spread evenly over the shards.
+
+    Natural rows are consecutive windows of the packed document stream, so consecutive rows
+    are joined until a text holds at least ``min_tokens`` tokens (e.g. haystacks for profiling).
+    """
+    ratio = shards.manifest["settings"]["synthetic_ratio"]
+    natural = [row for i, row in enumerate(shards.sequences) if not is_synthetic_slot(i, ratio)]
+    per_text = max(1, math.ceil(min_tokens / shards.seq_len))
+    groups = [natural[start : start + per_text] for start in range(0, len(natural) - per_text + 1, per_text)]
+    if not groups:
+        raise NotEnoughData(f"{shards.path} holds {len(natural)} natural rows of {shards.seq_len} tokens, fewer "
+                            f"than one text of {min_tokens} tokens")
+    picked = sorted({round(k * (len(groups) - 1) / max(1, limit - 1)) for k in range(min(limit, len(groups)))})
+    return [tokenizer.decode(torch.cat(groups[k]).tolist(), skip_special_tokens=True) for k in picked]
 
 
 def fingerprint_shards(shards: TokenShards) -> str:
