@@ -5,6 +5,7 @@ training-free split and trained rows, with KV bytes and speed, into one results 
     rtpurbo eval --lengths 2048 4096 8192 --samples 100 --out runs/eval-full
     rtpurbo eval --prepare-only --lengths 2048 4096 8192 --samples 100 --out runs/eval-full   # data only
     rtpurbo eval --data runs/eval-full/eval_data.npz --plan head_plan.json ...            # no corpora needed
+    rtpurbo eval --model ARTIFACT --rows dense --ppl-data runs/my-dev   # perplexity on your text (data prepare --pool dev)
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ..convert import convert
 from ..families import geometry
 from ..models import load_base, load_config, load_tokenizer
 from ..pipeline import ProfileSettings, plan_summary, read_plan, run_profile
+from .domain import with_user_windows
 from .report import merge_runs, rebuild_report, write_report
 from .suite import (BASE_ROWS, EvalData, Row, SuiteSettings, base_rows, build_data, load_data, run_suite,
                     save_data)
@@ -61,6 +63,10 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--plan", type=Path, help="head plan of the split row (head_plan.json or config.json with "
                                              "headwise_config); default: profile now")
     p.add_argument("--ppl-windows", type=int, help=f"perplexity windows (default {FULL['ppl_windows']}, 0 = none)")
+    p.add_argument("--ppl-data", type=Path, metavar="DIR",
+                   help="perplexity by position on your text: dev shards from `rtpurbo data prepare --pool dev "
+                        "--files ...` (all their windows unless --ppl-windows); perplexity only unless --tasks or "
+                        "--speed-repeats ask for more")
     p.add_argument("--ppl-length", type=positive_int, help="tokens per perplexity window (default: model positions, "
                                                         f"at most {MAX_PPL_LENGTH})")
     p.add_argument("--batch-size", type=positive_int, help="samples per batch (default 1 on CPU, 8 on GPU)")
@@ -173,6 +179,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = load_base(spec, dtype=dtype, device=device, revision=revision)
     data = load_data(args.data, tokenizer) if args.data else None
     settings = settings_from(args, max_positions, device, data)
+    if args.ppl_data is not None:
+        data, settings = with_user_windows(args, tokenizer, settings, data, max_positions, progress=not args.json)
     if data is None:
         data = build_data(tokenizer, settings, progress=not args.json)
         save_data(data, out / "eval_data.npz")
