@@ -115,9 +115,11 @@ def test_datasets_from_disk_and_from_data_files(tmp_path, record_text, monkeypat
     write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "w4"}]}])
     assert texts(dataset_input(str(tmp_path / "chat.jsonl"), record_text)) == ["<user> w4 </s> "]
     assert (tmp_path / "hf" / "datasets").is_dir()  # the datasets cache follows HF_HOME
+    (tmp_path / "book.txt").write_text("line w5\nline w6\n")
+    assert texts(dataset_input(str(tmp_path / "book.txt"), record_text)) == ["line w5\nline w6\n"]
     with pytest.raises(UserDataError, match="has no split 'validation'"):
         dataset_input(f"{tmp_path / 'saved'}:validation", record_text)
-    with pytest.raises(ValueError, match="reserved"):
+    with pytest.raises(UserDataError, match="reserved"):
         dataset_input("someone/django-code", record_text)
 
 

@@ -261,7 +261,10 @@ def dataset_input(spec: str, record_text: RecordText) -> UserInput:
     """
     name, _, split = spec.partition(":")
     split = split or "train"
-    check_not_reserved(name)
+    try:
+        check_not_reserved(name)
+    except ValueError as err:
+        raise UserDataError(str(err)) from err
     if is_reserved_path(Path(name).expanduser().resolve()):
         raise UserDataError(f"refusing to read {name}: it belongs to a source reserved for independent evaluation")
     dataset, loader = _load_dataset(name, split)
@@ -293,8 +296,9 @@ def _load_dataset(name: str, split: str) -> tuple[Any, str]:
             return loaded, "load_from_disk"
         builder = DATASET_BUILDERS.get(path.suffix.lower())
         if builder and (path.is_file() or glob.has_magic(name)):
-            return datasets.load_dataset(builder, data_files=str(path), split=split, cache_dir=cache_dir), \
-                f"load_dataset({builder!r}, data_files=...)"
+            whole_files = {"sample_by": "document"} if builder == "text" else {}  # a text file is one document
+            return datasets.load_dataset(builder, data_files=str(path), split=split, cache_dir=cache_dir,
+                                         **whole_files), f"load_dataset({builder!r}, data_files=...)"
         if path.is_dir():
             return datasets.load_dataset(str(path), split=split, cache_dir=cache_dir), "load_dataset(directory)"
         return datasets.load_dataset(name, split=split, streaming=True), "load_dataset(Hub, streaming)"

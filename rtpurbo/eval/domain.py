@@ -39,8 +39,9 @@ def with_user_windows(args: argparse.Namespace, tokenizer: Any, settings: SuiteS
                       max_positions: int, progress: bool) -> tuple[EvalData, SuiteSettings]:
     """(data with the ``--ppl-data`` windows, settings of a perplexity-first run)."""
     windows, meta = user_windows(args.ppl_data, tokenizer, args.ppl_windows, args.ppl_length, max_positions)
-    settings = replace(settings, tasks=args.tasks or [], ppl_windows=len(windows), ppl_length=len(windows[0]),
-                       speed_repeats=args.speed_repeats or 0)
+    tasks = args.tasks or []
+    settings = replace(settings, tasks=tasks, samples=settings.samples if tasks else 0, ppl_windows=len(windows),
+                       ppl_length=len(windows[0]), speed_repeats=args.speed_repeats or 0)
     if data is None and settings.tasks:
         data = build_data(tokenizer, replace(settings, ppl_windows=0), progress=progress)
     samples, base_meta = (data.samples, data.meta) if data is not None else ([], {})
