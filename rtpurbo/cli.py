@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .bench.commands import add_parsers as add_bench_parsers
-from .cli_args import add_model, add_profile, add_sparse, positive_int, ratio_value, top_p_value
+from .cli_args import add_haystacks, add_model, add_profile, add_sparse, positive_int, ratio_value, top_p_value
 from .eval.commands import add_parsers as add_eval_parsers
 from .train.commands import add_convert_train_arguments
 from .train.commands import add_parsers as add_training_parsers
@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=positive_int, default=1024, help="W used for long-range mass (default 1024)")
     p.add_argument("--sinks", type=int, default=4, help="S (default 4)")
     p.add_argument("--out", type=Path, required=True, help="directory for head_scores.json, head_plan.json/.png")
+    p.add_argument("--data", type=Path, help="shards of the user's text (rtpurbo data prepare): their documents "
+                                             "become haystacks of more profiling prompts (domain_stability.json)")
+    add_haystacks(p)
 
     p = sub.add_parser("convert", help="convert a base model and save the artifact")
     add_model(p)
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(default: profile now)")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     add_convert_train_arguments(p)
+    add_haystacks(p)
 
     p = sub.add_parser("generate", help="generate text (streamed) through the head-wise cache")
     add_model(p, artifact_ok=True)
@@ -82,14 +86,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: printed as one line, no traceback."""
     from .config import PlanMismatch
     from .data.sources import SourceUnavailable
+    from .data.user import UserDataError
     from .families import UnsupportedModel
     from .generate import PromptTooLong
     from .io import ArtifactError
     from .models import ModelNotFound
     from .ops.api import BackendUnavailable
+    from .train.data import NotEnoughData, ShardMismatch
 
-    return (ArtifactError, BackendUnavailable, ModelNotFound, PlanMismatch, PromptTooLong, SourceUnavailable,
-            UnsupportedModel)
+    return (ArtifactError, BackendUnavailable, ModelNotFound, NotEnoughData, PlanMismatch, PromptTooLong,
+            ShardMismatch, SourceUnavailable, UnsupportedModel, UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

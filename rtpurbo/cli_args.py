@@ -36,13 +36,20 @@ def top_p_value(value: str) -> float:
 
 
 def add_model(p: argparse.ArgumentParser, artifact_ok: bool = False) -> None:
-    what = "embedded name, HF model directory, .gguf file" + (
+    what = "embedded name, HF model directory, .gguf file, Hugging Face Hub id org/name" + (
         ", rtpurbo artifact directory or shipped adapter (smollm2-135m-rtpurbo)" if artifact_ok else "")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"{what} (default: {DEFAULT_MODEL})")
+    add_revision(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def add_revision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--revision", help="branch, tag or commit of a Hub --model (default: main; an artifact records "
+                                      "its base's commit). Read from the Hub when online, else from the local "
+                                      "cache (HF_HOME; HF_HUB_OFFLINE=1 never connects)")
 
 
 def add_sparse(p: argparse.ArgumentParser) -> None:
@@ -81,6 +88,13 @@ def sparse_from_args(args: argparse.Namespace, **overrides: Any) -> SparseConfig
     )
     fields.update(overrides)
     return SparseConfig(**fields)
+
+
+def add_haystacks(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--haystacks", choices=["both", "builtin", "data"], default="both",
+                   help="profiling prompts' haystacks when --data is given: the built-in training-pool text and "
+                        "the --data documents (both, the default: the plan comes from both and the report says how "
+                        "stable it is across the two), or only one of them")
 
 
 def add_profile(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +14,8 @@ from .families import geometry
 from .memory import KVGeometry, kv_table
 from .models import load_base
 from .convert import convert as convert_model
-from .pipeline import ProfileSettings, plan_summary, read_plan, run_profile
+from .config import HeadPlan
+from .pipeline import ProfileSettings, plan_summary, read_plan, run_domain_profile, run_profile
 
 
 def say(args: argparse.Namespace, *parts: Any) -> None:
@@ -36,7 +38,7 @@ def _load(args: argparse.Namespace, merge_adapters: bool = False):
     device, dtype = device_dtype(args)
     if _is_artifact(args.model):
         return io.load(args.model, dtype=dtype, device=device, merge_adapters=merge_adapters)
-    return load_base(args.model, dtype=dtype, device=device)
+    return load_base(args.model, dtype=dtype, device=device, revision=args.revision)
 
 
 def _settings(args: argparse.Namespace) -> ProfileSettings:
@@ -46,14 +48,34 @@ def _settings(args: argparse.Namespace) -> ProfileSettings:
     )
 
 
+def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out_dir: Path
+             ) -> tuple[HeadPlan, dict[str, Any] | None]:
+    """(plan, stability): built-in haystacks, plus the ``--data`` documents when given (``--haystacks``)."""
+    settings = _settings(args)
+    if args.haystacks == "data" and args.data is None:
+        raise SystemExit(f"rtpurbo {args.command}: --haystacks data needs --data")
+    if args.data is None or args.haystacks == "builtin":
+        return run_profile(model, tokenizer, settings, out_dir)[1], None
+    from .profile.domains import stability_summary
+    from .train.data import load_shards, shard_texts
+
+    docs = shard_texts(load_shards(args.data, tokenizer, pool=None), tokenizer, 3 * settings.profile_length)
+    _, plan, stability = run_domain_profile(model, tokenizer, settings, docs, out_dir,
+                                            builtin=args.haystacks == "both")
+    if stability is not None:
+        say(args, stability_summary(stability))
+    return plan, stability
+
+
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = _load(args)
-    _, plan = run_profile(model, tokenizer, _settings(args), args.out)
+    plan, stability = _profile(args, model, tokenizer, args.out)
     summary = plan_summary(plan)
     say(args, f"retrieval KV heads: {summary['retrieval_kv_heads']}/{summary['total_kv_heads']} "
                f"by layer {summary['by_layer']}")
-    say(args, f"wrote {args.out}/head_plan.json, head_scores.json, head_plan.png")
-    return {"out": str(args.out), "plan": summary}
+    say(args, f"wrote {args.out}/head_plan.json, head_scores.json, head_plan.png"
+              + (", domain_stability.json" if stability else ""))
+    return {"out": str(args.out), "plan": summary, "domain_stability": stability}
 
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,7 +84,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
     if args.plan is not None:
         plan, overrides = read_plan(args.plan, model.config)
     else:
-        _, plan = run_profile(model, tokenizer, _settings(args), args.out.with_name(args.out.name + "-profile"))
+        plan, _ = _profile(args, model, tokenizer, args.out.with_name(args.out.name + "-profile"))
     sparse = sparse_from_args(args, **overrides)
     convert_model(model, plan, sparse)
     training = None
@@ -119,9 +141,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
         result["geometry"] = {"layers": args.layers, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
                               "retrieval_kv_heads": retrieval}
     else:
-        from transformers import AutoConfig
-
-        from .models import resolve_model
+        from .models import load_config
 
         if _is_artifact(args.model):
             config = io.read_config(args.model)
@@ -131,13 +151,12 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
             args.window, args.sinks, args.index_dim = sparse.window, sparse.sinks, sparse.index_dim
             result["plan"] = plan_summary(plan)
             layers, kv_heads = plan.num_layers, plan.num_kv_heads
-            source = resolve_model(config["base_model"]["spec"])
+            base_config = load_config(config["base_model"]["spec"], config["base_model"].get("commit"))
             retrieval = plan.num_retrieval()
         else:
-            source = resolve_model(args.model)
+            base_config = load_config(args.model, args.revision)
             retrieval = None
-        extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-        layers, kv_heads, _, head_dim = geometry(AutoConfig.from_pretrained(source.directory, **extra))
+        layers, kv_heads, _, head_dim = geometry(base_config)
         if retrieval is None:
             retrieval = max(1, round(args.retrieval_ratio * layers * kv_heads))
         geo = _kv_geometry(layers, kv_heads, head_dim, retrieval, args)

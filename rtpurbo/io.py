@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import HeadPlan, PlanMismatch, SparseConfig, dumps
 from .convert import convert, is_converted
-from .models import EMBEDDED_ADAPTERS, ModelSource, fingerprint, load_base
+from .models import EMBEDDED_ADAPTERS, ModelSource, fingerprint, load_base, source_record
 
 FORMAT = "rtpurbo/1"
 CONFIG_NAME = "rtpurbo_config.json"
@@ -78,9 +78,7 @@ def save(model: nn.Module, out_dir: str | Path, history: list[dict[str, Any]] | 
             "format": FORMAT,
             "versions": {"rtpurbo": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
             "base_model": {
-                "spec": source.spec,
-                "directory": str(source.directory),
-                "gguf_file": source.gguf_file,
+                **source_record(source),
                 "model_type": model.config.model_type,
                 "fingerprint": getattr(model, "rtpurbo_fingerprint", None) or fingerprint(source),
             },
@@ -118,6 +116,12 @@ def artifact_path(spec: str | Path) -> Path | None:
     return path if (path / CONFIG_NAME).is_file() else None
 
 
+def base_spec(path: str | Path) -> tuple[str, str | None]:
+    """(spec, commit) of an artifact's base model: the commit pins a Hub id's revision (None otherwise)."""
+    base = read_config(path)["base_model"]
+    return base["spec"], base.get("commit")
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read and validate an artifact's config and file hashes (no model loaded); ``path`` may
     also name a shipped adapter."""
@@ -147,11 +151,13 @@ def load(
     device: str | torch.device = "cpu",
     allow_base_mismatch: bool = False,
     merge_adapters: bool = False,
+    base_revision: str | None = None,
 ):
     """Rebuild a converted model from an artifact: (model, tokenizer).
 
     Args:
-        base: override where the base model comes from (default: the recorded spec).
+        base: override where the base model comes from (default: the recorded spec, at the recorded
+            commit for a Hub id); ``base_revision`` is then the Hub revision of ``base``.
         allow_base_mismatch: load even if the base weights' fingerprint differs.
         merge_adapters: fold LoRA adapters into their projections (inference: no adapter matmuls
             per call). Not for training further: the adapters would then apply twice.
@@ -159,7 +165,8 @@ def load(
     path = artifact_path(path) or Path(path)
     config = read_config(path)
     base_info = config["base_model"]
-    model, tokenizer = load_base(base or base_info["spec"], dtype=dtype, device=device)
+    revision = base_revision if base else base_info.get("commit")
+    model, tokenizer = load_base(base or base_info["spec"], dtype=dtype, device=device, revision=revision)
     found = fingerprint(model.rtpurbo_source)
     if found != base_info["fingerprint"] and not allow_base_mismatch:
         raise ArtifactError(

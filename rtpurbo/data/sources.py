@@ -356,7 +356,7 @@ def _matching_files(source: Source, folders: dict[str, str]) -> list[Path]:
 def _run_install(name: str, commands: list[str]) -> None:
     for command in tqdm(commands, desc=f"installing {name}", unit="step"):
         try:
-            subprocess.run(command, shell=True, check=True)
+            subprocess.run(command, shell=True, check=True, stdout=2)  # stderr: stdout may be --json
         except subprocess.CalledProcessError as error:
             raise SourceUnavailable(
                 f"installing source {name!r} failed (exit {error.returncode}) at:\n  {command}\n"

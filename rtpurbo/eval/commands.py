@@ -5,6 +5,7 @@ training-free split and trained rows, with KV bytes and speed, into one results 
     rtpurbo eval --lengths 2048 4096 8192 --samples 100 --out runs/eval-full
     rtpurbo eval --prepare-only --lengths 2048 4096 8192 --samples 100 --out runs/eval-full   # data only
     rtpurbo eval --data runs/eval-full/eval_data.npz --plan head_plan.json ...            # no corpora needed
+    rtpurbo eval --model ARTIFACT --rows dense --ppl-data runs/my-dev   # perplexity on your text (data prepare --pool dev)
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from ..commands import device_dtype, say
 from ..config import HeadPlan, dumps
 from ..convert import convert
 from ..families import geometry
-from ..models import load_base, resolve_model
+from ..models import load_base, load_config, load_tokenizer
 from ..pipeline import ProfileSettings, plan_summary, read_plan, run_profile
+from .domain import with_user_windows
 from .report import merge_runs, rebuild_report, write_report
 from .suite import (BASE_ROWS, EvalData, Row, SuiteSettings, base_rows, build_data, load_data, run_suite,
                     save_data)
@@ -61,6 +63,10 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--plan", type=Path, help="head plan of the split row (head_plan.json or config.json with "
                                              "headwise_config); default: profile now")
     p.add_argument("--ppl-windows", type=int, help=f"perplexity windows (default {FULL['ppl_windows']}, 0 = none)")
+    p.add_argument("--ppl-data", type=Path, metavar="DIR",
+                   help="perplexity by position on your text: dev shards from `rtpurbo data prepare --pool dev "
+                        "--files ...` (all their windows unless --ppl-windows); perplexity only unless --tasks or "
+                        "--speed-repeats ask for more")
     p.add_argument("--ppl-length", type=positive_int, help="tokens per perplexity window (default: model positions, "
                                                         f"at most {MAX_PPL_LENGTH})")
     p.add_argument("--batch-size", type=positive_int, help="samples per batch (default 1 on CPU, 8 on GPU)")
@@ -94,21 +100,18 @@ def _artifact_row(item: str) -> tuple[str, Path, float | None]:
     return name, Path(path), top_p
 
 
-def _base_spec(args: argparse.Namespace) -> tuple[str, list[tuple[str, Path, float | None]]]:
-    """(base model spec, artifact rows): an artifact ``--model`` adds itself as a row."""
+def _base_spec(args: argparse.Namespace) -> tuple[str, str | None, list[tuple[str, Path, float | None]]]:
+    """(base model spec, its revision, artifact rows): an artifact ``--model`` adds itself as a row."""
     artifacts = [_artifact_row(item) for item in args.artifacts]
     own = io.artifact_path(args.model)
     if own is not None:
         artifacts.insert(0, (own.resolve().name, own, None))
-        return io.read_config(args.model)["base_model"]["spec"], artifacts
-    return args.model, artifacts
+        return *io.base_spec(args.model), artifacts
+    return args.model, args.revision, artifacts
 
 
-def _max_positions(spec: str) -> int:
-    source = resolve_model(spec)
-    extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    config = transformers.AutoConfig.from_pretrained(source.directory, **extra)
-    return int(getattr(config, "max_position_embeddings", 8192))
+def _max_positions(spec: str, revision: str | None) -> int:
+    return int(getattr(load_config(spec, revision), "max_position_embeddings", 8192))
 
 
 def settings_from(args: argparse.Namespace, max_positions: int, device: str, data: EvalData | None = None
@@ -134,12 +137,6 @@ def settings_from(args: argparse.Namespace, max_positions: int, device: str, dat
         speed_repeats=mode["speed_repeats"] if args.speed_repeats is None else args.speed_repeats,
         speed_warmup=1 if device == "cpu" else 2, speed_steps=mode["speed_steps"], chat=not args.no_chat_template,
     )
-
-
-def _load_tokenizer(spec: str) -> Any:
-    source = resolve_model(spec)
-    extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    return transformers.AutoTokenizer.from_pretrained(source.directory, **extra)
 
 
 def _split_plan(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path) -> tuple[HeadPlan, dict]:
@@ -170,17 +167,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(args, (out / "results.md").read_text())
         return result
     out.mkdir(parents=True, exist_ok=True)
-    spec, artifacts = _base_spec(args)
+    spec, revision, artifacts = _base_spec(args)
     device, dtype = device_dtype(args)
-    max_positions = _max_positions(spec)
+    max_positions = _max_positions(spec, revision)
     if args.prepare_only:
-        data = build_data(_load_tokenizer(spec), settings_from(args, max_positions, device), progress=not args.json)
+        data = build_data(load_tokenizer(spec, revision), settings_from(args, max_positions, device),
+                          progress=not args.json)
         save_data(data, out / "eval_data.npz")
         say(args, f"wrote {out / 'eval_data.npz'} ({len(data.samples)} samples, {len(data.windows)} windows)")
         return {"data": str(out / "eval_data.npz"), "samples": len(data.samples), "windows": len(data.windows)}
-    model, tokenizer = load_base(spec, dtype=dtype, device=device)
+    model, tokenizer = load_base(spec, dtype=dtype, device=device, revision=revision)
     data = load_data(args.data, tokenizer) if args.data else None
     settings = settings_from(args, max_positions, device, data)
+    if args.ppl_data is not None:
+        data, settings = with_user_windows(args, tokenizer, settings, data, max_positions, progress=not args.json)
     if data is None:
         data = build_data(tokenizer, settings, progress=not args.json)
         save_data(data, out / "eval_data.npz")
@@ -193,7 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     say(args, f"rows: {', '.join(r.name for r in rows)}; lengths {settings.lengths}; {settings.samples} samples "
                f"x {len(settings.tasks)} tasks; results in {out}")
     stored = run_suite(model, tokenizer, rows, data, settings, out,
-                       lambda path: io.load(path, base=spec, dtype=dtype, device=device, merge_adapters=True),
+                       lambda path: io.load(path, base=spec, base_revision=revision, dtype=dtype, device=device,
+                                            merge_adapters=True),
                        progress=not args.json)
     config["wall_seconds"] = round(time.time() - started, 1)
     result = write_report(out, stored, config)

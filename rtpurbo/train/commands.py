@@ -16,13 +16,24 @@ from typing import Any
 import torch
 
 from .. import io
-from ..models import DEFAULT_MODEL, resolve_model
+from ..cli_args import add_revision
+from ..data.user import RecordText, UserInput, chat_renderer, dataset_input, file_input
+from ..models import DEFAULT_MODEL, source_record
+from ..models import load_tokenizer as load_model_tokenizer
 from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, PrepareSettings, load_shards,
                    prepare_shards, round_robin_documents)
 from .lora import LoraSettings
 from .loop import LoopSettings, make_runtime
 from .stage1_indexer import IndexerSettings, train_indexer as run_stage1
 from .stage2_distill import STUDENT_PREFILL, TRAINABLE, DistillSettings, distill as run_stage2
+
+
+PREPARE_EXAMPLES = """examples:
+  rtpurbo data prepare --out runs/shards                          # built-in training pool, 1024 x 8K
+  rtpurbo data prepare --model Qwen/Qwen3-8B --files 'corpus/**/*.md' chats.jsonl --out runs/my-train
+  rtpurbo data prepare --model Qwen/Qwen3-8B --dataset my_saved_ds:train --out runs/my-train
+  rtpurbo data prepare --model Qwen/Qwen3-8B --pool dev --files 'held-out/*.txt' --sequences 12 --out runs/my-dev
+"""
 
 
 def _say(args: argparse.Namespace, *parts: Any) -> None:
@@ -34,18 +45,33 @@ def add_parsers(subparsers: Any) -> None:
     """Add ``data prepare``, ``train-indexer`` and ``distill`` to the ``rtpurbo`` subparsers."""
     data_parser = subparsers.add_parser("data", help="training / evaluation data")
     data_sub = data_parser.add_subparsers(dest="data_command", required=True)
-    p = data_sub.add_parser("prepare", help="tokenised, packed, de-duplicated shards with a provenance manifest")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model (or artifact) whose tokenizer to use")
+    p = data_sub.add_parser("prepare", help="tokenised, packed, de-duplicated shards with a provenance manifest",
+                            description=PREPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model (or artifact) whose tokenizer (and chat template) "
+                                                          "to use; a Hub id org/name works too")
+    add_revision(p)
     p.add_argument("--out", type=Path, required=True, help="shard directory to write")
-    p.add_argument("--pool", choices=["train", "dev"], default="train", help="training pool or dev (evaluation) pool")
-    p.add_argument("--sources", help="comma-separated source names (default: the pool's default list)")
+    p.add_argument("--pool", choices=["train", "dev"], default="train",
+                   help="train (packed across documents, synthetic share) or dev: evaluation windows that never "
+                        "span two documents (rtpurbo eval --ppl-data)")
+    p.add_argument("--sources", help="comma-separated built-in source names (default: the pool's default list, "
+                                     "none when --files or --dataset is given)")
+    p.add_argument("--files", nargs="+", metavar="PATTERN", help="your files: plain text (any suffix), .jsonl / "
+                   ".json records, .parquet (also .gz); wildcards, ** recurses. Quote the patterns")
+    p.add_argument("--dataset", action="append", metavar="NAME_OR_PATH[:SPLIT]",
+                   help="a dataset through the datasets library: a save_to_disk directory, a data file or "
+                        "wildcard (json/parquet/csv/txt), a data directory, or a Hub dataset (streamed); split "
+                        "default train. Repeatable")
+    p.add_argument("--text-field", help="record field holding the text (default: messages / conversations "
+                                        "rendered with the model's chat template, else text, else content)")
     p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per sequence")
     p.add_argument("--sequences", type=int, default=1024, help="sequences to write")
     p.add_argument("--synthetic-ratio", type=float, default=None,
                    help="share of synthetic needle sequences (default 0.1 for train, 0 for dev)")
     p.add_argument("--no-cross-documents", action="store_true",
                    help="a sequence never spans two documents (default for the dev pool)")
-    p.add_argument("--min-doc-chars", type=int, default=2000, help="skip shorter documents")
+    p.add_argument("--min-doc-chars", type=int, help="skip shorter documents (default 2000 for built-in sources, "
+                                                     "1 with --files / --dataset: records are packed together)")
     p.add_argument("--shard-mb", type=float, default=60.0, help="maximum shard size in MB")
     p.add_argument("--no-install", action="store_true", help="fail instead of installing missing sources")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -65,7 +91,8 @@ def add_parsers(subparsers: Any) -> None:
 def add_convert_train_arguments(p: argparse.ArgumentParser) -> None:
     """``rtpurbo convert --train``: profile -> convert -> stage 1 -> stage 2 -> save."""
     p.add_argument("--train", action="store_true", help="train indexers and adapters before saving")
-    p.add_argument("--data", type=Path, help="training shards (rtpurbo data prepare); needed with --train")
+    p.add_argument("--data", type=Path, help="training shards (rtpurbo data prepare); needed with --train. When "
+                                             "profiling (no --plan), their documents also become profiling haystacks")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="training compute (auto: bf16 autocast on CUDA, fp32 on CPU)")
     p.add_argument("--checkpoint-dir", type=Path, help="default: OUT.checkpoints")
@@ -167,20 +194,31 @@ def _checkpoint_dir(args: argparse.Namespace, stage: str) -> Path:
 # --- handlers ------------------------------------------------------------------------------------
 def data(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo data prepare``."""
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(args.model, args.revision)
     dev = args.pool == "dev"
-    names = args.sources.split(",") if args.sources else list(DEFAULT_DEV_SOURCES if dev else DEFAULT_TRAIN_SOURCES)
+    user = bool(args.files or args.dataset)
+    default_names = [] if user else list(DEFAULT_DEV_SOURCES if dev else DEFAULT_TRAIN_SOURCES)
+    names = args.sources.split(",") if args.sources else default_names
     ratio = args.synthetic_ratio if args.synthetic_ratio is not None else (0.0 if dev else 0.1)
+    min_chars = args.min_doc_chars if args.min_doc_chars is not None else (1 if user else 2000)
     settings = PrepareSettings(
         seq_len=args.seq_len, sequences=args.sequences, synthetic_ratio=ratio,
-        cross_documents=not (args.no_cross_documents or dev), min_doc_chars=args.min_doc_chars,
+        cross_documents=not (args.no_cross_documents or dev), min_doc_chars=min_chars,
         shard_bytes=int(args.shard_mb * 1e6), pool=args.pool,
     )
-    documents = round_robin_documents(names, args.pool, install=not args.no_install)
-    manifest = prepare_shards(documents, tokenizer, args.out, settings)
+    inputs = user_inputs(args, tokenizer, min_chars)
+    documents = round_robin_documents(names, args.pool, install=not args.no_install,
+                                      extra=[item.documents() for item in inputs])
+    manifest = prepare_shards(documents, tokenizer, args.out, settings,
+                              provenance={item.name: item.provenance for item in inputs},
+                              model=source_record(tokenizer.rtpurbo_source))
     size = sum(s["bytes"] for s in manifest["shards"])
     _say(args, f"wrote {manifest['sequences']} x {args.seq_len} tokens ({manifest['synthetic']['sequences']} "
                f"synthetic) in {len(manifest['shards'])} shard(s), {size / 1e6:.1f} MB, to {args.out}")
+    for name, entry in manifest["sources"].items():
+        skipped = entry["provenance"].get("skipped")
+        _say(args, f"  {name}: {entry['documents']} documents ({entry['duplicates']} duplicates dropped), "
+                   f"{entry['tokens']:,} tokens" + (f"; files skipped: {skipped}" if skipped else ""))
     return {"out": str(args.out), "sequences": manifest["sequences"], "bytes": size,
             "sources": {k: {"documents": v["documents"], "tokens": v["tokens"]}
                         for k, v in manifest["sources"].items()}}
@@ -254,12 +292,15 @@ def print_recall(args: argparse.Namespace, report: dict[str, Any]) -> None:
                f"{before['mean_budget']:>14.0f} {after['mean_budget']:>7.0f}   (context {after['context']} tokens)")
 
 
-def load_tokenizer(spec: str) -> Any:
-    """The tokenizer of a model spec or of an artifact's base model, without loading weights."""
-    from transformers import AutoTokenizer
+def user_inputs(args: argparse.Namespace, tokenizer: Any, min_chars: int) -> list[UserInput]:
+    """Each ``--files`` pattern and each ``--dataset`` (one input each), records read with ``--text-field``."""
+    record_text = RecordText(chat_renderer(tokenizer, args.model), args.text_field)
+    inputs = [file_input(pattern, record_text, min_chars) for pattern in args.files or []]
+    return inputs + [dataset_input(spec, record_text) for spec in args.dataset or []]
 
+
+def load_tokenizer(spec: str, revision: str | None = None) -> Any:
+    """The tokenizer of a model spec (at ``revision``) or of an artifact's base model, without loading weights."""
     if io.artifact_path(spec) is not None:
-        spec = io.read_config(spec)["base_model"]["spec"]
-    source = resolve_model(spec)
-    extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    return AutoTokenizer.from_pretrained(source.directory, **extra)
+        spec, revision = io.base_spec(spec)
+    return load_model_tokenizer(spec, revision)

@@ -16,8 +16,10 @@ dev-pool evaluation windows are made that way.
 
 Synthetic mix. A ``synthetic_ratio`` share of sequences are needle samples
 (passkey, key-value, multi-hop in turn; :mod:`rtpurbo.data.needles`) of exactly
-``seq_len`` tokens on training-pool haystacks, seeds ``seed_for("train", i)``. Sequence
-``i`` is synthetic iff ``floor((i + 1) r) > floor(i r)``, so they are spread evenly.
+``seq_len`` tokens on haystacks from the documents themselves (those of at least
+``4 * seq_len`` characters; where none is that long, as with chat records, consecutive
+documents joined to that length), seeds ``seed_for("train", i)``. Sequence ``i`` is
+synthetic iff ``floor((i + 1) r) > floor(i r)``, so they are spread evenly.
 
 Loading (:func:`load_shards`) checks every hash and refuses shards made with another
 tokenizer (``ShardMismatch``) or from the wrong pool.
@@ -56,6 +58,10 @@ DEFAULT_DEV_SOURCES = ("shakespeare",)
 
 class ShardMismatch(ValueError):
     """Shards that are corrupt, or made for another tokenizer, pool or length."""
+
+
+class NotEnoughData(ValueError):
+    """The documents are too few or too short for the sequences asked for."""
 
 
 @dataclass
@@ -166,18 +172,20 @@ def prepare_shards(
     out_dir: str | Path,
     settings: PrepareSettings,
     provenance: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tokenise, de-duplicate, pack and mix ``documents``; write shards + manifest. Returns the manifest.
 
     Args:
-        documents: texts in a deterministic order (their ``source`` names the table entry).
+        documents: texts in a deterministic order (their ``source`` names the table entry or user input).
         provenance: per-source description recorded in the manifest (default: from ``SOURCES``).
+        model: the model whose tokenizer this is (spec, revision), recorded as given.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats: dict[str, dict[str, Any]] = {}
     used: list[dict[str, Any]] = []
-    haystacks: list[str] = []
+    haystacks = HaystackPool(4 * settings.seq_len)
     n_synthetic = sum(is_synthetic_slot(i, settings.synthetic_ratio) for i in range(settings.sequences))
 
     def token_lists() -> Iterator[list[int]]:
@@ -186,8 +194,7 @@ def prepare_shards(
             ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
             stats[doc.source]["tokens"] += len(ids)
             used.append({"source": doc.source, "path": doc.path, "chars": len(doc.text), "tokens": len(ids)})
-            if len(haystacks) < 64 and len(doc.text) >= 4 * settings.seq_len:
-                haystacks.append(doc.text)
+            haystacks.add(doc.text)
             yield ids
 
     natural: list[list[int]] = []
@@ -196,15 +203,21 @@ def prepare_shards(
         if len(natural) == settings.sequences - n_synthetic:
             break
     if len(natural) < settings.sequences - n_synthetic:
-        raise ValueError(f"documents gave only {len(natural)} windows of {settings.seq_len} tokens, "
-                         f"need {settings.sequences - n_synthetic}; add sources or lower --sequences")
-    rows = _mix(natural, tokenizer, haystacks, settings)
+        found = "; ".join(f"{name}: {entry['documents']} documents, {entry['tokens']:,} tokens"
+                          for name, entry in stats.items()) or "no document"
+        hint = "" if settings.cross_documents else \
+            " (dev-pool windows never span two documents: each needs a document of that many tokens)"
+        raise NotEnoughData(f"the inputs gave {len(natural)} windows of {settings.seq_len} tokens{hint}, need "
+                            f"{settings.sequences - n_synthetic} ({found} of >= {settings.min_doc_chars} "
+                            "characters); add inputs, or lower --sequences or --seq-len")
+    rows = _mix(natural, tokenizer, haystacks.texts(), settings)
     sequences = np.asarray(rows, dtype=token_dtype(len(tokenizer.get_vocab())))
     with gzip.open(out_dir / DOCUMENTS, "wt") as handle:
         handle.writelines(json.dumps(entry) + "\n" for entry in used)
     manifest = {
         "format": FORMAT,
         "settings": asdict(settings),
+        "model": model,
         "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "class": type(tokenizer).__name__,
                       "vocab_size": len(tokenizer.get_vocab()), "eos_token_id": tokenizer.eos_token_id},
         "dtype": sequences.dtype.name,
@@ -221,10 +234,37 @@ def prepare_shards(
     return manifest
 
 
+class HaystackPool:
+    """Up to ``limit`` texts of at least ``min_chars`` characters for synthetic needle samples:
+    documents that long, else (only if none is) consecutive shorter documents joined."""
+
+    def __init__(self, min_chars: int, limit: int = 64):
+        self.min_chars, self.limit = min_chars, limit
+        self.long: list[str] = []
+        self.joined: list[str] = []
+        self._pending: list[str] = []
+        self._pending_chars = 0
+
+    def add(self, text: str) -> None:
+        if len(text) >= self.min_chars:
+            if len(self.long) < self.limit:
+                self.long.append(text)
+        elif len(self.joined) < self.limit:
+            self._pending.append(text)
+            self._pending_chars += len(text) + 2
+            if self._pending_chars >= self.min_chars:
+                self.joined.append("\n\n".join(self._pending))
+                self._pending, self._pending_chars = [], 0
+
+    def texts(self) -> list[str]:
+        return self.long or self.joined
+
+
 def _mix(natural: list[list[int]], tokenizer: Any, haystacks: list[str], settings: PrepareSettings) -> list[list[int]]:
     """Interleave natural windows with synthetic needle samples at ``settings.synthetic_ratio``."""
     if settings.synthetic_ratio and not haystacks:
-        raise ValueError(f"no document of >= {4 * settings.seq_len} characters to use as a needle haystack")
+        raise NotEnoughData(f"the documents hold fewer than {4 * settings.seq_len} characters in all, too few for "
+                            "a needle haystack; add inputs or pass --synthetic-ratio 0")
     rows, natural_iter, n_synthetic = [], iter(natural), 0
     for i in range(settings.sequences):
         if is_synthetic_slot(i, settings.synthetic_ratio):
@@ -256,12 +296,16 @@ def _package_versions(packages: tuple[str, ...]) -> dict[str, str]:
     return {name: found.get(name, "") for name in packages}
 
 
-def round_robin_documents(names: list[str], pool: str, install: bool = True) -> Iterator[Document]:
-    """Documents of ``names`` taken one per source in turn (a balanced mix); sources must be in ``pool``."""
+def round_robin_documents(names: list[str], pool: str, install: bool = True,
+                          extra: Iterable[Iterator[Document]] = ()) -> Iterator[Document]:
+    """Documents of ``names`` taken one per source in turn (a balanced mix); sources must be in ``pool``.
+
+    ``extra`` streams (the user's inputs) join the rotation ahead of the named sources.
+    """
     wrong = [name for name in names if name in SOURCES and SOURCES[name].pool != pool]
     if wrong:
         raise ValueError(f"sources {wrong} are not in the {pool!r} pool; a training mix may never read the dev pool")
-    streams = [iter_documents([name], install=install) for name in names]
+    streams = list(extra) + [iter_documents([name], install=install) for name in names]
     while streams:
         for stream in list(streams):
             doc = next(stream, None)
@@ -285,15 +329,16 @@ class TokenShards:
         return self.sequences.shape[1]
 
 
-def load_shards(path: str | Path, tokenizer: Any | None = None, pool: str = "train") -> TokenShards:
-    """Read a shard directory; verify hashes, pool and (given ``tokenizer``) the tokenizer fingerprint."""
+def load_shards(path: str | Path, tokenizer: Any | None = None, pool: str | None = "train") -> TokenShards:
+    """Read a shard directory; verify hashes, pool (None: either) and (given ``tokenizer``) the tokenizer
+    fingerprint."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise ShardMismatch(f"{path} has no {MANIFEST}; make shards with `rtpurbo data prepare`")
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise ShardMismatch(f"{path / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest["settings"]["pool"] != pool:
+    if pool is not None and manifest["settings"]["pool"] != pool:
         raise ShardMismatch(f"{path} holds {manifest['settings']['pool']!r}-pool data, expected {pool!r}")
     if tokenizer is not None and tokenizer_fingerprint(tokenizer) != manifest["tokenizer"]["fingerprint"]:
         raise ShardMismatch(
@@ -318,6 +363,23 @@ def split_held_out(shards: TokenShards, count: int, seq_len: int | None) -> tupl
         raise ValueError(f"{len(shards.sequences)} sequences cannot spare {count} for evaluation")
     cut = len(shards.sequences) - count
     return TokenShards(shards.sequences[:cut], shards.manifest, shards.path), shards.sequences[cut:, :seq_len]
+
+
+def shard_texts(shards: TokenShards, tokenizer: Any, min_tokens: int, limit: int = 16) -> list[str]:
+    """Up to ``limit`` texts decoded from the natural (not synthetic) rows, spread evenly over the shards.
+
+    Natural rows are consecutive windows of the packed document stream, so consecutive rows
+    are joined until a text holds at least ``min_tokens`` tokens (e.g. haystacks for profiling).
+    """
+    ratio = shards.manifest["settings"]["synthetic_ratio"]
+    natural = [row for i, row in enumerate(shards.sequences) if not is_synthetic_slot(i, ratio)]
+    per_text = max(1, math.ceil(min_tokens / shards.seq_len))
+    groups = [natural[start : start + per_text] for start in range(0, len(natural) - per_text + 1, per_text)]
+    if not groups:
+        raise NotEnoughData(f"{shards.path} holds {len(natural)} natural rows of {shards.seq_len} tokens, fewer "
+                            f"than one text of {min_tokens} tokens")
+    picked = sorted({round(k * (len(groups) - 1) / max(1, limit - 1)) for k in range(min(limit, len(groups)))})
+    return [tokenizer.decode(torch.cat(groups[k]).tolist(), skip_special_tokens=True) for k in picked]
 
 
 def fingerprint_shards(shards: TokenShards) -> str:
