@@ -50,11 +50,10 @@ BLOCK = 128  # block-mask tile (queries x keys); lengths are padded to a multipl
 _NO_WINDOW = 1 << 62  # window=None as a number no position difference reaches
 _SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 # lengths are multiples of BLOCK, so the flex template may skip its bounds checks (an internal
-# option of the template; under dynamic shapes inductor cannot prove divisibility itself); on a GPU
-# its loads go through the tensor-memory accelerator where the template can (H200, 28 q / 7 KV heads,
-# W 8192: 8.37 -> 7.67 ms at 32K, 37.1 -> 34.0 ms at 128K; benchmarks/window_kernels.py)
+# option of the template; under dynamic shapes inductor cannot prove divisibility itself). TMA loads
+# ("USE_TMA") made the window kernel 8 % faster on an H200 when compiled for static shapes, but the
+# template turns them off under the dynamic shapes these entries need (benchmarks/window_kernels.py).
 _KERNEL_OPTIONS = {"IS_DIVISIBLE": True}
-_GPU_KERNEL_OPTIONS = {"IS_DIVISIBLE": True, "USE_TMA": True}
 
 
 class FlexRecompileError(RuntimeError):
@@ -165,8 +164,7 @@ def run(plan_: FlexPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
     q = _pad_length(q, plan_.q_len)
     k, v = _pad_length(k, plan_.k_len, copy=True), _pad_length(v, plan_.k_len, copy=True)
     try:
-        options = _GPU_KERNEL_OPTIONS if q.is_cuda else _KERNEL_OPTIONS
-        out = _compiled(plan_.kind)(q, k, v, plan_.block_mask, scale, group > 1, options)
+        out = _compiled(plan_.kind)(q, k, v, plan_.block_mask, scale, group > 1, _KERNEL_OPTIONS)
     except torch._dynamo.exc.FailOnRecompileLimitHit as err:
         raise FlexRecompileError(
             f"compiled flex attention ({plan_.kind} mask) hit dynamo's recompile limit "
