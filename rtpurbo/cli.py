@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="decode from a CUDA graph (converted models; the fast "
                                                             "path on a GPU; sampling at --temperature only)")
 
+    p = sub.add_parser("export", help="write a converted model as a Hugging Face model directory (transformers, "
+                                      "transformers serve, lm-evaluation-harness, RTP-LLM)")
+    add_model(p, artifact_ok=True)
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this "
+                                                           "size (default 5GB)")
+
     p = sub.add_parser("info", help="plan summary and KV-cache bytes, dense vs sparse")
     add_model(p, artifact_ok=True)
     p.add_argument("--layers", type=positive_int, help="geometry instead of a model: layers")
@@ -82,14 +89,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: printed as one line, no traceback."""
     from .config import PlanMismatch
     from .data.sources import SourceUnavailable
+    from .export import ExportError
     from .families import UnsupportedModel
     from .generate import PromptTooLong
     from .io import ArtifactError
     from .models import ModelNotFound
     from .ops.api import BackendUnavailable
 
-    return (ArtifactError, BackendUnavailable, ModelNotFound, PlanMismatch, PromptTooLong, SourceUnavailable,
-            UnsupportedModel)
+    return (ArtifactError, BackendUnavailable, ExportError, ModelNotFound, PlanMismatch, PromptTooLong,
+            SourceUnavailable, UnsupportedModel)
 
 
 def main(argv: list[str] | None = None) -> int:

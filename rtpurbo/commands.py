@@ -109,6 +109,22 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             "selection": stats, "kv_cache": kv}
 
 
+def export(args: argparse.Namespace) -> dict[str, Any]:
+    from .export import ExportError, export as export_model
+    from .export.writer import describe
+
+    if not _is_artifact(args.model):
+        raise ExportError(f"--model {args.model!r} is not an rtpurbo artifact; export writes a converted model "
+                          "(e.g. --model smollm2-135m-rtpurbo, or a directory written by rtpurbo convert)")
+    model, tokenizer = _load(args, merge_adapters=True)
+    out = export_model(model, tokenizer, args.out, max_shard_size=args.max_shard_size)
+    result = describe(out)
+    say(args, f"wrote {out}: {', '.join(result['files'])}")
+    say(args, f"load: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+    say(args, f"serve: transformers serve {out} --trust-remote-code")
+    return result
+
+
 def info(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if args.layers or args.kv_heads or args.head_dim:
