@@ -12,41 +12,16 @@ from transformers import AutoModelForCausalLM
 from rtpurbo import io
 from rtpurbo.cli import main
 from rtpurbo.config import HeadPlan, PlanMismatch, SparseConfig
-from rtpurbo.convert import convert
 from rtpurbo.export import ExportError, export
 from rtpurbo.export.headwise import plan_from_rtp_llm, rtp_llm_headwise_config
 from rtpurbo.export.runtime import ExportedModelError, sparse_settings
 from rtpurbo.generate import generate
-from rtpurbo.models import load_base
 from rtpurbo.pipeline import read_plan
 from rtpurbo.testing import save_tiny_checkpoint, tiny_model, tiny_tokenizer
-from rtpurbo.train.lora import LoraSettings, attach_lora
 
-# top-p 0.5 over a few keys with no floor: decode really drops keys, so a wrong cache or indexer shows
-SPARSE = dict(window=4, sinks=1, top_p=0.5, min_tokens=1, recent=1)
+from .exported import exported, trained_artifact
+
 PROMPT = torch.tensor([[5, 17, 40, 99, 3, 120, 77, 41, 8, 200, 13, 66, 150, 31, 90, 22, 7, 180, 55, 61]])
-
-
-def _trained_artifact(tmp_path, family: str, retrieval: list[list[int]], reorder: bool = False, lora: bool = True):
-    """An artifact over a tiny checkpoint with non-trivial indexers (and LoRA): (artifact dir, base dir)."""
-    base = save_tiny_checkpoint(family, tmp_path / "base")
-    model, _ = load_base(str(base))
-    num_layers, num_kv = model.config.num_hidden_layers, model.config.num_key_value_heads
-    plan = HeadPlan(num_layers, num_kv, model.config.num_attention_heads, retrieval)
-    convert(model, plan, SparseConfig(reorder_heads=reorder, **SPARSE))
-    if lora:
-        attach_lora(model, LoraSettings(r=4))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name or ".indexer." in name:
-                param.add_(0.3 * torch.randn(param.shape, generator=generator))
-    return io.save(model, tmp_path / "artifact"), base
-
-
-def _exported(tmp_path, artifact, **kwargs):
-    model, tokenizer = io.load(artifact, merge_adapters=True)
-    return export(model, tokenizer, tmp_path / "hf", **kwargs)
 
 
 @pytest.mark.parametrize("family,retrieval,reorder", [
@@ -54,8 +29,8 @@ def _exported(tmp_path, artifact, **kwargs):
     ("qwen2", [[2, 0], [3]], True),  # q/k/v biases; head-reordered weights go back to the base order
 ])
 def test_export_loads_as_the_artifact(tmp_path, family, retrieval, reorder):
-    artifact, _ = _trained_artifact(tmp_path, family, retrieval, reorder)
-    out = _exported(tmp_path, artifact)
+    artifact, _ = trained_artifact(tmp_path, family, retrieval, reorder)
+    out = exported(tmp_path, artifact)
     reference, tokenizer = io.load(artifact)
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     assert model.rtpurbo_plan.retrieval == reference.rtpurbo_plan.retrieval
@@ -71,8 +46,8 @@ def test_export_loads_as_the_artifact(tmp_path, family, retrieval, reorder):
 
 
 def test_exported_directory_is_the_base_layout(tmp_path):
-    artifact, base = _trained_artifact(tmp_path, "llama", [[0], [1]])
-    out = _exported(tmp_path, artifact)
+    artifact, base = trained_artifact(tmp_path, "llama", [[0], [1]])
+    out = exported(tmp_path, artifact)
     with safe_open(out / "model.safetensors", framework="pt") as handle:
         keys = set(handle.keys())
     assert {k for k in keys if ".indexer." not in k} == set(tiny_model("llama").state_dict())
@@ -101,8 +76,8 @@ def _without_code(out, target):
 
 
 def test_sharded_export_loads(tmp_path):
-    artifact, _ = _trained_artifact(tmp_path, "llama", [[0], [1]], lora=False)
-    out = _exported(tmp_path, artifact, max_shard_size="20KB")
+    artifact, _ = trained_artifact(tmp_path, "llama", [[0], [1]], lora=False)
+    out = exported(tmp_path, artifact, max_shard_size="20KB")
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2
     reference, _ = io.load(artifact)
@@ -113,8 +88,8 @@ def test_sharded_export_loads(tmp_path):
 
 
 def test_forward_and_generate_start_a_headwise_cache(tmp_path):
-    artifact, _ = _trained_artifact(tmp_path, "llama", [[1], []], lora=False)
-    model = AutoModelForCausalLM.from_pretrained(_exported(tmp_path, artifact), trust_remote_code=True)
+    artifact, _ = trained_artifact(tmp_path, "llama", [[1], []], lora=False)
+    model = AutoModelForCausalLM.from_pretrained(exported(tmp_path, artifact), trust_remote_code=True)
     out = model(PROMPT)  # use_cache defaults on: a head-wise cache, as the base model would start a DynamicCache
     assert type(out.past_key_values).__name__ == "HeadwiseCache"
     with pytest.raises(ValueError, match="one sequence per prompt"):

@@ -92,6 +92,11 @@ def export_config(model: nn.Module, base_class: str, dtype: torch.dtype) -> Any:
     """The base config plus ``architectures``, ``auto_map``, ``headwise_config`` and ``rtpurbo``."""
     plan, sparse = model.rtpurbo_plan, model.rtpurbo_sparse
     config = copy.deepcopy(model.config)
+    quantization = getattr(config, "quantization_config", None)
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization,
+                                                                                             "quant_method", None)
+    if method == "gguf":
+        del config.quantization_config  # a GGUF base was dequantized on load: the weights written are plain
     config.architectures = [base_class]  # RTP-LLM, vLLM and `transformers serve` pick the class from this
     config.dtype = dtype
     config.auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{MODEL_CLASS}"}
@@ -102,7 +107,6 @@ def export_config(model: nn.Module, base_class: str, dtype: torch.dtype) -> Any:
         "format": FORMAT,
         "versions": {"rtpurbo": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
         "sparse": settings,
-        "retrieval_criterion": plan.criterion,
     }
     return config
 
