@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this "
                                                            "size (default 5GB)")
 
+    p = sub.add_parser("lm-eval-task", help="write rtpurbo eval's task samples as a local lm-evaluation-harness "
+                                            "task (YAML + JSONL + metrics)")
+    add_model(p, artifact_ok=True)
+    p.add_argument("--data", type=Path, required=True, help="eval data: OUT/eval_data.npz of rtpurbo eval "
+                                                            "(--prepare-only writes it)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the task files (lm_eval --include_path)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK", help="only these rtpurbo eval tasks (default: all held)")
+    p.add_argument("--lengths", type=positive_int, nargs="+", help="only these lengths (default: all held)")
+
     p = sub.add_parser("info", help="plan summary and KV-cache bytes, dense vs sparse")
     add_model(p, artifact_ok=True)
     p.add_argument("--layers", type=positive_int, help="geometry instead of a model: layers")

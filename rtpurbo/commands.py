@@ -125,6 +125,32 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
+    from .eval.suite import load_data
+    from .export.lm_eval_task import write_task
+
+    spec = io.read_config(args.model)["base_model"]["spec"] if _is_artifact(args.model) else args.model
+    tokenizer = _tokenizer(spec)
+    samples = [s for s in load_data(args.data, tokenizer).samples
+               if (not args.tasks or s.task in args.tasks) and (not args.lengths or s.length in args.lengths)]
+    result = write_task(samples, tokenizer, args.out)
+    say(args, f"wrote {result['items']} items to {args.out} ({result['prompt_roundtrip_mismatches']} prompts do not "
+              f"re-encode to their ids); run: lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True "
+              f"--tasks {result['task']} --include_path {args.out}")
+    return result
+
+
+def _tokenizer(spec: str) -> Any:
+    """The tokenizer of a base model spec (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    from .models import resolve_model
+
+    source = resolve_model(spec)
+    return AutoTokenizer.from_pretrained(source.directory, **({"gguf_file": source.gguf_file} if source.gguf_file
+                                                               else {}))
+
+
 def info(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if args.layers or args.kv_heads or args.head_dim:

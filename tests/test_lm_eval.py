@@ -1,0 +1,70 @@
+"""lm-evaluation-harness scores an exported model on rtpurbo eval's items with rtpurbo's metrics."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from rtpurbo import io
+from rtpurbo.eval.scoring import score_batch
+from rtpurbo.eval.tasks import TaskSample
+from rtpurbo.export.lm_eval_task import TASK_NAME, first_line_cut, write_task
+from rtpurbo.models import stop_token_ids
+
+from .exported import exported, trained_artifact
+
+ANSWER_TOKENS = 4  # the same for every item: one generation budget (4 + GEN_MARGIN) for the whole file
+
+
+def _samples(model, tokenizer) -> list[TaskSample]:
+    """Three items over the model's own greedy output: exact match, half the items found, nothing found."""
+    prompts = [[5 + 7 * i + j for j in range(16)] for i in range(3)]
+    samples = []
+    for i, prompt in enumerate(prompts):
+        sample = TaskSample("synthetic", len(prompt), i, None, prompt, [40] * ANSWER_TOKENS, "", [], "text")
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=sample.max_new_tokens, do_sample=False)
+        greedy = tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+        if i == 0:
+            sample.answer_text, sample.answers = greedy, [greedy]
+        elif i == 1:
+            sample.answers, sample.match = [greedy.split()[0], "w250"], "set"
+        else:
+            sample.answer_text, sample.answers = "w251", ["w251"]
+        samples.append(sample)
+    return samples
+
+
+def test_lm_eval_matches_rtpurbo_scoring(tmp_path):
+    artifact, _ = trained_artifact(tmp_path, "llama", [[1], []])
+    directory = exported(tmp_path, artifact)
+    reference, tokenizer = io.load(artifact)
+    model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
+    samples = _samples(model, tokenizer)
+    summary = write_task(samples, tokenizer, tmp_path / "task")
+    assert summary["items"] == 3 and summary["prompt_roundtrip_mismatches"] == 0
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [str(Path(sys.executable).parent / "lm_eval"), "--model", "hf", "--model_args",
+               f"pretrained={directory},trust_remote_code=True", "--tasks", TASK_NAME, "--include_path",
+               str(tmp_path / "task"), "--device", "cpu", "--batch_size", "1", "--output_path",
+               str(tmp_path / "results"), "--log_samples"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(next((tmp_path / "results").rglob("results_*.json")).read_text())["results"][TASK_NAME]
+    logged = [json.loads(line) for line in next((tmp_path / "results").rglob("samples_*.jsonl")).open()]
+
+    rtpurbo = [score_batch(reference, tokenizer, [s], stop_token_ids(reference, tokenizer))[0][0] for s in samples]
+    assert [s.exact for s in rtpurbo] == [1.0, 0.0, 0.0] and [s.partial for s in rtpurbo] == [1.0, 0.5, 0.0]
+    assert results["exact,none"] == sum(s.exact for s in rtpurbo) / 3
+    assert results["partial,none"] == sum(s.partial for s in rtpurbo) / 3
+    # item by item: the harness saw rtpurbo's prompt and generated rtpurbo's greedy text
+    by_seed = {entry["doc"]["seed"]: entry for entry in logged}
+    for sample, score in zip(samples, rtpurbo):
+        entry = by_seed[sample.seed]
+        assert entry["arguments"]["gen_args_0"]["arg_0"] == tokenizer.decode(sample.prompt_ids)
+        assert first_line_cut(entry["resps"][0][0]) == score.prediction
