@@ -134,9 +134,10 @@ def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
     samples = [s for s in load_data(args.data, tokenizer).samples
                if (not args.tasks or s.task in args.tasks) and (not args.lengths or s.length in args.lengths)]
     result = write_task(samples, tokenizer, args.out)
-    say(args, f"wrote {result['items']} items to {args.out} ({result['prompt_roundtrip_mismatches']} prompts do not "
-              f"re-encode to their ids); run: lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True "
-              f"--tasks {result['task']} --include_path {args.out}")
+    say(args, f"wrote {result['items']} items to {args.out}; run: lm_eval --model hf --model_args "
+              f"pretrained=DIR,trust_remote_code=True --tasks {result['task']} --include_path {args.out}")
+    say(args, f"the same prompt ids for rtpurbo eval: --data {args.out / 'eval_data.npz'} "
+              f"({result['prompts_reencoded_differently']} of {result['items']} re-encode differently from --data)")
     return result
 
 

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from rtpurbo import io
 from rtpurbo.eval.scoring import score_batch
+from rtpurbo.eval.suite import load_data
 from rtpurbo.eval.tasks import TaskSample
 from rtpurbo.export.lm_eval_task import TASK_NAME, first_line_cut, write_task
 from rtpurbo.models import stop_token_ids
@@ -46,7 +47,9 @@ def test_lm_eval_matches_rtpurbo_scoring(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
     samples = _samples(model, tokenizer)
     summary = write_task(samples, tokenizer, tmp_path / "task")
-    assert summary["items"] == 3 and summary["prompt_roundtrip_mismatches"] == 0
+    assert summary["items"] == 3 and summary["prompts_reencoded_differently"] == 0
+    assert [s.prompt_ids for s in load_data(tmp_path / "task" / "eval_data.npz", tokenizer).samples] == \
+        [s.prompt_ids for s in samples]
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = [str(Path(sys.executable).parent / "lm_eval"), "--model", "hf", "--model_args",
@@ -68,3 +71,17 @@ def test_lm_eval_matches_rtpurbo_scoring(tmp_path):
         entry = by_seed[sample.seed]
         assert entry["arguments"]["gen_args_0"]["arg_0"] == tokenizer.decode(sample.prompt_ids)
         assert first_line_cut(entry["resps"][0][0]) == score.prediction
+
+
+def test_rtpurbo_eval_gets_the_prompt_ids_the_harness_sees(tmp_path, smollm_tokenizer):
+    """rtpurbo eval assembles prompts from separately tokenised pieces; the harness encodes the text."""
+    pieces = smollm_tokenizer.encode("pass", add_special_tokens=False) + \
+        smollm_tokenizer.encode("word", add_special_tokens=False)
+    whole = smollm_tokenizer.encode("password", add_special_tokens=False)
+    assert pieces != whole
+    sample = TaskSample("synthetic", len(pieces), 0, 0.5, pieces, whole[:1], "x", ["x"], "text", spans=[(0, 1)])
+    summary = write_task([sample], smollm_tokenizer, tmp_path)
+    assert summary["prompts_reencoded_differently"] == 1
+    assert json.loads((tmp_path / f"{TASK_NAME}.jsonl").read_text())["prompt"] == "password"
+    saved = load_data(tmp_path / "eval_data.npz", smollm_tokenizer).samples[0]
+    assert saved.prompt_ids == whole and saved.answer_ids == sample.answer_ids and saved.spans == []

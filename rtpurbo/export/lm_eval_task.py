@@ -4,11 +4,14 @@
     rtpurbo lm-eval-task --data runs/eval/eval_data.npz --out runs/lm-eval-task
     lm_eval --model hf --model_args pretrained=EXPORTED_DIR,trust_remote_code=True \\
         --tasks rtpurbo_tasks --include_path runs/lm-eval-task
+    rtpurbo eval --data runs/lm-eval-task/eval_data.npz --rows --artifacts NAME=ARTIFACT   # same prompts
 
 Same items and same metrics as ``rtpurbo eval`` (:mod:`rtpurbo.eval.scoring`):
 
-* the prompt of each item is its chat-formatted prompt ids decoded to text (the writer checks that
-  the tokenizer encodes the text back to the same ids and counts the items where it does not);
+* the prompt of each item is its chat-formatted prompt ids decoded to text. The harness encodes that
+  text again, which need not give the same ids (``rtpurbo eval`` assembles prompts from separately
+  tokenised pieces), so the writer also saves ``eval_data.npz`` with the re-encoded prompt ids:
+  ``rtpurbo eval --data`` on it scores exactly the token sequences the harness feeds the model;
 * the harness generates greedily up to the longest answer budget of the file (gold answer tokens +
   ``GEN_MARGIN``) or an end-of-sequence token; ``process_results`` cuts the text where ``rtpurbo
   eval`` stops (after the first line break that follows some text) and scores it with rtpurbo's
@@ -17,12 +20,14 @@ Same items and same metrics as ``rtpurbo eval`` (:mod:`rtpurbo.eval.scoring`):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
 from ..eval.scoring import exact_match, partial_match
+from ..eval.suite import EvalData, save_data, tokenizer_probe
 from ..eval.tasks import TaskSample
 
 TASK_NAME = "rtpurbo_tasks"
@@ -62,22 +67,29 @@ def _yaml(name: str, jsonl: Path, max_gen_toks: int) -> str:
 
 def write_task(samples: list[TaskSample], tokenizer: Any, out_dir: str | Path, name: str = TASK_NAME
                ) -> dict[str, Any]:
-    """Write ``name``.yaml, ``name``.jsonl and ``name``_metrics.py into ``out_dir``; returns a summary."""
+    """Write ``name``.yaml, ``name``.jsonl, ``name``_metrics.py and ``eval_data.npz`` (the same items with
+    the prompt ids the harness will see) into ``out_dir``; returns a summary."""
     if not samples:
         raise ValueError("no task samples to write")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / f"{name}.jsonl"
-    mismatches = 0
+    reencoded, changed = [], 0
     with open(jsonl, "w") as handle:
         for sample in samples:
             prompt = tokenizer.decode(sample.prompt_ids)
-            mismatches += tokenizer.encode(prompt, add_special_tokens=False) != sample.prompt_ids
+            ids = tokenizer.encode(prompt, add_special_tokens=False)
+            changed += ids != sample.prompt_ids
+            # needle spans index the original ids; they are dropped where the ids changed
+            reencoded.append(dataclasses.replace(sample, prompt_ids=ids,
+                                                 spans=sample.spans if ids == sample.prompt_ids else []))
             handle.write(json.dumps({
                 "task": sample.task, "length": sample.length, "seed": sample.seed, "prompt": prompt,
                 "answer_text": sample.answer_text, "answers": sample.answers, "match": sample.match,
                 "max_new_tokens": sample.max_new_tokens,
             }) + "\n")
+    save_data(EvalData(reencoded, [], {"probe": tokenizer_probe(tokenizer), "source": "rtpurbo lm-eval-task"}),
+              out_dir / "eval_data.npz")
     max_gen_toks = max(s.max_new_tokens for s in samples)
     (out_dir / f"{name}.yaml").write_text(_yaml(name, jsonl, max_gen_toks))
     (out_dir / f"{name}_metrics.py").write_text(
@@ -85,4 +97,4 @@ def write_task(samples: list[TaskSample], tokenizer: Any, out_dir: str | Path, n
         "from rtpurbo.export.lm_eval_task import process_results\n\n__all__ = [\"process_results\"]\n"
     )
     return {"out": str(out_dir), "task": name, "items": len(samples), "max_gen_toks": max_gen_toks,
-            "prompt_roundtrip_mismatches": mismatches}
+            "prompts_reencoded_differently": changed}
