@@ -129,3 +129,13 @@ def test_exported_config_errors_name_the_field():
     config.rtpurbo = {"format": "rtpurbo.export/1", "sparse": {}}
     with pytest.raises(ExportedModelError, match="'headwise_config' must be a dict"):
         sparse_settings(config)
+
+
+def test_cli_export_writes_a_loadable_directory(tmp_path, capsys):
+    artifact, _ = trained_artifact(tmp_path, "llama", [[0], []], lora=False)
+    assert main(["export", "--model", str(artifact), "--out", str(tmp_path / "hf"), "--json"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert {"config.json", "model.safetensors", "modeling_rtpurbo.py", "custom_generate/generate.py",
+            "generation_config.json", "tokenizer.json"} <= set(files)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True)
+    assert model.rtpurbo_plan.retrieval == [[0], []]

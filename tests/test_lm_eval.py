@@ -85,3 +85,22 @@ def test_rtpurbo_eval_gets_the_prompt_ids_the_harness_sees(tmp_path, smollm_toke
     assert json.loads((tmp_path / f"{TASK_NAME}.jsonl").read_text())["prompt"] == "password"
     saved = load_data(tmp_path / "eval_data.npz", smollm_tokenizer).samples[0]
     assert saved.prompt_ids == whole and saved.answer_ids == sample.answer_ids and saved.spans == []
+
+
+def test_cli_writes_the_task_of_eval_data(tmp_path, capsys):
+    from rtpurbo.cli import main
+    from rtpurbo.eval.suite import EvalData, save_data, tokenizer_probe
+    from rtpurbo.testing import save_tiny_checkpoint, tiny_tokenizer
+
+    base = save_tiny_checkpoint("llama", tmp_path / "base")
+    tokenizer = tiny_tokenizer()
+    samples = [TaskSample(task, 8, i, None, [5 + i] * 8, [7], "w1", ["w1"], "text")
+               for i, task in enumerate(["niah_single", "niah_multikey"])]
+    save_data(EvalData(samples, [], {"probe": tokenizer_probe(tokenizer)}), tmp_path / "eval_data.npz")
+    assert main(["lm-eval-task", "--model", str(base), "--data", str(tmp_path / "eval_data.npz"), "--tasks",
+                 "niah_multikey", "--out", str(tmp_path / "task"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == 1
+    lines = (tmp_path / "task" / f"{TASK_NAME}.jsonl").read_text().splitlines()
+    assert [json.loads(line)["task"] for line in lines] == ["niah_multikey"]
+    assert "process_results: !function rtpurbo_tasks_metrics.process_results" in \
+        (tmp_path / "task" / f"{TASK_NAME}.yaml").read_text()
