@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import pytest
 import torch
@@ -135,6 +137,9 @@ def test_cli_export_writes_a_loadable_directory(tmp_path, capsys):
     artifact, _ = trained_artifact(tmp_path, "llama", [[0], []], lora=False)
     assert main(["export", "--model", str(artifact), "--out", str(tmp_path / "hf"), "--json"]) == 0
     files = json.loads(capsys.readouterr().out)["files"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "hf" / "model.safetensors").stat().st_mode) == 0o666 & ~umask
     assert {"config.json", "model.safetensors", "modeling_rtpurbo.py", "custom_generate/generate.py",
             "generation_config.json", "tokenizer.json"} <= set(files)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True)

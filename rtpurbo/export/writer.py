@@ -23,6 +23,7 @@ trust_remote_code=True)`` returns the sparse model (:mod:`rtpurbo.export.runtime
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -81,11 +82,21 @@ def export(model: nn.Module, tokenizer: Any, out_dir: str | Path, max_shard_size
         (tmp / CUSTOM_GENERATE).mkdir()
         shutil.copy(TEMPLATES / "custom_generate.py", tmp / CUSTOM_GENERATE / "generate.py")
         (tmp / CUSTOM_GENERATE / "requirements.txt").write_text("rtpurbo\n")
+        _usual_permissions(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _usual_permissions(directory: Path) -> None:
+    """Modes as a plain ``mkdir`` / ``open`` would give them (mkdtemp and some writers use 0700 / 0600),
+    so that a server running as another user can read the directory."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def export_config(model: nn.Module, base_class: str, dtype: torch.dtype) -> Any:
