@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces benchmarks/results/smollm2-135m_cpu_2026-12-03_export.md on a CPU (2 cores: ~15 minutes).
+# Reproduces benchmarks/results/smollm2-135m_cpu_2026-12-03_export.md on a CPU (2 idle cores: about 30 minutes).
 # The shipped adapter exported as a Hugging Face directory, then:
 #   1. served by `transformers serve --trust-remote-code` and asked through the openai client;
 #   2. scored by lm-evaluation-harness on rtpurbo eval's items, next to `rtpurbo eval` on the same items.
@@ -43,12 +43,13 @@ print(json.dumps({"served": served.choices[0].message.content, "streamed": strea
 PY
 kill $SERVER; trap - EXIT
 
-# 2. the same items through lm_eval (exported directory) and rtpurbo eval (artifact)
+# 2. the same items through lm_eval (exported directory) and rtpurbo eval (artifact), then item by item
 rtpurbo eval --prepare-only --lengths 1024 --samples 2 --out "$OUT/eval"
 rtpurbo lm-eval-task --data "$OUT/eval/eval_data.npz" --out "$OUT/lm-eval-task"
 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 lm_eval --model hf \
   --model_args "pretrained=$OUT/smollm2-135m-rtpurbo-hf,trust_remote_code=True" \
   --tasks rtpurbo_tasks --include_path "$OUT/lm-eval-task" --device cpu --batch_size 1 \
   --output_path "$OUT/lm-eval" --log_samples | tee "$OUT/lm-eval.txt"
-rtpurbo eval --model smollm2-135m-rtpurbo --rows --data "$OUT/eval/eval_data.npz" --ppl-windows 0 \
-  --speed-repeats 0 --out "$OUT/eval" --json > "$OUT/eval.json"
+rtpurbo eval --model smollm2-135m-rtpurbo --rows --data "$OUT/lm-eval-task/eval_data.npz" --ppl-windows 0 \
+  --speed-repeats 0 --out "$OUT/eval-same-ids"
+python3 benchmarks/lm_eval_vs_rtpurbo_eval.py "$OUT/lm-eval" "$OUT/eval-same-ids" | tee "$OUT/comparison.txt"
