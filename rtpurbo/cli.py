@@ -50,6 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="decode from a CUDA graph (converted models; the fast "
                                                             "path on a GPU; sampling at --temperature only)")
 
+    p = sub.add_parser("export", help="write a converted model as a Hugging Face model directory (transformers, "
+                                      "transformers serve, lm-evaluation-harness, RTP-LLM)")
+    add_model(p, artifact_ok=True)
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this "
+                                                           "size (default 5GB)")
+
+    p = sub.add_parser("lm-eval-task", help="write rtpurbo eval's task samples as a local lm-evaluation-harness "
+                                            "task (YAML + JSONL + metrics)")
+    add_model(p, artifact_ok=True)
+    p.add_argument("--data", type=Path, required=True, help="eval data: OUT/eval_data.npz of rtpurbo eval "
+                                                            "(--prepare-only writes it)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the task files (lm_eval --include_path)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK", help="only these rtpurbo eval tasks (default: all held)")
+    p.add_argument("--lengths", type=positive_int, nargs="+", help="only these lengths (default: all held)")
+
     p = sub.add_parser("info", help="plan summary and KV-cache bytes, dense vs sparse")
     add_model(p, artifact_ok=True)
     p.add_argument("--layers", type=positive_int, help="geometry instead of a model: layers")
@@ -87,6 +103,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .config import PlanMismatch
     from .data.sources import SourceUnavailable
     from .data.user import UserDataError
+    from .export import ExportError
     from .families import UnsupportedModel
     from .generate import PromptTooLong
     from .io import ArtifactError
@@ -94,7 +111,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .ops.api import BackendUnavailable
     from .train.data import NotEnoughData, ShardMismatch
 
-    return (ArtifactError, BackendUnavailable, ModelNotFound, NotEnoughData, PlanMismatch, PromptTooLong,
+    return (ArtifactError, BackendUnavailable, ExportError, ModelNotFound, NotEnoughData, PlanMismatch, PromptTooLong,
             ShardMismatch, SourceUnavailable, UnsupportedModel, UserDataError)
 
 

@@ -131,6 +131,49 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             "selection": stats, "kv_cache": kv}
 
 
+def export(args: argparse.Namespace) -> dict[str, Any]:
+    from .export import ExportError, export as export_model
+    from .export.writer import describe
+
+    if not _is_artifact(args.model):
+        raise ExportError(f"--model {args.model!r} is not an rtpurbo artifact; export writes a converted model "
+                          "(e.g. --model smollm2-135m-rtpurbo, or a directory written by rtpurbo convert)")
+    model, tokenizer = _load(args, merge_adapters=True)
+    out = export_model(model, tokenizer, args.out, max_shard_size=args.max_shard_size)
+    result = describe(out)
+    say(args, f"wrote {out}: {', '.join(result['files'])}")
+    say(args, f"load: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+    say(args, f"serve: transformers serve {out} --trust-remote-code")
+    return result
+
+
+def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
+    from .eval.suite import load_data
+    from .export.lm_eval_task import write_task
+
+    spec = io.read_config(args.model)["base_model"]["spec"] if _is_artifact(args.model) else args.model
+    tokenizer = _tokenizer(spec)
+    samples = [s for s in load_data(args.data, tokenizer).samples
+               if (not args.tasks or s.task in args.tasks) and (not args.lengths or s.length in args.lengths)]
+    result = write_task(samples, tokenizer, args.out)
+    say(args, f"wrote {result['items']} items to {args.out}; run: lm_eval --model hf --model_args "
+              f"pretrained=DIR,trust_remote_code=True --tasks {result['task']} --include_path {args.out}")
+    say(args, f"the same prompt ids for rtpurbo eval: --data {args.out / 'eval_data.npz'} "
+              f"({result['prompts_reencoded_differently']} of {result['items']} re-encode differently from --data)")
+    return result
+
+
+def _tokenizer(spec: str) -> Any:
+    """The tokenizer of a base model spec (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    from .models import resolve_model
+
+    source = resolve_model(spec)
+    return AutoTokenizer.from_pretrained(source.directory, **({"gguf_file": source.gguf_file} if source.gguf_file
+                                                               else {}))
+
+
 def info(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if args.layers or args.kv_heads or args.head_dim:

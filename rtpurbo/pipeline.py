@@ -1,7 +1,7 @@
 """Profiling as a pipeline stage that writes its artifacts (the CLI is a thin shell).
 
     profile  : base model -> head_scores.json, head_plan.json, head_plan.png
-    read_plan: head_plan.json or a config.json with headwise_config -> HeadPlan
+    read_plan: head_plan.json or a config.json with headwise_config (either form) -> HeadPlan
 (conversion and saving live in rtpurbo.convert and rtpurbo.io)
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from .config import HeadPlan, dumps
 from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
+from .export.headwise import is_rtp_llm_form, plan_from_rtp_llm
 from .families import geometry
 from .profile.domains import domain_stability, merge_scores
 from .profile.plot import plot_plan
@@ -106,6 +107,9 @@ def read_plan(path: Path, model_config: Any) -> tuple[HeadPlan, dict[str, int]]:
     Returns (plan, overrides) where overrides holds the sinks / window / seqlen_threshold of a headwise config.
     """
     data = json.loads(Path(path).read_text())
+    if is_rtp_llm_form(data.get("headwise_config")):  # a config.json written by `rtpurbo export`
+        plan, settings = plan_from_rtp_llm(data["headwise_config"], *geometry(model_config)[:2])
+        return plan, {"sinks": settings["sinks"], "window": settings["window"]}
     if "headwise_config" in data:
         return HeadPlan.from_headwise_config(data, geometry(model_config)[1])
     return HeadPlan.from_dict(data), {}

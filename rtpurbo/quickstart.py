@@ -1,8 +1,8 @@
 """The main job: the base model dense vs converted, side by side (quality, KV memory, speed).
 
 Converted is, by default, the shipped adapter ``smollm2-135m-rtpurbo`` (head plan + trained
-indexers + LoRA, made by ``scripts/device/block1.sh`` on an H200); ``--from-scratch``
-instead runs profile -> convert -> save here (the training-free split). Rows:
+indexers + LoRA, made on an H200 by ``benchmarks/reproduce/smollm2-135m_h200_2026-11-28_adaptation.sh``);
+``--from-scratch`` instead runs profile -> convert -> save here (the training-free split). Rows:
 
 * perplexity on long dev-pool windows, by position (retrieval heads prefill densely);
 * teacher-forced answer accuracy on needle prompts (passkey / key-value / multi-hop): prompt

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a job that outlives this device call (new session): launch.sh NAME GPU COMMAND...
+# Start a job that outlives this device call: launch.sh NAME GPU COMMAND...
 # Log in $M/logs/NAME.log, exit status in $M/logs/NAME.rc when it ends. Runs from $M/repo.
 M=${M:-$HOME/m}
 name=$1 gpu=$2; shift 2

@@ -1,0 +1,70 @@
+"""The ``headwise_config`` block of an exported ``config.json``, in the form RTP-LLM reads.
+
+RTP-LLM (github.com/alibaba/rtp-llm) takes the whole top-level ``headwise_config`` value of a
+checkpoint's ``config.json`` (``rtp_llm/models/qwen_v2.py`` line 399, ``_from_config_json`` of
+the Qwen2 / Qwen3 / Qwen3-MoE loaders) and reads it as one flat dict
+(``rtp_llm/models_py/modules/factory/attention/cuda_headwise_impl/headwise.py``):
+
+* lines 96-101: ``sink_token_num`` (default 4), ``swa_token_num`` (default 8192) and
+  ``seqlen_threshold`` (default 16384; prefills with fewer keys run every head in full);
+* lines 152-171: the key ``str(layer_idx)`` holds that layer's list of one 0/1 per query head of
+  the whole model (``1`` = retrieval / full attention, ``0`` = sink + sliding window); a layer
+  without a key falls back to all-retrieval.
+
+So for a model with 2 layers of 4 query heads::
+
+    {"sink_token_num": 4, "swa_token_num": 1024, "seqlen_threshold": 0,
+     "0": [1, 1, 0, 0], "1": [0, 0, 0, 0]}
+
+rtpurbo's own artifacts keep the older list form (``rtpurbo.config.HeadPlan.to_headwise_config``);
+:func:`to_list_form` turns this form into that one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import HeadPlan, PlanMismatch, SparseConfig
+
+SETTINGS = ("sink_token_num", "swa_token_num", "seqlen_threshold")
+RTP_LLM_DEFAULT_THRESHOLD = 16384  # what RTP-LLM assumes when the key is absent (headwise.py line 100)
+
+
+def rtp_llm_headwise_config(plan: HeadPlan, sparse: SparseConfig) -> dict[str, Any]:
+    """The RTP-LLM ``headwise_config`` of a plan and its sparse settings (module docstring)."""
+    rows = plan.to_headwise_config(sparse.sinks, sparse.window)["headwise_config"]
+    block: dict[str, Any] = {
+        "sink_token_num": sparse.sinks,
+        "swa_token_num": sparse.window,
+        "seqlen_threshold": int(getattr(sparse, "seqlen_threshold", 0)),
+    }
+    block.update({str(layer): row for layer, row in enumerate(rows)})
+    return block
+
+
+def is_rtp_llm_form(value: Any) -> bool:
+    """True for the RTP-LLM dict form (layers keyed ``"0"``, ``"1"``, ...), False for rtpurbo's list form."""
+    return isinstance(value, dict) and "0" in value
+
+
+def to_list_form(block: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """RTP-LLM form -> ``{"headwise_config": [[0/1, ...] per layer], "sink_token_num", "swa_token_num"}``.
+
+    Raises PlanMismatch naming the missing or extra layer keys.
+    """
+    layer_keys = {k for k in block if k not in SETTINGS}
+    want = {str(layer) for layer in range(num_layers)}
+    if layer_keys != want:
+        missing, extra = sorted(want - layer_keys, key=int), sorted(layer_keys - want)
+        raise PlanMismatch(f"headwise_config must have one key per layer '0'..'{num_layers - 1}'; "
+                           f"missing {missing}, unexpected {extra}")
+    out: dict[str, Any] = {"headwise_config": [block[str(layer)] for layer in range(num_layers)]}
+    for key in ("sink_token_num", "swa_token_num"):
+        if key in block:
+            out[key] = block[key]
+    return out
+
+
+def plan_from_rtp_llm(block: dict[str, Any], num_layers: int, num_kv_heads: int) -> tuple[HeadPlan, dict[str, int]]:
+    """(plan, {"sinks", "window", "seqlen_threshold"}) from an RTP-LLM ``headwise_config``."""
+    plan, sinks, window = HeadPlan.from_headwise_config(to_list_form(block, num_layers), num_kv_heads)
+    return plan, {"sinks": sinks, "window": window, "seqlen_threshold": int(block.get("seqlen_threshold", RTP_LLM_DEFAULT_THRESHOLD))}

@@ -1,0 +1,173 @@
+"""``rtpurbo export``: a converted model as a self-contained Hugging Face model directory.
+
+What the directory holds::
+
+    config.json                      the base model's config, plus
+                                       headwise_config  per-layer 0/1 roles per query head + W, S and
+                                                        seqlen_threshold, in the form RTP-LLM reads
+                                                        (rtpurbo/export/headwise.py)
+                                       rtpurbo          format tag, versions, the other sparse settings
+                                       auto_map         AutoModelForCausalLM -> modeling_rtpurbo.RtpurboForCausalLM
+    model.safetensors                base weights in the base layout (LoRA folded in, head order of the
+      (or model-0000i-of-0000n       base model), plus model.layers.N.self_attn.indexer.{wq,wk} of the
+       .safetensors + index json)    layers with retrieval heads; sharded past ``max_shard_size``
+    generation_config.json, tokenizer files and chat template
+    modeling_rtpurbo.py              the class auto_map names (the code is rtpurbo's)
+    custom_generate/generate.py      transformers' custom-generate hook: generate() through the
+                                     head-wise cache, also for servers that load the base class
+
+Plain transformers without ``trust_remote_code`` loads the directory as the dense base model (the
+indexer tensors are reported as unused). ``AutoModelForCausalLM.from_pretrained(DIR,
+trust_remote_code=True)`` returns the sparse model (:mod:`rtpurbo.export.runtime`).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import transformers
+
+from .. import __version__
+from ..convert import is_converted, kv_order
+from ..families import geometry
+from ..io import _replace_dir
+from .headwise import rtp_llm_headwise_config
+from .runtime import FORMAT
+
+MODELING_FILE = "modeling_rtpurbo.py"
+MODEL_CLASS = "RtpurboForCausalLM"
+CUSTOM_GENERATE = "custom_generate"
+TEMPLATES = Path(__file__).parent / "templates"
+# sparse settings that headwise_config carries instead of the rtpurbo block (one source for each value)
+IN_HEADWISE = ("window", "sinks", "seqlen_threshold")
+
+
+class ExportError(ValueError):
+    """The model cannot be exported (not converted, unknown class, ...)."""
+
+
+def export(model: nn.Module, tokenizer: Any, out_dir: str | Path, max_shard_size: str | int = "5GB") -> Path:
+    """Write ``model`` (converted by rtpurbo) and ``tokenizer`` as a Hugging Face model directory.
+
+    LoRA adapters are merged into their projections in place (the model computes the same
+    function afterwards). Writes go to a temporary directory renamed into place at the end.
+    """
+    if not is_converted(model):
+        raise ExportError(
+            "rtpurbo export needs a converted model (an rtpurbo artifact such as smollm2-135m-rtpurbo, or a model "
+            "passed through rtpurbo.convert.convert); a dense model has no head roles or indexers to export"
+        )
+    base_class = type(model).__name__
+    if not isinstance(getattr(transformers, base_class, None), type):
+        raise ExportError(f"{base_class} is not a transformers class; export needs a transformers causal LM")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        state = base_layout_state(model)
+        from huggingface_hub import save_torch_state_dict
+
+        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size)
+        export_config(model, base_class, next(iter(state.values())).dtype).save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        template = (TEMPLATES / MODELING_FILE).read_text()
+        (tmp / MODELING_FILE).write_text(template.replace("LlamaForCausalLM", base_class))
+        (tmp / CUSTOM_GENERATE).mkdir()
+        shutil.copy(TEMPLATES / "custom_generate.py", tmp / CUSTOM_GENERATE / "generate.py")
+        (tmp / CUSTOM_GENERATE / "requirements.txt").write_text("rtpurbo\n")
+        _usual_permissions(tmp)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _usual_permissions(directory: Path) -> None:
+    """Modes as a plain ``mkdir`` / ``open`` would give them (mkdtemp and some writers use 0700 / 0600),
+    so that a server running as another user can read the directory."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def export_config(model: nn.Module, base_class: str, dtype: torch.dtype) -> Any:
+    """The base config plus ``architectures``, ``auto_map``, ``headwise_config`` and ``rtpurbo``."""
+    plan, sparse = model.rtpurbo_plan, model.rtpurbo_sparse
+    config = copy.deepcopy(model.config)
+    quantization = getattr(config, "quantization_config", None)
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization,
+                                                                                             "quant_method", None)
+    if method == "gguf":
+        del config.quantization_config  # a GGUF base was dequantized on load: the weights written are plain
+    config.architectures = [base_class]  # RTP-LLM, vLLM and `transformers serve` pick the class from this
+    config.dtype = dtype
+    config.auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{MODEL_CLASS}"}
+    config.headwise_config = rtp_llm_headwise_config(plan, sparse)
+    settings = {k: v for k, v in sparse.to_dict().items() if k not in IN_HEADWISE}
+    settings["reorder_heads"] = False  # the weights are written in the base model's head order
+    config.rtpurbo = {
+        "format": FORMAT,
+        "versions": {"rtpurbo": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "sparse": settings,
+    }
+    return config
+
+
+def base_layout_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under the base model's names and head order, LoRA folded in.
+
+    Keys: every base tensor (``...self_attn.q_proj.weight``, ...) once (tied weights keep their first
+    name), plus ``...self_attn.indexer.wq`` (Hr, G, D, d_idx) and ``indexer.wk`` (Hr, D, d_idx).
+    """
+    from ..train.lora import has_lora, merge_lora
+
+    if has_lora(model):
+        merge_lora(model)
+    state: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name:
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:  # a tied weight (lm_head = embed_tokens): the base config re-ties it on load
+            continue
+        seen.add(key)
+        state[name.replace(".base_layer.", ".")] = tensor.detach().to("cpu").contiguous()
+    if model.rtpurbo_sparse.reorder_heads:
+        _restore_head_order(state, model)
+    return state
+
+
+def _restore_head_order(state: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Undo :func:`rtpurbo.convert.permute_heads` in ``state``: q/k/v rows and o_proj columns back
+    to the base model's head order (the indexer's heads follow the sorted retrieval heads either way)."""
+    _, num_kv, num_q, head_dim = geometry(model.config)
+    group = num_q // num_kv
+    for layer, heads in enumerate(model.rtpurbo_plan.retrieval):
+        order = kv_order(heads, num_kv)  # stored KV head i is base KV head order[i]
+        back_kv = [order.index(h) for h in range(num_kv)]
+        back_q = [back_kv[h // group] * group + h % group for h in range(num_q)]
+        kv_rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in back_kv])
+        q_rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in back_q])
+        prefix = f"model.layers.{layer}.self_attn."
+        for proj, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+            for kind in ("weight", "bias"):
+                if prefix + f"{proj}.{kind}" in state:
+                    state[prefix + f"{proj}.{kind}"] = state[prefix + f"{proj}.{kind}"][rows].contiguous()
+        state[prefix + "o_proj.weight"] = state[prefix + "o_proj.weight"][:, q_rows].contiguous()
+
+
+def describe(out_dir: Path) -> dict[str, Any]:
+    """Files and sizes of an exported directory (for the CLI's report)."""
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file())
+    return {"out": str(out_dir), "files": {str(p.relative_to(out_dir)): p.stat().st_size for p in files}}
+

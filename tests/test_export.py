@@ -1,0 +1,146 @@
+"""rtpurbo export: a converted model as a Hugging Face directory, loaded back three ways."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+from rtpurbo import io
+from rtpurbo.cli import main
+from rtpurbo.config import HeadPlan, PlanMismatch, SparseConfig
+from rtpurbo.export import ExportError, export
+from rtpurbo.export.headwise import plan_from_rtp_llm, rtp_llm_headwise_config
+from rtpurbo.export.runtime import ExportedModelError, sparse_settings
+from rtpurbo.generate import generate
+from rtpurbo.pipeline import read_plan
+from rtpurbo.testing import save_tiny_checkpoint, tiny_model, tiny_tokenizer
+
+from .exported import exported, trained_artifact
+
+PROMPT = torch.tensor([[5, 17, 40, 99, 3, 120, 77, 41, 8, 200, 13, 66, 150, 31, 90, 22, 7, 180, 55, 61]])
+
+
+@pytest.mark.parametrize("family,retrieval,reorder", [
+    ("llama", [[1], []], False),  # LoRA folded in; a layer without retrieval heads
+    ("qwen2", [[2, 0], [3]], True),  # q/k/v biases; head-reordered weights go back to the base order
+])
+def test_export_loads_as_the_artifact(tmp_path, family, retrieval, reorder):
+    artifact, _ = trained_artifact(tmp_path, family, retrieval, reorder)
+    out = exported(tmp_path, artifact)
+    reference, tokenizer = io.load(artifact)
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert model.rtpurbo_plan.retrieval == reference.rtpurbo_plan.retrieval
+    with torch.no_grad():
+        torch.testing.assert_close(model(PROMPT).logits, reference(PROMPT, use_cache=False).logits,
+                                   atol=1e-4, rtol=1e-4)
+    # the last prompt token is decoded too, as generate() of the exported model does
+    want = generate(reference, tokenizer, PROMPT, max_new_tokens=10, prefill_chunk=PROMPT.shape[1] - 1).sequences
+    got = model.generate(PROMPT, max_new_tokens=10, do_sample=False)
+    assert torch.equal(got, want)
+    full = model.generate(PROMPT, max_new_tokens=10, do_sample=False, use_cache=False)
+    assert not torch.equal(full, want)  # without the head-wise cache the retrieval heads see every key
+
+
+def test_exported_directory_is_the_base_layout(tmp_path):
+    artifact, base = trained_artifact(tmp_path, "llama", [[0], [1]])
+    out = exported(tmp_path, artifact)
+    with safe_open(out / "model.safetensors", framework="pt") as handle:
+        keys = set(handle.keys())
+    assert {k for k in keys if ".indexer." not in k} == set(tiny_model("llama").state_dict())
+    assert {k for k in keys if ".indexer." in k} == {f"model.layers.{i}.self_attn.indexer.{w}"
+                                                       for i in (0, 1) for w in ("wq", "wk")}
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+    # without trust_remote_code, and with the custom code removed: the dense base model, LoRA folded in
+    merged, _ = io.load(artifact, merge_adapters=True)
+    folded = {k.replace(".base_layer.", "."): v for k, v in merged.state_dict().items() if "lora_" not in k}
+    for directory in (out, _without_code(out, tmp_path / "plain")):
+        dense = AutoModelForCausalLM.from_pretrained(directory)
+        assert type(dense).__name__ == "LlamaForCausalLM" and not hasattr(dense, "rtpurbo_plan")
+        for name, tensor in dense.state_dict().items():
+            assert torch.equal(tensor, folded[name]), name
+
+
+def _without_code(out, target):
+    shutil.copytree(out, target)
+    (target / "modeling_rtpurbo.py").unlink()
+    shutil.rmtree(target / "custom_generate")
+    config = json.loads((target / "config.json").read_text())
+    del config["auto_map"]
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_sharded_export_loads(tmp_path):
+    artifact, _ = trained_artifact(tmp_path, "llama", [[0], [1]], lora=False)
+    out = exported(tmp_path, artifact, max_shard_size="20KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    reference, _ = io.load(artifact)
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    for name, tensor in reference.state_dict().items():
+        if ".indexer." in name:
+            assert torch.equal(model.state_dict()[name], tensor)
+
+
+def test_forward_and_generate_start_a_headwise_cache(tmp_path):
+    artifact, _ = trained_artifact(tmp_path, "llama", [[1], []], lora=False)
+    model = AutoModelForCausalLM.from_pretrained(exported(tmp_path, artifact), trust_remote_code=True)
+    out = model(PROMPT)  # use_cache defaults on: a head-wise cache, as the base model would start a DynamicCache
+    assert type(out.past_key_values).__name__ == "HeadwiseCache"
+    with pytest.raises(ValueError, match="one sequence per prompt"):
+        model.generate(PROMPT, max_new_tokens=2, num_beams=2)
+
+
+def test_export_rejects_a_dense_model(tmp_path, capsys):
+    with pytest.raises(ExportError, match="converted model"):
+        export(tiny_model("llama"), tiny_tokenizer(), tmp_path / "hf")
+    base = save_tiny_checkpoint("llama", tmp_path / "base")
+    assert main(["export", "--model", str(base), "--out", str(tmp_path / "hf")]) == 2
+    assert "not an rtpurbo artifact" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_rtp_llm_headwise_config_round_trip(tmp_path):
+    plan = HeadPlan(3, 2, 4, [[1], [], [0, 1]])
+    block = rtp_llm_headwise_config(plan, SparseConfig(window=512, sinks=4))
+    assert block == {"sink_token_num": 4, "swa_token_num": 512, "seqlen_threshold": 0,
+                     "0": [0, 0, 1, 1], "1": [0, 0, 0, 0], "2": [1, 1, 1, 1]}
+    back, settings = plan_from_rtp_llm(block, 3, 2)
+    assert back.retrieval == plan.retrieval and settings == {"sinks": 4, "window": 512, "seqlen_threshold": 0}
+    with pytest.raises(PlanMismatch, match="missing \\['2'\\]"):
+        plan_from_rtp_llm({k: v for k, v in block.items() if k != "2"}, 3, 2)
+    # `rtpurbo convert --plan config.json` reads an exported config
+    config = tiny_model("llama").config
+    (tmp_path / "config.json").write_text(json.dumps({"headwise_config": rtp_llm_headwise_config(
+        HeadPlan(2, 2, 6, [[0], [1]]), SparseConfig(window=64, sinks=2))}))
+    read, overrides = read_plan(tmp_path / "config.json", config)
+    assert read.retrieval == [[0], [1]] and overrides == {"sinks": 2, "window": 64}
+
+
+def test_exported_config_errors_name_the_field():
+    config = tiny_model("llama").config
+    with pytest.raises(ExportedModelError, match="'rtpurbo' must be a dict"):
+        sparse_settings(config)
+    config.rtpurbo = {"format": "rtpurbo.export/1", "sparse": {}}
+    with pytest.raises(ExportedModelError, match="'headwise_config' must be a dict"):
+        sparse_settings(config)
+
+
+def test_cli_export_writes_a_loadable_directory(tmp_path, capsys):
+    artifact, _ = trained_artifact(tmp_path, "llama", [[0], []], lora=False)
+    assert main(["export", "--model", str(artifact), "--out", str(tmp_path / "hf"), "--json"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "hf" / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+    assert {"config.json", "model.safetensors", "modeling_rtpurbo.py", "custom_generate/generate.py",
+            "generation_config.json", "tokenizer.json"} <= set(files)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True)
+    assert model.rtpurbo_plan.retrieval == [[0], []]
