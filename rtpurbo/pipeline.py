@@ -108,8 +108,7 @@ def read_plan(path: Path, model_config: Any) -> tuple[HeadPlan, dict[str, int]]:
     """
     data = json.loads(Path(path).read_text())
     if is_rtp_llm_form(data.get("headwise_config")):  # a config.json written by `rtpurbo export`
-        plan, settings = plan_from_rtp_llm(data["headwise_config"], *geometry(model_config)[:2])
-        return plan, {"sinks": settings["sinks"], "window": settings["window"]}
+        return plan_from_rtp_llm(data["headwise_config"], *geometry(model_config)[:2])
     if "headwise_config" in data:
         return HeadPlan.from_headwise_config(data, geometry(model_config)[1])
     return HeadPlan.from_dict(data), {}

@@ -13,8 +13,9 @@ from rtpurbo.models import load_base
 from rtpurbo.testing import save_tiny_checkpoint
 from rtpurbo.train.lora import LoraSettings, attach_lora
 
-# top-p 0.5 over a few keys with no floor: decode really drops keys, so a wrong cache or indexer shows
-SPARSE = dict(window=4, sinks=1, top_p=0.5, min_tokens=1, recent=1)
+# top-p 0.5 over a few keys with no floor, selecting at every length: decode really drops keys, so a wrong
+# cache or indexer shows
+SPARSE = dict(window=4, sinks=1, top_p=0.5, min_tokens=1, recent=1, seqlen_threshold=0)
 # a chat template the word-level test tokenizer can encode (servers and harnesses apply it)
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }} {% endfor %}"
 

@@ -109,19 +109,19 @@ def test_export_rejects_a_dense_model(tmp_path, capsys):
 
 def test_rtp_llm_headwise_config_round_trip(tmp_path):
     plan = HeadPlan(3, 2, 4, [[1], [], [0, 1]])
-    block = rtp_llm_headwise_config(plan, SparseConfig(window=512, sinks=4))
-    assert block == {"sink_token_num": 4, "swa_token_num": 512, "seqlen_threshold": 0,
+    block = rtp_llm_headwise_config(plan, SparseConfig(window=512, sinks=4, seqlen_threshold=65536))
+    assert block == {"sink_token_num": 4, "swa_token_num": 512, "seqlen_threshold": 65536,
                      "0": [0, 0, 1, 1], "1": [0, 0, 0, 0], "2": [1, 1, 1, 1]}
     back, settings = plan_from_rtp_llm(block, 3, 2)
-    assert back.retrieval == plan.retrieval and settings == {"sinks": 4, "window": 512, "seqlen_threshold": 0}
+    assert back.retrieval == plan.retrieval and settings == {"sinks": 4, "window": 512, "seqlen_threshold": 65536}
     with pytest.raises(PlanMismatch, match="missing \\['2'\\]"):
         plan_from_rtp_llm({k: v for k, v in block.items() if k != "2"}, 3, 2)
     # `rtpurbo convert --plan config.json` reads an exported config
     config = tiny_model("llama").config
     (tmp_path / "config.json").write_text(json.dumps({"headwise_config": rtp_llm_headwise_config(
-        HeadPlan(2, 2, 6, [[0], [1]]), SparseConfig(window=64, sinks=2))}))
+        HeadPlan(2, 2, 6, [[0], [1]]), SparseConfig(window=64, sinks=2, seqlen_threshold=0))}))
     read, overrides = read_plan(tmp_path / "config.json", config)
-    assert read.retrieval == [[0], [1]] and overrides == {"sinks": 2, "window": 64}
+    assert read.retrieval == [[0], [1]] and overrides == {"sinks": 2, "window": 64, "seqlen_threshold": 0}
 
 
 def test_exported_config_errors_name_the_field():

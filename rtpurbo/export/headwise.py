@@ -66,5 +66,5 @@ def to_list_form(block: dict[str, Any], num_layers: int) -> dict[str, Any]:
 
 def plan_from_rtp_llm(block: dict[str, Any], num_layers: int, num_kv_heads: int) -> tuple[HeadPlan, dict[str, int]]:
     """(plan, {"sinks", "window", "seqlen_threshold"}) from an RTP-LLM ``headwise_config``."""
-    plan, sinks, window = HeadPlan.from_headwise_config(to_list_form(block, num_layers), num_kv_heads)
-    return plan, {"sinks": sinks, "window": window, "seqlen_threshold": int(block.get("seqlen_threshold", RTP_LLM_DEFAULT_THRESHOLD))}
+    plan, settings = HeadPlan.from_headwise_config(to_list_form(block, num_layers), num_kv_heads)
+    return plan, {**settings, "seqlen_threshold": int(block.get("seqlen_threshold", RTP_LLM_DEFAULT_THRESHOLD))}
