@@ -1,33 +1,36 @@
 """Eval task generators: lengths, exact answer ids and spans, determinism, seeds, dev-pool only.
 
-Uses the embedded SmolLM2 tokenizer (skipped without it) and a synthetic DevCorpus, so
+Uses the embedded SmolLM2 tokenizer (skipped without it) and a synthetic TaskCorpus, so
 nothing is installed or read from disk.
 """
 import random
+import re
 
 import pytest
 
 from rtpurbo.data.needles import SEED_NAMESPACE_SIZE, SEED_NAMESPACES
 from rtpurbo.data.sources import SOURCES, check_not_reserved
-from rtpurbo.eval.suite import PPL_SOURCES
+from rtpurbo.eval.suite import PPL_SOURCES, SuiteSettings, build_data
 from rtpurbo.eval.tasks import (
     GEN_MARGIN,
     PROSE_SOURCES,
     SINGLE_NEEDLE,
+    SPLITS,
     TASKS,
-    DevCorpus,
+    TaskCorpus,
     PromptFormat,
     make_task_sample,
     make_task_samples,
     sample_depth,
     sample_seed,
 )
+from rtpurbo.eval.tasks.corpus import prose_paragraphs
 
 SYLLABLES = ("ka", "lo", "mi", "ren", "to", "sa", "vel", "dun", "pri", "no", "ta", "gor")
 WORDS = sorted({a + b + c for a in SYLLABLES for b in SYLLABLES for c in SYLLABLES})  # 4-9 letters, 1700 words
 
 
-def synthetic_corpus(seed: int = 0) -> DevCorpus:
+def synthetic_corpus(seed: int = 0) -> TaskCorpus:
     """Prose over WORDS (each word many times), reST-like docs, and code: nothing read from disk."""
     rng = random.Random(seed)
     prose = ["\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 12))).capitalize() + "." for _ in range(1500))
@@ -40,7 +43,7 @@ def synthetic_corpus(seed: int = 0) -> DevCorpus:
         f"def compute_{i}(alpha, beta=None, *rest):\n    total = alpha + {i}\n    return total\n" if i % 2 == 0 else
         f"def compute_{i}(*items):\n    return items\n" for i in range(400)
     )
-    return DevCorpus(prose=prose, docs=docs, code=code)
+    return TaskCorpus(prose=prose, docs=docs, code=code)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +121,12 @@ def test_seeds_live_in_the_eval_namespace_and_never_collide():
     assert len(seeds) == len(TASKS) * 4
     lo = SEED_NAMESPACES["eval"]
     assert all(lo <= s < lo + SEED_NAMESPACE_SIZE for s in seeds)
+    splits = {split: {sample_seed(t, i, split) for t in TASKS for i in (0, 49_999)} for split in SPLITS}
+    for split, namespace in SPLITS.items():  # tuning and training items are never evaluation items
+        lo = SEED_NAMESPACES[namespace]
+        assert all(lo <= s < lo + SEED_NAMESPACE_SIZE for s in splits[split])
+    assert not splits["eval"] & splits["tune"] and not splits["eval"] & splits["train"]
+    assert not splits["train"] & set(range(SEED_NAMESPACES["train"], SEED_NAMESPACES["train"] + SEED_NAMESPACE_SIZE))
     with pytest.raises(ValueError):
         sample_seed("niah_number", 50_000)
     with pytest.raises(ValueError):
@@ -148,3 +157,100 @@ def test_plain_format_without_chat_template(tokenizer, corpus):
     sample = make_task_sample("niah_number", tokenizer, corpus, 1024, 0, fmt)
     assert "<|im_start|>" not in tokenizer.decode(sample.prompt_ids)
     assert len(sample.prompt_ids) + sample.max_new_tokens == 1024
+
+
+def test_splits_give_other_samples(tokenizer, corpus):
+    eval_sample = make_task_sample("essay_niah_number", tokenizer, corpus, 1024, 0)
+    tune_sample = make_task_sample("essay_niah_number", tokenizer, corpus, 1024, 0, split="tune")
+    assert tune_sample.seed != eval_sample.seed and tune_sample.prompt_ids != eval_sample.prompt_ids
+    assert tune_sample.depth == eval_sample.depth  # the same depth sequence
+    with pytest.raises(ValueError, match="unknown split"):
+        sample_seed("niah_number", 0, "test")
+
+
+RST = """Title
+=====
+
+.. function:: open(path)
+
+   Open it.
+
+The :func:`~os.path.join` function joins ``paths`` for you, see `the docs <https://x>`_.  It is
+useful when *portable* code must build file names; this paragraph is long enough to count as prose
+in the essays that needle tasks hide their values in.
+
+>>> open("x")
+
+   An indented block of code or a quote, which is not essay prose at all, however long it may be, really.
+
+- a list item that is long enough to pass the length filter if it were prose, which it is not at all
+"""
+
+
+def test_essays_are_prose_paragraphs_without_markup():
+    paragraphs = prose_paragraphs(RST)
+    assert paragraphs == ["The os.path.join function joins paths for you, see the docs.  It is useful when portable "
+                          "code must build file names; this paragraph is long enough to count as prose in the essays that needle "
+                          "tasks hide their values in."]
+    essay_corpus = TaskCorpus(prose=[], docs="\n\n".join([RST] * 3), code="")
+    assert essay_corpus.essays == ["\n\n".join(paragraphs * 3)]
+
+
+def test_lines_tasks_are_all_needles_with_one_answer(tokenizer, corpus):
+    for task, noun in (("multikey_lines", "numbers"), ("multikey_uuid_lines", "UUIDs")):
+        for i in range(3):
+            sample = make_task_sample(task, tokenizer, corpus, 2048, i)
+            text = tokenizer.decode(sample.prompt_ids)
+            lines = [line for line in text.splitlines() if line.startswith("One of the special magic")]
+            keys = [line.split(" for ", 1)[1].split(" is: ")[0] for line in lines]
+            assert len(lines) > 10 and len(set(keys)) == len(keys)
+            asked = text.rsplit(f"special magic {noun[:-1]} for ", 1)[1].split(" mentioned")[0]
+            (line,) = [line for line in lines if f" for {asked} is: " in line]
+            assert line.endswith(f"is: {sample.answer_text}.")
+            position = lines.index(line) / (len(lines) - 1)
+            assert abs(position - sample.depth) < 0.1
+
+
+def test_variable_tracking_chains_ask_one_chain(tokenizer, corpus):
+    sample = make_task_sample("variable_tracking_chains", tokenizer, corpus, 2048, 3)
+    text = tokenizer.decode(sample.prompt_ids)
+    assigned = dict(re.findall(r"VAR ([A-Z]{5}) = (?:VAR )?(\w+)\.", text))
+    assert len(assigned) == 10
+
+    def root(name):
+        return assigned[name] if assigned[name].isdigit() else root(assigned[name])
+
+    value = text.rsplit("assigned the value ", 1)[1].split(" ")[0]
+    assert {n for n in assigned if root(n) == value} == set(sample.answers)
+    assert len({root(n) for n in assigned}) == 2
+
+
+def test_close_common_words_are_only_three_times_as_frequent(tokenizer, corpus):
+    sample = make_task_sample("common_words_close", tokenizer, corpus, 4096, 0)
+    items = [line.split(". ", 1)[1] for line in tokenizer.decode(sample.prompt_ids).splitlines()
+             if ". " in line and line.split(". ")[0].isdigit()]
+    counts = {w: items.count(w) for w in set(items)}
+    assert {counts[w] for w in sample.answers} == {6}
+    assert {c for w, c in counts.items() if w not in sample.answers} == {2}
+
+
+def test_corpus_file_round_trip(tmp_path, corpus):
+    loaded = TaskCorpus.load(corpus.save(tmp_path / "corpus.json.gz"))
+    assert (loaded.prose, loaded.docs, loaded.code, loaded.pool) == (corpus.prose, corpus.docs, corpus.code, "dev")
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="not a task corpus"):
+        TaskCorpus.load(tmp_path / "bad.json.gz")
+
+
+def test_build_data_in_workers_is_the_same_and_splits_differ(tokenizer, corpus):
+    base = dict(lengths=[1024], samples=2, tasks=["niah_number", "multikey_lines"], ppl_windows=0)
+    one = build_data(tokenizer, SuiteSettings(**base), corpus, progress=False)
+    two = build_data(tokenizer, SuiteSettings(**base, workers=2), corpus, progress=False)
+    assert one.samples == two.samples and len(one.samples) == 4 and one.meta["split"] == "eval"
+    tune = build_data(tokenizer, SuiteSettings(**base, split="tune"), corpus, progress=False)
+    assert tune.meta["split"] == "tune" and not {s.seed for s in tune.samples} & {s.seed for s in one.samples}
+    with pytest.raises(ValueError, match="at most 32 perplexity windows"):
+        build_data(tokenizer, SuiteSettings(**{**base, "ppl_windows": 33}), corpus, progress=False)
+    train_corpus = TaskCorpus(corpus.prose, corpus.docs, corpus.code, pool="train")
+    with pytest.raises(ValueError, match="dev pool"):
+        build_data(tokenizer, SuiteSettings(**base), train_corpus, progress=False)

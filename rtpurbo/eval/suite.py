@@ -5,7 +5,13 @@ Rows on the base model share one loaded, converted model and switch plans in pla
 
 * ``dense``: every KV head retrieval, ``top_p = 1`` (computes exactly the base model);
 * ``streaming``: every KV head local (window ``W`` + ``S`` sinks), StreamingLLM-style;
-* ``split``: the training-free head split (profiled or given plan), the CLI's ``top_p``.
+* ``split``: the training-free head split (profiled or given plan), the CLI's ``top_p``;
+* further named splits (``--plans NAME=PLAN``), each with its own plan and, from a
+  ``headwise_config`` file, its own window.
+
+Data splits: ``eval`` data is what results are reported on; ``tune`` data (other task seeds,
+other perplexity documents) is for head profiling and plan search, so choosing a plan never
+looks at an evaluation item.
 
 Trained stages are rtpurbo artifact directories, each loaded on its own.
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,9 +44,10 @@ from ..memory import KVGeometry
 from ..models import stop_token_ids
 from .scoring import score_batch
 from .speed import measure_speed
-from .tasks import TASKS, DevCorpus, PromptFormat, TaskSample, load_dev_corpus, make_task_sample
+from .tasks import TASKS, PromptFormat, TaskCorpus, TaskSample, load_dev_corpus, make_task_sample
 
 PPL_SOURCES = ("shakespeare", "python-docs", "cpython-stdlib")
+MAX_EVAL_WINDOWS = 32  # eval perplexity windows come from the first documents, tune windows from later ones
 BASE_ROWS = ("dense", "streaming", "split")
 _PROBE = "The pass key is 4821. def f(x):\n\treturn x"
 
@@ -60,6 +68,8 @@ class SuiteSettings:
     speed_warmup: int = 1
     speed_steps: int = 16
     chat: bool = True
+    split: str = "eval"
+    workers: int = 1
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -84,35 +94,78 @@ def tokenizer_probe(tokenizer: Any) -> list[int]:
 
 
 def perplexity_windows(tokenizer: Any, n: int, length: int, install: bool = True,
-                       sources: tuple[str, ...] = PPL_SOURCES) -> list[list[int]]:
+                       sources: tuple[str, ...] = PPL_SOURCES, skip: int = 0) -> list[list[int]]:
     """``n`` windows of ``length`` tokens from the middle of long dev-pool documents, sources in turn
-    (the middle skips title pages, licences and dramatis personae)."""
-    docs = long_documents(list(sources), min_chars=5 * length, limit=4 * n + 8, install=install)
+    (the middle skips title pages, licences and dramatis personae), after the first ``skip`` windows."""
+    docs = long_documents(list(sources), min_chars=5 * length, limit=4 * (n + skip) + 8, install=install)
     windows = []
     for doc in docs:
         ids = tokenizer.encode(doc.text, add_special_tokens=False)
         if len(ids) >= length:
             start = (len(ids) - length) // 2
             windows.append(ids[start : start + length])
-        if len(windows) == n:
-            return windows
-    raise RuntimeError(f"found {len(windows)} dev documents of {length} tokens in {sources}, {n} wanted")
+        if len(windows) == n + skip:
+            return windows[skip:]
+    raise RuntimeError(f"found {len(windows)} dev documents of {length} tokens in {sources}, {n + skip} wanted")
 
 
-def build_data(tokenizer: Any, settings: SuiteSettings, corpus: DevCorpus | None = None,
-               progress: bool = True, install: bool = True) -> EvalData:
-    """Generate every sample and window the settings ask for (deterministic)."""
+def _build_jobs(jobs: list[tuple[str, int, int]], tokenizer: Any, corpus: TaskCorpus, fmt: PromptFormat, split: str,
+                workers: int, progress: bool) -> list[TaskSample]:
+    """Task samples of ``jobs`` (task, length, index), in order; ``workers`` processes (fork) when > 1."""
+    bar = tqdm(total=len(jobs), desc="building task samples", disable=not progress)
+    if workers <= 1:
+        samples = []
+        for task, length, i in jobs:
+            samples.append(make_task_sample(task, tokenizer, corpus, length, i, fmt, split))
+            bar.update(1)
+        bar.close()
+        return samples
+    global _WORKER_STATE
+    _WORKER_STATE = (tokenizer, corpus, fmt, split)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # fork after the Rust tokenizer has run
+    chunks = [jobs[i : i + 16] for i in range(0, len(jobs), 16)]
+    samples = []
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for part in pool.imap(_build_chunk, chunks):
+            samples += part
+            bar.update(len(part))
+    bar.close()
+    return samples
+
+
+_WORKER_STATE: tuple | None = None  # (tokenizer, corpus, prompt format, split), inherited by forked workers
+
+
+def _build_chunk(jobs: list[tuple[str, int, int]]) -> list[TaskSample]:
+    tokenizer, corpus, fmt, split = _WORKER_STATE
+    return [make_task_sample(task, tokenizer, corpus, length, i, fmt, split) for task, length, i in jobs]
+
+
+def build_data(tokenizer: Any, settings: SuiteSettings, corpus: TaskCorpus | None = None,
+               progress: bool = True, install: bool = True, windows: list[list[int]] | None = None) -> EvalData:
+    """Generate every sample and window the settings ask for (deterministic).
+
+    ``corpus``: the task text (default: the installed dev pool); ``windows``: perplexity
+    windows to use instead of reading the dev pool (e.g. from an earlier data file).
+    """
+    if settings.split == "eval" and settings.ppl_windows > MAX_EVAL_WINDOWS:
+        raise ValueError(f"eval data takes at most {MAX_EVAL_WINDOWS} perplexity windows (later documents are "
+                         f"the tune split's), {settings.ppl_windows} asked for")
     corpus = corpus or load_dev_corpus(install=install)
+    if corpus.pool != "dev":
+        raise ValueError(f"eval and tune data come from the dev pool, this corpus is from the {corpus.pool!r} pool")
     fmt = PromptFormat.for_tokenizer(tokenizer, chat=settings.chat)
     jobs = [(t, length, i) for length in settings.lengths for t in settings.tasks for i in range(settings.samples)]
-    samples = [make_task_sample(t, tokenizer, corpus, length, i, fmt)
-               for t, length, i in tqdm(jobs, desc="building task samples", disable=not progress)]
-    windows = []
-    if settings.ppl_windows:
-        windows = perplexity_windows(tokenizer, settings.ppl_windows, settings.ppl_length, install)
+    samples = _build_jobs(jobs, tokenizer, corpus, fmt, settings.split, settings.workers, progress)
+    if windows is None:
+        windows = []
+        if settings.ppl_windows:
+            skip = MAX_EVAL_WINDOWS if settings.split == "tune" else 0
+            windows = perplexity_windows(tokenizer, settings.ppl_windows, settings.ppl_length, install, skip=skip)
     meta = {"probe": tokenizer_probe(tokenizer), "chat_template": fmt.chat, "corpus_files": len(corpus.paths),
-            "task_sources": ["python-docs", "shakespeare", "cpython-stdlib"], "perplexity_sources": list(PPL_SOURCES)}
-    return EvalData(samples, windows, meta)
+            "split": settings.split, "task_sources": ["python-docs", "shakespeare", "cpython-stdlib"],
+            "perplexity_sources": list(PPL_SOURCES)}
+    return EvalData(samples, windows[: settings.ppl_windows], meta)
 
 
 def _pack(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +219,7 @@ class Row:
     plan: HeadPlan | None = None
     top_p: float | None = None
     artifact: Path | None = None
+    window: int | None = None  # a base row's own W (None: the converted model's)
 
 
 def base_rows(names: list[str], split_plan: HeadPlan | None, top_p: float,
@@ -181,10 +235,12 @@ def base_rows(names: list[str], split_plan: HeadPlan | None, top_p: float,
     return [Row(n, n, plans[n], top_ps[n]) for n in BASE_ROWS if n in names]
 
 
-def configure(model: nn.Module, row: Row) -> None:
-    """Switch the shared converted model to ``row``'s plan and top-p (fresh indexers)."""
+def configure(model: nn.Module, row: Row, window: int | None = None) -> None:
+    """Switch the shared converted model to ``row``'s plan, top-p and window (the row's own,
+    else ``window``, else unchanged); fresh indexers."""
     apply_plan(model, row.plan)
     model.rtpurbo_sparse.top_p = row.top_p
+    model.rtpurbo_sparse.window = row.window or window or model.rtpurbo_sparse.window
 
 
 def kv_bytes_per_token(model: nn.Module, kind: str, context: int, bytes_per_value: int = 2) -> float:
@@ -308,9 +364,10 @@ def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: EvalData,
     ``load_artifact(path) -> (model, tokenizer)`` loads a trained stage. Returns the rows' stored data.
     """
     results: dict[str, dict[str, Any]] = {}
+    window = model.rtpurbo_sparse.window
     for row in rows:
         if row.artifact is None:
-            configure(model, row)
+            configure(model, row, window)
             results[row.name] = evaluate_row(model, tokenizer, row, data, settings, out, progress)
     for row in rows:
         if row.artifact is not None:
