@@ -225,3 +225,27 @@ def test_cli_defaults_follow_the_data_file():
     assert held.lengths == LENGTHS and held.tasks == TASK_NAMES and held.samples == 3
     narrowed = settings_from(parse("--tasks", "niah_number", "--samples", "1"), 4096, "cpu", make_data(n=3))
     assert narrowed.tasks == ["niah_number"] and narrowed.samples == 1
+
+
+def test_named_plan_rows_keep_their_own_window_and_pair_with_dense(converted, tmp_path):
+    layers, kv, q, _ = geometry(converted.config)
+    plan = HeadPlan(layers, kv, q, [[0], []])
+    rows = [Row("dense", "dense", HeadPlan.uniform(layers, kv, q, retrieval=True), 1.0),
+            Row("wide", "split", plan, 1.0, window=32), Row("narrow", "split", plan, 1.0)]
+    stored = run_suite(converted, tiny_tokenizer(), rows, make_data(), settings(speed_repeats=0), tmp_path, None,
+                       progress=False)
+    assert [s["sparse"]["window"] for s in stored] == [16, 32, 16]
+    assert stored[1]["identity"]["sparse"]["window"] == 32
+    result = write_report(tmp_path, stored, {"model": "tiny", "device": "cpu", "dtype": "float32"})
+    paired = result["paired"]["rows"]
+    assert set(paired) == {"wide", "narrow"} and paired["wide"]["perplexity"]["windows"] == 2
+    assert paired["narrow"]["lengths"]["96"]["tf_accuracy"]["samples_per_task"] == 2
+    assert "## Paired differences vs dense" in (tmp_path / "results.md").read_text()
+
+
+def test_cli_plan_rows_split_and_workers():
+    args = parse("--plans", "knockout=k.json", "chosen=c/headwise_config.json", "--split", "tune", "--workers", "4")
+    assert args.plans == ["knockout=k.json", "chosen=c/headwise_config.json"]
+    resolved = settings_from(args, 8192, "cpu")
+    assert resolved.split == "tune" and resolved.workers == 4
+    assert parse().split == "eval" and parse().plans == []
