@@ -28,9 +28,9 @@ from ..families import geometry
 from ..models import load_base, resolve_model
 from ..pipeline import ProfileSettings, plan_summary, read_plan, run_profile
 from .report import merge_runs, rebuild_report, write_report
-from .suite import (BASE_ROWS, EvalData, Row, SuiteSettings, base_rows, build_data, load_data, run_suite,
-                    save_data)
-from .tasks import TASKS, TaskCorpus, load_dev_corpus
+from ..data.task_data import TaskData, load_task_data, save_task_data
+from ..data.tasks import TASKS, TaskCorpus, load_dev_corpus
+from .suite import BASE_ROWS, Row, SuiteSettings, base_rows, build_data, run_suite
 
 QUICK = {"lengths": [1024, 2048], "samples": 1, "ppl_windows": 1, "ppl_length": 4096, "speed_repeats": 2,
          "speed_steps": 8}
@@ -122,7 +122,7 @@ def _max_positions(spec: str) -> int:
     return int(getattr(config, "max_position_embeddings", 8192))
 
 
-def settings_from(args: argparse.Namespace, max_positions: int, device: str, data: EvalData | None = None
+def settings_from(args: argparse.Namespace, max_positions: int, device: str, data: TaskData | None = None
                   ) -> SuiteSettings:
     """Flags, else what ``--data`` holds, else --quick values, else full-suite defaults."""
     mode = dict(QUICK if args.quick else FULL)
@@ -191,17 +191,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             corpus.save(args.save_corpus)
         data = build_data(_load_tokenizer(spec), settings_from(args, max_positions, device), corpus,
                           progress=not args.json)
-        save_data(data, out / "eval_data.npz")
+        save_task_data(data, out / "eval_data.npz")
         say(args, f"wrote {out / 'eval_data.npz'} ({len(data.samples)} samples, {len(data.windows)} windows)")
         return {"data": str(out / "eval_data.npz"), "samples": len(data.samples), "windows": len(data.windows)}
     model, tokenizer = load_base(spec, dtype=dtype, device=device)
-    data = load_data(args.data, tokenizer) if args.data else None
+    data = load_task_data(args.data, tokenizer) if args.data else None
     settings = settings_from(args, max_positions, device, None if args.corpus else data)
     if data is None or args.corpus:
         corpus = TaskCorpus.load(args.corpus) if args.corpus else None
         data = build_data(tokenizer, settings, corpus, progress=not args.json,
                           windows=data.windows if data is not None else None)
-        save_data(data, out / "eval_data.npz")
+        save_task_data(data, out / "eval_data.npz")
     data.windows = data.windows[: settings.ppl_windows]  # --ppl-windows 0 skips perplexity with any --data
     rows, sparse_overrides = _rows(args, model, tokenizer, out, artifacts)
     dense = HeadPlan.uniform(*geometry(model.config)[:3], retrieval=True)

@@ -22,7 +22,7 @@ from ..profile.plot import plot_plan
 from .paired import DEFAULT_TARGET, paired_differences
 from .paired import markdown as paired_markdown
 from .scoring import bootstrap, summarize
-from .tasks import SINGLE_NEEDLE, TASKS
+from ..data.tasks import SINGLE_NEEDLE, TASKS
 
 SCORES = ("exact", "partial", "tf_accuracy", "tf_logprob")
 NOTES = [

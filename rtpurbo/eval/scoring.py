@@ -30,7 +30,7 @@ import torch.nn as nn
 from .._compat import cache_kwarg
 from ..cache import HeadwiseCache
 from ..generate import prefill
-from .tasks import TaskSample
+from ..data.tasks import TaskSample
 
 Z95 = 1.959963984540054
 N_BOOTSTRAP = 2000

@@ -1,5 +1,5 @@
-"""The evaluation suite: its data (task samples + perplexity windows), its rows (model variants)
-and the loop that scores each row, resumably.
+"""The evaluation suite: its data (task samples + perplexity windows, :mod:`rtpurbo.data.task_data`),
+its rows (model variants) and the loop that scores each row, resumably.
 
 Rows on the base model share one loaded, converted model and switch plans in place:
 
@@ -8,10 +8,6 @@ Rows on the base model share one loaded, converted model and switch plans in pla
 * ``split``: the training-free head split (profiled or given plan), the CLI's ``top_p``;
 * further named splits (``--plans NAME=PLAN``), each with its own plan and, from a
   ``headwise_config`` file, its own window.
-
-Data splits: ``eval`` data is what results are reported on; ``tune`` data (other task seeds,
-other perplexity documents) is for head profiling and plan search, so choosing a plan never
-looks at an evaluation item.
 
 Trained stages are rtpurbo artifact directories, each loaded on its own.
 
@@ -24,32 +20,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..config import HeadPlan, dumps
 from ..convert import apply_plan
-from ..data.sources import long_documents
+from ..data.task_data import TaskData, build_task_data
+from ..data.tasks import TASKS, TaskCorpus, TaskSample
 from .perplexity import perplexity
 from ..families import geometry
 from ..memory import KVGeometry
 from ..models import stop_token_ids
 from .scoring import score_batch
 from .speed import measure_speed
-from .tasks import TASKS, PromptFormat, TaskCorpus, TaskSample, load_dev_corpus, make_task_sample
 
-PPL_SOURCES = ("shakespeare", "python-docs", "cpython-stdlib")
-MAX_EVAL_WINDOWS = 32  # eval perplexity windows come from the first documents, tune windows from later ones
 BASE_ROWS = ("dense", "streaming", "split")
-_PROBE = "The pass key is 4821. def f(x):\n\treturn x"
 
 
 @dataclass
@@ -73,136 +64,12 @@ class SuiteSettings:
 
 
 # --- data -------------------------------------------------------------------------------------------
-@dataclass
-class EvalData:
-    """Task samples of every (task, length) and perplexity windows, with their provenance."""
-
-    samples: list[TaskSample]
-    windows: list[list[int]]
-    meta: dict[str, Any]
-
-    def group(self, task: str, length: int, n: int) -> list[TaskSample]:
-        """The first ``n`` samples of ``task`` at ``length``; error if the data holds fewer."""
-        found = [s for s in self.samples if s.task == task and s.length == length][:n]
-        if len(found) < n:
-            raise ValueError(f"the eval data holds {len(found)} samples of {task} at {length}, {n} requested")
-        return found
-
-
-def tokenizer_probe(tokenizer: Any) -> list[int]:
-    return tokenizer.encode(_PROBE, add_special_tokens=False) + [len(tokenizer)]
-
-
-def perplexity_windows(tokenizer: Any, n: int, length: int, install: bool = True,
-                       sources: tuple[str, ...] = PPL_SOURCES, skip: int = 0) -> list[list[int]]:
-    """``n`` windows of ``length`` tokens from the middle of long dev-pool documents, sources in turn
-    (the middle skips title pages, licences and dramatis personae), after the first ``skip`` windows."""
-    docs = long_documents(list(sources), min_chars=5 * length, limit=4 * (n + skip) + 8, install=install)
-    windows = []
-    for doc in docs:
-        ids = tokenizer.encode(doc.text, add_special_tokens=False)
-        if len(ids) >= length:
-            start = (len(ids) - length) // 2
-            windows.append(ids[start : start + length])
-        if len(windows) == n + skip:
-            return windows[skip:]
-    raise RuntimeError(f"found {len(windows)} dev documents of {length} tokens in {sources}, {n + skip} wanted")
-
-
-def _build_jobs(jobs: list[tuple[str, int, int]], tokenizer: Any, corpus: TaskCorpus, fmt: PromptFormat, split: str,
-                workers: int, progress: bool) -> list[TaskSample]:
-    """Task samples of ``jobs`` (task, length, index), in order; ``workers`` processes (fork) when > 1."""
-    bar = tqdm(total=len(jobs), desc="building task samples", disable=not progress)
-    if workers <= 1:
-        samples = []
-        for task, length, i in jobs:
-            samples.append(make_task_sample(task, tokenizer, corpus, length, i, fmt, split))
-            bar.update(1)
-        bar.close()
-        return samples
-    global _WORKER_STATE
-    _WORKER_STATE = (tokenizer, corpus, fmt, split)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # fork after the Rust tokenizer has run
-    chunks = [jobs[i : i + 16] for i in range(0, len(jobs), 16)]
-    samples = []
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for part in pool.imap(_build_chunk, chunks):
-            samples += part
-            bar.update(len(part))
-    bar.close()
-    return samples
-
-
-_WORKER_STATE: tuple | None = None  # (tokenizer, corpus, prompt format, split), inherited by forked workers
-
-
-def _build_chunk(jobs: list[tuple[str, int, int]]) -> list[TaskSample]:
-    tokenizer, corpus, fmt, split = _WORKER_STATE
-    return [make_task_sample(task, tokenizer, corpus, length, i, fmt, split) for task, length, i in jobs]
-
-
 def build_data(tokenizer: Any, settings: SuiteSettings, corpus: TaskCorpus | None = None,
-               progress: bool = True, install: bool = True, windows: list[list[int]] | None = None) -> EvalData:
-    """Generate every sample and window the settings ask for (deterministic).
-
-    ``corpus``: the task text (default: the installed dev pool); ``windows``: perplexity
-    windows to use instead of reading the dev pool (e.g. from an earlier data file).
-    """
-    if settings.split == "eval" and settings.ppl_windows > MAX_EVAL_WINDOWS:
-        raise ValueError(f"eval data takes at most {MAX_EVAL_WINDOWS} perplexity windows (later documents are "
-                         f"the tune split's), {settings.ppl_windows} asked for")
-    corpus = corpus or load_dev_corpus(install=install)
-    if corpus.pool != "dev":
-        raise ValueError(f"eval and tune data come from the dev pool, this corpus is from the {corpus.pool!r} pool")
-    fmt = PromptFormat.for_tokenizer(tokenizer, chat=settings.chat)
-    jobs = [(t, length, i) for length in settings.lengths for t in settings.tasks for i in range(settings.samples)]
-    samples = _build_jobs(jobs, tokenizer, corpus, fmt, settings.split, settings.workers, progress)
-    if windows is None:
-        windows = []
-        if settings.ppl_windows:
-            skip = MAX_EVAL_WINDOWS if settings.split == "tune" else 0
-            windows = perplexity_windows(tokenizer, settings.ppl_windows, settings.ppl_length, install, skip=skip)
-    meta = {"probe": tokenizer_probe(tokenizer), "chat_template": fmt.chat, "corpus_files": len(corpus.paths),
-            "split": settings.split, "task_sources": ["python-docs", "shakespeare", "cpython-stdlib"],
-            "perplexity_sources": list(PPL_SOURCES)}
-    return EvalData(samples, windows[: settings.ppl_windows], meta)
-
-
-def _pack(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    flat = [t for r in rows for t in r]
-    dtype = np.uint16 if max(flat, default=0) < 2**16 else np.uint32
-    return np.asarray(flat, dtype=dtype), np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
-
-
-def _unpack(flat: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
-    return [flat[a:b].astype(np.int64).tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-
-
-def save_data(data: EvalData, path: Path) -> None:
-    """Write ``data`` as a compressed ``.npz`` (token ids + a JSON header); carry it to other machines."""
-    heads = [{k: v for k, v in asdict(s).items() if k not in ("prompt_ids", "answer_ids")} for s in data.samples]
-    arrays = {}
-    columns = {"prompt": [s.prompt_ids for s in data.samples], "answer": [s.answer_ids for s in data.samples],
-               "windows": data.windows}
-    for name, rows in columns.items():
-        arrays[name], arrays[name + "_offsets"] = _pack(rows)
-    header = json.dumps({"format": "rtpurbo.eval_data/1", "meta": data.meta, "samples": heads})
-    np.savez_compressed(path, header=np.array(header), **arrays)
-
-
-def load_data(path: Path, tokenizer: Any) -> EvalData:
-    """Read :func:`save_data` output; the tokenizer must tokenise exactly like the one that wrote it."""
-    with np.load(path, allow_pickle=False) as f:
-        header = json.loads(str(f["header"]))
-        prompts, answers = _unpack(f["prompt"], f["prompt_offsets"]), _unpack(f["answer"], f["answer_offsets"])
-        windows = _unpack(f["windows"], f["windows_offsets"])
-    if header.get("format") != "rtpurbo.eval_data/1":
-        raise ValueError(f"{path} is not rtpurbo eval data")
-    if header["meta"]["probe"] != tokenizer_probe(tokenizer):
-        raise ValueError(f"{path} was made with a different tokenizer than this model's")
-    samples = [TaskSample(prompt_ids=p, answer_ids=a, **{**h, "spans": [tuple(s) for s in h["spans"]]})
-               for h, p, a in zip(header["samples"], prompts, answers)]
-    return EvalData(samples, windows, header["meta"])
+               progress: bool = True, install: bool = True, windows: list[list[int]] | None = None) -> TaskData:
+    """Every sample and window ``settings`` ask for (:func:`rtpurbo.data.task_data.build_task_data`)."""
+    return build_task_data(tokenizer, settings.lengths, settings.tasks, settings.samples, settings.split,
+                           settings.ppl_windows, settings.ppl_length, settings.chat, settings.workers, corpus,
+                           windows, progress, install)
 
 
 def digest(*parts: Any) -> str:
@@ -329,7 +196,7 @@ def run_task_unit(model: nn.Module, tokenizer: Any, samples: list[TaskSample], s
     return {"samples": rows, "selection_mean_fraction": mean_fraction}
 
 
-def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: EvalData, settings: SuiteSettings,
+def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: TaskData, settings: SuiteSettings,
                  out: Path, progress: bool = True) -> dict[str, Any]:
     """Run every unit of ``row`` that is not stored yet; returns the row's stored data."""
     store = RowStore(out, row.name, row_identity(model, row, settings))
@@ -357,7 +224,7 @@ def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: EvalData, set
     return store.data
 
 
-def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: EvalData, settings: SuiteSettings, out: Path,
+def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: TaskData, settings: SuiteSettings, out: Path,
               load_artifact: Any, progress: bool = True) -> list[dict[str, Any]]:
     """Evaluate base rows on the shared converted ``model``, then each artifact row on its own model.
 

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ...data.needles import encode_plain, leading_special_ids
+from ..needles import encode_plain, leading_special_ids
 from .corpus import TaskCorpus
 
 GEN_MARGIN = 8  # new tokens allowed beyond the gold answer's length

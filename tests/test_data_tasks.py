@@ -1,4 +1,4 @@
-"""Eval task generators: lengths, exact answer ids and spans, determinism, seeds, dev-pool only.
+"""Long-context task generators: lengths, exact answer ids and spans, determinism, seeds, dev-pool only.
 
 Uses the embedded SmolLM2 tokenizer (skipped without it) and a synthetic TaskCorpus, so
 nothing is installed or read from disk.
@@ -10,8 +10,8 @@ import pytest
 
 from rtpurbo.data.needles import SEED_NAMESPACE_SIZE, SEED_NAMESPACES
 from rtpurbo.data.sources import SOURCES, check_not_reserved
-from rtpurbo.eval.suite import PPL_SOURCES, SuiteSettings, build_data
-from rtpurbo.eval.tasks import (
+from rtpurbo.data.task_data import PPL_SOURCES, build_task_data
+from rtpurbo.data.tasks import (
     GEN_MARGIN,
     PROSE_SOURCES,
     SINGLE_NEEDLE,
@@ -24,7 +24,7 @@ from rtpurbo.eval.tasks import (
     sample_depth,
     sample_seed,
 )
-from rtpurbo.eval.tasks.corpus import prose_paragraphs
+from rtpurbo.data.tasks.corpus import prose_paragraphs
 
 SYLLABLES = ("ka", "lo", "mi", "ren", "to", "sa", "vel", "dun", "pri", "no", "ta", "gor")
 WORDS = sorted({a + b + c for a in SYLLABLES for b in SYLLABLES for c in SYLLABLES})  # 4-9 letters, 1700 words
@@ -243,14 +243,14 @@ def test_corpus_file_round_trip(tmp_path, corpus):
 
 
 def test_build_data_in_workers_is_the_same_and_splits_differ(tokenizer, corpus):
-    base = dict(lengths=[1024], samples=2, tasks=["niah_number", "multikey_lines"], ppl_windows=0)
-    one = build_data(tokenizer, SuiteSettings(**base), corpus, progress=False)
-    two = build_data(tokenizer, SuiteSettings(**base, workers=2), corpus, progress=False)
+    base = dict(lengths=[1024], samples=2, tasks=["niah_number", "multikey_lines"], corpus=corpus, progress=False)
+    one = build_task_data(tokenizer, **base)
+    two = build_task_data(tokenizer, **base, workers=2)
     assert one.samples == two.samples and len(one.samples) == 4 and one.meta["split"] == "eval"
-    tune = build_data(tokenizer, SuiteSettings(**base, split="tune"), corpus, progress=False)
+    tune = build_task_data(tokenizer, **base, split="tune")
     assert tune.meta["split"] == "tune" and not {s.seed for s in tune.samples} & {s.seed for s in one.samples}
     with pytest.raises(ValueError, match="at most 32 perplexity windows"):
-        build_data(tokenizer, SuiteSettings(**{**base, "ppl_windows": 33}), corpus, progress=False)
+        build_task_data(tokenizer, **base, ppl_windows=33)
     train_corpus = TaskCorpus(corpus.prose, corpus.docs, corpus.code, pool="train")
     with pytest.raises(ValueError, match="dev pool"):
-        build_data(tokenizer, SuiteSettings(**base), train_corpus, progress=False)
+        build_task_data(tokenizer, **{**base, "corpus": train_corpus})

@@ -40,7 +40,7 @@ import random
 from functools import partial
 from typing import Any, Callable
 
-from ...data.needles import seed_for
+from ..needles import seed_for
 from . import aggregation, documents, needle_tasks
 from .corpus import PROSE_SOURCES, TaskCorpus, TextItem, load_dev_corpus
 from .prompt import GEN_MARGIN, Ambiguous, Context, ContextFn, Frame, PromptFormat, TaskSample, assemble

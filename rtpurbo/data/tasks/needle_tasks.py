@@ -13,7 +13,7 @@ import string
 import uuid
 from typing import Any
 
-from ...data.needles import Needle, encode_plain, haystack_ids, haystack_window, insertion_points, line_boundaries
+from ..needles import Needle, encode_plain, haystack_ids, haystack_window, insertion_points, line_boundaries
 from .prompt import MIN_CONTEXT, Context, ContextFn, Frame, fill, prefix_len
 
 N_DISTRACTORS = 3  # extra keys of multi-key / multi-query; values of multi-value

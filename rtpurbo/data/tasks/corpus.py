@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
-from ...data.sources import long_documents
+from ..sources import long_documents
 
 PROSE_SOURCES = ("python-docs", "shakespeare")
 CORPUS_FORMAT = "rtpurbo.task_corpus/1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from ...data.needles import encode_plain
+from ..needles import encode_plain
 from .corpus import TextItem
 from .prompt import Ambiguous, Context, ContextFn, Frame, check_boundary
 
