@@ -40,9 +40,12 @@ def _load(args: argparse.Namespace, merge_adapters: bool = False):
 
 
 def _settings(args: argparse.Namespace) -> ProfileSettings:
+    knockout = {name: getattr(args, name) for name in ("criterion", "knockout_data", "knockout_samples",
+                                                       "knockout_windows", "knockout_length", "text_weight")
+                if hasattr(args, name)}  # rtpurbo profile's flags
     return ProfileSettings(
         window=args.window, sinks=args.sinks, retrieval_ratio=args.retrieval_ratio,
-        profile_length=args.profile_length, profile_samples=args.profile_samples,
+        profile_length=args.profile_length, profile_samples=args.profile_samples, **knockout,
     )
 
 
