@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from rtpurbo.eval.paired import markdown, paired_differences, task_average
+from rtpurbo.eval.paired import markdown, paired_differences
+from rtpurbo.stats import task_average
 
 
 def stored(name, scores, ppl_nll=None):

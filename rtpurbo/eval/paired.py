@@ -5,11 +5,9 @@ reference is taken sample by sample, in points (0-100 scale):
 
 * per task: mean of ``100 * (row - reference)`` over the samples both rows scored; 95% CI by
   resampling those samples (percentile bootstrap, 2000 resamples, fixed seed);
-* task average: the unweighted mean of the per-task differences; its CI resamples the
-  samples of every task independently (a stratified bootstrap: the tasks stay fixed);
-* ``samples_for_target``: samples per task at which the task average's half-width would
-  reach ``target`` points, ``n * (half_width / target) ** 2`` (the half-width falls as
-  ``1 / sqrt(n)``), rounded up to a multiple of 10;
+* task average: the unweighted mean of the per-task differences, with a stratified bootstrap
+  interval and the samples per task that would reach a target half-width
+  (:func:`rtpurbo.stats.task_average`);
 * perplexity: the ratio of pooled perplexities minus one, in percent, with windows
   resampled for both rows together.
 """
@@ -20,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .scoring import N_BOOTSTRAP
+from ..stats import DEFAULT_TARGET, N_BOOTSTRAP, interval, task_average
 
 PAIRED_SCORES = ("exact", "partial", "tf_accuracy")
-DEFAULT_TARGET = 0.5  # points
 
 
 def _samples_by_seed(unit: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -40,37 +37,6 @@ def _units(stored: dict[str, Any]) -> dict[tuple[str, int], dict[int, dict[str, 
     return out
 
 
-def _interval(stats: np.ndarray) -> tuple[float, float]:
-    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
-
-
-def _bootstrap_means(diffs: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
-    """(n_boot,) means of ``diffs`` (n,) resampled with replacement."""
-    return diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(axis=1)
-
-
-def task_average(diffs: dict[str, np.ndarray], target: float = DEFAULT_TARGET, seed: int = 0,
-                 n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
-    """Mean over tasks of the per-task mean differences, with its stratified bootstrap interval.
-
-    diffs: task -> (n_task,) paired differences in points.
-    """
-    rng = np.random.default_rng(seed)
-    per_task = {task: _bootstrap_means(d, rng, n_boot) for task, d in diffs.items()}
-    average = np.mean(list(per_task.values()), axis=0)
-    mean = float(np.mean([d.mean() for d in diffs.values()]))
-    lo, hi = _interval(average)
-    half = (hi - lo) / 2
-    n = min(len(d) for d in diffs.values())
-    needed = 10 * math.ceil(n * (half / target) ** 2 / 10) if half > 0 else n
-    tasks = {}
-    for task, d in diffs.items():
-        t_lo, t_hi = _interval(per_task[task])
-        tasks[task] = {"mean": float(d.mean()), "lo": t_lo, "hi": t_hi, "n": len(d)}
-    return {"mean": mean, "lo": lo, "hi": hi, "half_width": half, "tasks_averaged": len(diffs),
-            "samples_per_task": n, "target": target, "samples_for_target": needed, "tasks": tasks}
-
-
 def perplexity_ratio(row: dict[str, Any], reference: dict[str, Any], seed: int = 0,
                      n_boot: int = N_BOOTSTRAP) -> dict[str, Any] | None:
     """Pooled perplexity of ``row`` over ``reference`` minus one (percent), windows resampled together."""
@@ -82,7 +48,7 @@ def perplexity_ratio(row: dict[str, Any], reference: dict[str, Any], seed: int =
     tokens = np.array([w["all"][1] for w in b["windows"]], dtype=np.float64)
     picks = np.random.default_rng(seed).integers(0, len(tokens), size=(n_boot, len(tokens)))
     stats = 100 * np.expm1((nll_a[picks].sum(1) - nll_b[picks].sum(1)) / tokens[picks].sum(1))
-    lo, hi = _interval(stats)
+    lo, hi = interval(stats)
     mean = 100 * math.expm1((nll_a.sum() - nll_b.sum()) / tokens.sum())
     return {"percent": mean, "lo": lo, "hi": hi, "windows": len(tokens)}
 
