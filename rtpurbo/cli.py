@@ -10,6 +10,7 @@ from pathlib import Path
 from .bench.commands import add_parsers as add_bench_parsers
 from .cli_args import add_criterion, add_model, add_profile, add_sparse, positive_int, ratio_value, top_p_value
 from .eval.commands import add_parsers as add_eval_parsers
+from .plan.commands import add_parsers as add_plan_parsers
 from .train.commands import add_convert_train_arguments
 from .train.commands import add_parsers as add_training_parsers
 
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-length", type=positive_int, default=8192, help="context of the CPU speed rows")
     add_training_parsers(sub)
     add_eval_parsers(sub)
+    add_plan_parsers(sub)
     add_bench_parsers(sub)
     return parser
 

@@ -18,7 +18,7 @@ import torch
 from .config import HeadPlan, dumps
 from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
-from .data.task_data import build_task_data, load_task_data
+from .data.task_data import build_task_data, check_tune_split, load_task_data
 from .data.tasks import TASKS
 from .families import geometry
 from .profile.knockout import inputs_from_task_data, knockout_profile
@@ -83,9 +83,7 @@ def knockout_data(tokenizer: Any, settings: ProfileSettings, progress: bool = Tr
     """The tune-split task data knockout scores on: ``settings.knockout_data``, else built from the dev pool."""
     if settings.knockout_data is not None:
         data = load_task_data(settings.knockout_data, tokenizer)
-        if data.meta.get("split") != "tune":
-            raise ValueError(f"{settings.knockout_data} holds {data.meta.get('split', 'eval')!r}-split data; "
-                             "head selection must not see evaluation items (rtpurbo eval --prepare-only --split tune)")
+        check_tune_split(data, settings.knockout_data)
         return data
     return build_task_data(tokenizer, [settings.knockout_length], list(TASKS), settings.knockout_samples, "tune",
                            settings.knockout_windows, settings.knockout_length, progress=progress)

@@ -129,6 +129,13 @@ def _build_chunk(jobs: list[tuple[str, int, int]]) -> list[TaskSample]:
     return [make_task_sample(task, tokenizer, corpus, length, i, fmt, split) for task, length, i in jobs]
 
 
+def check_tune_split(data: TaskData, source: Any = "the data") -> None:
+    """Raise unless ``data`` is tune-split data: choosing heads or plans must not see evaluation items."""
+    if data.meta.get("split") != "tune":
+        raise ValueError(f"{source} holds {data.meta.get('split', 'eval')!r}-split data; head and plan selection must "
+                         "not see evaluation items (rtpurbo eval --prepare-only --split tune)")
+
+
 # --- the file --------------------------------------------------------------------------------------
 def _pack(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     flat = [t for r in rows for t in r]
