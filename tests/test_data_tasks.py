@@ -3,7 +3,6 @@
 Uses the embedded SmolLM2 tokenizer (skipped without it) and a synthetic TaskCorpus, so
 nothing is installed or read from disk.
 """
-import random
 import re
 
 import pytest
@@ -25,26 +24,7 @@ from rtpurbo.data.tasks import (
     sample_seed,
 )
 from rtpurbo.data.tasks.corpus import prose_paragraphs
-
-SYLLABLES = ("ka", "lo", "mi", "ren", "to", "sa", "vel", "dun", "pri", "no", "ta", "gor")
-WORDS = sorted({a + b + c for a in SYLLABLES for b in SYLLABLES for c in SYLLABLES})  # 4-9 letters, 1700 words
-
-
-def synthetic_corpus(seed: int = 0) -> TaskCorpus:
-    """Prose over WORDS (each word many times), reST-like docs, and code: nothing read from disk."""
-    rng = random.Random(seed)
-    prose = ["\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 12))).capitalize() + "." for _ in range(1500))
-             for _ in range(3)]
-    docs = "\n\n".join(
-        f".. function:: tool_{i}(path, mode)\n\n   Open the {rng.choice(WORDS)} {rng.choice(WORDS)} store number {i} "
-        f"and return its {rng.choice(WORDS)} handle.\n\n   More text about {rng.choice(WORDS)}.\n" for i in range(300)
-    )
-    code = "\n\n".join(  # SmolLM2 tokenises "(*" as one token: odd items can never be asked
-        f"def compute_{i}(alpha, beta=None, *rest):\n    total = alpha + {i}\n    return total\n" if i % 2 == 0 else
-        f"def compute_{i}(*items):\n    return items\n" for i in range(400)
-    )
-    return TaskCorpus(prose=prose, docs=docs, code=code)
-
+from rtpurbo.testing import synthetic_corpus
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm_tokenizer):

@@ -122,7 +122,7 @@ def test_batch_order_is_deterministic_and_covers_each_epoch():
 def test_long_range_mix_adds_task_sequences_from_training_text(tmp_path, smollm_tokenizer):
     from rtpurbo.data.tasks import sample_seed
 
-    from .test_data_tasks import synthetic_corpus
+    from rtpurbo.testing import synthetic_corpus
 
     prose = synthetic_corpus().prose
     docs = [Document("fake", f"doc{i}", text) for i, text in enumerate(prose)]

@@ -86,6 +86,8 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--save-corpus", type=Path, help="with --prepare-only: also write the task corpus to this file "
                                                     "(gzipped JSON, a few MB) for machines without the sources")
     p.add_argument("--workers", type=positive_int, default=1, help="processes that build task samples")
+    p.add_argument("--ci-target", type=float, default=0.5, help="half-width (points) the report projects the samples "
+                                                                "per task for (paired differences vs dense)")
     p.set_defaults(handler=run)
 
 
@@ -244,7 +246,9 @@ def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype
     return {
         "model": spec, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": str(dtype).replace("torch.", ""), "settings": asdict(settings), "flags": flags,
-        "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "artifact": str(r.artifact) if r.artifact else None,
+        "ci_target": args.ci_target,
+        "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "window": r.window,
+                  "artifact": str(r.artifact) if r.artifact else None,
                   "plan": plan_summary(r.plan) if r.plan else None} for r in rows],
         "chat_template": meta.get("chat_template"), "data": {k: v for k, v in meta.items() if k != "probe"},
         "data_file": str(args.data or args.out / "eval_data.npz"),
