@@ -5,7 +5,7 @@ library); a training mix builds a :class:`TaskCorpus` from training-pool documen
 ``save`` / ``load`` carry a corpus to a machine that cannot install the sources (a GPU host)
 as one gzipped JSON file of a few MB.
 
-Essays are the flowing-prose paragraphs of the corpus (reST and markup stripped: no
+Essays are the flowing-prose paragraphs of the technical text (reST and markup stripped: no
 directives, code, lists or tables), joined in order and cut into long texts: the essay-like
 haystack of RULER's needle tasks, made from allowed text.
 """
@@ -64,8 +64,9 @@ class TaskCorpus:
 
     @cached_property
     def essays(self) -> list[str]:
-        """Long texts of flowing prose: the prose paragraphs of ``docs`` and ``prose``, in order."""
-        paragraphs = [p for text in [self.docs, *self.prose] for p in prose_paragraphs(text)]
+        """Long texts of flowing expository prose: the prose paragraphs of ``docs`` in order (of
+        ``prose`` when ``docs`` has none; plays would give speeches, not essays)."""
+        paragraphs = prose_paragraphs(self.docs) or [p for text in self.prose for p in prose_paragraphs(text)]
         essays, current, size = [], [], 0
         for paragraph in paragraphs:
             current.append(paragraph)
