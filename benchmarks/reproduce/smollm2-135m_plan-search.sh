@@ -16,15 +16,16 @@
 #               copy-score profile it was cut from)
 #   RTPURBO     how to call the CLI (default: python3 -m rtpurbo.cli)
 #
-# Steps and their H200 estimates (bf16; an 8K forward of SmolLM2 takes ~26 ms):
-#   1. knockout profile: 90 KV heads x (38 tune prompts + 4 texts of 8K in one batch)     ~1.5 min
-#   2. knockout vs copy: rank correlation, overlap, scatter, both 15% plans (no GPU)     ~10 s
+# Steps and their H200 estimates (bf16; an 8K forward of SmolLM2 takes ~26 ms, 2-3x that through the
+# converted model's split attention):
+#   1. knockout profile: 90 KV heads x (38 tune prompts at 4K/8K + 4 texts of 8K in one batch)  ~1.5-3 min
+#   2. knockout vs copy: rank correlation, overlap, scatter, both 15% plans (no GPU)          ~10 s
 #   3. plan search, knockout and copy rankings: 5 ratios x 3 W + dense, 152 tune samples
-#      and 8 windows each, teacher-forced                                                ~2 min
-#   4. eval, 4 rows (dense, copy split, knockout split, chosen plan) x 19 tasks x 24
-#      samples x 4K/8K, generation through the head-wise cache, 12 windows               ~3.5 min
-#   plus ~10 s of model loading per step. Outputs (a few MB) in OUT; the device returns at most 8 files:
-#   tar czf "$OUT_DEVICE/plan-search.tar.gz" -C OUT .
+#      (batches of 8) and 8 windows each, teacher-forced                                      ~1 min
+#   4. eval, 4 rows (dense, copy split, knockout split, chosen plan) x 19 tasks x SAMPLES (20)
+#      x 4K/8K, generation through the head-wise cache (batch 8), 12 windows                ~3 min
+#   plus ~20-30 s per GPU step for imports, GGUF loading and flex compilation: ~7-8 min in all.
+#   Outputs (a few MB) in OUT; the device returns at most 8 files: tar czf "$OUT/../ps.tar.gz" -C OUT .
 set -euo pipefail
 
 dry=0
@@ -41,8 +42,8 @@ if [ "$dry" = 1 ]; then  # the same steps, small: tiny random Llama + SmolLM2 to
   lengths=(1024) window=128 windows=(64 128) ratios=(0.34) samples=1 ppl=2 texts=1
   eval_tasks=(--tasks niah_number essay_niah_uuid common_words_close) device=(--device cpu)
 else
-  lengths=(4096 8192) window=1024 windows=(512 1024 2048) ratios=(0.10 0.125 0.15 0.20 0.25) samples=24 ppl=12
-  texts=4 eval_tasks=() device=()
+  lengths=(4096 8192) window=1024 windows=(512 1024 2048) ratios=(0.10 0.125 0.15 0.20 0.25)
+  samples=${SAMPLES:-20} ppl=12 texts=4 eval_tasks=() device=()
 fi
 MODEL=${MODEL:-smollm2-135m}
 COPY_SCORES=${COPY_SCORES:-smollm2-135m-rtpurbo}
