@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_args import add_model, positive_int, ratio_value
+from ..commands import device_dtype, say
 from ..config import HeadPlan, dumps
 from ..data.task_data import check_tune_split, load_task_data
+from ..models import load_base
 from .compare import read_scores, write_comparison
 from .plot import pareto_plot
 from .search import SearchSettings, pareto_front, search_plans
@@ -64,12 +66,6 @@ def add_parsers(subparsers: Any) -> None:
     p.set_defaults(handler=compare)
 
 
-def _say(args: argparse.Namespace, *parts: Any) -> None:
-    from ..commands import say
-
-    say(args, *parts)
-
-
 def _ranking(args: argparse.Namespace, model: Any, tokenizer: Any, data: Any, out: Path) -> dict[str, Any]:
     """The ranking to sweep: ``--scores``, or a fresh profile written to OUT/profile."""
     if args.scores:
@@ -91,9 +87,6 @@ def _ranking(args: argparse.Namespace, model: Any, tokenizer: Any, data: Any, ou
 
 def search(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo plan search``: returns the search result (also OUT/search.json)."""
-    from ..commands import device_dtype
-    from ..models import load_base
-
     device, dtype = device_dtype(args)
     model, tokenizer = load_base(args.model, dtype=dtype, device=device)
     data = load_task_data(args.data, tokenizer)
@@ -109,8 +102,8 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
     write_search(args.out, result)
     best = result["rows"][result["chosen"]]
     verdict = "within" if result["within_tolerance"] else "NOT within (closest shown)"
-    _say(args, (args.out / "search.md").read_text())
-    _say(args, f"chosen: {100 * best['ratio']:g}% retrieval ({best['retrieval_kv_heads']} KV heads), W {best['window']}:"
+    say(args, (args.out / "search.md").read_text())
+    say(args, f"chosen: {100 * best['ratio']:g}% retrieval ({best['retrieval_kv_heads']} KV heads), W {best['window']}:"
                f" {best['tf_points']:+.2f} TF points, {best['kv_bytes_per_token']:,.0f} KV bytes/token "
                f"({verdict} the {args.tolerance:g}-point tolerance); rtpurbo convert --plan "
                f"{args.out / 'headwise_config.json'} ...")
@@ -162,5 +155,5 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo plan compare``."""
     a, b = (read_scores(path) for path in args.scores)
     result = write_comparison(args.out, a, b, args.ratios, args.ratio, tuple(args.names) if args.names else None)
-    _say(args, (args.out / "compare.md").read_text())
+    say(args, (args.out / "compare.md").read_text())
     return result

@@ -21,7 +21,6 @@ states are kept (not logits) and logits are made in chunks of positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..config import HeadPlan, SparseConfig
 from ..convert import apply_plan, convert, is_converted, unconvert
+from ..data.task_data import TaskData
 from ..families import geometry
 from .run import HeadScores
 
@@ -150,10 +150,10 @@ def _share(values: torch.Tensor) -> torch.Tensor:
     return values.clamp(min=0) / total if total > 0 else torch.zeros_like(values)
 
 
-def inputs_from_task_data(data: Any, samples_per_unit: int | None = None, windows: int | None = None
+def inputs_from_task_data(data: TaskData, samples_per_unit: int | None = None, windows: int | None = None
                           ) -> KnockoutInputs:
-    """Knockout inputs from :class:`rtpurbo.data.task_data.TaskData`: its perplexity windows as texts and
-    the first ``samples_per_unit`` samples of every (task, length) as prompts."""
+    """Knockout inputs from task data: its perplexity windows as texts and the first
+    ``samples_per_unit`` samples of every (task, length) as prompts."""
     taken: dict[tuple[str, int], int] = {}
     prompts = []
     for sample in data.samples:
