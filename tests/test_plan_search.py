@@ -104,7 +104,7 @@ def test_written_search_carries_the_chosen_window(tmp_path):
 
 def test_ranking_comparison(tmp_path):
     rng = np.random.default_rng(2)
-    a = rng.random((4, 3))
+    a, b = rng.random((4, 3)), rng.random((4, 3)).tolist()
     copy = {"criterion": "copy", "ranking": a.tolist(), "num_q_heads": 6}
     knockout = {"criterion": "knockout", "ranking": (a ** 3).tolist(), "num_q_heads": 6}
     result = write_comparison(tmp_path, copy, knockout, [0.25, 0.5], 0.25)
@@ -115,5 +115,11 @@ def test_ranking_comparison(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert read_scores(tmp_path / "plan_copy.json")["ranking"] == a.tolist()
     assert read_scores("smollm2-135m-rtpurbo")["criterion"] == "copy"  # the shipped adapter's plan keeps its scores
+    (tmp_path / "head_scores.json").write_text(json.dumps({"criterion": "knockout", "num_q_heads": 6,
+                                                           "ranking": a.tolist(), "kv_head_scores": {"answer_kl": b}}))
+    answer = read_scores(tmp_path / "head_scores.json", "answer_kl")
+    assert answer == {"criterion": "knockout:answer_kl", "ranking": b, "num_q_heads": 6}
+    with pytest.raises(ValueError, match="no KV-head score"):
+        read_scores(tmp_path / "head_scores.json", "copy")
     with pytest.raises(ValueError, match="give --names"):
         write_comparison(tmp_path, copy, copy, [0.25], 0.25)

@@ -19,7 +19,8 @@ def test_plan_search_script_dry_run(tmp_path, smollm_tokenizer):
                           timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert list(summary["steps"]) == ["knockout", "compare", "search-knockout", "search-copy", "eval"]
+    assert list(summary["steps"]) == ["knockout", "compare", "search-knockout", "search-answer-kl", "search-copy",
+                                      "eval"]
     for name in ("summary.md", "profile-knockout/head_scores.json", "compare/scores_scatter.png",
                  "search-knockout/pareto.png", "search-copy/search.md", "eval/results.md"):
         assert (out / name).is_file(), name

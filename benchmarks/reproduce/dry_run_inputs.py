@@ -1,5 +1,6 @@
 """Inputs for a CPU dry run of the reproduction scripts: a tiny random Llama with SmolLM2's
-tokenizer, tune and eval task data from a synthetic corpus, and a random "copy" ranking.
+tokenizer, tune and eval task data (four task kinds: needle, essay needle, key lines, aggregation)
+from a synthetic corpus, and a random "copy" ranking.
 
     python benchmarks/reproduce/dry_run_inputs.py DIR LENGTH [LENGTH ...]
 
@@ -13,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from rtpurbo.data.task_data import build_task_data, save_task_data
-from rtpurbo.data.tasks import TASKS
 from rtpurbo.models import resolve_model
 from rtpurbo.testing import synthetic_corpus, tiny_model
+
+TASKS = ["niah_number", "essay_niah_uuid", "multikey_lines", "common_words_close"]
 
 
 def main() -> None:
@@ -32,7 +34,7 @@ def main() -> None:
     text = tokenizer.encode(corpus.prose[0] + corpus.prose[1], add_special_tokens=False)
     windows = [text[i * max(lengths) : (i + 1) * max(lengths)] for i in range(2)]
     for split, name in (("tune", "tune.npz"), ("eval", "eval.npz")):
-        data = build_task_data(tokenizer, lengths, list(TASKS), 1, split, len(windows), max(lengths), corpus=corpus,
+        data = build_task_data(tokenizer, lengths, TASKS, 1, split, len(windows), max(lengths), corpus=corpus,
                                windows=windows if split == "tune" else windows[::-1], progress=False)
         save_task_data(data, out / name)
     layers, kv = model.config.num_hidden_layers, model.config.num_key_value_heads

@@ -20,8 +20,8 @@
 # converted model's split attention):
 #   1. knockout profile: 90 KV heads x (38 tune prompts at 4K/8K + 4 texts of 8K in one batch)  ~1.5-3 min
 #   2. knockout vs copy: rank correlation, overlap, scatter, both 15% plans (no GPU)          ~10 s
-#   3. plan search, knockout and copy rankings: 5 ratios x 3 W + dense, 152 tune samples
-#      (batches of 8) and 8 windows each, teacher-forced                                      ~1 min
+#   3. plan search with three rankings (knockout, its task-answer KL alone, copy): 5 ratios x 3 W
+#      + dense, 152 tune samples (batches of 8) and 8 windows each, teacher-forced            ~1.5 min
 #   4. eval, 4 rows (dense, copy split, knockout split, chosen plan) x 19 tasks x SAMPLES (20)
 #      x 4K/8K, generation through the head-wise cache (batch 8), 12 windows                ~3 min
 #   plus ~20-30 s per GPU step for imports, GGUF loading and flex compilation: ~7-8 min in all.
@@ -39,11 +39,10 @@ if [ "$dry" = 1 ]; then  # the same steps, small: tiny random Llama + SmolLM2 to
   python3 "$here/dry_run_inputs.py" "$out/inputs" 1024
   MODEL=$out/inputs/model TUNE_DATA=$out/inputs/tune.npz EVAL_DATA=$out/inputs/eval.npz
   COPY_SCORES=$out/inputs/copy_scores.json
-  lengths=(1024) window=128 windows=(64 128) ratios=(0.34) samples=1 ppl=2 texts=1
-  eval_tasks=(--tasks niah_number essay_niah_uuid common_words_close) device=(--device cpu)
+  lengths=(1024) window=128 windows=(64 128) ratios=(0.34) samples=1 ppl=2 texts=1 device=(--device cpu)
 else
   lengths=(4096 8192) window=1024 windows=(512 1024 2048) ratios=(0.10 0.125 0.15 0.20 0.25)
-  samples=${SAMPLES:-20} ppl=12 texts=4 eval_tasks=() device=()
+  samples=${SAMPLES:-20} ppl=12 texts=4 device=()
 fi
 MODEL=${MODEL:-smollm2-135m}
 COPY_SCORES=${COPY_SCORES:-smollm2-135m-rtpurbo}
@@ -71,13 +70,14 @@ step knockout "${rt[@]}" profile --model "$MODEL" "${device[@]}" --criterion kno
   --knockout-samples 1 --knockout-windows "$texts" --window "$window" --out "$out/profile-knockout"
 step compare "${rt[@]}" plan compare --scores "$COPY_SCORES" "$out/profile-knockout/head_scores.json" \
   --names copy knockout --ratio 0.15 --out "$out/compare"
-for name in knockout copy; do
-  scores=$out/profile-knockout/head_scores.json
-  [ "$name" = copy ] && scores=$COPY_SCORES
-  step "search-$name" "${rt[@]}" plan search --model "$MODEL" "${device[@]}" --data "$TUNE_DATA" --scores "$scores" \
+for name in knockout answer-kl copy; do  # the knockout ranking, its task-answer part alone, the copy score
+  ranking=(--scores "$out/profile-knockout/head_scores.json")
+  [ "$name" = answer-kl ] && ranking+=(--score answer_kl)
+  [ "$name" = copy ] && ranking=(--scores "$COPY_SCORES")
+  step "search-$name" "${rt[@]}" plan search --model "$MODEL" "${device[@]}" --data "$TUNE_DATA" "${ranking[@]}" \
     --ratios "${ratios[@]}" --windows "${windows[@]}" --tolerance 0.5 --out "$out/search-$name"
 done
-step eval "${rt[@]}" eval --model "$MODEL" "${device[@]}" --data "$EVAL_DATA" "${eval_tasks[@]}" \
+step eval "${rt[@]}" eval --model "$MODEL" "${device[@]}" --data "$EVAL_DATA" \
   --lengths "${lengths[@]}" --samples "$samples" --ppl-windows "$ppl" --rows dense split \
   --plan "$out/compare/plan_copy.json" --window "$window" --top-p 1 \
   --plans "knockout=$out/compare/plan_knockout.json" "chosen=$out/search-knockout/headwise_config.json" \
@@ -92,9 +92,7 @@ step eval "${rt[@]}" eval --model "$MODEL" "${device[@]}" --data "$EVAL_DATA" "$
   echo
   cat "$out/compare/compare.md"
   echo
-  cat "$out/search-knockout/search.md"
-  echo
-  cat "$out/search-copy/search.md"
+  for name in knockout answer-kl copy; do cat "$out/search-$name/search.md"; echo; done
   echo
   sed -n '/^## Paired differences/,/^### /p' "$out/eval/results.md" | sed '$d'
 } > "$out/summary.md"

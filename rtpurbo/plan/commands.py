@@ -36,6 +36,9 @@ def add_parsers(subparsers: Any) -> None:
                    help="tune-split task data (rtpurbo eval --prepare-only --split tune): samples and windows")
     p.add_argument("--scores", help="head ranking: head_scores.json, a head_plan.json with scores, or an artifact "
                                     "(default: profile now with --criterion)")
+    p.add_argument("--score", help="with a head_scores.json: rank by this KV-head score instead of its ranking "
+                                   "(knockout: text_kl, answer_kl, answer_nll; copy: copy, needle_mass, "
+                                   "long_range_mass)")
     p.add_argument("--criterion", choices=["copy", "knockout"], default="knockout",
                    help="ranking to compute without --scores (knockout runs on --data; copy needs the training-pool "
                         "haystack sources)")
@@ -69,7 +72,7 @@ def add_parsers(subparsers: Any) -> None:
 def _ranking(args: argparse.Namespace, model: Any, tokenizer: Any, data: Any, out: Path) -> dict[str, Any]:
     """The ranking to sweep: ``--scores``, or a fresh profile written to OUT/profile."""
     if args.scores:
-        return read_scores(args.scores)
+        return read_scores(args.scores, args.score)
     from ..pipeline import ProfileSettings, run_profile, write_profile
     from ..profile.knockout import inputs_from_task_data, knockout_profile
     from ..profile.run import plan_from_scores

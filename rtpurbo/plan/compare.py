@@ -20,10 +20,11 @@ from ..profile.plot import plot_plan
 from .plot import scores_scatter
 
 
-def read_scores(path: str | Path) -> dict[str, Any]:
+def read_scores(path: str | Path, score: str | None = None) -> dict[str, Any]:
     """``{"ranking", "num_q_heads", "criterion"}`` from a profile's ``head_scores.json``, a
     ``head_plan.json`` with scores, or an artifact (directory or shipped adapter name) whose plan
-    has scores. A plan's criterion is knockout if its description says so, else copy."""
+    has scores. A plan's criterion is knockout if its description says so, else copy.
+    ``score``: rank by one of a head_scores.json's KV-head scores instead (e.g. ``answer_kl``)."""
     artifact = io.artifact_path(path)
     if artifact is not None:
         data = io.read_config(artifact)["plan"]
@@ -32,6 +33,12 @@ def read_scores(path: str | Path) -> dict[str, Any]:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read head scores from {path}: {err}") from err
+    if score is not None:
+        found = data.get("kv_head_scores", {})
+        if score not in found:
+            raise ValueError(f"{path} has no KV-head score {score!r}; it has {sorted(found) or 'none'}")
+        return {"criterion": f"{data.get('criterion', 'copy')}:{score}", "ranking": found[score],
+                "num_q_heads": data["num_q_heads"]}
     if "ranking" in data and "num_q_heads" in data:  # head_scores.json
         return {"criterion": data.get("criterion", "copy"), "ranking": data["ranking"],
                 "num_q_heads": data["num_q_heads"]}
