@@ -6,7 +6,8 @@ means; its 95% interval resamples the samples of every task independently (a str
 percentile bootstrap, 2000 resamples, fixed seed: the tasks stay fixed).
 ``samples_for_target`` is the number of samples per task at which the half-width would
 reach ``target``: ``n * (half_width / target) ** 2`` (the half-width falls as ``1 / sqrt(n)``),
-rounded up to a multiple of 10.
+rounded up to a multiple of 10. A task with a single sample has no spread to resample: the
+interval is then undefined (NaN) rather than a false zero width.
 """
 from __future__ import annotations
 
@@ -38,13 +39,13 @@ def task_average(diffs: dict[str, np.ndarray], target: float = DEFAULT_TARGET, s
     per_task = {task: bootstrap_means(d, rng, n_boot) for task, d in diffs.items()}
     average = np.mean(list(per_task.values()), axis=0)
     mean = float(np.mean([d.mean() for d in diffs.values()]))
-    lo, hi = interval(average)
-    half = (hi - lo) / 2
     n = min(len(d) for d in diffs.values())
-    needed = 10 * math.ceil(n * (half / target) ** 2 / 10) if half > 0 else n
+    lo, hi = interval(average) if n > 1 else (math.nan, math.nan)
+    half = (hi - lo) / 2
+    needed = 10 * math.ceil(n * (half / target) ** 2 / 10) if half > 0 else (n if half == 0 else None)
     tasks = {}
     for task, d in diffs.items():
-        t_lo, t_hi = interval(per_task[task])
+        t_lo, t_hi = interval(per_task[task]) if len(d) > 1 else (math.nan, math.nan)
         tasks[task] = {"mean": float(d.mean()), "lo": t_lo, "hi": t_hi, "n": len(d)}
     return {"mean": mean, "lo": lo, "hi": hi, "half_width": half, "tasks_averaged": len(diffs),
             "samples_per_task": n, "target": target, "samples_for_target": needed, "tasks": tasks}

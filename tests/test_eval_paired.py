@@ -55,3 +55,6 @@ def test_identical_rows_differ_by_exactly_zero_and_unmatched_samples_are_left_ou
         assert (cell["mean"], cell["lo"], cell["hi"], cell["samples_per_task"]) == (0.0, 0.0, 0.0, 3)
     assert result["rows"]["copy"]["perplexity"] is None
     assert paired_differences([same]) == {}  # no reference row: nothing to pair with
+    single = task_average({"a": np.array([-5.0]), "b": np.array([1.0, 2.0])})
+    assert single["mean"] == pytest.approx(-1.75) and math.isnan(single["half_width"])  # one sample: no spread
+    assert single["samples_for_target"] is None and math.isnan(single["tasks"]["a"]["lo"])

@@ -98,7 +98,7 @@ def markdown(paired: dict[str, Any]) -> list[str]:
             cells = [_average(scores.get(s)) for s in PAIRED_SCORES]
             need = scores.get("partial", first)["samples_for_target"]
             lines.append(f"| {name} | {length} | {first['tasks_averaged']} | {first['samples_per_task']} | "
-                         + " | ".join(cells) + f" | {need} |")
+                         + " | ".join(cells) + f" | {'–' if need is None else need} |")
     ppl = [(name, row["perplexity"]) for name, row in rows.items() if row["perplexity"]]
     if ppl:
         lines += ["", "| row | perplexity vs reference (95% CI) | windows |", "|---|---|---|"]

@@ -1,6 +1,7 @@
 """PNGs of plan search (the Pareto plot) and of the copy-vs-knockout comparison."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def pareto_plot(result: dict[str, Any], path: str | Path, title: str = "") -> Pa
             y = [r[key] for r in mine]
             if key == "tf_points":
                 errors = [[r["tf_points"] - r["tf_lo"] for r in mine], [r["tf_hi"] - r["tf_points"] for r in mine]]
+                errors = [[0.0 if math.isnan(e) else e for e in side] for side in errors]  # one sample: no CI
                 ax.errorbar(x, y, yerr=errors, fmt="o", color=colours[window], capsize=2, label=f"W {window}")
             else:
                 ax.plot(x, y, "o", color=colours[window], label=f"W {window}")
