@@ -5,6 +5,8 @@ training-free split and trained rows, with KV bytes and speed, into one results 
     rtpurbo eval --lengths 2048 4096 8192 --samples 100 --out runs/eval-full
     rtpurbo eval --prepare-only --lengths 2048 4096 8192 --samples 100 --out runs/eval-full   # data only
     rtpurbo eval --data runs/eval-full/eval_data.npz --plan head_plan.json ...            # no corpora needed
+    rtpurbo eval --rows dense --plans copy=a.json knockout=b.json ...      # more split rows, paired vs dense
+    rtpurbo eval --prepare-only --split tune --lengths 4096 8192 --samples 4 --out runs/tune  # plan search data
 """
 from __future__ import annotations
 
