@@ -23,7 +23,7 @@ from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.families import geometry
 from rtpurbo.models import load_base
-from rtpurbo.eval.suite import perplexity_windows
+from rtpurbo.data.task_data import perplexity_windows
 from rtpurbo.quickstart import DEV_TEXT_SOURCES
 
 

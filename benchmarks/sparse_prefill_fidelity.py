@@ -18,7 +18,7 @@ import torch
 from rtpurbo import io
 from rtpurbo._compat import cache_kwarg
 from rtpurbo.cache import HeadwiseCache
-from rtpurbo.eval.suite import perplexity_windows
+from rtpurbo.data.task_data import perplexity_windows
 
 
 def main() -> None:

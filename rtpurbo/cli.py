@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from .bench.commands import add_parsers as add_bench_parsers
-from .cli_args import add_haystacks, add_model, add_profile, add_sparse, positive_int, ratio_value, top_p_value
+from .cli_args import add_criterion, add_haystacks, add_model, add_profile, add_sparse, positive_int, ratio_value, top_p_value
 from .eval.commands import add_parsers as add_eval_parsers
+from .plan.commands import add_parsers as add_plan_parsers
 from .train.commands import add_convert_train_arguments
 from .train.commands import add_parsers as add_training_parsers
 
@@ -21,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="score every KV head and choose retrieval heads")
     add_model(p)
     add_profile(p)
-    p.add_argument("--window", type=positive_int, default=1024, help="W used for long-range mass (default 1024)")
+    add_criterion(p)
+    p.add_argument("--window", type=positive_int, default=1024, help="W of long-range mass and of the knockout (default 1024)")
     p.add_argument("--sinks", type=int, default=4, help="S (default 4)")
     p.add_argument("--out", type=Path, required=True, help="directory for head_scores.json, head_plan.json/.png")
     p.add_argument("--data", type=Path, help="shards of the user's text (rtpurbo data prepare): their documents "
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-length", type=positive_int, default=8192, help="context of the CPU speed rows")
     add_training_parsers(sub)
     add_eval_parsers(sub)
+    add_plan_parsers(sub)
     add_bench_parsers(sub)
     return parser
 

@@ -6,6 +6,7 @@ own subcommands; both import these helpers from here, so no command module impor
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from .config import RETRIEVAL_PREFILL, SparseConfig, check_ratio
@@ -101,3 +102,18 @@ def add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrieval-ratio", type=ratio_value, default=0.15, help="share of KV heads kept full (default 0.15)")
     p.add_argument("--profile-length", type=positive_int, default=2048, help="tokens per profiling prompt")
     p.add_argument("--profile-samples", type=positive_int, default=6, help="profiling prompts per needle kind")
+
+
+def add_criterion(p: argparse.ArgumentParser) -> None:
+    """``rtpurbo profile``: how heads are ranked (copy score, or knockout: what windowing a head costs)."""
+    p.add_argument("--criterion", choices=["copy", "knockout"], default="copy",
+                   help="copy: copy score on needle prompts (default); knockout: the dense model's KL on long text "
+                        "and task answers when one KV head alone is windowed (one forward per head and input)")
+    p.add_argument("--knockout-data", type=Path, help="tune-split task data (rtpurbo eval --prepare-only --split tune); "
+                                                      "default: built now from the dev pool")
+    p.add_argument("--knockout-samples", type=positive_int, default=2, help="prompts per task and length (default 2)")
+    p.add_argument("--knockout-windows", type=int, default=4, help="long texts (default 4)")
+    p.add_argument("--knockout-length", type=positive_int, default=4096,
+                   help="tokens per prompt and text when the data is built now (default 4096)")
+    p.add_argument("--text-weight", type=float, default=0.5, help="share of the knockout ranking from text KL; "
+                                                                  "the rest from task answers (default 0.5)")

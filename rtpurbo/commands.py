@@ -42,9 +42,12 @@ def _load(args: argparse.Namespace, merge_adapters: bool = False):
 
 
 def _settings(args: argparse.Namespace) -> ProfileSettings:
+    knockout = {name: getattr(args, name) for name in ("criterion", "knockout_data", "knockout_samples",
+                                                       "knockout_windows", "knockout_length", "text_weight")
+                if hasattr(args, name)}  # rtpurbo profile's flags
     return ProfileSettings(
         window=args.window, sinks=args.sinks, retrieval_ratio=args.retrieval_ratio,
-        profile_length=args.profile_length, profile_samples=args.profile_samples,
+        profile_length=args.profile_length, profile_samples=args.profile_samples, **knockout,
     )
 
 
@@ -148,12 +151,12 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
-    from .eval.suite import load_data
+    from .data.task_data import load_task_data
     from .export.lm_eval_task import write_task
 
     spec = io.read_config(args.model)["base_model"]["spec"] if _is_artifact(args.model) else args.model
     tokenizer = _tokenizer(spec)
-    samples = [s for s in load_data(args.data, tokenizer).samples
+    samples = [s for s in load_task_data(args.data, tokenizer).samples
                if (not args.tasks or s.task in args.tasks) and (not args.lengths or s.length in args.lengths)]
     result = write_task(samples, tokenizer, args.out)
     say(args, f"wrote {result['items']} items to {args.out}; run: lm_eval --model hf --model_args "

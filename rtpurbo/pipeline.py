@@ -1,6 +1,8 @@
 """Profiling as a pipeline stage that writes its artifacts (the CLI is a thin shell).
 
     profile  : base model -> head_scores.json, head_plan.json, head_plan.png
+               (criterion copy: needle prompts on training-pool text; knockout: tune-split task
+               data, from ``knockout_data`` or built from the dev pool)
     read_plan: head_plan.json or a config.json with headwise_config (either form) -> HeadPlan
 (conversion and saving live in rtpurbo.convert and rtpurbo.io)
 """
@@ -16,9 +18,12 @@ import torch
 from .config import HeadPlan, dumps
 from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
+from .data.task_data import build_task_data, check_tune_split, load_task_data
+from .data.tasks import TASKS
 from .export.headwise import is_rtp_llm_form, plan_from_rtp_llm
 from .families import geometry
 from .profile.domains import domain_stability, merge_scores
+from .profile.knockout import inputs_from_task_data, knockout_profile
 from .profile.plot import plot_plan
 from .profile.run import HeadScores, plan_from_scores, profile_heads
 
@@ -38,6 +43,12 @@ class ProfileSettings:
     profile_samples: int = 6  # per needle kind
     haystack_sources: tuple[str, ...] = PROFILE_SOURCES
     seed: int = 0
+    criterion: str = "copy"  # or "knockout"
+    knockout_data: Path | None = None  # tune-split task data file (rtpurbo eval --prepare-only --split tune)
+    knockout_samples: int = 2  # prompts per task and length
+    knockout_windows: int = 4  # long texts
+    knockout_length: int = 4096  # tokens per prompt and text when the data is built here
+    text_weight: float = 0.5  # share of the knockout ranking from text KL (the rest: task answers)
 
 
 def profile_samples(tokenizer: Any, settings: ProfileSettings, install: bool = True,
@@ -60,9 +71,16 @@ def profile_samples(tokenizer: Any, settings: ProfileSettings, install: bool = T
 def run_profile(model: torch.nn.Module, tokenizer: Any, settings: ProfileSettings, out_dir: Path | None = None,
                 progress: bool = True) -> tuple[HeadScores, HeadPlan]:
     """Profile heads and choose the plan; write scores, plan JSON and PNG when ``out_dir`` is given."""
-    scores = profile_heads(
-        model, profile_samples(tokenizer, settings), settings.window, settings.sinks, progress=progress
-    )
+    if settings.criterion == "knockout":
+        inputs = inputs_from_task_data(knockout_data(tokenizer, settings, progress), settings.knockout_samples,
+                                       settings.knockout_windows)
+        scores = knockout_profile(model, inputs, settings.window, settings.sinks, settings.text_weight, progress)
+    elif settings.criterion == "copy":
+        scores = profile_heads(
+            model, profile_samples(tokenizer, settings), settings.window, settings.sinks, progress=progress
+        )
+    else:
+        raise ValueError(f"unknown criterion {settings.criterion!r}; criteria are copy and knockout")
     plan = plan_from_scores(scores, settings.retrieval_ratio)
     if out_dir is not None:
         write_profile(out_dir, scores, plan, settings)
@@ -94,11 +112,25 @@ def run_domain_profile(model: torch.nn.Module, tokenizer: Any, settings: Profile
     return scores, plan, stability
 
 
+def knockout_data(tokenizer: Any, settings: ProfileSettings, progress: bool = True):
+    """The tune-split task data knockout scores on: ``settings.knockout_data``, else built from the dev pool."""
+    if settings.knockout_data is not None:
+        data = load_task_data(settings.knockout_data, tokenizer)
+        check_tune_split(data, settings.knockout_data)
+        return data
+    return build_task_data(tokenizer, [settings.knockout_length], list(TASKS), settings.knockout_samples, "tune",
+                           settings.knockout_windows, settings.knockout_length, progress=progress)
+
+
+SCORE_LABELS = {"copy": "copy score (+0.1 needle mass)", "knockout": "knockout score (share of KL)"}
+
+
 def write_profile(out_dir: Path, scores: HeadScores, plan: HeadPlan, settings: ProfileSettings) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "head_scores.json").write_text(dumps({"settings": settings.__dict__, **scores.to_dict()}))
+    settings_json = {k: str(v) if isinstance(v, Path) else v for k, v in settings.__dict__.items()}
+    (out_dir / "head_scores.json").write_text(dumps({"settings": settings_json, **scores.to_dict()}))
     (out_dir / "head_plan.json").write_text(dumps(plan.to_dict()))
-    plot_plan(plan, out_dir / "head_plan.png", score_label="copy score (+0.1 needle mass)")
+    plot_plan(plan, out_dir / "head_plan.png", score_label=SCORE_LABELS[scores.criterion])
 
 
 def read_plan(path: Path, model_config: Any) -> tuple[HeadPlan, dict[str, int]]:

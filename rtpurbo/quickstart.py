@@ -33,7 +33,7 @@ from .data.sources import long_documents
 from .eval.perplexity import perplexity
 from .eval.scoring import decode_step
 from .eval.speed import measure_speed
-from .eval.suite import perplexity_windows
+from .data.task_data import perplexity_windows
 from .families import geometry
 from .generate import prefill
 from .memory import KVGeometry, kv_table

@@ -15,8 +15,9 @@ from rtpurbo.eval.commands import QUICK, _artifact_row, add_parsers, settings_fr
 from rtpurbo.eval.perplexity import perplexity
 from rtpurbo.eval.report import merge_runs, rebuild_report, write_report
 from rtpurbo.eval.speed import measure_speed
-from rtpurbo.eval.suite import EvalData, Row, SuiteSettings, base_rows, load_data, run_suite, save_data
-from rtpurbo.eval.tasks import TaskSample
+from rtpurbo.data.task_data import TaskData, load_task_data, save_task_data, tokenizer_probe
+from rtpurbo.data.tasks import TaskSample
+from rtpurbo.eval.suite import Row, SuiteSettings, base_rows, run_suite
 from rtpurbo.families import geometry
 from rtpurbo.models import load_base
 from rtpurbo.testing import save_tiny_checkpoint, tiny_model, tiny_tokenizer
@@ -36,7 +37,7 @@ def make_data(n=2, seed=0):
                 samples.append(TaskSample(task, length, 1000 + i, (i + 0.5) / n, prompt, answer, "w1", ["w1"], "text",
                                           [(5, 9)]))
     windows = [torch.randint(3, 256, (160,), generator=g).tolist() for _ in range(2)]
-    return EvalData(samples, windows, {"probe": suite.tokenizer_probe(tiny_tokenizer()), "chat_template": False})
+    return TaskData(samples, windows, {"probe": tokenizer_probe(tiny_tokenizer()), "chat_template": False})
 
 
 def settings(**overrides):
@@ -121,7 +122,7 @@ def test_runs_per_row_and_length_merge_into_one_report(converted, tmp_path):
             run = tmp_path / f"{row.name}-{length}"
             windows = 2 if length == LENGTHS[-1] else 0
             part = settings(lengths=[length], ppl_windows=windows, speed_repeats=0)
-            part_data = EvalData(data.samples, data.windows[:windows], data.meta)
+            part_data = TaskData(data.samples, data.windows[:windows], data.meta)
             suite.configure(converted, row)
             suite.evaluate_row(converted, tiny_tokenizer(), row, part_data, part, run, progress=False)
             (run / "config.json").write_text(json.dumps({**config, "settings": {"lengths": [length],
@@ -179,14 +180,14 @@ def test_artifact_rows_parse_an_optional_top_p():
 
 def test_data_round_trip_and_tokenizer_check(tmp_path):
     data = make_data()
-    save_data(data, tmp_path / "d.npz")
-    loaded = load_data(tmp_path / "d.npz", tiny_tokenizer())
+    save_task_data(data, tmp_path / "d.npz")
+    loaded = load_task_data(tmp_path / "d.npz", tiny_tokenizer())
     assert loaded.samples == data.samples and loaded.windows == data.windows
     assert loaded.group("niah_number", 96, 2) == [s for s in data.samples if s.task == "niah_number" and s.length == 96]
     with pytest.raises(ValueError, match="holds 2 samples"):
         loaded.group("niah_number", 96, 3)
     with pytest.raises(ValueError, match="different tokenizer"):
-        load_data(tmp_path / "d.npz", tiny_tokenizer(vocab_size=300))
+        load_task_data(tmp_path / "d.npz", tiny_tokenizer(vocab_size=300))
 
 
 def test_speed_reports_medians(converted):
@@ -225,3 +226,27 @@ def test_cli_defaults_follow_the_data_file():
     assert held.lengths == LENGTHS and held.tasks == TASK_NAMES and held.samples == 3
     narrowed = settings_from(parse("--tasks", "niah_number", "--samples", "1"), 4096, "cpu", make_data(n=3))
     assert narrowed.tasks == ["niah_number"] and narrowed.samples == 1
+
+
+def test_named_plan_rows_keep_their_own_window_and_pair_with_dense(converted, tmp_path):
+    layers, kv, q, _ = geometry(converted.config)
+    plan = HeadPlan(layers, kv, q, [[0], []])
+    rows = [Row("dense", "dense", HeadPlan.uniform(layers, kv, q, retrieval=True), 1.0),
+            Row("wide", "split", plan, 1.0, window=32), Row("narrow", "split", plan, 1.0)]
+    stored = run_suite(converted, tiny_tokenizer(), rows, make_data(), settings(speed_repeats=0), tmp_path, None,
+                       progress=False)
+    assert [s["sparse"]["window"] for s in stored] == [16, 32, 16]
+    assert stored[1]["identity"]["sparse"]["window"] == 32
+    result = write_report(tmp_path, stored, {"model": "tiny", "device": "cpu", "dtype": "float32"})
+    paired = result["paired"]["rows"]
+    assert set(paired) == {"wide", "narrow"} and paired["wide"]["perplexity"]["windows"] == 2
+    assert paired["narrow"]["lengths"]["96"]["tf_accuracy"]["samples_per_task"] == 2
+    assert "## Paired differences vs dense" in (tmp_path / "results.md").read_text()
+
+
+def test_cli_plan_rows_split_and_workers():
+    args = parse("--plans", "knockout=k.json", "chosen=c/headwise_config.json", "--split", "tune", "--workers", "4")
+    assert args.plans == ["knockout=k.json", "chosen=c/headwise_config.json"]
+    resolved = settings_from(args, 8192, "cpu")
+    assert resolved.split == "tune" and resolved.workers == 4
+    assert parse().split == "eval" and parse().plans == []

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from rtpurbo import io
 from rtpurbo.eval.scoring import score_batch
-from rtpurbo.eval.suite import load_data
-from rtpurbo.eval.tasks import TaskSample
+from rtpurbo.data.task_data import load_task_data
+from rtpurbo.data.tasks import TaskSample
 from rtpurbo.export.lm_eval_task import TASK_NAME, first_line_cut, write_task
 from rtpurbo.models import stop_token_ids
 
@@ -48,7 +48,7 @@ def test_lm_eval_matches_rtpurbo_scoring(tmp_path):
     samples = _samples(model, tokenizer)
     summary = write_task(samples, tokenizer, tmp_path / "task")
     assert summary["items"] == 3 and summary["prompts_reencoded_differently"] == 0
-    assert [s.prompt_ids for s in load_data(tmp_path / "task" / "eval_data.npz", tokenizer).samples] == \
+    assert [s.prompt_ids for s in load_task_data(tmp_path / "task" / "eval_data.npz", tokenizer).samples] == \
         [s.prompt_ids for s in samples]
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -83,20 +83,20 @@ def test_rtpurbo_eval_gets_the_prompt_ids_the_harness_sees(tmp_path, smollm_toke
     summary = write_task([sample], smollm_tokenizer, tmp_path)
     assert summary["prompts_reencoded_differently"] == 1
     assert json.loads((tmp_path / f"{TASK_NAME}.jsonl").read_text())["prompt"] == "password"
-    saved = load_data(tmp_path / "eval_data.npz", smollm_tokenizer).samples[0]
+    saved = load_task_data(tmp_path / "eval_data.npz", smollm_tokenizer).samples[0]
     assert saved.prompt_ids == whole and saved.answer_ids == sample.answer_ids and saved.spans == []
 
 
 def test_cli_writes_the_task_of_eval_data(tmp_path, capsys):
     from rtpurbo.cli import main
-    from rtpurbo.eval.suite import EvalData, save_data, tokenizer_probe
+    from rtpurbo.data.task_data import TaskData, save_task_data, tokenizer_probe
     from rtpurbo.testing import save_tiny_checkpoint, tiny_tokenizer
 
     base = save_tiny_checkpoint("llama", tmp_path / "base")
     tokenizer = tiny_tokenizer()
     samples = [TaskSample(task, 8, i, None, [5 + i] * 8, [7], "w1", ["w1"], "text")
                for i, task in enumerate(["niah_single", "niah_multikey"])]
-    save_data(EvalData(samples, [], {"probe": tokenizer_probe(tokenizer)}), tmp_path / "eval_data.npz")
+    save_task_data(TaskData(samples, [], {"probe": tokenizer_probe(tokenizer)}), tmp_path / "eval_data.npz")
     assert main(["lm-eval-task", "--model", str(base), "--data", str(tmp_path / "eval_data.npz"), "--tasks",
                  "niah_multikey", "--out", str(tmp_path / "task"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["items"] == 1

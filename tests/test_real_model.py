@@ -112,11 +112,11 @@ def test_quickstart_with_the_shipped_adapter(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
     from rtpurbo import cli, quickstart
-    from rtpurbo.eval import suite
+    from rtpurbo.data import task_data
 
     docs = [SimpleNamespace(text=haystack(600 + 50 * i)) for i in range(8)]
     monkeypatch.setattr(quickstart, "long_documents", lambda *a, **k: docs)
-    monkeypatch.setattr(suite, "long_documents", lambda *a, **k: docs)
+    monkeypatch.setattr(task_data, "long_documents", lambda *a, **k: docs)
     code = cli.main(["quickstart", "--out", str(tmp_path), "--eval-windows", "1", "--eval-length", "600",
                      "--probe-samples", "1", "--probe-length", "600", "--speed-length", "200", "--json"])
     assert code in (0, None)

@@ -33,7 +33,10 @@ def test_flags_map_to_settings(tmp_path):
     assert stage2.loop.steps == 600 and stage2.trainable == "attention" and stage2.lora.r == 2
     assert not stage2.gradient_checkpointing and stage2.loop.lr is None
     args = parser().parse_args(["data", "prepare", "--out", "x", "--pool", "dev"])
-    assert args.handler.__name__ == "data" and args.seq_len == 8192
+    assert args.handler.__name__ == "data" and args.seq_len == 8192 and args.synthetic_kinds == ["passkey", "kv",
+                                                                                                "multihop"]
+    args = parser().parse_args(["data", "prepare", "--out", "x", "--synthetic-kinds", "kv", "common_words"])
+    assert args.synthetic_kinds == ["kv", "common_words"]
 
 
 def test_train_indexer_then_distill_commands(tmp_path):
@@ -46,8 +49,12 @@ def test_train_indexer_then_distill_commands(tmp_path):
     result = args.handler(args)
     assert result["reports"][0]["steps_done"] == 3
     args = parser().parse_args(["distill", "--model", str(tmp_path / "indexed"), "--out", str(tmp_path / "final"),
-                                "--batch-size", "2", "--lora-rank", "2", *common])
+                                "--batch-size", "2", "--lora-rank", "2", "--keep-checkpoints", "--checkpoint-every", "2",
+                                *common])
     args.handler(args)
+    kept = sorted(p.name for p in tmp_path.glob("final.distill-step-*"))
+    assert kept == ["final.distill-step-00002", "final.distill-step-00003"]  # every checkpoint, the last included
+    assert io.read_config(tmp_path / kept[0])["lora"]["r"] == 2
     config = io.read_config(tmp_path / "final")
     assert [h["stage"] for h in config["history"]] == ["indexer", "distill"]
     assert config["lora"]["r"] == 2
@@ -63,11 +70,14 @@ def test_train_indexer_then_distill_commands(tmp_path):
 def test_convert_train_runs_both_stages_before_save(tmp_path):
     model, tokenizer = converted_from_disk(tmp_path)
     make_tiny_shards(tmp_path / "shards", seq_len=64, sequences=8)
+    make_tiny_shards(tmp_path / "mix", seq_len=64, sequences=8, synthetic_ratio=0.5)
     args = parser().parse_args(["convert", "--out", str(tmp_path / "artifact"), "--train", "--data",
-                                str(tmp_path / "shards"), "--indexer-steps", "2", "--distill-steps", "2",
+                                str(tmp_path / "shards"), "--distill-data", str(tmp_path / "mix"),
+                                "--indexer-steps", "2", "--distill-steps", "2",
                                 "--indexer-warmup", "0", "--distill-warmup", "0", "--distill-lora-rank", "2"])
     args.out, args.device, args.json = tmp_path / "artifact", "cpu", False
     result = train_converted(args, model, tokenizer)
     assert result["indexer"]["steps_done"] == 2 and result["distill"]["steps_done"] == 2
+    assert result["indexer"]["data"] == str(tmp_path / "shards") and result["distill"]["data"] == str(tmp_path / "mix")
     io.save(model, args.out)
     assert [h["stage"] for h in io.read_config(args.out)["history"]] == ["indexer", "distill"]

@@ -117,3 +117,27 @@ def test_batch_order_is_deterministic_and_covers_each_epoch():
     assert torch.equal(batch_indices(10, 4, 3, seed=1), steps[4])
     assert not torch.equal(batch_indices(10, 0, 3, seed=2), steps[0])
 
+
+
+def test_long_range_mix_adds_task_sequences_from_training_text(tmp_path, smollm_tokenizer):
+    from rtpurbo.data.tasks import sample_seed
+
+    from rtpurbo.testing import synthetic_corpus
+
+    prose = synthetic_corpus().prose
+    docs = [Document("fake", f"doc{i}", text) for i, text in enumerate(prose)]
+    kinds = ("passkey", "multikey_lines", "common_words_close")
+    settings = PrepareSettings(seq_len=1024, sequences=8, synthetic_ratio=0.75, min_doc_chars=100,
+                               synthetic_kinds=kinds)
+    manifest = prepare_shards(docs, smollm_tokenizer, tmp_path, settings)
+    rows = load_shards(tmp_path, smollm_tokenizer).sequences
+    assert rows.shape == (8, 1024) and manifest["synthetic"]["kinds"] == list(kinds)
+    texts = [smollm_tokenizer.decode(r) for r in rows]
+    synthetic = [t for i, t in enumerate(texts) if is_synthetic_slot(i, 0.75)]
+    assert len(synthetic) == 6
+    assert "pass key" in synthetic[0] and "pass key" in synthetic[3]
+    assert "special magic numbers for" in synthetic[1] and "most common words" in synthetic[2]
+    assert "<|im_start|>assistant" in synthetic[1]  # chat-formatted like the eval, answer included
+    assert sample_seed("multikey_lines", 0, "train") >= seed_for("train_tasks", 0)
+    with pytest.raises(ValueError, match="synthetic kinds"):
+        PrepareSettings(synthetic_kinds=("doc_qa",))

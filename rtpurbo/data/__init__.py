@@ -1,4 +1,5 @@
-"""Text for training and evaluation: offline corpora (`sources`) and synthetic retrieval samples (`needles`)."""
+"""Text for training and evaluation: offline corpora (`sources`), synthetic retrieval samples (`needles`),
+RULER-style long-context tasks (`tasks`) and their data files (`task_data`)."""
 
 from rtpurbo.data.needles import (
     KINDS,

@@ -18,7 +18,8 @@ match them token by token.
 Seeds: sample `i` of `make_samples(..., seed=s)` uses seed `s + i`.  Use
 `seed_for(namespace, i)` with the namespaces of `SEED_NAMESPACES`, one block of
 `SEED_NAMESPACE_SIZE` seeds each, so that head profiling, training and
-evaluation samples never share a seed.
+evaluation samples never share a seed (`tune` and `train_tasks` are the eval tasks'
+tuning and training splits, see `rtpurbo.eval.tasks`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 KINDS = ("passkey", "kv", "multihop")
-SEED_NAMESPACES = {"profile": 1_000_000, "train": 2_000_000, "eval": 3_000_000}
+SEED_NAMESPACES = {"profile": 1_000_000, "train": 2_000_000, "eval": 3_000_000, "tune": 4_000_000,
+                   "train_tasks": 5_000_000}
 SEED_NAMESPACE_SIZE = 1_000_000
 MIN_HAYSTACK_TOKENS = 16
 KV_MAX_PAIRS = 32

@@ -6,6 +6,8 @@ training-free split and trained rows, with KV bytes and speed, into one results 
     rtpurbo eval --prepare-only --lengths 2048 4096 8192 --samples 100 --out runs/eval-full   # data only
     rtpurbo eval --data runs/eval-full/eval_data.npz --plan head_plan.json ...            # no corpora needed
     rtpurbo eval --model ARTIFACT --rows dense --ppl-data runs/my-dev   # perplexity on your text (data prepare --pool dev)
+    rtpurbo eval --rows dense --plans copy=a.json knockout=b.json ...      # more split rows, paired vs dense
+    rtpurbo eval --prepare-only --split tune --lengths 4096 8192 --samples 4 --out runs/tune  # plan search data
 """
 from __future__ import annotations
 
@@ -30,9 +32,9 @@ from ..models import load_base, load_config, load_tokenizer
 from ..pipeline import ProfileSettings, plan_summary, read_plan, run_profile
 from .domain import with_user_windows
 from .report import merge_runs, rebuild_report, write_report
-from .suite import (BASE_ROWS, EvalData, Row, SuiteSettings, base_rows, build_data, load_data, run_suite,
-                    save_data)
-from .tasks import TASKS
+from ..data.task_data import TaskData, load_task_data, save_task_data
+from ..data.tasks import TASKS, TaskCorpus, load_dev_corpus
+from .suite import BASE_ROWS, Row, SuiteSettings, base_rows, build_data, run_suite
 
 QUICK = {"lengths": [1024, 2048], "samples": 1, "ppl_windows": 1, "ppl_length": 4096, "speed_repeats": 2,
          "speed_steps": 8}
@@ -81,6 +83,19 @@ def add_parsers(subparsers: Any) -> None:
                    help="with --report-only: first gather the rows of these results directories into OUT "
                         "(e.g. one run per row and length on several GPUs)")
     p.add_argument("--no-chat-template", action="store_true", help="plain-text prompts even if a template exists")
+    p.add_argument("--plans", nargs="*", default=[], metavar="NAME=PLAN",
+                   help="more training-free split rows, each with its own plan (head_plan.json, or a "
+                        "headwise_config file whose swa_token_num sets the row's W)")
+    p.add_argument("--split", choices=["eval", "tune"], default="eval",
+                   help="eval: the reported samples and perplexity windows; tune: other seeds and documents, for "
+                        "profiling and plan search")
+    p.add_argument("--corpus", type=Path, help="build task samples from this corpus file (--save-corpus) instead of "
+                                               "the installed dev pool; perplexity windows then come from --data")
+    p.add_argument("--save-corpus", type=Path, help="with --prepare-only: also write the task corpus to this file "
+                                                    "(gzipped JSON, a few MB) for machines without the sources")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes that build task samples")
+    p.add_argument("--ci-target", type=float, default=0.5, help="half-width (points) the report projects the samples "
+                                                                "per task for (paired differences vs dense)")
     p.set_defaults(handler=run)
 
 
@@ -114,7 +129,7 @@ def _max_positions(spec: str, revision: str | None) -> int:
     return int(getattr(load_config(spec, revision), "max_position_embeddings", 8192))
 
 
-def settings_from(args: argparse.Namespace, max_positions: int, device: str, data: EvalData | None = None
+def settings_from(args: argparse.Namespace, max_positions: int, device: str, data: TaskData | None = None
                   ) -> SuiteSettings:
     """Flags, else what ``--data`` holds, else --quick values, else full-suite defaults."""
     mode = dict(QUICK if args.quick else FULL)
@@ -136,6 +151,7 @@ def settings_from(args: argparse.Namespace, max_positions: int, device: str, dat
         prefill_chunk=args.prefill_chunk, speed_length=max(lengths),
         speed_repeats=mode["speed_repeats"] if args.speed_repeats is None else args.speed_repeats,
         speed_warmup=1 if device == "cpu" else 2, speed_steps=mode["speed_steps"], chat=not args.no_chat_template,
+        split=args.split, workers=args.workers,
     )
 
 
@@ -171,19 +187,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device, dtype = device_dtype(args)
     max_positions = _max_positions(spec, revision)
     if args.prepare_only:
-        data = build_data(load_tokenizer(spec, revision), settings_from(args, max_positions, device),
+        corpus = TaskCorpus.load(args.corpus) if args.corpus else load_dev_corpus()
+        if args.save_corpus:
+            corpus.save(args.save_corpus)
+        data = build_data(load_tokenizer(spec, revision), settings_from(args, max_positions, device), corpus,
                           progress=not args.json)
-        save_data(data, out / "eval_data.npz")
+        save_task_data(data, out / "eval_data.npz")
         say(args, f"wrote {out / 'eval_data.npz'} ({len(data.samples)} samples, {len(data.windows)} windows)")
         return {"data": str(out / "eval_data.npz"), "samples": len(data.samples), "windows": len(data.windows)}
     model, tokenizer = load_base(spec, dtype=dtype, device=device, revision=revision)
-    data = load_data(args.data, tokenizer) if args.data else None
-    settings = settings_from(args, max_positions, device, data)
+    data = load_task_data(args.data, tokenizer) if args.data else None
+    settings = settings_from(args, max_positions, device, None if args.corpus else data)
     if args.ppl_data is not None:
         data, settings = with_user_windows(args, tokenizer, settings, data, max_positions, progress=not args.json)
-    if data is None:
-        data = build_data(tokenizer, settings, progress=not args.json)
-        save_data(data, out / "eval_data.npz")
+    if data is None or args.corpus:
+        corpus = TaskCorpus.load(args.corpus) if args.corpus else None
+        data = build_data(tokenizer, settings, corpus, progress=not args.json,
+                          windows=data.windows if data is not None else None)
+        save_task_data(data, out / "eval_data.npz")
     data.windows = data.windows[: settings.ppl_windows]  # --ppl-windows 0 skips perplexity with any --data
     rows, sparse_overrides = _rows(args, model, tokenizer, out, artifacts)
     dense = HeadPlan.uniform(*geometry(model.config)[:3], retrieval=True)
@@ -211,6 +232,12 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
         split, overrides = _split_plan(args, model, tokenizer, out)
         say(args, f"split plan: {plan_summary(split)['retrieval_kv_heads']} retrieval KV heads")
     rows = base_rows(list(args.rows), split, args.top_p, geometry(model.config)[:3])
+    for item in args.plans:
+        name, _, path = item.partition("=")
+        if not name or not path or name in BASE_ROWS:
+            raise SystemExit(f"--plans takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
+        plan, found = read_plan(Path(path), model.config)
+        rows.append(Row(name, "split", plan, args.top_p, window=found.get("window")))
     return rows + [Row(name, "artifact", top_p=top_p, artifact=path) for name, path, top_p in artifacts], overrides
 
 
@@ -221,7 +248,9 @@ def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype
     return {
         "model": spec, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": str(dtype).replace("torch.", ""), "settings": asdict(settings), "flags": flags,
-        "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "artifact": str(r.artifact) if r.artifact else None,
+        "ci_target": args.ci_target,
+        "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "window": r.window,
+                  "artifact": str(r.artifact) if r.artifact else None,
                   "plan": plan_summary(r.plan) if r.plan else None} for r in rows],
         "chat_template": meta.get("chat_template"), "data": {k: v for k, v in meta.items() if k != "probe"},
         "data_file": str(args.data or args.out / "eval_data.npz"),

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..train.data import fingerprint_shards, load_shards
-from .suite import EvalData, SuiteSettings, build_data
+from ..data.task_data import TaskData
+from .suite import SuiteSettings, build_data
 
 
 def user_windows(path: Path, tokenizer: Any, count: int | None, length: int | None, max_positions: int
@@ -35,8 +36,8 @@ def user_windows(path: Path, tokenizer: Any, count: int | None, length: int | No
     return rows, meta
 
 
-def with_user_windows(args: argparse.Namespace, tokenizer: Any, settings: SuiteSettings, data: EvalData | None,
-                      max_positions: int, progress: bool) -> tuple[EvalData, SuiteSettings]:
+def with_user_windows(args: argparse.Namespace, tokenizer: Any, settings: SuiteSettings, data: TaskData | None,
+                      max_positions: int, progress: bool) -> tuple[TaskData, SuiteSettings]:
     """(data with the ``--ppl-data`` windows, settings of a perplexity-first run)."""
     windows, meta = user_windows(args.ppl_data, tokenizer, args.ppl_windows, args.ppl_length, max_positions)
     tasks = args.tasks or []
@@ -45,4 +46,4 @@ def with_user_windows(args: argparse.Namespace, tokenizer: Any, settings: SuiteS
     if data is None and settings.tasks:
         data = build_data(tokenizer, replace(settings, ppl_windows=0), progress=progress)
     samples, base_meta = (data.samples, data.meta) if data is not None else ([], {})
-    return EvalData(samples, windows, {**base_meta, **meta}), settings
+    return TaskData(samples, windows, {**base_meta, **meta}), settings

@@ -2,7 +2,9 @@
 
 * ``results.json``: per row its plan summary, sparse config, KV bytes per token, speed,
   perplexity by position bucket and every task at every length, each score with its 95% CI;
-* ``results.md``: the same as Markdown tables (rows, perplexity, one task table per length);
+  ``paired``: every row's sample-by-sample differences to the dense row (:mod:`.paired`);
+* ``results.md``: the same as Markdown tables (rows, perplexity, one task table per length,
+  paired differences);
 * ``needle_heatmap.png``: single-needle exact match and teacher-forced accuracy by depth x length;
 * ``head_plan_<row>.png``: the head plan of every row that has retrieval and local heads.
 """
@@ -17,8 +19,10 @@ import numpy as np
 
 from ..config import HeadPlan, dumps
 from ..profile.plot import plot_plan
+from .paired import DEFAULT_TARGET, paired_differences
+from .paired import markdown as paired_markdown
 from .scoring import bootstrap, summarize
-from .tasks import SINGLE_NEEDLE, TASKS
+from ..data.tasks import SINGLE_NEEDLE, TASKS
 
 SCORES = ("exact", "partial", "tf_accuracy", "tf_logprob")
 NOTES = [
@@ -134,17 +138,19 @@ def _task_table(rows: list[dict[str, Any]], length: str) -> list[str]:
     return _table(header, body)
 
 
-def markdown(rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
+def markdown(rows: list[dict[str, Any]], config: dict[str, Any], paired: dict[str, Any] | None = None) -> str:
     lengths = sorted({length for r in rows for t in r["tasks"].values() for length in t}, key=int)
     n = max((c["exact"]["n"] for r in rows for t in r["tasks"].values() for c in t.values()), default=0)
     lines = [f"# rtpurbo eval: {config['model']}", "",
              f"Device {config['device']} ({config['dtype']}); up to {n} samples per task and length; "
              f"chat template: {'yes' if config.get('chat_template') else 'no'}; "
+             f"data split: {config.get('data', {}).get('split', 'eval')}; "
              f"wall time {config.get('wall_seconds', '?')} s.",
              "", "## Rows", ""] + _rows_table(rows)
     if rows[0]["perplexity"]:
         windows = rows[0]["perplexity"]["all"]["windows"]
         lines += ["", f"## Perplexity by position ({windows} windows, 95% CI)", ""] + _perplexity_table(rows)
+    lines += paired_markdown(paired or {})
     for length in lengths:
         lines += ["", f"## Tasks at {length} tokens (mean, 95% CI)", ""] + _task_table(rows, length)
     lines += ["", "## Notes", ""] + [f"- {note}" for note in NOTES]
@@ -209,9 +215,10 @@ def _depth_grid(stored: dict[str, Any], bins: int) -> tuple[list[int], dict[str,
 def write_report(out: Path, stored_rows: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
     """Write results.json, results.md and the PNGs into ``out``; returns the JSON object."""
     rows = [summarize_row(r) for r in stored_rows]
-    result = {"config": config, "rows": rows, "notes": NOTES}
+    paired = paired_differences(stored_rows, target=config.get("ci_target", DEFAULT_TARGET))
+    result = {"config": config, "rows": rows, "paired": paired, "notes": NOTES}
     (out / "results.json").write_text(dumps(result))
-    (out / "results.md").write_text(markdown(rows, config))
+    (out / "results.md").write_text(markdown(rows, config, paired))
     needle_heatmap(stored_rows, out / "needle_heatmap.png")
     for stored in stored_rows:
         plan = HeadPlan.from_dict(stored["plan"])

@@ -29,11 +29,11 @@ import torch.nn as nn
 
 from .._compat import cache_kwarg
 from ..cache import HeadwiseCache
+from ..data.tasks import TaskSample
 from ..generate import prefill
-from .tasks import TaskSample
+from ..stats import N_BOOTSTRAP
 
 Z95 = 1.959963984540054
-N_BOOTSTRAP = 2000
 
 
 # --- matching the generated text -------------------------------------------------------------------

@@ -1,13 +1,19 @@
-"""The evaluation suite: its data (task samples + perplexity windows), its rows (model variants)
-and the loop that scores each row, resumably.
+"""The evaluation suite: its data (task samples + perplexity windows, :mod:`rtpurbo.data.task_data`),
+its rows (model variants) and the loop that scores each row, resumably.
 
 Rows on the base model share one loaded, converted model and switch plans in place:
 
 * ``dense``: every KV head retrieval, ``top_p = 1`` (computes exactly the base model);
 * ``streaming``: every KV head local (window ``W`` + ``S`` sinks), StreamingLLM-style;
-* ``split``: the training-free head split (profiled or given plan), the CLI's ``top_p``.
+* ``split``: the training-free head split (profiled or given plan), the CLI's ``top_p``;
+* further named splits (``--plans NAME=PLAN``), each with its own plan and, from a
+  ``headwise_config`` file, its own window.
 
 Trained stages are rtpurbo artifact directories, each loaded on its own.
+
+Every row's retrieval heads select at every length (``seqlen_threshold = 0``): the suite measures
+the method's fidelity, indexer included, at lengths where a deployed model (default threshold
+256K) would still decode over all keys.
 
 Results go to ``OUT/rows/<row>.json`` unit by unit (perplexity, speed, one unit per task and
 length, with per-sample scores). A unit whose samples' digest and the row's identity
@@ -23,25 +29,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..config import HeadPlan, dumps
 from ..convert import apply_plan
-from ..data.sources import long_documents
+from ..data.task_data import TaskData, build_task_data
+from ..data.tasks import TASKS, TaskCorpus, TaskSample
 from .perplexity import perplexity
 from ..families import geometry
 from ..memory import KVGeometry
 from ..models import stop_token_ids
 from .scoring import score_batch
 from .speed import measure_speed
-from .tasks import TASKS, DevCorpus, PromptFormat, TaskSample, load_dev_corpus, make_task_sample
 
-PPL_SOURCES = ("shakespeare", "python-docs", "cpython-stdlib")
 BASE_ROWS = ("dense", "streaming", "split")
-_PROBE = "The pass key is 4821. def f(x):\n\treturn x"
 
 
 @dataclass
@@ -60,96 +62,17 @@ class SuiteSettings:
     speed_warmup: int = 1
     speed_steps: int = 16
     chat: bool = True
+    split: str = "eval"
+    workers: int = 1
 
 
 # --- data -------------------------------------------------------------------------------------------
-@dataclass
-class EvalData:
-    """Task samples of every (task, length) and perplexity windows, with their provenance."""
-
-    samples: list[TaskSample]
-    windows: list[list[int]]
-    meta: dict[str, Any]
-
-    def group(self, task: str, length: int, n: int) -> list[TaskSample]:
-        """The first ``n`` samples of ``task`` at ``length``; error if the data holds fewer."""
-        found = [s for s in self.samples if s.task == task and s.length == length][:n]
-        if len(found) < n:
-            raise ValueError(f"the eval data holds {len(found)} samples of {task} at {length}, {n} requested")
-        return found
-
-
-def tokenizer_probe(tokenizer: Any) -> list[int]:
-    return tokenizer.encode(_PROBE, add_special_tokens=False) + [len(tokenizer)]
-
-
-def perplexity_windows(tokenizer: Any, n: int, length: int, install: bool = True,
-                       sources: tuple[str, ...] = PPL_SOURCES) -> list[list[int]]:
-    """``n`` windows of ``length`` tokens from the middle of long dev-pool documents, sources in turn
-    (the middle skips title pages, licences and dramatis personae)."""
-    docs = long_documents(list(sources), min_chars=5 * length, limit=4 * n + 8, install=install)
-    windows = []
-    for doc in docs:
-        ids = tokenizer.encode(doc.text, add_special_tokens=False)
-        if len(ids) >= length:
-            start = (len(ids) - length) // 2
-            windows.append(ids[start : start + length])
-        if len(windows) == n:
-            return windows
-    raise RuntimeError(f"found {len(windows)} dev documents of {length} tokens in {sources}, {n} wanted")
-
-
-def build_data(tokenizer: Any, settings: SuiteSettings, corpus: DevCorpus | None = None,
-               progress: bool = True, install: bool = True) -> EvalData:
-    """Generate every sample and window the settings ask for (deterministic)."""
-    corpus = corpus or load_dev_corpus(install=install)
-    fmt = PromptFormat.for_tokenizer(tokenizer, chat=settings.chat)
-    jobs = [(t, length, i) for length in settings.lengths for t in settings.tasks for i in range(settings.samples)]
-    samples = [make_task_sample(t, tokenizer, corpus, length, i, fmt)
-               for t, length, i in tqdm(jobs, desc="building task samples", disable=not progress)]
-    windows = []
-    if settings.ppl_windows:
-        windows = perplexity_windows(tokenizer, settings.ppl_windows, settings.ppl_length, install)
-    meta = {"probe": tokenizer_probe(tokenizer), "chat_template": fmt.chat, "corpus_files": len(corpus.paths),
-            "task_sources": ["python-docs", "shakespeare", "cpython-stdlib"], "perplexity_sources": list(PPL_SOURCES)}
-    return EvalData(samples, windows, meta)
-
-
-def _pack(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    flat = [t for r in rows for t in r]
-    dtype = np.uint16 if max(flat, default=0) < 2**16 else np.uint32
-    return np.asarray(flat, dtype=dtype), np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
-
-
-def _unpack(flat: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
-    return [flat[a:b].astype(np.int64).tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-
-
-def save_data(data: EvalData, path: Path) -> None:
-    """Write ``data`` as a compressed ``.npz`` (token ids + a JSON header); carry it to other machines."""
-    heads = [{k: v for k, v in asdict(s).items() if k not in ("prompt_ids", "answer_ids")} for s in data.samples]
-    arrays = {}
-    columns = {"prompt": [s.prompt_ids for s in data.samples], "answer": [s.answer_ids for s in data.samples],
-               "windows": data.windows}
-    for name, rows in columns.items():
-        arrays[name], arrays[name + "_offsets"] = _pack(rows)
-    header = json.dumps({"format": "rtpurbo.eval_data/1", "meta": data.meta, "samples": heads})
-    np.savez_compressed(path, header=np.array(header), **arrays)
-
-
-def load_data(path: Path, tokenizer: Any) -> EvalData:
-    """Read :func:`save_data` output; the tokenizer must tokenise exactly like the one that wrote it."""
-    with np.load(path, allow_pickle=False) as f:
-        header = json.loads(str(f["header"]))
-        prompts, answers = _unpack(f["prompt"], f["prompt_offsets"]), _unpack(f["answer"], f["answer_offsets"])
-        windows = _unpack(f["windows"], f["windows_offsets"])
-    if header.get("format") != "rtpurbo.eval_data/1":
-        raise ValueError(f"{path} is not rtpurbo eval data")
-    if header["meta"]["probe"] != tokenizer_probe(tokenizer):
-        raise ValueError(f"{path} was made with a different tokenizer than this model's")
-    samples = [TaskSample(prompt_ids=p, answer_ids=a, **{**h, "spans": [tuple(s) for s in h["spans"]]})
-               for h, p, a in zip(header["samples"], prompts, answers)]
-    return EvalData(samples, windows, header["meta"])
+def build_data(tokenizer: Any, settings: SuiteSettings, corpus: TaskCorpus | None = None,
+               progress: bool = True, install: bool = True, windows: list[list[int]] | None = None) -> TaskData:
+    """Every sample and window ``settings`` ask for (:func:`rtpurbo.data.task_data.build_task_data`)."""
+    return build_task_data(tokenizer, settings.lengths, settings.tasks, settings.samples, settings.split,
+                           settings.ppl_windows, settings.ppl_length, settings.chat, settings.workers, corpus,
+                           windows, progress, install)
 
 
 def digest(*parts: Any) -> str:
@@ -166,6 +89,7 @@ class Row:
     plan: HeadPlan | None = None
     top_p: float | None = None
     artifact: Path | None = None
+    window: int | None = None  # a base row's own W (None: the converted model's)
 
 
 def base_rows(names: list[str], split_plan: HeadPlan | None, top_p: float,
@@ -181,10 +105,13 @@ def base_rows(names: list[str], split_plan: HeadPlan | None, top_p: float,
     return [Row(n, n, plans[n], top_ps[n]) for n in BASE_ROWS if n in names]
 
 
-def configure(model: nn.Module, row: Row) -> None:
-    """Switch the shared converted model to ``row``'s plan and top-p (fresh indexers)."""
+def configure(model: nn.Module, row: Row, window: int | None = None) -> None:
+    """Switch the shared converted model to ``row``'s plan, top-p and window (the row's own,
+    else ``window``, else unchanged); fresh indexers."""
     apply_plan(model, row.plan)
     model.rtpurbo_sparse.top_p = row.top_p
+    model.rtpurbo_sparse.seqlen_threshold = 0  # measure the selection at every length (module docstring)
+    model.rtpurbo_sparse.window = row.window or window or model.rtpurbo_sparse.window
 
 
 def kv_bytes_per_token(model: nn.Module, kind: str, context: int, bytes_per_value: int = 2) -> float:
@@ -273,7 +200,7 @@ def run_task_unit(model: nn.Module, tokenizer: Any, samples: list[TaskSample], s
     return {"samples": rows, "selection_mean_fraction": mean_fraction}
 
 
-def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: EvalData, settings: SuiteSettings,
+def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: TaskData, settings: SuiteSettings,
                  out: Path, progress: bool = True) -> dict[str, Any]:
     """Run every unit of ``row`` that is not stored yet; returns the row's stored data."""
     store = RowStore(out, row.name, row_identity(model, row, settings))
@@ -301,22 +228,24 @@ def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: EvalData, set
     return store.data
 
 
-def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: EvalData, settings: SuiteSettings, out: Path,
+def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: TaskData, settings: SuiteSettings, out: Path,
               load_artifact: Any, progress: bool = True) -> list[dict[str, Any]]:
     """Evaluate base rows on the shared converted ``model``, then each artifact row on its own model.
 
     ``load_artifact(path) -> (model, tokenizer)`` loads a trained stage. Returns the rows' stored data.
     """
     results: dict[str, dict[str, Any]] = {}
+    window = model.rtpurbo_sparse.window
     for row in rows:
         if row.artifact is None:
-            configure(model, row)
+            configure(model, row, window)
             results[row.name] = evaluate_row(model, tokenizer, row, data, settings, out, progress)
     for row in rows:
         if row.artifact is not None:
             trained, trained_tokenizer = load_artifact(row.artifact)
             if row.top_p is not None:
                 trained.rtpurbo_sparse.top_p = row.top_p
+            trained.rtpurbo_sparse.seqlen_threshold = 0
             results[row.name] = evaluate_row(trained, trained_tokenizer, row, data, settings, out, progress)
             del trained
     return [results[row.name] for row in rows]

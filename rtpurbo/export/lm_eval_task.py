@@ -27,8 +27,8 @@ from types import SimpleNamespace
 from typing import Any, Sequence
 
 from ..eval.scoring import exact_match, partial_match
-from ..eval.suite import EvalData, save_data, tokenizer_probe
-from ..eval.tasks import TaskSample
+from ..data.task_data import TaskData, save_task_data, tokenizer_probe
+from ..data.tasks import TaskSample
 
 TASK_NAME = "rtpurbo_tasks"
 METRICS = ("exact", "partial")
@@ -88,7 +88,7 @@ def write_task(samples: list[TaskSample], tokenizer: Any, out_dir: str | Path, n
                 "answer_text": sample.answer_text, "answers": sample.answers, "match": sample.match,
                 "max_new_tokens": sample.max_new_tokens,
             }) + "\n")
-    save_data(EvalData(reencoded, [], {"probe": tokenizer_probe(tokenizer), "source": "rtpurbo lm-eval-task"}),
+    save_task_data(TaskData(reencoded, [], {"probe": tokenizer_probe(tokenizer), "source": "rtpurbo lm-eval-task"}),
               out_dir / "eval_data.npz")
     max_gen_toks = max(s.max_new_tokens for s in samples)
     (out_dir / f"{name}.yaml").write_text(_yaml(name, jsonl, max_gen_toks))

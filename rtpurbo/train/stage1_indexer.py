@@ -16,7 +16,7 @@ model's SparseConfig: top_p, min/max tokens, sinks, recent), i.e. what decode wo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -66,7 +66,8 @@ def indexer_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-def train_indexer(model: nn.Module, shards: TokenShards, settings: IndexerSettings, runtime: Runtime) -> dict[str, Any]:
+def train_indexer(model: nn.Module, shards: TokenShards, settings: IndexerSettings, runtime: Runtime,
+                  on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run stage 1 on a converted ``model`` in place. Returns the report (recall before/after, history)."""
     loop = settings.loop
     train_rows, held_out = split_held_out(shards, settings.eval_sequences, loop.seq_len)
@@ -83,10 +84,12 @@ def train_indexer(model: nn.Module, shards: TokenShards, settings: IndexerSettin
             return wrapped(input_ids, query_index.to(runtime.device))
 
         identity = {"stage": "indexer", "queries": settings.queries, "eval_sequences": settings.eval_sequences}
-        result = run_loop(runtime, model, objective, [{"params": params}], train_rows, loop, identity, step_fn)
+        result = run_loop(runtime, model, objective, [{"params": params}], train_rows, loop, identity, step_fn,
+                          on_checkpoint)
         after = evaluate_indexer(model, capture, held_out, settings, runtime)
     return {
         "stage": "indexer",
+        "data": str(shards.path),
         "settings": {**asdict(settings), "loop": {**asdict(loop), "checkpoint_dir": str(loop.checkpoint_dir)}},
         "steps_done": result.steps_done,
         "stopped_early": result.stopped_early,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -125,8 +125,10 @@ def select_trainable(model: nn.Module, settings: DistillSettings) -> list[dict[s
             {"params": [named[n] for n in indexer], "lr": settings.indexer_lr, "name": "indexer"}]
 
 
-def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, runtime: Runtime) -> dict[str, Any]:
-    """Run stage 2 on a converted ``model`` in place. Returns the report."""
+def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, runtime: Runtime,
+            on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run stage 2 on a converted ``model`` in place; returns the report. ``on_checkpoint``: see
+    :func:`.loop.run_loop`."""
     loop = settings.loop
     train_rows, held_out = split_held_out(shards, settings.eval_sequences, loop.seq_len)
     model.to(runtime.device)
@@ -150,11 +152,13 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
         identity = {"stage": "distill", "trainable": settings.trainable, "lora": settings.lora.to_dict(),
                     "indexer_lr": settings.indexer_lr, "indexer_weight": settings.indexer_weight,
                     "indexer_queries": settings.indexer_queries, "eval_sequences": settings.eval_sequences}
-        result = run_loop(runtime, model, objective, groups, train_rows, _with_lr(loop, groups), identity, step_fn)
+        result = run_loop(runtime, model, objective, groups, train_rows, _with_lr(loop, groups), identity, step_fn,
+                          on_checkpoint)
         after = heldout_kl(model, teacher, held_out, settings, runtime)
     model.eval()
     return {
         "stage": "distill",
+        "data": str(shards.path),
         "settings": {**asdict(settings), "loop": {**asdict(loop), "checkpoint_dir": str(loop.checkpoint_dir)}},
         "world_size": runtime.world,
         "steps_done": result.steps_done,

@@ -1,0 +1,124 @@
+"""Paired differences against a reference row (dense), with bootstrap 95% intervals.
+
+Every row scores the same samples (same task, length and seed), so the difference to the
+reference is taken sample by sample, in points (0-100 scale):
+
+* per task: mean of ``100 * (row - reference)`` over the samples both rows scored; 95% CI by
+  resampling those samples (percentile bootstrap, 2000 resamples, fixed seed);
+* task average: the unweighted mean of the per-task differences, with a stratified bootstrap
+  interval and the samples per task that would reach a target half-width
+  (:func:`rtpurbo.stats.task_average`);
+* perplexity: the ratio of pooled perplexities minus one, in percent, with windows
+  resampled for both rows together.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..stats import DEFAULT_TARGET, N_BOOTSTRAP, interval, task_average
+
+PAIRED_SCORES = ("exact", "partial", "tf_accuracy")
+
+
+def _samples_by_seed(unit: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {s["seed"]: s for s in unit["samples"]}
+
+
+def _units(stored: dict[str, Any]) -> dict[tuple[str, int], dict[int, dict[str, Any]]]:
+    """(task, length) -> seed -> sample scores of one stored row."""
+    out = {}
+    for key, unit in stored["units"].items():
+        if key.startswith("task:"):
+            task, length = key[5:].rsplit("@", 1)
+            out[task, int(length)] = _samples_by_seed(unit)
+    return out
+
+
+def perplexity_ratio(row: dict[str, Any], reference: dict[str, Any], seed: int = 0,
+                     n_boot: int = N_BOOTSTRAP) -> dict[str, Any] | None:
+    """Pooled perplexity of ``row`` over ``reference`` minus one (percent), windows resampled together."""
+    a, b = row["units"].get("perplexity"), reference["units"].get("perplexity")
+    if a is None or b is None or a["digest"] != b["digest"]:
+        return None
+    nll_a = np.array([w["all"][0] for w in a["windows"]])
+    nll_b = np.array([w["all"][0] for w in b["windows"]])
+    tokens = np.array([w["all"][1] for w in b["windows"]], dtype=np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(tokens), size=(n_boot, len(tokens)))
+    stats = 100 * np.expm1((nll_a[picks].sum(1) - nll_b[picks].sum(1)) / tokens[picks].sum(1))
+    lo, hi = interval(stats)
+    mean = 100 * math.expm1((nll_a.sum() - nll_b.sum()) / tokens.sum())
+    return {"percent": mean, "lo": lo, "hi": hi, "windows": len(tokens)}
+
+
+def paired_differences(stored_rows: list[dict[str, Any]], reference: str = "dense",
+                       target: float = DEFAULT_TARGET) -> dict[str, Any]:
+    """Per row other than ``reference``: per length and score the task average (and per task) of
+    the paired differences in points, and the perplexity ratio. Empty without the reference row."""
+    rows = {r["row"]: r for r in stored_rows}
+    if reference not in rows:
+        return {}
+    ref_units = _units(rows[reference])
+    out: dict[str, Any] = {}
+    for name, stored in rows.items():
+        if name == reference:
+            continue
+        units, by_length = _units(stored), {}
+        for length in sorted({length for _, length in units}):
+            common = {task: (units[task, length], ref_units[task, length]) for task, n in units
+                      if n == length and (task, length) in ref_units}
+            scores = {}
+            for score in PAIRED_SCORES:
+                diffs = {task: np.array([100 * (mine[s][score] - ref[s][score]) for s in mine if s in ref])
+                         for task, (mine, ref) in sorted(common.items())}
+                diffs = {task: d for task, d in diffs.items() if len(d)}
+                if diffs:
+                    scores[score] = task_average(diffs, target)
+            if scores:
+                by_length[str(length)] = scores
+        out[name] = {"lengths": by_length, "perplexity": perplexity_ratio(stored, rows[reference])}
+    return {"reference": reference, "unit": "points (0-100)", "target_half_width": target, "rows": out}
+
+
+def markdown(paired: dict[str, Any]) -> list[str]:
+    """Markdown lines: the task-average table, then per-task differences of each row."""
+    if not paired:
+        return []
+    rows = paired["rows"]
+    lines = ["", f"## Paired differences vs {paired['reference']} (points, 95% CI)", "",
+             f"Sample by sample, row minus {paired['reference']}, averaged over tasks; ± is the CI's half-width; "
+             f"'n for ±{paired['target_half_width']:g}' projects the samples per task that reach that half-width.", "",
+             "| row | length | tasks | n/task | exact | partial | TF acc | n for ±" +
+             f"{paired['target_half_width']:g} (partial) |", "|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        for length, scores in row["lengths"].items():
+            first = next(iter(scores.values()))
+            cells = [_average(scores.get(s)) for s in PAIRED_SCORES]
+            need = scores.get("partial", first)["samples_for_target"]
+            lines.append(f"| {name} | {length} | {first['tasks_averaged']} | {first['samples_per_task']} | "
+                         + " | ".join(cells) + f" | {'–' if need is None else need} |")
+    ppl = [(name, row["perplexity"]) for name, row in rows.items() if row["perplexity"]]
+    if ppl:
+        lines += ["", "| row | perplexity vs reference (95% CI) | windows |", "|---|---|---|"]
+        lines += [f"| {name} | {p['percent']:+.2f}% ({p['lo']:+.2f}% – {p['hi']:+.2f}%) | {p['windows']} |"
+                  for name, p in ppl]
+    for name, row in rows.items():
+        for length, scores in row["lengths"].items():
+            tasks = list(next(iter(scores.values()))["tasks"])
+            lines += ["", f"### {name} − {paired['reference']} at {length} tokens, per task", "",
+                      "| task | exact | partial | TF acc |", "|---|---|---|---|"]
+            lines += [f"| {task} | " + " | ".join(_diff(scores[s]["tasks"].get(task)) if s in scores else "–"
+                                                  for s in PAIRED_SCORES) + " |" for task in tasks]
+    return lines
+
+
+def _average(d: dict[str, Any] | None) -> str:
+    return "–" if d is None else f"{d['mean']:+.2f} ±{d['half_width']:.2f}"
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "–"
+    return f"{d['mean']:+.2f} ({d['lo']:+.2f} – {d['hi']:+.2f})"
