@@ -20,7 +20,7 @@ from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
 from .data.task_data import build_task_data, check_tune_split, load_task_data
 from .data.tasks import TASKS
-from .export.headwise import is_rtp_llm_form, plan_from_rtp_llm
+from .headwise import is_rtp_llm_form, plan_from_rtp_llm
 from .families import geometry
 from .profile.domains import domain_stability, merge_scores
 from .profile.knockout import inputs_from_task_data, knockout_profile

@@ -15,7 +15,7 @@ from rtpurbo import io
 from rtpurbo.cli import main
 from rtpurbo.config import HeadPlan, PlanMismatch, SparseConfig
 from rtpurbo.export import ExportError, export
-from rtpurbo.export.headwise import plan_from_rtp_llm, rtp_llm_headwise_config
+from rtpurbo.headwise import plan_from_rtp_llm, rtp_llm_headwise_config
 from rtpurbo.export.runtime import ExportedModelError, sparse_settings
 from rtpurbo.generate import generate
 from rtpurbo.pipeline import read_plan

@@ -27,7 +27,7 @@ from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted
 from ..families import geometry
 from ..generate import prefill
-from .headwise import is_rtp_llm_form, plan_from_rtp_llm
+from ..headwise import is_rtp_llm_form, plan_from_rtp_llm
 
 FORMAT = "rtpurbo.export/1"
 INDEXER_KEY = ".indexer."

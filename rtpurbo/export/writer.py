@@ -5,7 +5,7 @@ What the directory holds::
     config.json                      the base model's config, plus
                                        headwise_config  per-layer 0/1 roles per query head + W, S and
                                                         seqlen_threshold, in the form RTP-LLM reads
-                                                        (rtpurbo/export/headwise.py)
+                                                        (rtpurbo/headwise.py)
                                        rtpurbo          format tag, versions, the other sparse settings
                                        auto_map         AutoModelForCausalLM -> modeling_rtpurbo.RtpurboForCausalLM
     model.safetensors                base weights in the base layout (LoRA folded in, head order of the
@@ -37,7 +37,7 @@ from .. import __version__
 from ..convert import is_converted, kv_order
 from ..families import geometry
 from ..io import _replace_dir
-from .headwise import rtp_llm_headwise_config
+from ..headwise import rtp_llm_headwise_config
 from .runtime import FORMAT
 
 MODELING_FILE = "modeling_rtpurbo.py"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import HeadPlan, PlanMismatch, SparseConfig
+from .config import HeadPlan, PlanMismatch, SparseConfig
 
 SETTINGS = ("sink_token_num", "swa_token_num", "seqlen_threshold")
 RTP_LLM_DEFAULT_THRESHOLD = 16384  # what RTP-LLM assumes when the key is absent (headwise.py line 100)
