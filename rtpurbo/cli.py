@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this "
                                                            "size (default 5GB)")
+    p.add_argument("--seqlen-threshold", type=int, help="cached tokens from which the exported model's retrieval "
+                   "heads select at decode (default: the artifact's; 0 = always, as rtpurbo eval scores)")
 
     p = sub.add_parser("lm-eval-task", help="write rtpurbo eval's task samples as a local lm-evaluation-harness "
                                             "task (YAML + JSONL + metrics)")

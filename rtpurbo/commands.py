@@ -142,6 +142,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         raise ExportError(f"--model {args.model!r} is not an rtpurbo artifact; export writes a converted model "
                           "(e.g. --model smollm2-135m-rtpurbo, or a directory written by rtpurbo convert)")
     model, tokenizer = _load(args, merge_adapters=True)
+    if args.seqlen_threshold is not None:
+        model.rtpurbo_sparse.seqlen_threshold = args.seqlen_threshold
     out = export_model(model, tokenizer, args.out, max_shard_size=args.max_shard_size)
     result = describe(out)
     say(args, f"wrote {out}: {', '.join(result['files'])}")

@@ -144,3 +144,7 @@ def test_cli_export_writes_a_loadable_directory(tmp_path, capsys):
             "generation_config.json", "tokenizer.json"} <= set(files)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True)
     assert model.rtpurbo_plan.retrieval == [[0], []]
+    assert model.rtpurbo_sparse.seqlen_threshold == 0  # the artifact's (tests/exported.py)
+    assert main(["export", "--model", str(artifact), "--out", str(tmp_path / "hf2"), "--seqlen-threshold", "4096"]) == 0
+    config = json.loads((tmp_path / "hf2" / "config.json").read_text())
+    assert config["headwise_config"]["seqlen_threshold"] == 4096

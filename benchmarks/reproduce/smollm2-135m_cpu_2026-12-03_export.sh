@@ -8,7 +8,8 @@ OUT=${OUT:-runs/export-cpu}
 PORT=${PORT:-8000}
 mkdir -p "$OUT"
 
-rtpurbo export --model smollm2-135m-rtpurbo --out "$OUT/smollm2-135m-rtpurbo-hf"
+# --seqlen-threshold 0: retrieval heads select at every length, as rtpurbo eval scores them
+rtpurbo export --model smollm2-135m-rtpurbo --seqlen-threshold 0 --out "$OUT/smollm2-135m-rtpurbo-hf"
 
 # 1. serve, ask once plainly and once streamed, compare with generate() in this process
 transformers serve "$OUT/smollm2-135m-rtpurbo-hf" --trust-remote-code --host 127.0.0.1 --port "$PORT" \
