@@ -13,7 +13,8 @@ from rtpurbo.convert import convert
 from rtpurbo.eval import suite
 from rtpurbo.eval.commands import QUICK, _artifact_row, add_parsers, settings_from
 from rtpurbo.eval.perplexity import perplexity
-from rtpurbo.eval.report import merge_runs, rebuild_report, write_report
+from rtpurbo.eval import report
+from rtpurbo.eval.report import merge_runs, rebuild_report, summarize_row, write_report
 from rtpurbo.eval.speed import measure_speed
 from rtpurbo.data.task_data import TaskData, load_task_data, save_task_data, tokenizer_probe
 from rtpurbo.data.tasks import TaskSample
@@ -167,12 +168,24 @@ def test_artifact_row_is_loaded_and_keeps_its_own_plan(tmp_path):
     at_095 = run_suite(base, tokenizer, [Row("p95", "artifact", top_p=0.95, artifact=artifact)], make_data(),
                        settings(speed_repeats=0), tmp_path / "out", lambda path: io.load(path), progress=False)
     assert at_095[0]["sparse"]["top_p"] == 0.95 and at_095[0]["identity"]["sparse"]["top_p"] == 0.95
+    sparse_prefill = {"retrieval_prefill": "sparse", "prefill_top_p": 0.5, "prefill_band": 16}
+    rows = [Row("sp", "artifact", artifact=artifact, settings=sparse_prefill)]
+    sp = run_suite(base, tokenizer, rows, make_data(), settings(speed_repeats=0), tmp_path / "out",
+                   lambda path: io.load(path), progress=False)[0]
+    assert {k: sp["identity"]["sparse"][k] for k in sparse_prefill} == sparse_prefill
+    fractions = [u["prefill_block_fraction"] for k, u in sp["units"].items() if k.startswith("task:")]
+    assert fractions and all(f is not None and 0 < f <= 1 for f in fractions)
+    summary = summarize_row(sp)
+    assert "sparse (top-p 0.5; " in "\n".join(report._rows_table([summary]))
 
 
-def test_artifact_rows_parse_an_optional_top_p():
-    assert _artifact_row("s2=runs/a") == ("s2", Path("runs/a"), None)
-    assert _artifact_row("s2=runs/a@0.95") == ("s2", Path("runs/a"), 0.95)
-    for bad in ("runs/a", "dense=runs/a", "s2=runs/a@1.5", "s2=runs/a@high", "s2="):
+def test_artifact_rows_parse_optional_settings():
+    assert _artifact_row("s2=runs/a") == ("s2", Path("runs/a"), {})
+    assert _artifact_row("s2=runs/a@0.95") == ("s2", Path("runs/a"), {"top_p": 0.95})
+    assert _artifact_row("sp=runs/a@retrieval_prefill=sparse, prefill_top_p=0.9,prefill_max_blocks=8") == (
+        "sp", Path("runs/a"), {"retrieval_prefill": "sparse", "prefill_top_p": 0.9, "prefill_max_blocks": 8})
+    for bad in ("runs/a", "dense=runs/a", "s2=runs/a@1.5", "s2=runs/a@high", "s2=", "s2=runs/a@window=4",
+                "s2=runs/a@retrieval_prefill=fast", "s2=runs/a@prefill_band=-1"):
         with pytest.raises(SystemExit, match="--artifacts"):
             _artifact_row(bad)
     assert parse("--rows").rows == [] and parse().rows == ["dense", "streaming", "split"]

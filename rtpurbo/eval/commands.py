@@ -23,6 +23,7 @@ import torch
 import transformers
 
 from .. import __version__, io
+from ..config import RETRIEVAL_PREFILL
 from ..cli_args import add_model, add_profile, add_sparse, positive_int, sparse_from_args, top_p_value
 from ..commands import device_dtype, say
 from ..config import HeadPlan, dumps
@@ -61,7 +62,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--rows", nargs="*", choices=BASE_ROWS, default=list(BASE_ROWS),
                    help="base-model rows (none: only the --artifacts rows)")
     p.add_argument("--artifacts", nargs="*", default=[], metavar="NAME=PATH",
-                   help="trained stages (artifact dirs); NAME=PATH@TOP_P evaluates one at another top-p")
+                   help="trained stages (artifact dirs); NAME=PATH@TOP_P evaluates one at another top-p, "
+                        "NAME=PATH@KEY=VALUE,... with other sparse settings (keys: " + ", ".join(ROW_SETTINGS) + "; "
+                        "e.g. sp=ART@retrieval_prefill=sparse,prefill_top_p=0.9)")
     p.add_argument("--plan", type=Path, help="head plan of the split row (head_plan.json or config.json with "
                                              "headwise_config); default: profile now")
     p.add_argument("--ppl-windows", type=int, help=f"perplexity windows (default {FULL['ppl_windows']}, 0 = none)")
@@ -100,27 +103,53 @@ def add_parsers(subparsers: Any) -> None:
 
 
 # --- resolving the run --------------------------------------------------------------------------------
-def _artifact_row(item: str) -> tuple[str, Path, float | None]:
-    """``NAME=PATH`` or ``NAME=PATH@TOP_P`` (evaluate the artifact at another top-p)."""
+ROW_SETTINGS = ("top_p", "retrieval_prefill", "prefill_top_p", "prefill_min_blocks", "prefill_max_blocks",
+                "prefill_band")  # what an artifact row may set after "@"
+
+
+def _row_value(key: str, value: str) -> Any:
+    if key in ("top_p", "prefill_top_p"):
+        return top_p_value(value)
+    if key == "retrieval_prefill":
+        if value not in RETRIEVAL_PREFILL:
+            raise ValueError(f"retrieval_prefill must be one of {RETRIEVAL_PREFILL}, got {value!r}")
+        return value
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{key} must be >= 0, got {number}")
+    return number
+
+
+def _artifact_row(item: str) -> tuple[str, Path, dict[str, Any]]:
+    """``NAME=PATH`` or ``NAME=PATH@SETTINGS``: the artifact with some sparse settings changed.
+
+    SETTINGS is a comma-separated list of ``KEY=VALUE`` (keys :data:`ROW_SETTINGS`), or a bare
+    top-p: ``s2=runs/a@0.95``, ``sp=runs/a@retrieval_prefill=sparse,prefill_top_p=0.9``.
+    """
     name, sep, path = item.partition("=")
     if not sep or not name or not path or name in BASE_ROWS:
-        raise SystemExit(f"--artifacts takes NAME=PATH[@TOP_P] with a name other than {BASE_ROWS}, got {item!r}")
-    top_p = None
+        raise SystemExit(f"--artifacts takes NAME=PATH[@SETTINGS] with a name other than {BASE_ROWS}, got {item!r}")
+    settings: dict[str, Any] = {}
     if "@" in path:
-        path, _, value = path.rpartition("@")
-        try:
-            top_p = top_p_value(value)
-        except (argparse.ArgumentTypeError, ValueError) as err:
-            raise SystemExit(f"--artifacts {item!r}: {err}") from err
-    return name, Path(path), top_p
+        path, _, text = path.rpartition("@")
+        for part in text.split(","):
+            key, eq, value = part.partition("=")
+            key, value = (key.strip(), value.strip()) if eq else ("top_p", key.strip())
+            if key not in ROW_SETTINGS:
+                raise SystemExit(f"--artifacts {item!r}: unknown setting {key!r}; choose from {ROW_SETTINGS}")
+            try:
+                settings[key] = _row_value(key, value)
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                raise SystemExit(f"--artifacts {item!r}: {err}") from err
+    return name, Path(path), settings
 
 
-def _base_spec(args: argparse.Namespace) -> tuple[str, str | None, list[tuple[str, Path, float | None]]]:
+def _base_spec(args: argparse.Namespace) -> tuple[str, str | None, list[tuple[str, Path, dict[str, Any]]]]:
     """(base model spec, its revision, artifact rows): an artifact ``--model`` adds itself as a row."""
     artifacts = [_artifact_row(item) for item in args.artifacts]
     own = io.artifact_path(args.model)
     if own is not None:
-        artifacts.insert(0, (own.resolve().name, own, None))
+        artifacts.insert(0, (own.resolve().name, own, {}))
         return *io.base_spec(args.model), artifacts
     return args.model, args.revision, artifacts
 
@@ -224,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path,
-          artifacts: list[tuple[str, Path, float | None]]) -> tuple[list[Row], dict]:
+          artifacts: list[tuple[str, Path, dict[str, Any]]]) -> tuple[list[Row], dict]:
     """Base rows (profiling the split if needed) followed by the artifact rows."""
     overrides: dict = {}
     split = None
@@ -238,7 +267,9 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
             raise SystemExit(f"--plans takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
         plan, found = read_plan(Path(path), model.config)
         rows.append(Row(name, "split", plan, args.top_p, window=found.get("window")))
-    return rows + [Row(name, "artifact", top_p=top_p, artifact=path) for name, path, top_p in artifacts], overrides
+    return rows + [Row(name, "artifact", top_p=settings.get("top_p"), artifact=io.artifact_path(path) or path,
+                       settings=settings)
+                   for name, path, settings in artifacts], overrides
 
 
 def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype, settings: SuiteSettings,
@@ -249,7 +280,7 @@ def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype
         "model": spec, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": str(dtype).replace("torch.", ""), "settings": asdict(settings), "flags": flags,
         "ci_target": args.ci_target,
-        "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "window": r.window,
+        "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "window": r.window, "settings": r.settings,
                   "artifact": str(r.artifact) if r.artifact else None,
                   "plan": plan_summary(r.plan) if r.plan else None} for r in rows],
         "chat_template": meta.get("chat_template"), "data": {k: v for k, v in meta.items() if k != "probe"},

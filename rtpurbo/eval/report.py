@@ -61,6 +61,7 @@ def _task_scores(unit: dict[str, Any]) -> dict[str, Any]:
     samples = unit["samples"]
     scores = {k: summarize([s[k] for s in samples], binary=(k == "exact")) for k in SCORES}
     scores["selection_mean_fraction"] = unit.get("selection_mean_fraction")
+    scores["prefill_block_fraction"] = unit.get("prefill_block_fraction")
     return scores
 
 
@@ -96,12 +97,21 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
     contexts = sorted({int(c) for r in rows for c in r["kv_bytes_per_token"]})
     header = ["row", "retrieval KV heads", "W", "S", "top-p"] + [f"KV B/token @{c}" for c in contexts]
-    header += ["prefill ms (tokens)", "decode ms/token", "top-p keeps"]
+    header += ["prefill ms (tokens)", "decode ms/token", "top-p keeps", "retrieval prefill"]
     lines = []
     for r in rows:
         sp, speed = r["sparse"], r["speed"]
         kept = [s.get("selection_mean_fraction") for lengths in r["tasks"].values() for s in lengths.values()]
         kept = [k for k in kept if k is not None]
+        by_length: dict[int, list[float]] = {}
+        for lengths in r["tasks"].values():
+            for length, scores in lengths.items():
+                if scores.get("prefill_block_fraction") is not None:
+                    by_length.setdefault(int(length), []).append(scores["prefill_block_fraction"])
+        prefill = sp.get("retrieval_prefill", "dense")
+        if prefill == "sparse":
+            kept_blocks = "".join(f"; {100 * np.mean(v):.0f}% of key blocks @{n}" for n, v in sorted(by_length.items()))
+            prefill += f" (top-p {sp.get('prefill_top_p', 1.0):g}{kept_blocks})"
         lines.append([
             r["row"], f"{r['retrieval_kv_heads']}/{r['total_kv_heads']}", str(sp["window"]), str(sp["sinks"]),
             f"{sp['top_p']:g}" if r["retrieval_kv_heads"] and r["kind"] != "dense" else "–",
@@ -109,6 +119,7 @@ def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
             f"{speed['prefill_ms']:.1f} ({speed['prefill_tokens']})" if speed else "–",
             f"{speed['decode_ms_per_token']:.2f}" if speed else "–",
             f"{100 * np.mean(kept):.1f}% of keys" if kept else "–",
+            prefill if r["retrieval_kv_heads"] and r["kind"] != "dense" else "–",
         ])
     return _table(header, lines)
 

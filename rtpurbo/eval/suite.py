@@ -90,6 +90,7 @@ class Row:
     top_p: float | None = None
     artifact: Path | None = None
     window: int | None = None  # a base row's own W (None: the converted model's)
+    settings: dict[str, Any] = field(default_factory=dict)  # an artifact row's sparse settings changed (top_p, ...)
 
 
 def base_rows(names: list[str], split_plan: HeadPlan | None, top_p: float,
@@ -186,7 +187,7 @@ def run_task_unit(model: nn.Module, tokenizer: Any, samples: list[TaskSample], s
                   bar: tqdm) -> dict[str, Any]:
     """Scores of one (task, length) group, batch by batch, with the pooled top-p selection."""
     stops = stop_token_ids(model, tokenizer)
-    rows, selected, fractions = [], 0, []
+    rows, selected, fractions, prefill_blocks = [], 0, [], []
     for start in range(0, len(samples), settings.batch_size):
         batch = samples[start : start + settings.batch_size]
         scores, selection = score_batch(model, tokenizer, batch, stops, settings.prefill_chunk)
@@ -195,9 +196,13 @@ def run_task_unit(model: nn.Module, tokenizer: Any, samples: list[TaskSample], s
         if selection["samples"]:
             selected += selection["samples"]
             fractions.append((selection["mean_fraction"], selection["samples"]))
+        if "prefill_block_fraction" in selection:
+            prefill_blocks.append((selection["prefill_block_fraction"], len(batch)))
         bar.update(len(batch))
     mean_fraction = sum(f * n for f, n in fractions) / selected if selected else None
-    return {"samples": rows, "selection_mean_fraction": mean_fraction}
+    prefill_fraction = (sum(f * n for f, n in prefill_blocks) / sum(n for _, n in prefill_blocks)
+                        if prefill_blocks else None)
+    return {"samples": rows, "selection_mean_fraction": mean_fraction, "prefill_block_fraction": prefill_fraction}
 
 
 def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: TaskData, settings: SuiteSettings,
@@ -243,6 +248,8 @@ def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: TaskData,
     for row in rows:
         if row.artifact is not None:
             trained, trained_tokenizer = load_artifact(row.artifact)
+            for key, value in row.settings.items():
+                setattr(trained.rtpurbo_sparse, key, value)
             if row.top_p is not None:
                 trained.rtpurbo_sparse.top_p = row.top_p
             trained.rtpurbo_sparse.seqlen_threshold = 0
