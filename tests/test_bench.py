@@ -120,6 +120,13 @@ def test_decode_profile_counts_each_variants_ops_per_step(tmp_path):
     assert "Decode profile" in markdown(result) and "Top operators, sparse" in markdown(result)
 
 
+def test_decode_profile_at_a_longer_random_filled_cache(tmp_path):
+    """--profile-length: the profiles run after that many random cached tokens, not at the shortest length."""
+    result = run_benchmark(tiny_settings(profile_steps=1, profile_length=2 * LENGTH), tmp_path / "r.jsonl")
+    assert [(p["variant"], p["length"], p["status"]) for p in result["decode_profile"]] == [
+        ("dense", 2 * LENGTH, "ok"), ("sparse", 2 * LENGTH, "ok")]
+
+
 def test_deadline_skips_measurements_but_records_them(tmp_path):
     result = run_benchmark(tiny_settings(lengths=[128, 256], deadline_s=0.0), tmp_path / "r.jsonl")
     assert [(r["length"], r["status"]) for r in result["rows"]] == [(128, "skipped")] * 2 + [(256, "skipped")] * 2

@@ -105,6 +105,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-decode", type=positive_int, metavar="STEPS", dest="profile_steps",
                    help="also profile STEPS decode steps per variant at the shortest length (torch.profiler: "
                         "wall vs device time, kernels and ops per step, top operators)")
+    p.add_argument("--profile-length", type=tokens, metavar="L",
+                   help="cached tokens of the decode profiles (default: the shortest --lengths; e.g. 1M after a "
+                        "random-filled cache, as --decode-lengths)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="rtpurbo variants decode from a CUDA graph (static-shape HeadwiseCache), and a dense-graph "
                         "variant (the same weights, every head full attention, graphed) joins eager transformers "
@@ -120,7 +123,7 @@ FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "wi
                  "decode_warmup": "decode_warmup", "repeats": "repeats", "warmup": "warmup",
                  "oom_lengths": "oom_lengths", "oom_decode_steps": "oom_decode_steps", "deadline": "deadline_s",
                  "oom_reserve": "oom_reserve_s",
-                 "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps",
+                 "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps", "profile_length": "profile_length",
                  "decode_lengths": "decode_lengths", "prefill_chunk": "prefill_chunk", "flash_ttft": "flash_ttft"}
 
 

@@ -124,7 +124,8 @@ class ModelBenchSettings:
     sdpa_backends: list[str] = field(default_factory=lambda: ["cudnn", "flash"])
     seed: int = 0
     decode_lengths: list[int] = field(default_factory=list)  # decode-only points after random-filled caches
-    profile_steps: int = 0  # > 0: also profile that many decode steps per variant at the shortest length
+    profile_steps: int = 0  # > 0: also profile that many decode steps per variant at ``profile_length``
+    profile_length: int | None = None  # cached tokens of the profiles (None: the shortest length)
     cuda_graph: bool = False  # + variant dense-graph; rtpurbo variants decode from a CUDA graph
     flash_ttft: bool = True  # on a GPU, + variant dense-flash: the dense model's TTFT with SDPA's flash backend
     prefill_chunk: int | None = None  # rtpurbo variants prefill in chunks of this many tokens (TTFT at 1M)
@@ -142,7 +143,8 @@ class ModelBenchSettings:
 def model_config(settings: ModelBenchSettings):
     """The transformers config of ``settings.geometry`` with ``settings.layers`` layers."""
     geo = settings.geometry
-    longest = max([*settings.lengths, *settings.decode_lengths, *(settings.oom_lengths if settings.oom_search else [])])
+    longest = max([*settings.lengths, *settings.decode_lengths, *(settings.oom_lengths if settings.oom_search else []),
+                   settings.profile_length or 0])
     common = dict(
         hidden_size=geo.hidden, num_attention_heads=geo.q_heads, num_key_value_heads=geo.kv_heads,
         head_dim=geo.head_dim, intermediate_size=geo.intermediate, vocab_size=geo.vocab,
@@ -623,8 +625,8 @@ def measure_all(bench: Bench, record: Callable[[dict[str, Any]], None]) -> list[
 
 
 def profile_all(bench: Bench, record: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
-    """One decode profile per variant at the shortest length (``decode_profile``), or a skipped / failed row."""
-    length = min(bench.settings.lengths)
+    """One decode profile per variant at ``profile_length`` (default: the shortest length), or a skipped / failed row."""
+    length = bench.settings.profile_length or min(bench.settings.lengths)
     decoders = [name for name in bench.variants.names if name != FLASH_DENSE]
     return run_points(bench, ((length, variant) for variant in decoders), profile_decode, record)
 
