@@ -6,7 +6,8 @@ script) and the tests read its report. Each case checks the selected slots (asce
 ``n_keep`` of ``order``) against :func:`rtpurbo.ops.reference.select_topp` applied to the kernel's
 own fp32 scores (the selection's semantics, free of score rounding). The reference ranks keys by
 probability, the kernels by score; the two differ only where distinct scores share a
-probability, e.g. probabilities that underflow to 0 (the "spread" cases): there the check is
+probability, e.g. probabilities that underflow to 0 (the "spread" cases) or scores closer than an
+fp32 step of the probability (the "tiny" case): there the check is
 against the reference's rule with keys ranked by score. The sort method runs on the same cases.
 CI installs a triton whose interpreter runs them (``tests/triton_interpreter.py``).
 """
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(in
 
 # (name, B, Hkv, Lk, scores kind, top_p ("mid" = far from every prefix mass), min, max, block);
 # block (keys per inner step) is small so that each row spans many programs
-# kinds: randn indexer; ties (8 distinct keys); flat (scores within ~0.1); spread (scores over
+# kinds: randn indexer; ties (8 distinct keys); flat (scores within ~0.1); tiny (within ~1e-5: level-0
+# bins far narrower than a logit); outlier (flat, one key 60 logits below); spread (scores over
 # hundreds of logits, both signs); lattice (multiples of 0.5 in [-20, 20]: many scores exactly on
 # level-0 bin edges); zero (every score 0.0 exactly); empty (the last row sees nothing)
 CASES = [
@@ -41,6 +43,8 @@ CASES = [
     ("ties-topp", 2, 1, 515, "ties", "mid", 0, None, 32),
     ("flat", 2, 1, 801, "flat", "mid", 0, None, 32),
     ("flat-max", 1, 1, 801, "flat", 0.9, 0, 301, 64),
+    ("tiny-spread", 2, 1, 801, "tiny", "mid", 0, None, 32),
+    ("outlier", 1, 2, 801, "outlier", "mid", 0, 400, 32),
     ("spread", 2, 2, 603, "spread", 0.999, 0, None, 32),
     ("spread-min-tail", 1, 1, 603, "spread", "mid", 590, None, 64),
     ("lattice-topp", 2, 1, 401, "lattice", "mid", 0, None, 64),
@@ -64,6 +68,11 @@ def select_inputs(kind: str, batch: int, n_kv: int, n_keys: int, seed: int, devi
         k_idx = k_idx[:, :, torch.randint(0, 8, (n_keys,), generator=g)]
     elif kind == "flat":
         k_idx = k_idx * 0.01
+    elif kind == "tiny":
+        k_idx = k_idx * 1e-6
+    elif kind == "outlier":
+        k_idx = k_idx * 0.01
+        k_idx[:, :, 7] = -60 * q_idx[:, :, 0] / q_idx[:, :, 0].square().sum(-1, keepdim=True)
     elif kind == "spread":
         k_idx = k_idx * 40
     elif kind == "lattice":
@@ -139,13 +148,13 @@ def check_selection(case, device: str = "cpu") -> list[str]:
     want = reference.select_topp(scores, q_pos, k_pos, **budget)[:, :, 0].reshape(rows, n_keys)
     by_score = score_ranked(scores, q_pos, k_pos, **budget)[:, :, 0].reshape(rows, n_keys)
     problems = []
-    if kind == "spread":
+    if kind in ("spread", "tiny"):  # distinct scores sharing an fp32 probability: rank by score
         want = by_score
     elif not torch.equal(want, by_score):
         problems.append("the score-ranked rule differs from the reference on these scores")
     flat = scored.scores.view(rows, n_keys)
     order, n_keep = threshold.topp_threshold(
-        flat, scored.block_max, scored.block_sum, scored.block_count, **budget, block=block,
+        flat, scored.block_max, scored.block_sum, scored.block_count, scored.block_min, **budget, block=block,
     )
     capacity = n_keys if max_tokens is None else min(max_tokens, n_keys)
     if tuple(order.shape) != (rows, capacity):
@@ -158,7 +167,7 @@ def check_selection(case, device: str = "cpu") -> list[str]:
             problems.append(f"row {r}: {n} slots {slots[:12]}... != reference {len(expected)} {expected[:12]}...")
     if name in REPEATED:
         again, n_again = threshold.topp_threshold(
-            flat, scored.block_max, scored.block_sum, scored.block_count, **budget, block=block,
+            flat, scored.block_max, scored.block_sum, scored.block_count, scored.block_min, **budget, block=block,
         )
         if not (torch.equal(n_keep, n_again) and all(
             torch.equal(order[r, : n_keep[r]], again[r, : n_keep[r]]) for r in range(rows)

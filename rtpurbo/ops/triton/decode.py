@@ -38,6 +38,7 @@ class IndexScores(NamedTuple):
     block_max, block_sum: (BH, n_blocks) fp32, max and sum of ``exp(s - block_max)`` per key block.
     block_count: (BH, n_blocks) int32, visible keys per block.
     always: (BH, sinks + recent) int32 slot indices of the always-kept keys, -1 where none.
+    block_min: (BH, n_blocks) fp32, min of the visible scores per block (``+inf`` where none).
     """
 
     scores: torch.Tensor
@@ -45,11 +46,12 @@ class IndexScores(NamedTuple):
     block_sum: torch.Tensor
     block_count: torch.Tensor
     always: torch.Tensor
+    block_min: torch.Tensor
 
 
 @triton.jit
 def _index_scores_kernel(
-    qi_ptr, ki_ptr, qpos_ptr, kpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr,
+    qi_ptr, ki_ptr, qpos_ptr, kpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr, bmin_ptr,
     n_kv_heads, n_keys, n_blocks, n_always, sinks, recent,
     s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_kpb, s_kpn,
     D_IDX: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr,
@@ -78,6 +80,7 @@ def _index_scores_kernel(
     tl.store(bmax_ptr + stat, top)
     tl.store(bsum_ptr + stat, tl.sum(tl.exp(s - ref), axis=0))
     tl.store(bcount_ptr + stat, tl.sum(seen.to(tl.int32), axis=0))
+    tl.store(bmin_ptr + stat, tl.min(tl.where(seen, s, float("inf")), axis=0))
 
     # always-kept keys go to fixed slots: sink p -> p, recent p -> sinks + (q_pos - p)
     is_sink = seen & (k_pos < sinks)
@@ -307,16 +310,17 @@ def index_scores(
     block_max = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
     block_sum = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
     block_count = torch.empty(rows, n_blocks, dtype=torch.int32, device=device)
+    block_min = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
     always = torch.full((rows, max(1, sinks + recent)), -1, dtype=torch.int32, device=device)
     _index_scores_kernel[(rows, n_blocks)](
-        q_idx, k_idx, q_pos, k_pos, scores, block_max, block_sum, block_count, always,
+        q_idx, k_idx, q_pos, k_pos, scores, block_max, block_sum, block_count, always, block_min,
         n_kv, n_keys, n_blocks, always.shape[1], sinks, recent,
         q_idx.stride(0), q_idx.stride(1), q_idx.stride(3),
         k_idx.stride(0), k_idx.stride(1), k_idx.stride(2), k_idx.stride(3),
         q_pos.stride(0), k_pos.stride(0), k_pos.stride(1),
         D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, num_warps=num_warps,
     )
-    return IndexScores(scores, block_max, block_sum, block_count, always)
+    return IndexScores(scores, block_max, block_sum, block_count, always, block_min)
 
 
 def topp_count(

@@ -11,9 +11,16 @@ exactly ``tau``, where ``tau`` is the score of the ``n_keep``-th best key.
 ``tau`` is found without sorting, by narrowing an interval of scores, one pass over the row per
 level (each pass reads the ``L`` fp32 scores, ``4 L`` bytes, L2-resident at decode sizes):
 
-* level 0, every visible key: ``N_LOGIT`` bins of the logit gap ``m - s`` (width ``1 / INV_WIDTH``;
-  the last bin takes everything further down). Per-program histograms (a one-hot reduction, no
-  per-key atomics: all keys take part here), then one atomic add per bin and program.
+* level 0, every visible key: ``N_LOGIT`` bins of the logit gap ``m - s``, as wide as the row's
+  spread allows (``(m - min s) / N_LOGIT``, at most ``1 / MIN_INV_WIDTH`` logits; the last bin
+  takes everything further down). Per-program histograms (a one-hot reduction, no per-key
+  atomics: all keys take part here), then one atomic add per bin and program. Rows spread over
+  32 logits or more (trained indexers: top-p 0.9 keeps a few % of the keys) get 2-logit bins;
+  narrower rows get narrower bins, so the chosen bin stays small when the scores are nearly
+  flat (e.g. untrained indexers on random weights): with 2-logit bins every key of such a row
+  fell into bin 0, and levels 1-3 then made per-key atomics over the whole row (2.3 of 6.7 ms of
+  a 1M-token decode step on 8 layers, H200). Not 64 bins: the one-hot work of level 0 then cost
+  more on peaked rows than the narrower interval saved (88 -> 157 us per layer step at 1M keys).
 * levels 1-3, only the keys of the chosen interval: ``N_BINS`` bins of the scores'
   order-preserving 32-bit keys (:func:`_order_key`), ``span >> shift`` at a time, per-key
   atomics (the interval holds few keys unless the scores are nearly flat). A level whose interval
@@ -28,8 +35,9 @@ clamps decide first, in which case the search continues for a fixed rank. Then
 writes the selected slots in ascending slot order, at positions from those counts (no atomics:
 the output is deterministic).
 
-The level-0 bin of a score is ``floor((m - s) * INV_WIDTH)`` in fp32; it falls as the key
-rises, so the chosen bin's keys form one key interval, found exactly by a search over keys
+The level-0 bin of a score is ``floor((m - s) * inv_width)`` in fp32, ``inv_width`` computed by
+every program from the same block statistics (so bitwise the same everywhere); it falls as the
+key rises, so the chosen bin's keys form one key interval, found exactly by a search over keys
 (:func:`_logit_bin_keys`) that evaluates the same expression.
 
 What is exact: the ranking, ties, clamps and ``tau`` (integer keys and counts). What is rounded:
@@ -53,7 +61,8 @@ import triton
 import triton.language as tl
 
 N_LOGIT = 16  # level-0 bins
-INV_WIDTH = 0.5  # level-0 bins are 2 logits wide (a power of two: the bin of s is exactly reproducible)
+MIN_INV_WIDTH = 0.5  # level-0 bins are at most 2 logits wide
+MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for tiny spreads)
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
@@ -92,14 +101,15 @@ def _key_score(key):
 
 
 @triton.jit
-def _logit_bin(s, row_max, N_LOGIT: tl.constexpr, INV_WIDTH: tl.constexpr):
-    """Level-0 bin of score ``s``: floor((m - s) * INV_WIDTH), the last bin for everything below."""
-    return tl.minimum(tl.floor((row_max - s) * INV_WIDTH), N_LOGIT - 1).to(tl.int32)
+def _logit_bin(s, row_max, inv_width, N_LOGIT: tl.constexpr):
+    """Level-0 bin of score ``s``: floor((m - s) * inv_width), the last bin for everything below."""
+    return tl.minimum(tl.floor((row_max - s) * inv_width), N_LOGIT - 1).to(tl.int32)
 
 
 @triton.jit
-def _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, row, n_blocks, NB_PAD: tl.constexpr):
-    """(m, Z, visible count) of a row from the per-block statistics of ``index_scores``."""
+def _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD: tl.constexpr,
+                 N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr):
+    """(m, Z, visible count, level-0 inv_width) of a row from the per-block statistics of ``index_scores``."""
     nb = tl.arange(0, NB_PAD)
     ok = nb < n_blocks
     bmax = tl.load(bmax_ptr + row * n_blocks + nb, mask=ok, other=float("-inf"))
@@ -107,7 +117,11 @@ def _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, row, n_blocks, NB_PAD: tl.const
     ref = tl.where(top == float("-inf"), 0.0, top)
     z = tl.sum(tl.load(bsum_ptr + row * n_blocks + nb, mask=ok, other=0.0) * tl.exp(bmax - ref), axis=0)
     n_visible = tl.sum(tl.load(bcount_ptr + row * n_blocks + nb, mask=ok, other=0), axis=0)
-    return ref, tl.maximum(z, 1.1754943508222875e-38), n_visible.to(tl.int64)
+    bottom = tl.min(tl.load(bmin_ptr + row * n_blocks + nb, mask=ok, other=float("inf")), axis=0)
+    spread = top - bottom  # -inf or nan where no key is visible
+    inv_width = tl.where(spread > 0.0, N_LOGIT / tl.where(spread > 0.0, spread, 1.0), MIN_INV_WIDTH)
+    inv_width = tl.minimum(tl.maximum(inv_width, MIN_INV_WIDTH), MAX_INV_WIDTH)
+    return ref, tl.maximum(z, 1.1754943508222875e-38), n_visible.to(tl.int64), inv_width
 
 
 @triton.jit
@@ -169,7 +183,7 @@ def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need, 
 
 
 @triton.jit
-def _logit_bin_keys(row_max, chosen, N_LOGIT: tl.constexpr, INV_WIDTH: tl.constexpr, PROBES: tl.constexpr):
+def _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT: tl.constexpr, PROBES: tl.constexpr):
     """[key_lo, key_hi]: the keys (of scores in [-inf, m]) whose level-0 bin is ``chosen``.
 
     The bin falls as the key rises, so each end is a search over the key range, ``PROBES``-ary:
@@ -184,13 +198,13 @@ def _logit_bin_keys(row_max, chosen, N_LOGIT: tl.constexpr, INV_WIDTH: tl.conste
     for _ in range(6):
         step = tl.maximum(tl.cdiv(hi_hi - hi_lo, PROBES - 1), 1)
         probe = tl.minimum(hi_lo + i * step, hi_hi)
-        up = _logit_bin(_key_score(probe), row_max, N_LOGIT, INV_WIDTH) >= chosen  # a prefix of the probes
+        up = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) >= chosen  # a prefix of the probes
         best = tl.max(tl.where(up, probe, hi_lo), axis=0)
         hi_hi = tl.minimum(hi_hi, best + step - 1)
         hi_lo = best
         step = tl.maximum(tl.cdiv(lo_hi - lo_lo, PROBES - 1), 1)
         probe = tl.maximum(lo_hi - i * step, lo_lo)
-        down = _logit_bin(_key_score(probe), row_max, N_LOGIT, INV_WIDTH) <= chosen  # a prefix of the probes
+        down = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) <= chosen  # a prefix of the probes
         best = tl.min(tl.where(down, probe, lo_hi), axis=0)
         lo_lo = tl.maximum(lo_lo, best - step + 1)
         lo_hi = best
@@ -199,16 +213,19 @@ def _logit_bin_keys(row_max, chosen, N_LOGIT: tl.constexpr, INV_WIDTH: tl.conste
 
 @triton.jit
 def _logit_level_kernel(
-    scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, work_ptr, state_ptr, stats_ptr, n_keep_ptr,
+    scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_ptr, state_ptr, stats_ptr, n_keep_ptr,
     n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
-    NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, INV_WIDTH: tl.constexpr, N_BINS: tl.constexpr,
-    N_STATE: tl.constexpr, SUB: tl.constexpr,
+    NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
+    N_BINS: tl.constexpr, N_STATE: tl.constexpr, SUB: tl.constexpr,
 ):
     row = tl.program_id(0)
     part = tl.program_id(1)
-    row_max, z, n_visible = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, row, n_blocks, NB_PAD)
+    row_max, z, n_visible, inv_width = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
+                                                    N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
     scores_row = scores_ptr + row.to(tl.int64) * n_keys
     bins = tl.arange(0, N_LOGIT)
+    # (SUB, N_LOGIT) accumulators in registers, reduced once at the end (a reduction per step costs
+    # a shared-memory round trip each)
     count_acc = tl.zeros([SUB, N_LOGIT], tl.int32)
     mass_acc = tl.zeros([SUB, N_LOGIT], tl.float32)
     lo = part * chunk
@@ -216,7 +233,7 @@ def _logit_level_kernel(
     for start in range(lo, hi, SUB):
         offs = start + tl.arange(0, SUB)
         s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
-        b = _logit_bin(s, row_max, N_LOGIT, INV_WIDTH)
+        b = _logit_bin(s, row_max, inv_width, N_LOGIT)
         hit = (s != float("-inf"))[:, None] & (b[:, None] == bins[None, :])
         count_acc += hit.to(tl.int32)
         mass_acc += tl.where(hit, (tl.exp(s - row_max) / z)[:, None], 0.0)
@@ -235,7 +252,7 @@ def _logit_level_kernel(
         chosen, mode, rank, above, mass_above, _, _ = _walk(
             counts, masses, zero, zero, zero, zero, target, lower, upper, N_LOGIT,
         )
-        key_lo, key_hi = _logit_bin_keys(row_max, chosen, N_LOGIT, INV_WIDTH, 256)
+        key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, 256)
         empty = upper == 0
         st = state_ptr + row * N_STATE
         _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
@@ -371,14 +388,14 @@ def _chunks(n_keys: int, rows: int, device: torch.device, block: int) -> tuple[i
 
 
 def topp_threshold(
-    scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor, *,
-    top_p: float, min_tokens: int, max_tokens: int | None, block: int = 1024,
+    scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
+    block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
     Args:
         scores: (BH, L) fp32 indexer scores, ``-inf`` where not visible.
-        block_max, block_sum, block_count: (BH, n_blocks) per-block softmax statistics of the
+        block_max, block_sum, block_count, block_min: (BH, n_blocks) per-block statistics of the
             scores (:class:`rtpurbo.ops.triton.decode.IndexScores`).
         block: keys per inner step (a power of two; small values only to test many programs).
     Returns:
@@ -399,9 +416,10 @@ def topp_threshold(
     grid = (rows, n_chunks)
     n_blocks = block_max.shape[1]
     _logit_level_kernel[grid](
-        scores, block_max, block_sum, block_count, work, state, stats, n_keep,
+        scores, block_max, block_sum, block_count, block_min, work, state, stats, n_keep,
         n_keys, n_blocks, chunk, n_chunks, target, min_tokens, n_keys if max_tokens is None else max_tokens,
-        NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=N_LOGIT, INV_WIDTH=INV_WIDTH, N_BINS=N_BINS,
+        NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=N_LOGIT, MIN_INV_WIDTH=MIN_INV_WIDTH,
+        MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS,
         N_STATE=N_STATE, SUB=min(256, block), num_warps=8,
     )
     for level_index in range(1, N_LEVELS):

@@ -95,7 +95,7 @@ def select(
     scores = scored.scores.view(batch * n_kv, n_keys)
     if method == "threshold":
         order, n_keep = threshold.topp_threshold(
-            scores, scored.block_max, scored.block_sum, scored.block_count,
+            scores, scored.block_max, scored.block_sum, scored.block_count, scored.block_min,
             top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
         )
         return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always)
