@@ -114,6 +114,27 @@ def test_suite_writes_report_and_resumes(converted, tmp_path, monkeypatch):
     assert again == stored
 
 
+def test_a_row_cut_off_mid_run_still_reports(converted, tmp_path, monkeypatch):
+    """A run killed after some units (e.g. a time limit) leaves a row the report reads: finished units only."""
+    data, rows = make_data(), rows_for(converted)[:1]
+    real, calls = suite.run_task_unit, []
+
+    def dies_on_the_second_unit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "run_task_unit", dies_on_the_second_unit)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(converted, tiny_tokenizer(), rows, data, settings(speed_repeats=0), tmp_path, None, progress=False)
+    stored = json.loads((tmp_path / "rows" / "dense.json").read_text())
+    assert sum(k.startswith("task:") for k in stored["units"]) == 1
+    summary = summarize_row(stored)
+    assert summary["kind"] == "dense" and sum(len(v) for v in summary["tasks"].values()) == 1
+    assert summary["kv_bytes_per_token"]
+
+
 def test_runs_per_row_and_length_merge_into_one_report(converted, tmp_path):
     data, rows = make_data(), rows_for(converted)
     config = {"model": "tiny", "device": "cpu", "dtype": "float32", "chat_template": False}

@@ -209,6 +209,11 @@ def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: TaskData, set
                  out: Path, progress: bool = True) -> dict[str, Any]:
     """Run every unit of ``row`` that is not stored yet; returns the row's stored data."""
     store = RowStore(out, row.name, row_identity(model, row, settings))
+    # what describes the row goes in first: a run cut off mid-row still leaves a row the report can read
+    store.data["kv_bytes_per_token"] = {str(c): kv_bytes_per_token(model, row.kind, c)
+                                        for c in sorted({max(settings.lengths), 131072})}
+    store.data.update(kind=row.kind, plan=model.rtpurbo_plan.to_dict(), sparse=model.rtpurbo_sparse.to_dict())
+    store.save()
     windows_digest = digest(data.windows)
     if data.windows and store.get("perplexity", windows_digest) is None:
         store.put("perplexity", {"digest": windows_digest, **run_perplexity(model, data.windows, progress)})
@@ -226,10 +231,6 @@ def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: TaskData, set
             bar.set_postfix_str(f"{task}@{length}")
             unit = run_task_unit(model, tokenizer, groups[task, length], settings, bar)
             store.put(f"task:{task}@{length}", {"digest": digests[task, length], **unit})
-    store.data["kv_bytes_per_token"] = {str(c): kv_bytes_per_token(model, row.kind, c)
-                                        for c in sorted({max(settings.lengths), 131072})}
-    store.data.update(kind=row.kind, plan=model.rtpurbo_plan.to_dict(), sparse=model.rtpurbo_sparse.to_dict())
-    store.save()
     return store.data
 
 
