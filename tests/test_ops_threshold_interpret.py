@@ -214,6 +214,24 @@ def _check_attention() -> list[str]:
     return problems
 
 
+def _check_flat_interval() -> list[str]:
+    """A nearly flat row (scores within ~0.01) must not send every key through the per-key levels:
+    level-0 bins follow the row's spread, so level 1 histograms a small share of the keys."""
+    import torch
+
+    from rtpurbo.ops.triton import decode, threshold
+
+    n_keys = 2048
+    q_idx, k_idx, q_pos, k_pos = select_inputs("flat", 1, 1, n_keys, seed=3)
+    scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0)
+    work = torch.zeros(1, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64)
+    threshold.topp_threshold(scored.scores.view(1, n_keys), scored.block_max, scored.block_sum, scored.block_count,
+                             scored.block_min, top_p=0.9, min_tokens=0, max_tokens=None, block=256, work=work)
+    scanned = int(work[0, 1, : threshold.N_BINS].sum())
+    visible = int(scored.block_count.sum())
+    return [] if 0 < scanned <= visible // 4 else [f"level 1 histogrammed {scanned} of {visible} keys"]
+
+
 def _run_all() -> dict[str, list[str]]:
     report = {}
     for case in CASES:
@@ -221,10 +239,11 @@ def _run_all() -> dict[str, list[str]]:
             report[case[0]] = check_selection(case)
         except Exception as err:  # report, keep going
             report[case[0]] = [f"{type(err).__name__}: {err}"]
-    try:
-        report["attention"] = _check_attention()
-    except Exception as err:
-        report["attention"] = [f"{type(err).__name__}: {err}"]
+    for name, check in (("attention", _check_attention), ("flat-interval", _check_flat_interval)):
+        try:
+            report[name] = check()
+        except Exception as err:
+            report[name] = [f"{type(err).__name__}: {err}"]
     return report
 
 
@@ -237,7 +256,7 @@ def report() -> dict[str, list[str]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

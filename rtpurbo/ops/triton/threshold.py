@@ -390,6 +390,7 @@ def _chunks(n_keys: int, rows: int, device: torch.device, block: int) -> tuple[i
 def topp_threshold(
     scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 1024,
+    work: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
@@ -398,6 +399,9 @@ def topp_threshold(
         block_max, block_sum, block_count, block_min: (BH, n_blocks) per-block statistics of the
             scores (:class:`rtpurbo.ops.triton.decode.IndexScores`).
         block: keys per inner step (a power of two; small values only to test many programs).
+        work: optional zeroed workspace (BH, N_LEVELS, 2 * N_BINS + 1) int64. Afterwards
+            ``work[r, l, :N_BINS]`` holds level ``l``'s key counts per bin: the sum at level 1 is
+            the number of keys the per-key levels histogrammed (0 when level 0 resolved the row).
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
@@ -407,7 +411,11 @@ def topp_threshold(
     capacity = n_keys if max_tokens is None else max(0, min(max_tokens, n_keys))
     chunk, n_chunks = _chunks(n_keys, rows, device, block)
     target = 1 << 62 if top_p >= 1.0 else round(top_p * FIXED_ONE)
-    work = torch.zeros(rows, N_LEVELS, 2 * N_BINS + 1, dtype=torch.int64, device=device)
+    if work is None:
+        work = torch.zeros(rows, N_LEVELS, 2 * N_BINS + 1, dtype=torch.int64, device=device)
+    elif work.shape != (rows, N_LEVELS, 2 * N_BINS + 1) or work.dtype != torch.int64:
+        raise ValueError(f"work must be zeroed int64 of shape {(rows, N_LEVELS, 2 * N_BINS + 1)}, "
+                         f"got {work.dtype} {tuple(work.shape)}")
     state = torch.empty(rows, N_STATE, dtype=torch.int64, device=device)
     stats = torch.empty(rows, 2, dtype=torch.float32, device=device)
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
