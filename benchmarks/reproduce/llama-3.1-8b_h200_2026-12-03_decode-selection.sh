@@ -12,6 +12,8 @@ python3 -m pytest -q tests/test_ops_gpu.py tests/test_seqlen_threshold.py -k "to
   | tee "$out/gpu_tests.txt"
 python3 benchmarks/attention_bench.py --geometries llama-3.1-8b --prefill= --decode 131072,524288,1048576 \
   --budgets top-p,2048 --json "$out/attention.json" | tee "$out/attention.txt"
+python3 benchmarks/attention_bench.py --geometries llama-3.1-8b --prefill= --decode 131072,524288,1048576 \
+  --budgets top-p,2048 --index-scale 0.01 --json "$out/attention_flat.json" | tee "$out/attention_flat.txt"  # flat scores
 "${rt[@]}" bench model --lengths 32K 128K --max-tokens 2048 --decode-lengths 512K 1M --repeats 1 --no-flash-ttft \
   --profile-decode 2 --profile-length 1M --out "$out/llama.jsonl"
 "${rt[@]}" bench model --geometry qwen3-30b-a3b --lengths 32K --max-tokens 2048 --decode-lengths 1M --repeats 1 \

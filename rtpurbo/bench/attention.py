@@ -296,14 +296,15 @@ def _ring_positions(length: int, window: int, sinks: int) -> torch.Tensor:
     return pos.to(DEVICE)[None]
 
 
-def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: str | int, deadline: float, spot: bool) -> dict:
+def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: str | int, deadline: float, spot: bool,
+                 index_scale: float = 1.0) -> dict:
     n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
     split, n_local = n_ret * group, geom.n_kv - n_ret
     q = _randn(1, geom.n_q, 1, dim)
     k, v = _randn(1, geom.n_kv, length, dim), _randn(1, geom.n_kv, length, dim)  # dense cache; retrieval heads first
     ring_k, ring_v = _randn(1, n_local, sinks + window, dim), _randn(1, n_local, sinks + window, dim)
     ring_pos = _ring_positions(length, window, sinks)
-    q_idx, k_idx = _randn(1, n_ret, 1, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM)
+    q_idx, k_idx = _randn(1, n_ret, 1, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM) * index_scale
     q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
     tokens = dict(min_tokens=MIN_TOKENS, max_tokens=None) if budget == "top-p" else dict(min_tokens=budget, max_tokens=budget)
     topp = dict(top_p=TOP_P, sinks=sinks, recent=RECENT, **tokens)
@@ -337,7 +338,7 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
     out, counts = retrieval()
     selected = counts.float().mean().item()
     dense_bytes, sparse_bytes = decode_bytes(geom, length, window, sinks, selected)
-    row = dict(phase="decode", geometry=geom.name, L=length, budget=budget, retrieval_kv_heads=n_ret, selected=selected,
+    row = dict(phase="decode", geometry=geom.name, L=length, budget=budget, index_scale=index_scale, retrieval_kv_heads=n_ret, selected=selected,
                top_p=TOP_P, recent=RECENT, dense_bytes=dense_bytes, sparse_bytes=sparse_bytes,
                ideal_speedup=dense_bytes / sparse_bytes)
     if spot:
@@ -445,6 +446,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill", type=ints, default=[8192, 32768, 131072, 524288, 1048576], help="prefill lengths")
     parser.add_argument("--decode", type=ints, default=[32768, 131072, 524288, 1048576], help="decode context lengths")
     parser.add_argument("--budgets", default="top-p,2048,8192", help="decode budgets: top-p and/or fixed token counts")
+    parser.add_argument("--index-scale", type=float, default=1.0,
+                        help="decode: scale of the random indexer keys. 1: indexer scores ~ N(0, 16), peaked like trained "
+                             "indexers (top-p 0.9 keeps ~0.1-1 %% of 1M keys); 0.01: nearly flat, like untrained "
+                             "indexers on random weights (top-p keeps most keys)")
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--sinks", type=int, default=4)
     parser.add_argument("--deadline-s", type=float, default=1e9, help="start no dense point that would end later")
@@ -500,7 +505,7 @@ def run(args: argparse.Namespace) -> dict:
         for length in args.decode:
             for budget in budgets:
                 spot = length == max(args.decode) and budget == budgets[0]
-                attempt("decode", geom, length, decode_point, budget, deadline, spot)
+                attempt("decode", geom, length, decode_point, budget, deadline, spot, args.index_scale)
     print(table(rows))
     print(json.dumps(dict(environment=env, rows=rows)))
     return dict(environment=env, rows=rows)
