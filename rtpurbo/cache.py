@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from transformers import Cache
@@ -115,6 +116,21 @@ class SelectionStats:
         visible = float(sum(int(t) for t in self.visible.values()))
         return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total,
                 **out}
+
+
+@contextlib.contextmanager
+def recording_prefill(model) -> Iterator[SelectionStats]:
+    """Forwards of ``model`` without a cache inside the block (e.g. perplexity) record their sparse
+    retrieval prefill into the yielded :class:`SelectionStats` (``summary()["prefill_block_fraction"]``)."""
+    stats = SelectionStats()
+    modules = [m for m in attention_modules(model) if hasattr(m, "prefill_stats")]
+    for module in modules:
+        module.prefill_stats = stats
+    try:
+        yield stats
+    finally:
+        for module in modules:
+            module.prefill_stats = None
 
 
 @dataclass

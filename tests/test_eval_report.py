@@ -196,8 +196,11 @@ def test_artifact_row_is_loaded_and_keeps_its_own_plan(tmp_path):
     assert {k: sp["identity"]["sparse"][k] for k in sparse_prefill} == sparse_prefill
     fractions = [u["prefill_block_fraction"] for k, u in sp["units"].items() if k.startswith("task:")]
     assert fractions and all(f is not None and 0 < f <= 1 for f in fractions)
+    assert 0 < sp["units"]["perplexity"]["prefill_block_fraction"] <= 1  # the cache-less perplexity forward too
+    assert "prefill_block_fraction" not in at_095[0]["units"]["perplexity"]  # dense retrieval prefill: nothing kept
     summary = summarize_row(sp)
-    assert "sparse (top-p 0.5; " in "\n".join(report._rows_table([summary]))
+    table = "\n".join(report._rows_table([summary]))
+    assert "sparse (top-p 0.5; " in table and "in the perplexity windows" in table
 
 
 def test_artifact_rows_parse_optional_settings():

@@ -79,6 +79,7 @@ def summarize_row(stored: dict[str, Any]) -> dict[str, Any]:
         "sparse": stored["sparse"], "kv_bytes_per_token": stored["kv_bytes_per_token"],
         "speed": {k: v for k, v in units.get("speed", {}).items() if k != "digest"},
         "perplexity": _perplexity(units["perplexity"]) if "perplexity" in units else {},
+        "perplexity_prefill_block_fraction": units.get("perplexity", {}).get("prefill_block_fraction"),
         "tasks": {t: dict(sorted(tasks[t].items(), key=lambda kv: int(kv[0]))) for t in TASKS if t in tasks},
     }
 
@@ -111,6 +112,8 @@ def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
         prefill = sp.get("retrieval_prefill", "dense")
         if prefill == "sparse":
             kept_blocks = "".join(f"; {100 * np.mean(v):.0f}% of key blocks @{n}" for n, v in sorted(by_length.items()))
+            if r.get("perplexity_prefill_block_fraction") is not None:
+                kept_blocks += f"; {100 * r['perplexity_prefill_block_fraction']:.0f}% in the perplexity windows"
             prefill += f" (top-p {sp.get('prefill_top_p', 1.0):g}{kept_blocks})"
         lines.append([
             r["row"], f"{r['retrieval_kv_heads']}/{r['total_kv_heads']}", str(sp["window"]), str(sp["sinks"]),

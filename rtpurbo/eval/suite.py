@@ -32,6 +32,7 @@ from typing import Any
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..cache import recording_prefill
 from ..config import HeadPlan, dumps
 from ..convert import apply_plan
 from ..data.task_data import TaskData, build_task_data
@@ -175,12 +176,15 @@ def bucket_edges(length: int) -> tuple[int, ...]:
 
 
 def run_perplexity(model: nn.Module, windows: list[list[int]], progress: bool) -> dict[str, Any]:
-    """Per window: total and per-bucket [nll_sum, tokens] (bootstrap over windows in the report)."""
+    """Per window: total and per-bucket [nll_sum, tokens] (bootstrap over windows in the report); with a
+    sparse retrieval prefill, also the fraction of visible key blocks it kept over all windows."""
     per_window = []
-    for window in tqdm(windows, desc="perplexity", disable=not progress, leave=False):
-        result = perplexity(model, [window], bucket_edges(len(window)), progress=False)
-        per_window.append({"all": [result.nll_sum, result.tokens], "buckets": result.buckets})
-    return {"windows": per_window}
+    with recording_prefill(model) as stats:
+        for window in tqdm(windows, desc="perplexity", disable=not progress, leave=False):
+            result = perplexity(model, [window], bucket_edges(len(window)), progress=False)
+            per_window.append({"all": [result.nll_sum, result.tokens], "buckets": result.buckets})
+    fraction = stats.summary().get("prefill_block_fraction")
+    return {"windows": per_window, **({} if fraction is None else {"prefill_block_fraction": fraction})}
 
 
 def run_task_unit(model: nn.Module, tokenizer: Any, samples: list[TaskSample], settings: SuiteSettings,

@@ -35,6 +35,10 @@ class SparseAttention(nn.Module):
         base_window: the base model's own sliding window for this layer, if any.
     """
 
+    # where a forward without a cache records its sparse prefill (kept / visible key blocks); set for
+    # the duration of a block by :func:`rtpurbo.cache.recording_prefill`
+    prefill_stats: Any = None
+
     def __init__(
         self,
         base: nn.Module,
@@ -215,7 +219,9 @@ class SparseAttention(nn.Module):
         if self.retrieval_heads and self.sparse.retrieval_prefill == "sparse" and self.base_window is None:
             with torch.no_grad():  # the block choice is hard: no gradient flows through it
                 q_idx, k_idx = self.index_vectors(q_raw, k_raw, rope)
-            retrieval_out = self.sparse_prefill(*parts["retrieval"], positions, positions, q_idx, k_idx)[0]
+            retrieval_out, kept, seen = self.sparse_prefill(*parts["retrieval"], positions, positions, q_idx, k_idx)
+            if self.prefill_stats is not None:
+                self.prefill_stats.record_prefill(self.layer_idx, kept, seen)
         elif self.retrieval_heads:
             key_mask = None
             if self.sparse.retrieval_prefill == "topp" and self.base_window is None:
