@@ -103,6 +103,12 @@ def test_suite_writes_report_and_resumes(converted, tmp_path, monkeypatch):
     (tmp_path / "results.md").unlink()
     rebuild_report(tmp_path, ("dense", "streaming", "split"))
     assert (tmp_path / "results.md").read_text() == before
+    repaired = rebuild_report(tmp_path, ("dense", "streaming", "split"), reference="streaming")["paired"]
+    assert repaired["reference"] == "streaming" and set(repaired["rows"]) == {"dense", "split"}
+    assert "Paired differences vs streaming" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="not a row"):
+        rebuild_report(tmp_path, reference="stage2")
+    rebuild_report(tmp_path, ("dense", "streaming", "split"), reference="dense")
 
     def no_rerun(*args, **kwargs):
         raise AssertionError("a stored unit was run again")

@@ -97,6 +97,10 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--save-corpus", type=Path, help="with --prepare-only: also write the task corpus to this file "
                                                     "(gzipped JSON, a few MB) for machines without the sources")
     p.add_argument("--workers", type=positive_int, default=1, help="processes that build task samples")
+    p.add_argument("--reference", metavar="ROW",
+                   help="the row every other row is paired against (default dense; e.g. an artifact row with dense "
+                        "retrieval prefill against the same artifact with sparse prefill); with --report-only it "
+                        "re-pairs stored rows")
     p.add_argument("--ci-target", type=float, default=0.5, help="half-width (points) the report projects the samples "
                                                                 "per task for (paired differences vs dense)")
     p.set_defaults(handler=run)
@@ -208,7 +212,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.merge:
             out.mkdir(parents=True, exist_ok=True)
             merge_runs(out, args.merge)
-        result = rebuild_report(out, BASE_ROWS)
+        try:
+            result = rebuild_report(out, BASE_ROWS, reference=args.reference)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"rtpurbo eval --report-only: {err}") from err
         say(args, (out / "results.md").read_text())
         return result
     out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +243,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save_task_data(data, out / "eval_data.npz")
     data.windows = data.windows[: settings.ppl_windows]  # --ppl-windows 0 skips perplexity with any --data
     rows, sparse_overrides = _rows(args, model, tokenizer, out, artifacts)
+    if args.reference is not None and args.reference not in {row.name for row in rows}:
+        raise SystemExit(f"--reference {args.reference!r} is not one of this run's rows: "
+                         f"{', '.join(row.name for row in rows)}")
     dense = HeadPlan.uniform(*geometry(model.config)[:3], retrieval=True)
     convert(model, dense, sparse_from_args(args, **sparse_overrides))
     config = _config(args, spec, device, dtype, settings, rows, data.meta)
@@ -279,7 +289,7 @@ def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype
     return {
         "model": spec, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": str(dtype).replace("torch.", ""), "settings": asdict(settings), "flags": flags,
-        "ci_target": args.ci_target,
+        "ci_target": args.ci_target, "reference": args.reference or "dense",
         "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "window": r.window, "settings": r.settings,
                   "artifact": str(r.artifact) if r.artifact else None,
                   "plan": plan_summary(r.plan) if r.plan else None} for r in rows],

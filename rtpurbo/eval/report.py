@@ -229,7 +229,11 @@ def _depth_grid(stored: dict[str, Any], bins: int) -> tuple[list[int], dict[str,
 def write_report(out: Path, stored_rows: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
     """Write results.json, results.md and the PNGs into ``out``; returns the JSON object."""
     rows = [summarize_row(r) for r in stored_rows]
-    paired = paired_differences(stored_rows, target=config.get("ci_target", DEFAULT_TARGET))
+    reference = config.get("reference", "dense")
+    if reference != "dense" and reference not in {r["row"] for r in stored_rows}:
+        raise ValueError(f"--reference {reference!r} is not a row of this report: "
+                         f"{', '.join(r['row'] for r in stored_rows)}")
+    paired = paired_differences(stored_rows, reference=reference, target=config.get("ci_target", DEFAULT_TARGET))
     result = {"config": config, "rows": rows, "paired": paired, "notes": NOTES}
     (out / "results.json").write_text(dumps(result))
     (out / "results.md").write_text(markdown(rows, config, paired))
@@ -243,11 +247,12 @@ def write_report(out: Path, stored_rows: list[dict[str, Any]], config: dict[str,
     return result
 
 
-def rebuild_report(out: Path, row_order: tuple[str, ...] = ()) -> dict[str, Any]:
+def rebuild_report(out: Path, row_order: tuple[str, ...] = (), reference: str | None = None) -> dict[str, Any]:
     """Write the report again from ``out/rows/*.json`` and ``out/config.json`` (no model needed).
 
     Merges rows stored by several runs into one directory (e.g. one GPU call per row); rows
-    named in ``row_order`` come first, the others follow by name.
+    named in ``row_order`` come first, the others follow by name. ``reference``: the row the others
+    are paired against (default: the run's own, else dense).
     """
     stored = {p.stem: json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))}
     if not stored:
@@ -255,6 +260,8 @@ def rebuild_report(out: Path, row_order: tuple[str, ...] = ()) -> dict[str, Any]
     names = [n for n in row_order if n in stored] + sorted(n for n in stored if n not in row_order)
     config = json.loads((out / "config.json").read_text())
     config.pop("wall_seconds", None)
+    if reference is not None:
+        config["reference"] = reference
     return write_report(out, [stored[n] for n in names], config)
 
 
