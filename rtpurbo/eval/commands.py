@@ -23,10 +23,9 @@ import torch
 import transformers
 
 from .. import __version__, io
-from ..config import RETRIEVAL_PREFILL
 from ..cli_args import add_model, add_profile, add_sparse, positive_int, sparse_from_args, top_p_value
 from ..commands import device_dtype, say
-from ..config import HeadPlan, dumps
+from ..config import RETRIEVAL_PREFILL, HeadPlan, dumps
 from ..convert import convert
 from ..families import geometry
 from ..models import load_base, load_config, load_tokenizer
@@ -102,7 +101,7 @@ def add_parsers(subparsers: Any) -> None:
                         "retrieval prefill against the same artifact with sparse prefill); with --report-only it "
                         "re-pairs stored rows")
     p.add_argument("--ci-target", type=float, default=0.5, help="half-width (points) the report projects the samples "
-                                                                "per task for (paired differences vs dense)")
+                                                                "per task for (paired differences vs the reference row)")
     p.set_defaults(handler=run)
 
 
