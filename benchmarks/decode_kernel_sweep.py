@@ -4,13 +4,16 @@
 
 1. ``decode_attention`` in dense mode over the local heads' S + W ring slots (Llama-3.1-8B: 7 local
    KV heads x 4 q heads; Qwen3-30B-A3B: 3 x 8) and in list mode over a retrieval head's selected
-   keys (1 KV head x 4 q heads; 1K / 2K / 14K keys, the selections of the attention bench), for
-   every :class:`rtpurbo.ops.triton.decode.DecodeLaunch` of a grid. Each time is the median
+   keys (1 KV head x 4 q heads; 1K / 2K / 14K keys, the selections of the attention bench, and 90 % of
+   1M keys, what top-p 0.9 keeps of nearly flat scores), for every
+   :class:`rtpurbo.ops.triton.decode.DecodeLaunch` of a grid. Each time is the median
    CUDA-graph replay with L2 flushed (the attention bench's ``graph_us``); GB/s counts the K/V
    bytes read (the ring, or the selected rows).
 2. ``index_scores`` at 128K and 1M keys for blocks 512..4096 and 4 / 8 warps (GB/s of the 16-d
    bf16 indexer keys).
-3. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
+3. ``select``: the whole selection (index scores + threshold search) at 128K and 1M keys for 8-64
+   level-0 bins, on peaked, trained-like and flat scores (score std 4, 2.56 and 0.04 logits).
+4. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
    attention bench's decode point) at 128K and 1M: device microseconds per kernel per step.
 
 Prints one JSON line per row, then the best launch per case; ``--json`` writes everything.
@@ -32,8 +35,13 @@ from rtpurbo.ops.triton import decode as kernels
 WINDOW, SINKS = 8192, 4
 LOCAL_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=ns)
               for b, w, nw, ns in itertools.product((32, 64, 128), (2, 4, 8), (4, 8), (None, 4))]
-LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw)
-             for b, w, nw in itertools.product((32, 64, 128), (2, 4, 8, 16), (4, 8))]
+LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, combine_chunk=cc)
+             for b, w, nw, cc in itertools.product((32, 64, 128), (2, 4, 8, 16), (4, 8), (16, 64))]
+# lists of ~90 % of 1M keys (what top-p 0.9 keeps of nearly flat, untrained-indexer scores): long programs
+LONG_LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=ns, combine_chunk=cc)
+                  for b, w, nw, ns, cc in itertools.product((64, 128), (1, 2, 4), (4, 8), (None, 3), (16, 64))]
+SELECT_SCALES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}  # indexer key scale: score std 4, 2.56, 0.04
+SELECT_N_LOGIT = (8, 16, 32, 64)
 SCORE_GRID = list(itertools.product((512, 1024, 2048, 4096), (4, 8)))
 DENSE_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_stages=ns, split_keys=sk, combine_chunk=cc)
               for b, w, ns, sk, cc in itertools.product((64, 128), (2, 4), (None, 3), (0, 512, 1024, 2048), (16, 64))]
@@ -86,17 +94,43 @@ def list_rows(record) -> None:
     q = _randn(1, group, 1, dim)
     k, v = _randn(1, 1, length, dim), _randn(1, 1, length, dim)
     q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
-    for n_sel in (1024, 2048, 14336):
+    for n_sel in (1024, 2048, 14336, 943718):
         index = torch.sort(torch.randperm(length - RECENT, device=DEVICE)[:n_sel])[0].view(1, 1, n_sel) + SINKS
         n_index = torch.full((1, 1), n_sel, device=DEVICE)
         always = torch.cat([torch.arange(SINKS), torch.arange(length - RECENT, length)]).to(DEVICE, torch.int32)[None]
         nbytes = 2 * (n_sel + SINKS + RECENT) * dim * 2
-        for launch in LIST_GRID:
+        for launch in LONG_LIST_GRID if n_sel > length // 2 else LIST_GRID:
             fn = lambda l=launch: kernels.decode_attention(  # noqa: E731
                 q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index, always=always,
                 skip_sinks=SINKS, skip_recent=RECENT, launch=l)[0]
             us = graph_us(fn, rep=50)
             record(dict(case="list", selected=n_sel, **_launch(launch), us=us, gbps=nbytes / us / 1e3))
+
+
+def select_rows(record) -> None:
+    """The whole selection (index scores + threshold search + list) of one retrieval head at 128K and 1M keys,
+    for level-0 bin counts and three score regimes (indexer keys scaled: std of the scores 4, 2.56, 0.04)."""
+    from rtpurbo.ops.triton import threshold
+
+    for length in (131072, 1048576):
+        q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+        for regime, scale in SELECT_SCALES.items():
+            torch.manual_seed(0)
+            q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
+            for n_logit in SELECT_N_LOGIT:
+                def fn(n=n_logit):
+                    scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
+                    return threshold.topp_threshold(scored.scores.view(1, length), scored.block_max, scored.block_sum,
+                                                    scored.block_count, scored.block_min, top_p=TOP_P, min_tokens=64,
+                                                    max_tokens=None, n_logit=n)[1]
+                us = graph_us(fn, rep=50)
+                scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
+                work = torch.zeros(1, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64, device=DEVICE)
+                _, n_keep = threshold.topp_threshold(scored.scores.view(1, length), scored.block_max, scored.block_sum,
+                                                     scored.block_count, scored.block_min, top_p=TOP_P, min_tokens=64,
+                                                     max_tokens=None, n_logit=n_logit, work=work)
+                record(dict(case="select", L=length, regime=regime, n_logit=n_logit, us=us, gbps=0.0,
+                            selected=int(n_keep), level1_keys=int(work[0, 1, : threshold.N_BINS].sum())))
 
 
 def score_rows(record) -> None:
@@ -150,7 +184,8 @@ def step_profile(record) -> None:
 
 def best(rows: list[dict]) -> list[str]:
     lines = []
-    keys = {"local": ("geometry",), "list": ("selected",), "index_scores": ("L",), "dense": ("what",)}
+    keys = {"local": ("geometry",), "list": ("selected",), "index_scores": ("L",), "dense": ("what",),
+            "select": ("L", "regime")}
     for case, by in keys.items():
         groups: dict[tuple, list[dict]] = {}
         for r in rows:
@@ -168,7 +203,8 @@ def best(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path")
-    parser.add_argument("--parts", default="local,list,scores,profile")
+    parser.add_argument("--parts", default="local,list,scores,profile", help="comma-separated, of: local, list, "
+                        "scores, profile, dense, select")
     args = parser.parse_args()
     rows: list[dict] = []
     env = environment()
@@ -178,7 +214,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows}
+    parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows,
+             "select": select_rows}
     for name in args.parts.split(","):
         try:
             parts[name](record)

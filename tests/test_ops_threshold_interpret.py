@@ -232,6 +232,35 @@ def _check_flat_interval() -> list[str]:
     return [] if 0 < scanned <= visible // 4 else [f"level 1 histogrammed {scanned} of {visible} keys"]
 
 
+def _check_n_logit() -> list[str]:
+    """The level-0 bin count changes the work, not the selection: 4 and 64 bins select what the default does."""
+    import torch
+
+    from rtpurbo.ops.triton import decode, threshold
+
+    problems = []
+    for kind, top_p, max_tokens in (("flat", 0.9, None), ("lattice", 0.9, 150), ("spread", 0.999, None),
+                                    ("randn", 0.7, None), ("ties", 0.5, 77)):
+        q_idx, k_idx, q_pos, k_pos = select_inputs(kind, 2, 1, 515, seed=17)
+        scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0)
+        args = (scored.scores.view(2, -1), scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
+        budget = dict(top_p=top_p, min_tokens=0, max_tokens=max_tokens, block=64)
+        order, n_keep = threshold.topp_threshold(*args, **budget)
+        for n_logit in (4, 64):
+            other, n_other = threshold.topp_threshold(*args, **budget, n_logit=n_logit)
+            same = torch.equal(n_keep, n_other) and all(
+                torch.equal(order[r, : n_keep[r]], other[r, : n_keep[r]]) for r in range(2))
+            if not same:
+                problems.append(f"{kind}: {n_logit} level-0 bins select {n_other.tolist()} keys, "
+                                f"{threshold.N_LOGIT} bins {n_keep.tolist()}")
+    try:
+        threshold.topp_threshold(*args, **budget, n_logit=24)
+        problems.append("n_logit=24 (not a power of two) was accepted")
+    except ValueError:
+        pass
+    return problems
+
+
 def _run_all() -> dict[str, list[str]]:
     report = {}
     for case in CASES:
@@ -239,7 +268,8 @@ def _run_all() -> dict[str, list[str]]:
             report[case[0]] = check_selection(case)
         except Exception as err:  # report, keep going
             report[case[0]] = [f"{type(err).__name__}: {err}"]
-    for name, check in (("attention", _check_attention), ("flat-interval", _check_flat_interval)):
+    for name, check in (("attention", _check_attention), ("flat-interval", _check_flat_interval),
+                        ("n-logit", _check_n_logit)):
         try:
             report[name] = check()
         except Exception as err:
@@ -256,7 +286,7 @@ def report() -> dict[str, list[str]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

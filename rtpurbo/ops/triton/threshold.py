@@ -15,12 +15,14 @@ level (each pass reads the ``L`` fp32 scores, ``4 L`` bytes, L2-resident at deco
   spread allows (``(m - min s) / N_LOGIT``, at most ``1 / MIN_INV_WIDTH`` logits; the last bin
   takes everything further down). Per-program histograms (a one-hot reduction, no per-key
   atomics: all keys take part here), then one atomic add per bin and program. Rows spread over
-  32 logits or more (trained indexers: top-p 0.9 keeps a few % of the keys) get 2-logit bins;
-  narrower rows get narrower bins, so the chosen bin stays small when the scores are nearly
-  flat (e.g. untrained indexers on random weights): with 2-logit bins every key of such a row
-  fell into bin 0, and levels 1-3 then made per-key atomics over the whole row (2.3 of 6.7 ms of
-  a 1M-token decode step on 8 layers, H200). Not 64 bins: the one-hot work of level 0 then cost
-  more on peaked rows than the narrower interval saved (88 -> 157 us per layer step at 1M keys).
+  64 logits or more get 2-logit bins; narrower rows get narrower bins, so the chosen bin stays
+  small when the scores are nearly flat (e.g. untrained indexers on random weights): with
+  2-logit bins every key of such a row fell into bin 0, and levels 1-3 then made per-key atomics
+  over the whole row (2.3 of 6.7 ms of a 1M-token decode step on 8 layers, H200). 32 bins: the
+  whole selection at 1M keys takes 93 / 93 / 94 us on peaked / trained-like / flat scores
+  (score std 4 / 2.56 / 0.04 logits), against 87 / 104 / 105 us with 16 bins and 81 / 97 / 108
+  with 8 (H200, ``benchmarks/decode_kernel_sweep.py --parts select``); more bins make the
+  one-hot work of level 0 cost more than the narrower interval saves.
 * levels 1-3, only the keys of the chosen interval: ``N_BINS`` bins of the scores'
   order-preserving 32-bit keys (:func:`_order_key`), ``span >> shift`` at a time, per-key
   atomics (the interval holds few keys unless the scores are nearly flat). A level whose interval
@@ -60,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-N_LOGIT = 16  # level-0 bins
+N_LOGIT = 32  # level-0 bins
 MIN_INV_WIDTH = 0.5  # level-0 bins are at most 2 logits wide
 MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for tiny spreads)
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
@@ -390,7 +392,7 @@ def _chunks(n_keys: int, rows: int, device: torch.device, block: int) -> tuple[i
 def topp_threshold(
     scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 1024,
-    work: torch.Tensor | None = None,
+    work: torch.Tensor | None = None, n_logit: int = N_LOGIT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
@@ -402,10 +404,14 @@ def topp_threshold(
         work: optional zeroed workspace (BH, N_LEVELS, 2 * N_BINS + 1) int64. Afterwards
             ``work[r, l, :N_BINS]`` holds level ``l``'s key counts per bin: the sum at level 1 is
             the number of keys the per-key levels histogrammed (0 when level 0 resolved the row).
+        n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
+            changes with it, not the selection (benchmarks compare settings with it).
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
     """
+    if n_logit < 2 or n_logit > N_BINS or n_logit & (n_logit - 1):
+        raise ValueError(f"n_logit must be a power of two in [2, {N_BINS}], got {n_logit}")
     rows, n_keys = scores.shape
     device = scores.device
     capacity = n_keys if max_tokens is None else max(0, min(max_tokens, n_keys))
@@ -426,7 +432,7 @@ def topp_threshold(
     _logit_level_kernel[grid](
         scores, block_max, block_sum, block_count, block_min, work, state, stats, n_keep,
         n_keys, n_blocks, chunk, n_chunks, target, min_tokens, n_keys if max_tokens is None else max_tokens,
-        NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=N_LOGIT, MIN_INV_WIDTH=MIN_INV_WIDTH,
+        NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
         MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS,
         N_STATE=N_STATE, SUB=min(256, block), num_warps=8,
     )
