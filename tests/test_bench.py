@@ -8,9 +8,10 @@ from rtpurbo.bench import oom
 from rtpurbo.bench.commands import settings_from
 from rtpurbo.bench.end_to_end import (TINY, TINY_MOE, ModelBenchSettings, attention_flop_ratio, Variants, build_model, conversions, forward_last_logits,
                                       run_benchmark, spread_plan)
-from rtpurbo.bench.model_report import human_tokens, markdown
+from rtpurbo.bench.model_report import gaussian_topp_fraction, human_tokens, markdown
 from rtpurbo.cache import HeadwiseCache
 from rtpurbo.cli import build_parser, main
+from rtpurbo.families import attention_modules
 from rtpurbo.memory import KVGeometry
 from rtpurbo.ops.semantics import visible
 
@@ -275,3 +276,58 @@ def test_decode_only_points_time_every_variant_after_a_random_cache(tmp_path, cu
     # window 128: the sparse cache holds far fewer local-head slots than dense holds keys
     assert rows["sparse"]["kv_bytes"] < rows["dense"]["kv_bytes"]
     assert "Decode only" in markdown(result)
+
+
+# --- trained-like indexer scores (--index-logit-std) ---------------------------------------------------
+def test_calibrated_indexers_score_random_filled_keys_with_the_asked_std(monkeypatch):
+    """After calibration to sigma = 3, decode queries score the N(0, I) indexer keys of a random-filled cache
+    with std about 3 (per query: the query's norm), in every layer."""
+    settings = tiny_settings(seqlen_threshold=0)
+    model = build_model(settings)
+    variants = Variants(model, conversions(settings, spread_plan(2, 2, 4, 1.0)), index_logit_std=3.0)
+    variants.use("sparse")
+    length, steps = 1024, 16
+    cache = HeadwiseCache(model)
+    cache.fill_random(model, length)
+    queries = {}  # layer -> indexer queries (1, Hr, 1, d_idx) of every decode step
+    for module in attention_modules(model):
+        def index_vectors(q_raw, k_raw, rope, compute=module.index_vectors, layer=module.layer_idx):
+            q_idx, k_idx = compute(q_raw, k_raw, rope)
+            queries.setdefault(layer, []).append(q_idx)
+            return q_idx, k_idx
+        monkeypatch.setattr(module, "index_vectors", index_vectors)
+    token = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        for step in range(steps):
+            token = forward_last_logits(model, cache, token, length + step).argmax(-1, keepdim=True)
+    assert set(queries) == {0, 1}
+    for layer, q_idx in queries.items():
+        keys = cache.store[layer].r_idx[:, :, :length].float()  # (1, Hr, L, d_idx), filled N(0, 1)
+        scores = torch.einsum("bhqd,bhkd->bhqk", torch.cat(q_idx, dim=2).float(), keys)  # (1, Hr, steps, L)
+        assert scores.std(dim=-1).mean().item() == pytest.approx(3.0, rel=0.15), layer
+
+
+def test_index_logit_std_makes_decode_only_points_select_few_keys(tmp_path):
+    """A decode-only point with indexers scaled to sigma 2.56 keeps far fewer keys per retrieval head than with
+    the untrained, nearly flat indexers; the report says which."""
+    settings = dict(lengths=[], decode_lengths=[2048], seqlen_threshold=0, decode_warmup=0, decode_steps=2)
+    flat = run_benchmark(tiny_settings(**settings), tmp_path / "a.jsonl")
+    peaked = run_benchmark(tiny_settings(**settings, index_logit_std=2.56), tmp_path / "b.jsonl")
+    selected = [{r["variant"]: r for r in result["decode_only"]}["sparse"]["selected_keys_per_head"]
+                for result in (flat, peaked)]
+    assert selected[0] > 0.7 * 2048 and selected[1] < 0.3 * 2048, selected
+    assert [r["config"]["settings"]["index_logit_std"] for r in (flat, peaked)] == [None, 2.56]
+    assert "untrained indexers on random weights" in markdown(flat)
+    report = markdown(peaked)
+    assert "std 2.56 logits" in report and "keeps about 10.1 %" in report and "untrained indexers on" not in report
+    assert gaussian_topp_fraction(2.56, 0.9) == pytest.approx(0.10, abs=0.005) and gaussian_topp_fraction(1, 1.0) == 1
+
+
+def test_index_logit_std_flag(capsys):
+    parse = build_parser().parse_args
+    assert settings_from(parse(["bench", "model", "--index-logit-std", "2.56"])).index_logit_std == 2.56
+    assert settings_from(parse(["bench", "model"])).index_logit_std is None
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            parse(["bench", "model", "--index-logit-std", bad])
+        assert f"argument --index-logit-std: must be > 0, got '{bad}'" in capsys.readouterr().err

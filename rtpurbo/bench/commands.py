@@ -42,6 +42,17 @@ def tokens(value: str) -> int:
     return number
 
 
+def positive_float(value: str) -> float:
+    """'2.56' -> 2.56; a number > 0 (and finite)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+    return number
+
+
 def add_parsers(subparsers: Any) -> None:
     """Add ``bench attention`` and ``bench model`` to the ``rtpurbo`` parser's subparsers."""
     bench = subparsers.add_parser("bench", help="GPU benchmarks: one attention layer, or a whole model",
@@ -81,6 +92,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=tokens, help=f"W of local heads (default {d.window}; 128 with --tiny)")
     p.add_argument("--sinks", type=int, help=f"S (default {d.sinks})")
     p.add_argument("--top-p", type=float, help=f"retrieval heads' indexer mass at decode (default {d.top_p})")
+    p.add_argument("--index-logit-std", type=positive_float, metavar="SIGMA",
+                   help="scale the untrained indexers so decode scores against random-filled caches have std SIGMA "
+                        "logits, as peaked as trained indexers' (2.56: top-p 0.9 keeps about 10 %% of the keys; "
+                        "default: untrained, nearly flat scores, top-p keeps most keys)")
     p.add_argument("--seqlen-threshold", type=lambda v: 0 if v.strip() == "0" else tokens(v), help=f"cached tokens from which retrieval heads select (below: "
                    f"every key; 0 = always select; default {d.seqlen_threshold})")
     p.add_argument("--max-tokens", type=tokens, nargs="+", default=[],
@@ -124,7 +139,8 @@ FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "wi
                  "oom_lengths": "oom_lengths", "oom_decode_steps": "oom_decode_steps", "deadline": "deadline_s",
                  "oom_reserve": "oom_reserve_s",
                  "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps", "profile_length": "profile_length",
-                 "decode_lengths": "decode_lengths", "prefill_chunk": "prefill_chunk", "flash_ttft": "flash_ttft"}
+                 "decode_lengths": "decode_lengths", "prefill_chunk": "prefill_chunk", "flash_ttft": "flash_ttft",
+                 "index_logit_std": "index_logit_std"}
 
 
 def settings_from(args: argparse.Namespace) -> ModelBenchSettings:

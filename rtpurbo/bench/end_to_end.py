@@ -15,7 +15,9 @@ in turn as
   Triton kernel over all cached keys, graph-captured).
 * ``sparse``: the same weights converted by :func:`rtpurbo.convert.convert` (untrained indexers,
   ``top_p``), decoding through :class:`rtpurbo.cache.HeadwiseCache`; ``sparse-max{N}`` variants
-  add a ``max_tokens = N`` budget to the retrieval heads' selection.
+  add a ``max_tokens = N`` budget to the retrieval heads' selection. With ``index_logit_std`` the
+  indexers of every converted variant are scaled after each conversion (:func:`calibrate_indexers`)
+  so that decode scores against random-filled caches are as peaked as a trained indexer's.
 
 Per context length ``L`` and variant, after ``warmup`` dropped runs, medians over ``repeats`` runs of:
 
@@ -57,6 +59,7 @@ from ..cache import HeadwiseCache
 from ..config import DEFAULT_SEQLEN_THRESHOLD, HeadPlan, SparseConfig
 from ..convert import convert, is_converted, unconvert
 from ..decode_graph import GraphedDecoder
+from ..families import attention_modules
 from .decode_profile import profile
 from .model_report import JsonLines, compare, describe, environment
 from .oom import attempt, free_memory, oom_search
@@ -129,6 +132,7 @@ class ModelBenchSettings:
     cuda_graph: bool = False  # + variant dense-graph; rtpurbo variants decode from a CUDA graph
     flash_ttft: bool = True  # on a GPU, + variant dense-flash: the dense model's TTFT with SDPA's flash backend
     prefill_chunk: int | None = None  # rtpurbo variants prefill in chunks of this many tokens (TTFT at 1M)
+    index_logit_std: float | None = None  # indexers scaled to this decode-score std (None: untrained indexers)
 
     def sparse_configs(self) -> dict[str, SparseConfig]:
         """Variant name -> the sparse configuration it converts with."""
@@ -211,9 +215,10 @@ class Variants:
     """The one model, put in the state a variant needs: unconverted (``dense``, ``dense-flash``) or converted."""
 
     def __init__(self, model: nn.Module, conversions: dict[str, tuple[HeadPlan, SparseConfig]],
-                 flash: bool = False) -> None:
+                 flash: bool = False, index_logit_std: float | None = None) -> None:
         self.model, self.conversions = model, conversions
         self.dense_names = ["dense"] + ([FLASH_DENSE] if flash else [])
+        self.index_logit_std = index_logit_std
         self.current = "dense"
 
     @property
@@ -226,7 +231,9 @@ class Variants:
         if is_converted(self.model):
             unconvert(self.model)
         if name in self.conversions:
-            convert(self.model, *self.conversions[name])
+            convert(self.model, *self.conversions[name])  # fresh, untrained indexers
+            if self.index_logit_std is not None:  # the same scales every time: a fixed calibration prompt
+                calibrate_indexers(self.model, self.index_logit_std)
         self.current = name
 
     def new_cache(self, capacity: int):
@@ -236,6 +243,56 @@ class Variants:
         cache = HeadwiseCache(self.model, initial_capacity=capacity)
         cache.plain_prompt = True  # every prompt here is one unpadded row at positions 0..L-1
         return cache
+
+
+CALIBRATION_TOKENS = 32
+
+
+def indexer_query_norms(model: nn.Module, ids: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Layer index -> mean L2 norm (Hr,) of each retrieval head's indexer queries over the tokens of ids (1, n).
+
+    One cache-free forward of the converted ``model``; a pre-hook on every attention module with an
+    indexer computes its indexer queries from the layer's input as the module does
+    (:meth:`SparseAttention.project`, then :meth:`SparseAttention.index_vectors`).
+    """
+    norms: dict[int, torch.Tensor] = {}
+
+    def record(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        q_raw, k_raw, _ = module.project(hidden)
+        q_idx, _ = module.index_vectors(q_raw, k_raw, kwargs["position_embeddings"])  # (1, Hr, n, d_idx)
+        norms[module.layer_idx] = q_idx.float().norm(dim=-1).mean(dim=(0, 2))
+
+    modules = [m for m in attention_modules(model) if getattr(m, "indexer", None) is not None]
+    handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in modules]
+    try:
+        positions = torch.arange(ids.shape[1], device=ids.device)[None]
+        model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return norms
+
+
+@torch.no_grad()
+def calibrate_indexers(model: nn.Module, sigma: float, tokens: int = CALIBRATION_TOKENS, seed: int = 0) -> None:
+    """Scale every retrieval head's indexer query weights so its queries have mean L2 norm ``sigma``.
+
+    A query ``q`` scores N(0, I) indexer keys (those of :meth:`HeadwiseCache.fill_random`) with
+    std ``|q|`` across the keys, so decode scores get std ``sigma`` logits: peaked like a trained
+    indexer's (top-p ``p`` keeps a fraction ``Phi(Phi^-1(p) - sigma)`` of Gaussian scores) instead
+    of the nearly flat scores of an untrained one. The norms are measured on ``tokens`` random
+    tokens (fixed by ``seed``), one cache-free forward; the layer input is RMS-normalised, so they
+    carry over to decode steps. Only ``indexer.wq`` changes (in place, per head).
+    """
+    device = model.get_input_embeddings().weight.device
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=generator).to(device)
+    norms = indexer_query_norms(model, ids)
+    for module in attention_modules(model):
+        if module.layer_idx in norms:
+            scale = sigma / norms[module.layer_idx].clamp_min(1e-12)  # (Hr,)
+            module.indexer.wq.mul_(scale.to(module.indexer.wq).view(-1, 1, 1, 1))
 
 
 def cache_bytes(cache) -> int:
@@ -587,7 +644,7 @@ def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[s
         dense_sdpa = pick_sdpa_backends(model, settings.sdpa_backends, device)
         flash = (settings.flash_ttft and device.type == "cuda" and dense_sdpa["prefill"] != "flash"
                  and pick_sdpa_backends(model, ["flash"], device)["prefill"] == "flash")
-        variants = Variants(model, conversions(settings, plan), flash=flash)
+        variants = Variants(model, conversions(settings, plan), flash=flash, index_logit_std=settings.index_logit_std)
         reserve = settings.oom_reserve_s if settings.oom_search else 0.0
         bench = Bench(settings, variants, device, dense_sdpa, deadline - reserve)
         config = describe(settings, plan, dense_sdpa, model, device)

@@ -13,6 +13,7 @@ import json
 import platform
 from dataclasses import asdict
 from pathlib import Path
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -81,7 +82,7 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
         "(K/V concatenated on every decode step)",
         f"sparse: {retrieval} of {plan.num_layers * plan.num_kv_heads} KV heads retrieval "
         f"({100 * plan.retrieval_fraction():.1f} %), W = {settings.window}, S = {settings.sinks}, top-p "
-        f"{settings.top_p} with untrained indexers; attention impl {resolve_impl('auto', device)}, decode impl "
+        f"{settings.top_p} with {_indexers(settings)}; attention impl {resolve_impl('auto', device)}, decode impl "
         f"{decode_impl}; HeadwiseCache with retrieval slots reserved up front"
         + (f"; budgets (max_tokens) {settings.budgets}" if settings.budgets else "")
         + ("; decode: static-shape cache, one step replayed from a CUDA graph (--cuda-graph; timed runs only, "
@@ -90,8 +91,7 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
            "attention, the dense model's function), decoding through the static-shape HeadwiseCache and rtpurbo's "
            "GQA split-K Triton kernel from a CUDA graph: dense with its launch overhead removed (transformers' "
            "StaticCache is not that baseline: its decode mask makes SDPA repeat K/V)"] if settings.cuda_graph else []),
-        "untrained indexers on random weights score keys almost uniformly, so top-p keeps most of them "
-        "(column 'selected keys/head', sinks and recent tokens included); --max-tokens adds budgeted variants",
+        _selection_note(settings),
         f"TTFT = one-shot prefill of L tokens + argmax; decode = {settings.decode_steps} greedy steps after "
         f"{settings.decode_warmup} warm-up steps; medians of {settings.repeats} runs after {settings.warmup} "
         f"warm-up run(s); weights {weights / GIB:.2f} GiB (in every peak)",
@@ -100,6 +100,41 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
             "plan": {"retrieval_kv_heads": retrieval, "by_layer": [len(h) for h in plan.retrieval]},
             "sparse_configs": {name: c.to_dict() for name, c in settings.sparse_configs().items()},
             "dense_sdpa": dense_sdpa, "weights_bytes": weights, "notes": notes}
+
+
+def gaussian_topp_fraction(sigma: float, top_p: float) -> float:
+    """Fraction of keys that top-p keeps when their scores are N(0, sigma^2) logits (many keys).
+
+    Under softmax the mass above a threshold ``t`` is ``1 - Phi((t - sigma^2) / sigma)``; setting it to
+    ``top_p`` gives the kept fraction ``1 - Phi(t / sigma) = Phi(Phi^-1(top_p) - sigma)``.
+    """
+    if top_p >= 1.0:
+        return 1.0
+    normal = NormalDist()
+    return normal.cdf(normal.inv_cdf(top_p) - sigma)
+
+
+def _indexers(settings: ModelBenchSettings) -> str:
+    """How the indexers score, for the 'sparse' note."""
+    sigma = settings.index_logit_std
+    if sigma is None:
+        return "untrained indexers"
+    kept = 100 * gaussian_topp_fraction(sigma, settings.top_p)
+    return (f"indexers scaled so decode scores have std {sigma:g} logits (trained-like; top-p {settings.top_p} keeps "
+            f"about {kept:.1f} % of Gaussian scores)")
+
+
+def _selection_note(settings: ModelBenchSettings) -> str:
+    """What the retrieval heads' decode selection keeps, and why."""
+    if settings.index_logit_std is None:
+        return ("untrained indexers on random weights score keys almost uniformly, so top-p keeps most of them "
+                "(column 'selected keys/head', sinks and recent tokens included); --max-tokens adds budgeted variants")
+    return (f"--index-logit-std {settings.index_logit_std:g}: after each conversion every retrieval head's indexer "
+            "query weights are scaled so its queries (on a short random prompt) have that mean L2 norm; against the "
+            "N(0, I) indexer keys of random-filled caches (decode-only points) the scores then have that std, so "
+            "top-p keeps few keys (column 'selected keys/head' and the decode-only table, sinks and recent tokens "
+            "included); after a real prefill the keys are the model's own and the spread differs; --max-tokens adds "
+            "budgeted variants")
 
 
 def human_tokens(n: int) -> str:
@@ -222,7 +257,7 @@ def _decode_only_lines(rows: list[dict[str, Any]]) -> list[str]:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     cells = {(r["variant"], r["length"]): r for r in rows}
     lines = ["Decode only, caches filled with random K/V of L tokens (no prefill): ms/token (speedup against the "
-             "faster dense variant), peak memory:", "",
+             "faster dense variant), peak memory, keys per retrieval head where its decode selects:", "",
              "| L | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
     for length in sorted({r["length"] for r in rows}):
         dense_times = [r["decode_ms_per_token"] for (v, n), r in cells.items()
@@ -236,7 +271,9 @@ def _decode_only_lines(rows: list[dict[str, Any]]) -> list[str]:
                 continue
             ratio = None if variant.startswith("dense") else _ratio(best_dense, r["decode_ms_per_token"])
             peak = "" if r.get("peak_gib") is None else f", {r['peak_gib']:.1f} GiB"
-            texts.append(f"{r['decode_ms_per_token']:.2f}" + ("" if ratio is None else f" ({ratio:.2f}x)") + peak)
+            keys = f", {r['selected_keys_per_head']:.0f} keys" if r.get("selected_keys_per_head") else ""
+            speedup = "" if ratio is None else f" ({ratio:.2f}x)"
+            texts.append(f"{r['decode_ms_per_token']:.2f}{speedup}{peak}{keys}")
         lines.append(f"| {human_tokens(length)} | " + " | ".join(texts) + " |")
     return lines
 
