@@ -88,6 +88,38 @@ def test_attention_flop_ratio_counts_windows_and_retrieval_heads():
     assert attention_flop_ratio(plan, TINY, 700, window=64, sinks=4) == pytest.approx(2 * causal / (causal + local))
 
 
+def test_attention_flop_ratio_counts_a_sparse_prefills_kept_share():
+    plan = spread_plan(2, 2, 4, 0.5)
+    dense_prefill = attention_flop_ratio(plan, TINY, 700, window=64, sinks=4)
+    half = attention_flop_ratio(plan, TINY, 700, window=64, sinks=4, retrieval_kept=0.5)
+    steps = torch.arange(700)
+    causal, local = (int(visible(steps, steps, window, 4).sum()) for window in (None, 64))
+    assert half == pytest.approx(2 * causal / (0.5 * causal + local)) and half > dense_prefill
+
+
+def test_sparse_prefill_variant_keeps_fewer_key_blocks(tmp_path):
+    """--prefill-blocks 1: a sparse-prefill1 variant whose retrieval heads keep a measured share of the key blocks
+    (at 2048 tokens: 16 blocks of 128, a 512-token band, so about 2 in 3), with a higher FLOP ratio than sparse."""
+    result = run_benchmark(tiny_settings(lengths=[2048], prefill_blocks=[1], decode_steps=2), tmp_path / "r.jsonl")
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rows["sparse-prefill1"]["status"] == "ok", rows["sparse-prefill1"]
+    kept = rows["sparse-prefill1"]["prefill_block_fraction"]
+    assert 0.5 < kept < 0.8 and "prefill_block_fraction" not in rows["sparse"]
+    assert rows["sparse-prefill1"]["attention_flop_ratio"] > rows["sparse"]["attention_flop_ratio"]
+    assert "sparse-prefill{N}" in result["config"]["notes"][2]
+
+
+def test_cli_prefill_flags():
+    parser = build_parser()
+    args = parser.parse_args(["bench", "model", "--device", "cpu", "--tiny", "--prefill-blocks", "16", "64",
+                              "--prefill-top-p", "0.8"])
+    settings = settings_from(args)
+    assert settings.prefill_blocks == [16, 64] and settings.prefill_top_p == 0.8
+    assert set(settings.sparse_configs()) == {"sparse", "sparse-prefill16", "sparse-prefill64"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "model", "--prefill-top-p", "1.5"])
+
+
 def test_cuda_graph_flag_decodes_the_same_tokens(tmp_path):
     """--cuda-graph (on the CPU: GraphedDecoder's eager stand-in) changes no sparse token; dense-graph decodes dense's."""
     settings = dict(lengths=[200], decode_warmup=2, top_p=0.7)

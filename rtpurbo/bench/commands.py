@@ -53,6 +53,14 @@ def positive_float(value: str) -> float:
     return number
 
 
+def unit_interval(value: str) -> float:
+    """'0.9' -> 0.9; a number in (0, 1]."""
+    number = positive_float(value)
+    if number > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value!r}")
+    return number
+
+
 def add_parsers(subparsers: Any) -> None:
     """Add ``bench attention`` and ``bench model`` to the ``rtpurbo`` parser's subparsers."""
     bench = subparsers.add_parser("bench", help="GPU benchmarks: one attention layer, or a whole model",
@@ -96,6 +104,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="scale the untrained indexers so decode scores against random-filled caches have std SIGMA "
                         "logits, as peaked as trained indexers' (2.56: top-p 0.9 keeps about 10 %% of the keys; "
                         "default: untrained, nearly flat scores, top-p keeps most keys)")
+    p.add_argument("--prefill-blocks", type=tokens, nargs="+", default=[], metavar="N",
+                   help="also time variants sparse-prefill{N}: retrieval heads prefill each query block over at most N "
+                        "key blocks of 128 (the indexer's top-p --prefill-top-p over block scores, plus the sink block "
+                        "and a 512-token local band); random weights score blocks almost flat, so N sets the share kept")
+    p.add_argument("--prefill-top-p", type=unit_interval, help="top-p of the sparse-prefill variants over block scores "
+                   f"(default {d.prefill_top_p})")
     p.add_argument("--seqlen-threshold", type=lambda v: 0 if v.strip() == "0" else tokens(v), help=f"cached tokens from which retrieval heads select (below: "
                    f"every key; 0 = always select; default {d.seqlen_threshold})")
     p.add_argument("--max-tokens", type=tokens, nargs="+", default=[],
@@ -140,7 +154,7 @@ FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "wi
                  "oom_reserve": "oom_reserve_s",
                  "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps", "profile_length": "profile_length",
                  "decode_lengths": "decode_lengths", "prefill_chunk": "prefill_chunk", "flash_ttft": "flash_ttft",
-                 "index_logit_std": "index_logit_std"}
+                 "index_logit_std": "index_logit_std", "prefill_top_p": "prefill_top_p"}
 
 
 def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
@@ -155,8 +169,8 @@ def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
     if args.geometry is not None:
         fields["geometry"] = GEOMETRIES[args.geometry]
     fields.update({name: getattr(args, flag) for flag, name in FLAG_TO_FIELD.items() if getattr(args, flag) is not None})
-    fields.update(device=args.device, budgets=list(args.max_tokens), oom_search=args.oom_search,
-                  oom_keep_going=args.oom_keep_going,
+    fields.update(device=args.device, budgets=list(args.max_tokens), prefill_blocks=list(args.prefill_blocks),
+                  oom_search=args.oom_search, oom_keep_going=args.oom_keep_going,
                   cuda_graph=args.device == "cuda" if args.cuda_graph is None else args.cuda_graph)
     if fields["cuda_graph"] and fields.get("decode_warmup", ModelBenchSettings().decode_warmup) < 2:
         raise SystemExit("--cuda-graph needs --decode-warmup >= 2 (one eager step, then the capture, both untimed)")

@@ -15,7 +15,11 @@ in turn as
   Triton kernel over all cached keys, graph-captured).
 * ``sparse``: the same weights converted by :func:`rtpurbo.convert.convert` (untrained indexers,
   ``top_p``), decoding through :class:`rtpurbo.cache.HeadwiseCache`; ``sparse-max{N}`` variants
-  add a ``max_tokens = N`` budget to the retrieval heads' selection. With ``index_logit_std`` the
+  add a ``max_tokens = N`` budget to the retrieval heads' selection; ``sparse-prefill{N}`` variants
+  prefill the retrieval heads sparsely (``retrieval_prefill="sparse"``): each query block over at most
+  ``N`` key blocks that the indexer ranks highest (top-p ``prefill_top_p``), plus the sink block and
+  the local band. Random weights give nearly flat block scores, so ``N`` sets what is kept; the row
+  records the fraction of visible key blocks kept, and the Amdahl ceiling uses it. With ``index_logit_std`` the
   indexers of every converted variant are scaled after each conversion (:func:`calibrate_indexers`)
   so that decode scores against random-filled caches are as peaked as a trained indexer's.
 
@@ -133,6 +137,8 @@ class ModelBenchSettings:
     flash_ttft: bool = True  # on a GPU, + variant dense-flash: the dense model's TTFT with SDPA's flash backend
     prefill_chunk: int | None = None  # rtpurbo variants prefill in chunks of this many tokens (TTFT at 1M)
     index_logit_std: float | None = None  # indexers scaled to this decode-score std (None: untrained indexers)
+    prefill_blocks: list[int] = field(default_factory=list)  # one sparse-retrieval-prefill variant per block budget
+    prefill_top_p: float = 0.9  # their top-p over the indexer's block scores (the budget caps it)
 
     def sparse_configs(self) -> dict[str, SparseConfig]:
         """Variant name -> the sparse configuration it converts with."""
@@ -140,7 +146,15 @@ class ModelBenchSettings:
                     impl="auto", decode_impl="auto")
         configs = {"sparse": SparseConfig(**base)}
         configs.update({f"sparse-max{n}": SparseConfig(**base, max_tokens=n) for n in self.budgets})
+        floor = SparseConfig().prefill_min_blocks
+        configs.update({f"{SPARSE_PREFILL}{n}": SparseConfig(**base, retrieval_prefill="sparse", prefill_max_blocks=n,
+                                                             prefill_min_blocks=min(n, floor),
+                                                             prefill_top_p=self.prefill_top_p)
+                        for n in self.prefill_blocks})
         return configs
+
+
+SPARSE_PREFILL = "sparse-prefill"  # variant prefix: retrieval heads prefill over indexer-chosen key blocks
 
 
 # --- the model ----------------------------------------------------------------------------------------
@@ -448,7 +462,10 @@ def _cache_fields(cache) -> dict[str, Any]:
     fields = {"kv_bytes": cache_bytes(cache)}
     if isinstance(cache, HeadwiseCache):
         fields["kv_used_bytes"] = cache.used_bytes()
-        fields["selected_keys_per_head"] = cache.stats.summary()["mean_selected"]
+        summary = cache.stats.summary()
+        fields["selected_keys_per_head"] = summary["mean_selected"]
+        if "prefill_block_fraction" in summary:  # sparse retrieval prefill: share of the visible key blocks kept
+            fields["prefill_block_fraction"] = summary["prefill_block_fraction"]
     return fields
 
 
@@ -495,14 +512,18 @@ def dense_attention_ms(bench: Bench, length: int, backend: str) -> float:
         return timed(call, device)[1] * bench.settings.layers
 
 
-def attention_flop_ratio(plan: HeadPlan, geo: ModelGeometry, length: int, window: int, sinks: int) -> float:
-    """Dense / sparse FLOPs of the attention of every layer at ``length`` (4 D per visible query-key pair)."""
+def attention_flop_ratio(plan: HeadPlan, geo: ModelGeometry, length: int, window: int, sinks: int,
+                         retrieval_kept: float = 1.0) -> float:
+    """Dense / sparse FLOPs of the attention of every layer at ``length`` (4 D per visible query-key pair).
+
+    ``retrieval_kept``: the share of its causal query-key pairs a retrieval head computes (1: dense prefill; a
+    sparse prefill's measured fraction of kept key blocks otherwise)."""
     causal = length * (length + 1) // 2
     local = sum(min(i + 1, window + min(sinks, max(0, i + 1 - window))) for i in range(min(length, window + sinks)))
     local += max(0, length - window - sinks) * (window + sinks)
     group = geo.q_heads // geo.kv_heads
     dense = plan.num_layers * geo.q_heads * causal
-    sparse = sum(group * (len(r) * causal + (geo.kv_heads - len(r)) * local) for r in plan.retrieval)
+    sparse = sum(group * (len(r) * causal * retrieval_kept + (geo.kv_heads - len(r)) * local) for r in plan.retrieval)
     return dense / sparse
 
 
@@ -528,10 +549,11 @@ def measure(bench: Bench, variant: str, length: int) -> dict[str, Any]:
     row = {"ttft_ms": ttft, "decode_ms_per_token": decode, "decode_tokens_per_s": None if decode is None else 1000 / decode,
            "peak_gib": None if peak is None else peak / GIB, "kv_bytes": runs[-1]["kv_bytes"],
            "timed_runs": len(runs), "tokens": runs[0]["tokens"]}
-    row.update({k: runs[-1][k] for k in ("kv_used_bytes", "selected_keys_per_head") if k in runs[-1]})
+    row.update({k: runs[-1][k] for k in ("kv_used_bytes", "selected_keys_per_head", "prefill_block_fraction")
+                if k in runs[-1]})
     if variant in bench.variants.conversions:
         row["attention_flop_ratio"] = attention_flop_ratio(bench.variants.conversions[variant][0], s.geometry, length,
-                                                           s.window, s.sinks)
+                                                           s.window, s.sinks, row.get("prefill_block_fraction", 1.0))
     elif bench.device.type == "cuda":  # the dense model's attention share of its TTFT (Amdahl)
         backend = "flash" if variant == FLASH_DENSE else bench.dense_sdpa["prefill"]
         row["attention_ms"] = dense_attention_ms(bench, length, backend)

@@ -85,6 +85,10 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
         f"{settings.top_p} with {_indexers(settings)}; attention impl {resolve_impl('auto', device)}, decode impl "
         f"{decode_impl}; HeadwiseCache with retrieval slots reserved up front"
         + (f"; budgets (max_tokens) {settings.budgets}" if settings.budgets else "")
+        + (f"; sparse-prefill{{N}}: retrieval heads prefill over at most N key blocks of 128 per query block, N in "
+           f"{settings.prefill_blocks} (top-p {settings.prefill_top_p} over the indexer's block scores, plus the sink "
+           "block and the local band; random weights score blocks almost flat, so N sets what is kept: the Amdahl "
+           "table gives the kept share)" if settings.prefill_blocks else "")
         + ("; decode: static-shape cache, one step replayed from a CUDA graph (--cuda-graph; timed runs only, "
            "not the OOM search or decode profile)" if settings.cuda_graph else ""),
         *(["dense-graph: the same weights converted with every KV head a retrieval head at top-p 1 (full "
@@ -239,8 +243,10 @@ def markdown(result: dict[str, Any]) -> str:
                     continue
                 cells.append(f"{c[f'attention_share{suffix}']:.0%}, {c[f'ttft_speedup{suffix}']:.2f}x / "
                              f"{c[f'ttft_ceiling{suffix}']:.2f}x ({c[f'ttft_of_ceiling{suffix}']:.0%})")
-            ratio = rows[(c["variant"], c["length"])]["attention_flop_ratio"]
-            lines.append(f"| {human_tokens(c['length'])} | {c['variant']} | {ratio:.2f} | " + " | ".join(cells) + " |")
+            row = rows[(c["variant"], c["length"])]
+            kept = row.get("prefill_block_fraction")
+            ratio = f"{row['attention_flop_ratio']:.2f}" + ("" if kept is None else f" ({kept:.1%} of key blocks kept)")
+            lines.append(f"| {human_tokens(c['length'])} | {c['variant']} | {ratio} | " + " | ".join(cells) + " |")
     if result.get("decode_only"):
         lines += ["", *_decode_only_lines(result["decode_only"])]
     if result.get("decode_profile"):
