@@ -49,7 +49,7 @@ DENSE_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_stages=ns, split_keys
 
 def _launch(launch: kernels.DecodeLaunch) -> dict:
     return dict(block_n=launch.block_n, waves=launch.waves, num_warps=launch.num_warps, num_stages=launch.num_stages,
-                split_keys=launch.split_keys, combine_chunk=launch.combine_chunk)
+                split_keys=launch.split_keys, combine_chunk=launch.combine_chunk, combine_d=launch.combine_d)
 
 
 def dense_rows(record) -> None:
@@ -105,6 +105,43 @@ def list_rows(record) -> None:
                 skip_sinks=SINKS, skip_recent=RECENT, launch=l)[0]
             us = graph_us(fn, rep=50)
             record(dict(case="list", selected=n_sel, **_launch(launch), us=us, gbps=nbytes / us / 1e3))
+
+
+def combine_rows(record) -> None:
+    """The shipped launch shapes with the combine reading 64 or 256 partial results per step: the local heads'
+    ring, a retrieval head over all keys at 32K / 128K, and lists of 14K / 944K of 1M keys."""
+    import dataclasses
+
+    geom = GEOMETRIES["llama-3.1-8b"]
+    dim, group, n_local = geom.head_dim, geom.group, geom.n_kv - geom.n_retrieval()
+    cases = [("ring", n_local, SINKS + WINDOW, _ring_positions(131072, WINDOW, SINKS), dict(window=WINDOW, sinks=SINKS))]
+    cases += [(f"all-{n // 1024}K", 1, n, torch.arange(n, device=DEVICE)[None], {}) for n in (32768, 131072)]
+    for name, n_kv, n_keys, k_pos, visibility in cases:
+        q = _randn(1, n_kv * group, 1, dim)
+        k, v = _randn(1, n_kv, n_keys, dim), _randn(1, n_kv, n_keys, dim)
+        q_pos = torch.full((1, 1), int(k_pos.max()), device=DEVICE)
+        for chunk in (64, 256):
+            launch = dataclasses.replace(kernels.DENSE_LAUNCH, combine_chunk=chunk)
+            fn = lambda l=launch: kernels.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, launch=l,  # noqa: E731
+                                                           **visibility)[0]
+            us = graph_us(fn, rep=50)
+            record(dict(case="combine", what=name, **_launch(launch), us=us, gbps=2 * k.numel() * 2 / us / 1e3))
+    length = 1048576
+    q = _randn(1, group, 1, dim)
+    k, v = _randn(1, 1, length, dim), _randn(1, 1, length, dim)
+    q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+    always = torch.cat([torch.arange(SINKS), torch.arange(length - RECENT, length)]).to(DEVICE, torch.int32)[None]
+    for n_sel in (14336, 943718):
+        index = torch.sort(torch.randperm(length - RECENT, device=DEVICE)[:n_sel])[0].view(1, 1, n_sel) + SINKS
+        n_index = torch.full((1, 1), n_sel, device=DEVICE)
+        for chunk in (64, 256):
+            launch = dataclasses.replace(kernels.LIST_LAUNCH, combine_chunk=chunk)
+            fn = lambda l=launch: kernels.decode_attention(  # noqa: E731
+                q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index, always=always,
+                skip_sinks=SINKS, skip_recent=RECENT, launch=l)[0]
+            us = graph_us(fn, rep=50)
+            record(dict(case="combine", what=f"list-{n_sel}", **_launch(launch), us=us,
+                        gbps=2 * (n_sel + SINKS + RECENT) * dim * 2 / us / 1e3))
 
 
 def select_rows(record) -> None:
@@ -185,7 +222,7 @@ def step_profile(record) -> None:
 def best(rows: list[dict]) -> list[str]:
     lines = []
     keys = {"local": ("geometry",), "list": ("selected",), "index_scores": ("L",), "dense": ("what",),
-            "select": ("L", "regime")}
+            "select": ("L", "regime"), "combine": ("what",)}
     for case, by in keys.items():
         groups: dict[tuple, list[dict]] = {}
         for r in rows:
@@ -204,7 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--parts", default="local,list,scores,profile", help="comma-separated, of: local, list, "
-                        "scores, profile, dense, select")
+                        "scores, profile, dense, select, combine")
     args = parser.parse_args()
     rows: list[dict] = []
     env = environment()
@@ -215,7 +252,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows,
-             "select": select_rows}
+             "select": select_rows, "combine": combine_rows}
     for name in args.parts.split(","):
         try:
             parts[name](record)

@@ -219,34 +219,42 @@ def _decode_attention_kernel(
 def _combine_kernel(
     part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, out_ptr, count_ptr,
     n_kv_heads, group, head_dim, n_parts, s_ob, s_oh, s_od,
-    G_PAD: tl.constexpr, D_PAD: tl.constexpr, P_PAD: tl.constexpr, P_CHUNK: tl.constexpr,
+    G_PAD: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr, P_CHUNK: tl.constexpr,
 ):
+    """One (row, query head, ``D_CHUNK`` of the head dim) per program. Each step loads the max, sum and
+    output of ``P_CHUNK`` partial results together (one memory round trip) and merges them online."""
     bh = tl.program_id(0)
     gi = tl.program_id(1)
+    dc = tl.program_id(2)
     b = (bh // n_kv_heads).to(tl.int64)
     h = (bh % n_kv_heads).to(tl.int64)
-    p = tl.arange(0, P_PAD)
-    m = tl.load(part_m_ptr + (bh * n_parts + p) * G_PAD + gi, mask=p < n_parts, other=float("-inf"))
-    n_used = tl.max(tl.where(m > float("-inf"), p, -1), axis=0) + 1  # parts after the last used one add nothing
-    top = tl.max(m, axis=0)
-    ref = tl.where(top == float("-inf"), 0.0, top)
-    l = tl.load(part_l_ptr + (bh * n_parts + p) * G_PAD + gi, mask=p < n_parts, other=0.0)
-    total = tl.sum(tl.exp2(m - ref) * l, axis=0)
-
-    d = tl.arange(0, D_PAD)
+    d = dc * D_CHUNK + tl.arange(0, D_CHUNK)
     d_ok = d < head_dim
-    acc = tl.zeros([D_PAD], tl.float32)
-    for start in range(0, n_used, P_CHUNK):
+    ref = tl.full([], float("-inf"), tl.float32)
+    total = tl.zeros([], tl.float32)
+    acc = tl.zeros([D_CHUNK], tl.float32)
+    for start in range(0, n_parts, P_CHUNK):
         pc = start + tl.arange(0, P_CHUNK)
+        p_ok = pc < n_parts
         row = (bh * n_parts + pc) * G_PAD + gi
-        weight = tl.exp2(tl.load(part_m_ptr + row, mask=pc < n_parts, other=float("-inf")) - ref)
-        part = tl.load(part_o_ptr + row[:, None] * D_PAD + d[None, :], mask=(weight > 0)[:, None] & d_ok[None, :], other=0.0)
-        acc += tl.sum(part * weight[:, None], axis=0)
+        m = tl.load(part_m_ptr + row, mask=p_ok, other=float("-inf"))
+        l = tl.load(part_l_ptr + row, mask=p_ok, other=0.0)
+        part = tl.load(part_o_ptr + row[:, None] * D_PAD + d[None, :], mask=p_ok[:, None] & d_ok[None, :], other=0.0)
+        new_ref = tl.maximum(ref, tl.max(m, axis=0))
+        base = tl.where(new_ref == float("-inf"), 0.0, new_ref)
+        scale = tl.exp2(ref - base)  # 0 while nothing was used (ref = -inf)
+        weight = tl.exp2(m - base)  # 0 for unused parts (m = -inf); their outputs are zeros
+        total = total * scale + tl.sum(weight * l, axis=0)
+        acc = acc * scale + tl.sum(part * weight[:, None], axis=0)
+        ref = new_ref
     out = acc / tl.where(total == 0.0, 1.0, total)
     tl.store(out_ptr + b * s_ob + (h * group + gi) * s_oh + d * s_od, out.to(out_ptr.dtype.element_ty), mask=d_ok)
-    if gi == 0:
-        used = tl.load(part_n_ptr + bh * n_parts + p, mask=p < n_parts, other=0)
-        tl.store(count_ptr + bh, tl.sum(used, axis=0).to(tl.int64))
+    if (gi == 0) & (dc == 0):
+        n_used = tl.zeros([P_CHUNK], tl.int32)
+        for start in range(0, n_parts, P_CHUNK):
+            pc = start + tl.arange(0, P_CHUNK)
+            n_used += tl.load(part_n_ptr + bh * n_parts + pc, mask=pc < n_parts, other=0)
+        tl.store(count_ptr + bh, tl.sum(n_used, axis=0).to(tl.int64))
 
 
 @dataclass(frozen=True)
@@ -257,7 +265,7 @@ class DecodeLaunch:
     is split into ``waves * SMs / rows`` parts); split_keys: at least this many keys per part
     (fewer, longer programs and fewer partial results to combine; 0 = no floor); num_warps /
     num_stages: Triton's (``None``: Triton's default stages); combine_chunk: partial results the
-    combine kernel reads per step.
+    combine kernel reads per step (a power of two); combine_d: head-dim slice per combine program.
     """
 
     block_n: int = 64
@@ -266,6 +274,7 @@ class DecodeLaunch:
     num_stages: int | None = None
     split_keys: int = 0
     combine_chunk: int = 16
+    combine_d: int = 32
 
     def splits(self, span: int, rows: int, device: torch.device) -> int:
         """Parts the key range (``span`` slots or list entries) of each of ``rows`` rows is split into."""
@@ -276,11 +285,14 @@ class DecodeLaunch:
         return {"num_warps": self.num_warps, **({} if self.num_stages is None else {"num_stages": self.num_stages})}
 
 
-# H200 sweeps (benchmarks/decode_kernel_sweep.py). Reading 64 partial results per combine step instead of 16:
-# a retrieval head over all its keys 54.0 -> 43.8 us at 128K and 38.0 -> 28.0 us at 32K (the ring: no change);
-# a list of 14K keys 23.5 -> 19.3 us and of 944K keys (top-p 0.9 of flat scores at 1M) 206.9 -> 175.6 us.
-DENSE_LAUNCH = DecodeLaunch(combine_chunk=64)  # every slot of a KV head (local heads: S + W ring slots)
-LIST_LAUNCH = DecodeLaunch(block_n=128, waves=2, combine_chunk=64)  # a selected list (retrieval heads)
+# H200 sweeps (benchmarks/decode_kernel_sweep.py --parts dense,list,combine). The combine loads the max, sum and
+# output of 256 partial results together and merges them online (one memory round trip per 256), one program per
+# 32 of the head dim: the local heads' ring 25.2 -> 22.1 us, a retrieval head over all keys at 32K / 128K
+# 28.0 -> 20.6 / 43.8 -> 36.3 us, lists of 14K / 944K keys 19.3 -> 15.0 / 175.6 -> 165.6 us (against the
+# earlier combine reading 64 parts a step after loading all their maxima; with 16 a step: 25.3, 38.0, 54.0, 23.5,
+# 206.9 us).
+DENSE_LAUNCH = DecodeLaunch(combine_chunk=256)  # every slot of a KV head (local heads: S + W ring slots)
+LIST_LAUNCH = DecodeLaunch(block_n=128, waves=2, combine_chunk=256)  # a selected list (retrieval heads)
 
 
 @functools.cache
@@ -416,10 +428,11 @@ def decode_attention(
     )
     out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
     counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)
-    _combine_kernel[(rows, group)](
+    d_chunk = min(d_pad, launch.combine_d)
+    p_chunk = min(triton.next_power_of_2(n_parts), launch.combine_chunk)
+    _combine_kernel[(rows, group, d_pad // d_chunk)](
         part_m, part_l, part_o, part_n, out, counts,
         n_kv, group, head_dim, n_parts, out.stride(0), out.stride(1), out.stride(3),
-        G_PAD=g_pad, D_PAD=d_pad, P_PAD=triton.next_power_of_2(n_parts), P_CHUNK=launch.combine_chunk,
-        num_warps=4 if launch.combine_chunk <= 16 else 8,
+        G_PAD=g_pad, D_PAD=d_pad, D_CHUNK=d_chunk, P_CHUNK=p_chunk, num_warps=4 if p_chunk * d_chunk <= 4096 else 8,
     )
     return out, counts

@@ -1,0 +1,129 @@
+"""One-query (decode) attention kernels on CPU, through the Triton interpreter.
+
+:func:`rtpurbo.ops.triton.decode.decode_attention` splits each row's keys over programs and a
+combine kernel merges their partial softmax states. Here both run under ``TRITON_INTERPRET=1`` (in
+a child process: this file run as a script), in dense mode (window + sinks, padded rows, GQA,
+head dims 64 and 96: the latter padded to 128 inside the kernels) and list mode, for launch
+shapes that make many partial results per row, so the combine merges several chunks of them, and
+against :func:`rtpurbo.ops.reference.attention` in fp32. The GPU runs the same kernels in
+``tests/test_ops_gpu.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.triton_interpreter import problem as interpreter_problem
+
+pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
+
+# (name, batch, kv heads, group, keys, head dim, window, sinks, launch: block_n, waves, combine_chunk, combine_d)
+CASES = [
+    ("dense-window", 2, 2, 4, 300, 64, 64, 4, (16, 8, 4, 16)),
+    ("dense-full-d96", 1, 3, 3, 257, 96, None, 0, (32, 4, 8, 32)),
+    ("dense-one-part", 2, 1, 2, 40, 64, None, 0, (64, 1, 64, 64)),
+    ("dense-default-launch", 2, 2, 4, 200, 64, 50, 2, None),
+]
+
+
+def _check_dense(case) -> list[str]:
+    import torch
+
+    from rtpurbo.ops import reference
+    from rtpurbo.ops.triton import decode
+
+    name, batch, n_kv, group, n_keys, dim, window, sinks, shape = case
+    g = torch.Generator().manual_seed(len(name))
+    q = torch.randn(batch, n_kv * group, 1, dim, generator=g)
+    k = torch.randn(batch, n_kv, n_keys, dim, generator=g)
+    v = torch.randn(batch, n_kv, n_keys, dim, generator=g)
+    k_pos = torch.arange(n_keys).repeat(batch, 1)
+    k_pos[-1, :7] = -1  # the last row is left-padded
+    k_pos[:, -5:] = -1  # empty tail slots
+    v[:, :, -5:] = float("nan")  # what an empty slot holds must not matter
+    q_pos = torch.full((batch, 1), n_keys - 6)
+    launch = None if shape is None else decode.DecodeLaunch(block_n=shape[0], waves=shape[1], combine_chunk=shape[2],
+                                                            combine_d=shape[3])
+    out, counts = decode.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, window=window, sinks=sinks,
+                                          launch=launch)
+    ref = reference.attention(q, k, v.nan_to_num(0.0), q_pos, k_pos, window=window, sinks=sinks)
+    problems = []
+    err = ((out - ref).norm() / ref.norm()).item()
+    if not err < 1e-5:
+        problems.append(f"relative error {err:.2e}")
+    visible = (k_pos >= 0) & (k_pos <= q_pos) & ((q_pos - k_pos < (window or n_keys + 1)) | (k_pos < sinks))
+    want = visible.sum(-1, keepdim=True).expand(batch, n_kv)
+    if not torch.equal(counts, want):
+        problems.append(f"counts {counts.tolist()} != {want.tolist()}")
+    return problems
+
+
+def _check_list() -> list[str]:
+    """List mode with many partial results: a selection of slots plus the always-kept list."""
+    import torch
+
+    from rtpurbo.ops import reference
+    from rtpurbo.ops.triton import decode
+
+    g = torch.Generator().manual_seed(3)
+    batch, n_kv, group, n_keys, dim = 2, 2, 4, 400, 64
+    q = torch.randn(batch, n_kv * group, 1, dim, generator=g)
+    k = torch.randn(batch, n_kv, n_keys, dim, generator=g)
+    v = torch.randn(batch, n_kv, n_keys, dim, generator=g)
+    k_pos = torch.arange(n_keys).repeat(batch, 1)
+    q_pos = torch.full((batch, 1), n_keys - 1)
+    chosen = torch.stack([torch.randperm(n_keys - 20, generator=g)[:150] + 4 for _ in range(batch * n_kv)])
+    index = chosen.sort(-1).values.view(batch, n_kv, 150)
+    n_index = torch.tensor([[150, 90], [37, 150]])
+    always = torch.cat([torch.arange(4), torch.arange(n_keys - 16, n_keys)]).to(torch.int32).repeat(batch * n_kv, 1)
+    launch = decode.DecodeLaunch(block_n=16, waves=16, combine_chunk=4, combine_d=16)
+    out, counts = decode.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index,
+                                          always=always, skip_sinks=4, skip_recent=16, launch=launch)
+    mask = torch.zeros(batch, n_kv, 1, n_keys, dtype=torch.bool)
+    for b in range(batch):
+        for h in range(n_kv):
+            mask[b, h, 0, index[b, h, : n_index[b, h]]] = True
+    mask[..., :4] = True
+    mask[..., n_keys - 16 :] = True
+    ref = reference.attention(q, k, v, q_pos, k_pos, key_mask=mask)
+    problems = []
+    err = ((out - ref).norm() / ref.norm()).item()
+    if not err < 1e-5:
+        problems.append(f"relative error {err:.2e}")
+    if not torch.equal(counts, mask.sum(-1)[..., 0]):
+        problems.append(f"counts {counts.tolist()} != {mask.sum(-1)[..., 0].tolist()}")
+    return problems
+
+
+def _run_all() -> dict[str, list[str]]:
+    report = {}
+    checks = [(case[0], lambda case=case: _check_dense(case)) for case in CASES] + [("list", _check_list)]
+    for name, check in checks:
+        try:
+            report[name] = check()
+        except Exception as err:  # report, keep going
+            report[name] = [f"{type(err).__name__}: {err}"]
+    return report
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, list[str]]:
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"interpreter run failed:\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["list"])
+def test_decode_attention_in_interpreter(report, name):
+    assert report[name] == [], f"{name}: " + "; ".join(report[name])
+
+
+if __name__ == "__main__":
+    print(json.dumps(_run_all()))
