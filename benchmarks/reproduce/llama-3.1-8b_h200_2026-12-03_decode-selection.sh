@@ -10,8 +10,10 @@ mkdir -p "$out"
 rt=(${RTPURBO:-python3 -m rtpurbo.cli})
 python3 -m pytest -q tests/test_ops_gpu.py tests/test_seqlen_threshold.py -k "topp or threshold or decode" \
   | tee "$out/gpu_tests.txt"
+python3 -m pytest -q tests/test_decode_static.py tests/test_generate_graphed.py tests/test_gpu_steady_state.py \
+  | tee "$out/gpu_tests2.txt"
 # launch shapes: level-0 bins of the selection, the combine of list / dense-mode attention (sweep/)
-python3 benchmarks/decode_kernel_sweep.py --parts select,list,dense,profile --json "$out/sweep.json" > "$out/sweep.txt"
+python3 benchmarks/decode_kernel_sweep.py --parts select,list,dense,profile,combine --json "$out/sweep.json" > "$out/sweep.txt"
 python3 benchmarks/attention_bench.py --geometries llama-3.1-8b --prefill= --decode 131072,524288,1048576 \
   --budgets top-p,2048 --json "$out/attention.json" | tee "$out/attention.txt"
 python3 benchmarks/attention_bench.py --geometries llama-3.1-8b --prefill= --decode 131072,524288,1048576 \
