@@ -14,14 +14,10 @@ CI installs a triton whose interpreter runs them (``tests/triton_interpreter.py`
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.triton_interpreter import problem as interpreter_problem
+from tests.triton_interpreter import problem as interpreter_problem, run_script
 
 pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
@@ -279,11 +275,7 @@ def _run_all() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, list[str]]:
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"interpreter run failed:\n{done.stderr[-3000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_script(__file__)
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit"])

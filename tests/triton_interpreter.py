@@ -47,3 +47,16 @@ def problem() -> str | None:
     last = (done.stderr.strip().splitlines() or ["?"])[-1]
     return (f"triton {triton.__version__}'s interpreter cannot run kernels with numpy {numpy.__version__} ({last}); "
             "the kernels are checked natively on a GPU by tests/test_ops_gpu.py and tests/test_decode_static.py")
+
+
+def run_script(path: str, timeout: int = 900) -> dict:
+    """Run a test file as a script under ``TRITON_INTERPRET=1`` (repository root on the path) and return the
+    JSON report it prints last: the interpreter must be switched on before triton compiles anything."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, path], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"interpreter run failed:\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
