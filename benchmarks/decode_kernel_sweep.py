@@ -21,6 +21,7 @@ Prints one JSON line per row, then the best launch per case; ``--json`` writes e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import time
@@ -52,25 +53,53 @@ def _launch(launch: kernels.DecodeLaunch) -> dict:
                 split_keys=launch.split_keys, combine_chunk=launch.combine_chunk, combine_d=launch.combine_d)
 
 
-def dense_rows(record) -> None:
-    """Dense mode, the grid with split floors and combine chunks: the local heads' ring (both geometries) and
-    a retrieval head over all its keys (below the seqlen threshold) at 32K / 128K / 1M."""
-    cases = []
-    for geom in GEOMETRIES.values():
-        n_local = geom.n_kv - geom.n_retrieval()
-        ring_pos = _ring_positions(131072, WINDOW, SINKS)
-        cases.append((f"ring-{geom.name}", n_local, geom.group, SINKS + WINDOW, ring_pos, dict(window=WINDOW, sinks=SINKS)))
-    for length in (32768, 131072, 1048576):
-        cases.append((f"all-{length // 1024}K", 1, 4, length, torch.arange(length, device=DEVICE)[None], {}))
+def _dense_cases(geometries, lengths) -> list[tuple]:
+    """(name, KV heads, group, keys, k_pos, visibility): each geometry's local-head ring, then one retrieval head
+    (4 query heads) over all of ``lengths`` keys."""
+    cases = [(f"ring-{geom.name}", geom.n_kv - geom.n_retrieval(), geom.group, SINKS + WINDOW,
+              _ring_positions(131072, WINDOW, SINKS), dict(window=WINDOW, sinks=SINKS)) for geom in geometries]
+    return cases + [(f"all-{n // 1024}K", 1, 4, n, torch.arange(n, device=DEVICE)[None], {}) for n in lengths]
+
+
+def _dense_points(cases):
+    """Per case of :func:`_dense_cases`: (name, call(launch) -> dense-mode decode output, K/V bytes read)."""
     for name, n_kv, group, n_keys, k_pos, visibility in cases:
         q = _randn(1, n_kv * group, 1, 128)
         k, v = _randn(1, n_kv, n_keys, 128), _randn(1, n_kv, n_keys, 128)
         q_pos = torch.full((1, 1), int(k_pos.max()), device=DEVICE)
-        nbytes = 2 * k.numel() * k.element_size()
+
+        def call(launch, q=q, k=k, v=v, q_pos=q_pos, k_pos=k_pos, visibility=visibility):
+            return kernels.decode_attention(q, k, v, q_pos, k_pos, scale=128**-0.5, launch=launch, **visibility)[0]
+
+        yield name, call, 2 * k.numel() * k.element_size()
+
+
+def _list_points(selections):
+    """One retrieval head (Llama-3.1-8B: 4 query heads) over 1M cached keys; per selection size: (size,
+    call(launch) -> list-mode decode output, K/V bytes read) for that many random slots plus sinks and recent."""
+    geom = GEOMETRIES["llama-3.1-8b"]
+    length, dim, group = 1048576, geom.head_dim, geom.group
+    q = _randn(1, group, 1, dim)
+    k, v = _randn(1, 1, length, dim), _randn(1, 1, length, dim)
+    q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+    always = torch.cat([torch.arange(SINKS), torch.arange(length - RECENT, length)]).to(DEVICE, torch.int32)[None]
+    for n_sel in selections:
+        index = torch.sort(torch.randperm(length - RECENT, device=DEVICE)[:n_sel])[0].view(1, 1, n_sel) + SINKS
+        n_index = torch.full((1, 1), n_sel, device=DEVICE)
+
+        def call(launch, index=index, n_index=n_index):
+            return kernels.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index,
+                                            always=always, skip_sinks=SINKS, skip_recent=RECENT, launch=launch)[0]
+
+        yield n_sel, call, 2 * (n_sel + SINKS + RECENT) * dim * 2
+
+
+def dense_rows(record) -> None:
+    """Dense mode, the grid with split floors and combine chunks: the local heads' ring (both geometries) and
+    a retrieval head over all its keys (below the seqlen threshold) at 32K / 128K / 1M."""
+    for name, call, nbytes in _dense_points(_dense_cases(GEOMETRIES.values(), (32768, 131072, 1048576))):
         for launch in DENSE_GRID:
-            fn = lambda l=launch: kernels.decode_attention(q, k, v, q_pos, k_pos, scale=128**-0.5,  # noqa: E731
-                                                           launch=l, **visibility)[0]
-            us = graph_us(fn, rep=30)
+            us = graph_us(lambda l=launch: call(l), rep=30)
             record(dict(case="dense", what=name, **_launch(launch), us=us, gbps=nbytes / us / 1e3))
 
 
@@ -89,59 +118,23 @@ def local_rows(record) -> None:
 
 
 def list_rows(record) -> None:
-    geom = GEOMETRIES["llama-3.1-8b"]
-    length, dim, group = 1048576, geom.head_dim, geom.group
-    q = _randn(1, group, 1, dim)
-    k, v = _randn(1, 1, length, dim), _randn(1, 1, length, dim)
-    q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
-    for n_sel in (1024, 2048, 14336, 943718):
-        index = torch.sort(torch.randperm(length - RECENT, device=DEVICE)[:n_sel])[0].view(1, 1, n_sel) + SINKS
-        n_index = torch.full((1, 1), n_sel, device=DEVICE)
-        always = torch.cat([torch.arange(SINKS), torch.arange(length - RECENT, length)]).to(DEVICE, torch.int32)[None]
-        nbytes = 2 * (n_sel + SINKS + RECENT) * dim * 2
-        for launch in LONG_LIST_GRID if n_sel > length // 2 else LIST_GRID:
-            fn = lambda l=launch: kernels.decode_attention(  # noqa: E731
-                q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index, always=always,
-                skip_sinks=SINKS, skip_recent=RECENT, launch=l)[0]
-            us = graph_us(fn, rep=50)
+    for n_sel, call, nbytes in _list_points((1024, 2048, 14336, 943718)):
+        for launch in LONG_LIST_GRID if n_sel > 524288 else LIST_GRID:
+            us = graph_us(lambda l=launch: call(l), rep=50)
             record(dict(case="list", selected=n_sel, **_launch(launch), us=us, gbps=nbytes / us / 1e3))
 
 
 def combine_rows(record) -> None:
     """The shipped launch shapes with the combine reading 64 or 256 partial results per step: the local heads'
     ring, a retrieval head over all keys at 32K / 128K, and lists of 14K / 944K of 1M keys."""
-    import dataclasses
-
-    geom = GEOMETRIES["llama-3.1-8b"]
-    dim, group, n_local = geom.head_dim, geom.group, geom.n_kv - geom.n_retrieval()
-    cases = [("ring", n_local, SINKS + WINDOW, _ring_positions(131072, WINDOW, SINKS), dict(window=WINDOW, sinks=SINKS))]
-    cases += [(f"all-{n // 1024}K", 1, n, torch.arange(n, device=DEVICE)[None], {}) for n in (32768, 131072)]
-    for name, n_kv, n_keys, k_pos, visibility in cases:
-        q = _randn(1, n_kv * group, 1, dim)
-        k, v = _randn(1, n_kv, n_keys, dim), _randn(1, n_kv, n_keys, dim)
-        q_pos = torch.full((1, 1), int(k_pos.max()), device=DEVICE)
+    points = [(name, call, nbytes, kernels.DENSE_LAUNCH)
+              for name, call, nbytes in _dense_points(_dense_cases([GEOMETRIES["llama-3.1-8b"]], (32768, 131072)))]
+    for name, call, nbytes, shipped in points + [(f"list-{n}", call, nbytes, kernels.LIST_LAUNCH)
+                                                 for n, call, nbytes in _list_points((14336, 943718))]:
         for chunk in (64, 256):
-            launch = dataclasses.replace(kernels.DENSE_LAUNCH, combine_chunk=chunk)
-            fn = lambda l=launch: kernels.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, launch=l,  # noqa: E731
-                                                           **visibility)[0]
-            us = graph_us(fn, rep=50)
-            record(dict(case="combine", what=name, **_launch(launch), us=us, gbps=2 * k.numel() * 2 / us / 1e3))
-    length = 1048576
-    q = _randn(1, group, 1, dim)
-    k, v = _randn(1, 1, length, dim), _randn(1, 1, length, dim)
-    q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
-    always = torch.cat([torch.arange(SINKS), torch.arange(length - RECENT, length)]).to(DEVICE, torch.int32)[None]
-    for n_sel in (14336, 943718):
-        index = torch.sort(torch.randperm(length - RECENT, device=DEVICE)[:n_sel])[0].view(1, 1, n_sel) + SINKS
-        n_index = torch.full((1, 1), n_sel, device=DEVICE)
-        for chunk in (64, 256):
-            launch = dataclasses.replace(kernels.LIST_LAUNCH, combine_chunk=chunk)
-            fn = lambda l=launch: kernels.decode_attention(  # noqa: E731
-                q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index, always=always,
-                skip_sinks=SINKS, skip_recent=RECENT, launch=l)[0]
-            us = graph_us(fn, rep=50)
-            record(dict(case="combine", what=f"list-{n_sel}", **_launch(launch), us=us,
-                        gbps=2 * (n_sel + SINKS + RECENT) * dim * 2 / us / 1e3))
+            launch = dataclasses.replace(shipped, combine_chunk=chunk)
+            us = graph_us(lambda l=launch: call(l), rep=50)
+            record(dict(case="combine", what=name, **_launch(launch), us=us, gbps=nbytes / us / 1e3))
 
 
 def select_rows(record) -> None:
@@ -154,18 +147,17 @@ def select_rows(record) -> None:
         for regime, scale in SELECT_SCALES.items():
             torch.manual_seed(0)
             q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
-            for n_logit in SELECT_N_LOGIT:
-                def fn(n=n_logit):
-                    scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
-                    return threshold.topp_threshold(scored.scores.view(1, length), scored.block_max, scored.block_sum,
-                                                    scored.block_count, scored.block_min, top_p=TOP_P, min_tokens=64,
-                                                    max_tokens=None, n_logit=n)[1]
-                us = graph_us(fn, rep=50)
+
+            def select(n_logit, work=None):
                 scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
+                return threshold.topp_threshold(scored.scores.view(1, length), scored.block_max, scored.block_sum,
+                                                scored.block_count, scored.block_min, top_p=TOP_P, min_tokens=64,
+                                                max_tokens=None, n_logit=n_logit, work=work)
+
+            for n_logit in SELECT_N_LOGIT:
+                us = graph_us(lambda n=n_logit: select(n)[1], rep=50)
                 work = torch.zeros(1, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64, device=DEVICE)
-                _, n_keep = threshold.topp_threshold(scored.scores.view(1, length), scored.block_max, scored.block_sum,
-                                                     scored.block_count, scored.block_min, top_p=TOP_P, min_tokens=64,
-                                                     max_tokens=None, n_logit=n_logit, work=work)
+                _, n_keep = select(n_logit, work)
                 record(dict(case="select", L=length, regime=regime, n_logit=n_logit, us=us, gbps=0.0,
                             selected=int(n_keep), level1_keys=int(work[0, 1, : threshold.N_BINS].sum())))
 
