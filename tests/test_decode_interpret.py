@@ -27,6 +27,28 @@ CASES = [
 ]
 
 
+def random_qkv(batch: int, n_kv: int, group: int, n_keys: int, dim: int, seed: int):
+    """q (B, Hkv * G, 1, D), k and v (B, Hkv, Lk, D), standard normal from ``seed``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, n_kv * group, 1, dim, generator=g)
+    return q, torch.randn(batch, n_kv, n_keys, dim, generator=g), torch.randn(batch, n_kv, n_keys, dim, generator=g)
+
+
+def compare(out, ref, counts, want_counts) -> list[str]:
+    """Problems of a decode output against the fp32 reference (relative error < 1e-5) and of its key counts."""
+    import torch
+
+    problems = []
+    err = ((out - ref).norm() / ref.norm()).item()
+    if not err < 1e-5:
+        problems.append(f"relative error {err:.2e}")
+    if not torch.equal(counts, want_counts):
+        problems.append(f"counts {counts.tolist()} != {want_counts.tolist()}")
+    return problems
+
+
 def _check_dense(case) -> list[str]:
     import torch
 
@@ -34,10 +56,7 @@ def _check_dense(case) -> list[str]:
     from rtpurbo.ops.triton import decode
 
     name, batch, n_kv, group, n_keys, dim, window, sinks, shape = case
-    g = torch.Generator().manual_seed(len(name))
-    q = torch.randn(batch, n_kv * group, 1, dim, generator=g)
-    k = torch.randn(batch, n_kv, n_keys, dim, generator=g)
-    v = torch.randn(batch, n_kv, n_keys, dim, generator=g)
+    q, k, v = random_qkv(batch, n_kv, group, n_keys, dim, seed=len(name))
     k_pos = torch.arange(n_keys).repeat(batch, 1)
     k_pos[-1, :7] = -1  # the last row is left-padded
     k_pos[:, -5:] = -1  # empty tail slots
@@ -48,15 +67,8 @@ def _check_dense(case) -> list[str]:
     out, counts = decode.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, window=window, sinks=sinks,
                                           launch=launch)
     ref = reference.attention(q, k, v.nan_to_num(0.0), q_pos, k_pos, window=window, sinks=sinks)
-    problems = []
-    err = ((out - ref).norm() / ref.norm()).item()
-    if not err < 1e-5:
-        problems.append(f"relative error {err:.2e}")
     visible = (k_pos >= 0) & (k_pos <= q_pos) & ((q_pos - k_pos < (window or n_keys + 1)) | (k_pos < sinks))
-    want = visible.sum(-1, keepdim=True).expand(batch, n_kv)
-    if not torch.equal(counts, want):
-        problems.append(f"counts {counts.tolist()} != {want.tolist()}")
-    return problems
+    return compare(out, ref, counts, visible.sum(-1, keepdim=True).expand(batch, n_kv))
 
 
 def _check_list() -> list[str]:
@@ -66,11 +78,9 @@ def _check_list() -> list[str]:
     from rtpurbo.ops import reference
     from rtpurbo.ops.triton import decode
 
-    g = torch.Generator().manual_seed(3)
     batch, n_kv, group, n_keys, dim = 2, 2, 4, 400, 64
-    q = torch.randn(batch, n_kv * group, 1, dim, generator=g)
-    k = torch.randn(batch, n_kv, n_keys, dim, generator=g)
-    v = torch.randn(batch, n_kv, n_keys, dim, generator=g)
+    q, k, v = random_qkv(batch, n_kv, group, n_keys, dim, seed=3)
+    g = torch.Generator().manual_seed(4)
     k_pos = torch.arange(n_keys).repeat(batch, 1)
     q_pos = torch.full((batch, 1), n_keys - 1)
     chosen = torch.stack([torch.randperm(n_keys - 20, generator=g)[:150] + 4 for _ in range(batch * n_kv)])
@@ -87,13 +97,7 @@ def _check_list() -> list[str]:
     mask[..., :4] = True
     mask[..., n_keys - 16 :] = True
     ref = reference.attention(q, k, v, q_pos, k_pos, key_mask=mask)
-    problems = []
-    err = ((out - ref).norm() / ref.norm()).item()
-    if not err < 1e-5:
-        problems.append(f"relative error {err:.2e}")
-    if not torch.equal(counts, mask.sum(-1)[..., 0]):
-        problems.append(f"counts {counts.tolist()} != {mask.sum(-1)[..., 0].tolist()}")
-    return problems
+    return compare(out, ref, counts, mask.sum(-1)[..., 0])
 
 
 def _run_all() -> dict[str, list[str]]:

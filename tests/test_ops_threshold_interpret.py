@@ -182,17 +182,13 @@ def check_selection(case, device: str = "cpu") -> list[str]:
 
 def _check_attention() -> list[str]:
     """topp_attention's list mode fed by the threshold selection, against the reference (fp32)."""
-    import torch
-
     from rtpurbo.ops import reference
     from rtpurbo.ops.triton import topp as triton_topp
     from rtpurbo.ops.triton import decode
+    from tests.test_decode_interpret import compare, random_qkv
 
-    g = torch.Generator().manual_seed(5)
     batch, n_kv, group, n_keys, dim = 2, 2, 3, 301, 32
-    q = torch.randn(batch, n_kv * group, 1, dim, generator=g)
-    k = torch.randn(batch, n_kv, n_keys, dim, generator=g)
-    v = torch.randn(batch, n_kv, n_keys, dim, generator=g)
+    q, k, v = random_qkv(batch, n_kv, group, n_keys, dim, seed=5)
     q_idx, k_idx, q_pos, k_pos = select_inputs("randn", batch, n_kv, n_keys, seed=11)
     budget = dict(top_p=0.8, min_tokens=8, max_tokens=None, sinks=4, recent=16)
     chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, method="threshold")
@@ -201,13 +197,7 @@ def _check_attention() -> list[str]:
         always=chosen.always, skip_sinks=4, skip_recent=16,
     )
     ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
-    problems = []
-    if not torch.equal(counts, ref_counts[..., 0]):
-        problems.append(f"counts {counts.tolist()} != {ref_counts[..., 0].tolist()}")
-    err = ((out - ref).norm() / ref.norm()).item()
-    if not err < 1e-5:
-        problems.append(f"relative error {err:.2e}")
-    return problems
+    return compare(out, ref, counts, ref_counts[..., 0])
 
 
 def _check_flat_interval() -> list[str]:
