@@ -113,3 +113,32 @@ def test_batched_equals_one_by_one(models):
     single = [score_batch(converted, tiny_tokenizer(), [s], stop_ids=[2])[0][0] for s in samples]
     for a, b in zip(batched, single):
         assert a.tf_logprob == pytest.approx(b.tf_logprob, abs=1e-4) and a.prediction == b.prediction
+
+
+@pytest.fixture(scope="module")
+def split_model():
+    """Mixed plan (local + retrieval heads), a window the prompts overflow, top-p 0.8 at every length."""
+    from .test_cache import mixed_plan
+
+    model = tiny_model("llama", seed=5)
+    convert(model, mixed_plan(model), SparseConfig(seqlen_threshold=0, window=8, sinks=2, top_p=0.8, min_tokens=2,
+                                                   recent=2))
+    return model
+
+
+def test_graph_decode_scores_equal_eager(split_model):
+    """decode="graph" (static cache; on the CPU GraphedDecoder's eager stand-in) scores as eager does,
+    over a left-padded batch of different prompt and answer lengths, selection included."""
+    samples = random_samples(3, seed=4)
+    eager, eager_selection = score_batch(split_model, tiny_tokenizer(), samples, stop_ids=[2])
+    graph, graph_selection = score_batch(split_model, tiny_tokenizer(), samples, stop_ids=[2], decode="graph")
+    assert eager_selection["samples"] > 0 and graph_selection["samples"] == eager_selection["samples"]
+    assert graph_selection["mean_selected"] == pytest.approx(eager_selection["mean_selected"])
+    for a, b in zip(eager, graph):
+        assert b.prediction == a.prediction and b.tf_accuracy == a.tf_accuracy
+        assert b.tf_logprob == pytest.approx(a.tf_logprob, abs=1e-4)
+
+
+def test_unknown_decode_mode_raises(models):
+    with pytest.raises(ValueError, match="decode must be one of"):
+        score_batch(models[1], tiny_tokenizer(), random_samples(1), stop_ids=[2], decode="compiled")

@@ -32,6 +32,7 @@ from ..models import load_base, load_config, load_tokenizer
 from ..pipeline import ProfileSettings, plan_summary, read_plan, run_profile
 from .domain import with_user_windows
 from .report import merge_runs, rebuild_report, write_report
+from .scoring import DECODE_MODES
 from ..data.task_data import TaskData, load_task_data, save_task_data
 from ..data.tasks import TASKS, TaskCorpus, load_dev_corpus
 from .suite import BASE_ROWS, Row, SuiteSettings, base_rows, build_data, run_suite
@@ -75,6 +76,9 @@ def add_parsers(subparsers: Any) -> None:
                                                         f"at most {MAX_PPL_LENGTH})")
     p.add_argument("--batch-size", type=positive_int, help="samples per batch (default 1 on CPU, 8 on GPU)")
     p.add_argument("--prefill-chunk", type=positive_int, help="prefill prompts in chunks of this many tokens")
+    p.add_argument("--decode", choices=("auto",) + DECODE_MODES, default="auto",
+                   help="answer decode steps: graph (static cache, one CUDA graph per batch; much faster for small "
+                        "models on a GPU), eager, or auto (graph on CUDA, eager elsewhere)")
     p.add_argument("--speed-repeats", type=int, help="timed prefill repeats per row (0 = no timing)")
     p.add_argument("--data", type=Path, help="eval data written by an earlier run (OUT/eval_data.npz): "
                                              "no corpus needed")
@@ -181,6 +185,7 @@ def settings_from(args: argparse.Namespace, max_positions: int, device: str, dat
         ppl_windows=mode["ppl_windows"] if args.ppl_windows is None else args.ppl_windows,
         ppl_length=min(ppl_length, max_positions), batch_size=args.batch_size or (8 if device == "cuda" else 1),
         prefill_chunk=args.prefill_chunk, speed_length=max(lengths),
+        decode=args.decode if args.decode != "auto" else ("graph" if device == "cuda" else "eager"),
         speed_repeats=mode["speed_repeats"] if args.speed_repeats is None else args.speed_repeats,
         speed_warmup=1 if device == "cpu" else 2, speed_steps=mode["speed_steps"], chat=not args.no_chat_template,
         split=args.split, workers=args.workers,

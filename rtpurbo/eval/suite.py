@@ -58,6 +58,7 @@ class SuiteSettings:
     ppl_length: int = 8192
     batch_size: int = 1
     prefill_chunk: int | None = None
+    decode: str = "eager"  # answer decode steps: eager or graph (rtpurbo.eval.scoring)
     speed_length: int = 8192
     speed_repeats: int = 3
     speed_warmup: int = 1
@@ -135,7 +136,7 @@ def row_identity(model: nn.Module, row: Row, settings: SuiteSettings) -> dict[st
         "kind": row.kind, "plan": model.rtpurbo_plan.retrieval, "sparse": model.rtpurbo_sparse.to_dict(),
         "artifact_files": weights, "dtype": str(next(model.parameters()).dtype),
         "device": next(model.parameters()).device.type, "batch_size": settings.batch_size,
-        "prefill_chunk": settings.prefill_chunk,
+        "prefill_chunk": settings.prefill_chunk, "decode": settings.decode,
     }
 
 
@@ -194,7 +195,7 @@ def run_task_unit(model: nn.Module, tokenizer: Any, samples: list[TaskSample], s
     rows, selected, fractions, prefill_blocks = [], 0, [], []
     for start in range(0, len(samples), settings.batch_size):
         batch = samples[start : start + settings.batch_size]
-        scores, selection = score_batch(model, tokenizer, batch, stops, settings.prefill_chunk)
+        scores, selection = score_batch(model, tokenizer, batch, stops, settings.prefill_chunk, settings.decode)
         for sample, score in zip(batch, scores):
             rows.append({"seed": sample.seed, "depth": sample.depth, **asdict(score)})
         if selection["samples"]:
