@@ -142,3 +142,20 @@ def test_graph_decode_scores_equal_eager(split_model):
 def test_unknown_decode_mode_raises(models):
     with pytest.raises(ValueError, match="decode must be one of"):
         score_batch(models[1], tiny_tokenizer(), random_samples(1), stop_ids=[2], decode="compiled")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_decode_scores_equal_eager_on_cuda():
+    """The captured graph (GPU kernels, one capture per batch) scores as eager decode does."""
+    from .test_cache import mixed_plan
+
+    model = tiny_model("llama", seed=5).cuda()
+    convert(model, mixed_plan(model), SparseConfig(seqlen_threshold=0, window=8, sinks=2, top_p=0.8, min_tokens=2,
+                                                   recent=2))
+    samples = random_samples(4, seed=6)
+    eager, eager_selection = score_batch(model, tiny_tokenizer(), samples, stop_ids=[2])
+    graph, graph_selection = score_batch(model, tiny_tokenizer(), samples, stop_ids=[2], decode="graph")
+    assert graph_selection["samples"] == eager_selection["samples"] > 0
+    for a, b in zip(eager, graph):
+        assert b.prediction == a.prediction
+        assert b.tf_logprob == pytest.approx(a.tf_logprob, abs=1e-3)
