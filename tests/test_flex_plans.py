@@ -133,3 +133,41 @@ def test_sparse_prefill_top_p_1_is_dense_and_runs_compiled():
                                                     sinks=4, band=64)
     assert int(blocks.sum()) == int(kept) < int(seen)  # some visible blocks were skipped
     assert ((fast - want).norm() / want.norm()).item() < 1e-4
+
+
+def test_list_width_is_full_for_backward_and_cpu():
+    """Compact key-block lists only where flex can read them: GPU forward. Backward and CPU: all blocks."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert flex.list_width(64, 10, cuda, backward=False) == 10
+    assert flex.list_width(64, 10, cuda, backward=True) == 64
+    assert flex.list_width(64, 10, cpu, backward=False) == 64
+
+
+def _transposed_lists_match(mask, n_q: int, n_k: int) -> None:
+    """The query-block lists of a block mask (what flex's backward reads) = the transpose of its key-block lists."""
+    for kv, q in ((("kv_num_blocks", "kv_indices"), ("q_num_blocks", "q_indices")),
+                  (("full_kv_num_blocks", "full_kv_indices"), ("full_q_num_blocks", "full_q_indices"))):
+        for b in range(mask.kv_num_blocks.shape[0]):
+            for h in range(mask.kv_num_blocks.shape[1]):
+                rows = _dense(getattr(mask, kv[0])[b : b + 1, h : h + 1], getattr(mask, kv[1])[b : b + 1, h : h + 1], n_k)
+                cols = _dense(getattr(mask, q[0])[b : b + 1, h : h + 1], getattr(mask, q[1])[b : b + 1, h : h + 1], n_q)
+                assert torch.equal(rows, cols.T), (kv, b, h)
+
+
+def test_backward_block_masks_list_every_key_block_for_the_query_lists():
+    """Backward plans (training) carry query-block lists that are the exact transpose of the key-block lists,
+    for the plain window band and for the retrieval heads' sparse prefill, at lengths where compact lists
+    would hold fewer columns than there are key blocks (16 key blocks; the band lists 4, the sparse plan 9)."""
+    length = 2048
+    n = length // flex.BLOCK
+    window_mask = flex._index_block_mask(length, 256, 4, torch.device("cpu"), True)
+    _transposed_lists_match(window_mask, n, n)
+    torch.manual_seed(0)
+    pos = torch.arange(length).repeat(2, 1)
+    pos[1, :300] = -1
+    pos[1, 300:] -= 300
+    q_idx, k_idx = torch.randn(2, 2, length, 16), torch.randn(2, 2, length, 16)
+    plan, kept, seen = flex.block_sparse_plan(q_idx, k_idx, pos, pos, group=2, top_p=0.7, min_blocks=1, max_blocks=4,
+                                              sinks=4, band=256, backward=True)
+    assert plan.block_mask.kv_indices.shape[-1] == n and 0 < int(kept) < int(seen)
+    _transposed_lists_match(plan.block_mask, n, n)

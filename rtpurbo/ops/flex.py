@@ -243,7 +243,7 @@ def block_sparse_plan(
         rank = torch.arange(keep_bound, device=scores.device)
         kept = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, rank < n_keep)
         selected = always | (kept & candidates)
-    width = min(n_k, keep_bound + -(-sinks // BLOCK) + -(-band // BLOCK) + 3)
+    width = list_width(n_k, min(n_k, keep_bound + -(-sinks // BLOCK) + -(-band // BLOCK) + 3), q_pos.device, backward)
     full_ok = (k_hi <= q_lo) & _all_valid(q_pos)[:, None, :, None] & _all_valid(k_pos)[:, None, None, :]
     lists = [_compact_rows(selected & ~full_ok, width, group), _compact_rows(selected & full_ok, width, group)]
     mask_mod = _position_mask_mod(q_pos, k_pos, torch.tensor(_NO_WINDOW, device=q_pos.device),
@@ -316,12 +316,23 @@ def _index_block_mask(length: int, window: int, sinks: int, device: torch.device
     q_lo, q_hi = i * BLOCK, i * BLOCK + BLOCK - 1
     full = valid & (k_hi <= q_lo) & ((k_hi < sinks) | (q_hi - k_lo < window))
     partial = valid & ~full
-    width = n if device.type == "cpu" else candidates.shape[1]  # inductor's CPU flex wants full-width lists
+    width = list_width(n, candidates.shape[1], device, backward)
     kv_num, kv_idx = _compact(partial, candidates, width)
     full_num, full_idx = _compact(full, candidates, width)
     mask_mod = _index_mask_mod(torch.tensor(window, device=device), torch.tensor(sinks, device=device))
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
                                    seq_lengths=(length, length), compute_q_blocks=backward)
+
+
+def list_width(n_blocks: int, n_listed: int, device: torch.device, backward: bool) -> int:
+    """Columns of a block mask's per-query-block key lists: ``n_listed`` (compact: only the blocks a
+    row can list) where flex allows it, else all ``n_blocks``.
+
+    Full width where inductor's CPU flex wants it, and for a backward pass: ``BlockMask.from_kv_blocks``
+    builds the query-block lists that the backward kernel reads by scattering the key-block indices
+    into a dense (rows, columns + 1) tensor, so every index must be below the number of columns
+    (compact lists fail there with an out-of-bounds device assert on a GPU)."""
+    return n_blocks if backward or device.type == "cpu" else n_listed
 
 
 def _compact(chosen: torch.Tensor, candidates: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
