@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -247,6 +248,19 @@ def write_report(out: Path, stored_rows: list[dict[str, Any]], config: dict[str,
     return result
 
 
+def stored_rows(directory: Path) -> dict[str, dict[str, Any]]:
+    """``directory/rows``: row name -> stored row, from ``NAME.json`` or ``NAME.json.gz`` (as results are
+    committed); a row stored both ways is an error."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in sorted((directory / "rows").glob("*.json")) + sorted((directory / "rows").glob("*.json.gz")):
+        name = path.name.removesuffix(".gz").removesuffix(".json")
+        if name in rows:
+            raise ValueError(f"{directory / 'rows'} holds row {name!r} twice (.json and .json.gz)")
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        rows[name] = json.loads(text)
+    return rows
+
+
 def rebuild_report(out: Path, row_order: tuple[str, ...] = (), reference: str | None = None) -> dict[str, Any]:
     """Write the report again from ``out/rows/*.json`` and ``out/config.json`` (no model needed).
 
@@ -254,7 +268,7 @@ def rebuild_report(out: Path, row_order: tuple[str, ...] = (), reference: str | 
     named in ``row_order`` come first, the others follow by name. ``reference``: the row the others
     are paired against (default: the run's own, else dense).
     """
-    stored = {p.stem: json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))}
+    stored = stored_rows(out)
     if not stored:
         raise FileNotFoundError(f"{out / 'rows'} holds no row results")
     names = [n for n in row_order if n in stored] + sorted(n for n in stored if n not in row_order)
@@ -275,11 +289,10 @@ def merge_runs(out: Path, runs: list[Path]) -> None:
         config = json.loads((run / "config.json").read_text())
         configs.append(config)
         lengths.update(config["settings"]["lengths"])
-        for path in sorted((run / "rows").glob("*.json")):
-            row = json.loads(path.read_text())
-            held = rows.setdefault(path.stem, {**row, "units": {}, "kv_bytes_per_token": {}})
+        for name, row in stored_rows(run).items():
+            held = rows.setdefault(name, {**row, "units": {}, "kv_bytes_per_token": {}})
             if held["identity"] != row["identity"]:
-                raise ValueError(f"{path}: row {path.stem!r} was computed differently in another run")
+                raise ValueError(f"{run}: row {name!r} was computed differently in another run")
             held["units"].update(row["units"])
             held["kv_bytes_per_token"].update(row.get("kv_bytes_per_token", {}))
     if not rows:
