@@ -84,7 +84,7 @@ def test_suite_writes_report_and_resumes(converted, tmp_path, monkeypatch):
     stored = run_suite(converted, tiny_tokenizer(), rows, data, settings(), tmp_path, None, progress=False)
     config = {"model": "tiny", "device": "cpu", "dtype": "float32", "chat_template": False}
     result = write_report(tmp_path, stored, config)
-    for name in ("results.json", "results.md", "needle_heatmap.png", "head_plan_split.png"):
+    for name in ("results.json", "results.md", "needle_heatmap.png", "head_plan_split.png", "paired_differences.png"):
         assert (tmp_path / name).is_file(), name
     assert not (tmp_path / "head_plan_dense.png").exists()
     table = (tmp_path / "results.md").read_text()

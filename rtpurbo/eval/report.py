@@ -22,6 +22,7 @@ from ..config import HeadPlan, dumps
 from ..profile.plot import plot_plan
 from .paired import DEFAULT_TARGET, paired_differences
 from .paired import markdown as paired_markdown
+from .paired_plot import paired_forest
 from .scoring import bootstrap, summarize
 from ..data.tasks import SINGLE_NEEDLE, TASKS
 
@@ -239,6 +240,7 @@ def write_report(out: Path, stored_rows: list[dict[str, Any]], config: dict[str,
     (out / "results.json").write_text(dumps(result))
     (out / "results.md").write_text(markdown(rows, config, paired))
     needle_heatmap(stored_rows, out / "needle_heatmap.png")
+    paired_forest(paired, out / "paired_differences.png")
     for stored in stored_rows:
         plan = HeadPlan.from_dict(stored["plan"])
         if 0 < plan.num_retrieval() < plan.num_layers * plan.num_kv_heads:
