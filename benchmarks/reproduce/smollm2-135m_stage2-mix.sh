@@ -21,8 +21,9 @@
 #
 # train: stage 1 (240 s budget) + stage 2, 600 steps, artifacts kept every 100 steps, without and with
 # the mix (stage 2 at ~1.0 s/step without gradient checkpointing: ~10 min each, ~28 min in all).
-# eval: ~70 ms per sample at 4K-8K with batch 16, so 19 tasks x 400 samples x 3 lengths ~ 27 min per row:
-# one row per call, or fewer lengths (LENGTHS="4096 8192" ~ 18 min); then merge the rows into one paired
+# eval: answers decode from CUDA graphs (rtpurbo eval's default on a GPU): ~26 ms per sample at 4K and ~35 ms
+# at 8K for one row alone with batch 16, ~130 ms per sample each for five rows sharing one H200 (2026-12-03),
+# so 19 tasks x 400 samples at 4K and 8K ~ 8 min per row alone: one or two rows per call; then merge the rows into one paired
 # report with rtpurbo eval --report-only --merge (the command is printed).
 set -euo pipefail
 mode=${1:?usage: smollm2-135m_stage2-mix.sh train|eval OUT}
