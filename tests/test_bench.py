@@ -363,3 +363,48 @@ def test_index_logit_std_flag(capsys):
         with pytest.raises(SystemExit):
             parse(["bench", "model", "--index-logit-std", bad])
         assert f"argument --index-logit-std: must be > 0, got '{bad}'" in capsys.readouterr().err
+
+
+# --- token-chunked MLPs (dense one-shot prefill at 1M) --------------------------------------------------------------
+@pytest.mark.parametrize("geometry", [TINY, TINY_MOE], ids=["llama", "qwen3-moe"])
+def test_token_chunked_mlps_give_the_same_logits(geometry):
+    """MLPs and token-routed experts run on slices of 37 tokens: the model's logits over 300 tokens are the
+    unchunked ones (float rounding aside), and the wrapper is idempotent."""
+    from rtpurbo.bench.token_chunks import TokenChunks, chunk_mlps
+
+    settings = tiny_settings(geometry=geometry, lengths=[300])
+    ids = torch.randint(0, geometry.vocab, (1, 300), generator=torch.Generator().manual_seed(1))
+    model = build_model(settings)
+    with torch.no_grad():
+        whole = model(ids).logits
+        assert chunk_mlps(model, 37) == settings.layers and chunk_mlps(model, 37) == settings.layers
+        assert all(isinstance(layer.mlp, TokenChunks) and not isinstance(layer.mlp.module, TokenChunks)
+                   for layer in model.model.layers)
+        chunked = model(ids).logits
+    assert torch.allclose(chunked, whole, atol=1e-4, rtol=1e-4)
+    assert build_model(tiny_settings(geometry=geometry, mlp_chunk=64)).model.layers[0].mlp.chunk == 64
+
+
+def test_token_chunks_join_tuple_outputs():
+    """A block returning (hidden (B, L, H), per-token rows (B * L, E)) is joined along each one's token dimension."""
+    from rtpurbo.bench.token_chunks import TokenChunks
+
+    class TwoOutputs(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x, x.reshape(-1, x.shape[-1])[:, :3]
+
+    x = torch.randn(1, 10, 5)
+    hidden, rows = TokenChunks(TwoOutputs(), 4)(x)
+    assert torch.equal(hidden, 2 * x) and torch.equal(rows, x.reshape(-1, 5)[:, :3])
+    with pytest.raises(ValueError, match="token dimension"):
+        TokenChunks(TwoOutputs(), 4)(torch.randn(2, 10, 5))
+    with pytest.raises(ValueError, match="chunk"):
+        TokenChunks(TwoOutputs(), 0)
+
+
+def test_mlp_chunk_follows_the_prefill_chunk():
+    parse = build_parser().parse_args
+    assert settings_from(parse(["bench", "model", "--prefill-chunk", "128K"])).mlp_chunk == 131072
+    assert settings_from(parse(["bench", "model", "--prefill-chunk", "128K", "--mlp-chunk", "0"])).mlp_chunk is None
+    assert settings_from(parse(["bench", "model", "--mlp-chunk", "64K"])).mlp_chunk == 65536
+    assert settings_from(parse(["bench", "model"])).mlp_chunk is None

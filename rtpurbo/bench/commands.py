@@ -91,6 +91,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    "transformers' Qwen3-MoE modules, 128 experts, top-8)")
     p.add_argument("--prefill-chunk", type=tokens, help="rtpurbo variants prefill in chunks of this many tokens "
                    "(dense: one shot)")
+    p.add_argument("--mlp-chunk", type=lambda v: 0 if v.strip() == "0" else tokens(v), help="every variant's decoder MLPs run on at most this many tokens at a "
+                   "time (token-wise, so the same output; lets dense prefill 1M tokens in one shot). Default: "
+                   "--prefill-chunk's value; 0 = whole sequences")
     p.add_argument("--no-flash-ttft", dest="flash_ttft", action="store_false", default=None,
                    help="skip the dense-flash TTFT row (dense with SDPA's flash backend)")
     p.add_argument("--tiny", action="store_true", help="tiny geometry (2 layers, hidden 256, 4 q / 2 KV heads, head "
@@ -172,6 +175,8 @@ def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
     fields.update(device=args.device, budgets=list(args.max_tokens), prefill_blocks=list(args.prefill_blocks),
                   oom_search=args.oom_search, oom_keep_going=args.oom_keep_going,
                   cuda_graph=args.device == "cuda" if args.cuda_graph is None else args.cuda_graph)
+    mlp_chunk = fields.get("prefill_chunk") if args.mlp_chunk is None else args.mlp_chunk
+    fields["mlp_chunk"] = mlp_chunk or None
     if fields["cuda_graph"] and fields.get("decode_warmup", ModelBenchSettings().decode_warmup) < 2:
         raise SystemExit("--cuda-graph needs --decode-warmup >= 2 (one eager step, then the capture, both untimed)")
     return ModelBenchSettings(**fields)

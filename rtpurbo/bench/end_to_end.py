@@ -67,6 +67,7 @@ from ..families import attention_modules
 from .decode_profile import profile
 from .model_report import JsonLines, compare, describe, environment
 from .oom import attempt, free_memory, oom_search
+from .token_chunks import chunk_mlps
 
 SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
                  "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
@@ -136,6 +137,7 @@ class ModelBenchSettings:
     cuda_graph: bool = False  # + variant dense-graph; rtpurbo variants decode from a CUDA graph
     flash_ttft: bool = True  # on a GPU, + variant dense-flash: the dense model's TTFT with SDPA's flash backend
     prefill_chunk: int | None = None  # rtpurbo variants prefill in chunks of this many tokens (TTFT at 1M)
+    mlp_chunk: int | None = None  # every variant's decoder MLPs run on at most this many tokens at a time
     index_logit_std: float | None = None  # indexers scaled to this decode-score std (None: untrained indexers)
     prefill_blocks: list[int] = field(default_factory=list)  # one sparse-retrieval-prefill variant per block budget
     prefill_top_p: float = 0.9  # their top-p over the indexer's block scores (the budget caps it)
@@ -185,6 +187,8 @@ def build_model(settings: ModelBenchSettings) -> nn.Module:
     set_attn_implementation(model, "sdpa")
     if settings.geometry.experts:
         use_grouped_experts(model)  # routed experts without host syncs: CUDA-graph capturable decode
+    if settings.mlp_chunk:
+        chunk_mlps(model, settings.mlp_chunk)  # token-wise: same output, dense one-shot prefill fits at 1M
     return model.to(settings.device).eval()  # already there unless from_config ignored the device context
 
 
