@@ -2,11 +2,13 @@
 import argparse
 import json
 
+import pytest
 import torch
 
 from rtpurbo import io
 from rtpurbo.train.commands import (add_convert_train_arguments, add_parsers, distill_settings, indexer_settings,
-                                    train_converted)
+                                    synthetic_mix, train_converted)
+from rtpurbo.train.data import LONG_RANGE_KINDS
 
 from .test_train_data import make_tiny_shards, one_thread  # noqa: F401 (autouse fixture)
 from .test_train_io import converted_from_disk
@@ -37,6 +39,15 @@ def test_flags_map_to_settings(tmp_path):
                                                                                                 "multihop"]
     args = parser().parse_args(["data", "prepare", "--out", "x", "--synthetic-kinds", "kv", "common_words"])
     assert args.synthetic_kinds == ["kv", "common_words"]
+    assert synthetic_mix(args, dev=False) == (0.1, ("kv", "common_words"))
+    mix = parser().parse_args(["data", "prepare", "--out", "x", "--long-range-mix"])
+    assert synthetic_mix(mix, dev=False) == (0.3, LONG_RANGE_KINDS) and "common_words_close" in LONG_RANGE_KINDS
+    mix = parser().parse_args(["data", "prepare", "--out", "x", "--long-range-mix", "--synthetic-ratio", "0.5"])
+    assert synthetic_mix(mix, dev=False)[0] == 0.5
+    with pytest.raises(SystemExit):
+        synthetic_mix(mix, dev=True)
+    with pytest.raises(SystemExit):  # one or the other
+        parser().parse_args(["data", "prepare", "--out", "x", "--long-range-mix", "--synthetic-kinds", "kv"])
 
 
 def test_train_indexer_then_distill_commands(tmp_path):

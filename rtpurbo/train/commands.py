@@ -71,9 +71,12 @@ def add_parsers(subparsers: Any) -> None:
                    help="share of synthetic needle sequences (default 0.1 for train, 0 for dev)")
     p.add_argument("--no-cross-documents", action="store_true",
                    help="a sequence never spans two documents (default for the dev pool)")
-    p.add_argument("--synthetic-kinds", nargs="+", choices=KINDS + TASK_KINDS, default=list(KINDS), metavar="KIND",
-                   help="synthetic sequences, in turn (default: passkey kv multihop). A stage-2 mix of what a head "
-                        f"split breaks: {' '.join(LONG_RANGE_KINDS)}")
+    kinds = p.add_mutually_exclusive_group()
+    kinds.add_argument("--synthetic-kinds", nargs="+", choices=KINDS + TASK_KINDS, default=list(KINDS), metavar="KIND",
+                       help="synthetic sequences, in turn (default: passkey kv multihop)")
+    kinds.add_argument("--long-range-mix", action="store_true",
+                       help="stage-2 data of what a head split breaks: synthetic share 0.3 (unless --synthetic-ratio) "
+                            f"of {' '.join(LONG_RANGE_KINDS)} (rtpurbo convert --train --distill-data DIR)")
     p.add_argument("--min-doc-chars", type=int, help="skip shorter documents (default 2000 for built-in sources, "
                                                      "1 with --files / --dataset: records are packed together)")
     p.add_argument("--shard-mb", type=float, default=60.0, help="maximum shard size in MB")
@@ -208,12 +211,12 @@ def data(args: argparse.Namespace) -> dict[str, Any]:
     user = bool(args.files or args.dataset)
     default_names = [] if user else list(DEFAULT_DEV_SOURCES if dev else DEFAULT_TRAIN_SOURCES)
     names = args.sources.split(",") if args.sources else default_names
-    ratio = args.synthetic_ratio if args.synthetic_ratio is not None else (0.0 if dev else 0.1)
+    ratio, synthetic_kinds = synthetic_mix(args, dev)
     min_chars = args.min_doc_chars if args.min_doc_chars is not None else (1 if user else 2000)
     settings = PrepareSettings(
         seq_len=args.seq_len, sequences=args.sequences, synthetic_ratio=ratio,
         cross_documents=not (args.no_cross_documents or dev), min_doc_chars=min_chars,
-        shard_bytes=int(args.shard_mb * 1e6), pool=args.pool, synthetic_kinds=tuple(args.synthetic_kinds),
+        shard_bytes=int(args.shard_mb * 1e6), pool=args.pool, synthetic_kinds=synthetic_kinds,
     )
     inputs = user_inputs(args, tokenizer, min_chars)
     documents = round_robin_documents(names, args.pool, install=not args.no_install,
@@ -231,6 +234,17 @@ def data(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": str(args.out), "sequences": manifest["sequences"], "bytes": size,
             "sources": {k: {"documents": v["documents"], "tokens": v["tokens"]}
                         for k, v in manifest["sources"].items()}}
+
+
+def synthetic_mix(args: argparse.Namespace, dev: bool) -> tuple[float, tuple[str, ...]]:
+    """(synthetic share, kinds) of ``rtpurbo data prepare``: the flags, else the pool's default (train 0.1,
+    dev 0), or the long-range mix (0.3 of :data:`LONG_RANGE_KINDS`)."""
+    if args.long_range_mix:
+        if dev:
+            raise SystemExit("--long-range-mix makes training data; the dev pool holds evaluation windows (drop --pool dev)")
+        return (0.3 if args.synthetic_ratio is None else args.synthetic_ratio), tuple(LONG_RANGE_KINDS)
+    ratio = args.synthetic_ratio if args.synthetic_ratio is not None else (0.0 if dev else 0.1)
+    return ratio, tuple(args.synthetic_kinds)
 
 
 def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
