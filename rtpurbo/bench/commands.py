@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..cli_args import positive_int
+from ..cli_args import positive_int, top_p_value
 from .end_to_end import GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, ModelBenchSettings, run_benchmark
 from .model_report import markdown
 
@@ -53,12 +53,9 @@ def positive_float(value: str) -> float:
     return number
 
 
-def unit_interval(value: str) -> float:
-    """'0.9' -> 0.9; a number in (0, 1]."""
-    number = positive_float(value)
-    if number > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value!r}")
-    return number
+def tokens_or_zero(value: str) -> int:
+    """'0' -> 0 (the flag's "off"), else :func:`tokens`."""
+    return 0 if value.strip() == "0" else tokens(value)
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -91,7 +88,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    "transformers' Qwen3-MoE modules, 128 experts, top-8)")
     p.add_argument("--prefill-chunk", type=tokens, help="rtpurbo variants prefill in chunks of this many tokens "
                    "(dense: one shot)")
-    p.add_argument("--mlp-chunk", type=lambda v: 0 if v.strip() == "0" else tokens(v), help="every variant's decoder MLPs run on at most this many tokens at a "
+    p.add_argument("--mlp-chunk", type=tokens_or_zero, help="every variant's decoder MLPs run on at most this many tokens at a "
                    "time (token-wise, so the same output; lets dense prefill 1M tokens in one shot). Default: "
                    "--prefill-chunk's value; 0 = whole sequences")
     p.add_argument("--no-flash-ttft", dest="flash_ttft", action="store_false", default=None,
@@ -111,9 +108,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time variants sparse-prefill{N}: retrieval heads prefill each query block over at most N "
                         "key blocks of 128 (the indexer's top-p --prefill-top-p over block scores, plus the sink block "
                         "and a 512-token local band); random weights score blocks almost flat, so N sets the share kept")
-    p.add_argument("--prefill-top-p", type=unit_interval, help="top-p of the sparse-prefill variants over block scores "
+    p.add_argument("--prefill-top-p", type=top_p_value, help="top-p of the sparse-prefill variants over block scores "
                    f"(default {d.prefill_top_p})")
-    p.add_argument("--seqlen-threshold", type=lambda v: 0 if v.strip() == "0" else tokens(v), help=f"cached tokens from which retrieval heads select (below: "
+    p.add_argument("--seqlen-threshold", type=tokens_or_zero, help=f"cached tokens from which retrieval heads select (below: "
                    f"every key; 0 = always select; default {d.seqlen_threshold})")
     p.add_argument("--max-tokens", type=tokens, nargs="+", default=[],
                    help="add a sparse variant per budget (max_tokens) to the unbounded top-p one")
