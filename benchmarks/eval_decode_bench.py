@@ -8,20 +8,20 @@ at every length (``seqlen_threshold = 0``, as in ``rtpurbo eval``); ``--model`` 
 weights instead. Samples are random tokens with 10-token answers: a random model never stops
 early, so every batch runs all ``max_new_tokens`` steps (the slowest case of a real eval).
 
-Per length and mode: seconds per batch (median over ``--batches`` after one warm-up batch, CUDA
-synchronised), the prefill alone timed the same way, and samples per second. The two modes are
-compared sample by sample (greedy answers equal, teacher-forced log-probability difference).
+Per length and mode: seconds per batch (median over ``--batches`` after one warm-up batch; CUDA
+events, :func:`rtpurbo.bench.end_to_end.timed`), the prefill alone timed the same way, and samples
+per second. The two modes are compared sample by sample (greedy answers equal, teacher-forced log-probability difference).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from rtpurbo.bench.end_to_end import timed
 from rtpurbo.cache import HeadwiseCache
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
@@ -64,16 +64,6 @@ def samples(n: int, length: int, vocab: int, seed: int) -> list[TaskSample]:
     return out
 
 
-def timed(fn, device: torch.device) -> tuple[float, object]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="real weights (model spec or GGUF path); default random SmolLM2 geometry")
@@ -94,11 +84,12 @@ def main() -> None:
         for mode in DECODE_MODES:
             times, prefill_times, mode_scores = [], [], []
             for b, batch in enumerate(batches):
-                seconds, (batch_scores, _) = timed(lambda: score_batch(model, tokenizer, batch, stops, decode=mode),
-                                                   device)
+                (batch_scores, _), ms = timed(lambda: score_batch(model, tokenizer, batch, stops, decode=mode),
+                                              device)
                 ids = torch.tensor([s.prompt_ids[:-1] for s in batch], device=device)
-                pre, _ = timed(lambda: prefill(model, HeadwiseCache(model), ids, torch.ones_like(ids), ids.shape[1]),
-                               device)
+                _, prefill_ms = timed(lambda: prefill(model, HeadwiseCache(model), ids, torch.ones_like(ids),
+                                                      ids.shape[1]), device)
+                seconds, pre = ms / 1000, prefill_ms / 1000
                 if b:  # the first batch warms up (compiles, autotunes)
                     times.append(seconds)
                     prefill_times.append(pre)
