@@ -32,19 +32,17 @@ set -euo pipefail
 
 analyse() {  # analyse DIR: paired differences and perplexity ratios from DIR/fid-*/rows/*.json[.gz], as JSON
   python3 - "$1" <<'EOF'
-import gzip, json, math, sys
+import json, math, sys
 from pathlib import Path
 import numpy as np
 from rtpurbo.eval.paired import paired_differences, perplexity_ratio
+from rtpurbo.eval.report import stored_rows  # a run's rows/NAME.json, or the committed rows/NAME.json.gz
 from rtpurbo.stats import task_average
 
 d = Path(sys.argv[1])
-def row(name):  # a run's rows/NAME.json, or the committed rows/NAME.json.gz
-    path = d / f"{name}.json"
-    return json.loads(path.read_text() if path.is_file() else gzip.decompress(path.with_suffix(".json.gz").read_bytes()))
-dense = row("fid-dense/rows/dense")
-shipped = row("fid-shipped/rows/shipped")
-sparse = row("fid-sparse/rows/shipped-sparse-prefill")
+dense = stored_rows(d / "fid-dense")["dense"]
+shipped = stored_rows(d / "fid-shipped")["shipped"]
+sparse = stored_rows(d / "fid-sparse")["shipped-sparse-prefill"]
 for row in (shipped, sparse):  # same samples and windows as dense, or the pairing is void
     for key, unit in row["units"].items():
         assert unit["digest"] == dense["units"][key]["digest"], (row["row"], key)
