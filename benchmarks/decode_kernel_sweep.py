@@ -11,10 +11,12 @@
    bytes read (the ring, or the selected rows).
 2. ``index_scores`` at 128K and 1M keys for blocks 512..4096 and 4 / 8 warps (GB/s of the 16-d
    bf16 indexer keys).
-3. ``select``: the whole selection (index scores + threshold search) at 128K and 1M keys for 8-64
-   level-0 bins, on peaked, trained-like and flat scores (score std 4, 2.56 and 0.04 logits).
+3. ``select``: the whole selection (index scores + threshold search) at 128K and 1M keys for 16 and
+   32 level-0 bins and both schedules of the search (fused, phased), on peaked, trained-like and
+   flat scores (score std 4, 2.56 and 0.04 logits).
 4. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
-   attention bench's decode point) at 128K and 1M: device microseconds per kernel per step.
+   attention bench's decode point) at 128K and 1M, for both schedules: device microseconds per kernel
+   per step, and the step's wall time.
 
 Prints one JSON line per row, then the best launch per case; ``--json`` writes everything.
 """
@@ -42,7 +44,7 @@ LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, combine_chun
 LONG_LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=ns, combine_chunk=cc)
                   for b, w, nw, ns, cc in itertools.product((64, 128), (1, 2, 4), (4, 8), (None, 3), (16, 64))]
 SELECT_SCALES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}  # indexer key scale: score std 4, 2.56, 0.04
-SELECT_N_LOGIT = (8, 16, 32, 64)
+SELECT_N_LOGIT = (16, 32)
 SCORE_GRID = list(itertools.product((512, 1024, 2048, 4096), (4, 8)))
 DENSE_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_stages=ns, split_keys=sk, combine_chunk=cc)
               for b, w, ns, sk, cc in itertools.product((64, 128), (2, 4), (None, 3), (0, 512, 1024, 2048), (16, 64))]
@@ -148,18 +150,21 @@ def select_rows(record) -> None:
             torch.manual_seed(0)
             q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
 
-            def select(n_logit, work=None):
+            def select(n_logit, schedule, work=None, sync=None):
                 scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
                 return threshold.topp_threshold(scored.scores.view(1, length), scored.block_max, scored.block_sum,
                                                 scored.block_count, scored.block_min, top_p=TOP_P, min_tokens=64,
-                                                max_tokens=None, n_logit=n_logit, work=work)
+                                                max_tokens=None, n_logit=n_logit, work=work, schedule=schedule,
+                                                sync=sync)
 
-            for n_logit in SELECT_N_LOGIT:
-                us = graph_us(lambda n=n_logit: select(n)[1], rep=50)
+            for n_logit, schedule in itertools.product(SELECT_N_LOGIT, threshold.SCHEDULES):
+                us = graph_us(lambda n=n_logit, s=schedule: select(n, s)[1], rep=50)
                 work = torch.zeros(1, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64, device=DEVICE)
-                _, n_keep = select(n_logit, work)
-                record(dict(case="select", L=length, regime=regime, n_logit=n_logit, us=us, gbps=0.0,
-                            selected=int(n_keep), level1_keys=int(work[0, 1, : threshold.N_BINS].sum())))
+                sync = torch.zeros(1, threshold.N_SYNC, dtype=torch.int64, device=DEVICE)
+                order, n_keep = select(n_logit, schedule, work, sync)
+                record(dict(case="select", L=length, regime=regime, n_logit=n_logit, schedule=schedule, us=us,
+                            gbps=0.0, selected=int(n_keep), level1_keys=int(work[0, 1, : threshold.N_BINS].sum()),
+                            stalls=int(sync[0, threshold.STALLS]), order_sum=int(order[0, : int(n_keep)].sum())))
 
 
 def score_rows(record) -> None:
@@ -175,7 +180,11 @@ def score_rows(record) -> None:
 
 
 def step_profile(record) -> None:
-    """Kernels of one sparse decode step (eager, 20 steps profiled) at 128K and 1M, Llama-3.1-8B geometry."""
+    """Kernels of one sparse decode step (eager, 20 steps profiled) at 128K and 1M, Llama-3.1-8B geometry, with
+    the threshold search fused and phased; ``graph_us``: the step replayed from a CUDA graph (L2 flushed)."""
+    from rtpurbo.ops.triton import threshold
+    from rtpurbo.ops.triton import topp as triton_topp
+
     geom = GEOMETRIES["llama-3.1-8b"]
     n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
     split, n_local = n_ret * group, geom.n_kv - n_ret
@@ -187,28 +196,31 @@ def step_profile(record) -> None:
         q_idx, k_idx = _randn(1, n_ret, 1, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM)
         q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
 
-        def step():
-            out, _ = api.topp_attention(q[:, :split], k, v, q_pos, k_pos, q_idx, k_idx, top_p=TOP_P, min_tokens=64,
-                                        sinks=SINKS, recent=RECENT, impl="triton")
-            local = api.attention(q[:, split:], ring_k, ring_v, q_pos, ring_pos, window=WINDOW, sinks=SINKS, impl="flex")
-            return torch.cat([out, local], dim=1)
+        for schedule in threshold.SCHEDULES:
+            def step(schedule=schedule):
+                out, _ = triton_topp.topp_attention(q[:, :split], k, v, q_pos, k_pos, q_idx, k_idx, top_p=TOP_P,
+                                                    min_tokens=64, sinks=SINKS, recent=RECENT, schedule=schedule)
+                local = api.attention(q[:, split:], ring_k, ring_v, q_pos, ring_pos, window=WINDOW, sinks=SINKS,
+                                      impl="flex")
+                return torch.cat([out, local], dim=1)
 
-        for _ in range(5):
-            step()
-        torch.cuda.synchronize()
-        steps = 20
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
+            for _ in range(5):
                 step()
             torch.cuda.synchronize()
-        kernels_us: dict[str, list[float]] = {}
-        for event in prof.events():
-            if event.device_type == torch.autograd.DeviceType.CUDA:
-                kernels_us.setdefault(event.name[:80], []).append(event.device_time)
-        table = sorted(((name, len(t) / steps, sum(t) / steps) for name, t in kernels_us.items()), key=lambda r: -r[2])
-        record(dict(case="step_profile", L=length, kernels_per_step=sum(r[1] for r in table),
-                    device_us_per_step=sum(r[2] for r in table),
-                    kernels=[dict(name=n, per_step=c, us_per_step=round(u, 2)) for n, c, u in table]))
+            steps = 20
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    step()
+                torch.cuda.synchronize()
+            kernels_us: dict[str, list[float]] = {}
+            for event in prof.events():
+                if event.device_type == torch.autograd.DeviceType.CUDA:
+                    kernels_us.setdefault(event.name[:80], []).append(event.device_time)
+            table = sorted(((name, len(t) / steps, sum(t) / steps) for name, t in kernels_us.items()),
+                           key=lambda r: -r[2])
+            record(dict(case="step_profile", L=length, schedule=schedule, graph_us=graph_us(step, rep=50),
+                        kernels_per_step=sum(r[1] for r in table), device_us_per_step=sum(r[2] for r in table),
+                        kernels=[dict(name=n, per_step=c, us_per_step=round(u, 2)) for n, c, u in table]))
 
 
 def best(rows: list[dict]) -> list[str]:

@@ -298,6 +298,33 @@ def test_threshold_select_is_cuda_graph_capturable():
         assert torch.equal(static.order.flatten(0, 1)[row, :n], expected.order.flatten(0, 1)[row, :n])
 
 
+def test_fused_threshold_search_waits_out_kernels_holding_the_sms():
+    """The fused search's programs of a row wait for each other. With matmuls on another stream holding the
+    SMs when it starts, some programs become resident late: the others must wait for them (no stall), and the
+    selection must equal the phased schedule's (one launch per phase, no waits)."""
+    from rtpurbo.ops.triton import decode, threshold
+
+    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 2, 3, 300007, seed=5, device="cuda")
+    scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0)
+    stats = (scored.scores.view(6, -1), scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
+    budget = dict(top_p=0.9, min_tokens=0, max_tokens=None)
+    order, n_keep = threshold.topp_threshold(*stats, **budget, schedule="phased")
+    a = torch.randn(8192, 8192, device="cuda", dtype=BF16)
+    side = torch.cuda.Stream()
+    for _ in range(3):
+        sync = torch.zeros(6, threshold.N_SYNC, dtype=torch.int64, device="cuda")
+        torch.cuda.synchronize()
+        with torch.cuda.stream(side):
+            for _ in range(4):
+                a = a @ a / 90.0
+        fused, n_fused = threshold.topp_threshold(*stats, **budget, schedule="fused", sync=sync)
+        torch.cuda.synchronize()
+        assert int(sync[:, threshold.STALLS].sum()) == 0
+        assert torch.equal(n_fused, n_keep)
+        for row in range(6):
+            assert torch.equal(fused[row, : n_keep[row]], order[row, : n_keep[row]])
+
+
 def test_select_rejects_unknown_method():
     q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 1, 1, 64, seed=0, device="cuda")
     with pytest.raises(ValueError, match="unknown selection method"):

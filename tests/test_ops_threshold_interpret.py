@@ -149,26 +149,28 @@ def check_selection(case, device: str = "cpu") -> list[str]:
     elif not torch.equal(want, by_score):
         problems.append("the score-ranked rule differs from the reference on these scores")
     flat = scored.scores.view(rows, n_keys)
-    order, n_keep = threshold.topp_threshold(
-        flat, scored.block_max, scored.block_sum, scored.block_count, scored.block_min, **budget, block=block,
-    )
+    stats = (flat, scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
     capacity = n_keys if max_tokens is None else min(max_tokens, n_keys)
-    if tuple(order.shape) != (rows, capacity):
-        problems.append(f"order shape {tuple(order.shape)} != {(rows, capacity)}")
-    for r in range(rows):
-        n = int(n_keep[r])
-        slots = order[r, :n].tolist()
-        expected = want[r].nonzero().flatten().tolist()
-        if slots != expected:
-            problems.append(f"row {r}: {n} slots {slots[:12]}... != reference {len(expected)} {expected[:12]}...")
-    if name in REPEATED:
-        again, n_again = threshold.topp_threshold(
-            flat, scored.block_max, scored.block_sum, scored.block_count, scored.block_min, **budget, block=block,
-        )
-        if not (torch.equal(n_keep, n_again) and all(
-            torch.equal(order[r, : n_keep[r]], again[r, : n_keep[r]]) for r in range(rows)
-        )):
-            problems.append("a second run differs")
+    for schedule in threshold.SCHEDULES:
+        sync = torch.zeros(rows, threshold.N_SYNC, dtype=torch.int64, device=device)
+        order, n_keep = threshold.topp_threshold(*stats, **budget, block=block, schedule=schedule, sync=sync)
+        if tuple(order.shape) != (rows, capacity):
+            problems.append(f"{schedule}: order shape {tuple(order.shape)} != {(rows, capacity)}")
+        if int(sync[:, threshold.STALLS].sum()):
+            problems.append(f"{schedule}: {int(sync[:, threshold.STALLS].sum())} waits gave up")
+        for r in range(rows):
+            n = int(n_keep[r])
+            slots = order[r, :n].tolist()
+            expected = want[r].nonzero().flatten().tolist()
+            if slots != expected:
+                problems.append(f"{schedule}: row {r}: {n} slots {slots[:12]}... != reference {len(expected)} "
+                                f"{expected[:12]}...")
+        if name in REPEATED:
+            again, n_again = threshold.topp_threshold(*stats, **budget, block=block, schedule=schedule)
+            if not (torch.equal(n_keep, n_again) and all(
+                torch.equal(order[r, : n_keep[r]], again[r, : n_keep[r]]) for r in range(rows)
+            )):
+                problems.append(f"{schedule}: a second run differs")
     # the sort method; under max_tokens it takes torch.topk, which breaks ties in no set order
     chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, method="sort")
     for r in range(rows):

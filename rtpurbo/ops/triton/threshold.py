@@ -52,6 +52,21 @@ differ only between distinct scores of equal fp32 probability (e.g. probabilitie
 underflow to 0, more than ~100 logits below the max), which the reference orders by slot.
 Keys scoring ``-inf`` count as not visible.
 
+The six phases (level 0, levels 1-3, tally, gather) depend on each other only within a row.
+``schedule="phased"`` (the default) launches one phase at a time, about four programs per SM.
+``schedule="fused"`` runs all six as one persistent launch: at most one program per SM over all
+rows, so that all are resident at once, and between phases the programs of a row wait on per-row
+words (the last program of a level walks it and releases the others; the gather waits for every
+tally). Both select the same keys. On an H200 (triton 3.6, CUDA graphs) fusing does not pay: graph
+launches of the phases are about 1 us apart, so fusing saves little, while one program per SM
+leaves each scan a longer serial loop. Whole selection (index scores + search, one retrieval head,
+32 level-0 bins), fused / phased: 46 / 50 us at 128K keys, 106-107 / 101-102 us at 1M; one decode
+layer step (retrieval + local heads) 87 / 83 us at 128K and 145 / 133 us at 1M
+(``benchmarks/results/llama-3.1-8b_h200_2026-12-03_fused-selection.md``). The time is in each
+phase's own work (the ticket, then one program walking up to 2048 bins), not between launches.
+The Triton interpreter runs programs one after another, so on a CPU the fused schedule runs one
+program per row (which never waits).
+
 Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capturable.
 """
 from __future__ import annotations
@@ -214,17 +229,36 @@ def _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT: tl.constexpr, PROBES: t
 
 
 @triton.jit
-def _logit_level_kernel(
-    scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_ptr, state_ptr, stats_ptr, n_keep_ptr,
-    n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+def _cg(ptr):
+    """A load from L2 (``.cg``): values another program of this launch wrote after our first read of the line."""
+    return tl.load(ptr, cache_modifier=".cg")
+
+
+@triton.jit
+def _wait_for(flag, value, stalls, SPIN_LIMIT: tl.constexpr):
+    """Spin until ``*flag >= value`` (acquire), at most ``SPIN_LIMIT`` polls; a poll limit reached
+    counts one stall in ``*stalls`` instead of hanging the GPU (see :func:`topp_threshold`)."""
+    seen = tl.atomic_add(flag, 0, sem="acquire")
+    polls = 0
+    while (seen < value) & (polls < SPIN_LIMIT):
+        seen = tl.atomic_add(flag, 0, sem="acquire")
+        polls += 1
+    if seen < value:
+        tl.atomic_add(stalls, 1, sem="relaxed")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _logit_phase(
+    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
+    row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, N_STATE: tl.constexpr, SUB: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    part = tl.program_id(1)
+    """Level 0: per-program one-hot histograms of the logit bins, added to ``level``; the last
+    program to finish walks them, writes the search state and (``FUSED``) sets ``*release``."""
     row_max, z, n_visible, inv_width = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
                                                     N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
-    scores_row = scores_ptr + row.to(tl.int64) * n_keys
     bins = tl.arange(0, N_LOGIT)
     # (SUB, N_LOGIT) accumulators in registers, reduced once at the end (a reduction per step costs
     # a shared-memory round trip each)
@@ -239,15 +273,14 @@ def _logit_level_kernel(
         hit = (s != float("-inf"))[:, None] & (b[:, None] == bins[None, :])
         count_acc += hit.to(tl.int32)
         mass_acc += tl.where(hit, (tl.exp(s - row_max) / z)[:, None], 0.0)
-    level = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1))  # level 0 of this row's workspace
     tl.atomic_add(level + bins, tl.sum(count_acc, axis=0).to(tl.int64), sem="relaxed")
     tl.atomic_add(level + N_BINS + bins, (tl.sum(mass_acc, axis=0) * 4503599627370496.0).to(tl.int64), sem="relaxed")
     tl.debug_barrier()
     ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
     if ticket == n_chunks - 1:  # the last program: walk the level
         tl.debug_barrier()
-        counts = tl.load(level + bins, cache_modifier=".cg")
-        masses = tl.load(level + N_BINS + bins, cache_modifier=".cg")
+        counts = _cg(level + bins)
+        masses = _cg(level + N_BINS + bins)
         lower = min_tokens + n_visible * 0
         upper = tl.minimum(n_visible, max_tokens)
         zero = n_visible * 0
@@ -256,7 +289,6 @@ def _logit_level_kernel(
         )
         key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, 256)
         empty = upper == 0
-        st = state_ptr + row * N_STATE
         _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
                       tl.where(empty, NO_KEY, 0), zero, N_BINS)
         tl.store(st + LOWER, lower)
@@ -264,26 +296,27 @@ def _logit_level_kernel(
         tl.store(stats_ptr + row * 2, row_max)
         tl.store(stats_ptr + row * 2 + 1, z)
         tl.store(n_keep_ptr + row, zero)
+        if FUSED:
+            tl.debug_barrier()
+            tl.atomic_xchg(release, 1, sem="release")
 
 
 @triton.jit
-def _key_level_kernel(
-    scores_ptr, work_ptr, state_ptr, stats_ptr, n_keep_ptr,
-    n_keys, chunk, n_chunks, target, level_index,
-    N_BINS: tl.constexpr, N_STATE: tl.constexpr, BLOCK: tl.constexpr,
+def _key_phase(
+    scores_row, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
+    N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    part = tl.program_id(1)
-    st = state_ptr + row * N_STATE
-    mode = tl.load(st + MODE)
-    if mode != RESOLVED:
-        key_hi = tl.load(st + KEY_HI)
-        key_lo = tl.load(st + KEY_LO)
-        shift = tl.load(st + SHIFT)
-        row_max = tl.load(stats_ptr + row * 2)
-        z = tl.load(stats_ptr + row * 2 + 1)
-        level = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1)) + level_index * (2 * N_BINS + 1)
-        scores_row = scores_ptr + row.to(tl.int64) * n_keys
+    """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched; the last
+    program walks them, narrows the interval (or resolves ``tau``) and (``FUSED``) sets ``*release``.
+    Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
+    mode = _cg(st + MODE)
+    searching = mode != RESOLVED
+    if searching:
+        key_hi = _cg(st + KEY_HI)
+        key_lo = _cg(st + KEY_LO)
+        shift = _cg(st + SHIFT)
+        row_max = _cg(stats_ptr + row * 2)
+        z = _cg(stats_ptr + row * 2 + 1)
         lo = part * chunk
         hi = tl.minimum(lo + chunk, n_keys)
         for start in range(lo, hi, BLOCK):
@@ -299,12 +332,13 @@ def _key_level_kernel(
         if ticket == n_chunks - 1:  # the last program: walk the level
             tl.debug_barrier()
             bins = tl.arange(0, N_BINS)
-            counts = tl.load(level + bins, cache_modifier=".cg")
-            masses = tl.load(level + N_BINS + bins, cache_modifier=".cg")
-            lower = tl.load(st + LOWER)
-            upper = tl.load(st + UPPER)
+            counts = _cg(level + bins)
+            masses = _cg(level + N_BINS + bins)
+            lower = _cg(st + LOWER)
+            upper = _cg(st + UPPER)
             chosen, mode, rank, above, mass_above, n_in, mass_in = _walk(
-                counts, masses, tl.load(st + ABOVE), tl.load(st + MASS_ABOVE), mode, tl.load(st + RANK), target, lower, upper, N_BINS,
+                counts, masses, _cg(st + ABOVE), _cg(st + MASS_ABOVE), mode, _cg(st + RANK), target, lower, upper,
+                N_BINS,
             )
             new_hi = key_hi - (chosen << shift)
             new_lo = tl.maximum(key_lo, new_hi - (1 << shift) + 1)
@@ -318,15 +352,16 @@ def _key_level_kernel(
                           n_keep - above, N_BINS)
             if resolved:
                 tl.store(n_keep_ptr + row, n_keep)
+            if FUSED:
+                tl.debug_barrier()
+                tl.atomic_xchg(release, 1, sem="release")
+    return searching
 
 
 @triton.jit
-def _tally_kernel(scores_ptr, state_ptr, tally_ptr, n_keys, chunk, n_chunks, N_STATE: tl.constexpr, BLOCK: tl.constexpr):
+def _tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr):
     """Per chunk: keys scoring above tau, keys scoring tau."""
-    row = tl.program_id(0)
-    part = tl.program_id(1)
-    tau = tl.load(state_ptr + row * N_STATE + TAU)
-    scores_row = scores_ptr + row.to(tl.int64) * n_keys
+    tau = _cg(st + TAU)
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     n_above = tl.zeros([BLOCK], tl.int32)
@@ -344,23 +379,18 @@ def _tally_kernel(scores_ptr, state_ptr, tally_ptr, n_keys, chunk, n_chunks, N_S
 
 
 @triton.jit
-def _gather_kernel(
-    scores_ptr, state_ptr, tally_ptr, order_ptr, n_keys, chunk, n_chunks, capacity,
-    N_STATE: tl.constexpr, NC_PAD: tl.constexpr, BLOCK: tl.constexpr,
+def _gather_phase(
+    scores_row, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
+    NC_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Selected slots of the chunk, ascending, at their final positions in ``order``."""
-    row = tl.program_id(0)
-    part = tl.program_id(1)
-    st = state_ptr + row * N_STATE
-    tau = tl.load(st + TAU)
-    need = tl.load(st + NEED).to(tl.int32)
+    """Selected slots of the chunk, ascending, at their final positions in ``order_row``."""
+    tau = _cg(st + TAU)
+    need = _cg(st + NEED).to(tl.int32)
     c = tl.arange(0, NC_PAD)
     earlier = tally_ptr + (row * n_chunks + c) * 2
-    above_before = tl.sum(tl.load(earlier, mask=c < part, other=0), axis=0)
-    ties_before = tl.sum(tl.load(earlier + 1, mask=c < part, other=0), axis=0)
+    above_before = tl.sum(tl.load(earlier, mask=c < part, other=0, cache_modifier=".cg"), axis=0)
+    ties_before = tl.sum(tl.load(earlier + 1, mask=c < part, other=0, cache_modifier=".cg"), axis=0)
     written = above_before + tl.minimum(ties_before, need)
-    scores_row = scores_ptr + row.to(tl.int64) * n_keys
-    order_row = order_ptr + row.to(tl.int64) * capacity
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     for start in range(lo, hi, BLOCK):
@@ -377,14 +407,80 @@ def _gather_kernel(
         ties_before += tl.sum(tied, axis=0)
 
 
+# phases of the search: level 0, key levels 1-3, tally, gather
+N_PHASES = 6
+TALLY, GATHER = 4, 5
+# per-row synchronisation words (int64): the release flags of phases 0-3, the tally arrivals, stalls
+N_SYNC = 8
+ARRIVED, STALLS = 4, 7
+_TALLY, _ARRIVED, _STALLS = tl.constexpr(TALLY), tl.constexpr(ARRIVED), tl.constexpr(STALLS)  # for the kernel
+
+
+@triton.jit
+def _search_kernel(
+    scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_ptr, sync_ptr, state_ptr, stats_ptr, n_keep_ptr,
+    tally_ptr, order_ptr,
+    n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens, max_tokens,
+    FIRST: tl.constexpr, LAST: tl.constexpr,
+    NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
+    N_BINS: tl.constexpr, N_STATE: tl.constexpr, N_SYNC: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr,
+    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+):
+    """Phases ``FIRST..LAST`` of one row's search, one program per (row, chunk of keys).
+
+    One phase per launch ("phased"), or all six in one launch ("fused": a persistent kernel
+    whose programs wait for each other per row, between phases, on the words of ``sync``;
+    every program of the launch must be resident at once)."""
+    row = tl.program_id(0)
+    part = tl.program_id(1)
+    scores_row = scores_ptr + row.to(tl.int64) * n_keys
+    work_row = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1))
+    st = state_ptr + row * N_STATE
+    sync = sync_ptr + row * N_SYNC
+    for phase in tl.static_range(FIRST, LAST + 1):
+        if phase == 0:
+            _logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
+                         sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+                         NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST)
+            if phase < LAST:
+                _wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
+        elif phase < _TALLY:
+            searching = _key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
+                                   sync + phase, row, part, n_keys, chunk, n_chunks, target, N_BINS, BLOCK,
+                                   FIRST < LAST)
+            if phase < LAST:
+                if searching:
+                    _wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
+        elif phase == _TALLY:
+            _tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK)
+            if phase < LAST:
+                tl.debug_barrier()
+                tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
+                _wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
+        else:
+            _gather_phase(scores_row, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
+                          chunk, n_chunks, NC_PAD, BLOCK)
+
+
 @functools.cache
 def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
-def _chunks(n_keys: int, rows: int, device: torch.device, block: int) -> tuple[int, int]:
-    """(keys per program, programs per row): about four programs per SM over all rows."""
-    per_row = max(1, triton.cdiv(4 * _num_sms(device), rows))
+SCHEDULES = ("fused", "phased")
+SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up (seconds; see topp_threshold)
+
+
+def _chunks(n_keys: int, rows: int, device: torch.device, block: int, schedule: str) -> tuple[int, int]:
+    """(keys per program, programs per row).
+
+    phased: about four programs per SM over all rows. fused: at most one program per SM over all
+    rows, so that every program is resident at once (one per row on a CPU: the interpreter runs
+    programs one after another, and a lone program never waits)."""
+    if schedule == "fused":
+        per_row = max(1, _num_sms(device) // rows) if device.type == "cuda" else 1
+    else:
+        per_row = max(1, triton.cdiv(4 * _num_sms(device), rows))
     chunk = triton.cdiv(triton.cdiv(max(n_keys, 1), per_row), block) * block
     return chunk, triton.cdiv(max(n_keys, 1), chunk)
 
@@ -392,7 +488,8 @@ def _chunks(n_keys: int, rows: int, device: torch.device, block: int) -> tuple[i
 def topp_threshold(
     scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 1024,
-    work: torch.Tensor | None = None, n_logit: int = N_LOGIT,
+    work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
+    sync: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
@@ -406,44 +503,53 @@ def topp_threshold(
             the number of keys the per-key levels histogrammed (0 when level 0 resolved the row).
         n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
             changes with it, not the selection (benchmarks compare settings with it).
+        schedule: ``"phased"`` (default): one launch per phase of the search (level 0, levels 1-3,
+            tally, gather), about four programs per SM; ``"fused"``: all six in one launch, a
+            persistent kernel of at most one program per SM whose programs of a row wait for each
+            other between phases (slower on an H200: module docstring). Both select the same keys.
+        sync: optional zeroed (BH, N_SYNC) int64 for the fused schedule's waits. Afterwards
+            ``sync[r, STALLS]`` counts the waits of row ``r`` that gave up after
+            :data:`SPIN_LIMIT` polls (0 unless some program of the launch could not become
+            resident; that row's selection is then undefined). Tests and benchmarks check it.
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
     """
     if n_logit < 2 or n_logit > N_BINS or n_logit & (n_logit - 1):
         raise ValueError(f"n_logit must be a power of two in [2, {N_BINS}], got {n_logit}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     rows, n_keys = scores.shape
     device = scores.device
     capacity = n_keys if max_tokens is None else max(0, min(max_tokens, n_keys))
-    chunk, n_chunks = _chunks(n_keys, rows, device, block)
+    chunk, n_chunks = _chunks(n_keys, rows, device, block, schedule)
     target = 1 << 62 if top_p >= 1.0 else round(top_p * FIXED_ONE)
-    if work is None:
-        work = torch.zeros(rows, N_LEVELS, 2 * N_BINS + 1, dtype=torch.int64, device=device)
-    elif work.shape != (rows, N_LEVELS, 2 * N_BINS + 1) or work.dtype != torch.int64:
-        raise ValueError(f"work must be zeroed int64 of shape {(rows, N_LEVELS, 2 * N_BINS + 1)}, "
-                         f"got {work.dtype} {tuple(work.shape)}")
+    work_shape = (rows, N_LEVELS, 2 * N_BINS + 1)
+    if work is not None and (work.shape != work_shape or work.dtype != torch.int64):
+        raise ValueError(f"work must be zeroed int64 of shape {work_shape}, got {work.dtype} {tuple(work.shape)}")
+    if sync is not None and (sync.shape != (rows, N_SYNC) or sync.dtype != torch.int64):
+        raise ValueError(f"sync must be zeroed int64 of shape {(rows, N_SYNC)}, got {sync.dtype} {tuple(sync.shape)}")
+    if work is None or sync is None:  # one zeroed allocation (one memset) for what is missing
+        size = rows * N_LEVELS * (2 * N_BINS + 1) if work is None else 0
+        zeroed = torch.zeros(size + (rows * N_SYNC if sync is None else 0), dtype=torch.int64, device=device)
+        if work is None:
+            work = zeroed[:size].view(work_shape)
+        if sync is None:
+            sync = zeroed[size:].view(rows, N_SYNC)
     state = torch.empty(rows, N_STATE, dtype=torch.int64, device=device)
     stats = torch.empty(rows, 2, dtype=torch.float32, device=device)
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
     tally = torch.empty(rows, n_chunks, 2, dtype=torch.int32, device=device)
     order = torch.empty(rows, capacity, dtype=torch.int64, device=device)
-    grid = (rows, n_chunks)
     n_blocks = block_max.shape[1]
-    _logit_level_kernel[grid](
-        scores, block_max, block_sum, block_count, block_min, work, state, stats, n_keep,
-        n_keys, n_blocks, chunk, n_chunks, target, min_tokens, n_keys if max_tokens is None else max_tokens,
-        NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
-        MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS,
-        N_STATE=N_STATE, SUB=min(256, block), num_warps=8,
-    )
-    for level_index in range(1, N_LEVELS):
-        _key_level_kernel[grid](
-            scores, work, state, stats, n_keep, n_keys, chunk, n_chunks, target, level_index,
-            N_BINS=N_BINS, N_STATE=N_STATE, BLOCK=block, num_warps=8,
-        )
-    _tally_kernel[grid](scores, state, tally, n_keys, chunk, n_chunks, N_STATE=N_STATE, BLOCK=block, num_warps=4)
-    _gather_kernel[grid](
-        scores, state, tally, order, n_keys, chunk, n_chunks, capacity,
-        N_STATE=N_STATE, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), BLOCK=block, num_warps=4,
-    )
+    args = (scores, block_max, block_sum, block_count, block_min, work, sync, state, stats, n_keep, tally, order,
+            n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens,
+            n_keys if max_tokens is None else max_tokens)
+    meta = dict(NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
+                MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),
+                BLOCK=block, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT)
+    spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
+    for first, last in spans:
+        warps = 4 if first >= TALLY else 8  # the tally and gather alone: 4 warps
+        _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, num_warps=warps, **meta)
     return order, n_keep

@@ -8,9 +8,10 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
 
    * ``"threshold"`` (default): :func:`rtpurbo.ops.triton.threshold.topp_threshold` finds the
      score threshold of the selection by a radix search (a few passes over the ``L`` fp32
-     scores, no sort) and writes the selected slots in ascending slot order. On an H200 it
-     selects the reference's set in every test case and takes 50 / 66 / 88 us per step at
-     128K / 512K / 1M keys against 73 / 93 / 142 us for ``"sort"``
+     scores, no sort) and writes the selected slots in ascending slot order, one launch per phase
+     of the search (``schedule="phased"``; ``"fused"``: one persistent kernel, slower on an H200).
+     On an H200 it selects the reference's set in every test case and took 50 / 66 / 88 us per
+     step at 128K / 512K / 1M keys against 73 / 93 / 142 us for ``"sort"``
      (benchmarks/results/llama-3.1-8b_h200_2026-11-28_select.md).
    * ``"sort"``: keys sorted by score, best first -- ``torch.sort`` (stable) over all keys, or
      ``torch.topk`` of ``max_tokens`` keys when a budget caps the selection; then
@@ -80,12 +81,15 @@ def select(
     sinks: int = 0,
     recent: int = 0,
     method: str = "threshold",
+    schedule: str = "phased",
 ) -> Selection:
     """Indexer top-p selection (``top_p < 1``) for one query per row.
 
     Args:
         q_idx: (B, Hkv, 1, d_idx); k_idx: (B, Hkv, Lk, d_idx); q_pos: (B, 1); k_pos: (B, Lk).
         method: ``"threshold"`` (sort-free) or ``"sort"`` (see the module docstring).
+        schedule: the threshold search's launches, ``"phased"`` (one per phase) or ``"fused"`` (one
+            persistent kernel); see :func:`rtpurbo.ops.triton.threshold.topp_threshold`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {METHODS}")
@@ -96,7 +100,7 @@ def select(
     if method == "threshold":
         order, n_keep = threshold.topp_threshold(
             scores, scored.block_max, scored.block_sum, scored.block_count, scored.block_min,
-            top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
+            top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, schedule=schedule,
         )
         return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always)
     budget = n_keys if max_tokens is None else min(max_tokens, n_keys)
@@ -123,8 +127,9 @@ def topp_attention(
     sinks: int = 0,
     recent: int = 0,
     scale: float | None = None,
+    schedule: str = "phased",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """See :func:`rtpurbo.ops.reference.topp_attention` (here Lq must be 1).
+    """See :func:`rtpurbo.ops.reference.topp_attention` (here Lq must be 1); ``schedule``: see :func:`select`.
 
     Args:
         q: (B, Hq, 1, D); k, v: (B, Hkv, Lk, D); q_pos (B, 1); k_pos (B, Lk).
@@ -140,6 +145,7 @@ def topp_attention(
         chosen = select(
             q_idx, k_idx, q_pos, k_pos,
             top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks, recent=recent,
+            schedule=schedule,
         )
         out, counts = kernels.decode_attention(
             q, k, v, q_pos, k_pos, scale=scale, index=chosen.order, n_index=chosen.n_keep,
