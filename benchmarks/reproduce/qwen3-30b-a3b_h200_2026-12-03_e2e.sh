@@ -3,7 +3,10 @@
 # geometry end to end (transformers' Qwen3-MoE modules, random weights): TTFT at 32K / 128K against cuDNN and flash
 # with the sparse retrieval prefill, decode at 1M with random-filled caches, and TTFT at 1M on one layer.
 #
-#   bash benchmarks/reproduce/qwen3-30b-a3b_h200_2026-12-03_e2e.sh OUT   # about 4 minutes
+#   bash benchmarks/reproduce/qwen3-30b-a3b_h200_2026-12-03_e2e.sh OUT   # about 9 minutes
+#
+# The 1M run prefills dense in one shot with its MLPs on 128K-token chunks (--mlp-chunk defaults to the prefill
+# chunk); dense cuDNN and flash take 1.5 and 2 minutes of it (warm-up run included).
 set -euo pipefail
 out=${1:?usage: $0 OUT}
 mkdir -p "$out"
