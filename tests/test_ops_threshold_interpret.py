@@ -8,7 +8,8 @@ own fp32 scores (the selection's semantics, free of score rounding). The referen
 probability, the kernels by score; the two differ only where distinct scores share a
 probability, e.g. probabilities that underflow to 0 (the "spread" cases) or scores closer than an
 fp32 step of the probability (the "tiny" case): there the check is
-against the reference's rule with keys ranked by score. The sort method runs on the same cases.
+against the reference's rule with keys ranked by score. Both schedules of the threshold search (phased, and
+fused, which runs one program per row in the interpreter) and the sort method run on the same cases.
 CI installs a triton whose interpreter runs them (``tests/triton_interpreter.py``).
 """
 from __future__ import annotations
@@ -249,6 +250,30 @@ def _check_n_logit() -> list[str]:
     return problems
 
 
+def _check_bad_args() -> list[str]:
+    """An unknown schedule, and work / sync buffers of the wrong shape or dtype, are refused before any launch."""
+    import torch
+
+    from rtpurbo.ops.triton import decode, threshold
+
+    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 1, 2, 64, seed=1)
+    scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0)
+    args = (scored.scores.view(2, -1), scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
+    budget = dict(top_p=0.9, min_tokens=0, max_tokens=None)
+    bad = {"schedule": dict(schedule="persistent"),
+           "sync shape": dict(sync=torch.zeros(1, threshold.N_SYNC, dtype=torch.int64)),
+           "sync dtype": dict(sync=torch.zeros(2, threshold.N_SYNC, dtype=torch.int32)),
+           "work shape": dict(work=torch.zeros(2, threshold.N_LEVELS, 8, dtype=torch.int64))}
+    problems = []
+    for what, kwargs in bad.items():
+        try:
+            threshold.topp_threshold(*args, **budget, **kwargs)
+            problems.append(f"bad {what} accepted")
+        except ValueError:
+            pass
+    return problems
+
+
 def _run_all() -> dict[str, list[str]]:
     report = {}
     for case in CASES:
@@ -257,7 +282,7 @@ def _run_all() -> dict[str, list[str]]:
         except Exception as err:  # report, keep going
             report[case[0]] = [f"{type(err).__name__}: {err}"]
     for name, check in (("attention", _check_attention), ("flat-interval", _check_flat_interval),
-                        ("n-logit", _check_n_logit)):
+                        ("n-logit", _check_n_logit), ("bad-args", _check_bad_args)):
         try:
             report[name] = check()
         except Exception as err:
@@ -270,7 +295,7 @@ def report() -> dict[str, list[str]]:
     return run_script(__file__)
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "bad-args"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

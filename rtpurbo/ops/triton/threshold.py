@@ -24,7 +24,7 @@ level (each pass reads the ``L`` fp32 scores, ``4 L`` bytes, L2-resident at deco
   with 8 (H200, ``benchmarks/decode_kernel_sweep.py --parts select``); more bins make the
   one-hot work of level 0 cost more than the narrower interval saves.
 * levels 1-3, only the keys of the chosen interval: ``N_BINS`` bins of the scores'
-  order-preserving 32-bit keys (:func:`_order_key`), ``span >> shift`` at a time, per-key
+  order-preserving 32-bit keys (``threshold_phases._order_key``), ``span >> shift`` at a time, per-key
   atomics (the interval holds few keys unless the scores are nearly flat). A level whose interval
   is one key value has found ``tau`` and the later levels return at once.
 
@@ -33,14 +33,15 @@ int64), so the sums do not depend on the order of the atomic adds: the selection
 every run. The last program of a level to finish (a ticket counter) walks that level's bins from
 the best: the first bin whose cumulative mass reaches ``top_p`` holds ``n*``, unless the token
 clamps decide first, in which case the search continues for a fixed rank. Then
-:func:`_tally_kernel` counts the keys above / at ``tau`` per chunk and :func:`_gather_kernel`
+:func:`~rtpurbo.ops.triton.threshold_phases.tally_phase` counts the keys above / at ``tau`` per chunk and
+:func:`~rtpurbo.ops.triton.threshold_phases.gather_phase`
 writes the selected slots in ascending slot order, at positions from those counts (no atomics:
 the output is deterministic).
 
 The level-0 bin of a score is ``floor((m - s) * inv_width)`` in fp32, ``inv_width`` computed by
 every program from the same block statistics (so bitwise the same everywhere); it falls as the
 key rises, so the chosen bin's keys form one key interval, found exactly by a search over keys
-(:func:`_logit_bin_keys`) that evaluates the same expression.
+(``threshold_phases._logit_bin_keys``) that evaluates the same expression.
 
 What is exact: the ranking, ties, clamps and ``tau`` (integer keys and counts). What is rounded:
 ``p`` (fp32 ``exp``, ``Z`` from the per-block statistics) and its sums (fp32 within a program at
@@ -77,335 +78,8 @@ import torch
 import triton
 import triton.language as tl
 
-N_LOGIT = 32  # level-0 bins
-MIN_INV_WIDTH = 0.5  # level-0 bins are at most 2 logits wide
-MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for tiny spreads)
-N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
-N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
-FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
-
-# fields of the per-row search state (BH, N_STATE) int64
-MODE = tl.constexpr(0)  # BY_MASS, BY_RANK or RESOLVED
-RANK = tl.constexpr(1)  # BY_RANK: the rank searched for (1-based)
-ABOVE = tl.constexpr(2)  # keys better than the interval
-MASS_ABOVE = tl.constexpr(3)  # their mass (fixed point)
-KEY_HI = tl.constexpr(4)  # the interval of keys still searched, [KEY_LO, KEY_HI]
-KEY_LO = tl.constexpr(5)
-SHIFT = tl.constexpr(6)  # the next level's bin = (KEY_HI - key) >> SHIFT
-TAU = tl.constexpr(7)  # RESOLVED: the threshold key
-NEED = tl.constexpr(8)  # RESOLVED: keys to take at TAU (lowest slots first)
-LOWER = tl.constexpr(9)  # min_tokens
-UPPER = tl.constexpr(10)  # min(visible keys, max_tokens)
-N_STATE = 11
-BY_MASS = tl.constexpr(0)
-BY_RANK = tl.constexpr(1)
-RESOLVED = tl.constexpr(2)
-NO_KEY = tl.constexpr(1 << 32)  # a TAU above every key: nothing selected
-
-
-@triton.jit
-def _order_key(s):
-    """fp32 -> int64 in [0, 2^32), increasing with ``s`` (-0.0 and +0.0 share one key)."""
-    bits = tl.where(s == 0.0, 0.0, s).to(tl.int32, bitcast=True).to(tl.int64)
-    return tl.where(bits < 0, -1 - bits, bits + 2147483648)
-
-
-@triton.jit
-def _key_score(key):
-    """Inverse of :func:`_order_key`."""
-    bits = tl.where(key >= 2147483648, key - 2147483648, -1 - key)
-    return bits.to(tl.int32).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _logit_bin(s, row_max, inv_width, N_LOGIT: tl.constexpr):
-    """Level-0 bin of score ``s``: floor((m - s) * inv_width), the last bin for everything below."""
-    return tl.minimum(tl.floor((row_max - s) * inv_width), N_LOGIT - 1).to(tl.int32)
-
-
-@triton.jit
-def _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD: tl.constexpr,
-                 N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr):
-    """(m, Z, visible count, level-0 inv_width) of a row from the per-block statistics of ``index_scores``."""
-    nb = tl.arange(0, NB_PAD)
-    ok = nb < n_blocks
-    bmax = tl.load(bmax_ptr + row * n_blocks + nb, mask=ok, other=float("-inf"))
-    top = tl.max(bmax, axis=0)
-    ref = tl.where(top == float("-inf"), 0.0, top)
-    z = tl.sum(tl.load(bsum_ptr + row * n_blocks + nb, mask=ok, other=0.0) * tl.exp(bmax - ref), axis=0)
-    n_visible = tl.sum(tl.load(bcount_ptr + row * n_blocks + nb, mask=ok, other=0), axis=0)
-    bottom = tl.min(tl.load(bmin_ptr + row * n_blocks + nb, mask=ok, other=float("inf")), axis=0)
-    spread = top - bottom  # -inf or nan where no key is visible
-    inv_width = tl.where(spread > 0.0, N_LOGIT / tl.where(spread > 0.0, spread, 1.0), MIN_INV_WIDTH)
-    inv_width = tl.minimum(tl.maximum(inv_width, MIN_INV_WIDTH), MAX_INV_WIDTH)
-    return ref, tl.maximum(z, 1.1754943508222875e-38), n_visible.to(tl.int64), inv_width
-
-
-@triton.jit
-def _fixed_mass(s, row_max, z):
-    return (tl.exp(s - row_max) / z * 4503599627370496.0).to(tl.int64)  # p * 2^52
-
-
-@triton.jit
-def _walk(counts, masses, above, mass_above, mode, rank, target, lower, upper, NB: tl.constexpr):
-    """Pick the bin (of ``NB``, best first) that holds the key being searched for.
-
-    counts, masses: (NB,) int64 of the level's bins; above / mass_above: keys better than bin 0.
-    By mass: the first bin whose cumulative mass reaches ``target`` (or the last non-empty one),
-    unless the clamps decide: fewer keys through it than ``lower`` -> rank ``min(lower, upper)``;
-    at least ``upper`` keys before it -> rank ``upper``. By rank: the bin holding that rank.
-    Returns (bin, mode, rank, keys before the bin, their mass, keys in the bin, its mass).
-    """
-    idx = tl.arange(0, NB)
-    cum_count = above + tl.cumsum(counts, axis=0)
-    cum_mass = mass_above + tl.cumsum(masses, axis=0)
-    total = tl.max(cum_count, axis=0)
-    reach = (cum_mass >= target) | (cum_count == total)
-    by_mass = tl.min(tl.where(reach, idx, NB), axis=0)
-    through = tl.sum(tl.where(idx == by_mass, cum_count, 0), axis=0)
-    before = through - tl.sum(tl.where(idx == by_mass, counts, 0), axis=0)
-    too_few = through < lower
-    switch = (mode == BY_MASS) & (too_few | (before >= upper))
-    rank = tl.where(switch, tl.where(too_few, tl.minimum(lower, upper), upper), rank)
-    mode = tl.where(switch, BY_RANK, mode)
-    by_rank = tl.min(tl.where(cum_count >= rank, idx, NB), axis=0)
-    chosen = tl.where(mode == BY_RANK, by_rank, by_mass)
-    hit = idx == chosen
-    n_in = tl.sum(tl.where(hit, counts, 0), axis=0)
-    mass_in = tl.sum(tl.where(hit, masses, 0), axis=0)
-    n_before = tl.sum(tl.where(hit, cum_count, 0), axis=0) - n_in
-    mass_before = tl.sum(tl.where(hit, cum_mass, 0), axis=0) - mass_in
-    return chosen, mode, rank, n_before, mass_before, n_in, mass_in
-
-
-@triton.jit
-def _shift_for(span, N_BINS: tl.constexpr):
-    """Smallest shift with ``span >> shift < N_BINS``."""
-    shifts = tl.arange(0, 64).to(tl.int64)
-    return tl.sum(((span >> shifts) >= N_BINS).to(tl.int64), axis=0)
-
-
-@triton.jit
-def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need, N_BINS: tl.constexpr):
-    """Write the search state every level rewrites (LOWER / UPPER are written once, at level 0)."""
-    tl.store(st + MODE, mode)
-    tl.store(st + RANK, rank)
-    tl.store(st + ABOVE, above)
-    tl.store(st + MASS_ABOVE, mass_above)
-    tl.store(st + KEY_HI, key_hi)
-    tl.store(st + KEY_LO, key_lo)
-    tl.store(st + SHIFT, _shift_for(key_hi - key_lo, N_BINS))
-    tl.store(st + TAU, tau)
-    tl.store(st + NEED, need)
-
-
-@triton.jit
-def _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT: tl.constexpr, PROBES: tl.constexpr):
-    """[key_lo, key_hi]: the keys (of scores in [-inf, m]) whose level-0 bin is ``chosen``.
-
-    The bin falls as the key rises, so each end is a search over the key range, ``PROBES``-ary:
-    each step probes evenly spaced keys of the interval still open and keeps the gap where the
-    bin crosses ``chosen``; six steps close 2^32 keys.
-    """
-    i = tl.arange(0, PROBES).to(tl.int64)
-    bottom = _order_key(float("-inf") + row_max * 0.0)
-    top = _order_key(row_max)
-    hi_lo, hi_hi = bottom, top  # key_hi in [hi_lo, hi_hi]; bin(hi_lo) >= chosen
-    lo_lo, lo_hi = bottom, top  # key_lo in [lo_lo, lo_hi]; bin(lo_hi) <= chosen
-    for _ in range(6):
-        step = tl.maximum(tl.cdiv(hi_hi - hi_lo, PROBES - 1), 1)
-        probe = tl.minimum(hi_lo + i * step, hi_hi)
-        up = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) >= chosen  # a prefix of the probes
-        best = tl.max(tl.where(up, probe, hi_lo), axis=0)
-        hi_hi = tl.minimum(hi_hi, best + step - 1)
-        hi_lo = best
-        step = tl.maximum(tl.cdiv(lo_hi - lo_lo, PROBES - 1), 1)
-        probe = tl.maximum(lo_hi - i * step, lo_lo)
-        down = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) <= chosen  # a prefix of the probes
-        best = tl.min(tl.where(down, probe, lo_hi), axis=0)
-        lo_lo = tl.maximum(lo_lo, best - step + 1)
-        lo_hi = best
-    return lo_hi, hi_lo
-
-
-@triton.jit
-def _cg(ptr):
-    """A load from L2 (``.cg``): values another program of this launch wrote after our first read of the line."""
-    return tl.load(ptr, cache_modifier=".cg")
-
-
-@triton.jit
-def _wait_for(flag, value, stalls, SPIN_LIMIT: tl.constexpr):
-    """Spin until ``*flag >= value`` (acquire), at most ``SPIN_LIMIT`` polls; a poll limit reached
-    counts one stall in ``*stalls`` instead of hanging the GPU (see :func:`topp_threshold`)."""
-    seen = tl.atomic_add(flag, 0, sem="acquire")
-    polls = 0
-    while (seen < value) & (polls < SPIN_LIMIT):
-        seen = tl.atomic_add(flag, 0, sem="acquire")
-        polls += 1
-    if seen < value:
-        tl.atomic_add(stalls, 1, sem="relaxed")
-    tl.debug_barrier()
-
-
-@triton.jit
-def _logit_phase(
-    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
-    row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
-    NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr,
-):
-    """Level 0: per-program one-hot histograms of the logit bins, added to ``level``; the last
-    program to finish walks them, writes the search state and (``FUSED``) sets ``*release``."""
-    row_max, z, n_visible, inv_width = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
-                                                    N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
-    bins = tl.arange(0, N_LOGIT)
-    # (SUB, N_LOGIT) accumulators in registers, reduced once at the end (a reduction per step costs
-    # a shared-memory round trip each)
-    count_acc = tl.zeros([SUB, N_LOGIT], tl.int32)
-    mass_acc = tl.zeros([SUB, N_LOGIT], tl.float32)
-    lo = part * chunk
-    hi = tl.minimum(lo + chunk, n_keys)
-    for start in range(lo, hi, SUB):
-        offs = start + tl.arange(0, SUB)
-        s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
-        b = _logit_bin(s, row_max, inv_width, N_LOGIT)
-        hit = (s != float("-inf"))[:, None] & (b[:, None] == bins[None, :])
-        count_acc += hit.to(tl.int32)
-        mass_acc += tl.where(hit, (tl.exp(s - row_max) / z)[:, None], 0.0)
-    tl.atomic_add(level + bins, tl.sum(count_acc, axis=0).to(tl.int64), sem="relaxed")
-    tl.atomic_add(level + N_BINS + bins, (tl.sum(mass_acc, axis=0) * 4503599627370496.0).to(tl.int64), sem="relaxed")
-    tl.debug_barrier()
-    ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
-    if ticket == n_chunks - 1:  # the last program: walk the level
-        tl.debug_barrier()
-        counts = _cg(level + bins)
-        masses = _cg(level + N_BINS + bins)
-        lower = min_tokens + n_visible * 0
-        upper = tl.minimum(n_visible, max_tokens)
-        zero = n_visible * 0
-        chosen, mode, rank, above, mass_above, _, _ = _walk(
-            counts, masses, zero, zero, zero, zero, target, lower, upper, N_LOGIT,
-        )
-        key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, 256)
-        empty = upper == 0
-        _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
-                      tl.where(empty, NO_KEY, 0), zero, N_BINS)
-        tl.store(st + LOWER, lower)
-        tl.store(st + UPPER, upper)
-        tl.store(stats_ptr + row * 2, row_max)
-        tl.store(stats_ptr + row * 2 + 1, z)
-        tl.store(n_keep_ptr + row, zero)
-        if FUSED:
-            tl.debug_barrier()
-            tl.atomic_xchg(release, 1, sem="release")
-
-
-@triton.jit
-def _key_phase(
-    scores_row, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
-    N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr,
-):
-    """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched; the last
-    program walks them, narrows the interval (or resolves ``tau``) and (``FUSED``) sets ``*release``.
-    Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
-    mode = _cg(st + MODE)
-    searching = mode != RESOLVED
-    if searching:
-        key_hi = _cg(st + KEY_HI)
-        key_lo = _cg(st + KEY_LO)
-        shift = _cg(st + SHIFT)
-        row_max = _cg(stats_ptr + row * 2)
-        z = _cg(stats_ptr + row * 2 + 1)
-        lo = part * chunk
-        hi = tl.minimum(lo + chunk, n_keys)
-        for start in range(lo, hi, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
-            key = _order_key(s)
-            inside = (s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
-            b = (key_hi - key) >> shift
-            tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
-            tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
-        tl.debug_barrier()
-        ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
-        if ticket == n_chunks - 1:  # the last program: walk the level
-            tl.debug_barrier()
-            bins = tl.arange(0, N_BINS)
-            counts = _cg(level + bins)
-            masses = _cg(level + N_BINS + bins)
-            lower = _cg(st + LOWER)
-            upper = _cg(st + UPPER)
-            chosen, mode, rank, above, mass_above, n_in, mass_in = _walk(
-                counts, masses, _cg(st + ABOVE), _cg(st + MASS_ABOVE), mode, _cg(st + RANK), target, lower, upper,
-                N_BINS,
-            )
-            new_hi = key_hi - (chosen << shift)
-            new_lo = tl.maximum(key_lo, new_hi - (1 << shift) + 1)
-            resolved = shift == 0
-            # resolved: every key of the bin scores tau; by mass, n* ends after the first ties whose mass reaches target
-            each = mass_in // tl.maximum(n_in, 1)
-            ties = tl.where(each > 0, (target - mass_above + each - 1) // tl.maximum(each, 1), n_in)
-            n_star = above + tl.minimum(tl.maximum(ties, 1), n_in)
-            n_keep = tl.where(mode == BY_RANK, rank, tl.minimum(tl.maximum(n_star, lower), upper))
-            _store_search(st, tl.where(resolved, RESOLVED, mode), rank, above, mass_above, new_hi, new_lo, new_hi,
-                          n_keep - above, N_BINS)
-            if resolved:
-                tl.store(n_keep_ptr + row, n_keep)
-            if FUSED:
-                tl.debug_barrier()
-                tl.atomic_xchg(release, 1, sem="release")
-    return searching
-
-
-@triton.jit
-def _tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr):
-    """Per chunk: keys scoring above tau, keys scoring tau."""
-    tau = _cg(st + TAU)
-    lo = part * chunk
-    hi = tl.minimum(lo + chunk, n_keys)
-    n_above = tl.zeros([BLOCK], tl.int32)
-    n_tied = tl.zeros([BLOCK], tl.int32)
-    for start in range(lo, hi, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
-        key = _order_key(s)
-        seen = s != float("-inf")
-        n_above += (seen & (key > tau)).to(tl.int32)
-        n_tied += (seen & (key == tau)).to(tl.int32)
-    out = tally_ptr + (row * n_chunks + part) * 2
-    tl.store(out, tl.sum(n_above, axis=0))
-    tl.store(out + 1, tl.sum(n_tied, axis=0))
-
-
-@triton.jit
-def _gather_phase(
-    scores_row, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
-    NC_PAD: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """Selected slots of the chunk, ascending, at their final positions in ``order_row``."""
-    tau = _cg(st + TAU)
-    need = _cg(st + NEED).to(tl.int32)
-    c = tl.arange(0, NC_PAD)
-    earlier = tally_ptr + (row * n_chunks + c) * 2
-    above_before = tl.sum(tl.load(earlier, mask=c < part, other=0, cache_modifier=".cg"), axis=0)
-    ties_before = tl.sum(tl.load(earlier + 1, mask=c < part, other=0, cache_modifier=".cg"), axis=0)
-    written = above_before + tl.minimum(ties_before, need)
-    lo = part * chunk
-    hi = tl.minimum(lo + chunk, n_keys)
-    for start in range(lo, hi, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
-        key = _order_key(s)
-        seen = s != float("-inf")
-        tied = (seen & (key == tau)).to(tl.int32)
-        tie_rank = ties_before + tl.cumsum(tied, axis=0) - tied
-        take = ((seen & (key > tau)) | ((tied == 1) & (tie_rank < need))).to(tl.int32)
-        slot = written + tl.cumsum(take, axis=0) - take
-        tl.store(order_row + slot, offs.to(tl.int64), mask=take == 1)
-        written += tl.sum(take, axis=0)
-        ties_before += tl.sum(tied, axis=0)
-
+from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_STATE, gather_phase,
+                               key_phase, logit_phase, tally_phase, wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
 N_PHASES = 6
@@ -439,26 +113,26 @@ def _search_kernel(
     sync = sync_ptr + row * N_SYNC
     for phase in tl.static_range(FIRST, LAST + 1):
         if phase == 0:
-            _logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
+            logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
                          sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
                          NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST)
             if phase < LAST:
-                _wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
+                wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
         elif phase < _TALLY:
-            searching = _key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
+            searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
                                    sync + phase, row, part, n_keys, chunk, n_chunks, target, N_BINS, BLOCK,
                                    FIRST < LAST)
             if phase < LAST:
                 if searching:
-                    _wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
+                    wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
         elif phase == _TALLY:
-            _tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK)
+            tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK)
             if phase < LAST:
                 tl.debug_barrier()
                 tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
-                _wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
+                wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
         else:
-            _gather_phase(scores_row, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
+            gather_phase(scores_row, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
                           chunk, n_chunks, NC_PAD, BLOCK)
 
 
