@@ -164,8 +164,9 @@ def _add_distill(p: argparse.ArgumentParser, prefix: str) -> None:
                         "(SmolLM2 at 1 x 8K: 1.0 s/step and 13 GiB on an H200)")
     p.add_argument(f"--{prefix}eval-sequences", type=int, default=d.eval_sequences)
     p.add_argument(f"--{prefix}student-prefill", choices=STUDENT_PREFILL, default=d.student_prefill,
-                   help="retrieval heads of the student in training: every query over its top-p selection (topp) "
-                        "or the block-sparse prefill (sparse: adapt to retrieval_prefill=sparse)")
+                   help="retrieval heads of the student in training: the block-sparse prefill (sparse, default: "
+                        "also adapts to retrieval_prefill=sparse; the better adapter on SmolLM2, dense prefill included) "
+                        "or every query over its token top-p selection (topp)")
 
 
 # --- settings from args ------------------------------------------------------------------------
