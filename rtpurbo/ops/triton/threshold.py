@@ -72,18 +72,17 @@ Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capt
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
+from .decode import _num_sms
 from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_STATE, gather_phase,
                                key_phase, logit_phase, tally_phase, wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
 N_PHASES = 6
-TALLY, GATHER = 4, 5
+TALLY = 4  # then 5, the gather
 # per-row synchronisation words (int64): the release flags of phases 0-3, the tally arrivals, stalls
 N_SYNC = 8
 ARRIVED, STALLS = 4, 7
@@ -136,13 +135,8 @@ def _search_kernel(
                           chunk, n_chunks, NC_PAD, BLOCK)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-
-
 SCHEDULES = ("fused", "phased")
-SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up (seconds; see topp_threshold)
+SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up: far past any real wait (see topp_threshold)
 
 
 def _chunks(n_keys: int, rows: int, device: torch.device, block: int, schedule: str) -> tuple[int, int]:
