@@ -231,6 +231,11 @@ def test_build_data_in_workers_is_the_same_and_splits_differ(tokenizer, corpus):
     assert tune.meta["split"] == "tune" and not {s.seed for s in tune.samples} & {s.seed for s in one.samples}
     with pytest.raises(ValueError, match="at most 32 perplexity windows"):
         build_task_data(tokenizer, **base, ppl_windows=33)
+    more = build_task_data(tokenizer, **{**base, "samples": 1}, first_sample=1)  # sample 1 alone, as in `one`
+    assert more.samples == [s for s in one.samples if s.seed in {m.seed for m in more.samples}]
+    assert len(more.samples) == 2 and more.meta["first_sample"] == 1
+    with pytest.raises(ValueError, match="first_sample"):
+        build_task_data(tokenizer, **base, first_sample=-1)
     train_corpus = TaskCorpus(corpus.prose, corpus.docs, corpus.code, pool="train")
     with pytest.raises(ValueError, match="dev pool"):
         build_task_data(tokenizer, **{**base, "corpus": train_corpus})

@@ -176,6 +176,35 @@ def test_runs_per_row_and_length_merge_into_one_report(converted, tmp_path):
         merge_runs(tmp_path / "bad", [runs[0], stray])
 
 
+def test_runs_over_blocks_of_samples_merge_by_seed(converted, tmp_path):
+    data, dense = make_data(n=4), rows_for(converted)[0]
+    config = {"model": "tiny", "device": "cpu", "dtype": "float32", "chat_template": False,
+              "settings": {"lengths": LENGTHS, "ppl_windows": 0}}
+    def run(name, samples):  # the dense row over some of the samples of every (task, length)
+        part = TaskData(samples, [], data.meta)
+        suite.configure(converted, dense)
+        suite.evaluate_row(converted, tiny_tokenizer(), dense, part, settings(samples=len(samples) // 4, ppl_windows=0,
+                                                                                  speed_repeats=0), tmp_path / name,
+                           progress=False)
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        return tmp_path / name
+    whole = run("whole", data.samples)
+    first = run("first", [s for s in data.samples if s.seed < 1002])
+    later = run("later", [s for s in data.samples if s.seed >= 1002])
+    merge_runs(tmp_path / "merged", [first, later])
+    merged = report.stored_rows(tmp_path / "merged")["dense"]["units"]
+    want = report.stored_rows(whole)["dense"]["units"]
+    for key, unit in want.items():
+        if "samples" in unit:
+            assert merged[key]["samples"] == unit["samples"] and len(unit["samples"]) == 4
+    row = json.loads((later / "rows" / "dense.json").read_text())
+    unit = next(u for u in row["units"].values() if "samples" in u)
+    unit["samples"][0]["exact"] = 1 - unit["samples"][0]["exact"]  # the same seed, scored otherwise
+    (later / "rows" / "dense.json").write_text(json.dumps(row))
+    with pytest.raises(ValueError, match="scored differently"):
+        merge_runs(tmp_path / "bad", [whole, later])
+
+
 def test_changed_row_identity_starts_over(converted, tmp_path):
     data, rows = make_data(), rows_for(converted)[:1]
     run_suite(converted, tiny_tokenizer(), rows, data, settings(ppl_windows=0), tmp_path, None, progress=False)

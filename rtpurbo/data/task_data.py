@@ -71,8 +71,10 @@ def perplexity_windows(tokenizer: Any, n: int, length: int, install: bool = True
 def build_task_data(tokenizer: Any, lengths: list[int], tasks: list[str], samples: int, split: str = "eval",
                     ppl_windows: int = 0, ppl_length: int = 8192, chat: bool = True, workers: int = 1,
                     corpus: TaskCorpus | None = None, windows: list[list[int]] | None = None,
-                    progress: bool = True, install: bool = True) -> TaskData:
-    """Samples 0 .. samples-1 of every task at every length, and ``ppl_windows`` windows (deterministic).
+                    progress: bool = True, install: bool = True, first_sample: int = 0) -> TaskData:
+    """Samples ``first_sample`` .. ``first_sample + samples - 1`` of every task at every length, and
+    ``ppl_windows`` windows (deterministic). A later ``first_sample`` adds new samples to an earlier file's:
+    evaluate them separately and merge the rows (``rtpurbo eval --report-only --merge``).
 
     ``corpus``: the task text (default: the installed dev pool); ``windows``: perplexity
     windows to use instead of reading the dev pool (e.g. from an earlier data file).
@@ -84,7 +86,9 @@ def build_task_data(tokenizer: Any, lengths: list[int], tasks: list[str], sample
     if corpus.pool != "dev":
         raise ValueError(f"eval and tune data come from the dev pool, this corpus is from the {corpus.pool!r} pool")
     fmt = PromptFormat.for_tokenizer(tokenizer, chat=chat)
-    jobs = [(t, length, i) for length in lengths for t in tasks for i in range(samples)]
+    if first_sample < 0:
+        raise ValueError(f"first_sample must be >= 0, got {first_sample}")
+    jobs = [(t, length, i) for length in lengths for t in tasks for i in range(first_sample, first_sample + samples)]
     built = _build_jobs(jobs, tokenizer, corpus, fmt, split, workers, progress)
     if windows is None:
         windows = []
@@ -92,8 +96,8 @@ def build_task_data(tokenizer: Any, lengths: list[int], tasks: list[str], sample
             skip = MAX_EVAL_WINDOWS if split == "tune" else 0
             windows = perplexity_windows(tokenizer, ppl_windows, ppl_length, install, skip=skip)
     meta = {"probe": tokenizer_probe(tokenizer), "chat_template": fmt.chat, "corpus_files": len(corpus.paths),
-            "split": split, "task_sources": ["python-docs", "shakespeare", "cpython-stdlib"],
-            "perplexity_sources": list(PPL_SOURCES)}
+            "split": split, "first_sample": first_sample,
+            "task_sources": ["python-docs", "shakespeare", "cpython-stdlib"], "perplexity_sources": list(PPL_SOURCES)}
     return TaskData(built, windows[:ppl_windows], meta)
 
 

@@ -99,6 +99,9 @@ def add_parsers(subparsers: Any) -> None:
                                                "the installed dev pool; perplexity windows then come from --data")
     p.add_argument("--save-corpus", type=Path, help="with --prepare-only: also write the task corpus to this file "
                                                     "(gzipped JSON, a few MB) for machines without the sources")
+    p.add_argument("--first-sample", type=int, default=0,
+                   help="with --prepare-only: index of the first sample of every task and length (e.g. 100 to add "
+                        "samples 100.. to an earlier 100-sample file; evaluate them separately, then --merge)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes that build task samples")
     p.add_argument("--reference", metavar="ROW",
                    help="the row every other row is paired against (default dense; e.g. an artifact row with dense "
@@ -188,7 +191,7 @@ def settings_from(args: argparse.Namespace, max_positions: int, device: str, dat
         decode=args.decode if args.decode != "auto" else ("graph" if device == "cuda" else "eager"),
         speed_repeats=mode["speed_repeats"] if args.speed_repeats is None else args.speed_repeats,
         speed_warmup=1 if device == "cpu" else 2, speed_steps=mode["speed_steps"], chat=not args.no_chat_template,
-        split=args.split, workers=args.workers,
+        split=args.split, workers=args.workers, first_sample=args.first_sample,
     )
 
 

@@ -281,22 +281,54 @@ def rebuild_report(out: Path, row_order: tuple[str, ...] = (), reference: str | 
     return write_report(out, [stored[n] for n in names], config)
 
 
+def _merged_unit(held: dict[str, Any] | None, unit: dict[str, Any], where: str) -> dict[str, Any]:
+    """One task unit from two runs over different samples (``--first-sample``): their samples joined by seed.
+    A seed scored in both runs must score the same; other units (perplexity, speed): the later run's."""
+    if held is None or "samples" not in held or "samples" not in unit:
+        return unit
+    seeds = {s["seed"]: s for s in held["samples"]}
+    for sample in unit["samples"]:
+        if sample["seed"] in seeds and seeds[sample["seed"]] != sample:
+            raise ValueError(f"{where}: sample seed {sample['seed']} scored differently in two runs")
+        seeds[sample["seed"]] = sample
+    merged = {**unit, "samples": [seeds[k] for k in sorted(seeds)], "digest": None}
+    for field in ("selection_mean_fraction", "prefill_block_fraction"):  # sample-weighted means
+        pairs = [(u.get(field), len(u["samples"])) for u in (held, unit) if u.get(field) is not None]
+        merged[field] = sum(f * n for f, n in pairs) / sum(n for _, n in pairs) if pairs else None
+    return merged
+
+
+def merge_rows(name: str, parts: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One stored row from several runs' ``(where, row)`` parts (e.g. rows of the same artifact run under
+    other names, or over other blocks of samples): identities must agree; units join (samples by seed)."""
+    merged: dict[str, Any] | None = None
+    for where, row in parts:
+        if merged is None:
+            merged = {**row, "row": name, "units": {}, "kv_bytes_per_token": {}}
+        elif merged["identity"] != row["identity"]:
+            raise ValueError(f"{where}: row {name!r} was computed differently in another run")
+        for key, unit in row["units"].items():
+            merged["units"][key] = _merged_unit(merged["units"].get(key), unit, f"{where}: row {name!r}, {key}")
+        merged["kv_bytes_per_token"].update(row.get("kv_bytes_per_token", {}))
+    if merged is None:
+        raise ValueError(f"no parts to merge into row {name!r}")
+    return merged
+
+
 def merge_runs(out: Path, runs: list[Path]) -> None:
     """Gather the rows of several results directories into ``out`` (e.g. one run per row and
-    length): units of one row merge when its identity agrees; the config of the run with the most
-    perplexity windows and lengths is kept, its lengths widened to all merged lengths."""
-    rows: dict[str, dict[str, Any]] = {}
+    length, or per block of samples): units of one row merge when its identity agrees, and the samples
+    of a unit held by several runs are joined by seed (:func:`merge_rows`); the config of the run with the
+    most perplexity windows and lengths is kept, its lengths widened to all merged lengths."""
+    parts: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     configs, lengths = [], set()
     for run in runs:
         config = json.loads((run / "config.json").read_text())
         configs.append(config)
         lengths.update(config["settings"]["lengths"])
         for name, row in stored_rows(run).items():
-            held = rows.setdefault(name, {**row, "units": {}, "kv_bytes_per_token": {}})
-            if held["identity"] != row["identity"]:
-                raise ValueError(f"{run}: row {name!r} was computed differently in another run")
-            held["units"].update(row["units"])
-            held["kv_bytes_per_token"].update(row.get("kv_bytes_per_token", {}))
+            parts.setdefault(name, []).append((str(run), row))
+    rows = {name: merge_rows(name, held) for name, held in parts.items()}
     if not rows:
         raise FileNotFoundError(f"no row results in {[str(r) for r in runs]}")
     config = max(configs, key=lambda c: (c["settings"]["ppl_windows"], len(c["settings"]["lengths"])))

@@ -66,6 +66,7 @@ class SuiteSettings:
     chat: bool = True
     split: str = "eval"
     workers: int = 1
+    first_sample: int = 0  # data preparation: index of the first sample of every (task, length)
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ def build_data(tokenizer: Any, settings: SuiteSettings, corpus: TaskCorpus | Non
     """Every sample and window ``settings`` ask for (:func:`rtpurbo.data.task_data.build_task_data`)."""
     return build_task_data(tokenizer, settings.lengths, settings.tasks, settings.samples, settings.split,
                            settings.ppl_windows, settings.ppl_length, settings.chat, settings.workers, corpus,
-                           windows, progress, install)
+                           windows, progress, install, settings.first_sample)
 
 
 def digest(*parts: Any) -> str:
