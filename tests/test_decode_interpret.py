@@ -3,7 +3,7 @@
 :func:`rtpurbo.ops.triton.decode.decode_attention` splits each row's keys over programs and a
 combine kernel merges their partial softmax states. Here both run under ``TRITON_INTERPRET=1`` (in
 a child process: this file run as a script), in dense mode (window + sinks, padded rows, GQA,
-head dims 64 and 96: the latter padded to 128 inside the kernels) and list mode, for launch
+head dims 64, 96 and 40: padded to 128 and 64 inside the kernels) and list mode, for launch
 shapes that make many partial results per row, so the combine merges several chunks of them, and
 against :func:`rtpurbo.ops.reference.attention` in fp32. The GPU runs the same kernels in
 ``tests/test_ops_gpu.py``.
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(in
 CASES = [
     ("dense-window", 2, 2, 4, 300, 64, 64, 4, (16, 8, 4, 16)),
     ("dense-full-d96", 1, 3, 3, 257, 96, None, 0, (32, 4, 8, 32)),
+    ("dense-d40", 2, 2, 3, 130, 40, None, 0, (16, 4, 8, 16)),  # head dim not a multiple of 16: masked lanes
     ("dense-one-part", 2, 1, 2, 40, 64, None, 0, (64, 1, 64, 64)),
     ("dense-default-launch", 2, 2, 4, 200, 64, 50, 2, None),
 ]

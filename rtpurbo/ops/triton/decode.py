@@ -388,6 +388,8 @@ def decode_attention(
     causally visible and not always-kept (``k_pos < skip_sinks`` or ``q_pos - k_pos <
     skip_recent``), plus the slots of ``always`` ((B * Hkv, A), -1 = none).
     ``launch``: the launch shape (default :data:`DENSE_LAUNCH` / :data:`LIST_LAUNCH` by mode).
+    Any head dim works: lanes past it (up to the next power of two, at least 16) are masked. Multiples of
+    16 let Triton vectorise the K/V loads; others are correct but load narrower.
 
     Returns:
         out (B, Hq, 1, D) in ``q.dtype`` (zeros where no key is used) and the number of keys
