@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .config import RETRIEVAL_PREFILL, SparseConfig, check_ratio
+from .config import PREFILL_SCORINGS, RETRIEVAL_PREFILL, SparseConfig, check_ratio
 from .models import DEFAULT_MODEL
 
 
@@ -73,6 +73,9 @@ def add_sparse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-max-blocks", type=int, default=d.prefill_max_blocks, help="sparse prefill: cap")
     p.add_argument("--prefill-band", type=positive_int, default=d.prefill_band,
                    help="sparse prefill: tokens before each query block always attended")
+    p.add_argument("--prefill-scoring", choices=PREFILL_SCORINGS, default=d.prefill_scoring,
+                   help="sparse prefill: key-block scores from mean indexer vectors (pooled) or the indexer's "
+                        "probability mass per block (mass: keeps needle blocks, costs more)")
     p.add_argument("--impl", default=d.impl, help="attention backend: auto, sdpa, reference, flex")
     p.add_argument("--decode-impl", default=d.decode_impl, help="top-p decode backend: auto, reference, triton")
     p.add_argument("--reorder-heads", action="store_true", help="make retrieval KV heads contiguous")
@@ -85,6 +88,7 @@ def sparse_from_args(args: argparse.Namespace, **overrides: Any) -> SparseConfig
         seqlen_threshold=args.seqlen_threshold, retrieval_prefill=args.retrieval_prefill,
         prefill_top_p=args.prefill_top_p, prefill_min_blocks=args.prefill_min_blocks,
         prefill_max_blocks=args.prefill_max_blocks, prefill_band=args.prefill_band,
+        prefill_scoring=args.prefill_scoring,
         impl=args.impl, decode_impl=args.decode_impl, reorder_heads=args.reorder_heads,
     )
     fields.update(overrides)

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .ops.semantics import DEFAULT_SINKS, DEFAULT_WINDOW, check_window
 
 PLAN_FORMAT = "rtpurbo.head_plan/1"
@@ -192,6 +193,9 @@ class SparseConfig:
             indexer's token selection, as at decode; stage 2 and teacher-forced fidelity checks).
         prefill_top_p, prefill_min_blocks, prefill_max_blocks, prefill_band: the ``sparse`` prefill's
             budget (``prefill_top_p = 1`` is dense prefill).
+        prefill_scoring: how the ``sparse`` prefill scores key blocks: ``pooled`` (mean indexer vectors,
+            nearly free) or ``mass`` (the indexer's probability mass of each block for 8 queries of each
+            query block; keeps needle blocks; :mod:`rtpurbo.ops.block_scores`).
         impl: attention backend (``auto``, ``sdpa``, ``reference``, ``flex``).
         decode_impl: top-p decode backend (``auto``, ``reference``, ``triton``).
         reorder_heads: permute heads so retrieval KV heads are contiguous in each layer.
@@ -211,6 +215,7 @@ class SparseConfig:
     prefill_min_blocks: int = 2
     prefill_max_blocks: int | None = None
     prefill_band: int = 512
+    prefill_scoring: str = "pooled"
     impl: str = "auto"
     decode_impl: str = "auto"
     reorder_heads: bool = False
@@ -228,6 +233,8 @@ class SparseConfig:
             raise ValueError(f"retrieval_prefill must be one of {RETRIEVAL_PREFILL}, got {self.retrieval_prefill!r}")
         if not 0 < self.prefill_top_p <= 1 or self.prefill_band < 1 or self.prefill_min_blocks < 0:
             raise ValueError("prefill_top_p must be in (0, 1], prefill_band >= 1 and prefill_min_blocks >= 0")
+        if self.prefill_scoring not in PREFILL_SCORINGS:
+            raise ValueError(f"prefill_scoring must be one of {PREFILL_SCORINGS}, got {self.prefill_scoring!r}")
         if self.prefill_max_blocks is not None and self.prefill_max_blocks < max(1, self.prefill_min_blocks):
             raise ValueError(f"prefill_max_blocks ({self.prefill_max_blocks}) must be >= max(1, prefill_min_blocks)")
         if self.index_rope_dims % 2 or not 0 <= self.index_rope_dims <= self.index_dim:

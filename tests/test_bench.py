@@ -116,8 +116,14 @@ def test_cli_prefill_flags():
     settings = settings_from(args)
     assert settings.prefill_blocks == [16, 64] and settings.prefill_top_p == 0.8
     assert set(settings.sparse_configs()) == {"sparse", "sparse-prefill16", "sparse-prefill64"}
+    assert settings.sparse_configs()["sparse-prefill16"].prefill_scoring == "pooled"
+    mass = settings_from(parser.parse_args(["bench", "model", "--device", "cpu", "--tiny", "--prefill-blocks", "16",
+                                            "--prefill-scoring", "mass"]))
+    assert mass.sparse_configs()["sparse-prefill16"].prefill_scoring == "mass"
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "model", "--prefill-top-p", "1.5"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "model", "--prefill-scoring", "max"])
 
 
 def test_cuda_graph_flag_decodes_the_same_tokens(tmp_path):

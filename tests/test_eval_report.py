@@ -228,7 +228,7 @@ def test_artifact_row_is_loaded_and_keeps_its_own_plan(tmp_path):
     at_095 = run_suite(base, tokenizer, [Row("p95", "artifact", top_p=0.95, artifact=artifact)], make_data(),
                        settings(speed_repeats=0), tmp_path / "out", lambda path: io.load(path), progress=False)
     assert at_095[0]["sparse"]["top_p"] == 0.95 and at_095[0]["identity"]["sparse"]["top_p"] == 0.95
-    sparse_prefill = {"retrieval_prefill": "sparse", "prefill_top_p": 0.5, "prefill_band": 16}
+    sparse_prefill = {"retrieval_prefill": "sparse", "prefill_top_p": 0.5, "prefill_band": 16, "prefill_scoring": "mass"}
     rows = [Row("sp", "artifact", artifact=artifact, settings=sparse_prefill)]
     sp = run_suite(base, tokenizer, rows, make_data(), settings(speed_repeats=0), tmp_path / "out",
                    lambda path: io.load(path), progress=False)[0]
@@ -239,7 +239,7 @@ def test_artifact_row_is_loaded_and_keeps_its_own_plan(tmp_path):
     assert "prefill_block_fraction" not in at_095[0]["units"]["perplexity"]  # dense retrieval prefill: nothing kept
     summary = summarize_row(sp)
     table = "\n".join(report._rows_table([summary]))
-    assert "sparse (top-p 0.5; " in table and "in the perplexity windows" in table
+    assert "sparse (top-p 0.5, mass scores; " in table and "in the perplexity windows" in table
 
 
 def test_artifact_rows_parse_optional_settings():
@@ -247,8 +247,9 @@ def test_artifact_rows_parse_optional_settings():
     assert _artifact_row("s2=runs/a@0.95") == ("s2", Path("runs/a"), {"top_p": 0.95})
     assert _artifact_row("sp=runs/a@retrieval_prefill=sparse, prefill_top_p=0.9,prefill_max_blocks=8") == (
         "sp", Path("runs/a"), {"retrieval_prefill": "sparse", "prefill_top_p": 0.9, "prefill_max_blocks": 8})
+    assert _artifact_row("sp=runs/a@retrieval_prefill=sparse,prefill_scoring=mass")[2]["prefill_scoring"] == "mass"
     for bad in ("runs/a", "dense=runs/a", "s2=runs/a@1.5", "s2=runs/a@high", "s2=", "s2=runs/a@window=4",
-                "s2=runs/a@retrieval_prefill=fast", "s2=runs/a@prefill_band=-1"):
+                "s2=runs/a@retrieval_prefill=fast", "s2=runs/a@prefill_band=-1", "s2=runs/a@prefill_scoring=max"):
         with pytest.raises(SystemExit, match="--artifacts"):
             _artifact_row(bad)
     assert parse("--rows").rows == [] and parse().rows == ["dense", "streaming", "split"]

@@ -93,8 +93,10 @@ def _dense_mask(plan) -> torch.Tensor:
     return out[0] | out[1]
 
 
-@pytest.mark.parametrize("top_p, max_blocks, padded", [(0.5, None, False), (0.8, 3, True), (1.0, None, True)])
-def test_sparse_prefill_plan_lists_the_reference_selection(top_p, max_blocks, padded):
+@pytest.mark.parametrize("top_p, max_blocks, padded, scoring", [(0.5, None, False, "pooled"), (0.8, 3, True, "pooled"),
+                                                              (1.0, None, True, "pooled"), (0.5, None, True, "mass"),
+                                                              (0.8, 3, False, "mass")])
+def test_sparse_prefill_plan_lists_the_reference_selection(top_p, max_blocks, padded, scoring):
     """The device-side block plan keeps exactly reference.select_blocks' blocks (every query head of a KV head)."""
     torch.manual_seed(0)
     batch, n_kv, group, length = 2, 2, 3, 1000
@@ -103,7 +105,7 @@ def test_sparse_prefill_plan_lists_the_reference_selection(top_p, max_blocks, pa
     if padded:
         pos[1, :300] = -1
         pos[1, 300:] -= 300
-    budget = dict(top_p=top_p, min_blocks=1, max_blocks=max_blocks, sinks=4, band=64)
+    budget = dict(top_p=top_p, min_blocks=1, max_blocks=max_blocks, sinks=4, band=64, scoring=scoring)
     with count_host_syncs() as found:
         plan, kept, seen = flex.block_sparse_plan(q_idx, k_idx, pos, pos, group=group, **budget)
     assert not found, dict(found)

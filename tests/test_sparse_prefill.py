@@ -2,6 +2,8 @@
 
 * the reference rule (:func:`rtpurbo.ops.reference.select_blocks`): top-p 1 keeps every visible block;
   the sinks and the local band are always kept; a smaller top-p keeps fewer blocks;
+* block scores (:mod:`rtpurbo.ops.block_scores`): ``mass`` keeps a needle's block that ``pooled``
+  averages away, and computing it in chunks of query blocks changes nothing;
 * the model: top-p 1 gives the dense prefill's logits exactly; a chunked prefill through the
   head-wise cache (chunks of whole blocks) gives the one-shot prefill's logits; the cache reports
   the fraction of key blocks kept;
@@ -40,6 +42,46 @@ def test_selection_keeps_sinks_band_and_shrinks_with_top_p():
         reference.select_blocks(q_idx, k_idx, pos, pos, block=64, top_p=0.5, band=0)
 
 
+def _needle_case():
+    """Queries all along u; every key against u except one needle key (position 300, block 4 of 64 slots)
+    along 5u, whose block's other keys lean a little further against u than the rest of the context."""
+    u = torch.nn.functional.normalize(torch.randn(16, generator=torch.Generator().manual_seed(1)), dim=0)
+    q_idx = (2 * u).expand(1, 1, 1024, 16).clone()
+    k_idx = (-u).expand(1, 1, 1024, 16).clone() + 0.01 * torch.randn(1, 1, 1024, 16)
+    k_idx[0, 0, 256:320] = -1.2 * u
+    k_idx[0, 0, 300] = 5 * u
+    return q_idx, k_idx, torch.arange(1024)[None]
+
+
+@pytest.mark.parametrize("scoring, keeps_needle", [("pooled", False), ("mass", True)])
+def test_mass_scoring_keeps_the_needle_block_that_pooling_averages_away(scoring, keeps_needle):
+    q_idx, k_idx, pos = _needle_case()
+    kept = reference.select_blocks(q_idx, k_idx, pos, pos, block=64, top_p=0.3, sinks=4, band=64, scoring=scoring)
+    assert bool(kept[0, 0, 15, 4]) == keeps_needle  # the last query block, the needle's key block
+    if scoring == "mass":
+        assert kept[0, 0, 15, 1:14].sum() == 1  # the needle's block holds nearly all the mass: nothing else
+    with pytest.raises(ValueError, match="scoring"):
+        reference.select_blocks(q_idx, k_idx, pos, pos, block=64, top_p=1.0, scoring="max")
+
+
+def test_block_mass_in_chunks_equals_one_pass_and_is_a_distribution():
+    from rtpurbo.ops import block_scores
+
+    torch.manual_seed(3)
+    q_idx, k_idx = torch.randn(2, 3, 700, 16), torch.randn(2, 3, 700, 16)
+    pos = torch.arange(700).repeat(2, 1)
+    pos[1, :150] = -1  # a left-padded row
+    lo, hi, any_ = block_scores.block_ranges(pos, 64)
+    candidates = (any_[:, None, :, None] & any_[:, None, None, :] & (lo[:, None, None, :] <= hi[:, None, :, None]))
+    one = block_scores.block_mass(q_idx, k_idx, pos, pos, candidates, 64)
+    chunked = block_scores.block_mass(q_idx, k_idx, pos, pos, candidates, 64, chunk_elements=1)
+    assert torch.equal(one, chunked)
+    mass = one.exp().sum(-1)  # over the candidates of each query block that has any
+    has = candidates.any(-1).expand_as(mass)
+    torch.testing.assert_close(mass[has], torch.ones_like(mass[has]), rtol=0, atol=1e-5)
+    assert (one[~candidates.expand_as(one)] == float("-inf")).all()
+
+
 def _model(family: str, **sparse):
     model = tiny_model(family, num_key_value_heads=2) if family == "qwen3" else tiny_model(family)
     convert(model, mixed_plan(model), SparseConfig(window=64, sinks=2, retrieval_prefill="sparse", prefill_band=64,
@@ -60,8 +102,9 @@ def test_top_p_1_is_the_dense_prefill(family):
     torch.testing.assert_close(sparse, dense, rtol=0, atol=0)
 
 
-def test_chunked_sparse_prefill_equals_one_shot_and_reports_the_kept_fraction():
-    model = _model("llama", prefill_top_p=0.5)
+@pytest.mark.parametrize("scoring", ["pooled", "mass"])
+def test_chunked_sparse_prefill_equals_one_shot_and_reports_the_kept_fraction(scoring):
+    model = _model("llama", prefill_top_p=0.5, prefill_scoring=scoring)
     ids = random_ids(1, 1280, seed=4)
     with torch.no_grad():
         one_shot = model(ids, use_cache=False).logits
@@ -86,3 +129,10 @@ def test_stage2_can_train_the_student_with_sparse_prefill():
     assert model.rtpurbo_sparse.retrieval_prefill == "sparse"
     with pytest.raises(ValueError, match="student_prefill"):
         DistillSettings(student_prefill="dense")
+
+
+def test_prefill_scoring_is_a_checked_setting():
+    assert SparseConfig(prefill_scoring="mass").to_dict()["prefill_scoring"] == "mass"
+    assert SparseConfig.from_dict({"window": 64}).prefill_scoring == "pooled"  # artifacts saved before it
+    with pytest.raises(ValueError, match="prefill_scoring"):
+        SparseConfig(prefill_scoring="max")

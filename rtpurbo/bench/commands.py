@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..cli_args import positive_int, top_p_value
+from ..config import PREFILL_SCORINGS
 from .end_to_end import GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, ModelBenchSettings, run_benchmark
 from .model_report import markdown
 
@@ -110,6 +111,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "and a 512-token local band); random weights score blocks almost flat, so N sets the share kept")
     p.add_argument("--prefill-top-p", type=top_p_value, help="top-p of the sparse-prefill variants over block scores "
                    f"(default {d.prefill_top_p})")
+    p.add_argument("--prefill-scoring", choices=PREFILL_SCORINGS, help="how the sparse-prefill variants score key "
+                   f"blocks: pooled indexer vectors or the indexer's mass per block (default {d.prefill_scoring})")
     p.add_argument("--seqlen-threshold", type=tokens_or_zero, help=f"cached tokens from which retrieval heads select (below: "
                    f"every key; 0 = always select; default {d.seqlen_threshold})")
     p.add_argument("--max-tokens", type=tokens, nargs="+", default=[],
@@ -154,7 +157,8 @@ FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "wi
                  "oom_reserve": "oom_reserve_s",
                  "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps", "profile_length": "profile_length",
                  "decode_lengths": "decode_lengths", "prefill_chunk": "prefill_chunk", "flash_ttft": "flash_ttft",
-                 "index_logit_std": "index_logit_std", "prefill_top_p": "prefill_top_p"}
+                 "index_logit_std": "index_logit_std", "prefill_top_p": "prefill_top_p",
+                 "prefill_scoring": "prefill_scoring"}
 
 
 def settings_from(args: argparse.Namespace) -> ModelBenchSettings:

@@ -141,6 +141,7 @@ class ModelBenchSettings:
     index_logit_std: float | None = None  # indexers scaled to this decode-score std (None: untrained indexers)
     prefill_blocks: list[int] = field(default_factory=list)  # one sparse-retrieval-prefill variant per block budget
     prefill_top_p: float = 0.9  # their top-p over the indexer's block scores (the budget caps it)
+    prefill_scoring: str = "pooled"  # how they score key blocks (rtpurbo.ops.block_scores)
 
     def sparse_configs(self) -> dict[str, SparseConfig]:
         """Variant name -> the sparse configuration it converts with."""
@@ -151,7 +152,8 @@ class ModelBenchSettings:
         floor = SparseConfig().prefill_min_blocks
         configs.update({f"{SPARSE_PREFILL}{n}": SparseConfig(**base, retrieval_prefill="sparse", prefill_max_blocks=n,
                                                              prefill_min_blocks=min(n, floor),
-                                                             prefill_top_p=self.prefill_top_p)
+                                                             prefill_top_p=self.prefill_top_p,
+                                                             prefill_scoring=self.prefill_scoring)
                         for n in self.prefill_blocks})
         return configs
 

@@ -25,7 +25,7 @@ import transformers
 from .. import __version__, io
 from ..cli_args import add_model, add_profile, add_sparse, positive_int, sparse_from_args, top_p_value
 from ..commands import device_dtype, say
-from ..config import RETRIEVAL_PREFILL, HeadPlan, dumps
+from ..config import PREFILL_SCORINGS, RETRIEVAL_PREFILL, HeadPlan, dumps
 from ..convert import convert
 from ..families import geometry
 from ..models import load_base, load_config, load_tokenizer
@@ -114,7 +114,7 @@ def add_parsers(subparsers: Any) -> None:
 
 # --- resolving the run --------------------------------------------------------------------------------
 ROW_SETTINGS = ("top_p", "retrieval_prefill", "prefill_top_p", "prefill_min_blocks", "prefill_max_blocks",
-                "prefill_band")  # what an artifact row may set after "@"
+                "prefill_band", "prefill_scoring")  # what an artifact row may set after "@"
 
 
 def _row_value(key: str, value: str) -> Any:
@@ -123,6 +123,10 @@ def _row_value(key: str, value: str) -> Any:
     if key == "retrieval_prefill":
         if value not in RETRIEVAL_PREFILL:
             raise ValueError(f"retrieval_prefill must be one of {RETRIEVAL_PREFILL}, got {value!r}")
+        return value
+    if key == "prefill_scoring":
+        if value not in PREFILL_SCORINGS:
+            raise ValueError(f"prefill_scoring must be one of {PREFILL_SCORINGS}, got {value!r}")
         return value
     number = int(value)
     if number < 0:

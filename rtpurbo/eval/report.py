@@ -116,7 +116,8 @@ def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
             kept_blocks = "".join(f"; {100 * np.mean(v):.0f}% of key blocks @{n}" for n, v in sorted(by_length.items()))
             if r.get("perplexity_prefill_block_fraction") is not None:
                 kept_blocks += f"; {100 * r['perplexity_prefill_block_fraction']:.0f}% in the perplexity windows"
-            prefill += f" (top-p {sp.get('prefill_top_p', 1.0):g}{kept_blocks})"
+            scoring = "" if sp.get("prefill_scoring", "pooled") == "pooled" else f", {sp['prefill_scoring']} scores"
+            prefill += f" (top-p {sp.get('prefill_top_p', 1.0):g}{scoring}{kept_blocks})"
         lines.append([
             r["row"], f"{r['retrieval_kv_heads']}/{r['total_kv_heads']}", str(sp["window"]), str(sp["sinks"]),
             f"{sp['top_p']:g}" if r["retrieval_kv_heads"] and r["kind"] != "dense" else "–",

@@ -204,10 +204,11 @@ def sparse_prefill(
     band: int = 1,
     scale: float | None = None,
     impl: str = "auto",
+    scoring: str = "pooled",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sparse prefill of retrieval heads: causal attention over the key blocks of ``BLOCK_SIZE`` slots that
-    :func:`rtpurbo.ops.reference.select_blocks` keeps (top-p over indexer block scores, the sink blocks
-    and the local band always). ``top_p = 1`` is dense causal attention.
+    :func:`rtpurbo.ops.reference.select_blocks` keeps (top-p over indexer block scores by ``scoring``, the
+    sink blocks and the local band always). ``top_p = 1`` is dense causal attention.
 
     Args:
         q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); q_pos (B, Lq), k_pos (B, Lk), keys in position order.
@@ -219,7 +220,7 @@ def sparse_prefill(
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     name = resolve_impl(impl, q.device)
-    budget = dict(top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks, sinks=sinks, band=band)
+    budget = dict(top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks, sinks=sinks, band=band, scoring=scoring)
     if name == "flex":
         flex = importlib.import_module(_BACKENDS["flex"])
         plan_, kept, seen = flex.block_sparse_plan(q_idx, k_idx, q_pos, k_pos, group=q.shape[1] // k.shape[1],

@@ -208,9 +208,11 @@ def _compiled(kind: str) -> Callable:
 def block_sparse_plan(
     q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *, group: int, top_p: float,
     min_blocks: int = 0, max_blocks: int | None = None, sinks: int = 0, band: int = 1, backward: bool = False,
+    scoring: str = "pooled",
 ) -> tuple[FlexPlan, torch.Tensor, torch.Tensor]:
     """The block mask of a retrieval heads' sparse prefill: :func:`rtpurbo.ops.reference.select_blocks` over
-    blocks of :data:`BLOCK` slots, built on the device without a host sync or a per-query-head L x L tensor.
+    blocks of :data:`BLOCK` slots (block scores by ``scoring``, :mod:`rtpurbo.ops.block_scores`), built on the
+    device without a host sync or a per-query-head L x L tensor.
 
     Key positions must be in slot order within each row (a prefill, a retrieval cache). Each query
     block's list holds its always-kept blocks (sinks; the band: at most ``sinks / 128 + band / 128 + 3``
@@ -220,7 +222,10 @@ def block_sparse_plan(
     per KV head. Returns (plan, kept blocks (), blocks some query of their query block sees ()): summed
     over rows, heads and query blocks.
     """
-    from .reference import block_ranges, pooled_index
+    from .block_scores import SCORINGS, block_ranges, block_scores
+
+    if scoring not in SCORINGS:
+        raise ValueError(f"prefill block scoring must be one of {SCORINGS}, got {scoring!r}")
 
     q_len, k_len = _padded(q_pos.shape[-1]), _padded(k_pos.shape[-1])
     q_pos, k_pos = _pad_positions(q_pos, q_len), _pad_positions(k_pos, k_len)
@@ -229,13 +234,13 @@ def block_sparse_plan(
     seen = q_any & k_any & (k_lo <= q_hi)  # (B, 1, nq, nk)
     always = seen & ((k_lo < sinks) | (k_hi >= q_lo - band))
     candidates = seen & ~always
-    scores = torch.einsum("bhqd,bhkd->bhqk", pooled_index(q_idx, q_pos, BLOCK), pooled_index(k_idx, k_pos, BLOCK))
-    n_k = scores.shape[-1]
+    n_k = candidates.shape[-1]
     keep_bound = n_k if max_blocks is None else min(n_k, max_blocks)
     if top_p >= 1.0:
-        selected = (always | candidates).expand_as(scores)
+        selected = (always | candidates).expand(-1, q_idx.shape[1], -1, -1)
         keep_bound = n_k
     else:
+        scores = block_scores(q_idx, k_idx, q_pos, k_pos, candidates, BLOCK, scoring)
         probs = torch.softmax(scores.masked_fill(~candidates, float("-inf")), dim=-1).nan_to_num(0.0)
         top, order = torch.topk(probs, keep_bound, dim=-1)  # best first
         n_keep = ((top.cumsum(-1) - top) < top_p).sum(-1, keepdim=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .block_scores import SCORINGS, block_ranges, block_scores, pooled_index  # noqa: F401 (re-exported)
 from .semantics import visible
 
 
@@ -178,28 +179,6 @@ def topp_attention(
 
 
 # --- sparse prefill of retrieval heads: top-p over key blocks ------------------------------
-def _position_blocks(pos: torch.Tensor, block: int) -> torch.Tensor:
-    """pos (B, L) -> (B, n_blocks, block), padded with empty slots (-1)."""
-    pos = torch.nn.functional.pad(pos, (0, -pos.shape[-1] % block), value=-1)
-    return pos.view(pos.shape[0], -1, block)
-
-
-def block_ranges(pos: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per block of ``block`` slots of pos (B, L): (lowest, highest valid position, any valid), each (B, n_blocks);
-    an empty block has lowest 2**62 and highest -1."""
-    tiles = _position_blocks(pos, block)
-    valid = tiles >= 0
-    return tiles.masked_fill(~valid, 1 << 62).amin(-1), tiles.amax(-1), valid.any(-1)
-
-
-def pooled_index(idx: torch.Tensor, pos: torch.Tensor, block: int) -> torch.Tensor:
-    """Mean indexer vector of the valid slots of each block: idx (B, H, L, d), pos (B, L) -> (B, H, n_blocks, d) fp32."""
-    valid = (_position_blocks(pos, block) >= 0)[:, None, :, :, None].float()  # (B, 1, n, block, 1)
-    tiles = torch.nn.functional.pad(idx.float(), (0, 0, 0, -idx.shape[2] % block))
-    tiles = tiles.view(*idx.shape[:2], -1, block, idx.shape[-1])  # (B, H, n, block, d)
-    return (tiles * valid).sum(-2) / valid.sum(-2).clamp(min=1.0)
-
-
 def select_blocks(
     q_idx: torch.Tensor,
     k_idx: torch.Tensor,
@@ -212,6 +191,7 @@ def select_blocks(
     max_blocks: int | None = None,
     sinks: int = 0,
     band: int = 1,
+    scoring: str = "pooled",
 ) -> torch.Tensor:
     """Key blocks each query block of a retrieval head attends to in a sparse prefill (GUIDE section 1's
     top-p rule, over blocks of ``block`` key slots scored by the indexer).
@@ -221,8 +201,10 @@ def select_blocks(
     * always kept: blocks holding a sink (position < ``sinks``) or a key at position >= ``lo_i - band``
       that some query of the block sees (the local band, the diagonal included; ``band >= 1``);
     * candidates: the other blocks holding a key some query of the block sees;
-    * ``P = softmax_j <mean q_idx of block i, mean k_idx of block j>`` over the candidates (means
-      over valid slots); kept: the smallest prefix of candidates sorted by ``P`` (ties: lower ``j``
+    * ``P = softmax_j score(i, j)`` over the candidates, ``score`` from
+      :func:`rtpurbo.ops.block_scores.block_scores` (``scoring``: ``pooled``, the dot of the blocks'
+      mean indexer vectors, or ``mass``, the indexer's probability mass of each key block for queries
+      of block i); kept: the smallest prefix of candidates sorted by ``P`` (ties: lower ``j``
       first) whose mass reaches ``top_p``, its size clamped to ``[min_blocks, max_blocks]`` and to
       the candidates. ``top_p >= 1`` keeps every candidate: dense prefill.
 
@@ -231,14 +213,16 @@ def select_blocks(
     """
     if band < 1:
         raise ValueError(f"band must be >= 1 (the diagonal block is always kept), got {band}")
+    if scoring not in SCORINGS:
+        raise ValueError(f"prefill block scoring must be one of {SCORINGS}, got {scoring!r}")
     q_lo, q_hi, q_any = (t[:, None, :, None] for t in block_ranges(q_pos, block))
     k_lo, k_hi, k_any = (t[:, None, None, :] for t in block_ranges(k_pos, block))
     seen = q_any & k_any & (k_lo <= q_hi)  # (B, 1, nq, nk): some query of the block sees some key of it
     always = seen & ((k_lo < sinks) | (k_hi >= q_lo - band))
     candidates = seen & ~always
-    scores = torch.einsum("bhqd,bhkd->bhqk", pooled_index(q_idx, q_pos, block), pooled_index(k_idx, k_pos, block))
     if top_p >= 1.0:
-        return (always | candidates).expand_as(scores).clone()
+        return (always | candidates).expand(-1, q_idx.shape[1], -1, -1).clone()
+    scores = block_scores(q_idx, k_idx, q_pos, k_pos, candidates, block, scoring)
     probs = torch.softmax(scores.masked_fill(~candidates, float("-inf")), dim=-1).nan_to_num(0.0)
     sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
     n_keep = ((sorted_p.cumsum(-1) - sorted_p) < top_p).sum(-1, keepdim=True)
@@ -273,12 +257,13 @@ def block_sparse_attention(
     sinks: int = 0,
     band: int = 1,
     scale: float | None = None,
+    scoring: str = "pooled",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse prefill of retrieval heads: causal attention over the key blocks :func:`select_blocks` keeps.
 
     Returns out (B, Hq, Lq, D) and the selection (B, Hkv, n_q_blocks, n_k_blocks) bool.
     """
     blocks = select_blocks(q_idx, k_idx, q_pos, k_pos, block=block, top_p=top_p, min_blocks=min_blocks,
-                           max_blocks=max_blocks, sinks=sinks, band=band)
+                           max_blocks=max_blocks, sinks=sinks, band=band, scoring=scoring)
     key_mask = blocks_to_keys(blocks, block, q.shape[2], k.shape[2])
     return attention(q, k, v, q_pos, k_pos, key_mask=key_mask, scale=scale), blocks
