@@ -14,5 +14,7 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
 python3 "$here/benchmarks/sparse_prefill_perplexity.py" --data "$data" --threads 2 \
   --variants dense pooled@0.9 mass@0.9 mass@0.8 mass@0.7 pooled@0.8 --out "$out/perplexity.json"
-python3 "$here/benchmarks/sparse_prefill_needle_recall.py" --data "$data" --lengths 8192 --samples 4 --threads 2 \
-  --out "$out/needle_recall_8k.json"
+for length in 8192 4096; do
+  python3 "$here/benchmarks/sparse_prefill_needle_recall.py" --data "$data" --lengths $length --samples 4 --threads 2 \
+    --out "$out/needle_recall_$((length / 1024))k.json"
+done
