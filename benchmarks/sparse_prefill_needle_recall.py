@@ -29,7 +29,7 @@ import torch
 from rtpurbo import io
 from rtpurbo.data.task_data import load_task_data
 from rtpurbo.ops import api, reference
-from rtpurbo.ops.block_scores import SCORINGS, block_ranges
+from rtpurbo.ops.block_scores import SCORINGS, block_roles
 
 BLOCK = api.BLOCK_SIZE
 
@@ -73,10 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     def recording(q, k, v, q_pos, k_pos, q_idx, k_idx, **kw):
         question_block = state["last"] // BLOCK
         needle_blocks = sorted({t // BLOCK for a, b in state["spans"] for t in range(a, b)})
-        q_lo, q_hi, _ = (t[:, question_block, None] for t in block_ranges(q_pos, BLOCK))
-        k_lo, k_hi, k_any = block_ranges(k_pos, BLOCK)
-        always = (k_lo < budget["sinks"]) | (k_hi >= q_lo - budget["band"])
-        candidates = (k_any & (k_lo <= q_hi) & ~always)[:, None].expand(-1, q_idx.shape[1], -1)  # (B, H, nk)
+        seen, always = block_roles(q_pos, k_pos, BLOCK, budget["sinks"], budget["band"])
+        candidates = (seen & ~always)[:, :, question_block].expand(-1, q_idx.shape[1], -1)  # (B, H, nk)
         needle = torch.zeros_like(candidates)
         needle[..., needle_blocks] = True
         needle &= candidates

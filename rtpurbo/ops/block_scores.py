@@ -37,6 +37,24 @@ def block_ranges(pos: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Ten
     return tiles.masked_fill(~valid, 1 << 62).amin(-1), tiles.amax(-1), valid.any(-1)
 
 
+def check_scoring(scoring: str) -> None:
+    if scoring not in SCORINGS:
+        raise ValueError(f"prefill block scoring must be one of {SCORINGS}, got {scoring!r}")
+
+
+def block_roles(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int, sinks: int, band: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which key blocks each query block sees, and which of those it always keeps, each (B, 1, nq, nk) bool.
+
+    Seen: some query of the block sees some key of it. Always kept: seen and holding a sink (position <
+    ``sinks``) or a key at position >= (the query block's lowest position - ``band``). The others are the
+    candidates that block scores rank."""
+    q_lo, q_hi, q_any = (t[:, None, :, None] for t in block_ranges(q_pos, block))
+    k_lo, k_hi, k_any = (t[:, None, None, :] for t in block_ranges(k_pos, block))
+    seen = q_any & k_any & (k_lo <= q_hi)
+    return seen, seen & ((k_lo < sinks) | (k_hi >= q_lo - band))
+
+
 def _tiles(idx: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
     """idx (B, H, L, d) -> (B, H, n_blocks, block, d) fp32, zero-padded to ``n_blocks * block`` slots."""
     tiles = F.pad(idx.float(), (0, 0, 0, n_blocks * block - idx.shape[2]))
@@ -97,6 +115,5 @@ def block_scores(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, 
     distribution the top-p rule reads (see the module docstring). Shapes as in :func:`block_mass`."""
     if scoring == "pooled":
         return torch.einsum("bhqd,bhkd->bhqk", pooled_index(q_idx, q_pos, block), pooled_index(k_idx, k_pos, block))
-    if scoring == "mass":
-        return block_mass(q_idx, k_idx, q_pos, k_pos, candidates, block)
-    raise ValueError(f"prefill block scoring must be one of {SCORINGS}, got {scoring!r}")
+    check_scoring(scoring)
+    return block_mass(q_idx, k_idx, q_pos, k_pos, candidates, block)

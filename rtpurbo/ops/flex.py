@@ -222,17 +222,13 @@ def block_sparse_plan(
     per KV head. Returns (plan, kept blocks (), blocks some query of their query block sees ()): summed
     over rows, heads and query blocks.
     """
-    from .block_scores import SCORINGS, block_ranges, block_scores
+    from .block_scores import block_ranges, block_roles, block_scores, check_scoring
 
-    if scoring not in SCORINGS:
-        raise ValueError(f"prefill block scoring must be one of {SCORINGS}, got {scoring!r}")
+    check_scoring(scoring)
 
     q_len, k_len = _padded(q_pos.shape[-1]), _padded(k_pos.shape[-1])
     q_pos, k_pos = _pad_positions(q_pos, q_len), _pad_positions(k_pos, k_len)
-    q_lo, q_hi, q_any = (t[:, None, :, None] for t in block_ranges(q_pos, BLOCK))
-    k_lo, k_hi, k_any = (t[:, None, None, :] for t in block_ranges(k_pos, BLOCK))
-    seen = q_any & k_any & (k_lo <= q_hi)  # (B, 1, nq, nk)
-    always = seen & ((k_lo < sinks) | (k_hi >= q_lo - band))
+    seen, always = block_roles(q_pos, k_pos, BLOCK, sinks, band)  # (B, 1, nq, nk)
     candidates = seen & ~always
     n_k = candidates.shape[-1]
     keep_bound = n_k if max_blocks is None else min(n_k, max_blocks)
@@ -249,6 +245,7 @@ def block_sparse_plan(
         kept = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, rank < n_keep)
         selected = always | (kept & candidates)
     width = list_width(n_k, min(n_k, keep_bound + -(-sinks // BLOCK) + -(-band // BLOCK) + 3), q_pos.device, backward)
+    q_lo, k_hi = block_ranges(q_pos, BLOCK)[0][:, None, :, None], block_ranges(k_pos, BLOCK)[1][:, None, None, :]
     full_ok = (k_hi <= q_lo) & _all_valid(q_pos)[:, None, :, None] & _all_valid(k_pos)[:, None, None, :]
     lists = [_compact_rows(selected & ~full_ok, width, group), _compact_rows(selected & full_ok, width, group)]
     mask_mod = _position_mask_mod(q_pos, k_pos, torch.tensor(_NO_WINDOW, device=q_pos.device),

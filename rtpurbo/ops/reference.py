@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .block_scores import SCORINGS, block_ranges, block_scores, pooled_index  # noqa: F401 (re-exported)
+from .block_scores import block_roles, block_scores, check_scoring
 from .semantics import visible
 
 
@@ -213,12 +213,8 @@ def select_blocks(
     """
     if band < 1:
         raise ValueError(f"band must be >= 1 (the diagonal block is always kept), got {band}")
-    if scoring not in SCORINGS:
-        raise ValueError(f"prefill block scoring must be one of {SCORINGS}, got {scoring!r}")
-    q_lo, q_hi, q_any = (t[:, None, :, None] for t in block_ranges(q_pos, block))
-    k_lo, k_hi, k_any = (t[:, None, None, :] for t in block_ranges(k_pos, block))
-    seen = q_any & k_any & (k_lo <= q_hi)  # (B, 1, nq, nk): some query of the block sees some key of it
-    always = seen & ((k_lo < sinks) | (k_hi >= q_lo - band))
+    check_scoring(scoring)
+    seen, always = block_roles(q_pos, k_pos, block, sinks, band)  # (B, 1, nq, nk)
     candidates = seen & ~always
     if top_p >= 1.0:
         return (always | candidates).expand(-1, q_idx.shape[1], -1, -1).clone()
