@@ -363,10 +363,12 @@ def test_backends_report_available():
 
 
 # --- sparse prefill of retrieval heads (flex block plan) ------------------------------------------
+@pytest.mark.parametrize("scoring", ["pooled", "mass"])
 @pytest.mark.parametrize("length, group, padded", [(1000, 4, False), (2305, 8, True)])
-def test_sparse_prefill_matches_reference(length, group, padded):
+def test_sparse_prefill_matches_reference(length, group, padded, scoring):
     """api.sparse_prefill on flex: the reference's block selection (same kept count) and its attention
-    within 2x the eager bf16 error; top-p 1 within the same budget of dense causal attention."""
+    within 2x the eager bf16 error, with either block scoring; top-p 1 within the same budget of dense
+    causal attention."""
     torch.manual_seed(length)
     batch, n_kv = 2, 2
     q, k, v = _qkv(batch, n_kv * group, n_kv, length, length, 128, BF16)
@@ -377,7 +379,7 @@ def test_sparse_prefill_matches_reference(length, group, padded):
         pos[-1, :300] = -1
         pos[-1, 300:] -= 300
     for top_p in (0.7, 1.0):
-        budget = dict(top_p=top_p, min_blocks=1, max_blocks=6, sinks=4, band=256)
+        budget = dict(top_p=top_p, min_blocks=1, max_blocks=6, sinks=4, band=256, scoring=scoring)
         blocks = reference.select_blocks(q_idx, k_idx, pos, pos, block=128, **budget)
         key_mask = reference.blocks_to_keys(blocks, 128, length, length)
         ref = reference.attention(q.float(), k.float(), v.float(), pos, pos, key_mask=key_mask)

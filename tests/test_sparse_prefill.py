@@ -131,6 +131,20 @@ def test_stage2_can_train_the_student_with_sparse_prefill():
         DistillSettings(student_prefill="dense")
 
 
+def test_stage2_student_scores_blocks_as_asked_and_restores_the_model():
+    from rtpurbo.train.stage2_distill import DistillSettings, topp_prefill
+
+    model = _model("llama", prefill_top_p=0.5)
+    settings = DistillSettings(student_prefill="sparse", student_scoring="mass")
+    with topp_prefill(model, settings.student_prefill, settings.student_scoring):
+        assert model.rtpurbo_sparse.prefill_scoring == "mass"
+    assert model.rtpurbo_sparse.prefill_scoring == "pooled"
+    with topp_prefill(model, "sparse"):  # None: the model's own
+        assert model.rtpurbo_sparse.prefill_scoring == "pooled"
+    with pytest.raises(ValueError, match="student_scoring"):
+        DistillSettings(student_scoring="max")
+
+
 def test_prefill_scoring_is_a_checked_setting():
     assert SparseConfig(prefill_scoring="mass").to_dict()["prefill_scoring"] == "mass"
     assert SparseConfig.from_dict({"window": 64}).prefill_scoring == "pooled"  # artifacts saved before it

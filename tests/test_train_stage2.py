@@ -58,6 +58,20 @@ def test_distillation_kl_decreases(shards, trainable):
     assert model.rtpurbo_sparse.retrieval_prefill == "dense"  # top-p prefill only while training
 
 
+def test_sparse_student_with_mass_scores_trains_and_leaves_the_model_as_it_was(tmp_path):
+    """Stage 2 with the student on sparse prefill over several key blocks, scored by indexer mass: finite
+    losses, the held-out KL is measured, and the model keeps its own prefill settings afterwards."""
+    shards = make_tiny_shards(tmp_path, seq_len=400, sequences=6)[0]
+    model = converted_llama()
+    model.rtpurbo_sparse.prefill_top_p = 0.5
+    run = settings(steps=3, batch_size=1)
+    run.student_prefill, run.student_scoring, run.eval_sequences = "sparse", "mass", 1
+    report = distill(model, shards, run, make_runtime("cpu"))
+    assert report["steps_done"] == 3 and all(math.isfinite(h["kl"]) for h in report["history"])
+    assert report["settings"]["student_scoring"] == "mass"
+    assert (model.rtpurbo_sparse.retrieval_prefill, model.rtpurbo_sparse.prefill_scoring) == ("dense", "pooled")
+
+
 def test_resumed_distillation_equals_uninterrupted(shards, tmp_path):
     straight = converted_llama()
     distill(straight, shards, settings(steps=5), make_runtime("cpu"))
@@ -71,8 +85,8 @@ def test_resumed_distillation_equals_uninterrupted(shards, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU training path (compiled flex backward) needs CUDA")
-@pytest.mark.parametrize("student_prefill", ["topp", "sparse"])
-def test_distillation_runs_on_cuda_past_the_window(tmp_path, student_prefill):
+@pytest.mark.parametrize("student_prefill,scoring", [("topp", None), ("sparse", None), ("sparse", "mass")])
+def test_distillation_runs_on_cuda_past_the_window(tmp_path, student_prefill, scoring):
     """Stage 2 on the GPU (bf16 autocast, compiled flex forward and backward) over sequences longer than
     the local window, so the window band's block lists are compact in forward: a few steps finish with
     finite losses and the held-out KL is measured."""
@@ -83,7 +97,7 @@ def test_distillation_runs_on_cuda_past_the_window(tmp_path, student_prefill):
     model = convert(tiny_model("llama"), HeadPlan(2, 2, 6, [[0], [1]]),
                     SparseConfig(window=128, sinks=4, top_p=0.9, prefill_min_blocks=1, prefill_band=128)).cuda()
     run = settings(steps=4, batch_size=1)
-    run.student_prefill, run.eval_sequences = student_prefill, 1
+    run.student_prefill, run.student_scoring, run.eval_sequences = student_prefill, scoring, 1
     report = distill(model, shards, run, make_runtime("cuda"))
     assert report["steps_done"] == 4 and all(math.isfinite(h["kl"]) for h in report["history"])
     assert math.isfinite(report["heldout_kl_after"])

@@ -21,6 +21,7 @@ from ..data.needles import KINDS
 from ..data.user import RecordText, UserInput, chat_renderer, dataset_input, file_input
 from ..models import DEFAULT_MODEL, source_record
 from ..models import load_tokenizer as load_model_tokenizer
+from ..ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, LONG_RANGE_KINDS, TASK_KINDS,
                    PrepareSettings, load_shards, prepare_shards, round_robin_documents)
 from .lora import LoraSettings
@@ -167,6 +168,9 @@ def _add_distill(p: argparse.ArgumentParser, prefix: str) -> None:
                    help="retrieval heads of the student in training: the block-sparse prefill (sparse, default: "
                         "also adapts to retrieval_prefill=sparse; the better adapter on SmolLM2, dense prefill included) "
                         "or every query over its token top-p selection (topp)")
+    p.add_argument(f"--{prefix}student-scoring", choices=PREFILL_SCORINGS, default=d.student_scoring,
+                   help="how the sparse student scores key blocks: pooled indexer vectors or the indexer's mass per "
+                        "block (default: the model's own prefill_scoring)")
 
 
 # --- settings from args ------------------------------------------------------------------------
@@ -196,6 +200,7 @@ def distill_settings(args: argparse.Namespace, prefix: str, checkpoint_dir: Path
         logits_chunk=_get(args, prefix, "logits-chunk"),
         gradient_checkpointing=not _get(args, prefix, "no-gradient-checkpointing"),
         eval_sequences=_get(args, prefix, "eval-sequences"), student_prefill=_get(args, prefix, "student-prefill"),
+        student_scoring=_get(args, prefix, "student-scoring"),
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
+from ..ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .data import TokenShards, split_held_out
 from .indexer_targets import IndexerCapture
 from .lora import LoraSettings, attach_lora, has_lora
@@ -61,12 +62,16 @@ class DistillSettings:
     # +0.7 / +0.8 exact and +0.4 / +0.7 teacher-forced points at 4K / 8K, -0.54 % perplexity, paired against the
     # same 200 steps with "topp" (benchmarks/results/smollm2-135m_h200_2026-12-03_sparse-student.md), and faster.
     student_prefill: str = "sparse"
+    # how the sparse student scores key blocks (rtpurbo.ops.block_scores): None = the model's own prefill_scoring
+    student_scoring: str | None = None
 
     def __post_init__(self) -> None:
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
         if self.student_prefill not in STUDENT_PREFILL:
             raise ValueError(f"student_prefill must be one of {STUDENT_PREFILL}, got {self.student_prefill!r}")
+        if self.student_scoring is not None and self.student_scoring not in PREFILL_SCORINGS:
+            raise ValueError(f"student_scoring must be one of {PREFILL_SCORINGS} or None, got {self.student_scoring!r}")
 
 
 class DistillObjective(nn.Module):
@@ -93,15 +98,19 @@ class DistillObjective(nn.Module):
 
 
 @contextmanager
-def topp_prefill(model: nn.Module, mode: str = "topp") -> Iterator[None]:
+def topp_prefill(model: nn.Module, mode: str = "topp", scoring: str | None = None) -> Iterator[None]:
     """Inside the block retrieval heads run ``mode``: every query over the indexer's top-p selection
-    (``topp``) or the block-sparse prefill (``sparse``)."""
+    (``topp``) or the block-sparse prefill (``sparse``), its key blocks scored by ``scoring`` (None: as
+    the model's config says)."""
     sparse = model.rtpurbo_sparse
-    previous, sparse.retrieval_prefill = sparse.retrieval_prefill, mode
+    previous = sparse.retrieval_prefill, sparse.prefill_scoring
+    sparse.retrieval_prefill = mode
+    if scoring is not None:
+        sparse.prefill_scoring = scoring
     try:
         yield
     finally:
-        sparse.retrieval_prefill = previous
+        sparse.retrieval_prefill, sparse.prefill_scoring = previous
 
 
 def select_trainable(model: nn.Module, settings: DistillSettings) -> list[dict[str, Any]]:
@@ -143,7 +152,7 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
     model.train()
     if settings.gradient_checkpointing:
         _enable_checkpointing(model)
-    with IndexerCapture(model) as capture, topp_prefill(model, settings.student_prefill):
+    with IndexerCapture(model) as capture, topp_prefill(model, settings.student_prefill, settings.student_scoring):
         before = heldout_kl(model, teacher, held_out, settings, runtime)
         objective = DistillObjective(model, teacher, capture, settings)
 
