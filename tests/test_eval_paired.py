@@ -1,4 +1,5 @@
 """Paired differences vs the dense row: means, stratified bootstrap intervals, sample projection, perplexity."""
+import json
 import math
 
 import numpy as np
@@ -58,3 +59,18 @@ def test_identical_rows_differ_by_exactly_zero_and_unmatched_samples_are_left_ou
     single = task_average({"a": np.array([-5.0]), "b": np.array([1.0, 2.0])})
     assert single["mean"] == pytest.approx(-1.75) and math.isnan(single["half_width"])  # one sample: no spread
     assert single["samples_for_target"] is None and math.isnan(single["tasks"]["a"]["lo"])
+
+
+def test_comparisons_are_written_as_json_tables_and_plots(tmp_path):
+    from rtpurbo.eval.paired_plot import write_comparisons
+
+    scores = {("a", 2048): [(1, 1, 0.5), (0, 0.5, 0.25), (1, 1, 1.0)], ("b", 2048): [(0, 0, 0.0), (1, 1, 1.0)]}
+    other = {key: [(1 - e, p, t) for e, p, t in rows] for key, rows in scores.items()}
+    comparisons = {"vs_dense": paired_differences([stored("dense", scores), stored("split", other)]),
+                   "empty": {}}
+    lines = write_comparisons(comparisons, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "paired.json").read_text()) == json.loads(json.dumps(comparisons))
+    text = (tmp_path / "out" / "paired.md").read_text()
+    assert text == "\n".join(lines) and "<!-- vs_dense -->" in text and "| split | 2048 | 2 | 2 | -16.67 ±83.33 |" in text
+    assert (tmp_path / "out" / "paired_vs_dense.png").stat().st_size > 1000
+    assert not (tmp_path / "out" / "paired_empty.png").exists()  # nothing to draw

@@ -30,10 +30,10 @@ eval)
 analyse)
   out=${2:?RESULTS_DIR}
   python3 - "$out" <<'PY'
-import json, sys
+import sys
 from pathlib import Path
-from rtpurbo.eval.paired import markdown, paired_differences
-from rtpurbo.eval.paired_plot import paired_forest
+from rtpurbo.eval.paired import paired_differences
+from rtpurbo.eval.paired_plot import write_comparisons
 from rtpurbo.eval.report import stored_rows
 out = Path(sys.argv[1])
 results = out.parent
@@ -52,12 +52,7 @@ comparisons = {
     "mix_sp_vs_mix": paired_differences([mix, mix_sp], "mix"),
     "sparse_vs_dense_prefill": paired_differences([mix_sp, mix_sp_sparse], "mix-sp"),
 }
-(out / "paired.json").write_text(json.dumps(comparisons, indent=1))
-lines = []
-for name, paired in comparisons.items():
-    lines += [f"<!-- {name} -->"] + markdown(paired) + [""]
-    paired_forest(paired, out / f"paired_{name}.png")
-(out / "paired.md").write_text("\n".join(lines))
+lines = write_comparisons(comparisons, out)
 print("\n".join(l for l in lines if l.startswith("| ") and "±" in l))
 PY
   ;;

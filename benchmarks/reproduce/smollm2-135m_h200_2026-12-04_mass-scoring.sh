@@ -56,8 +56,8 @@ analyse)
 import gzip, json, sys
 from pathlib import Path
 from rtpurbo.config import dumps
-from rtpurbo.eval.paired import markdown, paired_differences
-from rtpurbo.eval.paired_plot import paired_forest
+from rtpurbo.eval.paired import paired_differences
+from rtpurbo.eval.paired_plot import write_comparisons
 from rtpurbo.eval.report import merge_rows, stored_rows
 
 run, results, committed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -93,12 +93,7 @@ comparisons = {
     "mass_sparse_prefill": paired_differences([new["mass"], new["mass-sp-mass"]], "mass"),
     "adapting_to_mass_prefill": paired_differences([new["shipped-sp-mass"], new["mass-sp-mass"]], "shipped-sp-mass"),
 }
-(results / "paired.json").write_text(json.dumps(comparisons, indent=1))
-lines = []
-for name, paired in comparisons.items():
-    lines += [f"<!-- {name} -->"] + markdown(paired) + [""]
-    paired_forest(paired, results / f"paired_{name}.png")
-(results / "paired.md").write_text("\n".join(lines))
+lines = write_comparisons(comparisons, results)
 print("\n".join(l for l in lines if l.startswith("| ") and ("±" in l or "%" in l)))
 PY
   ;;

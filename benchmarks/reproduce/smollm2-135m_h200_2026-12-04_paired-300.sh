@@ -65,10 +65,10 @@ eval)
 analyse)
   results=${3:?RESULTS}
   python3 - "$out" "$results" "$here/benchmarks/results" <<'PY'
-import gzip, json, shutil, sys
+import gzip, sys
 from pathlib import Path
-from rtpurbo.eval.paired import markdown, paired_differences
-from rtpurbo.eval.paired_plot import paired_forest
+from rtpurbo.eval.paired import paired_differences
+from rtpurbo.eval.paired_plot import write_comparisons
 from rtpurbo.config import dumps
 from rtpurbo.eval.report import merge_rows, stored_rows
 
@@ -104,12 +104,7 @@ comparisons = {
     "vs_shipped": paired_differences([shipped, new["more"], new["seed1"]], "shipped"),
     "vs_dense_samples_100_299": paired_differences([new["dense"], new["shipped"]], "dense"),
 }
-(results / "paired.json").write_text(json.dumps(comparisons, indent=1))
-lines = []
-for name, paired in comparisons.items():
-    lines += [f"<!-- {name} -->"] + markdown(paired) + [""]
-    paired_forest(paired, results / f"paired_{name}.png")
-(results / "paired.md").write_text("\n".join(lines))
+lines = write_comparisons(comparisons, results)
 print("\n".join(l for l in lines if l.startswith("| ") and ("±" in l or "%" in l)))
 PY
   ;;

@@ -2,10 +2,11 @@
 length, the task-average difference to the reference with its 95% interval, zero marked."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from .paired import PAIRED_SCORES
+from .paired import PAIRED_SCORES, markdown
 
 LABELS = {"exact": "exact match", "partial": "partial match", "tf_accuracy": "teacher-forced accuracy"}
 
@@ -44,3 +45,18 @@ def paired_forest(paired: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def write_comparisons(comparisons: dict[str, dict[str, Any]], folder: Path) -> list[str]:
+    """Write named ``paired_differences`` outputs to ``folder``: ``paired.json`` (all of them),
+    ``paired.md`` (their tables, each after an HTML comment with its name) and ``paired_NAME.png``
+    (forest plots). Returns the lines of ``paired.md``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "paired.json").write_text(json.dumps(comparisons, indent=1))
+    lines: list[str] = []
+    for name, paired in comparisons.items():
+        lines += [f"<!-- {name} -->"] + markdown(paired) + [""]
+        paired_forest(paired, folder / f"paired_{name}.png")
+    (folder / "paired.md").write_text("\n".join(lines))
+    return lines
