@@ -15,6 +15,8 @@ whose softmax over the candidate blocks is that distribution, in one of two ways
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -68,12 +70,41 @@ def pooled_index(idx: torch.Tensor, pos: torch.Tensor, block: int) -> torch.Tens
     return (_tiles(idx, valid.shape[2], block) * valid).sum(-2) / valid.sum(-2).clamp(min=1.0)
 
 
+class MassInputs(NamedTuple):
+    """What the ``mass`` scoring reads, gathered once (fp32; keys and positions padded to whole blocks).
+
+    q_rep (B, H, nq, r, d): the representative queries; q_rep_pos (B, nq, r) their positions;
+    keys (B, H, nk * block, d); key_pos (B, nk * block), -1 = empty."""
+
+    q_rep: torch.Tensor
+    q_rep_pos: torch.Tensor
+    keys: torch.Tensor
+    key_pos: torch.Tensor
+
+
+def mass_inputs(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, block: int,
+                queries: int = MASS_QUERIES) -> MassInputs:
+    """The representative queries of each query block (slots ``block / queries - 1, 2 * block / queries - 1, ...``
+    and its last query: the slot of its highest position, so a partial block is represented too), and the keys.
+    Shapes as in :func:`block_mass`."""
+    if block % queries:
+        raise ValueError(f"block ({block}) must be a multiple of queries ({queries})")
+    q_blocks, k_blocks = _position_blocks(q_pos, block), _position_blocks(k_pos, block)
+    batch, heads, n_q = q_idx.shape[0], q_idx.shape[1], q_blocks.shape[1]
+    slots = torch.arange(block // queries - 1, block, block // queries, device=q_idx.device).repeat(batch, n_q, 1)
+    slots[..., -1] = q_blocks.argmax(-1)
+    with torch.no_grad():
+        pick = slots[:, None, :, :, None].expand(-1, heads, -1, -1, q_idx.shape[-1])
+        q_rep = _tiles(q_idx, n_q, block).gather(3, pick)
+        keys = _tiles(k_idx, k_blocks.shape[1], block).flatten(2, 3)
+    return MassInputs(q_rep, q_blocks.gather(2, slots), keys, k_blocks.flatten(1))
+
+
 def block_mass(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
                candidates: torch.Tensor, block: int, queries: int = MASS_QUERIES,
                chunk_elements: int = MASS_CHUNK_ELEMENTS) -> torch.Tensor:
     """Log of the mean indexer probability mass of each candidate key block, over ``queries`` queries of each
-    query block: slots ``block / queries - 1, 2 * block / queries - 1, ...`` of the block and its last query
-    (the slot of its highest position, so a partial block is represented too).
+    query block (:func:`mass_inputs`).
 
     Args: q_idx (B, H, Lq, d), k_idx (B, H, Lk, d); q_pos (B, Lq'), k_pos (B, Lk') with Lq' >= Lq, Lk' >= Lk
     (positions may be padded further, negative = empty); candidates (B, 1 or H, nq, nk) bool.
@@ -81,18 +112,10 @@ def block_mass(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_
     query sees every candidate block), so it sums to 1 over the candidates; a candidate with no mass gets the
     log of a tiny number; -inf outside the candidates. No gradient; no host sync.
     """
-    if block % queries:
-        raise ValueError(f"block ({block}) must be a multiple of queries ({queries})")
-    q_blocks, k_blocks = _position_blocks(q_pos, block), _position_blocks(k_pos, block)
-    batch, heads, n_q, n_k = q_idx.shape[0], q_idx.shape[1], q_blocks.shape[1], k_blocks.shape[1]
-    slots = torch.arange(block // queries - 1, block, block // queries, device=q_idx.device).repeat(batch, n_q, 1)
-    slots[..., -1] = q_blocks.argmax(-1)  # the block's last query (highest position), also in a partial block
+    q_rep, q_rep_pos, keys, key_pos = mass_inputs(q_idx, k_idx, q_pos, k_pos, block, queries)
+    batch, heads, n_q = q_rep.shape[:3]
+    n_k = key_pos.shape[1] // block
     with torch.no_grad():
-        pick = slots[:, None, :, :, None].expand(-1, heads, -1, -1, q_idx.shape[-1])
-        q_rep = _tiles(q_idx, n_q, block).gather(3, pick)  # (B, H, nq, r, d)
-        q_rep_pos = q_blocks.gather(2, slots)  # (B, nq, r)
-        keys = _tiles(k_idx, n_k, block).flatten(2, 3)  # (B, H, nk * block, d)
-        key_pos = k_blocks.flatten(1)  # (B, nk * block)
         out = torch.empty(batch, heads, n_q, n_k, dtype=torch.float32, device=q_idx.device)
         step = max(1, chunk_elements // max(1, batch * heads * queries * n_k * block))
         for lo in range(0, n_q, step):

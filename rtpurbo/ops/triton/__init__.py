@@ -1,7 +1,8 @@
 """Triton code of the GPU paths; importing any module here needs ``triton``.
 
 * kernels (``decode``, ``threshold``, ``append``): no attention semantics of their own beyond
-  what :mod:`rtpurbo.ops.semantics` defines;
+  what :mod:`rtpurbo.ops.semantics` defines; ``block_mass``: the ``mass`` block scores of
+  :mod:`rtpurbo.ops.block_scores` in one kernel;
 * ``topp``: the ``triton`` backend of :func:`rtpurbo.ops.api.topp_attention`, composed of those
   kernels (the ``flex`` backend, :mod:`rtpurbo.ops.flex`, uses ``decode`` for one-token calls).
 """

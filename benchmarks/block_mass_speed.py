@@ -1,0 +1,62 @@
+"""Speed of the ``mass`` block scores on a GPU: the PyTorch reference against the fused Triton kernel.
+
+    PYTHONPATH=. python benchmarks/block_mass_speed.py --lengths 32768,131072,1048576 --json block_mass.json
+
+One retrieval head of a plain prefill of L tokens (16-d bf16 indexer vectors, N(0, 4) entries, blocks of 128,
+4 sinks, a 512-token band): the candidates a sparse prefill ranks (``block_roles``). Per length: the median
+milliseconds of :func:`rtpurbo.ops.block_scores.block_mass` and of
+:func:`rtpurbo.ops.triton.block_mass.block_mass` (``rtpurbo.bench.attention.time_ms``), and the largest
+difference of their log masses over the candidate entries. The end-to-end cost of the reference is in
+``benchmarks/results/llama-3.1-8b_h200_2026-12-04_mass-ttft.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from rtpurbo.bench.attention import environment, time_ms
+from rtpurbo.ops import block_scores
+from rtpurbo.ops.triton import block_mass
+
+BLOCK, SINKS, BAND, DIM = 128, 4, 512, 16
+
+
+def run_point(length: int) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(length)
+    q_idx = (torch.randn(1, 1, length, DIM, device="cuda", generator=g) * 2).to(torch.bfloat16)
+    k_idx = (torch.randn(1, 1, length, DIM, device="cuda", generator=g) * 2).to(torch.bfloat16)
+    pos = torch.arange(length, device="cuda")[None]
+    seen, always = block_scores.block_roles(pos, pos, BLOCK, SINKS, BAND)
+    candidates = seen & ~always
+    args = (q_idx, k_idx, pos, pos, candidates, BLOCK)
+    want, got = block_scores.block_mass(*args), block_mass.block_mass(*args)
+    finite = torch.isfinite(want)
+    same_entries = torch.equal(finite, torch.isfinite(got))
+    err = (got[finite] - want[finite]).abs().max().item() if finite.any() else 0.0
+    del want, got
+    torch_ms = time_ms(lambda: block_scores.block_mass(*args))
+    triton_ms = time_ms(lambda: block_mass.block_mass(*args))
+    return dict(L=length, torch_ms=torch_ms, triton_ms=triton_ms, speedup=torch_ms / triton_ms,
+                same_candidate_entries=same_entries, max_abs_err=err)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", default="32768,131072")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/block_mass_speed.py times GPU kernels: it needs CUDA")
+    rows = []
+    for length in (int(x) for x in args.lengths.split(",")):
+        rows.append(run_point(length))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(dict(environment=environment(), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
