@@ -6,6 +6,7 @@
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_mass-scoring.sh train OUT MIX                 # GPU, ~3 min
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_mass-scoring.sh eval OUT EVAL100 E2K EV300    # GPU, ~12 min
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_mass-scoring.sh analyse OUT RESULTS           # any machine
+#   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_mass-scoring.sh cpu-perplexity OUT EVAL100    # 2 cores, 10 min
 #
 # MIX: the long-range stage-2 shards of smollm2-135m_h200_2026-12-03_stage2-continue.sh (prepare, run mix).
 # EVAL100 / E2K: the sample 0-99 files of smollm2-135m_h200_2026-12-03_sparse-student.sh; EV300: samples 100-299 of
@@ -13,7 +14,7 @@
 # once (calls P and R on one H200), then the student's rows; its 8K rows on samples 100-199 only (--samples 100).
 # RESULTS: the folder written beside this script's results file (merged rows, paired tables and plots).
 set -euo pipefail
-mode=${1:?usage: $0 train|eval|analyse OUT ...}
+mode=${1:?usage: $0 train|eval|cpu-perplexity|analyse OUT ...}
 out=${2:?OUT}
 rt=(${RTPURBO:-python3 -m rtpurbo.cli})
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -49,6 +50,11 @@ eval)
   ev mass-sp-4k "$eval100" 100 0 4096 "mass-sp-mass=$out/mass@$sp" &
   ev mass-sp-8k "$eval100" 100 0 8192 "mass-sp-mass=$out/mass@$sp" &
   wait
+  ;;
+cpu-perplexity)  # the mass adapter (shipped as smollm2-135m-rtpurbo) with sparse prefill, against its dense prefill
+  eval100=${3:?EVAL100}
+  python3 "$here/benchmarks/sparse_prefill_perplexity.py" --model "$out/mass" --data "$eval100" --threads 2 \
+    --variants dense mass@0.9 --out "$out/cpu_perplexity_mass_adapter.json"
   ;;
 analyse)
   results=${3:?RESULTS}
@@ -98,7 +104,7 @@ print("\n".join(l for l in lines if l.startswith("| ") and ("±" in l or "%" in 
 PY
   ;;
 *)
-  echo "mode must be train, eval or analyse" >&2
+  echo "mode must be train, eval, cpu-perplexity or analyse" >&2
   exit 2
   ;;
 esac
