@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.triton_interpreter import problem as interpreter_problem, run_script
+from tests.triton_interpreter import problem as interpreter_problem, report_checks, run_script
 
 pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
@@ -67,16 +67,6 @@ def _check(case) -> list[str]:
     return problems
 
 
-def _run_all() -> dict[str, list[str]]:
-    report = {}
-    for case in CASES:
-        try:
-            report[case[0]] = _check(case)
-        except Exception as err:  # report, keep going
-            report[case[0]] = [f"{type(err).__name__}: {err}"]
-    return report
-
-
 @pytest.fixture(scope="module")
 def report() -> dict[str, list[str]]:
     return run_script(__file__)
@@ -88,4 +78,4 @@ def test_block_mass_kernel_in_interpreter(report, name):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_run_all()))
+    print(json.dumps(report_checks((case[0], lambda case=case: _check(case)) for case in CASES)))

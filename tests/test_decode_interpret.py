@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from tests.triton_interpreter import problem as interpreter_problem, run_script
+from tests.triton_interpreter import problem as interpreter_problem, report_checks, run_script
 
 pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
@@ -102,14 +102,7 @@ def _check_list() -> list[str]:
 
 
 def _run_all() -> dict[str, list[str]]:
-    report = {}
-    checks = [(case[0], lambda case=case: _check_dense(case)) for case in CASES] + [("list", _check_list)]
-    for name, check in checks:
-        try:
-            report[name] = check()
-        except Exception as err:  # report, keep going
-            report[name] = [f"{type(err).__name__}: {err}"]
-    return report
+    return report_checks([(case[0], lambda case=case: _check_dense(case)) for case in CASES] + [("list", _check_list)])
 
 
 @pytest.fixture(scope="module")

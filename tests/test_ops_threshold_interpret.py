@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from tests.triton_interpreter import problem as interpreter_problem, run_script
+from tests.triton_interpreter import problem as interpreter_problem, report_checks, run_script
 
 pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
@@ -275,19 +275,9 @@ def _check_bad_args() -> list[str]:
 
 
 def _run_all() -> dict[str, list[str]]:
-    report = {}
-    for case in CASES:
-        try:
-            report[case[0]] = check_selection(case)
-        except Exception as err:  # report, keep going
-            report[case[0]] = [f"{type(err).__name__}: {err}"]
-    for name, check in (("attention", _check_attention), ("flat-interval", _check_flat_interval),
-                        ("n-logit", _check_n_logit), ("bad-args", _check_bad_args)):
-        try:
-            report[name] = check()
-        except Exception as err:
-            report[name] = [f"{type(err).__name__}: {err}"]
-    return report
+    return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
+        ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("n-logit", _check_n_logit),
+        ("bad-args", _check_bad_args)])
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,18 @@ def problem() -> str | None:
             "the kernels are checked natively on a GPU by tests/test_ops_gpu.py and tests/test_decode_static.py")
 
 
+def report_checks(checks) -> dict[str, list[str]]:
+    """Run ``(name, check)`` pairs, each returning its problems (a list of strings; empty = passed), in the
+    interpreter's child process; an exception is that check's one problem, and the others still run."""
+    report = {}
+    for name, check in checks:
+        try:
+            report[name] = check()
+        except Exception as err:  # report, keep going
+            report[name] = [f"{type(err).__name__}: {err}"]
+    return report
+
+
 def run_script(path: str, timeout: int = 900) -> dict:
     """Run a test file as a script under ``TRITON_INTERPRET=1`` (repository root on the path) and return the
     JSON report it prints last: the interpreter must be switched on before triton compiles anything."""
