@@ -7,6 +7,7 @@
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_mass-scoring.sh eval OUT EVAL100 E2K EV300    # GPU, ~12 min
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_mass-scoring.sh analyse OUT RESULTS           # any machine
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_mass-scoring.sh cpu-perplexity OUT EVAL100    # 2 cores, 10 min
+#   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_mass-scoring.sh cpu-code OUT                  # 2 cores, 5 min
 #
 # MIX: the long-range stage-2 shards of smollm2-135m_h200_2026-12-03_stage2-continue.sh (prepare, run mix).
 # EVAL100 / E2K: the sample 0-99 files of smollm2-135m_h200_2026-12-03_sparse-student.sh; EV300: samples 100-299 of
@@ -14,7 +15,7 @@
 # once (calls P and R on one H200), then the student's rows; its 8K rows on samples 100-199 only (--samples 100).
 # RESULTS: the folder written beside this script's results file (merged rows, paired tables and plots).
 set -euo pipefail
-mode=${1:?usage: $0 train|eval|cpu-perplexity|analyse OUT ...}
+mode=${1:?usage: $0 train|eval|cpu-perplexity|cpu-code|analyse OUT ...}
 out=${2:?OUT}
 rt=(${RTPURBO:-python3 -m rtpurbo.cli})
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,6 +56,14 @@ cpu-perplexity)  # the mass adapter (shipped as smollm2-135m-rtpurbo) with spars
   eval100=${3:?EVAL100}
   python3 "$here/benchmarks/sparse_prefill_perplexity.py" --model "$out/mass" --data "$eval100" --threads 2 \
     --variants dense mass@0.9 --out "$out/cpu_perplexity_mass_adapter.json"
+  ;;
+cpu-code)  # perplexity on Python code (the windows of smollm2-135m_cpu_2026-12-03_user-domain.md): dense, both adapters
+  archive 3e8b54f "$out/replaced"
+  stdlib=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
+  "${rt[@]}" data prepare --pool dev --files "$stdlib/*.py" --seq-len 8192 --sequences 16 --out "$out/code-dev"
+  "${rt[@]}" eval --model smollm2-135m --rows dense --artifacts "shipped=$out/mass" \
+    "replaced=$out/replaced/rtpurbo/adapters/smollm2-135m-rtpurbo" --ppl-data "$out/code-dev" --ppl-windows 4 \
+    --reference shipped --out "$out/cpu-code-domain"
   ;;
 analyse)
   results=${3:?RESULTS}
@@ -104,7 +113,7 @@ print("\n".join(l for l in lines if l.startswith("| ") and ("±" in l or "%" in 
 PY
   ;;
 *)
-  echo "mode must be train, eval, cpu-perplexity or analyse" >&2
+  echo "mode must be train, eval, cpu-perplexity, cpu-code or analyse" >&2
   exit 2
   ;;
 esac
