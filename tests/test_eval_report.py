@@ -327,3 +327,15 @@ def test_cli_plan_rows_split_and_workers():
     resolved = settings_from(args, 8192, "cpu")
     assert resolved.split == "tune" and resolved.workers == 4
     assert parse().split == "eval" and parse().plans == []
+
+
+def test_stored_row_reads_plain_and_committed_rows_and_names_what_is_missing(tmp_path):
+    from rtpurbo.eval.report import stored_row
+
+    (tmp_path / "run" / "rows").mkdir(parents=True)
+    (tmp_path / "run" / "rows" / "a.json").write_text(json.dumps({"row": "a", "units": {}}))
+    (tmp_path / "run" / "rows" / "b.json.gz").write_bytes(gzip.compress(json.dumps({"row": "b", "units": {}}).encode()))
+    assert stored_row(tmp_path / "run", "a") == (str(tmp_path / "run"), {"row": "a", "units": {}})
+    assert stored_row(tmp_path / "run", "b")[1]["row"] == "b"
+    with pytest.raises(KeyError, match=r"no row 'c' \(it holds \['a', 'b'\]\)"):
+        stored_row(tmp_path / "run", "c")

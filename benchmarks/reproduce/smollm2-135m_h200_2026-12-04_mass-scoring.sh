@@ -68,19 +68,14 @@ cpu-code)  # perplexity on Python code (the windows of smollm2-135m_cpu_2026-12-
 analyse)
   results=${3:?RESULTS}
   python3 - "$out" "$results" "$here/benchmarks/results" <<'PY'
-import gzip, json, sys
+import gzip, sys
 from pathlib import Path
 from rtpurbo.config import dumps
 from rtpurbo.eval.paired import paired_differences
 from rtpurbo.eval.paired_plot import write_comparisons
-from rtpurbo.eval.report import merge_rows, stored_rows
+from rtpurbo.eval.report import merge_rows, stored_row as part
 
 run, results, committed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-def part(directory, name):
-    return str(directory), stored_rows(directory)[name]
-
-def committed_rows(folder, name):
-    return str(folder), json.loads(gzip.decompress((folder / "rows" / f"{name}.json.gz").read_bytes()))
 
 def graph_decoded(where_row):
     """The dense samples 0-99 at 4K / 8K decoded eagerly (before the `decode` identity key); see paired-300.md."""
@@ -99,8 +94,8 @@ for name, row in new.items():
 student = committed / "smollm2-135m_h200_2026-12-03_sparse-student"
 p300 = committed / "smollm2-135m_h200_2026-12-04_paired-300"
 dense = merge_rows("dense", [graph_decoded(part(committed / "smollm2-135m_h200_2026-12-03_fidelity/fid-dense", "dense")),
-                             part(student / "eval-2k", "dense"), committed_rows(p300, "dense")])
-shipped = merge_rows("shipped", [part(student / "eval-mix-sp", "mix-sp"), committed_rows(p300, "shipped")])
+                             part(student / "eval-2k", "dense"), part(p300, "dense")])
+shipped = merge_rows("shipped", [part(student / "eval-mix-sp", "mix-sp"), part(p300, "shipped")])
 pooled = {**part(student / "eval-mix-sp-sparse-prefill", "mix-sp-sparse-prefill")[1], "row": "shipped-sp-pooled"}
 comparisons = {
     "vs_dense": paired_differences([dense, shipped, new["mass"]], "dense"),

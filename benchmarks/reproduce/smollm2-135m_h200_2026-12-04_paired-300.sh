@@ -70,12 +70,9 @@ from pathlib import Path
 from rtpurbo.eval.paired import paired_differences
 from rtpurbo.eval.paired_plot import write_comparisons
 from rtpurbo.config import dumps
-from rtpurbo.eval.report import merge_rows, stored_rows
+from rtpurbo.eval.report import merge_rows, stored_row as part
 
 run, results, committed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-def part(directory, name):
-    return str(directory), stored_rows(directory)[name]
-
 def graph_decoded(where_row):
     """The committed dense rows of samples 0-99 at 4K and 8K predate the `decode` identity key: they decoded
     answers eagerly, every later row with CUDA graphs (the same greedy computation through a static cache).

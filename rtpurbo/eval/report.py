@@ -264,6 +264,14 @@ def stored_rows(directory: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def stored_row(directory: Path, name: str) -> tuple[str, dict[str, Any]]:
+    """Row ``name`` of ``directory`` (:func:`stored_rows`) as the ``(where, row)`` part :func:`merge_rows` takes."""
+    rows = stored_rows(Path(directory))
+    if name not in rows:
+        raise KeyError(f"{Path(directory) / 'rows'} holds no row {name!r} (it holds {sorted(rows)})")
+    return str(directory), rows[name]
+
+
 def rebuild_report(out: Path, row_order: tuple[str, ...] = (), reference: str | None = None) -> dict[str, Any]:
     """Write the report again from ``out/rows/*.json`` and ``out/config.json`` (no model needed).
 
