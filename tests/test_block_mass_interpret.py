@@ -2,9 +2,10 @@
 
 :func:`rtpurbo.ops.triton.block_mass.block_mass` must return what :func:`rtpurbo.ops.block_scores.block_mass`
 returns (fp32, up to summation order): a plain prefill, a padded batch, a later chunk over cached keys, per-head
-and shared candidate masks, index dims 16 and 12, blocks of 32 and 128, and query blocks that do not fill a
-program. Runs under ``TRITON_INTERPRET=1`` in a child process (this file run as a script). The GPU runs the same
-kernel in ``tests/test_ops_gpu.py``.
+and shared candidate masks, index dims 16 and 12, blocks of 32 and 128, query blocks that do not fill a
+program, bf16 indexer vectors, more key blocks than one program takes, and several chunks of query blocks.
+Runs under ``TRITON_INTERPRET=1`` in a child process (this file run as a script). The GPU runs the same kernel in
+``tests/test_ops_gpu.py``.
 """
 from __future__ import annotations
 
@@ -18,14 +19,18 @@ pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(in
 
 # (name, batch, heads, queries, keys (cached + queries), index dim, block, padded, candidates: "rank" = the
 # blocks a sparse prefill ranks (seen, not always kept), "per-head" = those with some dropped per head, "seen" =
-# every seen block, the diagonal included, where causal visibility inside a block matters)
+# every seen block, the diagonal included, where causal visibility inside a block matters), indexer dtype
+# (bf16 goes to the kernel's half-precision dot)
 CASES = [
-    ("plain", 1, 2, 300, 300, 16, 32, False, "rank"),
-    ("padded-batch", 2, 1, 257, 257, 16, 32, True, "rank"),
-    ("later-chunk", 1, 2, 100, 420, 12, 32, False, "per-head"),
-    ("block-128", 1, 1, 700, 700, 16, 128, False, "per-head"),
-    ("diagonal", 2, 2, 200, 260, 16, 32, True, "seen"),
+    ("plain", 1, 2, 300, 300, 16, 32, False, "rank", "float32"),
+    ("padded-batch", 2, 1, 257, 257, 16, 32, True, "rank", "float32"),
+    ("later-chunk", 1, 2, 100, 420, 12, 32, False, "per-head", "float32"),
+    ("block-128", 1, 1, 700, 700, 16, 128, False, "per-head", "float32"),
+    ("diagonal", 2, 2, 200, 260, 16, 32, True, "seen", "float32"),
+    ("bf16", 2, 2, 300, 360, 16, 32, True, "per-head", "bfloat16"),
+    ("chunks", 1, 2, 640, 700, 16, 32, False, "rank", "float32"),  # 22 key blocks, several chunks
 ]
+CHUNK_ELEMENTS = {"chunks": 4096}  # block log-sum-exps per chunk of query blocks (default: one chunk here)
 
 
 def _check(case) -> list[str]:
@@ -34,10 +39,10 @@ def _check(case) -> list[str]:
     from rtpurbo.ops import block_scores
     from rtpurbo.ops.triton import block_mass
 
-    name, batch, heads, n_q, n_k, dim, block, padded, kind = case
+    name, batch, heads, n_q, n_k, dim, block, padded, kind, dtype = case
     g = torch.Generator().manual_seed(len(name))
-    q_idx = torch.randn(batch, heads, n_q, dim, generator=g) * 2
-    k_idx = torch.randn(batch, heads, n_k, dim, generator=g) * 2
+    q_idx = (torch.randn(batch, heads, n_q, dim, generator=g) * 2).to(getattr(torch, dtype))
+    k_idx = (torch.randn(batch, heads, n_k, dim, generator=g) * 2).to(getattr(torch, dtype))
     k_pos = torch.arange(n_k).repeat(batch, 1)
     if padded:
         k_pos[-1, :40] = -1
@@ -49,7 +54,8 @@ def _check(case) -> list[str]:
         drop = torch.rand(batch, heads, *candidates.shape[2:], generator=g) < 0.3
         candidates = candidates & ~drop
     want = block_scores.block_mass(q_idx, k_idx, q_pos, k_pos, candidates, block)
-    got = block_mass.block_mass(q_idx, k_idx, q_pos, k_pos, candidates, block)
+    chunked = {"chunk_elements": CHUNK_ELEMENTS[name]} if name in CHUNK_ELEMENTS else {}
+    got = block_mass.block_mass(q_idx, k_idx, q_pos, k_pos, candidates, block, **chunked)
     problems = []
     if got.shape != want.shape:
         return [f"shape {tuple(got.shape)} != {tuple(want.shape)}"]

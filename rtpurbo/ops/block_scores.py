@@ -57,9 +57,9 @@ def block_roles(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int, sinks: int
     return seen, seen & ((k_lo < sinks) | (k_hi >= q_lo - band))
 
 
-def _tiles(idx: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
-    """idx (B, H, L, d) -> (B, H, n_blocks, block, d) fp32, zero-padded to ``n_blocks * block`` slots."""
-    tiles = F.pad(idx.float(), (0, 0, 0, n_blocks * block - idx.shape[2]))
+def _tiles(idx: torch.Tensor, n_blocks: int, block: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """idx (B, H, L, d) -> (B, H, n_blocks, block, d) in ``dtype``, zero-padded to ``n_blocks * block`` slots."""
+    tiles = F.pad(idx.to(dtype), (0, 0, 0, n_blocks * block - idx.shape[2]))
     return tiles.view(*idx.shape[:2], n_blocks, block, idx.shape[-1])
 
 
@@ -71,7 +71,7 @@ def pooled_index(idx: torch.Tensor, pos: torch.Tensor, block: int) -> torch.Tens
 
 
 class MassInputs(NamedTuple):
-    """What the ``mass`` scoring reads, gathered once (fp32; keys and positions padded to whole blocks).
+    """What the ``mass`` scoring reads, gathered once (fp32 unless asked; keys and positions padded to whole blocks).
 
     q_rep (B, H, nq, r, d): the representative queries; q_rep_pos (B, nq, r) their positions;
     keys (B, H, nk * block, d); key_pos (B, nk * block), -1 = empty."""
@@ -83,10 +83,10 @@ class MassInputs(NamedTuple):
 
 
 def mass_inputs(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, block: int,
-                queries: int = MASS_QUERIES) -> MassInputs:
+                queries: int = MASS_QUERIES, dtype: torch.dtype = torch.float32) -> MassInputs:
     """The representative queries of each query block (slots ``block / queries - 1, 2 * block / queries - 1, ...``
-    and its last query: the slot of its highest position, so a partial block is represented too), and the keys.
-    Shapes as in :func:`block_mass`."""
+    and its last query: the slot of its highest position, so a partial block is represented too), and the keys,
+    as ``dtype``. Shapes as in :func:`block_mass`."""
     if block % queries:
         raise ValueError(f"block ({block}) must be a multiple of queries ({queries})")
     q_blocks, k_blocks = _position_blocks(q_pos, block), _position_blocks(k_pos, block)
@@ -95,8 +95,8 @@ def mass_inputs(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k
     slots[..., -1] = q_blocks.argmax(-1)
     with torch.no_grad():
         pick = slots[:, None, :, :, None].expand(-1, heads, -1, -1, q_idx.shape[-1])
-        q_rep = _tiles(q_idx, n_q, block).gather(3, pick)
-        keys = _tiles(k_idx, k_blocks.shape[1], block).flatten(2, 3)
+        q_rep = _tiles(q_idx, n_q, block, dtype).gather(3, pick)
+        keys = _tiles(k_idx, k_blocks.shape[1], block, dtype).flatten(2, 3)
     return MassInputs(q_rep, q_blocks.gather(2, slots), keys, k_blocks.flatten(1))
 
 

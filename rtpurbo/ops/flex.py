@@ -214,6 +214,10 @@ def block_sparse_plan(
     blocks of :data:`BLOCK` slots (block scores by ``scoring``, :mod:`rtpurbo.ops.block_scores`), built on the
     device without a host sync or a per-query-head L x L tensor.
 
+    On CUDA the ``mass`` scores come from the fused kernel (:mod:`rtpurbo.ops.triton.block_mass`: the
+    reference's function up to fp32 summation order, without its token-level logits in memory); elsewhere
+    from the PyTorch reference.
+
     Key positions must be in slot order within each row (a prefill, a retrieval cache). Each query
     block's list holds its always-kept blocks (sinks; the band: at most ``sinks / 128 + band / 128 + 3``
     blocks when positions are in slot order) and at most ``max_blocks`` chosen ones (all when None).
@@ -236,7 +240,12 @@ def block_sparse_plan(
         selected = (always | candidates).expand(-1, q_idx.shape[1], -1, -1)
         keep_bound = n_k
     else:
-        scores = block_scores(q_idx, k_idx, q_pos, k_pos, candidates, BLOCK, scoring)
+        if scoring == "mass" and q_idx.is_cuda:
+            from .triton.block_mass import block_mass
+
+            scores = block_mass(q_idx, k_idx, q_pos, k_pos, candidates, BLOCK)
+        else:
+            scores = block_scores(q_idx, k_idx, q_pos, k_pos, candidates, BLOCK, scoring)
         probs = torch.softmax(scores.masked_fill(~candidates, float("-inf")), dim=-1).nan_to_num(0.0)
         top, order = torch.topk(probs, keep_bound, dim=-1)  # best first
         n_keep = ((top.cumsum(-1) - top) < top_p).sum(-1, keepdim=True)
