@@ -100,6 +100,18 @@ def mass_inputs(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k
     return MassInputs(q_rep, q_blocks.gather(2, slots), keys, k_blocks.flatten(1))
 
 
+def log_block_mass(per_block: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """The last steps of :func:`block_mass` (shared with its Triton kernel, :mod:`rtpurbo.ops.triton.block_mass`).
+
+    per_block (B, H, c, r, nk) fp32: each representative query's log-sum-exp over each key block, ``-inf`` outside
+    the candidates; chosen (B, 1 or H, c, nk) bool, the candidates. Returns (B, H, c, nk): the log of each block's
+    softmax mass, averaged over the queries that see some candidate; a tiny number's log for a candidate without
+    mass, ``-inf`` outside the candidates."""
+    sees = per_block.amax(-1) > float("-inf")  # (B, H, c, r): the query sees some candidate
+    mass = torch.softmax(per_block, dim=-1).nan_to_num(0.0).sum(3) / sees.sum(-1, keepdim=True).clamp(min=1)
+    return mass.clamp(min=torch.finfo(torch.float32).tiny).log().masked_fill(~chosen, float("-inf"))
+
+
 def block_mass(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
                candidates: torch.Tensor, block: int, queries: int = MASS_QUERIES,
                chunk_elements: int = MASS_CHUNK_ELEMENTS) -> torch.Tensor:
@@ -125,10 +137,7 @@ def block_mass(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_
             logits = logits.masked_fill(~seen[:, None], float("-inf"))
             per_block = logits.view(batch, heads, hi - lo, queries, n_k, block).logsumexp(-1)  # (B, H, c, r, nk)
             chosen = candidates[:, :, lo:hi]
-            per_block = per_block.masked_fill(~chosen[:, :, :, None, :], float("-inf"))
-            sees = per_block.amax(-1) > float("-inf")  # (B, H, c, r): the query sees some candidate
-            mass = torch.softmax(per_block, dim=-1).nan_to_num(0.0).sum(3) / sees.sum(-1, keepdim=True).clamp(min=1)
-            out[:, :, lo:hi] = mass.clamp(min=torch.finfo(torch.float32).tiny).log().masked_fill(~chosen, float("-inf"))
+            out[:, :, lo:hi] = log_block_mass(per_block.masked_fill(~chosen[:, :, :, None, :], float("-inf")), chosen)
     return out
 
 

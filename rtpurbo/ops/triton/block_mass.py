@@ -15,8 +15,8 @@ Here, per chunk of query blocks:
    blocks, ``KEY_BLOCKS`` key blocks). These pairs are independent, so the grid fills the card at any length,
    every exponential is taken once, and logits stay in registers. A program none of whose key blocks is a
    candidate of its query blocks (the causal future) returns at once.
-2. PyTorch: per query the log-sum-exp over its blocks (``Z``); ``exp(lse - Z)``, the query's mass on each
-   block, averaged over the block's queries that see some candidate; its log.
+2. :func:`rtpurbo.ops.block_scores.log_block_mass`, the reference's own last steps: per query the softmax over
+   its blocks, averaged over the block's queries that see some candidate; its log.
 
 Chunks hold at most :data:`~rtpurbo.ops.block_scores.MASS_CHUNK_ELEMENTS` block log-sum-exps, as the reference
 bounds its logits. Logits are fp32: bf16 / fp16 indexer vectors are read as they are and go to the tensor cores as
@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..block_scores import MASS_CHUNK_ELEMENTS, MASS_QUERIES, mass_inputs
+from ..block_scores import MASS_CHUNK_ELEMENTS, MASS_QUERIES, log_block_mass, mass_inputs
 
 QUERY_BLOCKS = 8  # query blocks per program: 64 representative queries share each loaded key block
 KEY_BLOCKS = 16  # key blocks per program
@@ -123,10 +123,5 @@ def block_mass(q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_
             R=queries, QB=group, KB=KEY_BLOCKS, BLOCK=block, D_PAD=max(16, triton.next_power_of_2(d_idx)),
             HALF=half, num_warps=NUM_WARPS,
         )
-        z = torch.logsumexp(lse, dim=2, keepdim=True)  # (B, H, 1, c, r): -inf where the query sees no candidate
-        sees = z > float("-inf")
-        mass = lse.sub_(z.masked_fill(~sees, 0.0)).exp_().sum(-1) / sees.sum(-1).clamp(min=1)  # (B, H, nk, c)
-        chosen = cand[:, :, lo:hi] != 0
-        out[:, :, lo:hi] = mass.transpose(2, 3).clamp(min=torch.finfo(torch.float32).tiny).log().masked_fill(
-            ~chosen, float("-inf"))
+        out[:, :, lo:hi] = log_block_mass(lse.permute(0, 1, 3, 4, 2), cand[:, :, lo:hi] != 0)
     return out
