@@ -77,11 +77,8 @@ from rtpurbo.eval.report import merge_rows, stored_row as part
 
 run, results, committed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 
-def graph_decoded(where_row):
-    """The dense samples 0-99 at 4K / 8K decoded eagerly (before the `decode` identity key); see paired-300.md."""
-    where, row = where_row
-    assert "decode" not in row["identity"], where
-    return where, {**row, "identity": {**row["identity"], "decode": "graph"}}
+sys.path.insert(0, str(committed.parent / "reproduce"))
+from committed_rows import dense_samples_0_99  # noqa: E402
 
 new = {name: merge_rows(name, [part(run / d, name) for d in dirs]) for name, dirs in {
     "mass": ["mass-2k", "mass-4k", "mass-8k", "mass-300-4k", "mass-300-8k"],
@@ -93,8 +90,7 @@ for name, row in new.items():
 
 student = committed / "smollm2-135m_h200_2026-12-03_sparse-student"
 p300 = committed / "smollm2-135m_h200_2026-12-04_paired-300"
-dense = merge_rows("dense", [graph_decoded(part(committed / "smollm2-135m_h200_2026-12-03_fidelity/fid-dense", "dense")),
-                             part(student / "eval-2k", "dense"), part(p300, "dense")])
+dense = merge_rows("dense", dense_samples_0_99(committed) + [part(p300, "dense")])
 shipped = merge_rows("shipped", [part(student / "eval-mix-sp", "mix-sp"), part(p300, "shipped")])
 pooled = {**part(student / "eval-mix-sp-sparse-prefill", "mix-sp-sparse-prefill")[1], "row": "shipped-sp-pooled"}
 comparisons = {

@@ -73,13 +73,8 @@ from rtpurbo.config import dumps
 from rtpurbo.eval.report import merge_rows, stored_row as part
 
 run, results, committed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-def graph_decoded(where_row):
-    """The committed dense rows of samples 0-99 at 4K and 8K predate the `decode` identity key: they decoded
-    answers eagerly, every later row with CUDA graphs (the same greedy computation through a static cache).
-    They are joined with the graph-decoded dense samples 100-299; paired.json also holds the 100-299 block alone."""
-    where, row = where_row
-    assert "decode" not in row["identity"], where
-    return where, {**row, "identity": {**row["identity"], "decode": "graph"}}
+sys.path.insert(0, str(committed.parent / "reproduce"))
+from committed_rows import dense_samples_0_99  # noqa: E402
 
 # the new runs' rows, one merged row per name, kept beside the results file
 new = {name: merge_rows(name, [part(run / d, name) for d in dirs]) for name, dirs in {
@@ -92,8 +87,7 @@ for name, row in new.items():
     (results / "rows" / f"{name}.json.gz").write_bytes(gzip.compress(dumps(row).encode(), mtime=0))
 
 student = committed / "smollm2-135m_h200_2026-12-03_sparse-student"
-dense = merge_rows("dense", [graph_decoded(part(committed / "smollm2-135m_h200_2026-12-03_fidelity/fid-dense", "dense")),
-                             part(student / "eval-2k", "dense"), ("new", new["dense"])])
+dense = merge_rows("dense", dense_samples_0_99(committed) + [("new", new["dense"])])
 mix_sp = part(student / "eval-mix-sp", "mix-sp")  # the shipped adapter under its run name, samples 0-99
 shipped = merge_rows("shipped", [mix_sp, ("new", new["shipped"])])
 comparisons = {

@@ -53,18 +53,13 @@ from rtpurbo.eval.report import merge_rows, stored_row as part
 
 run, results, committed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 mass_scoring = committed / "smollm2-135m_h200_2026-12-04_mass-scoring"
-student = committed / "smollm2-135m_h200_2026-12-03_sparse-student"
 p300 = committed / "smollm2-135m_h200_2026-12-04_paired-300"
 
-def graph_decoded(where_row):
-    """The dense samples 0-99 at 4K / 8K decoded eagerly (before the `decode` identity key); see paired-300.md."""
-    where, row = where_row
-    assert "decode" not in row["identity"], where
-    return where, {**row, "identity": {**row["identity"], "decode": "graph"}}
+sys.path.insert(0, str(committed.parent / "reproduce"))
+from committed_rows import dense_samples_0_99  # noqa: E402
 
 rows = {
-    "dense": merge_rows("dense", [graph_decoded(part(committed / "smollm2-135m_h200_2026-12-03_fidelity/fid-dense", "dense")),
-                                  part(student / "eval-2k", "dense"), part(p300, "dense")]),
+    "dense": merge_rows("dense", dense_samples_0_99(committed) + [part(p300, "dense")]),
     "mass": merge_rows("mass", [part(mass_scoring, "mass"), part(run / "mass-300-2k", "mass"),
                                 part(run / "mass-200-8k", "mass")]),
     "mass-sp-mass": merge_rows("mass-sp-mass", [part(mass_scoring, "mass-sp-mass")] + [
