@@ -186,6 +186,60 @@ def test_flex_decode_matches_reference(case):
     _assert_budget(out, ref, eager, name)
 
 
+# --- both kinds of heads in one decode launch ------------------------------------------------
+# (name, B, retrieval keys, retrieval KV heads, local KV heads, G, D, W, S, dtype, selecting)
+TWO_ROLE_CASES = [
+    ("40k-g4-bf16", 1, 40000, 1, 7, 4, 128, 8192, 4, BF16, False),
+    ("5k-g8-b2-bf16-select", 2, 5000, 1, 3, 8, 128, 1024, 4, BF16, True),
+    ("3k-g3-b2-fp16", 2, 3001, 2, 2, 3, 64, 512, 4, FP16, False),
+]
+
+
+@pytest.mark.parametrize("case", TWO_ROLE_CASES, ids=[c[0] for c in TWO_ROLE_CASES])
+def test_two_role_decode_matches_reference(case):
+    """One launch for a layer's retrieval heads (every key, or a top-p selection) and local heads (a rotated ring
+    with empty slots), written in a shuffled head order: each role within the eager-error budget of its reference."""
+    from rtpurbo.ops.triton import decode_roles
+
+    name, batch, k_len, n_ret, n_loc, group, dim, window, sinks, dtype, selecting = case
+    torch.manual_seed(zlib.crc32(name.encode()))
+    q_ret, k_ret, v_ret = _qkv(batch, n_ret * group, n_ret, 1, k_len, dim, dtype)
+    q_pos, k_pos = _decode_positions("tail", batch, k_len, None, 0)
+    q_loc, k_loc, v_loc = _qkv(batch, n_loc * group, n_loc, 1, sinks + window, dim, dtype)
+    loc_pos = torch.full((batch, sinks + window), -1, device="cuda")
+    for b, p in enumerate(q_pos[:, 0].tolist()):  # each row's ring (slot S + (p - S) % W), the last row's part empty
+        loc_pos[b, :sinks] = torch.arange(sinks)
+        recent = torch.arange(max(sinks, p + 1 - window), p + 1, device="cuda")
+        loc_pos[b, sinks + (recent - sinks) % window] = recent
+    order = torch.randperm((n_ret + n_loc) * group, device="cuda")
+    chosen, key_mask = {}, None
+    if selecting:  # the Triton selection (tested against the reference elsewhere), as the attention's input
+        q_idx, k_idx = torch.randn(batch, n_ret, 1, 16, device="cuda"), torch.randn(batch, n_ret, k_len, 16, device="cuda")
+        selection = triton_topp.select(q_idx, k_idx, q_pos, k_pos, top_p=0.9, min_tokens=16, sinks=sinks, recent=64)
+        listed = torch.arange(k_len, device="cuda") < selection.n_keep[..., None]  # (B, Hr, C); the rest unspecified
+        always = selection.always.view(batch, n_ret, -1).long()
+        hits = torch.zeros(batch, n_ret, k_len, dtype=torch.int32, device="cuda")
+        hits.scatter_add_(-1, torch.where(listed, selection.order, 0), listed.int())
+        hits.scatter_add_(-1, always.clamp(min=0), (always >= 0).int())
+        key_mask = (hits > 0)[:, :, None]
+        chosen = dict(index=selection.order, n_index=selection.n_keep, always=selection.always, skip_sinks=sinks,
+                      skip_recent=64)
+    _poison()
+    out, counts = decode_roles.two_role_decode(q_ret, k_ret, v_ret, k_pos, q_loc, k_loc, v_loc, loc_pos, q_pos,
+                                               scale=dim**-0.5, window=window, sinks=sinks, heads=order.int(), **chosen)
+    got = out.view(batch, -1, dim)[:, order]  # back to role order: retrieval heads, then local
+    n_qr = n_ret * group
+    ref_ret = reference.attention(q_ret.float(), k_ret.float(), v_ret.float(), q_pos, k_pos, key_mask=key_mask)
+    ref_loc = reference.attention(q_loc.float(), k_loc.float(), v_loc.float(), q_pos, loc_pos, window=window, sinks=sinks)
+    _assert_budget(got[:, :n_qr, None], ref_ret, _eager(q_ret, k_ret, v_ret, q_pos, k_pos, key_mask=key_mask),
+                   f"{name} retrieval")
+    _assert_budget(got[:, n_qr:, None], ref_loc, _eager(q_loc, k_loc, v_loc, q_pos, loc_pos, window, sinks),
+                   f"{name} local")
+    seen = (k_pos >= 0) & (k_pos <= q_pos)
+    want = (key_mask[:, :, 0] & seen[:, None]).sum(-1) if selecting else seen.sum(-1, keepdim=True).expand(batch, n_ret)
+    assert torch.equal(counts, want)
+
+
 # --- triton top-p decode ----------------------------------------------------------------
 # (name, B, Lk, Hkv, G, D, dtype, top_p ("mid" = well inside a mass gap), min, max, sinks, recent)
 TOPP_CASES = [

@@ -123,75 +123,51 @@ def _topp_count_kernel(
 
 
 @triton.jit
-def _decode_attention_kernel(
-    q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, mask_ptr, index_ptr, n_index_ptr, always_ptr,
-    part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr,
-    n_kv_heads, group, head_dim, n_keys, n_always, n_splits, window, sinks, skip_sinks, skip_recent, qk_scale,
-    s_qb, s_qh, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
-    s_qpb, s_kpb, s_kpn, s_mb, s_mh, s_mn, s_ib, s_ih, s_in,
+def _attend_part(
+    q, q_pos, k_row, v_row, kpos_row, mask_row, index_row, always_row,
+    s_kn, s_kd, s_vn, s_vd, s_kpn, s_mn, s_in,
+    split, lo, hi, window, sinks, skip_sinks, skip_recent, qk_scale,
     LIST: tl.constexpr, HAS_MASK: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, D_OK,
 ):
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    b = (bh // n_kv_heads).to(tl.int64)
-    h = (bh % n_kv_heads).to(tl.int64)
-    g = tl.arange(0, G_PAD)
-    d = tl.arange(0, D_PAD)
-    g_ok = g < group
-    d_ok = d < head_dim
-    q = tl.load(
-        q_ptr + b * s_qb + (h * group + g)[:, None] * s_qh + d[None, :] * s_qd,
-        mask=g_ok[:, None] & d_ok[None, :], other=0.0,
-    )
-    q_pos = tl.load(qpos_ptr + b * s_qpb)
-
-    # this program's share of the work: a contiguous run of slots (dense) or list entries
-    if LIST:
-        # split 0 reads the always list, splits 1.. the selection: the used parts are a prefix
-        in_always = split == 0
-        # the same, per lane (a scalar bool in a load mask trips the Triton interpreter)
-        always_lanes = tl.full([BLOCK_N], 0, tl.int32) + split == 0
-        n_sel = tl.load(n_index_ptr + bh).to(tl.int32)
-        chunk = tl.cdiv(tl.cdiv(n_sel, n_splits), BLOCK_N) * BLOCK_N
-        lo = tl.where(in_always, 0, (split - 1) * chunk)
-        hi = tl.where(in_always, n_always, tl.minimum((split - 1) * chunk + chunk, n_sel))
-    else:
-        chunk = tl.cdiv(tl.cdiv(n_keys, n_splits), BLOCK_N) * BLOCK_N
-        lo = split * chunk
-        hi = tl.minimum(lo + chunk, n_keys)
-
+    """Partial softmax state of the ``G`` queries ``q`` (G_PAD, D_PAD) of one KV head over slots (dense)
+    or list entries ``lo..hi`` of one part. ``*_row``: pointers already at the row's batch / head.
+    List mode: part 0 reads the always list, the other parts the selection.
+    Returns (max (G_PAD,), sum (G_PAD,), output (G_PAD, D_PAD), keys used ())."""
+    # the always-list part, per lane (a scalar bool in a load mask trips the Triton interpreter)
+    always_lanes = tl.full([BLOCK_N], 0, tl.int32) + split == 0
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D_PAD], tl.float32)
     n_used = tl.zeros([BLOCK_N], tl.int32)
+    d = tl.arange(0, D_PAD)
     for start in range(lo, hi, BLOCK_N):
         offs = start + tl.arange(0, BLOCK_N)
         ok = offs < hi
         if LIST:
-            listed = tl.load(index_ptr + b * s_ib + h * s_ih + offs.to(tl.int64) * s_in, mask=ok & ~always_lanes, other=-1)
-            forced = tl.load(always_ptr + bh * n_always + offs, mask=ok & always_lanes, other=-1)
-            slot = tl.where(in_always, forced.to(tl.int64), listed.to(tl.int64))
+            listed = tl.load(index_row + offs.to(tl.int64) * s_in, mask=ok & ~always_lanes, other=-1)
+            forced = tl.load(always_row + offs, mask=ok & always_lanes, other=-1)
+            slot = tl.where(always_lanes, forced.to(tl.int64), listed.to(tl.int64))
             ok = ok & (slot >= 0)
         else:
             slot = offs.to(tl.int64)
-        k_pos = tl.load(kpos_ptr + b * s_kpb + slot * s_kpn, mask=ok, other=-1)
+        k_pos = tl.load(kpos_row + slot * s_kpn, mask=ok, other=-1)
         use = ok & (k_pos >= 0) & (k_pos <= q_pos)
         if LIST:
-            # sinks / recent keys of the list are counted once, by the always split
+            # sinks / recent keys of the list are counted once, by the always part
             always_kind = (k_pos < skip_sinks) | (q_pos - k_pos < skip_recent)
             use = use & (always_lanes | ~always_kind)
         else:
             use = use & ((q_pos - k_pos < window) | (k_pos < sinks))
             if HAS_MASK:
-                allowed = tl.load(mask_ptr + b * s_mb + h * s_mh + slot * s_mn, mask=ok, other=0)
+                allowed = tl.load(mask_row + slot * s_mn, mask=ok, other=0)
                 use = use & (allowed != 0)
         # K and V rows load as soon as their slots are known, not after the positions: the loads of
         # one step are in flight together. Slots that turn out invisible get p = 0 and V = 0 (an
         # unwritten slot may hold anything, and 0 * NaN is NaN).
-        kv_ok = ok[:, None] & d_ok[None, :]
-        keys = tl.load(k_ptr + b * s_kb + h * s_kh + slot[:, None] * s_kn + d[None, :] * s_kd, mask=kv_ok, other=0.0)
-        values = tl.load(v_ptr + b * s_vb + h * s_vh + slot[:, None] * s_vn + d[None, :] * s_vd, mask=kv_ok, other=0.0)
+        kv_ok = ok[:, None] & D_OK[None, :]
+        keys = tl.load(k_row + slot[:, None] * s_kn + d[None, :] * s_kd, mask=kv_ok, other=0.0)
+        values = tl.load(v_row + slot[:, None] * s_vn + d[None, :] * s_vd, mask=kv_ok, other=0.0)
         s = tl.dot(q, tl.trans(keys), input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(use[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -203,31 +179,100 @@ def _decode_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values, input_precision=DOT_PRECISION)
         m_i = m_new
         n_used += use.to(tl.int32)
+    return m_i, l_i, acc, tl.sum(n_used, axis=0)
 
+
+@triton.jit
+def _part_range(split, n_parts, n_keys, n_index_row, n_always, LIST: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(lo, hi) of part ``split`` of ``n_parts``: a contiguous run of ``n_keys`` slots (dense), or in list
+    mode the always list (part 0) and a share of the row's ``n_index`` selected entries (parts 1..)."""
     if LIST:
-        n_parts = n_splits + 1
+        n_sel = tl.load(n_index_row).to(tl.int32)
+        chunk = tl.cdiv(tl.cdiv(n_sel, n_parts - 1), BLOCK_N) * BLOCK_N
+        lo = tl.where(split == 0, 0, (split - 1) * chunk)
+        hi = tl.where(split == 0, n_always, tl.minimum((split - 1) * chunk + chunk, n_sel))
     else:
-        n_parts = n_splits
-    row = (bh * n_parts + split) * G_PAD + g
+        chunk = tl.cdiv(tl.cdiv(n_keys, n_parts), BLOCK_N) * BLOCK_N
+        lo = split * chunk
+        hi = tl.minimum(lo + chunk, n_keys)
+    return lo, hi
+
+
+@triton.jit
+def _load_group(q_ptr, b, h, group, head_dim, s_qb, s_qh, s_qd, G_PAD: tl.constexpr, D_PAD: tl.constexpr):
+    """The ``group`` query rows of KV head ``h`` in batch row ``b``: (G_PAD, D_PAD), zeros past them."""
+    g = tl.arange(0, G_PAD)
+    d = tl.arange(0, D_PAD)
+    return tl.load(q_ptr + b * s_qb + (h * group + g)[:, None] * s_qh + d[None, :] * s_qd,
+                   mask=(g < group)[:, None] & (d < head_dim)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_part(part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, part, m_i, l_i, acc, n_used, group,
+                G_PAD: tl.constexpr, D_PAD: tl.constexpr):
+    """Write one part's softmax state at index ``part`` of the (parts, G_PAD[, D_PAD]) scratch."""
+    g = tl.arange(0, G_PAD)
+    d = tl.arange(0, D_PAD)
+    g_ok = g < group
+    row = part * G_PAD + g
     tl.store(part_m_ptr + row, m_i, mask=g_ok)
     tl.store(part_l_ptr + row, l_i, mask=g_ok)
     tl.store(part_o_ptr + row[:, None] * D_PAD + d[None, :], acc, mask=g_ok[:, None])
-    tl.store(part_n_ptr + bh * n_parts + split, tl.sum(n_used, axis=0))
+    tl.store(part_n_ptr + part, n_used)
+
+
+@triton.jit
+def _decode_attention_kernel(
+    q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, mask_ptr, index_ptr, n_index_ptr, always_ptr,
+    part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr,
+    n_kv_heads, group, head_dim, n_keys, n_always, n_parts, window, sinks, skip_sinks, skip_recent, qk_scale,
+    s_qb, s_qh, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
+    s_qpb, s_kpb, s_kpn, s_mb, s_mh, s_mn, s_ib, s_ih, s_in,
+    LIST: tl.constexpr, HAS_MASK: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = (bh // n_kv_heads).to(tl.int64)
+    h = (bh % n_kv_heads).to(tl.int64)
+    q = _load_group(q_ptr, b, h, group, head_dim, s_qb, s_qh, s_qd, G_PAD, D_PAD)
+    q_pos = tl.load(qpos_ptr + b * s_qpb)
+    lo, hi = _part_range(split, n_parts, n_keys, n_index_ptr + bh, n_always, LIST, BLOCK_N)
+    m_i, l_i, acc, n_used = _attend_part(
+        q, q_pos, k_ptr + b * s_kb + h * s_kh, v_ptr + b * s_vb + h * s_vh, kpos_ptr + b * s_kpb,
+        mask_ptr + b * s_mb + h * s_mh, index_ptr + b * s_ib + h * s_ih, always_ptr + bh * n_always,
+        s_kn, s_kd, s_vn, s_vd, s_kpn, s_mn, s_in,
+        split, lo, hi, window, sinks, skip_sinks, skip_recent, qk_scale,
+        LIST, HAS_MASK, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, tl.arange(0, D_PAD) < head_dim,
+    )
+    _store_part(part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, bh * n_parts + split, m_i, l_i, acc, n_used, group,
+                G_PAD, D_PAD)
 
 
 @triton.jit
 def _combine_kernel(
-    part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, out_ptr, count_ptr,
-    n_kv_heads, group, head_dim, n_parts, s_ob, s_oh, s_od,
-    G_PAD: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr, P_CHUNK: tl.constexpr,
+    part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, out_ptr, count_ptr, heads_ptr,
+    rows_a, n_kv_a, n_kv_b, group, head_dim, parts_a, parts_b, s_ob, s_oh, s_od,
+    HAS_MAP: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr, P_CHUNK: tl.constexpr,
 ):
     """One (row, query head, ``D_CHUNK`` of the head dim) per program. Each step loads the max, sum and
-    output of ``P_CHUNK`` partial results together (one memory round trip) and merges them online."""
-    bh = tl.program_id(0)
+    output of ``P_CHUNK`` partial results together (one memory round trip) and merges them online.
+
+    Rows come in two segments: ``rows_a`` rows of ``n_kv_a`` KV heads with ``parts_a`` parts each, then rows
+    of ``n_kv_b`` KV heads with ``parts_b`` parts each (a single segment: no rows past ``rows_a``). Query head
+    ``j`` of the segments' heads (segment a's first) is output head ``heads[j]`` (``HAS_MAP``), else ``j``."""
+    r = tl.program_id(0)
     gi = tl.program_id(1)
     dc = tl.program_id(2)
-    b = (bh // n_kv_heads).to(tl.int64)
-    h = (bh % n_kv_heads).to(tl.int64)
+    in_a = r < rows_a
+    rb = r - rows_a
+    b = tl.where(in_a, r // n_kv_a, rb // n_kv_b).to(tl.int64)
+    h = tl.where(in_a, r % n_kv_a, rb % n_kv_b)
+    first = tl.where(in_a, r * parts_a, rows_a * parts_a + rb * parts_b)
+    n_parts = tl.where(in_a, parts_a, parts_b)
+    head = tl.where(in_a, 0, n_kv_a * group) + h * group + gi
+    if HAS_MAP:
+        head = tl.load(heads_ptr + head)
     d = dc * D_CHUNK + tl.arange(0, D_CHUNK)
     d_ok = d < head_dim
     ref = tl.full([], float("-inf"), tl.float32)
@@ -236,7 +281,7 @@ def _combine_kernel(
     for start in range(0, n_parts, P_CHUNK):
         pc = start + tl.arange(0, P_CHUNK)
         p_ok = pc < n_parts
-        row = (bh * n_parts + pc) * G_PAD + gi
+        row = (first + pc) * G_PAD + gi
         m = tl.load(part_m_ptr + row, mask=p_ok, other=float("-inf"))
         l = tl.load(part_l_ptr + row, mask=p_ok, other=0.0)
         part = tl.load(part_o_ptr + row[:, None] * D_PAD + d[None, :], mask=p_ok[:, None] & d_ok[None, :], other=0.0)
@@ -248,13 +293,13 @@ def _combine_kernel(
         acc = acc * scale + tl.sum(part * weight[:, None], axis=0)
         ref = new_ref
     out = acc / tl.where(total == 0.0, 1.0, total)
-    tl.store(out_ptr + b * s_ob + (h * group + gi) * s_oh + d * s_od, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(out_ptr + b * s_ob + head.to(tl.int64) * s_oh + d * s_od, out.to(out_ptr.dtype.element_ty), mask=d_ok)
     if (gi == 0) & (dc == 0):
         n_used = tl.zeros([P_CHUNK], tl.int32)
         for start in range(0, n_parts, P_CHUNK):
             pc = start + tl.arange(0, P_CHUNK)
-            n_used += tl.load(part_n_ptr + bh * n_parts + pc, mask=pc < n_parts, other=0)
-        tl.store(count_ptr + bh, tl.sum(n_used, axis=0).to(tl.int64))
+            n_used += tl.load(part_n_ptr + first + pc, mask=pc < n_parts, other=0)
+        tl.store(count_ptr + r, tl.sum(n_used, axis=0).to(tl.int64))
 
 
 @dataclass(frozen=True)
@@ -418,7 +463,7 @@ def decode_attention(
         k_pos if n_index is None else n_index.reshape(rows),
         k_pos if always is None else always,
         part_m, part_l, part_o, part_n,
-        n_kv, group, head_dim, n_keys, 0 if always is None else always.shape[1], n_splits,
+        n_kv, group, head_dim, n_keys, 0 if always is None else always.shape[1], n_parts,
         _NO_WINDOW if window is None else window, sinks, skip_sinks, skip_recent, scale * 1.4426950408889634,
         q.stride(0), q.stride(1), q.stride(3), k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
@@ -430,11 +475,30 @@ def decode_attention(
     )
     out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
     counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)
-    d_chunk = min(d_pad, launch.combine_d)
-    p_chunk = min(triton.next_power_of_2(n_parts), launch.combine_chunk)
-    _combine_kernel[(rows, group, d_pad // d_chunk)](
-        part_m, part_l, part_o, part_n, out, counts,
-        n_kv, group, head_dim, n_parts, out.stride(0), out.stride(1), out.stride(3),
-        G_PAD=g_pad, D_PAD=d_pad, D_CHUNK=d_chunk, P_CHUNK=p_chunk, num_warps=4 if p_chunk * d_chunk <= 4096 else 8,
-    )
+    combine(part_m, part_l, part_o, part_n, out[:, :, 0], counts.view(-1), None, (rows, n_kv, n_parts), None,
+            group=group, head_dim=head_dim, launch=launch)
     return out, counts
+
+
+def combine(
+    part_m: torch.Tensor, part_l: torch.Tensor, part_o: torch.Tensor, part_n: torch.Tensor, out: torch.Tensor,
+    counts: torch.Tensor, heads: torch.Tensor | None, segment_a: tuple[int, int, int],
+    segment_b: tuple[int, int, int] | None, *, group: int, head_dim: int, launch: DecodeLaunch,
+) -> None:
+    """Merge the parts' softmax states into ``out`` (B, Hq, D) and the keys used per row into ``counts``.
+
+    segment_a / segment_b: (rows, KV heads, parts per row) of the rows in part order (segment b's after
+    segment a's; None: one segment). heads: (Hq,) int32, the output head of each query head in segment
+    order (None: the same index).
+    """
+    rows_a, n_kv_a, parts_a = segment_a
+    rows_b, n_kv_b, parts_b = segment_b or (0, 1, 1)
+    g_pad, d_pad = part_o.shape[-2], part_o.shape[-1]
+    d_chunk = min(d_pad, launch.combine_d)
+    p_chunk = min(triton.next_power_of_2(max(parts_a, parts_b)), launch.combine_chunk)
+    _combine_kernel[(rows_a + rows_b, group, d_pad // d_chunk)](
+        part_m, part_l, part_o, part_n, out, counts, counts if heads is None else heads,
+        rows_a, n_kv_a, n_kv_b, group, head_dim, parts_a, parts_b, out.stride(0), out.stride(1), out.stride(2),
+        HAS_MAP=heads is not None, G_PAD=g_pad, D_PAD=d_pad, D_CHUNK=d_chunk, P_CHUNK=p_chunk,
+        num_warps=4 if p_chunk * d_chunk <= 4096 else 8,
+    )
