@@ -47,6 +47,16 @@ def _triton_append():
     return append
 
 
+@functools.cache
+def _triton_decode():
+    """:mod:`rtpurbo.ops.triton.decode_roles`, or None without Triton (imported once)."""
+    try:
+        from .ops.triton import decode_roles
+    except ImportError:
+        return None
+    return decode_roles
+
+
 def _append_kernels(like: torch.Tensor):
     """:mod:`rtpurbo.ops.triton.append` where it can run on ``like``'s device (CUDA + Triton), else None."""
     return _triton_append() if like.is_cuda else None
@@ -178,7 +188,10 @@ class HeadwiseCache(Cache):
         # heads, an index-only window mask for local heads) without reading the positions back.
         # rtpurbo.generate.prefill checks its inputs once and sets it; nothing here checks it.
         self.plain_prompt = False
-        # static decode on a GPU: local heads on a side stream, overlapping the retrieval heads
+        # decode on a GPU: a step without selection runs both kinds of heads of a layer in one launch
+        # (two_role_decode) where the backends are rtpurbo's kernels; a static step that selects runs the local
+        # heads on a side stream, overlapping the retrieval heads' selection
+        self.fuse_roles = True
         self.overlap_roles = True
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
 
@@ -355,6 +368,12 @@ class HeadwiseCache(Cache):
         in the cache (the new one included): ``top_p < 1`` and at least ``seqlen_threshold`` tokens.
         A host-side decision (the cache length is a Python counter), so no step waits for the GPU."""
         return self.sparse.top_p < 1.0 and cached >= self.sparse.seqlen_threshold
+
+    def _step_selects(self, module, cached: int) -> bool:
+        """Whether a one-token step of this layer's retrieval heads selects (else they read every key) with
+        ``cached`` keys stored (the new one included): indexed heads of a full-attention base model, once
+        :meth:`selects` says so."""
+        return module.indexer is not None and module.base_window is None and self.selects(cached)
 
     def next_step_selects(self) -> bool:
         """:meth:`selects` for the next one-token step (it adds one token to every layer)."""
@@ -537,6 +556,12 @@ class HeadwiseCache(Cache):
         kernels = _append_kernels(k) if self.static_capacity is not None else None
         if kernels is not None:
             return self._attend_static_fused(kernels, module, layer, parts, q_idx, k_idx, positions)
+        if (q.shape[2] == 1 and layer.seen > 0 and module.local_heads and module.retrieval_heads and self.fuse_roles
+                and not self._step_selects(module, layer.r_len + 1) and self._one_launch_decode(q.device)):
+            # decode without selection: write the token to both stores, then one launch for both kinds of heads
+            self._write_ring(layer, *parts["local"][1:], positions)
+            self._append_retrieval(layer, *parts["retrieval"][1:], k_idx, positions)
+            return self._attend_two_roles(module, layer, parts, positions)
         local_out = retrieval_out = None
         if module.local_heads:
             ql, kl, vl = parts["local"]
@@ -581,6 +606,8 @@ class HeadwiseCache(Cache):
             self._advance_static(layer)
         local_out = retrieval_out = None
         both = module.local_heads and module.retrieval_heads
+        if both and not self._step_selects(module, layer.r_len) and self.fuse_roles and self._one_launch_decode(positions.device):
+            return self._attend_two_roles(module, layer, parts, positions)
         side = self._side_stream(positions.device) if self.overlap_roles and both and positions.is_cuda else None
         main = None if side is None else torch.cuda.current_stream(positions.device)
         if module.local_heads:
@@ -595,6 +622,31 @@ class HeadwiseCache(Cache):
             main.wait_stream(side)  # the next layer reuses side's memory only after its own wait on main
         layer.seen += 1
         return module.merge_heads(retrieval_out, local_out)
+
+    def _one_launch_decode(self, device: torch.device) -> bool:
+        """Whether a static decode step of a layer can run both kinds of heads in one launch: on CUDA with
+        Triton, where the local heads' backend is flex (whose decode is the same Triton kernel) and the
+        retrieval heads' top-p backend is Triton."""
+        sparse = self.sparse
+        return (device.type == "cuda" and _triton_decode() is not None
+                and ops.resolve_impl(sparse.impl, device) == "flex" and sparse.decode_impl in ("auto", "triton"))
+
+    def _attend_two_roles(self, module, layer: LayerCache, parts, positions) -> torch.Tensor:
+        """Decode of one token per row (written to both stores), the retrieval heads over every key (no selection),
+        with both kinds of heads in one attention launch and one combine
+        (:func:`rtpurbo.ops.triton.decode_roles.two_role_decode`). Returns (B, 1, Hq * D) in the module's head
+        order. A step that selects keeps two launches: its local heads overlap the selection's chain of
+        latency-bound kernels on a side stream, which one launch after the selection would not (measured slower)."""
+        decode_roles = _triton_decode()
+        sparse = self.sparse
+        keys, values, _, key_pos = self._retrieval_view(layer)
+        out, _ = decode_roles.two_role_decode(
+            parts["retrieval"][0], keys, values, key_pos, parts["local"][0], layer.l_k, layer.l_v, layer.l_pos,
+            positions, scale=module.scaling, window=sparse.window, sinks=sparse.sinks, heads=module.q_order,
+            ret_window=module.base_window,
+        )
+        layer.seen += 1
+        return out
 
     def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
         stream = self._streams.get(device)
@@ -631,8 +683,7 @@ class HeadwiseCache(Cache):
         selection (``retrieval_prefill == "sparse"``; q_idx: this forward's indexer queries)."""
         sparse = self.sparse
         keys, values, key_idx, key_pos = self._retrieval_view(layer)
-        decode = (q.shape[2] == 1 and module.indexer is not None and module.base_window is None
-                  and self.selects(layer.r_len))
+        decode = q.shape[2] == 1 and self._step_selects(module, layer.r_len)
         if not decode and q.shape[2] > 1 and sparse.retrieval_prefill == "sparse" and module.base_window is None:
             out, kept, seen = module.sparse_prefill(q, keys, values, positions, key_pos, q_idx, key_idx)
             self.stats.record_prefill(module.layer_idx, kept, seen)

@@ -233,6 +233,7 @@ def test_side_stream_overlap_changes_no_bit_on_gpu():
     runs = {}
     for overlap in (True, False):
         cache = _prefilled(model, ids, mask)
+        cache.fuse_roles = False  # the two-launch path, whose local launch the side stream carries
         cache.overlap_roles = overlap
         cache.static_decode(PROMPT + STEPS)
         decoder = GraphedDecoder(model, cache)
@@ -244,3 +245,65 @@ def test_side_stream_overlap_changes_no_bit_on_gpu():
         assert decoder.graphs == 1
         runs[overlap] = torch.cat(logits, 1)
     assert torch.equal(runs[True], runs[False])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the one-launch decode runs Triton kernels on a CUDA device")
+@pytest.mark.parametrize("top_p, threshold", [(1.0, 0), (0.7, 10**9), (0.7, 0)])
+def test_one_launch_decode_matches_two_launches_on_gpu(top_p, threshold):
+    """Static decode on a GPU runs both kinds of heads of a layer in one launch (cache.fuse_roles) when its retrieval
+    heads read every key (top-p 1, or below the seqlen threshold), and two launches when they select: the same greedy
+    tokens and logits as the two-launch path, eager and replayed from a graph, up to the summation order of differently
+    split keys. A head written to the wrong place or a missed part changes the logits by far more."""
+    model = _model("llama", top_p, decode_impl="auto").cuda()
+    model.rtpurbo_sparse.seqlen_threshold = threshold
+    ids, mask = (t.cuda() for t in _prompt(2))
+    runs = {}
+    for fuse in (True, False):
+        cache = _prefilled(model, ids, mask)
+        cache.fuse_roles = fuse
+        one_launch = []
+        attend = cache._attend_two_roles
+        cache._attend_two_roles = lambda *args: one_launch.append(1) or attend(*args)
+        cache.static_decode(PROMPT + STEPS)
+        decoder = GraphedDecoder(model, cache)
+        token, position = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
+        tokens, logits = [], []
+        for _ in range(STEPS):
+            logits.append(decoder.step(token, position))
+            token, position = logits[-1].argmax(-1), position + 1
+            tokens.append(token)
+        assert decoder.graphs == 1
+        assert bool(one_launch) == (fuse and (top_p == 1.0 or threshold > 0)), "one launch exactly when no step selects"
+        runs[fuse] = torch.cat(tokens, 1), torch.cat(logits, 1)
+    assert torch.equal(runs[True][0], runs[False][0])
+    assert torch.allclose(runs[True][1], runs[False][1], rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the one-launch decode runs Triton kernels on a CUDA device")
+@pytest.mark.parametrize("top_p, threshold", [(1.0, 0), (0.7, 10**9)])
+def test_one_launch_decode_in_dynamic_mode_on_gpu(top_p, threshold):
+    """Eager decode through a growing (not static) cache also runs both kinds of heads in one launch when nothing
+    selects, over the padded batch's attention mask: the same greedy tokens and logits as the two-launch path."""
+    model = _model("llama", top_p, decode_impl="auto").cuda()
+    model.rtpurbo_sparse.seqlen_threshold = threshold
+    runs = {}
+    for fuse in (True, False):
+        ids, mask = (t.cuda() for t in _prompt(2))
+        cache = _prefilled(model, ids, mask)
+        cache.fuse_roles = fuse
+        one_launch = []
+        attend = cache._attend_two_roles
+        cache._attend_two_roles = lambda *args: one_launch.append(1) or attend(*args)
+        token, position = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
+        tokens, logits = [], []
+        with torch.no_grad():
+            for _ in range(STEPS):
+                out = model(token, attention_mask=mask, position_ids=position, use_cache=True, **{cache_kwarg(): cache}).logits
+                token, position = out.argmax(-1), position + 1
+                mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+                tokens.append(token)
+                logits.append(out)
+        assert len(one_launch) == (STEPS * len(cache.store) if fuse else 0)  # every layer has both kinds of heads
+        runs[fuse] = torch.cat(tokens, 1), torch.cat(logits, 1)
+    assert torch.equal(runs[True][0], runs[False][0])
+    assert torch.allclose(runs[True][1], runs[False][1], rtol=0, atol=1e-4)

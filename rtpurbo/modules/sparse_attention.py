@@ -97,6 +97,8 @@ class SparseAttention(nn.Module):
             ("q_merge", inverse),
         ):
             self.register_buffer(name, torch.tensor(values, dtype=torch.long, device=device), persistent=False)
+        # the layer's query head of each role query head, retrieval first (one-launch decode writes through it)
+        self.register_buffer("q_order", torch.tensor(order, dtype=torch.int32, device=device), persistent=False)
 
     def _take(self, x: torch.Tensor, index: torch.Tensor, n_before: int) -> torch.Tensor:
         """Heads ``index`` of x (B, H, L, D); a view when the roles are contiguous."""
