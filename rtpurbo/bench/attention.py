@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..ops import api, reference
+from ..ops.triton import decode_roles
 from ..ops.triton import topp as triton_topp
 
 INDEX_DIM = 16
@@ -335,6 +336,15 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
 
     sparse = lambda: overlapped(retrieval)  # noqa: E731
 
+    def one_launch(selecting: bool):  # as HeadwiseCache's static decode runs it by default: both roles in one launch
+        chosen = {}
+        if selecting:
+            selection = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **topp)
+            chosen = dict(index=selection.order, n_index=selection.n_keep, always=selection.always, skip_sinks=sinks,
+                          skip_recent=RECENT)
+        return decode_roles.two_role_decode(q[:, :split], k[:, :n_ret], v[:, :n_ret], k_pos, q[:, split:], ring_k, ring_v,
+                                            ring_pos, q_pos, scale=dim**-0.5, window=window, sinks=sinks, **chosen)[0]
+
     out, counts = retrieval()
     selected = counts.float().mean().item()
     dense_bytes, sparse_bytes = decode_bytes(geom, length, window, sinks, selected)
@@ -348,6 +358,11 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
     row["retrieval_us"] = graph_us(lambda: retrieval()[0])
     row["retrieval_all_us"] = graph_us(lambda: retrieval_all()[0])  # the same heads without selection
     row["sparse_all_us"] = graph_us(lambda: overlapped(retrieval_all))  # the step below the seqlen threshold
+    row["sparse_one_us"] = graph_us(lambda: one_launch(True))
+    row["sparse_all_one_us"] = graph_us(lambda: one_launch(False))  # below the seqlen threshold
+    row["one_launch_rel_err"] = dict(select=_rel_err(one_launch(True), sparse()), all=_rel_err(
+        one_launch(False), overlapped(retrieval_all)))
+    row["sparse_all_bytes"] = decode_bytes(geom, length, window, sinks, length)[1]
     row["select_pass_bytes"] = n_ret * length * 4
     for method in triton_topp.METHODS:
         row[f"select_{method}_us"] = graph_us(lambda m=method: triton_topp.select(q_idx, k_idx, q_pos, k_pos, **topp, method=m).n_keep)
@@ -357,7 +372,16 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
     return _decode_rates(row)
 
 
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Relative error of the one-launch step's (B, 1, Hq * D) output against the two-launch (B, Hq, 1, D) one."""
+    want = want.transpose(1, 2).reshape(got.shape).float()
+    return ((got.float() - want).norm() / want.norm()).item()
+
+
 def _decode_rates(row: dict) -> dict:
+    """Bandwidths, speedups and the share of the bytes ceiling (the faster dense backend's rate applied to the
+    step's bytes) of every step variant: with selection (``sparse``, ``sparse_one``) and over every key
+    (``sparse_all``, ``sparse_all_one``: the steps below the seqlen threshold)."""
     row["sparse_gbps"] = row["sparse_bytes"] / row["sparse_us"] / 1e3
     best = None
     for name in DENSE_BACKENDS:
@@ -366,6 +390,13 @@ def _decode_rates(row: dict) -> dict:
         row[f"speedup_vs_{name}"] = None if us is None else us / row["sparse_us"]
         best = us if best is None or (us is not None and us < best) else best
     row["pct_of_ideal_vs_best_dense"] = None if best is None else 100 * best / row["sparse_us"] / row["ideal_speedup"]
+    for step, nbytes in (("sparse_one", "sparse_bytes"), ("sparse_all", "sparse_all_bytes"),
+                         ("sparse_all_one", "sparse_all_bytes")):
+        us = row.get(f"{step}_us")
+        if us is None or best is None or nbytes not in row:
+            continue
+        row[f"{step}_speedup_vs_best_dense"] = best / us
+        row[f"{step}_pct_of_ideal"] = 100 * best / us / (row["dense_bytes"] / row[nbytes])
     return row
 
 
@@ -418,6 +449,20 @@ def table(rows: list[dict]) -> str:
                      f"{_fmt(r.get('flash_us'), '.1f'):>9}{_fmt(r['speedup_vs_cudnn']):>9}{_fmt(r['speedup_vs_flash']):>9}"
                      f"{_fmt(r['ideal_speedup']):>8}{_fmt(r['pct_of_ideal_vs_best_dense'], '.0f'):>8}"
                      f"{_fmt(r['sparse_gbps'], '.0f'):>9}{_fmt(r['cudnn_gbps'], '.0f'):>9}{_fmt(r['flash_gbps'], '.0f'):>9}")
+    one = [r for r in rows if r["phase"] == "decode" and "error" not in r and "sparse_one_us" in r]
+    if one:
+        lines += ["", "DECODE STEP, both kinds of heads in one launch vs two launches on two streams (us per layer step; "
+                      "%ideal: share of the bytes ceiling at the faster dense backend's rate)",
+                  f"{'model':<15}{'L':>9}{'budget':>8}{'select 2':>10}{'select 1':>10}{'%ideal':>8}{'all 2':>9}"
+                  f"{'all 1':>9}{'%ideal':>8}{'x dense':>9}{'err sel':>10}{'err all':>10}"]
+        for r in one:
+            err = r.get("one_launch_rel_err", {})
+            lines.append(f"{r['geometry']:<15}{r['L']:>9}{str(r['budget']):>8}{_fmt(r['sparse_us'], '.1f'):>10}"
+                         f"{_fmt(r['sparse_one_us'], '.1f'):>10}{_fmt(r.get('sparse_one_pct_of_ideal'), '.0f'):>8}"
+                         f"{_fmt(r.get('sparse_all_us'), '.1f'):>9}{_fmt(r['sparse_all_one_us'], '.1f'):>9}"
+                         f"{_fmt(r.get('sparse_all_one_pct_of_ideal'), '.0f'):>8}"
+                         f"{_fmt(r.get('sparse_all_one_speedup_vs_best_dense')):>9}"
+                         f"{_fmt(err.get('select'), '.1e'):>10}{_fmt(err.get('all'), '.1e'):>10}")
     sparse_rows = [r for r in rows if r["phase"] == "prefill" and "error" not in r and any("_b" in k for k in r)]
     if sparse_rows:
         lines += ["", "PREFILL with sparse retrieval heads (ms; kept = chosen / visible key blocks; x vs dense SDPA)"]

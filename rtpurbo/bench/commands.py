@@ -115,6 +115,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    f"blocks: pooled indexer vectors or the indexer's mass per block (default {d.prefill_scoring})")
     p.add_argument("--seqlen-threshold", type=tokens_or_zero, help=f"cached tokens from which retrieval heads select (below: "
                    f"every key; 0 = always select; default {d.seqlen_threshold})")
+    p.add_argument("--two-launch-decode", action="store_true",
+                   help="add variant sparse-two-launch: sparse, but each decode step runs the local and retrieval heads "
+                        "in two launches on two streams (the path before the one-launch step), for a same-run comparison")
     p.add_argument("--max-tokens", type=tokens, nargs="+", default=[],
                    help="add a sparse variant per budget (max_tokens) to the unbounded top-p one")
     p.add_argument("--retrieval-fraction", type=float, help=f"share of KV heads kept full (default "
@@ -174,7 +177,7 @@ def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
         fields["geometry"] = GEOMETRIES[args.geometry]
     fields.update({name: getattr(args, flag) for flag, name in FLAG_TO_FIELD.items() if getattr(args, flag) is not None})
     fields.update(device=args.device, budgets=list(args.max_tokens), prefill_blocks=list(args.prefill_blocks),
-                  oom_search=args.oom_search, oom_keep_going=args.oom_keep_going,
+                  oom_search=args.oom_search, oom_keep_going=args.oom_keep_going, two_launch=args.two_launch_decode,
                   cuda_graph=args.device == "cuda" if args.cuda_graph is None else args.cuda_graph)
     mlp_chunk = fields.get("prefill_chunk") if args.mlp_chunk is None else args.mlp_chunk
     fields["mlp_chunk"] = mlp_chunk or None

@@ -21,7 +21,9 @@ in turn as
   the local band. Random weights give nearly flat block scores, so ``N`` sets what is kept; the row
   records the fraction of visible key blocks kept, and the Amdahl ceiling uses it. With ``index_logit_std`` the
   indexers of every converted variant are scaled after each conversion (:func:`calibrate_indexers`)
-  so that decode scores against random-filled caches are as peaked as a trained indexer's.
+  so that decode scores against random-filled caches are as peaked as a trained indexer's. ``sparse-two-launch``
+  (``two_launch``) decodes like ``sparse`` with ``HeadwiseCache.fuse_roles`` off: a layer's local and
+  retrieval heads in two launches on two streams instead of one launch.
 
 Per context length ``L`` and variant, after ``warmup`` dropped runs, medians over ``repeats`` runs of:
 
@@ -118,6 +120,7 @@ class ModelBenchSettings:
     top_p: float = 0.9
     seqlen_threshold: int = DEFAULT_SEQLEN_THRESHOLD  # retrieval heads select from this many cached tokens on
     budgets: list[int] = field(default_factory=list)  # one extra sparse variant per max_tokens budget
+    two_launch: bool = False  # + variant sparse-two-launch: decode steps without the one-launch layer step
     retrieval_fraction: float = 0.15
     decode_steps: int = 32
     decode_warmup: int = 4
@@ -148,6 +151,8 @@ class ModelBenchSettings:
         base = dict(window=self.window, sinks=self.sinks, top_p=self.top_p, seqlen_threshold=self.seqlen_threshold,
                     impl="auto", decode_impl="auto")
         configs = {"sparse": SparseConfig(**base)}
+        if self.two_launch:
+            configs[TWO_LAUNCH] = SparseConfig(**base)
         configs.update({f"sparse-max{n}": SparseConfig(**base, max_tokens=n) for n in self.budgets})
         floor = SparseConfig().prefill_min_blocks
         configs.update({f"{SPARSE_PREFILL}{n}": SparseConfig(**base, retrieval_prefill="sparse", prefill_max_blocks=n,
@@ -159,6 +164,7 @@ class ModelBenchSettings:
 
 
 SPARSE_PREFILL = "sparse-prefill"  # variant prefix: retrieval heads prefill over indexer-chosen key blocks
+TWO_LAUNCH = "sparse-two-launch"  # HeadwiseCache.fuse_roles off: local and retrieval heads in two decode launches
 
 
 # --- the model ----------------------------------------------------------------------------------------
@@ -262,6 +268,7 @@ class Variants:
             return DynamicCache(config=self.model.config)
         cache = HeadwiseCache(self.model, initial_capacity=capacity)
         cache.plain_prompt = True  # every prompt here is one unpadded row at positions 0..L-1
+        cache.fuse_roles = self.current != TWO_LAUNCH
         return cache
 
 
