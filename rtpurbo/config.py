@@ -20,8 +20,10 @@ from .ops.semantics import DEFAULT_SINKS, DEFAULT_WINDOW, check_window
 
 PLAN_FORMAT = "rtpurbo.head_plan/1"
 # Retrieval heads select (top-p) only from this many cached tokens on: below it the selection
-# chain costs more than the keys it skips (break-even of one attention layer's decode step, H200).
-DEFAULT_SEQLEN_THRESHOLD = 262144
+# chain costs more than the keys it skips (break-even of one attention layer's decode step on an H200,
+# selection on trained-like scores against one launch over every key: 520-550K for the Llama-3.1-8B and
+# Qwen3-30B-A3B geometries, benchmarks/results/llama-3.1-8b_h200_2026-12-04_one-launch-decode.md).
+DEFAULT_SEQLEN_THRESHOLD = 524288
 RETRIEVAL_PREFILL = ("dense", "sparse", "topp")
 
 

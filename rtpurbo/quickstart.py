@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: 
     else:
         say(args, f"[1/5] base model and the shipped adapter {args.adapter} (plan + indexers + LoRA)")
     converted, origin = _converted(args, load, settings_from, out)
-    # the main job shows the indexer's selection at 4-8K: below the default seqlen_threshold (256K
+    # the main job shows the indexer's selection at 4-8K: below the default seqlen_threshold (512K
     # tokens, where selecting starts to pay on a GPU) retrieval heads would decode over every key
     converted.rtpurbo_sparse.seqlen_threshold = 0
     dense, tokenizer = load(args)

@@ -13,7 +13,7 @@ Trained stages are rtpurbo artifact directories, each loaded on its own.
 
 Every row's retrieval heads select at every length (``seqlen_threshold = 0``): the suite measures
 the method's fidelity, indexer included, at lengths where a deployed model (default threshold
-256K) would still decode over all keys.
+512K) would still decode over all keys.
 
 Results go to ``OUT/rows/<row>.json`` unit by unit (perplexity, speed, one unit per task and
 length, with per-sample scores). A unit whose samples' digest and the row's identity
