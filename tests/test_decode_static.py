@@ -196,26 +196,34 @@ def test_static_decode_errors():
         GraphedDecoder(model, HeadwiseCache(model))
 
 
+def graphed_greedy(model, ids, mask, graph: bool = True, **cache_attributes):
+    """Greedy decode of STEPS tokens on a GPU through a static cache (``cache_attributes`` set on it first), the
+    steps replayed from a CUDA graph (or eager): (tokens (B, STEPS), logits (B, STEPS, V), cache, one-launch steps)."""
+    cache = _prefilled(model, ids, mask)
+    for name, value in cache_attributes.items():
+        setattr(cache, name, value)
+    one_launch = []
+    attend = cache._attend_two_roles
+    cache._attend_two_roles = lambda *args: one_launch.append(1) or attend(*args)
+    cache.static_decode(PROMPT + STEPS)
+    decoder = GraphedDecoder(model, cache, graph=graph)
+    token, position = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
+    tokens, logits = [], []
+    for _ in range(STEPS):
+        logits.append(decoder.step(token, position))
+        token, position = logits[-1].argmax(-1), position + 1
+        tokens.append(token)
+    assert decoder.graphs == int(graph)
+    return torch.cat(tokens, 1), torch.cat(logits, 1), cache, len(one_launch)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("top_p", [1.0, 0.7])
 def test_cuda_graph_replay_equals_eager_decode(top_p):
     model = _model("llama", top_p, decode_impl="auto").cuda()  # GPU backends: flex and the Triton top-p decode
     ids, mask = (t.cuda() for t in _prompt(2))
-
-    def run(graphed: bool):
-        cache = _prefilled(model, ids, mask)
-        cache.static_decode(PROMPT + STEPS)
-        decoder = GraphedDecoder(model, cache, graph=graphed)
-        token, position = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
-        tokens, logits = [], []
-        for _ in range(STEPS):
-            logits.append(decoder.step(token, position))
-            token, position = logits[-1].argmax(-1), position + 1
-            tokens.append(token)
-        assert decoder.graphs == int(graphed)
-        return torch.cat(tokens, 1), torch.cat(logits, 1), cache
-
-    (got, got_logits, graph_cache), (want, want_logits, eager_cache) = run(True), run(False)
+    (got, got_logits, graph_cache, _), (want, want_logits, eager_cache, _) = (
+        graphed_greedy(model, ids, mask, graph) for graph in (True, False))
     assert torch.equal(got, want)
     assert torch.allclose(got_logits, want_logits, rtol=0, atol=1e-4)
     assert graph_cache.host_counters() == eager_cache.host_counters()
@@ -227,24 +235,12 @@ def test_cuda_graph_replay_equals_eager_decode(top_p):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="side streams and CUDA graphs need a CUDA device")
 def test_side_stream_overlap_changes_no_bit_on_gpu():
     """Static decode on a GPU runs the local heads on a side stream (cache.overlap_roles): same kernels,
-    same inputs, so the same bits as one stream, eager and replayed."""
+    same inputs, so the same bits as one stream, eager and replayed. (fuse_roles off: the two-launch path, whose
+    local launch the side stream carries.)"""
     model = _model("llama", 0.7, decode_impl="auto").cuda()
     ids, mask = (t.cuda() for t in _prompt(2))
-    runs = {}
-    for overlap in (True, False):
-        cache = _prefilled(model, ids, mask)
-        cache.fuse_roles = False  # the two-launch path, whose local launch the side stream carries
-        cache.overlap_roles = overlap
-        cache.static_decode(PROMPT + STEPS)
-        decoder = GraphedDecoder(model, cache)
-        token, position = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
-        logits = []
-        for _ in range(STEPS):
-            logits.append(decoder.step(token, position))
-            token, position = logits[-1].argmax(-1), position + 1
-        assert decoder.graphs == 1
-        runs[overlap] = torch.cat(logits, 1)
-    assert torch.equal(runs[True], runs[False])
+    runs = [graphed_greedy(model, ids, mask, fuse_roles=False, overlap_roles=overlap)[1] for overlap in (True, False)]
+    assert torch.equal(runs[0], runs[1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the one-launch decode runs Triton kernels on a CUDA device")
@@ -257,26 +253,12 @@ def test_one_launch_decode_matches_two_launches_on_gpu(top_p, threshold):
     model = _model("llama", top_p, decode_impl="auto").cuda()
     model.rtpurbo_sparse.seqlen_threshold = threshold
     ids, mask = (t.cuda() for t in _prompt(2))
-    runs = {}
-    for fuse in (True, False):
-        cache = _prefilled(model, ids, mask)
-        cache.fuse_roles = fuse
-        one_launch = []
-        attend = cache._attend_two_roles
-        cache._attend_two_roles = lambda *args: one_launch.append(1) or attend(*args)
-        cache.static_decode(PROMPT + STEPS)
-        decoder = GraphedDecoder(model, cache)
-        token, position = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
-        tokens, logits = [], []
-        for _ in range(STEPS):
-            logits.append(decoder.step(token, position))
-            token, position = logits[-1].argmax(-1), position + 1
-            tokens.append(token)
-        assert decoder.graphs == 1
-        assert bool(one_launch) == (fuse and (top_p == 1.0 or threshold > 0)), "one launch exactly when no step selects"
-        runs[fuse] = torch.cat(tokens, 1), torch.cat(logits, 1)
-    assert torch.equal(runs[True][0], runs[False][0])
-    assert torch.allclose(runs[True][1], runs[False][1], rtol=0, atol=1e-4)
+    (tokens, logits, _, one_launch), (want_tokens, want_logits, _, two_launch) = (
+        graphed_greedy(model, ids, mask, fuse_roles=fuse) for fuse in (True, False))
+    assert bool(one_launch) == (top_p == 1.0 or threshold > 0), "one launch exactly when no step selects"
+    assert two_launch == 0
+    assert torch.equal(tokens, want_tokens)
+    assert torch.allclose(logits, want_logits, rtol=0, atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the one-launch decode runs Triton kernels on a CUDA device")
