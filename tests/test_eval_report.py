@@ -240,6 +240,10 @@ def test_artifact_row_is_loaded_and_keeps_its_own_plan(tmp_path):
     summary = summarize_row(sp)
     table = "\n".join(report._rows_table([summary]))
     assert "sparse (top-p 0.5, mass scores; " in table and "in the perplexity windows" in table
+    wider = run_suite(base, tokenizer, [Row("w24", "artifact", artifact=artifact, settings={"window": 24})], make_data(),
+                      settings(speed_repeats=0), tmp_path / "out", lambda path: io.load(path), progress=False)[0]
+    assert wider["identity"]["sparse"]["window"] == 24  # another W at evaluation, the same trained weights
+    assert wider["units"]["perplexity"]["windows"] != stored[0]["units"]["perplexity"]["windows"]
 
 
 def test_artifact_rows_parse_optional_settings():
@@ -248,8 +252,9 @@ def test_artifact_rows_parse_optional_settings():
     assert _artifact_row("sp=runs/a@retrieval_prefill=sparse, prefill_top_p=0.9,prefill_max_blocks=8") == (
         "sp", Path("runs/a"), {"retrieval_prefill": "sparse", "prefill_top_p": 0.9, "prefill_max_blocks": 8})
     assert _artifact_row("sp=runs/a@retrieval_prefill=sparse,prefill_scoring=mass")[2]["prefill_scoring"] == "mass"
-    for bad in ("runs/a", "dense=runs/a", "s2=runs/a@1.5", "s2=runs/a@high", "s2=", "s2=runs/a@window=4",
-                "s2=runs/a@retrieval_prefill=fast", "s2=runs/a@prefill_band=-1", "s2=runs/a@prefill_scoring=max"):
+    assert _artifact_row("w=runs/a@window=1536,sinks=8")[2] == {"window": 1536, "sinks": 8}  # another W, no retraining
+    for bad in ("runs/a", "dense=runs/a", "s2=runs/a@1.5", "s2=runs/a@high", "s2=", "s2=runs/a@window=0",
+                "s2=runs/a@head_dim=4", "s2=runs/a@retrieval_prefill=fast", "s2=runs/a@prefill_band=-1", "s2=runs/a@prefill_scoring=max"):
         with pytest.raises(SystemExit, match="--artifacts"):
             _artifact_row(bad)
     assert parse("--rows").rows == [] and parse().rows == ["dense", "streaming", "split"]

@@ -114,7 +114,7 @@ def add_parsers(subparsers: Any) -> None:
 
 # --- resolving the run --------------------------------------------------------------------------------
 ROW_SETTINGS = ("top_p", "retrieval_prefill", "prefill_top_p", "prefill_min_blocks", "prefill_max_blocks",
-                "prefill_band", "prefill_scoring")  # what an artifact row may set after "@"
+                "prefill_band", "prefill_scoring", "window", "sinks")  # what an artifact row may set after "@"
 
 
 def _row_value(key: str, value: str) -> Any:
@@ -129,8 +129,9 @@ def _row_value(key: str, value: str) -> Any:
             raise ValueError(f"prefill_scoring must be one of {PREFILL_SCORINGS}, got {value!r}")
         return value
     number = int(value)
-    if number < 0:
-        raise ValueError(f"{key} must be >= 0, got {number}")
+    least = 1 if key == "window" else 0
+    if number < least:
+        raise ValueError(f"{key} must be >= {least}, got {number}")
     return number
 
 
