@@ -122,7 +122,7 @@ def test_quickstart_with_the_shipped_adapter(tmp_path, monkeypatch, capsys):
     assert code in (0, None)
     result = json.loads((tmp_path / "quickstart.json").read_text())
     assert "smollm2-135m-rtpurbo" in result["converted"]
-    assert result["plan"]["retrieval_kv_heads"] == 14 and result["sparse"]["window"] == 1024
+    assert result["plan"]["retrieval_kv_heads"] == 14 and result["sparse"]["window"] == 1536
     dense, converted = (result["perplexity"][k]["overall"] for k in ("dense", "converted"))
     assert 1 < dense < 100 and abs(converted / dense - 1) < 0.05  # W covers 600 tokens: only LoRA differs
     for row in result["needle_accuracy"].values():
