@@ -13,7 +13,9 @@ head ``h // G``. Any strides are accepted (cache views included).
   per key block) over either every key slot ("dense" mode: visibility from positions, window,
   sinks and an optional key mask) or a list of slot indices ("list" mode: the top-p selection
   plus the always list). The key range is split over programs; a combine kernel merges the
-  partial softmax states.
+  partial softmax states. Its inner loop, part range, query load and part store are jit helpers
+  that :mod:`rtpurbo.ops.triton.decode_roles` shares (both kinds of heads of a layer in one launch),
+  and :func:`combine` merges the parts of either.
 
 Nothing here syncs with the host and every shape depends only on the inputs' shapes, so a
 decode step built from these kernels can be captured in a CUDA graph.
