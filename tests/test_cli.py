@@ -73,3 +73,26 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "broken" / "rtpurbo_config.json").write_text("{oops")
     assert main(["generate", "--model", str(tmp_path / "broken"), "--prompt", "hi"]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_cli_runs_without_triton(tmp_path):
+    """A CPU install without Triton (plain ``pip install``, no test extra) still gets every subcommand: Triton is
+    imported only where a GPU path runs. A child process with ``triton`` made unimportable walks every parser's help
+    and runs ``info``."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['triton'] = None\n"
+        "from rtpurbo.cli import build_parser, main\n"
+        "parser = build_parser()\n"
+        "for argv in (['bench', 'attention', '--help'], ['bench', 'model', '--help'], ['eval', '--help'],\n"
+        "             ['generate', '--help'], ['convert', '--help']):\n"
+        "    try:\n"
+        "        parser.parse_args(argv)\n"
+        "    except SystemExit as err:\n"
+        "        assert err.code == 0, argv\n"
+        "main(['info', '--layers', '2', '--kv-heads', '2', '--head-dim', '64'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]

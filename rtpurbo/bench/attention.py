@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..ops import api, reference
-from ..ops.triton import decode_roles
 from ..ops.triton import topp as triton_topp
 
 INDEX_DIM = 16
@@ -335,6 +334,8 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
         return torch.cat([retrieval_out, local_out], dim=1)
 
     sparse = lambda: overlapped(retrieval)  # noqa: E731
+
+    from ..ops.triton import decode_roles  # Triton: imported where the GPU path runs, not with the CLI
 
     def one_launch(selecting: bool):  # as HeadwiseCache's static decode runs it by default: both roles in one launch
         chosen = {}
