@@ -7,6 +7,7 @@
 #
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_window-1536.sh eval OUT EVAL100 EV300 E200  # GPU, ~8 min
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_window-1536.sh cpu-perplexity OUT EVAL100   # 2 cores, 17 min
+#   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_window-1536.sh cpu-sparse-prefill OUT EVAL100  # 2 cores, 9 min
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_window-1536.sh analyse OUT RESULTS           # any machine
 #
 # EVAL100 / EV300 / E200: samples 0-99 (4K, 8K, with the perplexity windows), 100-299 (2K, 4K, 8K) and 200-299 (8K)
@@ -15,7 +16,7 @@
 # (464 s), with the adapter of this commit's parent (W 1024 in its config; the row sets W 1536).
 # RESULTS: the folder written beside this script's results file (merged row, paired tables and plots).
 set -euo pipefail
-mode=${1:?usage: $0 eval|cpu-perplexity|analyse OUT ...}
+mode=${1:?usage: $0 eval|cpu-perplexity|cpu-sparse-prefill|analyse OUT ...}
 out=${2:?OUT}
 rt=(${RTPURBO:-python3 -m rtpurbo.cli})
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -71,6 +72,11 @@ json.dump({"windows": len(windows), "device": "cpu", "dtype": "float32", "torch"
           open(sys.argv[2], "w"), indent=1)
 PY
   ;;
+cpu-sparse-prefill)  # the shipped adapter (W 1536) with mass-scored sparse retrieval prefill against its dense prefill
+  eval100=${3:?EVAL100}
+  python3 "$here/benchmarks/sparse_prefill_perplexity.py" --model smollm2-135m-rtpurbo --data "$eval100" --threads 2 \
+    --variants dense mass@0.9 --out "$out/cpu_perplexity_sparse_prefill.json"
+  ;;
 analyse)
   results=${3:?RESULTS}
   python3 - "$out" "$results" "$here/benchmarks/results" <<'PY'
@@ -101,7 +107,7 @@ for name, row in (("w1536", w1536), ("w1024", w1024)):
 PY
   ;;
 *)
-  echo "mode must be eval, cpu-perplexity or analyse" >&2
+  echo "mode must be eval, cpu-perplexity, cpu-sparse-prefill or analyse" >&2
   exit 2
   ;;
 esac
