@@ -14,7 +14,10 @@ layout :class:`rtpurbo.modules.SparseAttention` uses when roles are contiguous.
   :class:`rtpurbo.cache.HeadwiseCache` runs them; ``sparse_serial_us``: one after the other).
   Dense: SDPA over every head's ``L`` keys (also a CUDA graph). Ideal speedup = dense bytes / sparse bytes, bytes = K/V read (dense:
   all heads x L; sparse: local heads x (S + W) + retrieval heads x selected keys) plus, on the
-  sparse side, the indexer keys (R x L x 16, bf16). The retrieval heads' selection alone is
+  sparse side, the indexer keys (R x L x 16, bf16). The same step also runs as
+  :func:`rtpurbo.ops.triton.decode_roles.two_role_decode` (both kinds of heads in one launch and one combine:
+  ``sparse_one_us`` after the selection, ``sparse_all_one_us`` over every key, the step below the seqlen
+  threshold), each with its share of the bytes ceiling. The retrieval heads' selection alone is
   timed both ways (``triton_topp.select``: ``threshold``, the default, and ``sort``); one pass
   of the threshold search reads the R x L fp32 scores (``select_pass_bytes``).
 
