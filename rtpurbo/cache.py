@@ -606,7 +606,8 @@ class HeadwiseCache(Cache):
             self._advance_static(layer)
         local_out = retrieval_out = None
         both = module.local_heads and module.retrieval_heads
-        if both and not self._step_selects(module, layer.r_len) and self.fuse_roles and self._one_launch_decode(positions.device):
+        if both and self.fuse_roles and not self._step_selects(module, layer.r_len) and self._one_launch_decode(
+                positions.device):
             return self._attend_two_roles(module, layer, parts, positions)
         side = self._side_stream(positions.device) if self.overlap_roles and both and positions.is_cuda else None
         main = None if side is None else torch.cuda.current_stream(positions.device)
@@ -624,12 +625,10 @@ class HeadwiseCache(Cache):
         return module.merge_heads(retrieval_out, local_out)
 
     def _one_launch_decode(self, device: torch.device) -> bool:
-        """Whether a static decode step of a layer can run both kinds of heads in one launch: on CUDA with
-        Triton, where the local heads' backend is flex (whose decode is the same Triton kernel) and the
-        retrieval heads' top-p backend is Triton."""
-        sparse = self.sparse
+        """Whether a decode step that does not select can run a layer's two kinds of heads in one launch: on
+        CUDA with Triton, where the attention backend is flex (whose one-query path is the same Triton kernel)."""
         return (device.type == "cuda" and _triton_decode() is not None
-                and ops.resolve_impl(sparse.impl, device) == "flex" and sparse.decode_impl in ("auto", "triton"))
+                and ops.resolve_impl(self.sparse.impl, device) == "flex")
 
     def _attend_two_roles(self, module, layer: LayerCache, parts, positions) -> torch.Tensor:
         """Decode of one token per row (written to both stores), the retrieval heads over every key (no selection),
