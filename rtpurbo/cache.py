@@ -556,8 +556,7 @@ class HeadwiseCache(Cache):
         kernels = _append_kernels(k) if self.static_capacity is not None else None
         if kernels is not None:
             return self._attend_static_fused(kernels, module, layer, parts, q_idx, k_idx, positions)
-        if (q.shape[2] == 1 and layer.seen > 0 and module.local_heads and module.retrieval_heads and self.fuse_roles
-                and not self._step_selects(module, layer.r_len + 1) and self._one_launch_decode(q.device)):
+        if q.shape[2] == 1 and layer.seen > 0 and self._one_launch_step(module, layer.r_len + 1, q.device):
             # decode without selection: write the token to both stores, then one launch for both kinds of heads
             self._write_ring(layer, *parts["local"][1:], positions)
             self._append_retrieval(layer, *parts["retrieval"][1:], k_idx, positions)
@@ -606,8 +605,7 @@ class HeadwiseCache(Cache):
             self._advance_static(layer)
         local_out = retrieval_out = None
         both = module.local_heads and module.retrieval_heads
-        if both and self.fuse_roles and not self._step_selects(module, layer.r_len) and self._one_launch_decode(
-                positions.device):
+        if self._one_launch_step(module, layer.r_len, positions.device):
             return self._attend_two_roles(module, layer, parts, positions)
         side = self._side_stream(positions.device) if self.overlap_roles and both and positions.is_cuda else None
         main = None if side is None else torch.cuda.current_stream(positions.device)
@@ -624,10 +622,13 @@ class HeadwiseCache(Cache):
         layer.seen += 1
         return module.merge_heads(retrieval_out, local_out)
 
-    def _one_launch_decode(self, device: torch.device) -> bool:
-        """Whether a decode step that does not select can run a layer's two kinds of heads in one launch: on
-        CUDA with Triton, where the attention backend is flex (whose one-query path is the same Triton kernel)."""
-        return (device.type == "cuda" and _triton_decode() is not None
+    def _one_launch_step(self, module, cached: int, device: torch.device) -> bool:
+        """Whether a one-token step of this layer, with ``cached`` retrieval keys stored (the new one included),
+        runs both kinds of heads in one launch: the layer has both, ``fuse_roles`` is on, the retrieval heads do not
+        select (:meth:`_step_selects`), and the step runs on CUDA with Triton and the flex backend (whose one-query
+        path is the same Triton kernel)."""
+        return (bool(module.local_heads and module.retrieval_heads) and self.fuse_roles
+                and not self._step_selects(module, cached) and device.type == "cuda" and _triton_decode() is not None
                 and ops.resolve_impl(self.sparse.impl, device) == "flex")
 
     def _attend_two_roles(self, module, layer: LayerCache, parts, positions) -> torch.Tensor:

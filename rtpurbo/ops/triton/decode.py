@@ -201,6 +201,13 @@ def _part_range(split, n_parts, n_keys, n_index_row, n_always, LIST: tl.constexp
 
 
 @triton.jit
+def _row_part(index, parts, n_kv_heads):
+    """(row, part, batch row, KV head) of part ``index`` when each row of ``n_kv_heads``-head rows has ``parts``."""
+    row = index // parts
+    return row, index % parts, (row // n_kv_heads).to(tl.int64), (row % n_kv_heads).to(tl.int64)
+
+
+@triton.jit
 def _load_group(q_ptr, b, h, group, head_dim, s_qb, s_qh, s_qd, G_PAD: tl.constexpr, D_PAD: tl.constexpr):
     """The ``group`` query rows of KV head ``h`` in batch row ``b``: (G_PAD, D_PAD), zeros past them."""
     g = tl.arange(0, G_PAD)
@@ -233,10 +240,8 @@ def _decode_attention_kernel(
     LIST: tl.constexpr, HAS_MASK: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    bh = tl.program_id(0)
+    bh, _, b, h = _row_part(tl.program_id(0), 1, n_kv_heads)
     split = tl.program_id(1)
-    b = (bh // n_kv_heads).to(tl.int64)
-    h = (bh % n_kv_heads).to(tl.int64)
     q = _load_group(q_ptr, b, h, group, head_dim, s_qb, s_qh, s_qd, G_PAD, D_PAD)
     q_pos = tl.load(qpos_ptr + b * s_qpb)
     lo, hi = _part_range(split, n_parts, n_keys, n_index_ptr + bh, n_always, LIST, BLOCK_N)

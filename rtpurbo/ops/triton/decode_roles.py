@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .decode import (
     _NO_WINDOW, DENSE_LAUNCH, LIST_LAUNCH, DecodeLaunch, _attend_part, _load_group, _num_sms, _pad, _part_range,
-    _store_part, combine,
+    _row_part, _store_part, combine,
 )
 
 
@@ -46,10 +46,7 @@ def _two_role_kernel(
     pid = tl.program_id(0)
     d_ok = tl.arange(0, D_PAD) < head_dim
     if pid < rows_r * parts_r:  # a part of a retrieval row
-        row = pid // parts_r
-        split = pid % parts_r
-        b = (row // n_ret).to(tl.int64)
-        h = (row % n_ret).to(tl.int64)
+        row, split, b, h = _row_part(pid, parts_r, n_ret)
         q = _load_group(qr_ptr, b, h, group, head_dim, s_qrb, s_qrh, s_qrd, G_PAD, D_PAD)
         q_pos = tl.load(qpos_ptr + b * s_qpb)
         lo, hi = _part_range(split, parts_r, n_rkeys, n_index_ptr + row, n_always, LIST, BLOCK_N)
@@ -61,11 +58,7 @@ def _two_role_kernel(
             LIST, False, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, d_ok,
         )
     else:  # a part of a local row: its ring slots, window + sinks
-        local = pid - rows_r * parts_r
-        row = local // parts_l
-        split = local % parts_l
-        b = (row // n_loc).to(tl.int64)
-        h = (row % n_loc).to(tl.int64)
+        row, split, b, h = _row_part(pid - rows_r * parts_r, parts_l, n_loc)
         q = _load_group(ql_ptr, b, h, group, head_dim, s_qlb, s_qlh, s_qld, G_PAD, D_PAD)
         q_pos = tl.load(qpos_ptr + b * s_qpb)
         lo, hi = _part_range(split, parts_l, n_lkeys, n_index_ptr, 0, False, BLOCK_N)
