@@ -136,6 +136,59 @@ def test_flex_prefill_matches_reference(case):
         assert (out[-1, :, :300] == 0).all(), f"{name}: padding rows are not zero"
 
 
+# (name, B, L, Hkv, G, D, window, sinks, dtype, model layout)
+WINDOW_CASES = [
+    ("97-g1-w16", 1, 97, 4, 1, 64, 16, 0, BF16, False),
+    ("1025-g4-w256-s4-layout", 2, 1025, 2, 4, 128, 256, 4, BF16, True),
+    ("4096-g4-w1024-s4", 1, 4096, 2, 4, 128, 1024, 4, BF16, False),
+    ("3000-g7-w1000-s4-layout", 1, 3000, 1, 7, 128, 1000, 4, BF16, True),
+    ("1025-g3-w>L", 1, 1025, 2, 3, 64, 4096, 4, BF16, False),
+    ("1025-g2-w100-s200-fp16", 1, 1025, 2, 2, 128, 100, 200, FP16, False),
+    ("777-g4-w8-s0-fp16", 1, 777, 1, 4, 64, 8, 0, FP16, True),
+]
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=[c[0] for c in WINDOW_CASES])
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointers"])
+def test_triton_window_kernel_matches_reference(case, tma):
+    """The Triton window kernel of a plain prefill, every launch kind, against the fp32 reference."""
+    from rtpurbo.ops.triton import window as triton_window
+
+    name, batch, length, n_kv, group, dim, window, sinks, dtype, layout = case
+    torch.manual_seed(zlib.crc32(name.encode()))
+    if layout:  # the model's (B, L, H, D) projections, transposed
+        q, k, v = (torch.randn(batch, length, n, dim, device="cuda", dtype=dtype).transpose(1, 2)
+                   for n in (n_kv * group, n_kv, n_kv))
+    else:
+        q, k, v = _qkv(batch, n_kv * group, n_kv, length, length, dim, dtype)
+    pos = torch.arange(length, device="cuda").repeat(batch, 1)
+    ref = reference.attention(q.float(), k.float(), v.float(), pos, pos, window=window, sinks=sinks)
+    eager = _eager(q, k, v, pos, pos, window, sinks)
+    for launch in (triton_window.WindowLaunch(tma=tma), triton_window.WindowLaunch(block_n=128, num_warps=8, tma=tma)):
+        _poison()
+        out = triton_window.window_attention(q, k, v, window=window, sinks=sinks, scale=dim**-0.5, launch=launch)
+        assert out.shape == q.shape and out.dtype == dtype
+        _assert_budget(out, ref, eager, f"{name} {launch}")
+
+
+def test_plain_window_prefill_runs_the_triton_kernel_without_gradients():
+    """ops.attention's plain window prefill is the Triton window kernel (bit for bit) when no gradient is needed,
+    and compiled flex, with gradients, when one is."""
+    from rtpurbo.ops.triton import window as triton_window
+
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(1, 4096, n, 128, device="cuda", dtype=BF16).transpose(1, 2) for n in (8, 2, 2))
+    pos = torch.arange(4096, device="cuda")[None]
+    with torch.no_grad():
+        out = api.attention(q, k, v, pos, pos, window=1024, sinks=4, impl="flex", plain=True)
+    assert torch.equal(out, triton_window.window_attention(q, k, v, window=1024, sinks=4, scale=128**-0.5))
+    leaf = q.detach().requires_grad_()
+    trained = api.attention(leaf, k, v, pos, pos, window=1024, sinks=4, impl="flex", plain=True)
+    trained.float().square().sum().backward()
+    assert leaf.grad is not None and leaf.grad.isfinite().all()
+    assert (trained.detach().float() - out.float()).abs().max() < 2e-2  # flex: same function, other rounding
+
+
 def test_flex_local_mask_is_cached_and_sparse():
     """One block mask per (L, W, S, device); its blocks grow with W, not with L."""
     small = flex._index_block_mask(8192, 1024, 4, torch.device("cuda"), False)

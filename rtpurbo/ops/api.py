@@ -91,25 +91,36 @@ def attention(
     impl: str = "auto",
     plain: bool = False,
     plan: object | None = None,
+    out: torch.Tensor | None = None,
+    out_heads: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Head-wise attention (full causal if ``window`` is None, else window + sinks).
 
-    Shapes and conventions: see :mod:`rtpurbo.ops.reference`. Returns (B, Hq, Lq, D).
+    Shapes and conventions: see :mod:`rtpurbo.ops.reference`. Returns (B, Hq, Lq, D), or ``out``.
 
     Args:
         plain: the caller states that every row has ``q_pos == k_pos == 0..L-1`` (a first
             prefill chunk without padding); GPU backends then use their plain-prefill kernels
             without looking at the positions. Checked here only on the CPU, where it is free.
         plan: from :func:`plan` with the same positions, window and sinks (reused across layers).
+        out: optional destination, (B, Hq, Lq, D); with ``out_heads`` (an integer (Hq,) tensor) it is
+            (B, H_out, Lq, D) and query head ``h`` goes to ``out[:, out_heads[h]]`` (e.g. the local heads
+            of a layer written straight into the layer's merged output). The Triton window kernel writes
+            there itself; other kernels' results are copied in.
     """
     check_window(window, sinks)
     _check_shapes(q, k, v, q_pos, k_pos, key_mask)
     if plain and q_pos.device.type == "cpu":
         _check_plain(q_pos, k_pos)
     name = resolve_impl(impl, q.device)
-    extra = {"plan_": plan} if name == "flex" else {}
-    return _load(name)(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, scale=scale,
-                       plain=plain, **extra)
+    extra = {"plan_": plan, "out": out, "out_heads": out_heads} if name == "flex" else {}
+    result = _load(name)(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, scale=scale,
+                         plain=plain, **extra)
+    if out is None or result is out:
+        return result
+    if out_heads is None:
+        return out.copy_(result)
+    return out.index_copy_(1, out_heads.to(device=out.device, dtype=torch.long), result)
 
 
 def plan(

@@ -11,8 +11,13 @@ call waits for the GPU):
 
    * full causal (``window`` None, or ``window >= L``, which sees the same keys): SDPA with
      ``is_causal``, cuDNN backend first, GQA-native (``enable_gqa``, no K/V repeat);
-   * window + sinks: compiled ``flex_attention`` with an index-only mask and a block mask built
-     arithmetically from the band (no L x L tensor anywhere), cached per length.
+   * window + sinks, no gradient: the Triton window kernel of :mod:`rtpurbo.ops.triton.window`
+     (GQA-native, reads the model's q/k/v views in place; 1.2x flex's speed on an H200) whenever
+     :func:`~rtpurbo.ops.triton.window.unsupported` accepts the tensors (fp16 / bf16, head dim a
+     power of two up to 256, contiguous last dim);
+   * window + sinks otherwise (gradients, other dtypes or head dims): compiled ``flex_attention``
+     with an index-only mask and a block mask built arithmetically from the band (no L x L tensor
+     anywhere), cached per length. Both paths are fused; neither materialises scores.
 3. Anything else (padding, chunk offsets, ring buffers, ``key_mask``): compiled
    ``flex_attention`` whose mask reads the position tensors (and ``key_mask``); its block mask
    comes from per-block position ranges, so a local head still skips the blocks outside its
@@ -43,8 +48,9 @@ from .semantics import check_window
 
 try:
     from .triton import decode as decode_kernels
+    from .triton import window as window_kernels
 except ImportError:  # triton missing (CPU-only install): available() is False
-    decode_kernels = None
+    decode_kernels = window_kernels = None
 
 BLOCK = 128  # block-mask tile (queries x keys); lengths are padded to a multiple of it
 _NO_WINDOW = 1 << 62  # window=None as a number no position difference reaches
@@ -124,6 +130,8 @@ def attention(
     scale: float | None = None,
     plain: bool = False,
     plan_: FlexPlan | None = None,
+    out: torch.Tensor | None = None,
+    out_heads: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """See :func:`rtpurbo.ops.reference.attention`. Returns (B, Hq, Lq, D) in ``q.dtype``.
 
@@ -132,6 +140,8 @@ def attention(
         key_mask: optional bool, broadcastable to (B, Hkv, Lq, Lk).
         plain: the caller's statement that positions are ``0..L-1`` in every row (not checked).
         plan_: a :func:`plan` of these positions, window and sinks (built here if None).
+        out, out_heads: where the Triton window kernel writes (see :func:`rtpurbo.ops.api.attention`, which
+            copies the other paths' results there); returned when written.
     """
     check_window(window, sinks)
     if not q.is_cuda:
@@ -146,10 +156,18 @@ def attention(
         return out
     if plain and key_mask is None and (window is None or window >= q_len):
         return _causal_sdpa(q, k, v, scale, group)
+    if plain and key_mask is None and not _needs_grad(q, k, v) and window_kernels.unsupported(
+            q, k, v, out=out) is None:
+        return window_kernels.window_attention(q, k, v, window=window, sinks=sinks, scale=scale, out=out,
+                                               out_heads=out_heads)
     if plan_ is None:
         plan_ = plan(q_pos, k_pos, window=window, sinks=sinks, plain=plain, key_mask=key_mask, group=group,
-                     backward=q.requires_grad or k.requires_grad or v.requires_grad)
+                     backward=_needs_grad(q, k, v))
     return run(plan_, q, k, v, scale)
+
+
+def _needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
 
 
 def run(plan_: FlexPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
