@@ -561,12 +561,13 @@ class HeadwiseCache(Cache):
             self._write_ring(layer, *parts["local"][1:], positions)
             self._append_retrieval(layer, *parts["retrieval"][1:], k_idx, positions)
             return self._attend_two_roles(module, layer, parts, positions)
-        local_out = retrieval_out = None
+        local_out = retrieval_out = merged = None
         if module.local_heads:
             ql, kl, vl = parts["local"]
             one_token = q.shape[2] == 1 and layer.seen > 0
             if layer.seen == 0:  # a fresh ring holds nothing: attend over the chunk's own keys
-                local_out = self._local_attention(module, ql, kl, vl, positions, positions, first=True)
+                merged, into_merged = module.merged_output(q)  # the local heads write the layer output in place
+                local_out = self._local_attention(module, ql, kl, vl, positions, positions, first=True, **into_merged)
             elif one_token:
                 # decode: write first, then attend over the ring alone (no copy of it). The slot the
                 # token takes held position p - W (or nothing), outside the window of query p.
@@ -587,7 +588,7 @@ class HeadwiseCache(Cache):
                 self._append_retrieval(layer, kr, vr, k_idx, positions)
             retrieval_out = self._retrieval_attention(module, layer, qr, q_idx, positions)
         layer.seen += q.shape[2]
-        return module.merge_heads(retrieval_out, local_out)
+        return module.merge_heads(retrieval_out, local_out, into=merged)
 
     def _attend_static_fused(self, kernels, module, layer: LayerCache, parts, q_idx, k_idx, positions
                              ) -> torch.Tensor:
@@ -654,14 +655,16 @@ class HeadwiseCache(Cache):
             stream = self._streams[device] = torch.cuda.Stream(device)
         return stream
 
-    def _local_attention(self, module, q, keys, values, key_pos, positions, first: bool = False) -> torch.Tensor:
+    def _local_attention(self, module, q, keys, values, key_pos, positions, first: bool = False,
+                         **into) -> torch.Tensor:
         """Window + sinks attention of the local heads' queries q (B, Hl*G, L, D) over the given keys.
 
-        ``first``: the keys are the forward's own tokens (a fresh ring), plain if the forward is."""
+        ``first``: the keys are the forward's own tokens (a fresh ring), plain if the forward is; ``into``:
+        ``out`` / ``out_heads`` of :func:`rtpurbo.ops.attention` (:meth:`SparseAttention.merged_output`)."""
         sparse = self.sparse
         plain, plan = self._prefill_plan("local", sparse.window, positions, key_pos, first)
         return ops.attention(q, keys, values, positions, key_pos, window=sparse.window, sinks=sparse.sinks,
-                             scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan)
+                             scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan, **into)
 
     def _prefill_plan(self, role: str, window: int | None, positions, key_pos, first: bool):
         """(plain, plan) of a multi-token attention call of this forward: the plan is built by the first layer

@@ -127,9 +127,28 @@ class SparseAttention(nn.Module):
             ),
         }
 
-    def merge_heads(self, retrieval_out: torch.Tensor | None, local_out: torch.Tensor | None) -> torch.Tensor:
+    def merged_output(self, q: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+        """For a forward without gradients: the layer's output buffer (B, L, Hq, D) and the ``out`` / ``out_heads``
+        arguments of :func:`rtpurbo.ops.attention` that put the local heads' attention straight into it (the
+        Triton window kernel writes there itself), for :meth:`merge_heads`'s ``into``. (None, {}) otherwise."""
+        if torch.is_grad_enabled() or not self.local_heads:
+            return None, {}
+        batch, _, length, dim = q.shape
+        merged = q.new_empty(batch, length, self.num_q_heads, dim)
+        return merged, {"out": merged.transpose(1, 2), "out_heads": self.q_local}
+
+    def merge_heads(self, retrieval_out: torch.Tensor | None, local_out: torch.Tensor | None,
+                    into: torch.Tensor | None = None) -> torch.Tensor:
         """Inverse of :meth:`split_heads` for outputs (B, H_role, L, D), straight into the token layout
-        ``o_proj`` reads: (B, L, Hq * D) in the module's head order, one copy of each part."""
+        ``o_proj`` reads: (B, L, Hq * D) in the module's head order, one copy of each part. ``into``: the
+        :meth:`merged_output` buffer that already holds the local heads; only the retrieval heads are copied."""
+        if into is not None:
+            if retrieval_out is not None:
+                if self.heads_contiguous:
+                    into[:, :, : retrieval_out.shape[1]].copy_(retrieval_out.transpose(1, 2))
+                else:
+                    into.index_copy_(2, self.q_retrieval, retrieval_out.transpose(1, 2))
+            return into.view(into.shape[0], into.shape[1], -1)
         parts = [(t, index) for t, index in ((retrieval_out, self.q_retrieval), (local_out, self.q_local))
                  if t is not None]
         batch, _, length, dim = parts[0][0].shape
@@ -236,14 +255,15 @@ class SparseAttention(nn.Module):
                 qr, kr, vr, positions, positions, window=self.base_window, key_mask=key_mask,
                 scale=self.scaling, impl=self.sparse.impl, plain=plain, plan=plan,
             )
+        merged, into_merged = self.merged_output(q)
         if self.local_heads:
             ql, kl, vl = parts["local"]
             plain, plan = _NO_CACHE.plan(self, positions, self.sparse.window, self.sparse.sinks)
             local_out = ops.attention(
                 ql, kl, vl, positions, positions, window=self.sparse.window, sinks=self.sparse.sinks,
-                scale=self.scaling, impl=self.sparse.impl, plain=plain, plan=plan,
+                scale=self.scaling, impl=self.sparse.impl, plain=plain, plan=plan, **into_merged,
             )
-        return self.merge_heads(retrieval_out, local_out)
+        return self.merge_heads(retrieval_out, local_out, into=merged)
 
     def sparse_prefill(self, q, k, v, q_pos, k_pos, q_idx, k_idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Retrieval heads' sparse prefill (``retrieval_prefill == "sparse"``): q (B, Hr*G, Lq, D) over k, v
