@@ -1,12 +1,17 @@
-"""Local-head (window + sinks) prefill kernels on a GPU: flex configurations and a banded cuDNN decomposition.
+"""Local-head (window + sinks) prefill kernels on a GPU: rtpurbo's Triton window kernel under launch settings,
+flex configurations and a banded cuDNN decomposition.
 
     PYTHONPATH=. python benchmarks/window_kernels.py --lengths 32768,131072 --json window.json
 
 One layer's local heads of the Llama-3.1-8B geometry (28 query / 7 KV heads, head dim 128, W = 8192,
 S = 4, bf16, plain prefill), the model's q/k/v layout. Rows:
 
-* ``flex``: rtpurbo's plain path (``ops.attention(plain=True)`` with its plan), then the same block
-  mask under other flex ``kernel_options`` (TMA loads, tile shapes, warp specialisation);
+* ``triton-*``: :func:`rtpurbo.ops.triton.window.window_attention` under each launch setting of
+  :data:`TRITON_LAUNCHES` (tile shape, warps, pipeline stages, TMA descriptors or pointer loads, warp
+  specialisation), on the model's q/k/v views;
+* ``rtpurbo-plain``: what the model runs, ``ops.attention(plain=True)`` (the Triton kernel's default launch);
+* ``flex``: compiled flex with the plain path's block mask (``flex.run``, the baseline of the errors), then
+  the same block mask under other flex ``kernel_options`` (TMA loads, tile shapes, warp specialisation);
 * ``banded``: query chunks of C = W / 2 tokens see their own chunk (causal), the previous chunk but its
   first key (no mask), the chunk before that shifted by one key (an upper triangle: causal on flipped
   copies) and the sinks; cuDNN runs each part with its log-sum-exp, and the parts merge by it. The
@@ -24,6 +29,7 @@ import torch
 
 from rtpurbo.bench.attention import _model_layout, environment, local_pairs, time_ms
 from rtpurbo.ops import api, flex
+from rtpurbo.ops.triton import window as triton_window
 
 WINDOW, SINKS, N_Q, N_KV, DIM = 8192, 4, 28, 7, 128
 VARIANTS = {
@@ -33,6 +39,19 @@ VARIANTS = {
     "m128-n64-w4-s3-tma": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "USE_TMA": True},
     "ws2": {"num_consumer_groups": 2, "num_buffers_warp_spec": 3},
 }
+
+
+TRITON_LAUNCHES = [
+    triton_window.WindowLaunch(block_m=128, block_n=bn, num_warps=w, num_stages=st, tma=tma, warp_specialize=ws)
+    for tma, ws in ((True, False), (False, False), (True, True))
+    for bn in (64, 128) for w in (4, 8) for st in (2, 3, 4)
+    if not (ws and w == 4 and bn == 128)
+]
+
+
+def _launch_name(launch) -> str:
+    kind = "tma-ws" if launch.warp_specialize else "tma" if launch.tma else "ptr"
+    return f"triton-{kind}-m{launch.block_m}-n{launch.block_n}-w{launch.num_warps}-s{launch.num_stages}"
 
 
 def _cudnn(q, k, v, causal: bool, scale: float):
@@ -79,39 +98,55 @@ def banded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> t
     return out
 
 
-def run_point(length: int, record) -> None:
+def run_point(length: int, record, wanted=lambda name: True) -> None:
+    """Time every kernel whose name ``wanted`` accepts at one length (flex, the baseline, always runs)."""
     q, k, v = _model_layout(length, N_Q, DIM), _model_layout(length, N_KV, DIM), _model_layout(length, N_KV, DIM)
     pos = torch.arange(length, device="cuda")[None]
     flops = 4 * DIM * N_Q * local_pairs(length, WINDOW, SINKS)
     plan = api.plan(pos, pos, window=WINDOW, sinks=SINKS, plain=True, impl="flex")
-    base = lambda: api.attention(q, k, v, pos, pos, window=WINDOW, sinks=SINKS, impl="flex", plain=True, plan=plan)  # noqa: E731
+    base = lambda: flex.run(plan, q, k, v, DIM**-0.5)  # noqa: E731 - compiled flex, as the plain path ran before the Triton kernel
     want = base()
     ms = time_ms(base)
     record(dict(kernel="flex", L=length, ms=ms, tflops=flops / ms / 1e9))
-    kq, kk, kv = q, k.contiguous(), v.contiguous()
-    for name, options in VARIANTS.items():
+    model_path = lambda: api.attention(q, k, v, pos, pos, window=WINDOW, sinks=SINKS, impl="flex", plain=True,  # noqa: E731
+                                       plan=plan)
+    if wanted("rtpurbo-plain"):  # what the model runs now (the Triton window kernel)
+        err = ((model_path().float() - want.float()).norm() / want.float().norm()).item()
+        ms = time_ms(model_path)
+        record(dict(kernel="rtpurbo-plain", L=length, ms=ms, tflops=flops / ms / 1e9, rel_err=err))
+    if wanted("cudnn-causal"):  # the dense kernel's rate on the same heads, for reference
+        causal = lambda: api.attention(q, k, v, pos, pos, impl="flex", plain=True)  # noqa: E731
+        causal()  # cuDNN builds its plan on the first call
+        ms = time_ms(causal)
+        record(dict(kernel="cudnn-causal", L=length, ms=ms, tflops=4 * DIM * N_Q * length * (length + 1) / 2 / ms / 1e9))
+
+    def attempt(name, call):
+        if not wanted(name):
+            return
         try:
-            fn = torch.compile(flex.flex_attention, dynamic=False)
-            call = lambda: fn(kq, kk, kv, block_mask=plan.block_mask, scale=DIM**-0.5, enable_gqa=True,  # noqa: E731
-                              kernel_options={**flex._KERNEL_OPTIONS, **options})  # IS_DIVISIBLE + the variant
             err = ((call().float() - want.float()).norm() / want.float().norm()).item()
             ms = time_ms(call)
-            record(dict(kernel=f"flex-{name}", L=length, ms=ms, tflops=flops / ms / 1e9, rel_err=err))
+            record(dict(kernel=name, L=length, ms=ms, tflops=flops / ms / 1e9, rel_err=err))
         except Exception as exc:  # noqa: BLE001 - report and go on
-            record(dict(kernel=f"flex-{name}", L=length, error=f"{type(exc).__name__}: {str(exc)[:200]}"))
-    try:
-        got = banded(q, k, v, DIM**-0.5)
-        err = ((got.float() - want.float()).norm() / want.float().norm()).item()
-        ms = time_ms(lambda: banded(q, k, v, DIM**-0.5))
-        record(dict(kernel="banded-cudnn", L=length, ms=ms, tflops=flops / ms / 1e9, rel_err=err))
-    except Exception as exc:  # noqa: BLE001
-        record(dict(kernel="banded-cudnn", L=length, error=f"{type(exc).__name__}: {str(exc)[:300]}"))
+            record(dict(kernel=name, L=length, error=f"{type(exc).__name__}: {str(exc)[:300]}"))
+
+    for launch in TRITON_LAUNCHES:
+        attempt(_launch_name(launch), lambda launch=launch: triton_window.window_attention(
+            q, k, v, window=WINDOW, sinks=SINKS, scale=DIM**-0.5, launch=launch))
+    kq, kk, kv = q, k.contiguous(), v.contiguous()
+    for name, options in VARIANTS.items():
+        fn = torch.compile(flex.flex_attention, dynamic=False)
+        attempt(f"flex-{name}", lambda fn=fn, options=options: fn(
+            kq, kk, kv, block_mask=plan.block_mask, scale=DIM**-0.5, enable_gqa=True,
+            kernel_options={**flex._KERNEL_OPTIONS, **options}))  # IS_DIVISIBLE + the variant
+    attempt("banded-cudnn", lambda: banded(q, k, v, DIM**-0.5))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", default="32768,131072")
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--kernels", default="", help="comma-separated name prefixes to run (default: all)")
     args = parser.parse_args()
     rows: list[dict] = []
 
@@ -121,7 +156,8 @@ def main() -> None:
 
     with torch._dynamo.config.patch(recompile_limit=64):
         for length in (int(x) for x in args.lengths.split(",")):
-            run_point(length, record)
+            prefixes = [p for p in args.kernels.split(",") if p]
+            run_point(length, record, lambda name: not prefixes or any(name.startswith(p) for p in prefixes))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(dict(environment=environment(), rows=rows), f, indent=1)

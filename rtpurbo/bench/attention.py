@@ -191,13 +191,13 @@ def prefill_point(geom: Geometry, length: int, window: int, sinks: int, deadline
     # local heads' plan built once (every layer of a forward shares it), retrieval heads on cuDNN
     plan = api.plan(pos, pos, window=window, sinks=sinks, plain=True, impl="flex")
 
-    def local():
+    def local(out=None):
         return api.attention(q[:, split:], k[:, n_ret:], v[:, n_ret:], pos, pos, window=window, sinks=sinks,
-                             impl="flex", plain=True, plan=plan)
+                             impl="flex", plain=True, plan=plan, out=out)
 
     def sparse():
-        retrieval = api.attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos, impl="flex", plain=True)
-        return torch.cat([retrieval, local()], dim=1)
+        return _merged_layer(q, split, lambda: api.attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos,
+                                                             impl="flex", plain=True), local)
 
     dense_flops, sparse_flops = prefill_flops(geom, length, window, sinks)
     row = dict(phase="prefill", geometry=geom.name, L=length, retrieval_kv_heads=n_ret, window=window, sinks=sinks,
@@ -219,6 +219,16 @@ def prefill_point(geom: Geometry, length: int, window: int, sinks: int, deadline
     return _prefill_rates(row)
 
 
+def _merged_layer(q: torch.Tensor, split: int, retrieval, local) -> torch.Tensor:
+    """The layer's attention as the model runs it: the local heads write straight into the (1, L, Hq, D) output
+    (``local(out=...)``), the retrieval heads' result is copied in (``SparseAttention.merged_output`` and
+    ``merge_heads``). Returns it as (1, Hq, L, D)."""
+    merged = q.new_empty(q.shape[0], q.shape[2], q.shape[1], q.shape[3]).transpose(1, 2)
+    local(out=merged[:, split:])
+    merged[:, :split].copy_(retrieval())
+    return merged
+
+
 def _sparse_prefill_timing(q, k, v, pos, split: int, n_ret: int, budget: int, sinks: int, local) -> dict:
     """The layer with the retrieval heads on a block-sparse prefill: random 16-d indexer vectors score the
     blocks almost evenly, so top-p 0.999 keeps nearly every candidate and ``budget`` (max_blocks) decides
@@ -233,7 +243,7 @@ def _sparse_prefill_timing(q, k, v, pos, split: int, n_ret: int, budget: int, si
             sinks=sinks, band=512, impl="flex")
         return out
 
-    layer = lambda: torch.cat([retrieval(), local()], dim=1)  # noqa: E731
+    layer = lambda: _merged_layer(q, split, retrieval, local)  # noqa: E731
     layer()
     ms = time_ms(layer)
     return {f"sparse_b{budget}_ms": ms, f"sparse_b{budget}_retrieval_ms": time_ms(retrieval),
@@ -252,10 +262,10 @@ def profile_prefill(geom: Geometry, length: int, window: int, sinks: int, calls:
     plan = api.plan(pos, pos, window=window, sinks=sinks, plain=True, impl="flex")
 
     def layer():
-        retrieval = api.attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos, impl="flex", plain=True)
-        local = api.attention(q[:, split:], k[:, n_ret:], v[:, n_ret:], pos, pos, window=window, sinks=sinks,
-                              impl="flex", plain=True, plan=plan)
-        return torch.cat([retrieval, local], dim=1)
+        return _merged_layer(
+            q, split, lambda: api.attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos, impl="flex", plain=True),
+            lambda out: api.attention(q[:, split:], k[:, n_ret:], v[:, n_ret:], pos, pos, window=window, sinks=sinks,
+                                      impl="flex", plain=True, plan=plan, out=out))
 
     layer()
     torch.cuda.synchronize()
