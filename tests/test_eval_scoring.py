@@ -133,7 +133,9 @@ def test_graph_decode_scores_equal_eager(split_model):
     eager, eager_selection = score_batch(split_model, tiny_tokenizer(), samples, stop_ids=[2])
     graph, graph_selection = score_batch(split_model, tiny_tokenizer(), samples, stop_ids=[2], decode="graph")
     assert eager_selection["samples"] > 0 and graph_selection["samples"] == eager_selection["samples"]
-    assert graph_selection["mean_selected"] == pytest.approx(eager_selection["mean_selected"])
+    # the two paths compute the indexer scores with different kernels, so keys whose probabilities sit at the
+    # top-p boundary may fall on either side in fp32 (3 keys in 156 selections on some CPUs): 1 % of the mean
+    assert graph_selection["mean_selected"] == pytest.approx(eager_selection["mean_selected"], rel=0.01)
     for a, b in zip(eager, graph):
         assert b.prediction == a.prediction and b.tf_accuracy == a.tf_accuracy
         assert b.tf_logprob == pytest.approx(a.tf_logprob, abs=1e-4)

@@ -114,7 +114,8 @@ def test_chunked_sparse_prefill_equals_one_shot_and_reports_the_kept_fraction(sc
         cache = HeadwiseCache(model)
         chunks = [model(ids[:, start : start + 256], use_cache=True, **{cache_kwarg(): cache}).logits
                   for start in range(0, 1280, 256)]
-    torch.testing.assert_close(torch.cat(chunks, 1), one_shot, rtol=1e-5, atol=1e-5)
+    # fp32 summed in another order per chunk (2e-5 apart at most on some CPUs); skipping blocks moves logits by > 1e-3
+    torch.testing.assert_close(torch.cat(chunks, 1), one_shot, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(one_shot, dense, atol=1e-3)  # top-p 0.5 skipped blocks
     fraction = cache.stats.summary()["prefill_block_fraction"]
     assert 0 < fraction < 1
