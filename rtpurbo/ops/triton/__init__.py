@@ -3,6 +3,8 @@
 * kernels (``decode``, ``threshold``, ``append``): no attention semantics of their own beyond
   what :mod:`rtpurbo.ops.semantics` defines; ``block_mass``: the ``mass`` block scores of
   :mod:`rtpurbo.ops.block_scores` in one kernel;
+* ``window``: the plain prefill of local (window + sinks) heads, which the ``flex`` backend runs for
+  inputs without gradients;
 * ``topp``: the ``triton`` backend of :func:`rtpurbo.ops.api.topp_attention`, composed of those
   kernels (the ``flex`` backend, :mod:`rtpurbo.ops.flex`, uses ``decode`` for one-token calls).
 """
