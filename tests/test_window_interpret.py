@@ -5,7 +5,9 @@ fp32, under ``TRITON_INTERPRET=1`` (in a child process), with small tiles so tha
 block occurs: sink blocks below the window, the window's lower edge, whole blocks and the diagonal,
 windows shorter than a query tile, more sinks than a key tile, a window past the sequence, GQA groups,
 the model's transposed (B, L, H, D) layout, a length that is no multiple of a tile, and output heads
-written through a head map into a wider layer output. Both load kinds
+written through a head map into a wider layer output; and later prefill chunks (queries at an offset over the
+sinks, a head-wise cache's ring unrolled, and the chunk's own keys), with a full ring, a ring partly empty, a
+chunk right after the sinks and no sinks. Both load kinds
 run: tensor descriptors (TMA on a GPU) and pointers. The budget is twice the error of the same
 attention done eagerly in the inputs' precision. fp16 only: the interpreter of triton 3.9 computes
 ``tl.dot`` of bf16 operands wrongly (it multiplies their raw bits), so bf16 runs natively on a GPU in
@@ -56,6 +58,48 @@ def _check(case, tma: bool) -> list[str]:
     if not err <= budget:
         problems.append(f"relative error {err:.2e} > twice eager fp16 ({budget:.2e})")
     return problems
+
+
+# (name, batch, chunk start P, chunk length, KV heads, group, head dim, window, sinks, block_m, block_n)
+CHUNK_CASES = [
+    ("full-ring", 1, 150, 70, 2, 2, 32, 48, 4, 32, 16),
+    ("ring-partly-empty", 2, 30, 61, 1, 3, 16, 48, 4, 32, 16),
+    ("chunk-at-the-sinks", 1, 4, 40, 1, 2, 32, 20, 4, 32, 16),
+    ("window-below-tile-no-sinks", 1, 77, 50, 2, 1, 32, 9, 0, 32, 16),
+]
+
+
+def _check_chunk(case, tma: bool) -> list[str]:
+    """A later prefill chunk: queries at positions P..P+L-1 over the sinks, the ring unrolled to positions P-W..P-1
+    (zeros where a head-wise cache's ring holds nothing: positions below S or 0) and the chunk's own keys."""
+    import torch
+
+    from rtpurbo.ops import reference
+    from rtpurbo.ops.triton import window
+
+    name, batch, start, length, n_kv, group, dim, win, sinks, block_m, block_n = case
+    g = torch.Generator().manual_seed(len(name) + 11)
+    total = start + length
+    q, k, v = (torch.randn(batch, n, total, dim, generator=g).half() for n in (n_kv * group, n_kv, n_kv))
+    pos = torch.arange(total)
+    ring_pos = torch.arange(start - win, start)
+    held = ring_pos >= sinks  # what the ring holds; the rest stays zero
+
+    def layout(x):
+        ring = torch.zeros(batch, n_kv, win, dim).half()
+        ring[:, :, held] = x[:, :, ring_pos[held]]
+        return torch.cat([x[:, :, :sinks], ring, x[:, :, start:]], dim=2)
+
+    want = reference.attention(q[:, :, start:].float(), k.float(), v.float(), pos[start:].repeat(batch, 1),
+                               pos.repeat(batch, 1), window=win, sinks=sinks)
+    eager = reference.attention(q[:, :, start:], k, v, pos[start:].repeat(batch, 1), pos.repeat(batch, 1), window=win,
+                                sinks=sinks).float()
+    got = window.window_attention(q[:, :, start:], layout(k), layout(v), window=win, sinks=sinks, scale=dim**-0.5,
+                                  chunk_start=start, launch=window.WindowLaunch(block_m=block_m, block_n=block_n,
+                                                                                tma=tma))
+    err = ((got.float() - want).norm() / want.norm()).item()
+    budget = 2 * ((eager - want).norm() / want.norm()).item()
+    return [] if err <= budget else [f"relative error {err:.2e} > twice eager fp16 ({budget:.2e})"]
 
 
 def _check_out_heads(tma: bool) -> list[str]:
@@ -114,6 +158,8 @@ def _run_all() -> dict[str, list[str]]:
               for case in CASES for kind, tma in (("tma", True), ("pointers", False))]
     checks += [(f"out-heads-{kind}", lambda tma=tma: _check_out_heads(tma)) for kind, tma in (("tma", True),
                                                                                              ("pointers", False))]
+    checks += [(f"chunk-{case[0]}-{kind}", lambda case=case, tma=tma: _check_chunk(case, tma))
+               for case in CHUNK_CASES for kind, tma in (("tma", True), ("pointers", False))]
     return report_checks(checks + [("errors", _check_errors)])
 
 
@@ -123,7 +169,8 @@ def report() -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("name", [f"{c[0]}-{kind}" for c in CASES for kind in ("tma", "pointers")]
-                         + ["out-heads-tma", "out-heads-pointers", "errors"])
+                         + ["out-heads-tma", "out-heads-pointers", "errors"]
+                         + [f"chunk-{c[0]}-{kind}" for c in CHUNK_CASES for kind in ("tma", "pointers")])
 def test_window_kernel_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

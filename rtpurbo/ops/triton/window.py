@@ -56,12 +56,13 @@ def default_launch(head_dim: int) -> WindowLaunch:
 
 
 @triton.jit
-def _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, offs_m, lo, hi, length,
-                   window, sinks, qk_scale,
+def _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, lo, hi, n_keys,
+                   window, sinks, sink_slots, key_shift, qk_scale,
                    MASK: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr):
-    """Online-softmax update of (acc (M, D), l_i (M,), m_i (M,)) over the key blocks [lo, hi).
+    """Online-softmax update of (acc (M, D), l_i (M,), m_i (M,)) over the key slots [lo, hi), q_pos (M,) the
+    rows' positions.
 
-    MASK 0: every key visible; 1: sinks only (``j < S``); 2: window edge and diagonal."""
+    MASK 0: every key visible; 1: sink slots only (``j < S``); 2: the full rule (window edge, diagonal)."""
     offs_n = tl.arange(0, BLOCK_N)
     for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
         start = tl.multiple_of(start, BLOCK_N)
@@ -69,17 +70,19 @@ def _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn,
             k = k_desc.load([start, 0])
             v = v_desc.load([start, 0])
         else:
-            ok = (start + offs_n) < length
+            ok = (start + offs_n) < n_keys
             k = tl.load(k_ptrs + start * s_kn, mask=ok[:, None], other=0.0)
             v = tl.load(v_ptrs + start * s_vn, mask=ok[:, None], other=0.0)
         qk = tl.dot(q, tl.trans(k))  # unscaled: the scale folds into the exponent's multiply-add
         if MASK != 0:
             j = (start + offs_n)[None, :]
             if MASK == 1:
-                seen = (j < sinks) & (j < length)
+                seen = (j < sinks) & (j < n_keys)
             else:
-                i = offs_m[:, None]
-                seen = (j <= i) & (j < length) & ((i - j < window) | (j < sinks))
+                i = q_pos[:, None]
+                kp = tl.where(j < sink_slots, j, j + key_shift)  # the key's position
+                seen = ((j < n_keys) & (kp >= 0) & (kp <= i) & ((i - kp < window) | (kp < sinks))
+                        & ((j < sink_slots) | (kp >= sink_slots)))  # a cached chunk's sinks once
             qk = tl.where(seen, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_ref = m_new
@@ -97,13 +100,13 @@ def _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn,
 def _window_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, o_heads_ptr,
     s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_om,
-    n_q_heads, group, length, window, sinks, qk_scale,
+    n_q_heads, group, q_len, n_keys, q_start, sink_slots, key_shift, window, sinks, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
     WARP_SPEC: tl.constexpr, OUT_MAP: tl.constexpr,
 ):
     """One (query head, query block): heads vary fastest over the launch, so the query heads of a KV head
     run side by side and share its K / V window in L2. ``OUT_MAP``: query head h writes output head
-    ``o_heads[h]``."""
+    ``o_heads[h]``. Key slot j holds position j below ``sink_slots``, else ``j + key_shift``."""
     bh = tl.program_id(0)
     start_m = tl.program_id(1) * BLOCK_M
     b = bh // n_q_heads
@@ -122,50 +125,72 @@ def _window_kernel(
     k_ptrs = k_base + offs_n[:, None] * s_kn + offs_d[None, :]
     v_ptrs = v_base + offs_n[:, None] * s_vn + offs_d[None, :]
     if TMA:
-        q_desc = tl.make_tensor_descriptor(q_base, shape=[length, HEAD_DIM], strides=[s_qm, 1],
+        q_desc = tl.make_tensor_descriptor(q_base, shape=[q_len, HEAD_DIM], strides=[s_qm, 1],
                                            block_shape=[BLOCK_M, HEAD_DIM])
-        k_desc = tl.make_tensor_descriptor(k_base, shape=[length, HEAD_DIM], strides=[s_kn, 1],
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[n_keys, HEAD_DIM], strides=[s_kn, 1],
                                            block_shape=[BLOCK_N, HEAD_DIM])
-        v_desc = tl.make_tensor_descriptor(v_base, shape=[length, HEAD_DIM], strides=[s_vn, 1],
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[n_keys, HEAD_DIM], strides=[s_vn, 1],
                                            block_shape=[BLOCK_N, HEAD_DIM])
-        o_desc = tl.make_tensor_descriptor(o_base, shape=[length, HEAD_DIM], strides=[s_om, 1],
+        o_desc = tl.make_tensor_descriptor(o_base, shape=[q_len, HEAD_DIM], strides=[s_om, 1],
                                            block_shape=[BLOCK_M, HEAD_DIM])
         q = q_desc.load([start_m, 0])
     else:
         k_desc = None
         v_desc = None
         o_desc = None
-        q = tl.load(q_base + offs_m[:, None] * s_qm + offs_d[None, :], mask=(offs_m < length)[:, None], other=0.0)
+        q = tl.load(q_base + offs_m[:, None] * s_qm + offs_d[None, :], mask=(offs_m < q_len)[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    # key blocks: [0, sink_hi) sinks, [edge_lo, full_lo) window edge, [full_lo, start_m) whole, then the diagonal
-    edge_lo = tl.maximum(start_m - window + 1, 0) // BLOCK_N * BLOCK_N
-    full_lo = tl.minimum(tl.maximum(tl.cdiv(start_m + BLOCK_M - window, BLOCK_N) * BLOCK_N, edge_lo), start_m)
+    # key slots: [0, sink_hi) sinks, [edge_lo, full_lo) window edge, [full_lo, diag_lo) whole, then the diagonal;
+    # q_first / q_last: the block's first and last query positions
+    q_first = q_start + start_m
+    q_last = q_first + BLOCK_M - 1
+    q_pos = q_start + offs_m
+    edge_lo = tl.maximum(q_first - window + 1 - key_shift, 0) // BLOCK_N * BLOCK_N
+    diag_lo = tl.maximum(q_first - key_shift + 1, 0) // BLOCK_N * BLOCK_N
+    full_lo = tl.maximum(tl.cdiv(q_last - window + 1 - key_shift, BLOCK_N) * BLOCK_N, edge_lo)
+    full_lo = tl.maximum(full_lo, tl.cdiv(tl.maximum(sink_slots, sink_slots - key_shift), BLOCK_N) * BLOCK_N)
+    full_lo = tl.minimum(full_lo, diag_lo)
     sink_hi = tl.minimum(tl.cdiv(sinks, BLOCK_N) * BLOCK_N, edge_lo)
-    diag_hi = tl.minimum(start_m + BLOCK_M, length)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, offs_m, 0, sink_hi,
-                                   length, window, sinks, qk_scale, 1, BLOCK_N, TMA, False)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, offs_m, edge_lo,
-                                   full_lo, length, window, sinks, qk_scale, 2, BLOCK_N, TMA, False)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, offs_m, full_lo,
-                                   start_m, length, window, sinks, qk_scale, 0, BLOCK_N, TMA, WARP_SPEC)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, offs_m, start_m,
-                                   diag_hi, length, window, sinks, qk_scale, 2, BLOCK_N, TMA, False)
+    diag_hi = tl.minimum(q_last - key_shift + 1, n_keys)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, 0, sink_hi,
+                                   n_keys, window, sinks, sink_slots, key_shift, qk_scale, 1, BLOCK_N, TMA, False)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, edge_lo,
+                                   full_lo, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 2, BLOCK_N, TMA,
+                                   False)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, full_lo,
+                                   diag_lo, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 0, BLOCK_N, TMA,
+                                   WARP_SPEC)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, diag_lo,
+                                   diag_hi, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 2, BLOCK_N, TMA,
+                                   False)
     out = (acc / l_i[:, None]).to(o_ptr.dtype.element_ty)
     if TMA:
         o_desc.store([start_m, 0], out)
     else:
-        tl.store(o_base + offs_m[:, None] * s_om + offs_d[None, :], out, mask=(offs_m < length)[:, None])
+        tl.store(o_base + offs_m[:, None] * s_om + offs_d[None, :], out, mask=(offs_m < q_len)[:, None])
+
+
+def _allocate(size: int, alignment: int, stream) -> torch.Tensor:
+    """Scratch for on-device tensor descriptors (Triton asks for it at launch)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _chunk_keys(q_len: int, window: int, sinks: int, chunk_start: int | None) -> int:
+    """Key slots :func:`window_attention` expects: ``L`` for a plain prefill, ``S + W + L`` for a later chunk."""
+    return q_len if chunk_start is None else sinks + window + q_len
 
 
 def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, launch: WindowLaunch | None = None,
-                out: torch.Tensor | None = None) -> str | None:
-    """Why :func:`window_attention` cannot take these tensors (None: it can). Shapes as there."""
+                out: torch.Tensor | None = None, n_keys: int | None = None) -> str | None:
+    """Why :func:`window_attention` cannot take these tensors (None: it can). Shapes as there; ``n_keys``: the key
+    slots the call's layout needs (default: q's length, a plain prefill)."""
     launch = default_launch(q.shape[-1]) if launch is None else launch
     batch, n_q, length, dim = q.shape
-    if k.shape != v.shape or k.shape[0] != batch or k.shape[2] != length or k.shape[3] != dim or n_q % k.shape[1]:
-        return (f"it needs q (B, Hq, L, D) and k, v (B, Hkv, L, D) with Hq % Hkv == 0; got q{tuple(q.shape)}, "
+    n_keys = length if n_keys is None else n_keys
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[2] != n_keys or k.shape[3] != dim or n_q % k.shape[1]:
+        return (f"it needs q (B, Hq, L, D) and k, v (B, Hkv, {n_keys}, D) with Hq % Hkv == 0; got q{tuple(q.shape)}, "
                 f"k{tuple(k.shape)}, v{tuple(v.shape)}")
     if dim < 16 or dim > 256 or dim & (dim - 1):
         return f"it needs a head dim that is a power of two in [16, 256], got {dim}"
@@ -177,20 +202,22 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, launch: Windo
     return None
 
 
-def _allocate(size: int, alignment: int, stream) -> torch.Tensor:
-    """Scratch for on-device tensor descriptors (Triton asks for it at launch)."""
-    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
-
-
 def window_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, sinks: int, scale: float,
-    out: torch.Tensor | None = None, out_heads: torch.Tensor | None = None, launch: WindowLaunch | None = None,
+    chunk_start: int | None = None, out: torch.Tensor | None = None, out_heads: torch.Tensor | None = None,
+    launch: WindowLaunch | None = None,
 ) -> torch.Tensor:
-    """Window + sinks attention of a plain prefill (positions ``0..L-1`` in every row).
+    """Window + sinks attention of a prefill chunk whose rows all hold the same positions.
 
     Args:
-        q: (B, Hq, L, D); k, v: (B, Hkv, L, D), ``Hq`` a multiple of ``Hkv``, the last dim contiguous, D a
-            power of two in [16, 256], fp16 or bf16.
+        q: (B, Hq, L, D), the last dim contiguous, D a power of two in [16, 256], fp16 or bf16; ``Hq`` a multiple
+            of the KV heads.
+        k, v: (B, Hkv, n, D), in one of two layouts:
+            * ``chunk_start`` None, a plain prefill: queries and keys are positions ``0..L-1`` (n = L);
+            * ``chunk_start`` P >= S, a later chunk: queries are positions ``P..P+L-1``; the keys are the S sinks
+              (positions ``0..S-1``), then the W keys of positions ``P-W..P-1`` in order (a head-wise cache's ring,
+              unrolled; positions below S or 0 there are never read as keys), then the chunk's own L keys
+              (n = S + W + L).
         out: optional (B, Hq, L, D) to write into (any strides with a contiguous last dim), e.g. a view of
             the layer's merged head layout; with ``out_heads``, (B, H_out, L, D).
         out_heads: optional (Hq,) integer tensor on q's device: query head ``h`` is written to
@@ -212,17 +239,24 @@ def window_attention(
                          f"{tuple(out.shape)} {out.dtype}")
     if window < 1 or sinks < 0:
         raise ValueError(f"window must be >= 1 and sinks >= 0, got window={window}, sinks={sinks}")
-    problem = unsupported(q, k, v, launch, out)
+    if chunk_start is not None and chunk_start < sinks:
+        raise ValueError(f"a later chunk must start at or after the sinks (position >= {sinks}), got {chunk_start}")
+    batch, n_q, length, dim = q.shape
+    n_keys = _chunk_keys(length, window, sinks, chunk_start)
+    problem = unsupported(q, k, v, launch, out, n_keys)
     if problem is not None:
         raise ValueError(f"the Triton window kernel cannot run this: {problem}")
-    batch, n_q, length, dim = q.shape
+    # key slot j holds position j below sink_slots, else j + key_shift
+    q_start, sink_slots, key_shift = (0, 0, 0) if chunk_start is None else (
+        chunk_start, sinks, chunk_start - window - sinks)
     if launch.tma:
         triton.set_allocator(_allocate)
     grid = (batch * n_q, triton.cdiv(length, launch.block_m))
     _window_kernel[grid](
-        q, k, v, out, out if out_heads is None else out_heads, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        n_q, n_q // k.shape[1], length, window, sinks, scale * _LOG2E,
-        HEAD_DIM=dim, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, TMA=launch.tma,
-        WARP_SPEC=launch.warp_specialize, OUT_MAP=out_heads is not None, num_warps=launch.num_warps, num_stages=launch.num_stages,
+        q, k, v, out, out if out_heads is None else out_heads, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *out.stride()[:3], n_q, n_q // k.shape[1], length, n_keys, q_start, sink_slots, key_shift, window, sinks,
+        scale * _LOG2E, HEAD_DIM=dim, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, TMA=launch.tma,
+        WARP_SPEC=launch.warp_specialize, OUT_MAP=out_heads is not None, num_warps=launch.num_warps,
+        num_stages=launch.num_stages,
     )
     return out
