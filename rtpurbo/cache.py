@@ -159,6 +159,7 @@ class _Forward:
     padding_mask: torch.Tensor | None
     positions: torch.Tensor  # (B, L) int64, -1 = padding
     plain: bool = False  # a first forward whose rows are positions 0..L-1 (HeadwiseCache.plain_prompt)
+    continues: bool = False  # a later forward of a plain prompt: every row holds positions seen..seen+L-1
     plans: dict = field(default_factory=dict)  # (role, window) -> ops.plan of this forward's prefill attention
     ring_slot: tuple[torch.Tensor, ...] | None = None  # decode, see HeadwiseCache._ring_slot
     visible: tuple[int, torch.Tensor] | None = None  # decode: (r_len, () visible keys summed over rows)
@@ -397,7 +398,8 @@ class HeadwiseCache(Cache):
         ):
             positions = module.token_positions(position_ids, padding_mask, batch, length, seen, device)
             f = self._forward = _Forward(seen, (batch, length), device, position_ids, padding_mask, positions,
-                                         plain=seen == 0 and self.plain_prompt)
+                                         plain=seen == 0 and self.plain_prompt,
+                                         continues=seen > 0 and length > 1 and self.plain_prompt)
         return f.positions
 
     def _shared(self, positions: torch.Tensor) -> _Forward | None:
@@ -565,8 +567,9 @@ class HeadwiseCache(Cache):
         if module.local_heads:
             ql, kl, vl = parts["local"]
             one_token = q.shape[2] == 1 and layer.seen > 0
+            if not one_token:  # a prefill chunk: the local heads write the layer output in place
+                merged, into_merged = module.merged_output(q)
             if layer.seen == 0:  # a fresh ring holds nothing: attend over the chunk's own keys
-                merged, into_merged = module.merged_output(q)  # the local heads write the layer output in place
                 local_out = self._local_attention(module, ql, kl, vl, positions, positions, first=True, **into_merged)
             elif one_token:
                 # decode: write first, then attend over the ring alone (no copy of it). The slot the
@@ -574,10 +577,7 @@ class HeadwiseCache(Cache):
                 self._write_ring(layer, kl, vl, positions)
                 local_out = self._local_attention(module, ql, layer.l_k, layer.l_v, layer.l_pos, positions)
             else:  # a later chunk: its queries still need the keys its own tokens will overwrite
-                keys = torch.cat([layer.l_k, kl], dim=2)
-                values = torch.cat([layer.l_v, vl], dim=2)
-                key_pos = torch.cat([layer.l_pos, positions], dim=1)
-                local_out = self._local_attention(module, ql, keys, values, key_pos, positions)
+                local_out = self._local_chunk(module, layer, ql, kl, vl, positions, **into_merged)
             if not one_token:
                 self._write_ring(layer, kl, vl, positions)
         if module.retrieval_heads:
@@ -656,15 +656,38 @@ class HeadwiseCache(Cache):
         return stream
 
     def _local_attention(self, module, q, keys, values, key_pos, positions, first: bool = False,
-                         **into) -> torch.Tensor:
+                         chunk_start: int | None = None, **into) -> torch.Tensor:
         """Window + sinks attention of the local heads' queries q (B, Hl*G, L, D) over the given keys.
 
-        ``first``: the keys are the forward's own tokens (a fresh ring), plain if the forward is; ``into``:
-        ``out`` / ``out_heads`` of :func:`rtpurbo.ops.attention` (:meth:`SparseAttention.merged_output`)."""
+        ``first``: the keys are the forward's own tokens (a fresh ring), plain if the forward is; ``chunk_start``:
+        see :func:`rtpurbo.ops.attention`; ``into``: ``out`` / ``out_heads`` of :func:`rtpurbo.ops.attention`
+        (:meth:`SparseAttention.merged_output`)."""
         sparse = self.sparse
         plain, plan = self._prefill_plan("local", sparse.window, positions, key_pos, first)
         return ops.attention(q, keys, values, positions, key_pos, window=sparse.window, sinks=sparse.sinks,
-                             scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan, **into)
+                             scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan, chunk_start=chunk_start,
+                             **into)
+
+    def _local_chunk(self, module, layer: LayerCache, q, k, v, positions, **into) -> torch.Tensor:
+        """Window + sinks attention of a later prefill chunk's local heads: q (B, Hl*G, L, D) over the ring and the
+        chunk's own k, v (B, Hl, L, D). In a plain prompt past its sinks the keys go in position order (the sinks,
+        the ring unrolled to the W positions before the chunk, the chunk: ``chunk_start`` of
+        :func:`rtpurbo.ops.attention`, the Triton window kernel's layout); otherwise ring order."""
+        sinks, window = self.sparse.sinks, self.sparse.window
+        f = self._shared(positions)
+        start = layer.seen  # the chunk's first position when the prompt is plain
+        if f is None or not f.continues or start < sinks:
+            keys, values = torch.cat([layer.l_k, k], dim=2), torch.cat([layer.l_v, v], dim=2)
+            key_pos = torch.cat([layer.l_pos, positions], dim=1)
+            return self._local_attention(module, q, keys, values, key_pos, positions, **into)
+        turn = -((start - sinks) % window)  # ring slot S + (p - S) % W -> index p - (start - W)
+
+        def ordered(store: torch.Tensor, new: torch.Tensor) -> torch.Tensor:  # sinks, ring from start - W, chunk
+            return torch.cat([store[:, :, :sinks], store[:, :, sinks:].roll(turn, dims=2), new], dim=2)
+
+        key_pos = torch.cat([layer.l_pos[:, :sinks], layer.l_pos[:, sinks:].roll(turn, dims=1), positions], dim=1)
+        return self._local_attention(module, q, ordered(layer.l_k, k), ordered(layer.l_v, v), key_pos, positions,
+                                     chunk_start=start, **into)
 
     def _prefill_plan(self, role: str, window: int | None, positions, key_pos, first: bool):
         """(plain, plan) of a multi-token attention call of this forward: the plan is built by the first layer

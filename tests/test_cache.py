@@ -114,6 +114,36 @@ def test_chunked_prefill_equals_single_shot(family):
     assert torch.allclose(outs[0], outs[1], atol=1e-4) and torch.allclose(outs[0], outs[2], atol=1e-4)
 
 
+def test_chunks_of_a_plain_prompt_take_the_position_ordered_layout(family, monkeypatch):
+    """Later chunks of an unpadded prompt hand the local heads their keys in position order (sinks, the ring
+    unrolled to the W positions before the chunk, the chunk: ``chunk_start``, checked against the positions on
+    the CPU) and give the logits of one shot, whether the ring is still filling or has wrapped."""
+    from rtpurbo.ops import api as ops
+
+    model = tiny_model(family)
+    convert(model, mixed_plan(model), SparseConfig(window=16, sinks=2, top_p=1.0))
+    ids = random_ids(2, 75, seed=3)
+    mask = torch.ones_like(ids)
+    starts = []
+    attention = ops.attention
+
+    def spy(*args, chunk_start=None, **kwargs):
+        starts.append(chunk_start)
+        return attention(*args, chunk_start=chunk_start, **kwargs)
+
+    monkeypatch.setattr(ops, "attention", spy)
+    outs = []
+    for chunk in (75, 7, 20):
+        cache = HeadwiseCache(model)
+        prefill(model, cache, ids[:, :-1], mask[:, :-1], chunk)
+        with torch.no_grad():
+            outs.append(model(ids[:, -1:], attention_mask=mask, position_ids=torch.full((2, 1), 74), use_cache=True,
+                              **{cache_kwarg(): cache}).logits)
+    used = {s for s in starts if s is not None}
+    assert {7, 14, 21, 70, 20, 40, 60} <= used, sorted(used)  # chunks of 7 and 20 past the sinks, ring filling or not
+    assert torch.allclose(outs[0], outs[1], atol=1e-4) and torch.allclose(outs[0], outs[2], atol=1e-4)
+
+
 def test_generate_all_retrieval_top_p_one_equals_original_generate(family):
     model = tiny_model(family)
     ids = random_ids(2, 30, seed=1)

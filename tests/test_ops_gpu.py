@@ -171,6 +171,49 @@ def test_triton_window_kernel_matches_reference(case, tma):
         _assert_budget(out, ref, eager, f"{name} {launch}")
 
 
+# (name, B, chunk start P, chunk length, Hkv, G, D, window, sinks, dtype)
+WINDOW_CHUNK_CASES = [
+    ("full-ring-8192", 1, 20000, 3000, 2, 4, 128, 8192, 4, BF16),
+    ("ring-filling", 2, 700, 1500, 1, 7, 128, 1024, 4, BF16),
+    ("at-the-sinks-fp16", 1, 4, 1025, 2, 2, 64, 256, 4, FP16),
+]
+
+
+@pytest.mark.parametrize("case", WINDOW_CHUNK_CASES, ids=[c[0] for c in WINDOW_CHUNK_CASES])
+def test_triton_window_kernel_chunk_layout_matches_reference(case):
+    """A later prefill chunk in the kernel's layout (sinks, ring unrolled to positions P-W..P-1, chunk) against the
+    fp32 reference over the whole prefix; through ops.attention (chunk_start) it is the kernel, bit for bit."""
+    from rtpurbo.ops.triton import window as triton_window
+
+    name, batch, start, length, n_kv, group, dim, window, sinks, dtype = case
+    torch.manual_seed(zlib.crc32(name.encode()))
+    total = start + length
+    q, k, v = _qkv(batch, n_kv * group, n_kv, total, total, dim, dtype)
+    pos = torch.arange(total, device="cuda")
+    ring_pos = torch.arange(start - window, start, device="cuda")
+    held = ring_pos >= sinks
+    key_pos = torch.cat([pos[:sinks], torch.where(held, ring_pos, -1), pos[start:]]).repeat(batch, 1)
+
+    def layout(x):
+        ring = torch.zeros(batch, n_kv, window, dim, device="cuda", dtype=dtype)
+        ring[:, :, held] = x[:, :, ring_pos[held]]
+        return torch.cat([x[:, :, :sinks], ring, x[:, :, start:]], dim=2)
+
+    q_pos = pos[start:].repeat(batch, 1)
+    ref = reference.attention(q[:, :, start:].float(), k.float(), v.float(), q_pos, pos.repeat(batch, 1),
+                              window=window, sinks=sinks)
+    eager = _eager(q[:, :, start:], k, v, q_pos, pos.repeat(batch, 1), window, sinks)
+    kk, vv = layout(k), layout(v)
+    _poison()
+    out = triton_window.window_attention(q[:, :, start:], kk, vv, window=window, sinks=sinks, scale=dim**-0.5,
+                                         chunk_start=start)
+    _assert_budget(out, ref, eager, name)
+    with torch.no_grad():
+        via_api = api.attention(q[:, :, start:], kk, vv, q_pos, key_pos, window=window, sinks=sinks, impl="flex",
+                                chunk_start=start)
+    assert torch.equal(via_api, out)
+
+
 def test_plain_window_prefill_runs_the_triton_kernel_without_gradients():
     """ops.attention's plain window prefill is the Triton window kernel (bit for bit) when no gradient is needed,
     and compiled flex, with gradients, when one is."""

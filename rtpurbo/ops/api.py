@@ -93,6 +93,7 @@ def attention(
     plan: object | None = None,
     out: torch.Tensor | None = None,
     out_heads: torch.Tensor | None = None,
+    chunk_start: int | None = None,
 ) -> torch.Tensor:
     """Head-wise attention (full causal if ``window`` is None, else window + sinks).
 
@@ -107,13 +108,20 @@ def attention(
             (B, H_out, Lq, D) and query head ``h`` goes to ``out[:, out_heads[h]]`` (e.g. the local heads
             of a layer written straight into the layer's merged output). The Triton window kernel writes
             there itself; other kernels' results are copied in.
+        chunk_start: the caller states that this is a later chunk of a plain prompt in the Triton window kernel's
+            layout (:func:`rtpurbo.ops.triton.window.window_attention`): every row's queries are positions
+            ``P..P+Lq-1`` and its keys the S sinks, the positions ``P-W..P-1`` in order (-1 where none), then the
+            chunk's own keys (``k_pos`` says so). GPU backends may then skip the positions; checked here only on
+            the CPU.
     """
     check_window(window, sinks)
     _check_shapes(q, k, v, q_pos, k_pos, key_mask)
     if plain and q_pos.device.type == "cpu":
         _check_plain(q_pos, k_pos)
+    if chunk_start is not None and q_pos.device.type == "cpu":
+        _check_chunk(q_pos, k_pos, chunk_start, window, sinks)
     name = resolve_impl(impl, q.device)
-    extra = {"plan_": plan, "out": out, "out_heads": out_heads} if name == "flex" else {}
+    extra = {"plan_": plan, "out": out, "out_heads": out_heads, "chunk_start": chunk_start} if name == "flex" else {}
     result = _load(name)(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, scale=scale,
                          plain=plain, **extra)
     if out is None or result is out:
@@ -148,6 +156,19 @@ def _check_plain(q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
     steps = torch.arange(q_pos.shape[-1], device=q_pos.device)
     if q_pos.shape != k_pos.shape or not bool(((q_pos == steps) & (k_pos == steps)).all()):
         raise ValueError("plain=True needs q_pos == k_pos == 0..L-1 in every row (no padding, no offset)")
+
+
+def _check_chunk(q_pos: torch.Tensor, k_pos: torch.Tensor, start: int, window: int | None, sinks: int) -> None:
+    q_len = q_pos.shape[-1]
+    if window is None or start < sinks or k_pos.shape[-1] != sinks + window + q_len:
+        raise ValueError(f"chunk_start={start} needs a window, a start at or after the {sinks} sinks and S + W + Lq "
+                         f"keys; got window={window}, {k_pos.shape[-1]} keys for {q_len} queries")
+    want = torch.arange(start - window, start)
+    want = torch.cat([torch.arange(sinks), torch.where(want < sinks, -1, want), torch.arange(start, start + q_len)])
+    if not bool((q_pos == torch.arange(start, start + q_len)).all()) or not bool(
+            ((k_pos == want) | ((k_pos < 0) & (want < 0))).all()):
+        raise ValueError(f"chunk_start={start} needs q_pos == {start}..{start + q_len - 1} and the sinks, positions "
+                         f"{start - window}..{start - 1} (-1 where none) and the chunk as keys, in every row")
 
 
 _TOPP_BACKENDS: dict[str, str] = {"reference": "rtpurbo.ops.reference", "triton": "rtpurbo.ops.triton.topp"}

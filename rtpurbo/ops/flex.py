@@ -18,7 +18,11 @@ call waits for the GPU):
    * window + sinks otherwise (gradients, other dtypes or head dims): compiled ``flex_attention``
      with an index-only mask and a block mask built arithmetically from the band (no L x L tensor
      anywhere), cached per length. Both paths are fused; neither materialises scores.
-3. Anything else (padding, chunk offsets, ring buffers, ``key_mask``): compiled
+3. ``chunk_start=P`` -- the caller states that this is a later chunk of a plain prompt with its keys
+   in position order (the sinks, positions ``P-W..P-1``, the chunk; the head-wise cache unrolls its
+   ring so), no gradient, no ``key_mask``: the same Triton window kernel, in its chunk layout, when
+   it accepts the tensors.
+4. Anything else (padding, other chunk layouts, ring buffers, ``key_mask``): compiled
    ``flex_attention`` whose mask reads the position tensors (and ``key_mask``); its block mask
    comes from per-block position ranges, so a local head still skips the blocks outside its
    window. :func:`plan` builds it once; every layer of a forward can reuse it.
@@ -132,6 +136,7 @@ def attention(
     plan_: FlexPlan | None = None,
     out: torch.Tensor | None = None,
     out_heads: torch.Tensor | None = None,
+    chunk_start: int | None = None,
 ) -> torch.Tensor:
     """See :func:`rtpurbo.ops.reference.attention`. Returns (B, Hq, Lq, D) in ``q.dtype``.
 
@@ -142,6 +147,8 @@ def attention(
         plan_: a :func:`plan` of these positions, window and sinks (built here if None).
         out, out_heads: where the Triton window kernel writes (see :func:`rtpurbo.ops.api.attention`, which
             copies the other paths' results there); returned when written.
+        chunk_start: the caller's statement that the keys are in the window kernel's later-chunk layout (see
+            :func:`rtpurbo.ops.api.attention`; not checked).
     """
     check_window(window, sinks)
     if not q.is_cuda:
@@ -156,10 +163,11 @@ def attention(
         return out
     if plain and key_mask is None and (window is None or window >= q_len):
         return _causal_sdpa(q, k, v, scale, group)
-    if plain and key_mask is None and not _needs_grad(q, k, v) and window_kernels.unsupported(
-            q, k, v, out=out) is None:
-        return window_kernels.window_attention(q, k, v, window=window, sinks=sinks, scale=scale, out=out,
-                                               out_heads=out_heads)
+    if (plain or chunk_start is not None) and key_mask is None and window is not None and not _needs_grad(q, k, v):
+        n_keys = q_len if chunk_start is None else sinks + window + q_len
+        if window_kernels.unsupported(q, k, v, out=out, n_keys=n_keys) is None:
+            return window_kernels.window_attention(q, k, v, window=window, sinks=sinks, scale=scale,
+                                                   chunk_start=chunk_start, out=out, out_heads=out_heads)
     if plan_ is None:
         plan_ = plan(q_pos, k_pos, window=window, sinks=sinks, plain=plain, key_mask=key_mask, group=group,
                      backward=_needs_grad(q, k, v))
