@@ -125,10 +125,12 @@ def test_decode_step_syncs_do_not_grow_with_layers(batch):
 
 @pytest.mark.parametrize("plain", [True, False])
 def test_prefill_chunks_make_no_host_sync_in_rtpurbo(plain, monkeypatch):
-    """A first chunk (plain or not) and a later chunk of a padded batch: no sync in rtpurbo's code
-    (the ring write of a chunk included). The ops API checks a plain=True claim on CPU tensors
-    only (free there, skipped on a GPU), so that check is left out here."""
+    """A first chunk (plain or not) and a later chunk (of a plain prompt: the ring unrolled for chunk_start; of a
+    padded batch: ring order): no sync in rtpurbo's code (the ring write of a chunk included). The ops API checks
+    plain=True and chunk_start claims on CPU tensors only (free there, skipped on a GPU), so those checks are left
+    out here."""
     monkeypatch.setattr("rtpurbo.ops.api._check_plain", lambda q_pos, k_pos: None)
+    monkeypatch.setattr("rtpurbo.ops.api._check_chunk", lambda q_pos, k_pos, start, window, sinks: None)
     model = tiny_model("llama", num_layers=2)
     layers, n_kv, n_q, _ = geometry(model.config)
     plan = HeadPlan(layers, n_kv, n_q, [[layer % n_kv] for layer in range(layers)])
