@@ -1,19 +1,25 @@
-"""Plain-prefill attention of local (window + sinks) heads, GQA-native, as one Triton kernel.
+"""Prefill attention of local (window + sinks) heads, GQA-native, as one Triton kernel.
 
-Same contract as :func:`rtpurbo.ops.reference.attention` with ``window=W, sinks=S`` when every row
-has ``q_pos == k_pos == 0..L-1`` (a first prefill chunk without padding): query ``i`` sees key ``j``
-iff ``j <= i`` and (``i - j < W`` or ``j < S``) (:mod:`rtpurbo.ops.semantics`).
+Same contract as :func:`rtpurbo.ops.reference.attention` with ``window=W, sinks=S`` (query position
+``i`` sees key position ``j`` iff ``j <= i`` and (``i - j < W`` or ``j < S``),
+:mod:`rtpurbo.ops.semantics`) for chunks whose rows all hold the same positions, in two key layouts:
+
+* plain: queries and keys are positions ``0..L-1`` (a first prefill chunk without padding);
+* a later chunk (``chunk_start=P``): queries are positions ``P..P+L-1``; the keys are the S sinks,
+  then positions ``P-W..P-1`` in order (a head-wise cache's ring, unrolled), then the chunk's own.
+  Key slot ``j`` holds position ``j`` below S and ``j + P - W - S`` above; slots of the ring part
+  whose position is below S (or 0) hold nothing and are never read as keys.
 
 One program per (query block of ``BLOCK_M`` rows, batch row x query head); it reads the K / V of
 its KV head (``h // G``) in place, any strides with a contiguous last dim (the model's
 ``(B, L, H, D)`` projections, transposed, are read without a copy). Its keys, in blocks of
 ``BLOCK_N``, in this order:
 
-1. the sink blocks below the window's first block (mask ``j < S``);
-2. the window's lower edge, where some rows already lost a key (mask ``i - j < W or j < S``);
+1. the sink blocks below the window's first block (mask: the slot is a sink);
+2. the window's lower edge, where some rows already lost a key (the full rule as a mask);
 3. the blocks every row sees whole: no mask at all (``W / BLOCK_N - BLOCK_M / BLOCK_N`` blocks
-   per program for a long sequence; the masked ones are ``2 BLOCK_M / BLOCK_N`` at most);
-4. the diagonal (mask ``j <= i``, and the window for windows shorter than ``BLOCK_M``).
+   per program for a long sequence; the masked ones are ``2 BLOCK_M / BLOCK_N + 1`` at most);
+4. the diagonal (the full rule as a mask).
 
 Softmax in base 2, online, fp32 accumulators. ``tma=True`` loads and stores through on-device
 tensor descriptors (Hopper's bulk copies; out-of-range rows read as zeros) and ``warp_specialize``
