@@ -164,7 +164,7 @@ def attention(
     if plain and key_mask is None and (window is None or window >= q_len):
         return _causal_sdpa(q, k, v, scale, group)
     if (plain or chunk_start is not None) and key_mask is None and window is not None and not _needs_grad(q, k, v):
-        n_keys = q_len if chunk_start is None else sinks + window + q_len
+        n_keys = window_kernels.key_slots(q_len, window, sinks, chunk_start)
         if window_kernels.unsupported(q, k, v, out=out, n_keys=n_keys) is None:
             return window_kernels.window_attention(q, k, v, window=window, sinks=sinks, scale=scale,
                                                    chunk_start=chunk_start, out=out, out_heads=out_heads)

@@ -183,7 +183,7 @@ def _allocate(size: int, alignment: int, stream) -> torch.Tensor:
     return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _chunk_keys(q_len: int, window: int, sinks: int, chunk_start: int | None) -> int:
+def key_slots(q_len: int, window: int, sinks: int, chunk_start: int | None) -> int:
     """Key slots :func:`window_attention` expects: ``L`` for a plain prefill, ``S + W + L`` for a later chunk."""
     return q_len if chunk_start is None else sinks + window + q_len
 
@@ -248,7 +248,7 @@ def window_attention(
     if chunk_start is not None and chunk_start < sinks:
         raise ValueError(f"a later chunk must start at or after the sinks (position >= {sinks}), got {chunk_start}")
     batch, n_q, length, dim = q.shape
-    n_keys = _chunk_keys(length, window, sinks, chunk_start)
+    n_keys = key_slots(length, window, sinks, chunk_start)
     problem = unsupported(q, k, v, launch, out, n_keys)
     if problem is not None:
         raise ValueError(f"the Triton window kernel cannot run this: {problem}")
