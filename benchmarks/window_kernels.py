@@ -8,8 +8,7 @@ S = 4, bf16, plain prefill), the model's q/k/v layout. Rows:
 
 * ``triton-*``: :func:`rtpurbo.ops.triton.window.window_attention` under each launch setting of
   :data:`TRITON_LAUNCHES` (tile shape, warps, pipeline stages, TMA descriptors or pointer loads, warp
-  specialisation; ``-ahead``: the next block's scores computed before this block's softmax; ``-lazy``: lazy
-  rescaling), on the model's q/k/v views;
+  specialisation), on the model's q/k/v views;
 * ``rtpurbo-plain``: what the model runs, ``ops.attention(plain=True)`` (the Triton kernel's default launch);
 * ``flex``: compiled flex with the plain path's block mask (``flex.run``, the baseline of the errors), then
   the same block mask under other flex ``kernel_options`` (TMA loads, tile shapes, warp specialisation);
@@ -47,16 +46,12 @@ TRITON_LAUNCHES = [
     for tma, ws in ((True, False), (False, False), (True, True))
     for bn in (64, 128) for w in (4, 8) for st in (2, 3, 4)
     if not (ws and w == 4 and bn == 128)
-] + [  # the software-pipelined loop (next block's scores ahead of this block's softmax) and lazy rescaling
-    triton_window.WindowLaunch(block_m=128, block_n=128, num_warps=8, num_stages=st, qk_ahead=ahead, lazy_rescale=lazy)
-    for st in (2, 3) for ahead, lazy in ((True, False), (False, True), (True, True))
 ]
 
 
 def _launch_name(launch) -> str:
     kind = "tma-ws" if launch.warp_specialize else "tma" if launch.tma else "ptr"
-    loop = ("-ahead" if launch.qk_ahead else "") + ("-lazy" if launch.lazy_rescale else "")
-    return f"triton-{kind}-m{launch.block_m}-n{launch.block_n}-w{launch.num_warps}-s{launch.num_stages}{loop}"
+    return f"triton-{kind}-m{launch.block_m}-n{launch.block_n}-w{launch.num_warps}-s{launch.num_stages}"
 
 
 def _cudnn(q, k, v, causal: bool, scale: float):

@@ -51,8 +51,6 @@ class WindowLaunch:
     num_stages: int = 3
     tma: bool = True
     warp_specialize: bool = False
-    qk_ahead: bool = False
-    lazy_rescale: bool = False
 
 
 def default_launch(head_dim: int) -> WindowLaunch:
@@ -64,96 +62,43 @@ def default_launch(head_dim: int) -> WindowLaunch:
 
 
 @triton.jit
-def _load_kv(desc, ptrs, stride, start, n_keys, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
-    """(BLOCK_N, D) keys or values of the slots [start, start + BLOCK_N) (zeros past ``n_keys``)."""
-    if TMA:
-        return desc.load([start, 0])
-    ok = (start + tl.arange(0, BLOCK_N)) < n_keys
-    return tl.load(ptrs + start * stride, mask=ok[:, None], other=0.0)
-
-
-@triton.jit
-def _softmax_update(acc, l_i, m_i, qk, v, qk_scale, MAY_BE_EMPTY: tl.constexpr, LAZY: tl.constexpr):
-    """Fold one key block's unscaled scores qk (M, N) and values v (N, D) into (acc, l_i, m_i).
-
-    ``MAY_BE_EMPTY``: a row may have seen no key yet (m = -inf after the block): subtract 0 instead of m.
-    ``LAZY``: keep the running maximum (no rescale of acc) unless some row's maximum rose by more than 8
-    (in log2 units; the exponentials stay below 2**8, exact in fp32 and bf16's range)."""
-    m_blk = tl.max(qk, 1) * qk_scale
-    if LAZY:
-        if tl.max(m_blk - m_i, 0) > 8.0:
-            m_new = tl.maximum(m_i, m_blk)
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        p = tl.math.exp2(qk * qk_scale - m_i[:, None])
-        l_i = l_i + tl.sum(p, 1)
-        acc = acc + tl.dot(p.to(v.dtype), v)
-        return acc, l_i, m_i
-    m_new = tl.maximum(m_i, m_blk)
-    m_ref = m_new
-    if MAY_BE_EMPTY:
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
-    alpha = tl.math.exp2(m_i - m_ref)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return acc, l_i, m_new
-
-
-@triton.jit
 def _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, lo, hi, n_keys,
                    window, sinks, sink_slots, key_shift, qk_scale,
                    MASK: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr):
     """Online-softmax update of (acc (M, D), l_i (M,), m_i (M,)) over the key slots [lo, hi), q_pos (M,) the
     rows' positions.
 
-    MASK 1: sink slots only (``j < S``); 2: the full rule (window edge, diagonal). Unmasked blocks go through
-    :func:`_attend_whole_blocks`."""
+    MASK 0: every key visible; 1: sink slots only (``j < S``); 2: the full rule (window edge, diagonal)."""
     offs_n = tl.arange(0, BLOCK_N)
     for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
         start = tl.multiple_of(start, BLOCK_N)
-        k = _load_kv(k_desc, k_ptrs, s_kn, start, n_keys, BLOCK_N, TMA)
-        v = _load_kv(v_desc, v_ptrs, s_vn, start, n_keys, BLOCK_N, TMA)
-        qk = tl.dot(q, tl.trans(k))  # unscaled: the scale folds into the exponent's multiply-add
-        j = (start + offs_n)[None, :]
-        if MASK == 1:
-            seen = (j < sinks) & (j < n_keys)
+        if TMA:
+            k = k_desc.load([start, 0])
+            v = v_desc.load([start, 0])
         else:
-            i = q_pos[:, None]
-            kp = tl.where(j < sink_slots, j, j + key_shift)  # the key's position
-            seen = ((j < n_keys) & (kp >= 0) & (kp <= i) & ((i - kp < window) | (kp < sinks))
-                    & ((j < sink_slots) | (kp >= sink_slots)))  # a cached chunk's sinks once
-        qk = tl.where(seen, qk, float("-inf"))
-        acc, l_i, m_i = _softmax_update(acc, l_i, m_i, qk, v, qk_scale, True, False)
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _attend_whole_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, lo, hi, n_keys, qk_scale,
-                         BLOCK_N: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
-                         QK_AHEAD: tl.constexpr, LAZY: tl.constexpr):
-    """:func:`_attend_blocks` over key blocks every row sees whole (no mask).
-
-    ``QK_AHEAD``: the scores of the next block are computed before the softmax of this one, so that the
-    tensor cores can run them while the softmax runs (the last iteration computes one spare block)."""
-    if QK_AHEAD:
-        if lo < hi:
-            qk = tl.dot(q, tl.trans(_load_kv(k_desc, k_ptrs, s_kn, lo, n_keys, BLOCK_N, TMA)))
-            for start in tl.range(lo, hi, BLOCK_N):
-                start = tl.multiple_of(start, BLOCK_N)
-                ahead = tl.multiple_of(tl.minimum(start + BLOCK_N, hi - BLOCK_N), BLOCK_N)
-                qk_next = tl.dot(q, tl.trans(_load_kv(k_desc, k_ptrs, s_kn, ahead, n_keys, BLOCK_N, TMA)))
-                v = _load_kv(v_desc, v_ptrs, s_vn, start, n_keys, BLOCK_N, TMA)
-                acc, l_i, m_i = _softmax_update(acc, l_i, m_i, qk, v, qk_scale, False, LAZY)
-                qk = qk_next
-    else:
-        for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
-            start = tl.multiple_of(start, BLOCK_N)
-            k = _load_kv(k_desc, k_ptrs, s_kn, start, n_keys, BLOCK_N, TMA)
-            v = _load_kv(v_desc, v_ptrs, s_vn, start, n_keys, BLOCK_N, TMA)
-            acc, l_i, m_i = _softmax_update(acc, l_i, m_i, tl.dot(q, tl.trans(k)), v, qk_scale, False, LAZY)
+            ok = (start + offs_n) < n_keys
+            k = tl.load(k_ptrs + start * s_kn, mask=ok[:, None], other=0.0)
+            v = tl.load(v_ptrs + start * s_vn, mask=ok[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k))  # unscaled: the scale folds into the exponent's multiply-add
+        if MASK != 0:
+            j = (start + offs_n)[None, :]
+            if MASK == 1:
+                seen = (j < sinks) & (j < n_keys)
+            else:
+                i = q_pos[:, None]
+                kp = tl.where(j < sink_slots, j, j + key_shift)  # the key's position
+                seen = ((j < n_keys) & (kp >= 0) & (kp <= i) & ((i - kp < window) | (kp < sinks))
+                        & ((j < sink_slots) | (kp >= sink_slots)))  # a cached chunk's sinks once
+            qk = tl.where(seen, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_ref = m_new
+        if MASK != 0:  # a row may have seen no key yet (m = -inf): subtract 0 instead
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
+        alpha = tl.math.exp2(m_i - m_ref)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
     return acc, l_i, m_i
 
 
@@ -163,7 +108,7 @@ def _window_kernel(
     s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_om,
     n_q_heads, group, q_len, n_keys, q_start, sink_slots, key_shift, window, sinks, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
-    WARP_SPEC: tl.constexpr, QK_AHEAD: tl.constexpr, LAZY: tl.constexpr, OUT_MAP: tl.constexpr,
+    WARP_SPEC: tl.constexpr, OUT_MAP: tl.constexpr,
 ):
     """One (query head, query block): heads vary fastest over the launch, so the query heads of a KV head
     run side by side and share its K / V window in L2. ``OUT_MAP``: query head h writes output head
@@ -220,8 +165,9 @@ def _window_kernel(
     acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, edge_lo,
                                    full_lo, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 2, BLOCK_N, TMA,
                                    False)
-    acc, l_i, m_i = _attend_whole_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, full_lo,
-                                         diag_lo, n_keys, qk_scale, BLOCK_N, TMA, WARP_SPEC, QK_AHEAD, LAZY)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, full_lo,
+                                   diag_lo, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 0, BLOCK_N, TMA,
+                                   WARP_SPEC)
     acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, diag_lo,
                                    diag_hi, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 2, BLOCK_N, TMA,
                                    False)
@@ -316,7 +262,7 @@ def window_attention(
         q, k, v, out, out if out_heads is None else out_heads, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *out.stride()[:3], n_q, n_q // k.shape[1], length, n_keys, q_start, sink_slots, key_shift, window, sinks,
         scale * _LOG2E, HEAD_DIM=dim, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, TMA=launch.tma,
-        WARP_SPEC=launch.warp_specialize, QK_AHEAD=launch.qk_ahead, LAZY=launch.lazy_rescale, OUT_MAP=out_heads is not None, num_warps=launch.num_warps,
+        WARP_SPEC=launch.warp_specialize, OUT_MAP=out_heads is not None, num_warps=launch.num_warps,
         num_stages=launch.num_stages,
     )
     return out
