@@ -73,6 +73,9 @@ def add_sparse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-max-blocks", type=int, default=d.prefill_max_blocks, help="sparse prefill: cap")
     p.add_argument("--prefill-band", type=positive_int, default=d.prefill_band,
                    help="sparse prefill: tokens before each query block always attended")
+    p.add_argument("--prefill-dense-tail", type=int, default=d.prefill_dense_tail,
+                   help="sparse prefill: the last N queries of each forward (or prefill chunk) attend densely, "
+                        "where a prompt's question sits (0 = none)")
     p.add_argument("--prefill-scoring", choices=PREFILL_SCORINGS, default=d.prefill_scoring,
                    help="sparse prefill: key-block scores from mean indexer vectors (pooled) or the indexer's "
                         "probability mass per block (mass: keeps needle blocks, costs more)")
@@ -88,6 +91,7 @@ def sparse_from_args(args: argparse.Namespace, **overrides: Any) -> SparseConfig
         seqlen_threshold=args.seqlen_threshold, retrieval_prefill=args.retrieval_prefill,
         prefill_top_p=args.prefill_top_p, prefill_min_blocks=args.prefill_min_blocks,
         prefill_max_blocks=args.prefill_max_blocks, prefill_band=args.prefill_band,
+        prefill_dense_tail=args.prefill_dense_tail,
         prefill_scoring=args.prefill_scoring,
         impl=args.impl, decode_impl=args.decode_impl, reorder_heads=args.reorder_heads,
     )

@@ -195,6 +195,9 @@ class SparseConfig:
             indexer's token selection, as at decode; stage 2 and teacher-forced fidelity checks).
         prefill_top_p, prefill_min_blocks, prefill_max_blocks, prefill_band: the ``sparse`` prefill's
             budget (``prefill_top_p = 1`` is dense prefill).
+        prefill_dense_tail: the ``sparse`` prefill's last this many queries of each forward (of each chunk
+            of a chunked prefill) attend densely: a prompt's question usually sits there, and the answer
+            is decoded from it (0 = none).
         prefill_scoring: how the ``sparse`` prefill scores key blocks: ``pooled`` (mean indexer vectors,
             nearly free) or ``mass`` (the indexer's probability mass of each block for 8 queries of each
             query block; keeps needle blocks; :mod:`rtpurbo.ops.block_scores`).
@@ -217,6 +220,7 @@ class SparseConfig:
     prefill_min_blocks: int = 2
     prefill_max_blocks: int | None = None
     prefill_band: int = 512
+    prefill_dense_tail: int = 0
     prefill_scoring: str = "pooled"
     impl: str = "auto"
     decode_impl: str = "auto"
@@ -235,6 +239,8 @@ class SparseConfig:
             raise ValueError(f"retrieval_prefill must be one of {RETRIEVAL_PREFILL}, got {self.retrieval_prefill!r}")
         if not 0 < self.prefill_top_p <= 1 or self.prefill_band < 1 or self.prefill_min_blocks < 0:
             raise ValueError("prefill_top_p must be in (0, 1], prefill_band >= 1 and prefill_min_blocks >= 0")
+        if self.prefill_dense_tail < 0:
+            raise ValueError(f"prefill_dense_tail must be >= 0, got {self.prefill_dense_tail!r}")
         if self.prefill_scoring not in PREFILL_SCORINGS:
             raise ValueError(f"prefill_scoring must be one of {PREFILL_SCORINGS}, got {self.prefill_scoring!r}")
         if self.prefill_max_blocks is not None and self.prefill_max_blocks < max(1, self.prefill_min_blocks):

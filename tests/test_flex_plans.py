@@ -137,6 +137,40 @@ def test_sparse_prefill_top_p_1_is_dense_and_runs_compiled():
     assert ((fast - want).norm() / want.norm()).item() < 1e-4
 
 
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+def test_sparse_prefill_dense_tail_attends_every_key_from_the_last_queries(impl):
+    """tail=T: the last T queries of the call get dense causal attention, the others the sparse rule's output
+    unchanged: the reference's definition, through the reference and SDPA backends, on a left-padded batch; gradients
+    reach the tail's queries. Compiled flex runs it on a GPU (tests/test_ops_gpu.py)."""
+    from rtpurbo.ops import api
+
+    torch.manual_seed(2)
+    length, tail = 900, 200
+    q, k, v = torch.randn(2, 4, length, 32), torch.randn(2, 2, length, 32), torch.randn(2, 2, length, 32)
+    q_idx, k_idx = torch.randn(2, 2, length, 16), torch.randn(2, 2, length, 16)
+    pos = torch.arange(length).repeat(2, 1)
+    pos[1, :130] = -1
+    pos[1, 130:] -= 130
+    budget = dict(top_p=0.5, sinks=4, band=64)
+    sparse, _ = reference.block_sparse_attention(q, k, v, pos, pos, q_idx, k_idx, block=flex.BLOCK, **budget)
+    want, _ = reference.block_sparse_attention(q, k, v, pos, pos, q_idx, k_idx, block=flex.BLOCK, tail=tail, **budget)
+    dense = reference.attention(q, k, v, pos, pos)
+    valid = (pos >= 0)[:, None, :, None]
+    torch.testing.assert_close(want[:, :, -tail:] * valid[:, :, -tail:], dense[:, :, -tail:] * valid[:, :, -tail:])
+    torch.testing.assert_close(want[:, :, :-tail], sparse[:, :, :-tail], rtol=0, atol=0)
+    assert not torch.allclose(sparse[:, :, -tail:] * valid[:, :, -tail:], want[:, :, -tail:] * valid[:, :, -tail:],
+                              atol=1e-3)  # top-p 0.5 had skipped blocks the tail now sees
+    q.requires_grad_(True)
+    got, kept, seen = api.sparse_prefill(q, k, v, pos, pos, q_idx, k_idx, tail=tail, impl=impl, **budget)
+    err = ((got - want) * valid).norm() / (want * valid).norm()
+    assert err.item() < 1e-4
+    if q.requires_grad:
+        got.float().sum().backward()
+        assert q.grad is not None and q.grad[:, :, -tail:].abs().sum() > 0
+    with pytest.raises(ValueError, match="tail"):
+        api.sparse_prefill(q, k, v, pos, pos, q_idx, k_idx, tail=-1, impl=impl, **budget)
+
+
 def test_list_width_is_full_for_backward_and_cpu():
     """Compact key-block lists only where flex can read them: GPU forward. Backward and CPU: all blocks."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")

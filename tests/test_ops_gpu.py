@@ -217,6 +217,24 @@ def test_triton_window_kernel_chunk_layout_matches_reference(case):
     assert torch.equal(via_api, out)
 
 
+def test_sparse_prefill_dense_tail_through_flex_matches_reference():
+    """api.sparse_prefill(tail=T) on compiled flex: the last T queries attend densely, the rest keep the sparse
+    rule (the fp32 reference's output), with gradients through both parts."""
+    torch.manual_seed(5)
+    length, tail = 2000, 300
+    q, k, v = _qkv(1, 4, 2, length, length, 64, BF16)
+    q_idx, k_idx = torch.randn(1, 2, length, 16, device="cuda"), torch.randn(1, 2, length, 16, device="cuda")
+    pos = torch.arange(length, device="cuda")[None]
+    budget = dict(top_p=0.5, sinks=4, band=256, scoring="mass")
+    ref, _ = reference.block_sparse_attention(q.float(), k.float(), v.float(), pos, pos, q_idx, k_idx, block=128,
+                                              tail=tail, **budget)
+    q.requires_grad_(True)
+    out, kept, seen = api.sparse_prefill(q, k, v, pos, pos, q_idx, k_idx, tail=tail, impl="flex", **budget)
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2 and int(kept) < int(seen)
+    out.float().sum().backward()
+    assert torch.isfinite(q.grad).all() and q.grad[:, :, -tail:].abs().sum() > 0
+
+
 def test_plain_window_prefill_runs_the_triton_kernel_without_gradients():
     """ops.attention's plain window prefill is the Triton window kernel (bit for bit) when no gradient is needed,
     and compiled flex, with gradients, when one is."""

@@ -151,3 +151,19 @@ def test_prefill_scoring_is_a_checked_setting():
     assert SparseConfig.from_dict({"window": 64}).prefill_scoring == "pooled"  # artifacts saved before it
     with pytest.raises(ValueError, match="prefill_scoring"):
         SparseConfig(prefill_scoring="max")
+
+
+def test_a_dense_tail_as_long_as_the_prompt_is_the_dense_prefill():
+    """prefill_dense_tail reaches the attention: covering the whole prompt, top-p 0.5 gives the dense logits."""
+    model = _model("llama", prefill_top_p=0.5, prefill_dense_tail=900)
+    ids = random_ids(1, 900, seed=6)
+    with torch.no_grad():
+        tail = model(ids, use_cache=False).logits
+        model.rtpurbo_sparse.prefill_dense_tail = 0
+        sparse = model(ids, use_cache=False).logits
+        model.rtpurbo_sparse.retrieval_prefill = "dense"
+        dense = model(ids, use_cache=False).logits
+    torch.testing.assert_close(tail, dense, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(sparse, dense, atol=1e-3)
+    with pytest.raises(ValueError, match="prefill_dense_tail"):
+        SparseConfig(prefill_dense_tail=-1)

@@ -114,7 +114,8 @@ def add_parsers(subparsers: Any) -> None:
 
 # --- resolving the run --------------------------------------------------------------------------------
 ROW_SETTINGS = ("top_p", "retrieval_prefill", "prefill_top_p", "prefill_min_blocks", "prefill_max_blocks",
-                "prefill_band", "prefill_scoring", "window", "sinks")  # what an artifact row may set after "@"
+                "prefill_band", "prefill_dense_tail", "prefill_scoring", "window",
+                "sinks")  # what an artifact row may set after "@"
 
 
 def _row_value(key: str, value: str) -> Any:

@@ -274,6 +274,7 @@ class SparseAttention(nn.Module):
             q, k, v, q_pos, k_pos, q_idx.detach(), k_idx.detach(), top_p=cfg.prefill_top_p,
             min_blocks=cfg.prefill_min_blocks, max_blocks=cfg.prefill_max_blocks, sinks=cfg.sinks,
             band=cfg.prefill_band, scale=self.scaling, impl=cfg.impl, scoring=cfg.prefill_scoring,
+            tail=cfg.prefill_dense_tail,
         )
 
     # --- indexer --------------------------------------------------------------------

@@ -237,10 +237,13 @@ def sparse_prefill(
     scale: float | None = None,
     impl: str = "auto",
     scoring: str = "pooled",
+    tail: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sparse prefill of retrieval heads: causal attention over the key blocks of ``BLOCK_SIZE`` slots that
     :func:`rtpurbo.ops.reference.select_blocks` keeps (top-p over indexer block scores by ``scoring``, the
-    sink blocks and the local band always). ``top_p = 1`` is dense causal attention.
+    sink blocks and the local band always). ``top_p = 1`` is dense causal attention. The last ``tail``
+    queries of the call attend densely (:func:`rtpurbo.ops.reference.block_sparse_attention`): with a
+    chunked prefill, the last ``tail`` of every chunk, at most ``tail`` x keys more pairs per chunk.
 
     Args:
         q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); q_pos (B, Lq), k_pos (B, Lk), keys in position order.
@@ -251,6 +254,8 @@ def sparse_prefill(
     _check_shapes(q, k, v, q_pos, k_pos, None)
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if tail < 0:
+        raise ValueError(f"tail must be >= 0, got {tail}")
     name = resolve_impl(impl, q.device)
     budget = dict(top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks, sinks=sinks, band=band, scoring=scoring)
     if name == "flex":
@@ -258,9 +263,16 @@ def sparse_prefill(
         plan_, kept, seen = flex.block_sparse_plan(q_idx, k_idx, q_pos, k_pos, group=q.shape[1] // k.shape[1],
                                                    backward=q.requires_grad, **budget)
         head_dim = q.shape[-1]
-        return flex.run(plan_, q, k, v, head_dim**-0.5 if scale is None else scale), kept, seen
+        out = flex.run(plan_, q, k, v, head_dim**-0.5 if scale is None else scale)
+        if tail:  # the last queries over every key they see, then joined (no in-place write: autograd keeps out)
+            first = max(0, q.shape[2] - tail)
+            dense_tail = attention(q[:, :, first:], k, v, q_pos[:, first:], k_pos, scale=scale, impl=name)
+            out = torch.cat([out[:, :, :first], dense_tail], dim=2)
+        return out, kept, seen
     blocks = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, **budget)
     key_mask = reference.blocks_to_keys(blocks, BLOCK_SIZE, q.shape[2], k.shape[2])
+    if tail:
+        key_mask[:, :, max(0, q.shape[2] - tail):] = True  # causality still comes from the positions
     seen = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, top_p=1.0, sinks=sinks, band=band)
     out = _load(name)(q, k, v, q_pos, k_pos, key_mask=key_mask, scale=scale)
     return out, blocks.sum(), seen.sum()

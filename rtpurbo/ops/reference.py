@@ -254,12 +254,21 @@ def block_sparse_attention(
     band: int = 1,
     scale: float | None = None,
     scoring: str = "pooled",
+    tail: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse prefill of retrieval heads: causal attention over the key blocks :func:`select_blocks` keeps.
+    """Sparse prefill of retrieval heads: causal attention over the key blocks :func:`select_blocks` keeps;
+    the last ``tail`` queries of the call (where a prompt's question usually sits) attend densely, to every
+    key they see.
 
-    Returns out (B, Hq, Lq, D) and the selection (B, Hkv, n_q_blocks, n_k_blocks) bool.
+    Returns out (B, Hq, Lq, D) and the selection (B, Hkv, n_q_blocks, n_k_blocks) bool (of the sparse rule,
+    the dense tail not included).
     """
+    if tail < 0:
+        raise ValueError(f"tail must be >= 0, got {tail}")
     blocks = select_blocks(q_idx, k_idx, q_pos, k_pos, block=block, top_p=top_p, min_blocks=min_blocks,
                            max_blocks=max_blocks, sinks=sinks, band=band, scoring=scoring)
     key_mask = blocks_to_keys(blocks, block, q.shape[2], k.shape[2])
+    if tail:
+        key_mask = key_mask.clone()
+        key_mask[:, :, max(0, q.shape[2] - tail):] = True  # causality still comes from the positions
     return attention(q, k, v, q_pos, k_pos, key_mask=key_mask, scale=scale), blocks
