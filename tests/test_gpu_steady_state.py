@@ -1,7 +1,8 @@
 """Batched generation on a GPU reaches a steady state: no recompiles, no L x L buffers.
 
 A model of SmolLM2-135M's geometry (30 layers, 9 query / 3 KV heads, head dim 64, random weights,
-bf16), converted with 15 % retrieval KV heads and W = 1024, generates from left-padded batches
+bf16), converted with 15 % retrieval KV heads and W = 1024 (retrieval heads on the dense prefill, or on the
+sparse prefill with a dense tail: three more compiled entries), generates from left-padded batches
 of 8 prompts whose lengths vary row by row and batch by batch (over 20 distinct batch lengths
 from 1K to 8K), as an eval over a RULER-style task set would. After the first batches:
 
@@ -56,7 +57,12 @@ def _peak_gib(fn) -> float:
     return torch.cuda.max_memory_allocated() / 2**30
 
 
-def test_batched_generation_stops_compiling_and_holds_no_lxl_buffer():
+PREFILLS = {"dense-retrieval-prefill": {},
+            "sparse-prefill-dense-tail": dict(retrieval_prefill="sparse", prefill_scoring="mass", prefill_dense_tail=256)}
+
+
+@pytest.mark.parametrize("prefill", list(PREFILLS))
+def test_batched_generation_stops_compiling_and_holds_no_lxl_buffer(prefill):
     model = _smollm2_geometry()
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
     ids, mask = _batch(8192 - NEW_TOKENS, random.Random(0))  # the prompt and its new tokens fit 8192 positions
@@ -65,7 +71,7 @@ def test_batched_generation_stops_compiling_and_holds_no_lxl_buffer():
     layers, n_kv, n_q = 30, 3, 9
     plan = HeadPlan.from_scores([[float((7 * layer + head) % 10) for head in range(n_kv)] for layer in range(layers)],
                                 n_q, 0.15)
-    convert(model, plan, SparseConfig(window=WINDOW, sinks=4, top_p=0.9))
+    convert(model, plan, SparseConfig(window=WINDOW, sinks=4, top_p=0.9, **PREFILLS[prefill]))
 
     rng = random.Random(1)
     lengths = [1024 + 340 * i + rng.randint(0, 63) for i in range(21)]  # 21 distinct lengths, 1K .. 8K

@@ -266,7 +266,8 @@ def sparse_prefill(
         out = flex.run(plan_, q, k, v, head_dim**-0.5 if scale is None else scale)
         if tail:  # the last queries over every key they see, then joined (no in-place write: autograd keeps out)
             first = max(0, q.shape[2] - tail)
-            dense_tail = attention(q[:, :, first:], k, v, q_pos[:, first:], k_pos, scale=scale, impl=name)
+            dense_tail = flex.dense_tail(q[:, :, first:], k, v, q_pos[:, first:], k_pos,
+                                         head_dim**-0.5 if scale is None else scale)
             out = torch.cat([out[:, :, :first], dense_tail], dim=2)
         return out, kept, seen
     blocks = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, **budget)

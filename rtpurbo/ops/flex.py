@@ -79,7 +79,8 @@ def available() -> bool:
 class FlexPlan:
     """What one flex call needs besides q/k/v: reusable by every call with the same positions.
 
-    kind: ``index`` (plain window + sinks), ``position``, ``key_mask`` or ``blocks`` (sparse prefill).
+    kind: ``index`` (plain window + sinks), ``position``, ``key_mask``, ``blocks`` (sparse prefill) or
+    ``dense_tail`` (the sparse prefill's dense last queries: a position mask with its own compiled entry).
     q_len, k_len: the padded lengths (multiples of :data:`BLOCK`) the block mask is built for.
     """
 
@@ -220,8 +221,12 @@ def _flex_blocks(q, k, v, block_mask, scale, gqa, options):
     return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=options)
 
 
+def _flex_dense_tail(q, k, v, block_mask, scale, gqa, options):
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=options)
+
+
 _ENTRIES: dict[str, Callable] = {"index": _flex_index, "position": _flex_position, "key_mask": _flex_key_mask,
-                                 "blocks": _flex_blocks}
+                                 "blocks": _flex_blocks, "dense_tail": _flex_dense_tail}
 
 
 @functools.cache
@@ -231,6 +236,15 @@ def _compiled(kind: str) -> Callable:
 
 
 # --- sparse prefill of retrieval heads ---------------------------------------------------------
+def dense_tail(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+               scale: float) -> torch.Tensor:
+    """Causal attention (by positions) of a sparse prefill's last queries q (B, Hq, T, D) over every key k, v
+    (B, Hkv, Lk, D); q_pos (B, T), k_pos (B, Lk). Its own compiled entry: its shapes (T fixed, Lk growing)
+    never spend the recompile budget of the model's other position-mask calls (the local heads')."""
+    tail_plan = plan(q_pos, k_pos, window=None, sinks=0, group=q.shape[1] // k.shape[1], backward=_needs_grad(q, k, v))
+    return run(FlexPlan("dense_tail", tail_plan.block_mask, tail_plan.q_len, tail_plan.k_len), q, k, v, scale)
+
+
 def block_sparse_plan(
     q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *, group: int, top_p: float,
     min_blocks: int = 0, max_blocks: int | None = None, sinks: int = 0, band: int = 1, backward: bool = False,
