@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Reproduces benchmarks/results/smollm2-135m_h200_2026-12-04_sparse-prefill-dense-tail.md: the shipped adapter (local heads at
+# W 1536) with its retrieval heads on the `mass`-scored sparse prefill and a dense tail of 256 queries (prefill_dense_tail), on the
+# suite's samples 0-99 at 4K and 8K and the 12 perplexity windows, paired per sample against the same adapter with
+# dense retrieval prefill (the committed rows of smollm2-135m_h200_2026-12-04_window-1536.md), against its sparse
+# prefill without the tail (smollm2-135m_h200_2026-12-04_sparse-prefill-w1536.md) and against dense.
+#
+#   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_sparse-prefill-dense-tail.sh prepare OUT        # CPU, ~4 min
+#   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_sparse-prefill-dense-tail.sh eval OUT EVAL100   # GPU, ~4 min
+#   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-04_sparse-prefill-dense-tail.sh analyse OUT RESULTS
+#
+# EVAL100: OUT/eval100/eval_data.npz from prepare (the same samples and windows as the committed rows: the windows'
+# digest is 5bd12d561cf2aa73). The committed run split each length's 19 tasks over two processes, four at once on
+# one H200 (206-221 s each). RESULTS: the folder beside this script's results file.
+set -euo pipefail
+mode=${1:?usage: $0 prepare|eval|analyse OUT ...}
+out=${2:?OUT}
+rt=(${RTPURBO:-python3 -m rtpurbo.cli})
+here=$(cd "$(dirname "$0")/../.." && pwd)
+mkdir -p "$out"
+case "$mode" in
+prepare)
+  "${rt[@]}" eval --prepare-only --lengths 4096 8192 --samples 100 --ppl-windows 12 --workers 2 --out "$out/eval100"
+  ;;
+eval)
+  data=${3:?EVAL100}
+  row="spt=smollm2-135m-rtpurbo@retrieval_prefill=sparse,prefill_dense_tail=256"
+  t1="code_function common_words common_words_close doc_qa essay_multikey essay_multivalue essay_niah_number"
+  t1="$t1 essay_niah_uuid frequent_words multikey_lines"
+  t2="multikey_uuid_lines niah_multikey niah_multiquery niah_multivalue niah_number niah_uuid niah_word"
+  t2="$t2 variable_tracking variable_tracking_chains"
+  ev() {  # ev NAME LENGTH PPL_WINDOWS TASKS
+    # shellcheck disable=SC2086
+    "${rt[@]}" eval --model smollm2-135m --speed-repeats 0 --batch-size 16 --decode graph --data "$data" --samples 100 \
+      --lengths "$2" --ppl-windows "$3" --tasks $4 --rows --artifacts "$row" --out "$out/$1"
+  }
+  ev spt-4k-a 4096 12 "$t1" &
+  ev spt-4k-b 4096 0 "$t2" &
+  ev spt-8k-a 8192 0 "$t1" &
+  ev spt-8k-b 8192 0 "$t2" &
+  wait
+  ;;
+analyse)
+  results=${3:?RESULTS}
+  python3 - "$out" "$results" "$here/benchmarks/results" <<'PY'
+import gzip, json, sys
+from pathlib import Path
+from rtpurbo.config import dumps
+from rtpurbo.eval.paired import markdown, paired_differences, perplexity_ratio
+from rtpurbo.eval.paired_plot import write_comparisons
+from rtpurbo.eval.report import merge_rows, stored_row as part
+
+run, results, committed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+sys.path.insert(0, str(committed.parent / "reproduce"))
+from committed_rows import dense_samples_0_99  # noqa: E402
+
+dense = merge_rows("dense", dense_samples_0_99(committed))
+w1536 = part(committed / "smollm2-135m_h200_2026-12-04_window-1536", "w1536")[1]
+sp = json.loads(gzip.decompress((committed / "smollm2-135m_h200_2026-12-04_sparse-prefill-w1536" / "rows"
+                                 / "sp.json.gz").read_bytes()))
+spt = merge_rows("spt", [part(run / d, "spt") for d in ("spt-4k-a", "spt-4k-b", "spt-8k-a", "spt-8k-b")])
+(results / "rows").mkdir(parents=True, exist_ok=True)
+(results / "rows" / "spt.json.gz").write_bytes(gzip.compress(dumps(spt).encode(), mtime=0))
+comparisons = {"vs_dense_prefill": paired_differences([{**w1536, "row": "dense_prefill"}, spt], "dense_prefill"),
+               "vs_sparse_prefill": paired_differences([{**sp, "row": "sp"}, spt], "sp"),
+               "vs_dense": paired_differences([dense, spt], "dense")}
+lines = write_comparisons(comparisons, results)
+print("\n".join(l for l in lines if l.startswith("| ") and ("±" in l or "%" in l)))
+print("perplexity vs dense prefill", perplexity_ratio(spt, w1536), "vs sp", perplexity_ratio(spt, sp),
+      "vs dense", perplexity_ratio(spt, dense))
+PY
+  ;;
+*)
+  echo "mode must be prepare, eval or analyse" >&2
+  exit 2
+  ;;
+esac
