@@ -181,7 +181,9 @@ def score_rows(record) -> None:
 
 def step_profile(record) -> None:
     """Kernels of one sparse decode step (eager, 20 steps profiled) at 128K and 1M, Llama-3.1-8B geometry, with
-    the threshold search fused and phased; ``graph_us``: the step replayed from a CUDA graph (L2 flushed)."""
+    the threshold search fused and phased; ``graph_us``: the step replayed from a CUDA graph (L2 flushed);
+    ``search_phase_us``: device time of each launch of the threshold search, in launch order (the phased
+    schedule's six phases: level 0, levels 1-3, tally, gather)."""
     from rtpurbo.ops.triton import threshold
     from rtpurbo.ops.triton import topp as triton_topp
 
@@ -213,13 +215,20 @@ def step_profile(record) -> None:
                     step()
                 torch.cuda.synchronize()
             kernels_us: dict[str, list[float]] = {}
+            search: list[tuple[float, float]] = []  # (start, us) of each launch of the threshold search
             for event in prof.events():
                 if event.device_type == torch.autograd.DeviceType.CUDA:
                     kernels_us.setdefault(event.name[:80], []).append(event.device_time)
+                    if event.name.startswith("_search_kernel"):
+                        search.append((event.time_range.start, event.device_time))
+            per_step = len(search) // steps  # the search's launches per step, in launch order (phases)
+            search.sort()
+            phase_us = [round(sum(us for _, us in search[i::per_step]) / steps, 2) for i in range(per_step)]
             table = sorted(((name, len(t) / steps, sum(t) / steps) for name, t in kernels_us.items()),
                            key=lambda r: -r[2])
             record(dict(case="step_profile", L=length, schedule=schedule, graph_us=graph_us(step, rep=50),
                         kernels_per_step=sum(r[1] for r in table), device_us_per_step=sum(r[2] for r in table),
+                        search_phase_us=phase_us,
                         kernels=[dict(name=n, per_step=c, us_per_step=round(u, 2)) for n, c, u in table]))
 
 
