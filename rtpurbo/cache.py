@@ -189,6 +189,10 @@ class HeadwiseCache(Cache):
         # heads, an index-only window mask for local heads) without reading the positions back.
         # rtpurbo.generate.prefill checks its inputs once and sets it; nothing here checks it.
         self.plain_prompt = False
+        # Set by whoever prefills a prompt in chunks (rtpurbo.generate.prefill): the cache slots the prompt
+        # fills. Then the sparse prefill's dense tail (prefill_dense_tail) covers the prompt's last slots, in
+        # whichever chunks hold them, as a one-shot prefill would; None: each forward's own last queries.
+        self.prompt_slots: int | None = None
         # decode on a GPU: a step without selection runs both kinds of heads of a layer in one launch
         # (two_role_decode) where the backends are rtpurbo's kernels; a static step that selects runs the local
         # heads on a side stream, overlapping the retrieval heads' selection
@@ -711,7 +715,11 @@ class HeadwiseCache(Cache):
         keys, values, key_idx, key_pos = self._retrieval_view(layer)
         decode = q.shape[2] == 1 and self._step_selects(module, layer.r_len)
         if not decode and q.shape[2] > 1 and sparse.retrieval_prefill == "sparse" and module.base_window is None:
-            out, kept, seen = module.sparse_prefill(q, keys, values, positions, key_pos, q_idx, key_idx)
+            tail = None  # the module's own: this forward's last prefill_dense_tail queries
+            if self.prompt_slots is not None:  # the prompt's last ones that fall in this chunk
+                end = layer.seen + q.shape[2]
+                tail = max(0, min(q.shape[2], end - (self.prompt_slots - sparse.prefill_dense_tail)))
+            out, kept, seen = module.sparse_prefill(q, keys, values, positions, key_pos, q_idx, key_idx, tail=tail)
             self.stats.record_prefill(module.layer_idx, kept, seen)
             return out
         if not decode:

@@ -74,8 +74,8 @@ def add_sparse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-band", type=positive_int, default=d.prefill_band,
                    help="sparse prefill: tokens before each query block always attended")
     p.add_argument("--prefill-dense-tail", type=int, default=d.prefill_dense_tail,
-                   help="sparse prefill: the last N queries of each forward (or prefill chunk) attend densely, "
-                        "where a prompt's question sits (0 = none)")
+                   help="sparse prefill: the prompt's last N queries attend densely, where its question sits "
+                        "(0 = none)")
     p.add_argument("--prefill-scoring", choices=PREFILL_SCORINGS, default=d.prefill_scoring,
                    help="sparse prefill: key-block scores from mean indexer vectors (pooled) or the indexer's "
                         "probability mass per block (mass: keeps needle blocks, costs more)")

@@ -65,21 +65,26 @@ def prefill(
 
     Into an empty cache, one look at ``attention_mask`` (a host sync before the first forward, none
     inside the forwards) tells the cache whether the prompt is plain (no padding), so its first
-    chunk runs the plain-prefill kernels.
+    chunk runs the plain-prefill kernels. The cache also learns where the prompt ends, so that a
+    sparse prefill's dense tail covers the prompt's last tokens whatever the chunk size.
     """
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     if not cache.is_initialized:
         cache.plain_prompt = bool(attention_mask.all())
-    for start in range(0, input_ids.shape[1], chunk):
-        stop = min(start + chunk, input_ids.shape[1])
-        model(
-            input_ids=input_ids[:, start:stop],
-            attention_mask=attention_mask[:, :stop],
-            position_ids=positions[:, start:stop],
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_kwarg(): cache},
-        )
+    cache.prompt_slots = cache.get_seq_length() + input_ids.shape[1]
+    try:
+        for start in range(0, input_ids.shape[1], chunk):
+            stop = min(start + chunk, input_ids.shape[1])
+            model(
+                input_ids=input_ids[:, start:stop],
+                attention_mask=attention_mask[:, :stop],
+                position_ids=positions[:, start:stop],
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_kwarg(): cache},
+            )
+    finally:
+        cache.prompt_slots = None
 
 
 @torch.no_grad()

@@ -167,3 +167,28 @@ def test_a_dense_tail_as_long_as_the_prompt_is_the_dense_prefill():
     assert not torch.allclose(sparse, dense, atol=1e-3)
     with pytest.raises(ValueError, match="prefill_dense_tail"):
         SparseConfig(prefill_dense_tail=-1)
+
+
+def test_the_dense_tail_covers_the_prompts_last_tokens_whatever_the_chunks():
+    """rtpurbo.generate.prefill tells the cache where the prompt ends: a dense tail of 300 spans the last two chunks
+    of 256 and the next token's logits equal a one-chunk prefill's; with each chunk's own tail they do not."""
+    from rtpurbo.generate import prefill
+
+    model = _model("llama", prefill_top_p=0.5, prefill_scoring="mass", prefill_dense_tail=300)
+    ids = random_ids(1, 1281, seed=7)
+    mask = torch.ones_like(ids)
+
+    def next_logits(chunk: int, per_chunk_tails: bool = False) -> torch.Tensor:
+        cache = HeadwiseCache(model)
+        if per_chunk_tails:  # as a caller that feeds chunks itself, without saying where the prompt ends
+            for start in range(0, 1280, chunk):
+                model(ids[:, start : start + chunk], use_cache=True, **{cache_kwarg(): cache})
+        else:
+            prefill(model, cache, ids[:, :-1], mask[:, :-1], chunk)
+            assert cache.prompt_slots is None  # only while prefilling
+        return model(ids[:, -1:], use_cache=True, **{cache_kwarg(): cache}).logits[:, -1]
+
+    with torch.no_grad():
+        one_chunk, chunked, per_chunk = next_logits(1280), next_logits(256), next_logits(256, per_chunk_tails=True)
+    torch.testing.assert_close(chunked, one_chunk, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(per_chunk, one_chunk, atol=1e-3)

@@ -489,12 +489,17 @@ def _cache_fields(cache) -> dict[str, Any]:
 
 
 def prefill_logits(bench: Bench, cache, ids: torch.Tensor) -> torch.Tensor:
-    """Logits (1, V) of the last prompt token: one shot, or in ``prefill_chunk`` chunks through a head-wise cache."""
+    """Logits (1, V) of the last prompt token: one shot, or in ``prefill_chunk`` chunks through a head-wise cache
+    that knows where the prompt ends (a dense tail covers the prompt's last tokens, not every chunk's)."""
     model, chunk = bench.variants.model, bench.settings.prefill_chunk
     if chunk is None or not isinstance(cache, HeadwiseCache):
         return forward_last_logits(model, cache, ids, 0)
-    for start in range(0, ids.shape[1], chunk):
-        logits = forward_last_logits(model, cache, ids[:, start : start + chunk], start)
+    cache.prompt_slots = ids.shape[1]
+    try:
+        for start in range(0, ids.shape[1], chunk):
+            logits = forward_last_logits(model, cache, ids[:, start : start + chunk], start)
+    finally:
+        cache.prompt_slots = None
     return logits
 
 

@@ -265,16 +265,18 @@ class SparseAttention(nn.Module):
             )
         return self.merge_heads(retrieval_out, local_out, into=merged)
 
-    def sparse_prefill(self, q, k, v, q_pos, k_pos, q_idx, k_idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sparse_prefill(self, q, k, v, q_pos, k_pos, q_idx, k_idx, tail: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Retrieval heads' sparse prefill (``retrieval_prefill == "sparse"``): q (B, Hr*G, Lq, D) over k, v
-        (B, Hr, Lk, D) with indexer vectors q_idx (B, Hr, Lq, d_idx), k_idx (B, Hr, Lk, d_idx). Returns
-        (out (B, Hr*G, Lq, D), kept key blocks (), visible key blocks ())."""
+        (B, Hr, Lk, D) with indexer vectors q_idx (B, Hr, Lq, d_idx), k_idx (B, Hr, Lk, d_idx); the last ``tail``
+        queries attend densely (None: ``prefill_dense_tail``). Returns (out (B, Hr*G, Lq, D), kept key blocks (),
+        visible key blocks ())."""
         cfg = self.sparse
         return ops.sparse_prefill(
             q, k, v, q_pos, k_pos, q_idx.detach(), k_idx.detach(), top_p=cfg.prefill_top_p,
             min_blocks=cfg.prefill_min_blocks, max_blocks=cfg.prefill_max_blocks, sinks=cfg.sinks,
             band=cfg.prefill_band, scale=self.scaling, impl=cfg.impl, scoring=cfg.prefill_scoring,
-            tail=cfg.prefill_dense_tail,
+            tail=cfg.prefill_dense_tail if tail is None else tail,
         )
 
     # --- indexer --------------------------------------------------------------------
