@@ -32,7 +32,7 @@ from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
 from .eval.perplexity import perplexity
 from .eval.scoring import decode_step
-from .eval.speed import measure_speed
+from .eval.speed import measure_speed_paired
 from .data.task_data import perplexity_windows
 from .families import geometry
 from .generate import prefill
@@ -131,9 +131,8 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: 
     accuracy["converted"] = answer_accuracy(converted, samples, "converted")
 
     say(args, f"[4/5] CPU speed at {args.speed_length} tokens ({torch.get_num_threads()} threads), "
-               "prefill + 16 decode steps through the head-wise cache")
-    speed = {name: measure_speed(m, args.speed_length, decode_steps=16, repeats=1, warmup=0)
-             for name, m in models.items()}
+               "two prefills each (dense, converted, then converted, dense) and 16 decode steps each, taking turns")
+    speed = measure_speed_paired(models, args.speed_length, decode_steps=16, rounds=2)
 
     say(args, "[5/5] KV cache bytes (bf16)")
     kv = KVGeometry(layers, kv_heads, head_dim, plan.num_retrieval(), sparse.window, sparse.sinks, sparse.index_dim)
@@ -170,9 +169,12 @@ def _print_side_by_side(args: argparse.Namespace, say: Callable, result: dict[st
     for key, label in (("token_accuracy", "needle answer tokens, TF acc"), ("exact", "needle answers exact")):
         d, c = acc["dense"][key], acc["converted"][key]
         say(args, _line(label, d, c, f"{c - d:+.3f}"))
-    for key, label in (("prefill_ms", "CPU prefill ms"), ("decode_ms_per_token", "CPU decode ms/token")):
+    for key, label, paired in (("prefill_ms", "CPU prefill ms", "prefill"),
+                               ("decode_ms_per_token", "CPU decode ms/token", "decode")):
         d, c = speed["dense"][key], speed["converted"][key]
-        say(args, _line(label, d, c, f"{d / c:.2f}x"))
+        ratio = speed["paired"][paired]
+        say(args, _line(label, d, c, f"{ratio['median']:.2f}x") + f"  ({ratio['lo']:.2f}-{ratio['hi']:.2f}, "
+                  f"{ratio['pairs']} pairs)")
     row = result["kv_cache_bf16"][0]
     say(args, f"{'KV bytes/token @' + str(row['context']):30}{row['dense_bytes_per_token']:>12.0f}"
               f"{row['sparse_bytes_per_token']:>12.0f}{row['ratio']:>10.2f}x")

@@ -277,6 +277,39 @@ def test_speed_reports_medians(converted):
     assert timing["prefill_tokens"] == 36 and timing["prefill_ms"] > 0 and timing["decode_ms_per_token"] > 0
 
 
+def test_paired_speed_takes_turns_and_reports_paired_ratios(converted, monkeypatch):
+    """measure_speed_paired: prefills in A B / B A rounds, decode steps alternating, and the speedups as medians of
+    the paired ratios, checked against a fake clock that makes the second row exactly twice as fast."""
+    from rtpurbo.eval import speed
+
+    other = tiny_model("llama", seed=5)
+    layers, kv, q, _ = geometry(other.config)
+    convert(other, HeadPlan.uniform(layers, kv, q, retrieval=False), SparseConfig(window=16, sinks=2))
+    calls = []
+
+    def fake_timer(device):
+        def timed(fn):
+            fn()
+            model = "first" if calls_model[0] is converted else "second"
+            calls.append(model)
+            return 10.0 * (1 + len(calls)) / (2 if model == "second" else 1)  # drift, and the second row 2x faster
+        return timed
+
+    calls_model = [None]
+    real_prefill, real_step = speed.prefill, speed.decode_step
+    monkeypatch.setattr(speed, "prefill", lambda model, *a: (calls_model.__setitem__(0, model), real_prefill(model, *a)))
+    monkeypatch.setattr(speed, "decode_step", lambda model, *a: (calls_model.__setitem__(0, model), real_step(model, *a)))
+    monkeypatch.setattr(speed, "_timer", fake_timer)
+    timing = speed.measure_speed_paired({"first": converted, "second": other}, length=40, decode_steps=4, rounds=2)
+    assert calls == ["first", "second", "second", "first"] + ["first", "second", "second", "first"] * 2
+    paired = timing["paired"]
+    assert paired["decode"]["pairs"] == 4 and paired["prefill"]["pairs"] == 2
+    assert 1.5 < paired["decode"]["lo"] <= paired["decode"]["median"] <= paired["decode"]["hi"] < 2.6
+    assert timing["first"]["prefill_tokens"] == 36 and timing["second"]["decode_ms_per_token"] > 0
+    with pytest.raises(ValueError, match="two rows"):
+        speed.measure_speed_paired({"a": converted}, length=40)
+
+
 def test_bucket_edges():
     assert suite.bucket_edges(8192) == (0, 1024, 2048, 4096, 8192)
     assert suite.bucket_edges(4096) == (0, 1024, 2048, 4096)

@@ -128,6 +128,8 @@ def test_quickstart_with_the_shipped_adapter(tmp_path, monkeypatch, capsys):
     for row in result["needle_accuracy"].values():
         assert row["samples"] == 3 and 0 <= row["exact"] <= row["token_accuracy"] <= 1
     assert result["speed_cpu"]["converted"]["decode_ms_per_token"] > 0
+    decode = result["speed_cpu"]["paired"]["decode"]  # dense / converted over 16 alternating step pairs
+    assert decode["pairs"] == 16 and 0 < decode["lo"] <= decode["median"] <= decode["hi"]
     kv = {row["context"]: row["ratio"] for row in result["kv_cache_bf16"]}
     assert kv[600] < 1 < 5 < kv[131072]  # below W the indexer keys cost a little; at 128K the cache is 5x smaller
     assert "perplexity" in capsys.readouterr().err  # progress on stderr, stdout kept for --json

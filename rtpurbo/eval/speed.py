@@ -1,8 +1,11 @@
-"""Prefill and decode time of one model row on the current device, through the head-wise cache.
+"""Prefill and decode time of model rows on the current device, through the head-wise cache.
 
 A random prompt of ``length - decode_steps`` tokens is prefilled in one chunk, then
-``decode_steps`` tokens are decoded one by one. Warm-up runs come first and are dropped;
-the report is the median over repeats (prefill) and over every timed step (decode).
+``decode_steps`` tokens are decoded one by one. :func:`measure_speed` times one row: warm-up
+runs come first and are dropped; the report is the median over repeats (prefill) and over every
+timed step (decode). :func:`measure_speed_paired` times two rows side by side, so that a shared
+machine's drift hits both: prefills in A B / B A rounds, decode steps alternating between the two
+caches, and the speedups as medians of the paired ratios with bootstrap intervals.
 CUDA events time the GPU (with a synchronisation after each measured call); the CPU is
 timed with ``time.perf_counter``.
 """
@@ -12,6 +15,7 @@ import statistics
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -79,3 +83,66 @@ def measure_speed(model: nn.Module, length: int, decode_steps: int = 16, repeats
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
     }
+
+
+def _median_interval(ratios: list[float], seed: int = 0, n_boot: int = 2000) -> dict[str, float]:
+    """Median of paired ratios with a 95 % bootstrap interval (resampling the pairs)."""
+    values = np.asarray(ratios, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(values[rng.integers(0, len(values), (n_boot, len(values)))], axis=1)
+    return {"median": float(np.median(values)), "lo": float(np.quantile(medians, 0.025)),
+            "hi": float(np.quantile(medians, 0.975)), "pairs": len(values)}
+
+
+@torch.no_grad()
+def measure_speed_paired(models: dict[str, nn.Module], length: int, decode_steps: int = 16, rounds: int = 2,
+                         seed: int = 0) -> dict[str, dict]:
+    """Two model rows ``{first: model, second: model}`` timed side by side on one random prompt.
+
+    Prefill: ``rounds`` rounds, in the order A B, then B A, and so on. Decode: after the last round,
+    ``decode_steps`` steps per row, the rows taking turns (A B, then B A). Returns per row the fields of
+    :func:`measure_speed` (medians), and ``"paired"``: the speedups first / second as the median of the
+    per-round prefill ratios and of the per-step decode ratios, each with a 95 % bootstrap interval.
+    """
+    if len(models) != 2:
+        raise ValueError(f"measure_speed_paired times exactly two rows, got {list(models)}")
+    if length <= decode_steps or rounds < 1 or decode_steps < 1:
+        raise ValueError(f"need length > decode_steps >= 1 and rounds >= 1; got {length}, {decode_steps}, {rounds}")
+    names = list(models)
+    device = next(models[names[0]].parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    vocab = min(m.config.vocab_size for m in models.values())
+    ids = torch.randint(0, vocab, (1, length - decode_steps), generator=generator).to(device)
+    mask = torch.ones(1, length, dtype=torch.long, device=device)
+    timed = _timer(device)
+    prefill_ms: dict[str, list[float]] = {n: [] for n in names}
+    decode_ms: dict[str, list[float]] = {n: [] for n in names}
+    caches: dict[str, HeadwiseCache] = {}
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            caches[name] = HeadwiseCache(models[name])
+            prefill_ms[name].append(timed(lambda: prefill(models[name], caches[name], ids, mask[:, : ids.shape[1]],
+                                                          ids.shape[1])))
+    for t in range(decode_steps):
+        position = torch.tensor([ids.shape[1] + t], device=device)
+        for name in names if t % 2 == 0 else names[::-1]:
+            decode_ms[name].append(timed(lambda: decode_step(models[name], caches[name], ids[:, -1],
+                                                             mask[:, : ids.shape[1] + t + 1], position)))
+    first, second = names
+    result: dict[str, dict] = {}
+    for name in names:
+        result[name] = {
+            "length": length, "prefill_ms": statistics.median(prefill_ms[name]), "prefill_tokens": int(ids.shape[1]),
+            "decode_ms_per_token": statistics.median(decode_ms[name]), "decode_steps": decode_steps,
+            "repeats": rounds, "warmup": 0,
+            "cache_used_bytes_per_token": caches[name].used_bytes() / length,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "dtype": str(next(models[name].parameters()).dtype).replace("torch.", ""),
+        }
+    result["paired"] = {
+        "speedup": f"{first} / {second}",
+        "prefill": _median_interval([a / b for a, b in zip(prefill_ms[first], prefill_ms[second])], seed),
+        "decode": _median_interval([a / b for a, b in zip(decode_ms[first], decode_ms[second])], seed),
+        "prefill_ms": prefill_ms, "decode_ms": decode_ms,
+    }
+    return result
