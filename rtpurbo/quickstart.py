@@ -10,7 +10,7 @@ indexers + LoRA, made on an H200 by ``benchmarks/reproduce/smollm2-135m_h200_202
   retrieval heads attend only to their indexer's top-p selection, as at generation;
 * KV-cache bytes (bf16) at several contexts, and CPU prefill / decode time at ``--speed-length``
   tokens, both through the head-wise cache (dense = every KV head full, top-p 1: exactly the
-  base model).
+  base model), the two models timed side by side (:func:`rtpurbo.eval.speed.measure_speed_paired`).
 """
 from __future__ import annotations
 
