@@ -23,22 +23,9 @@ prepare)
   "${rt[@]}" eval --prepare-only --lengths 4096 8192 --samples 100 --ppl-windows 12 --workers 2 --out "$out/eval100"
   ;;
 eval)
-  data=${3:?EVAL100}
-  row="spt=smollm2-135m-rtpurbo@retrieval_prefill=sparse,prefill_dense_tail=256"
-  t1="code_function common_words common_words_close doc_qa essay_multikey essay_multivalue essay_niah_number"
-  t1="$t1 essay_niah_uuid frequent_words multikey_lines"
-  t2="multikey_uuid_lines niah_multikey niah_multiquery niah_multivalue niah_number niah_uuid niah_word"
-  t2="$t2 variable_tracking variable_tracking_chains"
-  ev() {  # ev NAME LENGTH PPL_WINDOWS TASKS
-    # shellcheck disable=SC2086
-    "${rt[@]}" eval --model smollm2-135m --speed-repeats 0 --batch-size 16 --decode graph --data "$data" --samples 100 \
-      --lengths "$2" --ppl-windows "$3" --tasks $4 --rows --artifacts "$row" --out "$out/$1"
-  }
-  ev spt-4k-a 4096 12 "$t1" &
-  ev spt-4k-b 4096 0 "$t2" &
-  ev spt-8k-a 8192 0 "$t1" &
-  ev spt-8k-b 8192 0 "$t2" &
-  wait
+  # shellcheck source=suite_quarters.sh
+  source "$(dirname "$0")/suite_quarters.sh"
+  suite_quarters "$out" "${3:?EVAL100}" "spt=smollm2-135m-rtpurbo@retrieval_prefill=sparse,prefill_dense_tail=256" spt
   ;;
 analyse)
   results=${3:?RESULTS}

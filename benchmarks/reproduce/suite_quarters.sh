@@ -1,0 +1,26 @@
+# Sourced by the reproduce scripts that evaluate one artifact row on the suite's 19 tasks at 4K and 8K (samples 0-99)
+# and the 12 perplexity windows: the work split into four evals that run at once on one GPU (about 4 minutes on an
+# H200 for SmolLM2-135M).
+#
+#   suite_quarters OUT DATA ROW PREFIX   # writes OUT/PREFIX-4k-a, -4k-b, -8k-a, -8k-b
+#
+# DATA: eval_data.npz from `rtpurbo eval --prepare-only --lengths 4096 8192 --samples 100 --ppl-windows 12`;
+# ROW: an --artifacts row (NAME=ARTIFACT[@SETTINGS]); RTPURBO: the command (default python3 -m rtpurbo.cli).
+suite_quarters() {
+  local out=$1 data=$2 row=$3 prefix=$4
+  local rt=(${RTPURBO:-python3 -m rtpurbo.cli})
+  local t1="code_function common_words common_words_close doc_qa essay_multikey essay_multivalue essay_niah_number"
+  t1="$t1 essay_niah_uuid frequent_words multikey_lines"
+  local t2="multikey_uuid_lines niah_multikey niah_multiquery niah_multivalue niah_number niah_uuid niah_word"
+  t2="$t2 variable_tracking variable_tracking_chains"
+  _quarter() {  # _quarter NAME LENGTH PPL_WINDOWS TASKS
+    # shellcheck disable=SC2086
+    "${rt[@]}" eval --model smollm2-135m --speed-repeats 0 --batch-size 16 --decode graph --data "$data" --samples 100 \
+      --lengths "$2" --ppl-windows "$3" --tasks $4 --rows --artifacts "$row" --out "$out/$1"
+  }
+  _quarter "$prefix-4k-a" 4096 12 "$t1" &
+  _quarter "$prefix-4k-b" 4096 0 "$t2" &
+  _quarter "$prefix-8k-a" 8192 0 "$t1" &
+  _quarter "$prefix-8k-b" 8192 0 "$t2" &
+  wait
+}
