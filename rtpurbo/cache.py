@@ -189,9 +189,8 @@ class HeadwiseCache(Cache):
         # heads, an index-only window mask for local heads) without reading the positions back.
         # rtpurbo.generate.prefill checks its inputs once and sets it; nothing here checks it.
         self.plain_prompt = False
-        # Set by whoever prefills a prompt in chunks (rtpurbo.generate.prefill): the cache slots the prompt
-        # fills. Then the sparse prefill's dense tail (prefill_dense_tail) covers the prompt's last slots, in
-        # whichever chunks hold them, as a one-shot prefill would; None: each forward's own last queries.
+        # The cache slots a prompt being prefilled in chunks fills (prefilling_prompt); None: not known, and the
+        # sparse prefill's dense tail covers each forward's own last queries.
         self.prompt_slots: int | None = None
         # decode on a GPU: a step without selection runs both kinds of heads of a layer in one launch
         # (two_role_decode) where the backends are rtpurbo's kernels; a static step that selects runs the local
@@ -199,6 +198,17 @@ class HeadwiseCache(Cache):
         self.fuse_roles = True
         self.overlap_roles = True
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    @contextlib.contextmanager
+    def prefilling_prompt(self, tokens: int) -> Iterator[None]:
+        """While the next ``tokens`` tokens of a prompt are prefilled (in chunks of any size): the sparse prefill's
+        dense tail (``prefill_dense_tail``) covers the prompt's last slots, in whichever chunks hold them, as a
+        one-shot prefill would."""
+        self.prompt_slots = self.get_seq_length() + tokens
+        try:
+            yield
+        finally:
+            self.prompt_slots = None
 
     # --- what transformers asks of a cache ----------------------------------------------
     def __len__(self) -> int:

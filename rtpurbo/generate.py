@@ -71,8 +71,7 @@ def prefill(
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     if not cache.is_initialized:
         cache.plain_prompt = bool(attention_mask.all())
-    cache.prompt_slots = cache.get_seq_length() + input_ids.shape[1]
-    try:
+    with cache.prefilling_prompt(input_ids.shape[1]):
         for start in range(0, input_ids.shape[1], chunk):
             stop = min(start + chunk, input_ids.shape[1])
             model(
@@ -83,8 +82,6 @@ def prefill(
                 logits_to_keep=1,
                 **{cache_kwarg(): cache},
             )
-    finally:
-        cache.prompt_slots = None
 
 
 @torch.no_grad()

@@ -44,9 +44,8 @@ heads keep the roles contiguous, as a ``reorder_heads`` conversion would).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 import functools
 import math
 import statistics
@@ -494,12 +493,9 @@ def prefill_logits(bench: Bench, cache, ids: torch.Tensor) -> torch.Tensor:
     model, chunk = bench.variants.model, bench.settings.prefill_chunk
     if chunk is None or not isinstance(cache, HeadwiseCache):
         return forward_last_logits(model, cache, ids, 0)
-    cache.prompt_slots = ids.shape[1]
-    try:
+    with cache.prefilling_prompt(ids.shape[1]):
         for start in range(0, ids.shape[1], chunk):
             logits = forward_last_logits(model, cache, ids[:, start : start + chunk], start)
-    finally:
-        cache.prompt_slots = None
     return logits
 
 
