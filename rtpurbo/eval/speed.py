@@ -57,7 +57,7 @@ def measure_speed(model: nn.Module, length: int, decode_steps: int = 16, repeats
     ids = torch.randint(0, model.config.vocab_size, (1, length - decode_steps), generator=generator).to(device)
     mask = torch.ones(1, length, dtype=torch.long, device=device)
     timed = _timer(device)
-    prefill_ms, decode_ms, used = [], [], 0
+    prefill_ms, decode_ms = [], []
     for run in range(warmup + repeats):
         cache = HeadwiseCache(model)
         elapsed = timed(lambda: prefill(model, cache, ids, mask[:, : ids.shape[1]], ids.shape[1]))
@@ -70,16 +70,22 @@ def measure_speed(model: nn.Module, length: int, decode_steps: int = 16, repeats
         if run >= warmup:
             prefill_ms.append(elapsed)
             decode_ms += steps
-        used = cache.used_bytes()
+    return _report(model, cache, length, decode_steps, prefill_ms, decode_ms, repeats, warmup)
+
+
+def _report(model: nn.Module, cache: HeadwiseCache, length: int, decode_steps: int, prefill_ms: list[float],
+            decode_ms: list[float], repeats: int, warmup: int) -> dict[str, float]:
+    """One row's medians, and the bytes per token its cache holds after the last run."""
+    device = next(model.parameters()).device
     return {
         "length": length,
         "prefill_ms": statistics.median(prefill_ms),
-        "prefill_tokens": int(ids.shape[1]),
+        "prefill_tokens": length - decode_steps,
         "decode_ms_per_token": statistics.median(decode_ms),
         "decode_steps": decode_steps,
         "repeats": repeats,
         "warmup": warmup,
-        "cache_used_bytes_per_token": used / length,
+        "cache_used_bytes_per_token": cache.used_bytes() / length,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
     }
@@ -129,16 +135,8 @@ def measure_speed_paired(models: dict[str, nn.Module], length: int, decode_steps
             decode_ms[name].append(timed(lambda: decode_step(models[name], caches[name], ids[:, -1],
                                                              mask[:, : ids.shape[1] + t + 1], position)))
     first, second = names
-    result: dict[str, dict] = {}
-    for name in names:
-        result[name] = {
-            "length": length, "prefill_ms": statistics.median(prefill_ms[name]), "prefill_tokens": int(ids.shape[1]),
-            "decode_ms_per_token": statistics.median(decode_ms[name]), "decode_steps": decode_steps,
-            "repeats": rounds, "warmup": 0,
-            "cache_used_bytes_per_token": caches[name].used_bytes() / length,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "dtype": str(next(models[name].parameters()).dtype).replace("torch.", ""),
-        }
+    result: dict[str, dict] = {name: _report(models[name], caches[name], length, decode_steps, prefill_ms[name],
+                                             decode_ms[name], rounds, 0) for name in names}
     result["paired"] = {
         "speedup": f"{first} / {second}",
         "prefill": _median_interval([a / b for a, b in zip(prefill_ms[first], prefill_ms[second])], seed),
