@@ -21,3 +21,17 @@ def dense_samples_0_99(committed: Path) -> list[tuple[str, dict[str, Any]]]:
     assert "decode" not in row["identity"], where
     return [(where, {**row, "identity": {**row["identity"], "decode": "graph"}}),
             stored_row(committed / "smollm2-135m_h200_2026-12-03_sparse-student/eval-2k", "dense")]
+
+
+def w1536_dense_prefill(committed: Path) -> dict[str, Any]:
+    """The shipped adapter at W 1536 with dense retrieval prefill (``smollm2-135m_h200_2026-12-04_window-1536``),
+    samples 0-99, named ``dense_prefill``: the reference of the sparse-prefill rows."""
+    row = stored_row(committed / "smollm2-135m_h200_2026-12-04_window-1536", "w1536")[1]
+    return {**row, "row": "dense_prefill"}
+
+
+def suite_quarters(run: Path, name: str) -> dict[str, Any]:
+    """Row ``name`` merged from the four evals of ``suite_quarters.sh`` (``run/NAME-4k-a`` ... ``-8k-b``)."""
+    from rtpurbo.eval.report import merge_rows
+
+    return merge_rows(name, [stored_row(run / f"{name}-{part}", name) for part in ("4k-a", "4k-b", "8k-a", "8k-b")])

@@ -14,16 +14,15 @@
 set -euo pipefail
 mode=${1:?usage: $0 prepare|eval|analyse OUT ...}
 out=${2:?OUT}
-rt=(${RTPURBO:-python3 -m rtpurbo.cli})
 here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
+# shellcheck source=suite_quarters.sh
+source "$(dirname "$0")/suite_quarters.sh"
 case "$mode" in
 prepare)
-  "${rt[@]}" eval --prepare-only --lengths 4096 8192 --samples 100 --ppl-windows 12 --workers 2 --out "$out/eval100"
+  suite_prepare "$out"
   ;;
 eval)
-  # shellcheck source=suite_quarters.sh
-  source "$(dirname "$0")/suite_quarters.sh"
   suite_quarters "$out" "${3:?EVAL100}" "sp=smollm2-135m-rtpurbo@retrieval_prefill=sparse" sp
   ;;
 analyse)
@@ -34,23 +33,22 @@ from pathlib import Path
 from rtpurbo.config import dumps
 from rtpurbo.eval.paired import markdown, paired_differences, perplexity_ratio
 from rtpurbo.eval.paired_plot import write_comparisons
-from rtpurbo.eval.report import merge_rows, stored_row as part
+from rtpurbo.eval.report import merge_rows
 
 run, results, committed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 sys.path.insert(0, str(committed.parent / "reproduce"))
-from committed_rows import dense_samples_0_99  # noqa: E402
+from committed_rows import dense_samples_0_99, suite_quarters, w1536_dense_prefill  # noqa: E402
 
 dense = merge_rows("dense", dense_samples_0_99(committed))
-w1536 = part(committed / "smollm2-135m_h200_2026-12-04_window-1536", "w1536")[1]
-sp = merge_rows("sp", [part(run / d, "sp") for d in ("sp-4k-a", "sp-4k-b", "sp-8k-a", "sp-8k-b")])
+dense_prefill = w1536_dense_prefill(committed)
+sp = suite_quarters(run, "sp")
 (results / "rows").mkdir(parents=True, exist_ok=True)
 (results / "rows" / "sp.json.gz").write_bytes(gzip.compress(dumps(sp).encode(), mtime=0))
-comparisons = {"vs_dense_prefill": paired_differences([{**w1536, "row": "dense_prefill"}, sp], "dense_prefill"),
+comparisons = {"vs_dense_prefill": paired_differences([dense_prefill, sp], "dense_prefill"),
                "vs_dense": paired_differences([dense, sp], "dense")}
 lines = write_comparisons(comparisons, results)
 print("\n".join(l for l in lines if l.startswith("| ") and ("±" in l or "%" in l)))
-print("perplexity vs dense prefill", perplexity_ratio(sp, w1536), "vs dense", perplexity_ratio(sp, dense))
-print("prefill blocks kept:", json.dumps({k: v for k, v in sp.items() if "prefill" in k or "block" in k})[:600])
+print("perplexity vs dense prefill", perplexity_ratio(sp, dense_prefill), "vs dense", perplexity_ratio(sp, dense))
 PY
   ;;
 *)

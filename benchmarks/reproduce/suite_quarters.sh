@@ -1,11 +1,17 @@
 # Sourced by the reproduce scripts that evaluate one artifact row on the suite's 19 tasks at 4K and 8K (samples 0-99)
 # and the 12 perplexity windows: the work split into four evals that run at once on one GPU (about 4 minutes on an
-# H200 for SmolLM2-135M).
+# H200 for SmolLM2-135M). committed_rows.suite_quarters merges them again.
 #
+#   suite_prepare OUT                    # CPU, ~4 min: OUT/eval100/eval_data.npz (the committed rows' samples)
 #   suite_quarters OUT DATA ROW PREFIX   # writes OUT/PREFIX-4k-a, -4k-b, -8k-a, -8k-b
 #
 # DATA: eval_data.npz from `rtpurbo eval --prepare-only --lengths 4096 8192 --samples 100 --ppl-windows 12`;
 # ROW: an --artifacts row (NAME=ARTIFACT[@SETTINGS]); RTPURBO: the command (default python3 -m rtpurbo.cli).
+suite_prepare() {
+  local rt=(${RTPURBO:-python3 -m rtpurbo.cli})
+  "${rt[@]}" eval --prepare-only --lengths 4096 8192 --samples 100 --ppl-windows 12 --workers 2 --out "$1/eval100"
+}
+
 suite_quarters() {
   local out=$1 data=$2 row=$3 prefix=$4
   local rt=(${RTPURBO:-python3 -m rtpurbo.cli})

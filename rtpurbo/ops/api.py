@@ -262,12 +262,11 @@ def sparse_prefill(
         flex = importlib.import_module(_BACKENDS["flex"])
         plan_, kept, seen = flex.block_sparse_plan(q_idx, k_idx, q_pos, k_pos, group=q.shape[1] // k.shape[1],
                                                    backward=q.requires_grad, **budget)
-        head_dim = q.shape[-1]
-        out = flex.run(plan_, q, k, v, head_dim**-0.5 if scale is None else scale)
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        out = flex.run(plan_, q, k, v, scale)
         if tail:  # the last queries over every key they see, then joined (no in-place write: autograd keeps out)
             first = max(0, q.shape[2] - tail)
-            dense_tail = flex.dense_tail(q[:, :, first:], k, v, q_pos[:, first:], k_pos,
-                                         head_dim**-0.5 if scale is None else scale)
+            dense_tail = flex.dense_tail(q[:, :, first:], k, v, q_pos[:, first:], k_pos, scale)
             out = torch.cat([out[:, :, :first], dense_tail], dim=2)
         return out, kept, seen
     blocks = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, **budget)
