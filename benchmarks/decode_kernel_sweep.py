@@ -14,7 +14,9 @@
 3. ``select``: the whole selection (index scores + threshold search) at 128K and 1M keys for 16 and
    32 level-0 bins and both schedules of the search (fused, phased), on peaked, trained-like and
    flat scores (score std 4, 2.56 and 0.04 logits).
-4. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
+4. ``search_launch``: the same selection (phased schedule, 32 level-0 bins) for launches of the threshold
+   search: programs per SM, warps of levels 0-3, keys per inner step.
+5. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
    attention bench's decode point) at 128K and 1M, for both schedules: device microseconds per kernel
    per step, and the step's wall time.
 
@@ -45,6 +47,7 @@ LONG_LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_sta
                   for b, w, nw, ns, cc in itertools.product((64, 128), (1, 2, 4), (4, 8), (None, 3), (16, 64))]
 SELECT_SCALES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}  # indexer key scale: score std 4, 2.56, 0.04
 SELECT_N_LOGIT = (16, 32)
+SEARCH_LAUNCH_GRID = list(itertools.product((1, 2, 4, 8, 16), (4, 8), (512, 1024, 2048)))  # per SM, warps, block
 SCORE_GRID = list(itertools.product((512, 1024, 2048, 4096), (4, 8)))
 DENSE_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_stages=ns, split_keys=sk, combine_chunk=cc)
               for b, w, ns, sk, cc in itertools.product((64, 128), (2, 4), (None, 3), (0, 512, 1024, 2048), (16, 64))]
@@ -167,6 +170,33 @@ def select_rows(record) -> None:
                             stalls=int(sync[0, threshold.STALLS]), order_sum=int(order[0, : int(n_keep)].sum())))
 
 
+def search_launch_rows(record) -> None:
+    """The whole selection of one retrieval head at 128K and 1M keys, phased, for each launch of
+    :data:`SEARCH_LAUNCH_GRID` (programs per SM, warps of levels 0-3, keys per inner step), on the three
+    score regimes; ``order_sum`` checks that every launch selects the same keys."""
+    from rtpurbo.ops.triton import threshold
+
+    for length in (131072, 1048576):
+        q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+        for regime, scale in SELECT_SCALES.items():
+            torch.manual_seed(0)
+            q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
+
+            def select(per_sm, warps, block):
+                scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
+                return threshold.topp_threshold(scored.scores.view(1, length), scored.block_max, scored.block_sum,
+                                                scored.block_count, scored.block_min, top_p=TOP_P, min_tokens=64,
+                                                max_tokens=None, block=block, programs_per_sm=per_sm,
+                                                num_warps=warps)
+
+            for per_sm, warps, block in SEARCH_LAUNCH_GRID:
+                us = graph_us(lambda a=per_sm, w=warps, b=block: select(a, w, b)[1], rep=50)
+                order, n_keep = select(per_sm, warps, block)
+                record(dict(case="search_launch", L=length, regime=regime, programs_per_sm=per_sm, num_warps=warps,
+                            block=block, us=us, gbps=0.0, selected=int(n_keep),
+                            order_sum=int(order[0, : int(n_keep)].sum())))
+
+
 def score_rows(record) -> None:
     for length in (131072, 1048576):
         q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM)
@@ -235,7 +265,7 @@ def step_profile(record) -> None:
 def best(rows: list[dict]) -> list[str]:
     lines = []
     keys = {"local": ("geometry",), "list": ("selected",), "index_scores": ("L",), "dense": ("what",),
-            "select": ("L", "regime"), "combine": ("what",)}
+            "select": ("L", "regime"), "search_launch": ("L", "regime"), "combine": ("what",)}
     for case, by in keys.items():
         groups: dict[tuple, list[dict]] = {}
         for r in rows:
@@ -254,7 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--parts", default="local,list,scores,profile", help="comma-separated, of: local, list, "
-                        "scores, profile, dense, select, combine")
+                        "scores, profile, dense, select, search_launch, combine")
     args = parser.parse_args()
     rows: list[dict] = []
     env = environment()
@@ -265,7 +295,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows,
-             "select": select_rows, "combine": combine_rows}
+             "select": select_rows, "search_launch": search_launch_rows, "combine": combine_rows}
     for name in args.parts.split(","):
         try:
             parts[name](record)

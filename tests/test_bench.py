@@ -121,8 +121,9 @@ def test_cli_prefill_flags():
                                             "--prefill-scoring", "mass"]))
     assert mass.sparse_configs()["sparse-prefill16"].prefill_scoring == "mass"
     tail = settings_from(parser.parse_args(["bench", "model", "--device", "cpu", "--tiny", "--prefill-blocks", "16",
-                                            "--prefill-dense-tail", "256"])).sparse_configs()
-    assert set(tail) == {"sparse", "sparse-prefill16", "sparse-prefill16-tail256"}
+                                            "--prefill-dense-tail", "256", "1K"])).sparse_configs()
+    assert set(tail) == {"sparse", "sparse-prefill16", "sparse-prefill16-tail256", "sparse-prefill16-tail1024"}
+    assert tail["sparse-prefill16-tail1024"].prefill_dense_tail == 1024
     assert (tail["sparse-prefill16"].prefill_dense_tail, tail["sparse-prefill16-tail256"].prefill_dense_tail) == (0, 256)
     assert tail["sparse-prefill16-tail256"].prefill_max_blocks == 16
     with pytest.raises(SystemExit):

@@ -171,6 +171,38 @@ def test_sparse_prefill_dense_tail_attends_every_key_from_the_last_queries(impl)
         api.sparse_prefill(q, k, v, pos, pos, q_idx, k_idx, tail=-1, impl=impl, **budget)
 
 
+def _attention_with_lse(q, k, v, q_pos, k_pos, scale):
+    """Readable reference of one flex part: (out (B, Hq, T, D), natural log-sum-exp (B, Hq, T), -inf where unseen)."""
+    from rtpurbo.ops.semantics import visible
+
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    scores = (q @ k.transpose(-1, -2) * scale).masked_fill(~visible(q_pos, k_pos, None, 0)[:, None], float("-inf"))
+    lse = scores.logsumexp(-1)
+    return torch.softmax(scores, -1).nan_to_num(0.0) @ v, lse
+
+
+@pytest.mark.parametrize("split_keys", [256, 384, 1000])
+def test_dense_tail_parts_merge_to_the_reference(split_keys):
+    """flex.dense_tail's split over keys (tail_parts, then merge_tail_parts by log-sum-exps), each part attended
+    by the readable reference, equals the reference over all keys on a left-padded batch (a query that sees no
+    key of a part takes nothing from it); flex runs the parts on a GPU (tests/test_ops_gpu.py)."""
+    torch.manual_seed(4)
+    length, tail = 1000, 200
+    q, k, v = torch.randn(2, 4, tail, 32), torch.randn(2, 2, length, 32), torch.randn(2, 2, length, 32)
+    pos = torch.arange(length).repeat(2, 1)
+    pos[1, :330] = -1  # row 1's first part (and more) is padding
+    pos[1, 330:] -= 330
+    q_pos = pos[:, -tail:]
+    want = reference.attention(q, k, v, q_pos, pos)
+    queries, keys, values, query_pos, key_pos = flex.tail_parts(q, k, v, q_pos, pos, split_keys)
+    assert keys.shape[2] == split_keys and queries.shape[0] == 2 * -(-length // split_keys)
+    got = flex.merge_tail_parts(*_attention_with_lse(queries, keys, values, query_pos, key_pos, 32**-0.5), batch=2)
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+    with pytest.raises(ValueError, match="multiple of 128"):  # flex's parts must fill its key blocks
+        flex.dense_tail(q, k, v, q_pos, pos, 32**-0.5, split_keys=1000)
+
+
 def test_list_width_is_full_for_backward_and_cpu():
     """Compact key-block lists only where flex can read them: GPU forward. Backward and CPU: all blocks."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")

@@ -219,7 +219,7 @@ def test_triton_window_kernel_chunk_layout_matches_reference(case):
 
 def test_sparse_prefill_dense_tail_through_flex_matches_reference():
     """api.sparse_prefill(tail=T) on compiled flex: the last T queries attend densely, the rest keep the sparse
-    rule (the fp32 reference's output), with gradients through both parts."""
+    rule (the fp32 reference's output), with gradients through both parts; and flex.dense_tail split over keys."""
     torch.manual_seed(5)
     length, tail = 2000, 300
     q, k, v = _qkv(1, 4, 2, length, length, 64, BF16)
@@ -233,6 +233,10 @@ def test_sparse_prefill_dense_tail_through_flex_matches_reference():
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2 and int(kept) < int(seen)
     out.float().sum().backward()
     assert torch.isfinite(q.grad).all() and q.grad[:, :, -tail:].abs().sum() > 0
+    with torch.no_grad():  # without gradients a long tail runs in parts of keys, merged by log-sum-exp
+        parts = flex.dense_tail(q[:, :, -tail:], k, v, pos[:, -tail:], pos, 64**-0.5, split_keys=512)
+    want = reference.attention(q[:, :, -tail:].float(), k.float(), v.float(), pos[:, -tail:], pos)
+    assert ((parts.float() - want).norm() / want.norm()).item() < 1e-2
 
 
 def test_plain_window_prefill_runs_the_triton_kernel_without_gradients():

@@ -222,7 +222,8 @@ def _check_flat_interval() -> list[str]:
 
 
 def _check_n_logit() -> list[str]:
-    """The level-0 bin count changes the work, not the selection: 4 and 64 bins select what the default does."""
+    """The level-0 bin count and the phased launch (programs per SM, warps) change the work, not the selection:
+    4 and 64 bins, and 1 or 16 programs per SM (4 or 64 programs per row here), select what the default does."""
     import torch
 
     from rtpurbo.ops.triton import decode, threshold
@@ -235,13 +236,13 @@ def _check_n_logit() -> list[str]:
         args = (scored.scores.view(2, -1), scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
         budget = dict(top_p=top_p, min_tokens=0, max_tokens=max_tokens, block=64)
         order, n_keep = threshold.topp_threshold(*args, **budget)
-        for n_logit in (4, 64):
-            other, n_other = threshold.topp_threshold(*args, **budget, n_logit=n_logit)
+        for launch in (dict(n_logit=4), dict(n_logit=64), dict(programs_per_sm=1, num_warps=4),
+                       dict(programs_per_sm=16)):
+            other, n_other = threshold.topp_threshold(*args, **budget, **launch)
             same = torch.equal(n_keep, n_other) and all(
                 torch.equal(order[r, : n_keep[r]], other[r, : n_keep[r]]) for r in range(2))
             if not same:
-                problems.append(f"{kind}: {n_logit} level-0 bins select {n_other.tolist()} keys, "
-                                f"{threshold.N_LOGIT} bins {n_keep.tolist()}")
+                problems.append(f"{kind}: {launch} selects {n_other.tolist()} keys, the default {n_keep.tolist()}")
     try:
         threshold.topp_threshold(*args, **budget, n_logit=24)
         problems.append("n_logit=24 (not a power of two) was accepted")
@@ -263,7 +264,8 @@ def _check_bad_args() -> list[str]:
     bad = {"schedule": dict(schedule="persistent"),
            "sync shape": dict(sync=torch.zeros(1, threshold.N_SYNC, dtype=torch.int64)),
            "sync dtype": dict(sync=torch.zeros(2, threshold.N_SYNC, dtype=torch.int32)),
-           "work shape": dict(work=torch.zeros(2, threshold.N_LEVELS, 8, dtype=torch.int64))}
+           "work shape": dict(work=torch.zeros(2, threshold.N_LEVELS, 8, dtype=torch.int64)),
+           "programs per SM": dict(programs_per_sm=0), "warps": dict(num_warps=3)}
     problems = []
     for what, kwargs in bad.items():
         try:

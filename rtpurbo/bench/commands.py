@@ -113,9 +113,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    f"(default {d.prefill_top_p})")
     p.add_argument("--prefill-scoring", choices=PREFILL_SCORINGS, help="how the sparse-prefill variants score key "
                    f"blocks: pooled indexer vectors or the indexer's mass per block (default {d.prefill_scoring})")
-    p.add_argument("--prefill-dense-tail", type=tokens, metavar="T",
-                   help="also time each sparse-prefill{N} variant with its last T prefill queries dense, as "
-                        "sparse-prefill{N}-tail{T} (--prefill-dense-tail of the converted model)")
+    p.add_argument("--prefill-dense-tail", type=tokens, nargs="+", metavar="T",
+                   help="also time each sparse-prefill{N} variant with the prompt's last T queries dense, as "
+                        "sparse-prefill{N}-tail{T}, for each T given (--prefill-dense-tail of the converted model)")
     p.add_argument("--seqlen-threshold", type=tokens_or_zero, help=f"cached tokens from which retrieval heads select (below: "
                    f"every key; 0 = always select; default {d.seqlen_threshold})")
     p.add_argument("--two-launch-decode", action="store_true",
@@ -164,7 +164,7 @@ FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "wi
                  "sdpa": "sdpa_backends", "seed": "seed", "profile_steps": "profile_steps", "profile_length": "profile_length",
                  "decode_lengths": "decode_lengths", "prefill_chunk": "prefill_chunk", "flash_ttft": "flash_ttft",
                  "index_logit_std": "index_logit_std", "prefill_top_p": "prefill_top_p",
-                 "prefill_scoring": "prefill_scoring", "prefill_dense_tail": "prefill_dense_tail"}
+                 "prefill_scoring": "prefill_scoring", "prefill_dense_tail": "prefill_dense_tails"}
 
 
 def settings_from(args: argparse.Namespace) -> ModelBenchSettings:

@@ -146,7 +146,8 @@ class ModelBenchSettings:
     prefill_blocks: list[int] = field(default_factory=list)  # one sparse-retrieval-prefill variant per block budget
     prefill_top_p: float = 0.9  # their top-p over the indexer's block scores (the budget caps it)
     prefill_scoring: str = "pooled"  # how they score key blocks (rtpurbo.ops.block_scores)
-    prefill_dense_tail: int = 0  # > 0: each of them also runs with this dense tail, as sparse-prefill{N}-tail{T}
+    prefill_dense_tails: list[int] = field(default_factory=list)  # each of them also runs with each dense tail T,
+    # as sparse-prefill{N}-tail{T}
 
     def sparse_configs(self) -> dict[str, SparseConfig]:
         """Variant name -> the sparse configuration it converts with."""
@@ -162,9 +163,9 @@ class ModelBenchSettings:
                                                              prefill_top_p=self.prefill_top_p,
                                                              prefill_scoring=self.prefill_scoring)
                         for n in self.prefill_blocks})
-        if self.prefill_dense_tail:
-            configs.update({f"{SPARSE_PREFILL}{n}-tail{self.prefill_dense_tail}": dataclasses.replace(
-                configs[f"{SPARSE_PREFILL}{n}"], prefill_dense_tail=self.prefill_dense_tail) for n in self.prefill_blocks})
+        configs.update({f"{SPARSE_PREFILL}{n}-tail{t}": dataclasses.replace(configs[f"{SPARSE_PREFILL}{n}"],
+                                                                             prefill_dense_tail=t)
+                        for n in self.prefill_blocks for t in self.prefill_dense_tails})
         return configs
 
 

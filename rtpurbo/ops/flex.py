@@ -46,7 +46,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.nn.attention.flex_attention import AuxRequest, BlockMask, flex_attention
 
 from .semantics import check_window
 
@@ -187,19 +187,22 @@ def run(plan_: FlexPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
     heads at 128K on an H200), and the copy costs ~0.2 ms there.
     """
     q_len = q.shape[2]
-    group = q.shape[1] // k.shape[1]
     q = _pad_length(q, plan_.q_len)
     k, v = _pad_length(k, plan_.k_len, copy=True), _pad_length(v, plan_.k_len, copy=True)
+    return _call(plan_.kind, q, k, v, plan_.block_mask, scale)[:, :, :q_len]
+
+
+def _call(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float):
+    """The compiled entry of ``kind`` on padded q, k, v; a clear error where dynamo would give up compiling."""
     try:
-        out = _compiled(plan_.kind)(q, k, v, plan_.block_mask, scale, group > 1, _KERNEL_OPTIONS)
+        return _compiled(kind)(q, k, v, block_mask, scale, q.shape[1] > k.shape[1], _KERNEL_OPTIONS)
     except torch._dynamo.exc.FailOnRecompileLimitHit as err:
         raise FlexRecompileError(
-            f"compiled flex attention ({plan_.kind} mask) hit dynamo's recompile limit "
+            f"compiled flex attention ({kind} mask) hit dynamo's recompile limit "
             f"(torch._dynamo.config.recompile_limit = {torch._dynamo.config.recompile_limit}) at q{tuple(q.shape)}, "
             f"k{tuple(k.shape)}; rtpurbo does not run flex unfused (it would materialise the L x L scores). "
             "TORCH_LOGS=recompiles shows which guard failed."
         ) from err
-    return out[:, :, :q_len]
 
 
 # --- compiled entries ------------------------------------------------------------------------
@@ -225,8 +228,18 @@ def _flex_dense_tail(q, k, v, block_mask, scale, gqa, options):
     return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=options)
 
 
+_WITH_LSE = AuxRequest(lse=True)
+
+
+def _flex_dense_tail_split(q, k, v, block_mask, scale, gqa, options):
+    out, aux = flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=options,
+                              return_aux=_WITH_LSE)
+    return out, aux.lse
+
+
 _ENTRIES: dict[str, Callable] = {"index": _flex_index, "position": _flex_position, "key_mask": _flex_key_mask,
-                                 "blocks": _flex_blocks, "dense_tail": _flex_dense_tail}
+                                 "blocks": _flex_blocks, "dense_tail": _flex_dense_tail,
+                                 "dense_tail_split": _flex_dense_tail_split}
 
 
 @functools.cache
@@ -236,13 +249,61 @@ def _compiled(kind: str) -> Callable:
 
 
 # --- sparse prefill of retrieval heads ---------------------------------------------------------
+TAIL_SPLIT_KEYS = 16384  # keys per part of a long dense tail (flex runs one program per query block and head)
+
+
 def dense_tail(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-               scale: float) -> torch.Tensor:
+               scale: float, split_keys: int = TAIL_SPLIT_KEYS) -> torch.Tensor:
     """Causal attention (by positions) of a sparse prefill's last queries q (B, Hq, T, D) over every key k, v
-    (B, Hkv, Lk, D); q_pos (B, T), k_pos (B, Lk). Its own compiled entry: its shapes (T fixed, Lk growing)
-    never spend the recompile budget of the model's other position-mask calls (the local heads')."""
-    tail_plan = plan(q_pos, k_pos, window=None, sinks=0, group=q.shape[1] // k.shape[1], backward=_needs_grad(q, k, v))
-    return run(FlexPlan("dense_tail", tail_plan.block_mask, tail_plan.q_len, tail_plan.k_len), q, k, v, scale)
+    (B, Hkv, Lk, D); q_pos (B, T), k_pos (B, Lk). Its own compiled entries: its shapes (T fixed, Lk growing)
+    never spend the recompile budget of the model's other position-mask calls (the local heads').
+
+    Flex gives a few query blocks one program each per head, which leaves most of a GPU idle over many keys;
+    so without gradients, keys past ``split_keys`` are split into parts of that many (:func:`tail_parts`), each
+    part a batch row of one flex call that also returns its log-sum-exp, and the parts merge by them
+    (:func:`merge_tail_parts`)."""
+    if split_keys <= 0 or split_keys % BLOCK:
+        raise ValueError(f"split_keys must be a positive multiple of {BLOCK}, got {split_keys}")
+    if _needs_grad(q, k, v) or k.shape[2] <= split_keys:
+        tail_plan = plan(q_pos, k_pos, window=None, sinks=0, group=q.shape[1] // k.shape[1],
+                         backward=_needs_grad(q, k, v))
+        return run(FlexPlan("dense_tail", tail_plan.block_mask, tail_plan.q_len, tail_plan.k_len), q, k, v, scale)
+    queries, keys, values, query_pos, key_pos = tail_parts(q, k, v, q_pos, k_pos, split_keys)
+    tail_plan = plan(query_pos, key_pos, window=None, sinks=0, group=q.shape[1] // k.shape[1])
+    out, lse = _call("dense_tail_split", _pad_length(queries, tail_plan.q_len), keys, values, tail_plan.block_mask,
+                     scale)
+    tail = q.shape[2]
+    return merge_tail_parts(out[:, :, :tail], lse[:, :, :tail], q.shape[0]).to(q.dtype)
+
+
+def tail_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+               split_keys: int) -> tuple[torch.Tensor, ...]:
+    """The keys in P = ceil(Lk / split_keys) parts as batch rows, each with every query: q (B, Hq, T, D), k, v
+    (B, Hkv, Lk, D), q_pos (B, T), k_pos (B, Lk) -> q (B*P, Hq, T, D), k, v (B*P, Hkv, split_keys, D)
+    head-contiguous (zero keys at position -1 pad the last part), q_pos (B*P, T), k_pos (B*P, split_keys);
+    row b*P + p is batch row b's part p."""
+    batch, n_q, tail, dim = q.shape
+    parts = -(-k.shape[2] // split_keys)
+    length = parts * split_keys
+
+    def by_part(x: torch.Tensor) -> torch.Tensor:
+        x = _pad_length(x, length).view(batch, x.shape[1], parts, split_keys, dim)
+        return x.transpose(1, 2).reshape(batch * parts, x.shape[1], split_keys, dim)
+
+    key_pos = F.pad(k_pos, (0, length - k_pos.shape[1]), value=-1).view(batch * parts, split_keys)
+    query_pos = q_pos[:, None].expand(batch, parts, tail).reshape(batch * parts, tail)
+    queries = q[:, None].expand(batch, parts, n_q, tail, dim).reshape(batch * parts, n_q, tail, dim)
+    return queries, by_part(k), by_part(v), query_pos, key_pos
+
+
+def merge_tail_parts(out: torch.Tensor, lse: torch.Tensor, batch: int) -> torch.Tensor:
+    """Softmax outputs of the parts, out (B*P, Hq, T, D), and their natural log-sum-exps lse (B*P, Hq, T)
+    (-inf: the query saw no key of that part) -> the attention over all parts (B, Hq, T, D), fp32; a query that
+    saw no key at all gets zeros."""
+    parts = out.shape[0] // batch
+    out = out.reshape(batch, parts, *out.shape[1:]).float()
+    weight = torch.softmax(lse.reshape(batch, parts, *lse.shape[1:]).float(), dim=1).nan_to_num(0.0)
+    return (out * weight[..., None]).sum(1)
 
 
 def block_sparse_plan(

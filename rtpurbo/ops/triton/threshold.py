@@ -139,16 +139,17 @@ SCHEDULES = ("fused", "phased")
 SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up: far past any real wait (see topp_threshold)
 
 
-def _chunks(n_keys: int, rows: int, device: torch.device, block: int, schedule: str) -> tuple[int, int]:
+def _chunks(n_keys: int, rows: int, device: torch.device, block: int, schedule: str,
+            programs_per_sm: int = 4) -> tuple[int, int]:
     """(keys per program, programs per row).
 
-    phased: about four programs per SM over all rows. fused: at most one program per SM over all
+    phased: about ``programs_per_sm`` programs per SM over all rows. fused: at most one program per SM over all
     rows, so that every program is resident at once (one per row on a CPU: the interpreter runs
     programs one after another, and a lone program never waits)."""
     if schedule == "fused":
         per_row = max(1, _num_sms(device) // rows) if device.type == "cuda" else 1
     else:
-        per_row = max(1, triton.cdiv(4 * _num_sms(device), rows))
+        per_row = max(1, triton.cdiv(programs_per_sm * _num_sms(device), rows))
     chunk = triton.cdiv(triton.cdiv(max(n_keys, 1), per_row), block) * block
     return chunk, triton.cdiv(max(n_keys, 1), chunk)
 
@@ -157,7 +158,7 @@ def topp_threshold(
     scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 1024,
     work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
-    sync: torch.Tensor | None = None,
+    sync: torch.Tensor | None = None, programs_per_sm: int = 4, num_warps: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
@@ -179,6 +180,9 @@ def topp_threshold(
             ``sync[r, STALLS]`` counts the waits of row ``r`` that gave up after
             :data:`SPIN_LIMIT` polls (0 unless some program of the launch could not become
             resident; that row's selection is then undefined). Tests and benchmarks check it.
+        programs_per_sm, num_warps: the phased schedule's launch: programs per SM over all rows, and the warps
+            of each program of levels 0-3 (the tally and gather run 4). They change the speed, and the selection only where
+            level 0's fp32 sums per program round differently (module docstring).
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
@@ -190,7 +194,10 @@ def topp_threshold(
     rows, n_keys = scores.shape
     device = scores.device
     capacity = n_keys if max_tokens is None else max(0, min(max_tokens, n_keys))
-    chunk, n_chunks = _chunks(n_keys, rows, device, block, schedule)
+    if programs_per_sm < 1 or num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"programs_per_sm must be >= 1 and num_warps a power of two <= 16, got {programs_per_sm}, "
+                         f"{num_warps}")
+    chunk, n_chunks = _chunks(n_keys, rows, device, block, schedule, programs_per_sm)
     target = 1 << 62 if top_p >= 1.0 else round(top_p * FIXED_ONE)
     work_shape = (rows, N_LEVELS, 2 * N_BINS + 1)
     if work is not None and (work.shape != work_shape or work.dtype != torch.int64):
@@ -218,6 +225,6 @@ def topp_threshold(
                 BLOCK=block, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT)
     spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
-        warps = 4 if first >= TALLY else 8  # the tally and gather alone: 4 warps
+        warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
         _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, num_warps=warps, **meta)
     return order, n_keep
