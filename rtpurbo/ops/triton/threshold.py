@@ -173,16 +173,16 @@ def topp_threshold(
         n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
             changes with it, not the selection (benchmarks compare settings with it).
         schedule: ``"phased"`` (default): one launch per phase of the search (level 0, levels 1-3,
-            tally, gather), about four programs per SM; ``"fused"``: all six in one launch, a
+            tally, gather), about ``programs_per_sm`` programs per SM; ``"fused"``: all six in one launch, a
             persistent kernel of at most one program per SM whose programs of a row wait for each
             other between phases (slower on an H200: module docstring). Both select the same keys.
         sync: optional zeroed (BH, N_SYNC) int64 for the fused schedule's waits. Afterwards
             ``sync[r, STALLS]`` counts the waits of row ``r`` that gave up after
             :data:`SPIN_LIMIT` polls (0 unless some program of the launch could not become
             resident; that row's selection is then undefined). Tests and benchmarks check it.
-        programs_per_sm, num_warps: the phased schedule's launch: programs per SM over all rows, and the warps
-            of each program of levels 0-3 (the tally and gather run 4). They change the speed, and the selection only where
-            level 0's fp32 sums per program round differently (module docstring).
+        programs_per_sm, num_warps: the phased schedule's launch: programs per SM over all rows, and the
+            warps of each program of levels 0-3 (the tally and gather run 4). They change the speed, and the
+            selection only where level 0's fp32 sums per program round differently (module docstring).
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
