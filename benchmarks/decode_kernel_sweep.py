@@ -47,7 +47,7 @@ LONG_LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_sta
                   for b, w, nw, ns, cc in itertools.product((64, 128), (1, 2, 4), (4, 8), (None, 3), (16, 64))]
 SELECT_SCALES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}  # indexer key scale: score std 4, 2.56, 0.04
 SELECT_N_LOGIT = (16, 32)
-SEARCH_LAUNCH_GRID = list(itertools.product((2, 4, 8, 16), (4, 8), (1024, 2048)))  # per SM, warps, block
+SEARCH_LAUNCH_GRID = list(itertools.product((1, 2, 4, 8), (4, 8), (1024, 2048, 4096)))  # per SM, warps, block
 SCORE_GRID = list(itertools.product((512, 1024, 2048, 4096), (4, 8)))
 DENSE_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_stages=ns, split_keys=sk, combine_chunk=cc)
               for b, w, ns, sk, cc in itertools.product((64, 128), (2, 4), (None, 3), (0, 512, 1024, 2048), (16, 64))]

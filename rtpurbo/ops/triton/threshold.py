@@ -54,7 +54,11 @@ underflow to 0, more than ~100 logits below the max), which the reference orders
 Keys scoring ``-inf`` count as not visible.
 
 The six phases (level 0, levels 1-3, tally, gather) depend on each other only within a row.
-``schedule="phased"`` (the default) launches one phase at a time, about four programs per SM.
+``schedule="phased"`` (the default) launches one phase at a time, about two programs per SM of
+2048-key steps: fewer, longer programs than four per SM of 1024-key steps (the earlier launch) make the
+whole selection at 1M keys 86-87 us instead of 97-98 on every score regime, and change nothing at 128K
+(46-49 us; H200, ``benchmarks/decode_kernel_sweep.py --parts search_launch``,
+``benchmarks/results/llama-3.1-8b_h200_2026-12-04_dense-tail-split-search-launch.md``).
 ``schedule="fused"`` runs all six as one persistent launch: at most one program per SM over all
 rows, so that all are resident at once, and between phases the programs of a row wait on per-row
 words (the last program of a level walks it and releases the others; the gather waits for every
@@ -140,7 +144,7 @@ SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up: far past any re
 
 
 def _chunks(n_keys: int, rows: int, device: torch.device, block: int, schedule: str,
-            programs_per_sm: int = 4) -> tuple[int, int]:
+            programs_per_sm: int = 2) -> tuple[int, int]:
     """(keys per program, programs per row).
 
     phased: about ``programs_per_sm`` programs per SM over all rows. fused: at most one program per SM over all
@@ -156,9 +160,9 @@ def _chunks(n_keys: int, rows: int, device: torch.device, block: int, schedule: 
 
 def topp_threshold(
     scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
-    block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 1024,
+    block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 2048,
     work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
-    sync: torch.Tensor | None = None, programs_per_sm: int = 4, num_warps: int = 8,
+    sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
