@@ -239,3 +239,38 @@ def test_backward_block_masks_list_every_key_block_for_the_query_lists():
                                               sinks=4, band=256, backward=True)
     assert plan.block_mask.kv_indices.shape[-1] == n and 0 < int(kept) < int(seen)
     _transposed_lists_match(plan.block_mask, n, n)
+
+
+def test_each_flex_variant_has_its_own_compile_budget(monkeypatch):
+    """Dynamo specialises a compiled flex graph on dtype, head counts, head dim, a batch of one (sizes 0 and 1
+    are never symbolic) and gradients, and compiles at most ``recompile_limit`` (8) graphs per code object: a
+    process whose models mix head groups and dtypes would have hit rtpurbo's FlexRecompileError on the ninth.
+    Each variant now compiles under its own code object: twelve variants of one mask kind run, and a variant
+    seen before compiles nothing more for new lengths. (Dynamo's caching with its eager backend, on CPU.)"""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
+    flex._compiled.cache_clear()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    graphs = lambda: counters["stats"]["unique_graphs"]
+
+    def attend(dtype, batch, n_q, n_kv, dim, length):
+        pos = torch.arange(length).repeat(batch, 1)
+        pos[-1, :5] = -1  # a padded row: the position mask, not the plain window
+        q = torch.randn(batch, n_q, length, dim, dtype=dtype)
+        k, v = torch.randn(batch, n_kv, length, dim, dtype=dtype), torch.randn(batch, n_kv, length, dim, dtype=dtype)
+        plan = flex.plan(pos, pos, window=64, sinks=4, group=n_q // n_kv)
+        return flex.run(plan, q, k, v, dim**-0.5)
+
+    try:
+        variants = [(dtype, batch, n_q, n_kv, dim) for dtype in (torch.float32, torch.bfloat16)
+                    for batch, n_q, n_kv, dim in ((2, 4, 4, 32), (2, 4, 2, 32), (2, 9, 3, 32), (1, 4, 2, 32),
+                                                  (2, 4, 2, 64), (2, 8, 1, 16))]
+        for variant in variants:
+            assert torch.isfinite(attend(*variant, 256)).all()
+        seen = graphs()
+        for variant in variants[:4]:
+            for length in (384, 640):
+                attend(*variant, length)
+        assert graphs() - seen <= 4, f"{graphs() - seen} graphs for new lengths of 4 variants seen before"
+    finally:
+        flex._compiled.cache_clear()

@@ -40,6 +40,7 @@ Compiled-path guarantees (steady state never recompiles, never runs unfused):
 from __future__ import annotations
 
 import functools
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -193,12 +194,14 @@ def run(plan_: FlexPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
 
 
 def _call(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float):
-    """The compiled entry of ``kind`` on padded q, k, v; a clear error where dynamo would give up compiling."""
+    """The compiled entry of ``kind`` for the variant of padded q, k, v; a clear error where dynamo would give up
+    compiling."""
+    variant = _variant(q, k, v)
     try:
-        return _compiled(kind)(q, k, v, block_mask, scale, q.shape[1] > k.shape[1], _KERNEL_OPTIONS)
+        return _compiled(kind, variant)(q, k, v, block_mask, scale, q.shape[1] > k.shape[1], _KERNEL_OPTIONS)
     except torch._dynamo.exc.FailOnRecompileLimitHit as err:
         raise FlexRecompileError(
-            f"compiled flex attention ({kind} mask) hit dynamo's recompile limit "
+            f"compiled flex attention ({kind} mask, variant {variant}) hit dynamo's recompile limit "
             f"(torch._dynamo.config.recompile_limit = {torch._dynamo.config.recompile_limit}) at q{tuple(q.shape)}, "
             f"k{tuple(k.shape)}; rtpurbo does not run flex unfused (it would materialise the L x L scores). "
             "TORCH_LOGS=recompiles shows which guard failed."
@@ -206,8 +209,11 @@ def _call(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_ma
 
 
 # --- compiled entries ------------------------------------------------------------------------
-# One function per mask kind: each is its own code object, hence its own dynamo cache, so the
-# kinds a model mixes (index, position, key mask) never evict each other's compiled variants.
+# One function per mask kind, compiled per variant (_variant) under a code object of its own: dynamo keeps its
+# compiled graphs and its recompile budget (recompile_limit, 8) per code object, and specialises a flex graph on
+# dtype, head counts, head dims, a batch of one and gradients. So the mask kinds and variants a process mixes
+# (layers with different numbers of local heads, training and eval, other models) never spend each other's
+# budget; within a variant the lengths are dynamic.
 def _flex_index(q, k, v, block_mask, scale, gqa, options):
     return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=options)
 
@@ -242,10 +248,22 @@ _ENTRIES: dict[str, Callable] = {"index": _flex_index, "position": _flex_positio
                                  "dense_tail_split": _flex_dense_tail_split}
 
 
+def _variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple:
+    """What a compiled flex graph specialises on besides lengths: (dtype, batch of one, query heads, KV heads,
+    head dim, value head dim, gradients)."""
+    return (str(q.dtype).removeprefix("torch."), q.shape[0] == 1, q.shape[1], k.shape[1], q.shape[3], v.shape[3],
+            _needs_grad(q, k, v))
+
+
 @functools.cache
-def _compiled(kind: str) -> Callable:
-    """The compiled entry of a mask kind: dynamic shapes, whole graph or an error."""
-    return torch.compile(_ENTRIES[kind], dynamic=True, fullgraph=True)
+def _compiled(kind: str, variant: tuple) -> Callable:
+    """The compiled entry of a mask kind for one variant: its function under a code object of its own (its own
+    dynamo cache and recompile budget); dynamic shapes, whole graph or an error."""
+    entry = _ENTRIES[kind]
+    name = f"{entry.__name__}__" + "_".join(str(part) for part in variant)
+    code = entry.__code__.replace(co_name=name)
+    return torch.compile(types.FunctionType(code, entry.__globals__, name, entry.__defaults__, entry.__closure__),
+                         dynamic=True, fullgraph=True)
 
 
 # --- sparse prefill of retrieval heads ---------------------------------------------------------
