@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rtpurbo.eval.report import stored_row
+from rtpurbo.eval.report import merge_rows, stored_row
 
 
 def dense_samples_0_99(committed: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -32,6 +32,50 @@ def w1536_dense_prefill(committed: Path) -> dict[str, Any]:
 
 def suite_quarters(run: Path, name: str) -> dict[str, Any]:
     """Row ``name`` merged from the four evals of ``suite_quarters.sh`` (``run/NAME-4k-a`` ... ``-8k-b``)."""
-    from rtpurbo.eval.report import merge_rows
-
     return merge_rows(name, [stored_row(run / f"{name}-{part}", name) for part in ("4k-a", "4k-b", "8k-a", "8k-b")])
+
+
+def _committed_row(committed: Path, folder: str, name: str) -> dict[str, Any]:
+    import gzip
+    import json
+
+    row = json.loads(gzip.decompress((committed / folder / "rows" / f"{name}.json.gz").read_bytes()))
+    return {**row, "row": name}
+
+
+# reference rows of the sparse-prefill analyses: name -> (comparison key, loader from ``benchmarks/results``)
+REFERENCES = {
+    "dense_prefill": ("vs_dense_prefill", w1536_dense_prefill),
+    "spt": ("vs_tail_256", lambda c: _committed_row(c, "smollm2-135m_h200_2026-12-04_sparse-prefill-dense-tail", "spt")),
+    "sp": ("vs_sparse_prefill", lambda c: _committed_row(c, "smollm2-135m_h200_2026-12-04_sparse-prefill-w1536", "sp")),
+    "dense": ("vs_dense", lambda c: merge_rows("dense", dense_samples_0_99(c))),
+}
+
+
+def analyse_suite_row(run: Path, results: Path, committed: Path, name: str, references: list[str]) -> None:
+    """Row ``name`` of ``suite_quarters.sh``'s four evals in ``run``, paired sample by sample against committed
+    ``references`` (names of :data:`REFERENCES`, in order): writes ``results/rows/NAME.json.gz`` and the paired
+    tables and plots, prints their summary lines and the perplexity ratios."""
+    import gzip
+
+    from rtpurbo.config import dumps
+    from rtpurbo.eval.paired import paired_differences, perplexity_ratio
+    from rtpurbo.eval.paired_plot import write_comparisons
+
+    row = suite_quarters(run, name)
+    (results / "rows").mkdir(parents=True, exist_ok=True)
+    (results / "rows" / f"{name}.json.gz").write_bytes(gzip.compress(dumps(row).encode(), mtime=0))
+    loaded = {ref: REFERENCES[ref][1](committed) for ref in references}
+    comparisons = {REFERENCES[ref][0]: paired_differences([loaded[ref], row], loaded[ref]["row"])
+                   for ref in references}
+    lines = write_comparisons(comparisons, results)
+    print("\n".join(line for line in lines if line.startswith("| ") and ("±" in line or "%" in line)))
+    for ref in references:
+        print(f"perplexity vs {ref}", perplexity_ratio(row, loaded[ref]))
+
+
+if __name__ == "__main__":  # python3 committed_rows.py RUN RESULTS NAME REFERENCE...
+    import sys
+
+    analyse_suite_row(Path(sys.argv[1]), Path(sys.argv[2]), Path(__file__).resolve().parents[1] / "results",
+                      sys.argv[3], sys.argv[4:])

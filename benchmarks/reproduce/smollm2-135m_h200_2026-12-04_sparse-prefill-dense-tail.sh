@@ -13,51 +13,7 @@
 # digest is 5bd12d561cf2aa73). The committed run split each length's 19 tasks over two processes, four at once on
 # one H200 (206-221 s each). RESULTS: the folder beside this script's results file.
 set -euo pipefail
-mode=${1:?usage: $0 prepare|eval|analyse OUT ...}
-out=${2:?OUT}
-here=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$out"
 # shellcheck source=suite_quarters.sh
 source "$(dirname "$0")/suite_quarters.sh"
-case "$mode" in
-prepare)
-  suite_prepare "$out"
-  ;;
-eval)
-  suite_quarters "$out" "${3:?EVAL100}" "spt=smollm2-135m-rtpurbo@retrieval_prefill=sparse,prefill_dense_tail=256" spt
-  ;;
-analyse)
-  results=${3:?RESULTS}
-  python3 - "$out" "$results" "$here/benchmarks/results" <<'PY'
-import gzip, json, sys
-from pathlib import Path
-from rtpurbo.config import dumps
-from rtpurbo.eval.paired import markdown, paired_differences, perplexity_ratio
-from rtpurbo.eval.paired_plot import write_comparisons
-from rtpurbo.eval.report import merge_rows
-
-run, results, committed = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-sys.path.insert(0, str(committed.parent / "reproduce"))
-from committed_rows import dense_samples_0_99, suite_quarters, w1536_dense_prefill  # noqa: E402
-
-dense = merge_rows("dense", dense_samples_0_99(committed))
-dense_prefill = w1536_dense_prefill(committed)
-sp = json.loads(gzip.decompress((committed / "smollm2-135m_h200_2026-12-04_sparse-prefill-w1536" / "rows"
-                                 / "sp.json.gz").read_bytes()))
-spt = suite_quarters(run, "spt")
-(results / "rows").mkdir(parents=True, exist_ok=True)
-(results / "rows" / "spt.json.gz").write_bytes(gzip.compress(dumps(spt).encode(), mtime=0))
-comparisons = {"vs_dense_prefill": paired_differences([dense_prefill, spt], "dense_prefill"),
-               "vs_sparse_prefill": paired_differences([{**sp, "row": "sp"}, spt], "sp"),
-               "vs_dense": paired_differences([dense, spt], "dense")}
-lines = write_comparisons(comparisons, results)
-print("\n".join(l for l in lines if l.startswith("| ") and ("±" in l or "%" in l)))
-print("perplexity vs dense prefill", perplexity_ratio(spt, dense_prefill), "vs sp", perplexity_ratio(spt, sp),
-      "vs dense", perplexity_ratio(spt, dense))
-PY
-  ;;
-*)
-  echo "mode must be prepare, eval or analyse" >&2
-  exit 2
-  ;;
-esac
+suite_script "${1:?usage: $0 prepare|eval|analyse OUT ...}" "${2:?OUT}" "${3:-}" \
+  "spt=smollm2-135m-rtpurbo@retrieval_prefill=sparse,prefill_dense_tail=256" spt dense_prefill sp dense

@@ -4,6 +4,7 @@
 #
 #   suite_prepare OUT                    # CPU, ~4 min: OUT/eval100/eval_data.npz (the committed rows' samples)
 #   suite_quarters OUT DATA ROW PREFIX   # writes OUT/PREFIX-4k-a, -4k-b, -8k-a, -8k-b
+#   suite_script MODE OUT ARG ROW PREFIX REFERENCE...   # a reproduce script's three modes, below
 #
 # DATA: eval_data.npz from `rtpurbo eval --prepare-only --lengths 4096 8192 --samples 100 --ppl-windows 12`;
 # ROW: an --artifacts row (NAME=ARTIFACT[@SETTINGS]); RTPURBO: the command (default python3 -m rtpurbo.cli).
@@ -29,4 +30,26 @@ suite_quarters() {
   _quarter "$prefix-8k-a" 8192 0 "$t1" &
   _quarter "$prefix-8k-b" 8192 0 "$t2" &
   wait
+}
+
+# suite_script MODE OUT ARG ROW PREFIX REFERENCE...: what a reproduce script of one suite row does in each mode:
+#   prepare OUT            suite_prepare
+#   eval OUT EVAL100       suite_quarters of ROW, its evals named PREFIX-*
+#   analyse OUT RESULTS    committed_rows.py: row PREFIX paired against the committed REFERENCE rows (names of
+#                          committed_rows.REFERENCES, in order), outputs written to RESULTS
+suite_script() {
+  local mode=$1 out=$2 arg=$3 row=$4 prefix=$5
+  shift 5
+  mkdir -p "$out"
+  case "$mode" in
+  prepare) suite_prepare "$out" ;;
+  eval) suite_quarters "$out" "${arg:?eval needs EVAL100 (OUT/eval100/eval_data.npz from prepare)}" "$row" "$prefix" ;;
+  analyse)
+    python3 "$(dirname "${BASH_SOURCE[0]}")/committed_rows.py" "$out" "${arg:?analyse needs RESULTS}" "$prefix" "$@"
+    ;;
+  *)
+    echo "mode must be prepare, eval or analyse" >&2
+    return 2
+    ;;
+  esac
 }
