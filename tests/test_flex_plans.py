@@ -246,7 +246,8 @@ def test_each_flex_variant_has_its_own_compile_budget(monkeypatch):
     are never symbolic) and gradients, and compiles at most ``recompile_limit`` (8) graphs per code object: a
     process whose models mix head groups and dtypes would have hit rtpurbo's FlexRecompileError on the ninth.
     Each variant now compiles under its own code object: twelve variants of one mask kind run, and a variant
-    seen before compiles nothing more for new lengths. (Dynamo's caching with its eager backend, on CPU.)"""
+    compiles at most once more for a second length (its dynamic-shape graph) and never for a third. (Dynamo's
+    caching with its eager backend, on CPU.)"""
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
     flex._compiled.cache_clear()
@@ -268,9 +269,12 @@ def test_each_flex_variant_has_its_own_compile_budget(monkeypatch):
         for variant in variants:
             assert torch.isfinite(attend(*variant, 256)).all()
         seen = graphs()
+        for variant in variants[:4]:  # a second length: each variant's dynamic-shape graph, at most one more
+            attend(*variant, 384)
+        assert graphs() - seen <= 4, f"{graphs() - seen} graphs for a second length of 4 variants"
+        seen = graphs()
         for variant in variants[:4]:
-            for length in (384, 640):
-                attend(*variant, length)
-        assert graphs() - seen <= 4, f"{graphs() - seen} graphs for new lengths of 4 variants seen before"
+            attend(*variant, 640)
+        assert graphs() == seen, f"{graphs() - seen} graphs for a third length of variants seen before"
     finally:
         flex._compiled.cache_clear()
