@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..cache import HeadwiseCache
 from ..generate import prefill
-from .scoring import decode_step
+from .scoring import bootstrap, decode_step
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
@@ -91,13 +91,10 @@ def _report(model: nn.Module, cache: HeadwiseCache, length: int, decode_steps: i
     }
 
 
-def _median_interval(ratios: list[float], seed: int = 0, n_boot: int = 2000) -> dict[str, float]:
+def _median_interval(ratios: list[float], seed: int = 0) -> dict[str, float]:
     """Median of paired ratios with a 95 % bootstrap interval (resampling the pairs)."""
-    values = np.asarray(ratios, dtype=float)
-    rng = np.random.default_rng(seed)
-    medians = np.median(values[rng.integers(0, len(values), (n_boot, len(values)))], axis=1)
-    return {"median": float(np.median(values)), "lo": float(np.quantile(medians, 0.025)),
-            "hi": float(np.quantile(medians, 0.975)), "pairs": len(values)}
+    lo, hi = bootstrap([ratios], np.median, seed=seed)
+    return {"median": float(np.median(ratios)), "lo": lo, "hi": hi, "pairs": len(ratios)}
 
 
 @torch.no_grad()

@@ -270,9 +270,7 @@ def sparse_prefill(
             out = torch.cat([out[:, :, :first], dense_tail], dim=2)
         return out, kept, seen
     blocks = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, **budget)
-    key_mask = reference.blocks_to_keys(blocks, BLOCK_SIZE, q.shape[2], k.shape[2])
-    if tail:
-        key_mask[:, :, max(0, q.shape[2] - tail):] = True  # causality still comes from the positions
+    key_mask = reference.blocks_to_keys(blocks, BLOCK_SIZE, q.shape[2], k.shape[2], tail)
     seen = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, top_p=1.0, sinks=sinks, band=band)
     out = _load(name)(q, k, v, q_pos, k_pos, key_mask=key_mask, scale=scale)
     return out, blocks.sum(), seen.sum()

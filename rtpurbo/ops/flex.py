@@ -282,9 +282,9 @@ def dense_tail(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.T
     (:func:`merge_tail_parts`)."""
     if split_keys <= 0 or split_keys % BLOCK:
         raise ValueError(f"split_keys must be a positive multiple of {BLOCK}, got {split_keys}")
-    if _needs_grad(q, k, v) or k.shape[2] <= split_keys:
-        tail_plan = plan(q_pos, k_pos, window=None, sinks=0, group=q.shape[1] // k.shape[1],
-                         backward=_needs_grad(q, k, v))
+    backward = _needs_grad(q, k, v)
+    if backward or k.shape[2] <= split_keys:
+        tail_plan = plan(q_pos, k_pos, window=None, sinks=0, group=q.shape[1] // k.shape[1], backward=backward)
         return run(FlexPlan("dense_tail", tail_plan.block_mask, tail_plan.q_len, tail_plan.k_len), q, k, v, scale)
     queries, keys, values, query_pos, key_pos = tail_parts(q, k, v, q_pos, k_pos, split_keys)
     tail_plan = plan(query_pos, key_pos, window=None, sinks=0, group=q.shape[1] // k.shape[1])

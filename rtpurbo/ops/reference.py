@@ -231,10 +231,13 @@ def select_blocks(
     return always | (kept & candidates)
 
 
-def blocks_to_keys(blocks: torch.Tensor, block: int, q_len: int, k_len: int) -> torch.Tensor:
-    """(B, H, nq, nk) block selection -> (B, H, Lq, Lk) bool key mask."""
-    mask = blocks.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)
-    return mask[:, :, :q_len, :k_len]
+def blocks_to_keys(blocks: torch.Tensor, block: int, q_len: int, k_len: int, tail: int = 0) -> torch.Tensor:
+    """(B, H, nq, nk) block selection -> (B, H, Lq, Lk) bool key mask; the last ``tail`` queries keep every key
+    (a sparse prefill's dense tail: causality still comes from the positions)."""
+    mask = blocks.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)[:, :, :q_len, :k_len]
+    if tail:
+        mask[:, :, max(0, q_len - tail):] = True  # a view of the fresh repeat_interleave result
+    return mask
 
 
 def block_sparse_attention(
@@ -267,8 +270,5 @@ def block_sparse_attention(
         raise ValueError(f"tail must be >= 0, got {tail}")
     blocks = select_blocks(q_idx, k_idx, q_pos, k_pos, block=block, top_p=top_p, min_blocks=min_blocks,
                            max_blocks=max_blocks, sinks=sinks, band=band, scoring=scoring)
-    key_mask = blocks_to_keys(blocks, block, q.shape[2], k.shape[2])
-    if tail:
-        key_mask = key_mask.clone()
-        key_mask[:, :, max(0, q.shape[2] - tail):] = True  # causality still comes from the positions
+    key_mask = blocks_to_keys(blocks, block, q.shape[2], k.shape[2], tail)
     return attention(q, k, v, q_pos, k_pos, key_mask=key_mask, scale=scale), blocks
