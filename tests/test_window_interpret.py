@@ -30,10 +30,16 @@ CASES = [
     ("window-past-length", 1, 100, 2, 1, 64, 300, 2, False, 32, 16),
     ("sinks-over-a-tile", 1, 130, 1, 2, 32, 40, 20, False, 32, 16),
     ("square-tiles", 1, 161, 1, 4, 32, 64, 4, True, 32, 32),
+    ("many-whole-blocks", 1, 260, 1, 2, 32, 128, 4, False, 32, 16),
 ]
 
 
-def _check(case, tma: bool) -> list[str]:
+# launch kinds: TMA descriptors, pointer loads, and the unmasked loop issuing the next q k^T ahead (both loads)
+KINDS = {"tma": dict(tma=True), "pointers": dict(tma=False), "qk-ahead": dict(tma=True, qk_ahead=True),
+         "pointers-qk-ahead": dict(tma=False, qk_ahead=True)}
+
+
+def _check(case, kind: dict) -> list[str]:
     import torch
 
     from rtpurbo.ops import reference
@@ -48,7 +54,7 @@ def _check(case, tma: bool) -> list[str]:
     pos = torch.arange(length).repeat(batch, 1)
     want = reference.attention(q.float(), k.float(), v.float(), pos, pos, window=win, sinks=sinks)
     eager = reference.attention(q, k, v, pos, pos, window=win, sinks=sinks).float()
-    launch = window.WindowLaunch(block_m=block_m, block_n=block_n, tma=tma)
+    launch = window.WindowLaunch(block_m=block_m, block_n=block_n, **kind)
     got = window.window_attention(q, k, v, window=win, sinks=sinks, scale=dim**-0.5, launch=launch)
     problems = []
     if got.shape != q.shape or got.dtype != q.dtype:
@@ -69,7 +75,7 @@ CHUNK_CASES = [
 ]
 
 
-def _check_chunk(case, tma: bool) -> list[str]:
+def _check_chunk(case, kind: dict) -> list[str]:
     """A later prefill chunk: queries at positions P..P+L-1 over the sinks, the ring unrolled to positions P-W..P-1
     (zeros where a head-wise cache's ring holds nothing: positions below S or 0) and the chunk's own keys."""
     import torch
@@ -96,7 +102,7 @@ def _check_chunk(case, tma: bool) -> list[str]:
                                 sinks=sinks).float()
     got = window.window_attention(q[:, :, start:], layout(k), layout(v), window=win, sinks=sinks, scale=dim**-0.5,
                                   chunk_start=start, launch=window.WindowLaunch(block_m=block_m, block_n=block_n,
-                                                                                tma=tma))
+                                                                                **kind))
     err = ((got.float() - want).norm() / want.norm()).item()
     budget = 2 * ((eager - want).norm() / want.norm()).item()
     return [] if err <= budget else [f"relative error {err:.2e} > twice eager fp16 ({budget:.2e})"]
@@ -154,12 +160,12 @@ def _check_errors() -> list[str]:
 
 
 def _run_all() -> dict[str, list[str]]:
-    checks = [(f"{case[0]}-{kind}", lambda case=case, tma=tma: _check(case, tma))
-              for case in CASES for kind, tma in (("tma", True), ("pointers", False))]
+    checks = [(f"{case[0]}-{name}", lambda case=case, kind=kind: _check(case, kind))
+              for case in CASES for name, kind in KINDS.items()]
     checks += [(f"out-heads-{kind}", lambda tma=tma: _check_out_heads(tma)) for kind, tma in (("tma", True),
                                                                                              ("pointers", False))]
-    checks += [(f"chunk-{case[0]}-{kind}", lambda case=case, tma=tma: _check_chunk(case, tma))
-               for case in CHUNK_CASES for kind, tma in (("tma", True), ("pointers", False))]
+    checks += [(f"chunk-{case[0]}-{name}", lambda case=case, kind=kind: _check_chunk(case, kind))
+               for case in CHUNK_CASES for name, kind in KINDS.items()]
     return report_checks(checks + [("errors", _check_errors)])
 
 
@@ -168,9 +174,9 @@ def report() -> dict[str, list[str]]:
     return run_script(__file__)
 
 
-@pytest.mark.parametrize("name", [f"{c[0]}-{kind}" for c in CASES for kind in ("tma", "pointers")]
+@pytest.mark.parametrize("name", [f"{c[0]}-{kind}" for c in CASES for kind in KINDS]
                          + ["out-heads-tma", "out-heads-pointers", "errors"]
-                         + [f"chunk-{c[0]}-{kind}" for c in CHUNK_CASES for kind in ("tma", "pointers")])
+                         + [f"chunk-{c[0]}-{kind}" for c in CHUNK_CASES for kind in KINDS])
 def test_window_kernel_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 
