@@ -16,7 +16,10 @@
    flat scores (score std 4, 2.56 and 0.04 logits).
 4. ``search_launch``: the same selection (phased schedule, 32 level-0 bins) for launches of the threshold
    search: programs per SM, warps of levels 0-3, keys per inner step.
-5. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
+5. ``walk``: the serial tail of a search level, timed alone as one program (CUDA-graph replays of 20 launches,
+   per launch): an empty launch, loading a level's bins, walking them (:func:`~rtpurbo.ops.triton.threshold_phases._walk`,
+   32 / 256 / 2048 bins, 1-8 warps) and level 0's search for its bin's key interval (32 / 64 / 256 probes).
+6. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
    attention bench's decode point) at 128K and 1M, for both schedules: device microseconds per kernel
    per step, and the step's wall time.
 
@@ -31,11 +34,14 @@ import json
 import time
 
 import torch
+import triton
+import triton.language as tl
 
 from rtpurbo.bench.attention import (DEVICE, GEOMETRIES, INDEX_DIM, RECENT, TOP_P, _randn, _ring_positions, environment,
                                      graph_us)
 from rtpurbo.ops import api
 from rtpurbo.ops.triton import decode as kernels
+from rtpurbo.ops.triton.threshold_phases import _logit_bin_keys, _walk
 
 WINDOW, SINKS = 8192, 4
 LOCAL_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=ns)
@@ -197,6 +203,66 @@ def search_launch_rows(record) -> None:
                             order_sum=int(order[0, : int(n_keep)].sum())))
 
 
+@triton.jit
+def _empty_kernel(out_ptr):
+    tl.store(out_ptr, 1)
+
+
+@triton.jit
+def _load_bins_kernel(counts_ptr, masses_ptr, out_ptr, NB: tl.constexpr):
+    bins = tl.arange(0, NB)
+    counts = tl.load(counts_ptr + bins, cache_modifier=".cg")
+    masses = tl.load(masses_ptr + bins, cache_modifier=".cg")
+    tl.store(out_ptr, tl.sum(counts + masses, axis=0))
+
+
+@triton.jit
+def _walk_kernel(counts_ptr, masses_ptr, out_ptr, target, NB: tl.constexpr):
+    bins = tl.arange(0, NB)
+    counts = tl.load(counts_ptr + bins, cache_modifier=".cg")
+    masses = tl.load(masses_ptr + bins, cache_modifier=".cg")
+    zero = tl.load(counts_ptr) * 0
+    chosen, mode, rank, above, mass_above, n_in, mass_in = _walk(counts, masses, zero, zero, zero, zero, target,
+                                                                 zero + 64, zero + (1 << 40), NB)
+    tl.store(out_ptr, chosen + mode + rank + above + mass_above + n_in + mass_in)
+
+
+@triton.jit
+def _probe_kernel(stats_ptr, out_ptr, PROBES: tl.constexpr):
+    lo, hi = _logit_bin_keys(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 32, PROBES)
+    tl.store(out_ptr, lo + hi)
+
+
+def walk_rows(record) -> None:
+    """One program's serial work at the end of a search level (see the module docstring, part 5)."""
+    out = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+    launches = 20
+
+    def per_launch(fn) -> float:
+        def many():
+            for _ in range(launches):
+                fn()
+        return graph_us(many, rep=100) / launches
+
+    for warps in (1, 8):
+        record(dict(case="walk", what="empty launch", num_warps=warps, us=per_launch(
+            lambda w=warps: _empty_kernel[(1,)](out, num_warps=w)), gbps=0.0))
+    for bins in (32, 256, 2048):
+        counts = torch.randint(0, 100, (bins,), device=DEVICE, dtype=torch.int64)
+        masses = counts * (1 << 40)
+        target = int(masses.sum().item() * 0.9)
+        for warps in (1, 2, 4, 8):
+            record(dict(case="walk", what="load bins", bins=bins, num_warps=warps, gbps=0.0, us=per_launch(
+                lambda w=warps: _load_bins_kernel[(1,)](counts, masses, out, NB=bins, num_warps=w))))
+            record(dict(case="walk", what="walk", bins=bins, num_warps=warps, gbps=0.0, us=per_launch(
+                lambda w=warps: _walk_kernel[(1,)](counts, masses, out, target, NB=bins, num_warps=w))))
+    stats = torch.tensor([5.0, 1.3], device=DEVICE)
+    for probes in (32, 64, 256):
+        for warps in (1, 4, 8):
+            record(dict(case="walk", what="logit bin keys", probes=probes, num_warps=warps, gbps=0.0, us=per_launch(
+                lambda p=probes, w=warps: _probe_kernel[(1,)](stats, out, PROBES=p, num_warps=w))))
+
+
 def score_rows(record) -> None:
     for length in (131072, 1048576):
         q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM)
@@ -284,8 +350,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--parts", default="local,list,scores,profile", help="comma-separated, of: local, list, "
-                        "scores, profile, dense, select, search_launch, combine")
+                        "scores, profile, dense, select, search_launch, combine, walk")
+    parser.add_argument("--search-launches", default="", help="search_launch's grid instead of the default: "
+                        "comma-separated PROGRAMS_PER_SMxWARPSxBLOCK, e.g. 2x8x2048,8x2x2048")
     args = parser.parse_args()
+    if args.search_launches:
+        global SEARCH_LAUNCH_GRID
+        SEARCH_LAUNCH_GRID = [tuple(int(x) for x in launch.split("x")) for launch in args.search_launches.split(",")]
     rows: list[dict] = []
     env = environment()
     started = time.time()
@@ -295,7 +366,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows,
-             "select": select_rows, "search_launch": search_launch_rows, "combine": combine_rows}
+             "select": select_rows, "search_launch": search_launch_rows, "combine": combine_rows, "walk": walk_rows}
     for name in args.parts.split(","):
         try:
             parts[name](record)

@@ -2,6 +2,8 @@
 flex configurations and a banded cuDNN decomposition.
 
     PYTHONPATH=. python benchmarks/window_kernels.py --lengths 32768,131072 --json window.json
+    PYTHONPATH=. python benchmarks/window_kernels.py --kernels triton,cudnn --rounds 3 \
+        --launches m128-n128-w8-s3,m256-n64-w16-s3,m128-n128-w8-s3-ws   # chosen launches, timed in turn
 
 One layer's local heads of the Llama-3.1-8B geometry (28 query / 7 KV heads, head dim 128, W = 8192,
 S = 4, bf16, plain prefill), the model's q/k/v layout. Rows:
@@ -51,7 +53,22 @@ TRITON_LAUNCHES = [
 
 def _launch_name(launch) -> str:
     kind = "tma-ws" if launch.warp_specialize else "tma" if launch.tma else "ptr"
-    return f"triton-{kind}-m{launch.block_m}-n{launch.block_n}-w{launch.num_warps}-s{launch.num_stages}"
+    ahead = "-ahead" if getattr(launch, "qk_ahead", False) else ""
+    return f"triton-{kind}-m{launch.block_m}-n{launch.block_n}-w{launch.num_warps}-s{launch.num_stages}{ahead}"
+
+
+def parse_launch(spec: str):
+    """``m128-n128-w8-s3`` plus optional ``-ptr`` (pointer loads), ``-ws`` (warp specialisation), ``-ahead``
+    (``qk_ahead``, where the kernel has it) -> a :class:`~rtpurbo.ops.triton.window.WindowLaunch`."""
+    parts = spec.split("-")
+    fields = {"m": "block_m", "n": "block_n", "w": "num_warps", "s": "num_stages"}
+    options = {fields[p[0]]: int(p[1:]) for p in parts if p[:1] in fields and p[1:].isdigit()}
+    flags = {"ptr": ("tma", False), "ws": ("warp_specialize", True), "ahead": ("qk_ahead", True)}
+    unknown = [p for p in parts if not (p[:1] in fields and p[1:].isdigit()) and p not in flags]
+    if unknown or len(options) != 4:
+        raise SystemExit(f"bad launch {spec!r}: want m<rows>-n<keys>-w<warps>-s<stages>[-ptr][-ws][-ahead]")
+    options.update(flags[p] for p in parts if p in flags)
+    return triton_window.WindowLaunch(**options)
 
 
 def _cudnn(q, k, v, causal: bool, scale: float):
@@ -98,44 +115,49 @@ def banded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> t
     return out
 
 
-def run_point(length: int, record, wanted=lambda name: True) -> None:
-    """Time every kernel whose name ``wanted`` accepts at one length (flex, the baseline, always runs)."""
+def run_point(length: int, record, wanted=lambda name: True, launches=None, rounds: int = 1) -> None:
+    """Time every kernel whose name ``wanted`` accepts at one length (flex, the baseline, always runs). With
+    ``rounds`` > 1 each round times every kernel once, in turn, so that slow drifts of the card's clock fall on
+    all kernels alike; every row carries its round."""
     q, k, v = _model_layout(length, N_Q, DIM), _model_layout(length, N_KV, DIM), _model_layout(length, N_KV, DIM)
     pos = torch.arange(length, device="cuda")[None]
     flops = 4 * DIM * N_Q * local_pairs(length, WINDOW, SINKS)
     plan = api.plan(pos, pos, window=WINDOW, sinks=SINKS, plain=True, impl="flex")
     base = lambda: flex.run(plan, q, k, v, DIM**-0.5)  # noqa: E731 - compiled flex, as the plain path ran before the Triton kernel
-    want = base()
-    ms = time_ms(base)
-    record(dict(kernel="flex", L=length, ms=ms, tflops=flops / ms / 1e9))
+    want = base().float()
+    calls = {"flex": base}
     if wanted("cudnn-causal"):  # the dense kernel's rate on the same heads, for reference
-        causal = lambda: api.attention(q, k, v, pos, pos, impl="flex", plain=True)  # noqa: E731
-        causal()  # cuDNN builds its plan on the first call
-        ms = time_ms(causal)
-        record(dict(kernel="cudnn-causal", L=length, ms=ms, tflops=4 * DIM * N_Q * length * (length + 1) / 2 / ms / 1e9))
-
-    def attempt(name, call):
-        if not wanted(name):
-            return
-        try:
-            err = ((call().float() - want.float()).norm() / want.float().norm()).item()
-            ms = time_ms(call)
-            record(dict(kernel=name, L=length, ms=ms, tflops=flops / ms / 1e9, rel_err=err))
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            record(dict(kernel=name, L=length, error=f"{type(exc).__name__}: {str(exc)[:300]}"))
-
-    attempt("rtpurbo-plain", lambda: api.attention(  # what the model runs now (the Triton window kernel)
-        q, k, v, pos, pos, window=WINDOW, sinks=SINKS, impl="flex", plain=True, plan=plan))
-    for launch in TRITON_LAUNCHES:
-        attempt(_launch_name(launch), lambda launch=launch: triton_window.window_attention(
-            q, k, v, window=WINDOW, sinks=SINKS, scale=DIM**-0.5, launch=launch))
+        calls["cudnn-causal"] = lambda: api.attention(q, k, v, pos, pos, impl="flex", plain=True)
+    calls["rtpurbo-plain"] = lambda: api.attention(  # what the model runs now (the Triton window kernel)
+        q, k, v, pos, pos, window=WINDOW, sinks=SINKS, impl="flex", plain=True, plan=plan)
+    for launch in TRITON_LAUNCHES if launches is None else launches:
+        calls[_launch_name(launch)] = lambda launch=launch: triton_window.window_attention(
+            q, k, v, window=WINDOW, sinks=SINKS, scale=DIM**-0.5, launch=launch)
     kq, kk, kv = q, k.contiguous(), v.contiguous()
     for name, options in VARIANTS.items():
         fn = torch.compile(flex.flex_attention, dynamic=False)
-        attempt(f"flex-{name}", lambda fn=fn, options=options: fn(
+        calls[f"flex-{name}"] = lambda fn=fn, options=options: fn(
             kq, kk, kv, block_mask=plan.block_mask, scale=DIM**-0.5, enable_gqa=True,
-            kernel_options={**flex._KERNEL_OPTIONS, **options}))  # IS_DIVISIBLE + the variant
-    attempt("banded-cudnn", lambda: banded(q, k, v, DIM**-0.5))
+            kernel_options={**flex._KERNEL_OPTIONS, **options})  # IS_DIVISIBLE + the variant
+    calls["banded-cudnn"] = lambda: banded(q, k, v, DIM**-0.5)
+    errors = {}
+    for name, call in list(calls.items()):
+        if name != "flex" and not wanted(name):
+            del calls[name]
+            continue
+        try:  # the first call also compiles, and cuDNN builds its plan
+            errors[name] = None if name == "cudnn-causal" else (call().float() - want).norm().item() / want.norm().item()
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            record(dict(kernel=name, L=length, error=f"{type(exc).__name__}: {str(exc)[:300]}"))
+            del calls[name]
+    pairs = 4 * DIM * N_Q * length * (length + 1) / 2
+    for round_ in range(rounds):
+        for name, call in calls.items():
+            ms = time_ms(call)
+            row = dict(kernel=name, L=length, ms=ms, tflops=(pairs if name == "cudnn-causal" else flops) / ms / 1e9)
+            if errors[name] is not None and name != "flex":
+                row["rel_err"] = errors[name]
+            record(row | (dict(round=round_) if rounds > 1 else {}))
 
 
 def main() -> None:
@@ -143,6 +165,9 @@ def main() -> None:
     parser.add_argument("--lengths", default="32768,131072")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--kernels", default="", help="comma-separated name prefixes to run (default: all)")
+    parser.add_argument("--launches", default="", help="comma-separated Triton launches to time instead of the "
+                        "grid, e.g. m128-n128-w8-s3,m256-n64-w16-s3,m128-n128-w8-s3-ws (see parse_launch)")
+    parser.add_argument("--rounds", type=int, default=1, help="time every kernel once per round, in turn")
     args = parser.parse_args()
     rows: list[dict] = []
 
@@ -153,7 +178,9 @@ def main() -> None:
     with torch._dynamo.config.patch(recompile_limit=64):
         for length in (int(x) for x in args.lengths.split(",")):
             prefixes = [p for p in args.kernels.split(",") if p]
-            run_point(length, record, lambda name: not prefixes or any(name.startswith(p) for p in prefixes))
+            launches = [parse_launch(x) for x in args.launches.split(",") if x] or None
+            run_point(length, record, lambda name: not prefixes or any(name.startswith(p) for p in prefixes),
+                      launches, args.rounds)
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(dict(environment=environment(), rows=rows), f, indent=1)
