@@ -53,20 +53,19 @@ TRITON_LAUNCHES = [
 
 def _launch_name(launch) -> str:
     kind = "tma-ws" if launch.warp_specialize else "tma" if launch.tma else "ptr"
-    ahead = "-ahead" if getattr(launch, "qk_ahead", False) else ""
-    return f"triton-{kind}-m{launch.block_m}-n{launch.block_n}-w{launch.num_warps}-s{launch.num_stages}{ahead}"
+    return f"triton-{kind}-m{launch.block_m}-n{launch.block_n}-w{launch.num_warps}-s{launch.num_stages}"
 
 
 def parse_launch(spec: str):
-    """``m128-n128-w8-s3`` plus optional ``-ptr`` (pointer loads), ``-ws`` (warp specialisation), ``-ahead``
-    (``qk_ahead``, where the kernel has it) -> a :class:`~rtpurbo.ops.triton.window.WindowLaunch`."""
+    """``m128-n128-w8-s3`` plus optional ``-ptr`` (pointer loads) and ``-ws`` (warp specialisation) -> a
+    :class:`~rtpurbo.ops.triton.window.WindowLaunch`."""
     parts = spec.split("-")
     fields = {"m": "block_m", "n": "block_n", "w": "num_warps", "s": "num_stages"}
     options = {fields[p[0]]: int(p[1:]) for p in parts if p[:1] in fields and p[1:].isdigit()}
-    flags = {"ptr": ("tma", False), "ws": ("warp_specialize", True), "ahead": ("qk_ahead", True)}
+    flags = {"ptr": ("tma", False), "ws": ("warp_specialize", True)}
     unknown = [p for p in parts if not (p[:1] in fields and p[1:].isdigit()) and p not in flags]
     if unknown or len(options) != 4:
-        raise SystemExit(f"bad launch {spec!r}: want m<rows>-n<keys>-w<warps>-s<stages>[-ptr][-ws][-ahead]")
+        raise SystemExit(f"bad launch {spec!r}: want m<rows>-n<keys>-w<warps>-s<stages>[-ptr][-ws]")
     options.update(flags[p] for p in parts if p in flags)
     return triton_window.WindowLaunch(**options)
 

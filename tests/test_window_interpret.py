@@ -34,9 +34,7 @@ CASES = [
 ]
 
 
-# launch kinds: TMA descriptors, pointer loads, and the unmasked loop issuing the next q k^T ahead (both loads)
-KINDS = {"tma": dict(tma=True), "pointers": dict(tma=False), "qk-ahead": dict(tma=True, qk_ahead=True),
-         "pointers-qk-ahead": dict(tma=False, qk_ahead=True)}
+KINDS = {"tma": dict(tma=True), "pointers": dict(tma=False)}  # launch kinds: TMA descriptors, pointer loads
 
 
 def _check(case, kind: dict) -> list[str]:

@@ -51,7 +51,6 @@ class WindowLaunch:
     num_stages: int = 3
     tma: bool = True
     warp_specialize: bool = False
-    qk_ahead: bool = False  # the unmasked loop issues the next block's q k^T before this block's softmax
 
 
 def default_launch(head_dim: int) -> WindowLaunch:
@@ -104,52 +103,12 @@ def _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn,
 
 
 @triton.jit
-def _load_kv(desc, ptrs, s_n, start, n_keys, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
-    """One (BLOCK_N, D) key or value block at slot ``start``."""
-    if TMA:
-        x = desc.load([start, 0])
-    else:
-        ok = (start + tl.arange(0, BLOCK_N)) < n_keys
-        x = tl.load(ptrs + start * s_n, mask=ok[:, None], other=0.0)
-    return x
-
-
-@triton.jit
-def _attend_whole_blocks_ahead(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, lo, hi, n_keys, qk_scale,
-                               BLOCK_N: tl.constexpr, TMA: tl.constexpr):
-    """The unmasked loop of :func:`_attend_blocks` (MASK 0) with the next block's ``q k^T`` issued before this
-    block's softmax, so the tensor cores work on it while the softmax runs (the same operations per block, in
-    the same order: the same result)."""
-    if hi > lo:
-        qk = tl.dot(q, tl.trans(_load_kv(k_desc, k_ptrs, s_kn, lo, n_keys, BLOCK_N, TMA)))
-        for start in tl.range(lo, hi - BLOCK_N, BLOCK_N):
-            start = tl.multiple_of(start, BLOCK_N)
-            qk_next = tl.dot(q, tl.trans(_load_kv(k_desc, k_ptrs, s_kn, start + BLOCK_N, n_keys, BLOCK_N, TMA)))
-            v = _load_kv(v_desc, v_ptrs, s_vn, start, n_keys, BLOCK_N, TMA)
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
-            qk = qk_next
-        v = _load_kv(v_desc, v_ptrs, s_vn, hi - BLOCK_N, n_keys, BLOCK_N, TMA)
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    return acc, l_i, m_i
-
-
-@triton.jit
 def _window_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, o_heads_ptr,
     s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_om,
     n_q_heads, group, q_len, n_keys, q_start, sink_slots, key_shift, window, sinks, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
-    WARP_SPEC: tl.constexpr, OUT_MAP: tl.constexpr, QK_AHEAD: tl.constexpr,
+    WARP_SPEC: tl.constexpr, OUT_MAP: tl.constexpr,
 ):
     """One (query head, query block): heads vary fastest over the launch, so the query heads of a KV head
     run side by side and share its K / V window in L2. ``OUT_MAP``: query head h writes output head
@@ -206,13 +165,9 @@ def _window_kernel(
     acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, edge_lo,
                                    full_lo, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 2, BLOCK_N, TMA,
                                    False)
-    if QK_AHEAD:
-        acc, l_i, m_i = _attend_whole_blocks_ahead(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn,
-                                                   full_lo, diag_lo, n_keys, qk_scale, BLOCK_N, TMA)
-    else:
-        acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, full_lo,
-                                       diag_lo, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 0, BLOCK_N,
-                                       TMA, WARP_SPEC)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, full_lo,
+                                   diag_lo, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 0, BLOCK_N, TMA,
+                                   WARP_SPEC)
     acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_desc, v_desc, k_ptrs, v_ptrs, s_kn, s_vn, q_pos, diag_lo,
                                    diag_hi, n_keys, window, sinks, sink_slots, key_shift, qk_scale, 2, BLOCK_N, TMA,
                                    False)
@@ -307,8 +262,7 @@ def window_attention(
         q, k, v, out, out if out_heads is None else out_heads, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *out.stride()[:3], n_q, n_q // k.shape[1], length, n_keys, q_start, sink_slots, key_shift, window, sinks,
         scale * _LOG2E, HEAD_DIM=dim, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, TMA=launch.tma,
-        WARP_SPEC=launch.warp_specialize, OUT_MAP=out_heads is not None, QK_AHEAD=launch.qk_ahead,
-        num_warps=launch.num_warps,
+        WARP_SPEC=launch.warp_specialize, OUT_MAP=out_heads is not None, num_warps=launch.num_warps,
         num_stages=launch.num_stages,
     )
     return out
