@@ -145,7 +145,8 @@ def run_point(length: int, record, wanted=lambda name: True, launches=None, roun
             del calls[name]
             continue
         try:  # the first call also compiles, and cuDNN builds its plan
-            errors[name] = None if name == "cudnn-causal" else (call().float() - want).norm().item() / want.norm().item()
+            out = call().float()
+            errors[name] = None if name == "cudnn-causal" else (out - want).norm().item() / want.norm().item()
         except Exception as exc:  # noqa: BLE001 - report and go on
             record(dict(kernel=name, L=length, error=f"{type(exc).__name__}: {str(exc)[:300]}"))
             del calls[name]
