@@ -55,7 +55,11 @@ class WindowLaunch:
 
 def default_launch(head_dim: int) -> WindowLaunch:
     """The fastest setting measured on an H200 for head dim 128 (128 x 128 tiles, 8 warps, 3 stages, TMA), with
-    64-key tiles and 2 stages for head dims over 128 so that the stages fit in shared memory."""
+    64-key tiles and 2 stages for head dims over 128 so that the stages fit in shared memory.
+
+    Slower there (triton 3.6; ``benchmarks/results/llama-3.1-8b_h200_2026-12-04_window-launches-search-tail.md``):
+    warp specialisation (within 1-2 %), 256-row tiles of 16 warps (-11 to -13 %), 64-key tiles of 4 warps (-14 %),
+    and issuing the next key block's ``q k^T`` before the softmax (-14 % at best: two live score tiles)."""
     if head_dim > 128:
         return WindowLaunch(block_m=128, block_n=64, num_warps=8, num_stages=2)
     return WindowLaunch(block_m=128, block_n=128, num_warps=8, num_stages=3)
