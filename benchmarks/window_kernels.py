@@ -175,10 +175,10 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    prefixes = [p for p in args.kernels.split(",") if p]
+    launches = [parse_launch(x) for x in args.launches.split(",") if x] or None
     with torch._dynamo.config.patch(recompile_limit=64):
         for length in (int(x) for x in args.lengths.split(",")):
-            prefixes = [p for p in args.kernels.split(",") if p]
-            launches = [parse_launch(x) for x in args.launches.split(",") if x] or None
             run_point(length, record, lambda name: not prefixes or any(name.startswith(p) for p in prefixes),
                       launches, args.rounds)
     if args.json_path:
