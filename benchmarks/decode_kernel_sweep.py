@@ -176,9 +176,9 @@ def select_rows(record) -> None:
                             stalls=int(sync[0, threshold.STALLS]), order_sum=int(order[0, : int(n_keep)].sum())))
 
 
-def search_launch_rows(record) -> None:
+def search_launch_rows(record, grid=None) -> None:
     """The whole selection of one retrieval head at 128K and 1M keys, phased, for each launch of
-    :data:`SEARCH_LAUNCH_GRID` (programs per SM, warps of levels 0-3, keys per inner step), on the three
+    :data:`SEARCH_LAUNCH_GRID` or ``grid`` (programs per SM, warps of levels 0-3, keys per inner step), on the three
     score regimes; ``order_sum`` checks that every launch selects the same keys."""
     from rtpurbo.ops.triton import threshold
 
@@ -195,7 +195,7 @@ def search_launch_rows(record) -> None:
                                                 max_tokens=None, block=block, programs_per_sm=per_sm,
                                                 num_warps=warps)
 
-            for per_sm, warps, block in SEARCH_LAUNCH_GRID:
+            for per_sm, warps, block in SEARCH_LAUNCH_GRID if grid is None else grid:
                 us = graph_us(lambda a=per_sm, w=warps, b=block: select(a, w, b)[1], rep=50)
                 order, n_keep = select(per_sm, warps, block)
                 record(dict(case="search_launch", L=length, regime=regime, programs_per_sm=per_sm, num_warps=warps,
@@ -354,9 +354,7 @@ def main() -> None:
     parser.add_argument("--search-launches", default="", help="search_launch's grid instead of the default: "
                         "comma-separated PROGRAMS_PER_SMxWARPSxBLOCK, e.g. 2x8x2048,8x2x2048")
     args = parser.parse_args()
-    if args.search_launches:
-        global SEARCH_LAUNCH_GRID
-        SEARCH_LAUNCH_GRID = [tuple(int(x) for x in launch.split("x")) for launch in args.search_launches.split(",")]
+    search_grid = [tuple(int(x) for x in launch.split("x")) for launch in args.search_launches.split(",") if launch]
     rows: list[dict] = []
     env = environment()
     started = time.time()
@@ -366,7 +364,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows,
-             "select": select_rows, "search_launch": search_launch_rows, "combine": combine_rows, "walk": walk_rows}
+             "select": select_rows, "search_launch": lambda record: search_launch_rows(record, search_grid or None),
+             "combine": combine_rows, "walk": walk_rows}
     for name in args.parts.split(","):
         try:
             parts[name](record)
