@@ -41,7 +41,7 @@ from rtpurbo.bench.attention import (DEVICE, GEOMETRIES, INDEX_DIM, RECENT, TOP_
                                      graph_us)
 from rtpurbo.ops import api
 from rtpurbo.ops.triton import decode as kernels
-from rtpurbo.ops.triton.threshold_phases import _logit_bin_keys, _walk
+from rtpurbo.ops.triton.threshold_phases import _logit_bin_keys, _walk, probe_rounds
 
 WINDOW, SINKS = 8192, 4
 LOCAL_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=ns)
@@ -228,8 +228,8 @@ def _walk_kernel(counts_ptr, masses_ptr, out_ptr, target, NB: tl.constexpr):
 
 
 @triton.jit
-def _probe_kernel(stats_ptr, out_ptr, PROBES: tl.constexpr):
-    lo, hi = _logit_bin_keys(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 32, PROBES)
+def _probe_kernel(stats_ptr, out_ptr, PROBES: tl.constexpr, ROUNDS: tl.constexpr):
+    lo, hi = _logit_bin_keys(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 32, PROBES, ROUNDS)
     tl.store(out_ptr, lo + hi)
 
 
@@ -259,8 +259,10 @@ def walk_rows(record) -> None:
     stats = torch.tensor([5.0, 1.3], device=DEVICE)
     for probes in (32, 64, 256):
         for warps in (1, 4, 8):
-            record(dict(case="walk", what="logit bin keys", probes=probes, num_warps=warps, gbps=0.0, us=per_launch(
-                lambda p=probes, w=warps: _probe_kernel[(1,)](stats, out, PROBES=p, num_warps=w))))
+            rounds = probe_rounds(probes)
+            record(dict(case="walk", what="logit bin keys", probes=probes, rounds=rounds, num_warps=warps, gbps=0.0,
+                        us=per_launch(lambda p=probes, r=rounds, w=warps: _probe_kernel[(1,)](
+                            stats, out, PROBES=p, ROUNDS=r, num_warps=w))))
 
 
 def score_rows(record) -> None:

@@ -21,6 +21,22 @@ MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
+LOGIT_PROBES = 256  # keys probed per step of level 0's key-interval search (:func:`_logit_bin_keys`)
+
+
+def probe_rounds(probes: int, keys: int = 2**32) -> int:
+    """Steps of :func:`_logit_bin_keys` that close an interval of ``keys`` keys with ``probes`` probes per step
+    (each step keeps one gap of ``ceil(open / (probes - 1))`` keys; 5 for 256 probes over 2^32 keys)."""
+    if probes < 3:
+        raise ValueError(f"the key-interval search needs at least 3 probes per step, got {probes}")
+    open_, rounds = keys - 1, 0
+    while open_ > 0:
+        open_ = -(-open_ // (probes - 1)) - 1
+        rounds += 1
+    return rounds
+
+
+LOGIT_PROBE_ROUNDS = probe_rounds(LOGIT_PROBES)
 
 # fields of the per-row search state (BH, N_STATE) int64
 MODE = tl.constexpr(0)  # BY_MASS, BY_RANK or RESOLVED
@@ -138,19 +154,20 @@ def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need, 
 
 
 @triton.jit
-def _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT: tl.constexpr, PROBES: tl.constexpr):
+def _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT: tl.constexpr, PROBES: tl.constexpr,
+                    ROUNDS: tl.constexpr):
     """[key_lo, key_hi]: the keys (of scores in [-inf, m]) whose level-0 bin is ``chosen``.
 
     The bin falls as the key rises, so each end is a search over the key range, ``PROBES``-ary:
     each step probes evenly spaced keys of the interval still open and keeps the gap where the
-    bin crosses ``chosen``; six steps close 2^32 keys.
+    bin crosses ``chosen``; ``ROUNDS`` = :func:`probe_rounds` (``PROBES``) steps close the 2^32 keys.
     """
     i = tl.arange(0, PROBES).to(tl.int64)
     bottom = _order_key(float("-inf") + row_max * 0.0)
     top = _order_key(row_max)
     hi_lo, hi_hi = bottom, top  # key_hi in [hi_lo, hi_hi]; bin(hi_lo) >= chosen
     lo_lo, lo_hi = bottom, top  # key_lo in [lo_lo, lo_hi]; bin(lo_hi) <= chosen
-    for _ in range(6):
+    for _ in tl.static_range(ROUNDS):
         step = tl.maximum(tl.cdiv(hi_hi - hi_lo, PROBES - 1), 1)
         probe = tl.minimum(hi_lo + i * step, hi_hi)
         up = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) >= chosen  # a prefix of the probes
@@ -225,7 +242,7 @@ def logit_phase(
         chosen, mode, rank, above, mass_above, _, _ = _walk(
             counts, masses, zero, zero, zero, zero, target, lower, upper, N_LOGIT,
         )
-        key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, 256)
+        key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, LOGIT_PROBES, LOGIT_PROBE_ROUNDS)
         empty = upper == 0
         _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
                       tl.where(empty, NO_KEY, 0), zero, N_BINS)
