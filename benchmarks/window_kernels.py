@@ -14,6 +14,10 @@ S = 4, bf16, plain prefill), the model's q/k/v layout. Rows:
 * ``rtpurbo-plain``: what the model runs, ``ops.attention(plain=True)`` (the Triton kernel's default launch);
 * ``flex``: compiled flex with the plain path's block mask (``flex.run``, the baseline of the errors), then
   the same block mask under other flex ``kernel_options`` (TMA loads, tile shapes, warp specialisation);
+* ``cudnn-band``: cuDNN's banded SDPA alone (``0 <= i - j < W``, no sinks; its FLOPs count that band), the
+  first step of ``cudnn-window``: the same plus the sinks merged in by log-sum-exp
+  (:mod:`rtpurbo.ops.cudnn_window`); ``rtpurbo-plain-cudnn``: ``ops.attention(plain=True)`` under
+  ``set_window_kernel("cudnn")`` (needs ``nvidia-cudnn-frontend``);
 * ``banded``: query chunks of C = W / 2 tokens see their own chunk (causal), the previous chunk but its
   first key (no mask), the chunk before that shifted by one key (an upper triangle: causal on flipped
   copies) and the sinks; cuDNN runs each part with its log-sum-exp, and the parts merge by it. The
@@ -30,7 +34,7 @@ import json
 import torch
 
 from rtpurbo.bench.attention import _model_layout, environment, local_pairs, time_ms
-from rtpurbo.ops import api, flex
+from rtpurbo.ops import api, cudnn_window, flex
 from rtpurbo.ops.triton import window as triton_window
 
 WINDOW, SINKS, N_Q, N_KV, DIM = 8192, 4, 28, 7, 128
@@ -129,6 +133,17 @@ def run_point(length: int, record, wanted=lambda name: True, launches=None, roun
         calls["cudnn-causal"] = lambda: api.attention(q, k, v, pos, pos, impl="flex", plain=True)
     calls["rtpurbo-plain"] = lambda: api.attention(  # what the model runs now (the Triton window kernel)
         q, k, v, pos, pos, window=WINDOW, sinks=SINKS, impl="flex", plain=True, plan=plan)
+    calls["cudnn-band"] = lambda: cudnn_window.band_attention(q, k, v, window=WINDOW, scale=DIM**-0.5)[0]
+    calls["cudnn-window"] = lambda: cudnn_window.window_attention(q, k, v, window=WINDOW, sinks=SINKS, scale=DIM**-0.5)
+
+    def plain_cudnn():
+        previous = flex.set_window_kernel("cudnn")
+        try:
+            return api.attention(q, k, v, pos, pos, window=WINDOW, sinks=SINKS, impl="flex", plain=True, plan=plan)
+        finally:
+            flex.set_window_kernel(previous)
+
+    calls["rtpurbo-plain-cudnn"] = plain_cudnn
     for launch in TRITON_LAUNCHES if launches is None else launches:
         calls[_launch_name(launch)] = lambda launch=launch: triton_window.window_attention(
             q, k, v, window=WINDOW, sinks=SINKS, scale=DIM**-0.5, launch=launch)
@@ -146,15 +161,17 @@ def run_point(length: int, record, wanted=lambda name: True, launches=None, roun
             continue
         try:  # the first call also compiles, and cuDNN builds its plan
             out = call().float()
-            errors[name] = None if name == "cudnn-causal" else (out - want).norm().item() / want.norm().item()
+            errors[name] = None if name in ("cudnn-causal", "cudnn-band") else (
+                (out - want).norm().item() / want.norm().item())
         except Exception as exc:  # noqa: BLE001 - report and go on
             record(dict(kernel=name, L=length, error=f"{type(exc).__name__}: {str(exc)[:300]}"))
             del calls[name]
-    pairs = 4 * DIM * N_Q * length * (length + 1) / 2
+    work = {"cudnn-causal": 4 * DIM * N_Q * length * (length + 1) / 2,
+            "cudnn-band": 4 * DIM * N_Q * local_pairs(length, WINDOW, 0)}
     for round_ in range(rounds):
         for name, call in calls.items():
             ms = time_ms(call)
-            row = dict(kernel=name, L=length, ms=ms, tflops=(pairs if name == "cudnn-causal" else flops) / ms / 1e9)
+            row = dict(kernel=name, L=length, ms=ms, tflops=work.get(name, flops) / ms / 1e9)
             if errors[name] is not None:
                 row["rel_err"] = errors[name]
             record(row | (dict(round=round_) if rounds > 1 else {}))

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..ops import api, reference
+from ..ops import api, flex, reference
 from ..ops.triton import topp as triton_topp
 
 INDEX_DIM = 16
@@ -431,7 +431,7 @@ def environment() -> dict:
 
     props = torch.cuda.get_device_properties(0)
     return dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__, triton=triton.__version__,
-                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel())
 
 
 def _fmt(x, spec: str = ".2f") -> str:
@@ -516,6 +516,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "heads on a sparse prefill keeping at most this many key blocks of 128 per query block")
     parser.add_argument("--profile-prefill", type=ints, default=[], help="also profile the sparse prefill layer at "
                         "these lengths (torch.profiler: wall vs device-busy time, kernels, top operators)")
+    parser.add_argument("--window-kernel", choices=flex.WINDOW_KERNELS, default=None, help="local heads' plain "
+                        "prefill kernel: rtpurbo's Triton kernel or cuDNN's band + sinks merge (default: "
+                        "RTPURBO_WINDOW_KERNEL, else triton)")
     parser.add_argument("--json", dest="json_path", default=None,
                         help="also write all rows here (rewritten after every point)")
 
@@ -532,6 +535,8 @@ def run(args: argparse.Namespace) -> dict:
     Returns {"environment": ..., "rows": [...]}.
     """
     deadline = time.time() + args.deadline_s
+    if getattr(args, "window_kernel", None):
+        flex.set_window_kernel(args.window_kernel)
     geoms = [GEOMETRIES[name] for name in args.geometries.split(",")]
     budgets = [b if b == "top-p" else int(b) for b in args.budgets.split(",")]
     env = environment()

@@ -22,6 +22,7 @@ import torch
 
 from ..cli_args import positive_int, top_p_value
 from ..config import PREFILL_SCORINGS
+from ..ops import flex
 from .end_to_end import GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, ModelBenchSettings, run_benchmark
 from .model_report import markdown
 
@@ -152,6 +153,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "dense; captured in the untimed decode steps (needs --decode-warmup >= 2). Default: on "
                         "with --device cuda; on the CPU the eager stand-ins run")
     p.add_argument("--seed", type=int, help="weights and prompts seed (default 0)")
+    p.add_argument("--window-kernel", choices=flex.WINDOW_KERNELS, help="local heads' plain prefill kernel: rtpurbo's "
+                   "Triton kernel or cuDNN's band + sinks merge (default: RTPURBO_WINDOW_KERNEL, else triton)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-model/model_bench.jsonl"),
                    help="JSON-lines file, one line per measurement as it comes (report beside it, .md)")
 
@@ -200,6 +203,8 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings_from(args)
     if settings.device == "cuda":
         _require_gpu("model")
+    if getattr(args, "window_kernel", None):
+        flex.set_window_kernel(args.window_kernel)
     result = run_benchmark(settings, args.out, log=lambda message: print(message, file=sys.stderr, flush=True))
     report = markdown(result)
     args.out.with_suffix(".md").write_text(report + "\n")

@@ -23,6 +23,7 @@ import transformers
 from .. import __version__
 from ..config import HeadPlan
 from ..memory import human_bytes
+from ..ops import flex
 from ..ops.triton import topp as triton_topp
 from ..ops.api import resolve_impl
 from .decode_profile import markdown_lines as profile_lines
@@ -58,7 +59,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(device=props.name, gpu_memory_gib=round(props.total_memory / GIB, 1), cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version())
+                   cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel())
         with contextlib.suppress(ImportError):
             import triton
 

@@ -14,7 +14,8 @@ call waits for the GPU):
    * window + sinks, no gradient: the Triton window kernel of :mod:`rtpurbo.ops.triton.window`
      (GQA-native, reads the model's q/k/v views in place; 1.2x flex's speed on an H200) whenever
      :func:`~rtpurbo.ops.triton.window.unsupported` accepts the tensors (fp16 / bf16, head dim a
-     power of two up to 256, contiguous last dim);
+     power of two up to 256, contiguous last dim); or, after ``set_window_kernel("cudnn")``, cuDNN's banded SDPA
+     with the sinks merged in by log-sum-exp (:mod:`rtpurbo.ops.cudnn_window`), which raises where it cannot run;
    * window + sinks otherwise (gradients, other dtypes or head dims): compiled ``flex_attention``
      with an index-only mask and a block mask built arithmetically from the band (no L x L tensor
      anywhere), cached per length. Both paths are fused; neither materialises scores.
@@ -40,6 +41,7 @@ Compiled-path guarantees (steady state never recompiles, never runs unfused):
 from __future__ import annotations
 
 import functools
+import os
 import types
 from dataclasses import dataclass
 from typing import Callable
@@ -49,6 +51,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, flex_attention
 
+from . import cudnn_window
 from .semantics import check_window
 
 try:
@@ -56,6 +59,26 @@ try:
     from .triton import window as window_kernels
 except ImportError:  # triton missing (CPU-only install): available() is False
     decode_kernels = window_kernels = None
+
+WINDOW_KERNELS = ("triton", "cudnn")  # plain window + sinks prefill without gradients: rtpurbo's Triton kernel, cuDNN
+_window_kernel = [os.environ.get("RTPURBO_WINDOW_KERNEL", "triton")]
+
+
+def set_window_kernel(name: str) -> str:
+    """Choose the kernel of plain window + sinks prefill without gradients (process-wide; the environment
+    variable ``RTPURBO_WINDOW_KERNEL`` sets the initial choice). Returns the previous choice."""
+    if name not in WINDOW_KERNELS:
+        raise ValueError(f"window kernel must be one of {WINDOW_KERNELS}, got {name!r}")
+    previous, _window_kernel[0] = _window_kernel[0], name
+    return previous
+
+
+def window_kernel() -> str:
+    """The current choice of :func:`set_window_kernel`."""
+    if _window_kernel[0] not in WINDOW_KERNELS:
+        raise ValueError(f"RTPURBO_WINDOW_KERNEL must be one of {WINDOW_KERNELS}, got {_window_kernel[0]!r}")
+    return _window_kernel[0]
+
 
 BLOCK = 128  # block-mask tile (queries x keys); lengths are padded to a multiple of it
 _NO_WINDOW = 1 << 62  # window=None as a number no position difference reaches
@@ -166,6 +189,9 @@ def attention(
     if plain and key_mask is None and (window is None or window >= q_len):
         return _causal_sdpa(q, k, v, scale, group)
     if (plain or chunk_start is not None) and key_mask is None and window is not None and not _needs_grad(q, k, v):
+        if plain and window_kernel() == "cudnn":
+            return cudnn_window.window_attention(q, k, v, window=window, sinks=sinks, scale=scale, out=out,
+                                                 out_heads=out_heads)
         n_keys = window_kernels.key_slots(q_len, window, sinks, chunk_start)
         if window_kernels.unsupported(q, k, v, out=out, n_keys=n_keys) is None:
             return window_kernels.window_attention(q, k, v, window=window, sinks=sinks, scale=scale,

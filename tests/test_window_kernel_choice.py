@@ -1,0 +1,42 @@
+"""Choosing the local heads' plain-prefill kernel (``rtpurbo.ops.flex.set_window_kernel``), on any machine."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rtpurbo.ops import cudnn_window, flex
+
+
+def test_set_window_kernel_validates_and_returns_the_previous_choice():
+    assert flex.window_kernel() in flex.WINDOW_KERNELS
+    first = flex.window_kernel()
+    try:
+        assert flex.set_window_kernel("cudnn") == first
+        assert flex.window_kernel() == "cudnn"
+        with pytest.raises(ValueError, match="window kernel must be one of"):
+            flex.set_window_kernel("flash")
+        assert flex.window_kernel() == "cudnn"
+    finally:
+        flex.set_window_kernel(first)
+
+
+def test_environment_variable_sets_the_initial_choice_and_a_bad_one_is_refused():
+    code = "from rtpurbo.ops import flex; print(flex.window_kernel())"
+    env = dict(os.environ, RTPURBO_WINDOW_KERNEL="cudnn")
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "cudnn"
+    env["RTPURBO_WINDOW_KERNEL"] = "sdpa"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "RTPURBO_WINDOW_KERNEL must be one of" in done.stderr
+
+
+def test_cudnn_window_says_why_it_cannot_run():
+    q, k, v = torch.zeros(1, 4, 64, 32), torch.zeros(1, 2, 64, 32), torch.zeros(1, 2, 64, 32)
+    problem = cudnn_window.unsupported(q, k, v)
+    assert problem is not None and ("cudnn-frontend is not installed" in problem or "CUDA tensors" in problem)
+    with pytest.raises(ValueError, match="cuDNN window kernel cannot run this"):
+        cudnn_window.window_attention(q, k, v, window=16, sinks=4, scale=0.2)
