@@ -59,7 +59,10 @@ def default_launch(head_dim: int) -> WindowLaunch:
 
     Slower there (triton 3.6; ``benchmarks/results/llama-3.1-8b_h200_2026-12-04_window-launches-search-tail.md``):
     warp specialisation (within 1-2 %), 256-row tiles of 16 warps (-11 to -13 %), 64-key tiles of 4 warps (-14 %),
-    and issuing the next key block's ``q k^T`` before the softmax (-14 % at best: two live score tiles)."""
+    issuing the next key block's ``q k^T`` before the softmax (-14 % at best: two live score tiles), 64-row tiles
+    with two programs per SM (-8 to -41 %) and part of the exponentials as a polynomial on the FMA units (-2 to -15 %;
+    ``llama-3.1-8b_h200_2026-12-04_cudnn-window.md``). cuDNN's banded SDPA is faster by 2-7 %
+    (:mod:`rtpurbo.ops.cudnn_window`)."""
     if head_dim > 128:
         return WindowLaunch(block_m=128, block_n=64, num_warps=8, num_stages=2)
     return WindowLaunch(block_m=128, block_n=128, num_warps=8, num_stages=3)
