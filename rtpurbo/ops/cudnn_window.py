@@ -24,23 +24,18 @@ INSTALL_HINT = "pip install 'rtpurbo[cudnn]' (nvidia-cudnn-frontend)"
 
 
 def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None = None) -> str | None:
-    """Why :func:`window_attention` cannot take these tensors (None: it can). Shapes as there."""
+    """Why :func:`window_attention` cannot take these tensors (None: it can). Shapes as there; the tensor
+    conditions are those of the Triton window kernel with pointer loads (fp16 / bf16, head dim a power of two in
+    [16, 256], contiguous last dims)."""
     if importlib.util.find_spec("cudnn") is None:
         return f"cudnn-frontend is not installed ({INSTALL_HINT})"
+    try:
+        from .triton import window as triton_window
+    except ImportError:
+        return "triton is not installed (the sink merge is a Triton kernel)"
     if not q.is_cuda:
         return f"it runs on CUDA tensors; got q on {q.device}"
-    batch, n_q, length, dim = q.shape
-    if k.shape != v.shape or k.shape[0] != batch or k.shape[2] != length or k.shape[3] != dim or n_q % k.shape[1]:
-        return (f"it needs q (B, Hq, L, D) and k, v (B, Hkv, L, D) with Hq % Hkv == 0; got q{tuple(q.shape)}, "
-                f"k{tuple(k.shape)}, v{tuple(v.shape)}")
-    if dim < 16 or dim > 256 or dim & (dim - 1):
-        return f"it needs a head dim that is a power of two in [16, 256], got {dim}"
-    if q.dtype not in (torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        return f"it runs fp16 / bf16; got q {q.dtype}, k {k.dtype}, v {v.dtype}"
-    for name, t in {"q": q, "k": k, "v": v, "out": out}.items():
-        if t is not None and t.stride(-1) != 1:
-            return f"{name} needs a contiguous last dim; strides {t.stride()}"
-    return None
+    return triton_window.unsupported(q, k, v, triton_window.WindowLaunch(tma=False), out)
 
 
 def band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int,
