@@ -294,6 +294,16 @@ def test_bench_model_flags_and_presets():
 def test_bench_attention_flags():
     args = build_parser().parse_args(["bench", "attention", "--prefill", "8192,32768", "--json", "rows.json"])
     assert args.prefill == [8192, 32768] and args.json_path == "rows.json" and args.json is False
+    assert args.window_kernel is None  # the process-wide choice (RTPURBO_WINDOW_KERNEL, else triton) stays
+
+
+@pytest.mark.parametrize("kind", ["attention", "model"])
+def test_bench_window_kernel_flag_takes_the_known_kernels_only(kind, capsys):
+    parse = build_parser().parse_args
+    assert parse(["bench", kind, "--window-kernel", "cudnn"]).window_kernel == "cudnn"
+    with pytest.raises(SystemExit):
+        parse(["bench", kind, "--window-kernel", "flash"])
+    assert "invalid choice: 'flash'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
