@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces benchmarks/results/llama-3.1-8b_h200_2026-12-04_cudnn-window.md on one GPU (H200 there), in the order of
-# its calls (random weights; every baseline in the same run). Needs nvidia-cudnn-frontend (pip install 'rtpurbo[cudnn]').
+# its calls (random weights; every baseline in the same run). Needs nvidia-cudnn-frontend (pip install -e '.[cudnn]').
 #   call1: the window kernel with part of its exponentials on the FMA units (exp2_split.patch on a copy of the kernel)
 #          and 64-row tiles, against the shipped kernel;
 #   call2: the serial tail of a search level as one program (walks, level 0's probe rounds);

@@ -20,7 +20,7 @@ import importlib.util
 
 import torch
 
-INSTALL_HINT = "pip install 'rtpurbo[cudnn]' (nvidia-cudnn-frontend)"
+INSTALL_HINT = "pip install nvidia-cudnn-frontend, or the cudnn extra: pip install -e '.[cudnn]'"
 
 
 def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None = None) -> str | None:
