@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from tests.triton_interpreter import problem as interpreter_problem, report_checks, run_script
+from tests.triton_interpreter import COMPILE_CHECK, problem as interpreter_problem, report_checks, run_script
 
 pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
@@ -110,6 +110,11 @@ def report() -> dict[str, list[str]]:
     return run_script(__file__)
 
 
+def test_every_launch_compiles_for_hopper(report):
+    """Each kernel launch the checks above made, compiled for sm_90 by Triton's compiler (no GPU needed)."""
+    assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
+
+
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_logit_bin_key_interval_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
@@ -118,7 +123,7 @@ def test_logit_bin_key_interval_in_interpreter(report, name):
 def test_probe_rounds_counts_the_steps_that_close_the_key_range():
     from rtpurbo.ops.triton.threshold_phases import LOGIT_PROBE_ROUNDS, LOGIT_PROBES, probe_rounds
 
-    assert (LOGIT_PROBES, LOGIT_PROBE_ROUNDS) == (256, 5)
+    assert (LOGIT_PROBES.value, LOGIT_PROBE_ROUNDS.value) == (256, 5)
     assert [probe_rounds(p) for p in (3, 32, 64, 257)] == [32, 7, 6, 4]
     # 4 steps of 256 probes close at most 255 * 16646656 + 1 keys; a 2^32 range needs the fifth
     assert probe_rounds(256, keys=255 * 16646656 + 1) == 4 and probe_rounds(256, keys=255 * 16646656 + 2) == 5

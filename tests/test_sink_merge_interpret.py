@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from tests.triton_interpreter import problem as interpreter_problem, report_checks, run_script
+from tests.triton_interpreter import COMPILE_CHECK, problem as interpreter_problem, report_checks, run_script
 
 pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
@@ -138,6 +138,11 @@ def _run_all() -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def report() -> dict[str, list[str]]:
     return run_script(__file__)
+
+
+def test_every_launch_compiles_for_hopper(report):
+    """Each kernel launch the checks above made, compiled for sm_90 by Triton's compiler (no GPU needed)."""
+    assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
 @pytest.mark.parametrize("name", [f"{c[0]}-{m}" for c in CASES for m in MODES] + ["sinks-matter", "errors"])

@@ -21,7 +21,7 @@ MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
-LOGIT_PROBES = 256  # keys probed per step of level 0's key-interval search (:func:`_logit_bin_keys`)
+LOGIT_PROBES = tl.constexpr(256)  # keys probed per step of level 0's key-interval search (:func:`_logit_bin_keys`)
 
 
 def probe_rounds(probes: int, keys: int = 2**32) -> int:
@@ -36,7 +36,7 @@ def probe_rounds(probes: int, keys: int = 2**32) -> int:
     return rounds
 
 
-LOGIT_PROBE_ROUNDS = probe_rounds(LOGIT_PROBES)
+LOGIT_PROBE_ROUNDS = tl.constexpr(probe_rounds(LOGIT_PROBES.value))  # kernels read only constexpr globals
 
 # fields of the per-row search state (BH, N_STATE) int64
 MODE = tl.constexpr(0)  # BY_MASS, BY_RANK or RESOLVED
