@@ -535,7 +535,7 @@ def run(args: argparse.Namespace) -> dict:
     Returns {"environment": ..., "rows": [...]}.
     """
     deadline = time.time() + args.deadline_s
-    if getattr(args, "window_kernel", None):
+    if args.window_kernel:
         flex.set_window_kernel(args.window_kernel)
     geoms = [GEOMETRIES[name] for name in args.geometries.split(",")]
     budgets = [b if b == "top-p" else int(b) for b in args.budgets.split(",")]

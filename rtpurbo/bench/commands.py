@@ -203,7 +203,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings_from(args)
     if settings.device == "cuda":
         _require_gpu("model")
-    if getattr(args, "window_kernel", None):
+    if args.window_kernel:
         flex.set_window_kernel(args.window_kernel)
     result = run_benchmark(settings, args.out, log=lambda message: print(message, file=sys.stderr, flush=True))
     report = markdown(result)

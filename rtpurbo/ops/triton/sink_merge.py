@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(1.4426950408889634)  # read by the kernel, so a constexpr
 
 
 @triton.jit
@@ -59,7 +59,7 @@ def _sink_merge_kernel(
             gained = is_sink[None, :] & (rows[:, None] - j[None, :] >= window)
             s = tl.where(gained, tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))  # base 2
             lse = tl.load(lse_ptr + b * s_lb + h.to(tl.int64) * s_lh + rows64 * s_lm, mask=in_range, other=0.0)
-            lse = lse * 1.4426950408889634
+            lse = lse * _LOG2E
             top = tl.maximum(lse, tl.max(s, 1))
             w_o = tl.math.exp2(lse - top)
             w_s = tl.math.exp2(s - top[:, None])
@@ -106,7 +106,7 @@ def sink_merge(
     _sink_merge_kernel[grid](
         q, k, v, o, lse, out, out if out_heads is None else out_heads, *q.stride()[:3], *k.stride()[:3],
         *v.stride()[:3], *o.stride()[:3], *lse.stride()[:3], *out.stride()[:3], n_q, n_q // k.shape[1], length,
-        window, sinks, scale * _LOG2E, HEAD_DIM=dim, BLOCK_M=block_m, S_PAD=s_pad, OUT_MAP=out_heads is not None,
+        window, sinks, scale * _LOG2E.value, HEAD_DIM=dim, BLOCK_M=block_m, S_PAD=s_pad, OUT_MAP=out_heads is not None,
         IN_PLACE=out is o, num_warps=4,
     )
     return out
