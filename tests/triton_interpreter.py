@@ -10,8 +10,10 @@ and ``tests/test_decode_static.py``.
 The interpreter never runs Triton's compiler, so :func:`run_script` also records every launch of the
 interpreted run and compiles each one for a Hopper GPU (sm_90) with the installed triton, which needs no GPU:
 rules and errors that only the compiler sees (globals a kernel may read, types, layouts) fail on the CPU
-machine instead of on the first GPU call. The H200 image runs triton 3.6, CI a newer one; both compile the
-same language.
+machine instead of on the first GPU call. CI compiles with the triton it installed; to compile with the GPU
+image's own version too, install that one into a folder and name it in ``RTPURBO_COMPILE_TRITON``, e.g.
+``pip install --no-deps --target /tmp/t36 triton==3.6.0`` and
+``RTPURBO_COMPILE_TRITON=/tmp/t36 python -m pytest tests -k hopper``.
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ def report_checks(checks) -> dict[str, list[str]]:
 
 
 COMPILE_CHECK = "compiles-for-sm90"  # the report entry of :func:`run_script`'s compile check
+COMPILE_TRITON = "RTPURBO_COMPILE_TRITON"  # optional folder holding the triton that the compile check uses
 SM90 = ("cuda", 90, 32)  # the H200's target: backend, compute capability, warp size
 
 # run in the interpreter's child: record every launch, run the test file as a script, then write the launches
@@ -102,6 +105,12 @@ def run_script(path: str, timeout: int = 900) -> dict:
         assert done.returncode == 0, f"interpreter run failed:\n{done.stderr[-3000:]}"
         report = json.loads(done.stdout.strip().splitlines()[-1])
         env.pop("TRITON_INTERPRET", None)
+        if os.environ.get(COMPILE_TRITON):  # another triton, ahead of the installed one
+            other = Path(os.environ[COMPILE_TRITON])
+            if not (other / "triton" / "__init__.py").is_file():
+                raise FileNotFoundError(f"{COMPILE_TRITON}={other} holds no triton package (pip install --no-deps "
+                                        f"--target {other} triton==VERSION)")
+            env["PYTHONPATH"] = os.pathsep.join([str(other), env["PYTHONPATH"]])
         compiled = subprocess.run([sys.executable, "-m", "tests.triton_interpreter", str(launches), path], env=env,
                                   capture_output=True, text=True, timeout=timeout)
         if compiled.returncode != 0:
