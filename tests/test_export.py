@@ -47,6 +47,41 @@ def test_export_loads_as_the_artifact(tmp_path, family, retrieval, reorder):
     assert not torch.equal(full, want)  # without the head-wise cache the retrieval heads see every key
 
 
+def _left_padded(prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) (B, max len) of prompts (1, L_b), padded on the left."""
+    width = max(p.shape[1] for p in prompts)
+    ids = torch.cat([torch.cat([torch.full((1, width - p.shape[1]), pad), p], 1) for p in prompts])
+    mask = torch.cat([torch.cat([torch.zeros(1, width - p.shape[1], dtype=torch.long),
+                                 torch.ones_like(p)], 1) for p in prompts])
+    return ids, mask
+
+
+def test_exported_generate_of_a_left_padded_batch_is_each_prompt_alone(tmp_path):
+    """transformers' generate() counts positions along the attention mask only for a forward that declares
+    ``position_ids``: the exported class keeps the base class's signature, so padding shifts neither RoPE nor
+    the sinks."""
+    artifact, _ = trained_artifact(tmp_path, "llama", [[1], []], lora=False)
+    model = AutoModelForCausalLM.from_pretrained(exported(tmp_path, artifact), trust_remote_code=True)
+    prompts = [PROMPT, PROMPT[:, 3:15], PROMPT[:, 10:16]]
+    ids, mask = _left_padded(prompts, pad=0)
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)[:, ids.shape[1]:]
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt, max_new_tokens=8, do_sample=False)[:, prompt.shape[1]:]
+        assert torch.equal(batched[row:row + 1], alone), row
+
+
+def test_left_padded_forward_without_position_ids_is_the_prompt_alone(tmp_path):
+    """A forward given only the attention mask (as transformers users and harnesses call it) counts positions
+    along the mask: the padded row's sinks are its first real tokens."""
+    artifact, _ = trained_artifact(tmp_path, "llama", [[1], []], lora=False)
+    reference, _ = io.load(artifact)
+    ids, mask = _left_padded([PROMPT[:, 7:], PROMPT], pad=0)
+    with torch.no_grad():
+        alone = reference(PROMPT[:, 7:], use_cache=False).logits[0, -1]
+        padded = reference(ids, attention_mask=mask, use_cache=False).logits[0, -1]
+    torch.testing.assert_close(padded, alone, atol=1e-4, rtol=1e-4)
+
+
 def test_exported_directory_is_the_base_layout(tmp_path):
     artifact, base = trained_artifact(tmp_path, "llama", [[0], [1]])
     out = exported(tmp_path, artifact)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -132,6 +133,19 @@ class HeadwiseCausalLM:
     """Mixin placed before a transformers ``...ForCausalLM`` class by an exported ``modeling_rtpurbo.py``."""
 
     _keys_to_ignore_on_load_unexpected = [r"\.indexer\."]  # the base class loads first, the indexers after
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give the subclass's ``forward`` the base class's signature: transformers' ``generate()`` passes
+        ``position_ids`` (counted along the attention mask, so left padding does not shift RoPE) only to a
+        ``forward`` that declares them."""
+        super().__init_subclass__(**kwargs)
+        base_forward = super(HeadwiseCausalLM, cls).forward
+
+        @functools.wraps(base_forward)
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return HeadwiseCausalLM.forward(self, *args, **kwargs)
+
+        cls.forward = forward
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> nn.Module:

@@ -184,12 +184,23 @@ class SparseAttention(nn.Module):
         position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None, batch: int, length: int, offset: int,
         device: torch.device,
     ) -> torch.Tensor:
-        """(B, L) int64 positions of the current tokens; padding tokens get -1."""
-        if position_ids is None:
-            position_ids = torch.arange(offset, offset + length, device=device)[None]
-        positions = position_ids.to(device=device, dtype=torch.long).expand(batch, length)
-        if padding_mask is not None:
-            valid = padding_mask[:, -length:].to(device=device, dtype=torch.bool)
+        """(B, L) int64 positions of the current tokens; padding tokens get -1.
+
+        A token's position is the number of real tokens before it in its row: with a padding mask that covers
+        every token so far ((B, offset + L), as transformers passes it), positions are counted along the mask,
+        whatever ``position_ids`` say (a left-padded row's first real token is position 0, so the sinks are its
+        first real tokens; transformers' default ``position_ids`` count the padding). Otherwise
+        ``position_ids``, or ``offset .. offset + L - 1`` without them. No host sync."""
+        mask = None if padding_mask is None else padding_mask.to(device=device)
+        if mask is not None and mask.shape[-1] == offset + length:
+            positions = mask.to(torch.long).cumsum(-1)[:, -length:] - 1
+        elif position_ids is None:
+            positions = torch.arange(offset, offset + length, device=device)[None]
+        else:
+            positions = position_ids.to(device=device, dtype=torch.long)
+        positions = positions.expand(batch, length)
+        if mask is not None:
+            valid = mask[:, -length:].to(torch.bool)
             positions = torch.where(valid, positions, torch.full_like(positions, -1))
         return positions
 
