@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ops.api import ATTENTION_IMPLS, DECODE_IMPLS
 from .ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .ops.semantics import DEFAULT_SINKS, DEFAULT_WINDOW, check_window
 
@@ -134,8 +135,8 @@ class HeadPlan:
 
     @classmethod
     def from_headwise_config(cls, data: dict[str, Any], num_kv_heads: int) -> tuple["HeadPlan", dict[str, int]]:
-        """Inverse of :meth:`to_headwise_config`; returns (plan, settings): ``sinks`` and ``window``
-        (defaults where absent) and ``seqlen_threshold`` where present.
+        """Inverse of :meth:`to_headwise_config`; returns (plan, settings): ``sinks``, ``window`` and
+        ``seqlen_threshold``, each only where ``data`` has it (the caller's own values stand for the others).
 
         Raises PlanMismatch if the query heads of one KV group disagree on their role.
         """
@@ -159,11 +160,8 @@ class HeadPlan:
                     heads.append(kv)
             retrieval.append(heads)
         plan = cls(len(rows), num_kv_heads, num_q_heads, retrieval, criterion="imported headwise_config")
-        settings = {"sinks": int(data.get("sink_token_num", DEFAULT_SINKS)),
-                    "window": int(data.get("swa_token_num", DEFAULT_WINDOW))}
-        if "seqlen_threshold" in data:
-            settings["seqlen_threshold"] = int(data["seqlen_threshold"])
-        return plan, settings
+        names = {"sink_token_num": "sinks", "swa_token_num": "window", "seqlen_threshold": "seqlen_threshold"}
+        return plan, {name: int(data[key]) for key, name in names.items() if key in data}
 
 
 def check_ratio(ratio: float) -> None:
@@ -252,6 +250,9 @@ class SparseConfig:
             raise ValueError("min_tokens, recent and seqlen_threshold must be >= 0")
         if self.max_tokens is not None and self.max_tokens < max(1, self.min_tokens):
             raise ValueError(f"max_tokens ({self.max_tokens}) must be >= max(1, min_tokens={self.min_tokens})")
+        if self.impl not in ATTENTION_IMPLS or self.decode_impl not in DECODE_IMPLS:
+            raise ValueError(f"impl must be one of {ATTENTION_IMPLS} and decode_impl one of {DECODE_IMPLS}, got "
+                             f"{self.impl!r}, {self.decode_impl!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,7 +6,8 @@ the Qwen2 / Qwen3 / Qwen3-MoE loaders) and reads it as one flat dict
 (``rtp_llm/models_py/modules/factory/attention/cuda_headwise_impl/headwise.py``):
 
 * lines 96-101: ``sink_token_num`` (default 4), ``swa_token_num`` (default 8192) and
-  ``seqlen_threshold`` (default 16384; prefills with fewer keys run every head in full);
+  ``seqlen_threshold`` (default 16384): ``_plan_one_sequence`` (line 202) runs every head in full for a
+  prefill with fewer keys, and splits the heads only from there on;
 * lines 152-171: the key ``str(layer_idx)`` holds that layer's list of one 0/1 per query head of
   the whole model (``1`` = retrieval / full attention, ``0`` = sink + sliding window); a layer
   without a key falls back to all-retrieval.
@@ -16,8 +17,14 @@ So for a model with 2 layers of 4 query heads::
     {"sink_token_num": 4, "swa_token_num": 1024, "seqlen_threshold": 0,
      "0": [1, 1, 0, 0], "1": [0, 0, 0, 0]}
 
-rtpurbo's own artifacts keep the older list form (``rtpurbo.config.HeadPlan.to_headwise_config``);
-:func:`to_list_form` turns this form into that one.
+rtpurbo splits its heads in every prefill, so it writes ``seqlen_threshold: 0`` here: RTP-LLM then runs the
+model as rtpurbo converted, trained and measured it. rtpurbo's own ``seqlen_threshold`` means something else
+(the cached length from which retrieval heads *select* at decode, :class:`rtpurbo.config.SparseConfig`); an
+exported ``config.json`` keeps it in its ``rtpurbo`` block, and a ``seqlen_threshold`` read from this form is
+not taken for it.
+
+rtpurbo's own artifacts keep the older list form (``rtpurbo.config.HeadPlan.to_headwise_config``, where
+``seqlen_threshold`` is rtpurbo's); :func:`to_list_form` turns this form into that one.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from typing import Any
 from .config import HeadPlan, PlanMismatch, SparseConfig
 
 SETTINGS = ("sink_token_num", "swa_token_num", "seqlen_threshold")
-RTP_LLM_DEFAULT_THRESHOLD = 16384  # what RTP-LLM assumes when the key is absent (headwise.py line 100)
+RTP_LLM_SPLIT_FROM = 0  # RTP-LLM's seqlen_threshold for an rtpurbo model: heads split in every prefill
 
 
 def rtp_llm_headwise_config(plan: HeadPlan, sparse: SparseConfig) -> dict[str, Any]:
@@ -35,7 +42,7 @@ def rtp_llm_headwise_config(plan: HeadPlan, sparse: SparseConfig) -> dict[str, A
     block: dict[str, Any] = {
         "sink_token_num": sparse.sinks,
         "swa_token_num": sparse.window,
-        "seqlen_threshold": int(getattr(sparse, "seqlen_threshold", 0)),
+        "seqlen_threshold": RTP_LLM_SPLIT_FROM,
     }
     block.update({str(layer): row for layer, row in enumerate(rows)})
     return block
@@ -65,6 +72,6 @@ def to_list_form(block: dict[str, Any], num_layers: int) -> dict[str, Any]:
 
 
 def plan_from_rtp_llm(block: dict[str, Any], num_layers: int, num_kv_heads: int) -> tuple[HeadPlan, dict[str, int]]:
-    """(plan, {"sinks", "window", "seqlen_threshold"}) from an RTP-LLM ``headwise_config``."""
-    plan, settings = HeadPlan.from_headwise_config(to_list_form(block, num_layers), num_kv_heads)
-    return plan, {**settings, "seqlen_threshold": int(block.get("seqlen_threshold", RTP_LLM_DEFAULT_THRESHOLD))}
+    """(plan, settings) from an RTP-LLM ``headwise_config``: ``sinks`` and ``window`` where the block has
+    them (RTP-LLM's ``seqlen_threshold`` is not rtpurbo's: module docstring)."""
+    return HeadPlan.from_headwise_config(to_list_form(block, num_layers), num_kv_heads)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .config import HeadPlan, dumps
+from .config import HeadPlan, PlanMismatch, dumps
 from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
 from .data.task_data import build_task_data, check_tune_split, load_task_data
@@ -136,11 +136,24 @@ def write_profile(out_dir: Path, scores: HeadScores, plan: HeadPlan, settings: P
 def read_plan(path: Path, model_config: Any) -> tuple[HeadPlan, dict[str, int]]:
     """A plan from ``head_plan.json`` or from a ``config.json`` carrying ``headwise_config``.
 
-    Returns (plan, overrides) where overrides holds the sinks / window / seqlen_threshold of a headwise config.
+    Returns (plan, settings): the sinks / window / seqlen_threshold that the file holds (RTP-LLM's form: sinks
+    and window, plus rtpurbo's seqlen_threshold from the ``rtpurbo`` block of a config.json written by
+    ``rtpurbo export``), each only where present.
     """
-    data = json.loads(Path(path).read_text())
-    if is_rtp_llm_form(data.get("headwise_config")):  # a config.json written by `rtpurbo export`
-        return plan_from_rtp_llm(data["headwise_config"], *geometry(model_config)[:2])
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PlanMismatch(f"plan file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PlanMismatch(f"plan file {path} is not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise PlanMismatch(f"plan file {path} holds no plan (a JSON object was expected)")
+    if is_rtp_llm_form(data.get("headwise_config")):  # RTP-LLM's form, e.g. a config.json of `rtpurbo export`
+        plan, settings = plan_from_rtp_llm(data["headwise_config"], *geometry(model_config)[:2])
+        sparse = data.get("rtpurbo", {}).get("sparse", {}) if isinstance(data.get("rtpurbo"), dict) else {}
+        if "seqlen_threshold" in sparse:
+            settings["seqlen_threshold"] = int(sparse["seqlen_threshold"])
+        return plan, settings
     if "headwise_config" in data:
         return HeadPlan.from_headwise_config(data, geometry(model_config)[1])
     return HeadPlan.from_dict(data), {}

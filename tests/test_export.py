@@ -145,18 +145,22 @@ def test_export_rejects_a_dense_model(tmp_path, capsys):
 def test_rtp_llm_headwise_config_round_trip(tmp_path):
     plan = HeadPlan(3, 2, 4, [[1], [], [0, 1]])
     block = rtp_llm_headwise_config(plan, SparseConfig(window=512, sinks=4, seqlen_threshold=65536))
-    assert block == {"sink_token_num": 4, "swa_token_num": 512, "seqlen_threshold": 65536,
+    # RTP-LLM's seqlen_threshold is the prefill length from which it splits heads: rtpurbo splits them always
+    assert block == {"sink_token_num": 4, "swa_token_num": 512, "seqlen_threshold": 0,
                      "0": [0, 0, 1, 1], "1": [0, 0, 0, 0], "2": [1, 1, 1, 1]}
     back, settings = plan_from_rtp_llm(block, 3, 2)
-    assert back.retrieval == plan.retrieval and settings == {"sinks": 4, "window": 512, "seqlen_threshold": 65536}
+    assert back.retrieval == plan.retrieval and settings == {"sinks": 4, "window": 512}
     with pytest.raises(PlanMismatch, match="missing \\['2'\\]"):
         plan_from_rtp_llm({k: v for k, v in block.items() if k != "2"}, 3, 2)
     # `rtpurbo convert --plan config.json` reads an exported config
     config = tiny_model("llama").config
     (tmp_path / "config.json").write_text(json.dumps({"headwise_config": rtp_llm_headwise_config(
         HeadPlan(2, 2, 6, [[0], [1]]), SparseConfig(window=64, sinks=2, seqlen_threshold=0))}))
-    read, overrides = read_plan(tmp_path / "config.json", config)
-    assert read.retrieval == [[0], [1]] and overrides == {"sinks": 2, "window": 64, "seqlen_threshold": 0}
+    read, found = read_plan(tmp_path / "config.json", config)
+    assert read.retrieval == [[0], [1]] and found == {"sinks": 2, "window": 64}
+    # RTP-LLM's own block with only the rows: the caller's settings stand
+    rows_only = {k: v for k, v in block.items() if k.isdigit()}
+    assert plan_from_rtp_llm(rows_only, 3, 2)[1] == {}
 
 
 def test_exported_config_errors_name_the_field():
@@ -182,4 +186,13 @@ def test_cli_export_writes_a_loadable_directory(tmp_path, capsys):
     assert model.rtpurbo_sparse.seqlen_threshold == 0  # the artifact's (tests/exported.py)
     assert main(["export", "--model", str(artifact), "--out", str(tmp_path / "hf2"), "--seqlen-threshold", "4096"]) == 0
     config = json.loads((tmp_path / "hf2" / "config.json").read_text())
-    assert config["headwise_config"]["seqlen_threshold"] == 4096
+    assert config["rtpurbo"]["sparse"]["seqlen_threshold"] == 4096 and config["headwise_config"]["seqlen_threshold"] == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf2", trust_remote_code=True
+                                                ).rtpurbo_sparse.seqlen_threshold == 4096
+    assert read_plan(tmp_path / "hf2" / "config.json", model.config)[1]["seqlen_threshold"] == 4096
+    # a directory exported when the headwise block carried rtpurbo's threshold still loads with it
+    del config["rtpurbo"]["sparse"]["seqlen_threshold"]
+    config["headwise_config"]["seqlen_threshold"] = 2048
+    (tmp_path / "hf2" / "config.json").write_text(json.dumps(config))
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf2", trust_remote_code=True
+                                                ).rtpurbo_sparse.seqlen_threshold == 2048

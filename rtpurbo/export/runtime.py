@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from typing import Any
@@ -51,9 +50,9 @@ def sparse_settings(config: Any) -> tuple[HeadPlan, SparseConfig]:
                                  "under the keys '0', '1', ...")
     num_layers, num_kv, _, _ = geometry(config)
     plan, settings = plan_from_rtp_llm(headwise, num_layers, num_kv)
-    values = {**block["sparse"], "window": settings["window"], "sinks": settings["sinks"]}
-    if "seqlen_threshold" in {f.name for f in dataclasses.fields(SparseConfig)}:
-        values["seqlen_threshold"] = settings["seqlen_threshold"]
+    values = {**block["sparse"], **settings}
+    if "seqlen_threshold" not in values and "seqlen_threshold" in headwise:  # exports that kept it there
+        values["seqlen_threshold"] = headwise["seqlen_threshold"]
     try:
         return plan, SparseConfig.from_dict(values)
     except (TypeError, ValueError) as err:

@@ -44,8 +44,9 @@ MODELING_FILE = "modeling_rtpurbo.py"
 MODEL_CLASS = "RtpurboForCausalLM"
 CUSTOM_GENERATE = "custom_generate"
 TEMPLATES = Path(__file__).parent / "templates"
-# sparse settings that headwise_config carries instead of the rtpurbo block (one source for each value)
-IN_HEADWISE = ("window", "sinks", "seqlen_threshold")
+# sparse settings that headwise_config carries instead of the rtpurbo block (one source for each value; the
+# rtpurbo block keeps rtpurbo's seqlen_threshold, which is not RTP-LLM's: rtpurbo/headwise.py)
+IN_HEADWISE = ("window", "sinks")
 
 
 class ExportError(ValueError):

@@ -22,6 +22,7 @@ _BACKENDS: dict[str, str] = {
     "flex": "rtpurbo.ops.flex",
 }
 _AUTO_ORDER = {"cuda": ("flex", "sdpa"), "cpu": ("sdpa",)}
+ATTENTION_IMPLS = ("auto", *_BACKENDS)  # what SparseConfig.impl may name
 
 
 class BackendUnavailable(RuntimeError):
@@ -172,6 +173,7 @@ def _check_chunk(q_pos: torch.Tensor, k_pos: torch.Tensor, start: int, window: i
 
 
 _TOPP_BACKENDS: dict[str, str] = {"reference": "rtpurbo.ops.reference", "triton": "rtpurbo.ops.triton.topp"}
+DECODE_IMPLS = ("auto", *_TOPP_BACKENDS)  # what SparseConfig.decode_impl may name
 
 
 def topp_attention(
