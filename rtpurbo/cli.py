@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from .bench.commands import add_parsers as add_bench_parsers
-from .cli_args import add_criterion, add_haystacks, add_model, add_profile, add_sparse, positive_int, ratio_value, top_p_value
+from .cli_args import (add_criterion, add_haystacks, add_model, add_profile, add_sparse, count_value, positive_float,
+                       positive_int, ratio_value, size_value, top_p_value)
 from .eval.commands import add_parsers as add_eval_parsers
 from .plan.commands import add_parsers as add_plan_parsers
 from .train.commands import add_convert_train_arguments
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=top_p_value, default=None, help="override the artifact's indexer top-p")
     p.add_argument("--prefill-chunk", type=positive_int, default=None, help="prefill the prompt in chunks")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature (default 0.7)")
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     p.add_argument("--cuda-graph", action="store_true", help="decode from a CUDA graph (converted models; the fast "
                                                             "path on a GPU; sampling at --temperature only)")
@@ -56,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "transformers serve, lm-evaluation-harness, RTP-LLM)")
     add_model(p, artifact_ok=True)
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this "
-                                                           "size (default 5GB)")
-    p.add_argument("--seqlen-threshold", type=int, help="cached tokens from which the exported model's retrieval "
+    p.add_argument("--max-shard-size", type=size_value, default="5GB",
+                   help="split model.safetensors into shards of at most this size (default 5GB)")
+    p.add_argument("--seqlen-threshold", type=count_value, help="cached tokens from which the exported model's retrieval "
                    "heads select at decode (default: the artifact's; 0 = always, as rtpurbo eval scores)")
 
     p = sub.add_parser("lm-eval-task", help="write rtpurbo eval's task samples as a local lm-evaluation-harness "
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: printed as one line, no traceback."""
+    from .cli_args import SettingsError
     from .config import PlanMismatch
     from .data.sources import SourceUnavailable
     from .data.user import UserDataError
@@ -117,7 +119,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .train.data import NotEnoughData, ShardMismatch
 
     return (ArtifactError, BackendUnavailable, ExportError, ModelNotFound, NotEnoughData, PlanMismatch, PromptTooLong,
-            ShardMismatch, SourceUnavailable, UnsupportedModel, UserDataError)
+            SettingsError, ShardMismatch, SourceUnavailable, UnsupportedModel, UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

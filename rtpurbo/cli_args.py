@@ -11,6 +11,20 @@ from typing import Any
 
 from .config import PREFILL_SCORINGS, RETRIEVAL_PREFILL, SparseConfig, check_ratio
 from .models import DEFAULT_MODEL
+from .ops.api import ATTENTION_IMPLS, DECODE_IMPLS
+
+
+class SettingsError(ValueError):
+    """Sparse settings from the command line that cannot work together (one line, no traceback)."""
+
+
+class _Given(argparse.Action):
+    """Store the value and remember that the user gave the flag (``args.given``): settings that a plan file
+    also carries yield to the file only where the flag was not given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = getattr(namespace, "given", frozenset()) | {self.dest}
 
 
 def positive_int(value: str) -> int:
@@ -18,6 +32,46 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
     return number
+
+
+def count_value(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value}")
+    return number
+
+
+def device_value(value: str) -> str:
+    """``auto`` or a torch device name (cpu, cuda, cuda:1, ...)."""
+    import torch
+
+    if value != "auto":
+        try:
+            torch.device(value)
+        except RuntimeError as err:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a device: cpu, cuda, cuda:N or auto") from err
+    return value
+
+
+def size_value(value: str) -> int:
+    """A file size: bytes, or a number with KB / MB / GB / TB (powers of 1000, as transformers counts them)."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    text = value.strip().upper()
+    number = text.rstrip("KMGTB")
+    try:
+        size = int(float(number) * units[text[len(number):]])
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a size such as 500MB or 5GB, got {value!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be a size > 0, got {value!r}")
+    return size
 
 
 def ratio_value(value: str) -> float:
@@ -40,8 +94,12 @@ def add_model(p: argparse.ArgumentParser, artifact_ok: bool = False) -> None:
     what = "embedded name, HF model directory, .gguf file, Hugging Face Hub id org/name" + (
         ", rtpurbo artifact directory or shipped adapter (smollm2-135m-rtpurbo)" if artifact_ok else "")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"{what} (default: {DEFAULT_MODEL})")
+    if artifact_ok:
+        p.add_argument("--base", help="an artifact's base model where it is now (default: where the artifact "
+                                      "records it); --revision then applies to it")
     add_revision(p)
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    p.add_argument("--device", type=device_value, default="auto", help="cpu, cuda, cuda:N, or auto (cuda when "
+                                                                      "available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -55,15 +113,18 @@ def add_revision(p: argparse.ArgumentParser) -> None:
 
 def add_sparse(p: argparse.ArgumentParser) -> None:
     d = SparseConfig()
-    p.add_argument("--window", type=positive_int, default=1024, help="W: tokens a local head sees (default 1024)")
-    p.add_argument("--sinks", type=int, default=d.sinks, help=f"S: sink tokens (default {d.sinks})")
+    p.add_argument("--window", type=positive_int, default=1024, action=_Given,
+                   help="W: tokens a local head sees (default 1024; a --plan file's own W, if it has one)")
+    p.add_argument("--sinks", type=count_value, default=d.sinks, action=_Given,
+                   help=f"S: sink tokens (default {d.sinks}; a --plan file's own S, if it has one)")
     p.add_argument("--index-dim", type=positive_int, default=d.index_dim, help="indexer width d_idx")
-    p.add_argument("--index-rope-dims", type=int, default=d.index_rope_dims, help="indexer dims with RoPE")
+    p.add_argument("--index-rope-dims", type=count_value, default=d.index_rope_dims,
+                   help="indexer dims with RoPE (even, at most --index-dim)")
     p.add_argument("--top-p", type=top_p_value, default=d.top_p, help="indexer mass kept at decode (1 = full)")
-    p.add_argument("--min-tokens", type=int, default=d.min_tokens, help="lower clamp of the top-p budget")
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="upper clamp of the top-p budget")
-    p.add_argument("--recent", type=int, default=d.recent, help="recent tokens retrieval heads always keep")
-    p.add_argument("--seqlen-threshold", type=int, default=d.seqlen_threshold,
+    p.add_argument("--min-tokens", type=count_value, default=d.min_tokens, help="lower clamp of the top-p budget")
+    p.add_argument("--max-tokens", type=positive_int, default=d.max_tokens, help="upper clamp of the top-p budget")
+    p.add_argument("--recent", type=count_value, default=d.recent, help="recent tokens retrieval heads always keep")
+    p.add_argument("--seqlen-threshold", type=count_value, default=d.seqlen_threshold, action=_Given,
                    help=f"cached tokens from which retrieval heads select at decode (below: all keys; 0 = always "
                         f"select; default {d.seqlen_threshold})")
     p.add_argument("--retrieval-prefill", choices=RETRIEVAL_PREFILL, default=d.retrieval_prefill,
@@ -79,12 +140,21 @@ def add_sparse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-scoring", choices=PREFILL_SCORINGS, default=d.prefill_scoring,
                    help="sparse prefill: key-block scores from mean indexer vectors (pooled) or the indexer's "
                         "probability mass per block (mass: keeps needle blocks, costs more)")
-    p.add_argument("--impl", default=d.impl, help="attention backend: auto, sdpa, reference, flex")
-    p.add_argument("--decode-impl", default=d.decode_impl, help="top-p decode backend: auto, reference, triton")
+    p.add_argument("--impl", choices=ATTENTION_IMPLS, default=d.impl, help="attention backend (default auto)")
+    p.add_argument("--decode-impl", choices=DECODE_IMPLS, default=d.decode_impl,
+                   help="top-p decode backend (default auto)")
     p.add_argument("--reorder-heads", action="store_true", help="make retrieval KV heads contiguous")
 
 
-def sparse_from_args(args: argparse.Namespace, **overrides: Any) -> SparseConfig:
+def sparse_from_args(args: argparse.Namespace, **from_plan: Any) -> SparseConfig:
+    """The sparse settings of the command line; ``from_plan`` (window / sinks / seqlen_threshold of a ``--plan``
+    file) stands where the user gave no flag, and a flag that contradicts it raises :class:`SettingsError`."""
+    given = getattr(args, "given", frozenset())
+    clashes = [f"--{name.replace('_', '-')} {getattr(args, name)} (the file says {value})"
+               for name, value in from_plan.items() if name in given and getattr(args, name) != value]
+    if clashes:
+        raise SettingsError(f"the --plan file sets what the command line contradicts: {', '.join(clashes)}; "
+                            "leave the flags out to use the file's values")
     fields = dict(
         window=args.window, sinks=args.sinks, index_dim=args.index_dim, index_rope_dims=args.index_rope_dims,
         top_p=args.top_p, min_tokens=args.min_tokens, max_tokens=args.max_tokens, recent=args.recent,
@@ -95,8 +165,11 @@ def sparse_from_args(args: argparse.Namespace, **overrides: Any) -> SparseConfig
         prefill_scoring=args.prefill_scoring,
         impl=args.impl, decode_impl=args.decode_impl, reorder_heads=args.reorder_heads,
     )
-    fields.update(overrides)
-    return SparseConfig(**fields)
+    fields.update(from_plan)
+    try:
+        return SparseConfig(**fields)
+    except ValueError as err:
+        raise SettingsError(f"sparse settings: {err}") from err
 
 
 def add_haystacks(p: argparse.ArgumentParser) -> None:

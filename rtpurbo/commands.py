@@ -12,7 +12,7 @@ from . import io
 from .cli_args import sparse_from_args
 from .families import geometry
 from .memory import KVGeometry, kv_table
-from .models import load_base
+from .models import load_base, load_tokenizer
 from .convert import convert as convert_model
 from .config import HeadPlan
 from .pipeline import ProfileSettings, plan_summary, read_plan, run_domain_profile, run_profile
@@ -37,7 +37,9 @@ def _is_artifact(spec: str) -> bool:
 def _load(args: argparse.Namespace, merge_adapters: bool = False):
     device, dtype = device_dtype(args)
     if _is_artifact(args.model):
-        return io.load(args.model, dtype=dtype, device=device, merge_adapters=merge_adapters)
+        base = getattr(args, "base", None)
+        return io.load(args.model, base=base, base_revision=args.revision if base else None, dtype=dtype,
+                       device=device, merge_adapters=merge_adapters)
     return load_base(args.model, dtype=dtype, device=device, revision=args.revision)
 
 
@@ -83,12 +85,12 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = _load(args)
-    overrides: dict[str, int] = {}
+    from_plan: dict[str, int] = {}
     if args.plan is not None:
-        plan, overrides = read_plan(args.plan, model.config)
+        plan, from_plan = read_plan(args.plan, model.config)
     else:
         plan, _ = _profile(args, model, tokenizer, args.out.with_name(args.out.name + "-profile"))
-    sparse = sparse_from_args(args, **overrides)
+    sparse = sparse_from_args(args, **from_plan)
     convert_model(model, plan, sparse)
     training = None
     if args.train:
@@ -156,8 +158,9 @@ def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
     from .data.task_data import load_task_data
     from .export.lm_eval_task import write_task
 
-    spec = io.read_config(args.model)["base_model"]["spec"] if _is_artifact(args.model) else args.model
-    tokenizer = _tokenizer(spec)
+    spec, revision = (io.base_spec(args.model, args.base, args.revision) if _is_artifact(args.model)
+                      else (args.model, args.revision))
+    tokenizer = load_tokenizer(spec, revision)
     samples = [s for s in load_task_data(args.data, tokenizer).samples
                if (not args.tasks or s.task in args.tasks) and (not args.lengths or s.length in args.lengths)]
     result = write_task(samples, tokenizer, args.out)
@@ -166,17 +169,6 @@ def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
     say(args, f"the same prompt ids for rtpurbo eval: --data {args.out / 'eval_data.npz'} "
               f"({result['prompts_reencoded_differently']} of {result['items']} re-encode differently from --data)")
     return result
-
-
-def _tokenizer(spec: str) -> Any:
-    """The tokenizer of a base model spec (no weights loaded)."""
-    from transformers import AutoTokenizer
-
-    from .models import resolve_model
-
-    source = resolve_model(spec)
-    return AutoTokenizer.from_pretrained(source.directory, **({"gguf_file": source.gguf_file} if source.gguf_file
-                                                               else {}))
 
 
 def info(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,7 +191,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
             args.window, args.sinks, args.index_dim = sparse.window, sparse.sinks, sparse.index_dim
             result["plan"] = plan_summary(plan)
             layers, kv_heads = plan.num_layers, plan.num_kv_heads
-            base_config = load_config(config["base_model"]["spec"], config["base_model"].get("commit"))
+            base_config = load_config(*io.base_spec(args.model, args.base, args.revision))
             retrieval = plan.num_retrieval()
         else:
             base_config = load_config(args.model, args.revision)

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import HeadPlan, PlanMismatch, SparseConfig, dumps
 from .convert import convert, is_converted
-from .models import EMBEDDED_ADAPTERS, ModelSource, fingerprint, load_base, source_record
+from .models import EMBEDDED_ADAPTERS, ModelNotFound, ModelSource, fingerprint, load_base, source_record
 
 FORMAT = "rtpurbo/1"
 CONFIG_NAME = "rtpurbo_config.json"
@@ -116,10 +116,13 @@ def artifact_path(spec: str | Path) -> Path | None:
     return path if (path / CONFIG_NAME).is_file() else None
 
 
-def base_spec(path: str | Path) -> tuple[str, str | None]:
-    """(spec, commit) of an artifact's base model: the commit pins a Hub id's revision (None otherwise)."""
-    base = read_config(path)["base_model"]
-    return base["spec"], base.get("commit")
+def base_spec(path: str | Path, base: str | None = None, revision: str | None = None) -> tuple[str, str | None]:
+    """(spec, revision) of an artifact's base model: ``base`` at ``revision`` where given (the base has moved),
+    else the recorded spec at the recorded commit (which pins a Hub id's revision; None otherwise)."""
+    if base:
+        return base, revision
+    recorded = read_config(path)["base_model"]
+    return recorded["spec"], recorded.get("commit")
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -166,7 +169,14 @@ def load(
     config = read_config(path)
     base_info = config["base_model"]
     revision = base_revision if base else base_info.get("commit")
-    model, tokenizer = load_base(base or base_info["spec"], dtype=dtype, device=device, revision=revision)
+    try:
+        model, tokenizer = load_base(base or base_info["spec"], dtype=dtype, device=device, revision=revision)
+    except ModelNotFound as err:
+        if base:
+            raise
+        raise ArtifactError(f"{path} was converted from the base model {base_info['spec']!r}, which is not found "
+                            f"from here ({err}); name where it is now with --base (Python: io.load(..., base=...))"
+                            ) from err
     found = fingerprint(model.rtpurbo_source)
     if found != base_info["fingerprint"] and not allow_base_mismatch:
         raise ArtifactError(

@@ -80,10 +80,13 @@ def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
             raise ModelNotFound(f"{directory / filename} is missing; reinstall {package.replace('_', '-')}")
         return ModelSource(spec, directory, filename)
     path = Path(spec).expanduser()
+    # a local model is recorded by its absolute path: an artifact made from it loads from any directory
     if path.is_file() and path.suffix == ".gguf":
-        return ModelSource(spec, path.parent, path.name)
+        path = path.resolve()
+        return ModelSource(str(path), path.parent, path.name)
     if path.is_dir() and (path / "config.json").is_file():
-        return ModelSource(spec, path, None)
+        path = path.resolve()
+        return ModelSource(str(path), path, None)
     if is_hub_id(spec):
         found = snapshot(spec, revision)
         return ModelSource(spec, found.directory, None, found.repo_id, found.revision, found.commit)

@@ -46,6 +46,43 @@ def test_convert_imports_a_headwise_config(checkpoint, tmp_path, capsys):
     assert (config["sparse"]["sinks"], config["sparse"]["window"]) == (3, 16)
 
 
+def test_a_headwise_config_sets_only_what_it_holds(checkpoint, tmp_path, capsys):
+    """A headwise_config with only the 0/1 rows leaves --window / --sinks / --seqlen-threshold to the command line;
+    one that holds W and S sets them where the flags are absent, and a flag that contradicts it is an error."""
+    rows_only = {"headwise_config": HeadPlan(2, 2, 6, [[0], []]).to_headwise_config(4, 8192)["headwise_config"]}
+    (tmp_path / "rows.json").write_text(json.dumps(rows_only))
+    run_json(capsys, ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "rows.json"), "--window", "32",
+                      "--sinks", "2", "--seqlen-threshold", "0", "--out", str(tmp_path / "a")])
+    sparse = io.read_config(tmp_path / "a")["sparse"]
+    assert (sparse["window"], sparse["sinks"], sparse["seqlen_threshold"]) == (32, 2, 0)
+    full = HeadPlan(2, 2, 6, [[0], []]).to_headwise_config(sinks=3, window=16)
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    argv = ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "full.json")]
+    run_json(capsys, argv + ["--window", "16", "--out", str(tmp_path / "b")])  # agrees with the file
+    assert (io.read_config(tmp_path / "b")["sparse"]["window"], io.read_config(tmp_path / "b")["sparse"]["sinks"]) \
+        == (16, 3)
+    assert main(argv + ["--window", "32", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "--window 32 (the file says 16)" in err and not (tmp_path / "c").exists()
+
+
+def test_an_artifact_of_a_relative_base_path_loads_from_anywhere(checkpoint, tmp_path, capsys, monkeypatch):
+    plan = HeadPlan(2, 2, 6, [[1], []])
+    (tmp_path / "plan.json").write_text(dumps(plan.to_dict()))
+    monkeypatch.chdir(tmp_path)
+    run_json(capsys, ["convert", "--model", "base", "--plan", "plan.json", "--window", "8", "--out", "artifact"])
+    assert io.read_config(tmp_path / "artifact")["base_model"]["spec"] == str(checkpoint.resolve())
+    monkeypatch.chdir(tmp_path.parent)
+    argv = ["generate", "--model", str(tmp_path / "artifact"), "--prompt", "w1 w2", "--max-new-tokens", "2",
+            "--no-chat-template"]
+    run_json(capsys, argv)
+    checkpoint.rename(tmp_path / "moved")  # the base moves: the error names it and --base points at it
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"converted from the base model {str(checkpoint.resolve())!r}" in err and "--base" in err
+    run_json(capsys, argv + ["--base", str(tmp_path / "moved")])
+
+
 def test_info_for_a_geometry_given_by_flags(capsys):
     info = run_json(capsys, ["info", "--layers", "32", "--kv-heads", "8", "--head-dim", "128"])
     one_m = [r for r in info["kv_cache"] if r["context"] == 1048576][0]
@@ -58,11 +95,42 @@ def test_info_for_a_geometry_given_by_flags(capsys):
     ["convert", "--out", "x", "--retrieval-ratio", "1.5"],
     ["convert", "--out", "x", "--top-p", "0"],
     ["profile"],  # --out is required
+    ["convert", "--out", "x", "--sinks", "-1"],
+    ["convert", "--out", "x", "--min-tokens", "-3"],
+    ["convert", "--out", "x", "--max-tokens", "0"],
+    ["convert", "--out", "x", "--seqlen-threshold", "-1"],
+    ["convert", "--out", "x", "--impl", "nonsense"],
+    ["convert", "--out", "x", "--decode-impl", "nonsense"],
+    ["convert", "--out", "x", "--device", "gpu"],
+    ["export", "--out", "x", "--max-shard-size", "banana"],
+    ["export", "--out", "x", "--seqlen-threshold", "-5"],
+    ["generate", "--prompt", "hi", "--sample", "--temperature", "-1"],
 ])
 def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_flag_values_that_parse(capsys):
+    args = build_parser().parse_args(["export", "--out", "x", "--max-shard-size", "20KB", "--device", "cuda:1"])
+    assert (args.max_shard_size, args.device) == (20_000, "cuda:1")
+    assert build_parser().parse_args(["export", "--out", "x"]).max_shard_size == 5 * 10**9
+
+
+def test_settings_that_conflict_are_one_line_errors(checkpoint, tmp_path, capsys):
+    plan = HeadPlan(2, 2, 6, [[1], []])
+    (tmp_path / "plan.json").write_text(dumps(plan.to_dict()))
+    argv = ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "a")]
+    assert main(argv + ["--index-dim", "4", "--index-rope-dims", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "rtpurbo convert: error: sparse settings: index_rope_dims" in err and "Traceback" not in err
+    assert main(argv[:4] + [str(tmp_path / "missing.json")] + argv[5:]) == 2
+    assert "missing.json does not exist" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{oops")
+    assert main(argv[:4] + [str(tmp_path / "bad.json")] + argv[5:]) == 2
+    assert "bad.json is not JSON" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
 
 
 def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys):

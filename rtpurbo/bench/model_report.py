@@ -97,7 +97,7 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
            "GQA split-K Triton kernel from a CUDA graph: dense with its launch overhead removed (transformers' "
            "StaticCache is not that baseline: its decode mask makes SDPA repeat K/V)"] if settings.cuda_graph else []),
         _selection_note(settings),
-        f"TTFT = prefill of L tokens (dense: one shot"
+        "TTFT = prefill of L tokens (dense: one shot"
         + (f"; rtpurbo variants: chunks of {settings.prefill_chunk}" if settings.prefill_chunk else "; every variant one shot")
         + (f"; decoder MLPs of every variant on at most {settings.mlp_chunk} tokens at a time, the same output"
            if settings.mlp_chunk else "")

@@ -166,7 +166,7 @@ def _base_spec(args: argparse.Namespace) -> tuple[str, str | None, list[tuple[st
     own = io.artifact_path(args.model)
     if own is not None:
         artifacts.insert(0, (own.resolve().name, own, {}))
-        return *io.base_spec(args.model), artifacts
+        return *io.base_spec(args.model, args.base, args.revision), artifacts
     return args.model, args.revision, artifacts
 
 

@@ -114,6 +114,7 @@ def add_convert_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="rtpurbo artifact directory (rtpurbo convert)")
+    p.add_argument("--base", help="the artifact's base model where it is now (default: where the artifact records it)")
     p.add_argument("--data", required=True, type=Path, help="training shards (rtpurbo data prepare)")
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (torchrun: one GPU per process)")
@@ -255,7 +256,7 @@ def synthetic_mix(args: argparse.Namespace, dev: bool) -> tuple[float, tuple[str
 
 def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo train-indexer``: artifact in, artifact out."""
-    model, tokenizer = io.load(args.model)
+    model, tokenizer = io.load(args.model, base=args.base)
     runtime = make_runtime(args.device, args.precision)
     settings = indexer_settings(args, "", _checkpoint_dir(args, "indexer"))
     report = run_stage1(model, load_shards(args.data, tokenizer), settings, runtime,
@@ -267,7 +268,7 @@ def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
 
 def distill(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo distill``: artifact in, artifact out."""
-    model, tokenizer = io.load(args.model)
+    model, tokenizer = io.load(args.model, base=args.base)
     runtime = make_runtime(args.device, args.precision)
     settings = distill_settings(args, "", _checkpoint_dir(args, "distill"))
     report = run_stage2(model, load_shards(args.data, tokenizer), settings, runtime,
