@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import HeadPlan, PlanMismatch, SparseConfig, dumps
 from .convert import convert, is_converted
+from .files import written_whole
 from .models import EMBEDDED_ADAPTERS, ModelNotFound, ModelSource, fingerprint, load_base, source_record
 
 FORMAT = "rtpurbo/1"
@@ -66,11 +64,9 @@ def save(model: nn.Module, out_dir: str | Path, history: list[dict[str, Any]] | 
     if source is None:
         raise ArtifactError("model has no recorded base source; load it with rtpurbo.models.load_base")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     plan: HeadPlan = model.rtpurbo_plan
     sparse: SparseConfig = model.rtpurbo_sparse
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with written_whole(out_dir) as tmp:
         tensors = added_state_dict(model)
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": FORMAT})
         (tmp / HEADWISE_NAME).write_text(dumps(plan.to_headwise_config(sparse.sinks, sparse.window, sparse.seqlen_threshold)))
@@ -90,22 +86,7 @@ def save(model: nn.Module, out_dir: str | Path, history: list[dict[str, Any]] | 
             "files": {name: _sha256(tmp / name) for name in (WEIGHTS_NAME, HEADWISE_NAME)},
         }
         (tmp / CONFIG_NAME).write_text(dumps(config))
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``, replacing an existing directory only once ``new`` is complete."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 def artifact_path(spec: str | Path) -> Path | None:

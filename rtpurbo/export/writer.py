@@ -23,9 +23,7 @@ trust_remote_code=True)`` returns the sparse model (:mod:`rtpurbo.export.runtime
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ import transformers
 from .. import __version__
 from ..convert import is_converted, kv_order
 from ..families import geometry
-from ..io import _replace_dir
+from ..files import written_whole
 from ..headwise import rtp_llm_headwise_config
 from .runtime import FORMAT
 
@@ -68,9 +66,7 @@ def export(model: nn.Module, tokenizer: Any, out_dir: str | Path, max_shard_size
     if not isinstance(getattr(transformers, base_class, None), type):
         raise ExportError(f"{base_class} is not a transformers class; export needs a transformers causal LM")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with written_whole(out_dir) as tmp:
         state = base_layout_state(model)
         from huggingface_hub import save_torch_state_dict
 
@@ -83,21 +79,7 @@ def export(model: nn.Module, tokenizer: Any, out_dir: str | Path, max_shard_size
         (tmp / CUSTOM_GENERATE).mkdir()
         shutil.copy(TEMPLATES / "custom_generate.py", tmp / CUSTOM_GENERATE / "generate.py")
         (tmp / CUSTOM_GENERATE / "requirements.txt").write_text("rtpurbo\n")
-        _usual_permissions(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _usual_permissions(directory: Path) -> None:
-    """Modes as a plain ``mkdir`` / ``open`` would give them (mkdtemp and some writers use 0700 / 0600),
-    so that a server running as another user can read the directory."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [directory, *directory.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def export_config(model: nn.Module, base_class: str, dtype: torch.dtype) -> Any:

@@ -12,15 +12,14 @@ refuses a checkpoint whose run identity differs (other settings, data or stage).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+
+from ..files import written_whole
 
 LATEST = "latest"
 
@@ -38,26 +37,12 @@ def save_checkpoint(
     directory: str | Path, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any]
 ) -> Path:
     """Write ``directory/latest`` atomically. ``state`` must hold ``step`` (the next step to run)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=directory))
-    try:
+    with written_whole(Path(directory) / LATEST) as tmp:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        target = directory / LATEST
-        if target.exists():
-            old = directory / f".old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory / LATEST
+    return Path(directory) / LATEST
 
 
 def has_checkpoint(directory: str | Path | None) -> bool:

@@ -46,6 +46,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from ..files import written_whole
 from ..data.needles import KINDS, haystack_ids, haystack_window, make_sample, seed_for
 from ..data.sources import SOURCES, Document, iter_documents
 from ..data.tasks import TASKS, TaskCorpus, make_task_sample
@@ -213,8 +214,6 @@ def prepare_shards(
         provenance: per-source description recorded in the manifest (default: from ``SOURCES``).
         model: the model whose tokenizer this is (spec, revision), recorded as given.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stats: dict[str, dict[str, Any]] = {}
     used: list[dict[str, Any]] = []
     haystacks = HaystackPool(4 * settings.seq_len)
@@ -244,9 +243,20 @@ def prepare_shards(
                             "characters); add inputs, or lower --sequences or --seq-len")
     rows = _mix(natural, tokenizer, haystacks.texts(), settings)
     sequences = np.asarray(rows, dtype=token_dtype(len(tokenizer.get_vocab())))
-    with gzip.open(out_dir / DOCUMENTS, "wt") as handle:
-        handle.writelines(json.dumps(entry) + "\n" for entry in used)
-    manifest = {
+    with written_whole(out_dir) as tmp:  # a failed or interrupted run leaves an earlier set in out_dir as it was
+        with gzip.open(tmp / DOCUMENTS, "wt") as handle:
+            handle.writelines(json.dumps(entry) + "\n" for entry in used)
+        manifest = _manifest(settings, model, tokenizer, sequences, n_synthetic, stats, provenance,
+                             write_shards(sequences, tmp, settings.shard_bytes))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _manifest(settings: PrepareSettings, model: dict[str, Any] | None, tokenizer: Any, sequences: np.ndarray,
+              n_synthetic: int, stats: dict[str, dict[str, Any]], provenance: dict[str, Any] | None,
+              shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest of a prepared set (module docstring)."""
+    return {
         "format": FORMAT,
         "settings": asdict(settings),
         "model": model,
@@ -261,10 +271,8 @@ def prepare_shards(
         "sources": {name: {**entry, "provenance": (provenance or {}).get(name) or _provenance(name)}
                     for name, entry in stats.items()},
         "documents_file": DOCUMENTS,
-        "shards": write_shards(sequences, out_dir, settings.shard_bytes),
+        "shards": shards,
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
 
 
 class HaystackPool:
@@ -395,7 +403,8 @@ def load_shards(path: str | Path, tokenizer: Any | None = None, pool: str | None
 def split_held_out(shards: TokenShards, count: int, seq_len: int | None) -> tuple[TokenShards, torch.Tensor]:
     """(training rows, the last ``count`` rows cropped to ``seq_len``) for before/after measurements."""
     if len(shards.sequences) <= count:
-        raise ValueError(f"{len(shards.sequences)} sequences cannot spare {count} for evaluation")
+        raise NotEnoughData(f"{len(shards.sequences)} sequences cannot spare {count} for evaluation; lower "
+                            "--eval-sequences or prepare more sequences")
     cut = len(shards.sequences) - count
     return TokenShards(shards.sequences[:cut], shards.manifest, shards.path), shards.sequences[cut:, :seq_len]
 
