@@ -62,6 +62,37 @@ def test_every_file_format_gives_its_records(tmp_path, record_text):
     assert parquet.provenance["files"][0]["records"] == 2 and len(parquet.provenance["files"][0]["sha256"]) == 64
 
 
+def test_json_lines_split_on_newlines_only(tmp_path, record_text):
+    """JSON strings may hold U+2028 / U+2029 / U+0085 unescaped (json.dumps(ensure_ascii=False) of web text): they
+    are not line ends of a JSON Lines file."""
+    lines = [json.dumps({"text": t}, ensure_ascii=False) for t in ("a\u2028b", "c\u2029d\u0085e", "f")]
+    (tmp_path / "web.jsonl").write_text("\n".join(lines) + "\r\n", encoding="utf-8")
+    assert texts(file_input(str(tmp_path / "web.jsonl"), record_text)) == ["a\u2028b", "c\u2029d\u0085e", "f"]
+
+
+def test_prepare_leaves_an_earlier_set_intact_when_it_fails(tmp_path, tokenizer, monkeypatch):
+    import rtpurbo.train.data as data
+
+    docs = [data.Document("fake", f"d{i}", words(300, seed=i)) for i in range(12)]
+    settings = PrepareSettings(seq_len=64, sequences=20, synthetic_ratio=0.0, min_doc_chars=100, shard_bytes=700)
+    prepare_shards(docs, tokenizer, tmp_path / "shards", settings)
+    before = load_shards(tmp_path / "shards", tokenizer).sequences.clone()
+    real = data.write_shards
+
+    def interrupted(sequences, out_dir, shard_bytes):
+        real(sequences[:3], out_dir, shard_bytes)  # part of the new set written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "write_shards", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_shards(docs[::-1], tokenizer, tmp_path / "shards", settings)
+    assert load_shards(tmp_path / "shards", tokenizer).sequences.equal(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # no temporary directory left behind
+    with pytest.raises(data.NotEnoughData):  # a run that fails early creates nothing
+        prepare_shards(docs[:1], tokenizer, tmp_path / "new", settings)
+    assert not (tmp_path / "new").exists()
+
+
 def test_errors_name_the_file_and_line(tmp_path, record_text):
     (tmp_path / "empty.txt").write_text("  \n")
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "w1"}]).open("a").write("{oops\n")

@@ -149,7 +149,7 @@ def file_texts(path: Path, record_text: RecordText) -> Iterator[tuple[str, str]]
         return
     text = _decode(path, _read_bytes(path))
     if suffix in JSON_LINES:
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
             if line.strip():
                 yield f"{path}:{number}", record_text(_json(line, f"{path}:{number}"), f"{path}:{number}")
     elif suffix == ".json":
@@ -205,7 +205,8 @@ def file_input(pattern: str, record_text: RecordText, min_chars: int = 1) -> Use
     """Documents of the files ``pattern`` matches (a path or a wildcard), in path order.
 
     The provenance (filled as documents are read) lists each file read with its size, sha256
-    and the records it gave, and the files skipped (by reason).
+    and the records it gave, the files skipped (by reason), and how many matched files were not read
+    (``not_read``: packing had enough windows before it reached them).
     """
     ((_, files),) = expand([pattern])
     for path in files:
@@ -214,11 +215,12 @@ def file_input(pattern: str, record_text: RecordText, min_chars: int = 1) -> Use
                                 "evaluation (DATA.md)")
     name = f"files:{pattern}"
     provenance: dict[str, Any] = {"description": "user files (rtpurbo data prepare --files)", "pattern": pattern,
-                                  "matched": len(files), "files": [], "skipped": {}}
+                                  "matched": len(files), "files": [], "skipped": {}, "not_read": len(files)}
 
     def documents() -> Iterator[Document]:
         provenance["files"], provenance["skipped"] = [], {}
-        for path in files:
+        for number, path in enumerate(files):
+            provenance["not_read"] = len(files) - number - 1
             texts, reason = _usable_texts(path, record_text, min_chars, exact=not glob.has_magic(pattern))
             if reason:
                 provenance["skipped"][reason] = provenance["skipped"].get(reason, 0) + 1
@@ -305,8 +307,15 @@ def _load_dataset(name: str, split: str) -> tuple[Any, str]:
     except UserDataError:
         raise
     except Exception as err:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ValueError...)
-        raise UserDataError(f"dataset {name!r} (split {split!r}) could not be loaded: {type(err).__name__}: "
-                            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from err
+        raise UserDataError(f"dataset {name!r} (split {split!r}) could not be loaded: {_first_cause(err)}") from err
+
+
+def _first_cause(err: BaseException) -> str:
+    """``Type: first line`` of the innermost error of a chain (``datasets`` wraps the one that names the file)."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _datasets_cache() -> Path:
