@@ -108,7 +108,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: printed as one line, no traceback."""
     from .cli_args import SettingsError
     from .config import PlanMismatch
-    from .data.sources import SourceUnavailable
+    from .data.needles import SampleTooShort
+    from .data.sources import SourceUnavailable, UnknownSource
     from .data.user import UserDataError
     from .export import ExportError
     from .families import UnsupportedModel
@@ -116,10 +117,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .io import ArtifactError
     from .models import ModelNotFound
     from .ops.api import BackendUnavailable
+    from .train.checkpoint import CheckpointMismatch
     from .train.data import NotEnoughData, ShardMismatch
 
-    return (ArtifactError, BackendUnavailable, ExportError, ModelNotFound, NotEnoughData, PlanMismatch, PromptTooLong,
-            SettingsError, ShardMismatch, SourceUnavailable, UnsupportedModel, UserDataError)
+    return (ArtifactError, BackendUnavailable, CheckpointMismatch, ExportError, ModelNotFound, NotEnoughData, PlanMismatch, PromptTooLong,
+            SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable, UnknownSource, UnsupportedModel,
+            UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

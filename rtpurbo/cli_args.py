@@ -74,6 +74,14 @@ def size_value(value: str) -> int:
     return size
 
 
+def share_value(value: str) -> float:
+    """A share in [0, 1)."""
+    number = float(value)
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return number
+
+
 def ratio_value(value: str) -> float:
     number = float(value)
     try:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rtpurbo.config import HeadPlan, SparseConfig
+from rtpurbo.config import HeadPlan, PlanMismatch, SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.data.task_data import TaskData, tokenizer_probe
 from rtpurbo.data.tasks import TaskSample
@@ -121,5 +121,5 @@ def test_ranking_comparison(tmp_path):
     assert answer == {"criterion": "knockout:answer_kl", "ranking": b, "num_q_heads": 6}
     with pytest.raises(ValueError, match="no KV-head score"):
         read_scores(tmp_path / "head_scores.json", "copy")
-    with pytest.raises(ValueError, match="give --names"):
+    with pytest.raises(PlanMismatch, match="two names \\(--names A B\\)"):
         write_comparison(tmp_path, copy, copy, [0.25], 0.25)

@@ -8,6 +8,7 @@ from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.testing import tiny_model
 from rtpurbo.train import indexer_targets
+from rtpurbo.train.checkpoint import CheckpointMismatch
 from rtpurbo.train.loop import LoopSettings, TrainingDiverged, make_runtime
 from rtpurbo.train.stage1_indexer import IndexerSettings, train_indexer
 
@@ -55,6 +56,25 @@ def test_resumed_run_equals_uninterrupted(shards, tmp_path):
     assert report["steps_done"] == 6 and len(report["history"]) == 6
     for (name, a), b in zip(straight.named_parameters(), fresh.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_or_plan(shards, tmp_path):
+    first = converted_llama()
+    first.rtpurbo_fingerprint = "base-a"  # as io.load records the base weights' content hash
+    stop = settings(steps=6, checkpoint_dir=tmp_path, time_budget=0.0)
+    assert train_indexer(first, shards, stop, make_runtime("cpu"))["steps_done"] == 1
+    resume = settings(steps=6, checkpoint_dir=tmp_path, resume=True)
+    other_base = converted_llama()
+    other_base.rtpurbo_fingerprint = "base-b"
+    with pytest.raises(CheckpointMismatch, match="differs in \\['base_model'\\]"):
+        train_indexer(other_base, shards, resume, make_runtime("cpu"))
+    other_plan = convert(tiny_model("llama"), HeadPlan(2, 2, 6, [[1], [1]]), SPARSE)
+    other_plan.rtpurbo_fingerprint = "base-a"
+    with pytest.raises(CheckpointMismatch, match="differs in \\['plan'\\]"):
+        train_indexer(other_plan, shards, resume, make_runtime("cpu"))
+    same = converted_llama()
+    same.rtpurbo_fingerprint = "base-a"
+    assert train_indexer(same, shards, resume, make_runtime("cpu"))["steps_done"] == 6
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path, monkeypatch):

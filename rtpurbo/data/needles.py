@@ -33,6 +33,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+
+class SampleTooShort(ValueError):
+    """A sample length too short for a needle task's needles, question and answer (the message names the minimum)."""
+
+
 KINDS = ("passkey", "kv", "multihop")
 SEED_NAMESPACES = {"profile": 1_000_000, "train": 2_000_000, "eval": 3_000_000, "tune": 4_000_000,
                    "train_tasks": 5_000_000}
@@ -274,7 +279,7 @@ def make_sample(
     fixed = len(prefix_ids) + sum(needle_lengths) + len(question_ids) + len(answer_ids)
     haystack_tokens = length_tokens - fixed
     if haystack_tokens < MIN_HAYSTACK_TOKENS:
-        raise ValueError(
+        raise SampleTooShort(
             f"length_tokens={length_tokens} is too short for a {kind!r} sample: its needles, question and answer "
             f"take {fixed} tokens and the haystack needs {MIN_HAYSTACK_TOKENS}; use length_tokens >= "
             f"{fixed + MIN_HAYSTACK_TOKENS}"

@@ -55,6 +55,10 @@ class SourceUnavailable(RuntimeError):
     """A source is not installed (or could not be installed); the message says how to get it."""
 
 
+class UnknownSource(ValueError):
+    """A source name that is not in the table (the message lists the known ones)."""
+
+
 @dataclass(frozen=True)
 class Source:
     """One offline corpus.
@@ -243,10 +247,10 @@ def refuse_reserved_path(path: str | Path) -> None:
 
 
 def get_source(name: str) -> Source:
-    """The table entry for `name`; ValueError for reserved or unknown names."""
+    """The table entry for `name`; ValueError for reserved names, UnknownSource for unknown ones."""
     check_not_reserved(name)
     if name not in SOURCES:
-        raise ValueError(f"unknown source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
+        raise UnknownSource(f"unknown source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
     return SOURCES[name]
 
 

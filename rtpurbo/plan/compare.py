@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import io
-from ..config import HeadPlan, dumps
+from ..config import HeadPlan, PlanMismatch, dumps
 from ..profile.plot import plot_plan
 from .plot import scores_scatter
 
@@ -91,10 +91,10 @@ def compare_scores(a: dict[str, Any], b: dict[str, Any], ratios: list[float], na
 def write_comparison(out: Path, a: dict[str, Any], b: dict[str, Any], ratios: list[float], ratio: float,
                      names: tuple[str, str] | None = None) -> dict[str, Any]:
     """compare.json / .md, the scatter plot and both plans at ``ratio`` in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
     names = names or (a["criterion"], b["criterion"])
     if names[0] == names[1]:
-        raise ValueError(f"both rankings are named {names[0]!r}; give --names")
+        raise PlanMismatch(f"both rankings are named {names[0]!r}; give them two names (--names A B)")
+    out.mkdir(parents=True, exist_ok=True)
     result = compare_scores(a, b, sorted(set(ratios) | {ratio}), names)
     plans = {}
     for name, scores in zip(names, (a, b)):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .. import io
-from ..cli_args import add_revision
+from ..cli_args import add_revision, positive_int, share_value
 from ..data.needles import KINDS
 from ..data.user import RecordText, UserInput, chat_renderer, dataset_input, file_input
 from ..models import DEFAULT_MODEL, source_record
@@ -66,9 +66,9 @@ def add_parsers(subparsers: Any) -> None:
                         "default train. Repeatable")
     p.add_argument("--text-field", help="record field holding the text (default: messages / conversations "
                                         "rendered with the model's chat template, else text, else content)")
-    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per sequence")
-    p.add_argument("--sequences", type=int, default=1024, help="sequences to write")
-    p.add_argument("--synthetic-ratio", type=float, default=None,
+    p.add_argument("--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN, help="tokens per sequence")
+    p.add_argument("--sequences", type=positive_int, default=1024, help="sequences to write")
+    p.add_argument("--synthetic-ratio", type=share_value, default=None,
                    help="share of synthetic needle sequences (default 0.1 for train, 0 for dev)")
     p.add_argument("--no-cross-documents", action="store_true",
                    help="a sequence never spans two documents (default for the dev pool)")

@@ -109,6 +109,19 @@ class LoopResult:
         return sum(rates) / max(1, len(rates))
 
 
+def model_identity(model: nn.Module) -> dict[str, Any]:
+    """What a run trains: the base weights (content fingerprint), the head plan and the sparse settings. A
+    checkpoint of another model, plan or settings is refused on resume (:func:`checkpoint.load_checkpoint`)."""
+    from ..models import fingerprint
+
+    base = getattr(model, "rtpurbo_fingerprint", None)
+    source = getattr(model, "rtpurbo_source", None)
+    plan, sparse = getattr(model, "rtpurbo_plan", None), getattr(model, "rtpurbo_sparse", None)
+    return {"base_model": base or (fingerprint(source) if source is not None else None),
+            "plan": plan.retrieval if plan is not None else None,
+            "sparse": sparse.to_dict() if sparse is not None else None}
+
+
 def run_loop(
     runtime: Runtime,
     model: nn.Module,
@@ -134,7 +147,7 @@ def run_loop(
     optimizer = torch.optim.AdamW(param_groups, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup, settings.steps)
     wrapped, optimizer = acc.prepare(objective, optimizer)
-    identity = {**identity, **settings.identity(), "data": fingerprint_shards(shards)}
+    identity = {**identity, **settings.identity(), **model_identity(model), "data": fingerprint_shards(shards)}
     result = _resume(model, optimizer, scheduler, settings, identity)
     start = result.steps_done
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and runtime.is_main),

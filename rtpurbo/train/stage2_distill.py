@@ -167,7 +167,8 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
 
         identity = {"stage": "distill", "trainable": settings.trainable, "lora": settings.lora.to_dict(),
                     "indexer_lr": settings.indexer_lr, "indexer_weight": settings.indexer_weight,
-                    "indexer_queries": settings.indexer_queries, "eval_sequences": settings.eval_sequences}
+                    "indexer_queries": settings.indexer_queries, "eval_sequences": settings.eval_sequences,
+                    "student_prefill": settings.student_prefill, "student_scoring": settings.student_scoring}
         result = run_loop(runtime, model, objective, groups, train_rows, _with_lr(loop, groups), identity, step_fn,
                           on_checkpoint)
         after = heldout_kl(model, teacher, held_out, settings, runtime)
