@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ._compat import ATTN_IMPLEMENTATION, set_attn_implementation
-from .config import HeadPlan, SparseConfig
+from .config import HeadPlan, PlanMismatch, SparseConfig
 from .families import attention_modules, base_window, family_of, geometry
 from .modules.sparse_attention import SparseAttention
 
@@ -27,6 +27,7 @@ def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig) -> nn.Module
     num_layers, num_kv, num_q, _ = geometry(model.config)
     plan.check_model(num_layers, num_kv, num_q)
     layers = getattr(model, "model", model).layers
+    check_local_windows(model, plan, sparse)
     originals = []
     for layer_idx, attn in enumerate(attention_modules(model)):
         if isinstance(attn, SparseAttention):
@@ -44,6 +45,20 @@ def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig) -> nn.Module
     model.rtpurbo_plan = plan
     model.rtpurbo_sparse = sparse
     return model
+
+
+def check_local_windows(model: nn.Module, plan: HeadPlan, sparse: SparseConfig) -> None:
+    """Raise PlanMismatch where a layer of a base with its own sliding window (Mistral's ``sliding_window``, Qwen's
+    windowed layers) would get local heads that see further back than the base model ever did (``W`` above the
+    base window; the sinks are the method's own addition). Retrieval heads keep the base window."""
+    family = family_of(model.config)
+    num_kv = geometry(model.config)[1]
+    for layer_idx, attn in enumerate(attention_modules(model)):
+        own = base_window(family, attn, model.config)
+        if own is not None and len(plan.retrieval[layer_idx]) < num_kv and sparse.window > own:
+            raise PlanMismatch(f"layer {layer_idx} of this model attends over a sliding window of {own} tokens: local "
+                               f"heads at W={sparse.window} would see further back than the model ever did; convert "
+                               f"with a window of at most {own} (--window {own})")
 
 
 def unconvert(model: nn.Module) -> nn.Module:

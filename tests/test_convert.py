@@ -103,6 +103,19 @@ def test_bad_inputs_raise_clear_errors():
         family_of(Config())
 
 
+def test_local_heads_never_see_further_than_a_base_window():
+    """Mistral with its own sliding window: local heads at a wider W would see context the model never saw."""
+    model = tiny_model("mistral", sliding_window=16)
+    with pytest.raises(PlanMismatch, match="sliding window of 16 tokens.*--window 16"):
+        convert(model, mixed_plan(model), SparseConfig(window=32, sinks=2))
+    assert type(model.model.layers[0].self_attn).__name__ == "MistralAttention"  # untouched
+    convert(model, plan_for(model, True), SparseConfig(window=32, sinks=2))  # no local heads: nothing to narrow
+    model = tiny_model("mistral", sliding_window=16)
+    ids = random_ids(1, 40)
+    convert(model, mixed_plan(model), SparseConfig(window=16, sinks=2))
+    assert torch.isfinite(logits(model, ids)).all()
+
+
 def test_dynamic_cache_is_refused_with_a_clear_message():
     model = tiny_model("llama")
     convert(model, plan_for(model, True), SparseConfig())
