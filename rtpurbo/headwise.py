@@ -23,6 +23,13 @@ model as rtpurbo converted, trained and measured it. rtpurbo's own ``seqlen_thre
 exported ``config.json`` keeps it in its ``rtpurbo`` block, and a ``seqlen_threshold`` read from this form is
 not taken for it.
 
+RTP-LLM's window counts the keys *before* the current one: its reference mask (``test_py_headwise.py``,
+``_make_flex_mask``) keeps key ``j`` for query ``i`` when ``i - j <= window_left`` (= ``swa_token_num``), so it
+sees ``swa_token_num + 1`` keys, where rtpurbo's local heads see ``W`` (``i - j < W``). So this form holds
+``swa_token_num = W - 1`` (:data:`RTP_LLM_WINDOW_OFFSET`), and reading it back adds the 1. Directories exported
+in the first format (``rtpurbo.export/1``) held ``W`` itself and rtpurbo's decode threshold; ``legacy=True``
+reads them so.
+
 rtpurbo's own artifacts keep the older list form (``rtpurbo.config.HeadPlan.to_headwise_config``, where
 ``seqlen_threshold`` is rtpurbo's); :func:`to_list_form` turns this form into that one.
 """
@@ -34,6 +41,8 @@ from .config import HeadPlan, PlanMismatch, SparseConfig
 
 SETTINGS = ("sink_token_num", "swa_token_num", "seqlen_threshold")
 RTP_LLM_SPLIT_FROM = 0  # RTP-LLM's seqlen_threshold for an rtpurbo model: heads split in every prefill
+RTP_LLM_WINDOW_OFFSET = 1  # rtpurbo's W = RTP-LLM's swa_token_num + 1 (module docstring)
+LEGACY_EXPORT_FORMAT = "rtpurbo.export/1"  # its headwise_config held rtpurbo's W and decode threshold
 
 
 def rtp_llm_headwise_config(plan: HeadPlan, sparse: SparseConfig) -> dict[str, Any]:
@@ -41,7 +50,7 @@ def rtp_llm_headwise_config(plan: HeadPlan, sparse: SparseConfig) -> dict[str, A
     rows = plan.to_headwise_config(sparse.sinks, sparse.window)["headwise_config"]
     block: dict[str, Any] = {
         "sink_token_num": sparse.sinks,
-        "swa_token_num": sparse.window,
+        "swa_token_num": sparse.window - RTP_LLM_WINDOW_OFFSET,
         "seqlen_threshold": RTP_LLM_SPLIT_FROM,
     }
     block.update({str(layer): row for layer, row in enumerate(rows)})
@@ -71,7 +80,15 @@ def to_list_form(block: dict[str, Any], num_layers: int) -> dict[str, Any]:
     return out
 
 
-def plan_from_rtp_llm(block: dict[str, Any], num_layers: int, num_kv_heads: int) -> tuple[HeadPlan, dict[str, int]]:
-    """(plan, settings) from an RTP-LLM ``headwise_config``: ``sinks`` and ``window`` where the block has
-    them (RTP-LLM's ``seqlen_threshold`` is not rtpurbo's: module docstring)."""
-    return HeadPlan.from_headwise_config(to_list_form(block, num_layers), num_kv_heads)
+def plan_from_rtp_llm(block: dict[str, Any], num_layers: int, num_kv_heads: int, legacy: bool = False
+                      ) -> tuple[HeadPlan, dict[str, int]]:
+    """(plan, settings) from an RTP-LLM ``headwise_config``: ``sinks`` and rtpurbo's ``window`` where the block
+    has them (RTP-LLM's ``seqlen_threshold`` is not rtpurbo's: module docstring). ``legacy``: a block written by
+    the first export format, whose ``swa_token_num`` was rtpurbo's W and whose ``seqlen_threshold`` was
+    rtpurbo's."""
+    plan, settings = HeadPlan.from_headwise_config(to_list_form(block, num_layers), num_kv_heads)
+    if "window" in settings and not legacy:
+        settings["window"] += RTP_LLM_WINDOW_OFFSET
+    if legacy and "seqlen_threshold" in block:
+        settings["seqlen_threshold"] = int(block["seqlen_threshold"])
+    return plan, settings

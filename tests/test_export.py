@@ -145,8 +145,9 @@ def test_export_rejects_a_dense_model(tmp_path, capsys):
 def test_rtp_llm_headwise_config_round_trip(tmp_path):
     plan = HeadPlan(3, 2, 4, [[1], [], [0, 1]])
     block = rtp_llm_headwise_config(plan, SparseConfig(window=512, sinks=4, seqlen_threshold=65536))
-    # RTP-LLM's seqlen_threshold is the prefill length from which it splits heads: rtpurbo splits them always
-    assert block == {"sink_token_num": 4, "swa_token_num": 512, "seqlen_threshold": 0,
+    # RTP-LLM's seqlen_threshold is the prefill length from which it splits heads: rtpurbo splits them always;
+    # its window counts the keys before the current one (i - j <= swa_token_num), rtpurbo's W counts it too
+    assert block == {"sink_token_num": 4, "swa_token_num": 511, "seqlen_threshold": 0,
                      "0": [0, 0, 1, 1], "1": [0, 0, 0, 0], "2": [1, 1, 1, 1]}
     back, settings = plan_from_rtp_llm(block, 3, 2)
     assert back.retrieval == plan.retrieval and settings == {"sinks": 4, "window": 512}
@@ -190,9 +191,13 @@ def test_cli_export_writes_a_loadable_directory(tmp_path, capsys):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf2", trust_remote_code=True
                                                 ).rtpurbo_sparse.seqlen_threshold == 4096
     assert read_plan(tmp_path / "hf2" / "config.json", model.config)[1]["seqlen_threshold"] == 4096
-    # a directory exported when the headwise block carried rtpurbo's threshold still loads with it
+    assert model.rtpurbo_sparse.window == 4 and config["headwise_config"]["swa_token_num"] == 3  # tests/exported.py
+    # the first export format: its headwise block held rtpurbo's own W and decode threshold
     del config["rtpurbo"]["sparse"]["seqlen_threshold"]
-    config["headwise_config"]["seqlen_threshold"] = 2048
+    config["rtpurbo"]["format"] = "rtpurbo.export/1"
+    config["headwise_config"].update(seqlen_threshold=2048, swa_token_num=4)
     (tmp_path / "hf2" / "config.json").write_text(json.dumps(config))
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf2", trust_remote_code=True
-                                                ).rtpurbo_sparse.seqlen_threshold == 2048
+    legacy = AutoModelForCausalLM.from_pretrained(tmp_path / "hf2", trust_remote_code=True).rtpurbo_sparse
+    assert (legacy.seqlen_threshold, legacy.window) == (2048, 4)
+    assert read_plan(tmp_path / "hf2" / "config.json", model.config)[1] == {"sinks": 1, "window": 4,
+                                                                            "seqlen_threshold": 2048}

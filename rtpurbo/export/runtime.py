@@ -27,9 +27,9 @@ from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted
 from ..families import geometry
 from ..generate import prefill
-from ..headwise import is_rtp_llm_form, plan_from_rtp_llm
+from ..headwise import LEGACY_EXPORT_FORMAT, is_rtp_llm_form, plan_from_rtp_llm
 
-FORMAT = "rtpurbo.export/1"
+FORMAT = "rtpurbo.export/2"
 INDEXER_KEY = ".indexer."
 
 
@@ -40,7 +40,7 @@ class ExportedModelError(ValueError):
 def sparse_settings(config: Any) -> tuple[HeadPlan, SparseConfig]:
     """(plan, sparse config) from an exported ``config.json`` (its ``headwise_config`` and ``rtpurbo`` keys)."""
     block = getattr(config, "rtpurbo", None)
-    if not isinstance(block, dict) or block.get("format") != FORMAT:
+    if not isinstance(block, dict) or block.get("format") not in (FORMAT, LEGACY_EXPORT_FORMAT):
         found = block.get("format") if isinstance(block, dict) else None
         raise ExportedModelError(f"config.json: 'rtpurbo' must be a dict with format {FORMAT!r} (found {found!r}); "
                                  "is this a directory written by `rtpurbo export`?")
@@ -49,10 +49,9 @@ def sparse_settings(config: Any) -> tuple[HeadPlan, SparseConfig]:
         raise ExportedModelError("config.json: 'headwise_config' must be a dict with one 0/1 list per layer "
                                  "under the keys '0', '1', ...")
     num_layers, num_kv, _, _ = geometry(config)
-    plan, settings = plan_from_rtp_llm(headwise, num_layers, num_kv)
+    legacy = block["format"] == LEGACY_EXPORT_FORMAT
+    plan, settings = plan_from_rtp_llm(headwise, num_layers, num_kv, legacy=legacy)
     values = {**block["sparse"], **settings}
-    if "seqlen_threshold" not in values and "seqlen_threshold" in headwise:  # exports that kept it there
-        values["seqlen_threshold"] = headwise["seqlen_threshold"]
     try:
         return plan, SparseConfig.from_dict(values)
     except (TypeError, ValueError) as err:
