@@ -10,7 +10,7 @@ import torch
 
 from . import io
 from .cli_args import sparse_from_args
-from .families import geometry
+from .families import family_of, geometry
 from .memory import KVGeometry, kv_table
 from .models import load_base, load_tokenizer
 from .convert import convert as convert_model
@@ -195,6 +195,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
             retrieval = plan.num_retrieval()
         else:
             base_config = load_config(args.model, args.revision)
+            family_of(base_config)  # an unsupported family cannot be converted: say so, not its cache sizes
             retrieval = None
         layers, kv_heads, _, head_dim = geometry(base_config)
         if retrieval is None:

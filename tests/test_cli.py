@@ -83,6 +83,14 @@ def test_an_artifact_of_a_relative_base_path_loads_from_anywhere(checkpoint, tmp
     run_json(capsys, argv + ["--base", str(tmp_path / "moved")])
 
 
+def test_info_refuses_an_unsupported_family(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
+    assert main(["info", "--model", str(tmp_path / "gpt2")]) == 2
+    assert "model_type 'gpt2' is not supported" in capsys.readouterr().err
+
+
 def test_info_for_a_geometry_given_by_flags(capsys):
     info = run_json(capsys, ["info", "--layers", "32", "--kv-heads", "8", "--head-dim", "128"])
     one_m = [r for r in info["kv_cache"] if r["context"] == 1048576][0]
