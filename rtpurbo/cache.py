@@ -186,8 +186,9 @@ class HeadwiseCache(Cache):
         self.static_capacity: int | None = None  # set by static_decode()
         # Set by whoever feeds the first forward when every row of it holds positions 0..L-1 (no
         # padding): that forward then runs the plain-prefill kernels (cuDNN causal for retrieval
-        # heads, an index-only window mask for local heads) without reading the positions back.
-        # rtpurbo.generate.prefill checks its inputs once and sets it; nothing here checks it.
+        # heads, an index-only window mask for local heads) without reading the positions back, and so do
+        # the later chunks of the same prompt. rtpurbo.generate.prefill checks its inputs once and passes it
+        # to prefilling_prompt, which clears it when the prompt is in; nothing here checks it.
         self.plain_prompt = False
         # The cache slots a prompt being prefilled in chunks fills (prefilling_prompt); None: not known, and the
         # sparse prefill's dense tail covers each forward's own last queries.
@@ -200,15 +201,19 @@ class HeadwiseCache(Cache):
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
 
     @contextlib.contextmanager
-    def prefilling_prompt(self, tokens: int) -> Iterator[None]:
+    def prefilling_prompt(self, tokens: int, plain: bool | None = None) -> Iterator[None]:
         """While the next ``tokens`` tokens of a prompt are prefilled (in chunks of any size): the sparse prefill's
         dense tail (``prefill_dense_tail``) covers the prompt's last slots, in whichever chunks hold them, as a
-        one-shot prefill would."""
+        one-shot prefill would. ``plain`` (where given) sets :attr:`plain_prompt` for these chunks; it is cleared
+        afterwards, so a later forward (another turn, padded or not) never passes for this prompt's chunks."""
         self.prompt_slots = self.get_seq_length() + tokens
+        if plain is not None:
+            self.plain_prompt = plain
         try:
             yield
         finally:
             self.prompt_slots = None
+            self.plain_prompt = False
 
     # --- what transformers asks of a cache ----------------------------------------------
     def __len__(self) -> int:

@@ -69,9 +69,8 @@ def prefill(
     sparse prefill's dense tail covers the prompt's last tokens whatever the chunk size.
     """
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    if not cache.is_initialized:
-        cache.plain_prompt = bool(attention_mask.all())
-    with cache.prefilling_prompt(input_ids.shape[1]):
+    plain = not cache.is_initialized and bool(attention_mask.all())
+    with cache.prefilling_prompt(input_ids.shape[1], plain=plain):
         for start in range(0, input_ids.shape[1], chunk):
             stop = min(start + chunk, input_ids.shape[1])
             model(

@@ -144,6 +144,32 @@ def test_chunks_of_a_plain_prompt_take_the_position_ordered_layout(family, monke
     assert torch.allclose(outs[0], outs[1], atol=1e-4) and torch.allclose(outs[0], outs[2], atol=1e-4)
 
 
+def test_a_later_padded_turn_is_not_taken_for_the_plain_prompt():
+    """The plain-prompt promise of generate.prefill covers that prompt's chunks only: a second multi-token forward
+    whose rows hold padding runs as through a cache that never saw a plain prompt."""
+    model = tiny_model("llama")
+    convert(model, mixed_plan(model), SparseConfig(window=4, sinks=1, top_p=1.0))
+    ids = random_ids(2, 20, seed=1)
+    mask = torch.ones_like(ids)
+    mask[1, 10:13] = 0  # the second turn of row 1 holds padding
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def second_turn(first_turn_through_prefill):
+        cache = HeadwiseCache(model)
+        with torch.no_grad():
+            if first_turn_through_prefill:
+                prefill(model, cache, ids[:, :10], mask[:, :10], chunk=10)
+                assert not cache.plain_prompt
+            else:
+                model(ids[:, :10], attention_mask=mask[:, :10], use_cache=True, **{cache_kwarg(): cache})
+            return model(ids[:, 10:], attention_mask=mask, position_ids=positions[:, 10:], use_cache=True,
+                         **{cache_kwarg(): cache}).logits
+
+    real = mask[:, 10:, None].bool()
+    torch.testing.assert_close(second_turn(True).masked_fill(~real, 0), second_turn(False).masked_fill(~real, 0),
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_generate_all_retrieval_top_p_one_equals_original_generate(family):
     model = tiny_model(family)
     ids = random_ids(2, 30, seed=1)
