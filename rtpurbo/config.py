@@ -182,9 +182,11 @@ class SparseConfig:
         recent: most recent tokens a retrieval head always keeps at decode.
         index_rope_dims: indexer dimensions rotated with the base RoPE (0 = content only).
         seqlen_threshold: below this many cached tokens a retrieval head decodes over all its keys,
-            because selecting costs more than it saves on short contexts (``seqlen_threshold`` of
-            RTP-LLM's ``headwise_config``; 0 = always select). The default is the break-even measured
-            on an H200 (``benchmarks/results``).
+            because selecting costs more than it saves on short contexts (0 = always select). It is a
+            speed switch, so it counts what a step costs: the batch's cache slots (the longest row,
+            padding included), one decision for every row of the step. The default is the break-even
+            measured on an H200 (``benchmarks/results``). RTP-LLM's ``headwise_config`` has a field of
+            this name with another meaning (:mod:`rtpurbo.headwise`).
         retrieval_prefill: ``dense`` (paper: retrieval heads run full attention on multi-token
             forwards), ``sparse`` (each block of 128 queries attends to the key blocks its indexer's
             block scores keep: top-p ``prefill_top_p`` over blocks, clamped to ``[prefill_min_blocks,
