@@ -24,7 +24,7 @@ class _Given(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
-        namespace.given = getattr(namespace, "given", frozenset()) | {self.dest}
+        namespace.given = sorted(set(getattr(namespace, "given", ())) | {self.dest})  # a list: configs record it
 
 
 def positive_int(value: str) -> int:
@@ -157,7 +157,7 @@ def add_sparse(p: argparse.ArgumentParser) -> None:
 def sparse_from_args(args: argparse.Namespace, **from_plan: Any) -> SparseConfig:
     """The sparse settings of the command line; ``from_plan`` (window / sinks / seqlen_threshold of a ``--plan``
     file) stands where the user gave no flag, and a flag that contradicts it raises :class:`SettingsError`."""
-    given = getattr(args, "given", frozenset())
+    given = set(getattr(args, "given", ()))
     clashes = [f"--{name.replace('_', '-')} {getattr(args, name)} (the file says {value})"
                for name, value in from_plan.items() if name in given and getattr(args, name) != value]
     if clashes:
