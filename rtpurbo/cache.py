@@ -734,7 +734,10 @@ class HeadwiseCache(Cache):
             if self.prompt_slots is not None:  # the prompt's last ones that fall in this chunk
                 end = layer.seen + q.shape[2]
                 tail = max(0, min(q.shape[2], end - (self.prompt_slots - sparse.prefill_dense_tail)))
-            out, kept, seen = module.sparse_prefill(q, keys, values, positions, key_pos, q_idx, key_idx, tail=tail)
+            f = self._shared(positions)  # an unpadded prompt whose chunk starts on a block: slots are blocks already
+            aligned = f is not None and (f.plain or (f.continues and layer.seen % ops.BLOCK_SIZE == 0))
+            out, kept, seen = module.sparse_prefill(q, keys, values, positions, key_pos, q_idx, key_idx, tail=tail,
+                                                    aligned=aligned)
             self.stats.record_prefill(module.layer_idx, kept, seen)
             return out
         if not decode:

@@ -84,8 +84,8 @@ def test_block_mass_in_chunks_equals_one_pass_and_is_a_distribution():
 
 def _model(family: str, **sparse):
     model = tiny_model(family, num_key_value_heads=2) if family == "qwen3" else tiny_model(family)
-    convert(model, mixed_plan(model), SparseConfig(window=64, sinks=2, retrieval_prefill="sparse", prefill_band=64,
-                                                   prefill_min_blocks=0, impl="sdpa", **sparse))
+    settings = dict(window=64, sinks=2, retrieval_prefill="sparse", prefill_band=64, prefill_min_blocks=0, impl="sdpa")
+    convert(model, mixed_plan(model), SparseConfig(**{**settings, **sparse}))
     return model
 
 
@@ -192,3 +192,68 @@ def test_the_dense_tail_covers_the_prompts_last_tokens_whatever_the_chunks():
         one_chunk, chunked, per_chunk = next_logits(1280), next_logits(256), next_logits(256, per_chunk_tails=True)
     torch.testing.assert_close(chunked, one_chunk, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(per_chunk, one_chunk, atol=1e-3)
+
+
+def test_block_layout_puts_each_token_at_its_positions_slot():
+    from rtpurbo.ops import block_layout
+
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7], [-1, -1, -1, 0, 1, 2, 3, 4], [-1, 5, 6, -1, 7, 8, 9, 10]])
+    layout = block_layout.lay_out(pos, 4)
+    assert layout.pos.shape == (3, 12)  # L + block - 1, rounded up to a block
+    assert layout.pos[0, :8].tolist() == list(range(8)) and layout.pos[1, :5].tolist() == list(range(5))
+    assert layout.pos[2, :7].tolist() == [-1, 5, 6, 7, 8, 9, 10]  # base 4: position p at slot p - 4
+    x = torch.randn(3, 2, 8, 5)
+    laid = block_layout.take(x, layout)
+    assert torch.equal(laid[1, :, 2], x[1, :, 5]) and torch.equal(laid[2, :, 3], x[2, :, 4])
+    assert laid[2, :, 0].abs().sum() == 0  # no token sits there
+    back = block_layout.put_back(laid, layout)
+    assert torch.equal(back, x.masked_fill((pos < 0)[:, None, :, None], 0))
+    assert block_layout.is_identity(block_layout.lay_out(pos[:1], 4))
+    assert not block_layout.is_identity(layout)
+
+
+def test_sparse_prefill_blocks_are_positions_whatever_the_padding(monkeypatch):
+    """A left-padded row of a batch gets the blocks (so the selection and the logits) of the prompt alone; blocks
+    of 16 keep the prompts short, the code path is the one of 128."""
+    from rtpurbo.generate import generate
+    from rtpurbo.ops import api
+
+    monkeypatch.setattr(api, "BLOCK_SIZE", 16)
+    model = _model("llama", window=8, prefill_top_p=0.3, prefill_band=4)
+    ids = random_ids(2, 120, seed=3)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask, use_cache=False).logits
+        alone = model(ids[1:, 5:], use_cache=False).logits
+        model.rtpurbo_sparse.retrieval_prefill = "dense"
+        dense = model(ids[1:, 5:], use_cache=False).logits
+        model.rtpurbo_sparse.retrieval_prefill = "sparse"
+    torch.testing.assert_close(batch[1:, 5:], alone, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(alone, dense, atol=1e-3)  # blocks were skipped
+    in_batch = generate(model, None, ids, mask, max_new_tokens=5).sequences[1, 120:]
+    by_itself = generate(model, None, ids[1:, 5:], None, max_new_tokens=5).sequences[0, 115:]
+    assert torch.equal(in_batch, by_itself)
+    with pytest.raises(ValueError, match="not blocks of positions"):  # a false claim is caught on the CPU
+        q = torch.randn(2, 2, 120, 16)
+        idx = torch.randn(2, 2, 120, 4)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, -1)
+        api.sparse_prefill(q, q, q, positions, positions, idx, idx, top_p=0.5, aligned=True, impl="reference")
+
+
+def test_prefill_chunks_of_any_size_give_the_one_shot_sparse_prefill(monkeypatch):
+    """rtpurbo.generate.prefill cuts a sparse-prefill prompt on whole blocks, so a chunk size that is not a multiple
+    of the block (or smaller than one) still gives the one-shot result."""
+    from rtpurbo.generate import chunk_bounds, generate
+    from rtpurbo.ops import api
+
+    assert chunk_bounds(300, 20, 0, 128) == [(0, 128), (128, 256), (256, 300)]
+    assert chunk_bounds(300, 200, 5, 128) == [(0, 123), (123, 300)]  # cut where the cache holds 128 slots
+    assert chunk_bounds(300, 300, 5, 128) == [(0, 300)]  # a prompt that fits is never cut
+    assert chunk_bounds(10, 4, 0) == [(0, 4), (4, 8), (8, 10)]
+    monkeypatch.setattr(api, "BLOCK_SIZE", 16)
+    model = _model("llama", window=8, prefill_top_p=0.3, prefill_band=4)
+    ids = random_ids(1, 120, seed=3)
+    one_shot = generate(model, None, ids, None, max_new_tokens=6).sequences
+    for chunk in (20, 50, 7):
+        assert torch.equal(generate(model, None, ids, None, max_new_tokens=6, prefill_chunk=chunk).sequences, one_shot)

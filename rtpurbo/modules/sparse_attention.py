@@ -251,7 +251,8 @@ class SparseAttention(nn.Module):
         if self.retrieval_heads and self.sparse.retrieval_prefill == "sparse" and self.base_window is None:
             with torch.no_grad():  # the block choice is hard: no gradient flows through it
                 q_idx, k_idx = self.index_vectors(q_raw, k_raw, rope)
-            retrieval_out, kept, seen = self.sparse_prefill(*parts["retrieval"], positions, positions, q_idx, k_idx)
+            retrieval_out, kept, seen = self.sparse_prefill(*parts["retrieval"], positions, positions, q_idx, k_idx,
+                                                            aligned=_NO_CACHE.is_plain(positions))
             if self.prefill_stats is not None:
                 self.prefill_stats.record_prefill(self.layer_idx, kept, seen)
         elif self.retrieval_heads:
@@ -276,18 +277,18 @@ class SparseAttention(nn.Module):
             )
         return self.merge_heads(retrieval_out, local_out, into=merged)
 
-    def sparse_prefill(self, q, k, v, q_pos, k_pos, q_idx, k_idx, tail: int | None = None
+    def sparse_prefill(self, q, k, v, q_pos, k_pos, q_idx, k_idx, tail: int | None = None, aligned: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Retrieval heads' sparse prefill (``retrieval_prefill == "sparse"``): q (B, Hr*G, Lq, D) over k, v
         (B, Hr, Lk, D) with indexer vectors q_idx (B, Hr, Lq, d_idx), k_idx (B, Hr, Lk, d_idx); the last ``tail``
-        queries attend densely (None: ``prefill_dense_tail``). Returns (out (B, Hr*G, Lq, D), kept key blocks (),
-        visible key blocks ())."""
+        queries attend densely (None: ``prefill_dense_tail``); ``aligned`` as :func:`rtpurbo.ops.api.sparse_prefill`.
+        Returns (out (B, Hr*G, Lq, D), kept key blocks (), visible key blocks ())."""
         cfg = self.sparse
         return ops.sparse_prefill(
             q, k, v, q_pos, k_pos, q_idx.detach(), k_idx.detach(), top_p=cfg.prefill_top_p,
             min_blocks=cfg.prefill_min_blocks, max_blocks=cfg.prefill_max_blocks, sinks=cfg.sinks,
             band=cfg.prefill_band, scale=self.scaling, impl=cfg.impl, scoring=cfg.prefill_scoring,
-            tail=cfg.prefill_dense_tail if tail is None else tail,
+            tail=cfg.prefill_dense_tail if tail is None else tail, aligned=aligned,
         )
 
     # --- indexer --------------------------------------------------------------------
@@ -337,6 +338,10 @@ class _ForwardWithoutCache:
             self.plain = length > 1 and bool((self.value == steps).all())
             self.key, self.plans = key, {}
         return self.value
+
+    def is_plain(self, positions: torch.Tensor) -> bool:
+        """Whether ``positions`` are this forward's and every row holds 0..L-1."""
+        return positions is self.value and self.plain
 
     def plan(self, module, positions: torch.Tensor, window: int | None, sinks: int):
         """(plain, ops.plan) for attention of ``positions`` over themselves, built once per forward."""

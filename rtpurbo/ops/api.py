@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from . import reference
+from . import block_layout, reference
+from .block_scores import block_roles
 from .semantics import check_window
 
 # name -> (module path, function name, available(device) predicate description)
@@ -240,8 +241,9 @@ def sparse_prefill(
     impl: str = "auto",
     scoring: str = "pooled",
     tail: int = 0,
+    aligned: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sparse prefill of retrieval heads: causal attention over the key blocks of ``BLOCK_SIZE`` slots that
+    """Sparse prefill of retrieval heads: causal attention over the key blocks of ``BLOCK_SIZE`` positions that
     :func:`rtpurbo.ops.reference.select_blocks` keeps (top-p over indexer block scores by ``scoring``, the
     sink blocks and the local band always). ``top_p = 1`` is dense causal attention. The last ``tail``
     queries of the call attend densely (:func:`rtpurbo.ops.reference.block_sparse_attention`): with a
@@ -250,6 +252,10 @@ def sparse_prefill(
     Args:
         q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); q_pos (B, Lq), k_pos (B, Lk), keys in position order.
         q_idx: (B, Hkv, Lq, d_idx); k_idx: (B, Hkv, Lk, d_idx).
+        aligned: the caller states that slots are positions' blocks already (an unpadded prompt, its forward
+            starting at a multiple of ``BLOCK_SIZE``); otherwise the tokens are laid out by position first
+            (:mod:`rtpurbo.ops.block_layout`: gathers of the retrieval heads' q, k, v and indexer vectors).
+            Checked here only on the CPU.
     Returns:
         out (B, Hq, Lq, D), kept blocks () and the blocks their query blocks see at all (), summed.
     """
@@ -260,22 +266,51 @@ def sparse_prefill(
         raise ValueError(f"tail must be >= 0, got {tail}")
     name = resolve_impl(impl, q.device)
     budget = dict(top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks, sinks=sinks, band=band, scoring=scoring)
+    if top_p >= 1.0:  # every block it sees: the dense prefill itself, exactly
+        lq, lk = block_layout.lay_out(q_pos, BLOCK_SIZE), block_layout.lay_out(k_pos, BLOCK_SIZE)
+        seen = block_roles(lq.pos, lk.pos, BLOCK_SIZE, sinks, band)[0].sum() * q_idx.shape[1]
+        return _load(name)(q, k, v, q_pos, k_pos, scale=scale), seen, seen
+    if aligned:
+        if q_pos.device.type == "cpu" and not all(block_layout.is_identity(block_layout.lay_out(p, BLOCK_SIZE))
+                                                  for p in (q_pos, k_pos)):
+            raise ValueError("aligned=True, but the slots are not blocks of positions (padding, or a forward that "
+                             f"starts inside a block of {BLOCK_SIZE})")
+        out, kept, seen = _block_sparse(name, q, k, v, q_pos, k_pos, q_idx, k_idx, scale, budget)
+    else:
+        lq, lk = block_layout.lay_out(q_pos, BLOCK_SIZE), block_layout.lay_out(k_pos, BLOCK_SIZE)
+        take = block_layout.take
+        out, kept, seen = _block_sparse(name, take(q, lq), take(k, lk), take(v, lk), lq.pos, lk.pos, take(q_idx, lq),
+                                        take(k_idx, lk), scale, budget)
+        out = block_layout.put_back(out, lq)
+    if tail:  # the last queries of the call over every key they see (no in-place write: autograd keeps out)
+        first = max(0, q.shape[2] - tail)
+        out = torch.cat([out[:, :, :first], _dense(name, q[:, :, first:], k, v, q_pos[:, first:], k_pos, scale)],
+                        dim=2)
+    return out, kept, seen
+
+
+def _block_sparse(name: str, q, k, v, q_pos, k_pos, q_idx, k_idx, scale: float | None, budget: dict
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sparse_prefill` without its tail, on tensors whose slot blocks are position blocks."""
     if name == "flex":
         flex = importlib.import_module(_BACKENDS["flex"])
         plan_, kept, seen = flex.block_sparse_plan(q_idx, k_idx, q_pos, k_pos, group=q.shape[1] // k.shape[1],
                                                    backward=q.requires_grad, **budget)
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
-        out = flex.run(plan_, q, k, v, scale)
-        if tail:  # the last queries over every key they see, then joined (no in-place write: autograd keeps out)
-            first = max(0, q.shape[2] - tail)
-            dense_tail = flex.dense_tail(q[:, :, first:], k, v, q_pos[:, first:], k_pos, scale)
-            out = torch.cat([out[:, :, :first], dense_tail], dim=2)
-        return out, kept, seen
+        return flex.run(plan_, q, k, v, q.shape[-1] ** -0.5 if scale is None else scale), kept, seen
     blocks = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, **budget)
-    key_mask = reference.blocks_to_keys(blocks, BLOCK_SIZE, q.shape[2], k.shape[2], tail)
-    seen = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, top_p=1.0, sinks=sinks, band=band)
+    key_mask = reference.blocks_to_keys(blocks, BLOCK_SIZE, q.shape[2], k.shape[2])
+    seen = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, top_p=1.0, sinks=budget["sinks"],
+                                   band=budget["band"])
     out = _load(name)(q, k, v, q_pos, k_pos, key_mask=key_mask, scale=scale)
     return out, blocks.sum(), seen.sum()
+
+
+def _dense(name: str, q, k, v, q_pos, k_pos, scale: float | None) -> torch.Tensor:
+    """Causal attention by positions of queries over every key they see (a sparse prefill's dense tail)."""
+    if name == "flex":
+        flex = importlib.import_module(_BACKENDS["flex"])
+        return flex.dense_tail(q, k, v, q_pos, k_pos, q.shape[-1] ** -0.5 if scale is None else scale)
+    return _load(name)(q, k, v, q_pos, k_pos, scale=scale)
 
 
 BLOCK_SIZE = 128  # key / query blocks of the sparse prefill (flex's block-mask tile)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .block_layout import lay_out, put_back, take
 from .block_scores import block_roles, block_scores, check_scoring
 from .semantics import visible
 
@@ -261,14 +262,22 @@ def block_sparse_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse prefill of retrieval heads: causal attention over the key blocks :func:`select_blocks` keeps;
     the last ``tail`` queries of the call (where a prompt's question usually sits) attend densely, to every
-    key they see.
+    key they see. Blocks are blocks of positions (``p // block``), whatever the padding or the chunk:
+    :mod:`rtpurbo.ops.block_layout` lays the tokens out so.
 
     Returns out (B, Hq, Lq, D) and the selection (B, Hkv, n_q_blocks, n_k_blocks) bool (of the sparse rule,
-    the dense tail not included).
+    the dense tail not included; blocks of the laid-out queries and keys).
     """
     if tail < 0:
         raise ValueError(f"tail must be >= 0, got {tail}")
-    blocks = select_blocks(q_idx, k_idx, q_pos, k_pos, block=block, top_p=top_p, min_blocks=min_blocks,
-                           max_blocks=max_blocks, sinks=sinks, band=band, scoring=scoring)
-    key_mask = blocks_to_keys(blocks, block, q.shape[2], k.shape[2], tail)
-    return attention(q, k, v, q_pos, k_pos, key_mask=key_mask, scale=scale), blocks
+    lq, lk = lay_out(q_pos, block), lay_out(k_pos, block)
+    blocks = select_blocks(take(q_idx, lq), take(k_idx, lk), lq.pos, lk.pos, block=block, top_p=top_p,
+                           min_blocks=min_blocks, max_blocks=max_blocks, sinks=sinks, band=band, scoring=scoring)
+    key_mask = blocks_to_keys(blocks, block, lq.pos.shape[1], lk.pos.shape[1])
+    out = put_back(attention(take(q, lq), take(k, lk), take(v, lk), lq.pos, lk.pos, key_mask=key_mask, scale=scale),
+                   lq)
+    if tail:
+        first = max(0, q.shape[2] - tail)
+        out = torch.cat([out[:, :, :first], attention(q[:, :, first:], k, v, q_pos[:, first:], k_pos, scale=scale)],
+                        dim=2)
+    return out, blocks
