@@ -111,6 +111,15 @@ def fingerprint(source: ModelSource) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint(model: Any) -> str | None:
+    """:func:`fingerprint` of the base weights ``model`` was loaded from (kept on the model; None for a model built
+    in memory): what a stored result or checkpoint of it must match."""
+    found = getattr(model, "rtpurbo_fingerprint", None)
+    if found is None and getattr(model, "rtpurbo_source", None) is not None:
+        found = model.rtpurbo_fingerprint = fingerprint(model.rtpurbo_source)
+    return found
+
+
 def source_record(source: ModelSource) -> dict[str, Any]:
     """How a base model is recorded in artifacts: spec, where it was read, and its Hub identity."""
     return {"spec": source.spec, "directory": str(source.directory), "gguf_file": source.gguf_file,

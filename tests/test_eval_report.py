@@ -77,6 +77,11 @@ def test_dense_row_is_the_base_model_and_rows_switch(converted):
     assert results["streaming"][0] != pytest.approx(want, rel=1e-3)
     suite.configure(converted, split)
     assert converted.rtpurbo_sparse.top_p == 0.9 and converted.rtpurbo_plan.num_retrieval() == 1
+    # a --plans row from a headwise_config keeps the file's own W and S; the next row gets the model's back
+    suite.configure(converted, suite.Row("own", "split", split.plan, 0.9, window=8, sinks=1), window=16, sinks=2)
+    assert (converted.rtpurbo_sparse.window, converted.rtpurbo_sparse.sinks) == (8, 1)
+    suite.configure(converted, split, window=16, sinks=2)
+    assert (converted.rtpurbo_sparse.window, converted.rtpurbo_sparse.sinks) == (16, 2)
 
 
 def test_suite_writes_report_and_resumes(converted, tmp_path, monkeypatch):
@@ -210,6 +215,24 @@ def test_changed_row_identity_starts_over(converted, tmp_path):
     run_suite(converted, tiny_tokenizer(), rows, data, settings(ppl_windows=0), tmp_path, None, progress=False)
     store = suite.RowStore(tmp_path, "dense", {"kind": "something else"})
     assert store.data["units"] == {}
+
+
+def test_rows_of_another_base_model_are_not_reused(converted, tmp_path):
+    """Same geometry and tokenizer, other weights: a resumed run scores the dense row again."""
+    data, rows = make_data(), rows_for(converted)[:1]
+    converted.rtpurbo_fingerprint = "weights-a"  # as load_base / io.load record the base weights' content hash
+    first = run_suite(converted, tiny_tokenizer(), rows, data, settings(ppl_windows=0, speed_repeats=0), tmp_path,
+                      None, progress=False)[0]
+    other = tiny_model("llama", seed=6)
+    layers, kv, q, _ = geometry(other.config)
+    convert(other, HeadPlan.uniform(layers, kv, q, retrieval=True), SparseConfig(seqlen_threshold=0, window=16, sinks=2,
+                                                                               top_p=0.9))
+    other.rtpurbo_fingerprint = "weights-b"
+    again = run_suite(other, tiny_tokenizer(), rows, data, settings(ppl_windows=0, speed_repeats=0), tmp_path, None,
+                      progress=False)[0]
+    assert again["identity"]["base_model"] == "weights-b" and first["identity"]["base_model"] == "weights-a"
+    logprobs = [[s["tf_logprob"] for u in row["units"].values() for s in u.get("samples", [])] for row in (first, again)]
+    assert logprobs[0] != logprobs[1]  # scored again, by the other weights
 
 
 def test_artifact_row_is_loaded_and_keeps_its_own_plan(tmp_path):

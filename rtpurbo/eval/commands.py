@@ -23,7 +23,8 @@ import torch
 import transformers
 
 from .. import __version__, io
-from ..cli_args import add_model, add_profile, add_sparse, positive_int, sparse_from_args, top_p_value
+from ..cli_args import (add_model, add_profile, add_sparse, count_value, positive_int, sparse_from_args,
+                        top_p_value)
 from ..commands import device_dtype, say
 from ..config import PREFILL_SCORINGS, RETRIEVAL_PREFILL, HeadPlan, dumps
 from ..convert import convert
@@ -99,7 +100,7 @@ def add_parsers(subparsers: Any) -> None:
                                                "the installed dev pool; perplexity windows then come from --data")
     p.add_argument("--save-corpus", type=Path, help="with --prepare-only: also write the task corpus to this file "
                                                     "(gzipped JSON, a few MB) for machines without the sources")
-    p.add_argument("--first-sample", type=int, default=0,
+    p.add_argument("--first-sample", type=count_value, default=0,
                    help="with --prepare-only: index of the first sample of every task and length (e.g. 100 to add "
                         "samples 100.. to an earlier 100-sample file; evaluate them separately, then --merge)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes that build task samples")
@@ -255,6 +256,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           windows=data.windows if data is not None else None)
         save_task_data(data, out / "eval_data.npz")
     data.windows = data.windows[: settings.ppl_windows]  # --ppl-windows 0 skips perplexity with any --data
+    for length in settings.lengths:  # too few samples is an error now, not after perplexity and speed ran
+        for task in settings.tasks:
+            data.group(task, length, settings.samples)
     rows, sparse_overrides = _rows(args, model, tokenizer, out, artifacts)
     if args.reference is not None and args.reference not in {row.name for row in rows}:
         raise SystemExit(f"--reference {args.reference!r} is not one of this run's rows: "
@@ -289,7 +293,7 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
         if not name or not path or name in BASE_ROWS:
             raise SystemExit(f"--plans takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
         plan, found = read_plan(Path(path), model.config)
-        rows.append(Row(name, "split", plan, args.top_p, window=found.get("window")))
+        rows.append(Row(name, "split", plan, args.top_p, window=found.get("window"), sinks=found.get("sinks")))
     return rows + [Row(name, "artifact", top_p=settings.get("top_p"), artifact=io.artifact_path(path) or path,
                        settings=settings)
                    for name, path, settings in artifacts], overrides
@@ -303,8 +307,8 @@ def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype
         "model": spec, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": str(dtype).replace("torch.", ""), "settings": asdict(settings), "flags": flags,
         "ci_target": args.ci_target, "reference": args.reference or "dense",
-        "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "window": r.window, "settings": r.settings,
-                  "artifact": str(r.artifact) if r.artifact else None,
+        "rows": [{"name": r.name, "kind": r.kind, "top_p": r.top_p, "window": r.window, "sinks": r.sinks,
+                  "settings": r.settings, "artifact": str(r.artifact) if r.artifact else None,
                   "plan": plan_summary(r.plan) if r.plan else None} for r in rows],
         "chat_template": meta.get("chat_template"), "data": {k: v for k, v in meta.items() if k != "probe"},
         "data_file": str(args.data or args.out / "eval_data.npz"),

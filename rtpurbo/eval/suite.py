@@ -17,7 +17,7 @@ the method's fidelity, indexer included, at lengths where a deployed model (defa
 
 Results go to ``OUT/rows/<row>.json`` unit by unit (perplexity, speed, one unit per task and
 length, with per-sample scores). A unit whose samples' digest and the row's identity
-(plan, sparse config, weights, dtype, batch) match what is stored is not run again, so an
+(base weights, plan, sparse config, artifact weights, dtype, batch) match what is stored is not run again, so an
 interrupted run resumes, and runs over different lengths into one directory add up.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ..config import HeadPlan, dumps
 from ..convert import apply_plan
 from ..data.task_data import TaskData, build_task_data
 from ..data.tasks import TASKS, TaskCorpus, TaskSample
+from ..models import model_fingerprint
 from .perplexity import perplexity
 from ..families import geometry
 from ..memory import KVGeometry
@@ -93,6 +94,7 @@ class Row:
     top_p: float | None = None
     artifact: Path | None = None
     window: int | None = None  # a base row's own W (None: the converted model's)
+    sinks: int | None = None  # a base row's own S (None: the converted model's)
     settings: dict[str, Any] = field(default_factory=dict)  # an artifact row's sparse settings changed (top_p, ...)
 
 
@@ -109,13 +111,15 @@ def base_rows(names: list[str], split_plan: HeadPlan | None, top_p: float,
     return [Row(n, n, plans[n], top_ps[n]) for n in BASE_ROWS if n in names]
 
 
-def configure(model: nn.Module, row: Row, window: int | None = None) -> None:
-    """Switch the shared converted model to ``row``'s plan, top-p and window (the row's own,
-    else ``window``, else unchanged); fresh indexers."""
+def configure(model: nn.Module, row: Row, window: int | None = None, sinks: int | None = None) -> None:
+    """Switch the shared converted model to ``row``'s plan, top-p, window and sinks (the row's own, else
+    ``window`` / ``sinks``, else unchanged); fresh indexers."""
     apply_plan(model, row.plan)
     model.rtpurbo_sparse.top_p = row.top_p
     model.rtpurbo_sparse.seqlen_threshold = 0  # measure the selection at every length (module docstring)
     model.rtpurbo_sparse.window = row.window or window or model.rtpurbo_sparse.window
+    own_sinks = row.sinks if row.sinks is not None else sinks
+    model.rtpurbo_sparse.sinks = model.rtpurbo_sparse.sinks if own_sinks is None else own_sinks
 
 
 def kv_bytes_per_token(model: nn.Module, kind: str, context: int, bytes_per_value: int = 2) -> float:
@@ -134,8 +138,8 @@ def row_identity(model: nn.Module, row: Row, settings: SuiteSettings) -> dict[st
     if row.artifact is not None:
         weights = json.loads((Path(row.artifact) / "rtpurbo_config.json").read_text()).get("files")
     return {
-        "kind": row.kind, "plan": model.rtpurbo_plan.retrieval, "sparse": model.rtpurbo_sparse.to_dict(),
-        "artifact_files": weights, "dtype": str(next(model.parameters()).dtype),
+        "kind": row.kind, "base_model": model_fingerprint(model), "plan": model.rtpurbo_plan.retrieval,
+        "sparse": model.rtpurbo_sparse.to_dict(), "artifact_files": weights, "dtype": str(next(model.parameters()).dtype),
         "device": next(model.parameters()).device.type, "batch_size": settings.batch_size,
         "prefill_chunk": settings.prefill_chunk, "decode": settings.decode,
     }
@@ -198,7 +202,8 @@ def run_task_unit(model: nn.Module, tokenizer: Any, samples: list[TaskSample], s
         batch = samples[start : start + settings.batch_size]
         scores, selection = score_batch(model, tokenizer, batch, stops, settings.prefill_chunk, settings.decode)
         for sample, score in zip(batch, scores):
-            rows.append({"seed": sample.seed, "depth": sample.depth, **asdict(score)})
+            rows.append({"seed": sample.seed, "ids": digest(sample.prompt_ids, sample.answer_ids), "depth": sample.depth,
+                         **asdict(score)})
         if selection["samples"]:
             selected += selection["samples"]
             fractions.append((selection["mean_fraction"], selection["samples"]))
@@ -247,10 +252,10 @@ def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: TaskData,
     ``load_artifact(path) -> (model, tokenizer)`` loads a trained stage. Returns the rows' stored data.
     """
     results: dict[str, dict[str, Any]] = {}
-    window = model.rtpurbo_sparse.window
+    window, sinks = model.rtpurbo_sparse.window, model.rtpurbo_sparse.sinks
     for row in rows:
         if row.artifact is None:
-            configure(model, row, window)
+            configure(model, row, window, sinks)
             results[row.name] = evaluate_row(model, tokenizer, row, data, settings, out, progress)
     for row in rows:
         if row.artifact is not None:

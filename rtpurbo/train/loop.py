@@ -112,12 +112,10 @@ class LoopResult:
 def model_identity(model: nn.Module) -> dict[str, Any]:
     """What a run trains: the base weights (content fingerprint), the head plan and the sparse settings. A
     checkpoint of another model, plan or settings is refused on resume (:func:`checkpoint.load_checkpoint`)."""
-    from ..models import fingerprint
+    from ..models import model_fingerprint
 
-    base = getattr(model, "rtpurbo_fingerprint", None)
-    source = getattr(model, "rtpurbo_source", None)
     plan, sparse = getattr(model, "rtpurbo_plan", None), getattr(model, "rtpurbo_sparse", None)
-    return {"base_model": base or (fingerprint(source) if source is not None else None),
+    return {"base_model": model_fingerprint(model),
             "plan": plan.retrieval if plan is not None else None,
             "sparse": sparse.to_dict() if sparse is not None else None}
 
