@@ -269,4 +269,16 @@ class SparseConfig:
 
 
 def dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    """JSON text of ``obj``; an undefined number (NaN, e.g. an interval of one sample) is written ``null``, so
+    strict parsers read the file."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

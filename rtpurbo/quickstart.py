@@ -173,8 +173,8 @@ def _print_side_by_side(args: argparse.Namespace, say: Callable, result: dict[st
                                ("decode_ms_per_token", "CPU decode ms/token", "decode")):
         d, c = speed["dense"][key], speed["converted"][key]
         ratio = speed["paired"][paired]
-        say(args, _line(label, d, c, f"{ratio['median']:.2f}x") + f"  ({ratio['lo']:.2f}-{ratio['hi']:.2f}, "
-                  f"{ratio['pairs']} pairs)")
+        say(args, _line(label, d, c, f"{ratio['median']:.2f}x") + f"  ({ratio['interval']} {ratio['lo']:.2f}-"
+                  f"{ratio['hi']:.2f}, {ratio['pairs']} pairs)")
     row = result["kv_cache_bf16"][0]
     say(args, f"{'KV bytes/token @' + str(row['context']):30}{row['dense_bytes_per_token']:>12.0f}"
               f"{row['sparse_bytes_per_token']:>12.0f}{row['ratio']:>10.2f}x")

@@ -7,7 +7,8 @@ percentile bootstrap, 2000 resamples, fixed seed: the tasks stay fixed).
 ``samples_for_target`` is the number of samples per task at which the half-width would
 reach ``target``: ``n * (half_width / target) ** 2`` (the half-width falls as ``1 / sqrt(n)``),
 rounded up to a multiple of 10. A task with a single sample has no spread to resample: the
-interval is then undefined (NaN) rather than a false zero width.
+interval is then undefined (NaN) rather than a false zero width. Pairs that are all equal give a zero-width
+interval, which reports say as such ("all pairs equal") and project no sample count from.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def task_average(diffs: dict[str, np.ndarray], target: float = DEFAULT_TARGET, s
     n = min(len(d) for d in diffs.values())
     lo, hi = interval(average) if n > 1 else (math.nan, math.nan)
     half = (hi - lo) / 2
-    needed = 10 * math.ceil(n * (half / target) ** 2 / 10) if half > 0 else (n if half == 0 else None)
+    needed = 10 * math.ceil(n * (half / target) ** 2 / 10) if half > 0 else None  # identical pairs project nothing
     tasks = {}
     for task, d in diffs.items():
         t_lo, t_hi = interval(per_task[task]) if len(d) > 1 else (math.nan, math.nan)

@@ -61,6 +61,44 @@ def test_identical_rows_differ_by_exactly_zero_and_unmatched_samples_are_left_ou
     assert single["samples_for_target"] is None and math.isnan(single["tasks"]["a"]["lo"])
 
 
+def test_identical_pairs_claim_no_interval_and_project_no_samples():
+    scores = {("a", 2048): [(1, 1, 0.5), (0, 0.5, 0.25), (1, 1, 1.0)]}
+    result = paired_differences([stored("dense", scores), stored("copy", scores)])
+    assert result["rows"]["copy"]["lengths"]["2048"]["partial"]["samples_for_target"] is None
+    text = "\n".join(markdown(result))
+    assert "| copy | 2048 | 1 | 3 | +0.00 (all pairs equal) |" in text and "±0.00" not in text
+
+
+def test_samples_of_other_prompts_are_not_paired():
+    """Rows scored on other token ids (another chat template, re-encoded data) share seeds, not prompts."""
+    scores = {("a", 2048): [(1, 1, 0.5), (0, 0.5, 0.25), (1, 1, 1.0)]}
+    dense, other = stored("dense", scores), stored("other", {("a", 2048): [(0, 0, 0.0)] * 3})
+    for row, ids in ((dense, "p"), (other, "p")):
+        for sample in row["units"]["task:a@2048"]["samples"]:
+            sample["ids"] = ids + str(sample["seed"])
+    other["units"]["task:a@2048"]["samples"][0]["ids"] = "changed"
+    result = paired_differences([dense, other])
+    exact = result["rows"]["other"]["lengths"]["2048"]["exact"]
+    assert exact["samples_per_task"] == 2 and exact["mean"] == pytest.approx(-50.0)  # seeds 1, 2 only
+    assert result["rows"]["other"]["unpaired_samples"] == 1
+    assert "Not paired (the same seed, scored on other token ids" in "\n".join(markdown(result))
+    # units of other data, stored before samples carried their ids: told apart by the units' digests
+    for row, unit_digest in ((dense, "x"), (other, "y")):
+        row["units"]["task:a@2048"]["digest"] = unit_digest
+        for sample in row["units"]["task:a@2048"]["samples"]:
+            del sample["ids"]
+    assert paired_differences([dense, other])["rows"]["other"]["lengths"] == {}
+
+
+def test_results_json_holds_null_where_a_number_is_undefined():
+    from rtpurbo.config import dumps
+    from rtpurbo.eval.scoring import bootstrap
+
+    assert all(math.isnan(x) for x in bootstrap([[3.0]], np.mean))  # one value: no interval
+    assert json.loads(dumps({"lo": math.nan, "rows": [{"hi": math.inf}, 1.5]})) == {"lo": None, "rows": [{"hi": None},
+                                                                                                    1.5]}
+
+
 def test_comparisons_are_written_as_json_tables_and_plots(tmp_path):
     from rtpurbo.eval.paired_plot import write_comparisons
 

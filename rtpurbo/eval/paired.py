@@ -28,13 +28,24 @@ def _samples_by_seed(unit: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 
 def _units(stored: dict[str, Any]) -> dict[tuple[str, int], dict[int, dict[str, Any]]]:
-    """(task, length) -> seed -> sample scores of one stored row."""
+    """(task, length) -> seed -> sample scores of one stored row (each sample knows its unit's digest)."""
     out = {}
     for key, unit in stored["units"].items():
         if key.startswith("task:"):
             task, length = key[5:].rsplit("@", 1)
-            out[task, int(length)] = _samples_by_seed(unit)
+            out[task, int(length)] = {seed: {**sample, "unit_digest": unit.get("digest")}
+                                      for seed, sample in _samples_by_seed(unit).items()}
     return out
+
+
+def same_prompt(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two rows' samples of one seed were scored on the same token ids: by the samples' own ``ids`` digests
+    where both have them, else by their units' digests where both have them (rows of other data or chat template
+    share seeds, not prompts)."""
+    for key in ("ids", "unit_digest"):
+        if a.get(key) is not None and b.get(key) is not None:
+            return a[key] == b[key]
+    return True
 
 
 def perplexity_ratio(row: dict[str, Any], reference: dict[str, Any], seed: int = 0,
@@ -48,7 +59,7 @@ def perplexity_ratio(row: dict[str, Any], reference: dict[str, Any], seed: int =
     tokens = np.array([w["all"][1] for w in b["windows"]], dtype=np.float64)
     picks = np.random.default_rng(seed).integers(0, len(tokens), size=(n_boot, len(tokens)))
     stats = 100 * np.expm1((nll_a[picks].sum(1) - nll_b[picks].sum(1)) / tokens[picks].sum(1))
-    lo, hi = interval(stats)
+    lo, hi = interval(stats) if len(tokens) > 1 else (math.nan, math.nan)  # one window: no spread to resample
     mean = 100 * math.expm1((nll_a.sum() - nll_b.sum()) / tokens.sum())
     return {"percent": mean, "lo": lo, "hi": hi, "windows": len(tokens)}
 
@@ -65,20 +76,25 @@ def paired_differences(stored_rows: list[dict[str, Any]], reference: str = "dens
     for name, stored in rows.items():
         if name == reference:
             continue
-        units, by_length = _units(stored), {}
+        units, by_length, unpaired = _units(stored), {}, 0
         for length in sorted({length for _, length in units}):
             common = {task: (units[task, length], ref_units[task, length]) for task, n in units
                       if n == length and (task, length) in ref_units}
+            pairs = {task: [s for s in mine if s in ref and same_prompt(mine[s], ref[s])]
+                     for task, (mine, ref) in sorted(common.items())}
+            unpaired += sum(len([s for s in mine if s in ref]) - len(pairs[task])
+                            for task, (mine, ref) in common.items())
             scores = {}
             for score in PAIRED_SCORES:
-                diffs = {task: np.array([100 * (mine[s][score] - ref[s][score]) for s in mine if s in ref])
-                         for task, (mine, ref) in sorted(common.items())}
+                diffs = {task: np.array([100 * (common[task][0][s][score] - common[task][1][s][score]) for s in seeds])
+                         for task, seeds in pairs.items()}
                 diffs = {task: d for task, d in diffs.items() if len(d)}
                 if diffs:
                     scores[score] = task_average(diffs, target)
             if scores:
                 by_length[str(length)] = scores
-        out[name] = {"lengths": by_length, "perplexity": perplexity_ratio(stored, rows[reference])}
+        out[name] = {"lengths": by_length, "perplexity": perplexity_ratio(stored, rows[reference]),
+                     "unpaired_samples": unpaired}
     return {"reference": reference, "unit": "points (0-100)", "target_half_width": target, "rows": out}
 
 
@@ -99,11 +115,16 @@ def markdown(paired: dict[str, Any]) -> list[str]:
             need = scores.get("partial", first)["samples_for_target"]
             lines.append(f"| {name} | {length} | {first['tasks_averaged']} | {first['samples_per_task']} | "
                          + " | ".join(cells) + f" | {'–' if need is None else need} |")
+    unpaired = {name: row.get("unpaired_samples", 0) for name, row in rows.items() if row.get("unpaired_samples")}
+    if unpaired:
+        lines += ["", "Not paired (the same seed, scored on other token ids: other data or chat template): "
+                  + ", ".join(f"{name} {n} samples" for name, n in unpaired.items()) + "."]
     ppl = [(name, row["perplexity"]) for name, row in rows.items() if row["perplexity"]]
     if ppl:
         lines += ["", "| row | perplexity vs reference (95% CI) | windows |", "|---|---|---|"]
-        lines += [f"| {name} | {p['percent']:+.2f}% ({p['lo']:+.2f}% – {p['hi']:+.2f}%) | {p['windows']} |"
-                  for name, p in ppl]
+        lines += [f"| {name} | {p['percent']:+.2f}%" + ("" if math.isnan(p["lo"]) else
+                                                           f" ({p['lo']:+.2f}% – {p['hi']:+.2f}%)")
+                  + f" | {p['windows']} |" for name, p in ppl]
     for name, row in rows.items():
         for length, scores in row["lengths"].items():
             tasks = list(next(iter(scores.values()))["tasks"])
@@ -115,10 +136,16 @@ def markdown(paired: dict[str, Any]) -> list[str]:
 
 
 def _average(d: dict[str, Any] | None) -> str:
-    return "–" if d is None else f"{d['mean']:+.2f} ±{d['half_width']:.2f}"
+    if d is None:
+        return "–"
+    if d["half_width"] == 0:  # a bootstrap of identical pairs: no interval to claim
+        return f"{d['mean']:+.2f} (all pairs equal)"
+    return f"{d['mean']:+.2f} ±{d['half_width']:.2f}"
 
 
 def _diff(d: dict[str, Any] | None) -> str:
     if d is None:
         return "–"
+    if d["lo"] == d["hi"]:
+        return f"{d['mean']:+.2f} (all pairs equal)"
     return f"{d['mean']:+.2f} ({d['lo']:+.2f} – {d['hi']:+.2f})"

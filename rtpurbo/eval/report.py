@@ -90,6 +90,8 @@ def summarize_row(stored: dict[str, Any]) -> dict[str, Any]:
 def _ci(score: dict[str, Any], digits: int = 2) -> str:
     if score is None or score["n"] == 0:
         return "–"
+    if math.isnan(score["lo"]):  # one sample: no interval
+        return f"{score['mean']:.{digits}f}"
     return f"{score['mean']:.{digits}f} ({score['lo']:.{digits}f}–{score['hi']:.{digits}f})"
 
 
@@ -137,7 +139,9 @@ def _perplexity_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _ppl_cell(p: dict[str, float] | None) -> str:
-    return "–" if p is None else f"{p['ppl']:.2f} ({p['lo']:.2f}–{p['hi']:.2f})"
+    if p is None:
+        return "–"
+    return f"{p['ppl']:.2f}" + ("" if math.isnan(p["lo"]) else f" ({p['lo']:.2f}–{p['hi']:.2f})")
 
 
 def _task_table(rows: list[dict[str, Any]], length: str) -> list[str]:

@@ -94,7 +94,7 @@ def bootstrap(columns: Sequence[Sequence[float]], statistic: Callable[..., float
     """Percentile 95% interval of ``statistic(*columns)`` over resampled rows (columns share rows)."""
     data = [np.asarray(c, dtype=np.float64) for c in columns]
     n = len(data[0])
-    if n == 0:
+    if n < 2:  # one row has no spread to resample: no interval rather than a false zero width
         return (math.nan, math.nan)
     picks = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     stats = np.array([statistic(*(c[p] for c in data)) for p in picks])

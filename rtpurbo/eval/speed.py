@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -91,10 +91,14 @@ def _report(model: nn.Module, cache: HeadwiseCache, length: int, decode_steps: i
     }
 
 
-def _median_interval(ratios: list[float], seed: int = 0) -> dict[str, float]:
-    """Median of paired ratios with a 95 % bootstrap interval (resampling the pairs)."""
+def _median_interval(ratios: list[float], seed: int = 0) -> dict[str, Any]:
+    """Median of paired ratios with a 95 % bootstrap interval (resampling the pairs); with fewer than 3 pairs,
+    whose resamples hold no more than the pairs themselves, their range instead (``interval`` says which)."""
+    if len(ratios) < 3:
+        return {"median": float(np.median(ratios)), "lo": float(min(ratios)), "hi": float(max(ratios)),
+                "pairs": len(ratios), "interval": "range"}
     lo, hi = bootstrap([ratios], np.median, seed=seed)
-    return {"median": float(np.median(ratios)), "lo": lo, "hi": hi, "pairs": len(ratios)}
+    return {"median": float(np.median(ratios)), "lo": lo, "hi": hi, "pairs": len(ratios), "interval": "95% bootstrap"}
 
 
 @torch.no_grad()
