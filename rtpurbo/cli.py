@@ -110,6 +110,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .config import PlanMismatch
     from .data.needles import SampleTooShort
     from .data.sources import SourceUnavailable, UnknownSource
+    from .data.task_data import TooFewSamples
     from .data.user import UserDataError
     from .export import ExportError
     from .families import UnsupportedModel
@@ -121,8 +122,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .train.data import NotEnoughData, ShardMismatch
 
     return (ArtifactError, BackendUnavailable, CheckpointMismatch, ExportError, ModelNotFound, NotEnoughData, PlanMismatch, PromptTooLong,
-            SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable, UnknownSource, UnsupportedModel,
-            UserDataError)
+            SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable, TooFewSamples, UnknownSource,
+            UnsupportedModel, UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,7 +165,11 @@ def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
                if (not args.tasks or s.task in args.tasks) and (not args.lengths or s.length in args.lengths)]
     result = write_task(samples, tokenizer, args.out)
     say(args, f"wrote {result['items']} items to {args.out}; run: lm_eval --model hf --model_args "
-              f"pretrained=DIR,trust_remote_code=True --tasks {result['task']} --include_path {args.out}")
+              f"pretrained=DIR,trust_remote_code=True,max_length={result['max_length']} --tasks {result['task']} "
+              f"--include_path {args.out}")
+    say(args, f"max_length={result['max_length']} keeps every prompt whole (the harness cuts prompts to max_length - "
+              f"{result['max_gen_toks']}); for rtpurbo eval's numbers, DIR is `rtpurbo export --seqlen-threshold 0`, "
+              "as rtpurbo eval selects at every length")
     say(args, f"the same prompt ids for rtpurbo eval: --data {args.out / 'eval_data.npz'} "
               f"({result['prompts_reencoded_differently']} of {result['items']} re-encode differently from --data)")
     return result

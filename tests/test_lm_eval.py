@@ -48,12 +48,14 @@ def test_lm_eval_matches_rtpurbo_scoring(tmp_path):
     samples = _samples(model, tokenizer)
     summary = write_task(samples, tokenizer, tmp_path / "task")
     assert summary["items"] == 3 and summary["prompts_reencoded_differently"] == 0
+    assert summary["max_length"] == max(len(s.prompt_ids) for s in samples) + summary["max_gen_toks"]
     assert [s.prompt_ids for s in load_task_data(tmp_path / "task" / "eval_data.npz", tokenizer).samples] == \
         [s.prompt_ids for s in samples]
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = [str(Path(sys.executable).parent / "lm_eval"), "--model", "hf", "--model_args",
-               f"pretrained={directory},trust_remote_code=True", "--tasks", TASK_NAME, "--include_path",
+               f"pretrained={directory},trust_remote_code=True,max_length={summary['max_length']}", "--tasks",
+               TASK_NAME, "--include_path",
                str(tmp_path / "task"), "--device", "cpu", "--batch_size", "1", "--output_path",
                str(tmp_path / "results"), "--log_samples"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -44,8 +44,13 @@ class TaskData:
         """The first ``n`` samples of ``task`` at ``length``; error if the data holds fewer."""
         found = [s for s in self.samples if s.task == task and s.length == length][:n]
         if len(found) < n:
-            raise ValueError(f"the eval data holds {len(found)} samples of {task} at {length}, {n} requested")
+            raise TooFewSamples(f"the eval data holds {len(found)} samples of {task} at {length}, {n} requested "
+                                "(--samples)")
         return found
+
+
+class TooFewSamples(ValueError):
+    """Eval data holding fewer samples of a task and length than a run asks for."""
 
 
 def tokenizer_probe(tokenizer: Any) -> list[int]:

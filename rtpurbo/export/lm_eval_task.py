@@ -96,5 +96,8 @@ def write_task(samples: list[TaskSample], tokenizer: Any, out_dir: str | Path, n
         '"""Metrics of the rtpurbo task: rtpurbo eval\'s exact and partial match."""\n'
         "from rtpurbo.export.lm_eval_task import process_results\n\n__all__ = [\"process_results\"]\n"
     )
+    # the harness keeps at most max_length - max_gen_toks prompt tokens (it cuts the rest from the left): the
+    # max_length that keeps every prompt whole
+    max_length = max(len(sample.prompt_ids) for sample in reencoded) + max_gen_toks
     return {"out": str(out_dir), "task": name, "items": len(samples), "max_gen_toks": max_gen_toks,
-            "prompts_reencoded_differently": changed}
+            "max_length": max_length, "prompts_reencoded_differently": changed}

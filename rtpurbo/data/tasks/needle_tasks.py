@@ -13,7 +13,7 @@ import string
 import uuid
 from typing import Any
 
-from ..needles import Needle, encode_plain, haystack_ids, haystack_window, insertion_points, line_boundaries
+from ..needles import Needle, SampleTooShort, encode_plain, haystack_ids, haystack_window, insertion_points, line_boundaries
 from .prompt import MIN_CONTEXT, Context, ContextFn, Frame, fill, prefix_len
 
 N_DISTRACTORS = 3  # extra keys of multi-key / multi-query; values of multi-value
@@ -51,7 +51,7 @@ def needle_context(ctx: Context, needles: list[Needle], holders: list[int], hays
         pieces = [_needle_ids(ctx.tokenizer, n) for n in needles]
         n_hay = budget - sum(len(ids) for ids, _ in pieces)
         if n_hay < MIN_CONTEXT:
-            raise ValueError(f"needles take {budget - n_hay} of {budget} context tokens; use a longer length")
+            raise SampleTooShort(f"needles take {budget - n_hay} of {budget} context tokens; use a longer length")
         hay = haystack_ids(ctx.tokenizer, haystack_window(haystack_texts(ctx, haystack), ctx.rng, 8 * budget), n_hay)
         inserts = insertion_points(needles, [len(ids) for ids, _ in pieces], line_boundaries(ctx.tokenizer, hay))
         out, cursor, spans = [], 0, {}
