@@ -114,6 +114,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .data.user import UserDataError
     from .export import ExportError
     from .families import UnsupportedModel
+    from .files import NotAnEarlierOutput
     from .generate import PromptTooLong
     from .io import ArtifactError
     from .models import ModelNotFound
@@ -121,9 +122,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .train.checkpoint import CheckpointMismatch
     from .train.data import NotEnoughData, ShardMismatch
 
-    return (ArtifactError, BackendUnavailable, CheckpointMismatch, ExportError, ModelNotFound, NotEnoughData, PlanMismatch, PromptTooLong,
-            SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable, TooFewSamples, UnknownSource,
-            UnsupportedModel, UserDataError)
+    return (ArtifactError, BackendUnavailable, CheckpointMismatch, ExportError, ModelNotFound, NotAnEarlierOutput,
+            NotEnoughData, PlanMismatch, PromptTooLong, SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable,
+            TooFewSamples, UnknownSource, UnsupportedModel, UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import torch
 from . import io
 from .cli_args import sparse_from_args
 from .families import family_of, geometry
+from .files import check_replaceable
 from .memory import KVGeometry, kv_table
 from .models import load_base, load_tokenizer
 from .convert import convert as convert_model
@@ -84,6 +85,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
+    check_replaceable(args.out, io.CONFIG_NAME)  # before profiling and training, not after
     model, tokenizer = _load(args)
     from_plan: dict[str, int] = {}
     if args.plan is not None:
@@ -138,11 +140,12 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 
 def export(args: argparse.Namespace) -> dict[str, Any]:
     from .export import ExportError, export as export_model
-    from .export.writer import describe
+    from .export.writer import MODELING_FILE, describe
 
     if not _is_artifact(args.model):
         raise ExportError(f"--model {args.model!r} is not an rtpurbo artifact; export writes a converted model "
                           "(e.g. --model smollm2-135m-rtpurbo, or a directory written by rtpurbo convert)")
+    check_replaceable(args.out, MODELING_FILE)
     model, tokenizer = _load(args, merge_adapters=True)
     if args.seqlen_threshold is not None:
         model.rtpurbo_sparse.seqlen_threshold = args.seqlen_threshold

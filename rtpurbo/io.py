@@ -66,7 +66,7 @@ def save(model: nn.Module, out_dir: str | Path, history: list[dict[str, Any]] | 
     out_dir = Path(out_dir)
     plan: HeadPlan = model.rtpurbo_plan
     sparse: SparseConfig = model.rtpurbo_sparse
-    with written_whole(out_dir) as tmp:
+    with written_whole(out_dir, CONFIG_NAME) as tmp:
         tensors = added_state_dict(model)
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": FORMAT})
         (tmp / HEADWISE_NAME).write_text(dumps(plan.to_headwise_config(sparse.sinks, sparse.window, sparse.seqlen_threshold)))

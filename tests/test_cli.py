@@ -83,6 +83,15 @@ def test_an_artifact_of_a_relative_base_path_loads_from_anywhere(checkpoint, tmp
     run_json(capsys, argv + ["--base", str(tmp_path / "moved")])
 
 
+def test_an_output_directory_of_other_files_is_refused_before_any_work(checkpoint, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.md").write_text("keep me")
+    assert main(["convert", "--model", str(checkpoint), "--out", str(tmp_path / "mine")]) == 2
+    assert "is not an earlier output of this command" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.md").read_text() == "keep me"
+    assert not (tmp_path / "mine-profile").exists()  # refused before profiling
+
+
 def test_info_refuses_an_unsupported_family(tmp_path, capsys):
     from transformers import GPT2Config
 

@@ -91,6 +91,14 @@ def test_prepare_leaves_an_earlier_set_intact_when_it_fails(tmp_path, tokenizer,
     with pytest.raises(data.NotEnoughData):  # a run that fails early creates nothing
         prepare_shards(docs[:1], tokenizer, tmp_path / "new", settings)
     assert not (tmp_path / "new").exists()
+    # a directory of the user's own files (e.g. the inputs) is never taken for the output
+    from rtpurbo.files import NotAnEarlierOutput
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text(words(300))
+    with pytest.raises(NotAnEarlierOutput, match="not an earlier output"):
+        prepare_shards(docs, tokenizer, tmp_path / "corpus", settings)
+    assert [p.name for p in (tmp_path / "corpus").iterdir()] == ["a.txt"]
 
 
 def test_errors_name_the_file_and_line(tmp_path, record_text):

@@ -66,7 +66,7 @@ def export(model: nn.Module, tokenizer: Any, out_dir: str | Path, max_shard_size
     if not isinstance(getattr(transformers, base_class, None), type):
         raise ExportError(f"{base_class} is not a transformers class; export needs a transformers causal LM")
     out_dir = Path(out_dir)
-    with written_whole(out_dir) as tmp:
+    with written_whole(out_dir, MODELING_FILE) as tmp:
         state = base_layout_state(model)
         from huggingface_hub import save_torch_state_dict
 

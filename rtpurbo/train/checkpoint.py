@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from ..files import written_whole
 
 LATEST = "latest"
+STATE = "state.json"  # a checkpoint's step, run identity and history
 
 
 class CheckpointMismatch(ValueError):
@@ -37,16 +38,16 @@ def save_checkpoint(
     directory: str | Path, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any]
 ) -> Path:
     """Write ``directory/latest`` atomically. ``state`` must hold ``step`` (the next step to run)."""
-    with written_whole(Path(directory) / LATEST) as tmp:
+    with written_whole(Path(directory) / LATEST, STATE) as tmp:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
     return Path(directory) / LATEST
 
 
 def has_checkpoint(directory: str | Path | None) -> bool:
-    return directory is not None and (Path(directory) / LATEST / "state.json").is_file()
+    return directory is not None and (Path(directory) / LATEST / STATE).is_file()
 
 
 def load_checkpoint(
@@ -57,7 +58,7 @@ def load_checkpoint(
     Raises CheckpointMismatch if the checkpoint's ``identity`` differs from this run's.
     """
     path = Path(directory) / LATEST
-    state = json.loads((path / "state.json").read_text())
+    state = json.loads((path / STATE).read_text())
     if state.get("identity") != identity:
         theirs, ours = state.get("identity") or {}, identity
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))

@@ -17,6 +17,7 @@ import torch
 
 from .. import io
 from ..cli_args import add_revision, positive_int, share_value
+from ..files import check_replaceable
 from ..data.needles import KINDS
 from ..data.user import RecordText, UserInput, chat_renderer, dataset_input, file_input
 from ..models import DEFAULT_MODEL, source_record
@@ -256,6 +257,7 @@ def synthetic_mix(args: argparse.Namespace, dev: bool) -> tuple[float, tuple[str
 
 def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo train-indexer``: artifact in, artifact out."""
+    check_replaceable(args.out, io.CONFIG_NAME)  # before training, not after
     model, tokenizer = io.load(args.model, base=args.base)
     runtime = make_runtime(args.device, args.precision)
     settings = indexer_settings(args, "", _checkpoint_dir(args, "indexer"))
@@ -268,6 +270,7 @@ def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
 
 def distill(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo distill``: artifact in, artifact out."""
+    check_replaceable(args.out, io.CONFIG_NAME)  # before training, not after
     model, tokenizer = io.load(args.model, base=args.base)
     runtime = make_runtime(args.device, args.precision)
     settings = distill_settings(args, "", _checkpoint_dir(args, "distill"))

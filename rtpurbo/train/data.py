@@ -46,7 +46,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from ..files import written_whole
+from ..files import check_replaceable, written_whole
 from ..data.needles import KINDS, haystack_ids, haystack_window, make_sample, seed_for
 from ..data.sources import SOURCES, Document, iter_documents
 from ..data.tasks import TASKS, TaskCorpus, make_task_sample
@@ -214,6 +214,7 @@ def prepare_shards(
         provenance: per-source description recorded in the manifest (default: from ``SOURCES``).
         model: the model whose tokenizer this is (spec, revision), recorded as given.
     """
+    check_replaceable(out_dir, MANIFEST)  # before the tokenising, not after it
     stats: dict[str, dict[str, Any]] = {}
     used: list[dict[str, Any]] = []
     haystacks = HaystackPool(4 * settings.seq_len)
@@ -243,7 +244,7 @@ def prepare_shards(
                             "characters); add inputs, or lower --sequences or --seq-len")
     rows = _mix(natural, tokenizer, haystacks.texts(), settings)
     sequences = np.asarray(rows, dtype=token_dtype(len(tokenizer.get_vocab())))
-    with written_whole(out_dir) as tmp:  # a failed or interrupted run leaves an earlier set in out_dir as it was
+    with written_whole(out_dir, MANIFEST) as tmp:  # a failed or interrupted run leaves an earlier set in out_dir as it was
         with gzip.open(tmp / DOCUMENTS, "wt") as handle:
             handle.writelines(json.dumps(entry) + "\n" for entry in used)
         manifest = _manifest(settings, model, tokenizer, sequences, n_synthetic, stats, provenance,
