@@ -21,13 +21,15 @@ class AlreadyConverted(RuntimeError):
     """The model's attention modules were already swapped."""
 
 
-def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig) -> nn.Module:
-    """Swap attention modules following ``plan``; returns the same model object."""
+def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig, check_windows: bool = True) -> nn.Module:
+    """Swap attention modules following ``plan``; returns the same model object. ``check_windows``:
+    :func:`check_local_windows` (a loaded artifact is rebuilt as it was saved, without it)."""
     family = family_of(model.config)
     num_layers, num_kv, num_q, _ = geometry(model.config)
     plan.check_model(num_layers, num_kv, num_q)
     layers = getattr(model, "model", model).layers
-    check_local_windows(model, plan, sparse)
+    if check_windows:
+        check_local_windows(model, plan, sparse)
     originals = []
     for layer_idx, attn in enumerate(attention_modules(model)):
         if isinstance(attn, SparseAttention):

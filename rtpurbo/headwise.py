@@ -42,6 +42,7 @@ from .config import HeadPlan, PlanMismatch, SparseConfig
 SETTINGS = ("sink_token_num", "swa_token_num", "seqlen_threshold")
 RTP_LLM_SPLIT_FROM = 0  # RTP-LLM's seqlen_threshold for an rtpurbo model: heads split in every prefill
 RTP_LLM_WINDOW_OFFSET = 1  # rtpurbo's W = RTP-LLM's swa_token_num + 1 (module docstring)
+RTP_LLM_DEFAULT_SINKS, RTP_LLM_DEFAULT_SWA = 4, 8192  # what RTP-LLM reads where the keys are absent (lines 96-101)
 LEGACY_EXPORT_FORMAT = "rtpurbo.export/1"  # its headwise_config held rtpurbo's W and decode threshold
 
 
@@ -82,13 +83,14 @@ def to_list_form(block: dict[str, Any], num_layers: int) -> dict[str, Any]:
 
 def plan_from_rtp_llm(block: dict[str, Any], num_layers: int, num_kv_heads: int, legacy: bool = False
                       ) -> tuple[HeadPlan, dict[str, int]]:
-    """(plan, settings) from an RTP-LLM ``headwise_config``: ``sinks`` and rtpurbo's ``window`` where the block
-    has them (RTP-LLM's ``seqlen_threshold`` is not rtpurbo's: module docstring). ``legacy``: a block written by
-    the first export format, whose ``swa_token_num`` was rtpurbo's W and whose ``seqlen_threshold`` was
-    rtpurbo's."""
+    """(plan, settings) from an RTP-LLM ``headwise_config``: ``sinks`` and rtpurbo's ``window`` of what RTP-LLM runs
+    (its defaults where the block has no key; RTP-LLM's ``seqlen_threshold`` is not rtpurbo's: module docstring).
+    ``legacy``: a block written by the first export format, whose ``swa_token_num`` was rtpurbo's W and whose
+    ``seqlen_threshold`` was rtpurbo's."""
     plan, settings = HeadPlan.from_headwise_config(to_list_form(block, num_layers), num_kv_heads)
-    if "window" in settings and not legacy:
-        settings["window"] += RTP_LLM_WINDOW_OFFSET
+    if not legacy:  # what RTP-LLM runs: its defaults where the block is silent
+        settings = {"sinks": settings.get("sinks", RTP_LLM_DEFAULT_SINKS),
+                    "window": settings.get("window", RTP_LLM_DEFAULT_SWA) + RTP_LLM_WINDOW_OFFSET}
     if legacy and "seqlen_threshold" in block:
         settings["seqlen_threshold"] = int(block["seqlen_threshold"])
     return plan, settings

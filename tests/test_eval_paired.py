@@ -66,7 +66,7 @@ def test_identical_pairs_claim_no_interval_and_project_no_samples():
     result = paired_differences([stored("dense", scores), stored("copy", scores)])
     assert result["rows"]["copy"]["lengths"]["2048"]["partial"]["samples_for_target"] is None
     text = "\n".join(markdown(result))
-    assert "| copy | 2048 | 1 | 3 | +0.00 (all pairs equal) |" in text and "±0.00" not in text
+    assert "| copy | 2048 | 1 | 3 | +0.00 (no spread) |" in text and "±0.00" not in text
 
 
 def test_samples_of_other_prompts_are_not_paired():
@@ -82,12 +82,15 @@ def test_samples_of_other_prompts_are_not_paired():
     assert exact["samples_per_task"] == 2 and exact["mean"] == pytest.approx(-50.0)  # seeds 1, 2 only
     assert result["rows"]["other"]["unpaired_samples"] == 1
     assert "Not paired (the same seed, scored on other token ids" in "\n".join(markdown(result))
-    # units of other data, stored before samples carried their ids: told apart by the units' digests
+    # units of other data, stored before samples carried their ids: told apart by the units' digests, where the
+    # units hold the same seeds (units of more samples have other digests on the same data)
     for row, unit_digest in ((dense, "x"), (other, "y")):
         row["units"]["task:a@2048"]["digest"] = unit_digest
         for sample in row["units"]["task:a@2048"]["samples"]:
             del sample["ids"]
     assert paired_differences([dense, other])["rows"]["other"]["lengths"] == {}
+    other["units"]["task:a@2048"]["samples"].pop()
+    assert paired_differences([dense, other])["rows"]["other"]["lengths"]["2048"]["exact"]["samples_per_task"] == 2
 
 
 def test_results_json_holds_null_where_a_number_is_undefined():

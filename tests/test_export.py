@@ -159,9 +159,9 @@ def test_rtp_llm_headwise_config_round_trip(tmp_path):
         HeadPlan(2, 2, 6, [[0], [1]]), SparseConfig(window=64, sinks=2, seqlen_threshold=0))}))
     read, found = read_plan(tmp_path / "config.json", config)
     assert read.retrieval == [[0], [1]] and found == {"sinks": 2, "window": 64}
-    # RTP-LLM's own block with only the rows: the caller's settings stand
+    # RTP-LLM's own block with only the rows: what RTP-LLM runs then (S 4, swa_token_num 8192)
     rows_only = {k: v for k, v in block.items() if k.isdigit()}
-    assert plan_from_rtp_llm(rows_only, 3, 2)[1] == {}
+    assert plan_from_rtp_llm(rows_only, 3, 2)[1] == {"sinks": 4, "window": 8193}
 
 
 def test_exported_config_errors_name_the_field():

@@ -39,13 +39,16 @@ def _units(stored: dict[str, Any]) -> dict[tuple[str, int], dict[int, dict[str, 
 
 
 def same_prompt(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two rows' samples of one seed were scored on the same token ids: by the samples' own ``ids`` digests
-    where both have them, else by their units' digests where both have them (rows of other data or chat template
-    share seeds, not prompts)."""
-    for key in ("ids", "unit_digest"):
-        if a.get(key) is not None and b.get(key) is not None:
-            return a[key] == b[key]
-    return True
+    """Whether two rows' samples of one seed were scored on the same token ids, by the samples' own ``ids`` digests
+    where both have them (rows of other data or chat template share seeds, not prompts)."""
+    return a.get("ids") is None or b.get("ids") is None or a["ids"] == b["ids"]
+
+
+def same_units(mine: dict[int, dict[str, Any]], ref: dict[int, dict[str, Any]]) -> bool:
+    """Whether two units of samples stored without their own ids may be paired: units of the same seeds whose
+    digests (over all their samples' ids) differ were scored on other data."""
+    digests = {next(iter(u.values()), {}).get("unit_digest") for u in (mine, ref)}
+    return None in digests or len(digests) == 1 or set(mine) != set(ref)
 
 
 def perplexity_ratio(row: dict[str, Any], reference: dict[str, Any], seed: int = 0,
@@ -80,6 +83,8 @@ def paired_differences(stored_rows: list[dict[str, Any]], reference: str = "dens
         for length in sorted({length for _, length in units}):
             common = {task: (units[task, length], ref_units[task, length]) for task, n in units
                       if n == length and (task, length) in ref_units}
+            unpaired += sum(len(set(mine) & set(ref)) for mine, ref in common.values() if not same_units(mine, ref))
+            common = {task: pair for task, pair in common.items() if same_units(*pair)}
             pairs = {task: [s for s in mine if s in ref and same_prompt(mine[s], ref[s])]
                      for task, (mine, ref) in sorted(common.items())}
             unpaired += sum(len([s for s in mine if s in ref]) - len(pairs[task])
@@ -138,8 +143,8 @@ def markdown(paired: dict[str, Any]) -> list[str]:
 def _average(d: dict[str, Any] | None) -> str:
     if d is None:
         return "–"
-    if d["half_width"] == 0:  # a bootstrap of identical pairs: no interval to claim
-        return f"{d['mean']:+.2f} (all pairs equal)"
+    if d["half_width"] == 0:  # every task's pairs differ alike: the bootstrap has no spread, no interval to claim
+        return f"{d['mean']:+.2f} (no spread)"
     return f"{d['mean']:+.2f} ±{d['half_width']:.2f}"
 
 
@@ -147,5 +152,5 @@ def _diff(d: dict[str, Any] | None) -> str:
     if d is None:
         return "–"
     if d["lo"] == d["hi"]:
-        return f"{d['mean']:+.2f} (all pairs equal)"
+        return f"{d['mean']:+.2f} (no spread)"
     return f"{d['mean']:+.2f} ({d['lo']:+.2f} – {d['hi']:+.2f})"
