@@ -8,6 +8,9 @@ the fast paths); the plan itself always keeps the base model's head numbering.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -61,6 +64,22 @@ def check_local_windows(model: nn.Module, plan: HeadPlan, sparse: SparseConfig) 
             raise PlanMismatch(f"layer {layer_idx} of this model attends over a sliding window of {own} tokens: local "
                                f"heads at W={sparse.window} would see further back than the model ever did; convert "
                                f"with a window of at most {own} (--window {own})")
+
+
+@contextlib.contextmanager
+def prefill_mode(model: nn.Module, mode: str, scoring: str | None = None) -> Iterator[None]:
+    """Inside the block the retrieval heads of a converted model prefill as ``mode`` says (``dense``, ``sparse``:
+    block-sparse, key blocks scored by ``scoring``, None: as configured; ``topp``: every query over the indexer's
+    top-p selection, as at decode); the model's own settings come back afterwards."""
+    sparse = model.rtpurbo_sparse
+    previous = sparse.retrieval_prefill, sparse.prefill_scoring
+    sparse.retrieval_prefill = mode
+    if scoring is not None:
+        sparse.prefill_scoring = scoring
+    try:
+        yield
+    finally:
+        sparse.retrieval_prefill, sparse.prefill_scoring = previous
 
 
 def unconvert(model: nn.Module) -> nn.Module:

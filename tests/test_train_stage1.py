@@ -77,6 +77,16 @@ def test_resume_refuses_a_checkpoint_of_another_model_or_plan(shards, tmp_path):
     assert train_indexer(same, shards, resume, make_runtime("cpu"))["steps_done"] == 6
 
 
+def test_stage1_learns_the_dense_attention_whatever_prefill_the_model_runs(shards):
+    from dataclasses import replace
+
+    dense = converted_llama()
+    topp = convert(tiny_model("llama"), HeadPlan(2, 2, 6, [[0], [1]]), replace(SPARSE, retrieval_prefill="topp"))
+    reports = [train_indexer(m, shards, settings(steps=1), make_runtime("cpu")) for m in (dense, topp)]
+    assert reports[0]["before"] == reports[1]["before"]  # the same targets: the heads' own dense attention
+    assert topp.rtpurbo_sparse.retrieval_prefill == "topp"  # the model's own setting is back
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path, monkeypatch):
     real, calls = indexer_targets.indexer_kl, []
 

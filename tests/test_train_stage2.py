@@ -1,5 +1,7 @@
 """Stage 2 on a tiny model: the teacher is the base model, the KL falls, resume is exact."""
 import math
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -82,6 +84,30 @@ def test_resumed_distillation_equals_uninterrupted(shards, tmp_path):
     distill(fresh, shards, settings(steps=5, checkpoint_dir=tmp_path, resume=True), make_runtime("cpu"))
     for (name, a), b in zip(straight.named_parameters(), fresh.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_resume_refuses_a_stage2_checkpoint_of_other_indexers(shards, tmp_path):
+    """convert --train resumed after stage 1 ran on: stage 2's checkpoint of the earlier indexers is another run."""
+    from rtpurbo.train.checkpoint import CheckpointMismatch
+
+    first = converted_llama()
+    assert distill(first, shards, settings(steps=5, checkpoint_dir=tmp_path, time_budget=0.0),
+                   make_runtime("cpu"))["steps_done"] == 1
+    moved = converted_llama()
+    with torch.no_grad():
+        next(p for n, p in moved.named_parameters() if ".indexer." in n).add_(0.1)  # stage 1 trained on
+    with pytest.raises(CheckpointMismatch, match="indexers_at_start"):
+        distill(moved, shards, settings(steps=5, checkpoint_dir=tmp_path, resume=True), make_runtime("cpu"))
+
+
+def test_snapshots_keep_the_models_own_prefill(shards, tmp_path):
+    """A part-way snapshot is the model it will be, not the student stage 2 runs (sparse prefill here)."""
+    model = converted_llama()
+    seen = []
+    sparse_student = replace(settings(steps=2, checkpoint_dir=tmp_path, checkpoint_every=1), student_prefill="sparse")
+    distill(model, shards, sparse_student, make_runtime("cpu"),
+            on_checkpoint=lambda step: seen.append(model.rtpurbo_sparse.retrieval_prefill))
+    assert seen and set(seen) == {"dense"} and model.rtpurbo_sparse.retrieval_prefill == "dense"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU training path (compiled flex backward) needs CUDA")

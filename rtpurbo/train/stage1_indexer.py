@@ -15,12 +15,14 @@ model's SparseConfig: top_p, min/max tokens, sinks, recent), i.e. what decode wo
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
+from ..convert import prefill_mode
 from .data import TokenShards, split_held_out
 from .indexer_targets import IndexerCapture, LayerSignal
 from .losses import sample_query_positions
@@ -66,6 +68,31 @@ def indexer_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def indexer_digest(model: nn.Module) -> str:
+    """sha256 (16 hex digits) of the indexers' values: what stage 1 hands over to stage 2."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        if ".indexer." in name:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def with_own_prefill(model: nn.Module, on_checkpoint: Callable[[int], None] | None
+                     ) -> Callable[[int], None] | None:
+    """``on_checkpoint`` run with the model's prefill settings as they are now, so that a snapshot saved while a
+    stage runs the model another way (:func:`rtpurbo.convert.prefill_mode`) records the model's own."""
+    if on_checkpoint is None:
+        return None
+    own = model.rtpurbo_sparse.retrieval_prefill, model.rtpurbo_sparse.prefill_scoring
+
+    def snapshot(steps_done: int) -> None:
+        with prefill_mode(model, *own):
+            on_checkpoint(steps_done)
+
+    return snapshot
+
+
 def train_indexer(model: nn.Module, shards: TokenShards, settings: IndexerSettings, runtime: Runtime,
                   on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run stage 1 on a converted ``model`` in place. Returns the report (recall before/after, history)."""
@@ -74,7 +101,9 @@ def train_indexer(model: nn.Module, shards: TokenShards, settings: IndexerSettin
     model.to(runtime.device)
     params = indexer_parameters(model)
     model.eval()  # nothing trains but the indexers: no checkpointing, no dropout
-    with IndexerCapture(model) as capture:
+    on_checkpoint = with_own_prefill(model, on_checkpoint)
+    # the targets are the retrieval heads' own attention: dense, whatever prefill the model is set to run
+    with prefill_mode(model, "dense"), IndexerCapture(model) as capture:
         before = evaluate_indexer(model, capture, held_out, settings, runtime)
         objective = IndexerObjective(model, capture)
 

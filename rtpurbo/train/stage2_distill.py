@@ -24,19 +24,20 @@ Recipe:
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
+from ..convert import prefill_mode
 from ..ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .data import TokenShards, split_held_out
 from .indexer_targets import IndexerCapture
 from .lora import LoraSettings, attach_lora, has_lora
 from .losses import distill_kl, sample_query_positions
 from .loop import LoopSettings, Runtime, run_loop, step_generator
+from .stage1_indexer import indexer_digest, with_own_prefill
 from .teacher import Teacher
 
 TRAINABLE = ("lora", "attention", "all")
@@ -99,20 +100,9 @@ class DistillObjective(nn.Module):
         }
 
 
-@contextmanager
-def topp_prefill(model: nn.Module, mode: str = "topp", scoring: str | None = None) -> Iterator[None]:
-    """Inside the block retrieval heads run ``mode``: every query over the indexer's top-p selection
-    (``topp``) or the block-sparse prefill (``sparse``), its key blocks scored by ``scoring`` (None: as
-    the model's config says)."""
-    sparse = model.rtpurbo_sparse
-    previous = sparse.retrieval_prefill, sparse.prefill_scoring
-    sparse.retrieval_prefill = mode
-    if scoring is not None:
-        sparse.prefill_scoring = scoring
-    try:
-        yield
-    finally:
-        sparse.retrieval_prefill, sparse.prefill_scoring = previous
+def topp_prefill(model: nn.Module, mode: str = "topp", scoring: str | None = None):
+    """The student's prefill while stage 2 runs (:func:`rtpurbo.convert.prefill_mode`; default ``topp``)."""
+    return prefill_mode(model, mode, scoring)
 
 
 def select_trainable(model: nn.Module, settings: DistillSettings) -> list[dict[str, Any]]:
@@ -154,6 +144,8 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
     model.train()
     if settings.gradient_checkpointing:
         _enable_checkpointing(model)
+    on_checkpoint = with_own_prefill(model, on_checkpoint)  # snapshots: the model's prefill, not the student's
+    start = indexer_digest(model)  # what stage 1 handed over: a checkpoint of other indexers is another run
     with IndexerCapture(model) as capture, topp_prefill(model, settings.student_prefill, settings.student_scoring):
         before = heldout_kl(model, teacher, held_out, settings, runtime)
         objective = DistillObjective(model, teacher, capture, settings)
@@ -168,7 +160,8 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
         identity = {"stage": "distill", "trainable": settings.trainable, "lora": settings.lora.to_dict(),
                     "indexer_lr": settings.indexer_lr, "indexer_weight": settings.indexer_weight,
                     "indexer_queries": settings.indexer_queries, "eval_sequences": settings.eval_sequences,
-                    "student_prefill": settings.student_prefill, "student_scoring": settings.student_scoring}
+                    "student_prefill": settings.student_prefill, "student_scoring": settings.student_scoring,
+                    "indexers_at_start": start}
         result = run_loop(runtime, model, objective, groups, train_rows, _with_lr(loop, groups), identity, step_fn,
                           on_checkpoint)
         after = heldout_kl(model, teacher, held_out, settings, runtime)
