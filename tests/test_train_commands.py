@@ -92,3 +92,22 @@ def test_convert_train_runs_both_stages_before_save(tmp_path):
     assert result["indexer"]["data"] == str(tmp_path / "shards") and result["distill"]["data"] == str(tmp_path / "mix")
     io.save(model, args.out)
     assert [h["stage"] for h in io.read_config(args.out)["history"]] == ["indexer", "distill"]
+
+
+def test_convert_train_runs_stage2_only_after_a_finished_stage1(tmp_path):
+    """A stage 1 stopped by its time budget leaves stage 2 for the --resume run that finishes stage 1 first."""
+    model, tokenizer = converted_from_disk(tmp_path)
+    make_tiny_shards(tmp_path / "shards", seq_len=64, sequences=8)
+    argv = ["convert", "--out", str(tmp_path / "artifact"), "--train", "--data", str(tmp_path / "shards"),
+            "--indexer-steps", "3", "--distill-steps", "2", "--indexer-warmup", "0", "--distill-warmup", "0",
+            "--distill-lora-rank", "2"]
+    args = parser().parse_args(argv + ["--indexer-time-budget", "0"])
+    args.out, args.device, args.json = tmp_path / "artifact", "cpu", True
+    first = train_converted(args, model, tokenizer)
+    assert first["indexer"]["stopped_early"] and first["distill"] is None
+    assert [h["stage"] for h in model.rtpurbo_history] == ["indexer"]
+    model, tokenizer = converted_from_disk(tmp_path / "again")
+    args = parser().parse_args(argv + ["--resume"])
+    args.out, args.device, args.json = tmp_path / "artifact", "cpu", True
+    resumed = train_converted(args, model, tokenizer)
+    assert resumed["indexer"]["steps_done"] == 3 and resumed["distill"]["steps_done"] == 2

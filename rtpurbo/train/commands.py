@@ -297,6 +297,11 @@ def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer:
                         _snapshots(args, model, "indexer-", "indexer"))
     if runtime.is_main:
         print_recall(args, stage1)
+    if stage1["stopped_early"]:  # stage 2 starts from finished indexers only: --resume finishes stage 1 first
+        _say(args, f"stage 1 stopped early after {stage1['steps_done']} steps (time budget); stage 2 did not run. "
+                   "Run the same command with --resume to finish stage 1, then stage 2 runs")
+        model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1)]
+        return {"indexer": summary(stage1), "distill": None}
     stage2 = run_stage2(model, distill_shards, distill_settings(args, "distill-", _checkpoint_dir(args, "distill")),
                         runtime, _snapshots(args, model, "distill-", "distill"))
     model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1), summary(stage2)]
