@@ -55,6 +55,8 @@ def test_search_measures_every_candidate_and_keeps_dense_exact():
     assert rows[0]["ppl_percent"] != 0 and rows[0]["units"] == 2 and result["samples"] == 6
     assert rows[0]["kv_bytes_per_token"] < rows[1]["kv_bytes_per_token"] < full["kv_bytes_per_token"]
     assert result["cost_context"] == 64
+    with pytest.raises(PlanMismatch, match="the model has 3 x 2"):  # another model's ranking, before any pass
+        search_plans(tiny_model("llama", num_layers=3), ranking[:2], tune_data(), settings, progress=False)
     assert model.rtpurbo_plan.num_retrieval() == 6  # left dense
     chosen = rows[result["chosen"]]
     assert result["within_tolerance"] and chosen["tf_points"] >= 0

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import HeadPlan, SparseConfig
+from ..config import HeadPlan, PlanMismatch, SparseConfig
 from ..convert import apply_plan, convert, is_converted
 from ..data.task_data import TaskData, check_tune_split
 from ..data.tasks import TaskSample
@@ -143,6 +143,9 @@ def search_plans(model: nn.Module, ranking: list[list[float]], data: TaskData, s
     """
     check_tune_split(data)
     layers, kv, q, _ = geometry(model.config)
+    if (len(ranking), *{len(row) for row in ranking}) != (layers, kv):  # before the dense pass, not after it
+        raise PlanMismatch(f"the ranking holds {len(ranking)} layers x {sorted({len(r) for r in ranking})} KV heads; "
+                           f"the model has {layers} x {kv}")
     dense_plan = HeadPlan.uniform(layers, kv, q, retrieval=True)
     if not is_converted(model):
         convert(model, dense_plan, SparseConfig(window=min(settings.windows), sinks=settings.sinks, top_p=1.0))
