@@ -121,10 +121,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .ops.api import BackendUnavailable
     from .train.checkpoint import CheckpointMismatch
     from .train.data import NotEnoughData, ShardMismatch
+    from .train.stage2_distill import TrainedBase
 
     return (ArtifactError, BackendUnavailable, CheckpointMismatch, ExportError, ModelNotFound, NotAnEarlierOutput,
             NotEnoughData, PlanMismatch, PromptTooLong, SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable,
-            TooFewSamples, UnknownSource, UnsupportedModel, UserDataError)
+            TooFewSamples, TrainedBase, UnknownSource, UnsupportedModel, UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,17 @@ def test_resume_refuses_a_stage2_checkpoint_of_other_indexers(shards, tmp_path):
         distill(moved, shards, settings(steps=5, checkpoint_dir=tmp_path, resume=True), make_runtime("cpu"))
 
 
+def test_a_model_with_trained_base_tensors_is_not_distilled_again(shards):
+    """Its teacher would be the trained model: refused, not distilled against the wrong teacher."""
+    from rtpurbo.train.stage2_distill import TrainedBase
+
+    model = converted_llama()
+    distill(model, shards, settings("attention", steps=1), make_runtime("cpu"))
+    assert model.rtpurbo_modified  # what io.save records and io.load restores
+    with pytest.raises(TrainedBase, match="teacher must be the original model"):
+        distill(model, shards, settings(steps=1), make_runtime("cpu"))
+
+
 def test_snapshots_keep_the_models_own_prefill(shards, tmp_path):
     """A part-way snapshot is the model it will be, not the student stage 2 runs (sparse prefill here)."""
     model = converted_llama()

@@ -100,6 +100,10 @@ class DistillObjective(nn.Module):
         }
 
 
+class TrainedBase(ValueError):
+    """Stage 2 asked of a model whose base tensors an earlier stage 2 trained (its teacher would not be the base)."""
+
+
 def topp_prefill(model: nn.Module, mode: str = "topp", scoring: str | None = None):
     """The student's prefill while stage 2 runs (:func:`rtpurbo.convert.prefill_mode`; default ``topp``)."""
     return prefill_mode(model, mode, scoring)
@@ -138,6 +142,11 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
     loop = settings.loop
     train_rows, held_out = split_held_out(shards, settings.eval_sequences, loop.seq_len)
     model.to(runtime.device)
+    trained_base = list(getattr(model, "rtpurbo_modified", ()))
+    if trained_base:  # the teacher would be the trained model, not the original one
+        raise TrainedBase(f"this model's base tensors were trained already ({len(trained_base)}, e.g. "
+                          f"{trained_base[0]}): stage 2's teacher must be the original model, which it no longer "
+                          "holds; distil from an artifact whose base weights are untouched (e.g. stage 1's)")
     teacher = Teacher(model, copy_weights=settings.trainable != "lora")
     groups = select_trainable(model, settings)
     _fp32_masters(groups)
