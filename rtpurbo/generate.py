@@ -62,9 +62,9 @@ def chunk_bounds(length: int, chunk: int, seen: int, block: int | None = None) -
     """(start, stop) of the chunks a prompt of ``length`` tokens is prefilled in, ``chunk`` each. With
     ``block`` (the retrieval heads' sparse prefill, whose query blocks are blocks of positions) every cut falls
     where the cache holds a multiple of ``block`` slots, chunks being whole blocks (``chunk`` rounded down, at least
-    one block): a query block
-    is then never split between two forwards, so an unpadded prompt gives the one-shot result whatever the
-    chunk. (A left-padded row's blocks start after its padding, so its cuts may still split one.)"""
+    one block): a query block is then never split between two forwards, so an unpadded prompt gives the one-shot
+    result whatever the chunk. (A left-padded row's blocks start after its padding, so its cuts may still split
+    one.)"""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if block is None:

@@ -94,3 +94,14 @@ def plan_from_rtp_llm(block: dict[str, Any], num_layers: int, num_kv_heads: int,
     if legacy and "seqlen_threshold" in block:
         settings["seqlen_threshold"] = int(block["seqlen_threshold"])
     return plan, settings
+
+
+def exported_settings(headwise: dict[str, Any], rtpurbo_block: Any, num_layers: int, num_kv_heads: int
+                      ) -> tuple[HeadPlan, dict[str, Any]]:
+    """(plan, sparse settings) of a ``config.json`` whose ``headwise_config`` is RTP-LLM's form: the sparse settings
+    of its ``rtpurbo`` block (one written by ``rtpurbo export``; none in RTP-LLM's own configs), with S and W from
+    the ``headwise_config`` (a block of the first export format, :data:`LEGACY_EXPORT_FORMAT`, is read as such)."""
+    block = rtpurbo_block if isinstance(rtpurbo_block, dict) else {}
+    plan, settings = plan_from_rtp_llm(headwise, num_layers, num_kv_heads,
+                                       legacy=block.get("format") == LEGACY_EXPORT_FORMAT)
+    return plan, {**block.get("sparse", {}), **settings}

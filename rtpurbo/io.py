@@ -27,7 +27,8 @@ from . import __version__
 from .config import HeadPlan, PlanMismatch, SparseConfig, dumps
 from .convert import convert, is_converted
 from .files import written_whole
-from .models import EMBEDDED_ADAPTERS, ModelNotFound, ModelSource, fingerprint, load_base, source_record
+from .models import (EMBEDDED_ADAPTERS, ModelNotFound, ModelSource, fingerprint, load_base, model_fingerprint,
+                     source_record)
 
 FORMAT = "rtpurbo/1"
 CONFIG_NAME = "rtpurbo_config.json"
@@ -76,7 +77,7 @@ def save(model: nn.Module, out_dir: str | Path, history: list[dict[str, Any]] | 
             "base_model": {
                 **source_record(source),
                 "model_type": model.config.model_type,
-                "fingerprint": getattr(model, "rtpurbo_fingerprint", None) or fingerprint(source),
+                "fingerprint": model_fingerprint(model),
             },
             "plan": plan.to_dict(),
             "sparse": sparse.to_dict(),

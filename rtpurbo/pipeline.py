@@ -20,7 +20,7 @@ from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
 from .data.task_data import build_task_data, check_tune_split, load_task_data
 from .data.tasks import TASKS
-from .headwise import LEGACY_EXPORT_FORMAT, is_rtp_llm_form, plan_from_rtp_llm
+from .headwise import exported_settings, is_rtp_llm_form
 from .families import geometry
 from .profile.domains import domain_stability, merge_scores
 from .profile.knockout import inputs_from_task_data, knockout_profile
@@ -149,12 +149,8 @@ def read_plan(path: Path, model_config: Any) -> tuple[HeadPlan, dict[str, int]]:
     if not isinstance(data, dict):
         raise PlanMismatch(f"plan file {path} holds no plan (a JSON object was expected)")
     if is_rtp_llm_form(data.get("headwise_config")):  # RTP-LLM's form, e.g. a config.json of `rtpurbo export`
-        block = data.get("rtpurbo") if isinstance(data.get("rtpurbo"), dict) else {}
-        plan, settings = plan_from_rtp_llm(data["headwise_config"], *geometry(model_config)[:2],
-                                           legacy=block.get("format") == LEGACY_EXPORT_FORMAT)
-        if "seqlen_threshold" in block.get("sparse", {}):
-            settings["seqlen_threshold"] = int(block["sparse"]["seqlen_threshold"])
-        return plan, settings
+        plan, values = exported_settings(data["headwise_config"], data.get("rtpurbo"), *geometry(model_config)[:2])
+        return plan, {k: int(values[k]) for k in ("sinks", "window", "seqlen_threshold") if k in values}
     if "headwise_config" in data:
         return HeadPlan.from_headwise_config(data, geometry(model_config)[1])
     return HeadPlan.from_dict(data), {}

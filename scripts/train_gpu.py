@@ -32,7 +32,8 @@ from rtpurbo.train.data import load_shards  # noqa: E402
 from rtpurbo.train.loop import LoopSettings, make_runtime  # noqa: E402
 from rtpurbo.train.plot import plot_training  # noqa: E402
 from rtpurbo.train.stage1_indexer import IndexerSettings, train_indexer  # noqa: E402
-from rtpurbo.train.stage2_distill import DistillSettings, distill, topp_prefill  # noqa: E402
+from rtpurbo.convert import prefill_mode  # noqa: E402
+from rtpurbo.train.stage2_distill import DistillSettings, distill  # noqa: E402
 from rtpurbo.train.teacher import original_attention  # noqa: E402
 
 
@@ -77,7 +78,7 @@ def eval_ppl(model, windows: list[list[int]], mode: str, runtime) -> dict:
             with original_attention(model):
                 result = perplexity(model, windows, progress=False)
         elif mode == "topp":
-            with topp_prefill(model):
+            with prefill_mode(model, "topp"):
                 result = perplexity(model, windows, progress=False)
         else:
             result = perplexity(model, windows, progress=False)

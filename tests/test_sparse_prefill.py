@@ -122,10 +122,11 @@ def test_chunked_sparse_prefill_equals_one_shot_and_reports_the_kept_fraction(sc
 
 
 def test_stage2_can_train_the_student_with_sparse_prefill():
-    from rtpurbo.train.stage2_distill import DistillSettings, topp_prefill
+    from rtpurbo.convert import prefill_mode
+    from rtpurbo.train.stage2_distill import DistillSettings
 
     model = _model("llama", prefill_top_p=0.5)
-    with topp_prefill(model, DistillSettings(student_prefill="sparse").student_prefill):
+    with prefill_mode(model, DistillSettings(student_prefill="sparse").student_prefill):
         assert model.rtpurbo_sparse.retrieval_prefill == "sparse"
     assert model.rtpurbo_sparse.retrieval_prefill == "sparse"
     with pytest.raises(ValueError, match="student_prefill"):
@@ -133,14 +134,15 @@ def test_stage2_can_train_the_student_with_sparse_prefill():
 
 
 def test_stage2_student_scores_blocks_as_asked_and_restores_the_model():
-    from rtpurbo.train.stage2_distill import DistillSettings, topp_prefill
+    from rtpurbo.convert import prefill_mode
+    from rtpurbo.train.stage2_distill import DistillSettings
 
     model = _model("llama", prefill_top_p=0.5)
     settings = DistillSettings(student_prefill="sparse", student_scoring="mass")
-    with topp_prefill(model, settings.student_prefill, settings.student_scoring):
+    with prefill_mode(model, settings.student_prefill, settings.student_scoring):
         assert model.rtpurbo_sparse.prefill_scoring == "mass"
     assert model.rtpurbo_sparse.prefill_scoring == "pooled"
-    with topp_prefill(model, "sparse"):  # None: the model's own
+    with prefill_mode(model, "sparse"):  # None: the model's own
         assert model.rtpurbo_sparse.prefill_scoring == "pooled"
     with pytest.raises(ValueError, match="student_scoring"):
         DistillSettings(student_scoring="max")

@@ -9,7 +9,7 @@ from rtpurbo.convert import convert
 from rtpurbo.models import load_base
 from rtpurbo.testing import save_tiny_checkpoint
 from rtpurbo.train.lora import LoraSettings, attach_lora, merge_lora
-from rtpurbo.train.stage2_distill import topp_prefill
+from rtpurbo.convert import prefill_mode
 
 from .test_train_data import one_thread  # noqa: F401 (autouse fixture)
 from .test_train_stage1 import SPARSE
@@ -36,7 +36,7 @@ def test_lora_artifact_round_trip(tmp_path):
     loaded, _ = io.load(tmp_path / "artifact")
     ids = torch.randint(0, 256, (1, 48), generator=torch.Generator().manual_seed(0))
     assert torch.equal(logits(model, ids), logits(loaded, ids))
-    with topp_prefill(model), topp_prefill(loaded):
+    with prefill_mode(model, "topp"), prefill_mode(loaded, "topp"):
         assert torch.equal(logits(model, ids), logits(loaded, ids))
     merged, _ = io.load(tmp_path / "artifact", merge_adapters=True)
     assert all(m.merged for m in merged.modules() if hasattr(m, "lora_A"))

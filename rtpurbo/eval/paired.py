@@ -27,28 +27,25 @@ def _samples_by_seed(unit: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {s["seed"]: s for s in unit["samples"]}
 
 
-def _units(stored: dict[str, Any]) -> dict[tuple[str, int], dict[int, dict[str, Any]]]:
-    """(task, length) -> seed -> sample scores of one stored row (each sample knows its unit's digest)."""
-    out = {}
-    for key, unit in stored["units"].items():
-        if key.startswith("task:"):
-            task, length = key[5:].rsplit("@", 1)
-            out[task, int(length)] = {seed: {**sample, "unit_digest": unit.get("digest")}
-                                      for seed, sample in _samples_by_seed(unit).items()}
-    return out
+def _units(stored: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(task, length) -> that stored unit of one row."""
+    return {(key[5:].rsplit("@", 1)[0], int(key.rsplit("@", 1)[1])): unit
+            for key, unit in stored["units"].items() if key.startswith("task:")}
 
 
-def same_prompt(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two rows' samples of one seed were scored on the same token ids, by the samples' own ``ids`` digests
-    where both have them (rows of other data or chat template share seeds, not prompts)."""
-    return a.get("ids") is None or b.get("ids") is None or a["ids"] == b["ids"]
-
-
-def same_units(mine: dict[int, dict[str, Any]], ref: dict[int, dict[str, Any]]) -> bool:
-    """Whether two units of samples stored without their own ids may be paired: units of the same seeds whose
-    digests (over all their samples' ids) differ were scored on other data."""
-    digests = {next(iter(u.values()), {}).get("unit_digest") for u in (mine, ref)}
-    return None in digests or len(digests) == 1 or set(mine) != set(ref)
+def paired_seeds(mine: dict[str, Any], ref: dict[str, Any]) -> tuple[list[int], int]:
+    """The seeds two units both scored on the same token ids, and how many seeds they share but scored on other ids
+    (other data or chat template). Samples that carry their ids digest (``ids``) are compared one by one; units
+    stored without them are told apart by their own digests, where they hold the same seeds (units of more or
+    fewer samples have other digests on the same data)."""
+    a, b = _samples_by_seed(mine), _samples_by_seed(ref)
+    shared = [seed for seed in a if seed in b]
+    if all(a[s].get("ids") is None or b[s].get("ids") is None for s in shared):
+        digests = mine.get("digest"), ref.get("digest")
+        other_data = set(a) == set(b) and None not in digests and digests[0] != digests[1]
+        return ([] if other_data else shared), (len(shared) if other_data else 0)
+    same = [s for s in shared if a[s].get("ids") is None or b[s].get("ids") is None or a[s]["ids"] == b[s]["ids"]]
+    return same, len(shared) - len(same)
 
 
 def perplexity_ratio(row: dict[str, Any], reference: dict[str, Any], seed: int = 0,
@@ -81,18 +78,14 @@ def paired_differences(stored_rows: list[dict[str, Any]], reference: str = "dens
             continue
         units, by_length, unpaired = _units(stored), {}, 0
         for length in sorted({length for _, length in units}):
-            common = {task: (units[task, length], ref_units[task, length]) for task, n in units
-                      if n == length and (task, length) in ref_units}
-            unpaired += sum(len(set(mine) & set(ref)) for mine, ref in common.values() if not same_units(mine, ref))
-            common = {task: pair for task, pair in common.items() if same_units(*pair)}
-            pairs = {task: [s for s in mine if s in ref and same_prompt(mine[s], ref[s])]
-                     for task, (mine, ref) in sorted(common.items())}
-            unpaired += sum(len([s for s in mine if s in ref]) - len(pairs[task])
-                            for task, (mine, ref) in common.items())
+            common = {task: (_samples_by_seed(units[task, length]), _samples_by_seed(ref_units[task, length]),
+                             *paired_seeds(units[task, length], ref_units[task, length]))
+                      for task, n in sorted(units) if n == length and (task, length) in ref_units}
+            unpaired += sum(n for *_, n in common.values())
             scores = {}
             for score in PAIRED_SCORES:
-                diffs = {task: np.array([100 * (common[task][0][s][score] - common[task][1][s][score]) for s in seeds])
-                         for task, seeds in pairs.items()}
+                diffs = {task: np.array([100 * (mine[s][score] - ref[s][score]) for s in seeds])
+                         for task, (mine, ref, seeds, _) in common.items()}
                 diffs = {task: d for task, d in diffs.items() if len(d)}
                 if diffs:
                     scores[score] = task_average(diffs, target)

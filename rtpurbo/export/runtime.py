@@ -27,7 +27,7 @@ from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted
 from ..families import geometry
 from ..generate import prefill
-from ..headwise import LEGACY_EXPORT_FORMAT, is_rtp_llm_form, plan_from_rtp_llm
+from ..headwise import LEGACY_EXPORT_FORMAT, exported_settings, is_rtp_llm_form
 
 FORMAT = "rtpurbo.export/2"
 INDEXER_KEY = ".indexer."
@@ -48,10 +48,7 @@ def sparse_settings(config: Any) -> tuple[HeadPlan, SparseConfig]:
     if not is_rtp_llm_form(headwise):
         raise ExportedModelError("config.json: 'headwise_config' must be a dict with one 0/1 list per layer "
                                  "under the keys '0', '1', ...")
-    num_layers, num_kv, _, _ = geometry(config)
-    legacy = block["format"] == LEGACY_EXPORT_FORMAT
-    plan, settings = plan_from_rtp_llm(headwise, num_layers, num_kv, legacy=legacy)
-    values = {**block["sparse"], **settings}
+    plan, values = exported_settings(headwise, block, *geometry(config)[:2])
     try:
         return plan, SparseConfig.from_dict(values)
     except (TypeError, ValueError) as err:

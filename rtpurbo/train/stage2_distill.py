@@ -104,11 +104,6 @@ class TrainedBase(ValueError):
     """Stage 2 asked of a model whose base tensors an earlier stage 2 trained (its teacher would not be the base)."""
 
 
-def topp_prefill(model: nn.Module, mode: str = "topp", scoring: str | None = None):
-    """The student's prefill while stage 2 runs (:func:`rtpurbo.convert.prefill_mode`; default ``topp``)."""
-    return prefill_mode(model, mode, scoring)
-
-
 def select_trainable(model: nn.Module, settings: DistillSettings) -> list[dict[str, Any]]:
     """Set requires_grad per ``settings.trainable``; returns optimizer parameter groups.
 
@@ -155,7 +150,7 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
         _enable_checkpointing(model)
     on_checkpoint = with_own_prefill(model, on_checkpoint)  # snapshots: the model's prefill, not the student's
     start = indexer_digest(model)  # what stage 1 handed over: a checkpoint of other indexers is another run
-    with IndexerCapture(model) as capture, topp_prefill(model, settings.student_prefill, settings.student_scoring):
+    with IndexerCapture(model) as capture, prefill_mode(model, settings.student_prefill, settings.student_scoring):
         before = heldout_kl(model, teacher, held_out, settings, runtime)
         objective = DistillObjective(model, teacher, capture, settings)
 
