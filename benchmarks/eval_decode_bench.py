@@ -28,7 +28,7 @@ from rtpurbo.convert import convert
 from rtpurbo.data.tasks import TaskSample
 from rtpurbo.eval.scoring import DECODE_MODES, score_batch
 from rtpurbo.families import geometry
-from rtpurbo.generate import prefill
+from rtpurbo.prefill import prefill
 from rtpurbo.models import load_base, stop_token_ids
 from rtpurbo.testing import tiny_tokenizer
 

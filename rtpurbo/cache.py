@@ -187,7 +187,7 @@ class HeadwiseCache(Cache):
         # Set by whoever feeds the first forward when every row of it holds positions 0..L-1 (no
         # padding): that forward then runs the plain-prefill kernels (cuDNN causal for retrieval
         # heads, an index-only window mask for local heads) without reading the positions back, and so do
-        # the later chunks of the same prompt. rtpurbo.generate.prefill checks its inputs once and passes it
+        # the later chunks of the same prompt. rtpurbo.prefill.prefill checks its inputs once and passes it
         # to prefilling_prompt, which clears it when the prompt is in; nothing here checks it.
         self.plain_prompt = False
         # The cache slots a prompt being prefilled in chunks fills (prefilling_prompt); None: not known, and the

@@ -198,7 +198,7 @@ class SparseConfig:
         prefill_dense_tail: the ``sparse`` prefill's last this many queries attend densely: a prompt's
             question usually sits there, and the answer is decoded from it (0 = none). The last of each
             forward, or of the prompt when the head-wise cache knows where it ends
-            (:func:`rtpurbo.generate.prefill` says so, for a prompt prefilled in chunks).
+            (:func:`rtpurbo.prefill.prefill` says so, for a prompt prefilled in chunks).
         prefill_scoring: how the ``sparse`` prefill scores key blocks: ``pooled`` (mean indexer vectors,
             nearly free) or ``mass`` (the indexer's probability mass of each block for 8 queries of each
             query block; keeps needle blocks; :mod:`rtpurbo.ops.block_scores`).

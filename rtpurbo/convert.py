@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ._compat import ATTN_IMPLEMENTATION, set_attn_implementation
+from .causal_lm import base_class, headwise_class
 from .config import HeadPlan, PlanMismatch, SparseConfig
 from .families import attention_modules, base_window, family_of, geometry
 from .modules.sparse_attention import SparseAttention
@@ -25,8 +26,10 @@ class AlreadyConverted(RuntimeError):
 
 
 def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig, check_windows: bool = True) -> nn.Module:
-    """Swap attention modules following ``plan``; returns the same model object. ``check_windows``:
-    :func:`check_local_windows` (a loaded artifact is rebuilt as it was saved, without it)."""
+    """Swap attention modules following ``plan``; returns the same model object, whose class becomes
+    :func:`rtpurbo.causal_lm.headwise_class` of its own (``model(ids)`` and ``model.generate()`` then run through
+    a head-wise cache). ``check_windows``: :func:`check_local_windows` (a loaded artifact is rebuilt as it was
+    saved, without it)."""
     family = family_of(model.config)
     num_layers, num_kv, num_q, _ = geometry(model.config)
     plan.check_model(num_layers, num_kv, num_q)
@@ -47,6 +50,7 @@ def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig, check_window
         )
     model._rtpurbo_previous_attn = (model.config._attn_implementation, originals)  # plain attribute: not a submodule
     set_attn_implementation(model, ATTN_IMPLEMENTATION)
+    model.__class__ = headwise_class(type(model))  # model(ids) and model.generate() start a head-wise cache
     model.rtpurbo_plan = plan
     model.rtpurbo_sparse = sparse
     return model
@@ -92,6 +96,8 @@ def unconvert(model: nn.Module) -> nn.Module:
     for layer, attn in zip(getattr(model, "model", model).layers, originals):
         layer.self_attn = attn
     set_attn_implementation(model, implementation)
+    if type(model) is headwise_class(base_class(model)):  # an exported model's own class stays
+        model.__class__ = base_class(model)
     del model._rtpurbo_previous_attn
     model.rtpurbo_plan = None
     model.rtpurbo_sparse = None

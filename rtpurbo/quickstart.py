@@ -35,7 +35,7 @@ from .eval.scoring import decode_step
 from .eval.speed import measure_speed_paired
 from .data.task_data import perplexity_windows
 from .families import geometry
-from .generate import prefill
+from .prefill import prefill
 from .memory import KVGeometry, kv_table
 from .pipeline import plan_summary, run_profile
 

@@ -7,7 +7,8 @@ from rtpurbo.cache import HeadwiseCache
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import apply_plan, convert
 from rtpurbo.families import geometry
-from rtpurbo.generate import PromptTooLong, generate, prefill
+from rtpurbo.generate import PromptTooLong, generate
+from rtpurbo.prefill import prefill
 from rtpurbo.testing import tiny_model
 
 from .conftest import random_ids

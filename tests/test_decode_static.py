@@ -19,7 +19,7 @@ from rtpurbo.cache import HeadwiseCache
 from rtpurbo.config import SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.decode_graph import GraphedDecoder
-from rtpurbo.generate import prefill
+from rtpurbo.prefill import prefill
 from rtpurbo.testing import tiny_model
 
 from .conftest import random_ids

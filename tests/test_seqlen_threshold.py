@@ -14,7 +14,8 @@ from rtpurbo.cache import HeadwiseCache
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.decode_graph import GraphedDecoder
-from rtpurbo.generate import generate, prefill
+from rtpurbo.generate import generate
+from rtpurbo.prefill import prefill
 from rtpurbo.testing import tiny_model
 
 from .conftest import random_ids

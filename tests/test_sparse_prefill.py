@@ -172,9 +172,9 @@ def test_a_dense_tail_as_long_as_the_prompt_is_the_dense_prefill():
 
 
 def test_the_dense_tail_covers_the_prompts_last_tokens_whatever_the_chunks():
-    """rtpurbo.generate.prefill tells the cache where the prompt ends: a dense tail of 300 spans the last two chunks
+    """rtpurbo.prefill.prefill tells the cache where the prompt ends: a dense tail of 300 spans the last two chunks
     of 256 and the next token's logits equal a one-chunk prefill's; with each chunk's own tail they do not."""
-    from rtpurbo.generate import prefill
+    from rtpurbo.prefill import prefill
 
     model = _model("llama", prefill_top_p=0.5, prefill_scoring="mass", prefill_dense_tail=300)
     ids = random_ids(1, 1281, seed=7)
@@ -244,9 +244,10 @@ def test_sparse_prefill_blocks_are_positions_whatever_the_padding(monkeypatch):
 
 
 def test_prefill_chunks_of_any_size_give_the_one_shot_sparse_prefill(monkeypatch):
-    """rtpurbo.generate.prefill cuts a sparse-prefill prompt on whole blocks, so a chunk size that is not a multiple
+    """rtpurbo.prefill.prefill cuts a sparse-prefill prompt on whole blocks, so a chunk size that is not a multiple
     of the block (or smaller than one) still gives the one-shot result."""
-    from rtpurbo.generate import chunk_bounds, generate
+    from rtpurbo.generate import generate
+    from rtpurbo.prefill import chunk_bounds
     from rtpurbo.ops import api
 
     assert chunk_bounds(300, 20, 0, 128) == [(0, 128), (128, 256), (256, 300)]

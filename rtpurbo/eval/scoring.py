@@ -38,7 +38,7 @@ from .._compat import cache_kwarg
 from ..cache import HeadwiseCache
 from ..data.tasks import TaskSample
 from ..decode_graph import GraphedDecoder
-from ..generate import prefill
+from ..prefill import prefill
 from ..stats import N_BOOTSTRAP
 
 DECODE_MODES = ("eager", "graph")

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..cache import HeadwiseCache
-from ..generate import prefill
+from ..prefill import prefill
 from .scoring import bootstrap, decode_step
 
 

@@ -2,31 +2,24 @@
 
 * :class:`HeadwiseCausalLM` — mixed into the base class by ``modeling_rtpurbo.py``:
   ``from_pretrained`` loads the base weights, then :func:`make_sparse` swaps the attention modules
-  and loads the indexers; ``forward`` without a cache (and ``use_cache`` on) starts a head-wise
-  cache where the base model would start a ``DynamicCache``; ``generate`` is :func:`generate`.
-* :func:`generate` — ``generate()`` through a :class:`~rtpurbo.cache.HeadwiseCache`. The prompt but
-  its last token is prefilled first, so the last prompt token and every new one are decoded: with
-  ``top_p < 1`` the retrieval heads attend over their indexer's selection for each of them, as in
-  :func:`rtpurbo.eval.scoring.score_batch`. A model that is still dense (a server built the base
-  class from ``architectures`` and found this function through transformers' custom-generate hook)
-  is made sparse on the first call.
+  and loads the indexers; ``forward`` and ``generate`` are :class:`rtpurbo.causal_lm.HeadwiseCausalLM`'s,
+  as for a model converted in process.
+* :func:`generate` — what transformers' custom-generate hook calls: a model that is still dense (a
+  server built the base class from ``architectures``) is made sparse on the first call, then it
+  generates as :func:`rtpurbo.causal_lm.generate`.
 """
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import GenerationMixin
 
-from .._compat import cache_kwarg
-from ..cache import HeadwiseCache
+from .. import causal_lm
 from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted
 from ..families import geometry
-from ..generate import prefill
 from ..headwise import LEGACY_EXPORT_FORMAT, exported_settings, is_rtp_llm_form
 
 FORMAT = "rtpurbo.export/2"
@@ -91,66 +84,21 @@ def make_sparse(model: nn.Module, source: str | None = None) -> nn.Module:
     return model
 
 
-def _given_cache(kwargs: dict[str, Any]) -> Any:
-    return kwargs.get("cache") if kwargs.get("cache") is not None else kwargs.get("past_key_values")
-
-
-def _one_sequence_per_prompt(model: nn.Module, kwargs: dict[str, Any]) -> None:
-    """Raise unless generation keeps one sequence per prompt (the head-wise cache cannot be reordered)."""
-    config = kwargs.get("generation_config") or model.generation_config
-    beams = kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
-    returned = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
-    if beams > 1 or returned > 1:
-        raise ValueError(f"the head-wise cache decodes one sequence per prompt; got num_beams={beams}, "
-                         f"num_return_sequences={returned} (pass use_cache=False to run without it)")
-
-
-def generate(*args: Any, model: nn.Module, **kwargs: Any) -> Any:
-    """``model.generate(...)`` through a head-wise cache (module docstring); arguments as transformers'.
-
-    ``model`` is keyword-only because transformers binds it with ``functools.partial(generate, model=...)``.
-    """
-    make_sparse(model)
-    if _given_cache(kwargs) is None and kwargs.get("use_cache", True) is not False:
-        _one_sequence_per_prompt(model, kwargs)
-        cache = HeadwiseCache(model)
-        input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
-        if input_ids is not None and input_ids.shape[1] > 1:
-            if kwargs.get("attention_mask") is None:  # generate() slices the prompt by the cache only with a mask
-                kwargs["attention_mask"] = torch.ones_like(input_ids)
-            mask = kwargs["attention_mask"]
-            prefill(model, cache, input_ids[:, :-1], mask[:, :-1], chunk=input_ids.shape[1] - 1)
-        kwargs[cache_kwarg()] = cache
-    return GenerationMixin.generate(model, *args, **kwargs)
-
-
-class HeadwiseCausalLM:
-    """Mixin placed before a transformers ``...ForCausalLM`` class by an exported ``modeling_rtpurbo.py``."""
+class HeadwiseCausalLM(causal_lm.HeadwiseCausalLM):
+    """Mixin placed before a transformers ``...ForCausalLM`` class by an exported ``modeling_rtpurbo.py``:
+    :class:`rtpurbo.causal_lm.HeadwiseCausalLM` whose ``from_pretrained`` also makes the model sparse."""
 
     _keys_to_ignore_on_load_unexpected = [r"\.indexer\."]  # the base class loads first, the indexers after
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Give the subclass's ``forward`` the base class's signature: transformers' ``generate()`` passes
-        ``position_ids`` (counted along the attention mask, so left padding does not shift RoPE) only to a
-        ``forward`` that declares them."""
-        super().__init_subclass__(**kwargs)
-        base_forward = super(HeadwiseCausalLM, cls).forward
-
-        @functools.wraps(base_forward)
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
-            return HeadwiseCausalLM.forward(self, *args, **kwargs)
-
-        cls.forward = forward
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> nn.Module:
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         return make_sparse(model, str(pretrained_model_name_or_path))
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if _given_cache(kwargs) is None and kwargs.get("use_cache", self.config.use_cache):
-            kwargs[cache_kwarg()] = HeadwiseCache(self)
-        return super().forward(*args, **kwargs)
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return generate(*args, model=self, **kwargs)
+def generate(*args: Any, model: nn.Module, **kwargs: Any) -> Any:
+    """``generate()`` of an exported model found through transformers' custom-generate hook: a model that is
+    still dense (a server built the base class from ``architectures``) is made sparse on the first call, then
+    generation runs as :func:`rtpurbo.causal_lm.generate`. ``model`` is keyword-only because transformers binds
+    it with ``functools.partial(generate, model=...)``."""
+    return causal_lm.generate(make_sparse(model), *args, **kwargs)

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import transformers
 
-from .. import __version__
+from .. import __version__, causal_lm
 from ..convert import is_converted, kv_order
 from ..families import geometry
 from ..files import written_whole
@@ -62,7 +62,7 @@ def export(model: nn.Module, tokenizer: Any, out_dir: str | Path, max_shard_size
             "rtpurbo export needs a converted model (an rtpurbo artifact such as smollm2-135m-rtpurbo, or a model "
             "passed through rtpurbo.convert.convert); a dense model has no head roles or indexers to export"
         )
-    base_class = type(model).__name__
+    base_class = causal_lm.base_class(model).__name__
     if not isinstance(getattr(transformers, base_class, None), type):
         raise ExportError(f"{base_class} is not a transformers class; export needs a transformers causal LM")
     out_dir = Path(out_dir)

@@ -1,0 +1,112 @@
+"""A converted model as transformers' users call it: ``model(ids)`` and ``model.generate()``.
+
+:func:`rtpurbo.convert.convert` gives the model the class ``headwise_class(type(model))``: the base
+class (same name, same ``isinstance``) with :class:`HeadwiseCausalLM` placed before it. An exported
+directory's ``modeling_rtpurbo.py`` builds its class the same way, so a model converted in process and
+one loaded with ``trust_remote_code`` behave alike:
+
+* ``forward`` without a cache (``use_cache`` on) starts a :class:`~rtpurbo.cache.HeadwiseCache` where
+  the base model would start a ``DynamicCache``, which a converted model cannot use;
+* ``generate()`` runs through a head-wise cache (:func:`generate`). The prompt but its last token is
+  prefilled first, so the last prompt token and every new one are decoded: with ``top_p < 1`` the
+  retrieval heads attend over their indexer's selection for each of them, as in
+  :func:`rtpurbo.generate.generate` and :func:`rtpurbo.eval.scoring.score_batch`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers import GenerationMixin
+
+from ._compat import cache_kwarg
+from .cache import HeadwiseCache
+from .modules.sparse_attention import SparseAttention
+from .prefill import prefill
+
+
+def given_cache(kwargs: dict[str, Any]) -> Any:
+    """The cache a caller passed, under either argument name (None without one)."""
+    return kwargs.get("cache") if kwargs.get("cache") is not None else kwargs.get("past_key_values")
+
+
+def one_sequence_per_prompt(model: nn.Module, kwargs: dict[str, Any]) -> None:
+    """Raise unless generation keeps one sequence per prompt (the head-wise cache cannot be reordered)."""
+    config = kwargs.get("generation_config") or model.generation_config
+    beams = kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
+    returned = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
+    if beams > 1 or returned > 1:
+        raise ValueError(f"the head-wise cache decodes one sequence per prompt; got num_beams={beams}, "
+                         f"num_return_sequences={returned} (pass use_cache=False to run without it)")
+
+
+def generate(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """transformers' ``generate()`` of a converted model through a head-wise cache (module docstring); the
+    arguments are transformers'. A caller's own cache, or ``use_cache=False``, is passed through as given."""
+    if given_cache(kwargs) is None and kwargs.get("use_cache", True) is not False:
+        one_sequence_per_prompt(model, kwargs)
+        cache = HeadwiseCache(model)
+        input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+        if input_ids is not None and input_ids.shape[1] > 1:
+            if kwargs.get("attention_mask") is None:  # generate() slices the prompt by the cache only with a mask
+                kwargs["attention_mask"] = torch.ones_like(input_ids)
+            mask = kwargs["attention_mask"]
+            prefill(model, cache, input_ids[:, :-1], mask[:, :-1], chunk=input_ids.shape[1] - 1)
+        kwargs[cache_kwarg()] = cache
+    return GenerationMixin.generate(model, *args, **kwargs)
+
+
+class HeadwiseCausalLM:
+    """Mixin placed before a transformers ``...ForCausalLM`` class (module docstring)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give a subclass that has a base model class the base ``forward``'s signature: transformers'
+        ``generate()`` passes ``position_ids`` (counted along the attention mask, so left padding does not
+        shift RoPE) only to a ``forward`` that declares them."""
+        super().__init_subclass__(**kwargs)
+        base_forward = getattr(super(HeadwiseCausalLM, cls), "forward", None)
+        if base_forward is None:  # a mixin refining this one, not yet placed before a model class
+            return
+
+        @functools.wraps(base_forward)
+        def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return HeadwiseCausalLM.forward(self, *args, **kwargs)
+
+        cls.forward = forward
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        use_cache = kwargs.get("use_cache")
+        if use_cache is None:
+            use_cache = self.config.use_cache
+        if given_cache(kwargs) is None and use_cache and _runs_sparse(self):
+            kwargs[cache_kwarg()] = HeadwiseCache(self)
+        return super().forward(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return generate(self, *args, **kwargs)
+
+
+def _runs_sparse(model: nn.Module) -> bool:
+    """True unless the model is running its original attention (the stage-2 teacher) or is not converted."""
+    if getattr(model, "rtpurbo_plan", None) is None:
+        return False
+    return isinstance(getattr(model, "model", model).layers[0].self_attn, SparseAttention)
+
+
+@functools.cache
+def headwise_class(base: type) -> type:
+    """``base`` (a transformers causal-LM class) with :class:`HeadwiseCausalLM` before it, under the same
+    name, so that ``save_pretrained`` still writes the base class into ``architectures``."""
+    if issubclass(base, HeadwiseCausalLM):
+        return base
+    return type(base.__name__, (HeadwiseCausalLM, base), {"__module__": base.__module__,
+                                                          "__qualname__": base.__qualname__,
+                                                          "__doc__": base.__doc__})
+
+
+def base_class(model: nn.Module) -> type:
+    """The transformers class a converted (or exported) model was built on: the first class of its MRO that
+    does not derive from :class:`HeadwiseCausalLM`."""
+    return next(cls for cls in type(model).__mro__ if not issubclass(cls, HeadwiseCausalLM))

@@ -1,0 +1,100 @@
+"""A model converted in process behaves as transformers' users call it: model(ids), model.generate(), lm-eval."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rtpurbo import io
+from rtpurbo.config import HeadPlan, SparseConfig
+from rtpurbo.convert import convert, unconvert
+from rtpurbo.families import geometry
+from rtpurbo.generate import generate
+from rtpurbo.testing import tiny_model, tiny_tokenizer
+from rtpurbo.train.teacher import original_attention
+
+from .conftest import random_ids
+from .exported import SPARSE, trained_artifact
+
+
+def _converted(family: str):
+    model = tiny_model(family)
+    layers, num_kv, num_q, _ = geometry(model.config)
+    base_class = type(model)
+    convert(model, HeadPlan(layers, num_kv, num_q, [[0]] + [[]] * (layers - 1)), SparseConfig(**SPARSE))
+    return model, base_class
+
+
+def _padded(batch: int = 3, length: int = 24):
+    ids = random_ids(batch, length, seed=3)
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):
+        mask[row, : 5 * row] = 0
+    return ids, mask
+
+
+def test_forward_starts_a_headwise_cache_and_keeps_the_base_class(family, tmp_path):
+    model, base_class = _converted(family)
+    ids = random_ids(2, 20)
+    with torch.no_grad():
+        out = model(ids)  # the base model would start a DynamicCache, which a converted model cannot use
+        assert type(out.past_key_values).__name__ == "HeadwiseCache"
+        assert torch.equal(out.logits, model(ids, use_cache=False).logits)
+        assert model(ids, use_cache=None).past_key_values is not None  # None means the config's use_cache
+    assert isinstance(model, base_class) and type(model).__name__ == base_class.__name__
+    model.save_pretrained(tmp_path / "hf")  # writes its class into architectures: the base class, loadable
+    assert model.config.architectures == [base_class.__name__]
+    unconvert(model)
+    assert type(model) is base_class
+
+
+def test_generate_matches_rtpurbo_generate_on_a_padded_batch(family):
+    model, _ = _converted(family)
+    ids, mask = _padded()
+    expected = generate(model, tiny_tokenizer(), ids, mask, max_new_tokens=6).sequences
+    got = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                         pad_token_id=tiny_tokenizer().pad_token_id)
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="one sequence per prompt"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, num_beams=2)
+
+
+def test_training_forward_and_the_teacher_through_the_default_cache():
+    """Gradients through the default head-wise cache are those without a cache; the stage-2 teacher's
+    original attention runs without one (it is the dense base model)."""
+    model, _ = _converted("llama")
+    base = tiny_model("llama")
+    ids = random_ids(2, 20)
+    grads = []
+    for use_cache in (None, False):
+        model.zero_grad()
+        model(ids, labels=ids, use_cache=use_cache).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert grads[0] and all(torch.equal(a, b) for a, b in zip(*grads))
+    with torch.no_grad(), original_attention(model):
+        out = model(ids)
+        assert out.past_key_values is not None and type(out.past_key_values).__name__ != "HeadwiseCache"
+        torch.testing.assert_close(out.logits, base(ids).logits)
+
+
+def test_lm_eval_takes_a_model_converted_in_process(tmp_path):
+    """lm-evaluation-harness's HFLM over the model object (no export): its greedy generation is rtpurbo's and its
+    log-likelihoods are the model's own."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    artifact, _ = trained_artifact(tmp_path, "llama", [[1], []])
+    model, tokenizer = io.load(artifact)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, max_length=64, device="cpu")
+    contexts = ["w5 w6 w7 w8 w9 w10 w11 w12", "w20 w21 w22 w23 w24 w25"]
+    generated = lm.generate_until([Instance("generate_until", {}, (c, {"until": ["w255"], "max_gen_toks": 5,
+                                                                          "do_sample": False}), i)
+                                   for i, c in enumerate(contexts)])
+    for context, text in zip(contexts, generated):
+        ids = tokenizer(context, return_tensors="pt").input_ids
+        expected = generate(model, tokenizer, ids, max_new_tokens=5).new_tokens[0]
+        assert text == tokenizer.decode(expected, skip_special_tokens=True)
+    (loglikelihood, _), = lm.loglikelihood([Instance("loglikelihood", {}, (contexts[0], " w13 w14"), 0)])
+    full = tokenizer(contexts[0] + " w13 w14", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logprobs = model(full, use_cache=False).logits.log_softmax(-1)[0, -3:-1]
+    assert loglikelihood == pytest.approx(logprobs.gather(-1, full[0, -2:, None]).sum().item(), abs=1e-4)
