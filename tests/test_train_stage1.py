@@ -101,3 +101,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path, mon
                       make_runtime("cpu"))
     state = json.loads((tmp_path / "latest" / "state.json").read_text())
     assert state["step"] == 2
+
+
+def test_history_reports_the_rate_each_step_used(shards):
+    """Linear warm-up over 2 steps, then a cosine decay to 0 at step 6: step s trains at the rate of s."""
+    import math
+
+    report = train_indexer(converted_llama(), shards, settings(steps=6), make_runtime("cpu"))
+    expected = [0.0, 0.5] + [0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(2, 6)]
+    assert [h["lr"] for h in report["history"]] == pytest.approx([1e-2 * e for e in expected])
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_about():
+    with pytest.warns(UserWarning, match="never reaches 0.001 \\(at most 0.000333\\)"):
+        LoopSettings(steps=11, warmup=30, lr=1e-3)

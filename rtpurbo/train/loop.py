@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +54,10 @@ class LoopSettings:
         if self.steps < 1 or self.batch_size < 1 or self.warmup < 0:
             raise ValueError(f"steps and batch_size must be >= 1, warmup >= 0 (got {self.steps}, "
                              f"{self.batch_size}, {self.warmup})")
+        if self.warmup >= self.steps:
+            warnings.warn(f"a warm-up of {self.warmup} steps in a run of {self.steps}: the learning rate never "
+                          f"reaches {self.lr:g} (at most {self.lr * (self.steps - 1) / self.warmup:.3g}); "
+                          f"lower the warm-up (--warmup / --indexer-warmup / --distill-warmup)", stacklevel=2)
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share (everything that changes the computation)."""
@@ -205,10 +210,11 @@ def _one_step(runtime, wrapped, optimizer, scheduler, groups, shards, settings, 
         key = "grad_norm" if i == 0 else f"grad_norm_{group.get('name', i)}"
         norms[key] = float(acc.clip_grad_norm_(group["params"], settings.max_grad_norm))
         _guard(norms[key], "gradient norm", step, settings)
+    lr = scheduler.get_last_lr()[0]  # the rate this step uses; scheduler.step() sets the next one's
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return {**reported, **norms, "lr": scheduler.get_last_lr()[0], "step": step}
+    return {**reported, **norms, "lr": lr, "step": step}
 
 
 def _guard(value: float, what: str, step: int, settings: LoopSettings) -> None:
