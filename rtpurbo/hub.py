@@ -18,12 +18,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import ModelNotFound
-
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 IGNORE_PATTERNS = ["original/*"]
 _TRUE = {"1", "on", "yes", "true"}
+
+
+class ModelNotFound(FileNotFoundError):
+    """A ``--model`` value that names nothing loadable (a Hub id, or a local name or path: :mod:`rtpurbo.models`)."""
 
 
 @dataclass(frozen=True)

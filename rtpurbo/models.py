@@ -18,6 +18,7 @@ import torch
 
 from ._compat import from_pretrained_kwargs
 from .families import family_of
+from .hub import ModelNotFound, is_hub_id, snapshot
 
 DEFAULT_MODEL = "smollm2-135m"
 # name -> (python package that ships it, file inside the package)
@@ -28,10 +29,6 @@ EMBEDDED: dict[str, tuple[str, str]] = {
 EMBEDDED_ADAPTERS: dict[str, Path] = {
     "smollm2-135m-rtpurbo": Path(__file__).parent / "adapters" / "smollm2-135m-rtpurbo",
 }
-
-
-class ModelNotFound(FileNotFoundError):
-    """A ``--model`` value that names nothing loadable."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +60,6 @@ def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
 
     ``revision`` (branch, tag or commit) applies to Hub ids only.
     """
-    from .hub import is_hub_id, snapshot
-
     if revision is not None and not is_hub_id(spec):
         raise ModelNotFound(f"--revision {revision!r} applies to Hugging Face ids (org/name), not to {spec!r}")
     if spec in EMBEDDED:
