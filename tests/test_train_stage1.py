@@ -112,6 +112,6 @@ def test_history_reports_the_rate_each_step_used(shards):
     assert [h["lr"] for h in report["history"]] == pytest.approx([1e-2 * e for e in expected])
 
 
-def test_a_warmup_as_long_as_the_run_is_warned_about():
-    with pytest.warns(UserWarning, match="never reaches 0.001 \\(at most 0.000333\\)"):
-        LoopSettings(steps=11, warmup=30, lr=1e-3)
+def test_a_warmup_as_long_as_the_run_is_warned_about(shards):
+    with pytest.warns(UserWarning, match="never reaches 0.01 \\(at most 0.000333\\)"):
+        train_indexer(converted_llama(), shards, settings(steps=2, warmup=30), make_runtime("cpu"))

@@ -138,3 +138,14 @@ def test_distillation_runs_on_cuda_past_the_window(tmp_path, student_prefill, sc
     report = distill(model, shards, run, make_runtime("cuda"))
     assert report["steps_done"] == 4 and all(math.isfinite(h["kl"]) for h in report["history"])
     assert math.isfinite(report["heldout_kl_after"])
+
+
+def test_default_rate_with_a_warmup_longer_than_the_run(shards):
+    """The learning rate of stage 2 defaults by what it trains (lr None until then); a short run with the default
+    warm-up warns with that rate and trains."""
+    short = replace(settings("lora", steps=2), loop=LoopSettings(steps=2, batch_size=2, lr=None, progress=False))
+    with pytest.warns(UserWarning, match="a warm-up of 30 steps in a run of 2"):
+        report = distill(converted_llama(), shards, short, make_runtime("cpu"))
+    assert report["steps_done"] == 2
+    used = report["settings"]["loop"]["lr"]  # the rate it used, not None
+    assert used > 0 and report["history"][1]["lr"] == pytest.approx(used / 30)

@@ -54,10 +54,6 @@ class LoopSettings:
         if self.steps < 1 or self.batch_size < 1 or self.warmup < 0:
             raise ValueError(f"steps and batch_size must be >= 1, warmup >= 0 (got {self.steps}, "
                              f"{self.batch_size}, {self.warmup})")
-        if self.warmup >= self.steps:
-            warnings.warn(f"a warm-up of {self.warmup} steps in a run of {self.steps}: the learning rate never "
-                          f"reaches {self.lr:g} (at most {self.lr * (self.steps - 1) / self.warmup:.3g}); "
-                          f"lower the warm-up (--warmup / --indexer-warmup / --distill-warmup)", stacklevel=2)
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share (everything that changes the computation)."""
@@ -145,6 +141,10 @@ def run_loop(
     from transformers import get_cosine_schedule_with_warmup
 
     acc = runtime.accelerator
+    if settings.warmup >= settings.steps and runtime.is_main:
+        warnings.warn(f"a warm-up of {settings.warmup} steps in a run of {settings.steps}: the learning rate never "
+                      f"reaches {settings.lr:g} (at most {settings.lr * (settings.steps - 1) / settings.warmup:.3g}); "
+                      "lower the warm-up (--warmup / --indexer-warmup / --distill-warmup)", stacklevel=2)
     if settings.batch_size % runtime.world:
         raise ValueError(f"batch size {settings.batch_size} is not a multiple of the {runtime.world} processes")
     optimizer = torch.optim.AdamW(param_groups, lr=settings.lr, weight_decay=settings.weight_decay)

@@ -166,8 +166,8 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
                     "indexer_queries": settings.indexer_queries, "eval_sequences": settings.eval_sequences,
                     "student_prefill": settings.student_prefill, "student_scoring": settings.student_scoring,
                     "indexers_at_start": start}
-        result = run_loop(runtime, model, objective, groups, train_rows, _with_lr(loop, groups), identity, step_fn,
-                          on_checkpoint)
+        loop = _with_lr(loop, groups)  # the report, like the checkpoints, records the rate used
+        result = run_loop(runtime, model, objective, groups, train_rows, loop, identity, step_fn, on_checkpoint)
         after = heldout_kl(model, teacher, held_out, settings, runtime)
     model.eval()
     return {
