@@ -119,13 +119,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .io import ArtifactError
     from .models import ModelNotFound
     from .ops.api import BackendUnavailable
-    from .train.checkpoint import CheckpointMismatch
+    from .train.checkpoint import CheckpointInTheWay, CheckpointMismatch
     from .train.data import NotEnoughData, ShardMismatch
+    from .train.loop import TrainingDiverged
     from .train.stage2_distill import TrainedBase
 
-    return (ArtifactError, BackendUnavailable, CheckpointMismatch, ExportError, ModelNotFound, NotAnEarlierOutput,
-            NotEnoughData, PlanMismatch, PromptTooLong, SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable,
-            TooFewSamples, TrainedBase, UnknownSource, UnsupportedModel, UserDataError)
+    return (ArtifactError, BackendUnavailable, CheckpointInTheWay, CheckpointMismatch, ExportError, ModelNotFound,
+            NotAnEarlierOutput, NotEnoughData, PlanMismatch, PromptTooLong, SampleTooShort, SettingsError, ShardMismatch,
+            SourceUnavailable, TooFewSamples, TrainedBase, TrainingDiverged, UnknownSource, UnsupportedModel,
+            UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,13 @@ def count_value(value: str) -> int:
     return number
 
 
+def count_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
+    return number
+
+
 def positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:

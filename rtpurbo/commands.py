@@ -86,6 +86,10 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
     check_replaceable(args.out, io.CONFIG_NAME)  # before profiling and training, not after
+    if args.train:
+        from .train.commands import check_checkpoints
+
+        check_checkpoints(args, ["indexer", "distill"])
     model, tokenizer = _load(args)
     from_plan: dict[str, int] = {}
     if args.plan is not None:

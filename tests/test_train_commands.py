@@ -111,3 +111,46 @@ def test_convert_train_runs_stage2_only_after_a_finished_stage1(tmp_path):
     args.out, args.device, args.json = tmp_path / "artifact", "cpu", True
     resumed = train_converted(args, model, tokenizer)
     assert resumed["indexer"]["steps_done"] == 3 and resumed["distill"]["steps_done"] == 2
+
+
+def test_a_run_without_resume_never_writes_over_a_checkpoint(tmp_path, capsys):
+    """A run stopped by its time budget keeps its checkpoint; the same command without --resume is refused before
+    any work (it would overwrite that checkpoint step by step), and --resume with nothing to resume says so."""
+    from rtpurbo.cli import main
+
+    model, _ = converted_from_disk(tmp_path)
+    io.save(model, tmp_path / "converted")
+    make_tiny_shards(tmp_path / "shards", seq_len=64, sequences=8)
+    argv = ["train-indexer", "--model", str(tmp_path / "converted"), "--data", str(tmp_path / "shards"),
+            "--device", "cpu", "--steps", "3", "--warmup", "0", "--out", str(tmp_path / "indexed")]
+    assert main(argv + ["--time-budget", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "indexer stopped early after 1 of 3 steps (time budget)" in out and "--resume to finish" in out
+    checkpoint = tmp_path / "indexed.checkpoints" / "indexer" / "latest" / "state.json"
+    before = checkpoint.read_text()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds the checkpoint of an earlier run (step 1 of 3): pass --resume" in err
+    assert checkpoint.read_text() == before
+    assert main(argv + ["--resume"]) == 0
+    assert json.loads(checkpoint.read_text())["step"] == 3
+    assert main(argv + ["--resume", "--checkpoint-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "b")]) == 0
+    assert f"--resume: no checkpoint in {tmp_path / 'typo' / 'indexer'}; starting from step 0" in capsys.readouterr().out
+
+
+def test_training_flags_and_crops_that_cannot_work_are_refused_before_any_work(tmp_path, capsys):
+    from rtpurbo.cli import main
+
+    for flag, value in [("--checkpoint-every", "0"), ("--queries", "0"), ("--seq-len", "-8"), ("--warmup", "-1"),
+                        ("--eval-sequences", "0"), ("--time-budget", "nan"), ("--lr", "0")]:
+        with pytest.raises(SystemExit):
+            parser().parse_args(["train-indexer", "--model", "m", "--data", "d", "--out", "o", flag, value])
+        assert f"argument {flag}" in capsys.readouterr().err
+    model, _ = converted_from_disk(tmp_path)
+    io.save(model, tmp_path / "converted")
+    make_tiny_shards(tmp_path / "mix", seq_len=64, sequences=8, synthetic_ratio=0.5)
+    argv = ["train-indexer", "--model", str(tmp_path / "converted"), "--data", str(tmp_path / "mix"), "--device",
+            "cpu", "--steps", "2", "--warmup", "0", "--out", str(tmp_path / "indexed")]
+    assert main(argv + ["--seq-len", "32"]) == 2  # the needle rows end with their question and answer
+    assert "synthetic rows of 64 tokens, each ending with its question and answer" in capsys.readouterr().err
+    assert main(argv + ["--seq-len", "64"]) == 0

@@ -29,6 +29,10 @@ class CheckpointMismatch(ValueError):
     """A checkpoint from another run (settings, data or stage differ)."""
 
 
+class CheckpointInTheWay(ValueError):
+    """A run without ``--resume`` would write over an earlier run's checkpoint."""
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trainable parameters by name, on CPU, contiguous."""
     return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
@@ -48,6 +52,19 @@ def save_checkpoint(
 
 def has_checkpoint(directory: str | Path | None) -> bool:
     return directory is not None and (Path(directory) / LATEST / STATE).is_file()
+
+
+def check_start(directories: list[Path], resume: bool) -> list[Path]:
+    """Before a run's work: raise CheckpointInTheWay if, without ``resume``, one of ``directories`` holds a checkpoint
+    (its run, finished or not, would be overwritten step by step). Returns the directories holding one."""
+    found = [directory for directory in directories if has_checkpoint(directory)]
+    if found and not resume:
+        state = json.loads((found[0] / LATEST / STATE).read_text())
+        steps = (state.get("identity") or {}).get("steps", "?")
+        raise CheckpointInTheWay(f"{found[0]} holds the checkpoint of an earlier run (step {state.get('step')} of "
+                                 f"{steps}): pass --resume to continue it, or remove {found[0]} (or choose "
+                                 "--checkpoint-dir) to start over")
+    return found
 
 
 def load_checkpoint(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .. import io
-from ..cli_args import add_revision, positive_int, share_value
+from ..cli_args import add_revision, count_float, count_value, positive_float, positive_int, share_value
 from ..files import check_replaceable
 from ..data.needles import KINDS
 from ..data.user import RecordText, UserInput, chat_renderer, dataset_input, file_input
@@ -24,7 +24,8 @@ from ..models import DEFAULT_MODEL, source_record
 from ..models import load_tokenizer as load_model_tokenizer
 from ..ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, LONG_RANGE_KINDS, TASK_KINDS,
-                   PrepareSettings, load_shards, prepare_shards, round_robin_documents)
+                   PrepareSettings, check_crop, load_shards, prepare_shards, round_robin_documents)
+from .checkpoint import check_start
 from .lora import LoraSettings
 from .loop import LoopSettings, make_runtime
 from .stage1_indexer import IndexerSettings, train_indexer as run_stage1
@@ -130,14 +131,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_loop(p: argparse.ArgumentParser, prefix: str, steps: int, batch: int, lr: float | None) -> None:
     lr_help = "learning rate" if lr is not None else "learning rate (default per --trainable: lora 2e-4, " \
                                                      "attention 3e-5, all 1e-5)"
-    p.add_argument(f"--{prefix}steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
-    p.add_argument(f"--{prefix}batch-size", type=int, default=batch,
+    p.add_argument(f"--{prefix}steps", type=positive_int, default=steps, help=f"optimizer steps (default {steps})")
+    p.add_argument(f"--{prefix}batch-size", type=positive_int, default=batch,
                    help=f"sequences per step over all processes (default {batch})")
-    p.add_argument(f"--{prefix}lr", type=float, default=lr, help=lr_help)
-    p.add_argument(f"--{prefix}warmup", type=int, default=30, help="linear warm-up steps before the cosine decay")
-    p.add_argument(f"--{prefix}seq-len", type=int, help="crop sequences to this length (default: as prepared)")
-    p.add_argument(f"--{prefix}checkpoint-every", type=int, default=100, help="steps between checkpoints")
-    p.add_argument(f"--{prefix}time-budget", type=float, help="seconds; stop early (checkpointed) when spent")
+    p.add_argument(f"--{prefix}lr", type=positive_float, default=lr, help=lr_help)
+    p.add_argument(f"--{prefix}warmup", type=count_value, default=30, help="linear warm-up steps before the cosine decay")
+    p.add_argument(f"--{prefix}seq-len", type=positive_int, help="crop sequences to this length (default: as prepared)")
+    p.add_argument(f"--{prefix}checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")
+    p.add_argument(f"--{prefix}time-budget", type=count_float, help="seconds; stop early (checkpointed) when spent")
     p.add_argument(f"--{prefix}keep-checkpoints", action="store_true",
                    help="also save an artifact at every checkpoint (OUT.<stage>-step-NNNNN) to evaluate the run "
                         "part-way")
@@ -146,8 +147,8 @@ def _add_loop(p: argparse.ArgumentParser, prefix: str, steps: int, batch: int, l
 def _add_indexer(p: argparse.ArgumentParser, prefix: str) -> None:
     d = IndexerSettings()
     _add_loop(p, prefix, d.loop.steps, d.loop.batch_size, d.loop.lr)
-    p.add_argument(f"--{prefix}queries", type=int, default=d.queries, help="sampled query positions per sequence")
-    p.add_argument(f"--{prefix}eval-sequences", type=int, default=d.eval_sequences,
+    p.add_argument(f"--{prefix}queries", type=positive_int, default=d.queries, help="sampled query positions per sequence")
+    p.add_argument(f"--{prefix}eval-sequences", type=positive_int, default=d.eval_sequences,
                    help="held-out sequences for recall before/after")
 
 
@@ -156,16 +157,16 @@ def _add_distill(p: argparse.ArgumentParser, prefix: str) -> None:
     _add_loop(p, prefix, d.loop.steps, d.loop.batch_size, None)
     p.add_argument(f"--{prefix}trainable", choices=TRAINABLE, default=d.trainable,
                    help="lora (peft adapters on q/k/v/o), attention (those weights) or all; indexers always")
-    p.add_argument(f"--{prefix}lora-rank", type=int, default=d.lora.r)
-    p.add_argument(f"--{prefix}lora-alpha", type=int, default=d.lora.alpha)
-    p.add_argument(f"--{prefix}indexer-lr", type=float, default=d.indexer_lr)
-    p.add_argument(f"--{prefix}indexer-weight", type=float, default=d.indexer_weight,
+    p.add_argument(f"--{prefix}lora-rank", type=positive_int, default=d.lora.r)
+    p.add_argument(f"--{prefix}lora-alpha", type=positive_int, default=d.lora.alpha)
+    p.add_argument(f"--{prefix}indexer-lr", type=positive_float, default=d.indexer_lr)
+    p.add_argument(f"--{prefix}indexer-weight", type=count_float, default=d.indexer_weight,
                    help="weight of the indexer KL next to the distillation KL")
-    p.add_argument(f"--{prefix}logits-chunk", type=int, default=d.logits_chunk, help="positions per logits chunk")
+    p.add_argument(f"--{prefix}logits-chunk", type=positive_int, default=d.logits_chunk, help="positions per logits chunk")
     p.add_argument(f"--{prefix}no-gradient-checkpointing", action="store_true",
                    help="keep activations instead of recomputing them in backward: faster where memory allows "
                         "(SmolLM2 at 1 x 8K: 1.0 s/step and 13 GiB on an H200)")
-    p.add_argument(f"--{prefix}eval-sequences", type=int, default=d.eval_sequences)
+    p.add_argument(f"--{prefix}eval-sequences", type=positive_int, default=d.eval_sequences)
     p.add_argument(f"--{prefix}student-prefill", choices=STUDENT_PREFILL, default=d.student_prefill,
                    help="retrieval heads of the student in training: the block-sparse prefill (sparse, default: "
                         "also adapts to retrieval_prefill=sparse; the better adapter on SmolLM2, dense prefill included) "
@@ -209,6 +210,15 @@ def distill_settings(args: argparse.Namespace, prefix: str, checkpoint_dir: Path
 def _checkpoint_dir(args: argparse.Namespace, stage: str) -> Path:
     root = args.checkpoint_dir or args.out.with_name(args.out.name + ".checkpoints")
     return root / stage
+
+
+def check_checkpoints(args: argparse.Namespace, stages: list[str]) -> None:
+    """Before any work: a run without --resume never writes over an earlier run's checkpoints, and --resume with
+    nothing to resume says so (a mistyped --checkpoint-dir would otherwise start from step 0 unnoticed)."""
+    directories = [_checkpoint_dir(args, stage) for stage in stages]
+    if args.resume and not check_start(directories, resume=True):
+        _say(args, f"--resume: no checkpoint in {' or '.join(map(str, directories))}; starting from step 0")
+    check_start(directories, resume=args.resume)
 
 
 # --- handlers ------------------------------------------------------------------------------------
@@ -258,6 +268,7 @@ def synthetic_mix(args: argparse.Namespace, dev: bool) -> tuple[float, tuple[str
 def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo train-indexer``: artifact in, artifact out."""
     check_replaceable(args.out, io.CONFIG_NAME)  # before training, not after
+    check_checkpoints(args, ["indexer"])
     model, tokenizer = io.load(args.model, base=args.base)
     runtime = make_runtime(args.device, args.precision)
     settings = indexer_settings(args, "", _checkpoint_dir(args, "indexer"))
@@ -271,16 +282,21 @@ def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
 def distill(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo distill``: artifact in, artifact out."""
     check_replaceable(args.out, io.CONFIG_NAME)  # before training, not after
+    check_checkpoints(args, ["distill"])
     model, tokenizer = io.load(args.model, base=args.base)
     runtime = make_runtime(args.device, args.precision)
     settings = distill_settings(args, "", _checkpoint_dir(args, "distill"))
     report = run_stage2(model, load_shards(args.data, tokenizer), settings, runtime,
                         _snapshots(args, model, "", "distill"))
     if runtime.is_main:
-        _say(args, f"held-out KL(teacher || student): {report['heldout_kl_before']:.4f} -> "
-                   f"{report['heldout_kl_after']:.4f}  ({report['tokens_per_s']:.0f} tokens/s on "
-                   f"{report['world_size']} process(es))")
+        print_heldout_kl(args, report)
     return _finish(args, runtime, model, [report])
+
+
+def print_heldout_kl(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    _say(args, f"held-out KL(teacher || student): {report['heldout_kl_before']:.4f} -> "
+               f"{report['heldout_kl_after']:.4f}  ({report['tokens_per_s']:.0f} tokens/s on "
+               f"{report['world_size']} process(es))")
 
 
 def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
@@ -292,6 +308,8 @@ def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer:
         raise SystemExit("rtpurbo convert --train needs --data (shards from `rtpurbo data prepare`)")
     shards = load_shards(args.data, tokenizer)
     distill_shards = load_shards(args.distill_data, tokenizer) if args.distill_data else shards
+    check_crop(shards, args.indexer_seq_len)  # both stages' data, before stage 1 runs
+    check_crop(distill_shards, args.distill_seq_len)
     runtime = make_runtime(args.device, args.precision)
     stage1 = run_stage1(model, shards, indexer_settings(args, "indexer-", _checkpoint_dir(args, "indexer")), runtime,
                         _snapshots(args, model, "indexer-", "indexer"))
@@ -304,6 +322,9 @@ def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer:
         return {"indexer": summary(stage1), "distill": None}
     stage2 = run_stage2(model, distill_shards, distill_settings(args, "distill-", _checkpoint_dir(args, "distill")),
                         runtime, _snapshots(args, model, "distill-", "distill"))
+    if runtime.is_main:
+        print_heldout_kl(args, stage2)
+        _say_stopped_early(args, stage2)
     model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1), summary(stage2)]
     return {"indexer": summary(stage1), "distill": summary(stage2)}
 
@@ -319,9 +340,18 @@ def _snapshots(args: argparse.Namespace, model: torch.nn.Module, prefix: str, st
     return snapshot
 
 
+def _say_stopped_early(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    if report["stopped_early"]:
+        _say(args, f"{report['stage']} stopped early after {report['steps_done']} of "
+                   f"{report['settings']['loop']['steps']} steps (time budget); the model is saved as it stands. Run "
+                   "the same command with --resume to finish")
+
+
 def _finish(args: argparse.Namespace, runtime: Any, model: torch.nn.Module, reports: list[dict[str, Any]]) -> dict:
     model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(r) for r in reports]
     if runtime.is_main:
+        for report in reports:
+            _say_stopped_early(args, report)
         io.save(model, args.out)
         (args.out.with_name(args.out.name + ".report.json")).write_text(json.dumps(reports, indent=1) + "\n")
         _say(args, f"saved {args.out}")

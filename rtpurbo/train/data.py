@@ -401,6 +401,20 @@ def load_shards(path: str | Path, tokenizer: Any | None = None, pool: str | None
     return TokenShards(sequences, manifest, path)
 
 
+def check_crop(shards: TokenShards, seq_len: int | None) -> None:
+    """Raise ShardMismatch if cropping rows to their first ``seq_len`` tokens would cut the question and answer off
+    the shards' synthetic rows (a needle task ends with them), or ``seq_len`` is below 2."""
+    if seq_len is None:
+        return
+    if seq_len < 2:
+        raise ShardMismatch(f"--seq-len must be at least 2 tokens (got {seq_len})")
+    synthetic = shards.manifest.get("synthetic", {}).get("sequences", 0)
+    if seq_len < shards.seq_len and synthetic:
+        raise ShardMismatch(f"{shards.path} holds {synthetic} synthetic rows of {shards.seq_len} tokens, each ending "
+                            f"with its question and answer: cropping to {seq_len} tokens would cut those off; prepare "
+                            f"shards of {seq_len} tokens instead (rtpurbo data prepare --seq-len {seq_len})")
+
+
 def split_held_out(shards: TokenShards, count: int, seq_len: int | None) -> tuple[TokenShards, torch.Tensor]:
     """(training rows, the last ``count`` rows cropped to ``seq_len``) for before/after measurements."""
     if len(shards.sequences) <= count:

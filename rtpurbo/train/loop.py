@@ -25,7 +25,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from .data import TokenShards, batch_indices, fingerprint_shards
+from .data import TokenShards, batch_indices, check_crop, fingerprint_shards
 
 
 class TrainingDiverged(RuntimeError):
@@ -145,6 +145,7 @@ def run_loop(
         warnings.warn(f"a warm-up of {settings.warmup} steps in a run of {settings.steps}: the learning rate never "
                       f"reaches {settings.lr:g} (at most {settings.lr * (settings.steps - 1) / settings.warmup:.3g}); "
                       "lower the warm-up (--warmup / --indexer-warmup / --distill-warmup)", stacklevel=2)
+    check_crop(shards, settings.seq_len)
     if settings.batch_size % runtime.world:
         raise ValueError(f"batch size {settings.batch_size} is not a multiple of the {runtime.world} processes")
     optimizer = torch.optim.AdamW(param_groups, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -221,8 +222,9 @@ def _guard(value: float, what: str, step: int, settings: LoopSettings) -> None:
     if math.isfinite(value):
         return
     if has_checkpoint(settings.checkpoint_dir):
-        kept = f"the last good checkpoint is kept in {Path(settings.checkpoint_dir) / 'latest'}; resume from it " \
-               "with --resume after lowering the learning rate"
+        kept = (f"the last good checkpoint stays in {Path(settings.checkpoint_dir) / 'latest'}, but --resume keeps "
+                "every setting of its run, the learning rate included: start again with a lower learning rate "
+                "(or a longer warm-up) and another checkpoint directory")
     else:
         kept = "no checkpoint was written yet"
     raise TrainingDiverged(f"{what} is {value} at step {step}: training stopped; {kept}")
