@@ -122,12 +122,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .train.checkpoint import CheckpointInTheWay, CheckpointMismatch
     from .train.data import NotEnoughData, ShardMismatch
     from .train.loop import TrainingDiverged
-    from .train.stage2_distill import TrainedBase
+    from .train.stage2_distill import LoraMismatch, TrainedBase
 
-    return (ArtifactError, BackendUnavailable, CheckpointInTheWay, CheckpointMismatch, ExportError, ModelNotFound,
-            NotAnEarlierOutput, NotEnoughData, PlanMismatch, PromptTooLong, SampleTooShort, SettingsError, ShardMismatch,
-            SourceUnavailable, TooFewSamples, TrainedBase, TrainingDiverged, UnknownSource, UnsupportedModel,
-            UserDataError)
+    return (ArtifactError, BackendUnavailable, CheckpointInTheWay, CheckpointMismatch, ExportError, LoraMismatch,
+            ModelNotFound, NotAnEarlierOutput, NotEnoughData, PlanMismatch, PromptTooLong, SampleTooShort,
+            SettingsError, ShardMismatch, SourceUnavailable, TooFewSamples, TrainedBase, TrainingDiverged,
+            UnknownSource, UnsupportedModel, UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,3 +136,20 @@ def test_unconvert_restores_the_base_model():
     assert torch.equal(logits(model, ids), dense)
     assert model.config._attn_implementation == "sdpa"
     convert(model, plan_for(model, True), SparseConfig(window=8, sinks=2))  # convertible again
+
+
+def test_cpu_bf16_autocast_forward_with_both_roles():
+    """Under CPU autocast the attention of each role comes out in bf16 while the merged buffer follows q: the
+    merge casts (training with --precision bf16 on a CPU ran into index_copy_'s dtype check). The error budget is
+    the dense model's own under the same autocast."""
+    ids = random_ids(1, 24)
+    errors = []
+    for convert_it in (False, True):
+        model = tiny_model("llama")
+        if convert_it:
+            convert(model, mixed_plan(model), SparseConfig(window=64, sinks=2))  # W covers the prompt: same function
+        with torch.no_grad():
+            want = model(ids, use_cache=False).logits
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                errors.append((model(ids, use_cache=False).logits.float() - want).abs().max().item())
+    assert errors[1] <= 2 * errors[0]

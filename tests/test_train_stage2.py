@@ -149,3 +149,16 @@ def test_default_rate_with_a_warmup_longer_than_the_run(shards):
     assert report["steps_done"] == 2
     used = report["settings"]["loop"]["lr"]  # the rate it used, not None
     assert used > 0 and report["history"][1]["lr"] == pytest.approx(used / 30)
+
+
+def test_continuing_keeps_the_adapters_the_model_has(shards):
+    """A model with LoRA adapters trains those: the default settings become theirs (recorded as such), other
+    settings are refused."""
+    from rtpurbo.train.stage2_distill import LoraMismatch
+
+    model = converted_llama()
+    attach_lora(model, LoraSettings(r=2, alpha=4))
+    with pytest.raises(LoraMismatch, match="rank 2, alpha 4"):
+        distill(model, shards, replace(settings("lora", steps=2), lora=LoraSettings(r=8, alpha=4)), make_runtime("cpu"))
+    report = distill(model, shards, replace(settings("lora", steps=2), lora=LoraSettings()), make_runtime("cpu"))
+    assert report["settings"]["lora"]["r"] == 2 and model.rtpurbo_lora["r"] == 2

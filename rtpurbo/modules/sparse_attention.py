@@ -147,7 +147,7 @@ class SparseAttention(nn.Module):
                 if self.heads_contiguous:
                     into[:, :, : retrieval_out.shape[1]].copy_(retrieval_out.transpose(1, 2))
                 else:
-                    into.index_copy_(2, self.q_retrieval, retrieval_out.transpose(1, 2))
+                    into.index_copy_(2, self.q_retrieval, retrieval_out.transpose(1, 2).to(into.dtype))
             return into.view(into.shape[0], into.shape[1], -1)
         parts = [(t, index) for t, index in ((retrieval_out, self.q_retrieval), (local_out, self.q_local))
                  if t is not None]
@@ -161,7 +161,7 @@ class SparseAttention(nn.Module):
                 out[:, :, start : start + part.shape[1]].copy_(part.transpose(1, 2))
                 start += part.shape[1]
             else:
-                out.index_copy_(2, index, part.transpose(1, 2))
+                out.index_copy_(2, index, part.transpose(1, 2).to(out.dtype))  # roles may differ under autocast
         return out.view(batch, length, -1)
 
     # --- projections ----------------------------------------------------------------

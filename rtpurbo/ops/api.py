@@ -130,7 +130,7 @@ def attention(
         return result
     if out_heads is None:
         return out.copy_(result)
-    return out.index_copy_(1, out_heads.to(device=out.device, dtype=torch.long), result)
+    return out.index_copy_(1, out_heads.to(device=out.device, dtype=torch.long), result.to(out.dtype))  # as copy_ casts
 
 
 def plan(

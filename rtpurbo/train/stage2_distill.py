@@ -104,6 +104,25 @@ class TrainedBase(ValueError):
     """Stage 2 asked of a model whose base tensors an earlier stage 2 trained (its teacher would not be the base)."""
 
 
+class LoraMismatch(ValueError):
+    """LoRA settings other than those of the adapters the model already has."""
+
+
+def lora_in_effect(model: nn.Module, settings: DistillSettings) -> DistillSettings:
+    """``settings`` with the LoRA settings training will use: a model that already has adapters trains those, so
+    ``settings.lora`` must be theirs or the default (then it becomes theirs); anything else raises LoraMismatch."""
+    existing = getattr(model, "rtpurbo_lora", None)
+    if settings.trainable != "lora" or not has_lora(model) or existing is None:
+        return settings
+    existing = LoraSettings.from_dict(existing)
+    if settings.lora not in (existing, LoraSettings()):
+        raise LoraMismatch(f"this model already has LoRA adapters (rank {existing.r}, alpha {existing.alpha}), "
+                           f"which stage 2 continues to train; asked for rank {settings.lora.r}, alpha "
+                           f"{settings.lora.alpha}: drop --lora-rank / --lora-alpha, or distil from an artifact "
+                           "without adapters")
+    return replace(settings, lora=existing)
+
+
 def select_trainable(model: nn.Module, settings: DistillSettings) -> list[dict[str, Any]]:
     """Set requires_grad per ``settings.trainable``; returns optimizer parameter groups.
 
@@ -134,6 +153,7 @@ def distill(model: nn.Module, shards: TokenShards, settings: DistillSettings, ru
             on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run stage 2 on a converted ``model`` in place; returns the report. ``on_checkpoint``: see
     :func:`.loop.run_loop`."""
+    settings = lora_in_effect(model, settings)  # the report and the run identity record what is trained
     loop = settings.loop
     train_rows, held_out = split_held_out(shards, settings.eval_sequences, loop.seq_len)
     model.to(runtime.device)
