@@ -104,6 +104,10 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
 
         training = train_converted(args, model, tokenizer)
     io.save(model, args.out)
+    if training is not None:
+        from .train.commands import write_reports
+
+        write_reports(args.out, training.pop("reports"))
     say(args, f"saved {args.out} ({plan.num_retrieval()} retrieval KV heads, W={sparse.window}, S={sparse.sinks})")
     return {"out": str(args.out), "plan": plan_summary(plan), "sparse": sparse.to_dict(), "training": training}
 

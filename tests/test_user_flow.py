@@ -68,6 +68,8 @@ def test_hub_model_on_user_files_end_to_end(tmp_path, monkeypatch, capsys):
     config = io.read_config(tmp_path / "artifact")
     assert config["base_model"]["repo_id"] == REPO and config["base_model"]["commit"] == commit
     assert [h["stage"] for h in config["history"]] == ["indexer", "distill"]
+    reports = json.loads((tmp_path / "artifact.report.json").read_text())  # per-step histories, as train-indexer's
+    assert [len(r["history"]) for r in reports] == [2, 2] and "reports" not in converted["training"]
 
     run("eval", "--model", "artifact", "--device", "cpu", "--rows", "dense", "--ppl-data", "dev", "--out", "eval")
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -302,7 +302,8 @@ def print_heldout_kl(args: argparse.Namespace, report: dict[str, Any]) -> None:
 def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
     """The ``--train`` part of ``rtpurbo convert``: stage 1 then stage 2 on the converted model, in place.
 
-    Call between conversion and ``io.save``; the stage reports go into the artifact's history.
+    Call between conversion and ``io.save``; the stage summaries go into the artifact's history, and the full
+    reports (per-step history included) are returned under ``reports`` for :func:`write_reports`.
     """
     if args.data is None:
         raise SystemExit("rtpurbo convert --train needs --data (shards from `rtpurbo data prepare`)")
@@ -319,14 +320,14 @@ def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer:
         _say(args, f"stage 1 stopped early after {stage1['steps_done']} steps (time budget); stage 2 did not run. "
                    "Run the same command with --resume to finish stage 1, then stage 2 runs")
         model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1)]
-        return {"indexer": summary(stage1), "distill": None}
+        return {"indexer": summary(stage1), "distill": None, "reports": [stage1]}
     stage2 = run_stage2(model, distill_shards, distill_settings(args, "distill-", _checkpoint_dir(args, "distill")),
                         runtime, _snapshots(args, model, "distill-", "distill"))
     if runtime.is_main:
         print_heldout_kl(args, stage2)
         _say_stopped_early(args, stage2)
     model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1), summary(stage2)]
-    return {"indexer": summary(stage1), "distill": summary(stage2)}
+    return {"indexer": summary(stage1), "distill": summary(stage2), "reports": [stage1, stage2]}
 
 
 def _snapshots(args: argparse.Namespace, model: torch.nn.Module, prefix: str, stage: str):
@@ -347,13 +348,20 @@ def _say_stopped_early(args: argparse.Namespace, report: dict[str, Any]) -> None
                    "the same command with --resume to finish")
 
 
+def write_reports(out: Path, reports: list[dict[str, Any]]) -> Path:
+    """The stages' full reports beside the artifact ``out``: ``OUT.report.json``."""
+    path = out.with_name(out.name + ".report.json")
+    path.write_text(json.dumps(reports, indent=1) + "\n")
+    return path
+
+
 def _finish(args: argparse.Namespace, runtime: Any, model: torch.nn.Module, reports: list[dict[str, Any]]) -> dict:
     model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(r) for r in reports]
     if runtime.is_main:
         for report in reports:
             _say_stopped_early(args, report)
         io.save(model, args.out)
-        (args.out.with_name(args.out.name + ".report.json")).write_text(json.dumps(reports, indent=1) + "\n")
+        write_reports(args.out, reports)
         _say(args, f"saved {args.out}")
     runtime.accelerator.wait_for_everyone()
     return {"out": str(args.out), "reports": [summary(r) for r in reports]}
