@@ -51,9 +51,12 @@ def test_resumed_run_equals_uninterrupted(shards, tmp_path):
     resumed = converted_llama()
     first = settings(steps=6, checkpoint_dir=tmp_path, time_budget=0.0)  # stops (checkpointed) after step 0
     assert train_indexer(resumed, shards, first, make_runtime("cpu"))["steps_done"] == 1
+    state = json.loads((tmp_path / "latest" / "state.json").read_text())
+    (tmp_path / "latest" / "state.json").write_text(json.dumps({**state, "seconds": 1000.0}))  # a long first session
     fresh = converted_llama()  # a new process would start from the artifact again
     report = train_indexer(fresh, shards, settings(steps=6, checkpoint_dir=tmp_path, resume=True), make_runtime("cpu"))
     assert report["steps_done"] == 6 and len(report["history"]) == 6
+    assert 1000 <= report["seconds"] < 1100  # every session's training time
     for (name, a), b in zip(straight.named_parameters(), fresh.parameters()):
         assert torch.equal(a, b), name
 
@@ -115,3 +118,8 @@ def test_history_reports_the_rate_each_step_used(shards):
 def test_a_warmup_as_long_as_the_run_is_warned_about(shards):
     with pytest.warns(UserWarning, match="never reaches 0.01 \\(at most 0.000333\\)"):
         train_indexer(converted_llama(), shards, settings(steps=2, warmup=30), make_runtime("cpu"))
+
+
+def test_training_refuses_a_gpu_index_it_would_not_honour():
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES=1 and --device cuda"):
+        make_runtime("cuda:1")

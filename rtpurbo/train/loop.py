@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..cli_args import SettingsError
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .data import TokenShards, batch_indices, check_crop, fingerprint_shards
 
@@ -84,6 +85,9 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """An Accelerator for ``device`` (auto/cpu/cuda); precision auto = bf16 autocast on CUDA, fp32 on CPU."""
     from accelerate import Accelerator
 
+    if device.startswith("cuda:"):  # accelerate places each process on the GPU of its local rank
+        raise SettingsError(f"--device {device}: training picks its GPU per process; choose one with "
+                            f"CUDA_VISIBLE_DEVICES={device.split(':', 1)[1]} and --device cuda")
     cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is available")
@@ -102,7 +106,7 @@ class LoopResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps_done: int = 0
     stopped_early: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # of training, over every session of a resumed run
 
     def tokens_per_second(self, skip: int = 5) -> float:
         """Mean over steps after the first ``skip`` (compilation, allocator warm-up)."""
@@ -156,7 +160,7 @@ def run_loop(
     start = result.steps_done
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and runtime.is_main),
                desc=identity.get("stage", "train"))
-    began = time.perf_counter()
+    began, earlier = time.perf_counter(), result.seconds  # a resumed run's earlier sessions count too
     for step in range(start, settings.steps):
         tick = time.perf_counter()
         metrics = _one_step(runtime, wrapped, optimizer, scheduler, param_groups, shards, settings, step, step_fn)
@@ -167,6 +171,7 @@ def run_loop(
         bar.set_postfix({k: _short(v) for k, v in metrics.items() if k not in ("lr", "step")})
         over_budget = _over_budget(runtime, began, settings)
         last = step + 1 == settings.steps or over_budget
+        result.seconds = earlier + time.perf_counter() - began
         if settings.checkpoint_dir is not None and ((step + 1) % settings.checkpoint_every == 0 or last):
             _checkpoint(runtime, model, optimizer, scheduler, settings, identity, result)
             if on_checkpoint is not None and runtime.is_main:
@@ -175,7 +180,7 @@ def run_loop(
             result.stopped_early = True
             break
     bar.close()
-    result.seconds = time.perf_counter() - began
+    result.seconds = earlier + time.perf_counter() - began
     return result
 
 
@@ -184,7 +189,7 @@ def _resume(model: nn.Module, optimizer: Any, scheduler: Any, settings: LoopSett
     if not (settings.resume and has_checkpoint(settings.checkpoint_dir)):
         return LoopResult()
     state = load_checkpoint(settings.checkpoint_dir, model, optimizer, scheduler, identity)
-    return LoopResult(history=state["history"], steps_done=state["step"])
+    return LoopResult(history=state["history"], steps_done=state["step"], seconds=state.get("seconds", 0.0))
 
 
 def _seq_len(shards: TokenShards, settings: LoopSettings) -> int:
@@ -240,7 +245,7 @@ def _over_budget(runtime: Runtime, began: float, settings: LoopSettings) -> bool
 
 def _checkpoint(runtime, model, optimizer, scheduler, settings, identity, result: LoopResult) -> None:
     if runtime.is_main:
-        state = {"step": result.steps_done, "identity": identity, "history": result.history}
+        state = {"step": result.steps_done, "identity": identity, "history": result.history, "seconds": result.seconds}
         save_checkpoint(settings.checkpoint_dir, model, optimizer, scheduler, state)
     runtime.accelerator.wait_for_everyone()
 
