@@ -66,6 +66,8 @@ def test_train_indexer_then_distill_commands(tmp_path):
     kept = sorted(p.name for p in tmp_path.glob("final.distill-step-*"))
     assert kept == ["final.distill-step-00002", "final.distill-step-00003"]  # every checkpoint, the last included
     assert io.read_config(tmp_path / kept[0])["lora"]["r"] == 2
+    snapshot_history = io.read_config(tmp_path / kept[0])["history"]  # the stage it was taken in, so far
+    assert [h["stage"] for h in snapshot_history] == ["indexer", "distill"] and snapshot_history[-1]["steps_done"] == 2
     config = io.read_config(tmp_path / "final")
     assert [h["stage"] for h in config["history"]] == ["indexer", "distill"]
     assert config["lora"]["r"] == 2

@@ -336,7 +336,12 @@ def _snapshots(args: argparse.Namespace, model: torch.nn.Module, prefix: str, st
         return None
 
     def snapshot(step: int) -> None:
-        io.save(model, args.out.with_name(f"{args.out.name}.{stage}-step-{step:05d}"))
+        finished = list(getattr(model, "rtpurbo_history", []))
+        model.rtpurbo_history = finished + [{"stage": stage, "steps_done": step, "snapshot": True}]  # this stage so far
+        try:
+            io.save(model, args.out.with_name(f"{args.out.name}.{stage}-step-{step:05d}"))
+        finally:
+            model.rtpurbo_history = finished
 
     return snapshot
 
