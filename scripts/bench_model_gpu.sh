@@ -3,10 +3,12 @@
 #
 #   bash scripts/bench_model_gpu.sh           # Llama-3.1-8B geometry, 8 layers, 32K + 128K, OOM search (~3-4 min)
 #   bash scripts/bench_model_gpu.sh --quick   # smoke run: 2 layers, 4K + 16K (< 1 min)
+#   bash scripts/bench_model_gpu.sh --quick --oom-search   # the same, then 20 s of OOM search
 #
 # Further arguments go to `rtpurbo bench model` (e.g. --layers 32, --max-tokens 2048).
-# Writes to $OUT (default runs/bench-model): <name>.jsonl (one line per measurement, as it comes; the
-# whole result is the last line), <name>.md (report), stdout.txt (report + JSON line), stderr.txt (progress).
+# Writes to $OUT (default runs/bench-model): <name>.jsonl (one line per measurement, as it comes, appended:
+# a run starts with its config record and ends with its whole result), <name>.md (the latest run's report),
+# stdout.txt (report + JSON line), stderr.txt (progress).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/bench-model}"
@@ -17,6 +19,10 @@ if [ "${1:-}" = "--quick" ]; then
   shift
   args=(--quick --deadline 40 --out "$OUT/quick.jsonl")
   limit=110
+  if [[ " $* " == *" --oom-search "* ]]; then  # --deadline must exceed the search's reserve: 40 s to measure, 20 s to search
+    args=(--quick --deadline 60 --oom-reserve 20 --out "$OUT/quick.jsonl")
+    limit=130
+  fi
 else
   args=(--lengths 32K 128K --oom-search --deadline 240 --out "$OUT/model_bench.jsonl")
   limit=340

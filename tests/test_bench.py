@@ -1,16 +1,20 @@
 """rtpurbo bench: the end-to-end model benchmark on a tiny CPU model, the OOM search, the CLI."""
 import json
+import shlex
 
 import pytest
 import torch
 
-from rtpurbo.bench import oom
+from rtpurbo.bench import end_to_end, oom
 from rtpurbo.bench.commands import settings_from
-from rtpurbo.bench.end_to_end import (TINY, TINY_MOE, ModelBenchSettings, attention_flop_ratio, Variants, build_model, conversions, forward_last_logits,
+from rtpurbo.bench.end_to_end import (GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, TINY_MOE, ModelBenchSettings,
+                                      attention_flop_ratio, Variants, build_model, conversions, forward_last_logits,
                                       run_benchmark, spread_plan)
-from rtpurbo.bench.model_report import gaussian_topp_fraction, human_tokens, markdown
+from rtpurbo.bench.model_report import compare, environment, gaussian_topp_fraction, human_tokens, markdown, report_path
 from rtpurbo.cache import HeadwiseCache
 from rtpurbo.cli import build_parser, main
+from rtpurbo.cli_args import SettingsError
+from rtpurbo.config import DEFAULT_SEQLEN_THRESHOLD
 from rtpurbo.families import attention_modules
 from rtpurbo.memory import KVGeometry
 from rtpurbo.ops.semantics import visible
@@ -145,7 +149,10 @@ def test_cuda_graph_flag_decodes_the_same_tokens(tmp_path):
     (vs_graph,) = [c for c in graphed["comparison"] if c["variant"] == "sparse"]
     assert vs_graph["decode_speedup_vs_dense_graph"] > 0
     assert rows[0]["sparse"]["kv_used_bytes"] == rows[1]["sparse"]["kv_used_bytes"]
-    assert "CUDA graph" in markdown(graphed) and "CUDA graph" not in markdown(plain)
+    # on the CPU the notes say what ran: GraphedDecoder's eager stand-in, no graph, no Triton kernel
+    report = markdown(graphed)
+    assert "CPU stand-in" in report and "eagerly on the CPU" in report and "stand-in" not in markdown(plain)
+    assert "replayed from a CUDA graph" not in report and "split-K Triton kernel" not in report
 
 
 def test_decode_profile_counts_each_variants_ops_per_step(tmp_path):
@@ -177,10 +184,24 @@ def test_deadline_skips_measurements_but_records_them(tmp_path):
     assert [(r["length"], r["status"]) for r in result["rows"]] == [(128, "skipped")] * 2 + [(256, "skipped")] * 2
     assert "skipped: deadline" in markdown(result)
 
-    reserved = tiny_settings(deadline_s=3600, oom_reserve_s=3600, oom_search=True, oom_lengths=[256])
-    result = run_benchmark(reserved, tmp_path / "r.jsonl")  # all the time is the OOM search's
+    # 1 ms to measure (gone while the model is built), the rest of the hour is the OOM search's
+    reserved = tiny_settings(deadline_s=3600.001, oom_reserve_s=3600, oom_search=True, oom_lengths=[256])
+    result = run_benchmark(reserved, tmp_path / "r.jsonl")
     assert {r["status"] for r in result["rows"]} == {"skipped"}
     assert [r["status"] for r in result["oom_search"]["rows"]] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("deadline", [30, 60])
+def test_oom_search_refuses_a_deadline_inside_its_reserve(tmp_path, deadline, capsys):
+    """--deadline <= --oom-reserve would skip every measurement: refused before anything runs, in the settings and on
+    the command line (one line, exit 2)."""
+    with pytest.raises(ValueError, match="leaves no time to measure"):
+        tiny_settings(deadline_s=deadline, oom_reserve_s=60, oom_search=True)
+    assert tiny_settings(deadline_s=deadline, oom_reserve_s=60).deadline_s == deadline  # no search, no reserve
+    out = tmp_path / "r.jsonl"
+    assert main(["bench", "model", "--device", "cpu", "--tiny", "--oom-search", "--deadline", str(deadline),
+                 "--out", str(out)]) == 2
+    assert "--oom-reserve 60 s" in capsys.readouterr().err and not out.exists()
 
 
 # --- pieces -----------------------------------------------------------------------------------------
@@ -265,6 +286,11 @@ def test_oom_search_survives_errors_and_the_deadline(monkeypatch):
 def test_is_oom_recognises_allocation_failures():
     assert oom.is_oom(torch.cuda.OutOfMemoryError("x")) and oom.is_oom(RuntimeError("CUDA error: out of memory"))
     assert not oom.is_oom(RuntimeError("No available kernel. Aborting execution."))
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                       "tried to allocate 4611686018427387904 bytes. Error code 12 (Cannot allocate memory)")
+    def fails():
+        raise cpu
+    assert oom.is_oom(cpu) and oom.attempt(fails, {})["status"] == "oom"
 
 
 # --- command line ------------------------------------------------------------------------------------
@@ -281,13 +307,16 @@ def test_bench_model_flags_and_presets():
     assert (quick.layers, quick.lengths, quick.repeats) == (2, [4096, 16384], 2)
     tiny = settings_from(parse(["bench", "model", "--tiny", "--device", "cpu"]))
     assert (tiny.geometry.name, tiny.window, tiny.dtype, tiny.device) == ("tiny", 128, "float32", "cpu")
+    assert tiny.seqlen_threshold == 0 and default.seqlen_threshold == DEFAULT_SEQLEN_THRESHOLD  # --tiny selects always
+    assert settings_from(parse(["bench", "model", "--tiny", "--device", "cpu", "--seqlen-threshold", "1K"])
+                         ).seqlen_threshold == 1024
     with pytest.raises(SystemExit):
         parse(["bench", "model", "--lengths", "32Q"])
     assert settings_from(parse(["bench", "model", "--cuda-graph"])).cuda_graph
     assert default.cuda_graph  # on by default on a GPU
     assert not settings_from(parse(["bench", "model", "--no-cuda-graph"])).cuda_graph
     assert not tiny.cuda_graph  # and off by default on the CPU
-    with pytest.raises(SystemExit, match="decode-warmup"):
+    with pytest.raises(SettingsError, match="decode-warmup"):
         settings_from(parse(["bench", "model", "--cuda-graph", "--decode-warmup", "1"]))
 
 
@@ -430,3 +459,243 @@ def test_mlp_chunk_follows_the_prefill_chunk():
     assert settings_from(parse(["bench", "model", "--prefill-chunk", "128K", "--mlp-chunk", "0"])).mlp_chunk is None
     assert settings_from(parse(["bench", "model", "--mlp-chunk", "64K"])).mlp_chunk == 65536
     assert settings_from(parse(["bench", "model"])).mlp_chunk is None
+
+
+# --- results files, reports, provenance ---------------------------------------------------------------------------
+def _records(path):
+    return [json.loads(line)["record"] for line in path.read_text().splitlines()]
+
+
+def test_runs_append_to_out_and_bad_settings_touch_nothing(tmp_path):
+    """Two runs into one --out keep both (each from its config record to its result); a bad flag or bad settings
+    are refused before the file is opened, so an earlier run's results stay."""
+    out = tmp_path / "r.jsonl"
+    settings = tiny_settings(lengths=[64], decode_steps=1)
+    run_benchmark(settings, out)
+    run_benchmark(settings, out)
+    one_run = ["config", "measurement", "measurement", "result"]
+    assert _records(out) == one_run * 2
+    before = out.read_text()
+    settings.top_p = 1.5  # made invalid after creation: run_benchmark checks again
+    with pytest.raises(ValueError, match="top_p"):
+        run_benchmark(settings, out)
+    tiny = ["bench", "model", "--device", "cpu", "--tiny", "--out", str(out)]
+    with pytest.raises(SystemExit) as parse_error:  # a bad value: argparse's usage error
+        main(tiny + ["--top-p", "1.5"])
+    assert parse_error.value.code == 2
+    assert main(tiny + ["--max-tokens", "32"]) == 2  # below min_tokens: the SparseConfig rule, before the model
+    assert out.read_text() == before
+
+
+def test_report_path_keeps_dotted_names_apart_and_never_is_out(tmp_path, capsys):
+    assert report_path(tmp_path / "a.jsonl") == tmp_path / "a.md"
+    assert report_path(tmp_path / "llama-3.1-8b_eager") == tmp_path / "llama-3.1-8b_eager.md"
+    assert report_path(tmp_path / "llama-3.1-8b_graph") != report_path(tmp_path / "llama-3.1-8b_eager")
+    assert report_path(tmp_path / "x.md") == tmp_path / "x.md.md"
+    (tmp_path / "taken.md").mkdir()
+    for out in (tmp_path, tmp_path / "taken"):  # --out, or its report, is a directory
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["bench", "model", "--out", str(out)])
+        assert "is a directory" in capsys.readouterr().err
+
+
+def test_cli_tiny_run_selects_and_says_where_it_ran(tmp_path, capsys, monkeypatch):
+    """--tiny alone: seqlen threshold 0, so the retrieval heads select (a count, not 'all'); the report goes beside a
+    dotted --out name; environment and footer carry date, command line, checkout and versions."""
+    out = tmp_path / "llama-3.1-8b_tiny"
+    argv = ["bench", "model", "--device", "cpu", "--tiny", "--lengths", "128", "--decode-steps", "1", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", ["rtpurbo", *argv])  # the command line as the shell gave it
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    sparse = {r["variant"]: r for r in result["rows"]}["sparse"]
+    assert sparse["seqlen_threshold"] == 0 and sparse["selected_keys_per_head"] > 0
+    report = report_path(out).read_text()
+    assert report.startswith("# rtpurbo bench model") and _records(out)[-1] == "result"
+    assert "seqlen threshold 0: retrieval heads select at every length (--tiny's default" in report
+    env = result["environment"]
+    assert set(env) >= {"date_utc", "command", "git_commit", "git_dirty", "rtpurbo", "torch", "transformers", "triton"}
+    assert env["date_utc"] in report and env["transformers"] in report and env["command"] == shlex.join(["rtpurbo", *argv])
+    assert f"Command: `{env['command']}`" in report
+
+
+def test_no_selection_below_the_threshold_is_all_keys_not_zero(tmp_path):
+    """Below the seqlen threshold (the default 512K here) no step selects: the column says 'all' with a footnote."""
+    result = run_benchmark(tiny_settings(lengths=[64], decode_steps=1, decode_lengths=[96]), tmp_path / "r.jsonl")
+    sparse = {r["variant"]: r for r in result["rows"]}["sparse"]
+    assert sparse["selected_keys_per_head"] is None and sparse["seqlen_threshold"] == DEFAULT_SEQLEN_THRESHOLD
+    report = markdown(result)
+    assert "| sparse | 64 |" in report and "| all* | ok |" in report and "| - | ok |" in report  # dense: '-'
+    assert "all: no selection below threshold 512K" in report and ", all* keys" in report  # decode-only table too
+
+
+def _amdahl_result(dense_backend, flash_row):
+    """A result with made-up times: dense TTFT 100 ms (50 of attention), dense-flash 80 (30), sparse 60 at ratio 2."""
+    def row(variant, ttft, **extra):
+        return dict(variant=variant, length=1024, status="ok", ttft_ms=ttft, decode_ms_per_token=1.0, kv_bytes=1,
+                    tokens=[1, 2], **extra)
+    rows = [row("dense", 100.0, attention_ms=50.0), row("sparse", 60.0, attention_flop_ratio=2.0)]
+    if flash_row:
+        rows.append(row("dense-flash", 80.0, attention_ms=30.0))
+    config = {"model": "m", "notes": [], "dense_sdpa": {"prefill": dense_backend, "decode": dense_backend}}
+    return dict(environment=environment(torch.device("cpu")), config=config, rows=rows, comparison=compare(rows),
+                wall_seconds=1.0)
+
+
+def test_amdahl_table_names_the_dense_backend_that_ran():
+    cudnn = markdown(_amdahl_result("cudnn", flash_row=True))
+    assert ("| attention FLOP ratio | vs cuDNN dense: share, speedup / ceiling (reached) | vs flash dense (dense-flash): "
+            "share, speedup / ceiling (reached) |") in cudnn
+    # cuDNN dense: share 50 %, 100 / 60 = 1.67x of a 100 / 75 = 1.33x ceiling; dense-flash: 30 %, 1.33x of 1.18x
+    assert "| 1K | sparse | 2.00 | 50%, 1.67x / 1.33x (125%) | 38%, 1.33x / 1.23x (108%) |" in cudnn
+    flash = markdown(_amdahl_result("flash", flash_row=False))  # flash is the dense baseline: one column, its name
+    assert "| vs flash dense: share" in flash and "cuDNN" not in flash and "dense-flash" not in flash
+    assert "| 1K | sparse | 2.00 | 50%, 1.67x / 1.33x (125%) |" in flash
+    assert "vs torch's default SDPA dense" in markdown(_amdahl_result("default", flash_row=False))
+
+
+def test_provenance_names_the_checkout_and_never_fails(monkeypatch):
+    import subprocess
+
+    from rtpurbo.bench import attention, provenance
+
+    env = provenance.provenance()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=provenance.PACKAGE_DIR.parent, capture_output=True, text=True)
+    checkout = (provenance.PACKAGE_DIR.parent / ".git").exists() and head.returncode == 0
+    assert env["git_commit"] == (head.stdout.strip() if checkout else None)
+    assert env["transformers"] and env["torch"] == torch.__version__ and env["date_utc"].endswith("Z")
+    assert provenance.command_line([str(provenance.PACKAGE_DIR / "cli.py"), "bench", "model", "--out", "a b"]) == (
+        "python -m rtpurbo.cli bench model --out 'a b'")
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    assert provenance.git_checkout() == {"git_commit": None, "git_dirty": None}
+    assert "not a git checkout" in provenance.footer(provenance.provenance())
+    # bench attention's environment carries the same record (its GPU fields faked here)
+    gpu = type("Props", (), {"name": "GPU", "multi_processor_count": 1})()
+    monkeypatch.setattr(attention.torch.cuda, "get_device_properties", lambda index: gpu)
+    assert set(attention.environment()) >= {"date_utc", "command", "git_commit", "rtpurbo", "transformers", "triton"}
+
+
+def test_decode_only_points_report_the_median_of_the_timed_runs(tmp_path, monkeypatch):
+    """Decode-only points run warm-up + repeats times, each through a fresh cache, and keep the median of the timed
+    ones (the times here are made up: nothing is timed)."""
+    made_up = iter([1000.0, 5.0, 1.0, 3.0])  # the warm-up run's, then three timed runs'
+    real = end_to_end.decode_tokens
+
+    def decode_tokens(*args):
+        return {**real(*args), "decode_ms_per_token": next(made_up)}
+    monkeypatch.setattr(end_to_end, "decode_tokens", decode_tokens)
+    settings = tiny_settings(lengths=[], decode_lengths=[96], decode_steps=1, warmup=1, repeats=3)
+    variants = Variants(build_model(settings), conversions(settings, spread_plan(2, 2, 4, 0.5)))
+    bench = end_to_end.Bench(settings, variants, torch.device("cpu"), {"prefill": "default", "decode": "default"},
+                             float("inf"))
+    row = end_to_end.decode_only(bench, "sparse", 96)
+    assert (row["decode_ms_per_token"], row["timed_runs"], row["decode_tokens_per_s"]) == (3.0, 3, 1000 / 3.0)
+
+
+# --- flags checked before anything runs ----------------------------------------------------------------------------
+def _exit_code(argv):
+    """What ``rtpurbo bench ...`` exits with, without running a benchmark (every argv here is refused)."""
+    try:
+        return main(argv)
+    except SystemExit as err:
+        return err.code
+
+
+@pytest.mark.parametrize("flags", [
+    ["--top-p", "0"], ["--top-p", "1.1"], ["--sinks", "-1"], ["--warmup", "-1"], ["--decode-warmup", "-2"],
+    ["--retrieval-fraction", "1.5"], ["--deadline", "-1"], ["--max-tokens", "63"], ["--window", "0"],
+    ["--tiny", "--quick"],
+    # flags that would do nothing
+    ["--prefill-top-p", "0.5"], ["--prefill-scoring", "mass"], ["--prefill-dense-tail", "256"],
+    ["--oom-lengths", "1K"], ["--oom-keep-going"], ["--oom-decode-steps", "2"], ["--oom-reserve", "5"],
+    ["--profile-length", "1K"], ["--sdpa", "flash"], ["--window-kernel", "cudnn"], ["--two-launch-decode"],
+    ["--no-flash-ttft"],
+], ids=lambda flags: " ".join(flags))
+def test_bench_model_refuses_bad_and_idle_flags_in_one_line(flags, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert _exit_code(["bench", "model", "--device", "cpu", "--tiny", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("rtpurbo bench") and "Traceback" not in "".join(err) and not out.exists()
+
+
+def test_bench_model_flags_that_need_another_one_work_with_it():
+    parse = build_parser().parse_args
+    oom = settings_from(parse(["bench", "model", "--oom-search", "--oom-lengths", "1M", "--oom-reserve", "5",
+                               "--deadline", "60", "--oom-keep-going"]))
+    assert (oom.oom_lengths, oom.oom_reserve_s, oom.oom_keep_going) == ([2**20], 5, True)
+    gpu = settings_from(parse(["bench", "model", "--sdpa", "flash", "--two-launch-decode", "--no-flash-ttft"]))
+    assert (gpu.sdpa_backends, gpu.two_launch, gpu.flash_ttft) == (["flash"], True, False)
+    profiled = settings_from(parse(["bench", "model", "--profile-decode", "4", "--profile-length", "1M"]))
+    assert (profiled.profile_steps, profiled.profile_length) == (4, 2**20)
+
+
+def test_tiny_geometry_follows_the_family_asked_for():
+    parse = build_parser().parse_args
+    assert settings_from(parse(["bench", "model", "--tiny", "--geometry", "qwen3-30b-a3b"])).geometry == TINY_MOE
+    assert settings_from(parse(["bench", "model", "--tiny", "--geometry", "llama-3.1-8b"])).geometry == TINY
+    assert settings_from(parse(["bench", "model", "--geometry", "qwen3-30b-a3b"])).geometry == GEOMETRIES["qwen3-30b-a3b"]
+
+
+@pytest.mark.parametrize("flags", [["--geometries", "llama-3.1-8b,llama-70b"], ["--budgets", "top-p,lots"],
+                                   ["--budgets", "0"], ["--prefill", "8K,x"], ["--decode", ""], ["--sinks", "-1"]])
+def test_bench_attention_refuses_bad_lists_at_parse_time(flags, capsys):
+    with pytest.raises(SystemExit) as err:
+        build_parser().parse_args(["bench", "attention", *flags])
+    assert err.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
+def test_bench_attention_takes_token_sizes_like_bench_model():
+    args = build_parser().parse_args(["bench", "attention", "--prefill", "32K,1M", "--decode", "128K",
+                                      "--budgets", "top-p,2K", "--geometries", "qwen3-30b-a3b"])
+    assert (args.prefill, args.decode, args.budgets) == ([32768, 2**20], [131072], ["top-p", 2048])
+    assert args.geometries == ["qwen3-30b-a3b"]
+    assert build_parser().parse_args(["bench", "attention"]).geometries == list(attention_geometries())
+
+
+def attention_geometries():
+    from rtpurbo.bench.attention import GEOMETRIES as geometries
+
+    return geometries
+
+
+# --- bench attention's bytes model ---------------------------------------------------------------------------------
+def test_decode_bytes_charge_indexer_keys_only_to_steps_that_select():
+    """One retrieval KV head of 4 (head dim 16, bf16: 64 bytes of K + V per key), W 32 + S 4, L 1000: the step over
+    every key reads K/V only (the top-p = 1 kernels read no indexer keys); a step that selects 100 keys also reads the
+    retrieval head's L indexer keys (16 dims, bf16)."""
+    from rtpurbo.bench.attention import Geometry, _decode_rates, decode_bytes
+
+    geom = Geometry("small", n_q=8, n_kv=4, head_dim=16)
+    assert geom.n_retrieval() == 1
+    row, length = 2 * 16 * 2, 1000
+    local = 3 * 36 * row
+    assert decode_bytes(geom, length, 32, 4, None) == (4 * length * row, local + length * row)
+    assert decode_bytes(geom, length, 32, 4, 100) == (4 * length * row, local + 100 * row + length * 16 * 2)
+    dense, sparse = decode_bytes(geom, length, 32, 4, 100)
+    rates = _decode_rates(dict(dense_bytes=dense, sparse_bytes=sparse, sparse_all_bytes=decode_bytes(geom, length, 32, 4,
+                                                                                                    None)[1],
+                               ideal_speedup=dense / sparse, sparse_us=10.0, sparse_all_one_us=20.0, cudnn_us=40.0,
+                               flash_us=None))
+    # at the dense rate of 40 us for `dense` bytes, reading local + L keys' K/V ideally takes 40 * all / dense us
+    assert rates["sparse_all_one_pct_of_ideal"] == pytest.approx(100 * 40 * (local + length * row) / dense / 20.0)
+
+
+def test_model_report_and_settings_do_not_import_the_benchmark():
+    """settings.py holds what end_to_end.py and model_report.py share: no import circle between them; the benchmark
+    scripts that import from end_to_end still do."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    import rtpurbo.bench as bench
+
+    for name in ("model_report.py", "settings.py"):
+        tree = ast.parse((Path(bench.__file__).parent / name).read_text())
+        modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "end_to_end" not in modules and "rtpurbo.bench.end_to_end" not in modules, name
+    assert LLAMA_31_8B.name in GEOMETRIES and "flash" in SDPA_BACKENDS
+    script = Path(bench.__file__).parents[2] / "benchmarks" / "prefill_profile.py"
+    spec = importlib.util.spec_from_file_location("prefill_profile", script)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))

@@ -14,7 +14,9 @@ layout :class:`rtpurbo.modules.SparseAttention` uses when roles are contiguous.
   :class:`rtpurbo.cache.HeadwiseCache` runs them; ``sparse_serial_us``: one after the other).
   Dense: SDPA over every head's ``L`` keys (also a CUDA graph). Ideal speedup = dense bytes / sparse bytes, bytes = K/V read (dense:
   all heads x L; sparse: local heads x (S + W) + retrieval heads x selected keys) plus, on the
-  sparse side, the indexer keys (R x L x 16, bf16). The same step also runs as
+  sparse side where it selects, the indexer keys the selection scores (R x L x 16, bf16); the steps over
+  every key (``top_p = 1``: no selection) read no indexer keys. Key positions (int64, shared by the heads)
+  and the selection's scores are not counted. The same step also runs as
   :func:`rtpurbo.ops.triton.decode_roles.two_role_decode` (both kinds of heads in one launch and one combine:
   ``sparse_one_us`` after the selection, ``sparse_all_one_us`` over every key, the step below the seqlen
   threshold), each with its share of the bytes ceiling. The retrieval heads' selection alone is
@@ -37,8 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..cli_args import count_value, positive_int
 from ..ops import api, flex, reference
 from ..ops.triton import topp as triton_topp
+from .flags import comma_list, one_of, seconds, tokens
+from .provenance import provenance
 
 INDEX_DIM = 16
 RECENT = 64
@@ -90,13 +95,18 @@ def prefill_flops(geom: Geometry, length: int, window: int, sinks: int, local_on
     return dense, local if local_only else local + per_pair * geom.group * n_ret * causal_pairs(length)
 
 
-def decode_bytes(geom: Geometry, length: int, window: int, sinks: int, selected: float) -> tuple[float, float]:
-    """(dense, sparse) bytes one decode step must read (bf16 K/V; sparse adds the indexer keys)."""
+def decode_bytes(geom: Geometry, length: int, window: int, sinks: int, selected: float | None) -> tuple[float, float]:
+    """(dense, sparse) bytes one decode step must read: bf16 K/V; a sparse step that selects (``selected`` keys per
+    retrieval head) also reads the indexer keys it scores, a step over every key (``selected=None``: the retrieval
+    heads' ``top_p = 1`` path, :func:`rtpurbo.ops.triton.decode.decode_attention` and
+    :func:`rtpurbo.ops.triton.decode_roles.two_role_decode` without a list) reads only K/V."""
     row = 2 * geom.head_dim * 2  # K and V of one key, bf16
     n_ret = geom.n_retrieval()
     dense = geom.n_kv * length * row
-    sparse = (geom.n_kv - n_ret) * min(length, sinks + window) * row + n_ret * selected * row
-    return dense, sparse + n_ret * length * INDEX_DIM * 2
+    local = (geom.n_kv - n_ret) * min(length, sinks + window) * row
+    if selected is None:
+        return dense, local + n_ret * length * row
+    return dense, local + n_ret * selected * row + n_ret * length * INDEX_DIM * 2
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -376,7 +386,7 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
     row["sparse_all_one_us"] = graph_us(lambda: one_launch(False))  # below the seqlen threshold
     row["one_launch_rel_err"] = dict(select=_rel_err(one_launch(True), sparse()), all=_rel_err(
         one_launch(False), overlapped(retrieval_all)))
-    row["sparse_all_bytes"] = decode_bytes(geom, length, window, sinks, length)[1]
+    row["sparse_all_bytes"] = decode_bytes(geom, length, window, sinks, None)[1]  # every key, no indexer keys
     row["select_pass_bytes"] = n_ret * length * 4
     for method in triton_topp.METHODS:
         row[f"select_{method}_us"] = graph_us(lambda m=method: triton_topp.select(q_idx, k_idx, q_pos, k_pos, **topp, method=m).n_keep)
@@ -427,11 +437,11 @@ def _decode_spot_check(q, k, v, ring_k, ring_v, ring_pos, q_pos, k_pos, q_idx, k
 
 # --- report --------------------------------------------------------------------------------
 def environment() -> dict:
-    import triton
-
+    """The GPU, CUDA / cuDNN, the window kernel, and :func:`.provenance.provenance` (date, command line, rtpurbo
+    checkout, library versions)."""
     props = torch.cuda.get_device_properties(0)
-    return dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__, triton=triton.__version__,
-                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel())
+    return dict(device=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda,
+                cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel(), **provenance())
 
 
 def _fmt(x, spec: str = ".2f") -> str:
@@ -498,23 +508,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines + (["", "notes:"] + notes if notes else []))
 
 
+def budget(value: str) -> str | int:
+    """A decode budget: 'top-p' or a token count (2048, 2K)."""
+    if value == "top-p":
+        return value
+    try:
+        return tokens(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"a budget is top-p or a token count like 2048 or 2K, got {value!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's flags (shared by ``benchmarks/attention_bench.py`` and ``rtpurbo bench attention``)."""
-    ints = lambda s: [int(x) for x in s.split(",") if x]
-    parser.add_argument("--geometries", default=",".join(GEOMETRIES), help="comma-separated: " + ", ".join(GEOMETRIES))
-    parser.add_argument("--prefill", type=ints, default=[8192, 32768, 131072, 524288, 1048576], help="prefill lengths")
-    parser.add_argument("--decode", type=ints, default=[32768, 131072, 524288, 1048576], help="decode context lengths")
-    parser.add_argument("--budgets", default="top-p,2048,8192", help="decode budgets: top-p and/or fixed token counts")
+    lengths = comma_list(tokens)
+    parser.add_argument("--geometries", type=comma_list(one_of(list(GEOMETRIES))), default=",".join(GEOMETRIES),
+                        help="comma-separated: " + ", ".join(GEOMETRIES))
+    parser.add_argument("--prefill", type=lengths, default=[8192, 32768, 131072, 524288, 1048576],
+                        help="prefill lengths, comma-separated (8192 or 8K)")
+    parser.add_argument("--decode", type=lengths, default=[32768, 131072, 524288, 1048576],
+                        help="decode context lengths, comma-separated (32768 or 32K)")
+    parser.add_argument("--budgets", type=comma_list(budget), default="top-p,2048,8192",
+                        help="decode budgets, comma-separated: top-p and/or fixed token counts (2048 or 2K)")
     parser.add_argument("--index-scale", type=float, default=1.0,
                         help="decode: scale of the random indexer keys. 1: indexer scores ~ N(0, 16), peaked like trained "
                              "indexers (top-p 0.9 keeps ~0.1-1 %% of 1M keys); 0.01: nearly flat, like untrained "
                              "indexers on random weights (top-p keeps most keys)")
-    parser.add_argument("--window", type=int, default=8192)
-    parser.add_argument("--sinks", type=int, default=4)
-    parser.add_argument("--deadline-s", type=float, default=1e9, help="start no dense point that would end later")
-    parser.add_argument("--prefill-blocks", type=ints, default=[], help="also time the layer with its retrieval "
+    parser.add_argument("--window", type=tokens, default=8192)
+    parser.add_argument("--sinks", type=count_value, default=4)
+    parser.add_argument("--deadline-s", type=seconds, default=1e9, help="start no dense point that would end later")
+    parser.add_argument("--prefill-blocks", type=comma_list(positive_int), default=[], help="also time the layer with its retrieval "
                         "heads on a sparse prefill keeping at most this many key blocks of 128 per query block")
-    parser.add_argument("--profile-prefill", type=ints, default=[], help="also profile the sparse prefill layer at "
+    parser.add_argument("--profile-prefill", type=lengths, default=[], help="also profile the sparse prefill layer at "
                         "these lengths (torch.profiler: wall vs device-busy time, kernels, top operators)")
     parser.add_argument("--window-kernel", choices=flex.WINDOW_KERNELS, default=None, help="local heads' plain "
                         "prefill kernel: rtpurbo's Triton kernel or cuDNN's band + sinks merge (default: "
@@ -537,8 +561,8 @@ def run(args: argparse.Namespace) -> dict:
     deadline = time.time() + args.deadline_s
     if args.window_kernel:
         flex.set_window_kernel(args.window_kernel)
-    geoms = [GEOMETRIES[name] for name in args.geometries.split(",")]
-    budgets = [b if b == "top-p" else int(b) for b in args.budgets.split(",")]
+    geoms = [GEOMETRIES[name] for name in args.geometries]
+    budgets = args.budgets
     env = environment()
     print(json.dumps(env), flush=True)
     rows: list[dict] = []

@@ -6,9 +6,11 @@
     rtpurbo bench model --quick                            GPU smoke run: 2 layers, 4K and 16K tokens
     rtpurbo bench model --device cpu --tiny                the whole code path on a tiny model, on the CPU
 
-``bench model`` prints progress on stderr, then a Markdown report and one JSON line on stdout;
-every measurement is appended to ``--out`` (JSON lines) as soon as it exists, and the report is
-also written beside it (same name, ``.md``).
+``bench model`` checks every flag before it builds anything (a bad one is a one-line error, exit 2),
+prints progress on stderr, then a Markdown report and one JSON line on stdout; every measurement is
+appended to ``--out`` (JSON lines) as soon as it exists (earlier runs in the file stay; a run starts
+with its ``config`` record and ends with its ``result``), and the run's report is written beside it
+(``x.jsonl`` -> ``x.md``, another name gets ``.md`` appended).
 """
 from __future__ import annotations
 
@@ -20,44 +22,18 @@ from typing import Any
 
 import torch
 
-from ..cli_args import positive_int, top_p_value
+from ..cli_args import SettingsError, count_value, positive_int, ratio_value, top_p_value
 from ..config import PREFILL_SCORINGS
 from ..ops import flex
-from .end_to_end import GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, ModelBenchSettings, run_benchmark
-from .model_report import markdown
+from .end_to_end import run_benchmark
+from .flags import out_file, positive_float, seconds, tokens, tokens_or_zero
+from .model_report import markdown, report_path
+from .settings import GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, TINY_OF, ModelBenchSettings
 
 QUICK = dict(layers=2, lengths=[4096, 16384], repeats=1, decode_steps=8, decode_warmup=2)
 TINY_RUN = dict(geometry=TINY, layers=2, lengths=[512, 1024], window=128, repeats=1, decode_steps=8,
-                decode_warmup=2, oom_lengths=[2048, 4096])
+                decode_warmup=2, oom_lengths=[2048, 4096], seqlen_threshold=0)
 NEEDS_GPU = "rtpurbo bench {what} needs a CUDA GPU (torch.cuda.is_available() is False)"
-
-
-def tokens(value: str) -> int:
-    """'32768', '32K' or '1M' -> a token count >= 1."""
-    scale = {"k": 2**10, "m": 2**20}.get(value[-1:].lower(), 1)
-    try:
-        number = int(value[:-1] if scale > 1 else value) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a token count like 32768, 32K or 1M, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value!r}")
-    return number
-
-
-def positive_float(value: str) -> float:
-    """'2.56' -> 2.56; a number > 0 (and finite)."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not 0 < number < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
-    return number
-
-
-def tokens_or_zero(value: str) -> int:
-    """'0' -> 0 (the flag's "off"), else :func:`tokens`."""
-    return 0 if value.strip() == "0" else tokens(value)
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -94,14 +70,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    "time (token-wise, so the same output; lets dense prefill 1M tokens in one shot). Default: "
                    "--prefill-chunk's value; 0 = whole sequences")
     p.add_argument("--no-flash-ttft", dest="flash_ttft", action="store_false", default=None,
-                   help="skip the dense-flash TTFT row (dense with SDPA's flash backend)")
+                   help="skip the dense-flash TTFT row (dense with SDPA's flash backend; GPU only)")
     p.add_argument("--tiny", action="store_true", help="tiny geometry (2 layers, hidden 256, 4 q / 2 KV heads, head "
-                                                        "dim 64, vocab 1000, lengths 512 1024, W 128) for CPU runs")
+                   "dim 64, vocab 1000, lengths 512 1024, W 128; with --geometry qwen3-30b-a3b the tiny Qwen3-MoE one, "
+                   "4 experts, top-2) for CPU runs; retrieval heads select at every length (seqlen threshold 0) "
+                   "unless --seqlen-threshold is given")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="default cuda")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default bfloat16 (float32 on the CPU)")
     p.add_argument("--window", type=tokens, help=f"W of local heads (default {d.window}; 128 with --tiny)")
-    p.add_argument("--sinks", type=int, help=f"S (default {d.sinks})")
-    p.add_argument("--top-p", type=float, help=f"retrieval heads' indexer mass at decode (default {d.top_p})")
+    p.add_argument("--sinks", type=count_value, help=f"S (default {d.sinks})")
+    p.add_argument("--top-p", type=top_p_value, help=f"retrieval heads' indexer mass at decode (default {d.top_p})")
     p.add_argument("--index-logit-std", type=positive_float, metavar="SIGMA",
                    help="scale the untrained indexers so decode scores against random-filled caches have std SIGMA "
                         "logits, as peaked as trained indexers' (2.56: top-p 0.9 keeps about 10 %% of the keys; "
@@ -118,29 +96,31 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time each sparse-prefill{N} variant with the prompt's last T queries dense, as "
                         "sparse-prefill{N}-tail{T}, for each T given (--prefill-dense-tail of the converted model)")
     p.add_argument("--seqlen-threshold", type=tokens_or_zero, help=f"cached tokens from which retrieval heads select (below: "
-                   f"every key; 0 = always select; default {d.seqlen_threshold})")
+                   f"every key; 0 = always select; default {d.seqlen_threshold}, 0 with --tiny)")
     p.add_argument("--two-launch-decode", action="store_true",
                    help="add variant sparse-two-launch: sparse, but each decode step runs the local and retrieval heads "
-                        "in two launches on two streams (the path before the one-launch step), for a same-run comparison")
+                        "in two launches on two streams (the path before the one-launch step), for a same-run comparison "
+                        "(GPU only)")
     p.add_argument("--max-tokens", type=tokens, nargs="+", default=[],
                    help="add a sparse variant per budget (max_tokens) to the unbounded top-p one")
-    p.add_argument("--retrieval-fraction", type=float, help=f"share of KV heads kept full (default "
+    p.add_argument("--retrieval-fraction", type=ratio_value, help=f"share of KV heads kept full (default "
                                                              f"{d.retrieval_fraction})")
     p.add_argument("--decode-steps", type=positive_int, help=f"timed decode steps (default {d.decode_steps})")
-    p.add_argument("--decode-warmup", type=int, help=f"untimed decode steps first (default {d.decode_warmup})")
+    p.add_argument("--decode-warmup", type=count_value, help=f"untimed decode steps first (default {d.decode_warmup})")
     p.add_argument("--repeats", type=positive_int, help=f"timed runs per point (default {d.repeats})")
-    p.add_argument("--warmup", type=int, help=f"dropped runs per point (default {d.warmup})")
+    p.add_argument("--warmup", type=count_value, help=f"dropped runs per point (default {d.warmup})")
     p.add_argument("--oom-search", action="store_true", help="then find the first length where dense runs out of "
                                                              "memory and sparse does not")
     p.add_argument("--oom-lengths", type=tokens, nargs="+", help="lengths of the OOM search (default 256K .. 8M)")
     p.add_argument("--oom-keep-going", action="store_true", help="after dense runs out, go on until sparse does")
     p.add_argument("--oom-decode-steps", type=positive_int, help=f"decode steps per OOM try (default {d.oom_decode_steps})")
-    p.add_argument("--deadline", type=float, help="seconds from the start; measurements not started by then are "
-                                                  "skipped (recorded as such)")
-    p.add_argument("--oom-reserve", type=float, help=f"seconds of --deadline kept for the OOM search (default "
-                                                      f"{d.oom_reserve_s:.0f})")
+    p.add_argument("--deadline", type=seconds, help="seconds from the start; measurements not started by then are "
+                                                    "skipped (recorded as such); with --oom-search it must exceed "
+                                                    "--oom-reserve")
+    p.add_argument("--oom-reserve", type=seconds, help=f"seconds of --deadline kept for the OOM search (default "
+                                                       f"{d.oom_reserve_s:.0f})")
     p.add_argument("--sdpa", nargs="+", choices=list(SDPA_BACKENDS), help="dense SDPA backends to try in order "
-                                                                          f"(default {' '.join(d.sdpa_backends)})")
+                                                                          f"(default {' '.join(d.sdpa_backends)}; GPU only)")
     p.add_argument("--profile-decode", type=positive_int, metavar="STEPS", dest="profile_steps",
                    help="also profile STEPS decode steps per variant at the shortest length (torch.profiler: "
                         "wall vs device time, kernels and ops per step, top operators)")
@@ -154,9 +134,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "with --device cuda; on the CPU the eager stand-ins run")
     p.add_argument("--seed", type=int, help="weights and prompts seed (default 0)")
     p.add_argument("--window-kernel", choices=flex.WINDOW_KERNELS, help="local heads' plain prefill kernel: rtpurbo's "
-                   "Triton kernel or cuDNN's band + sinks merge (default: RTPURBO_WINDOW_KERNEL, else triton)")
-    p.add_argument("--out", type=Path, default=Path("runs/bench-model/model_bench.jsonl"),
-                   help="JSON-lines file, one line per measurement as it comes (report beside it, .md)")
+                   "Triton kernel or cuDNN's band + sinks merge (default: RTPURBO_WINDOW_KERNEL, else triton; GPU only)")
+    p.add_argument("--out", type=out_file, default=Path("runs/bench-model/model_bench.jsonl"),
+                   help="JSON-lines file: one line per measurement as it comes, appended (earlier runs in it stay); "
+                        "the run's Markdown report beside it (x.jsonl -> x.md, another name + .md)")
 
 
 FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "window": "window", "sinks": "sinks",
@@ -171,7 +152,9 @@ FLAG_TO_FIELD = {"layers": "layers", "lengths": "lengths", "dtype": "dtype", "wi
 
 
 def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
-    """Defaults, then the --tiny / --quick preset, then every flag given."""
+    """Defaults, then the --tiny / --quick preset, then every flag given; :class:`SettingsError` (one line) for flags
+    that contradict each other, that the settings cannot run with, or that would do nothing."""
+    _refuse_idle_flags(args)
     fields: dict[str, Any] = {}
     if args.tiny:
         fields.update(TINY_RUN)
@@ -180,16 +163,36 @@ def settings_from(args: argparse.Namespace) -> ModelBenchSettings:
     if args.device == "cpu":
         fields["dtype"] = "float32"
     if args.geometry is not None:
-        fields["geometry"] = GEOMETRIES[args.geometry]
+        fields["geometry"] = (TINY_OF if args.tiny else GEOMETRIES)[args.geometry]
     fields.update({name: getattr(args, flag) for flag, name in FLAG_TO_FIELD.items() if getattr(args, flag) is not None})
     fields.update(device=args.device, budgets=list(args.max_tokens), prefill_blocks=list(args.prefill_blocks),
                   oom_search=args.oom_search, oom_keep_going=args.oom_keep_going, two_launch=args.two_launch_decode,
                   cuda_graph=args.device == "cuda" if args.cuda_graph is None else args.cuda_graph)
     mlp_chunk = fields.get("prefill_chunk") if args.mlp_chunk is None else args.mlp_chunk
     fields["mlp_chunk"] = mlp_chunk or None
-    if fields["cuda_graph"] and fields.get("decode_warmup", ModelBenchSettings().decode_warmup) < 2:
-        raise SystemExit("--cuda-graph needs --decode-warmup >= 2 (one eager step, then the capture, both untimed)")
-    return ModelBenchSettings(**fields)
+    try:
+        return ModelBenchSettings(**fields)
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
+
+
+def _refuse_idle_flags(args: argparse.Namespace) -> None:
+    """:class:`SettingsError` naming every flag given that would be ignored (the settings cannot tell those apart
+    from defaults)."""
+    problems = ["--tiny and --quick are two presets (a CPU model, a GPU smoke run): give one"] if args.tiny and args.quick else []
+    needs = {"--prefill-blocks": (bool(args.prefill_blocks), ("prefill_top_p", "prefill_scoring", "prefill_dense_tail")),
+             "--oom-search": (args.oom_search, ("oom_lengths", "oom_decode_steps", "oom_reserve", "oom_keep_going")),
+             "--profile-decode": (args.profile_steps is not None, ("profile_length",))}
+    for needed, (given, dests) in needs.items():
+        problems += [f"--{dest.replace('_', '-')} does nothing without {needed}" for dest in dests
+                     if not given and getattr(args, dest) not in (None, False)]
+    if args.device == "cpu":
+        gpu_only = {"sdpa": "--sdpa picks the dense model's GPU SDPA backends",
+                    "window_kernel": "--window-kernel picks the local heads' GPU prefill kernel",
+                    "flash_ttft": "--no-flash-ttft drops the dense-flash row, which only a GPU run has"}
+        problems += [f"{why}: not with --device cpu" for dest, why in gpu_only.items() if getattr(args, dest) is not None]
+    if problems:
+        raise SettingsError("; ".join(problems))
 
 
 def _require_gpu(what: str) -> None:
@@ -207,7 +210,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
         flex.set_window_kernel(args.window_kernel)
     result = run_benchmark(settings, args.out, log=lambda message: print(message, file=sys.stderr, flush=True))
     report = markdown(result)
-    args.out.with_suffix(".md").write_text(report + "\n")
+    report_path(args.out).write_text(report + "\n")
     print(report)
     print(json.dumps(result), flush=True)
     return result

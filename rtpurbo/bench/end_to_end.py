@@ -36,6 +36,9 @@ Per context length ``L`` and variant, after ``warmup`` dropped runs, medians ove
 * peak memory (``torch.cuda.max_memory_allocated``, reset before each run, weights included) and the
   KV-cache bytes the cache holds after the run.
 
+Decode-only points (``decode_lengths``) time the decode alone the same way (medians over ``repeats``
+runs after ``warmup`` dropped ones), each run after a fresh cache filled with random K/V.
+
 GPU times come from CUDA events followed by a synchronisation; CPU times from ``time.perf_counter``.
 
 Retrieval heads: ``round(fraction * layers * kv_heads)`` KV heads, spread evenly over the layers,
@@ -45,132 +48,41 @@ heads keep the roles contiguous, as a ``reorder_heads`` conversion would).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import statistics
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, Qwen3MoeConfig
 
 from .._compat import cache_kwarg, set_attn_implementation, use_grouped_experts
 from ..cache import HeadwiseCache
-from ..config import DEFAULT_SEQLEN_THRESHOLD, HeadPlan, SparseConfig
+from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted, unconvert
 from ..decode_graph import GraphedDecoder
 from ..families import attention_modules
 from .decode_profile import profile
 from .model_report import JsonLines, compare, describe, environment
 from .oom import attempt, free_memory, oom_search
+from .settings import (DEFAULT_SDPA, GEOMETRIES, LLAMA_31_8B, QWEN3_30B_A3B, SDPA_BACKENDS, TINY,
+                       TINY_MOE, TWO_LAUNCH, ModelBenchSettings, ModelGeometry)
 from .token_chunks import chunk_mlps
 
-SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-DEFAULT_SDPA = "default"  # no restriction: torch's own choice
+# what tests and benchmark scripts import from here; the geometries and settings themselves live in .settings
+__all__ = ["GEOMETRIES", "LLAMA_31_8B", "QWEN3_30B_A3B", "SDPA_BACKENDS", "TINY", "TINY_MOE", "ModelBenchSettings",
+           "ModelGeometry", "Variants", "attention_flop_ratio", "build_model", "conversions", "forward_last_logits",
+           "run_benchmark", "spread_plan", "timed"]
+
 PROBE_TOKENS = 256
 GIB = 2**30
-
-
-@dataclass(frozen=True)
-class ModelGeometry:
-    """What the benchmark model looks like; ``full_layers`` is the real model's depth (for the report)."""
-
-    name: str
-    hidden: int
-    q_heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    rope_theta: float
-    full_layers: int
-    family: str = "llama"  # or "qwen3_moe": transformers' Qwen3-MoE modules (q/k norms, routed experts)
-    experts: int = 0
-    experts_per_token: int = 0
-    moe_intermediate: int = 0
-
-
-LLAMA_31_8B = ModelGeometry("llama-3.1-8b", 4096, 32, 8, 128, 14336, 128256, 500000.0, 32)
-QWEN3_30B_A3B = ModelGeometry("qwen3-30b-a3b", 2048, 32, 4, 128, 6144, 151936, 1000000.0, 48, family="qwen3_moe",
-                              experts=128, experts_per_token=8, moe_intermediate=768)
-GEOMETRIES = {g.name: g for g in (LLAMA_31_8B, QWEN3_30B_A3B)}
-TINY = ModelGeometry("tiny", 256, 4, 2, 64, 512, 1000, 10000.0, 2)
-TINY_MOE = ModelGeometry("tiny-moe", 256, 4, 2, 64, 512, 1000, 10000.0, 2, family="qwen3_moe", experts=4,
-                         experts_per_token=2, moe_intermediate=64)
-
-
-@dataclass
-class ModelBenchSettings:
-    """Everything one benchmark run depends on (all of it is written to the results)."""
-
-    geometry: ModelGeometry = LLAMA_31_8B
-    layers: int = 8
-    lengths: list[int] = field(default_factory=lambda: [32768, 131072])
-    device: str = "cuda"
-    dtype: str = "bfloat16"
-    window: int = 8192
-    sinks: int = 4
-    top_p: float = 0.9
-    seqlen_threshold: int = DEFAULT_SEQLEN_THRESHOLD  # retrieval heads select from this many cached tokens on
-    budgets: list[int] = field(default_factory=list)  # one extra sparse variant per max_tokens budget
-    two_launch: bool = False  # + variant sparse-two-launch: decode steps without the one-launch layer step
-    retrieval_fraction: float = 0.15
-    decode_steps: int = 32
-    decode_warmup: int = 4
-    repeats: int = 3
-    warmup: int = 1
-    oom_search: bool = False
-    oom_lengths: list[int] = field(default_factory=lambda: [2**k for k in range(18, 24)])  # 256K .. 8M
-    oom_keep_going: bool = False
-    oom_decode_steps: int = 4
-    deadline_s: float | None = None  # from the start of the run; later measurements are skipped
-    oom_reserve_s: float = 60.0  # of the deadline, kept for the OOM search
-    sdpa_backends: list[str] = field(default_factory=lambda: ["cudnn", "flash"])
-    seed: int = 0
-    decode_lengths: list[int] = field(default_factory=list)  # decode-only points after random-filled caches
-    profile_steps: int = 0  # > 0: also profile that many decode steps per variant at ``profile_length``
-    profile_length: int | None = None  # cached tokens of the profiles (None: the shortest length)
-    cuda_graph: bool = False  # + variant dense-graph; rtpurbo variants decode from a CUDA graph
-    flash_ttft: bool = True  # on a GPU, + variant dense-flash: the dense model's TTFT with SDPA's flash backend
-    prefill_chunk: int | None = None  # rtpurbo variants prefill in chunks of this many tokens (TTFT at 1M)
-    mlp_chunk: int | None = None  # every variant's decoder MLPs run on at most this many tokens at a time
-    index_logit_std: float | None = None  # indexers scaled to this decode-score std (None: untrained indexers)
-    prefill_blocks: list[int] = field(default_factory=list)  # one sparse-retrieval-prefill variant per block budget
-    prefill_top_p: float = 0.9  # their top-p over the indexer's block scores (the budget caps it)
-    prefill_scoring: str = "pooled"  # how they score key blocks (rtpurbo.ops.block_scores)
-    prefill_dense_tails: list[int] = field(default_factory=list)  # each of them also runs with each dense tail T,
-    # as sparse-prefill{N}-tail{T}
-
-    def sparse_configs(self) -> dict[str, SparseConfig]:
-        """Variant name -> the sparse configuration it converts with."""
-        base = dict(window=self.window, sinks=self.sinks, top_p=self.top_p, seqlen_threshold=self.seqlen_threshold,
-                    impl="auto", decode_impl="auto")
-        configs = {"sparse": SparseConfig(**base)}
-        if self.two_launch:
-            configs[TWO_LAUNCH] = SparseConfig(**base)
-        configs.update({f"sparse-max{n}": SparseConfig(**base, max_tokens=n) for n in self.budgets})
-        floor = SparseConfig().prefill_min_blocks
-        configs.update({f"{SPARSE_PREFILL}{n}": SparseConfig(**base, retrieval_prefill="sparse", prefill_max_blocks=n,
-                                                             prefill_min_blocks=min(n, floor),
-                                                             prefill_top_p=self.prefill_top_p,
-                                                             prefill_scoring=self.prefill_scoring)
-                        for n in self.prefill_blocks})
-        configs.update({f"{SPARSE_PREFILL}{n}-tail{t}": dataclasses.replace(configs[f"{SPARSE_PREFILL}{n}"],
-                                                                             prefill_dense_tail=t)
-                        for n in self.prefill_blocks for t in self.prefill_dense_tails})
-        return configs
-
-
-SPARSE_PREFILL = "sparse-prefill"  # variant prefix: retrieval heads prefill over indexer-chosen key blocks
-TWO_LAUNCH = "sparse-two-launch"  # HeadwiseCache.fuse_roles off: local and retrieval heads in two decode launches
 
 
 # --- the model ----------------------------------------------------------------------------------------
@@ -482,7 +394,9 @@ def _cache_fields(cache) -> dict[str, Any]:
     if isinstance(cache, HeadwiseCache):
         fields["kv_used_bytes"] = cache.used_bytes()
         summary = cache.stats.summary()
-        fields["selected_keys_per_head"] = summary["mean_selected"]
+        # None: no decode step selected (fewer cached tokens than the threshold): every key, not 0 keys
+        fields["selected_keys_per_head"] = summary["mean_selected"] if summary["samples"] else None
+        fields["seqlen_threshold"] = cache.sparse.seqlen_threshold
         if "prefill_block_fraction" in summary:  # sparse retrieval prefill: share of the visible key blocks kept
             fields["prefill_block_fraction"] = summary["prefill_block_fraction"]
     return fields
@@ -570,8 +484,8 @@ def measure(bench: Bench, variant: str, length: int) -> dict[str, Any]:
     row = {"ttft_ms": ttft, "decode_ms_per_token": decode, "decode_tokens_per_s": None if decode is None else 1000 / decode,
            "peak_gib": None if peak is None else peak / GIB, "kv_bytes": runs[-1]["kv_bytes"],
            "timed_runs": len(runs), "tokens": runs[0]["tokens"]}
-    row.update({k: runs[-1][k] for k in ("kv_used_bytes", "selected_keys_per_head", "prefill_block_fraction")
-                if k in runs[-1]})
+    row.update({k: runs[-1][k] for k in ("kv_used_bytes", "selected_keys_per_head", "seqlen_threshold",
+                                         "prefill_block_fraction") if k in runs[-1]})
     if variant in bench.variants.conversions:
         row["attention_flop_ratio"] = attention_flop_ratio(bench.variants.conversions[variant][0], s.geometry, length,
                                                            s.window, s.sinks, row.get("prefill_block_fraction", 1.0))
@@ -583,22 +497,30 @@ def measure(bench: Bench, variant: str, length: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def decode_only(bench: Bench, variant: str, length: int) -> dict[str, Any]:
-    """Decode speed after ``length`` cached tokens of random K/V (no prefill: hours of compute at 1M),
-    as :func:`decode_tokens` times it (graphed with ``cuda_graph``); one run after ``warmup`` dropped ones."""
+    """Decode speed after ``length`` cached tokens of random K/V (no prefill: hours of compute at 1M), as
+    :func:`decode_tokens` times it (graphed with ``cuda_graph``): the median over the timed runs after ``warmup``
+    dropped ones, each through a fresh cache; once the deadline has passed no further timed run starts."""
     s = bench.settings
     bench.variants.use(variant)
     token = torch.zeros(1, dtype=torch.long, device=bench.device)
-    for _ in range(s.warmup + 1):
+    times, peaks = [], []
+    for index in range(s.warmup + s.repeats):
+        if index > s.warmup and bench.out_of_time():
+            break
         bench.reset_peak()
         cache = bench.variants.new_cache(capacity=length + s.decode_warmup + s.decode_steps + 1)
         fill_random(bench.variants, cache, length)
         decoded = decode_tokens(bench, cache, token, length)
-        del cache
+        if index >= s.warmup:
+            times.append(decoded["decode_ms_per_token"])
+            peaks.append(bench.peak_bytes())
+        fields = _cache_fields(decoded["cache"])
+        del cache, decoded
         free_memory()
-    peak = bench.peak_bytes()
-    return {"decode_ms_per_token": decoded["decode_ms_per_token"],
-            "decode_tokens_per_s": 1000 / decoded["decode_ms_per_token"],
-            "peak_gib": None if peak is None else peak / GIB, **_cache_fields(decoded["cache"])}
+    decode = statistics.median(times)
+    peak = max((p for p in peaks if p is not None), default=None)
+    return {"decode_ms_per_token": decode, "decode_tokens_per_s": 1000 / decode,
+            "peak_gib": None if peak is None else peak / GIB, "timed_runs": len(times), **fields}
 
 
 @torch.no_grad()
@@ -669,12 +591,14 @@ def _profile_progress(row: dict[str, Any]) -> str:
 
 def run_benchmark(settings: ModelBenchSettings, out_path: Path, log: Callable[[str], None] = lambda msg: None
                   ) -> dict[str, Any]:
-    """Measure every (length, variant), then the optional OOM search; rows go to ``out_path`` as they come.
+    """Measure every (length, variant), then the optional OOM search; rows are appended to ``out_path`` as they
+    come (the run's first line is its ``config`` record; earlier runs in the file stay).
 
     With a deadline and the OOM search, the measurements stop ``oom_reserve_s`` seconds early so the
     search keeps that much time. Returns {"environment", "config", "rows", "comparison", "oom_search",
     "wall_seconds"}; the same object is the last line of ``out_path``.
     """
+    settings.check()  # before the results file is touched: a settings error loses nothing
     started = time.time()
     deadline = started + settings.deadline_s if settings.deadline_s is not None else math.inf
     device = torch.device(settings.device)

@@ -8,38 +8,34 @@ measurements (``ttft_ms``, ``decode_ms_per_token``, ``decode_tokens_per_s``, ``p
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import platform
 from dataclasses import asdict
 from pathlib import Path
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
-import transformers
 
-from .. import __version__
 from ..config import HeadPlan
 from ..memory import human_bytes
 from ..ops import flex
 from ..ops.triton import topp as triton_topp
 from ..ops.api import resolve_impl
 from .decode_profile import markdown_lines as profile_lines
-
-if TYPE_CHECKING:
-    from .end_to_end import ModelBenchSettings
+from .provenance import footer, provenance
+from .settings import TINY, TINY_MOE, ModelBenchSettings
 
 GIB = 2**30
 
 
 class JsonLines:
-    """One JSON object per line, flushed at once: what was measured survives a crash."""
+    """One JSON object per line, appended and flushed at once: what was measured survives a crash, and so do
+    earlier runs written to the same file."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self._file = path, open(path, "w")
+        self.path, self._file = path, open(path, "a")
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -52,18 +48,20 @@ class JsonLines:
         self._file.close()
 
 
+def report_path(out: Path) -> Path:
+    """Where the Markdown report of a run written to ``out`` goes: ``x.jsonl`` -> ``x.md``, any other name gets
+    ``.md`` appended (``llama-3.1-8b_eager`` -> ``llama-3.1-8b_eager.md``, ``x.md`` -> ``x.md.md``): never ``out``
+    itself, and names with dots do not collide."""
+    return out.with_suffix(".md") if out.suffix == ".jsonl" else out.with_name(out.name + ".md")
+
+
 def environment(device: torch.device) -> dict[str, Any]:
-    """Device and library versions."""
-    env: dict[str, Any] = {"device": "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
-                           "rtpurbo": __version__, "python": platform.python_version()}
+    """Device, library versions, date, command line and rtpurbo checkout (:func:`.provenance.provenance`)."""
+    env: dict[str, Any] = {"device": "cpu", **provenance()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(device=props.name, gpu_memory_gib=round(props.total_memory / GIB, 1), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel())
-        with contextlib.suppress(ImportError):
-            import triton
-
-            env["triton"] = triton.__version__
     return env
 
 
@@ -71,9 +69,9 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
              device: torch.device) -> dict[str, Any]:
     """The resolved configuration, with the notes a reader needs to interpret the numbers."""
     geo = settings.geometry
-    decode_impl = "triton" if device.type == "cuda" and triton_topp.available() else "reference"
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     retrieval = plan.num_retrieval()
+    attention = resolve_impl("auto", device)
     notes = [
         f"{geo.name} attention geometry ({geo.q_heads} q / {geo.kv_heads} KV heads, head dim {geo.head_dim}, "
         f"hidden {geo.hidden}, MLP {geo.intermediate}, vocab {geo.vocab}), {settings.layers} of its "
@@ -83,32 +81,65 @@ def describe(settings: ModelBenchSettings, plan: HeadPlan, dense_sdpa: dict[str,
         "(K/V concatenated on every decode step)",
         f"sparse: {retrieval} of {plan.num_layers * plan.num_kv_heads} KV heads retrieval "
         f"({100 * plan.retrieval_fraction():.1f} %), W = {settings.window}, S = {settings.sinks}, top-p "
-        f"{settings.top_p} with {_indexers(settings)}; attention impl {resolve_impl('auto', device)}, decode impl "
-        f"{decode_impl}; HeadwiseCache with retrieval slots reserved up front"
+        f"{settings.top_p} with {_indexers(settings)}; {_threshold_note(settings)}; attention impl {attention}; "
+        f"{_decode_path(device, attention)}; HeadwiseCache with retrieval slots reserved up front"
         + (f"; budgets (max_tokens) {settings.budgets}" if settings.budgets else "")
         + (f"; sparse-prefill{{N}}: retrieval heads prefill over at most N key blocks of 128 per query block, N in "
            f"{settings.prefill_blocks} (top-p {settings.prefill_top_p} over the indexer's block scores, plus the sink "
            "block and the local band; random weights score blocks almost flat, so N sets what is kept: the Amdahl "
            "table gives the kept share)" if settings.prefill_blocks else "")
-        + ("; decode: static-shape cache, one step replayed from a CUDA graph (--cuda-graph; timed runs only, "
-           "not the OOM search or decode profile)" if settings.cuda_graph else ""),
-        *(["dense-graph: the same weights converted with every KV head a retrieval head at top-p 1 (full "
-           "attention, the dense model's function), decoding through the static-shape HeadwiseCache and rtpurbo's "
-           "GQA split-K Triton kernel from a CUDA graph: dense with its launch overhead removed (transformers' "
-           "StaticCache is not that baseline: its decode mask makes SDPA repeat K/V)"] if settings.cuda_graph else []),
+        + (_graph_note(device) if settings.cuda_graph else ""),
+        *([_dense_graph_note(device, attention)] if settings.cuda_graph else []),
         _selection_note(settings),
         "TTFT = prefill of L tokens (dense: one shot"
         + (f"; rtpurbo variants: chunks of {settings.prefill_chunk}" if settings.prefill_chunk else "; every variant one shot")
         + (f"; decoder MLPs of every variant on at most {settings.mlp_chunk} tokens at a time, the same output"
            if settings.mlp_chunk else "")
         + f") + argmax; decode = {settings.decode_steps} greedy steps after "
-        f"{settings.decode_warmup} warm-up steps; medians of {settings.repeats} runs after {settings.warmup} "
-        f"warm-up run(s); weights {weights / GIB:.2f} GiB (in every peak)",
+        f"{settings.decode_warmup} warm-up steps; every point (decode-only ones too) the median of {settings.repeats} "
+        f"run(s) after {settings.warmup} warm-up run(s); weights {weights / GIB:.2f} GiB (in every peak)",
     ]
     return {"model": f"{geo.name}, {settings.layers}/{geo.full_layers} layers", "settings": asdict(settings),
             "plan": {"retrieval_kv_heads": retrieval, "by_layer": [len(h) for h in plan.retrieval]},
             "sparse_configs": {name: c.to_dict() for name, c in settings.sparse_configs().items()},
             "dense_sdpa": dense_sdpa, "weights_bytes": weights, "notes": notes}
+
+
+def _threshold_note(settings: ModelBenchSettings) -> str:
+    """From how many cached tokens the retrieval heads select (below: every key, no selection)."""
+    if settings.seqlen_threshold == 0:
+        tiny = (" (--tiny's default, so that a CPU run exercises the selection)"
+                if settings.geometry in (TINY, TINY_MOE) else "")
+        return f"seqlen threshold 0: retrieval heads select at every length{tiny}"
+    return (f"retrieval heads select from {human_tokens(settings.seqlen_threshold)} cached tokens on (--seqlen-threshold;"
+            " below it they attend to every key)")
+
+
+def _decode_path(device: torch.device, attention: str) -> str:
+    """What a converted model's decode step runs on ``device``, as :class:`rtpurbo.cache.HeadwiseCache` picks it."""
+    if device.type == "cuda" and triton_topp.available():
+        without = ("both kinds of heads in one Triton launch (two_role_decode)" if attention == "flex"
+                   else f"{attention} attention")
+        return f"decode: steps that select through Triton top-p kernels, steps without selection {without}"
+    return (f"decode: eager PyTorch, steps that select through the reference top-p implementation, local heads and "
+            f"steps without selection through {attention} attention")
+
+
+def _graph_note(device: torch.device) -> str:
+    if device.type == "cuda":
+        return ("; decode: static-shape cache, one step replayed from a CUDA graph (--cuda-graph; timed runs only, "
+                "not the OOM search or decode profile)")
+    return ("; decode with --cuda-graph on the CPU: static-shape cache stepped eagerly by GraphedDecoder's CPU "
+            "stand-in (no graph is captured: the code path, not its speed)")
+
+
+def _dense_graph_note(device: torch.device, attention: str) -> str:
+    head = ("dense-graph: the same weights converted with every KV head a retrieval head at top-p 1 (full attention, "
+            "the dense model's function), decoding through the static-shape HeadwiseCache")
+    if device.type == "cuda":
+        return (head + " and rtpurbo's GQA split-K Triton kernel from a CUDA graph: dense with its launch overhead "
+                "removed (transformers' StaticCache is not that baseline: its decode mask makes SDPA repeat K/V)")
+    return head + f", eagerly on the CPU ({attention} attention over every key; no CUDA graph, no Triton kernel)"
 
 
 def gaussian_topp_fraction(sigma: float, top_p: float) -> float:
@@ -222,8 +253,7 @@ def markdown(result: dict[str, Any]) -> str:
         kv = human_bytes(r["kv_bytes"]) if r.get("kv_bytes") is not None else "-"
         lines.append(f"| {r['variant']} | {human_tokens(r['length'])} | {_num(r.get('ttft_ms'), '.1f')} | "
                      f"{_num(r.get('decode_ms_per_token'), '.2f')} | {_num(r.get('decode_tokens_per_s'), '.1f')} | "
-                     f"{_num(r.get('peak_gib'), '.2f')} | {kv} | {_num(r.get('selected_keys_per_head'), '.0f')} | "
-                     f"{_status(r)} |")
+                     f"{_num(r.get('peak_gib'), '.2f')} | {kv} | {_selected(r)} | {_status(r)} |")
     if result["comparison"]:
         lines += ["", "Dense / sparse (above 1: sparse is faster or smaller):", "",
                   "| L | variant | TTFT | decode | decode vs dense-graph | KV bytes | peak memory | greedy tokens = dense |",
@@ -235,14 +265,18 @@ def markdown(result: dict[str, Any]) -> str:
                          + f" | {_num(c['tokens_match_dense'], '.0%')} |")
     amdahl = [c for c in result["comparison"] if c.get("ttft_ceiling") is not None]
     if amdahl:
+        baselines = {"": f"{_backend_label(config['dense_sdpa']['prefill'])} dense"}
+        if any(c.get("ttft_ceiling_vs_flash") is not None for c in amdahl):
+            baselines["_vs_flash"] = "flash dense (dense-flash)"
         lines += ["", "Time to first token against its Amdahl ceiling (dense TTFT with its measured attention time "
                       "divided by the attention FLOP ratio, the rest unchanged):", "",
-                  "| L | variant | attention FLOP ratio | vs cuDNN dense: share, speedup / ceiling (reached) | "
-                  "vs flash dense: share, speedup / ceiling (reached) |", "|---:|---|---:|---|---|"]
+                  "| L | variant | attention FLOP ratio | " + " | ".join(
+                      f"vs {name}: share, speedup / ceiling (reached)" for name in baselines.values()) + " |",
+                  "|---:|---|---:|" + "---|" * len(baselines)]
         rows = {(r["variant"], r["length"]): r for r in result["rows"] if r.get("status") == "ok"}
         for c in amdahl:
             cells = []
-            for suffix in ("", "_vs_flash"):
+            for suffix in baselines:
                 if c.get(f"ttft_ceiling{suffix}") is None:
                     cells.append("-")
                     continue
@@ -258,9 +292,37 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", *profile_lines(result["decode_profile"])]
     if result.get("oom_search"):
         lines += ["", *_oom_lines(result["oom_search"])]
-    lines += ["", f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}; "
-                  f"wall {result['wall_seconds']:.0f} s"]
+    notes = _selected_footnotes(result["rows"] + (result.get("decode_only") or []))
+    lines += ["", *notes, *([""] if notes else []),
+              f"{env['device']}; {footer(env)}; wall {result['wall_seconds']:.0f} s", "",
+              f"Command: `{env.get('command')}`"]
     return "\n".join(lines)
+
+
+SDPA_LABELS = {"cudnn": "cuDNN", "flash": "flash", "efficient": "memory-efficient", "math": "math",
+               "default": "torch's default SDPA"}
+
+
+def _backend_label(name: str) -> str:
+    return SDPA_LABELS.get(name, name)
+
+
+def _selected(row: dict[str, Any]) -> str:
+    """'selected keys/head' cell: the mean, 'all' where no decode step selected (below the seqlen threshold), '-'
+    where the variant has no retrieval heads' selection (dense)."""
+    if "selected_keys_per_head" not in row:
+        return "-"
+    if row["selected_keys_per_head"] is None:
+        return "all*"
+    return _num(row["selected_keys_per_head"], ".0f")
+
+
+def _selected_footnotes(rows: list[dict[str, Any]]) -> list[str]:
+    """The footnote of every 'all*' cell: per seqlen threshold, why no key was left out."""
+    thresholds = sorted({r["seqlen_threshold"] for r in rows if r.get("status") == "ok"
+                         and "selected_keys_per_head" in r and r["selected_keys_per_head"] is None})
+    return [f"\\* all: no selection below threshold {human_tokens(n)} (fewer cached tokens than the seqlen threshold: "
+            "the retrieval heads attend to every key)" for n in thresholds]
 
 
 def _decode_only_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -282,7 +344,7 @@ def _decode_only_lines(rows: list[dict[str, Any]]) -> list[str]:
                 continue
             ratio = None if variant.startswith("dense") else _ratio(best_dense, r["decode_ms_per_token"])
             peak = "" if r.get("peak_gib") is None else f", {r['peak_gib']:.1f} GiB"
-            keys = f", {r['selected_keys_per_head']:.0f} keys" if r.get("selected_keys_per_head") else ""
+            keys = "" if "selected_keys_per_head" not in r else f", {_selected(r)} keys"
             speedup = "" if ratio is None else f" ({ratio:.2f}x)"
             texts.append(f"{r['decode_ms_per_token']:.2f}{speedup}{peak}{keys}")
         lines.append(f"| {human_tokens(length)} | " + " | ".join(texts) + " |")

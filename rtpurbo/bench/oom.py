@@ -23,10 +23,15 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA and others; the CPU's DefaultCPUAllocator
+
+
 def is_oom(err: BaseException) -> bool:
-    """True for torch's OOM error, and for the RuntimeErrors some libraries raise on failed allocations."""
+    """True for torch's OOM error, and for the RuntimeErrors of failed allocations (the CPU allocator's
+    "DefaultCPUAllocator: can't allocate memory", some libraries' "out of memory")."""
+    message = str(err).lower()
     return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+        isinstance(err, RuntimeError) and any(text in message for text in OOM_MESSAGES)
     )
 
 
