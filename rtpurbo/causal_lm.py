@@ -97,13 +97,26 @@ def _runs_sparse(model: nn.Module) -> bool:
 
 @functools.cache
 def headwise_class(base: type) -> type:
-    """``base`` (a transformers causal-LM class) with :class:`HeadwiseCausalLM` before it, under the same
-    name, so that ``save_pretrained`` still writes the base class into ``architectures``."""
+    """``base`` (a transformers causal-LM class) with :class:`HeadwiseCausalLM` before it. Its ``__name__`` is the
+    base's, so ``save_pretrained`` still writes the base class into ``architectures``; it is found (pickle) as
+    ``rtpurbo.causal_lm.Headwise<base name>``, which this module builds on demand (:func:`__getattr__`)."""
     if issubclass(base, HeadwiseCausalLM):
         return base
-    return type(base.__name__, (HeadwiseCausalLM, base), {"__module__": base.__module__,
-                                                          "__qualname__": base.__qualname__,
+    return type(base.__name__, (HeadwiseCausalLM, base), {"__module__": __name__, "__qualname__": PREFIX + base.__name__,
                                                           "__doc__": base.__doc__})
+
+
+PREFIX = "Headwise"
+
+
+def __getattr__(name: str) -> type:
+    """``Headwise<transformers class>`` -> :func:`headwise_class` of it (how pickle finds a converted model's class)."""
+    import transformers
+
+    base = getattr(transformers, name[len(PREFIX):], None) if name.startswith(PREFIX) else None
+    if not isinstance(base, type):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return headwise_class(base)
 
 
 def base_class(model: nn.Module) -> type:

@@ -1,6 +1,8 @@
 """A model converted in process behaves as transformers' users call it: model(ids), model.generate(), lm-eval."""
 from __future__ import annotations
 
+from io import BytesIO as io_bytes
+
 import pytest
 import torch
 
@@ -43,6 +45,13 @@ def test_forward_starts_a_headwise_cache_and_keeps_the_base_class(family, tmp_pa
     assert isinstance(model, base_class) and type(model).__name__ == base_class.__name__
     model.save_pretrained(tmp_path / "hf")  # writes its class into architectures: the base class, loadable
     assert model.config.architectures == [base_class.__name__]
+    buffer = io_bytes()
+    torch.save(model, buffer)  # the class pickles by name (rtpurbo.causal_lm.Headwise<base>) and loads back
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False)
+    assert type(again) is type(model) and type(model).__qualname__ == f"Headwise{base_class.__name__}"
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, out.logits)
     unconvert(model)
     assert type(model) is base_class
 
