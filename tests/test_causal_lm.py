@@ -1,7 +1,7 @@
 """A model converted in process behaves as transformers' users call it: model(ids), model.generate(), lm-eval."""
 from __future__ import annotations
 
-from io import BytesIO as io_bytes
+from io import BytesIO
 
 import pytest
 import torch
@@ -45,7 +45,7 @@ def test_forward_starts_a_headwise_cache_and_keeps_the_base_class(family, tmp_pa
     assert isinstance(model, base_class) and type(model).__name__ == base_class.__name__
     model.save_pretrained(tmp_path / "hf")  # writes its class into architectures: the base class, loadable
     assert model.config.architectures == [base_class.__name__]
-    buffer = io_bytes()
+    buffer = BytesIO()
     torch.save(model, buffer)  # the class pickles by name (rtpurbo.causal_lm.Headwise<base>) and loads back
     buffer.seek(0)
     again = torch.load(buffer, weights_only=False)
