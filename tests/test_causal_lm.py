@@ -107,3 +107,15 @@ def test_lm_eval_takes_a_model_converted_in_process(tmp_path):
     with torch.no_grad():
         logprobs = model(full, use_cache=False).logits.log_softmax(-1)[0, -3:-1]
     assert loglikelihood == pytest.approx(logprobs.gather(-1, full[0, -2:, None]).sum().item(), abs=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU kernels (flex prefill, Triton decode) need CUDA")
+def test_generate_on_gpu_matches_rtpurbo_generate_on_a_padded_batch():
+    """The same through the GPU paths: transformers' generate() of an in-process converted model, bf16, left-padded."""
+    model, _ = _converted("llama")
+    model = model.to("cuda", torch.bfloat16)
+    ids, mask = (t.cuda() for t in _padded())
+    pad = tiny_tokenizer().pad_token_id
+    expected = generate(model, tiny_tokenizer(), ids, mask, max_new_tokens=6).sequences
+    got = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=pad)
+    assert torch.equal(got, expected)
