@@ -87,9 +87,12 @@ def test_convert_train_runs_both_stages_before_save(tmp_path):
     args = parser().parse_args(["convert", "--out", str(tmp_path / "artifact"), "--train", "--data",
                                 str(tmp_path / "shards"), "--distill-data", str(tmp_path / "mix"),
                                 "--indexer-steps", "2", "--distill-steps", "2",
-                                "--indexer-warmup", "0", "--distill-warmup", "0", "--distill-lora-rank", "2"])
+                                "--indexer-warmup", "0", "--distill-warmup", "0", "--distill-lora-rank", "2",
+                                "--distill-keep-checkpoints", "--distill-checkpoint-every", "1"])
     args.out, args.device, args.json = tmp_path / "artifact", "cpu", False
     result = train_converted(args, model, tokenizer)
+    snapshot = io.read_config(tmp_path / "artifact.distill-step-00001")["history"]  # stage 1 is done by then
+    assert [h["stage"] for h in snapshot] == ["indexer", "distill"] and snapshot[-1].get("snapshot")
     assert result["indexer"]["steps_done"] == 2 and result["distill"]["steps_done"] == 2
     assert result["indexer"]["data"] == str(tmp_path / "shards") and result["distill"]["data"] == str(tmp_path / "mix")
     io.save(model, args.out)

@@ -152,13 +152,16 @@ def test_default_rate_with_a_warmup_longer_than_the_run(shards):
 
 
 def test_continuing_keeps_the_adapters_the_model_has(shards):
-    """A model with LoRA adapters trains those: the default settings become theirs (recorded as such), other
-    settings are refused."""
+    """A model with LoRA adapters trains those: no LoRA settings means theirs (recorded as such), any explicit other
+    settings are refused; a model without adapters gets the defaults."""
     from rtpurbo.train.stage2_distill import LoraMismatch
 
     model = converted_llama()
     attach_lora(model, LoraSettings(r=2, alpha=4))
-    with pytest.raises(LoraMismatch, match="rank 2, alpha 4"):
-        distill(model, shards, replace(settings("lora", steps=2), lora=LoraSettings(r=8, alpha=4)), make_runtime("cpu"))
-    report = distill(model, shards, replace(settings("lora", steps=2), lora=LoraSettings()), make_runtime("cpu"))
+    for asked in (LoraSettings(r=8, alpha=4), LoraSettings()):  # the defaults, asked for explicitly, are other settings
+        with pytest.raises(LoraMismatch, match="rank 2, alpha 4"):
+            distill(model, shards, replace(settings("lora", steps=2), lora=asked), make_runtime("cpu"))
+    report = distill(model, shards, replace(settings("lora", steps=2), lora=None), make_runtime("cpu"))
     assert report["settings"]["lora"]["r"] == 2 and model.rtpurbo_lora["r"] == 2
+    fresh = distill(converted_llama(), shards, replace(settings("lora", steps=2), lora=None), make_runtime("cpu"))
+    assert fresh["settings"]["lora"] == LoraSettings().to_dict()

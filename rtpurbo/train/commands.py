@@ -157,8 +157,9 @@ def _add_distill(p: argparse.ArgumentParser, prefix: str) -> None:
     _add_loop(p, prefix, d.loop.steps, d.loop.batch_size, None)
     p.add_argument(f"--{prefix}trainable", choices=TRAINABLE, default=d.trainable,
                    help="lora (peft adapters on q/k/v/o), attention (those weights) or all; indexers always")
-    p.add_argument(f"--{prefix}lora-rank", type=positive_int, default=d.lora.r)
-    p.add_argument(f"--{prefix}lora-alpha", type=positive_int, default=d.lora.alpha)
+    p.add_argument(f"--{prefix}lora-rank", type=positive_int,
+                   help=f"rank of new adapters (default {LoraSettings().r}; a model with adapters trains its own)")
+    p.add_argument(f"--{prefix}lora-alpha", type=positive_int, help=f"their alpha (default {LoraSettings().alpha})")
     p.add_argument(f"--{prefix}indexer-lr", type=positive_float, default=d.indexer_lr)
     p.add_argument(f"--{prefix}indexer-weight", type=count_float, default=d.indexer_weight,
                    help="weight of the indexer KL next to the distillation KL")
@@ -198,13 +199,21 @@ def indexer_settings(args: argparse.Namespace, prefix: str, checkpoint_dir: Path
 def distill_settings(args: argparse.Namespace, prefix: str, checkpoint_dir: Path) -> DistillSettings:
     return DistillSettings(
         loop=_loop(args, prefix, checkpoint_dir), trainable=_get(args, prefix, "trainable"),
-        lora=LoraSettings(r=_get(args, prefix, "lora-rank"), alpha=_get(args, prefix, "lora-alpha")),
+        lora=_lora(_get(args, prefix, "lora-rank"), _get(args, prefix, "lora-alpha")),
         indexer_lr=_get(args, prefix, "indexer-lr"), indexer_weight=_get(args, prefix, "indexer-weight"),
         logits_chunk=_get(args, prefix, "logits-chunk"),
         gradient_checkpointing=not _get(args, prefix, "no-gradient-checkpointing"),
         eval_sequences=_get(args, prefix, "eval-sequences"), student_prefill=_get(args, prefix, "student-prefill"),
         student_scoring=_get(args, prefix, "student-scoring"),
     )
+
+
+def _lora(rank: int | None, alpha: int | None) -> LoraSettings | None:
+    """The LoRA flags as given: None when neither is (stage 2 then trains a model's own adapters, or the defaults)."""
+    if rank is None and alpha is None:
+        return None
+    default = LoraSettings()
+    return LoraSettings(r=rank or default.r, alpha=alpha or default.alpha)
 
 
 def _checkpoint_dir(args: argparse.Namespace, stage: str) -> Path:
@@ -316,17 +325,17 @@ def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer:
                         _snapshots(args, model, "indexer-", "indexer"))
     if runtime.is_main:
         print_recall(args, stage1)
+    model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1)]  # stage 2's snapshots too
     if stage1["stopped_early"]:  # stage 2 starts from finished indexers only: --resume finishes stage 1 first
         _say(args, f"stage 1 stopped early after {stage1['steps_done']} steps (time budget); stage 2 did not run. "
                    "Run the same command with --resume to finish stage 1, then stage 2 runs")
-        model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1)]
         return {"indexer": summary(stage1), "distill": None, "reports": [stage1]}
     stage2 = run_stage2(model, distill_shards, distill_settings(args, "distill-", _checkpoint_dir(args, "distill")),
                         runtime, _snapshots(args, model, "distill-", "distill"))
     if runtime.is_main:
         print_heldout_kl(args, stage2)
         _say_stopped_early(args, stage2)
-    model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(stage1), summary(stage2)]
+    model.rtpurbo_history = model.rtpurbo_history + [summary(stage2)]
     return {"indexer": summary(stage1), "distill": summary(stage2), "reports": [stage1, stage2]}
 
 

@@ -51,7 +51,7 @@ class DistillSettings:
 
     loop: LoopSettings = field(default_factory=lambda: LoopSettings(steps=600, batch_size=1, lr=None))
     trainable: str = "lora"
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: LoraSettings | None = None  # None: the adapters the model has, else LoraSettings()
     indexer_lr: float = 1e-3
     indexer_weight: float = 1.0
     indexer_queries: int = 128
@@ -109,13 +109,14 @@ class LoraMismatch(ValueError):
 
 
 def lora_in_effect(model: nn.Module, settings: DistillSettings) -> DistillSettings:
-    """``settings`` with the LoRA settings training will use: a model that already has adapters trains those, so
-    ``settings.lora`` must be theirs or the default (then it becomes theirs); anything else raises LoraMismatch."""
-    existing = getattr(model, "rtpurbo_lora", None)
-    if settings.trainable != "lora" or not has_lora(model) or existing is None:
-        return settings
+    """``settings`` with the LoRA settings training will use: a model that already has adapters trains those, so an
+    explicit ``settings.lora`` must be theirs (anything else raises LoraMismatch); None means theirs, or
+    ``LoraSettings()`` for a model without adapters."""
+    existing = getattr(model, "rtpurbo_lora", None) if has_lora(model) else None
+    if existing is None:
+        return replace(settings, lora=settings.lora or LoraSettings())
     existing = LoraSettings.from_dict(existing)
-    if settings.lora not in (existing, LoraSettings()):
+    if settings.trainable == "lora" and settings.lora not in (None, existing):
         raise LoraMismatch(f"this model already has LoRA adapters (rank {existing.r}, alpha {existing.alpha}), "
                            f"which stage 2 continues to train; asked for rank {settings.lora.r}, alpha "
                            f"{settings.lora.alpha}: drop --lora-rank / --lora-alpha, or distil from an artifact "
