@@ -724,8 +724,9 @@ class HeadwiseCache(Cache):
 
     def _retrieval_attention(self, module, layer: LayerCache, q, q_idx, positions) -> torch.Tensor:
         """Retrieval heads' queries q (B, Hr*G, L, D) over their stored keys (the new ones included): the
-        indexer's top-p selection at decode; at prefill full causal attention, or the indexer's block
-        selection (``retrieval_prefill == "sparse"``; q_idx: this forward's indexer queries)."""
+        indexer's top-p selection at decode; at prefill full causal attention, the indexer's block
+        selection (``retrieval_prefill == "sparse"``; q_idx: this forward's indexer queries) or every query's
+        token selection (``topp``)."""
         sparse = self.sparse
         keys, values, key_idx, key_pos = self._retrieval_view(layer)
         decode = q.shape[2] == 1 and self._step_selects(module, layer.r_len)
@@ -740,6 +741,11 @@ class HeadwiseCache(Cache):
                                                     aligned=aligned)
             self.stats.record_prefill(module.layer_idx, kept, seen)
             return out
+        if not decode and q.shape[2] > 1 and sparse.retrieval_prefill == "topp" and module.base_window is None:
+            with torch.no_grad():  # every query over its indexer's token selection, as without a cache
+                key_mask = module.select(q_idx, key_idx, positions, key_pos)
+            return ops.attention(q, keys, values, positions, key_pos, window=None, key_mask=key_mask,
+                                 scale=module.scaling, impl=sparse.impl)
         if not decode:
             first = layer.r_len == q.shape[2]  # the keys are this forward's own tokens
             plain, plan = self._prefill_plan("retrieval", module.base_window, positions, key_pos, first)

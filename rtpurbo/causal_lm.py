@@ -15,6 +15,7 @@ one loaded with ``trust_remote_code`` behave alike:
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import torch
@@ -44,18 +45,33 @@ def one_sequence_per_prompt(model: nn.Module, kwargs: dict[str, Any]) -> None:
 
 def generate(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """transformers' ``generate()`` of a converted model through a head-wise cache (module docstring); the
-    arguments are transformers'. A caller's own cache, or ``use_cache=False``, is passed through as given."""
-    if given_cache(kwargs) is None and kwargs.get("use_cache", True) is not False:
+    arguments are transformers'. A caller's own cache, or ``use_cache=False`` (as an argument or in the generation
+    config), is passed through as given. A prompt given as ``inputs_embeds`` is prefilled whole, its last token
+    included (there are no ids to decode it from)."""
+    config = kwargs.get("generation_config") or model.generation_config
+    use_cache = kwargs.get("use_cache", getattr(config, "use_cache", True))
+    if given_cache(kwargs) is None and use_cache is not False:
         one_sequence_per_prompt(model, kwargs)
         cache = HeadwiseCache(model)
         input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
         if input_ids is not None and input_ids.shape[1] > 1:
             if kwargs.get("attention_mask") is None:  # generate() slices the prompt by the cache only with a mask
-                kwargs["attention_mask"] = torch.ones_like(input_ids)
+                kwargs["attention_mask"] = inferred_mask(input_ids, config, kwargs)
             mask = kwargs["attention_mask"]
             prefill(model, cache, input_ids[:, :-1], mask[:, :-1], chunk=input_ids.shape[1] - 1)
         kwargs[cache_kwarg()] = cache
     return GenerationMixin.generate(model, *args, **kwargs)
+
+
+def inferred_mask(input_ids: torch.Tensor, config: Any, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The attention mask transformers' ``generate()`` infers for ``input_ids`` (B, L) given none: the tokens that
+    are not the padding id, when the prompt holds that id and it is not an end-of-sequence id; else all ones."""
+    pad = kwargs.get("pad_token_id", getattr(config, "pad_token_id", None))
+    eos = kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if pad is None or pad in eos or not bool((input_ids == pad).any()):
+        return torch.ones_like(input_ids)
+    return input_ids.ne(pad).long()
 
 
 class HeadwiseCausalLM:
@@ -70,10 +86,12 @@ class HeadwiseCausalLM:
         if base_forward is None:  # a mixin refining this one, not yet placed before a model class
             return
 
-        @functools.wraps(base_forward)
         def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
             return HeadwiseCausalLM.forward(self, *args, **kwargs)
 
+        # the signature and docs, not ``__wrapped__``: unwrapping (accelerate's unwrap_model) must stop here
+        forward.__signature__ = inspect.signature(base_forward)
+        forward.__doc__, forward.__name__, forward.__qualname__ = base_forward.__doc__, "forward", base_forward.__qualname__
         cls.forward = forward
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -81,7 +99,10 @@ class HeadwiseCausalLM:
         if use_cache is None:
             use_cache = self.config.use_cache
         if given_cache(kwargs) is None and use_cache and _runs_sparse(self):
-            kwargs[cache_kwarg()] = HeadwiseCache(self)
+            if self.training and getattr(self, "is_gradient_checkpointing", False):
+                kwargs["use_cache"] = False  # what transformers does then anyway, without its warning
+            else:
+                kwargs[cache_kwarg()] = HeadwiseCache(self)
         return super().forward(*args, **kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:

@@ -18,11 +18,11 @@ from .conftest import random_ids
 from .exported import SPARSE, trained_artifact
 
 
-def _converted(family: str):
+def _converted(family: str, **sparse):
     model = tiny_model(family)
     layers, num_kv, num_q, _ = geometry(model.config)
     base_class = type(model)
-    convert(model, HeadPlan(layers, num_kv, num_q, [[0]] + [[]] * (layers - 1)), SparseConfig(**SPARSE))
+    convert(model, HeadPlan(layers, num_kv, num_q, [[0]] + [[]] * (layers - 1)), SparseConfig(**{**SPARSE, **sparse}))
     return model, base_class
 
 
@@ -119,3 +119,37 @@ def test_generate_on_gpu_matches_rtpurbo_generate_on_a_padded_batch():
     expected = generate(model, tiny_tokenizer(), ids, mask, max_new_tokens=6).sequences
     got = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=pad)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("prefill", ["dense", "sparse", "topp"])
+def test_the_default_cache_computes_what_no_cache_does(prefill):
+    """model(ids) through the head-wise cache it starts equals model(ids, use_cache=False) on a left-padded batch,
+    whatever the retrieval heads' prefill (topp: every query over its indexer's token selection in both)."""
+    model, _ = _converted("llama", retrieval_prefill=prefill, prefill_top_p=0.5, prefill_min_blocks=0, prefill_band=1,
+                          prefill_dense_tail=0)
+    ids, mask = _padded(3, 300)
+    with torch.no_grad():
+        cached = model(ids, attention_mask=mask).logits
+        plain = model(ids, attention_mask=mask, use_cache=False).logits
+    valid = mask.bool()
+    torch.testing.assert_close(cached[valid], plain[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_generate_reads_use_cache_and_the_mask_as_transformers_does():
+    """use_cache=False in the generation config is use_cache=False; a left-padded prompt without a mask gets the mask
+    transformers infers from the padding id; accelerate's unwrap_model keeps the head-wise forward."""
+    from accelerate import Accelerator
+    from transformers import GenerationConfig
+
+    model, _ = _converted("llama")
+    ids, mask = _padded()
+    pad = 255
+    ids = torch.where(mask.bool(), ids.clamp(max=pad - 1), torch.full_like(ids, pad))  # the padding id only there
+    common = dict(max_new_tokens=5, do_sample=False, pad_token_id=pad)
+    without = model.generate(ids, attention_mask=mask, use_cache=False, **common)
+    config = GenerationConfig(use_cache=False, **common)
+    assert torch.equal(model.generate(ids, attention_mask=mask, generation_config=config), without)
+    assert torch.equal(model.generate(ids, **common), model.generate(ids, attention_mask=mask, **common))
+    unwrapped = Accelerator(cpu=True).unwrap_model(Accelerator(cpu=True).prepare(model), keep_fp32_wrapper=False)
+    with torch.no_grad():
+        assert type(unwrapped(ids[:1]).past_key_values).__name__ == "HeadwiseCache"
