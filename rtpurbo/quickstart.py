@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from . import io
 from .config import HeadPlan, SparseConfig, dumps
-from .convert import convert
+from .convert import check_local_windows, convert
 from .cache import HeadwiseCache
 from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
@@ -35,6 +35,7 @@ from .eval.scoring import decode_step
 from .eval.speed import measure_speed_paired
 from .data.task_data import perplexity_windows
 from .families import geometry
+from .models import ModelSource, fingerprint, load_base, resolve_model
 from .prefill import prefill
 from .memory import KVGeometry, kv_table
 from .pipeline import plan_summary, run_profile
@@ -81,39 +82,61 @@ def answer_accuracy(model: nn.Module, samples: list, desc: str) -> dict[str, flo
             "exact": sum(a == 1.0 for a in token_acc) / len(samples), "samples": len(samples)}
 
 
-def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable, out: Path) -> tuple[nn.Module, str]:
-    """The converted row's model: the shipped adapter, or a fresh profile -> convert -> save."""
+def adapter_base(args: argparse.Namespace) -> ModelSource:
+    """The dense row's base: ``--model`` (at ``--revision``), which must hold the very weights the ``--adapter`` was
+    converted from (same fingerprint as :func:`rtpurbo.io.load` checks: a relative path, a moved copy or another
+    revision of the same weights agree; other weights are refused). A Hub ``--model`` that names the adapter's
+    repository without ``--revision`` is taken at the adapter's commit."""
+    record = io.read_config(args.adapter)["base_model"]
+    recorded = io.recorded_description(record)
+    if args.revision is None and record.get("repo_id") and args.model == record["repo_id"]:
+        source = resolve_model(record["repo_id"], record["commit"])
+    else:
+        source = resolve_model(args.model, args.revision)
+    if fingerprint(source) != record["fingerprint"]:
+        pin = f" --revision {record['commit']}" if record.get("repo_id") else ""
+        asked = f"--model {args.model}" + (f" --revision {args.revision}" if args.revision else "")
+        raise io.ArtifactError(f"the adapter {args.adapter} was converted from {recorded}, but {asked} is other "
+                               f"weights ({source.describe()}): both rows must be the same base model. Pass --model "
+                               f"{record['spec']}{pin}, or --from-scratch to profile and convert --model here")
+    return source
+
+
+def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable, out: Path, base: ModelSource | None,
+               device: str, dtype: torch.dtype) -> tuple[nn.Module, str]:
+    """The converted row's model: the adapter on ``base``, or a fresh profile -> convert -> save."""
     if not args.from_scratch:
-        base = io.read_config(args.adapter)["base_model"]["spec"]
-        if base != args.model:
-            raise SystemExit(f"the adapter {args.adapter} converts {base!r}, not {args.model!r}; "
-                             "pass --from-scratch to profile and convert --model here")
-        model, _ = io.load(args.adapter, dtype=torch.float32, device="cpu", merge_adapters=True)
+        model, _ = io.load(args.adapter, base=base, dtype=dtype, device=device, merge_adapters=True)
         return model, f"adapter {args.adapter}"
     model, tokenizer = load(args)
+    sparse = SparseConfig(window=args.window, sinks=args.sinks)
+    if args.retrieval_ratio < 1:  # W within the base's own window wherever local heads may go: before profiling
+        check_local_windows(model, HeadPlan.uniform(*geometry(model.config)[:3], retrieval=False), sparse)
     settings = settings_from(args)
     progress(f"      profiling {geometry(model.config)[0]} layers on needle prompts "
         f"({settings.profile_samples} x 3 kinds x {settings.profile_length} tokens)")
     _, plan = run_profile(model, tokenizer, settings, out / "profile")
-    convert(model, plan, SparseConfig(window=args.window, sinks=args.sinks))
+    convert(model, plan, sparse)
     io.save(model, out / "artifact")
     return model, f"training-free split, saved to {out / 'artifact'}"
 
 
-def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: Callable) -> dict[str, Any]:
+def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: Callable, device: str = "cpu",
+        dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Both rows on ``device`` in ``dtype``; ``load(args)`` gives the base model (from scratch: to convert here)."""
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
+    base = None if args.from_scratch else adapter_base(args)  # before any model loads
     if args.from_scratch:
         say(args, "[1/5] base model and the training-free split (profile -> convert -> save)")
     else:
-        say(args, f"[1/5] base model and the shipped adapter {args.adapter} (plan + indexers + LoRA)")
-    converted, origin = _converted(args, load, settings_from, out)
+        say(args, f"[1/5] base model {base.describe()} and the adapter {args.adapter} (plan + indexers + LoRA)")
+    converted, origin = _converted(args, load, settings_from, out, base, device, dtype)
     # the main job shows the indexer's selection at 4-8K: below the default seqlen_threshold (512K
     # tokens, where selecting starts to pay on a GPU) retrieval heads would decode over every key
     converted.rtpurbo_sparse.seqlen_threshold = 0
-    dense, tokenizer = load(args)
+    dense, tokenizer = load(args) if base is None else load_base(base, dtype=dtype, device=device)
     layers, kv_heads, q_heads, head_dim = geometry(dense.config)
     convert(dense, HeadPlan.uniform(layers, kv_heads, q_heads, retrieval=True), SparseConfig(top_p=1.0))
     plan, sparse = converted.rtpurbo_plan, converted.rtpurbo_sparse
@@ -137,7 +160,7 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: 
     say(args, "[5/5] KV cache bytes (bf16)")
     kv = KVGeometry(layers, kv_heads, head_dim, plan.num_retrieval(), sparse.window, sparse.sinks, sparse.index_dim)
     result = {
-        "model": args.model,
+        "model": args.model if base is None else base.describe(),
         "converted": origin,
         "plan": plan_summary(plan),
         "sparse": sparse.to_dict(),
@@ -147,6 +170,7 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: 
         "kv_cache_bf16": kv.report((args.eval_length, 131072, 1048576)),
         "wall_seconds": round(time.time() - started, 1),
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "quickstart.json").write_text(dumps(result))
     _print_side_by_side(args, say, result)
     return result

@@ -181,3 +181,126 @@ def test_cli_runs_without_triton(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flags", [["--window", "512"], ["--sinks", "8"], ["--retrieval-ratio", "0.3"],
+                                   ["--profile-samples", "3"], ["--profile-length", "1024"],
+                                   ["--window", "1024"], ["--profile-samples", "6"]])  # the defaults, given
+def test_quickstart_refuses_from_scratch_flags_without_it(flags, tmp_path, capsys, monkeypatch):
+    from rtpurbo import quickstart
+
+    monkeypatch.setattr(quickstart, "run", lambda *a, **k: pytest.fail("ran the quickstart"))
+    assert main(["quickstart", *flags, "--out", str(tmp_path / "qs")]) == 2
+    err = capsys.readouterr().err
+    assert f"rtpurbo quickstart: error: {flags[0]} " in err and "--from-scratch" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "qs").exists()
+
+
+def test_quickstart_refuses_an_adapter_with_from_scratch(tmp_path, capsys, monkeypatch):
+    from rtpurbo import quickstart
+
+    monkeypatch.setattr(quickstart, "run", lambda *a, **k: pytest.fail("ran the quickstart"))
+    assert main(["quickstart", "--from-scratch", "--adapter", str(tmp_path), "--out", str(tmp_path / "qs")]) == 2
+    assert "is not used with --from-scratch" in capsys.readouterr().err
+
+
+def _artifact(checkpoint, tmp_path, capsys):
+    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
+    out = tmp_path / "artifact"
+    run_json(capsys, ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "plan.json"), "--window", "8",
+                      "--out", str(out)])
+    return out
+
+
+def test_a_converted_model_as_a_base_is_refused_before_any_work(checkpoint, tmp_path, capsys, monkeypatch):
+    """An artifact (or an exported directory) given to convert, profile or quickstart --from-scratch: one line naming
+    its base, before profiling (no OUT-profile directory, no output)."""
+    from rtpurbo import commands
+
+    from rtpurbo import quickstart
+
+    artifact = _artifact(checkpoint, tmp_path, capsys)
+    for module in (commands, quickstart):
+        monkeypatch.setattr(module, "run_profile", lambda *a, **k: pytest.fail("profiled"))
+    monkeypatch.setattr(commands, "load_base", lambda *a, **k: pytest.fail("loaded a model"))
+    for argv in (["convert", "--model", str(artifact), "--out", str(tmp_path / "again")],
+                 ["profile", "--model", str(artifact), "--out", str(tmp_path / "profile")],
+                 ["quickstart", "--from-scratch", "--model", str(artifact), "--out", str(tmp_path / "qs")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is an rtpurbo artifact (already converted)" in err and f"--model {checkpoint.resolve()}" in err
+        assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "base", "plan.json"]
+
+
+def test_an_exported_directory_runs_as_the_sparse_model(checkpoint, tmp_path, capsys):
+    """generate and info take an exported directory as the sparse model it is; convert refuses it."""
+    artifact = _artifact(checkpoint, tmp_path, capsys)
+    run_json(capsys, ["export", "--model", str(artifact), "--out", str(tmp_path / "exported")])
+    gen = run_json(capsys, ["generate", "--model", str(tmp_path / "exported"), "--prompt", "w1 w2 w3",
+                            "--max-new-tokens", "3", "--no-chat-template"])
+    assert gen["kv_cache"]["allocated_bytes"] > 0  # decoded through the head-wise cache
+    info = run_json(capsys, ["info", "--model", str(tmp_path / "exported")])
+    assert info["plan"]["by_layer"] == {"0": [1]} and info["plan"]["retrieval_kv_heads"] == 1
+    assert main(["convert", "--model", str(tmp_path / "exported"), "--out", str(tmp_path / "c")]) == 2
+    assert "written by `rtpurbo export`" in capsys.readouterr().err
+
+
+@pytest.fixture
+def windowed(tmp_path):
+    """A tiny Mistral whose own attention is a sliding window of 16 tokens."""
+    return save_tiny_checkpoint("mistral", tmp_path / "mistral", sliding_window=16)
+
+
+def test_info_counts_a_windowed_base_as_it_caches(windowed, capsys):
+    info = run_json(capsys, ["info", "--model", str(windowed)])
+    layers, kv, head_dim = 2, 2, 16
+    row = {r["context"]: r for r in info["kv_cache"]}[8192]
+    assert row["dense_bytes"] == 2 * layers * kv * head_dim * 2 * 16  # 16 tokens per layer, not 8192
+    assert info["base_window"]["smallest"] == 16
+    main(["info", "--model", str(windowed)])
+    out = capsys.readouterr().out
+    assert "W=16 " in out and "convert accepts W <= 16" in out
+
+
+def test_a_window_beyond_the_base_window_is_refused_before_profiling(windowed, tmp_path, capsys, monkeypatch):
+    from rtpurbo import commands, quickstart
+
+    def no_profile(*args, **kwargs):
+        raise AssertionError("profiled")
+
+    monkeypatch.setattr(commands, "run_profile", no_profile)
+    monkeypatch.setattr(quickstart, "run_profile", no_profile)
+    for argv in (["convert", "--model", str(windowed), "--window", "32", "--out", str(tmp_path / "a")],
+                 ["quickstart", "--from-scratch", "--model", str(windowed), "--window", "32", "--out",
+                  str(tmp_path / "qs")]):
+        assert main(argv) == 2
+        assert "sliding window of 16 tokens" in capsys.readouterr().err
+    assert not (tmp_path / "a-profile").exists() and not (tmp_path / "qs").exists()
+
+
+def test_info_refuses_a_base_the_artifact_does_not_fit(checkpoint, tmp_path, capsys):
+    artifact = _artifact(checkpoint, tmp_path, capsys)
+    other = save_tiny_checkpoint("qwen3", tmp_path / "qwen3")
+    assert main(["info", "--model", str(artifact), "--base", str(other)]) == 2
+    assert "does not fit the base model" in capsys.readouterr().err
+
+
+def test_quickstart_out_naming_a_file_and_failures_leave_no_directory(checkpoint, tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    assert main(["quickstart", "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"
+    artifact = _artifact(checkpoint, tmp_path, capsys)  # made from the llama checkpoint, not from the default model
+    assert main(["quickstart", "--adapter", str(artifact), "--out", str(tmp_path / "qs")]) == 2
+    assert "other weights" in capsys.readouterr().err and not (tmp_path / "qs").exists()
+
+
+def test_a_cuda_device_without_cuda_is_refused_before_loading(checkpoint, capsys, monkeypatch):
+    import torch
+
+    from rtpurbo import commands
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(commands, "load_base", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["generate", "--model", str(checkpoint), "--device", "cuda", "--prompt", "w1"]) == 2
+    assert "--device cuda: this torch" in capsys.readouterr().err

@@ -91,7 +91,7 @@ def _ranking(args: argparse.Namespace, model: Any, tokenizer: Any, data: Any, ou
 def search(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo plan search``: returns the search result (also OUT/search.json)."""
     device, dtype = device_dtype(args)
-    model, tokenizer = load_base(args.model, dtype=dtype, device=device)
+    model, tokenizer = load_base(args.model, dtype=dtype, device=device, revision=args.revision)
     data = load_task_data(args.data, tokenizer)
     check_tune_split(data, args.data)
     args.out.mkdir(parents=True, exist_ok=True)
