@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="main job: dense vs converted (shipped adapter): quality, memory, speed")
     add_model(p)
-    p.add_argument("--adapter", default="smollm2-135m-rtpurbo", help="converted row: a shipped adapter or artifact "
-                   "directory of --model (default: smollm2-135m-rtpurbo)")
+    p.add_argument("--adapter", default="smollm2-135m-rtpurbo", action=RecordGiven,
+                   help="converted row: a shipped adapter or artifact directory of --model (default: "
+                        "smollm2-135m-rtpurbo)")
     p.add_argument("--from-scratch", action="store_true",
                    help="converted row: profile -> convert -> save here instead (training-free split)")
     add_profile(p)

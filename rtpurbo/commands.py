@@ -351,15 +351,12 @@ def _check_quickstart_flags(args: argparse.Namespace) -> None:
     """Profiling / conversion flags without ``--from-scratch`` (the adapter brings its own plan and W), and
     ``--adapter`` with it, are refused rather than ignored. A flag counts as given where argparse recorded it
     (``args.given``)."""
-    from .cli import build_parser
-
-    defaults = build_parser().parse_args(["quickstart"])
     given = set(getattr(args, "given", ()))
     used = [name for name in SCRATCH_ONLY if name in given]
     if used and not args.from_scratch:
         flags = ", ".join("--" + name.replace("_", "-") for name in used)
         raise SettingsError(f"{flags} set(s) the split made by --from-scratch; the converted row is the adapter "
                             f"{args.adapter} with its own plan and W: add --from-scratch, or leave {flags} out")
-    if args.from_scratch and args.adapter != defaults.adapter:
+    if args.from_scratch and "adapter" in given:
         raise SettingsError(f"--adapter {args.adapter} is not used with --from-scratch (the converted row is "
                             "profiled and converted here): leave one of them out")
