@@ -106,7 +106,7 @@ class LoopResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps_done: int = 0
     stopped_early: bool = False
-    seconds: float = 0.0  # of training, over every session of a resumed run
+    seconds: float = 0.0  # of training, the time before each resume included
 
     def tokens_per_second(self, skip: int = 5) -> float:
         """Mean over steps after the first ``skip`` (compilation, allocator warm-up)."""
@@ -160,7 +160,7 @@ def run_loop(
     start = result.steps_done
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and runtime.is_main),
                desc=identity.get("stage", "train"))
-    began, earlier = time.perf_counter(), result.seconds  # a resumed run's earlier sessions count too
+    began, earlier = time.perf_counter(), result.seconds  # the time before a resume counts too
     for step in range(start, settings.steps):
         tick = time.perf_counter()
         metrics = _one_step(runtime, wrapped, optimizer, scheduler, param_groups, shards, settings, step, step_fn)
