@@ -91,7 +91,8 @@ class HeadwiseCausalLM:
 
         # the signature and docs, not ``__wrapped__``: unwrapping (accelerate's unwrap_model) must stop here
         forward.__signature__ = inspect.signature(base_forward)
-        forward.__doc__, forward.__name__, forward.__qualname__ = base_forward.__doc__, "forward", base_forward.__qualname__
+        forward.__doc__, forward.__name__ = base_forward.__doc__, "forward"
+        forward.__qualname__ = base_forward.__qualname__
         cls.forward = forward
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -123,8 +124,8 @@ def headwise_class(base: type) -> type:
     ``rtpurbo.causal_lm.Headwise<base name>``, which this module builds on demand (:func:`__getattr__`)."""
     if issubclass(base, HeadwiseCausalLM):
         return base
-    return type(base.__name__, (HeadwiseCausalLM, base), {"__module__": __name__, "__qualname__": PREFIX + base.__name__,
-                                                          "__doc__": base.__doc__})
+    namespace = {"__module__": __name__, "__qualname__": PREFIX + base.__name__, "__doc__": base.__doc__}
+    return type(base.__name__, (HeadwiseCausalLM, base), namespace)
 
 
 PREFIX = "Headwise"
