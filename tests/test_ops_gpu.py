@@ -543,7 +543,10 @@ def test_backends_report_available():
 def test_sparse_prefill_matches_reference(length, group, padded, scoring):
     """api.sparse_prefill on flex: the reference's block selection (same kept count) and its attention
     within 2x the eager bf16 error, with either block scoring; top-p 1 within the same budget of dense
-    causal attention."""
+    causal attention. Blocks are blocks of positions: a padded row is laid out by position first
+    (:mod:`rtpurbo.ops.block_layout`), in the reference and in the eager yardstick alike."""
+    from rtpurbo.ops.block_layout import lay_out, put_back, take
+
     torch.manual_seed(length)
     batch, n_kv = 2, 2
     q, k, v = _qkv(batch, n_kv * group, n_kv, length, length, 128, BF16)
@@ -555,10 +558,12 @@ def test_sparse_prefill_matches_reference(length, group, padded, scoring):
         pos[-1, 300:] -= 300
     for top_p in (0.7, 1.0):
         budget = dict(top_p=top_p, min_blocks=1, max_blocks=6, sinks=4, band=256, scoring=scoring)
-        blocks = reference.select_blocks(q_idx, k_idx, pos, pos, block=128, **budget)
-        key_mask = reference.blocks_to_keys(blocks, 128, length, length)
-        ref = reference.attention(q.float(), k.float(), v.float(), pos, pos, key_mask=key_mask)
-        eager = _eager(q, k, v, pos, pos, key_mask=key_mask)
+        ref, blocks = reference.block_sparse_attention(q.float(), k.float(), v.float(), pos, pos, q_idx, k_idx,
+                                                       block=128, **budget)
+        laid = lay_out(pos, 128)
+        key_mask = reference.blocks_to_keys(blocks, 128, laid.pos.shape[1], laid.pos.shape[1])
+        eager = put_back(_eager(take(q, laid), take(k, laid), take(v, laid), laid.pos, laid.pos, key_mask=key_mask),
+                         laid)
         _poison()
         out, kept, seen = api.sparse_prefill(q, k, v, pos, pos, q_idx, k_idx, impl="flex", **budget)
         assert int(kept) == int(blocks.sum()) and int(seen) >= int(kept)
