@@ -6,6 +6,7 @@ own subcommands; both import these helpers from here, so no command module impor
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +42,26 @@ def count_value(value: str) -> int:
     return number
 
 
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+
+
 def count_float(value: str) -> float:
-    number = float(value)
-    if not number >= 0 or number == float("inf"):
+    """A finite number >= 0 (e.g. seconds)."""
+    number = _number(value)
+    if not 0 <= number < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
     return number
 
 
 def positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value}")
+    """A finite number > 0."""
+    number = _number(value)
+    if not 0 < number < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return number
 
 

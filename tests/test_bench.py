@@ -410,10 +410,10 @@ def test_index_logit_std_flag(capsys):
     parse = build_parser().parse_args
     assert settings_from(parse(["bench", "model", "--index-logit-std", "2.56"])).index_logit_std == 2.56
     assert settings_from(parse(["bench", "model"])).index_logit_std is None
-    for bad in ("0", "-1", "nan"):
+    for bad in ("0", "-1", "nan", "inf"):
         with pytest.raises(SystemExit):
             parse(["bench", "model", "--index-logit-std", bad])
-        assert f"argument --index-logit-std: must be > 0, got '{bad}'" in capsys.readouterr().err
+        assert f"argument --index-logit-std: must be a finite number > 0, got {bad}" in capsys.readouterr().err
 
 
 # --- token-chunked MLPs (dense one-shot prefill at 1M) --------------------------------------------------------------

@@ -42,7 +42,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..cli_args import count_value, positive_int
 from ..ops import api, flex, reference
 from ..ops.triton import topp as triton_topp
-from .flags import comma_list, one_of, seconds, tokens
+from ..cli_args import count_float
+from .flags import comma_list, one_of, tokens
 from .provenance import provenance
 
 INDEX_DIM = 16
@@ -535,7 +536,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "indexers on random weights (top-p keeps most keys)")
     parser.add_argument("--window", type=tokens, default=8192)
     parser.add_argument("--sinks", type=count_value, default=4)
-    parser.add_argument("--deadline-s", type=seconds, default=1e9, help="start no dense point that would end later")
+    parser.add_argument("--deadline-s", type=count_float, default=1e9, help="start no dense point that would end later")
     parser.add_argument("--prefill-blocks", type=comma_list(positive_int), default=[], help="also time the layer with its retrieval "
                         "heads on a sparse prefill keeping at most this many key blocks of 128 per query block")
     parser.add_argument("--profile-prefill", type=lengths, default=[], help="also profile the sparse prefill layer at "

@@ -26,7 +26,8 @@ from ..cli_args import SettingsError, count_value, positive_int, ratio_value, to
 from ..config import PREFILL_SCORINGS
 from ..ops import flex
 from .end_to_end import run_benchmark
-from .flags import out_file, positive_float, seconds, tokens, tokens_or_zero
+from ..cli_args import count_float, positive_float
+from .flags import out_file, tokens, tokens_or_zero
 from .model_report import markdown, report_path
 from .settings import GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, TINY_OF, ModelBenchSettings
 
@@ -114,10 +115,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oom-lengths", type=tokens, nargs="+", help="lengths of the OOM search (default 256K .. 8M)")
     p.add_argument("--oom-keep-going", action="store_true", help="after dense runs out, go on until sparse does")
     p.add_argument("--oom-decode-steps", type=positive_int, help=f"decode steps per OOM try (default {d.oom_decode_steps})")
-    p.add_argument("--deadline", type=seconds, help="seconds from the start; measurements not started by then are "
+    p.add_argument("--deadline", type=count_float, help="seconds from the start; measurements not started by then are "
                                                     "skipped (recorded as such); with --oom-search it must exceed "
                                                     "--oom-reserve")
-    p.add_argument("--oom-reserve", type=seconds, help=f"seconds of --deadline kept for the OOM search (default "
+    p.add_argument("--oom-reserve", type=count_float, help=f"seconds of --deadline kept for the OOM search (default "
                                                        f"{d.oom_reserve_s:.0f})")
     p.add_argument("--sdpa", nargs="+", choices=list(SDPA_BACKENDS), help="dense SDPA backends to try in order "
                                                                           f"(default {' '.join(d.sdpa_backends)}; GPU only)")

@@ -3,7 +3,6 @@ a bad value is a one-line usage error (exit 2) before anything runs."""
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -25,27 +24,6 @@ def tokens(value: str) -> int:
 def tokens_or_zero(value: str) -> int:
     """'0' -> 0 (the flag's "off"), else :func:`tokens`."""
     return 0 if value.strip() == "0" else tokens(value)
-
-
-def _number(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-
-
-def positive_float(value: str) -> float:
-    """'2.56' -> 2.56; a finite number > 0."""
-    if not 0 < _number(value) < math.inf:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
-    return float(value)
-
-
-def seconds(value: str) -> float:
-    """'240' -> 240.0; a finite number of seconds >= 0."""
-    if not 0 <= _number(value) < math.inf:
-        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value!r}")
-    return float(value)
 
 
 def comma_list(item: Callable[[str], object]) -> Callable[[str], list]:
