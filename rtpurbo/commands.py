@@ -14,7 +14,7 @@ from .families import attention_modules, base_window, family_of, geometry
 from .files import NotAnEarlierOutput, check_replaceable
 from .memory import KVGeometry, kv_table
 from .models import NotABaseModel, exported_settings_of, load_base, load_tokenizer, resolve_model
-from .convert import check_local_windows, convert as convert_model
+from .convert import check_windows_before_profiling, convert as convert_model
 from .config import HeadPlan, PlanMismatch, SparseConfig
 from .pipeline import ProfileSettings, plan_summary, read_plan, run_domain_profile, run_profile
 
@@ -75,14 +75,6 @@ def require_base(args: argparse.Namespace, flag: str = "--model") -> None:
                             "exported from")
 
 
-def check_base_windows(model: torch.nn.Module, sparse: SparseConfig, retrieval_ratio: float) -> None:
-    """Before profiling: ``W`` within the base's own sliding window on every layer that may get local heads
-    (:func:`rtpurbo.convert.check_local_windows` on an all-local plan), so a window convert refuses fails now, not
-    after the profile."""
-    if retrieval_ratio < 1:
-        check_local_windows(model, HeadPlan.uniform(*geometry(model.config)[:3], retrieval=False), sparse)
-
-
 def _settings(args: argparse.Namespace) -> ProfileSettings:
     knockout = {name: getattr(args, name) for name in ("criterion", "knockout_data", "knockout_samples",
                                                        "knockout_windows", "knockout_length", "text_weight")
@@ -137,7 +129,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
         sparse = sparse_from_args(args, **from_plan)
     else:
         sparse = sparse_from_args(args)
-        check_base_windows(model, sparse, args.retrieval_ratio)
+        check_windows_before_profiling(model, sparse, args.retrieval_ratio)
         plan, _ = _profile(args, model, tokenizer, args.out.with_name(args.out.name + "-profile"))
     convert_model(model, plan, sparse)
     training = None

@@ -70,6 +70,13 @@ def check_local_windows(model: nn.Module, plan: HeadPlan, sparse: SparseConfig) 
                                f"with a window of at most {own} (--window {own})")
 
 
+def check_windows_before_profiling(model: nn.Module, sparse: SparseConfig, retrieval_ratio: float) -> None:
+    """Before a profile decides the plan: :func:`check_local_windows` as if every head were local (unless every head
+    will be retrieval), so a window that :func:`convert` would refuse fails before the profile, not after it."""
+    if retrieval_ratio < 1:
+        check_local_windows(model, HeadPlan.uniform(*geometry(model.config)[:3], retrieval=False), sparse)
+
+
 @contextlib.contextmanager
 def prefill_mode(model: nn.Module, mode: str, scoring: str | None = None) -> Iterator[None]:
     """Inside the block the retrieval heads of a converted model prefill as ``mode`` says (``dense``, ``sparse``:

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from . import io
 from .config import HeadPlan, SparseConfig, dumps
-from .convert import check_local_windows, convert
+from .convert import check_windows_before_profiling, convert
 from .cache import HeadwiseCache
 from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
@@ -110,8 +110,7 @@ def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable
         return model, f"adapter {args.adapter}"
     model, tokenizer = load(args)
     sparse = SparseConfig(window=args.window, sinks=args.sinks)
-    if args.retrieval_ratio < 1:  # W within the base's own window wherever local heads may go: before profiling
-        check_local_windows(model, HeadPlan.uniform(*geometry(model.config)[:3], retrieval=False), sparse)
+    check_windows_before_profiling(model, sparse, args.retrieval_ratio)
     settings = settings_from(args)
     progress(f"      profiling {geometry(model.config)[0]} layers on needle prompts "
         f"({settings.profile_samples} x 3 kinds x {settings.profile_length} tokens)")

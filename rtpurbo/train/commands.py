@@ -225,9 +225,8 @@ def check_checkpoints(args: argparse.Namespace, stages: list[str]) -> None:
     """Before any work: a run without --resume never writes over an earlier run's checkpoints, and --resume with
     nothing to resume says so (a mistyped --checkpoint-dir would otherwise start from step 0 unnoticed)."""
     directories = [_checkpoint_dir(args, stage) for stage in stages]
-    if args.resume and not check_start(directories, resume=True):
+    if not check_start(directories, resume=args.resume) and args.resume:
         _say(args, f"--resume: no checkpoint in {' or '.join(map(str, directories))}; starting from step 0")
-    check_start(directories, resume=args.resume)
 
 
 # --- handlers ------------------------------------------------------------------------------------
