@@ -33,9 +33,9 @@ def given_cache(kwargs: dict[str, Any]) -> Any:
     return kwargs.get("cache") if kwargs.get("cache") is not None else kwargs.get("past_key_values")
 
 
-def one_sequence_per_prompt(model: nn.Module, kwargs: dict[str, Any]) -> None:
-    """Raise unless generation keeps one sequence per prompt (the head-wise cache cannot be reordered)."""
-    config = kwargs.get("generation_config") or model.generation_config
+def one_sequence_per_prompt(config: Any, kwargs: dict[str, Any]) -> None:
+    """Raise unless generation (``config``: its generation config, ``kwargs``: the call's arguments) keeps one
+    sequence per prompt (the head-wise cache cannot be reordered)."""
     beams = kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
     returned = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
     if beams > 1 or returned > 1:
@@ -51,7 +51,7 @@ def generate(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
     config = kwargs.get("generation_config") or model.generation_config
     use_cache = kwargs.get("use_cache", getattr(config, "use_cache", True))
     if given_cache(kwargs) is None and use_cache is not False:
-        one_sequence_per_prompt(model, kwargs)
+        one_sequence_per_prompt(config, kwargs)
         cache = HeadwiseCache(model)
         input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
         if input_ids is not None and input_ids.shape[1] > 1:
