@@ -647,6 +647,8 @@ class HeadwiseCache(Cache):
         runs both kinds of heads in one launch: the layer has both, ``fuse_roles`` is on, the retrieval heads do not
         select (:meth:`_step_selects`), and the step runs on CUDA with Triton and the flex backend (whose one-query
         path is the same Triton kernel)."""
+        if self.prompt_slots is not None and self.sparse.retrieval_prefill != "dense":
+            return False  # a one-token chunk of a prompt: its retrieval heads follow the sparse / topp prefill rule
         return (bool(module.local_heads and module.retrieval_heads) and self.fuse_roles
                 and not self._step_selects(module, cached) and device.type == "cuda" and _triton_decode() is not None
                 and ops.resolve_impl(self.sparse.impl, device) == "flex")
@@ -729,8 +731,10 @@ class HeadwiseCache(Cache):
         token selection (``topp``)."""
         sparse = self.sparse
         keys, values, key_idx, key_pos = self._retrieval_view(layer)
-        decode = q.shape[2] == 1 and self._step_selects(module, layer.r_len)
-        if not decode and q.shape[2] > 1 and sparse.retrieval_prefill == "sparse" and module.base_window is None:
+        # a chunk of a prompt (prefilling_prompt) follows the prefill rule even when it holds one token
+        prompt = q.shape[2] > 1 or self.prompt_slots is not None
+        decode = not prompt and self._step_selects(module, layer.r_len)
+        if prompt and sparse.retrieval_prefill == "sparse" and module.base_window is None:
             tail = None  # the module's own: this forward's last prefill_dense_tail queries
             if self.prompt_slots is not None:  # the prompt's last ones that fall in this chunk
                 end = layer.seen + q.shape[2]
@@ -741,7 +745,7 @@ class HeadwiseCache(Cache):
                                                     aligned=aligned)
             self.stats.record_prefill(module.layer_idx, kept, seen)
             return out
-        if not decode and q.shape[2] > 1 and sparse.retrieval_prefill == "topp" and module.base_window is None:
+        if prompt and sparse.retrieval_prefill == "topp" and module.base_window is None:
             with torch.no_grad():  # every query over its indexer's token selection, as without a cache
                 key_mask = module.select(q_idx, key_idx, positions, key_pos)
             return ops.attention(q, keys, values, positions, key_pos, window=None, key_mask=key_mask,

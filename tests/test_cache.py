@@ -115,6 +115,31 @@ def test_chunked_prefill_equals_single_shot(family):
     assert torch.allclose(outs[0], outs[1], atol=1e-4) and torch.allclose(outs[0], outs[2], atol=1e-4)
 
 
+@pytest.mark.parametrize("retrieval_prefill", ["dense", "topp", "sparse"])
+def test_a_one_token_prompt_chunk_is_prefilled_not_decoded(retrieval_prefill, monkeypatch):
+    """With selection on from the first token (seqlen_threshold 0, top_p < 1), a prompt chunk of one token (a
+    chunk size of 1, or a prompt whose last chunk holds one token) attends by the prefill rule, as in the one-shot
+    prefill, not by the decode step's top-p selection."""
+    from rtpurbo.ops import api
+
+    monkeypatch.setattr(api, "BLOCK_SIZE", 16)
+    model = tiny_model("llama")
+    convert(model, mixed_plan(model), SparseConfig(window=16, sinks=2, top_p=0.3, min_tokens=1, recent=1,
+                                                   seqlen_threshold=0, retrieval_prefill=retrieval_prefill,
+                                                   prefill_top_p=0.3, prefill_band=16, impl="sdpa"))
+    ids = random_ids(1, 49)
+    mask = torch.ones_like(ids)
+    nxt = random_ids(1, 1, seed=5)
+    logits = []
+    for chunk in (49, 24, 1):  # 24: chunks of 24, 24 and 1 tokens (16, 16, 16 and 1 under the sparse prefill)
+        cache = HeadwiseCache(model)
+        prefill(model, cache, ids, mask, chunk)
+        with torch.no_grad():
+            logits.append(model(nxt, position_ids=torch.tensor([[49]]), use_cache=True,
+                                **{cache_kwarg(): cache}).logits)
+    assert torch.allclose(logits[0], logits[1], atol=1e-4) and torch.allclose(logits[0], logits[2], atol=1e-4)
+
+
 def test_chunks_of_a_plain_prompt_take_the_position_ordered_layout(family, monkeypatch):
     """Later chunks of an unpadded prompt hand the local heads their keys in position order (sinks, the ring
     unrolled to the W positions before the chunk, the chunk: ``chunk_start``, checked against the positions on
