@@ -87,8 +87,10 @@ def _settings(args: argparse.Namespace) -> ProfileSettings:
 
 def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out_dir: Path
              ) -> tuple[HeadPlan, dict[str, Any] | None]:
-    """(plan, stability): built-in haystacks, plus the ``--data`` documents when given (``--haystacks``)."""
+    """(plan, stability): built-in haystacks, plus the ``--data`` documents when given (``--haystacks``). A window
+    that conversion would refuse for this model fails first (:func:`check_windows_before_profiling`)."""
     settings = _settings(args)
+    check_windows_before_profiling(model, SparseConfig(window=args.window, sinks=args.sinks), args.retrieval_ratio)
     if args.haystacks == "data" and args.data is None:
         raise SystemExit(f"rtpurbo {args.command}: --haystacks data needs --data")
     if args.data is None or args.haystacks == "builtin":
@@ -129,7 +131,6 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
         sparse = sparse_from_args(args, **from_plan)
     else:
         sparse = sparse_from_args(args)
-        check_windows_before_profiling(model, sparse, args.retrieval_ratio)
         plan, _ = _profile(args, model, tokenizer, args.out.with_name(args.out.name + "-profile"))
     convert_model(model, plan, sparse)
     training = None

@@ -273,10 +273,11 @@ def test_a_window_beyond_the_base_window_is_refused_before_profiling(windowed, t
     monkeypatch.setattr(quickstart, "run_profile", no_profile)
     for argv in (["convert", "--model", str(windowed), "--window", "32", "--out", str(tmp_path / "a")],
                  ["quickstart", "--from-scratch", "--model", str(windowed), "--window", "32", "--out",
-                  str(tmp_path / "qs")]):
+                  str(tmp_path / "qs")],
+                 ["profile", "--model", str(windowed), "--window", "32", "--out", str(tmp_path / "p")]):
         assert main(argv) == 2
         assert "sliding window of 16 tokens" in capsys.readouterr().err
-    assert not (tmp_path / "a-profile").exists() and not (tmp_path / "qs").exists()
+    assert not any((tmp_path / name).exists() for name in ("a-profile", "qs", "p"))
 
 
 def test_info_refuses_a_base_the_artifact_does_not_fit(checkpoint, tmp_path, capsys):
