@@ -10,12 +10,16 @@ one loaded with ``trust_remote_code`` behave alike:
 * ``generate()`` runs through a head-wise cache (:func:`generate`). The prompt but its last token is
   prefilled first, so the last prompt token and every new one are decoded: with ``top_p < 1`` the
   retrieval heads attend over their indexer's selection for each of them, as in
-  :func:`rtpurbo.generate.generate` and :func:`rtpurbo.eval.scoring.score_batch`.
+  :func:`rtpurbo.generate.generate` and :func:`rtpurbo.eval.scoring.score_batch`;
+* ``save_pretrained()`` writes what ``rtpurbo export`` writes, but the tokenizer
+  (:func:`rtpurbo.export.writer.save_directory`), so that ``from_pretrained(..., trust_remote_code=True)``
+  loads the sparse model back.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import os
 from typing import Any
 
 import torch
@@ -108,6 +112,48 @@ class HeadwiseCausalLM:
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         return generate(self, *args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        state_dict: dict | None = None, push_to_hub: bool = False,
+                        max_shard_size: int | str = "50GB", **kwargs: Any) -> None:
+        """Write the directory ``rtpurbo export`` writes, without the tokenizer
+        (:func:`rtpurbo.export.writer.save_directory`): ``from_pretrained(save_directory, trust_remote_code=True)``
+        loads this sparse model back, plain ``from_pretrained`` the dense base. LoRA adapters are folded into the
+        written weights, not into the model, so training can go on after a checkpoint.
+
+        The arguments are transformers'. Refused (ValueError): a caller's ``state_dict``, ``safe_serialization=False``,
+        a ``variant``, ``distributed_checkpoint=True`` and ``push_to_hub=True`` (``model.push_to_hub(repo_id)`` saves
+        through this method). With ``is_main_process=False`` nothing is written. Other keyword arguments (``token``,
+        ``save_peft_format``, ...) are ignored. As transformers does, ``config.architectures`` becomes the class
+        written (the base class). A model that is no longer converted saves as its base class does.
+        """
+        if getattr(self, "rtpurbo_plan", None) is None:
+            return super().save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict,
+                                           push_to_hub=push_to_hub, max_shard_size=max_shard_size, **kwargs)
+        if state_dict is not None:
+            raise ValueError("save_pretrained of a converted rtpurbo model writes its own tensors (base layout, LoRA "
+                             "folded in, indexers) and cannot map a caller's state_dict: call save_pretrained without "
+                             "state_dict on a process that holds the whole model")
+        if kwargs.get("safe_serialization", True) is False:
+            raise ValueError("a converted rtpurbo model is saved as safetensors only (what from_pretrained of the "
+                             "sparse model reads): drop safe_serialization=False")
+        if kwargs.get("variant") is not None:
+            raise ValueError("a converted rtpurbo model is saved without a weights variant (the sparse model reads "
+                             "model.safetensors): drop variant=")
+        if kwargs.get("distributed_checkpoint"):
+            raise ValueError("a converted rtpurbo model cannot be saved as a distributed checkpoint: gather the model "
+                             "onto one process and call save_pretrained without distributed_checkpoint")
+        if push_to_hub:
+            raise ValueError("save_pretrained(push_to_hub=True) is not supported for a converted rtpurbo model: call "
+                             "model.push_to_hub(repo_id), or save_pretrained(save_directory) and then "
+                             "huggingface_hub.upload_folder(repo_id=..., folder_path=save_directory)")
+        self.config.architectures = [base_class(self).__name__]  # as transformers records the class saved
+        if not is_main_process:
+            return None
+        from .export import writer  # the writer imports this module
+
+        writer.save_directory(self, save_directory, max_shard_size=max_shard_size)
+        return None
 
 
 def _runs_sparse(model: nn.Module) -> bool:

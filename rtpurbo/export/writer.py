@@ -19,11 +19,18 @@ What the directory holds::
 Plain transformers without ``trust_remote_code`` loads the directory as the dense base model (the
 indexer tensors are reported as unused). ``AutoModelForCausalLM.from_pretrained(DIR,
 trust_remote_code=True)`` returns the sparse model (:mod:`rtpurbo.export.runtime`).
+
+``model.save_pretrained(DIR)`` of a converted model (in process, or loaded from such a directory) writes the
+same directory without the tokenizer files (:func:`save_directory`), so that transformers' own flows
+(``push_to_hub``, Trainer checkpoints) keep the sparse model.
 """
 from __future__ import annotations
 
 import copy
+import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,7 @@ import transformers
 from .. import __version__, causal_lm
 from ..convert import is_converted, kv_order
 from ..families import geometry
-from ..files import written_whole
+from ..files import usual_permissions, written_whole
 from ..headwise import rtp_llm_headwise_config
 from .runtime import FORMAT
 
@@ -45,6 +52,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 # sparse settings that headwise_config carries instead of the rtpurbo block (one source for each value; the
 # rtpurbo block keeps rtpurbo's seqlen_threshold, which is not RTP-LLM's: rtpurbo/headwise.py)
 IN_HEADWISE = ("window", "sinks")
+# the weight files of a directory (one file, or shards and their index) that a new save replaces
+WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json")
 
 
 class ExportError(ValueError):
@@ -54,9 +63,76 @@ class ExportError(ValueError):
 def export(model: nn.Module, tokenizer: Any, out_dir: str | Path, max_shard_size: str | int = "5GB") -> Path:
     """Write ``model`` (converted by rtpurbo) and ``tokenizer`` as a Hugging Face model directory.
 
-    LoRA adapters are merged into their projections in place (the model computes the same
-    function afterwards). Writes go to a temporary directory renamed into place at the end.
+    LoRA adapters are folded into the written weights; the model itself is left as it is. Writes go to a
+    temporary directory renamed into place at the end.
     """
+    base_class = exportable_base_class(model)
+    out_dir = Path(out_dir)
+    with written_whole(out_dir, MODELING_FILE) as tmp:
+        write_model(model, base_class, tmp, max_shard_size)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+def save_directory(model: nn.Module, out_dir: str | Path, max_shard_size: str | int = "50GB") -> Path:
+    """``model.save_pretrained(out_dir)`` of a converted model: the directory :func:`export` writes, but the
+    tokenizer (transformers' ``save_pretrained`` never writes one). The model is left as it is.
+
+    ``out_dir`` may exist and hold other files (a Trainer checkpoint's optimizer state, a tokenizer); they are
+    kept, as transformers keeps them. The files are written to a temporary directory beside ``out_dir`` (or in
+    it: :func:`_scratch_parent`), then moved in with ``config.json`` removed first and moved in last: a save
+    stopped midway leaves a directory without a config, which does not load, rather than one mixing two models.
+    Weight files of an earlier save that the new one does not overwrite (shards, index, single file) are deleted
+    before the config comes in.
+    """
+    base_class = exportable_base_class(model)
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file; save_pretrained writes a directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=_scratch_parent(out_dir)))
+    try:
+        write_model(model, base_class, tmp, max_shard_size)
+        usual_permissions(tmp)
+        if not out_dir.exists():
+            os.replace(tmp, out_dir)
+            return out_dir
+        _move_in(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _scratch_parent(out_dir: Path) -> Path:
+    """Where :func:`save_directory` makes its temporary directory: beside ``out_dir``, or inside an existing
+    ``out_dir`` whose parent is another filesystem (a mount point) or not writable, as the files move in by
+    rename."""
+    parent = out_dir.parent
+    if out_dir.is_dir() and (out_dir.stat().st_dev != parent.stat().st_dev or not os.access(parent, os.W_OK)):
+        return out_dir
+    return parent
+
+
+def _move_in(source: Path, target: Path) -> None:
+    """Move the entries of ``source`` (a complete save) into the existing directory ``target``, as
+    :func:`save_directory` describes: the old config out first, stale weight files removed, the new config last."""
+    config = "config.json"
+    (target / config).unlink(missing_ok=True)
+    written = {path.name for path in source.iterdir()}
+    for path in target.iterdir():
+        if WEIGHT_FILE.fullmatch(path.name) and path.name not in written and path.is_file():
+            path.unlink()
+    for name in sorted(written - {config}):
+        destination = target / name
+        if destination.is_dir() and not destination.is_symlink():
+            shutil.rmtree(destination)
+        os.replace(source / name, destination)
+    os.replace(source / config, target / config)
+
+
+def exportable_base_class(model: nn.Module) -> str:
+    """The name of the transformers class ``model`` was built on; :class:`ExportError` unless it is converted
+    and that class is one of transformers'."""
     if not is_converted(model):
         raise ExportError(
             "rtpurbo export needs a converted model (an rtpurbo artifact such as smollm2-135m-rtpurbo, or a model "
@@ -65,21 +141,22 @@ def export(model: nn.Module, tokenizer: Any, out_dir: str | Path, max_shard_size
     base_class = causal_lm.base_class(model).__name__
     if not isinstance(getattr(transformers, base_class, None), type):
         raise ExportError(f"{base_class} is not a transformers class; export needs a transformers causal LM")
-    out_dir = Path(out_dir)
-    with written_whole(out_dir, MODELING_FILE) as tmp:
-        state = base_layout_state(model)
-        from huggingface_hub import save_torch_state_dict
+    return base_class
 
-        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size)
-        export_config(model, base_class, next(iter(state.values())).dtype).save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        template = (TEMPLATES / MODELING_FILE).read_text()
-        (tmp / MODELING_FILE).write_text(template.replace("LlamaForCausalLM", base_class))
-        (tmp / CUSTOM_GENERATE).mkdir()
-        shutil.copy(TEMPLATES / "custom_generate.py", tmp / CUSTOM_GENERATE / "generate.py")
-        (tmp / CUSTOM_GENERATE / "requirements.txt").write_text("rtpurbo\n")
-    return out_dir
+
+def write_model(model: nn.Module, base_class: str, directory: Path, max_shard_size: str | int) -> None:
+    """Write everything of the exported directory but the tokenizer into ``directory`` (which exists)."""
+    from huggingface_hub import save_torch_state_dict
+
+    state = base_layout_state(model)
+    save_torch_state_dict(state, directory, max_shard_size=max_shard_size)
+    export_config(model, base_class, next(iter(state.values())).dtype).save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    template = (TEMPLATES / MODELING_FILE).read_text()
+    (directory / MODELING_FILE).write_text(template.replace("LlamaForCausalLM", base_class))
+    (directory / CUSTOM_GENERATE).mkdir()
+    shutil.copy(TEMPLATES / "custom_generate.py", directory / CUSTOM_GENERATE / "generate.py")
+    (directory / CUSTOM_GENERATE / "requirements.txt").write_text("rtpurbo\n")
 
 
 def export_config(model: nn.Module, base_class: str, dtype: torch.dtype) -> Any:
@@ -106,15 +183,15 @@ def export_config(model: nn.Module, base_class: str, dtype: torch.dtype) -> Any:
 
 
 def base_layout_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors under the base model's names and head order, LoRA folded in.
+    """The model's tensors under the base model's names and head order, on the CPU, LoRA folded in
+    (:func:`rtpurbo.train.lora.folded_lora`: the model is left as it is).
 
     Keys: every base tensor (``...self_attn.q_proj.weight``, ...) once (tied weights keep their first
     name), plus ``...self_attn.indexer.wq`` (Hr, G, D, d_idx) and ``indexer.wk`` (Hr, D, d_idx).
     """
-    from ..train.lora import has_lora, merge_lora
+    from ..train.lora import folded_lora
 
-    if has_lora(model):
-        merge_lora(model)
+    folded = {name: tensor.to("cpu") for name, tensor in folded_lora(model)}
     state: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for name, tensor in model.state_dict().items():
@@ -124,7 +201,8 @@ def base_layout_state(model: nn.Module) -> dict[str, torch.Tensor]:
         if key in seen:  # a tied weight (lm_head = embed_tokens): the base config re-ties it on load
             continue
         seen.add(key)
-        state[name.replace(".base_layer.", ".")] = tensor.detach().to("cpu").contiguous()
+        tensor = folded[name] if name in folded else tensor.detach().to("cpu")
+        state[name.replace(".base_layer.", ".")] = tensor.contiguous()
     if model.rtpurbo_sparse.reorder_heads:
         _restore_head_order(state, model)
     return state

@@ -13,7 +13,7 @@ hold the plain projections, which is what lets stage 2 run the frozen teacher wi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -70,3 +70,36 @@ def merge_lora(model: nn.Module) -> int:
             module.merge()
             merged += 1
     return merged
+
+
+def folded_lora(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The base tensors :func:`merge_lora` would change, changed on copies: the model is left as it is.
+
+    Yields ``(state-dict name, tensor)`` per adapted layer not yet merged, on the tensor's device and in its
+    dtype: ``...base_layer.weight`` W (out, in) + scaling * B (out, r) @ A (r, in), the delta computed by peft's
+    ``get_delta_weight`` and added in W's dtype as ``merge()`` adds it (so the values are bit-identical), and
+    ``...base_layer.bias`` (out,) + scaling * B's bias for adapters with a bias. A layer reached by two paths
+    is yielded under each name.
+    """
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        if not (hasattr(module, "lora_A") and hasattr(module, "merge")) or getattr(module, "merged", False):
+            continue
+        base = module.get_base_layer()
+        base_name = f"{prefix}.{next(name for name, sub in module.named_modules() if sub is base)}"
+        weight = bias = None
+        for adapter in module.active_adapters:
+            if adapter in getattr(module, "lora_embedding_A", {}) or adapter in getattr(module, "lora_variant", {}):
+                raise ValueError(f"{prefix}: adapter {adapter!r} is not plain LoRA on a weight (an embedding "
+                                 "adapter or a variant such as DoRA); merge it in place with merge_lora first")
+            if adapter not in module.lora_A:
+                continue
+            with torch.no_grad():
+                weight = base.weight.detach().clone() if weight is None else weight
+                weight += module.get_delta_weight(adapter)
+                if getattr(module, "lora_bias", {}).get(adapter, False):
+                    bias = base.bias.detach().clone() if bias is None else bias
+                    bias += module.lora_B[adapter].bias * module.scaling[adapter]
+        if weight is not None:
+            yield f"{base_name}.weight", weight
+        if bias is not None:
+            yield f"{base_name}.bias", bias
