@@ -243,7 +243,9 @@ def _merged_layer(q: torch.Tensor, split: int, retrieval, local) -> torch.Tensor
 def _sparse_prefill_timing(q, k, v, pos, split: int, n_ret: int, budget: int, sinks: int, local) -> dict:
     """The layer with the retrieval heads on a block-sparse prefill: random 16-d indexer vectors score the
     blocks almost evenly, so top-p 0.999 keeps nearly every candidate and ``budget`` (max_blocks) decides
-    how many; the sink block and a 512-token band come on top. Times include the block selection."""
+    how many; the sink block and a 512-token band come on top. Times include the block selection. The call is
+    the model's for an unpadded prompt (``aligned``: its slots are already blocks of positions, so no layout
+    gathers)."""
     length = q.shape[2]
     q_idx, k_idx = _randn(1, n_ret, length, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM)
     kept = {}
@@ -251,7 +253,7 @@ def _sparse_prefill_timing(q, k, v, pos, split: int, n_ret: int, budget: int, si
     def retrieval():
         out, kept["blocks"], kept["seen"] = api.sparse_prefill(
             q[:, :split], k[:, :n_ret], v[:, :n_ret], pos, pos, q_idx, k_idx, top_p=0.999, max_blocks=budget,
-            sinks=sinks, band=512, impl="flex")
+            sinks=sinks, band=512, impl="flex", aligned=True)
         return out
 
     layer = lambda: _merged_layer(q, split, retrieval, local)  # noqa: E731
