@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,8 +118,24 @@ class HeadPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HeadPlan":
+        """The plan of :meth:`to_dict` output; PlanMismatch names a missing or mistyped field."""
+        if not isinstance(data, dict):
+            raise PlanMismatch(f"a head plan must be an object, got {type(data).__name__}")
         if data.get("format") != PLAN_FORMAT:
             raise PlanMismatch(f"not a head plan (format {data.get('format')!r}, expected {PLAN_FORMAT!r})")
+        for name in ("num_layers", "num_kv_heads", "num_q_heads"):
+            if not _is_int(data.get(name)) or data[name] < 1:
+                raise PlanMismatch(f"head plan: {name} must be an integer >= 1, got {data.get(name)!r}")
+        retrieval = data.get("retrieval")
+        if not isinstance(retrieval, list) or not all(
+                isinstance(heads, list) and all(_is_int(h) for h in heads) for heads in retrieval):
+            raise PlanMismatch("head plan: retrieval must be a list (one per layer) of lists of KV head indices")
+        scores = data.get("scores")
+        if scores is not None and not (isinstance(scores, list) and all(
+                isinstance(row, list) and all(x is None or _is_number(x) for x in row) for row in scores)):
+            raise PlanMismatch("head plan: scores must be null or a list of lists of numbers (null: undefined)")
+        if not isinstance(data.get("criterion", ""), str):
+            raise PlanMismatch(f"head plan: criterion must be text, got {data['criterion']!r}")
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in fields})
 
@@ -141,15 +159,23 @@ class HeadPlan:
         Raises PlanMismatch if the query heads of one KV group disagree on their role.
         """
         rows = data.get("headwise_config")
-        if not isinstance(rows, list) or not rows:
-            raise PlanMismatch("config has no 'headwise_config' list")
+        if not isinstance(rows, list) or not rows or not isinstance(rows[0], list):
+            raise PlanMismatch("config has no 'headwise_config' list of 0/1 rows")
+        names = {"sink_token_num": "sinks", "swa_token_num": "window", "seqlen_threshold": "seqlen_threshold"}
+        settings = {}
+        for key, name in names.items():
+            if key in data:
+                value = data[key]
+                if not (_is_int(value) or isinstance(value, float) and value.is_integer()):
+                    raise PlanMismatch(f"headwise_config: {key} must be an integer, got {value!r}")
+                settings[name] = int(value)
         num_q_heads = len(rows[0])
         if num_q_heads % num_kv_heads:
             raise PlanMismatch(f"headwise_config rows have {num_q_heads} heads, not a multiple of {num_kv_heads}")
         group = num_q_heads // num_kv_heads
         retrieval = []
         for layer, row in enumerate(rows):
-            if len(row) != num_q_heads or any(x not in (0, 1) for x in row):
+            if not isinstance(row, list) or len(row) != num_q_heads or any(x not in (0, 1) for x in row):
                 raise PlanMismatch(f"headwise_config layer {layer} must be {num_q_heads} values of 0/1")
             heads = []
             for kv in range(num_kv_heads):
@@ -160,8 +186,7 @@ class HeadPlan:
                     heads.append(kv)
             retrieval.append(heads)
         plan = cls(len(rows), num_kv_heads, num_q_heads, retrieval, criterion="imported headwise_config")
-        names = {"sink_token_num": "sinks", "swa_token_num": "window", "seqlen_threshold": "seqlen_threshold"}
-        return plan, {name: int(data[key]) for key, name in names.items() if key in data}
+        return plan, settings
 
 
 def check_ratio(ratio: float) -> None:
@@ -261,11 +286,42 @@ class SparseConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SparseConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - fields
+        """The config of :meth:`to_dict` output; ValueError names an unknown field or one of the wrong type."""
+        if not isinstance(data, dict):
+            raise ValueError(f"sparse settings must be an object, got {type(data).__name__}")
+        kinds = typing.get_type_hints(cls)
+        unknown = set(data) - set(kinds)
         if unknown:
             raise ValueError(f"unknown SparseConfig fields {sorted(unknown)}")
+        for name, value in data.items():
+            allowed = typing.get_args(kinds[name]) if isinstance(kinds[name], types.UnionType) else (kinds[name],)
+            if not any(_is_a(value, kind) for kind in allowed):
+                raise ValueError(f"{name} must be {' or '.join(_KIND_NAMES[kind] for kind in allowed)}, "
+                                 f"got {value!r}")
         return cls(**data)
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "text", bool: "true or false", type(None): "null",
+               dict[str, Any]: "an object"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    """``value`` (read from JSON) is of the field type ``kind``: an integer is a number, true/false no number."""
+    if kind is int:
+        return _is_int(value)
+    if kind is float:
+        return _is_number(value)
+    if kind is type(None):
+        return value is None
+    return isinstance(value, typing.get_origin(kind) or kind)
 
 
 def dumps(obj: dict[str, Any]) -> str:

@@ -34,6 +34,11 @@ class ModelNotFound(FileNotFoundError):
     """A ``--model`` value that names nothing loadable (a Hub id, or a local name or path: :mod:`rtpurbo.models`)."""
 
 
+class ModelCorrupt(ModelNotFound):
+    """A model whose files are there but cannot be read (a truncated or garbled config or weights file, no weights
+    file, a file that is not GGUF): the message names the file and what is wrong."""
+
+
 @dataclass(frozen=True)
 class HubSnapshot:
     """A model id resolved to its snapshot directory and the commit it holds."""

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import transformers
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
@@ -128,17 +129,68 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is not an rtpurbo artifact: {CONFIG_NAME} is missing")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
         raise ArtifactError(f"{config_path} is corrupt: {err}") from err
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{config_path} is corrupt: it holds a JSON {type(config).__name__}, not an object")
     if config.get("format") != FORMAT:
         raise ArtifactError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    for name, want in config.get("files", {}).items():
+    _check_fields(config, config_path)
+    artifact_settings(config, config_path)
+    for name, want in config["files"].items():
         file_path = path / name
         if not file_path.is_file():
             raise ArtifactError(f"{file_path} is missing")
         if _sha256(file_path) != want:
             raise ArtifactError(f"{file_path} is corrupt (sha256 does not match {CONFIG_NAME})")
     return config
+
+
+def _check_fields(config: dict[str, Any], where: Path) -> None:
+    """Raise ArtifactError naming the first field of an artifact config that is missing or of the wrong type (the
+    plan, sparse and LoRA settings are checked by :func:`artifact_settings`)."""
+    for key in ("base_model", "plan", "sparse", "files"):
+        if not isinstance(config.get(key), dict):
+            found = "is missing" if key not in config else f"must be an object, not {type(config[key]).__name__}"
+            raise ArtifactError(f"{where}: '{key}' {found}")
+    base = config["base_model"]
+    for key in ("spec", "fingerprint"):
+        if not isinstance(base.get(key), str):
+            found = "is missing" if key not in base else f"must be text, got {base[key]!r}"
+            raise ArtifactError(f"{where}: base_model.{key} {found}")
+    for key in ("directory", "gguf_file", "repo_id", "revision", "commit"):
+        if not isinstance(base.get(key), (str, type(None))):
+            raise ArtifactError(f"{where}: base_model.{key} must be text or null, got {base[key]!r}")
+    if WEIGHTS_NAME not in config["files"]:
+        raise ArtifactError(f"{where}: 'files' must give the sha256 of {WEIGHTS_NAME}")
+    for name, digest in config["files"].items():
+        if Path(name).name != name or not isinstance(digest, str):
+            raise ArtifactError(f"{where}: 'files' must map file names of the artifact to their sha256, got "
+                                f"{name!r}: {digest!r}")
+    if not isinstance(config.get("lora"), (dict, type(None))):
+        raise ArtifactError(f"{where}: 'lora' must be an object or null, not {type(config['lora']).__name__}")
+    modified = config.get("modified_base_tensors", [])
+    if not isinstance(modified, list) or not all(isinstance(name, str) for name in modified):
+        raise ArtifactError(f"{where}: 'modified_base_tensors' must be a list of tensor names")
+    history = config.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        raise ArtifactError(f"{where}: 'history' must be a list of objects")
+
+
+def artifact_settings(config: dict[str, Any], where: str | Path = "artifact config") -> tuple[Any, ...]:
+    """(plan, sparse config, LoRA settings or None) of an artifact config; ArtifactError names the field and what is
+    wrong with it."""
+    from .train.lora import LoraSettings
+
+    parsed = []
+    for key, parse in (("plan", HeadPlan.from_dict), ("sparse", SparseConfig.from_dict),
+                       ("lora", LoraSettings.from_dict)):
+        value = config.get(key)
+        try:
+            parsed.append(None if key == "lora" and not value else parse(value))
+        except (TypeError, ValueError) as err:
+            raise ArtifactError(f"{where}: '{key}' is invalid: {err}") from err
+    return tuple(parsed)
 
 
 def load(
@@ -182,9 +234,13 @@ def load(
             f"({recorded_description(base_info)}). Point --base at those weights (with --revision for a Hub id); "
             "Python: io.load(..., allow_base_mismatch=True) forces it"
         )
+    try:
+        tensors = load_file(path / WEIGHTS_NAME, device="cpu")
+    except (OSError, SafetensorError) as err:
+        raise ArtifactError(f"{path / WEIGHTS_NAME} cannot be read: {err}") from err
     model, tokenizer = load_base(source, dtype=dtype, device=device)
     model.rtpurbo_fingerprint = found
-    apply_artifact(model, config, load_file(path / WEIGHTS_NAME, device="cpu"))
+    apply_artifact(model, config, tensors)
     if merge_adapters and config.get("lora"):
         from .train.lora import merge_lora
 
@@ -202,27 +258,29 @@ def load_exported(spec: str | ModelSource, dtype: torch.dtype = torch.float32, d
     model, tokenizer = load_base(spec, dtype=dtype, device=device, revision=revision, exported_ok=True)
     try:
         make_sparse(model, str(model.rtpurbo_source.directory))
-    except ExportedModelError as err:
+    except (ExportedModelError, PlanMismatch) as err:
         raise ArtifactError(f"{model.rtpurbo_source.spec}: {err}") from err
     return model, tokenizer
 
 
 def apply_artifact(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
     """Convert a base model per ``config`` and load the artifact's tensors into it."""
-    plan = HeadPlan.from_dict(config["plan"])
-    sparse = SparseConfig.from_dict(config["sparse"])
+    plan, sparse, lora = artifact_settings(config)
     try:
         convert(model, plan, sparse, check_windows=False)  # rebuilt as it was saved
     except PlanMismatch as err:
         raise ArtifactError(f"artifact does not fit this base model: {err}") from err
-    if config.get("lora"):
-        from .train.lora import LoraSettings, attach_lora  # adapters must exist before their tensors load
+    if lora is not None:
+        from .train.lora import attach_lora  # adapters must exist before their tensors load
 
-        attach_lora(model, LoraSettings.from_dict(config["lora"]))
+        attach_lora(model, lora)
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:
         raise ArtifactError(f"artifact tensors do not exist in the converted model: {unknown[:5]}")
+    unknown = sorted(set(config.get("modified_base_tensors", [])) - set(state))
+    if unknown:
+        raise ArtifactError(f"modified_base_tensors names tensors the converted model does not have: {unknown[:5]}")
     for name, tensor in tensors.items():
         if state[name].shape != tensor.shape:
             raise ArtifactError(f"{name}: artifact shape {tuple(tensor.shape)} != model {tuple(state[name].shape)}")

@@ -12,15 +12,17 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 from ._compat import from_pretrained_kwargs
 from .families import family_of
-from .hub import HUB_ID, ModelNotFound, is_hub_id, is_local_model, snapshot
+from .hub import HUB_ID, ModelCorrupt, ModelNotFound, is_hub_id, is_local_model, snapshot
 
 DEFAULT_MODEL = "smollm2-135m"
 # the weights transformers loads from a model directory, in the order it looks for them: (single file, shard index)
@@ -34,6 +36,9 @@ EMBEDDED: dict[str, tuple[str, str]] = {
 EMBEDDED_ADAPTERS: dict[str, Path] = {
     "smollm2-135m-rtpurbo": Path(__file__).parent / "adapters" / "smollm2-135m-rtpurbo",
 }
+# what transformers raises for a model file it cannot read: garbled JSON, no weights file, a truncated safetensors
+# or GGUF file
+UNREADABLE = (OSError, ValueError, struct.error, SafetensorError)
 
 
 class NotABaseModel(ValueError):
@@ -59,6 +64,11 @@ class ModelSource:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
     @property
+    def config_file(self) -> Path:
+        """The file transformers reads the model's config from: the GGUF file, else ``config.json``."""
+        return self.directory / (self.gguf_file or "config.json")
+
+    @property
     def weight_files(self) -> list[Path]:
         """The files transformers loads the weights from: ``model.safetensors`` or the shards its index lists, else
         ``pytorch_model.bin`` or its shards (other files beside them, e.g. a ``.bin`` copy or Mistral's
@@ -69,8 +79,12 @@ class ModelSource:
             if (self.directory / single).is_file():
                 return [self.directory / single]
             if (self.directory / index).is_file():
-                shards = json.loads((self.directory / index).read_text())["weight_map"].values()
-                return sorted(self.directory / name for name in set(shards))
+                try:
+                    shards = json.loads((self.directory / index).read_text())["weight_map"].values()
+                    return sorted(self.directory / name for name in set(shards))
+                except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                    raise ModelCorrupt(f"{self.directory / index} cannot be read (it must map tensor names to shard "
+                                       f"files under 'weight_map'): {_said(err)}") from err
         return sorted(self.directory.glob("*.safetensors")) or sorted(self.directory.glob("*.bin"))
 
     def describe(self) -> str:
@@ -168,10 +182,16 @@ def source_record(source: ModelSource) -> dict[str, Any]:
 
 def load_config(spec: str, revision: str | None = None):
     """The transformers config of a model spec (no weights loaded)."""
+    return _config(resolve_model(spec, revision))
+
+
+def _config(source: ModelSource):
     from transformers import AutoConfig
 
-    source = resolve_model(spec, revision)
-    return AutoConfig.from_pretrained(source.directory, **source.pretrained_kwargs)
+    try:
+        return AutoConfig.from_pretrained(source.directory, **source.pretrained_kwargs)
+    except UNREADABLE as err:
+        raise ModelCorrupt(f"{source.config_file}{_of_hub(source)} {_what_is_wrong(err)}: {_said(err)}") from err
 
 
 def load_tokenizer(spec: str, revision: str | None = None):
@@ -187,22 +207,54 @@ def load_base(spec: str | ModelSource = DEFAULT_MODEL, dtype: torch.dtype = torc
     """Load (model, tokenizer) for ``spec`` (at ``revision`` for a Hub id; or an already resolved source); the model
     is in eval mode on ``device``. A directory written by ``rtpurbo export`` raises :class:`NotABaseModel` unless
     ``exported_ok`` (:func:`rtpurbo.io.load_exported` then makes it sparse)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     source = spec if isinstance(spec, ModelSource) else resolve_model(spec, revision)
     if not exported_ok and exported_settings_of(source) is not None:
         raise NotABaseModel(f"{source.spec} was written by `rtpurbo export`: a converted (sparse) model, not a dense "
                             "base. Give its artifact (the --model of that export) or its base model here; generate "
                             "and info take the exported directory as it is")
-    extra = source.pretrained_kwargs
-    config = AutoConfig.from_pretrained(source.directory, **extra)
-    family_of(config)  # fail before loading weights for an unsupported family
+    family_of(_config(source))  # fail before loading weights for an unsupported family
     tokenizer = _tokenizer(source)  # before the weights: a model without one fails in a second, not after the load
-    with _quiet_load(exported_ok):  # an exported model's indexer tensors are loaded after, by make_sparse
-        model = AutoModelForCausalLM.from_pretrained(source.directory, **extra, **from_pretrained_kwargs(dtype))
+    try:
+        with _quiet_load(exported_ok):  # an exported model's indexer tensors are loaded after, by make_sparse
+            model = AutoModelForCausalLM.from_pretrained(source.directory, **source.pretrained_kwargs,
+                                                         **from_pretrained_kwargs(dtype))
+    except UNREADABLE as err:
+        raise ModelCorrupt(f"the weights in {_unreadable_weights(source)}{_of_hub(source)} {_what_is_wrong(err)}: "
+                           f"{_said(err)}") from err
     model.to(device).eval()
     model.rtpurbo_source = source
     return model, tokenizer
+
+
+def _unreadable_weights(source: ModelSource) -> Path:
+    """The weights file of ``source`` that safetensors cannot open, else its only weights file, else its directory."""
+    from safetensors import safe_open
+
+    files = source.weight_files
+    for path in files:
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(path, framework="pt"):
+                    pass
+            except UNREADABLE:
+                return path
+    return files[0] if len(files) == 1 else source.directory
+
+
+def _of_hub(source: ModelSource) -> str:
+    return f" (Hugging Face model {source.describe()})" if source.repo_id else ""
+
+
+def _what_is_wrong(err: BaseException) -> str:
+    return "is truncated or not a GGUF file" if isinstance(err, struct.error) else "cannot be read"
+
+
+def _said(err: BaseException) -> str:
+    """``Type: message`` of ``err`` on one line, at most 200 characters of message."""
+    said = " ".join(str(err).split())
+    return f"{type(err).__name__}: {said if len(said) <= 200 else said[:200] + '...'}"
 
 
 @contextlib.contextmanager
@@ -225,11 +277,9 @@ def _tokenizer(source: ModelSource):
     try:
         return AutoTokenizer.from_pretrained(source.directory, **source.pretrained_kwargs)
     except (OSError, ValueError) as err:
-        said = " ".join(str(err).split())
-        said = said if len(said) <= 200 else said[:200] + "..."
         raise ModelNotFound(f"{source.describe()} ({source.directory}) has no tokenizer transformers can load "
-                            f"(tokenizer.json, or tokenizer_config.json with its vocabulary files): "
-                            f"{type(err).__name__}: {said}") from err
+                            f"(tokenizer.json, or tokenizer_config.json with its vocabulary files): {_said(err)}"
+                            ) from err
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:

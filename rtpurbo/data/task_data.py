@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .sources import long_documents
 from .tasks import PromptFormat, TaskCorpus, TaskSample, load_dev_corpus, make_task_sample
+from .user import UserDataError
 
 PPL_SOURCES = ("shakespeare", "python-docs", "cpython-stdlib")
 MAX_EVAL_WINDOWS = 32  # eval perplexity windows come from the first documents, tune windows from later ones
@@ -51,6 +53,11 @@ class TaskData:
 
 class TooFewSamples(ValueError):
     """Eval data holding fewer samples of a task and length than a run asks for."""
+
+
+class TaskDataError(UserDataError):
+    """An eval or tune data file that is missing, unreadable, not rtpurbo's, made with another tokenizer, or of the
+    wrong split; the message names it."""
 
 
 def tokenizer_probe(tokenizer: Any) -> list[int]:
@@ -141,11 +148,15 @@ def _build_chunk(jobs: list[tuple[str, int, int]]) -> list[TaskSample]:
 def check_tune_split(data: TaskData, source: Any = "the data") -> None:
     """Raise unless ``data`` is tune-split data: choosing heads or plans must not see evaluation items."""
     if data.meta.get("split") != "tune":
-        raise ValueError(f"{source} holds {data.meta.get('split', 'eval')!r}-split data; head and plan selection must "
-                         "not see evaluation items (rtpurbo eval --prepare-only --split tune)")
+        raise TaskDataError(f"{source} holds {data.meta.get('split', 'eval')!r}-split data; head and plan selection "
+                            "must not see evaluation items (rtpurbo eval --prepare-only --split tune)")
 
 
 # --- the file --------------------------------------------------------------------------------------
+# what numpy raises for a file that is missing, a directory, not an .npz archive, truncated, or lacks an array
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
+
+
 def _pack(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     flat = [t for r in rows for t in r]
     dtype = np.uint16 if max(flat, default=0) < 2**16 else np.uint32
@@ -169,15 +180,37 @@ def save_task_data(data: TaskData, path: str | Path) -> None:
 
 
 def load_task_data(path: str | Path, tokenizer: Any) -> TaskData:
-    """Read :func:`save_task_data` output; the tokenizer must tokenise exactly like the one that wrote it."""
-    with np.load(path, allow_pickle=False) as f:
-        header = json.loads(str(f["header"]))
-        prompts, answers = _unpack(f["prompt"], f["prompt_offsets"]), _unpack(f["answer"], f["answer_offsets"])
-        windows = _unpack(f["windows"], f["windows_offsets"])
-    if header.get("format") != DATA_FORMAT:
-        raise ValueError(f"{path} is not rtpurbo eval data")
-    if header["meta"]["probe"] != tokenizer_probe(tokenizer):
-        raise ValueError(f"{path} was made with a different tokenizer than this model's")
-    samples = [TaskSample(prompt_ids=p, answer_ids=a, **{**h, "spans": [tuple(s) for s in h["spans"]]})
-               for h, p, a in zip(header["samples"], prompts, answers)]
-    return TaskData(samples, windows, header["meta"])
+    """Read :func:`save_task_data` output; the tokenizer must tokenise exactly like the one that wrote it.
+    Raises :class:`TaskDataError` naming the file and what is wrong with it."""
+    not_ours = f"{path} is not rtpurbo eval data (rtpurbo eval --prepare-only writes it)"
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise TaskDataError(f"{path}: no such file") from err
+    except IsADirectoryError as err:
+        raise TaskDataError(f"{path} is a directory, not an eval data file") from err
+    except _UNREADABLE as err:
+        raise TaskDataError(f"{not_ours}: {type(err).__name__}: {err}") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise TaskDataError(f"{not_ours}: it holds one array, not an .npz archive")
+    try:
+        with archive as f:
+            header = json.loads(str(f["header"]))
+            prompts, answers = _unpack(f["prompt"], f["prompt_offsets"]), _unpack(f["answer"], f["answer_offsets"])
+            windows = _unpack(f["windows"], f["windows_offsets"])
+    except _UNREADABLE as err:
+        raise TaskDataError(f"{not_ours}: {type(err).__name__}: {err}") from err
+    if not isinstance(header, dict) or header.get("format") != DATA_FORMAT:
+        raise TaskDataError(not_ours)
+    meta = header.get("meta")
+    if not isinstance(meta, dict) or "probe" not in meta or not isinstance(header.get("samples"), list):
+        raise TaskDataError(f"{path}: its header lacks the tokenizer probe or the samples")
+    if meta["probe"] != tokenizer_probe(tokenizer):
+        raise TaskDataError(f"{path} was made with a different tokenizer than this model's: make it again with "
+                            "this model (rtpurbo eval --prepare-only --model ...)")
+    try:
+        samples = [TaskSample(prompt_ids=p, answer_ids=a, **{**h, "spans": [tuple(s) for s in h["spans"]]})
+                   for h, p, a in zip(header["samples"], prompts, answers)]
+    except (KeyError, TypeError) as err:
+        raise TaskDataError(f"{path}: a sample of its header is malformed ({type(err).__name__}: {err})") from err
+    return TaskData(samples, windows, meta)

@@ -12,7 +12,7 @@ hold the plain projections, which is what lets stage 2 run the frozen teacher wi
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator
 
 import torch
@@ -39,6 +39,21 @@ class LoraSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LoraSettings":
+        """The settings of :meth:`to_dict` output; ValueError names an unknown field or a bad value."""
+        if not isinstance(data, dict):
+            raise ValueError(f"LoRA settings must be an object, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown LoRA settings {sorted(unknown)}")
+        for name in ("r", "alpha"):
+            if name in data and (not isinstance(data[name], int) or isinstance(data[name], bool)):
+                raise ValueError(f"LoRA {name} must be an integer, got {data[name]!r}")
+        dropout = data.get("dropout", 0.0)
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise ValueError(f"LoRA dropout must be a number in [0, 1), got {dropout!r}")
+        targets = data.get("targets", list(LORA_TARGETS))
+        if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"LoRA targets must be a non-empty list of module names, got {targets!r}")
         return cls(**data)
 
 
