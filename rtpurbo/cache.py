@@ -184,6 +184,8 @@ class HeadwiseCache(Cache):
         self.stats = SelectionStats()
         self._forward: _Forward | None = None
         self.static_capacity: int | None = None  # set by static_decode()
+        # the GraphedDecoder that a converted model's forward hands one-token steps to (generate(cuda_graph=True))
+        self.graphed_decoder = None
         # Set by whoever feeds the first forward when every row of it holds positions 0..L-1 (no
         # padding): that forward then runs the plain-prefill kernels (cuDNN causal for retrieval
         # heads, an index-only window mask for local heads) without reading the positions back, and so do

@@ -47,24 +47,71 @@ def one_sequence_per_prompt(config: Any, kwargs: dict[str, Any]) -> None:
                          f"num_return_sequences={returned} (pass use_cache=False to run without it)")
 
 
-def generate(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+def generate(model: nn.Module, *args: Any, cuda_graph: bool = False, **kwargs: Any) -> Any:
     """transformers' ``generate()`` of a converted model through a head-wise cache (module docstring); the
     arguments are transformers'. A caller's own cache, or ``use_cache=False`` (as an argument or in the generation
     config), is passed through as given. A prompt given as ``inputs_embeds`` is prefilled whole, its last token
-    included (there are no ids to decode it from)."""
+    included (there are no ids to decode it from).
+
+    ``cuda_graph=True``: after the prefill the cache switches to static decode and every decode step is replayed
+    from a CUDA graph (:class:`rtpurbo.decode_graph.GraphedDecoder`; an eager stand-in off CUDA), while
+    transformers keeps its own loop around it (logits processors, sampling, stopping criteria, streamers). It
+    needs prompt ids of at least 2 tokens and the head-wise cache this function starts; the cache holds the prompt
+    and ``max_new_tokens`` (else ``max_length``) tokens. The steps return logits only (no attentions or hidden
+    states)."""
     config = kwargs.get("generation_config") or model.generation_config
     use_cache = kwargs.get("use_cache", getattr(config, "use_cache", True))
+    input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    if cuda_graph and (given_cache(kwargs) is not None or use_cache is False or input_ids is None
+                       or input_ids.shape[1] < 2):
+        raise ValueError("cuda_graph=True decodes through the head-wise cache that generate() starts: it needs prompt "
+                         "ids of at least 2 tokens, no cache of the caller's and use_cache on")
     if given_cache(kwargs) is None and use_cache is not False:
         one_sequence_per_prompt(config, kwargs)
-        cache = HeadwiseCache(model)
-        input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
-        if input_ids is not None and input_ids.shape[1] > 1:
+        prompt = 0 if input_ids is None else input_ids.shape[1]
+        capacity = prompt - 1 + _new_tokens(config, kwargs, prompt) if cuda_graph else None
+        cache = HeadwiseCache(model) if capacity is None else HeadwiseCache(model, initial_capacity=capacity)
+        if prompt > 1:
             if kwargs.get("attention_mask") is None:  # generate() slices the prompt by the cache only with a mask
                 kwargs["attention_mask"] = inferred_mask(input_ids, config, kwargs)
             mask = kwargs["attention_mask"]
-            prefill(model, cache, input_ids[:, :-1], mask[:, :-1], chunk=input_ids.shape[1] - 1)
+            prefill(model, cache, input_ids[:, :-1], mask[:, :-1], chunk=prompt - 1)
+        if capacity is not None:
+            from .decode_graph import GraphedDecoder
+
+            cache.static_decode(capacity)
+            cache.graphed_decoder = GraphedDecoder(model, cache)  # forward() hands it the one-token steps
         kwargs[cache_kwarg()] = cache
     return GenerationMixin.generate(model, *args, **kwargs)
+
+
+def _new_tokens(config: Any, kwargs: dict[str, Any], prompt: int) -> int:
+    """The most tokens ``generate()`` adds to a prompt of ``prompt`` tokens: ``max_new_tokens``, else
+    ``max_length`` minus the prompt (the call's arguments over the generation config)."""
+    new = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    if new is None:
+        new = kwargs.get("max_length", getattr(config, "max_length", None) or 20) - prompt
+    if new < 1:
+        raise ValueError(f"generate() would add no token to a prompt of {prompt} (max_new_tokens / max_length)")
+    return new
+
+
+def _graphed_step(model: nn.Module, decoder: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """One decode step of ``generate(cuda_graph=True)``: logits (B, 1, V) from the graphed decoder, as the output
+    transformers' loop reads."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    position_ids = kwargs.get("position_ids")
+    extras = [name for name in ("inputs_embeds", "labels", "output_attentions", "output_hidden_states")
+              if kwargs.get(name)]
+    if input_ids is None or input_ids.shape[1] != 1 or position_ids is None or extras:
+        raise ValueError("a cache decoding from a CUDA graph takes one token per row with its position_ids and returns "
+                         f"logits only; got input_ids {None if input_ids is None else tuple(input_ids.shape)}"
+                         + (f", {', '.join(extras)}" if extras else "")
+                         + ("" if position_ids is not None else ", no position_ids"))
+    logits = decoder.step(input_ids, position_ids)
+    return CausalLMOutputWithPast(logits=logits, past_key_values=decoder.cache)
 
 
 def inferred_mask(input_ids: torch.Tensor, config: Any, kwargs: dict[str, Any]) -> torch.Tensor:
@@ -100,6 +147,9 @@ class HeadwiseCausalLM:
         cls.forward = forward
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        decoder = getattr(given_cache(kwargs), "graphed_decoder", None)
+        if decoder is not None and not decoder.in_step:  # generate(cuda_graph=True)
+            return _graphed_step(self, decoder, args, kwargs)
         use_cache = kwargs.get("use_cache")
         if use_cache is None:
             use_cache = self.config.use_cache

@@ -81,10 +81,15 @@ class GraphedDecoder:
         self.input_ids: torch.Tensor | None = None  # (B, 1) int64, static
         self.position_ids: torch.Tensor | None = None  # (B, 1) int64, static; -1 = padding row
         self.kinds: dict[bool, _StepKind] = {}  # selects -> its warm-up count, counter increments, graph
+        self.in_step = False  # inside a step's forward (warm-up, capture or CPU stand-in)
 
     def _forward(self) -> torch.Tensor:
         kw = {cache_kwarg(): self.cache}
-        return self.model(input_ids=self.input_ids, position_ids=self.position_ids, use_cache=True, **kw).logits
+        self.in_step = True  # the model's forward runs the step itself, not through this decoder again
+        try:
+            return self.model(input_ids=self.input_ids, position_ids=self.position_ids, use_cache=True, **kw).logits
+        finally:
+            self.in_step = False
 
     def _load(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> None:
         ids = input_ids.to(self.device, torch.long)

@@ -67,6 +67,42 @@ def test_generate_matches_rtpurbo_generate_on_a_padded_batch(family):
         model.generate(ids, attention_mask=mask, max_new_tokens=2, num_beams=2)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
+def test_generate_with_cuda_graph_keeps_transformers_loop_and_tokens(family):
+    """model.generate(cuda_graph=True): decode steps through the graphed decoder (its eager stand-in on the CPU)
+    give the tokens of the plain path, greedy and with a logits processor, and every step after the prefill goes
+    through the decoder (selection on from the first step: seqlen_threshold 0)."""
+    from transformers import LogitsProcessorList, NoBadWordsLogitsProcessor
+
+    model, _ = _converted(family)
+    ids, mask = _padded()
+    pad = tiny_tokenizer().pad_token_id
+    plain = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=pad)
+    steps = []
+    real_step = __import__("rtpurbo.decode_graph", fromlist=["GraphedDecoder"]).GraphedDecoder.step
+
+    def counting(self, input_ids, position_ids):
+        steps.append(tuple(input_ids.shape))
+        return real_step(self, input_ids, position_ids)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("rtpurbo.decode_graph.GraphedDecoder.step", counting)
+        graphed = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=pad,
+                                 cuda_graph=True)
+    assert torch.equal(graphed, plain)
+    assert steps == [(3, 1)] * 6  # the prompt's last token, then 5 new ones
+    banned = [[int(plain[0, ids.shape[1]])]]  # a processor changes the first token of row 0
+    processors = LogitsProcessorList([NoBadWordsLogitsProcessor(banned, eos_token_id=None)])
+    kw = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=pad, logits_processor=processors)
+    assert torch.equal(model.generate(ids, cuda_graph=True, **kw), model.generate(ids, **kw))
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        model.generate(ids[:, -1:], attention_mask=mask[:, -1:], cuda_graph=True, pad_token_id=pad)
+    with pytest.raises(ValueError, match="use_cache on"):
+        model.generate(ids, attention_mask=mask, cuda_graph=True, pad_token_id=pad, use_cache=False)
+    with pytest.raises(ValueError, match="no token"):
+        model.generate(ids, attention_mask=mask, cuda_graph=True, pad_token_id=pad, max_new_tokens=0)
+
+
 def test_training_forward_and_the_teacher_through_the_default_cache():
     """Gradients through the default head-wise cache are those without a cache; the stage-2 teacher's
     original attention runs without one (it is the dense base model)."""
@@ -119,6 +155,9 @@ def test_generate_on_gpu_matches_rtpurbo_generate_on_a_padded_batch():
     expected = generate(model, tiny_tokenizer(), ids, mask, max_new_tokens=6).sequences
     got = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=pad)
     assert torch.equal(got, expected)
+    graphed = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=pad,
+                             cuda_graph=True)
+    assert torch.equal(graphed, expected)
 
 
 @pytest.mark.parametrize("prefill", ["dense", "sparse", "topp"])
