@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 from .bench.commands import add_parsers as add_bench_parsers
 from .cli_args import (RecordGiven, add_criterion, add_haystacks, add_model, add_profile, add_sparse, count_value,
-                       positive_float, positive_int, ratio_value, size_value, top_p_value)
+                       path_value, positive_float, positive_int, ratio_value, size_value, top_p_value)
 from .eval.commands import add_parsers as add_eval_parsers
 from .plan.commands import add_parsers as add_plan_parsers
 from .train.commands import add_convert_train_arguments
@@ -25,19 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile(p)
     add_criterion(p)
     p.add_argument("--window", type=positive_int, default=1024, help="W of long-range mass and of the knockout (default 1024)")
-    p.add_argument("--sinks", type=int, default=4, help="S (default 4)")
-    p.add_argument("--out", type=Path, required=True, help="directory for head_scores.json, head_plan.json/.png")
-    p.add_argument("--data", type=Path, help="shards of the user's text (rtpurbo data prepare): their documents "
-                                             "become haystacks of more profiling prompts (domain_stability.json)")
+    p.add_argument("--sinks", type=count_value, default=4, help="S (default 4)")
+    p.add_argument("--out", type=path_value, required=True, help="directory for head_scores.json, head_plan.json/.png")
+    p.add_argument("--data", type=path_value, help="shards of the user's text (rtpurbo data prepare): their documents "
+                                                   "become haystacks of more profiling prompts (domain_stability.json)")
     add_haystacks(p)
 
     p = sub.add_parser("convert", help="convert a base model and save the artifact")
     add_model(p)
     add_sparse(p)
     add_profile(p)
-    p.add_argument("--plan", type=Path, help="head_plan.json, or a config.json with headwise_config "
-                                             "(default: profile now)")
-    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--plan", type=path_value, help="head_plan.json, or a config.json with headwise_config "
+                                                   "(default: profile now)")
+    p.add_argument("--out", type=path_value, required=True, help="artifact directory to write")
     add_convert_train_arguments(p)
     add_haystacks(p)
 
@@ -56,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a converted model as a Hugging Face model directory (transformers, "
                                       "transformers serve, lm-evaluation-harness, RTP-LLM)")
     add_model(p, artifact_ok=True)
-    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--out", type=path_value, required=True, help="model directory to write")
     p.add_argument("--max-shard-size", type=size_value, default="5GB",
                    help="split model.safetensors into shards of at most this size (default 5GB)")
     p.add_argument("--seqlen-threshold", type=count_value, help="cached tokens from which the exported model's retrieval "
@@ -65,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lm-eval-task", help="write rtpurbo eval's task samples as a local lm-evaluation-harness "
                                             "task (YAML + JSONL + metrics)")
     add_model(p, artifact_ok=True)
-    p.add_argument("--data", type=Path, required=True, help="eval data: OUT/eval_data.npz of rtpurbo eval "
-                                                            "(--prepare-only writes it)")
-    p.add_argument("--out", type=Path, required=True, help="directory for the task files (lm_eval --include_path)")
+    p.add_argument("--data", type=path_value, required=True, help="eval data: OUT/eval_data.npz of rtpurbo eval "
+                                                                  "(--prepare-only writes it)")
+    p.add_argument("--out", type=path_value, required=True,
+                   help="directory for the task files (lm_eval --include_path)")
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="only these rtpurbo eval tasks (default: all held)")
     p.add_argument("--lengths", type=positive_int, nargs="+", help="only these lengths (default: all held)")
 
@@ -78,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=positive_int, help="geometry: head dim")
     p.add_argument("--retrieval-ratio", type=ratio_value, default=0.15, help="geometry: share of retrieval KV heads")
     p.add_argument("--window", type=positive_int, default=8192)
-    p.add_argument("--sinks", type=int, default=4)
+    p.add_argument("--sinks", type=count_value, default=4)
     p.add_argument("--index-dim", type=positive_int, default=16)
     p.add_argument("--bytes-per-value", type=positive_int, default=2, help="2 for bf16 caches")
 
@@ -92,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile(p)
     p.add_argument("--window", type=positive_int, default=1024, action=RecordGiven, help="W with --from-scratch")
     p.add_argument("--sinks", type=count_value, default=4, action=RecordGiven, help="S with --from-scratch")
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output directory")
+    p.add_argument("--out", type=path_value, default=Path("runs/quickstart"), help="output directory")
     p.add_argument("--eval-windows", type=positive_int, default=2, help="8K-token windows of dev text")
     p.add_argument("--eval-length", type=positive_int, default=8192, help="tokens per perplexity window")
     p.add_argument("--probe-samples", type=positive_int, default=2, help="needle prompts per kind (3 kinds)")
@@ -132,17 +137,80 @@ def user_errors() -> tuple[type[BaseException], ...]:
             TrainedBase, TrainingDiverged, UnknownSource, UnsupportedModel, UserDataError)
 
 
+WRITTEN_WHOLE = ("convert", "data", "distill", "export", "profile", "train-indexer")  # their --out: all or nothing
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a job scheduler), raised where the command is, as Ctrl-C raises
+    ``KeyboardInterrupt``: the same clean-up runs."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM raises :class:`Terminated`, so that ``finally`` and
+    ``except`` blocks run (half-written outputs are removed, earlier ones kept), as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _state(path: Path | None) -> tuple[int, int] | None:
+    """What tells a directory replaced whole from the one before: its (device, inode); None if missing."""
+    try:
+        info = Path(path).stat()
+    except (OSError, TypeError):  # missing, or no --out
+        return None
+    return info.st_dev, info.st_ino
+
+
+def interrupted(args: argparse.Namespace, out_before: tuple[int, int] | None, err: KeyboardInterrupt) -> str:
+    """The one line for a command stopped by Ctrl-C or SIGTERM: what stopped, whether ``--out`` is as it was, and
+    for training where its checkpoints are and that ``--resume`` continues from them."""
+    parts = ["terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"]
+    out = getattr(args, "out", None)
+    if out is not None and args.command in WRITTEN_WHOLE and _state(out) == out_before:
+        parts.append(f"{out} is unchanged" if out_before is not None else f"nothing was written to {out}")
+    elif out is not None and args.command == "eval" and not (args.prepare_only or args.report_only):
+        parts.append(f"the rows finished so far stay in {out}: the same command continues from them")
+    if args.command in ("train-indexer", "distill") or (args.command == "convert" and args.train):
+        from .train.commands import checkpoint_root
+
+        try:
+            root = checkpoint_root(args)
+        except ValueError:  # an --out without a name, refused before any training
+            root = None
+        if root is not None and any(root.glob("*/latest/state.json")):
+            parts.append(f"checkpoints are in {root}: the same command with --resume continues from them")
+        elif root is not None:
+            parts.append("no training checkpoint was written yet")
+    return "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import commands
 
     started = time.time()
     handler = getattr(args, "handler", None) or getattr(commands, args.command.replace("-", "_"))
+    out_before = _state(getattr(args, "out", None))
     try:
-        result = handler(args)
+        with sigterm_as_interrupt():
+            result = handler(args)
     except user_errors() as err:
         print(f"rtpurbo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        print(f"\nrtpurbo {args.command}: {interrupted(args, out_before, err)}", file=sys.stderr)  # under a tqdm bar
+        return 143 if isinstance(err, Terminated) else 130
     result.setdefault("wall_seconds", round(time.time() - started, 1))
     if args.json:
         print(json.dumps(result))

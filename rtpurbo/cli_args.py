@@ -28,18 +28,38 @@ class RecordGiven(argparse.Action):
         namespace.given = sorted(set(getattr(namespace, "given", ())) | {self.dest})  # a list: configs record it
 
 
-def positive_int(value: str) -> int:
+def _at_least(value: str, least: int) -> int:
     number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    if number < least:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {value}")
     return number
+
+
+def positive_int(value: str) -> int:
+    return _at_least(value, 1)
 
 
 def count_value(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return number
+    return _at_least(value, 0)
+
+
+def sequence_length(value: str) -> int:
+    """Tokens per training sequence: an integer >= 2 (a next-token target needs two)."""
+    return _at_least(value, 2)
+
+
+def path_value(value: str) -> Path:
+    """A path flag: ``~`` expanded as the shell would, so a quoted ``"~/x"`` names the same folder everywhere."""
+    return Path(value).expanduser()
+
+
+def beside(path: Path, suffix: str) -> Path:
+    """The sibling ``NAME + suffix`` of ``path`` (``OUT-profile``, ``OUT.checkpoints``), ``path`` resolved first so
+    that ``.`` or ``..`` has a name; a path without one (``/``) is a :class:`SettingsError`."""
+    resolved = Path(path).resolve()
+    if not resolved.name:
+        raise SettingsError(f"{path} has no name to put {suffix!r} after: name a directory")
+    return resolved.with_name(resolved.name + suffix)
 
 
 def _number(value: str) -> float:
@@ -197,6 +217,14 @@ def sparse_from_args(args: argparse.Namespace, **from_plan: Any) -> SparseConfig
         raise SettingsError(f"sparse settings: {err}") from err
 
 
+def check_index_dim(index_dim: int, head_dim: int) -> None:
+    """``--index-dim`` against the model's head_dim (the indexer's width is even and at most head_dim), checked
+    before the long work as a :class:`SettingsError`."""
+    if index_dim % 2 or index_dim > head_dim:
+        raise SettingsError(f"--index-dim {index_dim}: the indexer width must be even and at most the model's "
+                            f"head_dim {head_dim}")
+
+
 def add_haystacks(p: argparse.ArgumentParser) -> None:
     p.add_argument("--haystacks", choices=["both", "builtin", "data"], default="both",
                    help="profiling prompts' haystacks when --data is given: the built-in training-pool text and "
@@ -218,8 +246,9 @@ def add_criterion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", choices=["copy", "knockout"], default="copy",
                    help="copy: copy score on needle prompts (default); knockout: the dense model's KL on long text "
                         "and task answers when one KV head alone is windowed (one forward per head and input)")
-    p.add_argument("--knockout-data", type=Path, help="tune-split task data (rtpurbo eval --prepare-only --split tune); "
-                                                      "default: built now from the dev pool")
+    p.add_argument("--knockout-data", type=path_value,
+                   help="tune-split task data (rtpurbo eval --prepare-only --split tune); default: built now from the "
+                        "dev pool")
     p.add_argument("--knockout-samples", type=positive_int, default=2, help="prompts per task and length (default 2)")
     p.add_argument("--knockout-windows", type=int, default=4, help="long texts (default 4)")
     p.add_argument("--knockout-length", type=positive_int, default=4096,

@@ -9,14 +9,15 @@ from typing import Any
 import torch
 
 from . import io
-from .cli_args import SettingsError, sparse_from_args
+from .cli_args import SettingsError, beside, check_index_dim, sparse_from_args
 from .families import attention_modules, base_window, family_of, geometry
-from .files import NotAnEarlierOutput, check_replaceable
+from .files import NotAnEarlierOutput, check_output, check_replaceable
 from .memory import KVGeometry, kv_table
-from .models import NotABaseModel, exported_settings_of, load_base, load_tokenizer, resolve_model
+from .models import (NotABaseModel, exported_settings_of, load_base, load_config, load_tokenizer,
+                     resolve_model)
 from .convert import check_windows_before_profiling, convert as convert_model
 from .config import HeadPlan, PlanMismatch, SparseConfig
-from .pipeline import ProfileSettings, plan_summary, read_plan, run_domain_profile, run_profile
+from .pipeline import PROFILE_MARKER, ProfileSettings, plan_summary, read_plan, run_domain_profile, run_profile
 
 
 def say(args: argparse.Namespace, *parts: Any) -> None:
@@ -108,6 +109,7 @@ def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, o
 
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     require_base(args)  # a converted model's local heads are windowed already: its scores would not be the base's
+    check_replaceable(args.out, PROFILE_MARKER)  # before profiling, not after
     model, tokenizer = _load(args)
     plan, stability = _profile(args, model, tokenizer, args.out)
     summary = plan_summary(plan)
@@ -120,7 +122,11 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
     require_base(args)
+    check_index_dim(args.index_dim, geometry(load_config(args.model, args.revision))[3])
     check_replaceable(args.out, io.CONFIG_NAME)  # before profiling and training, not after
+    profile_dir = beside(args.out, "-profile")
+    if args.plan is None:
+        check_replaceable(profile_dir, PROFILE_MARKER)
     if args.train:
         from .train.commands import check_checkpoints
 
@@ -131,7 +137,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
         sparse = sparse_from_args(args, **from_plan)
     else:
         sparse = sparse_from_args(args)
-        plan, _ = _profile(args, model, tokenizer, args.out.with_name(args.out.name + "-profile"))
+        plan, _ = _profile(args, model, tokenizer, profile_dir)
     convert_model(model, plan, sparse)
     training = None
     if args.train:
@@ -202,8 +208,9 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
 
 def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
     from .data.task_data import load_task_data
-    from .export.lm_eval_task import write_task
+    from .export.lm_eval_task import TASK_NAME, write_task
 
+    check_output(args.out, f"{TASK_NAME}.yaml")  # before any work
     spec, revision = (io.base_spec(args.model, args.base, args.revision) if _is_artifact(args.model)
                       else (args.model, args.revision))
     tokenizer = load_tokenizer(spec, revision)

@@ -22,6 +22,7 @@ from .data.task_data import build_task_data, check_tune_split, load_task_data
 from .data.tasks import TASKS
 from .headwise import exported_settings, is_rtp_llm_form
 from .families import geometry
+from .files import written_whole
 from .profile.domains import domain_stability, merge_scores
 from .profile.knockout import inputs_from_task_data, knockout_profile
 from .profile.plot import plot_plan
@@ -106,9 +107,7 @@ def run_domain_profile(model: torch.nn.Module, tokenizer: Any, settings: Profile
     stability = domain_stability(parts, scores, settings.retrieval_ratio) if builtin else None
     plan = plan_from_scores(scores, settings.retrieval_ratio)
     if out_dir is not None:
-        write_profile(out_dir, scores, plan, settings)
-        if stability is not None:
-            (out_dir / "domain_stability.json").write_text(dumps(stability))
+        write_profile(out_dir, scores, plan, settings, stability)
     return scores, plan, stability
 
 
@@ -122,15 +121,21 @@ def knockout_data(tokenizer: Any, settings: ProfileSettings, progress: bool = Tr
                            settings.knockout_windows, settings.knockout_length, progress=progress)
 
 
+PROFILE_MARKER = "head_plan.json"  # what makes a directory an earlier profile output
 SCORE_LABELS = {"copy": "copy score (+0.1 needle mass)", "knockout": "knockout score (share of KL)"}
 
 
-def write_profile(out_dir: Path, scores: HeadScores, plan: HeadPlan, settings: ProfileSettings) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_profile(out_dir: Path, scores: HeadScores, plan: HeadPlan, settings: ProfileSettings,
+                  stability: dict[str, Any] | None = None) -> None:
+    """head_scores.json, head_plan.json, head_plan.png (and domain_stability.json when given) as one directory,
+    written whole (:func:`rtpurbo.files.written_whole`): it replaces an earlier profile only once complete."""
     settings_json = {k: str(v) if isinstance(v, Path) else v for k, v in settings.__dict__.items()}
-    (out_dir / "head_scores.json").write_text(dumps({"settings": settings_json, **scores.to_dict()}))
-    (out_dir / "head_plan.json").write_text(dumps(plan.to_dict()))
-    plot_plan(plan, out_dir / "head_plan.png", score_label=SCORE_LABELS[scores.criterion])
+    with written_whole(out_dir, PROFILE_MARKER) as tmp:
+        (tmp / "head_scores.json").write_text(dumps({"settings": settings_json, **scores.to_dict()}))
+        (tmp / PROFILE_MARKER).write_text(dumps(plan.to_dict()))
+        plot_plan(plan, tmp / "head_plan.png", score_label=SCORE_LABELS[scores.criterion])
+        if stability is not None:
+            (tmp / "domain_stability.json").write_text(dumps(stability))
 
 
 def read_plan(path: Path, model_config: Any) -> tuple[HeadPlan, dict[str, int]]:

@@ -12,6 +12,7 @@ training-free split and trained rows, with KV bytes and speed, into one results 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
@@ -23,12 +24,13 @@ import torch
 import transformers
 
 from .. import __version__, io
-from ..cli_args import (add_model, add_profile, add_sparse, count_value, positive_int, sparse_from_args,
-                        top_p_value)
+from ..cli_args import (add_model, add_profile, add_sparse, check_index_dim, count_value, path_value, positive_int,
+                        sparse_from_args, top_p_value)
 from ..commands import device_dtype, say
 from ..config import PREFILL_SCORINGS, RETRIEVAL_PREFILL, HeadPlan, dumps
 from ..convert import convert
 from ..families import geometry
+from ..files import NotAnEarlierOutput, check_output
 from ..models import load_base, load_config, load_tokenizer
 from ..pipeline import ProfileSettings, plan_summary, read_plan, run_profile
 from .domain import with_user_windows
@@ -51,7 +53,8 @@ def add_parsers(subparsers: Any) -> None:
     add_model(p, artifact_ok=True)
     add_sparse(p)
     add_profile(p)
-    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="results directory (resumes what is there)")
+    p.add_argument("--out", type=path_value, default=Path("runs/eval"),
+                   help="results directory (resumes what is there)")
     p.add_argument("--quick", action="store_true",
                    help=f"small CPU run: lengths {QUICK['lengths']}, {QUICK['samples']} sample per task, "
                         f"{QUICK['ppl_windows']} perplexity window of {QUICK['ppl_length']}")
@@ -66,10 +69,10 @@ def add_parsers(subparsers: Any) -> None:
                    help="trained stages (artifact dirs); NAME=PATH@TOP_P evaluates one at another top-p, "
                         "NAME=PATH@KEY=VALUE,... with other sparse settings (keys: " + ", ".join(ROW_SETTINGS) + "; "
                         "e.g. sp=ART@retrieval_prefill=sparse,prefill_top_p=0.9)")
-    p.add_argument("--plan", type=Path, help="head plan of the split row (head_plan.json or config.json with "
-                                             "headwise_config); default: profile now")
+    p.add_argument("--plan", type=path_value, help="head plan of the split row (head_plan.json or config.json with "
+                                                   "headwise_config); default: profile now")
     p.add_argument("--ppl-windows", type=int, help=f"perplexity windows (default {FULL['ppl_windows']}, 0 = none)")
-    p.add_argument("--ppl-data", type=Path, metavar="DIR",
+    p.add_argument("--ppl-data", type=path_value, metavar="DIR",
                    help="perplexity by position on your text: dev shards from `rtpurbo data prepare --pool dev "
                         "--files ...` (all their windows unless --ppl-windows); perplexity only unless --tasks or "
                         "--speed-repeats ask for more")
@@ -81,12 +84,12 @@ def add_parsers(subparsers: Any) -> None:
                    help="answer decode steps: graph (static cache, one CUDA graph per batch; much faster for small "
                         "models on a GPU), eager, or auto (graph on CUDA, eager elsewhere)")
     p.add_argument("--speed-repeats", type=int, help="timed prefill repeats per row (0 = no timing)")
-    p.add_argument("--data", type=Path, help="eval data written by an earlier run (OUT/eval_data.npz): "
-                                             "no corpus needed")
+    p.add_argument("--data", type=path_value, help="eval data written by an earlier run (OUT/eval_data.npz): "
+                                                   "no corpus needed")
     p.add_argument("--prepare-only", action="store_true", help="write OUT/eval_data.npz and stop (tokenizer only)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the report from OUT/rows/*.json (e.g. rows computed by separate runs)")
-    p.add_argument("--merge", nargs="+", type=Path, metavar="RUN_DIR",
+    p.add_argument("--merge", nargs="+", type=path_value, metavar="RUN_DIR",
                    help="with --report-only: first gather the rows of these results directories into OUT "
                         "(e.g. one run per row and length on several GPUs)")
     p.add_argument("--no-chat-template", action="store_true", help="plain-text prompts even if a template exists")
@@ -96,10 +99,12 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--split", choices=["eval", "tune"], default="eval",
                    help="eval: the reported samples and perplexity windows; tune: other seeds and documents, for "
                         "profiling and plan search")
-    p.add_argument("--corpus", type=Path, help="build task samples from this corpus file (--save-corpus) instead of "
-                                               "the installed dev pool; perplexity windows then come from --data")
-    p.add_argument("--save-corpus", type=Path, help="with --prepare-only: also write the task corpus to this file "
-                                                    "(gzipped JSON, a few MB) for machines without the sources")
+    p.add_argument("--corpus", type=path_value,
+                   help="build task samples from this corpus file (--save-corpus) instead of the installed dev pool; "
+                        "perplexity windows then come from --data")
+    p.add_argument("--save-corpus", type=path_value,
+                   help="with --prepare-only: also write the task corpus to this file (gzipped JSON, a few MB) for "
+                        "machines without the sources")
     p.add_argument("--first-sample", type=count_value, default=0,
                    help="with --prepare-only: index of the first sample of every task and length (e.g. 100 to add "
                         "samples 100.. to an earlier 100-sample file; evaluate them separately, then --merge)")
@@ -158,7 +163,7 @@ def _artifact_row(item: str) -> tuple[str, Path, dict[str, Any]]:
                 settings[key] = _row_value(key, value)
             except (argparse.ArgumentTypeError, ValueError) as err:
                 raise SystemExit(f"--artifacts {item!r}: {err}") from err
-    return name, Path(path), settings
+    return name, Path(path).expanduser(), settings
 
 
 def _base_spec(args: argparse.Namespace) -> tuple[str, str | None, list[tuple[str, Path, dict[str, Any]]]]:
@@ -169,6 +174,26 @@ def _base_spec(args: argparse.Namespace) -> tuple[str, str | None, list[tuple[st
         artifacts.insert(0, (own.resolve().name, own, {}))
         return *io.base_spec(args.model, args.base, args.revision), artifacts
     return args.model, args.revision, artifacts
+
+
+EVAL_MARKERS = ("rows", "results.json", "eval_data.npz")  # what only an earlier eval output holds
+
+
+def check_eval_out(out: Path) -> None:
+    """Before any work: ``--out`` is missing, empty or an earlier eval output, which eval resumes into (it holds
+    :data:`EVAL_MARKERS` or a config.json eval wrote); else :class:`NotAnEarlierOutput`. A folder with another
+    config.json (a model's, an export's) is refused, since eval writes its own run config there."""
+    config = Path(out) / "config.json"
+    if config.is_file():
+        try:
+            ours = {"rows", "settings"} <= set(json.loads(config.read_text()))
+        except (ValueError, TypeError):  # not JSON, or not an object
+            ours = False
+        if not ours:
+            raise NotAnEarlierOutput(f"{out} holds a config.json that rtpurbo eval did not write (a model's?); eval "
+                                     "writes its run config there: name a new or empty --out")
+        return
+    check_output(out, *EVAL_MARKERS)
 
 
 def _max_positions(spec: str, revision: str | None) -> int:
@@ -222,11 +247,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     if args.merge and not args.report_only:
         raise SystemExit("--merge goes with --report-only")
+    check_eval_out(out)
     if args.report_only:
-        if args.merge:
-            out.mkdir(parents=True, exist_ok=True)
-            merge_runs(out, args.merge)
         try:
+            if args.merge:
+                out.mkdir(parents=True, exist_ok=True)
+                merge_runs(out, args.merge)
             result = rebuild_report(out, BASE_ROWS, reference=args.reference)
         except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"rtpurbo eval --report-only: {err}") from err
@@ -245,6 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save_task_data(data, out / "eval_data.npz")
         say(args, f"wrote {out / 'eval_data.npz'} ({len(data.samples)} samples, {len(data.windows)} windows)")
         return {"data": str(out / "eval_data.npz"), "samples": len(data.samples), "windows": len(data.windows)}
+    check_index_dim(args.index_dim, geometry(load_config(spec, revision))[3])
     model, tokenizer = load_base(spec, dtype=dtype, device=device, revision=revision)
     data = load_task_data(args.data, tokenizer) if args.data else None
     settings = settings_from(args, max_positions, device, None if args.corpus else data)
@@ -292,7 +319,7 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
         name, _, path = item.partition("=")
         if not name or not path or name in BASE_ROWS:
             raise SystemExit(f"--plans takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
-        plan, found = read_plan(Path(path), model.config)
+        plan, found = read_plan(Path(path).expanduser(), model.config)
         rows.append(Row(name, "split", plan, args.top_p, window=found.get("window"), sinks=found.get("sinks")))
     return rows + [Row(name, "artifact", top_p=settings.get("top_p"), artifact=io.artifact_path(path) or path,
                        settings=settings)

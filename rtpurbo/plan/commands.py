@@ -14,10 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli_args import add_model, positive_int, ratio_value
+from ..cli_args import add_model, count_value, path_value, positive_int, ratio_value
 from ..commands import device_dtype, say
 from ..config import HeadPlan, dumps
 from ..data.task_data import check_tune_split, load_task_data
+from ..files import check_output
 from ..models import load_base
 from .compare import read_scores, write_comparison
 from .plot import pareto_plot
@@ -32,10 +33,10 @@ def add_parsers(subparsers: Any) -> None:
     p = sub.add_parser("search", help="sweep retrieval ratio x W on tune data; the cheapest plan within --tolerance",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model(p)
-    p.add_argument("--data", type=Path, required=True,
+    p.add_argument("--data", type=path_value, required=True,
                    help="tune-split task data (rtpurbo eval --prepare-only --split tune): samples and windows")
-    p.add_argument("--scores", help="head ranking: head_scores.json, a head_plan.json with scores, or an artifact "
-                                    "(default: profile now with --criterion)")
+    p.add_argument("--scores", type=path_value, help="head ranking: head_scores.json, a head_plan.json with scores, "
+                                                     "or an artifact (default: profile now with --criterion)")
     p.add_argument("--score", help="with a head_scores.json: rank by this KV-head score instead of its ranking "
                                    "(knockout: text_kl, answer_kl, answer_nll; copy: copy, needle_mass, "
                                    "long_range_mass)")
@@ -45,7 +46,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--profile-window", type=positive_int, default=1024, help="W of the knockout profile")
     p.add_argument("--ratios", type=ratio_value, nargs="+", default=d.ratios, help=f"default {d.ratios}")
     p.add_argument("--windows", type=positive_int, nargs="+", default=d.windows, help=f"default {d.windows}")
-    p.add_argument("--sinks", type=int, default=d.sinks)
+    p.add_argument("--sinks", type=count_value, default=d.sinks)
     p.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="points of task-average teacher-forced accuracy a plan may lose against dense (default 0.5)")
     p.add_argument("--ppl-tolerance", type=float, help="percent of perplexity a plan may add (default: no limit)")
@@ -53,18 +54,18 @@ def add_parsers(subparsers: Any) -> None:
                                                              "longest task length)")
     p.add_argument("--samples", type=positive_int, help="samples per task and length (default: all in --data)")
     p.add_argument("--batch-size", type=positive_int, help="samples per forward (default 1 on CPU, 8 on GPU)")
-    p.add_argument("--out", type=Path, required=True, help="directory for search.json/.md, pareto.png, the chosen "
-                                                            "head_plan.json and headwise_config.json")
+    p.add_argument("--out", type=path_value, required=True,
+                   help="directory for search.json/.md, pareto.png, the chosen head_plan.json and headwise_config.json")
     p.set_defaults(handler=search)
 
     p = sub.add_parser("compare", help="two head rankings: rank correlation, overlap, scatter plot, both plans")
-    p.add_argument("--scores", nargs=2, required=True, metavar="SCORES",
+    p.add_argument("--scores", nargs=2, type=path_value, required=True, metavar="SCORES",
                    help="two rankings (head_scores.json, head_plan.json with scores, or artifacts)")
     p.add_argument("--names", nargs=2, help="names of the two rankings (default: their criteria)")
     p.add_argument("--ratio", type=ratio_value, default=0.15, help="ratio of the written plans (default 0.15)")
     p.add_argument("--ratios", type=ratio_value, nargs="+", default=[0.10, 0.15, 0.20, 0.25],
                    help="ratios of the overlap table")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=path_value, required=True)
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(handler=compare)
 
@@ -90,6 +91,7 @@ def _ranking(args: argparse.Namespace, model: Any, tokenizer: Any, data: Any, ou
 
 def search(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo plan search``: returns the search result (also OUT/search.json)."""
+    check_output(args.out, "search.json")  # before profiling and the sweep, not after
     device, dtype = device_dtype(args)
     model, tokenizer = load_base(args.model, dtype=dtype, device=device, revision=args.revision)
     data = load_task_data(args.data, tokenizer)
@@ -156,6 +158,7 @@ def search_markdown(result: dict[str, Any]) -> str:
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo plan compare``."""
+    check_output(args.out, "compare.json")
     a, b = (read_scores(path) for path in args.scores)
     result = write_comparison(args.out, a, b, args.ratios, args.ratio, tuple(args.names) if args.names else None)
     say(args, (args.out / "compare.md").read_text())

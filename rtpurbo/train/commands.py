@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from .. import io
-from ..cli_args import add_revision, count_float, count_value, positive_float, positive_int, share_value
+from ..cli_args import (add_revision, beside, count_float, count_value, path_value, positive_float, positive_int,
+                        sequence_length, share_value)
 from ..files import check_replaceable
 from ..data.needles import KINDS
 from ..data.user import RecordText, UserInput, chat_renderer, dataset_input, file_input
@@ -25,7 +26,7 @@ from ..models import load_tokenizer as load_model_tokenizer
 from ..ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, LONG_RANGE_KINDS, TASK_KINDS,
                    PrepareSettings, check_crop, load_shards, prepare_shards, round_robin_documents)
-from .checkpoint import check_start
+from .checkpoint import LATEST, STATE, check_start, has_checkpoint
 from .lora import LoraSettings
 from .loop import LoopSettings, make_runtime
 from .stage1_indexer import IndexerSettings, train_indexer as run_stage1
@@ -54,7 +55,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model (or artifact) whose tokenizer (and chat template) "
                                                           "to use; a Hub id org/name works too")
     add_revision(p)
-    p.add_argument("--out", type=Path, required=True, help="shard directory to write")
+    p.add_argument("--out", type=path_value, required=True, help="shard directory to write")
     p.add_argument("--pool", choices=["train", "dev"], default="train",
                    help="train (packed across documents, synthetic share) or dev: evaluation windows that never "
                         "span two documents (rtpurbo eval --ppl-data)")
@@ -68,7 +69,7 @@ def add_parsers(subparsers: Any) -> None:
                         "default train. Repeatable")
     p.add_argument("--text-field", help="record field holding the text (default: messages / conversations "
                                         "rendered with the model's chat template, else text, else content)")
-    p.add_argument("--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN, help="tokens per sequence")
+    p.add_argument("--seq-len", type=sequence_length, default=DEFAULT_SEQ_LEN, help="tokens per sequence")
     p.add_argument("--sequences", type=positive_int, default=1024, help="sequences to write")
     p.add_argument("--synthetic-ratio", type=share_value, default=None,
                    help="share of synthetic needle sequences (default 0.1 for train, 0 for dev)")
@@ -80,9 +81,10 @@ def add_parsers(subparsers: Any) -> None:
     kinds.add_argument("--long-range-mix", action="store_true",
                        help="stage-2 data of what a head split breaks: synthetic share 0.3 (unless --synthetic-ratio) "
                             f"of {' '.join(LONG_RANGE_KINDS)} (rtpurbo convert --train --distill-data DIR)")
-    p.add_argument("--min-doc-chars", type=int, help="skip shorter documents (default 2000 for built-in sources, "
-                                                     "1 with --files / --dataset: records are packed together)")
-    p.add_argument("--shard-mb", type=float, default=60.0, help="maximum shard size in MB")
+    p.add_argument("--min-doc-chars", type=count_value,
+                   help="skip shorter documents (default 2000 for built-in sources, 1 with --files / --dataset: "
+                        "records are packed together)")
+    p.add_argument("--shard-mb", type=positive_float, default=60.0, help="maximum shard size in MB")
     p.add_argument("--no-install", action="store_true", help="fail instead of installing missing sources")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(handler=data)
@@ -101,13 +103,14 @@ def add_parsers(subparsers: Any) -> None:
 def add_convert_train_arguments(p: argparse.ArgumentParser) -> None:
     """``rtpurbo convert --train``: profile -> convert -> stage 1 -> stage 2 -> save."""
     p.add_argument("--train", action="store_true", help="train indexers and adapters before saving")
-    p.add_argument("--data", type=Path, help="training shards (rtpurbo data prepare); needed with --train. When "
-                                             "profiling (no --plan), their documents also become profiling haystacks")
-    p.add_argument("--distill-data", type=Path, help="stage-2 shards (default: --data), e.g. a long-range mix "
-                                                      "(rtpurbo data prepare --synthetic-kinds ...)")
+    p.add_argument("--data", type=path_value, help="training shards (rtpurbo data prepare); needed with --train. "
+                                                   "When profiling (no --plan), their documents also become profiling "
+                                                   "haystacks")
+    p.add_argument("--distill-data", type=path_value, help="stage-2 shards (default: --data), e.g. a long-range "
+                                                           "mix (rtpurbo data prepare --synthetic-kinds ...)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="training compute (auto: bf16 autocast on CUDA, fp32 on CPU)")
-    p.add_argument("--checkpoint-dir", type=Path, help="default: OUT.checkpoints")
+    p.add_argument("--checkpoint-dir", type=path_value, help="default: OUT.checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints")
     p.add_argument("--seed", type=int, default=0)
     _add_indexer(p, prefix="indexer-")
@@ -115,14 +118,14 @@ def add_convert_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="rtpurbo artifact directory (rtpurbo convert)")
+    p.add_argument("--model", required=True, type=path_value, help="rtpurbo artifact directory (rtpurbo convert)")
     p.add_argument("--base", help="the artifact's base model where it is now (default: where the artifact records it)")
-    p.add_argument("--data", required=True, type=Path, help="training shards (rtpurbo data prepare)")
-    p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
+    p.add_argument("--data", required=True, type=path_value, help="training shards (rtpurbo data prepare)")
+    p.add_argument("--out", required=True, type=path_value, help="artifact directory to write")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (torchrun: one GPU per process)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="compute (auto: bf16 autocast on CUDA, fp32 on CPU)")
-    p.add_argument("--checkpoint-dir", type=Path, help="default: OUT.checkpoints")
+    p.add_argument("--checkpoint-dir", type=path_value, help="default: OUT.checkpoints")
     p.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -216,9 +219,13 @@ def _lora(rank: int | None, alpha: int | None) -> LoraSettings | None:
     return LoraSettings(r=rank or default.r, alpha=alpha or default.alpha)
 
 
+def checkpoint_root(args: argparse.Namespace) -> Path:
+    """Where a run keeps its checkpoints: ``--checkpoint-dir``, else ``OUT.checkpoints``."""
+    return args.checkpoint_dir or beside(args.out, ".checkpoints")
+
+
 def _checkpoint_dir(args: argparse.Namespace, stage: str) -> Path:
-    root = args.checkpoint_dir or args.out.with_name(args.out.name + ".checkpoints")
-    return root / stage
+    return checkpoint_root(args) / stage
 
 
 def check_checkpoints(args: argparse.Namespace, stages: list[str]) -> None:
@@ -280,11 +287,12 @@ def train_indexer(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = io.load(args.model, base=args.base)
     runtime = make_runtime(args.device, args.precision)
     settings = indexer_settings(args, "", _checkpoint_dir(args, "indexer"))
+    resumed_at = resumed_step(args, settings.loop.checkpoint_dir)
     report = run_stage1(model, load_shards(args.data, tokenizer), settings, runtime,
                         _snapshots(args, model, "", "indexer"))
     if runtime.is_main:
         print_recall(args, report)
-    return _finish(args, runtime, model, [report])
+    return _finish(args, runtime, model, report, resumed_at)
 
 
 def distill(args: argparse.Namespace) -> dict[str, Any]:
@@ -294,11 +302,12 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = io.load(args.model, base=args.base)
     runtime = make_runtime(args.device, args.precision)
     settings = distill_settings(args, "", _checkpoint_dir(args, "distill"))
+    resumed_at = resumed_step(args, settings.loop.checkpoint_dir)
     report = run_stage2(model, load_shards(args.data, tokenizer), settings, runtime,
                         _snapshots(args, model, "", "distill"))
     if runtime.is_main:
         print_heldout_kl(args, report)
-    return _finish(args, runtime, model, [report])
+    return _finish(args, runtime, model, report, resumed_at)
 
 
 def print_heldout_kl(args: argparse.Namespace, report: dict[str, Any]) -> None:
@@ -347,7 +356,7 @@ def _snapshots(args: argparse.Namespace, model: torch.nn.Module, prefix: str, st
         finished = list(getattr(model, "rtpurbo_history", []))
         model.rtpurbo_history = finished + [{"stage": stage, "steps_done": step, "snapshot": True}]  # this stage so far
         try:
-            io.save(model, args.out.with_name(f"{args.out.name}.{stage}-step-{step:05d}"))
+            io.save(model, beside(args.out, f".{stage}-step-{step:05d}"))
         finally:
             model.rtpurbo_history = finished
 
@@ -363,21 +372,45 @@ def _say_stopped_early(args: argparse.Namespace, report: dict[str, Any]) -> None
 
 def write_reports(out: Path, reports: list[dict[str, Any]]) -> Path:
     """The stages' full reports beside the artifact ``out``: ``OUT.report.json``."""
-    path = out.with_name(out.name + ".report.json")
+    path = beside(out, ".report.json")
     path.write_text(json.dumps(reports, indent=1) + "\n")
     return path
 
 
-def _finish(args: argparse.Namespace, runtime: Any, model: torch.nn.Module, reports: list[dict[str, Any]]) -> dict:
-    model.rtpurbo_history = list(getattr(model, "rtpurbo_history", [])) + [summary(r) for r in reports]
+def _finish(args: argparse.Namespace, runtime: Any, model: torch.nn.Module, report: dict[str, Any],
+            resumed_at: int) -> dict:
+    """Save the trained artifact (its history gaining the stage's entry, :func:`with_entry`) and its report."""
+    model.rtpurbo_history = with_entry(getattr(model, "rtpurbo_history", []), report, resumed_at)
     if runtime.is_main:
-        for report in reports:
-            _say_stopped_early(args, report)
+        _say_stopped_early(args, report)
         io.save(model, args.out)
-        write_reports(args.out, reports)
+        write_reports(args.out, [report])
         _say(args, f"saved {args.out}")
     runtime.accelerator.wait_for_everyone()
-    return {"out": str(args.out), "reports": [summary(r) for r in reports]}
+    return {"out": str(args.out), "reports": [summary(report)]}
+
+
+def with_entry(history: list[dict[str, Any]], report: dict[str, Any], resumed_at: int) -> list[dict[str, Any]]:
+    """``history`` with the stage ``report`` appended, unless the run trained no step of its own (``resumed_at``,
+    the step its checkpoint held, is where it ended) and ``history`` holds that run already: a finished run resumed
+    into its own earlier output. A run is its stage, steps done and checkpoint directory."""
+    entry = summary(report)
+    if report["steps_done"] == resumed_at and any(_run_of(held) == _run_of(entry) for held in history):
+        return list(history)
+    return list(history) + [entry]
+
+
+def _run_of(entry: dict[str, Any]) -> tuple:
+    """What names one training run in a history entry: stage, steps done and checkpoint directory."""
+    directory = ((entry.get("settings") or {}).get("loop") or {}).get("checkpoint_dir")
+    return entry.get("stage"), entry.get("steps_done"), directory and str(Path(directory).resolve())
+
+
+def resumed_step(args: argparse.Namespace, directory: Path) -> int:
+    """The step a run starts from: with ``--resume``, that of the checkpoint in ``directory``; else 0."""
+    if not (args.resume and has_checkpoint(directory)):
+        return 0
+    return json.loads((directory / LATEST / STATE).read_text())["step"]
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
