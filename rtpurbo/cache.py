@@ -569,7 +569,9 @@ class HeadwiseCache(Cache):
         layer = self._layer(module, k)
         if self.static_capacity is not None:
             if q.shape[2] != 1:
-                raise ValueError(f"static decode takes one token per forward, got {q.shape[2]}")
+                raise ValueError(f"static decode takes one token per forward, got {q.shape[2]}: this cache was switched "
+                                 "to static decode (static_decode, or generate(cuda_graph=True)); start a new "
+                                 "HeadwiseCache to feed several tokens")
             if module.retrieval_heads and layer.r_len >= self.static_capacity:
                 raise ValueError(f"static decode cache is full ({self.static_capacity} slots)")
         parts = module.split_heads(q, k, v)

@@ -66,10 +66,14 @@ def generate(model: nn.Module, *args: Any, cuda_graph: bool = False, **kwargs: A
                        or input_ids.shape[1] < 2):
         raise ValueError("cuda_graph=True decodes through the head-wise cache that generate() starts: it needs prompt "
                          "ids of at least 2 tokens, no cache of the caller's and use_cache on")
+    extras = [name for name in ("output_attentions", "output_hidden_states")
+              if kwargs.get(name, getattr(config, name, False))]
+    if cuda_graph and extras:
+        raise ValueError(f"cuda_graph=True decode steps return logits only; drop {', '.join(extras)}")
     if given_cache(kwargs) is None and use_cache is not False:
         one_sequence_per_prompt(config, kwargs)
         prompt = 0 if input_ids is None else input_ids.shape[1]
-        capacity = prompt - 1 + _new_tokens(config, kwargs, prompt) if cuda_graph else None
+        capacity = prompt - 1 + _new_tokens(model, kwargs, prompt) if cuda_graph else None
         cache = HeadwiseCache(model) if capacity is None else HeadwiseCache(model, initial_capacity=capacity)
         if prompt > 1:
             if kwargs.get("attention_mask") is None:  # generate() slices the prompt by the cache only with a mask
@@ -82,15 +86,28 @@ def generate(model: nn.Module, *args: Any, cuda_graph: bool = False, **kwargs: A
             cache.static_decode(capacity)
             cache.graphed_decoder = GraphedDecoder(model, cache)  # forward() hands it the one-token steps
         kwargs[cache_kwarg()] = cache
+        try:
+            return GenerationMixin.generate(model, *args, **kwargs)
+        finally:
+            cache.graphed_decoder = None  # the graphs belong to this call; the cache stays in static decode mode
     return GenerationMixin.generate(model, *args, **kwargs)
 
 
-def _new_tokens(config: Any, kwargs: dict[str, Any], prompt: int) -> int:
-    """The most tokens ``generate()`` adds to a prompt of ``prompt`` tokens: ``max_new_tokens``, else
-    ``max_length`` minus the prompt (the call's arguments over the generation config)."""
-    new = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
-    if new is None:
-        new = kwargs.get("max_length", getattr(config, "max_length", None) or 20) - prompt
+DEFAULT_NEW_TOKENS = 20  # what transformers' generate() adds when no length is set anywhere
+
+
+def _new_tokens(model: nn.Module, kwargs: dict[str, Any], prompt: int) -> int:
+    """The most tokens ``generate()`` adds to a prompt of ``prompt`` tokens, as transformers decides it: the first
+    ``max_new_tokens`` set (call, the caller's generation config, the model's), else the first ``max_length`` set
+    minus the prompt, else :data:`DEFAULT_NEW_TOKENS`."""
+    given = kwargs.get("generation_config")
+    sources = (kwargs, {} if given is None else vars(given), vars(model.generation_config))
+
+    def first(name: str) -> int | None:
+        return next((source[name] for source in sources if source.get(name) is not None), None)
+
+    new, length = first("max_new_tokens"), first("max_length")
+    new = new if new is not None else DEFAULT_NEW_TOKENS if length is None else length - prompt
     if new < 1:
         raise ValueError(f"generate() would add no token to a prompt of {prompt} (max_new_tokens / max_length)")
     return new
@@ -153,7 +170,7 @@ class HeadwiseCausalLM:
         use_cache = kwargs.get("use_cache")
         if use_cache is None:
             use_cache = self.config.use_cache
-        if given_cache(kwargs) is None and use_cache and _runs_sparse(self):
+        if given_cache(kwargs) is None and use_cache and runs_sparse(self):
             if self.training and getattr(self, "is_gradient_checkpointing", False):
                 kwargs["use_cache"] = False  # what transformers does then anyway, without its warning
             else:
@@ -206,7 +223,7 @@ class HeadwiseCausalLM:
         return None
 
 
-def _runs_sparse(model: nn.Module) -> bool:
+def runs_sparse(model: nn.Module) -> bool:
     """True unless the model is running its original attention (the stage-2 teacher) or is not converted."""
     if getattr(model, "rtpurbo_plan", None) is None:
         return False

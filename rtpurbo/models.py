@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 
 from ._compat import from_pretrained_kwargs
-from .families import family_of
+from .families import UnsupportedModel, family_of
 from .hub import HUB_ID, ModelCorrupt, ModelNotFound, is_hub_id, is_local_model, snapshot
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -191,7 +191,20 @@ def _config(source: ModelSource):
     try:
         return AutoConfig.from_pretrained(source.directory, **source.pretrained_kwargs)
     except UNREADABLE as err:
+        if isinstance(err, ValueError) and not source.gguf_file and _parses(source.config_file):
+            # the file reads; transformers refused its content (e.g. a model_type it does not know)
+            raise UnsupportedModel(f"{source.config_file}{_of_hub(source)}: transformers cannot build this "
+                                   f"config ({_said(err)})") from err
         raise ModelCorrupt(f"{source.config_file}{_of_hub(source)} {_what_is_wrong(err)}: {_said(err)}") from err
+
+
+def _parses(path: Path) -> bool:
+    """Whether ``path`` holds JSON text."""
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def load_tokenizer(spec: str, revision: str | None = None):
@@ -221,26 +234,34 @@ def load_base(spec: str | ModelSource = DEFAULT_MODEL, dtype: torch.dtype = torc
             model = AutoModelForCausalLM.from_pretrained(source.directory, **source.pretrained_kwargs,
                                                          **from_pretrained_kwargs(dtype))
     except UNREADABLE as err:
-        raise ModelCorrupt(f"the weights in {_unreadable_weights(source)}{_of_hub(source)} {_what_is_wrong(err)}: "
-                           f"{_said(err)}") from err
+        broken = _unreadable_weights(source)
+        if broken is None:
+            raise  # every weights file opens: the error is not the files' (e.g. a bad dtype argument)
+        raise ModelCorrupt(f"the weights in {broken}{_of_hub(source)} {_what_is_wrong(err)}: {_said(err)}") from err
     model.to(device).eval()
     model.rtpurbo_source = source
     return model, tokenizer
 
 
-def _unreadable_weights(source: ModelSource) -> Path:
-    """The weights file of ``source`` that safetensors cannot open, else its only weights file, else its directory."""
+def _unreadable_weights(source: ModelSource) -> Path | None:
+    """Where the weights of ``source`` cannot be read: a safetensors file that does not open, a GGUF file (its reader's
+    errors are its own), or the directory when it holds no weights file; None when every weights file opens."""
     from safetensors import safe_open
 
+    if source.gguf_file:
+        return source.config_file
     files = source.weight_files
+    if not files:
+        return source.directory
     for path in files:
-        if path.suffix == ".safetensors":
-            try:
-                with safe_open(path, framework="pt"):
-                    pass
-            except UNREADABLE:
-                return path
-    return files[0] if len(files) == 1 else source.directory
+        if path.suffix != ".safetensors":
+            return path  # a .bin file: torch's own load error is the file's
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except UNREADABLE:
+            return path
+    return None
 
 
 def _of_hub(source: ModelSource) -> str:

@@ -275,3 +275,26 @@ def test_convert_with_a_bad_headwise_plan_fails_in_one_line(base, tmp_path, caps
     err = one_line_error(capsys, ["convert", "--model", str(base), "--device", "cpu", "--plan", str(plan),
                                   "--out", str(tmp_path / "out")])
     assert "sink_token_num must be an integer, got 'four'" in err
+
+
+def test_errors_that_are_not_the_files_are_not_called_corrupt(tmp_path):
+    """A bad argument (dtype) keeps transformers' own error; a config that reads but names a model type transformers
+    does not know is UnsupportedModel, not a corrupt file."""
+    import json
+
+    import torch
+
+    from rtpurbo.families import UnsupportedModel
+    from rtpurbo.hub import ModelCorrupt
+    from rtpurbo.models import load_base, load_config
+    from rtpurbo.testing import save_tiny_checkpoint
+
+    good = save_tiny_checkpoint("llama", tmp_path / "good")
+    with pytest.raises(ValueError) as caught:
+        load_base(str(good), dtype=torch.int8)
+    assert not isinstance(caught.value, ModelCorrupt)
+    config = json.loads((good / "config.json").read_text())
+    (good / "config.json").write_text(json.dumps({**config, "model_type": "no-such-model"}))
+    with pytest.raises(UnsupportedModel, match="transformers cannot build this config") as caught:
+        load_config(str(good))
+    assert not isinstance(caught.value, ModelCorrupt)

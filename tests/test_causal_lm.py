@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rtpurbo import io
+from rtpurbo._compat import cache_kwarg
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert, unconvert
 from rtpurbo.families import geometry
@@ -101,6 +102,27 @@ def test_generate_with_cuda_graph_keeps_transformers_loop_and_tokens(family):
         model.generate(ids, attention_mask=mask, cuda_graph=True, pad_token_id=pad, use_cache=False)
     with pytest.raises(ValueError, match="no token"):
         model.generate(ids, attention_mask=mask, cuda_graph=True, pad_token_id=pad, max_new_tokens=0)
+    with pytest.raises(ValueError, match="logits only"):  # refused before any work
+        model.generate(ids, attention_mask=mask, cuda_graph=True, pad_token_id=pad, output_attentions=True,
+                       return_dict_in_generate=True)
+
+
+def test_generate_with_cuda_graph_sizes_its_cache_as_transformers_counts_new_tokens():
+    """No length anywhere: transformers adds 20 tokens; max_length counts the prompt; a caller's generation config
+    without a length falls back to the model's. The cache returned is refused for more tokens with a clear error."""
+    from transformers import GenerationConfig
+
+    model, _ = _converted("llama")
+    model.generation_config.max_new_tokens = model.generation_config.max_length = None
+    ids, mask = _padded(length=12)
+    kw = dict(attention_mask=mask, do_sample=False, pad_token_id=tiny_tokenizer().pad_token_id)
+    for lengths in ({}, dict(max_length=30), dict(generation_config=GenerationConfig(do_sample=False))):
+        plain = model.generate(ids, **kw, **lengths)
+        assert torch.equal(model.generate(ids, cuda_graph=True, **kw, **lengths), plain)
+    assert plain.shape[1] == 12 + 20 and model.generate(ids, max_length=30, **kw).shape[1] == 30
+    out = model.generate(ids, cuda_graph=True, max_new_tokens=3, return_dict_in_generate=True, **kw)
+    with pytest.raises(ValueError, match="start a new HeadwiseCache"):
+        model(out.sequences, use_cache=True, **{cache_kwarg(): out.past_key_values})
 
 
 def test_training_forward_and_the_teacher_through_the_default_cache():

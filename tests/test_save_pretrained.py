@@ -177,6 +177,20 @@ def test_refusals_and_other_processes(tmp_path):
     assert files(out) == CODE_FILES | {"model.safetensors"}
 
 
+def test_saving_inside_the_teacher_swap_is_refused(tmp_path):
+    """Inside original_attention the sparse modules and indexers are swapped out: a save then would write a model
+    that does not load; save_pretrained and export refuse and write nothing."""
+    from rtpurbo.train.teacher import original_attention
+
+    model = converted("llama", [[1], []], lora="none")
+    with original_attention(model):
+        with pytest.raises(ValueError, match="original attention"):
+            model.save_pretrained(tmp_path / "saved")
+        with pytest.raises(ValueError, match="original attention"):
+            export(model, tiny_tokenizer(), tmp_path / "exported")
+    assert not (tmp_path / "saved").exists() and not (tmp_path / "exported").exists()
+
+
 def test_push_to_hub_uploads_the_sparse_directory(tmp_path, monkeypatch):
     """``model.push_to_hub`` saves through save_pretrained (the hub calls are replaced here)."""
     import transformers.utils.hub as hub

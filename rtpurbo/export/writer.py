@@ -138,6 +138,10 @@ def exportable_base_class(model: nn.Module) -> str:
             "rtpurbo export needs a converted model (an rtpurbo artifact such as smollm2-135m-rtpurbo, or a model "
             "passed through rtpurbo.convert.convert); a dense model has no head roles or indexers to export"
         )
+    if not causal_lm.runs_sparse(model):
+        raise ExportError("the model runs its original attention now (inside rtpurbo.train.teacher."
+                          "original_attention, the stage-2 teacher): its sparse modules and indexers are swapped out; "
+                          "save or export it after that block")
     base_class = causal_lm.base_class(model).__name__
     if not isinstance(getattr(transformers, base_class, None), type):
         raise ExportError(f"{base_class} is not a transformers class; export needs a transformers causal LM")
