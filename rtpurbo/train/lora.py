@@ -112,6 +112,9 @@ def folded_lora(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
                 weight = base.weight.detach().clone() if weight is None else weight
                 weight += module.get_delta_weight(adapter)
                 if getattr(module, "lora_bias", {}).get(adapter, False):
+                    if base.bias is None:
+                        raise ValueError(f"{prefix}: adapter {adapter!r} has a bias but its projection has none; "
+                                         "merge it in place with merge_lora first")
                     bias = base.bias.detach().clone() if bias is None else bias
                     bias += module.lora_B[adapter].bias * module.scaling[adapter]
         if weight is not None:
