@@ -57,8 +57,8 @@ def generate(model: nn.Module, *args: Any, cuda_graph: bool = False, **kwargs: A
     from a CUDA graph (:class:`rtpurbo.decode_graph.GraphedDecoder`; an eager stand-in off CUDA), while
     transformers keeps its own loop around it (logits processors, sampling, stopping criteria, streamers). It
     needs prompt ids of at least 2 tokens and the head-wise cache this function starts; the cache holds the prompt
-    and ``max_new_tokens`` (else ``max_length``) tokens. The steps return logits only (no attentions or hidden
-    states)."""
+    and the new tokens as transformers counts them (:func:`_new_tokens`). The steps return logits only (no
+    attentions or hidden states)."""
     config = kwargs.get("generation_config") or model.generation_config
     use_cache = kwargs.get("use_cache", getattr(config, "use_cache", True))
     input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
@@ -113,7 +113,7 @@ def _new_tokens(model: nn.Module, kwargs: dict[str, Any], prompt: int) -> int:
     return new
 
 
-def _graphed_step(model: nn.Module, decoder: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+def _graphed_step(decoder: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     """One decode step of ``generate(cuda_graph=True)``: logits (B, 1, V) from the graphed decoder, as the output
     transformers' loop reads."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -166,7 +166,7 @@ class HeadwiseCausalLM:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         decoder = getattr(given_cache(kwargs), "graphed_decoder", None)
         if decoder is not None and not decoder.in_step:  # generate(cuda_graph=True)
-            return _graphed_step(self, decoder, args, kwargs)
+            return _graphed_step(decoder, args, kwargs)
         use_cache = kwargs.get("use_cache")
         if use_cache is None:
             use_cache = self.config.use_cache
