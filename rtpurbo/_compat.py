@@ -26,7 +26,11 @@ def cache_from_kwargs(kwargs: dict[str, Any]) -> Any:
 
 
 def _unused_attention(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("rtpurbo attention modules compute attention themselves; this hook is never called")
+    """Called only by a transformers attention module whose config names rtpurbo's attention: a model built from
+    the config object of a converted model (convert() points that config at rtpurbo's attention)."""
+    raise RuntimeError("this model's config names rtpurbo's attention, but its attention modules are transformers' "
+                       "own: was it built from the config of a converted model? Build it from a copy of the base "
+                       "config (copy.deepcopy(config)), or call model.set_attn_implementation('sdpa') on it")
 
 
 def _padding_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:

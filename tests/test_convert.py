@@ -165,3 +165,17 @@ def test_cpu_bf16_autocast_forward_with_both_roles():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 errors.append((model(ids, use_cache=False).logits.float() - want).abs().max().item())
     assert errors[1] <= 2 * errors[0]
+
+
+def test_a_model_built_from_a_converted_models_config_says_how_to_fix_it():
+    """convert() points the model's config at rtpurbo's attention; a dense model built from that same config object
+    would call rtpurbo's attention hook, which says what happened and what to do."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama")
+    convert(model, mixed_plan(model), SparseConfig(window=16))
+    other = AutoModelForCausalLM.from_config(model.config)
+    with pytest.raises(RuntimeError, match=r"config of a converted model.*deepcopy"):
+        other(random_ids(1, 8))
+    other.set_attn_implementation("sdpa")
+    assert torch.isfinite(other(random_ids(1, 8)).logits).all()
