@@ -124,6 +124,24 @@ def test_sharded_export_loads(tmp_path):
             assert torch.equal(model.state_dict()[name], tensor)
 
 
+def test_indexers_come_from_the_file_transformers_loads(tmp_path):
+    """A directory holding both model.safetensors and a stale shard index (an earlier sharded save): transformers
+    loads the single file, and so must the indexers."""
+    from safetensors.torch import save_file
+
+    artifact, _ = trained_artifact(tmp_path, "llama", [[0], [1]], lora=False)
+    out = exported(tmp_path, artifact)
+    stale = {key: torch.zeros(1) for key in ("model.layers.0.self_attn.indexer.wq", "model.layers.0.self_attn.indexer.wk")}
+    save_file(stale, out / "model-00001-of-00001.safetensors")
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {key: "model-00001-of-00001.safetensors" for key in stale}}))
+    reference, _ = io.load(artifact)
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    for name, tensor in reference.state_dict().items():
+        if ".indexer." in name:
+            assert torch.equal(model.state_dict()[name], tensor)
+
+
 def test_forward_and_generate_start_a_headwise_cache(tmp_path):
     artifact, _ = trained_artifact(tmp_path, "llama", [[1], []], lora=False)
     model = AutoModelForCausalLM.from_pretrained(exported(tmp_path, artifact), trust_remote_code=True)

@@ -49,11 +49,15 @@ def sparse_settings(config: Any) -> tuple[HeadPlan, SparseConfig]:
 
 
 def indexer_tensors(source: str) -> dict[str, torch.Tensor]:
-    """The ``...indexer.wq`` / ``...indexer.wk`` tensors of an exported directory (or hub repository)."""
+    """The ``...indexer.wq`` / ``...indexer.wk`` tensors of an exported directory (or hub repository), read from the
+    files transformers loads the base weights from: ``model.safetensors`` when there is one, else the shards its
+    index names."""
     from safetensors import safe_open
     from transformers.utils import cached_file
 
-    index = cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    single = cached_file(source, "model.safetensors", _raise_exceptions_for_missing_entries=False)
+    index = None if single is not None else cached_file(source, "model.safetensors.index.json",
+                                                          _raise_exceptions_for_missing_entries=False)
     if index is not None:
         weight_map = json.loads(open(index).read())["weight_map"]
         files = sorted({file for key, file in weight_map.items() if INDEXER_KEY in key})
