@@ -332,6 +332,7 @@ def test_a_finished_run_resumed_adds_no_second_history_entry(tmp_path):
     (["plan", "compare", "--scores", "~/x", "b", "--out", "o"], "scores"),
     (["lm-eval-task", "--data", "d", "--out", "~/x"], "out"),
     (["quickstart", "--out", "~/x"], "out"),
+    (["bench", "model", "--out", "~/x"], "out"),
 ])
 def test_tilde_in_path_flags_is_the_home_folder(argv, dest):
     value = getattr(build_parser().parse_args(argv), dest)

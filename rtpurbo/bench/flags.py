@@ -46,8 +46,9 @@ def one_of(names: list[str] | tuple[str, ...]) -> Callable[[str], str]:
 
 
 def out_file(value: str) -> Path:
-    """A results file path: neither it nor its report (:func:`.model_report.report_path`) may be a directory."""
-    path = Path(value)
+    """A results file path (``~`` expanded, as every path flag): neither it nor its report
+    (:func:`.model_report.report_path`) may be a directory."""
+    path = Path(value).expanduser()
     for taken in (path, report_path(path)):
         if taken.is_dir():
             raise argparse.ArgumentTypeError(f"{str(taken)!r} is a directory; --out names a file")
