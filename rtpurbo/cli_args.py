@@ -218,11 +218,14 @@ def sparse_from_args(args: argparse.Namespace, **from_plan: Any) -> SparseConfig
 
 
 def check_index_dim(index_dim: int, head_dim: int) -> None:
-    """``--index-dim`` against the model's head_dim (the indexer's width is even and at most head_dim), checked
-    before the long work as a :class:`SettingsError`."""
-    if index_dim % 2 or index_dim > head_dim:
-        raise SettingsError(f"--index-dim {index_dim}: the indexer width must be even and at most the model's "
-                            f"head_dim {head_dim}")
+    """``--index-dim`` against the model's head_dim (:func:`rtpurbo.modules.indexer.check_index_dim`), checked before
+    the long work as a :class:`SettingsError`."""
+    from .modules.indexer import check_index_dim as indexer_check
+
+    try:
+        indexer_check(index_dim, head_dim)
+    except ValueError as err:
+        raise SettingsError(f"--index-dim {index_dim}: {err}") from err
 
 
 def add_haystacks(p: argparse.ArgumentParser) -> None:

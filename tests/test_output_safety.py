@@ -241,10 +241,10 @@ def test_index_dim_beyond_head_dim_is_one_line_before_loading(base, plan_file, t
     for dim in ("1000", "3"):
         assert main(["convert", "--model", str(base), "--plan", str(plan_file), "--index-dim", dim,
                      "--out", str(tmp_path / "a")]) == 2
-        one_line_error(capsys, f"--index-dim {dim}: the indexer width must be even and at most the model's head_dim")
+        one_line_error(capsys, f"--index-dim {dim}: index_dim must be even and in [2, head_dim=16], got {dim}")
     assert main(["eval", "--model", str(base), "--device", "cpu", "--rows", "dense", "--index-dim", "1000",
                  "--out", str(tmp_path / "e")]) == 2
-    one_line_error(capsys, "--index-dim 1000: the indexer width must be even")
+    one_line_error(capsys, "--index-dim 1000: index_dim must be even and in [2, head_dim=16], got 1000")
 
 
 def _trained_setup(tmp_path):

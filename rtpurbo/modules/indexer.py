@@ -39,6 +39,12 @@ def low_frequency_dims(head_dim: int, count: int) -> list[int]:
     return firsts + [i + half for i in firsts]
 
 
+
+def check_index_dim(index_dim: int, head_dim: int) -> None:
+    """Raise ValueError unless ``index_dim`` is a width the indexer takes: even and in [2, head_dim]."""
+    if index_dim % 2 or not 2 <= index_dim <= head_dim:
+        raise ValueError(f"index_dim must be even and in [2, head_dim={head_dim}], got {index_dim}")
+
 class LowRankIndexer(nn.Module):
     """Indexer weights for the ``num_heads`` retrieval KV heads of one layer.
 
@@ -52,8 +58,7 @@ class LowRankIndexer(nn.Module):
 
     def __init__(self, num_heads: int, group: int, head_dim: int, index_dim: int = 16, rope_dims: int = 0) -> None:
         super().__init__()
-        if index_dim % 2 or not 2 <= index_dim <= head_dim:
-            raise ValueError(f"index_dim must be even and in [2, head_dim={head_dim}], got {index_dim}")
+        check_index_dim(index_dim, head_dim)
         if rope_dims % 2 or not 0 <= rope_dims <= index_dim:
             raise ValueError(f"rope_dims must be even and in [0, index_dim={index_dim}], got {rope_dims}")
         self.num_heads, self.group, self.head_dim = num_heads, group, head_dim
