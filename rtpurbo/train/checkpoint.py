@@ -54,12 +54,17 @@ def has_checkpoint(directory: str | Path | None) -> bool:
     return directory is not None and (Path(directory) / LATEST / STATE).is_file()
 
 
+def checkpoint_state(directory: str | Path) -> dict[str, Any]:
+    """The state (step, run identity, history) of the checkpoint in ``directory`` (:func:`has_checkpoint`)."""
+    return json.loads((Path(directory) / LATEST / STATE).read_text())
+
+
 def check_start(directories: list[Path], resume: bool) -> list[Path]:
     """Before a run's work: raise CheckpointInTheWay if, without ``resume``, one of ``directories`` holds a checkpoint
     (its run, finished or not, would be overwritten step by step). Returns the directories holding one."""
     found = [directory for directory in directories if has_checkpoint(directory)]
     if found and not resume:
-        state = json.loads((found[0] / LATEST / STATE).read_text())
+        state = checkpoint_state(found[0])
         steps = (state.get("identity") or {}).get("steps", "?")
         raise CheckpointInTheWay(f"{found[0]} holds the checkpoint of an earlier run (step {state.get('step')} of "
                                  f"{steps}): pass --resume to continue it, or remove {found[0]} (or choose "
@@ -75,7 +80,7 @@ def load_checkpoint(
     Raises CheckpointMismatch if the checkpoint's ``identity`` differs from this run's.
     """
     path = Path(directory) / LATEST
-    state = json.loads((path / STATE).read_text())
+    state = checkpoint_state(directory)
     if state.get("identity") != identity:
         theirs, ours = state.get("identity") or {}, identity
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))

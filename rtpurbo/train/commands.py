@@ -26,7 +26,7 @@ from ..models import load_tokenizer as load_model_tokenizer
 from ..ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, LONG_RANGE_KINDS, TASK_KINDS,
                    PrepareSettings, check_crop, load_shards, prepare_shards, round_robin_documents)
-from .checkpoint import LATEST, STATE, check_start, has_checkpoint
+from .checkpoint import check_start, checkpoint_state, has_checkpoint
 from .lora import LoraSettings
 from .loop import LoopSettings, make_runtime
 from .stage1_indexer import IndexerSettings, train_indexer as run_stage1
@@ -410,7 +410,7 @@ def resumed_step(args: argparse.Namespace, directory: Path) -> int:
     """The step a run starts from: with ``--resume``, that of the checkpoint in ``directory``; else 0."""
     if not (args.resume and has_checkpoint(directory)):
         return 0
-    return json.loads((directory / LATEST / STATE).read_text())["step"]
+    return checkpoint_state(directory)["step"]
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
