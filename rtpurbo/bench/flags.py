@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
+from ..cli_args import path_value
 from .model_report import report_path
 
 
@@ -48,7 +49,7 @@ def one_of(names: list[str] | tuple[str, ...]) -> Callable[[str], str]:
 def out_file(value: str) -> Path:
     """A results file path (``~`` expanded, as every path flag): neither it nor its report
     (:func:`.model_report.report_path`) may be a directory."""
-    path = Path(value).expanduser()
+    path = path_value(value)
     for taken in (path, report_path(path)):
         if taken.is_dir():
             raise argparse.ArgumentTypeError(f"{str(taken)!r} is a directory; --out names a file")

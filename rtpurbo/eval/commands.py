@@ -163,7 +163,7 @@ def _artifact_row(item: str) -> tuple[str, Path, dict[str, Any]]:
                 settings[key] = _row_value(key, value)
             except (argparse.ArgumentTypeError, ValueError) as err:
                 raise SystemExit(f"--artifacts {item!r}: {err}") from err
-    return name, Path(path).expanduser(), settings
+    return name, path_value(path), settings
 
 
 def _base_spec(args: argparse.Namespace) -> tuple[str, str | None, list[tuple[str, Path, dict[str, Any]]]]:
@@ -319,7 +319,7 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
         name, _, path = item.partition("=")
         if not name or not path or name in BASE_ROWS:
             raise SystemExit(f"--plans takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
-        plan, found = read_plan(Path(path).expanduser(), model.config)
+        plan, found = read_plan(path_value(path), model.config)
         rows.append(Row(name, "split", plan, args.top_p, window=found.get("window"), sinks=found.get("sinks")))
     return rows + [Row(name, "artifact", top_p=settings.get("top_p"), artifact=io.artifact_path(path) or path,
                        settings=settings)
