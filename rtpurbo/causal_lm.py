@@ -28,7 +28,7 @@ from transformers import GenerationMixin
 
 from ._compat import cache_kwarg
 from .cache import HeadwiseCache
-from .modules.sparse_attention import SparseAttention
+from .converted import base_class, runs_sparse  # noqa: F401 (base_class: part of this module's API)
 from .prefill import prefill
 
 
@@ -145,6 +145,8 @@ def inferred_mask(input_ids: torch.Tensor, config: Any, kwargs: dict[str, Any]) 
 class HeadwiseCausalLM:
     """Mixin placed before a transformers ``...ForCausalLM`` class (module docstring)."""
 
+    rtpurbo_headwise = True  # converted.HEADWISE_MARKER: base_class() skips the classes that carry it
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Give a subclass that has a base model class the base ``forward``'s signature: transformers'
         ``generate()`` passes ``position_ids`` (counted along the attention mask, so left padding does not
@@ -223,13 +225,6 @@ class HeadwiseCausalLM:
         return None
 
 
-def runs_sparse(model: nn.Module) -> bool:
-    """True unless the model is running its original attention (the stage-2 teacher) or is not converted."""
-    if getattr(model, "rtpurbo_plan", None) is None:
-        return False
-    return isinstance(getattr(model, "model", model).layers[0].self_attn, SparseAttention)
-
-
 @functools.cache
 def headwise_class(base: type) -> type:
     """``base`` (a transformers causal-LM class) with :class:`HeadwiseCausalLM` before it. Its ``__name__`` is the
@@ -254,7 +249,3 @@ def __getattr__(name: str) -> type:
     return headwise_class(base)
 
 
-def base_class(model: nn.Module) -> type:
-    """The transformers class a converted (or exported) model was built on: the first class of its MRO that
-    does not derive from :class:`HeadwiseCausalLM`."""
-    return next(cls for cls in type(model).__mro__ if not issubclass(cls, HeadwiseCausalLM))

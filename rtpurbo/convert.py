@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ._compat import ATTN_IMPLEMENTATION, set_attn_implementation
-from .causal_lm import base_class, headwise_class
+from .causal_lm import headwise_class
+from .converted import base_class, is_converted, kv_order  # noqa: F401 (is_converted: part of this module's API)
 from .config import HeadPlan, PlanMismatch, SparseConfig
 from .families import attention_modules, base_window, family_of, geometry
 from .modules.sparse_attention import SparseAttention
@@ -143,16 +144,6 @@ def apply_plan(model: nn.Module, plan: HeadPlan) -> nn.Module:
         attn.set_roles(plan.retrieval[layer_idx])
     model.rtpurbo_plan = plan
     return model
-
-
-def is_converted(model: nn.Module) -> bool:
-    return getattr(model, "rtpurbo_plan", None) is not None
-
-
-def kv_order(retrieval_heads: list[int], num_kv: int) -> list[int]:
-    """New KV-head order: retrieval heads first, then local heads, each ascending."""
-    chosen = sorted(retrieval_heads)
-    return chosen + [h for h in range(num_kv) if h not in set(chosen)]
 
 
 @torch.no_grad()

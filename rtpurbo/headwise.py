@@ -43,6 +43,7 @@ SETTINGS = ("sink_token_num", "swa_token_num", "seqlen_threshold")
 RTP_LLM_SPLIT_FROM = 0  # RTP-LLM's seqlen_threshold for an rtpurbo model: heads split in every prefill
 RTP_LLM_WINDOW_OFFSET = 1  # rtpurbo's W = RTP-LLM's swa_token_num + 1 (module docstring)
 RTP_LLM_DEFAULT_SINKS, RTP_LLM_DEFAULT_SWA = 4, 8192  # what RTP-LLM reads where the keys are absent (lines 96-101)
+EXPORT_FORMAT = "rtpurbo.export/2"  # the rtpurbo block of a directory `rtpurbo export` writes
 LEGACY_EXPORT_FORMAT = "rtpurbo.export/1"  # its headwise_config held rtpurbo's W and decode threshold
 
 

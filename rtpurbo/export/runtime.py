@@ -20,9 +20,8 @@ from .. import causal_lm
 from ..config import HeadPlan, SparseConfig
 from ..convert import convert, is_converted
 from ..families import geometry
-from ..headwise import LEGACY_EXPORT_FORMAT, exported_settings, is_rtp_llm_form
+from ..headwise import EXPORT_FORMAT as FORMAT, LEGACY_EXPORT_FORMAT, exported_settings, is_rtp_llm_form
 
-FORMAT = "rtpurbo.export/2"
 INDEXER_KEY = ".indexer."
 
 

@@ -38,12 +38,11 @@ import torch
 import torch.nn as nn
 import transformers
 
-from .. import __version__, causal_lm
-from ..convert import is_converted, kv_order
+from .. import __version__
+from ..converted import base_class, is_converted, kv_order, runs_sparse
 from ..families import geometry
 from ..files import usual_permissions, written_whole
-from ..headwise import rtp_llm_headwise_config
-from .runtime import FORMAT
+from ..headwise import EXPORT_FORMAT as FORMAT, rtp_llm_headwise_config
 
 MODELING_FILE = "modeling_rtpurbo.py"
 MODEL_CLASS = "RtpurboForCausalLM"
@@ -138,14 +137,14 @@ def exportable_base_class(model: nn.Module) -> str:
             "rtpurbo export needs a converted model (an rtpurbo artifact such as smollm2-135m-rtpurbo, or a model "
             "passed through rtpurbo.convert.convert); a dense model has no head roles or indexers to export"
         )
-    if not causal_lm.runs_sparse(model):
+    if not runs_sparse(model):
         raise ExportError("the model runs its original attention now (inside rtpurbo.train.teacher."
                           "original_attention, the stage-2 teacher): its sparse modules and indexers are swapped out; "
                           "save or export it after that block")
-    base_class = causal_lm.base_class(model).__name__
-    if not isinstance(getattr(transformers, base_class, None), type):
-        raise ExportError(f"{base_class} is not a transformers class; export needs a transformers causal LM")
-    return base_class
+    name = base_class(model).__name__
+    if not isinstance(getattr(transformers, name, None), type):
+        raise ExportError(f"{name} is not a transformers class; export needs a transformers causal LM")
+    return name
 
 
 def write_model(model: nn.Module, base_class: str, directory: Path, max_shard_size: str | int) -> None:
