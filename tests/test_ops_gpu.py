@@ -570,6 +570,48 @@ def test_sparse_prefill_matches_reference(length, group, padded, scoring):
         _assert_budget(out, ref, eager, f"sparse prefill L={length} top-p {top_p}")
 
 
+@pytest.mark.parametrize("q_len, k_len, group, scoring", [(3000, 3000, 4, "pooled"), (2305, 2305, 1, "mass"),
+                                                            (1000, 4072, 3, "mass"), (128, 128, 4, "pooled")])
+def test_triton_sparse_prefill_matches_reference_and_flex(q_len, k_len, group, scoring):
+    """Aligned calls without gradients on the Triton kernels (``set_sparse_prefill_kernel("triton")``): the
+    reference's blocks (same kept and seen counts) and its attention within 2x the eager bf16 error, for a plain
+    prompt and a later chunk; the flex path keeps the same number of blocks."""
+    torch.manual_seed(q_len + k_len)
+    batch, n_kv = 2, 2
+    q, k, v = _qkv(batch, n_kv * group, n_kv, q_len, k_len, 128, BF16)
+    q_idx = torch.randn(batch, n_kv, q_len, 16, device="cuda", dtype=BF16)
+    k_idx = torch.randn(batch, n_kv, k_len, 16, device="cuda", dtype=BF16)
+    k_pos = torch.arange(k_len, device="cuda").repeat(batch, 1)
+    q_pos = k_pos[:, k_len - q_len:]
+    budget = dict(top_p=0.7, min_blocks=1, max_blocks=6, sinks=4, band=256, scoring=scoring)
+    ref, blocks = reference.block_sparse_attention(q.float(), k.float(), v.float(), q_pos, k_pos, q_idx, k_idx,
+                                                   block=128, **budget)
+    eager = _eager(q, k, v, q_pos, k_pos, key_mask=reference.blocks_to_keys(blocks, 128, q_len, k_len))
+    previous = flex.set_sparse_prefill_kernel("triton")
+    try:
+        _poison()
+        out, kept, seen = api.sparse_prefill(q, k, v, q_pos, k_pos, q_idx, k_idx, impl="flex", aligned=True, **budget)
+    finally:
+        flex.set_sparse_prefill_kernel(previous)
+    flex_out, flex_kept, flex_seen = api.sparse_prefill(q, k, v, q_pos, k_pos, q_idx, k_idx, impl="flex",
+                                                        aligned=True, **budget)
+    assert int(kept) == int(blocks.sum()) == int(flex_kept) and int(seen) == int(flex_seen)
+    _assert_budget(out, ref, eager, f"Triton sparse prefill Lq={q_len} Lk={k_len}")
+
+
+def test_triton_sparse_prefill_refuses_what_it_cannot_run():
+    """The Triton choice raises for tensors its kernels do not take (no quiet switch to flex)."""
+    q, k, v = _qkv(1, 2, 1, 256, 256, 96, BF16)  # head dim 96: not a power of two
+    idx = torch.randn(1, 1, 256, 16, device="cuda", dtype=BF16)
+    pos = torch.arange(256, device="cuda")[None]
+    previous = flex.set_sparse_prefill_kernel("triton")
+    try:
+        with pytest.raises(ValueError, match="Triton block-sparse kernel cannot run"):
+            api.sparse_prefill(q, k, v, pos, pos, idx, idx, top_p=0.5, impl="flex", aligned=True)
+    finally:
+        flex.set_sparse_prefill_kernel(previous)
+
+
 @pytest.mark.parametrize("length, padded", [(1000, False), (2305, True)])
 def test_block_mass_kernel_matches_reference(length, padded):
     """The fused ``mass`` block-score kernel against the PyTorch reference on bf16 indexer vectors: the same

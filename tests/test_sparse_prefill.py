@@ -236,11 +236,16 @@ def test_sparse_prefill_blocks_are_positions_whatever_the_padding(monkeypatch):
     in_batch = generate(model, None, ids, mask, max_new_tokens=5).sequences[1, 120:]
     by_itself = generate(model, None, ids[1:, 5:], None, max_new_tokens=5).sequences[0, 115:]
     assert torch.equal(in_batch, by_itself)
-    with pytest.raises(ValueError, match="not blocks of positions"):  # a false claim is caught on the CPU
-        q = torch.randn(2, 2, 120, 16)
-        idx = torch.randn(2, 2, 120, 4)
+    q = torch.randn(2, 2, 120, 16)
+    idx = torch.randn(2, 2, 120, 4)
+    with pytest.raises(ValueError, match="not an unpadded prompt's positions"):  # a false claim is caught on the CPU
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, -1)
         api.sparse_prefill(q, q, q, positions, positions, idx, idx, top_p=0.5, aligned=True, impl="reference")
+    with pytest.raises(ValueError, match="not an unpadded prompt's positions"):  # queries not the keys' last ones
+        keys = torch.arange(48).repeat(2, 1)
+        k3 = torch.randn(2, 2, 48, 16)
+        api.sparse_prefill(q[:, :, :16], k3, k3, keys[:, 16:32], keys, idx[:, :, :16], torch.randn(2, 2, 48, 4),
+                           top_p=0.5, aligned=True, impl="reference")
 
 
 def test_prefill_chunks_of_any_size_give_the_one_shot_sparse_prefill(monkeypatch):
@@ -260,3 +265,33 @@ def test_prefill_chunks_of_any_size_give_the_one_shot_sparse_prefill(monkeypatch
     one_shot = generate(model, None, ids, None, max_new_tokens=6).sequences
     for chunk in (20, 50, 7):
         assert torch.equal(generate(model, None, ids, None, max_new_tokens=6, prefill_chunk=chunk).sequences, one_shot)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton sparse-prefill kernels run on a CUDA device")
+@pytest.mark.parametrize("scoring", ["pooled", "mass"])
+def test_triton_sparse_prefill_kernels_give_the_flex_logits_in_the_model(scoring):
+    """The model's unpadded prompt, one shot and in chunks of 512 (later chunks over cached keys), on the Triton
+    kernels (``set_sparse_prefill_kernel("triton")``) against the flex path: the same kept blocks and logits within
+    fp16 rounding."""
+    from rtpurbo.ops import flex
+
+    model = _model("llama", prefill_top_p=0.5, prefill_scoring=scoring, impl="flex").cuda().half()
+    ids = random_ids(1, 1280, seed=4).cuda()
+
+    def run():
+        with torch.no_grad():
+            one_shot = model(ids, use_cache=False).logits
+            cache = HeadwiseCache(model)
+            chunks = [model(ids[:, lo:lo + 512], use_cache=True, **{cache_kwarg(): cache}).logits
+                      for lo in range(0, ids.shape[1], 512)]
+        return one_shot, torch.cat(chunks, dim=1), cache.stats.summary()["prefill_block_fraction"]
+
+    want = run()
+    previous = flex.set_sparse_prefill_kernel("triton")
+    try:
+        got = run()
+    finally:
+        flex.set_sparse_prefill_kernel(previous)
+    assert got[2] == want[2]
+    for g, w in zip(got[:2], want[:2]):
+        assert ((g.float() - w.float()).norm() / w.float().norm()).item() < 5e-3

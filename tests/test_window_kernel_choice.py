@@ -1,4 +1,5 @@
-"""Choosing the local heads' plain-prefill kernel (``rtpurbo.ops.flex.set_window_kernel``), on any machine."""
+"""Choosing the local heads' plain-prefill kernel (``rtpurbo.ops.flex.set_window_kernel``) and the retrieval heads'
+sparse-prefill kernels (``set_sparse_prefill_kernel``), on any machine."""
 from __future__ import annotations
 
 import os
@@ -40,3 +41,23 @@ def test_cudnn_window_says_why_it_cannot_run():
     assert problem is not None and ("cudnn-frontend is not installed" in problem or "CUDA tensors" in problem)
     with pytest.raises(ValueError, match="cuDNN window kernel cannot run this"):
         cudnn_window.window_attention(q, k, v, window=16, sinks=4, scale=0.2)
+
+
+def test_set_sparse_prefill_kernel_validates_and_the_environment_sets_it():
+    first = flex.sparse_prefill_kernel()
+    assert first == "flex" or os.environ.get("RTPURBO_SPARSE_PREFILL_KERNEL")  # flex unless the environment says
+    try:
+        assert flex.set_sparse_prefill_kernel("triton") == first
+        assert flex.sparse_prefill_kernel() == "triton"
+        with pytest.raises(ValueError, match="sparse prefill kernel must be one of"):
+            flex.set_sparse_prefill_kernel("cudnn")
+        assert flex.sparse_prefill_kernel() == "triton"
+    finally:
+        flex.set_sparse_prefill_kernel(first)
+    code = "from rtpurbo.ops import flex; print(flex.sparse_prefill_kernel())"
+    env = dict(os.environ, RTPURBO_SPARSE_PREFILL_KERNEL="triton")
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "triton"
+    env["RTPURBO_SPARSE_PREFILL_KERNEL"] = "pallas"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "RTPURBO_SPARSE_PREFILL_KERNEL must be one of" in done.stderr

@@ -252,10 +252,12 @@ def sparse_prefill(
     Args:
         q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); q_pos (B, Lq), k_pos (B, Lk), keys in position order.
         q_idx: (B, Hkv, Lq, d_idx); k_idx: (B, Hkv, Lk, d_idx).
-        aligned: the caller states that slots are positions' blocks already (an unpadded prompt, its forward
-            starting at a multiple of ``BLOCK_SIZE``); otherwise the tokens are laid out by position first
+        aligned: the caller states that every row holds an unpadded prompt's forward starting on a block: key slot
+            ``j`` holds position ``j`` and query slot ``i`` position ``Lk - Lq + i``, ``Lk - Lq`` a multiple of
+            ``BLOCK_SIZE`` (so slot blocks are position blocks); otherwise the tokens are laid out by position first
             (:mod:`rtpurbo.ops.block_layout`: gathers of the retrieval heads' q, k, v and indexer vectors).
-            Checked here only on the CPU.
+            Checked here only on the CPU. Without gradients on CUDA, aligned calls run the kernels
+            :func:`rtpurbo.ops.flex.set_sparse_prefill_kernel` chose.
     Returns:
         out (B, Hq, Lq, D), kept blocks () and the blocks their query blocks see at all (), summed.
     """
@@ -271,11 +273,10 @@ def sparse_prefill(
         seen = block_roles(lq.pos, lk.pos, BLOCK_SIZE, sinks, band)[0].sum() * q_idx.shape[1]
         return _load(name)(q, k, v, q_pos, k_pos, scale=scale), seen, seen
     if aligned:
-        if q_pos.device.type == "cpu" and not all(block_layout.is_identity(block_layout.lay_out(p, BLOCK_SIZE))
-                                                  for p in (q_pos, k_pos)):
-            raise ValueError("aligned=True, but the slots are not blocks of positions (padding, or a forward that "
-                             f"starts inside a block of {BLOCK_SIZE})")
-        out, kept, seen = _block_sparse(name, q, k, v, q_pos, k_pos, q_idx, k_idx, scale, budget)
+        if q_pos.device.type == "cpu" and not _is_aligned(q_pos, k_pos):
+            raise ValueError("aligned=True, but the slots are not an unpadded prompt's positions on whole blocks "
+                             f"(padding, or a forward that starts inside a block of {BLOCK_SIZE})")
+        out, kept, seen = _block_sparse(name, q, k, v, q_pos, k_pos, q_idx, k_idx, scale, budget, aligned=True)
     else:
         lq, lk = block_layout.lay_out(q_pos, BLOCK_SIZE), block_layout.lay_out(k_pos, BLOCK_SIZE)
         take = block_layout.take
@@ -289,11 +290,24 @@ def sparse_prefill(
     return out, kept, seen
 
 
-def _block_sparse(name: str, q, k, v, q_pos, k_pos, q_idx, k_idx, scale: float | None, budget: dict
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`sparse_prefill` without its tail, on tensors whose slot blocks are position blocks."""
+def _is_aligned(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
+    """Every row: keys at positions ``0..Lk-1``, queries at ``Lk-Lq..Lk-1``, ``Lk - Lq`` a multiple of
+    ``BLOCK_SIZE`` (reads the positions: CPU checks)."""
+    k_len, q_len = k_pos.shape[-1], q_pos.shape[-1]
+    slots = torch.arange(k_len, device=k_pos.device)
+    return (k_len - q_len) % BLOCK_SIZE == 0 and bool((k_pos == slots).all() and (q_pos == slots[k_len - q_len:]).all())
+
+
+def _block_sparse(name: str, q, k, v, q_pos, k_pos, q_idx, k_idx, scale: float | None, budget: dict,
+                  aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sparse_prefill` without its tail, on tensors whose slot blocks are position blocks (``aligned``: the
+    positions of an unpadded prompt, as there)."""
     if name == "flex":
         flex = importlib.import_module(_BACKENDS["flex"])
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if aligned and not grad and flex.sparse_prefill_kernel() == "triton":
+            return flex.aligned_sparse_prefill(q, k, v, q_pos, k_pos, q_idx, k_idx,
+                                               q.shape[-1] ** -0.5 if scale is None else scale, budget)
         plan_, kept, seen = flex.block_sparse_plan(q_idx, k_idx, q_pos, k_pos, group=q.shape[1] // k.shape[1],
                                                    backward=q.requires_grad, **budget)
         return flex.run(plan_, q, k, v, q.shape[-1] ** -0.5 if scale is None else scale), kept, seen

@@ -55,10 +55,11 @@ from . import cudnn_window
 from .semantics import check_window
 
 try:
+    from .triton import block_sparse as block_sparse_kernels
     from .triton import decode as decode_kernels
     from .triton import window as window_kernels
 except ImportError:  # triton missing (CPU-only install): available() is False
-    decode_kernels = window_kernels = None
+    block_sparse_kernels = decode_kernels = window_kernels = None
 
 WINDOW_KERNELS = ("triton", "cudnn")  # plain window + sinks prefill without gradients: rtpurbo's Triton kernel, cuDNN
 _window_kernel = [os.environ.get("RTPURBO_WINDOW_KERNEL", "triton")]
@@ -78,6 +79,32 @@ def window_kernel() -> str:
     if _window_kernel[0] not in WINDOW_KERNELS:
         raise ValueError(f"RTPURBO_WINDOW_KERNEL must be one of {WINDOW_KERNELS}, got {_window_kernel[0]!r}")
     return _window_kernel[0]
+
+
+SPARSE_PREFILL_KERNELS = ("flex", "triton")  # retrieval heads' aligned sparse prefill without gradients
+_sparse_prefill_kernel = [os.environ.get("RTPURBO_SPARSE_PREFILL_KERNEL", "flex")]
+
+
+def set_sparse_prefill_kernel(name: str) -> str:
+    """Choose the kernels of the retrieval heads' sparse prefill for aligned calls without gradients (the model's
+    unpadded prompts; process-wide, ``RTPURBO_SPARSE_PREFILL_KERNEL`` sets the initial choice): ``flex``, the block
+    choice in PyTorch ops and compiled flex attention over its block mask, or ``triton``, the block choice and the
+    attention as two Triton kernels (:mod:`rtpurbo.ops.triton.block_sparse`), which raise where they cannot run.
+    Both keep the same blocks (the flex path ranks tied blocks in top-k's order, the Triton one lower blocks first,
+    as the reference). Padded or unaligned calls and calls with gradients always run flex. Returns the previous
+    choice."""
+    if name not in SPARSE_PREFILL_KERNELS:
+        raise ValueError(f"sparse prefill kernel must be one of {SPARSE_PREFILL_KERNELS}, got {name!r}")
+    previous, _sparse_prefill_kernel[0] = _sparse_prefill_kernel[0], name
+    return previous
+
+
+def sparse_prefill_kernel() -> str:
+    """The current choice of :func:`set_sparse_prefill_kernel`."""
+    if _sparse_prefill_kernel[0] not in SPARSE_PREFILL_KERNELS:
+        raise ValueError(f"RTPURBO_SPARSE_PREFILL_KERNEL must be one of {SPARSE_PREFILL_KERNELS}, got "
+                         f"{_sparse_prefill_kernel[0]!r}")
+    return _sparse_prefill_kernel[0]
 
 
 BLOCK = 128  # block-mask tile (queries x keys); lengths are padded to a multiple of it
@@ -407,6 +434,15 @@ def block_sparse_plan(
     block_mask = BlockMask.from_kv_blocks(*lists[0], *lists[1], BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
                                           seq_lengths=(q_len, k_len), compute_q_blocks=backward)
     return FlexPlan("blocks", block_mask, q_len, k_len), selected.sum(), seen.expand_as(selected).sum()
+
+
+def aligned_sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                           q_idx: torch.Tensor, k_idx: torch.Tensor, scale: float, budget: dict
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sparse prefill of an aligned call without gradients through the Triton kernels
+    (:func:`rtpurbo.ops.triton.block_sparse.sparse_prefill`; ``budget``: its top_p ... scoring keywords). Returns
+    (out, kept blocks (), seen blocks ())."""
+    return block_sparse_kernels.sparse_prefill(q, k, v, q_pos, k_pos, q_idx, k_idx, scale=scale, **budget)
 
 
 def _all_valid(pos: torch.Tensor) -> torch.Tensor:
