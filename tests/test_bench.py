@@ -335,6 +335,41 @@ def test_bench_window_kernel_flag_takes_the_known_kernels_only(kind, capsys):
     assert "invalid choice: 'flash'" in capsys.readouterr().err
 
 
+def test_bench_sparse_prefill_kernel_flags(capsys):
+    """bench attention times each named kernel; bench model takes one; both refuse them without --prefill-blocks,
+    and bench model refuses it on the CPU (a GPU-only choice)."""
+    parse = build_parser().parse_args
+    args = parse(["bench", "attention", "--prefill-blocks", "16", "--sparse-prefill-kernels", "flex,triton"])
+    assert args.sparse_prefill_kernels == ["flex", "triton"]
+    assert parse(["bench", "attention"]).sparse_prefill_kernels is None  # the current choice
+    with pytest.raises(SystemExit):
+        parse(["bench", "attention", "--sparse-prefill-kernels", "flex,pallas"])
+    assert "unknown 'pallas'" in capsys.readouterr().err
+    with pytest.raises(SettingsError, match="--sparse-prefill-kernels does nothing without --prefill-blocks"):
+        from rtpurbo.bench.commands import run_attention
+        run_attention(parse(["bench", "attention", "--sparse-prefill-kernels", "triton"]))
+    assert parse(["bench", "model", "--prefill-blocks", "16", "--sparse-prefill-kernel", "triton"]
+                 ).sparse_prefill_kernel == "triton"
+    with pytest.raises(SettingsError, match="--sparse-prefill-kernel does nothing without --prefill-blocks"):
+        settings_from(parse(["bench", "model", "--sparse-prefill-kernel", "triton"]))
+    with pytest.raises(SettingsError, match="--sparse-prefill-kernel picks the retrieval heads' GPU prefill kernels"):
+        settings_from(parse(["bench", "model", "--device", "cpu", "--tiny", "--prefill-blocks", "4",
+                             "--sparse-prefill-kernel", "triton"]))
+
+
+def test_bench_attention_table_names_the_sparse_prefill_kernel():
+    from rtpurbo.bench.attention import table
+
+    row = dict(phase="prefill", geometry="llama-3.1-8b", L=32768, sparse_ms=7.0, local_ms=6.0, cudnn_ms=12.9,
+               flash_ms=None, ideal_speedup=3.0, pct_of_ideal_vs_cudnn=60.0, sparse_tflops=1.0, local_tflops=500.0,
+               cudnn_tflops=550.0, flash_tflops=None, speedup_vs_cudnn=1.84, speedup_vs_flash=None)
+    row.update(sparse_b16_ms=6.9, sparse_b16_retrieval_ms=0.9, sparse_b16_kept=0.1,
+               sparse_b16_triton_ms=6.45, sparse_b16_triton_retrieval_ms=0.5, sparse_b16_triton_kept=0.1)
+    lines = [line for line in table([row]).splitlines() if "blocks," in line]
+    assert len(lines) == 2 and "flex" in lines[0] and "6.90 ms" in lines[0]
+    assert "triton" in lines[1] and "6.45 ms (retrieval 0.50)" in lines[1] and "x cudnn 2.00" in lines[1]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
 @pytest.mark.parametrize("kind", ["attention", "model"])
 def test_bench_without_gpu_says_so(kind, tmp_path):

@@ -192,7 +192,7 @@ def _model_layout(length: int, heads: int, dim: int) -> torch.Tensor:
 
 
 def prefill_point(geom: Geometry, length: int, window: int, sinks: int, deadline: float, spot: bool,
-                  block_budgets: tuple[int, ...] = ()) -> dict:
+                  block_budgets: tuple[int, ...] = (), sparse_kernels: tuple[str, ...] | None = None) -> dict:
     n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
     split = n_ret * group
     q, k, v = (_model_layout(length, n, dim) for n in (geom.n_q, geom.n_kv, geom.n_kv))
@@ -221,7 +221,13 @@ def prefill_point(geom: Geometry, length: int, window: int, sinks: int, deadline
     row["local_ms"] = time_ms(local)
     row["local_tflops"] = prefill_flops(geom, length, window, sinks, local_only=True)[1] / row["local_ms"] / 1e9
     for budget in block_budgets:  # retrieval heads' sparse prefill, at most ``budget`` chosen key blocks per query block
-        row.update(_sparse_prefill_timing(q, k, v, pos, split, n_ret, budget, sinks, local))
+        for kernel in sparse_kernels or (flex.sparse_prefill_kernel(),):
+            previous = flex.set_sparse_prefill_kernel(kernel)
+            try:
+                row.update(_sparse_prefill_timing(q, k, v, pos, split, n_ret, budget, sinks, local,
+                                                  "" if kernel == "flex" else f"_{kernel}"))
+            finally:
+                flex.set_sparse_prefill_kernel(previous)
     torch.cuda.empty_cache()
     for name in DENSE_BACKENDS:
         estimate = dense_flops / _EXPECTED_TFLOPS[name]
@@ -240,12 +246,14 @@ def _merged_layer(q: torch.Tensor, split: int, retrieval, local) -> torch.Tensor
     return merged
 
 
-def _sparse_prefill_timing(q, k, v, pos, split: int, n_ret: int, budget: int, sinks: int, local) -> dict:
+def _sparse_prefill_timing(q, k, v, pos, split: int, n_ret: int, budget: int, sinks: int, local, suffix: str = ""
+                           ) -> dict:
     """The layer with the retrieval heads on a block-sparse prefill: random 16-d indexer vectors score the
     blocks almost evenly, so top-p 0.999 keeps nearly every candidate and ``budget`` (max_blocks) decides
     how many; the sink block and a 512-token band come on top. Times include the block selection. The call is
     the model's for an unpadded prompt (``aligned``: its slots are already blocks of positions, so no layout
-    gathers)."""
+    gathers), on the kernels :func:`rtpurbo.ops.flex.set_sparse_prefill_kernel` chose (keys ``sparse_b{budget}`` +
+    ``suffix``)."""
     length = q.shape[2]
     q_idx, k_idx = _randn(1, n_ret, length, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM)
     kept = {}
@@ -259,8 +267,9 @@ def _sparse_prefill_timing(q, k, v, pos, split: int, n_ret: int, budget: int, si
     layer = lambda: _merged_layer(q, split, retrieval, local)  # noqa: E731
     layer()
     ms = time_ms(layer)
-    return {f"sparse_b{budget}_ms": ms, f"sparse_b{budget}_retrieval_ms": time_ms(retrieval),
-            f"sparse_b{budget}_kept": kept["blocks"].item() / max(1, kept["seen"].item())}
+    name = f"sparse_b{budget}{suffix}"
+    return {f"{name}_ms": ms, f"{name}_retrieval_ms": time_ms(retrieval),
+            f"{name}_kept": kept["blocks"].item() / max(1, kept["seen"].item())}
 
 
 def profile_prefill(geom: Geometry, length: int, window: int, sinks: int, calls: int = 5) -> dict:
@@ -444,7 +453,8 @@ def environment() -> dict:
     checkout, library versions)."""
     props = torch.cuda.get_device_properties(0)
     return dict(device=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda,
-                cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel(), **provenance())
+                cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel(),
+                sparse_prefill_kernel=flex.sparse_prefill_kernel(), **provenance())
 
 
 def _fmt(x, spec: str = ".2f") -> str:
@@ -495,11 +505,13 @@ def table(rows: list[dict]) -> str:
         lines += ["", "PREFILL with sparse retrieval heads (ms; kept = chosen / visible key blocks; x vs dense SDPA)"]
         for r in sparse_rows:
             for key in sorted(k for k in r if k.startswith("sparse_b") and k.endswith("_ms") and "retrieval" not in k):
-                budget = key[len("sparse_b"):-len("_ms")]
+                variant = key[len("sparse_b"):-len("_ms")]  # budget, then _kernel unless flex
+                budget, _, kernel = variant.partition("_")
                 ms = r[key]
                 vs = "  ".join(f"x {name} {r[f'{name}_ms'] / ms:.2f}" for name in DENSE_BACKENDS if r.get(f"{name}_ms"))
-                lines.append(f"{r['geometry']:<15}{r['L']:>9}  max {budget:>5} blocks: {ms:9.2f} ms (retrieval "
-                             f"{r[f'sparse_b{budget}_retrieval_ms']:.2f}), kept {r[f'sparse_b{budget}_kept']:.1%}  {vs}")
+                lines.append(f"{r['geometry']:<15}{r['L']:>9}  max {budget:>5} blocks, {kernel or 'flex':<6}: {ms:9.2f} "
+                             f"ms (retrieval {r[f'sparse_b{variant}_retrieval_ms']:.2f}), kept "
+                             f"{r[f'sparse_b{variant}_kept']:.1%}  {vs}")
     for r in (r for r in rows if r["phase"] == "prefill-profile" and "error" not in r):
         lines += ["", f"PREFILL PROFILE {r['geometry']} L={r['L']}: {r['wall_ms_per_step']:.2f} ms wall per layer, "
                       f"{r['device_ms_per_step']:.2f} ms of kernels ({r['busy_fraction']:.1%} busy), "
@@ -541,6 +553,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deadline-s", type=count_float, default=1e9, help="start no dense point that would end later")
     parser.add_argument("--prefill-blocks", type=comma_list(positive_int), default=[], help="also time the layer with its retrieval "
                         "heads on a sparse prefill keeping at most this many key blocks of 128 per query block")
+    parser.add_argument("--sparse-prefill-kernels", type=comma_list(one_of(flex.SPARSE_PREFILL_KERNELS)), default=None,
+                        help="with --prefill-blocks: time the retrieval heads' sparse prefill on each of these "
+                             f"kernels, comma-separated ({', '.join(flex.SPARSE_PREFILL_KERNELS)}; default: the "
+                             "current choice, RTPURBO_SPARSE_PREFILL_KERNEL, else flex)")
     parser.add_argument("--profile-prefill", type=lengths, default=[], help="also profile the sparse prefill layer at "
                         "these lengths (torch.profiler: wall vs device-busy time, kernels, top operators)")
     parser.add_argument("--window-kernel", choices=flex.WINDOW_KERNELS, default=None, help="local heads' plain "
@@ -588,7 +604,7 @@ def run(args: argparse.Namespace) -> dict:
     for length in args.prefill:
         for geom in geoms:
             attempt("prefill", geom, length, prefill_point, deadline, length == max(args.prefill),
-                    tuple(args.prefill_blocks))
+                    tuple(args.prefill_blocks), tuple(args.sparse_prefill_kernels or ()))
     for length in args.profile_prefill:
         for geom in geoms:
             attempt("prefill-profile", geom, length, profile_prefill)

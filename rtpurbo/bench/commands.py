@@ -136,6 +136,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="weights and prompts seed (default 0)")
     p.add_argument("--window-kernel", choices=flex.WINDOW_KERNELS, help="local heads' plain prefill kernel: rtpurbo's "
                    "Triton kernel or cuDNN's band + sinks merge (default: RTPURBO_WINDOW_KERNEL, else triton; GPU only)")
+    p.add_argument("--sparse-prefill-kernel", choices=flex.SPARSE_PREFILL_KERNELS,
+                   help="with --prefill-blocks: the retrieval heads' sparse-prefill kernels for unpadded prompts: "
+                        "flex (block choice in PyTorch ops, compiled flex attention) or triton (two Triton kernels) "
+                        "(default: RTPURBO_SPARSE_PREFILL_KERNEL, else flex; GPU only)")
     p.add_argument("--out", type=out_file, default=Path("runs/bench-model/model_bench.jsonl"),
                    help="JSON-lines file: one line per measurement as it comes, appended (earlier runs in it stay); "
                         "the run's Markdown report beside it (x.jsonl -> x.md, another name + .md)")
@@ -181,7 +185,8 @@ def _refuse_idle_flags(args: argparse.Namespace) -> None:
     """:class:`SettingsError` naming every flag given that would be ignored (the settings cannot tell those apart
     from defaults)."""
     problems = ["--tiny and --quick are two presets (a CPU model, a GPU smoke run): give one"] if args.tiny and args.quick else []
-    needs = {"--prefill-blocks": (bool(args.prefill_blocks), ("prefill_top_p", "prefill_scoring", "prefill_dense_tail")),
+    needs = {"--prefill-blocks": (bool(args.prefill_blocks), ("prefill_top_p", "prefill_scoring", "prefill_dense_tail",
+                                                               "sparse_prefill_kernel")),
              "--oom-search": (args.oom_search, ("oom_lengths", "oom_decode_steps", "oom_reserve", "oom_keep_going")),
              "--profile-decode": (args.profile_steps is not None, ("profile_length",))}
     for needed, (given, dests) in needs.items():
@@ -190,6 +195,7 @@ def _refuse_idle_flags(args: argparse.Namespace) -> None:
     if args.device == "cpu":
         gpu_only = {"sdpa": "--sdpa picks the dense model's GPU SDPA backends",
                     "window_kernel": "--window-kernel picks the local heads' GPU prefill kernel",
+                    "sparse_prefill_kernel": "--sparse-prefill-kernel picks the retrieval heads' GPU prefill kernels",
                     "flash_ttft": "--no-flash-ttft drops the dense-flash row, which only a GPU run has"}
         problems += [f"{why}: not with --device cpu" for dest, why in gpu_only.items() if getattr(args, dest) is not None]
     if problems:
@@ -209,6 +215,8 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
         _require_gpu("model")
     if args.window_kernel:
         flex.set_window_kernel(args.window_kernel)
+    if args.sparse_prefill_kernel:
+        flex.set_sparse_prefill_kernel(args.sparse_prefill_kernel)
     result = run_benchmark(settings, args.out, log=lambda message: print(message, file=sys.stderr, flush=True))
     report = markdown(result)
     report_path(args.out).write_text(report + "\n")
@@ -219,6 +227,8 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_attention(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo bench attention``: see :mod:`rtpurbo.bench.attention`."""
+    if args.sparse_prefill_kernels and not args.prefill_blocks:
+        raise SettingsError("--sparse-prefill-kernels does nothing without --prefill-blocks")
     _require_gpu("attention")
     from .attention import run
 

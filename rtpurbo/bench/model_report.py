@@ -61,7 +61,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(device=props.name, gpu_memory_gib=round(props.total_memory / GIB, 1), cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel())
+                   cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel(),
+                   sparse_prefill_kernel=flex.sparse_prefill_kernel())
     return env
 
 
