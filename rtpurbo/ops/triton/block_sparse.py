@@ -289,13 +289,15 @@ def sparse_prefill(
     problem = unsupported(q, k, v, launch)
     if problem is not None:
         raise ValueError(f"the Triton block-sparse kernel cannot run this: {problem}")
-    candidates = candidate_blocks(q_len, k_len, sinks, band, q.device)
-    if scoring == "mass" and q_idx.is_cuda:
+    if scoring == "pooled":  # scores every block pair; the selection kernel reads the candidates only
+        scores = block_scores(q_idx, k_idx, q_pos, k_pos, None, BLOCK, scoring)
+    elif q_idx.is_cuda:
         from .block_mass import block_mass
 
-        scores = block_mass(q_idx, k_idx, q_pos, k_pos, candidates, BLOCK)
+        scores = block_mass(q_idx, k_idx, q_pos, k_pos, candidate_blocks(q_len, k_len, sinks, band, q.device), BLOCK)
     else:
-        scores = block_scores(q_idx, k_idx, q_pos, k_pos, candidates, BLOCK, scoring)
+        scores = block_scores(q_idx, k_idx, q_pos, k_pos, candidate_blocks(q_len, k_len, sinks, band, q.device), BLOCK,
+                              scoring)
     lists, counts, seen = select_block_lists(scores, q_len, k_len, top_p=top_p, min_blocks=min_blocks,
                                              max_blocks=max_blocks, sinks=sinks, band=band)
     out = block_sparse_attention(q, k, v, lists, counts, scale=scale, launch=launch)
