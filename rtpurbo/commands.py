@@ -11,7 +11,7 @@ import torch
 from . import io
 from .cli_args import SettingsError, beside, check_index_dim, sparse_from_args
 from .families import attention_modules, base_window, family_of, geometry
-from .files import NotAnEarlierOutput, check_output, check_replaceable
+from .files import NotAnEarlierOutput, check_replaceable
 from .memory import KVGeometry, kv_table
 from .models import (NotABaseModel, exported_settings_of, load_base, load_config, load_tokenizer,
                      resolve_model)
@@ -210,7 +210,7 @@ def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
     from .data.task_data import load_task_data
     from .export.lm_eval_task import TASK_NAME, write_task
 
-    check_output(args.out, f"{TASK_NAME}.yaml")  # before any work
+    check_replaceable(args.out, f"{TASK_NAME}.yaml")  # before any work; write_task replaces OUT whole
     spec, revision = (io.base_spec(args.model, args.base, args.revision) if _is_artifact(args.model)
                       else (args.model, args.revision))
     tokenizer = load_tokenizer(spec, revision)

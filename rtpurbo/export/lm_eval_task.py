@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from ..eval.scoring import exact_match, partial_match
 from ..data.task_data import TaskData, save_task_data, tokenizer_probe
 from ..data.tasks import TaskSample
+from ..files import written_whole
 
 TASK_NAME = "rtpurbo_tasks"
 METRICS = ("exact", "partial")
@@ -68,12 +69,32 @@ def _yaml(name: str, jsonl: Path, max_gen_toks: int) -> str:
 def write_task(samples: list[TaskSample], tokenizer: Any, out_dir: str | Path, name: str = TASK_NAME
                ) -> dict[str, Any]:
     """Write ``name``.yaml, ``name``.jsonl, ``name``_metrics.py and ``eval_data.npz`` (the same items with
-    the prompt ids the harness will see) into ``out_dir``; returns a summary."""
+    the prompt ids the harness will see) into ``out_dir``, whole (:func:`rtpurbo.files.written_whole`: a failed or
+    interrupted write leaves an earlier task in ``out_dir`` as it was); returns a summary."""
     if not samples:
         raise ValueError("no task samples to write")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jsonl = out_dir / f"{name}.jsonl"
+    with written_whole(out_dir, f"{name}.yaml") as tmp:
+        reencoded, changed = _write_items(samples, tokenizer, tmp / f"{name}.jsonl")
+        save_task_data(TaskData(reencoded, [], {"probe": tokenizer_probe(tokenizer), "source": "rtpurbo lm-eval-task"}),
+                       tmp / "eval_data.npz")
+        max_gen_toks = max(s.max_new_tokens for s in samples)
+        # the YAML names the JSONL where it will be, not where it is written first
+        (tmp / f"{name}.yaml").write_text(_yaml(name, out_dir / f"{name}.jsonl", max_gen_toks))
+        (tmp / f"{name}_metrics.py").write_text(
+            '"""Metrics of the rtpurbo task: rtpurbo eval\'s exact and partial match."""\n'
+            "from rtpurbo.export.lm_eval_task import process_results\n\n__all__ = [\"process_results\"]\n"
+        )
+    # the harness keeps at most max_length - max_gen_toks prompt tokens (it cuts the rest from the left): the
+    # max_length that keeps every prompt whole
+    max_length = max(len(sample.prompt_ids) for sample in reencoded) + max_gen_toks
+    return {"out": str(out_dir), "task": name, "items": len(samples), "max_gen_toks": max_gen_toks,
+            "max_length": max_length, "prompts_reencoded_differently": changed}
+
+
+def _write_items(samples: list[TaskSample], tokenizer: Any, jsonl: Path) -> tuple[list[TaskSample], int]:
+    """The harness's items, one JSON object a line in ``jsonl``: each prompt as text. Returns (the samples with the
+    prompt ids that text encodes to, how many of them differ from the sample's own ids)."""
     reencoded, changed = [], 0
     with open(jsonl, "w") as handle:
         for sample in samples:
@@ -88,16 +109,4 @@ def write_task(samples: list[TaskSample], tokenizer: Any, out_dir: str | Path, n
                 "answer_text": sample.answer_text, "answers": sample.answers, "match": sample.match,
                 "max_new_tokens": sample.max_new_tokens,
             }) + "\n")
-    save_task_data(TaskData(reencoded, [], {"probe": tokenizer_probe(tokenizer), "source": "rtpurbo lm-eval-task"}),
-              out_dir / "eval_data.npz")
-    max_gen_toks = max(s.max_new_tokens for s in samples)
-    (out_dir / f"{name}.yaml").write_text(_yaml(name, jsonl, max_gen_toks))
-    (out_dir / f"{name}_metrics.py").write_text(
-        '"""Metrics of the rtpurbo task: rtpurbo eval\'s exact and partial match."""\n'
-        "from rtpurbo.export.lm_eval_task import process_results\n\n__all__ = [\"process_results\"]\n"
-    )
-    # the harness keeps at most max_length - max_gen_toks prompt tokens (it cuts the rest from the left): the
-    # max_length that keeps every prompt whole
-    max_length = max(len(sample.prompt_ids) for sample in reencoded) + max_gen_toks
-    return {"out": str(out_dir), "task": name, "items": len(samples), "max_gen_toks": max_gen_toks,
-            "max_length": max_length, "prompts_reencoded_differently": changed}
+    return reencoded, changed

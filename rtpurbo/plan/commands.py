@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,13 @@ from ..cli_args import add_model, count_value, path_value, positive_int, ratio_v
 from ..commands import device_dtype, say
 from ..config import HeadPlan, dumps
 from ..data.task_data import check_tune_split, load_task_data
-from ..files import check_output
+from ..files import check_replaceable, written_whole
 from ..models import load_base
-from .compare import read_scores, write_comparison
+from .compare import COMPARE_MARKER, read_scores, write_comparison
 from .plot import pareto_plot
 from .search import SearchSettings, pareto_front, search_plans
+
+SEARCH_MARKER = "search.json"  # what marks a directory as an earlier search
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -90,21 +93,23 @@ def _ranking(args: argparse.Namespace, model: Any, tokenizer: Any, data: Any, ou
 
 
 def search(args: argparse.Namespace) -> dict[str, Any]:
-    """``rtpurbo plan search``: returns the search result (also OUT/search.json)."""
-    check_output(args.out, "search.json")  # before profiling and the sweep, not after
+    """``rtpurbo plan search``: returns the search result (also OUT/search.json). OUT is written whole
+    (:func:`rtpurbo.files.written_whole`): a failed or interrupted run leaves an earlier search there as it was."""
+    check_replaceable(args.out, SEARCH_MARKER)  # before profiling and the sweep, not after
     device, dtype = device_dtype(args)
     model, tokenizer = load_base(args.model, dtype=dtype, device=device, revision=args.revision)
     data = load_task_data(args.data, tokenizer)
     check_tune_split(data, args.data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    ranking = _ranking(args, model, tokenizer, data, args.out)
     settings = SearchSettings(ratios=args.ratios, windows=args.windows, sinks=args.sinks, tolerance=args.tolerance,
                               ppl_tolerance=args.ppl_tolerance, cost_context=args.cost_context, samples=args.samples,
                               batch_size=args.batch_size or (8 if device == "cuda" else 1))
-    result = search_plans(model, ranking["ranking"], data, settings, progress=not args.json)
-    result.update(criterion=ranking["criterion"], scores=str(args.scores or args.out / "profile" / "head_scores.json"),
-                  model=args.model)
-    write_search(args.out, result)
+    with written_whole(args.out, SEARCH_MARKER) as tmp:
+        _keep_scores_inside(args.scores, args.out, tmp)
+        ranking = _ranking(args, model, tokenizer, data, tmp)
+        result = search_plans(model, ranking["ranking"], data, settings, progress=not args.json)
+        result.update(criterion=ranking["criterion"], model=args.model,
+                      scores=str(args.scores or args.out / "profile" / "head_scores.json"))
+        write_search(tmp, result)
     best = result["rows"][result["chosen"]]
     verdict = "within" if result["within_tolerance"] else "NOT within (closest shown)"
     say(args, (args.out / "search.md").read_text())
@@ -113,6 +118,22 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
                f"({verdict} the {args.tolerance:g}-point tolerance); rtpurbo convert --plan "
                f"{args.out / 'headwise_config.json'} ...")
     return {k: v for k, v in result.items() if k != "rows"} | {"chosen_row": _public(best)}
+
+
+def _keep_scores_inside(scores: Path | None, out: Path, tmp: Path) -> None:
+    """Copy into the new output ``tmp`` what of the earlier output ``out`` ``--scores`` lies in (e.g. OUT/profile,
+    when a search runs again on the ranking an earlier one profiled): ``out`` is replaced whole, and the result
+    names ``--scores`` as where its ranking came from."""
+    if scores is None:
+        return
+    scores, out = Path(scores).resolve(), Path(out).resolve()
+    if out not in scores.parents:
+        return
+    top = out / scores.relative_to(out).parts[0]  # the file or folder directly in OUT that holds it
+    if top.is_dir():
+        shutil.copytree(top, tmp / top.name, symlinks=True)
+    else:
+        shutil.copy2(top, tmp / top.name)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
@@ -157,8 +178,8 @@ def search_markdown(result: dict[str, Any]) -> str:
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
-    """``rtpurbo plan compare``."""
-    check_output(args.out, "compare.json")
+    """``rtpurbo plan compare``: OUT is written whole (:func:`write_comparison`)."""
+    check_replaceable(args.out, COMPARE_MARKER)  # before reading the rankings
     a, b = (read_scores(path) for path in args.scores)
     result = write_comparison(args.out, a, b, args.ratios, args.ratio, tuple(args.names) if args.names else None)
     say(args, (args.out / "compare.md").read_text())

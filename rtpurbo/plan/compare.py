@@ -4,7 +4,8 @@ heads each keeps at several ratios, a scatter plot, and each criterion's plan.
     rtpurbo plan compare --scores copy/head_scores.json knockout/head_scores.json --out DIR
 
 Writes ``compare.json``, ``compare.md``, ``scores_scatter.png`` and, at ``--ratio``, each
-criterion's ``plan_<name>.json`` + ``.png`` (ready for ``rtpurbo eval --plans NAME=...``).
+criterion's ``plan_<name>.json`` + ``.png`` (ready for ``rtpurbo eval --plans NAME=...``), as one
+directory: an earlier comparison in DIR is replaced only once the new one is complete.
 """
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import numpy as np
 
 from .. import io
 from ..config import HeadPlan, PlanMismatch, dumps
+from ..files import written_whole
 from ..profile.plot import plot_plan
 from .plot import scores_scatter
+
+COMPARE_MARKER = "compare.json"  # what marks a directory as an earlier comparison
 
 
 def read_scores(path: str | Path, score: str | None = None) -> dict[str, Any]:
@@ -90,12 +94,20 @@ def compare_scores(a: dict[str, Any], b: dict[str, Any], ratios: list[float], na
 
 def write_comparison(out: Path, a: dict[str, Any], b: dict[str, Any], ratios: list[float], ratio: float,
                      names: tuple[str, str] | None = None) -> dict[str, Any]:
-    """compare.json / .md, the scatter plot and both plans at ``ratio`` in ``out``."""
+    """compare.json / .md, the scatter plot and both plans at ``ratio`` in ``out``, written whole
+    (:func:`rtpurbo.files.written_whole`): a failed or interrupted write leaves an earlier ``out`` as it was."""
     names = names or (a["criterion"], b["criterion"])
     if names[0] == names[1]:
         raise PlanMismatch(f"both rankings are named {names[0]!r}; give them two names (--names A B)")
-    out.mkdir(parents=True, exist_ok=True)
     result = compare_scores(a, b, sorted(set(ratios) | {ratio}), names)
+    with written_whole(out, COMPARE_MARKER) as tmp:
+        _write_files(tmp, a, b, ratio, names, result)
+    return result
+
+
+def _write_files(out: Path, a: dict[str, Any], b: dict[str, Any], ratio: float, names: tuple[str, str],
+                 result: dict[str, Any]) -> None:
+    """The files of :func:`write_comparison` (``result`` is its :func:`compare_scores`) into the directory ``out``."""
     plans = {}
     for name, scores in zip(names, (a, b)):
         plan = HeadPlan.from_scores(scores["ranking"], scores["num_q_heads"], ratio, criterion=f"{name} ranking")
@@ -106,7 +118,12 @@ def write_comparison(out: Path, a: dict[str, Any], b: dict[str, Any], ratios: li
             for layer in range(plans[names[0]].num_layers) for h in range(plans[names[0]].num_kv_heads)]
     scores_scatter(names, np.ravel(a["ranking"]).tolist(), np.ravel(b["ranking"]).tolist(), kept,
                    out / "scores_scatter.png", f"Spearman ρ = {result['spearman']:.2f}; kept at {100 * ratio:g}%")
-    (out / "compare.json").write_text(dumps(result))
+    (out / COMPARE_MARKER).write_text(dumps(result))
+    (out / "compare.md").write_text(_markdown(names, result))
+
+
+def _markdown(names: tuple[str, str], result: dict[str, Any]) -> str:
+    """compare.md: the rank correlation and the overlap table of :func:`compare_scores`' ``result``."""
     lines = [f"# Head rankings: {names[0]} vs {names[1]}", "",
              f"Spearman rank correlation over {result['heads']} KV heads: {result['spearman']:.3f}", "",
              "| ratio | kept | by both | Jaccard | only " + names[0] + " | only " + names[1] + " |",
@@ -115,5 +132,4 @@ def write_comparison(out: Path, a: dict[str, Any], b: dict[str, Any], ratios: li
         only = [", ".join(row["only"][name]) or "–" for name in names]
         lines.append(f"| {float(key):.3g} | {row['kept']} | {row['both']} | {row['jaccard']:.2f} | {only[0]} | "
                      f"{only[1]} |")
-    (out / "compare.md").write_text("\n".join(lines) + "\n")
-    return result
+    return "\n".join(lines) + "\n"
