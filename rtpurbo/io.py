@@ -123,6 +123,12 @@ def recorded_base(path: str | Path) -> ModelSource:
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read and validate an artifact's config and file hashes (no model loaded); ``path`` may
     also name a shipped adapter."""
+    return _read_artifact(path)[0]
+
+
+def _read_artifact(path: str | Path) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """(config, its plan / sparse / LoRA settings as :func:`artifact_settings` parses them) of the artifact at
+    ``path``, validated as :func:`read_config` says: the settings parsed once, for checking and for use."""
     path = artifact_path(path) or Path(path)
     config_path = path / CONFIG_NAME
     if not config_path.is_file():
@@ -136,14 +142,14 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if config.get("format") != FORMAT:
         raise ArtifactError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
     _check_fields(config, config_path)
-    artifact_settings(config, config_path)
+    settings = artifact_settings(config, config_path)
     for name, want in config["files"].items():
         file_path = path / name
         if not file_path.is_file():
             raise ArtifactError(f"{file_path} is missing")
         if _sha256(file_path) != want:
             raise ArtifactError(f"{file_path} is corrupt (sha256 does not match {CONFIG_NAME})")
-    return config
+    return config, settings
 
 
 def _check_fields(config: dict[str, Any], where: Path) -> None:
@@ -213,7 +219,7 @@ def load(
             per call). Not for training further: the adapters would then apply twice.
     """
     path = artifact_path(path) or Path(path)
-    config = read_config(path)
+    config, settings = _read_artifact(path)
     base_info = config["base_model"]
     try:
         if isinstance(base, ModelSource):
@@ -240,7 +246,8 @@ def load(
         raise ArtifactError(f"{path / WEIGHTS_NAME} cannot be read: {err}") from err
     model, tokenizer = load_base(source, dtype=dtype, device=device)
     model.rtpurbo_fingerprint = found
-    apply_artifact(model, config, tensors)
+    model.rtpurbo_weights_sha256 = config["files"][WEIGHTS_NAME]  # the weights a training run starts from
+    apply_artifact(model, config, tensors, settings)
     if merge_adapters and config.get("lora"):
         from .train.lora import merge_lora
 
@@ -263,9 +270,11 @@ def load_exported(spec: str | ModelSource, dtype: torch.dtype = torch.float32, d
     return model, tokenizer
 
 
-def apply_artifact(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
-    """Convert a base model per ``config`` and load the artifact's tensors into it."""
-    plan, sparse, lora = artifact_settings(config)
+def apply_artifact(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+                   settings: tuple[Any, ...] | None = None) -> nn.Module:
+    """Convert a base model per ``config`` and load the artifact's tensors into it. ``settings``: the config's
+    (plan, sparse, LoRA) settings where already parsed (:func:`artifact_settings`), else parsed here."""
+    plan, sparse, lora = settings if settings is not None else artifact_settings(config)
     try:
         convert(model, plan, sparse, check_windows=False)  # rebuilt as it was saved
     except PlanMismatch as err:

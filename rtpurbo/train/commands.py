@@ -26,7 +26,7 @@ from ..models import load_tokenizer as load_model_tokenizer
 from ..ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, LONG_RANGE_KINDS, TASK_KINDS,
                    PrepareSettings, check_crop, load_shards, prepare_shards, round_robin_documents)
-from .checkpoint import check_start, checkpoint_state, has_checkpoint
+from .checkpoint import check_start, checkpoint_state, has_checkpoint, run_of
 from .lora import LoraSettings
 from .loop import LoopSettings, make_runtime
 from .stage1_indexer import IndexerSettings, train_indexer as run_stage1
@@ -395,15 +395,9 @@ def with_entry(history: list[dict[str, Any]], report: dict[str, Any], resumed_at
     the step its checkpoint held, is where it ended) and ``history`` holds that run already: a finished run resumed
     into its own earlier output. A run is its stage, steps done and checkpoint directory."""
     entry = summary(report)
-    if report["steps_done"] == resumed_at and any(_run_of(held) == _run_of(entry) for held in history):
+    if report["steps_done"] == resumed_at and any(run_of(held) == run_of(entry) for held in history):
         return list(history)
     return list(history) + [entry]
-
-
-def _run_of(entry: dict[str, Any]) -> tuple:
-    """What names one training run in a history entry: stage, steps done and checkpoint directory."""
-    directory = ((entry.get("settings") or {}).get("loop") or {}).get("checkpoint_dir")
-    return entry.get("stage"), entry.get("steps_done"), directory and str(Path(directory).resolve())
 
 
 def resumed_step(args: argparse.Namespace, directory: Path) -> int:

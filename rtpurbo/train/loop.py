@@ -25,7 +25,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..cli_args import SettingsError
-from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_state, has_checkpoint, load_checkpoint, run_of, save_checkpoint
 from .data import TokenShards, batch_indices, check_crop, fingerprint_shards
 
 
@@ -115,14 +115,20 @@ class LoopResult:
 
 
 def model_identity(model: nn.Module) -> dict[str, Any]:
-    """What a run trains: the base weights (content fingerprint), the head plan and the sparse settings. A
-    checkpoint of another model, plan or settings is refused on resume (:func:`checkpoint.load_checkpoint`)."""
+    """What a run trains: the base weights (content fingerprint), the head plan, the sparse settings and, for a
+    model loaded from an artifact (:func:`rtpurbo.io.load`), the weights it starts from (``start_weights``: the
+    sha256 of that artifact's weights file, its indexers, adapters and trained base tensors). A checkpoint of
+    another model, plan, settings or starting weights is refused on resume (:func:`checkpoint.load_checkpoint`)."""
     from ..models import model_fingerprint
 
     plan, sparse = getattr(model, "rtpurbo_plan", None), getattr(model, "rtpurbo_sparse", None)
-    return {"base_model": model_fingerprint(model),
-            "plan": plan.retrieval if plan is not None else None,
-            "sparse": sparse.to_dict() if sparse is not None else None}
+    identity = {"base_model": model_fingerprint(model),
+                "plan": plan.retrieval if plan is not None else None,
+                "sparse": sparse.to_dict() if sparse is not None else None}
+    start = getattr(model, "rtpurbo_weights_sha256", None)
+    if start is not None:  # a model converted in this process starts from its base, plan and settings, all above
+        identity["start_weights"] = start
+    return identity
 
 
 def run_loop(
@@ -156,6 +162,7 @@ def run_loop(
     scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup, settings.steps)
     wrapped, optimizer = acc.prepare(objective, optimizer)
     identity = {**identity, **settings.identity(), **model_identity(model), "data": fingerprint_shards(shards)}
+    identity = _as_its_run_started(model, identity, settings)
     result = _resume(model, optimizer, scheduler, settings, identity)
     start = result.steps_done
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and runtime.is_main),
@@ -182,6 +189,21 @@ def run_loop(
     bar.close()
     result.seconds = earlier + time.perf_counter() - began
     return result
+
+
+def _as_its_run_started(model: nn.Module, identity: dict[str, Any], settings: LoopSettings) -> dict[str, Any]:
+    """``identity``, or where ``model`` is an artifact that the run of the checkpoint to resume saved at that step (a
+    run resumed into its own earlier output, e.g. ``--model A --out A``), ``identity`` with the starting weights
+    the checkpoint records: the model's own are that run's work so far, and its run started from those."""
+    if "start_weights" not in identity or not (settings.resume and has_checkpoint(settings.checkpoint_dir)):
+        return identity
+    state = checkpoint_state(settings.checkpoint_dir)
+    history = getattr(model, "rtpurbo_history", None) or []
+    this_run = (identity.get("stage"), state.get("step"), str(Path(settings.checkpoint_dir).resolve()))
+    started = (state.get("identity") or {}).get("start_weights")
+    if not history or run_of(history[-1]) != this_run or started is None:
+        return identity
+    return {**identity, "start_weights": started}
 
 
 def _resume(model: nn.Module, optimizer: Any, scheduler: Any, settings: LoopSettings, identity: dict) -> LoopResult:
