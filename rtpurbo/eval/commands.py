@@ -196,8 +196,9 @@ def check_eval_out(out: Path) -> None:
     check_output(out, *EVAL_MARKERS)
 
 
-def _max_positions(spec: str, revision: str | None) -> int:
-    return int(getattr(load_config(spec, revision), "max_position_embeddings", 8192))
+def _max_positions(config: Any) -> int:
+    """The longest context of a model's transformers ``config`` (8192 where it does not say)."""
+    return int(getattr(config, "max_position_embeddings", 8192))
 
 
 def settings_from(args: argparse.Namespace, max_positions: int, device: str, data: TaskData | None = None
@@ -261,7 +262,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     spec, revision, artifacts = _base_spec(args)
     device, dtype = device_dtype(args)
-    max_positions = _max_positions(spec, revision)
+    base_config = load_config(spec, revision)  # read once (a GGUF's takes seconds): lengths and --index-dim
+    max_positions = _max_positions(base_config)
     if args.prepare_only:
         corpus = TaskCorpus.load(args.corpus) if args.corpus else load_dev_corpus()
         if args.save_corpus:
@@ -271,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save_task_data(data, out / "eval_data.npz")
         say(args, f"wrote {out / 'eval_data.npz'} ({len(data.samples)} samples, {len(data.windows)} windows)")
         return {"data": str(out / "eval_data.npz"), "samples": len(data.samples), "windows": len(data.windows)}
-    check_index_dim(args.index_dim, geometry(load_config(spec, revision))[3])
+    check_index_dim(args.index_dim, geometry(base_config)[3])  # before the weights and the data load
     model, tokenizer = load_base(spec, dtype=dtype, device=device, revision=revision)
     data = load_task_data(args.data, tokenizer) if args.data else None
     settings = settings_from(args, max_positions, device, None if args.corpus else data)
