@@ -61,3 +61,29 @@ def test_set_sparse_prefill_kernel_validates_and_the_environment_sets_it():
     env["RTPURBO_SPARSE_PREFILL_KERNEL"] = "pallas"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "RTPURBO_SPARSE_PREFILL_KERNEL must be one of" in done.stderr
+
+
+@pytest.mark.parametrize("kernel, aligned, grad, expected", [
+    ("triton", True, False, "triton"), ("triton", True, True, "flex"), ("triton", False, False, "flex"),
+    ("flex", True, False, "flex")])
+def test_sparse_prefill_routes_by_choice_layout_and_gradients(monkeypatch, kernel, aligned, grad, expected):
+    """api.sparse_prefill on the flex backend: the Triton kernels take aligned calls without gradients after
+    set_sparse_prefill_kernel("triton"); padded / unaligned calls, gradients and the flex choice plan for flex."""
+    from rtpurbo.ops import api
+
+    called = []
+    monkeypatch.setattr(api, "resolve_impl", lambda impl, device: "flex")
+    monkeypatch.setattr(flex, "aligned_sparse_prefill",
+                        lambda q, *args: called.append("triton") or (torch.zeros_like(q), torch.tensor(1), torch.tensor(2)))
+    monkeypatch.setattr(flex, "block_sparse_plan", lambda *args, **kw: called.append("flex") or (None, torch.tensor(1),
+                                                                                                torch.tensor(2)))
+    monkeypatch.setattr(flex, "run", lambda plan, q, k, v, scale: torch.zeros_like(q))
+    q = torch.randn(1, 2, 256, 16, requires_grad=grad)
+    pos = torch.arange(256)[None]
+    idx = torch.randn(1, 1, 256, 4)
+    previous = flex.set_sparse_prefill_kernel(kernel)
+    try:
+        api.sparse_prefill(q, q[:, :1], q[:, :1], pos, pos, idx, idx, top_p=0.5, impl="flex", aligned=aligned)
+    finally:
+        flex.set_sparse_prefill_kernel(previous)
+    assert called == [expected]
