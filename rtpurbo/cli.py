@@ -137,7 +137,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
             TrainedBase, TrainingDiverged, UnknownSource, UnsupportedModel, UserDataError)
 
 
-WRITTEN_WHOLE = ("convert", "data", "distill", "export", "profile", "train-indexer")  # their --out: all or nothing
+WRITTEN_WHOLE = ("convert", "data", "distill", "export", "lm-eval-task", "plan", "profile",
+                 "train-indexer")  # their --out: all or nothing
 
 
 class Terminated(KeyboardInterrupt):

@@ -90,3 +90,17 @@ def test_a_search_again_on_a_ranking_inside_its_out_keeps_that_ranking(search_ar
     assert main(search_argv + ["--scores", str(out / "profile" / "head_scores.json"), "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["scores"] == str(out / "profile" / "head_scores.json")
     assert (out / "profile" / "head_scores.json").read_bytes() == (tmp_path / "head_scores.json").read_bytes()
+
+
+def test_ctrl_c_in_plan_compare_says_out_is_unchanged(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(1)
+    paths = []
+    for name in ("copy", "knockout"):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"criterion": name, "ranking": rng.random((2, 2)).tolist(), "num_q_heads": 6}))
+    argv = ["plan", "compare", "--scores", *map(str, paths), "--ratio", "0.25", "--out", str(tmp_path / "cmp")]
+    assert main(argv) == 0
+    monkeypatch.setattr(rtpurbo.plan.compare, "scores_scatter", interrupted)
+    capsys.readouterr()
+    assert main(argv) == 130
+    assert f"interrupted (Ctrl-C); {tmp_path / 'cmp'} is unchanged" in capsys.readouterr().err
