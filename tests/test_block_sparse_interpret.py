@@ -10,9 +10,12 @@
   :func:`rtpurbo.ops.reference.attention` with the blocks' key mask, within twice the error of the same attention
   done eagerly in fp16: GQA groups, 64- and 128-key tiles, TMA descriptors and pointer loads, the model's
   transposed (B, L, H, D) layout;
-* :func:`~rtpurbo.ops.triton.block_sparse.sparse_prefill`, the two composed, must match
+  with the listed blocks in one program or split over three and merged by log-sum-exp;
+* :func:`~rtpurbo.ops.triton.block_sparse.dense_causal_attention` (a dense tail) must match causal attention, with
+  its keys split over up to five programs (more splits than key blocks included);
+* :func:`~rtpurbo.ops.triton.block_sparse.sparse_prefill`, the kernels composed, must match
   :func:`rtpurbo.ops.api.sparse_prefill` with the reference backend (output, kept and seen blocks) for both block
-  scorings.
+  scorings, and with a dense tail that starts inside a block.
 
 fp16 only: the interpreter of triton 3.9 computes ``tl.dot`` of bf16 operands wrongly; bf16 runs natively on a GPU
 in ``tests/test_ops_gpu.py``. Runs in a child process under ``TRITON_INTERPRET=1`` (this file run as a script).
@@ -95,6 +98,7 @@ ATTEND_CASES = [
     ("one-block", 1, 1, 2, 90, 90, 32, 128, False),
 ]
 KINDS = {"tma": dict(tma=True), "pointers": dict(tma=False)}
+SPLITS = {"tma": 1, "pointers": 3}  # key splits of the attention checks (merged by log-sum-exp)
 
 
 def _check_attend(case, kind: dict) -> list[str]:
@@ -120,13 +124,46 @@ def _check_attend(case, kind: dict) -> list[str]:
     want = reference.attention(q.float(), k.float(), v.float(), q_pos, k_pos, key_mask=key_mask)
     eager = reference.attention(q, k, v, q_pos, k_pos, key_mask=key_mask).float()
     launch = WindowLaunch(block_m=128, block_n=block_n, num_warps=4, num_stages=2, **kind)
-    got = block_sparse.block_sparse_attention(q, k, v, lists[..., :width], counts, scale=dim**-0.5, launch=launch)
+    splits = SPLITS["tma" if kind["tma"] else "pointers"]
+    got = block_sparse.block_sparse_attention(q, k, v, lists[..., :width], counts, scale=dim**-0.5, launch=launch,
+                                              splits=splits)
     err = ((got.float() - want).norm() / want.norm()).item()
     budget = 2 * ((eager - want).norm() / want.norm()).item()
     return [] if err <= budget else [f"relative error {err:.2e} > twice eager fp16 ({budget:.2e})"]
 
 
-def _check_composed(scoring: str) -> list[str]:
+# (name, batch, KV heads, group, Lq, Lk, head dim, splits)
+DENSE_CASES = [
+    ("plain-one-split", 1, 1, 2, 300, 300, 32, 1),
+    ("tail-of-a-chunk", 2, 2, 2, 200, 968, 32, 4),
+    ("more-splits-than-blocks", 1, 1, 3, 100, 356, 64, 5),
+]
+
+
+def _check_dense(case, kind: dict) -> list[str]:
+    """dense_causal_attention (a sparse prefill's dense tail) against causal attention by positions."""
+    import torch
+
+    from rtpurbo.ops import reference
+    from rtpurbo.ops.triton import block_sparse
+    from rtpurbo.ops.triton.window import WindowLaunch
+
+    name, batch, n_kv, group, q_len, k_len, dim, splits = case
+    g = torch.Generator().manual_seed(len(name) + 5)
+    q = torch.randn(batch, n_kv * group, q_len, dim, generator=g).half()
+    k, v = (torch.randn(batch, n_kv, k_len, dim, generator=g).half() for _ in range(2))
+    k_pos = torch.arange(k_len).repeat(batch, 1)
+    q_pos = k_pos[:, k_len - q_len:]
+    want = reference.attention(q.float(), k.float(), v.float(), q_pos, k_pos)
+    eager = reference.attention(q, k, v, q_pos, k_pos).float()
+    got = block_sparse.dense_causal_attention(q, k, v, scale=dim**-0.5, splits=splits,
+                                              launch=WindowLaunch(num_warps=4, num_stages=2, **kind))
+    err = ((got.float() - want).norm() / want.norm()).item()
+    budget = 2 * ((eager - want).norm() / want.norm()).item()
+    return [] if err <= budget else [f"relative error {err:.2e} > twice eager fp16 ({budget:.2e})"]
+
+
+def _check_composed(scoring: str, tail: int = 0) -> list[str]:
     import torch
 
     from rtpurbo.ops import api
@@ -138,7 +175,7 @@ def _check_composed(scoring: str) -> list[str]:
     q_idx, k_idx, q_pos, k_pos = _inputs(batch, n_kv, q_len, k_len, 17)
     q = torch.randn(batch, n_kv * group, q_len, dim, generator=g).half()
     k, v = (torch.randn(batch, n_kv, k_len, dim, generator=g).half() for _ in range(2))
-    budget = dict(top_p=0.5, min_blocks=0, max_blocks=None, sinks=4, band=1, scoring=scoring)
+    budget = dict(top_p=0.5, min_blocks=0, max_blocks=None, sinks=4, band=1, scoring=scoring, tail=tail)
     want, kept, seen = api.sparse_prefill(q.float(), k.float(), v.float(), q_pos, k_pos, q_idx, k_idx,
                                           impl="reference", aligned=True, **budget)
     eager = api.sparse_prefill(q, k, v, q_pos, k_pos, q_idx, k_idx, impl="reference", aligned=True, **budget)[0]
@@ -184,14 +221,18 @@ def _check_errors() -> list[str]:
 
 def _names() -> list[str]:
     return ([f"select-{c[0]}" for c in SELECT_CASES] + [f"attend-{c[0]}-{k}" for c in ATTEND_CASES for k in KINDS]
-            + ["composed-pooled", "composed-mass", "errors"])
+            + [f"dense-{c[0]}-{k}" for c in DENSE_CASES for k in KINDS]
+            + ["composed-pooled", "composed-mass", "composed-tail", "errors"])
 
 
 def _run_all() -> dict[str, list[str]]:
     checks = [(f"select-{case[0]}", lambda case=case: _check_select(case)) for case in SELECT_CASES]
     checks += [(f"attend-{case[0]}-{name}", lambda case=case, kind=kind: _check_attend(case, kind))
                for case in ATTEND_CASES for name, kind in KINDS.items()]
+    checks += [(f"dense-{case[0]}-{name}", lambda case=case, kind=kind: _check_dense(case, kind))
+               for case in DENSE_CASES for name, kind in KINDS.items()]
     checks += [(f"composed-{s}", lambda s=s: _check_composed(s)) for s in ("pooled", "mass")]
+    checks += [("composed-tail", lambda: _check_composed("mass", tail=200))]
     return report_checks(checks + [("errors", _check_errors)])
 
 

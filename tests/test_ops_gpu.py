@@ -570,12 +570,14 @@ def test_sparse_prefill_matches_reference(length, group, padded, scoring):
         _assert_budget(out, ref, eager, f"sparse prefill L={length} top-p {top_p}")
 
 
-@pytest.mark.parametrize("q_len, k_len, group, scoring", [(3000, 3000, 4, "pooled"), (2305, 2305, 1, "mass"),
-                                                            (1000, 4072, 3, "mass"), (128, 128, 4, "pooled")])
-def test_triton_sparse_prefill_matches_reference_and_flex(q_len, k_len, group, scoring):
+@pytest.mark.parametrize("q_len, k_len, group, scoring, tail", [
+    (3000, 3000, 4, "pooled", 0), (2305, 2305, 1, "mass", 0), (1000, 4072, 3, "mass", 0), (128, 128, 4, "pooled", 0),
+    (3000, 20480, 4, "mass", 1000)])
+def test_triton_sparse_prefill_matches_reference_and_flex(q_len, k_len, group, scoring, tail):
     """Aligned calls without gradients on the Triton kernels (``set_sparse_prefill_kernel("triton")``): the
     reference's blocks (same kept and seen counts) and its attention within 2x the eager bf16 error, for a plain
-    prompt and a later chunk; the flex path keeps the same number of blocks."""
+    prompt and a later chunk, and with a dense tail split over keys; the flex path keeps the same number of
+    blocks."""
     torch.manual_seed(q_len + k_len)
     batch, n_kv = 2, 2
     q, k, v = _qkv(batch, n_kv * group, n_kv, q_len, k_len, 128, BF16)
@@ -583,10 +585,10 @@ def test_triton_sparse_prefill_matches_reference_and_flex(q_len, k_len, group, s
     k_idx = torch.randn(batch, n_kv, k_len, 16, device="cuda", dtype=BF16)
     k_pos = torch.arange(k_len, device="cuda").repeat(batch, 1)
     q_pos = k_pos[:, k_len - q_len:]
-    budget = dict(top_p=0.7, min_blocks=1, max_blocks=6, sinks=4, band=256, scoring=scoring)
+    budget = dict(top_p=0.7, min_blocks=1, max_blocks=6, sinks=4, band=256, scoring=scoring, tail=tail)
     ref, blocks = reference.block_sparse_attention(q.float(), k.float(), v.float(), q_pos, k_pos, q_idx, k_idx,
                                                    block=128, **budget)
-    eager = _eager(q, k, v, q_pos, k_pos, key_mask=reference.blocks_to_keys(blocks, 128, q_len, k_len))
+    eager = _eager(q, k, v, q_pos, k_pos, key_mask=reference.blocks_to_keys(blocks, 128, q_len, k_len, tail=tail))
     previous = flex.set_sparse_prefill_kernel("triton")
     try:
         _poison()

@@ -276,7 +276,11 @@ def sparse_prefill(
         if q_pos.device.type == "cpu" and not _is_aligned(q_pos, k_pos):
             raise ValueError("aligned=True, but the slots are not an unpadded prompt's positions on whole blocks "
                              f"(padding, or a forward that starts inside a block of {BLOCK_SIZE})")
-        out, kept, seen = _block_sparse(name, q, k, v, q_pos, k_pos, q_idx, k_idx, scale, budget, aligned=True)
+        backend = _triton_sparse_prefill(name, q, k, v)
+        if backend is not None:  # the block choice, the attention and the tail on the Triton kernels
+            return backend.aligned_sparse_prefill(q, k, v, q_pos, k_pos, q_idx, k_idx,
+                                               q.shape[-1] ** -0.5 if scale is None else scale, budget, tail)
+        out, kept, seen = _block_sparse(name, q, k, v, q_pos, k_pos, q_idx, k_idx, scale, budget)
     else:
         lq, lk = block_layout.lay_out(q_pos, BLOCK_SIZE), block_layout.lay_out(k_pos, BLOCK_SIZE)
         take = block_layout.take
@@ -298,16 +302,20 @@ def _is_aligned(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
     return (k_len - q_len) % BLOCK_SIZE == 0 and bool((k_pos == slots).all() and (q_pos == slots[k_len - q_len:]).all())
 
 
-def _block_sparse(name: str, q, k, v, q_pos, k_pos, q_idx, k_idx, scale: float | None, budget: dict,
-                  aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`sparse_prefill` without its tail, on tensors whose slot blocks are position blocks (``aligned``: the
-    positions of an unpadded prompt, as there)."""
+def _triton_sparse_prefill(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """The flex backend module where an aligned call runs on the Triton kernels (the flex backend, no gradients,
+    ``set_sparse_prefill_kernel("triton")``), else None."""
+    if name != "flex" or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        return None
+    flex = importlib.import_module(_BACKENDS["flex"])
+    return flex if flex.sparse_prefill_kernel() == "triton" else None
+
+
+def _block_sparse(name: str, q, k, v, q_pos, k_pos, q_idx, k_idx, scale: float | None, budget: dict
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sparse_prefill` without its tail, on tensors whose slot blocks are position blocks."""
     if name == "flex":
         flex = importlib.import_module(_BACKENDS["flex"])
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        if aligned and not grad and flex.sparse_prefill_kernel() == "triton":
-            return flex.aligned_sparse_prefill(q, k, v, q_pos, k_pos, q_idx, k_idx,
-                                               q.shape[-1] ** -0.5 if scale is None else scale, budget)
         plan_, kept, seen = flex.block_sparse_plan(q_idx, k_idx, q_pos, k_pos, group=q.shape[1] // k.shape[1],
                                                    backward=q.requires_grad, **budget)
         return flex.run(plan_, q, k, v, q.shape[-1] ** -0.5 if scale is None else scale), kept, seen

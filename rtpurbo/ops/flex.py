@@ -88,8 +88,9 @@ _sparse_prefill_kernel = [os.environ.get("RTPURBO_SPARSE_PREFILL_KERNEL", "flex"
 def set_sparse_prefill_kernel(name: str) -> str:
     """Choose the kernels of the retrieval heads' sparse prefill for aligned calls without gradients (the model's
     unpadded prompts; process-wide, ``RTPURBO_SPARSE_PREFILL_KERNEL`` sets the initial choice): ``flex``, the block
-    choice in PyTorch ops and compiled flex attention over its block mask, or ``triton``, the block choice and the
-    attention as two Triton kernels (:mod:`rtpurbo.ops.triton.block_sparse`), which raise where they cannot run.
+    choice in PyTorch ops and compiled flex attention over its block mask, or ``triton``, the block choice, the
+    attention and the dense tail as Triton kernels (:mod:`rtpurbo.ops.triton.block_sparse`), which raise where they
+    cannot run.
     Both keep the same blocks (the flex path ranks tied blocks in top-k's order, the Triton one lower blocks first,
     as the reference). Padded or unaligned calls and calls with gradients always run flex. Returns the previous
     choice."""
@@ -437,12 +438,12 @@ def block_sparse_plan(
 
 
 def aligned_sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                           q_idx: torch.Tensor, k_idx: torch.Tensor, scale: float, budget: dict
+                           q_idx: torch.Tensor, k_idx: torch.Tensor, scale: float, budget: dict, tail: int = 0
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The sparse prefill of an aligned call without gradients through the Triton kernels
+    """The sparse prefill of an aligned call without gradients through the Triton kernels, its dense tail included
     (:func:`rtpurbo.ops.triton.block_sparse.sparse_prefill`; ``budget``: its top_p ... scoring keywords). Returns
     (out, kept blocks (), seen blocks ())."""
-    return block_sparse_kernels.sparse_prefill(q, k, v, q_pos, k_pos, q_idx, k_idx, scale=scale, **budget)
+    return block_sparse_kernels.sparse_prefill(q, k, v, q_pos, k_pos, q_idx, k_idx, scale=scale, tail=tail, **budget)
 
 
 def _all_valid(pos: torch.Tensor) -> torch.Tensor:
