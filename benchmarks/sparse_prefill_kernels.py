@@ -5,7 +5,8 @@
 One Llama-3.1-8B attention layer (32 query / 8 KV heads, head dim 128, bf16, random weights): 1 retrieval KV head (4
 query heads) on the sparse prefill of an unpadded prompt (``aligned``, as the model calls it), 7 local KV heads at
 W = 8192, S = 4 on the current window kernel. Random 16-d indexer vectors score blocks almost evenly, so top-p 0.999
-keeps ``--blocks`` chosen key blocks per query block (``max_blocks``), plus the sink block and a 512-token band.
+keeps ``--blocks`` chosen key blocks per query block (``max_blocks``), plus the sink block and a 512-token band; the
+last ``--tails`` queries attend densely.
 
 Per length, scoring and kernel choice (:func:`rtpurbo.ops.flex.set_sparse_prefill_kernel`): median milliseconds of
 the retrieval heads' call alone and of the whole layer (``rtpurbo.bench.attention.time_ms``: CUDA events, warm-up,
@@ -36,7 +37,7 @@ def _profile(fn, calls: int = 5) -> dict:
     return {key: got[f"{key}_per_step"] for key in ("wall_ms", "device_ms", "kernels", "ops")}
 
 
-def run_point(length: int, scoring: str, blocks: int, kernels: list[str]) -> list[dict]:
+def run_point(length: int, scoring: str, blocks: int, kernels: list[str], tail: int) -> list[dict]:
     split = N_RET * (N_Q // N_KV)
     q, k, v = (_model_layout(length, n, DIM) for n in (N_Q, N_KV, N_KV))
     pos = torch.arange(length, device="cuda")[None]
@@ -49,7 +50,8 @@ def run_point(length: int, scoring: str, blocks: int, kernels: list[str]) -> lis
 
     def retrieval():
         return api.sparse_prefill(q[:, :split], k[:, :N_RET], v[:, :N_RET], pos, pos, q_idx, k_idx, top_p=0.999,
-                                  max_blocks=blocks, sinks=SINKS, band=BAND, scoring=scoring, impl="flex", aligned=True)
+                                  max_blocks=blocks, sinks=SINKS, band=BAND, scoring=scoring, impl="flex", aligned=True,
+                                  tail=tail)
 
     rows, first = [], None
     for kernel in kernels:
@@ -57,7 +59,7 @@ def run_point(length: int, scoring: str, blocks: int, kernels: list[str]) -> lis
         try:
             out, kept, seen = retrieval()  # compiles, outside the timing
             torch.cuda.synchronize()
-            row = dict(L=length, scoring=scoring, blocks=blocks, kernel=kernel, kept=int(kept), seen=int(seen),
+            row = dict(L=length, scoring=scoring, blocks=blocks, tail=tail, kernel=kernel, kept=int(kept), seen=int(seen),
                        retrieval_ms=time_ms(lambda: retrieval()[0]),
                        layer_ms=time_ms(lambda: _merged_layer(q, split, lambda: retrieval()[0], local)))
             row.update({f"profiled_{key}": value for key, value in _profile(lambda: retrieval()[0]).items()})
@@ -79,12 +81,14 @@ def main() -> None:
     parser.add_argument("--lengths", type=comma_list(tokens), default=[32768, 131072])
     parser.add_argument("--scorings", type=comma_list(one_of(["pooled", "mass"])), default=["pooled", "mass"])
     parser.add_argument("--blocks", type=positive_int, default=16, help="chosen key blocks per query block")
+    parser.add_argument("--tails", type=comma_list(int), default=[0], help="dense tails (last queries attending to "
+                        "every key), comma-separated, e.g. 0,1024")
     parser.add_argument("--kernels", type=comma_list(one_of(flex.SPARSE_PREFILL_KERNELS)),
                         default=list(flex.SPARSE_PREFILL_KERNELS))
     parser.add_argument("--json", help="write the environment and every row here")
     args = parser.parse_args()
-    rows = [row for length in args.lengths for scoring in args.scorings
-            for row in run_point(length, scoring, args.blocks, args.kernels)]
+    rows = [row for length in args.lengths for scoring in args.scorings for tail in args.tails
+            for row in run_point(length, scoring, args.blocks, args.kernels, tail)]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(environment=environment(), rows=rows), f, indent=1)
