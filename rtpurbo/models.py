@@ -9,6 +9,8 @@ by transformers (needs ``gguf`` and ``accelerate``).
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -186,6 +188,21 @@ def load_config(spec: str, revision: str | None = None):
 
 
 def _config(source: ModelSource):
+    """The config of ``source``. A GGUF file's (its header parsed: seconds for the embedded model) is read once per
+    file version in a process, and each caller gets its own copy."""
+    if source.gguf_file and source.config_file.is_file():
+        stat = source.config_file.stat()
+        return copy.deepcopy(_gguf_config(source, stat.st_mtime_ns, stat.st_size))
+    return _read_config(source)
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_config(source: ModelSource, mtime_ns: int, size: int):
+    """:func:`_read_config` of a GGUF source, cached by the file's modification time and size."""
+    return _read_config(source)
+
+
+def _read_config(source: ModelSource):
     from transformers import AutoConfig
 
     try:

@@ -61,3 +61,27 @@ def test_load_parses_the_artifact_settings_once(tmp_path, monkeypatch):
     assert len(calls) == 1
     assert loaded.rtpurbo_plan.retrieval == model.rtpurbo_plan.retrieval
     assert loaded.rtpurbo_sparse == model.rtpurbo_sparse
+
+
+def test_a_gguf_config_is_parsed_once_per_file_version_and_each_caller_gets_a_copy(tmp_path, monkeypatch):
+    """Parsing a GGUF header takes seconds (3 s for the embedded model): convert's --index-dim check and the load
+    after it read it once. A rewritten file is read again; a caller changing its config changes no one else's."""
+    from types import SimpleNamespace
+
+    from rtpurbo import models
+
+    models._gguf_config.cache_clear()
+    reads = []
+    monkeypatch.setattr(models, "_read_config", lambda source: reads.append(source) or SimpleNamespace(layers=[1, 2]))
+    (tmp_path / "m.gguf").write_bytes(b"x" * 10)
+    source = models.ModelSource("spec", tmp_path, "m.gguf")
+    first = models._config(source)
+    first.layers.append(3)
+    assert models._config(source).layers == [1, 2] and len(reads) == 1
+    (tmp_path / "m.gguf").write_bytes(b"y" * 11)
+    models._config(source)
+    assert len(reads) == 2
+    models._config(models.ModelSource("spec", tmp_path, None))  # config.json: read every time (fast)
+    models._config(models.ModelSource("spec", tmp_path, None))
+    assert len(reads) == 4
+    models._gguf_config.cache_clear()
