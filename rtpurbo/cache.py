@@ -3,7 +3,10 @@
 Per layer:
 
 * retrieval KV heads keep K and V of every token, plus their ``d_idx``-wide indexer keys
-  (storage grows by doubling);
+  (storage grows by doubling); on a layer where the base model has its own sliding window
+  ``W_b`` (``module.base_window``: Mistral's ``sliding_window``, Qwen's windowed layers) they
+  attend within it, so their storage stops growing at ``W_b`` slots and then becomes a ring
+  of ``W_b`` slots (no sinks), as the base model's own cache holds only its window;
 * local KV heads keep ``S`` sink slots and a ring of ``W`` slots: never more than ``S + W``
   entries, whatever the context.
 
@@ -20,7 +23,10 @@ Forward semantics with a cache (``L`` new tokens):
   takes held a token outside the window);
 * retrieval heads append the new tokens; a multi-token forward (prefill chunk) runs
   full causal attention, a single-token forward (decode) attends over the indexer's
-  top-p selection (full attention when ``top_p == 1``).
+  top-p selection (full attention when ``top_p == 1``);
+* retrieval heads whose store is a ring (a windowed base layer past ``W_b`` tokens) attend
+  within ``W_b`` as local heads do within ``W``: a prefill chunk over [ring + the new tokens],
+  then the tokens are written; a single-token forward writes first, then attends over the ring.
 """
 from __future__ import annotations
 
@@ -57,6 +63,12 @@ def _triton_decode():
     return decode_roles
 
 
+def _ring_slots(positions: torch.Tensor, sinks: int, window: int) -> torch.Tensor:
+    """Slot of each position in ``sinks`` slots then a ring of ``window``: ``p`` below the sinks, else
+    ``S + (p - S) % W``. positions (B, L) int64 -> (B, L); -1 (padding) stays negative."""
+    return torch.where(positions < sinks, positions, sinks + (positions - sinks) % window)
+
+
 def _append_kernels(like: torch.Tensor):
     """:mod:`rtpurbo.ops.triton.append` where it can run on ``like``'s device (CUDA + Triton), else None."""
     return _triton_append() if like.is_cuda else None
@@ -73,9 +85,13 @@ class LayerCache:
     l_k: torch.Tensor  # (B, Hl, S + W, D)
     l_v: torch.Tensor  # (B, Hl, S + W, D)
     l_pos: torch.Tensor  # (B, S + W), -1 = empty
-    r_len: int = 0
+    r_len: int = 0  # tokens written to the retrieval store (padding included), a ring's overwritten ones too
     seen: int = 0  # token slots processed (padding included)
     r_next: torch.Tensor | None = None  # static decode only: (1,) int64 next retrieval slot, on the device
+    # the base model's own window on this layer (None: full causal): the retrieval store holds at most this many
+    # slots, appended in order until it would hold more, then (r_ring) a ring whose slot of position p is p % W_b
+    r_window: int | None = None
+    r_ring: bool = False
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.r_k, self.r_v, self.r_idx, self.r_pos, self.l_k, self.l_v, self.l_pos]
@@ -161,7 +177,7 @@ class _Forward:
     plain: bool = False  # a first forward whose rows are positions 0..L-1 (HeadwiseCache.plain_prompt)
     continues: bool = False  # a later forward of a plain prompt: every row holds positions seen..seen+L-1
     plans: dict = field(default_factory=dict)  # (role, window) -> ops.plan of this forward's prefill attention
-    ring_slot: tuple[torch.Tensor, ...] | None = None  # decode, see HeadwiseCache._ring_slot
+    ring_slots: dict = field(default_factory=dict)  # decode: (sinks, window) -> HeadwiseCache._ring_slot
     visible: tuple[int, torch.Tensor] | None = None  # decode: (r_len, () visible keys summed over rows)
 
 
@@ -283,7 +299,8 @@ class HeadwiseCache(Cache):
             if layer is None:
                 continue
             per_slot = (2 * layer.r_k.shape[-1] + layer.r_idx.shape[-1]) * layer.r_k.element_size()
-            total += layer.r_len * layer.r_k.shape[0] * layer.r_k.shape[1] * per_slot
+            slots = min(layer.r_len, layer.r_pos.shape[1]) if layer.r_ring else layer.r_len
+            total += slots * layer.r_k.shape[0] * layer.r_k.shape[1] * per_slot
             total += layer.l_k.numel() * layer.l_k.element_size() * 2
         return total
 
@@ -294,7 +311,8 @@ class HeadwiseCache(Cache):
         K, V and indexer keys are standard normal (global RNG): the values mean nothing, the layout and sizes are
         those of a real prefill. For benchmarks of memory and decode time at contexts whose real
         prefill would take hours. Retrieval storage is allocated once at
-        ``max(length, initial_capacity)`` slots, so no transient copy doubles it.
+        ``max(length, initial_capacity)`` slots, so no transient copy doubles it (on a layer with a base window
+        ``W_b``: at most ``W_b`` slots, a ring holding the last ``W_b`` positions when ``length`` is longer).
         """
         if self.is_initialized:
             raise ValueError("fill_random needs an empty HeadwiseCache")
@@ -305,9 +323,13 @@ class HeadwiseCache(Cache):
             weight = module.k_proj.weight
             template = torch.empty(1, module.num_kv_heads, 0, module.head_dim, dtype=weight.dtype, device=weight.device)
             layer = self._layer(module, template)
+            if layer.r_window is not None and length > layer.r_window:
+                self._to_ring(layer)
+            filled = min(length, layer.r_pos.shape[1])
             for t in (layer.r_k, layer.r_v, layer.r_idx):
-                t[:, :, :length].normal_()
-            layer.r_pos[:, :length] = torch.arange(length, device=weight.device)
+                t[:, :, :filled].normal_()
+            stored = torch.arange(length - filled, length, device=weight.device)  # a ring's slot of p is p % W_b
+            layer.r_pos[:, stored % layer.r_pos.shape[1]] = stored
             layer.r_len = length
             if module.local_heads:
                 shape = (1, len(module.local_heads), kept.numel(), module.head_dim)
@@ -326,7 +348,9 @@ class HeadwiseCache(Cache):
         slot ``r_next`` (``index_copy_``), increments ``r_next`` in place and attends over all
         ``capacity`` slots, so no tensor shape and no value baked into the launched kernels
         changes from step to step. Pass ``position_ids`` (B, 1) with -1 for padding rows; an
-        ``attention_mask`` is not needed.
+        ``attention_mask`` is not needed. On a layer with a base window ``W_b`` below ``capacity`` the
+        retrieval storage is a ring of ``W_b`` slots instead (written at each row's slot ``p % W_b``, as
+        the local heads' ring is; no ``r_next``), so it stays bounded however long the decode.
 
         The Python counters (``seen``, ``r_len``, ``stats.samples``) are still advanced by every
         step that runs Python (eager). Steps replayed from a CUDA graph run no Python: their
@@ -341,6 +365,10 @@ class HeadwiseCache(Cache):
                 continue
             if capacity < layer.r_len + 1:
                 raise ValueError(f"capacity {capacity} leaves no slot for decode: {layer.r_len} slots are used")
+            if layer.r_window is not None and capacity > layer.r_window and not layer.r_ring:
+                self._to_ring(layer)
+            if layer.r_ring:
+                continue
             if layer.r_pos.shape[1] != capacity:
                 self._resize(layer, capacity)
             layer.r_next = torch.tensor([layer.r_len], dtype=torch.long, device=layer.r_pos.device)
@@ -380,8 +408,8 @@ class HeadwiseCache(Cache):
 
     def _retrieval_view(self, layer: LayerCache) -> tuple[torch.Tensor, ...]:
         """(k, v, k_idx (B, Hr, n, .), positions (B, n)) the retrieval heads attend over: n = capacity
-        in static decode, else the used slots ``r_len``."""
-        n = layer.r_pos.shape[1] if self.static_capacity is not None else layer.r_len
+        in static decode or for a ring (``r_ring``), else the used slots ``r_len``."""
+        n = layer.r_pos.shape[1] if self.static_capacity is not None or layer.r_ring else layer.r_len
         return layer.r_k[:, :, :n], layer.r_v[:, :, :n], layer.r_idx[:, :, :n], layer.r_pos[:, :n]
 
     # --- retrieval heads: select or attend to everything -----------------------------------
@@ -428,20 +456,20 @@ class HeadwiseCache(Cache):
         f = self._forward
         return f if f is not None and f.positions is positions else None
 
-    def _ring_slot(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Ring slot of one new token per row: (slot (B, 1), slot (B, 1, 1, 1), real (B, 1), real (B, 1, 1, 1)).
+    def _ring_slot(self, positions: torch.Tensor, sinks: int, window: int) -> tuple[torch.Tensor, ...]:
+        """Slot of one new token per row in ``sinks`` slots then a ring of ``window``: (slot (B, 1),
+        slot (B, 1, 1, 1), real (B, 1), real (B, 1, 1, 1)).
 
-        positions (B, 1). A padding row (-1) points at slot 0 with ``real`` False. Once per forward.
+        positions (B, 1). A padding row (-1) points at slot 0 with ``real`` False. Once per forward and ring shape.
         """
         shared = self._shared(positions)
-        if shared is not None and shared.ring_slot is not None:
-            return shared.ring_slot
-        sinks, window = self.sparse.sinks, self.sparse.window
+        if shared is not None and (sinks, window) in shared.ring_slots:
+            return shared.ring_slots[sinks, window]
         real = positions >= 0
-        slot = torch.where(positions < sinks, positions, sinks + (positions - sinks) % window).clamp(min=0)
+        slot = _ring_slots(positions, sinks, window).clamp(min=0)
         ring_slot = (slot, slot[:, :, None, None], real, real[:, :, None, None])
         if shared is not None:
-            shared.ring_slot = ring_slot
+            shared.ring_slots[sinks, window] = ring_slot
         return ring_slot
 
     def _visible(self, layer: LayerCache, positions: torch.Tensor) -> torch.Tensor:
@@ -474,7 +502,8 @@ class HeadwiseCache(Cache):
         batch, _, _, dim = k.shape
         n_r, n_l = len(module.retrieval_heads), len(module.local_heads)
         slots = self.sparse.sinks + self.sparse.window
-        cap = self.initial_capacity
+        r_window = module.base_window if n_r else None
+        cap = self.initial_capacity if r_window is None else min(self.initial_capacity, r_window)
         d_idx = module.indexer.index_dim if module.indexer is not None else 0
         new = dict(dtype=k.dtype, device=k.device)
         layer = LayerCache(
@@ -485,15 +514,43 @@ class HeadwiseCache(Cache):
             l_k=torch.zeros(batch, n_l, slots, dim, **new),
             l_v=torch.zeros(batch, n_l, slots, dim, **new),
             l_pos=torch.full((batch, slots), -1, dtype=torch.long, device=k.device),
+            r_window=r_window,
         )
         self.store[module.layer_idx] = layer
         return layer
 
     @staticmethod
     def _grow(layer: LayerCache, needed: int) -> None:
+        """Make room for ``needed`` appended retrieval slots (doubling; at most ``r_window`` where set)."""
         cap = layer.r_pos.shape[1]
         if needed > cap:
-            HeadwiseCache._resize(layer, max(needed, 2 * cap))
+            grown = max(needed, 2 * cap)
+            HeadwiseCache._resize(layer, grown if layer.r_window is None else min(grown, layer.r_window))
+
+    def _to_ring(self, layer: LayerCache) -> None:
+        """Turn a layer's appended retrieval store into a ring of ``r_window`` slots (``r_ring``), before it would
+        hold more: each stored token moves to its ring slot, those outside the window of their row's newest
+        position dropped (no later query sees them). The store is then ``(B, Hr, W_b, .)`` for good."""
+        n, window = layer.r_len, layer.r_window
+        old = (layer.r_k[:, :, :n], layer.r_v[:, :, :n], layer.r_idx[:, :, :n])
+        old_pos = layer.r_pos[:, :n]
+        layer.r_k, layer.r_v, layer.r_idx = (t.new_zeros(*t.shape[:2], window, t.shape[3]) for t in old)
+        layer.r_pos = torch.full((old_pos.shape[0], window), -1, dtype=old_pos.dtype, device=old_pos.device)
+        layer.r_next, layer.r_ring = None, True
+        if n:
+            self._ring_write(list(zip((layer.r_k, layer.r_v, layer.r_idx), old)), layer.r_pos, old_pos, sinks=0)
+
+    def _store_retrieval(self, layer: LayerCache, k, v, k_idx, positions) -> None:
+        """Store new retrieval-head tokens: k, v (B, Hr, L, D), k_idx (B, Hr, L, d_idx) or None, positions (B, L).
+        Into the ring where the store is one (:meth:`_to_ring`), else appended (at ``r_next`` in static decode)."""
+        if layer.r_ring:
+            stores = [(layer.r_k, k), (layer.r_v, v)] + ([(layer.r_idx, k_idx)] if k_idx is not None else [])
+            self._ring_write(stores, layer.r_pos, positions, sinks=0)
+            layer.r_len += positions.shape[1]
+        elif self.static_capacity is not None:
+            self._append_static(layer, k, v, k_idx, positions)
+        else:
+            self._append_retrieval(layer, k, v, k_idx, positions)
 
     @staticmethod
     def _resize(layer: LayerCache, capacity: int) -> None:
@@ -522,43 +579,52 @@ class HeadwiseCache(Cache):
         layer.r_len = end
 
     def _write_ring(self, layer: LayerCache, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """Write new local-head tokens that stay inside the window; later ones win per slot.
+        """Write new local-head tokens into their sinks + ring (:meth:`_ring_write`).
 
         k, v (B, Hl, L, D); positions (B, L), -1 = padding (not written).
         """
+        self._ring_write([(layer.l_k, k), (layer.l_v, v)], layer.l_pos, positions, sinks=self.sparse.sinks)
+
+    def _ring_write(self, stores: list[tuple[torch.Tensor, torch.Tensor]], store_pos: torch.Tensor,
+                    positions: torch.Tensor, sinks: int) -> None:
+        """Write new tokens that stay inside the window into ``sinks`` slots then a ring; later ones win per slot.
+
+        stores: (store (B, H, S + W, X), new (B, H, L, X)) pairs, written alike; store_pos (B, S + W) the slots'
+        positions (-1 = empty), updated too; positions (B, L), -1 = padding (not written). W is the ring's length.
+        """
+        window = store_pos.shape[1] - sinks
         if positions.shape[1] == 1:
-            self._write_ring_one(layer, k, v, positions)
+            self._ring_write_one(stores, store_pos, positions, sinks, window)
             return
-        sinks, window = self.sparse.sinks, self.sparse.window
         batch, length = positions.shape
         newest = positions.max(dim=1, keepdim=True).values
         keep = (positions >= 0) & ((positions < sinks) | (positions > newest - window))
-        slot = torch.where(positions < sinks, positions, sinks + (positions - sinks) % window).clamp(min=0)
+        slot = _ring_slots(positions, sinks, window).clamp(min=0)
         # per ring slot, the kept token with the highest position (then its column), as device
         # reductions: no host sync, and the same result whatever order the duplicates come in
-        n_slots = layer.l_pos.shape[1]
-        none = torch.full((batch, n_slots), -1, dtype=torch.long, device=positions.device)
+        none = torch.full_like(store_pos, -1)
         newest_at = none.scatter_reduce(1, slot, torch.where(keep, positions, -1), "amax")
         wins = keep & (positions == newest_at.gather(1, slot))
         column = torch.arange(length, device=positions.device).expand(batch, length)
         source = none.scatter_reduce(1, slot, torch.where(wins, column, -1), "amax")  # (B, S + W), -1 = kept
         written = source >= 0
-        index = source.clamp(min=0)[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        for store, new in ((layer.l_k, k), (layer.l_v, v)):
+        for store, new in stores:
+            index = source.clamp(min=0)[:, None, :, None].expand(-1, new.shape[1], -1, new.shape[3])
             store.copy_(torch.where(written[:, None, :, None], new.gather(2, index), store))
-        layer.l_pos.copy_(torch.where(written, newest_at, layer.l_pos))
+        store_pos.copy_(torch.where(written, newest_at, store_pos))
 
-    def _write_ring_one(self, layer: LayerCache, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """:meth:`_write_ring` of one token per row (decode), without a host sync.
+    def _ring_write_one(self, stores: list[tuple[torch.Tensor, torch.Tensor]], store_pos: torch.Tensor,
+                        positions: torch.Tensor, sinks: int, window: int) -> None:
+        """:meth:`_ring_write` of one token per row (decode), without a host sync.
 
-        k, v (B, Hl, 1, D); positions (B, 1). A single new token is always inside the window,
+        new tensors (B, H, 1, X); positions (B, 1). A single new token is always inside the window,
         so every real row writes its slot; a padding row rewrites slot 0 with its own content.
         """
-        slot, slot4, real, real4 = self._ring_slot(positions)
-        index = slot4.expand_as(k)  # (B, Hl, 1, D)
-        for store, new in ((layer.l_k, k), (layer.l_v, v)):
+        slot, slot4, real, real4 = self._ring_slot(positions, sinks, window)
+        for store, new in stores:
+            index = slot4.expand_as(new)  # (B, H, 1, X)
             store.scatter_(2, index, torch.where(real4, new, store.gather(2, index)))
-        layer.l_pos.scatter_(1, slot, torch.where(real, positions, layer.l_pos.gather(1, slot)))
+        store_pos.scatter_(1, slot, torch.where(real, positions, store_pos.gather(1, slot)))
 
     # --- attention ----------------------------------------------------------------------
     def attend(self, module, q, k, v, positions, q_raw, k_raw, rope) -> torch.Tensor:
@@ -567,12 +633,14 @@ class HeadwiseCache(Cache):
         q (B, Hq, L, D) and k, v (B, Hkv, L, D) post-RoPE; q_raw / k_raw pre-RoPE; positions (B, L).
         """
         layer = self._layer(module, k)
+        if layer.r_window is not None and not layer.r_ring and layer.r_len + q.shape[2] > layer.r_window:
+            self._to_ring(layer)  # the appended store would outgrow the base window
         if self.static_capacity is not None:
             if q.shape[2] != 1:
                 raise ValueError(f"static decode takes one token per forward, got {q.shape[2]}: this cache was switched "
                                  "to static decode (static_decode, or generate(cuda_graph=True)); start a new "
                                  "HeadwiseCache to feed several tokens")
-            if module.retrieval_heads and layer.r_len >= self.static_capacity:
+            if module.retrieval_heads and not layer.r_ring and layer.r_len >= self.static_capacity:
                 raise ValueError(f"static decode cache is full ({self.static_capacity} slots)")
         parts = module.split_heads(q, k, v)
         q_idx = k_idx = None
@@ -584,7 +652,7 @@ class HeadwiseCache(Cache):
         if q.shape[2] == 1 and layer.seen > 0 and self._one_launch_step(module, layer.r_len + 1, q.device):
             # decode without selection: write the token to both stores, then one launch for both kinds of heads
             self._write_ring(layer, *parts["local"][1:], positions)
-            self._append_retrieval(layer, *parts["retrieval"][1:], k_idx, positions)
+            self._store_retrieval(layer, *parts["retrieval"][1:], k_idx, positions)
             return self._attend_two_roles(module, layer, parts, positions)
         local_out = retrieval_out = merged = None
         if module.local_heads:
@@ -605,11 +673,12 @@ class HeadwiseCache(Cache):
                 self._write_ring(layer, kl, vl, positions)
         if module.retrieval_heads:
             qr, kr, vr = parts["retrieval"]
-            if self.static_capacity is not None:
-                self._append_static(layer, kr, vr, k_idx, positions)
-            else:
-                self._append_retrieval(layer, kr, vr, k_idx, positions)
-            retrieval_out = self._retrieval_attention(module, layer, qr, q_idx, positions)
+            if layer.r_ring and q.shape[2] > 1:  # a prefill chunk: its queries need the slots its tokens overwrite
+                retrieval_out = self._ring_retrieval_chunk(module, layer, qr, kr, vr, positions)
+                self._store_retrieval(layer, kr, vr, k_idx, positions)
+            else:  # a ring's slot for the new token held position p - W_b, outside the window of query p
+                self._store_retrieval(layer, kr, vr, k_idx, positions)
+                retrieval_out = self._retrieval_attention(module, layer, qr, q_idx, positions)
         layer.seen += q.shape[2]
         return module.merge_heads(retrieval_out, local_out, into=merged)
 
@@ -620,13 +689,16 @@ class HeadwiseCache(Cache):
         on a side stream while the retrieval heads run their chain of small, latency-bound kernels
         (scores, selection, attention) on the current one."""
         sparse = self.sparse
+        appended = module.retrieval_heads and not layer.r_ring  # a ring's slots are per row: written below
         kernels.append_token(
-            layer, *(parts["retrieval"][1:] if module.retrieval_heads else (None, None)), k_idx,
+            layer, *(parts["retrieval"][1:] if appended else (None, None)), k_idx if appended else None,
             *(parts["local"][1:] if module.local_heads else (None, None)), positions,
             sinks=sparse.sinks, window=sparse.window,
         )
-        if module.retrieval_heads:
+        if appended:
             self._advance_static(layer)
+        elif module.retrieval_heads:
+            self._store_retrieval(layer, *parts["retrieval"][1:], k_idx, positions)
         local_out = retrieval_out = None
         both = module.local_heads and module.retrieval_heads
         if self._one_launch_step(module, layer.r_len, positions.device):
@@ -695,24 +767,46 @@ class HeadwiseCache(Cache):
 
     def _local_chunk(self, module, layer: LayerCache, q, k, v, positions, **into) -> torch.Tensor:
         """Window + sinks attention of a later prefill chunk's local heads: q (B, Hl*G, L, D) over the ring and the
-        chunk's own k, v (B, Hl, L, D). In a plain prompt past its sinks the keys go in position order (the sinks,
-        the ring unrolled to the W positions before the chunk, the chunk: ``chunk_start`` of
-        :func:`rtpurbo.ops.attention`, the Triton window kernel's layout); otherwise ring order."""
-        sinks, window = self.sparse.sinks, self.sparse.window
+        chunk's own k, v (B, Hl, L, D), in the order of :meth:`_ring_and_chunk`."""
+        keys, values, key_pos, start = self._ring_and_chunk(layer.l_k, layer.l_v, layer.l_pos, k, v, positions,
+                                                            layer.seen, self.sparse.sinks)
+        return self._local_attention(module, q, keys, values, key_pos, positions, chunk_start=start, **into)
+
+    def _ring_retrieval_chunk(self, module, layer: LayerCache, q, k, v, positions) -> torch.Tensor:
+        """Attention of a prefill chunk's retrieval heads whose store is a ring (``r_ring``), within the base window
+        W_b: q (B, Hr*G, L, D) over the ring and the chunk's own k, v (B, Hr, L, D) in the order of
+        :meth:`_ring_and_chunk`, or over the chunk alone into a fresh cache. Returns (B, Hr*G, L, D); the chunk is
+        written to the ring afterwards."""
+        window = module.base_window
+        first = layer.seen == 0
+        if first:
+            keys, values, key_pos, start = k, v, positions, None
+        else:
+            keys, values, key_pos, start = self._ring_and_chunk(layer.r_k, layer.r_v, layer.r_pos, k, v, positions,
+                                                                layer.seen, sinks=0)
+        plain, plan = self._prefill_plan("retrieval", window, positions, key_pos, first)
+        return ops.attention(q, keys, values, positions, key_pos, window=window, scale=module.scaling,
+                             impl=self.sparse.impl, plain=plain, plan=plan, chunk_start=start)
+
+    def _ring_and_chunk(self, k_store, v_store, store_pos, k, v, positions, start: int, sinks: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
+        """Keys of a later prefill chunk over ``sinks`` slots then a ring of W (k_store, v_store (B, H, S + W, D),
+        store_pos (B, S + W)) and the chunk's own k, v (B, H, L, D) at positions (B, L): (keys, values
+        (B, H, S + W + L, D), key positions (B, S + W + L), chunk_start). In a plain prompt past its sinks they go
+        in position order (the sinks, the ring unrolled to the W positions before the chunk, the chunk: ``chunk_start``
+        = ``start``, the chunk's first position, of :func:`rtpurbo.ops.attention`, the Triton window kernel's
+        layout); otherwise in slot order (``chunk_start`` None)."""
         f = self._shared(positions)
-        start = layer.seen  # the chunk's first position when the prompt is plain
         if f is None or not f.continues or start < sinks:
-            keys, values = torch.cat([layer.l_k, k], dim=2), torch.cat([layer.l_v, v], dim=2)
-            key_pos = torch.cat([layer.l_pos, positions], dim=1)
-            return self._local_attention(module, q, keys, values, key_pos, positions, **into)
-        turn = -((start - sinks) % window)  # ring slot S + (p - S) % W -> index p - (start - W)
+            keys, values = torch.cat([k_store, k], dim=2), torch.cat([v_store, v], dim=2)
+            return keys, values, torch.cat([store_pos, positions], dim=1), None
+        turn = -((start - sinks) % (store_pos.shape[1] - sinks))  # ring slot S + (p - S) % W -> index p - (start - W)
 
-        def ordered(store: torch.Tensor, new: torch.Tensor) -> torch.Tensor:  # sinks, ring from start - W, chunk
-            return torch.cat([store[:, :, :sinks], store[:, :, sinks:].roll(turn, dims=2), new], dim=2)
+        def ordered(store: torch.Tensor, new: torch.Tensor, dim: int) -> torch.Tensor:  # sinks, ring, chunk
+            head, ring = store.narrow(dim, 0, sinks), store.narrow(dim, sinks, store.shape[dim] - sinks)
+            return torch.cat([head, ring.roll(turn, dims=dim), new], dim=dim)
 
-        key_pos = torch.cat([layer.l_pos[:, :sinks], layer.l_pos[:, sinks:].roll(turn, dims=1), positions], dim=1)
-        return self._local_attention(module, q, ordered(layer.l_k, k), ordered(layer.l_v, v), key_pos, positions,
-                                     chunk_start=start, **into)
+        return ordered(k_store, k, 2), ordered(v_store, v, 2), ordered(store_pos, positions, 1), start
 
     def _prefill_plan(self, role: str, window: int | None, positions, key_pos, first: bool):
         """(plain, plan) of a multi-token attention call of this forward: the plan is built by the first layer

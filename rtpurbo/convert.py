@@ -9,7 +9,6 @@ the fast paths); the plan itself always keeps the base model's head numbering.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Iterator
 
 import torch
@@ -38,7 +37,6 @@ def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig, check_window
     layers = getattr(model, "model", model).layers
     if check_windows:
         check_local_windows(model, plan, sparse)
-        warn_windowed_retrieval(model, plan)
     originals = []
     for layer_idx, attn in enumerate(attention_modules(model)):
         if isinstance(attn, SparseAttention):
@@ -59,29 +57,11 @@ def convert(model: nn.Module, plan: HeadPlan, sparse: SparseConfig, check_window
     return model
 
 
-def warn_windowed_retrieval(model: nn.Module, plan: HeadPlan) -> None:
-    """Warn where retrieval heads sit on layers of a base with its own sliding window: they attend within that
-    window, as the base did, but the head-wise cache keeps every token of theirs (the base's cache keeps only
-    the window), so past about twice that window those layers cache more than the base model."""
-    family = family_of(model.config)
-    windowed = {}
-    for layer_idx, attn in enumerate(attention_modules(model)):
-        own = base_window(family, attn, model.config)
-        if own is not None and plan.retrieval[layer_idx]:
-            windowed[layer_idx] = own
-    if windowed:
-        layers = sorted(windowed)
-        shown = ", ".join(map(str, layers[:8])) + (", ..." if len(layers) > 8 else "")
-        warnings.warn(f"{len(layers)} layers with the base model's own sliding window ({min(windowed.values())} "
-                      f"tokens and more) have retrieval heads (layers {shown}): they attend within that window, but "
-                      "their cache keeps every token, so at long contexts these layers cache more than the base "
-                      "model does", stacklevel=3)
-
-
 def check_local_windows(model: nn.Module, plan: HeadPlan, sparse: SparseConfig) -> None:
     """Raise PlanMismatch where a layer of a base with its own sliding window (Mistral's ``sliding_window``, Qwen's
     windowed layers) would get local heads that see further back than the base model ever did (``W`` above the
-    base window; the sinks are the method's own addition). Retrieval heads keep the base window."""
+    base window; the sinks are the method's own addition). Retrieval heads keep the base window (and the head-wise
+    cache keeps at most that many of their tokens, as the base model's cache does)."""
     family = family_of(model.config)
     num_kv = geometry(model.config)[1]
     for layer_idx, attn in enumerate(attention_modules(model)):

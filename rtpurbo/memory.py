@@ -2,7 +2,8 @@
 
 Per layer and KV head, a dense cache keeps K and V for every token. The head-wise
 cache keeps, for a retrieval head, K and V for every token plus its ``d_idx``-wide
-indexer key; for a local head, only ``S + W`` slots, whatever the context.
+indexer key (on a layer where the base model has its own sliding window ``W_b``, at most
+``W_b`` tokens); for a local head, only ``S + W`` slots, whatever the context.
 """
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ class KVGeometry:
     sinks: int
     index_dim: int
     bytes_per_value: int = 2  # bf16 / fp16
+    # the base model's own window of each retrieval KV head that sits on a windowed layer (at most that many of its
+    # tokens are cached); the other num_retrieval_kv_heads - len(retrieval_windows) keep every token
+    retrieval_windows: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.retrieval_windows) > self.num_retrieval_kv_heads:
+            raise ValueError(f"{len(self.retrieval_windows)} retrieval_windows for {self.num_retrieval_kv_heads} "
+                             "retrieval KV heads")
 
     @property
     def num_local_kv_heads(self) -> int:
@@ -32,8 +41,10 @@ class KVGeometry:
     def sparse_bytes(self, context: int) -> int:
         per_retrieval_token = (2 * self.head_dim + self.index_dim) * self.bytes_per_value
         local_slots = min(context, self.window + self.sinks)
+        unwindowed = self.num_retrieval_kv_heads - len(self.retrieval_windows)
+        retrieval_tokens = unwindowed * context + sum(min(context, w) for w in self.retrieval_windows)
         return (
-            self.num_retrieval_kv_heads * per_retrieval_token * context
+            per_retrieval_token * retrieval_tokens
             + self.num_local_kv_heads * 2 * self.head_dim * self.bytes_per_value * local_slots
         )
 

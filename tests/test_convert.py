@@ -116,18 +116,6 @@ def test_local_heads_never_see_further_than_a_base_window():
     assert torch.isfinite(logits(model, ids)).all()
 
 
-def test_retrieval_heads_on_a_windowed_base_layer_warn_about_their_cache():
-    """Their cache keeps every token while the base model's keeps its window: convert says so, once."""
-    import warnings
-
-    with pytest.warns(UserWarning, match=r"2 layers with the base model's own sliding window \(16 tokens"):
-        convert(tiny_model("mistral", sliding_window=16), mixed_plan(tiny_model("mistral")), SparseConfig(window=16))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        convert(tiny_model("mistral", sliding_window=16), plan_for(tiny_model("mistral"), False), SparseConfig(window=16))
-        convert(tiny_model("mistral"), mixed_plan(tiny_model("mistral")), SparseConfig(window=16))  # no base window
-
-
 def test_dynamic_cache_is_refused_with_a_clear_message():
     model = tiny_model("llama")
     convert(model, plan_for(model, True), SparseConfig())
