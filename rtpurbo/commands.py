@@ -259,7 +259,9 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
                 args.window = min(args.window, min(own))  # the largest W convert accepts on this base
             result["base_window"] = {"windowed_layers": len(own), "layers": layers, "smallest": min(own),
                                      "largest": max(own)}
-        geo = _kv_geometry(layers, kv_heads, head_dim, retrieval, args)
+        per_layer = ([len(heads) for heads in plan.retrieval] if plan is not None
+                     else [retrieval // layers + (i < retrieval % layers) for i in range(layers)])  # spread evenly
+        geo = _kv_geometry(layers, kv_heads, head_dim, retrieval, args, windowed_retrieval(windows, per_layer))
         result["geometry"] = {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
                               "retrieval_kv_heads": retrieval}
     rows = kv_report(geo, windows)
@@ -326,9 +328,17 @@ def kv_report(geo: KVGeometry, windows: list[int | None]) -> list[dict[str, floa
     return rows
 
 
-def _kv_geometry(layers: int, kv_heads: int, head_dim: int, retrieval: int, args: argparse.Namespace) -> KVGeometry:
+def windowed_retrieval(windows: list[int | None], per_layer: list[int]) -> tuple[int, ...]:
+    """The base window of every retrieval KV head on a windowed base layer (the head-wise cache keeps at most that
+    many of its tokens): ``windows`` per layer (None = full causal, empty = none anywhere), ``per_layer`` the
+    retrieval KV heads of each layer."""
+    return tuple(w for w, heads in zip(windows, per_layer) if w is not None for _ in range(heads))
+
+
+def _kv_geometry(layers: int, kv_heads: int, head_dim: int, retrieval: int, args: argparse.Namespace,
+                 retrieval_windows: tuple[int, ...] = ()) -> KVGeometry:
     return KVGeometry(layers, kv_heads, head_dim, retrieval, args.window, args.sinks, args.index_dim,
-                      args.bytes_per_value)
+                      args.bytes_per_value, retrieval_windows)
 
 
 SCRATCH_ONLY = ("window", "sinks", "retrieval_ratio", "profile_length", "profile_samples")  # quickstart's flags

@@ -31,3 +31,19 @@ def kv_order(retrieval_heads: list[int], num_kv: int) -> list[int]:
     """New KV-head order: retrieval heads first, then local heads, each ascending."""
     chosen = sorted(retrieval_heads)
     return chosen + [h for h in range(num_kv) if h not in set(chosen)]
+
+
+def kv_geometry(model: nn.Module, bytes_per_value: int = 2):
+    """The :class:`rtpurbo.memory.KVGeometry` of a converted model's head-wise cache: its plan and sparse settings,
+    and the base window of every retrieval KV head on a windowed base layer (the cache keeps at most that many of
+    its tokens)."""
+    from .families import attention_modules, geometry
+    from .memory import KVGeometry
+
+    layers, kv, _, head_dim = geometry(model.config)
+    plan, sparse = model.rtpurbo_plan, model.rtpurbo_sparse
+    windows = tuple(attn.base_window for attn in attention_modules(model)
+                    if isinstance(attn, SparseAttention) and attn.base_window is not None
+                    for _ in attn.retrieval_heads)
+    return KVGeometry(layers, kv, head_dim, plan.num_retrieval(), sparse.window, sparse.sinks, sparse.index_dim,
+                      bytes_per_value, windows)

@@ -27,6 +27,7 @@ import torch.nn as nn
 from . import io
 from .config import HeadPlan, SparseConfig, dumps
 from .convert import check_windows_before_profiling, convert
+from .converted import kv_geometry
 from .cache import HeadwiseCache
 from .data.needles import KINDS, make_samples, seed_for
 from .data.sources import long_documents
@@ -37,7 +38,7 @@ from .data.task_data import perplexity_windows
 from .families import geometry
 from .models import ModelSource, fingerprint, load_base, resolve_model
 from .prefill import prefill
-from .memory import KVGeometry, kv_table
+from .memory import kv_table
 from .pipeline import plan_summary, run_profile
 
 DEV_TEXT_SOURCES = ("shakespeare",)
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: 
     speed = measure_speed_paired(models, args.speed_length, decode_steps=16, rounds=2)
 
     say(args, "[5/5] KV cache bytes (bf16)")
-    kv = KVGeometry(layers, kv_heads, head_dim, plan.num_retrieval(), sparse.window, sparse.sinks, sparse.index_dim)
+    kv = kv_geometry(converted)
     result = {
         "model": args.model if base is None else base.describe(),
         "converted": origin,

@@ -257,6 +257,8 @@ def test_info_counts_a_windowed_base_as_it_caches(windowed, capsys):
     layers, kv, head_dim = 2, 2, 16
     row = {r["context"]: r for r in info["kv_cache"]}[8192]
     assert row["dense_bytes"] == 2 * layers * kv * head_dim * 2 * 16  # 16 tokens per layer, not 8192
+    # every layer is windowed: the retrieval heads' cache stops at the base window too, the local heads' at S + W
+    assert len({r["sparse_bytes"] for r in info["kv_cache"] if r["context"] >= 64}) == 1
     assert info["base_window"]["smallest"] == 16
     main(["info", "--model", str(windowed)])
     out = capsys.readouterr().out

@@ -35,12 +35,11 @@ from tqdm.auto import tqdm
 from ..cache import recording_prefill
 from ..config import HeadPlan, dumps
 from ..convert import apply_plan
+from ..converted import kv_geometry
 from ..data.task_data import TaskData, build_task_data
 from ..data.tasks import TASKS, TaskCorpus, TaskSample
 from ..models import model_fingerprint
 from .perplexity import perplexity
-from ..families import geometry
-from ..memory import KVGeometry
 from ..models import stop_token_ids
 from .scoring import score_batch
 from .speed import measure_speed
@@ -124,10 +123,7 @@ def configure(model: nn.Module, row: Row, window: int | None = None, sinks: int 
 
 def kv_bytes_per_token(model: nn.Module, kind: str, context: int, bytes_per_value: int = 2) -> float:
     """KV-cache bytes per token at ``context`` (bf16 by default): dense for the dense row, else head-wise."""
-    layers, kv, _, head_dim = geometry(model.config)
-    plan, sparse = model.rtpurbo_plan, model.rtpurbo_sparse
-    geo = KVGeometry(layers, kv, head_dim, plan.num_retrieval(), sparse.window, sparse.sinks, sparse.index_dim,
-                     bytes_per_value)
+    geo = kv_geometry(model, bytes_per_value)
     total = geo.dense_bytes(context) if kind == "dense" else geo.sparse_bytes(context)
     return total / context
 
