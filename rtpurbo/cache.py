@@ -689,16 +689,15 @@ class HeadwiseCache(Cache):
         on a side stream while the retrieval heads run their chain of small, latency-bound kernels
         (scores, selection, attention) on the current one."""
         sparse = self.sparse
-        appended = module.retrieval_heads and not layer.r_ring  # a ring's slots are per row: written below
         kernels.append_token(
-            layer, *(parts["retrieval"][1:] if appended else (None, None)), k_idx if appended else None,
+            layer, *(parts["retrieval"][1:] if module.retrieval_heads else (None, None)), k_idx,
             *(parts["local"][1:] if module.local_heads else (None, None)), positions,
-            sinks=sparse.sinks, window=sparse.window,
+            sinks=sparse.sinks, window=sparse.window, retrieval_ring=layer.r_window if layer.r_ring else 0,
         )
-        if appended:
-            self._advance_static(layer)
+        if module.retrieval_heads and layer.r_ring:  # each row wrote its own ring slot
+            layer.r_len += 1
         elif module.retrieval_heads:
-            self._store_retrieval(layer, *parts["retrieval"][1:], k_idx, positions)
+            self._advance_static(layer)
         local_out = retrieval_out = None
         both = module.local_heads and module.retrieval_heads
         if self._one_launch_step(module, layer.r_len, positions.device):

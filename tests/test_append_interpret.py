@@ -4,7 +4,8 @@ Static decode on a GPU writes each token into both roles' storage with one kerne
 instead of 14 torch ops. Here that kernel runs under ``TRITON_INTERPRET=1`` (set before triton
 compiles anything, so in a child process: this file run as a script) in place of the torch
 path, through whole greedy decodes of tiny converted models (retrieval and local heads, a
-non-contiguous head order in qwen3, a left-padded batch of 2). The writes are copies, so the
+non-contiguous head order in qwen3, a left-padded batch of 2, and a Mistral whose own sliding window makes its
+retrieval heads' store a ring). The writes are copies, so the
 cache tensors, logits and tokens must be bitwise those of the torch path. CI installs a triton whose
 interpreter runs it (``tests/triton_interpreter.py``); the GPU runs the kernel for real in test_decode_static.py.
 """
@@ -18,7 +19,22 @@ from tests.triton_interpreter import COMPILE_CHECK, problem as interpreter_probl
 
 pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
-CASES = [("llama", 0.7, 1), ("llama", 0.7, 2), ("qwen3", 0.7, 2), ("llama", 1.0, 2)]
+# (family, top_p, batch); "mistral-window" is a Mistral whose own sliding window (8 tokens) is shorter than the
+# prompt: its retrieval heads' store is a ring, which the kernel writes at each row's own slot
+CASES = [("llama", 0.7, 1), ("llama", 0.7, 2), ("qwen3", 0.7, 2), ("llama", 1.0, 2), ("mistral-window", 0.7, 2)]
+
+
+def _windowed_model(top_p: float):
+    from rtpurbo.config import SparseConfig
+    from rtpurbo.convert import convert
+    from rtpurbo.testing import tiny_model
+
+    from tests.test_cache import mixed_plan
+
+    model = tiny_model("mistral", sliding_window=8)
+    convert(model, mixed_plan(model), SparseConfig(seqlen_threshold=0, window=8, sinks=2, top_p=top_p, min_tokens=2,
+                                                   recent=2, decode_impl="reference"))
+    return model
 
 
 def _run_case(family: str, top_p: float, batch: int) -> dict:
@@ -29,7 +45,9 @@ def _run_case(family: str, top_p: float, batch: int) -> dict:
 
     from tests.test_decode_static import PROMPT, STEPS, _model, greedy
 
-    model = _model(family, top_p)
+    model = _windowed_model(top_p) if family == "mistral-window" else _model(family, top_p)
+    if family == "mistral-window":
+        assert any(m.base_window == 8 and m.retrieval_heads for m in model.modules() if hasattr(m, "base_window"))
     capacity = PROMPT + STEPS + 3
     want_tokens, want_logits, want_cache = greedy(model, batch, static=capacity)
     original = rtpurbo.cache._append_kernels
@@ -40,6 +58,9 @@ def _run_case(family: str, top_p: float, batch: int) -> dict:
         rtpurbo.cache._append_kernels = original
     same_tensors = all(torch.equal(a, b) for got, want in zip(cache.store, want_cache.store)
                        for a, b in zip(got.tensors(), want.tensors()))
+    rings = [layer.r_ring for layer in cache.store if layer is not None]
+    if family == "mistral-window" and not all(rings):
+        return dict(ring=rings)  # the case must run the ring
     return dict(tokens=bool(torch.equal(tokens, want_tokens)), logits=bool(torch.equal(logits, want_logits)),
                 cache=same_tensors, counters=cache.host_counters() == want_cache.host_counters())
 

@@ -5,11 +5,13 @@ token position ``p`` (``-1`` = padding):
 
 * every retrieval KV head: K, V and the indexer key at slot ``slot`` (the device counter
   ``r_next``, the same for all rows), and ``r_pos[b, slot] = p`` (padding rows too: their slot
-  holds position -1, which no query sees);
+  holds position -1, which no query sees); or, where the layer's retrieval store is a ring of
+  ``W_b`` slots (a base model's windowed layer, ``retrieval_ring=W_b``), at the row's own slot
+  ``p % W_b``, padding rows writing nothing;
 * every local KV head: K and V at the ring slot ``p`` if ``p < S`` else ``S + (p - S) % W``, and
   ``l_pos[b, slot] = p``; padding rows write nothing.
 
-The torch path does the same in 14 small ops (``index_copy_`` x 4, and a gather / where /
+The torch path does the same in 14 small ops (about 6 more for a retrieval ring) (``index_copy_`` x 4, and a gather / where /
 scatter per ring tensor); on a GPU each is a kernel launch of a few microseconds, in every
 layer of every decode step. The counter ``r_next`` is not advanced here (the caller's one
 ``add_``): a program of this launch may still be reading it.
@@ -29,7 +31,7 @@ import triton.language as tl
 def _append_kernel(
     k_ret, v_ret, idx_ret, k_loc, v_loc, pos_ptr, slot_ptr,
     r_k, r_v, r_idx, r_pos, l_k, l_v, l_pos,
-    n_ret, n_loc, capacity, ring, sinks, window, head_dim, index_dim,
+    n_ret, n_loc, capacity, ring, sinks, window, ret_ring, head_dim, index_dim,
     s_krb, s_krh, s_vrb, s_vrh, s_irb, s_irh, s_klb, s_klh, s_vlb, s_vlh, s_pb,
     HAS_INDEX: tl.constexpr, D_PAD: tl.constexpr, I_PAD: tl.constexpr,
 ):
@@ -40,16 +42,19 @@ def _append_kernel(
     p = tl.load(pos_ptr + b * s_pb)
     if h < n_ret:
         slot = tl.load(slot_ptr)
-        row = (b * n_ret + h) * capacity + slot  # (b, h, slot) of a contiguous (B, Hr, capacity, .)
-        tl.store(r_k + row * head_dim + d, tl.load(k_ret + b * s_krb + h * s_krh + d, mask=d_ok).to(r_k.dtype.element_ty), mask=d_ok)
-        tl.store(r_v + row * head_dim + d, tl.load(v_ret + b * s_vrb + h * s_vrh + d, mask=d_ok).to(r_v.dtype.element_ty), mask=d_ok)
-        if HAS_INDEX:
-            i = tl.arange(0, I_PAD)
-            i_ok = i < index_dim
-            tl.store(r_idx + row * index_dim + i, tl.load(idx_ret + b * s_irb + h * s_irh + i, mask=i_ok).to(r_idx.dtype.element_ty),
-                     mask=i_ok)
-        if h == 0:
-            tl.store(r_pos + b * capacity + slot, p)
+        if ret_ring > 0:  # the row's own ring slot; a padding row writes nothing
+            slot = tl.maximum(p, 0) % ret_ring
+        if (ret_ring == 0) | (p >= 0):
+            row = (b * n_ret + h) * capacity + slot  # (b, h, slot) of a contiguous (B, Hr, capacity, .)
+            tl.store(r_k + row * head_dim + d, tl.load(k_ret + b * s_krb + h * s_krh + d, mask=d_ok).to(r_k.dtype.element_ty), mask=d_ok)
+            tl.store(r_v + row * head_dim + d, tl.load(v_ret + b * s_vrb + h * s_vrh + d, mask=d_ok).to(r_v.dtype.element_ty), mask=d_ok)
+            if HAS_INDEX:
+                i = tl.arange(0, I_PAD)
+                i_ok = i < index_dim
+                tl.store(r_idx + row * index_dim + i, tl.load(idx_ret + b * s_irb + h * s_irh + i, mask=i_ok).to(r_idx.dtype.element_ty),
+                         mask=i_ok)
+            if h == 0:
+                tl.store(r_pos + b * capacity + slot, p)
     else:
         if p >= 0:
             hl = h - n_ret
@@ -69,8 +74,10 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 def append_token(
     layer, k_ret: torch.Tensor | None, v_ret: torch.Tensor | None, idx_ret: torch.Tensor | None,
     k_loc: torch.Tensor | None, v_loc: torch.Tensor | None, positions: torch.Tensor, *, sinks: int, window: int,
+    retrieval_ring: int = 0,
 ) -> None:
-    """Write one token per row of a layer (see the module docstring); ``layer`` is a ``LayerCache``."""
+    """Write one token per row of a layer (see the module docstring); ``layer`` is a ``LayerCache``;
+    ``retrieval_ring``: the ring length of a retrieval store that is a ring (0: appended at ``r_next``)."""
     n_ret = 0 if k_ret is None else k_ret.shape[1]
     n_loc = 0 if k_loc is None else k_loc.shape[1]
     if n_ret + n_loc == 0:
@@ -85,13 +92,15 @@ def append_token(
     k_loc, v_loc = (_rows(k_loc), _rows(v_loc)) if n_loc else (layer.l_k, layer.l_k)
     has_index = n_ret > 0 and idx_ret is not None
     idx_ret = _rows(idx_ret) if has_index else layer.r_idx
-    if n_ret and layer.r_next is None:
-        raise ValueError("append_token writes retrieval heads in static decode only (layer.r_next)")
-    slot = layer.r_next if n_ret else positions  # only retrieval programs read it
+    if n_ret and layer.r_next is None and not retrieval_ring:
+        raise ValueError("append_token writes appended retrieval heads in static decode only (layer.r_next)")
+    if retrieval_ring and retrieval_ring != layer.r_pos.shape[1]:
+        raise ValueError(f"a retrieval ring of {retrieval_ring} slots, but the store holds {layer.r_pos.shape[1]}")
+    slot = layer.r_next if n_ret and not retrieval_ring else positions  # only appending programs use it
     _append_kernel[(batch, n_ret + n_loc)](
         k_ret, v_ret, idx_ret, k_loc, v_loc, positions, slot,
         layer.r_k, layer.r_v, layer.r_idx, layer.r_pos, layer.l_k, layer.l_v, layer.l_pos,
-        n_ret, n_loc, layer.r_pos.shape[1], layer.l_pos.shape[1], sinks, window, head_dim, index_dim,
+        n_ret, n_loc, layer.r_pos.shape[1], layer.l_pos.shape[1], sinks, window, retrieval_ring, head_dim, index_dim,
         k_ret.stride(0), k_ret.stride(1), v_ret.stride(0), v_ret.stride(1), idx_ret.stride(0), idx_ret.stride(1),
         k_loc.stride(0), k_loc.stride(1), v_loc.stride(0), v_loc.stride(1), positions.stride(0),
         HAS_INDEX=has_index, D_PAD=triton.next_power_of_2(head_dim), I_PAD=max(2, triton.next_power_of_2(index_dim)),
