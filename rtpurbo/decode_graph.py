@@ -121,7 +121,7 @@ class GraphedDecoder:
 
     def _check_room(self) -> None:
         capacity = self.cache.static_capacity
-        if any(layer is not None and layer.r_len >= capacity for layer in self.cache.store):
+        if any(layer is not None and not layer.r_ring and layer.r_len >= capacity for layer in self.cache.store):
             raise ValueError(f"static decode cache is full ({capacity} slots)")
 
     @property

@@ -290,3 +290,19 @@ def test_eval_and_quickstart_count_the_windowed_retrieval_cache():
     assert geo.retrieval_windows == (48,) * model.rtpurbo_plan.num_retrieval()
     assert geo.sparse_bytes(10_000) == geo.sparse_bytes(1_000)  # bounded once past the windows
     assert kv_bytes_per_token(model, "sparse", 10_000) * 10_000 == geo.sparse_bytes(10_000)
+
+
+def test_graphed_steps_of_an_all_windowed_model_run_past_the_static_capacity():
+    """Every layer of Mistral is windowed, so every store is bounded (rings): the graphed decoder (its eager stand-in
+    on the CPU) keeps stepping past the static capacity, with the logits of one full forward."""
+    from rtpurbo.decode_graph import GraphedDecoder
+
+    model = windowed_model("mistral")
+    ids = random_ids(1, 160, seed=8)
+    cache = HeadwiseCache(model)
+    prefill(model, cache, ids[:, :30], torch.ones_like(ids[:, :30]), chunk=30)
+    cache.static_decode(60)
+    decoder = GraphedDecoder(model, cache, graph=False)
+    with torch.no_grad():
+        out = [decoder.step(ids[:, t:t + 1], torch.tensor([[t]])) for t in range(30, 160)]
+    torch.testing.assert_close(torch.cat(out, dim=1), full_forward(model, ids)[:, 30:], atol=1e-4, rtol=0)
