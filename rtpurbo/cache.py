@@ -94,7 +94,11 @@ class LayerCache:
     r_ring: bool = False
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.r_k, self.r_v, self.r_idx, self.r_pos, self.l_k, self.l_v, self.l_pos]
+        """Every tensor the layer stores, all batch-first (``_ROW_FIELDS``'s order)."""
+        return [getattr(self, name) for name in _ROW_FIELDS]
+
+
+_ROW_FIELDS = ("r_k", "r_v", "r_idx", "r_pos", "l_k", "l_v", "l_pos")  # LayerCache's batch-first tensors
 
 
 @dataclass
@@ -274,18 +278,41 @@ class HeadwiseCache(Cache):
     def crop(self, max_length: int) -> None:
         raise NotImplementedError("HeadwiseCache cannot be cropped (local heads have already dropped old tokens)")
 
+    # --- rows: beam search and several sequences per prompt --------------------------------
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("beam search is not supported with HeadwiseCache")
+        """Beam search: row ``i`` becomes the current row ``beam_idx[i]`` (beam_idx (B,) int64). In place, so the
+        buffers a CUDA graph replays stay where they are. Every row of a layer shares its slot layout (padding
+        included), so rows move whole."""
+        for layer in self.store:
+            if layer is not None:
+                for tensor in layer.tensors():
+                    tensor.copy_(tensor.index_select(0, beam_idx.to(tensor.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row ``repeats`` times in its place (rows [a, b] -> [a, a, b, b]), as transformers' ``generate()``
+        expands a prompt for ``num_beams`` / ``num_return_sequences``."""
+        if repeats != 1:
+            self._map_rows(lambda tensor: tensor.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` (a (B',) index or boolean tensor) in that order."""
+        self._map_rows(lambda tensor: tensor[indices.to(tensor.device)])
 
     def repeat_batch(self, times: int = 2) -> None:
         """Tile the batch: rows ``[0..B)`` become ``[0..B) * times`` (e.g. to branch decoding)."""
+        self._map_rows(lambda tensor: tensor.repeat(times, *([1] * (tensor.dim() - 1))))
+
+    def _map_rows(self, rows) -> None:
+        """Replace every batch-first tensor ``t`` of every layer by ``rows(t)`` (a new batch size). Refused while
+        a graphed decoder holds this batch's buffers."""
+        if self.graphed_decoder is not None:
+            raise ValueError("the batch of a HeadwiseCache decoding from CUDA graphs cannot change size (the graphs "
+                             "hold its buffers); change the rows before generate(cuda_graph=True) starts decoding")
         for layer in self.store:
-            if layer is None:
-                continue
-            for f in dataclasses.fields(layer):
-                value = getattr(layer, f.name)
-                if isinstance(value, torch.Tensor) and f.name != "r_next":  # the other tensors are batch-first
-                    setattr(layer, f.name, value.repeat(times, *([1] * (value.dim() - 1))))
+            if layer is not None:
+                for name, tensor in zip(_ROW_FIELDS, layer.tensors()):
+                    setattr(layer, name, rows(tensor))
+        self._forward = None
 
     # --- memory -------------------------------------------------------------------------
     def allocated_bytes(self) -> int:

@@ -10,7 +10,9 @@ one loaded with ``trust_remote_code`` behave alike:
 * ``generate()`` runs through a head-wise cache (:func:`generate`). The prompt but its last token is
   prefilled first, so the last prompt token and every new one are decoded: with ``top_p < 1`` the
   retrieval heads attend over their indexer's selection for each of them, as in
-  :func:`rtpurbo.generate.generate` and :func:`rtpurbo.eval.scoring.score_batch`;
+  :func:`rtpurbo.generate.generate` and :func:`rtpurbo.eval.scoring.score_batch`. Beam search and several
+  sequences per prompt prefill each prompt once and repeat its cache rows, as ``generate()`` repeats the prompt;
+  beams then reorder the cache's rows in place (:meth:`HeadwiseCache.reorder_cache`, graphs included);
 * ``save_pretrained()`` writes what ``rtpurbo export`` writes, but the tokenizer
   (:func:`rtpurbo.export.writer.save_directory`), so that ``from_pretrained(..., trust_remote_code=True)``
   loads the sparse model back.
@@ -37,14 +39,16 @@ def given_cache(kwargs: dict[str, Any]) -> Any:
     return kwargs.get("cache") if kwargs.get("cache") is not None else kwargs.get("past_key_values")
 
 
-def one_sequence_per_prompt(config: Any, kwargs: dict[str, Any]) -> None:
-    """Raise unless generation (``config``: its generation config, ``kwargs``: the call's arguments) keeps one
-    sequence per prompt (the head-wise cache cannot be reordered)."""
+# generate() arguments that start assisted decoding (draft tokens checked, then the cache cropped)
+ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+
+
+def sequences_per_prompt(config: Any, kwargs: dict[str, Any]) -> int:
+    """The rows transformers' ``generate()`` expands each prompt into (``config``: its generation config,
+    ``kwargs``: the call's arguments): ``max(num_beams, num_return_sequences)``."""
     beams = kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
     returned = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
-    if beams > 1 or returned > 1:
-        raise ValueError(f"the head-wise cache decodes one sequence per prompt; got num_beams={beams}, "
-                         f"num_return_sequences={returned} (pass use_cache=False to run without it)")
+    return max(beams, returned)
 
 
 def generate(model: nn.Module, *args: Any, cuda_graph: bool = False, **kwargs: Any) -> Any:
@@ -70,8 +74,12 @@ def generate(model: nn.Module, *args: Any, cuda_graph: bool = False, **kwargs: A
               if kwargs.get(name, getattr(config, name, False))]
     if cuda_graph and extras:
         raise ValueError(f"cuda_graph=True decode steps return logits only; drop {', '.join(extras)}")
+    assisted = [name for name in ASSISTED if kwargs.get(name, getattr(config, name, None)) is not None]
+    if assisted:
+        raise ValueError(f"assisted decoding ({', '.join(assisted)}) crops the cache after rejected draft tokens, and "
+                         "a head-wise cache cannot be cropped (its local heads have already dropped the tokens a crop "
+                         "would bring back); generate without it")
     if given_cache(kwargs) is None and use_cache is not False:
-        one_sequence_per_prompt(config, kwargs)
         prompt = 0 if input_ids is None else input_ids.shape[1]
         capacity = prompt - 1 + _new_tokens(model, kwargs, prompt) if cuda_graph else None
         cache = HeadwiseCache(model) if capacity is None else HeadwiseCache(model, initial_capacity=capacity)
@@ -80,6 +88,7 @@ def generate(model: nn.Module, *args: Any, cuda_graph: bool = False, **kwargs: A
                 kwargs["attention_mask"] = inferred_mask(input_ids, config, kwargs)
             mask = kwargs["attention_mask"]
             prefill(model, cache, input_ids[:, :-1], mask[:, :-1], chunk=prompt - 1)
+            cache.batch_repeat_interleave(sequences_per_prompt(config, kwargs))  # as generate() expands the prompt
         if capacity is not None:
             from .decode_graph import GraphedDecoder
 

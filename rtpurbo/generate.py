@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ._compat import cache_kwarg
 from .cache import HeadwiseCache
+from .causal_lm import sequences_per_prompt
 from .decode_graph import GraphedDecoder
 from .models import stop_token_ids
 from .prefill import prefill
@@ -99,21 +100,20 @@ def generate(
     cache = HeadwiseCache(model)
     if input_ids.shape[1] > 1:  # the prompt but its last token; generate() then decodes from there
         prefill(model, cache, input_ids[:, :-1], attention_mask[:, :-1], prefill_chunk or input_ids.shape[1])
+        cache.batch_repeat_interleave(sequences_per_prompt(model.generation_config, generate_kwargs))
     sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
     if not do_sample:
         sampling.update(top_p=None, top_k=None, temperature=None)
-    pad = _pad_id(tokenizer)
+    defaults = dict(eos_token_id=stop_token_ids(model, tokenizer) if tokenizer is not None else None,
+                    pad_token_id=_pad_id(tokenizer), **sampling)
     sequences = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
-        eos_token_id=stop_token_ids(model, tokenizer) if tokenizer is not None else None,
-        pad_token_id=pad,
         streamer=streamer,
         use_cache=True,
-        **sampling,
         **{cache_kwarg(): cache},
-        **generate_kwargs,
+        **{**defaults, **generate_kwargs},  # the caller's own stop, padding and sampling arguments win
     )
     return GenerationResult(sequences, cache, input_ids.shape[1])
 

@@ -1,6 +1,7 @@
 """rtpurbo export: a converted model as a Hugging Face directory, loaded back three ways."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -147,8 +148,13 @@ def test_forward_and_generate_start_a_headwise_cache(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(exported(tmp_path, artifact), trust_remote_code=True)
     out = model(PROMPT)  # use_cache defaults on: a head-wise cache, as the base model would start a DynamicCache
     assert type(out.past_key_values).__name__ == "HeadwiseCache"
-    with pytest.raises(ValueError, match="one sequence per prompt"):
-        model.generate(PROMPT, max_new_tokens=2, num_beams=2)
+    # beam search: the cache's rows repeated, then reordered; decoding without selection (a threshold past the
+    # prompt), it is the beam search that recomputes the whole sequence at every step
+    model.rtpurbo_sparse = dataclasses.replace(model.rtpurbo_sparse, seqlen_threshold=10**6)
+    beams = dict(max_new_tokens=4, num_beams=2, num_return_sequences=2, do_sample=False)
+    cached = model.generate(PROMPT, **beams)
+    assert cached.shape == (2, PROMPT.shape[1] + 4)
+    assert torch.equal(cached, model.generate(PROMPT, use_cache=False, **beams))
 
 
 def test_export_rejects_a_dense_model(tmp_path, capsys):
