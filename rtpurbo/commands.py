@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -317,15 +318,7 @@ def base_windows(config: Any) -> list[int | None]:
 def kv_report(geo: KVGeometry, windows: list[int | None]) -> list[dict[str, float]]:
     """:meth:`KVGeometry.report` rows, the dense side holding at most its own window of tokens on a base's
     windowed layers (``windows``: per layer, None = full causal; empty = no window anywhere)."""
-    rows = geo.report()
-    if not any(w is not None for w in windows):
-        return rows
-    per_layer_token = 2 * geo.num_kv_heads * geo.head_dim * geo.bytes_per_value
-    for row in rows:
-        context = row["context"]
-        dense = per_layer_token * sum(context if w is None else min(context, w) for w in windows)
-        row.update(dense_bytes=dense, dense_bytes_per_token=dense / context, ratio=dense / row["sparse_bytes"])
-    return rows
+    return (dataclasses.replace(geo, dense_windows=tuple(windows)) if windows else geo).report()
 
 
 def windowed_retrieval(windows: list[int | None], per_layer: list[int]) -> tuple[int, ...]:

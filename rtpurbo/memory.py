@@ -1,8 +1,9 @@
 """KV-cache size accounting, dense vs head-wise sparse.
 
-Per layer and KV head, a dense cache keeps K and V for every token. The head-wise
-cache keeps, for a retrieval head, K and V for every token plus its ``d_idx``-wide
-indexer key (on a layer where the base model has its own sliding window ``W_b``, at most
+Per layer and KV head, a dense cache keeps K and V for every token (on a layer where the
+base model has its own sliding window ``W_b``, at most ``W_b`` tokens, as transformers'
+sliding-window cache layers do). The head-wise cache keeps, for a retrieval head, K and V
+for every token plus its ``d_idx``-wide indexer key (on a windowed base layer, at most
 ``W_b`` tokens); for a local head, only ``S + W`` slots, whatever the context.
 """
 from __future__ import annotations
@@ -25,18 +26,26 @@ class KVGeometry:
     # the base model's own window of each retrieval KV head that sits on a windowed layer (at most that many of its
     # tokens are cached); the other num_retrieval_kv_heads - len(retrieval_windows) keep every token
     retrieval_windows: tuple[int, ...] = ()
+    # the base model's own window of each layer (None = full causal; empty = none anywhere): the dense cache keeps at
+    # most that many tokens of the layer
+    dense_windows: tuple[int | None, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.retrieval_windows) > self.num_retrieval_kv_heads:
             raise ValueError(f"{len(self.retrieval_windows)} retrieval_windows for {self.num_retrieval_kv_heads} "
                              "retrieval KV heads")
+        if self.dense_windows and len(self.dense_windows) != self.num_layers:
+            raise ValueError(f"{len(self.dense_windows)} dense_windows for {self.num_layers} layers")
 
     @property
     def num_local_kv_heads(self) -> int:
         return self.num_layers * self.num_kv_heads - self.num_retrieval_kv_heads
 
     def dense_bytes(self, context: int) -> int:
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.bytes_per_value * context
+        """Bytes of the dense cache after ``context`` tokens (a windowed layer holds at most its window)."""
+        per_layer_token = 2 * self.num_kv_heads * self.head_dim * self.bytes_per_value
+        windows = self.dense_windows or (None,) * self.num_layers
+        return per_layer_token * sum(context if w is None else min(context, w) for w in windows)
 
     def sparse_bytes(self, context: int) -> int:
         per_retrieval_token = (2 * self.head_dim + self.index_dim) * self.bytes_per_value

@@ -10,26 +10,33 @@
   retrieval head ``keep`` of its keys and values (and, for ``keep < 1``, every indexer key),
   a local head its ``S + W`` slots. Modelled time is proportional to bytes (decode is
   memory-bound).
+* Base windows: on a layer where the base model has its own sliding window ``W_b``
+  (:attr:`ModelShape.base_windows`), the dense model and the plan's retrieval heads attend
+  within it (key ``j`` visible to query ``i`` iff ``i - j < W_b``: no sinks, as transformers'
+  sliding-window masks and :func:`rtpurbo.ops.semantics.visible` with ``S = 0``), so they count
+  its pairs, not causal ones, and cache and read at most ``W_b`` tokens; such retrieval heads
+  decode over every cached key (no indexer selection: ``keep`` does not apply to them).
 
 Speedups are dense / plan under the same model: a way to rank plans, not a measurement.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch.nn as nn
 
 from ..bench.attention import causal_pairs, local_pairs
-from ..families import geometry
+from ..families import attention_modules, base_window, family_of, geometry
 from ..memory import KVGeometry
+from ..modules.sparse_attention import SparseAttention
 
 BYTES_PER_VALUE = 2  # bf16
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the cost model needs of a model: geometry and parameter counts."""
+    """What the cost model needs of a model: geometry, parameter counts and the base model's own windows."""
 
     num_layers: int
     num_kv_heads: int
@@ -37,29 +44,60 @@ class ModelShape:
     head_dim: int
     layer_params: int  # all decoder layers
     head_params: int  # the output projection (read at every decode step)
+    base_windows: tuple[int | None, ...] = ()  # per layer, None = full causal; empty = no window anywhere
+
+    def __post_init__(self) -> None:
+        if self.base_windows and len(self.base_windows) != self.num_layers:
+            raise ValueError(f"{len(self.base_windows)} base_windows for {self.num_layers} layers")
 
     @classmethod
     def of(cls, model: nn.Module) -> "ModelShape":
+        """The shape of a base model or a converted one (whose attention modules record their base window)."""
         layers, kv, q, head_dim = geometry(model.config)
         layer_params = sum(p.numel() for p in model.model.layers.parameters())
-        return cls(layers, kv, q, head_dim, layer_params, model.get_output_embeddings().weight.numel())
+        family = family_of(model.config)
+        windows = tuple(attn.base_window if isinstance(attn, SparseAttention)  # a converted layer records it
+                        else base_window(family, attn, model.config) for attn in attention_modules(model))
+        return cls(layers, kv, q, head_dim, layer_params, model.get_output_embeddings().weight.numel(), windows)
+
+
+def base_pairs(context: int, window: int | None) -> int:
+    """Visible (query, key) pairs of one base-model head over a prefill of ``context`` tokens: causal, or within
+    the base window (``i - j < window``, no sinks)."""
+    return causal_pairs(context) if window is None else local_pairs(context, window, 0)
 
 
 def plan_cost(shape: ModelShape, n_retrieval: int, window: int, sinks: int, context: int, index_dim: int = 16,
-              keep: float = 1.0) -> dict[str, Any]:
-    """KV bytes per token (plan and dense) and modelled speedups of a plan with ``n_retrieval`` KV heads."""
+              keep: float = 1.0, retrieval_per_layer: Sequence[int] | None = None) -> dict[str, Any]:
+    """KV bytes per token (plan and dense) and modelled speedups of a plan with ``n_retrieval`` KV heads.
+
+    ``retrieval_per_layer``: the plan's retrieval KV heads of each layer (summing to ``n_retrieval``); needed when
+    ``shape`` has base windows, where a retrieval head's cost depends on its layer's window.
+    """
+    windows = shape.base_windows or (None,) * shape.num_layers
+    if retrieval_per_layer is None:
+        if any(w is not None for w in windows):
+            raise ValueError("the base model has its own sliding windows: plan_cost needs retrieval_per_layer")
+    elif len(retrieval_per_layer) != shape.num_layers or sum(retrieval_per_layer) != n_retrieval:
+        raise ValueError(f"retrieval_per_layer {list(retrieval_per_layer)} does not give {n_retrieval} retrieval KV "
+                         f"heads over {shape.num_layers} layers")
+    windowed = tuple(w for w, heads in zip(windows, retrieval_per_layer or ()) if w is not None  # one per head
+                     for _ in range(heads))
     kv = KVGeometry(shape.num_layers, shape.num_kv_heads, shape.head_dim, n_retrieval, window, sinks, index_dim,
-                    BYTES_PER_VALUE)
-    n_local = shape.num_layers * shape.num_kv_heads - n_retrieval
+                    BYTES_PER_VALUE, windowed, windows)
+    unwindowed = n_retrieval - len(windowed)  # retrieval heads on full-causal layers
+    n_local = kv.num_local_kv_heads
     group = shape.num_q_heads // shape.num_kv_heads
     per_pair = 4 * shape.head_dim * group  # FLOPs per (query, key) pair and KV head's query heads
     linear = 2 * shape.layer_params * context
-    dense_attention = per_pair * shape.num_layers * shape.num_kv_heads * causal_pairs(context)
-    plan_attention = per_pair * (n_retrieval * causal_pairs(context) + n_local * local_pairs(context, window, sinks))
+    dense_attention = per_pair * shape.num_kv_heads * sum(base_pairs(context, w) for w in windows)
+    plan_attention = per_pair * (unwindowed * causal_pairs(context) + sum(base_pairs(context, w) for w in windowed)
+                                 + n_local * local_pairs(context, window, sinks))
     row = 2 * shape.head_dim * BYTES_PER_VALUE  # K and V of one token and head
     weights = (shape.layer_params + shape.head_params) * BYTES_PER_VALUE
-    dense_read = shape.num_layers * shape.num_kv_heads * context * row
-    plan_read = n_retrieval * context * (keep * row + (index_dim * BYTES_PER_VALUE if keep < 1 else 0))
+    dense_read = kv.dense_bytes(context)  # every cached K and V
+    plan_read = unwindowed * context * (keep * row + (index_dim * BYTES_PER_VALUE if keep < 1 else 0))
+    plan_read += sum(min(context, w) for w in windowed) * row
     plan_read += n_local * min(context, window + sinks) * row
     return {
         "context": context,

@@ -165,7 +165,8 @@ def search_plans(model: nn.Module, ranking: list[list[float]], data: TaskData, s
         apply_plan(model, plan)
         sparse.window = window
         fidelity = compare(measure(model, samples, data.windows, settings.batch_size), dense)
-        cost = plan_cost(shape, plan.num_retrieval(), window, settings.sinks, context, sparse.index_dim)
+        cost = plan_cost(shape, plan.num_retrieval(), window, settings.sinks, context, sparse.index_dim,
+                         retrieval_per_layer=[len(heads) for heads in plan.retrieval])
         rows.append({"ratio": ratio, "window": window, "retrieval_kv_heads": plan.num_retrieval(), **fidelity,
                      **cost, "plan": plan.to_dict()})
     apply_plan(model, dense_plan)
