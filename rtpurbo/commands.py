@@ -13,7 +13,7 @@ from . import io
 from .cli_args import SettingsError, beside, check_index_dim, sparse_from_args
 from .families import attention_modules, base_window, family_of, geometry
 from .files import NotAnEarlierOutput, check_replaceable
-from .memory import KVGeometry, kv_table
+from .memory import KVGeometry, kv_table, windowed_retrieval
 from .models import (NotABaseModel, exported_settings_of, load_base, load_config, load_tokenizer,
                      resolve_model)
 from .convert import check_windows_before_profiling, convert as convert_model
@@ -319,13 +319,6 @@ def kv_report(geo: KVGeometry, windows: list[int | None]) -> list[dict[str, floa
     """:meth:`KVGeometry.report` rows, the dense side holding at most its own window of tokens on a base's
     windowed layers (``windows``: per layer, None = full causal; empty = no window anywhere)."""
     return (dataclasses.replace(geo, dense_windows=tuple(windows)) if windows else geo).report()
-
-
-def windowed_retrieval(windows: list[int | None], per_layer: list[int]) -> tuple[int, ...]:
-    """The base window of every retrieval KV head on a windowed base layer (the head-wise cache keeps at most that
-    many of its tokens): ``windows`` per layer (None = full causal, empty = none anywhere), ``per_layer`` the
-    retrieval KV heads of each layer."""
-    return tuple(w for w, heads in zip(windows, per_layer) if w is not None for _ in range(heads))
 
 
 def _kv_geometry(layers: int, kv_heads: int, head_dim: int, retrieval: int, args: argparse.Namespace,

@@ -75,6 +75,13 @@ class KVGeometry:
         return rows
 
 
+def windowed_retrieval(windows, per_layer) -> tuple[int, ...]:
+    """:attr:`KVGeometry.retrieval_windows`: the base window of every retrieval KV head on a windowed base layer
+    (the head-wise cache keeps at most that many of its tokens). ``windows``: per layer, None = full causal (empty
+    = none anywhere); ``per_layer``: the retrieval KV heads of each layer."""
+    return tuple(w for w, heads in zip(windows, per_layer) if w is not None for _ in range(heads))
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

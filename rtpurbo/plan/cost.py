@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ..bench.attention import causal_pairs, local_pairs
 from ..families import attention_modules, base_window, family_of, geometry
-from ..memory import KVGeometry
+from ..memory import KVGeometry, windowed_retrieval
 from ..modules.sparse_attention import SparseAttention
 
 BYTES_PER_VALUE = 2  # bf16
@@ -81,8 +81,7 @@ def plan_cost(shape: ModelShape, n_retrieval: int, window: int, sinks: int, cont
     elif len(retrieval_per_layer) != shape.num_layers or sum(retrieval_per_layer) != n_retrieval:
         raise ValueError(f"retrieval_per_layer {list(retrieval_per_layer)} does not give {n_retrieval} retrieval KV "
                          f"heads over {shape.num_layers} layers")
-    windowed = tuple(w for w, heads in zip(windows, retrieval_per_layer or ()) if w is not None  # one per head
-                     for _ in range(heads))
+    windowed = windowed_retrieval(windows, retrieval_per_layer or ())
     kv = KVGeometry(shape.num_layers, shape.num_kv_heads, shape.head_dim, n_retrieval, window, sinks, index_dim,
                     BYTES_PER_VALUE, windowed, windows)
     unwindowed = n_retrieval - len(windowed)  # retrieval heads on full-causal layers
