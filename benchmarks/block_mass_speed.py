@@ -1,12 +1,14 @@
-"""Speed of the ``mass`` block scores on a GPU: the PyTorch reference against the fused Triton kernel.
+"""Speed of the ``mass`` block scores on a GPU: the PyTorch reference against the Triton kernels.
 
     PYTHONPATH=. python benchmarks/block_mass_speed.py --lengths 32768,131072,1048576 --json block_mass.json
 
 One retrieval head of a plain prefill of L tokens (16-d bf16 indexer vectors, N(0, 4) entries, blocks of 128,
 4 sinks, a 512-token band): the candidates a sparse prefill ranks (``block_roles``). Per length: the median
-milliseconds of :func:`rtpurbo.ops.block_scores.block_mass` and of
-:func:`rtpurbo.ops.triton.block_mass.block_mass` (``rtpurbo.bench.attention.time_ms``), and the largest
-difference of their log masses over the candidate entries. The end-to-end cost of the reference is in
+milliseconds of :func:`rtpurbo.ops.block_scores.block_mass`, of :func:`rtpurbo.ops.triton.block_mass.block_mass`
+(any positions; the flex path's) and of :func:`rtpurbo.ops.triton.block_mass.aligned_block_mass` (the Triton
+sparse prefill's: no PyTorch op besides its two kernels) (``rtpurbo.bench.attention.time_ms``, wall time with the
+host's launches), and the largest difference of each kernel's log masses from the reference's over the candidate
+entries. The end-to-end cost of the reference is in
 ``benchmarks/results/llama-3.1-8b_h200_2026-12-04_mass-ttft.md``. ``--sweep`` also times the kernel's launch
 shapes (query blocks and key blocks per program, warps) and prints one line per shape.
 """
@@ -32,15 +34,22 @@ def run_point(length: int) -> dict:
     seen, always = block_scores.block_roles(pos, pos, BLOCK, SINKS, BAND)
     candidates = seen & ~always
     args = (q_idx, k_idx, pos, pos, candidates, BLOCK)
-    want, got = block_scores.block_mass(*args), block_mass.block_mass(*args)
-    finite = torch.isfinite(want)
-    same_entries = torch.equal(finite, torch.isfinite(got))
-    err = (got[finite] - want[finite]).abs().max().item() if finite.any() else 0.0
-    del want, got
-    torch_ms = time_ms(lambda: block_scores.block_mass(*args))
-    triton_ms = time_ms(lambda: block_mass.block_mass(*args))
-    return dict(L=length, torch_ms=torch_ms, triton_ms=triton_ms, speedup=torch_ms / triton_ms,
-                same_candidate_entries=same_entries, max_abs_err=err)
+    want = block_scores.block_mass(*args)
+    row = dict(L=length)
+    kernels = {"triton": lambda: block_mass.block_mass(*args),
+               "aligned": lambda: block_mass.aligned_block_mass(q_idx, k_idx, SINKS, BAND, BLOCK)}
+    for name, kernel in kernels.items():
+        got = kernel()
+        finite = torch.isfinite(want)
+        row[f"{name}_same_candidate_entries"] = torch.equal(finite, torch.isfinite(got))
+        row[f"{name}_max_abs_err"] = (got[finite] - want[finite]).abs().max().item() if finite.any() else 0.0
+        del got
+    del want
+    row["torch_ms"] = time_ms(lambda: block_scores.block_mass(*args))
+    for name, kernel in kernels.items():
+        row[f"{name}_ms"] = time_ms(kernel)
+        row[f"{name}_speedup"] = row["torch_ms"] / row[f"{name}_ms"]
+    return row
 
 
 def sweep_point(length: int) -> list[dict]:

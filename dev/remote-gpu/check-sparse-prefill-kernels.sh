@@ -5,7 +5,7 @@
 #
 #   bash dev/remote-gpu/check-sparse-prefill-kernels.sh OUT_DIR     (from the repository root; rtpurbo installed)
 #
-# OUT_DIR gets tests_*.txt (pytest tails), kernels.json (benchmarks/sparse_prefill_kernels.py), attention_*.json
+# OUT_DIR gets tests_*.txt (pytest tails), block_mass.json (the mass scores' kernels), kernels.json (benchmarks/sparse_prefill_kernels.py), attention_*.json
 # (rtpurbo bench attention, per geometry) and model_*.jsonl (rtpurbo bench model, per kernel), plus env.txt.
 set -uo pipefail
 out=${1:?usage: check-sparse-prefill-kernels.sh OUT_DIR}
@@ -21,6 +21,8 @@ python -m pytest -q tests/test_sparse_prefill.py tests/test_windowed_retrieval_c
   tests/test_causal_lm.py tests/test_save_pretrained.py tests/test_beam_search.py \
   > "$out/tests_model.txt" 2>&1; echo "rc=$?" >> "$out/tests_model.txt"
 
+python benchmarks/block_mass_speed.py --lengths 32768,131072,1048576 --json "$out/block_mass.json" \
+  > "$out/block_mass.txt" 2>&1
 python benchmarks/sparse_prefill_kernels.py --scorings pooled,mass --tails 0,1024 --json "$out/kernels.json" \
   > "$out/kernels.txt" 2>&1
 for geometry in llama-3.1-8b qwen3-30b-a3b; do

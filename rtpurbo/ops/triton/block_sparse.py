@@ -385,9 +385,9 @@ def sparse_prefill(
     if scoring == "pooled":  # scores every block pair; the selection kernel reads the candidates only
         scores = block_scores(q_idx, k_idx, q_pos, k_pos, None, BLOCK, scoring)
     elif q_idx.is_cuda:
-        from .block_mass import block_mass
+        from .block_mass import aligned_block_mass
 
-        scores = block_mass(q_idx, k_idx, q_pos, k_pos, candidate_blocks(q_len, k_len, sinks, band, q.device), BLOCK)
+        scores = aligned_block_mass(q_idx, k_idx, sinks, band, BLOCK)
     else:
         scores = block_scores(q_idx, k_idx, q_pos, k_pos, candidate_blocks(q_len, k_len, sinks, band, q.device), BLOCK,
                               scoring)
