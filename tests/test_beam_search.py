@@ -124,3 +124,17 @@ def test_assisted_decoding_is_refused_before_any_work(assist):
     ids = random_ids(1, 16, seed=1)
     with pytest.raises(ValueError, match="cannot be cropped"):
         model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, **assist)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA device")
+@pytest.mark.parametrize("top_p", [1.0, 0.5])
+def test_graphed_beams_on_gpu_equal_eager_beams(top_p):
+    """On a GPU, beams whose steps replay CUDA graphs (the static cache reordered in place between replays) give the
+    eager beams, with and without selection."""
+    model = _converted(top_p=top_p).cuda()
+    ids, mask = (t.cuda() for t in _padded())
+    beams = {k: v for k, v in BEAMS.items() if k not in ("output_scores", "return_dict_in_generate")}
+    with torch.no_grad():
+        eager = model.generate(ids, attention_mask=mask, **beams)
+        graphed = model.generate(ids, attention_mask=mask, cuda_graph=True, **beams)
+    assert torch.equal(graphed, eager)
