@@ -175,6 +175,11 @@ class HeadwiseCausalLM:
         cls.forward = forward
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("output_attentions"):  # (the config's flag transformers refuses for this attention itself)
+            raise ValueError("a converted model returns no attention weights: its kernels never form them (retrieval "
+                             "heads over their selection, local heads over a window); take attention maps from the "
+                             "base model (rtpurbo.convert.unconvert, or the directory loaded without "
+                             "trust_remote_code)")
         decoder = getattr(given_cache(kwargs), "graphed_decoder", None)
         if decoder is not None and not decoder.in_step:  # generate(cuda_graph=True)
             return _graphed_step(decoder, args, kwargs)

@@ -212,3 +212,18 @@ def test_generate_reads_use_cache_and_the_mask_as_transformers_does():
     unwrapped = Accelerator(cpu=True).unwrap_model(Accelerator(cpu=True).prepare(model), keep_fp32_wrapper=False)
     with torch.no_grad():
         assert type(unwrapped(ids[:1]).past_key_values).__name__ == "HeadwiseCache"
+
+
+def test_attention_weights_are_refused_not_returned_empty():
+    """transformers records attention weights from its own attention classes; a converted model's modules form no
+    weights, so asking for them raises instead of returning an empty tuple (transformers itself refuses the config's
+    output_attentions for this attention implementation)."""
+    model, _ = _converted("llama")
+    ids = random_ids(1, 12)
+    with pytest.raises(ValueError, match="no attention weights"):
+        model(ids, output_attentions=True)
+    with pytest.raises(ValueError, match="no attention weights"):
+        model.generate(ids, max_new_tokens=2, output_attentions=True, return_dict_in_generate=True)
+    with pytest.raises(ValueError, match="output_attentions"):
+        model.config.output_attentions = True
+    assert model(ids, output_attentions=False).logits.shape[:2] == (1, 12)
