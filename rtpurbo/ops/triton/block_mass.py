@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from ..block_scores import MASS_CHUNK_ELEMENTS, MASS_QUERIES, log_block_mass, mass_inputs
-from .block_sparse import _roles
+from .block_roles import aligned_block_roles
 
 QUERY_BLOCKS = 8  # query blocks per program: 64 representative queries share each loaded key block
 KEY_BLOCKS = 16  # key blocks per program
@@ -165,8 +165,8 @@ def _aligned_lse_kernel(
     j_first = tl.program_id(2) * KB
     j_end = tl.minimum(j_first + KB, n_k)
     g = first + tl.arange(0, QB)
-    tile_seen, tile_kept = _roles((j_first + tl.arange(0, KB))[None, :], q_block0 + g[:, None], n_k, k_len, sinks,
-                                  band, BLOCK)
+    tile_seen, tile_kept = aligned_block_roles((j_first + tl.arange(0, KB))[None, :], q_block0 + g[:, None], n_k,
+                                               k_len, sinks, band, BLOCK)
     tile = tile_seen & ~tile_kept & (g < q_end)[:, None]  # (QB, KB): candidate pairs
     if tl.sum(tl.sum(tile.to(tl.int32), axis=1), axis=0) > 0:
         m = tl.arange(0, QB * R)
@@ -189,7 +189,7 @@ def _aligned_lse_kernel(
             keys = tl.load(k_ptr + b * s_kb + h * s_kh + key.to(tl.int64)[:, None] * s_kl + d[None, :] * s_kd,
                            mask=key_ok[:, None] & d_ok[None, :], other=0.0)
             j_rows = tl.full([QB * R], j, tl.int32)  # a vector: the interpreter mis-broadcasts scalar booleans
-            seen, always = _roles(j_rows, q_block0 + qblock, n_k, k_len, sinks, band, BLOCK)
+            seen, always = aligned_block_roles(j_rows, q_block0 + qblock, n_k, k_len, sinks, band, BLOCK)
             cand = seen & ~always
             visible = key_ok[None, :] & (key[None, :] <= q_pos[:, None]) & (present & cand)[:, None]
             lse = _row_lse(q, keys, visible, HALF)
@@ -212,7 +212,7 @@ def _log_mass_kernel(
     total = tl.zeros([R], tl.float32)
     for j0 in range(0, n_k, KC):
         j = j0 + tl.arange(0, KC)
-        seen, always = _roles(j, qb, n_k, k_len, sinks, band, BLOCK)
+        seen, always = aligned_block_roles(j, qb, n_k, k_len, sinks, band, BLOCK)
         x = tl.load(lse_at + j[None, :] * n_rows, mask=(seen & ~always)[None, :], other=float("-inf"))  # (R, KC)
         new_top = tl.maximum(top, tl.max(x, axis=1))
         ref = tl.where(new_top == float("-inf"), 0.0, new_top)
@@ -225,7 +225,7 @@ def _log_mass_kernel(
     out_at = out_ptr + (bh.to(tl.int64) * n_q + i) * n_k
     for j0 in range(0, n_k, KC):
         j = j0 + tl.arange(0, KC)
-        seen, always = _roles(j, qb, n_k, k_len, sinks, band, BLOCK)
+        seen, always = aligned_block_roles(j, qb, n_k, k_len, sinks, band, BLOCK)
         cand = seen & ~always
         x = tl.load(lse_at + j[None, :] * n_rows, mask=cand[None, :], other=float("-inf"))
         mass = tl.sum(tl.exp(x - ref[:, None]) * weight[:, None], axis=0) / count

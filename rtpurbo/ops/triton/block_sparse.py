@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .block_roles import aligned_block_roles
 from .decode import _num_sms
 from .window import _LOG2E, WindowLaunch, _allocate, _attend_blocks, default_launch
 from .window import unsupported as _window_unsupported
@@ -47,14 +48,6 @@ BLOCK = 128  # positions per query / key block (flex's block-mask tile; rtpurbo.
 _NO_WINDOW = tl.constexpr(1 << 30)  # full causal attention in window._attend_blocks' rule (kernels read constexprs)
 _LOW32 = tl.constexpr(4294967295)  # 2^32 - 1: the block part of a rank key
 _HIGH = tl.constexpr(4294967296)  # 2^32: the probability part
-
-
-@triton.jit
-def _roles(j, qb, n_k, k_len, sinks, band, BLOCK: tl.constexpr):
-    """(seen, always kept) of key blocks ``j`` for the query block at global block index ``qb``."""
-    seen = (j <= qb) & (j < n_k)
-    k_hi = tl.minimum(j * BLOCK + BLOCK - 1, k_len - 1)
-    return seen, seen & ((j * BLOCK < sinks) | (k_hi >= qb * BLOCK - band))
 
 
 @triton.jit
@@ -70,7 +63,7 @@ def _select_kernel(
     h = (bh % n_heads).to(tl.int64)
     qb = q_block0 + i
     j = tl.arange(0, NK_PAD).to(tl.int64)
-    seen, always = _roles(j, qb, n_k, k_len, sinks, band, BLOCK)
+    seen, always = aligned_block_roles(j, qb, n_k, k_len, sinks, band, BLOCK)
     cand = seen & ~always
     s = tl.load(scores_ptr + b * s_sb + h * s_sh + i.to(tl.int64) * s_si + j * s_sj, mask=cand, other=float("-inf"))
     top = tl.max(s, axis=0)
@@ -85,7 +78,7 @@ def _select_kernel(
     before = tl.cumsum(p_ranked, axis=0) - p_ranked  # mass of the better blocks
     n_star = tl.sum(((before < top_p) & (j < n_k)).to(tl.int32), axis=0)
     n_keep = tl.minimum(tl.minimum(tl.maximum(n_star, min_blocks), tl.sum(cand.to(tl.int32), axis=0)), max_blocks)
-    r_seen, r_always = _roles(ranked, qb, n_k, k_len, sinks, band, BLOCK)
+    r_seen, r_always = aligned_block_roles(ranked, qb, n_k, k_len, sinks, band, BLOCK)
     chosen = (j < n_k) & (r_always | ((j < n_keep) & r_seen))  # rank j: the always-kept or a kept candidate
     listed = tl.sort(tl.where(chosen, ranked, 2147483647), descending=False)
     count = tl.sum(chosen.to(tl.int32), axis=0)
@@ -352,8 +345,8 @@ def _attend(q, k, v, lists, counts, scale: float, launch: WindowLaunch | None, *
 
 def candidate_blocks(q_len: int, k_len: int, sinks: int, band: int, device: torch.device) -> torch.Tensor:
     """(1, 1, nq, nk) bool: the blocks each query block ranks in the aligned layout (seen, not always kept), from
-    the block arithmetic of the module docstring (what :func:`rtpurbo.ops.block_scores.block_roles` finds from
-    positions)."""
+    the block arithmetic of the module docstring (:mod:`rtpurbo.ops.triton.block_roles` in Triton; what
+    :func:`rtpurbo.ops.block_scores.block_roles` finds from positions)."""
     qb = (k_len - q_len) // BLOCK + torch.arange(-(-q_len // BLOCK), device=device)[:, None]
     j = torch.arange(-(-k_len // BLOCK), device=device)
     k_hi = (j * BLOCK + BLOCK - 1).clamp(max=k_len - 1)
