@@ -23,7 +23,7 @@ from rtpurbo import io
 from rtpurbo.data.task_data import load_task_data
 from rtpurbo.eval.paired import perplexity_ratio
 from rtpurbo.eval.perplexity import perplexity
-from rtpurbo.cache import recording_prefill
+from rtpurbo.selection_stats import recording_prefill
 from rtpurbo.ops.block_scores import SCORINGS
 
 

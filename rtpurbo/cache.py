@@ -11,7 +11,8 @@ Per layer:
   entries, whatever the context.
 
 Every slot carries its token position (``-1`` = empty or padding), so attention masks
-come from :mod:`rtpurbo.ops.semantics` and the ring needs no ordering. Stock
+come from :mod:`rtpurbo.ops.semantics` and the ring needs no ordering. A layer's tensors and their writes are
+:mod:`rtpurbo.cache_layer`; what the heads keep is counted in :mod:`rtpurbo.selection_stats`. Stock
 transformers caches are per layer, not per head, so this one is ours; it subclasses
 ``transformers.Cache`` only so that ``generate()`` accepts it.
 
@@ -31,7 +32,6 @@ Forward semantics with a cache (``L`` new tokens):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -39,8 +39,11 @@ from typing import Iterator
 import torch
 from transformers import Cache
 
+from . import cache_layer
+from .cache_layer import ROW_FIELDS, LayerCache, ring_slots
 from .families import attention_modules
 from .ops import api as ops
+from .selection_stats import SelectionStats
 
 
 @functools.cache
@@ -63,104 +66,9 @@ def _triton_decode():
     return decode_roles
 
 
-def _ring_slots(positions: torch.Tensor, sinks: int, window: int) -> torch.Tensor:
-    """Slot of each position in ``sinks`` slots then a ring of ``window``: ``p`` below the sinks, else
-    ``S + (p - S) % W``. positions (B, L) int64 -> (B, L); -1 (padding) stays negative."""
-    return torch.where(positions < sinks, positions, sinks + (positions - sinks) % window)
-
-
 def _append_kernels(like: torch.Tensor):
     """:mod:`rtpurbo.ops.triton.append` where it can run on ``like``'s device (CUDA + Triton), else None."""
     return _triton_append() if like.is_cuda else None
-
-
-@dataclass
-class LayerCache:
-    """Storage of one layer. Shapes: B batch, Hr / Hl retrieval / local KV heads, D head dim."""
-
-    r_k: torch.Tensor  # (B, Hr, capacity, D)
-    r_v: torch.Tensor  # (B, Hr, capacity, D)
-    r_idx: torch.Tensor  # (B, Hr, capacity, d_idx)
-    r_pos: torch.Tensor  # (B, capacity), -1 = empty
-    l_k: torch.Tensor  # (B, Hl, S + W, D)
-    l_v: torch.Tensor  # (B, Hl, S + W, D)
-    l_pos: torch.Tensor  # (B, S + W), -1 = empty
-    r_len: int = 0  # tokens written to the retrieval store (padding included), a ring's overwritten ones too
-    seen: int = 0  # token slots processed (padding included)
-    r_next: torch.Tensor | None = None  # static decode only: (1,) int64 next retrieval slot, on the device
-    # the base model's own window on this layer (None: full causal): the retrieval store holds at most this many
-    # slots, appended in order until it would hold more, then (r_ring) a ring whose slot of position p is p % W_b
-    r_window: int | None = None
-    r_ring: bool = False
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every tensor the layer stores, all batch-first (``_ROW_FIELDS``'s order)."""
-        return [getattr(self, name) for name in _ROW_FIELDS]
-
-
-_ROW_FIELDS = ("r_k", "r_v", "r_idx", "r_pos", "l_k", "l_v", "l_pos")  # LayerCache's batch-first tensors
-
-
-@dataclass
-class SelectionStats:
-    """Running sums of the decode-time top-p selection, per layer.
-
-    The sums stay on the layer's device (0-d int64 tensors), so :meth:`record` never waits
-    for the GPU; :meth:`summary` reads them back (one host sync per layer).
-    """
-
-    selected: dict[int, torch.Tensor] = field(default_factory=dict)  # sum over (batch, head, step) of selected keys
-    visible: dict[int, torch.Tensor] = field(default_factory=dict)  # same sum of visible keys
-    samples: dict[int, int] = field(default_factory=dict)  # (batch, head, step) count
-    prefill_kept: dict[int, torch.Tensor] = field(default_factory=dict)  # sparse prefill: kept key blocks
-    prefill_seen: dict[int, torch.Tensor] = field(default_factory=dict)  # ... of the blocks the queries see
-
-    def record(self, layer: int, counts: torch.Tensor, visible: torch.Tensor) -> None:
-        """counts (B, Hr, 1) selected keys; visible () keys a full head would see, summed over the rows."""
-        if layer not in self.selected:
-            self.selected[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
-            self.visible[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
-        self.selected[layer].add_(counts.sum())
-        self.visible[layer].add_(visible, alpha=counts.shape[1])
-        self.samples[layer] = self.samples.get(layer, 0) + counts.numel()
-
-    def record_prefill(self, layer: int, kept: torch.Tensor, seen: torch.Tensor) -> None:
-        """Sparse prefill of one layer: key blocks kept and key blocks the query blocks see, () each."""
-        if layer not in self.prefill_kept:
-            self.prefill_kept[layer] = torch.zeros((), dtype=torch.int64, device=kept.device)
-            self.prefill_seen[layer] = torch.zeros((), dtype=torch.int64, device=kept.device)
-        self.prefill_kept[layer].add_(kept)
-        self.prefill_seen[layer].add_(seen)
-
-    def summary(self) -> dict[str, float]:
-        """Mean selected keys per head and step and mean fraction of the visible context (decode); the
-        fraction of visible key blocks a sparse prefill kept (``prefill_block_fraction``, if one ran)."""
-        out: dict[str, float] = {}
-        if self.prefill_kept:
-            kept = sum(int(t) for t in self.prefill_kept.values())
-            out["prefill_block_fraction"] = kept / max(1, sum(int(t) for t in self.prefill_seen.values()))
-        total = sum(self.samples.values())
-        if not total:
-            return {"mean_selected": 0.0, "mean_fraction": 0.0, "samples": 0, **out}
-        selected = float(sum(int(t) for t in self.selected.values()))
-        visible = float(sum(int(t) for t in self.visible.values()))
-        return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total,
-                **out}
-
-
-@contextlib.contextmanager
-def recording_prefill(model) -> Iterator[SelectionStats]:
-    """Forwards of ``model`` without a cache inside the block (e.g. perplexity) record their sparse
-    retrieval prefill into the yielded :class:`SelectionStats` (``summary()["prefill_block_fraction"]``)."""
-    stats = SelectionStats()
-    modules = [m for m in attention_modules(model) if hasattr(m, "prefill_stats")]
-    for module in modules:
-        module.prefill_stats = stats
-    try:
-        yield stats
-    finally:
-        for module in modules:
-            module.prefill_stats = None
 
 
 @dataclass
@@ -310,7 +218,7 @@ class HeadwiseCache(Cache):
                              "hold its buffers); change the rows before generate(cuda_graph=True) starts decoding")
         for layer in self.store:
             if layer is not None:
-                for name, tensor in zip(_ROW_FIELDS, layer.tensors()):
+                for name, tensor in zip(ROW_FIELDS, layer.tensors()):
                     setattr(layer, name, rows(tensor))
         self._forward = None
 
@@ -351,7 +259,7 @@ class HeadwiseCache(Cache):
             template = torch.empty(1, module.num_kv_heads, 0, module.head_dim, dtype=weight.dtype, device=weight.device)
             layer = self._layer(module, template)
             if layer.r_window is not None and length > layer.r_window:
-                self._to_ring(layer)
+                cache_layer.to_ring(layer)
             filled = min(length, layer.r_pos.shape[1])
             for t in (layer.r_k, layer.r_v, layer.r_idx):
                 t[:, :, :filled].normal_()
@@ -393,11 +301,11 @@ class HeadwiseCache(Cache):
             if capacity < layer.r_len + 1:
                 raise ValueError(f"capacity {capacity} leaves no slot for decode: {layer.r_len} slots are used")
             if layer.r_window is not None and capacity > layer.r_window and not layer.r_ring:
-                self._to_ring(layer)
+                cache_layer.to_ring(layer)
             if layer.r_ring:
                 continue
             if layer.r_pos.shape[1] != capacity:
-                self._resize(layer, capacity)
+                cache_layer.resize(layer, capacity)
             layer.r_next = torch.tensor([layer.r_len], dtype=torch.long, device=layer.r_pos.device)
         self.static_capacity = capacity
 
@@ -493,7 +401,7 @@ class HeadwiseCache(Cache):
         if shared is not None and (sinks, window) in shared.ring_slots:
             return shared.ring_slots[sinks, window]
         real = positions >= 0
-        slot = _ring_slots(positions, sinks, window).clamp(min=0)
+        slot = ring_slots(positions, sinks, window).clamp(min=0)
         ring_slot = (slot, slot[:, :, None, None], real, real[:, :, None, None])
         if shared is not None:
             shared.ring_slots[sinks, window] = ring_slot
@@ -532,44 +440,14 @@ class HeadwiseCache(Cache):
         r_window = module.base_window if n_r else None
         cap = self.initial_capacity if r_window is None else min(self.initial_capacity, r_window)
         d_idx = module.indexer.index_dim if module.indexer is not None else 0
-        new = dict(dtype=k.dtype, device=k.device)
-        layer = LayerCache(
-            r_k=torch.zeros(batch, n_r, cap, dim, **new),
-            r_v=torch.zeros(batch, n_r, cap, dim, **new),
-            r_idx=torch.zeros(batch, n_r, cap, d_idx, **new),
-            r_pos=torch.full((batch, cap), -1, dtype=torch.long, device=k.device),
-            l_k=torch.zeros(batch, n_l, slots, dim, **new),
-            l_v=torch.zeros(batch, n_l, slots, dim, **new),
-            l_pos=torch.full((batch, slots), -1, dtype=torch.long, device=k.device),
-            r_window=r_window,
-        )
+        layer = cache_layer.new_layer(batch, n_r, n_l, dim, d_idx, slots, cap, r_window, like=k)
         self.store[module.layer_idx] = layer
         return layer
 
-    @staticmethod
-    def _grow(layer: LayerCache, needed: int) -> None:
-        """Make room for ``needed`` appended retrieval slots (doubling; at most ``r_window`` where set)."""
-        cap = layer.r_pos.shape[1]
-        if needed > cap:
-            grown = max(needed, 2 * cap)
-            HeadwiseCache._resize(layer, grown if layer.r_window is None else min(grown, layer.r_window))
-
-    def _to_ring(self, layer: LayerCache) -> None:
-        """Turn a layer's appended retrieval store into a ring of ``r_window`` slots (``r_ring``), before it would
-        hold more: each stored token moves to its ring slot, those outside the window of their row's newest
-        position dropped (no later query sees them). The store is then ``(B, Hr, W_b, .)`` for good."""
-        n, window = layer.r_len, layer.r_window
-        old = (layer.r_k[:, :, :n], layer.r_v[:, :, :n], layer.r_idx[:, :, :n])
-        old_pos = layer.r_pos[:, :n]
-        layer.r_k, layer.r_v, layer.r_idx = (t.new_zeros(*t.shape[:2], window, t.shape[3]) for t in old)
-        layer.r_pos = torch.full((old_pos.shape[0], window), -1, dtype=old_pos.dtype, device=old_pos.device)
-        layer.r_next, layer.r_ring = None, True
-        if n:
-            self._ring_write(list(zip((layer.r_k, layer.r_v, layer.r_idx), old)), layer.r_pos, old_pos, sinks=0)
-
     def _store_retrieval(self, layer: LayerCache, k, v, k_idx, positions) -> None:
         """Store new retrieval-head tokens: k, v (B, Hr, L, D), k_idx (B, Hr, L, d_idx) or None, positions (B, L).
-        Into the ring where the store is one (:meth:`_to_ring`), else appended (at ``r_next`` in static decode)."""
+        Into the ring where the store is one (:func:`rtpurbo.cache_layer.to_ring`), else appended (at ``r_next`` in
+        static decode)."""
         if layer.r_ring:
             stores = [(layer.r_k, k), (layer.r_v, v)] + ([(layer.r_idx, k_idx)] if k_idx is not None else [])
             self._ring_write(stores, layer.r_pos, positions, sinks=0)
@@ -577,33 +455,7 @@ class HeadwiseCache(Cache):
         elif self.static_capacity is not None:
             self._append_static(layer, k, v, k_idx, positions)
         else:
-            self._append_retrieval(layer, k, v, k_idx, positions)
-
-    @staticmethod
-    def _resize(layer: LayerCache, capacity: int) -> None:
-        """Reallocate the retrieval storage at exactly ``capacity`` slots, keeping the first ones."""
-        def resize(t: torch.Tensor, fill: float) -> torch.Tensor:
-            dim = 2 if t.dim() == 4 else 1
-            shape = list(t.shape)
-            shape[dim] = capacity
-            out = torch.full(shape, fill, dtype=t.dtype, device=t.device)
-            kept = min(capacity, t.shape[dim])
-            out.narrow(dim, 0, kept).copy_(t.narrow(dim, 0, kept))
-            return out
-
-        layer.r_k, layer.r_v, layer.r_idx = resize(layer.r_k, 0), resize(layer.r_v, 0), resize(layer.r_idx, 0)
-        layer.r_pos = resize(layer.r_pos, -1)
-
-    def _append_retrieval(self, layer: LayerCache, k, v, k_idx, positions) -> None:
-        n = k.shape[2]
-        self._grow(layer, layer.r_len + n)
-        end = layer.r_len + n
-        layer.r_k[:, :, layer.r_len : end] = k
-        layer.r_v[:, :, layer.r_len : end] = v
-        if k_idx is not None:
-            layer.r_idx[:, :, layer.r_len : end] = k_idx
-        layer.r_pos[:, layer.r_len : end] = positions
-        layer.r_len = end
+            cache_layer.append(layer, k, v, k_idx, positions)
 
     def _write_ring(self, layer: LayerCache, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Write new local-head tokens into their sinks + ring (:meth:`_ring_write`).
@@ -614,31 +466,11 @@ class HeadwiseCache(Cache):
 
     def _ring_write(self, stores: list[tuple[torch.Tensor, torch.Tensor]], store_pos: torch.Tensor,
                     positions: torch.Tensor, sinks: int) -> None:
-        """Write new tokens that stay inside the window into ``sinks`` slots then a ring; later ones win per slot.
-
-        stores: (store (B, H, S + W, X), new (B, H, L, X)) pairs, written alike; store_pos (B, S + W) the slots'
-        positions (-1 = empty), updated too; positions (B, L), -1 = padding (not written). W is the ring's length.
-        """
-        window = store_pos.shape[1] - sinks
+        """:func:`rtpurbo.cache_layer.ring_write`; one token per row (decode) through :meth:`_ring_write_one`."""
         if positions.shape[1] == 1:
-            self._ring_write_one(stores, store_pos, positions, sinks, window)
-            return
-        batch, length = positions.shape
-        newest = positions.max(dim=1, keepdim=True).values
-        keep = (positions >= 0) & ((positions < sinks) | (positions > newest - window))
-        slot = _ring_slots(positions, sinks, window).clamp(min=0)
-        # per ring slot, the kept token with the highest position (then its column), as device
-        # reductions: no host sync, and the same result whatever order the duplicates come in
-        none = torch.full_like(store_pos, -1)
-        newest_at = none.scatter_reduce(1, slot, torch.where(keep, positions, -1), "amax")
-        wins = keep & (positions == newest_at.gather(1, slot))
-        column = torch.arange(length, device=positions.device).expand(batch, length)
-        source = none.scatter_reduce(1, slot, torch.where(wins, column, -1), "amax")  # (B, S + W), -1 = kept
-        written = source >= 0
-        for store, new in stores:
-            index = source.clamp(min=0)[:, None, :, None].expand(-1, new.shape[1], -1, new.shape[3])
-            store.copy_(torch.where(written[:, None, :, None], new.gather(2, index), store))
-        store_pos.copy_(torch.where(written, newest_at, store_pos))
+            self._ring_write_one(stores, store_pos, positions, sinks, store_pos.shape[1] - sinks)
+        else:
+            cache_layer.ring_write(stores, store_pos, positions, sinks)
 
     def _ring_write_one(self, stores: list[tuple[torch.Tensor, torch.Tensor]], store_pos: torch.Tensor,
                         positions: torch.Tensor, sinks: int, window: int) -> None:
@@ -661,7 +493,7 @@ class HeadwiseCache(Cache):
         """
         layer = self._layer(module, k)
         if layer.r_window is not None and not layer.r_ring and layer.r_len + q.shape[2] > layer.r_window:
-            self._to_ring(layer)  # the appended store would outgrow the base window
+            cache_layer.to_ring(layer)  # the appended store would outgrow the base window
         if self.static_capacity is not None:
             if q.shape[2] != 1:
                 raise ValueError(f"static decode takes one token per forward, got {q.shape[2]}: this cache was switched "

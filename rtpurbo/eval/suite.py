@@ -32,7 +32,7 @@ from typing import Any
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..cache import recording_prefill
+from ..selection_stats import recording_prefill
 from ..config import HeadPlan, dumps
 from ..convert import apply_plan
 from ..converted import kv_geometry

@@ -36,7 +36,7 @@ class SparseAttention(nn.Module):
     """
 
     # where a forward without a cache records its sparse prefill (kept / visible key blocks); set for
-    # the duration of a block by :func:`rtpurbo.cache.recording_prefill`
+    # the duration of a block by :func:`rtpurbo.selection_stats.recording_prefill`
     prefill_stats: Any = None
 
     def __init__(

@@ -18,7 +18,7 @@ layer of every decode step. The counter ``r_next`` is not advanced here (the cal
 
 Shapes: new ``k_ret``, ``v_ret`` (B, Hr, 1, D), ``idx_ret`` (B, Hr, 1, d_idx) or None, ``k_loc``,
 ``v_loc`` (B, Hl, 1, D) (any strides, unit stride in the last dim); positions (B, 1) int64; cache
-tensors as in :class:`rtpurbo.cache.LayerCache`, contiguous. Batch rows and heads are programs.
+tensors as in :class:`rtpurbo.cache_layer.LayerCache`, contiguous. Batch rows and heads are programs.
 """
 from __future__ import annotations
 
