@@ -9,7 +9,7 @@ weights instead. Samples are random tokens with 10-token answers: a random model
 early, so every batch runs all ``max_new_tokens`` steps (the slowest case of a real eval).
 
 Per length and mode: seconds per batch (median over ``--batches`` after one warm-up batch; CUDA
-events, :func:`rtpurbo.bench.end_to_end.timed`), the prefill alone timed the same way, and samples
+events, :func:`rtpurbo.bench.steps.timed`), the prefill alone timed the same way, and samples
 per second. The two modes are compared sample by sample (greedy answers equal, teacher-forced log-probability difference).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import statistics
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rtpurbo.bench.end_to_end import timed
+from rtpurbo.bench.steps import timed
 from rtpurbo.cache import HeadwiseCache
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert

@@ -14,8 +14,9 @@ import sys
 import torch
 
 from rtpurbo.bench import decode_profile
-from rtpurbo.bench.end_to_end import (ModelBenchSettings, Variants, build_model, conversions, forward_last_logits,
-                                      spread_plan, timed)
+from rtpurbo.bench.model_variants import Variants, build_model, conversions, spread_plan
+from rtpurbo.bench.settings import ModelBenchSettings
+from rtpurbo.bench.steps import forward_last_logits, timed
 
 
 def main() -> None:

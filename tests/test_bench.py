@@ -7,10 +7,11 @@ import torch
 
 from rtpurbo.bench import end_to_end, oom
 from rtpurbo.bench.commands import settings_from
-from rtpurbo.bench.end_to_end import (GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, TINY_MOE, ModelBenchSettings,
-                                      attention_flop_ratio, Variants, build_model, conversions, forward_last_logits,
-                                      run_benchmark, spread_plan)
+from rtpurbo.bench.end_to_end import attention_flop_ratio, run_benchmark
 from rtpurbo.bench.model_report import compare, environment, gaussian_topp_fraction, human_tokens, markdown, report_path
+from rtpurbo.bench.model_variants import Variants, build_model, conversions, spread_plan
+from rtpurbo.bench.settings import GEOMETRIES, LLAMA_31_8B, SDPA_BACKENDS, TINY, TINY_MOE, ModelBenchSettings
+from rtpurbo.bench.steps import forward_last_logits
 from rtpurbo.cache import HeadwiseCache
 from rtpurbo.cli import build_parser, main
 from rtpurbo.cli_args import SettingsError
@@ -718,15 +719,16 @@ def test_decode_bytes_charge_indexer_keys_only_to_steps_that_select():
 
 
 def test_model_report_and_settings_do_not_import_the_benchmark():
-    """settings.py holds what end_to_end.py and model_report.py share: no import circle between them; the benchmark
-    scripts that import from end_to_end still do."""
+    """settings.py holds what end_to_end.py and model_report.py share, model_variants.py and timing.py what
+    end_to_end.py builds on: none of them imports the benchmark loop back (no import circle); a benchmark script
+    that imports the parts still loads."""
     import ast
     import importlib.util
     from pathlib import Path
 
     import rtpurbo.bench as bench
 
-    for name in ("model_report.py", "settings.py"):
+    for name in ("model_report.py", "settings.py", "model_variants.py", "steps.py"):
         tree = ast.parse((Path(bench.__file__).parent / name).read_text())
         modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "end_to_end" not in modules and "rtpurbo.bench.end_to_end" not in modules, name

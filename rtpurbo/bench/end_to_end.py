@@ -1,29 +1,8 @@
 """End-to-end model benchmark: a whole Llama-geometry model, dense vs head-wise sparse, batch 1.
 
-One model with random weights (``LlamaConfig`` + ``AutoModelForCausalLM.from_config``) is measured
-in turn as
-
-* ``dense``: the unconverted Hugging Face model, ``attn_implementation="sdpa"``, ``DynamicCache``.
-  SDPA is restricted to one backend per phase, the first of ``sdpa_backends`` (cuDNN, flash) that
-  runs a 256-token prefill, resp. one decode step, of this model; the report names it.
-* ``dense-graph`` (with ``cuda_graph``): the dense model with its decode launch overhead removed,
-  as the graphed sparse variants have theirs. transformers' own ``StaticCache`` cannot be that
-  baseline: its decode mask makes SDPA give up GQA (``repeat_kv`` of the whole cache every step),
-  26 ms vs 6 ms per token eager at 128K on an H200 (2026-11-28). So the same weights are
-  converted with *every* KV head a retrieval head at top-p 1: full causal attention, exactly the
-  dense model's function (prefill through the dense kernel, decode through rtpurbo's GQA split-K
-  Triton kernel over all cached keys, graph-captured).
-* ``sparse``: the same weights converted by :func:`rtpurbo.convert.convert` (untrained indexers,
-  ``top_p``), decoding through :class:`rtpurbo.cache.HeadwiseCache`; ``sparse-max{N}`` variants
-  add a ``max_tokens = N`` budget to the retrieval heads' selection; ``sparse-prefill{N}`` variants
-  prefill the retrieval heads sparsely (``retrieval_prefill="sparse"``): each query block over at most
-  ``N`` key blocks that the indexer ranks highest (top-p ``prefill_top_p``), plus the sink block and
-  the local band. Random weights give nearly flat block scores, so ``N`` sets what is kept; the row
-  records the fraction of visible key blocks kept, and the Amdahl ceiling uses it. With ``index_logit_std`` the
-  indexers of every converted variant are scaled after each conversion (:func:`calibrate_indexers`)
-  so that decode scores against random-filled caches are as peaked as a trained indexer's. ``sparse-two-launch``
-  (``two_launch``) decodes like ``sparse`` with ``HeadwiseCache.fuse_roles`` off: a layer's local and
-  retrieval heads in two launches on two streams instead of one launch.
+One model with random weights is measured in turn as each of its variants (``dense``, ``dense-flash``,
+``dense-graph``, ``sparse`` and its budgeted, sparse-prefill and two-launch forms; described in
+:mod:`rtpurbo.bench.model_variants`), with the step and timing primitives of :mod:`rtpurbo.bench.steps`.
 
 Per context length ``L`` and variant, after ``warmup`` dropped runs, medians over ``repeats`` runs of:
 
@@ -40,10 +19,6 @@ Decode-only points (``decode_lengths``) time the decode alone the same way (medi
 runs after ``warmup`` dropped ones), each run after a fresh cache filled with random K/V.
 
 GPU times come from CUDA events followed by a synchronisation; CPU times from ``time.perf_counter``.
-
-Retrieval heads: ``round(fraction * layers * kv_heads)`` KV heads, spread evenly over the layers,
-the first KV heads of their layer (weights are random, so which heads does not matter, and leading
-heads keep the roles contiguous, as a ``reorder_heads`` conversion would).
 """
 from __future__ import annotations
 
@@ -52,294 +27,27 @@ import functools
 import math
 import statistics
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import sdpa_kernel
-from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, Qwen3MoeConfig
 
-from .._compat import cache_kwarg, set_attn_implementation, use_grouped_experts
 from ..cache import HeadwiseCache
-from ..config import HeadPlan, SparseConfig
-from ..convert import convert, is_converted, unconvert
+from ..config import HeadPlan
 from ..decode_graph import GraphedDecoder
-from ..families import attention_modules
 from .decode_profile import profile
 from .model_report import JsonLines, compare, describe, environment
+from .model_variants import FLASH_DENSE, Variants, build_model, conversions, spread_plan
 from .oom import attempt, free_memory, oom_search
-from .settings import (DEFAULT_SDPA, GEOMETRIES, LLAMA_31_8B, QWEN3_30B_A3B, SDPA_BACKENDS, TINY,
-                       TINY_MOE, TWO_LAUNCH, ModelBenchSettings, ModelGeometry)
-from .token_chunks import chunk_mlps
+from .settings import ModelBenchSettings, ModelGeometry
+from .steps import (cache_bytes, eager_step, fill_random, forward_last_logits, graphed_step, greedy_decode,
+                     pick_sdpa_backends, sdpa_context, timed)
 
-# what tests and benchmark scripts import from here; the geometries and settings themselves live in .settings
-__all__ = ["GEOMETRIES", "LLAMA_31_8B", "QWEN3_30B_A3B", "SDPA_BACKENDS", "TINY", "TINY_MOE", "ModelBenchSettings",
-           "ModelGeometry", "Variants", "attention_flop_ratio", "build_model", "conversions", "forward_last_logits",
-           "run_benchmark", "spread_plan", "timed"]
+__all__ = ["attention_flop_ratio", "run_benchmark"]  # what the CLI and the tests import from here
 
-PROBE_TOKENS = 256
 GIB = 2**30
-
-
-# --- the model ----------------------------------------------------------------------------------------
-def model_config(settings: ModelBenchSettings):
-    """The transformers config of ``settings.geometry`` with ``settings.layers`` layers."""
-    geo = settings.geometry
-    longest = max([*settings.lengths, *settings.decode_lengths, *(settings.oom_lengths if settings.oom_search else []),
-                   settings.profile_length or 0])
-    common = dict(
-        hidden_size=geo.hidden, num_attention_heads=geo.q_heads, num_key_value_heads=geo.kv_heads,
-        head_dim=geo.head_dim, intermediate_size=geo.intermediate, vocab_size=geo.vocab,
-        num_hidden_layers=settings.layers, rope_theta=geo.rope_theta, tie_word_embeddings=False,
-        max_position_embeddings=max(131072, longest + settings.decode_steps + settings.decode_warmup + 1),
-    )
-    if geo.family == "qwen3_moe":
-        return Qwen3MoeConfig(**common, num_experts=geo.experts, num_experts_per_tok=geo.experts_per_token,
-                              moe_intermediate_size=geo.moe_intermediate, decoder_sparse_step=1, mlp_only_layers=[],
-                              norm_topk_prob=True)
-    return LlamaConfig(**common)
-
-
-def build_model(settings: ModelBenchSettings) -> nn.Module:
-    """A causal LM of ``settings.geometry`` with ``settings.layers`` layers, random weights, eval mode."""
-    config = model_config(settings)
-    torch.manual_seed(settings.seed)
-    with torch.device(settings.device):  # initialise on the device: no multi-GB host copy
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, settings.dtype))
-    set_attn_implementation(model, "sdpa")
-    if settings.geometry.experts:
-        use_grouped_experts(model)  # routed experts without host syncs: CUDA-graph capturable decode
-    if settings.mlp_chunk:
-        chunk_mlps(model, settings.mlp_chunk)  # token-wise: same output, dense one-shot prefill fits at 1M
-    return model.to(settings.device).eval()  # already there unless from_config ignored the device context
-
-
-def spread_plan(num_layers: int, num_kv: int, num_q: int, fraction: float) -> HeadPlan:
-    """``max(1, round(fraction * layers * kv))`` retrieval KV heads, as even over the layers as they go.
-
-    Every layer gets ``count // layers`` heads; the ``count % layers`` extra ones go to evenly spaced
-    layers. A layer's retrieval heads are its first KV heads.
-    """
-    count = max(1, round(fraction * num_layers * num_kv))
-    per_layer = [count // num_layers] * num_layers
-    extra = count % num_layers
-    for i in range(extra):
-        per_layer[i * num_layers // extra] += 1
-    return HeadPlan(num_layers, num_kv, num_q, [list(range(n)) for n in per_layer],
-                    criterion=f"benchmark: {count} KV heads spread evenly (random weights)")
-
-
-DENSE_GRAPH = "dense-graph"
-
-
-def conversions(settings: ModelBenchSettings, plan: HeadPlan) -> dict[str, tuple[HeadPlan, SparseConfig]]:
-    """Variant name -> (head plan, sparse configuration) for every converted variant, in measuring order.
-
-    ``dense-graph`` (with ``cuda_graph``): every KV head a retrieval head at top-p 1, i.e. full
-    attention, the dense model's function (see the module docstring).
-    """
-    out = {}
-    if settings.cuda_graph:
-        geo = settings.geometry
-        full = spread_plan(settings.layers, geo.kv_heads, geo.q_heads, 1.0)
-        out[DENSE_GRAPH] = (full, SparseConfig(window=settings.window, sinks=settings.sinks, top_p=1.0, impl="auto",
-                                               decode_impl="auto"))
-    out.update({name: (plan, config) for name, config in settings.sparse_configs().items()})
-    return out
-
-
-FLASH_DENSE = "dense-flash"  # the dense model's TTFT with SDPA's flash backend (FlashAttention-2 class)
-
-
-class Variants:
-    """The one model, put in the state a variant needs: unconverted (``dense``, ``dense-flash``) or converted."""
-
-    def __init__(self, model: nn.Module, conversions: dict[str, tuple[HeadPlan, SparseConfig]],
-                 flash: bool = False, index_logit_std: float | None = None) -> None:
-        self.model, self.conversions = model, conversions
-        self.dense_names = ["dense"] + ([FLASH_DENSE] if flash else [])
-        self.index_logit_std = index_logit_std
-        self.current = "dense"
-
-    @property
-    def names(self) -> list[str]:
-        return [*self.dense_names, *self.conversions]
-
-    def use(self, name: str) -> None:
-        if name == self.current:
-            return
-        if is_converted(self.model):
-            unconvert(self.model)
-        if name in self.conversions:
-            convert(self.model, *self.conversions[name])  # fresh, untrained indexers
-            if self.index_logit_std is not None:  # the same scales every time: a fixed calibration prompt
-                calibrate_indexers(self.model, self.index_logit_std)
-        self.current = name
-
-    def new_cache(self, capacity: int):
-        """An empty cache for the current variant; a head-wise cache reserves ``capacity`` retrieval slots."""
-        if self.current not in self.conversions:
-            return DynamicCache(config=self.model.config)
-        cache = HeadwiseCache(self.model, initial_capacity=capacity)
-        cache.plain_prompt = True  # every prompt here is one unpadded row at positions 0..L-1
-        cache.fuse_roles = self.current != TWO_LAUNCH
-        return cache
-
-
-CALIBRATION_TOKENS = 32
-
-
-def indexer_query_norms(model: nn.Module, ids: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Layer index -> mean L2 norm (Hr,) of each retrieval head's indexer queries over the tokens of ids (1, n).
-
-    One cache-free forward of the converted ``model``; a pre-hook on every attention module with an
-    indexer computes its indexer queries from the layer's input as the module does
-    (:meth:`SparseAttention.project`, then :meth:`SparseAttention.index_vectors`).
-    """
-    norms: dict[int, torch.Tensor] = {}
-
-    def record(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        q_raw, k_raw, _ = module.project(hidden)
-        q_idx, _ = module.index_vectors(q_raw, k_raw, kwargs["position_embeddings"])  # (1, Hr, n, d_idx)
-        norms[module.layer_idx] = q_idx.float().norm(dim=-1).mean(dim=(0, 2))
-
-    modules = [m for m in attention_modules(model) if getattr(m, "indexer", None) is not None]
-    handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in modules]
-    try:
-        positions = torch.arange(ids.shape[1], device=ids.device)[None]
-        model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=1)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return norms
-
-
-@torch.no_grad()
-def calibrate_indexers(model: nn.Module, sigma: float, tokens: int = CALIBRATION_TOKENS, seed: int = 0) -> None:
-    """Scale every retrieval head's indexer query weights so its queries have mean L2 norm ``sigma``.
-
-    A query ``q`` scores N(0, I) indexer keys (those of :meth:`HeadwiseCache.fill_random`) with
-    std ``|q|`` across the keys, so decode scores get std ``sigma`` logits: peaked like a trained
-    indexer's (top-p ``p`` keeps a fraction ``Phi(Phi^-1(p) - sigma)`` of Gaussian scores) instead
-    of the nearly flat scores of an untrained one. The norms are measured on ``tokens`` random
-    tokens (fixed by ``seed``), one cache-free forward; the layer input is RMS-normalised, so they
-    carry over to decode steps. Only ``indexer.wq`` changes (in place, per head).
-    """
-    device = model.get_input_embeddings().weight.device
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=generator).to(device)
-    norms = indexer_query_norms(model, ids)
-    for module in attention_modules(model):
-        if module.layer_idx in norms:
-            scale = sigma / norms[module.layer_idx].clamp_min(1e-12)  # (Hr,)
-            module.indexer.wq.mul_(scale.to(module.indexer.wq).view(-1, 1, 1, 1))
-
-
-def cache_bytes(cache) -> int:
-    """Bytes of the K/V (and indexer) tensors a cache holds."""
-    if isinstance(cache, HeadwiseCache):
-        return cache.allocated_bytes()
-    return sum(t.numel() * t.element_size() for layer in cache.layers if getattr(layer, "is_initialized", False)
-               for t in (layer.keys, layer.values))
-
-
-def fill_random(variants: Variants, cache, length: int) -> None:
-    """Fill an empty cache as if ``length`` tokens had been prefilled (random K/V; see ``HeadwiseCache.fill_random``)."""
-    if isinstance(cache, HeadwiseCache):
-        cache.fill_random(variants.model, length)
-        return
-    config = variants.model.config
-    weight = variants.model.get_input_embeddings().weight
-    for layer in range(config.num_hidden_layers):
-        shape = (1, config.num_key_value_heads, length, config.head_dim)
-        keys = torch.randn(shape, dtype=weight.dtype, device=weight.device)
-        values = torch.randn(shape, dtype=weight.dtype, device=weight.device)
-        cache.update(keys, values, layer)
-        del keys, values
-
-
-# --- running it ---------------------------------------------------------------------------------------
-def forward_last_logits(model: nn.Module, cache, ids: torch.Tensor, start: int) -> torch.Tensor:
-    """ids (1, n) at positions ``start .. start + n - 1`` through the model and its cache -> logits (1, V) of the last."""
-    positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
-    out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kwarg(): cache})
-    return out.logits[:, -1]
-
-
-def eager_step(model: nn.Module, cache) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    """Decode step through ``model`` and ``cache``: (token (1, 1), position) -> logits (1, V)."""
-    return lambda token, position: forward_last_logits(model, cache, token, position)
-
-
-def graphed_step(decoder: GraphedDecoder) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    """The same step through a :class:`GraphedDecoder` (batch 1)."""
-    def step(token: torch.Tensor, position: int) -> torch.Tensor:
-        return decoder.step(token, torch.full((1, 1), position, dtype=torch.long, device=token.device))[:, -1]
-
-    return step
-
-
-def greedy_decode(step: Callable[[torch.Tensor, int], torch.Tensor], token: torch.Tensor, start: int,
-                  steps: int) -> torch.Tensor:
-    """``steps`` greedy tokens after ``token`` (1,) at position ``start``; returns them (steps,), on the device."""
-    tokens = torch.empty(steps, dtype=torch.long, device=token.device)
-    for i in range(steps):
-        token = step(token.view(1, 1), start + i).argmax(-1)
-        tokens[i] = token[0]
-    return tokens
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    """(fn(), milliseconds): CUDA events + synchronisation on the GPU, ``perf_counter`` on the CPU."""
-    if device.type != "cuda":
-        start = time.perf_counter()
-        result = fn()
-        return result, 1000 * (time.perf_counter() - start)
-    start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start_event.record()
-    result = fn()
-    end_event.record()
-    end_event.synchronize()
-    return result, start_event.elapsed_time(end_event)
-
-
-def sdpa_context(name: str) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if name == DEFAULT_SDPA else sdpa_kernel([SDPA_BACKENDS[name]])
-
-
-def pick_sdpa_backends(model: nn.Module, candidates: list[str], device: torch.device) -> dict[str, str]:
-    """{"prefill": name, "decode": name}: per phase the first candidate SDPA backend that runs this model.
-
-    Probed on a ``PROBE_TOKENS``-token prompt (and one decode step after it) with only that
-    backend enabled; ``default`` (torch's own choice) when none runs, and always on the CPU.
-    """
-    if device.type != "cuda":
-        return {"prefill": DEFAULT_SDPA, "decode": DEFAULT_SDPA}
-    ids = torch.randint(0, model.config.vocab_size, (1, PROBE_TOKENS), device=device)
-
-    def runs(phase: str, name: str) -> bool:
-        cache = DynamicCache(config=model.config)
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a refused backend warns before it raises
-                if phase == "prefill":
-                    with sdpa_context(name):
-                        forward_last_logits(model, cache, ids, 0)
-                else:
-                    forward_last_logits(model, cache, ids, 0)
-                    with sdpa_context(name):
-                        forward_last_logits(model, cache, ids[:, -1:], PROBE_TOKENS)
-            torch.cuda.synchronize(device)
-            return True
-        except RuntimeError:
-            return False
-
-    return {phase: next((n for n in candidates if runs(phase, n)), DEFAULT_SDPA) for phase in ("prefill", "decode")}
 
 
 @dataclass
