@@ -719,7 +719,7 @@ def test_decode_bytes_charge_indexer_keys_only_to_steps_that_select():
 
 
 def test_model_report_and_settings_do_not_import_the_benchmark():
-    """settings.py holds what end_to_end.py and model_report.py share, model_variants.py and timing.py what
+    """settings.py holds what end_to_end.py and model_report.py share, model_variants.py and steps.py what
     end_to_end.py builds on: none of them imports the benchmark loop back (no import circle); a benchmark script
     that imports the parts still loads."""
     import ast
