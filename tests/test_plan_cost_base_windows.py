@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from rtpurbo.bench.attention import causal_pairs, local_pairs
+from rtpurbo.ops.semantics import causal_pairs, local_pairs
 from rtpurbo.commands import kv_report
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rtpurbo.ops.semantics import max_visible_keys, visible
+from rtpurbo.ops.semantics import causal_pairs, local_pairs, max_visible_keys, visible
 
 
 def brute(i, j, window, sinks):
@@ -61,3 +61,13 @@ def test_max_visible_keys():
     assert max_visible_keys(None, 4, 100) == 100
     assert max_visible_keys(16, 4, 100) == 20
     assert max_visible_keys(16, 4, 10) == 10
+
+
+@pytest.mark.parametrize("length", [1, 5, 17, 64])
+@pytest.mark.parametrize("window,sinks", [(1, 0), (3, 2), (5, 4), (16, 4), (100, 4), (4, 9)])
+def test_pair_counts_are_the_visibility_rule_summed(length, window, sinks):
+    """The FLOP and cost models count pairs with closed forms; they equal the visible (query, key) pairs of a plain
+    prefill under :func:`visible`."""
+    pos = torch.arange(length)
+    assert causal_pairs(length) == int(visible(pos, pos, None, 0).sum())
+    assert local_pairs(length, window, sinks) == int(visible(pos, pos, window, sinks).sum())

@@ -41,6 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..cli_args import count_value, positive_int
 from ..ops import api, flex, reference
+from ..ops.semantics import causal_pairs, local_pairs
 from ..ops.triton import topp as triton_topp
 from ..cli_args import count_float
 from .flags import comma_list, one_of, tokens
@@ -74,19 +75,6 @@ GEOMETRIES = {g.name: g for g in (Geometry("llama-3.1-8b", 32, 8), Geometry("qwe
 
 
 # --- work counts ---------------------------------------------------------------------------
-def causal_pairs(length: int) -> int:
-    return length * (length + 1) // 2
-
-
-def local_pairs(length: int, window: int, sinks: int) -> int:
-    """Visible (query, key) pairs of a local head over a plain prefill of ``length`` tokens."""
-    w = min(window, length)
-    in_window = w * (w + 1) // 2 + (length - w) * w
-    beyond = max(0, length - window)  # query i >= W also sees min(S, i + 1 - W) sinks
-    s = min(sinks, beyond)
-    return in_window + s * (s + 1) // 2 + (beyond - s) * sinks
-
-
 def prefill_flops(geom: Geometry, length: int, window: int, sinks: int, local_only: bool = False) -> tuple[int, int]:
     """(dense, sparse) forward FLOPs of one layer's attention (``local_only``: sparse = the local heads' part)."""
     per_pair = 4 * geom.head_dim

@@ -54,3 +54,19 @@ def max_visible_keys(window: int | None, sinks: int, context: int) -> int:
     if window is None:
         return context
     return min(context, window + sinks)
+
+
+def causal_pairs(length: int) -> int:
+    """Visible (query, key) pairs of a retrieval head over a plain prefill of ``length`` tokens (positions
+    ``0..length-1``): ``length (length + 1) / 2``."""
+    return length * (length + 1) // 2
+
+
+def local_pairs(length: int, window: int, sinks: int) -> int:
+    """Visible (query, key) pairs of a local head (window ``W``, ``S`` sinks) over a plain prefill of ``length``
+    tokens: the window's pairs, plus for each query ``i >= W`` the ``min(S, i + 1 - W)`` sinks outside it."""
+    w = min(window, length)
+    in_window = w * (w + 1) // 2 + (length - w) * w
+    beyond = max(0, length - window)
+    s = min(sinks, beyond)
+    return in_window + s * (s + 1) // 2 + (beyond - s) * sinks

@@ -5,7 +5,7 @@
 * Prefill FLOPs over ``context`` tokens: ``2 x`` the decoder layers' parameters per token
   (projections and MLPs), plus ``4 x head_dim`` per visible (query, key) pair and query head:
   causal pairs for retrieval heads, window + sinks pairs for local heads (the pair counts of
-  :mod:`rtpurbo.bench.attention`). Modelled time is proportional to FLOPs.
+  :mod:`rtpurbo.ops.semantics`). Modelled time is proportional to FLOPs.
 * Decode bytes of one step at ``context``: the weights (bf16) plus what attention reads: a
   retrieval head ``keep`` of its keys and values (and, for ``keep < 1``, every indexer key),
   a local head its ``S + W`` slots. Modelled time is proportional to bytes (decode is
@@ -26,9 +26,9 @@ from typing import Any, Sequence
 
 import torch.nn as nn
 
-from ..bench.attention import causal_pairs, local_pairs
 from ..families import attention_modules, base_window, family_of, geometry
 from ..memory import KVGeometry, windowed_retrieval
+from ..ops.semantics import causal_pairs, local_pairs
 from ..modules.sparse_attention import SparseAttention
 
 BYTES_PER_VALUE = 2  # bf16
