@@ -6,7 +6,7 @@ One retrieval head of a plain prefill of L tokens (16-d bf16 indexer vectors, N(
 4 sinks, a 512-token band): the candidates a sparse prefill ranks (``block_roles``). Per length: the median
 milliseconds of :func:`rtpurbo.ops.block_scores.block_mass`, of :func:`rtpurbo.ops.triton.block_mass.block_mass`
 (any positions; the flex path's) and of :func:`rtpurbo.ops.triton.block_mass.aligned_block_mass` (the Triton
-sparse prefill's: no PyTorch op besides its two kernels) (``rtpurbo.bench.attention.time_ms``, wall time with the
+sparse prefill's: no PyTorch op besides its two kernels) (``rtpurbo.bench.attention_common.time_ms``, wall time with the
 host's launches), and the largest difference of each kernel's log masses from the reference's over the candidate
 entries. The end-to-end cost of the reference is in
 ``benchmarks/results/llama-3.1-8b_h200_2026-12-04_mass-ttft.md``. ``--sweep`` also times the kernel's launch
@@ -19,7 +19,8 @@ import json
 
 import torch
 
-from rtpurbo.bench.attention import environment, time_ms
+from rtpurbo.bench.attention import environment
+from rtpurbo.bench.attention_common import time_ms
 from rtpurbo.ops import block_scores
 from rtpurbo.ops.triton import block_mass
 

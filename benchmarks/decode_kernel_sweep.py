@@ -37,8 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
-from rtpurbo.bench.attention import (DEVICE, GEOMETRIES, INDEX_DIM, RECENT, TOP_P, _randn, _ring_positions, environment,
-                                     graph_us)
+from rtpurbo.bench.attention import environment
+from rtpurbo.bench.attention_common import DEVICE, GEOMETRIES, INDEX_DIM, RECENT, TOP_P, _randn, graph_us
+from rtpurbo.bench.attention_decode import _ring_positions
 from rtpurbo.ops import api
 from rtpurbo.ops.triton import decode as kernels
 from rtpurbo.ops.triton.threshold_phases import _logit_bin_keys, _walk, probe_rounds

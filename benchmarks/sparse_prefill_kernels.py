@@ -9,7 +9,7 @@ keeps ``--blocks`` chosen key blocks per query block (``max_blocks``), plus the 
 last ``--tails`` queries attend densely.
 
 Per length, scoring and kernel choice (:func:`rtpurbo.ops.flex.set_sparse_prefill_kernel`): median milliseconds of
-the retrieval heads' call alone and of the whole layer (``rtpurbo.bench.attention.time_ms``: CUDA events, warm-up,
+the retrieval heads' call alone and of the whole layer (``rtpurbo.bench.attention_common.time_ms``: CUDA events, warm-up,
 L2 flushed), and under torch.profiler (5 calls) the call's wall and device (summed kernel) time, kernel launches and
 aten ops per call, and against the flex choice: the kept blocks (equal, or the counts) and the relative difference
 of the outputs. The local heads alone are timed too: the layer's floor.
@@ -21,7 +21,9 @@ import json
 
 import torch
 
-from rtpurbo.bench.attention import INDEX_DIM, _merged_layer, _model_layout, _once_ms, _randn, environment, time_ms
+from rtpurbo.bench.attention import environment
+from rtpurbo.bench.attention_common import INDEX_DIM, _once_ms, _randn, time_ms
+from rtpurbo.bench.attention_prefill import _merged_layer, _model_layout
 from rtpurbo.bench.decode_profile import profile
 from rtpurbo.bench.flags import comma_list, one_of, tokens
 from rtpurbo.cli_args import positive_int

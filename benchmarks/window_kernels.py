@@ -33,7 +33,9 @@ import json
 
 import torch
 
-from rtpurbo.bench.attention import _model_layout, environment, time_ms
+from rtpurbo.bench.attention import environment
+from rtpurbo.bench.attention_common import time_ms
+from rtpurbo.bench.attention_prefill import _model_layout
 from rtpurbo.ops.semantics import local_pairs
 from rtpurbo.ops import api, cudnn_window, flex
 from rtpurbo.ops.triton import window as triton_window

@@ -691,7 +691,7 @@ def test_bench_attention_takes_token_sizes_like_bench_model():
 
 
 def attention_geometries():
-    from rtpurbo.bench.attention import GEOMETRIES as geometries
+    from rtpurbo.bench.attention_common import GEOMETRIES as geometries
 
     return geometries
 
@@ -701,7 +701,8 @@ def test_decode_bytes_charge_indexer_keys_only_to_steps_that_select():
     """One retrieval KV head of 4 (head dim 16, bf16: 64 bytes of K + V per key), W 32 + S 4, L 1000: the step over
     every key reads K/V only (the top-p = 1 kernels read no indexer keys); a step that selects 100 keys also reads the
     retrieval head's L indexer keys (16 dims, bf16)."""
-    from rtpurbo.bench.attention import Geometry, _decode_rates, decode_bytes
+    from rtpurbo.bench.attention_common import Geometry, decode_bytes
+    from rtpurbo.bench.attention_decode import _decode_rates
 
     geom = Geometry("small", n_q=8, n_kv=4, head_dim=16)
     assert geom.n_retrieval() == 1
