@@ -10,17 +10,9 @@ from rtpurbo.data.needles import (
     seed_for,
     teacher_forced_accuracy,
 )
-from rtpurbo.data.sources import (
-    SOURCES,
-    Document,
-    Source,
-    SourceUnavailable,
-    default_cache_dir,
-    ensure_source,
-    iter_documents,
-    long_documents,
-    sources_in_pool,
-)
+from rtpurbo.data.source_install import SourceUnavailable, default_cache_dir, ensure_source
+from rtpurbo.data.source_table import SOURCES, Source, sources_in_pool
+from rtpurbo.data.sources import Document, iter_documents, long_documents
 
 __all__ = [
     "KINDS",

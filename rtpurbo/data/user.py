@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .sources import Document, check_not_reserved, is_reserved_path
+from .source_table import check_not_reserved, is_reserved_path
+from .sources import Document
 
 CHAT_FIELDS = ("messages", "conversations")
 TEXT_FIELDS = ("text", "content")
