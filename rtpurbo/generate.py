@@ -100,7 +100,8 @@ def generate(
     cache = HeadwiseCache(model)
     if input_ids.shape[1] > 1:  # the prompt but its last token; generate() then decodes from there
         prefill(model, cache, input_ids[:, :-1], attention_mask[:, :-1], prefill_chunk or input_ids.shape[1])
-        cache.batch_repeat_interleave(sequences_per_prompt(model.generation_config, generate_kwargs))
+        config = generate_kwargs.get("generation_config") or model.generation_config
+        cache.batch_repeat_interleave(sequences_per_prompt(config, generate_kwargs))  # as generate() expands it
     sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
     if not do_sample:
         sampling.update(top_p=None, top_k=None, temperature=None)

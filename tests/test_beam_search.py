@@ -138,3 +138,17 @@ def test_graphed_beams_on_gpu_equal_eager_beams(top_p):
         eager = model.generate(ids, attention_mask=mask, **beams)
         graphed = model.generate(ids, attention_mask=mask, cuda_graph=True, **beams)
     assert torch.equal(graphed, eager)
+
+
+def test_beams_set_in_a_generation_config_expand_the_cache_too():
+    """num_beams given through a GenerationConfig (not as an argument) expands the prefilled cache as well, in
+    model.generate and in rtpurbo.generate.generate."""
+    from transformers import GenerationConfig
+
+    model = _converted()
+    ids, mask = _padded()
+    config = GenerationConfig(num_beams=2, num_return_sequences=2, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=mask, use_cache=False, generation_config=config)
+        assert torch.equal(model.generate(ids, attention_mask=mask, generation_config=config), want)
+        assert torch.equal(generate(model, None, ids, mask, max_new_tokens=4, generation_config=config).sequences, want)
