@@ -53,7 +53,10 @@ def family_of(config: Any) -> Family:
 
 
 def base_window(family: Family, attn: nn.Module, config: Any) -> int | None:
-    """The base model's own sliding window for this attention module (None = full causal)."""
+    """The base model's own sliding window for this attention module (None = full causal); a converted module
+    (:class:`rtpurbo.modules.SparseAttention`) records the window its base layer had."""
+    if hasattr(attn, "base_window"):
+        return attn.base_window
     if family.window_from_config:
         return getattr(config, "sliding_window", None)
     return getattr(attn, "sliding_window", None)

@@ -6,12 +6,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from rtpurbo.ops.semantics import causal_pairs, local_pairs
 from rtpurbo.commands import kv_report
-from rtpurbo.config import HeadPlan, SparseConfig
-from rtpurbo.convert import convert
+from rtpurbo.config import HeadPlan, PlanMismatch, SparseConfig
+from rtpurbo.convert import check_local_windows, convert, is_converted
 from rtpurbo.families import geometry
 from rtpurbo.memory import KVGeometry
+from rtpurbo.ops.semantics import causal_pairs, local_pairs
 from rtpurbo.plan.cost import ModelShape, plan_cost
 from rtpurbo.plan.search import SearchSettings, search_plans
 from rtpurbo.testing import tiny_model
@@ -183,3 +183,27 @@ def test_plan_search_costs_each_plan_on_its_layers_base_windows():
     want = plan_cost(shape, 2, 8, 2, 64, retrieval_per_layer=[len(heads) for heads in plan.retrieval])
     assert {key: row[key] for key in want} == want
     assert row["dense_kv_bytes_per_token"] == 2 * 3 * 2 * 16 * 2 * 16 / 64  # 16 of the 64 tokens per layer
+
+
+def test_plan_search_refuses_a_window_above_the_base_window_before_measuring(monkeypatch):
+    """A candidate W above a windowed base's own window (which convert refuses) stops the search before its dense
+    pass, naming the candidate; the model is left unconverted."""
+    import rtpurbo.plan.search as search
+
+    model = tiny_model("mistral", sliding_window=16, num_layers=3)
+    ranking = np.random.default_rng(0).random((3, 2)).tolist()
+    monkeypatch.setattr(search, "measure", lambda *a, **k: pytest.fail("measured before the window check"))
+    with pytest.raises(PlanMismatch, match="candidate ratio 0.34, W 32: layer 0 .* sliding window of 16"):
+        search_plans(model, ranking, tune_data(), SearchSettings(ratios=[0.34], windows=[8, 32], sinks=2),
+                     progress=False)
+    assert not is_converted(model)
+
+
+def test_converted_qwen_layers_keep_their_base_window_for_convert_checks():
+    """check_local_windows reads a converted Qwen2 layer's recorded window (the module no longer carries the base
+    attention's sliding_window), so re-planning a converted model refuses W above it too."""
+    qwen = tiny_model("qwen2", use_sliding_window=True, sliding_window=16, max_window_layers=1, num_layers=3)
+    layers, kv, q, _ = geometry(qwen.config)
+    convert(qwen, HeadPlan(layers, kv, q, [[0], [1], []]), SparseConfig(window=8, sinks=2))
+    with pytest.raises(PlanMismatch, match="layer 1 .* sliding window of 16"):
+        check_local_windows(qwen, HeadPlan(layers, kv, q, [[0], [], []]), SparseConfig(window=32, sinks=2))

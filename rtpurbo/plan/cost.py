@@ -29,7 +29,6 @@ import torch.nn as nn
 from ..families import attention_modules, base_window, family_of, geometry
 from ..memory import KVGeometry, windowed_retrieval
 from ..ops.semantics import causal_pairs, local_pairs
-from ..modules.sparse_attention import SparseAttention
 
 BYTES_PER_VALUE = 2  # bf16
 
@@ -56,8 +55,7 @@ class ModelShape:
         layers, kv, q, head_dim = geometry(model.config)
         layer_params = sum(p.numel() for p in model.model.layers.parameters())
         family = family_of(model.config)
-        windows = tuple(attn.base_window if isinstance(attn, SparseAttention)  # a converted layer records it
-                        else base_window(family, attn, model.config) for attn in attention_modules(model))
+        windows = tuple(base_window(family, attn, model.config) for attn in attention_modules(model))
         return cls(layers, kv, q, head_dim, layer_params, model.get_output_embeddings().weight.numel(), windows)
 
 

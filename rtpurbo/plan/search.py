@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import HeadPlan, PlanMismatch, SparseConfig
-from ..convert import apply_plan, convert, is_converted
+from ..convert import apply_plan, check_local_windows, convert, is_converted
 from ..data.task_data import TaskData, check_tune_split
 from ..data.tasks import TaskSample
 from ..eval.perplexity import token_nll
@@ -146,6 +146,14 @@ def search_plans(model: nn.Module, ranking: list[list[float]], data: TaskData, s
     if (len(ranking), *{len(row) for row in ranking}) != (layers, kv):  # before the dense pass, not after it
         raise PlanMismatch(f"the ranking holds {len(ranking)} layers x {sorted({len(r) for r in ranking})} KV heads; "
                            f"the model has {layers} x {kv}")
+    plans = {ratio: HeadPlan.from_scores(ranking, q, ratio, criterion=f"plan search, ratio {ratio:g}")
+             for ratio in sorted(settings.ratios)}
+    for ratio, plan in plans.items():  # a window that convert would refuse fails here, not after the dense pass
+        for window in sorted(settings.windows):
+            try:
+                check_local_windows(model, plan, SparseConfig(window=window, sinks=settings.sinks))
+            except PlanMismatch as err:
+                raise PlanMismatch(f"plan search candidate ratio {ratio:g}, W {window}: {err}") from err
     dense_plan = HeadPlan.uniform(layers, kv, q, retrieval=True)
     if not is_converted(model):
         convert(model, dense_plan, SparseConfig(window=min(settings.windows), sinks=settings.sinks, top_p=1.0))
@@ -161,7 +169,7 @@ def search_plans(model: nn.Module, ranking: list[list[float]], data: TaskData, s
     rows = []
     grid = [(r, w) for r in sorted(settings.ratios) for w in sorted(settings.windows)]
     for ratio, window in tqdm(grid, desc="plans (ratio x window)", disable=not progress):
-        plan = HeadPlan.from_scores(ranking, q, ratio, criterion=f"plan search, ratio {ratio:g}")
+        plan = plans[ratio]
         apply_plan(model, plan)
         sparse.window = window
         fidelity = compare(measure(model, samples, data.windows, settings.batch_size), dense)
