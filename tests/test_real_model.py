@@ -117,11 +117,26 @@ def test_quickstart_with_the_shipped_adapter(tmp_path, monkeypatch, capsys):
     docs = [SimpleNamespace(text=haystack(600 + 50 * i)) for i in range(8)]
     monkeypatch.setattr(quickstart, "long_documents", lambda *a, **k: docs)
     monkeypatch.setattr(task_data, "long_documents", lambda *a, **k: docs)
+    thresholds = {}  # the converted model's seqlen_threshold when each phase ran
+
+    def recording(phase, fn):
+        def run(models_or_model, *args, **kwargs):
+            model = models_or_model["converted"] if isinstance(models_or_model, dict) else models_or_model
+            if getattr(model, "rtpurbo_sparse", None) is not None and model.rtpurbo_sparse.top_p < 1:
+                thresholds[phase] = model.rtpurbo_sparse.seqlen_threshold
+            return fn(models_or_model, *args, **kwargs)
+        return run
+
+    monkeypatch.setattr(quickstart, "answer_accuracy", recording("needles", quickstart.answer_accuracy))
+    monkeypatch.setattr(quickstart, "measure_speed_paired", recording("speed", quickstart.measure_speed_paired))
     code = cli.main(["quickstart", "--out", str(tmp_path), "--eval-windows", "1", "--eval-length", "600",
                      "--probe-samples", "1", "--probe-length", "600", "--speed-length", "200", "--json"])
     assert code in (0, None)
     result = json.loads((tmp_path / "quickstart.json").read_text())
     assert "smollm2-135m-rtpurbo" in result["converted"]
+    # the needle answers show the selection; the speed rows time the model as it runs (its own threshold)
+    assert thresholds == {"needles": 0, "speed": result["sparse"]["seqlen_threshold"]}
+    assert result["sparse"]["seqlen_threshold"] > 0
     assert result["plan"]["retrieval_kv_heads"] == 14 and result["sparse"]["window"] == 1536
     dense, converted = (result["perplexity"][k]["overall"] for k in ("dense", "converted"))
     assert 1 < dense < 100 and abs(converted / dense - 1) < 0.05  # W covers 600 tokens: only LoRA differs
