@@ -400,3 +400,34 @@ def test_stored_row_reads_plain_and_committed_rows_and_names_what_is_missing(tmp
     assert stored_row(tmp_path / "run", "b")[1]["row"] == "b"
     with pytest.raises(KeyError, match=r"no row 'c' \(it holds \['a', 'b'\]\)"):
         stored_row(tmp_path / "run", "c")
+
+
+def test_speed_times_the_model_as_it_runs_and_tasks_select_at_every_length(tmp_path, monkeypatch):
+    """The task units run with seqlen_threshold 0 (selection at every length); the speed unit at the model's own
+    threshold, recorded in the unit; a stored speed unit measured at another threshold is measured again."""
+    model = tiny_model("llama", seed=5)
+    layers, kv, q, _ = geometry(model.config)
+    convert(model, HeadPlan.uniform(layers, kv, q, retrieval=True),
+            SparseConfig(seqlen_threshold=4096, window=16, sinks=2, top_p=0.9))
+    seen = {"speed": [], "tasks": []}
+    measure_speed, score_batch = suite.measure_speed, suite.score_batch
+
+    def timed(model, *args, **kwargs):
+        seen["speed"].append(model.rtpurbo_sparse.seqlen_threshold)
+        return measure_speed(model, *args, **kwargs)
+
+    def scored(model, *args, **kwargs):
+        seen["tasks"].append(model.rtpurbo_sparse.seqlen_threshold)
+        return score_batch(model, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "measure_speed", timed)
+    monkeypatch.setattr(suite, "score_batch", scored)
+    split = rows_for(model)[2]
+    stored = run_suite(model, tiny_tokenizer(), [split], make_data(), settings(ppl_windows=0), tmp_path, None,
+                       progress=False)
+    assert seen["speed"] == [4096] and set(seen["tasks"]) == {0}
+    assert stored[0]["units"]["speed"]["seqlen_threshold"] == 4096
+    assert model.rtpurbo_sparse.seqlen_threshold == 0  # left as the task units run
+    model.rtpurbo_sparse.seqlen_threshold = 8192  # another deployed threshold: the stored speed does not stand in
+    run_suite(model, tiny_tokenizer(), [split], make_data(), settings(ppl_windows=0), tmp_path, None, progress=False)
+    assert seen["speed"] == [4096, 8192]

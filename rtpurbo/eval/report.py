@@ -36,7 +36,8 @@ NOTES = [
     "with an indexer and top_p < 1 attend over their top-p selection, as at generation.",
     "perplexity: prompt-style forward (retrieval heads full attention); 95% CI: bootstrap over windows.",
     "KV bytes per token: analytic, bf16, at the given context (retrieval heads also keep 16-d indexer keys; "
-    "dense keeps no indexer). Speed: medians on the current device through the head-wise cache.",
+    "dense keeps no indexer). Speed: medians on the current device through the head-wise cache, each model as "
+    "it runs (its retrieval heads select from its seqlen_threshold on; the task scores select at every length).",
 ]
 
 

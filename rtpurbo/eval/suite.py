@@ -13,7 +13,8 @@ Trained stages are rtpurbo artifact directories, each loaded on its own.
 
 Every row's retrieval heads select at every length (``seqlen_threshold = 0``): the suite measures
 the method's fidelity, indexer included, at lengths where a deployed model (default threshold
-512K) would still decode over all keys.
+512K) would still decode over all keys. The speed unit times each model as it runs instead, at its own
+threshold (the shared converted model's, or the artifact's after its ``@`` settings).
 
 Results go to ``OUT/rows/<row>.json`` unit by unit (perplexity, speed, one unit per task and
 length, with per-sample scores). A unit whose samples' digest and the row's identity
@@ -213,8 +214,9 @@ def run_task_unit(model: nn.Module, tokenizer: Any, samples: list[TaskSample], s
 
 
 def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: TaskData, settings: SuiteSettings,
-                 out: Path, progress: bool = True) -> dict[str, Any]:
-    """Run every unit of ``row`` that is not stored yet; returns the row's stored data."""
+                 out: Path, progress: bool = True, speed_threshold: int | None = None) -> dict[str, Any]:
+    """Run every unit of ``row`` that is not stored yet; returns the row's stored data. ``speed_threshold``: the
+    ``seqlen_threshold`` the speed unit runs at (the model as it runs; default: the model's current one)."""
     store = RowStore(out, row.name, row_identity(model, row, settings))
     # what describes the row goes in first: a run cut off mid-row still leaves a row the report can read
     store.data["kv_bytes_per_token"] = {str(c): kv_bytes_per_token(model, row.kind, c)
@@ -225,10 +227,16 @@ def evaluate_row(model: nn.Module, tokenizer: Any, row: Row, data: TaskData, set
     if data.windows and store.get("perplexity", windows_digest) is None:
         store.put("perplexity", {"digest": windows_digest, **run_perplexity(model, data.windows, progress)})
     speed_key = {k: getattr(settings, k) for k in ("speed_length", "speed_repeats", "speed_warmup", "speed_steps")}
+    selecting = model.rtpurbo_sparse.seqlen_threshold
+    speed_key["seqlen_threshold"] = selecting if speed_threshold is None else speed_threshold
     if settings.speed_repeats and store.get("speed", digest(speed_key)) is None:
-        timing = measure_speed(model, settings.speed_length, settings.speed_steps, settings.speed_repeats,
-                               settings.speed_warmup)
-        store.put("speed", {"digest": digest(speed_key), **timing})
+        model.rtpurbo_sparse.seqlen_threshold = speed_key["seqlen_threshold"]
+        try:
+            timing = measure_speed(model, settings.speed_length, settings.speed_steps, settings.speed_repeats,
+                                   settings.speed_warmup)
+        finally:
+            model.rtpurbo_sparse.seqlen_threshold = selecting
+        store.put("speed", {"digest": digest(speed_key), "seqlen_threshold": speed_key["seqlen_threshold"], **timing})
     groups = {(t, length): data.group(t, length, settings.samples)
               for length in settings.lengths for t in settings.tasks}
     digests = {key: digest([(s.prompt_ids, s.answer_ids) for s in group]) for key, group in groups.items()}
@@ -249,10 +257,11 @@ def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: TaskData,
     """
     results: dict[str, dict[str, Any]] = {}
     window, sinks = model.rtpurbo_sparse.window, model.rtpurbo_sparse.sinks
+    deployed = model.rtpurbo_sparse.seqlen_threshold  # the shared model's, before configure() sets 0
     for row in rows:
         if row.artifact is None:
             configure(model, row, window, sinks)
-            results[row.name] = evaluate_row(model, tokenizer, row, data, settings, out, progress)
+            results[row.name] = evaluate_row(model, tokenizer, row, data, settings, out, progress, deployed)
     for row in rows:
         if row.artifact is not None:
             trained, trained_tokenizer = load_artifact(row.artifact)
@@ -260,7 +269,8 @@ def run_suite(model: nn.Module, tokenizer: Any, rows: list[Row], data: TaskData,
                 setattr(trained.rtpurbo_sparse, key, value)
             if row.top_p is not None:
                 trained.rtpurbo_sparse.top_p = row.top_p
+            deployed = trained.rtpurbo_sparse.seqlen_threshold  # the artifact's, after the row's own settings
             trained.rtpurbo_sparse.seqlen_threshold = 0
-            results[row.name] = evaluate_row(trained, trained_tokenizer, row, data, settings, out, progress)
+            results[row.name] = evaluate_row(trained, trained_tokenizer, row, data, settings, out, progress, deployed)
             del trained
     return [results[row.name] for row in rows]
