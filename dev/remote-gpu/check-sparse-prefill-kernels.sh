@@ -31,8 +31,8 @@ for geometry in llama-3.1-8b qwen3-30b-a3b; do
     --json "$out/attention_$geometry.json" > "$out/attention_$geometry.txt" 2>&1
 done
 for kernel in flex triton; do
-  rtpurbo bench model --geometry llama-3.1-8b --lengths 32K 128K --decode-steps 16 --prefill-blocks 16 \
-    --prefill-scoring mass --sparse-prefill-kernel "$kernel" --window-kernel cudnn \
+  rtpurbo bench model --geometry llama-3.1-8b --lengths 32K 128K --decode-steps 16 --repeats 2 --no-flash-ttft \
+    --prefill-blocks 16 --prefill-scoring mass --sparse-prefill-kernel "$kernel" --window-kernel cudnn \
     --out "$out/model_$kernel.jsonl" > "$out/model_$kernel.txt" 2>&1
 done
 tail -n 3 "$out"/tests_*.txt
