@@ -61,28 +61,45 @@ try:
 except ImportError:  # triton missing (CPU-only install): available() is False
     block_sparse_kernels = decode_kernels = window_kernels = None
 
+class _KernelChoice:
+    """A process-wide choice among ``choices``; the environment variable ``env`` sets the initial one."""
+
+    def __init__(self, what: str, env: str, choices: tuple[str, ...], default: str) -> None:
+        self.what, self.env, self.choices = what, env, choices
+        self.name = os.environ.get(env, default)
+
+    def set(self, name: str) -> str:
+        """Choose ``name``; returns the previous choice."""
+        if name not in self.choices:
+            raise ValueError(f"{self.what} must be one of {self.choices}, got {name!r}")
+        previous, self.name = self.name, name
+        return previous
+
+    def get(self) -> str:
+        """The current choice (one from the environment is checked here, when it is first used)."""
+        if self.name not in self.choices:
+            raise ValueError(f"{self.env} must be one of {self.choices}, got {self.name!r}")
+        return self.name
+
+
 WINDOW_KERNELS = ("triton", "cudnn")  # plain window + sinks prefill without gradients: rtpurbo's Triton kernel, cuDNN
-_window_kernel = [os.environ.get("RTPURBO_WINDOW_KERNEL", "triton")]
+_window_choice = _KernelChoice("window kernel", "RTPURBO_WINDOW_KERNEL", WINDOW_KERNELS, "triton")
 
 
 def set_window_kernel(name: str) -> str:
     """Choose the kernel of plain window + sinks prefill without gradients (process-wide; the environment
     variable ``RTPURBO_WINDOW_KERNEL`` sets the initial choice). Returns the previous choice."""
-    if name not in WINDOW_KERNELS:
-        raise ValueError(f"window kernel must be one of {WINDOW_KERNELS}, got {name!r}")
-    previous, _window_kernel[0] = _window_kernel[0], name
-    return previous
+    return _window_choice.set(name)
 
 
 def window_kernel() -> str:
     """The current choice of :func:`set_window_kernel`."""
-    if _window_kernel[0] not in WINDOW_KERNELS:
-        raise ValueError(f"RTPURBO_WINDOW_KERNEL must be one of {WINDOW_KERNELS}, got {_window_kernel[0]!r}")
-    return _window_kernel[0]
+    return _window_choice.get()
 
 
 SPARSE_PREFILL_KERNELS = ("flex", "triton")  # retrieval heads' aligned sparse prefill without gradients
-_sparse_prefill_kernel = [os.environ.get("RTPURBO_SPARSE_PREFILL_KERNEL", "flex")]
+_sparse_prefill_choice = _KernelChoice("sparse prefill kernel", "RTPURBO_SPARSE_PREFILL_KERNEL",
+                                       SPARSE_PREFILL_KERNELS, "flex")
 
 
 def set_sparse_prefill_kernel(name: str) -> str:
@@ -94,18 +111,12 @@ def set_sparse_prefill_kernel(name: str) -> str:
     Both keep the same blocks (the flex path ranks tied blocks in top-k's order, the Triton one lower blocks first,
     as the reference). Padded or unaligned calls and calls with gradients always run flex. Returns the previous
     choice."""
-    if name not in SPARSE_PREFILL_KERNELS:
-        raise ValueError(f"sparse prefill kernel must be one of {SPARSE_PREFILL_KERNELS}, got {name!r}")
-    previous, _sparse_prefill_kernel[0] = _sparse_prefill_kernel[0], name
-    return previous
+    return _sparse_prefill_choice.set(name)
 
 
 def sparse_prefill_kernel() -> str:
     """The current choice of :func:`set_sparse_prefill_kernel`."""
-    if _sparse_prefill_kernel[0] not in SPARSE_PREFILL_KERNELS:
-        raise ValueError(f"RTPURBO_SPARSE_PREFILL_KERNEL must be one of {SPARSE_PREFILL_KERNELS}, got "
-                         f"{_sparse_prefill_kernel[0]!r}")
-    return _sparse_prefill_kernel[0]
+    return _sparse_prefill_choice.get()
 
 
 BLOCK = 128  # block-mask tile (queries x keys); lengths are padded to a multiple of it
