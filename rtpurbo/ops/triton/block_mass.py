@@ -75,6 +75,18 @@ def _row_lse(q, keys, seen, HALF: tl.constexpr):
 
 
 @triton.jit
+def _program_tile(n_heads, q_first, n_k, QB: tl.constexpr, KB: tl.constexpr):
+    """What a block-LSE program covers: its (batch row x head) index ``bh`` and that row ``b`` and head ``h``
+    (int64), its first query block, and its key blocks ``[j_first, j_end)``."""
+    bh = tl.program_id(0)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    first = q_first + tl.program_id(1) * QB
+    j_first = tl.program_id(2) * KB
+    return bh, b, h, first, j_first, tl.minimum(j_first + KB, n_k)
+
+
+@triton.jit
 def _block_lse_kernel(
     q_ptr, qpos_ptr, k_ptr, kpos_ptr, cand_ptr, lse_ptr,
     n_heads, q_first, q_end, n_k, d_idx, n_rows,
@@ -83,12 +95,7 @@ def _block_lse_kernel(
     R: tl.constexpr, QB: tl.constexpr, KB: tl.constexpr, BLOCK: tl.constexpr, D_PAD: tl.constexpr,
     HALF: tl.constexpr,
 ):
-    bh = tl.program_id(0)
-    b = (bh // n_heads).to(tl.int64)
-    h = (bh % n_heads).to(tl.int64)
-    first = q_first + tl.program_id(1) * QB  # this program's first query block
-    j_first = tl.program_id(2) * KB
-    j_end = tl.minimum(j_first + KB, n_k)
+    bh, b, h, first, j_first, j_end = _program_tile(n_heads, q_first, n_k, QB, KB)
     cand_at = cand_ptr + b * s_cb + h * s_ch
     g = first + tl.arange(0, QB)
     jt = j_first + tl.arange(0, KB)
@@ -158,12 +165,7 @@ def _aligned_lse_kernel(
 ):
     """:func:`_block_lse_kernel` for the aligned layout, reading q_idx and k_idx in place: representative query
     slots, positions and candidates are arithmetic. Writes the candidate entries of lse (B * H, nk, n_rows) only."""
-    bh = tl.program_id(0)
-    b = (bh // n_heads).to(tl.int64)
-    h = (bh % n_heads).to(tl.int64)
-    first = q_first + tl.program_id(1) * QB  # this program's first query block
-    j_first = tl.program_id(2) * KB
-    j_end = tl.minimum(j_first + KB, n_k)
+    bh, b, h, first, j_first, j_end = _program_tile(n_heads, q_first, n_k, QB, KB)
     g = first + tl.arange(0, QB)
     tile_seen, tile_kept = aligned_block_roles((j_first + tl.arange(0, KB))[None, :], q_block0 + g[:, None], n_k,
                                                k_len, sinks, band, BLOCK)
