@@ -176,7 +176,8 @@ def test_plan_search_costs_each_plan_on_its_layers_base_windows():
     ranking = np.random.default_rng(0).random((3, 2)).tolist()
     result = search_plans(model, ranking, tune_data(), SearchSettings(ratios=[0.34], windows=[8], sinks=2),
                           progress=False)
-    shape = ModelShape.of(model)  # converted, as the search costs it (layer_params then include the indexers)
+    shape = ModelShape.of(model)  # converted, as the search costs it
+    assert shape == ModelShape.of(tiny_model("mistral", sliding_window=16, num_layers=3))  # indexers not counted
     assert shape.base_windows == (16, 16, 16)
     row = result["rows"][0]
     plan = HeadPlan.from_dict(row["plan"])

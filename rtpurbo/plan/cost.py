@@ -41,7 +41,7 @@ class ModelShape:
     num_kv_heads: int
     num_q_heads: int
     head_dim: int
-    layer_params: int  # all decoder layers
+    layer_params: int  # all decoder layers, the base model's own (a converted model's indexers not counted)
     head_params: int  # the output projection (read at every decode step)
     base_windows: tuple[int | None, ...] = ()  # per layer, None = full causal; empty = no window anywhere
 
@@ -51,9 +51,11 @@ class ModelShape:
 
     @classmethod
     def of(cls, model: nn.Module) -> "ModelShape":
-        """The shape of a base model or a converted one (whose attention modules record their base window)."""
+        """The shape of a base model or a converted one (whose attention modules record their base window; their
+        indexers are left out of ``layer_params``, so a model costs the same before and after conversion)."""
         layers, kv, q, head_dim = geometry(model.config)
-        layer_params = sum(p.numel() for p in model.model.layers.parameters())
+        layer_params = sum(p.numel() for name, p in model.model.layers.named_parameters()
+                           if ".indexer." not in f".{name}")
         family = family_of(model.config)
         windows = tuple(base_window(family, attn, model.config) for attn in attention_modules(model))
         return cls(layers, kv, q, head_dim, layer_params, model.get_output_embeddings().weight.numel(), windows)
