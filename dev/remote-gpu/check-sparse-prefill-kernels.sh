@@ -5,13 +5,16 @@
 #
 #   bash dev/remote-gpu/check-sparse-prefill-kernels.sh OUT_DIR [PARTS]   (from the repository root; rtpurbo installed)
 #
-# PARTS (default "tests kernels attention model") picks which of the four parts run, so the check can be split
-# over two shorter device calls.
-# OUT_DIR gets tests_*.txt (pytest tails), block_mass.json (the mass scores' kernels), kernels.json (benchmarks/sparse_prefill_kernels.py), attention_*.json
-# (rtpurbo bench attention, per geometry) and model_*.jsonl (rtpurbo bench model, per kernel), plus env.txt.
+# PARTS (default "tests attention model kernels modeltests", the order they run in) picks which parts run, so the
+# check can be split over shorter device calls: "tests" (the kernels' GPU tests), "attention" and "model" (layer and
+# end-to-end timings) decide the default; "kernels" (kernel-level timings) and "modeltests" (the cache and
+# generation tests on a GPU) complete the picture.
+# OUT_DIR gets tests_*.txt (pytest tails), attention_*.json (rtpurbo bench attention, per geometry), model_*.jsonl
+# (rtpurbo bench model, per kernel), block_mass.json (the mass scores' kernels) and kernels.json
+# (benchmarks/sparse_prefill_kernels.py), plus env.txt.
 set -uo pipefail
 out=${1:?usage: check-sparse-prefill-kernels.sh OUT_DIR [PARTS]}
-parts=" ${2:-tests kernels attention model} "
+parts=" ${2:-tests attention model kernels modeltests} "
 mkdir -p "$out"
 python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__,
 torch.cuda.get_device_name())" > "$out/env.txt" 2>&1
@@ -21,16 +24,8 @@ git rev-parse HEAD >> "$out/env.txt" 2>&1
 if [[ $parts == *" tests "* ]]; then
 python -m pytest -q tests/test_ops_gpu.py -k "triton_sparse_prefill or sparse_prefill_matches or block_mass" \
   > "$out/tests_ops.txt" 2>&1; echo "rc=$?" >> "$out/tests_ops.txt"
-python -m pytest -q tests/test_sparse_prefill.py tests/test_windowed_retrieval_cache.py tests/test_decode_static.py \
-  tests/test_causal_lm.py tests/test_save_pretrained.py tests/test_beam_search.py \
-  > "$out/tests_model.txt" 2>&1; echo "rc=$?" >> "$out/tests_model.txt"
-fi
-if [[ $parts == *" kernels "* ]]; then
-
-python benchmarks/block_mass_speed.py --lengths 32768,131072,1048576 --json "$out/block_mass.json" \
-  > "$out/block_mass.txt" 2>&1
-python benchmarks/sparse_prefill_kernels.py --scorings pooled,mass --tails 0,1024 --json "$out/kernels.json" \
-  > "$out/kernels.txt" 2>&1
+python -m pytest -q tests/test_sparse_prefill.py > "$out/tests_sparse_prefill.txt" 2>&1
+echo "rc=$?" >> "$out/tests_sparse_prefill.txt"
 fi
 if [[ $parts == *" attention "* ]]; then
 for geometry in llama-3.1-8b qwen3-30b-a3b; do
@@ -45,5 +40,16 @@ for kernel in flex triton; do
     --prefill-blocks 16 --prefill-scoring mass --sparse-prefill-kernel "$kernel" --window-kernel cudnn \
     --out "$out/model_$kernel.jsonl" > "$out/model_$kernel.txt" 2>&1
 done
+fi
+if [[ $parts == *" kernels "* ]]; then
+python benchmarks/block_mass_speed.py --lengths 32768,131072,1048576 --json "$out/block_mass.json" \
+  > "$out/block_mass.txt" 2>&1
+python benchmarks/sparse_prefill_kernels.py --scorings pooled,mass --tails 0,1024 --json "$out/kernels.json" \
+  > "$out/kernels.txt" 2>&1
+fi
+if [[ $parts == *" modeltests "* ]]; then
+python -m pytest -q tests/test_windowed_retrieval_cache.py tests/test_decode_static.py tests/test_causal_lm.py \
+  tests/test_save_pretrained.py tests/test_beam_search.py > "$out/tests_model.txt" 2>&1
+echo "rc=$?" >> "$out/tests_model.txt"
 fi
 tail -n 3 "$out"/tests_*.txt 2>/dev/null
