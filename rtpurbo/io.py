@@ -28,6 +28,7 @@ from . import __version__
 from .config import HeadPlan, PlanMismatch, SparseConfig, dumps
 from .convert import convert, is_converted
 from .files import written_whole
+from .lora import LoraSettings, attach_lora, merge_lora
 from .models import (EMBEDDED_ADAPTERS, ModelNotFound, ModelSource, fingerprint, load_base,
                      model_fingerprint, resolve_model, resolve_recorded, source_record)
 
@@ -186,8 +187,6 @@ def _check_fields(config: dict[str, Any], where: Path) -> None:
 def artifact_settings(config: dict[str, Any], where: str | Path = "artifact config") -> tuple[Any, ...]:
     """(plan, sparse config, LoRA settings or None) of an artifact config; ArtifactError names the field and what is
     wrong with it."""
-    from .train.lora import LoraSettings
-
     parsed = []
     for key, parse in (("plan", HeadPlan.from_dict), ("sparse", SparseConfig.from_dict),
                        ("lora", LoraSettings.from_dict)):
@@ -249,8 +248,6 @@ def load(
     model.rtpurbo_weights_sha256 = config["files"][WEIGHTS_NAME]  # the weights a training run starts from
     apply_artifact(model, config, tensors, settings)
     if merge_adapters and config.get("lora"):
-        from .train.lora import merge_lora
-
         merge_lora(model)
     return model, tokenizer
 
@@ -280,9 +277,7 @@ def apply_artifact(model: nn.Module, config: dict[str, Any], tensors: dict[str, 
     except PlanMismatch as err:
         raise ArtifactError(f"artifact does not fit this base model: {err}") from err
     if lora is not None:
-        from .train.lora import attach_lora  # adapters must exist before their tensors load
-
-        attach_lora(model, lora)
+        attach_lora(model, lora)  # adapters must exist before their tensors load
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:

@@ -11,7 +11,7 @@ from rtpurbo.convert import convert
 from rtpurbo.export import export
 from rtpurbo.models import load_base
 from rtpurbo.testing import save_tiny_checkpoint
-from rtpurbo.train.lora import LoraSettings, attach_lora
+from rtpurbo.lora import LoraSettings, attach_lora
 
 # top-p 0.5 over a few keys with no floor, selecting at every length: decode really drops keys, so a wrong
 # cache or indexer shows

@@ -14,7 +14,7 @@ from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.export import export, writer
 from rtpurbo.testing import tiny_model, tiny_tokenizer
-from rtpurbo.train.lora import LoraSettings, attach_lora, merge_lora
+from rtpurbo.lora import LoraSettings, attach_lora, merge_lora
 
 from .exported import SPARSE, exported, trained_artifact
 

@@ -20,7 +20,7 @@ from rtpurbo.models import load_base
 from rtpurbo.train.data import load_shards
 from rtpurbo.train.loop import LoopSettings, make_runtime
 from rtpurbo.train.stage2_distill import DistillSettings, distill
-from rtpurbo.train.lora import LoraSettings
+from rtpurbo.lora import LoraSettings
 model_dir, shard_dir, out = sys.argv[1:4]
 runtime = make_runtime("cpu")
 model, tokenizer = load_base(model_dir)

@@ -8,7 +8,7 @@ from rtpurbo.config import HeadPlan
 from rtpurbo.convert import convert
 from rtpurbo.models import load_base
 from rtpurbo.testing import save_tiny_checkpoint
-from rtpurbo.train.lora import LoraSettings, attach_lora, merge_lora
+from rtpurbo.lora import LoraSettings, attach_lora, merge_lora
 from rtpurbo.convert import prefill_mode
 
 from .test_train_data import one_thread  # noqa: F401 (autouse fixture)

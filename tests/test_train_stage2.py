@@ -7,7 +7,7 @@ import torch
 
 from rtpurbo.testing import tiny_model
 from rtpurbo.train.loop import LoopSettings, make_runtime
-from rtpurbo.train.lora import LoraSettings, attach_lora
+from rtpurbo.lora import LoraSettings, attach_lora
 from rtpurbo.train.stage2_distill import DistillSettings, distill
 from rtpurbo.train.teacher import Teacher
 

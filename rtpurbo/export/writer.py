@@ -43,6 +43,7 @@ from ..converted import base_class, is_converted, kv_order, runs_sparse
 from ..families import geometry
 from ..files import usual_permissions, written_whole
 from ..headwise import EXPORT_FORMAT as FORMAT, rtp_llm_headwise_config
+from ..lora import folded_lora
 
 MODELING_FILE = "modeling_rtpurbo.py"
 MODEL_CLASS = "RtpurboForCausalLM"
@@ -187,13 +188,11 @@ def export_config(model: nn.Module, base_class: str, dtype: torch.dtype) -> Any:
 
 def base_layout_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's tensors under the base model's names and head order, on the CPU, LoRA folded in
-    (:func:`rtpurbo.train.lora.folded_lora`: the model is left as it is).
+    (:func:`rtpurbo.lora.folded_lora`: the model is left as it is).
 
     Keys: every base tensor (``...self_attn.q_proj.weight``, ...) once (tied weights keep their first
     name), plus ``...self_attn.indexer.wq`` (Hr, G, D, d_idx) and ``indexer.wk`` (Hr, D, d_idx).
     """
-    from ..train.lora import folded_lora
-
     folded = {name: tensor.to("cpu") for name, tensor in folded_lora(model)}
     state: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()

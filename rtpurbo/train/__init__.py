@@ -1,4 +1,4 @@
-"""Training: data shards, stage 1 (indexers), stage 2 (distillation), checkpoints, LoRA.
+"""Training: data shards, stage 1 (indexers), stage 2 (distillation), checkpoints (LoRA adapters: :mod:`rtpurbo.lora`).
 
     shards = data.load_shards(DIR, tokenizer)                 # rtpurbo data prepare
     runtime = loop.make_runtime("auto")                       # accelerate; DDP under torchrun

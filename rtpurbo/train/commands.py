@@ -27,7 +27,7 @@ from ..ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .data import (DEFAULT_DEV_SOURCES, DEFAULT_SEQ_LEN, DEFAULT_TRAIN_SOURCES, LONG_RANGE_KINDS, TASK_KINDS,
                    PrepareSettings, check_crop, load_shards, prepare_shards, round_robin_documents)
 from .checkpoint import check_start, checkpoint_state, has_checkpoint, run_of
-from .lora import LoraSettings
+from ..lora import LoraSettings
 from .loop import LoopSettings, make_runtime
 from .stage1_indexer import IndexerSettings, train_indexer as run_stage1
 from .stage2_distill import STUDENT_PREFILL, TRAINABLE, DistillSettings, distill as run_stage2

@@ -34,7 +34,7 @@ from ..convert import prefill_mode
 from ..ops.block_scores import SCORINGS as PREFILL_SCORINGS
 from .data import TokenShards, split_held_out
 from .indexer_targets import IndexerCapture
-from .lora import LoraSettings, attach_lora, has_lora
+from ..lora import LoraSettings, attach_lora, has_lora
 from .losses import distill_kl, sample_query_positions
 from .loop import LoopSettings, Runtime, run_loop, step_generator
 from .stage1_indexer import indexer_digest, with_own_prefill
