@@ -7,8 +7,9 @@ import torch
 
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
-from rtpurbo.eval.scoring import bootstrap, exact_match, partial_match, score_batch, summarize, wilson
 from rtpurbo.data.tasks import TaskSample
+from rtpurbo.data.tasks.matching import exact_match, partial_match
+from rtpurbo.eval.scoring import bootstrap, score_batch, summarize, wilson
 from rtpurbo.families import geometry
 from rtpurbo.testing import tiny_model, tiny_tokenizer
 

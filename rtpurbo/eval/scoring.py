@@ -1,4 +1,5 @@
-"""Scores of task samples: generated-answer match, teacher-forced answer accuracy, 95% CIs.
+"""Scores of task samples: generated-answer match (the task's rule, :mod:`rtpurbo.data.tasks.matching`),
+teacher-forced answer accuracy, 95% CIs.
 
 ``score_batch`` runs a batch of samples through the head-wise cache exactly as generation
 would: one prefill of each prompt, then decode steps. The cache's rows are duplicated
@@ -26,7 +27,6 @@ bootstrap (2000 resamples, fixed seed) for means of graded scores and for perple
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -37,6 +37,7 @@ import torch.nn as nn
 from .._compat import cache_kwarg
 from ..cache import HeadwiseCache
 from ..data.tasks import TaskSample
+from ..data.tasks.matching import exact_match, partial_match
 from ..decode_graph import GraphedDecoder
 from ..prefill import prefill
 from ..stats import N_BOOTSTRAP
@@ -44,37 +45,6 @@ from ..stats import N_BOOTSTRAP
 DECODE_MODES = ("eager", "graph")
 
 Z95 = 1.959963984540054
-
-
-# --- matching the generated text -------------------------------------------------------------------
-def normalize(text: str) -> str:
-    """Lower case, single spaces, no surrounding quotes, backticks or final period."""
-    text = re.sub(r"\s+", " ", text.strip().lower())
-    return text.strip("\"'` ").rstrip(".").strip("\"'` ")
-
-
-def answer_line(prediction: str) -> str:
-    """The first non-empty line of a generated answer."""
-    return next((line for line in prediction.splitlines() if line.strip()), "")
-
-
-def _items(text: str) -> list[str]:
-    return [item for item in (normalize(p) for p in re.split(r",|;|\band\b|\s+", text)) if item]
-
-
-def exact_match(prediction: str, sample: TaskSample) -> bool:
-    """The answer line equals the gold answer: as text, or item by item (``list``) or as a set."""
-    line = answer_line(prediction)
-    if sample.match == "text":
-        return normalize(line) == normalize(sample.answer_text)
-    got, want = _items(line), [normalize(a) for a in sample.answers]
-    return got == want if sample.match == "list" else sorted(got) == sorted(want)
-
-
-def partial_match(prediction: str, sample: TaskSample) -> float:
-    """Fraction of gold items found anywhere in the generated text (RULER's string match)."""
-    text = normalize(prediction)
-    return sum(normalize(a) in text for a in sample.answers) / len(sample.answers)
 
 
 # --- confidence intervals ---------------------------------------------------------------------------

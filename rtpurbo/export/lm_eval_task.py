@@ -26,9 +26,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
-from ..eval.scoring import exact_match, partial_match
 from ..data.task_data import TaskData, save_task_data, tokenizer_probe
 from ..data.tasks import TaskSample
+from ..data.tasks.matching import exact_match, partial_match
 from ..files import written_whole
 
 TASK_NAME = "rtpurbo_tasks"
