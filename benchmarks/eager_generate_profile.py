@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from rtpurbo._compat import cache_kwarg
 from rtpurbo.bench import decode_profile
 from rtpurbo.cache import HeadwiseCache
 from rtpurbo.config import HeadPlan, SparseConfig
@@ -58,14 +59,14 @@ def profile_variant(model, ids: torch.Tensor, converted: bool) -> list[dict]:
             prefill(model, state["cache"], ids, mask, chunk=ids.shape[1])
         else:
             state["cache"] = DynamicCache()
-            model(input_ids=ids, past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
+            model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(): state["cache"]})
 
     def run_steps() -> None:
         token = ids[:, -1:]
         for i in range(STEPS):
             positions = torch.full((1, 1), ids.shape[1] + i, device=ids.device)
-            model(input_ids=token, position_ids=positions, past_key_values=state["cache"], use_cache=True,
-                  logits_to_keep=1)
+            model(input_ids=token, position_ids=positions, use_cache=True, logits_to_keep=1,
+                  **{cache_kwarg(): state["cache"]})
 
     rows = []
     with torch.no_grad():
