@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import quickstart
 from .bench.commands import add_parsers as add_bench_parsers
 from .cli_args import (RecordGiven, add_criterion, add_haystacks, add_model, add_profile, add_sparse, count_value,
                        path_value, positive_float, positive_int, ratio_value, size_value, top_p_value)
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes-per-value", type=positive_int, default=2, help="2 for bf16 caches")
 
     p = sub.add_parser("quickstart", help="main job: dense vs converted (shipped adapter): quality, memory, speed")
+    p.set_defaults(handler=quickstart.command)
     add_model(p)
     p.add_argument("--adapter", default="smollm2-135m-rtpurbo", action=RecordGiven,
                    help="converted row: a shipped adapter or artifact directory of --model (default: "

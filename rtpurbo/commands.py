@@ -12,7 +12,7 @@ import torch
 from . import io
 from .cli_args import SettingsError, beside, check_index_dim, sparse_from_args
 from .families import attention_modules, base_window, family_of, geometry
-from .files import NotAnEarlierOutput, check_replaceable
+from .files import check_replaceable
 from .memory import KVGeometry, kv_table, windowed_retrieval
 from .models import (NotABaseModel, exported_settings_of, load_base, load_config, load_tokenizer,
                      resolve_model)
@@ -47,7 +47,7 @@ def _is_artifact(spec: str) -> bool:
     return io.artifact_path(spec) is not None
 
 
-def _load(args: argparse.Namespace, merge_adapters: bool = False):
+def load_model(args: argparse.Namespace, merge_adapters: bool = False):
     """(model, tokenizer) of ``--model``: an artifact or an exported directory as the sparse model it is, else the
     dense base."""
     device, dtype = device_dtype(args)
@@ -77,7 +77,7 @@ def require_base(args: argparse.Namespace, flag: str = "--model") -> None:
                             "exported from")
 
 
-def _settings(args: argparse.Namespace) -> ProfileSettings:
+def profile_settings(args: argparse.Namespace) -> ProfileSettings:
     knockout = {name: getattr(args, name) for name in ("criterion", "knockout_data", "knockout_samples",
                                                        "knockout_windows", "knockout_length", "text_weight")
                 if hasattr(args, name)}  # rtpurbo profile's flags
@@ -91,7 +91,7 @@ def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, o
              ) -> tuple[HeadPlan, dict[str, Any] | None]:
     """(plan, stability): built-in haystacks, plus the ``--data`` documents when given (``--haystacks``). A window
     that conversion would refuse for this model fails first (:func:`check_windows_before_profiling`)."""
-    settings = _settings(args)
+    settings = profile_settings(args)
     check_windows_before_profiling(model, SparseConfig(window=args.window, sinks=args.sinks), args.retrieval_ratio)
     if args.haystacks == "data" and args.data is None:
         raise SystemExit(f"rtpurbo {args.command}: --haystacks data needs --data")
@@ -111,7 +111,7 @@ def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, o
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     require_base(args)  # a converted model's local heads are windowed already: its scores would not be the base's
     check_replaceable(args.out, PROFILE_MARKER)  # before profiling, not after
-    model, tokenizer = _load(args)
+    model, tokenizer = load_model(args)
     plan, stability = _profile(args, model, tokenizer, args.out)
     summary = plan_summary(plan)
     say(args, f"retrieval KV heads: {summary['retrieval_kv_heads']}/{summary['total_kv_heads']} "
@@ -132,7 +132,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
         from .train.commands import check_checkpoints
 
         check_checkpoints(args, ["indexer", "distill"])
-    model, tokenizer = _load(args)
+    model, tokenizer = load_model(args)
     if args.plan is not None:
         plan, from_plan = read_plan(args.plan, model.config)
         sparse = sparse_from_args(args, **from_plan)
@@ -159,7 +159,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 
     from .generate import generate as run_generate
 
-    model, tokenizer = _load(args, merge_adapters=True)
+    model, tokenizer = load_model(args, merge_adapters=True)
     converted = getattr(model, "rtpurbo_plan", None) is not None
     if converted and args.top_p is not None:
         model.rtpurbo_sparse.top_p = args.top_p
@@ -196,7 +196,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         raise ExportError(f"--model {args.model!r} is not an rtpurbo artifact; export writes a converted model "
                           "(e.g. --model smollm2-135m-rtpurbo, or a directory written by rtpurbo convert)")
     check_replaceable(args.out, MODELING_FILE)
-    model, tokenizer = _load(args, merge_adapters=True)
+    model, tokenizer = load_model(args, merge_adapters=True)
     if args.seqlen_threshold is not None:
         model.rtpurbo_sparse.seqlen_threshold = args.seqlen_threshold
     out = export_model(model, tokenizer, args.out, max_shard_size=args.max_shard_size)
@@ -325,34 +325,3 @@ def _kv_geometry(layers: int, kv_heads: int, head_dim: int, retrieval: int, args
                  retrieval_windows: tuple[int, ...] = ()) -> KVGeometry:
     return KVGeometry(layers, kv_heads, head_dim, retrieval, args.window, args.sinks, args.index_dim,
                       args.bytes_per_value, retrieval_windows)
-
-
-SCRATCH_ONLY = ("window", "sinks", "retrieval_ratio", "profile_length", "profile_samples")  # quickstart's flags
-
-
-def quickstart(args: argparse.Namespace) -> dict[str, Any]:
-    from .quickstart import run
-
-    _check_quickstart_flags(args)
-    require_base(args)
-    if args.out.exists() and not args.out.is_dir():
-        raise NotAnEarlierOutput(f"--out {args.out} is a file; quickstart writes a directory: name a new one")
-    if args.from_scratch:
-        check_replaceable(args.out / "artifact", io.CONFIG_NAME)  # before profiling, not when saving
-    device, dtype = device_dtype(args)
-    return run(args, _load, _settings, say, device=device, dtype=dtype)
-
-
-def _check_quickstart_flags(args: argparse.Namespace) -> None:
-    """Profiling / conversion flags without ``--from-scratch`` (the adapter brings its own plan and W), and
-    ``--adapter`` with it, are refused rather than ignored. A flag counts as given where argparse recorded it
-    (``args.given``)."""
-    given = set(getattr(args, "given", ()))
-    used = [name for name in SCRATCH_ONLY if name in given]
-    if used and not args.from_scratch:
-        flags = ", ".join("--" + name.replace("_", "-") for name in used)
-        raise SettingsError(f"{flags} set(s) the split made by --from-scratch; the converted row is the adapter "
-                            f"{args.adapter} with its own plan and W: add --from-scratch, or leave {flags} out")
-    if args.from_scratch and "adapter" in given:
-        raise SettingsError(f"--adapter {args.adapter} is not used with --from-scratch (the converted row is "
-                            "profiled and converted here): leave one of them out")

@@ -26,7 +26,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from . import io
+from . import commands, io
+from .cli_args import SettingsError
 from .config import HeadPlan, SparseConfig, dumps
 from .convert import check_windows_before_profiling, convert
 from .converted import kv_geometry
@@ -38,6 +39,7 @@ from .eval.scoring import decode_step
 from .eval.speed import measure_speed_paired
 from .data.task_data import perplexity_windows
 from .families import geometry
+from .files import NotAnEarlierOutput, check_replaceable
 from .models import ModelSource, fingerprint, load_base, resolve_model
 from .prefill import prefill
 from .memory import kv_table
@@ -121,6 +123,36 @@ def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable
     convert(model, plan, sparse)
     io.save(model, out / "artifact")
     return model, f"training-free split, saved to {out / 'artifact'}"
+
+
+SCRATCH_ONLY = ("window", "sinks", "retrieval_ratio", "profile_length", "profile_samples")  # --from-scratch's flags
+
+
+def command(args: argparse.Namespace) -> dict[str, Any]:
+    """``rtpurbo quickstart``: the flags and ``--out`` checked before any work, then :func:`run`."""
+    _check_flags(args)
+    commands.require_base(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise NotAnEarlierOutput(f"--out {args.out} is a file; quickstart writes a directory: name a new one")
+    if args.from_scratch:
+        check_replaceable(args.out / "artifact", io.CONFIG_NAME)  # before profiling, not when saving
+    device, dtype = commands.device_dtype(args)
+    return run(args, commands.load_model, commands.profile_settings, commands.say, device=device, dtype=dtype)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Profiling / conversion flags without ``--from-scratch`` (the adapter brings its own plan and W), and
+    ``--adapter`` with it, are refused rather than ignored. A flag counts as given where argparse recorded it
+    (``args.given``)."""
+    given = set(getattr(args, "given", ()))
+    used = [name for name in SCRATCH_ONLY if name in given]
+    if used and not args.from_scratch:
+        flags = ", ".join("--" + name.replace("_", "-") for name in used)
+        raise SettingsError(f"{flags} set(s) the split made by --from-scratch; the converted row is the adapter "
+                            f"{args.adapter} with its own plan and W: add --from-scratch, or leave {flags} out")
+    if args.from_scratch and "adapter" in given:
+        raise SettingsError(f"--adapter {args.adapter} is not used with --from-scratch (the converted row is "
+                            "profiled and converted here): leave one of them out")
 
 
 def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: Callable, device: str = "cpu",

@@ -45,7 +45,7 @@ def no_loading(monkeypatch):
 
     for module in (rtpurbo.commands, rtpurbo.eval.commands, rtpurbo.plan.commands):
         monkeypatch.setattr(module, "load_base", refuse)
-    monkeypatch.setattr(rtpurbo.commands, "_load", refuse)
+    monkeypatch.setattr(rtpurbo.commands, "load_model", refuse)
     monkeypatch.setattr(rtpurbo.commands, "load_tokenizer", refuse)
     monkeypatch.setattr(rtpurbo.plan.commands, "read_scores", refuse)
     return refuse
