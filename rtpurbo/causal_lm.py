@@ -264,7 +264,7 @@ class HeadwiseCausalLM:
         self.config.architectures = [base_class(self).__name__]  # as transformers records the class saved
         if not is_main_process:
             return None
-        from .export import writer  # the writer imports this module
+        from .export import writer  # lazily: export/ (its runtime) builds on this module
 
         writer.save_directory(self, save_directory, max_shard_size=max_shard_size)
         return None
