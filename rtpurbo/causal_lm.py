@@ -55,19 +55,16 @@ GRAPH_MIN_NEW_TOKENS = 4  # below this, capturing the step's graph (about one ea
 
 
 def graphs_by_default(model: nn.Module, input_ids: torch.Tensor | None, kwargs: dict[str, Any], config: Any) -> bool:
-    """Whether ``generate()`` without a ``cuda_graph`` argument decodes from CUDA graphs: on a CUDA model on one
-    device (not spread by a ``device_map``), for prompt ids of at least 2 tokens, with the cache ``generate()``
-    starts itself (no caller cache, ``use_cache`` on), one sequence per prompt (no beams, no
-    ``num_return_sequences``), logits only (no ``output_attentions`` / ``output_hidden_states``) and at least
-    :data:`GRAPH_MIN_NEW_TOKENS` new tokens. Otherwise eager, as before.
+    """Whether ``generate()`` without a ``cuda_graph`` argument decodes from CUDA graphs: on a CUDA model, for prompt
+    ids of at least 2 tokens, with the cache ``generate()`` starts itself (no caller cache, ``use_cache`` on), one
+    sequence per prompt (no beams, no ``num_return_sequences``), logits only (no ``output_attentions`` /
+    ``output_hidden_states``) and at least :data:`GRAPH_MIN_NEW_TOKENS` new tokens. Otherwise eager, as before.
     ``RTPURBO_GENERATE_CUDA_GRAPH=0`` turns the default off for the process."""
     switch = os.environ.get("RTPURBO_GENERATE_CUDA_GRAPH", "auto").strip().lower()
     if switch not in ("auto", "0"):
         raise ValueError(f"RTPURBO_GENERATE_CUDA_GRAPH must be auto (or unset) or 0; got {switch!r}")
     if switch == "0" or input_ids is None or input_ids.shape[1] < 2 or not input_ids.is_cuda:
         return False
-    if len(set(getattr(model, "hf_device_map", None) or {0: 0}.values())) > 1:
-        return False  # spread over devices (accelerate's device_map): a graph captures one device's stream
     if given_cache(kwargs) is not None or kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
         return False
     if sequences_per_prompt(config, kwargs) != 1 or kwargs.get("inputs_embeds") is not None:

@@ -259,10 +259,6 @@ def test_generate_decodes_from_cuda_graphs_by_default_only_where_they_apply(monk
                   dict(output_hidden_states=True), dict(max_new_tokens=GRAPH_MIN_NEW_TOKENS - 1),
                   dict(max_new_tokens=0), dict(prompt_lookup_num_tokens=3)):
         assert not graphs_by_default(model, cuda_ids, {**new, **extra}, config), extra
-    monkeypatch.setattr(model, "hf_device_map", {"model.embed_tokens": 0, "lm_head": 1}, raising=False)
-    assert not graphs_by_default(model, cuda_ids, new, config)  # spread over two devices
-    monkeypatch.setattr(model, "hf_device_map", {"": 0})
-    assert graphs_by_default(model, cuda_ids, new, config)
     monkeypatch.setenv("RTPURBO_GENERATE_CUDA_GRAPH", "0")
     assert not graphs_by_default(model, cuda_ids, new, config)
     monkeypatch.setenv("RTPURBO_GENERATE_CUDA_GRAPH", "yes")
