@@ -21,13 +21,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from . import commands, io
 from .cli_args import SettingsError
+from .commands import say
 from .config import HeadPlan, SparseConfig, dumps
 from .convert import check_windows_before_profiling, convert
 from .converted import kv_geometry
@@ -107,16 +108,16 @@ def adapter_base(args: argparse.Namespace) -> ModelSource:
     return source
 
 
-def _converted(args: argparse.Namespace, load: Callable, settings_from: Callable, out: Path, base: ModelSource | None,
-               device: str, dtype: torch.dtype) -> tuple[nn.Module, str]:
+def _converted(args: argparse.Namespace, out: Path, base: ModelSource | None, device: str, dtype: torch.dtype
+               ) -> tuple[nn.Module, str]:
     """The converted row's model: the adapter on ``base``, or a fresh profile -> convert -> save."""
     if not args.from_scratch:
         model, _ = io.load(args.adapter, base=base, dtype=dtype, device=device, merge_adapters=True)
         return model, f"adapter {args.adapter}"
-    model, tokenizer = load(args)
+    model, tokenizer = commands.load_model(args)
     sparse = SparseConfig(window=args.window, sinks=args.sinks)
     check_windows_before_profiling(model, sparse, args.retrieval_ratio)
-    settings = settings_from(args)
+    settings = commands.profile_settings(args)
     progress(f"      profiling {geometry(model.config)[0]} layers on needle prompts "
         f"({settings.profile_samples} x 3 kinds x {settings.profile_length} tokens)")
     _, plan = run_profile(model, tokenizer, settings, out / "profile")
@@ -137,7 +138,7 @@ def command(args: argparse.Namespace) -> dict[str, Any]:
     if args.from_scratch:
         check_replaceable(args.out / "artifact", io.CONFIG_NAME)  # before profiling, not when saving
     device, dtype = commands.device_dtype(args)
-    return run(args, commands.load_model, commands.profile_settings, commands.say, device=device, dtype=dtype)
+    return run(args, device=device, dtype=dtype)
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -155,9 +156,8 @@ def _check_flags(args: argparse.Namespace) -> None:
                             "profiled and converted here): leave one of them out")
 
 
-def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: Callable, device: str = "cpu",
-        dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Both rows on ``device`` in ``dtype``; ``load(args)`` gives the base model (from scratch: to convert here)."""
+def run(args: argparse.Namespace, device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Both rows on ``device`` in ``dtype``; ``--model`` gives the base model (from scratch: to convert here)."""
     out: Path = args.out
     started = time.time()
 
@@ -166,12 +166,12 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: 
         say(args, "[1/5] base model and the training-free split (profile -> convert -> save)")
     else:
         say(args, f"[1/5] base model {base.describe()} and the adapter {args.adapter} (plan + indexers + LoRA)")
-    converted, origin = _converted(args, load, settings_from, out, base, device, dtype)
+    converted, origin = _converted(args, out, base, device, dtype)
     # the needle answers show the indexer's selection at 4K: below the model's seqlen_threshold (512K tokens by
     # default, where selecting starts to pay on a GPU) retrieval heads would decode over every key
     threshold = converted.rtpurbo_sparse.seqlen_threshold
     converted.rtpurbo_sparse.seqlen_threshold = 0
-    dense, tokenizer = load(args) if base is None else load_base(base, dtype=dtype, device=device)
+    dense, tokenizer = commands.load_model(args) if base is None else load_base(base, dtype=dtype, device=device)
     layers, kv_heads, q_heads, head_dim = geometry(dense.config)
     convert(dense, HeadPlan.uniform(layers, kv_heads, q_heads, retrieval=True), SparseConfig(top_p=1.0))
     plan, sparse = converted.rtpurbo_plan, converted.rtpurbo_sparse
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace, load: Callable, settings_from: Callable, say: 
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "quickstart.json").write_text(dumps(result))
-    _print_side_by_side(args, say, result)
+    _print_side_by_side(args, result)
     return result
 
 
@@ -217,7 +217,7 @@ def _line(label: str, dense: float, conv: float, change: str) -> str:
     return f"{label:30}{dense:>12.3f}{conv:>12.3f}{change:>11}"
 
 
-def _print_side_by_side(args: argparse.Namespace, say: Callable, result: dict[str, Any]) -> None:
+def _print_side_by_side(args: argparse.Namespace, result: dict[str, Any]) -> None:
     ppl, acc, speed = result["perplexity"], result["needle_accuracy"], result["speed_cpu"]
     say(args, "")
     say(args, f"converted = {result['converted']}")
