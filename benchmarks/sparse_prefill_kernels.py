@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--tails", type=comma_list(int), default=[0], help="dense tails (last queries attending to "
                         "every key), comma-separated, e.g. 0,1024")
     parser.add_argument("--kernels", type=comma_list(one_of(flex.SPARSE_PREFILL_KERNELS)),
-                        default=list(flex.SPARSE_PREFILL_KERNELS))
+                        default=["flex", "triton"])
     parser.add_argument("--json", help="write the environment and every row here")
     args = parser.parse_args()
     rows = [row for length in args.lengths for scoring in args.scorings for tail in args.tails

@@ -45,7 +45,7 @@ def test_cudnn_window_says_why_it_cannot_run():
 
 def test_set_sparse_prefill_kernel_validates_and_the_environment_sets_it():
     first = flex.sparse_prefill_kernel()
-    assert first == "flex" or os.environ.get("RTPURBO_SPARSE_PREFILL_KERNEL")  # flex unless the environment says
+    assert first == "auto" or os.environ.get("RTPURBO_SPARSE_PREFILL_KERNEL")  # auto unless the environment says
     try:
         assert flex.set_sparse_prefill_kernel("triton") == first
         assert flex.sparse_prefill_kernel() == "triton"
@@ -63,12 +63,14 @@ def test_set_sparse_prefill_kernel_validates_and_the_environment_sets_it():
     assert done.returncode != 0 and "RTPURBO_SPARSE_PREFILL_KERNEL must be one of" in done.stderr
 
 
-@pytest.mark.parametrize("kernel, aligned, grad, expected", [
-    ("triton", True, False, "triton"), ("triton", True, True, "flex"), ("triton", False, False, "flex"),
-    ("flex", True, False, "flex")])
-def test_sparse_prefill_routes_by_choice_layout_and_gradients(monkeypatch, kernel, aligned, grad, expected):
+@pytest.mark.parametrize("kernel, aligned, grad, takes, expected", [
+    ("triton", True, False, True, "triton"), ("triton", True, True, True, "flex"), ("triton", False, False, True, "flex"),
+    ("flex", True, False, True, "flex"), ("auto", True, False, True, "triton"), ("auto", True, False, False, "flex"),
+    ("auto", True, True, True, "flex"), ("auto", False, False, True, "flex")])
+def test_sparse_prefill_routes_by_choice_layout_and_gradients(monkeypatch, kernel, aligned, grad, takes, expected):
     """api.sparse_prefill on the flex backend: the Triton kernels take aligned calls without gradients after
-    set_sparse_prefill_kernel("triton"); padded / unaligned calls, gradients and the flex choice plan for flex."""
+    set_sparse_prefill_kernel("triton"), and under "auto" where they take the tensors (``takes``); padded / unaligned
+    calls, gradients and the flex choice plan for flex."""
     from rtpurbo.ops import api
 
     called = []
@@ -78,6 +80,7 @@ def test_sparse_prefill_routes_by_choice_layout_and_gradients(monkeypatch, kerne
     monkeypatch.setattr(flex, "block_sparse_plan", lambda *args, **kw: called.append("flex") or (None, torch.tensor(1),
                                                                                                 torch.tensor(2)))
     monkeypatch.setattr(flex, "run", lambda plan, q, k, v, scale: torch.zeros_like(q))
+    monkeypatch.setattr(flex, "triton_sparse_prefill_takes", lambda q, k, v: takes)
     q = torch.randn(1, 2, 256, 16, requires_grad=grad)
     pos = torch.arange(256)[None]
     idx = torch.randn(1, 1, 256, 4)
@@ -87,3 +90,17 @@ def test_sparse_prefill_routes_by_choice_layout_and_gradients(monkeypatch, kerne
     finally:
         flex.set_sparse_prefill_kernel(previous)
     assert called == [expected]
+
+
+@pytest.mark.skipif(flex.block_sparse_kernels is None, reason="the Triton kernels' module needs triton")
+def test_auto_takes_what_the_triton_kernels_run():
+    """``auto`` decides from dtypes and shapes: half-precision power-of-two heads on aligned blocks, nothing else."""
+    def qkv(dtype, dim, q_len=256, k_len=512):
+        return (torch.empty(1, 2, q_len, dim, dtype=dtype), torch.empty(1, 1, k_len, dim, dtype=dtype),
+                torch.empty(1, 1, k_len, dim, dtype=dtype))
+
+    assert flex.triton_sparse_prefill_takes(*qkv(torch.bfloat16, 128))
+    assert flex.triton_sparse_prefill_takes(*qkv(torch.float16, 64))
+    assert not flex.triton_sparse_prefill_takes(*qkv(torch.float32, 128))
+    assert not flex.triton_sparse_prefill_takes(*qkv(torch.bfloat16, 96))
+    assert not flex.triton_sparse_prefill_takes(*qkv(torch.bfloat16, 128, q_len=200, k_len=500))

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# What decides whether the Triton sparse-prefill kernels (rtpurbo.ops.triton.block_sparse) replace compiled flex as the
-# default of the retrieval heads' sparse prefill: their GPU tests, then kernel, layer and end-to-end timings with both
-# kernels in the same process (flex is the baseline). One GPU, about 6-8 minutes on an H200.
+# The Triton sparse-prefill kernels (rtpurbo.ops.triton.block_sparse) against compiled flex: their GPU tests, then kernel,
+# layer and end-to-end timings with both kernels (flex is the baseline). One GPU, about 6-8 minutes on an H200.
 #
 #   bash dev/remote-gpu/check-sparse-prefill-kernels.sh OUT_DIR [PARTS]   (from the repository root; rtpurbo installed)
 #
 # PARTS (default "tests attention model kernels modeltests", the order they run in) picks which parts run, so the
 # check can be split over shorter device calls: "tests" (the kernels' GPU tests), "attention" and "model" (layer and
-# end-to-end timings) decide the default; "kernels" (kernel-level timings) and "modeltests" (the cache and
-# generation tests on a GPU) complete the picture.
+# end-to-end timings), "kernels" (kernel-level timings) and "modeltests" (the cache and generation tests on a GPU).
 # OUT_DIR gets tests_*.txt (pytest tails), attention_*.json (rtpurbo bench attention, per geometry), model_*.jsonl
 # (rtpurbo bench model, per kernel), block_mass.json (the mass scores' kernels) and kernels.json
 # (benchmarks/sparse_prefill_kernels.py), plus env.txt.

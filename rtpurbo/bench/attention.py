@@ -152,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparse-prefill-kernels", type=comma_list(one_of(flex.SPARSE_PREFILL_KERNELS)), default=None,
                         help="with --prefill-blocks: time the retrieval heads' sparse prefill on each of these "
                              f"kernels, comma-separated ({', '.join(flex.SPARSE_PREFILL_KERNELS)}; default: the "
-                             "current choice, RTPURBO_SPARSE_PREFILL_KERNEL, else flex)")
+                             "current choice, RTPURBO_SPARSE_PREFILL_KERNEL, else auto)")
     parser.add_argument("--profile-prefill", type=lengths, default=[], help="also profile the sparse prefill layer at "
                         "these lengths (torch.profiler: wall vs device-busy time, kernels, top operators)")
     parser.add_argument("--window-kernel", choices=flex.WINDOW_KERNELS, default=None, help="local heads' plain "

@@ -138,8 +138,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    "Triton kernel or cuDNN's band + sinks merge (default: RTPURBO_WINDOW_KERNEL, else triton; GPU only)")
     p.add_argument("--sparse-prefill-kernel", choices=flex.SPARSE_PREFILL_KERNELS,
                    help="with --prefill-blocks: the retrieval heads' sparse-prefill kernels for unpadded prompts: "
-                        "flex (block choice in PyTorch ops, compiled flex attention) or triton (two Triton kernels) "
-                        "(default: RTPURBO_SPARSE_PREFILL_KERNEL, else flex; GPU only)")
+                        "auto (triton where its kernels take the tensors, else flex), triton (the Triton kernels; raises "
+                        "where they cannot run) or flex (block choice in PyTorch ops, compiled flex attention) "
+                        "(default: RTPURBO_SPARSE_PREFILL_KERNEL, else auto; GPU only)")
     p.add_argument("--out", type=out_file, default=Path("runs/bench-model/model_bench.jsonl"),
                    help="JSON-lines file: one line per measurement as it comes, appended (earlier runs in it stay); "
                         "the run's Markdown report beside it (x.jsonl -> x.md, another name + .md)")

@@ -304,11 +304,15 @@ def _is_aligned(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
 
 def _triton_sparse_prefill(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """The flex backend module where an aligned call runs on the Triton kernels (the flex backend, no gradients,
-    ``set_sparse_prefill_kernel("triton")``), else None."""
+    :func:`rtpurbo.ops.flex.set_sparse_prefill_kernel`: ``triton``, or ``auto`` for tensors the kernels take), else
+    None."""
     if name != "flex" or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
         return None
     flex = importlib.import_module(_BACKENDS["flex"])
-    return flex if flex.sparse_prefill_kernel() == "triton" else None
+    choice = flex.sparse_prefill_kernel()
+    if choice == "flex" or (choice == "auto" and not flex.triton_sparse_prefill_takes(q, k, v)):
+        return None
+    return flex
 
 
 def _block_sparse(name: str, q, k, v, q_pos, k_pos, q_idx, k_idx, scale: float | None, budget: dict

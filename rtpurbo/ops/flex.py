@@ -97,21 +97,34 @@ def window_kernel() -> str:
     return _window_choice.get()
 
 
-SPARSE_PREFILL_KERNELS = ("flex", "triton")  # retrieval heads' aligned sparse prefill without gradients
+# retrieval heads' aligned sparse prefill without gradients: the Triton kernels where they take the tensors, else flex
+SPARSE_PREFILL_KERNELS = ("auto", "triton", "flex")
 _sparse_prefill_choice = _KernelChoice("sparse prefill kernel", "RTPURBO_SPARSE_PREFILL_KERNEL",
-                                       SPARSE_PREFILL_KERNELS, "flex")
+                                       SPARSE_PREFILL_KERNELS, "auto")
 
 
 def set_sparse_prefill_kernel(name: str) -> str:
     """Choose the kernels of the retrieval heads' sparse prefill for aligned calls without gradients (the model's
-    unpadded prompts; process-wide, ``RTPURBO_SPARSE_PREFILL_KERNEL`` sets the initial choice): ``flex``, the block
-    choice in PyTorch ops and compiled flex attention over its block mask, or ``triton``, the block choice, the
-    attention and the dense tail as Triton kernels (:mod:`rtpurbo.ops.triton.block_sparse`), which raise where they
-    cannot run.
+    unpadded prompts; process-wide, ``RTPURBO_SPARSE_PREFILL_KERNEL`` sets the initial choice):
+
+    * ``auto`` (default): ``triton`` wherever :func:`triton_sparse_prefill_takes` the tensors (fp16 / bf16, head dim
+      a power of two up to 256, contiguous last dim; decided from dtypes and shapes, no value read), ``flex``
+      otherwise. On an H200 the Triton kernels made a Llama-3.1-8B-geometry layer 1.08x (32K) and 1.13x (128K)
+      faster than flex (``benchmarks/results/llama-3.1-8b_h200_2026-12-05_sparse-prefill-kernels.md``);
+    * ``triton``: the block choice, the attention and the dense tail as Triton kernels
+      (:mod:`rtpurbo.ops.triton.block_sparse`), which raise where they cannot run;
+    * ``flex``: the block choice in PyTorch ops and compiled flex attention over its block mask.
+
     Both keep the same blocks (the flex path ranks tied blocks in top-k's order, the Triton one lower blocks first,
     as the reference). Padded or unaligned calls and calls with gradients always run flex. Returns the previous
     choice."""
     return _sparse_prefill_choice.set(name)
+
+
+def triton_sparse_prefill_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton sparse-prefill kernels run an aligned call on these tensors (dtypes, shapes and strides
+    only)."""
+    return block_sparse_kernels is not None and block_sparse_kernels.unsupported(q, k, v) is None
 
 
 def sparse_prefill_kernel() -> str:

@@ -6,7 +6,7 @@
 * ``window``: the plain prefill of local (window + sinks) heads, which the ``flex`` backend runs for
   inputs without gradients;
 * ``block_sparse``: the retrieval heads' sparse prefill of an unpadded prompt (block choice, then block-sparse
-  attention), which the ``flex`` backend runs after ``set_sparse_prefill_kernel("triton")``;
+  attention), which the ``flex`` backend runs for inputs without gradients (``set_sparse_prefill_kernel``);
 * ``topp``: the ``triton`` backend of :func:`rtpurbo.ops.api.topp_attention`, composed of those
   kernels (the ``flex`` backend, :mod:`rtpurbo.ops.flex`, uses ``decode`` for one-token calls).
 """
