@@ -51,7 +51,38 @@ def sequences_per_prompt(config: Any, kwargs: dict[str, Any]) -> int:
     return max(beams, returned)
 
 
-def generate(model: nn.Module, *args: Any, cuda_graph: bool = False, **kwargs: Any) -> Any:
+GRAPH_MIN_NEW_TOKENS = 4  # below this, capturing the step's graph (about one eager step) does not pay
+
+
+def graphs_by_default(model: nn.Module, input_ids: torch.Tensor | None, kwargs: dict[str, Any], config: Any) -> bool:
+    """Whether ``generate()`` without a ``cuda_graph`` argument decodes from CUDA graphs: on a CUDA model on one
+    device (not spread by a ``device_map``), for prompt ids of at least 2 tokens, with the cache ``generate()``
+    starts itself (no caller cache, ``use_cache`` on), one sequence per prompt (no beams, no
+    ``num_return_sequences``), logits only (no ``output_attentions`` / ``output_hidden_states``) and at least
+    :data:`GRAPH_MIN_NEW_TOKENS` new tokens. Otherwise eager, as before.
+    ``RTPURBO_GENERATE_CUDA_GRAPH=0`` turns the default off for the process."""
+    switch = os.environ.get("RTPURBO_GENERATE_CUDA_GRAPH", "auto").strip().lower()
+    if switch not in ("auto", "0"):
+        raise ValueError(f"RTPURBO_GENERATE_CUDA_GRAPH must be auto (or unset) or 0; got {switch!r}")
+    if switch == "0" or input_ids is None or input_ids.shape[1] < 2 or not input_ids.is_cuda:
+        return False
+    if len(set(getattr(model, "hf_device_map", None) or {0: 0}.values())) > 1:
+        return False  # spread over devices (accelerate's device_map): a graph captures one device's stream
+    if given_cache(kwargs) is not None or kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
+        return False
+    if sequences_per_prompt(config, kwargs) != 1 or kwargs.get("inputs_embeds") is not None:
+        return False
+    if any(kwargs.get(name, getattr(config, name, False)) for name in ("output_attentions", "output_hidden_states")):
+        return False
+    if any(kwargs.get(name, getattr(config, name, None)) is not None for name in ASSISTED):
+        return False  # refused below, with why
+    try:
+        return _new_tokens(model, kwargs, input_ids.shape[1]) >= GRAPH_MIN_NEW_TOKENS
+    except ValueError:
+        return False  # no new token: transformers' own error, eagerly
+
+
+def generate(model: nn.Module, *args: Any, cuda_graph: bool | None = None, **kwargs: Any) -> Any:
     """transformers' ``generate()`` of a converted model through a head-wise cache (module docstring); the
     arguments are transformers'. A caller's own cache, or ``use_cache=False`` (as an argument or in the generation
     config), is passed through as given. A prompt given as ``inputs_embeds`` is prefilled whole, its last token
@@ -62,10 +93,13 @@ def generate(model: nn.Module, *args: Any, cuda_graph: bool = False, **kwargs: A
     transformers keeps its own loop around it (logits processors, sampling, stopping criteria, streamers). It
     needs prompt ids of at least 2 tokens and the head-wise cache this function starts; the cache holds the prompt
     and the new tokens as transformers counts them (:func:`_new_tokens`). The steps return logits only (no
-    attentions or hidden states)."""
+    attentions or hidden states). ``None`` (the default): graphs where :func:`graphs_by_default` says they apply
+    (a CUDA model's plain generation), eager otherwise; ``False``: eager."""
     config = kwargs.get("generation_config") or model.generation_config
     use_cache = kwargs.get("use_cache", getattr(config, "use_cache", True))
     input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    if cuda_graph is None:
+        cuda_graph = graphs_by_default(model, input_ids, kwargs, config)
     if cuda_graph and (given_cache(kwargs) is not None or use_cache is False or input_ids is None
                        or input_ids.shape[1] < 2):
         raise ValueError("cuda_graph=True decodes through the head-wise cache that generate() starts: it needs prompt "

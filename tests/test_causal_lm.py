@@ -167,17 +167,19 @@ def test_lm_eval_takes_a_model_converted_in_process(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU kernels (flex prefill, Triton decode) need CUDA")
 def test_generate_on_gpu_matches_rtpurbo_generate_on_a_padded_batch():
-    """The same through the GPU paths: transformers' generate() of an in-process converted model, bf16, left-padded."""
+    """The same through the GPU paths: transformers' generate() of an in-process converted model, bf16, left-padded,
+    eager, graphed, and by default (graphed on CUDA)."""
     model, _ = _converted("llama")
     model = model.to("cuda", torch.bfloat16)
     ids, mask = (t.cuda() for t in _padded())
     pad = tiny_tokenizer().pad_token_id
     expected = generate(model, tiny_tokenizer(), ids, mask, max_new_tokens=6).sequences
-    got = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=pad)
-    assert torch.equal(got, expected)
-    graphed = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=pad,
-                             cuda_graph=True)
-    assert torch.equal(graphed, expected)
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=pad)
+    assert torch.equal(model.generate(ids, cuda_graph=False, **kw), expected)  # eager
+    assert torch.equal(model.generate(ids, cuda_graph=True, **kw), expected)
+    default = model.generate(ids, return_dict_in_generate=True, **kw)  # a CUDA model's default: graphs
+    assert torch.equal(default.sequences, expected)
+    assert default.past_key_values.static_capacity is not None  # the cache was switched to graphed decode
 
 
 @pytest.mark.parametrize("prefill", ["dense", "sparse", "topp"])
@@ -227,3 +229,62 @@ def test_attention_weights_are_refused_not_returned_empty():
     with pytest.raises(ValueError, match="output_attentions"):
         model.config.output_attentions = True
     assert model(ids, output_attentions=False).logits.shape[:2] == (1, 12)
+
+
+class _OnCuda(torch.Tensor):
+    """CPU ids that say they are on CUDA: what the default decision sees of a CUDA prompt."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+def test_generate_decodes_from_cuda_graphs_by_default_only_where_they_apply(monkeypatch):
+    """No cuda_graph argument: graphs for a CUDA prompt's plain generation; eager for a CPU prompt, one token, a
+    caller's cache, use_cache off, beams or several sequences, attentions or hidden states, fewer than
+    GRAPH_MIN_NEW_TOKENS new tokens, assisted decoding (refused later, with why), or RTPURBO_GENERATE_CUDA_GRAPH=0."""
+    from rtpurbo.causal_lm import GRAPH_MIN_NEW_TOKENS, graphs_by_default
+
+    model, _ = _converted("llama")
+    config = model.generation_config
+    ids = random_ids(2, 12)
+    cuda_ids = ids.as_subclass(_OnCuda)
+    new = dict(max_new_tokens=GRAPH_MIN_NEW_TOKENS)
+    assert graphs_by_default(model, cuda_ids, new, config)
+    assert not graphs_by_default(model, ids, new, config)
+    assert not graphs_by_default(model, None, new, config)
+    assert not graphs_by_default(model, cuda_ids[:, :1].as_subclass(_OnCuda), new, config)
+    for extra in (dict(past_key_values=object()), dict(use_cache=False), dict(num_beams=2),
+                  dict(num_return_sequences=3, do_sample=True), dict(output_attentions=True),
+                  dict(output_hidden_states=True), dict(max_new_tokens=GRAPH_MIN_NEW_TOKENS - 1),
+                  dict(max_new_tokens=0), dict(prompt_lookup_num_tokens=3)):
+        assert not graphs_by_default(model, cuda_ids, {**new, **extra}, config), extra
+    monkeypatch.setattr(model, "hf_device_map", {"model.embed_tokens": 0, "lm_head": 1}, raising=False)
+    assert not graphs_by_default(model, cuda_ids, new, config)  # spread over two devices
+    monkeypatch.setattr(model, "hf_device_map", {"": 0})
+    assert graphs_by_default(model, cuda_ids, new, config)
+    monkeypatch.setenv("RTPURBO_GENERATE_CUDA_GRAPH", "0")
+    assert not graphs_by_default(model, cuda_ids, new, config)
+    monkeypatch.setenv("RTPURBO_GENERATE_CUDA_GRAPH", "yes")
+    with pytest.raises(ValueError, match="RTPURBO_GENERATE_CUDA_GRAPH"):
+        graphs_by_default(model, cuda_ids, new, config)
+
+
+def test_generate_without_cuda_graph_argument_takes_the_default(monkeypatch):
+    """generate() asks graphs_by_default when cuda_graph is not given, and decodes through the graphed decoder (its
+    CPU stand-in here) when it says yes: same tokens as eager, every step through the decoder."""
+    import rtpurbo.causal_lm as causal_lm
+
+    model, _ = _converted("llama")
+    ids, mask = _padded()
+    kw = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=tiny_tokenizer().pad_token_id)
+    eager = model.generate(ids, **kw)
+    steps = []
+    real_step = __import__("rtpurbo.decode_graph", fromlist=["GraphedDecoder"]).GraphedDecoder.step
+    monkeypatch.setattr("rtpurbo.decode_graph.GraphedDecoder.step",
+                        lambda self, i, p: steps.append(1) or real_step(self, i, p))
+    monkeypatch.setattr(causal_lm, "graphs_by_default", lambda *a: True)
+    assert torch.equal(model.generate(ids, **kw), eager) and len(steps) == 5
+    assert torch.equal(model.generate(ids, cuda_graph=False, **kw), eager) and len(steps) == 5  # False: eager
+    monkeypatch.setattr(causal_lm, "graphs_by_default", lambda *a: False)
+    assert torch.equal(model.generate(ids, **kw), eager) and len(steps) == 5
