@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from rtpurbo.ops import flex, reference
+from rtpurbo.ops import flex, flex_plans, reference
 
 from .test_decode_host_syncs import count_host_syncs
 
@@ -29,13 +29,13 @@ def _dense(num: torch.Tensor, idx: torch.Tensor, n_k: int) -> torch.Tensor:
 def test_plain_window_blocks_equal_the_position_ranges(length, window, sinks):
     """The compact band lists of a plain prefill = the lists built from position ranges (partial and full)."""
     steps = torch.arange(length)[None]
-    plain = flex._index_block_mask(length, window, sinks, torch.device("cpu"), False)
-    ranges = flex._range_block_mask(steps, steps, window, sinks, None, exact=True, backward=False)
-    n = length // flex.BLOCK
+    plain = flex_plans._index_block_mask(length, window, sinks, torch.device("cpu"), False)
+    ranges = flex_plans._range_block_mask(steps, steps, window, sinks, None, exact=True, backward=False)
+    n = length // flex_plans.BLOCK
     for a, b in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
         assert torch.equal(_dense(getattr(plain, a), getattr(plain, b), n), _dense(getattr(ranges, a), getattr(ranges, b), n))
     per_row = (plain.kv_num_blocks + plain.full_kv_num_blocks).float().max().item()
-    assert per_row <= window / flex.BLOCK + 2 + -(-sinks // flex.BLOCK)  # grows with W, not with L
+    assert per_row <= window / flex_plans.BLOCK + 2 + -(-sinks // flex_plans.BLOCK)  # grows with W, not with L
 
 
 def test_plans_need_no_host_sync():
@@ -44,14 +44,15 @@ def test_plans_need_no_host_sync():
     pos[1, :100] = -1
     pos[1, 100:] -= 100
     with count_host_syncs() as found:
-        position_plan = flex.plan(pos, pos, window=64, sinks=4)
-        plain_plan = flex.plan(pos[:1], pos[:1], window=64, sinks=4, plain=True)
-        masked = flex.plan(pos, pos, window=None, sinks=0, key_mask=torch.ones(2, 1, 1000, 1000, dtype=torch.bool))
+        position_plan = flex_plans.plan(pos, pos, window=64, sinks=4)
+        plain_plan = flex_plans.plan(pos[:1], pos[:1], window=64, sinks=4, plain=True)
+        masked = flex_plans.plan(pos, pos, window=None, sinks=0,
+                                 key_mask=torch.ones(2, 1, 1000, 1000, dtype=torch.bool))
     assert not found, dict(found)
     assert (position_plan.kind, plain_plan.kind, masked.kind) == ("position", "index", "key_mask")
     assert position_plan.q_len == position_plan.k_len == 1024  # padded to a multiple of the block
     with pytest.raises(ValueError, match="SDPA"):
-        flex.plan(pos, pos, window=None, sinks=0, plain=True)
+        flex_plans.plan(pos, pos, window=None, sinks=0, plain=True)
 
 
 def _run(batch: int, length: int, kind: str) -> float:
@@ -61,7 +62,7 @@ def _run(batch: int, length: int, kind: str) -> float:
     if kind == "pad":
         pos[-1, : length // 3] = -1
         pos[-1, length // 3 :] -= length // 3
-    plan = flex.plan(pos, pos, window=64, sinks=4, plain=kind == "plain")
+    plan = flex_plans.plan(pos, pos, window=64, sinks=4, plain=kind == "plain")
     out = flex.run(plan, q, k, v, 64**-0.5)
     ref = reference.attention(q, k, v, pos, pos, window=64, sinks=4)
     return ((out - ref).norm() / ref.norm()).item()
@@ -83,7 +84,7 @@ def test_compiled_flex_stops_compiling_and_matches_the_reference():
 def _dense_mask(plan) -> torch.Tensor:
     """(B, Hq, nq, nk) bool: the blocks a flex plan lists (partial or full)."""
     mask = plan.block_mask
-    n_k = plan.k_len // flex.BLOCK
+    n_k = plan.k_len // flex_plans.BLOCK
     out = []
     for num, idx in ((mask.kv_num_blocks, mask.kv_indices), (mask.full_kv_num_blocks, mask.full_kv_indices)):
         keep = torch.arange(idx.shape[-1]) < num[..., None]
@@ -107,9 +108,9 @@ def test_sparse_prefill_plan_lists_the_reference_selection(top_p, max_blocks, pa
         pos[1, 300:] -= 300
     budget = dict(top_p=top_p, min_blocks=1, max_blocks=max_blocks, sinks=4, band=64, scoring=scoring)
     with count_host_syncs() as found:
-        plan, kept, seen = flex.block_sparse_plan(q_idx, k_idx, pos, pos, group=group, **budget)
+        plan, kept, seen = flex_plans.block_sparse_plan(q_idx, k_idx, pos, pos, group=group, **budget)
     assert not found, dict(found)
-    want = reference.select_blocks(q_idx, k_idx, pos, pos, block=flex.BLOCK, **budget)
+    want = reference.select_blocks(q_idx, k_idx, pos, pos, block=flex_plans.BLOCK, **budget)
     assert torch.equal(_dense_mask(plan), want.repeat_interleave(group, dim=1))
     assert int(kept) == int(want.sum()) and int(seen) >= int(kept)
     if top_p == 1.0:
@@ -129,9 +130,9 @@ def test_sparse_prefill_top_p_1_is_dense_and_runs_compiled():
     dense = reference.attention(q, k, v, pos, pos)
     out, kept, seen = api.sparse_prefill(q, k, v, pos, pos, q_idx, k_idx, top_p=1.0, sinks=4, band=64, impl="reference")
     torch.testing.assert_close(out, dense, rtol=0, atol=0)
-    plan, kept, seen = flex.block_sparse_plan(q_idx, k_idx, pos, pos, group=2, top_p=0.6, sinks=4, band=64)
+    plan, kept, seen = flex_plans.block_sparse_plan(q_idx, k_idx, pos, pos, group=2, top_p=0.6, sinks=4, band=64)
     fast = flex.run(plan, q, k, v, 64**-0.5)
-    want, blocks = reference.block_sparse_attention(q, k, v, pos, pos, q_idx, k_idx, block=flex.BLOCK, top_p=0.6,
+    want, blocks = reference.block_sparse_attention(q, k, v, pos, pos, q_idx, k_idx, block=flex_plans.BLOCK, top_p=0.6,
                                                     sinks=4, band=64)
     assert int(blocks.sum()) == int(kept) < int(seen)  # some visible blocks were skipped
     assert ((fast - want).norm() / want.norm()).item() < 1e-4
@@ -152,8 +153,9 @@ def test_sparse_prefill_dense_tail_attends_every_key_from_the_last_queries(impl)
     pos[1, :130] = -1
     pos[1, 130:] -= 130
     budget = dict(top_p=0.5, sinks=4, band=64)
-    sparse, _ = reference.block_sparse_attention(q, k, v, pos, pos, q_idx, k_idx, block=flex.BLOCK, **budget)
-    want, _ = reference.block_sparse_attention(q, k, v, pos, pos, q_idx, k_idx, block=flex.BLOCK, tail=tail, **budget)
+    sparse, _ = reference.block_sparse_attention(q, k, v, pos, pos, q_idx, k_idx, block=flex_plans.BLOCK, **budget)
+    want, _ = reference.block_sparse_attention(q, k, v, pos, pos, q_idx, k_idx, block=flex_plans.BLOCK, tail=tail,
+                                               **budget)
     dense = reference.attention(q, k, v, pos, pos)
     valid = (pos >= 0)[:, None, :, None]
     torch.testing.assert_close(want[:, :, -tail:] * valid[:, :, -tail:], dense[:, :, -tail:] * valid[:, :, -tail:])
@@ -206,9 +208,9 @@ def test_dense_tail_parts_merge_to_the_reference(split_keys):
 def test_list_width_is_full_for_backward_and_cpu():
     """Compact key-block lists only where flex can read them: GPU forward. Backward and CPU: all blocks."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert flex.list_width(64, 10, cuda, backward=False) == 10
-    assert flex.list_width(64, 10, cuda, backward=True) == 64
-    assert flex.list_width(64, 10, cpu, backward=False) == 64
+    assert flex_plans.list_width(64, 10, cuda, backward=False) == 10
+    assert flex_plans.list_width(64, 10, cuda, backward=True) == 64
+    assert flex_plans.list_width(64, 10, cpu, backward=False) == 64
 
 
 def _transposed_lists_match(mask, n_q: int, n_k: int) -> None:
@@ -227,16 +229,16 @@ def test_backward_block_masks_list_every_key_block_for_the_query_lists():
     for the plain window band and for the retrieval heads' sparse prefill, at lengths where compact lists
     would hold fewer columns than there are key blocks (16 key blocks; the band lists 4, the sparse plan 9)."""
     length = 2048
-    n = length // flex.BLOCK
-    window_mask = flex._index_block_mask(length, 256, 4, torch.device("cpu"), True)
+    n = length // flex_plans.BLOCK
+    window_mask = flex_plans._index_block_mask(length, 256, 4, torch.device("cpu"), True)
     _transposed_lists_match(window_mask, n, n)
     torch.manual_seed(0)
     pos = torch.arange(length).repeat(2, 1)
     pos[1, :300] = -1
     pos[1, 300:] -= 300
     q_idx, k_idx = torch.randn(2, 2, length, 16), torch.randn(2, 2, length, 16)
-    plan, kept, seen = flex.block_sparse_plan(q_idx, k_idx, pos, pos, group=2, top_p=0.7, min_blocks=1, max_blocks=4,
-                                              sinks=4, band=256, backward=True)
+    plan, kept, seen = flex_plans.block_sparse_plan(q_idx, k_idx, pos, pos, group=2, top_p=0.7, min_blocks=1,
+                                                    max_blocks=4, sinks=4, band=256, backward=True)
     assert plan.block_mask.kv_indices.shape[-1] == n and 0 < int(kept) < int(seen)
     _transposed_lists_match(plan.block_mask, n, n)
 
@@ -259,7 +261,7 @@ def test_each_flex_variant_has_its_own_compile_budget(monkeypatch):
         pos[-1, :5] = -1  # a padded row: the position mask, not the plain window
         q = torch.randn(batch, n_q, length, dim, dtype=dtype)
         k, v = torch.randn(batch, n_kv, length, dim, dtype=dtype), torch.randn(batch, n_kv, length, dim, dtype=dtype)
-        plan = flex.plan(pos, pos, window=64, sinks=4, group=n_q // n_kv)
+        plan = flex_plans.plan(pos, pos, window=64, sinks=4, group=n_q // n_kv)
         return flex.run(plan, q, k, v, dim**-0.5)
 
     try:

@@ -16,7 +16,7 @@ import zlib
 import pytest
 import torch
 
-from rtpurbo.ops import api, flex, reference
+from rtpurbo.ops import api, flex, flex_plans, reference
 from rtpurbo.ops.triton import topp as triton_topp
 from rtpurbo.ops.semantics import visible
 
@@ -259,9 +259,9 @@ def test_plain_window_prefill_runs_the_triton_kernel_without_gradients():
 
 def test_flex_local_mask_is_cached_and_sparse():
     """One block mask per (L, W, S, device); its blocks grow with W, not with L."""
-    small = flex._index_block_mask(8192, 1024, 4, torch.device("cuda"), False)
-    assert flex._index_block_mask(8192, 1024, 4, torch.device("cuda"), False) is small
-    large = flex._index_block_mask(32768, 1024, 4, torch.device("cuda"), False)
+    small = flex_plans._index_block_mask(8192, 1024, 4, torch.device("cuda"), False)
+    assert flex_plans._index_block_mask(8192, 1024, 4, torch.device("cuda"), False) is small
+    large = flex_plans._index_block_mask(32768, 1024, 4, torch.device("cuda"), False)
     per_row = lambda m: (m.kv_num_blocks + m.full_kv_num_blocks).float().mean().item()
     assert per_row(large) <= 1024 / 128 + 3
     assert abs(per_row(large) - per_row(small)) < 1.0

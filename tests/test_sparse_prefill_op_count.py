@@ -3,8 +3,8 @@
 On a GPU each op that does work costs a kernel launch and 5-10 us of host time, and the sparse prefill runs once per
 layer. Counted here on a CPU at 32K tokens with ``pooled`` block scores (the same PyTorch code on any device): the
 Triton path's ops besides its kernels (replaced by stand-ins that only allocate their outputs, as the real wrappers
-do) and the flex path's planning (``flex.block_sparse_plan``, before its compiled attention). Views and allocations
-launch nothing and are not counted. Measured with torch 2.13: 21 against 100.
+do) and the flex path's planning (``flex_plans.block_sparse_plan``, before its compiled attention). Views and
+allocations launch nothing and are not counted. Measured with torch 2.13: 21 against 100.
 
 With ``mass`` block scores, the CUDA branch (:func:`rtpurbo.ops.triton.block_mass.aligned_block_mass`, its two
 kernels replaced by no-op launches, the branch reached on the CPU through a tensor that says it is on CUDA) adds no
@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton", reason="the Triton kernels' module needs triton (pip install -e '.[test]')")
 
-from rtpurbo.ops import flex  # noqa: E402
+from rtpurbo.ops import flex_plans  # noqa: E402
 from rtpurbo.ops.triton import block_mass, block_sparse  # noqa: E402
 
 LAUNCH_FREE = {"view", "_unsafe_view", "expand", "slice", "select", "unsqueeze", "squeeze", "transpose", "permute",
@@ -85,7 +85,7 @@ def test_the_triton_path_runs_a_quarter_of_the_flex_planning_ops(monkeypatch):
     with CountOps() as triton_path:
         block_sparse.sparse_prefill(q, k, v, pos, pos, q_idx, k_idx, scale=0.125, **budget)
     with CountOps() as flex_plan:
-        flex.block_sparse_plan(q_idx, k_idx, pos, pos, group=group, **budget)
+        flex_plans.block_sparse_plan(q_idx, k_idx, pos, pos, group=group, **budget)
     assert len(triton_path.ops) <= MAX_TRITON_PATH_OPS, triton_path.ops
     assert 4 * len(triton_path.ops) <= len(flex_plan.ops), (len(triton_path.ops), len(flex_plan.ops))
 

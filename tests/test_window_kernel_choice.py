@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from rtpurbo.ops import cudnn_window, flex
+from rtpurbo.ops import cudnn_window, flex, flex_plans
 
 
 def test_set_window_kernel_validates_and_returns_the_previous_choice():
@@ -77,8 +77,8 @@ def test_sparse_prefill_routes_by_choice_layout_and_gradients(monkeypatch, kerne
     monkeypatch.setattr(api, "resolve_impl", lambda impl, device: "flex")
     monkeypatch.setattr(flex, "aligned_sparse_prefill",
                         lambda q, *args: called.append("triton") or (torch.zeros_like(q), torch.tensor(1), torch.tensor(2)))
-    monkeypatch.setattr(flex, "block_sparse_plan", lambda *args, **kw: called.append("flex") or (None, torch.tensor(1),
-                                                                                                torch.tensor(2)))
+    monkeypatch.setattr(flex_plans, "block_sparse_plan",
+                        lambda *args, **kw: called.append("flex") or (None, torch.tensor(1), torch.tensor(2)))
     monkeypatch.setattr(flex, "run", lambda plan, q, k, v, scale: torch.zeros_like(q))
     monkeypatch.setattr(flex, "triton_sparse_prefill_takes", lambda q, k, v: takes)
     q = torch.randn(1, 2, 256, 16, requires_grad=grad)

@@ -319,9 +319,11 @@ def _block_sparse(name: str, q, k, v, q_pos, k_pos, q_idx, k_idx, scale: float |
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`sparse_prefill` without its tail, on tensors whose slot blocks are position blocks."""
     if name == "flex":
+        from . import flex_plans
+
         flex = importlib.import_module(_BACKENDS["flex"])
-        plan_, kept, seen = flex.block_sparse_plan(q_idx, k_idx, q_pos, k_pos, group=q.shape[1] // k.shape[1],
-                                                   backward=q.requires_grad, **budget)
+        plan_, kept, seen = flex_plans.block_sparse_plan(q_idx, k_idx, q_pos, k_pos, group=q.shape[1] // k.shape[1],
+                                                         backward=q.requires_grad, **budget)
         return flex.run(plan_, q, k, v, q.shape[-1] ** -0.5 if scale is None else scale), kept, seen
     blocks = reference.select_blocks(q_idx, k_idx, q_pos, k_pos, block=BLOCK_SIZE, **budget)
     key_mask = reference.blocks_to_keys(blocks, BLOCK_SIZE, q.shape[2], k.shape[2])

@@ -34,7 +34,7 @@ entries of the block log-sum-exps; ``_log_mass_kernel`` (one program per batch r
 :func:`~rtpurbo.ops.block_scores.log_block_mass`'s work on them, reading the candidates only, in steps of
 :data:`LOG_MASS_KEY_BLOCKS` key blocks (an online softmax max and sum, then the masses), so no entry needs a fill.
 
-The sparse prefill on CUDA calls these (:func:`block_mass` from :func:`rtpurbo.ops.flex.block_sparse_plan`,
+The sparse prefill on CUDA calls these (:func:`block_mass` from :func:`rtpurbo.ops.flex_plans.block_sparse_plan`,
 :func:`aligned_block_mass` from :func:`rtpurbo.ops.triton.block_sparse.sparse_prefill`); the reference
 (:func:`rtpurbo.ops.block_scores.block_scores`) defines them and runs elsewhere. Checked against it in the Triton
 interpreter (``tests/test_block_mass_interpret.py``, ``tests/test_block_mass_aligned_interpret.py``) and on a GPU
