@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature (default 0.7)")
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode from a CUDA graph (converted models; sampling at --temperature only). Default: on for "
-                        "a converted model on CUDA with at least 4 new tokens, the fast path on a GPU; "
-                        "--no-cuda-graph decodes eagerly")
+                   help="decode from a CUDA graph (converted models; sampling at --temperature only). Default: as "
+                        "model.generate() decides, on for a converted model on CUDA with at least 4 new tokens (the "
+                        "fast path on a GPU; RTPURBO_GENERATE_CUDA_GRAPH=0 turns it off); --no-cuda-graph decodes "
+                        "eagerly")
 
     p = sub.add_parser("export", help="write a converted model as a Hugging Face model directory (transformers, "
                                       "transformers serve, lm-evaluation-harness, RTP-LLM)")

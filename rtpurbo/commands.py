@@ -154,20 +154,10 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": str(args.out), "plan": plan_summary(plan), "sparse": sparse.to_dict(), "training": training}
 
 
-def decodes_from_graphs(asked: bool | None, device: torch.device, prompt_tokens: int, new_tokens: int) -> bool:
-    """Whether ``rtpurbo generate`` decodes a converted model from CUDA graphs: as ``--cuda-graph`` /
-    ``--no-cuda-graph`` say, else (``asked`` None) on CUDA for a prompt of at least 2 tokens and at least
-    :data:`rtpurbo.causal_lm.GRAPH_MIN_NEW_TOKENS` new ones, as ``model.generate()`` does by default."""
-    from .causal_lm import GRAPH_MIN_NEW_TOKENS
-
-    if asked is not None:
-        return asked
-    return device.type == "cuda" and prompt_tokens >= 2 and new_tokens >= GRAPH_MIN_NEW_TOKENS
-
-
 def generate(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import TextStreamer
 
+    from .causal_lm import graphs_by_default
     from .generate import generate as run_generate
 
     model, tokenizer = load_model(args, merge_adapters=True)
@@ -182,10 +172,13 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
     streamer = None if args.json else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     if converted:
+        # --cuda-graph / --no-cuda-graph, else as model.generate() decides by default (graphs on CUDA)
+        graphs = args.cuda_graph
+        if graphs is None:
+            graphs = graphs_by_default(model, ids, {"max_new_tokens": args.max_new_tokens}, model.generation_config)
         result = run_generate(model, tokenizer, ids, max_new_tokens=args.max_new_tokens,
                               prefill_chunk=args.prefill_chunk, do_sample=args.sample, temperature=args.temperature,
-                              streamer=streamer, cuda_graph=decodes_from_graphs(args.cuda_graph, device, ids.shape[1],
-                                                                               args.max_new_tokens))
+                              streamer=streamer, cuda_graph=graphs)
         new, stats = result.new_tokens[0], result.cache.stats.summary()
         kv = {"allocated_bytes": result.cache.allocated_bytes(), "used_bytes": result.cache.used_bytes()}
     else:

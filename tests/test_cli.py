@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from rtpurbo import io
 from rtpurbo.cli import build_parser, main
@@ -310,29 +309,30 @@ def test_a_cuda_device_without_cuda_is_refused_before_loading(checkpoint, capsys
     assert "--device cuda: this torch" in capsys.readouterr().err
 
 
-def test_generate_decodes_from_cuda_graphs_by_default_on_cuda_only(checkpoint, tmp_path, capsys, monkeypatch):
-    """--cuda-graph / --no-cuda-graph decide; without either, graphs on CUDA for a prompt of 2+ tokens and 4+ new
-    ones (as model.generate() by default), eager elsewhere. The CLI hands the decision to rtpurbo.generate."""
-    from rtpurbo.commands import decodes_from_graphs
+def test_generate_decodes_from_cuda_graphs_as_model_generate_decides(checkpoint, tmp_path, capsys, monkeypatch):
+    """--cuda-graph / --no-cuda-graph decide; without either, rtpurbo.causal_lm.graphs_by_default does, as for
+    model.generate() (graphs for a CUDA model's plain generation, so eager on this CPU). The CLI hands the decision to
+    rtpurbo.generate."""
+    import rtpurbo.causal_lm as causal_lm
+    import rtpurbo.generate as generate_module
 
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert decodes_from_graphs(None, cuda, 12, 4) and not decodes_from_graphs(None, cpu, 12, 4)
-    assert not decodes_from_graphs(None, cuda, 1, 64) and not decodes_from_graphs(None, cuda, 12, 3)
-    assert not decodes_from_graphs(False, cuda, 12, 64) and decodes_from_graphs(True, cpu, 12, 64)
-    assert build_parser().parse_args(["generate", "--model", "m", "--prompt", "p"]).cuda_graph is None
     parse = build_parser().parse_args
+    assert parse(["generate", "--model", "m", "--prompt", "p"]).cuda_graph is None
     assert parse(["generate", "--model", "m", "--prompt", "p", "--no-cuda-graph"]).cuda_graph is False
-
     out = tmp_path / "artifact"
     (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
     run_json(capsys, ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "plan.json"), "--window", "8",
                       "--sinks", "2", "--out", str(out)])
-    seen = []
-    import rtpurbo.generate as generate_module
-
-    real = generate_module.generate
-    monkeypatch.setattr(generate_module, "generate", lambda *a, **kw: seen.append(kw["cuda_graph"]) or real(*a, **kw))
+    seen, asked = [], []
+    real_generate, real_default = generate_module.generate, causal_lm.graphs_by_default
+    monkeypatch.setattr(generate_module, "generate",
+                        lambda *a, **kw: seen.append(kw["cuda_graph"]) or real_generate(*a, **kw))
+    monkeypatch.setattr(causal_lm, "graphs_by_default", lambda *a: asked.append(a[2]) or real_default(*a))
     argv = ["generate", "--model", str(out), "--prompt", "w1 w2 w3", "--max-new-tokens", "4", "--no-chat-template"]
     run_json(capsys, argv)
     run_json(capsys, argv + ["--cuda-graph"])  # the graphed loop's CPU stand-in
-    assert seen == [False, True]
+    run_json(capsys, argv + ["--no-cuda-graph"])
+    assert seen == [False, True, False] and asked[0] == {"max_new_tokens": 4}  # then transformers' generate() asks
+    monkeypatch.setattr(causal_lm, "graphs_by_default", lambda *a: True)  # what it says on a CUDA model
+    run_json(capsys, argv)
+    assert seen[-1] is True
