@@ -35,7 +35,8 @@ def suite_quarters(run: Path, name: str) -> dict[str, Any]:
     return merge_rows(name, [stored_row(run / f"{name}-{part}", name) for part in ("4k-a", "4k-b", "8k-a", "8k-b")])
 
 
-def _committed_row(committed: Path, folder: str, name: str) -> dict[str, Any]:
+def committed_row(committed: Path, folder: str, name: str) -> dict[str, Any]:
+    """Row ``name`` as committed in ``committed/FOLDER/rows/NAME.json.gz`` (a results folder's merged row)."""
     import gzip
     import json
 
@@ -46,8 +47,8 @@ def _committed_row(committed: Path, folder: str, name: str) -> dict[str, Any]:
 # reference rows of the sparse-prefill analyses: name -> (comparison key, loader from ``benchmarks/results``)
 REFERENCES = {
     "dense_prefill": ("vs_dense_prefill", w1536_dense_prefill),
-    "spt": ("vs_tail_256", lambda c: _committed_row(c, "smollm2-135m_h200_2026-12-04_sparse-prefill-dense-tail", "spt")),
-    "sp": ("vs_sparse_prefill", lambda c: _committed_row(c, "smollm2-135m_h200_2026-12-04_sparse-prefill-w1536", "sp")),
+    "spt": ("vs_tail_256", lambda c: committed_row(c, "smollm2-135m_h200_2026-12-04_sparse-prefill-dense-tail", "spt")),
+    "sp": ("vs_sparse_prefill", lambda c: committed_row(c, "smollm2-135m_h200_2026-12-04_sparse-prefill-w1536", "sp")),
     "dense": ("vs_dense", lambda c: merge_rows("dense", dense_samples_0_99(c))),
 }
 

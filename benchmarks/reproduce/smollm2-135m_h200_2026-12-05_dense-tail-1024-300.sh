@@ -48,7 +48,7 @@ import gzip
 import sys
 from pathlib import Path
 
-from committed_rows import _committed_row, w1536_dense_prefill
+from committed_rows import committed_row, w1536_dense_prefill
 from rtpurbo.config import dumps
 from rtpurbo.eval.paired import paired_differences
 from rtpurbo.eval.paired_plot import write_comparisons
@@ -60,7 +60,7 @@ new = merge_rows("spt1k", [stored_row(run / f"{block}-{part}", "spt1k") for bloc
 (results / "rows" / "spt1k_8k_100_299.json.gz").write_bytes(gzip.compress(dumps(new).encode(), mtime=0))
 reference = w1536_dense_prefill(committed)
 # samples 0-99 (committed, 2026-12-04) were evaluated before the base-model fingerprint joined a row's identity
-earlier = _committed_row(committed, "smollm2-135m_h200_2026-12-04_dense-tail-1024", "spt1k")
+earlier = committed_row(committed, "smollm2-135m_h200_2026-12-04_dense-tail-1024", "spt1k")
 identity = {key: value for key, value in new["identity"].items() if key != "base_model"}
 pooled = merge_rows("spt1k", [("samples 0-99", earlier), ("samples 100-299", {**new, "identity": identity})])
 lines = write_comparisons({"vs_dense_prefill_100_299": paired_differences([reference, new], "dense_prefill"),
