@@ -1,44 +1,22 @@
 #!/usr/bin/env bash
-# The Triton sparse-prefill kernels (rtpurbo.ops.triton.block_sparse) against compiled flex: their GPU tests, then kernel,
-# layer and end-to-end timings with both kernels (flex is the baseline). One GPU, about 6-8 minutes on an H200.
+# The rest of the Triton sparse-prefill kernels' GPU checks (rtpurbo.ops.triton.block_sparse). Their GPU tests, layer
+# and end-to-end timings against flex are benchmarks/reproduce/llama-3.1-8b_h200_2026-12-05_sparse-prefill-kernels.sh
+# (run on 2026-12-05: they made the kernels the default); this runs what that call did not. One GPU, a few minutes.
 #
 #   bash dev/remote-gpu/check-sparse-prefill-kernels.sh OUT_DIR [PARTS]   (from the repository root; rtpurbo installed)
 #
-# PARTS (default "tests attention model kernels modeltests", the order they run in) picks which parts run, so the
-# check can be split over shorter device calls: "tests" (the kernels' GPU tests), "attention" and "model" (layer and
-# end-to-end timings), "kernels" (kernel-level timings) and "modeltests" (the cache and generation tests on a GPU).
-# OUT_DIR gets tests_*.txt (pytest tails), attention_*.json (rtpurbo bench attention, per geometry), model_*.jsonl
-# (rtpurbo bench model, per kernel), block_mass.json (the mass scores' kernels) and kernels.json
-# (benchmarks/sparse_prefill_kernels.py), plus env.txt.
+# PARTS (default "kernels modeltests", the order they run in): "kernels" (kernel-level timings: OUT_DIR/block_mass.json
+# from benchmarks/block_mass_speed.py, OUT_DIR/kernels.json from benchmarks/sparse_prefill_kernels.py) and
+# "modeltests" (the cache and generation tests on a GPU: OUT_DIR/tests_model.txt); plus env.txt.
 set -uo pipefail
 out=${1:?usage: check-sparse-prefill-kernels.sh OUT_DIR [PARTS]}
-parts=" ${2:-tests attention model kernels modeltests} "
+parts=" ${2:-kernels modeltests} "
 mkdir -p "$out"
 python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__,
 torch.cuda.get_device_name())" > "$out/env.txt" 2>&1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >> "$out/env.txt" 2>&1
 git rev-parse HEAD >> "$out/env.txt" 2>&1
 
-if [[ $parts == *" tests "* ]]; then
-python -m pytest -q tests/test_ops_gpu.py -k "triton_sparse_prefill or sparse_prefill_matches or block_mass" \
-  > "$out/tests_ops.txt" 2>&1; echo "rc=$?" >> "$out/tests_ops.txt"
-python -m pytest -q tests/test_sparse_prefill.py > "$out/tests_sparse_prefill.txt" 2>&1
-echo "rc=$?" >> "$out/tests_sparse_prefill.txt"
-fi
-if [[ $parts == *" attention "* ]]; then
-for geometry in llama-3.1-8b qwen3-30b-a3b; do
-  rtpurbo bench attention --geometries "$geometry" --prefill 32K,128K --decode 32K --budgets top-p \
-    --prefill-blocks 16 --sparse-prefill-kernels flex,triton --window-kernel cudnn \
-    --json "$out/attention_$geometry.json" > "$out/attention_$geometry.txt" 2>&1
-done
-fi
-if [[ $parts == *" model "* ]]; then
-for kernel in flex triton; do
-  rtpurbo bench model --geometry llama-3.1-8b --lengths 32K 128K --decode-steps 16 --repeats 2 --no-flash-ttft \
-    --prefill-blocks 16 --prefill-scoring mass --sparse-prefill-kernel "$kernel" --window-kernel cudnn \
-    --out "$out/model_$kernel.jsonl" > "$out/model_$kernel.txt" 2>&1
-done
-fi
 if [[ $parts == *" kernels "* ]]; then
 python benchmarks/block_mass_speed.py --lengths 32768,131072,1048576 --json "$out/block_mass.json" \
   > "$out/block_mass.txt" 2>&1
