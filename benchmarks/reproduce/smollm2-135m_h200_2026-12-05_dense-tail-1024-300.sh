@@ -9,7 +9,8 @@
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-05_dense-tail-1024-300.sh eval OUT      # GPU, ~6 min
 #   bash benchmarks/reproduce/smollm2-135m_h200_2026-12-05_dense-tail-1024-300.sh analyse OUT RESULTS
 #
-# The committed run ran each block of 100 samples as four evals at once on one H200 (199 s and 161 s). RESULTS: the
+# The committed run split each block's 19 tasks over four evals instead of two (the same samples and batches per task),
+# four at once on one H200, one block after the other (199 s and 161 s). RESULTS: the
 # folder beside this script's results file. RTPURBO: the command (default python3 -m rtpurbo.cli); MODEL: the base
 # model (default the embedded smollm2-135m).
 set -euo pipefail
@@ -26,20 +27,19 @@ prepare)
   done
   ;;
 eval)
-  ev() {  # ev BLOCK PART TASKS...
-    local block=$1 part=$2
-    shift 2
+  # shellcheck source=suite_quarters.sh
+  source "$(dirname "$0")/suite_quarters.sh"
+  ev() {  # ev BLOCK PART TASKS
+    # shellcheck disable=SC2086
     "${rt[@]}" eval --model "${MODEL:-smollm2-135m}" --speed-repeats 0 --batch-size 16 --decode graph \
-      --data "$out/$block/eval_data.npz" --samples 100 --lengths 8192 --ppl-windows 0 --tasks "$@" --rows \
-      --artifacts "$row" --out "$out/$block-$part"
+      --data "$out/$1/eval_data.npz" --samples 100 --lengths 8192 --ppl-windows 0 --tasks $3 --rows \
+      --artifacts "$row" --out "$out/$1-$2"
   }
-  for block in e100 e200; do
-    ev "$block" a code_function common_words common_words_close doc_qa essay_multikey &
-    ev "$block" b essay_multivalue essay_niah_number essay_niah_uuid frequent_words multikey_lines &
-    ev "$block" c multikey_uuid_lines niah_multikey niah_multiquery niah_multivalue niah_number &
-    ev "$block" d niah_uuid niah_word variable_tracking variable_tracking_chains &
-    wait
-  done
+  ev e100 a "$SUITE_TASKS_A" &
+  ev e100 b "$SUITE_TASKS_B" &
+  ev e200 a "$SUITE_TASKS_A" &
+  ev e200 b "$SUITE_TASKS_B" &
+  wait
   ;;
 analyse)
   results=${3:?analyse needs RESULTS}
@@ -55,7 +55,8 @@ from rtpurbo.eval.paired_plot import write_comparisons
 from rtpurbo.eval.report import merge_rows, stored_row
 
 run, results, committed = (Path(arg) for arg in sys.argv[1:4])
-new = merge_rows("spt1k", [stored_row(run / f"{block}-{part}", "spt1k") for block in ("e100", "e200") for part in "abcd"])
+new = merge_rows("spt1k", [stored_row(part, "spt1k") for block in ("e100", "e200")
+                          for part in sorted(run.glob(f"{block}-*")) if part.is_dir()])
 (results / "rows").mkdir(parents=True, exist_ok=True)
 (results / "rows" / "spt1k_8k_100_299.json.gz").write_bytes(gzip.compress(dumps(new).encode(), mtime=0))
 reference = w1536_dense_prefill(committed)

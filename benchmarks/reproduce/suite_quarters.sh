@@ -13,13 +13,16 @@ suite_prepare() {
   "${rt[@]}" eval --prepare-only --lengths 4096 8192 --samples 100 --ppl-windows 12 --workers 2 --out "$1/eval100"
 }
 
+# the suite's 19 tasks in two halves of about equal eval time
+SUITE_TASKS_A="code_function common_words common_words_close doc_qa essay_multikey essay_multivalue essay_niah_number"
+SUITE_TASKS_A="$SUITE_TASKS_A essay_niah_uuid frequent_words multikey_lines"
+SUITE_TASKS_B="multikey_uuid_lines niah_multikey niah_multiquery niah_multivalue niah_number niah_uuid niah_word"
+SUITE_TASKS_B="$SUITE_TASKS_B variable_tracking variable_tracking_chains"
+
 suite_quarters() {
   local out=$1 data=$2 row=$3 prefix=$4
   local rt=(${RTPURBO:-python3 -m rtpurbo.cli})
-  local t1="code_function common_words common_words_close doc_qa essay_multikey essay_multivalue essay_niah_number"
-  t1="$t1 essay_niah_uuid frequent_words multikey_lines"
-  local t2="multikey_uuid_lines niah_multikey niah_multiquery niah_multivalue niah_number niah_uuid niah_word"
-  t2="$t2 variable_tracking variable_tracking_chains"
+  local t1=$SUITE_TASKS_A t2=$SUITE_TASKS_B
   _quarter() {  # _quarter NAME LENGTH PPL_WINDOWS TASKS
     # shellcheck disable=SC2086
     "${rt[@]}" eval --model smollm2-135m --speed-repeats 0 --batch-size 16 --decode graph --data "$data" --samples 100 \
