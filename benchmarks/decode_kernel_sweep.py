@@ -9,13 +9,14 @@
    :class:`rtpurbo.ops.triton.decode.DecodeLaunch` of a grid. Each time is the median
    CUDA-graph replay with L2 flushed (the attention bench's ``graph_us``); GB/s counts the K/V
    bytes read (the ring, or the selected rows).
-2. ``index_scores`` at 128K and 1M keys for blocks 512..4096 and 4 / 8 warps (GB/s of the 16-d
-   bf16 indexer keys).
+2. ``index_scores`` at 128K and 1M keys for blocks 512..4096, 4 / 8 warps, and key loads of visible slots only or
+   of every slot (GB/s of the 16-d bf16 indexer keys, the positions and the scores).
 3. ``select``: the whole selection (index scores + threshold search) at 128K and 1M keys for 16 and
    32 level-0 bins and both schedules of the search (fused, phased), on peaked, trained-like and
    flat scores (score std 4, 2.56 and 0.04 logits).
 4. ``search_launch``: the same selection (phased schedule, 32 level-0 bins) for launches of the threshold
-   search: programs per SM, warps of levels 0-3, keys per inner step.
+   search: programs per SM, warps of levels 0-3, keys per inner step (``--search-launches``: also the probes per
+   step of level 0's key-interval search).
 5. ``walk``: the serial tail of a search level, timed alone as one program (CUDA-graph replays of 20 launches,
    per launch): an empty launch, loading a level's bins, walking them (:func:`~rtpurbo.ops.triton.threshold_phases._walk`,
    32 / 256 / 2048 bins, 1-8 warps) and level 0's search for its bin's key interval (32 / 64 / 256 probes).
@@ -179,8 +180,9 @@ def select_rows(record) -> None:
 
 def search_launch_rows(record, grid=None) -> None:
     """The whole selection of one retrieval head at 128K and 1M keys, phased, for each launch of
-    :data:`SEARCH_LAUNCH_GRID` or ``grid`` (programs per SM, warps of levels 0-3, keys per inner step), on the three
-    score regimes; ``order_sum`` checks that every launch selects the same keys."""
+    :data:`SEARCH_LAUNCH_GRID` or ``grid`` (programs per SM, warps of levels 0-3, keys per inner step, and optionally
+    the probes per step of level 0's key-interval search), on the three score regimes; ``order_sum`` checks that
+    every launch selects the same keys."""
     from rtpurbo.ops.triton import threshold
 
     for length in (131072, 1048576):
@@ -189,18 +191,19 @@ def search_launch_rows(record, grid=None) -> None:
             torch.manual_seed(0)
             q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
 
-            def select(per_sm, warps, block):
+            def select(per_sm, warps, block, probes):
                 scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
                 return threshold.topp_threshold(scored.scores.view(1, length), scored.block_max, scored.block_sum,
                                                 scored.block_count, scored.block_min, top_p=TOP_P, min_tokens=64,
                                                 max_tokens=None, block=block, programs_per_sm=per_sm,
-                                                num_warps=warps)
+                                                num_warps=warps, logit_probes=probes)
 
-            for per_sm, warps, block in SEARCH_LAUNCH_GRID if grid is None else grid:
-                us = graph_us(lambda a=per_sm, w=warps, b=block: select(a, w, b)[1], rep=50)
-                order, n_keep = select(per_sm, warps, block)
+            for launch in SEARCH_LAUNCH_GRID if grid is None else grid:
+                per_sm, warps, block, probes = (*launch, threshold.LOGIT_PROBES)[:4]
+                us = graph_us(lambda a=per_sm, w=warps, b=block, p=probes: select(a, w, b, p)[1], rep=50)
+                order, n_keep = select(per_sm, warps, block, probes)
                 record(dict(case="search_launch", L=length, regime=regime, programs_per_sm=per_sm, num_warps=warps,
-                            block=block, us=us, gbps=0.0, selected=int(n_keep),
+                            block=block, logit_probes=probes, us=us, gbps=0.0, selected=int(n_keep),
                             order_sum=int(order[0, : int(n_keep)].sum())))
 
 
@@ -271,11 +274,12 @@ def score_rows(record) -> None:
         q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM)
         q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
         nbytes = k_idx.numel() * 2 + length * (8 + 4)  # keys, positions (int64) in; fp32 scores out
-        for block, warps in SCORE_GRID:
-            fn = lambda b=block, w=warps: kernels.index_scores(  # noqa: E731
-                q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT, block=b, num_warps=w).scores
+        for (block, warps), visible_loads in itertools.product(SCORE_GRID, (True, False)):
+            fn = lambda b=block, w=warps, v=visible_loads: kernels.index_scores(  # noqa: E731
+                q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT, block=b, num_warps=w, visible_loads=v).scores
             us = graph_us(fn, rep=50)
-            record(dict(case="index_scores", L=length, block=block, num_warps=warps, us=us, gbps=nbytes / us / 1e3))
+            record(dict(case="index_scores", L=length, block=block, num_warps=warps, visible_loads=visible_loads,
+                        us=us, gbps=nbytes / us / 1e3))
 
 
 def step_profile(record) -> None:
@@ -355,7 +359,7 @@ def main() -> None:
     parser.add_argument("--parts", default="local,list,scores,profile", help="comma-separated, of: local, list, "
                         "scores, profile, dense, select, search_launch, combine, walk")
     parser.add_argument("--search-launches", default="", help="search_launch's grid instead of the default: "
-                        "comma-separated PROGRAMS_PER_SMxWARPSxBLOCK, e.g. 2x8x2048,8x2x2048")
+                        "comma-separated PROGRAMS_PER_SMxWARPSxBLOCK[xPROBES], e.g. 2x8x2048,8x2x2048x32")
     args = parser.parse_args()
     search_grid = [tuple(int(x) for x in launch.split("x")) for launch in args.search_launches.split(",") if launch]
     rows: list[dict] = []

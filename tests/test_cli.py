@@ -336,3 +336,28 @@ def test_generate_decodes_from_cuda_graphs_as_model_generate_decides(checkpoint,
     monkeypatch.setattr(causal_lm, "graphs_by_default", lambda *a: True)  # what it says on a CUDA model
     run_json(capsys, argv)
     assert seen[-1] is True
+
+
+def test_generate_on_cuda_decodes_from_cuda_graphs_by_default(checkpoint, tmp_path, capsys, monkeypatch):
+    """On a CUDA device, `rtpurbo generate` of an artifact decodes from CUDA graphs unless --no-cuda-graph, and both
+    give the same greedy text."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("the CUDA-graph default applies to a model on a CUDA device")
+    import rtpurbo.generate as generate_module
+
+    out = tmp_path / "artifact"
+    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
+    run_json(capsys, ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "plan.json"), "--window", "8",
+                      "--sinks", "2", "--out", str(out)])
+    seen = []
+    real_generate = generate_module.generate
+    monkeypatch.setattr(generate_module, "generate",
+                        lambda *a, **kw: seen.append(kw["cuda_graph"]) or real_generate(*a, **kw))
+    argv = ["generate", "--model", str(out), "--prompt", "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12", "--max-new-tokens",
+            "12", "--no-chat-template", "--device", "cuda", "--dtype", "float32"]
+    graphed = run_json(capsys, argv)
+    eager = run_json(capsys, argv + ["--no-cuda-graph"])
+    assert seen == [True, False]
+    assert graphed["new_tokens"] == eager["new_tokens"] and graphed["text"] == eager["text"]

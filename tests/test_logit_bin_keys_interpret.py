@@ -121,9 +121,9 @@ def test_logit_bin_key_interval_in_interpreter(report, name):
 
 
 def test_probe_rounds_counts_the_steps_that_close_the_key_range():
-    from rtpurbo.ops.triton.threshold_phases import LOGIT_PROBE_ROUNDS, LOGIT_PROBES, probe_rounds
+    from rtpurbo.ops.triton.threshold_phases import probe_rounds
 
-    assert (LOGIT_PROBES.value, LOGIT_PROBE_ROUNDS.value) == (256, 5)
+    assert probe_rounds(256) == 5
     assert [probe_rounds(p) for p in (3, 32, 64, 257)] == [32, 7, 6, 4]
     # 4 steps of 256 probes close at most 255 * 16646656 + 1 keys; a 2^32 range needs the fifth
     assert probe_rounds(256, keys=255 * 16646656 + 1) == 4 and probe_rounds(256, keys=255 * 16646656 + 2) == 5

@@ -222,8 +222,9 @@ def _check_flat_interval() -> list[str]:
 
 
 def _check_n_logit() -> list[str]:
-    """The level-0 bin count and the phased launch (programs per SM, warps) change the work, not the selection:
-    4 and 64 bins, and 1 or 16 programs per SM (4 or 64 programs per row here), select what the default does."""
+    """The level-0 bin count, the phased launch (programs per SM, warps) and the probes of level 0's key-interval
+    search change the work, not the selection: 4 and 64 bins, 1 or 16 programs per SM (4 or 64 programs per row
+    here), and 4 or 32 probes per step select what the default does."""
     import torch
 
     from rtpurbo.ops.triton import decode, threshold
@@ -237,7 +238,7 @@ def _check_n_logit() -> list[str]:
         budget = dict(top_p=top_p, min_tokens=0, max_tokens=max_tokens, block=64)
         order, n_keep = threshold.topp_threshold(*args, **budget)
         for launch in (dict(n_logit=4), dict(n_logit=64), dict(programs_per_sm=1, num_warps=4),
-                       dict(programs_per_sm=16)):
+                       dict(programs_per_sm=16), dict(logit_probes=4), dict(logit_probes=32)):
             other, n_other = threshold.topp_threshold(*args, **budget, **launch)
             same = torch.equal(n_keep, n_other) and all(
                 torch.equal(order[r, : n_keep[r]], other[r, : n_keep[r]]) for r in range(2))
@@ -251,8 +252,38 @@ def _check_n_logit() -> list[str]:
     return problems
 
 
+def _check_key_loads() -> list[str]:
+    """index_scores reading every slot's indexer keys (visible_loads=False) gives what reading only the visible ones
+    does, bit for bit, with NaN / inf in the keys of hidden slots: unfilled (-1), in the future, padding."""
+    import torch
+
+    from rtpurbo.ops.triton import decode
+
+    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 2, 2, 300, seed=3)
+    q_pos = torch.tensor([[250], [299]])
+    k_pos = k_pos.clone()
+    k_pos[1, 280:] = -1  # an unfilled tail (a static cache's reserved slots)
+    k_pos[1, :7] = -1  # left padding
+    hidden = (k_pos < 0) | (k_pos > q_pos)  # (B, Lk)
+    poisoned = k_idx.clone()
+    poisoned[:, 0][hidden] = float("nan")
+    poisoned[:, 1][hidden] = float("inf")
+    problems = []
+    want = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=2, recent=5, block=64)
+    for visible_loads in (True, False):
+        got = decode.index_scores(q_idx, poisoned, q_pos, k_pos, sinks=2, recent=5, block=64,
+                                  visible_loads=visible_loads)
+        for field, a, b in zip(want._fields, want, got):
+            if not torch.equal(a, b):
+                problems.append(f"visible_loads={visible_loads}: {field} differs from the unpoisoned keys'")
+    if not bool((want.scores.isneginf() == hidden[:, None]).all()):
+        problems.append("hidden slots do not score -inf")
+    return problems
+
+
 def _check_bad_args() -> list[str]:
-    """An unknown schedule, and work / sync buffers of the wrong shape or dtype, are refused before any launch."""
+    """An unknown schedule, work / sync buffers of the wrong shape or dtype, and bad launch settings are refused before
+    any launch."""
     import torch
 
     from rtpurbo.ops.triton import decode, threshold
@@ -265,7 +296,8 @@ def _check_bad_args() -> list[str]:
            "sync shape": dict(sync=torch.zeros(1, threshold.N_SYNC, dtype=torch.int64)),
            "sync dtype": dict(sync=torch.zeros(2, threshold.N_SYNC, dtype=torch.int32)),
            "work shape": dict(work=torch.zeros(2, threshold.N_LEVELS, 8, dtype=torch.int64)),
-           "programs per SM": dict(programs_per_sm=0), "warps": dict(num_warps=3)}
+           "programs per SM": dict(programs_per_sm=0), "warps": dict(num_warps=3),
+           "probes": dict(logit_probes=24), "too few probes": dict(logit_probes=2)}
     problems = []
     for what, kwargs in bad.items():
         try:
@@ -279,7 +311,7 @@ def _check_bad_args() -> list[str]:
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
         ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("n-logit", _check_n_logit),
-        ("bad-args", _check_bad_args)])
+        ("bad-args", _check_bad_args), ("key-loads", _check_key_loads)])
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +324,7 @@ def test_every_launch_compiles_for_hopper(report):
     assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "bad-args"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "bad-args", "key-loads"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

@@ -21,7 +21,7 @@ MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
-LOGIT_PROBES = tl.constexpr(256)  # keys probed per step of level 0's key-interval search (:func:`_logit_bin_keys`)
+LOGIT_PROBES = 256  # default keys probed per step of level 0's key-interval search (:func:`_logit_bin_keys`)
 
 
 def probe_rounds(probes: int, keys: int = 2**32) -> int:
@@ -36,7 +36,6 @@ def probe_rounds(probes: int, keys: int = 2**32) -> int:
     return rounds
 
 
-LOGIT_PROBE_ROUNDS = tl.constexpr(probe_rounds(LOGIT_PROBES.value))  # kernels read only constexpr globals
 
 # fields of the per-row search state (BH, N_STATE) int64
 MODE = tl.constexpr(0)  # BY_MASS, BY_RANK or RESOLVED
@@ -208,10 +207,12 @@ def logit_phase(
     scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
     row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PROBES: tl.constexpr, ROUNDS: tl.constexpr,
 ):
     """Level 0: per-program one-hot histograms of the logit bins, added to ``level``; the last
-    program to finish walks them, writes the search state and (``FUSED``) sets ``*release``."""
+    program to finish walks them, finds the chosen bin's key interval (:func:`_logit_bin_keys`, ``PROBES`` keys
+    per step, ``ROUNDS`` = :func:`probe_rounds` steps), writes the search state and (``FUSED``) sets
+    ``*release``."""
     row_max, z, n_visible, inv_width = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
                                                     N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
     bins = tl.arange(0, N_LOGIT)
@@ -242,7 +243,7 @@ def logit_phase(
         chosen, mode, rank, above, mass_above, _, _ = _walk(
             counts, masses, zero, zero, zero, zero, target, lower, upper, N_LOGIT,
         )
-        key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, LOGIT_PROBES, LOGIT_PROBE_ROUNDS)
+        key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, PROBES, ROUNDS)
         empty = upper == 0
         _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
                       tl.where(empty, NO_KEY, 0), zero, N_BINS)
