@@ -12,7 +12,7 @@
 2. ``index_scores`` at 128K and 1M keys for blocks 512..4096, 4 / 8 warps, and key loads of visible slots only or
    of every slot (GB/s of the 16-d bf16 indexer keys, the positions and the scores).
 3. ``select``: the whole selection (index scores + threshold search) at 128K and 1M keys for 16 and
-   32 level-0 bins and both schedules of the search (fused, phased), on peaked, trained-like and
+   32 level-0 bins (``--n-logits``) and both schedules of the search (fused, phased), on peaked, trained-like and
    flat scores (score std 4, 2.56 and 0.04 logits).
 4. ``search_launch``: the same selection (phased schedule, 32 level-0 bins) for launches of the threshold
    search: programs per SM, warps of levels 0-3, keys per inner step (``--search-launches``: also the probes per
@@ -150,7 +150,7 @@ def combine_rows(record) -> None:
             record(dict(case="combine", what=name, **_launch(launch), us=us, gbps=nbytes / us / 1e3))
 
 
-def select_rows(record) -> None:
+def select_rows(record, n_logits=SELECT_N_LOGIT) -> None:
     """The whole selection (index scores + threshold search + list) of one retrieval head at 128K and 1M keys,
     for level-0 bin counts and three score regimes (indexer keys scaled: std of the scores 4, 2.56, 0.04)."""
     from rtpurbo.ops.triton import threshold
@@ -168,7 +168,7 @@ def select_rows(record) -> None:
                                                 max_tokens=None, n_logit=n_logit, work=work, schedule=schedule,
                                                 sync=sync)
 
-            for n_logit, schedule in itertools.product(SELECT_N_LOGIT, threshold.SCHEDULES):
+            for n_logit, schedule in itertools.product(n_logits, threshold.SCHEDULES):
                 us = graph_us(lambda n=n_logit, s=schedule: select(n, s)[1], rep=50)
                 work = torch.zeros(1, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64, device=DEVICE)
                 sync = torch.zeros(1, threshold.N_SYNC, dtype=torch.int64, device=DEVICE)
@@ -233,7 +233,7 @@ def _walk_kernel(counts_ptr, masses_ptr, out_ptr, target, NB: tl.constexpr):
 
 @triton.jit
 def _probe_kernel(stats_ptr, out_ptr, PROBES: tl.constexpr, ROUNDS: tl.constexpr):
-    lo, hi = _logit_bin_keys(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 32, PROBES, ROUNDS)
+    lo, hi = _logit_bin_keys(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 3, 32, PROBES, ROUNDS)
     tl.store(out_ptr, lo + hi)
 
 
@@ -360,6 +360,8 @@ def main() -> None:
                         "scores, profile, dense, select, search_launch, combine, walk")
     parser.add_argument("--search-launches", default="", help="search_launch's grid instead of the default: "
                         "comma-separated PROGRAMS_PER_SMxWARPSxBLOCK[xPROBES], e.g. 2x8x2048,8x2x2048x32")
+    parser.add_argument("--n-logits", default=",".join(map(str, SELECT_N_LOGIT)),
+                        help="select's level-0 bin counts, comma-separated powers of two")
     args = parser.parse_args()
     search_grid = [tuple(int(x) for x in launch.split("x")) for launch in args.search_launches.split(",") if launch]
     rows: list[dict] = []
@@ -371,7 +373,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows,
-             "select": select_rows, "search_launch": lambda record: search_launch_rows(record, search_grid or None),
+             "select": lambda record: select_rows(record, [int(n) for n in args.n_logits.split(",")]), "search_launch": lambda record: search_launch_rows(record, search_grid or None),
              "combine": combine_rows, "walk": walk_rows}
     for name in args.parts.split(","):
         try:
