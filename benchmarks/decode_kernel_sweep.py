@@ -9,8 +9,8 @@
    :class:`rtpurbo.ops.triton.decode.DecodeLaunch` of a grid. Each time is the median
    CUDA-graph replay with L2 flushed (the attention bench's ``graph_us``); GB/s counts the K/V
    bytes read (the ring, or the selected rows).
-2. ``index_scores`` at 128K and 1M keys for blocks 512..4096, 4 / 8 warps, and key loads of visible slots only or
-   of every slot (GB/s of the 16-d bf16 indexer keys, the positions and the scores).
+2. ``index_scores`` at 128K and 1M keys for blocks 512..4096 and 4 / 8 warps (GB/s of the 16-d
+   bf16 indexer keys, the positions and the scores).
 3. ``select``: the whole selection (index scores + threshold search) at 128K and 1M keys for 16 and
    32 level-0 bins (``--n-logits``) and both schedules of the search (fused, phased), on peaked, trained-like and
    flat scores (score std 4, 2.56 and 0.04 logits).
@@ -233,7 +233,7 @@ def _walk_kernel(counts_ptr, masses_ptr, out_ptr, target, NB: tl.constexpr):
 
 @triton.jit
 def _probe_kernel(stats_ptr, out_ptr, PROBES: tl.constexpr, ROUNDS: tl.constexpr):
-    lo, hi = _logit_bin_keys(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 3, 32, PROBES, ROUNDS)
+    lo, hi = _logit_bin_keys(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 32, PROBES, ROUNDS)
     tl.store(out_ptr, lo + hi)
 
 
@@ -274,12 +274,11 @@ def score_rows(record) -> None:
         q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM)
         q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
         nbytes = k_idx.numel() * 2 + length * (8 + 4)  # keys, positions (int64) in; fp32 scores out
-        for (block, warps), visible_loads in itertools.product(SCORE_GRID, (True, False)):
-            fn = lambda b=block, w=warps, v=visible_loads: kernels.index_scores(  # noqa: E731
-                q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT, block=b, num_warps=w, visible_loads=v).scores
+        for block, warps in SCORE_GRID:
+            fn = lambda b=block, w=warps: kernels.index_scores(  # noqa: E731
+                q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT, block=b, num_warps=w).scores
             us = graph_us(fn, rep=50)
-            record(dict(case="index_scores", L=length, block=block, num_warps=warps, visible_loads=visible_loads,
-                        us=us, gbps=nbytes / us / 1e3))
+            record(dict(case="index_scores", L=length, block=block, num_warps=warps, us=us, gbps=nbytes / us / 1e3))
 
 
 def step_profile(record) -> None:

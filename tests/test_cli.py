@@ -328,7 +328,8 @@ def test_generate_decodes_from_cuda_graphs_as_model_generate_decides(checkpoint,
     monkeypatch.setattr(generate_module, "generate",
                         lambda *a, **kw: seen.append(kw["cuda_graph"]) or real_generate(*a, **kw))
     monkeypatch.setattr(causal_lm, "graphs_by_default", lambda *a: asked.append(a[2]) or real_default(*a))
-    argv = ["generate", "--model", str(out), "--prompt", "w1 w2 w3", "--max-new-tokens", "4", "--no-chat-template"]
+    argv = ["generate", "--model", str(out), "--prompt", "w1 w2 w3", "--max-new-tokens", "4", "--no-chat-template",
+            "--device", "cpu"]
     run_json(capsys, argv)
     run_json(capsys, argv + ["--cuda-graph"])  # the graphed loop's CPU stand-in
     run_json(capsys, argv + ["--no-cuda-graph"])

@@ -38,7 +38,7 @@ if importlib.util.find_spec("triton") is not None:  # the kernel's globals must 
         row_max = tl.load(case_ptr + 3 * c)
         inv_width = tl.load(case_ptr + 3 * c + 1)
         chosen = tl.load(case_ptr + 3 * c + 2).to(tl.int32)
-        lo, hi = _logit_bin_keys(row_max, inv_width, chosen, chosen, N_LOGIT, PROBES, ROUNDS)
+        lo, hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, PROBES, ROUNDS)
         idx = tl.arange(0, 4)
         keys = tl.where(idx == 0, lo - 1, tl.where(idx == 1, lo, tl.where(idx == 2, hi, _order_key(row_max))))
         bins = _logit_bin(_key_score(tl.maximum(keys, 0)), row_max, inv_width, N_LOGIT)

@@ -56,7 +56,7 @@ def _index_scores_kernel(
     qi_ptr, ki_ptr, qpos_ptr, kpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr, bmin_ptr,
     n_kv_heads, n_keys, n_blocks, n_always, sinks, recent,
     s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_kpb, s_kpn,
-    D_IDX: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr, VISIBLE_LOADS: tl.constexpr,
+    D_IDX: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
     bh = tl.program_id(0)
     blk = tl.program_id(1)
@@ -72,10 +72,7 @@ def _index_scores_kernel(
     seen = in_range & (k_pos >= 0) & (k_pos <= q_pos)
     q = tl.load(qi_ptr + b * s_qib + h * s_qih + d * s_qid, mask=d_ok, other=0.0).to(tl.float32)
     key_ptrs = ki_ptr + b * s_kib + h * s_kih + offs.to(tl.int64)[:, None] * s_kin + d[None, :] * s_kid
-    # VISIBLE_LOADS: read only visible slots' keys (these loads wait for the positions); else every slot's, in
-    # parallel with the positions (unfilled slots may hold anything: their scores are replaced by -inf below)
-    load_ok = seen if VISIBLE_LOADS else in_range
-    keys = tl.load(key_ptrs, mask=load_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    keys = tl.load(key_ptrs, mask=seen[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
     s = tl.where(seen, tl.sum(keys * q[None, :], axis=1), float("-inf"))
     tl.store(scores_ptr + bh.to(tl.int64) * n_keys + offs, s, mask=in_range)
 
@@ -361,16 +358,13 @@ def _pad(n: int) -> int:
 
 def index_scores(
     q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *,
-    sinks: int, recent: int, block: int = 1024, num_warps: int = 8, visible_loads: bool = True,
+    sinks: int, recent: int, block: int = 1024, num_warps: int = 8,
 ) -> IndexScores:
     """Indexer scores of one query per batch row against every cached key.
 
     Args:
         q_idx: (B, Hkv, 1, d_idx); k_idx: (B, Hkv, Lk, d_idx); q_pos: (B, 1); k_pos: (B, Lk).
         sinks, recent: the always-kept keys (``k_pos < sinks`` or ``q_pos - k_pos < recent``).
-        visible_loads: read the indexer keys of visible slots only (True: no bytes for a static cache's unfilled
-            slots, but each program waits for its positions before it loads keys), or of every slot, in parallel
-            with the positions (False). Only the speed differs.
     Positions must be distinct within a row (true of any cache); two visible keys at one position
     would share an always-list slot.
     """
@@ -391,7 +385,7 @@ def index_scores(
         q_idx.stride(0), q_idx.stride(1), q_idx.stride(3),
         k_idx.stride(0), k_idx.stride(1), k_idx.stride(2), k_idx.stride(3),
         q_pos.stride(0), k_pos.stride(0), k_pos.stride(1),
-        D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, VISIBLE_LOADS=visible_loads, num_warps=num_warps,
+        D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, num_warps=num_warps,
     )
     return IndexScores(scores, block_max, block_sum, block_count, always, block_min)
 

@@ -13,22 +13,22 @@ level (each pass reads the ``L`` fp32 scores, ``4 L`` bytes, L2-resident at deco
 
 * level 0, every visible key: ``N_LOGIT`` bins of the logit gap ``m - s``, as wide as the row's
   spread allows (``(m - min s) / N_LOGIT``, at most ``1 / MIN_INV_WIDTH`` logits; the last bin
-  takes everything further down). It counts keys only (``tl.histogram`` per program, one atomic add
-  per bin and program): a key of bin ``j`` has ``p`` between ``exp(-(j + 1) w) / Z`` and ``exp(-j w) / Z``,
-  so the counts bound every bin's mass, and the walk keeps the bins where the key of rank ``n_keep``
-  may lie whatever the masses inside them (``threshold_phases._bounded_walk``). Level 1 sums the exact
-  mass of the keys above those bins as it passes over the row. Narrow bins keep the interval small when
-  the scores are nearly flat (e.g. untrained indexers on random weights): with 2-logit bins every key of
-  such a row fell into bin 0, and levels 1-3 then made per-key atomics over the whole row (2.3 of 6.7 ms
-  of a 1M-token decode step on 8 layers, H200). Counting replaced one-hot count and mass accumulators in
-  registers (32 bins: 24.4 of the 60 us the search took at 1M keys, H200,
-  ``benchmarks/results/llama-3.1-8b_h200_2026-12-04_dense-tail-split-search-launch.md``).
+  takes everything further down). Per-program histograms (a one-hot reduction, no per-key
+  atomics: all keys take part here), then one atomic add per bin and program. Rows spread over
+  64 logits or more get 2-logit bins; narrower rows get narrower bins, so the chosen bin stays
+  small when the scores are nearly flat (e.g. untrained indexers on random weights): with
+  2-logit bins every key of such a row fell into bin 0, and levels 1-3 then made per-key atomics
+  over the whole row (2.3 of 6.7 ms of a 1M-token decode step on 8 layers, H200). 32 bins: the
+  whole selection at 1M keys takes 93 / 93 / 94 us on peaked / trained-like / flat scores
+  (score std 4 / 2.56 / 0.04 logits), against 87 / 104 / 105 us with 16 bins and 81 / 97 / 108
+  with 8 (H200, ``benchmarks/decode_kernel_sweep.py --parts select``); more bins make the
+  one-hot work of level 0 cost more than the narrower interval saves.
 * levels 1-3, only the keys of the chosen interval: ``N_BINS`` bins of the scores'
   order-preserving 32-bit keys (``threshold_phases._order_key``), ``span >> shift`` at a time, per-key
   atomics (the interval holds few keys unless the scores are nearly flat). A level whose interval
   is one key value has found ``tau`` and the later levels return at once.
 
-Each key level's histogram holds a count and a mass per bin. Masses are fixed point (``p * 2**52`` summed in
+Each histogram holds a count and a mass per bin. Masses are fixed point (``p * 2**52`` summed in
 int64), so the sums do not depend on the order of the atomic adds: the selection is the same on
 every run. The last program of a level to finish (a ticket counter) walks that level's bins from
 the best: the first bin whose cumulative mass reaches ``top_p`` holds ``n*``, unless the token
@@ -40,12 +40,12 @@ the output is deterministic).
 
 The level-0 bin of a score is ``floor((m - s) * inv_width)`` in fp32, ``inv_width`` computed by
 every program from the same block statistics (so bitwise the same everywhere); it falls as the
-key rises, so the keys of the bins kept form one key interval, found exactly by a search over keys
+key rises, so the chosen bin's keys form one key interval, found exactly by a search over keys
 (``threshold_phases._logit_bin_keys``) that evaluates the same expression.
 
 What is exact: the ranking, ties, clamps and ``tau`` (integer keys and counts). What is rounded:
-``p`` (fp32 ``exp``, ``Z`` from the per-block statistics, truncated to 2^-52 units), whose sums are
-exact integer sums. So ``n*`` equals the reference's wherever
+``p`` (fp32 ``exp``, ``Z`` from the per-block statistics) and its sums (fp32 within a program at
+level 0, then exact integer sums of 2^-52 units). So ``n*`` equals the reference's wherever
 ``top_p`` is not within ~1e-6 (relative) of a prefix mass of the ranked keys; at such a
 boundary it may differ by the keys whose prefix masses lie that close. The reference
 (:func:`rtpurbo.ops.reference.select_topp`) ranks by probability, not score: the two rankings
@@ -100,7 +100,7 @@ def _search_kernel(
     n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens, max_tokens,
     FIRST: tl.constexpr, LAST: tl.constexpr,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, N_STATE: tl.constexpr, N_SYNC: tl.constexpr, BLOCK: tl.constexpr,
+    N_BINS: tl.constexpr, N_STATE: tl.constexpr, N_SYNC: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr,
     NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PROBES: tl.constexpr, ROUNDS: tl.constexpr,
 ):
     """Phases ``FIRST..LAST`` of one row's search, one program per (row, chunk of keys).
@@ -118,13 +118,13 @@ def _search_kernel(
         if phase == 0:
             logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
                          sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
-                         NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, BLOCK, FIRST < LAST, PROBES, ROUNDS)
+                         NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST, PROBES, ROUNDS)
             if phase < LAST:
                 wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
         elif phase < _TALLY:
             searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
-                                   sync + phase, work_row + N_BINS, row, part, n_keys, chunk, n_chunks, target,
-                                   N_BINS, BLOCK, FIRST < LAST, phase == 1)
+                                   sync + phase, row, part, n_keys, chunk, n_chunks, target, N_BINS, BLOCK,
+                                   FIRST < LAST)
             if phase < LAST:
                 if searching:
                     wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
@@ -173,8 +173,7 @@ def topp_threshold(
         block: keys per inner step (a power of two; small values only to test many programs).
         work: optional zeroed workspace (BH, N_LEVELS, 2 * N_BINS + 1) int64. Afterwards
             ``work[r, l, :N_BINS]`` holds level ``l``'s key counts per bin: the sum at level 1 is
-            the number of keys the per-key levels histogrammed (0 when level 0 resolved the row);
-            ``work[r, 0, N_BINS]`` the mass (fixed point) of the keys above level 1's interval.
+            the number of keys the per-key levels histogrammed (0 when level 0 resolved the row).
         n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
             changes with it, not the selection (benchmarks compare settings with it).
         schedule: ``"phased"`` (default): one launch per phase of the search (level 0, levels 1-3,
@@ -186,9 +185,9 @@ def topp_threshold(
             :data:`SPIN_LIMIT` polls (0 unless some program of the launch could not become
             resident; that row's selection is then undefined). Tests and benchmarks check it.
         programs_per_sm, num_warps: the phased schedule's launch: programs per SM over all rows, and the
-            warps of each program of levels 0-3 (the tally and gather run 4). They change the speed only: every
-            mass the search adds up is an exact integer sum.
-        logit_probes: keys probed per step when level 0's last program searches the key interval of the bins it keeps
+            warps of each program of levels 0-3 (the tally and gather run 4). They change the speed, and the
+            selection only where level 0's fp32 sums per program round differently (module docstring).
+        logit_probes: keys probed per step when level 0's last program searches the key interval of its chosen bin
             (a power of two >= 4; :func:`~rtpurbo.ops.triton.threshold_phases._logit_bin_keys`). Only the speed
             changes with it: every count closes the interval exactly, in :func:`probe_rounds` steps.
     Returns:
@@ -231,9 +230,9 @@ def topp_threshold(
             n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens,
             n_keys if max_tokens is None else max_tokens)
     meta = dict(NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
-                MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC, BLOCK=block,
-                NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT, PROBES=logit_probes,
-                ROUNDS=probe_rounds(logit_probes))
+                MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),
+                BLOCK=block, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT,
+                PROBES=logit_probes, ROUNDS=probe_rounds(logit_probes))
     spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps

@@ -21,8 +21,10 @@ MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
-BOUND_SLACK = tl.constexpr(1e-3)  # relative widening of level 0's mass bounds (:func:`_bounded_walk`)
-LOGIT_PROBES = 256  # default keys probed per step of level 0's key-interval search (:func:`_logit_bin_keys`)
+# keys probed per step of level 0's key-interval search (:func:`_logit_bin_keys`): 32 probes (7 steps) make the
+# whole selection at 1M keys 2-3 us faster than 256 (5 steps), and change nothing at 128K (H100,
+# benchmarks/results/llama-3.1-8b_h100_2026-12-05_search-level0.md)
+LOGIT_PROBES = 32
 
 
 def probe_rounds(probes: int, keys: int = 2**32) -> int:
@@ -133,41 +135,6 @@ def _walk(counts, masses, above, mass_above, mode, rank, target, lower, upper, N
 
 
 @triton.jit
-def _bounded_walk(counts, inv_width, z, target, lower, upper, NB: tl.constexpr):
-    """Level 0's walk, from counts alone: the bins ``[best, worst]`` (``NB`` logit bins, best first) that hold
-    the key of rank ``n_keep``, whatever the masses of the keys within their bins.
-
-    A key of bin ``j`` (gap ``m - s`` in ``[j, j + 1)`` bin widths; the last bin: everything further down) has
-    ``p`` in ``[exp(-(j + 1) w) / Z, exp(-j w) / Z]``. Cumulated, those bounds give the first bin whose mass may
-    reach ``target`` and the first whose mass surely does (or the last non-empty bin), hence a range of ranks for
-    ``n*``; clamped to ``[lower, upper]`` (a monotone map) they bound ``n_keep``, and the bins holding the two
-    ends bound its bin. :data:`BOUND_SLACK` widens the bounds past fp32 rounding of the keys' ``p``.
-    Returns (best, worst, keys before ``best``).
-    """
-    idx = tl.arange(0, NB)
-    width = 1.0 / inv_width
-    top_p = target.to(tl.float32) / 4503599627370496.0  # fixed point -> probability (>= 1024 for top_p >= 1)
-    cum_count = tl.cumsum(counts, axis=0)
-    n = counts.to(tl.float32)
-    p_hi = tl.exp(-idx.to(tl.float32) * width) / z
-    p_lo = tl.where(idx == NB - 1, 0.0, tl.exp(-(idx + 1).to(tl.float32) * width) / z)
-    may_reach = tl.cumsum(n * p_hi, axis=0) * (1.0 + BOUND_SLACK) >= top_p
-    reaches = tl.cumsum(n * p_lo, axis=0) * (1.0 - BOUND_SLACK) >= top_p
-    total = tl.max(cum_count, axis=0)
-    last = cum_count == total  # from the last non-empty bin on
-    first_bin = tl.min(tl.where(may_reach | last, idx, NB), axis=0)
-    last_bin = tl.min(tl.where(reaches | last, idx, NB), axis=0)
-    first_rank = tl.sum(tl.where(idx == first_bin, cum_count - counts, 0), axis=0) + 1
-    last_rank = tl.sum(tl.where(idx == last_bin, cum_count, 0), axis=0)
-    first_rank = tl.minimum(tl.maximum(first_rank, lower), upper)
-    last_rank = tl.minimum(tl.maximum(last_rank, lower), upper)
-    best = tl.min(tl.where(cum_count >= first_rank, idx, NB - 1), axis=0)
-    worst = tl.maximum(tl.min(tl.where(cum_count >= last_rank, idx, NB - 1), axis=0), best)
-    above = tl.sum(tl.where(idx == best, cum_count - counts, 0), axis=0)
-    return best, worst, above
-
-
-@triton.jit
 def _shift_for(span, N_BINS: tl.constexpr):
     """Smallest shift with ``span >> shift < N_BINS``."""
     shifts = tl.arange(0, 64).to(tl.int64)
@@ -189,29 +156,29 @@ def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need, 
 
 
 @triton.jit
-def _logit_bin_keys(row_max, inv_width, best_bin, worst_bin, N_LOGIT: tl.constexpr, PROBES: tl.constexpr,
+def _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT: tl.constexpr, PROBES: tl.constexpr,
                     ROUNDS: tl.constexpr):
-    """[key_lo, key_hi]: the keys (of scores in [-inf, m]) whose level-0 bin lies in ``[best_bin, worst_bin]``.
+    """[key_lo, key_hi]: the keys (of scores in [-inf, m]) whose level-0 bin is ``chosen``.
 
     The bin falls as the key rises, so each end is a search over the key range, ``PROBES``-ary:
     each step probes evenly spaced keys of the interval still open and keeps the gap where the
-    bin crosses ``best_bin`` (resp. ``worst_bin``); ``ROUNDS`` = :func:`probe_rounds` (``PROBES``) steps close the 2^32 keys.
+    bin crosses ``chosen``; ``ROUNDS`` = :func:`probe_rounds` (``PROBES``) steps close the 2^32 keys.
     """
     i = tl.arange(0, PROBES).to(tl.int64)
     bottom = _order_key(float("-inf") + row_max * 0.0)
     top = _order_key(row_max)
-    hi_lo, hi_hi = bottom, top  # key_hi in [hi_lo, hi_hi]; bin(hi_lo) >= best_bin
-    lo_lo, lo_hi = bottom, top  # key_lo in [lo_lo, lo_hi]; bin(lo_hi) <= worst_bin
+    hi_lo, hi_hi = bottom, top  # key_hi in [hi_lo, hi_hi]; bin(hi_lo) >= chosen
+    lo_lo, lo_hi = bottom, top  # key_lo in [lo_lo, lo_hi]; bin(lo_hi) <= chosen
     for _ in tl.static_range(ROUNDS):
         step = tl.maximum(tl.cdiv(hi_hi - hi_lo, PROBES - 1), 1)
         probe = tl.minimum(hi_lo + i * step, hi_hi)
-        up = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) >= best_bin  # a prefix of the probes
+        up = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) >= chosen  # a prefix of the probes
         best = tl.max(tl.where(up, probe, hi_lo), axis=0)
         hi_hi = tl.minimum(hi_hi, best + step - 1)
         hi_lo = best
         step = tl.maximum(tl.cdiv(lo_hi - lo_lo, PROBES - 1), 1)
         probe = tl.maximum(lo_hi - i * step, lo_lo)
-        down = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) <= worst_bin  # a prefix of the probes
+        down = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) <= chosen  # a prefix of the probes
         best = tl.min(tl.where(down, probe, lo_hi), axis=0)
         lo_lo = tl.maximum(lo_lo, best - step + 1)
         lo_hi = best
@@ -243,34 +210,45 @@ def logit_phase(
     scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
     row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr, PROBES: tl.constexpr, ROUNDS: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PROBES: tl.constexpr, ROUNDS: tl.constexpr,
 ):
-    """Level 0: per-program histograms of the logit bins (counts only), added to ``level``; the last program to
-    finish walks them (:func:`_bounded_walk`), finds the key interval of the bins it keeps (:func:`_logit_bin_keys`,
-    ``PROBES`` keys per step, ``ROUNDS`` = :func:`probe_rounds` steps), writes the search state and (``FUSED``) sets
-    ``*release``. The mass of the keys above that interval is summed exactly at level 1 (:func:`key_phase`)."""
+    """Level 0: per-program one-hot histograms of the logit bins, added to ``level``; the last
+    program to finish walks them, finds the chosen bin's key interval (:func:`_logit_bin_keys`, ``PROBES`` keys
+    per step, ``ROUNDS`` = :func:`probe_rounds` steps), writes the search state and (``FUSED``) sets
+    ``*release``."""
     row_max, z, n_visible, inv_width = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
                                                     N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
     bins = tl.arange(0, N_LOGIT)
-    counts = tl.zeros([N_LOGIT], tl.int32)
+    # (SUB, N_LOGIT) accumulators in registers, reduced once at the end (a reduction per step costs
+    # a shared-memory round trip each)
+    count_acc = tl.zeros([SUB, N_LOGIT], tl.int32)
+    mass_acc = tl.zeros([SUB, N_LOGIT], tl.float32)
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
-    for start in range(lo, hi, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
+    for start in range(lo, hi, SUB):
+        offs = start + tl.arange(0, SUB)
         s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
-        counts += tl.histogram(_logit_bin(s, row_max, inv_width, N_LOGIT), N_LOGIT, mask=s != float("-inf"))
-    tl.atomic_add(level + bins, counts.to(tl.int64), sem="relaxed")
+        b = _logit_bin(s, row_max, inv_width, N_LOGIT)
+        hit = (s != float("-inf"))[:, None] & (b[:, None] == bins[None, :])
+        count_acc += hit.to(tl.int32)
+        mass_acc += tl.where(hit, (tl.exp(s - row_max) / z)[:, None], 0.0)
+    tl.atomic_add(level + bins, tl.sum(count_acc, axis=0).to(tl.int64), sem="relaxed")
+    tl.atomic_add(level + N_BINS + bins, (tl.sum(mass_acc, axis=0) * 4503599627370496.0).to(tl.int64), sem="relaxed")
     tl.debug_barrier()
     ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
     if ticket == n_chunks - 1:  # the last program: walk the level
         tl.debug_barrier()
+        counts = _cg(level + bins)
+        masses = _cg(level + N_BINS + bins)
         lower = min_tokens + n_visible * 0
         upper = tl.minimum(n_visible, max_tokens)
         zero = n_visible * 0
-        best, worst, above = _bounded_walk(_cg(level + bins), inv_width, z, target, lower, upper, N_LOGIT)
-        key_lo, key_hi = _logit_bin_keys(row_max, inv_width, best, worst, N_LOGIT, PROBES, ROUNDS)
+        chosen, mode, rank, above, mass_above, _, _ = _walk(
+            counts, masses, zero, zero, zero, zero, target, lower, upper, N_LOGIT,
+        )
+        key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, PROBES, ROUNDS)
         empty = upper == 0
-        _store_search(st, tl.where(empty, RESOLVED, BY_MASS), zero, above, zero, key_hi, key_lo,
+        _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
                       tl.where(empty, NO_KEY, 0), zero, N_BINS)
         tl.store(st + LOWER, lower)
         tl.store(st + UPPER, upper)
@@ -284,13 +262,11 @@ def logit_phase(
 
 @triton.jit
 def key_phase(
-    scores_row, level, st, stats_ptr, n_keep_ptr, release, mass_above_ptr, row, part, n_keys, chunk, n_chunks, target,
-    N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr, SUM_ABOVE: tl.constexpr,
+    scores_row, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
+    N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr,
 ):
     """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched; the last
     program walks them, narrows the interval (or resolves ``tau``) and (``FUSED``) sets ``*release``.
-    ``SUM_ABOVE`` (level 1): also sum the exact mass of the keys above the interval into ``*mass_above_ptr``
-    (level 0 counted keys only), which the walk then starts from.
     Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
     mode = _cg(st + MODE)
     searching = mode != RESOLVED
@@ -302,21 +278,14 @@ def key_phase(
         z = _cg(stats_ptr + row * 2 + 1)
         lo = part * chunk
         hi = tl.minimum(lo + chunk, n_keys)
-        above_acc = tl.zeros([BLOCK], tl.int64)
         for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
             key = _order_key(s)
-            seen = s != float("-inf")
-            inside = seen & (key >= key_lo) & (key <= key_hi)
+            inside = (s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
             b = (key_hi - key) >> shift
-            mass = _fixed_mass(s, row_max, z)
             tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
-            tl.atomic_add(level + N_BINS + b, mass, mask=inside, sem="relaxed")
-            if SUM_ABOVE:
-                above_acc += tl.where(seen & (key > key_hi), mass, 0)
-        if SUM_ABOVE:
-            tl.atomic_add(mass_above_ptr, tl.sum(above_acc, axis=0), sem="relaxed")
+            tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
         tl.debug_barrier()
         ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
         if ticket == n_chunks - 1:  # the last program: walk the level
@@ -326,12 +295,9 @@ def key_phase(
             masses = _cg(level + N_BINS + bins)
             lower = _cg(st + LOWER)
             upper = _cg(st + UPPER)
-            if SUM_ABOVE:
-                mass_above = _cg(mass_above_ptr)
-            else:
-                mass_above = _cg(st + MASS_ABOVE)
             chosen, mode, rank, above, mass_above, n_in, mass_in = _walk(
-                counts, masses, _cg(st + ABOVE), mass_above, mode, _cg(st + RANK), target, lower, upper, N_BINS,
+                counts, masses, _cg(st + ABOVE), _cg(st + MASS_ABOVE), mode, _cg(st + RANK), target, lower, upper,
+                N_BINS,
             )
             new_hi = key_hi - (chosen << shift)
             new_lo = tl.maximum(key_lo, new_hi - (1 << shift) + 1)
