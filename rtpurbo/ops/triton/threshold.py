@@ -13,8 +13,11 @@ level (each pass reads the ``L`` fp32 scores, ``4 L`` bytes, L2-resident at deco
 
 * level 0, every visible key: ``N_LOGIT`` bins of the logit gap ``m - s``, as wide as the row's
   spread allows (``(m - min s) / N_LOGIT``, at most ``1 / MIN_INV_WIDTH`` logits; the last bin
-  takes everything further down). Per-program histograms (a one-hot reduction, no per-key
-  atomics: all keys take part here), then one atomic add per bin and program. Rows spread over
+  takes everything further down). Per-program histograms, no per-key atomics (all keys take part
+  here): counts by ``tl.histogram``, masses by a one-hot reduction in registers; then one atomic add
+  per bin and program. (Counting alone and bounding the masses from the counts left level 1 an
+  interval of up to every key: ``benchmarks/results/llama-3.1-8b_h100_2026-12-05_search-level0.md``.)
+  Rows spread over
   64 logits or more get 2-logit bins; narrower rows get narrower bins, so the chosen bin stays
   small when the scores are nearly flat (e.g. untrained indexers on random weights): with
   2-logit bins every key of such a row fell into bin 0, and levels 1-3 then made per-key atomics

@@ -212,16 +212,16 @@ def logit_phase(
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
     N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PROBES: tl.constexpr, ROUNDS: tl.constexpr,
 ):
-    """Level 0: per-program one-hot histograms of the logit bins, added to ``level``; the last
+    """Level 0: per-program histograms of the logit bins (counts and masses), added to ``level``; the last
     program to finish walks them, finds the chosen bin's key interval (:func:`_logit_bin_keys`, ``PROBES`` keys
     per step, ``ROUNDS`` = :func:`probe_rounds` steps), writes the search state and (``FUSED``) sets
     ``*release``."""
     row_max, z, n_visible, inv_width = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
                                                     N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
     bins = tl.arange(0, N_LOGIT)
-    # (SUB, N_LOGIT) accumulators in registers, reduced once at the end (a reduction per step costs
-    # a shared-memory round trip each)
-    count_acc = tl.zeros([SUB, N_LOGIT], tl.int32)
+    # counts: tl.histogram; masses: a (SUB, N_LOGIT) one-hot accumulator in registers, reduced once at the end (a
+    # reduction per step costs a shared-memory round trip each). A hidden key (-inf) has p = 0: it adds nothing.
+    count_acc = tl.zeros([N_LOGIT], tl.int32)
     mass_acc = tl.zeros([SUB, N_LOGIT], tl.float32)
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
@@ -229,10 +229,9 @@ def logit_phase(
         offs = start + tl.arange(0, SUB)
         s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
         b = _logit_bin(s, row_max, inv_width, N_LOGIT)
-        hit = (s != float("-inf"))[:, None] & (b[:, None] == bins[None, :])
-        count_acc += hit.to(tl.int32)
-        mass_acc += tl.where(hit, (tl.exp(s - row_max) / z)[:, None], 0.0)
-    tl.atomic_add(level + bins, tl.sum(count_acc, axis=0).to(tl.int64), sem="relaxed")
+        count_acc += tl.histogram(b, N_LOGIT, mask=s != float("-inf"))
+        mass_acc += tl.where(b[:, None] == bins[None, :], (tl.exp(s - row_max) / z)[:, None], 0.0)
+    tl.atomic_add(level + bins, count_acc.to(tl.int64), sem="relaxed")
     tl.atomic_add(level + N_BINS + bins, (tl.sum(mass_acc, axis=0) * 4503599627370496.0).to(tl.int64), sem="relaxed")
     tl.debug_barrier()
     ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
