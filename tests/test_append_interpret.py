@@ -40,7 +40,7 @@ def _windowed_model(top_p: float):
 def _run_case(family: str, top_p: float, batch: int) -> dict:
     import torch
 
-    import rtpurbo.cache
+    import rtpurbo.cache_attention
     from rtpurbo.ops.triton import append
 
     from tests.test_decode_static import PROMPT, STEPS, _model, greedy
@@ -50,12 +50,12 @@ def _run_case(family: str, top_p: float, batch: int) -> dict:
         assert any(m.base_window == 8 and m.retrieval_heads for m in model.modules() if hasattr(m, "base_window"))
     capacity = PROMPT + STEPS + 3
     want_tokens, want_logits, want_cache = greedy(model, batch, static=capacity)
-    original = rtpurbo.cache._append_kernels
-    rtpurbo.cache._append_kernels = lambda like: append  # the kernel on CPU tensors (interpreted)
+    original = rtpurbo.cache_attention._append_kernels
+    rtpurbo.cache_attention._append_kernels = lambda like: append  # the kernel on CPU tensors (interpreted)
     try:
         tokens, logits, cache = greedy(model, batch, static=capacity)
     finally:
-        rtpurbo.cache._append_kernels = original
+        rtpurbo.cache_attention._append_kernels = original
     same_tensors = all(torch.equal(a, b) for got, want in zip(cache.store, want_cache.store)
                        for a, b in zip(got.tensors(), want.tensors()))
     rings = [layer.r_ring for layer in cache.store if layer is not None]
