@@ -371,8 +371,10 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    n_logits = [int(n) for n in args.n_logits.split(",")]
     parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows,
-             "select": lambda record: select_rows(record, [int(n) for n in args.n_logits.split(",")]), "search_launch": lambda record: search_launch_rows(record, search_grid or None),
+             "select": lambda record: select_rows(record, n_logits),
+             "search_launch": lambda record: search_launch_rows(record, search_grid or None),
              "combine": combine_rows, "walk": walk_rows}
     for name in args.parts.split(","):
         try:

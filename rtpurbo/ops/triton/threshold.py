@@ -17,8 +17,7 @@ level (each pass reads the ``L`` fp32 scores, ``4 L`` bytes, L2-resident at deco
   here): counts by ``tl.histogram``, masses by a one-hot reduction in registers; then one atomic add
   per bin and program. (Counting alone and bounding the masses from the counts left level 1 an
   interval of up to every key: ``benchmarks/results/llama-3.1-8b_h100_2026-12-05_search-level0.md``.)
-  Rows spread over
-  64 logits or more get 2-logit bins; narrower rows get narrower bins, so the chosen bin stays
+  Rows spread over 64 logits or more get 2-logit bins; narrower rows get narrower bins, so the chosen bin stays
   small when the scores are nearly flat (e.g. untrained indexers on random weights): with
   2-logit bins every key of such a row fell into bin 0, and levels 1-3 then made per-key atomics
   over the whole row (2.3 of 6.7 ms of a 1M-token decode step on 8 layers, H200). 32 bins: the

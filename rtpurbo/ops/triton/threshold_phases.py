@@ -39,7 +39,6 @@ def probe_rounds(probes: int, keys: int = 2**32) -> int:
     return rounds
 
 
-
 # fields of the per-row search state (BH, N_STATE) int64
 MODE = tl.constexpr(0)  # BY_MASS, BY_RANK or RESOLVED
 RANK = tl.constexpr(1)  # BY_RANK: the rank searched for (1-based)
