@@ -83,8 +83,8 @@ import triton
 import triton.language as tl
 
 from .decode import _num_sms
-from .threshold_phases import (FIXED_ONE, LOGIT_PROBES, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_STATE,
-                               gather_phase, key_phase, logit_phase, probe_rounds, tally_phase, wait_for)
+from .threshold_phases import (FIXED_ONE, LOGIT_PROBES, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT,
+                               N_STATE, gather_phase, key_phase, logit_phase, probe_rounds, tally_phase, wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
 N_PHASES = 6
