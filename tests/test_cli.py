@@ -348,10 +348,7 @@ def test_generate_on_cuda_decodes_from_cuda_graphs_by_default(checkpoint, tmp_pa
         pytest.skip("the CUDA-graph default applies to a model on a CUDA device")
     import rtpurbo.generate as generate_module
 
-    out = tmp_path / "artifact"
-    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
-    run_json(capsys, ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "plan.json"), "--window", "8",
-                      "--sinks", "2", "--out", str(out)])
+    out = _artifact(checkpoint, tmp_path, capsys)
     seen = []
     real_generate = generate_module.generate
     monkeypatch.setattr(generate_module, "generate",
