@@ -19,6 +19,7 @@ N_LOGIT = 32  # level-0 bins
 MIN_INV_WIDTH = 0.5  # level-0 bins are at most 2 logits wide
 MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for tiny spreads)
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
+BIN_BITS = tl.constexpr(11)  # log2(N_BINS)
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
 # keys probed per step of level 0's key-interval search (:func:`_logit_bin_keys`): 32 probes (7 steps) make the
@@ -102,6 +103,12 @@ def _fixed_mass(s, row_max, z):
 
 
 @triton.jit
+def _sum_at(hit, a, b):
+    """(sum of ``a`` where ``hit``, the same of ``b``): one block-wide reduction of both."""
+    return tl.split(tl.sum(tl.where(hit[:, None], tl.join(a, b), 0), axis=0))
+
+
+@triton.jit
 def _walk(counts, masses, above, mass_above, mode, rank, target, lower, upper, NB: tl.constexpr):
     """Pick the bin (of ``NB``, best first) that holds the key being searched for.
 
@@ -110,38 +117,52 @@ def _walk(counts, masses, above, mass_above, mode, rank, target, lower, upper, N
     unless the clamps decide: fewer keys through it than ``lower`` -> rank ``min(lower, upper)``;
     at least ``upper`` keys before it -> rank ``upper``. By rank: the bin holding that rank.
     Returns (bin, mode, rank, keys before the bin, their mass, keys in the bin, its mass).
+
+    One program runs this at the end of a level, so its cost is the latency of its block-wide steps: one scan
+    and three reductions, each over several values per bin at once (``tl.join``: one pass, one barrier). The bins
+    holding both ranks the clamps may switch to are found beside the mass's bin, before the clamps are known.
     """
     idx = tl.arange(0, NB)
-    cum_count = above + tl.cumsum(counts, axis=0)
-    cum_mass = mass_above + tl.cumsum(masses, axis=0)
-    total = tl.max(cum_count, axis=0)
-    reach = (cum_mass >= target) | (cum_count == total)
-    by_mass = tl.min(tl.where(reach, idx, NB), axis=0)
-    through = tl.sum(tl.where(idx == by_mass, cum_count, 0), axis=0)
-    before = through - tl.sum(tl.where(idx == by_mass, counts, 0), axis=0)
+    run_count, run_mass = tl.split(tl.cumsum(tl.join(counts, masses), axis=0))
+    cum_count = above + run_count
+    cum_mass = mass_above + run_mass
+    low_rank = tl.minimum(lower, upper)
+    # minima: the first bin reaching the target mass, minus the last non-empty bin, and the bins holding the two ranks
+    # a search by rank can look for (the clamps are the only way into BY_RANK, so ``rank`` is one of them)
+    firsts = tl.min(tl.join(tl.join(tl.where(cum_mass >= target, idx, NB), -tl.where(counts > 0, idx, 0)),
+                            tl.join(tl.where(cum_count >= low_rank, idx, NB), tl.where(cum_count >= upper, idx, NB))),
+                    axis=0)
+    mass_and_full, ranks = tl.split(firsts)
+    first_mass, minus_last_full = tl.split(mass_and_full)
+    at_low, at_upper = tl.split(ranks)
+    by_mass = tl.minimum(first_mass, -minus_last_full)  # past the last non-empty bin the cumulative count stays put
+    through, in_by_mass = _sum_at(idx == by_mass, cum_count, counts)
+    before = through - in_by_mass
     too_few = through < lower
     switch = (mode == BY_MASS) & (too_few | (before >= upper))
-    rank = tl.where(switch, tl.where(too_few, tl.minimum(lower, upper), upper), rank)
+    rank = tl.where(switch, tl.where(too_few, low_rank, upper), rank)
+    by_rank = tl.where(rank == low_rank, at_low, at_upper)
     mode = tl.where(switch, BY_RANK, mode)
-    by_rank = tl.min(tl.where(cum_count >= rank, idx, NB), axis=0)
     chosen = tl.where(mode == BY_RANK, by_rank, by_mass)
     hit = idx == chosen
-    n_in = tl.sum(tl.where(hit, counts, 0), axis=0)
-    mass_in = tl.sum(tl.where(hit, masses, 0), axis=0)
-    n_before = tl.sum(tl.where(hit, cum_count, 0), axis=0) - n_in
-    mass_before = tl.sum(tl.where(hit, cum_mass, 0), axis=0) - mass_in
-    return chosen, mode, rank, n_before, mass_before, n_in, mass_in
+    in_bin, through_bin = tl.split(tl.sum(tl.where(hit[:, None, None], tl.join(tl.join(counts, masses),
+                                                                                 tl.join(cum_count, cum_mass)), 0),
+                                          axis=0))
+    n_in, mass_in = tl.split(in_bin)
+    n_through, mass_through = tl.split(through_bin)
+    return chosen, mode, rank, n_through - n_in, mass_through - mass_in, n_in, mass_in
 
 
 @triton.jit
-def _shift_for(span, N_BINS: tl.constexpr):
-    """Smallest shift with ``span >> shift < N_BINS``."""
-    shifts = tl.arange(0, 64).to(tl.int64)
-    return tl.sum(((span >> shifts) >= N_BINS).to(tl.int64), axis=0)
+def _shift_for(span):
+    """Smallest shift with ``span >> shift < N_BINS``: ``bit_length(span) - BIN_BITS``, at least 0, the bit length
+    read from the exponent of ``span`` as fp64 (exact below 2^53; spans are below 2^33)."""
+    exponent = (span.to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1023  # floor(log2(span)) for span >= 1
+    return tl.where(span > 0, tl.maximum(exponent + 1 - BIN_BITS, 0), 0)
 
 
 @triton.jit
-def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need, N_BINS: tl.constexpr):
+def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need):
     """Write the search state every level rewrites (LOWER / UPPER are written once, at level 0)."""
     tl.store(st + MODE, mode)
     tl.store(st + RANK, rank)
@@ -149,7 +170,7 @@ def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need, 
     tl.store(st + MASS_ABOVE, mass_above)
     tl.store(st + KEY_HI, key_hi)
     tl.store(st + KEY_LO, key_lo)
-    tl.store(st + SHIFT, _shift_for(key_hi - key_lo, N_BINS))
+    tl.store(st + SHIFT, _shift_for(key_hi - key_lo))
     tl.store(st + TAU, tau)
     tl.store(st + NEED, need)
 
@@ -247,7 +268,7 @@ def logit_phase(
         key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, PROBES, ROUNDS)
         empty = upper == 0
         _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
-                      tl.where(empty, NO_KEY, 0), zero, N_BINS)
+                      tl.where(empty, NO_KEY, 0), zero)
         tl.store(st + LOWER, lower)
         tl.store(st + UPPER, upper)
         tl.store(stats_ptr + row * 2, row_max)
@@ -306,7 +327,7 @@ def key_phase(
             n_star = above + tl.minimum(tl.maximum(ties, 1), n_in)
             n_keep = tl.where(mode == BY_RANK, rank, tl.minimum(tl.maximum(n_star, lower), upper))
             _store_search(st, tl.where(resolved, RESOLVED, mode), rank, above, mass_above, new_hi, new_lo, new_hi,
-                          n_keep - above, N_BINS)
+                          n_keep - above)
             if resolved:
                 tl.store(n_keep_ptr + row, n_keep)
             if FUSED:
