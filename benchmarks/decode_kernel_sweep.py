@@ -15,11 +15,10 @@
    32 level-0 bins (``--n-logits``) and both schedules of the search (fused, phased), on peaked, trained-like and
    flat scores (score std 4, 2.56 and 0.04 logits).
 4. ``search_launch``: the same selection (phased schedule, 32 level-0 bins) for launches of the threshold
-   search: programs per SM, warps of levels 0-3, keys per inner step (``--search-launches``: also the probes per
-   step of level 0's key-interval search).
+   search: programs per SM, warps of levels 0-3, keys per inner step (``--search-launches``).
 5. ``walk``: the serial tail of a search level, timed alone as one program (CUDA-graph replays of 20 launches,
    per launch): an empty launch, loading a level's bins, walking them (:func:`~rtpurbo.ops.triton.threshold_phases._walk`,
-   32 / 256 / 2048 bins, 1-8 warps) and level 0's search for its bin's key interval (32 / 64 / 256 probes).
+   32 / 256 / 2048 bins, 1-8 warps) and level 0's bounds on its bin's keys.
 6. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
    attention bench's decode point) at 128K and 1M, for both schedules: device microseconds per kernel
    per step, and the step's wall time.
@@ -43,7 +42,7 @@ from rtpurbo.bench.attention_common import DEVICE, GEOMETRIES, INDEX_DIM, RECENT
 from rtpurbo.bench.attention_decode import _ring_positions
 from rtpurbo.ops import api
 from rtpurbo.ops.triton import decode as kernels
-from rtpurbo.ops.triton.threshold_phases import _logit_bin_keys, _walk, probe_rounds
+from rtpurbo.ops.triton.threshold_phases import _logit_bin_bounds, _walk
 
 WINDOW, SINKS = 8192, 4
 LOCAL_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=ns)
@@ -180,9 +179,8 @@ def select_rows(record, n_logits=SELECT_N_LOGIT) -> None:
 
 def search_launch_rows(record, grid=None) -> None:
     """The whole selection of one retrieval head at 128K and 1M keys, phased, for each launch of
-    :data:`SEARCH_LAUNCH_GRID` or ``grid`` (programs per SM, warps of levels 0-3, keys per inner step, and optionally
-    the probes per step of level 0's key-interval search), on the three score regimes; ``order_sum`` checks that
-    every launch selects the same keys."""
+    :data:`SEARCH_LAUNCH_GRID` or ``grid`` (programs per SM, warps of levels 0-3, keys per inner step), on the three
+    score regimes; ``order_sum`` checks that every launch selects the same keys."""
     from rtpurbo.ops.triton import threshold
 
     for length in (131072, 1048576):
@@ -191,19 +189,19 @@ def search_launch_rows(record, grid=None) -> None:
             torch.manual_seed(0)
             q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
 
-            def select(per_sm, warps, block, probes):
+            def select(per_sm, warps, block):
                 scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
                 return threshold.topp_threshold(scored.scores.view(1, length), scored.block_max, scored.block_sum,
                                                 scored.block_count, scored.block_min, top_p=TOP_P, min_tokens=64,
                                                 max_tokens=None, block=block, programs_per_sm=per_sm,
-                                                num_warps=warps, logit_probes=probes)
+                                                num_warps=warps)
 
             for launch in SEARCH_LAUNCH_GRID if grid is None else grid:
-                per_sm, warps, block, probes = (*launch, threshold.LOGIT_PROBES)[:4]
-                us = graph_us(lambda a=per_sm, w=warps, b=block, p=probes: select(a, w, b, p)[1], rep=50)
-                order, n_keep = select(per_sm, warps, block, probes)
+                per_sm, warps, block = launch
+                us = graph_us(lambda a=per_sm, w=warps, b=block: select(a, w, b)[1], rep=50)
+                order, n_keep = select(per_sm, warps, block)
                 record(dict(case="search_launch", L=length, regime=regime, programs_per_sm=per_sm, num_warps=warps,
-                            block=block, logit_probes=probes, us=us, gbps=0.0, selected=int(n_keep),
+                            block=block, us=us, gbps=0.0, selected=int(n_keep),
                             order_sum=int(order[0, : int(n_keep)].sum())))
 
 
@@ -232,8 +230,8 @@ def _walk_kernel(counts_ptr, masses_ptr, out_ptr, target, NB: tl.constexpr):
 
 
 @triton.jit
-def _probe_kernel(stats_ptr, out_ptr, PROBES: tl.constexpr, ROUNDS: tl.constexpr):
-    lo, hi = _logit_bin_keys(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 32, PROBES, ROUNDS)
+def _bounds_kernel(stats_ptr, out_ptr):
+    lo, hi = _logit_bin_bounds(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 32)
     tl.store(out_ptr, lo + hi)
 
 
@@ -261,12 +259,9 @@ def walk_rows(record) -> None:
             record(dict(case="walk", what="walk", bins=bins, num_warps=warps, gbps=0.0, us=per_launch(
                 lambda w=warps: _walk_kernel[(1,)](counts, masses, out, target, NB=bins, num_warps=w))))
     stats = torch.tensor([5.0, 1.3], device=DEVICE)
-    for probes in (32, 64, 256):
-        for warps in (1, 4, 8):
-            rounds = probe_rounds(probes)
-            record(dict(case="walk", what="logit bin keys", probes=probes, rounds=rounds, num_warps=warps, gbps=0.0,
-                        us=per_launch(lambda p=probes, r=rounds, w=warps: _probe_kernel[(1,)](
-                            stats, out, PROBES=p, ROUNDS=r, num_warps=w))))
+    for warps in (1, 8):
+        record(dict(case="walk", what="logit bin bounds", num_warps=warps, gbps=0.0,
+                    us=per_launch(lambda w=warps: _bounds_kernel[(1,)](stats, out, num_warps=w))))
 
 
 def score_rows(record) -> None:
@@ -358,7 +353,7 @@ def main() -> None:
     parser.add_argument("--parts", default="local,list,scores,profile", help="comma-separated, of: local, list, "
                         "scores, profile, dense, select, search_launch, combine, walk")
     parser.add_argument("--search-launches", default="", help="search_launch's grid instead of the default: "
-                        "comma-separated PROGRAMS_PER_SMxWARPSxBLOCK[xPROBES], e.g. 2x8x2048,8x2x2048x32")
+                        "comma-separated PROGRAMS_PER_SMxWARPSxBLOCK, e.g. 2x8x2048,8x2x2048")
     parser.add_argument("--n-logits", default=",".join(map(str, SELECT_N_LOGIT)),
                         help="select's level-0 bin counts, comma-separated powers of two")
     args = parser.parse_args()

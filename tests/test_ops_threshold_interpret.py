@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(in
 # kinds: randn indexer; ties (8 distinct keys); flat (scores within ~0.1); tiny (within ~1e-5: level-0
 # bins far narrower than a logit); outlier (flat, one key 60 logits below); spread (scores over
 # hundreds of logits, both signs); lattice (multiples of 0.5 in [-20, 20]: many scores exactly on
-# level-0 bin edges); zero (every score 0.0 exactly); empty (the last row sees nothing)
+# level-0 bin edges); zero (every score 0.0 exactly); empty (the last row sees nothing); edge (keys a few ulps
+# either side of every level-0 bin edge: the key levels must leave out the keys of the bins beside the chosen one)
 CASES = [
     ("randn-odd-b2", 2, 2, 701, "randn", "mid", 0, None, 32),
     ("randn-1program", 1, 3, 97, "randn", "mid", 0, None, 1024),
@@ -50,6 +51,8 @@ CASES = [
     ("zero-topp", 1, 1, 130, "zero", 0.7, 0, None, 64),
     ("empty-row", 2, 1, 200, "empty", "mid", 16, None, 64),
     ("max0", 1, 1, 100, "randn", 0.9, 0, 0, 64),
+    ("edge-topp", 2, 1, 801, "edge", "mid", 0, None, 64),
+    ("edge-max", 1, 2, 801, "edge", 0.9, 0, 300, 32),
 ]
 REPEATED = {"randn-odd-b2", "ties-topp"}  # also run twice: the same selection both times
 
@@ -79,6 +82,24 @@ def select_inputs(kind: str, batch: int, n_kv: int, n_keys: int, seed: int, devi
         k_idx[..., 0] = torch.randint(-40, 41, k_idx.shape[:3], generator=g) / 2
     elif kind == "zero":
         q_idx = torch.zeros_like(q_idx)
+    elif kind == "edge":  # scores in [-30, 10]: 32 level-0 bins of 1.25 logits, most of the mass in bin 1 (so the
+        # search goes on in bin 1 or below), and clusters a few ulps either side of every bin edge
+        q_idx = torch.zeros_like(q_idx)
+        q_idx[..., 0] = 1.0
+        values = torch.rand(k_idx.shape[:3], generator=g) * 36 - 30
+        values[..., 10], values[..., 11] = 10.0, -30.0
+        values[..., 12:112] = 7.5 + 1.25 * torch.rand(values[..., 12:112].shape, generator=g)
+        edges = 10.0 - 1.25 * torch.arange(1, 32, dtype=torch.float32)
+        near = [edges]
+        for towards in (float("inf"), float("-inf")):
+            step = edges
+            for _ in range(3):
+                step = torch.nextafter(step, torch.full_like(step, towards))
+                near.append(step)
+        cluster = torch.cat(near)
+        values[..., 112 : 112 + len(cluster)] = cluster
+        k_idx = torch.zeros_like(k_idx)
+        k_idx[..., 0] = values
     k_pos = torch.arange(n_keys).repeat(batch, 1)
     k_pos[-1, :5] = -1  # padding of the last row
     k_pos[:, n_keys - 3 :] = -1  # empty tail
@@ -145,7 +166,7 @@ def check_selection(case, device: str = "cpu") -> list[str]:
     want = reference.select_topp(scores, q_pos, k_pos, **budget)[:, :, 0].reshape(rows, n_keys)
     by_score = score_ranked(scores, q_pos, k_pos, **budget)[:, :, 0].reshape(rows, n_keys)
     problems = []
-    if kind in ("spread", "tiny"):  # distinct scores sharing an fp32 probability: rank by score
+    if kind in ("spread", "tiny", "edge"):  # distinct scores sharing an fp32 probability: rank by score
         want = by_score
     elif not torch.equal(want, by_score):
         problems.append("the score-ranked rule differs from the reference on these scores")
@@ -222,9 +243,8 @@ def _check_flat_interval() -> list[str]:
 
 
 def _check_n_logit() -> list[str]:
-    """The level-0 bin count, the phased launch (programs per SM, warps) and the probes of level 0's key-interval
-    search change the work, not the selection: 4 and 64 bins, 1 or 16 programs per SM (4 or 64 programs per row
-    here), and 4 or 32 probes per step select what the default does."""
+    """The level-0 bin count and the phased launch (programs per SM, warps) change the work, not the selection: 4 and
+    64 bins, and 1 or 16 programs per SM (4 or 64 programs per row here) select what the default does."""
     import torch
 
     from rtpurbo.ops.triton import decode, threshold
@@ -238,7 +258,7 @@ def _check_n_logit() -> list[str]:
         budget = dict(top_p=top_p, min_tokens=0, max_tokens=max_tokens, block=64)
         order, n_keep = threshold.topp_threshold(*args, **budget)
         for launch in (dict(n_logit=4), dict(n_logit=64), dict(programs_per_sm=1, num_warps=4),
-                       dict(programs_per_sm=16), dict(logit_probes=4), dict(logit_probes=32)):
+                       dict(programs_per_sm=16)):
             other, n_other = threshold.topp_threshold(*args, **budget, **launch)
             same = torch.equal(n_keep, n_other) and all(
                 torch.equal(order[r, : n_keep[r]], other[r, : n_keep[r]]) for r in range(2))
@@ -267,8 +287,7 @@ def _check_bad_args() -> list[str]:
            "sync shape": dict(sync=torch.zeros(1, threshold.N_SYNC, dtype=torch.int64)),
            "sync dtype": dict(sync=torch.zeros(2, threshold.N_SYNC, dtype=torch.int32)),
            "work shape": dict(work=torch.zeros(2, threshold.N_LEVELS, 8, dtype=torch.int64)),
-           "programs per SM": dict(programs_per_sm=0), "warps": dict(num_warps=3),
-           "probes": dict(logit_probes=24), "too few probes": dict(logit_probes=2)}
+           "programs per SM": dict(programs_per_sm=0), "warps": dict(num_warps=3)}
     problems = []
     for what, kwargs in bad.items():
         try:

@@ -42,8 +42,11 @@ the output is deterministic).
 
 The level-0 bin of a score is ``floor((m - s) * inv_width)`` in fp32, ``inv_width`` computed by
 every program from the same block statistics (so bitwise the same everywhere); it falls as the
-key rises, so the chosen bin's keys form one key interval, found exactly by a search over keys
-(``threshold_phases._logit_bin_keys``) that evaluates the same expression.
+key rises, so the chosen bin's keys form one key interval. Level 0 bounds it from the bin's ends in
+score with a slack far above the expression's rounding (``threshold_phases._logit_bin_bounds``:
+no search), and the key levels take a key of those bounds only if the same expression, on the stored
+``m`` and ``inv_width``, puts it in the chosen bin. (The search over keys that found the interval exactly
+took 3 us of level 0's serial tail.)
 
 What is exact: the ranking, ties, clamps and ``tau`` (integer keys and counts). What is rounded:
 ``p`` (fp32 ``exp``, ``Z`` from the per-block statistics) and its sums (fp32 within a program at
@@ -83,8 +86,8 @@ import triton
 import triton.language as tl
 
 from .decode import _num_sms
-from .threshold_phases import (FIXED_ONE, LOGIT_PROBES, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT,
-                               N_STATE, gather_phase, key_phase, logit_phase, probe_rounds, tally_phase, wait_for)
+from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_STATE, N_STATS,
+                               gather_phase, key_phase, logit_phase, tally_phase, wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
 N_PHASES = 6
@@ -103,7 +106,7 @@ def _search_kernel(
     FIRST: tl.constexpr, LAST: tl.constexpr,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
     N_BINS: tl.constexpr, N_STATE: tl.constexpr, N_SYNC: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr,
-    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PROBES: tl.constexpr, ROUNDS: tl.constexpr,
+    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
     """Phases ``FIRST..LAST`` of one row's search, one program per (row, chunk of keys).
 
@@ -120,13 +123,13 @@ def _search_kernel(
         if phase == 0:
             logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
                          sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
-                         NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST, PROBES, ROUNDS)
+                         NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST)
             if phase < LAST:
                 wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
         elif phase < _TALLY:
             searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
-                                   sync + phase, row, part, n_keys, chunk, n_chunks, target, N_BINS, BLOCK,
-                                   FIRST < LAST)
+                                   sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
+                                   BLOCK, FIRST < LAST)
             if phase < LAST:
                 if searching:
                     wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
@@ -164,7 +167,7 @@ def topp_threshold(
     scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 2048,
     work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
-    sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8, logit_probes: int = LOGIT_PROBES,
+    sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
@@ -189,17 +192,12 @@ def topp_threshold(
         programs_per_sm, num_warps: the phased schedule's launch: programs per SM over all rows, and the
             warps of each program of levels 0-3 (the tally and gather run 4). They change the speed, and the
             selection only where level 0's fp32 sums per program round differently (module docstring).
-        logit_probes: keys probed per step when level 0's last program searches the key interval of its chosen bin
-            (a power of two >= 4; :func:`~rtpurbo.ops.triton.threshold_phases._logit_bin_keys`). Only the speed
-            changes with it: every count closes the interval exactly, in :func:`probe_rounds` steps.
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
     """
     if n_logit < 2 or n_logit > N_BINS or n_logit & (n_logit - 1):
         raise ValueError(f"n_logit must be a power of two in [2, {N_BINS}], got {n_logit}")
-    if logit_probes < 4 or logit_probes & (logit_probes - 1):
-        raise ValueError(f"logit_probes must be a power of two >= 4, got {logit_probes}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     rows, n_keys = scores.shape
@@ -223,7 +221,7 @@ def topp_threshold(
         if sync is None:
             sync = zeroed[size:].view(rows, N_SYNC)
     state = torch.empty(rows, N_STATE, dtype=torch.int64, device=device)
-    stats = torch.empty(rows, 2, dtype=torch.float32, device=device)
+    stats = torch.empty(rows, N_STATS.value, dtype=torch.float32, device=device)
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
     tally = torch.empty(rows, n_chunks, 2, dtype=torch.int32, device=device)
     order = torch.empty(rows, capacity, dtype=torch.int64, device=device)
@@ -233,8 +231,7 @@ def topp_threshold(
             n_keys if max_tokens is None else max_tokens)
     meta = dict(NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
                 MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),
-                BLOCK=block, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT,
-                PROBES=logit_probes, ROUNDS=probe_rounds(logit_probes))
+                BLOCK=block, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT)
     spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps

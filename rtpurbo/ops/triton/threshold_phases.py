@@ -22,22 +22,6 @@ N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 BIN_BITS = tl.constexpr(11)  # log2(N_BINS)
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
-# keys probed per step of level 0's key-interval search (:func:`_logit_bin_keys`): 32 probes (7 steps) make the
-# whole selection at 1M keys 2-3 us faster than 256 (5 steps), and change nothing at 128K (H100,
-# benchmarks/results/llama-3.1-8b_h100_2026-12-05_search-level0.md)
-LOGIT_PROBES = 32
-
-
-def probe_rounds(probes: int, keys: int = 2**32) -> int:
-    """Steps of :func:`_logit_bin_keys` that close an interval of ``keys`` keys with ``probes`` probes per step
-    (each step keeps one gap of ``ceil(open / (probes - 1))`` keys; 5 for 256 probes over 2^32 keys)."""
-    if probes < 3:
-        raise ValueError(f"the key-interval search needs at least 3 probes per step, got {probes}")
-    open_, rounds = keys - 1, 0
-    while open_ > 0:
-        open_ = -(-open_ // (probes - 1)) - 1
-        rounds += 1
-    return rounds
 
 
 # fields of the per-row search state (BH, N_STATE) int64
@@ -52,7 +36,9 @@ TAU = tl.constexpr(7)  # RESOLVED: the threshold key
 NEED = tl.constexpr(8)  # RESOLVED: keys to take at TAU (lowest slots first)
 LOWER = tl.constexpr(9)  # min_tokens
 UPPER = tl.constexpr(10)  # min(visible keys, max_tokens)
-N_STATE = 11
+LOGIT_BIN = tl.constexpr(11)  # level 0's chosen bin: the key levels take only the keys of the interval in it
+N_STATE = 12
+N_STATS = tl.constexpr(3)  # per-row softmax statistics (BH, N_STATS) fp32: m, Z, level 0's inverse bin width
 BY_MASS = tl.constexpr(0)
 BY_RANK = tl.constexpr(1)
 RESOLVED = tl.constexpr(2)
@@ -64,13 +50,6 @@ def _order_key(s):
     """fp32 -> int64 in [0, 2^32), increasing with ``s`` (-0.0 and +0.0 share one key)."""
     bits = tl.where(s == 0.0, 0.0, s).to(tl.int32, bitcast=True).to(tl.int64)
     return tl.where(bits < 0, -1 - bits, bits + 2147483648)
-
-
-@triton.jit
-def _key_score(key):
-    """Inverse of :func:`_order_key`."""
-    bits = tl.where(key >= 2147483648, key - 2147483648, -1 - key)
-    return bits.to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -176,33 +155,26 @@ def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need):
 
 
 @triton.jit
-def _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT: tl.constexpr, PROBES: tl.constexpr,
-                    ROUNDS: tl.constexpr):
-    """[key_lo, key_hi]: the keys (of scores in [-inf, m]) whose level-0 bin is ``chosen``.
+def _logit_bin_bounds(row_max, inv_width, chosen, N_LOGIT: tl.constexpr):
+    """[key_lo, key_hi]: an interval of order keys that holds every key (of scores in [-inf, m]) whose level-0 bin
+    is ``chosen``, with at most a few keys of the bins beside it at its ends.
 
-    The bin falls as the key rises, so each end is a search over the key range, ``PROBES``-ary:
-    each step probes evenly spaced keys of the interval still open and keeps the gap where the
-    bin crosses ``chosen``; ``ROUNDS`` = :func:`probe_rounds` (``PROBES``) steps close the 2^32 keys.
+    Bin ``c`` holds the scores ``c`` to ``c + 1`` widths below ``m``. :func:`_logit_bin` rounds the gap ``m - s``
+    and its product with ``inv_width`` (relative errors of 2^-24 each), so its edges can sit up to about 2^-22 of
+    the gap away from the exact ones: each end moves out by 1e-6 of the gap (plus 1e-30), then by two keys for the
+    rounding of the end itself. The key levels test the bin of every key of the interval (:func:`key_phase`), so
+    the keys of the bins beside it take no part. Where an end lies near 0 the interval spans many tiny scores, as
+    any bin reaching 0 does.
     """
-    i = tl.arange(0, PROBES).to(tl.int64)
-    bottom = _order_key(float("-inf") + row_max * 0.0)
+    width = 1.0 / inv_width
+    top_gap = chosen.to(tl.float32) * width
+    low_gap = top_gap + width
+    slack = low_gap * 1e-6 + 1e-30
     top = _order_key(row_max)
-    hi_lo, hi_hi = bottom, top  # key_hi in [hi_lo, hi_hi]; bin(hi_lo) >= chosen
-    lo_lo, lo_hi = bottom, top  # key_lo in [lo_lo, lo_hi]; bin(lo_hi) <= chosen
-    for _ in tl.static_range(ROUNDS):
-        step = tl.maximum(tl.cdiv(hi_hi - hi_lo, PROBES - 1), 1)
-        probe = tl.minimum(hi_lo + i * step, hi_hi)
-        up = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) >= chosen  # a prefix of the probes
-        best = tl.max(tl.where(up, probe, hi_lo), axis=0)
-        hi_hi = tl.minimum(hi_hi, best + step - 1)
-        hi_lo = best
-        step = tl.maximum(tl.cdiv(lo_hi - lo_lo, PROBES - 1), 1)
-        probe = tl.maximum(lo_hi - i * step, lo_lo)
-        down = _logit_bin(_key_score(probe), row_max, inv_width, N_LOGIT) <= chosen  # a prefix of the probes
-        best = tl.min(tl.where(down, probe, lo_hi), axis=0)
-        lo_lo = tl.maximum(lo_lo, best - step + 1)
-        lo_hi = best
-    return lo_hi, hi_lo
+    bottom = _order_key(float("-inf") + row_max * 0.0)
+    key_hi = tl.where(chosen == 0, top, tl.minimum(_order_key(row_max - top_gap + slack) + 2, top))
+    key_lo = tl.where(chosen >= N_LOGIT - 1, bottom, tl.maximum(_order_key(row_max - low_gap - slack) - 2, bottom))
+    return key_lo, key_hi
 
 
 @triton.jit
@@ -230,12 +202,11 @@ def logit_phase(
     scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
     row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PROBES: tl.constexpr, ROUNDS: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr,
 ):
     """Level 0: per-program histograms of the logit bins (counts and masses), added to ``level``; the last
-    program to finish walks them, finds the chosen bin's key interval (:func:`_logit_bin_keys`, ``PROBES`` keys
-    per step, ``ROUNDS`` = :func:`probe_rounds` steps), writes the search state and (``FUSED``) sets
-    ``*release``."""
+    program to finish walks them, bounds the chosen bin's keys (:func:`_logit_bin_bounds`), writes the search
+    state and (``FUSED``) sets ``*release``."""
     row_max, z, n_visible, inv_width = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
                                                     N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
     bins = tl.arange(0, N_LOGIT)
@@ -265,14 +236,16 @@ def logit_phase(
         chosen, mode, rank, above, mass_above, _, _ = _walk(
             counts, masses, zero, zero, zero, zero, target, lower, upper, N_LOGIT,
         )
-        key_lo, key_hi = _logit_bin_keys(row_max, inv_width, chosen, N_LOGIT, PROBES, ROUNDS)
+        key_lo, key_hi = _logit_bin_bounds(row_max, inv_width, chosen, N_LOGIT)
         empty = upper == 0
         _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
                       tl.where(empty, NO_KEY, 0), zero)
         tl.store(st + LOWER, lower)
         tl.store(st + UPPER, upper)
-        tl.store(stats_ptr + row * 2, row_max)
-        tl.store(stats_ptr + row * 2 + 1, z)
+        tl.store(st + LOGIT_BIN, chosen.to(tl.int64))
+        tl.store(stats_ptr + row * N_STATS, row_max)
+        tl.store(stats_ptr + row * N_STATS + 1, z)
+        tl.store(stats_ptr + row * N_STATS + 2, inv_width)
         tl.store(n_keep_ptr + row, zero)
         if FUSED:
             tl.debug_barrier()
@@ -282,9 +255,10 @@ def logit_phase(
 @triton.jit
 def key_phase(
     scores_row, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
-    N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr,
+    N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr,
 ):
-    """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched; the last
+    """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched (its keys in level 0's
+    chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`); the last
     program walks them, narrows the interval (or resolves ``tau``) and (``FUSED``) sets ``*release``.
     Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
     mode = _cg(st + MODE)
@@ -293,15 +267,18 @@ def key_phase(
         key_hi = _cg(st + KEY_HI)
         key_lo = _cg(st + KEY_LO)
         shift = _cg(st + SHIFT)
-        row_max = _cg(stats_ptr + row * 2)
-        z = _cg(stats_ptr + row * 2 + 1)
+        row_max = _cg(stats_ptr + row * N_STATS)
+        z = _cg(stats_ptr + row * N_STATS + 1)
+        inv_width = _cg(stats_ptr + row * N_STATS + 2)
+        logit_bin = _cg(st + LOGIT_BIN).to(tl.int32)
         lo = part * chunk
         hi = tl.minimum(lo + chunk, n_keys)
         for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
             key = _order_key(s)
-            inside = (s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
+            inside = ((s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
+                      & (_logit_bin(s, row_max, inv_width, N_LOGIT) == logit_bin))
             b = (key_hi - key) >> shift
             tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
             tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
