@@ -178,6 +178,14 @@ def _logit_bin_bounds(row_max, inv_width, chosen, N_LOGIT: tl.constexpr):
 
 
 @triton.jit
+def _scores_at(scores_row, start, hi, N: tl.constexpr):
+    """(N,) scores from ``start`` (-inf from ``hi`` on). Each phase loads the next step's scores before it works on
+    the current ones, so the load's L2 latency overlaps that work instead of adding to every step."""
+    offs = start + tl.arange(0, N)
+    return tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
+
+
+@triton.jit
 def _cg(ptr):
     """A load from L2 (``.cg``): values another program of this launch wrote after our first read of the line."""
     return tl.load(ptr, cache_modifier=".cg")
@@ -207,6 +215,9 @@ def logit_phase(
     """Level 0: per-program histograms of the logit bins (counts and masses), added to ``level``; the last
     program to finish walks them, bounds the chosen bin's keys (:func:`_logit_bin_bounds`), writes the search
     state and (``FUSED``) sets ``*release``."""
+    lo = part * chunk
+    hi = tl.minimum(lo + chunk, n_keys)
+    s_next = _scores_at(scores_row, lo, hi, SUB)  # the first step's scores load beside the row's statistics
     row_max, z, n_visible, inv_width = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
                                                     N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
     bins = tl.arange(0, N_LOGIT)
@@ -214,11 +225,9 @@ def logit_phase(
     # reduction per step costs a shared-memory round trip each). A hidden key (-inf) has p = 0: it adds nothing.
     count_acc = tl.zeros([N_LOGIT], tl.int32)
     mass_acc = tl.zeros([SUB, N_LOGIT], tl.float32)
-    lo = part * chunk
-    hi = tl.minimum(lo + chunk, n_keys)
     for start in range(lo, hi, SUB):
-        offs = start + tl.arange(0, SUB)
-        s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
+        s = s_next
+        s_next = _scores_at(scores_row, start + SUB, hi, SUB)
         b = _logit_bin(s, row_max, inv_width, N_LOGIT)
         count_acc += tl.histogram(b, N_LOGIT, mask=s != float("-inf"))
         mass_acc += tl.where(b[:, None] == bins[None, :], (tl.exp(s - row_max) / z)[:, None], 0.0)
@@ -264,6 +273,9 @@ def key_phase(
     mode = _cg(st + MODE)
     searching = mode != RESOLVED
     if searching:
+        lo = part * chunk
+        hi = tl.minimum(lo + chunk, n_keys)
+        s_next = _scores_at(scores_row, lo, hi, BLOCK)  # the first step's scores load beside the search state
         key_hi = _cg(st + KEY_HI)
         key_lo = _cg(st + KEY_LO)
         shift = _cg(st + SHIFT)
@@ -271,11 +283,9 @@ def key_phase(
         z = _cg(stats_ptr + row * N_STATS + 1)
         inv_width = _cg(stats_ptr + row * N_STATS + 2)
         logit_bin = _cg(st + LOGIT_BIN).to(tl.int32)
-        lo = part * chunk
-        hi = tl.minimum(lo + chunk, n_keys)
         for start in range(lo, hi, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
+            s = s_next
+            s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
             key = _order_key(s)
             inside = ((s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
                       & (_logit_bin(s, row_max, inv_width, N_LOGIT) == logit_bin))
@@ -321,9 +331,10 @@ def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, B
     hi = tl.minimum(lo + chunk, n_keys)
     n_above = tl.zeros([BLOCK], tl.int32)
     n_tied = tl.zeros([BLOCK], tl.int32)
+    s_next = _scores_at(scores_row, lo, hi, BLOCK)
     for start in range(lo, hi, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
+        s = s_next
+        s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
         key = _order_key(s)
         seen = s != float("-inf")
         n_above += (seen & (key > tau)).to(tl.int32)
@@ -348,9 +359,11 @@ def gather_phase(
     written = above_before + tl.minimum(ties_before, need)
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
+    s_next = _scores_at(scores_row, lo, hi, BLOCK)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        s = tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
+        s = s_next
+        s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
         key = _order_key(s)
         seen = s != float("-inf")
         tied = (seen & (key == tau)).to(tl.int32)
