@@ -1,0 +1,195 @@
+"""Paired A/B timing of the selecting decode step across versions of rtpurbo's retrieval kernels (GPU).
+
+    python benchmarks/decode_step_ab.py --trees base=/tmp/v0 new=. --json ab.json
+
+Each ``--trees`` entry names a directory holding an ``rtpurbo/`` package; its ``ops.triton`` kernels are loaded
+under their own module name (``rtpurbo_<name>``), so every version runs in this one process on the same card.
+Per version and case one CUDA graph is captured:
+
+* ``step``: one attention layer's selecting decode step, Llama-3.1-8B geometry (1 retrieval KV head x 4 query heads
+  through ``topp_attention``, top-p 0.9; 7 local KV heads over their 8,196 ring slots on a side stream, with the
+  local-head code of the first tree for every version), random bf16 inputs;
+* ``select``: the whole selection alone (index scores + threshold search) of one retrieval head on peaked,
+  trained-like and flat scores (indexer keys scaled: score std 4, 2.56, 0.04 logits).
+
+Then ``--rounds`` rounds time every graph once each (triton's ``do_bench``: L2 flushed before each replay, median
+of ``--rep`` ms of replays), the versions' order rotating from round to round. Each round gives one paired
+difference per version against the first; the report gives the medians, the mean difference with a 95 % bootstrap
+interval over rounds, and whether each version selected the same keys as the first (the sum of selected slots and
+their count).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+LENGTHS = {"128K": 131072, "1M": 1048576}
+REGIMES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}
+TOP_P, MIN_TOKENS, SINKS, RECENT, WINDOW, INDEX_DIM = 0.9, 64, 4, 64, 8192, 16
+N_Q, N_KV, HEAD_DIM = 32, 8, 128  # Llama-3.1-8B; one retrieval KV head
+
+
+def load_tree(name: str, root: str) -> dict:
+    """The retrieval kernels (``topp``, ``decode``, ``threshold``) and ``api`` of the package under ``root``."""
+    package = f"rtpurbo_{name}"
+    module = types.ModuleType(package)
+    module.__path__ = [str(Path(root).resolve() / "rtpurbo")]
+    sys.modules[package] = module  # a bare parent: only the imported subpackages run, with their relative imports
+    return {part: importlib.import_module(f"{package}.ops.{path}") for part, path in
+            (("topp", "triton.topp"), ("decode", "triton.decode"), ("threshold", "triton.threshold"), ("api", "api"))}
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+
+
+def _ring_positions(length: int) -> torch.Tensor:
+    pos = torch.full((SINKS + WINDOW,), -1, dtype=torch.long)
+    pos[:SINKS] = torch.arange(SINKS)
+    recent = torch.arange(max(SINKS, length - WINDOW), length)
+    pos[SINKS + (recent - SINKS) % WINDOW] = recent
+    return pos.cuda()[None]
+
+
+def step_case(trees: dict, length: int) -> dict:
+    """Per tree, a callable of one selecting layer step, and what it selected (count, slot sum)."""
+    group, n_local = N_Q // N_KV, N_KV - 1
+    torch.manual_seed(0)
+    q = _randn(1, N_Q, 1, HEAD_DIM)
+    k, v = _randn(1, 1, length, HEAD_DIM), _randn(1, 1, length, HEAD_DIM)
+    ring_k, ring_v = _randn(1, n_local, SINKS + WINDOW, HEAD_DIM), _randn(1, n_local, SINKS + WINDOW, HEAD_DIM)
+    ring_pos = _ring_positions(length)
+    q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * 0.64
+    q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
+    local_api = next(iter(trees.values()))["api"]
+    side = torch.cuda.Stream()
+    calls = {}
+    for name, tree in trees.items():
+        def step(tree=tree):
+            main = torch.cuda.current_stream()
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                local = local_api.attention(q[:, group:], ring_k, ring_v, q_pos, ring_pos, window=WINDOW, sinks=SINKS,
+                                            impl="flex")
+            out, counts = tree["topp"].topp_attention(q[:, :group], k, v, q_pos, k_pos, q_idx, k_idx, top_p=TOP_P,
+                                                      min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT)
+            main.wait_stream(side)
+            return out, local, counts
+        calls[name] = step
+    return calls
+
+
+def select_case(trees: dict, length: int, scale: float) -> dict:
+    torch.manual_seed(0)
+    q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
+    q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
+    calls = {}
+    for name, tree in trees.items():
+        def select(tree=tree):
+            scored = tree["decode"].index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
+            return tree["threshold"].topp_threshold(
+                scored.scores.view(1, length), scored.block_max, scored.block_sum, scored.block_count,
+                scored.block_min, top_p=TOP_P, min_tokens=MIN_TOKENS, max_tokens=None)
+        calls[name] = select
+    return calls
+
+
+def _selected(kind: str, result) -> tuple[int, int]:
+    """(keys selected, sum of their slots) of a step's or a selection's result."""
+    if kind == "step":
+        return int(result[2].sum()), 0
+    order, n_keep = result
+    return int(n_keep[0]), int(order[0, : int(n_keep[0])].sum())
+
+
+def _graph(fn) -> torch.cuda.CUDAGraph:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    return graph
+
+
+def bootstrap_ci(diffs: list[float], n: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of ``diffs``."""
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.tensor(diffs, dtype=torch.float64)
+    means = d[torch.randint(0, len(diffs), (n, len(diffs)), generator=gen)].mean(1)
+    return means.quantile(0.025).item(), means.quantile(0.975).item()
+
+
+def measure(kind: str, calls: dict, rounds: int, rep: int) -> dict:
+    from triton.testing import do_bench
+
+    names = list(calls)
+    selected = {name: _selected(kind, calls[name]()) for name in names}
+    graphs = {name: _graph(calls[name]) for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            samples[name].append(1000 * do_bench(graphs[name].replay, warmup=10, rep=rep, return_mode="median"))
+    base = names[0]
+    result = {"selected": {n: list(s) for n, s in selected.items()},
+              "same_selection": {n: selected[n] == selected[base] for n in names},
+              "median_us": {n: statistics.median(samples[n]) for n in names}, "samples_us": samples, "vs_" + base: {}}
+    for name in names[1:]:
+        diffs = [b - a for a, b in zip(samples[base], samples[name])]
+        lo, hi = bootstrap_ci(diffs)
+        result["vs_" + base][name] = dict(mean_diff_us=statistics.fmean(diffs), ci95=[lo, hi])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trees", nargs="+", required=True, help="NAME=DIR, the first is the baseline")
+    parser.add_argument("--lengths", default="128K,1M", help=f"comma-separated, of {sorted(LENGTHS)}")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rep", type=int, default=60, help="ms of replays per timing")
+    parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("decode_step_ab.py needs a CUDA GPU")
+    trees = {}
+    for entry in args.trees:
+        name, sep, root = entry.partition("=")
+        if not sep or not (Path(root) / "rtpurbo").is_dir():
+            sys.exit(f"--trees takes NAME=DIR with DIR/rtpurbo a package, got {entry!r}")
+        trees[name] = load_tree(name, root)
+    cases = args.cases.split(",")
+    rows = []
+    for label in args.lengths.split(","):
+        length = LENGTHS[label]
+        todo = []
+        if "step" in cases:
+            todo.append(("step", "trained-like", step_case(trees, length)))
+        if "select" in cases:
+            todo += [("select", regime, select_case(trees, length, scale)) for regime, scale in REGIMES.items()]
+        for kind, regime, calls in todo:
+            start = time.time()
+            row = dict(case=kind, L=label, regime=regime, **measure(kind, calls, args.rounds, args.rep))
+            rows.append(row)
+            medians = " ".join(f"{n} {us:.1f}" for n, us in row["median_us"].items())
+            diffs = " ".join(f"{n} {d['mean_diff_us']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+                             for n, d in next(v for k, v in row.items() if k.startswith("vs_")).items())
+            print(f"{kind} {label} {regime}: median us {medians} | paired diff {diffs} | same keys "
+                  f"{row['same_selection']} ({time.time() - start:.0f} s)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(
+            device=torch.cuda.get_device_name(), torch=torch.__version__, trees=args.trees, rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
