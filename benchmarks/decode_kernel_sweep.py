@@ -231,7 +231,8 @@ def _walk_kernel(counts_ptr, masses_ptr, out_ptr, target, NB: tl.constexpr):
 
 @triton.jit
 def _bounds_kernel(stats_ptr, out_ptr):
-    lo, hi = _logit_bin_bounds(tl.load(stats_ptr), tl.load(stats_ptr + 1), 3, 32)
+    row_max = tl.load(stats_ptr)
+    lo, hi = _logit_bin_bounds(row_max, tl.load(stats_ptr + 1), (row_max * 0.0 + 3.0).to(tl.int32), 32)
     tl.store(out_ptr, lo + hi)
 
 

@@ -352,13 +352,14 @@ def select_phase(
         n_above += (seen & (key > tau)).to(tl.int32)
         n_tied += (seen & (key == tau)).to(tl.int32)
     mine = ((tl.sum(n_above, axis=0).to(tl.int64) + 1) << 32) | tl.sum(n_tied, axis=0).to(tl.int64)
-    tl.atomic_xchg(tally_row + part, mine, sem="release")
+    tl.atomic_xchg(tally_row + part, mine, sem="relaxed")  # one self-contained word: nothing else to order
     c = tl.arange(0, NC_PAD)
     earlier = c < part
-    counts = tl.where(earlier, tl.atomic_add(tally_row + c, 0, mask=earlier, sem="acquire"), 1)
+    # polled with plain L2 loads (volatile: never cached in the SM), not atomics: every chunk reads every earlier one
+    counts = tl.load(tally_row + c, mask=earlier, other=1, volatile=True)
     polls = 0
     while (tl.min(counts, axis=0) == 0) & (polls < SPIN_LIMIT):
-        counts = tl.where(earlier, tl.atomic_add(tally_row + c, 0, mask=earlier, sem="acquire"), 1)
+        counts = tl.load(tally_row + c, mask=earlier, other=1, volatile=True)
         polls += 1
     if tl.min(counts, axis=0) == 0:
         tl.atomic_add(stalls, 1, sem="relaxed")
