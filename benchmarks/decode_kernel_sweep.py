@@ -281,7 +281,7 @@ def step_profile(record) -> None:
     """Kernels of one sparse decode step (eager, 20 steps profiled) at 128K and 1M, Llama-3.1-8B geometry, with
     the threshold search fused and phased; ``graph_us``: the step replayed from a CUDA graph (L2 flushed);
     ``search_phase_us``: device time of each launch of the threshold search, in launch order (the phased
-    schedule's five phases: level 0, levels 1-3, the selection)."""
+    schedule's six phases: level 0, levels 1-3, tally, gather)."""
     from rtpurbo.ops.triton import threshold
     from rtpurbo.ops.triton import topp as triton_topp
 

@@ -34,12 +34,11 @@ Each histogram holds a count and a mass per bin. Masses are fixed point (``p * 2
 int64), so the sums do not depend on the order of the atomic adds: the selection is the same on
 every run. The last program of a level to finish (a ticket counter) walks that level's bins from
 the best: the first bin whose cumulative mass reaches ``top_p`` holds ``n*``, unless the token
-clamps decide first, in which case the search continues for a fixed rank. Then, in one launch,
-:func:`~rtpurbo.ops.triton.threshold_phases.select_phase` counts the keys above / at ``tau`` per chunk, adds up
-the counts of the chunks before each one (each chunk waits only for those: a decoupled look-back over chunks
-handed out in the order their programs start) and writes the selected slots in ascending slot order at the
-positions those counts give (no atomic positions: the output is deterministic). Until then a tally launch counted
-and a gather launch wrote.
+clamps decide first, in which case the search continues for a fixed rank. Then
+:func:`~rtpurbo.ops.triton.threshold_phases.tally_phase` counts the keys above / at ``tau`` per chunk and
+:func:`~rtpurbo.ops.triton.threshold_phases.gather_phase`
+writes the selected slots in ascending slot order, at positions from those counts (no atomics:
+the output is deterministic).
 
 The level-0 bin of a score is ``floor((m - s) * inv_width)`` in fp32, ``inv_width`` computed by
 every program from the same block statistics (so bitwise the same everywhere); it falls as the
@@ -59,15 +58,16 @@ differ only between distinct scores of equal fp32 probability (e.g. probabilitie
 underflow to 0, more than ~100 logits below the max), which the reference orders by slot.
 Keys scoring ``-inf`` count as not visible.
 
-The five phases (level 0, levels 1-3, the selection) depend on each other only within a row.
+The six phases (level 0, levels 1-3, tally, gather) depend on each other only within a row.
 ``schedule="phased"`` (the default) launches one phase at a time, about two programs per SM of
 2048-key steps: fewer, longer programs than four per SM of 1024-key steps (the earlier launch) make the
 whole selection at 1M keys 86-87 us instead of 97-98 on every score regime, and change nothing at 128K
 (46-49 us; H200, ``benchmarks/decode_kernel_sweep.py --parts search_launch``,
 ``benchmarks/results/llama-3.1-8b_h200_2026-12-04_dense-tail-split-search-launch.md``).
-``schedule="fused"`` runs all five as one persistent launch: at most one program per SM over all
+``schedule="fused"`` runs all six as one persistent launch: at most one program per SM over all
 rows, so that all are resident at once, and between phases the programs of a row wait on per-row
-words (the last program of a level walks it and releases the others). Both select the same keys. On an H200 (triton 3.6, CUDA graphs) fusing does not pay: graph
+words (the last program of a level walks it and releases the others; the gather waits for every
+tally). Both select the same keys. On an H200 (triton 3.6, CUDA graphs) fusing does not pay: graph
 launches of the phases are about 1 us apart, so fusing saves little, while one program per SM
 leaves each scan a longer serial loop. Whole selection (index scores + search, one retrieval head,
 32 level-0 bins), fused / phased: 46 / 50 us at 128K keys, 106-107 / 101-102 us at 1M; one decode
@@ -87,15 +87,15 @@ import triton.language as tl
 
 from .decode import _num_sms
 from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_STATE, N_STATS,
-                               key_phase, logit_phase, select_phase, wait_for)
+                               gather_phase, key_phase, logit_phase, tally_phase, wait_for)
 
-# phases of the search: level 0, key levels 1-3, the selection (tally and gather)
-N_PHASES = 5
-SELECT = 4
-# per-row synchronisation words (int64): the release flags of phases 0-3, the selection's chunk tickets, stalls
+# phases of the search: level 0, key levels 1-3, tally, gather
+N_PHASES = 6
+TALLY = 4  # then 5, the gather
+# per-row synchronisation words (int64): the release flags of phases 0-3, the tally arrivals, stalls
 N_SYNC = 8
-TICKET, STALLS = 4, 7
-_SELECT, _TICKET, _STALLS = tl.constexpr(SELECT), tl.constexpr(TICKET), tl.constexpr(STALLS)  # for the kernel
+ARRIVED, STALLS = 4, 7
+_TALLY, _ARRIVED, _STALLS = tl.constexpr(TALLY), tl.constexpr(ARRIVED), tl.constexpr(STALLS)  # for the kernel
 
 
 @triton.jit
@@ -110,7 +110,7 @@ def _search_kernel(
 ):
     """Phases ``FIRST..LAST`` of one row's search, one program per (row, chunk of keys).
 
-    One phase per launch ("phased"), or all five in one launch ("fused": a persistent kernel
+    One phase per launch ("phased"), or all six in one launch ("fused": a persistent kernel
     whose programs wait for each other per row, between phases, on the words of ``sync``;
     every program of the launch must be resident at once)."""
     row = tl.program_id(0)
@@ -126,16 +126,22 @@ def _search_kernel(
                          NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST)
             if phase < LAST:
                 wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
-        elif phase < _SELECT:
+        elif phase < _TALLY:
             searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
                                    sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
                                    BLOCK, FIRST < LAST)
             if phase < LAST:
                 if searching:
                     wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
+        elif phase == _TALLY:
+            tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK)
+            if phase < LAST:
+                tl.debug_barrier()
+                tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
+                wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
         else:
-            select_phase(scores_row, st, tally_ptr + row * n_chunks, order_ptr + row.to(tl.int64) * capacity,
-                         sync + _TICKET, sync + _STALLS, n_keys, chunk, NC_PAD, BLOCK, SPIN_LIMIT)
+            gather_phase(scores_row, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
+                          chunk, n_chunks, NC_PAD, BLOCK)
 
 
 SCHEDULES = ("fused", "phased")
@@ -176,15 +182,15 @@ def topp_threshold(
         n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
             changes with it, not the selection (benchmarks compare settings with it).
         schedule: ``"phased"`` (default): one launch per phase of the search (level 0, levels 1-3,
-            the selection), about ``programs_per_sm`` programs per SM; ``"fused"``: all five in one launch, a
+            tally, gather), about ``programs_per_sm`` programs per SM; ``"fused"``: all six in one launch, a
             persistent kernel of at most one program per SM whose programs of a row wait for each
             other between phases (slower on an H200: module docstring). Both select the same keys.
-        sync: optional zeroed (BH, N_SYNC) int64 for the waits (the fused schedule's between phases, and the
-            selection's look-back in both). Afterwards ``sync[r, STALLS]`` counts the waits of row ``r`` that gave
-            up after :data:`SPIN_LIMIT` polls (0 unless some program of a fused launch could not become resident;
-            that row's selection is then undefined). Tests and benchmarks check it.
+        sync: optional zeroed (BH, N_SYNC) int64 for the fused schedule's waits. Afterwards
+            ``sync[r, STALLS]`` counts the waits of row ``r`` that gave up after
+            :data:`SPIN_LIMIT` polls (0 unless some program of the launch could not become
+            resident; that row's selection is then undefined). Tests and benchmarks check it.
         programs_per_sm, num_warps: the phased schedule's launch: programs per SM over all rows, and the
-            warps of each program of levels 0-3 (the selection runs 4). They change the speed, and the
+            warps of each program of levels 0-3 (the tally and gather run 4). They change the speed, and the
             selection only where level 0's fp32 sums per program round differently (module docstring).
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
@@ -207,16 +213,17 @@ def topp_threshold(
         raise ValueError(f"work must be zeroed int64 of shape {work_shape}, got {work.dtype} {tuple(work.shape)}")
     if sync is not None and (sync.shape != (rows, N_SYNC) or sync.dtype != torch.int64):
         raise ValueError(f"sync must be zeroed int64 of shape {(rows, N_SYNC)}, got {sync.dtype} {tuple(sync.shape)}")
-    # one zeroed allocation (one memset): the selection's per-chunk counts, and the work / sync buffers not given
-    work_size = rows * N_LEVELS * (2 * N_BINS + 1) if work is None else 0
-    sync_size = rows * N_SYNC if sync is None else 0
-    zeroed = torch.zeros(work_size + sync_size + rows * n_chunks, dtype=torch.int64, device=device)
-    work = zeroed[:work_size].view(work_shape) if work is None else work
-    sync = zeroed[work_size:work_size + sync_size].view(rows, N_SYNC) if sync is None else sync
-    tally = zeroed[work_size + sync_size:].view(rows, n_chunks)
+    if work is None or sync is None:  # one zeroed allocation (one memset) for what is missing
+        size = rows * N_LEVELS * (2 * N_BINS + 1) if work is None else 0
+        zeroed = torch.zeros(size + (rows * N_SYNC if sync is None else 0), dtype=torch.int64, device=device)
+        if work is None:
+            work = zeroed[:size].view(work_shape)
+        if sync is None:
+            sync = zeroed[size:].view(rows, N_SYNC)
     state = torch.empty(rows, N_STATE, dtype=torch.int64, device=device)
     stats = torch.empty(rows, N_STATS.value, dtype=torch.float32, device=device)
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
+    tally = torch.empty(rows, n_chunks, 2, dtype=torch.int32, device=device)
     order = torch.empty(rows, capacity, dtype=torch.int64, device=device)
     n_blocks = block_max.shape[1]
     args = (scores, block_max, block_sum, block_count, block_min, work, sync, state, stats, n_keep, tally, order,
@@ -227,6 +234,6 @@ def topp_threshold(
                 BLOCK=block, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT)
     spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
-        warps = 4 if first >= SELECT else num_warps  # the selection alone: 4 warps
+        warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
         _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, num_warps=warps, **meta)
     return order, n_keep

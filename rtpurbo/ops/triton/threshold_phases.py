@@ -4,8 +4,8 @@
 
 * :func:`logit_phase`: level 0, histograms of the logit gap ``m - s`` in spread-sized bins;
 * :func:`key_phase`: levels 1-3, histograms of the order-preserving keys of the interval left;
-* :func:`select_phase`: the keys above / at the threshold per chunk, then the selected slots, ascending, at their
-  final positions (one launch: each chunk waits for the counts of the chunks before it).
+* :func:`tally_phase`: keys above / at the threshold per chunk;
+* :func:`gather_phase`: the selected slots, ascending, at their final positions.
 
 Each level's last program walks the level's bins (:func:`_walk`) and writes the per-row search
 state (fields :data:`MODE` .. :data:`UPPER`).
@@ -324,21 +324,9 @@ def key_phase(
 
 
 @triton.jit
-def select_phase(
-    scores_row, st, tally_row, order_row, ticket, stalls, n_keys, chunk,
-    NC_PAD: tl.constexpr, BLOCK: tl.constexpr, SPIN_LIMIT: tl.constexpr,
-):
-    """The selected slots of one chunk, ascending, at their final positions in ``order_row``, in one launch:
-    count the chunk's keys above / at ``tau``, publish the counts, add up those of the chunks before it, write.
-
-    Chunks go to programs in the order the programs start (a ticket), and a chunk waits only for the chunks before
-    it (a decoupled look-back), whose programs have started before it and never wait for a later one: the wait
-    always ends, whichever programs the GPU keeps resident. Each published count is one int64,
-    ``(above + 1) << 32 | tied``, so that 0 means "not yet" (``tally_row``: zeroed, one per chunk). A wait that
-    reaches ``SPIN_LIMIT`` polls counts one stall in ``*stalls``."""
-    part = tl.atomic_add(ticket, 1, sem="relaxed")
+def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr):
+    """Per chunk: keys scoring above tau, keys scoring tau."""
     tau = _cg(st + TAU)
-    need = _cg(st + NEED).to(tl.int32)
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     n_above = tl.zeros([BLOCK], tl.int32)
@@ -351,22 +339,26 @@ def select_phase(
         seen = s != float("-inf")
         n_above += (seen & (key > tau)).to(tl.int32)
         n_tied += (seen & (key == tau)).to(tl.int32)
-    mine = ((tl.sum(n_above, axis=0).to(tl.int64) + 1) << 32) | tl.sum(n_tied, axis=0).to(tl.int64)
-    tl.atomic_xchg(tally_row + part, mine, sem="relaxed")  # one self-contained word: nothing else to order
+    out = tally_ptr + (row * n_chunks + part) * 2
+    tl.store(out, tl.sum(n_above, axis=0))
+    tl.store(out + 1, tl.sum(n_tied, axis=0))
+
+
+@triton.jit
+def gather_phase(
+    scores_row, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
+    NC_PAD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Selected slots of the chunk, ascending, at their final positions in ``order_row``."""
+    tau = _cg(st + TAU)
+    need = _cg(st + NEED).to(tl.int32)
     c = tl.arange(0, NC_PAD)
-    earlier = c < part
-    # polled with plain L2 loads (volatile: never cached in the SM), not atomics: every chunk reads every earlier one
-    counts = tl.load(tally_row + c, mask=earlier, other=1, volatile=True)
-    polls = 0
-    while (tl.min(counts, axis=0) == 0) & (polls < SPIN_LIMIT):
-        counts = tl.load(tally_row + c, mask=earlier, other=1, volatile=True)
-        polls += 1
-    if tl.min(counts, axis=0) == 0:
-        tl.atomic_add(stalls, 1, sem="relaxed")
-    counts = tl.where(earlier, counts, 0)
-    above_before = (tl.sum(counts >> 32, axis=0) - part).to(tl.int32)
-    ties_before = tl.sum(counts & 0xFFFFFFFF, axis=0).to(tl.int32)
+    earlier = tally_ptr + (row * n_chunks + c) * 2
+    above_before = tl.sum(tl.load(earlier, mask=c < part, other=0, cache_modifier=".cg"), axis=0)
+    ties_before = tl.sum(tl.load(earlier + 1, mask=c < part, other=0, cache_modifier=".cg"), axis=0)
     written = above_before + tl.minimum(ties_before, need)
+    lo = part * chunk
+    hi = tl.minimum(lo + chunk, n_keys)
     s_next = _scores_at(scores_row, lo, hi, BLOCK)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
