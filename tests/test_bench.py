@@ -675,7 +675,7 @@ def test_tiny_geometry_follows_the_family_asked_for():
 
 
 @pytest.mark.parametrize("flags", [["--geometries", "llama-3.1-8b,llama-70b"], ["--budgets", "top-p,lots"],
-                                   ["--budgets", "0"], ["--prefill", "8K,x"], ["--decode", ""], ["--sinks", "-1"]])
+                                   ["--budgets", "0"], ["--prefill", "8K,x"], ["--decode", "1M,zz"], ["--sinks", "-1"]])
 def test_bench_attention_refuses_bad_lists_at_parse_time(flags, capsys):
     with pytest.raises(SystemExit) as err:
         build_parser().parse_args(["bench", "attention", *flags])
@@ -688,6 +688,17 @@ def test_bench_attention_takes_token_sizes_like_bench_model():
     assert (args.prefill, args.decode, args.budgets) == ([32768, 2**20], [131072], ["top-p", 2048])
     assert args.geometries == ["qwen3-30b-a3b"]
     assert build_parser().parse_args(["bench", "attention"]).geometries == list(attention_geometries())
+
+
+def test_bench_attention_skips_a_half_given_an_empty_list_but_not_both():
+    """``--prefill ""`` times decode only (as the reproduce scripts run it); with ``--decode ""`` too there is
+    nothing to time, which stops before any GPU work."""
+    from rtpurbo.bench import attention
+
+    args = build_parser().parse_args(["bench", "attention", "--prefill", "", "--decode", "1M"])
+    assert (args.prefill, args.decode) == ([], [2**20])
+    with pytest.raises(SystemExit, match="nothing to time"):
+        attention.run(build_parser().parse_args(["bench", "attention", "--prefill", "", "--decode", ""]))
 
 
 def attention_geometries():

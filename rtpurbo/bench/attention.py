@@ -131,13 +131,13 @@ def budget(value: str) -> str | int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's flags (shared by ``benchmarks/attention_bench.py`` and ``rtpurbo bench attention``)."""
-    lengths = comma_list(tokens)
+    lengths = comma_list(tokens, allow_empty=True)  # --prefill "" or --decode "": that half not at all
     parser.add_argument("--geometries", type=comma_list(one_of(list(GEOMETRIES))), default=",".join(GEOMETRIES),
                         help="comma-separated: " + ", ".join(GEOMETRIES))
     parser.add_argument("--prefill", type=lengths, default=[8192, 32768, 131072, 524288, 1048576],
-                        help="prefill lengths, comma-separated (8192 or 8K)")
+                        help="prefill lengths, comma-separated (8192 or 8K); \"\" for none")
     parser.add_argument("--decode", type=lengths, default=[32768, 131072, 524288, 1048576],
-                        help="decode context lengths, comma-separated (32768 or 32K)")
+                        help="decode context lengths, comma-separated (32768 or 32K); \"\" for none")
     parser.add_argument("--budgets", type=comma_list(budget), default="top-p,2048,8192",
                         help="decode budgets, comma-separated: top-p and/or fixed token counts (2048 or 2K)")
     parser.add_argument("--index-scale", type=float, default=1.0,
@@ -173,6 +173,8 @@ def run(args: argparse.Namespace) -> dict:
 
     Returns {"environment": ..., "rows": [...]}.
     """
+    if not (args.prefill or args.decode or args.profile_prefill):
+        raise SystemExit("bench attention: nothing to time (--prefill and --decode are both empty)")
     deadline = time.time() + args.deadline_s
     if args.window_kernel:
         flex.set_window_kernel(args.window_kernel)

@@ -27,11 +27,11 @@ def tokens_or_zero(value: str) -> int:
     return 0 if value.strip() == "0" else tokens(value)
 
 
-def comma_list(item: Callable[[str], object]) -> Callable[[str], list]:
-    """A parser of 'a,b,c' whose items ``item`` parses (at least one item)."""
+def comma_list(item: Callable[[str], object], allow_empty: bool = False) -> Callable[[str], list]:
+    """A parser of 'a,b,c' whose items ``item`` parses (at least one item, unless ``allow_empty``: then '' is none)."""
     def parse(value: str) -> list:
         items = [item(text.strip()) for text in value.split(",") if text.strip()]
-        if not items:
+        if not items and not allow_empty:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {value!r}")
         return items
     return parse
