@@ -270,20 +270,19 @@ def key_phase(
     chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`); the last
     program walks them, narrows the interval (or resolves ``tau``) and (``FUSED``) sets ``*release``.
     Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
-    # the whole state in one round trip to L2, before the mode is known (a resolved row reads it for nothing)
     mode = _cg(st + MODE)
-    key_hi = _cg(st + KEY_HI)
-    key_lo = _cg(st + KEY_LO)
-    shift = _cg(st + SHIFT)
-    row_max = _cg(stats_ptr + row * N_STATS)
-    z = _cg(stats_ptr + row * N_STATS + 1)
-    inv_width = _cg(stats_ptr + row * N_STATS + 2)
-    logit_bin = _cg(st + LOGIT_BIN).to(tl.int32)
     searching = mode != RESOLVED
     if searching:
         lo = part * chunk
         hi = tl.minimum(lo + chunk, n_keys)
-        s_next = _scores_at(scores_row, lo, hi, BLOCK)
+        s_next = _scores_at(scores_row, lo, hi, BLOCK)  # the first step's scores load beside the search state
+        key_hi = _cg(st + KEY_HI)
+        key_lo = _cg(st + KEY_LO)
+        shift = _cg(st + SHIFT)
+        row_max = _cg(stats_ptr + row * N_STATS)
+        z = _cg(stats_ptr + row * N_STATS + 1)
+        inv_width = _cg(stats_ptr + row * N_STATS + 2)
+        logit_bin = _cg(st + LOGIT_BIN).to(tl.int32)
         for start in range(lo, hi, BLOCK):
             s = s_next
             s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
