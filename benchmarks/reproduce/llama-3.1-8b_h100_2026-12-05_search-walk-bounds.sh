@@ -10,15 +10,17 @@
 #          selection's GPU tests, end-to-end decode at 1M, the GPU tests of the model's decode paths (shipped tree);
 #   call3: the selection GPU tests call 2's time limit cut off; end-to-end decode at 1M (8 layers, trained-like
 #          indexer scores), 333b58e and the shipped tree alternating, each run from its own folder;
-#   call4: the attention bench's decode rows at 128K and 1M (shipped tree).
+#   call4: the attention bench's decode rows at 128K and 1M (shipped tree);
+#   call5: A/B of the shipped kernels and the key levels' state loaded in one round trip (f5171bf).
 #
-#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-05_search-walk-bounds.sh OUT   # about 15 minutes, from a git clone
+#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-05_search-walk-bounds.sh OUT   # about 16 minutes, from a git clone
 set -euo pipefail
 out=$(realpath -m "${1:?usage: $0 OUT}")
-mkdir -p "$out"/call1 "$out"/call2 "$out"/call3 "$out"/call4
+mkdir -p "$out"/call1 "$out"/call2 "$out"/call3 "$out"/call4 "$out"/call5
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for variant in base:333b58e walk:6861def bounds:605d02a final:48401b7 lookback:29a69b8 lookback2:293eb75; do
+for variant in base:333b58e walk:6861def bounds:605d02a final:48401b7 lookback:29a69b8 lookback2:293eb75 \
+  hoist:f5171bf; do
   name=${variant%%:*} commit=${variant##*:}
   mkdir -p "$tmp/$name" && git archive "$commit" rtpurbo benchmarks | tar -x -C "$tmp/$name"
 done
@@ -43,3 +45,5 @@ for run in 1 2; do
 done
 (cd "$tmp/final" && python3 benchmarks/attention_bench.py --geometries llama-3.1-8b --prefill 8192 \
   --decode 131072,1048576 --budgets top-p --json "$out/call4/attention_decode.json")
+python3 benchmarks/decode_step_ab.py --trees shipped="$tmp/final" hoist="$tmp/hoist" --lengths 1M,128K --rounds 8 \
+  --json "$out/call5/ab.json" | tee "$out/call5/ab.txt"
