@@ -29,12 +29,17 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from rtpurbo.bench.attention_common import GEOMETRIES, INDEX_DIM, MIN_TOKENS, RECENT, TOP_P, _randn
+from rtpurbo.bench.attention_decode import _ring_positions
+from rtpurbo.stats import bootstrap_means, interval
 
 LENGTHS = {"128K": 131072, "1M": 1048576}
 REGIMES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}
-TOP_P, MIN_TOKENS, SINKS, RECENT, WINDOW, INDEX_DIM = 0.9, 64, 4, 64, 8192, 16
-N_Q, N_KV, HEAD_DIM = 32, 8, 128  # Llama-3.1-8B; one retrieval KV head
+SINKS, WINDOW = 4, 8192
+GEOM = GEOMETRIES["llama-3.1-8b"]  # one retrieval KV head
 
 
 def load_tree(name: str, root: str) -> dict:
@@ -47,26 +52,14 @@ def load_tree(name: str, root: str) -> dict:
             (("topp", "triton.topp"), ("decode", "triton.decode"), ("threshold", "triton.threshold"), ("api", "api"))}
 
 
-def _randn(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
-
-
-def _ring_positions(length: int) -> torch.Tensor:
-    pos = torch.full((SINKS + WINDOW,), -1, dtype=torch.long)
-    pos[:SINKS] = torch.arange(SINKS)
-    recent = torch.arange(max(SINKS, length - WINDOW), length)
-    pos[SINKS + (recent - SINKS) % WINDOW] = recent
-    return pos.cuda()[None]
-
-
 def step_case(trees: dict, length: int) -> dict:
     """Per tree, a callable of one selecting layer step, and what it selected (count, slot sum)."""
-    group, n_local = N_Q // N_KV, N_KV - 1
+    group, n_local, dim = GEOM.group, GEOM.n_kv - GEOM.n_retrieval(), GEOM.head_dim
     torch.manual_seed(0)
-    q = _randn(1, N_Q, 1, HEAD_DIM)
-    k, v = _randn(1, 1, length, HEAD_DIM), _randn(1, 1, length, HEAD_DIM)
-    ring_k, ring_v = _randn(1, n_local, SINKS + WINDOW, HEAD_DIM), _randn(1, n_local, SINKS + WINDOW, HEAD_DIM)
-    ring_pos = _ring_positions(length)
+    q = _randn(1, GEOM.n_q, 1, dim)
+    k, v = _randn(1, 1, length, dim), _randn(1, 1, length, dim)
+    ring_k, ring_v = _randn(1, n_local, SINKS + WINDOW, dim), _randn(1, n_local, SINKS + WINDOW, dim)
+    ring_pos = _ring_positions(length, WINDOW, SINKS)
     q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * 0.64
     q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
     local_api = next(iter(trees.values()))["api"]
@@ -121,14 +114,6 @@ def _graph(fn) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def bootstrap_ci(diffs: list[float], n: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of ``diffs``."""
-    gen = torch.Generator().manual_seed(seed)
-    d = torch.tensor(diffs, dtype=torch.float64)
-    means = d[torch.randint(0, len(diffs), (n, len(diffs)), generator=gen)].mean(1)
-    return means.quantile(0.025).item(), means.quantile(0.975).item()
-
-
 def measure(kind: str, calls: dict, rounds: int, rep: int) -> dict:
     from triton.testing import do_bench
 
@@ -146,7 +131,7 @@ def measure(kind: str, calls: dict, rounds: int, rep: int) -> dict:
               "median_us": {n: statistics.median(samples[n]) for n in names}, "samples_us": samples, "vs_" + base: {}}
     for name in names[1:]:
         diffs = [b - a for a, b in zip(samples[base], samples[name])]
-        lo, hi = bootstrap_ci(diffs)
+        lo, hi = interval(bootstrap_means(np.array(diffs), np.random.default_rng(0), 10000))
         result["vs_" + base][name] = dict(mean_diff_us=statistics.fmean(diffs), ci95=[lo, hi])
     return result
 
