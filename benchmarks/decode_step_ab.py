@@ -10,11 +10,7 @@ Per version and case one CUDA graph is captured:
   through ``topp_attention``, top-p 0.9; 7 local KV heads over their 8,196 ring slots on a side stream, with the
   local-head code of the first tree for every version), random bf16 inputs;
 * ``select``: the whole selection alone (index scores + threshold search) of one retrieval head on peaked,
-  trained-like and flat scores (indexer keys scaled: score std 4, 2.56, 0.04 logits);
-* ``paths``: the same layer step two ways per tree, both timed in one rotation: ``NAME/side-stream`` (as ``step``)
-  and ``NAME/scored``, both kinds of heads together through the tree's
-  ``decode_roles.selecting_two_role_decode`` (trees that have it), as ``HeadwiseCache`` runs it with ``fuse_roles``
-  on.
+  trained-like and flat scores (indexer keys scaled: score std 4, 2.56, 0.04 logits).
 
 Then ``--rounds`` rounds time every graph once each (triton's ``do_bench``: L2 flushed before each replay, median
 of ``--rep`` ms of replays), the versions' order rotating from round to round. Each round gives one paired
@@ -53,13 +49,11 @@ def load_tree(name: str, root: str) -> dict:
     module.__path__ = [str(Path(root).resolve() / "rtpurbo")]
     sys.modules[package] = module  # a bare parent: only the imported subpackages run, with their relative imports
     return {part: importlib.import_module(f"{package}.ops.{path}") for part, path in
-            (("topp", "triton.topp"), ("decode", "triton.decode"), ("threshold", "triton.threshold"), ("api", "api"),
-             ("roles", "triton.decode_roles"))}
+            (("topp", "triton.topp"), ("decode", "triton.decode"), ("threshold", "triton.threshold"), ("api", "api"))}
 
 
-def step_case(trees: dict, length: int, paths: bool = False) -> dict:
-    """Per tree, a callable of one selecting layer step returning (outputs..., keys selected per row); ``paths``:
-    per tree the side-stream step and (where the tree has it) the one through ``selecting_two_role_decode``."""
+def step_case(trees: dict, length: int) -> dict:
+    """Per tree, a callable of one selecting layer step, and what it selected (count, slot sum)."""
     group, n_local, dim = GEOM.group, GEOM.n_kv - GEOM.n_retrieval(), GEOM.head_dim
     torch.manual_seed(0)
     q = _randn(1, GEOM.n_q, 1, dim)
@@ -82,18 +76,7 @@ def step_case(trees: dict, length: int, paths: bool = False) -> dict:
                                                       min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT)
             main.wait_stream(side)
             return out, local, counts
-
-        def scored(tree=tree):
-            return tree["roles"].selecting_two_role_decode(
-                q[:, :group], k, v, k_pos, q_idx, k_idx, q[:, group:], ring_k, ring_v, ring_pos, q_pos,
-                scale=dim**-0.5, window=WINDOW, sinks=SINKS, keep_sinks=SINKS, recent=RECENT, top_p=TOP_P,
-                min_tokens=MIN_TOKENS)
-        if not paths:
-            calls[name] = step
-            continue
-        calls[f"{name}/side-stream"] = step
-        if hasattr(tree["roles"], "selecting_two_role_decode"):
-            calls[f"{name}/scored"] = scored
+        calls[name] = step
     return calls
 
 
@@ -114,8 +97,8 @@ def select_case(trees: dict, length: int, scale: float) -> dict:
 
 def _selected(kind: str, result) -> tuple[int, int]:
     """(keys selected, sum of their slots) of a step's or a selection's result."""
-    if kind in ("step", "paths"):
-        return int(result[-1].sum()), 0
+    if kind == "step":
+        return int(result[2].sum()), 0
     order, n_keep = result
     return int(n_keep[0]), int(order[0, : int(n_keep[0])].sum())
 
@@ -159,7 +142,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="128K,1M", help=f"comma-separated, of {sorted(LENGTHS)}")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rep", type=int, default=60, help="ms of replays per timing")
-    parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select, paths")
+    parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -177,8 +160,6 @@ def main() -> None:
         todo = []
         if "step" in cases:
             todo.append(("step", "trained-like", step_case(trees, length)))
-        if "paths" in cases:
-            todo.append(("paths", "trained-like", step_case(trees, length, paths=True)))
         if "select" in cases:
             todo += [("select", regime, select_case(trees, length, scale)) for regime, scale in REGIMES.items()]
         for kind, regime, calls in todo:

@@ -98,9 +98,9 @@ class HeadwiseCache(LayerAttention, Cache):
         # The cache slots a prompt being prefilled in chunks fills (prefilling_prompt); None: not known, and the
         # sparse prefill's dense tail covers each forward's own last queries.
         self.prompt_slots: int | None = None
-        # decode on a GPU where the backends are rtpurbo's kernels: both kinds of heads of a layer together
-        # (fuse_roles: two_role_decode without selection, selecting_two_role_decode with it); with fuse_roles off, a
-        # static step that selects runs the local heads on a side stream (overlap_roles), beside the selection's chain
+        # decode on a GPU: a step without selection runs both kinds of heads of a layer in one launch
+        # (two_role_decode) where the backends are rtpurbo's kernels; a static step that selects runs the local
+        # heads on a side stream, overlapping the retrieval heads' selection
         self.fuse_roles = True
         self.overlap_roles = True
         self._streams: dict[torch.device, torch.cuda.Stream] = {}

@@ -7,9 +7,7 @@
   place), retrieval heads causal over their store, or over their ring on a windowed base layer, or on the sparse
   prefill (``SparseConfig.retrieval_prefill``);
 * a decode step: both kinds of heads in one launch when the retrieval heads read every key
-  (:func:`rtpurbo.ops.triton.decode_roles.two_role_decode`); when they select, the local heads in the launch that
-  scores the indexer keys and one combine for both
-  (:func:`~rtpurbo.ops.triton.decode_roles.selecting_two_role_decode`), or with ``fuse_roles`` off on a side stream
+  (:func:`rtpurbo.ops.triton.decode_roles.two_role_decode`); when they select, the local heads on a side stream
   overlapping the selection chain; in static (graphed) decode the token goes into both stores in one append kernel.
 """
 from __future__ import annotations
@@ -75,11 +73,11 @@ class LayerAttention:
         kernels = _append_kernels(k) if self.static_capacity is not None else None
         if kernels is not None:
             return self._attend_static_fused(kernels, module, layer, parts, q_idx, k_idx, positions)
-        fused = self._fused_step(module, layer.r_len + 1, q.device) if q.shape[2] == 1 and layer.seen > 0 else None
-        if fused is not None:  # decode: write the token to both stores, then both kinds of heads together
+        if q.shape[2] == 1 and layer.seen > 0 and self._one_launch_step(module, layer.r_len + 1, q.device):
+            # decode without selection: write the token to both stores, then one launch for both kinds of heads
             self._write_ring(layer, *parts["local"][1:], positions)
             self._store_retrieval(layer, *parts["retrieval"][1:], k_idx, positions)
-            return self._attend_two_roles(module, layer, parts, q_idx, positions, fused)
+            return self._attend_two_roles(module, layer, parts, positions)
         local_out = retrieval_out = merged = None
         if module.local_heads:
             ql, kl, vl = parts["local"]
@@ -126,9 +124,8 @@ class LayerAttention:
             self._advance_static(layer)
         local_out = retrieval_out = None
         both = module.local_heads and module.retrieval_heads
-        fused = self._fused_step(module, layer.r_len, positions.device)
-        if fused is not None:
-            return self._attend_two_roles(module, layer, parts, q_idx, positions, fused)
+        if self._one_launch_step(module, layer.r_len, positions.device):
+            return self._attend_two_roles(module, layer, parts, positions)
         side = self._side_stream(positions.device) if self.overlap_roles and both and positions.is_cuda else None
         main = None if side is None else torch.cuda.current_stream(positions.device)
         if module.local_heads:
@@ -144,45 +141,31 @@ class LayerAttention:
         layer.seen += 1
         return module.merge_heads(retrieval_out, local_out)
 
-    def _fused_step(self, module, cached: int, device: torch.device) -> str | None:
-        """How a one-token step of this layer, with ``cached`` retrieval keys stored (the new one included), runs both
-        kinds of heads together: ``"all"`` (the retrieval heads read every key: one attention launch and one combine),
-        ``"select"`` (they select: the local heads in the launch that scores the indexer keys, then the search, the
-        list and one combine), or None (the two kinds apart). Together needs a layer with both kinds, ``fuse_roles``
-        on, CUDA with Triton and the flex backend (whose one-query path is the same Triton kernel), and for
-        ``"select"`` the Triton top-p backend (``decode_impl`` auto or triton)."""
+    def _one_launch_step(self, module, cached: int, device: torch.device) -> bool:
+        """Whether a one-token step of this layer, with ``cached`` retrieval keys stored (the new one included),
+        runs both kinds of heads in one launch: the layer has both, ``fuse_roles`` is on, the retrieval heads do not
+        select (:meth:`_step_selects`), and the step runs on CUDA with Triton and the flex backend (whose one-query
+        path is the same Triton kernel)."""
         if self.prompt_slots is not None and self.sparse.retrieval_prefill != "dense":
-            return None  # a one-token chunk of a prompt: its retrieval heads follow the sparse / topp prefill rule
-        if not (module.local_heads and module.retrieval_heads and self.fuse_roles and device.type == "cuda"
-                and _triton_decode() is not None and ops.resolve_impl(self.sparse.impl, device) == "flex"):
-            return None
-        if not self._step_selects(module, cached):
-            return "all"
-        return "select" if self.sparse.decode_impl in ("auto", "triton") else None
+            return False  # a one-token chunk of a prompt: its retrieval heads follow the sparse / topp prefill rule
+        return (bool(module.local_heads and module.retrieval_heads) and self.fuse_roles
+                and not self._step_selects(module, cached) and device.type == "cuda" and _triton_decode() is not None
+                and ops.resolve_impl(self.sparse.impl, device) == "flex")
 
-    def _attend_two_roles(self, module, layer: LayerCache, parts, q_idx, positions, fused: str) -> torch.Tensor:
-        """Decode of one token per row (written to both stores) with both kinds of heads together
-        (:meth:`_fused_step`): :func:`rtpurbo.ops.triton.decode_roles.two_role_decode` (``"all"``) or
-        :func:`~rtpurbo.ops.triton.decode_roles.selecting_two_role_decode` (``"select"``). Returns (B, 1, Hq * D) in
-        the module's head order."""
+    def _attend_two_roles(self, module, layer: LayerCache, parts, positions) -> torch.Tensor:
+        """Decode of one token per row (written to both stores), the retrieval heads over every key (no selection),
+        with both kinds of heads in one attention launch and one combine
+        (:func:`rtpurbo.ops.triton.decode_roles.two_role_decode`). Returns (B, 1, Hq * D) in the module's head
+        order. A step that selects keeps two launches: its local heads overlap the selection's chain of
+        latency-bound kernels on a side stream, which one launch after the selection would not (measured slower)."""
         decode_roles = _triton_decode()
         sparse = self.sparse
-        keys, values, key_idx, key_pos = self._retrieval_view(layer)
-        (q_ret, _, _), (q_loc, _, _) = parts["retrieval"], parts["local"]
-        if fused == "all":
-            out, _ = decode_roles.two_role_decode(
-                q_ret, keys, values, key_pos, q_loc, layer.l_k, layer.l_v, layer.l_pos, positions,
-                scale=module.scaling, window=sparse.window, sinks=sparse.sinks, heads=module.q_order,
-                ret_window=module.base_window,
-            )
-        else:
-            out, counts = decode_roles.selecting_two_role_decode(
-                q_ret, keys, values, key_pos, q_idx, key_idx, q_loc, layer.l_k, layer.l_v, layer.l_pos, positions,
-                scale=module.scaling, window=sparse.window, sinks=sparse.sinks, top_p=sparse.top_p,
-                min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens, keep_sinks=sparse.sinks,
-                recent=sparse.recent, heads=module.q_order,
-            )
-            self.stats.record(module.layer_idx, counts[..., None], self._visible(layer, positions))
+        keys, values, _, key_pos = self._retrieval_view(layer)
+        out, _ = decode_roles.two_role_decode(
+            parts["retrieval"][0], keys, values, key_pos, parts["local"][0], layer.l_k, layer.l_v, layer.l_pos,
+            positions, scale=module.scaling, window=sparse.window, sinks=sparse.sinks, heads=module.q_order,
+            ret_window=module.base_window,
+        )
         layer.seen += 1
         return out
 

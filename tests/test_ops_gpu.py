@@ -308,22 +308,18 @@ def test_flex_decode_matches_reference(case):
 
 
 # --- both kinds of heads in one decode launch ------------------------------------------------
-# (name, B, retrieval keys, retrieval KV heads, local KV heads, G, D, W, S, dtype, selecting: False, True (a list
-#  given) or "scored" (selecting_two_role_decode: the step selects itself))
+# (name, B, retrieval keys, retrieval KV heads, local KV heads, G, D, W, S, dtype, selecting)
 TWO_ROLE_CASES = [
     ("40k-g4-bf16", 1, 40000, 1, 7, 4, 128, 8192, 4, BF16, False),
     ("5k-g8-b2-bf16-select", 2, 5000, 1, 3, 8, 128, 1024, 4, BF16, True),
     ("3k-g3-b2-fp16", 2, 3001, 2, 2, 3, 64, 512, 4, FP16, False),
-    ("128k-g4-bf16-scored", 1, 131072, 1, 7, 4, 128, 8192, 4, BF16, "scored"),
-    ("9k-g8-b2-fp16-scored", 2, 9001, 2, 2, 4, 64, 1024, 4, FP16, "scored"),
 ]
 
 
 @pytest.mark.parametrize("case", TWO_ROLE_CASES, ids=[c[0] for c in TWO_ROLE_CASES])
 def test_two_role_decode_matches_reference(case):
     """One launch for a layer's retrieval heads (every key, or a top-p selection) and local heads (a rotated ring
-    with empty slots), written in a shuffled head order: each role within the eager-error budget of its reference.
-    "scored": the step that selects itself (selecting_two_role_decode), its selection that of triton_topp.select."""
+    with empty slots), written in a shuffled head order: each role within the eager-error budget of its reference."""
     from rtpurbo.ops.triton import decode_roles
 
     name, batch, k_len, n_ret, n_loc, group, dim, window, sinks, dtype, selecting = case
@@ -350,14 +346,8 @@ def test_two_role_decode_matches_reference(case):
         chosen = dict(index=selection.order, n_index=selection.n_keep, always=selection.always, skip_sinks=sinks,
                       skip_recent=64)
     _poison()
-    if selecting == "scored":
-        out, counts = decode_roles.selecting_two_role_decode(
-            q_ret, k_ret, v_ret, k_pos, q_idx, k_idx, q_loc, k_loc, v_loc, loc_pos, q_pos, scale=dim**-0.5,
-            window=window, sinks=sinks, top_p=0.9, min_tokens=16, keep_sinks=sinks, recent=64, heads=order.int())
-    else:
-        out, counts = decode_roles.two_role_decode(q_ret, k_ret, v_ret, k_pos, q_loc, k_loc, v_loc, loc_pos, q_pos,
-                                                   scale=dim**-0.5, window=window, sinks=sinks, heads=order.int(),
-                                                   **chosen)
+    out, counts = decode_roles.two_role_decode(q_ret, k_ret, v_ret, k_pos, q_loc, k_loc, v_loc, loc_pos, q_pos,
+                                               scale=dim**-0.5, window=window, sinks=sinks, heads=order.int(), **chosen)
     got = out.view(batch, -1, dim)[:, order]  # back to role order: retrieval heads, then local
     n_qr = n_ret * group
     ref_ret = reference.attention(q_ret.float(), k_ret.float(), v_ret.float(), q_pos, k_pos, key_mask=key_mask)

@@ -9,11 +9,9 @@
   sparse side where it selects, the indexer keys the selection scores (R x L x 16, bf16); the steps over
   every key (``top_p = 1``: no selection) read no indexer keys. Key positions (int64, shared by the heads)
   and the selection's scores are not counted. The same step also runs as
-  :class:`rtpurbo.cache.HeadwiseCache` runs it by default, both kinds of heads together:
-  ``sparse_one_us`` (:func:`rtpurbo.ops.triton.decode_roles.selecting_two_role_decode`: the local heads in the
-  launch that scores the indexer keys, then the search, the list and one combine) and ``sparse_all_one_us``
-  (:func:`~rtpurbo.ops.triton.decode_roles.two_role_decode`: one launch and one combine over every key, the step
-  below the seqlen threshold), each with its share of the bytes ceiling. The retrieval heads' selection alone is
+  :func:`rtpurbo.ops.triton.decode_roles.two_role_decode` (both kinds of heads in one launch and one combine:
+  ``sparse_one_us`` after the selection, ``sparse_all_one_us`` over every key, the step below the seqlen
+  threshold), each with its share of the bytes ceiling. The retrieval heads' selection alone is
   timed both ways (``triton_topp.select``: ``threshold``, the default, and ``sort``); one pass
   of the threshold search reads the R x L fp32 scores (``select_pass_bytes``).
 """
@@ -77,14 +75,14 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
 
     from ..ops.triton import decode_roles  # Triton: imported where the GPU path runs, not with the CLI
 
-    def one_launch(selecting: bool):  # as HeadwiseCache's static decode runs it by default: both roles together
-        if selecting:  # the local heads in the scoring launch, then the search, the list and one combine
-            return decode_roles.selecting_two_role_decode(
-                q[:, :split], k[:, :n_ret], v[:, :n_ret], k_pos, q_idx, k_idx, q[:, split:], ring_k, ring_v, ring_pos,
-                q_pos, scale=dim**-0.5, window=window, sinks=sinks, keep_sinks=sinks, recent=RECENT, top_p=TOP_P,
-                **tokens)[0]
+    def one_launch(selecting: bool):  # as HeadwiseCache's static decode runs it by default: both roles in one launch
+        chosen = {}
+        if selecting:
+            selection = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **topp)
+            chosen = dict(index=selection.order, n_index=selection.n_keep, always=selection.always, skip_sinks=sinks,
+                          skip_recent=RECENT)
         return decode_roles.two_role_decode(q[:, :split], k[:, :n_ret], v[:, :n_ret], k_pos, q[:, split:], ring_k, ring_v,
-                                            ring_pos, q_pos, scale=dim**-0.5, window=window, sinks=sinks)[0]
+                                            ring_pos, q_pos, scale=dim**-0.5, window=window, sinks=sinks, **chosen)[0]
 
     out, counts = retrieval()
     selected = counts.float().mean().item()

@@ -119,11 +119,9 @@ def _threshold_note(settings: ModelBenchSettings) -> str:
 def _decode_path(device: torch.device, attention: str) -> str:
     """What a converted model's decode step runs on ``device``, as :class:`rtpurbo.cache.HeadwiseCache` picks it."""
     if device.type == "cuda" and triton_topp.available():
-        if attention == "flex":
-            return ("decode: both kinds of heads together through Triton kernels: steps that select with the local "
-                    "heads in the scoring launch (selecting_two_role_decode), steps without selection in one launch "
-                    "(two_role_decode)")
-        return f"decode: steps that select through Triton top-p kernels, steps without selection {attention} attention"
+        without = ("both kinds of heads in one Triton launch (two_role_decode)" if attention == "flex"
+                   else f"{attention} attention")
+        return f"decode: steps that select through Triton top-p kernels, steps without selection {without}"
     return (f"decode: eager PyTorch, steps that select through the reference top-p implementation, local heads and "
             f"steps without selection through {attention} attention")
 

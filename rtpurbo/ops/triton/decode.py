@@ -52,14 +52,14 @@ class IndexScores(NamedTuple):
 
 
 @triton.jit
-def _score_block(
+def _index_scores_kernel(
     qi_ptr, ki_ptr, qpos_ptr, kpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr, bmin_ptr,
-    bh, blk, n_kv_heads, n_keys, n_blocks, n_always, sinks, recent,
+    n_kv_heads, n_keys, n_blocks, n_always, sinks, recent,
     s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_kpb, s_kpn,
     D_IDX: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Block ``blk`` of ``BLOCK`` keys of row ``bh`` (batch row x retrieval KV head): its scores, statistics and
-    always-kept slots (:func:`index_scores`)."""
+    bh = tl.program_id(0)
+    blk = tl.program_id(1)
     b = (bh // n_kv_heads).to(tl.int64)
     h = (bh % n_kv_heads).to(tl.int64)
     offs = blk * BLOCK + tl.arange(0, BLOCK)
@@ -89,18 +89,6 @@ def _score_block(
     is_recent = seen & (q_pos - k_pos < recent) & ~is_sink
     slot = tl.where(is_sink, k_pos, sinks + q_pos - k_pos)
     tl.store(always_ptr + bh * n_always + slot, offs, mask=is_sink | is_recent)
-
-
-@triton.jit
-def _index_scores_kernel(
-    qi_ptr, ki_ptr, qpos_ptr, kpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr, bmin_ptr,
-    n_kv_heads, n_keys, n_blocks, n_always, sinks, recent,
-    s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_kpb, s_kpn,
-    D_IDX: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr,
-):
-    _score_block(qi_ptr, ki_ptr, qpos_ptr, kpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr, bmin_ptr,
-                 tl.program_id(0), tl.program_id(1), n_kv_heads, n_keys, n_blocks, n_always, sinks, recent,
-                 s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_kpb, s_kpn, D_IDX, D_PAD, BLOCK)
 
 
 @triton.jit

@@ -25,32 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import threshold
 from .decode import (
     _NO_WINDOW, DENSE_LAUNCH, LIST_LAUNCH, DecodeLaunch, _attend_part, _load_group, _num_sms, _pad, _part_range,
-    _row_part, _score_block, _store_part, combine,
+    _row_part, _store_part, combine,
 )
-
-
-@triton.jit
-def _ring_part(
-    index, ql_ptr, kl_ptr, vl_ptr, lpos_ptr, qpos_ptr, n_loc, group, head_dim, n_lkeys, parts_l, window, sinks,
-    qk_scale, s_qlb, s_qlh, s_qld, s_klb, s_klh, s_kln, s_kld, s_vlb, s_vlh, s_vln, s_vld, s_lpb, s_lpn, s_qpb,
-    G_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Partial softmax state of part ``index`` of the local rows (``parts_l`` per row): its share of the ring
-    slots, visible under ``window`` + ``sinks``. Returns what :func:`rtpurbo.ops.triton.decode._attend_part` does."""
-    _, split, b, h = _row_part(index, parts_l, n_loc)
-    q = _load_group(ql_ptr, b, h, group, head_dim, s_qlb, s_qlh, s_qld, G_PAD, D_PAD)
-    q_pos = tl.load(qpos_ptr + b * s_qpb)
-    lo, hi = _part_range(split, parts_l, n_lkeys, lpos_ptr, 0, False, BLOCK_N)
-    return _attend_part(
-        q, q_pos, kl_ptr + b * s_klb + h * s_klh, vl_ptr + b * s_vlb + h * s_vlh, lpos_ptr + b * s_lpb,
-        lpos_ptr, lpos_ptr, lpos_ptr,
-        s_kln, s_kld, s_vln, s_vld, s_lpn, 0, 0,
-        split, lo, hi, window, sinks, 0, 0, qk_scale,
-        False, False, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, tl.arange(0, D_PAD) < head_dim,
-    )
 
 
 @triton.jit
@@ -80,10 +58,16 @@ def _two_role_kernel(
             LIST, False, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, d_ok,
         )
     else:  # a part of a local row: its ring slots, window + sinks
-        m_i, l_i, acc, n_used = _ring_part(
-            pid - rows_r * parts_r, ql_ptr, kl_ptr, vl_ptr, lpos_ptr, qpos_ptr, n_loc, group, head_dim, n_lkeys,
-            parts_l, window, sinks, qk_scale, s_qlb, s_qlh, s_qld, s_klb, s_klh, s_kln, s_kld, s_vlb, s_vlh, s_vln,
-            s_vld, s_lpb, s_lpn, s_qpb, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION,
+        row, split, b, h = _row_part(pid - rows_r * parts_r, parts_l, n_loc)
+        q = _load_group(ql_ptr, b, h, group, head_dim, s_qlb, s_qlh, s_qld, G_PAD, D_PAD)
+        q_pos = tl.load(qpos_ptr + b * s_qpb)
+        lo, hi = _part_range(split, parts_l, n_lkeys, n_index_ptr, 0, False, BLOCK_N)
+        m_i, l_i, acc, n_used = _attend_part(
+            q, q_pos, kl_ptr + b * s_klb + h * s_klh, vl_ptr + b * s_vlb + h * s_vlh, lpos_ptr + b * s_lpb,
+            lpos_ptr, lpos_ptr, lpos_ptr,
+            s_kln, s_kld, s_vln, s_vld, s_lpn, 0, 0,
+            split, lo, hi, window, sinks, 0, 0, qk_scale,
+            False, False, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, d_ok,
         )
     _store_part(part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, pid, m_i, l_i, acc, n_used, group, G_PAD, D_PAD)
 
@@ -101,20 +85,6 @@ def role_parts(span_r: int, rows_r: int, span_l: int, rows_l: int, listed: bool,
     size = max(launch.block_n, launch.split_keys, triton.cdiv(total, launch.waves * _num_sms(device)))
     size = triton.cdiv(size, launch.block_n) * launch.block_n
     return max(1, triton.cdiv(span_r, size)), max(1, triton.cdiv(span_l, size))
-
-
-def _check_roles(q_ret: torch.Tensor, q_loc: torch.Tensor, n_ret: int, n_loc: int, head_dim: int,
-                 heads: torch.Tensor | None) -> None:
-    """Raise unless the layer has heads of both kinds, one query per row, and ``heads`` orders all its query heads."""
-    if n_ret == 0 or n_loc == 0:
-        raise ValueError(f"two_role_decode needs heads of both kinds, got {n_ret} retrieval and {n_loc} local KV heads")
-    group = q_ret.shape[1] // n_ret
-    if q_loc.shape[1] != n_loc * group or q_loc.shape[-1] != head_dim or q_ret.shape[2] != 1 or q_loc.shape[2] != 1:
-        raise ValueError(f"q_ret{tuple(q_ret.shape)} / q_loc{tuple(q_loc.shape)} must be one query per row, "
-                         f"{group} query heads per KV head ({n_ret} retrieval, {n_loc} local), head dim {head_dim}")
-    n_q = q_ret.shape[1] + q_loc.shape[1]
-    if heads is not None and (heads.shape != (n_q,) or heads.dtype != torch.int32):
-        raise ValueError(f"heads must be ({n_q},) int32, got {tuple(heads.shape)} {heads.dtype}")
 
 
 def two_role_decode(
@@ -149,9 +119,15 @@ def two_role_decode(
     """
     batch, n_qr, _, head_dim = q_ret.shape
     n_ret, n_loc = k_ret.shape[1], k_loc.shape[1]
-    _check_roles(q_ret, q_loc, n_ret, n_loc, head_dim, heads)
+    if n_ret == 0 or n_loc == 0:
+        raise ValueError(f"two_role_decode needs heads of both kinds, got {n_ret} retrieval and {n_loc} local KV heads")
     group = n_qr // n_ret
+    if q_loc.shape[1] != n_loc * group or q_loc.shape[-1] != head_dim or q_ret.shape[2] != 1 or q_loc.shape[2] != 1:
+        raise ValueError(f"q_ret{tuple(q_ret.shape)} / q_loc{tuple(q_loc.shape)} must be one query per row, "
+                         f"{group} query heads per KV head ({n_ret} retrieval, {n_loc} local), head dim {head_dim}")
     n_q = n_qr + q_loc.shape[1]
+    if heads is not None and (heads.shape != (n_q,) or heads.dtype != torch.int32):
+        raise ValueError(f"heads must be ({n_q},) int32, got {tuple(heads.shape)} {heads.dtype}")
     listed = index is not None
     launch = launch or (DecodeLaunch(block_n=LIST_LAUNCH.block_n, combine_chunk=DENSE_LAUNCH.combine_chunk)
                         if listed else DENSE_LAUNCH)
@@ -187,129 +163,3 @@ def two_role_decode(
     combine(part_m, part_l, part_o, part_n, out[:, 0], counts, heads, (rows_r, n_ret, parts_r), (rows_l, n_loc, parts_l),
             group=group, head_dim=head_dim, launch=launch)
     return out.view(batch, 1, n_q * head_dim), counts[:rows_r].view(batch, n_ret)
-
-
-@triton.jit
-def _scores_ring_kernel(
-    qi_ptr, ki_ptr, rpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr, bmin_ptr,
-    ql_ptr, kl_ptr, vl_ptr, lpos_ptr, qpos_ptr, part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr,
-    n_ret, n_rkeys, n_blocks, n_always, keep_sinks, recent,
-    rows_l, n_loc, group, head_dim, n_lkeys, parts_l, first_part, window, sinks, qk_scale,
-    s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_rpb, s_rpn,
-    s_qlb, s_qlh, s_qld, s_klb, s_klh, s_kln, s_kld, s_vlb, s_vlh, s_vln, s_vld, s_lpb, s_lpn, s_qpb,
-    D_IDX: tl.constexpr, D_IDX_PAD: tl.constexpr, BLOCK: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Programs ``0..rows_l * parts_l``: the local rows' parts (stored from part ``first_part`` on); the rest: the
-    retrieval rows' index-score blocks (:func:`rtpurbo.ops.triton.decode.index_scores`), ``n_blocks`` per row."""
-    pid = tl.program_id(0)
-    n_ring = rows_l * parts_l
-    if pid < n_ring:
-        m_i, l_i, acc, n_used = _ring_part(
-            pid, ql_ptr, kl_ptr, vl_ptr, lpos_ptr, qpos_ptr, n_loc, group, head_dim, n_lkeys, parts_l, window, sinks,
-            qk_scale, s_qlb, s_qlh, s_qld, s_klb, s_klh, s_kln, s_kld, s_vlb, s_vlh, s_vln, s_vld, s_lpb, s_lpn, s_qpb,
-            G_PAD, D_PAD, BLOCK_N, DOT_PRECISION,
-        )
-        _store_part(part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, first_part + pid, m_i, l_i, acc, n_used, group,
-                    G_PAD, D_PAD)
-    else:
-        block = pid - n_ring
-        _score_block(qi_ptr, ki_ptr, qpos_ptr, rpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr,
-                     bmin_ptr, block // n_blocks, block % n_blocks, n_ret, n_rkeys, n_blocks, n_always, keep_sinks,
-                     recent, s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_rpb, s_rpn, D_IDX, D_IDX_PAD,
-                     BLOCK)
-
-
-SCORE_BLOCK, SCORE_WARPS = 1024, 8  # index_scores' defaults: keys per score block, warps of the first launch
-
-
-def selecting_two_role_decode(
-    q_ret: torch.Tensor, k_ret: torch.Tensor, v_ret: torch.Tensor, ret_pos: torch.Tensor,
-    q_idx: torch.Tensor, k_idx: torch.Tensor,
-    q_loc: torch.Tensor, k_loc: torch.Tensor, v_loc: torch.Tensor, loc_pos: torch.Tensor, q_pos: torch.Tensor,
-    *,
-    scale: float,
-    window: int,
-    sinks: int,
-    top_p: float,
-    min_tokens: int = 0,
-    max_tokens: int | None = None,
-    keep_sinks: int = 0,
-    recent: int = 0,
-    heads: torch.Tensor | None = None,
-    ring_launch: DecodeLaunch = DENSE_LAUNCH,
-    list_launch: DecodeLaunch = LIST_LAUNCH,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decode step of a layer whose retrieval heads select (shapes: the module docstring; ``q_idx``
-    (B, Hr, 1, d_idx), ``k_idx`` (B, Hr, Lr, d_idx)).
-
-    The retrieval heads attend as :func:`rtpurbo.ops.triton.topp.topp_attention` does (``top_p`` < 1,
-    ``min_tokens``, ``max_tokens``; ``keep_sinks`` / ``recent``: its ``sinks`` / ``recent``, the keys always kept), the
-    local heads as :func:`two_role_decode` does. Four steps, no side stream: the local heads' parts run in the launch
-    that scores the indexer keys (both stream from memory, and the block scheduler runs them side by side), then the
-    threshold search (:func:`rtpurbo.ops.triton.threshold.topp_threshold`), the retrieval heads' list, and one combine
-    of both kinds into the ``(B, 1, Hq * D)`` layout in ``heads`` order.
-
-    Returns:
-        out (B, 1, Hq * D) in ``q_ret.dtype``, and the keys each retrieval KV head used (B, Hr) int64.
-    """
-    batch, n_qr, _, head_dim = q_ret.shape
-    n_ret, n_loc = k_ret.shape[1], k_loc.shape[1]
-    _check_roles(q_ret, q_loc, n_ret, n_loc, head_dim, heads)
-    n_keys, d_idx = k_idx.shape[2], k_idx.shape[3]
-    if q_idx.shape != (batch, n_ret, 1, d_idx) or k_idx.shape[:3] != k_ret.shape[:3]:
-        raise ValueError(f"q_idx must be (B, Hr, 1, d) and k_idx (B, Hr, Lr, d) for k_ret{tuple(k_ret.shape)}; got "
-                         f"q_idx{tuple(q_idx.shape)}, k_idx{tuple(k_idx.shape)}")
-    if not 0 < top_p < 1:
-        raise ValueError(f"selecting_two_role_decode selects: top_p must be in (0, 1), got {top_p!r} (two_role_decode "
-                         "reads every key)")
-    group, device = n_qr // n_ret, q_ret.device
-    rows_r, rows_l = batch * n_ret, batch * n_loc
-    capacity = n_keys if max_tokens is None else max(0, min(max_tokens, n_keys))
-    parts_r = list_launch.splits(capacity, rows_r, device) + 1  # + the always list's part
-    parts_l = ring_launch.splits(k_loc.shape[2], rows_l, device)
-    g_pad, d_pad = _pad(group), _pad(head_dim)
-    n_parts = rows_r * parts_r + rows_l * parts_l
-    part_m = torch.empty(n_parts, g_pad, dtype=torch.float32, device=device)
-    part_l = torch.empty_like(part_m)
-    part_o = torch.empty(n_parts, g_pad, d_pad, dtype=torch.float32, device=device)
-    part_n = torch.empty(n_parts, dtype=torch.int32, device=device)
-    n_blocks = triton.cdiv(n_keys, SCORE_BLOCK)
-    scores = torch.empty(rows_r, n_keys, dtype=torch.float32, device=device)
-    block_max = torch.empty(rows_r, n_blocks, dtype=torch.float32, device=device)
-    block_sum, block_min = torch.empty_like(block_max), torch.empty_like(block_max)
-    block_count = torch.empty(rows_r, n_blocks, dtype=torch.int32, device=device)
-    always = torch.full((rows_r, max(1, keep_sinks + recent)), -1, dtype=torch.int32, device=device)
-    qk_scale = scale * 1.4426950408889634
-    dot = "ieee" if q_ret.dtype == torch.float32 else "tf32"
-    _scores_ring_kernel[(rows_l * parts_l + rows_r * n_blocks,)](
-        q_idx, k_idx, ret_pos, scores, block_max, block_sum, block_count, always, block_min,
-        q_loc, k_loc, v_loc, loc_pos, q_pos, part_m, part_l, part_o, part_n,
-        n_ret, n_keys, n_blocks, always.shape[1], keep_sinks, recent,
-        rows_l, n_loc, group, head_dim, k_loc.shape[2], parts_l, rows_r * parts_r, window, sinks, qk_scale,
-        q_idx.stride(0), q_idx.stride(1), q_idx.stride(3), *k_idx.stride(), *ret_pos.stride(),
-        q_loc.stride(0), q_loc.stride(1), q_loc.stride(3), *k_loc.stride(), *v_loc.stride(), *loc_pos.stride(),
-        q_pos.stride(0),
-        D_IDX=d_idx, D_IDX_PAD=_pad(d_idx), BLOCK=SCORE_BLOCK, G_PAD=g_pad, D_PAD=d_pad, BLOCK_N=ring_launch.block_n,
-        DOT_PRECISION=dot, num_warps=SCORE_WARPS,
-    )
-    order, n_keep = threshold.topp_threshold(scores, block_max, block_sum, block_count, block_min, top_p=top_p,
-                                             min_tokens=min_tokens, max_tokens=max_tokens)
-    index = order.view(batch, n_ret, capacity)
-    _two_role_kernel[(rows_r * parts_r,)](  # the retrieval rows' parts only
-        q_ret, k_ret, v_ret, ret_pos, index, n_keep, always,
-        q_loc, k_loc, v_loc, loc_pos, q_pos,
-        part_m, part_l, part_o, part_n,
-        rows_r, n_ret, n_loc, group, head_dim, n_keys, k_loc.shape[2], always.shape[1], parts_r, parts_l,
-        _NO_WINDOW, window, sinks, keep_sinks, recent, qk_scale,
-        q_ret.stride(0), q_ret.stride(1), q_ret.stride(3), *k_ret.stride(), *v_ret.stride(), *ret_pos.stride(),
-        *index.stride(),
-        q_loc.stride(0), q_loc.stride(1), q_loc.stride(3), *k_loc.stride(), *v_loc.stride(), *loc_pos.stride(),
-        q_pos.stride(0),
-        LIST=True, G_PAD=g_pad, D_PAD=d_pad, BLOCK_N=list_launch.block_n, DOT_PRECISION=dot, **list_launch.options(),
-    )
-    out = torch.empty(batch, 1, n_qr + q_loc.shape[1], head_dim, dtype=q_ret.dtype, device=device)
-    counts = torch.empty(rows_r + rows_l, dtype=torch.int64, device=device)
-    combine(part_m, part_l, part_o, part_n, out[:, 0], counts, heads, (rows_r, n_ret, parts_r), (rows_l, n_loc, parts_l),
-            group=group, head_dim=head_dim, launch=list_launch)
-    return out.view(batch, 1, -1), counts[:rows_r].view(batch, n_ret)
