@@ -111,7 +111,7 @@ class LayerAttention:
         """Static decode on a GPU: the token goes into both roles' storage in one kernel launch
         (``kernels``: :mod:`rtpurbo.ops.triton.append`), then the local heads attend over their ring
         on a side stream while the retrieval heads run their chain of small, latency-bound kernels
-        (scores, selection, attention) on the current one."""
+        (scores, selection, attention) on the current one (:meth:`_local_step`)."""
         sparse = self.sparse
         kernels.append_token(
             layer, *(parts["retrieval"][1:] if module.retrieval_heads else (None, None)), k_idx,
@@ -132,8 +132,8 @@ class LayerAttention:
             if side is not None:
                 side.wait_stream(main)  # q and the written ring are ready
             with contextlib.nullcontext() if side is None else torch.cuda.stream(side):
-                local_out = self._local_attention(module, parts["local"][0], layer.l_k, layer.l_v, layer.l_pos,
-                                                  positions)
+                beside = side is not None and self._step_selects(module, layer.r_len)
+                local_out = self._local_step(module, parts["local"][0], layer, positions, beside=beside)
         if module.retrieval_heads:
             retrieval_out = self._retrieval_attention(module, layer, parts["retrieval"][0], q_idx, positions)
         if side is not None:
@@ -187,6 +187,18 @@ class LayerAttention:
         return ops.attention(q, keys, values, positions, key_pos, window=sparse.window, sinks=sparse.sinks,
                              scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan, chunk_start=chunk_start,
                              **into)
+
+    def _local_step(self, module, q, layer: LayerCache, positions, beside: bool) -> torch.Tensor:
+        """One decode step of the local heads' queries q (B, Hl*G, 1, D) over their ring. ``beside``: on a side stream
+        beside the retrieval heads' selection; where the flex backend runs rtpurbo's Triton decode kernel anyway, it
+        then runs in the launch shape that leaves room for the selection's kernels
+        (:func:`rtpurbo.ops.triton.decode_roles.ring_beside_selection`)."""
+        sparse = self.sparse
+        if beside and _triton_decode() is not None and ops.resolve_impl(sparse.impl, positions.device) == "flex":
+            return _triton_decode().ring_beside_selection(q, layer.l_k, layer.l_v, layer.l_pos, positions,
+                                                          scale=module.scaling, window=sparse.window,
+                                                          sinks=sparse.sinks)
+        return self._local_attention(module, q, layer.l_k, layer.l_v, layer.l_pos, positions)
 
     def _local_chunk(self, module, layer: LayerCache, q, k, v, positions, **into) -> torch.Tensor:
         """Window + sinks attention of a later prefill chunk's local heads: q (B, Hl*G, L, D) over the ring and the

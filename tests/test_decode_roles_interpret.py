@@ -101,6 +101,30 @@ def _check(case) -> list[str]:
     return problems
 
 
+def _check_beside() -> list[str]:
+    """The local heads of a selecting step in the launch shape beside the selection (ring_beside_selection): a ring
+    rotated past its window, two batch rows, against the fp32 reference."""
+    import torch
+
+    from rtpurbo.ops import reference
+    from rtpurbo.ops.triton import decode_roles
+
+    g = torch.Generator().manual_seed(5)
+    batch, n_loc, group, dim, window, sinks = 2, 3, 4, 64, 200, 4
+    q = torch.randn(batch, n_loc * group, 1, dim, generator=g)
+    k, v = (torch.randn(batch, n_loc, sinks + window, dim, generator=g) for _ in range(2))
+    q_pos = torch.tensor([[517], [90]])
+    pos = torch.full((batch, sinks + window), -1)
+    for b, p in enumerate(q_pos[:, 0].tolist()):
+        pos[b, :sinks] = torch.arange(sinks)
+        tail = torch.arange(max(sinks, p + 1 - window), p + 1)
+        pos[b, sinks + (tail - sinks) % window] = tail
+    out = decode_roles.ring_beside_selection(q, k, v, pos, q_pos, scale=dim**-0.5, window=window, sinks=sinks)
+    want = reference.attention(q, k, v, q_pos, pos, window=window, sinks=sinks)
+    err = ((out - want).norm() / want.norm()).item()
+    return [] if err < 1e-5 else [f"relative error {err:.2e}"]
+
+
 def _check_errors() -> list[str]:
     """Inputs that cannot run raise before any launch."""
     import torch
@@ -121,7 +145,8 @@ def _check_errors() -> list[str]:
 
 
 def _run_all() -> dict[str, list[str]]:
-    return report_checks([(case[0], lambda case=case: _check(case)) for case in CASES] + [("errors", _check_errors)])
+    return report_checks([(case[0], lambda case=case: _check(case)) for case in CASES]
+                         + [("beside", _check_beside), ("errors", _check_errors)])
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +159,7 @@ def test_every_launch_compiles_for_hopper(report):
     assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["errors"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["beside", "errors"])
 def test_two_role_decode_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

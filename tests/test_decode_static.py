@@ -233,14 +233,28 @@ def test_cuda_graph_replay_equals_eager_decode(top_p):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="side streams and CUDA graphs need a CUDA device")
-def test_side_stream_overlap_changes_no_bit_on_gpu():
-    """Static decode on a GPU runs the local heads on a side stream (cache.overlap_roles): same kernels,
-    same inputs, so the same bits as one stream, eager and replayed. (fuse_roles off: the two-launch path, whose
-    local launch the side stream carries.)"""
+@pytest.mark.parametrize("threshold", [0, 10**9])
+def test_side_stream_overlap_on_gpu(threshold, monkeypatch):
+    """Static decode on a GPU runs the local heads on a side stream (cache.overlap_roles; fuse_roles off: the
+    two-launch path, whose local launch the side stream carries). Beside a selecting step they run in the launch shape
+    that leaves room for the selection (ring_beside_selection), which splits the ring's keys differently: the same
+    greedy tokens and the logits up to that summation order. Without selection (below the seqlen threshold) the same
+    kernels as on one stream, so the same bits."""
+    from rtpurbo.ops.triton import decode_roles
+
+    beside, ring_beside = [], decode_roles.ring_beside_selection
+    monkeypatch.setattr(decode_roles, "ring_beside_selection", lambda *a, **kw: beside.append(1) or ring_beside(*a, **kw))
     model = _model("llama", 0.7, decode_impl="auto").cuda()
+    model.rtpurbo_sparse.seqlen_threshold = threshold
     ids, mask = (t.cuda() for t in _prompt(2))
-    runs = [graphed_greedy(model, ids, mask, fuse_roles=False, overlap_roles=overlap)[1] for overlap in (True, False)]
-    assert torch.equal(runs[0], runs[1])
+    (tokens, logits, _, _), (want_tokens, want_logits, _, _) = (
+        graphed_greedy(model, ids, mask, fuse_roles=False, overlap_roles=overlap) for overlap in (True, False))
+    assert bool(beside) == (threshold == 0), "the beside launch shape runs exactly where a step selects"
+    assert torch.equal(tokens, want_tokens)
+    if threshold:
+        assert torch.equal(logits, want_logits)
+    else:
+        assert torch.allclose(logits, want_logits, rtol=0, atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the one-launch decode runs Triton kernels on a CUDA device")

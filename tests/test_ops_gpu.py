@@ -307,6 +307,26 @@ def test_flex_decode_matches_reference(case):
     _assert_budget(out, ref, eager, name)
 
 
+RING_BESIDE_CASES = [("ring-g4-w8192-s4-b2", 2, 4 + 8192, 7, 4, 128, 8192, 4, BF16),
+                     ("ring-g8-w256-s4-fp16", 1, 4 + 256, 3, 8, 64, 256, 4, FP16)]
+
+
+@pytest.mark.parametrize("case", RING_BESIDE_CASES, ids=[c[0] for c in RING_BESIDE_CASES])
+def test_ring_beside_selection_matches_reference(case):
+    """The local heads' decode in the launch shape of a side stream beside a selection (one program per SM at most,
+    32-key steps), over a rotated ring with empty slots: within the eager-error budget."""
+    from rtpurbo.ops.triton import decode_roles
+
+    name, batch, k_len, n_kv, group, dim, window, sinks, dtype = case
+    torch.manual_seed(zlib.crc32(name.encode()))
+    q, k, v = _qkv(batch, n_kv * group, n_kv, 1, k_len, dim, dtype)
+    q_pos, k_pos = _decode_positions("ring", batch, k_len, window, sinks)
+    ref = reference.attention(q.float(), k.float(), v.float(), q_pos, k_pos, window=window, sinks=sinks)
+    _poison()
+    out = decode_roles.ring_beside_selection(q, k, v, k_pos, q_pos, scale=dim**-0.5, window=window, sinks=sinks)
+    _assert_budget(out, ref, _eager(q, k, v, q_pos, k_pos, window, sinks), name)
+
+
 # --- both kinds of heads in one decode launch ------------------------------------------------
 # (name, B, retrieval keys, retrieval KV heads, local KV heads, G, D, W, S, dtype, selecting)
 TWO_ROLE_CASES = [

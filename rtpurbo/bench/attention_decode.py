@@ -1,9 +1,11 @@
 """Decode half of the attention-layer benchmark (:mod:`rtpurbo.bench.attention`).
 
 * Decode of one token after ``L``. Sparse, one CUDA graph: local heads over their ``S + W`` ring
-  slots (``impl="flex"``, Triton decode kernel) on a side stream, overlapping the retrieval heads
+  slots on a side stream (the Triton decode kernel, in the launch shape of
+  :func:`rtpurbo.ops.triton.decode_roles.ring_beside_selection`), overlapping the retrieval heads
   through ``topp_attention(impl="triton")`` over the ``L`` cached keys (as the static decode of
-  :class:`rtpurbo.cache.HeadwiseCache` runs them; ``sparse_serial_us``: one after the other).
+  :class:`rtpurbo.cache.HeadwiseCache` runs them; ``sparse_serial_us``: one after the other, ``local_us``: the
+  local heads alone through ``impl="flex"``).
   Dense: SDPA over every head's ``L`` keys (also a CUDA graph). Ideal speedup = dense bytes / sparse bytes, bytes = K/V read (dense:
   all heads x L; sparse: local heads x (S + W) + retrieval heads x selected keys) plus, on the
   sparse side where it selects, the indexer keys the selection scores (R x L x 16, bf16); the steps over
@@ -42,6 +44,8 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
     k, v = _randn(1, geom.n_kv, length, dim), _randn(1, geom.n_kv, length, dim)  # dense cache; retrieval heads first
     ring_k, ring_v = _randn(1, n_local, sinks + window, dim), _randn(1, n_local, sinks + window, dim)
     ring_pos = _ring_positions(length, window, sinks)
+    from ..ops.triton import decode_roles  # Triton: imported where the GPU path runs, not with the CLI
+
     q_idx, k_idx = _randn(1, n_ret, 1, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM) * index_scale
     q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
     tokens = dict(min_tokens=MIN_TOKENS, max_tokens=None) if budget == "top-p" else dict(min_tokens=budget, max_tokens=budget)
@@ -49,6 +53,10 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
 
     def local():
         return api.attention(q[:, split:], ring_k, ring_v, q_pos, ring_pos, window=window, sinks=sinks, impl="flex")
+
+    def local_beside():  # beside a selection, in the launch shape HeadwiseCache's static decode gives it there
+        return decode_roles.ring_beside_selection(q[:, split:], ring_k, ring_v, ring_pos, q_pos, scale=dim**-0.5,
+                                                  window=window, sinks=sinks)
 
     def retrieval():
         return api.topp_attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], q_pos, k_pos, q_idx, k_idx, **topp, impl="triton")
@@ -62,18 +70,16 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
 
     side = torch.cuda.Stream(DEVICE)
 
-    def overlapped(retrieval_step):  # as HeadwiseCache's static decode runs it: the local heads on a side stream
+    def overlapped(retrieval_step, local_step=local):  # as HeadwiseCache's static decode: local heads on a side stream
         main = torch.cuda.current_stream(DEVICE)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            local_out = local()
+            local_out = local_step()
         retrieval_out = retrieval_step()[0]
         main.wait_stream(side)
         return torch.cat([retrieval_out, local_out], dim=1)
 
-    sparse = lambda: overlapped(retrieval)  # noqa: E731
-
-    from ..ops.triton import decode_roles  # Triton: imported where the GPU path runs, not with the CLI
+    sparse = lambda: overlapped(retrieval, local_beside)  # noqa: E731
 
     def one_launch(selecting: bool):  # as HeadwiseCache's static decode runs it by default: both roles in one launch
         chosen = {}

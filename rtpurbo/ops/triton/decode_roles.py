@@ -15,6 +15,9 @@ hold about the same number of keys, so the launch is balanced whatever the ratio
 :data:`rtpurbo.ops.triton.decode.LIST_LAUNCH` splits them, the ring as
 :data:`rtpurbo.ops.triton.decode.DENSE_LAUNCH` would.
 
+A step whose retrieval heads select keeps the two kinds apart: the selection is a chain of small, latency-bound
+kernels, and the local heads run beside it on a side stream, through :func:`ring_beside_selection`.
+
 Shapes: retrieval ``q_ret`` (B, Hr * G, 1, D), ``k_ret`` / ``v_ret`` (B, Hr, Lr, D), ``ret_pos`` (B, Lr);
 local ``q_loc`` (B, Hl * G, 1, D), ``k_loc`` / ``v_loc`` (B, Hl, Ll, D), ``loc_pos`` (B, Ll); ``q_pos``
 (B, 1). Any strides. No host sync; shapes depend only on the inputs' shapes (CUDA-graph capturable).
@@ -26,8 +29,8 @@ import triton
 import triton.language as tl
 
 from .decode import (
-    _NO_WINDOW, DENSE_LAUNCH, LIST_LAUNCH, DecodeLaunch, _attend_part, _load_group, _num_sms, _pad, _part_range,
-    _row_part, _store_part, combine,
+    _NO_WINDOW, BESIDE_LAUNCH, DENSE_LAUNCH, LIST_LAUNCH, DecodeLaunch, _attend_part, _load_group, _num_sms, _pad,
+    _part_range, _row_part, _store_part, combine, decode_attention,
 )
 
 
@@ -163,3 +166,12 @@ def two_role_decode(
     combine(part_m, part_l, part_o, part_n, out[:, 0], counts, heads, (rows_r, n_ret, parts_r), (rows_l, n_loc, parts_l),
             group=group, head_dim=head_dim, launch=launch)
     return out.view(batch, 1, n_q * head_dim), counts[:rows_r].view(batch, n_ret)
+
+
+def ring_beside_selection(q_loc: torch.Tensor, k_loc: torch.Tensor, v_loc: torch.Tensor, loc_pos: torch.Tensor,
+                          q_pos: torch.Tensor, *, scale: float, window: int, sinks: int) -> torch.Tensor:
+    """The local heads of a selecting step (shapes: the module docstring): their ring slots visible under ``window``
+    + ``sinks``, in the launch shape :data:`rtpurbo.ops.triton.decode.BESIDE_LAUNCH` that leaves the SMs room for the
+    retrieval heads' selection running beside it on another stream. Returns (B, Hl * G, 1, D) in ``q_loc.dtype``."""
+    return decode_attention(q_loc, k_loc, v_loc, q_pos, loc_pos, scale=scale, window=window, sinks=sinks,
+                            launch=BESIDE_LAUNCH)[0]
