@@ -23,10 +23,13 @@ from .ops.semantics import DEFAULT_SINKS, DEFAULT_WINDOW, check_window
 
 PLAN_FORMAT = "rtpurbo.head_plan/1"
 # Retrieval heads select (top-p) only from this many cached tokens on: below it the selection
-# chain costs more than the keys it skips (break-even of one attention layer's decode step on an H200,
-# selection on trained-like scores against one launch over every key: 520-550K for the Llama-3.1-8B and
-# Qwen3-30B-A3B geometries, benchmarks/results/llama-3.1-8b_h200_2026-12-04_one-launch-decode.md).
-DEFAULT_SEQLEN_THRESHOLD = 524288
+# chain costs more than the keys it skips. Break-even of one attention layer's decode step (Llama-3.1-8B geometry,
+# selection on trained-like scores with the local heads beside it, against one launch over every key), paired: on an
+# H200 selecting is 19.8 us slower at 128K, 4.0 faster at 256K, 0.8 slower at 384K and 6.9 faster at 512K; on an H100
+# it is faster from 256K on (by 14.7 us there)
+# (benchmarks/results/llama-3.1-8b_h100_2026-12-05_ring-beside-selection.md; it was 520-550K on an H200 before the
+# faster selection: llama-3.1-8b_h200_2026-12-04_one-launch-decode.md).
+DEFAULT_SEQLEN_THRESHOLD = 262144
 RETRIEVAL_PREFILL = ("dense", "sparse", "topp")
 
 
@@ -209,8 +212,8 @@ class SparseConfig:
         seqlen_threshold: below this many cached tokens a retrieval head decodes over all its keys,
             because selecting costs more than it saves on short contexts (0 = always select). It is a
             speed switch, so it counts what a step costs: the batch's cache slots (the longest row,
-            padding included), one decision for every row of the step. The default is the break-even
-            measured on an H200 (``benchmarks/results``). RTP-LLM's ``headwise_config`` has a field of
+            padding included), one decision for every row of the step. The default (256K) is the
+            break-even measured on an H200 and an H100 (``benchmarks/results``). RTP-LLM's ``headwise_config`` has a field of
             this name with another meaning (:mod:`rtpurbo.headwise`).
         retrieval_prefill: ``dense`` (paper: retrieval heads run full attention on multi-token
             forwards), ``sparse`` (each block of 128 queries attends to the key blocks its indexer's

@@ -11,7 +11,7 @@ indexers + LoRA, made on an H200 by ``benchmarks/reproduce/smollm2-135m_h200_202
 * KV-cache bytes (bf16) at several contexts, and CPU prefill / decode time at ``--speed-length``
   tokens, both through the head-wise cache (dense = every KV head full, top-p 1: exactly the
   base model), the two models timed side by side (:func:`rtpurbo.eval.speed.measure_speed_paired`). The
-  converted model is timed as it runs: below its ``seqlen_threshold`` (512K by default) its retrieval heads decode
+  converted model is timed as it runs: below its ``seqlen_threshold`` (256K by default) its retrieval heads decode
   over every key (the needle answers above set it to 0, to show the selection).
 """
 from __future__ import annotations
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace, device: str = "cpu", dtype: torch.dtype = torc
     else:
         say(args, f"[1/5] base model {base.describe()} and the adapter {args.adapter} (plan + indexers + LoRA)")
     converted, origin = _converted(args, out, base, device, dtype)
-    # the needle answers show the indexer's selection at 4K: below the model's seqlen_threshold (512K tokens by
+    # the needle answers show the indexer's selection at 4K: below the model's seqlen_threshold (256K tokens by
     # default, where selecting starts to pay on a GPU) retrieval heads would decode over every key
     threshold = converted.rtpurbo_sparse.seqlen_threshold
     converted.rtpurbo_sparse.seqlen_threshold = 0

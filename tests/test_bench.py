@@ -555,13 +555,13 @@ def test_cli_tiny_run_selects_and_says_where_it_ran(tmp_path, capsys, monkeypatc
 
 
 def test_no_selection_below_the_threshold_is_all_keys_not_zero(tmp_path):
-    """Below the seqlen threshold (the default 512K here) no step selects: the column says 'all' with a footnote."""
+    """Below the seqlen threshold (the default 256K here) no step selects: the column says 'all' with a footnote."""
     result = run_benchmark(tiny_settings(lengths=[64], decode_steps=1, decode_lengths=[96]), tmp_path / "r.jsonl")
     sparse = {r["variant"]: r for r in result["rows"]}["sparse"]
     assert sparse["selected_keys_per_head"] is None and sparse["seqlen_threshold"] == DEFAULT_SEQLEN_THRESHOLD
     report = markdown(result)
     assert "| sparse | 64 |" in report and "| all* | ok |" in report and "| - | ok |" in report  # dense: '-'
-    assert "all: no selection below threshold 512K" in report and ", all* keys" in report  # decode-only table too
+    assert "all: no selection below threshold 256K" in report and ", all* keys" in report  # decode-only table too
 
 
 def _amdahl_result(dense_backend, flash_row):

@@ -13,7 +13,7 @@ Trained stages are rtpurbo artifact directories, each loaded on its own.
 
 Every row's retrieval heads select at every length (``seqlen_threshold = 0``): the suite measures
 the method's fidelity, indexer included, at lengths where a deployed model (default threshold
-512K) would still decode over all keys. The speed unit times each model as it runs instead, at its own
+256K) would still decode over all keys. The speed unit times each model as it runs instead, at its own
 threshold (the shared converted model's, or the artifact's after its ``@`` settings).
 
 Results go to ``OUT/rows/<row>.json`` unit by unit (perplexity, speed, one unit per task and
