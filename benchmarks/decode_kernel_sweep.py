@@ -22,6 +22,8 @@
 6. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
    attention bench's decode point) at 128K and 1M, for both schedules: device microseconds per kernel
    per step, and the step's wall time.
+7. ``list_locality``: list mode over 36,864 of 1M keys spread, within 64K and contiguous, and over 6,144 spread keys,
+   beside dense mode over the same contiguous keys (whether a short list's time is its scattered reads).
 
 Prints one JSON line per row, then the best launch per case; ``--json`` writes everything.
 """
@@ -104,6 +106,34 @@ def _list_points(selections):
                                             always=always, skip_sinks=SINKS, skip_recent=RECENT, launch=launch)[0]
 
         yield n_sel, call, 2 * (n_sel + SINKS + RECENT) * dim * 2
+
+
+def list_locality_rows(record) -> None:
+    """List mode over 36,864 selected keys of 1M spread over all of them, within the first 64K, and contiguous (LIST_LAUNCH,
+    then the LIST_GRID shapes for the spread list), and 6,144 spread keys: whether a short list's time is the scattered
+    reads or the launch. Beside them, dense mode over the same 36,864 contiguous keys."""
+    geom = GEOMETRIES["llama-3.1-8b"]
+    length, dim, group, n_sel = 1048576, geom.head_dim, geom.group, 36864
+    q = _randn(1, group, 1, dim)
+    k, v = _randn(1, 1, length, dim), _randn(1, 1, length, dim)
+    q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+    always = torch.cat([torch.arange(SINKS), torch.arange(length - RECENT, length)]).to(DEVICE, torch.int32)[None]
+    spread = lambda n: torch.sort(torch.randperm(length - RECENT - SINKS, device=DEVICE)[:n])[0] + SINKS  # noqa: E731
+    lists = {"spread-1M": spread(n_sel), "within-64K": torch.sort(torch.randperm(65536, device=DEVICE)[:n_sel])[0] + SINKS,
+             "contiguous": torch.arange(n_sel, device=DEVICE) + SINKS, "spread-6K": spread(6144)}
+    for name, slots in lists.items():
+        index = torch.zeros(1, 1, length, dtype=torch.int64, device=DEVICE)
+        index[0, 0, : len(slots)] = slots
+        n_index = torch.full((1, 1), len(slots), device=DEVICE)
+        for launch in [kernels.LIST_LAUNCH] + (LIST_GRID if name.startswith("spread") else []):
+            us = graph_us(lambda l=launch: kernels.decode_attention(
+                q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index, always=always, skip_sinks=SINKS,
+                skip_recent=RECENT, launch=l)[0], rep=60)
+            record(dict(case="list_locality", what=name, selected=len(slots), **_launch(launch), us=us,
+                        gbps=2 * len(slots) * dim * 2 / us / 1e3))
+    us = graph_us(lambda: kernels.decode_attention(q, k[:, :, :n_sel], v[:, :, :n_sel], q_pos, k_pos[:, :n_sel],
+                                                   scale=dim**-0.5)[0], rep=60)
+    record(dict(case="list_locality", what="dense-contiguous", selected=n_sel, us=us, gbps=2 * n_sel * dim * 2 / us / 1e3))
 
 
 def dense_rows(record) -> None:
@@ -352,7 +382,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--parts", default="local,list,scores,profile", help="comma-separated, of: local, list, "
-                        "scores, profile, dense, select, search_launch, combine, walk")
+                        "scores, profile, dense, select, search_launch, combine, walk, list_locality")
     parser.add_argument("--search-launches", default="", help="search_launch's grid instead of the default: "
                         "comma-separated PROGRAMS_PER_SMxWARPSxBLOCK, e.g. 2x8x2048,8x2x2048")
     parser.add_argument("--n-logits", default=",".join(map(str, SELECT_N_LOGIT)),
@@ -371,7 +401,7 @@ def main() -> None:
     parts = {"local": local_rows, "list": list_rows, "scores": score_rows, "profile": step_profile, "dense": dense_rows,
              "select": lambda record: select_rows(record, n_logits),
              "search_launch": lambda record: search_launch_rows(record, search_grid or None),
-             "combine": combine_rows, "walk": walk_rows}
+             "combine": combine_rows, "walk": walk_rows, "list_locality": list_locality_rows}
     for name in args.parts.split(","):
         try:
             parts[name](record)

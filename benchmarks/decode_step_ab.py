@@ -7,8 +7,9 @@ under their own module name (``rtpurbo_<name>``), so every version runs in this 
 Per version and case one CUDA graph is captured:
 
 * ``step``: one attention layer's selecting decode step, Llama-3.1-8B geometry (1 retrieval KV head x 4 query heads
-  through ``topp_attention``, top-p 0.9; 7 local KV heads over their 8,196 ring slots on a side stream, with the
-  local-head code of the first tree for every version), random bf16 inputs;
+  through ``topp_attention``, top-p 0.9; 7 local KV heads over their 8,196 ring slots on a side stream, as that
+  tree's ``HeadwiseCache`` runs them there: ``decode_roles.ring_beside_selection`` where the tree has it, else
+  ``api.attention(impl="flex")``), random bf16 inputs;
 * ``select``: the whole selection alone (index scores + threshold search) of one retrieval head on peaked,
   trained-like and flat scores (indexer keys scaled: score std 4, 2.56, 0.04 logits).
 
@@ -49,7 +50,8 @@ def load_tree(name: str, root: str) -> dict:
     module.__path__ = [str(Path(root).resolve() / "rtpurbo")]
     sys.modules[package] = module  # a bare parent: only the imported subpackages run, with their relative imports
     return {part: importlib.import_module(f"{package}.ops.{path}") for part, path in
-            (("topp", "triton.topp"), ("decode", "triton.decode"), ("threshold", "triton.threshold"), ("api", "api"))}
+            (("topp", "triton.topp"), ("decode", "triton.decode"), ("threshold", "triton.threshold"), ("api", "api"),
+             ("roles", "triton.decode_roles"))}
 
 
 def step_case(trees: dict, length: int) -> dict:
@@ -62,7 +64,6 @@ def step_case(trees: dict, length: int) -> dict:
     ring_pos = _ring_positions(length, WINDOW, SINKS)
     q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * 0.64
     q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
-    local_api = next(iter(trees.values()))["api"]
     side = torch.cuda.Stream()
     calls = {}
     for name, tree in trees.items():
@@ -70,8 +71,12 @@ def step_case(trees: dict, length: int) -> dict:
             main = torch.cuda.current_stream()
             side.wait_stream(main)
             with torch.cuda.stream(side):
-                local = local_api.attention(q[:, group:], ring_k, ring_v, q_pos, ring_pos, window=WINDOW, sinks=SINKS,
-                                            impl="flex")
+                if hasattr(tree["roles"], "ring_beside_selection"):
+                    local = tree["roles"].ring_beside_selection(q[:, group:], ring_k, ring_v, ring_pos, q_pos,
+                                                                scale=dim**-0.5, window=WINDOW, sinks=SINKS)
+                else:
+                    local = tree["api"].attention(q[:, group:], ring_k, ring_v, q_pos, ring_pos, window=WINDOW,
+                                                  sinks=SINKS, impl="flex")
             out, counts = tree["topp"].topp_attention(q[:, :group], k, v, q_pos, k_pos, q_idx, k_idx, top_p=TOP_P,
                                                       min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT)
             main.wait_stream(side)
