@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_step_ab import GEOM, SINKS, WINDOW, load_tree, measure, step_case  # noqa: E402
+from decode_step_ab import GEOM, SINKS, WINDOW, load_trees, measure, step_case  # noqa: E402
 
 from rtpurbo.bench.attention_common import INDEX_DIM, MIN_TOKENS, RECENT, TOP_P, _randn  # noqa: E402
 from rtpurbo.bench.attention_decode import _ring_positions  # noqa: E402
@@ -119,12 +119,7 @@ def main() -> None:
     parts = args.parts.split(",")
     if unknown := set(parts) - {"shapes", "breakeven"}:
         sys.exit(f"unknown --parts {sorted(unknown)}; choose from shapes, breakeven")
-    trees = {}
-    for entry in args.trees:
-        name, sep, root = entry.partition("=")
-        if not sep or not (Path(root) / "rtpurbo").is_dir():
-            sys.exit(f"--trees takes NAME=DIR with DIR/rtpurbo a package, got {entry!r}")
-        trees[name] = load_tree(name, root)
+    trees = load_trees(args.trees)
     rows = []
 
     def record(row: dict) -> None:

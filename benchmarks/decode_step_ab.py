@@ -54,6 +54,17 @@ def load_tree(name: str, root: str) -> dict:
              ("roles", "triton.decode_roles"))}
 
 
+def load_trees(entries: list[str]) -> dict:
+    """``NAME=DIR`` entries (``--trees``) -> {NAME: :func:`load_tree`}; exits with a message on a malformed one."""
+    trees = {}
+    for entry in entries:
+        name, sep, root = entry.partition("=")
+        if not sep or not (Path(root) / "rtpurbo").is_dir():
+            sys.exit(f"--trees takes NAME=DIR with DIR/rtpurbo a package, got {entry!r}")
+        trees[name] = load_tree(name, root)
+    return trees
+
+
 def step_case(trees: dict, length: int) -> dict:
     """Per tree, a callable of one selecting layer step, and what it selected (count, slot sum)."""
     group, n_local, dim = GEOM.group, GEOM.n_kv - GEOM.n_retrieval(), GEOM.head_dim
@@ -152,12 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("decode_step_ab.py needs a CUDA GPU")
-    trees = {}
-    for entry in args.trees:
-        name, sep, root = entry.partition("=")
-        if not sep or not (Path(root) / "rtpurbo").is_dir():
-            sys.exit(f"--trees takes NAME=DIR with DIR/rtpurbo a package, got {entry!r}")
-        trees[name] = load_tree(name, root)
+    trees = load_trees(args.trees)
     cases = args.cases.split(",")
     rows = []
     for label in args.lengths.split(","):
