@@ -213,8 +213,8 @@ class SparseConfig:
             because selecting costs more than it saves on short contexts (0 = always select). It is a
             speed switch, so it counts what a step costs: the batch's cache slots (the longest row,
             padding included), one decision for every row of the step. The default (256K) is the
-            break-even measured on an H200 and an H100 (``benchmarks/results``). RTP-LLM's ``headwise_config`` has a field of
-            this name with another meaning (:mod:`rtpurbo.headwise`).
+            break-even measured on an H200 and an H100 (``benchmarks/results``). RTP-LLM's
+            ``headwise_config`` has a field of this name with another meaning (:mod:`rtpurbo.headwise`).
         retrieval_prefill: ``dense`` (paper: retrieval heads run full attention on multi-token
             forwards), ``sparse`` (each block of 128 queries attends to the key blocks its indexer's
             block scores keep: top-p ``prefill_top_p`` over blocks, clamped to ``[prefill_min_blocks,

@@ -38,14 +38,14 @@ def _ring_positions(length: int, window: int, sinks: int) -> torch.Tensor:
 
 def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: str | int, deadline: float, spot: bool,
                  index_scale: float = 1.0) -> dict:
+    from ..ops.triton import decode_roles  # Triton: imported where the GPU path runs, not with the CLI
+
     n_ret, group, dim = geom.n_retrieval(), geom.group, geom.head_dim
     split, n_local = n_ret * group, geom.n_kv - n_ret
     q = _randn(1, geom.n_q, 1, dim)
     k, v = _randn(1, geom.n_kv, length, dim), _randn(1, geom.n_kv, length, dim)  # dense cache; retrieval heads first
     ring_k, ring_v = _randn(1, n_local, sinks + window, dim), _randn(1, n_local, sinks + window, dim)
     ring_pos = _ring_positions(length, window, sinks)
-    from ..ops.triton import decode_roles  # Triton: imported where the GPU path runs, not with the CLI
-
     q_idx, k_idx = _randn(1, n_ret, 1, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM) * index_scale
     q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
     tokens = dict(min_tokens=MIN_TOKENS, max_tokens=None) if budget == "top-p" else dict(min_tokens=budget, max_tokens=budget)
