@@ -313,7 +313,7 @@ RING_BESIDE_CASES = [("ring-g4-w8192-s4-b2", 2, 4 + 8192, 7, 4, 128, 8192, 4, BF
 
 @pytest.mark.parametrize("case", RING_BESIDE_CASES, ids=[c[0] for c in RING_BESIDE_CASES])
 def test_ring_beside_selection_matches_reference(case):
-    """The local heads' decode in the launch shape of a side stream beside a selection (one program per SM at most,
+    """The local heads' decode in the launch shape of a side stream beside a selection (about one program per SM,
     32-key steps), over a rotated ring with empty slots: within the eager-error budget."""
     from rtpurbo.ops.triton import decode_roles
 

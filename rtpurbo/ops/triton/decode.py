@@ -346,7 +346,7 @@ class DecodeLaunch:
 DENSE_LAUNCH = DecodeLaunch(combine_chunk=256)  # every slot of a KV head (local heads: S + W ring slots)
 LIST_LAUNCH = DecodeLaunch(block_n=128, waves=2, combine_chunk=256)  # a selected list (retrieval heads)
 # The local heads' ring on a side stream beside a selecting step's chain of kernels (HeadwiseCache's static decode):
-# at most one program per SM over all rows, 32-key steps. DENSE_LAUNCH's programs (two per SM, 64-key steps) fill the
+# about one program per SM over all rows, 32-key steps. DENSE_LAUNCH's programs (two per SM, 64-key steps) fill the
 # SMs' registers, so the index scores waited for the ring to finish and nothing overlapped. Layer step (Llama-3.1-8B
 # geometry, side stream), paired against DENSE_LAUNCH, trained-like / peaked indexer scores: H200 -3.8 / -3.9 us at 32K
 # keys, -6.6 / -7.1 at 128K, -0.8 / -2.2 at 1M; H100 -4.9 / -5.2, -7.3 / -6.3, -2.1 / -1.4
