@@ -154,7 +154,7 @@ def check_selection(case, device: str = "cpu") -> list[str]:
 
     from rtpurbo.ops import reference
     from rtpurbo.ops.triton import topp as triton_topp
-    from rtpurbo.ops.triton import decode, threshold
+    from rtpurbo.ops.triton import decode, dependent_launch, threshold
 
     name, batch, n_kv, n_keys, kind, top_p, min_tokens, max_tokens, block = case
     q_idx, k_idx, q_pos, k_pos = select_inputs(kind, batch, n_kv, n_keys, seed=len(name) * 7919 + n_keys, device=device)
@@ -173,9 +173,13 @@ def check_selection(case, device: str = "cpu") -> list[str]:
     flat = scored.scores.view(rows, n_keys)
     stats = (flat, scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
     capacity = n_keys if max_tokens is None else min(max_tokens, n_keys)
-    for schedule in threshold.SCHEDULES:
+    runs = [(schedule, False) for schedule in threshold.SCHEDULES]
+    if dependent_launch.enabled(torch.device(device)):  # a GPU with PDL: the phased launches with it too
+        runs.append(("phased", True))
+    for schedule, pdl in runs:
         sync = torch.zeros(rows, threshold.N_SYNC, dtype=torch.int64, device=device)
-        order, n_keep = threshold.topp_threshold(*stats, **budget, block=block, schedule=schedule, sync=sync)
+        order, n_keep = threshold.topp_threshold(*stats, **budget, block=block, schedule=schedule, sync=sync, pdl=pdl)
+        schedule = schedule + (" with PDL" if pdl else "")
         if tuple(order.shape) != (rows, capacity):
             problems.append(f"{schedule}: order shape {tuple(order.shape)} != {(rows, capacity)}")
         if int(sync[:, threshold.STALLS].sum()):
@@ -188,7 +192,8 @@ def check_selection(case, device: str = "cpu") -> list[str]:
                 problems.append(f"{schedule}: row {r}: {n} slots {slots[:12]}... != reference {len(expected)} "
                                 f"{expected[:12]}...")
         if name in REPEATED:
-            again, n_again = threshold.topp_threshold(*stats, **budget, block=block, schedule=schedule)
+            again, n_again = threshold.topp_threshold(*stats, **budget, block=block, schedule=schedule.split()[0],
+                                                      pdl=pdl)
             if not (torch.equal(n_keep, n_again) and all(
                 torch.equal(order[r, : n_keep[r]], again[r, : n_keep[r]]) for r in range(rows)
             )):
@@ -272,6 +277,41 @@ def _check_n_logit() -> list[str]:
     return problems
 
 
+def _check_zeroed_workspace() -> list[str]:
+    """``index_scores(zero=...)`` zeroes the search's workspace in its own launch (no memset of its own): a buffer
+    of garbage comes back all zero, the scores do not change, and ``select`` (which uses it) picks what
+    ``topp_threshold`` with a freshly zeroed workspace picks."""
+    import torch
+
+    from rtpurbo.ops.triton import decode, threshold
+    from rtpurbo.ops.triton import topp as triton_topp
+
+    problems = []
+    rows, n_keys = 3, 700
+    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 1, rows, n_keys, seed=23)
+    plain = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=2, recent=8)
+    flat = torch.full((threshold.workspace_size(rows),), 7, dtype=torch.int64)
+    zeroing = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=2, recent=8, zero=flat, block=256)
+    if int(flat.count_nonzero()):
+        problems.append(f"{int(flat.count_nonzero())} of {flat.numel()} workspace entries were not zeroed")
+    if not torch.equal(plain.scores, zeroing.scores) or not torch.equal(plain.always, zeroing.always):
+        problems.append("zeroing the workspace changed the scores or the always list")
+    budget = dict(top_p=0.85, min_tokens=4, max_tokens=None)
+    chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, sinks=2, recent=8)
+    order, n_keep = threshold.topp_threshold(plain.scores.view(rows, n_keys), plain.block_max, plain.block_sum,
+                                             plain.block_count, plain.block_min, **budget)
+    got_n = chosen.n_keep.view(rows)
+    if not (torch.equal(got_n, n_keep) and all(torch.equal(chosen.order.view(rows, -1)[r, : n_keep[r]],
+                                                            order[r, : n_keep[r]]) for r in range(rows))):
+        problems.append(f"select kept {got_n.tolist()} keys, topp_threshold {n_keep.tolist()}")
+    try:
+        decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0, zero=flat.to(torch.int32))
+        problems.append("an int32 zero buffer was accepted")
+    except ValueError:
+        pass
+    return problems
+
+
 def _check_bad_args() -> list[str]:
     """An unknown schedule, work / sync buffers of the wrong shape or dtype, and bad launch settings are refused before
     any launch."""
@@ -287,7 +327,8 @@ def _check_bad_args() -> list[str]:
            "sync shape": dict(sync=torch.zeros(1, threshold.N_SYNC, dtype=torch.int64)),
            "sync dtype": dict(sync=torch.zeros(2, threshold.N_SYNC, dtype=torch.int32)),
            "work shape": dict(work=torch.zeros(2, threshold.N_LEVELS, 8, dtype=torch.int64)),
-           "programs per SM": dict(programs_per_sm=0), "warps": dict(num_warps=3)}
+           "programs per SM": dict(programs_per_sm=0), "warps": dict(num_warps=3),
+           "PDL with the fused schedule": dict(schedule="fused", pdl=True)}
     problems = []
     for what, kwargs in bad.items():
         try:
@@ -301,7 +342,7 @@ def _check_bad_args() -> list[str]:
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
         ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("n-logit", _check_n_logit),
-        ("bad-args", _check_bad_args)])
+        ("zeroed-workspace", _check_zeroed_workspace), ("bad-args", _check_bad_args)])
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +355,8 @@ def test_every_launch_compiles_for_hopper(report):
     assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "bad-args"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "zeroed-workspace",
+                                                           "bad-args"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

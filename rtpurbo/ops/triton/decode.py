@@ -30,6 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import dependent_launch
+from .dependent_launch import let_next_launch, wait_for_previous
+
 _NO_WINDOW = 1 << 62  # a window no position difference reaches (window=None)
 
 
@@ -55,11 +58,19 @@ class IndexScores(NamedTuple):
 def _index_scores_kernel(
     qi_ptr, ki_ptr, qpos_ptr, kpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr, bmin_ptr,
     n_kv_heads, n_keys, n_blocks, n_always, sinks, recent,
-    s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_kpb, s_kpn,
-    D_IDX: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_kpb, s_kpn, zero_ptr, n_zero,
+    D_IDX: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr, ZERO: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     bh = tl.program_id(0)
     blk = tl.program_id(1)
+    if ZERO:  # the threshold search's workspace, zeroed here instead of by a launch of its own
+        program = bh * n_blocks + blk
+        share = tl.cdiv(n_zero, tl.num_programs(0) * n_blocks)
+        end = tl.minimum(program * share + share, n_zero)
+        for start in range(program * share, end, BLOCK):
+            z_offs = start + tl.arange(0, BLOCK)
+            tl.store(zero_ptr + z_offs, tl.zeros([BLOCK], tl.int64), mask=z_offs < end)
     b = (bh // n_kv_heads).to(tl.int64)
     h = (bh % n_kv_heads).to(tl.int64)
     offs = blk * BLOCK + tl.arange(0, BLOCK)
@@ -74,6 +85,7 @@ def _index_scores_kernel(
     key_ptrs = ki_ptr + b * s_kib + h * s_kih + offs.to(tl.int64)[:, None] * s_kin + d[None, :] * s_kid
     keys = tl.load(key_ptrs, mask=seen[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
     s = tl.where(seen, tl.sum(keys * q[None, :], axis=1), float("-inf"))
+    let_next_launch(PDL)
     tl.store(scores_ptr + bh.to(tl.int64) * n_keys + offs, s, mask=in_range)
 
     top = tl.max(s, axis=0)
@@ -238,8 +250,9 @@ def _decode_attention_kernel(
     s_qb, s_qh, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
     s_qpb, s_kpb, s_kpn, s_mb, s_mh, s_mn, s_ib, s_ih, s_in,
     LIST: tl.constexpr, HAS_MASK: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     bh, _, b, h = _row_part(tl.program_id(0), 1, n_kv_heads)
     split = tl.program_id(1)
     q = _load_group(q_ptr, b, h, group, head_dim, s_qb, s_qh, s_qd, G_PAD, D_PAD)
@@ -252,6 +265,7 @@ def _decode_attention_kernel(
         split, lo, hi, window, sinks, skip_sinks, skip_recent, qk_scale,
         LIST, HAS_MASK, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, tl.arange(0, D_PAD) < head_dim,
     )
+    let_next_launch(PDL)
     _store_part(part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, bh * n_parts + split, m_i, l_i, acc, n_used, group,
                 G_PAD, D_PAD)
 
@@ -261,6 +275,7 @@ def _combine_kernel(
     part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, out_ptr, count_ptr, heads_ptr,
     rows_a, n_kv_a, n_kv_b, group, head_dim, parts_a, parts_b, s_ob, s_oh, s_od,
     HAS_MAP: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr, P_CHUNK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One (row, query head, ``D_CHUNK`` of the head dim) per program. Each step loads the max, sum and
     output of ``P_CHUNK`` partial results together (one memory round trip) and merges them online.
@@ -268,6 +283,7 @@ def _combine_kernel(
     Rows come in two segments: ``rows_a`` rows of ``n_kv_a`` KV heads with ``parts_a`` parts each, then rows
     of ``n_kv_b`` KV heads with ``parts_b`` parts each (a single segment: no rows past ``rows_a``). Query head
     ``j`` of the segments' heads (segment a's first) is output head ``heads[j]`` (``HAS_MAP``), else ``j``."""
+    wait_for_previous(PDL)
     r = tl.program_id(0)
     gi = tl.program_id(1)
     dc = tl.program_id(2)
@@ -344,7 +360,11 @@ class DecodeLaunch:
 # earlier combine reading 64 parts a step after loading all their maxima; with 16 a step: 25.3, 38.0, 54.0, 23.5,
 # 206.9 us).
 DENSE_LAUNCH = DecodeLaunch(combine_chunk=256)  # every slot of a KV head (local heads: S + W ring slots)
-LIST_LAUNCH = DecodeLaunch(block_n=128, waves=2, combine_chunk=256)  # a selected list (retrieval heads)
+# A selected list (retrieval heads): about one program per SM over all rows. Fewer, longer programs than two per SM
+# (the earlier waves=2, which LIST_GRID's sweeps started from) made the list alone 27.4 -> 22.9 us over 36,864 keys of
+# 1M, 15.7 -> 14.6 over 6,144 and 15.9 -> 13.3 over 1,408 (H100), and the selecting layer step 3.0 us faster at 128K
+# and 3.8 at 1M, paired (benchmarks/results/llama-3.1-8b_h100_2026-12-05_dependent-launch.md).
+LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, combine_chunk=256)
 # The local heads' ring on a side stream beside a selecting step's chain of kernels (HeadwiseCache's static decode):
 # about one program per SM over all rows, 32-key steps. DENSE_LAUNCH's programs (two per SM, 64-key steps) fill the
 # SMs' registers, so the index scores waited for the ring to finish and nothing overlapped. Layer step (Llama-3.1-8B
@@ -367,13 +387,17 @@ def _pad(n: int) -> int:
 
 def index_scores(
     q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *,
-    sinks: int, recent: int, block: int = 1024, num_warps: int = 8,
+    sinks: int, recent: int, block: int = 1024, num_warps: int = 8, zero: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> IndexScores:
     """Indexer scores of one query per batch row against every cached key.
 
     Args:
         q_idx: (B, Hkv, 1, d_idx); k_idx: (B, Hkv, Lk, d_idx); q_pos: (B, 1); k_pos: (B, Lk).
         sinks, recent: the always-kept keys (``k_pos < sinks`` or ``q_pos - k_pos < recent``).
+        zero: optional contiguous int64 tensor the kernel sets to 0 (the threshold search's workspace: one launch
+            fewer in the chain than a memset of its own).
+        pdl: launch with programmatic dependent launch (:mod:`rtpurbo.ops.triton.dependent_launch`).
     Positions must be distinct within a row (true of any cache); two visible keys at one position
     would share an always-list slot.
     """
@@ -382,6 +406,8 @@ def index_scores(
     n_blocks = triton.cdiv(n_keys, block)
     rows = batch * n_kv
     device = q_idx.device
+    if zero is not None and (zero.dtype != torch.int64 or not zero.is_contiguous() or zero.device != device):
+        raise ValueError(f"zero must be a contiguous int64 tensor on {device}, got {zero.dtype} on {zero.device}")
     scores = torch.empty(batch, n_kv, n_keys, dtype=torch.float32, device=device)
     block_max = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
     block_sum = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
@@ -394,7 +420,9 @@ def index_scores(
         q_idx.stride(0), q_idx.stride(1), q_idx.stride(3),
         k_idx.stride(0), k_idx.stride(1), k_idx.stride(2), k_idx.stride(3),
         q_pos.stride(0), k_pos.stride(0), k_pos.stride(1),
-        D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, num_warps=num_warps,
+        scores if zero is None else zero, 0 if zero is None else zero.numel(),
+        D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, ZERO=zero is not None, PDL=pdl, num_warps=num_warps,
+        **dependent_launch.options(pdl),
     )
     return IndexScores(scores, block_max, block_sum, block_count, always, block_min)
 
@@ -440,6 +468,7 @@ def decode_attention(
     skip_sinks: int = 0,
     skip_recent: int = 0,
     launch: DecodeLaunch | None = None,
+    pdl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one query per row (Lq == 1) over its KV head's keys.
 
@@ -448,7 +477,9 @@ def decode_attention(
     List mode: the slots ``index[b, h, :n_index[b, h]]`` ((B, Hkv, C) and (B, Hkv)) that are
     causally visible and not always-kept (``k_pos < skip_sinks`` or ``q_pos - k_pos <
     skip_recent``), plus the slots of ``always`` ((B * Hkv, A), -1 = none).
-    ``launch``: the launch shape (default :data:`DENSE_LAUNCH` / :data:`LIST_LAUNCH` by mode).
+    ``launch``: the launch shape (default :data:`DENSE_LAUNCH` / :data:`LIST_LAUNCH` by mode). ``pdl``: the
+    attention and its combine launch with programmatic dependent launch
+    (:mod:`rtpurbo.ops.triton.dependent_launch`).
     Any head dim works: lanes past it (up to the next power of two, at least 16) are masked. Multiples of
     16 let Triton vectorise the K/V loads; others are correct but load narrower.
 
@@ -487,25 +518,26 @@ def decode_attention(
         mask_t.stride(0), mask_t.stride(1) if mask is not None else 0, mask_t.stride(-1),
         index_t.stride(0), index_t.stride(1), index_t.stride(2),
         LIST=listed, HAS_MASK=mask is not None, G_PAD=g_pad, D_PAD=d_pad, BLOCK_N=block_n,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **launch.options(),
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, **launch.options(),
+        **dependent_launch.options(pdl),
     )
     out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
     counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)
     combine(part_m, part_l, part_o, part_n, out[:, :, 0], counts.view(-1), None, (rows, n_kv, n_parts), None,
-            group=group, head_dim=head_dim, launch=launch)
+            group=group, head_dim=head_dim, launch=launch, pdl=pdl)
     return out, counts
 
 
 def combine(
     part_m: torch.Tensor, part_l: torch.Tensor, part_o: torch.Tensor, part_n: torch.Tensor, out: torch.Tensor,
     counts: torch.Tensor, heads: torch.Tensor | None, segment_a: tuple[int, int, int],
-    segment_b: tuple[int, int, int] | None, *, group: int, head_dim: int, launch: DecodeLaunch,
+    segment_b: tuple[int, int, int] | None, *, group: int, head_dim: int, launch: DecodeLaunch, pdl: bool = False,
 ) -> None:
     """Merge the parts' softmax states into ``out`` (B, Hq, D) and the keys used per row into ``counts``.
 
     segment_a / segment_b: (rows, KV heads, parts per row) of the rows in part order (segment b's after
     segment a's; None: one segment). heads: (Hq,) int32, the output head of each query head in segment
-    order (None: the same index).
+    order (None: the same index). pdl: launch with programmatic dependent launch (after a kernel that lets it).
     """
     rows_a, n_kv_a, parts_a = segment_a
     rows_b, n_kv_b, parts_b = segment_b or (0, 1, 1)
@@ -515,6 +547,6 @@ def combine(
     _combine_kernel[(rows_a + rows_b, group, d_pad // d_chunk)](
         part_m, part_l, part_o, part_n, out, counts, counts if heads is None else heads,
         rows_a, n_kv_a, n_kv_b, group, head_dim, parts_a, parts_b, out.stride(0), out.stride(1), out.stride(2),
-        HAS_MAP=heads is not None, G_PAD=g_pad, D_PAD=d_pad, D_CHUNK=d_chunk, P_CHUNK=p_chunk,
-        num_warps=4 if p_chunk * d_chunk <= 4096 else 8,
+        HAS_MAP=heads is not None, G_PAD=g_pad, D_PAD=d_pad, D_CHUNK=d_chunk, P_CHUNK=p_chunk, PDL=pdl,
+        num_warps=4 if p_chunk * d_chunk <= 4096 else 8, **dependent_launch.options(pdl),
     )

@@ -89,7 +89,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import dependent_launch
 from .decode import _num_sms
+from .dependent_launch import wait_for_previous
 from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_STATE, N_STATS,
                                gather_phase, key_phase, logit_phase, tally_phase, wait_for)
 
@@ -110,13 +112,15 @@ def _search_kernel(
     FIRST: tl.constexpr, LAST: tl.constexpr,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
     N_BINS: tl.constexpr, N_STATE: tl.constexpr, N_SYNC: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr,
-    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr,
 ):
     """Phases ``FIRST..LAST`` of one row's search, one program per (row, chunk of keys).
 
     One phase per launch ("phased"), or all six in one launch ("fused": a persistent kernel
     whose programs wait for each other per row, between phases, on the words of ``sync``;
-    every program of the launch must be resident at once)."""
+    every program of the launch must be resident at once). ``PDL``: launched with programmatic dependent launch
+    (phased only), each phase lets the next one launch once its programs are past their pass over the row."""
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     part = tl.program_id(1)
     scores_row = scores_ptr + row.to(tl.int64) * n_keys
@@ -127,28 +131,39 @@ def _search_kernel(
         if phase == 0:
             logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
                          sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
-                         NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST)
+                         NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST, PDL)
             if phase < LAST:
                 wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
         elif phase < _TALLY:
             searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
                                    sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
-                                   BLOCK, FIRST < LAST)
+                                   BLOCK, FIRST < LAST, PDL)
             if phase < LAST:
                 if searching:
                     wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
         elif phase == _TALLY:
-            tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK)
+            tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK, PDL)
             if phase < LAST:
                 tl.debug_barrier()
                 tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
                 wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
         else:
             gather_phase(scores_row, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
-                          chunk, n_chunks, NC_PAD, BLOCK)
+                          chunk, n_chunks, NC_PAD, BLOCK, PDL)
 
 
 SCHEDULES = ("fused", "phased")
+
+
+def workspace_size(rows: int) -> int:
+    """int64 elements of the zeroed workspace of :func:`topp_threshold` for ``rows`` rows (``work``, then ``sync``)."""
+    return rows * (N_LEVELS * (2 * N_BINS + 1) + N_SYNC)
+
+
+def split_workspace(flat: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(work, sync) views of a flat workspace of :func:`workspace_size` elements."""
+    size = rows * N_LEVELS * (2 * N_BINS + 1)
+    return flat[:size].view(rows, N_LEVELS, 2 * N_BINS + 1), flat[size:].view(rows, N_SYNC)
 SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up: far past any real wait (see topp_threshold)
 
 
@@ -171,7 +186,7 @@ def topp_threshold(
     scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 2048,
     work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
-    sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8,
+    sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8, pdl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
@@ -196,6 +211,9 @@ def topp_threshold(
         programs_per_sm, num_warps: the phased schedule's launch: programs per SM over all rows, and the
             warps of each program of levels 0-3 (the tally and gather run 4). They change the speed, and the
             selection only where level 0's fp32 sums per program round differently (module docstring).
+        pdl: the phased schedule's launches use programmatic dependent launch
+            (:mod:`rtpurbo.ops.triton.dependent_launch`): each phase launches while the one before it finishes.
+            The same keys either way. The fused schedule (one launch) takes no ``pdl``.
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
@@ -204,6 +222,8 @@ def topp_threshold(
         raise ValueError(f"n_logit must be a power of two in [2, {N_BINS}], got {n_logit}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    if pdl and schedule == "fused":
+        raise ValueError("pdl applies to the phased schedule's launches; the fused schedule is one launch")
     rows, n_keys = scores.shape
     device = scores.device
     capacity = n_keys if max_tokens is None else max(0, min(max_tokens, n_keys))
@@ -218,12 +238,10 @@ def topp_threshold(
     if sync is not None and (sync.shape != (rows, N_SYNC) or sync.dtype != torch.int64):
         raise ValueError(f"sync must be zeroed int64 of shape {(rows, N_SYNC)}, got {sync.dtype} {tuple(sync.shape)}")
     if work is None or sync is None:  # one zeroed allocation (one memset) for what is missing
-        size = rows * N_LEVELS * (2 * N_BINS + 1) if work is None else 0
-        zeroed = torch.zeros(size + (rows * N_SYNC if sync is None else 0), dtype=torch.int64, device=device)
-        if work is None:
-            work = zeroed[:size].view(work_shape)
-        if sync is None:
-            sync = zeroed[size:].view(rows, N_SYNC)
+        fresh_work, fresh_sync = split_workspace(torch.zeros(workspace_size(rows), dtype=torch.int64, device=device),
+                                                 rows)
+        work = fresh_work if work is None else work
+        sync = fresh_sync if sync is None else sync
     state = torch.empty(rows, N_STATE, dtype=torch.int64, device=device)
     stats = torch.empty(rows, N_STATS.value, dtype=torch.float32, device=device)
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
@@ -239,5 +257,6 @@ def topp_threshold(
     spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
-        _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, num_warps=warps, **meta)
+        _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, PDL=pdl, num_warps=warps, **meta,
+                                         **dependent_launch.options(pdl))
     return order, n_keep

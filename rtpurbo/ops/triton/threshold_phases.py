@@ -15,6 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .dependent_launch import let_next_launch
+
 N_LOGIT = 32  # level-0 bins
 MIN_INV_WIDTH = 0.5  # level-0 bins are at most 2 logits wide
 MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for tiny spreads)
@@ -210,7 +212,7 @@ def logit_phase(
     scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
     row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
 ):
     """Level 0: per-program histograms of the logit bins (counts and masses), added to ``level``; the last
     program to finish walks them, bounds the chosen bin's keys (:func:`_logit_bin_bounds`), writes the search
@@ -233,6 +235,7 @@ def logit_phase(
         mass_acc += tl.where(b[:, None] == bins[None, :], (tl.exp(s - row_max) / z)[:, None], 0.0)
     tl.atomic_add(level + bins, count_acc.to(tl.int64), sem="relaxed")
     tl.atomic_add(level + N_BINS + bins, (tl.sum(mass_acc, axis=0) * 4503599627370496.0).to(tl.int64), sem="relaxed")
+    let_next_launch(PDL)  # the next phase launches during the walk below
     tl.debug_barrier()
     ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
     if ticket == n_chunks - 1:  # the last program: walk the level
@@ -264,7 +267,7 @@ def logit_phase(
 @triton.jit
 def key_phase(
     scores_row, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
-    N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr,
+    N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
 ):
     """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched (its keys in level 0's
     chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`); the last
@@ -292,6 +295,7 @@ def key_phase(
             b = (key_hi - key) >> shift
             tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
             tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
+        let_next_launch(PDL)
         tl.debug_barrier()
         ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
         if ticket == n_chunks - 1:  # the last program: walk the level
@@ -324,7 +328,8 @@ def key_phase(
 
 
 @triton.jit
-def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr):
+def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr,
+                PDL: tl.constexpr):
     """Per chunk: keys scoring above tau, keys scoring tau."""
     tau = _cg(st + TAU)
     lo = part * chunk
@@ -339,6 +344,7 @@ def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, B
         seen = s != float("-inf")
         n_above += (seen & (key > tau)).to(tl.int32)
         n_tied += (seen & (key == tau)).to(tl.int32)
+    let_next_launch(PDL)
     out = tally_ptr + (row * n_chunks + part) * 2
     tl.store(out, tl.sum(n_above, axis=0))
     tl.store(out + 1, tl.sum(n_tied, axis=0))
@@ -347,7 +353,7 @@ def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, B
 @triton.jit
 def gather_phase(
     scores_row, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
-    NC_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    NC_PAD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     """Selected slots of the chunk, ascending, at their final positions in ``order_row``."""
     tau = _cg(st + TAU)
@@ -373,3 +379,4 @@ def gather_phase(
         tl.store(order_row + slot, offs.to(tl.int64), mask=take == 1)
         written += tl.sum(take, axis=0)
         ties_before += tl.sum(tied, axis=0)
+    let_next_launch(PDL)

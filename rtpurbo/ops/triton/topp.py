@@ -23,6 +23,11 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
    the ``G`` query heads of each KV head over the selected slots plus the always-kept ones,
    each key counted once.
 
+On a GPU with programmatic dependent launch (compute capability 9.0 on), the threshold method's chain (index
+scores, the six search phases, the list attention and its combine) launches each kernel while the one before it
+finishes (:mod:`rtpurbo.ops.triton.dependent_launch`), and the index-score kernel zeroes the search's workspace
+(no memset launch in the chain).
+
 ``top_p >= 1`` skips 1-2 and attends to every visible key. Ties: keys are ordered by indexer
 score (the reference orders by probability; the two differ only where distinct scores round
 to the same fp32 probability, and then only at the boundary of the selection).
@@ -35,9 +40,9 @@ import torch
 
 try:
     from . import decode as kernels
-    from . import threshold
+    from . import dependent_launch, threshold
 except ImportError:  # triton missing (CPU-only install): available() is False
-    kernels = threshold = None
+    kernels = threshold = dependent_launch = None
 
 METHODS = ("threshold", "sort")
 
@@ -69,6 +74,12 @@ def _check(q: torch.Tensor, q_idx: torch.Tensor) -> None:
         raise ValueError(f"triton top-p attention needs CUDA tensors; got q on {q.device}, q_idx on {q_idx.device}")
 
 
+def _chain_pdl(device: torch.device, schedule: str) -> bool:
+    """Whether the selection's chain (index scores, the phased search, the list attention and its combine) launches
+    with programmatic dependent launch on ``device``."""
+    return schedule == "phased" and dependent_launch.enabled(device)
+
+
 def select(
     q_idx: torch.Tensor,
     k_idx: torch.Tensor,
@@ -95,14 +106,21 @@ def select(
         raise ValueError(f"unknown selection method {method!r}; choose one of {METHODS}")
     batch, n_kv, _, _ = q_idx.shape
     n_keys = k_idx.shape[2]
-    scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent)
-    scores = scored.scores.view(batch * n_kv, n_keys)
+    rows = batch * n_kv
     if method == "threshold":
+        # the search's workspace is zeroed by the index-score kernel, and the chain launches with PDL where it can
+        pdl = _chain_pdl(q_idx.device, schedule)
+        flat = torch.empty(threshold.workspace_size(rows), dtype=torch.int64, device=q_idx.device)
+        scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent, zero=flat, pdl=pdl)
+        work, sync = threshold.split_workspace(flat, rows)
         order, n_keep = threshold.topp_threshold(
-            scores, scored.block_max, scored.block_sum, scored.block_count, scored.block_min,
-            top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, schedule=schedule,
+            scored.scores.view(rows, n_keys), scored.block_max, scored.block_sum, scored.block_count,
+            scored.block_min, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, schedule=schedule,
+            work=work, sync=sync, pdl=pdl,
         )
         return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always)
+    scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent)
+    scores = scored.scores.view(rows, n_keys)
     budget = n_keys if max_tokens is None else min(max_tokens, n_keys)
     if budget == n_keys:
         values, order = torch.sort(scores, dim=-1, descending=True, stable=True)
@@ -149,6 +167,6 @@ def topp_attention(
         )
         out, counts = kernels.decode_attention(
             q, k, v, q_pos, k_pos, scale=scale, index=chosen.order, n_index=chosen.n_keep,
-            always=chosen.always, skip_sinks=sinks, skip_recent=recent,
+            always=chosen.always, skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule),
         )
     return out, counts.unsqueeze(-1)

@@ -1,0 +1,61 @@
+"""Programmatic dependent launch (PDL) for the chain of kernels of a selecting decode step.
+
+A decode step that selects runs about ten dependent kernels in a row on one stream (index scores, the six phases of
+the threshold search, the list attention, its combine), each short. Between two of them the GPU normally waits for
+the first to finish before it launches the second. With PDL (compute capability 9.0 and later) the second kernel is
+launched with ``launch_pdl=True`` and its programs may be scheduled once every program of the first has called
+:func:`let_next_launch` (or exited); they then wait in :func:`wait_for_previous` until the first kernel has finished
+and its writes are visible. The launch and the ramp-up of the second kernel overlap the tail of the first (for a
+search level: the walk of the level's last program).
+
+Rules every kernel launched this way follows here, so that the chain stays correct:
+
+* it calls :func:`wait_for_previous` at the start of every program, before any load or store of global memory (a
+  program may start while the kernel before it still runs, and memory the caching allocator hands out may still be
+  in use by an earlier kernel until then);
+* so it completes only after the kernel before it did, and waiting on the previous kernel is waiting on all of them.
+
+Under CUDA graph capture the dependency becomes a programmatic edge of the graph. Without PDL (older GPUs, the
+Triton interpreter, or ``RTPURBO_PDL=0``) the same kernels run with ordinary launches and the two calls compile to
+nothing.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+ENABLED = os.environ.get("RTPURBO_PDL", "1") != "0"  # benchmarks switch it to time the chain both ways
+
+
+def enabled(device: torch.device) -> bool:
+    """Whether the chain's kernels on ``device`` launch with PDL: :data:`ENABLED` and compute capability >= 9.0."""
+    return ENABLED and device.type == "cuda" and _capability(device.index)[0] >= 9
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def options(pdl: bool) -> dict:
+    """Launch keyword arguments for a kernel launched with PDL or not (none at all without, so that the interpreter
+    sees the launch it always saw)."""
+    return {"launch_pdl": True} if pdl else {}
+
+
+@triton.jit
+def wait_for_previous(PDL: tl.constexpr):
+    """Wait until the kernel launched before this one on the stream has finished and its writes are visible."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def let_next_launch(PDL: tl.constexpr):
+    """Let the next kernel on the stream be scheduled once every program of this one has called this (or exited)."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
