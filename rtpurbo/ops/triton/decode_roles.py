@@ -28,10 +28,12 @@ import torch
 import triton
 import triton.language as tl
 
+from . import dependent_launch
 from .decode import (
     _NO_WINDOW, BESIDE_LAUNCH, DENSE_LAUNCH, LIST_LAUNCH, DecodeLaunch, _attend_part, _load_group, _num_sms, _pad,
     _part_range, _row_part, _store_part, combine, decode_attention,
 )
+from .dependent_launch import let_next_launch, wait_for_previous
 
 
 @triton.jit
@@ -44,8 +46,9 @@ def _two_role_kernel(
     s_qrb, s_qrh, s_qrd, s_krb, s_krh, s_krn, s_krd, s_vrb, s_vrh, s_vrn, s_vrd, s_rpb, s_rpn, s_ib, s_ih, s_in,
     s_qlb, s_qlh, s_qld, s_klb, s_klh, s_kln, s_kld, s_vlb, s_vlh, s_vln, s_vld, s_lpb, s_lpn, s_qpb,
     LIST: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     pid = tl.program_id(0)
     d_ok = tl.arange(0, D_PAD) < head_dim
     if pid < rows_r * parts_r:  # a part of a retrieval row
@@ -72,6 +75,7 @@ def _two_role_kernel(
             split, lo, hi, window, sinks, 0, 0, qk_scale,
             False, False, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, d_ok,
         )
+    let_next_launch(PDL)
     _store_part(part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, pid, m_i, l_i, acc, n_used, group, G_PAD, D_PAD)
 
 
@@ -105,6 +109,7 @@ def two_role_decode(
     skip_sinks: int = 0,
     skip_recent: int = 0,
     launch: DecodeLaunch | None = None,
+    pdl: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One query per batch row over both kinds of heads of a layer (shapes: the module docstring).
 
@@ -116,6 +121,8 @@ def two_role_decode(
         heads: (Hq,) int32 on the device: the layer's query head of each retrieval query head, then of each
             local one (None: retrieval heads first, in order).
         launch: the launch shape (default :data:`DENSE_LAUNCH`, or :data:`LIST_LAUNCH`'s block with a list).
+        pdl: the launch and its combine use programmatic dependent launch
+            (:mod:`rtpurbo.ops.triton.dependent_launch`; None: where the GPU has it).
     Returns:
         out (B, 1, Hq * D) in ``q_ret.dtype`` (zeros where no key is used), and the keys each retrieval KV head
         used (B, Hr) int64.
@@ -140,6 +147,7 @@ def two_role_decode(
     n_parts = rows_r * parts_r + rows_l * parts_l
     g_pad, d_pad = _pad(group), _pad(head_dim)
     device = q_ret.device
+    pdl = dependent_launch.enabled(device) if pdl is None else pdl
     part_m = torch.empty(n_parts, g_pad, dtype=torch.float32, device=device)
     part_l = torch.empty_like(part_m)
     part_o = torch.empty(n_parts, g_pad, d_pad, dtype=torch.float32, device=device)
@@ -159,12 +167,13 @@ def two_role_decode(
         q_loc.stride(0), q_loc.stride(1), q_loc.stride(3), *k_loc.stride(), *v_loc.stride(), *loc_pos.stride(),
         q_pos.stride(0),
         LIST=listed, G_PAD=g_pad, D_PAD=d_pad, BLOCK_N=launch.block_n,
-        DOT_PRECISION="ieee" if q_ret.dtype == torch.float32 else "tf32", **launch.options(),
+        DOT_PRECISION="ieee" if q_ret.dtype == torch.float32 else "tf32", PDL=pdl, **launch.options(),
+        **dependent_launch.options(pdl),
     )
     out = torch.empty(batch, 1, n_q, head_dim, dtype=q_ret.dtype, device=device)
     counts = torch.empty(rows_r + rows_l, dtype=torch.int64, device=device)
     combine(part_m, part_l, part_o, part_n, out[:, 0], counts, heads, (rows_r, n_ret, parts_r), (rows_l, n_loc, parts_l),
-            group=group, head_dim=head_dim, launch=launch)
+            group=group, head_dim=head_dim, launch=launch, pdl=pdl)
     return out.view(batch, 1, n_q * head_dim), counts[:rows_r].view(batch, n_ret)
 
 
