@@ -13,6 +13,9 @@ Per version and case one CUDA graph is captured:
 * ``select``: the whole selection alone (index scores + threshold search) of one retrieval head on peaked,
   trained-like and flat scores (indexer keys scaled: score std 4, 2.56, 0.04 logits).
 
+``--pdl``: every tree that has ``ops.triton.dependent_launch`` also runs as ``NAME+pdl``, its chains' kernels
+captured with programmatic dependent launch (``dependent_launch.ENABLED`` on while its graph is captured).
+
 Then ``--rounds`` rounds time every graph once each (triton's ``do_bench``: L2 flushed before each replay, median
 of ``--rep`` ms of replays), the versions' order rotating from round to round. Each round gives one paired
 difference per version against the first; the report gives the medians, the mean difference with a 95 % bootstrap
@@ -52,6 +55,25 @@ def load_tree(name: str, root: str) -> dict:
     return {part: importlib.import_module(f"{package}.ops.{path}") for part, path in
             (("topp", "triton.topp"), ("decode", "triton.decode"), ("threshold", "triton.threshold"), ("api", "api"),
              ("roles", "triton.decode_roles"))}
+
+
+def with_pdl(trees: dict, calls: dict) -> dict:
+    """``calls`` plus, per tree with ``ops.triton.dependent_launch``, its call run with PDL on (``NAME+pdl``)."""
+    more = dict(calls)
+    for name in trees:
+        switch = sys.modules.get(f"rtpurbo_{name}.ops.triton.dependent_launch")
+        if switch is None or name not in calls:
+            continue
+
+        def with_switch(call=calls[name], switch=switch):
+            before = switch.ENABLED
+            switch.ENABLED = True
+            try:
+                return call()
+            finally:
+                switch.ENABLED = before
+        more[f"{name}+pdl"] = with_switch
+    return more
 
 
 def load_trees(entries: list[str]) -> dict:
@@ -159,6 +181,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rep", type=int, default=60, help="ms of replays per timing")
     parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select")
+    parser.add_argument("--pdl", action="store_true", help="also run each tree with PDL on (NAME+pdl)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -174,6 +197,7 @@ def main() -> None:
         if "select" in cases:
             todo += [("select", regime, select_case(trees, length, scale)) for regime, scale in REGIMES.items()]
         for kind, regime, calls in todo:
+            calls = with_pdl(trees, calls) if args.pdl else calls
             start = time.time()
             row = dict(case=kind, L=label, regime=regime, **measure(kind, calls, args.rounds, args.rep))
             rows.append(row)

@@ -257,6 +257,29 @@ def test_side_stream_overlap_on_gpu(threshold, monkeypatch):
         assert torch.allclose(logits, want_logits, rtol=0, atol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch runs on a CUDA device")
+@pytest.mark.parametrize("threshold", [0, 10**9])
+def test_dependent_launch_decode_on_gpu(threshold, monkeypatch):
+    """Static decode replayed from CUDA graphs with the chains' kernels launched with programmatic dependent launch
+    (rtpurbo.ops.triton.dependent_launch): selecting steps (threshold 0; the local heads on a side stream) and steps
+    over every key (one launch for both kinds of heads). Only the launches change, so the same tokens and logits
+    bit for bit as without."""
+    from rtpurbo.ops.triton import dependent_launch
+
+    if not dependent_launch.supported(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs a GPU of compute capability 9.0 or later")
+    model = _model("llama", 0.7, decode_impl="auto").cuda()
+    model.rtpurbo_sparse.seqlen_threshold = threshold
+    ids, mask = (t.cuda() for t in _prompt(2))
+    runs = []
+    for pdl in (True, False):
+        monkeypatch.setattr(dependent_launch, "ENABLED", pdl)
+        runs.append(graphed_greedy(model, ids, mask))
+    (tokens, logits, _, _), (want_tokens, want_logits, _, _) = runs
+    assert torch.equal(tokens, want_tokens)
+    assert torch.equal(logits, want_logits)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the one-launch decode runs Triton kernels on a CUDA device")
 @pytest.mark.parametrize("top_p, threshold", [(1.0, 0), (0.7, 10**9), (0.7, 0)])
 def test_one_launch_decode_matches_two_launches_on_gpu(top_p, threshold):

@@ -553,6 +553,49 @@ def test_decode_step_is_cuda_graph_capturable():
         assert torch.equal(got, want), "graph replay differs from an eager call on the same inputs"
 
 
+def test_dependent_launch_changes_no_bits(monkeypatch):
+    """The selecting step's chain (index scores, the phased search, the list attention, its combine) and the step
+    over every key (one launch for both kinds of heads, its combine), launched with programmatic dependent launch and
+    without: the same kernels in the same launch shapes, only launched earlier, so the same bits. Eager, and
+    captured with PDL in a CUDA graph (programmatic edges) and replayed on new inputs, after poisoning the
+    allocator's free blocks; a kernel reading its predecessor's output before that finished would differ."""
+    from rtpurbo.ops.triton import decode_roles, dependent_launch
+
+    if not dependent_launch.supported(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs a GPU of compute capability 9.0 or later")
+    torch.manual_seed(0)
+    k_len, window, sinks = 300007, 256, 4
+    q, k, v, q_pos, k_pos, q_idx, k_idx = _topp_inputs(2, k_len, 1, 4, 128, BF16)
+    q_loc, k_loc, v_loc = _qkv(2, 12, 3, 1, sinks + window, 128, BF16)
+    loc_q_pos, loc_pos = _decode_positions("ring", 2, sinks + window, window, sinks)
+    budget = dict(top_p=0.9, min_tokens=16, max_tokens=None, sinks=sinks, recent=32)
+    inputs = [q, k, v, q_idx, k_idx, q_loc, k_loc, v_loc]
+
+    def step():
+        out, counts = triton_topp.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
+        both, used = decode_roles.two_role_decode(q, k, v, k_pos, q_loc, k_loc, v_loc, loc_pos, loc_q_pos,
+                                                  scale=128**-0.5, window=window, sinks=sinks)
+        return out, counts, both, used
+
+    def run(pdl: bool):
+        monkeypatch.setattr(dependent_launch, "ENABLED", pdl)
+        _poison()
+        return step()
+
+    for got, want in zip(run(True), run(False)):
+        assert torch.equal(got, want), "PDL changed an eager step's output"
+    monkeypatch.setattr(dependent_launch, "ENABLED", True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    for t in inputs:
+        t.copy_(torch.randn_like(t))
+    _poison()
+    graph.replay()
+    for got, want in zip(static, run(False)):
+        assert torch.equal(got, want), "the step captured with PDL differs from an eager step without it"
+
+
 def test_backends_report_available():
     assert flex.available() and triton_topp.available()
 

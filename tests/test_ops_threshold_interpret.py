@@ -174,7 +174,7 @@ def check_selection(case, device: str = "cpu") -> list[str]:
     stats = (flat, scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
     capacity = n_keys if max_tokens is None else min(max_tokens, n_keys)
     runs = [(schedule, False) for schedule in threshold.SCHEDULES]
-    if dependent_launch.enabled(torch.device(device)):  # a GPU with PDL: the phased launches with it too
+    if dependent_launch.supported(torch.device(device)):  # a GPU with PDL: the phased launches with it too
         runs.append(("phased", True))
     for schedule, pdl in runs:
         sync = torch.zeros(rows, threshold.N_SYNC, dtype=torch.int64, device=device)

@@ -122,7 +122,7 @@ def two_role_decode(
             local one (None: retrieval heads first, in order).
         launch: the launch shape (default :data:`DENSE_LAUNCH`, or :data:`LIST_LAUNCH`'s block with a list).
         pdl: the launch and its combine use programmatic dependent launch
-            (:mod:`rtpurbo.ops.triton.dependent_launch`; None: where the GPU has it).
+            (:mod:`rtpurbo.ops.triton.dependent_launch`; None: :func:`~rtpurbo.ops.triton.dependent_launch.enabled`).
     Returns:
         out (B, 1, Hq * D) in ``q_ret.dtype`` (zeros where no key is used), and the keys each retrieval KV head
         used (B, Hr) int64.
