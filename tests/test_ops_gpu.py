@@ -526,13 +526,20 @@ def test_select_rejects_unknown_method():
         triton_topp.select(q_idx, k_idx, q_pos, k_pos, top_p=0.9, method="heap")
 
 
+def _layer_step_inputs(k_len: int, window: int, sinks: int) -> tuple:
+    """One layer's decode inputs (seeded), batch 2: a retrieval KV head (4 query heads, head dim 128, indexer 16) over
+    ``k_len`` keys, then 3 local KV heads over a rotated ring of ``sinks + window`` slots: (q, k, v, q_pos, k_pos,
+    q_idx, k_idx, q_loc, k_loc, v_loc, loc_q_pos, loc_pos)."""
+    torch.manual_seed(0)
+    retrieval = _topp_inputs(2, k_len, 1, 4, 128, BF16)
+    local = _qkv(2, 12, 3, 1, sinks + window, 128, BF16)
+    return (*retrieval, *local, *_decode_positions("ring", 2, sinks + window, window, sinks))
+
+
 def test_decode_step_is_cuda_graph_capturable():
     """Local (flex) + retrieval (triton top-p) decode captured once, replayed on new inputs."""
-    torch.manual_seed(0)
-    k_len, window, sinks = 3000, 256, 4
-    q, k, v, q_pos, k_pos, q_idx, k_idx = _topp_inputs(2, k_len, 1, 4, 128, BF16)
-    ql, kl, vl = _qkv(2, 12, 3, 1, sinks + window, 128, BF16)
-    ql_pos, kl_pos = _decode_positions("ring", 2, sinks + window, window, sinks)
+    window, sinks = 256, 4
+    q, k, v, q_pos, k_pos, q_idx, k_idx, ql, kl, vl, ql_pos, kl_pos = _layer_step_inputs(3000, window, sinks)
     budget = dict(top_p=0.9, min_tokens=16, max_tokens=None, sinks=sinks, recent=32)
     inputs = [q, k, v, q_idx, k_idx, ql, kl, vl]
 
@@ -563,11 +570,8 @@ def test_dependent_launch_changes_no_bits(monkeypatch):
 
     if not dependent_launch.supported(torch.device("cuda")):
         pytest.skip("programmatic dependent launch needs a GPU of compute capability 9.0 or later")
-    torch.manual_seed(0)
-    k_len, window, sinks = 300007, 256, 4
-    q, k, v, q_pos, k_pos, q_idx, k_idx = _topp_inputs(2, k_len, 1, 4, 128, BF16)
-    q_loc, k_loc, v_loc = _qkv(2, 12, 3, 1, sinks + window, 128, BF16)
-    loc_q_pos, loc_pos = _decode_positions("ring", 2, sinks + window, window, sinks)
+    window, sinks = 256, 4
+    q, k, v, q_pos, k_pos, q_idx, k_idx, q_loc, k_loc, v_loc, loc_q_pos, loc_pos = _layer_step_inputs(300007, window, sinks)
     budget = dict(top_p=0.9, min_tokens=16, max_tokens=None, sinks=sinks, recent=32)
     inputs = [q, k, v, q_idx, k_idx, q_loc, k_loc, v_loc]
 
