@@ -50,7 +50,7 @@ WINDOW, SINKS = 8192, 4
 LOCAL_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=ns)
               for b, w, nw, ns in itertools.product((32, 64, 128), (2, 4, 8), (4, 8), (None, 4))]
 LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, combine_chunk=cc)
-             for b, w, nw, cc in itertools.product((32, 64, 128), (2, 4, 8, 16), (4, 8), (16, 64))]
+             for b, w, nw, cc in itertools.product((32, 64, 128), (1, 2, 4, 8), (4, 8), (16, 256))]
 # lists of ~90 % of 1M keys (what top-p 0.9 keeps of nearly flat, untrained-indexer scores): long programs
 LONG_LIST_GRID = [kernels.DecodeLaunch(block_n=b, waves=w, num_warps=nw, num_stages=ns, combine_chunk=cc)
                   for b, w, nw, ns, cc in itertools.product((64, 128), (1, 2, 4), (4, 8), (None, 3), (16, 64))]

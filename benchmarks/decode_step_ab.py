@@ -16,6 +16,9 @@ Per version and case one CUDA graph is captured:
 ``--pdl``: every tree that has ``ops.triton.dependent_launch`` also runs as ``NAME+pdl``, its chains' kernels
 captured with programmatic dependent launch (``dependent_launch.ENABLED`` on while its graph is captured).
 
+``--timeline``: after the timing, the kernels of one replay of each variant's graph (profiler), each as
+``name@start+duration`` in us from the first kernel, and the span from the first kernel's start to the last one's end.
+
 Then ``--rounds`` rounds time every graph once each (triton's ``do_bench``: L2 flushed before each replay, median
 of ``--rep`` ms of replays), the versions' order rotating from round to round. Each round gives one paired
 difference per version against the first; the report gives the medians, the mean difference with a 95 % bootstrap
@@ -141,6 +144,25 @@ def _selected(kind: str, result) -> tuple[int, int]:
     return int(n_keep[0]), int(order[0, : int(n_keep[0])].sum())
 
 
+def timeline(graph: torch.cuda.CUDAGraph, replays: int = 10) -> str:
+    """The kernels of one replay of ``graph`` (the last of ``replays`` profiled), ``name@start+us``, and their span."""
+    for _ in range(5):
+        graph.replay()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels = sorted((e.time_range.start, e.device_time, e.name[:24]) for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    last = kernels[-(len(kernels) // replays):]
+    if not last:
+        return "no kernel events"
+    start = last[0][0]
+    span = max(s + us for s, us, _ in last) - start
+    return f"span {span:.1f} us: " + "; ".join(f"{name}@{s - start:.1f}+{us:.1f}" for s, us, name in last)
+
+
 def _graph(fn) -> torch.cuda.CUDAGraph:
     for _ in range(3):
         fn()
@@ -152,7 +174,7 @@ def _graph(fn) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def measure(kind: str, calls: dict, rounds: int, rep: int) -> dict:
+def measure(kind: str, calls: dict, rounds: int, rep: int, timelines: bool = False) -> dict:
     from triton.testing import do_bench
 
     names = list(calls)
@@ -171,6 +193,8 @@ def measure(kind: str, calls: dict, rounds: int, rep: int) -> dict:
         diffs = [b - a for a, b in zip(samples[base], samples[name])]
         lo, hi = interval(bootstrap_means(np.array(diffs), np.random.default_rng(0), 10000))
         result["vs_" + base][name] = dict(mean_diff_us=statistics.fmean(diffs), ci95=[lo, hi])
+    if timelines:
+        result["timeline"] = {name: timeline(graphs[name]) for name in names}
     return result
 
 
@@ -182,6 +206,7 @@ def main() -> None:
     parser.add_argument("--rep", type=int, default=60, help="ms of replays per timing")
     parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select")
     parser.add_argument("--pdl", action="store_true", help="also run each tree with PDL on (NAME+pdl)")
+    parser.add_argument("--timeline", action="store_true", help="print each variant's kernel timeline (one replay)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -199,13 +224,15 @@ def main() -> None:
         for kind, regime, calls in todo:
             calls = with_pdl(trees, calls) if args.pdl else calls
             start = time.time()
-            row = dict(case=kind, L=label, regime=regime, **measure(kind, calls, args.rounds, args.rep))
+            row = dict(case=kind, L=label, regime=regime, **measure(kind, calls, args.rounds, args.rep, args.timeline))
             rows.append(row)
             medians = " ".join(f"{n} {us:.1f}" for n, us in row["median_us"].items())
             diffs = " ".join(f"{n} {d['mean_diff_us']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
                              for n, d in next(v for k, v in row.items() if k.startswith("vs_")).items())
             print(f"{kind} {label} {regime}: median us {medians} | paired diff {diffs} | same keys "
                   f"{row['same_selection']} ({time.time() - start:.0f} s)", flush=True)
+            for name, kernels in row.get("timeline", {}).items():
+                print(f"  timeline {name}: {kernels}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(
             device=torch.cuda.get_device_name(), torch=torch.__version__, trees=args.trees, rows=rows), indent=1))
