@@ -297,13 +297,14 @@ def _check_zeroed_workspace() -> list[str]:
     if not torch.equal(plain.scores, zeroing.scores) or not torch.equal(plain.always, zeroing.always):
         problems.append("zeroing the workspace changed the scores or the always list")
     budget = dict(top_p=0.85, min_tokens=4, max_tokens=None)
-    chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, sinks=2, recent=8)
     order, n_keep = threshold.topp_threshold(plain.scores.view(rows, n_keys), plain.block_max, plain.block_sum,
                                              plain.block_count, plain.block_min, **budget)
-    got_n = chosen.n_keep.view(rows)
-    if not (torch.equal(got_n, n_keep) and all(torch.equal(chosen.order.view(rows, -1)[r, : n_keep[r]],
-                                                            order[r, : n_keep[r]]) for r in range(rows))):
-        problems.append(f"select kept {got_n.tolist()} keys, topp_threshold {n_keep.tolist()}")
+    for schedule in threshold.SCHEDULES:
+        chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, sinks=2, recent=8, schedule=schedule)
+        got_n = chosen.n_keep.view(rows)
+        if not (torch.equal(got_n, n_keep) and all(torch.equal(chosen.order.view(rows, -1)[r, : n_keep[r]],
+                                                                order[r, : n_keep[r]]) for r in range(rows))):
+            problems.append(f"select ({schedule}) kept {got_n.tolist()} keys, topp_threshold {n_keep.tolist()}")
     try:
         decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0, zero=flat.to(torch.int32))
         problems.append("an int32 zero buffer was accepted")
