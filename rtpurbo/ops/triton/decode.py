@@ -363,7 +363,7 @@ DENSE_LAUNCH = DecodeLaunch(combine_chunk=256)  # every slot of a KV head (local
 # A selected list (retrieval heads): about one program per SM over all rows. Fewer, longer programs than two per SM
 # (the earlier waves=2, which LIST_GRID's sweeps started from) made the list alone 27.4 -> 22.9 us over 36,864 keys of
 # 1M, 15.7 -> 14.6 over 6,144 and 15.9 -> 13.3 over 1,408 (H100), and the selecting layer step 3.0 us faster at 128K
-# and 3.8 at 1M, paired (benchmarks/results/llama-3.1-8b_h100_2026-12-05_dependent-launch.md).
+# and 3.8 at 1M, paired (benchmarks/results/llama-3.1-8b_h100_2026-12-05_list-launch-pdl.md).
 LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, combine_chunk=256)
 # The local heads' ring on a side stream beside a selecting step's chain of kernels (HeadwiseCache's static decode):
 # about one program per SM over all rows, 32-key steps. DENSE_LAUNCH's programs (two per SM, 64-key steps) fill the

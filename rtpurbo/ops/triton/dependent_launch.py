@@ -1,7 +1,8 @@
-"""Programmatic dependent launch (PDL) for the chain of kernels of a selecting decode step.
+"""Programmatic dependent launch (PDL) for the chains of short kernels of a decode step.
 
 A decode step that selects runs about ten dependent kernels in a row on one stream (index scores, the six phases of
-the threshold search, the list attention, its combine), each short. Between two of them the GPU normally waits for
+the threshold search, the list attention, its combine), each short; a step over every key runs one launch for both
+kinds of heads and its combine. Between two of them the GPU normally waits for
 the first to finish before it launches the second. With PDL (compute capability 9.0 and later) the second kernel is
 launched with ``launch_pdl=True`` and its programs may be scheduled once every program of the first has called
 :func:`let_next_launch` (or exited); they then wait in :func:`wait_for_previous` until the first kernel has finished
