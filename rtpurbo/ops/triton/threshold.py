@@ -164,6 +164,8 @@ def split_workspace(flat: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.
     """(work, sync) views of a flat workspace of :func:`workspace_size` elements."""
     size = rows * N_LEVELS * (2 * N_BINS + 1)
     return flat[:size].view(rows, N_LEVELS, 2 * N_BINS + 1), flat[size:].view(rows, N_SYNC)
+
+
 SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up: far past any real wait (see topp_threshold)
 
 
