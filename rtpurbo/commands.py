@@ -184,10 +184,15 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     else:
         if args.cuda_graph:
             raise SystemExit("rtpurbo generate: --cuda-graph decodes through the head-wise cache; give an artifact")
+        for flag, value in (("--top-p", args.top_p), ("--prefill-chunk", args.prefill_chunk)):
+            if value is not None:  # the indexer's top-p and the head-wise prefill: a dense model has neither
+                raise SettingsError(f"{flag} applies to a converted model (an rtpurbo artifact); {args.model} is a "
+                                    "dense base model")
         say(args, "(dense base model: no rtpurbo artifact given)")
+        sampling = {"do_sample": True, "temperature": args.temperature} if args.sample else {"do_sample": False}
         with torch.no_grad():
-            out = model.generate(input_ids=ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                 streamer=streamer, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(input_ids=ids, max_new_tokens=args.max_new_tokens, streamer=streamer,
+                                 pad_token_id=tokenizer.pad_token_id, **sampling)
         new, stats, kv = out[0, ids.shape[1]:], {}, {}
     return {"text": tokenizer.decode(new, skip_special_tokens=True), "new_tokens": int(new.numel()),
             "selection": stats, "kv_cache": kv}

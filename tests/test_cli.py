@@ -359,3 +359,19 @@ def test_generate_on_cuda_decodes_from_cuda_graphs_by_default(checkpoint, tmp_pa
     eager = run_json(capsys, argv + ["--no-cuda-graph"])
     assert seen == [True, False]
     assert graphed["new_tokens"] == eager["new_tokens"] and graphed["text"] == eager["text"]
+
+
+def test_generate_of_a_dense_model_samples_at_temperature_and_refuses_converted_only_flags(checkpoint, capsys):
+    """A dense base samples at --temperature (near zero: the greedy answer), as an artifact does; --top-p and
+    --prefill-chunk, settings of the head-wise cache, are refused rather than ignored."""
+    import torch
+
+    argv = ["generate", "--model", str(checkpoint), "--prompt", "w1 w2 w3 w4 w5 w6 w7 w8", "--no-chat-template",
+            "--max-new-tokens", "8"]
+    greedy = run_json(capsys, argv)["text"]
+    torch.manual_seed(0)
+    assert run_json(capsys, argv + ["--sample", "--temperature", "0.0001"])["text"] == greedy
+    for flag in (["--top-p", "0.5"], ["--prefill-chunk", "2"]):
+        assert main(argv + flag) == 2
+        err = capsys.readouterr().err
+        assert f"{flag[0]} applies to a converted model" in err and "Traceback" not in err
