@@ -85,10 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=positive_int, help="geometry instead of a model: layers")
     p.add_argument("--kv-heads", type=positive_int, help="geometry: KV heads per layer")
     p.add_argument("--head-dim", type=positive_int, help="geometry: head dim")
-    p.add_argument("--retrieval-ratio", type=ratio_value, default=0.15, help="geometry: share of retrieval KV heads")
-    p.add_argument("--window", type=positive_int, default=8192)
-    p.add_argument("--sinks", type=count_value, default=4)
-    p.add_argument("--index-dim", type=positive_int, default=16)
+    p.add_argument("--retrieval-ratio", type=ratio_value, default=0.15, action=RecordGiven,
+                   help="geometry: share of retrieval KV heads")
+    p.add_argument("--window", type=positive_int, default=8192, action=RecordGiven)
+    p.add_argument("--sinks", type=count_value, default=4, action=RecordGiven)
+    p.add_argument("--index-dim", type=positive_int, default=16, action=RecordGiven)
     p.add_argument("--bytes-per-value", type=positive_int, default=2, help="2 for bf16 caches")
 
     p = sub.add_parser("quickstart", help="main job: dense vs converted (shipped adapter): quality, memory, speed")

@@ -14,7 +14,7 @@ from .cli_args import SettingsError, beside, check_index_dim, sparse_from_args
 from .families import attention_modules, base_window, family_of, geometry
 from .files import check_replaceable
 from .memory import KVGeometry, kv_table, windowed_retrieval
-from .models import (NotABaseModel, exported_settings_of, load_base, load_config, load_tokenizer,
+from .models import (DEFAULT_MODEL, NotABaseModel, exported_settings_of, load_base, load_config, load_tokenizer,
                      resolve_model)
 from .convert import check_windows_before_profiling, convert as convert_model
 from .config import HeadPlan, PlanMismatch, SparseConfig
@@ -245,6 +245,9 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
     if args.layers or args.kv_heads or args.head_dim:
         if not (args.layers and args.kv_heads and args.head_dim):
             raise SystemExit("rtpurbo info: --layers, --kv-heads and --head-dim go together")
+        if args.model != DEFAULT_MODEL or args.base or args.revision:
+            raise SettingsError(f"--layers, --kv-heads and --head-dim describe a geometry instead of a model: leave "
+                                f"--model {args.model} out, or the geometry flags")
         retrieval = max(1, round(args.retrieval_ratio * args.layers * args.kv_heads))
         geo = _kv_geometry(args.layers, args.kv_heads, args.head_dim, retrieval, args)
         result["geometry"] = {"layers": args.layers, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
@@ -258,6 +261,12 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
             except PlanMismatch as err:
                 raise io.ArtifactError(f"{args.model} does not fit the base model {args.base or 'it records'}: "
                                        f"{err}") from err
+            overridden = [name for name in ("window", "sinks", "index_dim", "retrieval_ratio")
+                          if name in getattr(args, "given", ())]
+            if overridden:  # the converted model's own settings are what its cache holds
+                flags = ", ".join("--" + name.replace("_", "-") for name in overridden)
+                raise SettingsError(f"{flags}: {args.model} is a converted model with its own plan (W={sparse.window}, "
+                                    f"S={sparse.sinks}, d_idx={sparse.index_dim}); leave {flags} out")
             args.window, args.sinks, args.index_dim = sparse.window, sparse.sinks, sparse.index_dim
             result["plan"] = plan_summary(plan)
             retrieval = plan.num_retrieval()

@@ -375,3 +375,21 @@ def test_generate_of_a_dense_model_samples_at_temperature_and_refuses_converted_
         assert main(argv + flag) == 2
         err = capsys.readouterr().err
         assert f"{flag[0]} applies to a converted model" in err and "Traceback" not in err
+
+
+def test_info_refuses_flags_a_converted_model_or_a_geometry_would_ignore(checkpoint, tmp_path, capsys):
+    """An artifact's info reports its own W / S / d_idx and plan: --window (and the like) given with it is refused,
+    not silently replaced; so is --model beside the geometry flags, which describe another model."""
+    plan = HeadPlan(2, 2, 6, [[1], []])
+    (tmp_path / "plan.json").write_text(dumps(plan.to_dict()))
+    out = tmp_path / "artifact"
+    run_json(capsys, ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "plan.json"), "--window", "8",
+                      "--out", str(out)])
+    assert "W=8 " in (main(["info", "--model", str(out)]), capsys.readouterr().out)[1]
+    for flag in (["--window", "64"], ["--sinks", "0"], ["--index-dim", "8"], ["--retrieval-ratio", "0.5"]):
+        assert main(["info", "--model", str(out)] + flag) == 2
+        err = capsys.readouterr().err
+        assert f"{flag[0]}: {out} is a converted model with its own plan (W=8," in err and "Traceback" not in err
+    assert run_json(capsys, ["info", "--model", str(checkpoint), "--window", "64"])["kv_cache"]  # a base takes it
+    assert main(["info", "--model", str(checkpoint), "--layers", "32", "--kv-heads", "8", "--head-dim", "128"]) == 2
+    assert "describe a geometry instead of a model" in capsys.readouterr().err
