@@ -123,6 +123,12 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
     require_base(args)
+    profiling = [name for name in ("retrieval_ratio", "profile_length", "profile_samples")
+                 if name in getattr(args, "given", ())]
+    if args.plan is not None and profiling:  # the plan file replaces the profiling these flags set
+        flags = ", ".join("--" + name.replace("_", "-") for name in profiling)
+        raise SettingsError(f"{flags} set(s) the profiling that --plan {args.plan} replaces: leave {flags} out, "
+                            "or --plan to profile now")
     check_index_dim(args.index_dim, geometry(load_config(args.model, args.revision))[3])
     check_replaceable(args.out, io.CONFIG_NAME)  # before profiling and training, not after
     profile_dir = beside(args.out, "-profile")

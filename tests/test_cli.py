@@ -393,3 +393,17 @@ def test_info_refuses_flags_a_converted_model_or_a_geometry_would_ignore(checkpo
     assert run_json(capsys, ["info", "--model", str(checkpoint), "--window", "64"])["kv_cache"]  # a base takes it
     assert main(["info", "--model", str(checkpoint), "--layers", "32", "--kv-heads", "8", "--head-dim", "128"]) == 2
     assert "describe a geometry instead of a model" in capsys.readouterr().err
+
+
+def test_convert_with_a_plan_refuses_profiling_flags_before_any_work(checkpoint, tmp_path, capsys):
+    """--retrieval-ratio / --profile-length / --profile-samples set the profiling that --plan replaces: refused with
+    a plan (nothing written), not ignored."""
+    plan = HeadPlan(2, 2, 6, [[1], []])
+    (tmp_path / "plan.json").write_text(dumps(plan.to_dict()))
+    argv = ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "a")]
+    for flag in (["--retrieval-ratio", "0.9"], ["--profile-length", "64"], ["--profile-samples", "1"]):
+        assert main(argv + flag) == 2
+        err = capsys.readouterr().err
+        assert f"{flag[0]} set(s) the profiling that --plan" in err and "Traceback" not in err
+        assert not (tmp_path / "a").exists()
+    assert run_json(capsys, argv)["plan"]["retrieval_kv_heads"] == 1
