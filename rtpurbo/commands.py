@@ -175,7 +175,10 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True)
     device = next(model.parameters()).device
-    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
+    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not tokens:
+        raise SettingsError(f"--prompt {args.prompt!r} has no tokens; give some text")
+    ids = torch.tensor([tokens], device=device)
     streamer = None if args.json else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     if converted:
         # --cuda-graph / --no-cuda-graph, else as model.generate() decides by default (graphs on CUDA)

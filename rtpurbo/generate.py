@@ -85,6 +85,8 @@ def generate(
             token is always decoded, not prefilled (as with a ``prefill_chunk``): with top-p < 1
             its retrieval heads attend over their selection, not over every key.
     """
+    if input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} hold no prompt token; generation needs at least one")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     check_length(model, input_ids.shape[1], max_new_tokens)

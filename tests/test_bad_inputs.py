@@ -298,3 +298,19 @@ def test_errors_that_are_not_the_files_are_not_called_corrupt(tmp_path):
     with pytest.raises(UnsupportedModel, match="transformers cannot build this config") as caught:
         load_config(str(good))
     assert not isinstance(caught.value, ModelCorrupt)
+
+
+@pytest.mark.parametrize("model", ["base", "artifact"])
+def test_a_prompt_without_tokens_fails_generate_in_one_line(base, artifact, capsys, model):
+    """An empty --prompt sent as raw text (no chat template) is a one-line error for a dense and a converted model
+    alike, not a traceback from the embedding; the Python API names the empty input too."""
+    import torch
+
+    from rtpurbo.generate import generate
+
+    spec = str(base if model == "base" else artifact)
+    err = one_line_error(capsys, ["generate", "--model", spec, "--prompt", "", "--no-chat-template", "--device", "cpu"])
+    assert "--prompt '' has no tokens" in err
+    converted, tokenizer = io.load(artifact)
+    with pytest.raises(ValueError, match="hold no prompt token"):
+        generate(converted, tokenizer, torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2)
