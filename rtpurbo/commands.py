@@ -87,10 +87,21 @@ def profile_settings(args: argparse.Namespace) -> ProfileSettings:
     )
 
 
+def check_profile_length(args: argparse.Namespace, config: Any) -> None:
+    """Refuse, before profiling, copy-score prompts (``--profile-length``) longer than the model's positions: past
+    them its attention is out of range and the scores rank the wrong heads."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if getattr(args, "criterion", "copy") == "copy" and limit is not None and args.profile_length > limit:
+        raise SettingsError(f"--profile-length {args.profile_length} exceeds the model's {limit} positions; "
+                            f"use at most {limit}")
+
+
 def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out_dir: Path
              ) -> tuple[HeadPlan, dict[str, Any] | None]:
     """(plan, stability): built-in haystacks, plus the ``--data`` documents when given (``--haystacks``). A window
-    that conversion would refuse for this model fails first (:func:`check_windows_before_profiling`)."""
+    that conversion would refuse for this model, or prompts longer than its positions, fail first
+    (:func:`check_windows_before_profiling`, :func:`check_profile_length`)."""
+    check_profile_length(args, model.config)
     settings = profile_settings(args)
     check_windows_before_profiling(model, SparseConfig(window=args.window, sinks=args.sinks), args.retrieval_ratio)
     if args.haystacks == "data" and args.data is None:

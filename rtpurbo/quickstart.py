@@ -117,6 +117,7 @@ def _converted(args: argparse.Namespace, out: Path, base: ModelSource | None, de
     model, tokenizer = commands.load_model(args)
     sparse = SparseConfig(window=args.window, sinks=args.sinks)
     check_windows_before_profiling(model, sparse, args.retrieval_ratio)
+    commands.check_profile_length(args, model.config)
     settings = commands.profile_settings(args)
     progress(f"      profiling {geometry(model.config)[0]} layers on needle prompts "
         f"({settings.profile_samples} x 3 kinds x {settings.profile_length} tokens)")

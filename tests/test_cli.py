@@ -407,3 +407,15 @@ def test_convert_with_a_plan_refuses_profiling_flags_before_any_work(checkpoint,
         assert f"{flag[0]} set(s) the profiling that --plan" in err and "Traceback" not in err
         assert not (tmp_path / "a").exists()
     assert run_json(capsys, argv)["plan"]["retrieval_kv_heads"] == 1
+
+
+@pytest.mark.parametrize("command", ["profile", "convert"])
+def test_a_profile_length_past_the_models_positions_is_refused_before_profiling(checkpoint, tmp_path, capsys,
+                                                                               command):
+    """Copy-score prompts longer than the model's positions (4096 here) would score the heads out of range: refused
+    in one line, nothing written."""
+    argv = [command, "--model", str(checkpoint), "--profile-samples", "1", "--out", str(tmp_path / "out")]
+    assert main(argv + ["--profile-length", "4097"]) == 2
+    err = capsys.readouterr().err
+    assert "--profile-length 4097 exceeds the model's 4096 positions" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out-profile").exists()
