@@ -77,6 +77,14 @@ def count_float(value: str) -> float:
     return number
 
 
+def share_value(value: str) -> float:
+    """A share in [0, 1]."""
+    number = _number(value)
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {value}")
+    return number
+
+
 def positive_float(value: str) -> float:
     """A finite number > 0."""
     number = _number(value)
@@ -253,8 +261,8 @@ def add_criterion(p: argparse.ArgumentParser) -> None:
                    help="tune-split task data (rtpurbo eval --prepare-only --split tune); default: built now from the "
                         "dev pool")
     p.add_argument("--knockout-samples", type=positive_int, default=2, help="prompts per task and length (default 2)")
-    p.add_argument("--knockout-windows", type=int, default=4, help="long texts (default 4)")
+    p.add_argument("--knockout-windows", type=count_value, default=4, help="long texts (default 4)")
     p.add_argument("--knockout-length", type=positive_int, default=4096,
                    help="tokens per prompt and text when the data is built now (default 4096)")
-    p.add_argument("--text-weight", type=float, default=0.5, help="share of the knockout ranking from text KL; "
-                                                                  "the rest from task answers (default 0.5)")
+    p.add_argument("--text-weight", type=share_value, default=0.5,
+                   help="share of the knockout ranking from text KL; the rest from task answers (default 0.5)")

@@ -122,6 +122,9 @@ def test_info_for_a_geometry_given_by_flags(capsys):
     ["export", "--out", "x", "--max-shard-size", "banana"],
     ["export", "--out", "x", "--seqlen-threshold", "-5"],
     ["generate", "--prompt", "hi", "--sample", "--temperature", "-1"],
+    ["profile", "--out", "x", "--criterion", "knockout", "--text-weight", "7"],
+    ["profile", "--out", "x", "--criterion", "knockout", "--text-weight", "nan"],
+    ["profile", "--out", "x", "--criterion", "knockout", "--knockout-windows", "-3"],
 ])
 def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
