@@ -245,8 +245,13 @@ def lm_eval_task(args: argparse.Namespace) -> dict[str, Any]:
     spec, revision = (io.base_spec(args.model, args.base, args.revision) if _is_artifact(args.model)
                       else (args.model, args.revision))
     tokenizer = load_tokenizer(spec, revision)
-    samples = [s for s in load_task_data(args.data, tokenizer).samples
+    held = load_task_data(args.data, tokenizer).samples
+    samples = [s for s in held
                if (not args.tasks or s.task in args.tasks) and (not args.lengths or s.length in args.lengths)]
+    if not samples:
+        raise SettingsError(f"{args.data} holds no samples of --tasks / --lengths as given; it holds tasks "
+                            f"{', '.join(sorted({s.task for s in held}))} at lengths "
+                            f"{', '.join(str(n) for n in sorted({s.length for s in held}))}")
     result = write_task(samples, tokenizer, args.out)
     say(args, f"wrote {result['items']} items to {args.out}; run: lm_eval --model hf --model_args "
               f"pretrained=DIR,trust_remote_code=True,max_length={result['max_length']} --tasks {result['task']} "

@@ -251,6 +251,16 @@ def test_lm_eval_task_with_bad_data_fails_in_one_line(base, tmp_path, capsys, na
     assert str(path) in err
 
 
+@pytest.mark.parametrize("flags", [["--tasks", "niah_word"], ["--lengths", "4096"]])
+def test_lm_eval_task_filters_that_keep_no_sample_fail_in_one_line(base, tmp_path, capsys, flags):
+    """--tasks / --lengths that match nothing in --data: one line naming what the data holds, nothing written."""
+    data = _eval_data(tmp_path / "eval.npz", tokenizer_probe(tiny_tokenizer()))
+    err = one_line_error(capsys, ["lm-eval-task", "--model", str(base), "--data", str(data),
+                                  "--out", str(tmp_path / "task")] + flags)
+    assert "holds no samples of --tasks / --lengths as given; it holds tasks niah_single at lengths 8" in err
+    assert not (tmp_path / "task").exists()
+
+
 # --- headwise_config values that are not integers ----------------------------------------------------------------
 ROWS = [[0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
 
