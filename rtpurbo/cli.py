@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=top_p_value, default=None, help="override the artifact's indexer top-p")
     p.add_argument("--prefill-chunk", type=positive_int, default=None, help="prefill the prompt in chunks")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=positive_float, default=0.7, help="sampling temperature (default 0.7)")
+    p.add_argument("--temperature", type=positive_float, default=0.7, action=RecordGiven,
+                   help="sampling temperature, with --sample (default 0.7)")
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="decode from a CUDA graph (converted models; sampling at --temperature only). Default: as "

@@ -177,6 +177,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     from .causal_lm import graphs_by_default
     from .generate import generate as run_generate
 
+    if "temperature" in getattr(args, "given", ()) and not args.sample:  # greedy decoding has no temperature
+        raise SettingsError(f"--temperature {args.temperature} sets the sampling temperature: give --sample with it, "
+                            "or leave --temperature out for greedy decoding")
     model, tokenizer = load_model(args, merge_adapters=True)
     converted = getattr(model, "rtpurbo_plan", None) is not None
     if converted and args.top_p is not None:

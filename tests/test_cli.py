@@ -422,3 +422,19 @@ def test_a_profile_length_past_the_models_positions_is_refused_before_profiling(
     err = capsys.readouterr().err
     assert "--profile-length 4097 exceeds the model's 4096 positions" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out-profile").exists()
+
+
+def test_generate_refuses_a_temperature_without_sample_before_loading(checkpoint, tmp_path, capsys, monkeypatch):
+    """--temperature sets the sampling temperature: without --sample (greedy decoding) it would do nothing, on a dense
+    model and an artifact alike, so it is refused in one line before any model loads."""
+    from rtpurbo import commands
+
+    out = _artifact(checkpoint, tmp_path, capsys)
+    monkeypatch.setattr(commands, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    for model in (checkpoint, out):
+        assert main(["generate", "--model", str(model), "--prompt", "w1 w2", "--temperature", "0.5"]) == 2
+        err = capsys.readouterr().err
+        assert "--temperature 0.5 sets the sampling temperature: give --sample" in err and "Traceback" not in err
+    monkeypatch.undo()
+    argv = ["generate", "--model", str(out), "--prompt", "w1 w2", "--max-new-tokens", "2", "--no-chat-template"]
+    assert run_json(capsys, argv + ["--sample", "--temperature", "0.5"])["new_tokens"] <= 2
