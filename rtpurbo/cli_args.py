@@ -16,7 +16,8 @@ from .ops.api import ATTENTION_IMPLS, DECODE_IMPLS
 
 
 class SettingsError(ValueError):
-    """Sparse settings from the command line that cannot work together (one line, no traceback)."""
+    """Flags or settings from the command line that cannot work together, or a flag that would do nothing: a usage
+    error, printed in one line without a traceback, exit status 2 as argparse's own."""
 
 
 class RecordGiven(argparse.Action):

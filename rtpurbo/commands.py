@@ -105,7 +105,7 @@ def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, o
     settings = profile_settings(args)
     check_windows_before_profiling(model, SparseConfig(window=args.window, sinks=args.sinks), args.retrieval_ratio)
     if args.haystacks == "data" and args.data is None:
-        raise SystemExit(f"rtpurbo {args.command}: --haystacks data needs --data")
+        raise SettingsError("--haystacks data needs --data")
     if args.data is None or args.haystacks == "builtin":
         return run_profile(model, tokenizer, settings, out_dir)[1], None
     from .profile.domains import stability_summary
@@ -146,8 +146,9 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
     if args.plan is None:
         check_replaceable(profile_dir, PROFILE_MARKER)
     if args.train:
-        from .train.commands import check_checkpoints
+        from .train.commands import check_checkpoints, check_training_data
 
+        check_training_data(args)
         check_checkpoints(args, ["indexer", "distill"])
     model, tokenizer = load_model(args)
     if args.plan is not None:
@@ -206,7 +207,8 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         kv = {"allocated_bytes": result.cache.allocated_bytes(), "used_bytes": result.cache.used_bytes()}
     else:
         if args.cuda_graph:
-            raise SystemExit("rtpurbo generate: --cuda-graph decodes through the head-wise cache; give an artifact")
+            raise SettingsError(f"--cuda-graph decodes through the head-wise cache; {args.model} is a dense base model: "
+                                "give an artifact, or leave --cuda-graph out")
         for flag, value in (("--top-p", args.top_p), ("--prefill-chunk", args.prefill_chunk)):
             if value is not None:  # the indexer's top-p and the head-wise prefill: a dense model has neither
                 raise SettingsError(f"{flag} applies to a converted model (an rtpurbo artifact); {args.model} is a "
@@ -272,7 +274,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
     windows: list[int | None] = []
     if args.layers or args.kv_heads or args.head_dim:
         if not (args.layers and args.kv_heads and args.head_dim):
-            raise SystemExit("rtpurbo info: --layers, --kv-heads and --head-dim go together")
+            raise SettingsError("--layers, --kv-heads and --head-dim go together: give all three, or none")
         if args.model != DEFAULT_MODEL or args.base or args.revision:
             raise SettingsError(f"--layers, --kv-heads and --head-dim describe a geometry instead of a model: leave "
                                 f"--model {args.model} out, or the geometry flags")

@@ -697,7 +697,7 @@ def test_bench_attention_skips_a_half_given_an_empty_list_but_not_both():
 
     args = build_parser().parse_args(["bench", "attention", "--prefill", "", "--decode", "1M"])
     assert (args.prefill, args.decode) == ([], [2**20])
-    with pytest.raises(SystemExit, match="nothing to time"):
+    with pytest.raises(SettingsError, match="nothing to time"):
         attention.run(build_parser().parse_args(["bench", "attention", "--prefill", "", "--decode", ""]))
 
 

@@ -438,3 +438,26 @@ def test_generate_refuses_a_temperature_without_sample_before_loading(checkpoint
     monkeypatch.undo()
     argv = ["generate", "--model", str(out), "--prompt", "w1 w2", "--max-new-tokens", "2", "--no-chat-template"]
     assert run_json(capsys, argv + ["--sample", "--temperature", "0.5"])["new_tokens"] <= 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--model", "BASE", "--prompt", "w1", "--cuda-graph"],
+     "--cuda-graph decodes through the head-wise cache; BASE is a dense base model"),
+    (["info", "--layers", "32"], "--layers, --kv-heads and --head-dim go together"),
+    (["convert", "--model", "BASE", "--train", "--out", "OUT"], "--train needs --data"),
+    (["eval", "--model", "BASE", "--reorder-heads", "--out", "OUT"], "--reorder-heads: eval switches plans in place"),
+    (["eval", "--model", "BASE", "--merge", "OUT", "--out", "OUT"], "--merge goes with --report-only"),
+    (["eval", "--model", "BASE", "--artifacts", "no-name", "--out", "OUT"], "--artifacts takes NAME=PATH"),
+    (["eval", "--report-only", "--out", "OUT"], "--report-only: "),
+    (["data", "prepare", "--long-range-mix", "--pool", "dev", "--out", "OUT"], "--long-range-mix makes training data"),
+])
+def test_usage_errors_exit_2_in_one_line_before_any_work(argv, message, checkpoint, tmp_path, capsys):
+    """Flags that cannot go together are usage errors, as argparse's own: exit status 2 and one line
+    'rtpurbo CMD: error: ...' (not SystemExit's status 1 with a bare message), nothing written."""
+    out = tmp_path / "out"
+    argv = [str(checkpoint) if a == "BASE" else str(out) if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "error" in line)
+    assert line.startswith(f"rtpurbo {argv[0]}: error: ") and message.replace("BASE", str(checkpoint)) in line
+    assert "Traceback" not in err and not out.exists()

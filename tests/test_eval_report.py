@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rtpurbo import io
+from rtpurbo.cli_args import SettingsError
 from rtpurbo.config import HeadPlan, SparseConfig
 from rtpurbo.convert import convert
 from rtpurbo.eval import suite
@@ -278,7 +279,7 @@ def test_artifact_rows_parse_optional_settings():
     assert _artifact_row("w=runs/a@window=1536,sinks=8")[2] == {"window": 1536, "sinks": 8}  # another W, no retraining
     for bad in ("runs/a", "dense=runs/a", "s2=runs/a@1.5", "s2=runs/a@high", "s2=", "s2=runs/a@window=0",
                 "s2=runs/a@head_dim=4", "s2=runs/a@retrieval_prefill=fast", "s2=runs/a@prefill_band=-1", "s2=runs/a@prefill_scoring=max"):
-        with pytest.raises(SystemExit, match="--artifacts"):
+        with pytest.raises(SettingsError, match="--artifacts"):
             _artifact_row(bad)
     assert parse("--rows").rows == [] and parse().rows == ["dense", "streaming", "split"]
 
@@ -354,7 +355,7 @@ def test_cli_flags_and_modes():
     assert full.lengths == [1024, 2048, 4096, 8192] and full.ppl_length == 8192 and full.batch_size == 8
     chosen = settings_from(parse("--lengths", "4096", "2048", "--tasks", "doc_qa"), 8192, "cpu")
     assert chosen.lengths == [2048, 4096] and chosen.tasks == ["doc_qa"] and chosen.speed_length == 4096
-    with pytest.raises(SystemExit, match="exceed"):
+    with pytest.raises(SettingsError, match="exceed"):
         settings_from(parse("--lengths", "16384"), 8192, "cpu")
     assert callable(parse().handler)
 

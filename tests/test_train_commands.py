@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rtpurbo import io
+from rtpurbo.cli_args import SettingsError
 from rtpurbo.train.commands import (add_convert_train_arguments, add_parsers, distill_settings, indexer_settings,
                                     synthetic_mix, train_converted)
 from rtpurbo.train.data import LONG_RANGE_KINDS
@@ -44,7 +45,7 @@ def test_flags_map_to_settings(tmp_path):
     assert synthetic_mix(mix, dev=False) == (0.3, LONG_RANGE_KINDS) and "common_words_close" in LONG_RANGE_KINDS
     mix = parser().parse_args(["data", "prepare", "--out", "x", "--long-range-mix", "--synthetic-ratio", "0.5"])
     assert synthetic_mix(mix, dev=False)[0] == 0.5
-    with pytest.raises(SystemExit):
+    with pytest.raises(SettingsError, match="--long-range-mix makes training data"):
         synthetic_mix(mix, dev=True)
     with pytest.raises(SystemExit):  # one or the other
         parser().parse_args(["data", "prepare", "--out", "x", "--long-range-mix", "--synthetic-kinds", "kv"])

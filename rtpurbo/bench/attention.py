@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from ..cli_args import count_float, count_value, positive_int
+from ..cli_args import SettingsError, count_float, count_value, positive_int
 from ..ops import flex
 from .attention_common import DENSE_BACKENDS, GEOMETRIES, Geometry
 from .attention_decode import decode_point
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
     Returns {"environment": ..., "rows": [...]}.
     """
     if not (args.prefill or args.decode or args.profile_prefill):
-        raise SystemExit("bench attention: nothing to time (--prefill and --decode are both empty)")
+        raise SettingsError("nothing to time (--prefill and --decode are both empty)")
     deadline = time.time() + args.deadline_s
     if args.window_kernel:
         flex.set_window_kernel(args.window_kernel)

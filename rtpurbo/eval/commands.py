@@ -24,8 +24,8 @@ import torch
 import transformers
 
 from .. import __version__, io
-from ..cli_args import (add_model, add_profile, add_sparse, check_index_dim, count_value, path_value, positive_int,
-                        sparse_from_args, top_p_value)
+from ..cli_args import (SettingsError, add_model, add_profile, add_sparse, check_index_dim, count_value, path_value,
+                        positive_int, sparse_from_args, top_p_value)
 from ..commands import device_dtype, say
 from ..config import PREFILL_SCORINGS, RETRIEVAL_PREFILL, HeadPlan, dumps
 from ..convert import convert
@@ -150,7 +150,7 @@ def _artifact_row(item: str) -> tuple[str, Path, dict[str, Any]]:
     """
     name, sep, path = item.partition("=")
     if not sep or not name or not path or name in BASE_ROWS:
-        raise SystemExit(f"--artifacts takes NAME=PATH[@SETTINGS] with a name other than {BASE_ROWS}, got {item!r}")
+        raise SettingsError(f"--artifacts takes NAME=PATH[@SETTINGS] with a name other than {BASE_ROWS}, got {item!r}")
     settings: dict[str, Any] = {}
     if "@" in path:
         path, _, text = path.rpartition("@")
@@ -158,11 +158,11 @@ def _artifact_row(item: str) -> tuple[str, Path, dict[str, Any]]:
             key, eq, value = part.partition("=")
             key, value = (key.strip(), value.strip()) if eq else ("top_p", key.strip())
             if key not in ROW_SETTINGS:
-                raise SystemExit(f"--artifacts {item!r}: unknown setting {key!r}; choose from {ROW_SETTINGS}")
+                raise SettingsError(f"--artifacts {item!r}: unknown setting {key!r}; choose from {ROW_SETTINGS}")
             try:
                 settings[key] = _row_value(key, value)
             except (argparse.ArgumentTypeError, ValueError) as err:
-                raise SystemExit(f"--artifacts {item!r}: {err}") from err
+                raise SettingsError(f"--artifacts {item!r}: {err}") from err
     return name, path_value(path), settings
 
 
@@ -213,7 +213,7 @@ def settings_from(args: argparse.Namespace, max_positions: int, device: str, dat
     lengths = args.lengths or mode.get("lengths") or [1024 * 2**i for i in range(8) if 1024 * 2**i <= max_positions]
     too_long = [n for n in lengths if n > max_positions]
     if too_long:
-        raise SystemExit(f"--lengths {too_long} exceed the model's {max_positions} positions")
+        raise SettingsError(f"--lengths {too_long} exceed the model's {max_positions} positions")
     ppl_length = args.ppl_length or mode.get("ppl_length") or min(max_positions, MAX_PPL_LENGTH)
     return SuiteSettings(
         lengths=sorted(lengths), samples=args.samples or mode["samples"],
@@ -244,10 +244,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """``rtpurbo eval``: returns the results JSON object (also written to OUT/results.json)."""
     started = time.time()
     if args.reorder_heads:
-        raise SystemExit("rtpurbo eval switches plans in place and cannot use --reorder-heads")
+        raise SettingsError("--reorder-heads: eval switches plans in place and cannot reorder heads")
     out: Path = args.out
     if args.merge and not args.report_only:
-        raise SystemExit("--merge goes with --report-only")
+        raise SettingsError("--merge goes with --report-only")
     check_eval_out(out)
     if args.report_only:
         try:
@@ -256,11 +256,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 merge_runs(out, args.merge)
             result = rebuild_report(out, BASE_ROWS, reference=args.reference)
         except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"rtpurbo eval --report-only: {err}") from err
+            raise SettingsError(f"--report-only: {err}") from err
         say(args, (out / "results.md").read_text())
         return result
+    spec, revision, artifacts = _base_spec(args)  # a malformed --artifacts is refused before OUT is made
     out.mkdir(parents=True, exist_ok=True)
-    spec, revision, artifacts = _base_spec(args)
     device, dtype = device_dtype(args)
     base_config = load_config(spec, revision)  # read once (a GGUF's takes seconds): lengths and --index-dim
     max_positions = _max_positions(base_config)
@@ -290,8 +290,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             data.group(task, length, settings.samples)
     rows, sparse_overrides = _rows(args, model, tokenizer, out, artifacts)
     if args.reference is not None and args.reference not in {row.name for row in rows}:
-        raise SystemExit(f"--reference {args.reference!r} is not one of this run's rows: "
-                         f"{', '.join(row.name for row in rows)}")
+        raise SettingsError(f"--reference {args.reference!r} is not one of this run's rows: "
+                            f"{', '.join(row.name for row in rows)}")
     dense = HeadPlan.uniform(*geometry(model.config)[:3], retrieval=True)
     convert(model, dense, sparse_from_args(args, **sparse_overrides))
     config = _config(args, spec, device, dtype, settings, rows, data.meta)
@@ -320,7 +320,7 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
     for item in args.plans:
         name, _, path = item.partition("=")
         if not name or not path or name in BASE_ROWS:
-            raise SystemExit(f"--plans takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
+            raise SettingsError(f"--plans takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
         plan, found = read_plan(path_value(path), model.config)
         rows.append(Row(name, "split", plan, args.top_p, window=found.get("window"), sinks=found.get("sinks")))
     return rows + [Row(name, "artifact", top_p=settings.get("top_p"), artifact=io.artifact_path(path) or path,

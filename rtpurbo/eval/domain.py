@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import SettingsError
 from ..train.data import fingerprint_shards, load_shards
 from ..data.task_data import TaskData
 from .suite import SuiteSettings, build_data
@@ -23,12 +24,12 @@ def user_windows(path: Path, tokenizer: Any, count: int | None, length: int | No
     shards = load_shards(path, tokenizer, pool="dev")
     length = min(length or shards.seq_len, shards.seq_len)
     if length > max_positions:
-        raise SystemExit(f"--ppl-data {path} holds windows of {length} tokens, more than the model's {max_positions} "
-                         "positions; pass --ppl-length")
+        raise SettingsError(f"--ppl-data {path} holds windows of {length} tokens, more than the model's "
+                            f"{max_positions} positions; pass --ppl-length")
     total = len(shards.sequences)
     count = total if count is None else min(count, total)
     if count < 1:
-        raise SystemExit(f"--ppl-data {path}: no window to score (--ppl-windows {count})")
+        raise SettingsError(f"--ppl-data {path}: no window to score (--ppl-windows {count})")
     picked = sorted({round(k * (total - 1) / max(1, count - 1)) for k in range(count)})
     rows = shards.sequences[picked, :length].tolist()
     meta = {"perplexity_data": str(path), "perplexity_shards": fingerprint_shards(shards), "perplexity_rows": picked,

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from .. import io
-from ..cli_args import (add_revision, beside, count_float, count_value, path_value, positive_float, positive_int,
-                        sequence_length, share_value)
+from ..cli_args import (SettingsError, add_revision, beside, count_float, count_value, path_value, positive_float,
+                        positive_int, sequence_length, share_value)
 from ..files import check_replaceable
 from ..data.needles import KINDS
 from ..data.user import RecordText, UserInput, chat_renderer, dataset_input, file_input
@@ -274,7 +274,8 @@ def synthetic_mix(args: argparse.Namespace, dev: bool) -> tuple[float, tuple[str
     dev 0), or the long-range mix (0.3 of :data:`LONG_RANGE_KINDS`)."""
     if args.long_range_mix:
         if dev:
-            raise SystemExit("--long-range-mix makes training data; the dev pool holds evaluation windows (drop --pool dev)")
+            raise SettingsError("--long-range-mix makes training data; the dev pool holds evaluation windows (drop "
+                                "--pool dev)")
         return (0.3 if args.synthetic_ratio is None else args.synthetic_ratio), tuple(LONG_RANGE_KINDS)
     ratio = args.synthetic_ratio if args.synthetic_ratio is not None else (0.0 if dev else 0.1)
     return ratio, tuple(args.synthetic_kinds)
@@ -316,14 +317,19 @@ def print_heldout_kl(args: argparse.Namespace, report: dict[str, Any]) -> None:
                f"{report['world_size']} process(es))")
 
 
+def check_training_data(args: argparse.Namespace) -> None:
+    """``rtpurbo convert --train`` trains on ``--data``: without it, a :class:`SettingsError` before any work."""
+    if args.data is None:
+        raise SettingsError("--train needs --data (shards from `rtpurbo data prepare`)")
+
+
 def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
     """The ``--train`` part of ``rtpurbo convert``: stage 1 then stage 2 on the converted model, in place.
 
     Call between conversion and ``io.save``; the stage summaries go into the artifact's history, and the full
     reports (per-step history included) are returned under ``reports`` for :func:`write_reports`.
     """
-    if args.data is None:
-        raise SystemExit("rtpurbo convert --train needs --data (shards from `rtpurbo data prepare`)")
+    check_training_data(args)
     shards = load_shards(args.data, tokenizer)
     distill_shards = load_shards(args.distill_data, tokenizer) if args.distill_data else shards
     check_crop(shards, args.indexer_seq_len)  # both stages' data, before stage 1 runs
