@@ -128,7 +128,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .data.user import UserDataError
     from .export import ExportError
     from .families import UnsupportedModel
-    from .files import NotAnEarlierOutput
+    from .files import NotAnEarlierOutput, OutputNotWritable
     from .generate import PromptTooLong
     from .io import ArtifactError
     from .models import ModelNotFound, NotABaseModel
@@ -139,8 +139,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .train.stage2_distill import LoraMismatch, TrainedBase
 
     return (AlreadyConverted, ArtifactError, BackendUnavailable, CheckpointInTheWay, CheckpointMismatch, ExportError,
-            LoraMismatch, ModelNotFound, NotABaseModel, NotAnEarlierOutput, NotEnoughData, PlanMismatch,
-            PromptTooLong, SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable, TooFewSamples,
+            LoraMismatch, ModelNotFound, NotABaseModel, NotAnEarlierOutput, NotEnoughData, OutputNotWritable,
+            PlanMismatch, PromptTooLong, SampleTooShort, SettingsError, ShardMismatch, SourceUnavailable, TooFewSamples,
             TrainedBase, TrainingDiverged, UnknownSource, UnsupportedModel, UserDataError)
 
 

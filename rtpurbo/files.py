@@ -16,6 +16,10 @@ class NotAnEarlierOutput(FileExistsError):
     """An output directory that exists and holds something other than an earlier output of the same kind."""
 
 
+class OutputNotWritable(OSError):
+    """An output directory that cannot be made or written here: a read-only filesystem, ``/proc``, no permission."""
+
+
 @contextmanager
 def written_whole(target: str | Path, marker: str) -> Iterator[Path]:
     """A fresh directory beside ``target`` to write into. When the block ends without an error it becomes
@@ -102,7 +106,19 @@ def check_output(target: str | Path, *markers: str) -> Path:
                                                     and not any((target / m).exists() for m in markers))):
         raise NotAnEarlierOutput(f"{target} exists and is not an earlier output of this command (no "
                                  f"{' or '.join(markers)}): name a new or empty directory")
+    check_writable(target if target.is_dir() else above, target)  # where the command makes its files or folders
     return target
+
+
+def check_writable(directory: Path, target: Path) -> None:
+    """:class:`OutputNotWritable` unless a folder can be made in the existing ``directory`` (where the output
+    ``target`` is made). Tried, not read from permission bits, which say nothing of a read-only filesystem or
+    ``/proc``, nor for root; the folder is removed at once."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".rtpurbo-write-check-", dir=directory))
+    except OSError as err:
+        raise OutputNotWritable(f"{target} cannot be written: {directory} takes no new files "
+                                f"({err.strerror or err}); name a directory you can write") from None
 
 
 def check_replaceable(target: str | Path, marker: str) -> Path:
@@ -110,6 +126,8 @@ def check_replaceable(target: str | Path, marker: str) -> Path:
     or holding ``marker``), and not the current directory or one that holds it (replacing it would leave the
     shell in a deleted directory); else :class:`NotAnEarlierOutput`."""
     target = check_output(target, marker)
+    if target.exists():  # replaced from beside it
+        check_writable(target.parent, target)
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
         raise NotAnEarlierOutput(f"{target} is the current directory or holds it; the output replaces its directory "

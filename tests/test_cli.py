@@ -461,3 +461,21 @@ def test_usage_errors_exit_2_in_one_line_before_any_work(argv, message, checkpoi
     line = next(line for line in err.splitlines() if "error" in line)
     assert line.startswith(f"rtpurbo {argv[0]}: error: ") and message.replace("BASE", str(checkpoint)) in line
     assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("command", [["export", "--model", "ARTIFACT"], ["convert", "--model", "BASE"],
+                                     ["eval", "--model", "BASE", "--rows", "dense"]])
+def test_an_out_that_cannot_be_written_is_one_line_before_loading(command, checkpoint, tmp_path, capsys, monkeypatch):
+    """An --out where no folder can be made (/proc here, as a read-only filesystem: root is no exception) is a
+    one-line error before any model loads, not a traceback from the write at the end."""
+    from rtpurbo import commands
+    from rtpurbo.eval import commands as eval_commands
+
+    artifact = _artifact(checkpoint, tmp_path, capsys) if "ARTIFACT" in command else None
+    monkeypatch.setattr(commands, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(eval_commands, "load_base", lambda *a, **k: pytest.fail("loaded a model"))
+    argv = [str(checkpoint) if a == "BASE" else str(artifact) if a == "ARTIFACT" else a for a in command]
+    assert main(argv + ["--out", "/proc/rtpurbo-out"]) == 2
+    err = capsys.readouterr().err
+    assert f"rtpurbo {command[0]}: error: /proc/rtpurbo-out cannot be written: /proc takes no new files" in err
+    assert "Traceback" not in err
