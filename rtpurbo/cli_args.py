@@ -29,6 +29,13 @@ class RecordGiven(argparse.Action):
         namespace.given = sorted(set(getattr(namespace, "given", ())) | {self.dest})  # a list: configs record it
 
 
+def given_flags(args: argparse.Namespace, *names: str) -> str:
+    """The flags of ``names`` (their dests) that the user gave (:class:`RecordGiven`), dashed and comma-joined, in
+    the order of ``names``; "" where none was given."""
+    given = set(getattr(args, "given", ()))
+    return ", ".join("--" + name.replace("_", "-") for name in names if name in given)
+
+
 def _at_least(value: str, least: int) -> int:
     number = int(value)
     if number < least:

@@ -479,3 +479,26 @@ def test_an_out_that_cannot_be_written_is_one_line_before_loading(command, check
     err = capsys.readouterr().err
     assert f"rtpurbo {command[0]}: error: /proc/rtpurbo-out cannot be written: /proc takes no new files" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rows", "dense", "--plan", "PLAN"], "--plan set(s) the split row, which --rows dense leaves out"),
+    (["--rows", "dense", "streaming", "--retrieval-ratio", "0.3"],
+     "--retrieval-ratio set(s) the split row, which --rows dense streaming leaves out"),
+    (["--rows", "--artifacts", "a=ART", "--plan", "PLAN", "--profile-samples", "2"],
+     "--plan, --profile-samples set(s) the split row, which --rows (none) leaves out"),
+    (["--plan", "PLAN", "--profile-length", "64"], "--profile-length set(s) the split row's profiling that --plan"),
+])
+def test_eval_refuses_split_row_flags_that_would_do_nothing(flags, message, checkpoint, tmp_path, capsys, monkeypatch):
+    """--plan and the profiling flags only make the split row's plan (and --plan replaces the profiling): without a
+    split row, or beside --plan, they are a one-line error before any model loads, not ignored."""
+    from rtpurbo.eval import commands as eval_commands
+
+    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
+    monkeypatch.setattr(eval_commands, "load_base", lambda *a, **k: pytest.fail("loaded a model"))
+    flags = [str(tmp_path / "plan.json") if f == "PLAN" else "a=" + str(tmp_path) if f == "a=ART" else f
+             for f in flags]
+    assert main(["eval", "--model", str(checkpoint), "--out", str(tmp_path / "eval")] + flags) == 2
+    err = capsys.readouterr().err
+    assert message.replace("PLAN", str(tmp_path / "plan.json")) in err and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()

@@ -24,8 +24,8 @@ import torch
 import transformers
 
 from .. import __version__, io
-from ..cli_args import (SettingsError, add_model, add_profile, add_sparse, check_index_dim, count_value, path_value,
-                        positive_int, sparse_from_args, top_p_value)
+from ..cli_args import (SettingsError, add_model, add_profile, add_sparse, check_index_dim, count_value, given_flags,
+                        path_value, positive_int, sparse_from_args, top_p_value)
 from ..commands import device_dtype, say
 from ..config import PREFILL_SCORINGS, RETRIEVAL_PREFILL, HeadPlan, dumps
 from ..convert import convert
@@ -228,6 +228,22 @@ def settings_from(args: argparse.Namespace, max_positions: int, device: str, dat
     )
 
 
+PROFILING = ("retrieval_ratio", "profile_length", "profile_samples")  # the split row's profile, where no --plan
+
+
+def check_split_flags(args: argparse.Namespace) -> None:
+    """Before any work: --plan and the profiling flags set the split row only, and --plan replaces that profiling;
+    given where they would do nothing, they are a :class:`SettingsError`."""
+    profiling = given_flags(args, *PROFILING)
+    split_flags = ", ".join(flag for flag in ("--plan" if args.plan is not None else "", profiling) if flag)
+    if split_flags and "split" not in args.rows:
+        raise SettingsError(f"{split_flags} set(s) the split row, which --rows {' '.join(args.rows) or '(none)'} "
+                            f"leaves out: add split to --rows, or leave {split_flags} out")
+    if args.plan is not None and profiling:
+        raise SettingsError(f"{profiling} set(s) the split row's profiling that --plan {args.plan} replaces: leave "
+                            f"{profiling} out, or --plan to profile now")
+
+
 def _split_plan(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path) -> tuple[HeadPlan, dict]:
     """The training-free split: ``--plan`` or a fresh profile (written to OUT/profile)."""
     if args.plan is not None:
@@ -248,6 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     if args.merge and not args.report_only:
         raise SettingsError("--merge goes with --report-only")
+    check_split_flags(args)
     check_eval_out(out)
     if args.report_only:
         try:
