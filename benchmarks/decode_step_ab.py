@@ -16,6 +16,9 @@ Per version and case one CUDA graph is captured:
 ``--pdl``: every tree that has ``ops.triton.dependent_launch`` also runs as ``NAME+pdl``, its chains' kernels
 captured with programmatic dependent launch (``dependent_launch.ENABLED`` on while its graph is captured).
 
+``--schedules relay``: every tree whose threshold search has that schedule also runs with it (``NAME+relay``; the
+step passes ``schedule=`` to ``topp_attention``, the selection to ``topp_threshold``).
+
 ``--timeline``: after the timing, the kernels of one replay of each variant's graph (profiler), each as
 ``name@start+duration`` in us from the first kernel, and the span from the first kernel's start to the last one's end.
 
@@ -90,8 +93,17 @@ def load_trees(entries: list[str]) -> dict:
     return trees
 
 
-def step_case(trees: dict, length: int) -> dict:
-    """Per tree, a callable of one selecting layer step, and what it selected (count, slot sum)."""
+def _variants(trees: dict, schedules: list[str]):
+    """(call name, tree, extra keyword arguments of the search) per tree and per search schedule it has."""
+    for name, tree in trees.items():
+        yield name, tree, {}
+        for schedule in schedules:
+            if schedule in getattr(tree["threshold"], "SCHEDULES", ()):
+                yield f"{name}+{schedule}", tree, {"schedule": schedule}
+
+
+def step_case(trees: dict, length: int, schedules: list[str]) -> dict:
+    """Per tree (and schedule), a callable of one selecting layer step, and what it selected (count, slot sum)."""
     group, n_local, dim = GEOM.group, GEOM.n_kv - GEOM.n_retrieval(), GEOM.head_dim
     torch.manual_seed(0)
     q = _randn(1, GEOM.n_q, 1, dim)
@@ -102,8 +114,8 @@ def step_case(trees: dict, length: int) -> dict:
     q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
     side = torch.cuda.Stream()
     calls = {}
-    for name, tree in trees.items():
-        def step(tree=tree):
+    for name, tree, search in _variants(trees, schedules):
+        def step(tree=tree, search=search):
             main = torch.cuda.current_stream()
             side.wait_stream(main)
             with torch.cuda.stream(side):
@@ -114,24 +126,24 @@ def step_case(trees: dict, length: int) -> dict:
                     local = tree["api"].attention(q[:, group:], ring_k, ring_v, q_pos, ring_pos, window=WINDOW,
                                                   sinks=SINKS, impl="flex")
             out, counts = tree["topp"].topp_attention(q[:, :group], k, v, q_pos, k_pos, q_idx, k_idx, top_p=TOP_P,
-                                                      min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT)
+                                                      min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT, **search)
             main.wait_stream(side)
             return out, local, counts
         calls[name] = step
     return calls
 
 
-def select_case(trees: dict, length: int, scale: float) -> dict:
+def select_case(trees: dict, length: int, scale: float, schedules: list[str]) -> dict:
     torch.manual_seed(0)
     q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
     q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
     calls = {}
-    for name, tree in trees.items():
-        def select(tree=tree):
+    for name, tree, search in _variants(trees, schedules):
+        def select(tree=tree, search=search):
             scored = tree["decode"].index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
             return tree["threshold"].topp_threshold(
                 scored.scores.view(1, length), scored.block_max, scored.block_sum, scored.block_count,
-                scored.block_min, top_p=TOP_P, min_tokens=MIN_TOKENS, max_tokens=None)
+                scored.block_min, top_p=TOP_P, min_tokens=MIN_TOKENS, max_tokens=None, **search)
         calls[name] = select
     return calls
 
@@ -206,6 +218,8 @@ def main() -> None:
     parser.add_argument("--rep", type=int, default=60, help="ms of replays per timing")
     parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select")
     parser.add_argument("--pdl", action="store_true", help="also run each tree with PDL on (NAME+pdl)")
+    parser.add_argument("--schedules", default="", help="comma-separated search schedules to run each tree with too "
+                        "(NAME+SCHEDULE), e.g. relay")
     parser.add_argument("--timeline", action="store_true", help="print each variant's kernel timeline (one replay)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -213,14 +227,16 @@ def main() -> None:
         sys.exit("decode_step_ab.py needs a CUDA GPU")
     trees = load_trees(args.trees)
     cases = args.cases.split(",")
+    schedules = [s for s in args.schedules.split(",") if s]
     rows = []
     for label in args.lengths.split(","):
         length = LENGTHS[label]
         todo = []
         if "step" in cases:
-            todo.append(("step", "trained-like", step_case(trees, length)))
+            todo.append(("step", "trained-like", step_case(trees, length, schedules)))
         if "select" in cases:
-            todo += [("select", regime, select_case(trees, length, scale)) for regime, scale in REGIMES.items()]
+            todo += [("select", regime, select_case(trees, length, scale, schedules))
+                     for regime, scale in REGIMES.items()]
         for kind, regime, calls in todo:
             calls = with_pdl(trees, calls) if args.pdl else calls
             start = time.time()

@@ -8,8 +8,9 @@ own fp32 scores (the selection's semantics, free of score rounding). The referen
 probability, the kernels by score; the two differ only where distinct scores share a
 probability, e.g. probabilities that underflow to 0 (the "spread" cases) or scores closer than an
 fp32 step of the probability (the "tiny" case): there the check is
-against the reference's rule with keys ranked by score. Both schedules of the threshold search (phased, and
-fused, which runs one program per row in the interpreter) and the sort method run on the same cases.
+against the reference's rule with keys ranked by score. Every schedule of the threshold search (phased; relay, whose
+launches walk the bins of the launch before in every program; fused, which runs one program per row in the
+interpreter) and the sort method run on the same cases.
 CI installs a triton whose interpreter runs them (``tests/triton_interpreter.py``).
 """
 from __future__ import annotations
@@ -174,8 +175,8 @@ def check_selection(case, device: str = "cpu") -> list[str]:
     stats = (flat, scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
     capacity = n_keys if max_tokens is None else min(max_tokens, n_keys)
     runs = [(schedule, False) for schedule in threshold.SCHEDULES]
-    if dependent_launch.supported(torch.device(device)):  # a GPU with PDL: the phased launches with it too
-        runs.append(("phased", True))
+    if dependent_launch.supported(torch.device(device)):  # a GPU with PDL: the phased and relay launches with it too
+        runs += [("phased", True), ("relay", True)]
     for schedule, pdl in runs:
         sync = torch.zeros(rows, threshold.N_SYNC, dtype=torch.int64, device=device)
         order, n_keep = threshold.topp_threshold(*stats, **budget, block=block, schedule=schedule, sync=sync, pdl=pdl)

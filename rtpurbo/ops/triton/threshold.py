@@ -81,6 +81,15 @@ phase's own work (the ticket, then one program walking up to 2048 bins), not bet
 The Triton interpreter runs programs one after another, so on a CPU the fused schedule runs one
 program per row (which never waits).
 
+``schedule="relay"`` launches the same six phases as ``"phased"`` without the tickets: a level's programs add their
+histograms and end, and every program of the next launch first walks those bins itself (the same walk from the same
+bins, so the same state everywhere), its program 0 storing the state for the launch after (per-row state slots, one
+per level: a launch reads the slot the launch before wrote and writes the next). The tally walks level 3's bins and
+writes ``n_keep``; the gather reads the final slot. Against "phased" each level boundary loses the ticket (an atomic
+that orders the level's adds) and the state's round trip through memory before the next level can read it, while the
+walk moves from the last program of a level to the start of every program of the next. It selects the same keys;
+its timing against "phased" has not been measured yet (``benchmarks/decode_step_ab.py --schedules relay``).
+
 Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capturable.
 """
 from __future__ import annotations
@@ -92,8 +101,8 @@ import triton.language as tl
 from . import dependent_launch
 from .decode import _num_sms
 from .dependent_launch import wait_for_previous
-from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_STATE, N_STATS,
-                               gather_phase, key_phase, logit_phase, tally_phase, wait_for)
+from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_SLOTS, N_STATE,
+                               N_STATS, gather_phase, key_phase, logit_phase, relay_phase, tally_phase, wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
 N_PHASES = 6
@@ -112,47 +121,58 @@ def _search_kernel(
     FIRST: tl.constexpr, LAST: tl.constexpr,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
     N_BINS: tl.constexpr, N_STATE: tl.constexpr, N_SYNC: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr,
-    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr,
+    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr, RELAY: tl.constexpr,
 ):
     """Phases ``FIRST..LAST`` of one row's search, one program per (row, chunk of keys).
 
-    One phase per launch ("phased"), or all six in one launch ("fused": a persistent kernel
+    One phase per launch ("phased", "relay"), or all six in one launch ("fused": a persistent kernel
     whose programs wait for each other per row, between phases, on the words of ``sync``;
     every program of the launch must be resident at once). ``PDL``: launched with programmatic dependent launch
-    (phased only), each phase lets the next one launch once its programs are past their pass over the row."""
+    (one phase per launch), each phase lets the next one launch once its programs are past their pass over the row.
+    ``RELAY``: no tickets; each launch walks the bins of the launch before in every program (``relay_phase``)."""
     wait_for_previous(PDL)
     row = tl.program_id(0)
     part = tl.program_id(1)
     scores_row = scores_ptr + row.to(tl.int64) * n_keys
     work_row = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1))
-    st = state_ptr + row * N_STATE
+    st = state_ptr + row * (N_SLOTS * N_STATE)
     sync = sync_ptr + row * N_SYNC
-    for phase in tl.static_range(FIRST, LAST + 1):
-        if phase == 0:
-            logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
-                         sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
-                         NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST, PDL)
-            if phase < LAST:
-                wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
-        elif phase < _TALLY:
-            searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
-                                   sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
-                                   BLOCK, FIRST < LAST, PDL)
-            if phase < LAST:
-                if searching:
-                    wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
-        elif phase == _TALLY:
-            tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK, PDL)
-            if phase < LAST:
-                tl.debug_barrier()
-                tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
-                wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
+    if RELAY:
+        if FIRST <= _TALLY:
+            relay_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
+                        tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+                        FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, PDL)
         else:
-            gather_phase(scores_row, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
-                          chunk, n_chunks, NC_PAD, BLOCK, PDL)
+            gather_phase(scores_row, st + _TALLY * N_STATE, tally_ptr,
+                         order_ptr + row.to(tl.int64) * capacity, row, part, n_keys, chunk, n_chunks, NC_PAD, BLOCK,
+                         PDL)
+    else:
+        for phase in tl.static_range(FIRST, LAST + 1):
+            if phase == 0:
+                logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
+                             sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+                             NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST, PDL)
+                if phase < LAST:
+                    wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
+            elif phase < _TALLY:
+                searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
+                                       sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
+                                       BLOCK, FIRST < LAST, PDL)
+                if phase < LAST:
+                    if searching:
+                        wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
+            elif phase == _TALLY:
+                tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK, PDL)
+                if phase < LAST:
+                    tl.debug_barrier()
+                    tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
+                    wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
+            else:
+                gather_phase(scores_row, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
+                              chunk, n_chunks, NC_PAD, BLOCK, PDL)
 
 
-SCHEDULES = ("fused", "phased")
+SCHEDULES = ("fused", "phased", "relay")
 
 
 def workspace_size(rows: int) -> int:
@@ -203,9 +223,10 @@ def topp_threshold(
         n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
             changes with it, not the selection (benchmarks compare settings with it).
         schedule: ``"phased"`` (default): one launch per phase of the search (level 0, levels 1-3,
-            tally, gather), about ``programs_per_sm`` programs per SM; ``"fused"``: all six in one launch, a
-            persistent kernel of at most one program per SM whose programs of a row wait for each
-            other between phases (slower on an H200: module docstring). Both select the same keys.
+            tally, gather), about ``programs_per_sm`` programs per SM; ``"relay"``: the same launches without
+            tickets, each launch walking the bins of the one before in every program; ``"fused"``: all six in one
+            launch, a persistent kernel of at most one program per SM whose programs of a row wait for each
+            other between phases (slower on an H200: module docstring). All select the same keys.
         sync: optional zeroed (BH, N_SYNC) int64 for the fused schedule's waits. Afterwards
             ``sync[r, STALLS]`` counts the waits of row ``r`` that gave up after
             :data:`SPIN_LIMIT` polls (0 unless some program of the launch could not become
@@ -213,7 +234,7 @@ def topp_threshold(
         programs_per_sm, num_warps: the phased schedule's launch: programs per SM over all rows, and the
             warps of each program of levels 0-3 (the tally and gather run 4). They change the speed, and the
             selection only where level 0's fp32 sums per program round differently (module docstring).
-        pdl: the phased schedule's launches use programmatic dependent launch
+        pdl: the phased or relay schedule's launches use programmatic dependent launch
             (:mod:`rtpurbo.ops.triton.dependent_launch`): each phase launches while the one before it finishes.
             The same keys either way. The fused schedule (one launch) takes no ``pdl``.
     Returns:
@@ -225,7 +246,7 @@ def topp_threshold(
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     if pdl and schedule == "fused":
-        raise ValueError("pdl applies to the phased schedule's launches; the fused schedule is one launch")
+        raise ValueError("pdl applies to the phased and relay schedules' launches; the fused schedule is one launch")
     rows, n_keys = scores.shape
     device = scores.device
     capacity = n_keys if max_tokens is None else max(0, min(max_tokens, n_keys))
@@ -244,7 +265,7 @@ def topp_threshold(
                                                  rows)
         work = fresh_work if work is None else work
         sync = fresh_sync if sync is None else sync
-    state = torch.empty(rows, N_STATE, dtype=torch.int64, device=device)
+    state = torch.empty(rows, N_SLOTS.value, N_STATE, dtype=torch.int64, device=device)
     stats = torch.empty(rows, N_STATS.value, dtype=torch.float32, device=device)
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
     tally = torch.empty(rows, n_chunks, 2, dtype=torch.int32, device=device)
@@ -259,6 +280,6 @@ def topp_threshold(
     spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
-        _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, PDL=pdl, num_warps=warps, **meta,
-                                         **dependent_launch.options(pdl))
+        _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, PDL=pdl, RELAY=schedule == "relay",
+                                         num_warps=warps, **meta, **dependent_launch.options(pdl))
     return order, n_keep

@@ -8,7 +8,8 @@
 * :func:`gather_phase`: the selected slots, ascending, at their final positions.
 
 Each level's last program walks the level's bins (:func:`_walk`) and writes the per-row search
-state (fields :data:`MODE` .. :data:`UPPER`).
+state (fields :data:`MODE` .. :data:`UPPER`). The relay schedule (:func:`relay_phase`) runs the same passes without
+that last program: every program of the next launch walks the bins (:func:`relay_walk`).
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ LOWER = tl.constexpr(9)  # min_tokens
 UPPER = tl.constexpr(10)  # min(visible keys, max_tokens)
 LOGIT_BIN = tl.constexpr(11)  # level 0's chosen bin: the key levels take only the keys of the interval in it
 N_STATE = 12
+_N_STATE = tl.constexpr(N_STATE)  # for the kernels
+# per-row states (BH, N_SLOTS, N_STATE): the phased and fused schedules use slot 0; relay: slot 0 holds LOWER / UPPER,
+# slot 1 + l the state after walking level l (slot 4: the final one)
+N_SLOTS = tl.constexpr(5)
 N_STATS = tl.constexpr(3)  # per-row softmax statistics (BH, N_STATS) fp32: m, Z, level 0's inverse bin width
 BY_MASS = tl.constexpr(0)
 BY_RANK = tl.constexpr(1)
@@ -208,15 +213,13 @@ def wait_for(flag, value, stalls, SPIN_LIMIT: tl.constexpr):
 
 
 @triton.jit
-def logit_phase(
-    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
-    row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+def _logit_histogram(
+    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, row, part, n_keys, n_blocks, chunk,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr,
 ):
-    """Level 0: per-program histograms of the logit bins (counts and masses), added to ``level``; the last
-    program to finish walks them, bounds the chosen bin's keys (:func:`_logit_bin_bounds`), writes the search
-    state and (``FUSED``) sets ``*release``."""
+    """Level 0's pass over chunk ``part``: its keys' counts and masses per logit bin, added to ``level``.
+    Returns the row's (m, Z, visible keys, inv_width)."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     s_next = _scores_at(scores_row, lo, hi, SUB)  # the first step's scores load beside the row's statistics
@@ -235,30 +238,103 @@ def logit_phase(
         mass_acc += tl.where(b[:, None] == bins[None, :], (tl.exp(s - row_max) / z)[:, None], 0.0)
     tl.atomic_add(level + bins, count_acc.to(tl.int64), sem="relaxed")
     tl.atomic_add(level + N_BINS + bins, (tl.sum(mass_acc, axis=0) * 4503599627370496.0).to(tl.int64), sem="relaxed")
+    return row_max, z, n_visible, inv_width
+
+
+@triton.jit
+def _level0_state(level, row_max, inv_width, lower, upper, target, N_LOGIT: tl.constexpr, N_BINS: tl.constexpr):
+    """Walk level 0's bins at ``level``: the search state after it, (mode, rank, above, mass above, key_hi, key_lo,
+    tau, need, the chosen logit bin); a row with no key to select (``upper == 0``) is resolved, selecting nothing."""
+    bins = tl.arange(0, N_LOGIT)
+    counts = _cg(level + bins)
+    masses = _cg(level + N_BINS + bins)
+    zero = upper * 0
+    chosen, mode, rank, above, mass_above, _, _ = _walk(counts, masses, zero, zero, zero, zero, target, lower, upper,
+                                                        N_LOGIT)
+    key_lo, key_hi = _logit_bin_bounds(row_max, inv_width, chosen, N_LOGIT)
+    empty = upper == 0
+    return (tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo, tl.where(empty, NO_KEY, 0),
+            zero, chosen.to(tl.int64))
+
+
+@triton.jit
+def _store_row(st, stats_ptr, row, row_max, z, inv_width, lower, upper):
+    """What every later level reads of the row: its softmax statistics and the clamps of ``n_keep``."""
+    tl.store(st + LOWER, lower)
+    tl.store(st + UPPER, upper)
+    tl.store(stats_ptr + row * N_STATS, row_max)
+    tl.store(stats_ptr + row * N_STATS + 1, z)
+    tl.store(stats_ptr + row * N_STATS + 2, inv_width)
+
+
+@triton.jit
+def _key_histogram(scores_row, level, stats, key_hi, key_lo, shift, logit_bin, part, n_keys, chunk,
+                   N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr):
+    """A key level's pass over chunk ``part``: per-key atomics of the keys in ``[key_lo, key_hi]`` and level 0's
+    chosen bin into the ``N_BINS`` bins at ``level`` (``stats``: the row's m, Z, inv_width)."""
+    lo = part * chunk
+    hi = tl.minimum(lo + chunk, n_keys)
+    s_next = _scores_at(scores_row, lo, hi, BLOCK)  # the first step's scores load beside the row's statistics
+    row_max = _cg(stats)
+    z = _cg(stats + 1)
+    inv_width = _cg(stats + 2)
+    for start in range(lo, hi, BLOCK):
+        s = s_next
+        s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
+        key = _order_key(s)
+        inside = ((s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
+                  & (_logit_bin(s, row_max, inv_width, N_LOGIT) == logit_bin))
+        b = (key_hi - key) >> shift
+        tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
+        tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
+
+
+@triton.jit
+def _key_level_state(level, mode, rank, above, mass_above, key_hi, key_lo, shift, lower, upper, target,
+                     N_BINS: tl.constexpr):
+    """Walk a key level's bins at ``level`` from the state before it (still searching): the state after it,
+    (mode, rank, above, mass above, key_hi, key_lo, tau, need). Resolved (``shift == 0``): every key of the chosen
+    bin scores ``tau``; by mass, ``n*`` ends after the first ties whose mass reaches the target."""
+    bins = tl.arange(0, N_BINS)
+    counts = _cg(level + bins)
+    masses = _cg(level + N_BINS + bins)
+    chosen, mode, rank, above, mass_above, n_in, mass_in = _walk(counts, masses, above, mass_above, mode, rank, target,
+                                                                 lower, upper, N_BINS)
+    new_hi = key_hi - (chosen << shift)
+    new_lo = tl.maximum(key_lo, new_hi - (1 << shift) + 1)
+    each = mass_in // tl.maximum(n_in, 1)
+    ties = tl.where(each > 0, (target - mass_above + each - 1) // tl.maximum(each, 1), n_in)
+    n_star = above + tl.minimum(tl.maximum(ties, 1), n_in)
+    n_keep = tl.where(mode == BY_RANK, rank, tl.minimum(tl.maximum(n_star, lower), upper))
+    return tl.where(shift == 0, RESOLVED, mode), rank, above, mass_above, new_hi, new_lo, new_hi, n_keep - above
+
+
+@triton.jit
+def logit_phase(
+    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
+    row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+    NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
+):
+    """Level 0: per-program histograms of the logit bins (counts and masses), added to ``level``; the last
+    program to finish walks them, bounds the chosen bin's keys (:func:`_logit_bin_bounds`), writes the search
+    state and (``FUSED``) sets ``*release``."""
+    row_max, z, n_visible, inv_width = _logit_histogram(
+        scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, row, part, n_keys, n_blocks, chunk,
+        NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB)
     let_next_launch(PDL)  # the next phase launches during the walk below
     tl.debug_barrier()
     ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
     if ticket == n_chunks - 1:  # the last program: walk the level
         tl.debug_barrier()
-        counts = _cg(level + bins)
-        masses = _cg(level + N_BINS + bins)
         lower = min_tokens + n_visible * 0
         upper = tl.minimum(n_visible, max_tokens)
-        zero = n_visible * 0
-        chosen, mode, rank, above, mass_above, _, _ = _walk(
-            counts, masses, zero, zero, zero, zero, target, lower, upper, N_LOGIT,
-        )
-        key_lo, key_hi = _logit_bin_bounds(row_max, inv_width, chosen, N_LOGIT)
-        empty = upper == 0
-        _store_search(st, tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo,
-                      tl.where(empty, NO_KEY, 0), zero)
-        tl.store(st + LOWER, lower)
-        tl.store(st + UPPER, upper)
-        tl.store(st + LOGIT_BIN, chosen.to(tl.int64))
-        tl.store(stats_ptr + row * N_STATS, row_max)
-        tl.store(stats_ptr + row * N_STATS + 1, z)
-        tl.store(stats_ptr + row * N_STATS + 2, inv_width)
-        tl.store(n_keep_ptr + row, zero)
+        mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin = _level0_state(
+            level, row_max, inv_width, lower, upper, target, N_LOGIT, N_BINS)
+        _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need)
+        tl.store(st + LOGIT_BIN, logit_bin)
+        _store_row(st, stats_ptr, row, row_max, z, inv_width, lower, upper)
+        tl.store(n_keep_ptr + row, n_visible * 0)
         if FUSED:
             tl.debug_barrier()
             tl.atomic_xchg(release, 1, sem="release")
@@ -276,51 +352,22 @@ def key_phase(
     mode = _cg(st + MODE)
     searching = mode != RESOLVED
     if searching:
-        lo = part * chunk
-        hi = tl.minimum(lo + chunk, n_keys)
-        s_next = _scores_at(scores_row, lo, hi, BLOCK)  # the first step's scores load beside the search state
         key_hi = _cg(st + KEY_HI)
         key_lo = _cg(st + KEY_LO)
         shift = _cg(st + SHIFT)
-        row_max = _cg(stats_ptr + row * N_STATS)
-        z = _cg(stats_ptr + row * N_STATS + 1)
-        inv_width = _cg(stats_ptr + row * N_STATS + 2)
-        logit_bin = _cg(st + LOGIT_BIN).to(tl.int32)
-        for start in range(lo, hi, BLOCK):
-            s = s_next
-            s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
-            key = _order_key(s)
-            inside = ((s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
-                      & (_logit_bin(s, row_max, inv_width, N_LOGIT) == logit_bin))
-            b = (key_hi - key) >> shift
-            tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
-            tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
+        _key_histogram(scores_row, level, stats_ptr + row * N_STATS, key_hi, key_lo, shift,
+                       _cg(st + LOGIT_BIN).to(tl.int32), part, n_keys, chunk, N_LOGIT, N_BINS, BLOCK)
         let_next_launch(PDL)
         tl.debug_barrier()
         ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
         if ticket == n_chunks - 1:  # the last program: walk the level
             tl.debug_barrier()
-            bins = tl.arange(0, N_BINS)
-            counts = _cg(level + bins)
-            masses = _cg(level + N_BINS + bins)
-            lower = _cg(st + LOWER)
-            upper = _cg(st + UPPER)
-            chosen, mode, rank, above, mass_above, n_in, mass_in = _walk(
-                counts, masses, _cg(st + ABOVE), _cg(st + MASS_ABOVE), mode, _cg(st + RANK), target, lower, upper,
-                N_BINS,
-            )
-            new_hi = key_hi - (chosen << shift)
-            new_lo = tl.maximum(key_lo, new_hi - (1 << shift) + 1)
-            resolved = shift == 0
-            # resolved: every key of the bin scores tau; by mass, n* ends after the first ties whose mass reaches target
-            each = mass_in // tl.maximum(n_in, 1)
-            ties = tl.where(each > 0, (target - mass_above + each - 1) // tl.maximum(each, 1), n_in)
-            n_star = above + tl.minimum(tl.maximum(ties, 1), n_in)
-            n_keep = tl.where(mode == BY_RANK, rank, tl.minimum(tl.maximum(n_star, lower), upper))
-            _store_search(st, tl.where(resolved, RESOLVED, mode), rank, above, mass_above, new_hi, new_lo, new_hi,
-                          n_keep - above)
-            if resolved:
-                tl.store(n_keep_ptr + row, n_keep)
+            mode, rank, above, mass_above, new_hi, new_lo, tau, need = _key_level_state(
+                level, mode, _cg(st + RANK), _cg(st + ABOVE), _cg(st + MASS_ABOVE), key_hi, key_lo, shift,
+                _cg(st + LOWER), _cg(st + UPPER), target, N_BINS)
+            _store_search(st, mode, rank, above, mass_above, new_hi, new_lo, tau, need)
+            if mode == RESOLVED:
+                tl.store(n_keep_ptr + row, above + need)
             if FUSED:
                 tl.debug_barrier()
                 tl.atomic_xchg(release, 1, sem="release")
@@ -331,7 +378,12 @@ def key_phase(
 def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr,
                 PDL: tl.constexpr):
     """Per chunk: keys scoring above tau, keys scoring tau."""
-    tau = _cg(st + TAU)
+    _tally_chunk(scores_row, _cg(st + TAU), tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK, PDL)
+
+
+@triton.jit
+def _tally_chunk(scores_row, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]``."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     n_above = tl.zeros([BLOCK], tl.int32)
@@ -345,7 +397,6 @@ def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, B
         n_above += (seen & (key > tau)).to(tl.int32)
         n_tied += (seen & (key == tau)).to(tl.int32)
     let_next_launch(PDL)
-    out = tally_ptr + (row * n_chunks + part) * 2
     tl.store(out, tl.sum(n_above, axis=0))
     tl.store(out + 1, tl.sum(n_tied, axis=0))
 
@@ -355,7 +406,7 @@ def gather_phase(
     scores_row, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
     NC_PAD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Selected slots of the chunk, ascending, at their final positions in ``order_row``."""
+    """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state)."""
     tau = _cg(st + TAU)
     need = _cg(st + NEED).to(tl.int32)
     c = tl.arange(0, NC_PAD)
@@ -380,3 +431,70 @@ def gather_phase(
         written += tl.sum(take, axis=0)
         ties_before += tl.sum(tied, axis=0)
     let_next_launch(PDL)
+
+
+@triton.jit
+def relay_walk(st, work_row, stats, target, PREV: tl.constexpr, N_LOGIT: tl.constexpr, N_BINS: tl.constexpr):
+    """The relay schedule's walk: the search state after level ``PREV`` (whose bins the launch before this one
+    completed), computed the same way by every program of this launch from its bins and the state before it (slot
+    ``PREV``). Returns (mode, rank, above, mass above, key_hi, key_lo, tau, need, logit bin); a resolved state passes
+    through without a walk."""
+    lower = _cg(st + LOWER)
+    upper = _cg(st + UPPER)
+    if PREV == 0:
+        mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin = _level0_state(
+            work_row, _cg(stats), _cg(stats + 2), lower, upper, target, N_LOGIT, N_BINS)
+    else:
+        before = st + PREV * _N_STATE
+        mode = _cg(before + MODE)
+        rank = _cg(before + RANK)
+        above = _cg(before + ABOVE)
+        mass_above = _cg(before + MASS_ABOVE)
+        key_hi = _cg(before + KEY_HI)
+        key_lo = _cg(before + KEY_LO)
+        tau = _cg(before + TAU)
+        need = _cg(before + NEED)
+        logit_bin = _cg(before + LOGIT_BIN)
+        if mode != RESOLVED:
+            mode, rank, above, mass_above, key_hi, key_lo, tau, need = _key_level_state(
+                work_row + PREV * (2 * N_BINS + 1), mode, rank, above, mass_above, key_hi, key_lo,
+                _cg(before + SHIFT), lower, upper, target, N_BINS)
+    return mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin
+
+
+@triton.jit
+def relay_phase(
+    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr, tally_ptr,
+    row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+    PHASE: tl.constexpr, NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr,
+    MAX_INV_WIDTH: tl.constexpr, N_BINS: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+):
+    """Levels 0-3 and the tally of the relay schedule (no tickets): level 0 histograms; every later launch first
+    walks the bins of the launch before (:func:`relay_walk`, its program 0 storing the state in slot ``PHASE``),
+    then histograms its level's interval (levels 1-3) or counts the keys above / at ``tau`` (the tally, whose
+    program 0 also writes ``n_keep``)."""
+    stats = stats_ptr + row * N_STATS
+    if PHASE == 0:
+        row_max, z, n_visible, inv_width = _logit_histogram(
+            scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, row, part, n_keys, n_blocks, chunk,
+            NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB)
+        let_next_launch(PDL)
+        if part == 0:
+            _store_row(st, stats_ptr, row, row_max, z, inv_width, min_tokens + n_visible * 0,
+                       tl.minimum(n_visible, max_tokens))
+    else:
+        mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin = relay_walk(
+            st, work_row, stats, target, PHASE - 1, N_LOGIT, N_BINS)
+        if part == 0:
+            _store_search(st + PHASE * _N_STATE, mode, rank, above, mass_above, key_hi, key_lo, tau, need)
+            tl.store(st + PHASE * _N_STATE + LOGIT_BIN, logit_bin)
+        if PHASE < 4:
+            if mode != RESOLVED:
+                _key_histogram(scores_row, work_row + PHASE * (2 * N_BINS + 1), stats, key_hi, key_lo,
+                               _shift_for(key_hi - key_lo), logit_bin.to(tl.int32), part, n_keys, chunk, N_LOGIT,
+                               N_BINS, BLOCK)
+            let_next_launch(PDL)
+        else:
+            if part == 0:
+                tl.store(n_keep_ptr + row, above + need)
+            _tally_chunk(scores_row, tau, tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK, PDL)

@@ -9,7 +9,8 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
    * ``"threshold"`` (default): :func:`rtpurbo.ops.triton.threshold.topp_threshold` finds the
      score threshold of the selection by a radix search (a few passes over the ``L`` fp32
      scores, no sort) and writes the selected slots in ascending slot order, one launch per phase
-     of the search (``schedule="phased"``; ``"fused"``: one persistent kernel, slower on an H200).
+     of the search (``schedule="phased"``; ``"relay"``: the same launches without tickets, not yet timed;
+     ``"fused"``: one persistent kernel, slower on an H200).
      On an H200 it selects the reference's set in every test case and took 50 / 66 / 88 us per
      step at 128K / 512K / 1M keys against 73 / 93 / 142 us for ``"sort"``
      (benchmarks/results/llama-3.1-8b_h200_2026-11-28_select.md).
@@ -75,9 +76,9 @@ def _check(q: torch.Tensor, q_idx: torch.Tensor) -> None:
 
 
 def _chain_pdl(device: torch.device, schedule: str) -> bool:
-    """Whether the selection's chain (index scores, the phased search, the list attention and its combine) launches
-    with programmatic dependent launch on ``device``."""
-    return schedule == "phased" and dependent_launch.enabled(device)
+    """Whether the selection's chain (index scores, the phased or relay search, the list attention and its combine)
+    launches with programmatic dependent launch on ``device``."""
+    return schedule != "fused" and dependent_launch.enabled(device)
 
 
 def select(
@@ -99,8 +100,8 @@ def select(
     Args:
         q_idx: (B, Hkv, 1, d_idx); k_idx: (B, Hkv, Lk, d_idx); q_pos: (B, 1); k_pos: (B, Lk).
         method: ``"threshold"`` (sort-free) or ``"sort"`` (see the module docstring).
-        schedule: the threshold search's launches, ``"phased"`` (one per phase) or ``"fused"`` (one
-            persistent kernel); see :func:`rtpurbo.ops.triton.threshold.topp_threshold`.
+        schedule: the threshold search's launches, ``"phased"`` (one per phase), ``"relay"`` (one per phase, no
+            tickets) or ``"fused"`` (one persistent kernel); see :func:`rtpurbo.ops.triton.threshold.topp_threshold`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {METHODS}")
