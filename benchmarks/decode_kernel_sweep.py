@@ -12,15 +12,15 @@
 2. ``index_scores`` at 128K and 1M keys for blocks 512..4096 and 4 / 8 warps (GB/s of the 16-d
    bf16 indexer keys, the positions and the scores).
 3. ``select``: the whole selection (index scores + threshold search) at 128K and 1M keys for 16 and
-   32 level-0 bins (``--n-logits``) and both schedules of the search (fused, phased), on peaked, trained-like and
-   flat scores (score std 4, 2.56 and 0.04 logits).
+   32 level-0 bins (``--n-logits``) and every schedule of the search (fused, phased, relay), on peaked,
+   trained-like and flat scores (score std 4, 2.56 and 0.04 logits).
 4. ``search_launch``: the same selection (phased schedule, 32 level-0 bins) for launches of the threshold
    search: programs per SM, warps of levels 0-3, keys per inner step (``--search-launches``).
 5. ``walk``: the serial tail of a search level, timed alone as one program (CUDA-graph replays of 20 launches,
    per launch): an empty launch, loading a level's bins, walking them (:func:`~rtpurbo.ops.triton.threshold_phases._walk`,
    32 / 256 / 2048 bins, 1-8 warps) and level 0's bounds on its bin's keys.
 6. A ``torch.profiler`` table of the kernels of one sparse decode step (retrieval + local heads, the
-   attention bench's decode point) at 128K and 1M, for both schedules: device microseconds per kernel
+   attention bench's decode point) at 128K and 1M, for each schedule: device microseconds per kernel
    per step, and the step's wall time.
 7. ``list_locality``: list mode over 36,864 of 1M keys spread, within 64K and contiguous, and over 6,144 spread keys,
    beside dense mode over the same contiguous keys (whether a short list's time is its scattered reads).
@@ -309,7 +309,7 @@ def score_rows(record) -> None:
 
 def step_profile(record) -> None:
     """Kernels of one sparse decode step (eager, 20 steps profiled) at 128K and 1M, Llama-3.1-8B geometry, with
-    the threshold search fused and phased; ``graph_us``: the step replayed from a CUDA graph (L2 flushed);
+    each schedule of the threshold search; ``graph_us``: the step replayed from a CUDA graph (L2 flushed);
     ``search_phase_us``: device time of each launch of the threshold search, in launch order (the phased
     schedule's six phases: level 0, levels 1-3, tally, gather)."""
     from rtpurbo.ops.triton import threshold
