@@ -265,12 +265,13 @@ def add_criterion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", choices=["copy", "knockout"], default="copy",
                    help="copy: copy score on needle prompts (default); knockout: the dense model's KL on long text "
                         "and task answers when one KV head alone is windowed (one forward per head and input)")
-    p.add_argument("--knockout-data", type=path_value,
+    p.add_argument("--knockout-data", type=path_value, action=RecordGiven,
                    help="tune-split task data (rtpurbo eval --prepare-only --split tune); default: built now from the "
                         "dev pool")
-    p.add_argument("--knockout-samples", type=positive_int, default=2, help="prompts per task and length (default 2)")
-    p.add_argument("--knockout-windows", type=count_value, default=4, help="long texts (default 4)")
-    p.add_argument("--knockout-length", type=positive_int, default=4096,
+    p.add_argument("--knockout-samples", type=positive_int, default=2, action=RecordGiven,
+                   help="prompts per task and length (default 2)")
+    p.add_argument("--knockout-windows", type=count_value, default=4, action=RecordGiven, help="long texts (default 4)")
+    p.add_argument("--knockout-length", type=positive_int, default=4096, action=RecordGiven,
                    help="tokens per prompt and text when the data is built now (default 4096)")
-    p.add_argument("--text-weight", type=share_value, default=0.5,
+    p.add_argument("--text-weight", type=share_value, default=0.5, action=RecordGiven,
                    help="share of the knockout ranking from text KL; the rest from task answers (default 0.5)")

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from . import io
-from .cli_args import SettingsError, beside, check_index_dim, sparse_from_args
+from .cli_args import SettingsError, beside, check_index_dim, given_flags, sparse_from_args
 from .families import attention_modules, base_window, family_of, geometry
 from .files import check_replaceable
 from .memory import KVGeometry, kv_table, windowed_retrieval
@@ -119,8 +119,25 @@ def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, o
     return plan, stability
 
 
+KNOCKOUT = ("knockout_data", "knockout_samples", "knockout_windows", "knockout_length", "text_weight")
+
+
+def check_criterion_flags(args: argparse.Namespace) -> None:
+    """Before any work: the knockout flags set the knockout ranking only, and --criterion knockout ranks on task
+    data, not on --data's documents (the copy score's haystacks, where the knockout would not run at all)."""
+    knockout = given_flags(args, *KNOCKOUT)
+    if args.criterion != "knockout" and knockout:
+        raise SettingsError(f"{knockout} set(s) the knockout ranking: give --criterion knockout, or leave {knockout} "
+                            "out")
+    if args.criterion == "knockout" and args.data is not None:
+        raise SettingsError(f"--data {args.data}: its documents are haystacks of the copy score's needle prompts; "
+                            "--criterion knockout ranks on task data (--knockout-data): leave --data out, or "
+                            "--criterion knockout")
+
+
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     require_base(args)  # a converted model's local heads are windowed already: its scores would not be the base's
+    check_criterion_flags(args)
     check_replaceable(args.out, PROFILE_MARKER)  # before profiling, not after
     model, tokenizer = load_model(args)
     plan, stability = _profile(args, model, tokenizer, args.out)

@@ -502,3 +502,23 @@ def test_eval_refuses_split_row_flags_that_would_do_nothing(flags, message, chec
     err = capsys.readouterr().err
     assert message.replace("PLAN", str(tmp_path / "plan.json")) in err and "Traceback" not in err
     assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--knockout-data", "tune.npz"], "--knockout-data set(s) the knockout ranking: give --criterion knockout"),
+    (["--criterion", "copy", "--knockout-samples", "1", "--knockout-windows", "2", "--knockout-length", "64",
+      "--text-weight", "0.2"], "--knockout-samples, --knockout-windows, --knockout-length, --text-weight set(s) the "
+                               "knockout ranking"),
+    (["--criterion", "knockout", "--data", "shards"], "--criterion knockout ranks on task data (--knockout-data)"),
+])
+def test_profile_refuses_criterion_flags_that_would_do_nothing(flags, message, checkpoint, tmp_path, capsys,
+                                                               monkeypatch):
+    """The knockout flags only set the knockout ranking (the copy score ignored them, beyond recording them), and
+    --data's documents are copy-score haystacks (with them the knockout did not run at all): one-line errors before
+    any model loads."""
+    from rtpurbo import commands
+
+    monkeypatch.setattr(commands, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["profile", "--model", str(checkpoint), "--out", str(tmp_path / "p")] + flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "p").exists()
