@@ -560,12 +560,14 @@ def test_decode_step_is_cuda_graph_capturable():
         assert torch.equal(got, want), "graph replay differs from an eager call on the same inputs"
 
 
-def test_dependent_launch_changes_no_bits(monkeypatch):
-    """The selecting step's chain (index scores, the phased search, the list attention, its combine) and the step
-    over every key (one launch for both kinds of heads, its combine), launched with programmatic dependent launch and
-    without: the same kernels in the same launch shapes, only launched earlier, so the same bits. Eager, and
+@pytest.mark.parametrize("schedule", ["phased", "relay"])
+def test_dependent_launch_changes_no_bits(monkeypatch, schedule):
+    """The selecting step's chain (index scores, the search in ``schedule``, the list attention, its combine) and the
+    step over every key (one launch for both kinds of heads, its combine), launched with programmatic dependent launch
+    and without: the same kernels in the same launch shapes, only launched earlier, so the same bits. Eager, and
     captured with PDL in a CUDA graph (programmatic edges) and replayed on new inputs, after poisoning the
-    allocator's free blocks; a kernel reading its predecessor's output before that finished would differ."""
+    allocator's free blocks; a kernel reading its predecessor's output before that finished would differ. The relay
+    search selects the same keys as the phased one, so its step has the phased step's bits too."""
     from rtpurbo.ops.triton import decode_roles, dependent_launch
 
     if not dependent_launch.supported(torch.device("cuda")):
@@ -575,19 +577,21 @@ def test_dependent_launch_changes_no_bits(monkeypatch):
     budget = dict(top_p=0.9, min_tokens=16, max_tokens=None, sinks=sinks, recent=32)
     inputs = [q, k, v, q_idx, k_idx, q_loc, k_loc, v_loc]
 
-    def step():
-        out, counts = triton_topp.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
+    def step(search=schedule):
+        out, counts = triton_topp.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, schedule=search)
         both, used = decode_roles.two_role_decode(q, k, v, k_pos, q_loc, k_loc, v_loc, loc_pos, loc_q_pos,
                                                   scale=128**-0.5, window=window, sinks=sinks)
         return out, counts, both, used
 
-    def run(pdl: bool):
+    def run(pdl: bool, search=schedule):
         monkeypatch.setattr(dependent_launch, "ENABLED", pdl)
         _poison()
-        return step()
+        return step(search)
 
     for got, want in zip(run(True), run(False)):
         assert torch.equal(got, want), "PDL changed an eager step's output"
+    for got, want in zip(run(False), run(False, "phased")):
+        assert torch.equal(got, want), f"the {schedule} search's step differs from the phased one's"
     monkeypatch.setattr(dependent_launch, "ENABLED", True)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
