@@ -245,7 +245,7 @@ def check_index_dim(index_dim: int, head_dim: int) -> None:
 
 
 def add_haystacks(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--haystacks", choices=["both", "builtin", "data"], default="both",
+    p.add_argument("--haystacks", choices=["both", "builtin", "data"], default="both", action=RecordGiven,
                    help="profiling prompts' haystacks when --data is given: the built-in training-pool text and "
                         "the --data documents (both, the default: the plan comes from both and the report says how "
                         "stable it is across the two), or only one of them")

@@ -104,8 +104,6 @@ def _profile(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, o
     check_profile_length(args, model.config)
     settings = profile_settings(args)
     check_windows_before_profiling(model, SparseConfig(window=args.window, sinks=args.sinks), args.retrieval_ratio)
-    if args.haystacks == "data" and args.data is None:
-        raise SettingsError("--haystacks data needs --data")
     if args.data is None or args.haystacks == "builtin":
         return run_profile(model, tokenizer, settings, out_dir)[1], None
     from .profile.domains import stability_summary
@@ -135,9 +133,17 @@ def check_criterion_flags(args: argparse.Namespace) -> None:
                             "--criterion knockout")
 
 
+def check_haystacks(args: argparse.Namespace) -> None:
+    """Before any work: --haystacks chooses between the built-in text and --data's documents, so it needs --data."""
+    if args.data is None and "haystacks" in getattr(args, "given", ()):
+        raise SettingsError(f"--haystacks {args.haystacks} chooses the profiling haystacks of --data's documents: give "
+                            "--data, or leave --haystacks out")
+
+
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     require_base(args)  # a converted model's local heads are windowed already: its scores would not be the base's
     check_criterion_flags(args)
+    check_haystacks(args)
     check_replaceable(args.out, PROFILE_MARKER)  # before profiling, not after
     model, tokenizer = load_model(args)
     plan, stability = _profile(args, model, tokenizer, args.out)
@@ -151,12 +157,11 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
     require_base(args)
-    profiling = [name for name in ("retrieval_ratio", "profile_length", "profile_samples")
-                 if name in getattr(args, "given", ())]
-    if args.plan is not None and profiling:  # the plan file replaces the profiling these flags set
-        flags = ", ".join("--" + name.replace("_", "-") for name in profiling)
+    flags = given_flags(args, "retrieval_ratio", "profile_length", "profile_samples", "haystacks")
+    if args.plan is not None and flags:  # the plan file replaces the profiling these flags set
         raise SettingsError(f"{flags} set(s) the profiling that --plan {args.plan} replaces: leave {flags} out, "
                             "or --plan to profile now")
+    check_haystacks(args)
     check_index_dim(args.index_dim, geometry(load_config(args.model, args.revision))[3])
     check_replaceable(args.out, io.CONFIG_NAME)  # before profiling and training, not after
     profile_dir = beside(args.out, "-profile")

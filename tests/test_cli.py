@@ -522,3 +522,24 @@ def test_profile_refuses_criterion_flags_that_would_do_nothing(flags, message, c
     assert main(["profile", "--model", str(checkpoint), "--out", str(tmp_path / "p")] + flags) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("command, flags, message", [
+    ("profile", ["--haystacks", "builtin"], "--haystacks builtin chooses the profiling haystacks of --data's documents"),
+    ("profile", ["--haystacks", "data"], "--haystacks data chooses the profiling haystacks of --data's documents"),
+    ("convert", ["--haystacks", "both"], "--haystacks both chooses the profiling haystacks of --data's documents"),
+    ("convert", ["--plan", "PLAN", "--haystacks", "data", "--data", "shards"],
+     "--haystacks set(s) the profiling that --plan"),
+])
+def test_haystacks_without_data_or_profiling_is_refused_before_loading(command, flags, message, checkpoint, tmp_path,
+                                                                        capsys, monkeypatch):
+    """--haystacks chooses between the built-in text and --data's documents: without --data (or, in convert, with
+    --plan, which replaces profiling) it would do nothing, or ('data') fail after loading the model."""
+    from rtpurbo import commands
+
+    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
+    monkeypatch.setattr(commands, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    flags = [str(tmp_path / "plan.json") if f == "PLAN" else f for f in flags]
+    assert main([command, "--model", str(checkpoint), "--out", str(tmp_path / "out")] + flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "out").exists()
