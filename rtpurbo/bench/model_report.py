@@ -63,6 +63,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         env.update(device=props.name, gpu_memory_gib=round(props.total_memory / GIB, 1), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel(),
                    sparse_prefill_kernel=flex.sparse_prefill_kernel())
+        if triton_topp.available():  # the selecting decode chain: search schedule, programmatic dependent launch
+            env.update(triton_topp.launch_settings())
     return env
 
 

@@ -27,7 +27,8 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
 The index-score kernel zeroes the threshold search's workspace (no memset launch in the chain). With
 ``RTPURBO_PDL=1`` on a GPU of compute capability 9.0 or later, the threshold method's chain (index scores, the six
 search phases, the list attention and its combine) launches each kernel while the one before it finishes
-(:mod:`rtpurbo.ops.triton.dependent_launch`, off by default until validated on a GPU).
+(:mod:`rtpurbo.ops.triton.dependent_launch`, off by default until validated on a GPU). ``RTPURBO_SEARCH_SCHEDULE``
+names the search's schedule where a call names none (:func:`default_schedule`).
 
 ``top_p >= 1`` skips 1-2 and attends to every visible key. Ties: keys are ordered by indexer
 score (the reference orders by probability; the two differ only where distinct scores round
@@ -35,6 +36,7 @@ to the same fp32 probability, and then only at the boundary of the selection).
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -46,6 +48,7 @@ except ImportError:  # triton missing (CPU-only install): available() is False
     kernels = threshold = dependent_launch = None
 
 METHODS = ("threshold", "sort")
+SCHEDULE_ENV = "RTPURBO_SEARCH_SCHEDULE"  # the threshold search's schedule where a call names none (default phased)
 
 
 def available() -> bool:
@@ -75,6 +78,21 @@ def _check(q: torch.Tensor, q_idx: torch.Tensor) -> None:
         raise ValueError(f"triton top-p attention needs CUDA tensors; got q on {q.device}, q_idx on {q_idx.device}")
 
 
+def default_schedule() -> str:
+    """The threshold search's schedule where a call names none: ``RTPURBO_SEARCH_SCHEDULE``, else ``"phased"`` (so a
+    whole model, e.g. ``rtpurbo bench model``, can run the relay schedule without code changes)."""
+    name = os.environ.get(SCHEDULE_ENV, "phased")
+    if name not in threshold.SCHEDULES:
+        raise ValueError(f"{SCHEDULE_ENV} must be one of {threshold.SCHEDULES}, got {name!r}")
+    return name
+
+
+def launch_settings() -> dict[str, object]:
+    """How the selecting decode chain launches in this process (for benchmark records): the search's default
+    schedule and whether programmatic dependent launch is switched on."""
+    return {"search_schedule": default_schedule(), "pdl": dependent_launch.ENABLED}
+
+
 def _chain_pdl(device: torch.device, schedule: str) -> bool:
     """Whether the selection's chain (index scores, the phased or relay search, the list attention and its combine)
     launches with programmatic dependent launch on ``device``."""
@@ -93,7 +111,7 @@ def select(
     sinks: int = 0,
     recent: int = 0,
     method: str = "threshold",
-    schedule: str = "phased",
+    schedule: str | None = None,
 ) -> Selection:
     """Indexer top-p selection (``top_p < 1``) for one query per row.
 
@@ -102,6 +120,7 @@ def select(
         method: ``"threshold"`` (sort-free) or ``"sort"`` (see the module docstring).
         schedule: the threshold search's launches, ``"phased"`` (one per phase), ``"relay"`` (one per phase, no
             tickets) or ``"fused"`` (one persistent kernel); see :func:`rtpurbo.ops.triton.threshold.topp_threshold`.
+            None: :func:`default_schedule`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {METHODS}")
@@ -109,6 +128,7 @@ def select(
     n_keys = k_idx.shape[2]
     rows = batch * n_kv
     if method == "threshold":
+        schedule = schedule or default_schedule()
         # the search's workspace is zeroed by the index-score kernel, and the chain launches with PDL where it can
         pdl = _chain_pdl(q_idx.device, schedule)
         flat = torch.empty(threshold.workspace_size(rows), dtype=torch.int64, device=q_idx.device)
@@ -146,7 +166,7 @@ def topp_attention(
     sinks: int = 0,
     recent: int = 0,
     scale: float | None = None,
-    schedule: str = "phased",
+    schedule: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """See :func:`rtpurbo.ops.reference.topp_attention` (here Lq must be 1); ``schedule``: see :func:`select`.
 
@@ -157,6 +177,7 @@ def topp_attention(
         out (B, Hq, 1, D) in ``q.dtype`` and the number of selected keys (B, Hkv, 1) int64.
     """
     _check(q, q_idx)
+    schedule = schedule or default_schedule()
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if top_p >= 1.0:
         out, counts = kernels.decode_attention(q, k, v, q_pos, k_pos, scale=scale)

@@ -1,0 +1,45 @@
+"""Which schedule the top-p threshold search runs where a call names none (``RTPURBO_SEARCH_SCHEDULE``)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+topp = pytest.importorskip("rtpurbo.ops.triton.topp", reason="the Triton kernels need triton (the test extra has it)")
+
+
+def test_default_schedule_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(topp.SCHEDULE_ENV, raising=False)
+    assert topp.default_schedule() == "phased"
+    monkeypatch.setenv(topp.SCHEDULE_ENV, "relay")
+    assert topp.default_schedule() == "relay"
+    assert topp.launch_settings()["search_schedule"] == "relay"
+    monkeypatch.setenv(topp.SCHEDULE_ENV, "sorted")
+    with pytest.raises(ValueError, match=f"{topp.SCHEDULE_ENV} must be one of"):
+        topp.default_schedule()
+
+
+def test_select_runs_the_default_schedule_unless_the_call_names_one(monkeypatch):
+    """``select`` hands the search the environment's schedule when given none, and the caller's when given one."""
+    seen = []
+
+    def scores(q_idx, k_idx, q_pos, k_pos, **_):
+        batch, n_kv, n_keys = q_idx.shape[0], q_idx.shape[1], k_idx.shape[2]
+        rows = batch * n_kv
+        stat = torch.zeros(rows, 1)
+        return topp.kernels.IndexScores(torch.zeros(batch, n_kv, n_keys), stat, stat, stat.int(),
+                                        torch.full((rows, 1), -1, dtype=torch.int32), stat)
+
+    def search(flat_scores, *_, schedule, **__):
+        seen.append(schedule)
+        rows, n_keys = flat_scores.shape
+        return torch.zeros(rows, n_keys, dtype=torch.int64), torch.zeros(rows, dtype=torch.int64)
+
+    monkeypatch.setattr(topp.kernels, "index_scores", scores)
+    monkeypatch.setattr(topp.threshold, "topp_threshold", search)
+    args = (torch.zeros(1, 2, 1, 16), torch.zeros(1, 2, 8, 16), torch.full((1, 1), 7), torch.arange(8)[None])
+    monkeypatch.delenv(topp.SCHEDULE_ENV, raising=False)
+    topp.select(*args, top_p=0.9)
+    monkeypatch.setenv(topp.SCHEDULE_ENV, "relay")
+    topp.select(*args, top_p=0.9)
+    topp.select(*args, top_p=0.9, schedule="fused")
+    assert seen == ["phased", "relay", "fused"]
