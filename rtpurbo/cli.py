@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="prompt text")
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--top-p", type=top_p_value, default=None, help="override the artifact's indexer top-p")
+    p.add_argument("--seqlen-threshold", type=count_value, default=None,
+                   help="cached tokens from which the retrieval heads select their top-p keys at decode (default: the "
+                        "artifact's, 524288 for smollm2-135m-rtpurbo, so below it --top-p changes nothing; 0 = always "
+                        "select, as rtpurbo eval scores)")
     p.add_argument("--prefill-chunk", type=positive_int, default=None, help="prefill the prompt in chunks")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=positive_float, default=0.7, action=RecordGiven,

@@ -207,6 +207,8 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     converted = getattr(model, "rtpurbo_plan", None) is not None
     if converted and args.top_p is not None:
         model.rtpurbo_sparse.top_p = args.top_p
+    if converted and args.seqlen_threshold is not None:
+        model.rtpurbo_sparse.seqlen_threshold = args.seqlen_threshold
     text = args.prompt
     if not args.no_chat_template and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
@@ -231,8 +233,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         if args.cuda_graph:
             raise SettingsError(f"--cuda-graph decodes through the head-wise cache; {args.model} is a dense base model: "
                                 "give an artifact, or leave --cuda-graph out")
-        for flag, value in (("--top-p", args.top_p), ("--prefill-chunk", args.prefill_chunk)):
-            if value is not None:  # the indexer's top-p and the head-wise prefill: a dense model has neither
+        for flag, value in (("--top-p", args.top_p), ("--seqlen-threshold", args.seqlen_threshold),
+                            ("--prefill-chunk", args.prefill_chunk)):
+            if value is not None:  # the indexer's selection and the head-wise prefill: a dense model has neither
                 raise SettingsError(f"{flag} applies to a converted model (an rtpurbo artifact); {args.model} is a "
                                     "dense base model")
         say(args, "(dense base model: no rtpurbo artifact given)")

@@ -543,3 +543,31 @@ def test_haystacks_without_data_or_profiling_is_refused_before_loading(command, 
     assert main([command, "--model", str(checkpoint), "--out", str(tmp_path / "out")] + flags) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_generate_seqlen_threshold_reaches_the_sparse_config_and_lets_top_p_select(checkpoint, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """An artifact's retrieval heads select only from its seqlen_threshold on (the shipped adapter's is 524288), so on
+    a short prompt --top-p changed nothing; --seqlen-threshold sets it for the run, and the selection stats then show
+    --top-p at work. A dense model has no selection: refused there, as --top-p is."""
+    import rtpurbo.generate as generate_module
+
+    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], [0]]).to_dict()))
+    out = tmp_path / "artifact"
+    run_json(capsys, ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "plan.json"), "--window", "4",
+                      "--sinks", "1", "--min-tokens", "0", "--recent", "1", "--seqlen-threshold", "4096",
+                      "--out", str(out)])
+    seen = []
+    real_generate = generate_module.generate
+    monkeypatch.setattr(generate_module, "generate",
+                        lambda model, *a, **kw: seen.append(model.rtpurbo_sparse.seqlen_threshold)
+                        or real_generate(model, *a, **kw))
+    argv = ["generate", "--model", str(out), "--prompt", " ".join(f"w{i}" for i in range(40)), "--no-chat-template",
+            "--max-new-tokens", "6", "--device", "cpu"]
+    assert run_json(capsys, argv + ["--top-p", "0.2"])["selection"]["samples"] == 0  # below the artifact's 4096
+    low = run_json(capsys, argv + ["--top-p", "0.2", "--seqlen-threshold", "0"])["selection"]
+    high = run_json(capsys, argv + ["--top-p", "0.95", "--seqlen-threshold", "0"])["selection"]
+    assert seen == [4096, 0, 0]
+    assert low["samples"] == high["samples"] > 0 and low["mean_selected"] < high["mean_selected"]
+    assert main(["generate", "--model", str(checkpoint), "--prompt", "w1", "--seqlen-threshold", "0"]) == 2
+    assert "--seqlen-threshold applies to a converted model" in capsys.readouterr().err
