@@ -24,6 +24,7 @@ MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 BIN_BITS = tl.constexpr(11)  # log2(N_BINS)
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
+_N_LEVELS = tl.constexpr(N_LEVELS)  # for the kernels: the tally's phase
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
 
 
@@ -488,7 +489,7 @@ def relay_phase(
         if part == 0:
             _store_search(st + PHASE * _N_STATE, mode, rank, above, mass_above, key_hi, key_lo, tau, need)
             tl.store(st + PHASE * _N_STATE + LOGIT_BIN, logit_bin)
-        if PHASE < 4:
+        if PHASE < _N_LEVELS:  # a key level
             if mode != RESOLVED:
                 _key_histogram(scores_row, work_row + PHASE * (2 * N_BINS + 1), stats, key_hi, key_lo,
                                _shift_for(key_hi - key_lo), logit_bin.to(tl.int32), part, n_keys, chunk, N_LOGIT,
