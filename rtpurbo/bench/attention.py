@@ -29,6 +29,7 @@ import torch
 
 from ..cli_args import SettingsError, count_float, count_value, positive_int
 from ..ops import flex
+from ..ops.triton import topp as triton_topp
 from .attention_common import DENSE_BACKENDS, GEOMETRIES, Geometry
 from .attention_decode import decode_point
 from .attention_prefill import prefill_point, profile_prefill
@@ -45,12 +46,12 @@ __all__ = ["add_arguments", "budget", "environment", "main", "run", "table",  # 
 
 
 def environment() -> dict:
-    """The GPU, CUDA / cuDNN, the window kernel, and :func:`.provenance.provenance` (date, command line, rtpurbo
-    checkout, library versions)."""
+    """The GPU, CUDA / cuDNN, the window kernel, how the selecting decode chain launches (search schedule, PDL), and
+    :func:`.provenance.provenance` (date, command line, rtpurbo checkout, library versions)."""
     props = torch.cuda.get_device_properties(0)
     return dict(device=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda,
                 cudnn=torch.backends.cudnn.version(), window_kernel=flex.window_kernel(),
-                sparse_prefill_kernel=flex.sparse_prefill_kernel(), **provenance())
+                sparse_prefill_kernel=flex.sparse_prefill_kernel(), **triton_topp.launch_settings(), **provenance())
 
 
 def _fmt(x, spec: str = ".2f") -> str:
