@@ -127,8 +127,8 @@ def size_value(value: str) -> int:
     return size
 
 
-def share_value(value: str) -> float:
-    """A share in [0, 1)."""
+def share_below_one(value: str) -> float:
+    """A share in [0, 1): some, not all (e.g. synthetic sequences among natural ones)."""
     number = float(value)
     if not 0 <= number < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")

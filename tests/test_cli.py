@@ -125,6 +125,7 @@ def test_info_for_a_geometry_given_by_flags(capsys):
     ["profile", "--out", "x", "--criterion", "knockout", "--text-weight", "7"],
     ["profile", "--out", "x", "--criterion", "knockout", "--text-weight", "nan"],
     ["profile", "--out", "x", "--criterion", "knockout", "--knockout-windows", "-3"],
+    ["data", "prepare", "--out", "x", "--synthetic-ratio", "1"],  # some synthetic sequences, not all
 ])
 def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
@@ -136,6 +137,8 @@ def test_flag_values_that_parse(capsys):
     args = build_parser().parse_args(["export", "--out", "x", "--max-shard-size", "20KB", "--device", "cuda:1"])
     assert (args.max_shard_size, args.device) == (20_000, "cuda:1")
     assert build_parser().parse_args(["export", "--out", "x"]).max_shard_size == 5 * 10**9
+    knockout = ["profile", "--out", "x", "--criterion", "knockout", "--text-weight"]
+    assert [build_parser().parse_args(knockout + [w]).text_weight for w in ("0", "1")] == [0.0, 1.0]  # in [0, 1]
 
 
 def test_settings_that_conflict_are_one_line_errors(checkpoint, tmp_path, capsys):

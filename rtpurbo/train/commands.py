@@ -17,7 +17,7 @@ import torch
 
 from .. import io
 from ..cli_args import (SettingsError, add_revision, beside, count_float, count_value, path_value, positive_float,
-                        positive_int, sequence_length, share_value)
+                        positive_int, sequence_length, share_below_one)
 from ..files import check_replaceable
 from ..data.needles import KINDS
 from ..data.user import RecordText, UserInput, chat_renderer, dataset_input, file_input
@@ -71,7 +71,7 @@ def add_parsers(subparsers: Any) -> None:
                                         "rendered with the model's chat template, else text, else content)")
     p.add_argument("--seq-len", type=sequence_length, default=DEFAULT_SEQ_LEN, help="tokens per sequence")
     p.add_argument("--sequences", type=positive_int, default=1024, help="sequences to write")
-    p.add_argument("--synthetic-ratio", type=share_value, default=None,
+    p.add_argument("--synthetic-ratio", type=share_below_one, default=None,
                    help="share of synthetic needle sequences (default 0.1 for train, 0 for dev)")
     p.add_argument("--no-cross-documents", action="store_true",
                    help="a sequence never spans two documents (default for the dev pool)")
