@@ -121,12 +121,17 @@ KNOCKOUT = ("knockout_data", "knockout_samples", "knockout_windows", "knockout_l
 
 
 def check_criterion_flags(args: argparse.Namespace) -> None:
-    """Before any work: the knockout flags set the knockout ranking only, and --criterion knockout ranks on task
-    data, not on --data's documents (the copy score's haystacks, where the knockout would not run at all)."""
+    """Before any work: the knockout flags set the knockout ranking only, the copy score's prompt flags the copy
+    score only, and --criterion knockout ranks on task data, not on --data's documents (the copy score's
+    haystacks, where the knockout would not run at all)."""
     knockout = given_flags(args, *KNOCKOUT)
     if args.criterion != "knockout" and knockout:
         raise SettingsError(f"{knockout} set(s) the knockout ranking: give --criterion knockout, or leave {knockout} "
                             "out")
+    prompts = given_flags(args, "profile_length", "profile_samples")
+    if args.criterion == "knockout" and prompts:
+        raise SettingsError(f"{prompts} set(s) the copy score's needle prompts; --criterion knockout scores task data "
+                            f"(--knockout-length, --knockout-samples): leave {prompts} out")
     if args.criterion == "knockout" and args.data is not None:
         raise SettingsError(f"--data {args.data}: its documents are haystacks of the copy score's needle prompts; "
                             "--criterion knockout ranks on task data (--knockout-data): leave --data out, or "

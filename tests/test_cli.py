@@ -513,6 +513,8 @@ def test_eval_refuses_split_row_flags_that_would_do_nothing(flags, message, chec
       "--text-weight", "0.2"], "--knockout-samples, --knockout-windows, --knockout-length, --text-weight set(s) the "
                                "knockout ranking"),
     (["--criterion", "knockout", "--data", "shards"], "--criterion knockout ranks on task data (--knockout-data)"),
+    (["--criterion", "knockout", "--profile-length", "64", "--profile-samples", "1"],
+     "--profile-length, --profile-samples set(s) the copy score's needle prompts; --criterion knockout scores task"),
 ])
 def test_profile_refuses_criterion_flags_that_would_do_nothing(flags, message, checkpoint, tmp_path, capsys,
                                                                monkeypatch):
