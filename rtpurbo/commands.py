@@ -177,6 +177,10 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
 
         check_training_data(args)
         check_checkpoints(args, ["indexer", "distill"])
+    else:
+        from .train.commands import check_no_training
+
+        check_no_training(args)
     model, tokenizer = load_model(args)
     if args.plan is not None:
         plan, from_plan = read_plan(args.plan, model.config)

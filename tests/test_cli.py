@@ -576,3 +576,25 @@ def test_generate_seqlen_threshold_reaches_the_sparse_config_and_lets_top_p_sele
     assert low["samples"] == high["samples"] > 0 and low["mean_selected"] < high["mean_selected"]
     assert main(["generate", "--model", str(checkpoint), "--prompt", "w1", "--seqlen-threshold", "0"]) == 2
     assert "--seqlen-threshold applies to a converted model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--indexer-steps", "5", "--distill-data", "d2", "--seed", "3"],
+     "--distill-data, --seed, --indexer-steps set(s) the training that --train runs: add --train"),
+    (["--resume"], "--resume set(s) the training that --train runs"),
+    (["--data", "shards"], "--data shards: with --plan (no profiling to take haystacks from it) it is only --train's"),
+])
+def test_convert_refuses_training_flags_without_train(flags, message, checkpoint, tmp_path, capsys, monkeypatch):
+    """convert's training flags only act with --train (and --data, with --plan, only there): without it they are a
+    one-line error before any model loads, not ignored; the same convert without them runs."""
+    from rtpurbo import commands
+
+    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
+    argv = ["convert", "--model", str(checkpoint), "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "a")]
+    real_load = commands.load_model
+    monkeypatch.setattr(commands, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(argv + flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "a").exists()
+    monkeypatch.setattr(commands, "load_model", real_load)
+    assert run_json(capsys, argv)["plan"]["retrieval_kv_heads"] == 1

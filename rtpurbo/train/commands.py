@@ -323,6 +323,21 @@ def check_training_data(args: argparse.Namespace) -> None:
         raise SettingsError("--train needs --data (shards from `rtpurbo data prepare`)")
 
 
+def check_no_training(args: argparse.Namespace) -> None:
+    """``rtpurbo convert`` without ``--train``: its training flags (set to other than their defaults), and ``--data``
+    where no profiling takes haystacks from it (``--plan``), would do nothing: a :class:`SettingsError` before any
+    work."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_convert_train_arguments(probe)
+    flags = ", ".join("--" + dest.replace("_", "-") for dest, default in vars(probe.parse_args([])).items()
+                      if dest not in ("train", "data") and getattr(args, dest) != default)
+    if flags:
+        raise SettingsError(f"{flags} set(s) the training that --train runs: add --train, or leave {flags} out")
+    if args.plan is not None and args.data is not None:
+        raise SettingsError(f"--data {args.data}: with --plan (no profiling to take haystacks from it) it is only "
+                            "--train's training data: add --train, or leave --data out")
+
+
 def train_converted(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
     """The ``--train`` part of ``rtpurbo convert``: stage 1 then stage 2 on the converted model, in place.
 
