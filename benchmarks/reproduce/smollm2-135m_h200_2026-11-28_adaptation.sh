@@ -29,7 +29,9 @@ data=(--data "$OUT/eval-data/eval_data.npz" --speed-repeats 0 --sinks 4)
 (
   export CUDA_VISIBLE_DEVICES=1
   for row in dense streaming split; do
-    rtpurbo eval "${data[@]}" --rows "$row" --plan "$OUT/plans/r15.json" --window 1024 --top-p 1 --ppl-windows 12 \
+    plan=()  # only the split row takes the plan (eval refuses --plan where no row uses it)
+    if [ "$row" = split ]; then plan=(--plan "$OUT/plans/r15.json"); fi
+    rtpurbo eval "${data[@]}" --rows "$row" ${plan[@]+"${plan[@]}"} --window 1024 --top-p 1 --ppl-windows 12 \
       --out "$OUT/eval-$row"
   done
 ) &
