@@ -508,6 +508,48 @@ def test_eval_refuses_split_row_flags_that_would_do_nothing(flags, message, chec
 
 
 @pytest.mark.parametrize("flags, message", [
+    (["--rows", "dense", "streaming", "--reference", "split"],
+     "--reference 'split' is not one of this run's rows: dense, streaming"),
+    (["--rows", "dense", "--plans", "copy=PLAN", "--artifacts", "a=ART", "--reference", "knockout"],
+     "--reference 'knockout' is not one of this run's rows: dense, copy, a"),
+    (["--rows", "--reference", "dense"], "--reference 'dense' is not one of this run's rows: (none)"),
+])
+def test_eval_refuses_a_reference_that_names_no_row_before_loading(flags, message, checkpoint, tmp_path, capsys,
+                                                                   monkeypatch):
+    """The rows' names follow from --rows, --plans and --artifacts: a --reference that names none of them is a
+    one-line error before any model loads (and before the split row's profiling), nothing written."""
+    from rtpurbo.eval import commands as eval_commands
+
+    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
+    monkeypatch.setattr(eval_commands, "load_base", lambda *a, **k: pytest.fail("loaded a model"))
+    flags = [("copy=" + str(tmp_path / "plan.json")) if f == "copy=PLAN" else "a=" + str(tmp_path) if f == "a=ART"
+             else f for f in flags]
+    assert main(["eval", "--model", str(checkpoint), "--out", str(tmp_path / "eval")] + flags) == 2
+    err = capsys.readouterr().err
+    assert f"rtpurbo eval: error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("reference", ["copy", "a"])
+def test_eval_takes_a_reference_among_the_plans_and_artifacts_rows(reference, checkpoint, tmp_path, monkeypatch):
+    """A --plans or --artifacts row's name is a row of the run: --reference to it passes the check and the run goes
+    on to load the model."""
+    from rtpurbo.eval import commands as eval_commands
+
+    class Loaded(Exception):
+        pass
+
+    def load_base(*args, **kwargs):
+        raise Loaded
+
+    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
+    monkeypatch.setattr(eval_commands, "load_base", load_base)
+    with pytest.raises(Loaded):
+        main(["eval", "--model", str(checkpoint), "--out", str(tmp_path / "eval"), "--rows", "dense", "--plans",
+              "copy=" + str(tmp_path / "plan.json"), "--artifacts", "a=" + str(tmp_path), "--reference", reference])
+
+
+@pytest.mark.parametrize("flags, message", [
     (["--knockout-data", "tune.npz"], "--knockout-data set(s) the knockout ranking: give --criterion knockout"),
     (["--criterion", "copy", "--knockout-samples", "1", "--knockout-windows", "2", "--knockout-length", "64",
       "--text-weight", "0.2"], "--knockout-samples, --knockout-windows, --knockout-length, --text-weight set(s) the "

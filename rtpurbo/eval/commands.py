@@ -277,6 +277,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(args, (out / "results.md").read_text())
         return result
     spec, revision, artifacts = _base_spec(args)  # a malformed --artifacts is refused before OUT is made
+    plans = _plan_rows(args)
+    check_reference(args, [name for name in BASE_ROWS if name in args.rows] + [name for name, _ in plans]
+                    + [name for name, _, _ in artifacts])
     out.mkdir(parents=True, exist_ok=True)
     device, dtype = device_dtype(args)
     base_config = load_config(spec, revision)  # read once (a GGUF's takes seconds): lengths and --index-dim
@@ -305,10 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for length in settings.lengths:  # too few samples is an error now, not after perplexity and speed ran
         for task in settings.tasks:
             data.group(task, length, settings.samples)
-    rows, sparse_overrides = _rows(args, model, tokenizer, out, artifacts)
-    if args.reference is not None and args.reference not in {row.name for row in rows}:
-        raise SettingsError(f"--reference {args.reference!r} is not one of this run's rows: "
-                            f"{', '.join(row.name for row in rows)}")
+    rows, sparse_overrides = _rows(args, model, tokenizer, out, plans, artifacts)
     dense = HeadPlan.uniform(*geometry(model.config)[:3], retrieval=True)
     convert(model, dense, sparse_from_args(args, **sparse_overrides))
     config = _config(args, spec, device, dtype, settings, rows, data.meta)
@@ -325,20 +325,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path,
+def _plan_rows(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(name, plan path) of each ``--plans NAME=PATH``; a malformed one is a :class:`SettingsError`."""
+    rows = []
+    for item in args.plans:
+        name, _, path = item.partition("=")
+        if not name or not path or name in BASE_ROWS:
+            raise SettingsError(f"--plans takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
+        rows.append((name, path_value(path)))
+    return rows
+
+
+def check_reference(args: argparse.Namespace, names: list[str]) -> None:
+    """Before any model loads: ``--reference`` names one of the run's rows (``names``: the --rows, --plans and
+    --artifacts names, an artifact --model's own first), else a :class:`SettingsError`."""
+    if args.reference is not None and args.reference not in names:
+        raise SettingsError(f"--reference {args.reference!r} is not one of this run's rows: "
+                            f"{', '.join(names) or '(none)'}")
+
+
+def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path, plans: list[tuple[str, Path]],
           artifacts: list[tuple[str, Path, dict[str, Any]]]) -> tuple[list[Row], dict]:
-    """Base rows (profiling the split if needed) followed by the artifact rows."""
+    """Base rows (profiling the split if needed), the --plans split rows, then the artifact rows."""
     overrides: dict = {}
     split = None
     if "split" in args.rows:
         split, overrides = _split_plan(args, model, tokenizer, out)
         say(args, f"split plan: {plan_summary(split)['retrieval_kv_heads']} retrieval KV heads")
     rows = base_rows(list(args.rows), split, args.top_p, geometry(model.config)[:3])
-    for item in args.plans:
-        name, _, path = item.partition("=")
-        if not name or not path or name in BASE_ROWS:
-            raise SettingsError(f"--plans takes NAME=PATH with a name other than {BASE_ROWS}, got {item!r}")
-        plan, found = read_plan(path_value(path), model.config)
+    for name, path in plans:
+        plan, found = read_plan(path, model.config)
         rows.append(Row(name, "split", plan, args.top_p, window=found.get("window"), sinks=found.get("sinks")))
     return rows + [Row(name, "artifact", top_p=settings.get("top_p"), artifact=io.artifact_path(path) or path,
                        settings=settings)
