@@ -530,6 +530,58 @@ def test_eval_refuses_a_reference_that_names_no_row_before_loading(flags, messag
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--prepare-only", "--plan", "PLAN"],
+     "--plan do(es) nothing with --prepare-only, which only writes OUT/eval_data.npz: leave --plan out"),
+    (["--prepare-only", "--rows", "dense", "--plans", "copy=PLAN", "--reference", "copy", "--speed-repeats", "0"],
+     "--rows, --plans, --reference, --speed-repeats do(es) nothing with --prepare-only"),
+    (["--prepare-only", "--artifacts", "a=ART", "--retrieval-ratio", "0.3", "--ci-target", "1"],
+     "--artifacts, --retrieval-ratio, --ci-target do(es) nothing with --prepare-only"),
+    (["--report-only", "--plan", "PLAN"],
+     "--plan do(es) nothing with --report-only, which only rewrites the report from OUT/rows: leave --plan out"),
+    (["--report-only", "--prepare-only", "--lengths", "64", "--ci-target", "1"],
+     "--prepare-only, --ci-target, --lengths do(es) nothing with --report-only"),
+])
+def test_eval_refuses_flags_that_prepare_only_or_report_only_never_read(flags, message, checkpoint, tmp_path, capsys,
+                                                                       monkeypatch):
+    """--prepare-only writes the task data and --report-only rewrites the report from stored rows: the row flags
+    (--plan too, though the default --rows has a split row), and what only scores or times rows, do nothing there
+    and are a one-line error before any work, nothing written."""
+    from rtpurbo.eval import commands as eval_commands
+
+    (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))
+    monkeypatch.setattr(eval_commands, "load_tokenizer", lambda *a, **k: pytest.fail("loaded a tokenizer"))
+    monkeypatch.setattr(eval_commands, "rebuild_report", lambda *a, **k: pytest.fail("rebuilt the report"))
+    flags = [str(tmp_path / "plan.json") if f == "PLAN" else ("copy=" + str(tmp_path / "plan.json"))
+             if f == "copy=PLAN" else "a=" + str(tmp_path) if f == "a=ART" else f for f in flags]
+    assert main(["eval", "--model", str(checkpoint), "--out", str(tmp_path / "eval")] + flags) == 2
+    err = capsys.readouterr().err
+    assert f"rtpurbo eval: error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_eval_prepare_only_takes_the_flags_it_reads(checkpoint, tmp_path, monkeypatch):
+    """The data flags (--lengths, --samples, --tasks, --ppl-*, --split, --workers, --quick) reach --prepare-only's
+    data building, and --report-only with --reference / --merge reaches the report: not refused."""
+    from rtpurbo.eval import commands as eval_commands
+
+    class Reached(Exception):
+        pass
+
+    def reached(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(eval_commands, "build_data", reached)
+    monkeypatch.setattr(eval_commands, "load_dev_corpus", lambda: None)
+    with pytest.raises(Reached):
+        main(["eval", "--model", str(checkpoint), "--out", str(tmp_path / "eval"), "--prepare-only", "--quick",
+              "--lengths", "64", "--samples", "1", "--tasks", "niah_number", "--ppl-windows", "1", "--ppl-length",
+              "64", "--split", "tune", "--workers", "2"])
+    monkeypatch.setattr(eval_commands, "rebuild_report", reached)
+    with pytest.raises(Reached):
+        main(["eval", "--report-only", "--reference", "split", "--out", str(tmp_path / "eval2")])
+
+
 @pytest.mark.parametrize("reference", ["copy", "a"])
 def test_eval_takes_a_reference_among_the_plans_and_artifacts_rows(reference, checkpoint, tmp_path, monkeypatch):
     """A --plans or --artifacts row's name is a row of the run: --reference to it passes the check and the run goes

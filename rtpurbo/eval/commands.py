@@ -24,8 +24,8 @@ import torch
 import transformers
 
 from .. import __version__, io
-from ..cli_args import (SettingsError, add_model, add_profile, add_sparse, check_index_dim, count_value, given_flags,
-                        path_value, positive_int, sparse_from_args, top_p_value)
+from ..cli_args import (RecordGiven, SettingsError, add_model, add_profile, add_sparse, check_index_dim, count_value,
+                        given_flags, path_value, positive_int, sparse_from_args, top_p_value)
 from ..commands import device_dtype, say
 from ..config import PREFILL_SCORINGS, RETRIEVAL_PREFILL, HeadPlan, dumps
 from ..convert import convert
@@ -63,7 +63,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--samples", type=positive_int, help=f"samples per task and length (default {FULL['samples']})")
     p.add_argument("--tasks", nargs="+", choices=TASKS, metavar="TASK",
                    help=f"tasks to run (default: all): {', '.join(TASKS)}")
-    p.add_argument("--rows", nargs="*", choices=BASE_ROWS, default=list(BASE_ROWS),
+    p.add_argument("--rows", nargs="*", choices=BASE_ROWS, default=list(BASE_ROWS), action=RecordGiven,
                    help="base-model rows (none: only the --artifacts rows)")
     p.add_argument("--artifacts", nargs="*", default=[], metavar="NAME=PATH",
                    help="trained stages (artifact dirs); NAME=PATH@TOP_P evaluates one at another top-p, "
@@ -113,8 +113,9 @@ def add_parsers(subparsers: Any) -> None:
                    help="the row every other row is paired against (default dense; e.g. an artifact row with dense "
                         "retrieval prefill against the same artifact with sparse prefill); with --report-only it "
                         "re-pairs stored rows")
-    p.add_argument("--ci-target", type=float, default=0.5, help="half-width (points) the report projects the samples "
-                                                                "per task for (paired differences vs the reference row)")
+    p.add_argument("--ci-target", type=float, default=0.5, action=RecordGiven,
+                   help="half-width (points) the report projects the samples per task for (paired differences vs the "
+                        "reference row)")
     p.set_defaults(handler=run)
 
 
@@ -244,6 +245,35 @@ def check_split_flags(args: argparse.Namespace) -> None:
                             f"{profiling} out, or --plan to profile now")
 
 
+ROW_FLAGS = ("rows", "plan", "plans", "artifacts") + PROFILING  # which rows the run computes
+MODE_UNUSED = {  # what each mode never reads: given with it, a flag would do nothing (--report-only wins)
+    "report_only": ("which only rewrites the report from OUT/rows", ("prepare_only",) + ROW_FLAGS + (
+        "ci_target", "quick", "lengths", "samples", "tasks", "data", "ppl_data", "ppl_windows", "ppl_length",
+        "batch_size", "prefill_chunk", "speed_repeats", "corpus", "save_corpus")),
+    "prepare_only": ("which only writes OUT/eval_data.npz", ROW_FLAGS + (
+        "reference", "ci_target", "data", "ppl_data", "batch_size", "prefill_chunk", "speed_repeats")),
+}
+RECORDED = PROFILING + ("rows", "ci_target")  # given where args.given says so (they have defaults); others: set
+
+
+def _is_set(value: Any) -> bool:
+    """A flag without a default was given: a value, a list with items, or a store_true flag on (0 counts)."""
+    return value is not None and value is not False and value != []
+
+
+def check_mode_flags(args: argparse.Namespace) -> None:
+    """Before any work: --prepare-only and --report-only read only some flags (:data:`MODE_UNUSED`); another one
+    given with them is a :class:`SettingsError`, not ignored."""
+    given = set(getattr(args, "given", ()))
+    for mode, (what, unused) in MODE_UNUSED.items():
+        if not getattr(args, mode):
+            continue
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused
+                          if (name in given if name in RECORDED else _is_set(getattr(args, name))))
+        if flags:
+            raise SettingsError(f"{flags} do(es) nothing with --{mode.replace('_', '-')}, {what}: leave {flags} out")
+
+
 def _split_plan(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path) -> tuple[HeadPlan, dict]:
     """The training-free split: ``--plan`` or a fresh profile (written to OUT/profile)."""
     if args.plan is not None:
@@ -264,6 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     if args.merge and not args.report_only:
         raise SettingsError("--merge goes with --report-only")
+    check_mode_flags(args)
     check_split_flags(args)
     check_eval_out(out)
     if args.report_only:
