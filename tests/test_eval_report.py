@@ -127,6 +127,21 @@ def test_suite_writes_report_and_resumes(converted, tmp_path, monkeypatch):
     assert again == stored
 
 
+def test_report_of_one_sample_prints_no_nan_and_no_window_for_the_dense_row(converted, tmp_path):
+    """One sample per task has no interval: the Markdown prints the mean alone (not '±nan' / '(+nan – +nan)') and
+    results.json null; the dense row has no local heads, so its W and S are a dash, not the model's settings."""
+    dense, _, split = rows_for(converted)
+    stored = run_suite(converted, tiny_tokenizer(), [dense, split], make_data(n=1), settings(samples=1, speed_repeats=0),
+                       tmp_path, None, progress=False)
+    write_report(tmp_path, stored, {"model": "tiny", "device": "cpu", "dtype": "float32", "chat_template": False})
+    table = (tmp_path / "results.md").read_text()
+    assert "nan" not in table.lower()
+    sparse = converted.rtpurbo_sparse
+    assert "| dense | 4/4 | – | – | – |" in table and f"| split | 1/4 | {sparse.window} | {sparse.sinks} | 0.9 |" in table
+    paired = json.loads((tmp_path / "results.json").read_text())["paired"]["rows"]["split"]["lengths"]["48"]["exact"]
+    assert paired["half_width"] is None and paired["tasks"]["niah_number"]["lo"] is None
+
+
 def test_a_row_cut_off_mid_run_still_reports(converted, tmp_path, monkeypatch):
     """A run killed after some units (e.g. a time limit) leaves a row the report reads: finished units only."""
     data, rows = make_data(), rows_for(converted)[:1]

@@ -136,6 +136,8 @@ def markdown(paired: dict[str, Any]) -> list[str]:
 def _average(d: dict[str, Any] | None) -> str:
     if d is None:
         return "–"
+    if math.isnan(d["half_width"]):  # one sample per task: no interval
+        return f"{d['mean']:+.2f}"
     if d["half_width"] == 0:  # every task's pairs differ alike: the bootstrap has no spread, no interval to claim
         return f"{d['mean']:+.2f} (no spread)"
     return f"{d['mean']:+.2f} ±{d['half_width']:.2f}"
@@ -144,6 +146,8 @@ def _average(d: dict[str, Any] | None) -> str:
 def _diff(d: dict[str, Any] | None) -> str:
     if d is None:
         return "–"
+    if math.isnan(d["lo"]):  # one sample: no interval
+        return f"{d['mean']:+.2f}"
     if d["lo"] == d["hi"]:
         return f"{d['mean']:+.2f} (no spread)"
     return f"{d['mean']:+.2f} ({d['lo']:+.2f} – {d['hi']:+.2f})"

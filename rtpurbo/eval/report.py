@@ -121,8 +121,10 @@ def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
                 kept_blocks += f"; {100 * r['perplexity_prefill_block_fraction']:.0f}% in the perplexity windows"
             scoring = "" if sp.get("prefill_scoring", "pooled") == "pooled" else f", {sp['prefill_scoring']} scores"
             prefill += f" (top-p {sp.get('prefill_top_p', 1.0):g}{scoring}{kept_blocks})"
+        windowed = r["kind"] != "dense"  # the dense row has no local heads and no selection: W and S mean nothing
         lines.append([
-            r["row"], f"{r['retrieval_kv_heads']}/{r['total_kv_heads']}", str(sp["window"]), str(sp["sinks"]),
+            r["row"], f"{r['retrieval_kv_heads']}/{r['total_kv_heads']}", str(sp["window"]) if windowed else "–",
+            str(sp["sinks"]) if windowed else "–",
             f"{sp['top_p']:g}" if r["retrieval_kv_heads"] and r["kind"] != "dense" else "–",
             *[f"{r['kv_bytes_per_token'].get(str(c), math.nan):,.0f}" for c in contexts],
             f"{speed['prefill_ms']:.1f} ({speed['prefill_tokens']})" if speed else "–",
