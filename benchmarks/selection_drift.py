@@ -16,9 +16,11 @@ shipped adapter's trained indexers, whether that placement would keep level 1's 
   in tau's level-1 bin (what a level 1 that also collected its chosen bin's keys would have to rank);
 * ``overlap``: the share of step ``t - 1``'s selection that step ``t`` selects again.
 
-Every retrieval head of every layer, teacher-forced over ``--windows`` windows of the dev text, decoding
-``--steps`` tokens after a prefill of ``--length - --steps``; retrieval heads select at every step (seqlen threshold
-0), with the artifact's top-p and ``min_tokens``. 4K-token contexts, not the 128K-1M where the search runs by
+Every retrieval head of every layer, teacher-forced, decoding the last ``--steps`` tokens of each text after a prefill
+of the rest: ``--source prose``, ``--windows`` windows of ``--length`` tokens of the dev text; ``--source needles``,
+``--windows`` needle prompts of each kind (passkey, key-value, multi-hop; the quickstart's probes), whose last tokens
+are the question and its answer, where the retrieval heads must find the needle. Retrieval heads select at every
+step (seqlen threshold 0), with the artifact's top-p and ``min_tokens``. 4K-token contexts, not the 128K-1M where the search runs by
 default: the spread grows with the number of keys, the step-to-step movement of ``m`` comes from the query.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from rtpurbo.data.task_data import perplexity_windows
 from rtpurbo.eval.scoring import decode_step
 from rtpurbo.ops import api, reference
 from rtpurbo.prefill import prefill
+from rtpurbo.quickstart import probe_samples
 
 N_LOGIT, MIN_INV_WIDTH, BIN_BITS = 32, 0.5, 11  # as rtpurbo.ops.triton.threshold_phases
 
@@ -97,7 +100,10 @@ def run(args) -> dict:
     model.eval()
     sparse = model.rtpurbo_sparse
     sparse.seqlen_threshold = 0
-    windows = perplexity_windows(tokenizer, args.windows, args.length, sources=("shakespeare",))
+    if args.source == "needles":
+        windows = [sample.input_ids for sample in probe_samples(tokenizer, args.windows, args.length)]
+    else:
+        windows = perplexity_windows(tokenizer, args.windows, args.length, sources=("shakespeare",))
     rows: list[dict] = []
     previous: dict[tuple[int, int], dict] = {}
     state = {"layer": 0}
@@ -120,12 +126,13 @@ def run(args) -> dict:
     try:
         with torch.no_grad():
             for w, ids in enumerate(windows):
-                ids = torch.tensor([ids])
-                start = args.length - args.steps
+                ids = torch.tensor([list(ids)])
+                length = ids.shape[1]
+                start = length - args.steps
                 cache = HeadwiseCache(model)
                 prefill(model, cache, ids[:, :start], torch.ones(1, start, dtype=torch.long), start)
                 previous.clear()
-                for position in range(start, args.length):
+                for position in range(start, length):
                     state["layer"] = 0
                     decode_step(model, cache, ids[:, position], torch.ones(1, position + 1, dtype=torch.long),
                                 torch.tensor([position]))
@@ -172,7 +179,8 @@ def markdown(meta: dict, summary: dict, offsets) -> str:
             f"Python {meta['python']}; commit {meta['commit']}.\n"
             f"- **Command:** `{meta['command']}` ({meta['seconds']} s).\n"
             f"- **Model:** the shipped adapter `{meta['adapter']}` on SmolLM2-135M-Instruct, top-p {meta['top_p']}, "
-            f"min_tokens {meta['min_tokens']}; {summary['rows']} rows (retrieval head x decode step), "
+            f"min_tokens {meta['min_tokens']}; source: {meta['source']}; {summary['rows']} rows (retrieval head x "
+            "decode step), "
             f"{summary['paired_rows']} with a previous step.\n\n")
     text += "Per row, quantiles over rows:\n\n" + q
     text += line("share of the visible keys selected", summary["kept_fraction"])
@@ -194,7 +202,8 @@ def markdown(meta: dict, summary: dict, offsets) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapter", default="smollm2-135m-rtpurbo")
-    parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--source", choices=("prose", "needles"), default="prose")
+    parser.add_argument("--windows", type=int, default=2, help="prose windows, or needle prompts per kind")
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--offsets", type=int, nargs="+", default=[0, 2, 4, 8])
@@ -207,7 +216,7 @@ def main() -> None:
     meta = dict(date=datetime.date.today().isoformat(), cpu=platform.processor() or platform.machine(),
                 threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
                 commit=commit, command=" ".join(["python"] + sys.argv), seconds=result["seconds"],
-                adapter=args.adapter, top_p=result["top_p"], min_tokens=result["min_tokens"])
+                adapter=args.adapter, top_p=result["top_p"], min_tokens=result["min_tokens"], source=args.source)
     summary = summarise(result, args.offsets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, summary=summary), indent=1))
