@@ -197,6 +197,30 @@ def test_runs_per_row_and_length_merge_into_one_report(converted, tmp_path):
         merge_runs(tmp_path / "bad", [runs[0], stray])
 
 
+def test_merged_rows_of_other_lengths_and_tasks_print_dashes_not_nan(converted, tmp_path):
+    """Merged runs whose rows cover different lengths (so different KV-byte contexts) and different tasks: a cell a
+    row has no value for is a dash, and a row lacking a task has no mean of tasks (a mean over other tasks would not
+    compare), never 'nan'."""
+    data, rows = make_data(), rows_for(converted)
+    config = {"model": "tiny", "device": "cpu", "dtype": "float32", "chat_template": False}
+    runs = []
+    for row, length, tasks in ((rows[0], LENGTHS[0], TASK_NAMES), (rows[2], LENGTHS[1], TASK_NAMES[:1])):
+        run = tmp_path / row.name
+        suite.configure(converted, row)
+        suite.evaluate_row(converted, tiny_tokenizer(), row, data, settings(lengths=[length], tasks=tasks,
+                                                                           ppl_windows=0, speed_repeats=0),
+                           run, progress=False)
+        (run / "config.json").write_text(json.dumps({**config, "settings": {"lengths": [length], "ppl_windows": 0}}))
+        runs.append(run)
+    args = parse("--report-only", "--merge", *map(str, runs), "--out", str(tmp_path / "all"))
+    args.handler(args)
+    table = (tmp_path / "all" / "results.md").read_text()
+    assert "nan" not in table.lower()
+    assert f"KV B/token @{LENGTHS[0]}" in table and f"KV B/token @{LENGTHS[1]}" in table
+    means = [line for line in table.splitlines() if line.startswith("| **mean of tasks**")]
+    assert means and all(line.count("–") >= 1 for line in means)
+
+
 def test_runs_over_blocks_of_samples_merge_by_seed(converted, tmp_path):
     data, dense = make_data(n=4), rows_for(converted)[0]
     config = {"model": "tiny", "device": "cpu", "dtype": "float32", "chat_template": False,

@@ -126,7 +126,7 @@ def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
             r["row"], f"{r['retrieval_kv_heads']}/{r['total_kv_heads']}", str(sp["window"]) if windowed else "–",
             str(sp["sinks"]) if windowed else "–",
             f"{sp['top_p']:g}" if r["retrieval_kv_heads"] and r["kind"] != "dense" else "–",
-            *[f"{r['kv_bytes_per_token'].get(str(c), math.nan):,.0f}" for c in contexts],
+            *[_bytes_cell(r["kv_bytes_per_token"].get(str(c))) for c in contexts],
             f"{speed['prefill_ms']:.1f} ({speed['prefill_tokens']})" if speed else "–",
             f"{speed['decode_ms_per_token']:.2f}" if speed else "–",
             f"{100 * np.mean(kept):.1f}% of keys" if kept else "–",
@@ -158,8 +158,15 @@ def _task_table(rows: list[dict[str, Any]], length: str) -> list[str]:
             body.append([task] + [_ci(c[k]) if c else "–" for c in cells for k in keys])
             for i, value in enumerate(c[k]["mean"] if c else math.nan for c in cells for k in keys):
                 means[i].append(value)
-    body.append(["**mean of tasks**"] + [f"**{np.mean(m):.2f}**" for m in means])
+    # a row without some task of the table has no mean: one over fewer tasks would not compare with the others
+    body.append(["**mean of tasks**"] + [f"**{np.mean(m):.2f}**" if m and not np.isnan(m).any() else "–"
+                                         for m in means])
     return _table(header, body)
+
+
+def _bytes_cell(value: float | None) -> str:
+    """KV bytes per token at one context, or a dash where the row was not run at that context (merged runs)."""
+    return "–" if value is None else f"{value:,.0f}"
 
 
 def markdown(rows: list[dict[str, Any]], config: dict[str, Any], paired: dict[str, Any] | None = None) -> str:
