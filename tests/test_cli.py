@@ -560,6 +560,23 @@ def test_eval_refuses_flags_that_prepare_only_or_report_only_never_read(flags, m
     assert not (tmp_path / "eval").exists()
 
 
+def test_eval_refuses_save_corpus_without_prepare_only_and_first_sample_with_data(checkpoint, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """--save-corpus is written only by --prepare-only, and --first-sample numbers samples a run builds, which a run
+    on --data does not: given where they would do nothing, a one-line error before any work, nothing written."""
+    from rtpurbo.eval import commands as eval_commands
+
+    monkeypatch.setattr(eval_commands, "load_tokenizer", lambda *a, **k: pytest.fail("loaded a tokenizer"))
+    (tmp_path / "data.npz").write_bytes(b"")
+    cases = [(["--save-corpus", str(tmp_path / "corpus.json.gz")], "--save-corpus writes the corpus that"),
+             (["--first-sample", "100", "--data", str(tmp_path / "data.npz")], "--first-sample numbers the samples")]
+    for flags, message in cases:
+        assert main(["eval", "--model", str(checkpoint), "--out", str(tmp_path / "eval")] + flags) == 2
+        err = capsys.readouterr().err
+        assert f"rtpurbo eval: error: {message}" in err and "Traceback" not in err
+        assert not (tmp_path / "eval").exists() and not (tmp_path / "corpus.json.gz").exists()
+
+
 def test_eval_prepare_only_takes_the_flags_it_reads(checkpoint, tmp_path, monkeypatch):
     """The data flags (--lengths, --samples, --tasks, --ppl-*, --split, --workers, --quick) reach --prepare-only's
     data building, and --report-only with --reference / --merge reaches the report: not refused."""

@@ -106,8 +106,9 @@ def add_parsers(subparsers: Any) -> None:
                    help="with --prepare-only: also write the task corpus to this file (gzipped JSON, a few MB) for "
                         "machines without the sources")
     p.add_argument("--first-sample", type=count_value, default=0,
-                   help="with --prepare-only: index of the first sample of every task and length (e.g. 100 to add "
-                        "samples 100.. to an earlier 100-sample file; evaluate them separately, then --merge)")
+                   help="index of the first sample of every task and length that this run builds (with "
+                        "--prepare-only, or a run without --data; e.g. 100 to add samples 100.. to an earlier "
+                        "100-sample file; evaluate them separately, then --merge)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes that build task samples")
     p.add_argument("--reference", metavar="ROW",
                    help="the row every other row is paired against (default dense; e.g. an artifact row with dense "
@@ -272,6 +273,12 @@ def check_mode_flags(args: argparse.Namespace) -> None:
                           if (name in given if name in RECORDED else _is_set(getattr(args, name))))
         if flags:
             raise SettingsError(f"{flags} do(es) nothing with --{mode.replace('_', '-')}, {what}: leave {flags} out")
+    if args.save_corpus is not None and not args.prepare_only:
+        raise SettingsError("--save-corpus writes the corpus that --prepare-only builds its data from: add "
+                            "--prepare-only, or leave --save-corpus out")
+    if args.first_sample and args.data is not None:
+        raise SettingsError(f"--first-sample numbers the samples a run builds, and --data {args.data} brings its own: "
+                            "leave one of them out")
 
 
 def _split_plan(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out: Path) -> tuple[HeadPlan, dict]:
