@@ -42,10 +42,11 @@ from rtpurbo.cache import HeadwiseCache
 from rtpurbo.data.task_data import perplexity_windows
 from rtpurbo.eval.scoring import decode_step
 from rtpurbo.ops import api, reference
+from rtpurbo.ops.triton.threshold_phases import MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LOGIT
 from rtpurbo.prefill import prefill
 from rtpurbo.quickstart import probe_samples
 
-N_LOGIT, MIN_INV_WIDTH, BIN_BITS = 32, 0.5, 11  # as rtpurbo.ops.triton.threshold_phases
+BIN_BITS = N_BINS.bit_length() - 1  # the key levels' bits per level
 
 
 def order_key(s: torch.Tensor) -> torch.Tensor:
@@ -56,7 +57,7 @@ def order_key(s: torch.Tensor) -> torch.Tensor:
 
 def inv_width(scores: torch.Tensor) -> float:
     spread = float(scores.max() - scores.min())
-    return min(max(N_LOGIT / spread if spread > 0 else MIN_INV_WIDTH, MIN_INV_WIDTH), 1e30)
+    return min(max(N_LOGIT / spread if spread > 0 else MIN_INV_WIDTH, MIN_INV_WIDTH), MAX_INV_WIDTH)
 
 
 def row_stats(scores: torch.Tensor, top_p: float, min_tokens: int, previous: dict | None, offsets) -> dict:
