@@ -19,12 +19,6 @@ captured with programmatic dependent launch (``dependent_launch.ENABLED`` on whi
 ``--schedules relay``: every tree whose threshold search has that schedule also runs with it (``NAME+relay``; the
 step passes ``schedule=`` to ``topp_attention``, the selection to ``topp_threshold``).
 
-``--anchor``: every variant of a tree that has ``ops.triton.threshold_anchor`` also runs with a level-0 anchor
-(``...+anchor``): one (1, 2) anchor per variant, carried across the graph's replays as a cache carries it across
-decode steps. The replays score the same keys each time, so the anchor always fits: the best case. ``...+anchor-miss``
-refills the anchor with NaN before every step (one fill launch more in the graph): level 0 then reads the keys as
-without an anchor, after the index-score kernel binned them for nothing: the worst case.
-
 ``--timeline``: after the timing, the kernels of one replay of each variant's graph (profiler), each as
 ``name@start+duration`` in us from the first kernel, and the span from the first kernel's start to the last one's end.
 
@@ -99,22 +93,16 @@ def load_trees(entries: list[str]) -> dict:
     return trees
 
 
-def _variants(trees: dict, schedules: list[str], anchor: bool = False):
-    """(call name, tree, extra keyword arguments of the search, anchor to refill with NaN before each step or None)
-    per tree, per search schedule it has and (``anchor``) with a level-0 anchor, best and worst case."""
+def _variants(trees: dict, schedules: list[str]):
+    """(call name, tree, extra keyword arguments of the search) per tree and per search schedule it has."""
     for name, tree in trees.items():
-        searches = [(name, {})] + [(f"{name}+{schedule}", {"schedule": schedule}) for schedule in schedules
-                                   if schedule in getattr(tree["threshold"], "SCHEDULES", ())]
-        for label, search in searches:
-            yield label, tree, search, None
-            if anchor and f"rtpurbo_{name}.ops.triton.threshold_anchor" in sys.modules:
-                fresh = sys.modules[f"rtpurbo_{name}.ops.triton.threshold_anchor"].new_anchor
-                yield f"{label}+anchor", tree, dict(search, anchor=fresh(1, "cuda")), None
-                missing = fresh(1, "cuda")
-                yield f"{label}+anchor-miss", tree, dict(search, anchor=missing), missing
+        yield name, tree, {}
+        for schedule in schedules:
+            if schedule in getattr(tree["threshold"], "SCHEDULES", ()):
+                yield f"{name}+{schedule}", tree, {"schedule": schedule}
 
 
-def step_case(trees: dict, length: int, schedules: list[str], anchor: bool = False) -> dict:
+def step_case(trees: dict, length: int, schedules: list[str]) -> dict:
     """Per tree (and schedule), a callable of one selecting layer step, and what it selected (count, slot sum)."""
     group, n_local, dim = GEOM.group, GEOM.n_kv - GEOM.n_retrieval(), GEOM.head_dim
     torch.manual_seed(0)
@@ -126,10 +114,8 @@ def step_case(trees: dict, length: int, schedules: list[str], anchor: bool = Fal
     q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
     side = torch.cuda.Stream()
     calls = {}
-    for name, tree, search, refill in _variants(trees, schedules, anchor):
-        def step(tree=tree, search=search, refill=refill):
-            if refill is not None:
-                refill.fill_(float("nan"))
+    for name, tree, search in _variants(trees, schedules):
+        def step(tree=tree, search=search):
             main = torch.cuda.current_stream()
             side.wait_stream(main)
             with torch.cuda.stream(side):
@@ -147,23 +133,17 @@ def step_case(trees: dict, length: int, schedules: list[str], anchor: bool = Fal
     return calls
 
 
-def select_case(trees: dict, length: int, scale: float, schedules: list[str], anchor: bool = False) -> dict:
+def select_case(trees: dict, length: int, scale: float, schedules: list[str]) -> dict:
     torch.manual_seed(0)
     q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
     q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
     calls = {}
-    for name, tree, search, refill in _variants(trees, schedules, anchor):
-        def select(tree=tree, search=search, refill=refill):
-            if refill is not None:
-                refill.fill_(float("nan"))
-            anchored = {"anchor": search["anchor"]} if "anchor" in search else {}
-            scored = tree["decode"].index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT, **anchored)
-            if anchored:
-                anchored["anchor_bins"] = scored.anchor_bins
+    for name, tree, search in _variants(trees, schedules):
+        def select(tree=tree, search=search):
+            scored = tree["decode"].index_scores(q_idx, k_idx, q_pos, k_pos, sinks=SINKS, recent=RECENT)
             return tree["threshold"].topp_threshold(
                 scored.scores.view(1, length), scored.block_max, scored.block_sum, scored.block_count,
-                scored.block_min, top_p=TOP_P, min_tokens=MIN_TOKENS, max_tokens=None,
-                **dict(search, **anchored))
+                scored.block_min, top_p=TOP_P, min_tokens=MIN_TOKENS, max_tokens=None, **search)
         calls[name] = select
     return calls
 
@@ -240,8 +220,6 @@ def main() -> None:
     parser.add_argument("--pdl", action="store_true", help="also run each tree with PDL on (NAME+pdl)")
     parser.add_argument("--schedules", default="", help="comma-separated search schedules to run each tree with too "
                         "(NAME+SCHEDULE), e.g. relay")
-    parser.add_argument("--anchor", action="store_true", help="also run each variant with a level-0 anchor "
-                        "(+anchor: it fits; +anchor-miss: refilled with NaN before each step)")
     parser.add_argument("--timeline", action="store_true", help="print each variant's kernel timeline (one replay)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -255,9 +233,9 @@ def main() -> None:
         length = LENGTHS[label]
         todo = []
         if "step" in cases:
-            todo.append(("step", "trained-like", step_case(trees, length, schedules, args.anchor)))
+            todo.append(("step", "trained-like", step_case(trees, length, schedules)))
         if "select" in cases:
-            todo += [("select", regime, select_case(trees, length, scale, schedules, args.anchor))
+            todo += [("select", regime, select_case(trees, length, scale, schedules))
                      for regime, scale in REGIMES.items()]
         for kind, regime, calls in todo:
             calls = with_pdl(trees, calls) if args.pdl else calls

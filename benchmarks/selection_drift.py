@@ -42,13 +42,11 @@ from rtpurbo.cache import HeadwiseCache
 from rtpurbo.data.task_data import perplexity_windows
 from rtpurbo.eval.scoring import decode_step
 from rtpurbo.ops import api, reference
-from rtpurbo.ops.triton.threshold_anchor import HEADROOM as _HEADROOM
 from rtpurbo.ops.triton.threshold_phases import MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LOGIT
 from rtpurbo.prefill import prefill
 from rtpurbo.quickstart import probe_samples
 
 BIN_BITS = N_BINS.bit_length() - 1  # the key levels' bits per level
-HEADROOM = _HEADROOM.value  # widths between an anchor's top and the maximum it came from
 
 
 def order_key(s: torch.Tensor) -> torch.Tensor:
@@ -93,11 +91,6 @@ def row_stats(scores: torch.Tensor, top_p: float, min_tokens: int, previous: dic
             tau_prev = min(max(math.floor((r - tau) * piw) + offset, 0), N_LOGIT - 1)
             out[f"bin_keys_prev{offset}"] = int((bins == tau_prev).sum())
             out[f"top_open{offset}"] = bool(m >= r + offset / piw)  # bin 0 also holds keys above its top edge
-        # the shipped anchored level 0 (rtpurbo.ops.triton.threshold_anchor): anchor top 4 widths above the previous
-        # max; it serves this step where the max lies from 16 widths below to 4 above that top and the width is
-        # within 2x of the one this step's spread asks for
-        top = r + HEADROOM / piw
-        out["anchor_fits"] = bool(top - (N_LOGIT // 2) / piw <= m <= top + HEADROOM / piw and 0.5 <= piw / iw <= 2.0)
         kept = previous["selected"]
         out["overlap"] = len(kept & out["selected"]) / max(1, len(kept))
     return out
@@ -167,7 +160,6 @@ def summarise(result: dict, offsets) -> dict:
         "key_levels": {str(k): sum(r["levels"] == k for r in result["rows"]) for k in (1, 2, 3)},
         "level1_keys": quantiles([r["level1_keys"] for r in result["rows"]]),
         "overlap": quantiles([r["overlap"] for r in rows]),
-        "anchor_fits_share": round(sum(r["anchor_fits"] for r in rows) / len(rows), 4),
     }
     for offset in offsets:
         ratio = [r[f"bin_keys_prev{offset}"] / max(1, r["bin_keys"]) for r in rows]
@@ -205,9 +197,6 @@ def markdown(meta: dict, summary: dict, offsets) -> str:
                              f"{100 * summary[f'prev{offset}']['top_open_share']:.2f} % of the rows."
                              for offset in offsets)
     text += f"\n- Key levels after level 0 (rows): {summary['key_levels']}.\n"
-    text += (f"- The anchored level 0 as shipped (anchor {HEADROOM} widths above the previous max; it fits while the max "
-             f"lies from {N_LOGIT // 2} widths below to {HEADROOM} above it and the width is within 2x): it fits "
-             f"{100 * summary['anchor_fits_share']:.2f} % of the rows.\n")
     return text
 
 

@@ -288,13 +288,10 @@ class LayerAttention:
             plain, plan = self._prefill_plan("retrieval", module.base_window, positions, key_pos, first)
             return ops.attention(q, keys, values, positions, key_pos, window=module.base_window,
                                  scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan)
-        anchor = None
-        if q.is_cuda and ops.search_anchor_enabled():
-            anchor = cache_layer.search_anchor(layer, keys.shape[0] * keys.shape[1], q.device)
         out, counts = ops.topp_attention(
             q, keys, values, positions, key_pos, q_idx, key_idx,
             top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,
-            sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl, anchor=anchor,
+            sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl,
         )
         self.stats.record(module.layer_idx, counts, self._visible(layer, positions))
         return out

@@ -33,22 +33,10 @@ class LayerCache:
     # slots, appended in order until it would hold more, then (r_ring) a ring whose slot of position p is p % W_b
     r_window: int | None = None
     r_ring: bool = False
-    # the triton top-p search's level-0 anchor, (B * Hr, 2) fp32, carried from one decode step to the next
-    # (rtpurbo.ops.triton.threshold_anchor): speed only, so not a row field (rows that changed get a fresh one)
-    search_anchor: torch.Tensor | None = None
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the layer stores, all batch-first (:data:`ROW_FIELDS`' order)."""
         return [getattr(self, name) for name in ROW_FIELDS]
-
-
-def search_anchor(layer: LayerCache, rows: int, device: torch.device) -> torch.Tensor:
-    """The layer's level-0 anchor for ``rows`` search rows: the one kept from the last step, or a fresh one (which
-    fits no row, so that step's search bins without it) when there is none of that shape yet."""
-    anchor = layer.search_anchor
-    if anchor is None or anchor.shape[0] != rows or anchor.device != device:
-        anchor = layer.search_anchor = torch.full((rows, 2), float("nan"), dtype=torch.float32, device=device)
-    return anchor
 
 
 def new_layer(batch: int, retrieval: int, local: int, head_dim: int, index_dim: int, slots: int, capacity: int,

@@ -280,30 +280,6 @@ def test_dependent_launch_decode_on_gpu(threshold, monkeypatch):
     assert torch.equal(logits, want_logits)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the threshold search's anchor serves the Triton decode")
-@pytest.mark.parametrize("graph", [True, False])
-def test_search_anchor_decode_on_gpu(graph, monkeypatch):
-    """Static decode with the layers keeping a level-0 anchor for the threshold search (RTPURBO_SEARCH_ANCHOR=1,
-    rtpurbo.ops.triton.threshold_anchor), replayed from CUDA graphs (the anchor carried across replays) and eager:
-    the anchor moves the search's work, not its result, so the same tokens and logits bit for bit as without; and
-    every selecting layer holds an anchor the last step wrote (finite)."""
-    from rtpurbo.ops import api
-
-    model = _model("llama", 0.7, decode_impl="auto").cuda()
-    model.rtpurbo_sparse.seqlen_threshold = 0
-    ids, mask = (t.cuda() for t in _prompt(2))
-    runs = []
-    for on in ("1", "0"):
-        monkeypatch.setenv(api.SEARCH_ANCHOR_ENV, on)
-        runs.append(graphed_greedy(model, ids, mask, graph=graph))
-    (tokens, logits, cache, _), (want_tokens, want_logits, plain_cache, _) = runs
-    assert torch.equal(tokens, want_tokens)
-    assert torch.equal(logits, want_logits)
-    anchors = [layer.search_anchor for layer in cache.store if layer is not None and layer.r_k.shape[1]]
-    assert anchors and all(a is not None and bool(torch.isfinite(a).all()) for a in anchors)
-    assert all(layer is None or layer.search_anchor is None for layer in plain_cache.store)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the one-launch decode runs Triton kernels on a CUDA device")
 @pytest.mark.parametrize("top_p, threshold", [(1.0, 0), (0.7, 10**9), (0.7, 0)])
 def test_one_launch_decode_matches_two_launches_on_gpu(top_p, threshold):

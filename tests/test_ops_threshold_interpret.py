@@ -149,45 +149,6 @@ def score_ranked(scores, q_pos, k_pos, *, top_p, min_tokens, max_tokens):
     return torch.zeros_like(keep).scatter(-1, order, keep)
 
 
-def row_anchors(scores, visible_mask, seed: int):
-    """(rows, 2) fp32 anchors of the threshold search's level 0 for rows of ``scores`` (rows, Lk): even rows get one
-    that fits (top up to 3.5 widths above or 3 below the row's maximum, width 0.6-1.8x the spread's), odd rows garbage
-    (NaN, infinities, a negative or zero width, a top far above every score)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    rows = scores.shape[0]
-    anchors = torch.empty(rows, 2)
-    garbage = [(float("nan"), 1.0), (0.0, float("nan")), (float("inf"), 1.0), (1.0, -2.0), (1.0, 0.0), (1e6, 0.5),
-               (-1e6, 1e-3)]
-    for r in range(rows):
-        seen = scores[r][visible_mask[r]].cpu().float()
-        if r % 2 or seen.numel() == 0:
-            anchors[r] = torch.tensor(garbage[int(torch.randint(len(garbage), (1,), generator=g))])
-            continue
-        top, bottom = seen.max(), seen.min()
-        inv = torch.clamp(32 / (top - bottom), 0.5, 1e30) if top > bottom else torch.tensor(0.5)
-        inv = inv * (0.6 + 1.2 * torch.rand((), generator=g))
-        anchors[r, 0] = top + (torch.rand((), generator=g) * 6.5 - 3.0) / inv
-        anchors[r, 1] = inv
-    return anchors.to(scores.device)
-
-
-def next_anchors(scores, visible_mask):
-    """The anchors a search leaves for the next step: (max + 4 / inv_spread, inv_spread) per row, fp32 as the kernel
-    computes them (rows without a visible key: not checked, NaN here)."""
-    import torch
-
-    out = torch.full((scores.shape[0], 2), float("nan"), device=scores.device)
-    for r in range(scores.shape[0]):
-        seen = scores[r][visible_mask[r]]
-        if seen.numel():
-            top, spread = seen.max(), seen.max() - seen.min()
-            inv = torch.clamp(32 / spread, 0.5, 1e30) if spread > 0 else torch.tensor(0.5, device=scores.device)
-            out[r] = torch.stack([top + 4 / inv, inv])
-    return out
-
-
 def check_selection(case, device: str = "cpu") -> list[str]:
     """Problems found in one case of CASES' form (empty = pass); also run on the GPU."""
     import torch
@@ -213,32 +174,13 @@ def check_selection(case, device: str = "cpu") -> list[str]:
     flat = scored.scores.view(rows, n_keys)
     stats = (flat, scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
     capacity = n_keys if max_tokens is None else min(max_tokens, n_keys)
-    runs = [(schedule, False, False) for schedule in threshold.SCHEDULES]
-    runs += [("phased", False, True), ("relay", False, True)]  # anchored level 0: some rows' anchors fit, others not
+    runs = [(schedule, False) for schedule in threshold.SCHEDULES]
     if dependent_launch.supported(torch.device(device)):  # a GPU with PDL: the phased and relay launches with it too
-        runs += [("phased", True, False), ("relay", True, False), ("relay", True, True)]
-    seen = flat != float("-inf")
-    for schedule, pdl, anchored in runs:
+        runs += [("phased", True), ("relay", True)]
+    for schedule, pdl in runs:
         sync = torch.zeros(rows, threshold.N_SYNC, dtype=torch.int64, device=device)
-        extra = {}
-        if anchored:
-            anchor = row_anchors(flat, seen, seed=n_keys)
-            binned = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0, block=16, anchor=anchor)
-            if not torch.equal(binned.scores, scored.scores):
-                problems.append("index scores with an anchor differ from those without")
-            extra = dict(anchor=anchor, anchor_bins=binned.anchor_bins)
-            stats_used = (flat, binned.block_max, binned.block_sum, binned.block_count, binned.block_min)
-        else:
-            stats_used = stats
-        order, n_keep = threshold.topp_threshold(*stats_used, **budget, block=block, schedule=schedule, sync=sync,
-                                                 pdl=pdl, **extra)
-        schedule = schedule + (" with PDL" if pdl else "") + (" anchored" if anchored else "")
-        if anchored:
-            want_anchor = next_anchors(flat, seen)
-            has = ~want_anchor[:, 0].isnan()
-            if not torch.allclose(extra["anchor"][has], want_anchor[has], rtol=1e-6, atol=0):
-                problems.append(f"{schedule}: next anchors {extra['anchor'][has].tolist()} != "
-                                f"{want_anchor[has].tolist()}")
+        order, n_keep = threshold.topp_threshold(*stats, **budget, block=block, schedule=schedule, sync=sync, pdl=pdl)
+        schedule = schedule + (" with PDL" if pdl else "")
         if tuple(order.shape) != (rows, capacity):
             problems.append(f"{schedule}: order shape {tuple(order.shape)} != {(rows, capacity)}")
         if int(sync[:, threshold.STALLS].sum()):
@@ -250,17 +192,7 @@ def check_selection(case, device: str = "cpu") -> list[str]:
             if slots != expected:
                 problems.append(f"{schedule}: row {r}: {n} slots {slots[:12]}... != reference {len(expected)} "
                                 f"{expected[:12]}...")
-        if anchored:  # a next step on the same scores: every row with a visible key now has an anchor that fits
-            binned = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0, block=16,
-                                         anchor=extra["anchor"])
-            again, n_again = threshold.topp_threshold(
-                flat, binned.block_max, binned.block_sum, binned.block_count, binned.block_min, **budget, block=block,
-                schedule=schedule.split()[0], pdl=pdl, anchor=extra["anchor"], anchor_bins=binned.anchor_bins)
-            if not (torch.equal(n_keep, n_again) and all(
-                torch.equal(order[r, : n_keep[r]], again[r, : n_keep[r]]) for r in range(rows)
-            )):
-                problems.append(f"{schedule}: the next step with the anchor it left selects differently")
-        elif name in REPEATED:
+        if name in REPEATED:
             again, n_again = threshold.topp_threshold(*stats, **budget, block=block, schedule=schedule.split()[0],
                                                       pdl=pdl)
             if not (torch.equal(n_keep, n_again) and all(
@@ -382,62 +314,6 @@ def _check_zeroed_workspace() -> list[str]:
     return problems
 
 
-def _check_anchor_paths() -> list[str]:
-    """Which level 0 each row takes: with an anchor that fits, level 0's histogram is the key blocks' bins by the
-    anchor (every visible key at ``clamp(floor((top - s) * inv_width), 0, 31)``); with one that does not fit (the
-    maximum too far above or below it, a width off by more than 2x, garbage), the keys' own bins from the row's
-    maximum and spread. Both select what the search without an anchor selects."""
-    import torch
-
-    from rtpurbo.ops.triton import decode, threshold
-
-    problems = []
-    rows, n_keys = 8, 900
-    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 1, rows, n_keys, seed=29)
-    plain = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0)
-    flat = plain.scores.view(rows, n_keys)
-    seen = flat != float("-inf")
-    m = flat.amax(-1)
-    inv = (32 / (m - flat.masked_fill(~seen, float("inf")).amin(-1))).clamp(0.5, 1e30)
-    #         fits: exact, 3.9 widths below the max, 15 above, width x1.9; does not: 4.5 below, 17 above, x2.5, NaN
-    tops = m + torch.tensor([4.0, -3.9, 15.0, 4.0, -4.5, 17.0, 4.0, 0.0]) / inv
-    widths = inv * torch.tensor([1.0, 1.0, 1.0, 1.9, 1.0, 1.0, 2.5, float("nan")])
-    fits = torch.tensor([True] * 4 + [False] * 4)
-    anchor = torch.stack([tops, widths], -1).float().contiguous()
-    budget = dict(top_p=0.8, min_tokens=0, max_tokens=None)
-    want_order, want_n = threshold.topp_threshold(flat, plain.block_max, plain.block_sum, plain.block_count,
-                                                  plain.block_min, **budget, block=64)
-    for schedule in ("phased", "relay"):
-        given = anchor.clone()
-        binned = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0, block=32, anchor=given)
-        work = torch.zeros(rows, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64)
-        order, n_keep = threshold.topp_threshold(flat, binned.block_max, binned.block_sum, binned.block_count,
-                                                 binned.block_min, **budget, block=64, schedule=schedule, work=work,
-                                                 anchor=given, anchor_bins=binned.anchor_bins)
-        for r in range(rows):
-            top, width = (anchor[r, 0], anchor[r, 1]) if fits[r] else (m[r], inv[r])
-            bins = torch.floor((top - flat[r][seen[r]]) * width).clamp(0, 31).long()
-            if not torch.equal(work[r, 0, :32], torch.bincount(bins, minlength=32)):
-                problems.append(f"{schedule}: row {r} ({'fits' if fits[r] else 'does not fit'}): level 0 counted "
-                                f"{work[r, 0, :32].tolist()}, expected {torch.bincount(bins, minlength=32).tolist()}")
-            if not (n_keep[r] == want_n[r] and torch.equal(order[r, : n_keep[r]], want_order[r, : want_n[r]])):
-                problems.append(f"{schedule}: row {r} selects differently with an anchor")
-    try:  # an anchor without its bins, bins of another search block, and the fused schedule are refused
-        threshold.topp_threshold(flat, binned.block_max, binned.block_sum, binned.block_count, binned.block_min,
-                                 **budget, anchor=anchor)
-        problems.append("an anchor without its bins was accepted")
-    except ValueError:
-        pass
-    for bad in (dict(block=16), dict(schedule="fused")):
-        try:
-            threshold.topp_threshold(flat, binned.block_max, binned.block_sum, binned.block_count, binned.block_min,
-                                     **budget, anchor=anchor, anchor_bins=binned.anchor_bins, **bad)
-            problems.append(f"an anchored search with {bad} was accepted")
-        except ValueError:
-            pass
-    return problems
-
-
 def _check_bad_args() -> list[str]:
     """An unknown schedule, work / sync buffers of the wrong shape or dtype, and bad launch settings are refused before
     any launch."""
@@ -468,8 +344,7 @@ def _check_bad_args() -> list[str]:
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
         ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("n-logit", _check_n_logit),
-        ("zeroed-workspace", _check_zeroed_workspace), ("anchor-paths", _check_anchor_paths),
-        ("bad-args", _check_bad_args)])
+        ("zeroed-workspace", _check_zeroed_workspace), ("bad-args", _check_bad_args)])
 
 
 @pytest.fixture(scope="module")
@@ -483,7 +358,7 @@ def test_every_launch_compiles_for_hopper(report):
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "zeroed-workspace",
-                                                           "anchor-paths", "bad-args"])
+                                                           "bad-args"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

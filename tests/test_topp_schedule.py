@@ -43,31 +43,3 @@ def test_select_runs_the_default_schedule_unless_the_call_names_one(monkeypatch)
     topp.select(*args, top_p=0.9)
     topp.select(*args, top_p=0.9, schedule="fused")
     assert seen == ["phased", "relay", "fused"]
-
-
-def test_search_anchor_switch_comes_from_the_environment(monkeypatch):
-    """``RTPURBO_SEARCH_ANCHOR``: off unless "1", refused unless 0 or 1, and recorded in the launch settings."""
-    from rtpurbo.ops import api
-
-    monkeypatch.delenv(api.SEARCH_ANCHOR_ENV, raising=False)
-    assert api.search_anchor_enabled() is False
-    monkeypatch.setenv(api.SEARCH_ANCHOR_ENV, "1")
-    assert api.search_anchor_enabled() is True
-    assert topp.launch_settings()["search_anchor"] is True
-    monkeypatch.setenv(api.SEARCH_ANCHOR_ENV, "yes")
-    with pytest.raises(ValueError, match=f"{api.SEARCH_ANCHOR_ENV} must be 0 or 1"):
-        api.search_anchor_enabled()
-
-
-def test_a_layer_keeps_its_search_anchor_until_its_rows_change():
-    """The anchor a layer carries between decode steps: created fitting no row (NaN), the same tensor at the next step
-    (a CUDA graph captured after the warm-up step replays on it), a fresh one when the number of rows changed."""
-    from rtpurbo import cache_layer
-
-    layer = cache_layer.new_layer(2, 1, 2, 8, 4, 12, 16, None, like=torch.zeros(1))
-    first = cache_layer.search_anchor(layer, 2, torch.device("cpu"))
-    assert first.shape == (2, 2) and first.dtype == torch.float32 and bool(first.isnan().all())
-    first.fill_(3.0)
-    assert cache_layer.search_anchor(layer, 2, torch.device("cpu")) is first
-    other = cache_layer.search_anchor(layer, 4, torch.device("cpu"))
-    assert other is not first and other.shape == (4, 2) and bool(other.isnan().all())

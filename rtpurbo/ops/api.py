@@ -8,7 +8,6 @@ available for the tensors' device (``sdpa`` on CPU), and says which through
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Callable
 
 import torch
@@ -194,16 +193,12 @@ def topp_attention(
     recent: int = 0,
     scale: float | None = None,
     impl: str = "auto",
-    anchor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Retrieval-head attention over the indexer's top-p selection (decode).
 
     See :func:`rtpurbo.ops.reference.topp_attention`. Returns (out (B, Hq, Lq, D),
     selected-key counts (B, Hkv, Lq)). ``impl="auto"``: ``triton`` for one CUDA query
-    per row when available, else ``reference``. ``anchor``: optional (B * Hkv, 2) fp32 state that a caller decoding
-    step by step keeps per layer for the ``triton`` backend's threshold search, which reads and rewrites it
-    (:mod:`rtpurbo.ops.triton.threshold_anchor`); it moves work, never changes the result, and the reference
-    backend does not use it.
+    per row when available, else ``reference``.
     """
     _check_shapes(q, k, v, q_pos, k_pos, None)
     if q_idx.shape[:3] != (k.shape[0], k.shape[1], q.shape[2]) or k_idx.shape[:3] != k.shape[:3]:
@@ -222,24 +217,10 @@ def topp_attention(
             except BackendUnavailable:
                 pass
     fn = _load_backend(_TOPP_BACKENDS, impl, "topp_attention")
-    extra = {"anchor": anchor} if impl == "triton" and anchor is not None else {}
     return fn(
         q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
-        sinks=sinks, recent=recent, scale=scale, **extra,
+        sinks=sinks, recent=recent, scale=scale,
     )
-
-
-SEARCH_ANCHOR_ENV = "RTPURBO_SEARCH_ANCHOR"
-
-
-def search_anchor_enabled() -> bool:
-    """Whether a cache decoding step by step keeps a level-0 anchor per layer for the triton top-p search
-    (``topp_attention(anchor=...)``): ``RTPURBO_SEARCH_ANCHOR=1``. Off by default until its timing on a GPU says it
-    pays; the selection is the same either way."""
-    value = os.environ.get(SEARCH_ANCHOR_ENV, "0")
-    if value not in ("0", "1"):
-        raise ValueError(f"{SEARCH_ANCHOR_ENV} must be 0 or 1, got {value!r}")
-    return value == "1"
 
 
 def sparse_prefill(

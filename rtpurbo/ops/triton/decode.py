@@ -32,8 +32,6 @@ import triton.language as tl
 
 from . import dependent_launch
 from .dependent_launch import let_next_launch, wait_for_previous
-from .threshold_anchor import AnchorBins, block_bins, check_anchor
-from .threshold_phases import N_LOGIT
 
 _NO_WINDOW = 1 << 62  # a window no position difference reaches (window=None)
 
@@ -46,7 +44,6 @@ class IndexScores(NamedTuple):
     block_count: (BH, n_blocks) int32, visible keys per block.
     always: (BH, sinks + recent) int32 slot indices of the always-kept keys, -1 where none.
     block_min: (BH, n_blocks) fp32, min of the visible scores per block (``+inf`` where none).
-    anchor_bins: with an ``anchor``, the key blocks' level-0 bins by it (:mod:`rtpurbo.ops.triton.threshold_anchor`).
     """
 
     scores: torch.Tensor
@@ -55,7 +52,6 @@ class IndexScores(NamedTuple):
     block_count: torch.Tensor
     always: torch.Tensor
     block_min: torch.Tensor
-    anchor_bins: AnchorBins | None = None
 
 
 @triton.jit
@@ -63,9 +59,7 @@ def _index_scores_kernel(
     qi_ptr, ki_ptr, qpos_ptr, kpos_ptr, scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, always_ptr, bmin_ptr,
     n_kv_heads, n_keys, n_blocks, n_always, sinks, recent,
     s_qib, s_qih, s_qid, s_kib, s_kih, s_kin, s_kid, s_qpb, s_kpb, s_kpn, zero_ptr, n_zero,
-    anchor_ptr, bin_counts_ptr, bin_masses_ptr,
     D_IDX: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr, ZERO: tl.constexpr, PDL: tl.constexpr,
-    N_ANCHORED: tl.constexpr,
 ):
     wait_for_previous(PDL)
     bh = tl.program_id(0)
@@ -101,9 +95,6 @@ def _index_scores_kernel(
     tl.store(bsum_ptr + stat, tl.sum(tl.exp(s - ref), axis=0))
     tl.store(bcount_ptr + stat, tl.sum(seen.to(tl.int32), axis=0))
     tl.store(bmin_ptr + stat, tl.min(tl.where(seen, s, float("inf")), axis=0))
-    if N_ANCHORED > 0:  # this block's level-0 bins by the row's anchor, for the threshold search
-        bins_at = stat.to(tl.int64) * N_ANCHORED
-        block_bins(s, seen, ref, anchor_ptr + bh * 2, bin_counts_ptr + bins_at, bin_masses_ptr + bins_at, N_ANCHORED)
 
     # always-kept keys go to fixed slots: sink p -> p, recent p -> sinks + (q_pos - p)
     is_sink = seen & (k_pos < sinks)
@@ -397,7 +388,7 @@ def _pad(n: int) -> int:
 def index_scores(
     q_idx: torch.Tensor, k_idx: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *,
     sinks: int, recent: int, block: int = 1024, num_warps: int = 8, zero: torch.Tensor | None = None,
-    pdl: bool = False, anchor: torch.Tensor | None = None, n_logit: int = N_LOGIT,
+    pdl: bool = False,
 ) -> IndexScores:
     """Indexer scores of one query per batch row against every cached key.
 
@@ -407,8 +398,6 @@ def index_scores(
         zero: optional contiguous int64 tensor the kernel sets to 0 (the threshold search's workspace: one launch
             fewer in the chain than a memset of its own).
         pdl: launch with programmatic dependent launch (:mod:`rtpurbo.ops.triton.dependent_launch`).
-        anchor: optional (B * Hkv, 2) fp32 level-0 anchor of the threshold search: each key block's ``n_logit``
-            bins by it come back in ``anchor_bins`` (:mod:`rtpurbo.ops.triton.threshold_anchor`).
     Positions must be distinct within a row (true of any cache); two visible keys at one position
     would share an always-list slot.
     """
@@ -425,11 +414,6 @@ def index_scores(
     block_count = torch.empty(rows, n_blocks, dtype=torch.int32, device=device)
     block_min = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
     always = torch.full((rows, max(1, sinks + recent)), -1, dtype=torch.int32, device=device)
-    bins = None
-    if anchor is not None:
-        check_anchor(anchor, rows, device)
-        bins = AnchorBins(torch.empty(rows, n_blocks, n_logit, dtype=torch.int32, device=device),
-                          torch.empty(rows, n_blocks, n_logit, dtype=torch.float32, device=device), block)
     _index_scores_kernel[(rows, n_blocks)](
         q_idx, k_idx, q_pos, k_pos, scores, block_max, block_sum, block_count, always, block_min,
         n_kv, n_keys, n_blocks, always.shape[1], sinks, recent,
@@ -437,12 +421,10 @@ def index_scores(
         k_idx.stride(0), k_idx.stride(1), k_idx.stride(2), k_idx.stride(3),
         q_pos.stride(0), k_pos.stride(0), k_pos.stride(1),
         scores if zero is None else zero, 0 if zero is None else zero.numel(),
-        scores if anchor is None else anchor, scores if bins is None else bins.counts,
-        scores if bins is None else bins.masses,
-        D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, ZERO=zero is not None, PDL=pdl,
-        N_ANCHORED=0 if anchor is None else n_logit, num_warps=num_warps, **dependent_launch.options(pdl),
+        D_IDX=d_idx, D_PAD=_pad(d_idx), BLOCK=block, ZERO=zero is not None, PDL=pdl, num_warps=num_warps,
+        **dependent_launch.options(pdl),
     )
-    return IndexScores(scores, block_max, block_sum, block_count, always, block_min, bins)
+    return IndexScores(scores, block_max, block_sum, block_count, always, block_min)
 
 
 def topp_count(

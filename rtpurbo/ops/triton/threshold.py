@@ -90,12 +90,6 @@ that orders the level's adds) and the state's round trip through memory before t
 walk moves from the last program of a level to the start of every program of the next. It selects the same keys;
 its timing against "phased" has not been measured yet (``benchmarks/decode_step_ab.py --schedules relay``).
 
-**Anchored level 0** (``anchor=``, phased and relay schedules; :mod:`rtpurbo.ops.triton.threshold_anchor`): a caller
-decoding step by step keeps per row the previous step's maximum and width; the index-score kernel bins each key by
-them while it computes the scores, and where they still fit the row, level 0 adds up the key blocks' bins instead of
-reading the keys. The key levels test each key's bin against the same top and width, so any anchor selects the same
-keys; a row whose maximum or spread moved too far bins as without one. The tally writes the next step's anchor.
-
 Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capturable.
 """
 from __future__ import annotations
@@ -106,7 +100,6 @@ import triton.language as tl
 
 from . import dependent_launch
 from .decode import _num_sms
-from .threshold_anchor import AnchorBins, check_anchor, check_bins
 from .dependent_launch import wait_for_previous
 from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_SLOTS, N_STATE,
                                N_STATS, gather_phase, key_phase, logit_phase, relay_phase, tally_phase, wait_for)
@@ -122,13 +115,13 @@ _TALLY, _ARRIVED, _STALLS = tl.constexpr(TALLY), tl.constexpr(ARRIVED), tl.const
 
 @triton.jit
 def _search_kernel(
-    scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, anchor_ptr, bin_counts_ptr, bin_masses_ptr, work_ptr,
-    sync_ptr, state_ptr, stats_ptr, n_keep_ptr, tally_ptr, order_ptr,
-    n_keys, n_blocks, chunk, n_chunks, index_block, capacity, target, min_tokens, max_tokens,
+    scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_ptr, sync_ptr, state_ptr, stats_ptr, n_keep_ptr,
+    tally_ptr, order_ptr,
+    n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens, max_tokens,
     FIRST: tl.constexpr, LAST: tl.constexpr,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
     N_BINS: tl.constexpr, N_STATE: tl.constexpr, N_SYNC: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr,
-    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr, RELAY: tl.constexpr, ANCHORED: tl.constexpr,
+    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr, RELAY: tl.constexpr,
 ):
     """Phases ``FIRST..LAST`` of one row's search, one program per (row, chunk of keys).
 
@@ -136,9 +129,7 @@ def _search_kernel(
     whose programs wait for each other per row, between phases, on the words of ``sync``;
     every program of the launch must be resident at once). ``PDL``: launched with programmatic dependent launch
     (one phase per launch), each phase lets the next one launch once its programs are past their pass over the row.
-    ``RELAY``: no tickets; each launch walks the bins of the launch before in every program (``relay_phase``).
-    ``ANCHORED``: level 0 reads the key blocks' anchored bins where a row's anchor fits, and the tally writes the next
-    anchor (:mod:`rtpurbo.ops.triton.threshold_anchor`; "phased" and "relay")."""
+    ``RELAY``: no tickets; each launch walks the bins of the launch before in every program (``relay_phase``)."""
     wait_for_previous(PDL)
     row = tl.program_id(0)
     part = tl.program_id(1)
@@ -148,10 +139,9 @@ def _search_kernel(
     sync = sync_ptr + row * N_SYNC
     if RELAY:
         if FIRST <= _TALLY:
-            relay_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, anchor_ptr, bin_counts_ptr,
-                        bin_masses_ptr, work_row, st, stats_ptr, n_keep_ptr, tally_ptr, row, part, n_keys, n_blocks,
-                        chunk, n_chunks, index_block, target, min_tokens, max_tokens,
-                        FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, PDL, ANCHORED)
+            relay_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
+                        tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+                        FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, PDL)
         else:
             gather_phase(scores_row, st + _TALLY * N_STATE, tally_ptr,
                          order_ptr + row.to(tl.int64) * capacity, row, part, n_keys, chunk, n_chunks, NC_PAD, BLOCK,
@@ -159,10 +149,9 @@ def _search_kernel(
     else:
         for phase in tl.static_range(FIRST, LAST + 1):
             if phase == 0:
-                logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, anchor_ptr, bin_counts_ptr,
-                            bin_masses_ptr, work_row, st, stats_ptr, n_keep_ptr, sync, row, part, n_keys, n_blocks,
-                            chunk, n_chunks, index_block, target, min_tokens, max_tokens,
-                            NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST, PDL, ANCHORED)
+                logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
+                             sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+                             NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST, PDL)
                 if phase < LAST:
                     wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase < _TALLY:
@@ -173,8 +162,7 @@ def _search_kernel(
                     if searching:
                         wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase == _TALLY:
-                tally_phase(scores_row, st, stats_ptr, anchor_ptr, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK,
-                            PDL, ANCHORED)
+                tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK, PDL)
                 if phase < LAST:
                     tl.debug_barrier()
                     tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
@@ -221,7 +209,6 @@ def topp_threshold(
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 2048,
     work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
     sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8, pdl: bool = False,
-    anchor: torch.Tensor | None = None, anchor_bins: AnchorBins | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
@@ -250,10 +237,6 @@ def topp_threshold(
         pdl: the phased or relay schedule's launches use programmatic dependent launch
             (:mod:`rtpurbo.ops.triton.dependent_launch`): each phase launches while the one before it finishes.
             The same keys either way. The fused schedule (one launch) takes no ``pdl``.
-        anchor, anchor_bins: an anchored level 0 (:mod:`rtpurbo.ops.triton.threshold_anchor`; phased and relay
-            schedules): the (BH, 2) fp32 anchor the index-score kernel binned the scores by, and its bins
-            (``IndexScores.anchor_bins``). Rows whose anchor fits skip level 0's pass over their keys; the search
-            rewrites ``anchor`` for the next step. The same keys either way, whatever the anchor holds.
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
@@ -266,14 +249,6 @@ def topp_threshold(
         raise ValueError("pdl applies to the phased and relay schedules' launches; the fused schedule is one launch")
     rows, n_keys = scores.shape
     device = scores.device
-    n_blocks = block_max.shape[1]
-    if (anchor is None) != (anchor_bins is None):
-        raise ValueError("anchor and anchor_bins go together: the bins are the index-score kernel's, by that anchor")
-    if anchor is not None:
-        if schedule == "fused":
-            raise ValueError("an anchored level 0 runs with the phased and relay schedules, not the fused one")
-        check_anchor(anchor, rows, device)
-        check_bins(anchor_bins, rows, n_blocks, n_logit, block)
     capacity = n_keys if max_tokens is None else max(0, min(max_tokens, n_keys))
     if programs_per_sm < 1 or num_warps not in (1, 2, 4, 8, 16):
         raise ValueError(f"programs_per_sm must be >= 1 and num_warps a power of two <= 16, got {programs_per_sm}, "
@@ -295,11 +270,9 @@ def topp_threshold(
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
     tally = torch.empty(rows, n_chunks, 2, dtype=torch.int32, device=device)
     order = torch.empty(rows, capacity, dtype=torch.int64, device=device)
-    anchored = anchor is not None
-    bin_counts, bin_masses, index_block = anchor_bins if anchored else (scores, scores, block)  # unread without one
-    args = (scores, block_max, block_sum, block_count, block_min, anchor if anchored else scores, bin_counts,
-            bin_masses, work, sync, state, stats, n_keep, tally, order,
-            n_keys, n_blocks, chunk, n_chunks, index_block, capacity, target, min_tokens,
+    n_blocks = block_max.shape[1]
+    args = (scores, block_max, block_sum, block_count, block_min, work, sync, state, stats, n_keep, tally, order,
+            n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens,
             n_keys if max_tokens is None else max_tokens)
     meta = dict(NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
                 MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),
@@ -308,5 +281,5 @@ def topp_threshold(
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
         _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, PDL=pdl, RELAY=schedule == "relay",
-                                         ANCHORED=anchored,                                         num_warps=warps, **meta, **dependent_launch.options(pdl))
+                                         num_warps=warps, **meta, **dependent_launch.options(pdl))
     return order, n_keep

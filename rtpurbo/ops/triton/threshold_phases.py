@@ -17,7 +17,6 @@ import triton
 import triton.language as tl
 
 from .dependent_launch import let_next_launch
-from .threshold_anchor import anchor_fits, anchored_histogram, logit_bin, store_anchor
 
 N_LOGIT = 32  # level-0 bins
 MIN_INV_WIDTH = 0.5  # level-0 bins are at most 2 logits wide
@@ -47,10 +46,7 @@ _N_STATE = tl.constexpr(N_STATE)  # for the kernels
 # per-row states (BH, N_SLOTS, N_STATE): the phased and fused schedules use slot 0; relay: slot 0 holds LOWER / UPPER,
 # slot 1 + l the state after walking level l (slot 4: the final one)
 N_SLOTS = tl.constexpr(5)
-# per-row statistics (BH, N_STATS) fp32: the softmax's m and Z, level 0's bins (inverse width, top: m without an
-# anchor), the inverse width the row's spread asks for (the next step's anchor)
-N_STATS = tl.constexpr(5)
-STAT_M, STAT_Z, STAT_INV_WIDTH, STAT_TOP, STAT_INV_SPREAD = (tl.constexpr(i) for i in range(5))
+N_STATS = tl.constexpr(3)  # per-row softmax statistics (BH, N_STATS) fp32: m, Z, level 0's inverse bin width
 BY_MASS = tl.constexpr(0)
 BY_RANK = tl.constexpr(1)
 RESOLVED = tl.constexpr(2)
@@ -62,6 +58,12 @@ def _order_key(s):
     """fp32 -> int64 in [0, 2^32), increasing with ``s`` (-0.0 and +0.0 share one key)."""
     bits = tl.where(s == 0.0, 0.0, s).to(tl.int32, bitcast=True).to(tl.int64)
     return tl.where(bits < 0, -1 - bits, bits + 2147483648)
+
+
+@triton.jit
+def _logit_bin(s, row_max, inv_width, N_LOGIT: tl.constexpr):
+    """Level-0 bin of score ``s``: floor((m - s) * inv_width), the last bin for everything below."""
+    return tl.minimum(tl.floor((row_max - s) * inv_width), N_LOGIT - 1).to(tl.int32)
 
 
 @triton.jit
@@ -161,17 +163,16 @@ def _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need):
 
 
 @triton.jit
-def _logit_bin_bounds(bin_top, row_max, inv_width, chosen, N_LOGIT: tl.constexpr):
+def _logit_bin_bounds(row_max, inv_width, chosen, N_LOGIT: tl.constexpr):
     """[key_lo, key_hi]: an interval of order keys that holds every key (of scores in [-inf, m]) whose level-0 bin
     is ``chosen``, with at most a few keys of the bins beside it at its ends.
 
-    Bin ``c`` holds the scores ``c`` to ``c + 1`` widths below ``bin_top`` (the row's maximum ``m``, or an anchor:
-    :mod:`rtpurbo.ops.triton.threshold_anchor`; bin 0 also holds any score above it). :func:`logit_bin` rounds the
-    gap ``bin_top - s`` and its product with ``inv_width`` (relative errors of 2^-24 each), so its edges can sit up to
-    about 2^-22 of the gap away from the exact ones: each end moves out by 1e-6 of the gap (plus 1e-30), then by two
-    keys for the rounding of the end itself. The key levels test the bin of every key of the interval
-    (:func:`key_phase`), so the keys of the bins beside it take no part. Where an end lies near 0 the interval spans
-    many tiny scores, as any bin reaching 0 does.
+    Bin ``c`` holds the scores ``c`` to ``c + 1`` widths below ``m``. :func:`_logit_bin` rounds the gap ``m - s``
+    and its product with ``inv_width`` (relative errors of 2^-24 each), so its edges can sit up to about 2^-22 of
+    the gap away from the exact ones: each end moves out by 1e-6 of the gap (plus 1e-30), then by two keys for the
+    rounding of the end itself. The key levels test the bin of every key of the interval (:func:`key_phase`), so
+    the keys of the bins beside it take no part. Where an end lies near 0 the interval spans many tiny scores, as
+    any bin reaching 0 does.
     """
     width = 1.0 / inv_width
     top_gap = chosen.to(tl.float32) * width
@@ -179,8 +180,8 @@ def _logit_bin_bounds(bin_top, row_max, inv_width, chosen, N_LOGIT: tl.constexpr
     slack = low_gap * 1e-6 + 1e-30
     top = _order_key(row_max)
     bottom = _order_key(float("-inf") + row_max * 0.0)
-    key_hi = tl.where(chosen == 0, top, tl.minimum(_order_key(bin_top - top_gap + slack) + 2, top))
-    key_lo = tl.where(chosen >= N_LOGIT - 1, bottom, tl.maximum(_order_key(bin_top - low_gap - slack) - 2, bottom))
+    key_hi = tl.where(chosen == 0, top, tl.minimum(_order_key(row_max - top_gap + slack) + 2, top))
+    key_lo = tl.where(chosen >= N_LOGIT - 1, bottom, tl.maximum(_order_key(row_max - low_gap - slack) - 2, bottom))
     return key_lo, key_hi
 
 
@@ -213,61 +214,36 @@ def wait_for(flag, value, stalls, SPIN_LIMIT: tl.constexpr):
 
 
 @triton.jit
-def _score_histogram(scores_row, s_next, level, row_max, z, inv_width, lo, hi, N_LOGIT: tl.constexpr,
-                     N_BINS: tl.constexpr, SUB: tl.constexpr):
-    """Level 0's pass over keys ``[lo, hi)`` (``s_next``: the first ``SUB`` scores, loaded), bins hung from the row's
-    maximum: counts by ``tl.histogram``, masses by a (SUB, N_LOGIT) one-hot accumulator in registers, reduced once at
-    the end (a reduction per step costs a shared-memory round trip each); added to ``level``. A hidden key (-inf) has
-    p = 0: it adds nothing."""
+def _logit_histogram(
+    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, row, part, n_keys, n_blocks, chunk,
+    NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr,
+):
+    """Level 0's pass over chunk ``part``: its keys' counts and masses per logit bin, added to ``level``.
+    Returns the row's (m, Z, visible keys, inv_width)."""
+    lo = part * chunk
+    hi = tl.minimum(lo + chunk, n_keys)
+    s_next = _scores_at(scores_row, lo, hi, SUB)  # the first step's scores load beside the row's statistics
+    row_max, z, n_visible, inv_width = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
+                                                    N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
     bins = tl.arange(0, N_LOGIT)
+    # counts: tl.histogram; masses: a (SUB, N_LOGIT) one-hot accumulator in registers, reduced once at the end (a
+    # reduction per step costs a shared-memory round trip each). A hidden key (-inf) has p = 0: it adds nothing.
     count_acc = tl.zeros([N_LOGIT], tl.int32)
     mass_acc = tl.zeros([SUB, N_LOGIT], tl.float32)
     for start in range(lo, hi, SUB):
         s = s_next
         s_next = _scores_at(scores_row, start + SUB, hi, SUB)
-        b = logit_bin(s, row_max, inv_width, N_LOGIT)
+        b = _logit_bin(s, row_max, inv_width, N_LOGIT)
         count_acc += tl.histogram(b, N_LOGIT, mask=s != float("-inf"))
         mass_acc += tl.where(b[:, None] == bins[None, :], (tl.exp(s - row_max) / z)[:, None], 0.0)
     tl.atomic_add(level + bins, count_acc.to(tl.int64), sem="relaxed")
     tl.atomic_add(level + N_BINS + bins, (tl.sum(mass_acc, axis=0) * 4503599627370496.0).to(tl.int64), sem="relaxed")
+    return row_max, z, n_visible, inv_width
 
 
 @triton.jit
-def _logit_histogram(
-    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, anchor_ptr, bin_counts_ptr, bin_masses_ptr, level, row, part,
-    n_keys, n_blocks, chunk, index_block,
-    NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, SUB: tl.constexpr, ANCHORED: tl.constexpr,
-):
-    """Level 0 of chunk ``part``: its keys' counts and masses per logit bin, added to ``level``; from the key blocks'
-    anchored bins where the row's anchor fits (``ANCHORED``: :mod:`rtpurbo.ops.triton.threshold_anchor`), else by a
-    pass over the keys with bins hung from the row's maximum. Returns the row's (m, Z, visible keys, bin_top,
-    inv_width, inv_spread): the bins' top and inverse width, and the inverse width the row's spread asks for."""
-    lo = part * chunk
-    hi = tl.minimum(lo + chunk, n_keys)
-    s_next = _scores_at(scores_row, lo, hi, SUB)  # the first step's scores load beside the row's statistics
-    row_max, z, n_visible, inv_spread = _row_softmax(bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, row, n_blocks, NB_PAD,
-                                                     N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH)
-    bin_top = row_max
-    inv_width = inv_spread
-    if ANCHORED:  # (a branch the compiler sees only with an anchor: the bins' pointers are placeholders without one)
-        fits, anchor_top, anchor_inv = anchor_fits(anchor_ptr + row * 2, row_max, n_visible, inv_spread, N_LOGIT)
-        if fits:
-            bin_top = anchor_top
-            inv_width = anchor_inv
-            bins_at = row.to(tl.int64) * n_blocks * N_LOGIT
-            anchored_histogram(bin_counts_ptr + bins_at, bin_masses_ptr + bins_at, bmax_ptr + row * n_blocks, level,
-                               row_max, z, lo, hi, index_block, N_LOGIT, N_BINS)
-        else:
-            _score_histogram(scores_row, s_next, level, row_max, z, inv_spread, lo, hi, N_LOGIT, N_BINS, SUB)
-    else:
-        _score_histogram(scores_row, s_next, level, row_max, z, inv_spread, lo, hi, N_LOGIT, N_BINS, SUB)
-    return row_max, z, n_visible, bin_top, inv_width, inv_spread
-
-
-@triton.jit
-def _level0_state(level, bin_top, row_max, inv_width, lower, upper, target, N_LOGIT: tl.constexpr,
-                  N_BINS: tl.constexpr):
+def _level0_state(level, row_max, inv_width, lower, upper, target, N_LOGIT: tl.constexpr, N_BINS: tl.constexpr):
     """Walk level 0's bins at ``level``: the search state after it, (mode, rank, above, mass above, key_hi, key_lo,
     tau, need, the chosen logit bin); a row with no key to select (``upper == 0``) is resolved, selecting nothing."""
     bins = tl.arange(0, N_LOGIT)
@@ -276,43 +252,39 @@ def _level0_state(level, bin_top, row_max, inv_width, lower, upper, target, N_LO
     zero = upper * 0
     chosen, mode, rank, above, mass_above, _, _ = _walk(counts, masses, zero, zero, zero, zero, target, lower, upper,
                                                         N_LOGIT)
-    key_lo, key_hi = _logit_bin_bounds(bin_top, row_max, inv_width, chosen, N_LOGIT)
+    key_lo, key_hi = _logit_bin_bounds(row_max, inv_width, chosen, N_LOGIT)
     empty = upper == 0
     return (tl.where(empty, RESOLVED, mode), rank, above, mass_above, key_hi, key_lo, tl.where(empty, NO_KEY, 0),
             zero, chosen.to(tl.int64))
 
 
 @triton.jit
-def _store_row(st, stats_ptr, row, row_max, z, bin_top, inv_width, inv_spread, lower, upper):
-    """What every later level reads of the row: its statistics (:data:`N_STATS`) and the clamps of ``n_keep``."""
+def _store_row(st, stats_ptr, row, row_max, z, inv_width, lower, upper):
+    """What every later level reads of the row: its softmax statistics and the clamps of ``n_keep``."""
     tl.store(st + LOWER, lower)
     tl.store(st + UPPER, upper)
-    stats = stats_ptr + row * N_STATS
-    tl.store(stats + STAT_M, row_max)
-    tl.store(stats + STAT_Z, z)
-    tl.store(stats + STAT_INV_WIDTH, inv_width)
-    tl.store(stats + STAT_TOP, bin_top)
-    tl.store(stats + STAT_INV_SPREAD, inv_spread)
+    tl.store(stats_ptr + row * N_STATS, row_max)
+    tl.store(stats_ptr + row * N_STATS + 1, z)
+    tl.store(stats_ptr + row * N_STATS + 2, inv_width)
 
 
 @triton.jit
-def _key_histogram(scores_row, level, stats, key_hi, key_lo, shift, logit_bin_chosen, part, n_keys, chunk,
+def _key_histogram(scores_row, level, stats, key_hi, key_lo, shift, logit_bin, part, n_keys, chunk,
                    N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr):
     """A key level's pass over chunk ``part``: per-key atomics of the keys in ``[key_lo, key_hi]`` and level 0's
-    chosen bin into the ``N_BINS`` bins at ``level`` (``stats``: the row's :data:`N_STATS`)."""
+    chosen bin into the ``N_BINS`` bins at ``level`` (``stats``: the row's m, Z, inv_width)."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     s_next = _scores_at(scores_row, lo, hi, BLOCK)  # the first step's scores load beside the row's statistics
-    row_max = _cg(stats + STAT_M)
-    z = _cg(stats + STAT_Z)
-    inv_width = _cg(stats + STAT_INV_WIDTH)
-    bin_top = _cg(stats + STAT_TOP)
+    row_max = _cg(stats)
+    z = _cg(stats + 1)
+    inv_width = _cg(stats + 2)
     for start in range(lo, hi, BLOCK):
         s = s_next
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
         key = _order_key(s)
         inside = ((s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
-                  & (logit_bin(s, bin_top, inv_width, N_LOGIT) == logit_bin_chosen))
+                  & (_logit_bin(s, row_max, inv_width, N_LOGIT) == logit_bin))
         b = (key_hi - key) >> shift
         tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
         tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
@@ -340,19 +312,17 @@ def _key_level_state(level, mode, rank, above, mass_above, key_hi, key_lo, shift
 
 @triton.jit
 def logit_phase(
-    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, anchor_ptr, bin_counts_ptr, bin_masses_ptr, level, st,
-    stats_ptr, n_keep_ptr, release, row, part, n_keys, n_blocks, chunk, n_chunks, index_block, target, min_tokens,
-    max_tokens,
+    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
+    row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr, ANCHORED: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
 ):
     """Level 0: per-program histograms of the logit bins (counts and masses), added to ``level``; the last
     program to finish walks them, bounds the chosen bin's keys (:func:`_logit_bin_bounds`), writes the search
     state and (``FUSED``) sets ``*release``."""
-    row_max, z, n_visible, bin_top, inv_width, inv_spread = _logit_histogram(
-        scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, anchor_ptr, bin_counts_ptr, bin_masses_ptr, level, row,
-        part, n_keys, n_blocks, chunk, index_block, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB,
-        ANCHORED)
+    row_max, z, n_visible, inv_width = _logit_histogram(
+        scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, row, part, n_keys, n_blocks, chunk,
+        NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB)
     let_next_launch(PDL)  # the next phase launches during the walk below
     tl.debug_barrier()
     ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
@@ -360,11 +330,11 @@ def logit_phase(
         tl.debug_barrier()
         lower = min_tokens + n_visible * 0
         upper = tl.minimum(n_visible, max_tokens)
-        mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin_chosen = _level0_state(
-            level, bin_top, row_max, inv_width, lower, upper, target, N_LOGIT, N_BINS)
+        mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin = _level0_state(
+            level, row_max, inv_width, lower, upper, target, N_LOGIT, N_BINS)
         _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need)
-        tl.store(st + LOGIT_BIN, logit_bin_chosen)
-        _store_row(st, stats_ptr, row, row_max, z, bin_top, inv_width, inv_spread, lower, upper)
+        tl.store(st + LOGIT_BIN, logit_bin)
+        _store_row(st, stats_ptr, row, row_max, z, inv_width, lower, upper)
         tl.store(n_keep_ptr + row, n_visible * 0)
         if FUSED:
             tl.debug_barrier()
@@ -406,14 +376,9 @@ def key_phase(
 
 
 @triton.jit
-def tally_phase(scores_row, st, stats_ptr, anchor_ptr, tally_ptr, row, part, n_keys, chunk, n_chunks,
-                BLOCK: tl.constexpr, PDL: tl.constexpr, ANCHORED: tl.constexpr):
-    """Per chunk: keys scoring above tau, keys scoring tau; program 0 also writes the row's next anchor
-    (``ANCHORED``)."""
-    if ANCHORED:
-        if part == 0:
-            stats = stats_ptr + row * N_STATS
-            store_anchor(anchor_ptr + row * 2, _cg(stats + STAT_M), _cg(stats + STAT_INV_SPREAD))
+def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr,
+                PDL: tl.constexpr):
+    """Per chunk: keys scoring above tau, keys scoring tau."""
     _tally_chunk(scores_row, _cg(st + TAU), tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK, PDL)
 
 
@@ -479,8 +444,7 @@ def relay_walk(st, work_row, stats, target, PREV: tl.constexpr, N_LOGIT: tl.cons
     upper = _cg(st + UPPER)
     if PREV == 0:
         mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin = _level0_state(
-            work_row, _cg(stats + STAT_TOP), _cg(stats + STAT_M), _cg(stats + STAT_INV_WIDTH), lower, upper, target,
-            N_LOGIT, N_BINS)
+            work_row, _cg(stats), _cg(stats + 2), lower, upper, target, N_LOGIT, N_BINS)
     else:
         before = st + PREV * _N_STATE
         mode = _cg(before + MODE)
@@ -501,42 +465,37 @@ def relay_walk(st, work_row, stats, target, PREV: tl.constexpr, N_LOGIT: tl.cons
 
 @triton.jit
 def relay_phase(
-    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, anchor_ptr, bin_counts_ptr, bin_masses_ptr, work_row, st,
-    stats_ptr, n_keep_ptr, tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, index_block, target, min_tokens,
-    max_tokens,
+    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr, tally_ptr,
+    row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     PHASE: tl.constexpr, NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr,
     MAX_INV_WIDTH: tl.constexpr, N_BINS: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
-    ANCHORED: tl.constexpr,
 ):
     """Levels 0-3 and the tally of the relay schedule (no tickets): level 0 histograms; every later launch first
     walks the bins of the launch before (:func:`relay_walk`, its program 0 storing the state in slot ``PHASE``),
     then histograms its level's interval (levels 1-3) or counts the keys above / at ``tau`` (the tally, whose
-    program 0 also writes ``n_keep`` and, ``ANCHORED``, the row's next anchor)."""
+    program 0 also writes ``n_keep``)."""
     stats = stats_ptr + row * N_STATS
     if PHASE == 0:
-        row_max, z, n_visible, bin_top, inv_width, inv_spread = _logit_histogram(
-            scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, anchor_ptr, bin_counts_ptr, bin_masses_ptr, work_row,
-            row, part, n_keys, n_blocks, chunk, index_block, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS,
-            SUB, ANCHORED)
+        row_max, z, n_visible, inv_width = _logit_histogram(
+            scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, row, part, n_keys, n_blocks, chunk,
+            NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB)
         let_next_launch(PDL)
         if part == 0:
-            _store_row(st, stats_ptr, row, row_max, z, bin_top, inv_width, inv_spread, min_tokens + n_visible * 0,
+            _store_row(st, stats_ptr, row, row_max, z, inv_width, min_tokens + n_visible * 0,
                        tl.minimum(n_visible, max_tokens))
     else:
-        mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin_chosen = relay_walk(
+        mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin = relay_walk(
             st, work_row, stats, target, PHASE - 1, N_LOGIT, N_BINS)
         if part == 0:
             _store_search(st + PHASE * _N_STATE, mode, rank, above, mass_above, key_hi, key_lo, tau, need)
-            tl.store(st + PHASE * _N_STATE + LOGIT_BIN, logit_bin_chosen)
+            tl.store(st + PHASE * _N_STATE + LOGIT_BIN, logit_bin)
         if PHASE < _N_LEVELS:  # a key level
             if mode != RESOLVED:
                 _key_histogram(scores_row, work_row + PHASE * (2 * N_BINS + 1), stats, key_hi, key_lo,
-                               _shift_for(key_hi - key_lo), logit_bin_chosen.to(tl.int32), part, n_keys, chunk,
-                               N_LOGIT, N_BINS, BLOCK)
+                               _shift_for(key_hi - key_lo), logit_bin.to(tl.int32), part, n_keys, chunk, N_LOGIT,
+                               N_BINS, BLOCK)
             let_next_launch(PDL)
         else:
             if part == 0:
                 tl.store(n_keep_ptr + row, above + need)
-                if ANCHORED:
-                    store_anchor(anchor_ptr + row * 2, _cg(stats + STAT_M), _cg(stats + STAT_INV_SPREAD))
             _tally_chunk(scores_row, tau, tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK, PDL)

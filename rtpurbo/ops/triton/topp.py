@@ -28,9 +28,7 @@ The index-score kernel zeroes the threshold search's workspace (no memset launch
 ``RTPURBO_PDL=1`` on a GPU of compute capability 9.0 or later, the threshold method's chain (index scores, the six
 search phases, the list attention and its combine) launches each kernel while the one before it finishes
 (:mod:`rtpurbo.ops.triton.dependent_launch`, off by default until validated on a GPU). ``RTPURBO_SEARCH_SCHEDULE``
-names the search's schedule where a call names none (:func:`default_schedule`). ``anchor=`` hands the search a
-level-0 anchor the caller carries from step to step (:mod:`rtpurbo.ops.triton.threshold_anchor`;
-``HeadwiseCache`` keeps one per layer with ``RTPURBO_SEARCH_ANCHOR=1``, off until timed on a GPU).
+names the search's schedule where a call names none (:func:`default_schedule`).
 
 ``top_p >= 1`` skips 1-2 and attends to every visible key. Ties: keys are ordered by indexer
 score (the reference orders by probability; the two differ only where distinct scores round
@@ -42,8 +40,6 @@ import os
 from typing import NamedTuple
 
 import torch
-
-from .. import api
 
 try:
     from . import decode as kernels
@@ -93,9 +89,8 @@ def default_schedule() -> str:
 
 def launch_settings() -> dict[str, object]:
     """How the selecting decode chain launches in this process (for benchmark records): the search's default
-    schedule, whether programmatic dependent launch is switched on, and whether caches keep a level-0 anchor."""
-    return {"search_schedule": default_schedule(), "pdl": dependent_launch.ENABLED,
-            "search_anchor": api.search_anchor_enabled()}
+    schedule and whether programmatic dependent launch is switched on."""
+    return {"search_schedule": default_schedule(), "pdl": dependent_launch.ENABLED}
 
 
 def _chain_pdl(device: torch.device, schedule: str) -> bool:
@@ -117,7 +112,6 @@ def select(
     recent: int = 0,
     method: str = "threshold",
     schedule: str | None = None,
-    anchor: torch.Tensor | None = None,
 ) -> Selection:
     """Indexer top-p selection (``top_p < 1``) for one query per row.
 
@@ -127,9 +121,6 @@ def select(
         schedule: the threshold search's launches, ``"phased"`` (one per phase), ``"relay"`` (one per phase, no
             tickets) or ``"fused"`` (one persistent kernel); see :func:`rtpurbo.ops.triton.threshold.topp_threshold`.
             None: :func:`default_schedule`.
-        anchor: optional (B * Hkv, 2) fp32 level-0 anchor the threshold search reads and rewrites, kept by the
-            caller from one decode step to the next (:mod:`rtpurbo.ops.triton.threshold_anchor`; phased and relay
-            schedules). It moves work out of the search's level 0, never changes the selection.
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {METHODS}")
@@ -141,17 +132,14 @@ def select(
         # the search's workspace is zeroed by the index-score kernel, and the chain launches with PDL where it can
         pdl = _chain_pdl(q_idx.device, schedule)
         flat = torch.empty(threshold.workspace_size(rows), dtype=torch.int64, device=q_idx.device)
-        scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent, zero=flat, pdl=pdl,
-                                      anchor=anchor)
+        scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent, zero=flat, pdl=pdl)
         work, sync = threshold.split_workspace(flat, rows)
         order, n_keep = threshold.topp_threshold(
             scored.scores.view(rows, n_keys), scored.block_max, scored.block_sum, scored.block_count,
             scored.block_min, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, schedule=schedule,
-            work=work, sync=sync, pdl=pdl, anchor=anchor, anchor_bins=scored.anchor_bins,
+            work=work, sync=sync, pdl=pdl,
         )
         return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always)
-    if anchor is not None:
-        raise ValueError("an anchor serves the threshold method's search; the sort method takes none")
     scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent)
     scores = scored.scores.view(rows, n_keys)
     budget = n_keys if max_tokens is None else min(max_tokens, n_keys)
@@ -179,10 +167,8 @@ def topp_attention(
     recent: int = 0,
     scale: float | None = None,
     schedule: str | None = None,
-    anchor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """See :func:`rtpurbo.ops.reference.topp_attention` (here Lq must be 1); ``schedule``, ``anchor``: see
-    :func:`select`.
+    """See :func:`rtpurbo.ops.reference.topp_attention` (here Lq must be 1); ``schedule``: see :func:`select`.
 
     Args:
         q: (B, Hq, 1, D); k, v: (B, Hkv, Lk, D); q_pos (B, 1); k_pos (B, Lk).
@@ -199,7 +185,7 @@ def topp_attention(
         chosen = select(
             q_idx, k_idx, q_pos, k_pos,
             top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks, recent=recent,
-            schedule=schedule, anchor=anchor,
+            schedule=schedule,
         )
         out, counts = kernels.decode_attention(
             q, k, v, q_pos, k_pos, scale=scale, index=chosen.order, n_index=chosen.n_keep,
