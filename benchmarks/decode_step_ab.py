@@ -64,21 +64,22 @@ def load_tree(name: str, root: str) -> dict:
 
 
 def with_pdl(trees: dict, calls: dict) -> dict:
-    """``calls`` plus, per tree with ``ops.triton.dependent_launch``, its call run with PDL on (``NAME+pdl``)."""
+    """``calls`` plus, per call of a tree with ``ops.triton.dependent_launch``, the call run with PDL on
+    (``CALL+pdl``, e.g. ``new+pdl``, ``new+relay+pdl``)."""
     more = dict(calls)
-    for name in trees:
-        switch = sys.modules.get(f"rtpurbo_{name}.ops.triton.dependent_launch")
-        if switch is None or name not in calls:
+    for label, call in calls.items():
+        switch = sys.modules.get(f"rtpurbo_{label.split('+')[0]}.ops.triton.dependent_launch")
+        if switch is None:
             continue
 
-        def with_switch(call=calls[name], switch=switch):
+        def with_switch(call=call, switch=switch):
             before = switch.ENABLED
             switch.ENABLED = True
             try:
                 return call()
             finally:
                 switch.ENABLED = before
-        more[f"{name}+pdl"] = with_switch
+        more[f"{label}+pdl"] = with_switch
     return more
 
 
