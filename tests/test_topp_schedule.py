@@ -43,3 +43,18 @@ def test_select_runs_the_default_schedule_unless_the_call_names_one(monkeypatch)
     topp.select(*args, top_p=0.9)
     topp.select(*args, top_p=0.9, schedule="fused")
     assert seen == ["phased", "relay", "fused"]
+
+
+def test_dependent_launch_is_on_unless_switched_off(monkeypatch):
+    """``RTPURBO_PDL``: on by default (it still needs a GPU of compute capability 9.0 or later), ``0`` switches it off,
+    anything else is refused with the variable's name."""
+    from rtpurbo.ops.triton import dependent_launch
+
+    monkeypatch.delenv(dependent_launch.ENV, raising=False)
+    assert dependent_launch._from_environment() is True
+    monkeypatch.setenv(dependent_launch.ENV, "0")
+    assert dependent_launch._from_environment() is False
+    monkeypatch.setenv(dependent_launch.ENV, "off")
+    with pytest.raises(ValueError, match="RTPURBO_PDL must be 0"):
+        dependent_launch._from_environment()
+    assert dependent_launch.enabled(torch.device("cpu")) is False

@@ -24,10 +24,10 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
    the ``G`` query heads of each KV head over the selected slots plus the always-kept ones,
    each key counted once.
 
-The index-score kernel zeroes the threshold search's workspace (no memset launch in the chain). With
-``RTPURBO_PDL=1`` on a GPU of compute capability 9.0 or later, the threshold method's chain (index scores, the six
-search phases, the list attention and its combine) launches each kernel while the one before it finishes
-(:mod:`rtpurbo.ops.triton.dependent_launch`, off by default until validated on a GPU). ``RTPURBO_SEARCH_SCHEDULE``
+The index-score kernel zeroes the threshold search's workspace (no memset launch in the chain). On a GPU of compute
+capability 9.0 or later the threshold method's chain (index scores, the six search phases, the list attention and
+its combine) launches each kernel while the one before it finishes (:mod:`rtpurbo.ops.triton.dependent_launch`;
+``RTPURBO_PDL=0`` switches it off). ``RTPURBO_SEARCH_SCHEDULE``
 names the search's schedule where a call names none (:func:`default_schedule`).
 
 ``top_p >= 1`` skips 1-2 and attends to every visible key. Ties: keys are ordered by indexer
