@@ -538,15 +538,20 @@ def test_eval_refuses_a_reference_that_names_no_row_before_loading(flags, messag
     (["--prepare-only", "--artifacts", "a=ART", "--retrieval-ratio", "0.3", "--ci-target", "1"],
      "--artifacts, --retrieval-ratio, --ci-target do(es) nothing with --prepare-only"),
     (["--report-only", "--plan", "PLAN"],
-     "--plan do(es) nothing with --report-only, which only rewrites the report from OUT/rows: leave --plan out"),
+     "--model, --plan do(es) nothing with --report-only, which only rewrites the report from OUT/rows: leave "
+     "--model, --plan out"),
     (["--report-only", "--prepare-only", "--lengths", "64", "--ci-target", "1"],
-     "--prepare-only, --ci-target, --lengths do(es) nothing with --report-only"),
+     "--model, --lengths, --prepare-only, --ci-target do(es) nothing with --report-only"),
+    (["--report-only", "--device", "cpu", "--top-p", "0.5", "--window", "1024", "--decode", "eager"],
+     "--model, --device, --window, --top-p, --decode do(es) nothing with --report-only"),
 ])
 def test_eval_refuses_flags_that_prepare_only_or_report_only_never_read(flags, message, checkpoint, tmp_path, capsys,
                                                                        monkeypatch):
     """--prepare-only writes the task data and --report-only rewrites the report from stored rows: the row flags
     (--plan too, though the default --rows has a split row), and what only scores or times rows, do nothing there
-    and are a one-line error before any work, nothing written."""
+    and are a one-line error before any work, nothing written. --report-only reads nothing but --out, --merge,
+    --reference and --json: the model, device and sparse settings too (--window given even at its default: the flag
+    records that it was given) are refused."""
     from rtpurbo.eval import commands as eval_commands
 
     (tmp_path / "plan.json").write_text(dumps(HeadPlan(2, 2, 6, [[1], []]).to_dict()))

@@ -118,6 +118,8 @@ def add_parsers(subparsers: Any) -> None:
                    help="half-width (points) the report projects the samples per task for (paired differences vs the "
                         "reference row)")
     p.set_defaults(handler=run)
+    # every flag's default, so that --report-only can tell which flags were set to something (it reads few of them)
+    p.set_defaults(flag_defaults={action.dest: action.default for action in p._actions if action.dest != "help"})
 
 
 # --- resolving the run --------------------------------------------------------------------------------
@@ -247,10 +249,8 @@ def check_split_flags(args: argparse.Namespace) -> None:
 
 
 ROW_FLAGS = ("rows", "plan", "plans", "artifacts") + PROFILING  # which rows the run computes
-MODE_UNUSED = {  # what each mode never reads: given with it, a flag would do nothing (--report-only wins)
-    "report_only": ("which only rewrites the report from OUT/rows", ("prepare_only",) + ROW_FLAGS + (
-        "ci_target", "quick", "lengths", "samples", "tasks", "data", "ppl_data", "ppl_windows", "ppl_length",
-        "batch_size", "prefill_chunk", "speed_repeats", "corpus", "save_corpus")),
+REPORT_READS = ("out", "report_only", "merge", "reference", "json")  # all that --report-only reads
+MODE_UNUSED = {  # what --prepare-only never reads: given with it, a flag would do nothing
     "prepare_only": ("which only writes OUT/eval_data.npz", ROW_FLAGS + (
         "reference", "ci_target", "data", "ppl_data", "batch_size", "prefill_chunk", "speed_repeats")),
 }
@@ -263,9 +263,17 @@ def _is_set(value: Any) -> bool:
 
 
 def check_mode_flags(args: argparse.Namespace) -> None:
-    """Before any work: --prepare-only and --report-only read only some flags (:data:`MODE_UNUSED`); another one
-    given with them is a :class:`SettingsError`, not ignored."""
+    """Before any work: --report-only reads only :data:`REPORT_READS` and --prepare-only only some flags
+    (:data:`MODE_UNUSED`); another one given with them is a :class:`SettingsError`, not ignored."""
     given = set(getattr(args, "given", ()))
+    if args.report_only:  # it reads REPORT_READS only: any other flag set away from its default does nothing
+        defaults = getattr(args, "flag_defaults", {})
+        flags = ", ".join("--" + name.replace("_", "-") for name, default in defaults.items()
+                          if name not in REPORT_READS and (name in given or getattr(args, name, default) != default))
+        if flags:
+            raise SettingsError(f"{flags} do(es) nothing with --report-only, which only rewrites the report from "
+                                f"OUT/rows: leave {flags} out")
+        return
     for mode, (what, unused) in MODE_UNUSED.items():
         if not getattr(args, mode):
             continue
