@@ -13,8 +13,10 @@ Per version and case one CUDA graph is captured:
 * ``select``: the whole selection alone (index scores + threshold search) of one retrieval head on peaked,
   trained-like and flat scores (indexer keys scaled: score std 4, 2.56, 0.04 logits).
 
-``--pdl``: every tree that has ``ops.triton.dependent_launch`` also runs as ``NAME+pdl``, its chains' kernels
-captured with programmatic dependent launch (``dependent_launch.ENABLED`` on while its graph is captured).
+``--pdl``: every variant of a tree that has ``ops.triton.dependent_launch`` also runs as ``VARIANT+pdl``, its chains'
+kernels captured with programmatic dependent launch (``dependent_launch.ENABLED`` on while its graph is captured).
+PDL is on by default in trees that have it, so run with ``RTPURBO_PDL=0`` to time both ways (the ``select`` case calls
+``topp_threshold`` directly, which launches without PDL either way).
 
 ``--schedules relay``: every tree whose threshold search has that schedule also runs with it (``NAME+relay``; the
 step passes ``schedule=`` to ``topp_attention``, the selection to ``topp_threshold``).
