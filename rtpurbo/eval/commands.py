@@ -410,7 +410,8 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
 def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype, settings: SuiteSettings,
             rows: list[Row], meta: dict) -> dict[str, Any]:
     """The resolved configuration written beside the results."""
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "handler"}
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+             if k not in ("handler", "flag_defaults")}
     return {
         "model": spec, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": str(dtype).replace("torch.", ""), "settings": asdict(settings), "flags": flags,
