@@ -65,7 +65,7 @@ def load_tree(name: str, root: str) -> dict:
              ("roles", "triton.decode_roles"))}
 
 
-def with_pdl(trees: dict, calls: dict) -> dict:
+def with_pdl(calls: dict) -> dict:
     """``calls`` plus, per call of a tree with ``ops.triton.dependent_launch``, the call run with PDL on
     (``CALL+pdl``, e.g. ``new+pdl``, ``new+relay+pdl``)."""
     more = dict(calls)
@@ -241,7 +241,7 @@ def main() -> None:
             todo += [("select", regime, select_case(trees, length, scale, schedules))
                      for regime, scale in REGIMES.items()]
         for kind, regime, calls in todo:
-            calls = with_pdl(trees, calls) if args.pdl else calls
+            calls = with_pdl(calls) if args.pdl else calls
             start = time.time()
             row = dict(case=kind, L=label, regime=regime, **measure(kind, calls, args.rounds, args.rep, args.timeline))
             rows.append(row)

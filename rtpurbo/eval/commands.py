@@ -118,8 +118,11 @@ def add_parsers(subparsers: Any) -> None:
                    help="half-width (points) the report projects the samples per task for (paired differences vs the "
                         "reference row)")
     p.set_defaults(handler=run)
-    # every flag's default, so that --report-only can tell which flags were set to something (it reads few of them)
-    p.set_defaults(flag_defaults={action.dest: action.default for action in p._actions if action.dest != "help"})
+    FLAG_DEFAULTS.clear()  # what a run given no flag holds: --report-only refuses any flag set away from it
+    FLAG_DEFAULTS.update((name, value) for name, value in vars(p.parse_args([])).items() if name != "handler")
+
+
+FLAG_DEFAULTS: dict[str, Any] = {}  # every eval flag's default (dest -> value), filled by add_parsers
 
 
 # --- resolving the run --------------------------------------------------------------------------------
@@ -267,8 +270,7 @@ def check_mode_flags(args: argparse.Namespace) -> None:
     (:data:`MODE_UNUSED`); another one given with them is a :class:`SettingsError`, not ignored."""
     given = set(getattr(args, "given", ()))
     if args.report_only:  # it reads REPORT_READS only: any other flag set away from its default does nothing
-        defaults = getattr(args, "flag_defaults", {})
-        flags = ", ".join("--" + name.replace("_", "-") for name, default in defaults.items()
+        flags = ", ".join("--" + name.replace("_", "-") for name, default in FLAG_DEFAULTS.items()
                           if name not in REPORT_READS and (name in given or getattr(args, name, default) != default))
         if flags:
             raise SettingsError(f"{flags} do(es) nothing with --report-only, which only rewrites the report from "
@@ -410,8 +412,7 @@ def _rows(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, out:
 def _config(args: argparse.Namespace, spec: str, device: str, dtype: torch.dtype, settings: SuiteSettings,
             rows: list[Row], meta: dict) -> dict[str, Any]:
     """The resolved configuration written beside the results."""
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-             if k not in ("handler", "flag_defaults")}
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "handler"}
     return {
         "model": spec, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": str(dtype).replace("torch.", ""), "settings": asdict(settings), "flags": flags,
