@@ -10,7 +10,9 @@ and ``tests/test_decode_static.py``.
 The interpreter never runs Triton's compiler, so :func:`run_script` also records every launch of the
 interpreted run and compiles each one for a Hopper GPU (sm_90) with the installed triton, which needs no GPU:
 rules and errors that only the compiler sees (globals a kernel may read, types, layouts) fail on the CPU
-machine instead of on the first GPU call. CI compiles with the triton it installed; to compile with the GPU
+machine instead of on the first GPU call. The launches with programmatic dependent launch (``PDL=True``) are also
+read in their PTX (:func:`pdl_order_problems`): the rules that keep a chain of such launches correct are about the
+order of instructions, which no CPU run can observe. CI compiles with the triton it installed; to compile with the GPU
 image's own version too, install that one into a folder and name it in ``RTPURBO_COMPILE_TRITON``, e.g.
 ``pip install --no-deps --target /tmp/t36 triton==3.6.0`` and
 ``RTPURBO_COMPILE_TRITON=/tmp/t36 python -m pytest tests -k hopper``.
@@ -178,9 +180,39 @@ def with_pdl(specs: list[dict]) -> list[dict]:
             for spec in specs if spec["constexprs"].get("PDL") is False]
 
 
+_GLOBAL_WRITES = ("st.global", "atom.global", "red.global", "st.async", "cp.async.bulk.global")
+
+
+def pdl_order_problems(ptx: str) -> list[str]:
+    """What breaks the rules of :mod:`rtpurbo.ops.triton.dependent_launch` in the PTX of a kernel compiled for a launch
+    with PDL, in the order of the text (each kernel's wait comes first, outside any branch):
+
+    * it waits (``griddepcontrol.wait``) for the kernel before it;
+    * nothing before that wait writes global memory, and only L2 loads (``ld.global.cg``: memory written two launches
+      back or earlier, as the threshold search's first scores) read it;
+    * it lets the next kernel launch (``griddepcontrol.launch_dependents``) only after its wait, which the loads
+      before the wait of the kernel after it rely on."""
+    lines = [line.strip() for line in ptx.splitlines()]
+    waits = [i for i, line in enumerate(lines) if line.startswith("griddepcontrol.wait")]
+    if not waits:
+        return ["launched with PDL but never waits for the kernel before it (griddepcontrol.wait)"]
+    problems = []
+    for line in lines[:waits[0]]:
+        op = line.split(None, 1)[1] if line.startswith("@") and " " in line else line
+        if op.startswith(_GLOBAL_WRITES):
+            problems.append(f"writes global memory before its wait: {line}")
+        elif op.startswith("ld.global") and not op.startswith("ld.global.cg"):
+            problems.append(f"loads global memory other than from L2 (ld.global.cg) before its wait: {line}")
+    launches = [i for i, line in enumerate(lines) if line.startswith("griddepcontrol.launch_dependents")]
+    if launches and launches[0] < waits[0]:
+        problems.append("lets the next kernel launch before its own wait")
+    return problems
+
+
 def compile_problems(specs: list[dict], script: str) -> list[str]:
     """Compile every launch spec for :data:`SM90` (no GPU needed); one line per spec that fails. Kernels the
-    test script defines itself (module ``__main__``) are taken from ``tests.<script name>``."""
+    test script defines itself (module ``__main__``) are taken from ``tests.<script name>``. The launches with PDL
+    are also held to :func:`pdl_order_problems`."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -194,13 +226,17 @@ def compile_problems(specs: list[dict], script: str) -> list[str]:
         source = triton.compiler.ASTSource(fn=fn, signature=spec["signature"],
                                            constexprs={(names.index(n),): v for n, v in spec["constexprs"].items()})
         try:
-            triton.compile(source, target=GPUTarget(*SM90), options=spec["options"])
+            compiled = triton.compile(source, target=GPUTarget(*SM90), options=spec["options"])
         except Exception as err:  # noqa: BLE001 - report every failing launch
             cause = err  # nested CompilationErrors (one per jit function, each with its source) end in the reason
             while (cause.__cause__ or cause.__context__) is not None:
                 cause = cause.__cause__ or cause.__context__
             why = f"{type(cause).__name__}: " + " ".join(str(cause).split())[:400]
             problems.append(f"{module}.{spec['name']} {spec['constexprs']}: {why}")
+            continue
+        if spec["constexprs"].get("PDL") is True:
+            problems += [f"{module}.{spec['name']} {spec['constexprs']}: {why}"
+                         for why in pdl_order_problems(compiled.asm["ptx"])]
     return problems
 
 
