@@ -104,7 +104,8 @@ from . import dependent_launch
 from .decode import _num_sms
 from .dependent_launch import wait_for_previous
 from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_SLOTS, N_STATE,
-                               N_STATS, gather_phase, key_phase, logit_phase, relay_phase, tally_phase, wait_for)
+                               N_STATS, first_scores, gather_phase, key_phase, logit_phase, relay_phase, tally_phase,
+                               wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
 N_PHASES = 6
@@ -132,24 +133,30 @@ def _search_kernel(
     every program of the launch must be resident at once). ``PDL``: launched with programmatic dependent launch
     (one phase per launch), each phase lets the next one launch once its programs are past their pass over the row.
     ``RELAY``: no tickets; each launch walks the bins of the launch before in every program (``relay_phase``)."""
-    wait_for_previous(PDL)
     row = tl.program_id(0)
     part = tl.program_id(1)
     scores_row = scores_ptr + row.to(tl.int64) * n_keys
+    s_first = None
+    if FIRST >= 1:  # one phase per launch, after level 0: the scores load before the wait (first_scores)
+        s_first = first_scores(scores_row, part, n_keys, chunk, BLOCK)
+    wait_for_previous(PDL)
     work_row = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1))
     st = state_ptr + row * (N_SLOTS * N_STATE)
     sync = sync_ptr + row * N_SYNC
     if RELAY:
         if FIRST <= _TALLY:
-            relay_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
+            relay_phase(scores_row, s_first, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
                         tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
                         FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, PDL)
         else:
-            gather_phase(scores_row, st + _TALLY * N_STATE, tally_ptr,
+            gather_phase(scores_row, s_first, st + _TALLY * N_STATE, tally_ptr,
                          order_ptr + row.to(tl.int64) * capacity, row, part, n_keys, chunk, n_chunks, NC_PAD, BLOCK,
                          PDL)
     else:
         for phase in tl.static_range(FIRST, LAST + 1):
+            if FIRST == 0:  # fused (all phases in this launch): each phase after level 0 loads its first scores here
+                if phase >= 1:
+                    s_first = first_scores(scores_row, part, n_keys, chunk, BLOCK)
             if phase == 0:
                 logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
                              sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
@@ -157,20 +164,20 @@ def _search_kernel(
                 if phase < LAST:
                     wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase < _TALLY:
-                searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
+                searching = key_phase(scores_row, s_first, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
                                        sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
                                        BLOCK, FIRST < LAST, PDL)
                 if phase < LAST:
                     if searching:
                         wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase == _TALLY:
-                tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK, PDL)
+                tally_phase(scores_row, s_first, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK, PDL)
                 if phase < LAST:
                     tl.debug_barrier()
                     tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
                     wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
             else:
-                gather_phase(scores_row, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
+                gather_phase(scores_row, s_first, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
                               chunk, n_chunks, NC_PAD, BLOCK, PDL)
 
 

@@ -194,6 +194,21 @@ def _scores_at(scores_row, start, hi, N: tl.constexpr):
 
 
 @triton.jit
+def first_scores(scores_row, part, n_keys, chunk, BLOCK: tl.constexpr):
+    """The first ``BLOCK`` scores of chunk ``part`` (``-inf`` past the row), read from L2 (``.cg``).
+
+    Every phase after level 0 starts its pass with these. Launched with PDL, it loads them before it waits for the
+    launch before it (:func:`rtpurbo.ops.triton.dependent_launch.wait_for_previous`): the scores are written two
+    launches back or earlier (by the index-score kernel, before level 0), and a program of a launch with PDL starts only
+    once every program of the launch before it has passed its own wait, so once the launch before that one has
+    finished and its writes are in L2. The load's latency then overlaps the wait."""
+    lo = part * chunk
+    offs = lo + tl.arange(0, BLOCK)
+    return tl.load(scores_row + offs, mask=offs < tl.minimum(lo + chunk, n_keys), other=float("-inf"),
+                   cache_modifier=".cg")
+
+
+@triton.jit
 def _cg(ptr):
     """A load from L2 (``.cg``): values another program of this launch wrote after our first read of the line."""
     return tl.load(ptr, cache_modifier=".cg")
@@ -269,16 +284,14 @@ def _store_row(st, stats_ptr, row, row_max, z, inv_width, lower, upper):
 
 
 @triton.jit
-def _key_histogram(scores_row, level, stats, key_hi, key_lo, shift, logit_bin, part, n_keys, chunk,
-                   N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr):
+def _key_histogram(scores_row, s_first, level, row_max, z, inv_width, key_hi, key_lo, shift, logit_bin, part, n_keys,
+                   chunk, N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr):
     """A key level's pass over chunk ``part``: per-key atomics of the keys in ``[key_lo, key_hi]`` and level 0's
-    chosen bin into the ``N_BINS`` bins at ``level`` (``stats``: the row's m, Z, inv_width)."""
+    chosen bin into the ``N_BINS`` bins at ``level`` (``row_max``, ``z``, ``inv_width``: the row's statistics;
+    ``s_first``: the chunk's first ``BLOCK`` scores, :func:`first_scores`)."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
-    s_next = _scores_at(scores_row, lo, hi, BLOCK)  # the first step's scores load beside the row's statistics
-    row_max = _cg(stats)
-    z = _cg(stats + 1)
-    inv_width = _cg(stats + 2)
+    s_next = s_first
     for start in range(lo, hi, BLOCK):
         s = s_next
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
@@ -343,21 +356,29 @@ def logit_phase(
 
 @triton.jit
 def key_phase(
-    scores_row, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
+    scores_row, s_first, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
     N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
 ):
     """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched (its keys in level 0's
     chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`); the last
     program walks them, narrows the interval (or resolves ``tau``) and (``FUSED``) sets ``*release``.
-    Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
+    Returns whether the row was still searching (False: nothing done, nothing to wait for).
+
+    Every word of the state and the row's statistics load at once, before the test of the mode (a resolved row loads
+    a few words it does not use), so the pass waits for one round trip to memory, not two."""
     mode = _cg(st + MODE)
+    key_hi = _cg(st + KEY_HI)
+    key_lo = _cg(st + KEY_LO)
+    shift = _cg(st + SHIFT)
+    logit_bin = _cg(st + LOGIT_BIN).to(tl.int32)
+    stats = stats_ptr + row * N_STATS
+    row_max = _cg(stats)
+    z = _cg(stats + 1)
+    inv_width = _cg(stats + 2)
     searching = mode != RESOLVED
     if searching:
-        key_hi = _cg(st + KEY_HI)
-        key_lo = _cg(st + KEY_LO)
-        shift = _cg(st + SHIFT)
-        _key_histogram(scores_row, level, stats_ptr + row * N_STATS, key_hi, key_lo, shift,
-                       _cg(st + LOGIT_BIN).to(tl.int32), part, n_keys, chunk, N_LOGIT, N_BINS, BLOCK)
+        _key_histogram(scores_row, s_first, level, row_max, z, inv_width, key_hi, key_lo, shift, logit_bin, part,
+                       n_keys, chunk, N_LOGIT, N_BINS, BLOCK)
         let_next_launch(PDL)
         tl.debug_barrier()
         ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
@@ -376,20 +397,21 @@ def key_phase(
 
 
 @triton.jit
-def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr,
+def tally_phase(scores_row, s_first, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr,
                 PDL: tl.constexpr):
     """Per chunk: keys scoring above tau, keys scoring tau."""
-    _tally_chunk(scores_row, _cg(st + TAU), tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK, PDL)
+    _tally_chunk(scores_row, s_first, _cg(st + TAU), tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk,
+                 BLOCK, PDL)
 
 
 @triton.jit
-def _tally_chunk(scores_row, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]``."""
+def _tally_chunk(scores_row, s_first, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]`` (``s_first``: :func:`first_scores`)."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     n_above = tl.zeros([BLOCK], tl.int32)
     n_tied = tl.zeros([BLOCK], tl.int32)
-    s_next = _scores_at(scores_row, lo, hi, BLOCK)
+    s_next = s_first
     for start in range(lo, hi, BLOCK):
         s = s_next
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
@@ -404,10 +426,11 @@ def _tally_chunk(scores_row, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr,
 
 @triton.jit
 def gather_phase(
-    scores_row, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
+    scores_row, s_first, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
     NC_PAD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state)."""
+    """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state;
+    ``s_first``: :func:`first_scores`)."""
     tau = _cg(st + TAU)
     need = _cg(st + NEED).to(tl.int32)
     c = tl.arange(0, NC_PAD)
@@ -417,7 +440,7 @@ def gather_phase(
     written = above_before + tl.minimum(ties_before, need)
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
-    s_next = _scores_at(scores_row, lo, hi, BLOCK)
+    s_next = s_first
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         s = s_next
@@ -465,7 +488,7 @@ def relay_walk(st, work_row, stats, target, PREV: tl.constexpr, N_LOGIT: tl.cons
 
 @triton.jit
 def relay_phase(
-    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr, tally_ptr,
+    scores_row, s_first, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr, tally_ptr,
     row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     PHASE: tl.constexpr, NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr,
     MAX_INV_WIDTH: tl.constexpr, N_BINS: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
@@ -491,11 +514,12 @@ def relay_phase(
             tl.store(st + PHASE * _N_STATE + LOGIT_BIN, logit_bin)
         if PHASE < _N_LEVELS:  # a key level
             if mode != RESOLVED:
-                _key_histogram(scores_row, work_row + PHASE * (2 * N_BINS + 1), stats, key_hi, key_lo,
-                               _shift_for(key_hi - key_lo), logit_bin.to(tl.int32), part, n_keys, chunk, N_LOGIT,
-                               N_BINS, BLOCK)
+                _key_histogram(scores_row, s_first, work_row + PHASE * (2 * N_BINS + 1), _cg(stats), _cg(stats + 1),
+                               _cg(stats + 2), key_hi, key_lo, _shift_for(key_hi - key_lo), logit_bin.to(tl.int32),
+                               part, n_keys, chunk, N_LOGIT, N_BINS, BLOCK)
             let_next_launch(PDL)
         else:
             if part == 0:
                 tl.store(n_keep_ptr + row, above + need)
-            _tally_chunk(scores_row, tau, tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK, PDL)
+            _tally_chunk(scores_row, s_first, tau, tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK,
+                         PDL)
