@@ -92,6 +92,11 @@ without PDL it is slower than "phased" on an H100: the selecting layer step +1.6
 the selection alone +10 us at 1M, where every program of a key level first walks the 2,048 bins of the level before
 (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_pdl-relay-anchor.md``); with PDL it is not timed yet.
 
+Each launch after level 0 loads its programs' first scores before it waits for the launch before it (with PDL that
+wait is the next launch's start: :func:`~rtpurbo.ops.triton.threshold_phases.first_scores` says why that is safe), and
+a key level loads the search state and the row's statistics together, before it tests whether the row is still
+searching: one round trip to memory after the wait instead of two.
+
 Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capturable.
 """
 from __future__ import annotations
@@ -145,9 +150,9 @@ def _search_kernel(
     sync = sync_ptr + row * N_SYNC
     if RELAY:
         if FIRST <= _TALLY:
-            relay_phase(scores_row, s_first, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
-                        tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
-                        FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, PDL)
+            relay_phase(scores_row, s_first, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr,
+                        n_keep_ptr, tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens,
+                        max_tokens, FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, PDL)
         else:
             gather_phase(scores_row, s_first, st + _TALLY * N_STATE, tally_ptr,
                          order_ptr + row.to(tl.int64) * capacity, row, part, n_keys, chunk, n_chunks, NC_PAD, BLOCK,
@@ -164,9 +169,9 @@ def _search_kernel(
                 if phase < LAST:
                     wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase < _TALLY:
-                searching = key_phase(scores_row, s_first, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
-                                       sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
-                                       BLOCK, FIRST < LAST, PDL)
+                searching = key_phase(scores_row, s_first, work_row + phase * (2 * N_BINS + 1), st, stats_ptr,
+                                      n_keep_ptr, sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT,
+                                      N_BINS, BLOCK, FIRST < LAST, PDL)
                 if phase < LAST:
                     if searching:
                         wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
@@ -177,8 +182,8 @@ def _search_kernel(
                     tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
                     wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
             else:
-                gather_phase(scores_row, s_first, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
-                              chunk, n_chunks, NC_PAD, BLOCK, PDL)
+                gather_phase(scores_row, s_first, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part,
+                             n_keys, chunk, n_chunks, NC_PAD, BLOCK, PDL)
 
 
 SCHEDULES = ("fused", "phased", "relay")

@@ -406,7 +406,8 @@ def tally_phase(scores_row, s_first, st, tally_ptr, row, part, n_keys, chunk, n_
 
 @triton.jit
 def _tally_chunk(scores_row, s_first, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]`` (``s_first``: :func:`first_scores`)."""
+    """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]`` (``s_first``:
+    :func:`first_scores`)."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     n_above = tl.zeros([BLOCK], tl.int32)
