@@ -108,9 +108,9 @@ import triton.language as tl
 from . import dependent_launch
 from .decode import _num_sms
 from .dependent_launch import wait_for_previous
-from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_SLOTS, N_STATE,
-                               N_STATS, first_scores, gather_phase, key_phase, logit_phase, relay_phase, tally_phase,
-                               wait_for)
+from .threshold_phases import (_LEVEL_WORDS, _N_LEVELS, FIXED_ONE, LEVEL_WORDS, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS,
+                               N_LEVELS, N_LOGIT, N_SLOTS, N_STATE, N_STATS, first_scores, gather_phase, key_phase,
+                               logit_phase, relay_phase, tally_phase, wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
 N_PHASES = 6
@@ -145,7 +145,7 @@ def _search_kernel(
     if FIRST >= 1:  # one phase per launch, after level 0: the scores load before the wait (first_scores)
         s_first = first_scores(scores_row, part, n_keys, chunk, BLOCK)
     wait_for_previous(PDL)
-    work_row = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1))
+    work_row = work_ptr + row.to(tl.int64) * (_N_LEVELS * _LEVEL_WORDS)
     st = state_ptr + row * (N_SLOTS * N_STATE)
     sync = sync_ptr + row * N_SYNC
     if RELAY:
@@ -169,7 +169,7 @@ def _search_kernel(
                 if phase < LAST:
                     wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase < _TALLY:
-                searching = key_phase(scores_row, s_first, work_row + phase * (2 * N_BINS + 1), st, stats_ptr,
+                searching = key_phase(scores_row, s_first, work_row + phase * _LEVEL_WORDS, st, stats_ptr,
                                       n_keep_ptr, sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT,
                                       N_BINS, BLOCK, FIRST < LAST, PDL)
                 if phase < LAST:
@@ -191,13 +191,13 @@ SCHEDULES = ("fused", "phased", "relay")
 
 def workspace_size(rows: int) -> int:
     """int64 elements of the zeroed workspace of :func:`topp_threshold` for ``rows`` rows (``work``, then ``sync``)."""
-    return rows * (N_LEVELS * (2 * N_BINS + 1) + N_SYNC)
+    return rows * (N_LEVELS * LEVEL_WORDS + N_SYNC)
 
 
 def split_workspace(flat: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(work, sync) views of a flat workspace of :func:`workspace_size` elements."""
-    size = rows * N_LEVELS * (2 * N_BINS + 1)
-    return flat[:size].view(rows, N_LEVELS, 2 * N_BINS + 1), flat[size:].view(rows, N_SYNC)
+    size = rows * N_LEVELS * LEVEL_WORDS
+    return flat[:size].view(rows, N_LEVELS, LEVEL_WORDS), flat[size:].view(rows, N_SYNC)
 
 
 SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up: far past any real wait (see topp_threshold)
@@ -231,7 +231,7 @@ def topp_threshold(
         block_max, block_sum, block_count, block_min: (BH, n_blocks) per-block statistics of the
             scores (:class:`rtpurbo.ops.triton.decode.IndexScores`).
         block: keys per inner step (a power of two; small values only to test many programs).
-        work: optional zeroed workspace (BH, N_LEVELS, 2 * N_BINS + 1) int64. Afterwards
+        work: optional zeroed workspace (BH, N_LEVELS, LEVEL_WORDS) int64. Afterwards
             ``work[r, l, :N_BINS]`` holds level ``l``'s key counts per bin: the sum at level 1 is
             the number of keys the per-key levels histogrammed (0 when level 0 resolved the row).
         n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
@@ -269,7 +269,7 @@ def topp_threshold(
                          f"{num_warps}")
     chunk, n_chunks = _chunks(n_keys, rows, device, block, schedule, programs_per_sm)
     target = 1 << 62 if top_p >= 1.0 else round(top_p * FIXED_ONE)
-    work_shape = (rows, N_LEVELS, 2 * N_BINS + 1)
+    work_shape = (rows, N_LEVELS, LEVEL_WORDS)
     if work is not None and (work.shape != work_shape or work.dtype != torch.int64):
         raise ValueError(f"work must be zeroed int64 of shape {work_shape}, got {work.dtype} {tuple(work.shape)}")
     if sync is not None and (sync.shape != (rows, N_SYNC) or sync.dtype != torch.int64):

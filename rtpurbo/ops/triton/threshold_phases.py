@@ -23,6 +23,14 @@ MIN_INV_WIDTH = 0.5  # level-0 bins are at most 2 logits wide
 MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for tiny spreads)
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 BIN_BITS = tl.constexpr(11)  # log2(N_BINS)
+N_COARSE = 64  # each key level also sums its bins in groups of N_BINS / N_COARSE (its walk reads those first)
+_N_COARSE = tl.constexpr(N_COARSE)
+_FINE = tl.constexpr(N_BINS // N_COARSE)  # bins per group
+# one level's words (int64) of the workspace: counts and masses of the N_BINS bins, the ticket, then counts and masses
+# of the N_COARSE groups
+LEVEL_WORDS = 2 * N_BINS + 1 + 2 * N_COARSE
+_LEVEL_WORDS = tl.constexpr(LEVEL_WORDS)  # for the kernels
+_COARSE_AT = tl.constexpr(2 * N_BINS + 1)
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 _N_LEVELS = tl.constexpr(N_LEVELS)  # for the kernels: the tally's phase
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
@@ -138,6 +146,22 @@ def _walk(counts, masses, above, mass_above, mode, rank, target, lower, upper, N
     n_in, mass_in = tl.split(in_bin)
     n_through, mass_through = tl.split(through_bin)
     return chosen, mode, rank, n_through - n_in, mass_through - mass_in, n_in, mass_in
+
+
+@triton.jit
+def _grouped_walk(level, above, mass_above, mode, rank, target, lower, upper, N_BINS: tl.constexpr):
+    """:func:`_walk` over a key level's ``N_BINS`` bins at ``level`` in two steps: over its ``N_COARSE`` groups, then
+    over the bins of the chosen group. It picks the bin one walk over every bin picks (the groups' sums are the bins'
+    exact integer sums; a clamp the second walk meets picks a rank that the group holds), and reads
+    ``2 * (N_COARSE + N_BINS / N_COARSE)`` words instead of ``2 * N_BINS``: one program runs it, so its cost is latency."""
+    groups = tl.arange(0, _N_COARSE)
+    group, mode, rank, above, mass_above, _, _ = _walk(
+        _cg(level + _COARSE_AT + groups), _cg(level + _COARSE_AT + _N_COARSE + groups), above, mass_above, mode, rank,
+        target, lower, upper, _N_COARSE)
+    bins = group * _FINE + tl.arange(0, _FINE)
+    fine, mode, rank, above, mass_above, n_in, mass_in = _walk(_cg(level + bins), _cg(level + N_BINS + bins), above,
+                                                               mass_above, mode, rank, target, lower, upper, _FINE)
+    return group * _FINE + fine, mode, rank, above, mass_above, n_in, mass_in
 
 
 @triton.jit
@@ -299,8 +323,12 @@ def _key_histogram(scores_row, s_first, level, row_max, z, inv_width, key_hi, ke
         inside = ((s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
                   & (_logit_bin(s, row_max, inv_width, N_LOGIT) == logit_bin))
         b = (key_hi - key) >> shift
+        mass = _fixed_mass(s, row_max, z)
         tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
-        tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
+        tl.atomic_add(level + N_BINS + b, mass, mask=inside, sem="relaxed")
+        group = level + _COARSE_AT + b // _FINE
+        tl.atomic_add(group, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
+        tl.atomic_add(group + _N_COARSE, mass, mask=inside, sem="relaxed")
 
 
 @triton.jit
@@ -309,11 +337,8 @@ def _key_level_state(level, mode, rank, above, mass_above, key_hi, key_lo, shift
     """Walk a key level's bins at ``level`` from the state before it (still searching): the state after it,
     (mode, rank, above, mass above, key_hi, key_lo, tau, need). Resolved (``shift == 0``): every key of the chosen
     bin scores ``tau``; by mass, ``n*`` ends after the first ties whose mass reaches the target."""
-    bins = tl.arange(0, N_BINS)
-    counts = _cg(level + bins)
-    masses = _cg(level + N_BINS + bins)
-    chosen, mode, rank, above, mass_above, n_in, mass_in = _walk(counts, masses, above, mass_above, mode, rank, target,
-                                                                 lower, upper, N_BINS)
+    chosen, mode, rank, above, mass_above, n_in, mass_in = _grouped_walk(level, above, mass_above, mode, rank, target,
+                                                                         lower, upper, N_BINS)
     new_hi = key_hi - (chosen << shift)
     new_lo = tl.maximum(key_lo, new_hi - (1 << shift) + 1)
     each = mass_in // tl.maximum(n_in, 1)
@@ -482,7 +507,7 @@ def relay_walk(st, work_row, stats, target, PREV: tl.constexpr, N_LOGIT: tl.cons
         logit_bin = _cg(before + LOGIT_BIN)
         if mode != RESOLVED:
             mode, rank, above, mass_above, key_hi, key_lo, tau, need = _key_level_state(
-                work_row + PREV * (2 * N_BINS + 1), mode, rank, above, mass_above, key_hi, key_lo,
+                work_row + PREV * _LEVEL_WORDS, mode, rank, above, mass_above, key_hi, key_lo,
                 _cg(before + SHIFT), lower, upper, target, N_BINS)
     return mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin
 
@@ -515,7 +540,7 @@ def relay_phase(
             tl.store(st + PHASE * _N_STATE + LOGIT_BIN, logit_bin)
         if PHASE < _N_LEVELS:  # a key level
             if mode != RESOLVED:
-                _key_histogram(scores_row, s_first, work_row + PHASE * (2 * N_BINS + 1), _cg(stats), _cg(stats + 1),
+                _key_histogram(scores_row, s_first, work_row + PHASE * _LEVEL_WORDS, _cg(stats), _cg(stats + 1),
                                _cg(stats + 2), key_hi, key_lo, _shift_for(key_hi - key_lo), logit_bin.to(tl.int32),
                                part, n_keys, chunk, N_LOGIT, N_BINS, BLOCK)
             let_next_launch(PDL)
