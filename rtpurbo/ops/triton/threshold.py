@@ -34,7 +34,10 @@ Each histogram holds a count and a mass per bin. Masses are fixed point (``p * 2
 int64), so the sums do not depend on the order of the atomic adds: the selection is the same on
 every run. The last program of a level to finish (a ticket counter) walks that level's bins from
 the best: the first bin whose cumulative mass reaches ``top_p`` holds ``n*``, unless the token
-clamps decide first, in which case the search continues for a fixed rank. Then
+clamps decide first, in which case the search continues for a fixed rank. A key level's histogram also
+sums its 2048 bins in 64 groups of 32 (two more atomics per key of the interval), and its walk reads the groups,
+then the 32 bins of the chosen group: 192 words instead of 4096 for the one program whose latency every row waits
+on, and the same bin (``threshold_phases._grouped_walk``). Then
 :func:`~rtpurbo.ops.triton.threshold_phases.tally_phase` counts the keys above / at ``tau`` per chunk and
 :func:`~rtpurbo.ops.triton.threshold_phases.gather_phase`
 writes the selected slots in ascending slot order, at positions from those counts (no atomics:
