@@ -199,7 +199,7 @@ def select_rows(record, n_logits=SELECT_N_LOGIT) -> None:
 
             for n_logit, schedule in itertools.product(n_logits, threshold.SCHEDULES):
                 us = graph_us(lambda n=n_logit, s=schedule: select(n, s)[1], rep=50)
-                work = torch.zeros(1, threshold.N_LEVELS, threshold.LEVEL_WORDS, dtype=torch.int64, device=DEVICE)
+                work = torch.zeros(1, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64, device=DEVICE)
                 sync = torch.zeros(1, threshold.N_SYNC, dtype=torch.int64, device=DEVICE)
                 order, n_keep = select(n_logit, schedule, work, sync)
                 record(dict(case="select", L=length, regime=regime, n_logit=n_logit, schedule=schedule, us=us,

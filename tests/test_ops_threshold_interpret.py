@@ -240,7 +240,7 @@ def _check_flat_interval() -> list[str]:
     n_keys = 2048
     q_idx, k_idx, q_pos, k_pos = select_inputs("flat", 1, 1, n_keys, seed=3)
     scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0)
-    work = torch.zeros(1, threshold.N_LEVELS, threshold.LEVEL_WORDS, dtype=torch.int64)
+    work = torch.zeros(1, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64)
     threshold.topp_threshold(scored.scores.view(1, n_keys), scored.block_max, scored.block_sum, scored.block_count,
                              scored.block_min, top_p=0.9, min_tokens=0, max_tokens=None, block=256, work=work)
     scanned = int(work[0, 1, : threshold.N_BINS].sum())
@@ -314,49 +314,6 @@ def _check_zeroed_workspace() -> list[str]:
     return problems
 
 
-def _check_grouped_walk() -> list[str]:
-    """A key level's walk in two steps (its groups of bins, then the chosen group's bins: ``_grouped_walk``) picks
-    what one walk over all its bins picks (``_walk``), with the same mode, rank and sums before the bin: random sparse
-    histograms, by mass and by rank, with ``lower`` / ``upper`` clamps that switch the search to a rank before,
-    inside and after the bin the mass picks, and targets reached before the first bin or never."""
-    import torch
-
-    from rtpurbo.ops.triton import threshold_phases as tp
-    from tests.threshold_walk_kernel import walk_both
-
-    g = torch.Generator().manual_seed(31)
-    problems = []
-    n_bins, n_groups = tp.N_BINS, tp.N_COARSE
-    for trial in range(60):
-        level = torch.zeros(tp.LEVEL_WORDS, dtype=torch.int64)
-        occupied = torch.rand(n_bins, generator=g) < [0.002, 0.02, 0.3][trial % 3]
-        occupied[int(torch.randint(n_bins, (), generator=g))] = True
-        counts = torch.randint(1, 6, (n_bins,), generator=g) * occupied
-        masses = counts * torch.randint(0, 1 << 40, (n_bins,), generator=g) // 3
-        level[:n_bins], level[n_bins: 2 * n_bins] = counts, masses
-        at = 2 * n_bins + 1
-        level[at: at + n_groups] = counts.view(n_groups, -1).sum(-1)
-        level[at + n_groups: at + 2 * n_groups] = masses.view(n_groups, -1).sum(-1)
-        total, total_mass = int(counts.sum()), int(masses.sum())
-        above = int(torch.randint(0, 50, (), generator=g))
-        mass_above = above * (1 << 30)
-        target = mass_above + int(torch.rand((), generator=g) * 1.1 * total_mass)  # sometimes never reached
-        if trial % 10 == 0:
-            target = mass_above // 2  # reached before the first bin
-        # states the search can be in: the interval holds the ranks it may still look for (above + 1 .. above + total)
-        lower = int(torch.randint(0, above + total + 20, (), generator=g))
-        upper = int(torch.randint(above + 1, above + total + 1, (), generator=g))
-        mode = int(trial % 4 == 3)  # BY_RANK in a quarter of the trials
-        rank = int(torch.randint(above + 1, above + total + 1, (), generator=g))
-        params = torch.tensor([mode, rank, above, mass_above, target, lower, upper], dtype=torch.int64)
-        out = torch.zeros(14, dtype=torch.int64)
-        walk_both[(1,)](level, params, out, N_BINS=n_bins)
-        if not torch.equal(out[:7], out[7:]):
-            problems.append(f"trial {trial}: flat {out[:7].tolist()} != grouped {out[7:].tolist()} "
-                            f"(params {params.tolist()})")
-    return problems
-
-
 def _check_bad_args() -> list[str]:
     """An unknown schedule, work / sync buffers of the wrong shape or dtype, and bad launch settings are refused before
     any launch."""
@@ -387,8 +344,7 @@ def _check_bad_args() -> list[str]:
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
         ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("n-logit", _check_n_logit),
-        ("zeroed-workspace", _check_zeroed_workspace), ("grouped-walk", _check_grouped_walk),
-        ("bad-args", _check_bad_args)])
+        ("zeroed-workspace", _check_zeroed_workspace), ("bad-args", _check_bad_args)])
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +358,7 @@ def test_every_launch_compiles_for_hopper(report):
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "zeroed-workspace",
-                                                           "grouped-walk", "bad-args"])
+                                                           "bad-args"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

@@ -11,13 +11,9 @@ search level: the walk of the level's last program).
 
 Rules every kernel launched this way follows here, so that the chain stays correct:
 
-* it calls :func:`wait_for_previous` at the start of every program, before any store to global memory and before any
-  load of memory that the kernel just before it may write (a program may start while the kernel before it still
-  runs, and memory the caching allocator hands out may still be in use by an earlier kernel until then). Loads of
-  memory written two launches back or earlier may come first: a program starts only once every program of the
-  kernel before it has called :func:`let_next_launch`, which each does after its own wait, so by then the kernel
-  before that one has finished. The threshold search's phases after level 0 load their first scores this way
-  (:func:`rtpurbo.ops.triton.threshold_phases.first_scores`, from L2);
+* it calls :func:`wait_for_previous` at the start of every program, before any load or store of global memory (a
+  program may start while the kernel before it still runs, and memory the caching allocator hands out may still be
+  in use by an earlier kernel until then);
 * so it completes only after the kernel before it did, and waiting on the previous kernel is waiting on all of them.
 
 Under CUDA graph capture the dependency becomes a programmatic edge of the graph. Without PDL the same kernels run

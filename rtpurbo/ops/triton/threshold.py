@@ -34,10 +34,7 @@ Each histogram holds a count and a mass per bin. Masses are fixed point (``p * 2
 int64), so the sums do not depend on the order of the atomic adds: the selection is the same on
 every run. The last program of a level to finish (a ticket counter) walks that level's bins from
 the best: the first bin whose cumulative mass reaches ``top_p`` holds ``n*``, unless the token
-clamps decide first, in which case the search continues for a fixed rank. A key level's histogram also
-sums its 2048 bins in 64 groups of 32 (two more atomics per key of the interval), and its walk reads the groups,
-then the 32 bins of the chosen group: 192 words instead of 4096 for the one program whose latency every row waits
-on, and the same bin (``threshold_phases._grouped_walk``). Then
+clamps decide first, in which case the search continues for a fixed rank. Then
 :func:`~rtpurbo.ops.triton.threshold_phases.tally_phase` counts the keys above / at ``tau`` per chunk and
 :func:`~rtpurbo.ops.triton.threshold_phases.gather_phase`
 writes the selected slots in ascending slot order, at positions from those counts (no atomics:
@@ -95,11 +92,6 @@ without PDL it is slower than "phased" on an H100: the selecting layer step +1.6
 the selection alone +10 us at 1M, where every program of a key level first walks the 2,048 bins of the level before
 (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_pdl-relay-anchor.md``); with PDL it is not timed yet.
 
-Each launch after level 0 loads its programs' first scores before it waits for the launch before it (with PDL that
-wait is the next launch's start: :func:`~rtpurbo.ops.triton.threshold_phases.first_scores` says why that is safe), and
-a key level loads the search state and the row's statistics together, before it tests whether the row is still
-searching: one round trip to memory after the wait instead of two.
-
 Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capturable.
 """
 from __future__ import annotations
@@ -111,9 +103,8 @@ import triton.language as tl
 from . import dependent_launch
 from .decode import _num_sms
 from .dependent_launch import wait_for_previous
-from .threshold_phases import (_LEVEL_WORDS, _N_LEVELS, FIXED_ONE, LEVEL_WORDS, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS,
-                               N_LEVELS, N_LOGIT, N_SLOTS, N_STATE, N_STATS, first_scores, gather_phase, key_phase,
-                               logit_phase, relay_phase, tally_phase, wait_for)
+from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_SLOTS, N_STATE,
+                               N_STATS, gather_phase, key_phase, logit_phase, relay_phase, tally_phase, wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
 N_PHASES = 6
@@ -141,30 +132,24 @@ def _search_kernel(
     every program of the launch must be resident at once). ``PDL``: launched with programmatic dependent launch
     (one phase per launch), each phase lets the next one launch once its programs are past their pass over the row.
     ``RELAY``: no tickets; each launch walks the bins of the launch before in every program (``relay_phase``)."""
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     part = tl.program_id(1)
     scores_row = scores_ptr + row.to(tl.int64) * n_keys
-    s_first = None
-    if FIRST >= 1:  # one phase per launch, after level 0: the scores load before the wait (first_scores)
-        s_first = first_scores(scores_row, part, n_keys, chunk, BLOCK)
-    wait_for_previous(PDL)
-    work_row = work_ptr + row.to(tl.int64) * (_N_LEVELS * _LEVEL_WORDS)
+    work_row = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1))
     st = state_ptr + row * (N_SLOTS * N_STATE)
     sync = sync_ptr + row * N_SYNC
     if RELAY:
         if FIRST <= _TALLY:
-            relay_phase(scores_row, s_first, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr,
-                        n_keep_ptr, tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens,
-                        max_tokens, FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, PDL)
+            relay_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
+                        tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
+                        FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, PDL)
         else:
-            gather_phase(scores_row, s_first, st + _TALLY * N_STATE, tally_ptr,
+            gather_phase(scores_row, st + _TALLY * N_STATE, tally_ptr,
                          order_ptr + row.to(tl.int64) * capacity, row, part, n_keys, chunk, n_chunks, NC_PAD, BLOCK,
                          PDL)
     else:
         for phase in tl.static_range(FIRST, LAST + 1):
-            if FIRST == 0:  # fused (all phases in this launch): each phase after level 0 loads its first scores here
-                if phase >= 1:
-                    s_first = first_scores(scores_row, part, n_keys, chunk, BLOCK)
             if phase == 0:
                 logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
                              sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
@@ -172,21 +157,21 @@ def _search_kernel(
                 if phase < LAST:
                     wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase < _TALLY:
-                searching = key_phase(scores_row, s_first, work_row + phase * _LEVEL_WORDS, st, stats_ptr,
-                                      n_keep_ptr, sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT,
-                                      N_BINS, BLOCK, FIRST < LAST, PDL)
+                searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
+                                       sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
+                                       BLOCK, FIRST < LAST, PDL)
                 if phase < LAST:
                     if searching:
                         wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase == _TALLY:
-                tally_phase(scores_row, s_first, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK, PDL)
+                tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK, PDL)
                 if phase < LAST:
                     tl.debug_barrier()
                     tl.atomic_add(sync + _ARRIVED, 1, sem="acq_rel")
                     wait_for(sync + _ARRIVED, n_chunks, sync + _STALLS, SPIN_LIMIT)
             else:
-                gather_phase(scores_row, s_first, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part,
-                             n_keys, chunk, n_chunks, NC_PAD, BLOCK, PDL)
+                gather_phase(scores_row, st, tally_ptr, order_ptr + row.to(tl.int64) * capacity, row, part, n_keys,
+                              chunk, n_chunks, NC_PAD, BLOCK, PDL)
 
 
 SCHEDULES = ("fused", "phased", "relay")
@@ -194,13 +179,13 @@ SCHEDULES = ("fused", "phased", "relay")
 
 def workspace_size(rows: int) -> int:
     """int64 elements of the zeroed workspace of :func:`topp_threshold` for ``rows`` rows (``work``, then ``sync``)."""
-    return rows * (N_LEVELS * LEVEL_WORDS + N_SYNC)
+    return rows * (N_LEVELS * (2 * N_BINS + 1) + N_SYNC)
 
 
 def split_workspace(flat: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(work, sync) views of a flat workspace of :func:`workspace_size` elements."""
-    size = rows * N_LEVELS * LEVEL_WORDS
-    return flat[:size].view(rows, N_LEVELS, LEVEL_WORDS), flat[size:].view(rows, N_SYNC)
+    size = rows * N_LEVELS * (2 * N_BINS + 1)
+    return flat[:size].view(rows, N_LEVELS, 2 * N_BINS + 1), flat[size:].view(rows, N_SYNC)
 
 
 SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up: far past any real wait (see topp_threshold)
@@ -234,7 +219,7 @@ def topp_threshold(
         block_max, block_sum, block_count, block_min: (BH, n_blocks) per-block statistics of the
             scores (:class:`rtpurbo.ops.triton.decode.IndexScores`).
         block: keys per inner step (a power of two; small values only to test many programs).
-        work: optional zeroed workspace (BH, N_LEVELS, LEVEL_WORDS) int64. Afterwards
+        work: optional zeroed workspace (BH, N_LEVELS, 2 * N_BINS + 1) int64. Afterwards
             ``work[r, l, :N_BINS]`` holds level ``l``'s key counts per bin: the sum at level 1 is
             the number of keys the per-key levels histogrammed (0 when level 0 resolved the row).
         n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
@@ -272,7 +257,7 @@ def topp_threshold(
                          f"{num_warps}")
     chunk, n_chunks = _chunks(n_keys, rows, device, block, schedule, programs_per_sm)
     target = 1 << 62 if top_p >= 1.0 else round(top_p * FIXED_ONE)
-    work_shape = (rows, N_LEVELS, LEVEL_WORDS)
+    work_shape = (rows, N_LEVELS, 2 * N_BINS + 1)
     if work is not None and (work.shape != work_shape or work.dtype != torch.int64):
         raise ValueError(f"work must be zeroed int64 of shape {work_shape}, got {work.dtype} {tuple(work.shape)}")
     if sync is not None and (sync.shape != (rows, N_SYNC) or sync.dtype != torch.int64):

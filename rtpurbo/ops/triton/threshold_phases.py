@@ -23,14 +23,6 @@ MIN_INV_WIDTH = 0.5  # level-0 bins are at most 2 logits wide
 MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for tiny spreads)
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 BIN_BITS = tl.constexpr(11)  # log2(N_BINS)
-N_COARSE = 64  # each key level also sums its bins in groups of N_BINS / N_COARSE (its walk reads those first)
-_N_COARSE = tl.constexpr(N_COARSE)
-_FINE = tl.constexpr(N_BINS // N_COARSE)  # bins per group
-# one level's words (int64) of the workspace: counts and masses of the N_BINS bins, the ticket, then counts and masses
-# of the N_COARSE groups
-LEVEL_WORDS = 2 * N_BINS + 1 + 2 * N_COARSE
-_LEVEL_WORDS = tl.constexpr(LEVEL_WORDS)  # for the kernels
-_COARSE_AT = tl.constexpr(2 * N_BINS + 1)
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 _N_LEVELS = tl.constexpr(N_LEVELS)  # for the kernels: the tally's phase
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
@@ -149,22 +141,6 @@ def _walk(counts, masses, above, mass_above, mode, rank, target, lower, upper, N
 
 
 @triton.jit
-def _grouped_walk(level, above, mass_above, mode, rank, target, lower, upper, N_BINS: tl.constexpr):
-    """:func:`_walk` over a key level's ``N_BINS`` bins at ``level`` in two steps: over its ``N_COARSE`` groups, then
-    over the bins of the chosen group. It picks the bin one walk over every bin picks (the groups' sums are the bins'
-    exact integer sums; a clamp the second walk meets picks a rank that the group holds), and reads
-    ``2 * (N_COARSE + N_BINS / N_COARSE)`` words instead of ``2 * N_BINS``: one program runs it, so its cost is latency."""
-    groups = tl.arange(0, _N_COARSE)
-    group, mode, rank, above, mass_above, _, _ = _walk(
-        _cg(level + _COARSE_AT + groups), _cg(level + _COARSE_AT + _N_COARSE + groups), above, mass_above, mode, rank,
-        target, lower, upper, _N_COARSE)
-    bins = group * _FINE + tl.arange(0, _FINE)
-    fine, mode, rank, above, mass_above, n_in, mass_in = _walk(_cg(level + bins), _cg(level + N_BINS + bins), above,
-                                                               mass_above, mode, rank, target, lower, upper, _FINE)
-    return group * _FINE + fine, mode, rank, above, mass_above, n_in, mass_in
-
-
-@triton.jit
 def _shift_for(span):
     """Smallest shift with ``span >> shift < N_BINS``: ``bit_length(span) - BIN_BITS``, at least 0, the bit length
     read from the exponent of ``span`` as fp64 (exact below 2^53; spans are below 2^33)."""
@@ -215,21 +191,6 @@ def _scores_at(scores_row, start, hi, N: tl.constexpr):
     the current ones, so the load's L2 latency overlaps that work instead of adding to every step."""
     offs = start + tl.arange(0, N)
     return tl.load(scores_row + offs, mask=offs < hi, other=float("-inf"))
-
-
-@triton.jit
-def first_scores(scores_row, part, n_keys, chunk, BLOCK: tl.constexpr):
-    """The first ``BLOCK`` scores of chunk ``part`` (``-inf`` past the row), read from L2 (``.cg``).
-
-    Every phase after level 0 starts its pass with these. Launched with PDL, it loads them before it waits for the
-    launch before it (:func:`rtpurbo.ops.triton.dependent_launch.wait_for_previous`): the scores are written two
-    launches back or earlier (by the index-score kernel, before level 0), and a program of a launch with PDL starts only
-    once every program of the launch before it has passed its own wait, so once the launch before that one has
-    finished and its writes are in L2. The load's latency then overlaps the wait."""
-    lo = part * chunk
-    offs = lo + tl.arange(0, BLOCK)
-    return tl.load(scores_row + offs, mask=offs < tl.minimum(lo + chunk, n_keys), other=float("-inf"),
-                   cache_modifier=".cg")
 
 
 @triton.jit
@@ -308,14 +269,16 @@ def _store_row(st, stats_ptr, row, row_max, z, inv_width, lower, upper):
 
 
 @triton.jit
-def _key_histogram(scores_row, s_first, level, row_max, z, inv_width, key_hi, key_lo, shift, logit_bin, part, n_keys,
-                   chunk, N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr):
+def _key_histogram(scores_row, level, stats, key_hi, key_lo, shift, logit_bin, part, n_keys, chunk,
+                   N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr):
     """A key level's pass over chunk ``part``: per-key atomics of the keys in ``[key_lo, key_hi]`` and level 0's
-    chosen bin into the ``N_BINS`` bins at ``level`` (``row_max``, ``z``, ``inv_width``: the row's statistics;
-    ``s_first``: the chunk's first ``BLOCK`` scores, :func:`first_scores`)."""
+    chosen bin into the ``N_BINS`` bins at ``level`` (``stats``: the row's m, Z, inv_width)."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
-    s_next = s_first
+    s_next = _scores_at(scores_row, lo, hi, BLOCK)  # the first step's scores load beside the row's statistics
+    row_max = _cg(stats)
+    z = _cg(stats + 1)
+    inv_width = _cg(stats + 2)
     for start in range(lo, hi, BLOCK):
         s = s_next
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
@@ -323,12 +286,8 @@ def _key_histogram(scores_row, s_first, level, row_max, z, inv_width, key_hi, ke
         inside = ((s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
                   & (_logit_bin(s, row_max, inv_width, N_LOGIT) == logit_bin))
         b = (key_hi - key) >> shift
-        mass = _fixed_mass(s, row_max, z)
         tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
-        tl.atomic_add(level + N_BINS + b, mass, mask=inside, sem="relaxed")
-        group = level + _COARSE_AT + b // _FINE
-        tl.atomic_add(group, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
-        tl.atomic_add(group + _N_COARSE, mass, mask=inside, sem="relaxed")
+        tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
 
 
 @triton.jit
@@ -337,8 +296,11 @@ def _key_level_state(level, mode, rank, above, mass_above, key_hi, key_lo, shift
     """Walk a key level's bins at ``level`` from the state before it (still searching): the state after it,
     (mode, rank, above, mass above, key_hi, key_lo, tau, need). Resolved (``shift == 0``): every key of the chosen
     bin scores ``tau``; by mass, ``n*`` ends after the first ties whose mass reaches the target."""
-    chosen, mode, rank, above, mass_above, n_in, mass_in = _grouped_walk(level, above, mass_above, mode, rank, target,
-                                                                         lower, upper, N_BINS)
+    bins = tl.arange(0, N_BINS)
+    counts = _cg(level + bins)
+    masses = _cg(level + N_BINS + bins)
+    chosen, mode, rank, above, mass_above, n_in, mass_in = _walk(counts, masses, above, mass_above, mode, rank, target,
+                                                                 lower, upper, N_BINS)
     new_hi = key_hi - (chosen << shift)
     new_lo = tl.maximum(key_lo, new_hi - (1 << shift) + 1)
     each = mass_in // tl.maximum(n_in, 1)
@@ -381,29 +343,21 @@ def logit_phase(
 
 @triton.jit
 def key_phase(
-    scores_row, s_first, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
+    scores_row, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
     N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
 ):
     """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched (its keys in level 0's
     chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`); the last
     program walks them, narrows the interval (or resolves ``tau``) and (``FUSED``) sets ``*release``.
-    Returns whether the row was still searching (False: nothing done, nothing to wait for).
-
-    Every word of the state and the row's statistics load at once, before the test of the mode (a resolved row loads
-    a few words it does not use), so the pass waits for one round trip to memory, not two."""
+    Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
     mode = _cg(st + MODE)
-    key_hi = _cg(st + KEY_HI)
-    key_lo = _cg(st + KEY_LO)
-    shift = _cg(st + SHIFT)
-    logit_bin = _cg(st + LOGIT_BIN).to(tl.int32)
-    stats = stats_ptr + row * N_STATS
-    row_max = _cg(stats)
-    z = _cg(stats + 1)
-    inv_width = _cg(stats + 2)
     searching = mode != RESOLVED
     if searching:
-        _key_histogram(scores_row, s_first, level, row_max, z, inv_width, key_hi, key_lo, shift, logit_bin, part,
-                       n_keys, chunk, N_LOGIT, N_BINS, BLOCK)
+        key_hi = _cg(st + KEY_HI)
+        key_lo = _cg(st + KEY_LO)
+        shift = _cg(st + SHIFT)
+        _key_histogram(scores_row, level, stats_ptr + row * N_STATS, key_hi, key_lo, shift,
+                       _cg(st + LOGIT_BIN).to(tl.int32), part, n_keys, chunk, N_LOGIT, N_BINS, BLOCK)
         let_next_launch(PDL)
         tl.debug_barrier()
         ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
@@ -422,22 +376,20 @@ def key_phase(
 
 
 @triton.jit
-def tally_phase(scores_row, s_first, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr,
+def tally_phase(scores_row, st, tally_ptr, row, part, n_keys, chunk, n_chunks, BLOCK: tl.constexpr,
                 PDL: tl.constexpr):
     """Per chunk: keys scoring above tau, keys scoring tau."""
-    _tally_chunk(scores_row, s_first, _cg(st + TAU), tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk,
-                 BLOCK, PDL)
+    _tally_chunk(scores_row, _cg(st + TAU), tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK, PDL)
 
 
 @triton.jit
-def _tally_chunk(scores_row, s_first, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]`` (``s_first``:
-    :func:`first_scores`)."""
+def _tally_chunk(scores_row, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]``."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     n_above = tl.zeros([BLOCK], tl.int32)
     n_tied = tl.zeros([BLOCK], tl.int32)
-    s_next = s_first
+    s_next = _scores_at(scores_row, lo, hi, BLOCK)
     for start in range(lo, hi, BLOCK):
         s = s_next
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
@@ -452,11 +404,10 @@ def _tally_chunk(scores_row, s_first, tau, out, part, n_keys, chunk, BLOCK: tl.c
 
 @triton.jit
 def gather_phase(
-    scores_row, s_first, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
+    scores_row, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
     NC_PAD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state;
-    ``s_first``: :func:`first_scores`)."""
+    """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state)."""
     tau = _cg(st + TAU)
     need = _cg(st + NEED).to(tl.int32)
     c = tl.arange(0, NC_PAD)
@@ -466,7 +417,7 @@ def gather_phase(
     written = above_before + tl.minimum(ties_before, need)
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
-    s_next = s_first
+    s_next = _scores_at(scores_row, lo, hi, BLOCK)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         s = s_next
@@ -507,14 +458,14 @@ def relay_walk(st, work_row, stats, target, PREV: tl.constexpr, N_LOGIT: tl.cons
         logit_bin = _cg(before + LOGIT_BIN)
         if mode != RESOLVED:
             mode, rank, above, mass_above, key_hi, key_lo, tau, need = _key_level_state(
-                work_row + PREV * _LEVEL_WORDS, mode, rank, above, mass_above, key_hi, key_lo,
+                work_row + PREV * (2 * N_BINS + 1), mode, rank, above, mass_above, key_hi, key_lo,
                 _cg(before + SHIFT), lower, upper, target, N_BINS)
     return mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin
 
 
 @triton.jit
 def relay_phase(
-    scores_row, s_first, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr, tally_ptr,
+    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr, tally_ptr,
     row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     PHASE: tl.constexpr, NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr,
     MAX_INV_WIDTH: tl.constexpr, N_BINS: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
@@ -540,12 +491,11 @@ def relay_phase(
             tl.store(st + PHASE * _N_STATE + LOGIT_BIN, logit_bin)
         if PHASE < _N_LEVELS:  # a key level
             if mode != RESOLVED:
-                _key_histogram(scores_row, s_first, work_row + PHASE * _LEVEL_WORDS, _cg(stats), _cg(stats + 1),
-                               _cg(stats + 2), key_hi, key_lo, _shift_for(key_hi - key_lo), logit_bin.to(tl.int32),
-                               part, n_keys, chunk, N_LOGIT, N_BINS, BLOCK)
+                _key_histogram(scores_row, work_row + PHASE * (2 * N_BINS + 1), stats, key_hi, key_lo,
+                               _shift_for(key_hi - key_lo), logit_bin.to(tl.int32), part, n_keys, chunk, N_LOGIT,
+                               N_BINS, BLOCK)
             let_next_launch(PDL)
         else:
             if part == 0:
                 tl.store(n_keep_ptr + row, above + need)
-            _tally_chunk(scores_row, s_first, tau, tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK,
-                         PDL)
+            _tally_chunk(scores_row, tau, tally_ptr + (row * n_chunks + part) * 2, part, n_keys, chunk, BLOCK, PDL)
