@@ -188,10 +188,8 @@ def pdl_order_problems(ptx: str) -> list[str]:
     with PDL, in the order of the text (each kernel's wait comes first, outside any branch):
 
     * it waits (``griddepcontrol.wait``) for the kernel before it;
-    * nothing before that wait writes global memory, and only L2 loads (``ld.global.cg``: memory written two launches
-      back or earlier, as the threshold search's first scores) read it;
-    * it lets the next kernel launch (``griddepcontrol.launch_dependents``) only after its wait, which the loads
-      before the wait of the kernel after it rely on."""
+    * nothing before that wait reads or writes global memory;
+    * it lets the next kernel launch (``griddepcontrol.launch_dependents``) only after its wait."""
     lines = [line.strip() for line in ptx.splitlines()]
     waits = [i for i, line in enumerate(lines) if line.startswith("griddepcontrol.wait")]
     if not waits:
@@ -201,8 +199,8 @@ def pdl_order_problems(ptx: str) -> list[str]:
         op = line.split(None, 1)[1] if line.startswith("@") and " " in line else line
         if op.startswith(_GLOBAL_WRITES):
             problems.append(f"writes global memory before its wait: {line}")
-        elif op.startswith("ld.global") and not op.startswith("ld.global.cg"):
-            problems.append(f"loads global memory other than from L2 (ld.global.cg) before its wait: {line}")
+        elif op.startswith(("ld.global", "cp.async")):
+            problems.append(f"loads global memory before its wait: {line}")
     launches = [i for i, line in enumerate(lines) if line.startswith("griddepcontrol.launch_dependents")]
     if launches and launches[0] < waits[0]:
         problems.append("lets the next kernel launch before its own wait")
