@@ -21,9 +21,11 @@ with ordinary launches and the two calls compile to nothing.
 
 **On by default** on GPUs that have it; ``RTPURBO_PDL=0`` switches it off (``1``: on). On an H100 the selecting layer
 step took 60.1 us at 128K keys with it against 67.4 for the tree before it, and 131.0 against 141.0 at 1M (paired,
-``benchmarks/results/llama-3.1-8b_h100_2026-12-06_pdl-relay-anchor.md``), and greedy decode through CUDA graphs gave
-the same tokens and logits bit for bit with it and without (``tests/test_decode_static.py``). On CPUs the launches it
-adds are compiled for sm_90 by the kernel tests' compile check (the interpreter cannot run them).
+``benchmarks/results/llama-3.1-8b_h100_2026-12-06_pdl-relay-anchor.md``; on an H200 56.7 against 63.4 and 116.5
+against 124.7 with it off, ``..._h200_2026-12-06_search-prefetch-grouped-walk.md``), and greedy decode through CUDA
+graphs gave the same tokens and logits bit for bit with it and without (``tests/test_decode_static.py``). On CPUs the
+launches it adds are compiled for sm_90 by the kernel tests' compile check (the interpreter cannot run them), whose
+reading of their PTX holds them to the rules above (``tests/test_pdl_order.py``).
 """
 from __future__ import annotations
 
