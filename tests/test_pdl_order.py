@@ -1,8 +1,8 @@
 """The compile check's rules for kernels launched with programmatic dependent launch (PDL).
 
 :func:`tests.triton_interpreter.pdl_order_problems` reads the PTX of every launch the interpreter tests record, compiled
-for sm_90 with ``PDL=True``, and reports a global write or a plain global load before the kernel's wait, a missing
-wait, or a next launch let in before the wait. Here it is shown to catch each of these, on PTX text and on kernels
+for sm_90 with ``PDL=True``, and reports a global load or write before the kernel's wait, a missing wait, or a next
+launch let in before the wait. Here it is shown to catch each of these, on PTX text and on kernels
 compiled by Triton's own compiler (no GPU needed), and to pass a kernel that follows the rules.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _launch_before_wait(src, out, n, PDL: tl.constexpr):
 @triton.jit
 def _never_waits(src, out, n, PDL: tl.constexpr):
     offs = tl.arange(0, 64)
-    tl.store(out + offs, tl.load(src + offs, mask=offs < n, other=0.0, cache_modifier=".cg"), mask=offs < n)
+    tl.store(out + offs, tl.load(src + offs, mask=offs < n, other=0.0), mask=offs < n)
 
 
 def _ptx(kernel) -> str:
