@@ -73,7 +73,9 @@ def _check_dense(case) -> list[str]:
 
 
 def _check_list() -> list[str]:
-    """List mode with many partial results: a selection of slots plus the always-kept list."""
+    """List mode with many partial results: a selection of slots plus the always-kept list, whose entries of absent
+    keys hold garbage (the index-score kernel does not clear them): slots of other keys, of empty slots, past the
+    cache, -1."""
     import torch
 
     from rtpurbo.ops import reference
@@ -83,11 +85,17 @@ def _check_list() -> list[str]:
     q, k, v = random_qkv(batch, n_kv, group, n_keys, dim, seed=3)
     g = torch.Generator().manual_seed(4)
     k_pos = torch.arange(n_keys).repeat(batch, 1)
+    k_pos[1, [n_keys - 4, n_keys - 6, n_keys - 9]] = -1  # the second row lacks three recent keys
     q_pos = torch.full((batch, 1), n_keys - 1)
     chosen = torch.stack([torch.randperm(n_keys - 20, generator=g)[:150] + 4 for _ in range(batch * n_kv)])
     index = chosen.sort(-1).values.view(batch, n_kv, 150)
     n_index = torch.tensor([[150, 90], [37, 150]])
-    always = torch.cat([torch.arange(4), torch.arange(n_keys - 16, n_keys)]).to(torch.int32).repeat(batch * n_kv, 1)
+    # entries as index_scores writes them: sink p -> p, recent p -> 4 + q_pos - p (slot = position here)
+    always = torch.cat([torch.arange(4), n_keys - 1 - torch.arange(16)]).to(torch.int32).repeat(batch * n_kv, 1)
+    always[2:, 4 + 3] = n_keys - 1  # a key that belongs to entry 4
+    always[2:, 4 + 5] = n_keys - 6  # the empty slot of position n_keys - 6
+    always[2, 4 + 8] = 10**6  # past the cache
+    always[3, 4 + 8] = -1
     launch = decode.DecodeLaunch(block_n=16, waves=16, combine_chunk=4, combine_d=16)
     out, counts = decode.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index,
                                           always=always, skip_sinks=4, skip_recent=16, launch=launch)
@@ -97,8 +105,13 @@ def _check_list() -> list[str]:
             mask[b, h, 0, index[b, h, : n_index[b, h]]] = True
     mask[..., :4] = True
     mask[..., n_keys - 16 :] = True
+    mask &= (k_pos >= 0)[:, None, None]
+    problems = []
+    named = decode.named_always(always, q_pos, k_pos, n_kv=n_kv, sinks=4, recent=16)
+    if int((named >= 0).sum()) != 4 * (4 + 16) - 2 * 3:
+        problems.append(f"named_always kept {int((named >= 0).sum())} entries, want {4 * 20 - 6}")
     ref = reference.attention(q, k, v, q_pos, k_pos, key_mask=mask)
-    return compare(out, ref, counts, mask.sum(-1)[..., 0])
+    return problems + compare(out, ref, counts, mask.sum(-1)[..., 0])
 
 
 def _run_all() -> dict[str, list[str]]:

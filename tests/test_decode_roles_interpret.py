@@ -65,14 +65,15 @@ def _check(case) -> list[str]:
         chosen = torch.stack([torch.randperm(n_keys - 40, generator=g)[:150] + 4 for _ in range(batch * n_ret)])
         index = chosen.sort(-1).values.view(batch, n_ret, 150)
         n_index = torch.tensor([[150, 90], [37, 150]])
-        always = torch.full((batch * n_ret, 4 + 16), -1, dtype=torch.int32)
+        # entries of absent keys hold garbage, as index_scores leaves them
+        always = torch.randint(-3, n_keys + 8, (batch * n_ret, 4 + 16), generator=g, dtype=torch.int32)
         key_mask = torch.zeros(batch, n_ret, 1, n_keys, dtype=torch.bool)
         for b in range(batch):
             p = int(q_pos[b, 0])
             tail = torch.arange(max(0, p - 15), p + 1)
             for h in range(n_ret):
                 always[b * n_ret + h, :4] = torch.arange(4)
-                always[b * n_ret + h, 4 : 4 + len(tail)] = tail.to(torch.int32)
+                always[b * n_ret + h, 4 + p - tail] = tail.to(torch.int32)  # recent p -> 4 + q_pos - p
                 key_mask[b, h, 0, index[b, h, : n_index[b, h]]] = True
                 key_mask[b, h, 0, :4] = True
                 key_mask[b, h, 0, tail] = True

@@ -340,7 +340,7 @@ TWO_ROLE_CASES = [
 def test_two_role_decode_matches_reference(case):
     """One launch for a layer's retrieval heads (every key, or a top-p selection) and local heads (a rotated ring
     with empty slots), written in a shuffled head order: each role within the eager-error budget of its reference."""
-    from rtpurbo.ops.triton import decode_roles
+    from rtpurbo.ops.triton import decode, decode_roles
 
     name, batch, k_len, n_ret, n_loc, group, dim, window, sinks, dtype, selecting = case
     torch.manual_seed(zlib.crc32(name.encode()))
@@ -358,7 +358,8 @@ def test_two_role_decode_matches_reference(case):
         q_idx, k_idx = torch.randn(batch, n_ret, 1, 16, device="cuda"), torch.randn(batch, n_ret, k_len, 16, device="cuda")
         selection = triton_topp.select(q_idx, k_idx, q_pos, k_pos, top_p=0.9, min_tokens=16, sinks=sinks, recent=64)
         listed = torch.arange(k_len, device="cuda") < selection.n_keep[..., None]  # (B, Hr, C); the rest unspecified
-        always = selection.always.view(batch, n_ret, -1).long()
+        always = decode.named_always(selection.always, q_pos, k_pos, n_kv=n_ret, sinks=sinks,
+                                     recent=64).view(batch, n_ret, -1)
         hits = torch.zeros(batch, n_ret, k_len, dtype=torch.int32, device="cuda")
         hits.scatter_add_(-1, torch.where(listed, selection.order, 0), listed.int())
         hits.scatter_add_(-1, always.clamp(min=0), (always >= 0).int())
@@ -416,14 +417,17 @@ def _separated_top_p(q_idx, k_idx, q_pos, k_pos) -> float:
     return grid[gap.argmax()].item()
 
 
-def _selection_mask(chosen: triton_topp.Selection, k_len: int) -> torch.Tensor:
-    """(B, Hkv, Lk) bool from a Selection: first n_keep of order (the rest is unspecified), plus the always list."""
+def _selection_mask(chosen: triton_topp.Selection, k_len: int, q_pos: torch.Tensor, k_pos: torch.Tensor, sinks: int,
+                    recent: int) -> torch.Tensor:
+    """(B, Hkv, Lk) bool from a Selection: first n_keep of order (the rest is unspecified), plus the keys the always
+    list names (its other entries hold anything)."""
+    from rtpurbo.ops.triton import decode
     batch, n_kv, budget = chosen.order.shape
     mask = torch.zeros(batch, n_kv, k_len + 1, dtype=torch.bool, device=chosen.order.device)
     listed = torch.arange(budget, device=mask.device) < chosen.n_keep[..., None]
     mask.scatter_(-1, torch.where(listed, chosen.order, k_len), True)  # unlisted entries land in the extra column
     mask = mask[..., :k_len].contiguous()
-    always = chosen.always.view(batch, n_kv, -1).long()
+    always = decode.named_always(chosen.always, q_pos, k_pos, n_kv=n_kv, sinks=sinks, recent=recent).view(batch, n_kv, -1)
     mask.scatter_(-1, always.clamp(min=0), mask.gather(-1, always.clamp(min=0)) | (always >= 0))
     return mask
 
@@ -445,7 +449,31 @@ def test_topp_decode_matches_reference(case):
     if top_p < 1:
         for method in triton_topp.METHODS:
             chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, method=method)
-            assert torch.equal(_selection_mask(chosen, k_len), selected[:, :, 0]), f"{name}: {method}: selected set differs"
+            got = _selection_mask(chosen, k_len, q_pos, k_pos, sinks, recent)
+            assert torch.equal(got, selected[:, :, 0]), f"{name}: {method}: selected set differs"
+
+
+@pytest.mark.parametrize("fill", ["zeros", "slots", "positions-shifted"])
+def test_always_list_garbage_changes_nothing(fill):
+    """The index-score kernel leaves the always list's entries of absent keys as the memory held them: with free
+    memory holding slot-like integers (zeros, slots 0..L-1, slots of the wrong entries), the top-p attention still
+    uses exactly the reference's keys."""
+    name, batch, k_len, n_kv, group, dim, dtype = "garbage", 2, 1025, 2, 4, 64, BF16
+    torch.manual_seed(zlib.crc32(fill.encode()))
+    q, k, v, q_pos, k_pos, q_idx, k_idx = _topp_inputs(batch, k_len, n_kv, group, dim, dtype)
+    k_pos[0, k_len - 12 : k_len - 6] = -1  # absent recent keys: their entries are never written
+    budget = dict(top_p=_separated_top_p(q_idx, k_idx, q_pos, k_pos), min_tokens=0, max_tokens=None, sinks=4, recent=16)
+    ref_out, ref_counts = reference.topp_attention(q.float(), k.float(), v.float(), q_pos, k_pos, q_idx, k_idx, **budget)
+    selected = reference.select_topp(reference.indexer_scores(q_idx, k_idx), q_pos, k_pos, **budget)
+    eager = _eager(q, k, v, q_pos, k_pos, key_mask=selected)
+    pattern = {"zeros": torch.zeros(1 << 16, dtype=torch.int32, device="cuda"),
+               "slots": torch.arange(1 << 16, dtype=torch.int32, device="cuda") % k_len,
+               "positions-shifted": (k_len - 1 - torch.arange(1 << 16, dtype=torch.int32, device="cuda")) % k_len}[fill]
+    blocks = [pattern.clone() for _ in range(64)]  # freed below: torch.empty then hands this memory out
+    del blocks
+    out, counts = api.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, impl="triton")
+    assert torch.equal(counts, ref_counts), f"{fill}: counts {counts.flatten().tolist()} != {ref_counts.flatten().tolist()}"
+    _assert_budget(out, ref_out, eager, f"{name}-{fill}")
 
 
 # --- sort-free top-p selection (method "threshold") ----------------------------------------

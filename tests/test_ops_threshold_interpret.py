@@ -295,7 +295,8 @@ def _check_zeroed_workspace() -> list[str]:
     zeroing = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=2, recent=8, zero=flat, block=256)
     if int(flat.count_nonzero()):
         problems.append(f"{int(flat.count_nonzero())} of {flat.numel()} workspace entries were not zeroed")
-    if not torch.equal(plain.scores, zeroing.scores) or not torch.equal(plain.always, zeroing.always):
+    named = [decode.named_always(run.always, q_pos, k_pos, n_kv=rows, sinks=2, recent=8) for run in (plain, zeroing)]
+    if not torch.equal(plain.scores, zeroing.scores) or not torch.equal(*named):
         problems.append("zeroing the workspace changed the scores or the always list")
     budget = dict(top_p=0.85, min_tokens=4, max_tokens=None)
     order, n_keep = threshold.topp_threshold(plain.scores.view(rows, n_keys), plain.block_max, plain.block_sum,

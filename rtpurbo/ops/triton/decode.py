@@ -42,7 +42,9 @@ class IndexScores(NamedTuple):
     scores: (B, Hkv, Lk) fp32 indexer logits, ``-inf`` where the key is not visible.
     block_max, block_sum: (BH, n_blocks) fp32, max and sum of ``exp(s - block_max)`` per key block.
     block_count: (BH, n_blocks) int32, visible keys per block.
-    always: (BH, sinks + recent) int32 slot indices of the always-kept keys, -1 where none.
+    always: (BH, sinks + recent) int32 slot indices of the always-kept keys, each at its fixed entry
+        (:func:`always_entry`). Entries whose key is absent are not written: they hold whatever the memory held, so
+        the list attention checks every entry (:func:`named_always` does the same on the host).
     block_min: (BH, n_blocks) fp32, min of the visible scores per block (``+inf`` where none).
     """
 
@@ -52,6 +54,13 @@ class IndexScores(NamedTuple):
     block_count: torch.Tensor
     always: torch.Tensor
     block_min: torch.Tensor
+
+
+@triton.jit
+def always_entry(k_pos, q_pos, sinks):
+    """The always-list entry of the always-kept key at position ``k_pos``: sink ``p`` -> ``p``, recent ``p`` ->
+    ``sinks + q_pos - p`` (positions are distinct within a row, so an entry names at most one key)."""
+    return tl.where(k_pos < sinks, k_pos, sinks + q_pos - k_pos)
 
 
 @triton.jit
@@ -96,11 +105,10 @@ def _index_scores_kernel(
     tl.store(bcount_ptr + stat, tl.sum(seen.to(tl.int32), axis=0))
     tl.store(bmin_ptr + stat, tl.min(tl.where(seen, s, float("inf")), axis=0))
 
-    # always-kept keys go to fixed slots: sink p -> p, recent p -> sinks + (q_pos - p)
+    # always-kept keys go to fixed entries; the entries of absent keys are left as they are (no fill launch)
     is_sink = seen & (k_pos < sinks)
     is_recent = seen & (q_pos - k_pos < recent) & ~is_sink
-    slot = tl.where(is_sink, k_pos, sinks + q_pos - k_pos)
-    tl.store(always_ptr + bh * n_always + slot, offs, mask=is_sink | is_recent)
+    tl.store(always_ptr + bh * n_always + always_entry(k_pos, q_pos, sinks), offs, mask=is_sink | is_recent)
 
 
 @triton.jit
@@ -140,13 +148,14 @@ def _topp_count_kernel(
 def _attend_part(
     q, q_pos, k_row, v_row, kpos_row, mask_row, index_row, always_row,
     s_kn, s_kd, s_vn, s_vd, s_kpn, s_mn, s_in,
-    split, lo, hi, window, sinks, skip_sinks, skip_recent, qk_scale,
+    split, lo, hi, n_keys, window, sinks, skip_sinks, skip_recent, qk_scale,
     LIST: tl.constexpr, HAS_MASK: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, D_OK,
 ):
     """Partial softmax state of the ``G`` queries ``q`` (G_PAD, D_PAD) of one KV head over slots (dense)
     or list entries ``lo..hi`` of one part. ``*_row``: pointers already at the row's batch / head.
-    List mode: part 0 reads the always list, the other parts the selection.
+    List mode: part 0 reads the always list, the other parts the selection. An always-list entry counts only if
+    it names the always-kept key of that entry (:func:`always_entry`); any other value, -1 included, is empty.
     Returns (max (G_PAD,), sum (G_PAD,), output (G_PAD, D_PAD), keys used ())."""
     # the always-list part, per lane (a scalar bool in a load mask trips the Triton interpreter)
     always_lanes = tl.full([BLOCK_N], 0, tl.int32) + split == 0
@@ -162,15 +171,16 @@ def _attend_part(
             listed = tl.load(index_row + offs.to(tl.int64) * s_in, mask=ok & ~always_lanes, other=-1)
             forced = tl.load(always_row + offs, mask=ok & always_lanes, other=-1)
             slot = tl.where(always_lanes, forced.to(tl.int64), listed.to(tl.int64))
-            ok = ok & (slot >= 0)
+            ok = ok & (slot >= 0) & (slot < n_keys)  # the always list is not cleared: an entry may hold anything
         else:
             slot = offs.to(tl.int64)
         k_pos = tl.load(kpos_row + slot * s_kpn, mask=ok, other=-1)
         use = ok & (k_pos >= 0) & (k_pos <= q_pos)
         if LIST:
-            # sinks / recent keys of the list are counted once, by the always part
+            # sinks / recent keys are counted once, by the always part, from the entry that names them
             always_kind = (k_pos < skip_sinks) | (q_pos - k_pos < skip_recent)
-            use = use & (always_lanes | ~always_kind)
+            named = always_kind & (always_entry(k_pos, q_pos, skip_sinks) == offs)
+            use = use & tl.where(always_lanes, named, ~always_kind)
         else:
             use = use & ((q_pos - k_pos < window) | (k_pos < sinks))
             if HAS_MASK:
@@ -262,7 +272,7 @@ def _decode_attention_kernel(
         q, q_pos, k_ptr + b * s_kb + h * s_kh, v_ptr + b * s_vb + h * s_vh, kpos_ptr + b * s_kpb,
         mask_ptr + b * s_mb + h * s_mh, index_ptr + b * s_ib + h * s_ih, always_ptr + bh * n_always,
         s_kn, s_kd, s_vn, s_vd, s_kpn, s_mn, s_in,
-        split, lo, hi, window, sinks, skip_sinks, skip_recent, qk_scale,
+        split, lo, hi, n_keys, window, sinks, skip_sinks, skip_recent, qk_scale,
         LIST, HAS_MASK, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, tl.arange(0, D_PAD) < head_dim,
     )
     let_next_launch(PDL)
@@ -413,7 +423,7 @@ def index_scores(
     block_sum = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
     block_count = torch.empty(rows, n_blocks, dtype=torch.int32, device=device)
     block_min = torch.empty(rows, n_blocks, dtype=torch.float32, device=device)
-    always = torch.full((rows, max(1, sinks + recent)), -1, dtype=torch.int32, device=device)
+    always = torch.empty(rows, max(1, sinks + recent), dtype=torch.int32, device=device)  # not filled: see IndexScores
     _index_scores_kernel[(rows, n_blocks)](
         q_idx, k_idx, q_pos, k_pos, scores, block_max, block_sum, block_count, always, block_min,
         n_kv, n_keys, n_blocks, always.shape[1], sinks, recent,
@@ -425,6 +435,27 @@ def index_scores(
         **dependent_launch.options(pdl),
     )
     return IndexScores(scores, block_max, block_sum, block_count, always, block_min)
+
+
+def named_always(always: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *, n_kv: int, sinks: int,
+                 recent: int) -> torch.Tensor:
+    """The always list as the list attention reads it, on the host (for tests and inspection).
+
+    Args:
+        always: (B * Hkv, A) int32 from :func:`index_scores`; q_pos: (B, 1); k_pos: (B, Lk).
+    Returns:
+        (B * Hkv, A) int64: each entry's slot where it names the visible always-kept key of that entry
+        (:func:`always_entry`), else -1.
+    """
+    slot = always.long()
+    positions = k_pos.repeat_interleave(n_kv, 0)
+    query = q_pos.repeat_interleave(n_kv, 0)
+    in_range = (slot >= 0) & (slot < positions.shape[1])
+    key = torch.where(in_range, positions.gather(1, slot.clamp(0, positions.shape[1] - 1)), -1)
+    kept = (key >= 0) & (key <= query) & ((key < sinks) | (query - key < recent))
+    entry = torch.where(key < sinks, key, sinks + query - key)
+    named = in_range & kept & (entry == torch.arange(slot.shape[1], device=slot.device))
+    return torch.where(named, slot, -1)
 
 
 def topp_count(
@@ -476,7 +507,8 @@ def decode_attention(
     ``window``/``sinks``, AND ``key_mask`` (bool, broadcastable to (B, Hkv, 1, Lk)) if given.
     List mode: the slots ``index[b, h, :n_index[b, h]]`` ((B, Hkv, C) and (B, Hkv)) that are
     causally visible and not always-kept (``k_pos < skip_sinks`` or ``q_pos - k_pos <
-    skip_recent``), plus the slots of ``always`` ((B * Hkv, A), -1 = none).
+    skip_recent``), plus the always-kept keys that ``always`` ((B * Hkv, A), as :func:`index_scores` writes it with
+    ``sinks=skip_sinks, recent=skip_recent``) names at their entries (:func:`always_entry`; others are empty).
     ``launch``: the launch shape (default :data:`DENSE_LAUNCH` / :data:`LIST_LAUNCH` by mode). ``pdl``: the
     attention and its combine launch with programmatic dependent launch
     (:mod:`rtpurbo.ops.triton.dependent_launch`).
@@ -492,6 +524,7 @@ def decode_attention(
     group = n_q // n_kv
     rows = batch * n_kv
     listed = index is not None
+    check_always(always, skip_sinks, skip_recent)
     span = index.shape[-1] if listed else n_keys
     launch = launch or (DENSE_LAUNCH if index is None else LIST_LAUNCH)
     block_n = launch.block_n
@@ -526,6 +559,13 @@ def decode_attention(
     combine(part_m, part_l, part_o, part_n, out[:, :, 0], counts.view(-1), None, (rows, n_kv, n_parts), None,
             group=group, head_dim=head_dim, launch=launch, pdl=pdl)
     return out, counts
+
+
+def check_always(always: torch.Tensor | None, skip_sinks: int, skip_recent: int) -> None:
+    """An always list must have one entry per always-kept place (:func:`index_scores` with the same sinks / recent)."""
+    if always is not None and always.shape[-1] != max(1, skip_sinks + skip_recent):
+        raise ValueError(f"always has {always.shape[-1]} entries per row; skip_sinks={skip_sinks} and "
+                         f"skip_recent={skip_recent} need {max(1, skip_sinks + skip_recent)}")
 
 
 def combine(

@@ -31,7 +31,7 @@ import triton.language as tl
 from . import dependent_launch
 from .decode import (
     _NO_WINDOW, BESIDE_LAUNCH, DENSE_LAUNCH, LIST_LAUNCH, DecodeLaunch, _attend_part, _load_group, _num_sms, _pad,
-    _part_range, _row_part, _store_part, combine, decode_attention,
+    _part_range, _row_part, _store_part, check_always, combine, decode_attention,
 )
 from .dependent_launch import let_next_launch, wait_for_previous
 
@@ -60,7 +60,7 @@ def _two_role_kernel(
             q, q_pos, kr_ptr + b * s_krb + h * s_krh, vr_ptr + b * s_vrb + h * s_vrh, rpos_ptr + b * s_rpb,
             rpos_ptr, index_ptr + b * s_ib + h * s_ih, always_ptr + row * n_always,
             s_krn, s_krd, s_vrn, s_vrd, s_rpn, 0, s_in,
-            split, lo, hi, ret_window, 0, skip_sinks, skip_recent, qk_scale,
+            split, lo, hi, n_rkeys, ret_window, 0, skip_sinks, skip_recent, qk_scale,
             LIST, False, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, d_ok,
         )
     else:  # a part of a local row: its ring slots, window + sinks
@@ -72,7 +72,7 @@ def _two_role_kernel(
             q, q_pos, kl_ptr + b * s_klb + h * s_klh, vl_ptr + b * s_vlb + h * s_vlh, lpos_ptr + b * s_lpb,
             lpos_ptr, lpos_ptr, lpos_ptr,
             s_kln, s_kld, s_vln, s_vld, s_lpn, 0, 0,
-            split, lo, hi, window, sinks, 0, 0, qk_scale,
+            split, lo, hi, n_lkeys, window, sinks, 0, 0, qk_scale,
             False, False, G_PAD, D_PAD, BLOCK_N, DOT_PRECISION, d_ok,
         )
     let_next_launch(PDL)
@@ -131,6 +131,7 @@ def two_role_decode(
     n_ret, n_loc = k_ret.shape[1], k_loc.shape[1]
     if n_ret == 0 or n_loc == 0:
         raise ValueError(f"two_role_decode needs heads of both kinds, got {n_ret} retrieval and {n_loc} local KV heads")
+    check_always(always, skip_sinks, skip_recent)
     group = n_qr // n_ret
     if q_loc.shape[1] != n_loc * group or q_loc.shape[-1] != head_dim or q_ret.shape[2] != 1 or q_loc.shape[2] != 1:
         raise ValueError(f"q_ret{tuple(q_ret.shape)} / q_loc{tuple(q_loc.shape)} must be one query per row, "
