@@ -8,7 +8,8 @@
   prefill (``SparseConfig.retrieval_prefill``);
 * a decode step: both kinds of heads in one launch when the retrieval heads read every key
   (:func:`rtpurbo.ops.triton.decode_roles.two_role_decode`); when they select, the local heads on a side stream
-  overlapping the selection chain; in static (graphed) decode the token goes into both stores in one append kernel.
+  overlapping the selection chain, forked once the index scores are launched (so that the ring does not take SMs
+  from them); in static (graphed) decode the token goes into both stores in one append kernel.
 """
 from __future__ import annotations
 
@@ -128,14 +129,20 @@ class LayerAttention:
             return self._attend_two_roles(module, layer, parts, positions)
         side = self._side_stream(positions.device) if self.overlap_roles and both and positions.is_cuda else None
         main = None if side is None else torch.cuda.current_stream(positions.device)
-        if module.local_heads:
+
+        def local_step() -> None:
+            nonlocal local_out
             if side is not None:
                 side.wait_stream(main)  # q and the written ring are ready
             with contextlib.nullcontext() if side is None else torch.cuda.stream(side):
                 beside = side is not None and self._step_selects(module, layer.r_len)
                 local_out = self._local_step(module, parts["local"][0], layer, positions, beside=beside)
-        if module.retrieval_heads:
-            retrieval_out = self._retrieval_attention(module, layer, parts["retrieval"][0], q_idx, positions)
+
+        if module.local_heads and side is None:
+            local_step()
+        if module.retrieval_heads:  # on a side stream, the local heads start once the index scores are launched
+            retrieval_out = self._retrieval_attention(module, layer, parts["retrieval"][0], q_idx, positions,
+                                                      after_scores=None if side is None else local_step)
         if side is not None:
             main.wait_stream(side)  # the next layer reuses side's memory only after its own wait on main
         layer.seen += 1
@@ -257,16 +264,19 @@ class LayerAttention:
                                     backward=torch.is_grad_enabled())
         return plain, f.plans[key]
 
-    def _retrieval_attention(self, module, layer: LayerCache, q, q_idx, positions) -> torch.Tensor:
+    def _retrieval_attention(self, module, layer: LayerCache, q, q_idx, positions, after_scores=None) -> torch.Tensor:
         """Retrieval heads' queries q (B, Hr*G, L, D) over their stored keys (the new ones included): the
         indexer's top-p selection at decode; at prefill full causal attention, the indexer's block
         selection (``retrieval_prefill == "sparse"``; q_idx: this forward's indexer queries) or every query's
-        token selection (``topp``)."""
+        token selection (``topp``). ``after_scores``: called once, when the selection's index scores are launched
+        (:func:`rtpurbo.ops.api.topp_attention`), or first where this step does not select."""
         sparse = self.sparse
         keys, values, key_idx, key_pos = self._retrieval_view(layer)
         # a chunk of a prompt (prefilling_prompt) follows the prefill rule even when it holds one token
         prompt = q.shape[2] > 1 or self.prompt_slots is not None
         decode = not prompt and self._step_selects(module, layer.r_len)
+        if after_scores is not None and not decode:
+            after_scores()
         if prompt and sparse.retrieval_prefill == "sparse" and module.base_window is None:
             tail = None  # the module's own: this forward's last prefill_dense_tail queries
             if self.prompt_slots is not None:  # the prompt's last ones that fall in this chunk
@@ -292,6 +302,7 @@ class LayerAttention:
             q, keys, values, positions, key_pos, q_idx, key_idx,
             top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,
             sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl,
+            after_scores=after_scores,
         )
         self.stats.record(module.layer_idx, counts, self._visible(layer, positions))
         return out

@@ -58,3 +58,59 @@ def test_dependent_launch_is_on_unless_switched_off(monkeypatch):
     with pytest.raises(ValueError, match="RTPURBO_PDL must be 0"):
         dependent_launch._from_environment()
     assert dependent_launch.enabled(torch.device("cpu")) is False
+
+
+def test_after_scores_runs_once_right_after_the_index_scores(monkeypatch):
+    """``after_scores`` (where a layer forks its local heads) runs once, after the index-score launch and before the
+    search, for both selection methods; over every key (``top_p = 1``) once, before the attention."""
+    events = []
+
+    def scores(q_idx, k_idx, q_pos, k_pos, **_):
+        events.append("scores")
+        batch, n_kv, n_keys = q_idx.shape[0], q_idx.shape[1], k_idx.shape[2]
+        rows = batch * n_kv
+        stat = torch.zeros(rows, 1)
+        return topp.kernels.IndexScores(torch.zeros(batch, n_kv, n_keys), stat, stat, stat.int(),
+                                        torch.zeros(rows, 1, dtype=torch.int32), stat)
+
+    def search(flat_scores, *_, **__):
+        events.append("search")
+        rows, n_keys = flat_scores.shape
+        return torch.zeros(rows, n_keys, dtype=torch.int64), torch.zeros(rows, dtype=torch.int64)
+
+    def count(values, *_, **__):
+        events.append("search")
+        return torch.zeros(values.shape[0], dtype=torch.int64)
+
+    def attention(q, k, *_, **__):
+        events.append("attention")
+        return torch.zeros_like(q), torch.zeros(k.shape[0], k.shape[1], dtype=torch.int64)
+
+    monkeypatch.setattr(topp.kernels, "index_scores", scores)
+    monkeypatch.setattr(topp.kernels, "topp_count", count)
+    monkeypatch.setattr(topp.kernels, "decode_attention", attention)
+    monkeypatch.setattr(topp.threshold, "topp_threshold", search)
+    monkeypatch.setattr(topp, "_check", lambda *_: None)
+    q, k = torch.zeros(1, 2, 1, 8), torch.zeros(1, 1, 8, 8)
+    args = (q, k, k, torch.full((1, 1), 7), torch.arange(8)[None], torch.zeros(1, 1, 1, 16), torch.zeros(1, 1, 8, 16))
+    hook = lambda: events.append("fork")  # noqa: E731
+    for method in topp.METHODS:
+        events.clear()
+        topp.select(*args[5:], args[3], args[4], top_p=0.9, method=method, after_scores=hook)
+        assert events == ["scores", "fork", "search"], (method, events)
+    events.clear()
+    topp.topp_attention(*args, top_p=0.9, after_scores=hook)
+    assert events == ["scores", "fork", "search", "attention"], events
+    events.clear()
+    topp.topp_attention(*args, top_p=1.0, after_scores=hook)
+    assert events == ["fork", "attention"], events
+
+
+def test_api_runs_after_scores_first_on_the_reference_backend():
+    from rtpurbo.ops import api
+
+    calls = []
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 1, 8, 8)
+    api.topp_attention(q, k, k, torch.full((1, 1), 7), torch.arange(8)[None], torch.randn(1, 1, 1, 16),
+                       torch.randn(1, 1, 8, 16), top_p=0.9, impl="reference", after_scores=lambda: calls.append(1))
+    assert calls == [1]

@@ -2,9 +2,9 @@
 
 * Decode of one token after ``L``. Sparse, one CUDA graph: local heads over their ``S + W`` ring
   slots on a side stream (the Triton decode kernel, in the launch shape of
-  :func:`rtpurbo.ops.triton.decode_roles.ring_beside_selection`), overlapping the retrieval heads
-  through ``topp_attention(impl="triton")`` over the ``L`` cached keys (as the static decode of
-  :class:`rtpurbo.cache.HeadwiseCache` runs them; ``sparse_serial_us``: one after the other, ``local_us``: the
+  :func:`rtpurbo.ops.triton.decode_roles.ring_beside_selection`, forked once the index scores are launched),
+  overlapping the retrieval heads through ``topp_attention(impl="triton")`` over the ``L`` cached keys (as the static
+  decode of :class:`rtpurbo.cache.HeadwiseCache` runs them; ``sparse_serial_us``: one after the other, ``local_us``: the
   local heads alone through ``impl="flex"``).
   Dense: SDPA over every head's ``L`` keys (also a CUDA graph). Ideal speedup = dense bytes / sparse bytes, bytes = K/V read (dense:
   all heads x L; sparse: local heads x (S + W) + retrieval heads x selected keys) plus, on the
@@ -58,28 +58,36 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
         return decode_roles.ring_beside_selection(q[:, split:], ring_k, ring_v, ring_pos, q_pos, scale=dim**-0.5,
                                                   window=window, sinks=sinks)
 
-    def retrieval():
-        return api.topp_attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], q_pos, k_pos, q_idx, k_idx, **topp, impl="triton")
+    def retrieval(after_scores=None):
+        return api.topp_attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], q_pos, k_pos, q_idx, k_idx, **topp,
+                                  impl="triton", after_scores=after_scores)
 
-    def retrieval_all():  # below the seqlen threshold: every key, no selection
+    def retrieval_all(after_scores=None):  # below the seqlen threshold: every key, no selection
         return api.topp_attention(q[:, :split], k[:, :n_ret], v[:, :n_ret], q_pos, k_pos, q_idx, k_idx,
-                                  **dict(topp, top_p=1.0), impl="triton")
+                                  **dict(topp, top_p=1.0), impl="triton", after_scores=after_scores)
 
     def sparse_serial():
         return torch.cat([retrieval()[0], local()], dim=1)
 
     side = torch.cuda.Stream(DEVICE)
 
-    def overlapped(retrieval_step, local_step=local):  # as HeadwiseCache's static decode: local heads on a side stream
+    def overlapped(retrieval_step, local_step=local, fork_after_scores=False):
+        """As HeadwiseCache's static decode: local heads on a side stream, forked before the retrieval heads or, where
+        they select, once their index scores are launched."""
         main = torch.cuda.current_stream(DEVICE)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            local_out = local_step()
-        retrieval_out = retrieval_step()[0]
-        main.wait_stream(side)
-        return torch.cat([retrieval_out, local_out], dim=1)
+        local_out = []
 
-    sparse = lambda: overlapped(retrieval, local_beside)  # noqa: E731
+        def fork():
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                local_out.append(local_step())
+        if not fork_after_scores:
+            fork()
+        retrieval_out = retrieval_step(after_scores=fork if fork_after_scores else None)[0]
+        main.wait_stream(side)
+        return torch.cat([retrieval_out, local_out[0]], dim=1)
+
+    sparse = lambda: overlapped(retrieval, local_beside, fork_after_scores=True)  # noqa: E731
 
     def one_launch(selecting: bool):  # as HeadwiseCache's static decode runs it by default: both roles in one launch
         chosen = {}

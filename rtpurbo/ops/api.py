@@ -193,12 +193,15 @@ def topp_attention(
     recent: int = 0,
     scale: float | None = None,
     impl: str = "auto",
+    after_scores: Callable[[], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Retrieval-head attention over the indexer's top-p selection (decode).
 
     See :func:`rtpurbo.ops.reference.topp_attention`. Returns (out (B, Hq, Lq, D),
     selected-key counts (B, Hkv, Lq)). ``impl="auto"``: ``triton`` for one CUDA query
-    per row when available, else ``reference``.
+    per row when available, else ``reference``. ``after_scores``: called once, on the current stream, when the
+    indexer scores are launched (``triton``; other backends: before anything), so that a caller can start work on
+    another stream that does not take the GPU from the index-score kernel (the local heads of a layer).
     """
     _check_shapes(q, k, v, q_pos, k_pos, None)
     if q_idx.shape[:3] != (k.shape[0], k.shape[1], q.shape[2]) or k_idx.shape[:3] != k.shape[:3]:
@@ -217,9 +220,14 @@ def topp_attention(
             except BackendUnavailable:
                 pass
     fn = _load_backend(_TOPP_BACKENDS, impl, "topp_attention")
+    hook = {}
+    if impl == "triton":
+        hook = dict(after_scores=after_scores)
+    elif after_scores is not None:
+        after_scores()
     return fn(
         q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
-        sinks=sinks, recent=recent, scale=scale,
+        sinks=sinks, recent=recent, scale=scale, **hook,
     )
 
 
