@@ -21,6 +21,9 @@ PDL is on by default in trees that have it, so run with ``RTPURBO_PDL=0`` to tim
 ``--schedules relay``: every tree whose threshold search has that schedule also runs with it (``NAME+relay``; the
 step passes ``schedule=`` to ``topp_attention``, the selection to ``topp_threshold``).
 
+``--layers N``: the step case runs N layers' steps in one graph, each on its own inputs, and reports time per layer:
+what a layer costs inside a model's decode graph, without one graph launch per layer.
+
 ``--timeline``: after the timing, the kernels of one replay of each variant's graph (profiler), each as
 ``name@start+duration`` in us from the first kernel, and the span from the first kernel's start to the last one's end.
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import statistics
 import sys
@@ -44,11 +48,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtpurbo.bench.attention_common import GEOMETRIES, INDEX_DIM, MIN_TOKENS, RECENT, TOP_P, _randn
+from rtpurbo.bench.attention_common import (DENSE_BACKENDS, GEOMETRIES, INDEX_DIM, MIN_TOKENS, RECENT, TOP_P, _dense,
+                                            _randn, decode_bytes)
 from rtpurbo.bench.attention_decode import _ring_positions
 from rtpurbo.stats import bootstrap_means, interval
 
-LENGTHS = {"128K": 131072, "1M": 1048576}
+LENGTHS = {"128K": 131072, "256K": 262144, "512K": 524288, "1M": 1048576}
 REGIMES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}
 SINKS, WINDOW = 4, 8192
 GEOM = GEOMETRIES["llama-3.1-8b"]  # one retrieval KV head
@@ -105,35 +110,98 @@ def _variants(trees: dict, schedules: list[str]):
                 yield f"{name}+{schedule}", tree, {"schedule": schedule}
 
 
-def step_case(trees: dict, length: int, schedules: list[str]) -> dict:
-    """Per tree (and schedule), a callable of one selecting layer step, and what it selected (count, slot sum)."""
-    group, n_local, dim = GEOM.group, GEOM.n_kv - GEOM.n_retrieval(), GEOM.head_dim
-    torch.manual_seed(0)
-    q = _randn(1, GEOM.n_q, 1, dim)
-    k, v = _randn(1, 1, length, dim), _randn(1, 1, length, dim)
-    ring_k, ring_v = _randn(1, n_local, SINKS + WINDOW, dim), _randn(1, n_local, SINKS + WINDOW, dim)
+def _layer_inputs(length: int, seed: int) -> dict:
+    """One attention layer's decode inputs (random bf16): queries, the retrieval head's cache and indexer keys
+    (trained-like score spread), the local heads' ring."""
+    n_local, dim = GEOM.n_kv - GEOM.n_retrieval(), GEOM.head_dim
+    torch.manual_seed(seed)
+    return dict(q=_randn(1, GEOM.n_q, 1, dim), k=_randn(1, 1, length, dim), v=_randn(1, 1, length, dim),
+                ring_k=_randn(1, n_local, SINKS + WINDOW, dim), ring_v=_randn(1, n_local, SINKS + WINDOW, dim),
+                q_idx=_randn(1, 1, 1, INDEX_DIM), k_idx=_randn(1, 1, length, INDEX_DIM) * 0.64)
+
+
+def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -> dict:
+    """Per tree (and schedule), a callable of one selecting layer step, and what it selected (count, slot sum).
+
+    ``layers`` > 1: the callable runs that many layers' steps one after the other, each on its own inputs (as the
+    layers of a model's decode graph do: no graph launch per layer, one layer's data evicting another's from L2);
+    ``measure(..., per=layers)`` then reports time per layer."""
+    group, dim = GEOM.group, GEOM.head_dim
+    inputs = [_layer_inputs(length, seed) for seed in range(layers)]
     ring_pos = _ring_positions(length, WINDOW, SINKS)
-    q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * 0.64
     q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
     side = torch.cuda.Stream()
     calls = {}
     for name, tree, search in _variants(trees, schedules):
-        def step(tree=tree, search=search):
+        def layer_step(x, tree=tree, search=search):
             main = torch.cuda.current_stream()
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                if hasattr(tree["roles"], "ring_beside_selection"):
-                    local = tree["roles"].ring_beside_selection(q[:, group:], ring_k, ring_v, ring_pos, q_pos,
-                                                                scale=dim**-0.5, window=WINDOW, sinks=SINKS)
-                else:
-                    local = tree["api"].attention(q[:, group:], ring_k, ring_v, q_pos, ring_pos, window=WINDOW,
-                                                  sinks=SINKS, impl="flex")
-            out, counts = tree["topp"].topp_attention(q[:, :group], k, v, q_pos, k_pos, q_idx, k_idx, top_p=TOP_P,
-                                                      min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT, **search)
+            local = []
+
+            def local_step():
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    if hasattr(tree["roles"], "ring_beside_selection"):
+                        local.append(tree["roles"].ring_beside_selection(
+                            x["q"][:, group:], x["ring_k"], x["ring_v"], ring_pos, q_pos, scale=dim**-0.5,
+                            window=WINDOW, sinks=SINKS))
+                    else:
+                        local.append(tree["api"].attention(x["q"][:, group:], x["ring_k"], x["ring_v"], q_pos,
+                                                           ring_pos, window=WINDOW, sinks=SINKS, impl="flex"))
+            # as the tree's HeadwiseCache forks the local heads: after the index scores' launch where it can
+            fork = {"after_scores": local_step} if "after_scores" in inspect.signature(
+                tree["topp"].topp_attention).parameters else {}
+            if not fork:
+                local_step()
+            out, counts = tree["topp"].topp_attention(x["q"][:, :group], x["k"], x["v"], q_pos, k_pos, x["q_idx"],
+                                                      x["k_idx"], top_p=TOP_P, min_tokens=MIN_TOKENS, sinks=SINKS,
+                                                      recent=RECENT, **search, **fork)
             main.wait_stream(side)
-            return out, local, counts
+            return out, local[0], counts
+
+        def step(layer_step=layer_step):
+            results = [layer_step(x) for x in inputs]
+            return results[0][0], results[0][1], torch.stack([r[2] for r in results]).sum(0)
         calls[name] = step
     return calls
+
+
+def dense_per_layer(length: int, layers: int, rep: int) -> dict:
+    """Microseconds per layer of dense decode attention (every head over all ``length`` keys, SDPA restricted to one
+    backend), ``layers`` layers' calls in one graph, each on its own K/V: the dense side of the bytes ceiling."""
+    from triton.testing import do_bench
+
+    dim = GEOM.head_dim
+    caches = [(_randn(1, GEOM.n_q, 1, dim), _randn(1, GEOM.n_kv, length, dim), _randn(1, GEOM.n_kv, length, dim))
+              for _ in range(layers)]
+    per_layer = {}
+    for name in DENSE_BACKENDS:
+        row = {}
+        calls = [_dense(name, q, k, v, False, row, name) for q, k, v in caches]
+        try:
+            graph = _graph(lambda calls=calls: [call() for call in calls])
+        except RuntimeError as error:  # a backend that cannot run this shape: named in the report, not timed
+            per_layer[name] = f"not run: {str(error).splitlines()[0][:120]}"
+            continue
+        per_layer[name] = 1000 * do_bench(graph.replay, warmup=10, rep=rep, return_mode="median") / layers
+        del graph
+    del caches
+    torch.cuda.empty_cache()
+    return per_layer
+
+
+def ceiling_shares(row: dict, length: int, dense_us: dict) -> dict:
+    """Each step variant's share of its bytes ceiling: the bytes it must read (:func:`decode_bytes` with the keys
+    it selected per layer) at the rate of the faster dense backend (dense bytes / its time per layer)."""
+    timed = [us for us in dense_us.values() if isinstance(us, float)]
+    if not timed:
+        return {}
+    dense_bytes = decode_bytes(GEOM, length, WINDOW, SINKS, None)[0]
+    rate = dense_bytes / min(timed)  # bytes per us
+    shares = {}
+    for name, us in row["median_us"].items():
+        selected = row["selected"][name][0] / row["layers"]
+        shares[name] = 100 * decode_bytes(GEOM, length, WINDOW, SINKS, selected)[1] / rate / us
+    return shares
 
 
 def select_case(trees: dict, length: int, scale: float, schedules: list[str]) -> dict:
@@ -189,7 +257,8 @@ def _graph(fn) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def measure(kind: str, calls: dict, rounds: int, rep: int, timelines: bool = False) -> dict:
+def measure(kind: str, calls: dict, rounds: int, rep: int, timelines: bool = False, per: int = 1) -> dict:
+    """Paired timings of ``calls`` (see the module docstring); every time is divided by ``per`` (layers per call)."""
     from triton.testing import do_bench
 
     names = list(calls)
@@ -199,7 +268,7 @@ def measure(kind: str, calls: dict, rounds: int, rep: int, timelines: bool = Fal
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            samples[name].append(1000 * do_bench(graphs[name].replay, warmup=10, rep=rep, return_mode="median"))
+            samples[name].append(1000 * do_bench(graphs[name].replay, warmup=10, rep=rep, return_mode="median") / per)
     base = names[0]
     result = {"selected": {n: list(s) for n, s in selected.items()},
               "same_selection": {n: selected[n] == selected[base] for n in names},
@@ -224,8 +293,14 @@ def main() -> None:
     parser.add_argument("--schedules", default="", help="comma-separated search schedules to run each tree with too "
                         "(NAME+SCHEDULE), e.g. relay")
     parser.add_argument("--timeline", action="store_true", help="print each variant's kernel timeline (one replay)")
+    parser.add_argument("--ceiling", action="store_true", help="step case: also time dense decode attention per "
+                        "layer (same layer count) and report each variant's share of its bytes ceiling")
+    parser.add_argument("--layers", type=int, default=1, help="step case: this many layers' steps in one graph, each "
+                        "on its own inputs, timed per layer (as a model's decode graph runs them)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.layers < 1:
+        parser.error(f"--layers must be at least 1, got {args.layers}")
     if not torch.cuda.is_available():
         sys.exit("decode_step_ab.py needs a CUDA GPU")
     trees = load_trees(args.trees)
@@ -236,25 +311,35 @@ def main() -> None:
         length = LENGTHS[label]
         todo = []
         if "step" in cases:
-            todo.append(("step", "trained-like", step_case(trees, length, schedules)))
+            todo.append(("step", "trained-like", step_case(trees, length, schedules, args.layers)))
         if "select" in cases:
             todo += [("select", regime, select_case(trees, length, scale, schedules))
                      for regime, scale in REGIMES.items()]
         for kind, regime, calls in todo:
             calls = with_pdl(calls) if args.pdl else calls
             start = time.time()
-            row = dict(case=kind, L=label, regime=regime, **measure(kind, calls, args.rounds, args.rep, args.timeline))
+            per = args.layers if kind == "step" else 1
+            row = dict(case=kind, L=label, regime=regime, layers=per,
+                       **measure(kind, calls, args.rounds, args.rep, args.timeline, per))
             rows.append(row)
             medians = " ".join(f"{n} {us:.1f}" for n, us in row["median_us"].items())
             diffs = " ".join(f"{n} {d['mean_diff_us']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
                              for n, d in next(v for k, v in row.items() if k.startswith("vs_")).items())
-            print(f"{kind} {label} {regime}: median us {medians} | paired diff {diffs} | same keys "
+            print(f"{kind} {label} {regime}{f' (per layer of {per})' if per > 1 else ''}: median us {medians} | paired diff {diffs} | same keys "
                   f"{row['same_selection']} ({time.time() - start:.0f} s)", flush=True)
+            if kind == "step" and args.ceiling:
+                row["dense_us_per_layer"] = dense_per_layer(length, per, args.rep)
+                row["pct_of_bytes_ceiling"] = ceiling_shares(row, length, row["dense_us_per_layer"])
+                dense = " ".join(f"{n} {us:.1f}" if isinstance(us, float) else f"{n} {us}"
+                                 for n, us in row["dense_us_per_layer"].items())
+                shares = " ".join(f"{n} {pct:.1f} %" for n, pct in row["pct_of_bytes_ceiling"].items())
+                print(f"  dense us per layer: {dense} | share of the bytes ceiling: {shares}", flush=True)
             for name, kernels in row.get("timeline", {}).items():
                 print(f"  timeline {name}: {kernels}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(
-            device=torch.cuda.get_device_name(), torch=torch.__version__, trees=args.trees, rows=rows), indent=1))
+            device=torch.cuda.get_device_name(), torch=torch.__version__, trees=args.trees, layers=args.layers,
+            rows=rows), indent=1))
 
 
 if __name__ == "__main__":
