@@ -230,54 +230,6 @@ def _check_attention() -> list[str]:
     return compare(out, ref, counts, ref_counts[..., 0])
 
 
-def _check_gather_attend() -> list[str]:
-    """The gather inside the list attention's launch (topp_attention, phased schedule): the same list as the gather
-    launch, and the output and counts of the select + list attention launches and of the reference (fp32). Rows
-    over several chunks; tied scores straddling the threshold (``need`` below the ties); a token budget."""
-    import torch
-
-    from rtpurbo.ops import reference
-    from rtpurbo.ops.triton import decode, gather_attend
-    from rtpurbo.ops.triton import topp as triton_topp
-    from tests.test_decode_interpret import compare, random_qkv
-
-    problems = []
-    batch, n_kv, group, dim = 2, 2, 3, 32
-    for kind, n_keys, budget in (("randn", 5000, dict(top_p=0.8, min_tokens=8, max_tokens=None)),
-                                 ("ties", 4100, dict(top_p=0.5, min_tokens=0, max_tokens=None)),
-                                 ("randn", 4500, dict(top_p=0.95, min_tokens=0, max_tokens=300))):
-        name = f"{kind}-{n_keys}-{budget['max_tokens']}"
-        q, k, v = random_qkv(batch, n_kv, group, n_keys, dim, seed=n_keys)
-        q_idx, k_idx, q_pos, k_pos = select_inputs(kind, batch, n_kv, n_keys, seed=n_keys + 1)
-        budget = dict(budget, sinks=4, recent=16)
-        cuda_check, triton_topp._check = triton_topp._check, lambda *_: None  # the interpreter runs on CPU tensors
-        try:
-            out, counts = triton_topp.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, schedule="phased")
-        finally:
-            triton_topp._check = cuda_check
-        chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, schedule="phased")
-        two, two_counts = decode.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, index=chosen.order,
-                                                  n_index=chosen.n_keep, always=chosen.always, skip_sinks=4,
-                                                  skip_recent=16)
-        if not torch.equal(counts[..., 0], two_counts):
-            problems.append(f"{name}: counts {counts.flatten().tolist()} != two launches' {two_counts.flatten().tolist()}")
-        if (out - two).abs().max() > 1e-5:
-            problems.append(f"{name}: output differs from the two launches' by {(out - two).abs().max():.2e}")
-        scored, searched = triton_topp._scores_and_search(
-            q_idx, k_idx, q_pos, k_pos, **budget, schedule="phased", after_scores=None, until_gather=True)
-        gather_attend.gather_attend(q, k, v, q_pos, k_pos, scored.scores.view(-1, n_keys), searched, scored.always,
-                                    scale=dim**-0.5, skip_sinks=4, skip_recent=16)
-        for r in range(batch * n_kv):
-            n = int(chosen.n_keep.view(-1)[r])
-            if int(searched.n_keep[r]) != n or not torch.equal(searched.order[r, :n], chosen.order.view(batch * n_kv, -1)[r, :n]):
-                problems.append(f"{name}: row {r}: the list differs from the gather launch's")
-        if searched.tally.shape[1] < 2:
-            problems.append(f"{name}: one chunk per row; the case should span several")
-        ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
-        problems += [f"{name}: {p}" for p in compare(out, ref, counts[..., 0], ref_counts[..., 0])]
-    return problems
-
-
 def _check_flat_interval() -> list[str]:
     """A nearly flat row (scores within ~0.01) must not send every key through the per-key levels:
     level-0 bins follow the row's spread, so level 1 histograms a small share of the keys."""
@@ -392,8 +344,7 @@ def _check_bad_args() -> list[str]:
 
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
-        ("attention", _check_attention), ("gather-attend", _check_gather_attend), ("flat-interval", _check_flat_interval),
-        ("n-logit", _check_n_logit),
+        ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("n-logit", _check_n_logit),
         ("zeroed-workspace", _check_zeroed_workspace), ("bad-args", _check_bad_args)])
 
 
@@ -407,8 +358,8 @@ def test_every_launch_compiles_for_hopper(report):
     assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "gather-attend", "flat-interval", "n-logit",
-                                                           "zeroed-workspace", "bad-args"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "zeroed-workspace",
+                                                           "bad-args"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

@@ -89,7 +89,6 @@ def test_after_scores_runs_once_right_after_the_index_scores(monkeypatch):
     monkeypatch.setattr(topp.kernels, "index_scores", scores)
     monkeypatch.setattr(topp.kernels, "topp_count", count)
     monkeypatch.setattr(topp.kernels, "decode_attention", attention)
-    monkeypatch.setattr(topp.gather_attend, "gather_attend", lambda q, k, *_, **__: attention(q, k))
     monkeypatch.setattr(topp.threshold, "topp_threshold", search)
     monkeypatch.setattr(topp, "_check", lambda *_: None)
     q, k = torch.zeros(1, 2, 1, 8), torch.zeros(1, 1, 8, 8)
@@ -99,10 +98,9 @@ def test_after_scores_runs_once_right_after_the_index_scores(monkeypatch):
         events.clear()
         topp.select(*args[5:], args[3], args[4], top_p=0.9, method=method, after_scores=hook)
         assert events == ["scores", "fork", "search"], (method, events)
-    for schedule in ("phased", "relay"):  # phased: the gather in the attention's launch; relay: select, then attend
-        events.clear()
-        topp.topp_attention(*args, top_p=0.9, after_scores=hook, schedule=schedule)
-        assert events == ["scores", "fork", "search", "attention"], (schedule, events)
+    events.clear()
+    topp.topp_attention(*args, top_p=0.9, after_scores=hook)
+    assert events == ["scores", "fork", "search", "attention"], events
     events.clear()
     topp.topp_attention(*args, top_p=1.0, after_scores=hook)
     assert events == ["fork", "attention"], events

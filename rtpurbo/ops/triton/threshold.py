@@ -96,8 +96,6 @@ Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capt
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
@@ -208,29 +206,12 @@ def _chunks(n_keys: int, rows: int, device: torch.device, block: int, schedule: 
     return chunk, triton.cdiv(max(n_keys, 1), chunk)
 
 
-class SearchUntilGather(NamedTuple):
-    """What :func:`topp_threshold` leaves for the gather when run with ``until_gather=True`` (phased schedule): the
-    gather's inputs, which :mod:`rtpurbo.ops.triton.gather_attend` reads in the list attention's own launch.
-
-    order: (BH, C) int64, not yet written; n_keep: (BH,) int64; state: (BH, N_SLOTS, N_STATE) int64, the final
-    search state in slot 0; tally: (BH, n_chunks, 2) int32, keys above / at tau per chunk; chunk: keys per chunk.
-    """
-
-    order: torch.Tensor
-    n_keep: torch.Tensor
-    state: torch.Tensor
-    tally: torch.Tensor
-    chunk: int
-    block: int
-
-
 def topp_threshold(
     scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 2048,
     work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
     sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8, pdl: bool = False,
-    until_gather: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor] | SearchUntilGather:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
     Args:
@@ -258,14 +239,10 @@ def topp_threshold(
         pdl: the phased or relay schedule's launches use programmatic dependent launch
             (:mod:`rtpurbo.ops.triton.dependent_launch`): each phase launches while the one before it finishes.
             The same keys either way. The fused schedule (one launch) takes no ``pdl``.
-        until_gather: launch every phase but the gather and return :class:`SearchUntilGather` (phased schedule
-            only): a later launch gathers (:func:`rtpurbo.ops.triton.gather_attend.gather_attend`).
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
     """
-    if until_gather and schedule != "phased":
-        raise ValueError(f"until_gather runs the phased schedule's launches; got schedule {schedule!r}")
     if n_logit < 2 or n_logit > N_BINS or n_logit & (n_logit - 1):
         raise ValueError(f"n_logit must be a power of two in [2, {N_BINS}], got {n_logit}")
     if schedule not in SCHEDULES:
@@ -302,12 +279,9 @@ def topp_threshold(
     meta = dict(NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
                 MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),
                 BLOCK=block, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT)
-    spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(TALLY + 1 if until_gather
-                                                                                      else N_PHASES)]
+    spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
         _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, PDL=pdl, RELAY=schedule == "relay",
                                          num_warps=warps, **meta, **dependent_launch.options(pdl))
-    if until_gather:
-        return SearchUntilGather(order, n_keep, state, tally, chunk, block)
     return order, n_keep

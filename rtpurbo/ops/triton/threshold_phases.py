@@ -407,8 +407,7 @@ def gather_phase(
     scores_row, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
     NC_PAD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state).
-    Returns the chunk's range of ``order_row`` entries, (first, end)."""
+    """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state)."""
     tau = _cg(st + TAU)
     need = _cg(st + NEED).to(tl.int32)
     c = tl.arange(0, NC_PAD)
@@ -416,7 +415,6 @@ def gather_phase(
     above_before = tl.sum(tl.load(earlier, mask=c < part, other=0, cache_modifier=".cg"), axis=0)
     ties_before = tl.sum(tl.load(earlier + 1, mask=c < part, other=0, cache_modifier=".cg"), axis=0)
     written = above_before + tl.minimum(ties_before, need)
-    first = written
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     s_next = _scores_at(scores_row, lo, hi, BLOCK)
@@ -434,7 +432,6 @@ def gather_phase(
         written += tl.sum(take, axis=0)
         ties_before += tl.sum(tied, axis=0)
     let_next_launch(PDL)
-    return first, written
 
 
 @triton.jit

@@ -43,9 +43,9 @@ import torch
 
 try:
     from . import decode as kernels
-    from . import dependent_launch, gather_attend, threshold
+    from . import dependent_launch, threshold
 except ImportError:  # triton missing (CPU-only install): available() is False
-    kernels = threshold = dependent_launch = gather_attend = None
+    kernels = threshold = dependent_launch = None
 
 METHODS = ("threshold", "sort")
 SCHEDULE_ENV = "RTPURBO_SEARCH_SCHEDULE"  # the threshold search's schedule where a call names none (default phased)
@@ -100,24 +100,6 @@ def _chain_pdl(device: torch.device, schedule: str) -> bool:
     return schedule != "fused" and dependent_launch.enabled(device)
 
 
-def _scores_and_search(q_idx, k_idx, q_pos, k_pos, *, top_p, min_tokens, max_tokens, sinks, recent, schedule,
-                       after_scores, until_gather: bool = False):
-    """Index scores, then the threshold search (see :func:`select`): (IndexScores, the search's result)."""
-    rows, n_keys = q_idx.shape[0] * q_idx.shape[1], k_idx.shape[2]
-    # the search's workspace is zeroed by the index-score kernel, and the chain launches with PDL where it can
-    pdl = _chain_pdl(q_idx.device, schedule)
-    flat = torch.empty(threshold.workspace_size(rows), dtype=torch.int64, device=q_idx.device)
-    scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent, zero=flat, pdl=pdl)
-    if after_scores is not None:
-        after_scores()
-    work, sync = threshold.split_workspace(flat, rows)
-    return scored, threshold.topp_threshold(
-        scored.scores.view(rows, n_keys), scored.block_max, scored.block_sum, scored.block_count,
-        scored.block_min, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, schedule=schedule,
-        work=work, sync=sync, pdl=pdl, until_gather=until_gather,
-    )
-
-
 def select(
     q_idx: torch.Tensor,
     k_idx: torch.Tensor,
@@ -149,9 +131,19 @@ def select(
     n_keys = k_idx.shape[2]
     rows = batch * n_kv
     if method == "threshold":
-        scored, (order, n_keep) = _scores_and_search(
-            q_idx, k_idx, q_pos, k_pos, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks,
-            recent=recent, schedule=schedule or default_schedule(), after_scores=after_scores)
+        schedule = schedule or default_schedule()
+        # the search's workspace is zeroed by the index-score kernel, and the chain launches with PDL where it can
+        pdl = _chain_pdl(q_idx.device, schedule)
+        flat = torch.empty(threshold.workspace_size(rows), dtype=torch.int64, device=q_idx.device)
+        scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent, zero=flat, pdl=pdl)
+        if after_scores is not None:
+            after_scores()
+        work, sync = threshold.split_workspace(flat, rows)
+        order, n_keep = threshold.topp_threshold(
+            scored.scores.view(rows, n_keys), scored.block_max, scored.block_sum, scored.block_count,
+            scored.block_min, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, schedule=schedule,
+            work=work, sync=sync, pdl=pdl,
+        )
         return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always)
     scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent)
     if after_scores is not None:
@@ -204,13 +196,6 @@ def topp_attention(
         if after_scores is not None:
             after_scores()
         out, counts = kernels.decode_attention(q, k, v, q_pos, k_pos, scale=scale)
-    elif schedule == "phased":  # the gather in the list attention's launch
-        scored, searched = _scores_and_search(
-            q_idx, k_idx, q_pos, k_pos, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks,
-            recent=recent, schedule=schedule, after_scores=after_scores, until_gather=True)
-        out, counts = gather_attend.gather_attend(
-            q, k, v, q_pos, k_pos, scored.scores.view(-1, k.shape[2]), searched, scored.always, scale=scale,
-            skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule))
     else:
         chosen = select(
             q_idx, k_idx, q_pos, k_pos,
