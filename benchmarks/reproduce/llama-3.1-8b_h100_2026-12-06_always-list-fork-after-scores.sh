@@ -9,15 +9,16 @@
 #   call4: base, fill and new (250c713: the local heads forked after the index scores) per layer of 8 with the bytes
 #          ceiling at 128K-1M, one layer per graph with kernel timelines; decode tests; the attention bench on new;
 #   call5: end-to-end decode at 1M (8 layers), new and base alternating, each run from its own folder;
-#   call6: the ring beside the selection on half and a quarter of its programs against new.
+#   call6: the ring beside the selection on half and a quarter of its programs against new;
+#   call7: the gather in the list attention's launch (f263fcd) against new, with its GPU tests.
 #
-#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_always-list-fork-after-scores.sh OUT   # ~8 minutes
+#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_always-list-fork-after-scores.sh OUT   # ~11 minutes
 set -euo pipefail
 out=$(realpath -m "${1:?usage: $0 OUT}")
-for c in 1 2 3 4 5 6; do mkdir -p "$out/call$c"; done
+for c in 1 2 3 4 5 6 7; do mkdir -p "$out/call$c"; done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for variant in base:0ce9160 fill:8aeef4b new:250c713; do
+for variant in base:0ce9160 fill:8aeef4b new:250c713 gather:f263fcd; do
   name=${variant%%:*}
   mkdir -p "$tmp/$name" && git archive "${variant##*:}" rtpurbo benchmarks tests | tar -x -C "$tmp/$name"
 done
@@ -62,3 +63,9 @@ ab --trees new="$tmp/new" w50="$tmp/w50" w25="$tmp/w25" --cases step --layers 8 
   --rep 25 --json "$out/call6/ab_ring_layers8.json" | tee "$out/call6/ab_ring_layers8.txt"
 ab --trees new="$tmp/new" w50="$tmp/w50" w25="$tmp/w25" --cases step --timeline --lengths 128K,1M --rounds 5 \
   --rep 25 --json "$out/call6/ab_ring_step.json" | tee "$out/call6/ab_ring_step.txt"
+ab --trees prev="$tmp/new" new="$tmp/gather" --cases step --layers 8 --ceiling --lengths 128K,256K,512K,1M \
+  --rounds 5 --rep 25 --json "$out/call7/ab_layers8.json" | tee "$out/call7/ab_layers8.txt"
+(cd "$tmp/gather" && timeout 70 python3 -m pytest -q -p no:cacheprovider tests/test_ops_gpu.py \
+  -k "topp_decode or always_list or two_role or dependent_launch" | tee "$out/call7/ops_gpu.txt"
+  python3 -m pytest -q -p no:cacheprovider tests/test_decode_static.py -k "dependent or graph_replay or side_stream" \
+  | tee "$out/call7/decode_static.txt") || true

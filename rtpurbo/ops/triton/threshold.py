@@ -62,7 +62,10 @@ The six phases (level 0, levels 1-3, tally, gather) depend on each other only wi
 tally and the gather stay two launches: one launch in which each chunk adds up the counts of the chunks
 before it (a decoupled look-back over chunks handed out in start order) was 0.5 us faster at 128K keys
 but 2 us slower at 1M, where selection runs by default, against these two (H100, paired,
-``benchmarks/results/llama-3.1-8b_h100_2026-12-05_search-walk-bounds.md``; commit 293eb75 has it).
+``benchmarks/results/llama-3.1-8b_h100_2026-12-05_search-walk-bounds.md``; commit 293eb75 has it). The gather
+inside the list attention's launch (each program gathers its chunk, then attends to it; f263fcd) was 0.5-0.9 us
+faster per layer at 128K-256K and 4.5-6.1 us slower at 512K-1M
+(``benchmarks/results/llama-3.1-8b_h100_2026-12-06_always-list-fork-after-scores.md``).
 ``schedule="phased"`` (the default) launches one phase at a time, about two programs per SM of
 2048-key steps: fewer, longer programs than four per SM of 1024-key steps (the earlier launch) make the
 whole selection at 1M keys 86-87 us instead of 97-98 on every score regime, and change nothing at 128K
