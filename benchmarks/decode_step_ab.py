@@ -133,7 +133,10 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -
     side = torch.cuda.Stream()
     calls = {}
     for name, tree, search in _variants(trees, schedules):
-        def layer_step(x, tree=tree, search=search):
+        # as the tree's HeadwiseCache forks the local heads: after the index scores' launch where it can
+        forks_after_scores = "after_scores" in inspect.signature(tree["topp"].topp_attention).parameters
+
+        def layer_step(x, tree=tree, search=search, forks_after_scores=forks_after_scores):
             main = torch.cuda.current_stream()
             local = []
 
@@ -147,9 +150,7 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -
                     else:
                         local.append(tree["api"].attention(x["q"][:, group:], x["ring_k"], x["ring_v"], q_pos,
                                                            ring_pos, window=WINDOW, sinks=SINKS, impl="flex"))
-            # as the tree's HeadwiseCache forks the local heads: after the index scores' launch where it can
-            fork = {"after_scores": local_step} if "after_scores" in inspect.signature(
-                tree["topp"].topp_attention).parameters else {}
+            fork = {"after_scores": local_step} if forks_after_scores else {}
             if not fork:
                 local_step()
             out, counts = tree["topp"].topp_attention(x["q"][:, :group], x["k"], x["v"], q_pos, k_pos, x["q_idx"],
