@@ -21,6 +21,11 @@ import pytest
 
 from tests.triton_interpreter import COMPILE_CHECK, problem as interpreter_problem, report_checks, run_script
 
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]' installs it)")
+tl = pytest.importorskip("triton.language")
+
+from rtpurbo.ops.triton.threshold_phases import NO_KEY, _key_score, _order_key  # noqa: E402
+
 pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
 # (name, B, Hkv, Lk, scores kind, top_p ("mid" = far from every prefix mass), min, max, block);
@@ -339,13 +344,66 @@ def _check_bad_args() -> list[str]:
             problems.append(f"bad {what} accepted")
         except ValueError:
             pass
+    long_rows = torch.zeros(64, 1 << 15)  # one program per row, 32768 steps of one key: past what the tally counts
+    try:
+        threshold.topp_threshold(long_rows, *(torch.zeros(64, 1) for _ in range(4)), **budget, block=1)
+        problems.append("a search of 32768 steps per program accepted")
+    except ValueError:
+        pass
+    return problems
+
+
+@triton.jit
+def _key_score_kernel(s_ptr, t_ptr, out_ptr, N: tl.constexpr):
+    """Per pair (s, t): the int64 key comparisons and their fp32 stand-ins through ``_key_score``, and the round trip."""
+    i = tl.arange(0, N)
+    s = tl.load(s_ptr + i)
+    t = tl.load(t_ptr + i)
+    tau = _order_key(t)
+    back = _key_score(tau)
+    tl.store(out_ptr + i, (_order_key(s) > tau).to(tl.int32))
+    tl.store(out_ptr + N + i, (s > back).to(tl.int32))
+    tl.store(out_ptr + 2 * N + i, (_order_key(s) == tau).to(tl.int32))
+    tl.store(out_ptr + 3 * N + i, (s == back).to(tl.int32))
+    plus_zero = tl.where(t == 0.0, 0.0, t)  # the key of -0.0 is +0.0's
+    tl.store(out_ptr + 4 * N + i, (back.to(tl.int32, bitcast=True) == plus_zero.to(tl.int32, bitcast=True)).to(tl.int32))
+    tl.store(out_ptr + 5 * N + i, (_key_score(tau * 0 + NO_KEY) == float("inf")).to(tl.int32))
+
+
+def _check_key_score() -> list[str]:
+    """``_key_score`` inverts ``_order_key`` (bit for bit, -0.0 -> +0.0), and fp32 comparisons with it say what the
+    int64 key comparisons say, on zeros of both signs, subnormals, neighbours one ulp apart, extremes and random
+    scores (each against itself, its neighbours and others)."""
+    import torch
+
+    special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1.17549435e-38, -1.17549435e-38, 1.0, -1.0, 3.4028235e38,
+                            -3.4028235e38, 2.5, -2.5, 1e-3, -1e-3, 17.25, -17.25])
+    torch.manual_seed(3)
+    values = torch.cat([special, torch.nextafter(special, torch.tensor(float("inf"))),
+                        torch.nextafter(special, torch.tensor(float("-inf"))), torch.randn(80) * 8])
+    s, t = torch.meshgrid(values, values, indexing="ij")
+    s, t = s.reshape(-1).contiguous(), t.reshape(-1).contiguous()
+    n = s.numel()  # 128 x 128 = 16384, a power of two
+    out = torch.zeros(6 * n, dtype=torch.int32)
+    _key_score_kernel[(1,)](s, t, out, N=n)
+    keys_gt, fp_gt, keys_eq, fp_eq, round_trip, no_key = out.view(6, n)
+    problems = []
+    if not torch.equal(keys_gt, fp_gt):
+        problems.append(f"s > key_score(tau) disagrees with the keys on {int((keys_gt != fp_gt).sum())} pairs")
+    if not torch.equal(keys_eq, fp_eq):
+        problems.append(f"s == key_score(tau) disagrees with the keys on {int((keys_eq != fp_eq).sum())} pairs")
+    if not bool(round_trip.all()):
+        problems.append(f"key_score(order_key(t)) != t on {int((round_trip == 0).sum())} values")
+    if not bool(no_key.all()):
+        problems.append("key_score(NO_KEY) is not +inf")
     return problems
 
 
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
         ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("n-logit", _check_n_logit),
-        ("zeroed-workspace", _check_zeroed_workspace), ("bad-args", _check_bad_args)])
+        ("zeroed-workspace", _check_zeroed_workspace), ("bad-args", _check_bad_args),
+        ("key-score", _check_key_score)])
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +417,7 @@ def test_every_launch_compiles_for_hopper(report):
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "zeroed-workspace",
-                                                           "bad-args"])
+                                                           "bad-args", "key-score"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

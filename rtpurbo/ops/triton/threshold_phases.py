@@ -61,6 +61,18 @@ def _order_key(s):
 
 
 @triton.jit
+def _key_score(key):
+    """The fp32 score of an order key (inverse of :func:`_order_key`; +0.0 for the key both zeros share), +inf for
+    :data:`NO_KEY`. For every finite score ``s``, ``s > _key_score(tau)`` and ``s == _key_score(tau)`` say what
+    ``_order_key(s) > tau`` and ``_order_key(s) == tau`` say (the map is monotone, and fp32 compares -0.0 and +0.0
+    equal, as their shared key does); a hidden key (-inf) is neither. The tally and the gather compare in fp32 this
+    way: fewer instructions per key than int64 keys."""
+    bits = tl.where(key >= 2147483648, key - 2147483648, -1 - key)
+    score = tl.minimum(tl.maximum(bits, -2147483648), 2147483647).to(tl.int32).to(tl.float32, bitcast=True)
+    return tl.where(key >= NO_KEY, float("inf"), score)
+
+
+@triton.jit
 def _logit_bin(s, row_max, inv_width, N_LOGIT: tl.constexpr):
     """Level-0 bin of score ``s``: floor((m - s) * inv_width), the last bin for everything below."""
     return tl.minimum(tl.floor((row_max - s) * inv_width), N_LOGIT - 1).to(tl.int32)
@@ -387,19 +399,18 @@ def _tally_chunk(scores_row, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr,
     """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]``."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
-    n_above = tl.zeros([BLOCK], tl.int32)
-    n_tied = tl.zeros([BLOCK], tl.int32)
+    # per lane: keys above tau in the high 16 bits, keys at tau in the low 16 (a lane sees one key per step, and a
+    # chunk spans far fewer than 65,536 steps)
+    counts = tl.zeros([BLOCK], tl.int32)
+    tau_score = _key_score(tau)
     s_next = _scores_at(scores_row, lo, hi, BLOCK)
     for start in range(lo, hi, BLOCK):
         s = s_next
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
-        key = _order_key(s)
-        seen = s != float("-inf")
-        n_above += (seen & (key > tau)).to(tl.int32)
-        n_tied += (seen & (key == tau)).to(tl.int32)
+        counts += tl.where(s > tau_score, 65536, 0) + (s == tau_score).to(tl.int32)
     let_next_launch(PDL)
-    tl.store(out, tl.sum(n_above, axis=0))
-    tl.store(out + 1, tl.sum(n_tied, axis=0))
+    tl.store(out, tl.sum(counts >> 16, axis=0))
+    tl.store(out + 1, tl.sum(counts & 65535, axis=0))
 
 
 @triton.jit
@@ -407,8 +418,9 @@ def gather_phase(
     scores_row, st, tally_ptr, order_row, row, part, n_keys, chunk, n_chunks,
     NC_PAD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state)."""
-    tau = _cg(st + TAU)
+    """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state).
+    Keys scoring ``tau`` are ranked (a scan) only in the steps that hold one, which most steps do not."""
+    tau_score = _key_score(_cg(st + TAU))
     need = _cg(st + NEED).to(tl.int32)
     c = tl.arange(0, NC_PAD)
     earlier = tally_ptr + (row * n_chunks + c) * 2
@@ -422,15 +434,16 @@ def gather_phase(
         offs = start + tl.arange(0, BLOCK)
         s = s_next
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
-        key = _order_key(s)
-        seen = s != float("-inf")
-        tied = (seen & (key == tau)).to(tl.int32)
-        tie_rank = ties_before + tl.cumsum(tied, axis=0) - tied
-        take = ((seen & (key > tau)) | ((tied == 1) & (tie_rank < need))).to(tl.int32)
+        tied = (s == tau_score).to(tl.int32)
+        n_tied = tl.sum(tied, axis=0)
+        take = (s > tau_score).to(tl.int32)
+        if n_tied > 0:
+            tie_rank = ties_before + tl.cumsum(tied, axis=0) - tied
+            take = take | (tied & (tie_rank < need).to(tl.int32))
         slot = written + tl.cumsum(take, axis=0) - take
         tl.store(order_row + slot, offs.to(tl.int64), mask=take == 1)
         written += tl.sum(take, axis=0)
-        ties_before += tl.sum(tied, axis=0)
+        ties_before += n_tied
     let_next_launch(PDL)
 
 
