@@ -355,7 +355,7 @@ def _check_bad_args() -> list[str]:
 
 @triton.jit
 def _key_score_kernel(s_ptr, t_ptr, out_ptr, N: tl.constexpr):
-    """Per pair (s, t): the int64 key comparisons and their fp32 stand-ins through ``_key_score``, and the round trip."""
+    """Per pair (s, t): the int64 key comparisons, their fp32 stand-ins through ``_key_score``, and the round trip."""
     i = tl.arange(0, N)
     s = tl.load(s_ptr + i)
     t = tl.load(t_ptr + i)
@@ -366,7 +366,8 @@ def _key_score_kernel(s_ptr, t_ptr, out_ptr, N: tl.constexpr):
     tl.store(out_ptr + 2 * N + i, (_order_key(s) == tau).to(tl.int32))
     tl.store(out_ptr + 3 * N + i, (s == back).to(tl.int32))
     plus_zero = tl.where(t == 0.0, 0.0, t)  # the key of -0.0 is +0.0's
-    tl.store(out_ptr + 4 * N + i, (back.to(tl.int32, bitcast=True) == plus_zero.to(tl.int32, bitcast=True)).to(tl.int32))
+    same_bits = back.to(tl.int32, bitcast=True) == plus_zero.to(tl.int32, bitcast=True)
+    tl.store(out_ptr + 4 * N + i, same_bits.to(tl.int32))
     tl.store(out_ptr + 5 * N + i, (_key_score(tau * 0 + NO_KEY) == float("inf")).to(tl.int32))
 
 

@@ -68,6 +68,7 @@ def _key_score(key):
     equal, as their shared key does); a hidden key (-inf) is neither. The tally and the gather compare in fp32 this
     way: fewer instructions per key than int64 keys."""
     bits = tl.where(key >= 2147483648, key - 2147483648, -1 - key)
+    # NO_KEY's bits do not fit an int32: clamped here, replaced below
     score = tl.minimum(tl.maximum(bits, -2147483648), 2147483647).to(tl.int32).to(tl.float32, bitcast=True)
     return tl.where(key >= NO_KEY, float("inf"), score)
 
@@ -399,8 +400,8 @@ def _tally_chunk(scores_row, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr,
     """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]``."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
-    # per lane: keys above tau in the high 16 bits, keys at tau in the low 16 (a lane sees one key per step, and a
-    # chunk spans far fewer than 65,536 steps)
+    # per lane: keys above tau in the high 16 bits, keys at tau in the low 16 (a lane sees one key per step, and
+    # topp_threshold refuses chunks of 32,768 steps or more, so neither count reaches the sign bit)
     counts = tl.zeros([BLOCK], tl.int32)
     tau_score = _key_score(tau)
     s_next = _scores_at(scores_row, lo, hi, BLOCK)
