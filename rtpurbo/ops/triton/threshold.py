@@ -261,9 +261,9 @@ def topp_threshold(
         raise ValueError(f"programs_per_sm must be >= 1 and num_warps a power of two <= 16, got {programs_per_sm}, "
                          f"{num_warps}")
     chunk, n_chunks = _chunks(n_keys, rows, device, block, schedule, programs_per_sm)
-    if triton.cdiv(chunk, block) >= 1 << 15:  # the tally packs two per-lane counts of steps into one int32
-        raise ValueError(f"{triton.cdiv(chunk, block)} steps of {block} keys per program; the search takes fewer "
-                         f"than 32768: raise block")
+    steps = triton.cdiv(chunk, block)
+    if steps >= 1 << 15:  # the tally packs two per-lane counts of steps into one int32
+        raise ValueError(f"{steps} steps of {block} keys per program; the search takes fewer than 32768: raise block")
     target = 1 << 62 if top_p >= 1.0 else round(top_p * FIXED_ONE)
     work_shape = (rows, N_LEVELS, 2 * N_BINS + 1)
     if work is not None and (work.shape != work_shape or work.dtype != torch.int64):

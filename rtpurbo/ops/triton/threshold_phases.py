@@ -68,8 +68,8 @@ def _key_score(key):
     equal, as their shared key does); a hidden key (-inf) is neither. The tally and the gather compare in fp32 this
     way: fewer instructions per key than int64 keys."""
     bits = tl.where(key >= 2147483648, key - 2147483648, -1 - key)
-    # NO_KEY's bits do not fit an int32: clamped here, replaced below
-    score = tl.minimum(tl.maximum(bits, -2147483648), 2147483647).to(tl.int32).to(tl.float32, bitcast=True)
+    # every key's bits fit an int32 but NO_KEY's (2^31): clamped here, replaced below
+    score = tl.minimum(bits, 2147483647).to(tl.int32).to(tl.float32, bitcast=True)
     return tl.where(key >= NO_KEY, float("inf"), score)
 
 
