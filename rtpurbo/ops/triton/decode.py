@@ -87,13 +87,15 @@ def _index_scores_kernel(
     d = tl.arange(0, D_PAD)
     d_ok = d < D_IDX
 
+    # every load is issued before anything waits on one: the keys do not wait for the positions (one round trip to
+    # memory instead of two). A slot no query sees may hold anything, NaN included; its score is -inf whatever it holds.
     q_pos = tl.load(qpos_ptr + b * s_qpb)
     k_pos = tl.load(kpos_ptr + b * s_kpb + offs.to(tl.int64) * s_kpn, mask=in_range, other=-1)
-    seen = in_range & (k_pos >= 0) & (k_pos <= q_pos)
-    q = tl.load(qi_ptr + b * s_qib + h * s_qih + d * s_qid, mask=d_ok, other=0.0).to(tl.float32)
+    q = tl.load(qi_ptr + b * s_qib + h * s_qih + d * s_qid, mask=d_ok, other=0.0)
     key_ptrs = ki_ptr + b * s_kib + h * s_kih + offs.to(tl.int64)[:, None] * s_kin + d[None, :] * s_kid
-    keys = tl.load(key_ptrs, mask=seen[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-    s = tl.where(seen, tl.sum(keys * q[None, :], axis=1), float("-inf"))
+    keys = tl.load(key_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)
+    seen = in_range & (k_pos >= 0) & (k_pos <= q_pos)
+    s = tl.where(seen, tl.sum(keys.to(tl.float32) * q.to(tl.float32)[None, :], axis=1), float("-inf"))
     let_next_launch(PDL)
     tl.store(scores_ptr + bh.to(tl.int64) * n_keys + offs, s, mask=in_range)
 
