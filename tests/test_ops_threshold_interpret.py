@@ -24,7 +24,7 @@ from tests.triton_interpreter import COMPILE_CHECK, problem as interpreter_probl
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]' installs it)")
 tl = pytest.importorskip("triton.language")
 
-from rtpurbo.ops.triton.threshold_phases import NO_KEY, _key_score, _order_key  # noqa: E402
+from rtpurbo.ops.triton.threshold_phases import NO_KEY, _key_score, _order_key, _order_key32  # noqa: E402
 
 pytestmark = pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 
@@ -369,12 +369,14 @@ def _key_score_kernel(s_ptr, t_ptr, out_ptr, N: tl.constexpr):
     same_bits = back.to(tl.int32, bitcast=True) == plus_zero.to(tl.int32, bitcast=True)
     tl.store(out_ptr + 4 * N + i, same_bits.to(tl.int32))
     tl.store(out_ptr + 5 * N + i, (_key_score(tau * 0 + NO_KEY) == float("inf")).to(tl.int32))
+    tl.store(out_ptr + 6 * N + i, (_order_key32(t).to(tl.int64) == tau).to(tl.int32))
 
 
 def _check_key_score() -> list[str]:
-    """``_key_score`` inverts ``_order_key`` (bit for bit, -0.0 -> +0.0), and fp32 comparisons with it say what the
-    int64 key comparisons say, on zeros of both signs, subnormals, neighbours one ulp apart, extremes and random
-    scores (each against itself, its neighbours and others)."""
+    """``_key_score`` inverts ``_order_key`` (bit for bit, -0.0 -> +0.0), fp32 comparisons with it say what the
+    int64 key comparisons say, and ``_order_key32`` gives ``_order_key``'s values: on zeros of both signs,
+    subnormals, neighbours one ulp apart, extremes and random scores (each against itself, its neighbours and
+    others)."""
     import torch
 
     special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1.17549435e-38, -1.17549435e-38, 1.0, -1.0, 3.4028235e38,
@@ -385,9 +387,9 @@ def _check_key_score() -> list[str]:
     s, t = torch.meshgrid(values, values, indexing="ij")
     s, t = s.reshape(-1).contiguous(), t.reshape(-1).contiguous()
     n = s.numel()  # 128 x 128 = 16384, a power of two
-    out = torch.zeros(6 * n, dtype=torch.int32)
+    out = torch.zeros(7 * n, dtype=torch.int32)
     _key_score_kernel[(1,)](s, t, out, N=n)
-    keys_gt, fp_gt, keys_eq, fp_eq, round_trip, no_key = out.view(6, n)
+    keys_gt, fp_gt, keys_eq, fp_eq, round_trip, no_key, key32 = out.view(7, n)
     problems = []
     if not torch.equal(keys_gt, fp_gt):
         problems.append(f"s > key_score(tau) disagrees with the keys on {int((keys_gt != fp_gt).sum())} pairs")
@@ -397,6 +399,8 @@ def _check_key_score() -> list[str]:
         problems.append(f"key_score(order_key(t)) != t on {int((round_trip == 0).sum())} values")
     if not bool(no_key.all()):
         problems.append("key_score(NO_KEY) is not +inf")
+    if not bool(key32.all()):
+        problems.append(f"order_key32 != order_key on {int((key32 == 0).sum())} values")
     return problems
 
 

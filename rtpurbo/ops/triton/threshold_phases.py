@@ -61,6 +61,13 @@ def _order_key(s):
 
 
 @triton.jit
+def _order_key32(s):
+    """:func:`_order_key` as uint32 (the same values, computed in 32-bit integers)."""
+    bits = tl.where(s == 0.0, 0.0, s).to(tl.int32, bitcast=True)
+    return (bits ^ ((bits >> 31) | -2147483648)).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
 def _key_score(key):
     """The fp32 score of an order key (inverse of :func:`_order_key`; +0.0 for the key both zeros share), +inf for
     :data:`NO_KEY`. For every finite score ``s``, ``s > _key_score(tau)`` and ``s == _key_score(tau)`` say what
@@ -292,13 +299,18 @@ def _key_histogram(scores_row, level, stats, key_hi, key_lo, shift, logit_bin, p
     row_max = _cg(stats)
     z = _cg(stats + 1)
     inv_width = _cg(stats + 2)
+    # per key in fp32 and 32-bit integers, not int64: the interval's ends as scores (s >= _key_score(key_lo) says
+    # what _order_key(s) >= key_lo says), the bin from the 32-bit order key below the interval's top
+    lo_score = _key_score(key_lo)
+    hi_score = _key_score(key_hi)
+    top = key_hi.to(tl.uint32)
+    shift32 = shift.to(tl.uint32)
     for start in range(lo, hi, BLOCK):
         s = s_next
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
-        key = _order_key(s)
-        inside = ((s != float("-inf")) & (key >= key_lo) & (key <= key_hi)
+        inside = ((s != float("-inf")) & (s >= lo_score) & (s <= hi_score)
                   & (_logit_bin(s, row_max, inv_width, N_LOGIT) == logit_bin))
-        b = (key_hi - key) >> shift
+        b = (top - _order_key32(s)) >> shift32  # outside the interval: any value, and no atomic
         tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
         tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
 
