@@ -11,7 +11,10 @@ Per version and case one CUDA graph is captured:
   tree's ``HeadwiseCache`` runs them there: ``decode_roles.ring_beside_selection`` where the tree has it, else
   ``api.attention(impl="flex")``), random bf16 inputs;
 * ``select``: the whole selection alone (index scores + threshold search) of one retrieval head on peaked,
-  trained-like and flat scores (indexer keys scaled: score std 4, 2.56, 0.04 logits).
+  trained-like and flat scores (indexer keys scaled: score std 4, 2.56, 0.04 logits);
+* ``every``: the layer step below the seqlen threshold, as ``HeadwiseCache``'s static decode runs it there: the
+  retrieval head over every key and the local heads' ring in one launch (``decode_roles.two_role_decode``), so
+  ``--ceiling`` gives the share of the step a model runs at lengths where it does not select.
 
 ``--pdl``: every variant of a tree that has ``ops.triton.dependent_launch`` also runs as ``VARIANT+pdl``, its chains'
 kernels captured with programmatic dependent launch (``dependent_launch.ENABLED`` on while its graph is captured).
@@ -21,8 +24,8 @@ PDL is on by default in trees that have it, so run with ``RTPURBO_PDL=0`` to tim
 ``--schedules relay``: every tree whose threshold search has that schedule also runs with it (``NAME+relay``; the
 step passes ``schedule=`` to ``topp_attention``, the selection to ``topp_threshold``).
 
-``--layers N``: the step case runs N layers' steps in one graph, each on its own inputs, and reports time per layer:
-what a layer costs inside a model's decode graph, without one graph launch per layer.
+``--layers N``: the step and every cases run N layers' steps in one graph, each on its own inputs, and report time
+per layer: what a layer costs inside a model's decode graph, without one graph launch per layer.
 
 ``--timeline``: after the timing, the kernels of one replay of each variant's graph (profiler), each as
 ``name@start+duration`` in us from the first kernel, and the span from the first kernel's start to the last one's end.
@@ -166,6 +169,24 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -
     return calls
 
 
+def every_case(trees: dict, length: int, layers: int = 1) -> dict:
+    """Per tree, a callable of ``layers`` layers' steps over every key (no selection), each on its own inputs: the
+    retrieval head's ``length`` keys and the local heads' ring in one ``two_role_decode`` launch."""
+    group, dim = GEOM.group, GEOM.head_dim
+    inputs = [_layer_inputs(length, seed) for seed in range(layers)]
+    ring_pos = _ring_positions(length, WINDOW, SINKS)
+    q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
+    calls = {}
+    for name, tree, _ in _variants(trees, []):
+        def step(tree=tree):
+            results = [tree["roles"].two_role_decode(x["q"][:, :group], x["k"], x["v"], k_pos, x["q"][:, group:],
+                                                     x["ring_k"], x["ring_v"], ring_pos, q_pos, scale=dim**-0.5,
+                                                     window=WINDOW, sinks=SINKS) for x in inputs]
+            return results[0][0], None, torch.stack([r[1] for r in results]).sum(0)
+        calls[name] = step
+    return calls
+
+
 def dense_per_layer(length: int, layers: int, rep: int) -> dict:
     """Microseconds per layer of dense decode attention (every head over all ``length`` keys, SDPA restricted to one
     backend), ``layers`` layers' calls in one graph, each on its own K/V: the dense side of the bytes ceiling."""
@@ -200,7 +221,7 @@ def ceiling_shares(row: dict, length: int, dense_us: dict) -> dict:
     rate = dense_bytes / min(timed)  # bytes per us
     shares = {}
     for name, us in row["median_us"].items():
-        selected = row["selected"][name][0] / row["layers"]
+        selected = None if row["case"] == "every" else row["selected"][name][0] / row["layers"]
         shares[name] = 100 * decode_bytes(GEOM, length, WINDOW, SINKS, selected)[1] / rate / us
     return shares
 
@@ -222,7 +243,7 @@ def select_case(trees: dict, length: int, scale: float, schedules: list[str]) ->
 
 def _selected(kind: str, result) -> tuple[int, int]:
     """(keys selected, sum of their slots) of a step's or a selection's result."""
-    if kind == "step":
+    if kind in ("step", "every"):
         return int(result[2].sum()), 0
     order, n_keep = result
     return int(n_keep[0]), int(order[0, : int(n_keep[0])].sum())
@@ -289,15 +310,15 @@ def main() -> None:
     parser.add_argument("--lengths", default="128K,1M", help=f"comma-separated, of {sorted(LENGTHS)}")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rep", type=int, default=60, help="ms of replays per timing")
-    parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select")
+    parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select, every")
     parser.add_argument("--pdl", action="store_true", help="also run each tree with PDL on (NAME+pdl)")
     parser.add_argument("--schedules", default="", help="comma-separated search schedules to run each tree with too "
                         "(NAME+SCHEDULE), e.g. relay")
     parser.add_argument("--timeline", action="store_true", help="print each variant's kernel timeline (one replay)")
-    parser.add_argument("--ceiling", action="store_true", help="step case: also time dense decode attention per "
-                        "layer (same layer count) and report each variant's share of its bytes ceiling")
-    parser.add_argument("--layers", type=int, default=1, help="step case: this many layers' steps in one graph, each "
-                        "on its own inputs, timed per layer (as a model's decode graph runs them)")
+    parser.add_argument("--ceiling", action="store_true", help="step and every cases: also time dense decode "
+                        "attention per layer (same layer count) and report each variant's share of its bytes ceiling")
+    parser.add_argument("--layers", type=int, default=1, help="step and every cases: this many layers' steps in one "
+                        "graph, each on its own inputs, timed per layer (as a model's decode graph runs them)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.layers < 1:
@@ -313,13 +334,15 @@ def main() -> None:
         todo = []
         if "step" in cases:
             todo.append(("step", "trained-like", step_case(trees, length, schedules, args.layers)))
+        if "every" in cases:
+            todo.append(("every", "every key", every_case(trees, length, args.layers)))
         if "select" in cases:
             todo += [("select", regime, select_case(trees, length, scale, schedules))
                      for regime, scale in REGIMES.items()]
         for kind, regime, calls in todo:
             calls = with_pdl(calls) if args.pdl else calls
             start = time.time()
-            per = args.layers if kind == "step" else 1
+            per = 1 if kind == "select" else args.layers
             row = dict(case=kind, L=label, regime=regime, layers=per,
                        **measure(kind, calls, args.rounds, args.rep, args.timeline, per))
             rows.append(row)
@@ -328,7 +351,7 @@ def main() -> None:
                              for n, d in next(v for k, v in row.items() if k.startswith("vs_")).items())
             print(f"{kind} {label} {regime}{f' (per layer of {per})' if per > 1 else ''}: median us {medians} | paired diff {diffs} | same keys "
                   f"{row['same_selection']} ({time.time() - start:.0f} s)", flush=True)
-            if kind == "step" and args.ceiling:
+            if kind != "select" and args.ceiling:
                 row["dense_us_per_layer"] = dense_per_layer(length, per, args.rep)
                 row["pct_of_bytes_ceiling"] = ceiling_shares(row, length, row["dense_us_per_layer"])
                 dense = " ".join(f"{n} {us:.1f}" if isinstance(us, float) else f"{n} {us}"
