@@ -42,6 +42,7 @@ CASES = [
     ("randn-max", 2, 2, 501, "randn", "mid", 0, 9, 64),
     ("randn-min>visible", 1, 2, 65, "randn", "mid", 500, None, 64),
     ("randn-min=max", 1, 2, 257, "randn", 0.5, 40, 40, 64),
+    ("randn-min>max", 2, 2, 257, "randn", "mid", 60, 25, 32),
     ("ties-max", 2, 2, 515, "ties", "mid", 0, 77, 32),
     ("ties-min", 1, 2, 515, "ties", 0.05, 130, None, 64),
     ("ties-topp", 2, 1, 515, "ties", "mid", 0, None, 32),
