@@ -3,8 +3,8 @@
 The walk picks the bin that holds the key being searched for, by mass or (when the token clamps decide) by rank,
 and returns what the next level needs. It runs as one scan and a few reductions over several values per bin at
 once; each case here checks its seven outputs against the rule written out in NumPy: random bins with empty runs,
-targets reached early, late or never, both clamps, a search that arrives by rank, and all-empty bins, for 32 and
-2048 bins.
+targets reached early, late or never, both clamps (min_tokens above max_tokens, and max_tokens reached before the
+bins, among them), a search that arrives by rank, and all-empty bins, for 32 and 2048 bins.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def _cases(n_bins: int, seed: int) -> list[tuple]:
 
     rng = np.random.default_rng(seed)
     cases = []
-    for i in range(24):
+    for i in range(36):
         counts = rng.integers(0, 50, n_bins) * (rng.random(n_bins) < 0.3)  # mostly empty bins
         if i % 8 == 7:
             counts[:] = 0
@@ -82,12 +82,19 @@ def _cases(n_bins: int, seed: int) -> list[tuple]:
         total_mass = mass_above + int(masses.sum())
         target = [int(total_mass * rng.random()), total_mass + 1, mass_above // 2][i % 3]  # early or late, never, at 0
         n_total = above + int(counts.sum())
+        # the clamps: none, min_tokens late, max_tokens anywhere, both past every key, min_tokens above max_tokens,
+        # max_tokens reached by the keys above the bins
         lower, upper = [(0, n_total), (int(n_total * 0.8) + 1, n_total), (0, int(rng.integers(0, n_total + 1))),
-                        (n_total + 5, n_total + 7)][i % 4]
+                        (n_total + 5, n_total + 7), (int(n_total * 0.9) + 1, n_total // 4), (0, above // 2)][i // 3 % 6]
         mode, rank = BY_MASS, 0
         if i % 5 == 4:  # arriving by rank, searching for one of the two clamps
             mode, rank = BY_RANK, [min(lower, upper), upper][i % 2]
         cases.append((counts, masses, above, mass_above, mode, rank, target, lower, upper))
+    # min_tokens above max_tokens, the mass's bin (5: keys 51-60) holding rank max_tokens (55) with fewer keys through
+    # it than min_tokens (100): too few, so the search goes on by rank, for max_tokens
+    counts = np.zeros(n_bins, dtype=np.int64)
+    counts[:10] = 10
+    cases.append((counts, counts * 1000, 0, 0, BY_MASS, 0, 55000, 100, 55))
     return cases
 
 
