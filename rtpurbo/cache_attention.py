@@ -9,7 +9,8 @@
 * a decode step: both kinds of heads in one launch when the retrieval heads read every key
   (:func:`rtpurbo.ops.triton.decode_roles.two_role_decode`); when they select, the local heads on a side stream
   overlapping the selection chain, forked once the index scores are launched (so that the ring does not take SMs
-  from them); in static (graphed) decode the token goes into both stores in one append kernel.
+  from them; from :data:`rtpurbo.ops.triton.topp.FORK_AFTER_LEVEL0_KEYS` cached keys, once level 0 of the search is
+  launched); in static (graphed) decode the token goes into both stores in one append kernel.
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ class LayerAttention:
 
         if module.local_heads and side is None:
             local_step()
-        if module.retrieval_heads:  # on a side stream, the local heads start once the index scores are launched
+        if module.retrieval_heads:  # on a side stream, the local heads start once the index scores (or level 0) launch
             retrieval_out = self._retrieval_attention(module, layer, parts["retrieval"][0], q_idx, positions,
                                                       after_scores=None if side is None else local_step)
         if side is not None:
@@ -269,7 +270,8 @@ class LayerAttention:
         indexer's top-p selection at decode; at prefill full causal attention, the indexer's block
         selection (``retrieval_prefill == "sparse"``; q_idx: this forward's indexer queries) or every query's
         token selection (``topp``). ``after_scores``: called once, when the selection's index scores are launched
-        (:func:`rtpurbo.ops.api.topp_attention`), or first where this step does not select."""
+        (from ``FORK_AFTER_LEVEL0_KEYS`` cached keys: level 0 of its search; :func:`rtpurbo.ops.api.topp_attention`),
+        or first where this step does not select."""
         sparse = self.sparse
         keys, values, key_idx, key_pos = self._retrieval_view(layer)
         # a chunk of a prompt (prefilling_prompt) follows the prefill rule even when it holds one token

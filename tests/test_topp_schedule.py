@@ -60,10 +60,9 @@ def test_dependent_launch_is_on_unless_switched_off(monkeypatch):
     assert dependent_launch.enabled(torch.device("cpu")) is False
 
 
-def test_after_scores_runs_once_right_after_the_index_scores(monkeypatch):
-    """``after_scores`` (where a layer forks its local heads) runs once, after the index-score launch and before the
-    search, for both selection methods; over every key (``top_p = 1``) once, before the attention."""
-    events = []
+def _fake_kernels(monkeypatch, events):
+    """topp's kernels replaced by ones that log their launches to ``events`` (the search logs its level 0 launch and
+    calls ``after_level0`` there, as topp_threshold does)."""
 
     def scores(q_idx, k_idx, q_pos, k_pos, **_):
         events.append("scores")
@@ -73,7 +72,10 @@ def test_after_scores_runs_once_right_after_the_index_scores(monkeypatch):
         return topp.kernels.IndexScores(torch.zeros(batch, n_kv, n_keys), stat, stat, stat.int(),
                                         torch.zeros(rows, 1, dtype=torch.int32), stat)
 
-    def search(flat_scores, *_, **__):
+    def search(flat_scores, *_, after_level0=None, **__):
+        events.append("level 0")
+        if after_level0 is not None:
+            after_level0()
         events.append("search")
         rows, n_keys = flat_scores.shape
         return torch.zeros(rows, n_keys, dtype=torch.int64), torch.zeros(rows, dtype=torch.int64)
@@ -91,19 +93,71 @@ def test_after_scores_runs_once_right_after_the_index_scores(monkeypatch):
     monkeypatch.setattr(topp.kernels, "decode_attention", attention)
     monkeypatch.setattr(topp.threshold, "topp_threshold", search)
     monkeypatch.setattr(topp, "_check", lambda *_: None)
-    q, k = torch.zeros(1, 2, 1, 8), torch.zeros(1, 1, 8, 8)
-    args = (q, k, k, torch.full((1, 1), 7), torch.arange(8)[None], torch.zeros(1, 1, 1, 16), torch.zeros(1, 1, 8, 16))
+
+
+_ARGS = (torch.zeros(1, 2, 1, 8), torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), torch.full((1, 1), 7),
+         torch.arange(8)[None], torch.zeros(1, 1, 1, 16), torch.zeros(1, 1, 8, 16))  # q, k, v, positions, indexer
+
+
+def test_after_scores_runs_once_right_after_the_index_scores(monkeypatch):
+    """``after_scores`` (where a layer forks its local heads) runs once, after the index-score launch and before the
+    search, for both selection methods; over every key (``top_p = 1``) once, before the attention."""
+    events = []
+    _fake_kernels(monkeypatch, events)
     hook = lambda: events.append("fork")  # noqa: E731
-    for method in topp.METHODS:
+    args = _ARGS
+    for method, search in (("threshold", ["level 0", "search"]), ("sort", ["search"])):
         events.clear()
         topp.select(*args[5:], args[3], args[4], top_p=0.9, method=method, after_scores=hook)
-        assert events == ["scores", "fork", "search"], (method, events)
+        assert events == ["scores", "fork", *search], (method, events)
     events.clear()
     topp.topp_attention(*args, top_p=0.9, after_scores=hook)
-    assert events == ["scores", "fork", "search", "attention"], events
+    assert events == ["scores", "fork", "level 0", "search", "attention"], events
     events.clear()
     topp.topp_attention(*args, top_p=1.0, after_scores=hook)
     assert events == ["fork", "attention"], events
+
+
+def test_after_scores_runs_after_level0_from_the_long_context_threshold(monkeypatch):
+    """From ``FORK_AFTER_LEVEL0_KEYS`` cached keys the threshold method calls ``after_scores`` once level 0 of the
+    search is launched; the sort method (no levels) still right after the index scores."""
+    events = []
+    _fake_kernels(monkeypatch, events)
+    monkeypatch.setattr(topp, "FORK_AFTER_LEVEL0_KEYS", 8)  # the 8 cached keys of _ARGS
+    hook = lambda: events.append("fork")  # noqa: E731
+    args = _ARGS
+    topp.topp_attention(*args, top_p=0.9, after_scores=hook)
+    assert events == ["scores", "level 0", "fork", "search", "attention"], events
+    events.clear()
+    topp.select(*args[5:], args[3], args[4], top_p=0.9, method="sort", after_scores=hook)
+    assert events == ["scores", "fork", "search"], events
+    monkeypatch.setattr(topp, "FORK_AFTER_LEVEL0_KEYS", 9)
+    events.clear()
+    topp.topp_attention(*args, top_p=0.9, after_scores=hook)
+    assert events == ["scores", "fork", "level 0", "search", "attention"], events
+
+
+def test_topp_threshold_calls_after_level0_between_level0_and_level1(monkeypatch):
+    """``topp_threshold(after_level0=...)`` runs the hook once, after the launch of phase 0 and before phase 1's, in
+    the phased and relay schedules, and after the fused schedule's one launch."""
+    from rtpurbo.ops.triton import threshold
+
+    launches = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, FIRST, LAST, **kw: launches.append(f"phases {FIRST}-{LAST}")
+
+    monkeypatch.setattr(threshold, "_search_kernel", Kernel())
+    rows, n_keys = 2, 64
+    stats = torch.zeros(rows, 1)
+    for schedule, expected in (("phased", ["phases 0-0", "fork", "phases 1-1"]),
+                               ("relay", ["phases 0-0", "fork", "phases 1-1"]), ("fused", ["phases 0-5", "fork"])):
+        launches.clear()
+        threshold.topp_threshold(torch.zeros(rows, n_keys), stats, stats, stats.int(), stats, top_p=0.9, min_tokens=0,
+                                 max_tokens=None, schedule=schedule, after_level0=lambda: launches.append("fork"))
+        assert launches[: len(expected)] == expected, (schedule, launches)
+        assert launches.count("fork") == 1, (schedule, launches)
 
 
 def test_api_runs_after_scores_first_on_the_reference_backend():

@@ -200,8 +200,9 @@ def topp_attention(
     See :func:`rtpurbo.ops.reference.topp_attention`. Returns (out (B, Hq, Lq, D),
     selected-key counts (B, Hkv, Lq)). ``impl="auto"``: ``triton`` for one CUDA query
     per row when available, else ``reference``. ``after_scores``: called once, on the current stream, when the
-    indexer scores are launched (``triton``; other backends: before anything), so that a caller can start work on
-    another stream that does not take the GPU from the index-score kernel (the local heads of a layer).
+    indexer scores are launched (``triton``, or from ``triton.topp.FORK_AFTER_LEVEL0_KEYS`` keys when level 0 of the
+    search is; other backends: before anything), so that a caller can start work on another stream that does not
+    take the GPU from the index-score kernel (the local heads of a layer).
     """
     _check_shapes(q, k, v, q_pos, k_pos, None)
     if q_idx.shape[:3] != (k.shape[0], k.shape[1], q.shape[2]) or k_idx.shape[:3] != k.shape[:3]:

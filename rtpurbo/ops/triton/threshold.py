@@ -101,6 +101,8 @@ Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capt
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -216,6 +218,7 @@ def topp_threshold(
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 2048,
     work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
     sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8, pdl: bool = False,
+    after_level0: Callable[[], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
@@ -244,6 +247,8 @@ def topp_threshold(
         pdl: the phased or relay schedule's launches use programmatic dependent launch
             (:mod:`rtpurbo.ops.triton.dependent_launch`): each phase launches while the one before it finishes.
             The same keys either way. The fused schedule (one launch) takes no ``pdl``.
+        after_level0: called once on the current stream, right after level 0's launch (the fused schedule: after
+            its one launch); :func:`rtpurbo.ops.triton.topp.select` forks the local heads there at long contexts.
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
@@ -292,4 +297,6 @@ def topp_threshold(
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
         _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, PDL=pdl, RELAY=schedule == "relay",
                                          num_warps=warps, **meta, **dependent_launch.options(pdl))
+        if first == 0 and after_level0 is not None:
+            after_level0()
     return order, n_keep

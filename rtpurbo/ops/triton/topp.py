@@ -48,6 +48,11 @@ except ImportError:  # triton missing (CPU-only install): available() is False
     kernels = threshold = dependent_launch = None
 
 METHODS = ("threshold", "sort")
+# From this many cached keys a selecting step forks its local heads (``after_scores``) once level 0 of the search is
+# launched, not once the index scores are: per layer of 8, paired on an H100 against the fork after the index scores,
+# -0.6 us at 512K keys and -1.5 at 1M, but +2.0 at 256K and +0.1 at 128K, twice each
+# (benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md).
+FORK_AFTER_LEVEL0_KEYS = 1 << 19
 SCHEDULE_ENV = "RTPURBO_SEARCH_SCHEDULE"  # the threshold search's schedule where a call names none (default phased)
 
 
@@ -123,7 +128,8 @@ def select(
         schedule: the threshold search's launches, ``"phased"`` (one per phase), ``"relay"`` (one per phase, no
             tickets) or ``"fused"`` (one persistent kernel); see :func:`rtpurbo.ops.triton.threshold.topp_threshold`.
             None: :func:`default_schedule`.
-        after_scores: called once the index-score kernel is launched (see :func:`topp_attention`).
+        after_scores: called once the index-score kernel is launched, and from :data:`FORK_AFTER_LEVEL0_KEYS` keys
+            on (threshold method) once level 0 of the search is launched too (see :func:`topp_attention`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {METHODS}")
@@ -136,13 +142,14 @@ def select(
         pdl = _chain_pdl(q_idx.device, schedule)
         flat = torch.empty(threshold.workspace_size(rows), dtype=torch.int64, device=q_idx.device)
         scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent, zero=flat, pdl=pdl)
-        if after_scores is not None:
+        late = n_keys >= FORK_AFTER_LEVEL0_KEYS
+        if after_scores is not None and not late:
             after_scores()
         work, sync = threshold.split_workspace(flat, rows)
         order, n_keep = threshold.topp_threshold(
             scored.scores.view(rows, n_keys), scored.block_max, scored.block_sum, scored.block_count,
             scored.block_min, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, schedule=schedule,
-            work=work, sync=sync, pdl=pdl,
+            work=work, sync=sync, pdl=pdl, after_level0=after_scores if late else None,
         )
         return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always)
     scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent)
@@ -179,9 +186,11 @@ def topp_attention(
     """See :func:`rtpurbo.ops.reference.topp_attention` (here Lq must be 1); ``schedule``: see :func:`select`.
 
     ``after_scores``: called once on the current stream right after the index-score kernel is launched (``top_p >=
-    1``: before the attention). A caller that forks a side stream there (the local heads of the layer) keeps its
+    1``: before the attention) or, from :data:`FORK_AFTER_LEVEL0_KEYS` cached keys on, right after level 0 of the
+    threshold search is launched. A caller that forks a side stream there (the local heads of the layer) keeps its
     kernels from taking SMs from the index scores, which read every indexer key: launched before them, the local
-    heads' ring made the index kernel at 1M keys take 29 us instead of 19 (H100).
+    heads' ring made the index kernel at 1M keys take 29 us instead of 19 (H100). Level 0 is the other phase its
+    SMs slow down most at long contexts (:data:`FORK_AFTER_LEVEL0_KEYS`).
 
     Args:
         q: (B, Hq, 1, D); k, v: (B, Hkv, Lk, D); q_pos (B, 1); k_pos (B, Lk).
