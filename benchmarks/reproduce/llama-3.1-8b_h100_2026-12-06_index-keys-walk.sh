@@ -13,14 +13,16 @@
 #          the ring beside the selection on 2 programs of 2 warps per SM or 64-key steps (ringw2, ring64), the list
 #          attention unpipelined (list1), per layer of 8, and one-layer timelines;
 #   call6: fork0 again, the index scores on 4 warps (idxw4), level 0 in 128-key sub-steps (l0s128);
-#   call7: the fork after level 0 from 512K keys as shipped (227fc36) against 1545444; GPU tests.
+#   call7: the fork after level 0 from 512K keys as shipped (227fc36) against 1545444; GPU tests;
+#   call8: on 227fc36, level 0 on 16 warps (l0w16) or in 512-key sub-steps (l0s512), the search over 4,096-key steps
+#          (blk4k).
 #
-#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_index-keys-walk.sh OUT   # ~22 minutes
+#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_index-keys-walk.sh OUT   # ~24 minutes
 set -euo pipefail
 out=$(realpath -m "${1:?usage: $0 OUT}")
 here=$(git rev-parse --show-toplevel)
 raw="$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk"
-for c in 1 2 3 4 5 6 7; do mkdir -p "$out/call$c"; done
+for c in 1 2 3 4 5 6 7 8; do mkdir -p "$out/call$c"; done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$here"
@@ -107,3 +109,12 @@ ab --trees head="$tmp/before" new="$tmp/fork" --cases step --layers 8 --ceiling 
   --json "$out/call7/ab_layers8.json" | tee "$out/call7/ab_layers8.txt"
 (cd "$tmp/fork" && python3 -m pytest -q -p no:cacheprovider tests/test_decode_static.py tests/test_topp_schedule.py \
   | tail -3 > "$out/call7/tests.txt") || true
+
+copy l0w16 fork && sed -i 's/        warps = 4 if first >= TALLY else num_warps .*/        warps = 4 if first >= TALLY else (16 if first == 0 else num_warps)/' \
+  "$tmp/l0w16/rtpurbo/ops/triton/threshold.py"
+copy l0s512 fork && sed -i 's/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(512, block),/' \
+  "$tmp/l0s512/rtpurbo/ops/triton/threshold.py"
+copy blk4k fork && sed -i 's/max_tokens: int | None, block: int = 2048,/max_tokens: int | None, block: int = 4096,/' \
+  "$tmp/blk4k/rtpurbo/ops/triton/threshold.py"
+ab --trees cur="$tmp/fork" l0w16="$tmp/l0w16" l0s512="$tmp/l0s512" blk4k="$tmp/blk4k" --cases step --layers 8 --ceiling \
+  --lengths $lengths --rounds 8 --json "$out/call8/ab_layers8.json" | tee "$out/call8/ab_layers8.txt"
