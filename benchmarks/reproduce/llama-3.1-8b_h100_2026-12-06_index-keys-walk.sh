@@ -52,7 +52,7 @@ ab --trees main="$tmp/prev" idx="$tmp/idx" k32="$tmp/k32" both="$tmp/both" idx2k
   --json "$out/call1/ab_layers8.json" | tee "$out/call1/ab_layers8.txt"
 (cd "$tmp/prev" && cp "$tmp/bench/benchmarks/decode_step_ab.py" benchmarks/ && RTPURBO_PDL=0 ncu --clock-control none \
   --profile-from-start off -k regex:"_decode_attention_kernel|_index_scores_kernel" --metrics "$metrics" --csv \
-  --page raw python3 "$raw/call1/prof.py" ncu 128K,1M > "$out/call1/ncu_metrics.csv")
+  --page raw python3 "$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_tally-gather-fp32/call1/prof.py" ncu 128K,1M > "$out/call1/ncu_metrics.csv")
 (cd "$tmp/both" && python3 -m pytest -q -p no:cacheprovider tests/test_ops_gpu.py \
   -k "topp_decode or always_list or decode_step_is or dependent_launch or capturable or two_role" \
   | tail -3 > "$out/call1/tests_both.txt") || true
@@ -64,7 +64,7 @@ ab --trees prev="$tmp/prev" new="$tmp/both" --cases step --lengths 256K --rounds
 (cd "$tmp/both" && cp "$tmp/bench/benchmarks/decode_step_ab.py" benchmarks/ && RTPURBO_PDL=0 ncu --clock-control none \
   --profile-from-start off -k regex:"_search_kernel|_index_scores|_combine" --metrics \
   launch__grid_size,gpu__time_duration.sum,sm__cycles_active.avg,sm__cycles_active.max,sm__cycles_elapsed.max,smsp__warps_launched.sum,lts__t_sectors_op_atom.sum,lts__t_sectors_op_red.sum \
-  --csv --page raw python3 "$raw/call1/prof.py" ncu 128K,1M > "$out/call2/ncu_search.csv")
+  --csv --page raw python3 "$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_tally-gather-fp32/call1/prof.py" ncu 128K,1M > "$out/call2/ncu_search.csv")
 
 ab --trees new="$tmp/both" --schedules relay --cases step --layers 8 --ceiling --lengths $lengths --rounds 8 \
   --json "$out/call3/ab_relay8.json" | tee "$out/call3/ab_relay8.txt"
@@ -72,7 +72,7 @@ ab --trees new="$tmp/both" --schedules relay --cases step --lengths 128K,1M --ro
   | tee "$out/call3/ab_relay_timeline.txt"
 (cd "$tmp/both" && RTPURBO_PDL=0 ncu --clock-control none --profile-from-start off -k regex:"_search_kernel" \
   --launch-skip 1 --launch-count 1 --section SourceCounters --section WarpStateStats --page source --csv \
-  --print-source sass python3 "$raw/call1/prof.py" ncu 128K > "$out/call3/ncu_level1_source_full.csv")
+  --print-source sass python3 "$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_tally-gather-fp32/call1/prof.py" ncu 128K > "$out/call3/ncu_level1_source_full.csv")
 
 ab --trees head="$tmp/both" new="$tmp/new" w16="$tmp/w16" --cases step --layers 8 --ceiling --lengths $lengths \
   --rounds 10 --json "$out/call4/ab_layers8.json" | tee "$out/call4/ab_layers8.txt"
