@@ -49,9 +49,9 @@ except ImportError:  # triton missing (CPU-only install): available() is False
 
 METHODS = ("threshold", "sort")
 # From this many cached keys a selecting step forks its local heads (``after_scores``) once level 0 of the search is
-# launched, not once the index scores are: per layer of 8, paired on an H100 against the fork after the index scores,
-# -0.6 us at 512K keys and -1.5 at 1M, but +2.0 at 256K and +0.1 at 128K, twice each
-# (benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md).
+# launched, not once the index scores are. Forked there at every length, per layer of 8 and paired on an H100 against
+# the fork after the index scores (twice each): -0.6 us at 512K keys and -1.5 at 1M, but +2.0 at 256K and +0.1 at 128K;
+# as shipped, -0.8 at 512K and -1.7 at 1M (benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md).
 FORK_AFTER_LEVEL0_KEYS = 1 << 19
 SCHEDULE_ENV = "RTPURBO_SEARCH_SCHEDULE"  # the threshold search's schedule where a call names none (default phased)
 
@@ -128,8 +128,8 @@ def select(
         schedule: the threshold search's launches, ``"phased"`` (one per phase), ``"relay"`` (one per phase, no
             tickets) or ``"fused"`` (one persistent kernel); see :func:`rtpurbo.ops.triton.threshold.topp_threshold`.
             None: :func:`default_schedule`.
-        after_scores: called once the index-score kernel is launched, and from :data:`FORK_AFTER_LEVEL0_KEYS` keys
-            on (threshold method) once level 0 of the search is launched too (see :func:`topp_attention`).
+        after_scores: called once: right after the index-score kernel's launch or, from
+            :data:`FORK_AFTER_LEVEL0_KEYS` keys on (threshold method), right after level 0's (see :func:`topp_attention`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {METHODS}")
@@ -189,8 +189,8 @@ def topp_attention(
     1``: before the attention) or, from :data:`FORK_AFTER_LEVEL0_KEYS` cached keys on, right after level 0 of the
     threshold search is launched. A caller that forks a side stream there (the local heads of the layer) keeps its
     kernels from taking SMs from the index scores, which read every indexer key: launched before them, the local
-    heads' ring made the index kernel at 1M keys take 29 us instead of 19 (H100). Level 0 is the other phase its
-    SMs slow down most at long contexts (:data:`FORK_AFTER_LEVEL0_KEYS`).
+    heads' ring made the index kernel at 1M keys take 29 us instead of 19 (H100). At long contexts the ring waits for
+    level 0's launch as well, which it slows down too (:data:`FORK_AFTER_LEVEL0_KEYS`).
 
     Args:
         q: (B, Hq, 1, D); k, v: (B, Hkv, Lk, D); q_pos (B, 1); k_pos (B, Lk).
