@@ -129,7 +129,8 @@ def select(
             tickets) or ``"fused"`` (one persistent kernel); see :func:`rtpurbo.ops.triton.threshold.topp_threshold`.
             None: :func:`default_schedule`.
         after_scores: called once: right after the index-score kernel's launch or, from
-            :data:`FORK_AFTER_LEVEL0_KEYS` keys on (threshold method), right after level 0's (see :func:`topp_attention`).
+            :data:`FORK_AFTER_LEVEL0_KEYS` keys on (threshold method), right after level 0's (see
+            :func:`topp_attention`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {METHODS}")
