@@ -168,3 +168,32 @@ def test_api_runs_after_scores_first_on_the_reference_backend():
     api.topp_attention(q, k, k, torch.full((1, 1), 7), torch.arange(8)[None], torch.randn(1, 1, 1, 16),
                        torch.randn(1, 1, 8, 16), top_p=0.9, impl="reference", after_scores=lambda: calls.append(1))
     assert calls == [1]
+
+
+def test_level0_takes_512_key_steps_only_in_one_wave(monkeypatch):
+    """Level 0's sub-step (``SUB``) is 512 keys where the phased or relay launch has at most one program per SM, else
+    256; never more than ``block``; the fused schedule keeps 256."""
+    from rtpurbo.ops.triton import threshold
+
+    subs = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            def launch(*args, FIRST, SUB, **kw):
+                if FIRST == 0:
+                    subs.append((grid[0] * grid[1], SUB))
+            return launch
+
+    monkeypatch.setattr(threshold, "_search_kernel", Kernel())
+    sms = threshold._num_sms(torch.device("cpu"))
+    for rows, block, schedule, programs, expected in (
+            (1, 2048, "phased", 2, 512),  # 2 programs of 2,048 keys: one wave
+            (1, 2048, "relay", 2, 512),
+            (1, 256, "phased", 16, 256),  # never past block
+            (sms, 2048, "phased", 2 * sms, 256),  # 2 programs per row: more programs than SMs
+            (1, 2048, "fused", 1, 256)):
+        subs.clear()
+        stats = torch.zeros(rows, 1)
+        threshold.topp_threshold(torch.zeros(rows, 4096), stats, stats, stats.int(), stats, top_p=0.9, min_tokens=0,
+                                 max_tokens=None, block=block, schedule=schedule)
+        assert subs == [(programs, expected)], (rows, block, schedule, subs)

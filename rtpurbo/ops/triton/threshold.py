@@ -195,6 +195,21 @@ def split_workspace(flat: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.
     return flat[:size].view(rows, N_LEVELS, 2 * N_BINS + 1), flat[size:].view(rows, N_SYNC)
 
 
+def level0_sub(block: int, programs: int, device: torch.device, schedule: str) -> int:
+    """Keys per step of level 0's one-hot mass accumulator, ``(SUB, N_LOGIT)`` fp32 per program: 512 where the phased
+    or relay launch is one wave (at most one program per SM), else 256 (at most ``block``).
+
+    512-key steps halve a program's steps but take 147 registers per thread instead of 84 (sm_90, compiled by triton
+    3.9). In one wave that
+    pays: the selecting layer step (per layer of 8, H100, paired, the same keys) -0.4 us at 128K keys and -1.1 at 256K,
+    where one retrieval head's level 0 is 64 / 128 programs. Where the programs outnumber the SMs and queue beside the
+    local heads' ring it does not: +3.8 us at 512K and +6.0 at 1M
+    (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md``, ``l0s512``). The fused schedule keeps
+    256 (its one kernel would carry the registers through every phase)."""
+    one_wave = schedule != "fused" and programs <= _num_sms(device)
+    return min(512 if one_wave else 256, block)
+
+
 SPIN_LIMIT = 1 << 22  # polls before a waiting program gives up: far past any real wait (see topp_threshold)
 
 
@@ -290,7 +305,8 @@ def topp_threshold(
             n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens,
             n_keys if max_tokens is None else max_tokens)
     meta = dict(NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
-                MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),
+                MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC,
+                SUB=level0_sub(block, rows * n_chunks, device, schedule),
                 BLOCK=block, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT)
     spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
