@@ -120,28 +120,29 @@ def _walk(counts, masses, above, mass_above, mode, rank, target, lower, upper, N
     Returns (bin, mode, rank, keys before the bin, their mass, keys in the bin, its mass).
 
     One program runs this at the end of a level, so its cost is the latency of its instructions (about a thousand per
-    warp over 2,048 bins, measured under ncu on an H100) and block-wide steps: one scan, two int64 reductions over
-    several values per bin at once (``tl.join``: one pass, one barrier) and one int32 minimum. The bins holding both
-    ranks the clamps may switch to are found beside the mass's bin, before the clamps are known.
+    warp over 2,048 bins, measured under ncu on an H100) and block-wide steps: one scan and two reductions (an int32
+    minimum, an int64 sum), each over several values per bin at once (``tl.join``: one pass, one barrier). The bins
+    holding both ranks the clamps may switch to are found beside the mass's bin, before the clamps are known.
     """
     idx = tl.arange(0, NB)
     run_count, run_mass = tl.split(tl.cumsum(tl.join(counts, masses), axis=0))
     cum_count = above + run_count
     cum_mass = mass_above + run_mass
     low_rank = tl.minimum(lower, upper)
-    # minima: the first bin reaching the target mass, minus the last non-empty bin, and the bins holding the two ranks
-    # a search by rank can look for (the clamps are the only way into BY_RANK, so ``rank`` is one of them)
+    # minima: the first bin reaching the target mass, minus the last non-empty bin, and the first bins reaching
+    # ``lower`` and ``upper`` keys. The ranks a search by rank looks for are min(lower, upper) and upper (the clamps are
+    # the only way into BY_RANK), so their bins are at_lower or at_upper.
     firsts = tl.min(tl.join(tl.join(tl.where(cum_mass >= target, idx, NB), -tl.where(counts > 0, idx, 0)),
-                            tl.join(tl.where(cum_count >= low_rank, idx, NB), tl.where(cum_count >= upper, idx, NB))),
+                            tl.join(tl.where(cum_count >= lower, idx, NB), tl.where(cum_count >= upper, idx, NB))),
                     axis=0)
     mass_and_full, ranks = tl.split(firsts)
     first_mass, minus_last_full = tl.split(mass_and_full)
-    at_low, at_upper = tl.split(ranks)
+    at_lower, at_upper = tl.split(ranks)
+    at_low = tl.where(lower <= upper, at_lower, at_upper)  # the bin holding rank low_rank
     by_mass = tl.minimum(first_mass, -minus_last_full)  # past the last non-empty bin the cumulative count stays put
-    # the clamps from first bins, not from the counts at by_mass (an int32 minimum instead of a masked int64 sum): the
-    # cumulative count never falls, so cum_count[by_mass] < lower <=> by_mass < at_lower, and the keys before by_mass
-    # (cum_count[by_mass - 1], or above for bin 0) reach upper <=> by_mass > at_upper or above >= upper
-    at_lower = tl.min(tl.where(cum_count >= lower, idx, NB), axis=0)
+    # the clamps from first bins, not from the counts at by_mass: the cumulative count never falls, so
+    # cum_count[by_mass] < lower <=> by_mass < at_lower, and the keys before by_mass (cum_count[by_mass - 1], or above
+    # for bin 0) reach upper <=> by_mass > at_upper or above >= upper
     too_few = by_mass < at_lower
     switch = (mode == BY_MASS) & (too_few | (by_mass > at_upper) | (above >= upper))
     rank = tl.where(switch, tl.where(too_few, low_rank, upper), rank)
