@@ -32,15 +32,18 @@ done
 copy() {  # NAME BASE: a copy of BASE's package
   mkdir -p "$tmp/$1" && cp -r "$tmp/$2/rtpurbo" "$tmp/$1/"
 }
+edited() {  # NAME BASE FILE SED: a copy of BASE's package with the sed expression applied to ops/triton/FILE
+  copy "$1" "$2"
+  local file="$tmp/$1/rtpurbo/ops/triton/$3"
+  sed -i "$4" "$file"
+  if cmp -s "$file" "$tmp/$2/rtpurbo/ops/triton/$3"; then echo "variant $1: the edit matched nothing" >&2; exit 1; fi
+}
 copy k32 prev && git diff 5571cd8 3e43434 -- rtpurbo | (cd "$tmp/k32" && patch -s -p1)
-copy idx2k prev && sed -i 's/sinks: int, recent: int, block: int = 1024,/sinks: int, recent: int, block: int = 2048,/' \
-  "$tmp/idx2k/rtpurbo/ops/triton/decode.py"
+edited idx2k prev decode.py 's/sinks: int, recent: int, block: int = 1024,/sinks: int, recent: int, block: int = 2048,/'
 for r in ring13:640 ring10:864; do
-  copy "${r%%:*}" prev && sed -i "s/^BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=1, combine_chunk=256)/BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=1, split_keys=${r##*:}, combine_chunk=256)/" \
-    "$tmp/${r%%:*}/rtpurbo/ops/triton/decode.py"
+  edited "${r%%:*}" prev decode.py "s/^BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=1, combine_chunk=256)/BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=1, split_keys=${r##*:}, combine_chunk=256)/"
 done
-copy w16 new && sed -i 's/        warps = 4 if first >= TALLY else num_warps .*/        warps = 4 if first >= TALLY else (16 if first >= 1 else num_warps)/' \
-  "$tmp/w16/rtpurbo/ops/triton/threshold.py"
+edited w16 new threshold.py 's/        warps = 4 if first >= TALLY else num_warps .*/        warps = 4 if first >= TALLY else (16 if first >= 1 else num_warps)/'
 ab() { (cd "$tmp/bench" && PYTHONPATH=. python3 benchmarks/decode_step_ab.py "$@"); }
 lengths=128K,256K,512K,1M
 metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sectors_srcunit_tex_op_read.sum,\
@@ -88,15 +91,11 @@ for f in fork0:0 fork1:1; do
   sed -i "s/^FORK_PHASE = 0 /FORK_PHASE = ${f##*:} /" "$tmp/${f%%:*}/rtpurbo/ops/triton/threshold.py"
 done
 for r in "ringw2:block_n=32, waves=2, num_warps=2" "ring64:block_n=64, waves=1"; do
-  copy "${r%%:*}" new && sed -i "s/^BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=1, combine_chunk=256)/BESIDE_LAUNCH = DecodeLaunch(${r#*:}, combine_chunk=256)/" \
-    "$tmp/${r%%:*}/rtpurbo/ops/triton/decode.py"
+  edited "${r%%:*}" new decode.py "s/^BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=1, combine_chunk=256)/BESIDE_LAUNCH = DecodeLaunch(${r#*:}, combine_chunk=256)/"
 done
-copy list1 new && sed -i 's/^LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, combine_chunk=256)/LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, num_stages=1, combine_chunk=256)/' \
-  "$tmp/list1/rtpurbo/ops/triton/decode.py"
-copy idxw4 new && sed -i 's/    sinks: int, recent: int, block: int = 1024, num_warps: int = 8,/    sinks: int, recent: int, block: int = 1024, num_warps: int = 4,/' \
-  "$tmp/idxw4/rtpurbo/ops/triton/decode.py"
-copy l0s128 new && sed -i 's/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(128, block),/' \
-  "$tmp/l0s128/rtpurbo/ops/triton/threshold.py"
+edited list1 new decode.py 's/^LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, combine_chunk=256)/LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, num_stages=1, combine_chunk=256)/'
+edited idxw4 new decode.py 's/    sinks: int, recent: int, block: int = 1024, num_warps: int = 8,/    sinks: int, recent: int, block: int = 1024, num_warps: int = 4,/'
+edited l0s128 new threshold.py 's/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(128, block),/'
 
 ab --trees cur="$tmp/new" fork0="$tmp/fork0" fork1="$tmp/fork1" ringw2="$tmp/ringw2" ring64="$tmp/ring64" \
   list1="$tmp/list1" --cases step --layers 8 --ceiling --lengths $lengths --rounds 8 --json "$out/call5/ab_layers8.json" \
@@ -110,11 +109,8 @@ ab --trees head="$tmp/before" new="$tmp/fork" --cases step --layers 8 --ceiling 
 (cd "$tmp/fork" && python3 -m pytest -q -p no:cacheprovider tests/test_decode_static.py tests/test_topp_schedule.py \
   | tail -3 > "$out/call7/tests.txt") || true
 
-copy l0w16 fork && sed -i 's/        warps = 4 if first >= TALLY else num_warps .*/        warps = 4 if first >= TALLY else (16 if first == 0 else num_warps)/' \
-  "$tmp/l0w16/rtpurbo/ops/triton/threshold.py"
-copy l0s512 fork && sed -i 's/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(512, block),/' \
-  "$tmp/l0s512/rtpurbo/ops/triton/threshold.py"
-copy blk4k fork && sed -i 's/max_tokens: int | None, block: int = 2048,/max_tokens: int | None, block: int = 4096,/' \
-  "$tmp/blk4k/rtpurbo/ops/triton/threshold.py"
+edited l0w16 fork threshold.py 's/        warps = 4 if first >= TALLY else num_warps .*/        warps = 4 if first >= TALLY else (16 if first == 0 else num_warps)/'
+edited l0s512 fork threshold.py 's/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(256, block),/N_STATE=N_STATE, N_SYNC=N_SYNC, SUB=min(512, block),/'
+edited blk4k fork threshold.py 's/max_tokens: int | None, block: int = 2048,/max_tokens: int | None, block: int = 4096,/'
 ab --trees cur="$tmp/fork" l0w16="$tmp/l0w16" l0s512="$tmp/l0s512" blk4k="$tmp/blk4k" --cases step --layers 8 --ceiling \
   --lengths $lengths --rounds 8 --json "$out/call8/ab_layers8.json" | tee "$out/call8/ab_layers8.txt"
