@@ -123,6 +123,13 @@ def _layer_inputs(length: int, seed: int) -> dict:
                 q_idx=_randn(1, 1, 1, INDEX_DIM), k_idx=_randn(1, 1, length, INDEX_DIM) * 0.64)
 
 
+def _step_inputs(length: int, layers: int) -> tuple:
+    """(per-layer inputs, the ring's positions, the query's position, the cache's positions) of a ``layers``-layer step
+    after ``length`` tokens."""
+    q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
+    return [_layer_inputs(length, seed) for seed in range(layers)], _ring_positions(length, WINDOW, SINKS), q_pos, k_pos
+
+
 def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -> dict:
     """Per tree (and schedule), a callable of one selecting layer step, and what it selected (count, slot sum).
 
@@ -130,9 +137,7 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -
     layers of a model's decode graph do: no graph launch per layer, one layer's data evicting another's from L2);
     ``measure(..., per=layers)`` then reports time per layer."""
     group, dim = GEOM.group, GEOM.head_dim
-    inputs = [_layer_inputs(length, seed) for seed in range(layers)]
-    ring_pos = _ring_positions(length, WINDOW, SINKS)
-    q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
+    inputs, ring_pos, q_pos, k_pos = _step_inputs(length, layers)
     side = torch.cuda.Stream()
     calls = {}
     for name, tree, search in _variants(trees, schedules):
@@ -173,9 +178,7 @@ def every_case(trees: dict, length: int, layers: int = 1) -> dict:
     """Per tree, a callable of ``layers`` layers' steps over every key (no selection), each on its own inputs: the
     retrieval head's ``length`` keys and the local heads' ring in one ``two_role_decode`` launch."""
     group, dim = GEOM.group, GEOM.head_dim
-    inputs = [_layer_inputs(length, seed) for seed in range(layers)]
-    ring_pos = _ring_positions(length, WINDOW, SINKS)
-    q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
+    inputs, ring_pos, q_pos, k_pos = _step_inputs(length, layers)
     calls = {}
     for name, tree, _ in _variants(trees, []):
         def step(tree=tree):
