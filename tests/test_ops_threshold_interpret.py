@@ -254,9 +254,37 @@ def _check_flat_interval() -> list[str]:
     return [] if 0 < scanned <= visible // 4 else [f"level 1 histogrammed {scanned} of {visible} keys"]
 
 
+def _check_bin_lists() -> list[str]:
+    """Where level 1's chosen bin holds at most ``bin_list`` keys, its walk resolves ``tau`` from the bin's list and
+    level 2 histograms nothing; without lists level 2 searches. Same selection both ways."""
+    import torch
+
+    from rtpurbo.ops.triton import decode, threshold
+
+    n_keys = 4000
+    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 1, 1, n_keys, seed=29)
+    scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0)
+    args = (scored.scores.view(1, n_keys), scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
+    problems, kept = [], {}
+    for bin_list in (0, threshold.BIN_LIST):
+        work = torch.zeros(1, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64)
+        order, n_keep = threshold.topp_threshold(*args, top_p=0.9, min_tokens=0, max_tokens=None, block=256,
+                                                 work=work, bin_list=bin_list)
+        kept[bin_list] = order[0, : n_keep[0]].tolist()
+        level1, level2 = (int(work[0, level, : threshold.N_BINS].sum()) for level in (1, 2))
+        if level1 == 0:
+            problems.append(f"bin_list={bin_list}: level 1 histogrammed no key (level 0 resolved the row?)")
+        if (level2 == 0) != (bin_list > 0):
+            problems.append(f"bin_list={bin_list}: level 2 histogrammed {level2} keys")
+    if kept[0] != kept[threshold.BIN_LIST]:
+        problems.append(f"the lists changed the selection: {len(kept[threshold.BIN_LIST])} keys, not {len(kept[0])}")
+    return problems
+
+
 def _check_n_logit() -> list[str]:
-    """The level-0 bin count and the phased launch (programs per SM, warps) change the work, not the selection: 4 and
-    64 bins, and 1 or 16 programs per SM (4 or 64 programs per row here) select what the default does."""
+    """The level-0 bin count, the phased launch (programs per SM, warps) and the bin lists change the work, not the
+    selection: 4 and 64 bins, 1 or 16 programs per SM (4 or 64 programs per row here), and no bin lists or lists of
+    2 keys (most walks then go on to the next level) or 128 select what the default does."""
     import torch
 
     from rtpurbo.ops.triton import decode, threshold
@@ -270,7 +298,8 @@ def _check_n_logit() -> list[str]:
         budget = dict(top_p=top_p, min_tokens=0, max_tokens=max_tokens, block=64)
         order, n_keep = threshold.topp_threshold(*args, **budget)
         for launch in (dict(n_logit=4), dict(n_logit=64), dict(programs_per_sm=1, num_warps=4),
-                       dict(programs_per_sm=16)):
+                       dict(programs_per_sm=16), dict(bin_list=0), dict(bin_list=2), dict(bin_list=2, schedule="relay"),
+                       dict(bin_list=128, schedule="fused")):
             other, n_other = threshold.topp_threshold(*args, **budget, **launch)
             same = torch.equal(n_keep, n_other) and all(
                 torch.equal(order[r, : n_keep[r]], other[r, : n_keep[r]]) for r in range(2))
@@ -337,6 +366,7 @@ def _check_bad_args() -> list[str]:
            "sync dtype": dict(sync=torch.zeros(2, threshold.N_SYNC, dtype=torch.int32)),
            "work shape": dict(work=torch.zeros(2, threshold.N_LEVELS, 8, dtype=torch.int64)),
            "programs per SM": dict(programs_per_sm=0), "warps": dict(num_warps=3),
+           "bin list of 3": dict(bin_list=3), "bin list of 256": dict(bin_list=256),
            "PDL with the fused schedule": dict(schedule="fused", pdl=True)}
     problems = []
     for what, kwargs in bad.items():
@@ -407,7 +437,8 @@ def _check_key_score() -> list[str]:
 
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
-        ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("n-logit", _check_n_logit),
+        ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("bin-lists", _check_bin_lists),
+        ("n-logit", _check_n_logit),
         ("zeroed-workspace", _check_zeroed_workspace), ("bad-args", _check_bad_args),
         ("key-score", _check_key_score)])
 
@@ -422,8 +453,8 @@ def test_every_launch_compiles_for_hopper(report):
     assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "n-logit", "zeroed-workspace",
-                                                           "bad-args", "key-score"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "bin-lists", "n-logit",
+                                                           "zeroed-workspace", "bad-args", "key-score"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

@@ -110,8 +110,9 @@ import triton.language as tl
 from . import dependent_launch
 from .decode import _num_sms
 from .dependent_launch import wait_for_previous
-from .threshold_phases import (FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_SLOTS, N_STATE,
-                               N_STATS, gather_phase, key_phase, logit_phase, relay_phase, tally_phase, wait_for)
+from .threshold_phases import (BIN_LIST, FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_SLOTS,
+                               N_STATE, N_STATS, gather_phase, key_phase, level_lists, logit_phase, relay_phase,
+                               tally_phase, wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
 N_PHASES = 6
@@ -124,13 +125,13 @@ _TALLY, _ARRIVED, _STALLS = tl.constexpr(TALLY), tl.constexpr(ARRIVED), tl.const
 
 @triton.jit
 def _search_kernel(
-    scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_ptr, sync_ptr, state_ptr, stats_ptr, n_keep_ptr,
-    tally_ptr, order_ptr,
+    scores_ptr, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_ptr, lists_ptr, sync_ptr, state_ptr, stats_ptr,
+    n_keep_ptr, tally_ptr, order_ptr,
     n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens, max_tokens,
     FIRST: tl.constexpr, LAST: tl.constexpr,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
     N_BINS: tl.constexpr, N_STATE: tl.constexpr, N_SYNC: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr,
-    NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr, RELAY: tl.constexpr,
+    BIN_LIST: tl.constexpr, NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr, RELAY: tl.constexpr,
 ):
     """Phases ``FIRST..LAST`` of one row's search, one program per (row, chunk of keys).
 
@@ -144,13 +145,15 @@ def _search_kernel(
     part = tl.program_id(1)
     scores_row = scores_ptr + row.to(tl.int64) * n_keys
     work_row = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1))
+    lists_row = lists_ptr + row.to(tl.int64) * (2 * N_BINS * BIN_LIST)
     st = state_ptr + row * (N_SLOTS * N_STATE)
     sync = sync_ptr + row * N_SYNC
     if RELAY:
         if FIRST <= _TALLY:
-            relay_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
-                        tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
-                        FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, PDL)
+            relay_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, lists_row, st, stats_ptr,
+                        n_keep_ptr, tally_ptr, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens,
+                        max_tokens, FIRST, NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, BLOCK, BIN_LIST,
+                        PDL)
         else:
             gather_phase(scores_row, st + _TALLY * N_STATE, tally_ptr,
                          order_ptr + row.to(tl.int64) * capacity, row, part, n_keys, chunk, n_chunks, NC_PAD, BLOCK,
@@ -164,9 +167,10 @@ def _search_kernel(
                 if phase < LAST:
                     wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase < _TALLY:
-                searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), st, stats_ptr, n_keep_ptr,
-                                       sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
-                                       BLOCK, FIRST < LAST, PDL)
+                searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1),
+                                      level_lists(lists_row, phase, N_BINS, BIN_LIST), st, stats_ptr, n_keep_ptr,
+                                      sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
+                                      BLOCK, BIN_LIST, FIRST < LAST, PDL)
                 if phase < LAST:
                     if searching:
                         wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
@@ -233,7 +237,7 @@ def topp_threshold(
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 2048,
     work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
     sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8, pdl: bool = False,
-    after_level0: Callable[[], object] | None = None,
+    after_level0: Callable[[], object] | None = None, bin_list: int = BIN_LIST,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
@@ -264,6 +268,8 @@ def topp_threshold(
             The same keys either way. The fused schedule (one launch) takes no ``pdl``.
         after_level0: called once on the current stream, right after level 0's launch (the fused schedule: after
             its one launch); :func:`rtpurbo.ops.triton.topp.select` forks the local heads there at long contexts.
+        bin_list: keys listed per key-level bin (a power of two up to 128, or 0: no lists); a walk whose chosen bin
+            holds at most this many keys resolves ``tau`` from its list (module docstring). The same keys either way.
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
         selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
@@ -284,6 +290,10 @@ def topp_threshold(
     steps = triton.cdiv(chunk, block)
     if steps >= 1 << 15:  # the tally packs two per-lane counts of steps into one int32
         raise ValueError(f"{steps} steps of {block} keys per program; the search takes fewer than 32768: raise block")
+    if bin_list < 0 or bin_list > 128 or bin_list & (bin_list - 1):
+        raise ValueError(f"bin_list must be 0 or a power of two up to 128, got {bin_list}")
+    if n_keys >= 1 << 31:  # slots are listed in 31 bits (threshold_phases._list_entry)
+        raise ValueError(f"{n_keys} keys per row; the search takes fewer than 2^31")
     target = 1 << 62 if top_p >= 1.0 else round(top_p * FIXED_ONE)
     work_shape = (rows, N_LEVELS, 2 * N_BINS + 1)
     if work is not None and (work.shape != work_shape or work.dtype != torch.int64):
@@ -300,14 +310,16 @@ def topp_threshold(
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
     tally = torch.empty(rows, n_chunks, 2, dtype=torch.int32, device=device)
     order = torch.empty(rows, capacity, dtype=torch.int64, device=device)
+    # two halves of N_BINS lists per row (threshold_phases.level_lists); an entry is read only where it was written
+    lists = torch.empty(rows, max(1, 2 * N_BINS * bin_list), dtype=torch.int64, device=device)
     n_blocks = block_max.shape[1]
-    args = (scores, block_max, block_sum, block_count, block_min, work, sync, state, stats, n_keep, tally, order,
+    args = (scores, block_max, block_sum, block_count, block_min, work, lists, sync, state, stats, n_keep, tally, order,
             n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens,
             n_keys if max_tokens is None else max_tokens)
     meta = dict(NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
                 MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC,
                 SUB=level0_sub(block, rows * n_chunks, device, schedule),
-                BLOCK=block, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT)
+                BLOCK=block, BIN_LIST=bin_list, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT)
     spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps

@@ -24,6 +24,9 @@ MAX_INV_WIDTH = 1e30  # and at least 1e-30 (keeps (m - s) * inv_width finite for
 N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 BIN_BITS = tl.constexpr(11)  # log2(N_BINS)
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
+# keys listed per key-level bin beside its count and mass (:func:`_key_histogram`): a walk whose chosen bin holds at
+# most this many keys ranks them and resolves tau there (:func:`_resolve_listed`), and the later levels return at once
+BIN_LIST = 64
 _N_LEVELS = tl.constexpr(N_LEVELS)  # for the kernels: the tally's phase
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
 
@@ -287,10 +290,15 @@ def _store_row(st, stats_ptr, row, row_max, z, inv_width, lower, upper):
 
 
 @triton.jit
-def _key_histogram(scores_row, level, stats, key_hi, key_lo, shift, logit_bin, part, n_keys, chunk,
-                   N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr):
+def _key_histogram(scores_row, level, lists, stats, key_hi, key_lo, shift, logit_bin, part, n_keys, chunk,
+                   N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, BIN_LIST: tl.constexpr):
     """A key level's pass over chunk ``part``: per-key atomics of the keys in ``[key_lo, key_hi]`` and level 0's
-    chosen bin into the ``N_BINS`` bins at ``level`` (``stats``: the row's m, Z, inv_width)."""
+    chosen bin into the ``N_BINS`` bins at ``level`` (``stats``: the row's m, Z, inv_width).
+
+    ``BIN_LIST > 0``: each key also writes its entry (:func:`_list_entry`) into its bin's list at ``lists``
+    (``N_BINS`` lists of ``BIN_LIST``), at the count its atomic add returns; the first ``BIN_LIST`` keys of a bin are
+    listed (which ones depends on the order of the adds, but a walk reads a list only when it holds every key of its
+    bin)."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
     s_next = _scores_at(scores_row, lo, hi, BLOCK)  # the first step's scores load beside the row's statistics
@@ -308,17 +316,56 @@ def _key_histogram(scores_row, level, stats, key_hi, key_lo, shift, logit_bin, p
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
         inside = ((s != float("-inf")) & (s >= lo_score) & (s <= hi_score)
                   & (_logit_bin(s, row_max, inv_width, N_LOGIT) == logit_bin))
-        b = (top - _order_key32(s)) >> shift32  # outside the interval: any value, and no atomic
-        tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
+        key32 = _order_key32(s)
+        b = (top - key32) >> shift32  # outside the interval: any value, and no atomic
+        if BIN_LIST > 0:
+            earlier = tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
+            tl.store(lists + b.to(tl.int64) * BIN_LIST + earlier, _list_entry(key32, start + tl.arange(0, BLOCK)),
+                     mask=inside & (earlier < BIN_LIST))
+        else:
+            tl.atomic_add(level + b, tl.full([BLOCK], 1, tl.int64), mask=inside, sem="relaxed")
         tl.atomic_add(level + N_BINS + b, _fixed_mass(s, row_max, z), mask=inside, sem="relaxed")
 
 
 @triton.jit
-def _key_level_state(level, mode, rank, above, mass_above, key_hi, key_lo, shift, lower, upper, target,
-                     N_BINS: tl.constexpr):
+def _list_entry(key32, slot):
+    """A listed key as one int64: its order key above its slot, ``key << 31 | (2^31 - 1 - slot)``. Entries order keys
+    as the search ranks them: a higher key first, equal keys by the lowest slot (slots are below 2^31)."""
+    return (key32.to(tl.int64) << 31) | (2147483647 - slot.to(tl.int64))
+
+
+@triton.jit
+def _resolve_listed(lists, chosen, n_in, mode, rank, above, mass_above, row_max, z, lower, upper, target,
+                    BIN_LIST: tl.constexpr):
+    """Resolve ``tau`` inside the chosen bin from its list, which holds every one of its ``n_in`` keys (1 to
+    ``BIN_LIST``): rank them by entry (a ``BIN_LIST`` x ``BIN_LIST`` comparison), sum their masses down the ranks
+    (the same fixed-point masses the bins summed), and find ``n_keep`` as the walk of a level of one key per bin
+    would. Returns (keys scoring above ``tau``, ``tau``, keys to take at ``tau``)."""
+    j = tl.arange(0, BIN_LIST)
+    listed = j < n_in
+    entry = tl.load(lists + chosen.to(tl.int64) * BIN_LIST + j, mask=listed, other=-1, cache_modifier=".cg")
+    key = entry >> 31
+    mass = tl.where(listed, _fixed_mass(_key_score(key), row_max, z), 0)
+    # [i, j]: listed key j ranks at or before key i
+    at_or_before = (entry[None, :] >= entry[:, None]) & listed[None, :]
+    through = tl.sum(at_or_before.to(tl.int64), axis=1)  # key i's rank in the bin, from 1
+    mass_through = tl.sum(tl.where(at_or_before, mass[None, :], 0), axis=1)
+    # by mass: n* ends at the first key whose cumulative mass reaches the target (the whole bin if none does)
+    in_bin = tl.min(tl.where(listed & (mass_above + mass_through >= target), through, n_in), axis=0)
+    n_keep = tl.where(mode == BY_RANK, rank, tl.minimum(tl.maximum(above + in_bin, lower), upper))
+    tau = tl.max(tl.where(listed & (through == n_keep - above), key, -1), axis=0)
+    higher = tl.sum((listed & (key > tau)).to(tl.int64), axis=0)
+    return above + higher, tau, n_keep - above - higher
+
+
+@triton.jit
+def _key_level_state(level, lists, stats, mode, rank, above, mass_above, key_hi, key_lo, shift, lower, upper, target,
+                     N_BINS: tl.constexpr, BIN_LIST: tl.constexpr):
     """Walk a key level's bins at ``level`` from the state before it (still searching): the state after it,
     (mode, rank, above, mass above, key_hi, key_lo, tau, need). Resolved (``shift == 0``): every key of the chosen
-    bin scores ``tau``; by mass, ``n*`` ends after the first ties whose mass reaches the target."""
+    bin scores ``tau``; by mass, ``n*`` ends after the first ties whose mass reaches the target. Resolved too where
+    the chosen bin's list (``lists``, ``BIN_LIST > 0``) holds all its keys: :func:`_resolve_listed` (``stats``: the
+    row's m and Z)."""
     bins = tl.arange(0, N_BINS)
     counts = _cg(level + bins)
     masses = _cg(level + N_BINS + bins)
@@ -330,7 +377,19 @@ def _key_level_state(level, mode, rank, above, mass_above, key_hi, key_lo, shift
     ties = tl.where(each > 0, (target - mass_above + each - 1) // tl.maximum(each, 1), n_in)
     n_star = above + tl.minimum(tl.maximum(ties, 1), n_in)
     n_keep = tl.where(mode == BY_RANK, rank, tl.minimum(tl.maximum(n_star, lower), upper))
-    return tl.where(shift == 0, RESOLVED, mode), rank, above, mass_above, new_hi, new_lo, new_hi, n_keep - above
+    resolved = shift == 0
+    tau = new_hi
+    need = n_keep - above
+    if BIN_LIST > 0:
+        by_list = (n_in > 0) & (n_in <= BIN_LIST)
+        list_above, list_tau, list_need = _resolve_listed(lists, chosen, tl.where(by_list, n_in, 0), mode, rank,
+                                                          above, mass_above, _cg(stats), _cg(stats + 1), lower,
+                                                          upper, target, BIN_LIST)
+        resolved = resolved | by_list
+        above = tl.where(by_list, list_above, above)
+        tau = tl.where(by_list, list_tau, tau)
+        need = tl.where(by_list, list_need, need)
+    return tl.where(resolved, RESOLVED, mode), rank, above, mass_above, new_hi, new_lo, tau, need
 
 
 @triton.jit
@@ -365,13 +424,23 @@ def logit_phase(
 
 
 @triton.jit
+def level_lists(lists_row, LEVEL: tl.constexpr, N_BINS: tl.constexpr, BIN_LIST: tl.constexpr):
+    """Key level ``LEVEL``'s bin lists in a row's two halves (``2 * N_BINS * BIN_LIST`` entries): levels alternate, so
+    a level's lists stay intact while the next level's programs write theirs (the relay schedule's programs of a launch
+    read the lists of the level before it while others of that launch already list their own)."""
+    return lists_row + (LEVEL % 2) * (N_BINS * BIN_LIST)
+
+
+@triton.jit
 def key_phase(
-    scores_row, level, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
-    N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
+    scores_row, level, lists, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
+    N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, BIN_LIST: tl.constexpr, FUSED: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched (its keys in level 0's
-    chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`); the last
-    program walks them, narrows the interval (or resolves ``tau``) and (``FUSED``) sets ``*release``.
+    chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`), and the
+    bins' lists at ``lists`` (:func:`level_lists`); the last program walks them, narrows the interval (or resolves
+    ``tau``) and (``FUSED``) sets ``*release``.
     Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
     mode = _cg(st + MODE)
     searching = mode != RESOLVED
@@ -379,16 +448,16 @@ def key_phase(
         key_hi = _cg(st + KEY_HI)
         key_lo = _cg(st + KEY_LO)
         shift = _cg(st + SHIFT)
-        _key_histogram(scores_row, level, stats_ptr + row * N_STATS, key_hi, key_lo, shift,
-                       _cg(st + LOGIT_BIN).to(tl.int32), part, n_keys, chunk, N_LOGIT, N_BINS, BLOCK)
+        _key_histogram(scores_row, level, lists, stats_ptr + row * N_STATS, key_hi, key_lo, shift,
+                       _cg(st + LOGIT_BIN).to(tl.int32), part, n_keys, chunk, N_LOGIT, N_BINS, BLOCK, BIN_LIST)
         let_next_launch(PDL)
         tl.debug_barrier()
         ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
         if ticket == n_chunks - 1:  # the last program: walk the level
             tl.debug_barrier()
             mode, rank, above, mass_above, new_hi, new_lo, tau, need = _key_level_state(
-                level, mode, _cg(st + RANK), _cg(st + ABOVE), _cg(st + MASS_ABOVE), key_hi, key_lo, shift,
-                _cg(st + LOWER), _cg(st + UPPER), target, N_BINS)
+                level, lists, stats_ptr + row * N_STATS, mode, _cg(st + RANK), _cg(st + ABOVE), _cg(st + MASS_ABOVE),
+                key_hi, key_lo, shift, _cg(st + LOWER), _cg(st + UPPER), target, N_BINS, BIN_LIST)
             _store_search(st, mode, rank, above, mass_above, new_hi, new_lo, tau, need)
             if mode == RESOLVED:
                 tl.store(n_keep_ptr + row, above + need)
@@ -459,7 +528,8 @@ def gather_phase(
 
 
 @triton.jit
-def relay_walk(st, work_row, stats, target, PREV: tl.constexpr, N_LOGIT: tl.constexpr, N_BINS: tl.constexpr):
+def relay_walk(st, work_row, lists_row, stats, target, PREV: tl.constexpr, N_LOGIT: tl.constexpr,
+               N_BINS: tl.constexpr, BIN_LIST: tl.constexpr):
     """The relay schedule's walk: the search state after level ``PREV`` (whose bins the launch before this one
     completed), computed the same way by every program of this launch from its bins and the state before it (slot
     ``PREV``). Returns (mode, rank, above, mass above, key_hi, key_lo, tau, need, logit bin); a resolved state passes
@@ -482,17 +552,18 @@ def relay_walk(st, work_row, stats, target, PREV: tl.constexpr, N_LOGIT: tl.cons
         logit_bin = _cg(before + LOGIT_BIN)
         if mode != RESOLVED:
             mode, rank, above, mass_above, key_hi, key_lo, tau, need = _key_level_state(
-                work_row + PREV * (2 * N_BINS + 1), mode, rank, above, mass_above, key_hi, key_lo,
-                _cg(before + SHIFT), lower, upper, target, N_BINS)
+                work_row + PREV * (2 * N_BINS + 1), level_lists(lists_row, PREV, N_BINS, BIN_LIST), stats, mode,
+                rank, above, mass_above, key_hi, key_lo, _cg(before + SHIFT), lower, upper, target, N_BINS, BIN_LIST)
     return mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin
 
 
 @triton.jit
 def relay_phase(
-    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr, tally_ptr,
+    scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, lists_row, st, stats_ptr, n_keep_ptr, tally_ptr,
     row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     PHASE: tl.constexpr, NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr,
-    MAX_INV_WIDTH: tl.constexpr, N_BINS: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+    MAX_INV_WIDTH: tl.constexpr, N_BINS: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr,
+    BIN_LIST: tl.constexpr, PDL: tl.constexpr,
 ):
     """Levels 0-3 and the tally of the relay schedule (no tickets): level 0 histograms; every later launch first
     walks the bins of the launch before (:func:`relay_walk`, its program 0 storing the state in slot ``PHASE``),
@@ -509,15 +580,16 @@ def relay_phase(
                        tl.minimum(n_visible, max_tokens))
     else:
         mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin = relay_walk(
-            st, work_row, stats, target, PHASE - 1, N_LOGIT, N_BINS)
+            st, work_row, lists_row, stats, target, PHASE - 1, N_LOGIT, N_BINS, BIN_LIST)
         if part == 0:
             _store_search(st + PHASE * _N_STATE, mode, rank, above, mass_above, key_hi, key_lo, tau, need)
             tl.store(st + PHASE * _N_STATE + LOGIT_BIN, logit_bin)
         if PHASE < _N_LEVELS:  # a key level
             if mode != RESOLVED:
-                _key_histogram(scores_row, work_row + PHASE * (2 * N_BINS + 1), stats, key_hi, key_lo,
+                _key_histogram(scores_row, work_row + PHASE * (2 * N_BINS + 1),
+                               level_lists(lists_row, PHASE, N_BINS, BIN_LIST), stats, key_hi, key_lo,
                                _shift_for(key_hi - key_lo), logit_bin.to(tl.int32), part, n_keys, chunk, N_LOGIT,
-                               N_BINS, BLOCK)
+                               N_BINS, BLOCK, BIN_LIST)
             let_next_launch(PDL)
         else:
             if part == 0:
