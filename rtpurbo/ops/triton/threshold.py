@@ -28,7 +28,13 @@ level (each pass reads the ``L`` fp32 scores, ``4 L`` bytes, L2-resident at deco
 * levels 1-3, only the keys of the chosen interval: ``N_BINS`` bins of the scores'
   order-preserving 32-bit keys (``threshold_phases._order_key``), ``span >> shift`` at a time, per-key
   atomics (the interval holds few keys unless the scores are nearly flat). A level whose interval
-  is one key value has found ``tau`` and the later levels return at once.
+  is one key value has found ``tau`` and the later levels return at once. Beside its count and mass, each bin
+  lists its first :data:`~rtpurbo.ops.triton.threshold_phases.BIN_LIST` (64) keys (order key and slot in one int64,
+  at the place its count's atomic add returns). A walk whose chosen bin holds at most that many keys sorts the list
+  and resolves ``tau`` there (``threshold_phases._resolve_listed``): level 1 resolves a trained-like row at
+  128K-1M keys, where level 2 used to histogram its 1-87 keys and walk 2,048 bins for them. The lists take
+  ``2 * N_BINS * BIN_LIST`` int64 per row (2 MiB; two halves, levels alternating) and are never zeroed: a walk reads
+  only entries its level wrote.
 
 Each histogram holds a count and a mass per bin. Masses are fixed point (``p * 2**52`` summed in
 int64), so the sums do not depend on the order of the atomic adds: the selection is the same on
@@ -248,7 +254,8 @@ def topp_threshold(
         block: keys per inner step (a power of two; small values only to test many programs).
         work: optional zeroed workspace (BH, N_LEVELS, 2 * N_BINS + 1) int64. Afterwards
             ``work[r, l, :N_BINS]`` holds level ``l``'s key counts per bin: the sum at level 1 is
-            the number of keys the per-key levels histogrammed (0 when level 0 resolved the row).
+            the number of keys the per-key levels histogrammed (0 when level 0 resolved the row; at level 2, 0 when
+            level 1 resolved it, e.g. from a bin's list).
         n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
             changes with it, not the selection (benchmarks compare settings with it).
         schedule: ``"phased"`` (default): one launch per phase of the search (level 0, levels 1-3,
