@@ -268,7 +268,7 @@ def _check_bin_lists() -> list[str]:
     problems, kept = [], {}
     for bin_list in (0, threshold.BIN_LIST):
         work = torch.zeros(1, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64)
-        order, n_keep = threshold.topp_threshold(*args, top_p=0.9, min_tokens=0, max_tokens=None, block=256,
+        order, n_keep = threshold.topp_threshold(*args, top_p=0.9, min_tokens=0, max_tokens=None, block=64,
                                                  work=work, bin_list=bin_list)
         kept[bin_list] = order[0, : n_keep[0]].tolist()
         level1, level2 = (int(work[0, level, : threshold.N_BINS].sum()) for level in (1, 2))
@@ -283,8 +283,9 @@ def _check_bin_lists() -> list[str]:
 
 def _check_n_logit() -> list[str]:
     """The level-0 bin count, the phased launch (programs per SM, warps) and the bin lists change the work, not the
-    selection: 4 and 64 bins, 1 or 16 programs per SM (4 or 64 programs per row here), and no bin lists or lists of
-    2 keys (most walks then go on to the next level) or 128 select what the default does."""
+    selection: 4 and 64 bins, 1 or 16 programs per SM (4 or 64 programs per row here), no bin lists, and lists of 2
+    keys under the relay schedule (most walks then go on to the next level, whose programs list their keys into the
+    lists every program of that launch has just walked) select what the default does."""
     import torch
 
     from rtpurbo.ops.triton import decode, threshold
@@ -298,8 +299,7 @@ def _check_n_logit() -> list[str]:
         budget = dict(top_p=top_p, min_tokens=0, max_tokens=max_tokens, block=64)
         order, n_keep = threshold.topp_threshold(*args, **budget)
         for launch in (dict(n_logit=4), dict(n_logit=64), dict(programs_per_sm=1, num_warps=4),
-                       dict(programs_per_sm=16), dict(bin_list=0), dict(bin_list=2), dict(bin_list=2, schedule="relay"),
-                       dict(bin_list=128, schedule="fused")):
+                       dict(programs_per_sm=16), dict(bin_list=0), dict(bin_list=2, schedule="relay")):
             other, n_other = threshold.topp_threshold(*args, **budget, **launch)
             same = torch.equal(n_keep, n_other) and all(
                 torch.equal(order[r, : n_keep[r]], other[r, : n_keep[r]]) for r in range(2))

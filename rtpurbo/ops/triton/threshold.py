@@ -31,10 +31,13 @@ level (each pass reads the ``L`` fp32 scores, ``4 L`` bytes, L2-resident at deco
   is one key value has found ``tau`` and the later levels return at once. Beside its count and mass, each bin
   lists its first :data:`~rtpurbo.ops.triton.threshold_phases.BIN_LIST` (64) keys (order key and slot in one int64,
   at the place its count's atomic add returns). A walk whose chosen bin holds at most that many keys sorts the list
-  and resolves ``tau`` there (``threshold_phases._resolve_listed``): level 1 resolves a trained-like row at
-  128K-1M keys, where level 2 used to histogram its 1-87 keys and walk 2,048 bins for them. The lists take
-  ``2 * N_BINS * BIN_LIST`` int64 per row (2 MiB; two halves, levels alternating) and are never zeroed: a walk reads
-  only entries its level wrote.
+  and resolves ``tau`` there (``threshold_phases._resolve_listed``). Level 1 then resolves the trained-like rows of
+  the Llama-3.1-8B benchmark (all at 128K-512K keys, 9 of 11 at 1M), where level 2 used to histogram their 1-87 keys
+  and walk 2,048 bins for them: the selecting layer step is 2.7 / 1.2 / 4.9 / 2.9 us faster at 128K / 256K / 512K /
+  1M keys on an H100 (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_bin-lists.md``). The lists take
+  ``N_BINS * BIN_LIST`` int64 per row (1 MiB), shared by the key levels and never zeroed: a walk reads only entries
+  its level wrote, and a level lists keys only where the walk before it did not read its lists (a walk that reads
+  them resolves the row).
 
 Each histogram holds a count and a mass per bin. Masses are fixed point (``p * 2**52`` summed in
 int64), so the sums do not depend on the order of the atomic adds: the selection is the same on
@@ -117,7 +120,7 @@ from . import dependent_launch
 from .decode import _num_sms
 from .dependent_launch import wait_for_previous
 from .threshold_phases import (BIN_LIST, FIXED_ONE, MAX_INV_WIDTH, MIN_INV_WIDTH, N_BINS, N_LEVELS, N_LOGIT, N_SLOTS,
-                               N_STATE, N_STATS, gather_phase, key_phase, level_lists, logit_phase, relay_phase,
+                               N_STATE, N_STATS, gather_phase, key_phase, logit_phase, relay_phase,
                                tally_phase, wait_for)
 
 # phases of the search: level 0, key levels 1-3, tally, gather
@@ -151,7 +154,7 @@ def _search_kernel(
     part = tl.program_id(1)
     scores_row = scores_ptr + row.to(tl.int64) * n_keys
     work_row = work_ptr + row.to(tl.int64) * (4 * (2 * N_BINS + 1))
-    lists_row = lists_ptr + row.to(tl.int64) * (2 * N_BINS * BIN_LIST)
+    lists_row = lists_ptr + row.to(tl.int64) * (N_BINS * BIN_LIST)
     st = state_ptr + row * (N_SLOTS * N_STATE)
     sync = sync_ptr + row * N_SYNC
     if RELAY:
@@ -173,10 +176,9 @@ def _search_kernel(
                 if phase < LAST:
                     wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase < _TALLY:
-                searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1),
-                                      level_lists(lists_row, phase, N_BINS, BIN_LIST), st, stats_ptr, n_keep_ptr,
-                                      sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT, N_BINS,
-                                      BLOCK, BIN_LIST, FIRST < LAST, PDL)
+                searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), lists_row, st, stats_ptr,
+                                      n_keep_ptr, sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT,
+                                      N_BINS, BLOCK, BIN_LIST, FIRST < LAST, PDL)
                 if phase < LAST:
                     if searching:
                         wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
@@ -317,8 +319,8 @@ def topp_threshold(
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
     tally = torch.empty(rows, n_chunks, 2, dtype=torch.int32, device=device)
     order = torch.empty(rows, capacity, dtype=torch.int64, device=device)
-    # two halves of N_BINS lists per row (threshold_phases.level_lists); an entry is read only where it was written
-    lists = torch.empty(rows, max(1, 2 * N_BINS * bin_list), dtype=torch.int64, device=device)
+    # N_BINS lists per row; an entry is read only where its level wrote it (module docstring)
+    lists = torch.empty(rows, max(1, N_BINS * bin_list), dtype=torch.int64, device=device)
     n_blocks = block_max.shape[1]
     args = (scores, block_max, block_sum, block_count, block_min, work, lists, sync, state, stats, n_keep, tally, order,
             n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens,

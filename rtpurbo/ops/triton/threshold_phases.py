@@ -424,14 +424,6 @@ def logit_phase(
 
 
 @triton.jit
-def level_lists(lists_row, LEVEL: tl.constexpr, N_BINS: tl.constexpr, BIN_LIST: tl.constexpr):
-    """Key level ``LEVEL``'s bin lists in a row's two halves (``2 * N_BINS * BIN_LIST`` entries): levels alternate, so
-    a level's lists stay intact while the next level's programs write theirs (the relay schedule's programs of a launch
-    read the lists of the level before it while others of that launch already list their own)."""
-    return lists_row + (LEVEL % 2) * (N_BINS * BIN_LIST)
-
-
-@triton.jit
 def key_phase(
     scores_row, level, lists, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
     N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, BIN_LIST: tl.constexpr, FUSED: tl.constexpr,
@@ -439,7 +431,7 @@ def key_phase(
 ):
     """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched (its keys in level 0's
     chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`), and the
-    bins' lists at ``lists`` (:func:`level_lists`); the last program walks them, narrows the interval (or resolves
+    bins' lists at ``lists``; the last program walks them, narrows the interval (or resolves
     ``tau``) and (``FUSED``) sets ``*release``.
     Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
     mode = _cg(st + MODE)
@@ -552,8 +544,8 @@ def relay_walk(st, work_row, lists_row, stats, target, PREV: tl.constexpr, N_LOG
         logit_bin = _cg(before + LOGIT_BIN)
         if mode != RESOLVED:
             mode, rank, above, mass_above, key_hi, key_lo, tau, need = _key_level_state(
-                work_row + PREV * (2 * N_BINS + 1), level_lists(lists_row, PREV, N_BINS, BIN_LIST), stats, mode,
-                rank, above, mass_above, key_hi, key_lo, _cg(before + SHIFT), lower, upper, target, N_BINS, BIN_LIST)
+                work_row + PREV * (2 * N_BINS + 1), lists_row, stats, mode, rank, above, mass_above, key_hi, key_lo,
+                _cg(before + SHIFT), lower, upper, target, N_BINS, BIN_LIST)
     return mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin
 
 
@@ -586,8 +578,7 @@ def relay_phase(
             tl.store(st + PHASE * _N_STATE + LOGIT_BIN, logit_bin)
         if PHASE < _N_LEVELS:  # a key level
             if mode != RESOLVED:
-                _key_histogram(scores_row, work_row + PHASE * (2 * N_BINS + 1),
-                               level_lists(lists_row, PHASE, N_BINS, BIN_LIST), stats, key_hi, key_lo,
+                _key_histogram(scores_row, work_row + PHASE * (2 * N_BINS + 1), lists_row, stats, key_hi, key_lo,
                                _shift_for(key_hi - key_lo), logit_bin.to(tl.int32), part, n_keys, chunk, N_LOGIT,
                                N_BINS, BLOCK, BIN_LIST)
             let_next_launch(PDL)
