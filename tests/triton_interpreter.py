@@ -210,32 +210,43 @@ def pdl_order_problems(ptx: str) -> list[str]:
 def compile_problems(specs: list[dict], script: str) -> list[str]:
     """Compile every launch spec for :data:`SM90` (no GPU needed); one line per spec that fails. Kernels the
     test script defines itself (module ``__main__``) are taken from ``tests.<script name>``. The launches with PDL
-    are also held to :func:`pdl_order_problems`."""
-    import triton
-    from triton.backends.compiler import GPUTarget
+    are also held to :func:`pdl_order_problems`. The specs compile in parallel, one worker process per CPU this
+    process may run on (a compile takes 1-4 s, and a script records up to a hundred distinct launches)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tests.triton_interpreter import _compile_spec  # by its module's name: this file may be running as __main__
 
     if not specs:
         return ["no kernel launch was recorded"]
-    problems = []
-    for spec in specs + with_pdl(specs):
-        module = spec["module"] if spec["module"] != "__main__" else f"tests.{Path(script).stem}"
-        fn = getattr(importlib.import_module(module), spec["name"])
-        names = list(inspect.signature(fn.fn).parameters)
-        source = triton.compiler.ASTSource(fn=fn, signature=spec["signature"],
-                                           constexprs={(names.index(n),): v for n, v in spec["constexprs"].items()})
-        try:
-            compiled = triton.compile(source, target=GPUTarget(*SM90), options=spec["options"])
-        except Exception as err:  # noqa: BLE001 - report every failing launch
-            cause = err  # nested CompilationErrors (one per jit function, each with its source) end in the reason
-            while (cause.__cause__ or cause.__context__) is not None:
-                cause = cause.__cause__ or cause.__context__
-            why = f"{type(cause).__name__}: " + " ".join(str(cause).split())[:400]
-            problems.append(f"{module}.{spec['name']} {spec['constexprs']}: {why}")
-            continue
-        if spec["constexprs"].get("PDL") is True:
-            problems += [f"{module}.{spec['name']} {spec['constexprs']}: {why}"
-                         for why in pdl_order_problems(compiled.asm["ptx"])]
-    return problems
+    every = specs + with_pdl(specs)
+    workers = max(1, min(len(every), len(os.sched_getaffinity(0))))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        return [line for lines in pool.map(functools.partial(_compile_spec, script=script), every) for line in lines]
+
+
+def _compile_spec(spec: dict, script: str) -> list[str]:
+    """:func:`compile_problems` for one spec."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    module = spec["module"] if spec["module"] != "__main__" else f"tests.{Path(script).stem}"
+    fn = getattr(importlib.import_module(module), spec["name"])
+    names = list(inspect.signature(fn.fn).parameters)
+    source = triton.compiler.ASTSource(fn=fn, signature=spec["signature"],
+                                       constexprs={(names.index(n),): v for n, v in spec["constexprs"].items()})
+    try:
+        compiled = triton.compile(source, target=GPUTarget(*SM90), options=spec["options"])
+    except Exception as err:  # noqa: BLE001 - report every failing launch
+        cause = err  # nested CompilationErrors (one per jit function, each with its source) end in the reason
+        while (cause.__cause__ or cause.__context__) is not None:
+            cause = cause.__cause__ or cause.__context__
+        why = f"{type(cause).__name__}: " + " ".join(str(cause).split())[:400]
+        return [f"{module}.{spec['name']} {spec['constexprs']}: {why}"]
+    if spec["constexprs"].get("PDL") is True:
+        return [f"{module}.{spec['name']} {spec['constexprs']}: {why}"
+                for why in pdl_order_problems(compiled.asm["ptx"])]
+    return []
 
 
 if __name__ == "__main__":  # python -m tests.triton_interpreter LAUNCHES.json SCRIPT: the compile check
