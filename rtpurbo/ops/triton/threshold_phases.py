@@ -25,7 +25,7 @@ N_BINS = 2048  # bins of levels 1-3: 11 bits of the 32-bit key per level
 BIN_BITS = tl.constexpr(11)  # log2(N_BINS)
 N_LEVELS = 4  # level 0 + 3 key levels: 32 bits
 # keys listed per key-level bin beside its count and mass (:func:`_key_histogram`): a walk whose chosen bin holds at
-# most this many keys ranks them and resolves tau there (:func:`_resolve_listed`), and the later levels return at once
+# most this many keys sorts them and resolves tau there (:func:`_resolve_listed`), and the later levels return at once
 BIN_LIST = 64
 _N_LEVELS = tl.constexpr(N_LEVELS)  # for the kernels: the tally's phase
 FIXED_ONE = 2.0**52  # mass 1.0 in fixed point
