@@ -18,45 +18,34 @@ for c in 1 2 3 4; do mkdir -p "$out/call$c"; done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$here"
-for variant in base:2b74ff1 n2:d556044 walk0:3ee006c sort:69a2204; do
-  mkdir -p "$tmp/${variant%%:*}" && git archive "${variant##*:}" rtpurbo benchmarks tests pyproject.toml | tar -x -C "$tmp/${variant%%:*}"
-done
-copy() {  # NAME BASE: a copy of BASE's package
-  mkdir -p "$tmp/$1" && cp -r "$tmp/$2/rtpurbo" "$tmp/$1/"
-}
-edited() {  # NAME BASE FILE SED: a copy of BASE's package with the sed expression applied to ops/triton/FILE
-  copy "$1" "$2"
-  local file="$tmp/$1/rtpurbo/ops/triton/$3"
-  sed -i "$4" "$file"
-  if cmp -s "$file" "$tmp/$2/rtpurbo/ops/triton/$3"; then echo "variant $1: the edit matched nothing" >&2; exit 1; fi
-}
+. "$here/benchmarks/reproduce/variant_trees.sh"  # archived, copy, edited
+archived base:2b74ff1 n2:d556044 walk0:3ee006c sort:69a2204
 edited l32 n2 threshold_phases.py 's/^BIN_LIST = 64$/BIN_LIST = 32/'
 edited l128 n2 threshold_phases.py 's/^BIN_LIST = 64$/BIN_LIST = 128/'
 edited sort32 sort threshold_phases.py 's/^BIN_LIST = 64$/BIN_LIST = 32/'
 copy pp sort && (cd "$tmp/pp" && patch -s -p1 < "$raw/patches/list-stores-one-step-late.patch")
 ab() { (cd "$tmp/sort" && PYTHONPATH=. python3 benchmarks/decode_step_ab.py "$@"); }
 lengths=128K,256K,512K,1M
-T="$tmp"
 
-(cd "$T/n2" && PYTHONPATH=. python3 "$raw/call1/lists_stats.py" $lengths) | tee "$out/call1/lists_stats.txt"
-ab --trees base="$T/base" new="$T/n2" l32="$T/l32" l128="$T/l128" walk0="$T/walk0" --cases step --layers 8 --ceiling \
+(cd "$tmp/n2" && PYTHONPATH=. python3 "$raw/call1/lists_stats.py" $lengths) | tee "$out/call1/lists_stats.txt"
+ab --trees base="$tmp/base" new="$tmp/n2" l32="$tmp/l32" l128="$tmp/l128" walk0="$tmp/walk0" --cases step --layers 8 --ceiling \
   --lengths $lengths --rounds 8 --json "$out/call1/ab_layers8.json" | tee "$out/call1/ab_layers8.txt"
-ab --trees base="$T/base" new="$T/n2" --cases step,select --layers 1 --timeline --lengths 256K,1M --rounds 3 \
+ab --trees base="$tmp/base" new="$tmp/n2" --cases step,select --layers 1 --timeline --lengths 256K,1M --rounds 3 \
   > "$out/call1/timeline.txt"
-(cd "$T/n2" && python3 -m pytest -q -p no:cacheprovider tests/test_ops_gpu.py \
+(cd "$tmp/n2" && python3 -m pytest -q -p no:cacheprovider tests/test_ops_gpu.py \
   -k "topp_decode or always_list or decode_step_is or dependent_launch or capturable or two_role") | tail -3 \
   | tee "$out/call1/gpu_tests.txt"
 
-ab --trees base="$T/base" n2="$T/n2" sort="$T/sort" sort32="$T/sort32" pp="$T/pp" --cases step --layers 8 --ceiling \
+ab --trees base="$tmp/base" n2="$tmp/n2" sort="$tmp/sort" sort32="$tmp/sort32" pp="$tmp/pp" --cases step --layers 8 --ceiling \
   --lengths $lengths --rounds 8 --json "$out/call2/ab_layers8.json" | tee "$out/call2/ab_layers8.txt"
-ab --trees base="$T/base" sort="$T/sort" pp="$T/pp" --cases select --layers 1 --timeline --lengths 256K,1M --rounds 3 \
+ab --trees base="$tmp/base" sort="$tmp/sort" pp="$tmp/pp" --cases select --layers 1 --timeline --lengths 256K,1M --rounds 3 \
   > "$out/call2/timeline.txt"
-(cd "$T/sort" && python3 -m pytest -q -p no:cacheprovider tests/test_ops_gpu.py \
+(cd "$tmp/sort" && python3 -m pytest -q -p no:cacheprovider tests/test_ops_gpu.py \
   -k "topp_decode or always_list or decode_step_is or dependent_launch or capturable or two_role") | tail -3 \
   | tee "$out/call2/gpu_tests.txt"
 
-ab --trees base="$T/base" new="$T/sort" --cases step,every,select --layers 8 --ceiling --lengths $lengths --rounds 8 \
+ab --trees base="$tmp/base" new="$tmp/sort" --cases step,every,select --layers 8 --ceiling --lengths $lengths --rounds 8 \
   --json "$out/call3/ab_layers8.json" | tee "$out/call3/ab_layers8.txt"
 
-(cd "$T/sort" && python3 -m pytest -v -p no:cacheprovider tests/test_ops_gpu.py -k threshold_select_matches_reference) \
+(cd "$tmp/sort" && python3 -m pytest -v -p no:cacheprovider tests/test_ops_gpu.py -k threshold_select_matches_reference) \
   | grep -E "PASSED|FAILED|passed|failed" | tee "$out/call4/gpu_tests.txt"

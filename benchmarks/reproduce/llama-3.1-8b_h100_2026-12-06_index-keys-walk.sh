@@ -26,18 +26,8 @@ for c in 1 2 3 4 5 6 7 8; do mkdir -p "$out/call$c"; done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$here"
-for variant in prev:5e6238e idx:5571cd8 both:3e43434 new:dad7387 bench:a15532f before:1545444 fork:227fc36; do
-  mkdir -p "$tmp/${variant%%:*}" && git archive "${variant##*:}" rtpurbo benchmarks tests pyproject.toml | tar -x -C "$tmp/${variant%%:*}"
-done
-copy() {  # NAME BASE: a copy of BASE's package
-  mkdir -p "$tmp/$1" && cp -r "$tmp/$2/rtpurbo" "$tmp/$1/"
-}
-edited() {  # NAME BASE FILE SED: a copy of BASE's package with the sed expression applied to ops/triton/FILE
-  copy "$1" "$2"
-  local file="$tmp/$1/rtpurbo/ops/triton/$3"
-  sed -i "$4" "$file"
-  if cmp -s "$file" "$tmp/$2/rtpurbo/ops/triton/$3"; then echo "variant $1: the edit matched nothing" >&2; exit 1; fi
-}
+. "$here/benchmarks/reproduce/variant_trees.sh"  # archived, copy, edited
+archived prev:5e6238e idx:5571cd8 both:3e43434 new:dad7387 bench:a15532f before:1545444 fork:227fc36
 copy k32 prev && git diff 5571cd8 3e43434 -- rtpurbo | (cd "$tmp/k32" && patch -s -p1)
 edited idx2k prev decode.py 's/sinks: int, recent: int, block: int = 1024,/sinks: int, recent: int, block: int = 2048,/'
 for r in ring13:640 ring10:864; do

@@ -1,0 +1,21 @@
+# Sourced by reproduce scripts: trees of the package at given commits, and variants of them, under "$tmp" (which
+# the script creates and removes), from the repository at "$here".
+
+archived() {  # NAME:REV ...: rtpurbo, benchmarks, tests and pyproject.toml as at REV, in $tmp/NAME
+  local variant
+  for variant in "$@"; do
+    mkdir -p "$tmp/${variant%%:*}"
+    git -C "$here" archive "${variant##*:}" rtpurbo benchmarks tests pyproject.toml | tar -x -C "$tmp/${variant%%:*}"
+  done
+}
+
+copy() {  # NAME BASE: a copy of BASE's package
+  mkdir -p "$tmp/$1" && cp -r "$tmp/$2/rtpurbo" "$tmp/$1/"
+}
+
+edited() {  # NAME BASE FILE SED: a copy of BASE's package with the sed expression applied to ops/triton/FILE
+  copy "$1" "$2"
+  local file="$tmp/$1/rtpurbo/ops/triton/$3"
+  sed -i "$4" "$file"
+  if cmp -s "$file" "$tmp/$2/rtpurbo/ops/triton/$3"; then echo "variant $1: the edit matched nothing" >&2; exit 1; fi
+}
