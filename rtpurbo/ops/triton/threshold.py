@@ -93,7 +93,11 @@ layer step (retrieval + local heads) 87 / 83 us at 128K and 145 / 133 us at 1M
 (``benchmarks/results/llama-3.1-8b_h200_2026-12-03_fused-selection.md``). The time is in each
 phase's own work (the ticket, then one program walking up to 2048 bins), not between launches.
 The Triton interpreter runs programs one after another, so on a CPU the fused schedule runs one
-program per row (which never waits).
+program per row (which never waits). Against the phased launches with PDL (H100, per selecting layer step of 8,
+paired), the fused launch with PDL was 1.7 / 16.0 / 19.3 / 27.7 us slower at 128K / 256K / 512K / 1M keys, and
+level 0 launched alone followed by one persistent launch of the rest 0.7 / 0.4 / 0.1 / 6.3 us slower, although that
+launch made the selection alone 2.5 / 3.0 / 1.2 us faster at 128K-512K: beside the local heads' ring the persistent
+programs lose what they save (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_search-tail-early-loads.md``).
 
 ``schedule="relay"`` launches the same six phases as ``"phased"`` without the tickets: a level's programs add their
 histograms and end, and every program of the next launch first walks those bins itself (the same walk from the same
@@ -104,7 +108,9 @@ that orders the level's adds) and the state's round trip through memory before t
 walk moves from the last program of a level to the start of every program of the next. It selects the same keys;
 without PDL it is slower than "phased" on an H100: the selecting layer step +1.6 us at 128K keys and +7.1 us at 1M,
 the selection alone +10 us at 1M, where every program of a key level first walks the 2,048 bins of the level before
-(``benchmarks/results/llama-3.1-8b_h100_2026-12-06_pdl-relay-anchor.md``); with PDL it is not timed yet.
+(``benchmarks/results/llama-3.1-8b_h100_2026-12-06_pdl-relay-anchor.md``); with PDL, 0.5 / 8.7 / 10.4 / 11.4 us
+slower per selecting layer step at 128K / 256K / 512K / 1M keys
+(``benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md``).
 
 Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capturable.
 """

@@ -434,6 +434,9 @@ def key_phase(
     bins' lists at ``lists``; the last program walks them, narrows the interval (or resolves
     ``tau``) and (``FUSED``) sets ``*release``.
     Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
+    # the pass's loads (the rest of the state, the row's statistics, the first scores) go out once the mode is back:
+    # the compiler moves plain loads below the branch, and volatile ones issued before it made every key level
+    # slower, an empty one most (benchmarks/results/llama-3.1-8b_h100_2026-12-06_search-tail-early-loads.md)
     mode = _cg(st + MODE)
     searching = mode != RESOLVED
     if searching:
