@@ -11,14 +11,9 @@
 #
 #   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_bin-lists.sh OUT   # ~15 minutes
 set -euo pipefail
-out=$(realpath -m "${1:?usage: $0 OUT}")
 here=$(git rev-parse --show-toplevel)
-raw="$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_bin-lists"
-for c in 1 2 3 4; do mkdir -p "$out/call$c"; done
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$here"
-. "$here/benchmarks/reproduce/variant_trees.sh"  # archived, copy, edited
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited
+start_run "${1:-}" llama-3.1-8b_h100_2026-12-06_bin-lists 4  # $out, $raw, $tmp
 archived base:2b74ff1 n2:d556044 walk0:3ee006c sort:69a2204
 edited l32 n2 threshold_phases.py 's/^BIN_LIST = 64$/BIN_LIST = 32/'
 edited l128 n2 threshold_phases.py 's/^BIN_LIST = 64$/BIN_LIST = 128/'

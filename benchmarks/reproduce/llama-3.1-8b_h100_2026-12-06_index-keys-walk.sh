@@ -19,14 +19,9 @@
 #
 #   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_index-keys-walk.sh OUT   # ~24 minutes
 set -euo pipefail
-out=$(realpath -m "${1:?usage: $0 OUT}")
 here=$(git rev-parse --show-toplevel)
-raw="$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk"
-for c in 1 2 3 4 5 6 7 8; do mkdir -p "$out/call$c"; done
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$here"
-. "$here/benchmarks/reproduce/variant_trees.sh"  # archived, copy, edited
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited
+start_run "${1:-}" llama-3.1-8b_h100_2026-12-06_index-keys-walk 8  # $out, $raw, $tmp
 archived prev:5e6238e idx:5571cd8 both:3e43434 new:dad7387 bench:a15532f before:1545444 fork:227fc36
 copy k32 prev && git diff 5571cd8 3e43434 -- rtpurbo | (cd "$tmp/k32" && patch -s -p1)
 edited idx2k prev decode.py 's/sinks: int, recent: int, block: int = 1024,/sinks: int, recent: int, block: int = 2048,/'

@@ -11,14 +11,9 @@
 #
 #   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_search-tail-early-loads.sh OUT   # ~20 minutes
 set -euo pipefail
-out=$(realpath -m "${1:?usage: $0 OUT}")
 here=$(git rev-parse --show-toplevel)
-raw="$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_search-tail-early-loads"
-for c in 1 2 3 4; do mkdir -p "$out/call$c"; done
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$here"
-. "$here/benchmarks/reproduce/variant_trees.sh"  # archived, copy, edited
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited
+start_run "${1:-}" llama-3.1-8b_h100_2026-12-06_search-tail-early-loads 4  # $out, $raw, $tmp
 archived head:e312c82 h69:69a2204
 copy tail head && (cd "$tmp/tail" && patch -s -p1 < "$raw/patches/tail-schedule.patch")
 copy early head && (cd "$tmp/early" && patch -s -p1 < "$raw/patches/key-level-loads-before-branch.patch")

@@ -1,5 +1,15 @@
-# Sourced by reproduce scripts: trees of the package at given commits, and variants of them, under "$tmp" (which
-# the script creates and removes), from the repository at "$here".
+# Sourced by reproduce scripts (after setting "$here", the repository's top): the run's folders (start_run), then
+# trees of the package at given commits, and variants of them, under "$tmp".
+
+start_run() {  # OUT RESULTS CALLS: $out with OUT/call1..CALLS, $raw (benchmarks/results/RESULTS), $tmp (removed on exit)
+  out=$(realpath -m "${1:?usage: $0 OUT}")
+  raw="$here/benchmarks/results/$2"
+  local call
+  for call in $(seq 1 "$3"); do mkdir -p "$out/call$call"; done
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  cd "$here"
+}
 
 archived() {  # NAME:REV ...: rtpurbo, benchmarks, tests and pyproject.toml as at REV, in $tmp/NAME
   local variant
