@@ -15,6 +15,9 @@ Per version and case one CUDA graph is captured:
 * ``every``: the layer step below the seqlen threshold, as ``HeadwiseCache``'s static decode runs it there: the
   retrieval head over every key and the local heads' ring in one launch (``decode_roles.two_role_decode``), so
   ``--ceiling`` gives the share of the step a model runs at lengths where it does not select.
+* ``ring`` and ``chain``: the two streams of the ``step`` case apart, each alone on the GPU: the local heads' ring as
+  the step runs it beside the selection, and the retrieval head's chain (index scores, search, list attention, its
+  combine); against ``step`` they show how much the two slow each other down.
 
 ``--pdl``: every variant of a tree that has ``ops.triton.dependent_launch`` also runs as ``VARIANT+pdl``, its chains'
 kernels captured with programmatic dependent launch (``dependent_launch.ENABLED`` on while its graph is captured).
@@ -24,7 +27,7 @@ PDL is on by default in trees that have it, so run with ``RTPURBO_PDL=0`` to tim
 ``--schedules relay``: every tree whose threshold search has that schedule also runs with it (``NAME+relay``; the
 step passes ``schedule=`` to ``topp_attention``, the selection to ``topp_threshold``).
 
-``--layers N``: the step and every cases run N layers' steps in one graph, each on its own inputs, and report time
+``--layers N``: the step, every, ring and chain cases run N layers' steps in one graph, each on its own inputs, and report time
 per layer: what a layer costs inside a model's decode graph, without one graph launch per layer.
 
 ``--timeline``: after the timing, the kernels of one replay of each variant's graph (profiler), each as
@@ -174,6 +177,36 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -
     return calls
 
 
+def stream_case(trees: dict, length: int, stream: str, layers: int = 1) -> dict:
+    """Per tree, a callable of ``layers`` layers of one stream of the ``step`` case alone: ``"ring"`` (the local
+    heads' ring, launched as the step launches it beside the selection) or ``"chain"`` (the retrieval head's
+    ``topp_attention``, no local heads), each layer on its own inputs."""
+    group, dim = GEOM.group, GEOM.head_dim
+    inputs, ring_pos, q_pos, k_pos = _step_inputs(length, layers)
+    calls = {}
+    for name, tree, _ in _variants(trees, []):
+        def ring(x, tree=tree):
+            if hasattr(tree["roles"], "ring_beside_selection"):
+                out = tree["roles"].ring_beside_selection(x["q"][:, group:], x["ring_k"], x["ring_v"], ring_pos, q_pos,
+                                                          scale=dim**-0.5, window=WINDOW, sinks=SINKS)
+            else:
+                out = tree["api"].attention(x["q"][:, group:], x["ring_k"], x["ring_v"], q_pos, ring_pos,
+                                            window=WINDOW, sinks=SINKS, impl="flex")
+            return None, out, torch.zeros(1, dtype=torch.int64, device=out.device)
+
+        def chain(x, tree=tree):
+            out, counts = tree["topp"].topp_attention(x["q"][:, :group], x["k"], x["v"], q_pos, k_pos, x["q_idx"],
+                                                      x["k_idx"], top_p=TOP_P, min_tokens=MIN_TOKENS, sinks=SINKS,
+                                                      recent=RECENT)
+            return out, None, counts
+
+        def run(one=ring if stream == "ring" else chain):
+            results = [one(x) for x in inputs]
+            return results[0][0], results[0][1], torch.stack([r[2] for r in results]).sum(0)
+        calls[name] = run
+    return calls
+
+
 def every_case(trees: dict, length: int, layers: int = 1) -> dict:
     """Per tree, a callable of ``layers`` layers' steps over every key (no selection), each on its own inputs: the
     retrieval head's ``length`` keys and the local heads' ring in one ``two_role_decode`` launch."""
@@ -246,7 +279,7 @@ def select_case(trees: dict, length: int, scale: float, schedules: list[str]) ->
 
 def _selected(kind: str, result) -> tuple[int, int]:
     """(keys selected, sum of their slots) of a step's or a selection's result."""
-    if kind in ("step", "every"):
+    if kind in ("step", "every", "ring", "chain"):
         return int(result[2].sum()), 0
     order, n_keep = result
     return int(n_keep[0]), int(order[0, : int(n_keep[0])].sum())
@@ -313,7 +346,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="128K,1M", help=f"comma-separated, of {sorted(LENGTHS)}")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rep", type=int, default=60, help="ms of replays per timing")
-    parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select, every")
+    parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select, every, ring, chain")
     parser.add_argument("--pdl", action="store_true", help="also run each tree with PDL on (NAME+pdl)")
     parser.add_argument("--schedules", default="", help="comma-separated search schedules to run each tree with too "
                         "(NAME+SCHEDULE), e.g. relay")
@@ -339,6 +372,10 @@ def main() -> None:
             todo.append(("step", "trained-like", step_case(trees, length, schedules, args.layers)))
         if "every" in cases:
             todo.append(("every", "every key", every_case(trees, length, args.layers)))
+        for stream in ("ring", "chain"):
+            if stream in cases:
+                todo.append((stream, "ring alone" if stream == "ring" else "trained-like", stream_case(
+                    trees, length, stream, args.layers)))
         if "select" in cases:
             todo += [("select", regime, select_case(trees, length, scale, schedules))
                      for regime, scale in REGIMES.items()]
@@ -354,7 +391,7 @@ def main() -> None:
                              for n, d in next(v for k, v in row.items() if k.startswith("vs_")).items())
             print(f"{kind} {label} {regime}{f' (per layer of {per})' if per > 1 else ''}: median us {medians} | paired diff {diffs} | same keys "
                   f"{row['same_selection']} ({time.time() - start:.0f} s)", flush=True)
-            if kind != "select" and args.ceiling:
+            if kind in ("step", "every") and args.ceiling:
                 row["dense_us_per_layer"] = dense_per_layer(length, per, args.rep)
                 row["pct_of_bytes_ceiling"] = ceiling_shares(row, length, row["dense_us_per_layer"])
                 dense = " ".join(f"{n} {us:.1f}" if isinstance(us, float) else f"{n} {us}"
