@@ -375,7 +375,9 @@ DENSE_LAUNCH = DecodeLaunch(combine_chunk=256)  # every slot of a KV head (local
 # A selected list (retrieval heads): about one program per SM over all rows. Fewer, longer programs than two per SM
 # (the earlier waves=2, which LIST_GRID's sweeps started from) made the list alone 27.4 -> 22.9 us over 36,864 keys of
 # 1M, 15.7 -> 14.6 over 6,144 and 15.9 -> 13.3 over 1,408 (H100), and the selecting layer step 3.0 us faster at 128K
-# and 3.8 at 1M, paired (benchmarks/results/llama-3.1-8b_h100_2026-12-05_list-launch-pdl.md).
+# and 3.8 at 1M, paired (benchmarks/results/llama-3.1-8b_h100_2026-12-05_list-launch-pdl.md). 64-key steps (56 KB of
+# shared memory instead of 138, so that its programs fit beside the local heads' ring) made the step 4.9 / 16.9 / 24.3
+# us slower per layer at 256K / 512K / 1M (benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md).
 LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, combine_chunk=256)
 # The local heads' ring on a side stream beside a selecting step's chain of kernels (HeadwiseCache's static decode):
 # about one program per SM over all rows, 32-key steps. DENSE_LAUNCH's programs (two per SM, 64-key steps) fill the
@@ -384,7 +386,10 @@ LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, combine_chunk=256)
 # keys, -6.6 / -7.1 at 128K, -0.8 / -2.2 at 1M; H100 -4.9 / -5.2, -7.3 / -6.3, -2.1 / -1.4
 # (benchmarks/results/llama-3.1-8b_h100_2026-12-05_ring-beside-selection.md; two stages did as well beside the
 # selection but made the ring alone 36.8 us on the H200). Alone the ring is slower this way (27.3 us against 23.2 on
-# the H200), so the steps that do not select keep DENSE_LAUNCH.
+# the H200), so the steps that do not select keep DENSE_LAUNCH. Beside the selection at 256K keys its programs land
+# about three to an SM on a third of the SMs; other shapes (2 warps, two waves, 4 or 8 stages, 64-key steps, at most 112
+# registers) and values loaded under the visibility mask did not make the step faster on an H100
+# (benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md).
 BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=1, combine_chunk=256)
 
 
