@@ -38,6 +38,12 @@ of ``--rep`` ms of replays), the versions' order rotating from round to round. E
 difference per version against the first; the report gives the medians, the mean difference with a 95 % bootstrap
 interval over rounds, and whether each version selected the same keys as the first (the sum of selected slots and
 their count).
+
+``--placebo``: the first tree runs a second time under another name (``NAME_again``: the same files, loaded as a
+module of their own, so its kernels compile and allocate apart). Its paired difference is what the harness reads
+between identical code; on an H100 that was up to 0.3 us per layer with an interval excluding zero, and 0.9 us in a
+call of five trees (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md``), so differences of
+that size between versions are not resolved.
 """
 from __future__ import annotations
 
@@ -96,14 +102,23 @@ def with_pdl(calls: dict) -> dict:
     return more
 
 
-def load_trees(entries: list[str]) -> dict:
-    """``NAME=DIR`` entries (``--trees``) -> {NAME: :func:`load_tree`}; exits with a message on a malformed one."""
+def load_trees(entries: list[str], placebo: bool = False) -> dict:
+    """``NAME=DIR`` entries (``--trees``) -> {NAME: :func:`load_tree`}; exits with a message on a malformed one or a
+    repeated name. ``placebo``: the first tree once more, as ``NAME_again`` (see the module docstring)."""
     trees = {}
     for entry in entries:
         name, sep, root = entry.partition("=")
         if not sep or not (Path(root) / "rtpurbo").is_dir():
             sys.exit(f"--trees takes NAME=DIR with DIR/rtpurbo a package, got {entry!r}")
+        if name in trees:
+            sys.exit(f"--trees names {name!r} twice")
         trees[name] = load_tree(name, root)
+    if placebo and entries:
+        name, _, root = entries[0].partition("=")
+        again = f"{name}_again"
+        if again in trees:
+            sys.exit(f"--placebo adds a tree named {again!r}, which --trees already names")
+        trees[again] = load_tree(again, root)
     return trees
 
 
@@ -355,13 +370,15 @@ def main() -> None:
                         "attention per layer (same layer count) and report each variant's share of its bytes ceiling")
     parser.add_argument("--layers", type=int, default=1, help="step and every cases: this many layers' steps in one "
                         "graph, each on its own inputs, timed per layer (as a model's decode graph runs them)")
+    parser.add_argument("--placebo", action="store_true", help="also run the first tree a second time (NAME_again): "
+                        "the difference the harness reads between identical code")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.layers < 1:
         parser.error(f"--layers must be at least 1, got {args.layers}")
     if not torch.cuda.is_available():
         sys.exit("decode_step_ab.py needs a CUDA GPU")
-    trees = load_trees(args.trees)
+    trees = load_trees(args.trees, args.placebo)
     cases = args.cases.split(",")
     schedules = [s for s in args.schedules.split(",") if s]
     rows = []
