@@ -8,13 +8,14 @@
 #          of level 0 in 256-key steps, of the ring capped at 112 registers;
 #   call4: stamps and step of the ring in 8 stages / 64-key steps in 4 stages, and of the list in 64-key steps, with
 #          the bytes ceiling; the GPU tests of two of those trees;
-#   call5: the same tree three times (what the harness reports between identical code).
+#   call5: the same tree three times (what the harness reports between identical code);
+#   call6: the ring in 2 warps x 2 waves a third time, 10 rounds, beside a placebo; its GPU tests.
 #
-#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.sh OUT   # ~12 minutes
+#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.sh OUT   # ~14 minutes
 set -euo pipefail
 here=$(git rev-parse --show-toplevel)
 . "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited
-start_run "${1:-}" llama-3.1-8b_h100_2026-12-06_step-streams-stamps 5  # $out, $raw, $tmp
+start_run "${1:-}" llama-3.1-8b_h100_2026-12-06_step-streams-stamps 6  # $out, $raw, $tmp
 archived head:d310b57
 tools="$raw/tools"
 beside='s/^BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=1, combine_chunk=256)/BESIDE_LAUNCH = DecodeLaunch('
@@ -42,12 +43,14 @@ edited l64 head decode.py "$list64"
 edited l0w2v2 w2v2 threshold.py "$level0_256"
 edited r8l64 r8 decode.py "$list64"
 edited r64l64 r64 decode.py "$list64"
-for tree in r8l64 r64l64; do cp -r "$tmp/head/tests" "$tmp/head/pyproject.toml" "$tmp/$tree/"; done
+for tree in r8l64 r64l64 w2v2; do cp -r "$tmp/head/tests" "$tmp/head/pyproject.toml" "$tmp/$tree/"; done
 stamped() {  # NAME BASE: BASE with per-program time stamps
   copy "$1" "$2" && python3 "$tools/stamp_patch.py" "$tmp/$1" > /dev/null
 }
 stamped diag head; stamped dw2v2 w2v2; stamped dl0s256 l0s256; stamped drmax rmax; stamped dr8l64 r8l64
 ab() { (cd "$tmp/head" && PYTHONPATH=. python3 benchmarks/decode_step_ab.py "$@"); }
+ab_placebo() { (cd "$here" && git show 885e538:benchmarks/decode_step_ab.py > "$tmp/decode_step_ab_placebo.py" && \
+  cd "$tmp/head" && PYTHONPATH=. python3 "$tmp/decode_step_ab_placebo.py" "$@"); }  # --placebo came after d310b57
 in_head() { (cd "$tmp/head" && PYTHONPATH=. python3 "$@"); }
 trees() { for name in "$@"; do printf '%s ' "$name=$tmp/$name"; done; }
 
@@ -79,3 +82,9 @@ done
 cp -r "$tmp/head" "$tmp/same1" && cp -r "$tmp/head" "$tmp/same2"
 ab --trees $(trees head same1 same2) --cases step --layers 8 --lengths 256K,512K,1M,128K --rounds 8 \
   --json "$out/call5/placebo.json" | tee "$out/call5/placebo.txt"
+# call 6
+ab_placebo --placebo --trees $(trees head w2v2) --cases step --layers 8 --lengths 256K,512K,1M,128K --rounds 10 \
+  --json "$out/call6/ab.json" | tee "$out/call6/ab.txt"
+(cd "$tmp/w2v2" && PYTHONPATH=. python3 -m pytest -q -p no:cacheprovider tests/test_ops_gpu.py \
+  -k "ring_beside or decode_step_is or two_role or capturable or topp_decode or always_list") | tail -2 \
+  | tee "$out/call6/tests.txt"

@@ -380,17 +380,19 @@ DENSE_LAUNCH = DecodeLaunch(combine_chunk=256)  # every slot of a KV head (local
 # us slower per layer at 256K / 512K / 1M (benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md).
 LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, combine_chunk=256)
 # The local heads' ring on a side stream beside a selecting step's chain of kernels (HeadwiseCache's static decode):
-# about one program per SM over all rows, 32-key steps. DENSE_LAUNCH's programs (two per SM, 64-key steps) fill the
-# SMs' registers, so the index scores waited for the ring to finish and nothing overlapped. Layer step (Llama-3.1-8B
-# geometry, side stream), paired against DENSE_LAUNCH, trained-like / peaked indexer scores: H200 -3.8 / -3.9 us at 32K
-# keys, -6.6 / -7.1 at 128K, -0.8 / -2.2 at 1M; H100 -4.9 / -5.2, -7.3 / -6.3, -2.1 / -1.4
-# (benchmarks/results/llama-3.1-8b_h100_2026-12-05_ring-beside-selection.md; two stages did as well beside the
-# selection but made the ring alone 36.8 us on the H200). Alone the ring is slower this way (27.3 us against 23.2 on
-# the H200), so the steps that do not select keep DENSE_LAUNCH. Beside the selection at 256K keys its programs land
-# about three to an SM on a third of the SMs; other shapes (2 warps, two waves, 4 or 8 stages, 64-key steps, at most 112
-# registers) and values loaded under the visibility mask did not make the step faster on an H100
-# (benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md).
-BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=1, combine_chunk=256)
+# programs of 2 warps, about two per SM over all rows, 32-key steps. DENSE_LAUNCH's programs (two per SM of 4 warps,
+# 64-key steps) fill the SMs' registers, so the index scores waited for the ring to finish and nothing overlapped; one
+# 4-warp program per SM (the shape before this one) gained -3.8 / -6.6 / -0.8 us per layer against DENSE_LAUNCH at 32K /
+# 128K / 1M keys on an H200 and -4.9 / -7.3 / -2.1 on an H100
+# (benchmarks/results/llama-3.1-8b_h100_2026-12-05_ring-beside-selection.md). Against that shape, per layer of 8 on an
+# H100 (three calls, trained-like scores): -1.3 / +0.2 / -0.8 us at 256K keys, -2.9 / -3.3 at 512K, -0.8 / -0.0 / -0.4
+# at 1M, where the model selects; +0.7 / +1.0 / +1.2 at 128K, where by default it does not (identical code read within
+# 0.3 us in the same calls); the ring alone 20.5-21.7 us per layer against 23.8-24.9. Its programs land about three to
+# an SM on a third of the SMs beside the selection at 256K; other shapes (one 2-warp or two 4-warp programs per SM, 4 or
+# 8 stages, 64-key steps, at most 112 registers) and values loaded under the visibility mask made the step slower
+# (benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md). A step that does not select runs both kinds
+# of heads in one launch instead (decode_roles.two_role_decode).
+BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=2, num_warps=2, combine_chunk=256)
 
 
 @functools.cache
