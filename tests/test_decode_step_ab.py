@@ -1,0 +1,55 @@
+"""How ``benchmarks/decode_step_ab.py`` loads the versions it compares (its timings need a GPU; loading does not).
+
+Each ``--trees NAME=DIR`` entry loads that tree's kernels as a package of their own; ``--placebo`` loads the first tree a
+second time under another name, so that the report shows what the harness reads between identical code.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]' installs it)")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def step_ab():
+    spec = importlib.util.spec_from_file_location("decode_step_ab_under_test", ROOT / "benchmarks" / "decode_step_ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = set(sys.modules)
+    yield module
+    for name in set(sys.modules) - before:  # the trees' packages (rtpurbo_NAME...)
+        if name.startswith("rtpurbo_"):
+            del sys.modules[name]
+
+
+def test_placebo_loads_the_first_tree_again_as_modules_of_its_own(step_ab):
+    trees = step_ab.load_trees([f"abtest={ROOT}"], placebo=True)
+    assert list(trees) == ["abtest", "abtest_again"]
+    first, again = trees["abtest"], trees["abtest_again"]
+    for part in ("topp", "decode", "threshold", "api", "roles"):
+        assert first[part] is not again[part]
+        assert Path(first[part].__file__) == Path(again[part].__file__)  # the same files
+    assert again["decode"].__name__ == "rtpurbo_abtest_again.ops.triton.decode"
+    # separate kernels: each compiles and caches on its own, as a different version would
+    assert first["decode"]._decode_attention_kernel is not again["decode"]._decode_attention_kernel
+
+
+def test_without_placebo_only_the_named_trees(step_ab):
+    assert list(step_ab.load_trees([f"abtest={ROOT}"])) == ["abtest"]
+
+
+@pytest.mark.parametrize("entries, placebo, message", [
+    (["abtest={root}", "abtest={root}"], False, "names 'abtest' twice"),
+    (["abtest={root}", "abtest_again={root}"], True, "--placebo adds a tree named 'abtest_again'"),
+    (["abtest"], False, "NAME=DIR"),
+    (["abtest={root}/no-such-folder"], False, "DIR/rtpurbo a package"),
+])
+def test_bad_tree_entries_are_refused_with_a_reason(step_ab, entries, placebo, message):
+    with pytest.raises(SystemExit, match=message):
+        step_ab.load_trees([e.format(root=ROOT) for e in entries], placebo=placebo)
