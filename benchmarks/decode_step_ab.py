@@ -56,6 +56,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -148,13 +149,38 @@ def _step_inputs(length: int, layers: int) -> tuple:
     return [_layer_inputs(length, seed) for seed in range(layers)], _ring_positions(length, WINDOW, SINKS), q_pos, k_pos
 
 
+def _ring(tree: dict, x: dict, ring_pos: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+    """The local heads' ring of one layer, launched as the tree's ``HeadwiseCache`` launches it beside a selection:
+    ``decode_roles.ring_beside_selection`` where the tree has it, else ``api.attention(impl="flex")``."""
+    group, dim = GEOM.group, GEOM.head_dim
+    if hasattr(tree["roles"], "ring_beside_selection"):
+        return tree["roles"].ring_beside_selection(x["q"][:, group:], x["ring_k"], x["ring_v"], ring_pos, q_pos,
+                                                   scale=dim**-0.5, window=WINDOW, sinks=SINKS)
+    return tree["api"].attention(x["q"][:, group:], x["ring_k"], x["ring_v"], q_pos, ring_pos, window=WINDOW,
+                                 sinks=SINKS, impl="flex")
+
+
+def _chain(tree: dict, x: dict, q_pos: torch.Tensor, k_pos: torch.Tensor, **options) -> tuple:
+    """The retrieval head's selecting decode of one layer (``topp_attention``; ``options``: the search's schedule, the
+    fork of the local heads): (out, keys used)."""
+    return tree["topp"].topp_attention(x["q"][:, :GEOM.group], x["k"], x["v"], q_pos, k_pos, x["q_idx"], x["k_idx"],
+                                       top_p=TOP_P, min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT, **options)
+
+
+def _layers(one, inputs: list) -> Callable[[], tuple]:
+    """A callable running ``one`` on every layer's inputs: (the first layer's two outputs, keys used over all)."""
+    def run():
+        results = [one(x) for x in inputs]
+        return results[0][0], results[0][1], torch.stack([r[2] for r in results]).sum(0)
+    return run
+
+
 def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -> dict:
     """Per tree (and schedule), a callable of one selecting layer step, and what it selected (count, slot sum).
 
     ``layers`` > 1: the callable runs that many layers' steps one after the other, each on its own inputs (as the
     layers of a model's decode graph do: no graph launch per layer, one layer's data evicting another's from L2);
     ``measure(..., per=layers)`` then reports time per layer."""
-    group, dim = GEOM.group, GEOM.head_dim
     inputs, ring_pos, q_pos, k_pos = _step_inputs(length, layers)
     side = torch.cuda.Stream()
     calls = {}
@@ -169,26 +195,14 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -
             def local_step():
                 side.wait_stream(main)
                 with torch.cuda.stream(side):
-                    if hasattr(tree["roles"], "ring_beside_selection"):
-                        local.append(tree["roles"].ring_beside_selection(
-                            x["q"][:, group:], x["ring_k"], x["ring_v"], ring_pos, q_pos, scale=dim**-0.5,
-                            window=WINDOW, sinks=SINKS))
-                    else:
-                        local.append(tree["api"].attention(x["q"][:, group:], x["ring_k"], x["ring_v"], q_pos,
-                                                           ring_pos, window=WINDOW, sinks=SINKS, impl="flex"))
+                    local.append(_ring(tree, x, ring_pos, q_pos))
             fork = {"after_scores": local_step} if forks_after_scores else {}
             if not fork:
                 local_step()
-            out, counts = tree["topp"].topp_attention(x["q"][:, :group], x["k"], x["v"], q_pos, k_pos, x["q_idx"],
-                                                      x["k_idx"], top_p=TOP_P, min_tokens=MIN_TOKENS, sinks=SINKS,
-                                                      recent=RECENT, **search, **fork)
+            out, counts = _chain(tree, x, q_pos, k_pos, **search, **fork)
             main.wait_stream(side)
             return out, local[0], counts
-
-        def step(layer_step=layer_step):
-            results = [layer_step(x) for x in inputs]
-            return results[0][0], results[0][1], torch.stack([r[2] for r in results]).sum(0)
-        calls[name] = step
+        calls[name] = _layers(layer_step, inputs)
     return calls
 
 
@@ -196,29 +210,17 @@ def stream_case(trees: dict, length: int, stream: str, layers: int = 1) -> dict:
     """Per tree, a callable of ``layers`` layers of one stream of the ``step`` case alone: ``"ring"`` (the local
     heads' ring, launched as the step launches it beside the selection) or ``"chain"`` (the retrieval head's
     ``topp_attention``, no local heads), each layer on its own inputs."""
-    group, dim = GEOM.group, GEOM.head_dim
     inputs, ring_pos, q_pos, k_pos = _step_inputs(length, layers)
     calls = {}
     for name, tree, _ in _variants(trees, []):
         def ring(x, tree=tree):
-            if hasattr(tree["roles"], "ring_beside_selection"):
-                out = tree["roles"].ring_beside_selection(x["q"][:, group:], x["ring_k"], x["ring_v"], ring_pos, q_pos,
-                                                          scale=dim**-0.5, window=WINDOW, sinks=SINKS)
-            else:
-                out = tree["api"].attention(x["q"][:, group:], x["ring_k"], x["ring_v"], q_pos, ring_pos,
-                                            window=WINDOW, sinks=SINKS, impl="flex")
+            out = _ring(tree, x, ring_pos, q_pos)
             return None, out, torch.zeros(1, dtype=torch.int64, device=out.device)
 
         def chain(x, tree=tree):
-            out, counts = tree["topp"].topp_attention(x["q"][:, :group], x["k"], x["v"], q_pos, k_pos, x["q_idx"],
-                                                      x["k_idx"], top_p=TOP_P, min_tokens=MIN_TOKENS, sinks=SINKS,
-                                                      recent=RECENT)
+            out, counts = _chain(tree, x, q_pos, k_pos)
             return out, None, counts
-
-        def run(one=ring if stream == "ring" else chain):
-            results = [one(x) for x in inputs]
-            return results[0][0], results[0][1], torch.stack([r[2] for r in results]).sum(0)
-        calls[name] = run
+        calls[name] = _layers(ring if stream == "ring" else chain, inputs)
     return calls
 
 
