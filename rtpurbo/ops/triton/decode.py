@@ -386,10 +386,11 @@ LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, combine_chunk=256)
 # 128K / 1M keys on an H200 and -4.9 / -7.3 / -2.1 on an H100
 # (benchmarks/results/llama-3.1-8b_h100_2026-12-05_ring-beside-selection.md). Against that shape, per layer of 8 on an
 # H100 (three calls, trained-like scores): -1.3 / +0.2 / -0.8 us at 256K keys, -2.9 / -3.3 at 512K, -0.8 / -0.0 / -0.4
-# at 1M, where the model selects; +0.7 / +1.0 / +1.2 at 128K, where by default it does not (identical code read within
-# 0.3 us in the same calls); the ring alone 20.5-21.7 us per layer against 23.8-24.9. Its programs land about three to
-# an SM on a third of the SMs beside the selection at 256K; other shapes (one 2-warp or two 4-warp programs per SM, 4 or
-# 8 stages, 64-key steps, at most 112 registers) and values loaded under the visibility mask made the step slower
+# at 1M, where the model selects; +0.7 / +1.0 / +1.2 at 128K, where by default it does not (identical code reads within
+# 0.3 us in this harness); the ring alone 20.5-21.7 us per layer against 23.8-24.9. Beside the selection at 256K the
+# earlier shape's programs landed about three to an SM on a third of the SMs, these on half of them; other shapes (one
+# 2-warp or two 4-warp programs per SM, 4 or 8 stages, 64-key steps, at most 112 registers) and values loaded under the
+# visibility mask made the step slower
 # (benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md). A step that does not select runs both kinds
 # of heads in one launch instead (decode_roles.two_role_decode).
 BESIDE_LAUNCH = DecodeLaunch(block_n=32, waves=2, num_warps=2, combine_chunk=256)
