@@ -27,8 +27,8 @@ PDL is on by default in trees that have it, so run with ``RTPURBO_PDL=0`` to tim
 ``--schedules relay``: every tree whose threshold search has that schedule also runs with it (``NAME+relay``; the
 step passes ``schedule=`` to ``topp_attention``, the selection to ``topp_threshold``).
 
-``--layers N``: the step, every, ring and chain cases run N layers' steps in one graph, each on its own inputs, and report time
-per layer: what a layer costs inside a model's decode graph, without one graph launch per layer.
+``--layers N``: the step, every, ring and chain cases run N layers' steps in one graph, each on its own inputs, and
+report time per layer: what a layer costs inside a model's decode graph, without one graph launch per layer.
 
 ``--timeline``: after the timing, the kernels of one replay of each variant's graph (profiler), each as
 ``name@start+duration`` in us from the first kernel, and the span from the first kernel's start to the last one's end.
@@ -370,8 +370,9 @@ def main() -> None:
     parser.add_argument("--timeline", action="store_true", help="print each variant's kernel timeline (one replay)")
     parser.add_argument("--ceiling", action="store_true", help="step and every cases: also time dense decode "
                         "attention per layer (same layer count) and report each variant's share of its bytes ceiling")
-    parser.add_argument("--layers", type=int, default=1, help="step and every cases: this many layers' steps in one "
-                        "graph, each on its own inputs, timed per layer (as a model's decode graph runs them)")
+    parser.add_argument("--layers", type=int, default=1, help="step, every, ring and chain cases: this many layers' "
+                        "steps in one graph, each on its own inputs, timed per layer (as a model's decode graph "
+                        "runs them)")
     parser.add_argument("--placebo", action="store_true", help="also run the first tree a second time (NAME_again): "
                         "the difference the harness reads between identical code")
     parser.add_argument("--json", default=None)
