@@ -135,6 +135,11 @@ TALLY = 4  # then 5, the gather
 # per-row synchronisation words (int64): the release flags of phases 0-3, the tally arrivals, stalls
 N_SYNC = 8
 ARRIVED, STALLS = 4, 7
+# key levels from this one on let the next launch start as soon as their programs have begun (with PDL): most rows
+# reach them resolved, and such a level's launch then returned before letting the next one be scheduled, which started
+# only once the level's programs had all ended (0.8 us after level 2, 1.6 us after level 3 in the 256K stamps of
+# benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md)
+EARLY_NEXT_LAUNCH = tl.constexpr(2)
 _TALLY, _ARRIVED, _STALLS = tl.constexpr(TALLY), tl.constexpr(ARRIVED), tl.constexpr(STALLS)  # for the kernel
 
 
@@ -184,7 +189,7 @@ def _search_kernel(
             elif phase < _TALLY:
                 searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), lists_row, st, stats_ptr,
                                       n_keep_ptr, sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT,
-                                      N_BINS, BLOCK, BIN_LIST, FIRST < LAST, PDL)
+                                      N_BINS, BLOCK, BIN_LIST, FIRST < LAST, PDL, phase >= EARLY_NEXT_LAUNCH)
                 if phase < LAST:
                     if searching:
                         wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
@@ -280,6 +285,11 @@ def topp_threshold(
             selection only where level 0's fp32 sums per program round differently (module docstring).
         pdl: the phased or relay schedule's launches use programmatic dependent launch
             (:mod:`rtpurbo.ops.triton.dependent_launch`): each phase launches while the one before it finishes.
+            Levels 0-1 let the next launch start once their pass is done (the walk of their last program overlaps
+            it); levels 2-3, the tally and the gather as soon as their programs have begun, since the next launch
+            waits for their end anyway: -0.6 to -1.4 us per selecting layer step at 128K-1M keys on an H100 against
+            letting it start after their pass, 0.0 and -0.9 at 256K in two calls
+            (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_launch-triggers-substamps.md``).
             The same keys either way. The fused schedule (one launch) takes no ``pdl``.
         after_level0: called once on the current stream, right after level 0's launch (the fused schedule: after
             its one launch); :func:`rtpurbo.ops.triton.topp.select` forks the local heads there at long contexts.

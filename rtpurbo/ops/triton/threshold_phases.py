@@ -427,13 +427,17 @@ def logit_phase(
 def key_phase(
     scores_row, level, lists, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
     N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, BIN_LIST: tl.constexpr, FUSED: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, EARLY_NEXT: tl.constexpr = False,
 ):
     """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched (its keys in level 0's
     chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`), and the
     bins' lists at ``lists``; the last program walks them, narrows the interval (or resolves
     ``tau``) and (``FUSED``) sets ``*release``.
+    ``EARLY_NEXT`` (levels 2-3, which most rows reach resolved): the next launch may start as soon as every program
+    has begun, not only once the level's pass is done (:data:`~rtpurbo.ops.triton.threshold.EARLY_NEXT_LAUNCH`).
     Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
+    if EARLY_NEXT:
+        let_next_launch(PDL)
     # the pass's loads (the rest of the state, the row's statistics, the first scores) go out once the mode is back:
     # the compiler moves plain loads below the branch, and volatile ones issued before it made every key level
     # slower, an empty one most (benchmarks/results/llama-3.1-8b_h100_2026-12-06_search-tail-early-loads.md)
@@ -474,6 +478,7 @@ def _tally_chunk(scores_row, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr,
     """Keys of chunk ``part`` scoring above / at ``tau`` -> ``out[0]``, ``out[1]``."""
     lo = part * chunk
     hi = tl.minimum(lo + chunk, n_keys)
+    let_next_launch(PDL)  # the gather's programs wait for this launch's end anyway: let them start at once
     # per lane: keys above tau in the high 16 bits, keys at tau in the low 16 (a lane sees one key per step, and
     # topp_threshold refuses chunks of 32,768 steps or more, so neither count reaches the sign bit)
     counts = tl.zeros([BLOCK], tl.int32)
@@ -483,7 +488,6 @@ def _tally_chunk(scores_row, tau, out, part, n_keys, chunk, BLOCK: tl.constexpr,
         s = s_next
         s_next = _scores_at(scores_row, start + BLOCK, hi, BLOCK)
         counts += tl.where(s > tau_score, 65536, 0) + (s == tau_score).to(tl.int32)
-    let_next_launch(PDL)
     tl.store(out, tl.sum(counts >> 16, axis=0))
     tl.store(out + 1, tl.sum(counts & 65535, axis=0))
 
@@ -495,6 +499,7 @@ def gather_phase(
 ):
     """Selected slots of the chunk, ascending, at their final positions in ``order_row`` (``st``: the final state).
     Keys scoring ``tau`` are ranked (a scan) only in the steps that hold one, which most steps do not."""
+    let_next_launch(PDL)  # as in the tally: the list attention's programs start now and wait for this launch's end
     tau_score = _key_score(_cg(st + TAU))
     need = _cg(st + NEED).to(tl.int32)
     c = tl.arange(0, NC_PAD)
@@ -519,7 +524,6 @@ def gather_phase(
         tl.store(order_row + slot, offs.to(tl.int64), mask=take == 1)
         written += tl.sum(take, axis=0)
         ties_before += n_tied
-    let_next_launch(PDL)
 
 
 @triton.jit
