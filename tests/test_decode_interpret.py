@@ -133,5 +133,21 @@ def test_decode_attention_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 
 
+@pytest.mark.parametrize("rows, want, every_key", [(1, 7, 8), (2, 3, 4), (3, 2, 3), (8, 1, 1), (20, 1, 1)])
+def test_a_list_counts_its_always_part_among_its_programs(rows, want, every_key):
+    """A selected list's launch is its splits plus one part for the always-kept keys per row; with one program aimed
+    at per SM (:data:`LIST_LAUNCH`, 8 SMs on a CPU), the splits leave room for that part instead of sending one program
+    of a single row to a second wave. Over every key nothing is added."""
+    import torch
+
+    from rtpurbo.ops.triton import decode
+
+    cpu = torch.device("cpu")
+    assert decode._num_sms(cpu) == 8
+    assert decode.LIST_LAUNCH.splits(1 << 20, rows, cpu, extra=1) == want
+    assert decode.LIST_LAUNCH.splits(1 << 20, rows, cpu) == every_key
+    assert decode.LIST_LAUNCH.splits(100, rows, cpu, extra=1) == 1  # one 128-key step's worth: one split
+
+
 if __name__ == "__main__":
     print(json.dumps(_run_all()))

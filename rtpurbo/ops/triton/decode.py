@@ -356,10 +356,12 @@ class DecodeLaunch:
     combine_chunk: int = 16
     combine_d: int = 32
 
-    def splits(self, span: int, rows: int, device: torch.device) -> int:
-        """Parts the key range (``span`` slots or list entries) of each of ``rows`` rows is split into."""
+    def splits(self, span: int, rows: int, device: torch.device, extra: int = 0) -> int:
+        """Parts the key range (``span`` slots or list entries) of each of ``rows`` rows is split into, where each
+        row's launch has ``extra`` programs beside them (a list's part for its always-kept keys) that count against
+        the ``waves`` programs per SM."""
         most = triton.cdiv(span, max(self.block_n, self.split_keys))
-        return max(1, min(triton.cdiv(self.waves * _num_sms(device), rows), most))
+        return max(1, min(triton.cdiv(self.waves * _num_sms(device), rows) - extra, most))
 
     def options(self) -> dict[str, int]:
         return {"num_warps": self.num_warps, **({} if self.num_stages is None else {"num_stages": self.num_stages})}
@@ -378,6 +380,11 @@ DENSE_LAUNCH = DecodeLaunch(combine_chunk=256)  # every slot of a KV head (local
 # and 3.8 at 1M, paired (benchmarks/results/llama-3.1-8b_h100_2026-12-05_list-launch-pdl.md). 64-key steps (56 KB of
 # shared memory instead of 138, so that its programs fit beside the local heads' ring) made the step 4.9 / 16.9 / 24.3
 # us slower per layer at 256K / 512K / 1M (benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md).
+# The part of the always-kept keys counts as one of those programs (``DecodeLaunch.splits``' ``extra``): with one
+# retrieval head, 131 splits and it on 132 SMs, where 132 splits and it left one program for a second wave (it ended
+# 0.7 us after the others in the 256K stamps). Per layer of 8 on an H100 beside the launch changes of the search
+# (benchmarks/results/llama-3.1-8b_h100_2026-12-06_launch-triggers-substamps.md): -0.8 us at 256K, -0.3 at 512K, none
+# resolved at 128K and 1M.
 LIST_LAUNCH = DecodeLaunch(block_n=128, waves=1, combine_chunk=256)
 # The local heads' ring on a side stream beside a selecting step's chain of kernels (HeadwiseCache's static decode):
 # programs of 2 warps, about two per SM over all rows, 32-key steps. DENSE_LAUNCH's programs (two per SM of 4 warps,
@@ -538,7 +545,7 @@ def decode_attention(
     span = index.shape[-1] if listed else n_keys
     launch = launch or (DENSE_LAUNCH if index is None else LIST_LAUNCH)
     block_n = launch.block_n
-    n_splits = launch.splits(span, rows, q.device)
+    n_splits = launch.splits(span, rows, q.device, extra=int(listed))
     n_parts = n_splits + int(listed)
     g_pad, d_pad = _pad(group), _pad(head_dim)
     part_m = torch.empty(rows, n_parts, g_pad, dtype=torch.float32, device=q.device)
