@@ -287,8 +287,8 @@ def topp_threshold(
             (:mod:`rtpurbo.ops.triton.dependent_launch`): each phase launches while the one before it finishes.
             Levels 0-1 let the next launch start once their pass is done (the walk of their last program overlaps
             it); levels 2-3, the tally and the gather as soon as their programs have begun, since the next launch
-            waits for their end anyway: -0.6 to -1.4 us per selecting layer step at 128K-1M keys on an H100 against
-            letting it start after their pass, 0.0 and -0.9 at 256K in two calls
+            waits for their end anyway: -0.6 to -1.4 us per selecting layer step at 128K, 512K and 1M keys on an
+            H100 against letting it start after their pass, 0.0 and -0.9 at 256K in two calls
             (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_launch-triggers-substamps.md``).
             The same keys either way. The fused schedule (one launch) takes no ``pdl``.
         after_level0: called once on the current stream, right after level 0's launch (the fused schedule: after
