@@ -11,7 +11,7 @@
 #   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_launch-triggers-substamps.sh OUT   # ~12 minutes
 set -euo pipefail
 here=$(git rev-parse --show-toplevel)
-. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited, trees
 start_run "${1:-}" llama-3.1-8b_h100_2026-12-06_launch-triggers-substamps 2  # $out, $raw, $tmp
 archived head:bfa136a
 stamp_tools="$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps/tools"
@@ -21,7 +21,6 @@ patched() {  # NAME: head's package, tests and pyproject with patches/NAME.patch
 }
 for name in trig tg eager1 tge kw4 tgl tgbl; do patched "$name"; done
 copy diag head && python3 "$stamp_tools/stamp_patch.py" "$tmp/diag" && python3 "$raw/tools/substamp_patch.py" "$tmp/diag"
-trees() { for name in "$@"; do printf '%s ' "$name=$tmp/$name"; done; }
 ab() { (cd "$tmp/head" && PYTHONPATH=. python3 benchmarks/decode_step_ab.py "$@"); }
 gpu_tests() {  # NAME CALL
   (cd "$tmp/$1" && PYTHONPATH=. python3 -m pytest -q -p no:cacheprovider tests/test_ops_gpu.py \

@@ -14,7 +14,7 @@
 #   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.sh OUT   # ~14 minutes
 set -euo pipefail
 here=$(git rev-parse --show-toplevel)
-. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited, trees
 start_run "${1:-}" llama-3.1-8b_h100_2026-12-06_step-streams-stamps 6  # $out, $raw, $tmp
 archived head:d310b57
 tools="$raw/tools"
@@ -52,7 +52,6 @@ ab() { (cd "$tmp/head" && PYTHONPATH=. python3 benchmarks/decode_step_ab.py "$@"
 ab_placebo() { (cd "$here" && git show 885e538:benchmarks/decode_step_ab.py > "$tmp/decode_step_ab_placebo.py" && \
   cd "$tmp/head" && PYTHONPATH=. python3 "$tmp/decode_step_ab_placebo.py" "$@"); }  # --placebo came after d310b57
 in_head() { (cd "$tmp/head" && PYTHONPATH=. python3 "$@"); }
-trees() { for name in "$@"; do printf '%s ' "$name=$tmp/$name"; done; }
 
 # call 1
 ab --trees $(trees head pre w2 w2v2 wv2 vmask st4) --cases step --layers 8 --lengths 256K,128K,1M --rounds 6 \

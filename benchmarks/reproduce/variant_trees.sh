@@ -29,3 +29,7 @@ edited() {  # NAME BASE FILE SED: a copy of BASE's package with the sed expressi
   sed -i "$4" "$file"
   if cmp -s "$file" "$tmp/$2/rtpurbo/ops/triton/$3"; then echo "variant $1: the edit matched nothing" >&2; exit 1; fi
 }
+
+trees() {  # NAME ...: the trees under "$tmp" as decode_step_ab.py's --trees arguments (NAME=DIR ...)
+  for name in "$@"; do printf '%s ' "$name=$tmp/$name"; done
+}
