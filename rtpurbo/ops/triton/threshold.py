@@ -73,7 +73,10 @@ The six phases (level 0, levels 1-3, tally, gather) depend on each other only wi
 tally and the gather stay two launches: one launch in which each chunk adds up the counts of the chunks
 before it (a decoupled look-back over chunks handed out in start order) was 0.5 us faster at 128K keys
 but 2 us slower at 1M, where selection runs by default, against these two (H100, paired,
-``benchmarks/results/llama-3.1-8b_h100_2026-12-05_search-walk-bounds.md``; commit 293eb75 has it). The gather
+``benchmarks/results/llama-3.1-8b_h100_2026-12-05_search-walk-bounds.md``; commit 293eb75 has it). Running a
+row's tally and gather in the two launches right after the level that resolved it (level 1 in the 256K stamps),
+leaving the later launches empty, was +0.1 (within noise) / +1.6 / +4.4 / +2.3 us per selecting layer step at 128K /
+256K / 512K / 1M keys (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_column-level0-early-tail.md``). The gather
 inside the list attention's launch (each program gathers its chunk, then attends to it; f263fcd) was 0.5-0.9 us
 faster per layer at 128K-256K and 4.5-6.1 us slower at 512K-1M
 (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_always-list-fork-after-scores.md``).
@@ -228,7 +231,10 @@ def level0_sub(block: int, programs: int, device: torch.device, schedule: str) -
     where one retrieval head's level 0 is 64 / 128 programs. Where the programs outnumber the SMs and queue beside the
     local heads' ring it does not: +3.8 us at 512K and +6.0 at 1M
     (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md``, ``l0s512``). The fused schedule keeps
-    256 (its one kernel would carry the registers through every phase)."""
+    256 (its one kernel would carry the registers through every phase). Steps of 256 keys loaded as a ``(256, 1)``
+    column, so that each key's row of the accumulators stays in its lane (80 registers, no barrier in the loop), made
+    the step slower: +2.4 / +3.4 / +5.4 / +5.8 us at 128K / 256K / 512K / 1M keys
+    (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_column-level0-early-tail.md``)."""
     one_wave = schedule != "fused" and programs <= _num_sms(device)
     return min(512 if one_wave else 256, block)
 
