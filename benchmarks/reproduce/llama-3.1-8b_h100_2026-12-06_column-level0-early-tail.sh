@@ -7,7 +7,7 @@
 #   call3: the same with a 2048-key budget and 3 runs, and the Qwen3-30B-A3B geometry at 1M, one run;
 #   call4: tests/test_ops_gpu.py on head (stopped by a 235 s limit in the run).
 #
-#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_column-level0-early-tail.sh OUT   # ~12 minutes
+#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_column-level0-early-tail.sh OUT   # ~25 minutes
 set -euo pipefail
 here=$(git rev-parse --show-toplevel)
 . "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited, trees
