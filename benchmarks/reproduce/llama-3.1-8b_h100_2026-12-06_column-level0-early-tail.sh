@@ -10,14 +10,10 @@
 #   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_column-level0-early-tail.sh OUT   # ~25 minutes
 set -euo pipefail
 here=$(git rev-parse --show-toplevel)
-. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited, trees
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, patched, copy, edited, trees
 start_run "${1:-}" llama-3.1-8b_h100_2026-12-06_column-level0-early-tail 4  # $out, $raw, $tmp
 archived head:94ebac5
 column="$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_launch-triggers-substamps/patches/level0-column-layout.patch"
-patched() {  # NAME BASE PATCH: BASE's package, tests and pyproject with PATCH applied
-  mkdir -p "$tmp/$1" && cp -r "$tmp/$2/rtpurbo" "$tmp/$2/tests" "$tmp/$2/pyproject.toml" "$tmp/$1/"
-  (cd "$tmp/$1" && patch -s -p1 < "$3")
-}
 patched l0c head "$column"
 patched et head "$raw/patches/early-tail.patch"
 patched l0cet et "$column"

@@ -11,15 +11,11 @@
 #   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-06_launch-triggers-substamps.sh OUT   # ~12 minutes
 set -euo pipefail
 here=$(git rev-parse --show-toplevel)
-. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, copy, edited, trees
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, patched, copy, edited, trees
 start_run "${1:-}" llama-3.1-8b_h100_2026-12-06_launch-triggers-substamps 2  # $out, $raw, $tmp
 archived head:bfa136a
 stamp_tools="$here/benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps/tools"
-patched() {  # NAME: head's package, tests and pyproject with patches/NAME.patch applied
-  mkdir -p "$tmp/$1" && cp -r "$tmp/head/rtpurbo" "$tmp/head/tests" "$tmp/head/pyproject.toml" "$tmp/$1/"
-  (cd "$tmp/$1" && patch -s -p1 < "$raw/patches/$1.patch")
-}
-for name in trig tg eager1 tge kw4 tgl tgbl; do patched "$name"; done
+for name in trig tg eager1 tge kw4 tgl tgbl; do patched "$name" head "$raw/patches/$name.patch"; done
 copy diag head && python3 "$stamp_tools/stamp_patch.py" "$tmp/diag" && python3 "$raw/tools/substamp_patch.py" "$tmp/diag"
 ab() { (cd "$tmp/head" && PYTHONPATH=. python3 benchmarks/decode_step_ab.py "$@"); }
 gpu_tests() {  # NAME CALL

@@ -19,6 +19,11 @@ archived() {  # NAME:REV ...: rtpurbo, benchmarks, tests and pyproject.toml as a
   done
 }
 
+patched() {  # NAME BASE PATCH: BASE's package, tests and pyproject.toml with PATCH applied (patch -p1), in $tmp/NAME
+  mkdir -p "$tmp/$1" && cp -r "$tmp/$2/rtpurbo" "$tmp/$2/tests" "$tmp/$2/pyproject.toml" "$tmp/$1/"
+  (cd "$tmp/$1" && patch -s -p1 < "$3")
+}
+
 copy() {  # NAME BASE: a copy of BASE's package
   mkdir -p "$tmp/$1" && cp -r "$tmp/$2/rtpurbo" "$tmp/$1/"
 }
