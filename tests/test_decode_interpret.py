@@ -72,10 +72,14 @@ def _check_dense(case) -> list[str]:
     return compare(out, ref, counts, visible.sum(-1, keepdim=True).expand(batch, n_kv))
 
 
-def _check_list() -> list[str]:
-    """List mode with many partial results: a selection of slots plus the always-kept list, whose entries of absent
-    keys hold garbage (the index-score kernel does not clear them): slots of other keys, of empty slots, past the
-    cache, -1."""
+# list launches: (block_n, waves): many parts of one step each, and few parts of many steps each (every step after
+# a part's first reads the entries its step before loaded)
+LIST_SHAPES = {"list": (16, 16), "list-long-parts": (16, 1)}
+
+
+def _check_list(shape: tuple[int, int]) -> list[str]:
+    """List mode: a selection of slots plus the always-kept list, whose entries of absent keys hold garbage (the
+    index-score kernel does not clear them): slots of other keys, of empty slots, past the cache, -1."""
     import torch
 
     from rtpurbo.ops import reference
@@ -96,7 +100,9 @@ def _check_list() -> list[str]:
     always[2:, 4 + 5] = n_keys - 6  # the empty slot of position n_keys - 6
     always[2, 4 + 8] = 10**6  # past the cache
     always[3, 4 + 8] = -1
-    launch = decode.DecodeLaunch(block_n=16, waves=16, combine_chunk=4, combine_d=16)
+    launch = decode.DecodeLaunch(block_n=shape[0], waves=shape[1], combine_chunk=4, combine_d=16)
+    steps = -(-150 // launch.splits(150, batch * n_kv, q.device, extra=1) // shape[0])  # of the longest part
+    problems = [] if shape[1] > 1 or steps >= 3 else [f"long parts of {steps} steps of {shape[0]} keys, want >= 3"]
     out, counts = decode.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index,
                                           always=always, skip_sinks=4, skip_recent=16, launch=launch)
     mask = torch.zeros(batch, n_kv, 1, n_keys, dtype=torch.bool)
@@ -106,7 +112,6 @@ def _check_list() -> list[str]:
     mask[..., :4] = True
     mask[..., n_keys - 16 :] = True
     mask &= (k_pos >= 0)[:, None, None]
-    problems = []
     named = decode.named_always(always, q_pos, k_pos, n_kv=n_kv, sinks=4, recent=16)
     if int((named >= 0).sum()) != 4 * (4 + 16) - 2 * 3:
         problems.append(f"named_always kept {int((named >= 0).sum())} entries, want {4 * 20 - 6}")
@@ -115,7 +120,8 @@ def _check_list() -> list[str]:
 
 
 def _run_all() -> dict[str, list[str]]:
-    return report_checks([(case[0], lambda case=case: _check_dense(case)) for case in CASES] + [("list", _check_list)])
+    return report_checks([(case[0], lambda case=case: _check_dense(case)) for case in CASES]
+                         + [(name, lambda shape=shape: _check_list(shape)) for name, shape in LIST_SHAPES.items()])
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +134,7 @@ def test_every_launch_compiles_for_hopper(report):
     assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["list"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + list(LIST_SHAPES))
 def test_decode_attention_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 
