@@ -7,10 +7,12 @@
 # SHARDS (default 6): processes, each given a contiguous run of the collected tests (a file's parametrisations of one
 # kernel mostly stay in one process, which compiles them once). TEST_FILES default to the files that need a GPU.
 # Writes OUT_DIR/shard_K.txt (each process's pytest output) and OUT_DIR/summary.txt (each shard's last line, then
-# the totals); exits non-zero when a shard failed or none ran.
+# the totals); exits non-zero when a shard failed, ran out of time (GPU_TESTS_LIMIT seconds, default 900) or none
+# ran.
 set -uo pipefail
 out=${1:?usage: gpu-tests.sh OUT_DIR [SHARDS] [TEST_FILES...]}
 shards=${2:-6}
+limit=${GPU_TESTS_LIMIT:-900}  # seconds a shard may run (timeout's exit status 124 in its log when it ran out)
 shift $(( $# >= 2 ? 2 : 1 ))
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(tests/test_ops_gpu.py tests/test_gpu_steady_state.py tests/test_cudnn_window_gpu.py
@@ -27,7 +29,8 @@ split -l "$per" -d -a 2 "$out/tests.txt" "$out/ids_"
 pids=()
 for ids in "$out"/ids_*; do
   k=${ids##*_}
-  (mapfile -t nodes < "$ids"; python3 -m pytest -q -rfEs -p no:cacheprovider "${nodes[@]}" > "$out/shard_$k.txt" 2>&1
+  (mapfile -t nodes < "$ids"
+   timeout "$limit" python3 -m pytest -q -rfEs --durations=5 -p no:cacheprovider "${nodes[@]}" > "$out/shard_$k.txt" 2>&1
    echo "rc $?" >> "$out/shard_$k.txt") &
   pids+=($!)
 done
@@ -35,7 +38,8 @@ wait "${pids[@]}"
 : > "$out/summary.txt"
 failed=0
 for log in "$out"/shard_*.txt; do
-  echo "$(basename "$log"): $(grep -E '(passed|failed|error|skipped)' "$log" | tail -n 1)" >> "$out/summary.txt"
+  echo "$(basename "$log"): $(grep -E '(passed|failed|error|skipped)' "$log" | tail -n 1) ($(tail -n 1 "$log"))" \
+    >> "$out/summary.txt"
   grep -q '^rc 0$' "$log" || failed=1
 done
 echo "tests collected: $total in $shards shards; a shard failed: $failed" >> "$out/summary.txt"
