@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU tests in parallel pytest processes, so that compiling (most of their time) uses the machine's cores: one
-# device call can then run all of them. From the repository root, rtpurbo importable:
+# The GPU tests in parallel pytest processes, so that compiling (most of their time) uses the machine's cores. From
+# the repository root, rtpurbo importable:
 #
 #   bash dev/remote-gpu/gpu-tests.sh OUT_DIR [SHARDS] [TEST_FILES...]
 #
