@@ -190,7 +190,9 @@ def _attend_part(
                 use = use & (allowed != 0)
         # K and V rows load as soon as their slots are known, not after the positions: the loads of
         # one step are in flight together. Slots that turn out invisible get p = 0 and V = 0 (an
-        # unwritten slot may hold anything, and 0 * NaN is NaN).
+        # unwritten slot may hold anything, and 0 * NaN is NaN). Triton's pipeliner (3 stages) already issues a
+        # list's entries and the K/V copies of the next steps ahead (sm_90): loading each step's entries one step
+        # ahead by hand compiled to the same pipeline.
         kv_ok = ok[:, None] & D_OK[None, :]
         keys = tl.load(k_row + slot[:, None] * s_kn + d[None, :] * s_kd, mask=kv_ok, other=0.0)
         values = tl.load(v_row + slot[:, None] * s_vn + d[None, :] * s_vd, mask=kv_ok, other=0.0)
