@@ -72,8 +72,8 @@ def _check_dense(case) -> list[str]:
     return compare(out, ref, counts, visible.sum(-1, keepdim=True).expand(batch, n_kv))
 
 
-# list launches: (block_n, waves): many parts of one step each, and few parts of many steps each (every step after
-# a part's first reads the entries its step before loaded)
+# list launches: (block_n, waves): many parts of one step each, and few parts of many steps each (the loop's later
+# steps, whose entries and K/V a GPU loads ahead of them)
 LIST_SHAPES = {"list": (16, 16), "list-long-parts": (16, 1)}
 
 
@@ -101,7 +101,8 @@ def _check_list(shape: tuple[int, int]) -> list[str]:
     always[2, 4 + 8] = 10**6  # past the cache
     always[3, 4 + 8] = -1
     launch = decode.DecodeLaunch(block_n=shape[0], waves=shape[1], combine_chunk=4, combine_d=16)
-    steps = -(-150 // launch.splits(150, batch * n_kv, q.device, extra=1) // shape[0])  # of the longest part
+    longest = -(-150 // launch.splits(150, batch * n_kv, q.device, extra=1))  # entries of the longest part
+    steps = -(-longest // shape[0])
     problems = [] if shape[1] > 1 or steps >= 3 else [f"long parts of {steps} steps of {shape[0]} keys, want >= 3"]
     out, counts = decode.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, index=index, n_index=n_index,
                                           always=always, skip_sinks=4, skip_recent=16, launch=launch)
