@@ -160,6 +160,22 @@ def test_every_launch_compiles_for_hopper(report):
     assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
+def test_a_lists_always_part_counts_among_its_programs():
+    """A list's parts in the one launch are sized as ``decode_attention``'s list mode sizes them: the always-kept
+    keys' part is one of :data:`LIST_LAUNCH`'s programs per SM (8 "SMs" off CUDA), not one program more."""
+    import torch
+
+    from rtpurbo.ops.triton import decode, decode_roles
+
+    cpu = torch.device("cpu")
+    for keys, rows in ((1 << 20, 1), (1 << 20, 2), (3000, 1)):
+        parts, ring_parts = decode_roles.role_parts(keys, rows, 8196, 7, True, decode.DENSE_LAUNCH, cpu)
+        assert parts == decode.LIST_LAUNCH.splits(keys, rows, cpu, extra=1) + 1
+        assert ring_parts == decode.DENSE_LAUNCH.splits(8196, 7, cpu)
+    parts, _ = decode_roles.role_parts(1 << 20, 1, 8196, 7, True, decode.DENSE_LAUNCH, cpu)
+    assert parts == decode.LIST_LAUNCH.waves * decode._num_sms(cpu)
+
+
 @pytest.mark.parametrize("name", [c[0] for c in CASES] + ["beside", "errors"])
 def test_two_role_decode_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
