@@ -27,6 +27,13 @@ PDL is on by default in trees that have it, so run with ``RTPURBO_PDL=0`` to tim
 ``--schedules relay``: every tree whose threshold search has that schedule also runs with it (``NAME+relay``; the
 step passes ``schedule=`` to ``topp_attention``, the selection to ``topp_threshold``).
 
+``--priorities``: the step case also runs each tree with CUDA stream priorities (``NAME+prio``: the graph captured
+on a high-priority stream, so the retrieval head's chain launches at high priority and the local heads' ring, on a
+default-priority side stream, at low; ``NAME+prio+pre``: the same with the ring forked before the index scores;
+``NAME+ringprio``: the other way round, the ring's side stream at high priority). A graph replays each kernel at the
+priority of the stream it was captured on (PyTorch instantiates graphs with per-node priorities), so when both
+streams have programs waiting for an SM, the block scheduler takes the high-priority ones first.
+
 ``--layers N``: the step, every, ring and chain cases run N layers' steps in one graph, each on its own inputs, and
 report time per layer: what a layer costs inside a model's decode graph, without one graph launch per layer.
 
@@ -48,6 +55,7 @@ that size between versions are not resolved.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import json
@@ -175,20 +183,29 @@ def _layers(one, inputs: list) -> Callable[[], tuple]:
     return run
 
 
-def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -> dict:
+HIGH_PRIORITY = -1  # torch maps a priority outside the device's range to the nearest valid one; 0 is the lowest
+# --priorities: (capture stream's priority, side stream's priority, ring forked before the index scores) per variant
+PRIORITY_VARIANTS = {"prio": (HIGH_PRIORITY, 0, False), "prio+pre": (HIGH_PRIORITY, 0, True),
+                     "ringprio": (0, HIGH_PRIORITY, False)}
+
+
+def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1, priorities: bool = False) -> dict:
     """Per tree (and schedule), a callable of one selecting layer step, and what it selected (count, slot sum).
 
     ``layers`` > 1: the callable runs that many layers' steps one after the other, each on its own inputs (as the
     layers of a model's decode graph do: no graph launch per layer, one layer's data evicting another's from L2);
-    ``measure(..., per=layers)`` then reports time per layer."""
+    ``measure(..., per=layers)`` then reports time per layer. ``priorities``: each tree also runs as the variants of
+    :data:`PRIORITY_VARIANTS` (module docstring); such a callable carries the stream its graph is captured on as
+    ``capture_stream``."""
     inputs, ring_pos, q_pos, k_pos = _step_inputs(length, layers)
-    side = torch.cuda.Stream()
+    sides = {0: torch.cuda.Stream(), HIGH_PRIORITY: torch.cuda.Stream(priority=HIGH_PRIORITY)}
     calls = {}
     for name, tree, search in _variants(trees, schedules):
         # as the tree's HeadwiseCache forks the local heads: after the index scores' launch where it can
         forks_after_scores = "after_scores" in inspect.signature(tree["topp"].topp_attention).parameters
 
-        def layer_step(x, tree=tree, search=search, forks_after_scores=forks_after_scores):
+        def layer_step(x, tree=tree, search=search, forks_after_scores=forks_after_scores, side=sides[0],
+                       before_scores=False):
             main = torch.cuda.current_stream()
             local = []
 
@@ -196,13 +213,19 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1) -
                 side.wait_stream(main)
                 with torch.cuda.stream(side):
                     local.append(_ring(tree, x, ring_pos, q_pos))
-            fork = {"after_scores": local_step} if forks_after_scores else {}
+            fork = {"after_scores": local_step} if forks_after_scores and not before_scores else {}
             if not fork:
                 local_step()
             out, counts = _chain(tree, x, q_pos, k_pos, **search, **fork)
             main.wait_stream(side)
             return out, local[0], counts
         calls[name] = _layers(layer_step, inputs)
+        if not priorities:
+            continue
+        for suffix, (capture, ring, before) in PRIORITY_VARIANTS.items():
+            step = functools.partial(layer_step, side=sides[ring], before_scores=before)
+            calls[f"{name}+{suffix}"] = _layers(step, inputs)
+            calls[f"{name}+{suffix}"].capture_stream = torch.cuda.Stream(priority=capture)
     return calls
 
 
@@ -322,11 +345,12 @@ def timeline(graph: torch.cuda.CUDAGraph, replays: int = 10) -> str:
 
 
 def _graph(fn) -> torch.cuda.CUDAGraph:
+    """``fn`` run three times, then captured (on ``fn.capture_stream`` where it has one, see ``--priorities``)."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=getattr(fn, "capture_stream", None)):
         fn()
     torch.cuda.synchronize()
     return graph
@@ -373,6 +397,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=1, help="step, every, ring and chain cases: this many layers' "
                         "steps in one graph, each on its own inputs, timed per layer (as a model's decode graph "
                         "runs them)")
+    parser.add_argument("--priorities", action="store_true", help="step case: also run each tree with CUDA stream "
+                        "priorities (NAME+prio, NAME+prio+pre, NAME+ringprio; see the module docstring)")
     parser.add_argument("--placebo", action="store_true", help="also run the first tree a second time (NAME_again): "
                         "the difference the harness reads between identical code")
     parser.add_argument("--json", default=None)
@@ -389,7 +415,8 @@ def main() -> None:
         length = LENGTHS[label]
         todo = []
         if "step" in cases:
-            todo.append(("step", "trained-like", step_case(trees, length, schedules, args.layers)))
+            todo.append(("step", "trained-like", step_case(trees, length, schedules, args.layers,
+                                                                   args.priorities)))
         if "every" in cases:
             todo.append(("every", "every key", every_case(trees, length, args.layers)))
         for stream in ("ring", "chain"):
