@@ -31,8 +31,9 @@ step passes ``schedule=`` to ``topp_attention``, the selection to ``topp_thresho
 on a high-priority stream, so the retrieval head's chain launches at high priority and the local heads' ring, on a
 default-priority side stream, at low; ``NAME+prio+pre``: the same with the ring forked before the index scores;
 ``NAME+ringprio``: the other way round, the ring's side stream at high priority). A graph replays each kernel at the
-priority of the stream it was captured on (PyTorch instantiates graphs with per-node priorities), so when both
-streams have programs waiting for an SM, the block scheduler takes the high-priority ones first.
+priority of the stream it was captured on (PyTorch instantiates graphs with per-node priorities), so where both
+streams have programs waiting for an SM, the block scheduler should take the high-priority ones first. On an H100 none
+of the three made the step shorter (``benchmarks/results/llama-3.1-8b_h100_2026-12-07_stream-priorities.md``).
 
 ``--layers N``: the step, every, ring and chain cases run N layers' steps in one graph, each on its own inputs, and
 report time per layer: what a layer costs inside a model's decode graph, without one graph launch per layer.

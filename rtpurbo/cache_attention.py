@@ -178,6 +178,10 @@ class LayerAttention:
         return out
 
     def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
+        """The local heads' stream beside a selecting step, at the default priority, like the stream a decode graph is
+        captured on: a graph with the retrieval heads' chain at high priority, or with the ring at high priority, was
+        no faster (within 1 us per layer, H100,
+        ``benchmarks/results/llama-3.1-8b_h100_2026-12-07_stream-priorities.md``)."""
         stream = self._streams.get(device)
         if stream is None:
             stream = self._streams[device] = torch.cuda.Stream(device)
