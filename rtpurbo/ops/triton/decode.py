@@ -365,6 +365,11 @@ class DecodeLaunch:
         most = triton.cdiv(span, max(self.block_n, self.split_keys))
         return max(1, min(triton.cdiv(self.waves * _num_sms(device), rows) - extra, most))
 
+    def parts(self, span: int, rows: int, device: torch.device, listed: bool) -> int:
+        """Programs per row: the splits of its ``span`` keys or list entries, and with a list (``listed``) the part of
+        its always-kept keys, which counts among the ``waves`` programs per SM (:meth:`splits`' ``extra``)."""
+        return self.splits(span, rows, device, extra=int(listed)) + int(listed)
+
     def options(self) -> dict[str, int]:
         return {"num_warps": self.num_warps, **({} if self.num_stages is None else {"num_stages": self.num_stages})}
 
@@ -547,8 +552,7 @@ def decode_attention(
     span = index.shape[-1] if listed else n_keys
     launch = launch or (DENSE_LAUNCH if index is None else LIST_LAUNCH)
     block_n = launch.block_n
-    n_splits = launch.splits(span, rows, q.device, extra=int(listed))
-    n_parts = n_splits + int(listed)
+    n_parts = launch.parts(span, rows, q.device, listed)
     g_pad, d_pad = _pad(group), _pad(head_dim)
     part_m = torch.empty(rows, n_parts, g_pad, dtype=torch.float32, device=q.device)
     part_l = torch.empty_like(part_m)

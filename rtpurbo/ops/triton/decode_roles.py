@@ -84,11 +84,11 @@ def role_parts(span_r: int, rows_r: int, span_l: int, rows_l: int, listed: bool,
     """Parts per retrieval row and per local row (a list's parts include its always-list part).
 
     Every key (``listed`` False): one part size for both kinds, about ``launch.waves`` programs per SM in all.
-    A list: its rows as :data:`LIST_LAUNCH` splits them in :func:`~rtpurbo.ops.triton.decode.decode_attention`'s list
-    mode (the always-list part counted among its programs per SM), the ring rows as ``launch`` splits them alone.
+    A list: its rows in as many parts as :func:`~rtpurbo.ops.triton.decode.decode_attention`'s list mode gives them
+    (:meth:`~rtpurbo.ops.triton.decode.DecodeLaunch.parts`), the ring rows as ``launch`` splits them alone.
     """
     if listed:
-        return LIST_LAUNCH.splits(span_r, rows_r, device, extra=1) + 1, launch.splits(span_l, rows_l, device)
+        return LIST_LAUNCH.parts(span_r, rows_r, device, listed=True), launch.splits(span_l, rows_l, device)
     total = rows_r * span_r + rows_l * span_l
     size = max(launch.block_n, launch.split_keys, triton.cdiv(total, launch.waves * _num_sms(device)))
     size = triton.cdiv(size, launch.block_n) * launch.block_n
