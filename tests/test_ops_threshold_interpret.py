@@ -205,6 +205,9 @@ def check_selection(case, device: str = "cpu") -> list[str]:
                 torch.equal(order[r, : n_keep[r]], again[r, : n_keep[r]]) for r in range(rows)
             )):
                 problems.append(f"{schedule}: a second run differs")
+    for pdl in (False, True) if dependent_launch.supported(torch.device(device)) else (False,):
+        found = threshold.topp_threshold(*stats, **budget, block=block, until_cut=True, pdl=pdl)
+        problems += [f"until_cut{' with PDL' if pdl else ''}: {p}" for p in cut_problems(flat, found, want)]
     # the sort method; under max_tokens it takes torch.topk, which breaks ties in no set order
     chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, method="sort")
     for r in range(rows):
@@ -213,6 +216,29 @@ def check_selection(case, device: str = "cpu") -> list[str]:
         expected = want[r].nonzero().flatten().tolist()
         if n != len(expected) or (max_tokens is None and sort_slots != expected):
             problems.append(f"row {r}: the sort method differs from the reference")
+    return problems
+
+
+def cut_problems(scores, found, want) -> list[str]:
+    """Whether a search run ``until_cut`` selects ``want`` ((rows, L) bool) by its final state: every key scoring
+    above ``tau``, and those scoring ``tau`` at slots up to the cut."""
+    import torch
+
+    from rtpurbo.ops.triton import threshold_phases as phases
+
+    problems = []
+    for r in range(scores.shape[0]):
+        tau, cut = int(found.state[r, 0, phases.TAU.value]), int(found.state[r, 0, phases.CUT.value])
+        key = scores[r].view(torch.int32).long()  # the order key of threshold_phases._order_key, on the host
+        key = torch.where(scores[r] == 0, 2147483648, torch.where(key < 0, -1 - key, key + 2147483648))
+        key = torch.where(scores[r] == float("-inf"), -1, key)
+        slots = torch.arange(scores.shape[1], device=scores.device)
+        chosen = (key > tau) | ((key == tau) & (slots <= cut))
+        if not torch.equal(chosen, want[r]):
+            problems.append(f"row {r}: tau {tau} and cut {cut} select {int(chosen.sum())} keys, the reference "
+                            f"{int(want[r].sum())} ({int((chosen != want[r]).sum())} differ)")
+        if int(found.n_keep[r]) != int(want[r].sum()):
+            problems.append(f"row {r}: n_keep {int(found.n_keep[r])} != {int(want[r].sum())}")
     return problems
 
 
@@ -234,6 +260,40 @@ def _check_attention() -> list[str]:
     )
     ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
     return compare(out, ref, counts, ref_counts[..., 0])
+
+
+def _check_cut_attention() -> list[str]:
+    """The search run ``until_cut`` and :func:`cut_attend.cut_attend` (each program selecting its own keys by ``tau``
+    and the cut), against the reference (fp32): random scores, and scores all equal under a token budget (the cut
+    found by a scan of the row: more ties than a bin's list holds), in nine parts per row of one scan step each, and in
+    one part of three steps."""
+    from rtpurbo.ops import reference
+    from rtpurbo.ops.triton import cut_attend, decode, threshold
+    from tests.test_decode_interpret import compare, random_qkv
+
+    problems = []
+    batch, n_kv, group, n_keys, dim = 2, 2, 3, 2301, 32
+    q, k, v = random_qkv(batch, n_kv, group, n_keys, dim, seed=5)
+    for kind, budget, launch in (
+        ("randn", dict(top_p=0.8, min_tokens=8, max_tokens=None), decode.DecodeLaunch(block_n=128, waves=8)),
+        ("zero", dict(top_p=0.7, min_tokens=0, max_tokens=150), decode.LIST_LAUNCH),
+    ):
+        q_idx, k_idx, q_pos, k_pos = select_inputs(kind, batch, n_kv, n_keys, seed=11)
+        scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=4, recent=16)
+        flat = scored.scores.view(-1, n_keys)
+        found = threshold.topp_threshold(flat, scored.block_max, scored.block_sum, scored.block_count,
+                                         scored.block_min, **budget, block=64, until_cut=True)
+        out, counts = cut_attend.cut_attend(q, k, v, q_pos, k_pos, flat, found, scored.always, scale=dim**-0.5,
+                                            skip_sinks=4, skip_recent=16, launch=launch)
+        ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, sinks=4, recent=16)
+        problems += [f"{kind}: {p}" for p in compare(out, ref, counts, ref_counts[..., 0])]
+    try:
+        cut_attend.cut_attend(q, k, v, q_pos, k_pos, flat[:1], found, scored.always, scale=1.0, skip_sinks=4,
+                              skip_recent=16)
+        problems.append("scores of the wrong shape were accepted")
+    except ValueError:
+        pass
+    return problems
 
 
 def _check_flat_interval() -> list[str]:
@@ -437,7 +497,8 @@ def _check_key_score() -> list[str]:
 
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
-        ("attention", _check_attention), ("flat-interval", _check_flat_interval), ("bin-lists", _check_bin_lists),
+        ("attention", _check_attention), ("cut-attention", _check_cut_attention),
+        ("flat-interval", _check_flat_interval), ("bin-lists", _check_bin_lists),
         ("n-logit", _check_n_logit),
         ("zeroed-workspace", _check_zeroed_workspace), ("bad-args", _check_bad_args),
         ("key-score", _check_key_score)])
@@ -453,7 +514,8 @@ def test_every_launch_compiles_for_hopper(report):
     assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "flat-interval", "bin-lists", "n-logit",
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "cut-attention", "flat-interval", "bin-lists",
+                                                           "n-logit",
                                                            "zeroed-workspace", "bad-args", "key-score"])
 def test_threshold_selection_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])

@@ -72,12 +72,14 @@ def _fake_kernels(monkeypatch, events):
         return topp.kernels.IndexScores(torch.zeros(batch, n_kv, n_keys), stat, stat, stat.int(),
                                         torch.zeros(rows, 1, dtype=torch.int32), stat)
 
-    def search(flat_scores, *_, after_level0=None, **__):
+    def search(flat_scores, *_, after_level0=None, until_cut=False, **__):
         events.append("level 0")
         if after_level0 is not None:
             after_level0()
         events.append("search")
         rows, n_keys = flat_scores.shape
+        if until_cut:
+            return topp.threshold.Threshold(torch.zeros(rows, dtype=torch.int64), torch.zeros(rows, 5, 13))
         return torch.zeros(rows, n_keys, dtype=torch.int64), torch.zeros(rows, dtype=torch.int64)
 
     def count(values, *_, **__):
@@ -91,6 +93,7 @@ def _fake_kernels(monkeypatch, events):
     monkeypatch.setattr(topp.kernels, "index_scores", scores)
     monkeypatch.setattr(topp.kernels, "topp_count", count)
     monkeypatch.setattr(topp.kernels, "decode_attention", attention)
+    monkeypatch.setattr(topp.cut_attend, "cut_attend", attention)
     monkeypatch.setattr(topp.threshold, "topp_threshold", search)
     monkeypatch.setattr(topp, "_check", lambda *_: None)
 
@@ -116,6 +119,25 @@ def test_after_scores_runs_once_right_after_the_index_scores(monkeypatch):
     events.clear()
     topp.topp_attention(*args, top_p=1.0, after_scores=hook)
     assert events == ["fork", "attention"], events
+
+
+def test_attention_selects_by_the_cut_below_its_key_count(monkeypatch):
+    """The phased schedule's top-p attention ends its search at tau and the cut, and attends through ``cut_attend``,
+    below ``CUT_ATTEND_MAX_KEYS`` cached keys; from there on, and under the other schedules, the search writes the
+    list of slots and the list attention reads it."""
+    events = []
+    _fake_kernels(monkeypatch, events)
+    calls = []
+    monkeypatch.setattr(topp.cut_attend, "cut_attend", lambda q, *_, **__: calls.append("cut") or (
+        torch.zeros_like(q), torch.zeros(1, 1, dtype=torch.int64)))
+    monkeypatch.setattr(topp.kernels, "decode_attention", lambda q, *_, index=None, **__: calls.append(
+        "list" if index is not None else "every key") or (torch.zeros_like(q), torch.zeros(1, 1, dtype=torch.int64)))
+    for limit, schedule, expected in ((9, "phased", "cut"), (8, "phased", "list"), (9, "relay", "list"),
+                                      (9, "fused", "list")):
+        monkeypatch.setattr(topp, "CUT_ATTEND_MAX_KEYS", limit)  # _ARGS cache 8 keys
+        calls.clear()
+        topp.topp_attention(*_ARGS, top_p=0.9, schedule=schedule)
+        assert calls == [expected], (limit, schedule, calls)
 
 
 def test_after_scores_runs_after_level0_from_the_long_context_threshold(monkeypatch):

@@ -119,7 +119,7 @@ Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capt
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import triton
@@ -155,6 +155,7 @@ def _search_kernel(
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
     N_BINS: tl.constexpr, N_STATE: tl.constexpr, N_SYNC: tl.constexpr, SUB: tl.constexpr, BLOCK: tl.constexpr,
     BIN_LIST: tl.constexpr, NC_PAD: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr, RELAY: tl.constexpr,
+    CUT_SLOT: tl.constexpr,
 ):
     """Phases ``FIRST..LAST`` of one row's search, one program per (row, chunk of keys).
 
@@ -162,7 +163,8 @@ def _search_kernel(
     whose programs wait for each other per row, between phases, on the words of ``sync``;
     every program of the launch must be resident at once). ``PDL``: launched with programmatic dependent launch
     (one phase per launch), each phase lets the next one launch once its programs are past their pass over the row.
-    ``RELAY``: no tickets; each launch walks the bins of the launch before in every program (``relay_phase``)."""
+    ``RELAY``: no tickets; each launch walks the bins of the launch before in every program (``relay_phase``).
+    ``CUT_SLOT``: the resolving walk also stores the cut among the ties (``threshold_phases.CUT``)."""
     wait_for_previous(PDL)
     row = tl.program_id(0)
     part = tl.program_id(1)
@@ -186,13 +188,14 @@ def _search_kernel(
             if phase == 0:
                 logit_phase(scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, work_row, st, stats_ptr, n_keep_ptr,
                              sync, row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
-                             NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST, PDL)
+                             NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB, FIRST < LAST, PDL, CUT_SLOT)
                 if phase < LAST:
                     wait_for(sync, 1, sync + _STALLS, SPIN_LIMIT)
             elif phase < _TALLY:
                 searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), lists_row, st, stats_ptr,
                                       n_keep_ptr, sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT,
-                                      N_BINS, BLOCK, BIN_LIST, FIRST < LAST, PDL, phase >= EARLY_NEXT_LAUNCH)
+                                      N_BINS, BLOCK, BIN_LIST, FIRST < LAST, PDL, phase >= EARLY_NEXT_LAUNCH,
+                                      CUT_SLOT)
                 if phase < LAST:
                     if searching:
                         wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
@@ -208,6 +211,18 @@ def _search_kernel(
 
 
 SCHEDULES = ("fused", "phased", "relay")
+
+
+class Threshold(NamedTuple):
+    """The search's result without the slots (:func:`topp_threshold` with ``until_cut=True``).
+
+    n_keep: (BH,) int64 keys selected per row. state: (BH, N_SLOTS, N_STATE) int64, the final search state in slot 0:
+    the selection is every key scoring above ``state[r, 0, TAU]``'s score, and those scoring it at slots up to
+    ``state[r, 0, CUT]`` (:data:`~rtpurbo.ops.triton.threshold_phases.CUT`).
+    """
+
+    n_keep: torch.Tensor
+    state: torch.Tensor
 
 
 def workspace_size(rows: int) -> int:
@@ -262,8 +277,8 @@ def topp_threshold(
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 2048,
     work: torch.Tensor | None = None, n_logit: int = N_LOGIT, schedule: str = "phased",
     sync: torch.Tensor | None = None, programs_per_sm: int = 2, num_warps: int = 8, pdl: bool = False,
-    after_level0: Callable[[], object] | None = None, bin_list: int = BIN_LIST,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    after_level0: Callable[[], object] | None = None, bin_list: int = BIN_LIST, until_cut: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | Threshold:
     """The top-p selection of each row as a list of slots (see the module docstring).
 
     Args:
@@ -301,9 +316,13 @@ def topp_threshold(
             its one launch); :func:`rtpurbo.ops.triton.topp.select` forks the local heads there at long contexts.
         bin_list: keys listed per key-level bin (a power of two up to 128, or 0: no lists); a walk whose chosen bin
             holds at most this many keys resolves ``tau`` from its list (module docstring). The same keys either way.
+        until_cut: (phased schedule) launch levels 0-3 only, the resolving walk storing the cut among the ties, and
+            return :class:`Threshold`: no tally, no gather, no list of slots
+            (:mod:`rtpurbo.ops.triton.cut_attend` selects each key where it attends).
     Returns:
         order (BH, C) int64, C = L or ``min(max_tokens, L)``: the first ``n_keep`` entries are the
-        selected slots in ascending order, the rest unspecified; n_keep (BH,) int64.
+        selected slots in ascending order, the rest unspecified; n_keep (BH,) int64. ``until_cut``:
+        :class:`Threshold`.
     """
     if n_logit < 2 or n_logit > N_BINS or n_logit & (n_logit - 1):
         raise ValueError(f"n_logit must be a power of two in [2, {N_BINS}], got {n_logit}")
@@ -311,6 +330,8 @@ def topp_threshold(
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     if pdl and schedule == "fused":
         raise ValueError("pdl applies to the phased and relay schedules' launches; the fused schedule is one launch")
+    if until_cut and schedule != "phased":
+        raise ValueError(f"until_cut runs the phased schedule's launches of levels 0-3; got schedule {schedule!r}")
     rows, n_keys = scores.shape
     device = scores.device
     capacity = n_keys if max_tokens is None else max(0, min(max_tokens, n_keys))
@@ -340,7 +361,7 @@ def topp_threshold(
     stats = torch.empty(rows, N_STATS.value, dtype=torch.float32, device=device)
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
     tally = torch.empty(rows, n_chunks, 2, dtype=torch.int32, device=device)
-    order = torch.empty(rows, capacity, dtype=torch.int64, device=device)
+    order = torch.empty(rows, 0 if until_cut else capacity, dtype=torch.int64, device=device)
     # N_BINS lists per row; an entry is read only where its level wrote it (module docstring)
     lists = torch.empty(rows, max(1, N_BINS * bin_list), dtype=torch.int64, device=device)
     n_blocks = block_max.shape[1]
@@ -350,12 +371,15 @@ def topp_threshold(
     meta = dict(NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
                 MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC,
                 SUB=level0_sub(block, rows * n_chunks, device, schedule),
-                BLOCK=block, BIN_LIST=bin_list, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT)
-    spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(N_PHASES)]
+                BLOCK=block, BIN_LIST=bin_list, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT,
+                CUT_SLOT=until_cut)
+    spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(TALLY if until_cut else N_PHASES)]
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
         _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, PDL=pdl, RELAY=schedule == "relay",
                                          num_warps=warps, **meta, **dependent_launch.options(pdl))
         if first == 0 and after_level0 is not None:
             after_level0()
+    if until_cut:
+        return Threshold(n_keep, state)
     return order, n_keep

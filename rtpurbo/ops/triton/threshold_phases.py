@@ -44,7 +44,11 @@ NEED = tl.constexpr(8)  # RESOLVED: keys to take at TAU (lowest slots first)
 LOWER = tl.constexpr(9)  # min_tokens
 UPPER = tl.constexpr(10)  # min(visible keys, max_tokens)
 LOGIT_BIN = tl.constexpr(11)  # level 0's chosen bin: the key levels take only the keys of the interval in it
-N_STATE = 12
+# RESOLVED, written only where the search runs with ``CUT_SLOT`` (:func:`key_phase`): the highest slot of a key scoring
+# ``tau`` that is selected. The selection is then every key scoring above ``tau`` and those scoring ``tau`` at slots up
+# to it (-1: none), a test each key can make alone (``rtpurbo.ops.triton.cut_attend``), with no counts per chunk.
+CUT = tl.constexpr(12)
+N_STATE = 13
 _N_STATE = tl.constexpr(N_STATE)  # for the kernels
 # per-row states (BH, N_SLOTS, N_STATE): the phased and fused schedules use slot 0; relay: slot 0 holds LOWER / UPPER,
 # slot 1 + l the state after walking level l (slot 4: the final one)
@@ -54,6 +58,8 @@ BY_MASS = tl.constexpr(0)
 BY_RANK = tl.constexpr(1)
 RESOLVED = tl.constexpr(2)
 NO_KEY = tl.constexpr(1 << 32)  # a TAU above every key: nothing selected
+ALL_TIES = tl.constexpr(2147483647)  # a CUT at or above every slot (slots are below 2^31): every tie is selected
+_UNKNOWN_CUT = tl.constexpr(-2)  # a walk resolved tau without the slots of its ties: key_phase scans for the cut
 
 
 @triton.jit
@@ -342,30 +348,37 @@ def _resolve_listed(lists, chosen, n_in, mode, rank, above, mass_above, row_max,
     bins summed), and find ``n_keep`` as the walk of a level of one key per bin would. Returns (keys scoring above
     ``tau``, ``tau``, keys to take at ``tau``).
 
+    The last of the ``n_keep - above`` entries taken from the bin scores ``tau`` and, ties ranked by the lowest slot,
+    holds the highest slot taken at ``tau``: returned too, the cut (:data:`CUT`).
+
     One program runs this after its walk. A sort and a scan of ``BIN_LIST`` values: 384 SASS instructions and 12
     barriers on sm_90 (triton 3.9) for 64 entries, where ranking them by a ``BIN_LIST`` x ``BIN_LIST`` comparison
     took 888 and 18."""
     j = tl.arange(0, BIN_LIST)
     listed = j < n_in
     entry = tl.load(lists + chosen.to(tl.int64) * BIN_LIST + j, mask=listed, other=-1, cache_modifier=".cg")
-    key = tl.sort(entry, descending=True) >> 31  # the bin's keys best first, then -1 (unlisted)
+    ranked = tl.sort(entry, descending=True)  # the bin's entries best first, then -1 (unlisted)
+    key = ranked >> 31
     through = tl.cumsum(tl.where(listed, _fixed_mass(_key_score(key), row_max, z), 0), axis=0)
     # by mass: n* ends at the first key whose cumulative mass reaches the target (the whole bin if none does)
     in_bin = tl.min(tl.where(listed & (mass_above + through >= target), j + 1, n_in), axis=0)
     n_keep = tl.where(mode == BY_RANK, rank, tl.minimum(tl.maximum(above + in_bin, lower), upper))
-    tau = tl.max(tl.where(j + 1 == n_keep - above, key, -1), axis=0)
+    last = j + 1 == n_keep - above
+    tau = tl.max(tl.where(last, key, -1), axis=0)
+    cut = tl.max(tl.where(last, 2147483647 - (ranked & 2147483647), -1), axis=0)
     higher = tl.sum((listed & (key > tau)).to(tl.int32), axis=0)
-    return above + higher, tau, n_keep - above - higher
+    return above + higher, tau, n_keep - above - higher, cut
 
 
 @triton.jit
 def _key_level_state(level, lists, stats, mode, rank, above, mass_above, key_hi, key_lo, shift, lower, upper, target,
                      N_BINS: tl.constexpr, BIN_LIST: tl.constexpr):
     """Walk a key level's bins at ``level`` from the state before it (still searching): the state after it,
-    (mode, rank, above, mass above, key_hi, key_lo, tau, need). Resolved (``shift == 0``): every key of the chosen
+    (mode, rank, above, mass above, key_hi, key_lo, tau, need, cut). Resolved (``shift == 0``): every key of the chosen
     bin scores ``tau``; by mass, ``n*`` ends after the first ties whose mass reaches the target. Resolved too where
     the chosen bin's list (``lists``, ``BIN_LIST > 0``) holds all its keys: :func:`_resolve_listed` (``stats``: the
-    row's m and Z)."""
+    row's m and Z). ``cut`` (:data:`CUT`, where resolved): from the list, :data:`ALL_TIES` where every tie is taken,
+    else ``_UNKNOWN_CUT`` (more ties than a list holds, not all taken)."""
     bins = tl.arange(0, N_BINS)
     counts = _cg(level + bins)
     masses = _cg(level + N_BINS + bins)
@@ -380,16 +393,36 @@ def _key_level_state(level, lists, stats, mode, rank, above, mass_above, key_hi,
     resolved = shift == 0
     tau = new_hi
     need = n_keep - above
+    cut = tl.where(need >= n_in, need * 0 + ALL_TIES, need * 0 + _UNKNOWN_CUT)
     if BIN_LIST > 0:
         by_list = (n_in > 0) & (n_in <= BIN_LIST)
-        list_above, list_tau, list_need = _resolve_listed(lists, chosen, tl.where(by_list, n_in, 0), mode, rank,
-                                                          above, mass_above, _cg(stats), _cg(stats + 1), lower,
-                                                          upper, target, BIN_LIST)
+        list_above, list_tau, list_need, list_cut = _resolve_listed(
+            lists, chosen, tl.where(by_list, n_in, 0), mode, rank, above, mass_above, _cg(stats), _cg(stats + 1),
+            lower, upper, target, BIN_LIST)
         resolved = resolved | by_list
         above = tl.where(by_list, list_above, above)
         tau = tl.where(by_list, list_tau, tau)
         need = tl.where(by_list, list_need, need)
-    return tl.where(resolved, RESOLVED, mode), rank, above, mass_above, new_hi, new_lo, tau, need
+        cut = tl.where(by_list, list_cut, cut)
+    return tl.where(resolved, RESOLVED, mode), rank, above, mass_above, new_hi, new_lo, tau, need, cut
+
+
+@triton.jit
+def _tie_cut(scores_row, tau, need, n_keys, BLOCK: tl.constexpr):
+    """The slot of the ``need``-th key (lowest slots first) scoring ``tau``: a scan of the row from slot 0 that stops
+    there. Only a row with more keys tied at ``tau`` than a bin's list holds, not all of them taken, comes here."""
+    tau_score = _key_score(tau)
+    seen = need * 0
+    cut = need * 0 - 1
+    start = 0
+    while (seen < need) & (start < n_keys):
+        offs = start + tl.arange(0, BLOCK)
+        tied = (tl.load(scores_row + offs, mask=offs < n_keys, other=float("-inf")) == tau_score).to(tl.int64)
+        rank = seen + tl.cumsum(tied, axis=0)
+        cut = tl.maximum(cut, tl.max(tl.where((tied == 1) & (rank == need), offs, -1), axis=0).to(tl.int64))
+        seen += tl.sum(tied, axis=0)
+        start += BLOCK
+    return cut
 
 
 @triton.jit
@@ -397,11 +430,12 @@ def logit_phase(
     scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, st, stats_ptr, n_keep_ptr, release,
     row, part, n_keys, n_blocks, chunk, n_chunks, target, min_tokens, max_tokens,
     NB_PAD: tl.constexpr, N_LOGIT: tl.constexpr, MIN_INV_WIDTH: tl.constexpr, MAX_INV_WIDTH: tl.constexpr,
-    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
+    N_BINS: tl.constexpr, SUB: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr, CUT_SLOT: tl.constexpr = False,
 ):
     """Level 0: per-program histograms of the logit bins (counts and masses), added to ``level``; the last
     program to finish walks them, bounds the chosen bin's keys (:func:`_logit_bin_bounds`), writes the search
-    state and (``FUSED``) sets ``*release``."""
+    state (``CUT_SLOT``: with :data:`CUT` -1, which a row resolved here, selecting nothing, keeps) and (``FUSED``)
+    sets ``*release``."""
     row_max, z, n_visible, inv_width = _logit_histogram(
         scores_row, bmax_ptr, bsum_ptr, bcount_ptr, bmin_ptr, level, row, part, n_keys, n_blocks, chunk,
         NB_PAD, N_LOGIT, MIN_INV_WIDTH, MAX_INV_WIDTH, N_BINS, SUB)
@@ -416,6 +450,8 @@ def logit_phase(
             level, row_max, inv_width, lower, upper, target, N_LOGIT, N_BINS)
         _store_search(st, mode, rank, above, mass_above, key_hi, key_lo, tau, need)
         tl.store(st + LOGIT_BIN, logit_bin)
+        if CUT_SLOT:
+            tl.store(st + CUT, logit_bin * 0 - 1)
         _store_row(st, stats_ptr, row, row_max, z, inv_width, lower, upper)
         tl.store(n_keep_ptr + row, n_visible * 0)
         if FUSED:
@@ -427,7 +463,7 @@ def logit_phase(
 def key_phase(
     scores_row, level, lists, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
     N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, BIN_LIST: tl.constexpr, FUSED: tl.constexpr,
-    PDL: tl.constexpr, EARLY_NEXT: tl.constexpr = False,
+    PDL: tl.constexpr, EARLY_NEXT: tl.constexpr = False, CUT_SLOT: tl.constexpr = False,
 ):
     """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched (its keys in level 0's
     chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`), and the
@@ -435,6 +471,8 @@ def key_phase(
     ``tau``) and (``FUSED``) sets ``*release``.
     ``EARLY_NEXT`` (levels 2-3, which most rows reach resolved): the next launch may start as soon as every program
     has begun, not only once the level's pass is done (:data:`~rtpurbo.ops.triton.threshold.EARLY_NEXT_LAUNCH`).
+    ``CUT_SLOT``: the walk that resolves the row also stores :data:`CUT` (where its bin's list did not give it and not
+    every tie is taken, after a scan of the row: :func:`_tie_cut`).
     Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
     if EARLY_NEXT:
         let_next_launch(PDL)
@@ -454,12 +492,16 @@ def key_phase(
         ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
         if ticket == n_chunks - 1:  # the last program: walk the level
             tl.debug_barrier()
-            mode, rank, above, mass_above, new_hi, new_lo, tau, need = _key_level_state(
+            mode, rank, above, mass_above, new_hi, new_lo, tau, need, cut = _key_level_state(
                 level, lists, stats_ptr + row * N_STATS, mode, _cg(st + RANK), _cg(st + ABOVE), _cg(st + MASS_ABOVE),
                 key_hi, key_lo, shift, _cg(st + LOWER), _cg(st + UPPER), target, N_BINS, BIN_LIST)
             _store_search(st, mode, rank, above, mass_above, new_hi, new_lo, tau, need)
             if mode == RESOLVED:
                 tl.store(n_keep_ptr + row, above + need)
+                if CUT_SLOT:
+                    if cut == _UNKNOWN_CUT:
+                        cut = _tie_cut(scores_row, tau, need, n_keys, BLOCK)
+                    tl.store(st + CUT, cut)
             if FUSED:
                 tl.debug_barrier()
                 tl.atomic_xchg(release, 1, sem="release")
@@ -550,7 +592,7 @@ def relay_walk(st, work_row, lists_row, stats, target, PREV: tl.constexpr, N_LOG
         need = _cg(before + NEED)
         logit_bin = _cg(before + LOGIT_BIN)
         if mode != RESOLVED:
-            mode, rank, above, mass_above, key_hi, key_lo, tau, need = _key_level_state(
+            mode, rank, above, mass_above, key_hi, key_lo, tau, need, _ = _key_level_state(
                 work_row + PREV * (2 * N_BINS + 1), lists_row, stats, mode, rank, above, mass_above, key_hi, key_lo,
                 _cg(before + SHIFT), lower, upper, target, N_BINS, BIN_LIST)
     return mode, rank, above, mass_above, key_hi, key_lo, tau, need, logit_bin

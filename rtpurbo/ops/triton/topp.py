@@ -24,6 +24,11 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
    the ``G`` query heads of each KV head over the selected slots plus the always-kept ones,
    each key counted once.
 
+:func:`topp_attention` with the phased schedule (the default), below :data:`CUT_ATTEND_MAX_KEYS` cached keys, runs
+the search only until ``tau`` and the cut among its ties are known, and
+:func:`rtpurbo.ops.triton.cut_attend.cut_attend` does the rest in one launch: each program selects the keys of its run
+of slots by their scores and attends to them (no tally, no gather, no list of slots; the same keys).
+
 The index-score kernel zeroes the threshold search's workspace (no memset launch in the chain). On a GPU of compute
 capability 9.0 or later the threshold method's chain (index scores, the six search phases, the list attention and
 its combine) launches each kernel while the one before it finishes (:mod:`rtpurbo.ops.triton.dependent_launch`;
@@ -42,10 +47,11 @@ from typing import Callable, NamedTuple
 import torch
 
 try:
+    from . import cut_attend
     from . import decode as kernels
     from . import dependent_launch, threshold
 except ImportError:  # triton missing (CPU-only install): available() is False
-    kernels = threshold = dependent_launch = None
+    kernels = threshold = dependent_launch = cut_attend = None
 
 METHODS = ("threshold", "sort")
 # From this many cached keys a selecting step forks its local heads (``after_scores``) once level 0 of the search is
@@ -53,6 +59,12 @@ METHODS = ("threshold", "sort")
 # the fork after the index scores (twice each): -0.6 us at 512K keys and -1.5 at 1M, but +2.0 at 256K and +0.1 at 128K;
 # as shipped, -0.8 at 512K and -1.7 at 1M (benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md).
 FORK_AFTER_LEVEL0_KEYS = 1 << 19
+# Below this many cached keys the phased search stops at tau and its cut, and the attention selects its own keys
+# (cut_attend: no tally, no gather); from it on the search writes the list of slots and the list attention splits it.
+# Per selecting layer step of 8 on an H100, paired against the list path (the same keys): -2.7 us at 128K keys, -0.9
+# at 256K, +1.8 at 512K, +0.9 at 1M, where each program's serial scan of its scores grows with the keys
+# (benchmarks/results/llama-3.1-8b_h100_2026-12-07_cut-attention.md).
+CUT_ATTEND_MAX_KEYS = 1 << 19
 SCHEDULE_ENV = "RTPURBO_SEARCH_SCHEDULE"  # the threshold search's schedule where a call names none (default phased)
 
 
@@ -105,6 +117,25 @@ def _chain_pdl(device: torch.device, schedule: str) -> bool:
     return schedule != "fused" and dependent_launch.enabled(device)
 
 
+def _scores_and_search(q_idx, k_idx, q_pos, k_pos, *, top_p, min_tokens, max_tokens, sinks, recent, schedule,
+                       after_scores, until_cut: bool = False):
+    """Index scores, then the threshold search (see :func:`select`): (IndexScores, ``topp_threshold``'s result)."""
+    rows, n_keys = q_idx.shape[0] * q_idx.shape[1], k_idx.shape[2]
+    # the search's workspace is zeroed by the index-score kernel, and the chain launches with PDL where it can
+    pdl = _chain_pdl(q_idx.device, schedule)
+    flat = torch.empty(threshold.workspace_size(rows), dtype=torch.int64, device=q_idx.device)
+    scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent, zero=flat, pdl=pdl)
+    late = n_keys >= FORK_AFTER_LEVEL0_KEYS
+    if after_scores is not None and not late:
+        after_scores()
+    work, sync = threshold.split_workspace(flat, rows)
+    return scored, threshold.topp_threshold(
+        scored.scores.view(rows, n_keys), scored.block_max, scored.block_sum, scored.block_count,
+        scored.block_min, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, schedule=schedule,
+        work=work, sync=sync, pdl=pdl, after_level0=after_scores if late else None, until_cut=until_cut,
+    )
+
+
 def select(
     q_idx: torch.Tensor,
     k_idx: torch.Tensor,
@@ -138,20 +169,9 @@ def select(
     n_keys = k_idx.shape[2]
     rows = batch * n_kv
     if method == "threshold":
-        schedule = schedule or default_schedule()
-        # the search's workspace is zeroed by the index-score kernel, and the chain launches with PDL where it can
-        pdl = _chain_pdl(q_idx.device, schedule)
-        flat = torch.empty(threshold.workspace_size(rows), dtype=torch.int64, device=q_idx.device)
-        scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent, zero=flat, pdl=pdl)
-        late = n_keys >= FORK_AFTER_LEVEL0_KEYS
-        if after_scores is not None and not late:
-            after_scores()
-        work, sync = threshold.split_workspace(flat, rows)
-        order, n_keep = threshold.topp_threshold(
-            scored.scores.view(rows, n_keys), scored.block_max, scored.block_sum, scored.block_count,
-            scored.block_min, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, schedule=schedule,
-            work=work, sync=sync, pdl=pdl, after_level0=after_scores if late else None,
-        )
+        scored, (order, n_keep) = _scores_and_search(
+            q_idx, k_idx, q_pos, k_pos, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks,
+            recent=recent, schedule=schedule or default_schedule(), after_scores=after_scores)
         return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always)
     scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent)
     if after_scores is not None:
@@ -206,6 +226,13 @@ def topp_attention(
         if after_scores is not None:
             after_scores()
         out, counts = kernels.decode_attention(q, k, v, q_pos, k_pos, scale=scale)
+    elif schedule == "phased" and k.shape[2] < CUT_ATTEND_MAX_KEYS:  # the search until tau and its cut
+        scored, found = _scores_and_search(
+            q_idx, k_idx, q_pos, k_pos, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks,
+            recent=recent, schedule=schedule, after_scores=after_scores, until_cut=True)
+        out, counts = cut_attend.cut_attend(
+            q, k, v, q_pos, k_pos, scored.scores.view(-1, k.shape[2]), found, scored.always, scale=scale,
+            skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule))
     else:
         chosen = select(
             q_idx, k_idx, q_pos, k_pos,
