@@ -115,6 +115,12 @@ the selection alone +10 us at 1M, where every program of a key level first walks
 slower per selecting layer step at 128K / 256K / 512K / 1M keys
 (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md``).
 
+``until_cut=True`` (phased schedule) launches levels 0-3 only: the walk that resolves a row also stores the cut
+(``threshold_phases.CUT``), the highest slot taken among the keys scoring ``tau``, so that whether a key is selected
+is a test of its own score and slot, and :mod:`rtpurbo.ops.triton.cut_attend` selects where it attends. Where the
+walk resolves ``tau`` from its bin's list the cut is that list's last entry taken; where more keys tie at ``tau``
+than a list holds and not all are taken, the walking program scans the row for it (``threshold_phases._tie_cut``).
+
 Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capturable.
 """
 from __future__ import annotations
