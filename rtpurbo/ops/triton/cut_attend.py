@@ -30,7 +30,8 @@ import triton
 import triton.language as tl
 
 from . import dependent_launch
-from .decode import LIST_LAUNCH, DecodeLaunch, _attend_part, _load_group, _pad, _store_part, check_always, combine
+from .decode import (LIST_LAUNCH, DecodeLaunch, _attend_part, _load_group, _pad, _store_part, check_always, combined,
+                     part_buffers)
 from .dependent_launch import let_next_launch, wait_for_previous
 from .threshold import Threshold
 from .threshold_phases import CUT, N_SLOTS, N_STATE, TAU, _cg, _key_score, _scores_at
@@ -125,10 +126,7 @@ def cut_attend(
     n_parts = triton.cdiv(max(n_keys, 1), span) + 1
     g_pad, d_pad = _pad(group), _pad(head_dim)
     slots = torch.empty(rows, n_keys, dtype=torch.int32, device=q.device)
-    part_m = torch.empty(rows, n_parts, g_pad, dtype=torch.float32, device=q.device)
-    part_l = torch.empty_like(part_m)
-    part_o = torch.empty(rows, n_parts, g_pad, d_pad, dtype=torch.float32, device=q.device)
-    part_n = torch.empty(rows, n_parts, dtype=torch.int32, device=q.device)
+    part_m, part_l, part_o, part_n = part_buffers(rows, n_parts, g_pad, d_pad, q.device)
     _cut_attend_kernel[(rows, n_parts)](
         q, k, v, q_pos, k_pos, always, scores, found.state, slots, part_m, part_l, part_o, part_n,
         n_kv, group, head_dim, n_keys, always.shape[1], span, n_parts, skip_sinks, skip_recent,
@@ -140,8 +138,4 @@ def cut_attend(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, **launch.options(),
         **dependent_launch.options(pdl),
     )
-    out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
-    counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)
-    combine(part_m, part_l, part_o, part_n, out[:, :, 0], counts.view(-1), None, (rows, n_kv, n_parts), None,
-            group=group, head_dim=head_dim, launch=launch, pdl=pdl)
-    return out, counts
+    return combined(part_m, part_l, part_o, part_n, q, n_kv, launch=launch, pdl=pdl)

@@ -554,10 +554,7 @@ def decode_attention(
     block_n = launch.block_n
     n_parts = launch.parts(span, rows, q.device, listed)
     g_pad, d_pad = _pad(group), _pad(head_dim)
-    part_m = torch.empty(rows, n_parts, g_pad, dtype=torch.float32, device=q.device)
-    part_l = torch.empty_like(part_m)
-    part_o = torch.empty(rows, n_parts, g_pad, d_pad, dtype=torch.float32, device=q.device)
-    part_n = torch.empty(rows, n_parts, dtype=torch.int32, device=q.device)
+    part_m, part_l, part_o, part_n = part_buffers(rows, n_parts, g_pad, d_pad, q.device)
     mask = None if key_mask is None else key_mask.expand(batch, n_kv, 1, n_keys)[:, :, 0].view(torch.uint8)
     mask_t = k_pos if mask is None else mask
     index_t = k_pos[:, None] if index is None else index
@@ -577,10 +574,28 @@ def decode_attention(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, **launch.options(),
         **dependent_launch.options(pdl),
     )
+    return combined(part_m, part_l, part_o, part_n, q, n_kv, launch=launch, pdl=pdl)
+
+
+def part_buffers(rows: int, n_parts: int, g_pad: int, d_pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Scratch for ``n_parts`` partial softmax states per row: max and sum (rows, n_parts, g_pad) fp32, output
+    (rows, n_parts, g_pad, d_pad) fp32, keys used (rows, n_parts) int32."""
+    part_m = torch.empty(rows, n_parts, g_pad, dtype=torch.float32, device=device)
+    return (part_m, torch.empty_like(part_m), torch.empty(rows, n_parts, g_pad, d_pad, dtype=torch.float32,
+                                                          device=device),
+            torch.empty(rows, n_parts, dtype=torch.int32, device=device))
+
+
+def combined(part_m: torch.Tensor, part_l: torch.Tensor, part_o: torch.Tensor, part_n: torch.Tensor, q: torch.Tensor,
+             n_kv: int, *, launch: DecodeLaunch, pdl: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parts of :func:`part_buffers` (one segment of ``n_kv``-head rows) merged: out (B, Hq, 1, D) in ``q``'s
+    dtype and the keys used (B, Hkv) int64."""
+    batch, n_q, _, head_dim = q.shape
+    rows, n_parts = part_n.shape
     out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
     counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)
     combine(part_m, part_l, part_o, part_n, out[:, :, 0], counts.view(-1), None, (rows, n_kv, n_parts), None,
-            group=group, head_dim=head_dim, launch=launch, pdl=pdl)
+            group=n_q // n_kv, head_dim=head_dim, launch=launch, pdl=pdl)
     return out, counts
 
 
