@@ -31,7 +31,8 @@ of slots by their scores and attends to them (no tally, no gather, no list of sl
 
 The index-score kernel zeroes the threshold search's workspace (no memset launch in the chain). On a GPU of compute
 capability 9.0 or later the threshold method's chain (index scores, the six search phases, the list attention and
-its combine) launches each kernel while the one before it finishes (:mod:`rtpurbo.ops.triton.dependent_launch`;
+its combine; below :data:`CUT_ATTEND_MAX_KEYS`, four search phases, the cut attention and its combine) launches each
+kernel while the one before it finishes (:mod:`rtpurbo.ops.triton.dependent_launch`;
 ``RTPURBO_PDL=0`` switches it off). ``RTPURBO_SEARCH_SCHEDULE``
 names the search's schedule where a call names none (:func:`default_schedule`).
 
