@@ -366,7 +366,8 @@ def topp_threshold(
     state = torch.empty(rows, N_SLOTS.value, N_STATE, dtype=torch.int64, device=device)
     stats = torch.empty(rows, N_STATS.value, dtype=torch.float32, device=device)
     n_keep = torch.empty(rows, dtype=torch.int64, device=device)
-    tally = torch.empty(rows, n_chunks, 2, dtype=torch.int32, device=device)
+    # until_cut launches neither the tally nor the gather: nothing to hold their counts or the slots
+    tally = torch.empty(rows, 0 if until_cut else n_chunks, 2, dtype=torch.int32, device=device)
     order = torch.empty(rows, 0 if until_cut else capacity, dtype=torch.int64, device=device)
     # N_BINS lists per row; an entry is read only where its level wrote it (module docstring)
     lists = torch.empty(rows, max(1, N_BINS * bin_list), dtype=torch.int64, device=device)
