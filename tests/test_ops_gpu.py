@@ -521,31 +521,36 @@ def test_threshold_select_is_cuda_graph_capturable():
         assert torch.equal(static.order.flatten(0, 1)[row, :n], expected.order.flatten(0, 1)[row, :n])
 
 
-def test_fused_threshold_search_waits_out_kernels_holding_the_sms():
-    """The fused search's programs of a row wait for each other. With matmuls on another stream holding the
+@pytest.mark.parametrize("schedule, kind", [("fused", "randn"), ("phased", "ties")])
+def test_threshold_search_waits_out_kernels_holding_the_sms(schedule, kind):
+    """The programs of a row wait for each other in the fused search, and in the phased search's launch of levels
+    2-3 (tied scores under a budget: level 1 leaves the rows unresolved). With matmuls on another stream holding the
     SMs when it starts, some programs become resident late: the others must wait for them (no stall), and the
-    selection must equal the phased schedule's (one launch per phase, no waits)."""
+    selection must equal the relay schedule's (one launch per phase, no waits)."""
     from rtpurbo.ops.triton import decode, threshold
 
-    q_idx, k_idx, q_pos, k_pos = select_inputs("randn", 2, 3, 300007, seed=5, device="cuda")
+    q_idx, k_idx, q_pos, k_pos = select_inputs(kind, 2, 3, 300007, seed=5, device="cuda")
     scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=0, recent=0)
     stats = (scored.scores.view(6, -1), scored.block_max, scored.block_sum, scored.block_count, scored.block_min)
-    budget = dict(top_p=0.9, min_tokens=0, max_tokens=None)
-    order, n_keep = threshold.topp_threshold(*stats, **budget, schedule="phased")
+    budget = dict(top_p=0.9, min_tokens=0, max_tokens=None if kind == "randn" else 5000)
+    order, n_keep = threshold.topp_threshold(*stats, **budget, schedule="relay")
     a = torch.randn(8192, 8192, device="cuda", dtype=BF16)
     side = torch.cuda.Stream()
     for _ in range(3):
         sync = torch.zeros(6, threshold.N_SYNC, dtype=torch.int64, device="cuda")
+        work = torch.zeros(6, threshold.N_LEVELS, 2 * threshold.N_BINS + 1, dtype=torch.int64, device="cuda")
         torch.cuda.synchronize()
         with torch.cuda.stream(side):
             for _ in range(4):
                 a = a @ a / 90.0
-        fused, n_fused = threshold.topp_threshold(*stats, **budget, schedule="fused", sync=sync)
+        waited, n_waited = threshold.topp_threshold(*stats, **budget, schedule=schedule, sync=sync, work=work)
         torch.cuda.synchronize()
         assert int(sync[:, threshold.STALLS].sum()) == 0
-        assert torch.equal(n_fused, n_keep)
+        if schedule == "phased":
+            assert int(work[:, 2, : threshold.N_BINS].sum()) > 0, "level 1 resolved every row: no level 2 to wait on"
+        assert torch.equal(n_waited, n_keep)
         for row in range(6):
-            assert torch.equal(fused[row, : n_keep[row]], order[row, : n_keep[row]])
+            assert torch.equal(waited[row, : n_keep[row]], order[row, : n_keep[row]])
 
 
 def test_select_rejects_unknown_method():
@@ -595,7 +600,9 @@ def test_dependent_launch_changes_no_bits(monkeypatch, schedule):
     and without: the same kernels in the same launch shapes, only launched earlier, so the same bits. Eager, and
     captured with PDL in a CUDA graph (programmatic edges) and replayed on new inputs, after poisoning the
     allocator's free blocks; a kernel reading its predecessor's output before that finished would differ. The relay
-    search selects the same keys as the phased one, so its step has the phased step's bits too."""
+    search selects the same keys as the phased one, so its step has the bits of the phased step on the list path
+    (below ``CUT_ATTEND_MAX_KEYS`` the phased step attends through the cut attention instead, whose parts split the
+    same keys differently: the same keys used there)."""
     from rtpurbo.ops.triton import decode_roles, dependent_launch
 
     if not dependent_launch.supported(torch.device("cuda")):
@@ -618,8 +625,12 @@ def test_dependent_launch_changes_no_bits(monkeypatch, schedule):
 
     for got, want in zip(run(True), run(False)):
         assert torch.equal(got, want), "PDL changed an eager step's output"
+    phased_cut = run(False, "phased")
+    monkeypatch.setattr(triton_topp, "CUT_ATTEND_MAX_KEYS", 0)  # the phased step on the list path
     for got, want in zip(run(False), run(False, "phased")):
         assert torch.equal(got, want), f"the {schedule} search's step differs from the phased one's"
+    monkeypatch.undo()
+    assert torch.equal(run(False)[1], phased_cut[1]), "the cut attention used other keys than the list attention"
     monkeypatch.setattr(dependent_launch, "ENABLED", True)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -1,8 +1,8 @@
 """Programmatic dependent launch (PDL) for the chains of short kernels of a decode step.
 
-A decode step that selects runs seven to ten dependent kernels in a row on one stream (index scores, the six phases
-of the threshold search, the list attention, its combine; or four phases, the cut attention and its combine), each
-short; a step over every key runs one launch for both
+A decode step that selects runs six to eight dependent kernels in a row on one stream (index scores, the five
+launches of the threshold search, the list attention, its combine; or three search launches, the cut attention and its
+combine), each short; a step over every key runs one launch for both
 kinds of heads and its combine. Between two of them the GPU normally waits for
 the first to finish before it launches the second. With PDL (compute capability 9.0 and later) the second kernel is
 launched with ``launch_pdl=True`` and its programs may be scheduled once every program of the first has called

@@ -80,8 +80,9 @@ leaving the later launches empty, was +0.1 (within noise) / +1.6 / +4.4 / +2.3 u
 inside the list attention's launch (each program gathers its chunk, then attends to it; f263fcd) was 0.5-0.9 us
 faster per layer at 128K-256K and 4.5-6.1 us slower at 512K-1M
 (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_always-list-fork-after-scores.md``).
-``schedule="phased"`` (the default) launches one phase at a time, about two programs per SM of
-2048-key steps: fewer, longer programs than four per SM of 1024-key steps (the earlier launch) make the
+``schedule="phased"`` (the default) launches one phase at a time (levels 2-3 in one launch of at most one program
+per SM, waiting for each other between the two as the fused schedule's programs do: :data:`PHASED_LAUNCHES`), about
+two programs per SM of 2048-key steps: fewer, longer programs than four per SM of 1024-key steps (the earlier launch) make the
 whole selection at 1M keys 86-87 us instead of 97-98 on every score regime, and change nothing at 128K
 (46-49 us; H200, ``benchmarks/decode_kernel_sweep.py --parts search_launch``,
 ``benchmarks/results/llama-3.1-8b_h200_2026-12-04_dense-tail-split-search-launch.md``).
@@ -115,7 +116,7 @@ the selection alone +10 us at 1M, where every program of a key level first walks
 slower per selecting layer step at 128K / 256K / 512K / 1M keys
 (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md``).
 
-``until_cut=True`` (phased schedule) launches levels 0-3 only: the walk that resolves a row also stores the cut
+``until_cut=True`` (phased schedule) launches levels 0-3 only (three launches): the walk that resolves a row also stores the cut
 (``threshold_phases.CUT``), the highest slot taken among the keys scoring ``tau``, so that whether a key is selected
 is a test of its own score and slot, and :mod:`rtpurbo.ops.triton.cut_attend` selects where it attends. Where the
 walk resolves ``tau`` from its bin's list the cut is that list's last entry taken; where more keys tie at ``tau``
@@ -150,6 +151,12 @@ ARRIVED, STALLS = 4, 7
 # benchmarks/results/llama-3.1-8b_h100_2026-12-06_step-streams-stamps.md)
 EARLY_NEXT_LAUNCH = tl.constexpr(2)
 _TALLY, _ARRIVED, _STALLS = tl.constexpr(TALLY), tl.constexpr(ARRIVED), tl.constexpr(STALLS)  # for the kernel
+# the phased schedule's launches, (first phase, last phase): levels 2-3 share one launch of at most one program per
+# SM, whose programs wait for each other between the two levels as the fused schedule's do. Most rows reach level 2
+# resolved, so that launch is usually empty, and two empty launches cost more than one: per selecting layer step of
+# 8 on an H100, paired against a launch per level, -0.3 / -0.8 / -1.2 us at 256K / 512K / 1M keys (the same tree
+# loaded twice: -0.0 / -0.3 / -0.4; benchmarks/results/llama-3.1-8b_h100_2026-12-07_merged-key-levels.md).
+PHASED_LAUNCHES = ((0, 0), (1, 1), (2, 3), (4, 4), (5, 5))
 
 
 @triton.jit
@@ -201,7 +208,7 @@ def _search_kernel(
                 searching = key_phase(scores_row, work_row + phase * (2 * N_BINS + 1), lists_row, st, stats_ptr,
                                       n_keep_ptr, sync + phase, row, part, n_keys, chunk, n_chunks, target, N_LOGIT,
                                       N_BINS, BLOCK, BIN_LIST, FIRST < LAST, PDL, phase >= EARLY_NEXT_LAUNCH,
-                                      CUT_SLOT)
+                                      CUT_SLOT, phase == LAST)
                 if phase < LAST:
                     if searching:
                         wait_for(sync + phase, 1, sync + _STALLS, SPIN_LIMIT)
@@ -298,12 +305,14 @@ def topp_threshold(
             level 1 resolved it, e.g. from a bin's list).
         n_logit: level-0 bins (a power of two, 2..N_BINS; default :data:`N_LOGIT`). Only the work
             changes with it, not the selection (benchmarks compare settings with it).
-        schedule: ``"phased"`` (default): one launch per phase of the search (level 0, levels 1-3,
-            tally, gather), about ``programs_per_sm`` programs per SM; ``"relay"``: the same launches without
+        schedule: ``"phased"`` (default): one launch per phase of the search (level 0, level 1, levels 2-3 together:
+            :data:`PHASED_LAUNCHES`, tally, gather), about ``programs_per_sm`` programs per SM (levels 2-3: at most
+            one per SM); ``"relay"``: the same launches without
             tickets, each launch walking the bins of the one before in every program; ``"fused"``: all six in one
             launch, a persistent kernel of at most one program per SM whose programs of a row wait for each
             other between phases (slower on an H200: module docstring). All select the same keys.
-        sync: optional zeroed (BH, N_SYNC) int64 for the fused schedule's waits. Afterwards
+        sync: optional zeroed (BH, N_SYNC) int64 for the waits of the fused schedule and of the phased schedule's
+            launch of levels 2-3. Afterwards
             ``sync[r, STALLS]`` counts the waits of row ``r`` that gave up after
             :data:`SPIN_LIMIT` polls (0 unless some program of the launch could not become
             resident; that row's selection is then undefined). Tests and benchmarks check it.
@@ -372,19 +381,30 @@ def topp_threshold(
     # N_BINS lists per row; an entry is read only where its level wrote it (module docstring)
     lists = torch.empty(rows, max(1, N_BINS * bin_list), dtype=torch.int64, device=device)
     n_blocks = block_max.shape[1]
-    args = (scores, block_max, block_sum, block_count, block_min, work, lists, sync, state, stats, n_keep, tally, order,
-            n_keys, n_blocks, chunk, n_chunks, capacity, target, min_tokens,
-            n_keys if max_tokens is None else max_tokens)
+    def launch_args(keys_per_program: int, programs: int) -> tuple:
+        return (scores, block_max, block_sum, block_count, block_min, work, lists, sync, state, stats, n_keep, tally,
+                order, n_keys, n_blocks, keys_per_program, programs, capacity, target, min_tokens,
+                n_keys if max_tokens is None else max_tokens)
+
     meta = dict(NB_PAD=max(16, triton.next_power_of_2(n_blocks)), N_LOGIT=n_logit, MIN_INV_WIDTH=MIN_INV_WIDTH,
                 MAX_INV_WIDTH=MAX_INV_WIDTH, N_BINS=N_BINS, N_STATE=N_STATE, N_SYNC=N_SYNC,
                 SUB=level0_sub(block, rows * n_chunks, device, schedule),
                 BLOCK=block, BIN_LIST=bin_list, NC_PAD=max(16, triton.next_power_of_2(n_chunks)), SPIN_LIMIT=SPIN_LIMIT,
                 CUT_SLOT=until_cut)
-    spans = [(0, N_PHASES - 1)] if schedule == "fused" else [(p, p) for p in range(TALLY if until_cut else N_PHASES)]
+    if schedule == "fused":
+        spans = [(0, N_PHASES - 1)]
+    elif schedule == "phased":
+        spans = [span for span in PHASED_LAUNCHES if not (until_cut and span[0] >= TALLY)]
+    else:
+        spans = [(p, p) for p in range(N_PHASES)]
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
-        _search_kernel[(rows, n_chunks)](*args, FIRST=first, LAST=last, PDL=pdl, RELAY=schedule == "relay",
-                                         num_warps=warps, **meta, **dependent_launch.options(pdl))
+        # a launch of several phases: at most one program per SM, all resident at once (they wait for each other)
+        keys_per_program, programs = _chunks(n_keys, rows, device, block, "fused") if first < last else (chunk,
+                                                                                                         n_chunks)
+        _search_kernel[(rows, programs)](*launch_args(keys_per_program, programs), FIRST=first, LAST=last, PDL=pdl,
+                                         RELAY=schedule == "relay", num_warps=warps, **meta,
+                                         **dependent_launch.options(pdl))
         if first == 0 and after_level0 is not None:
             after_level0()
     if until_cut:

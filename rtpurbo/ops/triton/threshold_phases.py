@@ -463,7 +463,7 @@ def logit_phase(
 def key_phase(
     scores_row, level, lists, st, stats_ptr, n_keep_ptr, release, row, part, n_keys, chunk, n_chunks, target,
     N_LOGIT: tl.constexpr, N_BINS: tl.constexpr, BLOCK: tl.constexpr, BIN_LIST: tl.constexpr, FUSED: tl.constexpr,
-    PDL: tl.constexpr, EARLY_NEXT: tl.constexpr = False, CUT_SLOT: tl.constexpr = False,
+    PDL: tl.constexpr, EARLY_NEXT: tl.constexpr = False, CUT_SLOT: tl.constexpr = False, LET_NEXT: tl.constexpr = True,
 ):
     """Levels 1-3: per-key atomics into the ``N_BINS`` bins of the interval still searched (its keys in level 0's
     chosen bin: the interval's ends may hold a few keys of the bins beside it, :func:`_logit_bin_bounds`), and the
@@ -473,8 +473,10 @@ def key_phase(
     has begun, not only once the level's pass is done (:data:`~rtpurbo.ops.triton.threshold.EARLY_NEXT_LAUNCH`).
     ``CUT_SLOT``: the walk that resolves the row also stores :data:`CUT` (where its bin's list did not give it and not
     every tie is taken, after a scan of the row: :func:`_tie_cut`).
+    ``LET_NEXT=False`` (a level followed by another in the same launch): this level lets no next launch start, so
+    that the next launch's programs cannot take the SMs that this launch's waiting programs still need.
     Returns whether the row was still searching (False: nothing done, nothing to wait for)."""
-    if EARLY_NEXT:
+    if EARLY_NEXT and LET_NEXT:
         let_next_launch(PDL)
     # the pass's loads (the rest of the state, the row's statistics, the first scores) go out once the mode is back:
     # the compiler moves plain loads below the branch, and volatile ones issued before it made every key level
@@ -487,7 +489,8 @@ def key_phase(
         shift = _cg(st + SHIFT)
         _key_histogram(scores_row, level, lists, stats_ptr + row * N_STATS, key_hi, key_lo, shift,
                        _cg(st + LOGIT_BIN).to(tl.int32), part, n_keys, chunk, N_LOGIT, N_BINS, BLOCK, BIN_LIST)
-        let_next_launch(PDL)
+        if LET_NEXT:
+            let_next_launch(PDL)
         tl.debug_barrier()
         ticket = tl.atomic_add(level + 2 * N_BINS, 1, sem="acq_rel")
         if ticket == n_chunks - 1:  # the last program: walk the level

@@ -9,7 +9,7 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
    * ``"threshold"`` (default): :func:`rtpurbo.ops.triton.threshold.topp_threshold` finds the
      score threshold of the selection by a radix search (a few passes over the ``L`` fp32
      scores, no sort) and writes the selected slots in ascending slot order, one launch per phase
-     of the search (``schedule="phased"``; ``"relay"``: the same launches without tickets, slower without PDL;
+     of the search, levels 2-3 in one (``schedule="phased"``; ``"relay"``: the same launches without tickets, slower without PDL;
      ``"fused"``: one persistent kernel, slower on an H200).
      On an H200 it selects the reference's set in every test case and took 50 / 66 / 88 us per
      step at 128K / 512K / 1M keys against 73 / 93 / 142 us for ``"sort"``
@@ -30,8 +30,8 @@ the search only until ``tau`` and the cut among its ties are known, and
 of slots by their scores and attends to them (no tally, no gather, no list of slots; the same keys).
 
 The index-score kernel zeroes the threshold search's workspace (no memset launch in the chain). On a GPU of compute
-capability 9.0 or later the threshold method's chain (index scores, the six search phases, the list attention and
-its combine; below :data:`CUT_ATTEND_MAX_KEYS`, four search phases, the cut attention and its combine) launches each
+capability 9.0 or later the threshold method's chain (index scores, the search's five launches, the list attention and
+its combine; below :data:`CUT_ATTEND_MAX_KEYS`, three search launches, the cut attention and its combine) launches each
 kernel while the one before it finishes (:mod:`rtpurbo.ops.triton.dependent_launch`;
 ``RTPURBO_PDL=0`` switches it off). ``RTPURBO_SEARCH_SCHEDULE``
 names the search's schedule where a call names none (:func:`default_schedule`).
