@@ -82,9 +82,9 @@ faster per layer at 128K-256K and 4.5-6.1 us slower at 512K-1M
 (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_always-list-fork-after-scores.md``).
 ``schedule="phased"`` (the default) launches one phase at a time (levels 2-3 in one launch of at most one program
 per SM, waiting for each other between the two as the fused schedule's programs do: :data:`PHASED_LAUNCHES`), about
-two programs per SM of 2048-key steps: fewer, longer programs than four per SM of 1024-key steps (the earlier launch) make the
-whole selection at 1M keys 86-87 us instead of 97-98 on every score regime, and change nothing at 128K
-(46-49 us; H200, ``benchmarks/decode_kernel_sweep.py --parts search_launch``,
+two programs per SM of 2048-key steps: fewer, longer programs than four per SM of 1024-key steps (the earlier
+launch) make the whole selection at 1M keys 86-87 us instead of 97-98 on every score regime, and change nothing at
+128K (46-49 us; H200, ``benchmarks/decode_kernel_sweep.py --parts search_launch``,
 ``benchmarks/results/llama-3.1-8b_h200_2026-12-04_dense-tail-split-search-launch.md``).
 ``schedule="fused"`` runs all six as one persistent launch: at most one program per SM over all
 rows, so that all are resident at once, and between phases the programs of a row wait on per-row
@@ -116,11 +116,12 @@ the selection alone +10 us at 1M, where every program of a key level first walks
 slower per selecting layer step at 128K / 256K / 512K / 1M keys
 (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md``).
 
-``until_cut=True`` (phased schedule) launches levels 0-3 only (three launches): the walk that resolves a row also stores the cut
-(``threshold_phases.CUT``), the highest slot taken among the keys scoring ``tau``, so that whether a key is selected
-is a test of its own score and slot, and :mod:`rtpurbo.ops.triton.cut_attend` selects where it attends. Where the
-walk resolves ``tau`` from its bin's list the cut is that list's last entry taken; where more keys tie at ``tau``
-than a list holds and not all are taken, the walking program scans the row for it (``threshold_phases._tie_cut``).
+``until_cut=True`` (phased schedule) launches levels 0-3 only (three launches): the walk that resolves a row also
+stores the cut (``threshold_phases.CUT``), the highest slot taken among the keys scoring ``tau``, so that whether a
+key is selected is a test of its own score and slot, and :mod:`rtpurbo.ops.triton.cut_attend` selects where it
+attends. Where the walk resolves ``tau`` from its bin's list the cut is that list's last entry taken; where more keys
+tie at ``tau`` than a list holds and not all are taken, the walking program scans the row for it
+(``threshold_phases._tie_cut``).
 
 Everything stays on the device with shapes fixed by ``(BH, L)``: CUDA-graph capturable.
 """
@@ -381,6 +382,7 @@ def topp_threshold(
     # N_BINS lists per row; an entry is read only where its level wrote it (module docstring)
     lists = torch.empty(rows, max(1, N_BINS * bin_list), dtype=torch.int64, device=device)
     n_blocks = block_max.shape[1]
+
     def launch_args(keys_per_program: int, programs: int) -> tuple:
         return (scores, block_max, block_sum, block_count, block_min, work, lists, sync, state, stats, n_keep, tally,
                 order, n_keys, n_blocks, keys_per_program, programs, capacity, target, min_tokens,

@@ -9,8 +9,8 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
    * ``"threshold"`` (default): :func:`rtpurbo.ops.triton.threshold.topp_threshold` finds the
      score threshold of the selection by a radix search (a few passes over the ``L`` fp32
      scores, no sort) and writes the selected slots in ascending slot order, one launch per phase
-     of the search, levels 2-3 in one (``schedule="phased"``; ``"relay"``: the same launches without tickets, slower without PDL;
-     ``"fused"``: one persistent kernel, slower on an H200).
+     of the search, levels 2-3 in one (``schedule="phased"``; ``"relay"``: a launch per phase without tickets,
+     slower without PDL; ``"fused"``: one persistent kernel, slower on an H200).
      On an H200 it selects the reference's set in every test case and took 50 / 66 / 88 us per
      step at 128K / 512K / 1M keys against 73 / 93 / 142 us for ``"sort"``
      (benchmarks/results/llama-3.1-8b_h200_2026-11-28_select.md).
