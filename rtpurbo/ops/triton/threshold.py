@@ -308,7 +308,7 @@ def topp_threshold(
             changes with it, not the selection (benchmarks compare settings with it).
         schedule: ``"phased"`` (default): one launch per phase of the search (level 0, level 1, levels 2-3 together:
             :data:`PHASED_LAUNCHES`, tally, gather), about ``programs_per_sm`` programs per SM (levels 2-3: at most
-            one per SM); ``"relay"``: the same launches without
+            one per SM); ``"relay"``: one launch per phase without
             tickets, each launch walking the bins of the one before in every program; ``"fused"``: all six in one
             launch, a persistent kernel of at most one program per SM whose programs of a row wait for each
             other between phases (slower on an H200: module docstring). All select the same keys.
@@ -317,7 +317,8 @@ def topp_threshold(
             ``sync[r, STALLS]`` counts the waits of row ``r`` that gave up after
             :data:`SPIN_LIMIT` polls (0 unless some program of the launch could not become
             resident; that row's selection is then undefined). Tests and benchmarks check it.
-        programs_per_sm, num_warps: the phased schedule's launch: programs per SM over all rows, and the
+        programs_per_sm, num_warps: the phased schedule's launches (but that of levels 2-3, at most one program
+            per SM): programs per SM over all rows, and the
             warps of each program of levels 0-3 (the tally and gather run 4). They change the speed, and the
             selection only where level 0's fp32 sums per program round differently (module docstring).
         pdl: the phased or relay schedule's launches use programmatic dependent launch
@@ -399,11 +400,11 @@ def topp_threshold(
         spans = [span for span in PHASED_LAUNCHES if not (until_cut and span[0] >= TALLY)]
     else:
         spans = [(p, p) for p in range(N_PHASES)]
+    # a launch of several phases: at most one program per SM, all resident at once (they wait for each other)
+    merged = _chunks(n_keys, rows, device, block, "fused")
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
-        # a launch of several phases: at most one program per SM, all resident at once (they wait for each other)
-        keys_per_program, programs = _chunks(n_keys, rows, device, block, "fused") if first < last else (chunk,
-                                                                                                         n_chunks)
+        keys_per_program, programs = merged if first < last else (chunk, n_chunks)
         _search_kernel[(rows, programs)](*launch_args(keys_per_program, programs), FIRST=first, LAST=last, PDL=pdl,
                                          RELAY=schedule == "relay", num_warps=warps, **meta,
                                          **dependent_launch.options(pdl))
