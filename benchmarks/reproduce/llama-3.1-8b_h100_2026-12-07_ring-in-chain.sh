@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Reproduces benchmarks/results/llama-3.1-8b_h100_2026-12-07_ring-in-chain.md on one GPU (an H100 there):
+#   call1: the selecting step per layer of 8 at 128K-1M keys with the local heads' ring inside the chain (after level
+#          1, after level 0, in the beside launch shape), paired against the ring beside the chain (the same tree)
+#          and ab8edb4; then the GPU tests of the patched tree;
+#   call2: more launch shapes of the ring inside the chain at 256K and 1M, with the ring alone;
+#   call3: the shipped step, its chain alone and its ring alone (ab8edb4 loaded twice), and the 8-layer decode end to
+#          end.
+#
+#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-07_ring-in-chain.sh OUT   # about 8 minutes
+set -euo pipefail
+here=$(git rev-parse --show-toplevel)
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, trees
+start_run "${1:-}" llama-3.1-8b_h100_2026-12-07_ring-in-chain 3  # $out, $raw, $tmp
+archived head:ab8edb4 new:ab8edb4
+(cd "$tmp/new" && patch -s -p1 < "$raw/patches/ring-in-chain.patch")  # the package, its tests and the benchmark
+ab() {  # CALL TREE ARGS...: decode_step_ab.py of TREE's checkout
+  local call=$1 tree=$2; shift 2
+  (cd "$tmp/$tree" && PYTHONPATH=. python3 benchmarks/decode_step_ab.py --layers 8 --ceiling "$@" \
+    --json "$out/$call/ab.json") | tee "$out/$call/ab.txt"
+}
+ab call1 new --trees $(trees new head) --cases step --lengths 256K,512K,1M,128K --rounds 6 --timeline
+(cd "$tmp/new" && PYTHONPATH=. python3 -m pytest -q -p no:cacheprovider tests/test_ops_gpu.py \
+  -k "ring_in_chain or topp_decode or always_list or dependent_launch or capturable or decode_step_is") \
+  | tail -3 | tee "$out/call1/tests_ops.txt"
+(cd "$tmp/new" && PYTHONPATH=. python3 -m pytest -q -p no:cacheprovider tests/test_decode_static.py \
+  -k "dependent_launch or cuda_graph_replay or side_stream") | tail -3 | tee "$out/call1/tests_static.txt"
+(cd "$tmp/new" && patch -s -p1 < "$raw/patches/ring-shapes.patch")
+ab call2 new --trees $(trees new) --cases step,ring --lengths 256K,1M --rounds 5 --timeline
+ab call3 head --trees $(trees head) --placebo --cases step,chain,ring --lengths 256K,512K,1M,128K --rounds 5
+(cd "$tmp/head" && PYTHONPATH=. python3 -m rtpurbo.cli bench model --cuda-graph --lengths 8K \
+  --decode-lengths 32K 128K 256K 1M --index-logit-std 2.56 --max-tokens 2048 --no-flash-ttft --repeats 3 \
+  --out "$out/call3/e2e_llama.jsonl") | tee "$out/call3/e2e_llama.txt"
