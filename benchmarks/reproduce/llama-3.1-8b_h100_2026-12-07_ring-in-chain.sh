@@ -5,13 +5,16 @@
 #          and ab8edb4; then the GPU tests of the patched tree;
 #   call2: more launch shapes of the ring inside the chain at 256K and 1M, with the ring alone;
 #   call3: the shipped step, its chain alone and its ring alone (ab8edb4 loaded twice), and the 8-layer decode end to
-#          end.
+#          end;
+#   call4: the cut attention's scan in 2,048 / 4,096-key steps (below 512K keys, or at every length), two programs per
+#          SM, each against ab8edb4;
+#   call5: call 3 again (the machine of call 4), and the Qwen3-30B-A3B geometry's decode at 1M.
 #
-#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-07_ring-in-chain.sh OUT   # about 8 minutes
+#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-07_ring-in-chain.sh OUT   # about 14 minutes
 set -euo pipefail
 here=$(git rev-parse --show-toplevel)
-. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, trees
-start_run "${1:-}" llama-3.1-8b_h100_2026-12-07_ring-in-chain 3  # $out, $raw, $tmp
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, edited, trees
+start_run "${1:-}" llama-3.1-8b_h100_2026-12-07_ring-in-chain 5  # $out, $raw, $tmp
 archived head:ab8edb4 new:ab8edb4
 (cd "$tmp/new" && patch -s -p1 < "$raw/patches/ring-in-chain.patch")  # the package, its tests and the benchmark
 ab() {  # CALL TREE ARGS...: decode_step_ab.py of TREE's checkout
@@ -28,6 +31,20 @@ ab call1 new --trees $(trees new head) --cases step --lengths 256K,512K,1M,128K 
 (cd "$tmp/new" && patch -s -p1 < "$raw/patches/ring-shapes.patch")
 ab call2 new --trees $(trees new) --cases step,ring --lengths 256K,1M --rounds 5 --timeline
 ab call3 head --trees $(trees head) --placebo --cases step,chain,ring --lengths 256K,512K,1M,128K --rounds 5
-(cd "$tmp/head" && PYTHONPATH=. python3 -m rtpurbo.cli bench model --cuda-graph --lengths 8K \
-  --decode-lengths 32K 128K 256K 1M --index-logit-std 2.56 --max-tokens 2048 --no-flash-ttft --repeats 3 \
-  --out "$out/call3/e2e_llama.jsonl") | tee "$out/call3/e2e_llama.txt"
+e2e() {  # CALL
+  (cd "$tmp/head" && PYTHONPATH=. python3 -m rtpurbo.cli bench model --cuda-graph --lengths 8K \
+    --decode-lengths 32K 128K 256K 1M --index-logit-std 2.56 --max-tokens 2048 --no-flash-ttft --repeats 3 \
+    --out "$out/$1/e2e_llama.jsonl") | tee "$out/$1/e2e_llama.txt"
+}
+e2e call3
+edited c2k head cut_attend.py 's/^SCAN = 1024 /SCAN = 2048 /'
+edited c2kall c2k topp.py 's/^CUT_ATTEND_MAX_KEYS = 1 << 19/CUT_ATTEND_MAX_KEYS = 1 << 40/'
+edited c4ks head cut_attend.py 's/^SCAN = 1024 /SCAN = 4096 /'
+edited c4kall c4ks topp.py 's/^CUT_ATTEND_MAX_KEYS = 1 << 19/CUT_ATTEND_MAX_KEYS = 1 << 40/'
+edited cw2 head cut_attend.py 's/^CUT_LAUNCH = LIST_LAUNCH /CUT_LAUNCH = DecodeLaunch(block_n=128, waves=2, combine_chunk=256) /'
+ab call4 head --trees $(trees head c2k c2kall c4kall cw2) --placebo --cases step --lengths 256K,512K,1M,128K --rounds 6
+ab call5 head --trees $(trees head) --placebo --cases step,chain,ring --lengths 256K,512K,1M,128K --rounds 5
+e2e call5
+(cd "$tmp/head" && PYTHONPATH=. python3 -m rtpurbo.cli bench model --geometry qwen3-30b-a3b --cuda-graph --lengths 8K \
+  --decode-lengths 1M --index-logit-std 2.56 --no-flash-ttft --repeats 1 --out "$out/call5/e2e_qwen.jsonl") \
+  | tee "$out/call5/e2e_qwen.txt"
