@@ -8,13 +8,14 @@
 #          end;
 #   call4: the cut attention's scan in 2,048 / 4,096-key steps (below 512K keys, or at every length), two programs per
 #          SM, each against ab8edb4;
-#   call5: call 3 again (the machine of call 4), and the Qwen3-30B-A3B geometry's decode at 1M.
+#   call5: call 3 again (the machine of call 4), and the Qwen3-30B-A3B geometry's decode at 1M;
+#   call6: the local heads' ring through SDPA (cuDNN, flash; GQA) beside the chain, against ab8edb4.
 #
-#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-07_ring-in-chain.sh OUT   # about 14 minutes
+#   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-07_ring-in-chain.sh OUT   # about 15 minutes
 set -euo pipefail
 here=$(git rev-parse --show-toplevel)
-. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, edited, trees
-start_run "${1:-}" llama-3.1-8b_h100_2026-12-07_ring-in-chain 5  # $out, $raw, $tmp
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, patched, edited, trees
+start_run "${1:-}" llama-3.1-8b_h100_2026-12-07_ring-in-chain 6  # $out, $raw, $tmp
 archived head:ab8edb4 new:ab8edb4
 (cd "$tmp/new" && patch -s -p1 < "$raw/patches/ring-in-chain.patch")  # the package, its tests and the benchmark
 ab() {  # CALL TREE ARGS...: decode_step_ab.py of TREE's checkout
@@ -48,3 +49,5 @@ e2e call5
 (cd "$tmp/head" && PYTHONPATH=. python3 -m rtpurbo.cli bench model --geometry qwen3-30b-a3b --cuda-graph --lengths 8K \
   --decode-lengths 1M --index-logit-std 2.56 --no-flash-ttft --repeats 1 --out "$out/call5/e2e_qwen.jsonl") \
   | tee "$out/call5/e2e_qwen.txt"
+for backend in flash cudnn; do patched "sdpa$backend" head "$raw/patches/ring-sdpa$backend.patch"; done
+ab call6 head --trees $(trees head sdpaflash sdpacudnn) --placebo --cases step,ring --lengths 256K,512K,1M --rounds 6
