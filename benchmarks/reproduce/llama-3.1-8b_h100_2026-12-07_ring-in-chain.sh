@@ -31,21 +31,20 @@ ab call1 new --trees $(trees new head) --cases step --lengths 256K,512K,1M,128K 
   -k "dependent_launch or cuda_graph_replay or side_stream") | tail -3 | tee "$out/call1/tests_static.txt"
 (cd "$tmp/new" && patch -s -p1 < "$raw/patches/ring-shapes.patch")
 ab call2 new --trees $(trees new) --cases step,ring --lengths 256K,1M --rounds 5 --timeline
-ab call3 head --trees $(trees head) --placebo --cases step,chain,ring --lengths 256K,512K,1M,128K --rounds 5
-e2e() {  # CALL
+shipped_apart() {  # CALL: the shipped step, its chain and its ring alone, then the Llama decode end to end
+  ab "$1" head --trees $(trees head) --placebo --cases step,chain,ring --lengths 256K,512K,1M,128K --rounds 5
   (cd "$tmp/head" && PYTHONPATH=. python3 -m rtpurbo.cli bench model --cuda-graph --lengths 8K \
     --decode-lengths 32K 128K 256K 1M --index-logit-std 2.56 --max-tokens 2048 --no-flash-ttft --repeats 3 \
     --out "$out/$1/e2e_llama.jsonl") | tee "$out/$1/e2e_llama.txt"
 }
-e2e call3
+shipped_apart call3
 edited c2k head cut_attend.py 's/^SCAN = 1024 /SCAN = 2048 /'
 edited c2kall c2k topp.py 's/^CUT_ATTEND_MAX_KEYS = 1 << 19/CUT_ATTEND_MAX_KEYS = 1 << 40/'
 edited c4ks head cut_attend.py 's/^SCAN = 1024 /SCAN = 4096 /'
 edited c4kall c4ks topp.py 's/^CUT_ATTEND_MAX_KEYS = 1 << 19/CUT_ATTEND_MAX_KEYS = 1 << 40/'
 edited cw2 head cut_attend.py 's/^CUT_LAUNCH = LIST_LAUNCH /CUT_LAUNCH = DecodeLaunch(block_n=128, waves=2, combine_chunk=256) /'
 ab call4 head --trees $(trees head c2k c2kall c4kall cw2) --placebo --cases step --lengths 256K,512K,1M,128K --rounds 6
-ab call5 head --trees $(trees head) --placebo --cases step,chain,ring --lengths 256K,512K,1M,128K --rounds 5
-e2e call5
+shipped_apart call5
 (cd "$tmp/head" && PYTHONPATH=. python3 -m rtpurbo.cli bench model --geometry qwen3-30b-a3b --cuda-graph --lengths 8K \
   --decode-lengths 1M --index-logit-std 2.56 --no-flash-ttft --repeats 1 --out "$out/call5/e2e_qwen.jsonl") \
   | tee "$out/call5/e2e_qwen.txt"
