@@ -14,7 +14,7 @@
 #   bash benchmarks/reproduce/llama-3.1-8b_h100_2026-12-07_ring-in-chain.sh OUT   # about 15 minutes
 set -euo pipefail
 here=$(git rev-parse --show-toplevel)
-. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, patched, edited, trees
+. "$here/benchmarks/reproduce/variant_trees.sh"  # start_run, archived, patched, edited, trees, llama_decode_e2e
 start_run "${1:-}" llama-3.1-8b_h100_2026-12-07_ring-in-chain 6  # $out, $raw, $tmp
 archived head:ab8edb4 new:ab8edb4
 (cd "$tmp/new" && patch -s -p1 < "$raw/patches/ring-in-chain.patch")  # the package, its tests and the benchmark
@@ -33,9 +33,7 @@ ab call1 new --trees $(trees new head) --cases step --lengths 256K,512K,1M,128K 
 ab call2 new --trees $(trees new) --cases step,ring --lengths 256K,1M --rounds 5 --timeline
 shipped_apart() {  # CALL: the shipped step, its chain and its ring alone, then the Llama decode end to end
   ab "$1" head --trees $(trees head) --placebo --cases step,chain,ring --lengths 256K,512K,1M,128K --rounds 5
-  (cd "$tmp/head" && PYTHONPATH=. python3 -m rtpurbo.cli bench model --cuda-graph --lengths 8K \
-    --decode-lengths 32K 128K 256K 1M --index-logit-std 2.56 --max-tokens 2048 --no-flash-ttft --repeats 3 \
-    --out "$out/$1/e2e_llama.jsonl") | tee "$out/$1/e2e_llama.txt"
+  llama_decode_e2e head "$1"
 }
 shipped_apart call3
 edited c2k head cut_attend.py 's/^SCAN = 1024 /SCAN = 2048 /'

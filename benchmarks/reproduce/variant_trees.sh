@@ -1,5 +1,5 @@
 # Sourced by reproduce scripts (after setting "$here", the repository's top): the run's folders (start_run), then
-# trees of the package at given commits, and variants of them, under "$tmp".
+# trees of the package at given commits, and variants of them, under "$tmp"; and the decode end to end of a tree.
 
 start_run() {  # OUT RESULTS CALLS: $out with OUT/call1..CALLS, $raw (benchmarks/results/RESULTS), $tmp (removed on exit)
   out=$(realpath -m "${1:?usage: $0 OUT}")
@@ -37,4 +37,10 @@ edited() {  # NAME BASE FILE SED: a copy of BASE's package with the sed expressi
 
 trees() {  # NAME ...: the trees under "$tmp" as decode_step_ab.py's --trees arguments (NAME=DIR ...)
   for name in "$@"; do printf '%s ' "$name=$tmp/$name"; done
+}
+
+llama_decode_e2e() {  # TREE CALL: `bench model` on TREE's checkout, 8 of Llama-3.1-8B's layers, decode at 32K-1M
+  (cd "$tmp/$1" && PYTHONPATH=. python3 -m rtpurbo.cli bench model --cuda-graph --lengths 8K \
+    --decode-lengths 32K 128K 256K 1M --index-logit-std 2.56 --max-tokens 2048 --no-flash-ttft --repeats 3 \
+    --out "$out/$2/e2e_llama.jsonl") | tee "$out/$2/e2e_llama.txt"
 }
