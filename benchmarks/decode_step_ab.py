@@ -75,7 +75,15 @@ from rtpurbo.bench.attention_common import (DENSE_BACKENDS, GEOMETRIES, INDEX_DI
 from rtpurbo.bench.attention_decode import _ring_positions
 from rtpurbo.stats import bootstrap_means, interval
 
-LENGTHS = {"128K": 131072, "256K": 262144, "512K": 524288, "1M": 1048576}
+UNITS = {"K": 1 << 10, "M": 1 << 20}
+
+
+def length_value(label: str) -> int:
+    """Keys of a ``--lengths`` entry: ``384K`` = 393,216, ``1M`` = 1,048,576, or a plain count."""
+    number, unit = (label[:-1], UNITS[label[-1]]) if label[-1:] in UNITS else (label, 1)
+    if not number.isdigit() or int(number) * unit < 1:
+        raise argparse.ArgumentTypeError(f"a length is a positive count, optionally with K or M: got {label!r}")
+    return int(number) * unit
 REGIMES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}
 SINKS, WINDOW = 4, 8192
 GEOM = GEOMETRIES["llama-3.1-8b"]  # one retrieval KV head
@@ -385,7 +393,8 @@ def measure(kind: str, calls: dict, rounds: int, rep: int, timelines: bool = Fal
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trees", nargs="+", required=True, help="NAME=DIR, the first is the baseline")
-    parser.add_argument("--lengths", default="128K,1M", help=f"comma-separated, of {sorted(LENGTHS)}")
+    parser.add_argument("--lengths", default="128K,1M", help="comma-separated key counts, e.g. 256K,384K,1M (K = 1,024 keys, "
+                        "M = 1,048,576)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rep", type=int, default=60, help="ms of replays per timing")
     parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select, every, ring, chain")
@@ -406,14 +415,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.layers < 1:
         parser.error(f"--layers must be at least 1, got {args.layers}")
+    try:
+        lengths = {label: length_value(label) for label in args.lengths.split(",")}
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
     if not torch.cuda.is_available():
         sys.exit("decode_step_ab.py needs a CUDA GPU")
     trees = load_trees(args.trees, args.placebo)
     cases = args.cases.split(",")
     schedules = [s for s in args.schedules.split(",") if s]
     rows = []
-    for label in args.lengths.split(","):
-        length = LENGTHS[label]
+    for label, length in lengths.items():
         todo = []
         if "step" in cases:
             todo.append(("step", "trained-like", step_case(trees, length, schedules, args.layers,

@@ -286,6 +286,24 @@ def _chunks(n_keys: int, rows: int, device: torch.device, block: int, schedule: 
     return chunk, triton.cdiv(max(n_keys, 1), chunk)
 
 
+LEVEL0_ALIGN = 256  # level 0's own chunks are whole steps of this many keys
+
+
+def level0_chunks(n_keys: int, rows: int, device: torch.device, block: int, programs_per_sm: int = 2) -> tuple[int, int]:
+    """(keys per program, programs per row) of the phased schedule's level-0 launch.
+
+    Level 0 takes its own chunks, whole :data:`LEVEL0_ALIGN`-key steps at about ``programs_per_sm`` programs per SM,
+    where those hold at least half a ``block``; elsewhere the chunks of the other launches (``block`` multiples).
+    Measured on an H100 (the selecting layer step, one retrieval head, per layer of 8, paired, the same keys;
+    ``benchmarks/results/llama-3.1-8b_h100_2026-12-07_level0-chunks.md``): at 256K keys, 256 programs of 1,024 keys
+    in place of 128 of 2,048 took 0.3-0.6 us off the step; at 128K, 256 programs of 512 keys (or 128 of 1,024) in
+    place of 64 of 2,048 added 2.3-3.3 us, hence the floor."""
+    own = _chunks(n_keys, rows, device, min(block, LEVEL0_ALIGN), "phased", programs_per_sm)
+    if own[0] >= block // 2:
+        return own
+    return _chunks(n_keys, rows, device, block, "phased", programs_per_sm)
+
+
 def topp_threshold(
     scores: torch.Tensor, block_max: torch.Tensor, block_sum: torch.Tensor, block_count: torch.Tensor,
     block_min: torch.Tensor, *, top_p: float, min_tokens: int, max_tokens: int | None, block: int = 2048,
@@ -402,11 +420,16 @@ def topp_threshold(
         spans = [(p, p) for p in range(N_PHASES)]
     # a launch of several phases: at most one program per SM, all resident at once (they wait for each other)
     merged = _chunks(n_keys, rows, device, block, "fused")
+    level0 = level0_chunks(n_keys, rows, device, block, programs_per_sm)
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
         keys_per_program, programs = merged if first < last else (chunk, n_chunks)
+        launch_meta = meta
+        if schedule == "phased" and first == last == 0:  # level 0 alone: its own chunks (level0_chunks)
+            keys_per_program, programs = level0
+            launch_meta = dict(meta, SUB=level0_sub(block, rows * programs, device, schedule))
         _search_kernel[(rows, programs)](*launch_args(keys_per_program, programs), FIRST=first, LAST=last, PDL=pdl,
-                                         RELAY=schedule == "relay", num_warps=warps, **meta,
+                                         RELAY=schedule == "relay", num_warps=warps, **launch_meta,
                                          **dependent_launch.options(pdl))
         if first == 0 and after_level0 is not None:
             after_level0()
