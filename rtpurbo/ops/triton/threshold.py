@@ -287,21 +287,26 @@ def _chunks(n_keys: int, rows: int, device: torch.device, block: int, schedule: 
 
 
 LEVEL0_ALIGN = 256  # level 0's own chunks are whole steps of this many keys
+LEVEL0_OWN_FILL = 1.25  # ... taken where the block chunks would put at most this many programs on an SM
 
 
 def level0_chunks(n_keys: int, rows: int, device: torch.device, block: int, programs_per_sm: int = 2) -> tuple[int, int]:
     """(keys per program, programs per row) of the phased schedule's level-0 launch.
 
-    Level 0 takes its own chunks, whole :data:`LEVEL0_ALIGN`-key steps at about ``programs_per_sm`` programs per SM,
-    where those hold at least half a ``block``; elsewhere the chunks of the other launches (``block`` multiples).
-    Measured on an H100 (the selecting layer step, one retrieval head, per layer of 8, paired, the same keys;
-    ``benchmarks/results/llama-3.1-8b_h100_2026-12-07_level0-chunks.md``): at 256K keys, 256 programs of 1,024 keys
-    in place of 128 of 2,048 took 0.3-0.6 us off the step; at 128K, 256 programs of 512 keys (or 128 of 1,024) in
-    place of 64 of 2,048 added 2.3-3.3 us, hence the floor."""
+    The other launches' chunks are ``block`` multiples. Where those fill the SMs about once (at most
+    :data:`LEVEL0_OWN_FILL` programs per SM over all rows), level 0 takes its own: whole :data:`LEVEL0_ALIGN`-key steps
+    at about ``programs_per_sm`` programs per SM, if they hold at least half a ``block``.
+
+    Measured on an H100 with one retrieval head (the selecting layer step, per layer of 8, paired against the block
+    chunks, the same keys; ``benchmarks/results/llama-3.1-8b_h100_2026-12-07_level0-chunks.md``): own chunks took
+    0.3-0.6 us off the step at 256K keys (256 programs of 1,024 keys in place of 128 of 2,048) and 1.0 us at 320K
+    (256 of 1,280 for 160 of 2,048). They added 0.1 us at 384K and 1.8 us at 448K, where the block chunks already put
+    1.5-1.7 programs on an SM, and 2.3-3.3 us at 128K (512- or 1,024-key chunks for 64 of 2,048): hence both bounds."""
+    shared = _chunks(n_keys, rows, device, block, "phased", programs_per_sm)
     own = _chunks(n_keys, rows, device, min(block, LEVEL0_ALIGN), "phased", programs_per_sm)
-    if own[0] >= block // 2:
+    if rows * shared[1] <= LEVEL0_OWN_FILL * _num_sms(device) and own[0] >= block // 2:
         return own
-    return _chunks(n_keys, rows, device, block, "phased", programs_per_sm)
+    return shared
 
 
 def topp_threshold(
