@@ -19,6 +19,12 @@ Per version and case one CUDA graph is captured:
   the step runs it beside the selection, and the retrieval head's chain (index scores, search, list attention, its
   combine); against ``step`` they show how much the two slow each other down.
 
+The indexer query of every case has L2 norm 4 (``sqrt(16)``, :func:`fixed_norm`), so a regime's score std is the
+same at every length and in every layer, and top-p 0.9 keeps about 10 % of the keys at std 2.56. Results files up to
+``llama-3.1-8b_h100_2026-12-07_level0-chunks.md`` drew the query at random: the step case's score std then varied with
+the layer and the length, and top-p kept 7.4 % of the keys at 256K, 10.3-10.6 % at 128K and 1M, 14-17 % at 288K-512K.
+Their paired differences hold (every tree ran the same inputs); their figures at different lengths do not compare.
+
 ``--pdl``: every variant of a tree that has ``ops.triton.dependent_launch`` also runs as ``VARIANT+pdl``, its chains'
 kernels captured with programmatic dependent launch (``dependent_launch.ENABLED`` on while its graph is captured).
 PDL is on by default in trees that have it, so run with ``RTPURBO_PDL=0`` to time both ways (the ``select`` case calls
@@ -85,6 +91,13 @@ def length_value(label: str) -> int:
         raise argparse.ArgumentTypeError(f"a length is a positive count, optionally with K or M: got {label!r}")
     return int(number) * unit
 REGIMES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}
+QUERY_NORM = INDEX_DIM ** 0.5  # the indexer query's L2 norm: score std = REGIMES scale x 4
+
+
+def fixed_norm(x: torch.Tensor, norm: float) -> torch.Tensor:
+    """``x`` rescaled along its last dimension to L2 norm ``norm`` (computed in fp32, returned in ``x``'s dtype)."""
+    wide = x.float()
+    return (wide * (norm / wide.norm(dim=-1, keepdim=True))).to(x.dtype)
 SINKS, WINDOW = 4, 8192
 GEOM = GEOMETRIES["llama-3.1-8b"]  # one retrieval KV head
 
@@ -150,13 +163,14 @@ def _variants(trees: dict, schedules: list[str]):
 
 
 def _layer_inputs(length: int, seed: int) -> dict:
-    """One attention layer's decode inputs (random bf16): queries, the retrieval head's cache and indexer keys
-    (trained-like score spread), the local heads' ring."""
+    """One attention layer's decode inputs (random bf16): queries, the retrieval head's cache, its indexer query
+    (L2 norm 4) and keys (trained-like: score std 2.56), the local heads' ring."""
     n_local, dim = GEOM.n_kv - GEOM.n_retrieval(), GEOM.head_dim
     torch.manual_seed(seed)
     return dict(q=_randn(1, GEOM.n_q, 1, dim), k=_randn(1, 1, length, dim), v=_randn(1, 1, length, dim),
                 ring_k=_randn(1, n_local, SINKS + WINDOW, dim), ring_v=_randn(1, n_local, SINKS + WINDOW, dim),
-                q_idx=_randn(1, 1, 1, INDEX_DIM), k_idx=_randn(1, 1, length, INDEX_DIM) * 0.64)
+                q_idx=fixed_norm(_randn(1, 1, 1, INDEX_DIM), QUERY_NORM),
+                k_idx=_randn(1, 1, length, INDEX_DIM) * REGIMES["trained-like"])
 
 
 def _step_inputs(length: int, layers: int) -> tuple:
@@ -313,7 +327,7 @@ def ceiling_shares(row: dict, length: int, dense_us: dict) -> dict:
 
 def select_case(trees: dict, length: int, scale: float, schedules: list[str]) -> dict:
     torch.manual_seed(0)
-    q_idx, k_idx = _randn(1, 1, 1, INDEX_DIM), _randn(1, 1, length, INDEX_DIM) * scale
+    q_idx, k_idx = fixed_norm(_randn(1, 1, 1, INDEX_DIM), QUERY_NORM), _randn(1, 1, length, INDEX_DIM) * scale
     q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
     calls = {}
     for name, tree, search in _variants(trees, schedules):

@@ -53,3 +53,20 @@ def test_without_placebo_only_the_named_trees(step_ab):
 def test_bad_tree_entries_are_refused_with_a_reason(step_ab, entries, placebo, message):
     with pytest.raises(SystemExit, match=message):
         step_ab.load_trees([e.format(root=ROOT) for e in entries], placebo=placebo)
+
+
+def test_the_indexer_query_has_the_same_norm_whatever_its_draw(step_ab):
+    """Every case's indexer query is rescaled to L2 norm 4, so a regime's score std does not move with the draw."""
+    import torch
+
+    queries = torch.randn(64, 1, 1, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    fixed = step_ab.fixed_norm(queries, step_ab.QUERY_NORM)
+    assert step_ab.QUERY_NORM == 4.0 and fixed.dtype == torch.bfloat16
+    norms = fixed.float().norm(dim=-1)
+    assert torch.allclose(norms, torch.full_like(norms, 4.0), rtol=1e-2)  # bf16 rounding only
+    assert queries.float().norm(dim=-1).std() > 0.3  # the draws themselves spread
+    cosine = torch.nn.functional.cosine_similarity(fixed.float(), queries.float(), dim=-1)
+    assert torch.all(cosine > 0.999)  # rescaled, not turned
+    keys = torch.randn(200000, 16, generator=torch.Generator().manual_seed(1)) * step_ab.REGIMES["trained-like"]
+    stds = (keys @ fixed[:8, 0, 0].float().T).std(dim=0)
+    assert torch.allclose(stds, torch.full_like(stds, 2.56), rtol=0.02)

@@ -255,10 +255,10 @@ def level0_sub(block: int, programs: int, device: torch.device, schedule: str) -
     or relay launch is one wave (at most one program per SM), else 256 (at most ``block``).
 
     512-key steps halve a program's steps but take 147 registers per thread instead of 84 (sm_90, compiled by triton
-    3.9). In one wave that
-    pays: the selecting layer step (per layer of 8, H100, paired, the same keys) -0.4 us at 128K keys and -1.1 at 256K,
-    where one retrieval head's level 0 is 64 / 128 programs. Where the programs outnumber the SMs and queue beside the
-    local heads' ring it does not: +3.8 us at 512K and +6.0 at 1M
+    3.9). In one wave that pays: the selecting layer step (per layer of 8, H100, paired, the same keys) -0.4 us at 128K
+    keys and -1.1 at 256K, where one retrieval head's level 0 was 64 / 128 programs (at 256K, :func:`level0_chunks`
+    now launches 256 of 256-key steps). Where the programs outnumber the SMs and queue beside the local heads' ring it
+    does not: +3.8 us at 512K and +6.0 at 1M
     (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md``, ``l0s512``). The fused schedule keeps
     256 (its one kernel would carry the registers through every phase). Steps of 256 keys loaded as a ``(256, 1)``
     column, so that each key's row of the accumulators stays in its lane (80 registers, no barrier in the loop), made
@@ -299,9 +299,10 @@ def level0_chunks(n_keys: int, rows: int, device: torch.device, block: int, prog
 
     Measured on an H100 with one retrieval head (the selecting layer step, per layer of 8, paired against the block
     chunks, the same keys; ``benchmarks/results/llama-3.1-8b_h100_2026-12-07_level0-chunks.md``): own chunks took
-    0.3-0.6 us off the step at 256K keys (256 programs of 1,024 keys in place of 128 of 2,048) and 1.0 us at 320K
-    (256 of 1,280 for 160 of 2,048). They added 0.1 us at 384K and 1.8 us at 448K, where the block chunks already put
-    1.5-1.7 programs on an SM, and 2.3-3.3 us at 128K (512- or 1,024-key chunks for 64 of 2,048): hence both bounds."""
+    1.5-1.9 us off the step at 288K keys (231 programs of 1,280 keys in place of 144 of 2,048), 0.7-1.0 us at 320K
+    and 0.3-0.6 us at 256K (256 of 1,024 for 128 of 2,048). They added 0.1 us at 384K and 1.8 us at 448K, where the
+    block chunks already put 1.5-1.7 programs on an SM, and 2.3-3.3 us at 128K (512- or 1,024-key chunks for 64 of
+    2,048): hence both bounds."""
     shared = _chunks(n_keys, rows, device, block, "phased", programs_per_sm)
     own = _chunks(n_keys, rows, device, min(block, LEVEL0_ALIGN), "phased", programs_per_sm)
     if rows * shared[1] <= LEVEL0_OWN_FILL * _num_sms(device) and own[0] >= block // 2:
