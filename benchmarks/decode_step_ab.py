@@ -24,6 +24,9 @@ same at every length and in every layer, and top-p 0.9 keeps about 10 % of the k
 ``llama-3.1-8b_h100_2026-12-07_level0-chunks.md`` drew the query at random: the step case's score std then varied with
 the layer and the length, and top-p kept 7.4 % of the keys at 256K, 10.3-10.6 % at 128K and 1M, 14-17 % at 288K-512K.
 Their paired differences hold (every tree ran the same inputs); their figures at different lengths do not compare.
+Each layer of the ``step``, ``chain`` and ``every`` cases also reads its own copy of the cache's positions, as a
+model's layers do; those files' runs shared one tensor across the layers (2 MB of int64 at 256K keys, from L2 after
+the first layer).
 
 ``--pdl``: every variant of a tree that has ``ops.triton.dependent_launch`` also runs as ``VARIANT+pdl``, its chains'
 kernels captured with programmatic dependent launch (``dependent_launch.ENABLED`` on while its graph is captured).
@@ -174,10 +177,14 @@ def _layer_inputs(length: int, seed: int) -> dict:
 
 
 def _step_inputs(length: int, layers: int) -> tuple:
-    """(per-layer inputs, the ring's positions, the query's position, the cache's positions) of a ``layers``-layer step
-    after ``length`` tokens."""
-    q_pos, k_pos = torch.full((1, 1), length - 1, device="cuda"), torch.arange(length, device="cuda")[None]
-    return [_layer_inputs(length, seed) for seed in range(layers)], _ring_positions(length, WINDOW, SINKS), q_pos, k_pos
+    """(per-layer inputs, the ring's positions, the query's position) of a ``layers``-layer step after ``length``
+    tokens. Each layer's inputs hold the cache's positions (``k_pos``, (1, length) int64) in a tensor of their own, as
+    each layer of a :class:`rtpurbo.cache.HeadwiseCache` does: one shared tensor would let layers 2-N read them from L2
+    (results files up to ``llama-3.1-8b_h100_2026-12-07_level0-chunks.md`` ran that way)."""
+    inputs = [_layer_inputs(length, seed) for seed in range(layers)]
+    for x in inputs:
+        x["k_pos"] = torch.arange(length, device="cuda")[None]
+    return inputs, _ring_positions(length, WINDOW, SINKS), torch.full((1, 1), length - 1, device="cuda")
 
 
 def _ring(tree: dict, x: dict, ring_pos: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
@@ -191,11 +198,12 @@ def _ring(tree: dict, x: dict, ring_pos: torch.Tensor, q_pos: torch.Tensor) -> t
                                  sinks=SINKS, impl="flex")
 
 
-def _chain(tree: dict, x: dict, q_pos: torch.Tensor, k_pos: torch.Tensor, **options) -> tuple:
+def _chain(tree: dict, x: dict, q_pos: torch.Tensor, **options) -> tuple:
     """The retrieval head's selecting decode of one layer (``topp_attention``; ``options``: the search's schedule, the
     fork of the local heads): (out, keys used)."""
-    return tree["topp"].topp_attention(x["q"][:, :GEOM.group], x["k"], x["v"], q_pos, k_pos, x["q_idx"], x["k_idx"],
-                                       top_p=TOP_P, min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT, **options)
+    return tree["topp"].topp_attention(x["q"][:, :GEOM.group], x["k"], x["v"], q_pos, x["k_pos"], x["q_idx"],
+                                       x["k_idx"], top_p=TOP_P, min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT,
+                                       **options)
 
 
 def _layers(one, inputs: list) -> Callable[[], tuple]:
@@ -220,7 +228,7 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1, p
     ``measure(..., per=layers)`` then reports time per layer. ``priorities``: each tree also runs as the variants of
     :data:`PRIORITY_VARIANTS` (module docstring); such a callable carries the stream its graph is captured on as
     ``capture_stream``."""
-    inputs, ring_pos, q_pos, k_pos = _step_inputs(length, layers)
+    inputs, ring_pos, q_pos = _step_inputs(length, layers)
     sides = {0: torch.cuda.Stream(), HIGH_PRIORITY: torch.cuda.Stream(priority=HIGH_PRIORITY)}
     calls = {}
     for name, tree, search in _variants(trees, schedules):
@@ -239,7 +247,7 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1, p
             fork = {"after_scores": local_step} if forks_after_scores and not before_scores else {}
             if not fork:
                 local_step()
-            out, counts = _chain(tree, x, q_pos, k_pos, **search, **fork)
+            out, counts = _chain(tree, x, q_pos, **search, **fork)
             main.wait_stream(side)
             return out, local[0], counts
         calls[name] = _layers(layer_step, inputs)
@@ -256,7 +264,7 @@ def stream_case(trees: dict, length: int, stream: str, layers: int = 1) -> dict:
     """Per tree, a callable of ``layers`` layers of one stream of the ``step`` case alone: ``"ring"`` (the local
     heads' ring, launched as the step launches it beside the selection) or ``"chain"`` (the retrieval head's
     ``topp_attention``, no local heads), each layer on its own inputs."""
-    inputs, ring_pos, q_pos, k_pos = _step_inputs(length, layers)
+    inputs, ring_pos, q_pos = _step_inputs(length, layers)
     calls = {}
     for name, tree, _ in _variants(trees, []):
         def ring(x, tree=tree):
@@ -264,7 +272,7 @@ def stream_case(trees: dict, length: int, stream: str, layers: int = 1) -> dict:
             return None, out, torch.zeros(1, dtype=torch.int64, device=out.device)
 
         def chain(x, tree=tree):
-            out, counts = _chain(tree, x, q_pos, k_pos)
+            out, counts = _chain(tree, x, q_pos)
             return out, None, counts
         calls[name] = _layers(ring if stream == "ring" else chain, inputs)
     return calls
@@ -274,11 +282,11 @@ def every_case(trees: dict, length: int, layers: int = 1) -> dict:
     """Per tree, a callable of ``layers`` layers' steps over every key (no selection), each on its own inputs: the
     retrieval head's ``length`` keys and the local heads' ring in one ``two_role_decode`` launch."""
     group, dim = GEOM.group, GEOM.head_dim
-    inputs, ring_pos, q_pos, k_pos = _step_inputs(length, layers)
+    inputs, ring_pos, q_pos = _step_inputs(length, layers)
     calls = {}
     for name, tree, _ in _variants(trees, []):
         def step(tree=tree):
-            results = [tree["roles"].two_role_decode(x["q"][:, :group], x["k"], x["v"], k_pos, x["q"][:, group:],
+            results = [tree["roles"].two_role_decode(x["q"][:, :group], x["k"], x["v"], x["k_pos"], x["q"][:, group:],
                                                      x["ring_k"], x["ring_v"], ring_pos, q_pos, scale=dim**-0.5,
                                                      window=WINDOW, sinks=SINKS) for x in inputs]
             return results[0][0], None, torch.stack([r[1] for r in results]).sum(0)
