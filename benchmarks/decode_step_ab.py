@@ -84,6 +84,10 @@ from rtpurbo.bench.attention_common import (DENSE_BACKENDS, GEOMETRIES, INDEX_DI
 from rtpurbo.bench.attention_decode import _ring_positions
 from rtpurbo.stats import bootstrap_means, interval
 
+REGIMES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}
+QUERY_NORM = INDEX_DIM ** 0.5  # the indexer query's L2 norm: score std = REGIMES scale x 4
+SINKS, WINDOW = 4, 8192
+GEOM = GEOMETRIES["llama-3.1-8b"]  # one retrieval KV head
 UNITS = {"K": 1 << 10, "M": 1 << 20}
 
 
@@ -93,16 +97,12 @@ def length_value(label: str) -> int:
     if not number.isdigit() or int(number) * unit < 1:
         raise argparse.ArgumentTypeError(f"a length is a positive count, optionally with K or M: got {label!r}")
     return int(number) * unit
-REGIMES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}
-QUERY_NORM = INDEX_DIM ** 0.5  # the indexer query's L2 norm: score std = REGIMES scale x 4
 
 
 def fixed_norm(x: torch.Tensor, norm: float) -> torch.Tensor:
     """``x`` rescaled along its last dimension to L2 norm ``norm`` (computed in fp32, returned in ``x``'s dtype)."""
     wide = x.float()
     return (wide * (norm / wide.norm(dim=-1, keepdim=True))).to(x.dtype)
-SINKS, WINDOW = 4, 8192
-GEOM = GEOMETRIES["llama-3.1-8b"]  # one retrieval KV head
 
 
 def load_tree(name: str, root: str) -> dict:
@@ -415,8 +415,8 @@ def measure(kind: str, calls: dict, rounds: int, rep: int, timelines: bool = Fal
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trees", nargs="+", required=True, help="NAME=DIR, the first is the baseline")
-    parser.add_argument("--lengths", default="128K,1M", help="comma-separated key counts, e.g. 256K,384K,1M (K = 1,024 keys, "
-                        "M = 1,048,576)")
+    parser.add_argument("--lengths", default="128K,1M",
+                        help="comma-separated key counts, e.g. 256K,384K,1M (K = 1,024 keys, M = 1,048,576)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rep", type=int, default=60, help="ms of replays per timing")
     parser.add_argument("--cases", default="step,select", help="comma-separated, of: step, select, every, ring, chain")

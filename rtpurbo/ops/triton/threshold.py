@@ -257,8 +257,8 @@ def level0_sub(block: int, programs: int, device: torch.device, schedule: str) -
     512-key steps halve a program's steps but take 147 registers per thread instead of 84 (sm_90, compiled by triton
     3.9). In one wave that pays: the selecting layer step (per layer of 8, H100, paired, the same keys) -0.4 us at 128K
     keys and -1.1 at 256K, where one retrieval head's level 0 was 64 / 128 programs (at 256K, :func:`level0_chunks`
-    now launches 256 of 256-key steps). Where the programs outnumber the SMs and queue beside the local heads' ring it
-    does not: +3.8 us at 512K and +6.0 at 1M
+    now launches 256 programs in 256-key steps). Where the programs outnumber the SMs and queue beside the local
+    heads' ring it does not: +3.8 us at 512K and +6.0 at 1M
     (``benchmarks/results/llama-3.1-8b_h100_2026-12-06_index-keys-walk.md``, ``l0s512``). The fused schedule keeps
     256 (its one kernel would carry the registers through every phase). Steps of 256 keys loaded as a ``(256, 1)``
     column, so that each key's row of the accumulators stays in its lane (80 registers, no barrier in the loop), made
@@ -290,7 +290,8 @@ LEVEL0_ALIGN = 256  # level 0's own chunks are whole steps of this many keys
 LEVEL0_OWN_FILL = 1.25  # ... taken where the block chunks would put at most this many programs on an SM
 
 
-def level0_chunks(n_keys: int, rows: int, device: torch.device, block: int, programs_per_sm: int = 2) -> tuple[int, int]:
+def level0_chunks(n_keys: int, rows: int, device: torch.device, block: int,
+                  programs_per_sm: int = 2) -> tuple[int, int]:
     """(keys per program, programs per row) of the phased schedule's level-0 launch.
 
     The other launches' chunks are ``block`` multiples. Where those fill the SMs about once (at most
