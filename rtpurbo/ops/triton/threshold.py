@@ -427,14 +427,17 @@ def topp_threshold(
         spans = [(p, p) for p in range(N_PHASES)]
     # a launch of several phases: at most one program per SM, all resident at once (they wait for each other)
     merged = _chunks(n_keys, rows, device, block, "fused")
-    level0 = level0_chunks(n_keys, rows, device, block, programs_per_sm)
+    # the phased schedule's level 0 alone: chunks of its own where they pay (level0_chunks)
+    level0, level0_meta = (chunk, n_chunks), meta
+    if schedule == "phased":
+        level0 = level0_chunks(n_keys, rows, device, block, programs_per_sm)
+        level0_meta = dict(meta, SUB=level0_sub(block, rows * level0[1], device, schedule))
     for first, last in spans:
         warps = 4 if first >= TALLY else num_warps  # the tally and gather alone: 4 warps
         keys_per_program, programs = merged if first < last else (chunk, n_chunks)
         launch_meta = meta
-        if schedule == "phased" and first == last == 0:  # level 0 alone: its own chunks (level0_chunks)
-            keys_per_program, programs = level0
-            launch_meta = dict(meta, SUB=level0_sub(block, rows * programs, device, schedule))
+        if first == last == 0:
+            (keys_per_program, programs), launch_meta = level0, level0_meta
         _search_kernel[(rows, programs)](*launch_args(keys_per_program, programs), FIRST=first, LAST=last, PDL=pdl,
                                          RELAY=schedule == "relay", num_warps=warps, **launch_meta,
                                          **dependent_launch.options(pdl))
