@@ -68,6 +68,7 @@ import argparse
 import functools
 import importlib
 import inspect
+import itertools
 import json
 import statistics
 import sys
@@ -187,6 +188,18 @@ def _step_inputs(length: int, layers: int) -> tuple:
     return inputs, _ring_positions(length, WINDOW, SINKS), torch.full((1, 1), length - 1, device="cuda")
 
 
+POSITION_DTYPES = {"int32": torch.int32}  # --positions: the cache's own are int64
+
+
+def by_positions(inputs: list, dtypes: tuple[str, ...]) -> dict:
+    """{"": ``inputs``} plus, per name in ``dtypes`` (``--positions``), {"+NAME": the same layers' inputs with
+    ``k_pos`` in that dtype (a tensor of its own per layer; the other tensors shared)}."""
+    out = {"": inputs}
+    for name in dtypes:
+        out[f"+{name}"] = [dict(x, k_pos=x["k_pos"].to(POSITION_DTYPES[name])) for x in inputs]
+    return out
+
+
 def _ring(tree: dict, x: dict, ring_pos: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
     """The local heads' ring of one layer, launched as the tree's ``HeadwiseCache`` launches it beside a selection:
     ``decode_roles.ring_beside_selection`` where the tree has it, else ``api.attention(impl="flex")``."""
@@ -220,15 +233,18 @@ PRIORITY_VARIANTS = {"prio": (HIGH_PRIORITY, 0, False), "prio+pre": (HIGH_PRIORI
                      "ringprio": (0, HIGH_PRIORITY, False)}
 
 
-def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1, priorities: bool = False) -> dict:
+def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1, priorities: bool = False,
+              positions: tuple[str, ...] = ()) -> dict:
     """Per tree (and schedule), a callable of one selecting layer step, and what it selected (count, slot sum).
 
     ``layers`` > 1: the callable runs that many layers' steps one after the other, each on its own inputs (as the
     layers of a model's decode graph do: no graph launch per layer, one layer's data evicting another's from L2);
     ``measure(..., per=layers)`` then reports time per layer. ``priorities``: each tree also runs as the variants of
     :data:`PRIORITY_VARIANTS` (module docstring); such a callable carries the stream its graph is captured on as
-    ``capture_stream``."""
+    ``capture_stream``. ``positions``: each tree also runs with the cache's positions in these dtypes
+    (:func:`by_positions`, ``NAME+int32``), not only in the cache's int64."""
     inputs, ring_pos, q_pos = _step_inputs(length, layers)
+    variants = by_positions(inputs, positions)
     sides = {0: torch.cuda.Stream(), HIGH_PRIORITY: torch.cuda.Stream(priority=HIGH_PRIORITY)}
     calls = {}
     for name, tree, search in _variants(trees, schedules):
@@ -250,7 +266,8 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1, p
             out, counts = _chain(tree, x, q_pos, **search, **fork)
             main.wait_stream(side)
             return out, local[0], counts
-        calls[name] = _layers(layer_step, inputs)
+        for suffix, layer_inputs in variants.items():
+            calls[name + suffix] = _layers(layer_step, layer_inputs)
         if not priorities:
             continue
         for suffix, (capture, ring, before) in PRIORITY_VARIANTS.items():
@@ -260,11 +277,14 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1, p
     return calls
 
 
-def stream_case(trees: dict, length: int, stream: str, layers: int = 1) -> dict:
+def stream_case(trees: dict, length: int, stream: str, layers: int = 1, positions: tuple[str, ...] = ()
+                ) -> dict:
     """Per tree, a callable of ``layers`` layers of one stream of the ``step`` case alone: ``"ring"`` (the local
     heads' ring, launched as the step launches it beside the selection) or ``"chain"`` (the retrieval head's
-    ``topp_attention``, no local heads), each layer on its own inputs."""
+    ``topp_attention``, no local heads), each layer on its own inputs; the chain also with the positions in
+    ``positions``' further dtypes (:func:`by_positions`)."""
     inputs, ring_pos, q_pos = _step_inputs(length, layers)
+    variants = by_positions(inputs, positions if stream == "chain" else ())
     calls = {}
     for name, tree, _ in _variants(trees, []):
         def ring(x, tree=tree):
@@ -274,23 +294,26 @@ def stream_case(trees: dict, length: int, stream: str, layers: int = 1) -> dict:
         def chain(x, tree=tree):
             out, counts = _chain(tree, x, q_pos)
             return out, None, counts
-        calls[name] = _layers(ring if stream == "ring" else chain, inputs)
+        for suffix, layer_inputs in variants.items():
+            calls[name + suffix] = _layers(ring if stream == "ring" else chain, layer_inputs)
     return calls
 
 
-def every_case(trees: dict, length: int, layers: int = 1) -> dict:
+def every_case(trees: dict, length: int, layers: int = 1, positions: tuple[str, ...] = ()) -> dict:
     """Per tree, a callable of ``layers`` layers' steps over every key (no selection), each on its own inputs: the
-    retrieval head's ``length`` keys and the local heads' ring in one ``two_role_decode`` launch."""
+    retrieval head's ``length`` keys and the local heads' ring in one ``two_role_decode`` launch; also with the
+    positions in ``positions``' further dtypes (:func:`by_positions`)."""
     group, dim = GEOM.group, GEOM.head_dim
     inputs, ring_pos, q_pos = _step_inputs(length, layers)
     calls = {}
-    for name, tree, _ in _variants(trees, []):
-        def step(tree=tree):
+    for (name, tree, _), (suffix, layer_inputs) in itertools.product(
+            _variants(trees, []), by_positions(inputs, positions).items()):
+        def step(tree=tree, inputs=layer_inputs):
             results = [tree["roles"].two_role_decode(x["q"][:, :group], x["k"], x["v"], x["k_pos"], x["q"][:, group:],
                                                      x["ring_k"], x["ring_v"], ring_pos, q_pos, scale=dim**-0.5,
                                                      window=WINDOW, sinks=SINKS) for x in inputs]
             return results[0][0], None, torch.stack([r[1] for r in results]).sum(0)
-        calls[name] = step
+        calls[name + suffix] = step
     return calls
 
 
@@ -433,6 +456,9 @@ def main() -> None:
                         "priorities (NAME+prio, NAME+prio+pre, NAME+ringprio; see the module docstring)")
     parser.add_argument("--placebo", action="store_true", help="also run the first tree a second time (NAME_again): "
                         "the difference the harness reads between identical code")
+    parser.add_argument("--positions", default="", help="comma-separated dtypes (int32) to also hold the cache's key "
+                        "positions in (a cache holds int64): every tree of the step, chain and every cases runs again "
+                        "per dtype, as NAME+DTYPE")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.layers < 1:
@@ -446,18 +472,21 @@ def main() -> None:
     trees = load_trees(args.trees, args.placebo)
     cases = args.cases.split(",")
     schedules = [s for s in args.schedules.split(",") if s]
+    positions = tuple(p for p in args.positions.split(",") if p)
+    if unknown := [p for p in positions if p not in POSITION_DTYPES]:
+        parser.error(f"--positions takes {', '.join(POSITION_DTYPES)}; got {', '.join(unknown)}")
     rows = []
     for label, length in lengths.items():
         todo = []
         if "step" in cases:
             todo.append(("step", "trained-like", step_case(trees, length, schedules, args.layers,
-                                                                   args.priorities)))
+                                                                   args.priorities, positions)))
         if "every" in cases:
-            todo.append(("every", "every key", every_case(trees, length, args.layers)))
+            todo.append(("every", "every key", every_case(trees, length, args.layers, positions)))
         for stream in ("ring", "chain"):
             if stream in cases:
                 todo.append((stream, "ring alone" if stream == "ring" else "trained-like", stream_case(
-                    trees, length, stream, args.layers)))
+                    trees, length, stream, args.layers, positions)))
         if "select" in cases:
             todo += [("select", regime, select_case(trees, length, scale, schedules))
                      for regime, scale in REGIMES.items()]

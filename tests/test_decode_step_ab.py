@@ -70,3 +70,18 @@ def test_the_indexer_query_has_the_same_norm_whatever_its_draw(step_ab):
     keys = torch.randn(200000, 16, generator=torch.Generator().manual_seed(1)) * step_ab.REGIMES["trained-like"]
     stds = (keys @ fixed[:8, 0, 0].float().T).std(dim=0)
     assert torch.allclose(stds, torch.full_like(stds, 2.56), rtol=0.02)
+
+
+def test_position_variants_cast_each_layers_positions_and_share_the_rest(step_ab):
+    """``--positions int32`` runs every tree again on the same layers with ``k_pos`` as int32, one tensor per layer."""
+    import torch
+
+    layers = [dict(k=torch.randn(1, 1, 8, 4), k_pos=torch.arange(8)[None]) for _ in range(3)]
+    assert list(step_ab.by_positions(layers, ())) == [""]
+    variants = step_ab.by_positions(layers, ("int32",))
+    assert list(variants) == ["", "+int32"] and variants[""] is layers
+    cast = variants["+int32"]
+    assert all(x["k_pos"].dtype == torch.int32 and torch.equal(x["k_pos"], y["k_pos"].int()) for x, y in zip(cast, layers))
+    assert all(x["k"] is y["k"] for x, y in zip(cast, layers))  # the same K: only the positions differ
+    assert len({x["k_pos"].data_ptr() for x in cast}) == 3
+    assert all(y["k_pos"].dtype == torch.int64 for y in layers)  # the baseline's inputs untouched
