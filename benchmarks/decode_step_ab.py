@@ -44,6 +44,10 @@ priority of the stream it was captured on (PyTorch instantiates graphs with per-
 streams have programs waiting for an SM, the block scheduler should take the high-priority ones first. On an H100 none
 of the three made the step shorter (``benchmarks/results/llama-3.1-8b_h100_2026-12-07_stream-priorities.md``).
 
+``--positions int32``: the step, chain and every cases also run each tree with the cache's key positions as int32
+(``NAME+int32``, on the same layers' inputs), where a cache holds int64: the index scores read them beside the indexer
+keys, 8 bytes a key against 32 of indexer key (one retrieval head, d_idx 16).
+
 ``--layers N``: the step, every, ring and chain cases run N layers' steps in one graph, each on its own inputs, and
 report time per layer: what a layer costs inside a model's decode graph, without one graph launch per layer.
 
