@@ -281,12 +281,12 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1, p
     return calls
 
 
-def stream_case(trees: dict, length: int, stream: str, layers: int = 1, positions: tuple[str, ...] = ()
-                ) -> dict:
+def stream_case(trees: dict, length: int, stream: str, layers: int = 1,
+                positions: tuple[str, ...] = ()) -> dict:
     """Per tree, a callable of ``layers`` layers of one stream of the ``step`` case alone: ``"ring"`` (the local
     heads' ring, launched as the step launches it beside the selection) or ``"chain"`` (the retrieval head's
-    ``topp_attention``, no local heads), each layer on its own inputs; the chain also with the positions in
-    ``positions``' further dtypes (:func:`by_positions`)."""
+    ``topp_attention``, no local heads), each layer on its own inputs; the chain also with the positions in each
+    dtype of ``positions`` (:func:`by_positions`)."""
     inputs, ring_pos, q_pos = _step_inputs(length, layers)
     variants = by_positions(inputs, positions if stream == "chain" else ())
     calls = {}
@@ -306,7 +306,7 @@ def stream_case(trees: dict, length: int, stream: str, layers: int = 1, position
 def every_case(trees: dict, length: int, layers: int = 1, positions: tuple[str, ...] = ()) -> dict:
     """Per tree, a callable of ``layers`` layers' steps over every key (no selection), each on its own inputs: the
     retrieval head's ``length`` keys and the local heads' ring in one ``two_role_decode`` launch; also with the
-    positions in ``positions``' further dtypes (:func:`by_positions`)."""
+    positions in each dtype of ``positions`` (:func:`by_positions`)."""
     group, dim = GEOM.group, GEOM.head_dim
     inputs, ring_pos, q_pos = _step_inputs(length, layers)
     calls = {}
