@@ -72,7 +72,6 @@ import argparse
 import functools
 import importlib
 import inspect
-import itertools
 import json
 import statistics
 import sys
@@ -309,15 +308,16 @@ def every_case(trees: dict, length: int, layers: int = 1, positions: tuple[str, 
     positions in each dtype of ``positions`` (:func:`by_positions`)."""
     group, dim = GEOM.group, GEOM.head_dim
     inputs, ring_pos, q_pos = _step_inputs(length, layers)
+    variants = by_positions(inputs, positions)
     calls = {}
-    for (name, tree, _), (suffix, layer_inputs) in itertools.product(
-            _variants(trees, []), by_positions(inputs, positions).items()):
-        def step(tree=tree, inputs=layer_inputs):
-            results = [tree["roles"].two_role_decode(x["q"][:, :group], x["k"], x["v"], x["k_pos"], x["q"][:, group:],
-                                                     x["ring_k"], x["ring_v"], ring_pos, q_pos, scale=dim**-0.5,
-                                                     window=WINDOW, sinks=SINKS) for x in inputs]
-            return results[0][0], None, torch.stack([r[1] for r in results]).sum(0)
-        calls[name + suffix] = step
+    for name, tree, _ in _variants(trees, []):
+        def step(x, tree=tree):
+            out, counts = tree["roles"].two_role_decode(
+                x["q"][:, :group], x["k"], x["v"], x["k_pos"], x["q"][:, group:], x["ring_k"], x["ring_v"], ring_pos,
+                q_pos, scale=dim**-0.5, window=WINDOW, sinks=SINKS)
+            return out, None, counts
+        for suffix, layer_inputs in variants.items():
+            calls[name + suffix] = _layers(step, layer_inputs)
     return calls
 
 

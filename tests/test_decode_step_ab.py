@@ -81,7 +81,8 @@ def test_position_variants_cast_each_layers_positions_and_share_the_rest(step_ab
     variants = step_ab.by_positions(layers, ("int32",))
     assert list(variants) == ["", "+int32"] and variants[""] is layers
     cast = variants["+int32"]
-    assert all(x["k_pos"].dtype == torch.int32 and torch.equal(x["k_pos"], y["k_pos"].int()) for x, y in zip(cast, layers))
+    assert all(x["k_pos"].dtype == torch.int32 and torch.equal(x["k_pos"], y["k_pos"].int())
+               for x, y in zip(cast, layers))
     assert all(x["k"] is y["k"] for x, y in zip(cast, layers))  # the same K: only the positions differ
     assert len({x["k_pos"].data_ptr() for x in cast}) == 3
     assert all(y["k_pos"].dtype == torch.int64 for y in layers)  # the baseline's inputs untouched
