@@ -260,7 +260,9 @@ class HeadwiseCache(LayerAttention, Cache):
         changes from step to step. Pass ``position_ids`` (B, 1) with -1 for padding rows; an
         ``attention_mask`` is not needed. On a layer with a base window ``W_b`` below ``capacity`` the
         retrieval storage is a ring of ``W_b`` slots instead (written at each row's slot ``p % W_b``, as
-        the local heads' ring is; no ``r_next``), so it stays bounded however long the decode.
+        the local heads' ring is; no ``r_next``), so it stays bounded however long the decode. The retrieval
+        positions turn int32 (:data:`rtpurbo.cache_layer.STATIC_POSITIONS`: the selecting step reads one per key);
+        a cache whose highest position plus ``capacity`` would pass int32 is refused.
 
         The Python counters (``seen``, ``r_len``, ``stats.samples``) are still advanced by every
         step that runs Python (eager). Steps replayed from a CUDA graph run no Python: their
@@ -270,6 +272,7 @@ class HeadwiseCache(LayerAttention, Cache):
         """
         if not self.is_initialized:
             raise ValueError("static_decode needs a prefilled HeadwiseCache (run the prompt through it first)")
+        self._check_static_positions(capacity)
         for layer in self.store:
             if layer is None:
                 continue
@@ -277,12 +280,22 @@ class HeadwiseCache(LayerAttention, Cache):
                 raise ValueError(f"capacity {capacity} leaves no slot for decode: {layer.r_len} slots are used")
             if layer.r_window is not None and capacity > layer.r_window and not layer.r_ring:
                 cache_layer.to_ring(layer)
-            if layer.r_ring:
-                continue
-            if layer.r_pos.shape[1] != capacity:
-                cache_layer.resize(layer, capacity)
-            layer.r_next = torch.tensor([layer.r_len], dtype=torch.long, device=layer.r_pos.device)
+            if not layer.r_ring:
+                if layer.r_pos.shape[1] != capacity:
+                    cache_layer.resize(layer, capacity)
+                layer.r_next = torch.tensor([layer.r_len], dtype=torch.long, device=layer.r_pos.device)
+            layer.r_pos = layer.r_pos.to(cache_layer.STATIC_POSITIONS)
         self.static_capacity = capacity
+
+    def _check_static_positions(self, capacity: int) -> None:
+        """Refuse a static decode whose positions could pass int32 (:data:`cache_layer.STATIC_POSITIONS`): the
+        highest stored position plus ``capacity`` (more than the decode can add). One host sync, at set-up."""
+        limit = torch.iinfo(cache_layer.STATIC_POSITIONS).max
+        stored = [layer.r_pos.max() for layer in self.store if layer is not None and layer.r_pos.numel()]
+        highest = int(torch.stack(stored).max()) if stored else -1
+        if highest + capacity > limit:
+            raise ValueError(f"static decode keeps positions as {cache_layer.STATIC_POSITIONS}: the highest stored "
+                             f"position {highest} plus capacity {capacity} would pass {limit}")
 
     def host_counters(self) -> dict[str, list[int]]:
         """Python-side counters that decode steps advance: per layer ``seen``, ``r_len``, stats samples."""
@@ -307,7 +320,7 @@ class HeadwiseCache(LayerAttention, Cache):
         layer.r_v.index_copy_(2, slot, v)
         if k_idx is not None:
             layer.r_idx.index_copy_(2, slot, k_idx)
-        layer.r_pos.index_copy_(1, slot, positions)
+        layer.r_pos.index_copy_(1, slot, positions.to(layer.r_pos.dtype))
         self._advance_static(layer)
 
     @staticmethod
@@ -458,6 +471,6 @@ class HeadwiseCache(LayerAttention, Cache):
         for store, new in stores:
             index = slot4.expand_as(new)  # (B, H, 1, X)
             store.scatter_(2, index, torch.where(real4, new, store.gather(2, index)))
-        store_pos.scatter_(1, slot, torch.where(real, positions, store_pos.gather(1, slot)))
+        store_pos.scatter_(1, slot, torch.where(real, positions.to(store_pos.dtype), store_pos.gather(1, slot)))
 
     # --- attention ----------------------------------------------------------------------

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 
 ROW_FIELDS = ("r_k", "r_v", "r_idx", "r_pos", "l_k", "l_v", "l_pos")  # LayerCache's batch-first tensors
+# dtype of the retrieval positions in static decode (HeadwiseCache.static_decode): the selecting step's index scores
+# read every key's position beside its indexer key, so int32 reads 4 bytes a key less than int64
+STATIC_POSITIONS = torch.int32
 
 
 @dataclass
@@ -22,7 +25,7 @@ class LayerCache:
     r_k: torch.Tensor  # (B, Hr, capacity, D)
     r_v: torch.Tensor  # (B, Hr, capacity, D)
     r_idx: torch.Tensor  # (B, Hr, capacity, d_idx)
-    r_pos: torch.Tensor  # (B, capacity), -1 = empty
+    r_pos: torch.Tensor  # (B, capacity), -1 = empty; int64, int32 (STATIC_POSITIONS) in static decode
     l_k: torch.Tensor  # (B, Hl, S + W, D)
     l_v: torch.Tensor  # (B, Hl, S + W, D)
     l_pos: torch.Tensor  # (B, S + W), -1 = empty

@@ -27,9 +27,13 @@ CASES = [
     ("dense-default-launch", 1, 1, 3, 4, 257, 64, 4, 64, None, False, False, None),
     ("list", 2, 2, 2, 4, 400, 48, 4, 64, None, True, True, (16, 12)),
 ]
+# cases run again (NAME-int32) with the retrieval positions as a static-decode cache holds them
+INT32_CASES = ("dense-retrieval-window", "list")
 
 
-def _check(case) -> list[str]:
+def _check(case, positions: str = "int64") -> list[str]:
+    """One case against the reference; the kernels read the retrieval positions as ``positions``, the reference
+    as int64."""
     import torch
 
     from rtpurbo.ops import reference
@@ -79,7 +83,8 @@ def _check(case) -> list[str]:
                 key_mask[b, h, 0, tail] = True
         extra = dict(index=index, n_index=n_index, always=always, skip_sinks=4, skip_recent=16)
     out, counts = decode_roles.two_role_decode(
-        q_ret, k_ret, v_ret, ret_pos, q_loc, k_loc, v_loc, loc_pos, q_pos, scale=dim**-0.5, window=window, sinks=sinks,
+        q_ret, k_ret, v_ret, ret_pos.to(getattr(torch, positions)), q_loc, k_loc, v_loc, loc_pos, q_pos,
+        scale=dim**-0.5, window=window, sinks=sinks,
         heads=heads if interleaved else None, ret_window=ret_window, launch=launch, **extra,
     )
     want_ret = reference.attention(q_ret, k_ret, v_ret.nan_to_num(0.0), q_pos, ret_pos, window=ret_window,
@@ -147,6 +152,8 @@ def _check_errors() -> list[str]:
 
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: _check(case)) for case in CASES]
+                         + [(case[0] + "-int32", lambda case=case: _check(case, "int32"))
+                            for case in CASES if case[0] in INT32_CASES]
                          + [("beside", _check_beside), ("errors", _check_errors)])
 
 
@@ -176,7 +183,7 @@ def test_a_lists_always_part_counts_among_its_programs():
             assert parts == decode.LIST_LAUNCH.waves * decode._num_sms(cpu)
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["beside", "errors"])
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + [n + "-int32" for n in INT32_CASES] + ["beside", "errors"])
 def test_two_role_decode_in_interpreter(report, name):
     assert report[name] == [], f"{name}: " + "; ".join(report[name])
 

@@ -98,6 +98,10 @@ def test_static_decode_equals_dynamic(family, top_p, batch):
     assert int(got[2].store[0].r_next) == got[2].store[0].r_len == PROMPT - 1 + STEPS
     if top_p < 1:
         assert got[2].stats.summary()["samples"] > 0
+    for static, dynamic in zip(got[2].store, want[2].store):  # int32 positions, the same as the growing cache's
+        assert static.r_pos.dtype == torch.int32 and dynamic.r_pos.dtype == torch.int64
+        assert torch.equal(static.r_pos[:, : dynamic.r_len].long(), dynamic.r_pos[:, : dynamic.r_len])
+        assert (static.r_pos[:, dynamic.r_len :] == -1).all()
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -183,6 +187,9 @@ def test_static_decode_errors():
     cache = _prefilled(model, ids, mask)
     with pytest.raises(ValueError, match="no slot"):
         cache.static_decode(PROMPT - 1)
+    with pytest.raises(ValueError, match="int32"):  # the highest position is PROMPT - 2
+        cache.static_decode(2**31 - PROMPT + 2)
+    assert all(layer.r_pos.dtype == torch.int64 for layer in cache.store if layer is not None)
     cache.static_decode(PROMPT + 1)
     kw = {cache_kwarg(): cache}
     with torch.no_grad():

@@ -245,8 +245,10 @@ def cut_problems(scores, found, want) -> list[str]:
     return problems
 
 
-def _check_attention() -> list[str]:
-    """topp_attention's list mode fed by the threshold selection, against the reference (fp32)."""
+def _check_attention(positions: str = "int64") -> list[str]:
+    """topp_attention's list mode fed by the threshold selection, against the reference (fp32); the kernels read the
+    key positions as ``positions`` (int32: as a static-decode cache holds them), the reference as int64."""
+    import torch
     from rtpurbo.ops import reference
     from rtpurbo.ops.triton import topp as triton_topp
     from rtpurbo.ops.triton import decode
@@ -256,20 +258,22 @@ def _check_attention() -> list[str]:
     q, k, v = random_qkv(batch, n_kv, group, n_keys, dim, seed=5)
     q_idx, k_idx, q_pos, k_pos = select_inputs("randn", batch, n_kv, n_keys, seed=11)
     budget = dict(top_p=0.8, min_tokens=8, max_tokens=None, sinks=4, recent=16)
-    chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, method="threshold")
+    cached = k_pos.to(getattr(torch, positions))
+    chosen = triton_topp.select(q_idx, k_idx, q_pos, cached, **budget, method="threshold")
     out, counts = decode.decode_attention(
-        q, k, v, q_pos, k_pos, scale=dim**-0.5, index=chosen.order, n_index=chosen.n_keep,
+        q, k, v, q_pos, cached, scale=dim**-0.5, index=chosen.order, n_index=chosen.n_keep,
         always=chosen.always, skip_sinks=4, skip_recent=16,
     )
     ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
     return compare(out, ref, counts, ref_counts[..., 0])
 
 
-def _check_cut_attention() -> list[str]:
+def _check_cut_attention(positions: str = "int64") -> list[str]:
     """The search run ``until_cut`` and :func:`cut_attend.cut_attend` (each program selecting its own keys by ``tau``
     and the cut), against the reference (fp32): random scores, and scores all equal under a token budget (the cut
     found by a scan of the row: more ties than a bin's list holds), in nine parts per row of one scan step each, and in
-    one part of three steps."""
+    one part of three steps. The kernels read the key positions as ``positions``, the reference as int64."""
+    import torch
     from rtpurbo.ops import reference
     from rtpurbo.ops.triton import cut_attend, decode, threshold
     from tests.test_decode_interpret import compare, random_qkv
@@ -282,11 +286,12 @@ def _check_cut_attention() -> list[str]:
         ("zero", dict(top_p=0.7, min_tokens=0, max_tokens=150), decode.LIST_LAUNCH),
     ):
         q_idx, k_idx, q_pos, k_pos = select_inputs(kind, batch, n_kv, n_keys, seed=11)
-        scored = decode.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=4, recent=16)
+        cached = k_pos.to(getattr(torch, positions))
+        scored = decode.index_scores(q_idx, k_idx, q_pos, cached, sinks=4, recent=16)
         flat = scored.scores.view(-1, n_keys)
         found = threshold.topp_threshold(flat, scored.block_max, scored.block_sum, scored.block_count,
                                          scored.block_min, **budget, block=64, until_cut=True)
-        out, counts = cut_attend.cut_attend(q, k, v, q_pos, k_pos, flat, found, scored.always, scale=dim**-0.5,
+        out, counts = cut_attend.cut_attend(q, k, v, q_pos, cached, flat, found, scored.always, scale=dim**-0.5,
                                             skip_sinks=4, skip_recent=16, launch=launch)
         ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, sinks=4, recent=16)
         problems += [f"{kind}: {p}" for p in compare(out, ref, counts, ref_counts[..., 0])]
@@ -501,6 +506,8 @@ def _check_key_score() -> list[str]:
 def _run_all() -> dict[str, list[str]]:
     return report_checks([(case[0], lambda case=case: check_selection(case)) for case in CASES] + [
         ("attention", _check_attention), ("cut-attention", _check_cut_attention),
+        ("attention-int32", lambda: _check_attention("int32")),
+        ("cut-attention-int32", lambda: _check_cut_attention("int32")),
         ("flat-interval", _check_flat_interval), ("bin-lists", _check_bin_lists),
         ("n-logit", _check_n_logit),
         ("zeroed-workspace", _check_zeroed_workspace), ("bad-args", _check_bad_args),
@@ -517,7 +524,8 @@ def test_every_launch_compiles_for_hopper(report):
     assert report[COMPILE_CHECK] == [], "\n".join(report[COMPILE_CHECK])
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "cut-attention", "flat-interval", "bin-lists",
+@pytest.mark.parametrize("name", [c[0] for c in CASES] + ["attention", "cut-attention", "attention-int32",
+                                                           "cut-attention-int32", "flat-interval", "bin-lists",
                                                            "n-logit",
                                                            "zeroed-workspace", "bad-args", "key-score"])
 def test_threshold_selection_in_interpreter(report, name):

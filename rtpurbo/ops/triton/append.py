@@ -54,7 +54,7 @@ def _append_kernel(
                 tl.store(r_idx + row * index_dim + i, tl.load(idx_ret + b * s_irb + h * s_irh + i, mask=i_ok).to(r_idx.dtype.element_ty),
                          mask=i_ok)
             if h == 0:
-                tl.store(r_pos + b * capacity + slot, p)
+                tl.store(r_pos + b * capacity + slot, p.to(r_pos.dtype.element_ty))
     else:
         if p >= 0:
             hl = h - n_ret
@@ -63,7 +63,7 @@ def _append_kernel(
             tl.store(l_k + row * head_dim + d, tl.load(k_loc + b * s_klb + hl * s_klh + d, mask=d_ok).to(l_k.dtype.element_ty), mask=d_ok)
             tl.store(l_v + row * head_dim + d, tl.load(v_loc + b * s_vlb + hl * s_vlh + d, mask=d_ok).to(l_v.dtype.element_ty), mask=d_ok)
             if hl == 0:
-                tl.store(l_pos + b * ring + slot, p)
+                tl.store(l_pos + b * ring + slot, p.to(l_pos.dtype.element_ty))
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
