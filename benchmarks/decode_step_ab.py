@@ -44,9 +44,11 @@ priority of the stream it was captured on (PyTorch instantiates graphs with per-
 streams have programs waiting for an SM, the block scheduler should take the high-priority ones first. On an H100 none
 of the three made the step shorter (``benchmarks/results/llama-3.1-8b_h100_2026-12-07_stream-priorities.md``).
 
-``--positions int32``: the step, chain and every cases also run each tree with the cache's key positions as int32
-(``NAME+int32``, on the same layers' inputs), where a cache holds int64: the index scores read them beside the indexer
-keys, 8 bytes a key against 32 of indexer key (one retrieval head, d_idx 16).
+The cache's key positions are int32, as static decode holds them (``rtpurbo.cache_layer.STATIC_POSITIONS``); results
+files up to ``llama-3.1-8b_h100_2026-12-07_int32-positions.md`` held them as int64. ``--positions int64``: the step,
+chain and every cases also run each tree with them as int64 (``NAME+int64``, on the same layers' inputs), as a cache
+holds them outside static decode and as trees before it held them in static decode too: the index scores read them
+beside the indexer keys, 8 bytes a key as int64 against 32 of indexer key (one retrieval head, d_idx 16).
 
 ``--layers N``: the step, every, ring and chain cases run N layers' steps in one graph, each on its own inputs, and
 report time per layer: what a layer costs inside a model's decode graph, without one graph launch per layer.
@@ -86,6 +88,7 @@ import torch
 from rtpurbo.bench.attention_common import (DENSE_BACKENDS, GEOMETRIES, INDEX_DIM, MIN_TOKENS, RECENT, TOP_P, _dense,
                                             _randn, decode_bytes)
 from rtpurbo.bench.attention_decode import _ring_positions
+from rtpurbo.cache_layer import STATIC_POSITIONS
 from rtpurbo.stats import bootstrap_means, interval
 
 REGIMES = {"peaked": 1.0, "trained-like": 0.64, "flat": 0.01}
@@ -182,16 +185,17 @@ def _layer_inputs(length: int, seed: int) -> dict:
 
 def _step_inputs(length: int, layers: int) -> tuple:
     """(per-layer inputs, the ring's positions, the query's position) of a ``layers``-layer step after ``length``
-    tokens. Each layer's inputs hold the cache's positions (``k_pos``, (1, length) int64) in a tensor of their own, as
+    tokens. Each layer's inputs hold the cache's positions (``k_pos``, (1, length) in static decode's dtype,
+    :data:`rtpurbo.cache_layer.STATIC_POSITIONS`) in a tensor of their own, as
     each layer of a :class:`rtpurbo.cache.HeadwiseCache` does: one shared tensor would let layers 2-N read them from L2
     (results files up to ``llama-3.1-8b_h100_2026-12-07_level0-chunks.md`` ran that way)."""
     inputs = [_layer_inputs(length, seed) for seed in range(layers)]
     for x in inputs:
-        x["k_pos"] = torch.arange(length, device="cuda")[None]
+        x["k_pos"] = torch.arange(length, device="cuda", dtype=STATIC_POSITIONS)[None]
     return inputs, _ring_positions(length, WINDOW, SINKS), torch.full((1, 1), length - 1, device="cuda")
 
 
-POSITION_DTYPES = {"int32": torch.int32}  # --positions: the cache's own are int64
+POSITION_DTYPES = {"int32": torch.int32, "int64": torch.int64}  # --positions; the baseline's are STATIC_POSITIONS
 
 
 def by_positions(inputs: list, dtypes: tuple[str, ...]) -> dict:
@@ -245,7 +249,7 @@ def step_case(trees: dict, length: int, schedules: list[str], layers: int = 1, p
     ``measure(..., per=layers)`` then reports time per layer. ``priorities``: each tree also runs as the variants of
     :data:`PRIORITY_VARIANTS` (module docstring); such a callable carries the stream its graph is captured on as
     ``capture_stream``. ``positions``: each tree also runs with the cache's positions in these dtypes
-    (:func:`by_positions`, ``NAME+int32``), not only in the cache's int64."""
+    (:func:`by_positions`, ``NAME+int64``), not only in static decode's int32."""
     inputs, ring_pos, q_pos = _step_inputs(length, layers)
     variants = by_positions(inputs, positions)
     sides = {0: torch.cuda.Stream(), HIGH_PRIORITY: torch.cuda.Stream(priority=HIGH_PRIORITY)}
@@ -460,9 +464,9 @@ def main() -> None:
                         "priorities (NAME+prio, NAME+prio+pre, NAME+ringprio; see the module docstring)")
     parser.add_argument("--placebo", action="store_true", help="also run the first tree a second time (NAME_again): "
                         "the difference the harness reads between identical code")
-    parser.add_argument("--positions", default="", help="comma-separated dtypes (int32) to also hold the cache's key "
-                        "positions in (a cache holds int64): every tree of the step, chain and every cases runs again "
-                        "per dtype, as NAME+DTYPE")
+    parser.add_argument("--positions", default="", help="comma-separated dtypes (int64, int32) to also hold the "
+                        "cache's key positions in (static decode holds int32): every tree of the step, chain and every "
+                        "cases runs again per dtype, as NAME+DTYPE")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.layers < 1:

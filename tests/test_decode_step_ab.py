@@ -73,16 +73,20 @@ def test_the_indexer_query_has_the_same_norm_whatever_its_draw(step_ab):
 
 
 def test_position_variants_cast_each_layers_positions_and_share_the_rest(step_ab):
-    """``--positions int32`` runs every tree again on the same layers with ``k_pos`` as int32, one tensor per layer."""
+    """The baseline's positions are static decode's int32; ``--positions int64`` runs every tree again on the same
+    layers with ``k_pos`` as int64, one tensor per layer."""
     import torch
 
-    layers = [dict(k=torch.randn(1, 1, 8, 4), k_pos=torch.arange(8)[None]) for _ in range(3)]
+    from rtpurbo.cache_layer import STATIC_POSITIONS
+
+    assert step_ab.STATIC_POSITIONS is STATIC_POSITIONS == torch.int32
+    layers = [dict(k=torch.randn(1, 1, 8, 4), k_pos=torch.arange(8, dtype=STATIC_POSITIONS)[None]) for _ in range(3)]
     assert list(step_ab.by_positions(layers, ())) == [""]
-    variants = step_ab.by_positions(layers, ("int32",))
-    assert list(variants) == ["", "+int32"] and variants[""] is layers
-    cast = variants["+int32"]
-    assert all(x["k_pos"].dtype == torch.int32 and torch.equal(x["k_pos"], y["k_pos"].int())
+    variants = step_ab.by_positions(layers, ("int64",))
+    assert list(variants) == ["", "+int64"] and variants[""] is layers
+    cast = variants["+int64"]
+    assert all(x["k_pos"].dtype == torch.int64 and torch.equal(x["k_pos"], y["k_pos"].long())
                for x, y in zip(cast, layers))
     assert all(x["k"] is y["k"] for x, y in zip(cast, layers))  # the same K: only the positions differ
     assert len({x["k_pos"].data_ptr() for x in cast}) == 3
-    assert all(y["k_pos"].dtype == torch.int64 for y in layers)  # the baseline's inputs untouched
+    assert all(y["k_pos"].dtype == torch.int32 for y in layers)  # the baseline's inputs untouched

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ..cache_layer import STATIC_POSITIONS
 from ..ops import api, reference
 from ..ops.triton import topp as triton_topp
 from .attention_common import (DENSE_BACKENDS, DEVICE, INDEX_DIM, MIN_TOKENS, RECENT, TOP_P, Geometry, _dense, _measure,
@@ -47,7 +48,8 @@ def decode_point(geom: Geometry, length: int, window: int, sinks: int, budget: s
     ring_k, ring_v = _randn(1, n_local, sinks + window, dim), _randn(1, n_local, sinks + window, dim)
     ring_pos = _ring_positions(length, window, sinks)
     q_idx, k_idx = _randn(1, n_ret, 1, INDEX_DIM), _randn(1, n_ret, length, INDEX_DIM) * index_scale
-    q_pos, k_pos = torch.full((1, 1), length - 1, device=DEVICE), torch.arange(length, device=DEVICE)[None]
+    q_pos = torch.full((1, 1), length - 1, device=DEVICE)
+    k_pos = torch.arange(length, device=DEVICE, dtype=STATIC_POSITIONS)[None]  # as a static-decode cache holds them
     tokens = dict(min_tokens=MIN_TOKENS, max_tokens=None) if budget == "top-p" else dict(min_tokens=budget, max_tokens=budget)
     topp = dict(top_p=TOP_P, sinks=sinks, recent=RECENT, **tokens)
 
