@@ -195,7 +195,7 @@ def _step_inputs(length: int, layers: int) -> tuple:
     return inputs, _ring_positions(length, WINDOW, SINKS), torch.full((1, 1), length - 1, device="cuda")
 
 
-POSITION_DTYPES = {"int32": torch.int32, "int64": torch.int64}  # --positions; the baseline's are STATIC_POSITIONS
+POSITION_DTYPES = {"int64": torch.int64}  # --positions: dtypes other than the baseline's STATIC_POSITIONS
 
 
 def by_positions(inputs: list, dtypes: tuple[str, ...]) -> dict:
@@ -464,9 +464,9 @@ def main() -> None:
                         "priorities (NAME+prio, NAME+prio+pre, NAME+ringprio; see the module docstring)")
     parser.add_argument("--placebo", action="store_true", help="also run the first tree a second time (NAME_again): "
                         "the difference the harness reads between identical code")
-    parser.add_argument("--positions", default="", help="comma-separated dtypes (int64, int32) to also hold the "
-                        "cache's key positions in (static decode holds int32): every tree of the step, chain and every "
-                        "cases runs again per dtype, as NAME+DTYPE")
+    parser.add_argument("--positions", default="", help="int64: also hold the cache's key positions as int64 "
+                        "(static decode holds int32): every tree of the step, chain and every cases runs again, as "
+                        "NAME+int64")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.layers < 1:
@@ -475,14 +475,14 @@ def main() -> None:
         lengths = {label: length_value(label) for label in args.lengths.split(",")}
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
+    positions = tuple(p for p in args.positions.split(",") if p)
+    if unknown := [p for p in positions if p not in POSITION_DTYPES]:
+        parser.error(f"--positions takes {', '.join(POSITION_DTYPES)}; got {', '.join(unknown)}")
     if not torch.cuda.is_available():
         sys.exit("decode_step_ab.py needs a CUDA GPU")
     trees = load_trees(args.trees, args.placebo)
     cases = args.cases.split(",")
     schedules = [s for s in args.schedules.split(",") if s]
-    positions = tuple(p for p in args.positions.split(",") if p)
-    if unknown := [p for p in positions if p not in POSITION_DTYPES]:
-        parser.error(f"--positions takes {', '.join(POSITION_DTYPES)}; got {', '.join(unknown)}")
     rows = []
     for label, length in lengths.items():
         todo = []

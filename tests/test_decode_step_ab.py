@@ -55,6 +55,16 @@ def test_bad_tree_entries_are_refused_with_a_reason(step_ab, entries, placebo, m
         step_ab.load_trees([e.format(root=ROOT) for e in entries], placebo=placebo)
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int16"])
+def test_positions_other_than_int64_are_refused_before_any_gpu_work(step_ab, monkeypatch, capsys, dtype):
+    """int32 is the baseline's own dtype (static decode's), so ``--positions`` takes int64 only."""
+    monkeypatch.setattr(sys, "argv", ["decode_step_ab.py", "--trees", f"abtest={ROOT}", "--positions", dtype])
+    with pytest.raises(SystemExit) as exit_:
+        step_ab.main()
+    assert exit_.value.code == 2
+    assert f"--positions takes int64; got {dtype}" in capsys.readouterr().err
+
+
 def test_the_indexer_query_has_the_same_norm_whatever_its_draw(step_ab):
     """Every case's indexer query is rescaled to L2 norm 4, so a regime's score std does not move with the draw."""
     import torch
