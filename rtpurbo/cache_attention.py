@@ -130,6 +130,10 @@ class LayerAttention:
             return self._attend_two_roles(module, layer, parts, positions)
         side = self._side_stream(positions.device) if self.overlap_roles and both and positions.is_cuda else None
         main = None if side is None else torch.cuda.current_stream(positions.device)
+        # both kinds of heads write the layer's output (B, 1, Hq, D) in the module's head order themselves: no copy
+        # launches to merge them after the step
+        merged = module.merged_output(parts["local"][0])[0] if both else None
+        into = {} if merged is None else {"out": merged.transpose(1, 2)}
 
         def local_step() -> None:
             nonlocal local_out
@@ -137,16 +141,20 @@ class LayerAttention:
                 side.wait_stream(main)  # q and the written ring are ready
             with contextlib.nullcontext() if side is None else torch.cuda.stream(side):
                 beside = side is not None and self._step_selects(module, layer.r_len)
-                local_out = self._local_step(module, parts["local"][0], layer, positions, beside=beside)
+                local_out = self._local_step(module, parts["local"][0], layer, positions, beside=beside,
+                                             **into, **({"out_heads": module.q_local} if into else {}))
 
         if module.local_heads and side is None:
             local_step()
         if module.retrieval_heads:  # on a side stream, the local heads start once the index scores (or level 0) launch
-            retrieval_out = self._retrieval_attention(module, layer, parts["retrieval"][0], q_idx, positions,
-                                                      after_scores=None if side is None else local_step)
+            retrieval_out = self._retrieval_attention(
+                module, layer, parts["retrieval"][0], q_idx, positions, after_scores=None if side is None else local_step,
+                **into, **({"out_heads": module.q_retrieval} if into else {}))
         if side is not None:
             main.wait_stream(side)  # the next layer reuses side's memory only after its own wait on main
         layer.seen += 1
+        if merged is not None:
+            return merged.view(merged.shape[0], merged.shape[1], -1)
         return module.merge_heads(retrieval_out, local_out)
 
     def _one_launch_step(self, module, cached: int, device: torch.device) -> bool:
@@ -200,17 +208,18 @@ class LayerAttention:
                              scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan, chunk_start=chunk_start,
                              **into)
 
-    def _local_step(self, module, q, layer: LayerCache, positions, beside: bool) -> torch.Tensor:
+    def _local_step(self, module, q, layer: LayerCache, positions, beside: bool, **into) -> torch.Tensor:
         """One decode step of the local heads' queries q (B, Hl*G, 1, D) over their ring. ``beside``: on a side stream
         beside the retrieval heads' selection; where the flex backend runs rtpurbo's Triton decode kernel anyway, it
         then runs in the launch shape that leaves room for the selection's kernels
-        (:func:`rtpurbo.ops.triton.decode_roles.ring_beside_selection`)."""
+        (:func:`rtpurbo.ops.triton.decode_roles.ring_beside_selection`). ``into``: ``out`` / ``out_heads`` of
+        :func:`rtpurbo.ops.attention`."""
         sparse = self.sparse
         if beside and _triton_decode() is not None and ops.resolve_impl(sparse.impl, positions.device) == "flex":
             return _triton_decode().ring_beside_selection(q, layer.l_k, layer.l_v, layer.l_pos, positions,
                                                           scale=module.scaling, window=sparse.window,
-                                                          sinks=sparse.sinks)
-        return self._local_attention(module, q, layer.l_k, layer.l_v, layer.l_pos, positions)
+                                                          sinks=sparse.sinks, **into)
+        return self._local_attention(module, q, layer.l_k, layer.l_v, layer.l_pos, positions, **into)
 
     def _local_chunk(self, module, layer: LayerCache, q, k, v, positions, **into) -> torch.Tensor:
         """Window + sinks attention of a later prefill chunk's local heads: q (B, Hl*G, L, D) over the ring and the
@@ -269,13 +278,15 @@ class LayerAttention:
                                     backward=torch.is_grad_enabled())
         return plain, f.plans[key]
 
-    def _retrieval_attention(self, module, layer: LayerCache, q, q_idx, positions, after_scores=None) -> torch.Tensor:
+    def _retrieval_attention(self, module, layer: LayerCache, q, q_idx, positions, after_scores=None,
+                             **into) -> torch.Tensor:
         """Retrieval heads' queries q (B, Hr*G, L, D) over their stored keys (the new ones included): the
         indexer's top-p selection at decode; at prefill full causal attention, the indexer's block
         selection (``retrieval_prefill == "sparse"``; q_idx: this forward's indexer queries) or every query's
         token selection (``topp``). ``after_scores``: called once, when the selection's index scores are launched
         (from ``FORK_AFTER_LEVEL0_KEYS`` cached keys: level 0 of its search; :func:`rtpurbo.ops.api.topp_attention`),
-        or first where this step does not select."""
+        or first where this step does not select. ``into``: ``out`` / ``out_heads`` of :func:`rtpurbo.ops.attention`
+        (one-token steps only)."""
         sparse = self.sparse
         keys, values, key_idx, key_pos = self._retrieval_view(layer)
         # a chunk of a prompt (prefilling_prompt) follows the prefill rule even when it holds one token
@@ -283,6 +294,8 @@ class LayerAttention:
         decode = not prompt and self._step_selects(module, layer.r_len)
         if after_scores is not None and not decode:
             after_scores()
+        if into and prompt:
+            raise ValueError("a prefill chunk's retrieval heads return their output; out / out_heads are for decode")
         if prompt and sparse.retrieval_prefill == "sparse" and module.base_window is None:
             tail = None  # the module's own: this forward's last prefill_dense_tail queries
             if self.prompt_slots is not None:  # the prompt's last ones that fall in this chunk
@@ -303,12 +316,12 @@ class LayerAttention:
             first = layer.r_len == q.shape[2]  # the keys are this forward's own tokens
             plain, plan = self._prefill_plan("retrieval", module.base_window, positions, key_pos, first)
             return ops.attention(q, keys, values, positions, key_pos, window=module.base_window,
-                                 scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan)
+                                 scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan, **into)
         out, counts = ops.topp_attention(
             q, keys, values, positions, key_pos, q_idx, key_idx,
             top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,
             sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl,
-            after_scores=after_scores,
+            after_scores=after_scores, **into,
         )
         self.stats.record(module.layer_idx, counts, self._visible(layer, positions))
         return out

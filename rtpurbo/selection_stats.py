@@ -18,23 +18,32 @@ from .families import attention_modules
 class SelectionStats:
     """Running sums of the decode-time top-p selection, per layer.
 
-    The sums stay on the layer's device (0-d int64 tensors), so :meth:`record` never waits
-    for the GPU; :meth:`summary` reads them back (one host sync per layer).
+    The sums stay on the layer's device, so :meth:`record` never waits for the GPU; :meth:`summary` reads them back
+    (one host sync per layer). A decode step records each layer in one kernel launch (a graphed step of a model with
+    many layers would otherwise spend more time launching these sums than some of its attention kernels take).
     """
 
-    selected: dict[int, torch.Tensor] = field(default_factory=dict)  # sum over (batch, head, step) of selected keys
-    visible: dict[int, torch.Tensor] = field(default_factory=dict)  # same sum of visible keys
+    selected: dict[int, torch.Tensor] = field(default_factory=dict)  # per (batch, head): sum over steps of selected keys
+    visible: dict[int, torch.Tensor] = field(default_factory=dict)  # () sum over steps of keys visible to one head
+    heads: dict[int, int] = field(default_factory=dict)  # retrieval KV heads of the layer's recorded steps
     samples: dict[int, int] = field(default_factory=dict)  # (batch, head, step) count
     prefill_kept: dict[int, torch.Tensor] = field(default_factory=dict)  # sparse prefill: kept key blocks
     prefill_seen: dict[int, torch.Tensor] = field(default_factory=dict)  # ... of the blocks the queries see
 
     def record(self, layer: int, counts: torch.Tensor, visible: torch.Tensor) -> None:
-        """counts (B, Hr, 1) selected keys; visible () keys a full head would see, summed over the rows."""
+        """counts (B, Hr, 1) int64 selected keys; visible () int64 keys a full head would see, summed over the rows.
+        One launch on a GPU (``torch._foreach_add_`` of both sums)."""
         if layer not in self.selected:
-            self.selected[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
+            self.selected[layer] = torch.zeros_like(counts)
             self.visible[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
-        self.selected[layer].add_(counts.sum())
-        self.visible[layer].add_(visible, alpha=counts.shape[1])
+            self.heads[layer] = counts.shape[1]
+        elif counts.shape[1] != self.heads[layer]:
+            raise ValueError(f"layer {layer} recorded {self.heads[layer]} retrieval heads before, now {counts.shape[1]}")
+        if self.selected[layer].shape != counts.shape:  # another batch: the total so far goes to the first entry
+            total = self.selected[layer].sum()
+            self.selected[layer] = torch.zeros_like(counts)
+            self.selected[layer].view(-1)[0] = total
+        torch._foreach_add_([self.selected[layer], self.visible[layer]], [counts, visible])
         self.samples[layer] = self.samples.get(layer, 0) + counts.numel()
 
     def record_prefill(self, layer: int, kept: torch.Tensor, seen: torch.Tensor) -> None:
@@ -55,8 +64,8 @@ class SelectionStats:
         total = sum(self.samples.values())
         if not total:
             return {"mean_selected": 0.0, "mean_fraction": 0.0, "samples": 0, **out}
-        selected = float(sum(int(t) for t in self.selected.values()))
-        visible = float(sum(int(t) for t in self.visible.values()))
+        selected = float(sum(int(t.sum()) for t in self.selected.values()))
+        visible = float(sum(int(t) * self.heads[layer] for layer, t in self.visible.items()))
         return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total,
                 **out}
 

@@ -128,7 +128,22 @@ def _check_beside() -> list[str]:
     out = decode_roles.ring_beside_selection(q, k, v, pos, q_pos, scale=dim**-0.5, window=window, sinks=sinks)
     want = reference.attention(q, k, v, q_pos, pos, window=window, sinks=sinks)
     err = ((out - want).norm() / want.norm()).item()
-    return [] if err < 1e-5 else [f"relative error {err:.2e}"]
+    problems = [] if err < 1e-5 else [f"relative error {err:.2e}"]
+    # into a layer's merged output (B, 1, Hq, D) seen as (B, Hq, 1, D), its query heads interleaved with 5 others
+    n_q = n_loc * group
+    merged = torch.full((batch, 1, n_q + 5, dim), 7.0)
+    heads = torch.randperm(n_q + 5, generator=g)[:n_q]
+    got = decode_roles.ring_beside_selection(q, k, v, pos, q_pos, scale=dim**-0.5, window=window, sinks=sinks,
+                                             out=merged.transpose(1, 2), out_heads=heads)
+    if got.data_ptr() != merged.data_ptr():
+        problems.append("with out, the returned tensor is not out")
+    if not torch.equal(merged[:, 0, heads], out[:, :, 0]):
+        problems.append("the heads written through out_heads differ from the output without out")
+    others = torch.ones(n_q + 5, dtype=torch.bool)
+    others[heads] = False
+    if not bool((merged[:, 0, others] == 7.0).all()):
+        problems.append("out_heads wrote heads it does not name")
+    return problems
 
 
 def _check_errors() -> list[str]:
@@ -139,6 +154,15 @@ def _check_errors() -> list[str]:
 
     q, k, pos = torch.zeros(1, 4, 1, 64), torch.zeros(1, 1, 8, 64), torch.zeros(1, 8, dtype=torch.long)
     problems = []
+    for bad_out in (dict(out=torch.zeros(1, 3, 1, 64)), dict(out_heads=torch.arange(4)),
+                    dict(out=torch.zeros(1, 6, 1, 64), out_heads=torch.arange(3)),
+                    dict(out=torch.zeros(1, 6, 1, 64), out_heads=torch.arange(4.0))):
+        try:  # the local heads' ring with an out that does not fit its 4 query heads
+            decode_roles.ring_beside_selection(q, k, k, pos, torch.zeros(1, 1, dtype=torch.long), scale=0.1,
+                                               window=4, sinks=0, **bad_out)
+            problems.append(f"no error for {bad_out}")
+        except ValueError:
+            pass
     for bad in (dict(heads=torch.arange(8)), dict(q_loc=torch.zeros(1, 3, 1, 64))):
         args = dict(q_loc=torch.zeros(1, 4, 1, 64), heads=None) | bad
         try:

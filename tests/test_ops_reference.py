@@ -181,6 +181,24 @@ def test_topp_attention_with_p_one_equals_full_attention():
     assert counts[1].eq(45).all() and counts[0].eq(50).all()
 
 
+def test_topp_attention_writes_into_a_merged_output_through_its_head_map():
+    """``out`` / ``out_heads``: the query heads' outputs land at the named heads of a larger buffer (a layer's merged
+    output, seen as (B, H_out, 1, D)), the other heads untouched, and the call returns that buffer."""
+    q, k, v, q_pos, k_pos = make_inputs(2, 6, 2, 1, 50, 16, pad=5)
+    g = torch.Generator().manual_seed(4)
+    q_idx, k_idx = torch.randn(2, 2, 1, 4, generator=g), torch.randn(2, 2, 50, 4, generator=g)
+    args = (q, k, v, q_pos, k_pos, q_idx, k_idx)
+    want, want_counts = api.topp_attention(*args, top_p=0.7, min_tokens=3)
+    merged = torch.full((2, 1, 9, 16), 5.0)
+    heads = torch.tensor([8, 0, 3, 5, 1, 7])
+    out, counts = api.topp_attention(*args, top_p=0.7, min_tokens=3, out=merged.transpose(1, 2), out_heads=heads)
+    assert out.data_ptr() == merged.data_ptr() and torch.equal(counts, want_counts)
+    assert torch.equal(merged[:, 0, heads], want[:, :, 0])
+    assert bool((merged[:, 0, [2, 4, 6]] == 5.0).all())
+    same = torch.empty_like(want)
+    assert api.topp_attention(*args, top_p=0.7, min_tokens=3, out=same)[0] is same and torch.equal(same, want)
+
+
 def test_topp_backend_errors():
     q, k, v, q_pos, k_pos = make_inputs(1, 4, 2, 1, 6, 8)
     q_idx, k_idx = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 6, 4)

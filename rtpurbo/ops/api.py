@@ -126,11 +126,7 @@ def attention(
     extra = {"plan_": plan, "out": out, "out_heads": out_heads, "chunk_start": chunk_start} if name == "flex" else {}
     result = _load(name)(q, k, v, q_pos, k_pos, window=window, sinks=sinks, key_mask=key_mask, scale=scale,
                          plain=plain, **extra)
-    if out is None or result is out:
-        return result
-    if out_heads is None:
-        return out.copy_(result)
-    return out.index_copy_(1, out_heads.to(device=out.device, dtype=torch.long), result.to(out.dtype))  # as copy_ casts
+    return _into(result, out, out_heads)
 
 
 def plan(
@@ -194,6 +190,8 @@ def topp_attention(
     scale: float | None = None,
     impl: str = "auto",
     after_scores: Callable[[], object] | None = None,
+    out: torch.Tensor | None = None,
+    out_heads: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Retrieval-head attention over the indexer's top-p selection (decode).
 
@@ -203,6 +201,8 @@ def topp_attention(
     indexer scores are launched (``triton``, or from ``triton.topp.FORK_AFTER_LEVEL0_KEYS`` keys when level 0 of the
     search is; other backends: before anything), so that a caller can start work on another stream that does not
     take the GPU from the index-score kernel (the local heads of a layer).
+    ``out`` / ``out_heads``: a destination as in :func:`attention` (returned as the output); the Triton backend's
+    combine writes there itself (no copy launch), the reference's result is copied in.
     """
     _check_shapes(q, k, v, q_pos, k_pos, None)
     if q_idx.shape[:3] != (k.shape[0], k.shape[1], q.shape[2]) or k_idx.shape[:3] != k.shape[:3]:
@@ -223,13 +223,24 @@ def topp_attention(
     fn = _load_backend(_TOPP_BACKENDS, impl, "topp_attention")
     hook = {}
     if impl == "triton":
-        hook = dict(after_scores=after_scores)
+        hook = dict(after_scores=after_scores, out=out, out_heads=out_heads)
     elif after_scores is not None:
         after_scores()
-    return fn(
+    result, counts = fn(
         q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
         sinks=sinks, recent=recent, scale=scale, **hook,
     )
+    return _into(result, out, out_heads), counts
+
+
+def _into(result: torch.Tensor, out: torch.Tensor | None, out_heads: torch.Tensor | None) -> torch.Tensor:
+    """``result`` (B, Hq, Lq, D) in ``out`` (as :func:`attention`'s ``out`` / ``out_heads`` say), unless a backend
+    wrote it there itself or there is no ``out``."""
+    if out is None or result is out:
+        return result
+    if out_heads is None:
+        return out.copy_(result)
+    return out.index_copy_(1, out_heads.to(device=out.device, dtype=torch.long), result.to(out.dtype))  # as copy_ casts
 
 
 def sparse_prefill(

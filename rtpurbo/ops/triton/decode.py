@@ -524,6 +524,8 @@ def decode_attention(
     skip_recent: int = 0,
     launch: DecodeLaunch | None = None,
     pdl: bool = False,
+    out: torch.Tensor | None = None,
+    out_heads: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one query per row (Lq == 1) over its KV head's keys.
 
@@ -535,12 +537,12 @@ def decode_attention(
     ``sinks=skip_sinks, recent=skip_recent``) names at their entries (:func:`always_entry`; others are empty).
     ``launch``: the launch shape (default :data:`DENSE_LAUNCH` / :data:`LIST_LAUNCH` by mode). ``pdl``: the
     attention and its combine launch with programmatic dependent launch
-    (:mod:`rtpurbo.ops.triton.dependent_launch`).
+    (:mod:`rtpurbo.ops.triton.dependent_launch`). ``out`` / ``out_heads``: see :func:`combined`.
     Any head dim works: lanes past it (up to the next power of two, at least 16) are masked. Multiples of
     16 let Triton vectorise the K/V loads; others are correct but load narrower.
 
     Returns:
-        out (B, Hq, 1, D) in ``q.dtype`` (zeros where no key is used) and the number of keys
+        out (B, Hq, 1, D) in ``q.dtype`` (zeros where no key is used), or ``out``, and the number of keys
         used (B, Hkv) int64.
     """
     batch, n_q, _, head_dim = q.shape
@@ -549,6 +551,7 @@ def decode_attention(
     rows = batch * n_kv
     listed = index is not None
     check_always(always, skip_sinks, skip_recent)
+    check_out(out, out_heads, batch, n_q, head_dim, q.device)
     span = index.shape[-1] if listed else n_keys
     launch = launch or (DENSE_LAUNCH if index is None else LIST_LAUNCH)
     block_n = launch.block_n
@@ -574,7 +577,7 @@ def decode_attention(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, **launch.options(),
         **dependent_launch.options(pdl),
     )
-    return combined(part_m, part_l, part_o, part_n, q, n_kv, launch=launch, pdl=pdl)
+    return combined(part_m, part_l, part_o, part_n, q, n_kv, launch=launch, pdl=pdl, out=out, out_heads=out_heads)
 
 
 def part_buffers(rows: int, n_parts: int, g_pad: int, d_pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -587,16 +590,43 @@ def part_buffers(rows: int, n_parts: int, g_pad: int, d_pad: int, device: torch.
 
 
 def combined(part_m: torch.Tensor, part_l: torch.Tensor, part_o: torch.Tensor, part_n: torch.Tensor, q: torch.Tensor,
-             n_kv: int, *, launch: DecodeLaunch, pdl: bool) -> tuple[torch.Tensor, torch.Tensor]:
+             n_kv: int, *, launch: DecodeLaunch, pdl: bool, out: torch.Tensor | None = None,
+             out_heads: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The parts of :func:`part_buffers` (one segment of ``n_kv``-head rows) merged: out (B, Hq, 1, D) in ``q``'s
-    dtype and the keys used (B, Hkv) int64."""
+    dtype and the keys used (B, Hkv) int64.
+
+    out: optional destination, written by the combine itself (any strides): (B, Hq, 1, D), or with ``out_heads``
+    (an integer (Hq,) tensor on the device) (B, H_out, 1, D), query head ``h`` going to ``out[:, out_heads[h]]``
+    (e.g. a layer's retrieval heads straight into the layer's merged output). Returned as the output."""
     batch, n_q, _, head_dim = q.shape
     rows, n_parts = part_n.shape
-    out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
+    check_out(out, out_heads, batch, n_q, head_dim, q.device)
+    if out is None:
+        out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
     counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)
-    combine(part_m, part_l, part_o, part_n, out[:, :, 0], counts.view(-1), None, (rows, n_kv, n_parts), None,
+    combine(part_m, part_l, part_o, part_n, out[:, :, 0], counts.view(-1), out_heads, (rows, n_kv, n_parts), None,
             group=n_q // n_kv, head_dim=head_dim, launch=launch, pdl=pdl)
     return out, counts
+
+
+def check_out(out: torch.Tensor | None, out_heads: torch.Tensor | None, batch: int, n_q: int, head_dim: int,
+              device: torch.device) -> None:
+    """An ``out`` / ``out_heads`` pair of :func:`combined` must fit ``batch`` rows of ``n_q`` query heads."""
+    if out is None:
+        if out_heads is not None:
+            raise ValueError("out_heads needs out")
+        return
+    if out.dim() != 4 or out.shape[0] != batch or out.shape[2] != 1 or out.shape[3] != head_dim:
+        raise ValueError(f"out must be (B={batch}, H, 1, D={head_dim}); got {tuple(out.shape)}")
+    if out.device != device:
+        raise ValueError(f"out is on {out.device}, the queries on {device}")
+    if out_heads is None:
+        if out.shape[1] != n_q:
+            raise ValueError(f"out has {out.shape[1]} heads for {n_q} query heads; pass out_heads to map them")
+    elif (out_heads.shape != (n_q,) or out_heads.dtype not in (torch.int32, torch.int64)
+          or out_heads.device != device):
+        raise ValueError(f"out_heads must be ({n_q},) int32 or int64 on {device}; got {tuple(out_heads.shape)} "
+                         f"{out_heads.dtype} on {out_heads.device}")
 
 
 def check_always(always: torch.Tensor | None, skip_sinks: int, skip_recent: int) -> None:

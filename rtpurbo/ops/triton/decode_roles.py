@@ -180,9 +180,11 @@ def two_role_decode(
 
 
 def ring_beside_selection(q_loc: torch.Tensor, k_loc: torch.Tensor, v_loc: torch.Tensor, loc_pos: torch.Tensor,
-                          q_pos: torch.Tensor, *, scale: float, window: int, sinks: int) -> torch.Tensor:
+                          q_pos: torch.Tensor, *, scale: float, window: int, sinks: int, out: torch.Tensor | None = None,
+                          out_heads: torch.Tensor | None = None) -> torch.Tensor:
     """The local heads of a selecting step (shapes: the module docstring): their ring slots visible under ``window``
     + ``sinks``, in the launch shape :data:`rtpurbo.ops.triton.decode.BESIDE_LAUNCH` that leaves the SMs room for the
-    retrieval heads' selection running beside it on another stream. Returns (B, Hl * G, 1, D) in ``q_loc.dtype``."""
+    retrieval heads' selection running beside it on another stream. Returns (B, Hl * G, 1, D) in ``q_loc.dtype``, or
+    ``out``, which the combine writes itself (``out_heads``: see :func:`rtpurbo.ops.triton.decode.combined`)."""
     return decode_attention(q_loc, k_loc, v_loc, q_pos, loc_pos, scale=scale, window=window, sinks=sinks,
-                            launch=BESIDE_LAUNCH)[0]
+                            launch=BESIDE_LAUNCH, out=out, out_heads=out_heads)[0]

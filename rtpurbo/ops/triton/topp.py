@@ -204,8 +204,11 @@ def topp_attention(
     scale: float | None = None,
     schedule: str | None = None,
     after_scores: Callable[[], object] | None = None,
+    out: torch.Tensor | None = None,
+    out_heads: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """See :func:`rtpurbo.ops.reference.topp_attention` (here Lq must be 1); ``schedule``: see :func:`select`.
+    ``out`` / ``out_heads``: the destination the combine writes itself (:func:`rtpurbo.ops.triton.decode.combined`).
 
     ``after_scores``: called once on the current stream right after the index-score kernel is launched (``top_p >=
     1``: before the attention) or, from :data:`FORK_AFTER_LEVEL0_KEYS` cached keys on, right after level 0 of the
@@ -218,22 +221,23 @@ def topp_attention(
         q: (B, Hq, 1, D); k, v: (B, Hkv, Lk, D); q_pos (B, 1); k_pos (B, Lk).
         q_idx: (B, Hkv, 1, d_idx); k_idx: (B, Hkv, Lk, d_idx).
     Returns:
-        out (B, Hq, 1, D) in ``q.dtype`` and the number of selected keys (B, Hkv, 1) int64.
+        out (B, Hq, 1, D) in ``q.dtype``, or ``out``, and the number of selected keys (B, Hkv, 1) int64.
     """
     _check(q, q_idx)
+    into = dict(out=out, out_heads=out_heads)
     schedule = schedule or default_schedule()
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if top_p >= 1.0:
         if after_scores is not None:
             after_scores()
-        out, counts = kernels.decode_attention(q, k, v, q_pos, k_pos, scale=scale)
+        out, counts = kernels.decode_attention(q, k, v, q_pos, k_pos, scale=scale, **into)
     elif schedule == "phased" and k.shape[2] < CUT_ATTEND_MAX_KEYS:  # the search until tau and its cut
         scored, found = _scores_and_search(
             q_idx, k_idx, q_pos, k_pos, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks,
             recent=recent, schedule=schedule, after_scores=after_scores, until_cut=True)
         out, counts = cut_attend.cut_attend(
             q, k, v, q_pos, k_pos, scored.scores.view(-1, k.shape[2]), found, scored.always, scale=scale,
-            skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule))
+            skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule), **into)
     else:
         chosen = select(
             q_idx, k_idx, q_pos, k_pos,
@@ -242,6 +246,6 @@ def topp_attention(
         )
         out, counts = kernels.decode_attention(
             q, k, v, q_pos, k_pos, scale=scale, index=chosen.order, n_index=chosen.n_keep,
-            always=chosen.always, skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule),
+            always=chosen.always, skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule), **into,
         )
     return out, counts.unsqueeze(-1)
