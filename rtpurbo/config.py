@@ -28,7 +28,10 @@ PLAN_FORMAT = "rtpurbo.head_plan/1"
 # H200 selecting is 19.8 us slower at 128K, 4.0 faster at 256K, 0.8 slower at 384K and 6.9 faster at 512K; on an H100
 # it is faster from 256K on (by 14.7 us there)
 # (benchmarks/results/llama-3.1-8b_h100_2026-12-05_ring-beside-selection.md; it was 520-550K on an H200 before the
-# faster selection: llama-3.1-8b_h200_2026-12-04_one-launch-decode.md).
+# faster selection: llama-3.1-8b_h200_2026-12-04_one-launch-decode.md). Since then the layer step alone selects faster
+# from about 92K keys on an H100, but 8-layer decode end to end was still 0.13 / 0.06 / 0.02 ms per token slower
+# selecting at 64K / 128K / 192K (the selecting step also launched 5 small kernels per layer outside the attention)
+# (benchmarks/results/llama-3.1-8b_h100_2026-12-08_model-step-overhead.md).
 DEFAULT_SEQLEN_THRESHOLD = 262144
 RETRIEVAL_PREFILL = ("dense", "sparse", "topp")
 
