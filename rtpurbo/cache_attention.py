@@ -133,7 +133,10 @@ class LayerAttention:
         # both kinds of heads write the layer's output (B, 1, Hq, D) in the module's head order themselves: no copy
         # launches to merge them after the step
         merged = module.merged_output(parts["local"][0])[0] if both else None
-        into = {} if merged is None else {"out": merged.transpose(1, 2)}
+        local_into = retrieval_into = {}
+        if merged is not None:
+            local_into = dict(out=merged.transpose(1, 2), out_heads=module.q_local)
+            retrieval_into = dict(out=merged.transpose(1, 2), out_heads=module.q_retrieval)
 
         def local_step() -> None:
             nonlocal local_out
@@ -142,14 +145,14 @@ class LayerAttention:
             with contextlib.nullcontext() if side is None else torch.cuda.stream(side):
                 beside = side is not None and self._step_selects(module, layer.r_len)
                 local_out = self._local_step(module, parts["local"][0], layer, positions, beside=beside,
-                                             **into, **({"out_heads": module.q_local} if into else {}))
+                                             **local_into)
 
         if module.local_heads and side is None:
             local_step()
         if module.retrieval_heads:  # on a side stream, the local heads start once the index scores (or level 0) launch
             retrieval_out = self._retrieval_attention(
                 module, layer, parts["retrieval"][0], q_idx, positions, after_scores=None if side is None else local_step,
-                **into, **({"out_heads": module.q_retrieval} if into else {}))
+                **retrieval_into)
         if side is not None:
             main.wait_stream(side)  # the next layer reuses side's memory only after its own wait on main
         layer.seen += 1

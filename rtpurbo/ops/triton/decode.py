@@ -597,10 +597,10 @@ def combined(part_m: torch.Tensor, part_l: torch.Tensor, part_o: torch.Tensor, p
 
     out: optional destination, written by the combine itself (any strides): (B, Hq, 1, D), or with ``out_heads``
     (an integer (Hq,) tensor on the device) (B, H_out, 1, D), query head ``h`` going to ``out[:, out_heads[h]]``
-    (e.g. a layer's retrieval heads straight into the layer's merged output). Returned as the output."""
+    (e.g. a layer's retrieval heads straight into the layer's merged output), as :func:`check_out` checks before the
+    attention's launch. Returned as the output."""
     batch, n_q, _, head_dim = q.shape
     rows, n_parts = part_n.shape
-    check_out(out, out_heads, batch, n_q, head_dim, q.device)
     if out is None:
         out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
     counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)
