@@ -25,7 +25,6 @@ class SelectionStats:
 
     selected: dict[int, torch.Tensor] = field(default_factory=dict)  # per (batch, head): sum over steps of selected keys
     visible: dict[int, torch.Tensor] = field(default_factory=dict)  # () sum over steps of keys visible to one head
-    heads: dict[int, int] = field(default_factory=dict)  # retrieval KV heads of the layer's recorded steps
     samples: dict[int, int] = field(default_factory=dict)  # (batch, head, step) count
     prefill_kept: dict[int, torch.Tensor] = field(default_factory=dict)  # sparse prefill: kept key blocks
     prefill_seen: dict[int, torch.Tensor] = field(default_factory=dict)  # ... of the blocks the queries see
@@ -36,9 +35,9 @@ class SelectionStats:
         if layer not in self.selected:
             self.selected[layer] = torch.zeros_like(counts)
             self.visible[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
-            self.heads[layer] = counts.shape[1]
-        elif counts.shape[1] != self.heads[layer]:
-            raise ValueError(f"layer {layer} recorded {self.heads[layer]} retrieval heads before, now {counts.shape[1]}")
+        elif counts.shape[1] != self.selected[layer].shape[1]:
+            raise ValueError(f"layer {layer} recorded {self.selected[layer].shape[1]} retrieval heads before, now "
+                             f"{counts.shape[1]}")
         if self.selected[layer].shape != counts.shape:  # another batch: the total so far goes to the first entry
             total = self.selected[layer].sum()
             self.selected[layer] = torch.zeros_like(counts)
@@ -65,7 +64,7 @@ class SelectionStats:
         if not total:
             return {"mean_selected": 0.0, "mean_fraction": 0.0, "samples": 0, **out}
         selected = float(sum(int(t.sum()) for t in self.selected.values()))
-        visible = float(sum(int(t) * self.heads[layer] for layer, t in self.visible.items()))
+        visible = float(sum(int(t) * self.selected[layer].shape[1] for layer, t in self.visible.items()))
         return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total,
                 **out}
 
