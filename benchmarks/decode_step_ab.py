@@ -19,6 +19,14 @@ Per version and case one CUDA graph is captured:
   the step runs it beside the selection, and the retrieval head's chain (index scores, search, list attention, its
   combine); against ``step`` they show how much the two slow each other down.
 
+The ``step``, ``ring`` and ``chain`` cases hand each kernel what the tree's ``HeadwiseCache`` hands it in static
+decode, where the tree's functions take it (:func:`model_io`): both kinds of heads write the layer's merged output
+(``out`` / ``out_heads``), and the selection adds to the layer's running sums of selected and visible keys
+(``key_sums``). A tree whose cache ran such work as launches of its own (copies to merge the heads, the selection
+statistics' adds, a count of the visible keys) is timed without them: the end-to-end ``rtpurbo bench model`` is the
+figure that compares those trees. Results files up to ``llama-3.1-8b_h100_2026-12-08_model-step-overhead.md`` gave
+every kernel fresh outputs and no sums.
+
 The indexer query of every case has L2 norm 4 (``sqrt(16)``, :func:`fixed_norm`), so a regime's score std is the
 same at every length and in every layer, and top-p 0.9 keeps about 10 % of the keys at std 2.56. Results files up to
 ``llama-3.1-8b_h100_2026-12-07_level0-chunks.md`` drew the query at random: the step case's score std then varied with
@@ -174,13 +182,18 @@ def _variants(trees: dict, schedules: list[str]):
 
 def _layer_inputs(length: int, seed: int) -> dict:
     """One attention layer's decode inputs (random bf16): queries, the retrieval head's cache, its indexer query
-    (L2 norm 4) and keys (trained-like: score std 2.56), the local heads' ring."""
+    (L2 norm 4) and keys (trained-like: score std 2.56), the local heads' ring; and what the layer's cache holds
+    for the step to write (:func:`model_io`): its merged output (1, Hq, 1, D), a view of (1, 1, Hq, D) as the
+    cache's, and its running sums (1, 1, 2) int64."""
     n_local, dim = GEOM.n_kv - GEOM.n_retrieval(), GEOM.head_dim
     torch.manual_seed(seed)
+    heads = torch.arange(GEOM.n_q, device="cuda")
     return dict(q=_randn(1, GEOM.n_q, 1, dim), k=_randn(1, 1, length, dim), v=_randn(1, 1, length, dim),
                 ring_k=_randn(1, n_local, SINKS + WINDOW, dim), ring_v=_randn(1, n_local, SINKS + WINDOW, dim),
                 q_idx=fixed_norm(_randn(1, 1, 1, INDEX_DIM), QUERY_NORM),
-                k_idx=_randn(1, 1, length, INDEX_DIM) * REGIMES["trained-like"])
+                k_idx=_randn(1, 1, length, INDEX_DIM) * REGIMES["trained-like"],
+                merged=_randn(1, 1, GEOM.n_q, dim).transpose(1, 2), retrieval_heads=heads[:GEOM.group],
+                local_heads=heads[GEOM.group:], key_sums=torch.zeros(1, 1, 2, dtype=torch.int64, device="cuda"))
 
 
 def _step_inputs(length: int, layers: int) -> tuple:
@@ -207,23 +220,39 @@ def by_positions(inputs: list, dtypes: tuple[str, ...]) -> dict:
     return out
 
 
+def model_io(fn: Callable, x: dict, role: str) -> dict:
+    """The destinations a layer's ``HeadwiseCache`` hands ``fn`` in static decode, as far as ``fn`` takes them:
+    ``out`` / ``out_heads``, the layer's merged output (``x["merged"]``, (1, Hq, 1, D), the retrieval heads' query
+    heads first) at this ``role``'s heads (``"retrieval"`` or ``"local"``); ``key_sums``, the layer's running sums of
+    the selection (``x["key_sums"]``, retrieval only)."""
+    params = inspect.signature(fn).parameters
+    io = {}
+    if "out" in params:
+        io.update(out=x["merged"], out_heads=x[f"{role}_heads"])
+    if role == "retrieval" and "key_sums" in params:
+        io["key_sums"] = x["key_sums"]
+    return io
+
+
 def _ring(tree: dict, x: dict, ring_pos: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
     """The local heads' ring of one layer, launched as the tree's ``HeadwiseCache`` launches it beside a selection:
-    ``decode_roles.ring_beside_selection`` where the tree has it, else ``api.attention(impl="flex")``."""
+    ``decode_roles.ring_beside_selection`` where the tree has it (into the merged output where it takes one), else
+    ``api.attention(impl="flex")``."""
     group, dim = GEOM.group, GEOM.head_dim
     if hasattr(tree["roles"], "ring_beside_selection"):
-        return tree["roles"].ring_beside_selection(x["q"][:, group:], x["ring_k"], x["ring_v"], ring_pos, q_pos,
-                                                   scale=dim**-0.5, window=WINDOW, sinks=SINKS)
+        ring = tree["roles"].ring_beside_selection
+        return ring(x["q"][:, group:], x["ring_k"], x["ring_v"], ring_pos, q_pos, scale=dim**-0.5, window=WINDOW,
+                    sinks=SINKS, **model_io(ring, x, "local"))
     return tree["api"].attention(x["q"][:, group:], x["ring_k"], x["ring_v"], q_pos, ring_pos, window=WINDOW,
                                  sinks=SINKS, impl="flex")
 
 
 def _chain(tree: dict, x: dict, q_pos: torch.Tensor, **options) -> tuple:
     """The retrieval head's selecting decode of one layer (``topp_attention``; ``options``: the search's schedule, the
-    fork of the local heads): (out, keys used)."""
-    return tree["topp"].topp_attention(x["q"][:, :GEOM.group], x["k"], x["v"], q_pos, x["k_pos"], x["q_idx"],
-                                       x["k_idx"], top_p=TOP_P, min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT,
-                                       **options)
+    fork of the local heads; :func:`model_io`: the merged output and the running sums): (out, keys used)."""
+    topp = tree["topp"].topp_attention
+    return topp(x["q"][:, :GEOM.group], x["k"], x["v"], q_pos, x["k_pos"], x["q_idx"], x["k_idx"], top_p=TOP_P,
+                min_tokens=MIN_TOKENS, sinks=SINKS, recent=RECENT, **options, **model_io(topp, x, "retrieval"))
 
 
 def _layers(one, inputs: list) -> Callable[[], tuple]:

@@ -65,7 +65,6 @@ class _Forward:
     continues: bool = False  # a later forward of a plain prompt: every row holds positions seen..seen+L-1
     plans: dict = field(default_factory=dict)  # (role, window) -> ops.plan of this forward's prefill attention
     ring_slots: dict = field(default_factory=dict)  # decode: (sinks, window) -> HeadwiseCache._ring_slot
-    visible: tuple[int, torch.Tensor] | None = None  # decode: (r_len, () visible keys summed over rows)
 
 
 class HeadwiseCache(LayerAttention, Cache):
@@ -394,21 +393,6 @@ class HeadwiseCache(LayerAttention, Cache):
         if shared is not None:
             shared.ring_slots[sinks, window] = ring_slot
         return ring_slot
-
-    def _visible(self, layer: LayerCache, positions: torch.Tensor) -> torch.Tensor:
-        """() keys a full retrieval head sees at decode, summed over the rows.
-
-        positions (B, 1). Once per forward: every layer with retrieval heads holds the same
-        positions (they all append the same tokens), so the count is the same in each.
-        """
-        shared = self._shared(positions)
-        if shared is not None and shared.visible is not None and shared.visible[0] == layer.r_len:
-            return shared.visible[1]
-        key_pos = self._retrieval_view(layer)[3]
-        visible = ((key_pos >= 0) & (key_pos <= positions)).sum()
-        if shared is not None:
-            shared.visible = (layer.r_len, visible)
-        return visible
 
     # --- storage ----------------------------------------------------------------------
     def _layer(self, module, k: torch.Tensor) -> LayerCache:

@@ -320,11 +320,11 @@ class LayerAttention:
             plain, plan = self._prefill_plan("retrieval", module.base_window, positions, key_pos, first)
             return ops.attention(q, keys, values, positions, key_pos, window=module.base_window,
                                  scale=module.scaling, impl=sparse.impl, plain=plain, plan=plan, **into)
-        out, counts = ops.topp_attention(
+        key_sums = self.stats.step_sums(module.layer_idx, q.shape[0], keys.shape[1], q.device)
+        out, _ = ops.topp_attention(
             q, keys, values, positions, key_pos, q_idx, key_idx,
             top_p=sparse.top_p, min_tokens=sparse.min_tokens, max_tokens=sparse.max_tokens,
             sinks=sparse.sinks, recent=sparse.recent, scale=module.scaling, impl=sparse.decode_impl,
-            after_scores=after_scores, **into,
+            after_scores=after_scores, key_sums=key_sums, **into,
         )
-        self.stats.record(module.layer_idx, counts, self._visible(layer, positions))
         return out

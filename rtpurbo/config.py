@@ -31,7 +31,7 @@ PLAN_FORMAT = "rtpurbo.head_plan/1"
 # faster selection: llama-3.1-8b_h200_2026-12-04_one-launch-decode.md). Since then the layer step alone selects faster
 # from about 92K keys on an H100, but 8-layer decode end to end was still 0.13 / 0.06 / 0.02 ms per token slower
 # selecting at 64K / 128K / 192K (the selecting step also launched 5 small kernels per layer outside the attention)
-# (benchmarks/results/llama-3.1-8b_h100_2026-12-08_model-step-overhead.md).
+# (benchmarks/results/llama-3.1-8b_h100_2026-12-08_model-step-overhead.md); those launches are gone since, untimed.
 DEFAULT_SEQLEN_THRESHOLD = 262144
 RETRIEVAL_PREFILL = ("dense", "sparse", "topp")
 

@@ -104,9 +104,9 @@ class GraphedDecoder:
 
     def _capture(self, kind: "_StepKind") -> None:
         """Record one step into a CUDA graph. Capturing runs no kernel, so the counters are put back."""
-        before, stats = self.cache.host_counters(), set(self.cache.stats.selected)
+        before, stats = self.cache.host_counters(), set(self.cache.stats.key_sums)
         kind.graph, kind.logits = capture(self._forward)
-        if self._difference(before) != kind.delta or set(self.cache.stats.selected) != stats:
+        if self._difference(before) != kind.delta or set(self.cache.stats.key_sums) != stats:
             raise RuntimeError("the captured step does not match the warm-up step; cannot replay it")
         self.cache.set_host_counters(before)
         self.cache._forward = None  # its tensors belong to the graph now

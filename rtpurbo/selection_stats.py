@@ -18,32 +18,33 @@ from .families import attention_modules
 class SelectionStats:
     """Running sums of the decode-time top-p selection, per layer.
 
-    The sums stay on the layer's device, so :meth:`record` never waits for the GPU; :meth:`summary` reads them back
-    (one host sync per layer). A decode step records each layer in one kernel launch (a graphed step of a model with
-    many layers would otherwise spend more time launching these sums than some of its attention kernels take).
+    The sums stay on the layer's device, so recording never waits for the GPU; :meth:`summary` reads them back
+    (one host sync per layer). A decode step adds to its layer's sums inside the attention itself
+    (:func:`rtpurbo.ops.topp_attention`'s ``key_sums``: on a GPU, the combine kernel), with no launch of its own: a
+    graphed step of a model with many layers would otherwise spend more time launching these sums than some of its
+    attention kernels take.
     """
 
-    selected: dict[int, torch.Tensor] = field(default_factory=dict)  # per (batch, head): sum over steps of selected keys
-    visible: dict[int, torch.Tensor] = field(default_factory=dict)  # () sum over steps of keys visible to one head
+    # per layer (batch, head, 2) int64: sums over steps of [selected keys, keys visible to a full head]
+    key_sums: dict[int, torch.Tensor] = field(default_factory=dict)
     samples: dict[int, int] = field(default_factory=dict)  # (batch, head, step) count
     prefill_kept: dict[int, torch.Tensor] = field(default_factory=dict)  # sparse prefill: kept key blocks
     prefill_seen: dict[int, torch.Tensor] = field(default_factory=dict)  # ... of the blocks the queries see
 
-    def record(self, layer: int, counts: torch.Tensor, visible: torch.Tensor) -> None:
-        """counts (B, Hr, 1) int64 selected keys; visible () int64 keys a full head would see, summed over the rows.
-        One launch on a GPU (``torch._foreach_add_`` of both sums)."""
-        if layer not in self.selected:
-            self.selected[layer] = torch.zeros_like(counts)
-            self.visible[layer] = torch.zeros((), dtype=torch.int64, device=counts.device)
-        elif counts.shape[1] != self.selected[layer].shape[1]:
-            raise ValueError(f"layer {layer} recorded {self.selected[layer].shape[1]} retrieval heads before, now "
-                             f"{counts.shape[1]}")
-        if self.selected[layer].shape != counts.shape:  # another batch: the total so far goes to the first entry
-            total = self.selected[layer].sum()
-            self.selected[layer] = torch.zeros_like(counts)
-            self.selected[layer].view(-1)[0] = total
-        torch._foreach_add_([self.selected[layer], self.visible[layer]], [counts, visible])
-        self.samples[layer] = self.samples.get(layer, 0) + counts.numel()
+    def step_sums(self, layer: int, batch: int, heads: int, device: torch.device) -> torch.Tensor:
+        """The (batch, heads, 2) int64 running sums one decode step of ``layer`` adds its selection to (its
+        ``key_sums`` for :func:`rtpurbo.ops.topp_attention`); counts the step's ``batch * heads`` samples. A change
+        of batch keeps the sums so far (in the first entry); a change of head count raises."""
+        sums = self.key_sums.get(layer)
+        if sums is not None and sums.shape[1] != heads:
+            raise ValueError(f"layer {layer} recorded {sums.shape[1]} retrieval heads before, now {heads}")
+        if sums is None or sums.shape[0] != batch or sums.device != device:
+            fresh = torch.zeros(batch, heads, 2, dtype=torch.int64, device=device)
+            if sums is not None:  # another batch: the sums so far go to the first entry
+                fresh[0, 0] = sums.sum((0, 1)).to(device)
+            sums = self.key_sums[layer] = fresh
+        self.samples[layer] = self.samples.get(layer, 0) + batch * heads
+        return sums
 
     def record_prefill(self, layer: int, kept: torch.Tensor, seen: torch.Tensor) -> None:
         """Sparse prefill of one layer: key blocks kept and key blocks the query blocks see, () each."""
@@ -63,8 +64,8 @@ class SelectionStats:
         total = sum(self.samples.values())
         if not total:
             return {"mean_selected": 0.0, "mean_fraction": 0.0, "samples": 0, **out}
-        selected = float(sum(int(t.sum()) for t in self.selected.values()))
-        visible = float(sum(int(t) * self.selected[layer].shape[1] for layer, t in self.visible.items()))
+        selected = float(sum(int(t[..., 0].sum()) for t in self.key_sums.values()))
+        visible = float(sum(int(t[..., 1].sum()) for t in self.key_sums.values()))
         return {"mean_selected": selected / total, "mean_fraction": selected / max(1.0, visible), "samples": total,
                 **out}
 

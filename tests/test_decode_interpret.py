@@ -65,11 +65,15 @@ def _check_dense(case) -> list[str]:
     q_pos = torch.full((batch, 1), n_keys - 6)
     launch = None if shape is None else decode.DecodeLaunch(block_n=shape[0], waves=shape[1], combine_chunk=shape[2],
                                                             combine_d=shape[3])
+    sums = torch.arange(batch * n_kv * 2, dtype=torch.int64).view(batch, n_kv, 2)  # sums of earlier steps
     out, counts = decode.decode_attention(q, k, v, q_pos, k_pos, scale=dim**-0.5, window=window, sinks=sinks,
-                                          launch=launch)
+                                          launch=launch, key_sums=sums)
     ref = reference.attention(q, k, v.nan_to_num(0.0), q_pos, k_pos, window=window, sinks=sinks)
     visible = (k_pos >= 0) & (k_pos <= q_pos) & ((q_pos - k_pos < (window or n_keys + 1)) | (k_pos < sinks))
-    return compare(out, ref, counts, visible.sum(-1, keepdim=True).expand(batch, n_kv))
+    used = visible.sum(-1, keepdim=True).expand(batch, n_kv)
+    want_sums = torch.arange(batch * n_kv * 2, dtype=torch.int64).view(batch, n_kv, 2) + used[..., None]
+    problems = [] if torch.equal(sums, want_sums) else [f"key sums {sums.tolist()} != {want_sums.tolist()}"]
+    return problems + compare(out, ref, counts, used)  # without block counts: the keys used are the visible ones
 
 
 # list launches: (block_n, waves): many parts of one step each, and few parts of many steps each (the loop's later

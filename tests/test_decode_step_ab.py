@@ -100,3 +100,19 @@ def test_position_variants_cast_each_layers_positions_and_share_the_rest(step_ab
     assert all(x["k"] is y["k"] for x, y in zip(cast, layers))  # the same K: only the positions differ
     assert len({x["k_pos"].data_ptr() for x in cast}) == 3
     assert all(y["k_pos"].dtype == torch.int32 for y in layers)  # the baseline's inputs untouched
+
+
+def test_model_io_hands_each_kernel_what_the_cache_hands_it(step_ab):
+    """The step's kernels get the layer's merged output and running sums only where the tree's functions take them:
+    this tree's retrieval chain both, its ring the output alone, and a function of an older tree neither."""
+    trees = step_ab.load_trees([f"abtest={ROOT}"])
+    x = dict(merged="merged", retrieval_heads="r-heads", local_heads="l-heads", key_sums="sums")
+    assert step_ab.model_io(trees["abtest"]["topp"].topp_attention, x, "retrieval") == dict(
+        out="merged", out_heads="r-heads", key_sums="sums")
+    assert step_ab.model_io(trees["abtest"]["roles"].ring_beside_selection, x, "local") == dict(
+        out="merged", out_heads="l-heads")
+
+    def older(q, k, v, q_pos, k_pos, q_idx, k_idx, *, top_p, sinks=0):
+        return q
+
+    assert step_ab.model_io(older, x, "retrieval") == {}

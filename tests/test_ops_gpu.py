@@ -443,14 +443,32 @@ def test_topp_decode_matches_reference(case):
     selected = reference.select_topp(reference.indexer_scores(q_idx, k_idx), q_pos, k_pos, **budget)
     eager = _eager(q, k, v, q_pos, k_pos, key_mask=selected)
     _poison()
-    out, counts = api.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, impl="triton")
+    sums, want_sums = (torch.arange(batch * n_kv * 2, device="cuda").view(batch, n_kv, 2) for _ in range(2))
+    out, counts = api.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, impl="triton", key_sums=sums)
     assert torch.equal(counts, ref_counts), f"{name}: counts {counts.flatten().tolist()} != {ref_counts.flatten().tolist()}"
     _assert_budget(out, ref_out, eager, name)
+    reference.add_key_sums(want_sums, ref_counts, q_pos, k_pos)
+    assert torch.equal(sums, want_sums), f"{name}: key sums {sums.tolist()} != {want_sums.tolist()}"
     if top_p < 1:
         for method in triton_topp.METHODS:
             chosen = triton_topp.select(q_idx, k_idx, q_pos, k_pos, **budget, method=method)
             got = _selection_mask(chosen, k_len, q_pos, k_pos, sinks, recent)
             assert torch.equal(got, selected[:, :, 0]), f"{name}: {method}: selected set differs"
+
+
+def test_list_path_adds_its_key_sums():
+    """From ``CUT_ATTEND_MAX_KEYS`` keys the selection writes a list and the list attention's combine adds the running
+    sums, the visible keys from the index scores' block counts: equal to the reference's, over two steps."""
+    k_len = triton_topp.CUT_ATTEND_MAX_KEYS + 3000
+    torch.manual_seed(7)
+    q, k, v, q_pos, k_pos, q_idx, k_idx = _topp_inputs(2, k_len, 1, 4, 64, BF16)
+    budget = dict(top_p=0.9, min_tokens=64, sinks=4, recent=64)
+    sums = torch.zeros(2, 1, 2, dtype=torch.int64, device="cuda")
+    for _ in range(2):
+        _, counts = api.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, impl="triton", key_sums=sums)
+    visible_keys = [k_len - 4 + 1, k_len - 4 + 1 - 5]  # positions 0..q_pos; the last row's first 5 are padding
+    assert sums[:, 0, 1].tolist() == [2 * n for n in visible_keys]
+    assert torch.equal(sums[..., 0], 2 * counts[..., 0]) and (counts > 0).all()
 
 
 @pytest.mark.parametrize("fill", ["zeros", "slots", "positions-shifted"])

@@ -260,12 +260,24 @@ def _check_attention(positions: str = "int64") -> list[str]:
     budget = dict(top_p=0.8, min_tokens=8, max_tokens=None, sinks=4, recent=16)
     cached = k_pos.to(getattr(torch, positions))
     chosen = triton_topp.select(q_idx, k_idx, q_pos, cached, **budget, method="threshold")
+    sums = torch.arange(batch * n_kv * 2, dtype=torch.int64).view(batch, n_kv, 2)  # sums of earlier steps
     out, counts = decode.decode_attention(
         q, k, v, q_pos, cached, scale=dim**-0.5, index=chosen.order, n_index=chosen.n_keep,
-        always=chosen.always, skip_sinks=4, skip_recent=16,
+        always=chosen.always, skip_sinks=4, skip_recent=16, key_sums=sums, block_count=chosen.block_count,
     )
     ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
-    return compare(out, ref, counts, ref_counts[..., 0])
+    return compare(out, ref, counts, ref_counts[..., 0]) + key_sums_problems(sums, ref_counts, q_pos, k_pos)
+
+
+def key_sums_problems(sums, ref_counts, q_pos, k_pos) -> list[str]:
+    """Whether the combine added one step to ``sums`` (which held ``arange`` before) as
+    :func:`rtpurbo.ops.reference.add_key_sums` adds the reference's counts and visible keys."""
+    import torch
+    from rtpurbo.ops import reference
+
+    want = torch.arange(sums.numel(), dtype=torch.int64).view(sums.shape)
+    reference.add_key_sums(want, ref_counts, q_pos, k_pos)
+    return [] if torch.equal(sums, want) else [f"key sums {sums.tolist()} != {want.tolist()}"]
 
 
 def _check_cut_attention(positions: str = "int64") -> list[str]:
@@ -291,16 +303,30 @@ def _check_cut_attention(positions: str = "int64") -> list[str]:
         flat = scored.scores.view(-1, n_keys)
         found = threshold.topp_threshold(flat, scored.block_max, scored.block_sum, scored.block_count,
                                          scored.block_min, **budget, block=64, until_cut=True)
+        sums = torch.arange(batch * n_kv * 2, dtype=torch.int64).view(batch, n_kv, 2)
         out, counts = cut_attend.cut_attend(q, k, v, q_pos, cached, flat, found, scored.always, scale=dim**-0.5,
-                                            skip_sinks=4, skip_recent=16, launch=launch)
+                                            skip_sinks=4, skip_recent=16, launch=launch, key_sums=sums,
+                                            block_count=scored.block_count)
         ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget, sinks=4, recent=16)
-        problems += [f"{kind}: {p}" for p in compare(out, ref, counts, ref_counts[..., 0])]
-    try:
-        cut_attend.cut_attend(q, k, v, q_pos, k_pos, flat[:1], found, scored.always, scale=1.0, skip_sinks=4,
-                              skip_recent=16)
-        problems.append("scores of the wrong shape were accepted")
-    except ValueError:
-        pass
+        problems += [f"{kind}: {p}" for p in compare(out, ref, counts, ref_counts[..., 0])
+                     + key_sums_problems(sums, ref_counts, q_pos, k_pos)]
+    bad_calls = {
+        "scores of the wrong shape": dict(scores=flat[:1]),
+        "key sums of the wrong shape": dict(key_sums=torch.zeros(batch, n_kv, 3, dtype=torch.int64)),
+        "int32 key sums": dict(key_sums=torch.zeros(batch, n_kv, 2, dtype=torch.int32)),
+        "key sums not contiguous": dict(key_sums=torch.zeros(batch, 2, n_kv, dtype=torch.int64).transpose(1, 2)),
+        "block counts without key sums": dict(block_count=scored.block_count),
+        "block counts of another row count": dict(key_sums=torch.zeros(batch, n_kv, 2, dtype=torch.int64),
+                                                  block_count=scored.block_count[:1]),
+    }
+    for name, bad in bad_calls.items():
+        args = dict(scores=flat, key_sums=None, block_count=None) | bad
+        try:
+            cut_attend.cut_attend(q, k, v, q_pos, k_pos, args.pop("scores"), found, scored.always, scale=1.0,
+                                  skip_sinks=4, skip_recent=16, **args)
+            problems.append(f"{name} were accepted")
+        except ValueError:
+            pass
     return problems
 
 

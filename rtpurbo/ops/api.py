@@ -192,6 +192,7 @@ def topp_attention(
     after_scores: Callable[[], object] | None = None,
     out: torch.Tensor | None = None,
     out_heads: torch.Tensor | None = None,
+    key_sums: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Retrieval-head attention over the indexer's top-p selection (decode).
 
@@ -203,6 +204,8 @@ def topp_attention(
     take the GPU from the index-score kernel (the local heads of a layer).
     ``out`` / ``out_heads``: a destination as in :func:`attention` (returned as the output); the Triton backend's
     combine writes there itself (no copy launch), the reference's result is copied in.
+    ``key_sums``: (B, Hkv, 2) int64 running sums of the selected and the visible keys that the call adds to
+    (:func:`rtpurbo.ops.reference.add_key_sums`); the Triton backend's combine adds them itself (no launch of its own).
     """
     _check_shapes(q, k, v, q_pos, k_pos, None)
     if q_idx.shape[:3] != (k.shape[0], k.shape[1], q.shape[2]) or k_idx.shape[:3] != k.shape[:3]:
@@ -212,6 +215,10 @@ def topp_attention(
         )
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if key_sums is not None and (tuple(key_sums.shape) != (k.shape[0], k.shape[1], 2)
+                                 or key_sums.dtype != torch.int64 or key_sums.device != q.device):
+        raise ValueError(f"key_sums must be ({k.shape[0]}, {k.shape[1]}, 2) int64 on {q.device}; got "
+                         f"{tuple(key_sums.shape)} {key_sums.dtype} on {key_sums.device}")
     if impl == "auto":
         impl = "reference"
         if q.is_cuda and q.shape[2] == 1:
@@ -223,13 +230,15 @@ def topp_attention(
     fn = _load_backend(_TOPP_BACKENDS, impl, "topp_attention")
     hook = {}
     if impl == "triton":
-        hook = dict(after_scores=after_scores, out=out, out_heads=out_heads)
+        hook = dict(after_scores=after_scores, out=out, out_heads=out_heads, key_sums=key_sums)
     elif after_scores is not None:
         after_scores()
     result, counts = fn(
         q, k, v, q_pos, k_pos, q_idx, k_idx, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens,
         sinks=sinks, recent=recent, scale=scale, **hook,
     )
+    if key_sums is not None and impl != "triton":
+        reference.add_key_sums(key_sums, counts, q_pos, k_pos)
     return _into(result, out, out_heads), counts
 
 

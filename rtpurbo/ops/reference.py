@@ -179,6 +179,17 @@ def topp_attention(
     return out, selected.sum(-1)
 
 
+def add_key_sums(key_sums: torch.Tensor, counts: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
+    """Add one :func:`topp_attention` call to running sums, in place.
+
+    key_sums: (B, Hkv, 2) int64: ``[..., 0]`` += the selected keys ``counts`` (B, Hkv, Lq) summed over the queries,
+    ``[..., 1]`` += the keys a full retrieval head sees (:func:`visible` without a window), summed over the queries.
+    q_pos (B, Lq); k_pos (B, Lk).
+    """
+    seen = visible(q_pos, k_pos, None, 0).sum((-2, -1))  # (B,)
+    key_sums.add_(torch.stack([counts.sum(-1), seen[:, None].expand(counts.shape[:2])], dim=-1))
+
+
 # --- sparse prefill of retrieval heads: top-p over key blocks ------------------------------
 def select_blocks(
     q_idx: torch.Tensor,

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from . import dependent_launch
 from .decode import (LIST_LAUNCH, DecodeLaunch, _attend_part, _load_group, _pad, _store_part, check_always, check_out,
-                     combined, part_buffers)
+                     check_key_sums, combined, part_buffers)
 from .dependent_launch import let_next_launch, wait_for_previous
 from .threshold import Threshold
 from .threshold_phases import CUT, N_SLOTS, N_STATE, TAU, _cg, _key_score, _scores_at
@@ -99,7 +99,8 @@ def cut_attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
     scores: torch.Tensor, found: Threshold, always: torch.Tensor, *, scale: float, skip_sinks: int, skip_recent: int,
     launch: DecodeLaunch = CUT_LAUNCH, pdl: bool = False, out: torch.Tensor | None = None,
-    out_heads: torch.Tensor | None = None,
+    out_heads: torch.Tensor | None = None, key_sums: torch.Tensor | None = None,
+    block_count: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one query per row over the keys the threshold selects, with the always-kept keys (one launch and
     its combine).
@@ -112,6 +113,8 @@ def cut_attend(
         launch: programs per SM and the attention's steps (``launch.splits``: the always part counts among them).
         pdl: the launch and its combine use programmatic dependent launch.
         out, out_heads: the destination, see :func:`rtpurbo.ops.triton.decode.combined`.
+        key_sums, block_count: running sums the combine adds the step's keys used and visible keys to, the visible keys
+            per block of the index scores (:func:`rtpurbo.ops.triton.decode.check_key_sums`).
     Returns:
         out (B, Hq, 1, D) in ``q.dtype`` (zeros where no key is used), or ``out``, and the number of keys used
         (B, Hkv) int64.
@@ -121,6 +124,7 @@ def cut_attend(
     rows = batch * n_kv
     check_always(always, skip_sinks, skip_recent)
     check_out(out, out_heads, batch, n_q, head_dim, q.device)
+    check_key_sums(key_sums, block_count, batch, n_kv, q.device)
     if tuple(scores.shape) != (rows, n_keys) or found.state.shape[0] != rows:
         raise ValueError(f"scores {tuple(scores.shape)} and a search state of {found.state.shape[0]} rows do not fit "
                          f"{rows} rows of {n_keys} keys")
@@ -142,4 +146,5 @@ def cut_attend(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, **launch.options(),
         **dependent_launch.options(pdl),
     )
-    return combined(part_m, part_l, part_o, part_n, q, n_kv, launch=launch, pdl=pdl, out=out, out_heads=out_heads)
+    return combined(part_m, part_l, part_o, part_n, q, n_kv, launch=launch, pdl=pdl, out=out, out_heads=out_heads,
+                    key_sums=key_sums, block_count=block_count)

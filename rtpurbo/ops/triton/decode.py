@@ -286,17 +286,22 @@ def _decode_attention_kernel(
 
 @triton.jit
 def _combine_kernel(
-    part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, out_ptr, count_ptr, heads_ptr,
-    rows_a, n_kv_a, n_kv_b, group, head_dim, parts_a, parts_b, s_ob, s_oh, s_od,
+    part_m_ptr, part_l_ptr, part_o_ptr, part_n_ptr, out_ptr, count_ptr, heads_ptr, sums_ptr, bcount_ptr,
+    rows_a, n_kv_a, n_kv_b, group, head_dim, parts_a, parts_b, s_ob, s_oh, s_od, n_blocks,
     HAS_MAP: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr, P_CHUNK: tl.constexpr,
-    PDL: tl.constexpr,
+    KEY_SUMS: tl.constexpr, BLOCK_COUNTS: tl.constexpr, NB_CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
     """One (row, query head, ``D_CHUNK`` of the head dim) per program. Each step loads the max, sum and
     output of ``P_CHUNK`` partial results together (one memory round trip) and merges them online.
 
     Rows come in two segments: ``rows_a`` rows of ``n_kv_a`` KV heads with ``parts_a`` parts each, then rows
     of ``n_kv_b`` KV heads with ``parts_b`` parts each (a single segment: no rows past ``rows_a``). Query head
-    ``j`` of the segments' heads (segment a's first) is output head ``heads[j]`` (``HAS_MAP``), else ``j``."""
+    ``j`` of the segments' heads (segment a's first) is output head ``heads[j]`` (``HAS_MAP``), else ``j``.
+
+    ``KEY_SUMS``: the program that writes row ``r``'s count also adds it to ``sums[r, 0]`` and the row's visible keys
+    to ``sums[r, 1]`` (the sum of ``bcount[r, :n_blocks]``, the index scores' visible keys per block, with
+    ``BLOCK_COUNTS``; else the count itself: every visible key was used). One program owns each row's entries, so
+    plain loads and stores add them."""
     wait_for_previous(PDL)
     r = tl.program_id(0)
     gi = tl.program_id(1)
@@ -336,7 +341,18 @@ def _combine_kernel(
         for start in range(0, n_parts, P_CHUNK):
             pc = start + tl.arange(0, P_CHUNK)
             n_used += tl.load(part_n_ptr + first + pc, mask=pc < n_parts, other=0)
-        tl.store(count_ptr + r, tl.sum(n_used, axis=0).to(tl.int64))
+        n_row = tl.sum(n_used, axis=0).to(tl.int64)
+        tl.store(count_ptr + r, n_row)
+        if KEY_SUMS:
+            seen = n_row
+            if BLOCK_COUNTS:
+                per_block = tl.zeros([NB_CHUNK], tl.int32)
+                for start in range(0, n_blocks, NB_CHUNK):
+                    nb = start + tl.arange(0, NB_CHUNK)
+                    per_block += tl.load(bcount_ptr + r * n_blocks + nb, mask=nb < n_blocks, other=0)
+                seen = tl.sum(per_block, axis=0).to(tl.int64)
+            tl.store(sums_ptr + 2 * r, tl.load(sums_ptr + 2 * r) + n_row)
+            tl.store(sums_ptr + 2 * r + 1, tl.load(sums_ptr + 2 * r + 1) + seen)
 
 
 @dataclass(frozen=True)
@@ -526,6 +542,8 @@ def decode_attention(
     pdl: bool = False,
     out: torch.Tensor | None = None,
     out_heads: torch.Tensor | None = None,
+    key_sums: torch.Tensor | None = None,
+    block_count: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one query per row (Lq == 1) over its KV head's keys.
 
@@ -537,7 +555,8 @@ def decode_attention(
     ``sinks=skip_sinks, recent=skip_recent``) names at their entries (:func:`always_entry`; others are empty).
     ``launch``: the launch shape (default :data:`DENSE_LAUNCH` / :data:`LIST_LAUNCH` by mode). ``pdl``: the
     attention and its combine launch with programmatic dependent launch
-    (:mod:`rtpurbo.ops.triton.dependent_launch`). ``out`` / ``out_heads``: see :func:`combined`.
+    (:mod:`rtpurbo.ops.triton.dependent_launch`). ``out`` / ``out_heads``: see :func:`combined`. ``key_sums`` /
+    ``block_count``: running sums the combine adds the step to (:func:`check_key_sums`).
     Any head dim works: lanes past it (up to the next power of two, at least 16) are masked. Multiples of
     16 let Triton vectorise the K/V loads; others are correct but load narrower.
 
@@ -552,6 +571,7 @@ def decode_attention(
     listed = index is not None
     check_always(always, skip_sinks, skip_recent)
     check_out(out, out_heads, batch, n_q, head_dim, q.device)
+    check_key_sums(key_sums, block_count, batch, n_kv, q.device)
     span = index.shape[-1] if listed else n_keys
     launch = launch or (DENSE_LAUNCH if index is None else LIST_LAUNCH)
     block_n = launch.block_n
@@ -577,7 +597,8 @@ def decode_attention(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, **launch.options(),
         **dependent_launch.options(pdl),
     )
-    return combined(part_m, part_l, part_o, part_n, q, n_kv, launch=launch, pdl=pdl, out=out, out_heads=out_heads)
+    return combined(part_m, part_l, part_o, part_n, q, n_kv, launch=launch, pdl=pdl, out=out, out_heads=out_heads,
+                    key_sums=key_sums, block_count=block_count)
 
 
 def part_buffers(rows: int, n_parts: int, g_pad: int, d_pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -591,22 +612,47 @@ def part_buffers(rows: int, n_parts: int, g_pad: int, d_pad: int, device: torch.
 
 def combined(part_m: torch.Tensor, part_l: torch.Tensor, part_o: torch.Tensor, part_n: torch.Tensor, q: torch.Tensor,
              n_kv: int, *, launch: DecodeLaunch, pdl: bool, out: torch.Tensor | None = None,
-             out_heads: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             out_heads: torch.Tensor | None = None, key_sums: torch.Tensor | None = None,
+             block_count: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The parts of :func:`part_buffers` (one segment of ``n_kv``-head rows) merged: out (B, Hq, 1, D) in ``q``'s
     dtype and the keys used (B, Hkv) int64.
 
     out: optional destination, written by the combine itself (any strides): (B, Hq, 1, D), or with ``out_heads``
     (an integer (Hq,) tensor on the device) (B, H_out, 1, D), query head ``h`` going to ``out[:, out_heads[h]]``
     (e.g. a layer's retrieval heads straight into the layer's merged output), as :func:`check_out` checks before the
-    attention's launch. Returned as the output."""
+    attention's launch. Returned as the output.
+    key_sums / block_count: running sums the combine adds to (see :func:`check_key_sums`, checked by the callers before
+    their launch)."""
     batch, n_q, _, head_dim = q.shape
     rows, n_parts = part_n.shape
     if out is None:
         out = torch.empty(batch, n_q, 1, head_dim, dtype=q.dtype, device=q.device)
     counts = torch.empty(batch, n_kv, dtype=torch.int64, device=q.device)
     combine(part_m, part_l, part_o, part_n, out[:, :, 0], counts.view(-1), out_heads, (rows, n_kv, n_parts), None,
-            group=n_q // n_kv, head_dim=head_dim, launch=launch, pdl=pdl)
+            group=n_q // n_kv, head_dim=head_dim, launch=launch, pdl=pdl, key_sums=key_sums, block_count=block_count)
     return out, counts
+
+
+def check_key_sums(key_sums: torch.Tensor | None, block_count: torch.Tensor | None, batch: int, n_kv: int,
+                device: torch.device) -> None:
+    """``key_sums`` of :func:`combined`: running sums (B, Hkv, 2) int64, contiguous, on the device, to which a step adds
+    each row's keys used (``[..., 0]``) and keys visible to it (``[..., 1]``): the sum of ``block_count``
+    ((B * Hkv, n_blocks) int32, :class:`IndexScores`' visible keys per block) where given, else the keys used (a step
+    over every visible key)."""
+    if key_sums is None:
+        if block_count is not None:
+            raise ValueError("block_count needs key_sums")
+        return
+    if (tuple(key_sums.shape) != (batch, n_kv, 2) or key_sums.dtype != torch.int64 or not key_sums.is_contiguous()
+            or key_sums.device != device):
+        raise ValueError(f"key_sums must be a contiguous ({batch}, {n_kv}, 2) int64 tensor on {device}; got "
+                         f"{tuple(key_sums.shape)} {key_sums.dtype} on {key_sums.device}"
+                         f"{'' if key_sums.is_contiguous() else ', not contiguous'}")
+    if block_count is not None and (block_count.dim() != 2 or block_count.shape[0] != batch * n_kv
+                                    or block_count.dtype != torch.int32 or not block_count.is_contiguous()
+                                    or block_count.device != device):
+        raise ValueError(f"block_count must be a contiguous ({batch * n_kv}, n_blocks) int32 tensor on {device}; got "
+                         f"{tuple(block_count.shape)} {block_count.dtype} on {block_count.device}")
 
 
 def check_out(out: torch.Tensor | None, out_heads: torch.Tensor | None, batch: int, n_q: int, head_dim: int,
@@ -640,13 +686,17 @@ def combine(
     part_m: torch.Tensor, part_l: torch.Tensor, part_o: torch.Tensor, part_n: torch.Tensor, out: torch.Tensor,
     counts: torch.Tensor, heads: torch.Tensor | None, segment_a: tuple[int, int, int],
     segment_b: tuple[int, int, int] | None, *, group: int, head_dim: int, launch: DecodeLaunch, pdl: bool = False,
+    key_sums: torch.Tensor | None = None, block_count: torch.Tensor | None = None,
 ) -> None:
     """Merge the parts' softmax states into ``out`` (B, Hq, D) and the keys used per row into ``counts``.
 
     segment_a / segment_b: (rows, KV heads, parts per row) of the rows in part order (segment b's after
     segment a's; None: one segment). heads: (Hq,) int32, the output head of each query head in segment
     order (None: the same index). pdl: launch with programmatic dependent launch (after a kernel that lets it).
+    key_sums / block_count: see :func:`check_key_sums` (one segment only).
     """
+    if key_sums is not None and segment_b is not None:
+        raise ValueError("key_sums adds the rows of one segment")
     rows_a, n_kv_a, parts_a = segment_a
     rows_b, n_kv_b, parts_b = segment_b or (0, 1, 1)
     g_pad, d_pad = part_o.shape[-2], part_o.shape[-1]
@@ -654,7 +704,11 @@ def combine(
     p_chunk = min(triton.next_power_of_2(max(parts_a, parts_b)), launch.combine_chunk)
     _combine_kernel[(rows_a + rows_b, group, d_pad // d_chunk)](
         part_m, part_l, part_o, part_n, out, counts, counts if heads is None else heads,
+        counts if key_sums is None else key_sums, counts if block_count is None else block_count,
         rows_a, n_kv_a, n_kv_b, group, head_dim, parts_a, parts_b, out.stride(0), out.stride(1), out.stride(2),
-        HAS_MAP=heads is not None, G_PAD=g_pad, D_PAD=d_pad, D_CHUNK=d_chunk, P_CHUNK=p_chunk, PDL=pdl,
+        0 if block_count is None else block_count.shape[1],
+        HAS_MAP=heads is not None, G_PAD=g_pad, D_PAD=d_pad, D_CHUNK=d_chunk, P_CHUNK=p_chunk,
+        KEY_SUMS=key_sums is not None, BLOCK_COUNTS=block_count is not None,
+        NB_CHUNK=min(1024, triton.next_power_of_2(max(1, 0 if block_count is None else block_count.shape[1]))), PDL=pdl,
         num_warps=4 if p_chunk * d_chunk <= 4096 else 8, **dependent_launch.options(pdl),
     )

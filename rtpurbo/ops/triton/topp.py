@@ -22,7 +22,8 @@ One decode step (no host sync, shapes fixed by the input shapes: CUDA-graph capt
    Both clamp the count to ``[min_tokens, max_tokens]`` and to the visible keys.
 3. :func:`rtpurbo.ops.triton.decode.decode_attention` (Triton, list mode): split-K attention of
    the ``G`` query heads of each KV head over the selected slots plus the always-kept ones,
-   each key counted once.
+   each key counted once. Its combine writes the keys used per row; given ``key_sums`` it also adds them, and the
+   row's visible keys from the index scores' per-block counts, to those running sums (no launch of its own).
 
 :func:`topp_attention` with the phased schedule (the default), below :data:`CUT_ATTEND_MAX_KEYS` cached keys, runs
 the search only until ``tau`` and the cut among its ties are known, and
@@ -83,11 +84,13 @@ class Selection(NamedTuple):
     n_keep: (B, Hkv) int64, how many entries of ``order`` are selected.
     always: (B * Hkv, sinks + recent) int32 slots of the always-kept keys at fixed entries; entries of absent keys
         hold anything (see :class:`rtpurbo.ops.triton.decode.IndexScores`; :func:`rtpurbo.ops.triton.decode.named_always`).
+    block_count: (B * Hkv, n_blocks) int32 visible keys per block of the index scores.
     """
 
     order: torch.Tensor
     n_keep: torch.Tensor
     always: torch.Tensor
+    block_count: torch.Tensor
 
 
 def _check(q: torch.Tensor, q_idx: torch.Tensor) -> None:
@@ -173,7 +176,7 @@ def select(
         scored, (order, n_keep) = _scores_and_search(
             q_idx, k_idx, q_pos, k_pos, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens, sinks=sinks,
             recent=recent, schedule=schedule or default_schedule(), after_scores=after_scores)
-        return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always)
+        return Selection(order.view(batch, n_kv, -1), n_keep.view(batch, n_kv), scored.always, scored.block_count)
     scored = kernels.index_scores(q_idx, k_idx, q_pos, k_pos, sinks=sinks, recent=recent)
     if after_scores is not None:
         after_scores()
@@ -184,7 +187,7 @@ def select(
     else:
         values, order = torch.topk(scores, budget, dim=-1)
     n_keep = kernels.topp_count(values, scored, top_p=top_p, min_tokens=min_tokens, max_tokens=max_tokens)
-    return Selection(order.view(batch, n_kv, budget), n_keep.view(batch, n_kv), scored.always)
+    return Selection(order.view(batch, n_kv, budget), n_keep.view(batch, n_kv), scored.always, scored.block_count)
 
 
 def topp_attention(
@@ -206,9 +209,13 @@ def topp_attention(
     after_scores: Callable[[], object] | None = None,
     out: torch.Tensor | None = None,
     out_heads: torch.Tensor | None = None,
+    key_sums: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """See :func:`rtpurbo.ops.reference.topp_attention` (here Lq must be 1); ``schedule``: see :func:`select`.
     ``out`` / ``out_heads``: the destination the combine writes itself (:func:`rtpurbo.ops.triton.decode.combined`).
+    ``key_sums``: (B, Hkv, 2) int64 running sums the combine adds the step's selected keys and visible keys to, as
+    :func:`rtpurbo.ops.reference.add_key_sums` does (no launch of its own; the visible keys from the index scores'
+    per-block counts).
 
     ``after_scores``: called once on the current stream right after the index-score kernel is launched (``top_p >=
     1``: before the attention) or, from :data:`FORK_AFTER_LEVEL0_KEYS` cached keys on, right after level 0 of the
@@ -224,7 +231,8 @@ def topp_attention(
         out (B, Hq, 1, D) in ``q.dtype``, or ``out``, and the number of selected keys (B, Hkv, 1) int64.
     """
     _check(q, q_idx)
-    into = dict(out=out, out_heads=out_heads)
+    kernels.check_key_sums(key_sums, None, q.shape[0], k.shape[1], q.device)  # before any launch
+    into = dict(out=out, out_heads=out_heads, key_sums=key_sums)
     schedule = schedule or default_schedule()
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if top_p >= 1.0:
@@ -237,7 +245,8 @@ def topp_attention(
             recent=recent, schedule=schedule, after_scores=after_scores, until_cut=True)
         out, counts = cut_attend.cut_attend(
             q, k, v, q_pos, k_pos, scored.scores.view(-1, k.shape[2]), found, scored.always, scale=scale,
-            skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule), **into)
+            skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule),
+            block_count=None if key_sums is None else scored.block_count, **into)
     else:
         chosen = select(
             q_idx, k_idx, q_pos, k_pos,
@@ -246,6 +255,7 @@ def topp_attention(
         )
         out, counts = kernels.decode_attention(
             q, k, v, q_pos, k_pos, scale=scale, index=chosen.order, n_index=chosen.n_keep,
-            always=chosen.always, skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule), **into,
+            always=chosen.always, skip_sinks=sinks, skip_recent=recent, pdl=_chain_pdl(q.device, schedule),
+            block_count=None if key_sums is None else chosen.block_count, **into,
         )
     return out, counts.unsqueeze(-1)
