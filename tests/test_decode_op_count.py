@@ -10,7 +10,8 @@ transformers'); rotary and the projections, called by ``SparseAttention``, are.
 Measured here (torch 2.13, transformers 5.24; tiny Llama, one retrieval and one local KV
 head per layer, top-p decode, batch 1), per layer and decode step:
 
-* converted model, outside the backends: 85 ops; 89 (44 of them not views) before the local
+* converted model, outside the backends: 86.5 ops (87.5 before the selection statistics moved into the top-p
+  attention's ``key_sums``; an earlier transformers read 85); 89 (44 of them not views) before the local
   heads stopped concatenating the whole ring to the new token and the indexer queries stopped
   copying; 128 (58) before the shared per-forward values, the one-token ring write and the
   einsum-free indexer. (Static decode on a GPU also fuses the cache writes into one kernel.)
@@ -35,7 +36,7 @@ from rtpurbo.testing import tiny_model
 
 from .conftest import random_ids
 
-MAX_OPS_PER_LAYER = 102  # 85 measured + 20% for other torch / transformers versions
+MAX_OPS_PER_LAYER = 104  # 86.5 measured + 20% for other torch / transformers versions
 
 _PACKAGE = os.path.dirname(rtpurbo.__file__) + os.sep
 _BACKENDS = os.path.join(_PACKAGE, "ops") + os.sep
