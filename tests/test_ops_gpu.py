@@ -824,3 +824,49 @@ def test_flex_prefill_gradients_match_reference(kind):
     for name, fast, ref, eager in (("dq", q.grad, q32.grad, q16.grad), ("dk", k.grad, k32.grad, k16.grad),
                                    ("dv", v.grad, v32.grad, v16.grad)):
         _assert_budget(fast, ref, eager, f"{kind} {name}")
+
+
+# --- rotary embedding ------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["decode-bf16", "prefill-bf16-d80", "decode-fp16-d64", "prefill-fp32-d64"])
+def test_rotary_kernel_matches_reference(case):
+    """The one-launch rotation on the GPU: within one rounding of the reference (the reference rounds its fp32 value
+    once, the kernel too, up to fused multiply-adds), in the inputs' strides, and at least as close to the exact
+    rotation as transformers' ``apply_rotary_pos_emb`` on average."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from .test_rotary_interpret import CASES, _inputs, _ulp
+
+    q, k, cos, sin = (t.cuda() for t in _inputs(next(c for c in CASES if c[0] == case)))
+    _poison()
+    got = api.rotary(q, k, cos, sin, impl="triton")
+    exact = reference.rotary(q.double(), k.double(), cos.double(), sin.double())
+    for name, x, out, ref, theirs, want in zip("qk", (q, k), got, reference.rotary(q, k, cos, sin),
+                                                apply_rotary_pos_emb(q, k, cos, sin), exact):
+        assert out.stride() == x.stride() and out.dtype == x.dtype, name
+        assert bool(((out.double() - ref.double()).abs() <= _ulp(ref)).all()), f"{case}: {name} off the reference"
+        ours, family = ((t.double() - want).abs().mean().item() for t in (out, theirs))
+        assert ours <= family * 1.01 + 1e-12, f"{case}: {name} mean error {ours:.3g}, the family's {family:.3g}"
+
+
+def test_converted_layer_rotates_in_one_launch_on_the_gpu_path(monkeypatch):
+    """A converted layer on CUDA with the flex backend rotates through ``ops.rotary(impl="triton")`` without gradients
+    and through the family's function with them; both agree within one rounding."""
+    from rtpurbo.config import HeadPlan, SparseConfig
+    from rtpurbo.convert import convert
+    from rtpurbo.families import attention_modules, geometry
+    from rtpurbo.testing import tiny_model
+
+    model = tiny_model("llama").cuda().to(BF16)
+    layers, n_kv, n_q, _ = geometry(model.config)
+    convert(model, HeadPlan(layers, n_kv, n_q, [[0]] * layers), SparseConfig(impl="flex"))
+    module = attention_modules(model)[0]
+    calls = []
+    real = api.rotary
+    monkeypatch.setattr(api, "rotary", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    q, k, cos, sin = (t.cuda() for t in _inputs(("", 2, 3, n_q, n_kv, module.head_dim, "bfloat16", "projected")))
+    with torch.no_grad():
+        fast = module.rotate(q, k, (cos, sin))
+    slow = module.rotate(q, k, (cos, sin))
+    assert calls == [dict(impl="triton")]
+    for a, b in zip(fast, slow):
+        assert (a.float() - b.float()).abs().max() <= 2 * b.float().abs().max() * 2**-8

@@ -175,6 +175,17 @@ class SparseAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
+    def rotate(self, q_raw: torch.Tensor, k_raw: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Post-RoPE q (B, Hq, L, D) and k (B, Hkv, L, D): on the GPU path (CUDA, the ``flex`` backend) without
+        gradients both in one launch (:func:`rtpurbo.ops.rotary`, rounded once), else the family's own
+        ``apply_rotary_pos_emb`` (five kernels per tensor, rounded after each operation)."""
+        cos, sin = rope
+        if (q_raw.is_cuda and not torch.is_grad_enabled()
+                and ops.resolve_impl(self.sparse.impl, q_raw.device) == "flex"):
+            return ops.rotary(q_raw, k_raw, cos, sin, impl="triton")
+        return self._apply_rotary(q_raw, k_raw, cos, sin)
+
     def retrieval_raw(self, q_raw: torch.Tensor, k_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-RoPE q (B, Hr*G, L, D) and k (B, Hr, L, D) of the retrieval heads (indexer inputs)."""
         return self._take(q_raw, self.q_retrieval, 0), self._take(k_raw, self.kv_retrieval, 0)
@@ -226,7 +237,7 @@ class SparseAttention(nn.Module):
         else:  # computed once per forward, shared by the layers
             positions = cache.token_positions(self, position_ids, attention_mask, batch, length, hidden_states.device)
         q_raw, k_raw, v = self.project(hidden_states)
-        q, k = self._apply_rotary(q_raw, k_raw, *position_embeddings)
+        q, k = self.rotate(q_raw, k_raw, position_embeddings)
         if self.observer is not None:
             self.observer(self, q, k, positions)
         if cache is not None:

@@ -242,6 +242,38 @@ def topp_attention(
     return _into(result, out, out_heads), counts
 
 
+_ROTARY_BACKENDS: dict[str, str] = {"reference": "rtpurbo.ops.reference", "triton": "rtpurbo.ops.triton.rotary"}
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, impl: str = "reference"
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding of q (B, Hq, L, D) and k (B, Hkv, L, D) by cos, sin (B, L, D), rotate-half layout,
+    rounded once (:func:`rtpurbo.ops.reference.rotary`). ``impl="triton"``: both in one launch on a GPU, the outputs
+    in the inputs' strides (:mod:`rtpurbo.ops.triton.rotary`)."""
+    _check_rotary(q, k, cos, sin)
+    return _load_backend(_ROTARY_BACKENDS, impl, "rotary")(q, k, cos, sin)
+
+
+def _check_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"q and k must be (B, H, L, D) with the same B, L and D; got q{tuple(q.shape)}, "
+                         f"k{tuple(k.shape)}")
+    batch, _, length, head_dim = q.shape
+    if head_dim % 2:
+        raise ValueError(f"the rotate-half rotation needs an even head dim, got {head_dim}")
+    for name, table in (("cos", cos), ("sin", sin)):
+        if tuple(table.shape) != (batch, length, head_dim):
+            raise ValueError(f"{name} must be (B, L, D) = {(batch, length, head_dim)} (a rotation of every dim of the "
+                             f"head); got {tuple(table.shape)}")
+    devices = {t.device for t in (q, k, cos, sin)}
+    if len(devices) != 1:
+        raise ValueError(f"q, k, cos and sin must be on one device, got {sorted(map(str, devices))}")
+    if not (q.dtype.is_floating_point and k.dtype == q.dtype and cos.dtype.is_floating_point
+            and sin.dtype == cos.dtype):
+        raise ValueError(f"q and k must share a float dtype, and cos and sin another; got {q.dtype}, {k.dtype}, "
+                         f"{cos.dtype}, {sin.dtype}")
+
+
 def _into(result: torch.Tensor, out: torch.Tensor | None, out_heads: torch.Tensor | None) -> torch.Tensor:
     """``result`` (B, Hq, Lq, D) in ``out`` (as :func:`attention`'s ``out`` / ``out_heads`` say), unless a backend
     wrote it there itself or there is no ``out``."""

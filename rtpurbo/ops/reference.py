@@ -179,6 +179,24 @@ def topp_attention(
     return out, selected.sum(-1)
 
 
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding in the rotate-half layout, computed in fp32 (fp64 for fp64 inputs) and rounded once to
+    each input's dtype.
+
+    q (B, Hq, L, D), k (B, Hkv, L, D); cos, sin (B, L, D). ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) =
+    cat(-x[..., D/2:], x[..., :D/2])``: transformers' ``apply_rotary_pos_emb`` of every family rtpurbo converts, which
+    rounds after each of its operations instead.
+    """
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        wide = torch.promote_types(x.dtype, torch.float32)
+        x_wide, half = x.to(wide), x.shape[-1] // 2
+        turned = torch.cat([-x_wide[..., half:], x_wide[..., :half]], dim=-1)
+        return (x_wide * cos.to(wide)[:, None] + turned * sin.to(wide)[:, None]).to(x.dtype)
+
+    return rotate(q), rotate(k)
+
+
 def add_key_sums(key_sums: torch.Tensor, counts: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
     """Add one :func:`topp_attention` call to running sums, in place.
 

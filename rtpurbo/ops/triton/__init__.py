@@ -7,6 +7,7 @@
   inputs without gradients;
 * ``block_sparse``: the retrieval heads' sparse prefill of an unpadded prompt (block choice, then block-sparse
   attention), which the ``flex`` backend runs for inputs without gradients (``set_sparse_prefill_kernel``);
+* ``rotary``: the ``triton`` backend of :func:`rtpurbo.ops.api.rotary` (a layer's queries and keys in one launch);
 * ``topp``: the ``triton`` backend of :func:`rtpurbo.ops.api.topp_attention`, composed of those
   kernels (the ``flex`` backend, :mod:`rtpurbo.ops.flex`, uses ``decode`` for one-token calls).
 """
