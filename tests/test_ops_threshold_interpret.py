@@ -266,7 +266,14 @@ def _check_attention(positions: str = "int64") -> list[str]:
         always=chosen.always, skip_sinks=4, skip_recent=16, key_sums=sums, block_count=chosen.block_count,
     )
     ref, ref_counts = reference.topp_attention(q, k, v, q_pos, k_pos, q_idx, k_idx, **budget)
-    return compare(out, ref, counts, ref_counts[..., 0]) + key_sums_problems(sums, ref_counts, q_pos, k_pos)
+    problems = compare(out, ref, counts, ref_counts[..., 0]) + key_sums_problems(sums, ref_counts, q_pos, k_pos)
+    try:
+        decode.decode_attention(q, k, v, q_pos, cached, scale=dim**-0.5, index=chosen.order, n_index=chosen.n_keep,
+                                always=chosen.always, skip_sinks=4, skip_recent=16, key_sums=sums)
+        problems.append("a list's key sums without block counts were accepted")
+    except ValueError:
+        pass
+    return problems
 
 
 def key_sums_problems(sums, ref_counts, q_pos, k_pos) -> list[str]:
@@ -316,6 +323,7 @@ def _check_cut_attention(positions: str = "int64") -> list[str]:
         "int32 key sums": dict(key_sums=torch.zeros(batch, n_kv, 2, dtype=torch.int32)),
         "key sums not contiguous": dict(key_sums=torch.zeros(batch, 2, n_kv, dtype=torch.int64).transpose(1, 2)),
         "block counts without key sums": dict(block_count=scored.block_count),
+        "key sums without block counts": dict(key_sums=torch.zeros(batch, n_kv, 2, dtype=torch.int64)),
         "block counts of another row count": dict(key_sums=torch.zeros(batch, n_kv, 2, dtype=torch.int64),
                                                   block_count=scored.block_count[:1]),
     }

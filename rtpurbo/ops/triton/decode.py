@@ -572,6 +572,9 @@ def decode_attention(
     check_always(always, skip_sinks, skip_recent)
     check_out(out, out_heads, batch, n_q, head_dim, q.device)
     check_key_sums(key_sums, block_count, batch, n_kv, q.device)
+    if listed and key_sums is not None and block_count is None:
+        raise ValueError("a selected list's key_sums need the index scores' block_count: its visible keys are not the "
+                         "keys it uses")
     span = index.shape[-1] if listed else n_keys
     launch = launch or (DENSE_LAUNCH if index is None else LIST_LAUNCH)
     block_n = launch.block_n
