@@ -124,10 +124,7 @@ def cut_attend(
     rows = batch * n_kv
     check_always(always, skip_sinks, skip_recent)
     check_out(out, out_heads, batch, n_q, head_dim, q.device)
-    check_key_sums(key_sums, block_count, batch, n_kv, q.device)
-    if key_sums is not None and block_count is None:
-        raise ValueError("cut_attend's key_sums need the index scores' block_count: its visible keys are not the keys "
-                         "it uses")
+    check_key_sums(key_sums, block_count, batch, n_kv, q.device, selects=True)
     if tuple(scores.shape) != (rows, n_keys) or found.state.shape[0] != rows:
         raise ValueError(f"scores {tuple(scores.shape)} and a search state of {found.state.shape[0]} rows do not fit "
                          f"{rows} rows of {n_keys} keys")

@@ -571,10 +571,7 @@ def decode_attention(
     listed = index is not None
     check_always(always, skip_sinks, skip_recent)
     check_out(out, out_heads, batch, n_q, head_dim, q.device)
-    check_key_sums(key_sums, block_count, batch, n_kv, q.device)
-    if listed and key_sums is not None and block_count is None:
-        raise ValueError("a selected list's key_sums need the index scores' block_count: its visible keys are not the "
-                         "keys it uses")
+    check_key_sums(key_sums, block_count, batch, n_kv, q.device, selects=listed)
     span = index.shape[-1] if listed else n_keys
     launch = launch or (DENSE_LAUNCH if index is None else LIST_LAUNCH)
     block_n = launch.block_n
@@ -637,15 +634,19 @@ def combined(part_m: torch.Tensor, part_l: torch.Tensor, part_o: torch.Tensor, p
 
 
 def check_key_sums(key_sums: torch.Tensor | None, block_count: torch.Tensor | None, batch: int, n_kv: int,
-                device: torch.device) -> None:
+                   device: torch.device, selects: bool = False) -> None:
     """``key_sums`` of :func:`combined`: running sums (B, Hkv, 2) int64, contiguous, on the device, to which a step adds
     each row's keys used (``[..., 0]``) and keys visible to it (``[..., 1]``): the sum of ``block_count``
     ((B * Hkv, n_blocks) int32, :class:`IndexScores`' visible keys per block) where given, else the keys used (a step
-    over every visible key)."""
+    over every visible key). ``selects``: the step attends over a selection, whose keys used are not its visible
+    ones, so its ``key_sums`` need ``block_count``."""
     if key_sums is None:
         if block_count is not None:
             raise ValueError("block_count needs key_sums")
         return
+    if selects and block_count is None:
+        raise ValueError("the key_sums of a step over a selection need the index scores' block_count: its visible "
+                         "keys are not the keys it uses")
     if (tuple(key_sums.shape) != (batch, n_kv, 2) or key_sums.dtype != torch.int64 or not key_sums.is_contiguous()
             or key_sums.device != device):
         raise ValueError(f"key_sums must be a contiguous ({batch}, {n_kv}, 2) int64 tensor on {device}; got "
